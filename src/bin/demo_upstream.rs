@@ -1,0 +1,2 @@
+//! Demo upstream. TODO
+fn main() {}

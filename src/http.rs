@@ -1,0 +1,64 @@
+//! HTTP/1.1 wire handling: strict head parsing (`parse`), streaming chunked decoding (`chunked`),
+//! strict number parsing (`num`) and header classification (`headers`).
+//!
+//! Everything here is allocation-free on the hot path: heads are parsed into caller-owned, reused
+//! structures that hold byte offsets (`Span`) into the caller's read buffer, never copies.
+
+pub mod chunked;
+pub mod headers;
+pub mod num;
+pub mod parse;
+
+/// A byte range into the buffer a head was parsed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    #[inline]
+    pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.start as usize..self.end as usize]
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// One header field: name and value (value without surrounding OWS).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeaderSpan {
+    pub name: Span,
+    pub value: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// How a message body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body (Content-Length: 0 / absent on a request; HEAD, 1xx, 204, 304 responses).
+    None,
+    Length(u64),
+    Chunked,
+    /// Response only: delimited by the upstream closing the connection.
+    CloseDelimited,
+}
+
+/// Limits applied while parsing a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request line + headers + final CRLF, in bytes.
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// The most header fields any head may carry, whatever the config says (bounds a stack array).
+pub const MAX_HEADERS_CAP: usize = 256;

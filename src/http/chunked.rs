@@ -1,0 +1,1 @@
+//! Streaming `Transfer-Encoding: chunked` decoder. TODO(helper-http)

@@ -1,0 +1,1 @@
+//! Header classification: hop-by-hop names, Connection tokens. TODO(helper-http)

@@ -1,0 +1,1 @@
+//! Strict digit-by-digit number parsing for Content-Length and chunk sizes. TODO(helper-http)

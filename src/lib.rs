@@ -1,0 +1,16 @@
+//! ringgate: a thread-per-core HTTP/1.1 API gateway on io_uring.
+//!
+//! Request path, in the order a request meets it:
+//! `worker` (accept, per-core state) -> `proxy` (per-connection loop) -> `http` (strict parsing and
+//! framing) -> `router` (route match on a normalized path) -> `upstream` (balancer + pool) -> back out
+//! through `http::write`. `config` turns the TOML file into the immutable snapshot every worker reads.
+
+pub mod config;
+pub mod errors;
+pub mod http;
+pub mod log;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstream;
+pub mod worker;

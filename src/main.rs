@@ -1,0 +1,2 @@
+//! The `ringgate` binary: CLI. TODO
+fn main() {}

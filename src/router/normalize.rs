@@ -1,0 +1,1 @@
+//! Path normalization for matching. TODO(helper-router)
