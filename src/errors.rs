@@ -1,1 +1,125 @@
-//! TODO
+//! Errors on the request path: a small `Copy` enum, each variant mapping to one status and one JSON
+//! body. Responses are written into the connection's reused write buffer, so producing one allocates
+//! nothing.
+
+use std::io::Write;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    BadRequest(&'static str),
+    RequestTimeout,
+    BodyTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
+    NotImplemented,
+    NoRoute,
+    UpstreamConnect,
+    UpstreamTimeout,
+    BadResponse,
+    ServiceUnavailable,
+}
+
+impl GatewayError {
+    pub fn status(self) -> u16 {
+        match self {
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::NoRoute => 404,
+            GatewayError::RequestTimeout => 408,
+            GatewayError::BodyTooLarge => 413,
+            GatewayError::UriTooLong => 414,
+            GatewayError::HeadersTooLarge => 431,
+            GatewayError::NotImplemented => 501,
+            GatewayError::UpstreamConnect | GatewayError::BadResponse => 502,
+            GatewayError::ServiceUnavailable => 503,
+            GatewayError::UpstreamTimeout => 504,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self.status() {
+            400 => "Bad Request",
+            404 => "Not Found",
+            408 => "Request Timeout",
+            413 => "Content Too Large",
+            414 => "URI Too Long",
+            431 => "Request Header Fields Too Large",
+            501 => "Not Implemented",
+            502 => "Bad Gateway",
+            503 => "Service Unavailable",
+            _ => "Gateway Timeout",
+        }
+    }
+
+    /// The JSON `message`. Never echoes request content (no reflection, no credentials).
+    pub fn message(self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(why) => why,
+            GatewayError::RequestTimeout => "request timed out",
+            GatewayError::BodyTooLarge => "request body too large",
+            GatewayError::UriTooLong => "request target too long",
+            GatewayError::HeadersTooLarge => "request header fields too large",
+            GatewayError::NotImplemented => "transfer coding or method not implemented",
+            GatewayError::NoRoute => "no route matched",
+            GatewayError::UpstreamConnect => "upstream connect failed",
+            GatewayError::UpstreamTimeout => "upstream timed out",
+            GatewayError::BadResponse => "invalid upstream response",
+            GatewayError::ServiceUnavailable => "service unavailable",
+        }
+    }
+
+    /// Whether the client connection must be closed after this answer even if its framing was fine.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadRequest(_)
+                | GatewayError::RequestTimeout
+                | GatewayError::BodyTooLarge
+                | GatewayError::UriTooLong
+                | GatewayError::HeadersTooLarge
+                | GatewayError::NotImplemented
+        )
+    }
+
+    /// Appends the full response (head and JSON body) to `out`.
+    pub fn write_response(self, close: bool, out: &mut Vec<u8>) {
+        let msg = self.message();
+        // The message is a static string without quotes or backslashes, so it needs no escaping.
+        let body_len = msg.len() + 15; // {"message":"…"}\n
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{{\"message\":\"{}\"}}\n",
+            self.status(),
+            self.reason(),
+            body_len,
+            if close { "Connection: close\r\n" } else { "" },
+            msg
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_matches_body() {
+        for e in [
+            GatewayError::NoRoute,
+            GatewayError::BadRequest("bad host"),
+            GatewayError::UpstreamTimeout,
+        ] {
+            let mut out = Vec::new();
+            e.write_response(true, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let cl: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(cl, body.len(), "{text}");
+            assert!(head.contains("Connection: close"));
+        }
+    }
+}

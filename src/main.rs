@@ -1,2 +1,57 @@
-//! The `ringgate` binary: CLI. TODO
-fn main() {}
+//! The `ringgate` binary: `ringgate run CONFIG` serves, `ringgate check CONFIG` validates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "ringgate",
+    version,
+    about = "A thread-per-core API gateway on io_uring"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with CONFIG until SIGTERM/SIGINT (then drain in-flight requests and exit 0).
+    Run {
+        config: PathBuf,
+        /// Number of workers (overrides `server.workers`).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
+    },
+    /// Validate CONFIG: print `ok` and a route summary, or every error (exit 1).
+    Check { config: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, workers } => {
+            let code = ringgate::server::run(&config, workers.map(usize::from));
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        Command::Check { config } => match ringgate::config::load(&config) {
+            Ok(cfg) => {
+                println!("ok");
+                print!("{}", ringgate::config::summary(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                eprintln!("{} error(s) in {}", errors.len(), config.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

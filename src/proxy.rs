@@ -1,1 +1,705 @@
-//! TODO
+//! The per-connection request loop: read a head, route it, forward it upstream, relay the answer.
+//!
+//! One task per client connection; requests on it are handled strictly one after another, which
+//! answers pipelined requests in order. For each request:
+//!
+//! 1. `read_head`: parse into reused buffers, enforcing the header timeout and size limits;
+//! 2. `prepare`: normalize the path, route, check the body limit;
+//! 3. `forward`: pick a target, take a pooled connection or connect, then `exchange`: write the
+//!    request head and stream the body, read the response head, write it and stream the body back;
+//! 4. pool the upstream connection only if the exchange left it clean, then loop or close.
+//!
+//! Invariants: after any error whose framing is unsafe, or once a response has started and cannot be
+//! completed, the client connection is closed (never a complete-looking truncated response). Nothing
+//! is allocated per request once the connection's buffers have grown to their working size.
+
+mod body;
+pub mod head;
+pub mod io;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRent;
+use monoio::net::TcpStream;
+
+use crate::config::model::{RouteDef, ServiceDef};
+use crate::errors::GatewayError;
+use crate::http::headers::eq_ignore_case;
+use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
+use crate::http::{BodyKind, Limits, Version};
+use crate::router::normalize::{normalize_path, upstream_path};
+use crate::router::RequestView;
+use crate::worker::Shard;
+use head::{ClientFraming, Forwarded};
+
+/// Initial client read buffer: enough for typical request heads; grows up to the header limit.
+const CLIENT_BUF: usize = 8 * 1024;
+/// Past this the client buffer is shrunk back after a request, so one big head doesn't pin memory.
+const CLIENT_BUF_KEEP: usize = 32 * 1024;
+
+/// What the connection loop does after a request.
+pub enum Next {
+    KeepAlive,
+    Close,
+    /// A 101 was relayed: the connection becomes a byte tunnel to this upstream connection.
+    Upgrade(TcpStream),
+}
+
+/// Outcome of one attempt at an upstream exchange.
+enum Exchange {
+    Done(Next),
+    /// Failed on a reused pooled connection before any response byte and before anything reached
+    /// the client: may be retried on a fresh connection if the request is replayable.
+    RetryFresh,
+}
+
+/// Facts about the current request that outlive its head (the client buffer is reused for the body).
+#[derive(Clone, Copy)]
+struct Prepared {
+    route: usize,
+    strip_len: usize,
+    max_body: u64,
+    body: BodyKind,
+    head_method: bool,
+    http10: bool,
+    client_close: bool,
+    expect_continue: bool,
+    upgrade: bool,
+    /// Idempotent method without a body: can be sent again after a stale pooled connection failed.
+    replayable: bool,
+}
+
+struct Conn {
+    client: TcpStream,
+    peer: SocketAddr,
+    listen_port: u16,
+    /// Client bytes; unconsumed ones start at `pos`.
+    buf: Vec<u8>,
+    pos: usize,
+    served: u64,
+    head: RequestHead,
+    resp: ResponseHead,
+    /// Normalized request path (what routing sees).
+    path: Vec<u8>,
+    /// Upstream request target (rewritten path + query).
+    target: Vec<u8>,
+    /// Outgoing bytes: heads, re-encoded chunks, error responses.
+    out: Vec<u8>,
+    /// Upstream read buffer; borrowed from the shard's buffer pool only while a request is upstream.
+    ubuf: Vec<u8>,
+    /// Whether the current request's body has been fully read from the client.
+    body_done: bool,
+}
+
+/// Keeps `Shard::active` accurate however the connection task ends.
+struct ActiveGuard(Rc<Shard>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get().saturating_sub(1));
+    }
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve(client: TcpStream, peer: SocketAddr, listen_port: u16, shard: Rc<Shard>) {
+    shard.active.set(shard.active.get() + 1);
+    let _guard = ActiveGuard(shard.clone());
+    let mut conn = Conn {
+        client,
+        peer,
+        listen_port,
+        buf: Vec::with_capacity(CLIENT_BUF),
+        pos: 0,
+        served: 0,
+        head: RequestHead::default(),
+        resp: ResponseHead::default(),
+        path: Vec::with_capacity(256),
+        target: Vec::with_capacity(256),
+        out: Vec::new(),
+        ubuf: Vec::new(),
+        body_done: true,
+    };
+    loop {
+        let next = conn.request(&shard).await;
+        shard.give_buf(std::mem::take(&mut conn.ubuf));
+        match next {
+            Next::KeepAlive => conn.recycle(),
+            Next::Close => break,
+            Next::Upgrade(upstream) => {
+                let idle = shard.config.server.timeouts.upstream_read;
+                let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
+                tunnel::run(conn.client, upstream, pending, idle).await;
+                return;
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Between requests: drop consumed bytes and give back memory a large request made us take.
+    fn recycle(&mut self) {
+        let pos = self.pos.min(self.buf.len());
+        self.buf.drain(..pos);
+        self.pos = 0;
+        if self.buf.capacity() > CLIENT_BUF_KEEP && self.buf.len() < CLIENT_BUF {
+            self.buf.shrink_to(CLIENT_BUF);
+        }
+        if self.out.capacity() > CLIENT_BUF_KEEP {
+            self.out = Vec::new();
+        }
+    }
+
+    async fn request(&mut self, shard: &Shard) -> Next {
+        match self.read_head(shard).await {
+            Ok(true) => {}
+            Ok(false) => return Next::Close,
+            Err(e) => {
+                self.reply_error(shard, e, true).await;
+                return Next::Close;
+            }
+        }
+        self.served += 1;
+        self.pos = self.head.head_len;
+        let body = self.head.body.unwrap_or(BodyKind::None);
+        self.body_done = matches!(body, BodyKind::None | BodyKind::Length(0));
+        match self.prepare(shard, body) {
+            Ok(p) => self.forward(shard, &p).await,
+            Err(e) => self.fail(shard, e, self.head.close).await,
+        }
+    }
+
+    /// Reads until a complete request head is parsed. `Ok(false)`: the client went away (or idled
+    /// out, or the worker is draining) between requests; nothing to answer.
+    async fn read_head(&mut self, shard: &Shard) -> Result<bool, GatewayError> {
+        let server = &shard.config.server;
+        let limits = Limits {
+            max_header_bytes: server.max_header_bytes,
+            max_uri_bytes: server.max_uri_bytes,
+            max_headers: server.max_headers,
+        };
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                match parse::parse_request(&self.buf, &limits, &mut self.head) {
+                    Ok(Parsed::Complete) => return Ok(true),
+                    Ok(Parsed::Partial) => {}
+                    Err(e) => return Err(request_parse_error(e)),
+                }
+                // Slowloris: the whole head must arrive within `client_header` of its first byte.
+                deadline.get_or_insert_with(|| Instant::now() + server.timeouts.client_header);
+            }
+            if self.buf.len() == self.buf.capacity() {
+                let cap = server.max_header_bytes + 1024;
+                if self.buf.capacity() >= cap {
+                    return Err(GatewayError::HeadersTooLarge);
+                }
+                self.buf.reserve_exact(cap - self.buf.len());
+            }
+            let read = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(GatewayError::RequestTimeout);
+                    }
+                    io::fill(&mut self.client, &mut self.buf, left).await
+                }
+                None => {
+                    if shard.draining.get() {
+                        return Ok(false);
+                    }
+                    let wait = if self.served == 0 {
+                        server.timeouts.client_header
+                    } else {
+                        server.timeouts.keepalive
+                    };
+                    let cancel = shard.idle_cancel.borrow().handle();
+                    io::fill_cancelable(&mut self.client, &mut self.buf, wait, cancel).await
+                }
+            };
+            match read {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) if io::is_timeout(&e) && deadline.is_some() => {
+                    return Err(GatewayError::RequestTimeout)
+                }
+                Err(_) => return Ok(false),
+            }
+        }
+    }
+
+    /// Normalizes, routes and applies the body limit. Allocation-free.
+    fn prepare(&mut self, shard: &Shard, body: BodyKind) -> Result<Prepared, GatewayError> {
+        let head = &self.head;
+        let buf = &self.buf;
+        let raw_path = head.path.get(buf);
+        if raw_path.first() == Some(&b'/') {
+            normalize_path(raw_path, &mut self.path)
+                .map_err(|_| GatewayError::BadRequest("invalid path encoding"))?;
+        } else {
+            // asterisk-form (`OPTIONS *`): routed as-is, so only a route without paths can take it.
+            self.path.clear();
+            self.path.extend_from_slice(raw_path);
+        }
+        let host = host_without_port(head.host.map(|h| h.get(buf)).unwrap_or_default());
+        let method = head.method.get(buf);
+        let query = head.query.map(|q| q.get(buf)).unwrap_or_default();
+        let view = HeadView { head, buf };
+        let m = shard
+            .router
+            .find(host, method, &self.path, query, &view)
+            .ok_or(GatewayError::NoRoute)?;
+        let route: &RouteDef = shard
+            .config
+            .routes
+            .get(m.route)
+            .ok_or(GatewayError::NoRoute)?;
+        let max_body = route
+            .max_body_bytes
+            .unwrap_or(shard.config.server.max_body_bytes);
+        if let BodyKind::Length(n) = body {
+            if max_body > 0 && n > max_body {
+                return Err(GatewayError::BodyTooLarge);
+            }
+        }
+        let http10 = head.version == Some(Version::Http10);
+        let replayable = body == BodyKind::None
+            && [
+                &b"GET"[..],
+                b"HEAD",
+                b"OPTIONS",
+                b"TRACE",
+                b"PUT",
+                b"DELETE",
+            ]
+            .contains(&method);
+        Ok(Prepared {
+            route: m.route,
+            strip_len: m.strip_len.min(self.path.len()),
+            max_body,
+            body,
+            head_method: method == b"HEAD",
+            http10,
+            client_close: head.close,
+            expect_continue: head.expect_continue,
+            upgrade: head.upgrade,
+            replayable,
+        })
+    }
+
+    /// Picks a target, connects (or reuses), runs the exchange; retries once on a fresh connection
+    /// when a reused one turned out stale and the request is replayable.
+    async fn forward(&mut self, shard: &Shard, p: &Prepared) -> Next {
+        let cfg = &*shard.config;
+        let Some(route) = cfg.routes.get(p.route) else {
+            return self
+                .fail(shard, GatewayError::NoRoute, p.client_close)
+                .await;
+        };
+        let Some(svc) = cfg.services.get(route.service) else {
+            return self
+                .fail(shard, GatewayError::ServiceUnavailable, p.client_close)
+                .await;
+        };
+        upstream_path(&svc.path, &self.path, p.strip_len, &mut self.target);
+        if let Some(q) = self.head.query {
+            self.target.push(b'?');
+            self.target.extend_from_slice(q.get(&self.buf));
+        }
+        let mut pinned: Option<usize> = None;
+        loop {
+            let (upstream, target, reused) = match connect(shard, svc, pinned).await {
+                Ok(c) => c,
+                Err(e) => return self.fail(shard, e, p.client_close).await,
+            };
+            match self
+                .exchange(shard, p, route, svc, upstream, target, reused)
+                .await
+            {
+                Exchange::Done(next) => return next,
+                Exchange::RetryFresh if pinned.is_none() && p.replayable => pinned = Some(target),
+                Exchange::RetryFresh => {
+                    return self
+                        .fail(shard, GatewayError::BadResponse, p.client_close)
+                        .await
+                }
+            }
+        }
+    }
+
+    /// One request/response exchange over `upstream`.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &mut self,
+        shard: &Shard,
+        p: &Prepared,
+        route: &RouteDef,
+        svc: &ServiceDef,
+        mut upstream: TcpStream,
+        target: usize,
+        reused: bool,
+    ) -> Exchange {
+        let cfg = &*shard.config;
+        let Some(ups) = cfg.upstreams.get(svc.upstream) else {
+            return Exchange::Done(
+                self.fail(shard, GatewayError::ServiceUnavailable, p.client_close)
+                    .await,
+            );
+        };
+        let Some(tdef) = ups.targets.get(target) else {
+            return Exchange::Done(
+                self.fail(shard, GatewayError::ServiceUnavailable, p.client_close)
+                    .await,
+            );
+        };
+
+        // 1. Request head (plus whatever body bytes already arrived), then the rest of the body.
+        let client_host = self.head.host.map(|h| h.get(&self.buf)).unwrap_or_default();
+        let host: &[u8] = if route.preserve_host && !client_host.is_empty() {
+            client_host
+        } else {
+            svc.host_header.as_deref().unwrap_or(&tdef.name).as_bytes()
+        };
+        let fwd = Forwarded {
+            client_ip: self.peer.ip(),
+            listen_port: self.listen_port,
+            client_host,
+            prefix: self.path.get(..p.strip_len).unwrap_or_default(),
+            proto: b"http",
+        };
+        self.out.clear();
+        head::write_request_head(
+            &mut self.out,
+            &self.buf,
+            &self.head,
+            &self.target,
+            host,
+            &fwd,
+            p.body,
+        );
+        match self.send_request_body(shard, p, svc, &mut upstream).await {
+            Ok(()) => {}
+            Err(body::SendError::UpstreamWrite) if reused && p.replayable => {
+                return Exchange::RetryFresh
+            }
+            Err(e) => return Exchange::Done(self.request_body_failed(shard, e, p).await),
+        }
+
+        // 2. Response head.
+        self.ubuf = shard.take_buf();
+        let max_head = cfg.server.max_header_bytes;
+        loop {
+            if !self.ubuf.is_empty() {
+                match parse::parse_response(&self.ubuf, max_head, p.head_method, &mut self.resp) {
+                    Ok(Parsed::Complete) => {
+                        let status = self.resp.status;
+                        if status == 101 {
+                            return self.upgrade(shard, p, upstream).await;
+                        }
+                        if (100..200).contains(&status) {
+                            // Interim (100 Continue from the upstream, 103 hints): already handled
+                            // towards the client by us; drop it and read on.
+                            let hl = self.resp.head_len.min(self.ubuf.len());
+                            self.ubuf.drain(..hl);
+                            continue;
+                        }
+                        break;
+                    }
+                    Ok(Parsed::Partial) => {}
+                    Err(_) => {
+                        return Exchange::Done(
+                            self.fail(shard, GatewayError::BadResponse, p.client_close)
+                                .await,
+                        )
+                    }
+                }
+            }
+            if self.ubuf.len() == self.ubuf.capacity() {
+                return Exchange::Done(
+                    self.fail(shard, GatewayError::BadResponse, p.client_close)
+                        .await,
+                );
+            }
+            match io::fill(&mut upstream, &mut self.ubuf, svc.read_timeout).await {
+                Ok(0) | Err(_) if reused && self.ubuf.is_empty() && p.replayable => {
+                    return Exchange::RetryFresh
+                }
+                Ok(0) => {
+                    return Exchange::Done(
+                        self.fail(shard, GatewayError::BadResponse, p.client_close)
+                            .await,
+                    )
+                }
+                Ok(_) => {}
+                Err(e) if io::is_timeout(&e) => {
+                    return Exchange::Done(
+                        self.fail(shard, GatewayError::UpstreamTimeout, p.client_close)
+                            .await,
+                    )
+                }
+                Err(_) => {
+                    return Exchange::Done(
+                        self.fail(shard, GatewayError::BadResponse, p.client_close)
+                            .await,
+                    )
+                }
+            }
+        }
+
+        // 3. Response head and body to the client.
+        let resp_body = self.resp.body.unwrap_or(BodyKind::None);
+        let framing = match resp_body {
+            BodyKind::None => ClientFraming::NoBody,
+            BodyKind::Length(n) => ClientFraming::Length(n),
+            BodyKind::Chunked | BodyKind::CloseDelimited if p.http10 => ClientFraming::Close,
+            BodyKind::Chunked | BodyKind::CloseDelimited => ClientFraming::Chunked,
+        };
+        // A client whose request body we did not fully read cannot be kept: its next bytes are body.
+        let close = p.client_close
+            || !self.body_done
+            || shard.draining.get()
+            || framing == ClientFraming::Close;
+        self.out.clear();
+        head::write_response_head(
+            &mut self.out,
+            &self.ubuf,
+            &self.resp,
+            framing,
+            close,
+            p.http10,
+        );
+        let relay = body::relay_response(self, shard, svc, &mut upstream, resp_body, framing).await;
+        match relay {
+            body::Relay::Complete { upstream_clean } => {
+                if upstream_clean && !self.resp.close {
+                    if let Some(base) = shard.target_base.get(svc.upstream) {
+                        shard.pool.checkin(base + target, upstream);
+                    }
+                }
+                Exchange::Done(if close { Next::Close } else { Next::KeepAlive })
+            }
+            body::Relay::Aborted => Exchange::Done(Next::Close),
+            body::Relay::BadBeforeHead => Exchange::Done(
+                self.fail(shard, GatewayError::BadResponse, p.client_close)
+                    .await,
+            ),
+        }
+    }
+
+    /// Sends the request head and streams the request body upstream.
+    async fn send_request_body(
+        &mut self,
+        shard: &Shard,
+        p: &Prepared,
+        svc: &ServiceDef,
+        upstream: &mut TcpStream,
+    ) -> Result<(), body::SendError> {
+        body::send_request(
+            self,
+            shard,
+            p.body,
+            p.max_body,
+            p.expect_continue,
+            svc,
+            upstream,
+        )
+        .await
+    }
+
+    async fn request_body_failed(
+        &mut self,
+        shard: &Shard,
+        e: body::SendError,
+        p: &Prepared,
+    ) -> Next {
+        match e {
+            body::SendError::ClientGone => Next::Close,
+            body::SendError::ClientTimeout => {
+                self.fail(shard, GatewayError::RequestTimeout, true).await
+            }
+            body::SendError::TooLarge => self.fail(shard, GatewayError::BodyTooLarge, true).await,
+            body::SendError::BadChunked => {
+                self.fail(
+                    shard,
+                    GatewayError::BadRequest("malformed chunked body"),
+                    true,
+                )
+                .await
+            }
+            body::SendError::UpstreamWrite => {
+                self.fail(shard, GatewayError::UpstreamConnect, p.client_close)
+                    .await
+            }
+            body::SendError::UpstreamTimeout => {
+                self.fail(shard, GatewayError::UpstreamTimeout, p.client_close)
+                    .await
+            }
+        }
+    }
+
+    /// Relays a 101 and turns the connection into a tunnel (only for requests that asked to upgrade).
+    async fn upgrade(&mut self, shard: &Shard, p: &Prepared, mut upstream: TcpStream) -> Exchange {
+        if !p.upgrade {
+            return Exchange::Done(
+                self.fail(shard, GatewayError::BadResponse, p.client_close)
+                    .await,
+            );
+        }
+        self.out.clear();
+        head::write_upgrade_head(&mut self.out, &self.ubuf, &self.resp);
+        // Bytes the upstream sent right after its 101 belong to the new protocol.
+        let extra_from = self.resp.head_len.min(self.ubuf.len());
+        self.out.extend_from_slice(&self.ubuf[extra_from..]);
+        let write_timeout = shard.config.server.timeouts.client_body;
+        if io::send_all(&mut self.client, &mut self.out, write_timeout)
+            .await
+            .is_err()
+        {
+            return Exchange::Done(Next::Close);
+        }
+        let _ = &mut upstream;
+        Exchange::Done(Next::Upgrade(upstream))
+    }
+
+    /// Answers with a gateway error and decides whether the connection survives it.
+    async fn fail(&mut self, shard: &Shard, e: GatewayError, client_close: bool) -> Next {
+        let close =
+            client_close || e.closes_connection() || !self.body_done || shard.draining.get();
+        self.reply_error(shard, e, close).await;
+        if close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    async fn reply_error(&mut self, shard: &Shard, e: GatewayError, close: bool) {
+        self.out.clear();
+        e.write_response(close, &mut self.out);
+        let timeout = shard.config.server.timeouts.client_body;
+        let _ = io::send_all(&mut self.client, &mut self.out, timeout).await;
+        if close {
+            // Half-close so the client reads the answer before seeing the connection end, even if
+            // it is still sending (a full close with unread data would turn into a reset).
+            let _ = self.client.shutdown().await;
+        }
+    }
+}
+
+/// Picks a target (smooth WRR) and returns a pooled or fresh connection to it. A target that refuses
+/// or times out is skipped for the next one: nothing was sent yet, so this is always safe.
+/// `pinned`: retry on this target only, with a fresh connection.
+async fn connect(
+    shard: &Shard,
+    svc: &ServiceDef,
+    pinned: Option<usize>,
+) -> Result<(TcpStream, usize, bool), GatewayError> {
+    let ups = shard
+        .config
+        .upstreams
+        .get(svc.upstream)
+        .ok_or(GatewayError::ServiceUnavailable)?;
+    let base = shard.target_base.get(svc.upstream).copied().unwrap_or(0);
+    let n = ups.targets.len();
+    let (first, tries) = match pinned {
+        Some(t) => (t, 1),
+        None => match shard.balancers.get(svc.upstream) {
+            Some(b) => (b.borrow_mut().pick(), n),
+            None => (0, n),
+        },
+    };
+    let mut timed_out = false;
+    for k in 0..tries {
+        let t = (first + k) % n.max(1);
+        let Some(tdef) = ups.targets.get(t) else {
+            continue;
+        };
+        if pinned.is_none() {
+            if let Some(stream) = shard.pool.checkout(base + t) {
+                return Ok((stream, t, true));
+            }
+        }
+        match monoio::time::timeout(svc.connect_timeout, TcpStream::connect_addr(tdef.addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, t, false));
+            }
+            Ok(Err(e)) => crate::debug!(
+                "upstream connect failed target={} error=\"{}\"",
+                tdef.name,
+                e
+            ),
+            Err(_) => {
+                crate::debug!("upstream connect timed out target={}", tdef.name);
+                timed_out = true;
+            }
+        }
+    }
+    Err(if timed_out {
+        GatewayError::UpstreamTimeout
+    } else {
+        GatewayError::UpstreamConnect
+    })
+}
+
+fn request_parse_error(e: ParseError) -> GatewayError {
+    match e {
+        ParseError::BadRequest(why) => GatewayError::BadRequest(why),
+        ParseError::UriTooLong => GatewayError::UriTooLong,
+        ParseError::HeadersTooLarge => GatewayError::HeadersTooLarge,
+        ParseError::NotImplemented => GatewayError::NotImplemented,
+        ParseError::BadResponse(why) => GatewayError::BadRequest(why),
+    }
+}
+
+/// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
+fn host_without_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match memchr::memchr(b']', host) {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match memchr::memrchr(b':', host) {
+        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
+        _ => host,
+    }
+}
+
+/// Header lookups for the router, straight from the parsed spans.
+struct HeadView<'a> {
+    head: &'a RequestHead,
+    buf: &'a [u8],
+}
+
+impl RequestView for HeadView<'_> {
+    fn header(&self, name_lower: &[u8]) -> Option<&[u8]> {
+        self.head
+            .headers
+            .iter()
+            .find(|h| eq_ignore_case(h.name.get(self.buf), name_lower))
+            .map(|h| h.value.get(self.buf))
+    }
+}
+
+/// Used by `body` for client writes (sending to a slow client).
+fn client_write_timeout(shard: &Shard) -> Duration {
+    shard.config.server.timeouts.client_body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(host_without_port(b"example.com:8080"), b"example.com");
+        assert_eq!(host_without_port(b"example.com"), b"example.com");
+        assert_eq!(host_without_port(b"[::1]:80"), b"[::1]");
+        assert_eq!(host_without_port(b"[::1]"), b"[::1]");
+        assert_eq!(host_without_port(b"a:b"), b"a:b");
+        assert_eq!(host_without_port(b""), b"");
+    }
+}

@@ -1,1 +1,270 @@
-//! TODO
+//! One worker = one thread pinned to one core, running its own monoio runtime (io_uring, or epoll where
+//! io_uring is refused), its own SO_REUSEPORT listeners and its own `Shard` of mutable state.
+//!
+//! Invariants:
+//! - a `Shard` never leaves its thread (`Rc`, `Cell`, `RefCell`); what crosses threads is read-only
+//!   (`Arc<Config>`, `Arc<Router>`) or the `Control` flags polled off the request path;
+//! - no `RefCell` borrow is held across an `.await`;
+//! - the worker returns (and its thread ends) once draining finished or the drain deadline passed.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::io::Canceller;
+use monoio::net::TcpListener;
+
+use crate::config::model::Config;
+use crate::router::Router;
+use crate::upstream::balancer::Swrr;
+use crate::upstream::pool::Pool;
+
+/// Flags the main thread sets and workers poll (every `CONTROL_TICK`), never on the request path.
+#[derive(Default)]
+pub struct Control {
+    pub drain: AtomicBool,
+}
+
+const CONTROL_TICK: Duration = Duration::from_millis(50);
+
+/// Everything a worker's connections share. Lives on one thread only.
+pub struct Shard {
+    pub config: Arc<Config>,
+    pub router: Arc<Router>,
+    /// One balancer per upstream (index = upstream index).
+    pub balancers: Vec<RefCell<Swrr>>,
+    /// `target_base[u] + t` is the pool slot of target `t` of upstream `u`.
+    pub target_base: Vec<usize>,
+    pub pool: Pool,
+    /// Set once SIGTERM/SIGINT arrived: finish in-flight requests, close idle connections.
+    pub draining: Cell<bool>,
+    /// Open client connections.
+    pub active: Cell<usize>,
+    /// Cancels reads of connections idling between requests when draining starts.
+    pub idle_cancel: RefCell<Canceller>,
+    /// Upstream read buffers, lent to a connection only while its request is upstream, so idle
+    /// keep-alive connections hold no large buffer.
+    bufs: RefCell<Vec<Vec<u8>>>,
+    buf_size: usize,
+}
+
+impl Shard {
+    pub fn new(config: Arc<Config>, router: Arc<Router>) -> Shard {
+        let mut target_base = Vec::with_capacity(config.upstreams.len());
+        let mut total = 0;
+        for u in &config.upstreams {
+            target_base.push(total);
+            total += u.targets.len();
+        }
+        let balancers = config
+            .upstreams
+            .iter()
+            .map(|u| RefCell::new(Swrr::new(u.targets.iter().map(|t| t.weight))))
+            .collect();
+        let pool = Pool::new(
+            total,
+            config.server.pool.max_idle,
+            config.server.pool.idle_timeout,
+        );
+        Shard {
+            balancers,
+            target_base,
+            pool,
+            draining: Cell::new(false),
+            active: Cell::new(0),
+            idle_cancel: RefCell::new(Canceller::new()),
+            bufs: RefCell::new(Vec::new()),
+            buf_size: (config.server.max_header_bytes + 1024).max(UPSTREAM_BUF),
+            config,
+            router,
+        }
+    }
+
+    /// An empty buffer of `buf_size` capacity (pooled when possible).
+    pub fn take_buf(&self) -> Vec<u8> {
+        self.bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.buf_size))
+    }
+
+    /// Returns a buffer to the pool (buffers lost to a cancelled operation come back empty and are dropped).
+    pub fn give_buf(&self, mut buf: Vec<u8>) {
+        let mut bufs = self.bufs.borrow_mut();
+        if buf.capacity() >= self.buf_size && bufs.len() < MAX_POOLED_BUFS {
+            buf.clear();
+            bufs.push(buf);
+        }
+    }
+}
+
+/// Upstream read buffer size: holds a response head and a 16 KiB body in one read.
+const UPSTREAM_BUF: usize = 32 * 1024;
+const MAX_POOLED_BUFS: usize = 1024;
+
+/// What a worker thread is given at spawn.
+pub struct WorkerSpec {
+    pub index: usize,
+    /// CPU to pin to, if pinning is possible.
+    pub cpu: Option<usize>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub config: Arc<Config>,
+    pub router: Arc<Router>,
+    pub control: Arc<Control>,
+    pub use_uring: bool,
+}
+
+/// Thread body: pin, build the runtime, serve until drained.
+pub fn run(spec: WorkerSpec) {
+    if let Some(cpu) = spec.cpu {
+        if let Err(e) = pin_to_cpu(cpu) {
+            crate::warn!(
+                "pin failed worker={} cpu={} error=\"{}\"",
+                spec.index,
+                cpu,
+                e
+            );
+        }
+    }
+    let index = spec.index;
+    let result = if spec.use_uring {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(4096)
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(worker_main(spec)))
+    } else {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(worker_main(spec)))
+    };
+    if let Err(e) = result {
+        crate::error!("worker runtime failed worker={} error=\"{}\"", index, e);
+    }
+}
+
+async fn worker_main(spec: WorkerSpec) {
+    let shard = Rc::new(Shard::new(spec.config.clone(), spec.router.clone()));
+    let accept_cancel = Canceller::new();
+    for std_listener in spec.listeners {
+        let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        match TcpListener::from_std(std_listener) {
+            Ok(listener) => {
+                monoio::spawn(accept_loop(
+                    listener,
+                    port,
+                    shard.clone(),
+                    accept_cancel.handle(),
+                ));
+            }
+            Err(e) => crate::error!(
+                "listener setup failed worker={} error=\"{}\"",
+                spec.index,
+                e
+            ),
+        }
+    }
+    control_loop(&shard, &spec.control, accept_cancel).await;
+}
+
+/// Polls the control flags; on drain stops accepting, closes idle connections and waits for
+/// in-flight requests up to `drain_timeout`.
+async fn control_loop(shard: &Rc<Shard>, control: &Control, accept_cancel: Canceller) {
+    let mut ticks: u64 = 0;
+    while !control.drain.load(Ordering::Relaxed) {
+        monoio::time::sleep(CONTROL_TICK).await;
+        ticks += 1;
+        if ticks % 20 == 0 {
+            shard.pool.reap();
+        }
+    }
+    shard.draining.set(true);
+    let _ = accept_cancel.cancel();
+    let old = shard.idle_cancel.replace(Canceller::new());
+    let _ = old.cancel();
+    let deadline = Instant::now() + shard.config.server.drain_timeout;
+    while shard.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    shard: Rc<Shard>,
+    cancel: monoio::io::CancelHandle,
+) {
+    loop {
+        match listener.cancelable_accept(cancel.clone()).await {
+            Ok((stream, peer)) => {
+                if shard.draining.get() {
+                    break;
+                }
+                // Nagle + delayed ACK would stall split head/body writes by 40 ms (DESIGN.md §9).
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(crate::proxy::serve(stream, peer, port, shard.clone()));
+            }
+            Err(e) => {
+                if shard.draining.get() {
+                    break;
+                }
+                accept_error(&e).await;
+            }
+        }
+    }
+}
+
+/// Out of descriptors or memory: back off instead of spinning; other errors are per-connection.
+async fn accept_error(e: &std::io::Error) {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+            crate::warn!("accept failed, backing off error=\"{}\"", e);
+            monoio::time::sleep(Duration::from_millis(50)).await;
+        }
+        _ => crate::debug!("accept failed error=\"{}\"", e),
+    }
+}
+
+/// CPUs this process may run on (respects `taskset`), in ascending order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: plain data set, applied to the calling thread only (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Binds one SO_REUSEPORT listener for `addr`. Workers each bind their own; the kernel spreads
+/// connections across them.
+pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}

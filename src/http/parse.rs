@@ -41,6 +41,7 @@ pub struct RequestHead {
     pub upgrade: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
+    pub conn_tokens: Vec<Span>,
 }
 
 /// Outcome of a parse attempt on the bytes read so far.
@@ -52,7 +53,11 @@ pub enum Parsed {
     Partial,
 }
 
-pub fn parse_request(_buf: &[u8], _limits: &Limits, _out: &mut RequestHead) -> Result<Parsed, ParseError> {
+pub fn parse_request(
+    _buf: &[u8],
+    _limits: &Limits,
+    _out: &mut RequestHead,
+) -> Result<Parsed, ParseError> {
     todo!()
 }
 
@@ -66,6 +71,7 @@ pub struct ResponseHead {
     pub body: Option<BodyKind>,
     /// Upstream asked to close (Connection: close, or HTTP/1.0 without keep-alive).
     pub close: bool,
+    pub conn_tokens: Vec<Span>,
 }
 
 /// `req_method_head`: the request was HEAD (no body whatever the headers say).

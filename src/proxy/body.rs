@@ -1,0 +1,364 @@
+//! Body streaming in both directions through bounded buffers; nothing is ever buffered whole.
+//!
+//! Requests: the head goes out together with whatever body bytes arrived with it (one write), the
+//! rest streams from the client buffer. Chunked bodies are decoded strictly and re-encoded, so chunk
+//! extensions and trailers never cross the proxy and a malformed or oversized body is cut off.
+//!
+//! Responses: Content-Length bodies are relayed as they are; chunked and close-delimited ones are
+//! re-encoded as chunked for HTTP/1.1 clients (keeping the client connection reusable) or sent raw
+//! and close-delimited to HTTP/1.0 clients. If the upstream fails mid-body the client connection is
+//! closed without a terminating chunk, so a truncated response never looks complete.
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use super::head::{push_chunk_size, ClientFraming};
+use super::{client_write_timeout, io, Conn, Shard};
+use crate::config::model::ServiceDef;
+use crate::http::chunked::{Chunk, ChunkedDecoder};
+use crate::http::BodyKind;
+
+/// Why streaming the request upstream stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    ClientGone,
+    ClientTimeout,
+    TooLarge,
+    BadChunked,
+    UpstreamWrite,
+    UpstreamTimeout,
+}
+
+/// How relaying the response ended.
+pub enum Relay {
+    /// The whole body reached the client. `upstream_clean`: the upstream connection holds no unread
+    /// bytes and its framing ended cleanly, so it may be pooled.
+    Complete { upstream_clean: bool },
+    /// Failed after the client saw part of the response: the client connection must be closed.
+    Aborted,
+    /// The upstream body was malformed before anything reached the client: answer 502 instead.
+    BadBeforeHead,
+}
+
+fn upstream_error(e: std::io::Error) -> SendError {
+    if io::is_timeout(&e) {
+        SendError::UpstreamTimeout
+    } else {
+        SendError::UpstreamWrite
+    }
+}
+
+/// Appends one chunk (size line, data, CRLF).
+fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    push_chunk_size(out, data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Sends `c.out` (the request head) and the request body.
+pub async fn send_request(
+    c: &mut Conn,
+    shard: &Shard,
+    body: BodyKind,
+    max_body: u64,
+    expect_continue: bool,
+    svc: &ServiceDef,
+    upstream: &mut TcpStream,
+) -> Result<(), SendError> {
+    let write_timeout = svc.write_timeout;
+    let read_timeout = shard.config.server.timeouts.client_body;
+    let hl = c.head.head_len.min(c.buf.len());
+    match body {
+        BodyKind::None | BodyKind::Length(0) | BodyKind::CloseDelimited => {
+            c.pos = hl;
+            io::send_all(upstream, &mut c.out, write_timeout)
+                .await
+                .map_err(upstream_error)
+        }
+        BodyKind::Length(n) => {
+            let avail = c.buf.len() - hl;
+            let first = (avail as u64).min(n) as usize;
+            c.out.extend_from_slice(&c.buf[hl..hl + first]);
+            c.pos = hl + first;
+            io::send_all(upstream, &mut c.out, write_timeout)
+                .await
+                .map_err(upstream_error)?;
+            let mut remaining = n - first as u64;
+            if remaining > 0 && expect_continue && avail == 0 {
+                send_continue(c, shard).await?;
+            }
+            while remaining > 0 {
+                c.buf.clear();
+                c.pos = 0;
+                read_client(c, read_timeout).await?;
+                let take = (c.buf.len() as u64).min(remaining) as usize;
+                io::send(upstream, &mut c.buf, 0..take, write_timeout)
+                    .await
+                    .map_err(upstream_error)?;
+                c.pos = take;
+                remaining -= take as u64;
+            }
+            c.body_done = true;
+            Ok(())
+        }
+        BodyKind::Chunked => {
+            let mut dec = ChunkedDecoder::new();
+            let mut total: u64 = 0;
+            let mut start = hl;
+            let mut asked_continue = false;
+            loop {
+                let mut done = false;
+                while start < c.buf.len() && !done {
+                    let (used, chunk) = dec
+                        .decode(&c.buf[start..])
+                        .map_err(|_| SendError::BadChunked)?;
+                    match chunk {
+                        Chunk::Data(r) => {
+                            total += r.len() as u64;
+                            if max_body > 0 && total > max_body {
+                                return Err(SendError::TooLarge);
+                            }
+                            let data = c
+                                .buf
+                                .get(start + r.start..start + r.end)
+                                .unwrap_or_default();
+                            push_chunk(&mut c.out, data);
+                        }
+                        Chunk::NeedMore => {}
+                        Chunk::Done => {
+                            c.out.extend_from_slice(LAST_CHUNK);
+                            done = true;
+                        }
+                    }
+                    if used == 0 && !done {
+                        break;
+                    }
+                    start += used;
+                }
+                if !c.out.is_empty() {
+                    io::send_all(upstream, &mut c.out, write_timeout)
+                        .await
+                        .map_err(upstream_error)?;
+                    c.out.clear();
+                }
+                if done {
+                    c.pos = start;
+                    c.body_done = true;
+                    return Ok(());
+                }
+                if expect_continue && !asked_continue {
+                    asked_continue = true;
+                    send_continue(c, shard).await?;
+                }
+                c.buf.clear();
+                c.pos = 0;
+                start = 0;
+                read_client(c, read_timeout).await?;
+            }
+        }
+    }
+}
+
+async fn read_client(c: &mut Conn, timeout: std::time::Duration) -> Result<(), SendError> {
+    match io::fill(&mut c.client, &mut c.buf, timeout).await {
+        Ok(0) => Err(SendError::ClientGone),
+        Ok(_) => Ok(()),
+        Err(e) if io::is_timeout(&e) => Err(SendError::ClientTimeout),
+        Err(_) => Err(SendError::ClientGone),
+    }
+}
+
+/// `Expect: 100-continue`: the gateway answers it itself once the request is routed and within
+/// limits (so a 413 goes out instead of a 100 when the declared length is too big).
+async fn send_continue(c: &mut Conn, shard: &Shard) -> Result<(), SendError> {
+    let fut = c.client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+    match monoio::time::timeout(client_write_timeout(shard), fut).await {
+        Ok((Ok(_), _)) => Ok(()),
+        _ => Err(SendError::ClientGone),
+    }
+}
+
+/// Sends `c.out` (the response head) and relays the body from `c.ubuf` / the upstream.
+pub async fn relay_response(
+    c: &mut Conn,
+    shard: &Shard,
+    svc: &ServiceDef,
+    upstream: &mut TcpStream,
+    body: BodyKind,
+    framing: ClientFraming,
+) -> Relay {
+    let write_timeout = client_write_timeout(shard);
+    let read_timeout = svc.read_timeout;
+    let hl = c.resp.head_len.min(c.ubuf.len());
+    match body {
+        BodyKind::None => {
+            let clean = c.ubuf.len() == hl;
+            match io::send_all(&mut c.client, &mut c.out, write_timeout).await {
+                Ok(()) => Relay::Complete {
+                    upstream_clean: clean,
+                },
+                Err(_) => Relay::Aborted,
+            }
+        }
+        BodyKind::Length(n) => {
+            let avail = c.ubuf.len() - hl;
+            let first = (avail as u64).min(n) as usize;
+            let mut clean = avail == first;
+            c.out.extend_from_slice(&c.ubuf[hl..hl + first]);
+            if io::send_all(&mut c.client, &mut c.out, write_timeout)
+                .await
+                .is_err()
+            {
+                return Relay::Aborted;
+            }
+            let mut remaining = n - first as u64;
+            while remaining > 0 {
+                c.ubuf.clear();
+                match io::fill(upstream, &mut c.ubuf, read_timeout).await {
+                    Ok(0) | Err(_) => return Relay::Aborted,
+                    Ok(got) => {
+                        let take = (got as u64).min(remaining) as usize;
+                        clean &= take == got;
+                        if io::send(&mut c.client, &mut c.ubuf, 0..take, write_timeout)
+                            .await
+                            .is_err()
+                        {
+                            return Relay::Aborted;
+                        }
+                        remaining -= take as u64;
+                    }
+                }
+            }
+            Relay::Complete {
+                upstream_clean: clean,
+            }
+        }
+        BodyKind::Chunked => {
+            relay_chunked(c, upstream, hl, framing, read_timeout, write_timeout).await
+        }
+        BodyKind::CloseDelimited => {
+            relay_until_close(c, upstream, hl, framing, read_timeout, write_timeout).await
+        }
+    }
+}
+
+/// Appends upstream body data to `c.out` in the client's framing.
+fn frame_into(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming) {
+    if data.is_empty() {
+        return;
+    }
+    if framing == ClientFraming::Chunked {
+        push_chunk(out, data);
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+async fn relay_chunked(
+    c: &mut Conn,
+    upstream: &mut TcpStream,
+    hl: usize,
+    framing: ClientFraming,
+    read_timeout: std::time::Duration,
+    write_timeout: std::time::Duration,
+) -> Relay {
+    let mut dec = ChunkedDecoder::new();
+    let mut start = hl;
+    let mut head_sent = false;
+    loop {
+        let mut done = false;
+        while start < c.ubuf.len() && !done {
+            let (used, chunk) = match dec.decode(&c.ubuf[start..]) {
+                Ok(x) => x,
+                Err(_) if !head_sent => return Relay::BadBeforeHead,
+                Err(_) => return Relay::Aborted,
+            };
+            match chunk {
+                Chunk::Data(r) => {
+                    let data = c
+                        .ubuf
+                        .get(start + r.start..start + r.end)
+                        .unwrap_or_default();
+                    frame_into(&mut c.out, data, framing);
+                }
+                Chunk::NeedMore => {}
+                Chunk::Done => {
+                    if framing == ClientFraming::Chunked {
+                        c.out.extend_from_slice(LAST_CHUNK);
+                    }
+                    done = true;
+                }
+            }
+            if used == 0 && !done {
+                break;
+            }
+            start += used;
+        }
+        if !c.out.is_empty() {
+            if io::send_all(&mut c.client, &mut c.out, write_timeout)
+                .await
+                .is_err()
+            {
+                return Relay::Aborted;
+            }
+            c.out.clear();
+            head_sent = true;
+        }
+        if done {
+            return Relay::Complete {
+                upstream_clean: start == c.ubuf.len(),
+            };
+        }
+        c.ubuf.clear();
+        start = 0;
+        match io::fill(upstream, &mut c.ubuf, read_timeout).await {
+            Ok(0) | Err(_) => return Relay::Aborted,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn relay_until_close(
+    c: &mut Conn,
+    upstream: &mut TcpStream,
+    hl: usize,
+    framing: ClientFraming,
+    read_timeout: std::time::Duration,
+    write_timeout: std::time::Duration,
+) -> Relay {
+    let data = c.ubuf.get(hl..).unwrap_or_default();
+    frame_into(&mut c.out, data, framing);
+    loop {
+        if io::send_all(&mut c.client, &mut c.out, write_timeout)
+            .await
+            .is_err()
+        {
+            return Relay::Aborted;
+        }
+        c.out.clear();
+        c.ubuf.clear();
+        match io::fill(upstream, &mut c.ubuf, read_timeout).await {
+            Ok(0) => break,
+            Ok(_) => {
+                let data = c.ubuf.as_slice();
+                frame_into(&mut c.out, data, framing);
+            }
+            // A reset or timeout is not a clean end: leave the response unterminated.
+            Err(_) => return Relay::Aborted,
+        }
+    }
+    if framing == ClientFraming::Chunked {
+        c.out.extend_from_slice(LAST_CHUNK);
+        if io::send_all(&mut c.client, &mut c.out, write_timeout)
+            .await
+            .is_err()
+        {
+            return Relay::Aborted;
+        }
+    }
+    Relay::Complete {
+        upstream_clean: false,
+    }
+}

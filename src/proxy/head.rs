@@ -1,0 +1,293 @@
+//! Writing heads: the request head sent upstream and the response head sent to the client.
+//!
+//! Both are written into a reused `Vec<u8>` (no allocation once it has grown). Hop-by-hop headers
+//! (RFC 9110 §7.6.1: Connection, every header it lists, Keep-Alive, Proxy-Connection, TE, Trailer,
+//! Transfer-Encoding, Upgrade) are dropped, and framing (Content-Length / Transfer-Encoding) is
+//! re-derived from what the proxy will actually send, never copied.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use crate::http::headers::{eq_ignore_case, is_listed};
+use crate::http::parse::{RequestHead, ResponseHead};
+use crate::http::{BodyKind, Span};
+
+/// Headers the proxy treats specially, classified by length first so the common case is one compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Plain,
+    HopByHop,
+    Upgrade,
+    Host,
+    ContentLength,
+    Expect,
+    XForwardedFor,
+    /// X-Forwarded-Proto/Host/Port/Prefix and X-Real-IP: set by the proxy, never trusted from clients.
+    ProxySet,
+}
+
+pub fn classify(name: &[u8]) -> Class {
+    let is = |s: &[u8]| eq_ignore_case(name, s);
+    match name.len() {
+        2 if is(b"te") => Class::HopByHop,
+        4 if is(b"host") => Class::Host,
+        6 if is(b"expect") => Class::Expect,
+        7 if is(b"upgrade") => Class::Upgrade,
+        7 if is(b"trailer") => Class::HopByHop,
+        9 if is(b"x-real-ip") => Class::ProxySet,
+        10 if is(b"connection") || is(b"keep-alive") => Class::HopByHop,
+        14 if is(b"content-length") => Class::ContentLength,
+        15 if is(b"x-forwarded-for") => Class::XForwardedFor,
+        16 if is(b"proxy-connection") => Class::HopByHop,
+        16 if is(b"x-forwarded-host") || is(b"x-forwarded-port") => Class::ProxySet,
+        17 if is(b"transfer-encoding") => Class::HopByHop,
+        17 if is(b"x-forwarded-proto") => Class::ProxySet,
+        18 if is(b"x-forwarded-prefix") => Class::ProxySet,
+        _ => Class::Plain,
+    }
+}
+
+/// Appends the decimal form of `n` without going through `fmt`.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends a chunk-size line: lower-case hex and CRLF.
+pub fn push_chunk_size(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n as u64;
+    loop {
+        i -= 1;
+        digits[i] = HEX[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the upstream request says about the client and the route.
+pub struct Forwarded<'a> {
+    pub client_ip: IpAddr,
+    pub listen_port: u16,
+    /// The client's Host value as sent (for X-Forwarded-Host).
+    pub client_host: &'a [u8],
+    /// The prefix strip_path removed (empty when nothing was stripped).
+    pub prefix: &'a [u8],
+    /// `http` or `https`.
+    pub proto: &'a [u8],
+}
+
+/// Writes the upstream request head. `buf` is the client read buffer the `head` spans point into;
+/// `path_and_query` is the already rewritten upstream target; `host` the Host to send.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &RequestHead,
+    path_and_query: &[u8],
+    host: &[u8],
+    fwd: &Forwarded<'_>,
+    body: BodyKind,
+) {
+    out.extend_from_slice(head.method.get(buf));
+    out.push(b' ');
+    out.extend_from_slice(path_and_query);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    push_header(out, b"Host", host);
+
+    let mut has_xff = false;
+    let mut had_content_length = false;
+    let mut upgrade_value: Option<Span> = None;
+    for h in &head.headers {
+        let name = h.name.get(buf);
+        match classify(name) {
+            Class::Plain => {
+                if head.conn_tokens.is_empty() || !is_listed(name, &head.conn_tokens, buf) {
+                    push_header(out, name, h.value.get(buf));
+                }
+            }
+            Class::XForwardedFor => has_xff = true,
+            Class::ContentLength => had_content_length = true,
+            Class::Upgrade => upgrade_value = Some(h.value),
+            Class::HopByHop | Class::Host | Class::Expect | Class::ProxySet => {}
+        }
+    }
+    // Appended to, never trusted: every XFF field the client sent is one comma list (RFC 9110 §5.3)
+    // to which the peer address is added, as a single field.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if has_xff {
+        for h in &head.headers {
+            let v = h.value.get(buf);
+            if !v.is_empty() && classify(h.name.get(buf)) == Class::XForwardedFor {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    let _ = write!(out, "{}", fwd.client_ip);
+    out.extend_from_slice(b"\r\nX-Real-IP: ");
+    let _ = write!(out, "{}", fwd.client_ip);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(fwd.proto);
+    out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
+    out.extend_from_slice(fwd.client_host);
+    out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
+    push_u64(out, u64::from(fwd.listen_port));
+    out.extend_from_slice(b"\r\n");
+    if !fwd.prefix.is_empty() {
+        push_header(out, b"X-Forwarded-Prefix", fwd.prefix);
+    }
+    match body {
+        BodyKind::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyKind::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        BodyKind::None | BodyKind::CloseDelimited => {
+            if had_content_length {
+                out.extend_from_slice(b"Content-Length: 0\r\n");
+            }
+        }
+    }
+    if head.upgrade {
+        if let Some(v) = upgrade_value {
+            out.extend_from_slice(b"Connection: upgrade\r\n");
+            push_header(out, b"Upgrade", v.get(buf));
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body is framed towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// No body (HEAD, 204, 304): the upstream's Content-Length, if any, is passed through as metadata.
+    NoBody,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 client and a body of unknown length: delimited by closing.
+    Close,
+}
+
+/// Writes the client response head.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    ubuf: &[u8],
+    resp: &ResponseHead,
+    framing: ClientFraming,
+    close: bool,
+    http10_client: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(resp.status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.get(ubuf));
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        let name = h.name.get(ubuf);
+        let keep = match classify(name) {
+            Class::HopByHop | Class::Upgrade => false,
+            Class::ContentLength => framing == ClientFraming::NoBody,
+            _ => resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf),
+        };
+        if keep {
+            push_header(out, name, h.value.get(ubuf));
+        }
+    }
+    match framing {
+        ClientFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        ClientFraming::NoBody | ClientFraming::Close => {}
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if http10_client {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a `101 Switching Protocols` head: end-to-end headers plus the upgrade pair.
+pub fn write_upgrade_head(out: &mut Vec<u8>, ubuf: &[u8], resp: &ResponseHead) {
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(resp.reason.get(ubuf));
+    out.extend_from_slice(b"\r\n");
+    let mut upgrade: Option<Span> = None;
+    for h in &resp.headers {
+        let name = h.name.get(ubuf);
+        match classify(name) {
+            Class::Upgrade => upgrade = Some(h.value),
+            Class::HopByHop | Class::ContentLength => {}
+            _ => {
+                if !is_listed(name, &resp.conn_tokens, ubuf) {
+                    push_header(out, name, h.value.get(ubuf));
+                }
+            }
+        }
+    }
+    out.extend_from_slice(b"Connection: upgrade\r\n");
+    if let Some(v) = upgrade {
+        push_header(out, b"Upgrade", v.get(ubuf));
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_is_case_insensitive_and_exact() {
+        assert_eq!(classify(b"Transfer-Encoding"), Class::HopByHop);
+        assert_eq!(classify(b"TE"), Class::HopByHop);
+        assert_eq!(classify(b"X-Forwarded-For"), Class::XForwardedFor);
+        assert_eq!(classify(b"x-forwarded-prefix"), Class::ProxySet);
+        assert_eq!(classify(b"Content-Type"), Class::Plain);
+        assert_eq!(classify(b"Hosts"), Class::Plain);
+        assert_eq!(classify(b"Content-Length"), Class::ContentLength);
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        for (n, hex) in [(0usize, "0"), (10, "a"), (4096, "1000"), (65535, "ffff")] {
+            let mut out = Vec::new();
+            push_chunk_size(&mut out, n);
+            assert_eq!(out, format!("{hex}\r\n").into_bytes());
+        }
+    }
+
+    #[test]
+    fn push_u64_formats() {
+        for n in [0u64, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+}

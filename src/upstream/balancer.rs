@@ -1,0 +1,78 @@
+//! Smooth weighted round-robin (the algorithm nginx uses): every pick adds each target's weight to its
+//! running score, picks the highest score and subtracts the total from it. Over any window of
+//! `sum(weights)` picks each target is chosen exactly `weight` times, and picks are spread out
+//! (80/20 gives a b-target every fifth request, not 20 in a row).
+//!
+//! State is per worker and per upstream; with N workers the split holds per worker and so overall.
+
+#[derive(Debug, Clone)]
+pub struct Swrr {
+    weights: Box<[i64]>,
+    current: Box<[i64]>,
+    total: i64,
+}
+
+impl Swrr {
+    /// `weights` must be non-empty and each >= 1 (guaranteed by config validation).
+    pub fn new(weights: impl IntoIterator<Item = u32>) -> Swrr {
+        let weights: Box<[i64]> = weights.into_iter().map(i64::from).collect();
+        let total = weights.iter().sum();
+        let current = vec![0; weights.len()].into_boxed_slice();
+        Swrr {
+            weights,
+            current,
+            total,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+
+    /// The next target index.
+    pub fn pick(&mut self) -> usize {
+        let mut best = 0;
+        for i in 0..self.weights.len() {
+            self.current[i] += self.weights[i];
+            if self.current[i] > self.current[best] {
+                best = i;
+            }
+        }
+        if let Some(c) = self.current.get_mut(best) {
+            *c -= self.total;
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eighty_twenty_is_exact_and_spread() {
+        let mut b = Swrr::new([80, 20]);
+        let picks: Vec<usize> = (0..100).map(|_| b.pick()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 80);
+        // Never more than 4 a-picks in a row: the b picks are interleaved.
+        let longest = picks.split(|&p| p == 1).map(|run| run.len()).max().unwrap();
+        assert!(longest <= 4, "{picks:?}");
+    }
+
+    #[test]
+    fn weights_5_1_1_match_nginx_sequence() {
+        let mut b = Swrr::new([5, 1, 1]);
+        let seq: Vec<usize> = (0..7).map(|_| b.pick()).collect();
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn single_target() {
+        let mut b = Swrr::new([1]);
+        assert!((0..10).all(|_| b.pick() == 0));
+    }
+}
