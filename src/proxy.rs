@@ -35,6 +35,9 @@ use crate::router::RequestView;
 use crate::worker::Shard;
 use head::{ClientFraming, Forwarded};
 
+/// Lingering close: how long and how much unread client input is drained before closing.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// Initial client read buffer: enough for typical request heads; grows up to the header limit.
 const CLIENT_BUF: usize = 8 * 1024;
 /// Past this the client buffer is shrunk back after a request, so one big head doesn't pin memory.
@@ -388,7 +391,11 @@ impl Conn {
         }
 
         // 2. Response head.
-        self.ubuf = shard.take_buf();
+        if self.ubuf.capacity() == 0 {
+            self.ubuf = shard.take_buf();
+        } else {
+            self.ubuf.clear();
+        }
         let max_head = cfg.server.max_header_bytes;
         loop {
             if !self.ubuf.is_empty() {
@@ -540,7 +547,7 @@ impl Conn {
     }
 
     /// Relays a 101 and turns the connection into a tunnel (only for requests that asked to upgrade).
-    async fn upgrade(&mut self, shard: &Shard, p: &Prepared, mut upstream: TcpStream) -> Exchange {
+    async fn upgrade(&mut self, shard: &Shard, p: &Prepared, upstream: TcpStream) -> Exchange {
         if !p.upgrade {
             return Exchange::Done(
                 self.fail(shard, GatewayError::BadResponse, p.client_close)
@@ -559,7 +566,6 @@ impl Conn {
         {
             return Exchange::Done(Next::Close);
         }
-        let _ = &mut upstream;
         Exchange::Done(Next::Upgrade(upstream))
     }
 
@@ -581,9 +587,30 @@ impl Conn {
         let timeout = shard.config.server.timeouts.client_body;
         let _ = io::send_all(&mut self.client, &mut self.out, timeout).await;
         if close {
-            // Half-close so the client reads the answer before seeing the connection end, even if
-            // it is still sending (a full close with unread data would turn into a reset).
-            let _ = self.client.shutdown().await;
+            self.lingering_close().await;
+        }
+    }
+
+    /// Half-closes, then reads and discards what the client is still sending (bounded in bytes and
+    /// time) before the socket is dropped. Closing a socket with unread input sends a reset, which can
+    /// destroy the error response before the client reads it (the 413-while-uploading case).
+    async fn lingering_close(&mut self) {
+        let _ = self.client.shutdown().await;
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.buf.clear();
+            if self.buf.capacity() == 0 {
+                break;
+            }
+            match io::fill(&mut self.client, &mut self.buf, left).await {
+                Ok(n) if n > 0 => discarded += n,
+                _ => break,
+            }
         }
     }
 }
