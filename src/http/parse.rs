@@ -52,7 +52,11 @@ pub enum Parsed {
     Partial,
 }
 
-pub fn parse_request(_buf: &[u8], _limits: &Limits, _out: &mut RequestHead) -> Result<Parsed, ParseError> {
+pub fn parse_request(
+    _buf: &[u8],
+    _limits: &Limits,
+    _out: &mut RequestHead,
+) -> Result<Parsed, ParseError> {
     todo!()
 }
 
