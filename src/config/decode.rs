@@ -36,6 +36,7 @@ pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
         path: KeyPath::root(),
         span: e.span(),
         message: format!("invalid TOML: {}", one_line(e.message())),
+        at_key: false,
     })
 }
 
@@ -54,16 +55,20 @@ pub fn decode(doc: &ImDocument<&str>, problems: &mut Vec<Problem>) -> Decoded {
                 out.services = decode_array(item, &path, problems, &mut out.broken_services)
             }
             "routes" => out.routes = decode_array(item, &path, problems, &mut HashSet::new()),
-            "consumers" | "plugins" => problems.push(Problem::at(
+            "consumers" | "plugins" => problems.push(Problem::at_key(
                 path,
                 format!(
                     "`{key}` is not supported yet; allowed top-level keys: {}",
                     list(TOP_LEVEL)
                 ),
             )),
-            _ => problems.push(Problem::at(
+            _ => problems.push(Problem::at_key(
                 path,
-                format!("unknown top-level key; allowed: {}", list(TOP_LEVEL)),
+                format!(
+                    "unknown top-level key `{key}`{}; allowed: {}",
+                    suggest(key, TOP_LEVEL),
+                    list(TOP_LEVEL)
+                ),
             )),
         }
     }
@@ -135,6 +140,7 @@ fn decode_one<T: DeserializeOwned>(
                 path: key,
                 span: inner.span(),
                 message,
+                at_key: false,
             });
             None
         }
@@ -147,13 +153,63 @@ fn unknown_field(message: &str) -> Option<String> {
     rest.find('`').map(|end| rest[..end].to_owned())
 }
 
+/// ` (did you mean `x`?)` when `key` looks like a typo of one of `allowed` (same letters ignoring case
+/// and separators, or at most two edits away); else "".
+fn suggest(key: &str, allowed: &[&str]) -> String {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let k = squash(key);
+    allowed
+        .iter()
+        .find(|a| squash(a) == k)
+        .or_else(|| allowed.iter().find(|a| edit_distance(&squash(a), &k) <= 2))
+        .map(|a| format!(" (did you mean `{a}`?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance (short strings only: keys).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Serde's "unknown field `x`, expected one of `a`, `b`" with a suggestion inserted.
+fn with_suggestion(message: String) -> String {
+    let Some(name) = unknown_field(&message) else {
+        return message;
+    };
+    let allowed: Vec<&str> = message
+        .split_once("expected")
+        .map(|(_, rest)| rest.split('`').skip(1).step_by(2).collect())
+        .unwrap_or_default();
+    let hint = suggest(&name, &allowed);
+    if hint.is_empty() {
+        return message;
+    }
+    message.replacen(&format!("`{name}`"), &format!("`{name}`{hint}"), 1)
+}
+
 /// Serde speaks of sequences and maps; TOML users know arrays and tables.
 fn friendlier(message: &str) -> String {
-    one_line(message)
+    let message = one_line(message)
         .replace("invalid type: sequence", "invalid type: array")
         .replace("invalid type: map", "invalid type: table")
         .replace("expected a sequence", "expected an array")
-        .replace("expected a map", "expected a table")
+        .replace("expected a map", "expected a table");
+    with_suggestion(message)
 }
 
 fn one_line(s: &str) -> String {
@@ -162,4 +218,30 @@ fn one_line(s: &str) -> String {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggest("stripPath", &["paths", "strip_path"]),
+            " (did you mean `strip_path`?)"
+        );
+        assert_eq!(
+            suggest("keepalivee", &["keepalive"]),
+            " (did you mean `keepalive`?)"
+        );
+        assert_eq!(
+            suggest("route", &["server", "routes"]),
+            " (did you mean `routes`?)"
+        );
+        assert_eq!(suggest("zzz", &["server", "routes"]), "");
+        assert_eq!(
+            with_suggestion("unknown field `pths`, expected one of `name`, `paths`".to_owned()),
+            "unknown field `pths` (did you mean `paths`?), expected one of `name`, `paths`"
+        );
+    }
 }

@@ -98,6 +98,8 @@ pub struct Problem {
     /// Byte span from the parser; `None` = resolve `path` in the document.
     pub span: Option<Range<usize>>,
     pub message: String,
+    /// Point at the key itself rather than its value (for keys that should not be there).
+    pub at_key: bool,
 }
 
 impl Problem {
@@ -107,6 +109,15 @@ impl Problem {
             path,
             span: None,
             message: message.into(),
+            at_key: false,
+        }
+    }
+
+    /// A problem with the key at `path` itself (e.g. a key that is not allowed), located at the key.
+    pub fn at_key(path: KeyPath, message: impl Into<String>) -> Problem {
+        Problem {
+            at_key: true,
+            ..Problem::at(path, message)
         }
     }
 
@@ -114,7 +125,7 @@ impl Problem {
     pub fn locate(self, file: &str, text: &str, doc: Option<&ImDocument<&str>>) -> ConfigError {
         let span = self
             .span
-            .or_else(|| doc.and_then(|d| span_of(d, &self.path)));
+            .or_else(|| doc.and_then(|d| span_of(d, &self.path, self.at_key)));
         let (line, column) = span.map_or((0, 0), |s| line_col(text, s.start));
         ConfigError {
             file: file.to_owned(),
@@ -178,16 +189,21 @@ fn value_child<'a>(v: &'a Value, seg: &Seg) -> Option<(Node<'a>, Option<Range<us
     }
 }
 
-/// The byte span that best represents `path` in `doc`: the value's span, else its key's, else the
-/// nearest ancestor's.
-pub fn span_of(doc: &ImDocument<&str>, path: &KeyPath) -> Option<Range<usize>> {
+/// The byte span that best represents `path` in `doc`: the value's span (the key's first when
+/// `prefer_key`), else the other one, else the nearest ancestor's.
+pub fn span_of(doc: &ImDocument<&str>, path: &KeyPath, prefer_key: bool) -> Option<Range<usize>> {
     let mut node = Node::Item(doc.as_item());
     let mut best: Option<Range<usize>> = None;
     for seg in &path.0 {
         let Some((next, key_span)) = node.child(seg) else {
             break;
         };
-        if let Some(s) = next.span().or(key_span) {
+        let span = if prefer_key {
+            key_span.or_else(|| next.span())
+        } else {
+            next.span().or(key_span)
+        };
+        if let Some(s) = span {
             best = Some(s);
         }
         node = next;
@@ -239,7 +255,7 @@ mod tests {
         let text =
             "[server]\nlisten = [\"a\"]\n[[routes]]\nname = \"r\"\npaths = [\"/x\", \"y\"]\n";
         let doc = ImDocument::parse(text).unwrap();
-        let at = |p: &KeyPath| span_of(&doc, p).map(|s| line_col(text, s.start));
+        let at = |p: &KeyPath| span_of(&doc, p, false).map(|s| line_col(text, s.start));
         let routes = KeyPath::root().key("routes").index(0);
         assert_eq!(at(&routes.key("paths").index(1)), Some((5, 16)));
         assert_eq!(at(&routes.key("name")), Some((4, 8)));

@@ -20,8 +20,9 @@ pub fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Compiles `pattern`, turning the regex crate's multi-line report into one line.
-pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
+/// Compiles `pattern`, turning the regex crate's multi-line report into one line that quotes
+/// `written` (the pattern as the user wrote it, before anchoring).
+pub fn compile_regex(pattern: &str, written: &str) -> Result<Regex, String> {
     RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_SIZE_LIMIT)
@@ -37,7 +38,7 @@ pub fn compile_regex(pattern: &str) -> Result<Regex, String> {
                     .rev()
                     .find_map(|l| l.trim().strip_prefix("error: "))
                     .unwrap_or(text.trim());
-                format!("invalid regex {pattern:?}: {detail}")
+                format!("invalid regex `{written}`: {detail}")
             }
         })
 }
@@ -54,7 +55,7 @@ pub fn path(s: &str) -> Result<PathMatch, String> {
         } else {
             format!("^(?:{re})")
         };
-        return compile_regex(&anchored).map(PathMatch::Regex);
+        return compile_regex(&anchored, re).map(PathMatch::Regex);
     }
     let (exact, p) = match s.strip_prefix('=') {
         Some(rest) => (true, rest),
@@ -108,7 +109,7 @@ pub fn values(vals: &[String]) -> Result<ValueMatch, String> {
             if re.is_empty() {
                 return Err("empty regex after '~'".to_owned());
             }
-            compile_regex(re).map(ValueMatch::Regex)
+            compile_regex(re, re).map(ValueMatch::Regex)
         }
         many => {
             if let Some(v) = many.iter().find(|v| *v == "*" || v.starts_with('~')) {
@@ -172,7 +173,7 @@ mod tests {
 
     #[test]
     fn huge_regex_is_refused() {
-        assert!(compile_regex("\\w{1000}\\w{1000}\\w{1000}").is_err());
+        assert!(compile_regex("\\w{1000}\\w{1000}\\w{1000}", "big").is_err());
     }
 
     #[test]
