@@ -11,14 +11,34 @@ mod server;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::decode::Decoded;
 use super::locate::{KeyPath, Problem};
 use super::model::Config;
+use super::raw::Dur;
 
 /// Records a problem at `path`.
 fn push(problems: &mut Vec<Problem>, path: KeyPath, message: impl Into<String>) {
     problems.push(Problem::at(path, message));
+}
+
+/// A duration that must be > 0 (all but `keepalive`, where 0 disables keep-alive); `default` when
+/// absent, and also when invalid so compilation can go on.
+fn positive(
+    problems: &mut Vec<Problem>,
+    path: KeyPath,
+    value: Option<Dur>,
+    default: Duration,
+) -> Duration {
+    match value {
+        Some(Dur(v)) if v.is_zero() => {
+            push(problems, path, "must be greater than zero (e.g. \"5s\")");
+            default
+        }
+        Some(Dur(v)) => v,
+        None => default,
+    }
 }
 
 /// Checks an integer against an inclusive range; the message names the range.

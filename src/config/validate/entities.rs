@@ -5,13 +5,12 @@
 //! into that list. Slots are `None` where an element failed to decode or compile.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
-use super::{in_range, index_names, known, push};
+use super::{in_range, index_names, known, positive, push};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{ServiceDef, TargetDef, Timeouts, UpstreamDef};
 use crate::config::net;
-use crate::config::raw::{Dur, RawService, RawTarget, RawUpstream};
+use crate::config::raw::{RawService, RawTarget, RawUpstream};
 
 const DEFAULT_WEIGHT: i64 = 100;
 const MAX_WEIGHT: i64 = 65_535;
@@ -154,34 +153,21 @@ fn service(
     upstreams: &mut Vec<Option<UpstreamDef>>,
     problems: &mut Vec<Problem>,
 ) -> Option<ServiceDef> {
-    let timeout =
-        |problems: &mut Vec<Problem>, key: &str, d: Option<Dur>, default: Duration| match d {
-            Some(Dur(v)) if v.is_zero() => {
-                push(
-                    problems,
-                    path.key(key),
-                    "must be greater than zero (e.g. \"5s\")",
-                );
-                default
-            }
-            Some(Dur(v)) => v,
-            None => default,
-        };
-    let connect_timeout = timeout(
+    let connect_timeout = positive(
         problems,
-        "connect_timeout",
+        path.key("connect_timeout"),
         raw.connect_timeout,
         defaults.upstream_connect,
     );
-    let read_timeout = timeout(
+    let read_timeout = positive(
         problems,
-        "read_timeout",
+        path.key("read_timeout"),
         raw.read_timeout,
         defaults.upstream_read,
     );
-    let write_timeout = timeout(
+    let write_timeout = positive(
         problems,
-        "write_timeout",
+        path.key("write_timeout"),
         raw.write_timeout,
         defaults.upstream_write,
     );

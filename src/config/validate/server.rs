@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{in_range, push};
+use super::{in_range, positive, push};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{PoolDef, ServerDef, Timeouts};
-use crate::config::raw::{Dur, RawServer, Size, Workers};
+use crate::config::raw::{RawServer, Size, Workers};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 << 10;
@@ -26,23 +26,6 @@ const MIN_URI_BYTES: u64 = 64;
 
 const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-/// A duration that must be > 0 (every one except `keepalive`, where 0 disables keep-alive).
-fn positive(
-    problems: &mut Vec<Problem>,
-    path: KeyPath,
-    d: Option<Dur>,
-    default: Duration,
-) -> Duration {
-    match d {
-        Some(Dur(v)) if v.is_zero() => {
-            push(problems, path, "must be greater than zero (e.g. \"5s\")");
-            default
-        }
-        Some(Dur(v)) => v,
-        None => default,
-    }
 }
 
 pub fn compile(raw: Option<&RawServer>, problems: &mut Vec<Problem>) -> ServerDef {
