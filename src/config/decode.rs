@@ -1,0 +1,247 @@
+//! Text -> raw structs: TOML syntax, then each top-level entity on its own.
+//!
+//! Every `[[upstreams]]`/`[[services]]`/`[[routes]]` element and `[server]` is deserialized
+//! separately, so independent typos in different entities are all reported in one run (serde stops at
+//! the first error inside one struct). Elements keep their array index even when a neighbour fails,
+//! so key paths always match the file. Names of elements that failed to decode are remembered, so
+//! `validate` does not add a misleading "no such service" for a reference to one of them.
+
+use std::collections::HashSet;
+
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use toml_edit::{ImDocument, Item, Value};
+
+use super::locate::{KeyPath, Problem};
+use super::raw::{RawRoute, RawServer, RawService, RawUpstream};
+
+/// The file's content, as far as it decoded.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// `None` if `[server]` is absent or failed to decode (then defaults are used).
+    pub server: Option<RawServer>,
+    /// Index = position in the file's array; `None` = failed to decode (already reported).
+    pub upstreams: Vec<Option<RawUpstream>>,
+    pub services: Vec<Option<RawService>>,
+    pub routes: Vec<Option<RawRoute>>,
+    /// Names of upstreams/services that exist in the file but failed to decode.
+    pub broken_upstreams: HashSet<String>,
+    pub broken_services: HashSet<String>,
+}
+
+const TOP_LEVEL: &[&str] = &["server", "upstreams", "services", "routes"];
+
+/// Parses the TOML syntax; a syntax error is a single problem (the parser cannot continue past it).
+pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
+    ImDocument::parse(text).map_err(|e| Problem {
+        path: KeyPath::root(),
+        span: e.span(),
+        message: format!("invalid TOML: {}", one_line(e.message())),
+        at_key: false,
+    })
+}
+
+/// Deserializes every top-level entity, pushing a problem for each one that does not fit.
+pub fn decode(doc: &ImDocument<&str>, problems: &mut Vec<Problem>) -> Decoded {
+    let mut out = Decoded::default();
+    let root = KeyPath::root();
+    for (key, item) in doc.as_table().iter() {
+        let path = root.key(key);
+        match key {
+            "server" => out.server = decode_one(item, &path, problems),
+            "upstreams" => {
+                out.upstreams = decode_array(item, &path, problems, &mut out.broken_upstreams)
+            }
+            "services" => {
+                out.services = decode_array(item, &path, problems, &mut out.broken_services)
+            }
+            "routes" => out.routes = decode_array(item, &path, problems, &mut HashSet::new()),
+            "consumers" | "plugins" => problems.push(Problem::at_key(
+                path,
+                format!(
+                    "`{key}` is not supported yet; allowed top-level keys: {}",
+                    list(TOP_LEVEL)
+                ),
+            )),
+            _ => problems.push(Problem::at_key(
+                path,
+                format!(
+                    "unknown top-level key `{key}`{}; allowed: {}",
+                    suggest(key, TOP_LEVEL),
+                    list(TOP_LEVEL)
+                ),
+            )),
+        }
+    }
+    out
+}
+
+fn list(keys: &[&str]) -> String {
+    keys.iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decodes `[[key]]` (or `key = [{…}, …]`), one element at a time.
+fn decode_array<T: DeserializeOwned>(
+    item: &Item,
+    path: &KeyPath,
+    problems: &mut Vec<Problem>,
+    broken_names: &mut HashSet<String>,
+) -> Vec<Option<T>> {
+    let elements: Vec<Item> = match item {
+        Item::ArrayOfTables(a) => a.iter().map(|t| Item::Table(t.clone())).collect(),
+        Item::Value(Value::Array(a)) => a.iter().map(|v| Item::Value(v.clone())).collect(),
+        _ => {
+            let key = path.to_string();
+            problems.push(Problem::at(
+                path.clone(),
+                format!("expected an array of tables, written [[{key}]]"),
+            ));
+            return Vec::new();
+        }
+    };
+    elements
+        .iter()
+        .enumerate()
+        .map(|(i, el)| {
+            let decoded = decode_one(el, &path.index(i), problems);
+            if decoded.is_none() {
+                if let Some(name) = el.get("name").and_then(Item::as_str) {
+                    broken_names.insert(name.to_owned());
+                }
+            }
+            decoded
+        })
+        .collect()
+}
+
+/// Deserializes one item, recording the first error in it (with its key path and position).
+fn decode_one<T: DeserializeOwned>(
+    item: &Item,
+    path: &KeyPath,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    // A `[table]` becomes an inline table value; the values inside keep their spans.
+    let value = item.clone().into_value().ok()?;
+    match serde_path_to_error::deserialize::<_, T>(value.into_deserializer()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let mut key = path.join_serde(e.path());
+            let inner = e.into_inner();
+            let message = friendlier(inner.message());
+            // For an unknown key serde reports the enclosing table; name the offending key itself.
+            if let Some(name) = unknown_field(&message) {
+                if key.0.last() != Some(&super::locate::Seg::Key(name.clone())) {
+                    key = key.key(&name);
+                }
+            }
+            problems.push(Problem {
+                path: key,
+                span: inner.span(),
+                message,
+                at_key: false,
+            });
+            None
+        }
+    }
+}
+
+/// The field name in serde's "unknown field `x`, expected …".
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.find('`').map(|end| rest[..end].to_owned())
+}
+
+/// ` (did you mean `x`?)` when `key` looks like a typo of one of `allowed` (same letters ignoring case
+/// and separators, or at most two edits away); else "".
+fn suggest(key: &str, allowed: &[&str]) -> String {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let k = squash(key);
+    allowed
+        .iter()
+        .find(|a| squash(a) == k)
+        .or_else(|| allowed.iter().find(|a| edit_distance(&squash(a), &k) <= 2))
+        .map(|a| format!(" (did you mean `{a}`?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance (short strings only: keys).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Serde's "unknown field `x`, expected one of `a`, `b`" with a suggestion inserted.
+fn with_suggestion(message: String) -> String {
+    let Some(name) = unknown_field(&message) else {
+        return message;
+    };
+    let allowed: Vec<&str> = message
+        .split_once("expected")
+        .map(|(_, rest)| rest.split('`').skip(1).step_by(2).collect())
+        .unwrap_or_default();
+    let hint = suggest(&name, &allowed);
+    if hint.is_empty() {
+        return message;
+    }
+    message.replacen(&format!("`{name}`"), &format!("`{name}`{hint}"), 1)
+}
+
+/// Serde speaks of sequences and maps; TOML users know arrays and tables.
+fn friendlier(message: &str) -> String {
+    let message = one_line(message)
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("invalid type: map", "invalid type: table")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table");
+    with_suggestion(message)
+}
+
+fn one_line(s: &str) -> String {
+    s.trim()
+        .split('\n')
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggest("stripPath", &["paths", "strip_path"]),
+            " (did you mean `strip_path`?)"
+        );
+        assert_eq!(
+            suggest("keepalivee", &["keepalive"]),
+            " (did you mean `keepalive`?)"
+        );
+        assert_eq!(
+            suggest("route", &["server", "routes"]),
+            " (did you mean `routes`?)"
+        );
+        assert_eq!(suggest("zzz", &["server", "routes"]), "");
+        assert_eq!(
+            with_suggestion("unknown field `pths`, expected one of `name`, `paths`".to_owned()),
+            "unknown field `pths` (did you mean `paths`?), expected one of `name`, `paths`"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Compiling a route's matchers: paths, methods, header and query conditions.
+//!
+//! Invariants of the output (the router relies on them): prefix paths start with '/' and have no
+//! trailing '/' except the root "/"; exact paths start with '/'; path regexes are anchored at the
+//! start; methods are upper-case tokens; header names are lower-case tokens; a `ValueMatch::Exact`
+//! list is never empty. Regexes are compiled with a size limit so a config cannot exhaust memory.
+
+use regex::{Regex, RegexBuilder};
+
+use super::model::{PathMatch, ValueMatch};
+use super::net::is_path_char;
+
+/// Compiled-size limit per regex: generous for routing patterns, small enough to bound memory.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// RFC 9110 `tchar`.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Compiles `pattern`, turning the regex crate's multi-line report into one line that quotes
+/// `written` (the pattern as the user wrote it, before anchoring).
+pub fn compile_regex(pattern: &str, written: &str) -> Result<Regex, String> {
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => {
+                "regex is too large once compiled (limit 1 MiB); simplify it".to_owned()
+            }
+            other => {
+                let text = other.to_string();
+                let detail = text
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.trim().strip_prefix("error: "))
+                    .unwrap_or(text.trim());
+                format!("invalid regex `{written}`: {detail}")
+            }
+        })
+}
+
+/// A route path: `/prefix`, `=/exact` or `~regex`.
+pub fn path(s: &str) -> Result<PathMatch, String> {
+    if let Some(re) = s.strip_prefix('~') {
+        if re.is_empty() {
+            return Err("empty regex after '~'".to_owned());
+        }
+        // Anchor at the start so `~/v\d+` cannot match in the middle of a path.
+        let anchored = if re.starts_with('^') {
+            re.to_owned()
+        } else {
+            format!("^(?:{re})")
+        };
+        return compile_regex(&anchored, re).map(PathMatch::Regex);
+    }
+    let (exact, p) = match s.strip_prefix('=') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    if !p.starts_with('/') {
+        return Err(format!(
+            "{s:?}: a path must start with '/' (prefix), '=/' (exact) or '~' (regex)"
+        ));
+    }
+    if let Some(c) = p.chars().find(|&c| !is_path_char(c)) {
+        return Err(format!(
+            "{s:?}: {c:?} is not allowed in a path (no spaces, '?' or '#')"
+        ));
+    }
+    // Request paths are normalized before matching, so these could never match.
+    if p.contains("//") || p.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!(
+            "{s:?} can never match: request paths are normalized (no '//', '.' or '..' segments)"
+        ));
+    }
+    if exact {
+        return Ok(PathMatch::Exact(p.to_owned()));
+    }
+    let trimmed = p.trim_end_matches('/');
+    Ok(PathMatch::Prefix(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    }))
+}
+
+/// An HTTP method, upper-cased.
+pub fn method(s: &str) -> Result<String, String> {
+    if is_token(s) {
+        Ok(s.to_ascii_uppercase())
+    } else {
+        Err(format!(
+            "{s:?} is not a valid HTTP method (expected a token like \"GET\")"
+        ))
+    }
+}
+
+/// A header/query value condition: `["*"]` = present, `["~re"]` = regex, else exact values.
+pub fn values(vals: &[String]) -> Result<ValueMatch, String> {
+    match vals {
+        [] => Err("needs at least one value (use \"*\" to match any value)".to_owned()),
+        [one] if one == "*" => Ok(ValueMatch::Present),
+        [one] if one.starts_with('~') => {
+            let re = &one[1..];
+            if re.is_empty() {
+                return Err("empty regex after '~'".to_owned());
+            }
+            compile_regex(re, re).map(ValueMatch::Regex)
+        }
+        many => {
+            if let Some(v) = many.iter().find(|v| *v == "*" || v.starts_with('~')) {
+                return Err(format!(
+                    "{v:?} must be the only value: \"*\" and \"~regex\" cannot be combined with others"
+                ));
+            }
+            if let Some(v) = many
+                .iter()
+                .find(|v| v.chars().any(|c| c.is_ascii_control()))
+            {
+                return Err(format!("{v:?} contains a control character"));
+            }
+            Ok(ValueMatch::Exact(many.to_vec()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(s: &str) -> Option<String> {
+        match path(s) {
+            Ok(PathMatch::Prefix(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(prefix("/api/").as_deref(), Some("/api"));
+        assert_eq!(prefix("/").as_deref(), Some("/"));
+        assert!(matches!(path("=/health"), Ok(PathMatch::Exact(p)) if p == "/health"));
+        let Ok(PathMatch::Regex(re)) = path("~/v\\d+/users") else {
+            panic!("regex path")
+        };
+        assert!(re.is_match("/v2/users"));
+        assert!(!re.is_match("/x/v2/users"));
+        for bad in [
+            "api", "=api", "~", "~(", "/a b", "/a?x", "/a//b", "/a/../b", "",
+        ] {
+            assert!(path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn value_forms() {
+        assert!(matches!(values(&["*".into()]), Ok(ValueMatch::Present)));
+        assert!(matches!(
+            values(&["~^v[12]$".into()]),
+            Ok(ValueMatch::Regex(_))
+        ));
+        assert!(
+            matches!(values(&["1".into(), "2".into()]), Ok(ValueMatch::Exact(v)) if v.len() == 2)
+        );
+        assert!(values(&[]).is_err());
+        assert!(values(&["1".into(), "*".into()]).is_err());
+        assert!(values(&["~(".into()]).is_err());
+    }
+
+    #[test]
+    fn huge_regex_is_refused() {
+        assert!(compile_regex("\\w{1000}\\w{1000}\\w{1000}", "big").is_err());
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(method("get"), Ok("GET".to_owned()));
+        assert!(method("GE T").is_err());
+        assert!(method("").is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! Network-ish strings: host names, `host:port`, service urls, and load-time address resolution.
+//!
+//! Invariants: validated host names are lower-case ASCII; ports are 1..=65535 for targets and urls;
+//! resolution happens here, at load time, never on a worker (and never for IP literals, which are
+//! parsed directly so the examples need no DNS). Errors are messages that say what is allowed.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+
+/// Is `s` a DNS host name (or IPv4 literal): dot-separated labels of letters, digits, `-`, `_`,
+/// 1..=63 bytes each, not starting or ending with `-`, 253 bytes at most?
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Is `s` a bracketed IPv6 literal such as `[::1]`?
+fn is_bracketed_ipv6(s: &str) -> bool {
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok())
+}
+
+/// A host as written in a target, url or `host_header`: a host name, IPv4 or `[IPv6]`.
+pub fn is_host(s: &str) -> bool {
+    is_hostname(s) || is_bracketed_ipv6(s)
+}
+
+/// Validates and lower-cases a route's `hosts` entry: a host name, `[IPv6]`, or `*.` + host name.
+pub fn route_host(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    let ok = match lower.strip_prefix("*.") {
+        Some(rest) => is_hostname(rest),
+        None => is_host(&lower),
+    };
+    if ok {
+        return Ok(lower);
+    }
+    let why = if s.contains(':') && !s.starts_with('[') {
+        "hosts must not include a port (the request's port is ignored when matching)"
+    } else if s.contains('*') {
+        "a wildcard is only allowed as a leading `*.` label, e.g. \"*.example.com\""
+    } else {
+        "expected a host name like \"api.example.com\", a wildcard like \"*.example.com\", or an IP"
+    };
+    Err(format!("{s:?} is not a valid host: {why}"))
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6). The port must be 1..=65535.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port; expected \"host:port\""));
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(format!(
+            "{s:?}: write IPv6 addresses in brackets, e.g. \"[::1]:8080\""
+        ));
+    }
+    if !is_host(host) {
+        return Err(format!(
+            "{s:?}: {host:?} is not a valid host name or IP address"
+        ));
+    }
+    Ok((host, parse_port(s, port)?))
+}
+
+fn parse_port(whole: &str, port: &str) -> Result<u16, String> {
+    // Digits only: `u16::from_str` would accept a leading '+'.
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{whole:?}: the port must be a number 1..=65535"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{whole:?}: the port must be a number 1..=65535")),
+    }
+}
+
+/// Resolves `host:port` once, now; prefers the first IPv4 address (targets are usually reached over
+/// IPv4 and `localhost` often resolves to `::1` first on hosts without an IPv6 listener).
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} resolved to no addresses"))
+}
+
+/// A parsed `http://host[:port][/path]` service url.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// Lower-case host (IPv6 in brackets).
+    pub host: String,
+    pub port: u16,
+    /// "" or starting with '/', without a trailing '/'.
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// `host[:port]`, the port omitted when it is 80: the Host header value.
+    pub fn authority(&self) -> String {
+        if self.port == 80 {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses a service url. Only plain `http://` is supported; no userinfo, query or fragment.
+pub fn parse_url(s: &str) -> Result<HttpUrl, String> {
+    let lower_prefix = s.get(..8).unwrap_or(s).to_ascii_lowercase();
+    if lower_prefix.starts_with("https://") {
+        return Err("https upstreams are not supported yet; use http://".to_owned());
+    }
+    let Some(rest) = lower_prefix
+        .starts_with("http://")
+        .then(|| s.get(7..))
+        .flatten()
+    else {
+        return Err(format!(
+            "{s:?} is not an http url; expected \"http://host[:port][/path]\""
+        ));
+    };
+    if rest.contains('?') || rest.contains('#') {
+        return Err(format!(
+            "{s:?}: a service url cannot have a query or fragment"
+        ));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "{s:?}: a service url cannot contain credentials (user@)"
+        ));
+    }
+    let authority = authority.to_ascii_lowercase();
+    let (host, port) = if authority.ends_with(']') || !authority.contains(':') {
+        (authority.as_str(), 80)
+    } else {
+        let (h, p) = authority.rsplit_once(':').unwrap_or((&authority, ""));
+        (h, parse_port(s, p)?)
+    };
+    if !is_host(host) {
+        return Err(format!(
+            "{s:?}: {host:?} is not a valid host name or IP address"
+        ));
+    }
+    Ok(HttpUrl {
+        host: host.to_owned(),
+        port,
+        path: clean_base_path(s, path)?,
+    })
+}
+
+/// Validates a base path (service `path`, url path) and drops trailing slashes; "/" becomes "" so the
+/// proxy can always concatenate `base + request_path`.
+pub fn clean_base_path(whole: &str, path: &str) -> Result<String, String> {
+    if path.is_empty() {
+        return Ok(String::new());
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{whole:?}: a path must start with '/'"));
+    }
+    if let Some(c) = path.chars().find(|&c| !is_path_char(c)) {
+        return Err(format!("{whole:?}: {c:?} is not allowed in a path"));
+    }
+    Ok(path.trim_end_matches('/').to_owned())
+}
+
+/// Characters allowed in configured paths: visible ASCII except the query and fragment markers.
+pub fn is_path_char(c: char) -> bool {
+    c.is_ascii_graphic() && c != '?' && c != '#'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert!(is_hostname("api.example.com"));
+        assert!(is_hostname("127.0.0.1"));
+        assert!(is_hostname("my_host"));
+        assert!(!is_hostname("-a.com"));
+        assert!(!is_hostname("a..com"));
+        assert!(!is_hostname("a.com."));
+        assert!(!is_hostname("a b"));
+        assert_eq!(route_host("*.Example.COM"), Ok("*.example.com".to_owned()));
+        assert_eq!(route_host("[::1]"), Ok("[::1]".to_owned()));
+        assert!(route_host("a.*.com").is_err());
+        assert!(route_host("example.*").is_err());
+        assert!(route_host("a.com:80").unwrap_err().contains("port"));
+    }
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(split_host_port("127.0.0.1:9001"), Ok(("127.0.0.1", 9001)));
+        assert_eq!(split_host_port("[::1]:80"), Ok(("[::1]", 80)));
+        assert!(split_host_port("127.0.0.1").is_err());
+        assert!(split_host_port("a:0").is_err());
+        assert!(split_host_port("a:+80").is_err());
+        assert!(split_host_port("a:65536").is_err());
+        assert!(split_host_port("::1:80").is_err());
+        assert!(split_host_port(":80").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        let u = parse_url("http://Example.com:8080/base/").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("example.com", 8080, "/base")
+        );
+        assert_eq!(u.authority(), "example.com:8080");
+        let u = parse_url("HTTP://127.0.0.1").unwrap();
+        assert_eq!(
+            (u.port, u.path.as_str(), u.authority()),
+            (80, "", "127.0.0.1".to_owned())
+        );
+        assert_eq!(
+            parse_url("http://[::1]:81/").unwrap().authority(),
+            "[::1]:81"
+        );
+        assert!(parse_url("https://a")
+            .unwrap_err()
+            .contains("https upstreams are not supported"));
+        for bad in [
+            "ftp://a",
+            "http://",
+            "http://a?x",
+            "http://a/#f",
+            "http://u@a",
+            "http://a:0",
+            "http://a:x",
+            "a.com",
+            "é",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn resolution_prefers_literals() {
+        assert_eq!(
+            resolve("127.0.0.1", 80),
+            Ok("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(resolve("[::1]", 80), Ok("[::1]:80".parse().unwrap()));
+    }
+}

@@ -1,0 +1,262 @@
+//! Serde mirror of the TOML file: exactly the keys the config reference documents, nothing more.
+//!
+//! Invariants: every struct is `deny_unknown_fields` (a typo is an error, never silently ignored) and
+//! nothing uses `flatten` (it disables `deny_unknown_fields` and loses spans). Optional keys are
+//! `Option`s so `validate` knows what was written and applies the documented defaults in one place.
+//! Scalars with a format (durations, sizes, workers) are parsed here, in their visitors, so a
+//! malformed one is reported at its exact position; range checks happen in `validate`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::units;
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([server])")]
+pub struct RawServer {
+    pub listen: Option<Vec<String>>,
+    pub workers: Option<Workers>,
+    pub max_header_bytes: Option<Size>,
+    pub max_uri_bytes: Option<Size>,
+    pub max_headers: Option<Int>,
+    pub max_body_bytes: Option<Size>,
+    pub drain_timeout: Option<Dur>,
+    pub timeouts: Option<RawTimeouts>,
+    pub pool: Option<RawPool>,
+}
+
+/// `[server.timeouts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table of timeouts ([server.timeouts])"
+)]
+pub struct RawTimeouts {
+    pub client_header: Option<Dur>,
+    pub client_body: Option<Dur>,
+    pub keepalive: Option<Dur>,
+    pub upstream_connect: Option<Dur>,
+    pub upstream_read: Option<Dur>,
+    pub upstream_write: Option<Dur>,
+}
+
+/// `[server.pool]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([server.pool])")]
+pub struct RawPool {
+    pub max_idle: Option<Int>,
+    pub idle_timeout: Option<Dur>,
+}
+
+/// One `[[upstreams]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an upstream table ([[upstreams]])")]
+pub struct RawUpstream {
+    pub name: String,
+    pub targets: Vec<RawTarget>,
+    pub host_header: Option<String>,
+}
+
+/// One `{ target = "host:port", weight = 100 }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a target table like { target = \"host:port\", weight = 100 }"
+)]
+pub struct RawTarget {
+    pub target: String,
+    pub weight: Option<Int>,
+}
+
+/// One `[[services]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a service table ([[services]])")]
+pub struct RawService {
+    pub name: String,
+    pub url: Option<String>,
+    pub upstream: Option<String>,
+    pub path: Option<String>,
+    pub connect_timeout: Option<Dur>,
+    pub read_timeout: Option<Dur>,
+    pub write_timeout: Option<Dur>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a route table ([[routes]])")]
+pub struct RawRoute {
+    pub name: String,
+    pub service: String,
+    pub hosts: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<OrderedMap<MatchValues>>,
+    pub query: Option<OrderedMap<MatchValues>>,
+    pub strip_path: Option<bool>,
+    pub preserve_host: Option<bool>,
+    pub priority: Option<Int>,
+    pub max_body_bytes: Option<Size>,
+}
+
+/// A duration string, already parsed (see `units::parse_duration`).
+#[derive(Debug, Clone, Copy)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(units::DURATION_HINT)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                units::parse_duration(s).map(Dur).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A size in bytes: a TOML integer or a string with a unit (see `units::parse_size`).
+#[derive(Debug, Clone, Copy)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(units::SIZE_HINT)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Size, E> {
+                units::size_from_int(n).map(Size).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Size, E> {
+                units::parse_size(s).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `workers`: `"auto"` or an integer (range-checked in `validate`).
+#[derive(Debug, Clone, Copy)]
+pub enum Workers {
+    Auto,
+    Count(i64),
+}
+
+const WORKERS_HINT: &str = "\"auto\" or a number of workers (1..=1024)";
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(WORKERS_HINT)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Workers, E> {
+                Ok(Workers::Count(n))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Workers, E> {
+                Ok(Workers::Count(i64::try_from(n).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Workers, E> {
+                if s == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "{s:?} is not valid; expected {WORKERS_HINT}"
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An integer, range-checked later (so the message can say which range; serde's would say "u32").
+#[derive(Debug, Clone, Copy)]
+pub struct Int(pub i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Int;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Int, E> {
+                Ok(Int(n))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Int, E> {
+                // Saturate: anything this large fails every range check anyway.
+                Ok(Int(i64::try_from(n).unwrap_or(i64::MAX)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A header/query match value: one string or an array of strings (`"*"`, `"~regex"` or exact values).
+#[derive(Debug, Clone)]
+pub struct MatchValues(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for MatchValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MatchValues;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<MatchValues, E> {
+                Ok(MatchValues(vec![s.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MatchValues, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(MatchValues(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A TOML table with arbitrary keys, kept in file order (so errors and matching order follow the file).
+#[derive(Debug, Clone)]
+pub struct OrderedMap<T>(pub Vec<(String, T)>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OrderedMap<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = OrderedMap<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of name = value(s)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedMap<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, T>()? {
+                    out.push((k, v));
+                }
+                Ok(OrderedMap(out))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}

@@ -1,0 +1,99 @@
+//! The human summary `ringgate check` prints for a valid config.
+//!
+//! One line per fact: listen addresses, workers, limits, then one line per route in file order:
+//! `name  hosts  methods  paths  -> service -> targets (weights)`. Pure formatting, no I/O.
+
+use std::fmt::Write as _;
+
+use super::model::{Config, PathMatch, TargetDef, ValueMatch};
+
+fn or_any(items: Vec<String>) -> String {
+    if items.is_empty() {
+        "*".to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
+fn value(v: &ValueMatch) -> String {
+    match v {
+        ValueMatch::Present => "*".to_owned(),
+        ValueMatch::Exact(vals) => vals.join("|"),
+        ValueMatch::Regex(re) => format!("~{}", re.as_str()),
+    }
+}
+
+/// `name weight W`, plus the resolved address when the name is not already it.
+fn targets(list: &[TargetDef]) -> String {
+    list.iter()
+        .map(|t| {
+            let addr = t.addr.to_string();
+            if addr == t.name {
+                format!("{} weight {}", t.name, t.weight)
+            } else {
+                format!("{} ({addr}) weight {}", t.name, t.weight)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Summary of a loaded config (multi-line, ends with a newline).
+pub fn summary(cfg: &Config) -> String {
+    let mut out = String::new();
+    let listen: Vec<String> = cfg.server.listen.iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "listen:  {}", listen.join(", "));
+    let workers = cfg
+        .server
+        .workers
+        .map_or_else(|| "auto (one per core)".to_owned(), |n| n.to_string());
+    let _ = writeln!(out, "workers: {workers}");
+    let _ = writeln!(
+        out,
+        "{} upstream(s), {} service(s), {} route(s)",
+        cfg.upstreams
+            .iter()
+            .filter(|u| !u.name.starts_with("service:"))
+            .count(),
+        cfg.services.len(),
+        cfg.routes.len()
+    );
+    for r in &cfg.routes {
+        let paths = r
+            .paths
+            .iter()
+            .map(|p| match p {
+                PathMatch::Prefix(s) => s.clone(),
+                PathMatch::Exact(s) => format!("={s}"),
+                PathMatch::Regex(re) => format!("~{}", re.as_str()),
+            })
+            .collect();
+        let mut line = format!(
+            "  route {}  hosts: {}  methods: {}  paths: {}",
+            r.name,
+            or_any(r.hosts.clone()),
+            or_any(r.methods.clone()),
+            or_any(paths)
+        );
+        for h in &r.headers {
+            let _ = write!(line, "  header {}: {}", h.name, value(&h.value));
+        }
+        for q in &r.query {
+            let _ = write!(line, "  query {}: {}", q.name, value(&q.value));
+        }
+        if r.priority != 0 {
+            let _ = write!(line, "  priority: {}", r.priority);
+        }
+        if let Some(s) = cfg.services.get(r.service) {
+            let _ = write!(line, "  -> service {}", s.name);
+            if !s.path.is_empty() {
+                let _ = write!(line, " (path {})", s.path);
+            }
+            if let Some(u) = cfg.upstreams.get(s.upstream) {
+                let _ = write!(line, " -> upstream {} [{}]", u.name, targets(&u.targets));
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}

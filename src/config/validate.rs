@@ -1,0 +1,145 @@
+//! Raw structs -> `model::Config`: defaults, ranges, names, references, address resolution.
+//!
+//! Runs on whatever `decode` produced, even when some elements failed, so that every independent
+//! problem is reported in one run. Invariant: `compile` returns a `Config` only when it recorded no
+//! problem; then every index in it is in bounds (named upstreams keep their file order, the anonymous
+//! upstreams of `url` services follow in service order).
+
+mod entities;
+mod routes;
+mod server;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::decode::Decoded;
+use super::locate::{KeyPath, Problem};
+use super::model::Config;
+use super::raw::Dur;
+
+/// Records a problem at `path`.
+fn push(problems: &mut Vec<Problem>, path: KeyPath, message: impl Into<String>) {
+    problems.push(Problem::at(path, message));
+}
+
+/// A duration that must be > 0 (all but `keepalive`, where 0 disables keep-alive); `default` when
+/// absent, and also when invalid so compilation can go on.
+fn positive(
+    problems: &mut Vec<Problem>,
+    path: KeyPath,
+    value: Option<Dur>,
+    default: Duration,
+) -> Duration {
+    match value {
+        Some(Dur(v)) if v.is_zero() => {
+            push(problems, path, "must be greater than zero (e.g. \"5s\")");
+            default
+        }
+        Some(Dur(v)) => v,
+        None => default,
+    }
+}
+
+/// Checks an integer against an inclusive range; the message names the range.
+fn in_range(
+    problems: &mut Vec<Problem>,
+    path: KeyPath,
+    what: &str,
+    value: i64,
+    min: i64,
+    max: i64,
+) -> Option<i64> {
+    if (min..=max).contains(&value) {
+        Some(value)
+    } else {
+        push(
+            problems,
+            path,
+            format!("{what} must be {min}..={max}, got {value}"),
+        );
+        None
+    }
+}
+
+/// Entity names: letters, digits, `.`, `_`, `-`, `~` (so they never contain the ':' of the
+/// reserved `service:<name>` upstreams, and print cleanly in logs).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-~".contains(&b))
+}
+
+/// Checks names of one entity kind; returns name -> array index of its first definition.
+fn index_names<'a>(
+    problems: &mut Vec<Problem>,
+    kind: &str,
+    array: &str,
+    names: impl Iterator<Item = (usize, &'a str)>,
+) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, name) in names {
+        let path = KeyPath::root().key(array).index(i).key("name");
+        if !valid_name(name) {
+            push(
+                problems,
+                path,
+                format!(
+                    "{name:?} is not a valid {kind} name: use 1 to 128 letters, digits, '.', '_', '-' or '~'"
+                ),
+            );
+        } else if let Some(first) = seen.get(name) {
+            push(
+                problems,
+                path,
+                format!("duplicate {kind} name {name:?}: already used by {array}[{first}]"),
+            );
+        } else {
+            seen.insert(name.to_owned(), i);
+        }
+    }
+    seen
+}
+
+/// "a, b, c" for messages listing what exists.
+fn known(names: &HashMap<String, usize>) -> String {
+    let mut v: Vec<(&usize, &String)> = names.iter().map(|(n, i)| (i, n)).collect();
+    v.sort();
+    if v.is_empty() {
+        return "none are defined".to_owned();
+    }
+    let list: Vec<String> = v.iter().map(|(_, n)| format!("{n:?}")).collect();
+    format!("defined: {}", list.join(", "))
+}
+
+/// Compiles the decoded file; `None` when any problem was recorded (by `decode` or here).
+pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) -> Option<Config> {
+    let server = server::compile(decoded.server.as_ref(), problems);
+    let (mut upstreams, upstream_names) = entities::upstreams(&decoded.upstreams, problems);
+    let (services, service_names) = entities::services(
+        &decoded.services,
+        &upstream_names,
+        &decoded.broken_upstreams,
+        &server.timeouts,
+        &mut upstreams,
+        problems,
+    );
+    let routes = routes::compile(
+        &decoded.routes,
+        &service_names,
+        &decoded.broken_services,
+        problems,
+    );
+    if !problems.is_empty() {
+        return None;
+    }
+    Some(Config {
+        source,
+        server,
+        upstreams: upstreams.into_iter().collect::<Option<Vec<_>>>()?,
+        services: services.into_iter().collect::<Option<Vec<_>>>()?,
+        routes: routes.into_iter().collect::<Option<Vec<_>>>()?,
+    })
+}

@@ -1,0 +1,263 @@
+//! `[[upstreams]]` and `[[services]]`: targets, weights, address resolution, urls, references.
+//!
+//! Invariants: the returned upstream list starts with the named upstreams at their file index, then
+//! one anonymous `service:<name>` upstream per `url` service; a service's `upstream` index points
+//! into that list. Slots are `None` where an element failed to decode or compile.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{in_range, index_names, known, positive, push};
+use crate::config::locate::{KeyPath, Problem};
+use crate::config::model::{ServiceDef, TargetDef, Timeouts, UpstreamDef};
+use crate::config::net;
+use crate::config::raw::{RawService, RawTarget, RawUpstream};
+
+const DEFAULT_WEIGHT: i64 = 100;
+const MAX_WEIGHT: i64 = 65_535;
+
+/// Compiles upstreams; returns them (by file index) and name -> index.
+pub fn upstreams(
+    raw: &[Option<RawUpstream>],
+    problems: &mut Vec<Problem>,
+) -> (Vec<Option<UpstreamDef>>, HashMap<String, usize>) {
+    let names = index_names(
+        problems,
+        "upstream",
+        "upstreams",
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, u)| u.as_ref().map(|u| (i, u.name.as_str()))),
+    );
+    let base = KeyPath::root().key("upstreams");
+    let compiled = raw
+        .iter()
+        .enumerate()
+        .map(|(i, u)| u.as_ref().map(|u| upstream(u, &base.index(i), problems)))
+        .collect();
+    (compiled, names)
+}
+
+fn upstream(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> UpstreamDef {
+    if raw.targets.is_empty() {
+        push(
+            problems,
+            path.key("targets"),
+            "an upstream needs at least one target, e.g. [{ target = \"127.0.0.1:9001\" }]",
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut targets = Vec::new();
+    for (i, t) in raw.targets.iter().enumerate() {
+        let tp = path.key("targets").index(i);
+        if !seen.insert(t.target.to_ascii_lowercase()) {
+            push(
+                problems,
+                tp.key("target"),
+                format!("duplicate target {:?} in this upstream", t.target),
+            );
+            continue;
+        }
+        if let Some(def) = target(t, &tp, problems) {
+            targets.push(def);
+        }
+    }
+    if let Some(h) = &raw.host_header {
+        if !valid_authority(h) {
+            push(
+                problems,
+                path.key("host_header"),
+                format!(
+                    "{h:?} is not a valid Host header value; expected \"host\" or \"host:port\""
+                ),
+            );
+        }
+    }
+    UpstreamDef {
+        name: raw.name.clone(),
+        targets,
+        host_header: raw.host_header.clone(),
+    }
+}
+
+/// `host` or `host:port`, as sent in a Host header.
+fn valid_authority(s: &str) -> bool {
+    net::is_host(s) || net::split_host_port(s).is_ok()
+}
+
+fn target(raw: &RawTarget, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<TargetDef> {
+    let weight = raw.weight.map_or(DEFAULT_WEIGHT, |w| w.0);
+    let weight = in_range(
+        problems,
+        path.key("weight"),
+        "weight",
+        weight,
+        1,
+        MAX_WEIGHT,
+    );
+    let addr = net::split_host_port(&raw.target)
+        .and_then(|(host, port)| net::resolve(host, port))
+        .map_err(|e| push(problems, path.key("target"), e))
+        .ok()?;
+    Some(TargetDef {
+        name: raw.target.clone(),
+        addr,
+        weight: u32::try_from(weight?).ok()?,
+    })
+}
+
+/// Compiles services, appending the anonymous upstreams of `url` services to `upstreams`.
+pub fn services(
+    raw: &[Option<RawService>],
+    upstream_names: &HashMap<String, usize>,
+    broken_upstreams: &HashSet<String>,
+    defaults: &Timeouts,
+    upstreams: &mut Vec<Option<UpstreamDef>>,
+    problems: &mut Vec<Problem>,
+) -> (Vec<Option<ServiceDef>>, HashMap<String, usize>) {
+    let names = index_names(
+        problems,
+        "service",
+        "services",
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s.name.as_str()))),
+    );
+    let base = KeyPath::root().key("services");
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let compiled = s.as_ref().and_then(|s| {
+            let path = base.index(i);
+            let target = Target {
+                names: upstream_names,
+                broken: broken_upstreams,
+            };
+            service(s, &path, target, defaults, upstreams, problems)
+        });
+        out.push(compiled);
+    }
+    (out, names)
+}
+
+/// What a service may point at.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    names: &'a HashMap<String, usize>,
+    broken: &'a HashSet<String>,
+}
+
+fn service(
+    raw: &RawService,
+    path: &KeyPath,
+    target: Target<'_>,
+    defaults: &Timeouts,
+    upstreams: &mut Vec<Option<UpstreamDef>>,
+    problems: &mut Vec<Problem>,
+) -> Option<ServiceDef> {
+    let connect_timeout = positive(
+        problems,
+        path.key("connect_timeout"),
+        raw.connect_timeout,
+        defaults.upstream_connect,
+    );
+    let read_timeout = positive(
+        problems,
+        path.key("read_timeout"),
+        raw.read_timeout,
+        defaults.upstream_read,
+    );
+    let write_timeout = positive(
+        problems,
+        path.key("write_timeout"),
+        raw.write_timeout,
+        defaults.upstream_write,
+    );
+
+    let (upstream, base_path, host_header) = match (&raw.url, &raw.upstream) {
+        (Some(url), None) => {
+            if raw.path.is_some() {
+                push(
+                    problems,
+                    path.key("path"),
+                    "`path` is only allowed with `upstream`; with `url`, put the path in the url",
+                );
+            }
+            url_upstream(&raw.name, url, &path.key("url"), upstreams, problems)?
+        }
+        (None, Some(name)) => {
+            let Some(&index) = target.names.get(name) else {
+                if !target.broken.contains(name) {
+                    push(
+                        problems,
+                        path.key("upstream"),
+                        format!("no upstream named {name:?} ({})", known(target.names)),
+                    );
+                }
+                return None;
+            };
+            let base = raw.path.as_deref().unwrap_or("");
+            let base = net::clean_base_path(base, base)
+                .map_err(|e| push(problems, path.key("path"), e))
+                .ok()?;
+            let host_header = upstreams
+                .get(index)
+                .and_then(|u| u.as_ref())
+                .and_then(|u| u.host_header.clone());
+            (index, base, host_header)
+        }
+        (Some(_), Some(_)) => {
+            push(
+                problems,
+                path.key("upstream"),
+                "a service has either `url` or `upstream`, not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            push(
+                problems,
+                path.clone(),
+                "a service needs `url = \"http://host:port\"` or `upstream = \"<name>\"`",
+            );
+            return None;
+        }
+    };
+    Some(ServiceDef {
+        name: raw.name.clone(),
+        upstream,
+        path: base_path,
+        host_header,
+        connect_timeout,
+        read_timeout,
+        write_timeout,
+    })
+}
+
+/// A `url` service's single-target upstream: returns (its index, base path, Host header).
+fn url_upstream(
+    service: &str,
+    url: &str,
+    path: &KeyPath,
+    upstreams: &mut Vec<Option<UpstreamDef>>,
+    problems: &mut Vec<Problem>,
+) -> Option<(usize, String, Option<String>)> {
+    let parsed = net::parse_url(url)
+        .map_err(|e| push(problems, path.clone(), e))
+        .ok()?;
+    let addr = net::resolve(&parsed.host, parsed.port)
+        .map_err(|e| push(problems, path.clone(), e))
+        .ok()?;
+    upstreams.push(Some(UpstreamDef {
+        name: format!("service:{service}"),
+        targets: vec![TargetDef {
+            name: format!("{}:{}", parsed.host, parsed.port),
+            addr,
+            weight: DEFAULT_WEIGHT as u32,
+        }],
+        host_header: None,
+    }));
+    Some((
+        upstreams.len() - 1,
+        parsed.path.clone(),
+        Some(parsed.authority()),
+    ))
+}

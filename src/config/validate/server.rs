@@ -1,0 +1,206 @@
+//! `[server]`: defaults (the config reference's table) and range checks.
+//!
+//! Invariant: always returns a complete `ServerDef` (defaults where a value is missing or invalid) so
+//! later checks (service timeouts) can proceed; invalid values are recorded as problems.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{in_range, positive, push};
+use crate::config::locate::{KeyPath, Problem};
+use crate::config::model::{PoolDef, ServerDef, Timeouts};
+use crate::config::raw::{RawServer, Size, Workers};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 << 10;
+pub const DEFAULT_MAX_URI_BYTES: u64 = 8 << 10;
+pub const DEFAULT_MAX_HEADERS: i64 = 100;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+pub const DEFAULT_MAX_IDLE: i64 = 64;
+pub const MAX_WORKERS: i64 = 1024;
+pub const MAX_POOL_IDLE: i64 = 10_000;
+const MIN_HEADER_BYTES: u64 = 1 << 10;
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+const MIN_URI_BYTES: u64 = 64;
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub fn compile(raw: Option<&RawServer>, problems: &mut Vec<Problem>) -> ServerDef {
+    let default = RawServer::default();
+    let raw = raw.unwrap_or(&default);
+    let p = KeyPath::root().key("server");
+
+    let workers = match raw.workers {
+        None | Some(Workers::Auto) => None,
+        Some(Workers::Count(n)) => {
+            in_range(problems, p.key("workers"), "workers", n, 1, MAX_WORKERS)
+                .and_then(|n| usize::try_from(n).ok())
+        }
+    };
+    let max_headers = raw.max_headers.map_or(DEFAULT_MAX_HEADERS, |i| i.0);
+    let max_headers = in_range(
+        problems,
+        p.key("max_headers"),
+        "max_headers",
+        max_headers,
+        1,
+        crate::http::MAX_HEADERS_CAP as i64,
+    )
+    .unwrap_or(DEFAULT_MAX_HEADERS);
+
+    let (max_header_bytes, max_uri_bytes) = header_limits(raw, &p, problems);
+
+    let t = raw.timeouts.as_ref();
+    let tp = p.key("timeouts");
+    let timeouts = Timeouts {
+        client_header: positive(
+            problems,
+            tp.key("client_header"),
+            t.and_then(|t| t.client_header),
+            secs(60),
+        ),
+        client_body: positive(
+            problems,
+            tp.key("client_body"),
+            t.and_then(|t| t.client_body),
+            secs(60),
+        ),
+        // Zero is allowed: no keep-alive, the connection closes after each response.
+        keepalive: t.and_then(|t| t.keepalive).map_or(secs(75), |d| d.0),
+        upstream_connect: positive(
+            problems,
+            tp.key("upstream_connect"),
+            t.and_then(|t| t.upstream_connect),
+            secs(5),
+        ),
+        upstream_read: positive(
+            problems,
+            tp.key("upstream_read"),
+            t.and_then(|t| t.upstream_read),
+            secs(60),
+        ),
+        upstream_write: positive(
+            problems,
+            tp.key("upstream_write"),
+            t.and_then(|t| t.upstream_write),
+            secs(60),
+        ),
+    };
+
+    let pool_raw = raw.pool.as_ref();
+    let pp = p.key("pool");
+    let max_idle = pool_raw
+        .and_then(|r| r.max_idle)
+        .map_or(DEFAULT_MAX_IDLE, |i| i.0);
+    let pool = PoolDef {
+        max_idle: in_range(
+            problems,
+            pp.key("max_idle"),
+            "max_idle",
+            max_idle,
+            0,
+            MAX_POOL_IDLE,
+        )
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0),
+        idle_timeout: positive(
+            problems,
+            pp.key("idle_timeout"),
+            pool_raw.and_then(|r| r.idle_timeout),
+            secs(60),
+        ),
+    };
+
+    ServerDef {
+        listen: listen(raw.listen.as_deref(), &p.key("listen"), problems),
+        workers,
+        max_header_bytes,
+        max_uri_bytes,
+        max_headers: usize::try_from(max_headers).unwrap_or(0),
+        max_body_bytes: raw.max_body_bytes.map_or(DEFAULT_MAX_BODY_BYTES, |s| s.0),
+        timeouts,
+        pool,
+        drain_timeout: positive(
+            problems,
+            p.key("drain_timeout"),
+            raw.drain_timeout,
+            secs(30),
+        ),
+    }
+}
+
+/// `max_header_bytes` in 1k..=1m and `max_uri_bytes` in 64..=max_header_bytes. When the conflict comes
+/// from a default, the error points at the key the user actually wrote.
+fn header_limits(raw: &RawServer, p: &KeyPath, problems: &mut Vec<Problem>) -> (usize, usize) {
+    let header = raw
+        .max_header_bytes
+        .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0);
+    let header_ok = (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&header);
+    if !header_ok {
+        push(
+            problems,
+            p.key("max_header_bytes"),
+            format!(
+                "max_header_bytes must be between 1k (1024) and 1m (1048576) bytes, got {header}"
+            ),
+        );
+    }
+    let uri = raw.max_uri_bytes.map_or(DEFAULT_MAX_URI_BYTES, |s| s.0);
+    if uri < MIN_URI_BYTES {
+        push(
+            problems,
+            p.key("max_uri_bytes"),
+            format!("max_uri_bytes must be at least 64, got {uri}"),
+        );
+    } else if header_ok && uri > header {
+        match raw.max_uri_bytes {
+            Some(Size(_)) => push(
+                problems,
+                p.key("max_uri_bytes"),
+                format!("max_uri_bytes ({uri}) must not exceed max_header_bytes ({header})"),
+            ),
+            None => push(
+                problems,
+                p.key("max_header_bytes"),
+                format!(
+                    "max_header_bytes ({header}) is below max_uri_bytes ({uri}, the default); set max_uri_bytes too"
+                ),
+            ),
+        }
+    }
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    (to_usize(header), to_usize(uri))
+}
+
+/// `listen`: a non-empty list of distinct `ip:port` addresses.
+fn listen(raw: Option<&[String]>, path: &KeyPath, problems: &mut Vec<Problem>) -> Vec<SocketAddr> {
+    let Some(raw) = raw else {
+        return DEFAULT_LISTEN.parse().map(|a| vec![a]).unwrap_or_default();
+    };
+    if raw.is_empty() {
+        push(
+            problems,
+            path.clone(),
+            "needs at least one address, e.g. [\"127.0.0.1:8080\"]",
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        match s.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 && !seen.insert(a) => {
+                push(problems, path.index(i), format!("{s:?} is listed twice"))
+            }
+            Ok(a) => out.push(a),
+            Err(_) => push(
+                problems,
+                path.index(i),
+                format!("{s:?} is not an ip:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"; host names are not allowed)"),
+            ),
+        }
+    }
+    out
+}

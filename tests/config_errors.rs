@@ -1,0 +1,730 @@
+//! One test per class of config error: each asserts the exact `line:column`, the key path and a
+//! fragment of the message, so error positions cannot silently drift. Fixtures are inline variants
+//! of `BASE` (a minimal valid config) whose line numbers are listed next to it.
+
+use std::path::Path;
+
+use ringgate::config::{check, load, load_str, ConfigError};
+
+/// A minimal valid config. Line numbers matter to the tests below.
+const BASE: &str = r#"[server]
+listen = ["127.0.0.1:8080"]
+
+[[upstreams]]
+name = "u"
+targets = [{ target = "127.0.0.1:9001" }]
+
+[[services]]
+name = "s"
+upstream = "u"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+"#;
+// Lines: 1 [server] | 2 listen | 4 [[upstreams]] | 5 name | 6 targets | 8 [[services]] | 9 name
+//        10 upstream | 12 [[routes]] | 13 name | 14 service | 15 paths
+
+/// `BASE` with `from` replaced by `to` (which must occur exactly once).
+fn base_with(from: &str, to: &str) -> String {
+    assert_eq!(
+        BASE.matches(from).count(),
+        1,
+        "fixture: {from:?} must occur once in BASE"
+    );
+    BASE.replacen(from, to, 1)
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match load_str(text, "test.toml") {
+        Ok(_) => panic!("config loaded but should not:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// Exactly one error, at `line:col`, for `key`, whose message contains `fragment`.
+#[track_caller]
+fn expect_one(text: &str, line: usize, col: usize, key: &str, fragment: &str) {
+    let errs = errors(text);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errs.len(),
+        1,
+        "expected one error, got:\n{}",
+        shown.join("\n")
+    );
+    expect(&errs[0], line, col, key, fragment);
+}
+
+#[track_caller]
+fn expect(e: &ConfigError, line: usize, col: usize, key: &str, fragment: &str) {
+    assert_eq!(e.file, "test.toml", "{e}");
+    assert_eq!((e.line, e.column, e.key.as_str()), (line, col, key), "{e}");
+    assert!(
+        e.message.contains(fragment),
+        "message lacks {fragment:?}: {e}"
+    );
+}
+
+#[test]
+fn base_is_valid() {
+    assert!(load_str(BASE, "test.toml").is_ok());
+}
+
+#[test]
+fn display_format() {
+    let e = &errors(&base_with("service = \"s\"", "service = \"x\""))[0];
+    assert_eq!(
+        e.to_string(),
+        "test.toml:14:11: routes[0].service: no service named \"x\" (defined: \"s\")"
+    );
+}
+
+#[test]
+fn syntax_error() {
+    expect_one(
+        &base_with("[[routes]]", "[[routes]"),
+        12,
+        9,
+        "(syntax)",
+        "invalid TOML",
+    );
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error() {
+    expect_one(
+        &base_with("name = \"r\"", "name = \"r\"\nname = \"q\""),
+        14,
+        1,
+        "(syntax)",
+        "duplicate key `name`",
+    );
+}
+
+#[test]
+fn unknown_top_level_key() {
+    // Top-level keys must come before the first [table] header (later ones belong to that table).
+    expect_one(
+        &format!("rutes = []\n{BASE}"),
+        1,
+        1,
+        "rutes",
+        "unknown top-level key `rutes` (did you mean `routes`?)",
+    );
+}
+
+#[test]
+fn unknown_nested_key() {
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"127.0.0.1:8080\"]\ntimeouts = { keepalivee = \"5s\" }",
+    );
+    expect_one(
+        &text,
+        3,
+        14,
+        "server.timeouts.keepalivee",
+        "unknown field `keepalivee` (did you mean `keepalive`?)",
+    );
+}
+
+#[test]
+fn unknown_key_in_array_element() {
+    let text = base_with(
+        "{ target = \"127.0.0.1:9001\" }",
+        "{ target = \"127.0.0.1:9001\", wieght = 5 }",
+    );
+    expect_one(
+        &text,
+        6,
+        41,
+        "upstreams[0].targets[0].wieght",
+        "unknown field `wieght` (did you mean `weight`?), expected `target` or `weight`",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    expect_one(
+        &base_with("paths = [\"/\"]", "paths = \"/\""),
+        15,
+        9,
+        "routes[0].paths",
+        "invalid type: string \"/\", expected an array",
+    );
+}
+
+#[test]
+fn wrong_type_integer() {
+    let text = base_with("listen = [\"127.0.0.1:8080\"]", "max_headers = \"lots\"");
+    expect_one(&text, 2, 15, "server.max_headers", "expected an integer");
+}
+
+#[test]
+fn missing_required_key() {
+    expect_one(
+        &base_with("service = \"s\"\n", ""),
+        12,
+        1,
+        "routes[0]",
+        "missing field `service`",
+    );
+}
+
+#[test]
+fn bad_duration_without_unit() {
+    let text = base_with(
+        "upstream = \"u\"",
+        "upstream = \"u\"\nread_timeout = \"30\"",
+    );
+    expect_one(
+        &text,
+        11,
+        16,
+        "services[0].read_timeout",
+        "\"30\" has no unit",
+    );
+}
+
+#[test]
+fn bad_duration_negative() {
+    let text = base_with("listen = [\"127.0.0.1:8080\"]", "drain_timeout = \"-1s\"");
+    expect_one(&text, 2, 17, "server.drain_timeout", "negative");
+}
+
+#[test]
+fn bad_duration_integer() {
+    let text = base_with("listen = [\"127.0.0.1:8080\"]", "drain_timeout = 30");
+    expect_one(
+        &text,
+        2,
+        17,
+        "server.drain_timeout",
+        "expected a duration string with a unit",
+    );
+}
+
+#[test]
+fn zero_duration() {
+    let text = base_with(
+        "upstream = \"u\"",
+        "upstream = \"u\"\nconnect_timeout = \"0ms\"",
+    );
+    expect_one(
+        &text,
+        11,
+        19,
+        "services[0].connect_timeout",
+        "must be greater than zero",
+    );
+}
+
+#[test]
+fn keepalive_zero_is_allowed() {
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "timeouts.keepalive = \"0s\"",
+    );
+    let cfg = load_str(&text, "test.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(cfg.server.timeouts.keepalive.is_zero());
+}
+
+#[test]
+fn bad_size() {
+    let text = base_with("listen = [\"127.0.0.1:8080\"]", "max_body_bytes = \"10mb\"");
+    expect_one(&text, 2, 18, "server.max_body_bytes", "unknown unit \"mb\"");
+}
+
+#[test]
+fn dangling_service_reference() {
+    expect_one(
+        &base_with("service = \"s\"", "service = \"nope\""),
+        14,
+        11,
+        "routes[0].service",
+        "no service named \"nope\" (defined: \"s\")",
+    );
+}
+
+#[test]
+fn dangling_upstream_reference() {
+    expect_one(
+        &base_with("upstream = \"u\"", "upstream = \"nope\""),
+        10,
+        12,
+        "services[0].upstream",
+        "no upstream named \"nope\" (defined: \"u\")",
+    );
+}
+
+#[test]
+fn duplicate_route_name() {
+    let text = format!("{BASE}\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/b\"]\n");
+    expect_one(
+        &text,
+        18,
+        8,
+        "routes[1].name",
+        "duplicate route name \"r\": already used by routes[0]",
+    );
+}
+
+#[test]
+fn duplicate_upstream_name() {
+    let text = base_with(
+        "[[services]]",
+        "[[upstreams]]\nname = \"u\"\ntargets = [{ target = \"127.0.0.1:9002\" }]\n\n[[services]]",
+    );
+    expect_one(
+        &text,
+        9,
+        8,
+        "upstreams[1].name",
+        "duplicate upstream name \"u\"",
+    );
+}
+
+#[test]
+fn workers_zero() {
+    let text = base_with("listen = [\"127.0.0.1:8080\"]", "workers = 0");
+    expect_one(
+        &text,
+        2,
+        11,
+        "server.workers",
+        "workers must be 1..=1024, got 0",
+    );
+}
+
+#[test]
+fn workers_not_auto() {
+    let text = base_with("listen = [\"127.0.0.1:8080\"]", "workers = \"all\"");
+    expect_one(
+        &text,
+        2,
+        11,
+        "server.workers",
+        "expected \"auto\" or a number of workers",
+    );
+}
+
+#[test]
+fn max_headers_over_cap() {
+    let text = base_with("listen = [\"127.0.0.1:8080\"]", "max_headers = 1000");
+    expect_one(&text, 2, 15, "server.max_headers", "must be 1..=256");
+}
+
+#[test]
+fn uri_limit_above_header_limit() {
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "max_header_bytes = \"2k\"\nmax_uri_bytes = \"4k\"",
+    );
+    expect_one(
+        &text,
+        3,
+        17,
+        "server.max_uri_bytes",
+        "must not exceed max_header_bytes (2048)",
+    );
+}
+
+#[test]
+fn pool_max_idle_too_large() {
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "pool = { max_idle = 20000 }",
+    );
+    expect_one(&text, 2, 21, "server.pool.max_idle", "must be 0..=10000");
+}
+
+#[test]
+fn weight_zero() {
+    let text = base_with(
+        "{ target = \"127.0.0.1:9001\" }",
+        "{ target = \"127.0.0.1:9001\", weight = 0 }",
+    );
+    expect_one(
+        &text,
+        6,
+        50,
+        "upstreams[0].targets[0].weight",
+        "weight must be 1..=65535, got 0",
+    );
+}
+
+#[test]
+fn target_without_port() {
+    let text = base_with("127.0.0.1:9001", "127.0.0.1");
+    expect_one(
+        &text,
+        6,
+        23,
+        "upstreams[0].targets[0].target",
+        "has no port",
+    );
+}
+
+#[test]
+fn upstream_without_targets() {
+    let text = base_with("[{ target = \"127.0.0.1:9001\" }]", "[]");
+    expect_one(&text, 6, 11, "upstreams[0].targets", "at least one target");
+}
+
+#[test]
+fn bad_listen() {
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"127.0.0.1:8080\", \"localhost:80\"]",
+    );
+    expect_one(
+        &text,
+        2,
+        29,
+        "server.listen[1]",
+        "is not an ip:port address",
+    );
+}
+
+#[test]
+fn empty_listen() {
+    expect_one(
+        &base_with("[\"127.0.0.1:8080\"]", "[]"),
+        2,
+        10,
+        "server.listen",
+        "at least one address",
+    );
+}
+
+#[test]
+fn regex_does_not_compile() {
+    let text = base_with("paths = [\"/\"]", "paths = [\"/\", \"~/v(\\\\d+\"]");
+    expect_one(
+        &text,
+        15,
+        15,
+        "routes[0].paths[1]",
+        "invalid regex `/v(\\d+`: unclosed group",
+    );
+}
+
+#[test]
+fn header_regex_does_not_compile() {
+    let text = base_with("paths = [\"/\"]", "headers = { X-Version = \"~[\" }");
+    expect_one(
+        &text,
+        15,
+        25,
+        "routes[0].headers.X-Version",
+        "invalid regex `[`",
+    );
+}
+
+#[test]
+fn path_without_slash() {
+    let text = base_with("paths = [\"/\"]", "paths = [\"api\"]");
+    expect_one(
+        &text,
+        15,
+        10,
+        "routes[0].paths[0]",
+        "must start with '/' (prefix), '=/' (exact) or '~' (regex)",
+    );
+}
+
+#[test]
+fn bad_host_wildcard() {
+    let text = base_with("paths = [\"/\"]", "hosts = [\"api.*.com\"]");
+    expect_one(&text, 15, 10, "routes[0].hosts[0]", "leading `*.`");
+}
+
+#[test]
+fn bad_method() {
+    let text = base_with("paths = [\"/\"]", "methods = [\"GET\", \"GE T\"]");
+    expect_one(
+        &text,
+        15,
+        19,
+        "routes[0].methods[1]",
+        "not a valid HTTP method",
+    );
+}
+
+#[test]
+fn route_without_matchers() {
+    expect_one(
+        &base_with("paths = [\"/\"]\n", ""),
+        12,
+        1,
+        "routes[0]",
+        "needs at least one of `hosts`, `paths`, `methods`, `headers`",
+    );
+}
+
+#[test]
+fn route_with_only_empty_matchers() {
+    expect_one(
+        &base_with("paths = [\"/\"]", "paths = []"),
+        12,
+        1,
+        "routes[0]",
+        "needs at least one of",
+    );
+}
+
+#[test]
+fn url_with_https() {
+    let text = base_with("upstream = \"u\"", "url = \"https://127.0.0.1:9443\"");
+    expect_one(
+        &text,
+        10,
+        7,
+        "services[0].url",
+        "https upstreams are not supported yet",
+    );
+}
+
+#[test]
+fn url_with_query() {
+    let text = base_with("upstream = \"u\"", "url = \"http://127.0.0.1:9001/a?b=c\"");
+    expect_one(&text, 10, 7, "services[0].url", "cannot have a query");
+}
+
+#[test]
+fn service_with_url_and_upstream() {
+    let text = base_with(
+        "upstream = \"u\"",
+        "upstream = \"u\"\nurl = \"http://127.0.0.1:9001\"",
+    );
+    expect_one(
+        &text,
+        10,
+        12,
+        "services[0].upstream",
+        "either `url` or `upstream`, not both",
+    );
+}
+
+#[test]
+fn service_path_with_url() {
+    let text = base_with(
+        "upstream = \"u\"",
+        "url = \"http://127.0.0.1:9001\"\npath = \"/x\"",
+    );
+    expect_one(
+        &text,
+        11,
+        8,
+        "services[0].path",
+        "`path` is only allowed with `upstream`",
+    );
+}
+
+#[test]
+fn priority_out_of_range() {
+    let text = base_with("paths = [\"/\"]", "paths = [\"/\"]\npriority = 3000000000");
+    expect_one(&text, 16, 12, "routes[0].priority", "32-bit");
+}
+
+#[test]
+fn entity_array_of_wrong_type() {
+    expect_one(
+        &format!(
+            "routes = 3\n{}",
+            &BASE[..BASE.find("[[routes]]").unwrap_or(0)]
+        ),
+        1,
+        10,
+        "routes",
+        "expected an array of tables, written [[routes]]",
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let errs = match load(Path::new("config/does-not-exist.toml")) {
+        Ok(_) => panic!("loaded a missing file"),
+        Err(e) => e,
+    };
+    assert_eq!(errs.len(), 1);
+    assert_eq!((errs[0].line, errs[0].column), (0, 0));
+    assert!(errs[0].message.contains("cannot read"), "{}", errs[0]);
+    assert!(errs[0]
+        .to_string()
+        .starts_with("config/does-not-exist.toml:0:0: "));
+}
+
+#[test]
+fn check_output_lists_every_error() {
+    let out = check(Path::new("config/does-not-exist.toml")).unwrap_err();
+    assert!(out.ends_with("1 error\n"), "{out}");
+}
+
+/// Independent mistakes in different entities and of different kinds are all reported, in file order.
+#[test]
+fn many_errors_at_once() {
+    let text = r#"[server]
+workers = 0
+listen = ["127.0.0.1:8080", "nope"]
+bogus = true
+
+[[upstreams]]
+name = "u"
+targets = [{ target = "127.0.0.1:9001", weight = 0 }]
+
+[[services]]
+name = "s"
+upstream = "missing"
+
+[[services]]
+name = "t"
+url = "https://127.0.0.1"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/", "~("]
+
+[[routes]]
+name = "r"
+service = "gone"
+
+[[routes]]
+name = "q"
+service = "t"
+pathz = ["/"]
+"#;
+    let errs = errors(text);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let want = [
+        // `bogus` fails the whole [server] element at decode time; its other problems are not seen.
+        (4, 1, "server.bogus"),
+        (8, 50, "upstreams[0].targets[0].weight"),
+        (12, 12, "services[0].upstream"),
+        (16, 7, "services[1].url"),
+        (21, 15, "routes[0].paths[1]"),
+        (23, 1, "routes[1]"),
+        (24, 8, "routes[1].name"),
+        (25, 11, "routes[1].service"),
+        (30, 1, "routes[2].pathz"),
+    ];
+    let got: Vec<(usize, usize, &str)> = errs
+        .iter()
+        .map(|e| (e.line, e.column, e.key.as_str()))
+        .collect();
+    assert_eq!(got, want, "\n{}", shown.join("\n"));
+}
+
+/// Semantic problems in `[server]` are all reported too (not only the first).
+#[test]
+fn many_server_errors_at_once() {
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = []\nworkers = 2000\nmax_headers = 0\nmax_header_bytes = 10\ndrain_timeout = \"0s\"",
+    );
+    let got: Vec<String> = errors(&text).iter().map(|e| e.key.clone()).collect();
+    assert_eq!(
+        got,
+        [
+            "server.listen",
+            "server.workers",
+            "server.max_headers",
+            "server.max_header_bytes",
+            "server.drain_timeout"
+        ]
+    );
+}
+
+/// A reference to an entity that failed to decode is not reported again as dangling.
+#[test]
+fn no_follow_on_errors() {
+    let text = base_with("upstream = \"u\"", "upstream = \"u\"\ntypo = 1");
+    expect_one(&text, 11, 1, "services[0].typo", "unknown field `typo`");
+}
+
+/// Mangled versions of the demo config (truncated, lines dropped, bytes replaced, values swapped for
+/// odd ones) must produce errors or a config, never a panic, and every error must have a position.
+#[test]
+fn mangled_demo_never_panics() {
+    let demo = std::fs::read_to_string("config/ringgate.toml").unwrap_or_default();
+    assert!(!demo.is_empty());
+    let mut variants: Vec<String> = Vec::new();
+    // Truncations (every third char boundary keeps the debug-build test under a few seconds).
+    for (i, _) in demo.char_indices().step_by(3) {
+        variants.push(demo[..i].to_owned());
+    }
+    // Every line dropped, and every line duplicated.
+    let lines: Vec<&str> = demo.lines().collect();
+    for i in 0..lines.len() {
+        let mut v = lines.clone();
+        v.remove(i);
+        variants.push(v.join("\n"));
+        let mut v = lines.clone();
+        v.insert(i, lines[i]);
+        variants.push(v.join("\n"));
+    }
+    // Pseudo-random byte replacements (deterministic LCG: reproducible failures).
+    let junk = [
+        "\"", "'", "[", "]", "{", "}", "=", "\n", "\\", "#", ".", ",", "0", "-", "~", "*", "é",
+        "\u{0}",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n.max(1)
+    };
+    let boundaries: Vec<usize> = demo.char_indices().map(|(i, _)| i).collect();
+    for _ in 0..1000 {
+        let at = boundaries[next(boundaries.len())];
+        let end = boundaries
+            .iter()
+            .copied()
+            .find(|&b| b > at)
+            .unwrap_or(demo.len());
+        let with = junk[next(junk.len())];
+        variants.push(format!("{}{}{}", &demo[..at], with, &demo[end..]));
+    }
+    // Odd values in every value position.
+    let odd = [
+        "\"\"",
+        "-1",
+        "0",
+        "99999999999999999999",
+        "\"~(\"",
+        "[]",
+        "{}",
+        "true",
+        "1.5",
+        "\"0s\"",
+        "\"1g\"",
+        "\"*\"",
+        "[[]]",
+        "1979-05-27",
+    ];
+    for (i, line) in lines.iter().enumerate() {
+        if let Some((k, _)) = line.split_once(" = ") {
+            for o in odd {
+                let mut v = lines.clone();
+                let replaced = format!("{k} = {o}");
+                v[i] = &replaced;
+                variants.push(v.join("\n"));
+            }
+        }
+    }
+    for text in &variants {
+        if let Err(errs) = load_str(text, "mangled.toml") {
+            assert!(!errs.is_empty());
+            for e in &errs {
+                assert!(
+                    e.line >= 1 && e.column >= 1,
+                    "unpositioned error {e} for:\n{text}"
+                );
+            }
+        }
+    }
+}
