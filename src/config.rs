@@ -114,7 +114,3 @@ pub fn check(path: &Path) -> Result<String, String> {
     }
 }
 
-/// Human summary for `ringgate check`. (stub)
-pub fn summary(_cfg: &model::Config) -> String {
-    String::new()
-}

@@ -39,17 +39,13 @@ fn main() -> ExitCode {
             let code = ringgate::server::run(&config, workers.map(usize::from));
             ExitCode::from(code.clamp(0, 255) as u8)
         }
-        Command::Check { config } => match ringgate::config::load(&config) {
-            Ok(cfg) => {
-                println!("ok");
-                print!("{}", ringgate::config::summary(&cfg));
+        Command::Check { config } => match ringgate::config::check(&config) {
+            Ok(report) => {
+                print!("{report}");
                 ExitCode::SUCCESS
             }
-            Err(errors) => {
-                for e in &errors {
-                    eprintln!("{e}");
-                }
-                eprintln!("{} error(s) in {}", errors.len(), config.display());
+            Err(report) => {
+                eprint!("{report}");
                 ExitCode::FAILURE
             }
         },
