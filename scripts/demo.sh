@@ -10,7 +10,7 @@ if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 
 CONFIG=config/ringgate.toml
 GATEWAY_ADDR=127.0.0.1:8080
-LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/ringgate-demo.XXXXXX")
+LOGDIR=""
 PIDS=()
 
 cleanup() {
@@ -21,7 +21,7 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    echo "demo stopped; logs in $LOGDIR"
+    if [ -n "$LOGDIR" ]; then echo "demo stopped; logs in $LOGDIR"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -30,6 +30,7 @@ for tool in cargo curl; do
     command -v "$tool" >/dev/null || { echo "demo.sh: $tool is required" >&2; exit 1; }
 done
 [ -f "$CONFIG" ] || { echo "demo.sh: $CONFIG is missing" >&2; exit 1; }
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/ringgate-demo.XXXXXX")
 
 echo "== building (release)"
 cargo build --release --bins

@@ -31,8 +31,8 @@ impl Setup {
 
     /// The upstream name that answered `GET path` with `host`, or the status if it was not a 200.
     fn who(&self, method: &str, host: &str, path: &str, extra_headers: &str) -> String {
-        let r = send_raw(
-            self.gw.addr(),
+        let mut c = Conn::connect(self.gw.addr());
+        let r = c.request(
             format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra_headers}\r\n").as_bytes(),
         );
         match r.status {

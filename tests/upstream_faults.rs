@@ -64,10 +64,7 @@ fn refusing_target_fails_over_to_the_next() {
         "",
     ));
     for i in 0..10 {
-        let r = send_raw(
-            gw.addr(),
-            format!("GET /{i} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes(),
-        );
+        let r = get(gw.addr(), HOST, &format!("/{i}"));
         assert_eq!(r.status, 200, "request {i}: {r:?}");
         assert_eq!(r.header("x-upstream"), Some("alive"));
     }

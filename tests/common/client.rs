@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 /// run while others saturate the cores; the tests that measure timeouts use their own deadlines.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long `send_raw` waits for the peer's close after a response. A gateway closes right after
+/// writing the response, so on loopback this only has to cover scheduling delays.
+pub const CLOSE_PROBE: Duration = Duration::from_millis(500);
+
 /// Largest response head the reader accepts (a gateway that sends more is broken anyway).
 const MAX_HEAD: usize = 1 << 20;
 
@@ -445,8 +449,9 @@ impl Conn {
     }
 }
 
-/// Opens a connection, sends `bytes`, reads one response and then checks (for up to 1 s) whether the
-/// gateway closed the connection. Panics when no response head arrives.
+/// Opens a connection, sends `bytes`, reads one response and then checks (for up to `CLOSE_PROBE`)
+/// whether the gateway closed the connection. Panics when no response head arrives. Costs the probe
+/// time when the connection stays open: use `Conn` for plain request loops.
 pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
     try_send_raw(addr, bytes).unwrap_or_else(|e| panic!("request {:?}: {e}", preview(bytes)))
 }
@@ -460,7 +465,7 @@ pub fn try_send_raw(addr: SocketAddr, bytes: &[u8]) -> Result<RawResponse, Strin
     let mut resp = c
         .read_response_for(&method_of(bytes))
         .map_err(|e| format!("{e} (write error: {write_err:?})"))?;
-    resp.closed = c.probe_closed(Duration::from_secs(1));
+    resp.closed = c.probe_closed(CLOSE_PROBE);
     Ok(resp)
 }
 
