@@ -1,0 +1,259 @@
+//! Process lifecycle and CLI: startup log lines, `--workers`, several listeners, SIGTERM/SIGINT
+//! draining (in-flight requests finish, new connections are not served, exit code 0, bounded by
+//! `drain_timeout`), `check` on good and bad configs, `--version`, `--help`.
+
+mod common;
+
+use common::gateway::{is_event, kv};
+use common::*;
+use std::time::{Duration, Instant};
+
+fn config_with(up: &Upstream, server_extra: &str) -> String {
+    basic_config(up, server_extra, "")
+}
+
+#[test]
+fn startup_logs_listening_and_ready_lines() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let logs = gw.logs();
+    let listening: Vec<&String> = logs.iter().filter(|l| is_event(l, "listening")).collect();
+    assert_eq!(
+        listening.len(),
+        1,
+        "one listening line per address: {logs:?}"
+    );
+    let l = listening[0];
+    let mut parts = l.split_whitespace();
+    let time = parts.next().unwrap_or("");
+    assert!(looks_like_rfc3339(time), "timestamp {time:?} in {l:?}");
+    assert_eq!(parts.next(), Some("INFO"));
+    assert_eq!(kv(l, "addr"), Some(gw.addr().to_string().as_str()));
+    assert_ne!(gw.port(), 0, "port 0 must be resolved in the log");
+    assert_eq!(gw.workers(), Some(1));
+    // ready comes after listening.
+    let li = logs.iter().position(|x| is_event(x, "listening")).unwrap();
+    let ri = logs.iter().position(|x| is_event(x, "ready")).unwrap();
+    assert!(li < ri);
+    assert_eq!(get(gw.addr(), HOST, "/").status, 200);
+}
+
+fn looks_like_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && (b[10] == b'T' || b[10] == b't')
+        && b[13] == b':'
+        && b[16] == b':'
+        && (s.ends_with('Z') || s.ends_with('z') || s[19..].contains('+') || s[19..].contains('-'))
+}
+
+#[test]
+fn workers_flag_overrides_the_config() {
+    let up = Upstream::echo("a");
+    let gw = Gateway::start_with_args(&config_with(&up, ""), &["--workers", "3"]);
+    assert_eq!(gw.workers(), Some(3));
+    // All workers share the port: many connections all succeed.
+    for i in 0..30 {
+        assert_eq!(get(gw.addr(), HOST, &format!("/{i}")).status, 200);
+    }
+}
+
+#[test]
+fn several_listen_addresses() {
+    let up = Upstream::echo("a");
+    let toml = basic_config(&up, "", "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]",
+    );
+    let gw = Gateway::start(&toml);
+    assert_eq!(gw.addrs().len(), 2, "{:?}", gw.logs());
+    for a in gw.addrs() {
+        assert_eq!(get(*a, HOST, "/").status, 200, "listener {a}");
+    }
+}
+
+#[test]
+fn sigterm_drains_the_in_flight_request_then_exits_0() {
+    let up = Upstream::start(Behaviour::EchoDelayed(Duration::from_secs(2)));
+    let mut gw = Gateway::start(&config_with(&up, "drain_timeout = \"10s\""));
+    let addr = gw.addr();
+    let client = std::thread::spawn(move || {
+        let mut c = Conn::connect(addr);
+        c.get(HOST, "/in-flight")
+    });
+    assert!(
+        up.wait_requests(1, Duration::from_secs(5)),
+        "request never reached the upstream"
+    );
+    let t = Instant::now();
+    gw.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Stopped accepting: a new connection is refused, or never served.
+    if let Ok(mut c) = Conn::try_connect(addr) {
+        c.set_read_timeout(Duration::from_secs(5));
+        let _ = c.send(b"GET /late HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        if let Ok(r) = c.read_response() {
+            panic!("a connection accepted after SIGTERM was served: {r:?}");
+        }
+    }
+
+    let r = client.join().expect("client thread");
+    assert_eq!(r.status, 200, "in-flight request not completed: {r:?}");
+    assert!(r.complete);
+    let st = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway did not exit after draining");
+    assert_eq!(st.code(), Some(0), "exit status {st}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "exited before the in-flight request finished"
+    );
+    assert!(!up.requests().iter().any(|r| r.target == "/late"));
+}
+
+#[test]
+fn sigint_on_an_idle_gateway_exits_0_promptly() {
+    let up = Upstream::echo("a");
+    let mut gw = gateway_for(&up);
+    assert_eq!(get(gw.addr(), HOST, "/").status, 200);
+    // An idle keep-alive client connection must not hold up shutdown.
+    let mut idle = Conn::connect(gw.addr());
+    assert_eq!(idle.get(HOST, "/").status, 200);
+    gw.sigint();
+    let st = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("no exit within 5 s");
+    assert_eq!(st.code(), Some(0));
+}
+
+#[test]
+fn drain_timeout_bounds_shutdown() {
+    let up = Upstream::start(Behaviour::Hang);
+    let mut gw = Gateway::start(&config_with(&up, "drain_timeout = \"1s\""));
+    let addr = gw.addr();
+    let client = std::thread::spawn(move || {
+        let mut c = Conn::connect(addr);
+        c.send(b"GET /stuck HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            .unwrap();
+        c.read_response()
+    });
+    assert!(up.wait_requests(1, Duration::from_secs(5)));
+    let t = Instant::now();
+    gw.sigterm();
+    let st = gw
+        .wait_exit(Duration::from_secs(6))
+        .expect("drain_timeout not enforced");
+    let took = t.elapsed();
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        took >= Duration::from_millis(800),
+        "did not wait for the in-flight request: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?} with drain_timeout 1s"
+    );
+    // The stuck client got no success.
+    if let Ok(r) = client.join().expect("client thread") {
+        assert_ne!(r.status, 200);
+    }
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let up = Upstream::echo("a");
+    let (out, _f) = check_config(&config_with(&up, ""));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stdout.lines().next().unwrap_or("").trim() == "ok",
+        "first line must be ok: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("all"),
+        "summary should name the route: {out:?}"
+    );
+}
+
+#[test]
+fn check_rejects_an_unknown_key_with_its_location() {
+    let toml = "[server]\nlisten = [\"127.0.0.1:0\"]\nbogus_key = 1\n";
+    let (out, f) = check_config(toml);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let all = out.all();
+    let loc = format!("{}:3:", f.path_str());
+    assert!(all.contains(&loc), "expected {loc}<col>: in {all:?}");
+    assert!(all.contains("bogus_key"), "{all:?}");
+    assert!(!out.stdout.trim_start().starts_with("ok"));
+}
+
+#[test]
+fn check_reports_a_dangling_service_reference() {
+    let toml = "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[[routes]]\nname = \"r\"\nservice = \"nope\"\npaths = [\"/\"]\n";
+    let (out, f) = check_config(toml);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let all = out.all();
+    assert!(all.contains(&format!("{}:6:", f.path_str())), "{all:?}");
+    assert!(all.contains("nope"), "{all:?}");
+}
+
+#[test]
+fn check_reports_every_error() {
+    let toml = "[server]\nlisten = [\"127.0.0.1:0\"]\nbogus_one = 1\n\n[[routes]]\nname = \"r\"\nservice = \"nope\"\n";
+    let (out, f) = check_config(toml);
+    assert_eq!(out.code(), Some(1));
+    let p = f.path_str();
+    let n = out.all().lines().filter(|l| l.starts_with(&p)).count();
+    assert!(n >= 2, "expected at least two located errors: {out:?}");
+}
+
+#[test]
+fn check_rejects_a_missing_file() {
+    let out = run_cli(
+        &["check", "/nonexistent/ringgate.toml"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.all().contains("/nonexistent/ringgate.toml"));
+}
+
+#[test]
+fn run_with_a_bad_config_exits_1_without_listening() {
+    let f = TempFile::new(
+        ".toml",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = \"many\"\n",
+    );
+    let out = run_cli(&["run", &f.path_str()], Duration::from_secs(10));
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.all().contains(&format!("{}:3:", f.path_str())),
+        "{out:?}"
+    );
+    assert!(!out.all().contains(" ready "), "{out:?}");
+}
+
+#[test]
+fn version_flag() {
+    let out = run_cli(&["--version"], Duration::from_secs(10));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("ringgate"), "{out:?}");
+    assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")), "{out:?}");
+}
+
+#[test]
+fn help_flag() {
+    let out = run_cli(&["--help"], Duration::from_secs(10));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("run"), "{out:?}");
+    assert!(out.stdout.contains("check"), "{out:?}");
+}
+
+#[test]
+fn unknown_subcommand_fails() {
+    let out = run_cli(&["frobnicate"], Duration::from_secs(10));
+    assert_ne!(out.code(), Some(0), "{out:?}");
+    assert!(out.status.is_some(), "must exit, not hang");
+}

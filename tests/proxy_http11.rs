@@ -1,0 +1,475 @@
+//! HTTP/1.1 proxying on both sides: keep-alive, pipelining, streaming bodies in every framing,
+//! `Expect: 100-continue`, bodiless responses (HEAD, 1xx, 204, 304), hop-by-hop header removal in both
+//! directions, X-Forwarded-* and the Host header per `preserve_host`.
+//!
+//! What the gateway forwarded is asserted at the upstream, from the bytes it received.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn keep_alive_on_both_sides() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    for i in 0..10 {
+        let r = c.get(HOST, &format!("/k/{i}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-echo-path"), Some(format!("/k/{i}").as_str()));
+        assert!(r.complete);
+    }
+    assert!(
+        !c.probe_closed(Duration::from_millis(200)),
+        "client connection closed"
+    );
+    assert_eq!(up.request_count(), 10);
+    assert_eq!(
+        up.connections(),
+        1,
+        "upstream connection not reused from the pool"
+    );
+}
+
+#[test]
+fn http10_client_without_keep_alive_is_closed_after_the_response() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let r = send_raw(gw.addr(), b"GET /old HTTP/1.0\r\nHost: test.local\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.closed, "HTTP/1.0 without keep-alive must be closed");
+    let r = send_raw(
+        gw.addr(),
+        b"GET /c HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.closed, "Connection: close must be honoured");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        batch.extend_from_slice(
+            format!("GET /p/{i} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes(),
+        );
+    }
+    // A body-carrying request inside the pipeline too.
+    batch.extend_from_slice(
+        b"POST /p/5 HTTP/1.1\r\nHost: test.local\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    batch.extend_from_slice(b"GET /p/6 HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    c.send(&batch).unwrap();
+    for i in 0..7 {
+        let r = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("response {i}: {e}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-echo-path"),
+            Some(format!("/p/{i}").as_str()),
+            "out of order at {i}"
+        );
+    }
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 7);
+    assert_eq!(reqs[5].body, b"abc");
+}
+
+#[test]
+fn request_body_with_content_length_streams_to_upstream() {
+    let up = Upstream::echo("a");
+    let gw = Gateway::start(&basic_config(&up, "max_body_bytes = \"16m\"", ""));
+    let body: Vec<u8> = (0..4 * 1024 * 1024u64).map(pattern_byte).collect();
+    let mut c = Conn::connect(gw.addr());
+    let mut req = format!(
+        "PUT /upload HTTP/1.1\r\nHost: test.local\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let r = c.request(&req);
+    assert_eq!(r.status, 200);
+    let got = up.last_request();
+    assert!(got.complete);
+    assert_eq!(got.body.len(), body.len());
+    assert!(got.body == body, "request body corrupted in transit");
+}
+
+#[test]
+fn chunked_request_body_reaches_upstream_intact() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    c.send(b"POST /chunked HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    // Sent in pieces with pauses, so a gateway that waits for the whole body before connecting still
+    // works but one that mis-frames partial reads would show.
+    for part in [
+        &b"5\r\nhello\r\n"[..],
+        b"1;name=value\r\n \r\n",
+        b"5\r\nworld\r\n",
+        b"0\r\n\r\n",
+    ] {
+        c.send(part).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    let got = up.last_request();
+    assert!(got.complete);
+    assert_eq!(got.body, b"hello world");
+    // The upstream must get a framed body it can delimit: re-chunked or a Content-Length, not both.
+    assert!(
+        got.chunked ^ got.has_header("content-length"),
+        "{:?}",
+        got.headers
+    );
+    // Keep-alive still in sync afterwards.
+    assert_eq!(c.get(HOST, "/next").header("x-echo-path"), Some("/next"));
+}
+
+#[test]
+fn response_body_with_content_length_is_relayed() {
+    let up = Upstream::start(Behaviour::Stream {
+        len: 300_000,
+        chunked: false,
+    });
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    for _ in 0..2 {
+        let r = c.get(HOST, "/");
+        assert_eq!(r.status, 200);
+        assert!(r.complete);
+        assert_eq!(r.body.len(), 300_000);
+        assert!(r
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == pattern_byte(i as u64)));
+    }
+}
+
+#[test]
+fn chunked_response_is_relayed() {
+    let up = Upstream::fixed(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    for _ in 0..3 {
+        let r = c.get(HOST, "/");
+        assert_eq!(r.status, 200);
+        assert!(r.complete, "{:?}", r.body_error);
+        assert_eq!(r.body, b"hello world");
+    }
+}
+
+#[test]
+fn close_delimited_response_is_relayed_completely() {
+    let up = Upstream::start(Behaviour::FixedThenClose(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the upstream closes".to_vec(),
+    ));
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    let r = c.get(HOST, "/");
+    assert_eq!(r.status, 200);
+    assert!(r.complete, "{:?}", r.body_error);
+    assert_eq!(r.body, b"until the upstream closes");
+    // Re-framed as chunked the client connection may stay open; close-delimited it must close.
+    if !r.chunked && r.header("content-length").is_none() {
+        assert!(c.probe_closed(Duration::from_secs(2)));
+    } else {
+        let r2 = c.get(HOST, "/again");
+        assert_eq!(r2.body, b"until the upstream closes");
+    }
+}
+
+#[test]
+fn expect_100_continue_works() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    c.send(b"POST /e HTTP/1.1\r\nHost: test.local\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    // The client waits for the interim response before sending the body (curl waits 1 s).
+    let interim = c.read_available(Duration::from_secs(3));
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "no 100 Continue within 3 s: {:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    c.send(b"hello world").unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last_request().body, b"hello world");
+}
+
+#[test]
+fn head_response_has_no_body_and_keep_alive_stays_in_sync() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    let r = c.request(b"HEAD /h HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    // The representation's length is passed through, but no body bytes follow.
+    assert!(
+        r.header("content-length").is_some_and(|v| v != "0"),
+        "{:?}",
+        r.headers
+    );
+    let r = c.get(HOST, "/after-head");
+    assert_eq!(
+        r.header("x-echo-path"),
+        Some("/after-head"),
+        "framing lost after HEAD"
+    );
+    assert_eq!(up.requests()[0].method, "HEAD");
+}
+
+#[test]
+fn no_content_and_not_modified_carry_no_body() {
+    for resp in [
+        &b"HTTP/1.1 204 No Content\r\nX-Kind: 204\r\n\r\n"[..],
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 1234\r\n\r\n",
+    ] {
+        let up = Upstream::fixed(resp);
+        let gw = gateway_for(&up);
+        let mut c = Conn::connect(gw.addr());
+        for _ in 0..3 {
+            let r = c.get(HOST, "/");
+            assert!(r.status == 204 || r.status == 304);
+            assert!(r.body.is_empty());
+            assert!(
+                !r.chunked,
+                "{} relayed with Transfer-Encoding: chunked",
+                r.status
+            );
+        }
+        // Nothing extra followed the bodiless responses on the wire.
+        assert!(c.leftover().is_empty(), "extra bytes: {:?}", c.leftover());
+        assert_eq!(up.request_count(), 3);
+    }
+}
+
+#[test]
+fn interim_responses_are_not_mistaken_for_the_final_one() {
+    let up = Upstream::fixed(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+    );
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    for _ in 0..2 {
+        let r = c.get(HOST, "/");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"final");
+    }
+}
+
+#[test]
+fn hop_by_hop_request_headers_are_removed() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let r = send_raw(
+        gw.addr(),
+        b"GET /hop HTTP/1.1\r\nHost: test.local\r\nConnection: keep-alive, X-Custom-Hop\r\nX-Custom-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-Foo\r\nUpgrade: h2c\r\nX-End-To-End: kept\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let got = up.last_request();
+    for h in [
+        "x-custom-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+    ] {
+        assert!(
+            !got.has_header(h),
+            "hop-by-hop {h} reached the upstream: {:?}",
+            got.headers
+        );
+    }
+    for v in got.header_all("connection") {
+        assert!(
+            !v.to_ascii_lowercase().contains("x-custom-hop"),
+            "client's Connection header forwarded: {v}"
+        );
+    }
+    assert_eq!(got.header("x-end-to-end"), Some("kept"));
+}
+
+#[test]
+fn hop_by_hop_response_headers_are_removed() {
+    let up = Upstream::fixed(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Resp-Hop\r\nX-Resp-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTrailer: X-Foo\r\nUpgrade: h2c\r\nX-End-To-End: kept\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    let r = c.get(HOST, "/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"ok");
+    for h in [
+        "x-resp-hop",
+        "keep-alive",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            !r.has_header(h),
+            "hop-by-hop {h} reached the client: {:?}",
+            r.headers
+        );
+    }
+    for v in r.header_all("connection") {
+        assert!(
+            !v.to_ascii_lowercase().contains("x-resp-hop"),
+            "upstream Connection relayed: {v}"
+        );
+    }
+    assert_eq!(r.header("x-end-to-end"), Some("kept"));
+    // The upstream's "Connection: X-Resp-Hop" did not ask to close: the client connection is reusable.
+    assert_eq!(c.get(HOST, "/").status, 200);
+}
+
+#[test]
+fn x_forwarded_headers_are_appended_and_set() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let port = gw.port().to_string();
+
+    let r = send_raw(
+        gw.addr(),
+        b"GET /xf HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let got = up.last_request();
+    assert_eq!(got.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(got.header_all("x-forwarded-proto"), vec!["http"]);
+    assert_eq!(got.header_all("x-forwarded-host"), vec!["api.example.com"]);
+    assert_eq!(got.header_all("x-forwarded-port"), vec![port.as_str()]);
+    assert!(
+        !got.has_header("x-forwarded-prefix"),
+        "nothing was stripped"
+    );
+
+    // A client's XFF is appended to; its Proto/Host/Port claims are replaced, not trusted.
+    let r = send_raw(
+        gw.addr(),
+        b"GET /xf HTTP/1.1\r\nHost: api.example.com\r\nX-Forwarded-For: 10.1.2.3, 10.4.5.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Port: 1\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let got = up.last_request();
+    assert_eq!(
+        got.header_all("x-forwarded-for"),
+        vec!["10.1.2.3, 10.4.5.6, 127.0.0.1"]
+    );
+    assert_eq!(got.header_all("x-forwarded-proto"), vec!["http"]);
+    assert_eq!(got.header_all("x-forwarded-host"), vec!["api.example.com"]);
+    assert_eq!(got.header_all("x-forwarded-port"), vec![port.as_str()]);
+}
+
+fn host_config(service: &str, preserve_host: bool) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+{service}
+
+[[routes]]
+name = "r"
+service = "svc"
+paths = ["/"]
+strip_path = false
+preserve_host = {preserve_host}
+"#
+    )
+}
+
+#[test]
+fn host_header_per_preserve_host() {
+    let up = Upstream::echo("a");
+    let url_service = format!("[[services]]\nname = \"svc\"\nurl = \"{}\"", up.url());
+
+    // preserve_host = false with a url service: the url's host:port.
+    let gw = Gateway::start(&host_config(&url_service, false));
+    send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: client.example\r\n\r\n");
+    assert_eq!(
+        up.last_request().header_all("host"),
+        vec![format!("127.0.0.1:{}", up.port())]
+    );
+    drop(gw);
+
+    // preserve_host = true: the client's Host, as sent.
+    let gw = Gateway::start(&host_config(&url_service, true));
+    send_raw(
+        gw.addr(),
+        b"GET / HTTP/1.1\r\nHost: client.example:8443\r\n\r\n",
+    );
+    assert_eq!(
+        up.last_request().header_all("host"),
+        vec!["client.example:8443"]
+    );
+    drop(gw);
+
+    // preserve_host = false, upstream entity with host_header.
+    let ups = format!(
+        "[[upstreams]]\nname = \"pool\"\nhost_header = \"internal.svc\"\ntargets = [{{ target = \"{}\" }}]\n\n[[services]]\nname = \"svc\"\nupstream = \"pool\"",
+        up.addr()
+    );
+    let gw = Gateway::start(&host_config(&ups, false));
+    send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: client.example\r\n\r\n");
+    assert_eq!(up.last_request().header_all("host"), vec!["internal.svc"]);
+    drop(gw);
+
+    // preserve_host = false, upstream entity without host_header: the target's host:port.
+    let ups = format!(
+        "[[upstreams]]\nname = \"pool\"\ntargets = [{{ target = \"{}\" }}]\n\n[[services]]\nname = \"svc\"\nupstream = \"pool\"",
+        up.addr()
+    );
+    let gw = Gateway::start(&host_config(&ups, false));
+    send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: client.example\r\n\r\n");
+    assert_eq!(
+        up.last_request().header_all("host"),
+        vec![up.addr().to_string()]
+    );
+    drop(gw);
+}
+
+#[test]
+fn service_path_is_prepended_and_query_preserved() {
+    let up = Upstream::echo("a");
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[[services]]
+name = "svc"
+url = "{}/base"
+
+[[routes]]
+name = "r"
+service = "svc"
+paths = ["/api"]
+"#,
+        up.url()
+    );
+    let gw = Gateway::start(&toml);
+    let r = send_raw(
+        gw.addr(),
+        b"GET /api/users/7?x=1&y=%20 HTTP/1.1\r\nHost: test.local\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let got = up.last_request();
+    assert_eq!(got.target, "/base/users/7?x=1&y=%20");
+    assert_eq!(got.header("x-forwarded-prefix"), Some("/api"));
+}

@@ -1,0 +1,399 @@
+//! Routing: hosts (exact, wildcard), paths (segment-aware prefix, exact, regex), methods, headers,
+//! query parameters, strip_path with X-Forwarded-Prefix, matching on the normalized path, and the 404
+//! JSON when nothing matches. Which route won is read from the upstream that answered (`X-Upstream`).
+
+mod common;
+
+use common::*;
+
+/// One upstream per route name, each a `url` service; `routes` is the TOML of the `[[routes]]` tables,
+/// referring to services named after the upstreams.
+struct Setup {
+    ups: Vec<Upstream>,
+    gw: Gateway,
+}
+
+impl Setup {
+    fn new(names: &[&str], routes: &str) -> Setup {
+        let ups: Vec<Upstream> = names.iter().map(|n| Upstream::echo(n)).collect();
+        let mut toml = String::from("[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n");
+        for u in &ups {
+            toml.push_str(&format!(
+                "[[services]]\nname = \"{}\"\nurl = \"{}\"\n\n",
+                u.name(),
+                u.url()
+            ));
+        }
+        toml.push_str(routes);
+        let gw = Gateway::start(&toml);
+        Setup { ups, gw }
+    }
+
+    /// The upstream name that answered `GET path` with `host`, or the status if it was not a 200.
+    fn who(&self, method: &str, host: &str, path: &str, extra_headers: &str) -> String {
+        let mut c = Conn::connect(self.gw.addr());
+        let r = c.request(
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra_headers}\r\n").as_bytes(),
+        );
+        match r.status {
+            200 => r.header("x-upstream").unwrap_or("?").to_string(),
+            404 => {
+                r.assert_json_error(404);
+                "404".into()
+            }
+            s => s.to_string(),
+        }
+    }
+
+    fn get(&self, host: &str, path: &str) -> String {
+        self.who("GET", host, path, "")
+    }
+
+    fn up(&self, name: &str) -> &Upstream {
+        self.ups
+            .iter()
+            .find(|u| u.name() == name)
+            .expect("upstream")
+    }
+}
+
+#[test]
+fn exact_and_wildcard_hosts() {
+    let s = Setup::new(
+        &["exact", "wild"],
+        r#"
+[[routes]]
+name = "exact"
+service = "exact"
+hosts = ["api.example.com"]
+
+[[routes]]
+name = "wild"
+service = "wild"
+hosts = ["*.example.org"]
+"#,
+    );
+    assert_eq!(s.get("api.example.com", "/"), "exact");
+    assert_eq!(
+        s.get("API.Example.COM", "/"),
+        "exact",
+        "hosts are case-insensitive"
+    );
+    assert_eq!(
+        s.get("api.example.com:8080", "/"),
+        "exact",
+        "the port is ignored"
+    );
+    assert_eq!(s.get("other.example.com", "/"), "404");
+    assert_eq!(s.get("foo.example.org", "/"), "wild");
+    assert_eq!(s.get("bar.example.org:1234", "/x"), "wild");
+    assert_eq!(
+        s.get("example.org", "/"),
+        "404",
+        "the wildcard needs a label"
+    );
+    assert_eq!(s.get("fooexample.org", "/"), "404");
+}
+
+#[test]
+fn prefix_paths_are_segment_aware() {
+    let s = Setup::new(
+        &["users"],
+        r#"
+[[routes]]
+name = "users"
+service = "users"
+paths = ["/users"]
+strip_path = false
+"#,
+    );
+    assert_eq!(s.get(HOST, "/users"), "users");
+    assert_eq!(s.get(HOST, "/users/"), "users");
+    assert_eq!(s.get(HOST, "/users/42"), "users");
+    assert_eq!(s.get(HOST, "/users?page=2"), "users");
+    assert_eq!(s.get(HOST, "/users-admin"), "404");
+    assert_eq!(s.get(HOST, "/usersx"), "404");
+    assert_eq!(s.get(HOST, "/"), "404");
+    assert_eq!(s.get(HOST, "/api/users"), "404");
+}
+
+#[test]
+fn exact_and_regex_paths() {
+    let s = Setup::new(
+        &["health", "versioned"],
+        r#"
+[[routes]]
+name = "health"
+service = "health"
+paths = ["=/health"]
+strip_path = false
+
+[[routes]]
+name = "versioned"
+service = "versioned"
+paths = ["~^/v\\d+/users"]
+strip_path = false
+"#,
+    );
+    assert_eq!(s.get(HOST, "/health"), "health");
+    assert_eq!(s.get(HOST, "/health?verbose=1"), "health");
+    assert_eq!(s.get(HOST, "/health/x"), "404");
+    assert_eq!(s.get(HOST, "/healthz"), "404");
+    assert_eq!(s.get(HOST, "/v1/users"), "versioned");
+    assert_eq!(s.get(HOST, "/v22/users/9"), "versioned");
+    assert_eq!(s.get(HOST, "/vx/users"), "404");
+    assert_eq!(
+        s.get(HOST, "/api/v1/users"),
+        "404",
+        "regexes are anchored at the path start"
+    );
+}
+
+#[test]
+fn methods_restrict_a_route() {
+    let s = Setup::new(
+        &["reader", "writer"],
+        r#"
+[[routes]]
+name = "reader"
+service = "reader"
+paths = ["/items"]
+methods = ["GET", "HEAD"]
+strip_path = false
+
+[[routes]]
+name = "writer"
+service = "writer"
+paths = ["/items"]
+methods = ["POST"]
+strip_path = false
+"#,
+    );
+    assert_eq!(s.who("GET", HOST, "/items", ""), "reader");
+    assert_eq!(
+        s.who("POST", HOST, "/items", "Content-Length: 0\r\n"),
+        "writer"
+    );
+    assert_eq!(s.who("DELETE", HOST, "/items", ""), "404");
+}
+
+#[test]
+fn header_versioning_exact_and_regex() {
+    let s = Setup::new(
+        &["v1", "v2", "default"],
+        r#"
+[[routes]]
+name = "v2"
+service = "v2"
+paths = ["/api"]
+headers = { "X-API-Version" = ["2"] }
+priority = 10
+
+[[routes]]
+name = "v1"
+service = "v1"
+paths = ["/api"]
+headers = { "X-API-Version" = ["~^1(\\.\\d+)?$"] }
+priority = 10
+
+[[routes]]
+name = "default"
+service = "default"
+paths = ["/api"]
+"#,
+    );
+    assert_eq!(s.who("GET", HOST, "/api/x", "X-API-Version: 2\r\n"), "v2");
+    assert_eq!(
+        s.who("GET", HOST, "/api/x", "x-api-version: 2\r\n"),
+        "v2",
+        "names are case-insensitive"
+    );
+    assert_eq!(s.who("GET", HOST, "/api/x", "X-API-Version: 1\r\n"), "v1");
+    assert_eq!(s.who("GET", HOST, "/api/x", "X-API-Version: 1.3\r\n"), "v1");
+    assert_eq!(
+        s.who("GET", HOST, "/api/x", "X-API-Version: 3\r\n"),
+        "default"
+    );
+    assert_eq!(
+        s.who("GET", HOST, "/api/x", "X-API-Version: 22\r\n"),
+        "default"
+    );
+    assert_eq!(s.who("GET", HOST, "/api/x", ""), "default");
+}
+
+#[test]
+fn query_parameters() {
+    let s = Setup::new(
+        &["beta", "default"],
+        r#"
+[[routes]]
+name = "beta"
+service = "beta"
+paths = ["/q"]
+query = { version = ["2"] }
+priority = 5
+strip_path = false
+
+[[routes]]
+name = "default"
+service = "default"
+paths = ["/q"]
+strip_path = false
+"#,
+    );
+    assert_eq!(s.get(HOST, "/q?version=2"), "beta");
+    assert_eq!(s.get(HOST, "/q?a=1&version=2&b=3"), "beta");
+    assert_eq!(s.get(HOST, "/q?version=3"), "default");
+    assert_eq!(s.get(HOST, "/q?xversion=2"), "default");
+    assert_eq!(s.get(HOST, "/q"), "default");
+    // The query string reaches the upstream unchanged.
+    assert_eq!(s.up("beta").last_request().target, "/q?a=1&version=2&b=3");
+}
+
+#[test]
+fn strip_path_removes_the_matched_prefix_and_records_it() {
+    let s = Setup::new(
+        &["stripped", "kept"],
+        r#"
+[[routes]]
+name = "stripped"
+service = "stripped"
+paths = ["/api"]
+strip_path = true
+
+[[routes]]
+name = "kept"
+service = "kept"
+paths = ["/keep"]
+strip_path = false
+"#,
+    );
+    assert_eq!(s.get(HOST, "/api/hello?x=1"), "stripped");
+    let r = s.up("stripped").last_request();
+    assert_eq!(r.target, "/hello?x=1");
+    assert_eq!(r.header_all("x-forwarded-prefix"), vec!["/api"]);
+
+    assert_eq!(s.get(HOST, "/api"), "stripped");
+    let r = s.up("stripped").last_request();
+    assert_eq!(r.target, "/", "stripping the whole path leaves /");
+    assert_eq!(r.header("x-forwarded-prefix"), Some("/api"));
+
+    assert_eq!(s.get(HOST, "/keep/it"), "kept");
+    let r = s.up("kept").last_request();
+    assert_eq!(r.target, "/keep/it");
+    assert!(!r.has_header("x-forwarded-prefix"));
+}
+
+#[test]
+fn strip_path_with_a_regex_path() {
+    let s = Setup::new(
+        &["re"],
+        r#"
+[[routes]]
+name = "re"
+service = "re"
+paths = ["~^/v\\d+"]
+strip_path = true
+"#,
+    );
+    assert_eq!(s.get(HOST, "/v3/items/1"), "re");
+    let r = s.up("re").last_request();
+    assert_eq!(r.target, "/items/1");
+    assert_eq!(r.header("x-forwarded-prefix"), Some("/v3"));
+}
+
+#[test]
+fn matching_uses_the_normalized_path() {
+    let s = Setup::new(
+        &["admin", "public"],
+        r#"
+[[routes]]
+name = "admin"
+service = "admin"
+paths = ["/admin"]
+strip_path = false
+
+[[routes]]
+name = "public"
+service = "public"
+paths = ["/public"]
+strip_path = false
+"#,
+    );
+    assert_eq!(s.get(HOST, "/admin"), "admin");
+    assert_eq!(s.get(HOST, "/public/../admin"), "admin");
+    assert_eq!(s.get(HOST, "//admin"), "admin");
+    assert_eq!(s.get(HOST, "/%61dmin"), "admin");
+    assert_eq!(s.get(HOST, "/public/./x"), "public");
+    assert_eq!(s.get(HOST, "/./public"), "public");
+}
+
+#[test]
+fn dot_segments_cannot_escape_a_public_prefix() {
+    // Only /public is routed: /public/../admin normalizes to /admin and must not reach the public
+    // upstream (which would resolve the dot segments itself and serve /admin).
+    let s = Setup::new(
+        &["public"],
+        r#"
+[[routes]]
+name = "public"
+service = "public"
+paths = ["/public"]
+strip_path = false
+"#,
+    );
+    for p in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/./../admin",
+    ] {
+        assert_eq!(s.get(HOST, p), "404", "{p} escaped the prefix");
+    }
+    assert_eq!(s.up("public").request_count(), 0);
+}
+
+#[test]
+fn no_match_is_404_json() {
+    let s = Setup::new(
+        &["only"],
+        r#"
+[[routes]]
+name = "only"
+service = "only"
+paths = ["/only"]
+"#,
+    );
+    let r = send_raw(
+        s.gw.addr(),
+        b"GET /nothing HTTP/1.1\r\nHost: test.local\r\n\r\n",
+    );
+    r.assert_json_error(404);
+    assert!(
+        !r.closed,
+        "a 404 needs no close: the request framing was fine"
+    );
+    assert_eq!(s.up("only").request_count(), 0);
+}
+
+#[test]
+fn priority_breaks_ties_between_overlapping_routes() {
+    let s = Setup::new(
+        &["low", "high"],
+        r#"
+[[routes]]
+name = "low"
+service = "low"
+hosts = ["p.example"]
+priority = 1
+
+[[routes]]
+name = "high"
+service = "high"
+hosts = ["p.example"]
+priority = 100
+"#,
+    );
+    for _ in 0..3 {
+        assert_eq!(s.get("p.example", "/"), "high");
+    }
+}

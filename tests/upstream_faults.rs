@@ -1,0 +1,292 @@
+//! Upstream failures: down (refusing), hanging (read timeout), unreachable (connect timeout), reset in
+//! the middle of a body, closing a kept-alive connection between requests; retry-once semantics on
+//! reused pooled connections; failover to the next target; pooling.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+fn upstream_config(targets: &[String], timeouts: &str) -> String {
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{{ target = \"{t}\" }}"))
+        .collect();
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[server.timeouts]
+{timeouts}
+
+[[upstreams]]
+name = "pool"
+targets = [{}]
+
+[[services]]
+name = "svc"
+upstream = "pool"
+
+[[routes]]
+name = "r"
+service = "svc"
+paths = ["/"]
+strip_path = false
+"#,
+        targets.join(", ")
+    )
+}
+
+#[test]
+fn upstream_down_is_502_json() {
+    let dead = refusing_addr();
+    let gw = Gateway::start(&upstream_config(&[dead.to_string()], ""));
+    let start = Instant::now();
+    let r = send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    r.assert_json_error(502);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "a refused connect must fail fast"
+    );
+    assert!(
+        !r.closed,
+        "the client's request was fine: keep its connection"
+    );
+}
+
+#[test]
+fn refusing_target_fails_over_to_the_next() {
+    let dead = refusing_addr();
+    let up = Upstream::echo("alive");
+    let gw = Gateway::start(&upstream_config(
+        &[dead.to_string(), up.addr().to_string()],
+        "",
+    ));
+    for i in 0..10 {
+        let r = get(gw.addr(), HOST, &format!("/{i}"));
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.header("x-upstream"), Some("alive"));
+    }
+    assert_eq!(up.request_count(), 10);
+}
+
+#[test]
+fn all_targets_refusing_is_502_json() {
+    let gw = Gateway::start(&upstream_config(
+        &[refusing_addr().to_string(), refusing_addr().to_string()],
+        "",
+    ));
+    for _ in 0..3 {
+        send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n").assert_json_error(502);
+    }
+}
+
+#[test]
+fn hanging_upstream_is_504_after_the_read_timeout() {
+    let up = Upstream::start(Behaviour::Hang);
+    let gw = Gateway::start(&upstream_config(
+        &[up.addr().to_string()],
+        "upstream_read = \"1s\"",
+    ));
+    let start = Instant::now();
+    let r = send_raw(gw.addr(), b"GET /slow HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    let t = start.elapsed();
+    r.assert_json_error(504);
+    assert!(
+        t >= Duration::from_millis(800) && t < Duration::from_secs(4),
+        "504 after {t:?}"
+    );
+    // It was sent, just never answered; and not retried (a timeout is not "nothing sent").
+    assert_eq!(up.request_count(), 1);
+}
+
+#[test]
+fn service_read_timeout_overrides_the_server_one() {
+    let up = Upstream::start(Behaviour::Hang);
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[server.timeouts]
+upstream_read = "60s"
+
+[[services]]
+name = "svc"
+url = "{}"
+read_timeout = "1s"
+
+[[routes]]
+name = "r"
+service = "svc"
+paths = ["/"]
+"#,
+        up.url()
+    );
+    let gw = Gateway::start(&toml);
+    let start = Instant::now();
+    send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n").assert_json_error(504);
+    assert!(start.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn unreachable_upstream_is_504_after_the_connect_timeout() {
+    // Assumption: a connect *timeout* is a 504 (nginx, Kong); a refused connect is a 502.
+    let bh = blackhole();
+    let gw = Gateway::start(&upstream_config(
+        &[bh.addr.to_string()],
+        "upstream_connect = \"1s\"",
+    ));
+    let start = Instant::now();
+    let r = send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    let t = start.elapsed();
+    r.assert_json_error(504);
+    assert!(
+        t >= Duration::from_millis(800) && t < Duration::from_secs(4),
+        "504 after {t:?}"
+    );
+}
+
+#[test]
+fn reset_mid_body_aborts_the_client_response() {
+    let up = Upstream::start(Behaviour::ResetMidBody { chunked: false });
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    c.send(b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    let r = c.read_response().expect("the head was already relayed");
+    assert_eq!(r.status, 200);
+    // Never complete-looking: fewer than the announced bytes, then EOF/RST.
+    assert!(
+        !r.complete,
+        "aborted upstream body looked complete to the client: {r:?}"
+    );
+    if let Some(cl) = r.header("content-length") {
+        assert_eq!(cl, "100000");
+        assert!(r.body.len() < 100_000);
+    } else {
+        assert!(
+            r.chunked,
+            "a re-framed aborted body must be chunked (never close-delimited)"
+        );
+    }
+    assert!(
+        c.probe_closed(Duration::from_secs(2)),
+        "client connection must be closed"
+    );
+}
+
+#[test]
+fn reset_mid_chunked_body_never_sends_the_last_chunk() {
+    let up = Upstream::start(Behaviour::ResetMidBody { chunked: true });
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    c.send(b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .unwrap();
+    let r = c.read_response().expect("the head was already relayed");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.chunked,
+        "a chunked upstream response must stay chunked (it has no length)"
+    );
+    assert!(!r.complete, "terminating 0-chunk sent for an aborted body");
+    assert!(c.probe_closed(Duration::from_secs(2)));
+    // A fresh request works afterwards (the broken connection was not pooled).
+    drop(c);
+}
+
+#[test]
+fn upstream_closing_a_kept_alive_connection_between_requests() {
+    let up = Upstream::start(Behaviour::CloseAfterEachResponse);
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    // With pauses: the FIN has arrived by the next request, the pool must notice it.
+    for i in 0..5 {
+        let r = c.get(HOST, &format!("/slow/{i}"));
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Back to back: the FIN may race the next request; a reused connection failing before any
+    // response byte must be retried on a fresh one (GET, no body: safe).
+    for i in 0..20 {
+        let r = c.get(HOST, &format!("/fast/{i}"));
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+    }
+    let complete = up.complete_requests().len();
+    assert!(complete >= 25, "{complete}");
+    assert!(up.connections() >= 25);
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_once_for_safe_requests() {
+    let up = Upstream::start(Behaviour::AnswerFirstOnly);
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/one").status, 200);
+    // The pooled connection takes /two and closes without answering: retried on a fresh one.
+    let r = c.get(HOST, "/two");
+    assert_eq!(r.status, 200, "{r:?}");
+    let two: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/two")
+        .collect();
+    assert_eq!(two.len(), 2, "retried exactly once");
+    assert_ne!(
+        two[0].conn, two[1].conn,
+        "the retry must use a fresh connection"
+    );
+}
+
+#[test]
+fn stale_pooled_connection_is_not_retried_for_a_post_with_body() {
+    let up = Upstream::start(Behaviour::AnswerFirstOnly);
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/one").status, 200);
+    let r = c.request(b"POST /pay HTTP/1.1\r\nHost: test.local\r\nContent-Length: 3\r\n\r\nabc");
+    r.assert_json_error(502);
+    settle();
+    let pays = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/pay")
+        .count();
+    assert_eq!(
+        pays, 1,
+        "a non-idempotent request with a body must not be replayed"
+    );
+}
+
+#[test]
+fn upstream_connections_are_pooled_across_client_connections() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    for i in 0..10 {
+        // A new client connection each time; one worker, so one pool.
+        assert_eq!(get(gw.addr(), HOST, &format!("/{i}")).status, 200);
+    }
+    assert_eq!(up.request_count(), 10);
+    assert_eq!(up.connections(), 1, "upstream connection not reused");
+}
+
+#[test]
+fn bad_upstream_response_connection_is_not_reused() {
+    // After a 502 for a malformed response, the next request must get a fresh upstream connection
+    // (bytes of the bad response may still be unread on the old one).
+    let up = Upstream::fixed(b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok");
+    let gw = gateway_for(&up);
+    for _ in 0..3 {
+        send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n").assert_json_error(502);
+    }
+    assert_eq!(up.connections(), 3);
+}
+
+#[test]
+fn upstream_dropping_the_connection_before_responding_is_502() {
+    // A fresh connection (no retry allowed after a fresh connection fails) closed without a response.
+    let up = Upstream::start(Behaviour::FixedThenClose(Vec::new()));
+    let gw = gateway_for(&up);
+    send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n").assert_json_error(502);
+}

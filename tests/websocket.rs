@@ -1,0 +1,171 @@
+//! WebSocket upgrade through the gateway: the Upgrade/Connection headers reach the upstream (the one
+//! exception to hop-by-hop removal), the 101 reaches the client, and after it bytes are copied both
+//! ways until either side closes. Frames are hand-rolled (`common::ws`).
+
+mod common;
+
+use common::ws;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Connects through the gateway and completes the handshake; returns the stream positioned after the
+/// 101 head, and the head.
+fn handshake(gw: &Gateway) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(
+        format!(
+            "GET /chat HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // Byte by byte so no frame bytes are consumed with the head.
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => panic!(
+                "handshake ended early: {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+        assert!(head.len() < 16384, "huge handshake response");
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+#[test]
+fn upgrade_and_frames_both_ways() {
+    let up = Upstream::start(Behaviour::WebSocketEcho);
+    let gw = gateway_for(&up);
+    let (mut s, head) = handshake(&gw);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        header(&head, "upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
+        "{head}"
+    );
+    assert!(
+        header(&head, "connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")),
+        "{head}"
+    );
+    assert_eq!(
+        header(&head, "sec-websocket-accept"),
+        Some(ws::accept_key(KEY).as_str())
+    );
+
+    // The upstream saw the upgrade request with its Upgrade/Connection headers.
+    let req = up.last_request();
+    assert_eq!(
+        req.header("upgrade")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("websocket")
+    );
+    assert!(req
+        .header("connection")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")));
+    assert_eq!(req.header("sec-websocket-key"), Some(KEY));
+
+    // Server → client first, unprompted.
+    let f = ws::read_frame(&mut s).expect("greeting frame");
+    assert_eq!((f.opcode, f.masked), (ws::OP_TEXT, false));
+    assert_eq!(f.payload, b"hello from upstream");
+
+    // Client → server masked frames of three length encodings, echoed back unmasked.
+    let medium: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+    let large: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    let msgs: Vec<(u8, Vec<u8>)> = vec![
+        (ws::OP_TEXT, b"hi".to_vec()),
+        (ws::OP_BINARY, medium),
+        (ws::OP_BINARY, large),
+        (ws::OP_PING, b"p".to_vec()),
+    ];
+    for (i, (op, payload)) in msgs.iter().enumerate() {
+        ws::write_frame(&mut s, *op, payload, Some([0x11, 0x22, 0x33, i as u8])).unwrap();
+        let f = ws::read_frame(&mut s).unwrap_or_else(|e| panic!("echo of frame {i}: {e}"));
+        let want = if *op == ws::OP_PING { ws::OP_PONG } else { *op };
+        assert_eq!((f.opcode, f.masked), (want, false), "frame {i}");
+        assert_eq!(&f.payload, payload, "frame {i} payload");
+    }
+
+    // Close handshake initiated by the client.
+    ws::write_frame(&mut s, ws::OP_CLOSE, &[0x03, 0xe8], Some([1, 2, 3, 4])).unwrap();
+    let f = ws::read_frame(&mut s).expect("close echo");
+    assert_eq!(f.opcode, ws::OP_CLOSE);
+    let mut rest = [0u8; 16];
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(
+        matches!(s.read(&mut rest), Ok(0) | Err(_)),
+        "tunnel not closed after the upstream closed"
+    );
+
+    let frames = up.ws_frames();
+    assert_eq!(frames.len(), 5);
+    assert!(
+        frames.iter().all(|f| f.masked),
+        "client frames must arrive masked, byte for byte"
+    );
+    assert_eq!(frames[2].payload.len(), 100_000);
+}
+
+#[test]
+fn upstream_closing_the_tunnel_closes_the_client() {
+    let up = Upstream::start(Behaviour::WebSocketEcho);
+    let gw = gateway_for(&up);
+    let (mut s, head) = handshake(&gw);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws::read_frame(&mut s).expect("greeting");
+    // "bye" makes the upstream echo it and drop the TCP connection without a close frame.
+    ws::write_frame(&mut s, ws::OP_TEXT, b"bye", Some([5, 6, 7, 8])).unwrap();
+    assert_eq!(ws::read_frame(&mut s).expect("echo").payload, b"bye");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut b = [0u8; 16];
+    assert!(
+        matches!(s.read(&mut b), Ok(0) | Err(_)),
+        "client side not closed"
+    );
+}
+
+#[test]
+fn client_closing_the_tunnel_closes_the_upstream() {
+    let up = Upstream::start(Behaviour::WebSocketEcho);
+    let gw = gateway_for(&up);
+    let (mut s, _) = handshake(&gw);
+    ws::read_frame(&mut s).expect("greeting");
+    ws::write_frame(&mut s, ws::OP_TEXT, b"x", Some([1, 1, 1, 1])).unwrap();
+    ws::read_frame(&mut s).expect("echo");
+    drop(s);
+    assert!(
+        up.wait_for(Duration::from_secs(3), |r| r.peer_closed >= 1),
+        "upstream side of the tunnel still open after the client left"
+    );
+}
+
+#[test]
+fn declined_upgrade_stays_http() {
+    // An upstream that answers the upgrade request with a plain 200 keeps the connection in HTTP mode.
+    let up = Upstream::echo("plain");
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    let r = c.request(
+        format!("GET /chat HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(!r.has_header("upgrade"));
+    assert_eq!(c.get(HOST, "/next").header("x-echo-path"), Some("/next"));
+}
