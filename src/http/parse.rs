@@ -61,7 +61,7 @@ pub struct RequestHead {
     pub close: bool,
     /// `Connection: upgrade` plus an `Upgrade` header.
     pub upgrade: bool,
-    /// `Expect: 100-continue`.
+    /// `Expect: 100-continue` (case-insensitive) on an HTTP/1.1 request.
     pub expect_continue: bool,
     /// Every token of every Connection header (OWS-trimmed, empty elements skipped), so the
     /// caller can drop the headers they nominate as hop-by-hop.
@@ -226,7 +226,8 @@ fn apply_request_fields(f: &Fields, out: &mut RequestHead) -> Result<Parsed, Par
     });
     out.close = f.conn_close || (http10 && !f.conn_keep_alive);
     out.upgrade = f.conn_upgrade && f.upgrade_header;
-    out.expect_continue = f.expect_continue;
+    // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
+    out.expect_continue = f.expect_continue && !http10;
     Ok(Parsed::Complete)
 }
 
@@ -236,7 +237,9 @@ fn parse_target(head: &[u8], method: &[u8], out: &mut RequestHead) -> Result<(),
     let t = out.target.get(head);
     // A fragment is never sent (RFC 9110 §4.2.4); non-ASCII is not URI syntax, and letting it
     // through would let two hops decode the path differently.
-    if t.iter().any(|&b| b == b'#' || b >= 0x80) {
+    if t.iter()
+        .fold(false, |bad, &b| bad | (b == b'#') | (b >= 0x80))
+    {
         return Err(bad("invalid byte in request-target"));
     }
     let base = out.target.start;
@@ -288,7 +291,7 @@ fn parse_absolute_target(t: &[u8], base: u32, out: &mut RequestHead) -> Result<(
 /// Split `pq` (at offset `base` in the head) at the first '?' into `path` and `query`.
 fn split_path_query(pq: &[u8], base: u32, out: &mut RequestHead) {
     let end = base + pq.len() as u32;
-    match memchr::memchr(b'?', pq) {
+    match pq.iter().position(|&b| b == b'?') {
         Some(q) => {
             let q = base + q as u32;
             out.path = Span {
@@ -631,8 +634,19 @@ fn version_of(minor: u8) -> Option<Version> {
 
 /// A LF not preceded by CR. httparse accepts bare LF as a line terminator (and rejects a CR not
 /// followed by LF), so requiring every LF to follow a CR makes every line end in CRLF exactly.
+///
+/// Written as a branch-free fold over (previous, current) byte pairs so it vectorizes: on a
+/// typical head this is a fraction of the cost of one memchr call per line.
 fn has_bare_lf(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head.get(i - 1) != Some(&b'\r'))
+    let Some(&first) = head.first() else {
+        return false;
+    };
+    let prev = head.iter();
+    let next = head.get(1..).unwrap_or_default().iter();
+    first == b'\n'
+        || prev
+            .zip(next)
+            .fold(false, |bad, (&p, &c)| bad | ((c == b'\n') & (p != b'\r')))
 }
 
 fn httparse_reason(e: httparse::Error) -> &'static str {

@@ -381,6 +381,8 @@ fn expect_continue() {
     );
     assert!(!ok_req(&with_headers("Expect: 100-continuex\r\n")).expect_continue);
     assert!(!ok_req(&with_headers("")).expect_continue);
+    let http10 = b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+    assert!(!ok_req(http10).expect_continue, "ignored on HTTP/1.0");
 }
 
 /// httparse rejects CTLs (but HTAB), DEL, NUL and bare CR in values by itself; these tests pin
