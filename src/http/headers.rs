@@ -1,21 +1,211 @@
-//! Header classification: hop-by-hop names, Connection tokens. (stub; replaced by the http module work)
+//! Header classification: case-insensitive names, hop-by-hop names, comma-separated list values
+//! (Connection, Transfer-Encoding) and RFC 9110 character classes shared by the parsers.
+//!
+//! Invariants: nothing here allocates or panics on any input; list splitting only ever trims OWS
+//! (SP and HTAB) — never `trim()`, which would also strip VT, FF and friends that are not OWS.
+
 use super::Span;
+use std::ops::Range;
+
+/// ASCII case-insensitive equality (header names and tokens are case-insensitive, RFC 9110 §5.1).
+#[inline]
 pub fn eq_ignore_case(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
+
+/// Header names a proxy must not forward (RFC 9110 §7.6.1), plus the legacy `proxy-connection`
+/// and `keep-alive` that peers still send.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
+    const HOP: [&[u8]; 7] = [
+        b"connection",
         b"keep-alive",
         b"proxy-connection",
         b"te",
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
-    ]
-    .iter()
-    .any(|h| eq_ignore_case(h, name))
+    ];
+    HOP.iter().any(|h| eq_ignore_case(name, h))
 }
+
+/// tchar (RFC 9110 §5.6.2): the bytes allowed in a token (header names, methods, codings).
+#[inline]
+pub fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+        | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+'
+        | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+}
+
+/// A non-empty token.
+#[inline]
+pub fn is_token(v: &[u8]) -> bool {
+    !v.is_empty() && v.iter().all(|&b| is_tchar(b))
+}
+
+/// OWS (RFC 9110 §5.6.3): SP or HTAB only.
+#[inline]
+pub fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Range of `v[range]` with leading and trailing OWS removed.
+fn trim_ows(v: &[u8], mut start: usize, mut end: usize) -> Range<usize> {
+    while start < end && v.get(start).is_some_and(|&b| is_ows(b)) {
+        start += 1;
+    }
+    while end > start && v.get(end - 1).is_some_and(|&b| is_ows(b)) {
+        end -= 1;
+    }
+    start..end
+}
+
+/// Iterator over the elements of a comma-separated list value, each as an OWS-trimmed byte range
+/// into the value. Empty elements are yielded (as empty ranges) so that strict callers
+/// (Transfer-Encoding) can reject them; `for_each_token` skips them.
+#[derive(Debug, Clone)]
+pub struct ListItems<'a> {
+    value: &'a [u8],
+    pos: usize,
+    done: bool,
+}
+
+/// Split `value` on ',' (see `ListItems`).
+pub fn list_items(value: &[u8]) -> ListItems<'_> {
+    ListItems {
+        value,
+        pos: 0,
+        done: false,
+    }
+}
+
+impl Iterator for ListItems<'_> {
+    type Item = Range<usize>;
+
+    fn next(&mut self) -> Option<Range<usize>> {
+        if self.done {
+            return None;
+        }
+        let start = self.pos;
+        let rest = self.value.get(start..).unwrap_or_default();
+        let end = match memchr::memchr(b',', rest) {
+            Some(i) => {
+                self.pos = start + i + 1;
+                start + i
+            }
+            None => {
+                self.done = true;
+                self.value.len()
+            }
+        };
+        Some(trim_ows(self.value, start, end))
+    }
+}
+
+/// Call `f` with every non-empty, OWS-trimmed element of a comma-separated list value.
+pub fn for_each_token(value: &[u8], mut f: impl FnMut(&[u8])) {
+    for r in list_items(value) {
+        if let Some(tok) = value.get(r) {
+            if !tok.is_empty() {
+                f(tok);
+            }
+        }
+    }
+}
+
+/// Is `name` one of the Connection tokens (`tokens` are spans into `buf`)? Used to drop the
+/// extra hop-by-hop headers a Connection header nominates (RFC 9110 §7.6.1).
 pub fn is_listed(name: &[u8], tokens: &[Span], buf: &[u8]) -> bool {
-    tokens.iter().any(|t| eq_ignore_case(t.get(buf), name))
+    tokens.iter().any(|t| {
+        buf.get(t.start as usize..t.end as usize)
+            .is_some_and(|tok| eq_ignore_case(tok, name))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(v: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for_each_token(v, |t| out.push(t.to_vec()));
+        out
+    }
+
+    #[test]
+    fn case_insensitive_equality() {
+        assert!(eq_ignore_case(b"Content-Length", b"content-length"));
+        assert!(eq_ignore_case(b"", b""));
+        assert!(!eq_ignore_case(b"Host", b"Hos"));
+        assert!(!eq_ignore_case(b"Host", b"Hosu"));
+        // Only ASCII folding: 0xC8 is not 'H' in any sense.
+        assert!(!eq_ignore_case(b"\xc8ost", b"host"));
+    }
+
+    #[test]
+    fn hop_by_hop_names() {
+        for n in [
+            &b"Connection"[..],
+            b"KEEP-ALIVE",
+            b"proxy-connection",
+            b"TE",
+            b"Trailer",
+            b"transfer-encoding",
+            b"Upgrade",
+        ] {
+            assert!(is_hop_by_hop(n), "{:?}", String::from_utf8_lossy(n));
+        }
+        for n in [&b"Host"[..], b"Trailers", b"te ", b"content-length", b""] {
+            assert!(!is_hop_by_hop(n), "{:?}", String::from_utf8_lossy(n));
+        }
+    }
+
+    #[test]
+    fn token_lists() {
+        assert_eq!(tokens(b"close"), vec![b"close".to_vec()]);
+        assert_eq!(
+            tokens(b" keep-alive ,\tUpgrade,, x-foo\t"),
+            vec![
+                b"keep-alive".to_vec(),
+                b"Upgrade".to_vec(),
+                b"x-foo".to_vec()
+            ]
+        );
+        assert!(tokens(b"").is_empty());
+        assert!(tokens(b" , ,\t").is_empty());
+        // VT is not OWS and must survive trimming.
+        assert_eq!(tokens(b"\x0bclose"), vec![b"\x0bclose".to_vec()]);
+    }
+
+    #[test]
+    fn list_items_keep_empty_elements() {
+        let v = b"gzip, ,chunked,";
+        let items: Vec<&[u8]> = list_items(v).map(|r| &v[r]).collect();
+        assert_eq!(items, vec![&b"gzip"[..], b"", b"chunked", b""]);
+        let items: Vec<Range<usize>> = list_items(b"").collect();
+        assert_eq!(items, vec![0..0]);
+    }
+
+    #[test]
+    fn listed_tokens() {
+        let buf = b"xx Keep-Alive, X-Secret";
+        let toks = [Span { start: 3, end: 13 }, Span { start: 15, end: 23 }];
+        assert!(is_listed(b"keep-alive", &toks, buf));
+        assert!(is_listed(b"x-secret", &toks, buf));
+        assert!(!is_listed(b"host", &toks, buf));
+        // Out-of-range spans never panic.
+        assert!(!is_listed(b"x", &[Span { start: 20, end: 99 }], buf));
+    }
+
+    #[test]
+    fn tchar_table() {
+        let specials = b"!#$%&'*+-.^_`|~";
+        for b in 0u8..=255 {
+            let expected = b.is_ascii_alphanumeric() || specials.contains(&b);
+            assert_eq!(is_tchar(b), expected, "byte {b:#x}");
+        }
+        assert!(is_token(b"chunked"));
+        assert!(!is_token(b""));
+        assert!(!is_token(b"a b"));
+    }
 }
