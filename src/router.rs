@@ -62,9 +62,9 @@
 //!
 //! Routes are grouped by host pattern (one group per exact host, per wildcard suffix, and one for
 //! routes without hosts). `find` visits: the exact-host group (one hash probe), one wildcard group per
-//! dot-suffix of the Host (one pass over the Host), and the host-less group. In each group: one hash
-//! probe for exact paths, a segment trie of prefixes walked along the request path (one probe per
-//! segment), the group's regex routes, and its path-less routes. Every bucket is pre-sorted by rank,
+//! dot-suffix of the Host (one pass over the Host), and the host-less group. In each group: a segment
+//! trie of exact and prefix paths walked along the request path (one hash probe per segment), the
+//! group's regex routes, and its path-less routes. Every bucket is pre-sorted by rank,
 //! so a scan stops at the first passing entry or at the first entry that cannot beat the best so far.
 //! Cost therefore depends on the request's size and on how many routes share the *same* host and
 //! path pattern, not on the total number of routes — except regex routes, which are tried one by
@@ -73,6 +73,7 @@
 pub mod normalize;
 
 mod conds;
+mod hash;
 mod host;
 mod paths;
 mod rank;

@@ -11,7 +11,7 @@
 //! by a case-insensitive byte comparison. Bounding the pass by the longest configured pattern keeps
 //! a hostile `a.a.a.a…` Host linear and short. Nothing is allocated.
 
-use std::collections::HashMap;
+use crate::router::hash::FastMap;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -37,7 +37,7 @@ type Slot = Vec<(Box<[u8]>, usize)>;
 
 #[derive(Debug, Default)]
 struct Table {
-    slots: HashMap<u64, Slot>,
+    slots: FastMap<u64, Slot>,
     max_len: usize,
 }
 

@@ -104,11 +104,13 @@ fn pop_last_segment(out: &mut Vec<u8>) {
 /// Appends `segment` to `out`, decoding unreserved escapes and upper-casing the others.
 fn decode_segment(segment: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeError> {
     let mut i = 0;
-    while let Some(&b) = segment.get(i) {
-        if b != b'%' {
-            out.push(b);
-            i += 1;
-            continue;
+    while let Some(rest) = segment.get(i..).filter(|r| !r.is_empty()) {
+        // Copy the run up to the next escape in one go (most segments have none).
+        let run = memchr::memchr(b'%', rest).unwrap_or(rest.len());
+        out.extend_from_slice(rest.get(..run).unwrap_or_default());
+        i += run;
+        if run == rest.len() {
+            break;
         }
         let (hi, lo) = match (segment.get(i + 1), segment.get(i + 2)) {
             (Some(&h), Some(&l)) => (hex_val(h), hex_val(l)),
@@ -121,14 +123,17 @@ fn decode_segment(segment: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeErro
         if is_unreserved(decoded) {
             out.push(decoded);
         } else {
-            out.extend_from_slice(&[b'%', HEX_UPPER[hi as usize], HEX_UPPER[lo as usize]]);
+            out.extend_from_slice(&[b'%', hex_upper(hi), hex_upper(lo)]);
         }
         i += 3;
     }
     Ok(())
 }
 
-const HEX_UPPER: [u8; 16] = *b"0123456789ABCDEF";
+/// The upper-case hex digit of a nibble (masked, so always in bounds).
+fn hex_upper(nibble: u8) -> u8 {
+    b"0123456789ABCDEF"[usize::from(nibble & 0xf)]
+}
 
 /// The value of one hex digit (either case).
 pub(crate) fn hex_val(b: u8) -> Option<u8> {
@@ -309,6 +314,46 @@ mod tests {
         for raw in ["/a/./b/../c//d/", "/%2e%2e/%61/%2f", "/x/y/..", "/~/%7E"] {
             let once = norm(raw).unwrap_or_default();
             assert_eq!(norm(&once), Ok(once.clone()), "{raw:?}");
+        }
+    }
+
+    /// Random paths over an alphabet rich in slashes, dots and escapes: the output keeps its
+    /// invariants, is idempotent, and errors exactly when the input has an invalid escape.
+    #[test]
+    fn random_paths_keep_invariants() {
+        use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+        let atoms = [
+            "/", "/", "a", "B", ".", "..", "%2e", "%2E", "%2f", "%61", "%7e", "%", "%4", "%zz", "~",
+        ];
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut out = Vec::new();
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..12);
+            let mut raw = String::from("/");
+            for _ in 0..n {
+                raw.push_str(atoms.choose(&mut rng).copied().unwrap_or("a"));
+            }
+            let invalid = raw.match_indices('%').any(|(i, _)| {
+                let hex = raw.get(i + 1..i + 3).unwrap_or("");
+                hex.len() != 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+            let res = normalize_path(raw.as_bytes(), &mut out);
+            assert_eq!(res.is_err(), invalid, "{raw:?}");
+            if invalid {
+                continue;
+            }
+            let s = String::from_utf8(out.clone()).unwrap_or_default();
+            assert!(s.starts_with('/') && !s.contains("//"), "{raw:?} -> {s:?}");
+            assert!(
+                s.split('/').all(|seg| seg != "." && seg != ".."),
+                "{raw:?} -> {s:?}"
+            );
+            assert!(
+                !s.contains("%2e") && !s.contains("%2f") && !s.contains("%61"),
+                "{raw:?} -> {s:?}"
+            );
+            assert!(s.len() <= raw.len());
+            assert_eq!(norm(&s), Ok(s.clone()), "not idempotent: {raw:?}");
         }
     }
 

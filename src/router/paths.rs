@@ -1,16 +1,18 @@
-//! Path index of one host group: exact paths, a segment trie of prefixes, regexes, and path-less routes.
+//! Path index of one host group: a segment trie of exact and prefix paths, regexes, path-less routes.
 //!
-//! Every bucket (an exact path, a trie node, the regex list, the path-less list) holds [`Entry`]s
+//! Every bucket (a trie node's prefix or exact list, the regex list, the path-less list) holds [`Entry`]s
 //! sorted by descending rank, so a scan can stop at the first entry that passes its checks, or at the
 //! first entry that cannot beat the best match found so far.
 //!
-//! Lookup cost: one hash probe for the exact path, one hash probe per segment of the request path for
-//! prefixes (walked from the root; prefix nodes match segment-aware by construction: node `/users`
-//! is reached from `/users`, `/users/` and `/users/1`, never from `/users-admin`), then the regex list
-//! of this group, which is linear in the number of regex routes of the group (pruned by rank).
+//! Lookup cost: one hash probe per segment of the request path, walking the trie from the root and
+//! stopping at the first missing segment. Prefix nodes match segment-aware by construction: node
+//! `/users` is reached from `/users`, `/users/` and `/users/1`, never from `/users-admin`. Exact paths
+//! live on the node where their last segment ends (`/users/` on the empty segment after `users`) and
+//! are visited only when the walk consumed the whole request path. Then the regex list of this group,
+//! which is linear in the number of regex routes of the group (pruned by rank).
 
+use crate::router::hash::FastMap;
 use crate::router::rank::Rank;
-use std::collections::HashMap;
 
 /// One (route, host pattern, path pattern) candidate.
 #[derive(Debug, Clone, Copy)]
@@ -26,15 +28,17 @@ pub(crate) struct Entry {
 
 #[derive(Debug, Default)]
 struct TrieNode {
-    children: HashMap<Box<[u8]>, usize>,
-    entries: Vec<Entry>,
+    children: FastMap<Box<[u8]>, usize>,
+    /// Prefix entries whose prefix ends at this node.
+    prefix: Vec<Entry>,
+    /// Exact entries whose path ends at this node.
+    exact: Vec<Entry>,
 }
 
 /// Exact, prefix, regex and path-less candidates for one host group.
 #[derive(Debug)]
 pub(crate) struct PathIndex {
-    exact: HashMap<Box<[u8]>, Vec<Entry>>,
-    /// Node 0 is the root prefix "/".
+    /// Node 0 is the root "/".
     trie: Vec<TrieNode>,
     regex: Vec<Entry>,
     any: Vec<Entry>,
@@ -43,7 +47,6 @@ pub(crate) struct PathIndex {
 impl Default for PathIndex {
     fn default() -> Self {
         PathIndex {
-            exact: HashMap::new(),
             trie: vec![TrieNode::default()],
             regex: Vec::new(),
             any: Vec::new(),
@@ -59,19 +62,27 @@ fn segments(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 impl PathIndex {
+    /// `path` is normalized.
     pub fn add_exact(&mut self, path: &[u8], e: Entry) {
-        self.exact.entry(path.into()).or_default().push(e);
+        if let Some(n) = self.node_for(path) {
+            n.exact.push(e);
+        }
     }
 
     /// `prefix` is normalized, without a trailing '/' (except the root "/").
     pub fn add_prefix(&mut self, prefix: &[u8], e: Entry) {
+        if let Some(n) = self.node_for(prefix) {
+            n.prefix.push(e);
+        }
+    }
+
+    /// The node for `path`'s segments, created as needed.
+    fn node_for(&mut self, path: &[u8]) -> Option<&mut TrieNode> {
         let mut node = 0;
-        for seg in segments(prefix) {
+        for seg in segments(path) {
             node = self.child(node, seg);
         }
-        if let Some(n) = self.trie.get_mut(node) {
-            n.entries.push(e);
-        }
+        self.trie.get_mut(node)
     }
 
     fn child(&mut self, node: usize, seg: &[u8]) -> usize {
@@ -97,40 +108,38 @@ impl PathIndex {
     /// Sorts every bucket by descending rank; call once after the last `add_*`.
     pub fn finish(&mut self) {
         let by_rank = |a: &Entry, b: &Entry| b.rank.cmp(&a.rank);
-        self.exact
-            .values_mut()
-            .for_each(|v| v.sort_unstable_by(by_rank));
-        self.trie
-            .iter_mut()
-            .for_each(|n| n.entries.sort_unstable_by(by_rank));
+        for n in &mut self.trie {
+            n.prefix.sort_unstable_by(by_rank);
+            n.exact.sort_unstable_by(by_rank);
+        }
         self.regex.sort_unstable_by(by_rank);
         self.any.sort_unstable_by(by_rank);
     }
 
     /// Passes every bucket that may hold a match for `path` to `visit`.
     pub fn buckets<'a>(&'a self, path: &[u8], mut visit: impl FnMut(&'a [Entry])) {
-        if let Some(v) = self.exact.get(path) {
-            visit(v);
-        }
         if path.starts_with(b"/") {
-            self.walk_prefixes(path, &mut visit);
+            self.walk(path, &mut visit);
         }
         visit(&self.regex);
         visit(&self.any);
     }
 
-    fn walk_prefixes<'a>(&'a self, path: &[u8], visit: &mut impl FnMut(&'a [Entry])) {
+    /// Visits the prefix bucket of every node along `path`, and the exact bucket of the node where
+    /// `path` ends (if the walk gets there).
+    fn walk<'a>(&'a self, path: &[u8], visit: &mut impl FnMut(&'a [Entry])) {
         let Some(mut node) = self.trie.first() else {
             return;
         };
-        visit(&node.entries);
+        visit(&node.prefix);
         for seg in segments(path) {
             match node.children.get(seg).and_then(|&id| self.trie.get(id)) {
                 Some(next) => node = next,
                 None => return,
             }
-            visit(&node.entries);
+            visit(&node.prefix);
         }
+        visit(&node.exact);
     }
 }
 
