@@ -1,9 +1,95 @@
-//! Route matching. TODO(helper-router): build an index from `&[RouteDef]` whose lookup cost does not grow
-//! linearly with the number of routes.
+//! Route matching: picks the route for a request from an index built once per config.
+//!
+//! [`Router::new`] compiles `&[RouteDef]` into a read-only index (`Send + Sync`; workers share one
+//! `Arc<Router>`); [`Router::find`] returns the best matching route, never allocates (beyond the
+//! regex crate's own per-thread cache on first use) and never panics on request data.
+//!
+//! # Routing (README "Routing" section)
+//!
+//! **Matching.** A route matches when *all* of its stated conditions hold; an absent condition
+//! matches anything.
+//! - `hosts`: the request's Host (port removed) equals one of the names, ASCII case-insensitively
+//!   (one trailing '.' is ignored), or matches a wildcard `*.example.com`. A wildcard matches one
+//!   **or more** leftmost labels (`a.example.com`, `a.b.example.com`), never `example.com` itself
+//!   (Kong's behaviour).
+//! - `paths` are matched against the *normalized* path: percent-escapes of unreserved characters
+//!   decoded, others upper-cased (`%2f` -> `%2F`, never a separator), **runs of '/' merged** (like
+//!   nginx's `merge_slashes`: `//admin` is `/admin`), dot-segments removed (`/public/../admin` and
+//!   `/%2e%2e/admin` are `/admin`); an invalid escape is a 400. **Paths are case-sensitive**:
+//!   `/ADMIN` does not match `/admin`.
+//!   - `"/users"` is a segment-aware prefix: it matches `/users`, `/users/` and `/users/1`, not
+//!     `/users-admin`; `"/"` matches every path.
+//!   - `"=/health"` matches exactly `/health`.
+//!   - `"~^/v\\d+/users"` is a regex, anchored at the start of the path (as if it began with `^`).
+//!   - config paths are normalized the same way (and prefixes lose a trailing '/').
+//! - `methods`: exact, case-sensitive (`GET`).
+//! - `headers`: all must match; `"*"` = present; exact values compare case-insensitively (as Kong);
+//!   `"~regex"` searches the value (unanchored unless the regex says `^`/`$`). Only the first value of
+//!   a repeated header is considered.
+//! - `query`: all must match; names and values are compared after percent-decoding (`+` is a space),
+//!   case-sensitively; any occurrence of a repeated parameter may satisfy the condition; `"*"` also
+//!   accepts `?flag`.
+//!
+//! **Priority** (when several routes match; total and deterministic):
+//! 1. higher `priority` wins;
+//! 2. path specificity: exact > regex > prefix > no `paths`; between prefixes, the longer
+//!    (normalized) prefix wins;
+//! 3. host specificity: exact host > wildcard host > no `hosts`; between wildcards, the longer
+//!    suffix wins (`*.b.example.com` beats `*.example.com`);
+//! 4. more conditions wins: (1 if `methods` is set) + number of `headers` + number of `query` entries;
+//! 5. the route defined earlier in the config wins.
+//!
+//! When one route matches through several of its own paths, the most specific of them (by the same
+//! rules, then the earlier one in its `paths` list) is the one that counts, and gives `strip_len`.
+//!
+//! **strip_path.** With `strip_path = true` the matched part is removed before proxying: the whole
+//! prefix for a prefix path (nothing for the root prefix `/`), the whole path for an exact path, the
+//! text matched by a regex path. The upstream path is then `service.path` joined to the remainder
+//! with exactly one '/' (see [`normalize::upstream_path`] for the full table):
+//!
+//! | service path | request    | strip_path | upstream path |
+//! |--------------|------------|------------|---------------|
+//! | ""  or "/"   | /users     | false      | /users        |
+//! | ""  or "/"   | /users     | true       | /             |
+//! | ""  or "/"   | /users/1   | true       | /1            |
+//! | "/base"      | /users     | false      | /base/users   |
+//! | "/base"      | /users     | true       | /base         |
+//! | "/base"      | /users/    | true       | /base/        |
+//! | "/base"      | /users/1   | false      | /base/users/1 |
+//! | "/base"      | /users/1   | true       | /base/1       |
+//!
+//! # Index and cost
+//!
+//! Routes are grouped by host pattern (one group per exact host, per wildcard suffix, and one for
+//! routes without hosts). `find` visits: the exact-host group (one hash probe), one wildcard group per
+//! dot-suffix of the Host (one pass over the Host), and the host-less group. In each group: a segment
+//! trie of exact and prefix paths walked along the request path (one hash probe per segment), the
+//! group's regex routes, and its path-less routes. Every bucket is pre-sorted by rank,
+//! so a scan stops at the first passing entry or at the first entry that cannot beat the best so far.
+//! Cost therefore depends on the request's size and on how many routes share the *same* host and
+//! path pattern, not on the total number of routes — except regex routes, which are tried one by
+//! one within each visited group (pruned by rank).
 
 pub mod normalize;
 
-use crate::config::model::RouteDef;
+mod conds;
+mod hash;
+mod host;
+mod paths;
+mod rank;
+#[cfg(test)]
+mod tests;
+
+use crate::config::model::{PathMatch, RouteDef};
+use conds::Conditions;
+use host::{HostHit, HostIndex};
+use paths::{Entry, PathIndex};
+use rank::{to_u32, HostClass, PathClass, Rank};
+use regex::Regex;
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+pub use normalize::{normalize_path, upstream_path, NormalizeError};
 
 /// What the router needs from a request besides host, method, path and query.
 pub trait RequestView {
@@ -20,22 +106,302 @@ pub struct Match {
     pub strip_len: usize,
 }
 
-pub struct Router {}
+/// A path regex made start-anchored at build time.
+#[derive(Debug)]
+struct PathRegex {
+    re: Regex,
+    /// True when anchoring by rewriting failed (size limits): then a match must start at 0.
+    check_start: bool,
+}
+
+impl PathRegex {
+    fn new(re: &Regex) -> PathRegex {
+        match Regex::new(&format!("^(?:{})", re.as_str())) {
+            Ok(re) => PathRegex {
+                re,
+                check_start: false,
+            },
+            Err(_) => PathRegex {
+                re: re.clone(),
+                check_start: true,
+            },
+        }
+    }
+
+    /// The length of the match at the start of `path`.
+    fn match_len(&self, path: &str) -> Option<usize> {
+        let m = self.re.find(path)?;
+        (!self.check_start || m.start() == 0).then_some(m.end())
+    }
+}
+
+/// The compiled, read-only route index.
+#[derive(Debug)]
+pub struct Router {
+    conds: Vec<Conditions>,
+    regexes: Vec<PathRegex>,
+    /// Index 0 holds the routes without hosts.
+    groups: Vec<PathIndex>,
+    hosts: HostIndex,
+}
+
+/// A host pattern of a route, resolved to its group.
+struct HostSlot {
+    group: usize,
+    class: HostClass,
+    len: usize,
+    idx: usize,
+}
+
+/// Build-time state: host-pattern -> group id.
+#[derive(Default)]
+struct GroupMap {
+    exact: HashMap<Vec<u8>, usize>,
+    wildcard: HashMap<Vec<u8>, usize>,
+}
+
+const ANY_HOST_GROUP: usize = 0;
 
 impl Router {
-    pub fn new(_routes: &[RouteDef]) -> Router {
-        todo!()
+    pub fn new(routes: &[RouteDef]) -> Router {
+        let mut router = Router {
+            conds: Vec::with_capacity(routes.len()),
+            regexes: Vec::new(),
+            groups: vec![PathIndex::default()],
+            hosts: HostIndex::default(),
+        };
+        let mut groups = GroupMap::default();
+        for (idx, route) in routes.iter().enumerate() {
+            router.add_route(idx, route, &mut groups);
+        }
+        router.groups.iter_mut().for_each(PathIndex::finish);
+        router
+    }
+
+    fn add_route(&mut self, idx: usize, route: &RouteDef, groups: &mut GroupMap) {
+        let cond = Conditions::new(route);
+        let conditions = to_u32(cond.count());
+        self.conds.push(cond);
+        let hosts = self.host_slots(route, groups);
+        let base = Rank {
+            priority: route.priority,
+            path_class: PathClass::Any,
+            path_len: 0,
+            host_class: HostClass::Any,
+            host_len: 0,
+            conditions,
+            route: Reverse(to_u32(idx)),
+            path_idx: Reverse(0),
+            host_idx: Reverse(0),
+        };
+        let entry = Entry {
+            rank: base,
+            route: to_u32(idx),
+            strip_len: 0,
+            regex: None,
+            strip_path: route.strip_path,
+        };
+        if route.paths.is_empty() {
+            for h in &hosts {
+                let e = with_host(entry, h);
+                self.group(h.group).add_any(e);
+            }
+        }
+        for (path_idx, path) in route.paths.iter().enumerate() {
+            let mut e = entry;
+            e.rank.path_idx = Reverse(to_u32(path_idx));
+            self.add_path(path, e, &hosts);
+        }
+    }
+
+    fn add_path(&mut self, path: &PathMatch, mut e: Entry, hosts: &[HostSlot]) {
+        match path {
+            PathMatch::Prefix(p) => {
+                let p = normalize_config_path(p, true);
+                e.rank.path_class = PathClass::Prefix;
+                e.rank.path_len = to_u32(p.len());
+                let strips = e.strip_path && p.as_slice() != b"/";
+                e.strip_len = if strips { to_u32(p.len()) } else { 0 };
+                for h in hosts {
+                    self.group(h.group).add_prefix(&p, with_host(e, h));
+                }
+            }
+            PathMatch::Exact(p) => {
+                let p = normalize_config_path(p, false);
+                e.rank.path_class = PathClass::Exact;
+                e.rank.path_len = to_u32(p.len());
+                e.strip_len = if e.strip_path { to_u32(p.len()) } else { 0 };
+                for h in hosts {
+                    self.group(h.group).add_exact(&p, with_host(e, h));
+                }
+            }
+            PathMatch::Regex(re) => {
+                e.rank.path_class = PathClass::Regex;
+                e.regex = Some(to_u32(self.regexes.len()));
+                self.regexes.push(PathRegex::new(re));
+                for h in hosts {
+                    self.group(h.group).add_regex(with_host(e, h));
+                }
+            }
+        }
+    }
+
+    /// The groups a route's host patterns lead to (the host-less group when it has none).
+    fn host_slots(&mut self, route: &RouteDef, groups: &mut GroupMap) -> Vec<HostSlot> {
+        if route.hosts.is_empty() {
+            return vec![HostSlot {
+                group: ANY_HOST_GROUP,
+                class: HostClass::Any,
+                len: 0,
+                idx: 0,
+            }];
+        }
+        let mut slots = Vec::with_capacity(route.hosts.len());
+        for (idx, pattern) in route.hosts.iter().enumerate() {
+            let (class, key, map) = match host::parse_pattern(pattern) {
+                Ok(suffix) => (HostClass::Wildcard, suffix, &mut groups.wildcard),
+                Err(name) => (HostClass::Exact, name, &mut groups.exact),
+            };
+            let len = key.len();
+            let group = match map.get(&key) {
+                Some(&g) => g,
+                None => {
+                    let g = self.groups.len();
+                    self.groups.push(PathIndex::default());
+                    match class {
+                        HostClass::Wildcard => self.hosts.insert_wildcard(&key, g),
+                        _ => self.hosts.insert_exact(&key, g),
+                    }
+                    map.insert(key, g);
+                    g
+                }
+            };
+            slots.push(HostSlot {
+                group,
+                class,
+                len,
+                idx,
+            });
+        }
+        slots
+    }
+
+    fn group(&mut self, g: usize) -> &mut PathIndex {
+        if g >= self.groups.len() {
+            self.groups.resize_with(g + 1, PathIndex::default);
+        }
+        &mut self.groups[g]
     }
 
     /// `host`: the Host header without port (any case); `path`: normalized; `query`: raw, without '?'.
     pub fn find<R: RequestView>(
         &self,
-        _host: &[u8],
-        _method: &[u8],
-        _path: &[u8],
-        _query: &[u8],
-        _req: &R,
+        host: &[u8],
+        method: &[u8],
+        path: &[u8],
+        query: &[u8],
+        req: &R,
     ) -> Option<Match> {
-        todo!()
+        let mut search = Search {
+            router: self,
+            method,
+            path,
+            path_str: if self.regexes.is_empty() {
+                None
+            } else {
+                std::str::from_utf8(path).ok()
+            },
+            query,
+            req,
+            best: None,
+        };
+        self.hosts.lookup(host, |hit| {
+            let g = match hit {
+                HostHit::Exact(g) | HostHit::Wildcard(g) => g,
+            };
+            search.group(g);
+        });
+        search.group(ANY_HOST_GROUP);
+        search.best.map(|(_, m)| m)
+    }
+}
+
+fn with_host(mut e: Entry, h: &HostSlot) -> Entry {
+    e.rank.host_class = h.class;
+    e.rank.host_len = to_u32(h.len);
+    e.rank.host_idx = Reverse(to_u32(h.idx));
+    e
+}
+
+/// Config paths go through the request normalization so both sides compare alike; a prefix also
+/// loses its trailing '/' (segment-aware matching already covers it). An invalid config path
+/// (unreachable after validation) is kept as written.
+fn normalize_config_path(p: &str, prefix: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    if normalize_path(p.as_bytes(), &mut out).is_err() {
+        out = p.as_bytes().to_vec();
+    }
+    if prefix && out.len() > 1 && out.ends_with(b"/") {
+        out.pop();
+    }
+    out
+}
+
+/// The state of one `find`: the request and the best candidate so far.
+struct Search<'a, R> {
+    router: &'a Router,
+    method: &'a [u8],
+    path: &'a [u8],
+    path_str: Option<&'a str>,
+    query: &'a [u8],
+    req: &'a R,
+    best: Option<(Rank, Match)>,
+}
+
+impl<R: RequestView> Search<'_, R> {
+    fn group(&mut self, g: usize) {
+        let router = self.router;
+        let Some(index) = router.groups.get(g) else {
+            return;
+        };
+        index.buckets(self.path, |bucket| self.bucket(bucket));
+    }
+
+    /// Buckets are sorted by descending rank: stop at the first passing entry, or as soon as the
+    /// remaining entries cannot beat the best match already found.
+    fn bucket(&mut self, bucket: &[Entry]) {
+        for e in bucket {
+            if self.best.is_some_and(|(rank, _)| e.rank <= rank) {
+                return;
+            }
+            if let Some(m) = self.check(e) {
+                self.best = Some((e.rank, m));
+                return;
+            }
+        }
+    }
+
+    /// The index already established host and (for non-regex entries) path; check the rest.
+    fn check(&self, e: &Entry) -> Option<Match> {
+        let cond = self.router.conds.get(e.route as usize)?;
+        if !cond.matches(self.method, self.query, self.req) {
+            return None;
+        }
+        let strip_len = match e.regex {
+            None => e.strip_len as usize,
+            Some(k) => {
+                let re = self.router.regexes.get(k as usize)?;
+                let len = re.match_len(self.path_str?)?;
+                if e.strip_path {
+                    len
+                } else {
+                    0
+                }
+            }
+        };
+        Some(Match {
+            route: e.route as usize,
+            strip_len,
+        })
     }
 }

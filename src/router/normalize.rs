@@ -1,13 +1,417 @@
-//! Path normalization for matching. (stub; replaced by the router work)
-#[derive(Debug)]
-pub struct NormalizeError;
+//! Path normalization for matching, and the upstream path join.
+//!
+//! Role: turn a client's request path into the one canonical form the router matches on, so that
+//! equivalent spellings (`/public/../admin`, `//admin`, `/%61dmin`) cannot select a different route
+//! than `/admin`; and build the path sent upstream from a service path and the unstripped remainder.
+//!
+//! Invariants of [`normalize_path`]'s output:
+//! - starts with '/', contains no "//" run, and no "." or ".." segment (after decoding);
+//! - the only remaining percent-escapes encode reserved / non-unreserved bytes, with upper-case hex
+//!   (`%2F` stays encoded: a decoded '/' is data, never a segment separator);
+//! - it is never longer than the input, so one `reserve(raw.len())` is the only possible growth of
+//!   the caller's buffer.
+//!
+//! Choices (the README's "Routing" section repeats them):
+//! - **Duplicate slashes are merged** (like nginx's default `merge_slashes on`): `//admin` matches a
+//!   route for `/admin`. Upstream receives the normalized form, so the gateway and the upstream agree.
+//! - **Paths are case-sensitive**: `/ADMIN` does not match a route for `/admin`.
+//! - An invalid escape (`%`, `%4`, `%zz`) is an error; the caller answers 400.
+
+use std::fmt;
+
+/// Why a path cannot be normalized (the caller answers 400 Bad Request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormalizeError {
+    /// A '%' not followed by two hex digits.
+    InvalidEscape,
+    /// The path is empty or does not start with '/' (origin-form only).
+    NotAbsolute,
+}
+
+impl fmt::Display for NormalizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NormalizeError::InvalidEscape => f.write_str("invalid percent-escape in path"),
+            NormalizeError::NotAbsolute => f.write_str("path does not start with '/'"),
+        }
+    }
+}
+
+impl std::error::Error for NormalizeError {}
+
+/// Normalizes `raw` (the request path without the query, starting with '/') into `out`.
+///
+/// `out` is cleared first; its capacity is reused (at most one `reserve(raw.len())`).
+/// Steps, in one pass, segment by segment:
+/// 1. percent-escapes of unreserved bytes (ALPHA DIGIT `-` `.` `_` `~`) are decoded, every other
+///    escape is kept with upper-case hex (`%2f` -> `%2F`);
+/// 2. runs of '/' are merged into one;
+/// 3. "." and ".." segments are removed as in RFC 3986 §5.2.4, also when they only appear after
+///    decoding (`/%2e%2e/admin` -> `/admin`); ".." at the root stays at the root (`/..` -> `/`).
+///
+/// A trailing '/' is kept (`/a/b/` stays `/a/b/`; `/a/b/..` -> `/a/`), as RFC 3986 does.
 pub fn normalize_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeError> {
     out.clear();
-    out.extend_from_slice(raw);
+    let Some((&b'/', rest)) = raw.split_first() else {
+        return Err(NormalizeError::NotAbsolute);
+    };
+    out.reserve(raw.len());
+    out.push(b'/');
+    // Invariant between segments: `out` ends with '/'.
+    let mut segments = rest.split(|&b| b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        push_segment(segment, last, out)?;
+    }
     Ok(())
 }
+
+/// Appends one raw segment (decoded) to `out`, which ends with '/', applying dot-segment removal.
+/// Leaves `out` ending with '/' unless `last` and the segment was kept.
+fn push_segment(segment: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), NormalizeError> {
+    let start = out.len();
+    decode_segment(segment, out)?;
+    match out.get(start..) {
+        // An empty segment is a duplicate or trailing slash: `out` already ends with '/'.
+        Some(b"") => {}
+        Some(b".") => out.truncate(start),
+        Some(b"..") => {
+            out.truncate(start);
+            pop_last_segment(out);
+        }
+        _ => {
+            if !last {
+                out.push(b'/');
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `out` is "/" or "/.../name/": removes "name/" (nothing at the root).
+fn pop_last_segment(out: &mut Vec<u8>) {
+    if out.len() <= 1 {
+        return;
+    }
+    let without_slash = out.len() - 1;
+    let keep = out
+        .get(..without_slash)
+        .and_then(|s| s.iter().rposition(|&b| b == b'/'))
+        .map_or(1, |i| i + 1);
+    out.truncate(keep);
+}
+
+/// Appends `segment` to `out`, decoding unreserved escapes and upper-casing the others.
+fn decode_segment(segment: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeError> {
+    let mut i = 0;
+    while let Some(rest) = segment.get(i..).filter(|r| !r.is_empty()) {
+        // Copy the run up to the next escape in one go (most segments have none).
+        let run = memchr::memchr(b'%', rest).unwrap_or(rest.len());
+        out.extend_from_slice(rest.get(..run).unwrap_or_default());
+        i += run;
+        if run == rest.len() {
+            break;
+        }
+        let (hi, lo) = match (segment.get(i + 1), segment.get(i + 2)) {
+            (Some(&h), Some(&l)) => (hex_val(h), hex_val(l)),
+            _ => (None, None),
+        };
+        let (Some(hi), Some(lo)) = (hi, lo) else {
+            return Err(NormalizeError::InvalidEscape);
+        };
+        let decoded = hi << 4 | lo;
+        if is_unreserved(decoded) {
+            out.push(decoded);
+        } else {
+            out.extend_from_slice(&[b'%', hex_upper(hi), hex_upper(lo)]);
+        }
+        i += 3;
+    }
+    Ok(())
+}
+
+/// The upper-case hex digit of a nibble (masked, so always in bounds).
+fn hex_upper(nibble: u8) -> u8 {
+    b"0123456789ABCDEF"[usize::from(nibble & 0xf)]
+}
+
+/// The value of one hex digit (either case).
+pub(crate) fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// RFC 3986 §2.3 unreserved characters: safe to decode without changing the path's meaning.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Builds the path sent upstream (without the query; the caller appends `?query`).
+///
+/// Kong's default `path_handling = "v0"`, with ringgate's segment-aware prefixes:
+/// `remainder = normalized[strip_len..]`; then
+/// - if `remainder` is empty: `service_path`, or "/" when that is empty too;
+/// - else: `service_path` without one trailing '/', then exactly one '/', then `remainder` without
+///   one leading '/'.
+///
+/// A `strip_len` past the end of `normalized` is treated as stripping everything.
+///
+/// Examples (route prefix `/users`; "strip" = `strip_path`, which makes `strip_len` 6):
+///
+/// | service path | request    | strip | upstream path    |
+/// |--------------|------------|-------|------------------|
+/// | ""           | /users     | false | /users           |
+/// | ""           | /users     | true  | /                |
+/// | ""           | /users/    | false | /users/          |
+/// | ""           | /users/    | true  | /                |
+/// | ""           | /users/1   | false | /users/1         |
+/// | ""           | /users/1   | true  | /1               |
+/// | "/"          | /users     | false | /users           |
+/// | "/"          | /users     | true  | /                |
+/// | "/"          | /users/    | false | /users/          |
+/// | "/"          | /users/    | true  | /                |
+/// | "/"          | /users/1   | false | /users/1         |
+/// | "/"          | /users/1   | true  | /1               |
+/// | "/base"      | /users     | false | /base/users      |
+/// | "/base"      | /users     | true  | /base            |
+/// | "/base"      | /users/    | false | /base/users/     |
+/// | "/base"      | /users/    | true  | /base/           |
+/// | "/base"      | /users/1   | false | /base/users/1    |
+/// | "/base"      | /users/1   | true  | /base/1          |
+/// | "/base/"     | /users     | false | /base/users      |
+/// | "/base/"     | /users     | true  | /base/           |
+/// | "/base/"     | /users/    | false | /base/users/     |
+/// | "/base/"     | /users/    | true  | /base/           |
+/// | "/base/"     | /users/1   | false | /base/users/1    |
+/// | "/base/"     | /users/1   | true  | /base/1          |
+///
+/// (The config loader stores service paths without a trailing '/' except "/", so the "/base/" rows
+/// only document the behaviour.) A trailing '/' of the request survives stripping (`/users/` ->
+/// `/base/`), as in Kong.
 pub fn upstream_path(service_path: &str, normalized: &[u8], strip_len: usize, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(service_path.as_bytes());
-    out.extend_from_slice(&normalized[strip_len..]);
+    let remainder = normalized.get(strip_len..).unwrap_or_default();
+    let service = service_path.as_bytes();
+    if remainder.is_empty() {
+        out.extend_from_slice(if service.is_empty() { b"/" } else { service });
+        return;
+    }
+    let head = service.strip_suffix(b"/").unwrap_or(service);
+    let tail = remainder.strip_prefix(b"/").unwrap_or(remainder);
+    out.reserve(head.len() + 1 + tail.len());
+    out.extend_from_slice(head);
+    out.push(b'/');
+    out.extend_from_slice(tail);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(raw: &str) -> Result<String, NormalizeError> {
+        let mut out = Vec::new();
+        normalize_path(raw.as_bytes(), &mut out)?;
+        Ok(String::from_utf8(out).unwrap_or_default())
+    }
+
+    fn ok(raw: &str, want: &str) {
+        assert_eq!(norm(raw), Ok(want.to_string()), "normalize {raw:?}");
+    }
+
+    #[test]
+    fn security_cases_reach_admin() {
+        ok("/public/../admin", "/admin");
+        ok("//admin", "/admin");
+        ok("/%61dmin", "/admin");
+        ok("/%2e%2e/admin", "/admin");
+        ok("/%2E%2E/admin", "/admin");
+        ok("/.%2e/admin", "/admin");
+        ok("/public/%2e%2e/admin", "/admin");
+        ok("/public/./../admin", "/admin");
+        ok("///public//..//admin", "/admin");
+    }
+
+    #[test]
+    fn dot_segments() {
+        ok("/a/./b", "/a/b");
+        ok("/..", "/");
+        ok("/.", "/");
+        ok("/../..", "/");
+        ok("/../a", "/a");
+        ok("/a/b/..", "/a/");
+        ok("/a/b/.", "/a/b/");
+        ok("/a/b/../c", "/a/c");
+        ok("/a/b/c/../../d", "/a/d");
+        ok("/a/../../b", "/b");
+        // Not dot segments: dots inside a name stay.
+        ok("/a/.../b", "/a/.../b");
+        ok("/a/..b/.c", "/a/..b/.c");
+        ok("/a.", "/a.");
+    }
+
+    #[test]
+    fn slashes_merged_and_trailing_slash_kept() {
+        ok("/", "/");
+        ok("//", "/");
+        ok("/a//b", "/a/b");
+        ok("/a/b/", "/a/b/");
+        ok("/a/b//", "/a/b/");
+        ok("////a", "/a");
+    }
+
+    #[test]
+    fn escapes() {
+        ok("/%7euser", "/~user");
+        ok("/%41%5A%30%2D%5F", "/AZ0-_");
+        ok("/a%2fb", "/a%2Fb");
+        ok("/a%2Fb", "/a%2Fb");
+        ok("/a%2f..%2fb", "/a%2F..%2Fb");
+        ok("/%20x", "/%20x");
+        ok("/%c3%a9", "/%C3%A9");
+        ok("/%00", "/%00");
+        // A decoded '/' is data, so it does not make a dot segment: "%2F.." is one segment.
+        ok("/a/%2F../b", "/a/%2F../b");
+    }
+
+    #[test]
+    fn case_is_preserved() {
+        ok("/ADMIN", "/ADMIN");
+        ok("/Admin/X", "/Admin/X");
+    }
+
+    #[test]
+    fn invalid_escapes_are_errors() {
+        for raw in ["/%", "/%4", "/%zz", "/a%g0", "/%%41", "/a/%2", "/%4/"] {
+            assert_eq!(norm(raw), Err(NormalizeError::InvalidEscape), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn not_absolute_is_error() {
+        assert_eq!(norm(""), Err(NormalizeError::NotAbsolute));
+        assert_eq!(norm("a/b"), Err(NormalizeError::NotAbsolute));
+        assert_eq!(norm("*"), Err(NormalizeError::NotAbsolute));
+    }
+
+    #[test]
+    fn reuses_capacity() {
+        let mut out = Vec::with_capacity(64);
+        let before = out.as_ptr();
+        assert_eq!(normalize_path(b"/a/../b/%61", &mut out), Ok(()));
+        assert_eq!(out, b"/b/a");
+        assert_eq!(out.as_ptr(), before);
+        assert_eq!(normalize_path(b"/x", &mut out), Ok(()));
+        assert_eq!(out, b"/x");
+        assert_eq!(out.as_ptr(), before);
+    }
+
+    #[test]
+    fn idempotent_on_samples() {
+        for raw in ["/a/./b/../c//d/", "/%2e%2e/%61/%2f", "/x/y/..", "/~/%7E"] {
+            let once = norm(raw).unwrap_or_default();
+            assert_eq!(norm(&once), Ok(once.clone()), "{raw:?}");
+        }
+    }
+
+    /// Random paths over an alphabet rich in slashes, dots and escapes: the output keeps its
+    /// invariants, is idempotent, and errors exactly when the input has an invalid escape.
+    #[test]
+    fn random_paths_keep_invariants() {
+        use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+        let atoms = [
+            "/", "/", "a", "B", ".", "..", "%2e", "%2E", "%2f", "%61", "%7e", "%", "%4", "%zz", "~",
+        ];
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut out = Vec::new();
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..12);
+            let mut raw = String::from("/");
+            for _ in 0..n {
+                raw.push_str(atoms.choose(&mut rng).copied().unwrap_or("a"));
+            }
+            let invalid = raw.match_indices('%').any(|(i, _)| {
+                let hex = raw.get(i + 1..i + 3).unwrap_or("");
+                hex.len() != 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+            let res = normalize_path(raw.as_bytes(), &mut out);
+            assert_eq!(res.is_err(), invalid, "{raw:?}");
+            if invalid {
+                continue;
+            }
+            let s = String::from_utf8(out.clone()).unwrap_or_default();
+            assert!(s.starts_with('/') && !s.contains("//"), "{raw:?} -> {s:?}");
+            assert!(
+                s.split('/').all(|seg| seg != "." && seg != ".."),
+                "{raw:?} -> {s:?}"
+            );
+            assert!(
+                !s.contains("%2e") && !s.contains("%2f") && !s.contains("%61"),
+                "{raw:?} -> {s:?}"
+            );
+            assert!(s.len() <= raw.len());
+            assert_eq!(norm(&s), Ok(s.clone()), "not idempotent: {raw:?}");
+        }
+    }
+
+    fn up(service: &str, path: &str, strip_len: usize) -> String {
+        let mut out = Vec::new();
+        upstream_path(service, path.as_bytes(), strip_len, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn upstream_path_table() {
+        // (service path, request path, strip, expected); prefix "/users" => strip_len 6.
+        let table: &[(&str, &str, bool, &str)] = &[
+            ("", "/users", false, "/users"),
+            ("", "/users", true, "/"),
+            ("", "/users/", false, "/users/"),
+            ("", "/users/", true, "/"),
+            ("", "/users/1", false, "/users/1"),
+            ("", "/users/1", true, "/1"),
+            ("/", "/users", false, "/users"),
+            ("/", "/users", true, "/"),
+            ("/", "/users/", false, "/users/"),
+            ("/", "/users/", true, "/"),
+            ("/", "/users/1", false, "/users/1"),
+            ("/", "/users/1", true, "/1"),
+            ("/base", "/users", false, "/base/users"),
+            ("/base", "/users", true, "/base"),
+            ("/base", "/users/", false, "/base/users/"),
+            ("/base", "/users/", true, "/base/"),
+            ("/base", "/users/1", false, "/base/users/1"),
+            ("/base", "/users/1", true, "/base/1"),
+            ("/base/", "/users", false, "/base/users"),
+            ("/base/", "/users", true, "/base/"),
+            ("/base/", "/users/", false, "/base/users/"),
+            ("/base/", "/users/", true, "/base/"),
+            ("/base/", "/users/1", false, "/base/users/1"),
+            ("/base/", "/users/1", true, "/base/1"),
+        ];
+        for &(service, path, strip, want) in table {
+            let strip_len = if strip { "/users".len() } else { 0 };
+            assert_eq!(
+                up(service, path, strip_len),
+                want,
+                "{service:?} {path:?} strip={strip}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_path_edges() {
+        // Root request, no strip.
+        assert_eq!(up("", "/", 0), "/");
+        assert_eq!(up("/base", "/", 0), "/base/");
+        // Regex strips may leave a remainder without a leading '/': exactly one '/' is inserted.
+        assert_eq!(up("/base", "/v1users/1", 3), "/base/users/1");
+        assert_eq!(up("", "/v1users", 3), "/users");
+        // strip_len past the end is "strip everything", never a panic.
+        assert_eq!(up("/base", "/a", 99), "/base");
+        assert_eq!(up("", "/a", 99), "/");
+    }
 }

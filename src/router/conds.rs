@@ -1,0 +1,234 @@
+//! Per-route conditions checked after the index narrowed the candidates: methods, headers, query.
+//!
+//! Semantics:
+//! - methods: exact, case-sensitive byte comparison (HTTP methods are case-sensitive tokens; the
+//!   config stores them upper-case); an empty list matches any method;
+//! - headers: the request's first value of the header; `Exact` compares ASCII case-insensitively
+//!   (as Kong does); `Regex` is an unanchored search on the value as written (anchor with `^`/`$`),
+//!   and a value that is not UTF-8 never matches a regex;
+//! - query: parsed from the raw query (`a=1&b&c=`) without allocating; names and values are
+//!   compared after percent-decoding on the fly (`+` is a space, an invalid escape is taken
+//!   literally); comparisons are case-sensitive; a condition holds when *any* occurrence of the
+//!   name satisfies it; `Present` also accepts `?flag` and `?flag=`. A `Regex` runs on the decoded
+//!   value (UTF-8 only); values whose raw form exceeds [`QUERY_REGEX_MAX`] bytes never match a regex.
+//!
+//! Invariant: nothing here allocates at match time or panics on request data.
+
+use crate::config::model::{HeaderMatch, QueryMatch, RouteDef, ValueMatch};
+use crate::router::normalize::hex_val;
+use crate::router::RequestView;
+use regex::Regex;
+
+/// Largest raw query value a query regex is evaluated on (decoded into a stack buffer).
+pub const QUERY_REGEX_MAX: usize = 8192;
+
+/// A route's conditions, compiled for matching.
+#[derive(Debug)]
+pub(crate) struct Conditions {
+    methods: Vec<Box<[u8]>>,
+    headers: Vec<(Box<[u8]>, Value)>,
+    query: Vec<(Box<[u8]>, Value)>,
+}
+
+#[derive(Debug)]
+enum Value {
+    Present,
+    Exact(Vec<Box<[u8]>>),
+    Regex(Regex),
+}
+
+impl Value {
+    fn compile(v: &ValueMatch) -> Value {
+        match v {
+            ValueMatch::Present => Value::Present,
+            ValueMatch::Exact(vals) => {
+                Value::Exact(vals.iter().map(|s| s.as_bytes().into()).collect())
+            }
+            ValueMatch::Regex(re) => Value::Regex(re.clone()),
+        }
+    }
+}
+
+impl Conditions {
+    pub fn new(route: &RouteDef) -> Conditions {
+        let header = |h: &HeaderMatch| {
+            (
+                h.name.to_ascii_lowercase().into_bytes().into(),
+                Value::compile(&h.value),
+            )
+        };
+        let query = |q: &QueryMatch| (q.name.as_bytes().into(), Value::compile(&q.value));
+        Conditions {
+            methods: route.methods.iter().map(|m| m.as_bytes().into()).collect(),
+            headers: route.headers.iter().map(header).collect(),
+            query: route.query.iter().map(query).collect(),
+        }
+    }
+
+    /// How many conditions the route states (for the priority rule).
+    pub fn count(&self) -> usize {
+        usize::from(!self.methods.is_empty()) + self.headers.len() + self.query.len()
+    }
+
+    pub fn matches<R: RequestView>(&self, method: &[u8], query: &[u8], req: &R) -> bool {
+        self.method_ok(method)
+            && self
+                .headers
+                .iter()
+                .all(|(name, v)| header_ok(req.header(name), v))
+            && self.query.iter().all(|(name, v)| query_ok(query, name, v))
+    }
+
+    fn method_ok(&self, method: &[u8]) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| **m == *method)
+    }
+}
+
+fn header_ok(value: Option<&[u8]>, want: &Value) -> bool {
+    let Some(value) = value else { return false };
+    match want {
+        Value::Present => true,
+        Value::Exact(vals) => vals.iter().any(|v| v.eq_ignore_ascii_case(value)),
+        Value::Regex(re) => std::str::from_utf8(value).is_ok_and(|s| re.is_match(s)),
+    }
+}
+
+fn query_ok(query: &[u8], name: &[u8], want: &Value) -> bool {
+    query_pairs(query)
+        .filter(|(n, _)| decoded_eq(n, name))
+        .any(|(_, value)| match want {
+            Value::Present => true,
+            Value::Exact(vals) => vals.iter().any(|v| decoded_eq(value, v)),
+            Value::Regex(re) => query_regex_ok(value, re),
+        })
+}
+
+/// `a=1&b&c=` -> ("a","1"), ("b",""), ("c",""); empty pairs (`&&`) are skipped.
+fn query_pairs(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    query
+        .split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (
+                pair.get(..eq).unwrap_or_default(),
+                pair.get(eq + 1..).unwrap_or_default(),
+            ),
+            None => (pair, &b""[..]),
+        })
+}
+
+/// Form-decodes `raw` lazily: `+` is a space, `%XX` a byte, an invalid escape is literal.
+fn decode_query(raw: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *raw.get(i)?;
+        i += 1;
+        match b {
+            b'+' => Some(b' '),
+            b'%' => {
+                let hi = raw.get(i).copied().and_then(hex_val);
+                let lo = raw.get(i + 1).copied().and_then(hex_val);
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => {
+                        i += 2;
+                        Some(hi << 4 | lo)
+                    }
+                    _ => Some(b'%'),
+                }
+            }
+            _ => Some(b),
+        }
+    })
+}
+
+fn decoded_eq(raw: &[u8], want: &[u8]) -> bool {
+    // Decoding never lengthens, so a raw form shorter than `want` cannot equal it.
+    raw.len() >= want.len() && decode_query(raw).eq(want.iter().copied())
+}
+
+/// Kept out of line so the stack buffer only exists when a query regex is evaluated.
+#[inline(never)]
+fn query_regex_ok(raw: &[u8], re: &Regex) -> bool {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return std::str::from_utf8(raw).is_ok_and(|s| re.is_match(s));
+    }
+    if raw.len() > QUERY_REGEX_MAX {
+        return false;
+    }
+    let mut buf = [0u8; QUERY_REGEX_MAX];
+    let mut len = 0;
+    for (slot, b) in buf.iter_mut().zip(decode_query(raw)) {
+        *slot = b;
+        len += 1;
+    }
+    buf.get(..len)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .is_some_and(|s| re.is_match(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_pairs_parse() {
+        let pairs: Vec<_> = query_pairs(b"a=1&&b&c=&d=x=y").collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (&b"a"[..], &b"1"[..]),
+                (b"b", b""),
+                (b"c", b""),
+                (b"d", b"x=y")
+            ]
+        );
+        assert_eq!(query_pairs(b"").count(), 0);
+    }
+
+    #[test]
+    fn decoding_compare() {
+        assert!(decoded_eq(b"a%20b", b"a b"));
+        assert!(decoded_eq(b"a+b", b"a b"));
+        assert!(decoded_eq(b"%41", b"A"));
+        assert!(decoded_eq(b"100%", b"100%"));
+        assert!(decoded_eq(b"%zz", b"%zz"));
+        assert!(!decoded_eq(b"%41", b"a"));
+        assert!(!decoded_eq(b"ab", b"abc"));
+        assert!(!decoded_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn query_conditions() {
+        let exact = Value::Exact(vec![b"2".to_vec().into(), b"a b".to_vec().into()]);
+        assert!(query_ok(b"x=1&version=2", b"version", &exact));
+        assert!(query_ok(b"version=1&version=2", b"version", &exact));
+        assert!(query_ok(b"version=a+b", b"version", &exact));
+        assert!(query_ok(b"v%65rsion=a%20b", b"version", &exact));
+        assert!(!query_ok(b"version=3", b"version", &exact));
+        assert!(!query_ok(b"versions=2", b"version", &exact));
+        assert!(!query_ok(b"", b"version", &exact));
+        assert!(query_ok(b"flag", b"flag", &Value::Present));
+        assert!(query_ok(b"flag=", b"flag", &Value::Present));
+        assert!(!query_ok(b"flags", b"flag", &Value::Present));
+        let re = Value::Regex(Regex::new("^v[0-9]+$").unwrap_or_else(|e| panic!("{e}")));
+        assert!(query_ok(b"api=v12", b"api", &re));
+        assert!(query_ok(b"api=%7612", b"api", &re));
+        assert!(!query_ok(b"api=v1x", b"api", &re));
+        assert!(!query_ok(b"api=%ff", b"api", &re));
+    }
+
+    #[test]
+    fn header_conditions() {
+        let exact = Value::Exact(vec![b"Json".to_vec().into()]);
+        assert!(header_ok(Some(b"json"), &exact));
+        assert!(header_ok(Some(b"JSON"), &exact));
+        assert!(!header_ok(Some(b"jsonx"), &exact));
+        assert!(!header_ok(None, &exact));
+        assert!(header_ok(Some(b""), &Value::Present));
+        assert!(!header_ok(None, &Value::Present));
+        let re = Value::Regex(Regex::new("^2(\\.[0-9]+)?$").unwrap_or_else(|e| panic!("{e}")));
+        assert!(header_ok(Some(b"2.1"), &re));
+        assert!(!header_ok(Some(b"3"), &re));
+        assert!(!header_ok(Some(b"\xff"), &re));
+    }
+}

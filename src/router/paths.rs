@@ -1,0 +1,162 @@
+//! Path index of one host group: a segment trie of exact and prefix paths, regexes, path-less routes.
+//!
+//! Every bucket (a trie node's prefix or exact list, the regex list, the path-less list) holds [`Entry`]s
+//! sorted by descending rank, so a scan can stop at the first entry that passes its checks, or at the
+//! first entry that cannot beat the best match found so far.
+//!
+//! Lookup cost: one hash probe per segment of the request path, walking the trie from the root and
+//! stopping at the first missing segment. Prefix nodes match segment-aware by construction: node
+//! `/users` is reached from `/users`, `/users/` and `/users/1`, never from `/users-admin`. Exact paths
+//! live on the node where their last segment ends (`/users/` on the empty segment after `users`) and
+//! are visited only when the walk consumed the whole request path. Then the regex list of this group,
+//! which is linear in the number of regex routes of the group (pruned by rank).
+
+use crate::router::hash::FastMap;
+use crate::router::rank::Rank;
+
+/// One (route, host pattern, path pattern) candidate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub rank: Rank,
+    pub route: u32,
+    /// For exact/prefix entries: the `strip_len` to report (already 0 when the route keeps the path).
+    pub strip_len: u32,
+    /// For regex entries: index into `Router::regexes`.
+    pub regex: Option<u32>,
+    pub strip_path: bool,
+}
+
+#[derive(Debug, Default)]
+struct TrieNode {
+    children: FastMap<Box<[u8]>, usize>,
+    /// Prefix entries whose prefix ends at this node.
+    prefix: Vec<Entry>,
+    /// Exact entries whose path ends at this node.
+    exact: Vec<Entry>,
+}
+
+/// Exact, prefix, regex and path-less candidates for one host group.
+#[derive(Debug)]
+pub(crate) struct PathIndex {
+    /// Node 0 is the root "/".
+    trie: Vec<TrieNode>,
+    regex: Vec<Entry>,
+    any: Vec<Entry>,
+}
+
+impl Default for PathIndex {
+    fn default() -> Self {
+        PathIndex {
+            trie: vec![TrieNode::default()],
+            regex: Vec::new(),
+            any: Vec::new(),
+        }
+    }
+}
+
+/// Segments of a prefix or path after the leading '/': "/a/b" -> ["a", "b"]; "/" -> [].
+fn segments(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let rest = path.strip_prefix(b"/").unwrap_or_default();
+    rest.split(|&b| b == b'/')
+        .take_while(move |_| !rest.is_empty())
+}
+
+impl PathIndex {
+    /// `path` is normalized.
+    pub fn add_exact(&mut self, path: &[u8], e: Entry) {
+        if let Some(n) = self.node_for(path) {
+            n.exact.push(e);
+        }
+    }
+
+    /// `prefix` is normalized, without a trailing '/' (except the root "/").
+    pub fn add_prefix(&mut self, prefix: &[u8], e: Entry) {
+        if let Some(n) = self.node_for(prefix) {
+            n.prefix.push(e);
+        }
+    }
+
+    /// The node for `path`'s segments, created as needed.
+    fn node_for(&mut self, path: &[u8]) -> Option<&mut TrieNode> {
+        let mut node = 0;
+        for seg in segments(path) {
+            node = self.child(node, seg);
+        }
+        self.trie.get_mut(node)
+    }
+
+    fn child(&mut self, node: usize, seg: &[u8]) -> usize {
+        let next = self.trie.len();
+        let Some(n) = self.trie.get_mut(node) else {
+            return 0;
+        };
+        let id = *n.children.entry(seg.into()).or_insert(next);
+        if id == next {
+            self.trie.push(TrieNode::default());
+        }
+        id
+    }
+
+    pub fn add_regex(&mut self, e: Entry) {
+        self.regex.push(e);
+    }
+
+    pub fn add_any(&mut self, e: Entry) {
+        self.any.push(e);
+    }
+
+    /// Sorts every bucket by descending rank; call once after the last `add_*`.
+    pub fn finish(&mut self) {
+        let by_rank = |a: &Entry, b: &Entry| b.rank.cmp(&a.rank);
+        for n in &mut self.trie {
+            n.prefix.sort_unstable_by(by_rank);
+            n.exact.sort_unstable_by(by_rank);
+        }
+        self.regex.sort_unstable_by(by_rank);
+        self.any.sort_unstable_by(by_rank);
+    }
+
+    /// Passes every bucket that may hold a match for `path` to `visit`.
+    pub fn buckets<'a>(&'a self, path: &[u8], mut visit: impl FnMut(&'a [Entry])) {
+        if path.starts_with(b"/") {
+            self.walk(path, &mut visit);
+        }
+        visit(&self.regex);
+        visit(&self.any);
+    }
+
+    /// Visits the prefix bucket of every node along `path`, and the exact bucket of the node where
+    /// `path` ends (if the walk gets there).
+    fn walk<'a>(&'a self, path: &[u8], visit: &mut impl FnMut(&'a [Entry])) {
+        let Some(mut node) = self.trie.first() else {
+            return;
+        };
+        visit(&node.prefix);
+        for seg in segments(path) {
+            match node.children.get(seg).and_then(|&id| self.trie.get(id)) {
+                Some(next) => node = next,
+                None => return,
+            }
+            visit(&node.prefix);
+        }
+        visit(&node.exact);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_split() {
+        let s = |p: &str| {
+            segments(p.as_bytes())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(s("/"), Vec::<String>::new());
+        assert_eq!(s("/a"), vec!["a"]);
+        assert_eq!(s("/a/b"), vec!["a", "b"]);
+        assert_eq!(s("/a/"), vec!["a", ""]);
+    }
+}

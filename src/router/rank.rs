@@ -1,0 +1,52 @@
+//! The total order between candidate matches (the routing priority rule).
+//!
+//! Every index entry is one (route, host pattern, path pattern) triple; its [`Rank`] is computed once
+//! at build time from static facts only, so `find` compares ranks without looking at the request.
+//! Invariant: two entries of different routes never have equal ranks (the route index is part of
+//! the rank), and two entries of the same route have equal ranks only when they would produce the
+//! same `Match`, so "the greatest rank among passing entries" is a deterministic answer.
+
+use std::cmp::Reverse;
+
+/// Path pattern classes, most specific last so the derived order ranks them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PathClass {
+    /// The route has no `paths`: it matches every path.
+    Any,
+    Prefix,
+    Regex,
+    Exact,
+}
+
+/// Host pattern classes, most specific last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum HostClass {
+    /// The route has no `hosts`.
+    Any,
+    Wildcard,
+    Exact,
+}
+
+/// Greater is better. Fields compare lexicographically in declaration order, which *is* the rule:
+/// priority, path class, path length, host class, host length, condition count, then config order
+/// (earlier route, then earlier path pattern, then earlier host pattern).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Rank {
+    pub priority: i32,
+    pub path_class: PathClass,
+    /// Normalized pattern length for prefix and exact paths; 0 for regex and "any".
+    pub path_len: u32,
+    pub host_class: HostClass,
+    /// Length of the wildcard suffix (`.example.com`) or exact name; 0 for "any".
+    pub host_len: u32,
+    /// `methods` (1 when non-empty) + number of header conditions + number of query conditions.
+    pub conditions: u32,
+    pub route: Reverse<u32>,
+    pub path_idx: Reverse<u32>,
+    pub host_idx: Reverse<u32>,
+}
+
+/// Saturating conversion for lengths and counts stored in a `Rank` (configs never come close).
+pub(crate) fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
