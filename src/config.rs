@@ -113,4 +113,3 @@ pub fn check(path: &Path) -> Result<String, String> {
         }
     }
 }
-

@@ -246,7 +246,11 @@ impl Conn {
             self.path.clear();
             self.path.extend_from_slice(raw_path);
         }
-        let host = host_without_port(head.effective_host().map(|h| h.get(buf)).unwrap_or_default());
+        let host = host_without_port(
+            head.effective_host()
+                .map(|h| h.get(buf))
+                .unwrap_or_default(),
+        );
         let method = head.method.get(buf);
         let query = head.query.map(|q| q.get(buf)).unwrap_or_default();
         let view = HeadView { head, buf };
@@ -359,7 +363,11 @@ impl Conn {
         };
 
         // 1. Request head (plus whatever body bytes already arrived), then the rest of the body.
-        let client_host = self.head.effective_host().map(|h| h.get(&self.buf)).unwrap_or_default();
+        let client_host = self
+            .head
+            .effective_host()
+            .map(|h| h.get(&self.buf))
+            .unwrap_or_default();
         let host: &[u8] = if route.preserve_host && !client_host.is_empty() {
             client_host
         } else {

@@ -505,9 +505,12 @@ impl TeState {
             if coding.is_empty() {
                 return Err("empty Transfer-Encoding element");
             }
-            // chunked must be the final coding (RFC 9112 §6.1), so nothing may follow it.
-            if self.last_chunked {
-                return Err("chunked is not the last transfer coding");
+            // A coding after `chunked` (RFC 9112 §6.1 says such framing is unreliable) counts as
+            // "a Transfer-Encoding other than a final chunked": 501 like any other coding we do not
+            // implement. Either way the connection closes and nothing is forwarded.
+            let chunked = eq_ignore_case(coding, b"chunked");
+            if self.last_chunked && chunked {
+                return Err("chunked applied more than once");
             }
             self.last_chunked = eq_ignore_case(coding, b"chunked");
             self.other |= !self.last_chunked;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::{in_range, positive, push};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{PoolDef, ServerDef, Timeouts};
-use crate::config::raw::{RawServer, Size, Workers};
+use crate::config::raw::{RawServer, Workers};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 << 10;
@@ -148,7 +148,14 @@ fn header_limits(raw: &RawServer, p: &KeyPath, problems: &mut Vec<Problem>) -> (
             ),
         );
     }
-    let uri = raw.max_uri_bytes.map_or(DEFAULT_MAX_URI_BYTES, |s| s.0);
+    // The default follows a lowered header limit instead of contradicting it (like nginx, where the
+    // request line simply has to fit the header buffer).
+    let default_uri = if header_ok {
+        DEFAULT_MAX_URI_BYTES.min(header)
+    } else {
+        DEFAULT_MAX_URI_BYTES
+    };
+    let uri = raw.max_uri_bytes.map_or(default_uri, |s| s.0);
     if uri < MIN_URI_BYTES {
         push(
             problems,
@@ -156,20 +163,11 @@ fn header_limits(raw: &RawServer, p: &KeyPath, problems: &mut Vec<Problem>) -> (
             format!("max_uri_bytes must be at least 64, got {uri}"),
         );
     } else if header_ok && uri > header {
-        match raw.max_uri_bytes {
-            Some(Size(_)) => push(
-                problems,
-                p.key("max_uri_bytes"),
-                format!("max_uri_bytes ({uri}) must not exceed max_header_bytes ({header})"),
-            ),
-            None => push(
-                problems,
-                p.key("max_header_bytes"),
-                format!(
-                    "max_header_bytes ({header}) is below max_uri_bytes ({uri}, the default); set max_uri_bytes too"
-                ),
-            ),
-        }
+        push(
+            problems,
+            p.key("max_uri_bytes"),
+            format!("max_uri_bytes ({uri}) must not exceed max_header_bytes ({header})"),
+        );
     }
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     (to_usize(header), to_usize(uri))
