@@ -102,13 +102,15 @@ class Procs:
     def __init__(self):
         self.live = []
 
-    def start(self, argv, logpath, cpu=None, **kw):
+    def start(self, argv, logpath, cpu=None, group=False, **kw):
+        """group=True: the child forks helpers (nginx master -> worker) that must die with it."""
         if cpu is not None:
             argv = ["taskset", "-c", str(cpu)] + list(argv)
         f = open(logpath, "ab")
         p = subprocess.Popen(argv, stdout=kw.pop("stdout", f), stderr=f, stdin=kw.pop("stdin", subprocess.DEVNULL),
                              start_new_session=True, **kw)
         f.close()
+        p.rg_group = group
         self.live.append(p)
         return p
 
@@ -131,8 +133,8 @@ class Procs:
                     p.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
-        else:
-            # the leader is gone; children (nginx workers) may linger in its group
+        elif getattr(p, "rg_group", False):
+            # the nginx master is gone; its worker may linger in the group it created
             try:
                 os.killpg(p.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -405,7 +407,7 @@ def start_nginx(d, conf, cpu):
     t = subprocess.run(argv[:-2] + ["-t"], capture_output=True, text=True, timeout=20)
     if t.returncode != 0:
         raise RuntimeError(f"nginx -t failed for {conf}:\n{t.stderr}")
-    return PROCS.start(argv, os.path.join(d, "stdout.log"), cpu=cpu)
+    return PROCS.start(argv, os.path.join(d, "stdout.log"), cpu=cpu, group=True)
 
 
 def start_upstream(run_dir, port):
@@ -452,8 +454,19 @@ def start_ringgate(run_dir, port, upport, tag="ringgate"):
     if not wait_port(port, p, 15):
         rc = p.poll()
         PROCS.stop(p)
-        how = f"exited with status {rc}" if rc is not None else "did not accept connections within 15 s"
-        return None, f"`ringgate run {conf} --workers 1` {how}; log tail:\n" + tail(logpath, 25)
+        if rc is None:
+            how = "did not accept connections within 15 s"
+        elif rc < 0:
+            try:
+                how = f"was killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                how = f"was killed by signal {-rc}"
+        else:
+            how = f"exited with status {rc}"
+        logtail = tail(logpath, 25)
+        last = " ".join(l.strip() for l in logtail.strip().splitlines()[-2:])[:300]
+        return None, (f"`ringgate run CONFIG --workers 1` {how}" + (f": {last}" if last else "")
+                      + f"\nconfig: {conf}\nlog tail:\n{logtail}")
     return p, None
 
 
@@ -511,6 +524,11 @@ def wrk_run(target, size, conns, duration, tag, run_dir, rnd=None):
         # and softirq work not charged to the process)
         rec["gw_proc_cpu_s"] = (p1 - p0) / CLK_TCK
         rec["proc_cpu_us_per_req"] = rec["gw_proc_cpu_s"] * 1e6 / w["requests"] if w["requests"] else None
+    # noise indicator: core-1 busy time not accounted to the gateway processes (other tenants, plus
+    # softirq work not charged to them), as a fraction of the run
+    gw_secs = (gt / CLK_TCK) if gt else None
+    other = rec["gw_core_busy_s"] - (rec.get("gw_proc_cpu_s") or 0.0)
+    rec["gw_core_other_frac"] = max(0.0, other) / gw_secs if gw_secs else None
     if not target.alive():
         rec["error"] = "gateway process died during the run"
     return rec

@@ -79,7 +79,7 @@ def hdr_svg(series, title, xmax_pct=99.999):
          f'<rect width="{W}" height="{H}" fill="white"/>',
          f'<text x="{L + pw / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{esc(title)}</text>']
     # grid + axes
-    for i in range(int(math.floor(xmax)) + 1):
+    for i in range(int(math.floor(xmax + 1e-6)) + 1):
         x = X(i)
         lab = "0%" if i == 0 else f"{100 - 10 ** (2 - i):g}%"
         o.append(f'<line x1="{x:.1f}" y1="{T}" x2="{x:.1f}" y2="{T + ph}" stroke="#ddd"/>')
@@ -224,6 +224,14 @@ def write_report(data, out_dir):
               + f" | {ratio(meds.get('ringgate'), meds.get('nginx'))} | "
               + " | ".join(fmt_range(cell(t, size, c, "proc_cpu_us_per_req"), 2) for t in gws)
               + f" | {' / '.join(utils)} |")
+    w("")
+    w("Noise check — share of core 1 busy with something other than the gateway processes during the runs "
+      "(median per target over all runs; for *direct* that is all of core 1's busy time, which should be ~0; "
+      "for the gateways it also contains softirq work not charged to them): "
+      + ", ".join(f"{t} {med([r.get('gw_core_other_frac') for r in runs if r['target'] == t]) * 100:.0f}%"
+                  for t in present if med([r.get('gw_core_other_frac') for r in runs if r['target'] == t]) is not None)
+      + ". If *direct* shows more than a few %, another tenant was using core 1 and the core-1 column is "
+      "inflated: trust the process column or re-run.")
     w("")
     bg = data.get("machine", {}).get("gw_core_background_busy")
     if bg is not None:
