@@ -759,6 +759,12 @@ def main():
             "idle": [], "notes": []}
     try:
         _bench(data, run_dir)
+    except BaseException as e:  # noqa: BLE001 - still write what we have, then re-raise
+        why = f"exit status {e.code} (signal / global TIMEOUT guard)" if isinstance(e, SystemExit) else \
+            f"{type(e).__name__}: {e}"
+        data["notes"].append(f"RUN INCOMPLETE: stopped early by {why}; the tables hold the runs done so far")
+        log(f"run stopped early: {why}")
+        raise
     finally:
         PROCS.stop_all()
         data["elapsed_s"] = round(time.time() - t_start, 1)

@@ -243,8 +243,9 @@ def write_report(data, out_dir):
       f"{cfg['lat_duration_s']:g} s, latency correction on; ms, median over rounds)")
     w("")
     if not lat:
-        w("No fixed-rate latency data (oha missing or all oha runs failed): "
-          + "; ".join(data.get("notes", [])) if data.get("notes") else "No fixed-rate latency data.")
+        oha_note = [n for n in data.get("notes", []) if n.startswith("oha")]
+        w("No fixed-rate latency data: " + (oha_note[0] if oha_note else
+          "all oha runs failed, or the run stopped before the latency step (see runs.json)") + ".")
         w("")
     else:
         keys = ["50", "90", "99", "99.9"]
