@@ -1,0 +1,927 @@
+#!/usr/bin/env python3
+"""ringgate load-test harness (stdlib only). Driven by loadtest/run.sh; see loadtest/README.md.
+
+Targets, measured interleaved in the same run (A B C A B C ...):
+  direct   - wrk/oha straight to the upstream (an nginx serving /small and /16k): the ceiling
+  ringgate - target/release/ringgate run CONFIG --workers 1, pinned to core 1
+  nginx    - an equivalent one-worker keep-alive reverse proxy, pinned to core 1
+
+Core 0 runs the upstream, the load generators and this script; core 1 runs only the gateway, so
+the busy jiffies of cpu1 in /proc/stat over a run are the gateway's cost (CPU us per request).
+
+Every process this script starts runs in its own session; on exit (normal, error, SIGTERM/SIGINT
+from run.sh's timeout guard) each is killed by its own process-group id. Nothing else is touched.
+"""
+import datetime
+import glob
+import http.client
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SIZES = {"small": 100, "16k": 16384}
+GATEWAYS = ("ringgate", "nginx")
+
+
+# --------------------------------------------------------------------------- settings
+
+def env_int(name, default):
+    v = os.environ.get(name, "")
+    return int(v) if v.strip() else default
+
+
+def env_float(name, default):
+    v = os.environ.get(name, "")
+    return float(v) if v.strip() else default
+
+
+def env_list(name, default):
+    v = os.environ.get(name, "")
+    return [x.strip() for x in v.split(",") if x.strip()] if v.strip() else list(default)
+
+
+QUICK = os.environ.get("QUICK", "") not in ("", "0")
+CFG = {
+    "quick": QUICK,
+    "rounds": env_int("ROUNDS", 1 if QUICK else 3),
+    "duration_s": env_float("DURATION", 2 if QUICK else 8),
+    "warmup_s": env_float("WARMUP", 1 if QUICK else 2),
+    "conns": [int(c) for c in env_list("CONNS", ["1", "64", "256"])],
+    "sizes": env_list("SIZES", ["small", "16k"]),
+    "wrk_threads": env_int("WRK_THREADS", 1),
+    "lat_rate": env_int("LAT_RATE", 5000),
+    "lat_conns": env_int("LAT_CONNS", 50),
+    "lat_duration_s": env_float("LAT_DURATION", 3 if QUICK else 10),
+    "lat_sizes": env_list("LAT_SIZES", ["small"] if QUICK else ["small", "16k"]),
+    "idle_conns": env_int("IDLE_CONNS", 10000),
+    "targets": env_list("TARGETS", ["direct", "ringgate", "nginx"]),
+    "gen_cpu": env_int("GEN_CPU", 0),
+    "gw_cpu": env_int("GW_CPU", 1),
+    "ringgate_bin": os.environ.get("RINGGATE_BIN", os.path.join(ROOT, "target/release/ringgate")),
+    "oha_bin": os.environ.get("OHA_BIN", shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")),
+    "wrk_bin": os.environ.get("WRK_BIN", shutil.which("wrk") or "wrk"),
+    "nginx_bin": os.environ.get("NGINX_BIN", shutil.which("nginx") or "/usr/sbin/nginx"),
+    "gateway_hist_cmd": os.environ.get("GATEWAY_HIST_CMD", ""),
+    "ringgate_build_status": os.environ.get("RINGGATE_BUILD_STATUS", ""),
+    "ringgate_build_log": os.environ.get("RINGGATE_BUILD_LOG", ""),
+}
+for t in CFG["targets"]:
+    if t not in ("direct", "ringgate", "nginx"):
+        sys.exit(f"unknown target {t!r}")
+for s in CFG["sizes"] + CFG["lat_sizes"]:
+    if s not in SIZES:
+        sys.exit(f"unknown size {s!r} (have {', '.join(SIZES)})")
+
+
+def log(msg):
+    ts = time.strftime("%H:%M:%S")
+    print(f"[{ts}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+class Procs:
+    """Every child we start; killed by its own pgid on exit."""
+
+    def __init__(self):
+        self.live = []
+
+    def start(self, argv, logpath, cpu=None, group=False, **kw):
+        """group=True: the child forks helpers (nginx master -> worker) that must die with it."""
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu)] + list(argv)
+        f = open(logpath, "ab")
+        p = subprocess.Popen(argv, stdout=kw.pop("stdout", f), stderr=f, stdin=kw.pop("stdin", subprocess.DEVNULL),
+                             start_new_session=True, **kw)
+        f.close()
+        p.rg_group = group
+        self.live.append(p)
+        return p
+
+    def stop(self, p, sig=signal.SIGTERM, grace=5.0):
+        if p is None:
+            return
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        elif getattr(p, "rg_group", False):
+            # the nginx master is gone; its worker may linger in the group it created
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if p in self.live:
+            self.live.remove(p)
+
+    def stop_all(self):
+        for p in list(reversed(self.live)):
+            self.stop(p, grace=3.0)
+
+
+PROCS = Procs()
+NOFILE = 4096  # set in main() to the RLIMIT_NOFILE we could get; nginx's worker_rlimit_nofile
+
+
+def _on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def run_bounded(argv, timeout, logpath, cpu=None):
+    """Run a load generator to completion (bounded); return (rc, stdout)."""
+    outpath = logpath + ".out"
+    with open(outpath, "wb") as out:
+        p = PROCS.start(argv, logpath, cpu=cpu, stdout=out)
+        try:
+            rc = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"  ! timed out after {timeout}s: {' '.join(argv[:3])} ...")
+            PROCS.stop(p, sig=signal.SIGKILL)
+            rc = -9
+        PROCS.stop(p)
+    with open(outpath, "r", errors="replace") as f:
+        return rc, f.read()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout):
+    """True when HOST:port accepts; False if proc exits or timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def http_check(port, path, expect_len, timeout=5.0):
+    """One keep-alive-less GET; returns None if OK, else an error string."""
+    try:
+        c = http.client.HTTPConnection(HOST, port, timeout=timeout)
+        c.request("GET", path)
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+    except Exception as e:  # noqa: BLE001
+        return f"GET {path}: {type(e).__name__}: {e}"
+    if r.status != 200:
+        return f"GET {path}: status {r.status}"
+    if len(body) != expect_len:
+        return f"GET {path}: body {len(body)} bytes, expected {expect_len}"
+    return None
+
+
+def tail(path, n=30):
+    try:
+        with open(path, "r", errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- /proc readers
+
+def cpu_jiffies():
+    """{cpu_index: (busy, total)} from /proc/stat; busy = user+nice+system+irq+softirq+steal."""
+    res = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3:4].isdigit():
+                parts = line.split()
+                v = [int(x) for x in parts[1:]] + [0] * 10
+                user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+                busy = user + nice + system + irq + softirq + steal
+                res[int(parts[0][3:])] = (busy, busy + idle + iowait)
+    return res
+
+
+def proc_status(pid, key):
+    """kB value of key (VmRSS, VmHWM) from /proc/PID/status, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_cpu_ticks(pids):
+    """utime+stime (clock ticks) summed over pids; missing pids count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def core_background(cpu, secs=1.0):
+    """Busy fraction of a core over secs while we do nothing on it (noise from other tenants)."""
+    a = cpu_jiffies()
+    time.sleep(secs)
+    b = cpu_jiffies()
+    busy, total = b[cpu][0] - a[cpu][0], b[cpu][1] - a[cpu][1]
+    return busy / total if total else None
+
+
+def children_of(pid):
+    kids = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(path) as f:
+                kids += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def gateway_pids(proc):
+    """The gateway's processes: the leader plus its direct children (nginx master + worker)."""
+    if proc is None or proc.poll() is not None:
+        return []
+    return [proc.pid] + children_of(proc.pid)
+
+
+def mem_kb(proc, key):
+    pids = gateway_pids(proc)
+    vals = [proc_status(p, key) for p in pids]
+    vals = [v for v in vals if v is not None]
+    return (sum(vals), {str(p): proc_status(p, key) for p in pids}) if vals else (None, {})
+
+
+# --------------------------------------------------------------------------- targets
+
+NGINX_COMMON = """
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {wc}; use epoll; multi_accept off; }}
+"""
+
+NGINX_TEMPS = """
+    client_body_temp_path {dir}/tmp_body;
+    proxy_temp_path {dir}/tmp_proxy;
+    fastcgi_temp_path {dir}/tmp_fastcgi;
+    uwsgi_temp_path {dir}/tmp_uwsgi;
+    scgi_temp_path {dir}/tmp_scgi;
+"""
+
+UPSTREAM_CONF = NGINX_COMMON + """
+http {{
+    access_log off;
+""" + NGINX_TEMPS + """
+    sendfile on;
+    tcp_nopush off;
+    tcp_nodelay on;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    open_file_cache max=16 inactive=300s;
+    open_file_cache_valid 300s;
+    server_tokens off;
+    server {{
+        listen {host}:{port} reuseport backlog=4096;
+        root {dir}/www;
+        default_type application/octet-stream;
+        location = /small {{ }}
+        location = /16k {{ }}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+
+PROXY_CONF = NGINX_COMMON + """
+http {{
+    access_log off;
+""" + NGINX_TEMPS + """
+    tcp_nodelay on;
+    keepalive_timeout 300s;
+    keepalive_requests 10000000;
+    server_tokens off;
+    upstream bench {{
+        server {host}:{upport};
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen {host}:{port} backlog=4096;
+        location / {{
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+            proxy_buffer_size 8k;
+            proxy_buffers 8 8k;
+            proxy_busy_buffers_size 16k;
+        }}
+    }}
+}}
+"""
+
+RINGGATE_CONF = """[server]
+listen = ["{host}:{port}"]
+workers = 1
+[[upstreams]]
+name = "bench"
+targets = [{{ target = "{host}:{upport}", weight = 100 }}]
+[[services]]
+name = "bench"
+upstream = "bench"
+[[routes]]
+name = "all"
+service = "bench"
+paths = ["/"]
+strip_path = false
+"""
+
+
+class Target:
+    def __init__(self, name, port, proc=None, error=None):
+        self.name, self.port, self.proc, self.error = name, port, proc, error
+
+    def alive(self):
+        return self.error is None and (self.proc is None or self.proc.poll() is None)
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def nginx_prefix(run_dir, name, conf_tpl, **kw):
+    d = os.path.join(run_dir, name)
+    os.makedirs(d, exist_ok=True)
+    for t in ("tmp_body", "tmp_proxy", "tmp_fastcgi", "tmp_uwsgi", "tmp_scgi"):
+        os.makedirs(os.path.join(d, t), exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    write(conf, conf_tpl.format(dir=d, host=HOST, nofile=NOFILE, **kw))
+    return d, conf
+
+
+def start_nginx(d, conf, cpu):
+    argv = [CFG["nginx_bin"], "-p", d + "/", "-c", conf, "-e", os.path.join(d, "error.log"), "-g", "daemon off;"]
+    # nginx -t first, so a config error is reported as such
+    t = subprocess.run(argv[:-2] + ["-t"], capture_output=True, text=True, timeout=20)
+    if t.returncode != 0:
+        raise RuntimeError(f"nginx -t failed for {conf}:\n{t.stderr}")
+    return PROCS.start(argv, os.path.join(d, "stdout.log"), cpu=cpu, group=True)
+
+
+def start_upstream(run_dir, port):
+    d, conf = nginx_prefix(run_dir, "upstream", UPSTREAM_CONF, port=port, wc=min(16384, NOFILE - 100))
+    www = os.path.join(d, "www")
+    os.makedirs(www, exist_ok=True)
+    for name, size in SIZES.items():
+        line = (b"ringgate load test payload 0123456789abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ!\n")
+        write_bytes = (line * (size // len(line) + 1))[:size - 1] + b"\n"
+        with open(os.path.join(www, name), "wb") as f:
+            f.write(write_bytes)
+    os.chmod(d, 0o755)
+    os.chmod(www, 0o755)
+    p = start_nginx(d, conf, CFG["gen_cpu"])
+    if not wait_port(port, p, 15):
+        raise RuntimeError("upstream nginx did not start:\n" + tail(os.path.join(d, "error.log")) +
+                           tail(os.path.join(d, "stdout.log")))
+    return p
+
+
+def start_nginx_proxy(run_dir, port, upport, tag="nginx"):
+    d, conf = nginx_prefix(run_dir, tag, PROXY_CONF, port=port, upport=upport,
+                           wc=min(max(4096, CFG["idle_conns"] + 2048), NOFILE - 100))
+    p = start_nginx(d, conf, CFG["gw_cpu"])
+    if not wait_port(port, p, 15):
+        return p, "nginx proxy did not start:\n" + tail(os.path.join(d, "error.log"))
+    return p, None
+
+
+def start_ringgate(run_dir, port, upport, tag="ringgate"):
+    d = os.path.join(run_dir, tag)
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "ringgate.toml")
+    write(conf, RINGGATE_CONF.format(host=HOST, port=port, upport=upport))
+    logpath = os.path.join(d, "ringgate.log")
+    binp = CFG["ringgate_bin"]
+    if CFG["ringgate_build_status"] not in ("", "0"):
+        return None, (f"`cargo build --release` failed (exit {CFG['ringgate_build_status']}); "
+                      f"see {os.path.basename(CFG['ringgate_build_log']) or 'build.log'}:\n"
+                      + tail(CFG["ringgate_build_log"], 25))
+    if not os.access(binp, os.X_OK):
+        return None, f"{binp} not found or not executable"
+    p = PROCS.start([binp, "run", conf, "--workers", "1"], logpath, cpu=CFG["gw_cpu"])
+    if not wait_port(port, p, 15):
+        rc = p.poll()
+        PROCS.stop(p)
+        if rc is None:
+            how = "did not accept connections within 15 s"
+        elif rc < 0:
+            try:
+                how = f"was killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                how = f"was killed by signal {-rc}"
+        else:
+            how = f"exited with status {rc}"
+        logtail = tail(logpath, 25)
+        last = " ".join(l.strip() for l in logtail.strip().splitlines()[-2:])[:300]
+        return None, (f"`ringgate run CONFIG --workers 1` {how}" + (f": {last}" if last else "")
+                      + f"\nconfig: {conf}\nlog tail:\n{logtail}")
+    return p, None
+
+
+def verify(target):
+    """Functional check through the target before measuring it."""
+    for size in sorted(set(CFG["sizes"]) | set(CFG["lat_sizes"])):
+        err = http_check(target.port, "/" + size, SIZES[size])
+        if err:
+            return err
+    return None
+
+
+# --------------------------------------------------------------------------- load runs
+
+def wrk_run(target, size, conns, duration, tag, run_dir, rnd=None):
+    threads = max(1, min(CFG["wrk_threads"], conns))
+    url = f"http://{HOST}:{target.port}/{size}"
+    argv = [CFG["wrk_bin"], "-t", str(threads), "-c", str(conns), "-d", f"{duration:g}s",
+            "--timeout", "5s", "-s", os.path.join(HERE, "wrk_report.lua"), url]
+    logpath = os.path.join(run_dir, "logs", f"{tag}.log")
+    gpids = gateway_pids(target.proc)
+    p0 = proc_cpu_ticks(gpids)
+    j0, t0 = cpu_jiffies(), time.monotonic()
+    rc, out = run_bounded(argv, duration + 30, logpath, cpu=CFG["gen_cpu"])
+    j1, wall = cpu_jiffies(), time.monotonic() - t0
+    p1 = proc_cpu_ticks(gpids)
+    rec = {"kind": "wrk", "target": target.name, "size": size, "conns": conns, "threads": threads,
+           "round": rnd, "duration_s": duration, "rc": rc, "wall_s": round(wall, 3)}
+    m = re.search(r"^WRKJSON (\{.*\})$", out, re.M)
+    if rc != 0 or not m:
+        rec["error"] = f"wrk exit {rc}: " + out[-400:]
+        return rec
+    w = json.loads(m.group(1))
+    secs = w["duration_us"] / 1e6
+    rec.update(requests=w["requests"], bytes=w["bytes"], errors=w["errors"], run_s=round(secs, 3),
+               rps=w["requests"] / secs if secs else 0.0,
+               lat_mean_us=w["lat_mean_us"], lat_max_us=w["lat_max_us"], lat_pct_us=w["lat_pct_us"])
+    rec["error_count"] = sum(w["errors"].values())
+    util = {}
+    for cpu in (CFG["gen_cpu"], CFG["gw_cpu"]):
+        busy = j1[cpu][0] - j0[cpu][0]
+        total = j1[cpu][1] - j0[cpu][1]
+        util[cpu] = (busy, total)
+    gb, gt = util[CFG["gw_cpu"]]
+    lb, lt = util[CFG["gen_cpu"]]
+    rec["gw_core_busy_s"] = gb / CLK_TCK
+    rec["gw_core_util"] = gb / gt if gt else None
+    rec["gen_core_util"] = lb / lt if lt else None
+    if target.name == "direct":
+        rec["cpu_us_per_req"] = None  # core 1 idle: nothing to attribute
+        rec["proc_cpu_us_per_req"] = None
+    else:
+        rec["cpu_us_per_req"] = (gb / CLK_TCK) * 1e6 / w["requests"] if w["requests"] else None
+        # cross-check: the gateway processes' own utime+stime (excludes other tenants on core 1,
+        # and softirq work not charged to the process)
+        rec["gw_proc_cpu_s"] = (p1 - p0) / CLK_TCK
+        rec["proc_cpu_us_per_req"] = rec["gw_proc_cpu_s"] * 1e6 / w["requests"] if w["requests"] else None
+    # noise indicator: core-1 busy time not accounted to the gateway processes (other tenants, plus
+    # softirq work not charged to them), as a fraction of the run
+    gw_secs = (gt / CLK_TCK) if gt else None
+    other = rec["gw_core_busy_s"] - (rec.get("gw_proc_cpu_s") or 0.0)
+    rec["gw_core_other_frac"] = max(0.0, other) / gw_secs if gw_secs else None
+    if not target.alive():
+        rec["error"] = "gateway process died during the run"
+    return rec
+
+
+def oha_flags():
+    """Version-dependent oha flags: JSON output and db support."""
+    try:
+        h = subprocess.run([CFG["oha_bin"], "--help"], capture_output=True, text=True, timeout=10).stdout
+        v = subprocess.run([CFG["oha_bin"], "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    flags = {"version": v}
+    flags["json"] = ["--output-format", "json"] if "--output-format" in h else ["--json"] if "--json" in h else None
+    flags["no_tui"] = ["--no-tui"] if "--no-tui" in h else []
+    flags["latency_correction"] = ["--latency-correction"] if "--latency-correction" in h else []
+    flags["db"] = "--db-url" in h
+    flags["disable_keepalive"] = "--disable-keepalive" in h
+    return flags if flags["json"] else None
+
+
+def pct_from_sorted(vals, p):
+    if not vals:
+        return None
+    k = (len(vals) - 1) * p / 100.0
+    f, c = math.floor(k), math.ceil(k)
+    return vals[f] if f == c else vals[f] + (vals[c] - vals[f]) * (k - f)
+
+
+HDR_PCTS = [0, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 92.5, 95, 96.875, 97.5, 98.4375, 99,
+            99.21875, 99.5, 99.609375, 99.75, 99.8046875, 99.9, 99.9375, 99.96875, 99.99, 99.999, 100]
+
+
+def oha_run(target, size, tag, run_dir, flags, rnd=None):
+    url = f"http://{HOST}:{target.port}/{size}"
+    dur = CFG["lat_duration_s"]
+    db = os.path.join(run_dir, "logs", f"{tag}.sqlite")
+    argv = [CFG["oha_bin"], "-q", str(CFG["lat_rate"]), "-c", str(CFG["lat_conns"]), "-z", f"{dur:g}s",
+            "-t", "5s"] + flags["latency_correction"] + flags["no_tui"] + flags["json"]
+    if flags["db"]:
+        argv += ["--db-url", db]
+    argv.append(url)
+    logpath = os.path.join(run_dir, "logs", f"{tag}.log")
+    rc, out = run_bounded(argv, dur + 60, logpath, cpu=CFG["gen_cpu"])
+    rec = {"kind": "oha", "target": target.name, "size": size, "round": rnd, "rate": CFG["lat_rate"],
+           "conns": CFG["lat_conns"], "duration_s": dur, "rc": rc}
+    try:
+        j = json.loads(out[out.index("{"):])
+    except ValueError:
+        rec["error"] = f"oha exit {rc}: " + out[-400:] + tail(logpath, 5)
+        return rec
+    s = j.get("summary", {})
+    rec["success_rate"] = s.get("successRate")
+    rec["achieved_rps"] = s.get("requestsPerSec")
+    rec["status_codes"] = j.get("statusCodeDistribution")
+    rec["error_distribution"] = j.get("errorDistribution")
+    lp = j.get("latencyPercentiles") or {}
+    rec["oha_pct_ms"] = {k: (v * 1e3 if v is not None else None) for k, v in lp.items()}
+    # full distribution from the per-request db (duration = end - corrected start), else oha's own
+    dist = None
+    if flags["db"] and os.path.exists(db):
+        try:
+            con = sqlite3.connect(db)
+            vals = sorted(r[0] for r in con.execute("SELECT duration FROM oha WHERE status = 200"))
+            con.close()
+            rec["samples"] = len(vals)
+            dist = {str(p): pct_from_sorted(vals, p) * 1e3 for p in HDR_PCTS} if vals else None
+            os.remove(db)  # raw per-request data is large; the distribution is kept in runs.json
+        except sqlite3.Error as e:
+            rec["db_error"] = str(e)
+    if dist is None and lp:
+        dist = {}
+        for k, v in lp.items():
+            if v is not None:
+                dist[k.lstrip("p")] = v * 1e3
+    rec["dist_ms"] = dist
+    if not target.alive():
+        rec["error"] = "gateway process died during the run"
+    return rec
+
+
+# --------------------------------------------------------------------------- idle connections
+
+def idle_step(name, run_dir, upport, results):
+    port = free_port()
+    tag = f"idle-{name}"
+    if name == "nginx":
+        p, err = start_nginx_proxy(run_dir, port, upport, tag=tag)
+    else:
+        p, err = start_ringgate(run_dir, port, upport, tag=tag)
+    rec = {"target": name, "n": CFG["idle_conns"]}
+    try:
+        if err:
+            rec["error"] = err
+            return rec
+        t = Target(name, port, p)
+        e = verify(t)
+        if e:
+            rec["error"] = e
+            return rec
+        # warm-up: a few hundred keep-alive requests so pools/buffers exist before the baseline
+        c = http.client.HTTPConnection(HOST, port, timeout=5)
+        for _ in range(300):
+            c.request("GET", "/small")
+            c.getresponse().read()
+        c.close()
+        time.sleep(0.5)
+        rec["baseline_rss_kb"], rec["baseline_by_pid"] = mem_kb(p, "VmRSS")
+        logpath = os.path.join(run_dir, "logs", f"{tag}.log")
+        argv = [sys.executable, os.path.join(HERE, "idle_conns.py"), "--port", str(port), "-n",
+                str(CFG["idle_conns"]), "--open-timeout", "90", "--hold", "60"]
+        ic = PROCS.start(argv, logpath, cpu=CFG["gen_cpu"], stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        line = _readline_timeout(ic, 120)
+        if not line:
+            rec["error"] = "idle client produced no result: " + tail(logpath, 10)
+            PROCS.stop(ic)
+            return rec
+        ready = json.loads(line)
+        rec["client"] = ready
+        time.sleep(2.0)
+        rec["rss_kb"], rec["rss_by_pid"] = mem_kb(p, "VmRSS")
+        rec["hwm_kb"], _ = mem_kb(p, "VmHWM")
+        try:
+            ic.stdin.write(b"done\n")
+            ic.stdin.flush()
+        except OSError:
+            pass
+        line = _readline_timeout(ic, 30)
+        if line:
+            rec["still_open"] = json.loads(line).get("still_open")
+        PROCS.stop(ic)
+        if rec["rss_kb"] is None:
+            rec["error"] = "gateway exited while holding the connections: " + tail(logpath, 5)
+            return rec
+        opened = ready.get("opened") or 0
+        rec["delta_kb"] = rec["rss_kb"] - rec["baseline_rss_kb"]
+        rec["bytes_per_conn"] = rec["delta_kb"] * 1024 / opened if opened else None
+        if opened < CFG["idle_conns"]:
+            rec["warning"] = f"only {opened} of {CFG['idle_conns']} connections opened: {ready.get('errors')}"
+        return rec
+    finally:
+        PROCS.stop(p)
+
+
+def _readline_timeout(p, timeout):
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            break
+        ch = os.read(p.stdout.fileno(), 65536)
+        if not ch:
+            break
+        buf += ch
+        if b"\n" in buf:
+            sel.close()
+            return buf.split(b"\n", 1)[0].decode()
+    sel.close()
+    return None
+
+
+# --------------------------------------------------------------------------- machine info
+
+def sh(cmd, timeout=10):
+    try:
+        r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout)
+        return (r.stdout + r.stderr).strip()
+    except subprocess.TimeoutExpired:
+        return "(timed out)"
+
+
+def machine_info():
+    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-").strip()
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "os": sh(". /etc/os-release 2>/dev/null && echo \"$PRETTY_NAME\""),
+        "mem": sh("free -h | awk '/Mem:/{print $2}'"),
+        "nginx": sh(f"{CFG['nginx_bin']} -v"),
+        "wrk": sh(f"{CFG['wrk_bin']} -v | head -1"),
+        "oha": sh(f"{CFG['oha_bin']} --version") if CFG["oha_bin"] and os.path.exists(CFG["oha_bin"]) else "missing",
+        "ringgate": sh(f"{CFG['ringgate_bin']} --version") if os.path.exists(CFG["ringgate_bin"]) else "missing",
+        "ringgate_git": sh(f"git -C {ROOT} rev-parse --short HEAD; git -C {ROOT} status --porcelain | wc -l"),
+        "python": platform.python_version(),
+        "clk_tck": CLK_TCK,
+        "loadavg_start": sh("cat /proc/loadavg"),
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+        "governor": sh("cat /sys/devices/system/cpu/cpu1/cpufreq/scaling_governor 2>/dev/null || echo n/a"),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+def main():
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+    try:
+        os.sched_setaffinity(0, {CFG["gen_cpu"]})  # this script and its load generators: core 0
+    except OSError as e:
+        log(f"warning: could not pin harness to core {CFG['gen_cpu']}: {e}")
+    global NOFILE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, CFG["idle_conns"] + 4096)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if NOFILE < CFG["idle_conns"] + 1024:
+        log(f"warning: RLIMIT_NOFILE is {NOFILE}: too low for {CFG['idle_conns']} idle connections "
+            "(raise the hard limit or lower IDLE_CONNS)")
+
+    stamp = os.environ.get("REPORT_STAMP") or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    report_dir = os.environ.get("REPORT_DIR") or os.path.join(HERE, "reports", stamp)
+    os.makedirs(report_dir, exist_ok=True)
+    run_dir = tempfile.mkdtemp(prefix="ringgate-lt-")
+    os.chmod(run_dir, 0o755)
+    os.makedirs(os.path.join(run_dir, "logs"))
+    log(f"run dir {run_dir}; report dir {report_dir}")
+    t_start = time.time()
+    data = {"config": CFG, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine_info(), "targets": {}, "runs": [], "latency": [], "peak_rss": {},
+            "idle": [], "notes": []}
+    try:
+        _bench(data, run_dir)
+    except BaseException as e:  # noqa: BLE001 - still write what we have, then re-raise
+        why = f"exit status {e.code} (signal / global TIMEOUT guard)" if isinstance(e, SystemExit) else \
+            f"{type(e).__name__}: {e}"
+        data["notes"].append(f"RUN INCOMPLETE: stopped early by {why}; the tables hold the runs done so far")
+        log(f"run stopped early: {why}")
+        raise
+    finally:
+        PROCS.stop_all()
+        data["elapsed_s"] = round(time.time() - t_start, 1)
+        data["run_dir"] = run_dir
+        # keep configs + gateway logs with the report (small); drop the rest of the temp dir
+        keep = os.path.join(report_dir, "configs")
+        os.makedirs(keep, exist_ok=True)
+        for path in glob.glob(os.path.join(run_dir, "*", "nginx.conf")) + glob.glob(
+                os.path.join(run_dir, "*", "ringgate.toml")):
+            shutil.copy(path, os.path.join(keep, path.split(os.sep)[-2] + "-" + os.path.basename(path)))
+        for path in glob.glob(os.path.join(run_dir, "*", "ringgate.log")) + glob.glob(
+                os.path.join(run_dir, "*", "error.log")):
+            if os.path.getsize(path) > 0:
+                with open(path, "rb") as f:
+                    f.seek(max(0, os.path.getsize(path) - 20000))
+                    chunk = f.read()
+                with open(os.path.join(keep, path.split(os.sep)[-2] + "-" + os.path.basename(path)), "wb") as f:
+                    f.write(chunk)
+        with open(os.path.join(report_dir, "runs.json"), "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        import report  # noqa: E402 - sibling module
+        report.write_report(data, report_dir)
+        if os.environ.get("KEEP_RUN_DIR", "") in ("", "0"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        log(f"report: {os.path.join(report_dir, 'report.md')}")
+
+
+def run_hist_cmd(data, targets, run_dir):
+    """GATEWAY_HIST_CMD runs while the gateways are still up (after the load runs), with
+    RINGGATE_PORT / RINGGATE_PID / RINGGATE_LOG / NGINX_PORT / UPSTREAM_PORT / RUN_DIR in its env."""
+    log("running GATEWAY_HIST_CMD")
+    env = dict(os.environ, RUN_DIR=run_dir)
+    for t in targets:
+        if t.name == "direct":
+            env["UPSTREAM_PORT"] = str(t.port)
+        elif t.alive():
+            env[t.name.upper() + "_PORT"] = str(t.port)
+            env[t.name.upper() + "_PID"] = str(t.proc.pid)
+    env["RINGGATE_LOG"] = os.path.join(run_dir, "ringgate", "ringgate.log")
+    try:
+        r = subprocess.run(CFG["gateway_hist_cmd"], shell=True, capture_output=True, text=True, timeout=120,
+                           cwd=ROOT, env=env, start_new_session=True)
+        data["gateway_hist"] = {"rc": r.returncode, "output": (r.stdout + r.stderr)[-50000:]}
+    except subprocess.TimeoutExpired:
+        data["gateway_hist"] = {"rc": None, "output": "(timed out after 120 s)"}
+
+
+def _bench(data, run_dir):
+    upport = free_port()
+    log(f"starting upstream nginx on {HOST}:{upport} (core {CFG['gen_cpu']})")
+    up = start_upstream(run_dir, upport)
+    targets = []
+    for name in CFG["targets"]:
+        port = free_port()
+        if name == "direct":
+            t = Target("direct", upport, None)
+        elif name == "nginx":
+            p, err = start_nginx_proxy(run_dir, port, upport)
+            t = Target("nginx", port, p, err)
+        else:
+            p, err = start_ringgate(run_dir, port, upport)
+            t = Target("ringgate", port, p, err)
+        if t.error is None:
+            e = verify(t)
+            if e:
+                t.error = "functional check failed: " + e
+        if t.error:
+            log(f"target {name}: NOT MEASURED: {t.error.splitlines()[0]}")
+        else:
+            log(f"target {name}: ready on port {t.port}")
+        data["targets"][name] = {"port": t.port, "pid": t.proc.pid if t.proc else None, "error": t.error}
+        targets.append(t)
+    if up.poll() is not None:
+        raise RuntimeError("upstream died")
+
+    live = [t for t in targets if t.alive()]
+    for t in live:
+        log(f"warm-up {t.name} ({CFG['warmup_s']:g}s, c=64)")
+        wrk_run(t, "small", 64, CFG["warmup_s"], f"warmup-{t.name}", run_dir)
+
+    bg = core_background(CFG["gw_cpu"], 1.0)
+    data["machine"]["gw_core_background_busy"] = bg
+    log(f"core {CFG['gw_cpu']} busy with nothing of ours on it: {bg * 100:.1f}% (noise from other tenants)")
+    if bg is not None and bg > 0.05:
+        data["notes"].append(f"core {CFG['gw_cpu']} was {bg * 100:.0f}% busy before the runs with no gateway load: "
+                             "CPU µs/req from /proc/stat is inflated by other work; see the process-time column")
+
+    oha = oha_flags()
+    if oha is None:
+        data["notes"].append("oha not available: fixed-rate latency step skipped")
+        log("oha not available: fixed-rate latency step skipped")
+    else:
+        data["machine"]["oha_flags"] = oha
+
+    total = CFG["rounds"] * len(CFG["sizes"]) * len(CFG["conns"]) * len(live)
+    n = 0
+    for rnd in range(1, CFG["rounds"] + 1):
+        for size in CFG["sizes"]:
+            for conns in CFG["conns"]:
+                for t in targets:  # A B C, same order every round
+                    if not t.alive():
+                        if t.proc is not None and t.error is None:
+                            t.error = f"process exited (status {t.proc.poll()}) during the run"
+                            data["targets"][t.name]["error"] = t.error
+                            log(f"target {t.name} died: {t.error}")
+                        continue
+                    n += 1
+                    rec = wrk_run(t, size, conns, CFG["duration_s"], f"wrk-r{rnd}-{t.name}-{size}-c{conns}",
+                                  run_dir, rnd)
+                    data["runs"].append(rec)
+                    cpu = rec.get("cpu_us_per_req")
+                    log(f"[{n}/{total}] r{rnd} {t.name:8s} /{size:5s} c={conns:<3d} "
+                        + (f"{rec['rps']:9.0f} req/s  gw {cpu:.2f} us/req" if cpu is not None and "rps" in rec
+                           else f"{rec['rps']:9.0f} req/s" if "rps" in rec else "ERROR " + rec.get("error", "")[:200])
+                        + (f"  errors={rec['error_count']}" if rec.get("error_count") else ""))
+        if oha is not None:
+            for size in CFG["lat_sizes"]:
+                for t in targets:
+                    if not t.alive():
+                        continue
+                    rec = oha_run(t, size, f"oha-r{rnd}-{t.name}-{size}", run_dir, oha, rnd)
+                    data["latency"].append(rec)
+                    pc = rec.get("dist_ms") or {}
+                    log(f"latency r{rnd} {t.name:8s} /{size:5s} @{CFG['lat_rate']}/s "
+                        + (" ".join(f"p{k}={pc[k]:.3f}ms" for k in ("50", "99", "99.9") if pc.get(k) is not None)
+                           if "error" not in rec else "ERROR " + rec["error"][:200]))
+
+    for t in targets:
+        if t.proc is not None:
+            hwm, by_pid = mem_kb(t.proc, "VmHWM")
+            data["peak_rss"][t.name] = {"kb": hwm, "by_pid": by_pid}
+    if CFG["gateway_hist_cmd"]:
+        run_hist_cmd(data, targets, run_dir)
+    for t in targets:
+        if t.proc is not None:
+            PROCS.stop(t.proc)
+
+    if CFG["idle_conns"] > 0:
+        for name in GATEWAYS:
+            if name not in CFG["targets"]:
+                continue
+            if data["targets"].get(name, {}).get("error") and name == "ringgate":
+                data["idle"].append({"target": name, "n": CFG["idle_conns"],
+                                     "error": "not started: " + data["targets"][name]["error"].splitlines()[0]})
+                continue
+            log(f"idle connections: {CFG['idle_conns']} to a fresh {name}")
+            rec = idle_step(name, run_dir, upport, data["idle"])
+            data["idle"].append(rec)
+            if rec.get("bytes_per_conn") is not None:
+                log(f"  {name}: baseline {rec['baseline_rss_kb']} kB, with {rec['client']['opened']} idle conns "
+                    f"{rec['rss_kb']} kB -> {rec['bytes_per_conn']:.0f} B/conn")
+            else:
+                log(f"  {name}: {rec.get('error', '?').splitlines()[0]}")
+
+    PROCS.stop(up)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, HERE)
+    main()

@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Turn runs.json into report.md + HDR percentile plots (hand-written SVG). stdlib only.
+
+Usage: python3 loadtest/report.py REPORT_DIR   (re-renders from REPORT_DIR/runs.json)
+bench.py calls write_report() at the end of every run.
+"""
+import json
+import math
+import os
+import statistics
+import sys
+
+TARGETS = ("direct", "ringgate", "nginx")
+COLORS = {"direct": "#555555", "ringgate": "#d62728", "nginx": "#1f77b4"}
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt_num(x, digits=0):
+    if x is None:
+        return "n/a"
+    return f"{x:,.{digits}f}"
+
+
+def fmt_range(xs, digits=0):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "n/a"
+    m = statistics.median(xs)
+    if len(xs) == 1:
+        return fmt_num(m, digits)
+    return f"{fmt_num(m, digits)} [{fmt_num(min(xs), digits)}–{fmt_num(max(xs), digits)}]"
+
+
+def ratio(a, b, digits=2):
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.{digits}f}"
+
+
+def pct_label(p):
+    return f"{float(p):g}"
+
+
+# --------------------------------------------------------------------------- SVG
+
+def hdr_svg(series, title, xmax_pct=99.999):
+    """series: {target: {pct(str): latency_ms}} -> SVG text. x = log10(1/(1-p)), like HdrHistogram plots."""
+    W, H, L, R, T, B = 860, 500, 80, 150, 50, 60
+    pw, ph = W - L - R, H - T - B
+    xmax = math.log10(1 / (1 - xmax_pct / 100))
+    pts = {}
+    ymax = 0.0
+    for tgt, dist in series.items():
+        row = []
+        for k, v in dist.items():
+            p = float(k)
+            if v is None or p >= 100 or p > xmax_pct + 1e-9:
+                continue
+            row.append((math.log10(1 / (1 - p / 100)), v))
+            ymax = max(ymax, v)
+        pts[tgt] = sorted(row)
+    if ymax <= 0:
+        ymax = 1.0
+    step = nice_step(ymax / 6)
+    ytop = step * math.ceil(ymax * 1.05 / step)
+
+    def X(x):
+        return L + pw * x / xmax
+
+    def Y(y):
+        return T + ph * (1 - y / ytop)
+
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+         'font-family="sans-serif" font-size="12">',
+         f'<rect width="{W}" height="{H}" fill="white"/>',
+         f'<text x="{L + pw / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{esc(title)}</text>']
+    # grid + axes
+    for i in range(int(math.floor(xmax + 1e-6)) + 1):
+        x = X(i)
+        lab = "0%" if i == 0 else f"{100 - 10 ** (2 - i):g}%"
+        o.append(f'<line x1="{x:.1f}" y1="{T}" x2="{x:.1f}" y2="{T + ph}" stroke="#ddd"/>')
+        o.append(f'<text x="{x:.1f}" y="{T + ph + 18}" text-anchor="middle">{lab}</text>')
+    y = 0.0
+    while y <= ytop + 1e-12:
+        yy = Y(y)
+        o.append(f'<line x1="{L}" y1="{yy:.1f}" x2="{L + pw}" y2="{yy:.1f}" stroke="#ddd"/>')
+        o.append(f'<text x="{L - 6}" y="{yy + 4:.1f}" text-anchor="end">{y:g}</text>')
+        y += step
+    o.append(f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
+    o.append(f'<text x="{L + pw / 2}" y="{H - 15}" text-anchor="middle">percentile (log scale of 1/(1-p))</text>')
+    o.append(f'<text x="18" y="{T + ph / 2}" text-anchor="middle" transform="rotate(-90 18 {T + ph / 2})">'
+             'latency (ms)</text>')
+    for i, (tgt, row) in enumerate(pts.items()):
+        if not row:
+            continue
+        c = COLORS.get(tgt, "#2ca02c")
+        path = " ".join(f"{X(x):.1f},{Y(v):.1f}" for x, v in row)
+        o.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{path}"/>')
+        for x, v in row:
+            o.append(f'<circle cx="{X(x):.1f}" cy="{Y(v):.1f}" r="2.2" fill="{c}"/>')
+        ly = T + 20 + 22 * i
+        o.append(f'<line x1="{L + pw + 15}" y1="{ly}" x2="{L + pw + 45}" y2="{ly}" stroke="{c}" stroke-width="3"/>')
+        o.append(f'<text x="{L + pw + 52}" y="{ly + 4}">{esc(tgt)}</text>')
+    o.append("</svg>")
+    return "\n".join(o) + "\n"
+
+
+def nice_step(x):
+    if x <= 0:
+        return 1.0
+    e = 10 ** math.floor(math.log10(x))
+    for m in (1, 2, 2.5, 5, 10):
+        if x <= m * e:
+            return m * e
+    return 10 * e
+
+
+def esc(s):
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --------------------------------------------------------------------------- report
+
+def write_report(data, out_dir):
+    cfg = data["config"]
+    runs = [r for r in data["runs"] if "rps" in r]
+    lat = [r for r in data.get("latency", []) if r.get("dist_ms")]
+    tinfo = data.get("targets", {})
+    present = [t for t in TARGETS if t in tinfo]
+    L = []
+    w = L.append
+    w(f"# ringgate load test — {data.get('started', '?')}")
+    w("")
+    mode = "QUICK smoke run (1 round, short runs: numbers are indicative only)" if cfg.get("quick") else "full run"
+    w(f"Mode: **{mode}**. Rounds: {cfg['rounds']}, wrk duration {cfg['duration_s']:g} s per run, "
+      f"concurrency {', '.join(map(str, cfg['conns']))}, sizes {', '.join('/' + s for s in cfg['sizes'])}; "
+      f"interleaved {' → '.join(present)} per cell and round. Elapsed {data.get('elapsed_s', '?')} s.")
+    w("")
+    w("> **Caveat — read this first.** This machine has 2 cores. Core 0 runs the load generator *and* the "
+      "upstream; core 1 runs only the gateway (one worker). At high concurrency the load generator + upstream "
+      "core saturates first (see the *core 0 busy* column), so req/s for the gateways are capped by core 0, "
+      "not by the gateway, and the throughput ratios understate the gap between a fast and a slow gateway. "
+      "The fair comparison is **gateway-core CPU µs per request** (core 1 busy time / requests). "
+      "The machine is shared and noisy: prefer medians and look at the [min–max] spread.")
+    w("")
+
+    # ---- targets
+    w("## Targets")
+    w("")
+    w("| target | status |")
+    w("|---|---|")
+    for t in present:
+        err = tinfo[t].get("error")
+        if err:
+            w(f"| {t} | **NOT MEASURED** — {esc(err.splitlines()[0])} |")
+        else:
+            w(f"| {t} | measured (port {tinfo[t]['port']}) |")
+    w("")
+    for t in present:
+        err = tinfo[t].get("error")
+        if err and len(err.splitlines()) > 1:
+            w(f"<details><summary>{t}: failure details</summary>\n\n```\n{err.strip()}\n```\n</details>\n")
+    for note in data.get("notes", []):
+        w(f"- Note: {esc(note)}")
+    if data.get("notes"):
+        w("")
+    failed = [r for r in data["runs"] if "error" in r]
+    if failed:
+        w(f"{len(failed)} run(s) had errors:")
+        w("")
+        for r in failed[:20]:
+            w(f"- r{r.get('round')} {r['target']} /{r['size']} c={r['conns']}: `{esc(r['error'][:200])}`")
+        w("")
+
+    def cell(target, size, conns, key):
+        return [r.get(key) for r in runs if r["target"] == target and r["size"] == size and r["conns"] == conns]
+
+    # ---- throughput
+    w("## Throughput (wrk, req/s, median [min–max] over rounds)")
+    w("")
+    hdr = "| size | conns | " + " | ".join(present) + " | ringgate/nginx | ringgate/direct | core 0 busy | errors |"
+    w(hdr)
+    w("|" + "---|" * (hdr.count("|") - 1))
+    for size in cfg["sizes"]:
+        for c in cfg["conns"]:
+            meds = {t: med(cell(t, size, c, "rps")) for t in present}
+            gen = med(cell_all(runs, size, c, "gen_core_util"))
+            errs = sum(r.get("error_count", 0) for r in runs if r["size"] == size and r["conns"] == c)
+            w(f"| /{size} | {c} | " + " | ".join(fmt_range(cell(t, size, c, "rps")) for t in present)
+              + f" | {ratio(meds.get('ringgate'), meds.get('nginx'))} | {ratio(meds.get('ringgate'), meds.get('direct'))}"
+              + f" | {fmt_num(gen * 100) + '%' if gen is not None else 'n/a'} | {errs} |")
+    w("")
+    w("*core 0 busy*: median utilisation of the load-generator + upstream core during the runs of that row "
+      "(~100% means the numbers are capped by the load generator, not the gateway).")
+    w("")
+
+    # ---- CPU per request
+    gws = [t for t in ("ringgate", "nginx") if t in present]
+    w("## Gateway CPU per request (µs / request, median [min–max])")
+    w("")
+    w("**core 1**: busy = user+nice+system+irq+softirq+steal jiffies of cpu1 in /proc/stat over each wrk run, "
+      "divided by the requests of that run — everything the gateway core did, including kernel network work. "
+      "This is the fair efficiency comparison. **process**: the gateway processes' own utime+stime "
+      "(/proc/PID/stat; nginx master + worker) — a cross-check that is immune to other tenants on core 1 but "
+      "misses softirq work not charged to the process. Lower is better. *direct* has no gateway: n/a. "
+      f"Resolution: 1 jiffy = {1e6 / data.get('machine', {}).get('clk_tck', 100):.0f} µs per run.")
+    w("")
+    hdr = ("| size | conns | " + " | ".join(f"{t} core 1" for t in gws) + " | ringgate/nginx | "
+           + " | ".join(f"{t} process" for t in gws) + " | core 1 busy (" + " / ".join(gws) + ") |")
+    w(hdr)
+    w("|" + "---|" * (hdr.count("|") - 1))
+    for size in cfg["sizes"]:
+        for c in cfg["conns"]:
+            meds = {t: med(cell(t, size, c, "cpu_us_per_req")) for t in gws}
+            utils = []
+            for t in gws:
+                u = med(cell(t, size, c, "gw_core_util"))
+                utils.append(f"{u * 100:.0f}%" if u is not None else "n/a")
+            w(f"| /{size} | {c} | " + " | ".join(fmt_range(cell(t, size, c, "cpu_us_per_req"), 2) for t in gws)
+              + f" | {ratio(meds.get('ringgate'), meds.get('nginx'))} | "
+              + " | ".join(fmt_range(cell(t, size, c, "proc_cpu_us_per_req"), 2) for t in gws)
+              + f" | {' / '.join(utils)} |")
+    w("")
+    w("Noise check — share of core 1 busy with something other than the gateway processes during the runs "
+      "(median per target over all runs; for *direct* that is all of core 1's busy time, which should be ~0; "
+      "for the gateways it also contains softirq work not charged to them): "
+      + ", ".join(f"{t} {med([r.get('gw_core_other_frac') for r in runs if r['target'] == t]) * 100:.0f}%"
+                  for t in present if med([r.get('gw_core_other_frac') for r in runs if r['target'] == t]) is not None)
+      + ". If *direct* shows more than a few %, another tenant was using core 1 and the core-1 column is "
+      "inflated: trust the process column or re-run.")
+    w("")
+    bg = data.get("machine", {}).get("gw_core_background_busy")
+    if bg is not None:
+        w(f"Core 1 was {bg * 100:.1f}% busy over 1 s before the runs with the gateways idle (other tenants' noise).")
+        w("")
+
+    # ---- latency
+    w(f"## Latency at a fixed rate (oha, {cfg['lat_rate']} req/s, {cfg['lat_conns']} connections, "
+      f"{cfg['lat_duration_s']:g} s, latency correction on; ms, median over rounds)")
+    w("")
+    if not lat:
+        oha_note = [n for n in data.get("notes", []) if n.startswith("oha")]
+        w("No fixed-rate latency data: " + (oha_note[0] if oha_note else
+          "all oha runs failed, or the run stopped before the latency step (see runs.json)") + ".")
+        w("")
+    else:
+        keys = ["50", "90", "99", "99.9"]
+        w("| size | target | p50 | p90 | p99 | p99.9 | max | achieved req/s | success | added p50 / p99 / p99.9 over direct |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        for size in cfg["lat_sizes"]:
+            dmed = {k: med([r["dist_ms"].get(k) for r in lat if r["target"] == "direct" and r["size"] == size])
+                    for k in keys}
+            for t in present:
+                rs = [r for r in lat if r["target"] == t and r["size"] == size]
+                if not rs:
+                    continue
+                m = {k: med([r["dist_ms"].get(k) for r in rs]) for k in keys}
+                mx = med([r["dist_ms"].get("100") for r in rs])
+                rps = med([r.get("achieved_rps") for r in rs])
+                succ = med([r.get("success_rate") for r in rs])
+                if t == "direct":
+                    added = "—"
+                else:
+                    added = " / ".join(f"{m[k] - dmed[k]:+.3f}" if m[k] is not None and dmed[k] is not None
+                                       else "n/a" for k in ("50", "99", "99.9"))
+                w(f"| /{size} | {t} | " + " | ".join(fmt_num(m[k], 3) for k in keys)
+                  + f" | {fmt_num(mx, 3)} | {fmt_num(rps)} | "
+                  + (f"{succ * 100:.2f}%" if succ is not None else "n/a") + f" | {added} |")
+        w("")
+        w("Achieved req/s below the target rate means the generator could not keep the rate "
+          "(latency correction then charges the delay to the responses).")
+        w("")
+
+    # ---- HDR plots
+    w("## HDR percentile plot")
+    w("")
+    plots = []
+    for size in (cfg["lat_sizes"] if lat else cfg["sizes"]):
+        series = {}
+        for t in present:
+            if lat:
+                dists = [r["dist_ms"] for r in lat if r["target"] == t and r["size"] == size]
+                src = f"oha fixed rate {cfg['lat_rate']}/s"
+            else:
+                dists = [{k: v / 1000 for k, v in r["lat_pct_us"].items()} for r in runs
+                         if r["target"] == t and r["size"] == size and r["conns"] == 64]
+                src = "wrk c=64 (closed loop, no coordinated-omission correction)"
+            if dists:
+                allk = set().union(*[d.keys() for d in dists])
+                series[t] = {k: med([d.get(k) for d in dists]) for k in allk}
+        if series:
+            name = f"hdr-{size}.svg"
+            with open(os.path.join(out_dir, name), "w") as f:
+                f.write(hdr_svg(series, f"/{size} latency by percentile — {src}"))
+            plots.append(name)
+            w(f"![/{size} latency by percentile]({name})")
+            w("")
+    if plots:
+        w("x = 1/(1−p) on a log scale (90%, 99%, 99.9%, …), one line per target, median over rounds per "
+          "percentile. Raw percentiles are in runs.json.")
+    else:
+        w("No latency distribution available.")
+    w("")
+
+    # ---- memory
+    w("## Peak RSS of the gateway over the load runs (VmHWM)")
+    w("")
+    w("| target | peak RSS | processes |")
+    w("|---|---|---|")
+    for t in gws:
+        pr = data.get("peak_rss", {}).get(t)
+        if pr and pr.get("kb") is not None:
+            w(f"| {t} | {pr['kb'] / 1024:.1f} MiB | {len(pr['by_pid'])} ("
+              + ("master + worker" if t == "nginx" else "single process") + ") |")
+        else:
+            w(f"| {t} | n/a | not running |")
+    w("")
+
+    w(f"## Idle keep-alive connections ({cfg['idle_conns']:,} per gateway)")
+    w("")
+    if not data.get("idle"):
+        w("Skipped (IDLE_CONNS=0).")
+    else:
+        w("A fresh gateway instance per target; 300 warm-up requests, then the baseline RSS; then "
+          f"{cfg['idle_conns']:,} connections each send one GET /small, read the response and stay open. "
+          "RSS (nginx: master + worker) is read 2 s after the last one is open. Per connection = (RSS − baseline) / opened.")
+        w("")
+        w("| target | baseline RSS | RSS with idle conns | opened | still open at end | RSS per connection |")
+        w("|---|---|---|---|---|---|")
+        for r in data["idle"]:
+            if r.get("bytes_per_conn") is None:
+                w(f"| {r['target']} | n/a | n/a | n/a | n/a | **failed**: {esc((r.get('error') or '?').splitlines()[0])} |")
+                continue
+            w(f"| {r['target']} | {r['baseline_rss_kb'] / 1024:.1f} MiB | {r['rss_kb'] / 1024:.1f} MiB | "
+              f"{r['client']['opened']:,} | {r.get('still_open', 'n/a')} | {r['bytes_per_conn'] / 1024:.2f} KiB |")
+        for r in data["idle"]:
+            if r.get("warning"):
+                w(f"\nNote ({r['target']}): {esc(r['warning'])}")
+    w("")
+
+    # ---- gateway histograms
+    w("## Gateway-side histograms")
+    w("")
+    gh = data.get("gateway_hist")
+    if gh:
+        w(f"Output of `GATEWAY_HIST_CMD` (exit {gh.get('rc')}), run after the load runs while the gateways were up:")
+        w("")
+        w("```")
+        w(gh.get("output", "").rstrip())
+        w("```")
+    else:
+        w("*Placeholder.* ringgate's own per-phase histograms will be included here. Set `GATEWAY_HIST_CMD` "
+          "(run with `RINGGATE_PORT`, `RINGGATE_PID`, `RINGGATE_LOG`, `NGINX_PORT`, `UPSTREAM_PORT` in its "
+          "environment, after the load runs, while the gateways are still up) and its output is included.")
+    w("")
+
+    # ---- machine
+    m = data.get("machine", {})
+    w("## Machine and versions")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    for k in ("cpu_model", "cores", "mem", "kernel", "os", "governor", "nginx", "wrk", "oha", "ringgate",
+              "ringgate_git", "python", "clk_tck", "loadavg_start"):
+        v = m.get(k)
+        if k == "ringgate_git" and v:
+            parts = str(v).split()
+            v = f"{parts[0]} ({parts[1]} uncommitted paths)" if len(parts) == 2 else v
+        w(f"| {k} | {esc(str(v)).replace(chr(10), ' ')} |")
+    w("")
+    w("Pinning: upstream nginx (1 worker), wrk/oha, the idle-connection client and the harness on core "
+      f"{cfg['gen_cpu']}; the gateway (ringgate `--workers 1`, or nginx master + 1 worker) on core {cfg['gw_cpu']}, "
+      "via taskset. Configs used are in `configs/`; every raw run is in `runs.json`.")
+    w("")
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(L))
+
+
+def cell_all(runs, size, conns, key):
+    return [r.get(key) for r in runs if r["size"] == size and r["conns"] == conns]
+
+
+if __name__ == "__main__":
+    d = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                           "reports", "latest")
+    with open(os.path.join(d, "runs.json")) as f:
+        write_report(json.load(f), d)
+    print(os.path.join(d, "report.md"))
