@@ -38,6 +38,39 @@ fn startup_logs_listening_and_ready_lines() {
     assert_eq!(get(gw.addr(), HOST, "/").status, 200);
 }
 
+/// Where io_uring is refused the gateway runs on monoio's epoll driver, says so in one line, and
+/// still proxies (keep-alive included). `RINGGATE_FORCE_EPOLL` simulates the refusal.
+#[test]
+fn epoll_fallback_logs_once_and_serves() {
+    let up = Upstream::echo("a");
+    let gw =
+        Gateway::try_start_with_env(&config_with(&up, ""), &[], &[("RINGGATE_FORCE_EPOLL", "1")])
+            .unwrap_or_else(|e| panic!("{e}"));
+    let logs = gw.logs();
+    let fallback: Vec<&String> = logs.iter().filter(|l| l.contains("epoll")).collect();
+    assert!(
+        fallback
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("falling back")),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| is_event(l, "ready") && kv(l, "driver") == Some("epoll")),
+        "{logs:?}"
+    );
+    assert_eq!(
+        logs.iter().filter(|l| l.contains("falling back")).count(),
+        1,
+        "one line, not one per worker: {logs:?}"
+    );
+    let mut conn = Conn::connect(gw.addr());
+    for _ in 0..3 {
+        assert_eq!(conn.get(HOST, "/x").status, 200);
+    }
+    assert_eq!(up.connections(), 1, "upstream keep-alive on epoll too");
+}
+
 fn looks_like_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() >= 20

@@ -121,8 +121,18 @@ impl Gateway {
 
     /// Like `start_with_args`, returning the reason (with the log) instead of panicking.
     pub fn try_start(toml: &str, args: &[&str]) -> Result<Gateway, String> {
+        Gateway::try_start_with_env(toml, args, &[])
+    }
+
+    /// Like `try_start`, with extra environment variables for the gateway process.
+    pub fn try_start_with_env(
+        toml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Gateway, String> {
         let config = TempFile::new(".toml", toml);
         let mut child = Command::new(gateway_bin())
+            .envs(env.iter().copied())
             .arg("run")
             .arg(&config.path)
             .args(args)
