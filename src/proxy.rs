@@ -22,7 +22,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRent;
+use std::os::fd::RawFd;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
 
 use crate::config::model::{RouteDef, ServiceDef};
@@ -42,6 +44,17 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 const CLIENT_BUF: usize = 8 * 1024;
 /// Past this the client buffer is shrunk back after a request, so one big head doesn't pin memory.
 const CLIENT_BUF_KEEP: usize = 32 * 1024;
+
+/// A client-side stream: plain TCP or TLS over TCP.
+pub trait ClientIo: AsyncReadRent + AsyncWriteRent + Split + 'static {}
+impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientIo for T {}
+
+/// The listener a connection arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Listener {
+    pub port: u16,
+    pub tls: bool,
+}
 
 /// What the connection loop does after a request.
 pub enum Next {
@@ -75,10 +88,14 @@ struct Prepared {
     replayable: bool,
 }
 
-struct Conn {
-    client: TcpStream,
+struct Conn<S> {
+    client: S,
+    /// The client socket, for the idle registry (drain wakes idle reads with `shutdown(SHUT_RD)`).
+    fd: RawFd,
+    /// Slot in the shard's idle registry.
+    slot: usize,
     peer: SocketAddr,
-    listen_port: u16,
+    listener: Listener,
     /// Client bytes; unconsumed ones start at `pos`.
     buf: Vec<u8>,
     pos: usize,
@@ -97,23 +114,33 @@ struct Conn {
     body_done: bool,
 }
 
-/// Keeps `Shard::active` accurate however the connection task ends.
-struct ActiveGuard(Rc<Shard>);
+/// Keeps `Shard::active` and the idle registry accurate however the connection task ends.
+struct ActiveGuard(Rc<Shard>, usize);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.set(self.0.active.get().saturating_sub(1));
+        self.0.idle.release(self.1);
     }
 }
 
 /// Serves one client connection until it closes.
-pub async fn serve(client: TcpStream, peer: SocketAddr, listen_port: u16, shard: Rc<Shard>) {
+pub async fn serve<S: ClientIo>(
+    client: S,
+    fd: RawFd,
+    peer: SocketAddr,
+    listener: Listener,
+    shard: Rc<Shard>,
+) {
     shard.active.set(shard.active.get() + 1);
-    let _guard = ActiveGuard(shard.clone());
+    let slot = shard.idle.register();
+    let _guard = ActiveGuard(shard.clone(), slot);
     let mut conn = Conn {
         client,
+        fd,
+        slot,
         peer,
-        listen_port,
+        listener,
         buf: Vec::with_capacity(CLIENT_BUF),
         pos: 0,
         served: 0,
@@ -141,7 +168,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, listen_port: u16, shard:
     }
 }
 
-impl Conn {
+impl<S: ClientIo> Conn<S> {
     /// Between requests: drop consumed bytes and give back memory a large request made us take.
     fn recycle(&mut self) {
         let pos = self.pos.min(self.buf.len());
@@ -218,8 +245,10 @@ impl Conn {
                     } else {
                         server.timeouts.keepalive
                     };
-                    let cancel = shard.idle_cancel.borrow().handle();
-                    io::fill_cancelable(&mut self.client, &mut self.buf, wait, cancel).await
+                    shard.idle.set_idle(self.slot, self.fd);
+                    let r = io::fill(&mut self.client, &mut self.buf, wait).await;
+                    shard.idle.set_busy(self.slot);
+                    r
                 }
             };
             match read {
@@ -375,10 +404,10 @@ impl Conn {
         };
         let fwd = Forwarded {
             client_ip: self.peer.ip(),
-            listen_port: self.listen_port,
+            listen_port: self.listener.port,
             client_host,
             prefix: self.path.get(..p.strip_len).unwrap_or_default(),
-            proto: b"http",
+            proto: if self.listener.tls { b"https" } else { b"http" },
         };
         self.out.clear();
         head::write_request_head(

@@ -9,6 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,8 +44,8 @@ pub struct Shard {
     pub draining: Cell<bool>,
     /// Open client connections.
     pub active: Cell<usize>,
-    /// Cancels reads of connections idling between requests when draining starts.
-    pub idle_cancel: RefCell<Canceller>,
+    /// Connections waiting for their next request; drain wakes them.
+    pub idle: IdleRegistry,
     /// Upstream read buffers, lent to a connection only while its request is upstream, so idle
     /// keep-alive connections hold no large buffer.
     bufs: RefCell<Vec<Vec<u8>>>,
@@ -75,7 +76,7 @@ impl Shard {
             pool,
             draining: Cell::new(false),
             active: Cell::new(0),
-            idle_cancel: RefCell::new(Canceller::new()),
+            idle: IdleRegistry::default(),
             bufs: RefCell::new(Vec::new()),
             buf_size: (config.server.max_header_bytes + 1024).max(UPSTREAM_BUF),
             config,
@@ -104,6 +105,65 @@ impl Shard {
 /// Upstream read buffer size: holds a response head and a 16 KiB body in one read.
 const UPSTREAM_BUF: usize = 32 * 1024;
 const MAX_POOLED_BUFS: usize = 1024;
+
+/// Which connections are idle between requests, by socket, so draining can end their wait at once:
+/// `shutdown(SHUT_RD)` makes a pending read return EOF, for plain and TLS connections alike.
+/// Slots are reused; no allocation once grown to the peak connection count.
+#[derive(Default)]
+pub struct IdleRegistry {
+    /// `-1` = slot in use but busy; `-2` = free; otherwise the fd of an idle connection.
+    slots: RefCell<Vec<RawFd>>,
+    free: RefCell<Vec<usize>>,
+}
+
+const BUSY: RawFd = -1;
+const FREE: RawFd = -2;
+
+impl IdleRegistry {
+    pub fn register(&self) -> usize {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(i) = self.free.borrow_mut().pop() {
+            if let Some(s) = slots.get_mut(i) {
+                *s = BUSY;
+                return i;
+            }
+        }
+        slots.push(BUSY);
+        slots.len() - 1
+    }
+
+    pub fn release(&self, slot: usize) {
+        if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
+            *s = FREE;
+            self.free.borrow_mut().push(slot);
+        }
+    }
+
+    pub fn set_idle(&self, slot: usize, fd: RawFd) {
+        if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
+            *s = fd;
+        }
+    }
+
+    pub fn set_busy(&self, slot: usize) {
+        if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
+            *s = BUSY;
+        }
+    }
+
+    /// Ends every idle wait: the connections see EOF and close.
+    pub fn wake_all(&self) {
+        for &fd in self.slots.borrow().iter() {
+            if fd >= 0 {
+                // SAFETY: the fd belongs to a live connection task of this thread (slots are reset
+                // before a connection's socket is closed); shutdown does not close it.
+                unsafe {
+                    libc::shutdown(fd, libc::SHUT_RD);
+                }
+            }
+        }
+    }
+}
 
 /// What a worker thread is given at spawn.
 pub struct WorkerSpec {
@@ -184,8 +244,7 @@ async fn control_loop(shard: &Rc<Shard>, control: &Control, accept_cancel: Cance
     }
     shard.draining.set(true);
     let _ = accept_cancel.cancel();
-    let old = shard.idle_cancel.replace(Canceller::new());
-    let _ = old.cancel();
+    shard.idle.wake_all();
     let deadline = Instant::now() + shard.config.server.drain_timeout;
     while shard.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
@@ -206,7 +265,15 @@ async fn accept_loop(
                 }
                 // Nagle + delayed ACK would stall split head/body writes by 40 ms (DESIGN.md §9).
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(crate::proxy::serve(stream, peer, port, shard.clone()));
+                let fd = stream.as_raw_fd();
+                let listener = crate::proxy::Listener { port, tls: false };
+                monoio::spawn(crate::proxy::serve(
+                    stream,
+                    fd,
+                    peer,
+                    listener,
+                    shard.clone(),
+                ));
             }
             Err(e) => {
                 if shard.draining.get() {

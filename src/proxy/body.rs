@@ -13,7 +13,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use super::head::{push_chunk_size, ClientFraming};
-use super::{client_write_timeout, io, Conn, Shard};
+use super::{client_write_timeout, io, ClientIo, Conn, Shard};
 use crate::config::model::ServiceDef;
 use crate::http::chunked::{Chunk, ChunkedDecoder};
 use crate::http::BodyKind;
@@ -58,8 +58,8 @@ fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Sends `c.out` (the request head) and the request body.
-pub async fn send_request(
-    c: &mut Conn,
+pub async fn send_request<S: ClientIo>(
+    c: &mut Conn<S>,
     shard: &Shard,
     body: BodyKind,
     max_body: u64,
@@ -161,7 +161,10 @@ pub async fn send_request(
     }
 }
 
-async fn read_client(c: &mut Conn, timeout: std::time::Duration) -> Result<(), SendError> {
+async fn read_client<S: ClientIo>(
+    c: &mut Conn<S>,
+    timeout: std::time::Duration,
+) -> Result<(), SendError> {
     match io::fill(&mut c.client, &mut c.buf, timeout).await {
         Ok(0) => Err(SendError::ClientGone),
         Ok(_) => Ok(()),
@@ -172,7 +175,7 @@ async fn read_client(c: &mut Conn, timeout: std::time::Duration) -> Result<(), S
 
 /// `Expect: 100-continue`: the gateway answers it itself once the request is routed and within
 /// limits (so a 413 goes out instead of a 100 when the declared length is too big).
-async fn send_continue(c: &mut Conn, shard: &Shard) -> Result<(), SendError> {
+async fn send_continue<S: ClientIo>(c: &mut Conn<S>, shard: &Shard) -> Result<(), SendError> {
     let fut = c.client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
     match monoio::time::timeout(client_write_timeout(shard), fut).await {
         Ok((Ok(_), _)) => Ok(()),
@@ -181,8 +184,8 @@ async fn send_continue(c: &mut Conn, shard: &Shard) -> Result<(), SendError> {
 }
 
 /// Sends `c.out` (the response head) and relays the body from `c.ubuf` / the upstream.
-pub async fn relay_response(
-    c: &mut Conn,
+pub async fn relay_response<S: ClientIo>(
+    c: &mut Conn<S>,
     shard: &Shard,
     svc: &ServiceDef,
     upstream: &mut TcpStream,
@@ -256,8 +259,8 @@ fn frame_into(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming) {
     }
 }
 
-async fn relay_chunked(
-    c: &mut Conn,
+async fn relay_chunked<S: ClientIo>(
+    c: &mut Conn<S>,
     upstream: &mut TcpStream,
     hl: usize,
     framing: ClientFraming,
@@ -320,8 +323,8 @@ async fn relay_chunked(
     }
 }
 
-async fn relay_until_close(
-    c: &mut Conn,
+async fn relay_until_close<S: ClientIo>(
+    c: &mut Conn<S>,
     upstream: &mut TcpStream,
     hl: usize,
     framing: ClientFraming,

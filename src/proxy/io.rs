@@ -10,9 +10,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 fn timed_out() -> io::Error {
     io::Error::from(io::ErrorKind::TimedOut)
@@ -31,28 +29,6 @@ pub async fn fill<S: AsyncReadRent>(
         return Err(io::Error::other("read buffer full"));
     }
     match monoio::time::timeout(limit, s.read(owned.slice_mut(len..cap))).await {
-        Ok((res, slice)) => {
-            *buf = slice.into_inner();
-            res
-        }
-        Err(_) => Err(timed_out()),
-    }
-}
-
-/// Like `fill`, but also ends (with an error) when `cancel` fires: used for idle keep-alive waits.
-pub async fn fill_cancelable<S: CancelableAsyncReadRent>(
-    s: &mut S,
-    buf: &mut Vec<u8>,
-    limit: Duration,
-    cancel: CancelHandle,
-) -> io::Result<usize> {
-    let owned = std::mem::take(buf);
-    let (len, cap) = (owned.len(), owned.capacity());
-    if len == cap {
-        *buf = owned;
-        return Err(io::Error::other("read buffer full"));
-    }
-    match monoio::time::timeout(limit, s.cancelable_read(owned.slice_mut(len..cap), cancel)).await {
         Ok((res, slice)) => {
             *buf = slice.into_inner();
             res

@@ -6,12 +6,17 @@ use std::time::Duration;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use monoio::net::TcpStream;
 
-use super::io;
+use super::{io, ClientIo};
 
 const TUNNEL_BUF: usize = 16 * 1024;
 
 /// `pending`: client bytes that arrived after the upgrade request head; they go upstream first.
-pub async fn run(client: TcpStream, mut upstream: TcpStream, mut pending: Vec<u8>, idle: Duration) {
+pub async fn run<S: ClientIo>(
+    client: S,
+    mut upstream: TcpStream,
+    mut pending: Vec<u8>,
+    idle: Duration,
+) {
     if !pending.is_empty()
         && io::send_all(&mut upstream, &mut pending, idle)
             .await
