@@ -34,7 +34,7 @@ use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
 use crate::http::{BodyKind, Limits, Version};
 use crate::router::normalize::{normalize_path, upstream_path};
 use crate::router::RequestView;
-use crate::worker::Shard;
+use crate::worker::{Shard, Snapshot};
 use head::{ClientFraming, Forwarded};
 
 /// Lingering close: how long and how much unread client input is drained before closing.
@@ -96,6 +96,8 @@ struct Conn<S> {
     slot: usize,
     peer: SocketAddr,
     listener: Listener,
+    /// The config generation of the current request (refreshed when a request head is complete).
+    snap: Rc<Snapshot>,
     /// Client bytes; unconsumed ones start at `pos`.
     buf: Vec<u8>,
     pos: usize,
@@ -141,6 +143,7 @@ pub async fn serve<S: ClientIo>(
         slot,
         peer,
         listener,
+        snap: shard.snapshot(),
         buf: Vec::with_capacity(CLIENT_BUF),
         pos: 0,
         served: 0,
@@ -159,7 +162,7 @@ pub async fn serve<S: ClientIo>(
             Next::KeepAlive => conn.recycle(),
             Next::Close => break,
             Next::Upgrade(upstream) => {
-                let idle = shard.config.server.timeouts.upstream_read;
+                let idle = conn.snap.config.server.timeouts.upstream_read;
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
                 tunnel::run(conn.client, upstream, pending, idle).await;
                 return;
@@ -169,6 +172,11 @@ pub async fn serve<S: ClientIo>(
 }
 
 impl<S: ClientIo> Conn<S> {
+    /// Timeout for reading the client's body and for each write to the client.
+    fn client_timeout(&self) -> Duration {
+        self.snap.config.server.timeouts.client_body
+    }
+
     /// Between requests: drop consumed bytes and give back memory a large request made us take.
     fn recycle(&mut self) {
         let pos = self.pos.min(self.buf.len());
@@ -192,10 +200,12 @@ impl<S: ClientIo> Conn<S> {
             }
         }
         self.served += 1;
+        // Request boundary: pick up a reloaded config, if any.
+        self.snap = shard.snapshot();
         self.pos = self.head.head_len;
         let body = self.head.body.unwrap_or(BodyKind::None);
         self.body_done = matches!(body, BodyKind::None | BodyKind::Length(0));
-        match self.prepare(shard, body) {
+        match self.prepare(body) {
             Ok(p) => self.forward(shard, &p).await,
             Err(e) => self.fail(shard, e, self.head.close).await,
         }
@@ -204,7 +214,8 @@ impl<S: ClientIo> Conn<S> {
     /// Reads until a complete request head is parsed. `Ok(false)`: the client went away (or idled
     /// out, or the worker is draining) between requests; nothing to answer.
     async fn read_head(&mut self, shard: &Shard) -> Result<bool, GatewayError> {
-        let server = &shard.config.server;
+        let snap = shard.snapshot();
+        let server = &snap.config.server;
         let limits = Limits {
             max_header_bytes: server.max_header_bytes,
             max_uri_bytes: server.max_uri_bytes,
@@ -263,7 +274,7 @@ impl<S: ClientIo> Conn<S> {
     }
 
     /// Normalizes, routes and applies the body limit. Allocation-free.
-    fn prepare(&mut self, shard: &Shard, body: BodyKind) -> Result<Prepared, GatewayError> {
+    fn prepare(&mut self, body: BodyKind) -> Result<Prepared, GatewayError> {
         let head = &self.head;
         let buf = &self.buf;
         let raw_path = head.path_bytes(buf);
@@ -283,18 +294,20 @@ impl<S: ClientIo> Conn<S> {
         let method = head.method.get(buf);
         let query = head.query.map(|q| q.get(buf)).unwrap_or_default();
         let view = HeadView { head, buf };
-        let m = shard
+        let m = self
+            .snap
             .router
             .find(host, method, &self.path, query, &view)
             .ok_or(GatewayError::NoRoute)?;
-        let route: &RouteDef = shard
+        let route: &RouteDef = self
+            .snap
             .config
             .routes
             .get(m.route)
             .ok_or(GatewayError::NoRoute)?;
         let max_body = route
             .max_body_bytes
-            .unwrap_or(shard.config.server.max_body_bytes);
+            .unwrap_or(self.snap.config.server.max_body_bytes);
         if let BodyKind::Length(n) = body {
             if max_body > 0 && n > max_body {
                 return Err(GatewayError::BodyTooLarge);
@@ -328,7 +341,8 @@ impl<S: ClientIo> Conn<S> {
     /// Picks a target, connects (or reuses), runs the exchange; retries once on a fresh connection
     /// when a reused one turned out stale and the request is replayable.
     async fn forward(&mut self, shard: &Shard, p: &Prepared) -> Next {
-        let cfg = &*shard.config;
+        let snap = self.snap.clone();
+        let cfg = &*snap.config;
         let Some(route) = cfg.routes.get(p.route) else {
             return self
                 .fail(shard, GatewayError::NoRoute, p.client_close)
@@ -346,7 +360,7 @@ impl<S: ClientIo> Conn<S> {
         }
         let mut pinned: Option<usize> = None;
         loop {
-            let (upstream, target, reused) = match connect(shard, svc, pinned).await {
+            let (upstream, target, reused) = match connect(shard, &snap, svc, pinned).await {
                 Ok(c) => c,
                 Err(e) => return self.fail(shard, e, p.client_close).await,
             };
@@ -377,7 +391,8 @@ impl<S: ClientIo> Conn<S> {
         target: usize,
         reused: bool,
     ) -> Exchange {
-        let cfg = &*shard.config;
+        let snap = self.snap.clone();
+        let cfg = &*snap.config;
         let Some(ups) = cfg.upstreams.get(svc.upstream) else {
             return Exchange::Done(
                 self.fail(shard, GatewayError::ServiceUnavailable, p.client_close)
@@ -419,7 +434,16 @@ impl<S: ClientIo> Conn<S> {
             &fwd,
             p.body,
         );
-        match self.send_request_body(shard, p, svc, &mut upstream).await {
+        match body::send_request(
+            self,
+            p.body,
+            p.max_body,
+            p.expect_continue,
+            svc,
+            &mut upstream,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(body::SendError::UpstreamWrite) if reused && p.replayable => {
                 return Exchange::RetryFresh
@@ -429,7 +453,7 @@ impl<S: ClientIo> Conn<S> {
 
         // 2. Response head.
         if self.ubuf.capacity() == 0 {
-            self.ubuf = shard.take_buf();
+            self.ubuf = shard.take_buf(cfg.server.max_header_bytes + 1024);
         } else {
             self.ubuf.clear();
         }
@@ -514,12 +538,12 @@ impl<S: ClientIo> Conn<S> {
             close,
             p.http10,
         );
-        let relay = body::relay_response(self, shard, svc, &mut upstream, resp_body, framing).await;
+        let relay = body::relay_response(self, svc, &mut upstream, resp_body, framing).await;
         match relay {
             body::Relay::Complete { upstream_clean } => {
                 if upstream_clean && !self.resp.close {
-                    if let Some(base) = shard.target_base.get(svc.upstream) {
-                        shard.pool.checkin(base + target, upstream);
+                    if let Some(slot) = self.snap.slot(svc.upstream, target) {
+                        shard.pool.checkin(slot, upstream);
                     }
                 }
                 Exchange::Done(if close { Next::Close } else { Next::KeepAlive })
@@ -530,26 +554,6 @@ impl<S: ClientIo> Conn<S> {
                     .await,
             ),
         }
-    }
-
-    /// Sends the request head and streams the request body upstream.
-    async fn send_request_body(
-        &mut self,
-        shard: &Shard,
-        p: &Prepared,
-        svc: &ServiceDef,
-        upstream: &mut TcpStream,
-    ) -> Result<(), body::SendError> {
-        body::send_request(
-            self,
-            shard,
-            p.body,
-            p.max_body,
-            p.expect_continue,
-            svc,
-            upstream,
-        )
-        .await
     }
 
     async fn request_body_failed(
@@ -596,7 +600,7 @@ impl<S: ClientIo> Conn<S> {
         // Bytes the upstream sent right after its 101 belong to the new protocol.
         let extra_from = self.resp.head_len.min(self.ubuf.len());
         self.out.extend_from_slice(&self.ubuf[extra_from..]);
-        let write_timeout = shard.config.server.timeouts.client_body;
+        let write_timeout = self.client_timeout();
         if io::send_all(&mut self.client, &mut self.out, write_timeout)
             .await
             .is_err()
@@ -618,10 +622,10 @@ impl<S: ClientIo> Conn<S> {
         }
     }
 
-    async fn reply_error(&mut self, shard: &Shard, e: GatewayError, close: bool) {
+    async fn reply_error(&mut self, _shard: &Shard, e: GatewayError, close: bool) {
         self.out.clear();
         e.write_response(close, &mut self.out);
-        let timeout = shard.config.server.timeouts.client_body;
+        let timeout = self.client_timeout();
         let _ = io::send_all(&mut self.client, &mut self.out, timeout).await;
         if close {
             self.lingering_close().await;
@@ -657,19 +661,19 @@ impl<S: ClientIo> Conn<S> {
 /// `pinned`: retry on this target only, with a fresh connection.
 async fn connect(
     shard: &Shard,
+    snap: &Snapshot,
     svc: &ServiceDef,
     pinned: Option<usize>,
 ) -> Result<(TcpStream, usize, bool), GatewayError> {
-    let ups = shard
+    let ups = snap
         .config
         .upstreams
         .get(svc.upstream)
         .ok_or(GatewayError::ServiceUnavailable)?;
-    let base = shard.target_base.get(svc.upstream).copied().unwrap_or(0);
     let n = ups.targets.len();
     let (first, tries) = match pinned {
         Some(t) => (t, 1),
-        None => match shard.balancers.get(svc.upstream) {
+        None => match snap.balancers.get(svc.upstream) {
             Some(b) => (b.borrow_mut().pick(), n),
             None => (0, n),
         },
@@ -681,7 +685,10 @@ async fn connect(
             continue;
         };
         if pinned.is_none() {
-            if let Some(stream) = shard.pool.checkout(base + t) {
+            if let Some(stream) = snap
+                .slot(svc.upstream, t)
+                .and_then(|slot| shard.pool.checkout(slot))
+            {
                 return Ok((stream, t, true));
             }
         }
@@ -746,11 +753,6 @@ impl RequestView for HeadView<'_> {
             .find(|h| eq_ignore_case(h.name.get(self.buf), name_lower))
             .map(|h| h.value.get(self.buf))
     }
-}
-
-/// Used by `body` for client writes (sending to a slow client).
-fn client_write_timeout(shard: &Shard) -> Duration {
-    shard.config.server.timeouts.client_body
 }
 
 #[cfg(test)]

@@ -5,14 +5,15 @@
 //! workers never do. Listeners are bound here, one SO_REUSEPORT socket per worker per address, and
 //! handed over; a `listen` port of 0 is resolved once so every worker shares the same port.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config;
+use crate::config::model::Config;
 use crate::router::Router;
-use crate::worker::{self, Control, WorkerSpec};
+use crate::worker::{self, Compiled, Control, WorkerSpec};
 use crate::{error, info, warn};
 
 /// Runs the gateway until a termination signal; returns the process exit code.
@@ -38,10 +39,10 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     if !use_uring {
         warn!("io_uring unavailable or disabled, falling back to the epoll driver");
     }
-    let router = Arc::new(Router::new(&cfg.routes));
+    let compiled = Arc::new(compile(cfg, 1));
 
     let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    for addr in &cfg.server.listen {
+    for addr in &compiled.config.server.listen {
         match bind_all(*addr, &mut listeners) {
             Ok(actual) => info!("listening addr={actual}"),
             Err(e) => {
@@ -53,7 +54,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
 
     let control = Arc::new(Control::default());
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
+    let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<(usize, u64)>();
+    let mut reload_txs = Vec::with_capacity(workers);
     for (index, listeners) in listeners.into_iter().enumerate() {
+        let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
+        reload_txs.push(reload_tx);
         let spec = WorkerSpec {
             index,
             cpu: if cpus.is_empty() {
@@ -62,9 +67,10 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
                 cpus.get(index % cpus.len()).copied()
             },
             listeners,
-            config: cfg.clone(),
-            router: router.clone(),
+            compiled: compiled.clone(),
             control: control.clone(),
+            reloads: reload_rx,
+            acks: ack_tx.clone(),
             use_uring,
         };
         let done = done_tx.clone();
@@ -79,19 +85,25 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             return 1;
         }
     }
+    let reloader = Reloader {
+        path: path.to_path_buf(),
+        state: Mutex::new(ReloadState {
+            current: compiled.clone(),
+            reload_txs,
+            acks: ack_rx,
+        }),
+    };
     info!(
-        "ready workers={workers} driver={}",
+        "ready workers={workers} driver={} generation=1",
         if use_uring { "io_uring" } else { "epoll" }
     );
 
-    wait_for_termination();
-    info!(
-        "draining timeout={}ms",
-        cfg.server.drain_timeout.as_millis()
-    );
+    wait_for_termination(&reloader);
+    let drain_timeout = reloader.current().config.server.drain_timeout;
+    info!("draining timeout={}ms", drain_timeout.as_millis());
     control.drain.store(true, Ordering::Relaxed);
     // Workers stop by themselves at the drain deadline; the margin covers their last tick.
-    let deadline = Instant::now() + cfg.server.drain_timeout + Duration::from_secs(2);
+    let deadline = Instant::now() + drain_timeout + Duration::from_secs(2);
     let mut stopped = 0;
     while stopped < workers {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -105,6 +117,87 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     }
     info!("stopped");
     0
+}
+
+/// Everything derived from a config that workers share read-only.
+fn compile(config: Arc<Config>, generation: u64) -> Compiled {
+    let router = Arc::new(Router::new(&config.routes));
+    Compiled {
+        generation,
+        config,
+        router,
+    }
+}
+
+/// Hot reload: re-read, validate fully, compile off the workers, then hand the new generation to every
+/// worker, which swaps it in at request boundaries. A config that fails validation is rejected whole
+/// and the old one keeps serving. Callable from any thread (SIGHUP on the main thread, the admin API).
+pub struct Reloader {
+    path: PathBuf,
+    state: Mutex<ReloadState>,
+}
+
+struct ReloadState {
+    current: Arc<Compiled>,
+    reload_txs: Vec<crossbeam_channel::Sender<Arc<Compiled>>>,
+    acks: crossbeam_channel::Receiver<(usize, u64)>,
+}
+
+/// How long a reload waits for every worker to confirm the swap (workers poll every 50 ms).
+const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Reloader {
+    pub fn current(&self) -> Arc<Compiled> {
+        match self.state.lock() {
+            Ok(s) => s.current.clone(),
+            Err(poisoned) => poisoned.into_inner().current.clone(),
+        }
+    }
+
+    /// Reloads; returns the new generation once every worker serves it, or the errors.
+    pub fn reload(&self) -> Result<u64, String> {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let config = match config::load(&self.path) {
+            Ok(c) => c,
+            Err(errors) => {
+                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                for e in &text {
+                    error!("reload rejected: {e}");
+                }
+                return Err(text.join("\n"));
+            }
+        };
+        let old = &state.current.config.server;
+        if config.server.listen != old.listen || config.server.workers != old.workers {
+            warn!("reload: changes to listen or workers take effect only after a restart");
+        }
+        let generation = state.current.generation + 1;
+        let compiled = Arc::new(compile(Arc::new(config), generation));
+        while state.acks.try_recv().is_ok() {}
+        let mut pending = 0;
+        for tx in &state.reload_txs {
+            if tx.send(compiled.clone()).is_ok() {
+                pending += 1;
+            }
+        }
+        state.current = compiled;
+        let deadline = Instant::now() + RELOAD_ACK_TIMEOUT;
+        while pending > 0 {
+            match state.acks.recv_deadline(deadline) {
+                Ok((_, g)) if g == generation => pending -= 1,
+                Ok(_) => {}
+                Err(_) => {
+                    warn!("reload: {pending} worker(s) did not confirm generation={generation} in time");
+                    break;
+                }
+            }
+        }
+        info!("reloaded generation={generation}");
+        Ok(generation)
+    }
 }
 
 /// Binds `addr` once per worker; returns the address actually bound (port 0 resolved).
@@ -123,8 +216,8 @@ fn bind_all(
     Ok(actual)
 }
 
-/// Blocks until SIGTERM or SIGINT. SIGHUP is acknowledged (reload arrives with the admin work).
-fn wait_for_termination() {
+/// Blocks until SIGTERM or SIGINT; SIGHUP reloads the config.
+fn wait_for_termination(reloader: &Reloader) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -135,7 +228,10 @@ fn wait_for_termination() {
     };
     for sig in signals.forever() {
         match sig {
-            SIGHUP => warn!("SIGHUP received: reload is not supported yet, ignoring"),
+            SIGHUP => {
+                info!("signal received signal=SIGHUP");
+                let _ = reloader.reload();
+            }
             _ => {
                 info!(
                     "signal received signal={}",

@@ -31,14 +31,64 @@ pub struct Control {
 
 const CONTROL_TICK: Duration = Duration::from_millis(50);
 
-/// Everything a worker's connections share. Lives on one thread only.
-pub struct Shard {
+/// A compiled configuration generation, built on the main thread (file reads, DNS, regex compilation
+/// all happen there) and handed to every worker.
+pub struct Compiled {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub router: Arc<Router>,
+}
+
+/// A worker's view of one config generation. Connections take an `Rc` of the current snapshot at the
+/// start of each request and use it to the end of that request, so in-flight requests finish under the
+/// config they started with and the next request sees the new one.
+pub struct Snapshot {
+    pub generation: u64,
     pub config: Arc<Config>,
     pub router: Arc<Router>,
     /// One balancer per upstream (index = upstream index).
     pub balancers: Vec<RefCell<Swrr>>,
-    /// `target_base[u] + t` is the pool slot of target `t` of upstream `u`.
+    /// `slots[target_base[u] + t]` is the pool slot of target `t` of upstream `u`.
     pub target_base: Vec<usize>,
+    pub slots: Vec<usize>,
+}
+
+impl Snapshot {
+    /// Builds this worker's view of `compiled`; pool slots are found by target address, so idle
+    /// connections to targets that survive a reload stay pooled.
+    fn new(compiled: &Compiled, pool: &Pool) -> Snapshot {
+        let config = compiled.config.clone();
+        let mut target_base = Vec::with_capacity(config.upstreams.len());
+        let mut slots = Vec::new();
+        for u in &config.upstreams {
+            target_base.push(slots.len());
+            slots.extend(u.targets.iter().map(|t| pool.slot_for(t.addr)));
+        }
+        let balancers = config
+            .upstreams
+            .iter()
+            .map(|u| RefCell::new(Swrr::new(u.targets.iter().map(|t| t.weight))))
+            .collect();
+        Snapshot {
+            generation: compiled.generation,
+            router: compiled.router.clone(),
+            config,
+            balancers,
+            target_base,
+            slots,
+        }
+    }
+
+    /// Pool slot of target `t` of upstream `u`.
+    pub fn slot(&self, u: usize, t: usize) -> Option<usize> {
+        let base = self.target_base.get(u)?;
+        self.slots.get(base + t).copied()
+    }
+}
+
+/// Everything a worker's connections share. Lives on one thread only.
+pub struct Shard {
+    current: RefCell<Rc<Snapshot>>,
     pub pool: Pool,
     /// Set once SIGTERM/SIGINT arrived: finish in-flight requests, close idle connections.
     pub draining: Cell<bool>,
@@ -49,53 +99,51 @@ pub struct Shard {
     /// Upstream read buffers, lent to a connection only while its request is upstream, so idle
     /// keep-alive connections hold no large buffer.
     bufs: RefCell<Vec<Vec<u8>>>,
-    buf_size: usize,
 }
 
 impl Shard {
-    pub fn new(config: Arc<Config>, router: Arc<Router>) -> Shard {
-        let mut target_base = Vec::with_capacity(config.upstreams.len());
-        let mut total = 0;
-        for u in &config.upstreams {
-            target_base.push(total);
-            total += u.targets.len();
-        }
-        let balancers = config
-            .upstreams
-            .iter()
-            .map(|u| RefCell::new(Swrr::new(u.targets.iter().map(|t| t.weight))))
-            .collect();
-        let pool = Pool::new(
-            total,
-            config.server.pool.max_idle,
-            config.server.pool.idle_timeout,
-        );
+    pub fn new(compiled: &Compiled) -> Shard {
+        let pool_def = compiled.config.server.pool;
+        let pool = Pool::new(pool_def.max_idle, pool_def.idle_timeout);
+        let snapshot = Snapshot::new(compiled, &pool);
         Shard {
-            balancers,
-            target_base,
+            current: RefCell::new(Rc::new(snapshot)),
             pool,
             draining: Cell::new(false),
             active: Cell::new(0),
             idle: IdleRegistry::default(),
             bufs: RefCell::new(Vec::new()),
-            buf_size: (config.server.max_header_bytes + 1024).max(UPSTREAM_BUF),
-            config,
-            router,
         }
     }
 
-    /// An empty buffer of `buf_size` capacity (pooled when possible).
-    pub fn take_buf(&self) -> Vec<u8> {
-        self.bufs
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.buf_size))
+    /// The current config generation (an `Rc` clone: no atomics).
+    pub fn snapshot(&self) -> Rc<Snapshot> {
+        self.current.borrow().clone()
+    }
+
+    /// Swaps in a new generation; requests already running keep the snapshot they hold.
+    pub fn install(&self, compiled: &Compiled) {
+        let pool_def = compiled.config.server.pool;
+        self.pool
+            .set_limits(pool_def.max_idle, pool_def.idle_timeout);
+        let snapshot = Snapshot::new(compiled, &self.pool);
+        *self.current.borrow_mut() = Rc::new(snapshot);
+    }
+
+    /// An empty buffer with at least `min_capacity` (pooled when possible).
+    pub fn take_buf(&self, min_capacity: usize) -> Vec<u8> {
+        let want = min_capacity.max(UPSTREAM_BUF);
+        let mut buf = self.bufs.borrow_mut().pop().unwrap_or_default();
+        if buf.capacity() < want {
+            buf.reserve_exact(want);
+        }
+        buf
     }
 
     /// Returns a buffer to the pool (buffers lost to a cancelled operation come back empty and are dropped).
     pub fn give_buf(&self, mut buf: Vec<u8>) {
         let mut bufs = self.bufs.borrow_mut();
-        if buf.capacity() >= self.buf_size && bufs.len() < MAX_POOLED_BUFS {
+        if buf.capacity() >= UPSTREAM_BUF && bufs.len() < MAX_POOLED_BUFS {
             buf.clear();
             bufs.push(buf);
         }
@@ -171,9 +219,11 @@ pub struct WorkerSpec {
     /// CPU to pin to, if pinning is possible.
     pub cpu: Option<usize>,
     pub listeners: Vec<std::net::TcpListener>,
-    pub config: Arc<Config>,
-    pub router: Arc<Router>,
+    pub compiled: Arc<Compiled>,
     pub control: Arc<Control>,
+    /// New config generations; each is acknowledged on `acks` with (worker index, generation).
+    pub reloads: crossbeam_channel::Receiver<Arc<Compiled>>,
+    pub acks: crossbeam_channel::Sender<(usize, u64)>,
     pub use_uring: bool,
 }
 
@@ -207,10 +257,10 @@ pub fn run(spec: WorkerSpec) {
     }
 }
 
-async fn worker_main(spec: WorkerSpec) {
-    let shard = Rc::new(Shard::new(spec.config.clone(), spec.router.clone()));
+async fn worker_main(mut spec: WorkerSpec) {
+    let shard = Rc::new(Shard::new(&spec.compiled));
     let accept_cancel = Canceller::new();
-    for std_listener in spec.listeners {
+    for std_listener in std::mem::take(&mut spec.listeners) {
         let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
         match TcpListener::from_std(std_listener) {
             Ok(listener) => {
@@ -228,24 +278,29 @@ async fn worker_main(spec: WorkerSpec) {
             ),
         }
     }
-    control_loop(&shard, &spec.control, accept_cancel).await;
+    control_loop(&shard, &spec, accept_cancel).await;
 }
 
 /// Polls the control flags; on drain stops accepting, closes idle connections and waits for
 /// in-flight requests up to `drain_timeout`.
-async fn control_loop(shard: &Rc<Shard>, control: &Control, accept_cancel: Canceller) {
+async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Canceller) {
     let mut ticks: u64 = 0;
-    while !control.drain.load(Ordering::Relaxed) {
+    while !spec.control.drain.load(Ordering::Relaxed) {
         monoio::time::sleep(CONTROL_TICK).await;
         ticks += 1;
         if ticks % 20 == 0 {
             shard.pool.reap();
         }
+        // Never blocks: a new generation is swapped in between two ticks.
+        while let Ok(compiled) = spec.reloads.try_recv() {
+            shard.install(&compiled);
+            let _ = spec.acks.send((spec.index, compiled.generation));
+        }
     }
     shard.draining.set(true);
     let _ = accept_cancel.cancel();
     shard.idle.wake_all();
-    let deadline = Instant::now() + shard.config.server.drain_timeout;
+    let deadline = Instant::now() + shard.snapshot().config.server.drain_timeout;
     while shard.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }

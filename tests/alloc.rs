@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringgate::router::Router;
-use ringgate::worker::{self, Control, WorkerSpec};
+use ringgate::worker::{self, Compiled, Control, WorkerSpec};
 
 struct Counting;
 
@@ -136,13 +136,20 @@ paths = ["/api"]
     let listener = worker::bind_reuseport(cfg.server.listen[0]).expect("bind gateway");
     let addr = listener.local_addr().expect("gateway addr");
     let control = Arc::new(Control::default());
+    let (_reload_tx, reloads) = crossbeam_channel::unbounded();
+    let (acks, _ack_rx) = crossbeam_channel::unbounded();
     let spec = WorkerSpec {
         index: 0,
         cpu: None,
         listeners: vec![listener],
-        config: cfg.clone(),
-        router: Arc::new(Router::new(&cfg.routes)),
+        compiled: Arc::new(Compiled {
+            generation: 1,
+            router: Arc::new(Router::new(&cfg.routes)),
+            config: cfg,
+        }),
         control: control.clone(),
+        reloads,
+        acks,
         use_uring: monoio::utils::detect_uring(),
     };
     let worker = std::thread::spawn(move || {

@@ -13,7 +13,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use super::head::{push_chunk_size, ClientFraming};
-use super::{client_write_timeout, io, ClientIo, Conn, Shard};
+use super::{io, ClientIo, Conn};
 use crate::config::model::ServiceDef;
 use crate::http::chunked::{Chunk, ChunkedDecoder};
 use crate::http::BodyKind;
@@ -60,7 +60,6 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// Sends `c.out` (the request head) and the request body.
 pub async fn send_request<S: ClientIo>(
     c: &mut Conn<S>,
-    shard: &Shard,
     body: BodyKind,
     max_body: u64,
     expect_continue: bool,
@@ -68,7 +67,7 @@ pub async fn send_request<S: ClientIo>(
     upstream: &mut TcpStream,
 ) -> Result<(), SendError> {
     let write_timeout = svc.write_timeout;
-    let read_timeout = shard.config.server.timeouts.client_body;
+    let read_timeout = c.client_timeout();
     let hl = c.head.head_len.min(c.buf.len());
     match body {
         BodyKind::None | BodyKind::Length(0) | BodyKind::CloseDelimited => {
@@ -87,7 +86,7 @@ pub async fn send_request<S: ClientIo>(
                 .map_err(upstream_error)?;
             let mut remaining = n - first as u64;
             if remaining > 0 && expect_continue && avail == 0 {
-                send_continue(c, shard).await?;
+                send_continue(c).await?;
             }
             while remaining > 0 {
                 c.buf.clear();
@@ -150,7 +149,7 @@ pub async fn send_request<S: ClientIo>(
                 }
                 if expect_continue && !asked_continue {
                     asked_continue = true;
-                    send_continue(c, shard).await?;
+                    send_continue(c).await?;
                 }
                 c.buf.clear();
                 c.pos = 0;
@@ -175,9 +174,10 @@ async fn read_client<S: ClientIo>(
 
 /// `Expect: 100-continue`: the gateway answers it itself once the request is routed and within
 /// limits (so a 413 goes out instead of a 100 when the declared length is too big).
-async fn send_continue<S: ClientIo>(c: &mut Conn<S>, shard: &Shard) -> Result<(), SendError> {
+async fn send_continue<S: ClientIo>(c: &mut Conn<S>) -> Result<(), SendError> {
+    let timeout = c.client_timeout();
     let fut = c.client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
-    match monoio::time::timeout(client_write_timeout(shard), fut).await {
+    match monoio::time::timeout(timeout, fut).await {
         Ok((Ok(_), _)) => Ok(()),
         _ => Err(SendError::ClientGone),
     }
@@ -186,13 +186,12 @@ async fn send_continue<S: ClientIo>(c: &mut Conn<S>, shard: &Shard) -> Result<()
 /// Sends `c.out` (the response head) and relays the body from `c.ubuf` / the upstream.
 pub async fn relay_response<S: ClientIo>(
     c: &mut Conn<S>,
-    shard: &Shard,
     svc: &ServiceDef,
     upstream: &mut TcpStream,
     body: BodyKind,
     framing: ClientFraming,
 ) -> Relay {
-    let write_timeout = client_write_timeout(shard);
+    let write_timeout = c.client_timeout();
     let read_timeout = svc.read_timeout;
     let hl = c.resp.head_len.min(c.ubuf.len());
     match body {

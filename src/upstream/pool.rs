@@ -10,7 +10,9 @@
 //! LIFO keeps the warmest connections busy and lets the cold ones age out.
 //! The `RefCell` is never borrowed across an `.await`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -23,18 +25,38 @@ struct Idle {
 
 pub struct Pool {
     idle: RefCell<Vec<Vec<Idle>>>,
-    max_idle: usize,
-    idle_timeout: Duration,
+    /// Slot per target address, stable across config reloads so pooled connections survive them.
+    slots: RefCell<HashMap<SocketAddr, usize>>,
+    max_idle: Cell<usize>,
+    idle_timeout: Cell<Duration>,
 }
 
 impl Pool {
-    pub fn new(targets: usize, max_idle: usize, idle_timeout: Duration) -> Pool {
-        let idle = (0..targets).map(|_| Vec::new()).collect();
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Pool {
         Pool {
-            idle: RefCell::new(idle),
-            max_idle,
-            idle_timeout,
+            idle: RefCell::new(Vec::new()),
+            slots: RefCell::new(HashMap::new()),
+            max_idle: Cell::new(max_idle),
+            idle_timeout: Cell::new(idle_timeout),
         }
+    }
+
+    /// The slot for `addr`, created on first use (at config load, never per request).
+    pub fn slot_for(&self, addr: SocketAddr) -> usize {
+        let mut slots = self.slots.borrow_mut();
+        let next = slots.len();
+        let slot = *slots.entry(addr).or_insert(next);
+        let mut idle = self.idle.borrow_mut();
+        while idle.len() <= slot {
+            idle.push(Vec::new());
+        }
+        slot
+    }
+
+    /// New limits from a reloaded config.
+    pub fn set_limits(&self, max_idle: usize, idle_timeout: Duration) {
+        self.max_idle.set(max_idle);
+        self.idle_timeout.set(idle_timeout);
     }
 
     /// A live idle connection to `target`, if there is one.
@@ -43,7 +65,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let stack = idle.get_mut(target)?;
         while let Some(conn) = stack.pop() {
-            if now.duration_since(conn.since) < self.idle_timeout && is_quiet(&conn.stream) {
+            if now.duration_since(conn.since) < self.idle_timeout.get() && is_quiet(&conn.stream) {
                 return Some(conn.stream);
             }
             // Dropped: expired, closed by the peer, or carrying unsolicited bytes.
@@ -54,7 +76,7 @@ impl Pool {
     pub fn checkin(&self, target: usize, stream: TcpStream) {
         let mut idle = self.idle.borrow_mut();
         if let Some(stack) = idle.get_mut(target) {
-            if stack.len() < self.max_idle {
+            if stack.len() < self.max_idle.get() {
                 stack.push(Idle {
                     stream,
                     since: Instant::now(),
@@ -66,7 +88,7 @@ impl Pool {
     /// Closes idle connections past their timeout; called periodically by the worker.
     pub fn reap(&self) {
         let now = Instant::now();
-        let timeout = self.idle_timeout;
+        let timeout = self.idle_timeout.get();
         for stack in self.idle.borrow_mut().iter_mut() {
             stack.retain(|c| now.duration_since(c.since) < timeout);
         }

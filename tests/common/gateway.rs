@@ -240,6 +240,22 @@ impl Gateway {
         }
     }
 
+    /// Replaces the config file the gateway was started with (for reload tests).
+    pub fn rewrite_config(&self, toml: &str) {
+        std::fs::write(&self._config.path, toml).expect("rewrite config");
+    }
+
+    /// SIGHUP, then waits for the `reloaded generation=N` line.
+    pub fn reload_to(&self, generation: u64) {
+        self.signal(libc::SIGHUP);
+        let line = format!("generation={generation}");
+        assert!(
+            self.wait_log(&line, Duration::from_secs(10)),
+            "no reload to generation {generation}: {:?}",
+            self.logs()
+        );
+    }
+
     pub fn sigterm(&self) {
         self.signal(libc::SIGTERM);
     }
