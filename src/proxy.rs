@@ -40,10 +40,12 @@ use head::{ClientFraming, Forwarded};
 /// Lingering close: how long and how much unread client input is drained before closing.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
-/// Initial client read buffer: enough for typical request heads; grows up to the header limit.
-const CLIENT_BUF: usize = 8 * 1024;
+/// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
+/// grows up to the header limit for large ones and shrinks back afterwards. Idle keep-alive
+/// connections hold this and their task, nothing else.
+const CLIENT_BUF: usize = 1024;
 /// Past this the client buffer is shrunk back after a request, so one big head doesn't pin memory.
-const CLIENT_BUF_KEEP: usize = 32 * 1024;
+const CLIENT_BUF_KEEP: usize = 8 * 1024;
 
 /// A client-side stream: plain TCP or TLS over TCP.
 pub trait ClientIo: AsyncReadRent + AsyncWriteRent + Split + 'static {}
@@ -54,6 +56,36 @@ impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientIo for T {}
 pub struct Listener {
     pub port: u16,
     pub tls: bool,
+}
+
+/// Working memory of one request: parsed heads, rewritten paths, the outgoing-bytes buffer.
+/// `Default` is empty and allocation-free; pooled instances keep their grown capacity.
+#[derive(Default)]
+pub struct Scratch {
+    head: RequestHead,
+    resp: ResponseHead,
+    /// Normalized request path (what routing sees).
+    path: Vec<u8>,
+    /// Upstream request target (rewritten path + query).
+    target: Vec<u8>,
+    /// Outgoing bytes: heads, re-encoded chunks, error responses.
+    out: Vec<u8>,
+}
+
+impl Scratch {
+    pub fn with_capacity() -> Scratch {
+        Scratch {
+            path: Vec::with_capacity(256),
+            target: Vec::with_capacity(256),
+            out: Vec::with_capacity(1024),
+            ..Scratch::default()
+        }
+    }
+
+    /// Whether this scratch may go back to the pool (a huge one is dropped instead).
+    pub fn reusable(&self) -> bool {
+        self.out.capacity() <= CLIENT_BUF_KEEP && self.path.capacity() <= CLIENT_BUF_KEEP
+    }
 }
 
 /// What the connection loop does after a request.
@@ -101,15 +133,12 @@ struct Conn<S> {
     /// Client bytes; unconsumed ones start at `pos`.
     buf: Vec<u8>,
     pos: usize,
+    /// The small header buffer, set aside while a request body streams through a pooled one.
+    spare: Vec<u8>,
     served: u64,
-    head: RequestHead,
-    resp: ResponseHead,
-    /// Normalized request path (what routing sees).
-    path: Vec<u8>,
-    /// Upstream request target (rewritten path + query).
-    target: Vec<u8>,
-    /// Outgoing bytes: heads, re-encoded chunks, error responses.
-    out: Vec<u8>,
+    /// Per-request working memory, borrowed from the shard while a request is being handled, so an
+    /// idle keep-alive connection holds none of it.
+    s: Scratch,
     /// Upstream read buffer; borrowed from the shard's buffer pool only while a request is upstream.
     ubuf: Vec<u8>,
     /// Whether the current request's body has been fully read from the client.
@@ -146,20 +175,18 @@ pub async fn serve<S: ClientIo>(
         snap: shard.snapshot(),
         buf: Vec::with_capacity(CLIENT_BUF),
         pos: 0,
+        spare: Vec::new(),
         served: 0,
-        head: RequestHead::default(),
-        resp: ResponseHead::default(),
-        path: Vec::with_capacity(256),
-        target: Vec::with_capacity(256),
-        out: Vec::new(),
+        s: Scratch::default(),
         ubuf: Vec::new(),
         body_done: true,
     };
     loop {
         let next = conn.request(&shard).await;
         shard.give_buf(std::mem::take(&mut conn.ubuf));
+        shard.give_scratch(std::mem::take(&mut conn.s));
         match next {
-            Next::KeepAlive => conn.recycle(),
+            Next::KeepAlive => conn.recycle(&shard),
             Next::Close => break,
             Next::Upgrade(upstream) => {
                 let idle = conn.snap.config.server.timeouts.upstream_read;
@@ -178,15 +205,20 @@ impl<S: ClientIo> Conn<S> {
     }
 
     /// Between requests: drop consumed bytes and give back memory a large request made us take.
-    fn recycle(&mut self) {
+    fn recycle(&mut self, shard: &Shard) {
         let pos = self.pos.min(self.buf.len());
-        self.buf.drain(..pos);
+        if self.spare.capacity() > 0 {
+            // The body was streamed through a pooled buffer: keep only the pipelined leftover.
+            let mut small = std::mem::take(&mut self.spare);
+            small.clear();
+            small.extend_from_slice(&self.buf[pos..]);
+            shard.give_buf(std::mem::replace(&mut self.buf, small));
+        } else {
+            self.buf.drain(..pos);
+        }
         self.pos = 0;
         if self.buf.capacity() > CLIENT_BUF_KEEP && self.buf.len() < CLIENT_BUF {
             self.buf.shrink_to(CLIENT_BUF);
-        }
-        if self.out.capacity() > CLIENT_BUF_KEEP {
-            self.out = Vec::new();
         }
     }
 
@@ -202,12 +234,12 @@ impl<S: ClientIo> Conn<S> {
         self.served += 1;
         // Request boundary: pick up a reloaded config, if any.
         self.snap = shard.snapshot();
-        self.pos = self.head.head_len;
-        let body = self.head.body.unwrap_or(BodyKind::None);
+        self.pos = self.s.head.head_len;
+        let body = self.s.head.body.unwrap_or(BodyKind::None);
         self.body_done = matches!(body, BodyKind::None | BodyKind::Length(0));
         match self.prepare(body) {
             Ok(p) => self.forward(shard, &p).await,
-            Err(e) => self.fail(shard, e, self.head.close).await,
+            Err(e) => self.fail(shard, e, self.s.head.close).await,
         }
     }
 
@@ -224,7 +256,10 @@ impl<S: ClientIo> Conn<S> {
         let mut deadline: Option<Instant> = None;
         loop {
             if !self.buf.is_empty() {
-                match parse::parse_request(&self.buf, &limits, &mut self.head) {
+                if self.s.path.capacity() == 0 {
+                    self.s = shard.take_scratch();
+                }
+                match parse::parse_request(&self.buf, &limits, &mut self.s.head) {
                     Ok(Parsed::Complete) => return Ok(true),
                     Ok(Parsed::Partial) => {}
                     Err(e) => return Err(request_parse_error(e)),
@@ -237,7 +272,9 @@ impl<S: ClientIo> Conn<S> {
                 if self.buf.capacity() >= cap {
                     return Err(GatewayError::HeadersTooLarge);
                 }
-                self.buf.reserve_exact(cap - self.buf.len());
+                // Double (a big head is rare; its buffer is shrunk back after the request).
+                let want = (self.buf.capacity() * 2).clamp(CLIENT_BUF, cap);
+                self.buf.reserve_exact(want - self.buf.len());
             }
             let read = match deadline {
                 Some(d) => {
@@ -275,16 +312,16 @@ impl<S: ClientIo> Conn<S> {
 
     /// Normalizes, routes and applies the body limit. Allocation-free.
     fn prepare(&mut self, body: BodyKind) -> Result<Prepared, GatewayError> {
-        let head = &self.head;
+        let head = &self.s.head;
         let buf = &self.buf;
         let raw_path = head.path_bytes(buf);
         if raw_path.first() == Some(&b'/') {
-            normalize_path(raw_path, &mut self.path)
+            normalize_path(raw_path, &mut self.s.path)
                 .map_err(|_| GatewayError::BadRequest("invalid path encoding"))?;
         } else {
             // asterisk-form (`OPTIONS *`): routed as-is, so only a route without paths can take it.
-            self.path.clear();
-            self.path.extend_from_slice(raw_path);
+            self.s.path.clear();
+            self.s.path.extend_from_slice(raw_path);
         }
         let host = host_without_port(
             head.effective_host()
@@ -297,7 +334,7 @@ impl<S: ClientIo> Conn<S> {
         let m = self
             .snap
             .router
-            .find(host, method, &self.path, query, &view)
+            .find(host, method, &self.s.path, query, &view)
             .ok_or(GatewayError::NoRoute)?;
         let route: &RouteDef = self
             .snap
@@ -326,7 +363,7 @@ impl<S: ClientIo> Conn<S> {
             .contains(&method);
         Ok(Prepared {
             route: m.route,
-            strip_len: m.strip_len.min(self.path.len()),
+            strip_len: m.strip_len.min(self.s.path.len()),
             max_body,
             body,
             head_method: method == b"HEAD",
@@ -353,10 +390,10 @@ impl<S: ClientIo> Conn<S> {
                 .fail(shard, GatewayError::ServiceUnavailable, p.client_close)
                 .await;
         };
-        upstream_path(&svc.path, &self.path, p.strip_len, &mut self.target);
-        if let Some(q) = self.head.query {
-            self.target.push(b'?');
-            self.target.extend_from_slice(q.get(&self.buf));
+        upstream_path(&svc.path, &self.s.path, p.strip_len, &mut self.s.target);
+        if let Some(q) = self.s.head.query {
+            self.s.target.push(b'?');
+            self.s.target.extend_from_slice(q.get(&self.buf));
         }
         let mut pinned: Option<usize> = None;
         loop {
@@ -408,6 +445,7 @@ impl<S: ClientIo> Conn<S> {
 
         // 1. Request head (plus whatever body bytes already arrived), then the rest of the body.
         let client_host = self
+            .s
             .head
             .effective_host()
             .map(|h| h.get(&self.buf))
@@ -421,21 +459,22 @@ impl<S: ClientIo> Conn<S> {
             client_ip: self.peer.ip(),
             listen_port: self.listener.port,
             client_host,
-            prefix: self.path.get(..p.strip_len).unwrap_or_default(),
+            prefix: self.s.path.get(..p.strip_len).unwrap_or_default(),
             proto: if self.listener.tls { b"https" } else { b"http" },
         };
-        self.out.clear();
+        self.s.out.clear();
         head::write_request_head(
-            &mut self.out,
+            &mut self.s.out,
             &self.buf,
-            &self.head,
-            &self.target,
+            &self.s.head,
+            &self.s.target,
             host,
             &fwd,
             p.body,
         );
         match body::send_request(
             self,
+            shard,
             p.body,
             p.max_body,
             p.expect_continue,
@@ -460,16 +499,16 @@ impl<S: ClientIo> Conn<S> {
         let max_head = cfg.server.max_header_bytes;
         loop {
             if !self.ubuf.is_empty() {
-                match parse::parse_response(&self.ubuf, max_head, p.head_method, &mut self.resp) {
+                match parse::parse_response(&self.ubuf, max_head, p.head_method, &mut self.s.resp) {
                     Ok(Parsed::Complete) => {
-                        let status = self.resp.status;
+                        let status = self.s.resp.status;
                         if status == 101 {
                             return self.upgrade(shard, p, upstream).await;
                         }
                         if (100..200).contains(&status) {
                             // Interim (100 Continue from the upstream, 103 hints): already handled
                             // towards the client by us; drop it and read on.
-                            let hl = self.resp.head_len.min(self.ubuf.len());
+                            let hl = self.s.resp.head_len.min(self.ubuf.len());
                             self.ubuf.drain(..hl);
                             continue;
                         }
@@ -517,7 +556,7 @@ impl<S: ClientIo> Conn<S> {
         }
 
         // 3. Response head and body to the client.
-        let resp_body = self.resp.body.unwrap_or(BodyKind::None);
+        let resp_body = self.s.resp.body.unwrap_or(BodyKind::None);
         let framing = match resp_body {
             BodyKind::None => ClientFraming::NoBody,
             BodyKind::Length(n) => ClientFraming::Length(n),
@@ -529,11 +568,11 @@ impl<S: ClientIo> Conn<S> {
             || !self.body_done
             || shard.draining.get()
             || framing == ClientFraming::Close;
-        self.out.clear();
+        self.s.out.clear();
         head::write_response_head(
-            &mut self.out,
+            &mut self.s.out,
             &self.ubuf,
-            &self.resp,
+            &self.s.resp,
             framing,
             close,
             p.http10,
@@ -541,7 +580,7 @@ impl<S: ClientIo> Conn<S> {
         let relay = body::relay_response(self, svc, &mut upstream, resp_body, framing).await;
         match relay {
             body::Relay::Complete { upstream_clean } => {
-                if upstream_clean && !self.resp.close {
+                if upstream_clean && !self.s.resp.close {
                     if let Some(slot) = self.snap.slot(svc.upstream, target) {
                         shard.pool.checkin(slot, upstream);
                     }
@@ -595,13 +634,13 @@ impl<S: ClientIo> Conn<S> {
                     .await,
             );
         }
-        self.out.clear();
-        head::write_upgrade_head(&mut self.out, &self.ubuf, &self.resp);
+        self.s.out.clear();
+        head::write_upgrade_head(&mut self.s.out, &self.ubuf, &self.s.resp);
         // Bytes the upstream sent right after its 101 belong to the new protocol.
-        let extra_from = self.resp.head_len.min(self.ubuf.len());
-        self.out.extend_from_slice(&self.ubuf[extra_from..]);
+        let extra_from = self.s.resp.head_len.min(self.ubuf.len());
+        self.s.out.extend_from_slice(&self.ubuf[extra_from..]);
         let write_timeout = self.client_timeout();
-        if io::send_all(&mut self.client, &mut self.out, write_timeout)
+        if io::send_all(&mut self.client, &mut self.s.out, write_timeout)
             .await
             .is_err()
         {
@@ -623,10 +662,10 @@ impl<S: ClientIo> Conn<S> {
     }
 
     async fn reply_error(&mut self, _shard: &Shard, e: GatewayError, close: bool) {
-        self.out.clear();
-        e.write_response(close, &mut self.out);
+        self.s.out.clear();
+        e.write_response(close, &mut self.s.out);
         let timeout = self.client_timeout();
-        let _ = io::send_all(&mut self.client, &mut self.out, timeout).await;
+        let _ = io::send_all(&mut self.client, &mut self.s.out, timeout).await;
         if close {
             self.lingering_close().await;
         }

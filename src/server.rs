@@ -85,6 +85,19 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             return 1;
         }
     }
+    // Handlers go in before `ready` is announced: a SIGHUP arriving earlier would otherwise take the
+    // default action and terminate the process.
+    let signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("signal setup failed error=\"{e}\"");
+            return 1;
+        }
+    };
     let reloader = Reloader {
         path: path.to_path_buf(),
         state: Mutex::new(ReloadState {
@@ -98,7 +111,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         if use_uring { "io_uring" } else { "epoll" }
     );
 
-    wait_for_termination(&reloader);
+    wait_for_termination(signals, &reloader);
     let drain_timeout = reloader.current().config.server.drain_timeout;
     info!("draining timeout={}ms", drain_timeout.as_millis());
     control.drain.store(true, Ordering::Relaxed);
@@ -217,15 +230,8 @@ fn bind_all(
 }
 
 /// Blocks until SIGTERM or SIGINT; SIGHUP reloads the config.
-fn wait_for_termination(reloader: &Reloader) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("signal setup failed error=\"{e}\"");
-            return;
-        }
-    };
+fn wait_for_termination(mut signals: signal_hook::iterator::Signals, reloader: &Reloader) {
+    use signal_hook::consts::{SIGHUP, SIGTERM};
     for sig in signals.forever() {
         match sig {
             SIGHUP => {

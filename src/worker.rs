@@ -19,6 +19,7 @@ use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
 use crate::config::model::Config;
+use crate::proxy::Scratch;
 use crate::router::Router;
 use crate::upstream::balancer::Swrr;
 use crate::upstream::pool::Pool;
@@ -99,6 +100,8 @@ pub struct Shard {
     /// Upstream read buffers, lent to a connection only while its request is upstream, so idle
     /// keep-alive connections hold no large buffer.
     bufs: RefCell<Vec<Vec<u8>>>,
+    /// Per-request working memory, lent the same way.
+    scratch: RefCell<Vec<Scratch>>,
 }
 
 impl Shard {
@@ -113,6 +116,7 @@ impl Shard {
             active: Cell::new(0),
             idle: IdleRegistry::default(),
             bufs: RefCell::new(Vec::new()),
+            scratch: RefCell::new(Vec::new()),
         }
     }
 
@@ -138,6 +142,21 @@ impl Shard {
             buf.reserve_exact(want);
         }
         buf
+    }
+
+    /// Request working memory (pooled; a fresh one starts with room for typical requests).
+    pub fn take_scratch(&self) -> Scratch {
+        self.scratch
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(Scratch::with_capacity)
+    }
+
+    pub fn give_scratch(&self, scratch: Scratch) {
+        let mut pool = self.scratch.borrow_mut();
+        if scratch.reusable() && pool.len() < MAX_POOLED_BUFS {
+            pool.push(scratch);
+        }
     }
 
     /// Returns a buffer to the pool (buffers lost to a cancelled operation come back empty and are dropped).
@@ -322,13 +341,11 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let fd = stream.as_raw_fd();
                 let listener = crate::proxy::Listener { port, tls: false };
-                monoio::spawn(crate::proxy::serve(
-                    stream,
-                    fd,
-                    peer,
-                    listener,
-                    shard.clone(),
-                ));
+                let fut = crate::proxy::serve(stream, fd, peer, listener, shard.clone());
+                if std::env::var_os("RINGGATE_DEBUG_SIZES").is_some() {
+                    crate::info!("connection future bytes={}", std::mem::size_of_val(&fut));
+                }
+                monoio::spawn(fut);
             }
             Err(e) => {
                 if shard.draining.get() {

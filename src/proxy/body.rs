@@ -13,7 +13,10 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use super::head::{push_chunk_size, ClientFraming};
-use super::{io, ClientIo, Conn};
+use super::{io, ClientIo, Conn, Shard};
+
+/// Size of the pooled buffer request bodies stream through.
+const BODY_BUF: usize = 32 * 1024;
 use crate::config::model::ServiceDef;
 use crate::http::chunked::{Chunk, ChunkedDecoder};
 use crate::http::BodyKind;
@@ -57,9 +60,10 @@ fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
 
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// Sends `c.out` (the request head) and the request body.
+/// Sends `c.s.out` (the request head) and the request body.
 pub async fn send_request<S: ClientIo>(
     c: &mut Conn<S>,
+    shard: &Shard,
     body: BodyKind,
     max_body: u64,
     expect_continue: bool,
@@ -68,20 +72,20 @@ pub async fn send_request<S: ClientIo>(
 ) -> Result<(), SendError> {
     let write_timeout = svc.write_timeout;
     let read_timeout = c.client_timeout();
-    let hl = c.head.head_len.min(c.buf.len());
+    let hl = c.s.head.head_len.min(c.buf.len());
     match body {
         BodyKind::None | BodyKind::Length(0) | BodyKind::CloseDelimited => {
             c.pos = hl;
-            io::send_all(upstream, &mut c.out, write_timeout)
+            io::send_all(upstream, &mut c.s.out, write_timeout)
                 .await
                 .map_err(upstream_error)
         }
         BodyKind::Length(n) => {
             let avail = c.buf.len() - hl;
             let first = (avail as u64).min(n) as usize;
-            c.out.extend_from_slice(&c.buf[hl..hl + first]);
+            c.s.out.extend_from_slice(&c.buf[hl..hl + first]);
             c.pos = hl + first;
-            io::send_all(upstream, &mut c.out, write_timeout)
+            io::send_all(upstream, &mut c.s.out, write_timeout)
                 .await
                 .map_err(upstream_error)?;
             let mut remaining = n - first as u64;
@@ -91,7 +95,7 @@ pub async fn send_request<S: ClientIo>(
             while remaining > 0 {
                 c.buf.clear();
                 c.pos = 0;
-                read_client(c, read_timeout).await?;
+                read_client(c, shard, read_timeout).await?;
                 let take = (c.buf.len() as u64).min(remaining) as usize;
                 io::send(upstream, &mut c.buf, 0..take, write_timeout)
                     .await
@@ -123,11 +127,11 @@ pub async fn send_request<S: ClientIo>(
                                 .buf
                                 .get(start + r.start..start + r.end)
                                 .unwrap_or_default();
-                            push_chunk(&mut c.out, data);
+                            push_chunk(&mut c.s.out, data);
                         }
                         Chunk::NeedMore => {}
                         Chunk::Done => {
-                            c.out.extend_from_slice(LAST_CHUNK);
+                            c.s.out.extend_from_slice(LAST_CHUNK);
                             done = true;
                         }
                     }
@@ -136,11 +140,11 @@ pub async fn send_request<S: ClientIo>(
                     }
                     start += used;
                 }
-                if !c.out.is_empty() {
-                    io::send_all(upstream, &mut c.out, write_timeout)
+                if !c.s.out.is_empty() {
+                    io::send_all(upstream, &mut c.s.out, write_timeout)
                         .await
                         .map_err(upstream_error)?;
-                    c.out.clear();
+                    c.s.out.clear();
                 }
                 if done {
                     c.pos = start;
@@ -154,16 +158,24 @@ pub async fn send_request<S: ClientIo>(
                 c.buf.clear();
                 c.pos = 0;
                 start = 0;
-                read_client(c, read_timeout).await?;
+                read_client(c, shard, read_timeout).await?;
             }
         }
     }
 }
 
+/// Reads more body bytes into the (empty) client buffer. The first time, the small header buffer is
+/// set aside for a pooled large one, so a body streams in large reads without every idle connection
+/// paying for a large buffer.
 async fn read_client<S: ClientIo>(
     c: &mut Conn<S>,
+    shard: &Shard,
     timeout: std::time::Duration,
 ) -> Result<(), SendError> {
+    if c.spare.capacity() == 0 && c.buf.capacity() < BODY_BUF {
+        let big = shard.take_buf(BODY_BUF);
+        c.spare = std::mem::replace(&mut c.buf, big);
+    }
     match io::fill(&mut c.client, &mut c.buf, timeout).await {
         Ok(0) => Err(SendError::ClientGone),
         Ok(_) => Ok(()),
@@ -183,7 +195,7 @@ async fn send_continue<S: ClientIo>(c: &mut Conn<S>) -> Result<(), SendError> {
     }
 }
 
-/// Sends `c.out` (the response head) and relays the body from `c.ubuf` / the upstream.
+/// Sends `c.s.out` (the response head) and relays the body from `c.ubuf` / the upstream.
 pub async fn relay_response<S: ClientIo>(
     c: &mut Conn<S>,
     svc: &ServiceDef,
@@ -193,11 +205,11 @@ pub async fn relay_response<S: ClientIo>(
 ) -> Relay {
     let write_timeout = c.client_timeout();
     let read_timeout = svc.read_timeout;
-    let hl = c.resp.head_len.min(c.ubuf.len());
+    let hl = c.s.resp.head_len.min(c.ubuf.len());
     match body {
         BodyKind::None => {
             let clean = c.ubuf.len() == hl;
-            match io::send_all(&mut c.client, &mut c.out, write_timeout).await {
+            match io::send_all(&mut c.client, &mut c.s.out, write_timeout).await {
                 Ok(()) => Relay::Complete {
                     upstream_clean: clean,
                 },
@@ -208,8 +220,8 @@ pub async fn relay_response<S: ClientIo>(
             let avail = c.ubuf.len() - hl;
             let first = (avail as u64).min(n) as usize;
             let mut clean = avail == first;
-            c.out.extend_from_slice(&c.ubuf[hl..hl + first]);
-            if io::send_all(&mut c.client, &mut c.out, write_timeout)
+            c.s.out.extend_from_slice(&c.ubuf[hl..hl + first]);
+            if io::send_all(&mut c.client, &mut c.s.out, write_timeout)
                 .await
                 .is_err()
             {
@@ -246,7 +258,7 @@ pub async fn relay_response<S: ClientIo>(
     }
 }
 
-/// Appends upstream body data to `c.out` in the client's framing.
+/// Appends upstream body data to `c.s.out` in the client's framing.
 fn frame_into(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming) {
     if data.is_empty() {
         return;
@@ -283,12 +295,12 @@ async fn relay_chunked<S: ClientIo>(
                         .ubuf
                         .get(start + r.start..start + r.end)
                         .unwrap_or_default();
-                    frame_into(&mut c.out, data, framing);
+                    frame_into(&mut c.s.out, data, framing);
                 }
                 Chunk::NeedMore => {}
                 Chunk::Done => {
                     if framing == ClientFraming::Chunked {
-                        c.out.extend_from_slice(LAST_CHUNK);
+                        c.s.out.extend_from_slice(LAST_CHUNK);
                     }
                     done = true;
                 }
@@ -298,14 +310,14 @@ async fn relay_chunked<S: ClientIo>(
             }
             start += used;
         }
-        if !c.out.is_empty() {
-            if io::send_all(&mut c.client, &mut c.out, write_timeout)
+        if !c.s.out.is_empty() {
+            if io::send_all(&mut c.client, &mut c.s.out, write_timeout)
                 .await
                 .is_err()
             {
                 return Relay::Aborted;
             }
-            c.out.clear();
+            c.s.out.clear();
             head_sent = true;
         }
         if done {
@@ -331,29 +343,29 @@ async fn relay_until_close<S: ClientIo>(
     write_timeout: std::time::Duration,
 ) -> Relay {
     let data = c.ubuf.get(hl..).unwrap_or_default();
-    frame_into(&mut c.out, data, framing);
+    frame_into(&mut c.s.out, data, framing);
     loop {
-        if io::send_all(&mut c.client, &mut c.out, write_timeout)
+        if io::send_all(&mut c.client, &mut c.s.out, write_timeout)
             .await
             .is_err()
         {
             return Relay::Aborted;
         }
-        c.out.clear();
+        c.s.out.clear();
         c.ubuf.clear();
         match io::fill(upstream, &mut c.ubuf, read_timeout).await {
             Ok(0) => break,
             Ok(_) => {
                 let data = c.ubuf.as_slice();
-                frame_into(&mut c.out, data, framing);
+                frame_into(&mut c.s.out, data, framing);
             }
             // A reset or timeout is not a clean end: leave the response unterminated.
             Err(_) => return Relay::Aborted,
         }
     }
     if framing == ClientFraming::Chunked {
-        c.out.extend_from_slice(LAST_CHUNK);
-        if io::send_all(&mut c.client, &mut c.out, write_timeout)
+        c.s.out.extend_from_slice(LAST_CHUNK);
+        if io::send_all(&mut c.client, &mut c.s.out, write_timeout)
             .await
             .is_err()
         {

@@ -3,8 +3,8 @@
 //! Invariants:
 //! - only connections whose last response was fully read, left no unread bytes and allowed reuse are
 //!   checked in (the proxy decides; see `proxy::exchange`);
-//! - a connection idle longer than `idle_timeout`, or one the peer has closed or written to while idle
-//!   (seen with a non-blocking `MSG_PEEK`), is never handed out;
+//! - a connection idle longer than `idle_timeout` is never handed out, nor one idle for more than
+//!   `PEEK_AFTER` that the peer has closed or written to (seen with a non-blocking `MSG_PEEK`);
 //! - at most `max_idle` idle connections per target; extras are closed.
 //!
 //! LIFO keeps the warmest connections busy and lets the cold ones age out.
@@ -22,6 +22,9 @@ struct Idle {
     stream: TcpStream,
     since: Instant,
 }
+
+/// Idle time after which a pooled connection is peeked before reuse.
+const PEEK_AFTER: Duration = Duration::from_millis(500);
 
 pub struct Pool {
     idle: RefCell<Vec<Vec<Idle>>>,
@@ -65,7 +68,13 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let stack = idle.get_mut(target)?;
         while let Some(conn) = stack.pop() {
-            if now.duration_since(conn.since) < self.idle_timeout.get() && is_quiet(&conn.stream) {
+            let idle_for = now.duration_since(conn.since);
+            if idle_for >= self.idle_timeout.get() {
+                continue;
+            }
+            // A connection reused within moments (the norm under load) skips the peek syscall: a
+            // close racing that window is caught by the retry on a fresh connection.
+            if idle_for < PEEK_AFTER || is_quiet(&conn.stream) {
                 return Some(conn.stream);
             }
             // Dropped: expired, closed by the peer, or carrying unsolicited bytes.
