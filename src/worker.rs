@@ -341,11 +341,13 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let fd = stream.as_raw_fd();
                 let listener = crate::proxy::Listener { port, tls: false };
-                let fut = crate::proxy::serve(stream, fd, peer, listener, shard.clone());
-                if std::env::var_os("RINGGATE_DEBUG_SIZES").is_some() {
-                    crate::info!("connection future bytes={}", std::mem::size_of_val(&fut));
-                }
-                monoio::spawn(fut);
+                monoio::spawn(crate::proxy::serve(
+                    stream,
+                    fd,
+                    peer,
+                    listener,
+                    shard.clone(),
+                ));
             }
             Err(e) => {
                 if shard.draining.get() {
