@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config;
+use crate::config::model::ListenKind;
 use crate::router::Router;
+use crate::tls::TlsContext;
 use crate::worker::{self, Control, WorkerSpec};
 use crate::{error, info, warn};
 
@@ -20,6 +22,15 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     install_panic_hook();
     let cfg = match config::load(path) {
         Ok(cfg) => Arc::new(cfg),
+        Err(errors) => {
+            for e in &errors {
+                error!("config error: {e}");
+            }
+            return 1;
+        }
+    };
+    let tls = match TlsContext::build(&cfg) {
+        Ok(t) => t,
         Err(errors) => {
             for e in &errors {
                 error!("config error: {e}");
@@ -40,12 +51,13 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     }
     let router = Arc::new(Router::new(&cfg.routes));
 
-    let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    for addr in &cfg.server.listen {
-        match bind_all(*addr, &mut listeners) {
-            Ok(actual) => info!("listening addr={actual}"),
+    let mut listeners: Vec<Vec<(std::net::TcpListener, ListenKind)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for l in &cfg.server.listeners {
+        match bind_all(l.addr, l.kind, &mut listeners) {
+            Ok(actual) => info!("listening addr={actual} kind={}", kind_name(l.kind)),
             Err(e) => {
-                error!("bind failed addr={addr} error=\"{e}\"");
+                error!("bind failed addr={} error=\"{e}\"", l.addr);
                 return 1;
             }
         }
@@ -63,6 +75,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             },
             listeners,
             config: cfg.clone(),
+            tls: tls.clone(),
             router: router.clone(),
             control: control.clone(),
             use_uring,
@@ -110,7 +123,8 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
 /// Binds `addr` once per worker; returns the address actually bound (port 0 resolved).
 fn bind_all(
     addr: std::net::SocketAddr,
-    listeners: &mut [Vec<std::net::TcpListener>],
+    kind: ListenKind,
+    listeners: &mut [Vec<(std::net::TcpListener, ListenKind)>],
 ) -> std::io::Result<std::net::SocketAddr> {
     let mut actual = addr;
     for (i, slot) in listeners.iter_mut().enumerate() {
@@ -118,9 +132,18 @@ fn bind_all(
         if i == 0 {
             actual = l.local_addr()?;
         }
-        slot.push(l);
+        slot.push((l, kind));
     }
     Ok(actual)
+}
+
+/// For the `listening` log line.
+fn kind_name(kind: ListenKind) -> &'static str {
+    match kind {
+        ListenKind::Http => "http",
+        ListenKind::Https => "https",
+        ListenKind::RedirectHttps { .. } => "redirect-https",
+    }
 }
 
 /// Blocks until SIGTERM or SIGINT. SIGHUP is acknowledged (reload arrives with the admin work).

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
-use crate::config::model::Config;
+use crate::config::model::{Config, ListenKind};
 use crate::router::Router;
+use crate::tls::TlsContext;
 use crate::upstream::balancer::Swrr;
 use crate::upstream::pool::Pool;
 
@@ -50,6 +51,8 @@ pub struct Shard {
     /// keep-alive connections hold no large buffer.
     bufs: RefCell<Vec<Vec<u8>>>,
     buf_size: usize,
+    /// TLS listeners' certificates; replaceable between connections (`set_tls`).
+    tls: RefCell<Arc<TlsContext>>,
 }
 
 impl Shard {
@@ -79,9 +82,21 @@ impl Shard {
             idle: IdleRegistry::default(),
             bufs: RefCell::new(Vec::new()),
             buf_size: (config.server.max_header_bytes + 1024).max(UPSTREAM_BUF),
+            tls: RefCell::new(TlsContext::empty()),
             config,
             router,
         }
+    }
+
+    /// The TLS context new connections handshake with.
+    pub fn tls(&self) -> Arc<TlsContext> {
+        self.tls.borrow().clone()
+    }
+
+    /// Replaces the TLS context (certificate reload). Connections accepted from now on use `ctx`;
+    /// established ones are unaffected.
+    pub fn set_tls(&self, ctx: Arc<TlsContext>) {
+        *self.tls.borrow_mut() = ctx;
     }
 
     /// An empty buffer of `buf_size` capacity (pooled when possible).
@@ -170,8 +185,11 @@ pub struct WorkerSpec {
     pub index: usize,
     /// CPU to pin to, if pinning is possible.
     pub cpu: Option<usize>,
-    pub listeners: Vec<std::net::TcpListener>,
+    /// Each with what it speaks (plain, TLS, https redirect).
+    pub listeners: Vec<(std::net::TcpListener, ListenKind)>,
     pub config: Arc<Config>,
+    /// Certificates for TLS listeners (built from `config` on the main thread).
+    pub tls: Arc<TlsContext>,
     pub router: Arc<Router>,
     pub control: Arc<Control>,
     pub use_uring: bool,
@@ -209,14 +227,16 @@ pub fn run(spec: WorkerSpec) {
 
 async fn worker_main(spec: WorkerSpec) {
     let shard = Rc::new(Shard::new(spec.config.clone(), spec.router.clone()));
+    shard.set_tls(spec.tls.clone());
     let accept_cancel = Canceller::new();
-    for std_listener in spec.listeners {
+    for (std_listener, kind) in spec.listeners {
         let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
         match TcpListener::from_std(std_listener) {
             Ok(listener) => {
                 monoio::spawn(accept_loop(
                     listener,
                     port,
+                    kind,
                     shard.clone(),
                     accept_cancel.handle(),
                 ));
@@ -254,6 +274,7 @@ async fn control_loop(shard: &Rc<Shard>, control: &Control, accept_cancel: Cance
 async fn accept_loop(
     listener: TcpListener,
     port: u16,
+    kind: ListenKind,
     shard: Rc<Shard>,
     cancel: monoio::io::CancelHandle,
 ) {
@@ -265,15 +286,30 @@ async fn accept_loop(
                 }
                 // Nagle + delayed ACK would stall split head/body writes by 40 ms (DESIGN.md §9).
                 let _ = stream.set_nodelay(true);
-                let fd = stream.as_raw_fd();
-                let listener = crate::proxy::Listener { port, tls: false };
-                monoio::spawn(crate::proxy::serve(
-                    stream,
-                    fd,
-                    peer,
-                    listener,
-                    shard.clone(),
-                ));
+                match kind {
+                    ListenKind::Http => {
+                        let fd = stream.as_raw_fd();
+                        let listener = crate::proxy::Listener { port, tls: false };
+                        monoio::spawn(crate::proxy::serve(
+                            stream,
+                            fd,
+                            peer,
+                            listener,
+                            shard.clone(),
+                        ));
+                    }
+                    ListenKind::Https => {
+                        monoio::spawn(crate::tls::accept::serve(stream, peer, port, shard.clone()));
+                    }
+                    ListenKind::RedirectHttps { status, https_port } => {
+                        monoio::spawn(crate::tls::redirect::serve(
+                            stream,
+                            status,
+                            https_port,
+                            shard.clone(),
+                        ));
+                    }
+                }
             }
             Err(e) => {
                 if shard.draining.get() {
