@@ -42,6 +42,8 @@ use head::{ClientFraming, Forwarded};
 /// Lingering close: how long and how much unread client input is drained before closing.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// How long a TLS close_notify may take to send before the socket is closed anyway.
+const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer: enough for typical request heads; grows up to the header limit.
 const CLIENT_BUF: usize = 8 * 1024;
 /// Past this the client buffer is shrunk back after a request, so one big head doesn't pin memory.
@@ -159,7 +161,13 @@ pub async fn serve<S: ClientIo>(
         shard.give_buf(std::mem::take(&mut conn.ubuf));
         match next {
             Next::KeepAlive => conn.recycle(),
-            Next::Close => break,
+            Next::Close => {
+                if conn.listener.tls {
+                    // TLS: say close_notify, so clients can tell a clean end from a truncation.
+                    let _ = monoio::time::timeout(CLOSE_NOTIFY_TIME, conn.client.shutdown()).await;
+                }
+                break;
+            }
             Next::Upgrade(upstream) => {
                 let idle = shard.config.server.timeouts.upstream_read;
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
