@@ -12,5 +12,6 @@ pub mod log;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

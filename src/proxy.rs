@@ -26,6 +26,7 @@ use std::os::fd::RawFd;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
+use monoio_rustls::TlsConnector;
 
 use crate::config::model::{RouteDef, ServiceDef};
 use crate::errors::GatewayError;
@@ -34,12 +35,15 @@ use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
 use crate::http::{BodyKind, Limits, Version};
 use crate::router::normalize::{normalize_path, upstream_path};
 use crate::router::RequestView;
+use crate::upstream::conn::UpstreamConn;
 use crate::worker::{Shard, Snapshot};
 use head::{ClientFraming, Forwarded};
 
 /// Lingering close: how long and how much unread client input is drained before closing.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// How long a TLS close_notify may take to send before the socket is closed anyway.
+const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
 /// grows up to the header limit for large ones and shrinks back afterwards. Idle keep-alive
 /// connections hold this and their task, nothing else.
@@ -93,7 +97,7 @@ pub enum Next {
     KeepAlive,
     Close,
     /// A 101 was relayed: the connection becomes a byte tunnel to this upstream connection.
-    Upgrade(TcpStream),
+    Upgrade(UpstreamConn),
 }
 
 /// Outcome of one attempt at an upstream exchange.
@@ -187,7 +191,13 @@ pub async fn serve<S: ClientIo>(
         shard.give_scratch(std::mem::take(&mut conn.s));
         match next {
             Next::KeepAlive => conn.recycle(&shard),
-            Next::Close => break,
+            Next::Close => {
+                if conn.listener.tls {
+                    // TLS: say close_notify, so clients can tell a clean end from a truncation.
+                    let _ = monoio::time::timeout(CLOSE_NOTIFY_TIME, conn.client.shutdown()).await;
+                }
+                break;
+            }
             Next::Upgrade(upstream) => {
                 let idle = conn.snap.config.server.timeouts.upstream_read;
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
@@ -424,7 +434,7 @@ impl<S: ClientIo> Conn<S> {
         p: &Prepared,
         route: &RouteDef,
         svc: &ServiceDef,
-        mut upstream: TcpStream,
+        mut upstream: UpstreamConn,
         target: usize,
         reused: bool,
     ) -> Exchange {
@@ -627,7 +637,7 @@ impl<S: ClientIo> Conn<S> {
     }
 
     /// Relays a 101 and turns the connection into a tunnel (only for requests that asked to upgrade).
-    async fn upgrade(&mut self, shard: &Shard, p: &Prepared, upstream: TcpStream) -> Exchange {
+    async fn upgrade(&mut self, shard: &Shard, p: &Prepared, upstream: UpstreamConn) -> Exchange {
         if !p.upgrade {
             return Exchange::Done(
                 self.fail(shard, GatewayError::BadResponse, p.client_close)
@@ -703,7 +713,7 @@ async fn connect(
     snap: &Snapshot,
     svc: &ServiceDef,
     pinned: Option<usize>,
-) -> Result<(TcpStream, usize, bool), GatewayError> {
+) -> Result<(UpstreamConn, usize, bool), GatewayError> {
     let ups = snap
         .config
         .upstreams
@@ -731,13 +741,16 @@ async fn connect(
                 return Ok((stream, t, true));
             }
         }
-        match monoio::time::timeout(svc.connect_timeout, TcpStream::connect_addr(tdef.addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, t, false));
-            }
-            Ok(Err(e)) => crate::debug!(
+        let tls = ups.tls.as_ref().map(|tls| (tls, tls.names.get(t)));
+        match monoio::time::timeout(svc.connect_timeout, connect_one(tdef.addr, tls)).await {
+            Ok(Ok(stream)) => return Ok((stream, t, false)),
+            Ok(Err(ConnectError::Tcp(e))) => crate::debug!(
                 "upstream connect failed target={} error=\"{}\"",
+                tdef.name,
+                e
+            ),
+            Ok(Err(ConnectError::Tls(e))) => crate::warn!(
+                "upstream tls handshake failed target={} error=\"{}\"",
                 tdef.name,
                 e
             ),
@@ -754,6 +767,39 @@ async fn connect(
     })
 }
 
+enum ConnectError {
+    Tcp(std::io::Error),
+    /// Handshake or certificate verification failed.
+    Tls(String),
+}
+
+/// TCP connect (with TCP_NODELAY), then the TLS handshake for https upstreams (SNI and verification
+/// against the target's configured name).
+async fn connect_one(
+    addr: SocketAddr,
+    tls: Option<(
+        &crate::config::model::UpstreamTls,
+        Option<&rustls::pki_types::ServerName<'static>>,
+    )>,
+) -> Result<UpstreamConn, ConnectError> {
+    let stream = TcpStream::connect_addr(addr)
+        .await
+        .map_err(ConnectError::Tcp)?;
+    let _ = stream.set_nodelay(true);
+    let Some((tls, name)) = tls else {
+        return Ok(UpstreamConn::Plain(stream));
+    };
+    let name = name
+        .cloned()
+        .ok_or_else(|| ConnectError::Tls("no server name for this target".to_owned()))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let connector = TlsConnector::from(tls.config.clone());
+    match connector.connect(name, stream).await {
+        Ok(s) => Ok(UpstreamConn::tls(s, fd)),
+        Err(e) => Err(ConnectError::Tls(e.to_string())),
+    }
+}
+
 fn request_parse_error(e: ParseError) -> GatewayError {
     match e {
         ParseError::BadRequest(why) => GatewayError::BadRequest(why),
@@ -765,7 +811,7 @@ fn request_parse_error(e: ParseError) -> GatewayError {
 }
 
 /// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
-fn host_without_port(host: &[u8]) -> &[u8] {
+pub(crate) fn host_without_port(host: &[u8]) -> &[u8] {
     if host.first() == Some(&b'[') {
         return match memchr::memchr(b']', host) {
             Some(end) => &host[..=end],

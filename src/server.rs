@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config;
-use crate::config::model::Config;
+use crate::config::model::{Config, ListenKind};
+use crate::config::ConfigError;
 use crate::router::Router;
+use crate::tls::TlsContext;
 use crate::worker::{self, Compiled, Control, WorkerSpec};
 use crate::{error, info, warn};
 
@@ -39,14 +41,23 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     if !use_uring {
         warn!("io_uring unavailable or disabled, falling back to the epoll driver");
     }
-    let compiled = Arc::new(compile(cfg, 1));
+    let compiled = match compile(cfg, 1) {
+        Ok(c) => Arc::new(c),
+        Err(errors) => {
+            for e in &errors {
+                error!("config error: {e}");
+            }
+            return 1;
+        }
+    };
 
-    let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    for addr in &compiled.config.server.listen {
-        match bind_all(*addr, &mut listeners) {
-            Ok(actual) => info!("listening addr={actual}"),
+    let mut listeners: Vec<Vec<(std::net::TcpListener, ListenKind)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for l in &compiled.config.server.listeners {
+        match bind_all(l.addr, l.kind, &mut listeners) {
+            Ok(actual) => info!("listening addr={actual} kind={}", kind_name(l.kind)),
             Err(e) => {
-                error!("bind failed addr={addr} error=\"{e}\"");
+                error!("bind failed addr={} error=\"{e}\"", l.addr);
                 return 1;
             }
         }
@@ -133,13 +144,15 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
 }
 
 /// Everything derived from a config that workers share read-only.
-fn compile(config: Arc<Config>, generation: u64) -> Compiled {
+fn compile(config: Arc<Config>, generation: u64) -> Result<Compiled, Vec<ConfigError>> {
+    let tls = TlsContext::build(&config)?;
     let router = Arc::new(Router::new(&config.routes));
-    Compiled {
+    Ok(Compiled {
         generation,
         config,
         router,
-    }
+        tls,
+    })
 }
 
 /// Hot reload: re-read, validate fully, compile off the workers, then hand the new generation to every
@@ -173,8 +186,10 @@ impl Reloader {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let config = match config::load(&self.path) {
-            Ok(c) => c,
+        let generation = state.current.generation + 1;
+        let compiled = match config::load(&self.path).and_then(|c| compile(Arc::new(c), generation))
+        {
+            Ok(c) => Arc::new(c),
             Err(errors) => {
                 let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 for e in &text {
@@ -184,11 +199,11 @@ impl Reloader {
             }
         };
         let old = &state.current.config.server;
-        if config.server.listen != old.listen || config.server.workers != old.workers {
+        if compiled.config.server.listen != old.listen
+            || compiled.config.server.workers != old.workers
+        {
             warn!("reload: changes to listen or workers take effect only after a restart");
         }
-        let generation = state.current.generation + 1;
-        let compiled = Arc::new(compile(Arc::new(config), generation));
         while state.acks.try_recv().is_ok() {}
         let mut pending = 0;
         for tx in &state.reload_txs {
@@ -216,7 +231,8 @@ impl Reloader {
 /// Binds `addr` once per worker; returns the address actually bound (port 0 resolved).
 fn bind_all(
     addr: std::net::SocketAddr,
-    listeners: &mut [Vec<std::net::TcpListener>],
+    kind: ListenKind,
+    listeners: &mut [Vec<(std::net::TcpListener, ListenKind)>],
 ) -> std::io::Result<std::net::SocketAddr> {
     let mut actual = addr;
     for (i, slot) in listeners.iter_mut().enumerate() {
@@ -224,9 +240,18 @@ fn bind_all(
         if i == 0 {
             actual = l.local_addr()?;
         }
-        slot.push(l);
+        slot.push((l, kind));
     }
     Ok(actual)
+}
+
+/// For the `listening` log line.
+fn kind_name(kind: ListenKind) -> &'static str {
+    match kind {
+        ListenKind::Http => "http",
+        ListenKind::Https => "https",
+        ListenKind::RedirectHttps { .. } => "redirect-https",
+    }
 }
 
 /// Blocks until SIGTERM or SIGINT; SIGHUP reloads the config.

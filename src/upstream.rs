@@ -3,4 +3,5 @@
 //! between cores.
 
 pub mod balancer;
+pub mod conn;
 pub mod pool;

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
-use crate::config::model::Config;
+use crate::config::model::{Config, ListenKind};
 use crate::proxy::Scratch;
 use crate::router::Router;
+use crate::tls::TlsContext;
 use crate::upstream::balancer::Swrr;
 use crate::upstream::pool::Pool;
 
@@ -38,6 +39,8 @@ pub struct Compiled {
     pub generation: u64,
     pub config: Arc<Config>,
     pub router: Arc<Router>,
+    /// Certificates for TLS listeners (files were read by the config loader).
+    pub tls: Arc<TlsContext>,
 }
 
 /// A worker's view of one config generation. Connections take an `Rc` of the current snapshot at the
@@ -47,6 +50,8 @@ pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
     pub router: Arc<Router>,
+    /// New TLS connections handshake with this; established ones keep theirs.
+    pub tls: Arc<TlsContext>,
     /// One balancer per upstream (index = upstream index).
     pub balancers: Vec<RefCell<Swrr>>,
     /// `slots[target_base[u] + t]` is the pool slot of target `t` of upstream `u`.
@@ -73,6 +78,7 @@ impl Snapshot {
         Snapshot {
             generation: compiled.generation,
             router: compiled.router.clone(),
+            tls: compiled.tls.clone(),
             config,
             balancers,
             target_base,
@@ -237,7 +243,8 @@ pub struct WorkerSpec {
     pub index: usize,
     /// CPU to pin to, if pinning is possible.
     pub cpu: Option<usize>,
-    pub listeners: Vec<std::net::TcpListener>,
+    /// Each with what it speaks (plain, TLS, https redirect).
+    pub listeners: Vec<(std::net::TcpListener, ListenKind)>,
     pub compiled: Arc<Compiled>,
     pub control: Arc<Control>,
     /// New config generations; each is acknowledged on `acks` with (worker index, generation).
@@ -279,13 +286,14 @@ pub fn run(spec: WorkerSpec) {
 async fn worker_main(mut spec: WorkerSpec) {
     let shard = Rc::new(Shard::new(&spec.compiled));
     let accept_cancel = Canceller::new();
-    for std_listener in std::mem::take(&mut spec.listeners) {
+    for (std_listener, kind) in std::mem::take(&mut spec.listeners) {
         let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
         match TcpListener::from_std(std_listener) {
             Ok(listener) => {
                 monoio::spawn(accept_loop(
                     listener,
                     port,
+                    kind,
                     shard.clone(),
                     accept_cancel.handle(),
                 ));
@@ -328,6 +336,7 @@ async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Cance
 async fn accept_loop(
     listener: TcpListener,
     port: u16,
+    kind: ListenKind,
     shard: Rc<Shard>,
     cancel: monoio::io::CancelHandle,
 ) {
@@ -339,15 +348,30 @@ async fn accept_loop(
                 }
                 // Nagle + delayed ACK would stall split head/body writes by 40 ms (DESIGN.md §9).
                 let _ = stream.set_nodelay(true);
-                let fd = stream.as_raw_fd();
-                let listener = crate::proxy::Listener { port, tls: false };
-                monoio::spawn(crate::proxy::serve(
-                    stream,
-                    fd,
-                    peer,
-                    listener,
-                    shard.clone(),
-                ));
+                match kind {
+                    ListenKind::Http => {
+                        let fd = stream.as_raw_fd();
+                        let listener = crate::proxy::Listener { port, tls: false };
+                        monoio::spawn(crate::proxy::serve(
+                            stream,
+                            fd,
+                            peer,
+                            listener,
+                            shard.clone(),
+                        ));
+                    }
+                    ListenKind::Https => {
+                        monoio::spawn(crate::tls::accept::serve(stream, peer, port, shard.clone()));
+                    }
+                    ListenKind::RedirectHttps { status, https_port } => {
+                        monoio::spawn(crate::tls::redirect::serve(
+                            stream,
+                            status,
+                            https_port,
+                            shard.clone(),
+                        ));
+                    }
+                }
             }
             Err(e) => {
                 if shard.draining.get() {

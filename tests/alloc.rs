@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringgate::config::model::ListenKind;
 use ringgate::router::Router;
+use ringgate::tls::TlsContext;
 use ringgate::worker::{self, Compiled, Control, WorkerSpec};
 
 struct Counting;
@@ -141,10 +143,11 @@ paths = ["/api"]
     let spec = WorkerSpec {
         index: 0,
         cpu: None,
-        listeners: vec![listener],
+        listeners: vec![(listener, ListenKind::Http)],
         compiled: Arc::new(Compiled {
             generation: 1,
             router: Arc::new(Router::new(&cfg.routes)),
+            tls: TlsContext::build(&cfg).expect("tls context"),
             config: cfg,
         }),
         control: control.clone(),

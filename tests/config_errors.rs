@@ -476,14 +476,18 @@ fn route_with_only_empty_matchers() {
 }
 
 #[test]
-fn url_with_https() {
-    let text = base_with("upstream = \"u\"", "url = \"https://127.0.0.1:9443\"");
+fn url_with_https_and_missing_ca_file() {
+    // https urls are supported; the CA file is read at load, so a missing one is a located error.
+    let text = base_with(
+        "upstream = \"u\"",
+        "url = \"https://127.0.0.1:9443\"\nca_file = \"/nonexistent/ca.pem\"",
+    );
     expect_one(
         &text,
-        10,
-        7,
-        "services[0].url",
-        "https upstreams are not supported yet",
+        11,
+        11,
+        "services[0].ca_file",
+        "cannot read certificate file /nonexistent/ca.pem",
     );
 }
 
@@ -581,7 +585,7 @@ upstream = "missing"
 
 [[services]]
 name = "t"
-url = "https://127.0.0.1"
+url = "ftp://127.0.0.1"
 
 [[routes]]
 name = "r"

@@ -12,7 +12,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{ImDocument, Item, Value};
 
 use super::locate::{KeyPath, Problem};
-use super::raw::{RawRoute, RawServer, RawService, RawUpstream};
+use super::raw::{RawCertificate, RawRoute, RawServer, RawService, RawUpstream};
 
 /// The file's content, as far as it decoded.
 #[derive(Debug, Default)]
@@ -23,12 +23,13 @@ pub struct Decoded {
     pub upstreams: Vec<Option<RawUpstream>>,
     pub services: Vec<Option<RawService>>,
     pub routes: Vec<Option<RawRoute>>,
+    pub certificates: Vec<Option<RawCertificate>>,
     /// Names of upstreams/services that exist in the file but failed to decode.
     pub broken_upstreams: HashSet<String>,
     pub broken_services: HashSet<String>,
 }
 
-const TOP_LEVEL: &[&str] = &["server", "upstreams", "services", "routes"];
+const TOP_LEVEL: &[&str] = &["server", "upstreams", "services", "routes", "certificates"];
 
 /// Parses the TOML syntax; a syntax error is a single problem (the parser cannot continue past it).
 pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
@@ -55,6 +56,9 @@ pub fn decode(doc: &ImDocument<&str>, problems: &mut Vec<Problem>) -> Decoded {
                 out.services = decode_array(item, &path, problems, &mut out.broken_services)
             }
             "routes" => out.routes = decode_array(item, &path, problems, &mut HashSet::new()),
+            "certificates" => {
+                out.certificates = decode_array(item, &path, problems, &mut HashSet::new())
+            }
             "consumers" | "plugins" => problems.push(Problem::at_key(
                 path,
                 format!(

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The whole compiled configuration.
@@ -21,6 +22,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamDef>,
     pub services: Vec<ServiceDef>,
     pub routes: Vec<RouteDef>,
+    /// `[[certificates]]`, already read and parsed (on the main thread, at load).
+    pub certificates: Vec<CertificateDef>,
 }
 
 /// `[server]`.
@@ -28,6 +31,8 @@ pub struct Config {
 pub struct ServerDef {
     /// Every address to listen on; each worker binds its own SO_REUSEPORT socket for each.
     pub listen: Vec<SocketAddr>,
+    /// The same addresses, in the same order, with what each listener speaks.
+    pub listeners: Vec<ListenDef>,
     /// `None` means "auto": one worker per available core.
     pub workers: Option<usize>,
     /// Request line + header section limit, in bytes (431 when exceeded; 414 when the target alone is).
@@ -58,6 +63,8 @@ pub struct Timeouts {
     pub upstream_read: Duration,
     /// Between two writes to the upstream.
     pub upstream_write: Duration,
+    /// A TLS handshake must complete within this, from accept.
+    pub tls_handshake: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +81,47 @@ pub struct UpstreamDef {
     pub targets: Vec<TargetDef>,
     /// Host header sent upstream when `preserve_host` is false; `None` = the chosen target's `host[:port]`.
     pub host_header: Option<String>,
+    /// `Some` for https upstreams (`tls = true`, or an `https://` service url).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How to speak TLS to an upstream's targets.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Roots (system or `ca_file`), ALPN http/1.1, TLS 1.2 and 1.3.
+    pub config: Arc<rustls::ClientConfig>,
+    /// Per target (same index as `UpstreamDef::targets`): the name sent as SNI and verified.
+    pub names: Vec<rustls::pki_types::ServerName<'static>>,
+}
+
+/// One `listen` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenDef {
+    pub addr: SocketAddr,
+    pub kind: ListenKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenKind {
+    /// Plain HTTP/1.1.
+    Http,
+    /// TLS (certificates from `Config::certificates`), then HTTP/1.1.
+    Https,
+    /// Plain HTTP that answers every request with a redirect to `https://host[:https_port]/path?query`.
+    RedirectHttps { status: u16, https_port: u16 },
+}
+
+/// One `[[certificates]]` entry, parsed.
+#[derive(Debug, Clone)]
+pub struct CertificateDef {
+    /// Resolved paths (relative ones are relative to the config file's directory).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Lower-case exact names and `*.suffix` wildcards (one label).
+    pub snis: Vec<String>,
+    /// Served when no SNI matches (or the client sent none).
+    pub default: bool,
+    pub key: Arc<rustls::sign::CertifiedKey>,
 }
 
 #[derive(Debug, Clone)]

@@ -102,9 +102,11 @@ pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host:?} resolved to no addresses"))
 }
 
-/// A parsed `http://host[:port][/path]` service url.
+/// A parsed `http(s)://host[:port][/path]` service url.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https://`.
+    pub tls: bool,
     /// Lower-case host (IPv6 in brackets).
     pub host: String,
     pub port: u16,
@@ -113,29 +115,37 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
-    /// `host[:port]`, the port omitted when it is 80: the Host header value.
+    /// `host[:port]`, the port omitted when it is the scheme's default: the Host header value.
     pub fn authority(&self) -> String {
-        if self.port == 80 {
+        if self.port == self.default_port() {
             self.host.clone()
         } else {
             format!("{}:{}", self.host, self.port)
         }
     }
+
+    fn default_port(&self) -> u16 {
+        if self.tls {
+            443
+        } else {
+            80
+        }
+    }
 }
 
-/// Parses a service url. Only plain `http://` is supported; no userinfo, query or fragment.
+/// Parses a service url: `http://` or `https://`; no userinfo, query or fragment.
 pub fn parse_url(s: &str) -> Result<HttpUrl, String> {
     let lower_prefix = s.get(..8).unwrap_or(s).to_ascii_lowercase();
-    if lower_prefix.starts_with("https://") {
-        return Err("https upstreams are not supported yet; use http://".to_owned());
-    }
-    let Some(rest) = lower_prefix
-        .starts_with("http://")
-        .then(|| s.get(7..))
-        .flatten()
-    else {
+    let (tls, rest) = if lower_prefix.starts_with("https://") {
+        (true, s.get(8..))
+    } else if lower_prefix.starts_with("http://") {
+        (false, s.get(7..))
+    } else {
+        (false, None)
+    };
+    let Some(rest) = rest else {
         return Err(format!(
-            "{s:?} is not an http url; expected \"http://host[:port][/path]\""
+            "{s:?} is not an http url; expected \"http://host[:port][/path]\" or \"https://…\""
         ));
     };
     if rest.contains('?') || rest.contains('#') {
@@ -153,8 +163,9 @@ pub fn parse_url(s: &str) -> Result<HttpUrl, String> {
         ));
     }
     let authority = authority.to_ascii_lowercase();
+    let default_port = if tls { 443 } else { 80 };
     let (host, port) = if authority.ends_with(']') || !authority.contains(':') {
-        (authority.as_str(), 80)
+        (authority.as_str(), default_port)
     } else {
         let (h, p) = authority.rsplit_once(':').unwrap_or((&authority, ""));
         (h, parse_port(s, p)?)
@@ -165,6 +176,7 @@ pub fn parse_url(s: &str) -> Result<HttpUrl, String> {
         ));
     }
     Ok(HttpUrl {
+        tls,
         host: host.to_owned(),
         port,
         path: clean_base_path(s, path)?,
@@ -240,12 +252,18 @@ mod tests {
             parse_url("http://[::1]:81/").unwrap().authority(),
             "[::1]:81"
         );
-        assert!(parse_url("https://a")
-            .unwrap_err()
-            .contains("https upstreams are not supported"));
+        let u = parse_url("https://Api.example.com/v1").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.port, u.authority()), (443, "api.example.com".to_owned()));
+        let u = parse_url("https://a:8443").unwrap();
+        assert_eq!(u.authority(), "a:8443");
+        assert_eq!(parse_url("https://a:80").unwrap().authority(), "a:80");
+        assert!(!parse_url("http://a").unwrap().tls);
         for bad in [
             "ftp://a",
             "http://",
+            "https://",
+            "https:/a",
             "http://a?x",
             "http://a/#f",
             "http://u@a",

@@ -19,7 +19,7 @@ use super::units;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table ([server])")]
 pub struct RawServer {
-    pub listen: Option<Vec<String>>,
+    pub listen: Option<Vec<RawListen>>,
     pub workers: Option<Workers>,
     pub max_header_bytes: Option<Size>,
     pub max_uri_bytes: Option<Size>,
@@ -43,6 +43,7 @@ pub struct RawTimeouts {
     pub upstream_connect: Option<Dur>,
     pub upstream_read: Option<Dur>,
     pub upstream_write: Option<Dur>,
+    pub tls_handshake: Option<Dur>,
 }
 
 /// `[server.pool]`.
@@ -60,6 +61,9 @@ pub struct RawUpstream {
     pub name: String,
     pub targets: Vec<RawTarget>,
     pub host_header: Option<String>,
+    pub tls: Option<bool>,
+    pub ca_file: Option<String>,
+    pub tls_server_name: Option<String>,
 }
 
 /// One `{ target = "host:port", weight = 100 }`.
@@ -84,6 +88,72 @@ pub struct RawService {
     pub connect_timeout: Option<Dur>,
     pub read_timeout: Option<Dur>,
     pub write_timeout: Option<Dur>,
+    pub ca_file: Option<String>,
+    pub tls_server_name: Option<String>,
+}
+
+/// One `[[certificates]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a certificate table ([[certificates]])"
+)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+    pub snis: Option<Vec<String>>,
+    pub default: Option<bool>,
+}
+
+/// One `listen` entry: `"ip:port"` (plain HTTP) or a table with options.
+#[derive(Debug)]
+pub enum RawListen {
+    Addr(String),
+    Table(RawListenTable),
+}
+
+/// `{ addr = "ip:port", tls = true }` or `{ addr = "ip:port", redirect_https = 308, https_port = 443 }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a listener table like { addr = \"0.0.0.0:8443\", tls = true }"
+)]
+pub struct RawListenTable {
+    pub addr: String,
+    pub tls: Option<bool>,
+    pub redirect_https: Option<Int>,
+    pub https_port: Option<Int>,
+}
+
+impl RawListen {
+    pub fn addr(&self) -> &str {
+        match self {
+            RawListen::Addr(a) => a,
+            RawListen::Table(t) => &t.addr,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawListen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawListen;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "an address \"ip:port\" or a table like { addr = \"ip:port\", tls = true }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawListen, E> {
+                Ok(RawListen::Addr(s.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawListen, A::Error> {
+                RawListenTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawListen::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One `[[routes]]` entry.

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::model::{Config, PathMatch, TargetDef, ValueMatch};
+use super::model::{Config, ListenKind, PathMatch, TargetDef, ValueMatch};
 
 fn or_any(items: Vec<String>) -> String {
     if items.is_empty() {
@@ -41,8 +41,32 @@ fn targets(list: &[TargetDef]) -> String {
 /// Summary of a loaded config (multi-line, ends with a newline).
 pub fn summary(cfg: &Config) -> String {
     let mut out = String::new();
-    let listen: Vec<String> = cfg.server.listen.iter().map(ToString::to_string).collect();
+    let listen: Vec<String> = cfg
+        .server
+        .listeners
+        .iter()
+        .map(|l| match l.kind {
+            ListenKind::Http => l.addr.to_string(),
+            ListenKind::Https => format!("{} (tls)", l.addr),
+            ListenKind::RedirectHttps { status, https_port } => {
+                format!("{} (redirect {status} to https port {https_port})", l.addr)
+            }
+        })
+        .collect();
     let _ = writeln!(out, "listen:  {}", listen.join(", "));
+    for c in &cfg.certificates {
+        let names = if c.snis.is_empty() {
+            "-".to_owned()
+        } else {
+            c.snis.join(",")
+        };
+        let _ = writeln!(
+            out,
+            "certificate: {} snis {names}{}",
+            c.cert_file.display(),
+            if c.default { " (default)" } else { "" }
+        );
+    }
     let workers = cfg
         .server
         .workers

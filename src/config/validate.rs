@@ -8,6 +8,7 @@
 mod entities;
 mod routes;
 mod server;
+mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -117,13 +118,23 @@ fn known(names: &HashMap<String, usize>) -> String {
 /// Compiles the decoded file; `None` when any problem was recorded (by `decode` or here).
 pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) -> Option<Config> {
     let server = server::compile(decoded.server.as_ref(), problems);
-    let (mut upstreams, upstream_names) = entities::upstreams(&decoded.upstreams, problems);
+    // Relative certificate and CA paths are relative to the config file's directory.
+    let base = source
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let certificates = tls::certificates(&decoded.certificates, &base, problems);
+    tls::check_listeners(&server.listeners, certificates.len(), problems);
+    let mut client_tls = tls::ClientConfigs::new(base);
+    let (mut upstreams, upstream_names) =
+        entities::upstreams(&decoded.upstreams, &mut client_tls, problems);
     let (services, service_names) = entities::services(
         &decoded.services,
         &upstream_names,
         &decoded.broken_upstreams,
         &server.timeouts,
         &mut upstreams,
+        &mut client_tls,
         problems,
     );
     let routes = routes::compile(
@@ -141,5 +152,6 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         upstreams: upstreams.into_iter().collect::<Option<Vec<_>>>()?,
         services: services.into_iter().collect::<Option<Vec<_>>>()?,
         routes: routes.into_iter().collect::<Option<Vec<_>>>()?,
+        certificates: certificates.into_iter().collect::<Option<Vec<_>>>()?,
     })
 }

@@ -9,8 +9,8 @@
 //! and close-delimited to HTTP/1.0 clients. If the upstream fails mid-body the client connection is
 //! closed without a terminating chunk, so a truncated response never looks complete.
 
+use crate::upstream::conn::UpstreamConn;
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use super::head::{push_chunk_size, ClientFraming};
 use super::{io, ClientIo, Conn, Shard};
@@ -68,7 +68,7 @@ pub async fn send_request<S: ClientIo>(
     max_body: u64,
     expect_continue: bool,
     svc: &ServiceDef,
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamConn,
 ) -> Result<(), SendError> {
     let write_timeout = svc.write_timeout;
     let read_timeout = c.client_timeout();
@@ -199,7 +199,7 @@ async fn send_continue<S: ClientIo>(c: &mut Conn<S>) -> Result<(), SendError> {
 pub async fn relay_response<S: ClientIo>(
     c: &mut Conn<S>,
     svc: &ServiceDef,
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamConn,
     body: BodyKind,
     framing: ClientFraming,
 ) -> Relay {
@@ -272,7 +272,7 @@ fn frame_into(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming) {
 
 async fn relay_chunked<S: ClientIo>(
     c: &mut Conn<S>,
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamConn,
     hl: usize,
     framing: ClientFraming,
     read_timeout: std::time::Duration,
@@ -336,7 +336,7 @@ async fn relay_chunked<S: ClientIo>(
 
 async fn relay_until_close<S: ClientIo>(
     c: &mut Conn<S>,
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamConn,
     hl: usize,
     framing: ClientFraming,
     read_timeout: std::time::Duration,

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::upstream::conn::UpstreamConn;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
-use monoio::net::TcpStream;
 
 use super::{io, ClientIo};
 
@@ -13,7 +13,7 @@ const TUNNEL_BUF: usize = 16 * 1024;
 /// `pending`: client bytes that arrived after the upgrade request head; they go upstream first.
 pub async fn run<S: ClientIo>(
     client: S,
-    mut upstream: TcpStream,
+    mut upstream: UpstreamConn,
     mut pending: Vec<u8>,
     idle: Duration,
 ) {

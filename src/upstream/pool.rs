@@ -13,13 +13,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
+use super::conn::UpstreamConn;
 
 struct Idle {
-    stream: TcpStream,
+    stream: UpstreamConn,
     since: Instant,
 }
 
@@ -63,7 +62,7 @@ impl Pool {
     }
 
     /// A live idle connection to `target`, if there is one.
-    pub fn checkout(&self, target: usize) -> Option<TcpStream> {
+    pub fn checkout(&self, target: usize) -> Option<UpstreamConn> {
         let now = Instant::now();
         let mut idle = self.idle.borrow_mut();
         let stack = idle.get_mut(target)?;
@@ -82,7 +81,7 @@ impl Pool {
         None
     }
 
-    pub fn checkin(&self, target: usize, stream: TcpStream) {
+    pub fn checkin(&self, target: usize, stream: UpstreamConn) {
         let mut idle = self.idle.borrow_mut();
         if let Some(stack) = idle.get_mut(target) {
             if stack.len() < self.max_idle.get() {
@@ -111,12 +110,12 @@ impl Pool {
 
 /// True when the socket has nothing to read and is not at EOF: the state of a healthy idle
 /// keep-alive connection. One non-blocking syscall; cheaper than a failed request and a retry.
-fn is_quiet(stream: &TcpStream) -> bool {
+fn is_quiet(stream: &UpstreamConn) -> bool {
     let mut byte = 0u8;
     // SAFETY: valid fd owned by `stream`, one-byte buffer on the stack.
     let n = unsafe {
         libc::recv(
-            stream.as_raw_fd(),
+            stream.raw_fd(),
             (&mut byte as *mut u8).cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,

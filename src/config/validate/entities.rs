@@ -6,9 +6,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::tls::{self as tls_cfg, ClientConfigs};
 use super::{in_range, index_names, known, positive, push};
 use crate::config::locate::{KeyPath, Problem};
-use crate::config::model::{ServiceDef, TargetDef, Timeouts, UpstreamDef};
+use crate::config::model::{ServiceDef, TargetDef, Timeouts, UpstreamDef, UpstreamTls};
 use crate::config::net;
 use crate::config::raw::{RawService, RawTarget, RawUpstream};
 
@@ -18,6 +19,7 @@ const MAX_WEIGHT: i64 = 65_535;
 /// Compiles upstreams; returns them (by file index) and name -> index.
 pub fn upstreams(
     raw: &[Option<RawUpstream>],
+    tls: &mut ClientConfigs,
     problems: &mut Vec<Problem>,
 ) -> (Vec<Option<UpstreamDef>>, HashMap<String, usize>) {
     let names = index_names(
@@ -32,12 +34,20 @@ pub fn upstreams(
     let compiled = raw
         .iter()
         .enumerate()
-        .map(|(i, u)| u.as_ref().map(|u| upstream(u, &base.index(i), problems)))
+        .map(|(i, u)| {
+            u.as_ref()
+                .map(|u| upstream(u, &base.index(i), tls, problems))
+        })
         .collect();
     (compiled, names)
 }
 
-fn upstream(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> UpstreamDef {
+fn upstream(
+    raw: &RawUpstream,
+    path: &KeyPath,
+    tls: &mut ClientConfigs,
+    problems: &mut Vec<Problem>,
+) -> UpstreamDef {
     if raw.targets.is_empty() {
         push(
             problems,
@@ -72,11 +82,76 @@ fn upstream(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> U
             );
         }
     }
+    let tls = upstream_tls(raw, path, &targets, tls, problems);
     UpstreamDef {
         name: raw.name.clone(),
         targets,
         host_header: raw.host_header.clone(),
+        tls,
     }
+}
+
+/// `tls = true` on an upstream: the client config and, per target, the name sent as SNI and verified
+/// (`tls_server_name`, else the host of `host_header`, else the target's host).
+fn upstream_tls(
+    raw: &RawUpstream,
+    path: &KeyPath,
+    targets: &[TargetDef],
+    configs: &mut ClientConfigs,
+    problems: &mut Vec<Problem>,
+) -> Option<UpstreamTls> {
+    if raw.tls != Some(true) {
+        for (key, set) in [
+            ("ca_file", raw.ca_file.is_some()),
+            ("tls_server_name", raw.tls_server_name.is_some()),
+        ] {
+            if set {
+                push(
+                    problems,
+                    path.key(key),
+                    format!("`{key}` only applies to TLS upstreams: add `tls = true`"),
+                );
+            }
+        }
+        return None;
+    }
+    let config = configs.get(raw.ca_file.as_deref(), &path.key("ca_file"), problems);
+    let fixed = match raw.tls_server_name.as_deref().or_else(|| {
+        raw.host_header
+            .as_deref()
+            .map(|h| net::split_host_port(h).map_or(h, |(host, _)| host))
+    }) {
+        Some(name) => {
+            let at = if raw.tls_server_name.is_some() {
+                path.key("tls_server_name")
+            } else {
+                path.key("host_header")
+            };
+            Some(
+                tls_cfg::server_name(name)
+                    .map_err(|e| push(problems, at, e))
+                    .ok()?,
+            )
+        }
+        None => None,
+    };
+    let mut names = Vec::with_capacity(targets.len());
+    for (i, t) in targets.iter().enumerate() {
+        let name = match &fixed {
+            Some(n) => n.clone(),
+            None => {
+                let host = net::split_host_port(&t.name).map_or(t.name.as_str(), |(h, _)| h);
+                tls_cfg::server_name(host)
+                    .map_err(|e| push(problems, path.key("targets").index(i).key("target"), e))
+                    .ok()?
+            }
+        };
+        names.push(name);
+    }
+    Some(UpstreamTls {
+        config: config?,
+        names,
+    })
 }
 
 /// `host` or `host:port`, as sent in a Host header.
@@ -112,6 +187,7 @@ pub fn services(
     broken_upstreams: &HashSet<String>,
     defaults: &Timeouts,
     upstreams: &mut Vec<Option<UpstreamDef>>,
+    tls: &mut ClientConfigs,
     problems: &mut Vec<Problem>,
 ) -> (Vec<Option<ServiceDef>>, HashMap<String, usize>) {
     let names = index_names(
@@ -131,7 +207,7 @@ pub fn services(
                 names: upstream_names,
                 broken: broken_upstreams,
             };
-            service(s, &path, target, defaults, upstreams, problems)
+            service(s, &path, target, defaults, upstreams, tls, problems)
         });
         out.push(compiled);
     }
@@ -151,6 +227,7 @@ fn service(
     target: Target<'_>,
     defaults: &Timeouts,
     upstreams: &mut Vec<Option<UpstreamDef>>,
+    tls: &mut ClientConfigs,
     problems: &mut Vec<Problem>,
 ) -> Option<ServiceDef> {
     let connect_timeout = positive(
@@ -181,9 +258,21 @@ fn service(
                     "`path` is only allowed with `upstream`; with `url`, put the path in the url",
                 );
             }
-            url_upstream(&raw.name, url, &path.key("url"), upstreams, problems)?
+            url_upstream(raw, url, path, upstreams, tls, problems)?
         }
         (None, Some(name)) => {
+            for (key, set) in [
+                ("ca_file", raw.ca_file.is_some()),
+                ("tls_server_name", raw.tls_server_name.is_some()),
+            ] {
+                if set {
+                    push(
+                        problems,
+                        path.key(key),
+                        format!("with `upstream`, set `{key}` (and `tls = true`) on the [[upstreams]] entry"),
+                    );
+                }
+            }
             let Some(&index) = target.names.get(name) else {
                 if !target.broken.contains(name) {
                     push(
@@ -234,26 +323,59 @@ fn service(
 
 /// A `url` service's single-target upstream: returns (its index, base path, Host header).
 fn url_upstream(
-    service: &str,
+    raw: &RawService,
     url: &str,
-    path: &KeyPath,
+    service_path: &KeyPath,
     upstreams: &mut Vec<Option<UpstreamDef>>,
+    configs: &mut ClientConfigs,
     problems: &mut Vec<Problem>,
 ) -> Option<(usize, String, Option<String>)> {
+    let path = service_path.key("url");
     let parsed = net::parse_url(url)
         .map_err(|e| push(problems, path.clone(), e))
         .ok()?;
+    let tls = if parsed.tls {
+        let config = configs.get(
+            raw.ca_file.as_deref(),
+            &service_path.key("ca_file"),
+            problems,
+        );
+        let (name, at) = match &raw.tls_server_name {
+            Some(n) => (n.as_str(), service_path.key("tls_server_name")),
+            None => (parsed.host.as_str(), path.clone()),
+        };
+        let name = tls_cfg::server_name(name).map_err(|e| push(problems, at, e));
+        Some(UpstreamTls {
+            config: config?,
+            names: vec![name.ok()?],
+        })
+    } else {
+        for (key, set) in [
+            ("ca_file", raw.ca_file.is_some()),
+            ("tls_server_name", raw.tls_server_name.is_some()),
+        ] {
+            if set {
+                push(
+                    problems,
+                    service_path.key(key),
+                    format!("`{key}` only applies to https:// urls"),
+                );
+            }
+        }
+        None
+    };
     let addr = net::resolve(&parsed.host, parsed.port)
         .map_err(|e| push(problems, path.clone(), e))
         .ok()?;
     upstreams.push(Some(UpstreamDef {
-        name: format!("service:{service}"),
+        name: format!("service:{}", raw.name),
         targets: vec![TargetDef {
             name: format!("{}:{}", parsed.host, parsed.port),
             addr,
             weight: DEFAULT_WEIGHT as u32,
         }],
         host_header: None,
+        tls,
     }));
     Some((
         upstreams.len() - 1,

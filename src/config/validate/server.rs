@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::{in_range, positive, push};
 use crate::config::locate::{KeyPath, Problem};
-use crate::config::model::{PoolDef, ServerDef, Timeouts};
-use crate::config::raw::{RawServer, Workers};
+use crate::config::model::{ListenDef, ListenKind, PoolDef, ServerDef, Timeouts};
+use crate::config::raw::{RawListen, RawServer, Workers};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 << 10;
@@ -88,6 +88,12 @@ pub fn compile(raw: Option<&RawServer>, problems: &mut Vec<Problem>) -> ServerDe
             t.and_then(|t| t.upstream_write),
             secs(60),
         ),
+        tls_handshake: positive(
+            problems,
+            tp.key("tls_handshake"),
+            t.and_then(|t| t.tls_handshake),
+            secs(10),
+        ),
     };
 
     let pool_raw = raw.pool.as_ref();
@@ -114,8 +120,10 @@ pub fn compile(raw: Option<&RawServer>, problems: &mut Vec<Problem>) -> ServerDe
         ),
     };
 
+    let listeners = listen(raw.listen.as_deref(), &p.key("listen"), problems);
     ServerDef {
-        listen: listen(raw.listen.as_deref(), &p.key("listen"), problems),
+        listen: listeners.iter().map(|l| l.addr).collect(),
+        listeners,
         workers,
         max_header_bytes,
         max_uri_bytes,
@@ -173,10 +181,22 @@ fn header_limits(raw: &RawServer, p: &KeyPath, problems: &mut Vec<Problem>) -> (
     (to_usize(header), to_usize(uri))
 }
 
-/// `listen`: a non-empty list of distinct `ip:port` addresses.
-fn listen(raw: Option<&[String]>, path: &KeyPath, problems: &mut Vec<Problem>) -> Vec<SocketAddr> {
+/// `listen`: a non-empty list of distinct `ip:port` addresses, each plain, TLS or an https redirect.
+fn listen(
+    raw: Option<&[RawListen]>,
+    path: &KeyPath,
+    problems: &mut Vec<Problem>,
+) -> Vec<ListenDef> {
     let Some(raw) = raw else {
-        return DEFAULT_LISTEN.parse().map(|a| vec![a]).unwrap_or_default();
+        return DEFAULT_LISTEN
+            .parse()
+            .map(|addr| {
+                vec![ListenDef {
+                    addr,
+                    kind: ListenKind::Http,
+                }]
+            })
+            .unwrap_or_default();
     };
     if raw.is_empty() {
         push(
@@ -187,18 +207,91 @@ fn listen(raw: Option<&[String]>, path: &KeyPath, problems: &mut Vec<Problem>) -
     }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for (i, s) in raw.iter().enumerate() {
-        match s.parse::<SocketAddr>() {
+    for (i, entry) in raw.iter().enumerate() {
+        let s = entry.addr();
+        let at = match entry {
+            RawListen::Addr(_) => path.index(i),
+            RawListen::Table(_) => path.index(i).key("addr"),
+        };
+        let addr = match s.parse::<SocketAddr>() {
             Ok(a) if a.port() != 0 && !seen.insert(a) => {
-                push(problems, path.index(i), format!("{s:?} is listed twice"))
+                push(problems, at, format!("{s:?} is listed twice"));
+                continue;
             }
-            Ok(a) => out.push(a),
-            Err(_) => push(
-                problems,
-                path.index(i),
-                format!("{s:?} is not an ip:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"; host names are not allowed)"),
-            ),
-        }
+            Ok(a) => a,
+            Err(_) => {
+                push(
+                    problems,
+                    at,
+                    format!("{s:?} is not an ip:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"; host names are not allowed)"),
+                );
+                continue;
+            }
+        };
+        let kind = match entry {
+            RawListen::Addr(_) => ListenKind::Http,
+            RawListen::Table(t) => listen_kind(t, &path.index(i), problems),
+        };
+        out.push(ListenDef { addr, kind });
     }
     out
+}
+
+/// The options of a `{ addr = …, … }` listener.
+fn listen_kind(
+    t: &crate::config::raw::RawListenTable,
+    path: &KeyPath,
+    problems: &mut Vec<Problem>,
+) -> ListenKind {
+    let tls = t.tls.unwrap_or(false);
+    if let Some(port) = t.https_port {
+        if t.redirect_https.is_none() {
+            push(
+                problems,
+                path.key("https_port"),
+                "`https_port` only goes with `redirect_https = 301` or `308`",
+            );
+        } else {
+            let _ = in_range(
+                problems,
+                path.key("https_port"),
+                "https_port",
+                port.0,
+                1,
+                65535,
+            );
+        }
+    }
+    let Some(code) = t.redirect_https else {
+        return if tls {
+            ListenKind::Https
+        } else {
+            ListenKind::Http
+        };
+    };
+    if tls {
+        push(
+            problems,
+            path.key("redirect_https"),
+            "a listener either terminates TLS (`tls = true`) or redirects to https, not both",
+        );
+    }
+    let status = match code.0 {
+        301 => 301,
+        308 => 308,
+        other => {
+            push(
+                problems,
+                path.key("redirect_https"),
+                format!("redirect_https must be 301 (moved permanently) or 308 (permanent redirect, keeps the method), got {other}"),
+            );
+            308
+        }
+    };
+    let https_port = t
+        .https_port
+        .and_then(|p| u16::try_from(p.0).ok())
+        .filter(|p| *p > 0)
+        .unwrap_or(443);
+    ListenKind::RedirectHttps { status, https_port }
 }

@@ -1,0 +1,373 @@
+//! TLS material, read and parsed at load time on the main thread (workers never touch files):
+//! `[[certificates]]` (certificate chain + private key + SNI names) and the client configs of https
+//! upstreams (system roots or a `ca_file`).
+//!
+//! Invariants: a returned `CertificateDef` has a non-empty chain whose leaf parses, a private key that
+//! rustls can sign with and that matches the leaf, and SNI names that the leaf covers; SNI names are
+//! unique across certificates and at most one certificate is marked `default`. Relative paths are
+//! relative to the config file's directory.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore};
+
+use super::push;
+use crate::config::locate::{KeyPath, Problem};
+use crate::config::model::{CertificateDef, ListenDef, ListenKind};
+use crate::config::net;
+use crate::config::raw::RawCertificate;
+
+/// The crypto provider for every TLS config ringgate builds: *ring* (no cmake/clang needed), whose
+/// defaults are modern: TLS 1.3 suites and ECDHE + AEAD suites for TLS 1.2, X25519 and P-256/P-384.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Resolves `file` against the config file's directory.
+fn resolve_path(base: &Path, file: &str) -> PathBuf {
+    base.join(file)
+}
+
+/// The certificates of a PEM file (at least one), or why not.
+fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(file)
+        .map_err(|e| format!("cannot read certificate file {}: {e}", file.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: invalid PEM: {e}", file.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no \"BEGIN CERTIFICATE\" PEM block found",
+            file.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1), or why not.
+fn read_key(file: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes =
+        std::fs::read(file).map_err(|e| format!("cannot read key file {}: {e}", file.display()))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "{}: no private key PEM block found (expected \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\")",
+            file.display()
+        ),
+        e => format!("{}: invalid PEM: {e}", file.display()),
+    })
+}
+
+/// `name` as rustls wants it: a DNS name, or an IP address (brackets of `[v6]` removed).
+pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(ServerName::IpAddress(ip.into()));
+    }
+    ServerName::try_from(bare.to_owned()).map_err(|_| {
+        format!("{name:?} is not a valid TLS server name (a DNS name or an IP address)")
+    })
+}
+
+/// Compiles `[[certificates]]` (reading the files).
+pub fn certificates(
+    raw: &[Option<RawCertificate>],
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Vec<Option<CertificateDef>> {
+    let array = KeyPath::root().key("certificates");
+    let mut out = Vec::with_capacity(raw.len());
+    let mut sni_owner: HashMap<String, usize> = HashMap::new();
+    let mut default_at: Option<usize> = None;
+    for (i, c) in raw.iter().enumerate() {
+        let Some(c) = c else {
+            out.push(None);
+            continue;
+        };
+        let path = array.index(i);
+        if c.default == Some(true) {
+            match default_at {
+                Some(first) => push(
+                    problems,
+                    path.key("default"),
+                    format!(
+                        "only one certificate can be the default; certificates[{first}] already is"
+                    ),
+                ),
+                None => default_at = Some(i),
+            }
+        }
+        let key = certified_key(c, &path, base, problems);
+        let snis = snis(c, &path, i, key.as_deref(), &mut sni_owner, problems);
+        out.push(key.map(|key| CertificateDef {
+            cert_file: resolve_path(base, &c.cert),
+            key_file: resolve_path(base, &c.key),
+            snis,
+            default: false,
+            key,
+        }));
+    }
+    // The default: the one marked so, else the first.
+    let default = default_at.unwrap_or(0);
+    for (i, c) in raw.iter().enumerate() {
+        let Some(c) = c else { continue };
+        let has_snis = c.snis.as_ref().is_some_and(|s| !s.is_empty());
+        if i != default && !has_snis {
+            push(
+                problems,
+                array.index(i),
+                format!("this certificate can never be served: it has no `snis` and is not the default (certificates[{default}] is); add `snis = [\"…\"]` or `default = true`"),
+            );
+        }
+    }
+    if let Some(Some(d)) = out.get_mut(default) {
+        d.default = true;
+    }
+    out
+}
+
+/// Reads and checks one certificate's chain and key.
+fn certified_key(
+    c: &RawCertificate,
+    path: &KeyPath,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<Arc<CertifiedKey>> {
+    let certs = read_certs(&resolve_path(base, &c.cert))
+        .map_err(|e| push(problems, path.key("cert"), e))
+        .ok();
+    let key = read_key(&resolve_path(base, &c.key))
+        .map_err(|e| push(problems, path.key("key"), e))
+        .ok();
+    let (certs, key) = (certs?, key?);
+    if let Some(leaf) = certs.first() {
+        if let Err(e) = webpki::EndEntityCert::try_from(leaf) {
+            push(
+                problems,
+                path.key("cert"),
+                format!(
+                    "the first certificate in {} cannot be parsed: {e:?}",
+                    c.cert
+                ),
+            );
+            return None;
+        }
+    }
+    let signer = match provider().key_provider.load_private_key(key) {
+        Ok(s) => s,
+        Err(e) => {
+            push(
+                problems,
+                path.key("key"),
+                format!("unsupported private key in {}: {e}", c.key),
+            );
+            return None;
+        }
+    };
+    let ck = CertifiedKey::new(certs, signer);
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Some(Arc::new(ck))
+        }
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            push(
+                problems,
+                path.key("key"),
+                format!(
+                    "the private key in {} does not match the certificate in {}",
+                    c.key, c.cert
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            push(
+                problems,
+                path.key("cert"),
+                format!("invalid certificate in {}: {e}", c.cert),
+            );
+            None
+        }
+    }
+}
+
+/// Validates `snis`: DNS names or `*.` wildcards, covered by the certificate, unique overall.
+fn snis(
+    c: &RawCertificate,
+    path: &KeyPath,
+    index: usize,
+    key: Option<&CertifiedKey>,
+    owner: &mut HashMap<String, usize>,
+    problems: &mut Vec<Problem>,
+) -> Vec<String> {
+    let Some(list) = &c.snis else {
+        return Vec::new();
+    };
+    let leaf = key
+        .and_then(|k| k.cert.first())
+        .and_then(|der| webpki::EndEntityCert::try_from(der).ok());
+    let mut out = Vec::with_capacity(list.len());
+    for (j, name) in list.iter().enumerate() {
+        let at = path.key("snis").index(j);
+        let lower = name.to_ascii_lowercase();
+        let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+        if !net::is_hostname(bare) || bare.parse::<IpAddr>().is_ok() {
+            push(
+                problems,
+                at,
+                format!("{name:?} is not a valid SNI name: expected a DNS name like \"api.example.com\" or a wildcard like \"*.example.com\" (clients never send IP addresses as SNI)"),
+            );
+            continue;
+        }
+        if let Some(&first) = owner.get(&lower) {
+            let whose = if first == index {
+                "is listed twice in this certificate".to_owned()
+            } else {
+                format!("is already served by certificates[{first}]")
+            };
+            push(problems, at, format!("SNI {name:?} {whose}"));
+            continue;
+        }
+        owner.insert(lower.clone(), index);
+        // A wildcard covers exactly one label: probe it with one.
+        let probe = if lower.starts_with("*.") {
+            format!("ringgate-probe.{bare}")
+        } else {
+            lower.clone()
+        };
+        if let (Some(leaf), Ok(sn)) = (&leaf, ServerName::try_from(probe.as_str())) {
+            if leaf.verify_is_valid_for_subject_name(&sn).is_err() {
+                push(
+                    problems,
+                    at,
+                    format!(
+                        "the certificate in {} is not valid for {name:?} (not in its subject alternative names)",
+                        c.cert
+                    ),
+                );
+            }
+        }
+        out.push(lower);
+    }
+    out
+}
+
+/// A TLS listener needs a certificate.
+pub fn check_listeners(listeners: &[ListenDef], certificates: usize, problems: &mut Vec<Problem>) {
+    if certificates > 0 {
+        return;
+    }
+    let path = KeyPath::root().key("server").key("listen");
+    for (i, l) in listeners.iter().enumerate() {
+        if l.kind == ListenKind::Https {
+            push(
+                problems,
+                path.index(i),
+                format!(
+                    "TLS listener {} has no certificate: add a [[certificates]] entry with cert and key files",
+                    l.addr
+                ),
+            );
+        }
+    }
+}
+
+/// Builds (and caches) the rustls client configs of https upstreams, reading CA files at load.
+pub struct ClientConfigs {
+    base: PathBuf,
+    system: Option<Result<Arc<ClientConfig>, String>>,
+    by_ca: HashMap<PathBuf, Arc<ClientConfig>>,
+}
+
+impl ClientConfigs {
+    pub fn new(base: PathBuf) -> ClientConfigs {
+        ClientConfigs {
+            base,
+            system: None,
+            by_ca: HashMap::new(),
+        }
+    }
+
+    /// The client config verifying against `ca_file` (PEM, one or more CA certificates) or, without
+    /// one, the system's roots. Problems are recorded at `at`.
+    pub fn get(
+        &mut self,
+        ca_file: Option<&str>,
+        at: &KeyPath,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Arc<ClientConfig>> {
+        match ca_file {
+            Some(ca) => {
+                let file = resolve_path(&self.base, ca);
+                if let Some(c) = self.by_ca.get(&file) {
+                    return Some(c.clone());
+                }
+                let built = read_certs(&file).and_then(|certs| {
+                    let mut roots = RootCertStore::empty();
+                    let (added, _ignored) = roots.add_parsable_certificates(certs);
+                    if added == 0 {
+                        return Err(format!(
+                            "{}: no usable CA certificate in it",
+                            file.display()
+                        ));
+                    }
+                    client_config(roots)
+                });
+                match built {
+                    Ok(c) => {
+                        self.by_ca.insert(file, c.clone());
+                        Some(c)
+                    }
+                    Err(e) => {
+                        push(problems, at.clone(), e);
+                        None
+                    }
+                }
+            }
+            None => {
+                let system = self.system.get_or_insert_with(system_config);
+                match system {
+                    Ok(c) => Some(c.clone()),
+                    Err(e) => {
+                        push(problems, at.clone(), e.clone());
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The operating system's trust store (rustls-native-certs reads the same files OpenSSL would, so
+/// operators manage trust the usual way: `update-ca-certificates`, `SSL_CERT_FILE`, `SSL_CERT_DIR`).
+fn system_config() -> Result<Arc<ClientConfig>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return Err(format!(
+            "no system root certificates found{why}; install ca-certificates or set `ca_file`"
+        ));
+    }
+    client_config(roots)
+}
+
+fn client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS client setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,17 @@
+//! TLS termination (rustls 0.23 on *ring*, through monoio-rustls) and the https-redirect listener.
+//!
+//! - `context`: `TlsContext`, built from a loaded `Config` on the main thread (certificate files were
+//!   already read and parsed by `config::load`), shared read-only by workers; each worker holds an
+//!   `Arc` it can replace between connections (certificate reload).
+//! - `accept`: per-connection handshake under `[server.timeouts] tls_handshake`, then the proxy loop.
+//! - `redirect`: listeners with `redirect_https` answer every request with a 301/308 to https.
+//! - `stream`: `CancelSafe`, a wrapper that turns "use after a cancelled operation" into an error
+//!   (monoio-rustls loses its buffer when a read is dropped mid-flight and would panic on the next one).
+
+pub mod accept;
+pub mod context;
+pub mod redirect;
+pub mod stream;
+
+pub use context::TlsContext;
+pub use stream::CancelSafe;

@@ -1,0 +1,149 @@
+//! The `redirect_https` listener: every request is answered with a 301 or 308 to
+//! `https://{host}[:{https_port}]{path}[?{query}]` (the port omitted when 443) and the connection is
+//! closed. The request head is read with the proxy's parser and limits; a request without a usable
+//! host gets a 400. Nothing is forwarded upstream.
+
+use std::io::Write as _;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRent;
+use monoio::net::TcpStream;
+
+use crate::errors::GatewayError;
+use crate::http::parse::{self, Parsed, RequestHead};
+use crate::http::Limits;
+use crate::proxy::io;
+use crate::worker::Shard;
+
+/// After answering, unread request bytes are drained for at most this long (so closing with unread
+/// input does not reset the connection before the client read the redirect).
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;
+
+pub async fn serve(mut stream: TcpStream, status: u16, https_port: u16, shard: Rc<Shard>) {
+    let snap = shard.snapshot();
+    let server = &snap.config.server;
+    let limits = Limits {
+        max_header_bytes: server.max_header_bytes,
+        max_uri_bytes: server.max_uri_bytes,
+        max_headers: server.max_headers,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(server.max_header_bytes + 1024);
+    let mut head = RequestHead::default();
+    let deadline = Instant::now() + server.timeouts.client_header;
+    let mut out = Vec::with_capacity(512);
+    loop {
+        if !buf.is_empty() {
+            match parse::parse_request(&buf, &limits, &mut head) {
+                Ok(Parsed::Complete) => {
+                    match location(&buf, &head, https_port) {
+                        Some(loc) => redirect(&mut out, status, &loc),
+                        None => GatewayError::BadRequest("missing or invalid Host header")
+                            .write_response(true, &mut out),
+                    }
+                    break;
+                }
+                Ok(Parsed::Partial) => {}
+                Err(_) => {
+                    GatewayError::BadRequest("malformed request").write_response(true, &mut out);
+                    break;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || buf.len() == buf.capacity() {
+            return;
+        }
+        match io::fill(&mut stream, &mut buf, left).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+    let _ = io::send_all(&mut stream, &mut out, server.timeouts.client_body).await;
+    let _ = stream.shutdown().await;
+    // Lingering close: read and discard what the client still sends, briefly.
+    let end = Instant::now() + LINGER;
+    let mut drained = 0;
+    buf.clear();
+    while drained < LINGER_BYTES && buf.capacity() > 0 {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        buf.clear();
+        match io::fill(&mut stream, &mut buf, left).await {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
+
+fn redirect(out: &mut Vec<u8>, status: u16, location: &[u8]) {
+    let reason = if status == 301 {
+        "Moved Permanently"
+    } else {
+        "Permanent Redirect"
+    };
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nLocation: ");
+    out.extend_from_slice(location);
+    out.extend_from_slice(b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+/// `https://host[:port]/path[?query]`, from the request's host (port dropped) and target as sent.
+fn location(buf: &[u8], head: &RequestHead, https_port: u16) -> Option<Vec<u8>> {
+    let host = head.effective_host().map(|h| h.get(buf))?;
+    let host = crate::proxy::host_without_port(host);
+    if !valid_host(host) {
+        return None;
+    }
+    let path = head.path_bytes(buf);
+    let path: &[u8] = if path.first() == Some(&b'/') {
+        path
+    } else {
+        b"/"
+    };
+    let mut loc = Vec::with_capacity(16 + host.len() + path.len());
+    loc.extend_from_slice(b"https://");
+    loc.extend(host.iter().map(u8::to_ascii_lowercase));
+    if https_port != 443 {
+        let _ = write!(loc, ":{https_port}");
+    }
+    loc.extend_from_slice(path);
+    if let Some(q) = head.query {
+        loc.push(b'?');
+        loc.extend_from_slice(q.get(buf));
+    }
+    Some(loc)
+}
+
+/// A DNS name, IPv4 or bracketed IPv6 literal: nothing that could change the URL's structure.
+fn valid_host(host: &[u8]) -> bool {
+    if let Some(inner) = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
+        return !inner.is_empty()
+            && inner
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.');
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-' || *b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert!(valid_host(b"api.example.com"));
+        assert!(valid_host(b"[::1]"));
+        assert!(valid_host(b"127.0.0.1"));
+        assert!(!valid_host(b""));
+        assert!(!valid_host(b"a/b"));
+        assert!(!valid_host(b"a@b"));
+        assert!(!valid_host(b"[x]"));
+    }
+}
