@@ -1066,3 +1066,35 @@ fn valid_tls_config_and_certificate_files_are_reread_on_each_load() {
     assert_eq!(pki.label_of(&cfg.certificates[0].key.cert[0]), "default");
     assert!(ringgate::tls::TlsContext::build(&cfg).is_ok());
 }
+
+/// Certificates are re-read on reload (SIGHUP): new handshakes present the rotated certificate while
+/// an established TLS connection keeps working.
+#[test]
+fn rotated_certificate_is_served_after_reload_without_dropping_connections() {
+    let pki = Pki::new();
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&tls_config(&pki, &up, ""));
+    let addr = gw.addrs()[0];
+    let presented = |tls: &Tls| -> String {
+        let der = tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        pki.label_of(&der)
+    };
+    let mut old = connect(addr, "api.test", any_cert_client(true)).expect("handshake");
+    assert_eq!(presented(&old), "api");
+    assert_eq!(get(&mut old, "api.test", "/before").status, 200);
+
+    // Rotate api.test's certificate files in place (the "other" leaf also covers api.test).
+    std::fs::copy(pki.path("other.pem"), pki.path("api.pem")).expect("rotate cert");
+    std::fs::copy(pki.path("other.key"), pki.path("api.key")).expect("rotate key");
+    gw.reload_to(2);
+
+    let fresh = connect(addr, "api.test", any_cert_client(true)).expect("handshake after reload");
+    assert_eq!(presented(&fresh), "other");
+    // The connection established before the reload is still served.
+    assert_eq!(get(&mut old, "api.test", "/after").status, 200);
+}
