@@ -6,6 +6,7 @@
 //! upstreams of `url` services follow in service order).
 
 mod entities;
+mod observe;
 mod routes;
 mod server;
 
@@ -117,6 +118,8 @@ fn known(names: &HashMap<String, usize>) -> String {
 /// Compiles the decoded file; `None` when any problem was recorded (by `decode` or here).
 pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) -> Option<Config> {
     let server = server::compile(decoded.server.as_ref(), problems);
+    let admin = observe::admin(decoded.admin.as_ref(), problems);
+    let metrics = observe::metrics(decoded.metrics.as_ref(), problems);
     let (mut upstreams, upstream_names) = entities::upstreams(&decoded.upstreams, problems);
     let (services, service_names) = entities::services(
         &decoded.services,
@@ -141,5 +144,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         upstreams: upstreams.into_iter().collect::<Option<Vec<_>>>()?,
         services: services.into_iter().collect::<Option<Vec<_>>>()?,
         routes: routes.into_iter().collect::<Option<Vec<_>>>()?,
+        admin,
+        metrics,
     })
 }
