@@ -9,6 +9,7 @@ pub mod config;
 pub mod errors;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;
