@@ -24,7 +24,7 @@
 pub mod aggregate;
 pub mod hdr;
 pub mod hub;
-mod json;
+pub(crate) mod json;
 pub mod prom;
 mod worker;
 
