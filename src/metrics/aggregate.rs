@@ -265,7 +265,8 @@ impl Aggregate {
         let Some(map) = self.maps.get(m) else {
             return;
         };
-        for d in &f.routes {
+        let mut f = f;
+        for d in &mut f.routes {
             let agg = match d.route {
                 None => &mut self.none,
                 Some(r) => match map
@@ -278,11 +279,16 @@ impl Aggregate {
                 },
             };
             agg.counts.add(&d.counts);
-            if let Some(h) = &d.added {
-                merge_hdr(&mut agg.added, h);
-            }
-            if let Some(h) = &d.total {
-                merge_hdr(&mut agg.total, h);
+            for (into, from) in [
+                (&mut agg.added, d.added.take()),
+                (&mut agg.total, d.total.take()),
+            ] {
+                if let Some(mut h) = from {
+                    merge_hdr(into, &h);
+                    h.reset();
+                    // The worker may be gone (last flush): then the box is simply dropped.
+                    let _ = f.recycle.send(h);
+                }
             }
         }
         if self.workers.len() <= f.worker {

@@ -459,3 +459,41 @@ fn validator_rejects_bad_text() {
     assert!(check_exposition("# HELP x h\n# TYPE x counter\nx{a=\"\\q\"} 1\n").is_err());
     assert!(check_exposition("# HELP x h\n# TYPE x counter\nx{a=\"\\\"\"} 1\n").is_ok());
 }
+
+/// The scrape budget: 1,000 routes x 4 codes from 4 workers renders in a few milliseconds (in release;
+/// debug builds get a generous bound, the bench in bench/metrics.rs measures it properly).
+#[test]
+fn render_1k_routes_is_fast() {
+    let layout = Layout::synthetic(1000, 50, 16);
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_layout(layout.clone());
+    agg.set_workers(4);
+    for w in 0..4 {
+        let m = WorkerMetrics::new(w, layout.clone(), MetricsSink::test().0);
+        for r in 0..1000 {
+            for code in [200u16, 201, 404, 503] {
+                m.request_done(r, code, 100, 1000, &timings(3, 1));
+            }
+        }
+        agg.apply(m.take(&[3; 16], false).unwrap_or_else(|| panic!("flush")));
+    }
+    let mut s = String::new();
+    agg.render_metrics(&mut s); // warm-up
+    let t0 = Instant::now();
+    let runs = 5;
+    for _ in 0..runs {
+        s.clear();
+        agg.render_metrics(&mut s);
+    }
+    let per = t0.elapsed() / runs;
+    if let Err(e) = check_exposition(&s) {
+        panic!("{e}");
+    }
+    assert!(s.contains("{route=\"r999\",service=\"s49\",code=\"503\"} 4\n"));
+    let budget = if cfg!(debug_assertions) {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_millis(10)
+    };
+    assert!(per < budget, "render took {per:?} for {} bytes", s.len());
+}

@@ -8,10 +8,15 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 
 use super::hub::{MetricsSink, Msg};
 use super::{bucket_index, code_index, Layout, Timings, HDR_MAX_NS, HDR_SIGFIG, NBUCKETS, NCODES};
+
+/// A worker-side HDR histogram. Boxes travel to the aggregator in a flush and come back emptied
+/// through `WorkerFlush::recycle`, so in steady state a flush only swaps pointers.
+pub type Hdr = Box<Histogram<u32>>;
 
 /// A fixed-bucket latency histogram (Prometheus side).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,8 +86,8 @@ impl Counts {
 
 struct RouteSlot {
     counts: Counts,
-    added: Option<Box<Histogram<u32>>>,
-    total: Option<Box<Histogram<u32>>>,
+    added: Option<Hdr>,
+    total: Option<Hdr>,
     dirty: bool,
 }
 
@@ -110,8 +115,8 @@ struct TargetSlot {
 pub struct RouteDelta {
     pub route: Option<u32>,
     pub counts: Counts,
-    pub added: Option<Histogram<u32>>,
-    pub total: Option<Histogram<u32>>,
+    pub added: Option<Hdr>,
+    pub total: Option<Hdr>,
 }
 
 /// One target: counter deltas and gauges.
@@ -139,6 +144,8 @@ pub struct WorkerFlush {
     pub conns_open: u64,
     /// Delta: client connections accepted.
     pub conns_accepted: u64,
+    /// Where the aggregator returns the histograms of this flush once merged and reset.
+    pub recycle: Sender<Hdr>,
 }
 
 struct Inner {
@@ -155,13 +162,21 @@ pub struct WorkerMetrics {
     inner: RefCell<Inner>,
     conns_open: Cell<u64>,
     conns_accepted: Cell<u64>,
+    /// Emptied histograms coming back from the aggregator, and the ones ready for reuse.
+    recycle_tx: Sender<Hdr>,
+    recycle_rx: Receiver<Hdr>,
+    spare: RefCell<Vec<Hdr>>,
     /// Not `Send`/`Sync`, like the rest of the shard.
     _local: std::marker::PhantomData<*const ()>,
 }
 
 impl WorkerMetrics {
     pub fn new(worker: usize, layout: Arc<Layout>, sink: MetricsSink) -> WorkerMetrics {
+        let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded();
         WorkerMetrics {
+            recycle_tx,
+            recycle_rx,
+            spare: RefCell::new(Vec::new()),
             worker,
             sink,
             inner: RefCell::new(Inner {
@@ -313,6 +328,14 @@ impl WorkerMetrics {
     pub fn take(&self, pool_idle: &[usize], last: bool) -> Option<WorkerFlush> {
         let mut inner = self.inner.try_borrow_mut().ok()?;
         let inner = &mut *inner;
+        let mut spare = self.spare.try_borrow_mut().ok()?;
+        // Two histograms per route at most are ever needed as spares.
+        let max_spare = 2 * inner.routes.len();
+        for h in self.recycle_rx.try_iter() {
+            if spare.len() < max_spare {
+                spare.push(h);
+            }
+        }
         let none = inner.routes.len().saturating_sub(1);
         let mut routes = Vec::new();
         for (i, slot) in inner.routes.iter_mut().enumerate() {
@@ -327,8 +350,8 @@ impl WorkerMetrics {
                     u32::try_from(i).ok()
                 },
                 counts: std::mem::take(&mut slot.counts),
-                added: take_hdr(&mut slot.added),
-                total: take_hdr(&mut slot.total),
+                added: take_hdr(&mut slot.added, &mut spare),
+                total: take_hdr(&mut slot.total, &mut spare),
             });
         }
         let targets = inner
@@ -356,6 +379,7 @@ impl WorkerMetrics {
             targets,
             conns_open: self.conns_open.get(),
             conns_accepted: self.conns_accepted.replace(0),
+            recycle: self.recycle_tx.clone(),
         })
     }
 }
@@ -366,7 +390,7 @@ pub fn new_worker_hdr() -> Option<Histogram<u32>> {
 }
 
 #[inline]
-fn record_hdr(slot: &mut Option<Box<Histogram<u32>>>, ns: u64) {
+fn record_hdr(slot: &mut Option<Hdr>, ns: u64) {
     if slot.is_none() {
         // Once per route per worker: the first request of a route allocates its histogram.
         *slot = new_worker_hdr().map(Box::new);
@@ -376,15 +400,14 @@ fn record_hdr(slot: &mut Option<Box<Histogram<u32>>>, ns: u64) {
     }
 }
 
-/// A copy of the histogram's samples, leaving it empty (and allocated) for the next interval.
-fn take_hdr(slot: &mut Option<Box<Histogram<u32>>>) -> Option<Histogram<u32>> {
-    let h = slot.as_mut()?;
-    if h.is_empty() {
+/// The histogram's samples, swapped for an empty one (a recycled one when available, else a fresh
+/// allocation here, off the request path).
+fn take_hdr(slot: &mut Option<Hdr>, spare: &mut Vec<Hdr>) -> Option<Hdr> {
+    if slot.as_ref().is_none_or(|h| h.is_empty()) {
         return None;
     }
-    let copy = (**h).clone();
-    h.reset();
-    Some(copy)
+    let empty = spare.pop().or_else(|| new_worker_hdr().map(Box::new));
+    std::mem::replace(slot, empty)
 }
 
 #[cfg(test)]
