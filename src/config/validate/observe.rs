@@ -13,7 +13,8 @@ use crate::config::model::{AdminDef, MetricsDef};
 use crate::config::raw::{RawAdmin, RawMetrics};
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
-const MIN_FLUSH: Duration = Duration::from_millis(10);
+/// The worker control loop ticks every 50 ms; flushes happen on ticks.
+const MIN_FLUSH: Duration = Duration::from_millis(50);
 const MAX_FLUSH: Duration = Duration::from_secs(60);
 const MAX_TOKEN: usize = 1024;
 const MAX_CONSUMER_LABELS: i64 = 10_000;
@@ -78,7 +79,7 @@ pub fn metrics(raw: Option<&RawMetrics>, problems: &mut Vec<Problem>) -> Metrics
             push(
                 problems,
                 p.key("flush_interval"),
-                "must be between \"10ms\" and \"60s\"",
+                "must be between \"50ms\" and \"60s\" (workers flush on their 50 ms control tick)",
             );
         }
     }
