@@ -5,10 +5,12 @@
 //! framing) -> `router` (route match on a normalized path) -> `upstream` (balancer + pool) -> back out
 //! through `http::write`. `config` turns the TOML file into the immutable snapshot every worker reads.
 
+pub mod admin;
 pub mod config;
 pub mod errors;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -12,7 +12,9 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{ImDocument, Item, Value};
 
 use super::locate::{KeyPath, Problem};
-use super::raw::{RawCertificate, RawRoute, RawServer, RawService, RawUpstream};
+use super::raw::{
+    RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService, RawUpstream,
+};
 
 /// The file's content, as far as it decoded.
 #[derive(Debug, Default)]
@@ -27,9 +29,21 @@ pub struct Decoded {
     /// Names of upstreams/services that exist in the file but failed to decode.
     pub broken_upstreams: HashSet<String>,
     pub broken_services: HashSet<String>,
+    /// `[admin]`; `None` when absent (no admin listener) or failed to decode.
+    pub admin: Option<RawAdmin>,
+    /// `[metrics]`; `None` when absent or failed to decode (then defaults are used).
+    pub metrics: Option<RawMetrics>,
 }
 
-const TOP_LEVEL: &[&str] = &["server", "upstreams", "services", "routes", "certificates"];
+const TOP_LEVEL: &[&str] = &[
+    "server",
+    "upstreams",
+    "services",
+    "routes",
+    "certificates",
+    "admin",
+    "metrics",
+];
 
 /// Parses the TOML syntax; a syntax error is a single problem (the parser cannot continue past it).
 pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
@@ -59,6 +73,8 @@ pub fn decode(doc: &ImDocument<&str>, problems: &mut Vec<Problem>) -> Decoded {
             "certificates" => {
                 out.certificates = decode_array(item, &path, problems, &mut HashSet::new())
             }
+            "admin" => out.admin = decode_one(item, &path, problems),
+            "metrics" => out.metrics = decode_one(item, &path, problems),
             "consumers" | "plugins" => problems.push(Problem::at_key(
                 path,
                 format!(

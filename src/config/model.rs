@@ -24,6 +24,10 @@ pub struct Config {
     pub routes: Vec<RouteDef>,
     /// `[[certificates]]`, already read and parsed (on the main thread, at load).
     pub certificates: Vec<CertificateDef>,
+    /// `[admin]`; `None` = no admin listener.
+    pub admin: Option<AdminDef>,
+    /// `[metrics]` (defaults when absent).
+    pub metrics: MetricsDef,
 }
 
 /// `[server]`.
@@ -72,6 +76,39 @@ pub struct PoolDef {
     /// Idle connections kept per target per worker.
     pub max_idle: usize,
     pub idle_timeout: Duration,
+}
+
+/// `[admin]`: the admin API (health, status, metrics, reload, histograms).
+#[derive(Debug, Clone)]
+pub struct AdminDef {
+    /// Loopback unless a `token` is set.
+    pub listen: SocketAddr,
+    /// When set, every admin request needs `Authorization: Bearer <token>`. Visible ASCII only.
+    pub token: Option<String>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsDef {
+    /// How often each worker sends its counters to the aggregator (scrapes are at most this stale).
+    pub flush_interval: Duration,
+    /// Where the HDR latency reports are written at shutdown; `None` = not written.
+    pub histogram_file: Option<PathBuf>,
+    /// Opt-in `consumer` label (arrives with `[[consumers]]`).
+    pub per_consumer_labels: bool,
+    /// At most this many distinct consumer label values; the rest are counted as `(other)`.
+    pub max_consumer_labels: usize,
+}
+
+impl Default for MetricsDef {
+    fn default() -> MetricsDef {
+        MetricsDef {
+            flush_interval: Duration::from_secs(1),
+            histogram_file: None,
+            per_consumer_labels: false,
+            max_consumer_labels: 100,
+        }
+    }
 }
 
 /// `[[upstreams]]`: a named set of weighted targets.

@@ -173,6 +173,24 @@ pub struct RawRoute {
     pub max_body_bytes: Option<Size>,
 }
 
+/// `[admin]`: the admin API listener (absent = no admin listener).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([admin])")]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([metrics])")]
+pub struct RawMetrics {
+    pub flush_interval: Option<Dur>,
+    pub histogram_file: Option<String>,
+    pub per_consumer_labels: Option<bool>,
+    pub max_consumer_labels: Option<Int>,
+}
+
 /// A duration string, already parsed (see `units::parse_duration`).
 #[derive(Debug, Clone, Copy)]
 pub struct Dur(pub Duration);

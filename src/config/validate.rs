@@ -6,6 +6,7 @@
 //! upstreams of `url` services follow in service order).
 
 mod entities;
+mod observe;
 mod routes;
 mod server;
 mod tls;
@@ -126,6 +127,8 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
     let certificates = tls::certificates(&decoded.certificates, &base, problems);
     tls::check_listeners(&server.listeners, certificates.len(), problems);
     let mut client_tls = tls::ClientConfigs::new(base);
+    let admin = observe::admin(decoded.admin.as_ref(), problems);
+    let metrics = observe::metrics(decoded.metrics.as_ref(), problems);
     let (mut upstreams, upstream_names) =
         entities::upstreams(&decoded.upstreams, &mut client_tls, problems);
     let (services, service_names) = entities::services(
@@ -153,5 +156,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         services: services.into_iter().collect::<Option<Vec<_>>>()?,
         routes: routes.into_iter().collect::<Option<Vec<_>>>()?,
         certificates: certificates.into_iter().collect::<Option<Vec<_>>>()?,
+        admin,
+        metrics,
     })
 }

@@ -1,0 +1,345 @@
+//! The admin API: a small blocking HTTP/1.1 server on its own listener and threads, off the request
+//! path. Loopback by default; with `[admin] token` every request needs `Authorization: Bearer <token>`
+//! (compared in constant time).
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /health` | 200 when every worker flushed its metrics within 3 flush intervals, else 503 |
+//! | `GET /status` | JSON: config generation, loaded-at, workers, routes, upstream targets and pools |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /reload` | runs the reload callback: 200 `{"generation":N}` or 400 `{"message","errors"}` |
+//! | `GET /histograms` | p50/p90/p99/p99.9/max per route (µs) |
+//! | `GET /histograms?route=NAME&kind=added\|total` | the HDR percentile report of one route |
+//!
+//! Invariants: every request is bounded (head size, body size, read deadline, write timeout), at most
+//! `MAX_CONNS` are served at once (more get a 503), every connection is closed after one response,
+//! and nothing a client sends can panic the server.
+
+mod http;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::model::AdminDef;
+use crate::metrics::aggregate::HistKind;
+use crate::metrics::hub::JSON;
+use crate::metrics::{json, MetricsHandle, Query, Reply};
+
+/// What `POST /reload` runs: load and apply the config file; the new generation, or every error (one
+/// per line). Called on an admin thread, one reload at a time.
+pub type ReloadFn = Box<dyn Fn() -> Result<u64, String> + Send>;
+
+/// Connections served at once.
+const MAX_CONNS: usize = 16;
+/// Whole request (head and body) must arrive within this.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the metrics thread.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Shared {
+    token: Option<String>,
+    metrics: MetricsHandle,
+    reload: Mutex<ReloadFn>,
+    active: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// The running admin listener.
+pub struct AdminServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Binds `def.listen` and serves on a new thread.
+    pub fn start(
+        def: &AdminDef,
+        metrics: MetricsHandle,
+        reload: ReloadFn,
+    ) -> std::io::Result<AdminServer> {
+        let listener = TcpListener::bind(def.listen)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            token: def.token.clone(),
+            metrics,
+            reload: Mutex::new(reload),
+            active: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let join = std::thread::Builder::new()
+            .name("ringgate-admin".to_owned())
+            .spawn(move || accept_loop(listener, s))?;
+        crate::info!("admin listening addr={addr}");
+        Ok(AdminServer {
+            addr,
+            shared,
+            join: Some(join),
+        })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting (in-flight admin requests finish on their own threads, bounded by timeouts).
+    pub fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                crate::debug!("admin accept failed error=\"{e}\"");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNS {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            let _ = respond(stream, &error_reply(503, "too many admin connections"), &[]);
+            continue;
+        }
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringgate-admin-conn".to_owned())
+            .spawn(move || {
+                serve(stream, &s);
+                s.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, shared: &Shared) {
+    let req = match http::read_request(&mut stream, READ_DEADLINE) {
+        Ok(r) => r,
+        Err(http::ReadError::Closed) => return,
+        Err(http::ReadError::Status(status, why)) => {
+            let _ = respond(stream, &error_reply(status, why), &[]);
+            return;
+        }
+    };
+    if let Some(token) = &shared.token {
+        if !authorized(req.authorization.as_deref(), token) {
+            let _ = respond(
+                stream,
+                &error_reply(401, "missing or wrong bearer token"),
+                &[("WWW-Authenticate", "Bearer")],
+            );
+            return;
+        }
+    }
+    let (reply, extra) = route(&req, shared);
+    let _ = respond(stream, &reply, extra);
+}
+
+/// Dispatches one request; the extra headers to send.
+fn route(req: &http::Request, shared: &Shared) -> (Reply, &'static [(&'static str, &'static str)]) {
+    const GET: &[(&str, &str)] = &[("Allow", "GET")];
+    const POST: &[(&str, &str)] = &[("Allow", "POST")];
+    let get = req.method == "GET";
+    let query = |q: Query| {
+        shared
+            .metrics
+            .query(q, QUERY_TIMEOUT)
+            .unwrap_or_else(|| error_reply(503, "metrics are not available"))
+    };
+    match (req.path.as_str(), get) {
+        ("/health", true) => (query(Query::Health), &[]),
+        ("/status", true) => (query(Query::Status), &[]),
+        ("/metrics", true) => (query(Query::Metrics), &[]),
+        ("/histograms", true) => match histogram_query(&req.query) {
+            Ok(q) => (query(q), &[]),
+            Err(why) => (error_reply(400, &why), &[]),
+        },
+        ("/reload", _) if req.method == "POST" => (reload(shared), &[]),
+        ("/reload", _) => (error_reply(405, "use POST"), POST),
+        ("/health" | "/status" | "/metrics" | "/histograms", false) => {
+            (error_reply(405, "use GET"), GET)
+        }
+        _ => (error_reply(404, "not found"), &[]),
+    }
+}
+
+fn histogram_query(query: &str) -> Result<Query, String> {
+    let mut route = None;
+    let mut kind = HistKind::Total;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = http::percent_decode(v).ok_or("invalid percent-encoding in the query")?;
+        match k {
+            "route" => route = Some(v),
+            "kind" => {
+                kind = HistKind::parse(&v)
+                    .ok_or_else(|| format!("kind must be \"added\" or \"total\", got {v:?}"))?
+            }
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {k:?} (use route and kind)"
+                ))
+            }
+        }
+    }
+    Ok(match route {
+        Some(route) => Query::Histogram { route, kind },
+        None if query.contains("kind=") => {
+            return Err("kind needs route=NAME".to_owned());
+        }
+        None => Query::HistogramSummary,
+    })
+}
+
+fn reload(shared: &Shared) -> Reply {
+    let result = {
+        let f = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
+        f()
+    };
+    shared.metrics.reload_outcome(result.is_ok());
+    match result {
+        Ok(generation) => {
+            crate::info!("config reloaded via admin generation={generation}");
+            Reply {
+                status: 200,
+                content_type: JSON,
+                body: format!("{{\"generation\":{generation}}}\n"),
+            }
+        }
+        Err(errors) => {
+            crate::warn!("config reload via admin failed");
+            let list: Vec<String> = errors
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(json::string)
+                .collect();
+            Reply {
+                status: 400,
+                content_type: JSON,
+                body: format!(
+                    "{{\"message\":\"reload failed; the previous config stays in use\",\"errors\":[{}]}}\n",
+                    list.join(",")
+                ),
+            }
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>` (scheme case-insensitive), token compared in constant time.
+fn authorized(header: Option<&str>, token: &str) -> bool {
+    let Some(h) = header else {
+        return false;
+    };
+    let Some((scheme, given)) = h.trim().split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer") && ct_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// Equality whose time depends only on `expected`'s length, not on where the inputs differ.
+fn ct_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= given.get(i).copied().unwrap_or(0) ^ e;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+fn error_reply(status: u16, message: &str) -> Reply {
+    Reply {
+        status,
+        content_type: JSON,
+        body: format!("{{\"message\":{}}}\n", json::string(message)),
+    }
+}
+
+fn respond(mut stream: TcpStream, reply: &Reply, extra: &[(&str, &str)]) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
+        reply.status,
+        http::reason(reply.status),
+        reply.content_type,
+        reply.body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(k);
+        head.push_str(": ");
+        head.push_str(v);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(reply.body.as_bytes())?;
+    stream.flush()?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secreT", b"secret"));
+        assert!(!ct_eq(b"secret1", b"secret"));
+        assert!(!ct_eq(b"", b"secret"));
+        assert!(!ct_eq(b"sec", b"secret"));
+        assert!(authorized(Some("Bearer secret"), "secret"));
+        assert!(authorized(Some("bearer  secret "), "secret"));
+        assert!(!authorized(Some("Basic secret"), "secret"));
+        assert!(!authorized(Some("Bearer"), "secret"));
+        assert!(!authorized(None, "secret"));
+    }
+
+    #[test]
+    fn histogram_queries() {
+        assert_eq!(histogram_query(""), Ok(Query::HistogramSummary));
+        assert_eq!(
+            histogram_query("route=r1&kind=added"),
+            Ok(Query::Histogram {
+                route: "r1".into(),
+                kind: HistKind::Added
+            })
+        );
+        assert_eq!(
+            histogram_query("route=%28none%29"),
+            Ok(Query::Histogram {
+                route: "(none)".into(),
+                kind: HistKind::Total
+            })
+        );
+        assert!(histogram_query("route=r1&kind=p99").is_err());
+        assert!(histogram_query("kind=added").is_err());
+        assert!(histogram_query("route=%zz").is_err());
+        assert!(histogram_query("x=1").is_err());
+    }
+}

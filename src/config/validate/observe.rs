@@ -1,0 +1,111 @@
+//! `[admin]` and `[metrics]`: defaults and checks.
+//!
+//! The admin API can reload the config and reveals the topology, so it listens on loopback unless a
+//! token protects it: a non-loopback `listen` without `token` is an error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{in_range, push};
+use crate::config::locate::{KeyPath, Problem};
+use crate::config::model::{AdminDef, MetricsDef};
+use crate::config::raw::{RawAdmin, RawMetrics};
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// The worker control loop ticks every 50 ms; flushes happen on ticks.
+const MIN_FLUSH: Duration = Duration::from_millis(50);
+const MAX_FLUSH: Duration = Duration::from_secs(60);
+const MAX_TOKEN: usize = 1024;
+const MAX_CONSUMER_LABELS: i64 = 10_000;
+
+/// `None` when `[admin]` is absent (no admin listener).
+pub fn admin(raw: Option<&RawAdmin>, problems: &mut Vec<Problem>) -> Option<AdminDef> {
+    let raw = raw?;
+    let p = KeyPath::root().key("admin");
+    let listen_str = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let listen = match listen_str.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            push(
+                problems,
+                p.key("listen"),
+                format!("{listen_str:?} is not an ip:port address (e.g. \"127.0.0.1:9901\"; host names are not allowed)"),
+            );
+            return None;
+        }
+    };
+    let token = match raw.token.as_deref() {
+        None => None,
+        Some(t) if t.is_empty() || t.len() > MAX_TOKEN => {
+            push(
+                problems,
+                p.key("token"),
+                format!("must be 1 to {MAX_TOKEN} characters"),
+            );
+            None
+        }
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            push(
+                problems,
+                p.key("token"),
+                "may contain only visible ASCII characters (no spaces or control characters)",
+            );
+            None
+        }
+        Some(t) => Some(t.to_owned()),
+    };
+    if !listen.ip().is_loopback() && raw.token.is_none() {
+        push(
+            problems,
+            p.key("listen"),
+            format!("{listen} is not a loopback address: set admin.token to expose the admin API beyond this host"),
+        );
+    }
+    Some(AdminDef { listen, token })
+}
+
+/// Always a complete `MetricsDef` (defaults where missing or invalid).
+pub fn metrics(raw: Option<&RawMetrics>, problems: &mut Vec<Problem>) -> MetricsDef {
+    let mut def = MetricsDef::default();
+    let Some(raw) = raw else {
+        return def;
+    };
+    let p = KeyPath::root().key("metrics");
+    if let Some(d) = raw.flush_interval {
+        if (MIN_FLUSH..=MAX_FLUSH).contains(&d.0) {
+            def.flush_interval = d.0;
+        } else {
+            push(
+                problems,
+                p.key("flush_interval"),
+                "must be between \"50ms\" and \"60s\" (workers flush on their 50 ms control tick)",
+            );
+        }
+    }
+    match raw.histogram_file.as_deref() {
+        None => {}
+        Some("") => push(
+            problems,
+            p.key("histogram_file"),
+            "must be a file path (omit the key to not write histograms)",
+        ),
+        Some(f) => def.histogram_file = Some(PathBuf::from(f)),
+    }
+    if let Some(b) = raw.per_consumer_labels {
+        def.per_consumer_labels = b;
+    }
+    if let Some(n) = raw.max_consumer_labels {
+        if let Some(n) = in_range(
+            problems,
+            p.key("max_consumer_labels"),
+            "max_consumer_labels",
+            n.0,
+            1,
+            MAX_CONSUMER_LABELS,
+        ) {
+            def.max_consumer_labels = usize::try_from(n).unwrap_or(def.max_consumer_labels);
+        }
+    }
+    def
+}

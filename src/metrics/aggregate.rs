@@ -1,0 +1,761 @@
+//! The merged view: every worker's flushes added up by route and target *name*, per-worker gauges kept
+//! separately and summed when read. Owned by the metrics thread (see `hub`); nothing here is shared.
+//!
+//! Invariants:
+//! - counters only grow (a route removed by a reload keeps its series; one renamed starts new ones);
+//! - gauges are each worker's latest report, so a stopped worker's connections stop counting at its
+//!   last flush;
+//! - rendering allocates one output `String` (plus extension families); label strings are built once
+//!   per route when its name is first seen.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+
+use super::prom::{self, header, line_u64, push_secs, push_u64, Family};
+use super::worker::{Buckets, Counts, WorkerFlush};
+use super::{code_label, hdr, json, Layout, BUCKETS_LE, HDR_MAX_NS, HDR_SIGFIG, NO_ROUTE};
+
+/// Which latency an HDR report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistKind {
+    /// Latency the gateway added (see `Timings::added_ns`).
+    Added,
+    /// Head in -> response complete.
+    Total,
+}
+
+impl HistKind {
+    pub fn parse(s: &str) -> Option<HistKind> {
+        match s {
+            "added" => Some(HistKind::Added),
+            "total" => Some(HistKind::Total),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistKind::Added => "added",
+            HistKind::Total => "total",
+        }
+    }
+}
+
+struct RouteAgg {
+    name: String,
+    service: String,
+    /// `route="…",service="…"`
+    route_service: String,
+    /// `route="…"`
+    route_only: String,
+    counts: Counts,
+    added: Option<Histogram<u64>>,
+    total: Option<Histogram<u64>>,
+}
+
+impl RouteAgg {
+    fn new(name: &str, service: &str) -> RouteAgg {
+        RouteAgg {
+            name: name.to_owned(),
+            service: service.to_owned(),
+            route_service: prom::label_pairs(&[("route", name), ("service", service)]),
+            route_only: prom::label_pairs(&[("route", name)]),
+            counts: Counts::default(),
+            added: None,
+            total: None,
+        }
+    }
+
+    fn hist(&self, kind: HistKind) -> Option<&Histogram<u64>> {
+        match kind {
+            HistKind::Added => self.added.as_ref(),
+            HistKind::Total => self.total.as_ref(),
+        }
+    }
+}
+
+struct TargetAgg {
+    /// `upstream="…",target="…"`
+    labels: String,
+    connect_errors: u64,
+    timeouts: u64,
+}
+
+#[derive(Default)]
+struct WorkerAgg {
+    last_flush: Option<Instant>,
+    stopped: bool,
+    conns_open: u64,
+    /// (idle, active) per aggregated target index.
+    pool: Vec<(u64, u64)>,
+}
+
+/// A layout's indices translated to aggregate indices.
+struct LayoutMap {
+    layout: Arc<Layout>,
+    routes: Vec<usize>,
+    targets: Vec<usize>,
+}
+
+/// Most layouts seen at once: old generations only linger while workers switch.
+const MAX_LAYOUT_MAPS: usize = 8;
+/// Worker indices above this are ignored (config allows at most 1024 workers).
+const MAX_WORKERS: usize = 4096;
+
+/// Families rendered by `render_metrics` itself; extension families may not reuse these names.
+pub const BUILTIN: &[&str] = &[
+    "ringgate_http_requests_total",
+    "ringgate_request_duration_seconds",
+    "ringgate_upstream_duration_seconds",
+    "ringgate_bandwidth_bytes_total",
+    "ringgate_downstream_connections",
+    "ringgate_downstream_connections_accepted_total",
+    "ringgate_upstream_connections",
+    "ringgate_upstream_connect_errors_total",
+    "ringgate_upstream_timeouts_total",
+    "ringgate_config_generation",
+    "ringgate_config_loaded_timestamp_seconds",
+    "ringgate_config_reloads_total",
+    "ringgate_workers",
+];
+
+pub type Collector = Box<dyn Fn(&mut Vec<Family>) + Send>;
+
+pub struct Aggregate {
+    started: Instant,
+    flush_interval: Duration,
+    expected_workers: usize,
+    generation: u64,
+    loaded_at: Option<SystemTime>,
+    layout: Arc<Layout>,
+    reloads_ok: u64,
+    reloads_failed: u64,
+    routes: Vec<RouteAgg>,
+    route_index: HashMap<String, usize>,
+    none: RouteAgg,
+    targets: Vec<TargetAgg>,
+    target_index: HashMap<(String, String), usize>,
+    workers: Vec<WorkerAgg>,
+    maps: Vec<LayoutMap>,
+    conns_accepted: u64,
+    extra: BTreeMap<String, Vec<Family>>,
+    collectors: Vec<Collector>,
+}
+
+impl Aggregate {
+    pub fn new(flush_interval: Duration) -> Aggregate {
+        Aggregate {
+            started: Instant::now(),
+            flush_interval,
+            expected_workers: 0,
+            generation: 0,
+            loaded_at: None,
+            layout: Arc::new(Layout::default()),
+            reloads_ok: 0,
+            reloads_failed: 0,
+            routes: Vec::new(),
+            route_index: HashMap::new(),
+            none: RouteAgg::new(NO_ROUTE, NO_ROUTE),
+            targets: Vec::new(),
+            target_index: HashMap::new(),
+            workers: Vec::new(),
+            maps: Vec::new(),
+            conns_accepted: 0,
+            extra: BTreeMap::new(),
+            collectors: Vec::new(),
+        }
+    }
+
+    /// A config generation was loaded (at startup or by a reload): it becomes the current one.
+    pub fn set_layout(&mut self, layout: Arc<Layout>) {
+        self.generation = layout.generation;
+        self.loaded_at = Some(SystemTime::now());
+        self.map_index(&layout);
+        self.layout = layout;
+    }
+
+    /// How many workers `/health` waits for.
+    pub fn set_workers(&mut self, n: usize) {
+        self.expected_workers = n.min(MAX_WORKERS);
+    }
+
+    pub fn set_flush_interval(&mut self, d: Duration) {
+        self.flush_interval = d;
+    }
+
+    pub fn reload_outcome(&mut self, ok: bool) {
+        if ok {
+            self.reloads_ok += 1;
+        } else {
+            self.reloads_failed += 1;
+        }
+    }
+
+    /// Replaces the extension families published under `source`.
+    pub fn set_families(&mut self, source: String, families: Vec<Family>) {
+        self.extra.insert(source, families);
+    }
+
+    /// Adds a function called at every scrape to append extension families.
+    pub fn add_collector(&mut self, f: Collector) {
+        self.collectors.push(f);
+    }
+
+    /// Index into `maps` for `layout`, registering its names on first sight.
+    fn map_index(&mut self, layout: &Arc<Layout>) -> usize {
+        if let Some(i) = self
+            .maps
+            .iter()
+            .position(|m| Arc::ptr_eq(&m.layout, layout))
+        {
+            return i;
+        }
+        let routes = layout
+            .routes
+            .iter()
+            .map(|r| match self.route_index.get(&r.name) {
+                Some(&i) if self.routes.get(i).is_some_and(|a| a.service == r.service) => i,
+                _ => {
+                    // New name, or the route moved to another service: a new series.
+                    self.routes.push(RouteAgg::new(&r.name, &r.service));
+                    let i = self.routes.len() - 1;
+                    self.route_index.insert(r.name.clone(), i);
+                    i
+                }
+            })
+            .collect();
+        let targets = layout
+            .targets
+            .iter()
+            .map(|t| {
+                let key = (t.upstream.clone(), t.target.clone());
+                if let Some(&i) = self.target_index.get(&key) {
+                    return i;
+                }
+                self.targets.push(TargetAgg {
+                    labels: prom::label_pairs(&[("upstream", &t.upstream), ("target", &t.target)]),
+                    connect_errors: 0,
+                    timeouts: 0,
+                });
+                let i = self.targets.len() - 1;
+                self.target_index.insert(key, i);
+                i
+            })
+            .collect();
+        if self.maps.len() >= MAX_LAYOUT_MAPS {
+            self.maps.remove(0);
+        }
+        self.maps.push(LayoutMap {
+            layout: layout.clone(),
+            routes,
+            targets,
+        });
+        self.maps.len() - 1
+    }
+
+    /// Merges one worker flush.
+    pub fn apply(&mut self, f: WorkerFlush) {
+        if f.worker >= MAX_WORKERS {
+            return;
+        }
+        let m = self.map_index(&f.layout);
+        let Some(map) = self.maps.get(m) else {
+            return;
+        };
+        let mut f = f;
+        for d in &mut f.routes {
+            let agg = match d.route {
+                None => &mut self.none,
+                Some(r) => match map
+                    .routes
+                    .get(r as usize)
+                    .and_then(|&i| self.routes.get_mut(i))
+                {
+                    Some(a) => a,
+                    None => &mut self.none,
+                },
+            };
+            agg.counts.add(&d.counts);
+            for (into, from) in [
+                (&mut agg.added, d.added.take()),
+                (&mut agg.total, d.total.take()),
+            ] {
+                if let Some(mut h) = from {
+                    merge_hdr(into, &h);
+                    h.reset();
+                    // The worker may be gone (last flush): then the box is simply dropped.
+                    let _ = f.recycle.send(h);
+                }
+            }
+        }
+        if self.workers.len() <= f.worker {
+            self.workers.resize_with(f.worker + 1, WorkerAgg::default);
+        }
+        let ntargets = self.targets.len();
+        if let Some(w) = self.workers.get_mut(f.worker) {
+            w.last_flush = Some(f.at);
+            w.stopped = f.last;
+            w.conns_open = f.conns_open;
+            w.pool.clear();
+            w.pool.resize(ntargets, (0, 0));
+            for (i, t) in f.targets.iter().enumerate() {
+                let Some(&ti) = map.targets.get(i) else {
+                    continue;
+                };
+                if let Some(g) = w.pool.get_mut(ti) {
+                    *g = (t.idle, t.active);
+                }
+                if let Some(agg) = self.targets.get_mut(ti) {
+                    agg.connect_errors = agg.connect_errors.saturating_add(t.connect_errors);
+                    agg.timeouts = agg.timeouts.saturating_add(t.timeouts);
+                }
+            }
+        }
+        self.conns_accepted = self.conns_accepted.saturating_add(f.conns_accepted);
+    }
+
+    fn expected(&self) -> usize {
+        self.expected_workers.max(self.workers.len())
+    }
+
+    fn worker_serving(&self, i: usize, now: Instant) -> bool {
+        let limit = self.flush_interval.saturating_mul(3);
+        self.workers.get(i).is_some_and(|w| {
+            !w.stopped
+                && w.last_flush
+                    .is_some_and(|t| now.saturating_duration_since(t) <= limit)
+        })
+    }
+
+    /// `(healthy, JSON body)`: healthy when every worker flushed within 3 flush intervals.
+    pub fn health(&self, now: Instant) -> (bool, String) {
+        let expected = self.expected();
+        let serving = (0..expected)
+            .filter(|&i| self.worker_serving(i, now))
+            .count();
+        let ok = expected > 0 && serving == expected;
+        let body = format!(
+            "{{\"status\":\"{}\",\"workers\":{expected},\"serving\":{serving}}}\n",
+            if ok { "ok" } else { "unavailable" }
+        );
+        (ok, body)
+    }
+
+    /// `/status` as JSON.
+    pub fn status_json(&self, now: Instant) -> String {
+        let mut o = String::with_capacity(256 + 64 * self.layout.routes.len());
+        o.push_str("{\"generation\":");
+        push_u64(&mut o, self.generation);
+        o.push_str(",\"loaded_at\":");
+        match self.loaded_at {
+            Some(t) => {
+                let mut b = Vec::new();
+                crate::log::push_rfc3339(&mut b, t);
+                json::push_str(&mut o, &String::from_utf8_lossy(&b));
+            }
+            None => o.push_str("null"),
+        }
+        o.push_str(",\"uptime_seconds\":");
+        push_u64(
+            &mut o,
+            now.saturating_duration_since(self.started).as_secs(),
+        );
+        o.push_str(",\"flush_interval_ms\":");
+        push_u64(&mut o, self.flush_interval.as_millis() as u64);
+        o.push_str(",\"reloads\":{\"success\":");
+        push_u64(&mut o, self.reloads_ok);
+        o.push_str(",\"failure\":");
+        push_u64(&mut o, self.reloads_failed);
+        o.push_str("},\"workers\":[");
+        for i in 0..self.expected() {
+            if i > 0 {
+                o.push(',');
+            }
+            let w = self.workers.get(i);
+            o.push_str("{\"index\":");
+            push_u64(&mut o, i as u64);
+            o.push_str(",\"serving\":");
+            o.push_str(if self.worker_serving(i, now) {
+                "true"
+            } else {
+                "false"
+            });
+            o.push_str(",\"last_flush_ms_ago\":");
+            match w.and_then(|w| w.last_flush) {
+                Some(t) => push_u64(&mut o, now.saturating_duration_since(t).as_millis() as u64),
+                None => o.push_str("null"),
+            }
+            o.push_str(",\"connections\":");
+            push_u64(&mut o, w.map_or(0, |w| w.conns_open));
+            o.push('}');
+        }
+        o.push_str("],\"routes\":[");
+        for (i, r) in self.layout.routes.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            o.push_str("{\"name\":");
+            json::push_str(&mut o, &r.name);
+            o.push_str(",\"service\":");
+            json::push_str(&mut o, &r.service);
+            o.push('}');
+        }
+        o.push_str("],\"upstreams\":[");
+        let current = self
+            .maps
+            .iter()
+            .find(|m| Arc::ptr_eq(&m.layout, &self.layout));
+        let mut first_upstream = true;
+        let mut open_upstream: Option<&str> = None;
+        for (li, t) in self.layout.targets.iter().enumerate() {
+            if open_upstream != Some(t.upstream.as_str()) {
+                if open_upstream.is_some() {
+                    o.push_str("]}");
+                }
+                if !first_upstream {
+                    o.push(',');
+                }
+                first_upstream = false;
+                o.push_str("{\"name\":");
+                json::push_str(&mut o, &t.upstream);
+                o.push_str(",\"targets\":[");
+                open_upstream = Some(t.upstream.as_str());
+            } else {
+                o.push(',');
+            }
+            let (idle, active) = current
+                .and_then(|m| m.targets.get(li))
+                .map_or((0, 0), |&ti| self.pool_gauges(ti));
+            o.push_str("{\"target\":");
+            json::push_str(&mut o, &t.target);
+            o.push_str(",\"idle\":");
+            push_u64(&mut o, idle);
+            o.push_str(",\"active\":");
+            push_u64(&mut o, active);
+            o.push('}');
+        }
+        if open_upstream.is_some() {
+            o.push_str("]}");
+        }
+        o.push_str("]}\n");
+        o
+    }
+
+    /// (idle, active) summed over workers.
+    fn pool_gauges(&self, target: usize) -> (u64, u64) {
+        self.workers
+            .iter()
+            .filter_map(|w| w.pool.get(target))
+            .fold((0, 0), |(i, a), (wi, wa)| {
+                (i.saturating_add(*wi), a.saturating_add(*wa))
+            })
+    }
+
+    /// The Prometheus exposition (see the README's metrics table).
+    pub fn render_metrics(&self, out: &mut String) {
+        let all = || self.routes.iter().chain(std::iter::once(&self.none));
+
+        const REQS: &str = "ringgate_http_requests_total";
+        header(out, REQS, "Requests answered, by route, service and status code (rare codes are counted by class, e.g. 4xx).", "counter");
+        for r in all() {
+            for (i, &n) in r.counts.codes.iter().enumerate() {
+                if n == 0 {
+                    continue;
+                }
+                out.push_str(REQS);
+                out.push('{');
+                out.push_str(&r.route_service);
+                out.push_str(",code=\"");
+                out.push_str(code_label(i));
+                out.push_str("\"} ");
+                push_u64(out, n);
+                out.push('\n');
+            }
+        }
+
+        histogram(
+            out,
+            "ringgate_request_duration_seconds",
+            "Time from the request head received to the response completely sent, by route.",
+            all().map(|r| (r.route_only.as_str(), &r.counts.request)),
+        );
+        histogram(
+            out,
+            "ringgate_upstream_duration_seconds",
+            "Time from the request head sent upstream to the response head received, by route.",
+            all().map(|r| (r.route_only.as_str(), &r.counts.upstream)),
+        );
+
+        const BW: &str = "ringgate_bandwidth_bytes_total";
+        header(
+            out,
+            BW,
+            "Bytes read from (ingress) and written to (egress) clients, by route.",
+            "counter",
+        );
+        for r in all() {
+            if r.counts.bytes_in == 0 && r.counts.bytes_out == 0 {
+                continue;
+            }
+            for (dir, n) in [
+                ("ingress", r.counts.bytes_in),
+                ("egress", r.counts.bytes_out),
+            ] {
+                out.push_str(BW);
+                out.push_str("{direction=\"");
+                out.push_str(dir);
+                out.push_str("\",");
+                out.push_str(&r.route_only);
+                out.push_str("} ");
+                push_u64(out, n);
+                out.push('\n');
+            }
+        }
+
+        let open: u64 = self.workers.iter().map(|w| w.conns_open).sum();
+        header(
+            out,
+            "ringgate_downstream_connections",
+            "Open client connections.",
+            "gauge",
+        );
+        line_u64(out, "ringgate_downstream_connections", "", open);
+        header(
+            out,
+            "ringgate_downstream_connections_accepted_total",
+            "Client connections accepted.",
+            "counter",
+        );
+        line_u64(
+            out,
+            "ringgate_downstream_connections_accepted_total",
+            "",
+            self.conns_accepted,
+        );
+
+        const POOL: &str = "ringgate_upstream_connections";
+        header(
+            out,
+            POOL,
+            "Upstream connections per target: idle in the pools, or active (in use by a request).",
+            "gauge",
+        );
+        for (i, t) in self.targets.iter().enumerate() {
+            let (idle, active) = self.pool_gauges(i);
+            for (state, n) in [("idle", idle), ("active", active)] {
+                out.push_str(POOL);
+                out.push('{');
+                out.push_str(&t.labels);
+                out.push_str(",state=\"");
+                out.push_str(state);
+                out.push_str("\"} ");
+                push_u64(out, n);
+                out.push('\n');
+            }
+        }
+        header(
+            out,
+            "ringgate_upstream_connect_errors_total",
+            "Failed connection attempts per upstream target.",
+            "counter",
+        );
+        for t in &self.targets {
+            line_u64(
+                out,
+                "ringgate_upstream_connect_errors_total",
+                &t.labels,
+                t.connect_errors,
+            );
+        }
+        header(
+            out,
+            "ringgate_upstream_timeouts_total",
+            "Connect, read or write timeouts per upstream target.",
+            "counter",
+        );
+        for t in &self.targets {
+            line_u64(
+                out,
+                "ringgate_upstream_timeouts_total",
+                &t.labels,
+                t.timeouts,
+            );
+        }
+
+        header(
+            out,
+            "ringgate_config_generation",
+            "Generation of the config in use (1 at startup, +1 per successful reload).",
+            "gauge",
+        );
+        line_u64(out, "ringgate_config_generation", "", self.generation);
+        header(
+            out,
+            "ringgate_config_loaded_timestamp_seconds",
+            "Unix time the config in use was loaded.",
+            "gauge",
+        );
+        let loaded = self
+            .loaded_at
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        line_u64(out, "ringgate_config_loaded_timestamp_seconds", "", loaded);
+        header(
+            out,
+            "ringgate_config_reloads_total",
+            "Config reloads, by result.",
+            "counter",
+        );
+        line_u64(
+            out,
+            "ringgate_config_reloads_total",
+            "result=\"success\"",
+            self.reloads_ok,
+        );
+        line_u64(
+            out,
+            "ringgate_config_reloads_total",
+            "result=\"failure\"",
+            self.reloads_failed,
+        );
+
+        let now = Instant::now();
+        header(
+            out,
+            "ringgate_workers",
+            "Workers, and how many flushed their metrics within 3 flush intervals (serving).",
+            "gauge",
+        );
+        let expected = self.expected();
+        let serving = (0..expected)
+            .filter(|&i| self.worker_serving(i, now))
+            .count();
+        line_u64(
+            out,
+            "ringgate_workers",
+            "state=\"configured\"",
+            expected as u64,
+        );
+        line_u64(out, "ringgate_workers", "state=\"serving\"", serving as u64);
+
+        // Extension families; a name already rendered is skipped (duplicates break the format).
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut collected = Vec::new();
+        for c in &self.collectors {
+            c(&mut collected);
+        }
+        for f in self.extra.values().flatten().chain(collected.iter()) {
+            if BUILTIN.contains(&f.name.as_str()) || !seen.insert(f.name.clone()) {
+                continue;
+            }
+            prom::render_family(out, f);
+        }
+    }
+
+    /// `GET /histograms`: one line per route and kind with samples (µs).
+    pub fn histogram_summary(&self) -> String {
+        let mut out = String::from(hdr::SUMMARY_HEADER);
+        for r in self.routes.iter().chain(std::iter::once(&self.none)) {
+            for kind in [HistKind::Added, HistKind::Total] {
+                if let Some(h) = r.hist(kind).filter(|h| !h.is_empty()) {
+                    hdr::summary_line(&mut out, &r.name, kind.as_str(), h);
+                }
+            }
+        }
+        out
+    }
+
+    /// The percentile report of one route; `None` when the route is unknown.
+    pub fn histogram_report(&self, route: &str, kind: HistKind) -> Option<String> {
+        let r = if route == NO_ROUTE {
+            &self.none
+        } else {
+            self.routes.get(*self.route_index.get(route)?)?
+        };
+        Some(match r.hist(kind) {
+            Some(h) => hdr::percentile_report(h),
+            None => hdr::percentile_report(&empty_hdr()?),
+        })
+    }
+
+    /// What `metrics.histogram_file` receives at shutdown: the summary, then every route's reports.
+    pub fn histogram_file_text(&self) -> String {
+        let mut out = self.histogram_summary();
+        for r in self.routes.iter().chain(std::iter::once(&self.none)) {
+            for kind in [HistKind::Added, HistKind::Total] {
+                if let Some(h) = r.hist(kind).filter(|h| !h.is_empty()) {
+                    out.push_str(&format!(
+                        "\n# route={} kind={} unit=us\n",
+                        r.name,
+                        kind.as_str()
+                    ));
+                    out.push_str(&hdr::percentile_report(h));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[path = "aggregate_tests.rs"]
+mod tests;
+
+fn empty_hdr() -> Option<Histogram<u64>> {
+    Histogram::new_with_bounds(1, HDR_MAX_NS, HDR_SIGFIG).ok()
+}
+
+fn merge_hdr(into: &mut Option<Histogram<u64>>, from: &Histogram<u32>) {
+    if into.is_none() {
+        *into = empty_hdr();
+    }
+    let Some(h) = into else {
+        return;
+    };
+    for v in from.iter_recorded() {
+        h.saturating_record_n(v.value_iterated_to(), u64::from(v.count_at_value()));
+    }
+}
+
+/// One Prometheus histogram family; series with no observations are left out.
+fn histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a str, &'a Buckets)>,
+) {
+    header(out, name, help, "histogram");
+    for (labels, b) in series {
+        let count = b.count();
+        if count == 0 {
+            continue;
+        }
+        let mut cumulative = 0u64;
+        for (i, n) in b.counts.iter().enumerate() {
+            cumulative = cumulative.saturating_add(*n);
+            out.push_str(name);
+            out.push_str("_bucket{");
+            out.push_str(labels);
+            out.push_str(",le=\"");
+            out.push_str(BUCKETS_LE.get(i).copied().unwrap_or("+Inf"));
+            out.push_str("\"} ");
+            push_u64(out, cumulative);
+            out.push('\n');
+        }
+        out.push_str(name);
+        out.push_str("_sum{");
+        out.push_str(labels);
+        out.push_str("} ");
+        push_secs(out, b.sum_ns);
+        out.push('\n');
+        out.push_str(name);
+        out.push_str("_count{");
+        out.push_str(labels);
+        out.push_str("} ");
+        push_u64(out, count);
+        out.push('\n');
+    }
+}

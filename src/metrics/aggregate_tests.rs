@@ -1,0 +1,499 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::metrics::hub::MetricsSink;
+use crate::metrics::{FamilyKind, RouteName, TargetName, Timings, WorkerMetrics};
+
+/// A strict-enough check of the text exposition format: HELP then TYPE before a family's samples,
+/// one block per family, sample names belong to the family, label syntax and escapes, numeric
+/// values, no duplicate series, histogram buckets cumulative and ending in `+Inf` == `_count`.
+pub fn check_exposition(text: &str) -> Result<(), String> {
+    let mut families: HashMap<String, String> = HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    let mut pending_help: Option<String> = None;
+    let mut series: HashSet<String> = HashSet::new();
+    let mut buckets: HashMap<String, (f64, f64, bool)> = HashMap::new(); // labels-sans-le -> (last le, last count, saw inf)
+    let mut counts: HashMap<String, f64> = HashMap::new();
+    if !text.ends_with('\n') {
+        return Err("must end with a newline".into());
+    }
+    for (n, line) in text.lines().enumerate() {
+        let err = |m: &str| Err(format!("line {}: {m}: {line}", n + 1));
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or("");
+            if families.contains_key(name) {
+                return err("family declared twice");
+            }
+            pending_help = Some(name.to_owned());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (name, kind) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+            if pending_help.as_deref() != Some(name) {
+                return err("TYPE without HELP just before");
+            }
+            if !["counter", "gauge", "histogram"].contains(&kind) {
+                return err("unknown type");
+            }
+            families.insert(name.to_owned(), kind.to_owned());
+            current = Some((name.to_owned(), kind.to_owned()));
+            pending_help = None;
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            return err("unexpected comment or blank line");
+        }
+        let Some((fam, kind)) = &current else {
+            return err("sample before any TYPE");
+        };
+        let (name_labels, value) = line.rsplit_once(' ').ok_or("no value")?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .map_err(|_| format!("line {}: bad value", n + 1))?,
+        };
+        let (name, labels) = match name_labels.split_once('{') {
+            Some((n, l)) => (
+                n,
+                l.strip_suffix('}')
+                    .ok_or(format!("line {}: unclosed labels", n))?,
+            ),
+            None => (name_labels, ""),
+        };
+        let suffix_ok = if kind == "histogram" {
+            [
+                format!("{fam}_bucket"),
+                format!("{fam}_sum"),
+                format!("{fam}_count"),
+            ]
+            .contains(&name.to_owned())
+        } else {
+            name == fam
+        };
+        if !suffix_ok {
+            return err("sample name does not belong to the current family");
+        }
+        // Labels: name="value" pairs with \\ \" \n escapes only.
+        let mut pairs = Vec::new();
+        let b = labels.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let eq = labels[i..].find("=\"").ok_or("label without =\"")? + i;
+            let lname = &labels[i..eq];
+            if !crate::metrics::prom::valid_label_name(lname) {
+                return err("bad label name");
+            }
+            let mut j = eq + 2;
+            let mut val = String::new();
+            loop {
+                match b.get(j) {
+                    Some(b'\\') => {
+                        match b.get(j + 1) {
+                            Some(b'\\') => val.push('\\'),
+                            Some(b'"') => val.push('"'),
+                            Some(b'n') => val.push('\n'),
+                            _ => return err("bad escape"),
+                        }
+                        j += 2;
+                    }
+                    Some(b'"') => break,
+                    Some(_) => {
+                        let c = labels[j..].chars().next().ok_or("utf8")?;
+                        val.push(c);
+                        j += c.len_utf8();
+                    }
+                    None => return err("unterminated label value"),
+                }
+            }
+            pairs.push((lname.to_owned(), val));
+            j += 1;
+            if b.get(j) == Some(&b',') {
+                j += 1;
+            }
+            i = j;
+        }
+        if !series.insert(format!("{name}{{{labels}}}")) {
+            return err("duplicate series");
+        }
+        if kind == "histogram" {
+            let key: Vec<String> = pairs
+                .iter()
+                .filter(|(k, _)| k != "le")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let key = format!("{fam}|{}", key.join(","));
+            if name.ends_with("_bucket") {
+                let le = pairs
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .ok_or("bucket without le")?;
+                let le_v: f64 = if le.1 == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.1.parse().map_err(|_| "bad le")?
+                };
+                let e = buckets
+                    .entry(key)
+                    .or_insert((f64::NEG_INFINITY, 0.0, false));
+                if le_v <= e.0 || value < e.1 {
+                    return err("buckets not increasing/cumulative");
+                }
+                *e = (le_v, value, le_v.is_infinite());
+                if le_v.is_infinite() {
+                    counts.insert(format!("{fam}|{}", key_of(&pairs)), value);
+                }
+            } else if name.ends_with("_count") {
+                let inf = counts.get(&format!("{fam}|{}", key_of(&pairs)));
+                if inf != Some(&value) {
+                    return err("_count differs from the +Inf bucket");
+                }
+            }
+        }
+    }
+    if buckets.values().any(|b| !b.2) {
+        return Err("a histogram lacks its +Inf bucket".into());
+    }
+    Ok(())
+}
+
+fn key_of(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .filter(|(k, _)| k != "le")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn timings(total_ms: u64, upstream_ms: u64) -> Timings {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    Timings {
+        head_in: t0,
+        upstream_head_out: Some(t0 + ms(1)),
+        upstream_head_in: Some(t0 + ms(1 + upstream_ms)),
+        client_head_out: Some(t0 + ms(1 + upstream_ms)),
+        end: t0 + ms(total_ms),
+        connect: Duration::ZERO,
+    }
+}
+
+fn render(agg: &Aggregate) -> String {
+    let mut s = String::new();
+    agg.render_metrics(&mut s);
+    if let Err(e) = check_exposition(&s) {
+        panic!("{e}\n{s}");
+    }
+    s
+}
+
+#[test]
+fn merges_several_workers() {
+    let layout = Layout::synthetic(3, 2, 2);
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_layout(layout.clone());
+    agg.set_workers(3);
+    let workers: Vec<WorkerMetrics> = (0..3)
+        .map(|i| WorkerMetrics::new(i, layout.clone(), MetricsSink::test().0))
+        .collect();
+    for (i, w) in workers.iter().enumerate() {
+        for _ in 0..=i {
+            w.request_done(1, 200, 100, 1000, &timings(3, 1));
+        }
+        w.request_done(2, 503, 1, 1, &timings(20, 15));
+        w.gateway_error(None, 404, 50, 60);
+        w.upstream_connect_error(1);
+        w.upstream_acquired(0);
+        w.conn_opened();
+    }
+    for w in &workers {
+        agg.apply(w.take(&[2, 3], false).unwrap_or_else(|| panic!("flush")));
+    }
+    let s = render(&agg);
+    assert!(
+        s.contains("ringgate_http_requests_total{route=\"r1\",service=\"s1\",code=\"200\"} 6\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("ringgate_http_requests_total{route=\"r2\",service=\"s0\",code=\"503\"} 3\n")
+    );
+    assert!(s.contains(
+        "ringgate_http_requests_total{route=\"(none)\",service=\"(none)\",code=\"404\"} 3\n"
+    ));
+    assert!(
+        !s.contains("route=\"r0\""),
+        "untouched routes have no series"
+    );
+    // 3 ms requests land in le=0.005, not le=0.0025.
+    assert!(s.contains("ringgate_request_duration_seconds_bucket{route=\"r1\",le=\"0.0025\"} 0\n"));
+    assert!(s.contains("ringgate_request_duration_seconds_bucket{route=\"r1\",le=\"0.005\"} 6\n"));
+    assert!(s.contains("ringgate_request_duration_seconds_bucket{route=\"r1\",le=\"+Inf\"} 6\n"));
+    assert!(s.contains("ringgate_request_duration_seconds_count{route=\"r1\"} 6\n"));
+    assert!(s.contains("ringgate_request_duration_seconds_sum{route=\"r1\"} 0.018\n"));
+    assert!(s.contains("ringgate_upstream_duration_seconds_bucket{route=\"r2\",le=\"0.01\"} 0\n"));
+    assert!(s.contains("ringgate_upstream_duration_seconds_bucket{route=\"r2\",le=\"0.025\"} 3\n"));
+    assert!(s.contains("ringgate_bandwidth_bytes_total{direction=\"ingress\",route=\"r1\"} 600\n"));
+    assert!(s.contains("ringgate_bandwidth_bytes_total{direction=\"egress\",route=\"r1\"} 6000\n"));
+    assert!(s.contains("ringgate_downstream_connections 3\n"));
+    assert!(s.contains("ringgate_downstream_connections_accepted_total 3\n"));
+    assert!(s.contains(
+        "ringgate_upstream_connections{upstream=\"u\",target=\"10.0.0.0:80\",state=\"idle\"} 6\n"
+    ));
+    assert!(s.contains(
+        "ringgate_upstream_connections{upstream=\"u\",target=\"10.0.0.0:80\",state=\"active\"} 3\n"
+    ));
+    assert!(s.contains(
+        "ringgate_upstream_connect_errors_total{upstream=\"u\",target=\"10.0.0.1:80\"} 3\n"
+    ));
+    assert!(s.contains("ringgate_config_generation 1\n"));
+    assert!(s.contains("ringgate_workers{state=\"serving\"} 3\n"));
+
+    // Gauges are latest-per-worker, counters add up.
+    for w in &workers {
+        w.conn_closed();
+        agg.apply(w.take(&[0, 0], false).unwrap_or_else(|| panic!("flush")));
+    }
+    let s = render(&agg);
+    assert!(s.contains("ringgate_downstream_connections 0\n"));
+    assert!(s.contains("ringgate_downstream_connections_accepted_total 3\n"));
+    assert!(
+        s.contains("ringgate_http_requests_total{route=\"r1\",service=\"s1\",code=\"200\"} 6\n")
+    );
+
+    // HDR histograms merged across workers.
+    let summary = agg.histogram_summary();
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("r1 ") && l.contains(" total "))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(line.split_whitespace().nth(2), Some("6"));
+    let report = agg
+        .histogram_report("r2", HistKind::Total)
+        .unwrap_or_default();
+    assert!(
+        report.contains("Total count    =            3]"),
+        "{report}"
+    );
+    assert!(agg.histogram_report("nope", HistKind::Added).is_none());
+    let empty = agg
+        .histogram_report("r0", HistKind::Added)
+        .unwrap_or_default();
+    assert!(empty.contains("Total count    =            0]"));
+}
+
+#[test]
+fn escapes_labels() {
+    let layout = Arc::new(Layout {
+        generation: 1,
+        routes: vec![RouteName {
+            name: "a\"b\\c\nd".into(),
+            service: "s".into(),
+        }],
+        targets: vec![TargetName {
+            upstream: "u\"".into(),
+            target: "t".into(),
+        }],
+    });
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_layout(layout.clone());
+    let w = WorkerMetrics::new(0, layout, MetricsSink::test().0);
+    w.request_done(0, 200, 1, 1, &timings(1, 0));
+    agg.apply(w.take(&[], false).unwrap_or_else(|| panic!("flush")));
+    let s = render(&agg);
+    assert!(
+        s.contains(r#"{route="a\"b\\c\nd",service="s",code="200"} 1"#),
+        "{s}"
+    );
+    assert!(s.contains(r#"upstream="u\"",target="t""#));
+}
+
+#[test]
+fn health_follows_flushes() {
+    let layout = Layout::synthetic(1, 1, 0);
+    let mut agg = Aggregate::new(Duration::from_millis(100));
+    agg.set_layout(layout.clone());
+    agg.set_workers(2);
+    let now = Instant::now();
+    assert!(!agg.health(now).0, "nobody flushed yet");
+    let w0 = WorkerMetrics::new(0, layout.clone(), MetricsSink::test().0);
+    let w1 = WorkerMetrics::new(1, layout, MetricsSink::test().0);
+    agg.apply(w0.take(&[], false).unwrap_or_else(|| panic!("flush")));
+    assert!(!agg.health(Instant::now()).0, "worker 1 missing");
+    agg.apply(w1.take(&[], false).unwrap_or_else(|| panic!("flush")));
+    let (ok, body) = agg.health(Instant::now());
+    assert!(ok, "{body}");
+    assert!(
+        !agg.health(Instant::now() + Duration::from_millis(301)).0,
+        "stale"
+    );
+    agg.apply(w1.take(&[], true).unwrap_or_else(|| panic!("flush")));
+    assert!(!agg.health(Instant::now()).0, "stopped");
+}
+
+#[test]
+fn reload_keeps_counters_by_name() {
+    let l1 = Layout::synthetic(2, 1, 1);
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_layout(l1.clone());
+    let w = WorkerMetrics::new(0, l1, MetricsSink::test().0);
+    w.request_done(1, 200, 0, 0, &timings(1, 0));
+    let f = w.take(&[], false).unwrap_or_else(|| panic!("flush"));
+    // Generation 2 puts r1 first; a flush of generation 1 arriving late still lands on r1.
+    let l2 = Arc::new(Layout {
+        generation: 2,
+        routes: vec![RouteName {
+            name: "r1".into(),
+            service: "s0".into(),
+        }],
+        targets: vec![],
+    });
+    agg.set_layout(l2.clone());
+    agg.reload_outcome(true);
+    agg.reload_outcome(false);
+    agg.apply(f);
+    let w2 = WorkerMetrics::new(0, l2, MetricsSink::test().0);
+    w2.request_done(0, 200, 0, 0, &timings(1, 0));
+    agg.apply(w2.take(&[], false).unwrap_or_else(|| panic!("flush")));
+    let s = render(&agg);
+    assert!(
+        s.contains("{route=\"r1\",service=\"s0\",code=\"200\"} 2\n"),
+        "{s}"
+    );
+    assert!(s.contains("ringgate_config_generation 2\n"));
+    assert!(s.contains("ringgate_config_reloads_total{result=\"success\"} 1\n"));
+    assert!(s.contains("ringgate_config_reloads_total{result=\"failure\"} 1\n"));
+    let status = agg.status_json(Instant::now());
+    assert!(
+        status.starts_with("{\"generation\":2,\"loaded_at\":\""),
+        "{status}"
+    );
+    assert!(status.contains("\"routes\":[{\"name\":\"r1\",\"service\":\"s0\"}]"));
+}
+
+#[test]
+fn extension_families() {
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_families(
+        "limiter".into(),
+        vec![
+            Family::new(
+                "ringgate_ratelimit_admitted_total",
+                "Admitted.",
+                FamilyKind::Counter,
+            )
+            .sample(&[("limit", "per-ip")], 7.0),
+            // Built-in names cannot be shadowed.
+            Family::new("ringgate_workers", "x", FamilyKind::Gauge).sample(&[], 1.0),
+        ],
+    );
+    agg.add_collector(Box::new(|out: &mut Vec<Family>| {
+        out.push(
+            Family::new(
+                "ringgate_ratelimit_overshoot",
+                "Over-admission.",
+                FamilyKind::Gauge,
+            )
+            .sample(&[("limit", "global")], 0.5),
+        );
+        // Duplicate of a pushed family: skipped.
+        out.push(Family::new(
+            "ringgate_ratelimit_admitted_total",
+            "dup",
+            FamilyKind::Counter,
+        ));
+    }));
+    let s = render(&agg);
+    assert!(s.contains("ringgate_ratelimit_admitted_total{limit=\"per-ip\"} 7\n"));
+    assert!(s.contains("ringgate_ratelimit_overshoot{limit=\"global\"} 0.5\n"));
+}
+
+#[test]
+fn status_lists_pools() {
+    let layout = Arc::new(Layout {
+        generation: 3,
+        routes: vec![],
+        targets: vec![
+            TargetName {
+                upstream: "a".into(),
+                target: "1:1".into(),
+            },
+            TargetName {
+                upstream: "a".into(),
+                target: "2:2".into(),
+            },
+            TargetName {
+                upstream: "b".into(),
+                target: "3:3".into(),
+            },
+        ],
+    });
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_layout(layout.clone());
+    let w = WorkerMetrics::new(0, layout, MetricsSink::test().0);
+    w.upstream_acquired(2);
+    agg.apply(w.take(&[1, 2, 3], false).unwrap_or_else(|| panic!("flush")));
+    let s = agg.status_json(Instant::now());
+    assert!(
+        s.contains(
+            "\"upstreams\":[{\"name\":\"a\",\"targets\":[{\"target\":\"1:1\",\"idle\":1,\"active\":0},\
+             {\"target\":\"2:2\",\"idle\":2,\"active\":0}]},{\"name\":\"b\",\"targets\":[{\"target\":\"3:3\",\"idle\":3,\"active\":1}]}]}"
+        ),
+        "{s}"
+    );
+    assert!(s.contains("\"workers\":[{\"index\":0,\"serving\":true,"));
+}
+
+#[test]
+fn validator_rejects_bad_text() {
+    assert!(check_exposition("x 1\n").is_err(), "no TYPE");
+    assert!(check_exposition("# HELP x h\n# TYPE x counter\nx 1\nx 2\n").is_err());
+    assert!(check_exposition(
+        "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n"
+    )
+    .is_err());
+    assert!(check_exposition("# HELP x h\n# TYPE x counter\nx{a=\"\\q\"} 1\n").is_err());
+    assert!(check_exposition("# HELP x h\n# TYPE x counter\nx{a=\"\\\"\"} 1\n").is_ok());
+}
+
+/// The scrape budget: 1,000 routes x 4 codes from 4 workers renders in a few milliseconds (in release;
+/// debug builds get a generous bound, the bench in bench/metrics.rs measures it properly).
+#[test]
+fn render_1k_routes_is_fast() {
+    let layout = Layout::synthetic(1000, 50, 16);
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_layout(layout.clone());
+    agg.set_workers(4);
+    for w in 0..4 {
+        let m = WorkerMetrics::new(w, layout.clone(), MetricsSink::test().0);
+        for r in 0..1000 {
+            for code in [200u16, 201, 404, 503] {
+                m.request_done(r, code, 100, 1000, &timings(3, 1));
+            }
+        }
+        agg.apply(m.take(&[3; 16], false).unwrap_or_else(|| panic!("flush")));
+    }
+    let mut s = String::new();
+    agg.render_metrics(&mut s); // warm-up
+    let t0 = Instant::now();
+    let runs = 5;
+    for _ in 0..runs {
+        s.clear();
+        agg.render_metrics(&mut s);
+    }
+    let per = t0.elapsed() / runs;
+    if let Err(e) = check_exposition(&s) {
+        panic!("{e}");
+    }
+    assert!(s.contains("{route=\"r999\",service=\"s49\",code=\"503\"} 4\n"));
+    let budget = if cfg!(debug_assertions) {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_millis(10)
+    };
+    assert!(per < budget, "render took {per:?} for {} bytes", s.len());
+}

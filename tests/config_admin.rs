@@ -1,0 +1,116 @@
+//! `[admin]` and `[metrics]`: defaults, values and located errors.
+
+use std::time::Duration;
+
+use ringgate::config::{load_str, ConfigError};
+
+const BASE: &str = r#"[[upstreams]]
+name = "u"
+targets = [{ target = "127.0.0.1:9001" }]
+
+[[services]]
+name = "s"
+upstream = "u"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+"#;
+
+fn with(extra: &str) -> String {
+    format!("{BASE}\n{extra}")
+}
+
+/// Line of `extra`'s first line in `with(extra)`.
+const EXTRA_LINE: usize = 14;
+
+fn one_error(text: &str) -> ConfigError {
+    match load_str(text, "t.toml") {
+        Ok(_) => panic!("loaded but should not:\n{text}"),
+        Err(mut e) => {
+            assert_eq!(e.len(), 1, "{e:?}");
+            e.remove(0)
+        }
+    }
+}
+
+#[test]
+fn defaults() {
+    let cfg = load_str(BASE, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(cfg.admin.is_none(), "no [admin] = no admin listener");
+    assert_eq!(cfg.metrics.flush_interval, Duration::from_secs(1));
+    assert!(cfg.metrics.histogram_file.is_none());
+    assert!(!cfg.metrics.per_consumer_labels);
+    assert_eq!(cfg.metrics.max_consumer_labels, 100);
+
+    let cfg = load_str(&with("[admin]\n"), "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    let admin = cfg.admin.unwrap_or_else(|| panic!("admin"));
+    assert_eq!(admin.listen.to_string(), "127.0.0.1:9901");
+    assert!(admin.token.is_none());
+}
+
+#[test]
+fn values() {
+    let text = with(
+        "[admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"abc-DEF_123\"\n\n[metrics]\nflush_interval = \"100ms\"\nhistogram_file = \"/tmp/h.txt\"\nper_consumer_labels = true\nmax_consumer_labels = 5\n",
+    );
+    let cfg = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    let admin = cfg.admin.unwrap_or_else(|| panic!("admin"));
+    assert_eq!(admin.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(admin.token.as_deref(), Some("abc-DEF_123"));
+    assert_eq!(cfg.metrics.flush_interval, Duration::from_millis(100));
+    assert_eq!(
+        cfg.metrics.histogram_file.as_deref(),
+        Some(std::path::Path::new("/tmp/h.txt"))
+    );
+    assert!(cfg.metrics.per_consumer_labels);
+    assert_eq!(cfg.metrics.max_consumer_labels, 5);
+}
+
+#[test]
+fn errors_are_located() {
+    let e = one_error(&with("[admin]\nlisten = \"localhost:9901\"\n"));
+    assert_eq!(
+        (e.line, e.column, e.key.as_str()),
+        (EXTRA_LINE + 1, 10, "admin.listen")
+    );
+    assert!(e.message.contains("not an ip:port address"), "{e}");
+
+    let e = one_error(&with("[admin]\nlisten = \"0.0.0.0:9901\"\n"));
+    assert_eq!((e.line, e.key.as_str()), (EXTRA_LINE + 1, "admin.listen"));
+    assert!(e.message.contains("set admin.token"), "{e}");
+
+    let e = one_error(&with("[admin]\ntoken = \"has space\"\n"));
+    assert_eq!(
+        (e.line, e.column, e.key.as_str()),
+        (EXTRA_LINE + 1, 9, "admin.token")
+    );
+
+    let e = one_error(&with("[admin]\ntokn = \"x\"\n"));
+    assert_eq!((e.line, e.key.as_str()), (EXTRA_LINE + 1, "admin.tokn"));
+    assert!(e.message.contains("did you mean `token`"), "{e}");
+
+    let e = one_error(&with("[metrics]\nflush_interval = \"20ms\"\n"));
+    assert_eq!(
+        (e.line, e.column, e.key.as_str()),
+        (EXTRA_LINE + 1, 18, "metrics.flush_interval")
+    );
+    assert!(e.message.contains("between \"50ms\" and \"60s\""), "{e}");
+
+    let e = one_error(&with("[metrics]\nflush_interval = 5\n"));
+    assert_eq!(e.key, "metrics.flush_interval");
+
+    let e = one_error(&with("[metrics]\nmax_consumer_labels = 0\n"));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (EXTRA_LINE + 1, "metrics.max_consumer_labels")
+    );
+    assert!(e.message.contains("1..=10000"), "{e}");
+
+    let e = one_error(&with("[metrics]\nhistogram_file = \"\"\n"));
+    assert_eq!(e.key, "metrics.histogram_file");
+
+    let e = one_error(&with("[metrics]\nper_consumer_labels = \"yes\"\n"));
+    assert_eq!(e.key, "metrics.per_consumer_labels");
+}
