@@ -26,7 +26,7 @@ pub mod hdr;
 pub mod hub;
 pub(crate) mod json;
 pub mod prom;
-mod worker;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

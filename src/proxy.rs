@@ -33,6 +33,7 @@ use crate::errors::GatewayError;
 use crate::http::headers::eq_ignore_case;
 use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
 use crate::http::{BodyKind, Limits, Version};
+use crate::metrics::Timings;
 use crate::router::normalize::{normalize_path, upstream_path};
 use crate::router::RequestView;
 use crate::upstream::conn::UpstreamConn;
@@ -147,6 +148,12 @@ struct Conn<S> {
     ubuf: Vec<u8>,
     /// Whether the current request's body has been fully read from the client.
     body_done: bool,
+    /// Metrics of the current request: phase instants, answer status, client-side bytes, route.
+    t: Timings,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    route: Option<usize>,
 }
 
 /// Keeps `Shard::active` and the idle registry accurate however the connection task ends.
@@ -155,6 +162,7 @@ struct ActiveGuard(Rc<Shard>, usize);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.set(self.0.active.get().saturating_sub(1));
+        self.0.metrics.conn_closed();
         self.0.idle.release(self.1);
     }
 }
@@ -168,6 +176,7 @@ pub async fn serve<S: ClientIo>(
     shard: Rc<Shard>,
 ) {
     shard.active.set(shard.active.get() + 1);
+    shard.metrics.conn_opened();
     let slot = shard.idle.register();
     let _guard = ActiveGuard(shard.clone(), slot);
     let mut conn = Conn {
@@ -184,6 +193,11 @@ pub async fn serve<S: ClientIo>(
         s: Scratch::default(),
         ubuf: Vec::new(),
         body_done: true,
+        t: Timings::new(Instant::now()),
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        route: None,
     };
     loop {
         let next = conn.request(&shard).await;
@@ -233,14 +247,42 @@ impl<S: ClientIo> Conn<S> {
     }
 
     async fn request(&mut self, shard: &Shard) -> Next {
+        self.bytes_out = 0;
         match self.read_head(shard).await {
             Ok(true) => {}
             Ok(false) => return Next::Close,
             Err(e) => {
                 self.reply_error(shard, e, true).await;
+                let bytes_in = self.buf.len() as u64;
+                shard
+                    .metrics
+                    .gateway_error(None, e.status(), bytes_in, self.bytes_out);
                 return Next::Close;
             }
         }
+        self.t = Timings::new(Instant::now());
+        self.status = 0;
+        self.route = None;
+        self.bytes_in = self.s.head.head_len as u64;
+        let next = self.handle(shard).await;
+        self.t.end = Instant::now();
+        // No status means the client went away before any answer (nginx logs these as 499).
+        let status = if self.status == 0 { 499 } else { self.status };
+        match self.route {
+            Some(route) => {
+                shard
+                    .metrics
+                    .request_done(route, status, self.bytes_in, self.bytes_out, &self.t)
+            }
+            None => shard
+                .metrics
+                .gateway_error(None, status, self.bytes_in, self.bytes_out),
+        }
+        next
+    }
+
+    /// Everything after a complete head: route, forward, relay.
+    async fn handle(&mut self, shard: &Shard) -> Next {
         self.served += 1;
         // Request boundary: pick up a reloaded config, if any.
         self.snap = shard.snapshot();
@@ -248,7 +290,10 @@ impl<S: ClientIo> Conn<S> {
         let body = self.s.head.body.unwrap_or(BodyKind::None);
         self.body_done = matches!(body, BodyKind::None | BodyKind::Length(0));
         match self.prepare(body) {
-            Ok(p) => self.forward(shard, &p).await,
+            Ok(p) => {
+                self.route = Some(p.route);
+                self.forward(shard, &p).await
+            }
             Err(e) => self.fail(shard, e, self.s.head.close).await,
         }
     }
@@ -407,14 +452,21 @@ impl<S: ClientIo> Conn<S> {
         }
         let mut pinned: Option<usize> = None;
         loop {
+            let started = Instant::now();
             let (upstream, target, reused) = match connect(shard, &snap, svc, pinned).await {
                 Ok(c) => c,
                 Err(e) => return self.fail(shard, e, p.client_close).await,
             };
-            match self
+            if !reused {
+                self.t.connect += started.elapsed();
+            }
+            let flat = snap.flat_target(svc.upstream, target);
+            shard.metrics.upstream_acquired(flat);
+            let outcome = self
                 .exchange(shard, p, route, svc, upstream, target, reused)
-                .await
-            {
+                .await;
+            shard.metrics.upstream_released(flat);
+            match outcome {
                 Exchange::Done(next) => return next,
                 Exchange::RetryFresh if pinned.is_none() && p.replayable => pinned = Some(target),
                 Exchange::RetryFresh => {
@@ -497,7 +549,14 @@ impl<S: ClientIo> Conn<S> {
             Err(body::SendError::UpstreamWrite) if reused && p.replayable => {
                 return Exchange::RetryFresh
             }
-            Err(e) => return Exchange::Done(self.request_body_failed(shard, e, p).await),
+            Err(e) => {
+                if e == body::SendError::UpstreamTimeout {
+                    shard
+                        .metrics
+                        .upstream_timeout(snap.flat_target(svc.upstream, target));
+                }
+                return Exchange::Done(self.request_body_failed(shard, e, p).await);
+            }
         }
 
         // 2. Response head.
@@ -513,6 +572,7 @@ impl<S: ClientIo> Conn<S> {
                     Ok(Parsed::Complete) => {
                         let status = self.s.resp.status;
                         if status == 101 {
+                            self.status = 101;
                             return self.upgrade(shard, p, upstream).await;
                         }
                         if (100..200).contains(&status) {
@@ -522,6 +582,8 @@ impl<S: ClientIo> Conn<S> {
                             self.ubuf.drain(..hl);
                             continue;
                         }
+                        self.t.upstream_head_in = Some(Instant::now());
+                        self.status = status;
                         break;
                     }
                     Ok(Parsed::Partial) => {}
@@ -551,10 +613,13 @@ impl<S: ClientIo> Conn<S> {
                 }
                 Ok(_) => {}
                 Err(e) if io::is_timeout(&e) => {
+                    shard
+                        .metrics
+                        .upstream_timeout(snap.flat_target(svc.upstream, target));
                     return Exchange::Done(
                         self.fail(shard, GatewayError::UpstreamTimeout, p.client_close)
                             .await,
-                    )
+                    );
                 }
                 Err(_) => {
                     return Exchange::Done(
@@ -674,6 +739,8 @@ impl<S: ClientIo> Conn<S> {
     async fn reply_error(&mut self, _shard: &Shard, e: GatewayError, close: bool) {
         self.s.out.clear();
         e.write_response(close, &mut self.s.out);
+        self.status = e.status();
+        self.bytes_out += self.s.out.len() as u64;
         let timeout = self.client_timeout();
         let _ = io::send_all(&mut self.client, &mut self.s.out, timeout).await;
         if close {
@@ -742,7 +809,14 @@ async fn connect(
             }
         }
         let tls = ups.tls.as_ref().map(|tls| (tls, tls.names.get(t)));
-        match monoio::time::timeout(svc.connect_timeout, connect_one(tdef.addr, tls)).await {
+        let flat = snap.flat_target(svc.upstream, t);
+        let attempt = monoio::time::timeout(svc.connect_timeout, connect_one(tdef.addr, tls)).await;
+        match &attempt {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => shard.metrics.upstream_connect_error(flat),
+            Err(_) => shard.metrics.upstream_timeout(flat),
+        }
+        match attempt {
             Ok(Ok(stream)) => return Ok((stream, t, false)),
             Ok(Err(ConnectError::Tcp(e))) => crate::debug!(
                 "upstream connect failed target={} error=\"{}\"",

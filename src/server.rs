@@ -10,9 +10,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::admin::AdminServer;
 use crate::config;
 use crate::config::model::{Config, ListenKind};
 use crate::config::ConfigError;
+use crate::metrics::hub::{Hub, MetricsHandle};
 use crate::router::Router;
 use crate::tls::TlsContext;
 use crate::worker::{self, Compiled, Control, WorkerSpec};
@@ -41,7 +43,16 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     if !use_uring {
         warn!("io_uring unavailable or disabled, falling back to the epoll driver");
     }
-    let compiled = match compile(cfg, 1) {
+    let hub = match Hub::start(&cfg.metrics) {
+        Ok(h) => h,
+        Err(e) => {
+            error!("metrics thread failed error=\"{e}\"");
+            return 1;
+        }
+    };
+    let metrics = hub.handle();
+    metrics.set_workers(workers);
+    let compiled = match compile(cfg, 1, &metrics) {
         Ok(c) => Arc::new(c),
         Err(errors) => {
             for e in &errors {
@@ -80,6 +91,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             listeners,
             compiled: compiled.clone(),
             control: control.clone(),
+            metrics: metrics.sink(),
             reloads: reload_rx,
             acks: ack_tx.clone(),
             use_uring,
@@ -109,13 +121,27 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             return 1;
         }
     };
-    let reloader = Reloader {
+    let reloader = Arc::new(Reloader {
         path: path.to_path_buf(),
+        metrics: metrics.clone(),
         state: Mutex::new(ReloadState {
             current: compiled.clone(),
             reload_txs,
             acks: ack_rx,
         }),
+    });
+    let admin = match &compiled.config.admin {
+        Some(def) => {
+            let r = reloader.clone();
+            match AdminServer::start(def, metrics.clone(), Box::new(move || r.reload())) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    error!("admin bind failed addr={} error=\"{e}\"", def.listen);
+                    return 1;
+                }
+            }
+        }
+        None => None,
     };
     info!(
         "ready workers={workers} driver={} generation=1",
@@ -139,19 +165,31 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             }
         }
     }
+    // Workers flushed their last metrics before finishing; stop the readers, then the merger (which
+    // writes the histogram file).
+    if let Some(a) = admin {
+        a.stop();
+    }
+    hub.stop();
     info!("stopped");
     0
 }
 
 /// Everything derived from a config that workers share read-only.
-fn compile(config: Arc<Config>, generation: u64) -> Result<Compiled, Vec<ConfigError>> {
+fn compile(
+    config: Arc<Config>,
+    generation: u64,
+    metrics: &MetricsHandle,
+) -> Result<Compiled, Vec<ConfigError>> {
     let tls = TlsContext::build(&config)?;
     let router = Arc::new(Router::new(&config.routes));
+    let layout = metrics.register_config(&config, generation);
     Ok(Compiled {
         generation,
         config,
         router,
         tls,
+        layout,
     })
 }
 
@@ -160,6 +198,7 @@ fn compile(config: Arc<Config>, generation: u64) -> Result<Compiled, Vec<ConfigE
 /// and the old one keeps serving. Callable from any thread (SIGHUP on the main thread, the admin API).
 pub struct Reloader {
     path: PathBuf,
+    metrics: MetricsHandle,
     state: Mutex<ReloadState>,
 }
 
@@ -187,7 +226,8 @@ impl Reloader {
             Err(poisoned) => poisoned.into_inner(),
         };
         let generation = state.current.generation + 1;
-        let compiled = match config::load(&self.path).and_then(|c| compile(Arc::new(c), generation))
+        let compiled = match config::load(&self.path)
+            .and_then(|c| compile(Arc::new(c), generation, &self.metrics))
         {
             Ok(c) => Arc::new(c),
             Err(errors) => {
@@ -261,7 +301,8 @@ fn wait_for_termination(mut signals: signal_hook::iterator::Signals, reloader: &
         match sig {
             SIGHUP => {
                 info!("signal received signal=SIGHUP");
-                let _ = reloader.reload();
+                let ok = reloader.reload().is_ok();
+                reloader.metrics.reload_outcome(ok);
             }
             _ => {
                 info!(

@@ -19,6 +19,9 @@ use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
 use crate::config::model::{Config, ListenKind};
+use crate::metrics::hub::MetricsSink;
+use crate::metrics::worker::WorkerMetrics;
+use crate::metrics::Layout;
 use crate::proxy::Scratch;
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -41,6 +44,8 @@ pub struct Compiled {
     pub router: Arc<Router>,
     /// Certificates for TLS listeners (files were read by the config loader).
     pub tls: Arc<TlsContext>,
+    /// Metric names for this generation's route and target indices.
+    pub layout: Arc<Layout>,
 }
 
 /// A worker's view of one config generation. Connections take an `Rc` of the current snapshot at the
@@ -86,6 +91,11 @@ impl Snapshot {
         }
     }
 
+    /// Index of target `t` of upstream `u` in flat config order (metrics' target index).
+    pub fn flat_target(&self, u: usize, t: usize) -> usize {
+        self.target_base.get(u).map_or(usize::MAX, |b| b + t)
+    }
+
     /// Pool slot of target `t` of upstream `u`.
     pub fn slot(&self, u: usize, t: usize) -> Option<usize> {
         let base = self.target_base.get(u)?;
@@ -96,6 +106,8 @@ impl Snapshot {
 /// Everything a worker's connections share. Lives on one thread only.
 pub struct Shard {
     current: RefCell<Rc<Snapshot>>,
+    /// Plain per-worker counters and histograms, flushed to the metrics thread by the control loop.
+    pub metrics: WorkerMetrics,
     pub pool: Pool,
     /// Set once SIGTERM/SIGINT arrived: finish in-flight requests, close idle connections.
     pub draining: Cell<bool>,
@@ -111,12 +123,13 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(compiled: &Compiled) -> Shard {
+    pub fn new(compiled: &Compiled, worker: usize, sink: MetricsSink) -> Shard {
         let pool_def = compiled.config.server.pool;
         let pool = Pool::new(pool_def.max_idle, pool_def.idle_timeout);
         let snapshot = Snapshot::new(compiled, &pool);
         Shard {
             current: RefCell::new(Rc::new(snapshot)),
+            metrics: WorkerMetrics::new(worker, compiled.layout.clone(), sink),
             pool,
             draining: Cell::new(false),
             active: Cell::new(0),
@@ -138,6 +151,17 @@ impl Shard {
             .set_limits(pool_def.max_idle, pool_def.idle_timeout);
         let snapshot = Snapshot::new(compiled, &self.pool);
         *self.current.borrow_mut() = Rc::new(snapshot);
+        self.metrics
+            .reconfigure(compiled.layout.clone(), &self.idle_by_target());
+    }
+
+    /// Idle pooled connections per target, indexed like `Layout::targets` (flat config order).
+    pub fn idle_by_target(&self) -> Vec<usize> {
+        let snap = self.snapshot();
+        snap.slots
+            .iter()
+            .map(|&slot| self.pool.idle_count(slot))
+            .collect()
     }
 
     /// An empty buffer with at least `min_capacity` (pooled when possible).
@@ -247,6 +271,8 @@ pub struct WorkerSpec {
     pub listeners: Vec<(std::net::TcpListener, ListenKind)>,
     pub compiled: Arc<Compiled>,
     pub control: Arc<Control>,
+    /// Where this worker's metric flushes go.
+    pub metrics: MetricsSink,
     /// New config generations; each is acknowledged on `acks` with (worker index, generation).
     pub reloads: crossbeam_channel::Receiver<Arc<Compiled>>,
     pub acks: crossbeam_channel::Sender<(usize, u64)>,
@@ -284,7 +310,7 @@ pub fn run(spec: WorkerSpec) {
 }
 
 async fn worker_main(mut spec: WorkerSpec) {
-    let shard = Rc::new(Shard::new(&spec.compiled));
+    let shard = Rc::new(Shard::new(&spec.compiled, spec.index, spec.metrics.clone()));
     let accept_cancel = Canceller::new();
     for (std_listener, kind) in std::mem::take(&mut spec.listeners) {
         let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -318,6 +344,11 @@ async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Cance
         if ticks % 20 == 0 {
             shard.pool.reap();
         }
+        let flush_every = shard.snapshot().config.metrics.flush_interval.as_millis()
+            / CONTROL_TICK.as_millis().max(1);
+        if ticks % (flush_every.max(1) as u64) == 0 {
+            shard.metrics.flush(&shard.idle_by_target());
+        }
         // Never blocks: a new generation is swapped in between two ticks.
         while let Ok(compiled) = spec.reloads.try_recv() {
             shard.install(&compiled);
@@ -331,6 +362,7 @@ async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Cance
     while shard.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
+    shard.metrics.flush_last(&shard.idle_by_target());
 }
 
 async fn accept_loop(

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringgate::config::model::ListenKind;
+use ringgate::metrics::hub::MetricsSink;
+use ringgate::metrics::Layout as MetricsLayout;
 use ringgate::router::Router;
 use ringgate::tls::TlsContext;
 use ringgate::worker::{self, Compiled, Control, WorkerSpec};
@@ -139,6 +141,8 @@ paths = ["/api"]
     let addr = listener.local_addr().expect("gateway addr");
     let control = Arc::new(Control::default());
     let (_reload_tx, reloads) = crossbeam_channel::unbounded();
+    // Metrics are recorded on the request path as in production; the flushes are simply not read.
+    let (sink, _flushes) = MetricsSink::test();
     let (acks, _ack_rx) = crossbeam_channel::unbounded();
     let spec = WorkerSpec {
         index: 0,
@@ -148,9 +152,11 @@ paths = ["/api"]
             generation: 1,
             router: Arc::new(Router::new(&cfg.routes)),
             tls: TlsContext::build(&cfg).expect("tls context"),
+            layout: Arc::new(MetricsLayout::from_config(&cfg, 1)),
             config: cfg,
         }),
         control: control.clone(),
+        metrics: sink,
         reloads,
         acks,
         use_uring: monoio::utils::detect_uring(),

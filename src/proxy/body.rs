@@ -10,6 +10,8 @@
 //! closed without a terminating chunk, so a truncated response never looks complete.
 
 use crate::upstream::conn::UpstreamConn;
+use std::time::{Duration, Instant};
+
 use monoio::io::AsyncWriteRentExt;
 
 use super::head::{push_chunk_size, ClientFraming};
@@ -78,7 +80,9 @@ pub async fn send_request<S: ClientIo>(
             c.pos = hl;
             io::send_all(upstream, &mut c.s.out, write_timeout)
                 .await
-                .map_err(upstream_error)
+                .map_err(upstream_error)?;
+            c.t.upstream_head_out = Some(Instant::now());
+            Ok(())
         }
         BodyKind::Length(n) => {
             let avail = c.buf.len() - hl;
@@ -88,6 +92,8 @@ pub async fn send_request<S: ClientIo>(
             io::send_all(upstream, &mut c.s.out, write_timeout)
                 .await
                 .map_err(upstream_error)?;
+            c.t.upstream_head_out = Some(Instant::now());
+            c.bytes_in += n;
             let mut remaining = n - first as u64;
             if remaining > 0 && expect_continue && avail == 0 {
                 send_continue(c).await?;
@@ -120,6 +126,7 @@ pub async fn send_request<S: ClientIo>(
                     match chunk {
                         Chunk::Data(r) => {
                             total += r.len() as u64;
+                            c.bytes_in += r.len() as u64;
                             if max_body > 0 && total > max_body {
                                 return Err(SendError::TooLarge);
                             }
@@ -145,6 +152,7 @@ pub async fn send_request<S: ClientIo>(
                         .await
                         .map_err(upstream_error)?;
                     c.s.out.clear();
+                    c.t.upstream_head_out.get_or_insert_with(Instant::now);
                 }
                 if done {
                     c.pos = start;
@@ -209,7 +217,7 @@ pub async fn relay_response<S: ClientIo>(
     match body {
         BodyKind::None => {
             let clean = c.ubuf.len() == hl;
-            match io::send_all(&mut c.client, &mut c.s.out, write_timeout).await {
+            match send_out(c, write_timeout).await {
                 Ok(()) => Relay::Complete {
                     upstream_clean: clean,
                 },
@@ -221,10 +229,7 @@ pub async fn relay_response<S: ClientIo>(
             let first = (avail as u64).min(n) as usize;
             let mut clean = avail == first;
             c.s.out.extend_from_slice(&c.ubuf[hl..hl + first]);
-            if io::send_all(&mut c.client, &mut c.s.out, write_timeout)
-                .await
-                .is_err()
-            {
+            if send_out(c, write_timeout).await.is_err() {
                 return Relay::Aborted;
             }
             let mut remaining = n - first as u64;
@@ -235,10 +240,10 @@ pub async fn relay_response<S: ClientIo>(
                     Ok(got) => {
                         let take = (got as u64).min(remaining) as usize;
                         clean &= take == got;
-                        if io::send(&mut c.client, &mut c.ubuf, 0..take, write_timeout)
-                            .await
-                            .is_err()
-                        {
+                        let sent =
+                            io::send(&mut c.client, &mut c.ubuf, 0..take, write_timeout).await;
+                        c.bytes_out += take as u64;
+                        if sent.is_err() {
                             return Relay::Aborted;
                         }
                         remaining -= take as u64;
@@ -256,6 +261,16 @@ pub async fn relay_response<S: ClientIo>(
             relay_until_close(c, upstream, hl, framing, read_timeout, write_timeout).await
         }
     }
+}
+
+/// Sends `c.s.out` to the client, counting bytes and noting when the response head went out (the
+/// first client write of a response always carries its head).
+async fn send_out<S: ClientIo>(c: &mut Conn<S>, timeout: Duration) -> std::io::Result<()> {
+    let n = c.s.out.len();
+    io::send_all(&mut c.client, &mut c.s.out, timeout).await?;
+    c.bytes_out += n as u64;
+    c.t.client_head_out.get_or_insert_with(Instant::now);
+    Ok(())
 }
 
 /// Appends upstream body data to `c.s.out` in the client's framing.
@@ -311,10 +326,7 @@ async fn relay_chunked<S: ClientIo>(
             start += used;
         }
         if !c.s.out.is_empty() {
-            if io::send_all(&mut c.client, &mut c.s.out, write_timeout)
-                .await
-                .is_err()
-            {
+            if send_out(c, write_timeout).await.is_err() {
                 return Relay::Aborted;
             }
             c.s.out.clear();
@@ -345,10 +357,7 @@ async fn relay_until_close<S: ClientIo>(
     let data = c.ubuf.get(hl..).unwrap_or_default();
     frame_into(&mut c.s.out, data, framing);
     loop {
-        if io::send_all(&mut c.client, &mut c.s.out, write_timeout)
-            .await
-            .is_err()
-        {
+        if send_out(c, write_timeout).await.is_err() {
             return Relay::Aborted;
         }
         c.s.out.clear();
@@ -365,10 +374,7 @@ async fn relay_until_close<S: ClientIo>(
     }
     if framing == ClientFraming::Chunked {
         c.s.out.extend_from_slice(LAST_CHUNK);
-        if io::send_all(&mut c.client, &mut c.s.out, write_timeout)
-            .await
-            .is_err()
-        {
+        if send_out(c, write_timeout).await.is_err() {
             return Relay::Aborted;
         }
     }

@@ -102,6 +102,11 @@ impl Pool {
         }
     }
 
+    /// Idle connections in one slot.
+    pub fn idle_count(&self, slot: usize) -> usize {
+        self.idle.borrow().get(slot).map_or(0, Vec::len)
+    }
+
     /// Idle connection count per target (for status and metrics).
     pub fn idle_counts(&self) -> Vec<usize> {
         self.idle.borrow().iter().map(Vec::len).collect()
