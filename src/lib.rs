@@ -8,7 +8,9 @@
 pub mod config;
 pub mod errors;
 pub mod http;
+pub mod limit;
 pub mod log;
+pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -12,6 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod plugins;
+pub use plugins::*;
+
 /// The whole compiled configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -21,6 +24,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamDef>,
     pub services: Vec<ServiceDef>,
     pub routes: Vec<RouteDef>,
+    /// `[[plugins]]` in file order (see `crate::plugins` for how they form per-route chains).
+    pub plugins: Vec<PluginDef>,
 }
 
 /// `[server]`.
