@@ -99,7 +99,7 @@ pub(super) struct GWin {
     /// This node's own totals (what `on_redis_failure = "local"` enforces).
     pub node_curr: u64,
     pub node_prev: u64,
-    /// Merged here, not yet added to Redis (per window: current, previous).
+    /// Merged here since the last Redis exchange (non-zero = push the node total).
     pub pending: u64,
     pub pending_prev: u64,
 }
@@ -202,12 +202,23 @@ impl Reconciler {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
+            // Answer every arrival at once (drained together), so a view is at most one worker
+            // tick plus this hop old; the timer paces the Redis exchange and sweeps.
             loop {
                 let left = next.saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(left) {
-                    Ok(batch) => self.merge(&batch),
+                    Ok(batch) => {
+                        self.merge(&batch);
+                        while let Ok(more) = self.rx.try_recv() {
+                            self.merge(&more);
+                        }
+                        self.broadcast();
+                    }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => return,
+                }
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
                 }
             }
             next = Instant::now() + self.interval;

@@ -1,13 +1,16 @@
 //! Cluster policy: the reconciler's exchange with Redis, once per round, pipelined in one round
 //! trip. Only the reconciler thread runs this; no request ever waits on Redis.
 //!
-//! Per round and cluster instance: `INCRBY` + `EXPIRE` for every window with counts merged since the
-//! last exchange (the reply is the cluster total), `GET` for recently active keys with nothing to
-//! push (to learn other nodes' counts), and every second a heartbeat in the sorted set
-//! `<prefix>:nodes` (`ZADD` node id with the wall clock, `ZREMRANGEBYSCORE` entries older than
-//! `NODE_TTL_MS`, `ZCARD`) so each node knows how many share the limit. Window keys are
-//! `<prefix>:rl:<instance id>:<period>:<window index>:<limiter key>` and expire two periods after
-//! their window started (the sliding window reads the previous one).
+//! Per round and cluster instance, for every window whose node total changed since the last
+//! exchange: `HSET <window key> <node id> <node total>` + `EXPIRE`, then `HVALS` (the reply, summed,
+//! is the cluster total); `HVALS` alone for recently active keys with nothing to push (to learn
+//! other nodes' counts); and every second a heartbeat in the sorted set `<prefix>:nodes` (`ZADD`
+//! node id with the wall clock, `ZREMRANGEBYSCORE` entries older than `NODE_TTL_MS`, `ZCARD`) so
+//! each node knows how many share the limit. Window keys are
+//! `<prefix>:rl:<instance id>:<period>:<window index>:<limiter key>`, hashes of per-node absolute
+//! counts that expire two periods after their window (the sliding window reads the previous one).
+//! Absolute per-node counts make every write idempotent: a pipeline that timed out (say, Redis was
+//! stopped) and is applied later, or is sent again after reconnecting, can never count twice.
 //!
 //! On any error (connect, timeout, reply) the connection is dropped, the instance is unhealthy, and
 //! reconnecting is tried every `RETRY_MS`; merged counts stay pending and are pushed on recovery, so
@@ -156,16 +159,21 @@ impl ClusterLink {
             for (p, w) in wins.iter().enumerate() {
                 let Some(lim) = limits.get(p) else { continue };
                 let ttl = 2 * lim.period.millis() / 1000 + 1;
-                for (prev, count, idx) in [
-                    (false, w.pending, w.idx),
-                    (true, w.pending_prev, w.idx.wrapping_sub(1)),
+                for (prev, changed, total, idx) in [
+                    (false, w.pending, w.node_curr, w.idx),
+                    (true, w.pending_prev, w.node_prev, w.idx.wrapping_sub(1)),
                 ] {
-                    if count == 0 {
+                    if changed == 0 {
                         continue;
                     }
                     let k = self.window_key(lim.period.key(), idx, &key);
-                    pipe.cmd("INCRBY").arg(&k[..]).arg(count);
+                    pipe.cmd("HSET")
+                        .arg(&k[..])
+                        .arg(&self.node_id)
+                        .arg(total)
+                        .ignore();
                     pipe.cmd("EXPIRE").arg(&k[..]).arg(ttl).ignore();
+                    pipe.cmd("HVALS").arg(&k[..]);
                     ops.push(Op::Push {
                         slot,
                         period: p,
@@ -193,7 +201,7 @@ impl ClusterLink {
             for (p, idx) in idxs.into_iter().enumerate() {
                 let Some(lim) = limits.get(p) else { continue };
                 let k = self.window_key(lim.period.key(), idx, &key);
-                pipe.cmd("GET").arg(&k[..]);
+                pipe.cmd("HVALS").arg(&k[..]);
                 ops.push(Op::Get {
                     slot,
                     period: p,
@@ -201,7 +209,7 @@ impl ClusterLink {
                 });
                 if sliding {
                     let k = self.window_key(lim.period.key(), idx.wrapping_sub(1), &key);
-                    pipe.cmd("GET").arg(&k[..]);
+                    pipe.cmd("HVALS").arg(&k[..]);
                     ops.push(Op::Get {
                         slot,
                         period: p,
@@ -243,15 +251,16 @@ impl ClusterLink {
             return;
         }
         for (op, reply) in ops.iter().zip(&replies) {
-            let n = int(reply);
+            let n = sum(reply);
             match *op {
                 Op::Push { slot, period, prev } => {
                     if let Some(w) = window(table, slot, period) {
+                        // The sum includes this node's total just written.
                         if prev {
-                            w.prev = n;
+                            w.prev = n.max(w.node_prev);
                             w.pending_prev = 0;
                         } else {
-                            w.curr = n;
+                            w.curr = n.max(w.node_curr);
                             w.pending = 0;
                         }
                         table.mark_dirty(slot);
@@ -294,14 +303,16 @@ fn window(
     }
 }
 
-/// An integer reply (INCRBY, ZCARD) or a GET's bulk string; nil and anything else count as 0.
-fn int(v: &Value) -> u64 {
+/// An integer reply (ZCARD), a number as a bulk string, or an array of them (HVALS) summed;
+/// anything else counts as 0.
+fn sum(v: &Value) -> u64 {
     match v {
         Value::Int(n) => u64::try_from(*n).unwrap_or(0),
         Value::BulkString(b) => std::str::from_utf8(b)
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0),
+        Value::Array(items) => items.iter().fold(0u64, |acc, i| acc.saturating_add(sum(i))),
         _ => 0,
     }
 }
