@@ -12,6 +12,7 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{ImDocument, Item, Value};
 
 use super::locate::{KeyPath, Problem};
+use super::raw::plugins::{DecodedPlugin, RawPlugin, RawPluginConfig, RawRateLimiting};
 use super::raw::{
     RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService, RawUpstream,
 };
@@ -33,6 +34,10 @@ pub struct Decoded {
     pub admin: Option<RawAdmin>,
     /// `[metrics]`; `None` when absent or failed to decode (then defaults are used).
     pub metrics: Option<RawMetrics>,
+    /// Names of routes that exist in the file but failed to decode.
+    pub broken_routes: HashSet<String>,
+    /// `[[plugins]]`, by file index; `None` = failed to decode (already reported).
+    pub plugins: Vec<Option<DecodedPlugin>>,
 }
 
 const TOP_LEVEL: &[&str] = &[
@@ -43,7 +48,11 @@ const TOP_LEVEL: &[&str] = &[
     "certificates",
     "admin",
     "metrics",
+    "plugins",
 ];
+
+/// Plugin names the loader knows (one `RawPluginConfig` variant each).
+pub const PLUGIN_NAMES: &[&str] = &["rate-limiting"];
 
 /// Parses the TOML syntax; a syntax error is a single problem (the parser cannot continue past it).
 pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
@@ -69,13 +78,14 @@ pub fn decode(doc: &ImDocument<&str>, problems: &mut Vec<Problem>) -> Decoded {
             "services" => {
                 out.services = decode_array(item, &path, problems, &mut out.broken_services)
             }
-            "routes" => out.routes = decode_array(item, &path, problems, &mut HashSet::new()),
+            "routes" => out.routes = decode_array(item, &path, problems, &mut out.broken_routes),
             "certificates" => {
                 out.certificates = decode_array(item, &path, problems, &mut HashSet::new())
             }
             "admin" => out.admin = decode_one(item, &path, problems),
             "metrics" => out.metrics = decode_one(item, &path, problems),
-            "consumers" | "plugins" => problems.push(Problem::at_key(
+            "plugins" => out.plugins = decode_plugins(item, &path, problems),
+            "consumers" => problems.push(Problem::at_key(
                 path,
                 format!(
                     "`{key}` is not supported yet; allowed top-level keys: {}",
@@ -102,13 +112,8 @@ fn list(keys: &[&str]) -> String {
         .join(", ")
 }
 
-/// Decodes `[[key]]` (or `key = [{…}, …]`), one element at a time.
-fn decode_array<T: DeserializeOwned>(
-    item: &Item,
-    path: &KeyPath,
-    problems: &mut Vec<Problem>,
-    broken_names: &mut HashSet<String>,
-) -> Vec<Option<T>> {
+/// The elements of `[[key]]` (or `key = [{…}, …]`); `None` (reported) when it is not an array.
+fn array_elements(item: &Item, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Vec<Item>> {
     let elements: Vec<Item> = match item {
         Item::ArrayOfTables(a) => a.iter().map(|t| Item::Table(t.clone())).collect(),
         Item::Value(Value::Array(a)) => a.iter().map(|v| Item::Value(v.clone())).collect(),
@@ -118,8 +123,21 @@ fn decode_array<T: DeserializeOwned>(
                 path.clone(),
                 format!("expected an array of tables, written [[{key}]]"),
             ));
-            return Vec::new();
+            return None;
         }
+    };
+    Some(elements)
+}
+
+/// Decodes `[[key]]` (or `key = [{…}, …]`), one element at a time.
+fn decode_array<T: DeserializeOwned>(
+    item: &Item,
+    path: &KeyPath,
+    problems: &mut Vec<Problem>,
+    broken_names: &mut HashSet<String>,
+) -> Vec<Option<T>> {
+    let Some(elements) = array_elements(item, path, problems) else {
+        return Vec::new();
     };
     elements
         .iter()
@@ -134,6 +152,46 @@ fn decode_array<T: DeserializeOwned>(
             decoded
         })
         .collect()
+}
+
+/// Decodes `[[plugins]]`: each entry's `name` picks the struct its `config` is decoded into, so
+/// errors inside `config` carry their exact key path.
+fn decode_plugins(
+    item: &Item,
+    path: &KeyPath,
+    problems: &mut Vec<Problem>,
+) -> Vec<Option<DecodedPlugin>> {
+    let Some(elements) = array_elements(item, path, problems) else {
+        return Vec::new();
+    };
+    elements
+        .iter()
+        .enumerate()
+        .map(|(i, el)| decode_plugin(el, &path.index(i), problems))
+        .collect()
+}
+
+fn decode_plugin(el: &Item, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<DecodedPlugin> {
+    match el.get("name").and_then(Item::as_str) {
+        Some("rate-limiting") => decode_one::<RawPlugin<RawRateLimiting>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::RateLimiting)),
+        Some(name) => {
+            problems.push(Problem::at(
+                path.key("name"),
+                format!(
+                    "unknown plugin {name:?}{}; available: {}",
+                    suggest(name, PLUGIN_NAMES),
+                    list(PLUGIN_NAMES)
+                ),
+            ));
+            None
+        }
+        // No (string) name: let serde say what is wrong with the entry.
+        None => {
+            decode_one::<RawPlugin<serde::de::IgnoredAny>>(el, path, problems);
+            None
+        }
+    }
 }
 
 /// Deserializes one item, recording the first error in it (with its key path and position).

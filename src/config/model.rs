@@ -13,6 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod plugins;
+pub use plugins::*;
+
 /// The whole compiled configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +31,8 @@ pub struct Config {
     pub admin: Option<AdminDef>,
     /// `[metrics]` (defaults when absent).
     pub metrics: MetricsDef,
+    /// `[[plugins]]` in file order (see `crate::plugins` for how they form per-route chains).
+    pub plugins: Vec<PluginDef>,
 }
 
 /// `[server]`.

@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use super::units;
 
+pub mod plugins;
+
 /// `[server]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table ([server])")]

@@ -82,7 +82,9 @@ pub fn summary(cfg: &Config) -> String {
         cfg.services.len(),
         cfg.routes.len()
     );
-    for r in &cfg.routes {
+    let chains = crate::plugins::compile_chains(cfg);
+    let instances = crate::limit::instances(cfg);
+    for (ri, r) in cfg.routes.iter().enumerate() {
         let paths = r
             .paths
             .iter()
@@ -117,7 +119,52 @@ pub fn summary(cfg: &Config) -> String {
                 let _ = write!(line, " -> upstream {} [{}]", u.name, targets(&u.targets));
             }
         }
+        let chain = chains.get(ri).map(|c| &c[..]).unwrap_or_default();
+        if !chain.is_empty() {
+            let names: Vec<String> = chain
+                .iter()
+                .map(|p| match *p {
+                    crate::plugins::Plugin::RateLimiting { instance } => instances
+                        .get(instance)
+                        .map_or_else(|| p.name().to_owned(), rate_limiting),
+                })
+                .collect();
+            let _ = write!(line, "  plugins: {}", names.join(", "));
+        }
         let _ = writeln!(out, "{line}");
     }
     out
+}
+
+/// `rate-limiting[route:r](minute=100 by ip)`.
+fn rate_limiting(inst: &crate::limit::InstanceDef) -> String {
+    use super::model::Policy;
+    let d = &inst.def;
+    let mut limits: Vec<String> = d
+        .limits
+        .iter()
+        .map(|l| format!("{}={}", l.period.key(), l.limit))
+        .collect();
+    if let Some(b) = d.bucket {
+        limits.push(format!(
+            "bucket {}/s burst {}",
+            b.rate_per_ms * 1000.0,
+            b.burst
+        ));
+    }
+    let mut s = format!(
+        "rate-limiting[{}]({} by {:?}",
+        inst.id,
+        limits.join(","),
+        d.limit_by
+    )
+    .to_lowercase();
+    if matches!(d.policy, Policy::Cluster(_)) {
+        s.push_str(" cluster");
+    }
+    if d.mode == super::model::Mode::Shadow {
+        s.push_str(" shadow");
+    }
+    s.push(')');
+    s
 }

@@ -7,6 +7,7 @@
 
 mod entities;
 mod observe;
+mod plugins;
 mod routes;
 mod server;
 mod tls;
@@ -146,6 +147,19 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         &decoded.broken_services,
         problems,
     );
+    let mut route_names: HashMap<String, usize> = HashMap::new();
+    for (i, r) in decoded.routes.iter().enumerate() {
+        if let Some(r) = r {
+            route_names.entry(r.name.clone()).or_insert(i);
+        }
+    }
+    let plugin_refs = plugins::Refs {
+        services: &service_names,
+        broken_services: &decoded.broken_services,
+        routes: &route_names,
+        broken_routes: &decoded.broken_routes,
+    };
+    let plugins = plugins::compile(&decoded.plugins, &plugin_refs, problems);
     if !problems.is_empty() {
         return None;
     }
@@ -158,5 +172,6 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         certificates: certificates.into_iter().collect::<Option<Vec<_>>>()?,
         admin,
         metrics,
+        plugins: plugins.into_iter().collect::<Option<Vec<_>>>()?,
     })
 }

@@ -1,0 +1,186 @@
+//! Compiled `[[plugins]]`: where each plugin attaches and its validated, typed config.
+//!
+//! Invariants (established by `validate::plugins`): scope indices are in bounds; at most one plugin
+//! of a given name per scope; every `RateLimitDef` is internally consistent (window algorithms have
+//! at least one period limit, token bucket has a positive rate and burst, cluster policy has a
+//! `RedisDef`, `header_name` is set exactly when `limit_by` is `Header`).
+
+use std::time::Duration;
+
+/// One `[[plugins]]` entry.
+#[derive(Debug, Clone)]
+pub struct PluginDef {
+    /// The plugin's name as written (`"rate-limiting"`).
+    pub name: String,
+    pub scope: PluginScope,
+    /// Disabled plugins are validated but never compiled into a chain.
+    pub enabled: bool,
+    pub config: PluginConfig,
+}
+
+/// Where a plugin applies. Specificity (most specific wins per plugin name): Route > Service > Global.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginScope {
+    Global,
+    /// Index into `Config::services`.
+    Service(usize),
+    /// Index into `Config::routes`.
+    Route(usize),
+    // `Consumer(usize)` joins with `[[consumers]]`; the loader rejects `consumer = …` until then.
+}
+
+impl PluginScope {
+    /// Stable identity across processes with the same config, used in Redis keys:
+    /// `global`, `service:<name>`, `route:<name>`.
+    pub fn id(self, cfg_services: &[super::ServiceDef], cfg_routes: &[super::RouteDef]) -> String {
+        match self {
+            PluginScope::Global => "global".to_owned(),
+            PluginScope::Service(i) => format!(
+                "service:{}",
+                cfg_services.get(i).map_or("?", |s| s.name.as_str())
+            ),
+            PluginScope::Route(i) => format!(
+                "route:{}",
+                cfg_routes.get(i).map_or("?", |r| r.name.as_str())
+            ),
+        }
+    }
+}
+
+/// One variant per plugin.
+#[derive(Debug, Clone)]
+pub enum PluginConfig {
+    RateLimiting(RateLimitDef),
+}
+
+/// `rate-limiting`'s config.
+#[derive(Debug, Clone)]
+pub struct RateLimitDef {
+    pub algorithm: Algorithm,
+    /// Window algorithms: one entry per configured period, shortest period first. Empty for
+    /// `TokenBucket`.
+    pub limits: Vec<PeriodLimit>,
+    /// Token bucket parameters (only for `Algorithm::TokenBucket`).
+    pub bucket: Option<BucketDef>,
+    pub limit_by: LimitBy,
+    pub error_code: u16,
+    pub error_message: String,
+    pub hide_client_headers: bool,
+    pub mode: Mode,
+    pub policy: Policy,
+    pub on_redis_failure: RedisFailure,
+    /// How often workers and the reconciler exchange counts (the smallest over all instances is used).
+    pub sync_interval: Duration,
+    /// Keys kept per worker for this instance; the least recently used key is evicted at the cap.
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    FixedWindow,
+    SlidingWindow,
+    TokenBucket,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Period {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Period {
+    pub const ALL: [Period; 4] = [Period::Second, Period::Minute, Period::Hour, Period::Day];
+
+    pub fn millis(self) -> u64 {
+        match self {
+            Period::Second => 1_000,
+            Period::Minute => 60_000,
+            Period::Hour => 3_600_000,
+            Period::Day => 86_400_000,
+        }
+    }
+
+    /// Config key (`minute`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Period::Second => "second",
+            Period::Minute => "minute",
+            Period::Hour => "hour",
+            Period::Day => "day",
+        }
+    }
+
+    /// Header suffix (`X-RateLimit-Limit-Minute`).
+    pub fn title(self) -> &'static str {
+        match self {
+            Period::Second => "Second",
+            Period::Minute => "Minute",
+            Period::Hour => "Hour",
+            Period::Day => "Day",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodLimit {
+    pub period: Period,
+    /// Requests allowed per window, >= 1.
+    pub limit: u64,
+}
+
+/// A token bucket: `tokens` per `period_ms` refill, at most `burst` stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BucketDef {
+    /// Refill rate in tokens per millisecond (> 0).
+    pub rate_per_ms: f64,
+    /// Bucket capacity (>= 1).
+    pub burst: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitBy {
+    Ip,
+    Consumer,
+    Credential,
+    /// Lower-case header name.
+    Header(String),
+    Path,
+    Service,
+    Route,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    /// Counts and logs would-be rejections, never rejects.
+    Shadow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Policy {
+    Local,
+    Cluster(RedisDef),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisDef {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Connect, read and write timeout of the reconciler's Redis connection.
+    pub timeout: Duration,
+    /// Prefix of every Redis key this instance uses.
+    pub prefix: String,
+}
+
+/// What a cluster-policy limiter does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailure {
+    /// Admit everything (counting goes on locally).
+    Open,
+    /// Reject everything with `error_code`.
+    Closed,
+    /// Each node enforces limit / (last known node count).
+    Local,
+}

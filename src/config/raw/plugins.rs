@@ -1,0 +1,126 @@
+//! Serde mirror of `[[plugins]]` entries and each plugin's `config` table.
+//!
+//! A plugin entry is decoded in two steps (see `decode::decode_plugin`): its `name` is read first,
+//! then the whole entry is deserialized as `RawPlugin<C>` with `C` the config struct of that plugin,
+//! so a typo inside `config` is reported with its exact key path (`plugins[0].config.minut`). Every
+//! struct is `deny_unknown_fields`; values are checked in `validate::plugins`.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use super::{Dur, Int};
+
+/// One `[[plugins]]` entry with the config struct `C` of its plugin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a plugin table ([[plugins]])")]
+pub struct RawPlugin<C> {
+    pub name: String,
+    pub route: Option<String>,
+    pub service: Option<String>,
+    pub consumer: Option<String>,
+    pub enabled: Option<bool>,
+    pub config: Option<C>,
+}
+
+/// A decoded plugin entry: the common keys plus its plugin-specific config.
+#[derive(Debug)]
+pub struct DecodedPlugin {
+    pub name: String,
+    pub route: Option<String>,
+    pub service: Option<String>,
+    pub consumer: Option<String>,
+    pub enabled: Option<bool>,
+    pub config: RawPluginConfig,
+}
+
+/// One variant per known plugin (the closed set `decode` knows by name).
+#[derive(Debug)]
+pub enum RawPluginConfig {
+    RateLimiting(Option<RawRateLimiting>),
+}
+
+impl<C> RawPlugin<C> {
+    /// Splits off the config, wrapping it with `wrap`.
+    pub fn into_decoded(self, wrap: impl FnOnce(Option<C>) -> RawPluginConfig) -> DecodedPlugin {
+        DecodedPlugin {
+            name: self.name,
+            route: self.route,
+            service: self.service,
+            consumer: self.consumer,
+            enabled: self.enabled,
+            config: wrap(self.config),
+        }
+    }
+}
+
+/// `config` of `name = "rate-limiting"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rate-limiting config table, e.g. { minute = 100 }"
+)]
+pub struct RawRateLimiting {
+    pub algorithm: Option<String>,
+    pub second: Option<Int>,
+    pub minute: Option<Int>,
+    pub hour: Option<Int>,
+    pub day: Option<Int>,
+    /// Token bucket, Traefik's spelling: `average` requests per `period`, bucket size `burst`.
+    pub average: Option<Int>,
+    pub period: Option<Dur>,
+    pub burst: Option<Int>,
+    /// Token bucket, AWS API Gateway's spelling: `rate_limit` requests per second, `burst_limit`.
+    pub rate_limit: Option<Num>,
+    pub burst_limit: Option<Int>,
+    pub limit_by: Option<String>,
+    pub header_name: Option<String>,
+    pub error_code: Option<Int>,
+    pub error_message: Option<String>,
+    pub hide_client_headers: Option<bool>,
+    pub mode: Option<String>,
+    pub policy: Option<String>,
+    pub on_redis_failure: Option<String>,
+    pub sync_interval: Option<Dur>,
+    pub max_keys: Option<Int>,
+    pub redis: Option<RawRedis>,
+}
+
+/// `redis = { url = "redis://127.0.0.1:6379", timeout = "50ms", prefix = "ringgate" }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { url = \"redis://127.0.0.1:6379\", timeout = \"50ms\", prefix = \"ringgate\" }"
+)]
+pub struct RawRedis {
+    pub url: String,
+    pub timeout: Option<Dur>,
+    pub prefix: Option<String>,
+}
+
+/// A number: TOML integer or float (AWS's `rate_limit` may be fractional).
+#[derive(Debug, Clone, Copy)]
+pub struct Num(pub f64);
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number (requests per second)")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Num, E> {
+                Ok(Num(n as f64))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Num, E> {
+                Ok(Num(n as f64))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Num, E> {
+                Ok(Num(n))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

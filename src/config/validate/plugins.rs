@@ -1,0 +1,629 @@
+//! `[[plugins]]`: scope references, one plugin of a name per scope, and each plugin's config.
+//!
+//! Invariants of the output: see `model::plugins`. Every problem is reported at the exact key
+//! (`plugins[0].config.minute`); a missing key is reported at its nearest written ancestor.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use super::{in_range, known, push};
+use crate::config::locate::{KeyPath, Problem};
+use crate::config::model::{
+    Algorithm, BucketDef, LimitBy, Mode, Period, PeriodLimit, PluginConfig, PluginDef, PluginScope,
+    Policy, RateLimitDef, RedisDef, RedisFailure,
+};
+use crate::config::raw::plugins::{DecodedPlugin, RawPluginConfig, RawRateLimiting, RawRedis};
+use crate::config::raw::Int;
+
+/// Names and broken names of the entities plugins may reference.
+pub struct Refs<'a> {
+    pub services: &'a HashMap<String, usize>,
+    pub broken_services: &'a HashSet<String>,
+    pub routes: &'a HashMap<String, usize>,
+    pub broken_routes: &'a HashSet<String>,
+}
+
+pub const DEFAULT_ERROR_MESSAGE: &str = "API rate limit exceeded";
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(5);
+pub const DEFAULT_MAX_KEYS: i64 = 100_000;
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+
+pub fn compile(
+    raw: &[Option<DecodedPlugin>],
+    refs: &Refs<'_>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Option<PluginDef>> {
+    let base = KeyPath::root().key("plugins");
+    // (name, scope) -> index of the first entry, for duplicate detection.
+    let mut seen: HashMap<(String, PluginScope), usize> = HashMap::new();
+    raw.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let p = p.as_ref()?;
+            let path = base.index(i);
+            let scope = scope(p, &path, refs, problems);
+            if let Some(scope) = scope {
+                if let Some(first) = seen.get(&(p.name.clone(), scope)) {
+                    push(
+                        problems,
+                        path.key("name"),
+                        format!(
+                            "duplicate plugin {:?} for the same scope: already attached by plugins[{first}] \
+                             (one instance per plugin name per global/service/route scope)",
+                            p.name
+                        ),
+                    );
+                } else {
+                    seen.insert((p.name.clone(), scope), i);
+                }
+            }
+            let config = match &p.config {
+                RawPluginConfig::RateLimiting(c) => {
+                    rate_limiting(c.as_ref(), &path, problems).map(PluginConfig::RateLimiting)
+                }
+            };
+            Some(PluginDef {
+                name: p.name.clone(),
+                scope: scope?,
+                enabled: p.enabled.unwrap_or(true),
+                config: config?,
+            })
+        })
+        .collect()
+}
+
+fn scope(
+    p: &DecodedPlugin,
+    path: &KeyPath,
+    refs: &Refs<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<PluginScope> {
+    if p.consumer.is_some() {
+        push(
+            problems,
+            path.key("consumer"),
+            "consumer-scoped plugins are not supported yet (they come with [[consumers]]); \
+             attach the plugin globally, to a service or to a route",
+        );
+        return None;
+    }
+    match (&p.route, &p.service) {
+        (Some(_), Some(_)) => {
+            push(
+                problems,
+                path.key("service"),
+                "a plugin attaches to one scope: set either `route` or `service`, not both",
+            );
+            None
+        }
+        (Some(r), None) => lookup(
+            problems,
+            path.key("route"),
+            "route",
+            r,
+            refs.routes,
+            refs.broken_routes,
+        )
+        .map(PluginScope::Route),
+        (None, Some(s)) => lookup(
+            problems,
+            path.key("service"),
+            "service",
+            s,
+            refs.services,
+            refs.broken_services,
+        )
+        .map(PluginScope::Service),
+        (None, None) => Some(PluginScope::Global),
+    }
+}
+
+fn lookup(
+    problems: &mut Vec<Problem>,
+    path: KeyPath,
+    kind: &str,
+    name: &str,
+    names: &HashMap<String, usize>,
+    broken: &HashSet<String>,
+) -> Option<usize> {
+    let found = names.get(name).copied();
+    if found.is_none() && !broken.contains(name) {
+        push(
+            problems,
+            path,
+            format!("no {kind} named {name:?} ({})", known(names)),
+        );
+    }
+    found
+}
+
+/// Matches `value` against `(spelling, result)` pairs; reports the allowed spellings otherwise.
+fn one_of<T: Copy>(
+    problems: &mut Vec<Problem>,
+    path: KeyPath,
+    value: &str,
+    options: &[(&str, T)],
+) -> Option<T> {
+    if let Some((_, v)) = options.iter().find(|(s, _)| *s == value) {
+        return Some(*v);
+    }
+    let allowed: Vec<String> = options.iter().map(|(s, _)| format!("{s:?}")).collect();
+    push(
+        problems,
+        path,
+        format!(
+            "{value:?} is not valid; expected one of {}",
+            allowed.join(", ")
+        ),
+    );
+    None
+}
+
+fn positive_int(problems: &mut Vec<Problem>, path: KeyPath, what: &str, v: Int) -> Option<u64> {
+    in_range(problems, path, what, v.0, 1, 1_000_000_000_000).and_then(|n| u64::try_from(n).ok())
+}
+
+/// An HTTP field name (RFC 9110 token), lower-cased.
+fn header_name(name: &str) -> Option<String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    (!name.is_empty() && name.bytes().all(tchar)).then(|| name.to_ascii_lowercase())
+}
+
+fn rate_limiting(
+    raw: Option<&RawRateLimiting>,
+    path: &KeyPath,
+    problems: &mut Vec<Problem>,
+) -> Option<RateLimitDef> {
+    let Some(c) = raw else {
+        push(
+            problems,
+            path.clone(),
+            "rate-limiting needs a `config` table with at least one limit, e.g. config = { minute = 100 }",
+        );
+        return None;
+    };
+    let cp = path.key("config");
+    let before = problems.len();
+
+    let algorithm = match &c.algorithm {
+        None => Some(Algorithm::FixedWindow),
+        Some(a) => one_of(
+            problems,
+            cp.key("algorithm"),
+            a,
+            &[
+                ("fixed_window", Algorithm::FixedWindow),
+                ("sliding_window", Algorithm::SlidingWindow),
+                ("token_bucket", Algorithm::TokenBucket),
+            ],
+        ),
+    };
+    let (limits, bucket) = match algorithm {
+        Some(Algorithm::TokenBucket) => (Vec::new(), token_bucket(c, &cp, problems)),
+        Some(_) => (windows(c, &cp, problems), None),
+        None => (Vec::new(), None),
+    };
+
+    let limit_by = limit_by(c, &cp, problems);
+    let error_code = match c.error_code {
+        None => Some(429),
+        Some(v) => in_range(problems, cp.key("error_code"), "error_code", v.0, 400, 599)
+            .and_then(|n| u16::try_from(n).ok()),
+    };
+    let error_message = c
+        .error_message
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ERROR_MESSAGE.to_owned());
+    if error_message.chars().any(char::is_control) {
+        push(
+            problems,
+            cp.key("error_message"),
+            "must not contain control characters",
+        );
+    }
+    let mode = match &c.mode {
+        None => Some(Mode::Enforce),
+        Some(m) => one_of(
+            problems,
+            cp.key("mode"),
+            m,
+            &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)],
+        ),
+    };
+    let sync_interval = match c.sync_interval {
+        None => DEFAULT_SYNC_INTERVAL,
+        Some(d) if d.0.is_zero() || d.0 > Duration::from_secs(1) => {
+            push(
+                problems,
+                cp.key("sync_interval"),
+                "must be between \"1ms\" and \"1s\" (a few ms keeps the over-admission bound small)",
+            );
+            DEFAULT_SYNC_INTERVAL
+        }
+        Some(d) => d.0,
+    };
+    let max_keys = in_range(
+        problems,
+        cp.key("max_keys"),
+        "max_keys",
+        c.max_keys.map_or(DEFAULT_MAX_KEYS, |v| v.0),
+        1,
+        100_000_000,
+    )
+    .and_then(|n| usize::try_from(n).ok());
+    let (policy, on_redis_failure) = policy(c, &cp, algorithm, problems);
+
+    if problems.len() != before {
+        return None;
+    }
+    Some(RateLimitDef {
+        algorithm: algorithm?,
+        limits,
+        bucket,
+        limit_by: limit_by?,
+        error_code: error_code?,
+        error_message,
+        hide_client_headers: c.hide_client_headers.unwrap_or(false),
+        mode: mode?,
+        policy: policy?,
+        on_redis_failure,
+        sync_interval,
+        max_keys: max_keys?,
+    })
+}
+
+/// Period limits of the window algorithms (shortest first); Kong's ordering rule applies: a longer
+/// period may not allow fewer requests than a shorter one.
+fn windows(c: &RawRateLimiting, cp: &KeyPath, problems: &mut Vec<Problem>) -> Vec<PeriodLimit> {
+    for (key, set) in [
+        ("average", c.average.is_some()),
+        ("period", c.period.is_some()),
+        ("burst", c.burst.is_some()),
+        ("rate_limit", c.rate_limit.is_some()),
+        ("burst_limit", c.burst_limit.is_some()),
+    ] {
+        if set {
+            push(
+                problems,
+                cp.key(key),
+                format!("`{key}` is a token bucket setting; set algorithm = \"token_bucket\" or use second/minute/hour/day"),
+            );
+        }
+    }
+    let written = [c.second, c.minute, c.hour, c.day];
+    let mut limits = Vec::new();
+    for (period, value) in Period::ALL.into_iter().zip(written) {
+        let Some(v) = value else { continue };
+        let Some(limit) = positive_int(problems, cp.key(period.key()), period.key(), v) else {
+            continue;
+        };
+        if let Some(prev) = limits.last().copied() {
+            let PeriodLimit {
+                period: p,
+                limit: l,
+            } = prev;
+            if limit < l {
+                push(
+                    problems,
+                    cp.key(period.key()),
+                    format!(
+                        "the limit per {} ({limit}) is lower than the limit per {} ({l})",
+                        period.key(),
+                        p.key()
+                    ),
+                );
+            }
+        }
+        limits.push(PeriodLimit { period, limit });
+    }
+    if written.iter().all(Option::is_none) {
+        push(
+            problems,
+            cp.clone(),
+            "no limits set: set at least one of `second`, `minute`, `hour`, `day` (e.g. minute = 100)",
+        );
+    }
+    limits
+}
+
+/// Token bucket from Traefik's (`average`/`period`/`burst`) or AWS's (`rate_limit`/`burst_limit`)
+/// spelling; exactly one spelling.
+fn token_bucket(
+    c: &RawRateLimiting,
+    cp: &KeyPath,
+    problems: &mut Vec<Problem>,
+) -> Option<BucketDef> {
+    for period in Period::ALL {
+        let set = match period {
+            Period::Second => c.second.is_some(),
+            Period::Minute => c.minute.is_some(),
+            Period::Hour => c.hour.is_some(),
+            Period::Day => c.day.is_some(),
+        };
+        if set {
+            push(
+                problems,
+                cp.key(period.key()),
+                format!(
+                    "`{}` is a window limit; token_bucket takes average/period/burst or rate_limit/burst_limit",
+                    period.key()
+                ),
+            );
+        }
+    }
+    let traefik = c.average.is_some() || c.period.is_some() || c.burst.is_some();
+    let aws = c.rate_limit.is_some() || c.burst_limit.is_some();
+    match (traefik, aws) {
+        (false, false) => {
+            push(
+                problems,
+                cp.key("algorithm"),
+                "token_bucket needs `average` (with optional `period` and `burst`) or `rate_limit` and `burst_limit`",
+            );
+            None
+        }
+        (true, true) => {
+            let key = if c.rate_limit.is_some() {
+                "rate_limit"
+            } else {
+                "burst_limit"
+            };
+            push(
+                problems,
+                cp.key(key),
+                "use one token bucket spelling: average/period/burst or rate_limit/burst_limit, not both",
+            );
+            None
+        }
+        (true, false) => {
+            let Some(avg) = c.average else {
+                push(
+                    problems,
+                    cp.clone(),
+                    "`average` (requests per `period`) is required with `period`/`burst`",
+                );
+                return None;
+            };
+            let average = positive_int(problems, cp.key("average"), "average", avg);
+            let period = match c.period {
+                None => Some(Duration::from_secs(1)),
+                Some(d) if d.0.is_zero() => {
+                    push(problems, cp.key("period"), "must be greater than zero");
+                    None
+                }
+                Some(d) => Some(d.0),
+            };
+            let burst = match c.burst {
+                None => Some(1),
+                Some(b) => positive_int(problems, cp.key("burst"), "burst", b),
+            };
+            let rate_per_ms = average? as f64 / period?.as_millis() as f64;
+            Some(BucketDef {
+                rate_per_ms,
+                burst: burst?,
+            })
+        }
+        (false, true) => {
+            let rate = match c.rate_limit {
+                Some(r) if r.0.is_finite() && r.0 > 0.0 && r.0 <= 1e12 => Some(r.0),
+                Some(r) => {
+                    push(
+                        problems,
+                        cp.key("rate_limit"),
+                        format!(
+                            "rate_limit must be a positive number of requests per second, got {}",
+                            r.0
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    push(
+                        problems,
+                        cp.clone(),
+                        "`rate_limit` (requests per second) is required with `burst_limit`",
+                    );
+                    None
+                }
+            };
+            let burst = match c.burst_limit {
+                Some(b) => positive_int(problems, cp.key("burst_limit"), "burst_limit", b),
+                None => {
+                    push(
+                        problems,
+                        cp.clone(),
+                        "`burst_limit` (bucket size) is required with `rate_limit`",
+                    );
+                    None
+                }
+            };
+            Some(BucketDef {
+                rate_per_ms: rate? / 1000.0,
+                burst: burst?,
+            })
+        }
+    }
+}
+
+fn limit_by(c: &RawRateLimiting, cp: &KeyPath, problems: &mut Vec<Problem>) -> Option<LimitBy> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum K {
+        Ip,
+        Consumer,
+        Credential,
+        Header,
+        Path,
+        Service,
+        Route,
+    }
+    let kind = match &c.limit_by {
+        None => Some(K::Consumer),
+        Some(s) => one_of(
+            problems,
+            cp.key("limit_by"),
+            s,
+            &[
+                ("ip", K::Ip),
+                ("consumer", K::Consumer),
+                ("credential", K::Credential),
+                ("header", K::Header),
+                ("path", K::Path),
+                ("service", K::Service),
+                ("route", K::Route),
+            ],
+        ),
+    }?;
+    match (kind, &c.header_name) {
+        (K::Header, None) => {
+            push(
+                problems,
+                cp.key("limit_by"),
+                "limit_by = \"header\" needs `header_name` (e.g. header_name = \"X-Api-Key\")",
+            );
+            None
+        }
+        (K::Header, Some(h)) => match header_name(h) {
+            Some(lower) => Some(LimitBy::Header(lower)),
+            None => {
+                push(
+                    problems,
+                    cp.key("header_name"),
+                    format!("{h:?} is not a valid header name"),
+                );
+                None
+            }
+        },
+        (_, Some(_)) => {
+            push(
+                problems,
+                cp.key("header_name"),
+                "`header_name` is only used with limit_by = \"header\"",
+            );
+            None
+        }
+        (K::Ip, None) => Some(LimitBy::Ip),
+        (K::Consumer, None) => Some(LimitBy::Consumer),
+        (K::Credential, None) => Some(LimitBy::Credential),
+        (K::Path, None) => Some(LimitBy::Path),
+        (K::Service, None) => Some(LimitBy::Service),
+        (K::Route, None) => Some(LimitBy::Route),
+    }
+}
+
+/// `policy`, `redis` and `on_redis_failure` together.
+fn policy(
+    c: &RawRateLimiting,
+    cp: &KeyPath,
+    algorithm: Option<Algorithm>,
+    problems: &mut Vec<Problem>,
+) -> (Option<Policy>, RedisFailure) {
+    let cluster = match &c.policy {
+        None => Some(false),
+        Some(p) => one_of(
+            problems,
+            cp.key("policy"),
+            p,
+            &[("local", false), ("cluster", true)],
+        ),
+    };
+    let failure = match &c.on_redis_failure {
+        None => Some(RedisFailure::Local),
+        Some(f) => one_of(
+            problems,
+            cp.key("on_redis_failure"),
+            f,
+            &[
+                ("open", RedisFailure::Open),
+                ("closed", RedisFailure::Closed),
+                ("local", RedisFailure::Local),
+            ],
+        ),
+    }
+    .unwrap_or(RedisFailure::Local);
+    match cluster {
+        Some(false) => {
+            for (key, set) in [
+                ("redis", c.redis.is_some()),
+                ("on_redis_failure", c.on_redis_failure.is_some()),
+            ] {
+                if set {
+                    push(
+                        problems,
+                        cp.key(key),
+                        format!("`{key}` only applies to policy = \"cluster\""),
+                    );
+                }
+            }
+            (Some(Policy::Local), failure)
+        }
+        Some(true) => {
+            if algorithm == Some(Algorithm::TokenBucket) {
+                push(
+                    problems,
+                    cp.key("policy"),
+                    "policy = \"cluster\" is not supported yet with token_bucket; use fixed_window or sliding_window",
+                );
+                return (None, failure);
+            }
+            let Some(r) = &c.redis else {
+                push(
+                    problems,
+                    cp.key("policy"),
+                    "policy = \"cluster\" needs redis = { url = \"redis://host:6379\" }",
+                );
+                return (None, failure);
+            };
+            (
+                redis(r, &cp.key("redis"), problems).map(Policy::Cluster),
+                failure,
+            )
+        }
+        None => (None, failure),
+    }
+}
+
+fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<RedisDef> {
+    let before = problems.len();
+    let rest = r.url.strip_prefix("redis://");
+    let authority = rest.map(|s| s.split('/').next().unwrap_or_default());
+    if authority.is_none_or(|a| a.is_empty() || a.contains('@')) {
+        push(
+            problems,
+            path.key("url"),
+            format!(
+                "{:?} is not a supported Redis url; expected \"redis://host:port[/db]\" (no credentials in the url)",
+                r.url
+            ),
+        );
+    }
+    let timeout = match r.timeout {
+        None => DEFAULT_REDIS_TIMEOUT,
+        Some(d) if d.0.is_zero() || d.0 > Duration::from_secs(10) => {
+            push(
+                problems,
+                path.key("timeout"),
+                "must be between \"1ms\" and \"10s\"",
+            );
+            DEFAULT_REDIS_TIMEOUT
+        }
+        Some(d) => d.0,
+    };
+    let prefix = r.prefix.clone().unwrap_or_else(|| "ringgate".to_owned());
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:{}".contains(&b))
+    {
+        push(
+            problems,
+            path.key("prefix"),
+            "must be 1 to 64 letters, digits, '.', '_', '-', ':', '{' or '}'",
+        );
+    }
+    (problems.len() == before).then(|| RedisDef {
+        url: r.url.clone(),
+        timeout,
+        prefix,
+    })
+}

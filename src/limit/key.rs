@@ -1,0 +1,161 @@
+//! Building a limiter key from a request, by `limit_by`, into a reused buffer.
+//!
+//! Keys start with a one-byte tag so different sources never collide (`i` ip, `c` consumer, `k`
+//! credential, `h` header, `p` path, `s` service, `r` route); a missing consumer, credential or
+//! header falls back to the client IP (Kong's behaviour). IPs are written as raw octets (4 or 16
+//! bytes). Keys longer than `MAX_KEY` bytes (long header values or paths) are replaced by a 128-bit
+//! hash so a table of `max_keys` entries has bounded memory. No allocation once `out` has grown.
+
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+
+use crate::config::model::LimitBy;
+
+/// Keys longer than this are stored as `H` + a 16-byte hash.
+pub const MAX_KEY: usize = 96;
+
+/// What the limiter needs to know about a request; implemented by the proxy's request context.
+pub trait RequestInfo {
+    fn client_ip(&self) -> IpAddr;
+    /// A request header by lower-case name (first occurrence).
+    fn header(&self, name_lower: &[u8]) -> Option<&[u8]>;
+    /// The normalized path (what routing saw).
+    fn path(&self) -> &[u8];
+    /// Index into `Config::routes`.
+    fn route(&self) -> usize;
+    /// Index into `Config::services`.
+    fn service(&self) -> usize;
+    /// The authenticated consumer's name, once auth plugins exist.
+    fn consumer(&self) -> Option<&[u8]>;
+    /// The credential (API key id, JWT `iss`/`sub`…) auth identified, once auth plugins exist.
+    fn credential(&self) -> Option<&[u8]>;
+}
+
+/// Writes the key for `req` into `out` (cleared first).
+pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut Vec<u8>) {
+    out.clear();
+    let tagged = |out: &mut Vec<u8>, tag: u8, v: &[u8]| {
+        out.push(tag);
+        out.extend_from_slice(v);
+    };
+    match limit_by {
+        LimitBy::Ip => ip(out, req.client_ip()),
+        LimitBy::Consumer => match req.consumer() {
+            Some(c) => tagged(out, b'c', c),
+            None => ip(out, req.client_ip()),
+        },
+        LimitBy::Credential => match req.credential() {
+            Some(c) => tagged(out, b'k', c),
+            None => ip(out, req.client_ip()),
+        },
+        LimitBy::Header(name) => match req.header(name.as_bytes()) {
+            Some(v) => tagged(out, b'h', v),
+            None => ip(out, req.client_ip()),
+        },
+        LimitBy::Path => tagged(out, b'p', req.path()),
+        LimitBy::Service => number(out, b's', req.service()),
+        LimitBy::Route => number(out, b'r', req.route()),
+    }
+    if out.len() > MAX_KEY {
+        let (a, b) = (hash(out, 0x5a), hash(out, 0xa5));
+        out.clear();
+        out.push(b'H');
+        out.extend_from_slice(&a.to_le_bytes());
+        out.extend_from_slice(&b.to_le_bytes());
+    }
+}
+
+fn ip(out: &mut Vec<u8>, ip: IpAddr) {
+    out.push(b'i');
+    match ip {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => out.extend_from_slice(&v4.octets()),
+            None => out.extend_from_slice(&v6.octets()),
+        },
+    }
+}
+
+fn number(out: &mut Vec<u8>, tag: u8, n: usize) {
+    out.push(tag);
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+}
+
+/// Deterministic across processes of the same build (cluster nodes must agree on keys).
+#[allow(deprecated)]
+fn hash(data: &[u8], salt: u8) -> u64 {
+    let mut h = std::hash::SipHasher::new_with_keys(0x7269_6e67_6761_7465, u64::from(salt));
+    data.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    struct Req {
+        consumer: Option<&'static [u8]>,
+        header: Option<&'static [u8]>,
+        path: &'static [u8],
+    }
+
+    impl RequestInfo for Req {
+        fn client_ip(&self) -> IpAddr {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))
+        }
+        fn header(&self, name: &[u8]) -> Option<&[u8]> {
+            (name == b"x-api-key").then_some(self.header).flatten()
+        }
+        fn path(&self) -> &[u8] {
+            self.path
+        }
+        fn route(&self) -> usize {
+            3
+        }
+        fn service(&self) -> usize {
+            1
+        }
+        fn consumer(&self) -> Option<&[u8]> {
+            self.consumer
+        }
+        fn credential(&self) -> Option<&[u8]> {
+            None
+        }
+    }
+
+    #[test]
+    fn keys_and_fallbacks() {
+        let mut out = Vec::new();
+        let r = Req {
+            consumer: None,
+            header: Some(b"abc"),
+            path: b"/x",
+        };
+        build_key(&LimitBy::Ip, &r, &mut out);
+        assert_eq!(out, b"i\x0a\x00\x00\x07");
+        build_key(&LimitBy::Consumer, &r, &mut out);
+        assert_eq!(
+            out, b"i\x0a\x00\x00\x07",
+            "missing consumer falls back to ip"
+        );
+        build_key(&LimitBy::Header("x-api-key".into()), &r, &mut out);
+        assert_eq!(out, b"habc");
+        build_key(&LimitBy::Header("x-other".into()), &r, &mut out);
+        assert_eq!(out[0], b'i');
+        build_key(&LimitBy::Path, &r, &mut out);
+        assert_eq!(out, b"p/x");
+        build_key(&LimitBy::Route, &r, &mut out);
+        assert_eq!(out[0], b'r');
+        let long = Req {
+            consumer: Some(b"c"),
+            header: None,
+            path: b"/0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789",
+        };
+        build_key(&LimitBy::Path, &long, &mut out);
+        assert_eq!(out.len(), 17);
+        assert_eq!(out[0], b'H');
+        build_key(&LimitBy::Consumer, &long, &mut out);
+        assert_eq!(out, b"cc");
+    }
+}

@@ -1,0 +1,423 @@
+//! The reconciler thread: merges every worker's batches into global totals, answers each round with
+//! one shared `View`, and in cluster mode exchanges totals with Redis (see `redis_sync`).
+//!
+//! Round (every `sync_interval`): receive batches until the round's deadline, merge them (counting
+//! estimated overshoot), run the Redis exchange for cluster instances, then send the view of every
+//! key that changed (plus acks and overrides) to all workers. The thread ends when every worker link
+//! is dropped or `ReconcilerHandle::shutdown` is called. Blocking I/O is allowed here (own thread);
+//! nothing on a worker ever waits for it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::bucket::Bucket;
+use super::msg::{Batch, Delta, KeyRef, Override, View, ViewRec, ViewWhat};
+use super::redis_sync::ClusterLink;
+use super::table::KeyTable;
+use super::InstanceDef;
+use crate::config::model::{Algorithm, Policy};
+
+/// Counters the reconciler keeps per instance (read by metrics from any thread).
+#[derive(Debug, Default)]
+pub struct SharedStats {
+    /// Requests admitted beyond a limit because workers decided on views up to one interval old
+    /// (window count above the limit; bucket below zero).
+    pub overshoot: AtomicU64,
+    /// Cluster policy: whether the last Redis exchange succeeded.
+    pub redis_healthy: AtomicBool,
+    /// Cluster policy: live nodes at the last heartbeat (1 until known).
+    pub nodes: AtomicU64,
+    /// Cluster policy: failed Redis exchanges.
+    pub redis_errors: AtomicU64,
+}
+
+/// A snapshot of one instance's reconciler counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcilerStats {
+    pub overshoot: u64,
+    pub redis_healthy: bool,
+    pub nodes: u64,
+    pub redis_errors: u64,
+}
+
+/// Owned by the main thread: stats access and shutdown.
+pub struct ReconcilerHandle {
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) thread: Option<std::thread::JoinHandle<()>>,
+    pub(super) stats: Arc<[SharedStats]>,
+    pub(super) sync_interval: Duration,
+}
+
+impl ReconcilerHandle {
+    /// Counters of `instance` (default when out of range).
+    pub fn stats(&self, instance: usize) -> ReconcilerStats {
+        self.stats
+            .get(instance)
+            .map(|s| ReconcilerStats {
+                overshoot: s.overshoot.load(Ordering::Relaxed),
+                redis_healthy: s.redis_healthy.load(Ordering::Relaxed),
+                nodes: s.nodes.load(Ordering::Relaxed),
+                redis_errors: s.redis_errors.load(Ordering::Relaxed),
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn sync_interval(&self) -> Duration {
+        self.sync_interval
+    }
+
+    /// Stops the thread and waits for it (at most one round plus one Redis timeout).
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ReconcilerHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// One window's global state.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct GWin {
+    pub idx: u64,
+    /// Best known total (cluster-wide when Redis is healthy).
+    pub curr: u64,
+    pub prev: u64,
+    /// This node's own totals (what `on_redis_failure = "local"` enforces).
+    pub node_curr: u64,
+    pub node_prev: u64,
+    /// Merged here since the last Redis exchange (non-zero = push the node total).
+    pub pending: u64,
+    pub pending_prev: u64,
+}
+
+impl GWin {
+    pub fn roll(&mut self, idx: u64) {
+        if idx <= self.idx {
+            return;
+        }
+        let adjacent = self.idx + 1 == idx;
+        *self = GWin {
+            idx,
+            prev: if adjacent { self.curr } else { 0 },
+            node_prev: if adjacent { self.node_curr } else { 0 },
+            pending_prev: if adjacent { self.pending } else { 0 },
+            ..GWin::default()
+        };
+    }
+}
+
+pub(super) enum GState {
+    Windows(Box<[GWin]>),
+    Bucket(Bucket),
+}
+
+pub(super) struct RInst {
+    pub def: Arc<InstanceDef>,
+    pub table: KeyTable<GState>,
+    /// Slots with Redis work pending (deduplicated by `queued`).
+    pub push: Vec<u32>,
+    pub queued: HashSet<u32>,
+    pub cluster: Option<ClusterLink>,
+}
+
+pub(super) struct Reconciler {
+    pub insts: Vec<RInst>,
+    pub stats: Arc<[SharedStats]>,
+    pub acked: Vec<u64>,
+    pub acked_sent: Vec<u64>,
+    pub overrides_sent: Vec<Override>,
+    pub rx: Receiver<Batch>,
+    pub txs: Vec<Sender<Arc<View>>>,
+    pub interval: Duration,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Milliseconds since the UNIX epoch (the reconciler's clock for idle eviction and heartbeats).
+pub(super) fn wall_ms() -> u64 {
+    super::now_ms()
+}
+
+impl Reconciler {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        instances: &[Arc<InstanceDef>],
+        workers: usize,
+        rx: Receiver<Batch>,
+        txs: Vec<Sender<Arc<View>>>,
+        interval: Duration,
+        stop: Arc<AtomicBool>,
+        stats: Arc<[SharedStats]>,
+        node_id: &str,
+    ) -> Reconciler {
+        let insts = instances
+            .iter()
+            .map(|d| {
+                let cluster = match &d.def.policy {
+                    Policy::Cluster(r) => Some(ClusterLink::new(r.clone(), node_id, &d.id)),
+                    Policy::Local => None,
+                };
+                RInst {
+                    def: d.clone(),
+                    table: KeyTable::new(d.def.max_keys.saturating_mul(workers.max(1))),
+                    push: Vec::new(),
+                    queued: HashSet::new(),
+                    cluster,
+                }
+            })
+            .collect();
+        for s in stats.iter() {
+            s.nodes.store(1, Ordering::Relaxed);
+        }
+        Reconciler {
+            acked: vec![0; workers],
+            acked_sent: vec![0; workers],
+            overrides_sent: vec![Override::None; instances.len()],
+            insts,
+            stats,
+            rx,
+            txs,
+            interval,
+            stop,
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut next = Instant::now() + self.interval;
+        let mut last_sweep = Instant::now();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            // Answer every arrival at once (drained together), so a view is at most one worker
+            // tick plus this hop old; the timer paces the Redis exchange and sweeps.
+            loop {
+                let left = next.saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(left) {
+                    Ok(batch) => {
+                        self.merge(&batch);
+                        while let Ok(more) = self.rx.try_recv() {
+                            self.merge(&more);
+                        }
+                        self.broadcast();
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+            next = Instant::now() + self.interval;
+            let now = wall_ms();
+            for i in 0..self.insts.len() {
+                self.cluster_round(i, now);
+            }
+            self.broadcast();
+            if last_sweep.elapsed() >= Duration::from_secs(1) {
+                last_sweep = Instant::now();
+                self.sweep(now);
+            }
+        }
+    }
+
+    /// Adds one batch into the global state.
+    pub fn merge(&mut self, batch: &Batch) {
+        let now = wall_ms();
+        for rec in &batch.recs {
+            let Some(inst) = self.insts.get_mut(rec.instance as usize) else {
+                continue;
+            };
+            let Some(stats) = self.stats.get(rec.instance as usize) else {
+                continue;
+            };
+            let key = rec.key.get(&batch.keys);
+            let def = &inst.def.def;
+            let n = def.limits.len();
+            let bucket = def.bucket;
+            let got = inst.table.get_or_insert(
+                key,
+                now,
+                || match bucket {
+                    Some(b) => GState::Bucket(Bucket::full(&b, batch.now_ms)),
+                    None => GState::Windows(vec![GWin::default(); n].into_boxed_slice()),
+                },
+                |v| match (v, bucket) {
+                    (GState::Bucket(b), Some(d)) => *b = Bucket::full(&d, batch.now_ms),
+                    (GState::Windows(w), _) => w.fill(GWin::default()),
+                    _ => {}
+                },
+                |_, _| {},
+            );
+            let Some(state) = inst.table.value_mut(got.slot) else {
+                continue;
+            };
+            match (state, rec.delta) {
+                (GState::Windows(wins), Delta::Window { period, idx, count }) => {
+                    let Some(w) = wins.get_mut(usize::from(period)) else {
+                        continue;
+                    };
+                    let limit = def
+                        .limits
+                        .get(usize::from(period))
+                        .map_or(u64::MAX, |l| l.limit);
+                    w.roll(idx);
+                    let counted = if w.idx == idx {
+                        let before = w.curr.saturating_sub(limit);
+                        w.curr += count;
+                        w.node_curr += count;
+                        w.pending += count;
+                        stats
+                            .overshoot
+                            .fetch_add(w.curr.saturating_sub(limit) - before, Ordering::Relaxed);
+                        true
+                    } else if w.idx == idx + 1 {
+                        w.prev += count;
+                        w.node_prev += count;
+                        w.pending_prev += count;
+                        true
+                    } else {
+                        false
+                    };
+                    if counted {
+                        inst.table.mark_dirty(got.slot);
+                        if inst.cluster.is_some() && inst.queued.insert(got.slot) {
+                            inst.push.push(got.slot);
+                        }
+                    }
+                }
+                (GState::Bucket(b), Delta::Bucket { consumed }) => {
+                    if let Some(d) = &bucket {
+                        b.refill(d, batch.now_ms);
+                        let before = (-b.tokens).max(0.0);
+                        b.tokens = (b.tokens - consumed as f64).max(-(d.burst as f64));
+                        let after = (-b.tokens).max(0.0);
+                        let over = (after - before).max(0.0).round() as u64;
+                        stats.overshoot.fetch_add(over, Ordering::Relaxed);
+                        inst.table.mark_dirty(got.slot);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(a) = self.acked.get_mut(batch.worker) {
+            *a = (*a).max(batch.seq);
+        }
+    }
+
+    fn cluster_round(&mut self, i: usize, now: u64) {
+        let Some(inst) = self.insts.get_mut(i) else {
+            return;
+        };
+        let Some(stats) = self.stats.get(i) else {
+            return;
+        };
+        let Some(cluster) = inst.cluster.as_mut() else {
+            return;
+        };
+        cluster.round(
+            &inst.def,
+            &mut inst.table,
+            &mut inst.push,
+            &mut inst.queued,
+            now,
+            stats,
+        );
+    }
+
+    /// Sends the changed keys (and acks/overrides) to every worker, if anything changed.
+    fn broadcast(&mut self) {
+        let mut view = View::default();
+        let mut dirty = Vec::new();
+        let mut overrides = Vec::with_capacity(self.insts.len());
+        for (i, inst) in self.insts.iter_mut().enumerate() {
+            let ovr = inst.cluster.as_ref().map_or(Override::None, |c| {
+                c.override_for(inst.def.def.on_redis_failure)
+            });
+            overrides.push(ovr);
+            let node_only = matches!(ovr, Override::Share(_));
+            inst.table.take_dirty(&mut dirty);
+            for &slot in &dirty {
+                let Some((key, state)) = inst.table.entry_mut(slot) else {
+                    continue;
+                };
+                let kr = KeyRef::push(&mut view.keys, key);
+                match state {
+                    GState::Windows(wins) => {
+                        for (p, w) in wins.iter().enumerate() {
+                            let (curr, prev) = if node_only {
+                                (w.node_curr, w.node_prev)
+                            } else {
+                                (w.curr, w.prev)
+                            };
+                            view.recs.push(ViewRec {
+                                instance: i as u32,
+                                key: kr,
+                                what: ViewWhat::Window {
+                                    period: p as u8,
+                                    idx: w.idx,
+                                    curr,
+                                    prev,
+                                },
+                            });
+                        }
+                    }
+                    GState::Bucket(b) => view.recs.push(ViewRec {
+                        instance: i as u32,
+                        key: kr,
+                        what: ViewWhat::Bucket {
+                            tokens: b.tokens,
+                            at_ms: b.at_ms,
+                        },
+                    }),
+                }
+            }
+        }
+        let changed = !view.recs.is_empty()
+            || self.acked != self.acked_sent
+            || overrides != self.overrides_sent;
+        if !changed {
+            return;
+        }
+        view.acked = self.acked.clone().into_boxed_slice();
+        view.overrides = overrides.clone().into_boxed_slice();
+        self.acked_sent.clone_from(&self.acked);
+        self.overrides_sent = overrides;
+        let view = Arc::new(view);
+        for tx in &self.txs {
+            let _ = tx.send(view.clone());
+        }
+    }
+
+    /// Drops keys idle longer than they can matter.
+    fn sweep(&mut self, now: u64) {
+        for inst in &mut self.insts {
+            let def = &inst.def.def;
+            let idle = match (def.algorithm, def.bucket) {
+                (Algorithm::TokenBucket, Some(b)) => {
+                    ((b.burst as f64 / b.rate_per_ms).ceil() as u64).max(1_000)
+                }
+                _ => 2 * def.limits.last().map_or(1_000, |l| l.period.millis()),
+            };
+            // Keys with Redis work pending stay until it is done (or they are evicted at the cap).
+            let min_keep = inst.push.len();
+            if min_keep == 0 {
+                inst.table
+                    .evict_idle(now.saturating_sub(idle.max(10_000)), |_, _| {});
+            }
+        }
+    }
+}

@@ -1,0 +1,596 @@
+//! `LimiterSet`: one worker's rate-limiter state for every instance. `!Send` (Cell/RefCell); lives in
+//! the worker's `Shard` and never leaves its thread.
+//!
+//! `check` decides locally from plain integers: `global (last merged view) + inflight (sent, not yet
+//! merged) + unsynced (admitted since the last send)`, never waits on anything, and allocates nothing
+//! for a key already in the table (a new key allocates its bytes once). `sync` (every sync interval,
+//! from a worker task) applies the views the reconciler sent, sends this worker's deltas and evicts
+//! idle keys; it never blocks (try_recv / unbounded send). RefCell borrows never outlive a call.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::bucket::Bucket;
+use super::msg::{Batch, Delta, DeltaRec, KeyRef, Override, View, ViewWhat};
+use super::table::KeyTable;
+use super::window::{self, Verdict, WinPair};
+use super::{InstanceDef, WorkerLink};
+use crate::config::model::{Algorithm, Mode, Period};
+
+/// The decision for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<'a> {
+    Allow,
+    /// Answer with `status` and this JSON body (`{"message":"…"}\n`), plus the headers `check`
+    /// appended (always including `Retry-After`).
+    Reject {
+        status: u16,
+        body: &'a [u8],
+    },
+}
+
+/// Per-instance counters of one worker (sum them over workers for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceStats {
+    pub admitted: u64,
+    pub rejected: u64,
+    /// Admitted in `mode = "shadow"` although over the limit.
+    pub shadow_rejected: u64,
+    /// Keys currently in this worker's table.
+    pub keys: u64,
+    /// Keys evicted at the `max_keys` cap (least recently used first).
+    pub evicted_at_cap: u64,
+}
+
+/// A token bucket as one worker sees it.
+#[derive(Debug, Clone, Copy)]
+struct BucketState {
+    local: Bucket,
+    inflight: u64,
+    seq: u64,
+    unsynced: u64,
+}
+
+enum Table {
+    Windows(KeyTable<Box<[WinPair]>>),
+    Bucket(KeyTable<BucketState>),
+}
+
+struct Inst {
+    def: Arc<InstanceDef>,
+    table: RefCell<Table>,
+    ovr: Cell<Override>,
+    stats: Cell<InstanceStats>,
+    body: Box<[u8]>,
+    /// Keys idle this long are evicted at `sync`.
+    idle_ms: u64,
+}
+
+pub struct LimiterSet {
+    worker: usize,
+    insts: Box<[Inst]>,
+    tx: Sender<Batch>,
+    rx: Receiver<Arc<View>>,
+    seq: Cell<u64>,
+    acked: Cell<u64>,
+    /// Deltas of keys evicted since the last sync (sent with the next batch).
+    evicted: RefCell<Batch>,
+    dirty: RefCell<Vec<u32>>,
+    sync_interval: Duration,
+}
+
+/// The JSON error body, escaped once at startup.
+fn json_body(message: &str) -> Box<[u8]> {
+    let mut out = String::from("{\"message\":\"");
+    for c in message.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push_str("\"}\n");
+    out.into_bytes().into_boxed_slice()
+}
+
+impl LimiterSet {
+    /// Builds the worker's state from the link `limit::start` returned for it.
+    pub fn new(link: WorkerLink) -> LimiterSet {
+        let insts = link
+            .instances
+            .iter()
+            .map(|d| {
+                let def = Arc::new(d.clone());
+                let cap = d.def.max_keys;
+                let longest = d.def.limits.last().map_or(1_000, |l| l.period.millis());
+                let (table, idle_ms) = match (d.def.algorithm, d.def.bucket) {
+                    (Algorithm::TokenBucket, Some(b)) => (
+                        Table::Bucket(KeyTable::new(cap)),
+                        ((b.burst as f64 / b.rate_per_ms).ceil() as u64).max(1_000),
+                    ),
+                    (Algorithm::SlidingWindow, _) => {
+                        (Table::Windows(KeyTable::new(cap)), 2 * longest)
+                    }
+                    _ => (Table::Windows(KeyTable::new(cap)), longest),
+                };
+                Inst {
+                    body: json_body(&d.def.error_message),
+                    def,
+                    table: RefCell::new(table),
+                    ovr: Cell::new(Override::None),
+                    stats: Cell::new(InstanceStats::default()),
+                    idle_ms,
+                }
+            })
+            .collect();
+        LimiterSet {
+            worker: link.index,
+            insts,
+            tx: link.tx,
+            rx: link.rx,
+            seq: Cell::new(0),
+            acked: Cell::new(0),
+            evicted: RefCell::new(Batch::default()),
+            dirty: RefCell::new(Vec::new()),
+            sync_interval: link.sync_interval,
+        }
+    }
+
+    /// How often the worker should call `sync`.
+    pub fn sync_interval(&self) -> Duration {
+        self.sync_interval
+    }
+
+    /// Number of instances (`instance` arguments are `0..len()`).
+    pub fn len(&self) -> usize {
+        self.insts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.insts.is_empty()
+    }
+
+    /// The instance's `limit_by` (for building the key).
+    pub fn limit_by(&self, instance: usize) -> Option<&crate::config::model::LimitBy> {
+        self.insts.get(instance).map(|i| &i.def.def.limit_by)
+    }
+
+    /// Decides one request of `instance` for `key` at `now_ms` (ms since the UNIX epoch; windows
+    /// are calendar-aligned on it). Appends the client headers (unless hidden; `Retry-After` on a
+    /// reject always) to `resp_headers` as `Name: value\r\n` lines. An unknown `instance` allows.
+    pub fn check(
+        &self,
+        instance: usize,
+        key: &[u8],
+        now_ms: u64,
+        resp_headers: &mut Vec<u8>,
+    ) -> Decision<'_> {
+        let Some(inst) = self.insts.get(instance) else {
+            return Decision::Allow;
+        };
+        let def = &inst.def.def;
+        let ovr = inst.ovr.get();
+        let mut verdicts: [Option<(Option<Period>, u64, Verdict)>; 4] = [None; 4];
+        let mut allowed = true;
+        {
+            let mut table = inst.table.borrow_mut();
+            let mut evicted = self.evicted.borrow_mut();
+            let mut evicted_at_cap = false;
+            let acked = self.acked.get();
+            match &mut *table {
+                Table::Windows(t) => {
+                    let n = def.limits.len();
+                    let got = t.get_or_insert(
+                        key,
+                        now_ms,
+                        || vec![WinPair::default(); n].into_boxed_slice(),
+                        |v| v.fill(WinPair::default()),
+                        |k, v| {
+                            evicted_at_cap = true;
+                            flush_windows(&mut evicted, instance, k, v);
+                        },
+                    );
+                    let Some(pairs) = t.value_mut(got.slot) else {
+                        return Decision::Allow;
+                    };
+                    for (i, (pair, lim)) in pairs.iter_mut().zip(&def.limits).enumerate() {
+                        let p = lim.period.millis();
+                        pair.roll(now_ms / p);
+                        let limit = effective(lim.limit, ovr);
+                        let used = pair.curr.used(acked);
+                        let v = if def.algorithm == Algorithm::SlidingWindow {
+                            window::sliding(pair.prev_used(acked), used, limit, now_ms, p)
+                        } else {
+                            window::fixed(used, limit, now_ms, p)
+                        };
+                        allowed &= v.allowed;
+                        if let Some(slot) = verdicts.get_mut(i) {
+                            *slot = Some((Some(lim.period), limit, v));
+                        }
+                    }
+                    allowed = resolve(allowed, ovr, def.mode, inst);
+                    if allowed {
+                        for pair in pairs.iter_mut() {
+                            pair.curr.unsynced += 1;
+                        }
+                        t.mark_dirty(got.slot);
+                    }
+                }
+                Table::Bucket(t) => {
+                    let Some(bdef) = def.bucket else {
+                        return Decision::Allow;
+                    };
+                    let got = t.get_or_insert(
+                        key,
+                        now_ms,
+                        || BucketState {
+                            local: Bucket::full(&bdef, now_ms),
+                            inflight: 0,
+                            seq: 0,
+                            unsynced: 0,
+                        },
+                        |v| {
+                            *v = BucketState {
+                                local: Bucket::full(&bdef, now_ms),
+                                inflight: 0,
+                                seq: 0,
+                                unsynced: 0,
+                            }
+                        },
+                        |k, v| {
+                            evicted_at_cap = true;
+                            flush_bucket(&mut evicted, instance, k, v);
+                        },
+                    );
+                    let Some(b) = t.value_mut(got.slot) else {
+                        return Decision::Allow;
+                    };
+                    let mut trial = b.local;
+                    let v = trial.take(&bdef, now_ms);
+                    verdicts[0] = Some((None, bdef.burst, v));
+                    allowed = resolve(v.allowed, ovr, def.mode, inst);
+                    if allowed {
+                        if v.allowed {
+                            b.local = trial;
+                        } else {
+                            // Shadow/open: admitted without a token; the debt is recorded.
+                            b.local.refill(&bdef, now_ms);
+                            b.local.tokens -= 1.0;
+                        }
+                        b.unsynced += 1;
+                        t.mark_dirty(got.slot);
+                    }
+                }
+            }
+            let mut s = inst.stats.get();
+            if evicted_at_cap {
+                s.evicted_at_cap += 1;
+            }
+            if allowed {
+                s.admitted += 1;
+            } else {
+                s.rejected += 1;
+            }
+            inst.stats.set(s);
+        }
+        if !def.hide_client_headers {
+            write_headers(resp_headers, &verdicts, allowed);
+        }
+        if allowed {
+            Decision::Allow
+        } else {
+            let retry_ms = verdicts
+                .iter()
+                .flatten()
+                .filter(|(_, _, v)| !v.allowed)
+                .map(|(_, _, v)| v.retry_ms)
+                .max()
+                .unwrap_or(1_000);
+            let _ = write!(resp_headers, "Retry-After: {}\r\n", secs(retry_ms));
+            Decision::Reject {
+                status: def.error_code,
+                body: &inst.body,
+            }
+        }
+    }
+
+    /// Applies the reconciler's views, sends this worker's deltas, evicts idle keys. Call every
+    /// `sync_interval()` from a worker task (not per request). Never blocks.
+    pub fn sync(&self, now_ms: u64) {
+        while let Ok(view) = self.rx.try_recv() {
+            self.apply(&view);
+        }
+        let mut batch = std::mem::take(&mut *self.evicted.borrow_mut());
+        let seq = self.seq.get() + 1;
+        let acked = self.acked.get();
+        let mut dirty = self.dirty.borrow_mut();
+        for (i, inst) in self.insts.iter().enumerate() {
+            let mut table = inst.table.borrow_mut();
+            match &mut *table {
+                Table::Windows(t) => {
+                    t.take_dirty(&mut dirty);
+                    for &slot in dirty.iter() {
+                        let Some((key, pairs)) = t.entry_mut(slot) else {
+                            continue;
+                        };
+                        let kr = KeyRef::push(&mut batch.keys, key);
+                        for (p, pair) in pairs.iter_mut().enumerate() {
+                            for w in [&mut pair.prev, &mut pair.curr] {
+                                if w.unsynced == 0 {
+                                    continue;
+                                }
+                                batch.recs.push(DeltaRec {
+                                    instance: i as u32,
+                                    key: kr,
+                                    delta: Delta::Window {
+                                        period: p as u8,
+                                        idx: w.idx,
+                                        count: w.unsynced,
+                                    },
+                                });
+                                if w.seq <= acked {
+                                    w.inflight = 0;
+                                }
+                                w.inflight += w.unsynced;
+                                w.unsynced = 0;
+                                w.seq = seq;
+                            }
+                        }
+                    }
+                    let idle = now_ms.saturating_sub(inst.idle_ms);
+                    t.evict_idle(idle, |k, v| flush_windows(&mut batch, i, k, v));
+                }
+                Table::Bucket(t) => {
+                    t.take_dirty(&mut dirty);
+                    for &slot in dirty.iter() {
+                        let Some((key, b)) = t.entry_mut(slot) else {
+                            continue;
+                        };
+                        if b.unsynced == 0 {
+                            continue;
+                        }
+                        let key = KeyRef::push(&mut batch.keys, key);
+                        batch.recs.push(DeltaRec {
+                            instance: i as u32,
+                            key,
+                            delta: Delta::Bucket {
+                                consumed: b.unsynced,
+                            },
+                        });
+                        if b.seq <= acked {
+                            b.inflight = 0;
+                        }
+                        b.inflight += b.unsynced;
+                        b.unsynced = 0;
+                        b.seq = seq;
+                    }
+                    let idle = now_ms.saturating_sub(inst.idle_ms);
+                    t.evict_idle(idle, |k, v| flush_bucket(&mut batch, i, k, v));
+                }
+            }
+            let mut s = inst.stats.get();
+            s.keys = match &*table {
+                Table::Windows(t) => t.len() as u64,
+                Table::Bucket(t) => t.len() as u64,
+            };
+            inst.stats.set(s);
+        }
+        if batch.recs.is_empty() {
+            // Keep the buffers for next time.
+            batch.keys.clear();
+            *self.evicted.borrow_mut() = batch;
+            return;
+        }
+        batch.worker = self.worker;
+        batch.seq = seq;
+        batch.now_ms = now_ms;
+        self.seq.set(seq);
+        // The reconciler gone (shutdown) is not an error here: decisions stay local.
+        let _ = self.tx.send(batch);
+    }
+
+    fn apply(&self, view: &View) {
+        if let Some(&a) = view.acked.get(self.worker) {
+            self.acked.set(self.acked.get().max(a));
+        }
+        let acked = self.acked.get();
+        for (inst, ovr) in self.insts.iter().zip(view.overrides.iter()) {
+            inst.ovr.set(*ovr);
+        }
+        for rec in &view.recs {
+            let Some(inst) = self.insts.get(rec.instance as usize) else {
+                continue;
+            };
+            let key = rec.key.get(&view.keys);
+            let mut table = inst.table.borrow_mut();
+            match (&mut *table, rec.what) {
+                (
+                    Table::Windows(t),
+                    ViewWhat::Window {
+                        period,
+                        idx,
+                        curr,
+                        prev,
+                    },
+                ) => {
+                    let Some(slot) = t.find(key) else { continue };
+                    let Some(pair) = t
+                        .value_mut(slot)
+                        .and_then(|p| p.get_mut(usize::from(period)))
+                    else {
+                        continue;
+                    };
+                    pair.roll(idx);
+                    if pair.curr.idx == idx {
+                        pair.curr.global = curr;
+                        if pair.prev.idx + 1 == idx {
+                            pair.prev.global = prev;
+                        }
+                    } else if pair.prev.idx == idx {
+                        pair.prev.global = curr;
+                    }
+                }
+                (Table::Bucket(t), ViewWhat::Bucket { tokens, at_ms }) => {
+                    let Some(slot) = t.find(key) else { continue };
+                    let Some(b) = t.value_mut(slot) else { continue };
+                    let inflight = if b.seq <= acked { 0 } else { b.inflight };
+                    b.local = Bucket {
+                        tokens: tokens - (inflight + b.unsynced) as f64,
+                        at_ms,
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// This worker's counters for `instance`.
+    pub fn stats(&self, instance: usize) -> InstanceStats {
+        self.insts
+            .get(instance)
+            .map(|i| i.stats.get())
+            .unwrap_or_default()
+    }
+
+    /// Requests left for `key` in the most constraining period, without counting a request (for
+    /// tests and the admin API). `None` if the key is unknown here.
+    pub fn remaining(&self, instance: usize, key: &[u8], now_ms: u64) -> Option<u64> {
+        let inst = self.insts.get(instance)?;
+        let def = &inst.def.def;
+        let table = inst.table.borrow();
+        let acked = self.acked.get();
+        let ovr = inst.ovr.get();
+        match &*table {
+            Table::Windows(t) => {
+                let pairs = t.value(t.find(key)?)?;
+                pairs
+                    .iter()
+                    .zip(&def.limits)
+                    .map(|(pair, lim)| {
+                        let mut pair = *pair;
+                        let p = lim.period.millis();
+                        pair.roll(now_ms / p);
+                        let limit = effective(lim.limit, ovr);
+                        let used = pair.curr.used(acked);
+                        if def.algorithm == Algorithm::SlidingWindow {
+                            let prev = pair.prev_used(acked);
+                            window::sliding(prev, used.saturating_sub(1), limit, now_ms, p)
+                                .remaining
+                        } else {
+                            limit.saturating_sub(used)
+                        }
+                    })
+                    .min()
+            }
+            Table::Bucket(t) => {
+                let mut b = t.value(t.find(key)?)?.local;
+                b.refill(&def.bucket?, now_ms);
+                Some(b.tokens.max(0.0) as u64)
+            }
+        }
+    }
+}
+
+/// The limit in force: the node's share while Redis is down with `on_redis_failure = "local"`.
+fn effective(limit: u64, ovr: Override) -> u64 {
+    match ovr {
+        Override::Share(n) if n > 1 => limit.div_ceil(u64::from(n)),
+        _ => limit,
+    }
+}
+
+/// Applies overrides and shadow mode; counts shadow rejections.
+fn resolve(allowed: bool, ovr: Override, mode: Mode, inst: &Inst) -> bool {
+    let allowed = match ovr {
+        Override::Open => true,
+        Override::Closed => false,
+        _ => allowed,
+    };
+    if !allowed && mode == Mode::Shadow {
+        let mut s = inst.stats.get();
+        s.shadow_rejected += 1;
+        inst.stats.set(s);
+        crate::debug!("rate limit exceeded (shadow mode) instance={}", inst.def.id);
+        return true;
+    }
+    allowed
+}
+
+fn flush_windows(batch: &mut Batch, instance: usize, key: &[u8], pairs: &mut [WinPair]) {
+    let mut kr = None;
+    for (p, pair) in pairs.iter_mut().enumerate() {
+        for w in [&mut pair.prev, &mut pair.curr] {
+            if w.unsynced > 0 {
+                let key = *kr.get_or_insert_with(|| KeyRef::push(&mut batch.keys, key));
+                batch.recs.push(DeltaRec {
+                    instance: instance as u32,
+                    key,
+                    delta: Delta::Window {
+                        period: p as u8,
+                        idx: w.idx,
+                        count: w.unsynced,
+                    },
+                });
+                w.unsynced = 0;
+            }
+        }
+    }
+}
+
+fn flush_bucket(batch: &mut Batch, instance: usize, key: &[u8], b: &mut BucketState) {
+    if b.unsynced > 0 {
+        let key = KeyRef::push(&mut batch.keys, key);
+        batch.recs.push(DeltaRec {
+            instance: instance as u32,
+            key,
+            delta: Delta::Bucket {
+                consumed: b.unsynced,
+            },
+        });
+        b.unsynced = 0;
+    }
+}
+
+/// Seconds, rounded up, at least 1.
+fn secs(ms: u64) -> u64 {
+    ms.div_ceil(1_000).max(1)
+}
+
+/// `X-RateLimit-Limit-<P>`/`X-RateLimit-Remaining-<P>` per window period, then `RateLimit-Limit`,
+/// `-Remaining`, `-Reset` for the most constraining one (fewest remaining; on a tie the later reset).
+fn write_headers(
+    out: &mut Vec<u8>,
+    verdicts: &[Option<(Option<Period>, u64, Verdict)>; 4],
+    allowed: bool,
+) {
+    let mut worst: Option<(u64, u64, u64)> = None; // (limit, remaining, reset_ms)
+    for (period, limit, v) in verdicts.iter().flatten() {
+        let remaining = if allowed { v.remaining } else { 0 };
+        if let Some(p) = period {
+            let t = p.title();
+            let _ = write!(
+                out,
+                "X-RateLimit-Limit-{t}: {limit}\r\nX-RateLimit-Remaining-{t}: {remaining}\r\n"
+            );
+        }
+        let better = match worst {
+            None => true,
+            Some((_, r, reset)) => remaining < r || (remaining == r && v.reset_ms > reset),
+        };
+        if better {
+            worst = Some((*limit, remaining, v.reset_ms));
+        }
+    }
+    if let Some((limit, remaining, reset_ms)) = worst {
+        let _ = write!(
+            out,
+            "RateLimit-Limit: {limit}\r\nRateLimit-Remaining: {remaining}\r\nRateLimit-Reset: {}\r\n",
+            secs(reset_ms)
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! The rate limiter without the proxy: decisions and headers of one worker, shadow mode, key
+//! eviction at the cap, failure policies, and multi-thread accuracy with the real reconciler.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringgate::config::load_str;
+use ringgate::limit::{self, Decision, InstanceDef, LimiterSet};
+
+const BASE: &str = r#"[[upstreams]]
+name = "u"
+targets = [{ target = "127.0.0.1:9001" }]
+
+[[services]]
+name = "s"
+upstream = "u"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+
+[[plugins]]
+name = "rate-limiting"
+"#;
+
+/// The single rate-limiting instance of a config whose plugin has `config = { <cfg> }`.
+fn instance(cfg: &str) -> InstanceDef {
+    let text = format!("{BASE}config = {{ {cfg} }}\n");
+    let c = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    limit::instances(&c).remove(0)
+}
+
+/// 2024-05-01 12:30:15.000 UTC (mid-minute, mid-hour).
+const T0: u64 = 1_714_566_615_000;
+
+fn one(cfg: &str) -> (limit::ReconcilerHandle, LimiterSet) {
+    let (h, mut links) = limit::start_instances(vec![instance(cfg)], 1);
+    (h, LimiterSet::new(links.remove(0)))
+}
+
+fn headers(set: &LimiterSet, key: &[u8], now: u64) -> (bool, String) {
+    let mut h = Vec::new();
+    let ok = set.check(0, key, now, &mut h) == Decision::Allow;
+    (ok, String::from_utf8(h).unwrap())
+}
+
+#[test]
+fn fixed_window_headers_and_reject() {
+    let (_h, set) = one("second = 2, minute = 3, limit_by = \"ip\"");
+    let (ok, h) = headers(&set, b"k", T0);
+    assert!(ok);
+    assert_eq!(
+        h,
+        "X-RateLimit-Limit-Second: 2\r\nX-RateLimit-Remaining-Second: 1\r\n\
+         X-RateLimit-Limit-Minute: 3\r\nX-RateLimit-Remaining-Minute: 2\r\n\
+         RateLimit-Limit: 2\r\nRateLimit-Remaining: 1\r\nRateLimit-Reset: 1\r\n"
+    );
+    let (ok, h) = headers(&set, b"k", T0 + 10);
+    assert!(ok);
+    // Both have 1 left... second: 0 left, minute: 1 left -> the second is most constraining.
+    assert!(
+        h.contains("RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 1\r\n"),
+        "{h}"
+    );
+    let mut out = Vec::new();
+    match set.check(0, b"k", T0 + 20, &mut out) {
+        Decision::Reject { status, body } => {
+            assert_eq!(status, 429);
+            assert_eq!(body, b"{\"message\":\"API rate limit exceeded\"}\n");
+        }
+        d => panic!("{d:?}"),
+    }
+    let h = String::from_utf8(out).unwrap();
+    assert!(h.ends_with("Retry-After: 1\r\n"), "{h}");
+    // Next second (calendar-aligned): the second limit resets, the minute has 1 left.
+    let (ok, h) = headers(&set, b"k", T0 + 1_000);
+    assert!(ok, "{h}");
+    assert!(h.contains("X-RateLimit-Remaining-Minute: 0"), "{h}");
+    // Minute exhausted: Retry-After = rest of the minute (43.999 s after :16.001, rounded up).
+    let mut out = Vec::new();
+    assert!(matches!(
+        set.check(0, b"k", T0 + 1_001, &mut out),
+        Decision::Reject { .. }
+    ));
+    let h = String::from_utf8(out).unwrap();
+    assert!(
+        h.contains("RateLimit-Reset: 44\r\n") && h.contains("Retry-After: 44\r\n"),
+        "{h}"
+    );
+    // Other keys are independent.
+    assert!(headers(&set, b"other", T0 + 1_001).0);
+    let s = set.stats(0);
+    assert_eq!((s.admitted, s.rejected), (4, 2));
+}
+
+#[test]
+fn hidden_headers_custom_error_and_shadow() {
+    let (_h, set) = one(
+        "minute = 1, hide_client_headers = true, error_code = 503, error_message = \"slow \\\"down\\\"\"",
+    );
+    assert_eq!(headers(&set, b"k", T0), (true, String::new()));
+    let mut out = Vec::new();
+    assert_eq!(
+        set.check(0, b"k", T0, &mut out),
+        Decision::Reject {
+            status: 503,
+            body: b"{\"message\":\"slow \\\"down\\\"\"}\n"
+        }
+    );
+    assert_eq!(
+        out, b"Retry-After: 45\r\n",
+        "Retry-After even with hidden headers"
+    );
+
+    let (_h, set) = one("minute = 2, mode = \"shadow\"");
+    for _ in 0..5 {
+        assert!(headers(&set, b"k", T0).0, "shadow never rejects");
+    }
+    let s = set.stats(0);
+    assert_eq!((s.admitted, s.rejected, s.shadow_rejected), (5, 0, 3));
+}
+
+#[test]
+fn sliding_window_weights_previous_minute() {
+    let (_h, set) = one("algorithm = \"sliding_window\", minute = 10");
+    let start = T0 - 15_000; // 12:30:00
+    for i in 0..10 {
+        assert!(headers(&set, b"k", start + i).0);
+    }
+    assert!(!headers(&set, b"k", start + 100).0);
+    // 12:31:30: the previous minute (10) weighs 50% -> 5 left.
+    let mid = start + 90_000;
+    let mut n = 0;
+    while headers(&set, b"k", mid).0 {
+        n += 1;
+        assert!(n <= 10);
+    }
+    assert_eq!(n, 5);
+}
+
+#[test]
+fn token_bucket_both_spellings_behave_alike() {
+    for cfg in [
+        "algorithm = \"token_bucket\", average = 10, period = \"1s\", burst = 3",
+        "algorithm = \"token_bucket\", rate_limit = 10, burst_limit = 3",
+    ] {
+        let (_h, set) = one(cfg);
+        for _ in 0..3 {
+            assert!(headers(&set, b"k", T0).0, "{cfg}");
+        }
+        let mut out = Vec::new();
+        assert!(matches!(
+            set.check(0, b"k", T0, &mut out),
+            Decision::Reject { .. }
+        ));
+        let h = String::from_utf8(out).unwrap();
+        assert!(
+            h.contains("RateLimit-Limit: 3\r\nRateLimit-Remaining: 0\r\n"),
+            "{h}"
+        );
+        assert!(h.contains("Retry-After: 1\r\n"), "{h}");
+        assert!(headers(&set, b"k", T0 + 100).0, "one token after 100 ms");
+        assert!(!headers(&set, b"k", T0 + 150).0);
+    }
+}
+
+#[test]
+fn key_table_is_bounded_and_evicts_least_recently_used() {
+    let (_h, set) = one("minute = 2, max_keys = 100");
+    // A hot key used throughout survives 10 000 rotating keys.
+    let hot = b"hot";
+    assert!(headers(&set, hot, T0).0);
+    assert!(headers(&set, hot, T0).0);
+    for i in 0..10_000u32 {
+        let k = i.to_le_bytes();
+        assert!(headers(&set, &k, T0).0);
+        if i % 50 == 0 {
+            assert!(!headers(&set, hot, T0).0, "the hot key keeps its count");
+        }
+    }
+    set.sync(T0);
+    let s = set.stats(0);
+    assert_eq!(s.keys, 100);
+    assert!(s.evicted_at_cap >= 9_900, "{s:?}");
+    // The oldest rotating key was evicted: it starts over.
+    assert!(headers(&set, &0u32.to_le_bytes(), T0).0);
+    // Idle keys go at sync once their window cannot matter any more.
+    set.sync(T0 + 120_000);
+    assert_eq!(set.stats(0).keys, 0);
+}
+
+/// `workers` threads share one limit of `limit` per hour; each makes `per_ms` checks per ms and
+/// syncs every interval. Returns (admitted, attempts per second over all workers, overshoot).
+fn accuracy(workers: usize, limit: u64, per_ms: u64) -> (u64, f64, u64) {
+    let def = instance(&format!("hour = {limit}, limit_by = \"ip\""));
+    let (handle, links) = limit::start_instances(vec![def], workers);
+    let interval = handle.sync_interval();
+    let started = Instant::now();
+    let threads: Vec<_> = links
+        .into_iter()
+        .map(|link| {
+            thread::spawn(move || {
+                let set = LimiterSet::new(link);
+                let mut hdr = Vec::with_capacity(256);
+                let (mut admitted, mut attempts) = (0u64, 0u64);
+                let t0 = Instant::now();
+                let mut last_sync = t0;
+                // Run until the limit must have been reached, then a while longer (bounded).
+                let run_for =
+                    Duration::from_millis(300 + 2_000 * limit / (per_ms * 1000 * workers as u64));
+                while t0.elapsed() < run_for {
+                    for _ in 0..per_ms {
+                        hdr.clear();
+                        attempts += 1;
+                        if set.check(0, b"shared", T0, &mut hdr) == Decision::Allow {
+                            admitted += 1;
+                        }
+                    }
+                    if last_sync.elapsed() >= interval {
+                        set.sync(T0);
+                        last_sync = Instant::now();
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+                (admitted, attempts)
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    let mut attempts = 0;
+    for t in threads {
+        let (a, n) = t.join().unwrap();
+        admitted += a;
+        attempts += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    thread::sleep(interval * 4);
+    let overshoot = handle.stats(0).overshoot;
+    (admitted, attempts as f64 / secs, overshoot)
+}
+
+#[test]
+fn multi_worker_accuracy() {
+    for (workers, per_ms) in [(2, 20), (4, 10)] {
+        let limit = 20_000;
+        let (admitted, rate, overshoot) = accuracy(workers, limit, per_ms);
+        let one_interval = rate * 0.005;
+        let bound = limit as f64 * 1.02 + one_interval;
+        println!(
+            "accuracy: workers={workers} limit={limit} admitted={admitted} over={} ({:.2}%) attempts/s={rate:.0} bound={bound:.0} reconciler_overshoot={overshoot}",
+            admitted.saturating_sub(limit),
+            (admitted as f64 - limit as f64) / limit as f64 * 100.0
+        );
+        assert!(
+            admitted >= limit,
+            "workers={workers}: admitted {admitted} < {limit}"
+        );
+        assert!(
+            admitted as f64 <= bound,
+            "workers={workers}: admitted {admitted} > {bound:.0}"
+        );
+        assert_eq!(
+            overshoot,
+            admitted - limit,
+            "the reconciler sees the same overshoot"
+        );
+    }
+}
+
+#[test]
+fn redis_unreachable_failure_policies() {
+    // A port nothing listens on: connection refused at once.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for (policy, expect_allow) in [("open", true), ("closed", false), ("local", false)] {
+        let (h, set) = one(&format!(
+            "minute = 5, policy = \"cluster\", on_redis_failure = \"{policy}\", redis = {{ url = \"redis://127.0.0.1:{port}\", timeout = \"20ms\" }}"
+        ));
+        // Wait (bounded) until the reconciler reported the failure and the worker got the view.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while h.stats(0).redis_errors == 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(h.stats(0).redis_errors > 0);
+        thread::sleep(Duration::from_millis(30));
+        set.sync(T0);
+        let mut allowed = 0;
+        for _ in 0..20 {
+            if headers(&set, b"k", T0).0 {
+                allowed += 1;
+            }
+        }
+        match (policy, expect_allow) {
+            ("open", _) => assert_eq!(allowed, 20, "open admits everything"),
+            ("closed", _) => assert_eq!(allowed, 0, "closed rejects everything"),
+            _ => assert_eq!(
+                allowed, 5,
+                "local with one known node enforces the whole limit"
+            ),
+        }
+        assert!(!h.stats(0).redis_healthy);
+    }
+}

@@ -1,0 +1,451 @@
+//! `[[plugins]]` loading: valid forms compile into the model and per-route chains; each class of
+//! mistake is reported once, at its exact `line:column`, with the key path and a clear message.
+
+use ringgate::config::model::{
+    Algorithm, LimitBy, Mode, Period, PluginConfig, PluginScope, Policy, RateLimitDef, RedisFailure,
+};
+use ringgate::config::{load_str, summary, ConfigError};
+use ringgate::plugins::{compile_chains, Plugin};
+
+/// Two routes on one service. Lines 1-18; plugins appended from line 19.
+const BASE: &str = r#"[[upstreams]]
+name = "u"
+targets = [{ target = "127.0.0.1:9001" }]
+
+[[services]]
+name = "s"
+upstream = "u"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+
+[[routes]]
+name = "r2"
+service = "s"
+paths = ["/two"]
+
+"#;
+
+fn with(plugins: &str) -> String {
+    format!("{BASE}{plugins}")
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match load_str(text, "test.toml") {
+        Ok(_) => panic!("config loaded but should not:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// Exactly one error at `line:col` for `key` whose message contains `fragment`.
+#[track_caller]
+fn expect_one(text: &str, line: usize, col: usize, key: &str, fragment: &str) {
+    let errs = errors(text);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errs.len(),
+        1,
+        "expected one error, got:\n{}",
+        shown.join("\n")
+    );
+    let e = &errs[0];
+    assert_eq!((e.line, e.column, e.key.as_str()), (line, col, key), "{e}");
+    assert!(
+        e.message.contains(fragment),
+        "message lacks {fragment:?}: {e}"
+    );
+}
+
+fn rl(text: &str) -> RateLimitDef {
+    let cfg = load_str(text, "test.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    match &cfg.plugins[0].config {
+        PluginConfig::RateLimiting(d) => d.clone(),
+    }
+}
+
+#[test]
+fn defaults_and_kong_style_limits() {
+    let d = rl(&with(
+        "[[plugins]]\nname = \"rate-limiting\"\nconfig = { second = 5, minute = 100 }\n",
+    ));
+    assert_eq!(d.algorithm, Algorithm::FixedWindow);
+    assert_eq!(d.limits.len(), 2);
+    assert_eq!((d.limits[0].period, d.limits[0].limit), (Period::Second, 5));
+    assert_eq!(
+        (d.limits[1].period, d.limits[1].limit),
+        (Period::Minute, 100)
+    );
+    assert_eq!(d.limit_by, LimitBy::Consumer);
+    assert_eq!(d.error_code, 429);
+    assert_eq!(d.error_message, "API rate limit exceeded");
+    assert!(!d.hide_client_headers);
+    assert_eq!(d.mode, Mode::Enforce);
+    assert_eq!(d.policy, Policy::Local);
+    assert_eq!(d.max_keys, 100_000);
+    assert_eq!(d.sync_interval.as_millis(), 5);
+}
+
+#[test]
+fn token_bucket_both_spellings() {
+    let t = rl(&with(
+        "[[plugins]]\nname = \"rate-limiting\"\nconfig = { algorithm = \"token_bucket\", average = 100, period = \"1m\", burst = 10 }\n",
+    ));
+    let b = t.bucket.unwrap();
+    assert!((b.rate_per_ms - 100.0 / 60_000.0).abs() < 1e-12);
+    assert_eq!(b.burst, 10);
+    let a = rl(&with(
+        "[[plugins]]\nname = \"rate-limiting\"\nconfig = { algorithm = \"token_bucket\", rate_limit = 2.5, burst_limit = 5 }\n",
+    ));
+    let b = a.bucket.unwrap();
+    assert!((b.rate_per_ms - 0.0025).abs() < 1e-12);
+    assert_eq!(b.burst, 5);
+}
+
+#[test]
+fn full_config_and_cluster() {
+    let d = rl(&with(
+        r#"[[plugins]]
+name = "rate-limiting"
+route = "r2"
+[plugins.config]
+algorithm = "sliding_window"
+hour = 1000
+limit_by = "header"
+header_name = "X-Api-Key"
+error_code = 503
+error_message = "slow down"
+hide_client_headers = true
+mode = "shadow"
+policy = "cluster"
+on_redis_failure = "closed"
+sync_interval = "10ms"
+max_keys = 5000
+redis = { url = "redis://127.0.0.1:6379/2", timeout = "20ms", prefix = "gw" }
+"#,
+    ));
+    assert_eq!(d.algorithm, Algorithm::SlidingWindow);
+    assert_eq!(d.limit_by, LimitBy::Header("x-api-key".into()));
+    assert_eq!(d.error_code, 503);
+    assert_eq!(d.mode, Mode::Shadow);
+    assert_eq!(d.on_redis_failure, RedisFailure::Closed);
+    match &d.policy {
+        Policy::Cluster(r) => {
+            assert_eq!(r.prefix, "gw");
+            assert_eq!(r.timeout.as_millis(), 20);
+        }
+        p => panic!("{p:?}"),
+    }
+}
+
+#[test]
+fn chains_most_specific_scope_wins() {
+    let text = with(
+        r#"[[plugins]]
+name = "rate-limiting"
+config = { minute = 100 }
+
+[[plugins]]
+name = "rate-limiting"
+service = "s"
+config = { minute = 50 }
+
+[[plugins]]
+name = "rate-limiting"
+route = "r2"
+config = { minute = 10 }
+
+[[plugins]]
+name = "rate-limiting"
+route = "r"
+enabled = false
+config = { minute = 1 }
+"#,
+    );
+    let cfg = load_str(&text, "test.toml").unwrap();
+    assert_eq!(cfg.plugins[0].scope, PluginScope::Global);
+    assert_eq!(cfg.plugins[1].scope, PluginScope::Service(0));
+    assert_eq!(cfg.plugins[2].scope, PluginScope::Route(1));
+    let chains = compile_chains(&cfg);
+    // Instances: 0 global, 1 service, 2 route r2 (the disabled one is not an instance).
+    assert_eq!(&*chains[0], &[Plugin::RateLimiting { instance: 1 }]);
+    assert_eq!(&*chains[1], &[Plugin::RateLimiting { instance: 2 }]);
+    let s = summary(&cfg);
+    assert!(
+        s.contains("route r2") && s.contains("rate-limiting[route:r2](minute=10"),
+        "{s}"
+    );
+    assert!(s.contains("rate-limiting[service:s](minute=50"), "{s}");
+}
+
+#[test]
+fn global_only_applies_to_every_route() {
+    let cfg = load_str(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { second = 1 }\n"),
+        "test.toml",
+    )
+    .unwrap();
+    let chains = compile_chains(&cfg);
+    assert!(chains.iter().all(|c| c.len() == 1));
+}
+
+// Plugin entries start at line 19: `[[plugins]]` 19, `name` 20, then 21, 22...
+
+#[test]
+fn unknown_plugin_name() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate_limiting\"\nconfig = { minute = 1 }\n"),
+        20,
+        8,
+        "plugins[0].name",
+        "unknown plugin \"rate_limiting\" (did you mean `rate-limiting`?)",
+    );
+}
+
+#[test]
+fn unknown_config_key_is_located() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, minut = 2 }\n"),
+        21,
+        24,
+        "plugins[0].config.minut",
+        "did you mean `minute`",
+    );
+}
+
+#[test]
+fn wrong_type_in_config() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = \"100\" }\n"),
+        21,
+        21,
+        "plugins[0].config.minute",
+        "an integer",
+    );
+}
+
+#[test]
+fn no_limits_set() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { limit_by = \"ip\" }\n"),
+        21,
+        10,
+        "plugins[0].config",
+        "no limits set",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\n"),
+        19,
+        1,
+        "plugins[0]",
+        "needs a `config`",
+    );
+}
+
+#[test]
+fn limit_must_be_positive_and_ordered() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 0 }\n"),
+        21,
+        21,
+        "plugins[0].config.minute",
+        "must be 1..=",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { second = 10, minute = 5 }\n"),
+        21,
+        34,
+        "plugins[0].config.minute",
+        "lower than the limit per second",
+    );
+}
+
+#[test]
+fn header_limit_by_needs_header_name() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, limit_by = \"header\" }\n"),
+        21,
+        35,
+        "plugins[0].config.limit_by",
+        "needs `header_name`",
+    );
+    expect_one(
+        &with(
+            "[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, header_name = \"x\" }\n",
+        ),
+        21,
+        38,
+        "plugins[0].config.header_name",
+        "only used with limit_by = \"header\"",
+    );
+}
+
+#[test]
+fn token_bucket_needs_one_spelling() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { algorithm = \"token_bucket\" }\n"),
+        21,
+        24,
+        "plugins[0].config.algorithm",
+        "token_bucket needs `average`",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { algorithm = \"token_bucket\", average = 5, rate_limit = 5 }\n"),
+        21,
+        66,
+        "plugins[0].config.rate_limit",
+        "one token bucket spelling",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { algorithm = \"token_bucket\", rate_limit = 5 }\n"),
+        21,
+        10,
+        "plugins[0].config",
+        "`burst_limit` (bucket size) is required",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 5, burst = 5 }\n"),
+        21,
+        32,
+        "plugins[0].config.burst",
+        "token bucket setting",
+    );
+}
+
+#[test]
+fn bad_enumerations() {
+    expect_one(
+        &with(
+            "[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, mode = \"dry-run\" }\n",
+        ),
+        21,
+        31,
+        "plugins[0].config.mode",
+        "expected one of \"enforce\", \"shadow\"",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, algorithm = \"leaky\" }\n"),
+        21,
+        36,
+        "plugins[0].config.algorithm",
+        "\"sliding_window\"",
+    );
+    expect_one(
+        &with(
+            "[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, limit_by = \"user\" }\n",
+        ),
+        21,
+        35,
+        "plugins[0].config.limit_by",
+        "\"credential\"",
+    );
+}
+
+#[test]
+fn error_code_range() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, error_code = 200 }\n"),
+        21,
+        37,
+        "plugins[0].config.error_code",
+        "error_code must be 400..=599, got 200",
+    );
+}
+
+#[test]
+fn dangling_references_and_scopes() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nroute = \"nope\"\nconfig = { minute = 1 }\n"),
+        21,
+        9,
+        "plugins[0].route",
+        "no route named \"nope\" (defined: \"r\", \"r2\")",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nservice = \"x\"\nconfig = { minute = 1 }\n"),
+        21,
+        11,
+        "plugins[0].service",
+        "no service named \"x\"",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconsumer = \"alice\"\nconfig = { minute = 1 }\n"),
+        21,
+        12,
+        "plugins[0].consumer",
+        "not supported yet",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nroute = \"r\"\nservice = \"s\"\nconfig = { minute = 1 }\n"),
+        22,
+        11,
+        "plugins[0].service",
+        "either `route` or `service`",
+    );
+}
+
+#[test]
+fn duplicate_per_scope() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1 }\n\n[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 2 }\n"),
+        24,
+        8,
+        "plugins[1].name",
+        "already attached by plugins[0]",
+    );
+}
+
+#[test]
+fn cluster_needs_redis_and_local_rejects_redis_keys() {
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, policy = \"cluster\" }\n"),
+        21,
+        33,
+        "plugins[0].config.policy",
+        "needs redis = {",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, on_redis_failure = \"open\" }\n"),
+        21,
+        43,
+        "plugins[0].config.on_redis_failure",
+        "only applies to policy = \"cluster\"",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, policy = \"cluster\", redis = { url = \"http://x\" } }\n"),
+        21,
+        60,
+        "plugins[0].config.redis.url",
+        "not a supported Redis url",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { algorithm = \"token_bucket\", average = 1, policy = \"cluster\", redis = { url = \"redis://h:1\" } }\n"),
+        21,
+        62,
+        "plugins[0].config.policy",
+        "not supported yet with token_bucket",
+    );
+}
+
+#[test]
+fn many_errors_at_once_and_no_panic() {
+    let text = with(
+        "[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 0, mode = \"x\", error_code = 1 }\n\n[[plugins]]\nname = \"cors\"\n\n[[plugins]]\nname = 5\n",
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+    for bad in [
+        "plugins = 3\n",
+        "plugins = [1]\n",
+        "[plugins]\nname = \"rate-limiting\"\n",
+        "[[plugins]]\nconfig = { minute = 1 }\n",
+        "[[plugins]]\nname = \"rate-limiting\"\nconfig = 7\n",
+        "[[plugins]]\nname = \"rate-limiting\"\nconfig = { redis = 1 }\n",
+        "[[plugins]]\nname = \"rate-limiting\"\nconfig = { rate_limit = \"x\" }\n",
+    ] {
+        let errs = errors(&with(bad));
+        assert!(!errs.is_empty());
+        assert!(errs.iter().all(|e| e.line > 0), "{errs:#?}");
+    }
+}
