@@ -33,7 +33,9 @@ use crate::errors::GatewayError;
 use crate::http::headers::eq_ignore_case;
 use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
 use crate::http::{BodyKind, Limits, Version};
+use crate::limit::RequestInfo;
 use crate::metrics::Timings;
+use crate::plugins::{self, Flow};
 use crate::router::normalize::{normalize_path, upstream_path};
 use crate::router::RequestView;
 use crate::upstream::conn::UpstreamConn;
@@ -75,6 +77,9 @@ pub struct Scratch {
     target: Vec<u8>,
     /// Outgoing bytes: heads, re-encoded chunks, error responses.
     out: Vec<u8>,
+    /// Response header lines plugins add (`Name: value\r\n`), e.g. rate-limit headers.
+    plugin_headers: Vec<u8>,
+    plugin: plugins::Scratch,
 }
 
 impl Scratch {
@@ -292,6 +297,9 @@ impl<S: ClientIo> Conn<S> {
         match self.prepare(body) {
             Ok(p) => {
                 self.route = Some(p.route);
+                if let Some(next) = self.run_plugins(shard, &p).await {
+                    return next;
+                }
                 self.forward(shard, &p).await
             }
             Err(e) => self.fail(shard, e, self.s.head.close).await,
@@ -428,6 +436,54 @@ impl<S: ClientIo> Conn<S> {
             upgrade: head.upgrade,
             replayable,
         })
+    }
+
+    /// Runs the route's plugin chain (a loop over an enum; no allocation). `Some` when a plugin
+    /// answered the request itself.
+    async fn run_plugins(&mut self, shard: &Shard, p: &Prepared) -> Option<Next> {
+        self.s.plugin_headers.clear();
+        let snap = self.snap.clone();
+        let chain = snap.chains.get(p.route).filter(|c| !c.is_empty())?;
+        let limiters = snap.limiters.as_deref()?;
+        let service = snap.config.routes.get(p.route).map_or(0, |r| r.service);
+        let info = ReqInfo {
+            peer: self.peer,
+            view: HeadView {
+                head: &self.s.head,
+                buf: &self.buf,
+            },
+            path: &self.s.path,
+            route: p.route,
+            service,
+        };
+        let flow = plugins::on_request(
+            chain,
+            &info,
+            limiters,
+            &mut self.s.plugin,
+            crate::limit::now_ms(),
+            &mut self.s.plugin_headers,
+        );
+        let Flow::Respond { status, body } = flow else {
+            return None;
+        };
+        let close = p.client_close || !self.body_done || shard.draining.get();
+        self.s.out.clear();
+        plugins::write_response(&mut self.s.out, status, &self.s.plugin_headers, body, close);
+        self.status = status;
+        self.bytes_out += self.s.out.len() as u64;
+        let timeout = self.client_timeout();
+        if io::send_all(&mut self.client, &mut self.s.out, timeout)
+            .await
+            .is_err()
+            || close
+        {
+            if close {
+                self.lingering_close().await;
+            }
+            return Some(Next::Close);
+        }
+        Some(Next::KeepAlive)
     }
 
     /// Picks a target, connects (or reuses), runs the exchange; retries once on a fresh connection
@@ -651,6 +707,7 @@ impl<S: ClientIo> Conn<S> {
             framing,
             close,
             p.http10,
+            &self.s.plugin_headers,
         );
         let relay = body::relay_response(self, svc, &mut upstream, resp_body, framing).await;
         match relay {
@@ -895,6 +952,39 @@ pub(crate) fn host_without_port(host: &[u8]) -> &[u8] {
     match memchr::memrchr(b':', host) {
         Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
         _ => host,
+    }
+}
+
+/// What the limiter keys on, straight from the request.
+struct ReqInfo<'a> {
+    peer: SocketAddr,
+    view: HeadView<'a>,
+    path: &'a [u8],
+    route: usize,
+    service: usize,
+}
+
+impl RequestInfo for ReqInfo<'_> {
+    fn client_ip(&self) -> std::net::IpAddr {
+        self.peer.ip()
+    }
+    fn header(&self, name_lower: &[u8]) -> Option<&[u8]> {
+        self.view.header(name_lower)
+    }
+    fn path(&self) -> &[u8] {
+        self.path
+    }
+    fn route(&self) -> usize {
+        self.route
+    }
+    fn service(&self) -> usize {
+        self.service
+    }
+    fn consumer(&self) -> Option<&[u8]> {
+        None
+    }
+    fn credential(&self) -> Option<&[u8]> {
+        None
     }
 }
 

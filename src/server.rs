@@ -14,7 +14,9 @@ use crate::admin::AdminServer;
 use crate::config;
 use crate::config::model::{Config, ListenKind};
 use crate::config::ConfigError;
+use crate::limit::{self, ReconcilerHandle};
 use crate::metrics::hub::{Hub, MetricsHandle};
+use crate::plugins;
 use crate::router::Router;
 use crate::tls::TlsContext;
 use crate::worker::{self, Compiled, Control, WorkerSpec};
@@ -52,8 +54,8 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     };
     let metrics = hub.handle();
     metrics.set_workers(workers);
-    let compiled = match compile(cfg, 1, &metrics) {
-        Ok(c) => Arc::new(c),
+    let (compiled, limiter) = match compile(cfg, 1, workers, &metrics) {
+        Ok((c, l)) => (Arc::new(c), l),
         Err(errors) => {
             for e in &errors {
                 error!("config error: {e}");
@@ -126,6 +128,8 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         metrics: metrics.clone(),
         state: Mutex::new(ReloadState {
             current: compiled.clone(),
+            limiter,
+            workers,
             reload_txs,
             acks: ack_rx,
         }),
@@ -176,21 +180,29 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
 }
 
 /// Everything derived from a config that workers share read-only.
+/// Also starts this generation's rate-limit reconciler; its handle must live as long as the
+/// generation serves (dropping it stops the thread).
 fn compile(
     config: Arc<Config>,
     generation: u64,
+    workers: usize,
     metrics: &MetricsHandle,
-) -> Result<Compiled, Vec<ConfigError>> {
+) -> Result<(Compiled, ReconcilerHandle), Vec<ConfigError>> {
     let tls = TlsContext::build(&config)?;
     let router = Arc::new(Router::new(&config.routes));
+    let chains = Arc::new(plugins::compile_chains(&config));
+    let (limiter, links) = limit::start(&config, workers);
     let layout = metrics.register_config(&config, generation);
-    Ok(Compiled {
+    let compiled = Compiled {
         generation,
         config,
         router,
         tls,
         layout,
-    })
+        chains,
+        limiter_links: Mutex::new(links.into_iter().map(Some).collect()),
+    };
+    Ok((compiled, limiter))
 }
 
 /// Hot reload: re-read, validate fully, compile off the workers, then hand the new generation to every
@@ -204,6 +216,9 @@ pub struct Reloader {
 
 struct ReloadState {
     current: Arc<Compiled>,
+    /// The serving generation's reconciler (replaced, and so stopped, by a successful reload).
+    limiter: ReconcilerHandle,
+    workers: usize,
     reload_txs: Vec<crossbeam_channel::Sender<Arc<Compiled>>>,
     acks: crossbeam_channel::Receiver<(usize, u64)>,
 }
@@ -227,9 +242,13 @@ impl Reloader {
         };
         let generation = state.current.generation + 1;
         let compiled = match config::load(&self.path)
-            .and_then(|c| compile(Arc::new(c), generation, &self.metrics))
+            .and_then(|c| compile(Arc::new(c), generation, state.workers, &self.metrics))
         {
-            Ok(c) => Arc::new(c),
+            Ok((c, limiter)) => {
+                // Counts restart with the new generation (documented).
+                state.limiter = limiter;
+                Arc::new(c)
+            }
             Err(errors) => {
                 let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 for e in &text {

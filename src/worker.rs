@@ -12,16 +12,18 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
 use crate::config::model::{Config, ListenKind};
+use crate::limit::{LimiterSet, WorkerLink};
 use crate::metrics::hub::MetricsSink;
 use crate::metrics::worker::WorkerMetrics;
 use crate::metrics::Layout;
+use crate::plugins::Plugin;
 use crate::proxy::Scratch;
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -46,6 +48,10 @@ pub struct Compiled {
     pub tls: Arc<TlsContext>,
     /// Metric names for this generation's route and target indices.
     pub layout: Arc<Layout>,
+    /// Per-route plugin chains (index = route), compiled once per generation.
+    pub chains: Arc<Vec<Box<[Plugin]>>>,
+    /// One limiter link per worker (taken by that worker when it installs this generation).
+    pub limiter_links: Mutex<Vec<Option<WorkerLink>>>,
 }
 
 /// A worker's view of one config generation. Connections take an `Rc` of the current snapshot at the
@@ -57,6 +63,10 @@ pub struct Snapshot {
     pub router: Arc<Router>,
     /// New TLS connections handshake with this; established ones keep theirs.
     pub tls: Arc<TlsContext>,
+    pub chains: Arc<Vec<Box<[Plugin]>>>,
+    /// This worker's rate-limit state for this generation (decides locally, syncs periodically);
+    /// `None` only if the generation carried no link for this worker.
+    pub limiters: Option<Rc<LimiterSet>>,
     /// One balancer per upstream (index = upstream index).
     pub balancers: Vec<RefCell<Swrr>>,
     /// `slots[target_base[u] + t]` is the pool slot of target `t` of upstream `u`.
@@ -67,7 +77,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds this worker's view of `compiled`; pool slots are found by target address, so idle
     /// connections to targets that survive a reload stay pooled.
-    fn new(compiled: &Compiled, pool: &Pool) -> Snapshot {
+    fn new(compiled: &Compiled, pool: &Pool, worker: usize) -> Snapshot {
         let config = compiled.config.clone();
         let mut target_base = Vec::with_capacity(config.upstreams.len());
         let mut slots = Vec::new();
@@ -84,6 +94,8 @@ impl Snapshot {
             generation: compiled.generation,
             router: compiled.router.clone(),
             tls: compiled.tls.clone(),
+            chains: compiled.chains.clone(),
+            limiters: take_limiter(compiled, worker).map(Rc::new),
             config,
             balancers,
             target_base,
@@ -103,8 +115,18 @@ impl Snapshot {
     }
 }
 
+/// This worker's limiter for `compiled` (each link is taken once, by its worker).
+fn take_limiter(compiled: &Compiled, worker: usize) -> Option<LimiterSet> {
+    let link = match compiled.limiter_links.lock() {
+        Ok(mut links) => links.get_mut(worker).and_then(Option::take),
+        Err(poisoned) => poisoned.into_inner().get_mut(worker).and_then(Option::take),
+    };
+    link.map(LimiterSet::new)
+}
+
 /// Everything a worker's connections share. Lives on one thread only.
 pub struct Shard {
+    worker: usize,
     current: RefCell<Rc<Snapshot>>,
     /// Plain per-worker counters and histograms, flushed to the metrics thread by the control loop.
     pub metrics: WorkerMetrics,
@@ -126,8 +148,9 @@ impl Shard {
     pub fn new(compiled: &Compiled, worker: usize, sink: MetricsSink) -> Shard {
         let pool_def = compiled.config.server.pool;
         let pool = Pool::new(pool_def.max_idle, pool_def.idle_timeout);
-        let snapshot = Snapshot::new(compiled, &pool);
+        let snapshot = Snapshot::new(compiled, &pool, worker);
         Shard {
+            worker,
             current: RefCell::new(Rc::new(snapshot)),
             metrics: WorkerMetrics::new(worker, compiled.layout.clone(), sink),
             pool,
@@ -149,7 +172,7 @@ impl Shard {
         let pool_def = compiled.config.server.pool;
         self.pool
             .set_limits(pool_def.max_idle, pool_def.idle_timeout);
-        let snapshot = Snapshot::new(compiled, &self.pool);
+        let snapshot = Snapshot::new(compiled, &self.pool, self.worker);
         *self.current.borrow_mut() = Rc::new(snapshot);
         self.metrics
             .reconfigure(compiled.layout.clone(), &self.idle_by_target());
@@ -331,7 +354,21 @@ async fn worker_main(mut spec: WorkerSpec) {
             ),
         }
     }
+    monoio::spawn(limiter_sync(shard.clone()));
     control_loop(&shard, &spec, accept_cancel).await;
+}
+
+/// Exchanges this worker's rate-limit counts with the reconciler every `sync_interval` (never blocks:
+/// channel sends and non-blocking receives only).
+async fn limiter_sync(shard: Rc<Shard>) {
+    while !shard.draining.get() {
+        let Some(limiters) = shard.snapshot().limiters.clone().filter(|l| !l.is_empty()) else {
+            monoio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        monoio::time::sleep(limiters.sync_interval()).await;
+        limiters.sync(crate::limit::now_ms());
+    }
 }
 
 /// Polls the control flags; on drain stops accepting, closes idle connections and waits for

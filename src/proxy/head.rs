@@ -199,6 +199,7 @@ pub fn write_response_head(
     framing: ClientFraming,
     close: bool,
     http10_client: bool,
+    extra: &[u8],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(resp.status));
@@ -225,6 +226,8 @@ pub fn write_response_head(
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         ClientFraming::NoBody | ClientFraming::Close => {}
     }
+    // Header lines plugins add (already `Name: value\r\n`), e.g. rate-limit headers.
+    out.extend_from_slice(extra);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if http10_client {
