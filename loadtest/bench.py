@@ -77,7 +77,11 @@ CFG = {
     "oha_bin": os.environ.get("OHA_BIN", shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")),
     "wrk_bin": os.environ.get("WRK_BIN", shutil.which("wrk") or "wrk"),
     "nginx_bin": os.environ.get("NGINX_BIN", shutil.which("nginx") or "/usr/sbin/nginx"),
-    "gateway_hist_cmd": os.environ.get("GATEWAY_HIST_CMD", ""),
+    # Default: the gateway's own HDR summary per route (latency it adds, and total), from its admin API.
+    "gateway_hist_cmd": os.environ.get(
+        "GATEWAY_HIST_CMD",
+        "curl -s http://127.0.0.1:$RINGGATE_ADMIN_PORT/histograms; echo; "
+        "curl -s 'http://127.0.0.1:$RINGGATE_ADMIN_PORT/histograms?route=all&kind=added' | head -60"),
     "ringgate_build_status": os.environ.get("RINGGATE_BUILD_STATUS", ""),
     "ringgate_build_log": os.environ.get("RINGGATE_BUILD_LOG", ""),
 }
@@ -375,7 +379,15 @@ name = "all"
 service = "bench"
 paths = ["/"]
 strip_path = false
+
+# The gateway's own per-route HDR histograms (latency it adds, and total) for the report.
+[admin]
+listen = "{host}:{admin_port}"
+{extra}
 """
+
+# Port of ringgate's admin listener (for GATEWAY_HIST_CMD: $RINGGATE_ADMIN_PORT).
+ADMIN_PORT = {"ringgate": 0}
 
 
 class Target:
@@ -441,7 +453,12 @@ def start_ringgate(run_dir, port, upport, tag="ringgate"):
     d = os.path.join(run_dir, tag)
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "ringgate.toml")
-    write(conf, RINGGATE_CONF.format(host=HOST, port=port, upport=upport))
+    admin_port = free_port()
+    if tag == "ringgate":
+        ADMIN_PORT["ringgate"] = admin_port
+    extra = os.environ.get("RINGGATE_CONF_EXTRA", "").replace("\\n", "\n")
+    write(conf, RINGGATE_CONF.format(host=HOST, port=port, upport=upport, admin_port=admin_port,
+                                     extra=extra))
     logpath = os.path.join(d, "ringgate.log")
     binp = CFG["ringgate_bin"]
     if CFG["ringgate_build_status"] not in ("", "0"):
@@ -804,6 +821,7 @@ def run_hist_cmd(data, targets, run_dir):
             env[t.name.upper() + "_PORT"] = str(t.port)
             env[t.name.upper() + "_PID"] = str(t.proc.pid)
     env["RINGGATE_LOG"] = os.path.join(run_dir, "ringgate", "ringgate.log")
+    env["RINGGATE_ADMIN_PORT"] = str(ADMIN_PORT["ringgate"])
     try:
         r = subprocess.run(CFG["gateway_hist_cmd"], shell=True, capture_output=True, text=True, timeout=120,
                            cwd=ROOT, env=env, start_new_session=True)
