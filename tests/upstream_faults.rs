@@ -290,3 +290,76 @@ fn upstream_dropping_the_connection_before_responding_is_502() {
     let gw = gateway_for(&up);
     send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n").assert_json_error(502);
 }
+
+/// An upstream that accepts but stops reading: once the socket buffers are full, streaming the
+/// request body stalls, and `upstream_write` turns that into a 504 (and a closed client connection:
+/// the rest of its body was never read).
+#[test]
+fn upstream_that_stops_reading_is_504_after_the_write_timeout() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up_addr = listener.local_addr().expect("addr");
+    let holder = std::thread::spawn(move || {
+        // Hold the accepted socket without ever reading it; bounded.
+        if let Ok((s, _)) = listener.accept() {
+            std::thread::sleep(Duration::from_secs(8));
+            drop(s);
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+max_body_bytes = 0
+
+[server.timeouts]
+upstream_write = "1s"
+
+[[services]]
+name = "svc"
+url = "http://{up_addr}"
+
+[[routes]]
+name = "all"
+service = "svc"
+paths = ["/"]
+"#
+    ));
+    let mut client = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut writer = client.try_clone().expect("clone");
+    let body_len: u64 = 256 << 20;
+    let sender = std::thread::spawn(move || {
+        let head = format!("PUT /upload HTTP/1.1\r\nHost: test.local\r\nContent-Length: {body_len}\r\n\r\n");
+        if writer.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut sent = 0u64;
+        while sent < body_len && Instant::now() < deadline {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+            sent += chunk.len() as u64;
+        }
+    });
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && start.elapsed() < Duration::from_secs(10) {
+        match client.read(&mut tmp) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    let t = start.elapsed();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 504"), "got {text:?} after {t:?}");
+    assert!(t < Duration::from_secs(6), "504 after {t:?}");
+    drop(client);
+    let _ = sender.join();
+    let _ = holder.join();
+}
