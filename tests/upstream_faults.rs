@@ -302,7 +302,7 @@ fn upstream_that_stops_reading_is_504_after_the_write_timeout() {
     let holder = std::thread::spawn(move || {
         // Hold the accepted socket without ever reading it; bounded.
         if let Ok((s, _)) = listener.accept() {
-            std::thread::sleep(Duration::from_secs(8));
+            std::thread::sleep(Duration::from_secs(6));
             drop(s);
         }
     });
@@ -332,7 +332,9 @@ paths = ["/"]
     let mut writer = client.try_clone().expect("clone");
     let body_len: u64 = 256 << 20;
     let sender = std::thread::spawn(move || {
-        let head = format!("PUT /upload HTTP/1.1\r\nHost: test.local\r\nContent-Length: {body_len}\r\n\r\n");
+        let head = format!(
+            "PUT /upload HTTP/1.1\r\nHost: test.local\r\nContent-Length: {body_len}\r\n\r\n"
+        );
         if writer.write_all(head.as_bytes()).is_err() {
             return;
         }
@@ -361,5 +363,6 @@ paths = ["/"]
     assert!(t < Duration::from_secs(6), "504 after {t:?}");
     drop(client);
     let _ = sender.join();
-    let _ = holder.join();
+    // The holder ends by itself (bounded sleep); not joined, so the test does not wait for it.
+    drop(holder);
 }
