@@ -1,3 +1,6 @@
+//! Unit tests for `aggregate`: merging flushes from several workers, gauges, reload by name,
+//! extension families, status JSON, health staleness, the HDR report and render time.
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
