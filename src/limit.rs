@@ -37,6 +37,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::model::{Config, PluginConfig, RateLimitDef};
+pub mod board;
+
 pub use key::{build_key, RequestInfo, MAX_KEY};
 pub use reconciler::{ReconcilerHandle, ReconcilerStats};
 pub use worker::{Decision, InstanceStats, LimiterSet};

@@ -14,6 +14,7 @@ use crate::admin::AdminServer;
 use crate::config;
 use crate::config::model::{Config, ListenKind};
 use crate::config::ConfigError;
+use crate::limit::board::LimitBoard;
 use crate::limit::{self, ReconcilerHandle};
 use crate::metrics::hub::{Hub, MetricsHandle};
 use crate::plugins;
@@ -123,7 +124,16 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             return 1;
         }
     };
+    // The rate-limit counters of the serving generation, summed at scrape time.
+    let board = Arc::new(Mutex::new(compiled.limit_board.clone()));
+    let scrape_board = board.clone();
+    metrics.add_collector(move |out| {
+        if let Ok(b) = scrape_board.lock() {
+            out.extend(b.families());
+        }
+    });
     let reloader = Arc::new(Reloader {
+        board,
         path: path.to_path_buf(),
         metrics: metrics.clone(),
         state: Mutex::new(ReloadState {
@@ -192,6 +202,11 @@ fn compile(
     let router = Arc::new(Router::new(&config.routes));
     let chains = Arc::new(plugins::compile_chains(&config));
     let (limiter, links) = limit::start(&config, workers);
+    let ids = limit::instances(&config)
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let limit_board = Arc::new(LimitBoard::new(ids, workers, limiter.shared_stats()));
     let layout = metrics.register_config(&config, generation);
     let compiled = Compiled {
         generation,
@@ -201,6 +216,7 @@ fn compile(
         layout,
         chains,
         limiter_links: Mutex::new(links.into_iter().map(Some).collect()),
+        limit_board,
     };
     Ok((compiled, limiter))
 }
@@ -210,6 +226,8 @@ fn compile(
 /// and the old one keeps serving. Callable from any thread (SIGHUP on the main thread, the admin API).
 pub struct Reloader {
     path: PathBuf,
+    /// The limit board `/metrics` reads; swapped with each generation.
+    board: Arc<Mutex<Arc<LimitBoard>>>,
     metrics: MetricsHandle,
     state: Mutex<ReloadState>,
 }
@@ -269,6 +287,9 @@ impl Reloader {
             if tx.send(compiled.clone()).is_ok() {
                 pending += 1;
             }
+        }
+        if let Ok(mut b) = self.board.lock() {
+            *b = compiled.limit_board.clone();
         }
         state.current = compiled;
         let deadline = Instant::now() + RELOAD_ACK_TIMEOUT;

@@ -19,6 +19,7 @@ use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
 use crate::config::model::{Config, ListenKind};
+use crate::limit::board::LimitBoard;
 use crate::limit::{LimiterSet, WorkerLink};
 use crate::metrics::hub::MetricsSink;
 use crate::metrics::worker::WorkerMetrics;
@@ -52,6 +53,8 @@ pub struct Compiled {
     pub chains: Arc<Vec<Box<[Plugin]>>>,
     /// One limiter link per worker (taken by that worker when it installs this generation).
     pub limiter_links: Mutex<Vec<Option<WorkerLink>>>,
+    /// Where workers publish their rate-limit counters for `/metrics`.
+    pub limit_board: Arc<LimitBoard>,
 }
 
 /// A worker's view of one config generation. Connections take an `Rc` of the current snapshot at the
@@ -67,6 +70,7 @@ pub struct Snapshot {
     /// This worker's rate-limit state for this generation (decides locally, syncs periodically);
     /// `None` only if the generation carried no link for this worker.
     pub limiters: Option<Rc<LimiterSet>>,
+    pub limit_board: Arc<LimitBoard>,
     /// One balancer per upstream (index = upstream index).
     pub balancers: Vec<RefCell<Swrr>>,
     /// `slots[target_base[u] + t]` is the pool slot of target `t` of upstream `u`.
@@ -96,6 +100,7 @@ impl Snapshot {
             tls: compiled.tls.clone(),
             chains: compiled.chains.clone(),
             limiters: take_limiter(compiled, worker).map(Rc::new),
+            limit_board: compiled.limit_board.clone(),
             config,
             balancers,
             target_base,
@@ -385,6 +390,10 @@ async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Cance
             / CONTROL_TICK.as_millis().max(1);
         if ticks % (flush_every.max(1) as u64) == 0 {
             shard.metrics.flush(&shard.idle_by_target());
+            let snap = shard.snapshot();
+            if let Some(limiters) = &snap.limiters {
+                snap.limit_board.publish(spec.index, limiters);
+            }
         }
         // Never blocks: a new generation is swapped in between two ticks.
         while let Ok(compiled) = spec.reloads.try_recv() {

@@ -141,7 +141,7 @@ paths = ["/api"]
     let addr = listener.local_addr().expect("gateway addr");
     let control = Arc::new(Control::default());
     let (_reload_tx, reloads) = crossbeam_channel::unbounded();
-    let (_limiter, limiter_links) = ringgate::limit::start(&cfg, 1);
+    let (limiter, limiter_links) = ringgate::limit::start(&cfg, 1);
     // Metrics are recorded on the request path as in production; the flushes are simply not read.
     let (sink, _flushes) = MetricsSink::test();
     let (acks, _ack_rx) = crossbeam_channel::unbounded();
@@ -156,6 +156,11 @@ paths = ["/api"]
             layout: Arc::new(MetricsLayout::from_config(&cfg, 1)),
             chains: Arc::new(ringgate::plugins::compile_chains(&cfg)),
             limiter_links: std::sync::Mutex::new(limiter_links.into_iter().map(Some).collect()),
+            limit_board: Arc::new(ringgate::limit::board::LimitBoard::new(
+                Vec::new(),
+                1,
+                limiter.shared_stats(),
+            )),
             config: cfg,
         }),
         control: control.clone(),

@@ -16,6 +16,12 @@ fn config(up: &Upstream, workers: usize, plugin: &str) -> String {
 listen = ["127.0.0.1:0"]
 workers = {workers}
 
+[admin]
+listen = "127.0.0.1:0"
+
+[metrics]
+flush_interval = "100ms"
+
 [[services]]
 name = "svc"
 url = "{url}"
@@ -77,6 +83,33 @@ fn limit_headers_429_and_nothing_forwarded_past_the_limit() {
     assert_eq!(c.get(HOST, "/free/x").status, 200);
     settle();
     assert_eq!(up.request_count(), 6);
+
+    // The limiter's counters reach /metrics (workers publish them every flush interval).
+    let admin = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("admin listening"))
+        .and_then(|l| common::gateway::kv(&l, "addr").and_then(|a| a.parse().ok()))
+        .expect("admin address");
+    let want = r#"ringgate_ratelimit_rejected_total{limit="route:api"} 1"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let r = send_raw(admin, b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        if body.contains(want) || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(metrics.contains(want), "{metrics}");
+    assert!(
+        metrics.contains(r#"ringgate_ratelimit_admitted_total{limit="route:api"} 5"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ringgate_ratelimit_overshoot{"),
+        "{metrics}"
+    );
 }
 
 #[test]

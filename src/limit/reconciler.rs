@@ -70,6 +70,11 @@ impl ReconcilerHandle {
         self.sync_interval
     }
 
+    /// The shared counters, for a metrics collector on another thread.
+    pub fn shared_stats(&self) -> Arc<[SharedStats]> {
+        self.stats.clone()
+    }
+
     /// Stops the thread and waits for it (at most one round plus one Redis timeout).
     pub fn shutdown(mut self) {
         self.stop_and_join();

@@ -1,0 +1,114 @@
+//! Rate-limit counters for `/metrics`, per config generation.
+//!
+//! Each worker publishes its own instances' counters here once per metrics flush tick (plain
+//! stores into cells only it writes: no read-modify-write, never on the request path); a collector
+//! on the metrics thread sums the workers at scrape time and adds the reconciler's overshoot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::reconciler::SharedStats;
+use super::{InstanceStats, LimiterSet};
+use crate::metrics::prom::{Family, FamilyKind};
+
+/// Counters kept per (worker, instance).
+const FIELDS: usize = 3;
+
+pub struct LimitBoard {
+    /// Instance ids (`global`, `service:NAME`, `route:NAME`), the `limit` label.
+    ids: Vec<String>,
+    workers: usize,
+    cells: Vec<AtomicU64>,
+    reconciler: Arc<[SharedStats]>,
+}
+
+impl LimitBoard {
+    pub fn new(ids: Vec<String>, workers: usize, reconciler: Arc<[SharedStats]>) -> LimitBoard {
+        let cells = (0..ids.len() * workers * FIELDS)
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        LimitBoard {
+            ids,
+            workers,
+            cells,
+            reconciler,
+        }
+    }
+
+    fn cell(&self, worker: usize, instance: usize, field: usize) -> Option<&AtomicU64> {
+        if worker >= self.workers || instance >= self.ids.len() {
+            return None;
+        }
+        self.cells
+            .get((worker * self.ids.len() + instance) * FIELDS + field)
+    }
+
+    /// Called by `worker` (only) from its control loop.
+    pub fn publish(&self, worker: usize, limiters: &LimiterSet) {
+        for i in 0..limiters.len().min(self.ids.len()) {
+            let InstanceStats {
+                admitted,
+                rejected,
+                shadow_rejected,
+                ..
+            } = limiters.stats(i);
+            for (field, v) in [admitted, rejected, shadow_rejected]
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(c) = self.cell(worker, i, field) {
+                    c.store(v, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn sum(&self, instance: usize, field: usize) -> u64 {
+        (0..self.workers)
+            .filter_map(|w| self.cell(w, instance, field))
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The Prometheus families, summed over workers.
+    pub fn families(&self) -> Vec<Family> {
+        let per_limit = |name: &str, help: &str, kind: FamilyKind, value: &dyn Fn(usize) -> u64| {
+            self.ids
+                .iter()
+                .enumerate()
+                .fold(Family::new(name, help, kind), |f, (i, id)| {
+                    f.sample(&[("limit", id)], value(i) as f64)
+                })
+        };
+        vec![
+            per_limit(
+                "ringgate_ratelimit_admitted_total",
+                "Requests the rate limiter admitted.",
+                FamilyKind::Counter,
+                &|i| self.sum(i, 0),
+            ),
+            per_limit(
+                "ringgate_ratelimit_rejected_total",
+                "Requests the rate limiter rejected.",
+                FamilyKind::Counter,
+                &|i| self.sum(i, 1),
+            ),
+            per_limit(
+                "ringgate_ratelimit_shadow_rejected_total",
+                "Requests shadow mode would have rejected (and admitted).",
+                FamilyKind::Counter,
+                &|i| self.sum(i, 2),
+            ),
+            per_limit(
+                "ringgate_ratelimit_overshoot",
+                "Requests admitted beyond a limit because workers decided on views up to one sync interval old.",
+                FamilyKind::Gauge,
+                &|i| {
+                    self.reconciler
+                        .get(i)
+                        .map_or(0, |s| s.overshoot.load(Ordering::Relaxed))
+                },
+            ),
+        ]
+    }
+}
