@@ -257,7 +257,7 @@ impl<S: ClientIo> Conn<S> {
             Ok(true) => {}
             Ok(false) => return Next::Close,
             Err(e) => {
-                self.reply_error(shard, e, true).await;
+                self.reply_error(e, true).await;
                 let bytes_in = self.buf.len() as u64;
                 shard
                     .metrics
@@ -470,20 +470,12 @@ impl<S: ClientIo> Conn<S> {
         let close = p.client_close || !self.body_done || shard.draining.get();
         self.s.out.clear();
         plugins::write_response(&mut self.s.out, status, &self.s.plugin_headers, body, close);
-        self.status = status;
-        self.bytes_out += self.s.out.len() as u64;
-        let timeout = self.client_timeout();
-        if io::send_all(&mut self.client, &mut self.s.out, timeout)
-            .await
-            .is_err()
-            || close
-        {
-            if close {
-                self.lingering_close().await;
-            }
-            return Some(Next::Close);
-        }
-        Some(Next::KeepAlive)
+        let sent = self.send_answer(status, close).await;
+        Some(if sent && !close {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
     }
 
     /// Picks a target, connects (or reuses), runs the exchange; retries once on a fresh connection
@@ -785,7 +777,7 @@ impl<S: ClientIo> Conn<S> {
     async fn fail(&mut self, shard: &Shard, e: GatewayError, client_close: bool) -> Next {
         let close =
             client_close || e.closes_connection() || !self.body_done || shard.draining.get();
-        self.reply_error(shard, e, close).await;
+        self.reply_error(e, close).await;
         if close {
             Next::Close
         } else {
@@ -793,16 +785,25 @@ impl<S: ClientIo> Conn<S> {
         }
     }
 
-    async fn reply_error(&mut self, _shard: &Shard, e: GatewayError, close: bool) {
+    async fn reply_error(&mut self, e: GatewayError, close: bool) {
         self.s.out.clear();
         e.write_response(close, &mut self.s.out);
-        self.status = e.status();
+        self.send_answer(e.status(), close).await;
+    }
+
+    /// Sends a response the gateway generated itself (already in `out`), records it for metrics, and
+    /// closes with a lingering close when asked. Returns whether the response went out.
+    async fn send_answer(&mut self, status: u16, close: bool) -> bool {
+        self.status = status;
         self.bytes_out += self.s.out.len() as u64;
         let timeout = self.client_timeout();
-        let _ = io::send_all(&mut self.client, &mut self.s.out, timeout).await;
+        let sent = io::send_all(&mut self.client, &mut self.s.out, timeout)
+            .await
+            .is_ok();
         if close {
             self.lingering_close().await;
         }
+        sent
     }
 
     /// Half-closes, then reads and discards what the client is still sending (bounded in bytes and

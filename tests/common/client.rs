@@ -48,19 +48,12 @@ pub struct RawResponse {
 impl RawResponse {
     /// First value of a header, case-insensitive.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::header_of(&self.headers, name)
     }
 
     /// Every value of a header, case-insensitive, in wire order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        super::header_all_of(&self.headers, name)
     }
 
     pub fn has_header(&self, name: &str) -> bool {
@@ -102,10 +95,7 @@ pub struct ResponseHead {
 
 impl ResponseHead {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::header_of(&self.headers, name)
     }
 
     fn is_chunked(&self) -> bool {

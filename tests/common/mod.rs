@@ -73,3 +73,17 @@ pub fn raise_nofile(want: u64) -> u64 {
 pub fn settle() {
     std::thread::sleep(Duration::from_millis(150));
 }
+
+/// First value of header `name` (case-insensitive) in a parsed header list.
+pub fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    header_all_of(headers, name).into_iter().next()
+}
+
+/// Every value of header `name` (case-insensitive), in wire order.
+pub fn header_all_of<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
