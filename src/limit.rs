@@ -60,12 +60,13 @@ pub fn instances(cfg: &Config) -> Vec<InstanceDef> {
         .iter()
         .enumerate()
         .filter(|(_, p)| p.enabled)
-        .map(|(i, p)| match &p.config {
-            PluginConfig::RateLimiting(def) => InstanceDef {
+        .filter_map(|(i, p)| match &p.config {
+            PluginConfig::RateLimiting(def) => Some(InstanceDef {
                 plugin: i,
-                id: p.scope.id(&cfg.services, &cfg.routes),
+                id: p.scope.id(cfg),
                 def: def.clone(),
-            },
+            }),
+            _ => None,
         })
         .collect()
 }

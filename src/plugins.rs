@@ -2,29 +2,46 @@
 //!
 //! Chain compilation (`compile_chains`), per route:
 //! 1. Scope resolution, one instance per plugin name (Kong's rule): the most specific enabled
-//!    instance wins — route > service (the route's) > global. Consumer scope will rank above route
-//!    once consumers exist (it needs auth to run first, so it is resolved per request then).
+//!    instance wins — route > service (the route's) > global. Consumer scope ranks above route; it
+//!    needs auth to run first, so it is resolved per request (`Walk`).
 //! 2. Order: by plugin priority, highest first (Kong's numbers: auth plugins ~1000-1450 run before
 //!    rate limiting at 910), ties by name. Disabled plugins are skipped (a disabled route-level
 //!    instance does not hide the global one, as in Kong).
 //!
-//! Per request (`on_request`): a loop over `&[Plugin]` with a `match` per variant; no allocation,
-//! no dynamic dispatch. The chain for route `r` is `chains[r]`.
+//! Per request (`proxy::chain`): a loop over `&[Plugin]` with a `match` per variant; no allocation,
+//! no dynamic dispatch. The chain for route `r` is `chains.routes[r]`; once auth identified consumer
+//! `c`, `chains.consumers[c]` is merged in (`Walk`).
 
-use crate::config::model::{Config, PluginScope};
-use crate::limit::{self, Decision, LimiterSet, RequestInfo};
+use crate::config::model::{Config, PluginConfig, PluginScope};
+use crate::limit;
 
-/// One compiled plugin step. `Copy`; indices point into per-worker state.
+/// One compiled plugin step. `Copy`; indices point into per-generation state (`LimiterSet` for
+/// rate limiting, `AuthSet`'s per-kind vectors for auth plugins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plugin {
     /// Instance index into the worker's `LimiterSet` (see `limit::instances`).
-    RateLimiting { instance: usize },
+    RateLimiting {
+        instance: usize,
+    },
+    KeyAuth(usize),
+    BasicAuth(usize),
+    Jwt(usize),
+    ForwardAuth(usize),
+    Acl(usize),
+    IpRestriction(usize),
 }
 
 impl Plugin {
-    /// Kong-style priority: higher runs first.
+    /// Kong-style priority: higher runs first. Auth plugins (>= 1000) identify the consumer
+    /// before anything that depends on it (ip-restriction 990, acl 950, rate-limiting 910).
     pub fn priority(self) -> u32 {
         match self {
+            Plugin::Jwt(_) => 1450,
+            Plugin::KeyAuth(_) => 1250,
+            Plugin::BasicAuth(_) => 1100,
+            Plugin::ForwardAuth(_) => 1000,
+            Plugin::IpRestriction(_) => 990,
+            Plugin::Acl(_) => 950,
             Plugin::RateLimiting { .. } => 910,
         }
     }
@@ -32,20 +49,77 @@ impl Plugin {
     pub fn name(self) -> &'static str {
         match self {
             Plugin::RateLimiting { .. } => "rate-limiting",
+            Plugin::KeyAuth(_) => "key-auth",
+            Plugin::BasicAuth(_) => "basic-auth",
+            Plugin::Jwt(_) => "jwt",
+            Plugin::ForwardAuth(_) => "forward-auth",
+            Plugin::Acl(_) => "acl",
+            Plugin::IpRestriction(_) => "ip-restriction",
         }
     }
 }
 
-/// Per-route chains (index = route index), in execution order.
-pub fn compile_chains(cfg: &Config) -> Vec<Box<[Plugin]>> {
-    // plugin index -> its compiled step
+/// The step of each `cfg.plugins` entry (`None` for disabled ones). Instances are numbered per kind
+/// in file order over enabled plugins, the order `LimiterSet` and `AuthSet` build theirs in.
+pub fn steps(cfg: &Config) -> Vec<Option<Plugin>> {
     let mut step: Vec<Option<Plugin>> = vec![None; cfg.plugins.len()];
     for (instance, inst) in limit::instances(cfg).iter().enumerate() {
         if let Some(s) = step.get_mut(inst.plugin) {
             *s = Some(Plugin::RateLimiting { instance });
         }
     }
-    cfg.routes
+    let mut n = [0usize; 6];
+    let mut next = |k: usize| {
+        let i = n[k];
+        n[k] += 1;
+        i
+    };
+    for (i, p) in cfg.plugins.iter().enumerate() {
+        if !p.enabled {
+            continue;
+        }
+        let made = match &p.config {
+            PluginConfig::RateLimiting(_) => continue,
+            PluginConfig::KeyAuth(_) => Plugin::KeyAuth(next(0)),
+            PluginConfig::BasicAuth(_) => Plugin::BasicAuth(next(1)),
+            PluginConfig::Jwt(_) => Plugin::Jwt(next(2)),
+            PluginConfig::ForwardAuth(_) => Plugin::ForwardAuth(next(3)),
+            PluginConfig::Acl(_) => Plugin::Acl(next(4)),
+            PluginConfig::IpRestriction(_) => Plugin::IpRestriction(next(5)),
+        };
+        if let Some(s) = step.get_mut(i) {
+            *s = Some(made);
+        }
+    }
+    step
+}
+
+/// Per-route chains, plus the plugins attached to each consumer.
+#[derive(Debug, Default)]
+pub struct Chains {
+    /// Index = route, in execution order.
+    pub routes: Vec<Box<[Plugin]>>,
+    /// Index = consumer, in execution order; merged into the route's chain once auth identified
+    /// that consumer (see `Walk`).
+    pub consumers: Vec<Box<[Plugin]>>,
+}
+
+impl std::ops::Deref for Chains {
+    type Target = [Box<[Plugin]>];
+    fn deref(&self) -> &Self::Target {
+        &self.routes
+    }
+}
+
+fn order(chain: &mut [Plugin]) {
+    chain.sort_by(|a, b| b.priority().cmp(&a.priority()).then(a.name().cmp(b.name())));
+}
+
+/// Per-route chains (index = route), in execution order, and per-consumer plugin lists.
+pub fn compile_chains(cfg: &Config) -> Chains {
+    let step = steps(cfg);
+    let routes = cfg
+        .routes
         .iter()
         .enumerate()
         .map(|(r, route)| {
@@ -68,13 +142,74 @@ pub fn compile_chains(cfg: &Config) -> Vec<Box<[Plugin]>> {
                 }
             }
             let mut chain: Vec<Plugin> = picked.into_iter().map(|(_, _, s)| s).collect();
-            chain.sort_by(|a, b| b.priority().cmp(&a.priority()).then(a.name().cmp(b.name())));
+            order(&mut chain);
             chain.into_boxed_slice()
         })
-        .collect()
+        .collect();
+    let consumers = (0..cfg.consumers.len())
+        .map(|c| {
+            let mut chain: Vec<Plugin> = cfg
+                .plugins
+                .iter()
+                .zip(&step)
+                .filter(|(p, _)| p.scope == PluginScope::Consumer(c))
+                .filter_map(|(_, s)| *s)
+                .collect();
+            order(&mut chain);
+            chain.into_boxed_slice()
+        })
+        .collect();
+    Chains { routes, consumers }
 }
 
-/// What the request path does after the chain ran.
+/// Walks a route's chain merged with the identified consumer's plugins, by priority. A consumer's
+/// instance of a plugin replaces the route's instance of the same name (consumer scope is the most
+/// specific). Consumer-scoped plugins all rank below the auth plugins, so by the time one is due
+/// the consumer is known. No allocation.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Walk {
+    route_at: usize,
+    consumer_at: usize,
+}
+
+impl Walk {
+    pub fn next(
+        &mut self,
+        chains: &Chains,
+        route: usize,
+        consumer: Option<usize>,
+    ) -> Option<Plugin> {
+        let rc: &[Plugin] = chains.routes.get(route).map_or(&[], |c| &c[..]);
+        let cc: &[Plugin] = consumer
+            .and_then(|c| chains.consumers.get(c))
+            .map_or(&[], |c| &c[..]);
+        loop {
+            let r = rc.get(self.route_at).copied();
+            let c = cc.get(self.consumer_at).copied();
+            let take_consumer = match (r, c) {
+                (None, None) => return None,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(r), Some(c)) => {
+                    (c.priority(), std::cmp::Reverse(c.name()))
+                        >= (r.priority(), std::cmp::Reverse(r.name()))
+                }
+            };
+            if take_consumer {
+                self.consumer_at += 1;
+                return c;
+            }
+            self.route_at += 1;
+            let Some(r) = r else { continue };
+            if cc.iter().any(|x| x.name() == r.name()) {
+                continue;
+            }
+            return Some(r);
+        }
+    }
+}
+
+/// What the request path does after a plugin step ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow<'a> {
     Continue,
@@ -83,41 +218,6 @@ pub enum Flow<'a> {
         status: u16,
         body: &'a [u8],
     },
-}
-
-/// Per-request scratch the proxy keeps per connection and reuses.
-#[derive(Debug, Default)]
-pub struct Scratch {
-    pub key: Vec<u8>,
-}
-
-/// Runs the request phase of `chain`. Response headers plugins add (rate-limit headers) are
-/// appended to `resp_headers` as `Name: value\r\n` lines: on `Continue` the proxy adds them to the
-/// upstream's response head, on `Respond` to the error response. `now_ms` = `limit::now_ms()`.
-pub fn on_request<'a, R: RequestInfo + ?Sized>(
-    chain: &[Plugin],
-    req: &R,
-    limiters: &'a LimiterSet,
-    scratch: &mut Scratch,
-    now_ms: u64,
-    resp_headers: &mut Vec<u8>,
-) -> Flow<'a> {
-    for p in chain {
-        match *p {
-            Plugin::RateLimiting { instance } => {
-                let Some(by) = limiters.limit_by(instance) else {
-                    continue;
-                };
-                limit::build_key(by, req, &mut scratch.key);
-                if let Decision::Reject { status, body } =
-                    limiters.check(instance, &scratch.key, now_ms, resp_headers)
-                {
-                    return Flow::Respond { status, body };
-                }
-            }
-        }
-    }
-    Flow::Continue
 }
 
 /// Writes a complete plugin-generated response: status line, `extra_headers` (from `on_request`),
@@ -151,6 +251,8 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         429 => "Too Many Requests",
+        502 => "Bad Gateway",
+        504 => "Gateway Timeout",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ if status < 500 => "Client Error",

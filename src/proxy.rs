@@ -14,6 +14,7 @@
 //! is allocated per request once the connection's buffers have grown to their working size.
 
 mod body;
+mod chain;
 pub mod head;
 pub mod io;
 mod tunnel;
@@ -33,9 +34,7 @@ use crate::errors::GatewayError;
 use crate::http::headers::eq_ignore_case;
 use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
 use crate::http::{BodyKind, Limits, Version};
-use crate::limit::RequestInfo;
 use crate::metrics::Timings;
-use crate::plugins::{self, Flow};
 use crate::router::normalize::{normalize_path, upstream_path};
 use crate::router::RequestView;
 use crate::upstream::conn::UpstreamConn;
@@ -79,7 +78,8 @@ pub struct Scratch {
     out: Vec<u8>,
     /// Response header lines plugins add (`Name: value\r\n`), e.g. rate-limit headers.
     plugin_headers: Vec<u8>,
-    plugin: plugins::Scratch,
+    /// Plugin chain state: identity, upstream edits, limiter key.
+    chain: chain::ChainState,
 }
 
 impl Scratch {
@@ -438,46 +438,6 @@ impl<S: ClientIo> Conn<S> {
         })
     }
 
-    /// Runs the route's plugin chain (a loop over an enum; no allocation). `Some` when a plugin
-    /// answered the request itself.
-    async fn run_plugins(&mut self, shard: &Shard, p: &Prepared) -> Option<Next> {
-        self.s.plugin_headers.clear();
-        let snap = self.snap.clone();
-        let chain = snap.chains.get(p.route).filter(|c| !c.is_empty())?;
-        let limiters = snap.limiters.as_deref()?;
-        let service = snap.config.routes.get(p.route).map_or(0, |r| r.service);
-        let info = ReqInfo {
-            peer: self.peer,
-            view: HeadView {
-                head: &self.s.head,
-                buf: &self.buf,
-            },
-            path: &self.s.path,
-            route: p.route,
-            service,
-        };
-        let flow = plugins::on_request(
-            chain,
-            &info,
-            limiters,
-            &mut self.s.plugin,
-            crate::limit::now_ms(),
-            &mut self.s.plugin_headers,
-        );
-        let Flow::Respond { status, body } = flow else {
-            return None;
-        };
-        let close = p.client_close || !self.body_done || shard.draining.get();
-        self.s.out.clear();
-        plugins::write_response(&mut self.s.out, status, &self.s.plugin_headers, body, close);
-        let sent = self.send_answer(status, close).await;
-        Some(if sent && !close {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        })
-    }
-
     /// Picks a target, connects (or reuses), runs the exchange; retries once on a fresh connection
     /// when a reused one turned out stale and the request is replayable.
     async fn forward(&mut self, shard: &Shard, p: &Prepared) -> Next {
@@ -495,8 +455,20 @@ impl<S: ClientIo> Conn<S> {
         };
         upstream_path(&svc.path, &self.s.path, p.strip_len, &mut self.s.target);
         if let Some(q) = self.s.head.query {
-            self.s.target.push(b'?');
-            self.s.target.extend_from_slice(q.get(&self.buf));
+            let q = q.get(&self.buf);
+            match self.s.chain.edits.query_cut {
+                // key-auth's hide_credentials took `apikey=…` out of the query.
+                Some(cut) => {
+                    if q.len() > cut.1 - cut.0 {
+                        self.s.target.push(b'?');
+                        crate::auth::steps::push_query_without(&mut self.s.target, q, cut);
+                    }
+                }
+                None => {
+                    self.s.target.push(b'?');
+                    self.s.target.extend_from_slice(q);
+                }
+            }
         }
         let mut pinned: Option<usize> = None;
         loop {
@@ -581,6 +553,7 @@ impl<S: ClientIo> Conn<S> {
             host,
             &fwd,
             p.body,
+            &self.s.chain.edits,
         );
         match body::send_request(
             self,
@@ -953,39 +926,6 @@ pub(crate) fn host_without_port(host: &[u8]) -> &[u8] {
     match memchr::memrchr(b':', host) {
         Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
         _ => host,
-    }
-}
-
-/// What the limiter keys on, straight from the request.
-struct ReqInfo<'a> {
-    peer: SocketAddr,
-    view: HeadView<'a>,
-    path: &'a [u8],
-    route: usize,
-    service: usize,
-}
-
-impl RequestInfo for ReqInfo<'_> {
-    fn client_ip(&self) -> std::net::IpAddr {
-        self.peer.ip()
-    }
-    fn header(&self, name_lower: &[u8]) -> Option<&[u8]> {
-        self.view.header(name_lower)
-    }
-    fn path(&self) -> &[u8] {
-        self.path
-    }
-    fn route(&self) -> usize {
-        self.route
-    }
-    fn service(&self) -> usize {
-        self.service
-    }
-    fn consumer(&self) -> Option<&[u8]> {
-        None
-    }
-    fn credential(&self) -> Option<&[u8]> {
-        None
     }
 }
 

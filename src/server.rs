@@ -201,6 +201,7 @@ fn compile(
     let tls = TlsContext::build(&config)?;
     let router = Arc::new(Router::new(&config.routes));
     let chains = Arc::new(plugins::compile_chains(&config));
+    let auth = Arc::new(crate::auth::AuthSet::build(&config));
     let (limiter, links) = limit::start(&config, workers);
     let ids = limit::instances(&config)
         .into_iter()
@@ -215,6 +216,7 @@ fn compile(
         tls,
         layout,
         chains,
+        auth,
         limiter_links: Mutex::new(links.into_iter().map(Some).collect()),
         limit_board,
     };

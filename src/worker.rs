@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
+use crate::auth::cache::DigestCache;
+use crate::auth::AuthSet;
 use crate::config::model::{Config, ListenKind};
 use crate::limit::board::LimitBoard;
 use crate::limit::{LimiterSet, WorkerLink};
 use crate::metrics::hub::MetricsSink;
 use crate::metrics::worker::WorkerMetrics;
 use crate::metrics::Layout;
-use crate::plugins::Plugin;
+use crate::plugins::Chains;
 use crate::proxy::Scratch;
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -50,7 +52,9 @@ pub struct Compiled {
     /// Metric names for this generation's route and target indices.
     pub layout: Arc<Layout>,
     /// Per-route plugin chains (index = route), compiled once per generation.
-    pub chains: Arc<Vec<Box<[Plugin]>>>,
+    pub chains: Arc<Chains>,
+    /// Consumers, credentials and auth plugin tables (read-only).
+    pub auth: Arc<AuthSet>,
     /// One limiter link per worker (taken by that worker when it installs this generation).
     pub limiter_links: Mutex<Vec<Option<WorkerLink>>>,
     /// Where workers publish their rate-limit counters for `/metrics`.
@@ -66,7 +70,10 @@ pub struct Snapshot {
     pub router: Arc<Router>,
     /// New TLS connections handshake with this; established ones keep theirs.
     pub tls: Arc<TlsContext>,
-    pub chains: Arc<Vec<Box<[Plugin]>>>,
+    pub chains: Arc<Chains>,
+    pub auth: Arc<AuthSet>,
+    /// Per basic-auth instance: credentials this worker verified (bcrypt is too slow to repeat).
+    pub basic_caches: Vec<RefCell<DigestCache>>,
     /// This worker's rate-limit state for this generation (decides locally, syncs periodically);
     /// `None` only if the generation carried no link for this worker.
     pub limiters: Option<Rc<LimiterSet>>,
@@ -99,6 +106,13 @@ impl Snapshot {
             router: compiled.router.clone(),
             tls: compiled.tls.clone(),
             chains: compiled.chains.clone(),
+            auth: compiled.auth.clone(),
+            basic_caches: compiled
+                .auth
+                .basic_auth
+                .iter()
+                .map(|b| RefCell::new(DigestCache::new(b.def.cache_size)))
+                .collect(),
             limiters: take_limiter(compiled, worker).map(Rc::new),
             limit_board: compiled.limit_board.clone(),
             config,

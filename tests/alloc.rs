@@ -155,6 +155,7 @@ paths = ["/api"]
             tls: TlsContext::build(&cfg).expect("tls context"),
             layout: Arc::new(MetricsLayout::from_config(&cfg, 1)),
             chains: Arc::new(ringgate::plugins::compile_chains(&cfg)),
+            auth: Arc::new(ringgate::auth::AuthSet::build(&cfg)),
             limiter_links: std::sync::Mutex::new(limiter_links.into_iter().map(Some).collect()),
             limit_board: Arc::new(ringgate::limit::board::LimitBoard::new(
                 Vec::new(),

@@ -62,6 +62,7 @@ fn rl(text: &str) -> RateLimitDef {
     let cfg = load_str(text, "test.toml").unwrap_or_else(|e| panic!("{e:?}"));
     match &cfg.plugins[0].config {
         PluginConfig::RateLimiting(d) => d.clone(),
+        other => panic!("not rate-limiting: {other:?}"),
     }
 }
 
@@ -374,7 +375,14 @@ fn dangling_references_and_scopes() {
         21,
         12,
         "plugins[0].consumer",
-        "not supported yet",
+        "no consumer with username \"alice\" (none are defined)",
+    );
+    expect_one(
+        &with("[[plugins]]\nname = \"key-auth\"\nconsumer = \"alice\"\n"),
+        21,
+        12,
+        "plugins[0].consumer",
+        "\"key-auth\" cannot be attached to a consumer",
     );
     expect_one(
         &with("[[plugins]]\nname = \"rate-limiting\"\nroute = \"r\"\nservice = \"s\"\nconfig = { minute = 1 }\n"),

@@ -12,6 +12,9 @@ use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{ImDocument, Item, Value};
 
 use super::locate::{KeyPath, Problem};
+use super::raw::auth::{
+    RawAcl, RawBasicAuth, RawConsumer, RawForwardAuth, RawIpRestriction, RawJwt, RawKeyAuth,
+};
 use super::raw::plugins::{DecodedPlugin, RawPlugin, RawPluginConfig, RawRateLimiting};
 use super::raw::{
     RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService, RawUpstream,
@@ -38,6 +41,10 @@ pub struct Decoded {
     pub broken_routes: HashSet<String>,
     /// `[[plugins]]`, by file index; `None` = failed to decode (already reported).
     pub plugins: Vec<Option<DecodedPlugin>>,
+    /// `[[consumers]]`, by file index; `None` = failed to decode (already reported).
+    pub consumers: Vec<Option<RawConsumer>>,
+    /// Usernames of consumers that failed to decode.
+    pub broken_consumers: HashSet<String>,
 }
 
 const TOP_LEVEL: &[&str] = &[
@@ -49,10 +56,19 @@ const TOP_LEVEL: &[&str] = &[
     "admin",
     "metrics",
     "plugins",
+    "consumers",
 ];
 
 /// Plugin names the loader knows (one `RawPluginConfig` variant each).
-pub const PLUGIN_NAMES: &[&str] = &["rate-limiting"];
+pub const PLUGIN_NAMES: &[&str] = &[
+    "rate-limiting",
+    "key-auth",
+    "basic-auth",
+    "jwt",
+    "acl",
+    "ip-restriction",
+    "forward-auth",
+];
 
 /// Parses the TOML syntax; a syntax error is a single problem (the parser cannot continue past it).
 pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
@@ -85,13 +101,9 @@ pub fn decode(doc: &ImDocument<&str>, problems: &mut Vec<Problem>) -> Decoded {
             "admin" => out.admin = decode_one(item, &path, problems),
             "metrics" => out.metrics = decode_one(item, &path, problems),
             "plugins" => out.plugins = decode_plugins(item, &path, problems),
-            "consumers" => problems.push(Problem::at_key(
-                path,
-                format!(
-                    "`{key}` is not supported yet; allowed top-level keys: {}",
-                    list(TOP_LEVEL)
-                ),
-            )),
+            "consumers" => {
+                out.consumers = decode_array(item, &path, problems, &mut out.broken_consumers)
+            }
             _ => problems.push(Problem::at_key(
                 path,
                 format!(
@@ -145,7 +157,8 @@ fn decode_array<T: DeserializeOwned>(
         .map(|(i, el)| {
             let decoded = decode_one(el, &path.index(i), problems);
             if decoded.is_none() {
-                if let Some(name) = el.get("name").and_then(Item::as_str) {
+                let name = el.get("name").or_else(|| el.get("username"));
+                if let Some(name) = name.and_then(Item::as_str) {
                     broken_names.insert(name.to_owned());
                 }
             }
@@ -175,6 +188,18 @@ fn decode_plugin(el: &Item, path: &KeyPath, problems: &mut Vec<Problem>) -> Opti
     match el.get("name").and_then(Item::as_str) {
         Some("rate-limiting") => decode_one::<RawPlugin<RawRateLimiting>>(el, path, problems)
             .map(|p| p.into_decoded(RawPluginConfig::RateLimiting)),
+        Some("key-auth") => decode_one::<RawPlugin<RawKeyAuth>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::KeyAuth)),
+        Some("basic-auth") => decode_one::<RawPlugin<RawBasicAuth>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::BasicAuth)),
+        Some("jwt") => decode_one::<RawPlugin<RawJwt>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::Jwt)),
+        Some("acl") => decode_one::<RawPlugin<RawAcl>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::Acl)),
+        Some("ip-restriction") => decode_one::<RawPlugin<RawIpRestriction>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::IpRestriction)),
+        Some("forward-auth") => decode_one::<RawPlugin<RawForwardAuth>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::ForwardAuth)),
         Some(name) => {
             problems.push(Problem::at(
                 path.key("name"),

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod auth;
 pub mod plugins;
+pub use auth::*;
 pub use plugins::*;
 
 /// The whole compiled configuration.
@@ -33,6 +35,9 @@ pub struct Config {
     pub metrics: MetricsDef,
     /// `[[plugins]]` in file order (see `crate::plugins` for how they form per-route chains).
     pub plugins: Vec<PluginDef>,
+    /// `[[consumers]]` in file order, then consumers implied by htpasswd files.
+    pub consumers: Vec<ConsumerDef>,
+    pub credentials: Credentials,
 }
 
 /// `[server]`.
@@ -57,6 +62,8 @@ pub struct ServerDef {
     pub pool: PoolDef,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed when finding the client IP (see `auth::client_ip`).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::units;
 
+pub mod auth;
 pub mod plugins;
 
 /// `[server]`.
@@ -30,6 +31,7 @@ pub struct RawServer {
     pub drain_timeout: Option<Dur>,
     pub timeouts: Option<RawTimeouts>,
     pub pool: Option<RawPool>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[server.timeouts]`.

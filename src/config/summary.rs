@@ -127,11 +127,22 @@ pub fn summary(cfg: &Config) -> String {
                     crate::plugins::Plugin::RateLimiting { instance } => instances
                         .get(instance)
                         .map_or_else(|| p.name().to_owned(), rate_limiting),
+                    other => other.name().to_owned(),
                 })
                 .collect();
             let _ = write!(line, "  plugins: {}", names.join(", "));
         }
         let _ = writeln!(out, "{line}");
+    }
+    if !cfg.consumers.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} consumer(s): {} API key(s), {} basic-auth user(s), {} JWT credential(s)",
+            cfg.consumers.len(),
+            cfg.credentials.keys.len(),
+            cfg.credentials.basic.len(),
+            cfg.credentials.jwt.len()
+        );
     }
     out
 }

@@ -5,6 +5,8 @@
 //! problem; then every index in it is in bounds (named upstreams keep their file order, the anonymous
 //! upstreams of `url` services follow in service order).
 
+mod auth;
+mod consumers;
 mod entities;
 mod observe;
 mod plugins;
@@ -127,7 +129,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         .unwrap_or_default();
     let certificates = tls::certificates(&decoded.certificates, &base, problems);
     tls::check_listeners(&server.listeners, certificates.len(), problems);
-    let mut client_tls = tls::ClientConfigs::new(base);
+    let mut client_tls = tls::ClientConfigs::new(base.clone());
     let admin = observe::admin(decoded.admin.as_ref(), problems);
     let metrics = observe::metrics(decoded.metrics.as_ref(), problems);
     let (mut upstreams, upstream_names) =
@@ -159,7 +161,18 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         routes: &route_names,
         broken_routes: &decoded.broken_routes,
     };
-    let plugins = plugins::compile(&decoded.plugins, &plugin_refs, problems);
+    let consumers::Compiled {
+        mut consumers,
+        mut names,
+        credentials,
+    } = consumers::compile(&decoded.consumers, &base, problems);
+    let mut ctx = auth::Ctx {
+        consumers: &mut consumers,
+        names: &mut names,
+        broken: &decoded.broken_consumers,
+        base: &base,
+    };
+    let plugins = plugins::compile(&decoded.plugins, &plugin_refs, &mut ctx, problems);
     if !problems.is_empty() {
         return None;
     }
@@ -173,5 +186,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         admin,
         metrics,
         plugins: plugins.into_iter().collect::<Option<Vec<_>>>()?,
+        consumers: consumers.into_iter().collect::<Option<Vec<_>>>()?,
+        credentials,
     })
 }

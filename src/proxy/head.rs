@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
+use crate::auth::steps::Edits;
 use crate::http::headers::{eq_ignore_case, is_listed};
 use crate::http::parse::{RequestHead, ResponseHead};
 use crate::http::{BodyKind, Span};
@@ -24,6 +25,9 @@ pub enum Class {
     XForwardedFor,
     /// X-Forwarded-Proto/Host/Port/Prefix and X-Real-IP: set by the proxy, never trusted from clients.
     ProxySet,
+    /// X-Consumer-*, X-Credential-Identifier, X-Anonymous-Consumer: set by auth plugins only; a
+    /// client's copies are always dropped, whether or not an auth plugin runs on the route.
+    AuthSet,
 }
 
 pub fn classify(name: &[u8]) -> Class {
@@ -35,6 +39,11 @@ pub fn classify(name: &[u8]) -> Class {
         7 if is(b"upgrade") => Class::Upgrade,
         7 if is(b"trailer") => Class::HopByHop,
         9 if is(b"x-real-ip") => Class::ProxySet,
+        13 if is(b"x-consumer-id") => Class::AuthSet,
+        17 if is(b"x-consumer-groups") => Class::AuthSet,
+        19 if is(b"x-consumer-username") => Class::AuthSet,
+        20 if is(b"x-consumer-custom-id") || is(b"x-anonymous-consumer") => Class::AuthSet,
+        23 if is(b"x-credential-identifier") => Class::AuthSet,
         10 if is(b"connection") || is(b"keep-alive") => Class::HopByHop,
         14 if is(b"content-length") => Class::ContentLength,
         15 if is(b"x-forwarded-for") => Class::XForwardedFor,
@@ -100,7 +109,9 @@ pub struct Forwarded<'a> {
 }
 
 /// Writes the upstream request head. `buf` is the client read buffer the `head` spans point into;
-/// `path_and_query` is the already rewritten upstream target; `host` the Host to send.
+/// `path_and_query` is the already rewritten upstream target; `host` the Host to send; `edits`
+/// what plugins changed (hidden credentials, consumer headers).
+#[allow(clippy::too_many_arguments)]
 pub fn write_request_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -109,6 +120,7 @@ pub fn write_request_head(
     host: &[u8],
     fwd: &Forwarded<'_>,
     body: BodyKind,
+    edits: &Edits,
 ) {
     out.extend_from_slice(head.method.get(buf));
     out.push(b' ');
@@ -119,20 +131,24 @@ pub fn write_request_head(
     let mut has_xff = false;
     let mut had_content_length = false;
     let mut upgrade_value: Option<Span> = None;
-    for h in &head.headers {
+    let edited = !edits.skip.is_empty() || !edits.skip_names.is_empty();
+    for (i, h) in head.headers.iter().enumerate() {
         let name = h.name.get(buf);
         match classify(name) {
             Class::Plain => {
-                if head.conn_tokens.is_empty() || !is_listed(name, &head.conn_tokens, buf) {
+                if (head.conn_tokens.is_empty() || !is_listed(name, &head.conn_tokens, buf))
+                    && !(edited && edits.skips(i, name))
+                {
                     push_header(out, name, h.value.get(buf));
                 }
             }
             Class::XForwardedFor => has_xff = true,
             Class::ContentLength => had_content_length = true,
             Class::Upgrade => upgrade_value = Some(h.value),
-            Class::HopByHop | Class::Host | Class::Expect | Class::ProxySet => {}
+            Class::HopByHop | Class::Host | Class::Expect | Class::ProxySet | Class::AuthSet => {}
         }
     }
+    out.extend_from_slice(&edits.add);
     // Appended to, never trusted: every XFF field the client sent is one comma list (RFC 9110 §5.3)
     // to which the peer address is added, as a single field.
     out.extend_from_slice(b"X-Forwarded-For: ");

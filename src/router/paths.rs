@@ -5,7 +5,8 @@
 //! first entry that cannot beat the best match found so far.
 //!
 //! Lookup cost: one hash probe per segment of the request path, walking the trie from the root and
-//! stopping at the first missing segment. Prefix nodes match segment-aware by construction: node
+//! stopping at the first missing segment (a segment with `;parameters` also matches the node of its
+//! part before the ';'). Prefix nodes match segment-aware by construction: node
 //! `/users` is reached from `/users`, `/users/` and `/users/1`, never from `/users-admin`. Exact paths
 //! live on the node where their last segment ends (`/users/` on the empty segment after `users`) and
 //! are visited only when the walk consumed the whole request path. Then the regex list of this group,
@@ -133,7 +134,16 @@ impl PathIndex {
         };
         visit(&node.prefix);
         for seg in segments(path) {
-            match node.children.get(seg).and_then(|&id| self.trie.get(id)) {
+            // `/admin;jsessionid=x` is `/admin` to servlet containers and other backends that
+            // strip path parameters, so it must not slip past the `/admin` route's plugins: when
+            // the literal segment has no node, its part before ';' is tried.
+            let found = node.children.get(seg).or_else(|| {
+                let bare = seg.split(|&b| b == b';').next().unwrap_or(seg);
+                (bare.len() < seg.len())
+                    .then(|| node.children.get(bare))
+                    .flatten()
+            });
+            match found.and_then(|&id| self.trie.get(id)) {
                 Some(next) => node = next,
                 None => return,
             }

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use super::auth::{AclDef, BasicAuthDef, ForwardAuthConf, IpRestrictionDef, JwtDef, KeyAuthDef};
+
 /// One `[[plugins]]` entry.
 #[derive(Debug, Clone)]
 pub struct PluginDef {
@@ -26,22 +28,28 @@ pub enum PluginScope {
     Service(usize),
     /// Index into `Config::routes`.
     Route(usize),
-    // `Consumer(usize)` joins with `[[consumers]]`; the loader rejects `consumer = …` until then.
+    /// Index into `Config::consumers`: applies once auth identified that consumer, and then
+    /// replaces the route/service/global instance of the same plugin.
+    Consumer(usize),
 }
 
 impl PluginScope {
     /// Stable identity across processes with the same config, used in Redis keys:
-    /// `global`, `service:<name>`, `route:<name>`.
-    pub fn id(self, cfg_services: &[super::ServiceDef], cfg_routes: &[super::RouteDef]) -> String {
+    /// `global`, `service:<name>`, `route:<name>`, `consumer:<username>`.
+    pub fn id(self, cfg: &super::Config) -> String {
         match self {
             PluginScope::Global => "global".to_owned(),
             PluginScope::Service(i) => format!(
                 "service:{}",
-                cfg_services.get(i).map_or("?", |s| s.name.as_str())
+                cfg.services.get(i).map_or("?", |s| s.name.as_str())
             ),
             PluginScope::Route(i) => format!(
                 "route:{}",
-                cfg_routes.get(i).map_or("?", |r| r.name.as_str())
+                cfg.routes.get(i).map_or("?", |r| r.name.as_str())
+            ),
+            PluginScope::Consumer(i) => format!(
+                "consumer:{}",
+                cfg.consumers.get(i).map_or("?", |c| c.username.as_str())
             ),
         }
     }
@@ -51,6 +59,12 @@ impl PluginScope {
 #[derive(Debug, Clone)]
 pub enum PluginConfig {
     RateLimiting(RateLimitDef),
+    KeyAuth(KeyAuthDef),
+    BasicAuth(BasicAuthDef),
+    Jwt(JwtDef),
+    Acl(AclDef),
+    IpRestriction(IpRestrictionDef),
+    ForwardAuth(ForwardAuthConf),
 }
 
 /// `rate-limiting`'s config.

@@ -10,6 +10,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use super::auth::{RawAcl, RawBasicAuth, RawForwardAuth, RawIpRestriction, RawJwt, RawKeyAuth};
 use super::{Dur, Int};
 
 /// One `[[plugins]]` entry with the config struct `C` of its plugin.
@@ -39,6 +40,12 @@ pub struct DecodedPlugin {
 #[derive(Debug)]
 pub enum RawPluginConfig {
     RateLimiting(Option<RawRateLimiting>),
+    KeyAuth(Option<RawKeyAuth>),
+    BasicAuth(Option<RawBasicAuth>),
+    Jwt(Option<RawJwt>),
+    Acl(Option<RawAcl>),
+    IpRestriction(Option<RawIpRestriction>),
+    ForwardAuth(Option<RawForwardAuth>),
 }
 
 impl<C> RawPlugin<C> {

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::{in_range, known, push};
+use super::{auth, in_range, known, push};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{
     Algorithm, BucketDef, LimitBy, Mode, Period, PeriodLimit, PluginConfig, PluginDef, PluginScope,
@@ -31,6 +31,7 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 pub fn compile(
     raw: &[Option<DecodedPlugin>],
     refs: &Refs<'_>,
+    ctx: &mut auth::Ctx<'_>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Option<PluginDef>> {
     let base = KeyPath::root().key("plugins");
@@ -41,7 +42,7 @@ pub fn compile(
         .map(|(i, p)| {
             let p = p.as_ref()?;
             let path = base.index(i);
-            let scope = scope(p, &path, refs, problems);
+            let scope = scope(p, &path, refs, ctx, problems);
             if let Some(scope) = scope {
                 if let Some(first) = seen.get(&(p.name.clone(), scope)) {
                     push(
@@ -61,6 +62,25 @@ pub fn compile(
                 RawPluginConfig::RateLimiting(c) => {
                     rate_limiting(c.as_ref(), &path, problems).map(PluginConfig::RateLimiting)
                 }
+                RawPluginConfig::KeyAuth(c) => {
+                    auth::key_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::KeyAuth)
+                }
+                RawPluginConfig::BasicAuth(c) => {
+                    auth::basic_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::BasicAuth)
+                }
+                RawPluginConfig::Jwt(c) => {
+                    auth::jwt(c.as_ref(), &path, ctx, problems).map(PluginConfig::Jwt)
+                }
+                RawPluginConfig::Acl(c) => {
+                    auth::acl(c.as_ref(), &path, problems).map(PluginConfig::Acl)
+                }
+                RawPluginConfig::IpRestriction(c) => {
+                    auth::ip_restriction(c.as_ref(), &path, problems)
+                        .map(PluginConfig::IpRestriction)
+                }
+                RawPluginConfig::ForwardAuth(c) => {
+                    auth::forward_auth(c.as_ref(), &path, problems).map(PluginConfig::ForwardAuth)
+                }
             };
             Some(PluginDef {
                 name: p.name.clone(),
@@ -72,20 +92,46 @@ pub fn compile(
         .collect()
 }
 
+/// Plugins that may attach to a consumer (they run after auth has identified one). Auth plugins
+/// cannot: they are what identifies the consumer (Kong's rule too).
+const CONSUMER_SCOPED: &[&str] = &["rate-limiting", "ip-restriction"];
+
 fn scope(
     p: &DecodedPlugin,
     path: &KeyPath,
     refs: &Refs<'_>,
+    ctx: &auth::Ctx<'_>,
     problems: &mut Vec<Problem>,
 ) -> Option<PluginScope> {
-    if p.consumer.is_some() {
-        push(
+    if let Some(consumer) = &p.consumer {
+        if p.route.is_some() || p.service.is_some() {
+            push(
+                problems,
+                path.key("consumer"),
+                "a plugin attaches to one scope: set one of `consumer`, `route` or `service`",
+            );
+            return None;
+        }
+        if !CONSUMER_SCOPED.contains(&p.name.as_str()) {
+            push(
+                problems,
+                path.key("consumer"),
+                format!(
+                    "{:?} cannot be attached to a consumer (only {} can)",
+                    p.name,
+                    CONSUMER_SCOPED.join(", ")
+                ),
+            );
+            return None;
+        }
+        return super::consumers::lookup(
             problems,
             path.key("consumer"),
-            "consumer-scoped plugins are not supported yet (they come with [[consumers]]); \
-             attach the plugin globally, to a service or to a route",
-        );
-        return None;
+            consumer,
+            ctx.names,
+            ctx.broken,
+        )
+        .map(PluginScope::Consumer);
     }
     match (&p.route, &p.service) {
         (Some(_), Some(_)) => {

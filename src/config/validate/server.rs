@@ -137,6 +137,11 @@ pub fn compile(raw: Option<&RawServer>, problems: &mut Vec<Problem>) -> ServerDe
             raw.drain_timeout,
             secs(30),
         ),
+        trusted_proxies: super::auth::cidrs(
+            raw.trusted_proxies.as_deref().unwrap_or_default(),
+            &p.key("trusted_proxies"),
+            problems,
+        ),
     }
 }
 

@@ -1,0 +1,255 @@
+//! `AuthSet`: everything the auth steps look up, built once per config generation on the main
+//! thread and shared read-only (behind an `Arc`) by all workers.
+//!
+//! Invariants:
+//! - instance `n` of each kind (`key_auth[n]`, `basic_auth[n]`, …) is the `n`-th enabled plugin of
+//!   that kind in file order, the numbering `plugins::steps` gives the chain's `Plugin` values;
+//! - API keys are stored only as SHA-256 digests: a lookup hashes the presented key first, so
+//!   timing reveals nothing about stored keys, and a memory dump does not reveal them either;
+//! - consumer header blocks are pre-rendered (`X-Consumer-ID: …\r\n…`), so identifying a consumer
+//!   costs one `extend_from_slice` per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::model::{
+    AclDef, BasicAuthDef, BasicCredentialDef, Cidr, Config, ForwardAuthConf, IpRestrictionDef,
+    KeyAuthDef, PluginConfig,
+};
+
+/// A consumer as the request path needs it.
+#[derive(Debug)]
+pub struct ConsumerRt {
+    pub username: String,
+    /// `X-Consumer-ID`, `X-Consumer-Custom-ID`, `X-Consumer-Username`, `X-Consumer-Groups` lines.
+    pub headers: Vec<u8>,
+}
+
+/// Which credential identified the request (for `X-Credential-Identifier` and
+/// `limit_by = "credential"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredRef {
+    Key(usize),
+    Basic(usize),
+    Jwt(usize),
+}
+
+#[derive(Debug)]
+pub struct KeyCredRt {
+    pub consumer: usize,
+    pub id: String,
+}
+
+#[derive(Debug)]
+pub struct BasicCredRt {
+    pub consumer: usize,
+    pub username: String,
+    pub hash: Arc<str>,
+}
+
+#[derive(Debug)]
+pub struct KeyAuthRt {
+    pub def: KeyAuthDef,
+    /// `WWW-Authenticate: Key realm="…"\r\n`.
+    pub challenge: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct BasicAuthRt {
+    pub def: BasicAuthDef,
+    /// `WWW-Authenticate: Basic realm="…"\r\n`.
+    pub challenge: Vec<u8>,
+    /// Username -> index into `AuthSet::basic_creds` (the consumers' credentials, then this
+    /// instance's htpasswd users, which win on a clash).
+    pub users: HashMap<Vec<u8>, usize>,
+}
+
+#[derive(Debug)]
+pub struct AclRt {
+    /// Index = consumer: may this consumer pass?
+    pub allowed: Vec<bool>,
+}
+
+#[derive(Debug)]
+pub struct IpRt {
+    pub def: IpRestrictionDef,
+    /// `{"message":"…"}`.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+pub struct AuthSet {
+    pub consumers: Vec<ConsumerRt>,
+    /// SHA-256(key) -> index into `key_creds`.
+    pub keys: HashMap<[u8; 32], usize>,
+    pub key_creds: Vec<KeyCredRt>,
+    pub basic_creds: Vec<BasicCredRt>,
+    /// Identifier of `CredRef::Jwt(i)`: the credential's `key`.
+    pub jwt_ids: Vec<(usize, String)>,
+    pub key_auth: Vec<KeyAuthRt>,
+    pub basic_auth: Vec<BasicAuthRt>,
+    pub acl: Vec<AclRt>,
+    pub ip: Vec<IpRt>,
+    pub forward: Vec<ForwardAuthConf>,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// SHA-256 of `data`.
+pub fn digest(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// `{"message":"…"}` with JSON escaping.
+pub fn json_message(msg: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + 16);
+    out.extend_from_slice(b"{\"message\":\"");
+    for c in msg.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut b = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(b"\"}");
+    out
+}
+
+fn header_line(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+impl AuthSet {
+    pub fn build(cfg: &Config) -> AuthSet {
+        let consumers = cfg
+            .consumers
+            .iter()
+            .map(|c| {
+                let mut headers = Vec::new();
+                header_line(&mut headers, "X-Consumer-ID", &c.id);
+                if let Some(cid) = &c.custom_id {
+                    header_line(&mut headers, "X-Consumer-Custom-ID", cid);
+                }
+                header_line(&mut headers, "X-Consumer-Username", &c.username);
+                if !c.groups.is_empty() {
+                    header_line(&mut headers, "X-Consumer-Groups", &c.groups.join(", "));
+                }
+                ConsumerRt {
+                    username: c.username.clone(),
+                    headers,
+                }
+            })
+            .collect();
+        let mut set = AuthSet {
+            consumers,
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+            ..AuthSet::default()
+        };
+        for k in &cfg.credentials.keys {
+            set.keys
+                .insert(digest(k.key.as_bytes()), set.key_creds.len());
+            set.key_creds.push(KeyCredRt {
+                consumer: k.consumer,
+                id: k.id.clone(),
+            });
+        }
+        let global_basic = set.add_basic(&cfg.credentials.basic);
+        set.jwt_ids = cfg
+            .credentials
+            .jwt
+            .iter()
+            .map(|j| (j.consumer, j.key.clone()))
+            .collect();
+        for p in cfg.plugins.iter().filter(|p| p.enabled) {
+            match &p.config {
+                PluginConfig::KeyAuth(def) => set.key_auth.push(KeyAuthRt {
+                    challenge: format!("WWW-Authenticate: Key realm=\"{}\"\r\n", def.realm)
+                        .into_bytes(),
+                    def: def.clone(),
+                }),
+                PluginConfig::BasicAuth(def) => {
+                    let mut users = global_basic.clone();
+                    let own = set.add_basic(&def.htpasswd);
+                    users.extend(own);
+                    set.basic_auth.push(BasicAuthRt {
+                        challenge: format!("WWW-Authenticate: Basic realm=\"{}\"\r\n", def.realm)
+                            .into_bytes(),
+                        def: def.clone(),
+                        users,
+                    });
+                }
+                PluginConfig::Acl(def) => set.acl.push(AclRt {
+                    allowed: acl_table(def, cfg),
+                }),
+                PluginConfig::IpRestriction(def) => set.ip.push(IpRt {
+                    body: json_message(&def.message),
+                    def: def.clone(),
+                }),
+                PluginConfig::ForwardAuth(def) => set.forward.push(def.clone()),
+                PluginConfig::RateLimiting(_) | PluginConfig::Jwt(_) => {}
+            }
+        }
+        set
+    }
+
+    fn add_basic(&mut self, creds: &[BasicCredentialDef]) -> HashMap<Vec<u8>, usize> {
+        let mut users = HashMap::new();
+        for c in creds {
+            users.insert(c.username.as_bytes().to_vec(), self.basic_creds.len());
+            self.basic_creds.push(BasicCredRt {
+                consumer: c.consumer,
+                username: c.username.clone(),
+                hash: Arc::from(c.hash.as_str()),
+            });
+        }
+        users
+    }
+
+    /// `X-Credential-Identifier` value of `cred`.
+    pub fn credential_id(&self, cred: CredRef) -> &[u8] {
+        match cred {
+            CredRef::Key(i) => self.key_creds.get(i).map_or(&b""[..], |c| c.id.as_bytes()),
+            CredRef::Basic(i) => self
+                .basic_creds
+                .get(i)
+                .map_or(&b""[..], |c| c.username.as_bytes()),
+            CredRef::Jwt(i) => self.jwt_ids.get(i).map_or(&b""[..], |c| c.1.as_bytes()),
+        }
+    }
+}
+
+/// For each consumer: does `def` let it through?
+fn acl_table(def: &AclDef, cfg: &Config) -> Vec<bool> {
+    cfg.consumers
+        .iter()
+        .map(|c| {
+            let member = c.groups.iter().any(|g| def.groups.contains(g));
+            member != def.deny
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_messages_are_escaped() {
+        assert_eq!(
+            json_message("a\"b\\c\n"),
+            b"{\"message\":\"a\\\"b\\\\c\\u000a\"}"
+        );
+        assert_eq!(json_message("héllo"), "{\"message\":\"héllo\"}".as_bytes());
+    }
+}

@@ -1,0 +1,130 @@
+//! Password-hash checks (bcrypt) on dedicated threads, awaited by workers without blocking.
+//!
+//! A bcrypt check costs milliseconds to tens of milliseconds (by design), which on a worker would
+//! stall every connection of that core. So a worker sends the job over a bounded crossbeam channel
+//! to a small pool of verifier threads and awaits one byte on its end of a Unix socket pair; the
+//! verifier writes the verdict there. Workers stay non-blocking, and the pool's bounded queue
+//! makes a password-spraying client cost the gateway at most the pool's threads, never the
+//! workers (a full queue is answered 503 at once).
+//!
+//! Only cache misses come here: verified credentials are remembered per worker (`cache`).
+
+use std::io::Write as _;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use monoio::io::AsyncReadRent;
+
+/// Jobs waiting beyond this are refused (the client gets 503).
+const QUEUE: usize = 256;
+/// A verdict that takes longer than this is treated as a failure (the pool is overloaded).
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Job {
+    /// `None`: an unknown user, checked against a dummy hash (same cost) and never matching.
+    hash: Option<Arc<str>>,
+    password: Vec<u8>,
+    reply: StdUnixStream,
+}
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Match,
+    NoMatch,
+    /// The pool is saturated or unavailable: answer 503, do not count as a failed login.
+    Busy,
+}
+
+fn pool() -> Option<&'static Sender<Job>> {
+    static POOL: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        let mut started = 0;
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("ringgate-verify-{i}"))
+                .spawn(move || {
+                    for mut job in rx {
+                        let ok = match &job.hash {
+                            Some(h) => bcrypt::verify(&job.password, h).unwrap_or(false),
+                            None => {
+                                let _ = bcrypt::verify(&job.password, dummy_hash());
+                                false
+                            }
+                        };
+                        job.password.fill(0);
+                        // The worker may have given up (timeout); nothing to do then.
+                        let _ = job.reply.write_all(&[u8::from(ok)]);
+                    }
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
+        (started > 0).then_some(tx)
+    })
+    .as_ref()
+}
+
+/// A hash with the usual cost, computed once on a verifier thread, so checking an unknown user
+/// takes as long as checking a known one (timing does not reveal which usernames exist).
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| bcrypt::hash(b"ringgate-dummy", bcrypt::DEFAULT_COST).unwrap_or_default())
+}
+
+/// Checks `password` against `hash` off the worker thread.
+pub async fn verify(hash: Option<Arc<str>>, password: Vec<u8>) -> Verdict {
+    let Some(tx) = pool() else {
+        return Verdict::Busy;
+    };
+    let Ok((ours, theirs)) = StdUnixStream::pair() else {
+        return Verdict::Busy;
+    };
+    if ours.set_nonblocking(true).is_err() {
+        return Verdict::Busy;
+    }
+    let Ok(mut ours) = monoio::net::UnixStream::from_std(ours) else {
+        return Verdict::Busy;
+    };
+    let job = Job {
+        hash,
+        password,
+        reply: theirs,
+    };
+    match tx.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => return Verdict::Busy,
+    }
+    let read = monoio::time::timeout(WAIT, ours.read(vec![0u8; 1])).await;
+    match read {
+        Ok((Ok(1), buf)) if buf.first() == Some(&1) => Verdict::Match,
+        Ok((Ok(1), _)) => Verdict::NoMatch,
+        _ => Verdict::Busy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_off_thread() {
+        let hash: Arc<str> = Arc::from(bcrypt::hash("s3cret", 4).expect("hash").as_str());
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let h = Some(hash.clone());
+            assert_eq!(verify(h.clone(), b"s3cret".to_vec()).await, Verdict::Match);
+            assert_eq!(verify(h, b"wrong".to_vec()).await, Verdict::NoMatch);
+            assert_eq!(verify(None, b"s3cret".to_vec()).await, Verdict::NoMatch);
+        });
+    }
+}

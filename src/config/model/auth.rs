@@ -1,0 +1,185 @@
+//! Compiled `[[consumers]]`, their credentials, and the auth plugins' typed configs.
+//!
+//! Invariants (established by `validate::consumers` and `validate::auth`): every `consumer` index is
+//! in bounds of `Config::consumers`; usernames and ids are unique; API keys are unique over all
+//! consumers (one key identifies exactly one consumer); basic-auth usernames are unique; JWT key
+//! material has been read from its files (on the main thread, at load) but not yet parsed: the auth
+//! module parses it when a generation is compiled, and `config::load` reports a key that does not
+//! parse at its file:line:key like any other error.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One consumer: who a request is, once an auth plugin identified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerDef {
+    pub username: String,
+    /// `X-Consumer-ID` (defaults to the username).
+    pub id: String,
+    pub custom_id: Option<String>,
+    pub groups: Vec<String>,
+}
+
+/// Every credential of every consumer, by kind.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub keys: Vec<KeyCredentialDef>,
+    pub basic: Vec<BasicCredentialDef>,
+    pub jwt: Vec<JwtCredentialDef>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyCredentialDef {
+    pub consumer: usize,
+    pub key: String,
+    /// `X-Credential-Identifier` (never the key).
+    pub id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BasicCredentialDef {
+    pub consumer: usize,
+    pub username: String,
+    /// bcrypt or argon2 PHC string.
+    pub hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtCredentialDef {
+    pub consumer: usize,
+    /// Matched against the token's key claim (`iss` by default); also `X-Credential-Identifier`.
+    pub key: String,
+    pub algorithm: JwtAlg,
+    pub material: JwtMaterial,
+    /// Where it was written (`consumers[0].jwt_secrets[1]`), for errors found when parsing keys.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwtAlg {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwtAlg {
+    pub const ALL: [(&'static str, JwtAlg); 10] = [
+        ("HS256", JwtAlg::HS256),
+        ("HS384", JwtAlg::HS384),
+        ("HS512", JwtAlg::HS512),
+        ("RS256", JwtAlg::RS256),
+        ("RS384", JwtAlg::RS384),
+        ("RS512", JwtAlg::RS512),
+        ("PS256", JwtAlg::PS256),
+        ("ES256", JwtAlg::ES256),
+        ("ES384", JwtAlg::ES384),
+        ("EdDSA", JwtAlg::EdDSA),
+    ];
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, JwtAlg::HS256 | JwtAlg::HS384 | JwtAlg::HS512)
+    }
+}
+
+/// Key material as configured (files already read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtMaterial {
+    /// HMAC secret (base64-decoded later when the plugin says `secret_is_base64`).
+    Secret(String),
+    /// PEM public key.
+    Pem(Vec<u8>),
+    /// A JWKS document; keys are selected by `kid`.
+    Jwks(Vec<u8>),
+}
+
+/// What `anonymous` names: the consumer a failed authentication falls back to.
+pub type Anonymous = Option<usize>;
+
+#[derive(Debug, Clone)]
+pub struct KeyAuthDef {
+    /// Header names (matched case-insensitively) and query parameter names (exact), in order.
+    pub key_names: Vec<String>,
+    pub in_header: bool,
+    pub in_query: bool,
+    pub hide_credentials: bool,
+    pub anonymous: Anonymous,
+    pub realm: String,
+    pub run_on_preflight: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BasicAuthDef {
+    pub hide_credentials: bool,
+    pub anonymous: Anonymous,
+    pub realm: String,
+    /// Credentials from `htpasswd_file` (on top of the consumers' `basicauth_credentials`).
+    pub htpasswd: Vec<BasicCredentialDef>,
+    pub cache_size: usize,
+    pub run_on_preflight: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtDef {
+    /// Lower-case header names; `authorization` expects `Bearer <token>`, others the bare token.
+    pub header_names: Vec<String>,
+    pub uri_param_names: Vec<String>,
+    pub cookie_names: Vec<String>,
+    pub verify_exp: bool,
+    pub verify_nbf: bool,
+    pub key_claim_name: String,
+    pub secret_is_base64: bool,
+    /// Seconds; a token must expire at most this far in the future (and must carry `exp`).
+    pub maximum_expiration: Option<u64>,
+    pub leeway_seconds: u64,
+    /// Accepted `iss` values (empty = not checked).
+    pub issuer: Vec<String>,
+    /// Accepted `aud` values (empty = not checked).
+    pub audience: Vec<String>,
+    pub max_token_bytes: usize,
+    pub cache_size: usize,
+    pub anonymous: Anonymous,
+    pub run_on_preflight: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclDef {
+    pub groups: Vec<String>,
+    /// `deny` list (else `allow`).
+    pub deny: bool,
+}
+
+/// An IPv4/IPv6 network (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).
+pub type Cidr = ipnet::IpNet;
+
+#[derive(Debug, Clone)]
+pub struct IpRestrictionDef {
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    pub status: u16,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConf {
+    /// Resolved at load (DNS never runs on a worker).
+    pub addr: SocketAddr,
+    /// Host header for the auth request.
+    pub host: String,
+    /// Path (and query) of the auth request.
+    pub path: String,
+    /// Lower-case names of client headers copied to the auth request.
+    pub request_headers: Vec<String>,
+    /// Lower-case names of auth-response headers copied to the upstream request on a 2xx.
+    pub response_headers: Vec<String>,
+    pub timeout: Duration,
+    pub fail_open: bool,
+    pub unavailable_status: u16,
+    pub timeout_status: u16,
+}

@@ -1,0 +1,264 @@
+//! Running a route's plugin chain for one request, between routing and forwarding.
+//!
+//! The chain is a slice of `Plugin` values walked by priority (`plugins::Walk`, which merges in
+//! the identified consumer's plugins); each step is a `match` arm calling into `auth::steps` or the
+//! limiter. Steps that must wait (a bcrypt check on the verifier pool) are awaited inline; no
+//! `RefCell` borrow is held across those awaits.
+//!
+//! Invariants: `ChainState` is reset at the start of every request, so identity and edits never
+//! leak from one request on a keep-alive connection to the next; a plugin's answer (401, 403, 429,
+//! …) is written with `plugins::write_response` and sent through `Conn::send_answer`, like every
+//! other gateway-generated response.
+
+use std::net::IpAddr;
+
+use super::{ClientIo, Conn, HeadView, Next, Prepared};
+use crate::auth::set::AuthSet;
+use crate::auth::steps::{self, Basic, Edits, Identity, Req};
+use crate::auth::{client_ip, verifier};
+use crate::http::headers::eq_ignore_case;
+use crate::limit::{self, Decision, RequestInfo};
+use crate::plugins::{self, Flow, Plugin, Walk};
+use crate::worker::Shard;
+
+/// Per-request plugin state, kept in the pooled `Scratch` so its buffers are reused.
+#[derive(Debug)]
+pub struct ChainState {
+    /// Limiter key being built.
+    key: Vec<u8>,
+    /// Decoded credentials (a query key, a Basic payload); wiped after use.
+    secret: Vec<u8>,
+    pub edits: Edits,
+    pub id: Identity,
+    pub client_ip: IpAddr,
+}
+
+impl Default for ChainState {
+    fn default() -> ChainState {
+        ChainState {
+            key: Vec::new(),
+            secret: Vec::new(),
+            edits: Edits::default(),
+            id: Identity::default(),
+            client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        }
+    }
+}
+
+impl ChainState {
+    fn reset(&mut self, client_ip: IpAddr) {
+        self.edits.clear();
+        self.id = Identity::default();
+        self.client_ip = client_ip;
+    }
+
+    /// Overwrites decoded credential bytes so they do not linger in a pooled buffer.
+    fn wipe_secret(&mut self) {
+        self.secret.fill(0);
+        self.secret.clear();
+    }
+}
+
+impl<S: ClientIo> Conn<S> {
+    /// Runs the route's plugin chain. `Some` when a plugin answered the request itself.
+    pub(super) async fn run_plugins(&mut self, shard: &Shard, p: &Prepared) -> Option<Next> {
+        self.s.plugin_headers.clear();
+        self.s.chain.reset(self.peer.ip());
+        let snap = self.snap.clone();
+        if snap.chains.routes.get(p.route).is_none_or(|c| c.is_empty()) {
+            return None;
+        }
+        let auth = &*snap.auth;
+        if !auth.trusted_proxies.is_empty() {
+            let buf = &self.buf;
+            let xff = self
+                .s
+                .head
+                .headers
+                .iter()
+                .filter(|h| eq_ignore_case(h.name.get(buf), b"x-forwarded-for"))
+                .map(|h| h.value.get(buf));
+            self.s.chain.client_ip = client_ip::resolve(self.peer.ip(), &auth.trusted_proxies, xff);
+        }
+        let service = snap.config.routes.get(p.route).map_or(0, |r| r.service);
+        let now_ms = limit::now_ms();
+        let mut walk = Walk::default();
+        loop {
+            let st = &mut self.s.chain;
+            let Some(step) = walk.next(&snap.chains, p.route, st.id.consumer) else {
+                break;
+            };
+            let req = Req {
+                head: &self.s.head,
+                buf: &self.buf,
+                client_ip: st.client_ip,
+            };
+            let resp_headers = &mut self.s.plugin_headers;
+            let flow = match step {
+                Plugin::RateLimiting { instance } => {
+                    let Some(limiters) = snap.limiters.as_deref() else {
+                        continue;
+                    };
+                    let Some(by) = limiters.limit_by(instance) else {
+                        continue;
+                    };
+                    let info = ReqInfo {
+                        client_ip: st.client_ip,
+                        view: HeadView {
+                            head: &self.s.head,
+                            buf: &self.buf,
+                        },
+                        path: &self.s.path,
+                        route: p.route,
+                        service,
+                        auth,
+                        id: st.id,
+                    };
+                    limit::build_key(by, &info, &mut st.key);
+                    match limiters.check(instance, &st.key, now_ms, resp_headers) {
+                        Decision::Reject { status, body } => Flow::Respond { status, body },
+                        _ => Flow::Continue,
+                    }
+                }
+                Plugin::KeyAuth(n) => match auth.key_auth.get(n) {
+                    Some(rt) => {
+                        let f = steps::key_auth(
+                            rt,
+                            auth,
+                            &req,
+                            &mut st.id,
+                            &mut st.edits,
+                            &mut st.secret,
+                            resp_headers,
+                        );
+                        st.wipe_secret();
+                        f
+                    }
+                    None => Flow::Continue,
+                },
+                Plugin::BasicAuth(n) => {
+                    let (Some(rt), Some(cache)) =
+                        (auth.basic_auth.get(n), snap.basic_caches.get(n))
+                    else {
+                        continue;
+                    };
+                    let first = steps::basic_auth(
+                        rt,
+                        auth,
+                        &req,
+                        &mut st.id,
+                        &mut st.edits,
+                        &cache.borrow(),
+                        &mut st.secret,
+                        resp_headers,
+                    );
+                    match first {
+                        Basic::Done(f) => {
+                            st.wipe_secret();
+                            f
+                        }
+                        Basic::Verify {
+                            cred,
+                            key,
+                            pass,
+                            header,
+                        } => {
+                            let password =
+                                st.secret.get(pass.0..pass.1).unwrap_or_default().to_vec();
+                            st.wipe_secret();
+                            let hash = cred
+                                .and_then(|c| auth.basic_creds.get(c))
+                                .map(|c| c.hash.clone());
+                            let verdict = verifier::verify(hash, password).await;
+                            let st = &mut self.s.chain;
+                            steps::basic_verified(
+                                rt,
+                                auth,
+                                verdict,
+                                cred,
+                                key,
+                                header,
+                                &mut st.id,
+                                &mut st.edits,
+                                &mut cache.borrow_mut(),
+                                &mut self.s.plugin_headers,
+                            )
+                        }
+                    }
+                }
+                Plugin::Acl(n) => match auth.acl.get(n) {
+                    Some(rt) => steps::acl(rt, &st.id),
+                    None => Flow::Continue,
+                },
+                Plugin::IpRestriction(n) => match auth.ip.get(n) {
+                    Some(rt) => steps::ip_restriction(rt, st.client_ip),
+                    None => Flow::Continue,
+                },
+                Plugin::Jwt(_) | Plugin::ForwardAuth(_) => Flow::Respond {
+                    status: 500,
+                    body: b"{\"message\":\"plugin not available in this build\"}",
+                },
+            };
+            if let Flow::Respond { status, body } = flow {
+                let close = p.client_close || !self.body_done || shard.draining.get();
+                self.s.out.clear();
+                plugins::write_response(
+                    &mut self.s.out,
+                    status,
+                    &self.s.plugin_headers,
+                    body,
+                    close,
+                );
+                let sent = self.send_answer(status, close).await;
+                return Some(if sent && !close {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                });
+            }
+        }
+        let st = &mut self.s.chain;
+        steps::identity_headers(auth, &st.id, &mut st.edits.add);
+        None
+    }
+}
+
+/// What the limiter keys on, straight from the request and the identity auth found.
+struct ReqInfo<'a> {
+    client_ip: IpAddr,
+    view: HeadView<'a>,
+    path: &'a [u8],
+    route: usize,
+    service: usize,
+    auth: &'a AuthSet,
+    id: Identity,
+}
+
+impl RequestInfo for ReqInfo<'_> {
+    fn client_ip(&self) -> IpAddr {
+        self.client_ip
+    }
+    fn header(&self, name_lower: &[u8]) -> Option<&[u8]> {
+        use crate::router::RequestView as _;
+        self.view.header(name_lower)
+    }
+    fn path(&self) -> &[u8] {
+        self.path
+    }
+    fn route(&self) -> usize {
+        self.route
+    }
+    fn service(&self) -> usize {
+        self.service
+    }
+    fn consumer(&self) -> Option<&[u8]> {
+        let c = self.id.consumer?;
+        self.auth.consumers.get(c).map(|c| c.username.as_bytes())
+    }
+    fn credential(&self) -> Option<&[u8]> {
+        if self.id.anonymous {
+            return None;
+        }
+        self.id.credential.map(|c| self.auth.credential_id(c))
+    }
+}

@@ -1,0 +1,582 @@
+//! Auth plugins end to end over real sockets: consumers and their upstream headers, key-auth,
+//! basic-auth (bcrypt, htpasswd), acl, ip-restriction with trusted proxies, anonymous consumers,
+//! consumer-scoped plugins, and the security properties (no bypass through path or Host tricks,
+//! preflight authenticated, spoofed consumer headers dropped, secrets never echoed or logged).
+
+mod common;
+
+use common::*;
+
+/// A bcrypt hash of `password` at the lowest cost (fast tests; the format is what matters).
+fn bcrypt_hash(password: &str) -> String {
+    bcrypt::hash(password, 4).expect("bcrypt hash")
+}
+
+/// One echo upstream; `/admin` and `/public` routes plus a catch-all; `extra` appended.
+fn setup(extra: &str) -> (Upstream, Gateway) {
+    let up = Upstream::echo("up");
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "admin"
+service = "svc"
+paths = ["/admin"]
+
+[[routes]]
+name = "public"
+service = "svc"
+paths = ["/public"]
+
+[[consumers]]
+username = "alice"
+custom_id = "c-001"
+groups = ["admins", "staff"]
+keyauth_credentials = [{{ key = "alice-key-0123456789", id = "alice-k1" }}]
+
+[[consumers]]
+username = "bob"
+groups = ["staff"]
+keyauth_credentials = [{{ key = "bob-key-0123456789" }}]
+
+[[consumers]]
+username = "guest"
+
+{extra}
+"#,
+        url = up.url()
+    );
+    let gw = Gateway::start(&toml);
+    (up, gw)
+}
+
+fn req(gw: &Gateway, path: &str, headers: &str) -> RawResponse {
+    let mut c = Conn::connect(gw.addr());
+    c.request(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n").as_bytes())
+}
+
+const KEY_AUTH_ADMIN: &str = r#"
+[[plugins]]
+name = "key-auth"
+route = "admin"
+"#;
+
+#[test]
+fn key_auth_missing_invalid_and_valid() {
+    let (up, gw) = setup(KEY_AUTH_ADMIN);
+    let r = req(&gw, "/admin", "");
+    r.assert_json_error(401);
+    assert_eq!(r.header("www-authenticate"), Some("Key realm=\"ringgate\""));
+    assert!(
+        r.body_str().contains("No API key found"),
+        "{}",
+        r.body_str()
+    );
+
+    let r = req(&gw, "/admin", "apikey: wrong-key-secret\r\n");
+    r.assert_json_error(401);
+    assert!(r.body_str().contains("Invalid authentication credentials"));
+    assert!(!r.body_str().contains("wrong-key-secret"));
+    assert_eq!(
+        up.request_count(),
+        0,
+        "nothing unauthenticated reaches the upstream"
+    );
+
+    let r = req(&gw, "/admin", "ApiKey: alice-key-0123456789\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = up.last_request();
+    assert_eq!(seen.header("x-consumer-id"), Some("alice"));
+    assert_eq!(seen.header("x-consumer-username"), Some("alice"));
+    assert_eq!(seen.header("x-consumer-custom-id"), Some("c-001"));
+    assert_eq!(seen.header("x-consumer-groups"), Some("admins, staff"));
+    assert_eq!(seen.header("x-credential-identifier"), Some("alice-k1"));
+    assert!(!seen.has_header("x-anonymous-consumer"));
+    // Without hide_credentials the key is forwarded.
+    assert_eq!(seen.header("apikey"), Some("alice-key-0123456789"));
+
+    // In the query string, percent-encoded; the default credential id is `<username>-key-<n>`.
+    let r = req(&gw, "/admin?x=1&apikey=bob%2Dkey-0123456789", "");
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = up.last_request();
+    assert_eq!(seen.header("x-consumer-username"), Some("bob"));
+    assert_eq!(seen.header("x-credential-identifier"), Some("bob-key-1"));
+    assert!(!seen.has_header("x-consumer-custom-id"));
+
+    // Two keys in one request are ambiguous.
+    let r = req(
+        &gw,
+        "/admin",
+        "apikey: alice-key-0123456789\r\napikey: bob-key-0123456789\r\n",
+    );
+    r.assert_json_error(401);
+    assert!(r.body_str().contains("Duplicate"));
+
+    // The public route has no auth.
+    assert_eq!(req(&gw, "/public", "").status, 200);
+}
+
+#[test]
+fn client_sent_consumer_headers_are_always_dropped() {
+    let (up, gw) = setup(KEY_AUTH_ADMIN);
+    let spoof = "X-Consumer-ID: root\r\nX-Consumer-Username: root\r\nX-Consumer-Groups: admins\r\n\
+                 X-Consumer-Custom-ID: 0\r\nX-Credential-Identifier: x\r\nX-Anonymous-Consumer: false\r\n";
+    // On a route without auth plugins...
+    assert_eq!(req(&gw, "/public", spoof).status, 200);
+    let seen = up.last_request();
+    for h in [
+        "x-consumer-id",
+        "x-consumer-username",
+        "x-consumer-groups",
+        "x-consumer-custom-id",
+        "x-credential-identifier",
+        "x-anonymous-consumer",
+    ] {
+        assert!(!seen.has_header(h), "{h} was forwarded: {:?}", seen.headers);
+    }
+    // ... and with one: only the gateway's values arrive.
+    let r = req(
+        &gw,
+        "/admin",
+        &format!("{spoof}apikey: bob-key-0123456789\r\n"),
+    );
+    assert_eq!(r.status, 200);
+    let seen = up.last_request();
+    assert_eq!(seen.header_all("x-consumer-username"), vec!["bob"]);
+    assert_eq!(seen.header_all("x-consumer-id"), vec!["bob"]);
+    assert_eq!(seen.header_all("x-consumer-groups"), vec!["staff"]);
+    assert!(!seen.has_header("x-consumer-custom-id"));
+}
+
+#[test]
+fn hide_credentials_strips_header_and_query_key() {
+    let (up, gw) = setup(
+        r#"
+[[plugins]]
+name = "key-auth"
+route = "admin"
+config = { key_names = ["apikey", "x-api-key"], hide_credentials = true }
+"#,
+    );
+    assert_eq!(
+        req(
+            &gw,
+            "/admin",
+            "X-Api-Key: alice-key-0123456789\r\nX-Other: 1\r\n"
+        )
+        .status,
+        200
+    );
+    let seen = up.last_request();
+    assert!(!seen.has_header("x-api-key"), "{:?}", seen.headers);
+    assert_eq!(seen.header("x-other"), Some("1"));
+
+    assert_eq!(
+        req(&gw, "/admin?a=1&apikey=alice-key-0123456789&b=2", "").status,
+        200
+    );
+    // strip_path (default true) removed /admin; the key left the query.
+    assert_eq!(up.last_request().target, "/?a=1&b=2");
+    assert_eq!(
+        req(&gw, "/admin?apikey=alice-key-0123456789", "").status,
+        200
+    );
+    assert_eq!(up.last_request().target, "/");
+    assert!(!up.raw_contains(b"alice-key-0123456789"));
+}
+
+#[test]
+fn anonymous_consumer_when_no_key() {
+    let (up, gw) = setup(
+        r#"
+[[plugins]]
+name = "key-auth"
+route = "admin"
+config = { anonymous = "guest" }
+"#,
+    );
+    assert_eq!(req(&gw, "/admin", "").status, 200);
+    let seen = up.last_request();
+    assert_eq!(seen.header("x-consumer-username"), Some("guest"));
+    assert_eq!(seen.header("x-anonymous-consumer"), Some("true"));
+    assert!(!seen.has_header("x-credential-identifier"));
+    // An invalid key also falls back (Kong's behaviour); a valid one identifies its consumer.
+    assert_eq!(req(&gw, "/admin", "apikey: nope\r\n").status, 200);
+    assert_eq!(
+        up.last_request().header("x-consumer-username"),
+        Some("guest")
+    );
+    assert_eq!(
+        req(&gw, "/admin", "apikey: alice-key-0123456789\r\n").status,
+        200
+    );
+    assert_eq!(
+        up.last_request().header("x-consumer-username"),
+        Some("alice")
+    );
+}
+
+#[test]
+fn basic_auth_bcrypt_and_htpasswd() {
+    let htpasswd = TempFile::new(
+        ".htpasswd",
+        &format!("# users\ncarol:{}\n", bcrypt_hash("carol-pw")),
+    );
+    let (up, gw) = setup(&format!(
+        r#"
+[[consumers]]
+username = "dave"
+groups = ["ops"]
+basicauth_credentials = [{{ username = "dave", password = "{dave}" }}]
+
+[[plugins]]
+name = "basic-auth"
+route = "admin"
+config = {{ hide_credentials = true, htpasswd_file = "{file}", realm = "ops area" }}
+"#,
+        dave = bcrypt_hash("dave-pw"),
+        file = htpasswd.path_str()
+    ));
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    let r = req(&gw, "/admin", "");
+    r.assert_json_error(401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"ops area\"")
+    );
+    let r = req(
+        &gw,
+        "/admin",
+        &format!("Authorization: Basic {}\r\n", b64("dave:wrong")),
+    );
+    r.assert_json_error(401);
+    let r = req(
+        &gw,
+        "/admin",
+        &format!("Authorization: Basic {}\r\n", b64("nobody:dave-pw")),
+    );
+    r.assert_json_error(401);
+    let r = req(&gw, "/admin", "Authorization: Basic !!!notbase64\r\n");
+    r.assert_json_error(401);
+    assert_eq!(up.request_count(), 0);
+
+    // Twice: the second is served from the worker's cache of verified credentials.
+    for _ in 0..2 {
+        let r = req(
+            &gw,
+            "/admin",
+            &format!("Authorization: basic {}\r\n", b64("dave:dave-pw")),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = up.last_request();
+        assert_eq!(seen.header("x-consumer-username"), Some("dave"));
+        assert_eq!(seen.header("x-consumer-groups"), Some("ops"));
+        assert_eq!(seen.header("x-credential-identifier"), Some("dave"));
+        assert!(!seen.has_header("authorization"), "hide_credentials");
+    }
+    // An htpasswd user without a [[consumers]] entry is a consumer of its own.
+    let r = req(
+        &gw,
+        "/admin",
+        &format!("Authorization: Basic {}\r\n", b64("carol:carol-pw")),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        up.last_request().header("x-consumer-username"),
+        Some("carol")
+    );
+    assert!(!gw
+        .logs()
+        .iter()
+        .any(|l| l.contains("dave-pw") || l.contains("carol-pw")));
+}
+
+#[test]
+fn acl_allow_deny_and_no_consumer() {
+    let (_up, gw) = setup(
+        r#"
+[[plugins]]
+name = "key-auth"
+route = "admin"
+
+[[plugins]]
+name = "acl"
+route = "admin"
+config = { allow = ["admins"] }
+
+[[plugins]]
+name = "acl"
+route = "public"
+config = { deny = ["staff"] }
+"#,
+    );
+    assert_eq!(
+        req(&gw, "/admin", "apikey: alice-key-0123456789\r\n").status,
+        200
+    );
+    let r = req(&gw, "/admin", "apikey: bob-key-0123456789\r\n");
+    r.assert_json_error(403);
+    assert!(r.body_str().contains("You cannot consume this service"));
+    // No auth plugin on /public: acl without a consumer is 401.
+    req(&gw, "/public", "").assert_json_error(401);
+}
+
+#[test]
+fn ip_restriction_and_trusted_proxies() {
+    let (_up, gw) = setup(
+        r#"
+[[plugins]]
+name = "ip-restriction"
+route = "admin"
+config = { deny = ["127.0.0.0/8"] }
+
+[[plugins]]
+name = "ip-restriction"
+route = "public"
+config = { allow = ["10.0.0.0/8", "2001:db8::/32"], message = "go away", status = 401 }
+"#,
+    );
+    let r = req(&gw, "/admin", "");
+    r.assert_json_error(403);
+    assert!(r.body_str().contains("Your IP address is not allowed"));
+    let r = req(&gw, "/public", "X-Forwarded-For: 10.1.2.3\r\n");
+    // No trusted proxies: X-Forwarded-For is not believed.
+    r.assert_json_error(401);
+    assert!(r.body_str().contains("go away"));
+}
+
+#[test]
+fn client_ip_through_trusted_proxy() {
+    let up = Upstream::echo("up");
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+trusted_proxies = ["127.0.0.1", "192.168.0.0/16"]
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "all"
+service = "svc"
+paths = ["/"]
+
+[[plugins]]
+name = "ip-restriction"
+config = {{ allow = ["203.0.113.0/24"] }}
+"#,
+        url = up.url()
+    );
+    let gw = Gateway::start(&toml);
+    req(&gw, "/", "").assert_json_error(403);
+    // The peer (127.0.0.1) is trusted; the rightmost untrusted entry is the client.
+    assert_eq!(
+        req(
+            &gw,
+            "/",
+            "X-Forwarded-For: 198.51.100.1, 203.0.113.7, 192.168.1.1\r\n"
+        )
+        .status,
+        200
+    );
+    // A client-written leftmost entry cannot choose the address.
+    req(&gw, "/", "X-Forwarded-For: 203.0.113.7, 198.51.100.1\r\n").assert_json_error(403);
+    // Garbage from a "trusted" hop falls back to the socket peer.
+    req(&gw, "/", "X-Forwarded-For: 203.0.113.7, junk\r\n").assert_json_error(403);
+    // The upstream still sees the real chain, with the peer appended.
+    assert_eq!(
+        req(&gw, "/", "X-Forwarded-For: 203.0.113.9\r\n").status,
+        200
+    );
+    assert_eq!(
+        up.last_request().header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+}
+
+#[test]
+fn no_bypass_through_path_tricks_host_case_or_preflight() {
+    let up = Upstream::echo("up");
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "admin"
+service = "svc"
+paths = ["/admin"]
+
+[[routes]]
+name = "admin-host"
+service = "svc"
+hosts = ["admin.example.com"]
+paths = ["/"]
+priority = 10
+
+[[routes]]
+name = "public"
+service = "svc"
+paths = ["/"]
+
+[[consumers]]
+username = "alice"
+keyauth_credentials = [{{ key = "alice-key-0123456789" }}]
+
+[[plugins]]
+name = "key-auth"
+route = "admin"
+
+[[plugins]]
+name = "key-auth"
+route = "admin-host"
+"#,
+        url = up.url()
+    );
+    let gw = Gateway::start(&toml);
+    for path in [
+        "/admin",
+        "/admin/",
+        "/admin/x",
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "//admin",
+        "/%61dmin",
+        "/./admin",
+        "/admin;x",
+    ] {
+        let r = req(&gw, path, "");
+        assert!(
+            r.status == 401 || r.status == 400 || r.status == 404,
+            "{path} got {}",
+            r.status
+        );
+    }
+    // Paths are case-sensitive (documented): /ADMIN is not the admin route; it goes to the
+    // catch-all, and the upstream sees /ADMIN, not /admin.
+    assert_eq!(req(&gw, "/ADMIN", "").status, 200);
+    assert_eq!(up.last_request().path(), "/ADMIN");
+    // Host matching is case-insensitive and ignores the port and a trailing dot.
+    for host in [
+        "admin.example.com",
+        "ADMIN.Example.COM",
+        "admin.example.com:8080",
+        "admin.example.com.",
+    ] {
+        let mut c = Conn::connect(gw.addr());
+        let r = c.request(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        assert!(
+            r.status == 401 || r.status == 400,
+            "{host} got {}",
+            r.status
+        );
+    }
+    // Absolute-form overrides Host (RFC 9112 §3.2.2): still the admin host route.
+    let mut c = Conn::connect(gw.addr());
+    let r = c.request(b"GET http://admin.example.com/ HTTP/1.1\r\nHost: other\r\n\r\n");
+    r.assert_json_error(401);
+    // Preflight is authenticated by default.
+    let mut c = Conn::connect(gw.addr());
+    let r = c.request(
+        format!("OPTIONS /admin HTTP/1.1\r\nHost: {HOST}\r\nOrigin: http://x\r\nAccess-Control-Request-Method: GET\r\n\r\n")
+            .as_bytes(),
+    );
+    r.assert_json_error(401);
+    let before = up.request_count();
+    assert!(up
+        .requests()
+        .iter()
+        .all(|r| !r.path().eq_ignore_ascii_case("/admin") || r.path() == "/ADMIN"));
+    assert_eq!(before, up.request_count());
+}
+
+#[test]
+fn secrets_never_in_logs_or_bodies() {
+    let (_up, gw) = setup(KEY_AUTH_ADMIN);
+    let secret = "sup3r-s3cret-attempt";
+    let r = req(&gw, "/admin", &format!("apikey: {secret}\r\n"));
+    r.assert_json_error(401);
+    let r2 = req(&gw, &format!("/admin?apikey={secret}"), "");
+    r2.assert_json_error(401);
+    assert!(!r.body_str().contains(secret) && !r2.body_str().contains(secret));
+    for h in r.headers.iter().chain(r2.headers.iter()) {
+        assert!(!h.1.contains(secret));
+    }
+    settle();
+    let logs = gw.logs();
+    assert!(!logs.is_empty());
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains(secret) || l.contains("alice-key")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn rate_limit_by_consumer_and_credential_and_consumer_scope() {
+    let (_up, gw) = setup(
+        r#"
+[[plugins]]
+name = "key-auth"
+
+[[plugins]]
+name = "rate-limiting"
+route = "admin"
+config = { minute = 3, limit_by = "consumer" }
+
+[[plugins]]
+name = "rate-limiting"
+route = "public"
+config = { minute = 2, limit_by = "credential" }
+
+[[plugins]]
+name = "rate-limiting"
+consumer = "bob"
+config = { minute = 5, limit_by = "consumer" }
+"#,
+    );
+    let count_ok = |path: &str, key: &str, n: usize| -> (usize, Option<String>) {
+        let mut ok = 0;
+        let mut limit = None;
+        for _ in 0..n {
+            let r = req(&gw, path, &format!("apikey: {key}\r\n"));
+            if r.status == 200 {
+                ok += 1;
+                limit = r.header("x-ratelimit-limit-minute").map(str::to_owned);
+            } else {
+                assert_eq!(r.status, 429, "{r:?}");
+            }
+        }
+        (ok, limit)
+    };
+    // alice: the route's limit of 3 per consumer.
+    assert_eq!(
+        count_ok("/admin", "alice-key-0123456789", 6),
+        (3, Some("3".into()))
+    );
+    // bob: his consumer-scoped instance (5) replaces the route's, on every route.
+    assert_eq!(
+        count_ok("/admin", "bob-key-0123456789", 8),
+        (5, Some("5".into()))
+    );
+    // alice on /public: limited by credential (2), separate from her /admin count.
+    assert_eq!(
+        count_ok("/public", "alice-key-0123456789", 4),
+        (2, Some("2".into()))
+    );
+}
