@@ -7,13 +7,15 @@
 //!   what the chain does next and records the identity in the request's `Identity`;
 //! - `client_ip`: the client address, through `[server] trusted_proxies`;
 //! - `verifier`: bcrypt checks on their own threads (they cost milliseconds, too long for a worker);
-//! - `cache`: a bounded per-worker cache of verified basic-auth credentials.
+//! - `cache`: a bounded per-worker cache of verified basic-auth credentials;
+//! - `forward`: the forward-auth client (an external HTTP auth service, over pooled connections).
 //!
 //! Secrets never reach logs or error bodies; stored secrets are compared through SHA-256 digests
 //! and constant-time equality.
 
 pub mod cache;
 pub mod client_ip;
+pub mod forward;
 pub mod set;
 pub mod steps;
 pub mod verifier;

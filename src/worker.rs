@@ -72,6 +72,8 @@ pub struct Snapshot {
     pub tls: Arc<TlsContext>,
     pub chains: Arc<Chains>,
     pub auth: Arc<AuthSet>,
+    /// Pool slot of each forward-auth instance's service (keyed by address, like targets).
+    pub forward_slots: Vec<usize>,
     /// Per basic-auth instance: credentials this worker verified (bcrypt is too slow to repeat).
     pub basic_caches: Vec<RefCell<DigestCache>>,
     /// This worker's rate-limit state for this generation (decides locally, syncs periodically);
@@ -107,6 +109,12 @@ impl Snapshot {
             tls: compiled.tls.clone(),
             chains: compiled.chains.clone(),
             auth: compiled.auth.clone(),
+            forward_slots: compiled
+                .auth
+                .forward
+                .iter()
+                .map(|f| pool.slot_for(f.conf.def.addr))
+                .collect(),
             basic_caches: compiled
                 .auth
                 .basic_auth

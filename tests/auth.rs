@@ -580,3 +580,159 @@ config = { minute = 5, limit_by = "consumer" }
         (2, Some("2".into()))
     );
 }
+
+/// A forward-auth service on loopback: `Authorization: Bearer good` gets 200 with
+/// `X-User-Id: u-42`; `slow` answers after 2 s; anything else gets 401 with a challenge and a body.
+/// Records every request head it receives. Stops when dropped (bounded by a 60 s lifetime).
+struct AuthService {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AuthService {
+    fn start() -> AuthService {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind auth");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !stop2.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                let seen = seen2.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                    let mut buf = Vec::new();
+                    for _ in 0..100 {
+                        let mut chunk = [0u8; 4096];
+                        let end = loop {
+                            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                                break Some(i + 4);
+                            }
+                            match s.read(&mut chunk) {
+                                Ok(0) | Err(_) => break None,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let Some(end) = end else { return };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        seen.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(head.clone());
+                        let lower = head.to_ascii_lowercase();
+                        let answer: &[u8] = if lower.contains("authorization: bearer good") {
+                            b"HTTP/1.1 200 OK\r\nX-User-Id: u-42\r\nX-Other: no\r\nContent-Length: 0\r\n\r\n"
+                        } else if lower.contains("authorization: bearer slow") {
+                            std::thread::sleep(std::time::Duration::from_secs(2));
+                            return;
+                        } else {
+                            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"sso\"\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nlog in first"
+                        };
+                        if s.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        AuthService { addr, seen, stop }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for AuthService {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn forward_auth_setup(address: &str, extra_config: &str) -> (Upstream, Gateway) {
+    setup(&format!(
+        r#"
+[[plugins]]
+name = "forward-auth"
+route = "admin"
+config = {{ address = "{address}", request_headers = ["authorization"], response_headers = ["x-user-id"], timeout = "300ms" {extra_config} }}
+"#
+    ))
+}
+
+#[test]
+fn forward_auth_allow_deny_and_failures() {
+    let auth = AuthService::start();
+    let (up, gw) = forward_auth_setup(&format!("http://{}/verify", auth.addr), "");
+    // Allowed: the approved header replaces any client copy; the auth service saw the request.
+    let r = req(
+        &gw,
+        "/admin/x?y=1",
+        "Authorization: Bearer good\r\nX-User-Id: spoofed\r\nCookie: c=1\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = up.last_request();
+    assert_eq!(seen.header_all("x-user-id"), vec!["u-42"]);
+    assert!(!seen.has_header("x-other"));
+    let heads = auth.heads();
+    let h = heads.last().expect("auth request").to_ascii_lowercase();
+    assert!(h.starts_with("get /verify http/1.1\r\n"), "{h}");
+    assert!(h.contains("x-forwarded-uri: /admin/x?y=1\r\n"), "{h}");
+    assert!(h.contains("x-forwarded-method: get\r\n"), "{h}");
+    assert!(
+        !h.contains("cookie"),
+        "only the listed headers go to the auth service: {h}"
+    );
+
+    // Denied: the auth service's answer goes back as it is.
+    let before = up.request_count();
+    let r = req(&gw, "/admin", "Authorization: Bearer bad\r\n");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"sso\""));
+    assert_eq!(r.body_str(), "log in first");
+    // Slow: 504 within the timeout; nothing reached the upstream.
+    let t = std::time::Instant::now();
+    let r = req(&gw, "/admin", "Authorization: Bearer slow\r\n");
+    r.assert_json_error(504);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(up.request_count(), before);
+    // Connections to the auth service are reused.
+    for _ in 0..5 {
+        assert_eq!(
+            req(&gw, "/admin", "Authorization: Bearer good\r\n").status,
+            200
+        );
+    }
+}
+
+#[test]
+fn forward_auth_down_fails_closed_or_open() {
+    let dead = refusing_addr();
+    let (up, gw) = forward_auth_setup(&format!("http://{dead}/verify"), "");
+    req(&gw, "/admin", "Authorization: Bearer good\r\n").assert_json_error(502);
+    assert_eq!(up.request_count(), 0);
+    let (up, gw) = forward_auth_setup(&format!("http://{dead}/verify"), ", fail_open = true");
+    assert_eq!(
+        req(&gw, "/admin", "Authorization: Bearer good\r\n").status,
+        200
+    );
+    assert_eq!(up.request_count(), 1);
+}

@@ -71,6 +71,13 @@ pub struct AclRt {
 }
 
 #[derive(Debug)]
+pub struct ForwardRt {
+    pub conf: ForwardAuthConf,
+    /// The response header names copied upstream on a 2xx: client copies of them are dropped.
+    pub copied: Arc<[Box<[u8]>]>,
+}
+
+#[derive(Debug)]
 pub struct IpRt {
     pub def: IpRestrictionDef,
     /// `{"message":"…"}`.
@@ -90,7 +97,7 @@ pub struct AuthSet {
     pub basic_auth: Vec<BasicAuthRt>,
     pub acl: Vec<AclRt>,
     pub ip: Vec<IpRt>,
-    pub forward: Vec<ForwardAuthConf>,
+    pub forward: Vec<ForwardRt>,
     pub trusted_proxies: Vec<Cidr>,
 }
 
@@ -196,7 +203,15 @@ impl AuthSet {
                     body: json_message(&def.message),
                     def: def.clone(),
                 }),
-                PluginConfig::ForwardAuth(def) => set.forward.push(def.clone()),
+                PluginConfig::ForwardAuth(conf) => set.forward.push(ForwardRt {
+                    copied: conf
+                        .def
+                        .response_headers
+                        .iter()
+                        .map(|h| h.as_bytes().into())
+                        .collect(),
+                    conf: conf.clone(),
+                }),
                 PluginConfig::RateLimiting(_) | PluginConfig::Jwt(_) => {}
             }
         }

@@ -66,7 +66,7 @@ pub struct Edits {
     /// Indices of client headers not forwarded (hidden credentials).
     pub skip: Vec<u16>,
     /// Lower-case names of client headers not forwarded (replaced by forward-auth's copies).
-    pub skip_names: Vec<Box<[u8]>>,
+    pub skip_names: Option<std::sync::Arc<[Box<[u8]>]>>,
     /// Byte range of the query (relative to its start) not forwarded: a hidden `?apikey=…`,
     /// including one adjacent `&`.
     pub query_cut: Option<(usize, usize)>,
@@ -76,21 +76,25 @@ impl Edits {
     pub fn clear(&mut self) {
         self.add.clear();
         self.skip.clear();
-        self.skip_names.clear();
+        self.skip_names = None;
         self.query_cut = None;
     }
 
     pub fn is_empty(&self) -> bool {
         self.add.is_empty()
             && self.skip.is_empty()
-            && self.skip_names.is_empty()
+            && self.skip_names.is_none()
             && self.query_cut.is_none()
     }
 
     /// Whether client header `i` named `name` is dropped.
     pub fn skips(&self, i: usize, name: &[u8]) -> bool {
         self.skip.iter().any(|&s| usize::from(s) == i)
-            || self.skip_names.iter().any(|n| eq_ignore_case(n, name))
+            || self
+                .skip_names
+                .iter()
+                .flat_map(|n| n.iter())
+                .any(|n| eq_ignore_case(n, name))
     }
 }
 

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use super::{ClientIo, Conn, HeadView, Next, Prepared};
 use crate::auth::set::AuthSet;
 use crate::auth::steps::{self, Basic, Edits, Identity, Req};
-use crate::auth::{client_ip, verifier};
+use crate::auth::{client_ip, forward, verifier};
 use crate::http::headers::eq_ignore_case;
 use crate::limit::{self, Decision, RequestInfo};
 use crate::plugins::{self, Flow, Plugin, Walk};
@@ -31,6 +31,9 @@ pub struct ChainState {
     pub edits: Edits,
     pub id: Identity,
     pub client_ip: IpAddr,
+    /// Forward-auth: the auth answer's buffers, and the header lines it approved.
+    fwd: forward::Scratch,
+    fwd_headers: Vec<u8>,
 }
 
 impl Default for ChainState {
@@ -41,6 +44,8 @@ impl Default for ChainState {
             edits: Edits::default(),
             id: Identity::default(),
             client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            fwd: forward::Scratch::default(),
+            fwd_headers: Vec::new(),
         }
     }
 }
@@ -194,7 +199,79 @@ impl<S: ClientIo> Conn<S> {
                     Some(rt) => steps::ip_restriction(rt, st.client_ip),
                     None => Flow::Continue,
                 },
-                Plugin::Jwt(_) | Plugin::ForwardAuth(_) => Flow::Respond {
+                Plugin::ForwardAuth(n) => {
+                    let (Some(rt), Some(&slot)) = (auth.forward.get(n), snap.forward_slots.get(n))
+                    else {
+                        continue;
+                    };
+                    let close = p.client_close || !self.body_done || shard.draining.get();
+                    let buf = &self.buf;
+                    let head = &self.s.head;
+                    let headers = forward::SpanHeaders {
+                        headers: &head.headers,
+                        buf,
+                    };
+                    let areq = forward::AuthRequest {
+                        method: head.method.get(buf),
+                        uri: head.target.get(buf),
+                        host: head
+                            .effective_host()
+                            .map(|h| h.get(buf))
+                            .unwrap_or_default(),
+                        proto: if self.listener.tls { b"https" } else { b"http" },
+                        client_ip: st.client_ip,
+                        headers: &headers,
+                        client_close: close,
+                        http10: p.http10,
+                    };
+                    let mut copied = std::mem::take(&mut st.fwd_headers);
+                    copied.clear();
+                    self.s.out.clear();
+                    let verdict = forward::check(
+                        &shard.pool,
+                        slot,
+                        &rt.conf.def,
+                        &areq,
+                        &mut st.fwd,
+                        &mut copied,
+                        &mut self.s.out,
+                    )
+                    .await;
+                    let st = &mut self.s.chain;
+                    match verdict {
+                        forward::Verdict::Allow => {
+                            st.edits.add.extend_from_slice(&copied);
+                            st.edits.skip_names = Some(rt.copied.clone());
+                            st.fwd_headers = copied;
+                            Flow::Continue
+                        }
+                        forward::Verdict::Deny { status, close } => {
+                            st.fwd_headers = copied;
+                            // The auth service's answer is already in `out`, relayed as it is.
+                            let sent = self.send_answer(status, close).await;
+                            return Some(if sent && !close {
+                                Next::KeepAlive
+                            } else {
+                                Next::Close
+                            });
+                        }
+                        forward::Verdict::Unavailable { why } => {
+                            st.fwd_headers = copied;
+                            crate::warn!(
+                                "forward-auth unavailable reason=\"{}\" fail_open={}",
+                                why,
+                                rt.conf.fail_open
+                            );
+                            forward_failed(rt.conf.fail_open, rt.conf.unavailable_status)
+                        }
+                        forward::Verdict::Timeout => {
+                            st.fwd_headers = copied;
+                            crate::warn!("forward-auth timed out fail_open={}", rt.conf.fail_open);
+                            forward_failed(rt.conf.fail_open, rt.conf.timeout_status)
+                        }
+                    }
+                }
+                Plugin::Jwt(_) => Flow::Respond {
                     status: 500,
                     body: b"{\"message\":\"plugin not available in this build\"}",
                 },
@@ -220,6 +297,21 @@ impl<S: ClientIo> Conn<S> {
         let st = &mut self.s.chain;
         steps::identity_headers(auth, &st.id, &mut st.edits.add);
         None
+    }
+}
+
+/// The auth service failed: let the request through (`fail_open`) or answer `status`.
+fn forward_failed(fail_open: bool, status: u16) -> Flow<'static> {
+    if fail_open {
+        return Flow::Continue;
+    }
+    Flow::Respond {
+        status,
+        body: if status == 504 {
+            b"{\"message\":\"The authentication service timed out\"}"
+        } else {
+            b"{\"message\":\"The authentication service is unavailable\"}"
+        },
     }
 }
 

@@ -131,7 +131,7 @@ pub fn write_request_head(
     let mut has_xff = false;
     let mut had_content_length = false;
     let mut upgrade_value: Option<Span> = None;
-    let edited = !edits.skip.is_empty() || !edits.skip_names.is_empty();
+    let edited = !edits.skip.is_empty() || edits.skip_names.is_some();
     for (i, h) in head.headers.iter().enumerate() {
         let name = h.name.get(buf);
         match classify(name) {

@@ -7,9 +7,6 @@
 //! module parses it when a generation is compiled, and `config::load` reports a key that does not
 //! parse at its file:line:key like any other error.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 /// One consumer: who a request is, once an auth plugin identified it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerDef {
@@ -168,17 +165,9 @@ pub struct IpRestrictionDef {
 
 #[derive(Debug, Clone)]
 pub struct ForwardAuthConf {
-    /// Resolved at load (DNS never runs on a worker).
-    pub addr: SocketAddr,
-    /// Host header for the auth request.
-    pub host: String,
-    /// Path (and query) of the auth request.
-    pub path: String,
-    /// Lower-case names of client headers copied to the auth request.
-    pub request_headers: Vec<String>,
-    /// Lower-case names of auth-response headers copied to the upstream request on a 2xx.
-    pub response_headers: Vec<String>,
-    pub timeout: Duration,
+    /// Where and what to ask (address resolved at load, header lists lower-case and validated).
+    pub def: crate::auth::forward::ForwardAuthDef,
+    /// Let requests through when the auth service is down or slow.
     pub fail_open: bool,
     pub unavailable_status: u16,
     pub timeout_status: u16,

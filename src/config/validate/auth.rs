@@ -9,6 +9,7 @@ use std::path::Path;
 
 use super::consumers::{check_password_hash, header_safe, lookup};
 use super::{in_range, push};
+use crate::auth::forward::ForwardAuthDef;
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{
     AclDef, BasicAuthDef, BasicCredentialDef, Cidr, ConsumerDef, ForwardAuthConf, IpRestrictionDef,
@@ -522,7 +523,7 @@ pub fn forward_auth(
         Some(d) => d.0,
         None => std::time::Duration::from_secs(5),
     };
-    Some(ForwardAuthConf {
+    let def = ForwardAuthDef {
         addr,
         host: url.authority(),
         path: if url.path.is_empty() {
@@ -533,6 +534,14 @@ pub fn forward_auth(
         request_headers,
         response_headers,
         timeout,
+        max_body: crate::auth::forward::DEFAULT_MAX_BODY,
+    };
+    if let Err(e) = def.validate() {
+        push(problems, cp, e);
+        return None;
+    }
+    Some(ForwardAuthConf {
+        def,
         fail_open: c.fail_open.unwrap_or(false),
         unavailable_status,
         timeout_status,
