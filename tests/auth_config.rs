@@ -1,0 +1,189 @@
+//! `[[consumers]]` and auth plugin configs: valid forms load into the model; each mistake is
+//! reported once with its key path, line and a message that never echoes a secret.
+
+use ringgate::config::model::{JwtAlg, JwtMaterial, PluginConfig, PluginScope};
+use ringgate::config::{load_str, ConfigError};
+
+const BASE: &str = r#"[[services]]
+name = "s"
+url = "http://127.0.0.1:9001"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match load_str(&format!("{BASE}{text}"), "test.toml") {
+        Ok(_) => panic!("config loaded but should not:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// Exactly one error, at `key`, whose message contains `fragment`; returns it.
+#[track_caller]
+fn expect_one(text: &str, key: &str, fragment: &str) -> ConfigError {
+    let errs = errors(text);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errs.len(),
+        1,
+        "expected one error, got:\n{}",
+        shown.join("\n")
+    );
+    let e = errs.into_iter().next().expect("one error");
+    assert_eq!(e.key, key, "{e}");
+    assert!(
+        e.message.contains(fragment),
+        "message lacks {fragment:?}: {e}"
+    );
+    assert!(e.line > 9, "error must point into the file: {e}");
+    e
+}
+
+#[test]
+fn valid_consumers_and_plugins_load() {
+    let cfg = load_str(
+        &format!(
+            r#"{BASE}
+[[consumers]]
+username = "alice"
+groups = ["a"]
+keyauth_credentials = [{{ key = "k-0123456789" }}]
+jwt_secrets = [{{ key = "iss-a", secret = "s3cret" }}, {{ key = "iss-b", algorithm = "RS256", public_key = "-----BEGIN PUBLIC KEY-----" }}]
+
+[[plugins]]
+name = "key-auth"
+config = {{ anonymous = "alice", hide_credentials = true }}
+
+[[plugins]]
+name = "acl"
+route = "r"
+config = {{ deny = ["b"] }}
+
+[[plugins]]
+name = "rate-limiting"
+consumer = "alice"
+config = {{ minute = 5 }}
+"#
+        ),
+        "test.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(cfg.consumers.len(), 1);
+    assert_eq!(cfg.consumers[0].id, "alice");
+    assert_eq!(cfg.credentials.keys[0].id, "alice-key-1");
+    assert_eq!(cfg.credentials.jwt[0].algorithm, JwtAlg::HS256);
+    assert_eq!(
+        cfg.credentials.jwt[0].material,
+        JwtMaterial::Secret("s3cret".into())
+    );
+    assert!(
+        matches!(&cfg.plugins[0].config, PluginConfig::KeyAuth(k) if k.anonymous == Some(0) && k.key_names == ["apikey"])
+    );
+    assert_eq!(cfg.plugins[2].scope, PluginScope::Consumer(0));
+}
+
+#[test]
+fn consumer_mistakes() {
+    expect_one(
+        "[[consumers]]\nusername = \"a\"\n[[consumers]]\nusername = \"a\"\n",
+        "consumers[1].username",
+        "duplicate consumer username \"a\"",
+    );
+    expect_one(
+        "[[consumers]]\nusername = \"a b\"\n",
+        "consumers[0].username",
+        "not a valid username",
+    );
+    expect_one(
+        "[[consumers]]\nusername = \"a\"\ngroup = [\"x\"]\n",
+        "consumers[0].group",
+        "unknown field",
+    );
+    let e = expect_one(
+        "[[consumers]]\nusername = \"a\"\nkeyauth_credentials = [{ key = \"dup-secret-1\" }]\n[[consumers]]\nusername = \"b\"\nkeyauth_credentials = [{ key = \"dup-secret-1\" }]\n",
+        "consumers[1].keyauth_credentials[0].key",
+        "already used by consumers[0]",
+    );
+    assert!(
+        !e.to_string().contains("dup-secret-1"),
+        "a key must never be echoed: {e}"
+    );
+    let e = expect_one(
+        "[[consumers]]\nusername = \"a\"\nbasicauth_credentials = [{ username = \"a\", password = \"hunter2\" }]\n",
+        "consumers[0].basicauth_credentials[0].password",
+        "bcrypt hash",
+    );
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    expect_one(
+        "[[consumers]]\nusername = \"a\"\njwt_secrets = [{ key = \"i\", secret = \"x\", public_key_file = \"k.pem\" }]\n",
+        "consumers[0].jwt_secrets[0].secret",
+        "exactly one of",
+    );
+    expect_one(
+        "[[consumers]]\nusername = \"a\"\njwt_secrets = [{ key = \"i\", algorithm = \"RS256\", secret = \"x\" }]\n",
+        "consumers[0].jwt_secrets[0].secret",
+        "public key",
+    );
+    expect_one(
+        "[[consumers]]\nusername = \"a\"\njwt_secrets = [{ key = \"i\", algorithm = \"none\", secret = \"x\" }]\n",
+        "consumers[0].jwt_secrets[0].algorithm",
+        "not supported",
+    );
+    expect_one(
+        "[[consumers]]\nusername = \"a\"\njwt_secrets = [{ key = \"i\", algorithm = \"RS256\", public_key_file = \"/nonexistent/k.pem\" }]\n",
+        "consumers[0].jwt_secrets[0].public_key_file",
+        "cannot read",
+    );
+}
+
+#[test]
+fn auth_plugin_mistakes() {
+    expect_one(
+        "[[plugins]]\nname = \"acl\"\nconfig = { allow = [\"a\"], deny = [\"b\"] }\n",
+        "plugins[0].config.deny",
+        "not both",
+    );
+    expect_one(
+        "[[plugins]]\nname = \"ip-restriction\"\nconfig = { allow = [\"10.0.0.0/33\"] }\n",
+        "plugins[0].config.allow[0]",
+        "not an IP address or CIDR",
+    );
+    expect_one(
+        "[[plugins]]\nname = \"key-auth\"\nconfig = { anonymous = \"ghost\" }\n",
+        "plugins[0].config.anonymous",
+        "no consumer with username \"ghost\"",
+    );
+    expect_one(
+        "[[plugins]]\nname = \"forward-auth\"\nconfig = { address = \"https://auth.local/x\" }\n",
+        "plugins[0].config.address",
+        "not supported yet",
+    );
+    expect_one(
+        "[[plugins]]\nname = \"jwt\"\nconfig = { claims_to_verify = [\"iat\"] }\n",
+        "plugins[0].config.claims_to_verify[0]",
+        "cannot be verified",
+    );
+    expect_one(
+        "[[plugins]]\nname = \"jwt\"\nconfig = { maximum_expiration = 60 }\n",
+        "plugins[0].config.maximum_expiration",
+        "claims_to_verify",
+    );
+    expect_one(
+        "[[plugins]]\nname = \"key-auth\"\nconfig = { key_names = [\"bad name\"] }\n",
+        "plugins[0].config.key_names[0]",
+        "not a valid name",
+    );
+    expect_one(
+        "[server]\ntrusted_proxies = [\"nope\"]\n",
+        "server.trusted_proxies[0]",
+        "not an IP address",
+    );
+    expect_one(
+        "[[plugins]]\nname = \"basic-auth\"\nconfig = { htpasswd_file = \"/nonexistent/htpasswd\" }\n",
+        "plugins[0].config.htpasswd_file",
+        "cannot read",
+    );
+}
