@@ -541,9 +541,72 @@ mod tests {
     }
 
     #[test]
+    fn cookies() {
+        assert_eq!(cookie(b"a=1; jwt=tok; b=2", b"jwt"), Some(&b"tok"[..]));
+        assert_eq!(cookie(b"jwt=", b"jwt"), Some(&b""[..]));
+        assert_eq!(cookie(b"xjwt=1", b"jwt"), None);
+        assert_eq!(cookie(b"garbage", b"jwt"), None);
+    }
+
+    #[test]
     fn percent_decoding_keeps_malformed() {
         let mut out = Vec::new();
         percent_decode(b"%zz%4", &mut out);
         assert_eq!(out, b"%zz%4");
     }
+}
+
+/// Where a JWT was found: `Ok(None)` when absent, `Err(())` when ambiguous (two tokens).
+/// Order: headers (`authorization` expects `Bearer <token>`, other headers the bare token), then
+/// query parameters, then cookies, each in configured order; the first name present wins.
+pub fn find_jwt<'r>(
+    def: &crate::config::model::JwtDef,
+    req: &Req<'r>,
+) -> Result<Option<&'r [u8]>, ()> {
+    for name in &def.header_names {
+        let mut hits = req
+            .head
+            .headers
+            .iter()
+            .filter(|h| eq_ignore_case(h.name.get(req.buf), name.as_bytes()))
+            .map(|h| h.value.get(req.buf));
+        if let Some(v) = hits.next() {
+            if hits.next().is_some() {
+                return Err(());
+            }
+            let token = if name == "authorization" {
+                strip_scheme(v, b"bearer")
+            } else {
+                Some(v.trim_ascii()).filter(|t| !t.is_empty())
+            };
+            // A present header that is not a bearer token (e.g. Basic) is "no token".
+            return Ok(token);
+        }
+    }
+    let query = req.head.query.map(|q| q.get(req.buf)).unwrap_or_default();
+    for name in &def.uri_param_names {
+        if let Some((_, _, v)) = query_param(query, name.as_bytes()) {
+            return Ok(Some(v).filter(|v| !v.is_empty()));
+        }
+    }
+    for name in &def.cookie_names {
+        for h in &req.head.headers {
+            if !eq_ignore_case(h.name.get(req.buf), b"cookie") {
+                continue;
+            }
+            if let Some(v) = cookie(h.value.get(req.buf), name.as_bytes()) {
+                return Ok(Some(v).filter(|v| !v.is_empty()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`).
+pub fn cookie<'v>(header: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = memchr::memchr(b'=', pair)?;
+        (pair.get(..eq)? == name).then(|| pair.get(eq + 1..).unwrap_or_default().trim_ascii())
+    })
 }
