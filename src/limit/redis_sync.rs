@@ -7,8 +7,10 @@
 //! other nodes' counts); and every second a heartbeat in the sorted set `<prefix>:nodes` (`ZADD`
 //! node id with the wall clock, `ZREMRANGEBYSCORE` entries older than `NODE_TTL_MS`, `ZCARD`) so
 //! each node knows how many share the limit. Window keys are
-//! `<prefix>:rl:<instance id>:<period>:<window index>:<limiter key>`, hashes of per-node absolute
-//! counts that expire two periods after their window (the sliding window reads the previous one).
+//! `<prefix>:rl:<instance id>:<fw|sw>:<period>-<limit>:<window index>:<limiter key>`, hashes of
+//! per-node absolute counts that expire two periods after their window (the sliding window reads the
+//! previous one). The node id is the limiter's for the process lifetime, so a reload neither looks
+//! like a new node nor resets this node's field.
 //! Absolute per-node counts make every write idempotent: a pipeline that timed out (say, Redis was
 //! stopped) and is applied later, or is sent again after reconnecting, can never count twice.
 //!
@@ -24,7 +26,7 @@ use super::msg::Override;
 use super::reconciler::{GState, SharedStats};
 use super::table::KeyTable;
 use super::InstanceDef;
-use crate::config::model::{RedisDef, RedisFailure};
+use crate::config::model::{Algorithm, PeriodLimit, RedisDef, RedisFailure};
 
 /// How long after a failure the next connection attempt is made.
 pub const RETRY_MS: u64 = 500;
@@ -78,6 +80,15 @@ impl ClusterLink {
         }
     }
 
+    /// New settings for the same url and prefix (a reload).
+    pub fn set_def(&mut self, def: RedisDef) {
+        if let Some(c) = &self.conn {
+            let _ = c.set_read_timeout(Some(def.timeout));
+            let _ = c.set_write_timeout(Some(def.timeout));
+        }
+        self.def = def;
+    }
+
     /// What workers do now (no override while Redis answers).
     pub fn override_for(&self, policy: RedisFailure) -> Override {
         if self.healthy {
@@ -90,13 +101,21 @@ impl ClusterLink {
         }
     }
 
-    fn window_key(&mut self, period: &str, idx: u64, key: &[u8]) -> Vec<u8> {
+    /// `<prefix>:rl:<instance id>:<fw|sw>:<period>-<limit>:<window index>:<limiter key>`. The
+    /// algorithm and limit are part of the name so that a changed limit (which restarts this node's
+    /// counts, see `limit::same_counts`) starts fresh cluster-wide too, instead of overwriting this
+    /// node's field of the old limit's hash.
+    fn window_key(&mut self, sliding: bool, lim: &PeriodLimit, idx: u64, key: &[u8]) -> Vec<u8> {
         self.key_buf.clear();
         self.key_buf.extend_from_slice(self.def.prefix.as_bytes());
         self.key_buf.extend_from_slice(b":rl:");
         self.key_buf.extend_from_slice(self.inst_id.as_bytes());
-        self.key_buf.push(b':');
-        self.key_buf.extend_from_slice(period.as_bytes());
+        self.key_buf
+            .extend_from_slice(if sliding { b":sw:" } else { b":fw:" });
+        self.key_buf.extend_from_slice(lim.period.key().as_bytes());
+        self.key_buf.push(b'-');
+        self.key_buf
+            .extend_from_slice(lim.limit.to_string().as_bytes());
         self.key_buf.push(b':');
         self.key_buf.extend_from_slice(idx.to_string().as_bytes());
         self.key_buf.push(b':');
@@ -148,6 +167,7 @@ impl ClusterLink {
             }
         }
         let limits = &inst.def.limits;
+        let sliding = inst.def.algorithm == Algorithm::SlidingWindow;
         let mut pipe = redis::pipe();
         let mut ops = Vec::new();
         for &slot in push.iter() {
@@ -166,7 +186,7 @@ impl ClusterLink {
                     if changed == 0 {
                         continue;
                     }
-                    let k = self.window_key(lim.period.key(), idx, &key);
+                    let k = self.window_key(sliding, lim, idx, &key);
                     pipe.cmd("HSET")
                         .arg(&k[..])
                         .arg(&self.node_id)
@@ -188,7 +208,6 @@ impl ClusterLink {
             REFRESH_MAX,
             &mut recent,
         );
-        let sliding = inst.def.algorithm == crate::config::model::Algorithm::SlidingWindow;
         for slot in recent {
             if queued.contains(&slot) {
                 continue;
@@ -200,7 +219,7 @@ impl ClusterLink {
             let idxs: Vec<u64> = wins.iter().map(|w| w.idx).collect();
             for (p, idx) in idxs.into_iter().enumerate() {
                 let Some(lim) = limits.get(p) else { continue };
-                let k = self.window_key(lim.period.key(), idx, &key);
+                let k = self.window_key(sliding, lim, idx, &key);
                 pipe.cmd("HVALS").arg(&k[..]);
                 ops.push(Op::Get {
                     slot,
@@ -208,7 +227,7 @@ impl ClusterLink {
                     prev: false,
                 });
                 if sliding {
-                    let k = self.window_key(lim.period.key(), idx.wrapping_sub(1), &key);
+                    let k = self.window_key(sliding, lim, idx.wrapping_sub(1), &key);
                     pipe.cmd("HVALS").arg(&k[..]);
                     ops.push(Op::Get {
                         slot,
