@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn config(up: &Upstream, redis_port: u16) -> String {
+/// `limit` is the plugin's limit settings (300 requests, however spelled).
+fn config(up: &Upstream, redis_port: u16, limit: &str) -> String {
     format!(
         r#"[server]
 listen = ["127.0.0.1:0"]
@@ -30,7 +31,7 @@ paths = ["/api"]
 [[plugins]]
 name = "rate-limiting"
 route = "api"
-config = {{ hour = 300, limit_by = "header", header_name = "x-client", policy = "cluster", on_redis_failure = "local", redis = {{ url = "redis://127.0.0.1:{redis_port}", timeout = "50ms", prefix = "rg-test" }} }}
+config = {{ {limit}, limit_by = "header", header_name = "x-client", policy = "cluster", on_redis_failure = "local", redis = {{ url = "redis://127.0.0.1:{redis_port}", timeout = "50ms", prefix = "rg-test" }} }}
 "#,
         url = up.url()
     )
@@ -88,7 +89,22 @@ fn cluster_bound(limit: u64, rate: f64) -> u64 {
 }
 
 #[test]
-fn three_gateways_share_a_limit_through_redis_and_survive_an_outage() {
+fn fixed_window_three_gateways_share_a_limit_through_redis_and_survive_an_outage() {
+    three_gateways("hour = 300");
+}
+
+#[test]
+fn sliding_window_three_gateways_share_a_limit_through_redis_and_survive_an_outage() {
+    three_gateways(r#"algorithm = "sliding_window", hour = 300"#);
+}
+
+/// A bucket of 300 that refills one token a minute: over a blast of a second it is a limit of 300.
+#[test]
+fn token_bucket_three_gateways_share_a_bucket_through_redis_and_survive_an_outage() {
+    three_gateways(r#"algorithm = "token_bucket", average = 60, period = "1h", burst = 300"#);
+}
+
+fn three_gateways(limit: &str) {
     if !Redis::available() {
         eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
         return;
@@ -96,14 +112,14 @@ fn three_gateways_share_a_limit_through_redis_and_survive_an_outage() {
     let redis = Redis::start().expect("redis-server");
     let up = Upstream::echo("up");
     let gws: Vec<Gateway> = (0..3)
-        .map(|_| Gateway::start(&config(&up, redis.port)))
+        .map(|_| Gateway::start(&config(&up, redis.port, limit)))
         .collect();
     // Let the nodes register their heartbeats (node count 3).
     std::thread::sleep(Duration::from_millis(1500));
 
     let (admitted, slowest, rate) = blast(&gws, "healthy", 300);
     let bound = cluster_bound(300, rate);
-    println!("healthy: {admitted} admitted of 900 (limit 300) at {rate:.0} req/s, bound {bound}, slowest {slowest:?}");
+    println!("{limit}: healthy: {admitted} admitted of 900 (limit 300) at {rate:.0} req/s, bound {bound}, slowest {slowest:?}");
     assert!(admitted >= 300, "under-admitted: {admitted}");
     assert!(admitted <= bound, "over-admitted: {admitted} > {bound}");
 
@@ -111,7 +127,7 @@ fn three_gateways_share_a_limit_through_redis_and_survive_an_outage() {
     std::thread::sleep(Duration::from_millis(300));
     let (admitted, slowest, _) = blast(&gws, "outage", 200);
     println!(
-        "redis stopped: {admitted} admitted of 600 (each node's share: 100), slowest {slowest:?}"
+        "{limit}: redis stopped: {admitted} admitted of 600 (each node's share: 100), slowest {slowest:?}"
     );
     // `local`: each of the 3 nodes enforces 300 / 3 = 100.
     assert!((300..=330).contains(&admitted), "local shares: {admitted}");
@@ -125,7 +141,7 @@ fn three_gateways_share_a_limit_through_redis_and_survive_an_outage() {
     let (admitted, _, rate) = blast(&gws, "recovered", 300);
     let bound = cluster_bound(300, rate);
     println!(
-        "redis back: {admitted} admitted of 900 (limit 300) at {rate:.0} req/s, bound {bound}"
+        "{limit}: redis back: {admitted} admitted of 900 (limit 300) at {rate:.0} req/s, bound {bound}"
     );
     assert!(
         admitted >= 300 && admitted <= bound,

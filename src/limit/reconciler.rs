@@ -20,7 +20,7 @@ use super::msg::{Batch, Delta, KeyRef, Override, ToReconciler, View, ViewRec, Vi
 use super::redis_sync::ClusterLink;
 use super::table::KeyTable;
 use super::{InstanceDef, WorkerLink};
-use crate::config::model::{Algorithm, Policy};
+use crate::config::model::{Algorithm, BucketDef, Policy};
 
 /// Counters the reconciler keeps per instance (read by metrics from any thread).
 #[derive(Debug, Default)]
@@ -233,7 +233,32 @@ impl GWin {
 
 pub(super) enum GState {
     Windows(Box<[GWin]>),
-    Bucket(Bucket),
+    Bucket(GBucket),
+}
+
+/// One token bucket's global state.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GBucket {
+    /// Best known level (cluster-wide when Redis is healthy).
+    pub all: Bucket,
+    /// Cluster policy: this node's own bucket at its share of the rate and burst (what
+    /// `on_redis_failure = "local"` enforces), fed by this node's consumption only.
+    pub node: Bucket,
+    /// Cluster policy: tokens this node consumed in total (pushed as an absolute number, so a
+    /// retried push never counts twice) and since the last successful push.
+    pub node_total: u64,
+    pub pending: u64,
+}
+
+impl GBucket {
+    pub fn full(def: &BucketDef, share: u32, now_ms: u64) -> GBucket {
+        GBucket {
+            all: Bucket::full(def, now_ms),
+            node: Bucket::full(&def.share(share), now_ms),
+            node_total: 0,
+            pending: 0,
+        }
+    }
 }
 
 pub(super) struct RInst {
@@ -394,15 +419,17 @@ impl Reconciler {
             let def = &inst.def.def;
             let n = def.limits.len();
             let bucket = def.bucket;
+            // Nodes sharing the limit, for the per-node bucket (1 without a cluster).
+            let share = inst.cluster.as_ref().map_or(1, |c| c.nodes());
             let got = inst.table.get_or_insert(
                 key,
                 now,
                 || match bucket {
-                    Some(b) => GState::Bucket(Bucket::full(&b, batch.now_ms)),
+                    Some(b) => GState::Bucket(GBucket::full(&b, share, batch.now_ms)),
                     None => GState::Windows(vec![GWin::default(); n].into_boxed_slice()),
                 },
                 |v| match (v, bucket) {
-                    (GState::Bucket(b), Some(d)) => *b = Bucket::full(&d, batch.now_ms),
+                    (GState::Bucket(b), Some(d)) => *b = GBucket::full(&d, share, batch.now_ms),
                     (GState::Windows(w), _) => w.fill(GWin::default()),
                     _ => {}
                 },
@@ -445,15 +472,24 @@ impl Reconciler {
                         }
                     }
                 }
-                (GState::Bucket(b), Delta::Bucket { consumed }) => {
+                (GState::Bucket(g), Delta::Bucket { consumed }) => {
                     if let Some(d) = &bucket {
+                        let b = &mut g.all;
                         b.refill(d, batch.now_ms);
                         let before = (-b.tokens).max(0.0);
                         b.tokens = (b.tokens - consumed as f64).max(-(d.burst as f64));
                         let after = (-b.tokens).max(0.0);
                         let over = (after - before).max(0.0).round() as u64;
                         stats.overshoot.fetch_add(over, Ordering::Relaxed);
+                        let nd = d.share(share);
+                        g.node.refill(&nd, batch.now_ms);
+                        g.node.tokens = (g.node.tokens - consumed as f64).max(-(nd.burst as f64));
+                        g.node_total += consumed;
+                        g.pending += consumed;
                         inst.table.mark_dirty(got.slot);
+                        if inst.cluster.is_some() && inst.queued.insert(got.slot) {
+                            inst.push.push(got.slot);
+                        }
                     }
                 }
                 _ => {}
@@ -520,14 +556,17 @@ impl Reconciler {
                             });
                         }
                     }
-                    GState::Bucket(b) => view.recs.push(ViewRec {
-                        slot,
-                        key: kr,
-                        what: ViewWhat::Bucket {
-                            tokens: b.tokens,
-                            at_ms: b.at_ms,
-                        },
-                    }),
+                    GState::Bucket(g) => {
+                        let b = if node_only { g.node } else { g.all };
+                        view.recs.push(ViewRec {
+                            slot,
+                            key: kr,
+                            what: ViewWhat::Bucket {
+                                tokens: b.tokens,
+                                at_ms: b.at_ms,
+                            },
+                        })
+                    }
                 }
             }
         }

@@ -27,7 +27,7 @@ use super::msg::{Batch, Delta, DeltaRec, KeyRef, Override, ToReconciler, View, V
 use super::table::KeyTable;
 use super::window::{self, Verdict, WinPair};
 use super::{InstanceDef, WorkerLink};
-use crate::config::model::{Algorithm, Mode, Period};
+use crate::config::model::{Algorithm, BucketDef, Mode, Period};
 
 /// The decision for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,7 +289,7 @@ impl LimiterSet {
                     }
                 }
                 Table::Bucket(t) => {
-                    let Some(bdef) = def.bucket else {
+                    let Some(bdef) = def.bucket.map(|b| effective_bucket(b, ovr)) else {
                         return Decision::Allow;
                     };
                     let got = t.get_or_insert(
@@ -571,7 +571,7 @@ impl LimiterSet {
             }
             Table::Bucket(t) => {
                 let mut b = t.value(t.find(key)?)?.local;
-                b.refill(&def.bucket?, now_ms);
+                b.refill(&effective_bucket(def.bucket?, ovr), now_ms);
                 Some(b.tokens.max(0.0) as u64)
             }
         }
@@ -583,6 +583,15 @@ fn effective(limit: u64, ovr: Override) -> u64 {
     match ovr {
         Override::Share(n) if n > 1 => limit.div_ceil(u64::from(n)),
         _ => limit,
+    }
+}
+
+/// The bucket in force: the node's share of rate and burst while Redis is down with
+/// `on_redis_failure = "local"` (the reconciler then sends this node's own bucket).
+fn effective_bucket(b: BucketDef, ovr: Override) -> BucketDef {
+    match ovr {
+        Override::Share(n) if n > 1 => b.share(n),
+        _ => b,
     }
 }
 
