@@ -374,14 +374,29 @@ async fn worker_main(mut spec: WorkerSpec) {
 }
 
 /// Exchanges this worker's rate-limit counts with the reconciler every `sync_interval` (never blocks:
-/// channel sends and non-blocking receives only).
+/// channel sends and non-blocking receives only). Between two sends the worker picks up views every
+/// `VIEW_PICKUP`: the reconciler answers every arrival at once (other workers' batches, and in
+/// cluster mode the Redis totals), so the totals it decides on are at most a millisecond older than
+/// the reconciler's instead of up to a whole interval. A pickup is a `try_recv` per millisecond, off
+/// the request path.
 async fn limiter_sync(shard: Rc<Shard>) {
+    const VIEW_PICKUP: Duration = Duration::from_millis(1);
     while !shard.draining.get() {
         let Some(limiters) = shard.snapshot().limiters.clone().filter(|l| !l.is_empty()) else {
             monoio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        monoio::time::sleep(limiters.sync_interval()).await;
+        let interval = limiters.sync_interval();
+        let deadline = Instant::now() + interval;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left <= VIEW_PICKUP {
+                monoio::time::sleep(left).await;
+                break;
+            }
+            monoio::time::sleep(VIEW_PICKUP).await;
+            limiters.apply_views();
+        }
         limiters.sync(crate::limit::now_ms());
     }
 }

@@ -1,6 +1,6 @@
 //! Cluster rate limiting end to end: three real gateway processes share one limit through one real
-//! `redis-server`. A client blasting the limit across all three is admitted at least L and at most
-//! L x 1.02 plus a few sync intervals' worth; with Redis stopped (SIGSTOP) requests are still answered
+//! `redis-server`, for each algorithm. A client blasting the limit across all three is admitted at
+//! least L and at most L x 1.02 plus one sync interval's worth; with Redis stopped (SIGSTOP) requests are still answered
 //! promptly (no request ever waits on Redis) and `on_redis_failure = "local"` gives each node its share;
 //! after SIGCONT the nodes converge again. Skipped with a message only if redis-server is missing.
 
@@ -78,14 +78,13 @@ fn blast(gws: &[Gateway], key: &str, per_gateway: u64) -> (u64, Duration, f64) {
     )
 }
 
-/// The bound asserted across nodes: L x 1.02 plus what arrives during the propagation delay of the
-/// cluster path. That path has 4 hops paced by `sync_interval` (worker -> reconciler -> Redis -> the
-/// other nodes' reconcilers -> their workers: 20 ms at 5 ms), and on a loaded 2-core machine thread
-/// scheduling has been seen to stretch it to ~70 ms, so 100 ms of arrivals are allowed. This is
-/// weaker than the single-process bound (see README); without sharing, the three nodes would admit
-/// 900, far above it.
+/// The bound, asserted across nodes: L x 1.02 plus one sync interval's worth (5 ms of the
+/// measured aggregate request rate). It holds because a node's counts reach Redis with its workers'
+/// next batch (the reconciler exchanges with Redis as soon as a batch arrives) and come back to every
+/// node with the answer to its own next batch (read in the same pipeline, picked up by the workers
+/// 1 ms after sending). Without sharing, the three nodes would admit 900.
 fn cluster_bound(limit: u64, rate: f64) -> u64 {
-    (limit as f64 * 1.02).ceil() as u64 + (rate * 0.100).ceil() as u64
+    (limit as f64 * 1.02).ceil() as u64 + (rate * 0.005).ceil() as u64
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! The reconciler thread: merges every worker's batches into global totals, answers each round with
 //! one shared `View`, and in cluster mode exchanges totals with Redis (see `redis_sync`).
 //!
-//! Round (every `sync_interval`): receive batches until the round's deadline, merge them (counting
-//! estimated overshoot), run the Redis exchange for cluster instances, then send the view of every
-//! key that changed (plus acks and overrides) to all workers. The thread lives across reloads: an
+//! Cycle: on every arrival of batches, merge them (counting estimated overshoot), run the Redis
+//! exchange for cluster instances that got new counts, then send the view of every key that changed
+//! (plus acks and overrides) to all workers; every `sync_interval` without arrivals, the Redis
+//! exchange runs anyway (reads of recently active keys, heartbeats). The thread lives across reloads: an
 //! `Install` message (sent by `ReconcilerHandle::install`) swaps the instance list, keeping the state
 //! of slots that stay. It ends when the handle is dropped or `ReconcilerHandle::shutdown` is called.
 //! Blocking I/O is allowed here (own thread); nothing on a worker ever waits for it.
@@ -372,7 +373,11 @@ impl Reconciler {
                 return;
             }
             // Answer every arrival at once (drained together), so a view is at most one worker
-            // tick plus this hop old; the timer paces the Redis exchange and sweeps.
+            // tick plus this hop old. Cluster instances with new counts exchange with Redis right
+            // away, in the same cycle: the push (and the read of every other node's counts) does
+            // not wait for the timer, so a count reaches Redis one worker tick after its request,
+            // and this node's workers get the cluster total back with the answer to their batch.
+            // The timer paces the reads of idle keys, heartbeats and sweeps.
             loop {
                 let left = next.saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(left) {
@@ -380,6 +385,12 @@ impl Reconciler {
                         self.receive(msg);
                         while let Ok(more) = self.rx.try_recv() {
                             self.receive(more);
+                        }
+                        let now = wall_ms();
+                        for i in 0..self.insts.len() {
+                            if self.insts.get(i).is_some_and(|r| !r.push.is_empty()) {
+                                self.cluster_round(i, now);
+                            }
                         }
                         self.broadcast();
                     }
