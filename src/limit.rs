@@ -3,11 +3,19 @@
 //!
 //! ```text
 //! main thread   limit::start(&cfg, workers) -> (ReconcilerHandle, Vec<WorkerLink>)
+//!               reload: handle.install(instances(&new_cfg)) -> Vec<WorkerLink>
 //! worker i      LimiterSet::new(link)            (in the Shard; !Send, Cell/RefCell only)
+//!               reload: LimiterSet::with_previous(link, Some(&old))   (control loop, off requests)
 //!               per request: build_key + check    (no lock, no channel, no allocation on a warm key)
 //!               every sync_interval: sync(now)    (try_recv views, send one batch; never blocks)
 //! reconciler    merges batches, sends one Arc<View> per round to every worker; Redis (cluster)
 //! ```
+//!
+//! Reload: the reconciler thread and the channels live as long as the process. Each limit has a
+//! *slot* that survives a reload while `same_counts` holds; the reconciler keeps that slot's tables
+//! and Redis link, and each worker's new `LimiterSet` shares the slot's per-worker counts (`Rc`, same
+//! thread) with the previous generation's. Changed or new limits get a new slot (fresh counts);
+//! slots no generation lists any more are dropped.
 //!
 //! Accuracy: a worker admits while `global + inflight + unsynced < limit`, where `global` is at most
 //! one round old. Other workers' admissions during that round are unseen, so the worst case
@@ -30,13 +38,12 @@ pub mod table;
 pub mod window;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::config::model::{Config, PluginConfig, RateLimitDef};
+use crate::config::model::{Config, PluginConfig, Policy, RateLimitDef};
 pub mod board;
 
 pub use key::{build_key, RequestInfo, MAX_KEY};
@@ -51,10 +58,12 @@ pub struct InstanceDef {
     /// `global`, `service:<name>` or `route:<name>` (stable across nodes; used in Redis keys).
     pub id: String,
     pub def: RateLimitDef,
+    /// Stable number of this limit across reloads (see `msg`); set by `ReconcilerHandle::install`.
+    pub slot: u32,
 }
 
-/// The enabled rate-limiting plugins of `cfg`, in file order. `compile_chains` and `LimiterSet`
-/// number instances the same way.
+/// The enabled rate-limiting plugins of `cfg`, in file order (other plugins are skipped).
+/// `compile_chains` and `LimiterSet` number instances the same way.
 pub fn instances(cfg: &Config) -> Vec<InstanceDef> {
     cfg.plugins
         .iter()
@@ -65,16 +74,38 @@ pub fn instances(cfg: &Config) -> Vec<InstanceDef> {
                 plugin: i,
                 id: p.scope.id(cfg),
                 def: def.clone(),
+                slot: 0,
             }),
             _ => None,
         })
         .collect()
 }
 
-/// What one worker needs to build its `LimiterSet` (Send; moved into the worker thread).
+/// Whether a reloaded instance `b` keeps the counts of `a`: same scope, and the same settings that
+/// give the counts their meaning (algorithm, period limits or bucket, `limit_by`, policy with its
+/// Redis url and prefix). Everything else may change without a reset: `mode`, `error_code`,
+/// `error_message`, `hide_client_headers`, `on_redis_failure`, `sync_interval`, `max_keys` (a lower
+/// cap evicts least recently used keys at install) and the Redis `timeout`.
+pub fn same_counts(a: &InstanceDef, b: &InstanceDef) -> bool {
+    let (x, y) = (&a.def, &b.def);
+    let policy = match (&x.policy, &y.policy) {
+        (Policy::Local, Policy::Local) => true,
+        (Policy::Cluster(r), Policy::Cluster(s)) => r.url == s.url && r.prefix == s.prefix,
+        _ => false,
+    };
+    a.id == b.id
+        && x.algorithm == y.algorithm
+        && x.limits == y.limits
+        && x.bucket == y.bucket
+        && x.limit_by == y.limit_by
+        && policy
+}
+
+/// What one worker needs to build its `LimiterSet` for one generation (Send; moved into the
+/// worker thread). The channels are the same for every generation.
 pub struct WorkerLink {
     pub index: usize,
-    pub(crate) tx: Sender<msg::Batch>,
+    pub(crate) tx: Sender<msg::ToReconciler>,
     pub(crate) rx: Receiver<Arc<msg::View>>,
     pub(crate) instances: Arc<[InstanceDef]>,
     pub(crate) sync_interval: Duration,
@@ -89,80 +120,22 @@ pub fn sync_interval(instances: &[InstanceDef]) -> Duration {
         .unwrap_or(Duration::from_millis(5))
 }
 
-/// Starts the reconciler thread for `cfg` and returns one link per worker (index = worker index).
-/// With no enabled rate-limiting plugin no thread is started. Call once at startup (and again with
-/// a new config on reload: the old handle is dropped, which stops its thread).
+/// Starts the rate limiter for `cfg` and returns one link per worker (index = worker index). The
+/// reconciler thread starts with the first generation that has an enabled rate-limiting plugin.
+/// On reload call `ReconcilerHandle::install` with the new config's instances: unchanged limits
+/// keep their counts.
 pub fn start(cfg: &Config, workers: usize) -> (ReconcilerHandle, Vec<WorkerLink>) {
     start_instances(instances(cfg), workers)
 }
-
-static NODE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// `start` for an explicit instance list (tests, benches).
 pub fn start_instances(
     instances: Vec<InstanceDef>,
     workers: usize,
 ) -> (ReconcilerHandle, Vec<WorkerLink>) {
-    let workers = workers.max(1);
-    let interval = sync_interval(&instances);
-    let instances: Arc<[InstanceDef]> = instances.into();
-    let stats: Arc<[reconciler::SharedStats]> = (0..instances.len())
-        .map(|_| reconciler::SharedStats::default())
-        .collect();
-    let (batch_tx, batch_rx) = crossbeam_channel::unbounded();
-    let mut view_txs = Vec::with_capacity(workers);
-    let mut links = Vec::with_capacity(workers);
-    for index in 0..workers {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        view_txs.push(tx);
-        links.push(WorkerLink {
-            index,
-            tx: batch_tx.clone(),
-            rx,
-            instances: instances.clone(),
-            sync_interval: interval,
-        });
-    }
-    drop(batch_tx);
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = if instances.is_empty() {
-        None
-    } else {
-        let node_id = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            now_ms(),
-            NODE_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let defs: Vec<Arc<InstanceDef>> = instances.iter().cloned().map(Arc::new).collect();
-        let (stop, stats) = (stop.clone(), stats.clone());
-        // Built on its own thread: its tables hold `Rc` keys.
-        let run = move || {
-            reconciler::Reconciler::new(
-                &defs, workers, batch_rx, view_txs, interval, stop, stats, &node_id,
-            )
-            .run()
-        };
-        match std::thread::Builder::new()
-            .name("ringgate-reconciler".to_owned())
-            .spawn(run)
-        {
-            Ok(t) => Some(t),
-            Err(e) => {
-                crate::error!("reconciler thread failed to start error=\"{}\"", e);
-                None
-            }
-        }
-    };
-    (
-        ReconcilerHandle {
-            stop,
-            thread,
-            stats,
-            sync_interval: interval,
-        },
-        links,
-    )
+    let mut handle = ReconcilerHandle::new(workers);
+    let links = handle.install(instances);
+    (handle, links)
 }
 
 /// Milliseconds since the UNIX epoch (0 if the clock is before it).

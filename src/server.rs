@@ -55,8 +55,9 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     };
     let metrics = hub.handle();
     metrics.set_workers(workers);
-    let (compiled, limiter) = match compile(cfg, 1, workers, &metrics) {
-        Ok((c, l)) => (Arc::new(c), l),
+    let mut limiter = ReconcilerHandle::new(workers);
+    let compiled = match compile(cfg, 1, workers, &metrics, &mut limiter) {
+        Ok(c) => Arc::new(c),
         Err(errors) => {
             for e in &errors {
                 error!("config error: {e}");
@@ -190,23 +191,22 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
 }
 
 /// Everything derived from a config that workers share read-only.
-/// Also starts this generation's rate-limit reconciler; its handle must live as long as the
-/// generation serves (dropping it stops the thread).
+/// Also installs this generation's rate limits in the process's limiter (last, once nothing can
+/// fail any more): unchanged limits keep their counts (see `limit::same_counts`).
 fn compile(
     config: Arc<Config>,
     generation: u64,
     workers: usize,
     metrics: &MetricsHandle,
-) -> Result<(Compiled, ReconcilerHandle), Vec<ConfigError>> {
+    limiter: &mut ReconcilerHandle,
+) -> Result<Compiled, Vec<ConfigError>> {
     let tls = TlsContext::build(&config)?;
     let router = Arc::new(Router::new(&config.routes));
     let chains = Arc::new(plugins::compile_chains(&config));
     let auth = Arc::new(crate::auth::AuthSet::build(&config));
-    let (limiter, links) = limit::start(&config, workers);
-    let ids = limit::instances(&config)
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
+    let instances = limit::instances(&config);
+    let ids = instances.iter().map(|i| i.id.clone()).collect();
+    let links = limiter.install(instances);
     let limit_board = Arc::new(LimitBoard::new(ids, workers, limiter.shared_stats()));
     let layout = metrics.register_config(&config, generation);
     let compiled = Compiled {
@@ -220,7 +220,7 @@ fn compile(
         limiter_links: Mutex::new(links.into_iter().map(Some).collect()),
         limit_board,
     };
-    Ok((compiled, limiter))
+    Ok(compiled)
 }
 
 /// Hot reload: re-read, validate fully, compile off the workers, then hand the new generation to every
@@ -236,7 +236,7 @@ pub struct Reloader {
 
 struct ReloadState {
     current: Arc<Compiled>,
-    /// The serving generation's reconciler (replaced, and so stopped, by a successful reload).
+    /// The process's rate limiter (reconciler thread); each successful reload installs into it.
     limiter: ReconcilerHandle,
     workers: usize,
     reload_txs: Vec<crossbeam_channel::Sender<Arc<Compiled>>>,
@@ -261,14 +261,17 @@ impl Reloader {
             Err(poisoned) => poisoned.into_inner(),
         };
         let generation = state.current.generation + 1;
-        let compiled = match config::load(&self.path)
-            .and_then(|c| compile(Arc::new(c), generation, state.workers, &self.metrics))
-        {
-            Ok((c, limiter)) => {
-                // Counts restart with the new generation (documented).
-                state.limiter = limiter;
-                Arc::new(c)
-            }
+        let workers = state.workers;
+        let compiled = match config::load(&self.path).and_then(|c| {
+            compile(
+                Arc::new(c),
+                generation,
+                workers,
+                &self.metrics,
+                &mut state.limiter,
+            )
+        }) {
+            Ok(c) => Arc::new(c),
             Err(errors) => {
                 let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 for e in &text {

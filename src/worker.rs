@@ -89,8 +89,9 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds this worker's view of `compiled`; pool slots are found by target address, so idle
-    /// connections to targets that survive a reload stay pooled.
-    fn new(compiled: &Compiled, pool: &Pool, worker: usize) -> Snapshot {
+    /// connections to targets that survive a reload stay pooled, and the rate limiter takes over
+    /// `prev`'s counts of unchanged limits.
+    fn new(compiled: &Compiled, pool: &Pool, worker: usize, prev: Option<&Snapshot>) -> Snapshot {
         let config = compiled.config.clone();
         let mut target_base = Vec::with_capacity(config.upstreams.len());
         let mut slots = Vec::new();
@@ -121,7 +122,8 @@ impl Snapshot {
                 .iter()
                 .map(|b| RefCell::new(DigestCache::new(b.def.cache_size)))
                 .collect(),
-            limiters: take_limiter(compiled, worker).map(Rc::new),
+            limiters: take_limiter(compiled, worker, prev.and_then(|p| p.limiters.as_deref()))
+                .map(Rc::new),
             limit_board: compiled.limit_board.clone(),
             config,
             balancers,
@@ -142,13 +144,18 @@ impl Snapshot {
     }
 }
 
-/// This worker's limiter for `compiled` (each link is taken once, by its worker).
-fn take_limiter(compiled: &Compiled, worker: usize) -> Option<LimiterSet> {
+/// This worker's limiter for `compiled` (each link is taken once, by its worker), inheriting the
+/// counts of unchanged limits from `prev` (this worker's current set).
+fn take_limiter(
+    compiled: &Compiled,
+    worker: usize,
+    prev: Option<&LimiterSet>,
+) -> Option<LimiterSet> {
     let link = match compiled.limiter_links.lock() {
         Ok(mut links) => links.get_mut(worker).and_then(Option::take),
         Err(poisoned) => poisoned.into_inner().get_mut(worker).and_then(Option::take),
     };
-    link.map(LimiterSet::new)
+    link.map(|l| LimiterSet::with_previous(l, prev))
 }
 
 /// Everything a worker's connections share. Lives on one thread only.
@@ -175,7 +182,7 @@ impl Shard {
     pub fn new(compiled: &Compiled, worker: usize, sink: MetricsSink) -> Shard {
         let pool_def = compiled.config.server.pool;
         let pool = Pool::new(pool_def.max_idle, pool_def.idle_timeout);
-        let snapshot = Snapshot::new(compiled, &pool, worker);
+        let snapshot = Snapshot::new(compiled, &pool, worker, None);
         Shard {
             worker,
             current: RefCell::new(Rc::new(snapshot)),
@@ -194,12 +201,15 @@ impl Shard {
         self.current.borrow().clone()
     }
 
-    /// Swaps in a new generation; requests already running keep the snapshot they hold.
+    /// Swaps in a new generation; requests already running keep the snapshot they hold. Called from
+    /// the control loop (never inside a request); the rate limiter's hand-over happens here.
     pub fn install(&self, compiled: &Compiled) {
         let pool_def = compiled.config.server.pool;
         self.pool
             .set_limits(pool_def.max_idle, pool_def.idle_timeout);
-        let snapshot = Snapshot::new(compiled, &self.pool, self.worker);
+        let prev = self.snapshot();
+        let snapshot = Snapshot::new(compiled, &self.pool, self.worker, Some(&prev));
+        drop(prev);
         *self.current.borrow_mut() = Rc::new(snapshot);
         self.metrics
             .reconfigure(compiled.layout.clone(), &self.idle_by_target());
@@ -386,14 +396,29 @@ async fn worker_main(mut spec: WorkerSpec) {
 }
 
 /// Exchanges this worker's rate-limit counts with the reconciler every `sync_interval` (never blocks:
-/// channel sends and non-blocking receives only).
+/// channel sends and non-blocking receives only). Between two sends the worker picks up views every
+/// `VIEW_PICKUP`: the reconciler answers every arrival at once (other workers' batches, and in
+/// cluster mode the Redis totals), so the totals it decides on are at most a millisecond older than
+/// the reconciler's instead of up to a whole interval. A pickup is a `try_recv` per millisecond, off
+/// the request path.
 async fn limiter_sync(shard: Rc<Shard>) {
+    const VIEW_PICKUP: Duration = Duration::from_millis(1);
     while !shard.draining.get() {
         let Some(limiters) = shard.snapshot().limiters.clone().filter(|l| !l.is_empty()) else {
             monoio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        monoio::time::sleep(limiters.sync_interval()).await;
+        let interval = limiters.sync_interval();
+        let deadline = Instant::now() + interval;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left <= VIEW_PICKUP {
+                monoio::time::sleep(left).await;
+                break;
+            }
+            monoio::time::sleep(VIEW_PICKUP).await;
+            limiters.apply_views();
+        }
         limiters.sync(crate::limit::now_ms());
     }
 }

@@ -304,3 +304,34 @@ fn redis_unreachable_failure_policies() {
         assert!(!h.stats(0).redis_healthy);
     }
 }
+
+#[test]
+fn reload_keeps_counts_of_unchanged_limits_only() {
+    let a = instance("minute = 5, error_message = \"a\"");
+    let (mut h, mut links) = limit::start_instances(vec![a.clone()], 1);
+    let set = LimiterSet::new(links.remove(0));
+    for _ in 0..3 {
+        assert!(headers(&set, b"k", T0).0);
+    }
+    // Another message, mode and key cap count the same things: the counts carry over.
+    let b = instance("minute = 5, error_message = \"b\", mode = \"shadow\", max_keys = 10");
+    assert!(limit::same_counts(&a, &b));
+    let set = LimiterSet::with_previous(h.install(vec![b]).remove(0), Some(&set));
+    assert_eq!(set.remaining(0, b"k", T0), Some(2));
+    assert!(headers(&set, b"k", T0).0);
+    assert!(headers(&set, b"k", T0).0);
+    // Over the limit now; shadow mode (the new setting) admits and counts it.
+    assert!(headers(&set, b"k", T0).0);
+    assert_eq!(set.stats(0).shadow_rejected, 1);
+    // A changed limit, or another key source, starts fresh.
+    for other in ["minute = 6", "minute = 5, limit_by = \"ip\"", "hour = 5"] {
+        assert!(!limit::same_counts(&a, &instance(other)), "{other}");
+    }
+    let set = LimiterSet::with_previous(
+        h.install(vec![instance("minute = 6")]).remove(0),
+        Some(&set),
+    );
+    assert_eq!(set.remaining(0, b"k", T0), None);
+    assert!(headers(&set, b"k", T0).0);
+    assert_eq!(set.remaining(0, b"k", T0), Some(5));
+}

@@ -163,7 +163,11 @@ fn three_nodes_share_a_limit_through_redis_and_survive_an_outage() {
             .all(|(_, s)| s.remaining(0, b"two", T0) == Some(0))
     });
     let mut c = redis.client().expect("redis client");
-    let key = format!("rgtest{}:rl:global:hour:{}:two", redis.port, T0 / 3_600_000);
+    let key = format!(
+        "rgtest{}:rl:global:fw:hour-{LIMIT}:{}:two",
+        redis.port,
+        T0 / 3_600_000
+    );
     let vals: Vec<u64> = redis::cmd("HVALS").arg(&key).query(&mut c).expect("HVALS");
     assert_eq!(vals.iter().sum::<u64>(), LIMIT, "{key}: {vals:?}");
     // A fresh key is shared cluster-wide again (no more per-node share).

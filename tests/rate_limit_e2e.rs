@@ -1,7 +1,7 @@
 //! The rate-limiting plugin end to end through the real binary: headers, 429 with Retry-After,
 //! nothing forwarded past the limit, and accuracy when a client blasts a limit across 2 and 4
-//! workers (4 oversubscribes this 2-core machine): admitted >= L and <= L x 1.02 + one sync
-//! interval's worth.
+//! workers (4 oversubscribes this 2-core machine), for each algorithm: admitted >= L and
+//! <= L x 1.02 + one sync interval's worth of the measured request rate.
 
 mod common;
 
@@ -126,19 +126,22 @@ fn shadow_mode_never_rejects() {
     }
 }
 
-/// Blasts `limit` per hour from several connections; returns how many were admitted.
-fn blast(workers: usize, limit: u64, conns: usize, per_conn: u64) -> u64 {
+/// Blasts a limit of `limit` (`limit` is the plugin's limit settings) from several connections;
+/// returns (admitted, aggregate request rate per second).
+fn blast(workers: usize, limit: &str, conns: usize, per_conn: u64) -> (u64, f64) {
     let up = Upstream::echo("up");
     let gw = Gateway::start(&config(
         &up,
         workers,
-        &format!(r#"{{ hour = {limit}, limit_by = "header", header_name = "x-client" }}"#),
+        &format!(r#"{{ {limit}, limit_by = "header", header_name = "x-client" }}"#),
     ));
     let admitted = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
     let addr = gw.addr();
+    let started = Instant::now();
     let threads: Vec<_> = (0..conns)
         .map(|_| {
-            let admitted = admitted.clone();
+            let (admitted, sent) = (admitted.clone(), sent.clone());
             std::thread::spawn(move || {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 // A connection per batch so that the kernel spreads them over the workers.
@@ -154,6 +157,7 @@ fn blast(workers: usize, limit: u64, conns: usize, per_conn: u64) -> u64 {
                         } else {
                             assert_eq!(r.status, 429);
                         }
+                        sent.fetch_add(1, Ordering::Relaxed);
                         n += 1;
                     }
                 }
@@ -163,28 +167,40 @@ fn blast(workers: usize, limit: u64, conns: usize, per_conn: u64) -> u64 {
     for t in threads {
         t.join().expect("client thread");
     }
-    admitted.load(Ordering::Relaxed)
+    let rate = sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    (admitted.load(Ordering::Relaxed), rate)
 }
 
-fn check_accuracy(workers: usize) {
+/// The issue's bound: admitted >= L and <= L x 1.02 + one sync interval's worth (5 ms of the
+/// measured request rate).
+fn check_accuracy(workers: usize, name: &str, limit_cfg: &str) {
     let limit = 400;
     let (conns, per_conn) = (8, 200);
-    let admitted = blast(workers, limit, conns, per_conn);
+    let (admitted, rate) = blast(workers, limit_cfg, conns, per_conn);
     let sent = conns as u64 * per_conn;
-    // One sync interval's worth: at most a few hundred req/s per worker here, 5 ms -> a handful;
-    // allow 10 per worker.
-    let bound = (limit as f64 * 1.02).ceil() as u64 + 10 * workers as u64;
-    println!("{workers} workers: {admitted} admitted of {sent} sent, limit {limit}, bound {bound}");
+    let bound = (limit as f64 * 1.02).ceil() as u64 + (rate * 0.005).ceil() as u64;
+    println!(
+        "{name}, {workers} workers: {admitted} admitted of {sent} sent at {rate:.0} req/s, limit {limit}, bound {bound}"
+    );
     assert!(admitted >= limit, "under-admitted: {admitted} < {limit}");
     assert!(admitted <= bound, "over-admitted: {admitted} > {bound}");
 }
 
+const FIXED: &str = "hour = 400";
+const SLIDING: &str = r#"algorithm = "sliding_window", hour = 400"#;
+/// A bucket of 400 refilling one token a minute: over a blast of a few seconds, a limit of 400.
+const BUCKET: &str = r#"algorithm = "token_bucket", average = 60, period = "1h", burst = 400"#;
+
 #[test]
 fn accuracy_with_2_workers() {
-    check_accuracy(2);
+    check_accuracy(2, "fixed_window", FIXED);
+    check_accuracy(2, "sliding_window", SLIDING);
+    check_accuracy(2, "token_bucket", BUCKET);
 }
 
 #[test]
 fn accuracy_with_4_workers() {
-    check_accuracy(4);
+    check_accuracy(4, "fixed_window", FIXED);
+    check_accuracy(4, "sliding_window", SLIDING);
+    check_accuracy(4, "token_bucket", BUCKET);
 }

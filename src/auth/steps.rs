@@ -500,6 +500,74 @@ pub fn identity_headers(set: &AuthSet, id: &Identity, out: &mut Vec<u8>) {
     }
 }
 
+/// What `find_jwt` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAt<'r> {
+    Missing,
+    Token(&'r [u8]),
+    /// The same header twice: ambiguous, rejected.
+    Duplicate,
+}
+
+/// Where a JWT is. Order: headers (`authorization` expects `Bearer <token>`, other headers the bare token), then
+/// query parameters, then cookies, each in configured order; the first name present wins.
+pub fn find_jwt<'r>(def: &crate::config::model::JwtDef, req: &Req<'r>) -> JwtAt<'r> {
+    for name in &def.header_names {
+        let mut hits = req
+            .head
+            .headers
+            .iter()
+            .filter(|h| eq_ignore_case(h.name.get(req.buf), name.as_bytes()))
+            .map(|h| h.value.get(req.buf));
+        if let Some(v) = hits.next() {
+            if hits.next().is_some() {
+                return JwtAt::Duplicate;
+            }
+            let token = if name == "authorization" {
+                strip_scheme(v, b"bearer")
+            } else {
+                Some(v.trim_ascii()).filter(|t| !t.is_empty())
+            };
+            // A present header that is not a bearer token (e.g. Basic) is "no token".
+            return token.map_or(JwtAt::Missing, JwtAt::Token);
+        }
+    }
+    let query = req.head.query.map(|q| q.get(req.buf)).unwrap_or_default();
+    for name in &def.uri_param_names {
+        if let Some((_, _, v)) = query_param(query, name.as_bytes()) {
+            return found(v);
+        }
+    }
+    for name in &def.cookie_names {
+        for h in &req.head.headers {
+            if !eq_ignore_case(h.name.get(req.buf), b"cookie") {
+                continue;
+            }
+            if let Some(v) = cookie(h.value.get(req.buf), name.as_bytes()) {
+                return found(v);
+            }
+        }
+    }
+    JwtAt::Missing
+}
+
+fn found(v: &[u8]) -> JwtAt<'_> {
+    if v.is_empty() {
+        JwtAt::Missing
+    } else {
+        JwtAt::Token(v)
+    }
+}
+
+/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`).
+pub fn cookie<'v>(header: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = memchr::memchr(b'=', pair)?;
+        (pair.get(..eq)? == name).then(|| pair.get(eq + 1..).unwrap_or_default().trim_ascii())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,59 +622,4 @@ mod tests {
         percent_decode(b"%zz%4", &mut out);
         assert_eq!(out, b"%zz%4");
     }
-}
-
-/// Where a JWT was found: `Ok(None)` when absent, `Err(())` when ambiguous (two tokens).
-/// Order: headers (`authorization` expects `Bearer <token>`, other headers the bare token), then
-/// query parameters, then cookies, each in configured order; the first name present wins.
-pub fn find_jwt<'r>(
-    def: &crate::config::model::JwtDef,
-    req: &Req<'r>,
-) -> Result<Option<&'r [u8]>, ()> {
-    for name in &def.header_names {
-        let mut hits = req
-            .head
-            .headers
-            .iter()
-            .filter(|h| eq_ignore_case(h.name.get(req.buf), name.as_bytes()))
-            .map(|h| h.value.get(req.buf));
-        if let Some(v) = hits.next() {
-            if hits.next().is_some() {
-                return Err(());
-            }
-            let token = if name == "authorization" {
-                strip_scheme(v, b"bearer")
-            } else {
-                Some(v.trim_ascii()).filter(|t| !t.is_empty())
-            };
-            // A present header that is not a bearer token (e.g. Basic) is "no token".
-            return Ok(token);
-        }
-    }
-    let query = req.head.query.map(|q| q.get(req.buf)).unwrap_or_default();
-    for name in &def.uri_param_names {
-        if let Some((_, _, v)) = query_param(query, name.as_bytes()) {
-            return Ok(Some(v).filter(|v| !v.is_empty()));
-        }
-    }
-    for name in &def.cookie_names {
-        for h in &req.head.headers {
-            if !eq_ignore_case(h.name.get(req.buf), b"cookie") {
-                continue;
-            }
-            if let Some(v) = cookie(h.value.get(req.buf), name.as_bytes()) {
-                return Ok(Some(v).filter(|v| !v.is_empty()));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// The value of cookie `name` in a `Cookie` header (`a=1; b=2`).
-pub fn cookie<'v>(header: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = memchr::memchr(b'=', pair)?;
-        (pair.get(..eq)? == name).then(|| pair.get(eq + 1..).unwrap_or_default().trim_ascii())
-    })
 }

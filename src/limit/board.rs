@@ -19,11 +19,12 @@ pub struct LimitBoard {
     ids: Vec<String>,
     workers: usize,
     cells: Vec<AtomicU64>,
-    reconciler: Arc<[SharedStats]>,
+    /// Per instance (same order as `ids`).
+    reconciler: Vec<Arc<SharedStats>>,
 }
 
 impl LimitBoard {
-    pub fn new(ids: Vec<String>, workers: usize, reconciler: Arc<[SharedStats]>) -> LimitBoard {
+    pub fn new(ids: Vec<String>, workers: usize, reconciler: Vec<Arc<SharedStats>>) -> LimitBoard {
         let cells = (0..ids.len() * workers * FIELDS)
             .map(|_| AtomicU64::new(0))
             .collect();

@@ -5,6 +5,26 @@
 //! that changed in the round, which batches it has merged (`acked`), and per-instance overrides
 //! while Redis is unreachable. Keys travel concatenated in one buffer (`keys`) to keep the number of
 //! allocations per tick constant.
+//!
+//! Instances are named by their *slot*: a number the `ReconcilerHandle` gives each distinct limit and
+//! keeps across reloads while the limit's identity is unchanged (`limit::same_counts`). Positions in a
+//! generation's instance list change with the config; slots do not, so a batch or view sent under one
+//! generation stays meaningful under the next.
+
+use std::sync::Arc;
+
+use super::reconciler::SharedStats;
+use super::InstanceDef;
+
+/// What the reconciler thread receives, in one FIFO channel: workers' batches and, from the main
+/// thread, a new generation's instance list. Because both travel in the same channel, every batch a
+/// worker sends after installing a generation arrives after that generation's `Install`.
+#[derive(Debug)]
+pub enum ToReconciler {
+    Batch(Batch),
+    /// The instances of the generation being installed (slots set); slots not listed are dropped.
+    Install(Vec<(Arc<InstanceDef>, Arc<SharedStats>)>),
+}
 
 /// A key inside a batch's or view's `keys` buffer.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +65,7 @@ pub struct Batch {
 
 #[derive(Debug, Clone, Copy)]
 pub struct DeltaRec {
-    pub instance: u32,
+    pub slot: u32,
     pub key: KeyRef,
     pub delta: Delta,
 }
@@ -63,15 +83,15 @@ pub enum Delta {
 pub struct View {
     /// Per worker: the highest batch `seq` merged into this view.
     pub acked: Box<[u64]>,
-    /// Per instance.
-    pub overrides: Box<[Override]>,
+    /// Per slot, for every slot the reconciler serves.
+    pub overrides: Box<[(u32, Override)]>,
     pub keys: Vec<u8>,
     pub recs: Vec<ViewRec>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct ViewRec {
-    pub instance: u32,
+    pub slot: u32,
     pub key: KeyRef,
     pub what: ViewWhat,
 }

@@ -1,13 +1,15 @@
 //! The reconciler thread: merges every worker's batches into global totals, answers each round with
 //! one shared `View`, and in cluster mode exchanges totals with Redis (see `redis_sync`).
 //!
-//! Round (every `sync_interval`): receive batches until the round's deadline, merge them (counting
-//! estimated overshoot), run the Redis exchange for cluster instances, then send the view of every
-//! key that changed (plus acks and overrides) to all workers. The thread ends when every worker link
-//! is dropped or `ReconcilerHandle::shutdown` is called. Blocking I/O is allowed here (own thread);
-//! nothing on a worker ever waits for it.
+//! Cycle: on every arrival of batches, merge them (counting estimated overshoot), run the Redis
+//! exchange for cluster instances that got new counts, then send the view of every key that changed
+//! (plus acks and overrides) to all workers; every `sync_interval` without arrivals, the Redis
+//! exchange runs anyway (reads of recently active keys, heartbeats). The thread lives across reloads: an
+//! `Install` message (sent by `ReconcilerHandle::install`) swaps the instance list, keeping the state
+//! of slots that stay. It ends when the handle is dropped or `ReconcilerHandle::shutdown` is called.
+//! Blocking I/O is allowed here (own thread); nothing on a worker ever waits for it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +17,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::bucket::Bucket;
-use super::msg::{Batch, Delta, KeyRef, Override, View, ViewRec, ViewWhat};
+use super::msg::{Batch, Delta, KeyRef, Override, ToReconciler, View, ViewRec, ViewWhat};
 use super::redis_sync::ClusterLink;
 use super::table::KeyTable;
-use super::InstanceDef;
-use crate::config::model::{Algorithm, Policy};
+use super::{InstanceDef, WorkerLink};
+use crate::config::model::{Algorithm, BucketDef, Policy};
 
 /// Counters the reconciler keeps per instance (read by metrics from any thread).
 #[derive(Debug, Default)]
@@ -44,20 +46,125 @@ pub struct ReconcilerStats {
     pub redis_errors: u64,
 }
 
-/// Owned by the main thread: stats access and shutdown.
+/// Owned by the main thread: installs generations, gives stats access, stops the thread.
 pub struct ReconcilerHandle {
-    pub(super) stop: Arc<AtomicBool>,
-    pub(super) thread: Option<std::thread::JoinHandle<()>>,
-    pub(super) stats: Arc<[SharedStats]>,
-    pub(super) sync_interval: Duration,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    workers: usize,
+    /// This limiter's identity in Redis (hash field of its counts, heartbeat member); the same for
+    /// every generation, so a reload neither double counts nor looks like a new node.
+    node_id: String,
+    tx: Sender<ToReconciler>,
+    /// Kept until the thread starts (it takes them).
+    pending: Option<ThreadEnds>,
+    view_rxs: Vec<Receiver<Arc<View>>>,
+    /// The current generation's instances (slots set) and their stats, in instance order.
+    live: Vec<(Arc<InstanceDef>, Arc<SharedStats>)>,
+    next_slot: u32,
+    sync_interval: Duration,
 }
 
+/// The reconciler thread's ends of the channels.
+type ThreadEnds = (Receiver<ToReconciler>, Vec<Sender<Arc<View>>>);
+
+static NODE_SEQ: AtomicU64 = AtomicU64::new(0);
+
 impl ReconcilerHandle {
-    /// Counters of `instance` (default when out of range).
+    /// A limiter for `workers` workers with no instance yet (no thread until one is installed).
+    pub fn new(workers: usize) -> ReconcilerHandle {
+        let workers = workers.max(1);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (view_txs, view_rxs) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+        ReconcilerHandle {
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+            workers,
+            node_id: format!(
+                "{}-{}-{}",
+                std::process::id(),
+                wall_ms(),
+                NODE_SEQ.fetch_add(1, Ordering::Relaxed)
+            ),
+            tx,
+            pending: Some((rx, view_txs)),
+            view_rxs,
+            live: Vec::new(),
+            next_slot: 0,
+            sync_interval: Duration::from_millis(5),
+        }
+    }
+
+    /// Makes `instances` the current generation and returns one link per worker for it. An
+    /// instance with `same_counts` as one of the current generation takes over its slot (and so its
+    /// counts in the reconciler and, when workers build their set `with_previous`, in every
+    /// worker); others get a new slot. Never blocks (one channel send); the reconciler applies it
+    /// before any batch a worker sends under the new generation.
+    pub fn install(&mut self, instances: Vec<InstanceDef>) -> Vec<WorkerLink> {
+        let mut live = Vec::with_capacity(instances.len());
+        for mut d in instances {
+            let kept = self
+                .live
+                .iter()
+                .find(|(old, _)| super::same_counts(old, &d))
+                .map(|(old, stats)| (old.slot, stats.clone()));
+            let stats = match kept {
+                Some((slot, stats)) => {
+                    d.slot = slot;
+                    stats
+                }
+                None => {
+                    d.slot = self.next_slot;
+                    self.next_slot = self.next_slot.wrapping_add(1);
+                    let stats = Arc::new(SharedStats::default());
+                    stats.nodes.store(1, Ordering::Relaxed);
+                    stats
+                }
+            };
+            live.push((Arc::new(d), stats));
+        }
+        self.live = live;
+        let defs: Vec<InstanceDef> = self.live.iter().map(|(d, _)| (**d).clone()).collect();
+        self.sync_interval = super::sync_interval(&defs);
+        if self.thread.is_none() && !self.live.is_empty() {
+            self.spawn();
+        }
+        // Before the links exist, so the reconciler knows the slots before any batch uses them.
+        let _ = self.tx.send(ToReconciler::Install(self.live.clone()));
+        let defs: Arc<[InstanceDef]> = defs.into();
+        self.view_rxs
+            .iter()
+            .enumerate()
+            .map(|(index, rx)| WorkerLink {
+                index,
+                tx: self.tx.clone(),
+                rx: rx.clone(),
+                instances: defs.clone(),
+                sync_interval: self.sync_interval,
+            })
+            .collect()
+    }
+
+    fn spawn(&mut self) {
+        let Some((rx, txs)) = self.pending.take() else {
+            return;
+        };
+        let (stop, workers, node_id) = (self.stop.clone(), self.workers, self.node_id.clone());
+        // Built on its own thread: its tables hold `Rc` keys.
+        let run = move || Reconciler::new(workers, rx, txs, stop, node_id).run();
+        match std::thread::Builder::new()
+            .name("ringgate-reconciler".to_owned())
+            .spawn(run)
+        {
+            Ok(t) => self.thread = Some(t),
+            Err(e) => crate::error!("reconciler thread failed to start error=\"{}\"", e),
+        }
+    }
+
+    /// Counters of the current generation's `instance` (default when out of range).
     pub fn stats(&self, instance: usize) -> ReconcilerStats {
-        self.stats
+        self.live
             .get(instance)
-            .map(|s| ReconcilerStats {
+            .map(|(_, s)| ReconcilerStats {
                 overshoot: s.overshoot.load(Ordering::Relaxed),
                 redis_healthy: s.redis_healthy.load(Ordering::Relaxed),
                 nodes: s.nodes.load(Ordering::Relaxed),
@@ -70,9 +177,9 @@ impl ReconcilerHandle {
         self.sync_interval
     }
 
-    /// The shared counters, for a metrics collector on another thread.
-    pub fn shared_stats(&self) -> Arc<[SharedStats]> {
-        self.stats.clone()
+    /// The current generation's shared counters (instance order), for a metrics collector.
+    pub fn shared_stats(&self) -> Vec<Arc<SharedStats>> {
+        self.live.iter().map(|(_, s)| s.clone()).collect()
     }
 
     /// Stops the thread and waits for it (at most one round plus one Redis timeout).
@@ -127,11 +234,37 @@ impl GWin {
 
 pub(super) enum GState {
     Windows(Box<[GWin]>),
-    Bucket(Bucket),
+    Bucket(GBucket),
+}
+
+/// One token bucket's global state.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GBucket {
+    /// Best known level (cluster-wide when Redis is healthy).
+    pub all: Bucket,
+    /// Cluster policy: this node's own bucket at its share of the rate and burst (what
+    /// `on_redis_failure = "local"` enforces), fed by this node's consumption only.
+    pub node: Bucket,
+    /// Cluster policy: tokens this node consumed in total (pushed as an absolute number, so a
+    /// retried push never counts twice) and since the last successful push.
+    pub node_total: u64,
+    pub pending: u64,
+}
+
+impl GBucket {
+    pub fn full(def: &BucketDef, share: u32, now_ms: u64) -> GBucket {
+        GBucket {
+            all: Bucket::full(def, now_ms),
+            node: Bucket::full(&def.share(share), now_ms),
+            node_total: 0,
+            pending: 0,
+        }
+    }
 }
 
 pub(super) struct RInst {
     pub def: Arc<InstanceDef>,
+    pub stats: Arc<SharedStats>,
     pub table: KeyTable<GState>,
     /// Slots with Redis work pending (deduplicated by `queued`).
     pub push: Vec<u32>,
@@ -141,11 +274,14 @@ pub(super) struct RInst {
 
 pub(super) struct Reconciler {
     pub insts: Vec<RInst>,
-    pub stats: Arc<[SharedStats]>,
+    /// Slot -> index into `insts`.
+    pub by_slot: HashMap<u32, usize>,
+    pub workers: usize,
+    pub node_id: String,
     pub acked: Vec<u64>,
     pub acked_sent: Vec<u64>,
-    pub overrides_sent: Vec<Override>,
-    pub rx: Receiver<Batch>,
+    pub overrides_sent: Vec<(u32, Override)>,
+    pub rx: Receiver<ToReconciler>,
     pub txs: Vec<Sender<Arc<View>>>,
     pub interval: Duration,
     pub stop: Arc<AtomicBool>,
@@ -157,46 +293,75 @@ pub(super) fn wall_ms() -> u64 {
 }
 
 impl Reconciler {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        instances: &[Arc<InstanceDef>],
         workers: usize,
-        rx: Receiver<Batch>,
+        rx: Receiver<ToReconciler>,
         txs: Vec<Sender<Arc<View>>>,
-        interval: Duration,
         stop: Arc<AtomicBool>,
-        stats: Arc<[SharedStats]>,
-        node_id: &str,
+        node_id: String,
     ) -> Reconciler {
-        let insts = instances
-            .iter()
-            .map(|d| {
-                let cluster = match &d.def.policy {
-                    Policy::Cluster(r) => Some(ClusterLink::new(r.clone(), node_id, &d.id)),
-                    Policy::Local => None,
-                };
-                RInst {
-                    def: d.clone(),
-                    table: KeyTable::new(d.def.max_keys.saturating_mul(workers.max(1))),
-                    push: Vec::new(),
-                    queued: HashSet::new(),
-                    cluster,
-                }
-            })
-            .collect();
-        for s in stats.iter() {
-            s.nodes.store(1, Ordering::Relaxed);
-        }
         Reconciler {
+            insts: Vec::new(),
+            by_slot: HashMap::new(),
             acked: vec![0; workers],
             acked_sent: vec![0; workers],
-            overrides_sent: vec![Override::None; instances.len()],
-            insts,
-            stats,
+            overrides_sent: Vec::new(),
+            workers,
+            node_id,
             rx,
             txs,
-            interval,
+            interval: Duration::from_millis(5),
             stop,
+        }
+    }
+
+    /// Takes a new generation: listed slots keep their state (with the new settings), new ones
+    /// start empty, unlisted ones are dropped (late batches for them are ignored).
+    fn install(&mut self, list: Vec<(Arc<InstanceDef>, Arc<SharedStats>)>) {
+        let mut old: HashMap<u32, RInst> = self.insts.drain(..).map(|r| (r.def.slot, r)).collect();
+        let workers = self.workers.max(1);
+        let cap_for = |d: &InstanceDef| d.def.max_keys.saturating_mul(workers);
+        for (def, stats) in list {
+            let inst = match old.remove(&def.slot) {
+                Some(mut r) => {
+                    r.table.set_cap(cap_for(&def), |_, _| {});
+                    if let (Some(c), Policy::Cluster(redis)) = (&mut r.cluster, &def.def.policy) {
+                        c.set_def(redis.clone());
+                    }
+                    r.def = def;
+                    r.stats = stats;
+                    r
+                }
+                None => RInst {
+                    cluster: match &def.def.policy {
+                        Policy::Cluster(r) => {
+                            Some(ClusterLink::new(r.clone(), &self.node_id, &def.id))
+                        }
+                        Policy::Local => None,
+                    },
+                    table: KeyTable::new(cap_for(&def)),
+                    push: Vec::new(),
+                    queued: HashSet::new(),
+                    def,
+                    stats,
+                },
+            };
+            self.insts.push(inst);
+        }
+        self.by_slot = self
+            .insts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.def.slot, i))
+            .collect();
+        let defs: Vec<InstanceDef> = self.insts.iter().map(|r| (*r.def).clone()).collect();
+        self.interval = super::sync_interval(&defs);
+    }
+
+    fn receive(&mut self, msg: ToReconciler) {
+        match msg {
+            ToReconciler::Batch(b) => self.merge(&b),
+            ToReconciler::Install(list) => self.install(list),
         }
     }
 
@@ -208,14 +373,24 @@ impl Reconciler {
                 return;
             }
             // Answer every arrival at once (drained together), so a view is at most one worker
-            // tick plus this hop old; the timer paces the Redis exchange and sweeps.
+            // tick plus this hop old. Cluster instances with new counts exchange with Redis right
+            // away, in the same cycle: the push (and the read of every other node's counts) does
+            // not wait for the timer, so a count reaches Redis one worker tick after its request,
+            // and this node's workers get the cluster total back with the answer to their batch.
+            // The timer paces the reads of idle keys, heartbeats and sweeps.
             loop {
                 let left = next.saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(left) {
-                    Ok(batch) => {
-                        self.merge(&batch);
+                    Ok(msg) => {
+                        self.receive(msg);
                         while let Ok(more) = self.rx.try_recv() {
-                            self.merge(&more);
+                            self.receive(more);
+                        }
+                        let now = wall_ms();
+                        for i in 0..self.insts.len() {
+                            if self.insts.get(i).is_some_and(|r| !r.push.is_empty()) {
+                                self.cluster_round(i, now);
+                            }
                         }
                         self.broadcast();
                     }
@@ -243,25 +418,29 @@ impl Reconciler {
     pub fn merge(&mut self, batch: &Batch) {
         let now = wall_ms();
         for rec in &batch.recs {
-            let Some(inst) = self.insts.get_mut(rec.instance as usize) else {
+            let Some(inst) = self
+                .by_slot
+                .get(&rec.slot)
+                .and_then(|&i| self.insts.get_mut(i))
+            else {
                 continue;
             };
-            let Some(stats) = self.stats.get(rec.instance as usize) else {
-                continue;
-            };
+            let stats = &*inst.stats;
             let key = rec.key.get(&batch.keys);
             let def = &inst.def.def;
             let n = def.limits.len();
             let bucket = def.bucket;
+            // Nodes sharing the limit, for the per-node bucket (1 without a cluster).
+            let share = inst.cluster.as_ref().map_or(1, |c| c.nodes());
             let got = inst.table.get_or_insert(
                 key,
                 now,
                 || match bucket {
-                    Some(b) => GState::Bucket(Bucket::full(&b, batch.now_ms)),
+                    Some(b) => GState::Bucket(GBucket::full(&b, share, batch.now_ms)),
                     None => GState::Windows(vec![GWin::default(); n].into_boxed_slice()),
                 },
                 |v| match (v, bucket) {
-                    (GState::Bucket(b), Some(d)) => *b = Bucket::full(&d, batch.now_ms),
+                    (GState::Bucket(b), Some(d)) => *b = GBucket::full(&d, share, batch.now_ms),
                     (GState::Windows(w), _) => w.fill(GWin::default()),
                     _ => {}
                 },
@@ -304,15 +483,24 @@ impl Reconciler {
                         }
                     }
                 }
-                (GState::Bucket(b), Delta::Bucket { consumed }) => {
+                (GState::Bucket(g), Delta::Bucket { consumed }) => {
                     if let Some(d) = &bucket {
+                        let b = &mut g.all;
                         b.refill(d, batch.now_ms);
                         let before = (-b.tokens).max(0.0);
                         b.tokens = (b.tokens - consumed as f64).max(-(d.burst as f64));
                         let after = (-b.tokens).max(0.0);
                         let over = (after - before).max(0.0).round() as u64;
                         stats.overshoot.fetch_add(over, Ordering::Relaxed);
+                        let nd = d.share(share);
+                        g.node.refill(&nd, batch.now_ms);
+                        g.node.tokens = (g.node.tokens - consumed as f64).max(-(nd.burst as f64));
+                        g.node_total += consumed;
+                        g.pending += consumed;
                         inst.table.mark_dirty(got.slot);
+                        if inst.cluster.is_some() && inst.queued.insert(got.slot) {
+                            inst.push.push(got.slot);
+                        }
                     }
                 }
                 _ => {}
@@ -327,9 +515,7 @@ impl Reconciler {
         let Some(inst) = self.insts.get_mut(i) else {
             return;
         };
-        let Some(stats) = self.stats.get(i) else {
-            return;
-        };
+        let stats = &*inst.stats;
         let Some(cluster) = inst.cluster.as_mut() else {
             return;
         };
@@ -348,15 +534,16 @@ impl Reconciler {
         let mut view = View::default();
         let mut dirty = Vec::new();
         let mut overrides = Vec::with_capacity(self.insts.len());
-        for (i, inst) in self.insts.iter_mut().enumerate() {
+        for inst in self.insts.iter_mut() {
+            let slot = inst.def.slot;
             let ovr = inst.cluster.as_ref().map_or(Override::None, |c| {
                 c.override_for(inst.def.def.on_redis_failure)
             });
-            overrides.push(ovr);
+            overrides.push((slot, ovr));
             let node_only = matches!(ovr, Override::Share(_));
             inst.table.take_dirty(&mut dirty);
-            for &slot in &dirty {
-                let Some((key, state)) = inst.table.entry_mut(slot) else {
+            for &entry in &dirty {
+                let Some((key, state)) = inst.table.entry_mut(entry) else {
                     continue;
                 };
                 let kr = KeyRef::push(&mut view.keys, key);
@@ -369,7 +556,7 @@ impl Reconciler {
                                 (w.curr, w.prev)
                             };
                             view.recs.push(ViewRec {
-                                instance: i as u32,
+                                slot,
                                 key: kr,
                                 what: ViewWhat::Window {
                                     period: p as u8,
@@ -380,14 +567,17 @@ impl Reconciler {
                             });
                         }
                     }
-                    GState::Bucket(b) => view.recs.push(ViewRec {
-                        instance: i as u32,
-                        key: kr,
-                        what: ViewWhat::Bucket {
-                            tokens: b.tokens,
-                            at_ms: b.at_ms,
-                        },
-                    }),
+                    GState::Bucket(g) => {
+                        let b = if node_only { g.node } else { g.all };
+                        view.recs.push(ViewRec {
+                            slot,
+                            key: kr,
+                            what: ViewWhat::Bucket {
+                                tokens: b.tokens,
+                                at_ms: b.at_ms,
+                            },
+                        })
+                    }
                 }
             }
         }

@@ -60,6 +60,22 @@ impl<V> KeyTable<V> {
         self.map.is_empty()
     }
 
+    /// Changes the cap; keys beyond a lower cap are evicted now, least recently used first
+    /// (`on_evict` sees each first).
+    pub fn set_cap(&mut self, cap: usize, mut on_evict: impl FnMut(&[u8], &mut V)) {
+        self.cap = cap.max(1);
+        while self.map.len() > self.cap && self.tail != NIL {
+            let t = self.tail;
+            if let Some(s) = self.slots.get_mut(t as usize) {
+                if let Some(k) = &s.key {
+                    on_evict(k, &mut s.value);
+                }
+            }
+            self.unlink_and_forget(t);
+            self.free.push(t);
+        }
+    }
+
     /// The slot of `key` without touching recency.
     pub fn find(&self, key: &[u8]) -> Option<u32> {
         self.map.get(key).copied()

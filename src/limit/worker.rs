@@ -6,20 +6,28 @@
 //! for a key already in the table (a new key allocates its bytes once). `sync` (every sync interval,
 //! from a worker task) applies the views the reconciler sent, sends this worker's deltas and evicts
 //! idle keys; it never blocks (try_recv / unbounded send). RefCell borrows never outlive a call.
+//!
+//! Reload: a generation's set is built `with_previous` (the worker's current set), at install time
+//! in the worker's control loop. It shares the previous set's `Core` (channels, batch numbering,
+//! acks) and, for every instance whose slot is unchanged, its `Counts` (the key table and counters):
+//! `Rc`s on one thread, so requests still running under the old generation and new ones count into
+//! the same table, and nothing crosses threads or locks.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io::Write as _;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::bucket::Bucket;
-use super::msg::{Batch, Delta, DeltaRec, KeyRef, Override, View, ViewWhat};
+use super::msg::{Batch, Delta, DeltaRec, KeyRef, Override, ToReconciler, View, ViewWhat};
 use super::table::KeyTable;
 use super::window::{self, Verdict, WinPair};
 use super::{InstanceDef, WorkerLink};
-use crate::config::model::{Algorithm, Mode, Period};
+use crate::config::model::{Algorithm, BucketDef, Mode, Period};
 
 /// The decision for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,26 +68,41 @@ enum Table {
     Bucket(KeyTable<BucketState>),
 }
 
-struct Inst {
-    def: Arc<InstanceDef>,
+/// What survives a reload for an unchanged limit (shared by the generations' sets).
+struct Counts {
+    slot: u32,
     table: RefCell<Table>,
     ovr: Cell<Override>,
     stats: Cell<InstanceStats>,
+}
+
+/// One instance in one generation: its settings and its (possibly inherited) counts.
+struct Inst {
+    def: Arc<InstanceDef>,
+    counts: Rc<Counts>,
     body: Box<[u8]>,
     /// Keys idle this long are evicted at `sync`.
     idle_ms: u64,
 }
 
-pub struct LimiterSet {
+/// Per worker, for the process lifetime (shared by the generations' sets): the channels and the
+/// batch numbering the reconciler acknowledges.
+struct Core {
     worker: usize,
-    insts: Box<[Inst]>,
-    tx: Sender<Batch>,
+    tx: Sender<ToReconciler>,
     rx: Receiver<Arc<View>>,
     seq: Cell<u64>,
     acked: Cell<u64>,
     /// Deltas of keys evicted since the last sync (sent with the next batch).
     evicted: RefCell<Batch>,
     dirty: RefCell<Vec<u32>>,
+}
+
+pub struct LimiterSet {
+    core: Rc<Core>,
+    insts: Box<[Inst]>,
+    /// Slot -> index into `insts` (views name slots).
+    by_slot: HashMap<u32, usize>,
     sync_interval: Duration,
 }
 
@@ -101,42 +124,84 @@ fn json_body(message: &str) -> Box<[u8]> {
 impl LimiterSet {
     /// Builds the worker's state from the link `limit::start` returned for it.
     pub fn new(link: WorkerLink) -> LimiterSet {
-        let insts = link
+        LimiterSet::with_previous(link, None)
+    }
+
+    /// Builds the worker's set for a new generation, taking over `prev`'s counts for every
+    /// instance whose slot is unchanged (see `limit::same_counts`); other instances start empty.
+    /// Runs on the worker thread, off the request path (it allocates).
+    pub fn with_previous(link: WorkerLink, prev: Option<&LimiterSet>) -> LimiterSet {
+        let core = match prev {
+            Some(p) => p.core.clone(),
+            None => Rc::new(Core {
+                worker: link.index,
+                tx: link.tx,
+                rx: link.rx,
+                seq: Cell::new(0),
+                acked: Cell::new(0),
+                evicted: RefCell::new(Batch::default()),
+                dirty: RefCell::new(Vec::new()),
+            }),
+        };
+        let insts: Box<[Inst]> = link
             .instances
             .iter()
             .map(|d| {
                 let def = Arc::new(d.clone());
                 let cap = d.def.max_keys;
                 let longest = d.def.limits.last().map_or(1_000, |l| l.period.millis());
-                let (table, idle_ms) = match (d.def.algorithm, d.def.bucket) {
-                    (Algorithm::TokenBucket, Some(b)) => (
-                        Table::Bucket(KeyTable::new(cap)),
-                        ((b.burst as f64 / b.rate_per_ms).ceil() as u64).max(1_000),
-                    ),
-                    (Algorithm::SlidingWindow, _) => {
-                        (Table::Windows(KeyTable::new(cap)), 2 * longest)
+                let idle_ms = match (d.def.algorithm, d.def.bucket) {
+                    (Algorithm::TokenBucket, Some(b)) => {
+                        ((b.burst as f64 / b.rate_per_ms).ceil() as u64).max(1_000)
                     }
-                    _ => (Table::Windows(KeyTable::new(cap)), longest),
+                    (Algorithm::SlidingWindow, _) => 2 * longest,
+                    _ => longest,
+                };
+                let inherited = prev
+                    .and_then(|p| p.by_slot.get(&d.slot).and_then(|&i| p.insts.get(i)))
+                    .map(|i| i.counts.clone());
+                let counts = match inherited {
+                    Some(c) => {
+                        // A lower `max_keys` applies now; evicted keys' counts still reach the
+                        // reconciler with the next batch.
+                        let mut evicted = core.evicted.borrow_mut();
+                        match &mut *c.table.borrow_mut() {
+                            Table::Windows(t) => {
+                                t.set_cap(cap, |k, v| flush_windows(&mut evicted, d.slot, k, v))
+                            }
+                            Table::Bucket(t) => {
+                                t.set_cap(cap, |k, v| flush_bucket(&mut evicted, d.slot, k, v))
+                            }
+                        }
+                        c
+                    }
+                    None => Rc::new(Counts {
+                        slot: d.slot,
+                        table: RefCell::new(match d.def.algorithm {
+                            Algorithm::TokenBucket => Table::Bucket(KeyTable::new(cap)),
+                            _ => Table::Windows(KeyTable::new(cap)),
+                        }),
+                        ovr: Cell::new(Override::None),
+                        stats: Cell::new(InstanceStats::default()),
+                    }),
                 };
                 Inst {
                     body: json_body(&d.def.error_message),
                     def,
-                    table: RefCell::new(table),
-                    ovr: Cell::new(Override::None),
-                    stats: Cell::new(InstanceStats::default()),
+                    counts,
                     idle_ms,
                 }
             })
             .collect();
+        let by_slot = insts
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| (inst.counts.slot, i))
+            .collect();
         LimiterSet {
-            worker: link.index,
+            core,
             insts,
-            tx: link.tx,
-            rx: link.rx,
-            seq: Cell::new(0),
-            acked: Cell::new(0),
-            evicted: RefCell::new(Batch::default()),
-            dirty: RefCell::new(Vec::new()),
+            by_slot,
             sync_interval: link.sync_interval,
         }
     }
@@ -174,14 +239,16 @@ impl LimiterSet {
             return Decision::Allow;
         };
         let def = &inst.def.def;
-        let ovr = inst.ovr.get();
+        let counts = &*inst.counts;
+        let slot = counts.slot;
+        let ovr = counts.ovr.get();
         let mut verdicts: [Option<(Option<Period>, u64, Verdict)>; 4] = [None; 4];
         let mut allowed = true;
         {
-            let mut table = inst.table.borrow_mut();
-            let mut evicted = self.evicted.borrow_mut();
+            let mut table = counts.table.borrow_mut();
+            let mut evicted = self.core.evicted.borrow_mut();
             let mut evicted_at_cap = false;
-            let acked = self.acked.get();
+            let acked = self.core.acked.get();
             match &mut *table {
                 Table::Windows(t) => {
                     let n = def.limits.len();
@@ -192,7 +259,7 @@ impl LimiterSet {
                         |v| v.fill(WinPair::default()),
                         |k, v| {
                             evicted_at_cap = true;
-                            flush_windows(&mut evicted, instance, k, v);
+                            flush_windows(&mut evicted, slot, k, v);
                         },
                     );
                     let Some(pairs) = t.value_mut(got.slot) else {
@@ -209,8 +276,8 @@ impl LimiterSet {
                             window::fixed(used, limit, now_ms, p)
                         };
                         allowed &= v.allowed;
-                        if let Some(slot) = verdicts.get_mut(i) {
-                            *slot = Some((Some(lim.period), limit, v));
+                        if let Some(out) = verdicts.get_mut(i) {
+                            *out = Some((Some(lim.period), limit, v));
                         }
                     }
                     allowed = resolve(allowed, ovr, def.mode, inst);
@@ -222,7 +289,7 @@ impl LimiterSet {
                     }
                 }
                 Table::Bucket(t) => {
-                    let Some(bdef) = def.bucket else {
+                    let Some(bdef) = def.bucket.map(|b| effective_bucket(b, ovr)) else {
                         return Decision::Allow;
                     };
                     let got = t.get_or_insert(
@@ -244,7 +311,7 @@ impl LimiterSet {
                         },
                         |k, v| {
                             evicted_at_cap = true;
-                            flush_bucket(&mut evicted, instance, k, v);
+                            flush_bucket(&mut evicted, slot, k, v);
                         },
                     );
                     let Some(b) = t.value_mut(got.slot) else {
@@ -267,7 +334,7 @@ impl LimiterSet {
                     }
                 }
             }
-            let mut s = inst.stats.get();
+            let mut s = counts.stats.get();
             if evicted_at_cap {
                 s.evicted_at_cap += 1;
             }
@@ -276,7 +343,7 @@ impl LimiterSet {
             } else {
                 s.rejected += 1;
             }
-            inst.stats.set(s);
+            counts.stats.set(s);
         }
         if !def.hide_client_headers {
             write_headers(resp_headers, &verdicts, allowed);
@@ -302,20 +369,20 @@ impl LimiterSet {
     /// Applies the reconciler's views, sends this worker's deltas, evicts idle keys. Call every
     /// `sync_interval()` from a worker task (not per request). Never blocks.
     pub fn sync(&self, now_ms: u64) {
-        while let Ok(view) = self.rx.try_recv() {
-            self.apply(&view);
-        }
-        let mut batch = std::mem::take(&mut *self.evicted.borrow_mut());
-        let seq = self.seq.get() + 1;
-        let acked = self.acked.get();
-        let mut dirty = self.dirty.borrow_mut();
-        for (i, inst) in self.insts.iter().enumerate() {
-            let mut table = inst.table.borrow_mut();
+        self.apply_views();
+        let core = &*self.core;
+        let mut batch = std::mem::take(&mut *core.evicted.borrow_mut());
+        let seq = core.seq.get() + 1;
+        let acked = core.acked.get();
+        let mut dirty = core.dirty.borrow_mut();
+        for inst in self.insts.iter() {
+            let slot = inst.counts.slot;
+            let mut table = inst.counts.table.borrow_mut();
             match &mut *table {
                 Table::Windows(t) => {
                     t.take_dirty(&mut dirty);
-                    for &slot in dirty.iter() {
-                        let Some((key, pairs)) = t.entry_mut(slot) else {
+                    for &entry in dirty.iter() {
+                        let Some((key, pairs)) = t.entry_mut(entry) else {
                             continue;
                         };
                         let kr = KeyRef::push(&mut batch.keys, key);
@@ -325,7 +392,7 @@ impl LimiterSet {
                                     continue;
                                 }
                                 batch.recs.push(DeltaRec {
-                                    instance: i as u32,
+                                    slot,
                                     key: kr,
                                     delta: Delta::Window {
                                         period: p as u8,
@@ -343,12 +410,12 @@ impl LimiterSet {
                         }
                     }
                     let idle = now_ms.saturating_sub(inst.idle_ms);
-                    t.evict_idle(idle, |k, v| flush_windows(&mut batch, i, k, v));
+                    t.evict_idle(idle, |k, v| flush_windows(&mut batch, slot, k, v));
                 }
                 Table::Bucket(t) => {
                     t.take_dirty(&mut dirty);
-                    for &slot in dirty.iter() {
-                        let Some((key, b)) = t.entry_mut(slot) else {
+                    for &entry in dirty.iter() {
+                        let Some((key, b)) = t.entry_mut(entry) else {
                             continue;
                         };
                         if b.unsynced == 0 {
@@ -356,7 +423,7 @@ impl LimiterSet {
                         }
                         let key = KeyRef::push(&mut batch.keys, key);
                         batch.recs.push(DeltaRec {
-                            instance: i as u32,
+                            slot,
                             key,
                             delta: Delta::Bucket {
                                 consumed: b.unsynced,
@@ -370,44 +437,59 @@ impl LimiterSet {
                         b.seq = seq;
                     }
                     let idle = now_ms.saturating_sub(inst.idle_ms);
-                    t.evict_idle(idle, |k, v| flush_bucket(&mut batch, i, k, v));
+                    t.evict_idle(idle, |k, v| flush_bucket(&mut batch, slot, k, v));
                 }
             }
-            let mut s = inst.stats.get();
+            let mut s = inst.counts.stats.get();
             s.keys = match &*table {
                 Table::Windows(t) => t.len() as u64,
                 Table::Bucket(t) => t.len() as u64,
             };
-            inst.stats.set(s);
+            inst.counts.stats.set(s);
         }
         if batch.recs.is_empty() {
             // Keep the buffers for next time.
             batch.keys.clear();
-            *self.evicted.borrow_mut() = batch;
+            *core.evicted.borrow_mut() = batch;
             return;
         }
-        batch.worker = self.worker;
+        batch.worker = core.worker;
         batch.seq = seq;
         batch.now_ms = now_ms;
-        self.seq.set(seq);
+        core.seq.set(seq);
         // The reconciler gone (shutdown) is not an error here: decisions stay local.
-        let _ = self.tx.send(batch);
+        let _ = core.tx.send(ToReconciler::Batch(batch));
+    }
+
+    /// Applies every view the reconciler has sent so far (never blocks).
+    pub fn apply_views(&self) {
+        while let Ok(view) = self.core.rx.try_recv() {
+            self.apply(&view);
+        }
+    }
+
+    fn counts_of(&self, slot: u32) -> Option<&Counts> {
+        let &i = self.by_slot.get(&slot)?;
+        self.insts.get(i).map(|inst| &*inst.counts)
     }
 
     fn apply(&self, view: &View) {
-        if let Some(&a) = view.acked.get(self.worker) {
-            self.acked.set(self.acked.get().max(a));
+        let core = &*self.core;
+        if let Some(&a) = view.acked.get(core.worker) {
+            core.acked.set(core.acked.get().max(a));
         }
-        let acked = self.acked.get();
-        for (inst, ovr) in self.insts.iter().zip(view.overrides.iter()) {
-            inst.ovr.set(*ovr);
+        let acked = core.acked.get();
+        for &(slot, ovr) in view.overrides.iter() {
+            if let Some(c) = self.counts_of(slot) {
+                c.ovr.set(ovr);
+            }
         }
         for rec in &view.recs {
-            let Some(inst) = self.insts.get(rec.instance as usize) else {
+            let Some(counts) = self.counts_of(rec.slot) else {
                 continue;
             };
             let key = rec.key.get(&view.keys);
-            let mut table = inst.table.borrow_mut();
+            let mut table = counts.table.borrow_mut();
             match (&mut *table, rec.what) {
                 (
                     Table::Windows(t),
@@ -453,7 +535,7 @@ impl LimiterSet {
     pub fn stats(&self, instance: usize) -> InstanceStats {
         self.insts
             .get(instance)
-            .map(|i| i.stats.get())
+            .map(|i| i.counts.stats.get())
             .unwrap_or_default()
     }
 
@@ -462,9 +544,9 @@ impl LimiterSet {
     pub fn remaining(&self, instance: usize, key: &[u8], now_ms: u64) -> Option<u64> {
         let inst = self.insts.get(instance)?;
         let def = &inst.def.def;
-        let table = inst.table.borrow();
-        let acked = self.acked.get();
-        let ovr = inst.ovr.get();
+        let table = inst.counts.table.borrow();
+        let acked = self.core.acked.get();
+        let ovr = inst.counts.ovr.get();
         match &*table {
             Table::Windows(t) => {
                 let pairs = t.value(t.find(key)?)?;
@@ -489,7 +571,7 @@ impl LimiterSet {
             }
             Table::Bucket(t) => {
                 let mut b = t.value(t.find(key)?)?.local;
-                b.refill(&def.bucket?, now_ms);
+                b.refill(&effective_bucket(def.bucket?, ovr), now_ms);
                 Some(b.tokens.max(0.0) as u64)
             }
         }
@@ -504,6 +586,15 @@ fn effective(limit: u64, ovr: Override) -> u64 {
     }
 }
 
+/// The bucket in force: the node's share of rate and burst while Redis is down with
+/// `on_redis_failure = "local"` (the reconciler then sends this node's own bucket).
+fn effective_bucket(b: BucketDef, ovr: Override) -> BucketDef {
+    match ovr {
+        Override::Share(n) if n > 1 => b.share(n),
+        _ => b,
+    }
+}
+
 /// Applies overrides and shadow mode; counts shadow rejections.
 fn resolve(allowed: bool, ovr: Override, mode: Mode, inst: &Inst) -> bool {
     let allowed = match ovr {
@@ -512,23 +603,23 @@ fn resolve(allowed: bool, ovr: Override, mode: Mode, inst: &Inst) -> bool {
         _ => allowed,
     };
     if !allowed && mode == Mode::Shadow {
-        let mut s = inst.stats.get();
+        let mut s = inst.counts.stats.get();
         s.shadow_rejected += 1;
-        inst.stats.set(s);
+        inst.counts.stats.set(s);
         crate::debug!("rate limit exceeded (shadow mode) instance={}", inst.def.id);
         return true;
     }
     allowed
 }
 
-fn flush_windows(batch: &mut Batch, instance: usize, key: &[u8], pairs: &mut [WinPair]) {
+fn flush_windows(batch: &mut Batch, slot: u32, key: &[u8], pairs: &mut [WinPair]) {
     let mut kr = None;
     for (p, pair) in pairs.iter_mut().enumerate() {
         for w in [&mut pair.prev, &mut pair.curr] {
             if w.unsynced > 0 {
                 let key = *kr.get_or_insert_with(|| KeyRef::push(&mut batch.keys, key));
                 batch.recs.push(DeltaRec {
-                    instance: instance as u32,
+                    slot,
                     key,
                     delta: Delta::Window {
                         period: p as u8,
@@ -542,11 +633,11 @@ fn flush_windows(batch: &mut Batch, instance: usize, key: &[u8], pairs: &mut [Wi
     }
 }
 
-fn flush_bucket(batch: &mut Batch, instance: usize, key: &[u8], b: &mut BucketState) {
+fn flush_bucket(batch: &mut Batch, slot: u32, key: &[u8], b: &mut BucketState) {
     if b.unsynced > 0 {
         let key = KeyRef::push(&mut batch.keys, key);
         batch.recs.push(DeltaRec {
-            instance: instance as u32,
+            slot,
             key,
             delta: Delta::Bucket {
                 consumed: b.unsynced,

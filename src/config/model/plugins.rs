@@ -153,6 +153,17 @@ pub struct BucketDef {
     pub burst: u64,
 }
 
+impl BucketDef {
+    /// One of `n` nodes' share: rate / n and burst / n (rounded up, at least 1).
+    pub fn share(&self, n: u32) -> BucketDef {
+        let n = n.max(1);
+        BucketDef {
+            rate_per_ms: self.rate_per_ms / f64::from(n),
+            burst: self.burst.div_ceil(u64::from(n)).max(1),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitBy {
     Ip,

@@ -297,7 +297,7 @@ fn rate_limiting(
         100_000_000,
     )
     .and_then(|n| usize::try_from(n).ok());
-    let (policy, on_redis_failure) = policy(c, &cp, algorithm, problems);
+    let (policy, on_redis_failure) = policy(c, &cp, problems);
 
     if problems.len() != before {
         return None;
@@ -560,7 +560,6 @@ fn limit_by(c: &RawRateLimiting, cp: &KeyPath, problems: &mut Vec<Problem>) -> O
 fn policy(
     c: &RawRateLimiting,
     cp: &KeyPath,
-    algorithm: Option<Algorithm>,
     problems: &mut Vec<Problem>,
 ) -> (Option<Policy>, RedisFailure) {
     let cluster = match &c.policy {
@@ -603,14 +602,6 @@ fn policy(
             (Some(Policy::Local), failure)
         }
         Some(true) => {
-            if algorithm == Some(Algorithm::TokenBucket) {
-                push(
-                    problems,
-                    cp.key("policy"),
-                    "policy = \"cluster\" is not supported yet with token_bucket; use fixed_window or sliding_window",
-                );
-                return (None, failure);
-            }
             let Some(r) = &c.redis else {
                 push(
                     problems,

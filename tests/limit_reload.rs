@@ -1,0 +1,199 @@
+//! Rate-limit counts across a hot reload (SIGHUP), through the real binary: a limit whose identity is
+//! unchanged keeps its counts (in every worker and, with `policy = "cluster"`, in Redis), also when
+//! settings that do not change what is counted (error message, mode) change; a changed limit value
+//! starts fresh. Requests are spaced by more than a sync interval, so the counts asserted are exact.
+
+mod common;
+
+use common::redis::Redis;
+use common::*;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Two routes (`/api` limited, `/free` not) plus, with `extra_route`, a third one: the unrelated
+/// change each reload makes.
+fn config(up: &Upstream, workers: usize, plugin: &str, extra_route: bool) -> String {
+    let extra = if extra_route {
+        "[[routes]]\nname = \"extra\"\nservice = \"svc\"\npaths = [\"/extra\"]\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = {workers}
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "api"
+service = "svc"
+paths = ["/api"]
+
+[[routes]]
+name = "free"
+service = "svc"
+paths = ["/free"]
+
+{extra}
+[[plugins]]
+name = "rate-limiting"
+route = "api"
+config = {plugin}
+"#,
+        url = up.url()
+    )
+}
+
+/// Hour windows are calendar-aligned: start in a fresh hour if this one ends within a minute, so a
+/// window boundary cannot fall inside a test.
+fn away_from_hour_end() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = 3_600 - now % 3_600;
+    if left < 60 {
+        std::thread::sleep(Duration::from_secs(left + 1));
+    }
+}
+
+const REQ: &[u8] = b"GET /api/x HTTP/1.1\r\nHost: test.local\r\nX-Client: c1\r\n\r\n";
+
+fn remaining(r: &RawResponse) -> u64 {
+    r.header("x-ratelimit-remaining-hour")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no X-RateLimit-Remaining-Hour: {:?}", r.headers))
+}
+
+/// Sends requests (a new connection each, so both workers serve some), spaced by `gap`, until one
+/// is rejected; returns how many were admitted (at most `max`).
+fn admit_until_rejected(addr: std::net::SocketAddr, max: u64, gap: Duration) -> (u64, RawResponse) {
+    for admitted in 0..=max {
+        std::thread::sleep(gap);
+        let r = Conn::connect(addr).request(REQ);
+        if r.status == 429 {
+            return (admitted, r);
+        }
+        assert_eq!(r.status, 200);
+    }
+    panic!("more than {max} admitted");
+}
+
+#[test]
+fn counts_survive_a_reload_and_a_changed_limit_starts_fresh() {
+    away_from_hour_end();
+    let up = Upstream::echo("up");
+    let plugin = |limit: u64, message: &str| {
+        format!(
+            r#"{{ hour = {limit}, limit_by = "header", header_name = "x-client", error_message = "{message}" }}"#
+        )
+    };
+    let gw = Gateway::start(&config(&up, 2, &plugin(10, "slow down"), false));
+    let mut c = Conn::connect(gw.addr());
+    for i in 0..4 {
+        assert_eq!(remaining(&c.request(REQ)), 9 - i);
+    }
+
+    // An unrelated route and a new error message: same limit, counts continue.
+    gw.rewrite_config(&config(&up, 2, &plugin(10, "reloaded"), true));
+    gw.reload_to(2);
+    assert_eq!(
+        c.get(HOST, "/extra/1").status,
+        200,
+        "the reload took effect"
+    );
+    let r = c.request(REQ);
+    assert_eq!(remaining(&r), 5, "the count continued across the reload");
+    // Both workers know the pre-reload count: exactly 5 more are admitted in total.
+    let (more, rejected) = admit_until_rejected(gw.addr(), 10, Duration::from_millis(30));
+    assert_eq!(more, 5, "the limit still rejects at 10");
+    assert!(
+        String::from_utf8_lossy(&rejected.body).contains("reloaded"),
+        "the new error message is used"
+    );
+
+    // A changed limit value: fresh counts.
+    gw.rewrite_config(&config(&up, 2, &plugin(12, "reloaded"), false));
+    gw.reload_to(3);
+    let r = Conn::connect(gw.addr()).request(REQ);
+    assert_eq!(r.status, 200);
+    assert_eq!(remaining(&r), 11, "a changed limit starts fresh");
+}
+
+#[test]
+fn cluster_counts_survive_a_reload_without_a_ghost_node() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    away_from_hour_end();
+    let redis = Redis::start().expect("redis-server");
+    let up = Upstream::echo("up");
+    let plugin = |limit: u64| {
+        format!(
+            r#"{{ hour = {limit}, limit_by = "header", header_name = "x-client", policy = "cluster", redis = {{ url = "redis://127.0.0.1:{}", prefix = "rgreload" }} }}"#,
+            redis.port
+        )
+    };
+    let a = Gateway::start(&config(&up, 1, &plugin(20), false));
+    let b = Gateway::start(&config(&up, 1, &plugin(20), false));
+    // Counts cross Redis within a few sync intervals; this is far more.
+    let settle = || std::thread::sleep(Duration::from_millis(150));
+    let mut ca = Conn::connect(a.addr());
+    for i in 0..6 {
+        assert_eq!(remaining(&ca.request(REQ)), 19 - i);
+    }
+    settle();
+    // A node learns a key's cluster count once it has seen the key (its first request decides on
+    // local counts only); from then on it sees node A's counts.
+    assert_eq!(Conn::connect(b.addr()).request(REQ).status, 200);
+    settle();
+    assert_eq!(remaining(&Conn::connect(b.addr()).request(REQ)), 12);
+    settle();
+
+    a.rewrite_config(&config(&up, 1, &plugin(20), true));
+    a.reload_to(2);
+    assert_eq!(
+        ca.get(HOST, "/extra/1").status,
+        200,
+        "the reload took effect"
+    );
+    assert_eq!(
+        remaining(&ca.request(REQ)),
+        11,
+        "node A's count continued across its reload"
+    );
+    settle();
+    assert_eq!(remaining(&Conn::connect(b.addr()).request(REQ)), 10);
+    settle();
+    // Alternate between the nodes until rejected: exactly 20 in total.
+    let mut more = 0;
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = Conn::connect(gw.addr()).request(REQ);
+        if r.status == 429 {
+            break;
+        }
+        assert_eq!(r.status, 200);
+        more += 1;
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert_eq!(more, 10, "the cluster limit still rejects at 20");
+
+    // The reloaded node kept its identity: two nodes share the limit, not three.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let mut rc = redis.client().expect("redis client");
+    let nodes: u64 = ::redis::cmd("ZCARD")
+        .arg("rgreload:nodes")
+        .query(&mut rc)
+        .expect("ZCARD");
+    assert_eq!(nodes, 2);
+
+    // A changed limit value starts fresh, cluster-wide.
+    a.rewrite_config(&config(&up, 1, &plugin(25), false));
+    a.reload_to(3);
+    let r = Conn::connect(a.addr()).request(REQ);
+    assert_eq!(r.status, 200);
+    assert_eq!(remaining(&r), 24, "a changed limit starts fresh");
+}
