@@ -8,6 +8,8 @@
 //! - `client_ip`: the client address, through `[server] trusted_proxies`;
 //! - `verifier`: bcrypt checks on their own threads (they cost milliseconds, too long for a worker);
 //! - `cache`: a bounded per-worker cache of verified basic-auth credentials;
+//! - `jwt`: JWT verification (all algorithms on `ring`), key stores and the per-worker token
+//!   cache;
 //! - `forward`: the forward-auth client (an external HTTP auth service, over pooled connections).
 //!
 //! Secrets never reach logs or error bodies; stored secrets are compared through SHA-256 digests
@@ -16,6 +18,7 @@
 pub mod cache;
 pub mod client_ip;
 pub mod forward;
+pub mod jwt;
 pub mod set;
 pub mod steps;
 pub mod verifier;
