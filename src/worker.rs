@@ -19,6 +19,7 @@ use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
 use crate::auth::cache::DigestCache;
+use crate::auth::jwt::TokenCache;
 use crate::auth::AuthSet;
 use crate::config::model::{Config, ListenKind};
 use crate::limit::board::LimitBoard;
@@ -74,6 +75,8 @@ pub struct Snapshot {
     pub auth: Arc<AuthSet>,
     /// Pool slot of each forward-auth instance's service (keyed by address, like targets).
     pub forward_slots: Vec<usize>,
+    /// Per jwt instance: tokens this worker verified (bounded; honours exp).
+    pub jwt_caches: Vec<RefCell<TokenCache>>,
     /// Per basic-auth instance: credentials this worker verified (bcrypt is too slow to repeat).
     pub basic_caches: Vec<RefCell<DigestCache>>,
     /// This worker's rate-limit state for this generation (decides locally, syncs periodically);
@@ -115,6 +118,12 @@ impl Snapshot {
                 .forward
                 .iter()
                 .map(|f| pool.slot_for(f.conf.def.addr))
+                .collect(),
+            jwt_caches: compiled
+                .auth
+                .jwt
+                .iter()
+                .map(|j| RefCell::new(TokenCache::new(j.def.cache_size)))
                 .collect(),
             basic_caches: compiled
                 .auth

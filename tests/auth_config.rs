@@ -51,7 +51,7 @@ fn valid_consumers_and_plugins_load() {
 username = "alice"
 groups = ["a"]
 keyauth_credentials = [{{ key = "k-0123456789" }}]
-jwt_secrets = [{{ key = "iss-a", secret = "s3cret" }}, {{ key = "iss-b", algorithm = "RS256", public_key = "-----BEGIN PUBLIC KEY-----" }}]
+jwt_secrets = [{{ key = "iss-a", secret = "s3cret" }}, {{ key = "iss-b", algorithm = "RS256", public_key_file = "{dir}/tests/data/jwt/rsa_a.pub.pem" }}]
 
 [[plugins]]
 name = "key-auth"
@@ -66,7 +66,8 @@ config = {{ deny = ["b"] }}
 name = "rate-limiting"
 consumer = "alice"
 config = {{ minute = 5 }}
-"#
+"#,
+            dir = env!("CARGO_MANIFEST_DIR")
         ),
         "test.toml",
     )
@@ -131,6 +132,16 @@ fn consumer_mistakes() {
         "[[consumers]]\nusername = \"a\"\njwt_secrets = [{ key = \"i\", algorithm = \"none\", secret = \"x\" }]\n",
         "consumers[0].jwt_secrets[0].algorithm",
         "not supported",
+    );
+    expect_one(
+        "[[consumers]]\nusername = \"a\"\njwt_secrets = [{ key = \"i\", algorithm = \"RS256\", public_key = \"-----BEGIN PUBLIC KEY-----\" }]\n",
+        "consumers[0].jwt_secrets[0].public_key",
+        "PEM",
+    );
+    expect_one(
+        "[[consumers]]\nusername = \"a\"\njwt_secrets = [{ key = \"i\", secret = \"x\" }]\n[[consumers]]\nusername = \"b\"\njwt_secrets = [{ key = \"i\", secret = \"y\" }]\n",
+        "consumers[1].jwt_secrets[0].key",
+        "already used",
     );
     expect_one(
         "[[consumers]]\nusername = \"a\"\njwt_secrets = [{ key = \"i\", algorithm = \"RS256\", public_key_file = \"/nonexistent/k.pem\" }]\n",

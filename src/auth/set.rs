@@ -12,9 +12,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::jwt::{KeyStore, KeyStoreBuilder, Rules, VerifyKey};
 use crate::config::model::{
     AclDef, BasicAuthDef, BasicCredentialDef, Cidr, Config, ForwardAuthConf, IpRestrictionDef,
-    KeyAuthDef, PluginConfig,
+    JwtCredentialDef, JwtDef, JwtMaterial, KeyAuthDef, PluginConfig,
 };
 
 /// A consumer as the request path needs it.
@@ -70,6 +71,49 @@ pub struct AclRt {
     pub allowed: Vec<bool>,
 }
 
+pub struct JwtRt {
+    pub def: JwtDef,
+    pub rules: Rules,
+    /// Every consumer's JWT credential; owner = index into `Config::credentials.jwt`.
+    pub store: KeyStore,
+    /// `WWW-Authenticate: Bearer realm="ringgate"` (no token) and `… error="invalid_token"`.
+    pub challenge_missing: Vec<u8>,
+    pub challenge_invalid: Vec<u8>,
+}
+
+impl std::fmt::Debug for JwtRt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtRt")
+            .field("keys", &self.store.len())
+            .finish()
+    }
+}
+
+/// Builds the key store of a jwt plugin instance from every consumer's JWT credentials. Errors
+/// name the credential (`consumers[0].jwt_secrets[1]: …`); validation reports them at load, so
+/// at run time they cannot happen (a failing key would simply be left out).
+pub fn jwt_store(
+    creds: &[JwtCredentialDef],
+    secret_is_base64: bool,
+) -> (KeyStore, Vec<(String, String)>) {
+    let mut b = KeyStoreBuilder::new();
+    let mut errors = Vec::new();
+    for (i, c) in creds.iter().enumerate() {
+        let alg = c.algorithm.verifier();
+        let added = match &c.material {
+            JwtMaterial::Secret(s) => VerifyKey::hmac(alg, s.as_bytes(), secret_is_base64)
+                .and_then(|k| b.add_key(k, None, Some(&c.key), i).map(|_| ())),
+            JwtMaterial::Pem(pem) => VerifyKey::from_pem(alg, pem)
+                .and_then(|k| b.add_key(k, None, Some(&c.key), i).map(|_| ())),
+            JwtMaterial::Jwks(json) => b.add_jwks(json, Some(alg), Some(&c.key), i).map(|_| ()),
+        };
+        if let Err(e) = added {
+            errors.push((c.path.clone(), e));
+        }
+    }
+    (b.build(), errors)
+}
+
 #[derive(Debug)]
 pub struct ForwardRt {
     pub conf: ForwardAuthConf,
@@ -84,7 +128,7 @@ pub struct IpRt {
     pub body: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default, Debug)]
 pub struct AuthSet {
     pub consumers: Vec<ConsumerRt>,
     /// SHA-256(key) -> index into `key_creds`.
@@ -95,6 +139,7 @@ pub struct AuthSet {
     pub jwt_ids: Vec<(usize, String)>,
     pub key_auth: Vec<KeyAuthRt>,
     pub basic_auth: Vec<BasicAuthRt>,
+    pub jwt: Vec<JwtRt>,
     pub acl: Vec<AclRt>,
     pub ip: Vec<IpRt>,
     pub forward: Vec<ForwardRt>,
@@ -212,7 +257,25 @@ impl AuthSet {
                         .collect(),
                     conf: conf.clone(),
                 }),
-                PluginConfig::RateLimiting(_) | PluginConfig::Jwt(_) => {}
+                PluginConfig::Jwt(def) => set.jwt.push(JwtRt {
+                    rules: Rules {
+                        key_claim_name: def.key_claim_name.clone(),
+                        verify_exp: def.verify_exp,
+                        verify_nbf: def.verify_nbf,
+                        leeway_seconds: def.leeway_seconds,
+                        maximum_expiration: def.maximum_expiration,
+                        issuers: def.issuer.clone(),
+                        audiences: def.audience.clone(),
+                        max_token_bytes: def.max_token_bytes,
+                    },
+                    store: jwt_store(&cfg.credentials.jwt, def.secret_is_base64).0,
+                    challenge_missing: b"WWW-Authenticate: Bearer realm=\"ringgate\"\r\n".to_vec(),
+                    challenge_invalid:
+                        b"WWW-Authenticate: Bearer realm=\"ringgate\", error=\"invalid_token\"\r\n"
+                            .to_vec(),
+                    def: def.clone(),
+                }),
+                PluginConfig::RateLimiting(_) => {}
             }
         }
         set

@@ -500,6 +500,80 @@ pub fn identity_headers(set: &AuthSet, id: &Identity, out: &mut Vec<u8>) {
     }
 }
 
+pub const MSG_BAD_TOKEN: &[u8] = b"{\"message\":\"Invalid token\"}";
+pub const MSG_EXPIRED: &[u8] = b"{\"message\":\"Token expired\"}";
+pub const MSG_NOT_YET: &[u8] = b"{\"message\":\"Token not valid yet\"}";
+pub const MSG_BAD_SIG: &[u8] = b"{\"message\":\"Invalid signature\"}";
+pub const MSG_NO_CRED: &[u8] = b"{\"message\":\"No credentials found for the given key\"}";
+pub const MSG_MULTIPLE: &[u8] = b"{\"message\":\"Multiple tokens provided\"}";
+
+/// `jwt`: a token from a header, query parameter or cookie, verified (or found in the worker's
+/// cache of verified tokens) against the consumers' JWT credentials.
+#[allow(clippy::too_many_arguments)]
+pub fn jwt(
+    rt: &super::set::JwtRt,
+    set: &AuthSet,
+    req: &Req<'_>,
+    id: &mut Identity,
+    cache: &mut super::jwt::TokenCache,
+    now_secs: u64,
+    resp_headers: &mut Vec<u8>,
+) -> Flow<'static> {
+    use super::jwt::JwtError;
+    let def = &rt.def;
+    if (!def.run_on_preflight && req.is_preflight())
+        || (def.anonymous.is_some() && id.authenticated())
+    {
+        return Flow::Continue;
+    }
+    let token = match find_jwt(def, req) {
+        JwtAt::Token(t) => t,
+        JwtAt::Missing => {
+            return fail(
+                def.anonymous,
+                id,
+                &rt.challenge_missing,
+                resp_headers,
+                MSG_UNAUTHORIZED,
+            )
+        }
+        JwtAt::Duplicate => {
+            return fail(
+                def.anonymous,
+                id,
+                &rt.challenge_invalid,
+                resp_headers,
+                MSG_MULTIPLE,
+            )
+        }
+    };
+    match rt.store.authenticate(token, &rt.rules, now_secs, cache) {
+        Ok(v) => match set.jwt_ids.get(v.owner) {
+            Some(&(consumer, _)) => {
+                id.set(consumer, CredRef::Jwt(v.owner));
+                Flow::Continue
+            }
+            None => fail(
+                def.anonymous,
+                id,
+                &rt.challenge_invalid,
+                resp_headers,
+                MSG_BAD_TOKEN,
+            ),
+        },
+        Err(e) => {
+            let body = match e {
+                JwtError::Expired | JwtError::ExpirationTooFar => MSG_EXPIRED,
+                JwtError::NotYetValid => MSG_NOT_YET,
+                JwtError::BadSignature => MSG_BAD_SIG,
+                JwtError::UnknownKey => MSG_NO_CRED,
+                _ => MSG_BAD_TOKEN,
+            };
+            fail(def.anonymous, id, &rt.challenge_invalid, resp_headers, body)
+        }
+    }
+}
+
 /// What `find_jwt` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtAt<'r> {

@@ -173,6 +173,24 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         base: &base,
     };
     let plugins = plugins::compile(&decoded.plugins, &plugin_refs, &mut ctx, problems);
+    // A jwt plugin with `secret_is_base64` needs every HS secret to be base64.
+    for (i, p) in plugins.iter().enumerate() {
+        if let Some(crate::config::model::PluginConfig::Jwt(def)) = p.as_ref().map(|p| &p.config) {
+            if def.secret_is_base64 {
+                for (cred, e) in crate::auth::set::jwt_store(&credentials.jwt, true).1 {
+                    push(
+                        problems,
+                        KeyPath::root()
+                            .key("plugins")
+                            .index(i)
+                            .key("config")
+                            .key("secret_is_base64"),
+                        format!("{cred}: {e}"),
+                    );
+                }
+            }
+        }
+    }
     if !problems.is_empty() {
         return None;
     }

@@ -271,10 +271,20 @@ impl<S: ClientIo> Conn<S> {
                         }
                     }
                 }
-                Plugin::Jwt(_) => Flow::Respond {
-                    status: 500,
-                    body: b"{\"message\":\"plugin not available in this build\"}",
-                },
+                Plugin::Jwt(n) => {
+                    let (Some(rt), Some(cache)) = (auth.jwt.get(n), snap.jwt_caches.get(n)) else {
+                        continue;
+                    };
+                    steps::jwt(
+                        rt,
+                        auth,
+                        &req,
+                        &mut st.id,
+                        &mut cache.borrow_mut(),
+                        now_ms / 1000,
+                        resp_headers,
+                    )
+                }
             };
             if let Flow::Respond { status, body } = flow {
                 let close = p.client_close || !self.body_done || shard.draining.get();

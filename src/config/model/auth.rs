@@ -83,6 +83,23 @@ impl JwtAlg {
     pub fn is_hmac(self) -> bool {
         matches!(self, JwtAlg::HS256 | JwtAlg::HS384 | JwtAlg::HS512)
     }
+
+    /// The verifier's algorithm.
+    pub fn verifier(self) -> crate::auth::jwt::Alg {
+        use crate::auth::jwt::Alg;
+        match self {
+            JwtAlg::HS256 => Alg::HS256,
+            JwtAlg::HS384 => Alg::HS384,
+            JwtAlg::HS512 => Alg::HS512,
+            JwtAlg::RS256 => Alg::RS256,
+            JwtAlg::RS384 => Alg::RS384,
+            JwtAlg::RS512 => Alg::RS512,
+            JwtAlg::PS256 => Alg::PS256,
+            JwtAlg::ES256 => Alg::ES256,
+            JwtAlg::ES384 => Alg::ES384,
+            JwtAlg::EdDSA => Alg::EdDSA,
+        }
+    }
 }
 
 /// Key material as configured (files already read).

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::{known, push};
+use crate::auth::jwt;
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{
     BasicCredentialDef, ConsumerDef, Credentials, JwtAlg, JwtCredentialDef, JwtMaterial,
@@ -38,6 +39,7 @@ pub fn compile(raw: &[Option<RawConsumer>], base: &Path, problems: &mut Vec<Prob
     let mut keys: HashMap<String, usize> = HashMap::new();
     let mut basic_users: HashMap<String, usize> = HashMap::new();
     let mut credentials = Credentials::default();
+    let mut jwt_paths: Vec<KeyPath> = Vec::new();
     let consumers = raw
         .iter()
         .enumerate()
@@ -162,6 +164,7 @@ pub fn compile(raw: &[Option<RawConsumer>], base: &Path, problems: &mut Vec<Prob
                 let jp = p.key("jwt_secrets").index(k);
                 if let Some(def) = jwt_secret(secret, i, &jp, base, problems) {
                     credentials.jwt.push(def);
+                    jwt_paths.push(jp);
                 }
             }
             ok.then(|| ConsumerDef {
@@ -172,6 +175,14 @@ pub fn compile(raw: &[Option<RawConsumer>], base: &Path, problems: &mut Vec<Prob
             })
         })
         .collect();
+    // Clashes between credentials (a kid or key string used twice).
+    for (path, e) in crate::auth::set::jwt_store(&credentials.jwt, false).1 {
+        if let Some(i) = credentials.jwt.iter().position(|c| c.path == path) {
+            if let Some(p) = jwt_paths.get(i) {
+                push(problems, p.key("key"), e);
+            }
+        }
+    }
     Compiled {
         consumers,
         names,
@@ -293,6 +304,16 @@ fn jwt_secret(
     } else {
         return None;
     };
+    // Parse the key now, so `ringgate check` reports a bad key at its line.
+    let parsed = match &material {
+        JwtMaterial::Secret(_) => Ok(()),
+        JwtMaterial::Pem(pem) => jwt::VerifyKey::from_pem(algorithm.verifier(), pem).map(|_| ()),
+        JwtMaterial::Jwks(json) => jwt::parse_jwks(json, Some(algorithm.verifier())).map(|_| ()),
+    };
+    if let Err(e) = parsed {
+        push(problems, at, e);
+        return None;
+    }
     Some(JwtCredentialDef {
         consumer,
         key: s.key.clone(),
