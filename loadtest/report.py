@@ -482,6 +482,11 @@ def scenario_section(data, w):
         w(f"| {name} | {fmt_range(cpu, 2)} | {fmt_range(proc, 2)} | {vs_plain} | {vs_nginx} | "
           f"{fmt_range([r.get('rps') for r in rs])} | {non2xx} | {sockerr} | {bound} |")
     w("")
+    bad = [r for r in data.get("scenario_runs", []) if "error" in r]
+    for r in bad[:20]:
+        w(f"- Run error: r{r.get('round')} {r.get('scenario')}: `{esc(r['error'][:200])}`")
+    if bad:
+        w("")
     w("What each scenario is, and what was checked through it before it was measured:")
     w("")
     for name in labels:
