@@ -9,11 +9,19 @@ Targets, measured interleaved in the same run (A B C A B C ...):
 Core 0 runs the upstream, the load generators and this script; core 1 runs only the gateway, so
 the busy jiffies of cpu1 in /proc/stat over a run are the gateway's cost (CPU us per request).
 
+Scenarios (SCENARIOS=plain,metrics-off,ratelimit,tls,keyauth-rl,jwt-hs256-rl,jwt-rs256-rl): after the
+main matrix, one ringgate process per scenario config plus nginx (and nginx over TLS), each measured
+at SCEN_CONNS/SCEN_SIZE once per round in a rotating order; gateways not being measured are
+SIGSTOPped so nothing else of ours runs on core 1. Reported as CPU/req ratios vs plain ringgate.
+
 Every process this script starts runs in its own session; on exit (normal, error, SIGTERM/SIGINT
 from run.sh's timeout guard) each is killed by its own process-group id. Nothing else is touched.
 """
+import base64
 import datetime
 import glob
+import hashlib
+import hmac
 import http.client
 import json
 import math
@@ -25,6 +33,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import statistics
 import subprocess
 import sys
@@ -57,10 +66,15 @@ def env_list(name, default):
 
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
+ROUNDS = env_int("ROUNDS", 1 if QUICK else 3)
+DURATION = env_float("DURATION", 2 if QUICK else 8)
+# Scenario phase: ringgate configs compared with plain ringgate (and nginx) at one load point.
+ALL_SCENARIOS = ["plain", "metrics-off", "ratelimit", "tls", "keyauth-rl", "jwt-hs256-rl", "jwt-rs256-rl"]
+_scen_env = os.environ.get("SCENARIOS", "").strip()
 CFG = {
     "quick": QUICK,
-    "rounds": env_int("ROUNDS", 1 if QUICK else 3),
-    "duration_s": env_float("DURATION", 2 if QUICK else 8),
+    "rounds": ROUNDS,
+    "duration_s": DURATION,
     "warmup_s": env_float("WARMUP", 1 if QUICK else 2),
     "conns": [int(c) for c in env_list("CONNS", ["1", "64", "256"])],
     "sizes": env_list("SIZES", ["small", "16k"]),
@@ -82,13 +96,24 @@ CFG = {
         "GATEWAY_HIST_CMD",
         "curl -s http://127.0.0.1:$RINGGATE_ADMIN_PORT/histograms; echo; "
         "curl -s 'http://127.0.0.1:$RINGGATE_ADMIN_PORT/histograms?route=all&kind=added' | head -60"),
+    "scenarios": [] if _scen_env in ("none", "0") else env_list("SCENARIOS", ALL_SCENARIOS),
+    "scenarios_only": os.environ.get("SCENARIOS_ONLY", "") not in ("", "0"),
+    "scen_rounds": env_int("SCEN_ROUNDS", ROUNDS),
+    "scen_duration_s": env_float("SCEN_DURATION", DURATION),
+    "scen_conns": env_int("SCEN_CONNS", 64),
+    "scen_size": os.environ.get("SCEN_SIZE", "").strip() or "small",
     "ringgate_build_status": os.environ.get("RINGGATE_BUILD_STATUS", ""),
     "ringgate_build_log": os.environ.get("RINGGATE_BUILD_LOG", ""),
 }
 for t in CFG["targets"]:
     if t not in ("direct", "ringgate", "nginx"):
         sys.exit(f"unknown target {t!r}")
-for s in CFG["sizes"] + CFG["lat_sizes"]:
+for s in CFG["scenarios"]:
+    if s not in ALL_SCENARIOS:
+        sys.exit(f"unknown scenario {s!r} (have {', '.join(ALL_SCENARIOS)}, or none)")
+if CFG["scenarios"] and "plain" not in CFG["scenarios"]:
+    CFG["scenarios"].insert(0, "plain")  # the baseline every scenario is compared with
+for s in CFG["sizes"] + CFG["lat_sizes"] + [CFG["scen_size"]]:
     if s not in SIZES:
         sys.exit(f"unknown size {s!r} (have {', '.join(SIZES)})")
 
@@ -124,6 +149,7 @@ class Procs:
         if p.poll() is None:
             try:
                 os.killpg(p.pid, sig)
+                os.killpg(p.pid, signal.SIGCONT)  # a paused (SIGSTOPped) scenario gateway must see it
             except ProcessLookupError:
                 pass
             try:
@@ -366,7 +392,7 @@ http {{
 """
 
 RINGGATE_CONF = """[server]
-listen = ["{host}:{port}"]
+listen = [{listen}]
 workers = 1
 [[upstreams]]
 name = "bench"
@@ -449,16 +475,25 @@ def start_nginx_proxy(run_dir, port, upport, tag="nginx"):
     return p, None
 
 
-def start_ringgate(run_dir, port, upport, tag="ringgate"):
+def ringgate_conf(run_dir, tag, port, upport, extra=None, tls=False):
+    """Writes RUN_DIR/TAG/ringgate.toml; returns its path. extra=None: RINGGATE_CONF_EXTRA."""
     d = os.path.join(run_dir, tag)
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "ringgate.toml")
     admin_port = free_port()
     if tag == "ringgate":
         ADMIN_PORT["ringgate"] = admin_port
-    extra = os.environ.get("RINGGATE_CONF_EXTRA", "").replace("\\n", "\n")
-    write(conf, RINGGATE_CONF.format(host=HOST, port=port, upport=upport, admin_port=admin_port,
+    if extra is None:
+        extra = os.environ.get("RINGGATE_CONF_EXTRA", "").replace("\\n", "\n")
+    listen = f'{{ addr = "{HOST}:{port}", tls = true }}' if tls else f'"{HOST}:{port}"'
+    write(conf, RINGGATE_CONF.format(listen=listen, upport=upport, admin_port=admin_port, host=HOST,
                                      extra=extra))
+    return conf
+
+
+def start_ringgate(run_dir, port, upport, tag="ringgate", extra=None, tls=False):
+    conf = ringgate_conf(run_dir, tag, port, upport, extra, tls)
+    d = os.path.dirname(conf)
     logpath = os.path.join(d, "ringgate.log")
     binp = CFG["ringgate_bin"]
     if CFG["ringgate_build_status"] not in ("", "0"):
@@ -498,11 +533,14 @@ def verify(target):
 
 # --------------------------------------------------------------------------- load runs
 
-def wrk_run(target, size, conns, duration, tag, run_dir, rnd=None):
+def wrk_run(target, size, conns, duration, tag, run_dir, rnd=None, scheme="http", headers=()):
     threads = max(1, min(CFG["wrk_threads"], conns))
-    url = f"http://{HOST}:{target.port}/{size}"
+    url = f"{scheme}://{HOST}:{target.port}/{size}"
     argv = [CFG["wrk_bin"], "-t", str(threads), "-c", str(conns), "-d", f"{duration:g}s",
-            "--timeout", "5s", "-s", os.path.join(HERE, "wrk_report.lua"), url]
+            "--timeout", "5s", "-s", os.path.join(HERE, "wrk_report.lua")]
+    for h in headers:
+        argv += ["-H", h]
+    argv.append(url)
     logpath = os.path.join(run_dir, "logs", f"{tag}.log")
     gpids = gateway_pids(target.proc)
     p0 = proc_cpu_ticks(gpids)
@@ -710,6 +748,301 @@ def _readline_timeout(p, timeout):
     return None
 
 
+# --------------------------------------------------------------------------- scenarios
+
+# nginx as the same one-worker proxy, terminating TLS with the same certificate as ringgate's `tls`.
+PROXY_TLS_CONF = PROXY_CONF.replace(
+    "listen {host}:{port} backlog=4096;",
+    "listen {host}:{port} ssl backlog=4096;\n"
+    "        ssl_certificate {cert};\n"
+    "        ssl_certificate_key {key};\n"
+    "        ssl_protocols TLSv1.2 TLSv1.3;")
+
+BENCH_APIKEY = "bench-key-0123456789"
+BENCH_HS_SECRET = "bench-secret-0123456789abcdef"
+RL_PLUGIN = '[[plugins]]\nname = "rate-limiting"\nconfig = {{ minute = 100000000, limit_by = "{by}" }}\n'
+
+# What each scenario changes, in words (for the report).
+SCENARIO_WHAT = {
+    "plain": "ringgate, the plain proxy (baseline)",
+    "metrics-off": "ringgate with `[metrics] enabled = false`",
+    "ratelimit": "ringgate + rate-limiting, per IP, per minute, limit 100,000,000 (never rejects)",
+    "tls": "ringgate terminating TLS (same cert as nginx-tls), keep-alive",
+    "keyauth-rl": "ringgate + key-auth (`apikey` header) + rate-limiting by consumer",
+    "jwt-hs256-rl": "ringgate + jwt HS256 (Bearer) + rate-limiting by consumer",
+    "jwt-rs256-rl": "ringgate + jwt RS256 (Bearer) + rate-limiting by consumer",
+    "nginx": "nginx, the equivalent plain proxy",
+    "nginx-tls": "nginx terminating TLS with the same certificate",
+}
+
+
+def b64url(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def jwt_parts(alg, iss):
+    now = int(time.time())
+    head = b64url(json.dumps({"alg": alg, "typ": "JWT"}, separators=(",", ":")).encode())
+    claims = {"iss": iss, "sub": "bench", "iat": now, "exp": now + 10 * 365 * 86400}
+    body = b64url(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{head}.{body}"
+
+
+def openssl(args, cwd):
+    r = subprocess.run(["openssl"] + args, cwd=cwd, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {r.stderr.strip()[-300:]}")
+
+
+def scenario_material(run_dir, names):
+    """Per run: a self-signed cert+key (shared by ringgate and nginx), an RSA key pair and the tokens."""
+    d = os.path.join(run_dir, "keys")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)
+    m = {"dir": d}
+    if "tls" in names:
+        m["cert"], m["key"] = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", m["key"], "-out", m["cert"], "-days", "30", "-subj", "/CN=localhost",
+                 "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], d)
+    if "jwt-hs256-rl" in names:
+        signing = jwt_parts("HS256", "bench-hs")
+        sig = hmac.new(BENCH_HS_SECRET.encode(), signing.encode(), hashlib.sha256).digest()
+        m["hs_token"] = f"{signing}.{b64url(sig)}"
+    if "jwt-rs256-rl" in names:
+        m["rs_key"], m["rs_pub"] = os.path.join(d, "jwt-rs.key"), os.path.join(d, "jwt-rs.pub.pem")
+        openssl(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", m["rs_key"]], d)
+        openssl(["pkey", "-in", m["rs_key"], "-pubout", "-out", m["rs_pub"]], d)
+        signing = jwt_parts("RS256", "bench-rs")
+        inp, out = os.path.join(d, "jwt-rs.in"), os.path.join(d, "jwt-rs.sig")
+        write(inp, signing)
+        openssl(["dgst", "-sha256", "-sign", m["rs_key"], "-out", out, inp], d)
+        with open(out, "rb") as f:
+            m["rs_token"] = f"{signing}.{b64url(f.read())}"
+    return m
+
+
+def scenario_specs(names, m):
+    """[{name, gateway, extra, tls, headers, rl, auth}] for the requested scenarios, plus nginx(-tls)."""
+    specs = []
+    for name in names:
+        s = {"name": name, "gateway": "ringgate", "extra": "", "tls": False, "headers": [], "rl": False,
+             "auth": False}
+        if name == "metrics-off":
+            s["extra"] = "[metrics]\nenabled = false\n"
+        elif name == "ratelimit":
+            s["extra"], s["rl"] = RL_PLUGIN.format(by="ip"), True
+        elif name == "tls":
+            s["tls"] = True
+            s["extra"] = f'[[certificates]]\ncert = "{m["cert"]}"\nkey = "{m["key"]}"\ndefault = true\n'
+        elif name == "keyauth-rl":
+            s["extra"] = ('[[consumers]]\nusername = "bench"\n'
+                          f'keyauth_credentials = [{{ key = "{BENCH_APIKEY}" }}]\n\n'
+                          '[[plugins]]\nname = "key-auth"\n\n' + RL_PLUGIN.format(by="consumer"))
+            s["headers"], s["rl"], s["auth"] = [f"apikey: {BENCH_APIKEY}"], True, True
+        elif name in ("jwt-hs256-rl", "jwt-rs256-rl"):
+            if name == "jwt-hs256-rl":
+                secret = f'{{ key = "bench-hs", algorithm = "HS256", secret = "{BENCH_HS_SECRET}" }}'
+                token = m["hs_token"]
+            else:
+                secret = f'{{ key = "bench-rs", algorithm = "RS256", public_key_file = "{m["rs_pub"]}" }}'
+                token = m["rs_token"]
+            s["extra"] = ('[[consumers]]\nusername = "bench"\n'
+                          f'jwt_secrets = [\n  {secret},\n]\n\n'
+                          '[[plugins]]\nname = "jwt"\n\n' + RL_PLUGIN.format(by="consumer"))
+            s["headers"], s["rl"], s["auth"] = [f"Authorization: Bearer {token}"], True, True
+        specs.append(s)
+    specs.append({"name": "nginx", "gateway": "nginx", "tls": False, "headers": []})
+    if "tls" in names:
+        specs.append({"name": "nginx-tls", "gateway": "nginx", "tls": True, "headers": []})
+    return specs
+
+
+def http_get(port, path, headers=(), tls=False, timeout=5.0):
+    """One GET; returns (status, {lower-case header: value}, body, tls_info)."""
+    if tls:
+        ctx = ssl._create_unverified_context()  # noqa: S323 - our own self-signed bench cert
+        c = http.client.HTTPSConnection(HOST, port, timeout=timeout, context=ctx)
+    else:
+        c = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        c.request("GET", path, headers=dict(h.split(": ", 1) for h in headers))
+        r = c.getresponse()
+        body = r.read()
+        info = f"{c.sock.version()} {c.sock.cipher()[0]}" if tls and c.sock is not None else None
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body, info
+    finally:
+        c.close()
+
+
+def scenario_verify(t, spec, info):
+    """Before measuring: 200 + right body with the scenario's credentials; rate-limit headers present
+    when a limiter is configured; 401 without the credential for auth chains. None if OK."""
+    size = CFG["scen_size"]
+    try:
+        st, hdrs, body, tlsinfo = http_get(t.port, "/" + size, spec["headers"], spec["tls"])
+    except Exception as e:  # noqa: BLE001
+        return f"GET /{size}: {type(e).__name__}: {e}"
+    if st != 200 or len(body) != SIZES[size]:
+        return f"GET /{size} with the scenario's credentials: status {st}, body {len(body)} bytes"
+    checks = [f"GET /{size} → 200, {len(body)} B"]
+    if tlsinfo:
+        info["tls"] = tlsinfo
+        checks.append(f"TLS {tlsinfo} (python ssl client)")
+    if spec.get("rl"):
+        if "x-ratelimit-limit-minute" not in hdrs:
+            return "no X-RateLimit-Limit-Minute in the response: the rate-limiting plugin is not active"
+        checks.append(f"X-RateLimit-Limit-Minute: {hdrs['x-ratelimit-limit-minute']}")
+    if spec.get("auth"):
+        try:
+            st2 = http_get(t.port, "/" + size, (), spec["tls"])[0]
+        except Exception as e:  # noqa: BLE001
+            return f"GET /{size} without credentials: {type(e).__name__}: {e}"
+        if st2 != 401:
+            return f"GET /{size} without credentials: status {st2}, expected 401 (auth not enforced)"
+        checks.append("without credentials → 401")
+    info["checks"] = checks
+    return None
+
+
+def ringgate_check(conf):
+    """`ringgate check CONF`: None if accepted, else its output."""
+    try:
+        r = subprocess.run([CFG["ringgate_bin"], "check", conf], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"ringgate check: {e}"
+    return None if r.returncode == 0 else (r.stdout + r.stderr).strip() or f"exit {r.returncode}"
+
+
+def pause(t, on):
+    """SIGSTOP / SIGCONT a scenario gateway's whole process group (ringgate, or nginx master + worker)."""
+    if t.proc is not None and t.proc.poll() is None:
+        try:
+            os.killpg(t.proc.pid, signal.SIGSTOP if on else signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def scenario_phase(data, run_dir, upport):
+    names = CFG["scenarios"]
+    sc = {"names": names, "conns": CFG["scen_conns"], "size": CFG["scen_size"], "rounds": CFG["scen_rounds"],
+          "duration_s": CFG["scen_duration_s"], "info": {}, "order": []}
+    data["scenarios"] = sc
+    try:
+        m = scenario_material(run_dir, names)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        data["notes"].append(f"scenarios: could not generate keys/certs: {e}")
+        log(f"scenarios: could not generate keys/certs: {e}")
+        m = {}
+    m.update(upport=upport)
+    specs = scenario_specs(names, m) if m.get("dir") else []
+    live = []
+    for spec in specs:
+        name = spec["name"]
+        info = sc["info"].setdefault(name, {"gateway": spec["gateway"], "what": SCENARIO_WHAT[name],
+                                             "headers": [h.split(":")[0] for h in spec["headers"]]})
+        port = free_port()
+        tag = f"scen-{name}"
+        if spec["gateway"] == "nginx":
+            if spec["tls"]:
+                d, conf = nginx_prefix(run_dir, tag, PROXY_TLS_CONF, port=port, upport=upport, wc=4096,
+                                       cert=m["cert"], key=m["key"])
+            else:
+                d, conf = nginx_prefix(run_dir, tag, PROXY_CONF, port=port, upport=upport, wc=4096)
+            try:
+                p = start_nginx(d, conf, CFG["gw_cpu"])
+                err = None if wait_port(port, p, 15) else "nginx did not start:\n" + tail(
+                    os.path.join(d, "error.log"))
+            except RuntimeError as e:
+                p, err = None, str(e)
+        else:
+            if CFG["ringgate_build_status"] not in ("", "0") or not os.access(CFG["ringgate_bin"], os.X_OK):
+                info["error"] = "ringgate not built"
+                log(f"scenario {name}: NOT MEASURED: ringgate not built")
+                continue
+            conf = ringgate_conf(run_dir, tag, port, upport, spec["extra"], spec["tls"])
+            rejected = ringgate_check(conf)
+            if rejected:
+                rejected = rejected.replace(os.path.dirname(conf) + os.sep, "")
+                info["skipped"] = "`ringgate check` rejects its config (feature not in this build?): " + rejected
+                log(f"scenario {name}: SKIPPED: ringgate check rejects its config: "
+                    + " | ".join(rejected.splitlines()[:2])[:300])
+                continue
+            p, err = start_ringgate(run_dir, port, upport, tag=tag, extra=spec["extra"], tls=spec["tls"])
+        t = Target(name, port, p, err)
+        t.spec = spec
+        if t.error is None:
+            e = scenario_verify(t, spec, info)
+            if e:
+                t.error = "functional check failed: " + e
+        if t.error:
+            info["error"] = t.error
+            log(f"scenario {name}: NOT MEASURED: {t.error.splitlines()[0]}")
+            if p is not None:
+                PROCS.stop(p)
+            continue
+        log(f"scenario {name}: ready on port {port} ({'; '.join(info.get('checks', []))})")
+        info["pid"] = p.pid
+        pause(t, True)
+        live.append(t)
+    if not live:
+        return
+    size, conns, dur = CFG["scen_size"], CFG["scen_conns"], CFG["scen_duration_s"]
+
+    def run(t, tag, secs, rnd=None):
+        pause(t, False)
+        time.sleep(0.2)  # let timers that fell due while it was stopped fire before the counters are read
+        try:
+            return wrk_run(t, size, conns, secs, tag, run_dir, rnd, scheme="https" if t.spec["tls"] else "http",
+                           headers=t.spec["headers"])
+        finally:
+            pause(t, True)
+
+    for t in live:
+        log(f"warm-up scenario {t.name} ({CFG['warmup_s']:g}s, c={conns})")
+        run(t, f"warmup-scen-{t.name}", CFG["warmup_s"])
+    bg = core_background(CFG["gw_cpu"], 1.0)
+    sc["gw_core_background_busy"] = bg
+    if bg is not None:
+        log(f"core {CFG['gw_cpu']} busy with every scenario gateway paused: {bg * 100:.1f}%")
+    total = CFG["scen_rounds"] * len(live)
+    n = 0
+    for rnd in range(1, CFG["scen_rounds"] + 1):
+        k = (rnd - 1) % len(live)
+        order = live[k:] + live[:k]  # rotate: no scenario always runs first or right after another
+        sc["order"].append([t.name for t in order])
+        for t in order:
+            if not t.alive():
+                if t.error is None:
+                    t.error = sc["info"][t.name]["error"] = f"process exited (status {t.proc.poll()})"
+                    log(f"scenario {t.name} died: {t.error}")
+                continue
+            n += 1
+            rec = run(t, f"wrk-scen-r{rnd}-{t.name}", dur, rnd)
+            rec["scenario"] = t.name
+            data["scenario_runs"].append(rec)
+            cpu = rec.get("cpu_us_per_req")
+            log(f"[scen {n}/{total}] r{rnd} {t.name:13s} /{size} c={conns} "
+                + (f"{rec['rps']:9.0f} req/s  gw {cpu:.2f} us/req" if cpu is not None and "rps" in rec
+                   else "ERROR " + rec.get("error", "")[:200])
+                + (f"  non-2xx={rec['errors']['status']}" if rec.get("errors", {}).get("status") else "")
+                + (f"  socket errors={rec['error_count'] - rec['errors']['status']}"
+                   if rec.get("error_count", 0) - rec.get("errors", {}).get("status", 0) else ""))
+    for t in live:
+        if t.alive():
+            pause(t, False)
+            if t.spec.get("rl"):
+                # after all the load: still not limited
+                try:
+                    st = http_get(t.port, "/" + size, t.spec["headers"], t.spec["tls"])[0]
+                    sc["info"][t.name]["after_status"] = st
+                except Exception as e:  # noqa: BLE001
+                    sc["info"][t.name]["after_status"] = f"{type(e).__name__}: {e}"
+            hwm, _ = mem_kb(t.proc, "VmHWM")
+            sc["info"][t.name]["peak_rss_kb"] = hwm
+        PROCS.stop(t.proc)
+
+
 # --------------------------------------------------------------------------- machine info
 
 def sh(cmd, timeout=10):
@@ -773,7 +1106,7 @@ def main():
     t_start = time.time()
     data = {"config": CFG, "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": machine_info(), "targets": {}, "runs": [], "latency": [], "peak_rss": {},
-            "idle": [], "notes": []}
+            "idle": [], "notes": [], "scenario_runs": []}
     try:
         _bench(data, run_dir)
     except BaseException as e:  # noqa: BLE001 - still write what we have, then re-raise
@@ -834,6 +1167,12 @@ def _bench(data, run_dir):
     upport = free_port()
     log(f"starting upstream nginx on {HOST}:{upport} (core {CFG['gen_cpu']})")
     up = start_upstream(run_dir, upport)
+    if CFG["scenarios_only"]:
+        if CFG["scenarios"]:
+            log(f"scenarios only: {', '.join(CFG['scenarios'])}")
+            scenario_phase(data, run_dir, upport)
+        PROCS.stop(up)
+        return
     targets = []
     for name in CFG["targets"]:
         port = free_port()
@@ -919,6 +1258,11 @@ def _bench(data, run_dir):
     for t in targets:
         if t.proc is not None:
             PROCS.stop(t.proc)
+
+    if CFG["scenarios"]:
+        log(f"scenarios: {', '.join(CFG['scenarios'])} at /{CFG['scen_size']} c={CFG['scen_conns']}, "
+            f"{CFG['scen_rounds']} round(s) of {CFG['scen_duration_s']:g} s")
+        scenario_phase(data, run_dir, upport)
 
     if CFG["idle_conns"] > 0:
         for name in GATEWAYS:

@@ -136,9 +136,16 @@ def write_report(data, out_dir):
     w(f"# ringgate load test — {data.get('started', '?')}")
     w("")
     mode = "QUICK smoke run (1 round, short runs: numbers are indicative only)" if cfg.get("quick") else "full run"
-    w(f"Mode: **{mode}**. Rounds: {cfg['rounds']}, wrk duration {cfg['duration_s']:g} s per run, "
-      f"concurrency {', '.join(map(str, cfg['conns']))}, sizes {', '.join('/' + s for s in cfg['sizes'])}; "
-      f"interleaved {' → '.join(present)} per cell and round. Elapsed {data.get('elapsed_s', '?')} s.")
+    if cfg.get("scenarios_only"):
+        w(f"Mode: **{mode}, scenarios only** (SCENARIOS_ONLY=1: no main matrix, latency or idle step): "
+          f"{', '.join(cfg.get('scenarios', []))}. Elapsed {data.get('elapsed_s', '?')} s.")
+    else:
+        w(f"Mode: **{mode}**. Rounds: {cfg['rounds']}, wrk duration {cfg['duration_s']:g} s per run, "
+          f"concurrency {', '.join(map(str, cfg['conns']))}, sizes {', '.join('/' + s for s in cfg['sizes'])}; "
+          f"interleaved {' → '.join(present)} per cell and round. Elapsed {data.get('elapsed_s', '?')} s.")
+        if cfg.get("scenarios"):
+            w("")
+            w(f"Scenarios: {', '.join(cfg['scenarios'])} (the *Scenarios* section, after the CPU table).")
     w("")
     w("> **Caveat — read this first.** This machine has 2 cores. Core 0 runs the load generator *and* the "
       "upstream; core 1 runs only the gateway (one worker). At high concurrency the load generator + upstream "
@@ -149,6 +156,15 @@ def write_report(data, out_dir):
     w("")
 
     # ---- targets
+    if cfg.get("scenarios_only"):
+        for note in data.get("notes", []):
+            w(f"- Note: {esc(note)}")
+        w("")
+        scenario_section(data, w)
+        machine_section(data, cfg, w)
+        with open(os.path.join(out_dir, "report.md"), "w") as f:
+            f.write("\n".join(L))
+        return
     w("## Targets")
     w("")
     w("| target | status |")
@@ -237,6 +253,8 @@ def write_report(data, out_dir):
     if bg is not None:
         w(f"Core 1 was {bg * 100:.1f}% busy over 1 s before the runs with the gateways idle (other tenants' noise).")
         w("")
+
+    scenario_section(data, w)
 
     # ---- latency
     w(f"## Latency at a fixed rate (oha, {cfg['lat_rate']} req/s, {cfg['lat_conns']} connections, "
@@ -358,7 +376,12 @@ def write_report(data, out_dir):
           "environment, after the load runs, while the gateways are still up) and its output is included.")
     w("")
 
-    # ---- machine
+    machine_section(data, cfg, w)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(L))
+
+
+def machine_section(data, cfg, w):
     m = data.get("machine", {})
     w("## Machine and versions")
     w("")
@@ -376,8 +399,121 @@ def write_report(data, out_dir):
       f"{cfg['gen_cpu']}; the gateway (ringgate `--workers 1`, or nginx master + 1 worker) on core {cfg['gw_cpu']}, "
       "via taskset. Configs used are in `configs/`; every raw run is in `runs.json`.")
     w("")
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write("\n".join(L))
+
+
+# --------------------------------------------------------------------------- scenarios
+
+SCEN_NGINX_PEER = {"plain": "nginx", "metrics-off": "nginx", "tls": "nginx-tls"}
+SCEN_BOUNDS = {  # (max ratio, issue); metrics-off is checked as plain / metrics-off
+    "metrics-off": (1.03, "issue 6 §5: metrics on ≤ +3%"),
+    "ratelimit": (1.05, "issue 4 §6: ≤ +5%"),
+    "keyauth-rl": (1.15, "issue 5 §10: ≤ +15%"),
+    "jwt-hs256-rl": (1.15, "issue 5 §10: ≤ +15%"),
+    "jwt-rs256-rl": (1.15, "issue 5 §10: ≤ +15%"),
+}
+
+
+def paired_ratio(runs, a, b, key):
+    """Median over rounds of a/b, each round's a and b runs taken together (cancels drift between rounds)."""
+    by = {}
+    for r in runs:
+        if r.get(key) is not None:
+            by.setdefault((r["scenario"], r.get("round")), r[key])
+    rs = [by[(a, rnd)] / by[(b, rnd)] for (s, rnd) in list(by) if s == a and (b, rnd) in by and by[(b, rnd)]]
+    return (statistics.median(rs), rs) if rs else (None, [])
+
+
+def scenario_section(data, w):
+    sc = data.get("scenarios")
+    if not sc:
+        return
+    runs = [r for r in data.get("scenario_runs", []) if "rps" in r]
+    info = sc.get("info", {})
+    labels = [n for n in list(sc["names"]) + ["nginx", "nginx-tls"] if n in info]
+    bg = sc.get("gw_core_background_busy")
+    # Another tenant on core 1 inflates the core-1 column: then judge the bounds on process time.
+    basis = "proc_cpu_us_per_req" if bg is not None and bg > 0.05 else "cpu_us_per_req"
+    w(f"## Scenarios (/{sc['size']}, c={sc['conns']}, {sc['rounds']} round(s) of {sc['duration_s']:g} s)")
+    w("")
+    w("One gateway process per scenario, all started up front; each round measures every scenario once, in a "
+      "rotating order, and the gateways not being measured are paused (SIGSTOP), so nothing else of ours runs "
+      "on core 1. *vs plain* and *vs nginx* are the median over rounds of the ratio between runs of the same "
+      "round (core-1 CPU µs/req; the process-time ratio in brackets). *non-2xx* is wrk's count of responses "
+      "with status ≥ 400 (a 429 or 401 would show here); *socket errors* are connect/read/write/timeout errors.")
+    w("")
+    hdr = ("| scenario | CPU µs/req core 1, median [min–max] | process µs/req | vs plain | vs nginx | req/s | "
+           "non-2xx | socket errors | bound |")
+    w(hdr)
+    w("|" + "---|" * (hdr.count("|") - 1))
+    for name in labels:
+        i = info[name]
+        if i.get("skipped") or i.get("error"):
+            why = i.get("skipped") or i.get("error")
+            w(f"| {name} | **{'skipped' if i.get('skipped') else 'NOT MEASURED'}** — "
+              f"{esc(' '.join(why.splitlines()[:2]))[:300]} | | | | | | | |")
+            continue
+        rs = [r for r in runs if r["scenario"] == name]
+        cpu = [r.get("cpu_us_per_req") for r in rs]
+        proc = [r.get("proc_cpu_us_per_req") for r in rs]
+        non2xx = sum(r.get("errors", {}).get("status", 0) for r in rs)
+        sockerr = sum(r.get("error_count", 0) for r in rs) - non2xx
+
+        def both(a, b):
+            c, _ = paired_ratio(runs, a, b, "cpu_us_per_req")
+            p, _ = paired_ratio(runs, a, b, "proc_cpu_us_per_req")
+            return "n/a" if c is None else f"{c:.3f}" + (f" ({p:.3f})" if p is not None else "")
+        vs_plain = "1 (baseline)" if name == "plain" else both(name, "plain")
+        peer = SCEN_NGINX_PEER.get(name)
+        vs_nginx = both(name, peer) if peer in info and not info[peer].get("error") else "—"
+        bound = "—"
+        if name in SCEN_BOUNDS:
+            lim, what = SCEN_BOUNDS[name]
+            if name == "metrics-off":
+                r, _ = paired_ratio(runs, "plain", "metrics-off", basis)
+                label = "metrics on: "
+            else:
+                r, _ = paired_ratio(runs, name, "plain", basis)
+                label = ""
+            if basis != "cpu_us_per_req":
+                what += ", process time"
+            if r is not None:
+                bound = (f"{label}{(r - 1) * 100:+.1f}% ({what}) — "
+                         + ("within" if r <= lim else "**over**"))
+        w(f"| {name} | {fmt_range(cpu, 2)} | {fmt_range(proc, 2)} | {vs_plain} | {vs_nginx} | "
+          f"{fmt_range([r.get('rps') for r in rs])} | {non2xx} | {sockerr} | {bound} |")
+    w("")
+    bad = [r for r in data.get("scenario_runs", []) if "error" in r]
+    for r in bad[:20]:
+        w(f"- Run error: r{r.get('round')} {r.get('scenario')}: `{esc(r['error'][:200])}`")
+    if bad:
+        w("")
+    w("What each scenario is, and what was checked through it before it was measured:")
+    w("")
+    for name in labels:
+        i = info[name]
+        extra = ""
+        if i.get("headers"):
+            extra += f"; wrk sends `{'`, `'.join(i['headers'])}`"
+        if "after_status" in i:
+            extra += f"; after all its runs a request still got {i['after_status']}"
+        if i.get("peak_rss_kb"):
+            extra += f"; peak RSS {i['peak_rss_kb'] / 1024:.1f} MiB"
+        w(f"- **{name}**: {i.get('what', '')}{extra}." + (f" Checks: {'; '.join(i['checks'])}." if i.get("checks")
+                                                          else ""))
+    w("")
+    if sc.get("order"):
+        w("Order per round: " + " · ".join(f"r{k + 1}: {' → '.join(o)}" for k, o in enumerate(sc["order"])) + ".")
+        w("")
+    if bg is not None:
+        w(f"Core 1 was {bg * 100:.1f}% busy over 1 s before the scenario runs with every scenario gateway paused "
+          "(other tenants' noise; above a few % the core-1 column is inflated, the process column is not).")
+        w("")
+    w("Bounds are read off the " + ("core-1" if basis == "cpu_us_per_req" else
+                                    "**process-time** (core 1 was busy with other work)")
+      + " median ratio. Differences of a few % are within this machine's "
+      "run-to-run noise unless the [min–max] ranges are tight and the process ratio agrees; a QUICK run "
+      "(1 round, 2 s) only shows that each scenario works.")
+    w("")
 
 
 def cell_all(runs, size, conns, key):

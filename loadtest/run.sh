@@ -3,9 +3,11 @@
 #
 #   loadtest/run.sh                 # full run (~12-15 min): 3 rounds
 #   QUICK=1 loadtest/run.sh         # ~1-minute smoke run
+#   SCENARIOS_ONLY=1 SCENARIOS=plain,metrics-off,ratelimit loadtest/run.sh   # only the scenario table
 #
 # Env knobs (see loadtest/README.md): ROUNDS DURATION WARMUP CONNS SIZES WRK_THREADS LAT_RATE LAT_CONNS
 # LAT_DURATION LAT_SIZES IDLE_CONNS TARGETS GEN_CPU GW_CPU RINGGATE_BIN GATEWAY_HIST_CMD
+# SCENARIOS (default: all; none = skip) SCENARIOS_ONLY SCEN_ROUNDS SCEN_DURATION SCEN_CONNS SCEN_SIZE
 # SKIP_INSTALL=1 SKIP_BUILD=1 TIMEOUT (global guard, seconds) KEEP_RUN_DIR=1
 #
 # Output: loadtest/reports/<timestamp>/{report.md,runs.json,hdr-*.svg,configs/,build.log}
@@ -47,6 +49,7 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   command -v wrk >/dev/null || need_apt+=(wrk)
   command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
   command -v taskset >/dev/null || need_apt+=(util-linux)
+  command -v openssl >/dev/null || need_apt+=(openssl)  # scenarios: TLS cert, RS256 JWT
   if ! command -v oha >/dev/null && [[ -z "${OHA_CHECKED:-}" ]]; then
     apt_updated=1
     log "apt-get update"; timeout 300 apt-get update -qq || true

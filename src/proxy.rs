@@ -155,6 +155,9 @@ struct Conn<S> {
     body_done: bool,
     /// Metrics of the current request: phase instants, answer status, client-side bytes, route.
     t: Timings,
+    /// `[metrics] enabled` for the current request: when false, no clock reads for `t` and nothing
+    /// recorded per request.
+    metrics_on: bool,
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
@@ -199,6 +202,7 @@ pub async fn serve<S: ClientIo>(
         ubuf: Vec::new(),
         body_done: true,
         t: Timings::new(Instant::now()),
+        metrics_on: true,
         status: 0,
         bytes_in: 0,
         bytes_out: 0,
@@ -228,6 +232,12 @@ pub async fn serve<S: ClientIo>(
 }
 
 impl<S: ClientIo> Conn<S> {
+    /// Now, for a metrics phase instant; `None` when metrics are off.
+    #[inline]
+    fn stamp(&self) -> Option<Instant> {
+        self.metrics_on.then(Instant::now)
+    }
+
     /// Timeout for reading the client's body and for each write to the client.
     fn client_timeout(&self) -> Duration {
         self.snap.config.server.timeouts.client_body
@@ -258,18 +268,29 @@ impl<S: ClientIo> Conn<S> {
             Ok(false) => return Next::Close,
             Err(e) => {
                 self.reply_error(e, true).await;
-                let bytes_in = self.buf.len() as u64;
-                shard
-                    .metrics
-                    .gateway_error(None, e.status(), bytes_in, self.bytes_out);
+                if self.snap.config.metrics.enabled {
+                    let bytes_in = self.buf.len() as u64;
+                    shard
+                        .metrics
+                        .gateway_error(None, e.status(), bytes_in, self.bytes_out);
+                }
                 return Next::Close;
             }
         }
-        self.t = Timings::new(Instant::now());
+        // Read once per request (a reload applies from the next one); off: no clock reads either.
+        self.metrics_on = self.snap.config.metrics.enabled;
+        self.t = Timings::new(if self.metrics_on {
+            Instant::now()
+        } else {
+            self.t.head_in
+        });
         self.status = 0;
         self.route = None;
         self.bytes_in = self.s.head.head_len as u64;
         let next = self.handle(shard).await;
+        if !self.metrics_on {
+            return next;
+        }
         self.t.end = Instant::now();
         // No status means the client went away before any answer (nginx logs these as 499).
         let status = if self.status == 0 { 499 } else { self.status };
@@ -472,12 +493,12 @@ impl<S: ClientIo> Conn<S> {
         }
         let mut pinned: Option<usize> = None;
         loop {
-            let started = Instant::now();
+            let started = self.stamp();
             let (upstream, target, reused) = match connect(shard, &snap, svc, pinned).await {
                 Ok(c) => c,
                 Err(e) => return self.fail(shard, e, p.client_close).await,
             };
-            if !reused {
+            if let (false, Some(started)) = (reused, started) {
                 self.t.connect += started.elapsed();
             }
             let flat = snap.flat_target(svc.upstream, target);
@@ -603,7 +624,7 @@ impl<S: ClientIo> Conn<S> {
                             self.ubuf.drain(..hl);
                             continue;
                         }
-                        self.t.upstream_head_in = Some(Instant::now());
+                        self.t.upstream_head_in = self.stamp();
                         self.status = status;
                         break;
                     }

@@ -39,6 +39,7 @@ fn one_error(text: &str) -> ConfigError {
 fn defaults() {
     let cfg = load_str(BASE, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
     assert!(cfg.admin.is_none(), "no [admin] = no admin listener");
+    assert!(cfg.metrics.enabled);
     assert_eq!(cfg.metrics.flush_interval, Duration::from_secs(1));
     assert!(cfg.metrics.histogram_file.is_none());
     assert!(!cfg.metrics.per_consumer_labels);
@@ -53,12 +54,13 @@ fn defaults() {
 #[test]
 fn values() {
     let text = with(
-        "[admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"abc-DEF_123\"\n\n[metrics]\nflush_interval = \"100ms\"\nhistogram_file = \"/tmp/h.txt\"\nper_consumer_labels = true\nmax_consumer_labels = 5\n",
+        "[admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"abc-DEF_123\"\n\n[metrics]\nenabled = false\nflush_interval = \"100ms\"\nhistogram_file = \"/tmp/h.txt\"\nper_consumer_labels = true\nmax_consumer_labels = 5\n",
     );
     let cfg = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
     let admin = cfg.admin.unwrap_or_else(|| panic!("admin"));
     assert_eq!(admin.listen.to_string(), "0.0.0.0:9000");
     assert_eq!(admin.token.as_deref(), Some("abc-DEF_123"));
+    assert!(!cfg.metrics.enabled);
     assert_eq!(cfg.metrics.flush_interval, Duration::from_millis(100));
     assert_eq!(
         cfg.metrics.histogram_file.as_deref(),
@@ -113,4 +115,7 @@ fn errors_are_located() {
 
     let e = one_error(&with("[metrics]\nper_consumer_labels = \"yes\"\n"));
     assert_eq!(e.key, "metrics.per_consumer_labels");
+
+    let e = one_error(&with("[metrics]\nenabled = \"no\"\n"));
+    assert_eq!(e.key, "metrics.enabled");
 }

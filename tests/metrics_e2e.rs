@@ -129,3 +129,36 @@ fn post_reload_swaps_the_generation() {
         "{metrics}"
     );
 }
+
+#[test]
+fn metrics_enabled_false_skips_per_request_recording() {
+    let up = Upstream::echo("up");
+    let text = config(&up, "/api").replace("[metrics]\n", "[metrics]\nenabled = false\n");
+    let gw = Gateway::start(&text);
+    let adm = admin_addr(&gw);
+    for _ in 0..5 {
+        assert_eq!(get(gw.addr(), HOST, "/api/x").status, 200);
+    }
+    // Connection counts still flow (and show the flushes after the requests arrived); request counts
+    // do not.
+    let accepted = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("ringgate_downstream_connections_accepted_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = String::from_utf8_lossy(&admin(adm, "GET", "/metrics").body).into_owned();
+        if accepted(&m) >= 5 || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(accepted(&metrics) >= 5, "{metrics}");
+    assert!(
+        !metrics.contains(r#"ringgate_http_requests_total{route="api""#),
+        "{metrics}"
+    );
+    assert_eq!(admin(adm, "GET", "/health").status, 200);
+}

@@ -102,6 +102,10 @@ pub struct AdminDef {
 /// `[metrics]`.
 #[derive(Debug, Clone)]
 pub struct MetricsDef {
+    /// Per-request recording (counts, bytes, latency histograms, and the clock reads behind them).
+    /// `false` leaves only connection and pool gauges and error counters; `/metrics` and `/histograms`
+    /// then show no requests. For measuring what metrics cost.
+    pub enabled: bool,
     /// How often each worker sends its counters to the aggregator (scrapes are at most this stale).
     pub flush_interval: Duration,
     /// Where the HDR latency reports are written at shutdown; `None` = not written.
@@ -115,6 +119,7 @@ pub struct MetricsDef {
 impl Default for MetricsDef {
     fn default() -> MetricsDef {
         MetricsDef {
+            enabled: true,
             flush_interval: Duration::from_secs(1),
             histogram_file: None,
             per_consumer_labels: false,

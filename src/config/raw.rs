@@ -189,6 +189,7 @@ pub struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table ([metrics])")]
 pub struct RawMetrics {
+    pub enabled: Option<bool>,
     pub flush_interval: Option<Dur>,
     pub histogram_file: Option<String>,
     pub per_consumer_labels: Option<bool>,

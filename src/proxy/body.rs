@@ -81,7 +81,7 @@ pub async fn send_request<S: ClientIo>(
             io::send_all(upstream, &mut c.s.out, write_timeout)
                 .await
                 .map_err(upstream_error)?;
-            c.t.upstream_head_out = Some(Instant::now());
+            c.t.upstream_head_out = c.stamp();
             Ok(())
         }
         BodyKind::Length(n) => {
@@ -92,7 +92,7 @@ pub async fn send_request<S: ClientIo>(
             io::send_all(upstream, &mut c.s.out, write_timeout)
                 .await
                 .map_err(upstream_error)?;
-            c.t.upstream_head_out = Some(Instant::now());
+            c.t.upstream_head_out = c.stamp();
             c.bytes_in += n;
             let mut remaining = n - first as u64;
             if remaining > 0 && expect_continue && avail == 0 {
@@ -152,7 +152,9 @@ pub async fn send_request<S: ClientIo>(
                         .await
                         .map_err(upstream_error)?;
                     c.s.out.clear();
-                    c.t.upstream_head_out.get_or_insert_with(Instant::now);
+                    if c.metrics_on {
+                        c.t.upstream_head_out.get_or_insert_with(Instant::now);
+                    }
                 }
                 if done {
                     c.pos = start;
@@ -269,7 +271,9 @@ async fn send_out<S: ClientIo>(c: &mut Conn<S>, timeout: Duration) -> std::io::R
     let n = c.s.out.len();
     io::send_all(&mut c.client, &mut c.s.out, timeout).await?;
     c.bytes_out += n as u64;
-    c.t.client_head_out.get_or_insert_with(Instant::now);
+    if c.metrics_on {
+        c.t.client_head_out.get_or_insert_with(Instant::now);
+    }
     Ok(())
 }
 

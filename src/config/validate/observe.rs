@@ -72,6 +72,9 @@ pub fn metrics(raw: Option<&RawMetrics>, problems: &mut Vec<Problem>) -> Metrics
         return def;
     };
     let p = KeyPath::root().key("metrics");
+    if let Some(b) = raw.enabled {
+        def.enabled = b;
+    }
     if let Some(d) = raw.flush_interval {
         if (MIN_FLUSH..=MAX_FLUSH).contains(&d.0) {
             def.flush_interval = d.0;
