@@ -364,17 +364,17 @@ impl<R: RequestView> Search<'_, R> {
         let Some(index) = router.groups.get(g) else {
             return;
         };
-        index.buckets(self.path, |bucket| self.bucket(bucket));
+        index.buckets(self.path, |bucket, consumed| self.bucket(bucket, consumed));
     }
 
     /// Buckets are sorted by descending rank: stop at the first passing entry, or as soon as the
     /// remaining entries cannot beat the best match already found.
-    fn bucket(&mut self, bucket: &[Entry]) {
+    fn bucket(&mut self, bucket: &[Entry], consumed: usize) {
         for e in bucket {
             if self.best.is_some_and(|(rank, _)| e.rank <= rank) {
                 return;
             }
-            if let Some(m) = self.check(e) {
+            if let Some(m) = self.check(e, consumed) {
                 self.best = Some((e.rank, m));
                 return;
             }
@@ -382,13 +382,17 @@ impl<R: RequestView> Search<'_, R> {
     }
 
     /// The index already established host and (for non-regex entries) path; check the rest.
-    fn check(&self, e: &Entry) -> Option<Match> {
+    /// `consumed`: request-path bytes that led to the entry's trie node.
+    fn check(&self, e: &Entry, consumed: usize) -> Option<Match> {
         let cond = self.router.conds.get(e.route as usize)?;
         if !cond.matches(self.method, self.query, self.req) {
             return None;
         }
         let strip_len = match e.regex {
-            None => e.strip_len as usize,
+            // The request's own bytes, not the configured prefix's length: they differ when a
+            // segment matched without its `;parameters`.
+            None if e.strip_len > 0 => consumed,
+            None => 0,
             Some(k) => {
                 let re = self.router.regexes.get(k as usize)?;
                 let len = re.match_len(self.path_str?)?;

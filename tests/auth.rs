@@ -117,6 +117,16 @@ fn key_auth_missing_invalid_and_valid() {
     );
     r.assert_json_error(401);
     assert!(r.body_str().contains("Duplicate"));
+    // Header and query, or a repeated parameter: also ambiguous.
+    let r = req(
+        &gw,
+        "/admin?apikey=bob-key-0123456789",
+        "apikey: alice-key-0123456789\r\n",
+    );
+    r.assert_json_error(401);
+    let r = req(&gw, "/admin?apikey=alice-key-0123456789&apikey=x", "");
+    r.assert_json_error(401);
+    assert!(r.body_str().contains("Duplicate"));
 
     // The public route has no auth.
     assert_eq!(req(&gw, "/public", "").status, 200);
@@ -140,6 +150,22 @@ fn client_sent_consumer_headers_are_always_dropped() {
     ] {
         assert!(!seen.has_header(h), "{h} was forwarded: {:?}", seen.headers);
     }
+    // Underscore spellings (read as X-Consumer-* by CGI-style backends) are dropped too.
+    assert_eq!(
+        req(
+            &gw,
+            "/public",
+            "X_Consumer_Username: root\r\nX_Forwarded_For: 1.2.3.4\r\n"
+        )
+        .status,
+        200
+    );
+    let seen = up.last_request();
+    assert!(
+        !seen.headers.iter().any(|(n, _)| n.contains('_')),
+        "{:?}",
+        seen.headers
+    );
     // ... and with one: only the gateway's values arrive.
     let r = req(
         &gw,
@@ -698,6 +724,15 @@ fn forward_auth_allow_deny_and_failures() {
         "only the listed headers go to the auth service: {h}"
     );
 
+    // The auth service judges the path the upstream will get, never the raw target.
+    assert_eq!(
+        req(&gw, "/public/../admin/y", "Authorization: Bearer good\r\n").status,
+        200
+    );
+    let heads = auth.heads();
+    let h = heads.last().expect("auth request").to_ascii_lowercase();
+    assert!(h.contains("x-forwarded-uri: /admin/y\r\n"), "{h}");
+
     // Denied: the auth service's answer goes back as it is.
     let before = up.request_count();
     let r = req(&gw, "/admin", "Authorization: Bearer bad\r\n");
@@ -735,4 +770,45 @@ fn forward_auth_down_fails_closed_or_open() {
         200
     );
     assert_eq!(up.request_count(), 1);
+}
+
+#[test]
+fn path_parameters_cannot_dodge_a_route_or_shift_strip_path() {
+    let up = Upstream::echo("up");
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "admin"
+service = "svc"
+paths = ["/api/admin"]
+
+[[routes]]
+name = "rest"
+service = "svc"
+paths = ["/"]
+
+[[consumers]]
+username = "alice"
+keyauth_credentials = [{{ key = "alice-key-0123456789" }}]
+
+[[plugins]]
+name = "key-auth"
+route = "admin"
+"#,
+        url = up.url()
+    );
+    let gw = Gateway::start(&toml);
+    req(&gw, "/api;v=1/admin/x", "").assert_json_error(401);
+    req(&gw, "/api/admin;jsessionid=1/x", "").assert_json_error(401);
+    // strip_path removes exactly the request bytes that matched, parameters included.
+    let r = req(&gw, "/api;v=1/admin/x", "apikey: alice-key-0123456789\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.last_request().target, "/x");
 }

@@ -94,6 +94,11 @@ fn consumer_mistakes() {
         "duplicate consumer username \"a\"",
     );
     expect_one(
+        "[[consumers]]\nusername = \"m\"\nid = \"a\"\n[[consumers]]\nusername = \"a\"\n",
+        "consumers[1].username",
+        "already used by consumers[0]",
+    );
+    expect_one(
         "[[consumers]]\nusername = \"a b\"\n",
         "consumers[0].username",
         "not a valid username",

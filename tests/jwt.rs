@@ -141,6 +141,10 @@ fn hs256_and_rs256_from_header_query_and_cookie() {
         200
     );
 
+    // Two tokens (header and query, or a repeated parameter) are ambiguous.
+    assert_invalid(&get(&gw, &format!("/api?jwt={hs}"), &bearer(&hs)));
+    assert_invalid(&get(&gw, &format!("/api?jwt={hs}&jwt={hs}"), ""));
+
     let rs = rs256(&format!(r#"{{"iss":"rs-issuer","exp":{}}}"#, now() + 300));
     assert_eq!(get(&gw, "/api", &bearer(&rs)).status, 200);
     assert_eq!(

@@ -41,7 +41,6 @@ pub struct KeyCredRt {
     pub id: String,
 }
 
-#[derive(Debug)]
 pub struct BasicCredRt {
     pub consumer: usize,
     pub username: String,
@@ -63,6 +62,8 @@ pub struct BasicAuthRt {
     /// Username -> index into `AuthSet::basic_creds` (the consumers' credentials, then this
     /// instance's htpasswd users, which win on a clash).
     pub users: HashMap<Vec<u8>, usize>,
+    /// bcrypt cost of the dummy check for unknown users: the highest cost among `users`.
+    pub dummy_cost: u32,
 }
 
 #[derive(Debug)]
@@ -144,6 +145,15 @@ pub struct AuthSet {
     pub ip: Vec<IpRt>,
     pub forward: Vec<ForwardRt>,
     pub trusted_proxies: Vec<Cidr>,
+}
+
+impl std::fmt::Debug for BasicCredRt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicCredRt")
+            .field("consumer", &self.consumer)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// SHA-256 of `data`.
@@ -234,11 +244,18 @@ impl AuthSet {
                     let mut users = global_basic.clone();
                     let own = set.add_basic(&def.htpasswd);
                     users.extend(own);
+                    let dummy_cost = users
+                        .values()
+                        .filter_map(|&i| set.basic_creds.get(i))
+                        .filter_map(|c| c.hash.get(4..6).and_then(|n| n.parse::<u32>().ok()))
+                        .max()
+                        .unwrap_or(bcrypt::DEFAULT_COST);
                     set.basic_auth.push(BasicAuthRt {
                         challenge: format!("WWW-Authenticate: Basic realm=\"{}\"\r\n", def.realm)
                             .into_bytes(),
                         def: def.clone(),
                         users,
+                        dummy_cost,
                     });
                 }
                 PluginConfig::Acl(def) => set.acl.push(AclRt {
@@ -321,6 +338,40 @@ fn acl_table(def: &AclDef, cfg: &Config) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_stored_as_digests_and_never_debug_printed() {
+        let cfg = crate::config::load_str(
+            r#"
+[[services]]
+name = "s"
+url = "http://127.0.0.1:9"
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+[[consumers]]
+username = "a"
+keyauth_credentials = [{ key = "plain-text-key-123" }]
+basicauth_credentials = [{ username = "a", password = "$2b$04$9bPcqcRxfK04iH3Wd9uYQOiJe0IhQgbHd6mWJQ1ZU6Q9GX5VExXoW" }]
+jwt_secrets = [{ key = "iss", secret = "jwt-secret-456" }]
+[[plugins]]
+name = "key-auth"
+[[plugins]]
+name = "jwt"
+"#,
+            "t.toml",
+        )
+        .expect("config");
+        let set = AuthSet::build(&cfg);
+        // Lookups go through SHA-256: the table holds the digest, not the key.
+        assert!(set.keys.contains_key(&digest(b"plain-text-key-123")));
+        for text in [format!("{cfg:?}"), format!("{set:?}")] {
+            for secret in ["plain-text-key-123", "jwt-secret-456", "9bPcqcRxfK04"] {
+                assert!(!text.contains(secret), "{secret} in Debug output");
+            }
+        }
+    }
 
     #[test]
     fn json_messages_are_escaped() {

@@ -165,34 +165,42 @@ pub fn key_auth(
     {
         return Flow::Continue;
     }
-    let mut found: Option<KeyAt> = None;
-    scratch.clear();
-    'names: for name in &def.key_names {
+    // Every configured place is searched: more than one key in a request (two headers, header
+    // and query, a repeated parameter) is ambiguous, and a backend reading the other one would act
+    // on a credential nobody checked.
+    let mut found: Option<(KeyAt, &[u8])> = None;
+    let mut count = 0usize;
+    for name in &def.key_names {
         if def.in_header {
-            let mut hits = req.headers_named(name.as_bytes());
-            if let Some((i, v)) = hits.next() {
-                if hits.next().is_some() {
-                    return fail(
-                        def.anonymous,
-                        id,
-                        &rt.challenge,
-                        resp_headers,
-                        MSG_DUPLICATE_KEY,
-                    );
-                }
-                scratch.extend_from_slice(v);
-                found = Some(KeyAt::Header(i));
-                break 'names;
+            for (i, v) in req.headers_named(name.as_bytes()) {
+                count += 1;
+                found.get_or_insert((KeyAt::Header(i), v));
             }
         }
         if def.in_query {
-            if let Some((start, end, value)) = query_param(req.query(), name.as_bytes()) {
-                percent_decode(value, scratch);
-                found = Some(KeyAt::Query(start, end));
-                break 'names;
+            for (start, end, v) in query_params(req.query(), name.as_bytes()) {
+                count += 1;
+                found.get_or_insert((KeyAt::Query(start, end), v));
             }
         }
     }
+    if count > 1 {
+        return fail(
+            def.anonymous,
+            id,
+            &rt.challenge,
+            resp_headers,
+            MSG_DUPLICATE_KEY,
+        );
+    }
+    scratch.clear();
+    let found = found.map(|(at, v)| {
+        match at {
+            KeyAt::Header(_) => scratch.extend_from_slice(v),
+            KeyAt::Query(..) => percent_decode(v, scratch),
+        }
+        at
+    });
     let Some(at) = found.filter(|_| !scratch.is_empty()) else {
         return fail(def.anonymous, id, &rt.challenge, resp_headers, MSG_NO_KEY);
     };
@@ -428,19 +436,25 @@ pub fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
 
 /// Finds parameter `name` in `query`: `(start, end)` of the whole `name=value` and the raw value.
 pub fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Option<(usize, usize, &'q [u8])> {
+    query_params(query, name).next()
+}
+
+/// Every occurrence of parameter `name` in `query`, as `query_param` describes them.
+pub fn query_params<'q, 'n>(
+    query: &'q [u8],
+    name: &'n [u8],
+) -> impl Iterator<Item = (usize, usize, &'q [u8])> + use<'q, 'n> {
     let mut start = 0;
-    for part in query.split(|&b| b == b'&') {
-        let end = start + part.len();
+    query.split(|&b| b == b'&').filter_map(move |part| {
+        let at = start;
+        let end = at + part.len();
+        start = end + 1;
         let (n, v) = match memchr::memchr(b'=', part) {
-            Some(i) => (&part[..i], &part[i + 1..]),
+            Some(i) => (part.get(..i)?, part.get(i + 1..)?),
             None => (part, &b""[..]),
         };
-        if n == name {
-            return Some((start, end, v));
-        }
-        start = end + 1;
-    }
-    None
+        (n == name).then_some((at, end, v))
+    })
 }
 
 /// Widens `start..end` to take one `&` with it, so `a=1&apikey=x&b=2` becomes `a=1&b=2`.
@@ -586,56 +600,63 @@ pub enum JwtAt<'r> {
 /// Where a JWT is. Order: headers (`authorization` expects `Bearer <token>`, other headers the bare token), then
 /// query parameters, then cookies, each in configured order; the first name present wins.
 pub fn find_jwt<'r>(def: &crate::config::model::JwtDef, req: &Req<'r>) -> JwtAt<'r> {
+    // Every configured place is searched; two tokens in one request are ambiguous (a backend
+    // decoding the other one would trust claims nobody verified).
+    let mut first: Option<&'r [u8]> = None;
+    let mut count = 0usize;
+    let mut note = |t: Option<&'r [u8]>| {
+        if let Some(t) = t.filter(|t| !t.is_empty()) {
+            count += 1;
+            first.get_or_insert(t);
+        }
+    };
     for name in &def.header_names {
-        let mut hits = req
-            .head
-            .headers
-            .iter()
-            .filter(|h| eq_ignore_case(h.name.get(req.buf), name.as_bytes()))
-            .map(|h| h.value.get(req.buf));
-        if let Some(v) = hits.next() {
-            if hits.next().is_some() {
-                return JwtAt::Duplicate;
+        for h in &req.head.headers {
+            if !eq_ignore_case(h.name.get(req.buf), name.as_bytes()) {
+                continue;
             }
-            let token = if name == "authorization" {
+            let v = h.value.get(req.buf);
+            // A present header that is not a bearer token (e.g. Basic) holds no token.
+            note(if name == "authorization" {
                 strip_scheme(v, b"bearer")
             } else {
-                Some(v.trim_ascii()).filter(|t| !t.is_empty())
-            };
-            // A present header that is not a bearer token (e.g. Basic) is "no token".
-            return token.map_or(JwtAt::Missing, JwtAt::Token);
+                Some(v.trim_ascii())
+            });
         }
     }
     let query = req.head.query.map(|q| q.get(req.buf)).unwrap_or_default();
     for name in &def.uri_param_names {
-        if let Some((_, _, v)) = query_param(query, name.as_bytes()) {
-            return found(v);
+        for (_, _, v) in query_params(query, name.as_bytes()) {
+            note(Some(v));
         }
     }
     for name in &def.cookie_names {
         for h in &req.head.headers {
-            if !eq_ignore_case(h.name.get(req.buf), b"cookie") {
-                continue;
-            }
-            if let Some(v) = cookie(h.value.get(req.buf), name.as_bytes()) {
-                return found(v);
+            if eq_ignore_case(h.name.get(req.buf), b"cookie") {
+                for v in cookies(h.value.get(req.buf), name.as_bytes()) {
+                    note(Some(v));
+                }
             }
         }
     }
-    JwtAt::Missing
-}
-
-fn found(v: &[u8]) -> JwtAt<'_> {
-    if v.is_empty() {
-        JwtAt::Missing
-    } else {
-        JwtAt::Token(v)
+    match (count, first) {
+        (0, _) | (_, None) => JwtAt::Missing,
+        (1, Some(t)) => JwtAt::Token(t),
+        _ => JwtAt::Duplicate,
     }
 }
 
 /// The value of cookie `name` in a `Cookie` header (`a=1; b=2`).
 pub fn cookie<'v>(header: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
+    cookies(header, name).next()
+}
+
+/// Every value of cookie `name` in a `Cookie` header.
+pub fn cookies<'v, 'n>(
+    header: &'v [u8],
+    name: &'n [u8],
+) -> impl Iterator<Item = &'v [u8]> + use<'v, 'n> {
+    header.split(|&b| b == b';').filter_map(move |pair| {
         let pair = pair.trim_ascii();
         let eq = memchr::memchr(b'=', pair)?;
         (pair.get(..eq)? == name).then(|| pair.get(eq + 1..).unwrap_or_default().trim_ascii())

@@ -23,8 +23,10 @@ const QUEUE: usize = 256;
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Job {
-    /// `None`: an unknown user, checked against a dummy hash (same cost) and never matching.
+    /// `None`: an unknown user, checked against a dummy hash of cost `dummy_cost` and never
+    /// matching.
     hash: Option<Arc<str>>,
+    dummy_cost: u32,
     password: Vec<u8>,
     reply: StdUnixStream,
 }
@@ -53,7 +55,7 @@ fn pool() -> Option<&'static Sender<Job>> {
                         let ok = match &job.hash {
                             Some(h) => bcrypt::verify(&job.password, h).unwrap_or(false),
                             None => {
-                                let _ = bcrypt::verify(&job.password, dummy_hash());
+                                let _ = bcrypt::verify(&job.password, &dummy_hash(job.dummy_cost));
                                 false
                             }
                         };
@@ -71,15 +73,25 @@ fn pool() -> Option<&'static Sender<Job>> {
     .as_ref()
 }
 
-/// A hash with the usual cost, computed once on a verifier thread, so checking an unknown user
-/// takes as long as checking a known one (timing does not reveal which usernames exist).
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| bcrypt::hash(b"ringgate-dummy", bcrypt::DEFAULT_COST).unwrap_or_default())
+/// A hash of `cost` (the cost of the configured credentials), computed once per verifier thread
+/// and cost, so checking an unknown user takes as long as checking a known one (timing does not
+/// reveal which usernames exist).
+fn dummy_hash(cost: u32) -> String {
+    thread_local! {
+        static DUMMIES: std::cell::RefCell<std::collections::HashMap<u32, String>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    DUMMIES.with(|d| {
+        d.borrow_mut()
+            .entry(cost)
+            .or_insert_with(|| bcrypt::hash(b"ringgate-dummy", cost).unwrap_or_default())
+            .clone()
+    })
 }
 
-/// Checks `password` against `hash` off the worker thread.
-pub async fn verify(hash: Option<Arc<str>>, password: Vec<u8>) -> Verdict {
+/// Checks `password` against `hash` off the worker thread (`None`: against a dummy hash of
+/// `dummy_cost`, never matching).
+pub async fn verify(hash: Option<Arc<str>>, dummy_cost: u32, password: Vec<u8>) -> Verdict {
     let Some(tx) = pool() else {
         return Verdict::Busy;
     };
@@ -94,12 +106,16 @@ pub async fn verify(hash: Option<Arc<str>>, password: Vec<u8>) -> Verdict {
     };
     let job = Job {
         hash,
+        dummy_cost,
         password,
         reply: theirs,
     };
     match tx.try_send(job) {
         Ok(()) => {}
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => return Verdict::Busy,
+        Err(TrySendError::Full(mut job) | TrySendError::Disconnected(mut job)) => {
+            job.password.fill(0);
+            return Verdict::Busy;
+        }
     }
     let read = monoio::time::timeout(WAIT, ours.read(vec![0u8; 1])).await;
     match read {
@@ -122,9 +138,12 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             let h = Some(hash.clone());
-            assert_eq!(verify(h.clone(), b"s3cret".to_vec()).await, Verdict::Match);
-            assert_eq!(verify(h, b"wrong".to_vec()).await, Verdict::NoMatch);
-            assert_eq!(verify(None, b"s3cret".to_vec()).await, Verdict::NoMatch);
+            assert_eq!(
+                verify(h.clone(), 4, b"s3cret".to_vec()).await,
+                Verdict::Match
+            );
+            assert_eq!(verify(h, 4, b"wrong".to_vec()).await, Verdict::NoMatch);
+            assert_eq!(verify(None, 4, b"s3cret".to_vec()).await, Verdict::NoMatch);
         });
     }
 }

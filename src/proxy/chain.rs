@@ -34,6 +34,8 @@ pub struct ChainState {
     /// Forward-auth: the auth answer's buffers, and the header lines it approved.
     fwd: forward::Scratch,
     fwd_headers: Vec<u8>,
+    /// The `X-Forwarded-Uri` sent to the auth service.
+    fwd_uri: Vec<u8>,
 }
 
 impl Default for ChainState {
@@ -46,6 +48,7 @@ impl Default for ChainState {
             client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             fwd: forward::Scratch::default(),
             fwd_headers: Vec::new(),
+            fwd_uri: Vec::new(),
         }
     }
 }
@@ -174,7 +177,7 @@ impl<S: ClientIo> Conn<S> {
                             let hash = cred
                                 .and_then(|c| auth.basic_creds.get(c))
                                 .map(|c| c.hash.clone());
-                            let verdict = verifier::verify(hash, password).await;
+                            let verdict = verifier::verify(hash, rt.dummy_cost, password).await;
                             let st = &mut self.s.chain;
                             steps::basic_verified(
                                 rt,
@@ -207,13 +210,31 @@ impl<S: ClientIo> Conn<S> {
                     let close = p.client_close || !self.body_done || shard.draining.get();
                     let buf = &self.buf;
                     let head = &self.s.head;
+                    // The auth service judges what the upstream will get: the normalized path
+                    // (never the raw target, or `/public/../admin` would be judged as /public),
+                    // and the query without a key key-auth hid.
+                    st.fwd_uri.clear();
+                    st.fwd_uri.extend_from_slice(&self.s.path);
+                    if let Some(q) = head.query.map(|q| q.get(buf)) {
+                        match st.edits.query_cut {
+                            Some(cut) if q.len() <= cut.1 - cut.0 => {}
+                            Some(cut) => {
+                                st.fwd_uri.push(b'?');
+                                steps::push_query_without(&mut st.fwd_uri, q, cut);
+                            }
+                            None => {
+                                st.fwd_uri.push(b'?');
+                                st.fwd_uri.extend_from_slice(q);
+                            }
+                        }
+                    }
                     let headers = forward::SpanHeaders {
                         headers: &head.headers,
                         buf,
                     };
                     let areq = forward::AuthRequest {
                         method: head.method.get(buf),
-                        uri: head.target.get(buf),
+                        uri: &st.fwd_uri,
                         host: head
                             .effective_host()
                             .map(|h| h.get(buf))
@@ -238,10 +259,12 @@ impl<S: ClientIo> Conn<S> {
                     )
                     .await;
                     let st = &mut self.s.chain;
+                    // Whatever the verdict (fail_open lets requests through without one), client
+                    // copies of the headers the auth service vouches for never reach the upstream.
+                    st.edits.skip_names = Some(rt.copied.clone());
                     match verdict {
                         forward::Verdict::Allow => {
                             st.edits.add.extend_from_slice(&copied);
-                            st.edits.skip_names = Some(rt.copied.clone());
                             st.fwd_headers = copied;
                             Flow::Continue
                         }

@@ -154,7 +154,11 @@ pub fn write_request_head(
         let name = h.name.get(buf);
         match classify(name) {
             Class::Plain => {
+                // Names with '_' are dropped (nginx's `underscores_in_headers off`): CGI-style
+                // backends read `X_Consumer_ID` as X-Consumer-ID, which would smuggle identity
+                // headers past the gateway.
                 if (head.conn_tokens.is_empty() || !is_listed(name, &head.conn_tokens, buf))
+                    && memchr::memchr(b'_', name).is_none()
                     && !(edited && edits.skips(i, name))
                 {
                     push_header(out, name, h.value.get(buf));

@@ -117,22 +117,25 @@ impl PathIndex {
         self.any.sort_unstable_by(by_rank);
     }
 
-    /// Passes every bucket that may hold a match for `path` to `visit`.
-    pub fn buckets<'a>(&'a self, path: &[u8], mut visit: impl FnMut(&'a [Entry])) {
+    /// Passes every bucket that may hold a match for `path` to `visit`, with how many bytes of
+    /// `path` lead to that bucket's node (what a prefix route's `strip_path` removes; it differs
+    /// from the configured prefix's length when a segment matched without its `;parameters`).
+    pub fn buckets<'a>(&'a self, path: &[u8], mut visit: impl FnMut(&'a [Entry], usize)) {
         if path.starts_with(b"/") {
             self.walk(path, &mut visit);
         }
-        visit(&self.regex);
-        visit(&self.any);
+        visit(&self.regex, 0);
+        visit(&self.any, 0);
     }
 
     /// Visits the prefix bucket of every node along `path`, and the exact bucket of the node where
     /// `path` ends (if the walk gets there).
-    fn walk<'a>(&'a self, path: &[u8], visit: &mut impl FnMut(&'a [Entry])) {
+    fn walk<'a>(&'a self, path: &[u8], visit: &mut impl FnMut(&'a [Entry], usize)) {
         let Some(mut node) = self.trie.first() else {
             return;
         };
-        visit(&node.prefix);
+        visit(&node.prefix, 0);
+        let mut consumed = 0;
         for seg in segments(path) {
             // `/admin;jsessionid=x` is `/admin` to servlet containers and other backends that
             // strip path parameters, so it must not slip past the `/admin` route's plugins: when
@@ -147,9 +150,10 @@ impl PathIndex {
                 Some(next) => node = next,
                 None => return,
             }
-            visit(&node.prefix);
+            consumed += 1 + seg.len();
+            visit(&node.prefix, consumed);
         }
-        visit(&node.exact);
+        visit(&node.exact, path.len());
     }
 }
 

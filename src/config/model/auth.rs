@@ -25,7 +25,7 @@ pub struct Credentials {
     pub jwt: Vec<JwtCredentialDef>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KeyCredentialDef {
     pub consumer: usize,
     pub key: String,
@@ -33,7 +33,7 @@ pub struct KeyCredentialDef {
     pub id: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BasicCredentialDef {
     pub consumer: usize,
     pub username: String,
@@ -103,7 +103,7 @@ impl JwtAlg {
 }
 
 /// Key material as configured (files already read).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum JwtMaterial {
     /// HMAC secret (base64-decoded later when the plugin says `secret_is_base64`).
     Secret(String),
@@ -188,4 +188,36 @@ pub struct ForwardAuthConf {
     pub fail_open: bool,
     pub unavailable_status: u16,
     pub timeout_status: u16,
+}
+
+// Secrets never appear in `Debug` output (configs are debug-printed in tests and could be logged).
+
+impl std::fmt::Debug for KeyCredentialDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCredentialDef")
+            .field("consumer", &self.consumer)
+            .field("key", &"<redacted>")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BasicCredentialDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicCredentialDef")
+            .field("consumer", &self.consumer)
+            .field("username", &self.username)
+            .field("hash", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for JwtMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtMaterial::Secret(_) => f.write_str("Secret(<redacted>)"),
+            JwtMaterial::Pem(p) => write!(f, "Pem({} bytes)", p.len()),
+            JwtMaterial::Jwks(j) => write!(f, "Jwks({} bytes)", j.len()),
+        }
+    }
 }

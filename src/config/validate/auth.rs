@@ -23,7 +23,8 @@ use crate::config::raw::Int;
 
 pub const DEFAULT_REALM: &str = "ringgate";
 const DEFAULT_CACHE: i64 = 10_000;
-const MAX_CACHE: i64 = 10_000_000;
+/// Caches are allocated when a config generation is installed; keep them a sane size.
+const MAX_CACHE: i64 = 1_000_000;
 const DEFAULT_MAX_TOKEN: i64 = 8192;
 
 /// What auth plugin configs may reference, and where htpasswd users become consumers.
@@ -217,6 +218,10 @@ pub fn basic_auth(
                     // The user is the consumer of the same username, or a consumer of its own.
                     let consumer = match ctx.names.get(user) {
                         Some(&i) => i,
+                        None if ctx.consumers.iter().flatten().any(|c| c.id == user) => {
+                            push(problems, cp.key("htpasswd_file"), format!("{}:{}: user {user:?} would be a consumer whose id clashes with another consumer's id", path.display(), n + 1));
+                            continue;
+                        }
                         None => {
                             let i = ctx.consumers.len();
                             ctx.consumers.push(Some(ConsumerDef {

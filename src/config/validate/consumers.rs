@@ -69,12 +69,16 @@ pub fn compile(raw: &[Option<RawConsumer>], base: &Path, problems: &mut Vec<Prob
                 map.insert(value.to_owned(), i);
                 true
             };
-            ok &= unique(&mut names, "username", &c.username);
+            let name_ok = unique(&mut names, "username", &c.username);
+            ok &= name_ok;
+            // Ids must be unique too, the implicit ones (= username) included: the upstream tells
+            // consumers apart by X-Consumer-ID.
             let id = c.id.clone().unwrap_or_else(|| c.username.clone());
             if c.id.is_some() {
                 ok &= unique(&mut ids, "id", &id);
-            } else {
-                ids.entry(id.clone()).or_insert(i);
+            } else if name_ok {
+                // Reported at `username`: it is the id here (another consumer's explicit `id`).
+                ok &= unique(&mut ids, "username", &id);
             }
             if let Some(cid) = &c.custom_id {
                 ok &= unique(&mut custom_ids, "custom_id", cid);
