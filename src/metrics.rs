@@ -22,6 +22,7 @@
 //! Workers record by index; the aggregator maps indices to names once per layout.
 
 pub mod aggregate;
+pub mod consumers;
 pub mod hdr;
 pub mod hub;
 pub(crate) mod json;

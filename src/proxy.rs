@@ -294,6 +294,15 @@ impl<S: ClientIo> Conn<S> {
         self.t.end = Instant::now();
         // No status means the client went away before any answer (nginx logs these as 499).
         let status = if self.status == 0 { 499 } else { self.status };
+        if let Some(&slot) = self
+            .s
+            .chain
+            .id
+            .consumer
+            .and_then(|c| self.snap.consumer_slots.get(c))
+        {
+            shard.consumer_counts.record(slot, status);
+        }
         match self.route {
             Some(route) => {
                 shard

@@ -16,6 +16,7 @@ use crate::config::model::{Config, ListenKind};
 use crate::config::ConfigError;
 use crate::limit::board::LimitBoard;
 use crate::limit::{self, ReconcilerHandle};
+use crate::metrics::consumers::ConsumerBoard;
 use crate::metrics::hub::{Hub, MetricsHandle};
 use crate::plugins;
 use crate::router::Router;
@@ -56,7 +57,16 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let metrics = hub.handle();
     metrics.set_workers(workers);
     let mut limiter = ReconcilerHandle::new(workers);
-    let compiled = match compile(cfg, 1, workers, &metrics, &mut limiter) {
+    // Per-consumer label slots are capped once, at start (label cardinality never grows past it).
+    let consumer_cap = if cfg.metrics.per_consumer_labels {
+        cfg.metrics.max_consumer_labels
+    } else {
+        0
+    };
+    let consumer_board = Arc::new(ConsumerBoard::new(consumer_cap, workers));
+    let scrape_consumers = consumer_board.clone();
+    metrics.add_collector(move |out| out.extend(scrape_consumers.families()));
+    let compiled = match compile(cfg, 1, workers, &metrics, &mut limiter, &consumer_board) {
         Ok(c) => Arc::new(c),
         Err(errors) => {
             for e in &errors {
@@ -199,6 +209,7 @@ fn compile(
     workers: usize,
     metrics: &MetricsHandle,
     limiter: &mut ReconcilerHandle,
+    consumer_board: &Arc<ConsumerBoard>,
 ) -> Result<Compiled, Vec<ConfigError>> {
     let tls = TlsContext::build(&config)?;
     let router = Arc::new(Router::new(&config.routes));
@@ -209,6 +220,7 @@ fn compile(
     let links = limiter.install(instances);
     let limit_board = Arc::new(LimitBoard::new(ids, workers, limiter.shared_stats()));
     let layout = metrics.register_config(&config, generation);
+    let consumer_slots = Arc::new(consumer_board.register(&config));
     let compiled = Compiled {
         generation,
         config,
@@ -219,6 +231,8 @@ fn compile(
         auth,
         limiter_links: Mutex::new(links.into_iter().map(Some).collect()),
         limit_board,
+        consumer_slots,
+        consumer_board: consumer_board.clone(),
     };
     Ok(compiled)
 }
@@ -262,6 +276,7 @@ impl Reloader {
         };
         let generation = state.current.generation + 1;
         let workers = state.workers;
+        let consumer_board = state.current.consumer_board.clone();
         let compiled = match config::load(&self.path).and_then(|c| {
             compile(
                 Arc::new(c),
@@ -269,6 +284,7 @@ impl Reloader {
                 workers,
                 &self.metrics,
                 &mut state.limiter,
+                &consumer_board,
             )
         }) {
             Ok(c) => Arc::new(c),

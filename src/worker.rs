@@ -24,6 +24,7 @@ use crate::auth::AuthSet;
 use crate::config::model::{Config, ListenKind};
 use crate::limit::board::LimitBoard;
 use crate::limit::{LimiterSet, WorkerLink};
+use crate::metrics::consumers::{ConsumerBoard, ConsumerCounts};
 use crate::metrics::hub::MetricsSink;
 use crate::metrics::worker::WorkerMetrics;
 use crate::metrics::Layout;
@@ -60,6 +61,10 @@ pub struct Compiled {
     pub limiter_links: Mutex<Vec<Option<WorkerLink>>>,
     /// Where workers publish their rate-limit counters for `/metrics`.
     pub limit_board: Arc<LimitBoard>,
+    /// Per-consumer request counts (process lifetime) and this generation's consumer -> label slot
+    /// (empty when `per_consumer_labels` is off).
+    pub consumer_board: Arc<ConsumerBoard>,
+    pub consumer_slots: Arc<Vec<u32>>,
 }
 
 /// A worker's view of one config generation. Connections take an `Rc` of the current snapshot at the
@@ -83,6 +88,7 @@ pub struct Snapshot {
     /// `None` only if the generation carried no link for this worker.
     pub limiters: Option<Rc<LimiterSet>>,
     pub limit_board: Arc<LimitBoard>,
+    pub consumer_slots: Arc<Vec<u32>>,
     /// One balancer per upstream (index = upstream index).
     pub balancers: Vec<RefCell<Swrr>>,
     /// `slots[target_base[u] + t]` is the pool slot of target `t` of upstream `u`.
@@ -134,6 +140,7 @@ impl Snapshot {
             limiters: take_limiter(compiled, worker, prev.and_then(|p| p.limiters.as_deref()))
                 .map(Rc::new),
             limit_board: compiled.limit_board.clone(),
+            consumer_slots: compiled.consumer_slots.clone(),
             config,
             balancers,
             target_base,
@@ -173,6 +180,9 @@ pub struct Shard {
     current: RefCell<Rc<Snapshot>>,
     /// Plain per-worker counters and histograms, flushed to the metrics thread by the control loop.
     pub metrics: WorkerMetrics,
+    /// Per-consumer request counts (opt-in), published to `consumer_board` on flush ticks.
+    pub consumer_counts: ConsumerCounts,
+    consumer_board: Arc<ConsumerBoard>,
     pub pool: Pool,
     /// Set once SIGTERM/SIGINT arrived: finish in-flight requests, close idle connections.
     pub draining: Cell<bool>,
@@ -196,6 +206,8 @@ impl Shard {
             worker,
             current: RefCell::new(Rc::new(snapshot)),
             metrics: WorkerMetrics::new(worker, compiled.layout.clone(), sink),
+            consumer_counts: ConsumerCounts::new(compiled.consumer_board.slots()),
+            consumer_board: compiled.consumer_board.clone(),
             pool,
             draining: Cell::new(false),
             active: Cell::new(0),
@@ -450,6 +462,9 @@ async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Cance
             if let Some(limiters) = &snap.limiters {
                 snap.limit_board.publish(spec.index, limiters);
             }
+            shard
+                .consumer_board
+                .publish(spec.index, &shard.consumer_counts);
         }
         // Never blocks: a new generation is swapped in between two ticks.
         while let Ok(compiled) = spec.reloads.try_recv() {

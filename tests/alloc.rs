@@ -194,6 +194,8 @@ paths = ["/api"]
                 1,
                 limiter.shared_stats(),
             )),
+            consumer_board: Arc::new(ringgate::metrics::consumers::ConsumerBoard::new(0, 1)),
+            consumer_slots: Arc::new(Vec::new()),
             config: cfg,
         }),
         control: control.clone(),

@@ -34,9 +34,13 @@ fn hs256(header: &str, claims: &str, secret: &[u8]) -> String {
 }
 
 fn rs256(claims: &str) -> String {
+    rs256_with("rsa_a.pk8.der", claims)
+}
+
+fn rs256_with(private_key: &str, claims: &str) -> String {
     let header = r#"{"alg":"RS256","typ":"JWT"}"#;
     let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
-    let kp = ring::signature::RsaKeyPair::from_pkcs8(&fixture("rsa_a.pk8.der")).expect("rsa key");
+    let kp = ring::signature::RsaKeyPair::from_pkcs8(&fixture(private_key)).expect("rsa key");
     let mut sig = vec![0; kp.public().modulus_len()];
     kp.sign(
         &ring::signature::RSA_PKCS1_SHA256,
@@ -240,6 +244,26 @@ fn maximum_expiration_and_leeway() {
         200
     );
     assert_invalid(&get(&gw, "/api", &bearer(&hs_token("hs-issuer", -120))));
+}
+
+/// Key files are read at load and again on every reload: a rotated PEM takes effect on SIGHUP.
+#[test]
+fn key_files_are_reread_on_reload() {
+    let (up, gw, pem) = setup("");
+    let claims = format!(r#"{{"iss":"rs-issuer","exp":{}}}"#, now() + 300);
+    let old = rs256_with("rsa_a.pk8.der", &claims);
+    let new = rs256_with("rsa_b.pk8.der", &claims);
+    assert_eq!(get(&gw, "/api", &bearer(&old)).status, 200);
+    assert_invalid(&get(&gw, "/api", &bearer(&new)));
+    std::fs::write(pem.path_str(), fixture("rsa_b.pub.pem")).expect("rotate key");
+    gw.reload_to(2);
+    assert_eq!(get(&gw, "/api", &bearer(&new)).status, 200);
+    assert_eq!(
+        up.last_request().header("x-consumer-username"),
+        Some("rs-app")
+    );
+    // The old key is gone, cached verifications included (caches die with their generation).
+    assert_invalid(&get(&gw, "/api", &bearer(&old)));
 }
 
 /// The Kong user-service example from config/examples, against a real upstream.

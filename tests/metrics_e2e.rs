@@ -162,3 +162,72 @@ fn metrics_enabled_false_skips_per_request_recording() {
     );
     assert_eq!(admin(adm, "GET", "/health").status, 200);
 }
+
+#[test]
+fn per_consumer_counts_are_opt_in_and_capped() {
+    let up = Upstream::echo("up");
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 2
+
+[admin]
+listen = "127.0.0.1:0"
+
+[metrics]
+flush_interval = "100ms"
+per_consumer_labels = true
+max_consumer_labels = 1
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "api"
+service = "svc"
+paths = ["/api"]
+
+[[consumers]]
+username = "alice"
+keyauth_credentials = [{{ key = "alice-key-0123456789" }}]
+
+[[consumers]]
+username = "bob"
+keyauth_credentials = [{{ key = "bob-key-0123456789" }}]
+
+[[plugins]]
+name = "key-auth"
+"#,
+        url = up.url()
+    );
+    let gw = Gateway::start(&toml);
+    let adm = admin_addr(&gw);
+    let send = |key: &str| {
+        let mut c = Conn::connect(gw.addr());
+        c.request(format!("GET /api HTTP/1.1\r\nHost: {HOST}\r\napikey: {key}\r\n\r\n").as_bytes())
+    };
+    for _ in 0..3 {
+        assert_eq!(send("alice-key-0123456789").status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(send("bob-key-0123456789").status, 200);
+    }
+    assert_eq!(send("wrong").status, 401);
+    let m = wait_metrics(adm, "consumer=\"(other)\"");
+    assert!(
+        m.contains("ringgate_consumer_requests_total{consumer=\"alice\",code=\"200\"} 3"),
+        "{m}"
+    );
+    // The cap is 1: bob is counted as (other); the failed request identified nobody.
+    assert!(
+        m.contains("ringgate_consumer_requests_total{consumer=\"(other)\",code=\"200\"} 2"),
+        "{m}"
+    );
+    assert!(!m.contains("consumer=\"bob\""), "{m}");
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("ringgate_consumer_requests_total") && l.contains("\"401\"")),
+        "{m}"
+    );
+}
