@@ -1,5 +1,5 @@
 //! HTTP/1.1 wire handling: strict head parsing (`parse`), streaming chunked decoding (`chunked`),
-//! strict number parsing (`num`) and header classification (`headers`).
+//! strict number parsing (`num`), header classification (`headers`) and query strings (`query`).
 //!
 //! Everything here is allocation-free on the hot path: heads are parsed into caller-owned, reused
 //! structures that hold byte offsets (`Span`) into the caller's read buffer, never copies.
@@ -8,6 +8,7 @@ pub mod chunked;
 pub mod headers;
 pub mod num;
 pub mod parse;
+pub mod query;
 
 /// A byte range into the buffer a head was parsed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -485,20 +485,9 @@ impl<S: ClientIo> Conn<S> {
         };
         upstream_path(&svc.path, &self.s.path, p.strip_len, &mut self.s.target);
         if let Some(q) = self.s.head.query {
-            let q = q.get(&self.buf);
-            match self.s.chain.edits.query_cut {
-                // key-auth's hide_credentials took `apikey=…` out of the query.
-                Some(cut) => {
-                    if q.len() > cut.1 - cut.0 {
-                        self.s.target.push(b'?');
-                        crate::auth::steps::push_query_without(&mut self.s.target, q, cut);
-                    }
-                }
-                None => {
-                    self.s.target.push(b'?');
-                    self.s.target.extend_from_slice(q);
-                }
-            }
+            // key-auth's hide_credentials may have taken `apikey=…` out of the query.
+            let cut = self.s.chain.edits.query_cut;
+            crate::auth::steps::push_query(&mut self.s.target, q.get(&self.buf), cut);
         }
         let mut pinned: Option<usize> = None;
         loop {

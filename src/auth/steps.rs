@@ -20,6 +20,7 @@ use super::client_ip::listed;
 use super::set::{digest, AclRt, AuthSet, BasicAuthRt, CredRef, IpRt, KeyAuthRt};
 use crate::http::headers::eq_ignore_case;
 use crate::http::parse::RequestHead;
+use crate::http::query;
 use crate::plugins::Flow;
 
 /// Who the request is, as far as auth plugins have found.
@@ -105,7 +106,7 @@ pub struct Req<'a> {
     pub client_ip: IpAddr,
 }
 
-impl Req<'_> {
+impl<'a> Req<'a> {
     fn is_preflight(&self) -> bool {
         self.head.method.get(self.buf) == b"OPTIONS"
     }
@@ -439,22 +440,14 @@ pub fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Option<(usize, usize, &'
     query_params(query, name).next()
 }
 
-/// Every occurrence of parameter `name` in `query`, as `query_param` describes them.
+/// Every occurrence of parameter `name` (compared raw) in `query`, as `query_param` describes them.
 pub fn query_params<'q, 'n>(
     query: &'q [u8],
     name: &'n [u8],
 ) -> impl Iterator<Item = (usize, usize, &'q [u8])> + use<'q, 'n> {
-    let mut start = 0;
-    query.split(|&b| b == b'&').filter_map(move |part| {
-        let at = start;
-        let end = at + part.len();
-        start = end + 1;
-        let (n, v) = match memchr::memchr(b'=', part) {
-            Some(i) => (part.get(..i)?, part.get(i + 1..)?),
-            None => (part, &b""[..]),
-        };
-        (n == name).then_some((at, end, v))
-    })
+    query::params(query)
+        .filter(move |p| p.name == name)
+        .map(|p| (p.start, p.end, p.value))
 }
 
 /// Widens `start..end` to take one `&` with it, so `a=1&apikey=x&b=2` becomes `a=1&b=2`.
@@ -474,28 +467,25 @@ pub fn push_query_without(out: &mut Vec<u8>, query: &[u8], cut: (usize, usize)) 
     out.extend_from_slice(query.get(cut.1..).unwrap_or_default());
 }
 
+/// Appends `?query` to a request target, minus what key-auth's `hide_credentials` cut out; nothing
+/// when no query is left.
+pub fn push_query(out: &mut Vec<u8>, query: &[u8], cut: Option<(usize, usize)>) {
+    match cut {
+        Some(cut) if query.len() <= cut.1.saturating_sub(cut.0) => {}
+        Some(cut) => {
+            out.push(b'?');
+            push_query_without(out, query, cut);
+        }
+        None => {
+            out.push(b'?');
+            out.extend_from_slice(query);
+        }
+    }
+}
+
 /// Decodes `%XX` and `+` (form encoding) into `out`; malformed escapes are kept as they are.
 pub fn percent_decode(v: &[u8], out: &mut Vec<u8>) {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut i = 0;
-    while let Some(&b) = v.get(i) {
-        match b {
-            b'%' => match (
-                v.get(i + 1).and_then(|&h| hex(h)),
-                v.get(i + 2).and_then(|&l| hex(l)),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b),
-            },
-            b'+' => out.push(b' '),
-            _ => out.push(b),
-        }
-        i += 1;
-    }
+    out.extend(query::decode(v));
 }
 
 /// Appends the identity's upstream headers: the consumer block, `X-Credential-Identifier`, and
@@ -599,7 +589,7 @@ pub enum JwtAt<'r> {
 
 /// Where a JWT is. Order: headers (`authorization` expects `Bearer <token>`, other headers the bare token), then
 /// query parameters, then cookies, each in configured order; the first name present wins.
-pub fn find_jwt<'r>(def: &crate::config::model::JwtDef, req: &Req<'r>) -> JwtAt<'r> {
+pub fn find_jwt<'r>(def: &'r crate::config::model::JwtDef, req: &'r Req<'r>) -> JwtAt<'r> {
     // Every configured place is searched; two tokens in one request are ambiguous (a backend
     // decoding the other one would trust claims nobody verified).
     let mut first: Option<&'r [u8]> = None;
@@ -611,11 +601,7 @@ pub fn find_jwt<'r>(def: &crate::config::model::JwtDef, req: &Req<'r>) -> JwtAt<
         }
     };
     for name in &def.header_names {
-        for h in &req.head.headers {
-            if !eq_ignore_case(h.name.get(req.buf), name.as_bytes()) {
-                continue;
-            }
-            let v = h.value.get(req.buf);
+        for (_, v) in req.headers_named(name.as_bytes()) {
             // A present header that is not a bearer token (e.g. Basic) holds no token.
             note(if name == "authorization" {
                 strip_scheme(v, b"bearer")
@@ -631,11 +617,9 @@ pub fn find_jwt<'r>(def: &crate::config::model::JwtDef, req: &Req<'r>) -> JwtAt<
         }
     }
     for name in &def.cookie_names {
-        for h in &req.head.headers {
-            if eq_ignore_case(h.name.get(req.buf), b"cookie") {
-                for v in cookies(h.value.get(req.buf), name.as_bytes()) {
-                    note(Some(v));
-                }
+        for (_, header) in req.headers_named(b"cookie") {
+            for v in cookies(header, name.as_bytes()) {
+                note(Some(v));
             }
         }
     }

@@ -216,17 +216,7 @@ impl<S: ClientIo> Conn<S> {
                     st.fwd_uri.clear();
                     st.fwd_uri.extend_from_slice(&self.s.path);
                     if let Some(q) = head.query.map(|q| q.get(buf)) {
-                        match st.edits.query_cut {
-                            Some(cut) if q.len() <= cut.1 - cut.0 => {}
-                            Some(cut) => {
-                                st.fwd_uri.push(b'?');
-                                steps::push_query_without(&mut st.fwd_uri, q, cut);
-                            }
-                            None => {
-                                st.fwd_uri.push(b'?');
-                                st.fwd_uri.extend_from_slice(q);
-                            }
-                        }
+                        steps::push_query(&mut st.fwd_uri, q, st.edits.query_cut);
                     }
                     let headers = forward::SpanHeaders {
                         headers: &head.headers,

@@ -15,7 +15,7 @@
 //! Invariant: nothing here allocates at match time or panics on request data.
 
 use crate::config::model::{HeaderMatch, QueryMatch, RouteDef, ValueMatch};
-use crate::router::normalize::hex_val;
+use crate::http::query::{decode as decode_query, params};
 use crate::router::RequestView;
 use regex::Regex;
 
@@ -105,40 +105,7 @@ fn query_ok(query: &[u8], name: &[u8], want: &Value) -> bool {
 
 /// `a=1&b&c=` -> ("a","1"), ("b",""), ("c",""); empty pairs (`&&`) are skipped.
 fn query_pairs(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    query
-        .split(|&b| b == b'&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (
-                pair.get(..eq).unwrap_or_default(),
-                pair.get(eq + 1..).unwrap_or_default(),
-            ),
-            None => (pair, &b""[..]),
-        })
-}
-
-/// Form-decodes `raw` lazily: `+` is a space, `%XX` a byte, an invalid escape is literal.
-fn decode_query(raw: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        let b = *raw.get(i)?;
-        i += 1;
-        match b {
-            b'+' => Some(b' '),
-            b'%' => {
-                let hi = raw.get(i).copied().and_then(hex_val);
-                let lo = raw.get(i + 1).copied().and_then(hex_val);
-                match (hi, lo) {
-                    (Some(hi), Some(lo)) => {
-                        i += 2;
-                        Some(hi << 4 | lo)
-                    }
-                    _ => Some(b'%'),
-                }
-            }
-            _ => Some(b),
-        }
-    })
+    params(query).map(|p| (p.name, p.value))
 }
 
 fn decoded_eq(raw: &[u8], want: &[u8]) -> bool {

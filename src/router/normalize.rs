@@ -17,6 +17,7 @@
 //! - **Paths are case-sensitive**: `/ADMIN` does not match a route for `/admin`.
 //! - An invalid escape (`%`, `%4`, `%zz`) is an error; the caller answers 400.
 
+use crate::http::query::hex_val;
 use std::fmt;
 
 /// Why a path cannot be normalized (the caller answers 400 Bad Request).
@@ -133,16 +134,6 @@ fn decode_segment(segment: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeErro
 /// The upper-case hex digit of a nibble (masked, so always in bounds).
 fn hex_upper(nibble: u8) -> u8 {
     b"0123456789ABCDEF"[usize::from(nibble & 0xf)]
-}
-
-/// The value of one hex digit (either case).
-pub(crate) fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// RFC 3986 §2.3 unreserved characters: safe to decode without changing the path's meaning.

@@ -90,11 +90,10 @@ fn realm(raw: Option<&String>, p: &KeyPath, problems: &mut Vec<Problem>) -> Opti
 }
 
 fn header_names(list: &[String], p: &KeyPath, problems: &mut Vec<Problem>) -> Vec<String> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     list.iter()
         .enumerate()
         .filter_map(|(i, n)| {
-            if n.is_empty() || !n.bytes().all(tchar) {
+            if !super::plugins::is_token(n) {
                 push(
                     problems,
                     p.index(i),

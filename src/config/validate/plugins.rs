@@ -209,10 +209,15 @@ fn positive_int(problems: &mut Vec<Problem>, path: KeyPath, what: &str, v: Int) 
     in_range(problems, path, what, v.0, 1, 1_000_000_000_000).and_then(|n| u64::try_from(n).ok())
 }
 
+/// An RFC 9110 token (what a field name may be).
+pub(super) fn is_token(name: &str) -> bool {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !name.is_empty() && name.bytes().all(tchar)
+}
+
 /// An HTTP field name (RFC 9110 token), lower-cased.
 fn header_name(name: &str) -> Option<String> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    (!name.is_empty() && name.bytes().all(tchar)).then(|| name.to_ascii_lowercase())
+    is_token(name).then(|| name.to_ascii_lowercase())
 }
 
 fn rate_limiting(
