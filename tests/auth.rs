@@ -12,19 +12,23 @@ fn bcrypt_hash(password: &str) -> String {
     bcrypt::hash(password, 4).expect("bcrypt hash")
 }
 
+/// A one-worker gateway in front of `up` (service `svc`): `server_extra` goes inside `[server]`,
+/// `rest` (routes, consumers, plugins) after the service.
+fn start(up: &Upstream, server_extra: &str, rest: &str) -> Gateway {
+    Gateway::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n{server_extra}\n\n[[services]]\nname = \"svc\"\nurl = \"{url}\"\n\n{rest}",
+        url = up.url()
+    ))
+}
+
 /// One echo upstream; `/admin` and `/public` routes plus a catch-all; `extra` appended.
 fn setup(extra: &str) -> (Upstream, Gateway) {
     let up = Upstream::echo("up");
-    let toml = format!(
-        r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-
-[[services]]
-name = "svc"
-url = "{url}"
-
-[[routes]]
+    let gw = start(
+        &up,
+        "",
+        &format!(
+            r#"[[routes]]
 name = "admin"
 service = "svc"
 paths = ["/admin"]
@@ -49,10 +53,9 @@ keyauth_credentials = [{{ key = "bob-key-0123456789" }}]
 username = "guest"
 
 {extra}
-"#,
-        url = up.url()
+"#
+        ),
     );
-    let gw = Gateway::start(&toml);
     (up, gw)
 }
 
@@ -382,28 +385,19 @@ config = { allow = ["10.0.0.0/8", "2001:db8::/32"], message = "go away", status 
 #[test]
 fn client_ip_through_trusted_proxy() {
     let up = Upstream::echo("up");
-    let toml = format!(
-        r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-trusted_proxies = ["127.0.0.1", "192.168.0.0/16"]
-
-[[services]]
-name = "svc"
-url = "{url}"
-
-[[routes]]
+    let gw = start(
+        &up,
+        r#"trusted_proxies = ["127.0.0.1", "192.168.0.0/16"]"#,
+        r#"[[routes]]
 name = "all"
 service = "svc"
 paths = ["/"]
 
 [[plugins]]
 name = "ip-restriction"
-config = {{ allow = ["203.0.113.0/24"] }}
+config = { allow = ["203.0.113.0/24"] }
 "#,
-        url = up.url()
     );
-    let gw = Gateway::start(&toml);
     req(&gw, "/", "").assert_json_error(403);
     // The peer (127.0.0.1) is trusted; the rightmost untrusted entry is the client.
     assert_eq!(
@@ -433,16 +427,10 @@ config = {{ allow = ["203.0.113.0/24"] }}
 #[test]
 fn no_bypass_through_path_tricks_host_case_or_preflight() {
     let up = Upstream::echo("up");
-    let toml = format!(
-        r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-
-[[services]]
-name = "svc"
-url = "{url}"
-
-[[routes]]
+    let gw = start(
+        &up,
+        r#""#,
+        r#"[[routes]]
 name = "admin"
 service = "svc"
 paths = ["/admin"]
@@ -461,7 +449,7 @@ paths = ["/"]
 
 [[consumers]]
 username = "alice"
-keyauth_credentials = [{{ key = "alice-key-0123456789" }}]
+keyauth_credentials = [{ key = "alice-key-0123456789" }]
 
 [[plugins]]
 name = "key-auth"
@@ -471,9 +459,7 @@ route = "admin"
 name = "key-auth"
 route = "admin-host"
 "#,
-        url = up.url()
     );
-    let gw = Gateway::start(&toml);
     for path in [
         "/admin",
         "/admin/",
@@ -641,7 +627,7 @@ impl AuthService {
                     for _ in 0..100 {
                         let mut chunk = [0u8; 4096];
                         let end = loop {
-                            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                            if let Some(i) = common::client::find(&buf, b"\r\n\r\n") {
                                 break Some(i + 4);
                             }
                             match s.read(&mut chunk) {
@@ -683,10 +669,6 @@ impl Drop for AuthService {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn forward_auth_setup(address: &str, extra_config: &str) -> (Upstream, Gateway) {
@@ -775,16 +757,10 @@ fn forward_auth_down_fails_closed_or_open() {
 #[test]
 fn path_parameters_cannot_dodge_a_route_or_shift_strip_path() {
     let up = Upstream::echo("up");
-    let toml = format!(
-        r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-
-[[services]]
-name = "svc"
-url = "{url}"
-
-[[routes]]
+    let gw = start(
+        &up,
+        r#""#,
+        r#"[[routes]]
 name = "admin"
 service = "svc"
 paths = ["/api/admin"]
@@ -796,15 +772,13 @@ paths = ["/"]
 
 [[consumers]]
 username = "alice"
-keyauth_credentials = [{{ key = "alice-key-0123456789" }}]
+keyauth_credentials = [{ key = "alice-key-0123456789" }]
 
 [[plugins]]
 name = "key-auth"
 route = "admin"
 "#,
-        url = up.url()
     );
-    let gw = Gateway::start(&toml);
     req(&gw, "/api;v=1/admin/x", "").assert_json_error(401);
     req(&gw, "/api/admin;jsessionid=1/x", "").assert_json_error(401);
     // strip_path removes exactly the request bytes that matched, parameters included.
