@@ -786,3 +786,27 @@ route = "admin"
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(up.last_request().target, "/x");
 }
+
+#[test]
+fn forward_auth_refusal_falls_back_to_anonymous() {
+    let auth = AuthService::start();
+    let (up, gw) = forward_auth_setup(
+        &format!("http://{}/verify", auth.addr),
+        ", anonymous = \"guest\"",
+    );
+    assert_eq!(
+        req(&gw, "/admin", "Authorization: Bearer bad\r\n").status,
+        200
+    );
+    let seen = up.last_request();
+    assert_eq!(seen.header("x-consumer-username"), Some("guest"));
+    assert_eq!(seen.header("x-anonymous-consumer"), Some("true"));
+    // An approval passes with the approved header and no anonymous consumer.
+    assert_eq!(
+        req(&gw, "/admin", "Authorization: Bearer good\r\n").status,
+        200
+    );
+    let seen = up.last_request();
+    assert_eq!(seen.header("x-user-id"), Some("u-42"));
+    assert!(!seen.has_header("x-anonymous-consumer"));
+}

@@ -35,7 +35,7 @@ pub struct Identity {
 
 impl Identity {
     /// An auth plugin with `anonymous` set skips when a real consumer is already identified.
-    fn authenticated(&self) -> bool {
+    pub fn authenticated(&self) -> bool {
         self.consumer.is_some() && !self.anonymous
     }
 
@@ -48,7 +48,7 @@ impl Identity {
     }
 
     /// Falls back to `anonymous`, unless some consumer (real or anonymous) is already set.
-    fn set_anonymous(&mut self, consumer: usize) {
+    pub fn set_anonymous(&mut self, consumer: usize) {
         if self.consumer.is_none() {
             *self = Identity {
                 consumer: Some(consumer),

@@ -207,6 +207,10 @@ impl<S: ClientIo> Conn<S> {
                     else {
                         continue;
                     };
+                    // Like every auth plugin with `anonymous`: skipped once a real consumer is known.
+                    if rt.conf.anonymous.is_some() && st.id.authenticated() {
+                        continue;
+                    }
                     let close = p.client_close || !self.body_done || shard.draining.get();
                     let buf = &self.buf;
                     let head = &self.s.head;
@@ -256,6 +260,14 @@ impl<S: ClientIo> Conn<S> {
                         forward::Verdict::Allow => {
                             st.edits.add.extend_from_slice(&copied);
                             st.fwd_headers = copied;
+                            Flow::Continue
+                        }
+                        forward::Verdict::Deny { .. } if rt.conf.anonymous.is_some() => {
+                            // A refusal identifies the anonymous consumer instead of being relayed.
+                            st.fwd_headers = copied;
+                            if let Some(a) = rt.conf.anonymous {
+                                st.id.set_anonymous(a);
+                            }
                             Flow::Continue
                         }
                         forward::Verdict::Deny { status, close } => {

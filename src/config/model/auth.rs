@@ -188,6 +188,8 @@ pub struct ForwardAuthConf {
     pub fail_open: bool,
     pub unavailable_status: u16,
     pub timeout_status: u16,
+    /// A refusal (non-2xx) identifies this consumer instead of being relayed.
+    pub anonymous: Anonymous,
 }
 
 // Secrets never appear in `Debug` output (configs are debug-printed in tests and could be logged).

@@ -170,4 +170,6 @@ pub struct RawForwardAuth {
     pub unavailable_status: Option<Int>,
     /// Status when it does not answer within `timeout` (default 504).
     pub timeout_status: Option<Int>,
+    /// On a refusal, continue as this consumer instead of relaying the refusal.
+    pub anonymous: Option<String>,
 }

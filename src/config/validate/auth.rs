@@ -470,6 +470,7 @@ pub fn ip_restriction(
 pub fn forward_auth(
     raw: Option<&RawForwardAuth>,
     p: &KeyPath,
+    ctx: &Ctx<'_>,
     problems: &mut Vec<Problem>,
 ) -> Option<ForwardAuthConf> {
     let cp = p.key("config");
@@ -546,6 +547,7 @@ pub fn forward_auth(
     }
     Some(ForwardAuthConf {
         def,
+        anonymous: anonymous(ctx, c.anonymous.as_ref(), &cp, problems)?,
         fail_open: c.fail_open.unwrap_or(false),
         unavailable_status,
         timeout_status,

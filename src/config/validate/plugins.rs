@@ -79,7 +79,7 @@ pub fn compile(
                         .map(PluginConfig::IpRestriction)
                 }
                 RawPluginConfig::ForwardAuth(c) => {
-                    auth::forward_auth(c.as_ref(), &path, problems).map(PluginConfig::ForwardAuth)
+                    auth::forward_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::ForwardAuth)
                 }
             };
             Some(PluginDef {
