@@ -47,15 +47,31 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// How long a TLS close_notify may take to send before the socket is closed anyway.
 const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
-/// grows up to the header limit for large ones and shrinks back afterwards. Idle keep-alive
-/// connections hold this and their task, nothing else.
+/// grows up to the header limit for large ones and shrinks back afterwards.
 const CLIENT_BUF: usize = 1024;
+/// A plain-TCP connection with no request for this long parks: its buffer and request state are
+/// freed and it waits for readability with only a few hundred bytes of task (nginx frees its buffers
+/// on idle keep-alive connections the same way). Long enough that back-to-back keep-alive traffic
+/// never pays for it (waking a parked connection costs two allocations and a poll op).
+pub const PARK_AFTER: Duration = Duration::from_millis(500);
 /// Past this the client buffer is shrunk back after a request, so one big head doesn't pin memory.
 const CLIENT_BUF_KEEP: usize = 8 * 1024;
 
 /// A client-side stream: plain TCP or TLS over TCP.
-pub trait ClientIo: AsyncReadRent + AsyncWriteRent + Split + 'static {}
-impl<T: AsyncReadRent + AsyncWriteRent + Split + 'static> ClientIo for T {}
+pub trait ClientIo: AsyncReadRent + AsyncWriteRent + Split + 'static {
+    /// The socket itself when nothing sits between it and us, so an idle connection can park (wait
+    /// for readability without a buffer). Not TLS: rustls may hold decrypted bytes the socket
+    /// no longer shows.
+    fn plain(&mut self) -> Option<&mut TcpStream> {
+        None
+    }
+}
+
+impl ClientIo for TcpStream {
+    fn plain(&mut self) -> Option<&mut TcpStream> {
+        Some(self)
+    }
+}
 
 /// The listener a connection arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +117,8 @@ impl Scratch {
 /// What the connection loop does after a request.
 pub enum Next {
     KeepAlive,
+    /// Idle past `PARK_AFTER` with nothing read: park for this much longer before closing.
+    Park(Duration),
     Close,
     /// A 101 was relayed: the connection becomes a byte tunnel to this upstream connection.
     Upgrade(UpstreamConn),
@@ -112,6 +130,15 @@ enum Exchange {
     /// Failed on a reused pooled connection before any response byte and before anything reached
     /// the client: may be retried on a fresh connection if the request is replayable.
     RetryFresh,
+}
+
+/// How waiting for a request head ended (errors aside).
+enum HeadRead {
+    Complete,
+    /// The client went away, idled out, or the worker is draining: nothing to answer.
+    Closed,
+    /// Nothing arrived within `PARK_AFTER`: park for this much longer.
+    Park(Duration),
 }
 
 /// Facts about the current request that outlive its head (the client buffer is reused for the body).
@@ -153,6 +180,8 @@ struct Conn<S> {
     ubuf: Vec<u8>,
     /// Whether the current request's body has been fully read from the client.
     body_done: bool,
+    /// Cancels the idle read when the connection parks; made on the first idle wait.
+    canceller: Option<monoio::io::Canceller>,
     /// Metrics of the current request: phase instants, answer status, client-side bytes, route.
     t: Timings,
     /// `[metrics] enabled` for the current request: when false, no clock reads for `t` and nothing
@@ -164,43 +193,114 @@ struct Conn<S> {
     route: Option<usize>,
 }
 
-/// Keeps `Shard::active` and the idle registry accurate however the connection task ends.
-struct ActiveGuard(Rc<Shard>, usize);
+/// A connection's place in its shard. Dropping it keeps `Shard::active` and the idle registry
+/// accurate however the connection task ends.
+struct ConnGuard {
+    shard: Rc<Shard>,
+    at: At,
+}
 
-impl Drop for ActiveGuard {
+impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get().saturating_sub(1));
-        self.0.metrics.conn_closed();
-        self.0.idle.release(self.1);
+        let shard = &self.shard;
+        shard.active.set(shard.active.get().saturating_sub(1));
+        shard.metrics.conn_closed();
+        shard.idle.release(self.at.slot);
     }
 }
 
-/// Serves one client connection until it closes.
-pub async fn serve<S: ClientIo>(
+/// Serves one client connection until it closes (registered with the shard at once, so draining
+/// counts it even before its task first runs).
+///
+/// Memory: while requests flow, the connection's working state (`Conn` and the request future, a
+/// few KiB) lives in one boxed future per active period. When a plain connection has idled for
+/// `PARK_AFTER` that future ends and frees everything; the task then holds only the socket and a
+/// readiness wait (~300 bytes: keep `run`'s locals few), and starts a new active period when the
+/// client sends again.
+pub fn serve<S: ClientIo>(
     client: S,
     fd: RawFd,
     peer: SocketAddr,
     listener: Listener,
     shard: Rc<Shard>,
-) {
+) -> impl std::future::Future<Output = ()> {
     shard.active.set(shard.active.get() + 1);
     shard.metrics.conn_opened();
     let slot = shard.idle.register();
-    let _guard = ActiveGuard(shard.clone(), slot);
-    let mut conn = Conn {
-        client,
+    let at = At {
         fd,
         slot,
         peer,
         listener,
+    };
+    run(client, ConnGuard { shard, at })
+}
+
+async fn run<S: ClientIo>(mut client: S, guard: ConnGuard) {
+    let (shard, at) = (&guard.shard, guard.at);
+    let mut served = 0;
+    loop {
+        let left = match Box::pin(active(client, at, served, shard)).await {
+            Ended::Closed => return,
+            Ended::Parked {
+                client: back,
+                served: n,
+                left,
+            } => {
+                client = back;
+                served = n;
+                left
+            }
+        };
+        let Some(tcp) = client.plain() else { return };
+        // No timer of our own (monoio's is 640 bytes): the worker's idle sweep half-closes this
+        // socket once its deadline passes, and draining does the same; either wakes the wait with EOF.
+        shard.idle.park(at.slot, at.fd, Instant::now() + left);
+        let woke = tcp.readable(false).await;
+        let expired = shard.idle.unpark(at.slot);
+        if woke.is_err() || expired || shard.draining.get() {
+            return;
+        }
+    }
+}
+
+/// Where a connection is: what its active periods need besides the socket.
+#[derive(Clone, Copy)]
+struct At {
+    fd: RawFd,
+    slot: usize,
+    peer: SocketAddr,
+    listener: Listener,
+}
+
+/// How an active period ended.
+enum Ended<S> {
+    Closed,
+    /// Idle: the socket comes back to `serve` to wait for readability for `left` more.
+    Parked {
+        client: S,
+        served: u64,
+        left: Duration,
+    },
+}
+
+/// One active period: requests until the connection closes or parks.
+async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) -> Ended<S> {
+    let mut conn = Conn {
+        client,
+        fd: at.fd,
+        slot: at.slot,
+        peer: at.peer,
+        listener: at.listener,
         snap: shard.snapshot(),
         buf: Vec::with_capacity(CLIENT_BUF),
         pos: 0,
         spare: Vec::new(),
-        served: 0,
+        served,
         s: Scratch::default(),
         ubuf: Vec::new(),
         body_done: true,
+        canceller: None,
         t: Timings::new(Instant::now()),
         metrics_on: true,
         status: 0,
@@ -209,23 +309,30 @@ pub async fn serve<S: ClientIo>(
         route: None,
     };
     loop {
-        let next = conn.request(&shard).await;
+        let next = conn.request(shard).await;
         shard.give_buf(std::mem::take(&mut conn.ubuf));
         shard.give_scratch(std::mem::take(&mut conn.s));
         match next {
-            Next::KeepAlive => conn.recycle(&shard),
+            Next::KeepAlive => conn.recycle(shard),
+            Next::Park(left) => {
+                return Ended::Parked {
+                    client: conn.client,
+                    served: conn.served,
+                    left,
+                }
+            }
             Next::Close => {
                 if conn.listener.tls {
                     // TLS: say close_notify, so clients can tell a clean end from a truncation.
                     let _ = monoio::time::timeout(CLOSE_NOTIFY_TIME, conn.client.shutdown()).await;
                 }
-                break;
+                return Ended::Closed;
             }
             Next::Upgrade(upstream) => {
                 let idle = conn.snap.config.server.timeouts.upstream_read;
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
                 tunnel::run(conn.client, upstream, pending, idle).await;
-                return;
+                return Ended::Closed;
             }
         }
     }
@@ -264,8 +371,9 @@ impl<S: ClientIo> Conn<S> {
     async fn request(&mut self, shard: &Shard) -> Next {
         self.bytes_out = 0;
         match self.read_head(shard).await {
-            Ok(true) => {}
-            Ok(false) => return Next::Close,
+            Ok(HeadRead::Complete) => {}
+            Ok(HeadRead::Closed) => return Next::Close,
+            Ok(HeadRead::Park(left)) => return Next::Park(left),
             Err(e) => {
                 self.reply_error(e, true).await;
                 if self.snap.config.metrics.enabled {
@@ -336,9 +444,9 @@ impl<S: ClientIo> Conn<S> {
         }
     }
 
-    /// Reads until a complete request head is parsed. `Ok(false)`: the client went away (or idled
+    /// Reads until a complete request head is parsed. `Closed`: the client went away (or idled
     /// out, or the worker is draining) between requests; nothing to answer.
-    async fn read_head(&mut self, shard: &Shard) -> Result<bool, GatewayError> {
+    async fn read_head(&mut self, shard: &Shard) -> Result<HeadRead, GatewayError> {
         let snap = shard.snapshot();
         let server = &snap.config.server;
         let limits = Limits {
@@ -353,7 +461,7 @@ impl<S: ClientIo> Conn<S> {
                     self.s = shard.take_scratch();
                 }
                 match parse::parse_request(&self.buf, &limits, &mut self.s.head) {
-                    Ok(Parsed::Complete) => return Ok(true),
+                    Ok(Parsed::Complete) => return Ok(HeadRead::Complete),
                     Ok(Parsed::Partial) => {}
                     Err(e) => return Err(request_parse_error(e)),
                 }
@@ -379,7 +487,7 @@ impl<S: ClientIo> Conn<S> {
                 }
                 None => {
                     if shard.draining.get() {
-                        return Ok(false);
+                        return Ok(HeadRead::Closed);
                     }
                     let wait = if self.served == 0 {
                         server.timeouts.client_header
@@ -387,18 +495,29 @@ impl<S: ClientIo> Conn<S> {
                         server.timeouts.keepalive
                     };
                     shard.idle.set_idle(self.slot, self.fd);
-                    let r = io::fill(&mut self.client, &mut self.buf, wait).await;
+                    let r = match self.client.plain() {
+                        Some(tcp) if wait > PARK_AFTER => {
+                            let c = self.canceller.get_or_insert_with(Default::default);
+                            io::fill_or_idle(tcp, &mut self.buf, PARK_AFTER, c).await
+                        }
+                        _ => io::fill(&mut self.client, &mut self.buf, wait).await,
+                    };
                     shard.idle.set_busy(self.slot);
+                    if matches!(&r, Err(e) if io::is_idle(e)) {
+                        // A cancelled canceller cancels every later read: start afresh next time.
+                        self.canceller = None;
+                        return Ok(HeadRead::Park(wait - PARK_AFTER));
+                    }
                     r
                 }
             };
             match read {
-                Ok(0) => return Ok(false),
+                Ok(0) => return Ok(HeadRead::Closed),
                 Ok(_) => {}
                 Err(e) if io::is_timeout(&e) && deadline.is_some() => {
                     return Err(GatewayError::RequestTimeout)
                 }
-                Err(_) => return Ok(false),
+                Err(_) => return Ok(HeadRead::Closed),
             }
         }
     }

@@ -164,6 +164,23 @@ fn sigint_on_an_idle_gateway_exits_0_promptly() {
 }
 
 #[test]
+fn sigint_with_a_parked_idle_connection_exits_0_promptly() {
+    // Idle past 500 ms, a connection parks (waits for readability without a buffer); draining must
+    // still wake and close it.
+    let up = Upstream::echo("a");
+    let mut gw = gateway_for(&up);
+    let mut idle = Conn::connect(gw.addr());
+    assert_eq!(idle.get(HOST, "/").status, 200);
+    std::thread::sleep(Duration::from_millis(900));
+    gw.sigint();
+    let st = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("no exit within 5 s");
+    assert_eq!(st.code(), Some(0));
+    assert!(idle.probe_closed(Duration::from_secs(1)));
+}
+
+#[test]
 fn drain_timeout_bounds_shutdown() {
     let up = Upstream::start(Behaviour::Hang);
     let mut gw = Gateway::start(&config_with(&up, "drain_timeout = \"1s\""));

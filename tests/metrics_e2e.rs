@@ -214,16 +214,20 @@ name = "key-auth"
         assert_eq!(send("bob-key-0123456789").status, 200);
     }
     assert_eq!(send("wrong").status, 401);
-    let m = wait_metrics(adm, "consumer=\"(other)\"");
-    assert!(
-        m.contains("ringgate_consumer_requests_total{consumer=\"alice\",code=\"200\"} 3"),
-        "{m}"
-    );
+    // Two workers publish on their own flush ticks: wait for both totals, not just the first line.
+    let alice = "ringgate_consumer_requests_total{consumer=\"alice\",code=\"200\"} 3";
+    let other = "ringgate_consumer_requests_total{consumer=\"(other)\",code=\"200\"} 2";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = wait_metrics(adm, other);
+        if m.contains(alice) || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(m.contains(alice), "{m}");
     // The cap is 1: bob is counted as (other); the failed request identified nobody.
-    assert!(
-        m.contains("ringgate_consumer_requests_total{consumer=\"(other)\",code=\"200\"} 2"),
-        "{m}"
-    );
+    assert!(m.contains(other), "{m}");
     assert!(!m.contains("consumer=\"bob\""), "{m}");
     assert!(
         !m.lines()

@@ -48,6 +48,39 @@ fn http10_client_without_keep_alive_is_closed_after_the_response() {
 }
 
 #[test]
+fn a_parked_idle_connection_wakes_for_its_next_requests() {
+    // Idle past the gateway's park threshold (500 ms), the connection drops its buffers and waits
+    // for readability; what the client sends next (here a pipelined pair with a body) is served in
+    // order on the same connection, and parking again works just as well.
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/first").status, 200);
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_millis(800));
+        c.send(
+            format!(
+                "POST /r{round}/a HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi\
+                 GET /r{round}/b HTTP/1.1\r\nHost: test.local\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        for path in ["a", "b"] {
+            let r = c.read_response().expect("response after parking");
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                r.header("x-echo-path"),
+                Some(format!("/r{round}/{path}").as_str())
+            );
+        }
+    }
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 5);
+    assert_eq!(reqs[1].body, b"hi");
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let up = Upstream::echo("a");
     let gw = gateway_for(&up);

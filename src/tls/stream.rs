@@ -42,6 +42,9 @@ fn cancelled() -> io::Error {
 // SAFETY: reads and writes use separate flags and delegate to `S`, which is itself `Split`.
 unsafe impl<S: Split> Split for CancelSafe<S> {}
 
+/// A TLS client never parks: rustls may hold decrypted bytes the socket no longer shows.
+impl<S: AsyncReadRent + AsyncWriteRent + Split + 'static> crate::proxy::ClientIo for CancelSafe<S> {}
+
 impl<S: AsyncReadRent> AsyncReadRent for CancelSafe<S> {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         if self.reading {
