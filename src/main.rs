@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Transparent huge pages off before anything allocates: `.init_array.00100` runs ahead of mimalloc's
+/// constructor (priority 101) and of the Rust runtime's first allocations (see the function).
+#[used]
+#[link_section = ".init_array.00100"]
+static THP_OFF: extern "C" fn() = ringgate::server::disable_transparent_huge_pages;
+
 #[derive(Parser)]
 #[command(
     name = "ringgate",

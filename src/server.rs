@@ -376,6 +376,31 @@ fn wait_for_termination(mut signals: signal_hook::iterator::Signals, reloader: &
     }
 }
 
+/// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), unless
+/// `MIMALLOC_ALLOW_THP` is set (then mimalloc's own setting applies).
+///
+/// Why: mimalloc reserves its arena with `MADV_HUGEPAGE`, so with the common `madvise` THP setting
+/// (and with `always`) every 2 MiB of arena the process touches becomes a whole resident huge page.
+/// The heap is a few MiB of scattered objects, so ~1.7 MiB of live heap showed as 14 MiB of RSS after
+/// a few hundred requests. Measured (one worker, loadtest config): after 300 requests RSS 20.4 -> 7.8
+/// MiB; peak over a loadtest run 30.5 -> 18.7 MiB. The heap is small enough for 4 KiB pages' TLB reach
+/// (no measurable CPU change per request).
+///
+/// The binary calls this from `.init_array`, before mimalloc's constructor and the Rust runtime:
+/// huge pages faulted earlier stay huge, and by `main` the first allocations have faulted 4 MiB.
+/// So it runs before `main`: libc calls only, no allocation.
+pub extern "C" fn disable_transparent_huge_pages() {
+    // SAFETY: getenv reads the environment libc set up before constructors run (nothing writes it
+    // concurrently this early); PR_SET_THP_DISABLE only sets a flag on this process's mm (and is
+    // inherited by children, of which the gateway has none). Its result needs no handling: where it
+    // fails there are no huge pages to turn off.
+    unsafe {
+        if libc::getenv(c"MIMALLOC_ALLOW_THP".as_ptr()).is_null() {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
+}
+
 /// Many client and upstream sockets per worker: lift the soft descriptor limit to the hard one.
 fn raise_nofile_limit() {
     // SAFETY: plain struct filled by getrlimit, passed back to setrlimit.

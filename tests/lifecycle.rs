@@ -1,6 +1,7 @@
 //! Process lifecycle and CLI: startup log lines, `--workers`, several listeners, SIGTERM/SIGINT
 //! draining (in-flight requests finish, new connections are not served, exit code 0, bounded by
-//! `drain_timeout`), `check` on good and bad configs, `--version`, `--help`.
+//! `drain_timeout`), `check` on good and bad configs, `--version`, `--help`; transparent huge pages off
+//! for the process unless `MIMALLOC_ALLOW_THP` asks for them.
 
 mod common;
 
@@ -36,6 +37,33 @@ fn startup_logs_listening_and_ready_lines() {
     let ri = logs.iter().position(|x| is_event(x, "ready")).unwrap();
     assert!(li < ri);
     assert_eq!(get(gw.addr(), HOST, "/").status, 200);
+}
+
+/// `THP_enabled` of a process (`/proc/PID/status`), `None` on kernels that don't report it.
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+}
+
+/// mimalloc's arena is `MADV_HUGEPAGE`: with THP on, each touched 2 MiB of heap is resident whole.
+/// The gateway turns THP off before its first allocation; `MIMALLOC_ALLOW_THP` leaves it to mimalloc.
+#[test]
+fn transparent_huge_pages_are_off_unless_asked_for() {
+    let up = Upstream::echo("a");
+    let gw = gateway_for(&up);
+    let Some(off) = thp_enabled(gw.pid()) else {
+        return; // kernel before 5.0: no THP_enabled line to check
+    };
+    assert_eq!(off, "0", "THP_enabled of the gateway");
+    assert_eq!(get(gw.addr(), HOST, "/").status, 200);
+    let on =
+        Gateway::try_start_with_env(&config_with(&up, ""), &[], &[("MIMALLOC_ALLOW_THP", "1")])
+            .unwrap_or_else(|e| panic!("{e}"));
+    let mine = thp_enabled(std::process::id());
+    assert_eq!(thp_enabled(on.pid()), mine, "left as inherited");
 }
 
 /// Where io_uring is refused the gateway runs on monoio's epoll driver, says so in one line, and
