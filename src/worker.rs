@@ -195,6 +195,10 @@ pub struct Shard {
     bufs: RefCell<Vec<Vec<u8>>>,
     /// Per-request working memory, lent the same way.
     scratch: RefCell<Vec<Scratch>>,
+    /// Fewest buffers / scratches the pools held since the last `trim_pools`: that many sat unused
+    /// the whole time.
+    bufs_low: Cell<usize>,
+    scratch_low: Cell<usize>,
 }
 
 impl Shard {
@@ -214,6 +218,8 @@ impl Shard {
             idle: IdleRegistry::default(),
             bufs: RefCell::new(Vec::new()),
             scratch: RefCell::new(Vec::new()),
+            bufs_low: Cell::new(0),
+            scratch_low: Cell::new(0),
         }
     }
 
@@ -248,7 +254,10 @@ impl Shard {
     /// An empty buffer with at least `min_capacity` (pooled when possible).
     pub fn take_buf(&self, min_capacity: usize) -> Vec<u8> {
         let want = min_capacity.max(UPSTREAM_BUF);
-        let mut buf = self.bufs.borrow_mut().pop().unwrap_or_default();
+        let mut bufs = self.bufs.borrow_mut();
+        let mut buf = bufs.pop().unwrap_or_default();
+        self.bufs_low.set(self.bufs_low.get().min(bufs.len()));
+        drop(bufs);
         if buf.capacity() < want {
             buf.reserve_exact(want);
         }
@@ -257,16 +266,30 @@ impl Shard {
 
     /// Request working memory (pooled; a fresh one starts with room for typical requests).
     pub fn take_scratch(&self) -> Scratch {
-        self.scratch
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(Scratch::with_capacity)
+        let mut pool = self.scratch.borrow_mut();
+        let scratch = pool.pop();
+        self.scratch_low.set(self.scratch_low.get().min(pool.len()));
+        drop(pool);
+        scratch.unwrap_or_else(Scratch::with_capacity)
     }
 
     pub fn give_scratch(&self, scratch: Scratch) {
         let mut pool = self.scratch.borrow_mut();
         if scratch.reusable() && pool.len() < MAX_POOLED_BUFS {
             pool.push(scratch);
+        }
+    }
+
+    /// Frees the pooled buffers and scratches that sat unused since the last call (the coldest: the
+    /// pools are LIFO), so what a burst of concurrent requests took goes back once it is over; steady
+    /// traffic keeps what it cycles through. The control loop's `mi_collect` then purges the pages
+    /// that emptied. Control loop only, every `TRIM_TICKS`; costs nothing unless something was
+    /// unused.
+    fn trim_pools(&self) {
+        let freed =
+            drop_unused(&self.bufs, &self.bufs_low) + drop_unused(&self.scratch, &self.scratch_low);
+        if freed > 0 {
+            crate::debug!("pools trimmed worker={} freed={}", self.worker, freed);
         }
     }
 
@@ -279,6 +302,21 @@ impl Shard {
         }
     }
 }
+
+/// Drops the `low` bottom (least recently pooled) entries of a LIFO pool, which no taker reached
+/// since `low` was last reset, and resets `low` to the new length; returns how many were dropped.
+fn drop_unused<T>(pool: &RefCell<Vec<T>>, low: &Cell<usize>) -> usize {
+    let Ok(mut pool) = pool.try_borrow_mut() else {
+        return 0;
+    };
+    let unused = low.get().min(pool.len());
+    pool.drain(..unused);
+    low.set(pool.len());
+    unused
+}
+
+/// How often the control loop trims the buffer pools (in control ticks: 5 s).
+const TRIM_TICKS: u64 = 100;
 
 /// Upstream read buffer size: holds a response head and a 16 KiB body in one read.
 const UPSTREAM_BUF: usize = 32 * 1024;
@@ -413,7 +451,7 @@ type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriv
 /// only what one event-loop turn submits, not operations in flight (the kernel queues overflowing
 /// completions, IORING_FEAT_NODROP), and a full queue costs one extra `io_uring_enter`. The rings are
 /// kernel memory mapped into the process and fully resident: 4096 entries were 404 KiB of RSS per
-/// worker, 1024 are 104 KiB.
+/// worker, 1024 are ~100 KiB.
 const RING_ENTRIES: u32 = 1024;
 
 /// Builds this thread's io_uring runtime. `lean`: the ring is only ever entered from this thread, so
@@ -559,6 +597,9 @@ async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Cance
             // Parked connections' keep-alive deadlines hold to within ~200 ms.
             shard.idle.sweep(Instant::now());
         }
+        if ticks % TRIM_TICKS == 0 {
+            shard.trim_pools();
+        }
         let flush_every = shard.snapshot().config.metrics.flush_interval.as_millis()
             / CONTROL_TICK.as_millis().max(1);
         if ticks % (flush_every.max(1) as u64) == 0 {
@@ -686,4 +727,29 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_unused_frees_what_no_taker_reached() {
+        let pool = RefCell::new(vec![1, 2, 3, 4, 5]);
+        let low = Cell::new(5);
+        // Takers went down to 2 entries left: the bottom 2 were never used.
+        low.set(2);
+        assert_eq!(drop_unused(&pool, &low), 2);
+        assert_eq!(*pool.borrow(), vec![3, 4, 5], "the hot (top) entries stay");
+        assert_eq!(low.get(), 3);
+        // Untouched for a whole interval: everything goes.
+        assert_eq!(drop_unused(&pool, &low), 3);
+        assert!(pool.borrow().is_empty());
+        assert_eq!(drop_unused(&pool, &low), 0);
+        // Steady use that empties the pool each time keeps it whole.
+        pool.borrow_mut().extend([7, 8]);
+        low.set(0);
+        assert_eq!(drop_unused(&pool, &low), 0);
+        assert_eq!(pool.borrow().len(), 2);
+    }
 }
