@@ -96,6 +96,8 @@ pub struct Scratch {
     plugin_headers: Vec<u8>,
     /// Plugin chain state: identity, upstream edits, limiter key.
     chain: chain::ChainState,
+    /// The iovec pair of `io::send_pair` (response head + body in one write), made once per scratch.
+    iov: Option<Box<[libc::iovec; 2]>>,
 }
 
 impl Scratch {

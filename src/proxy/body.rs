@@ -230,10 +230,21 @@ pub async fn relay_response<S: ClientIo>(
             let avail = c.ubuf.len() - hl;
             let first = (avail as u64).min(n) as usize;
             let mut clean = avail == first;
-            c.s.out.extend_from_slice(&c.ubuf[hl..hl + first]);
-            if send_out(c, write_timeout).await.is_err() {
+            // Head and the body bytes that came with it in one writev: the body is not copied.
+            let n_out = c.s.out.len() + first;
+            let sent = io::send_pair(
+                &mut c.client,
+                &mut c.s.out,
+                &mut c.ubuf,
+                hl..hl + first,
+                &mut c.s.iov,
+                write_timeout,
+            )
+            .await;
+            if sent.is_err() {
                 return Relay::Aborted;
             }
+            head_sent(c, n_out);
             let mut remaining = n - first as u64;
             while remaining > 0 {
                 c.ubuf.clear();
@@ -270,11 +281,16 @@ pub async fn relay_response<S: ClientIo>(
 async fn send_out<S: ClientIo>(c: &mut Conn<S>, timeout: Duration) -> std::io::Result<()> {
     let n = c.s.out.len();
     io::send_all(&mut c.client, &mut c.s.out, timeout).await?;
+    head_sent(c, n);
+    Ok(())
+}
+
+/// Counts `n` bytes written to the client and notes when the response head went out.
+fn head_sent<S: ClientIo>(c: &mut Conn<S>, n: usize) {
     c.bytes_out += n as u64;
     if c.metrics_on {
         c.t.client_head_out.get_or_insert_with(Instant::now);
     }
-    Ok(())
 }
 
 /// Appends upstream body data to `c.s.out` in the client's framing.

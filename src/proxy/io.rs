@@ -116,6 +116,120 @@ pub async fn send<S: AsyncWriteRent>(
     }
 }
 
+/// Two buffers written with one `writev`: all of `head`, then `body[range]`, so a response body
+/// that arrived with its head is not copied behind it. `iov` is the iovec pair the kernel reads; it
+/// lives on the heap (monoio builds the submission before the op settles in its future, so an
+/// inline array would move) and is reused from request to request through the `Scratch`.
+pub struct Pair {
+    head: Vec<u8>,
+    body: Vec<u8>,
+    iov: Box<[libc::iovec; 2]>,
+    /// Index of the first iovec with bytes left.
+    first: usize,
+}
+
+impl Pair {
+    fn new(
+        head: Vec<u8>,
+        body: Vec<u8>,
+        range: Range<usize>,
+        mut iov: Box<[libc::iovec; 2]>,
+    ) -> Pair {
+        let range = range.start.min(body.len())..range.end.min(body.len());
+        iov[0] = libc::iovec {
+            iov_base: head.as_ptr() as *mut libc::c_void,
+            iov_len: head.len(),
+        };
+        iov[1] = libc::iovec {
+            iov_base: body[range.clone()].as_ptr() as *mut libc::c_void,
+            iov_len: range.len(),
+        };
+        Pair {
+            head,
+            body,
+            iov,
+            first: 0,
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.iov[self.first..].iter().map(|v| v.iov_len).sum()
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 && self.first < 2 {
+            let v = &mut self.iov[self.first];
+            let k = n.min(v.iov_len);
+            // SAFETY: k <= iov_len, so the pointer stays within (or one past) its buffer.
+            v.iov_base = unsafe { (v.iov_base as *mut u8).add(k) } as *mut libc::c_void;
+            v.iov_len -= k;
+            n -= k;
+            if v.iov_len == 0 {
+                self.first += 1;
+            }
+        }
+        while self.first < 2 && self.iov[self.first].iov_len == 0 {
+            self.first += 1;
+        }
+    }
+}
+
+// SAFETY: the iovecs point into `head` and `body`, whose heap storage does not move while the Pair
+// (and so the Vecs) is owned by the runtime; the iovec array itself is boxed, so its address is
+// stable too; `first < 2` whenever the runtime reads them (`send_pair` stops at 0 bytes left).
+unsafe impl monoio::buf::IoVecBuf for Pair {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov[self.first.min(1)..].as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        2 - self.first.min(1)
+    }
+}
+
+/// Writes all of `head`, then `body[range]`, with `writev` (looping over partial writes). On a
+/// timeout the buffers go down with the cancelled op: `head` and `body` are left empty and `iov`
+/// `None` (the caller closes the connection, as with `send`).
+pub async fn send_pair<S: AsyncWriteRent>(
+    s: &mut S,
+    head: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+    range: Range<usize>,
+    iov: &mut Option<Box<[libc::iovec; 2]>>,
+    limit: Duration,
+) -> io::Result<()> {
+    let boxed = iov.take().unwrap_or_else(|| Box::new([EMPTY_IOVEC; 2]));
+    let pair = Pair::new(std::mem::take(head), std::mem::take(body), range, boxed);
+    match monoio::time::timeout(limit, write_pair(s, pair)).await {
+        Ok((res, pair)) => {
+            *head = pair.head;
+            *body = pair.body;
+            *iov = Some(pair.iov);
+            res
+        }
+        Err(_) => Err(timed_out()),
+    }
+}
+
+const EMPTY_IOVEC: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
+
+async fn write_pair<S: AsyncWriteRent>(s: &mut S, mut pair: Pair) -> (io::Result<()>, Pair) {
+    while pair.remaining() > 0 {
+        let (res, back) = s.writev(pair).await;
+        pair = back;
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), pair),
+            Ok(n) => pair.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), pair),
+        }
+    }
+    (Ok(()), pair)
+}
+
 /// Writes all of `buf`.
 pub async fn send_all<S: AsyncWriteRent>(
     s: &mut S,
@@ -128,4 +242,58 @@ pub async fn send_all<S: AsyncWriteRent>(
 
 pub fn is_timeout(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::TimedOut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(head: &[u8], body: &[u8], range: Range<usize>) -> Pair {
+        Pair::new(
+            head.to_vec(),
+            body.to_vec(),
+            range,
+            Box::new([EMPTY_IOVEC; 2]),
+        )
+    }
+
+    fn left(p: &Pair) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in &p.iov[p.first.min(2)..] {
+            // SAFETY: the iovecs point into the pair's own buffers.
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_pair_is_head_then_the_body_range_and_partial_writes_advance_across_both() {
+        let mut p = pair(b"HEAD", b"xxbodyyy", 2..6);
+        assert_eq!(p.remaining(), 8);
+        assert_eq!(left(&p), b"HEADbody");
+        p.consume(3);
+        assert_eq!(left(&p), b"Dbody");
+        p.consume(2);
+        assert_eq!(p.first, 1);
+        assert_eq!(left(&p), b"ody");
+        p.consume(3);
+        assert_eq!(p.remaining(), 0);
+        assert_eq!(p.first, 2);
+    }
+
+    #[test]
+    fn an_empty_body_range_or_head_is_skipped() {
+        let mut p = pair(b"HEAD", b"", 0..0);
+        p.consume(4);
+        assert_eq!(p.remaining(), 0);
+        let mut p = pair(b"", b"body", 0..4);
+        p.consume(0);
+        assert_eq!(p.first, 1, "an empty head is skipped at once");
+        assert_eq!(left(&p), b"body");
+        // A range past the buffer is clamped, never read out of bounds.
+        let p = pair(b"h", b"ab", 1..9);
+        assert_eq!(left(&p), b"hb");
+    }
 }
