@@ -230,21 +230,30 @@ pub async fn relay_response<S: ClientIo>(
             let avail = c.ubuf.len() - hl;
             let first = (avail as u64).min(n) as usize;
             let mut clean = avail == first;
-            // Head and the body bytes that came with it in one writev: the body is not copied.
-            let n_out = c.s.out.len() + first;
-            let sent = io::send_pair(
-                &mut c.client,
-                &mut c.s.out,
-                &mut c.ubuf,
-                hl..hl + first,
-                &mut c.s.iov,
-                write_timeout,
-            )
-            .await;
+            let sent = if c.client.plain().is_some() {
+                // Head and the body bytes that came with it in one writev: the body is not copied.
+                let n_out = c.s.out.len() + first;
+                let r = io::send_pair(
+                    &mut c.client,
+                    &mut c.s.out,
+                    &mut c.ubuf,
+                    hl..hl + first,
+                    &mut c.s.iov,
+                    write_timeout,
+                )
+                .await;
+                if r.is_ok() {
+                    head_sent(c, n_out);
+                }
+                r
+            } else {
+                // TLS writes one iovec per record: copy, so head and body stay one record.
+                c.s.out.extend_from_slice(&c.ubuf[hl..hl + first]);
+                send_out(c, write_timeout).await
+            };
             if sent.is_err() {
                 return Relay::Aborted;
             }
-            head_sent(c, n_out);
             let mut remaining = n - first as u64;
             while remaining > 0 {
                 c.ubuf.clear();
