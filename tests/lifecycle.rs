@@ -96,6 +96,9 @@ fn epoll_fallback_logs_once_and_serves() {
     for _ in 0..3 {
         assert_eq!(conn.get(HOST, "/x").status, 200);
     }
+    // Idle past the park threshold: the cancelled idle read and the readiness wait work on epoll too.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(conn.get(HOST, "/after-park").status, 200);
     assert_eq!(up.connections(), 1, "upstream keep-alive on epoll too");
 }
 
