@@ -53,7 +53,7 @@ const CLIENT_BUF: usize = 1024;
 /// freed and it waits for readability with only a few hundred bytes of task (nginx frees its buffers
 /// on idle keep-alive connections the same way). Long enough that back-to-back keep-alive traffic
 /// never pays for it (waking a parked connection costs two allocations and a poll op).
-pub const PARK_AFTER: Duration = Duration::from_millis(500);
+const PARK_AFTER: Duration = Duration::from_millis(500);
 /// Past this the client buffer is shrunk back after a request, so one big head doesn't pin memory.
 const CLIENT_BUF_KEEP: usize = 8 * 1024;
 
@@ -217,8 +217,8 @@ impl Drop for ConnGuard {
 /// Memory: while requests flow, the connection's working state (`Conn` and the request future, a
 /// few KiB) lives in one boxed future per active period. When a plain connection has idled for
 /// `PARK_AFTER` that future ends and frees everything; the task then holds only the socket and a
-/// readiness wait (~300 bytes: keep `run`'s locals few), and starts a new active period when the
-/// client sends again.
+/// readiness wait (a few hundred bytes: keep `run`'s locals few), and starts a new active period when
+/// the client sends again.
 pub fn serve<S: ClientIo>(
     client: S,
     fd: RawFd,
@@ -278,7 +278,7 @@ struct At {
 /// How an active period ended.
 enum Ended<S> {
     Closed,
-    /// Idle: the socket comes back to `serve` to wait for readability for `left` more.
+    /// Idle: the socket comes back to `run` to wait for readability for `left` more.
     Parked {
         client: S,
         served: u64,
