@@ -81,7 +81,7 @@ impl ForwardAuthDef {
     /// `forbidden_response_header`): copying them would let a client or the auth service change
     /// the framing or the forwarded-for facts of a request.
     pub fn validate(&self) -> Result<(), String> {
-        if self.host.is_empty() || !self.host.bytes().all(wire::is_host_byte) {
+        if self.host.is_empty() || !self.host.bytes().all(crate::http::parse::is_host_byte) {
             return Err(format!(
                 "forward-auth host {:?} is not a valid Host value",
                 self.host

@@ -313,30 +313,33 @@ fn starts_with_ignore_case(v: &[u8], prefix: &[u8]) -> bool {
 /// whitespace, '/', '?', '#' or '@' (userinfo is deprecated and a classic way to disguise the real
 /// host). An empty value is allowed for Host (RFC 9110 §7.2) and refused for an authority.
 fn is_host_value(v: &[u8]) -> bool {
-    v.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-                    | b'%'
-            )
-    })
+    v.iter().all(|&b| is_host_byte(b))
+}
+
+/// One byte of a host or authority (see `is_host_value`); also what a configured Host may contain.
+pub fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'['
+                | b']'
+                | b'%'
+        )
 }
 
 /// A parsed response head. Reused across responses: every parse call resets it.

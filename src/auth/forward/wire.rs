@@ -30,32 +30,6 @@ pub fn forbidden_response_header(name: &[u8]) -> bool {
     classify(name) != Class::Plain
 }
 
-/// Bytes allowed in the configured Host value (reg-name, IP literal, port).
-pub fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'%'
-                | b':'
-                | b'['
-                | b']'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-        )
-}
-
 /// Bytes allowed in the configured origin-form target: visible ASCII except '#'.
 pub fn is_target_byte(b: u8) -> bool {
     b.is_ascii_graphic() && b != b'#'
