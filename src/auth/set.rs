@@ -100,7 +100,7 @@ pub fn jwt_store(
     let mut b = KeyStoreBuilder::new();
     let mut errors = Vec::new();
     for (i, c) in creds.iter().enumerate() {
-        let alg = c.algorithm.verifier();
+        let alg = c.algorithm;
         let added = match &c.material {
             JwtMaterial::Secret(s) => VerifyKey::hmac(alg, s.as_bytes(), secret_is_base64)
                 .and_then(|k| b.add_key(k, None, Some(&c.key), i).map(|_| ())),

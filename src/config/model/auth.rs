@@ -52,55 +52,9 @@ pub struct JwtCredentialDef {
     pub path: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JwtAlg {
-    HS256,
-    HS384,
-    HS512,
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    ES256,
-    ES384,
-    EdDSA,
-}
-
-impl JwtAlg {
-    pub const ALL: [(&'static str, JwtAlg); 10] = [
-        ("HS256", JwtAlg::HS256),
-        ("HS384", JwtAlg::HS384),
-        ("HS512", JwtAlg::HS512),
-        ("RS256", JwtAlg::RS256),
-        ("RS384", JwtAlg::RS384),
-        ("RS512", JwtAlg::RS512),
-        ("PS256", JwtAlg::PS256),
-        ("ES256", JwtAlg::ES256),
-        ("ES384", JwtAlg::ES384),
-        ("EdDSA", JwtAlg::EdDSA),
-    ];
-
-    pub fn is_hmac(self) -> bool {
-        matches!(self, JwtAlg::HS256 | JwtAlg::HS384 | JwtAlg::HS512)
-    }
-
-    /// The verifier's algorithm.
-    pub fn verifier(self) -> crate::auth::jwt::Alg {
-        use crate::auth::jwt::Alg;
-        match self {
-            JwtAlg::HS256 => Alg::HS256,
-            JwtAlg::HS384 => Alg::HS384,
-            JwtAlg::HS512 => Alg::HS512,
-            JwtAlg::RS256 => Alg::RS256,
-            JwtAlg::RS384 => Alg::RS384,
-            JwtAlg::RS512 => Alg::RS512,
-            JwtAlg::PS256 => Alg::PS256,
-            JwtAlg::ES256 => Alg::ES256,
-            JwtAlg::ES384 => Alg::ES384,
-            JwtAlg::EdDSA => Alg::EdDSA,
-        }
-    }
-}
+/// The JWS algorithm a JWT credential is verified with: the verifier's own type, so config and
+/// verification cannot disagree on names or sets.
+pub use crate::auth::jwt::Alg as JwtAlg;
 
 /// Key material as configured (files already read).
 #[derive(Clone, PartialEq, Eq)]

@@ -230,10 +230,10 @@ fn jwt_secret(
     }
     let algorithm = match &s.algorithm {
         None => JwtAlg::HS256,
-        Some(a) => match JwtAlg::ALL.iter().find(|(n, _)| n == a) {
-            Some((_, alg)) => *alg,
+        Some(a) => match JwtAlg::from_name(a) {
+            Some(alg) => alg,
             None => {
-                let all: Vec<&str> = JwtAlg::ALL.iter().map(|(n, _)| *n).collect();
+                let all: Vec<&str> = JwtAlg::ALL.iter().map(|a| a.name()).collect();
                 push(
                     problems,
                     p.key("algorithm"),
@@ -311,8 +311,8 @@ fn jwt_secret(
     // Parse the key now, so `ringgate check` reports a bad key at its line.
     let parsed = match &material {
         JwtMaterial::Secret(_) => Ok(()),
-        JwtMaterial::Pem(pem) => jwt::VerifyKey::from_pem(algorithm.verifier(), pem).map(|_| ()),
-        JwtMaterial::Jwks(json) => jwt::parse_jwks(json, Some(algorithm.verifier())).map(|_| ()),
+        JwtMaterial::Pem(pem) => jwt::VerifyKey::from_pem(algorithm, pem).map(|_| ()),
+        JwtMaterial::Jwks(json) => jwt::parse_jwks(json, Some(algorithm)).map(|_| ()),
     };
     if let Err(e) = parsed {
         push(problems, at, e);
