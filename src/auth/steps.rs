@@ -150,6 +150,12 @@ enum KeyAt {
     Query(usize, usize),
 }
 
+/// Whether an auth step has nothing to do: a CORS preflight it is not asked to check, or a request
+/// an earlier auth plugin already identified while this one only offers an anonymous fallback.
+fn stands_aside(run_on_preflight: bool, has_anonymous: bool, req: &Req<'_>, id: &Identity) -> bool {
+    (!run_on_preflight && req.is_preflight()) || (has_anonymous && id.authenticated())
+}
+
 /// `key-auth`: an API key in a header or query parameter, looked up by SHA-256 digest.
 pub fn key_auth(
     rt: &KeyAuthRt,
@@ -161,9 +167,7 @@ pub fn key_auth(
     resp_headers: &mut Vec<u8>,
 ) -> Flow<'static> {
     let def = &rt.def;
-    if (!def.run_on_preflight && req.is_preflight())
-        || (def.anonymous.is_some() && id.authenticated())
-    {
+    if stands_aside(def.run_on_preflight, def.anonymous.is_some(), req, id) {
         return Flow::Continue;
     }
     // Every configured place is searched: more than one key in a request (two headers, header
@@ -268,9 +272,7 @@ pub fn basic_auth(
     resp_headers: &mut Vec<u8>,
 ) -> Basic {
     let def = &rt.def;
-    if (!def.run_on_preflight && req.is_preflight())
-        || (def.anonymous.is_some() && id.authenticated())
-    {
+    if stands_aside(def.run_on_preflight, def.anonymous.is_some(), req, id) {
         return Basic::Done(Flow::Continue);
     }
     let mut hits = req.headers_named(b"authorization");
@@ -525,9 +527,7 @@ pub fn jwt(
 ) -> Flow<'static> {
     use super::jwt::JwtError;
     let def = &rt.def;
-    if (!def.run_on_preflight && req.is_preflight())
-        || (def.anonymous.is_some() && id.authenticated())
-    {
+    if stands_aside(def.run_on_preflight, def.anonymous.is_some(), req, id) {
         return Flow::Continue;
     }
     let token = match find_jwt(def, req) {
