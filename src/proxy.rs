@@ -829,6 +829,15 @@ impl<S: ClientIo> Conn<S> {
                 self.fail(shard, GatewayError::BadResponse, p.client_close)
                     .await,
             ),
+            body::Relay::TimedOutBeforeHead => {
+                shard
+                    .metrics
+                    .upstream_timeout(snap.flat_target(svc.upstream, target));
+                Exchange::Done(
+                    self.fail(shard, GatewayError::UpstreamTimeout, p.client_close)
+                        .await,
+                )
+            }
         }
     }
 

@@ -177,6 +177,71 @@ fn reset_mid_body_aborts_the_client_response() {
     );
 }
 
+/// Head and the start of a small body now, the rest `gap` later (or a reset when `rest` is None).
+fn split_upstream(gap: Duration, rest: Option<&[u8]>) -> Upstream {
+    Upstream::start(Behaviour::Split {
+        first: b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Split: yes\r\n\r\nhel".to_vec(),
+        gap,
+        then: rest.map(<[u8]>::to_vec),
+    })
+}
+
+#[test]
+fn a_small_response_sent_in_two_writes_reaches_the_client_in_one() {
+    // Assumption (nginx's buffering does the same): a Content-Length response that fits the upstream
+    // buffer is sent once it is all here, so the client's first read has all of it.
+    let up = split_upstream(Duration::from_millis(300), Some(b"lo world"));
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    for round in 0..2 {
+        c.send(b"GET /s HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            .unwrap();
+        let mut first = vec![0u8; 4096];
+        let n = std::io::Read::read(&mut &*c.stream(), &mut first).expect("a response");
+        let first = &first[..n];
+        assert!(
+            first.starts_with(b"HTTP/1.1 200") && first.ends_with(b"\r\n\r\nhello world"),
+            "round {round}: the first read should hold the whole response, got {:?}",
+            String::from_utf8_lossy(first)
+        );
+        assert!(contains(first, b"x-split: yes") || contains(first, b"X-Split: yes"));
+    }
+    assert_eq!(up.connections(), 1, "the upstream connection was reused");
+}
+
+#[test]
+fn a_small_response_cut_short_before_the_client_saw_it_is_a_clean_502() {
+    let up = split_upstream(Duration::from_millis(100), None);
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    let r = c.get("test.local", "/s");
+    r.assert_json_error(502);
+    assert!(
+        !r.closed,
+        "nothing of the response was sent: keep the client"
+    );
+    // The client connection still works.
+    let r = c.get("test.local", "/s");
+    r.assert_json_error(502);
+}
+
+#[test]
+fn a_small_response_stalling_mid_body_is_a_504_after_the_read_timeout() {
+    let up = split_upstream(Duration::from_secs(3), Some(b"lo world"));
+    let gw = Gateway::start(&upstream_config(
+        &[up.addr().to_string()],
+        "upstream_read = \"1s\"",
+    ));
+    let start = Instant::now();
+    let r = send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    let t = start.elapsed();
+    r.assert_json_error(504);
+    assert!(
+        t >= Duration::from_millis(800) && t < Duration::from_millis(2500),
+        "504 after {t:?}"
+    );
+}
+
 #[test]
 fn reset_mid_chunked_body_never_sends_the_last_chunk() {
     let up = Upstream::start(Behaviour::ResetMidBody { chunked: true });

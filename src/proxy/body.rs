@@ -41,8 +41,11 @@ pub enum Relay {
     Complete { upstream_clean: bool },
     /// Failed after the client saw part of the response: the client connection must be closed.
     Aborted,
-    /// The upstream body was malformed before anything reached the client: answer 502 instead.
+    /// The upstream body was malformed or cut short before anything reached the client: answer
+    /// 502 instead.
     BadBeforeHead,
+    /// The upstream stalled mid-body before anything reached the client: answer 504 instead.
+    TimedOutBeforeHead,
 }
 
 fn upstream_error(e: std::io::Error) -> SendError {
@@ -227,6 +230,22 @@ pub async fn relay_response<S: ClientIo>(
             }
         }
         BodyKind::Length(n) => {
+            // A response that fits the buffer whole goes out in one write once it is all here, as
+            // nginx's buffering does: upstreams often send the head and the body in separate
+            // segments, and relaying them as they come costs the client an extra TCP segment (and
+            // both cores its processing) on a large share of small responses.
+            if (hl as u64).saturating_add(n) <= c.ubuf.capacity() as u64 {
+                while ((c.ubuf.len() - hl) as u64) < n {
+                    match io::fill(upstream, &mut c.ubuf, read_timeout).await {
+                        Ok(0) => return Relay::BadBeforeHead,
+                        Ok(_) => {}
+                        Err(e) if io::is_timeout(&e) => return Relay::TimedOutBeforeHead,
+                        Err(_) => return Relay::BadBeforeHead,
+                    }
+                }
+                // The gateway's own time resumes here: waiting for the body was the upstream's.
+                c.t.upstream_head_in = c.stamp();
+            }
             let avail = c.ubuf.len() - hl;
             let first = (avail as u64).min(n) as usize;
             let mut clean = avail == first;

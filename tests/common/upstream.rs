@@ -34,6 +34,13 @@ pub enum Behaviour {
     /// Response head announcing 100000 bytes (or chunked) plus part of the body, then an abortive close
     /// (SO_LINGER 0, so the gateway sees a reset).
     ResetMidBody { chunked: bool },
+    /// After every request: `first`, then `gap` later either `then` bytes or (`None`) an abortive close.
+    /// For responses whose head and body arrive apart.
+    Split {
+        first: Vec<u8>,
+        gap: Duration,
+        then: Option<Vec<u8>>,
+    },
     /// Echo without `Connection: close`, then close the connection anyway (a pooled connection that
     /// the upstream drops between requests).
     CloseAfterEachResponse,
@@ -572,6 +579,19 @@ impl UpConn {
                     self.reset_mid_body(*chunked);
                     return;
                 }
+                Behaviour::Split { first, gap, then } => {
+                    if !self.write(first) {
+                        return;
+                    }
+                    std::thread::sleep(*gap);
+                    match then {
+                        Some(rest) => self.write(rest),
+                        None => {
+                            self.reset();
+                            return;
+                        }
+                    }
+                }
                 Behaviour::CloseAfterEachResponse => {
                     self.echo(&req);
                     false
@@ -630,6 +650,11 @@ impl UpConn {
         self.write(&out);
         // Let the gateway read and relay what was sent before the reset discards it.
         std::thread::sleep(Duration::from_millis(200));
+        self.reset();
+    }
+
+    /// Abortive close: the gateway sees a reset.
+    fn reset(&mut self) {
         set_linger_zero(&self.stream);
         // SO_LINGER 0 makes the *last* close() of the socket send RST. The Drop list holds a dup'd fd
         // of this socket, so remove (and close) that one here; `self.stream` closes when `serve`
