@@ -197,7 +197,7 @@ fn a_small_response_sent_in_two_writes_reaches_the_client_in_one() {
         c.send(b"GET /s HTTP/1.1\r\nHost: test.local\r\n\r\n")
             .unwrap();
         let mut first = vec![0u8; 4096];
-        let n = std::io::Read::read(&mut &*c.stream(), &mut first).expect("a response");
+        let n = std::io::Read::read(&mut c.stream(), &mut first).expect("a response");
         let first = &first[..n];
         assert!(
             first.starts_with(b"HTTP/1.1 200") && first.ends_with(b"\r\n\r\nhello world"),
