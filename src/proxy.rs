@@ -17,6 +17,7 @@ mod body;
 mod chain;
 pub mod head;
 pub mod io;
+pub mod parking;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -49,10 +50,11 @@ const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
 /// grows up to the header limit for large ones and shrinks back afterwards.
 const CLIENT_BUF: usize = 1024;
-/// A plain-TCP connection with no request for this long parks: its buffer and request state are
-/// freed and it waits for readability with only a few hundred bytes of task (nginx frees its buffers
-/// on idle keep-alive connections the same way). Long enough that back-to-back keep-alive traffic
-/// never pays for it (waking a parked connection costs two allocations and a poll op).
+/// A plain-TCP connection with no request for this long parks (`parking`): its task, buffer and
+/// request state are freed and its socket waits in the worker's epoll set with a record of under 100
+/// bytes (nginx frees its buffers on idle keep-alive connections the same way). Long enough that
+/// back-to-back keep-alive traffic never pays for it (waking a parked connection costs a task
+/// allocation and three syscalls).
 const PARK_AFTER: Duration = Duration::from_millis(500);
 /// Past this the client buffer is shrunk back after a request, so one big head doesn't pin memory.
 const CLIENT_BUF_KEEP: usize = 8 * 1024;
@@ -65,10 +67,22 @@ pub trait ClientIo: AsyncReadRent + AsyncWriteRent + Split + 'static {
     fn plain(&mut self) -> Option<&mut TcpStream> {
         None
     }
+
+    /// The socket itself, by value, when `plain` gives it (for parking).
+    fn into_tcp(self) -> Option<TcpStream>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 impl ClientIo for TcpStream {
     fn plain(&mut self) -> Option<&mut TcpStream> {
+        Some(self)
+    }
+
+    fn into_tcp(self) -> Option<TcpStream> {
         Some(self)
     }
 }
@@ -196,14 +210,30 @@ struct Conn<S> {
 }
 
 /// A connection's place in its shard. Dropping it keeps `Shard::active` and the idle registry
-/// accurate however the connection task ends.
+/// accurate however the connection ends, unless it was handed over to the parking lot (which then
+/// holds the connection and ends it through a new guard).
 struct ConnGuard {
     shard: Rc<Shard>,
     at: At,
+    handed_over: bool,
+}
+
+impl ConnGuard {
+    /// The guard of a connection that is already counted (coming out of the parking lot).
+    fn resumed(shard: Rc<Shard>, at: At) -> ConnGuard {
+        ConnGuard {
+            shard,
+            at,
+            handed_over: false,
+        }
+    }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
         let shard = &self.shard;
         shard.active.set(shard.active.get().saturating_sub(1));
         shard.metrics.conn_closed();
@@ -211,14 +241,13 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Serves one client connection until it closes (registered with the shard at once, so draining
-/// counts it even before its task first runs).
+/// Serves one client connection until it closes or parks (registered with the shard at once, so
+/// draining counts it even before its task first runs).
 ///
 /// Memory: while requests flow, the connection's working state (`Conn` and the request future, a
-/// few KiB) lives in one boxed future per active period. When a plain connection has idled for
-/// `PARK_AFTER` that future ends and frees everything; the task then holds only the socket and a
-/// readiness wait (a few hundred bytes: keep `run`'s locals few), and starts a new active period when
-/// the client sends again.
+/// few KiB) is its task. When a plain connection has idled for `PARK_AFTER` the task ends and frees
+/// everything; the socket waits in the parking lot, which starts a new task when the client sends
+/// again.
 pub fn serve<S: ClientIo>(
     client: S,
     fd: RawFd,
@@ -235,33 +264,30 @@ pub fn serve<S: ClientIo>(
         peer,
         listener,
     };
-    run(client, ConnGuard { shard, at })
+    run(
+        client,
+        ConnGuard {
+            shard,
+            at,
+            handed_over: false,
+        },
+        0,
+    )
 }
 
-async fn run<S: ClientIo>(mut client: S, guard: ConnGuard) {
-    let (shard, at) = (&guard.shard, guard.at);
-    let mut served = 0;
-    loop {
-        let left = match Box::pin(active(client, at, served, shard)).await {
-            Ended::Closed => return,
-            Ended::Parked {
-                client: back,
-                served: n,
-                left,
-            } => {
-                client = back;
-                served = n;
-                left
-            }
-        };
-        let Some(tcp) = client.plain() else { return };
-        // No timer of our own (monoio's is 640 bytes): the worker's idle sweep half-closes this
-        // socket once its deadline passes, and draining does the same; either wakes the wait with EOF.
-        shard.idle.park(at.slot, at.fd, Instant::now() + left);
-        let woke = tcp.readable(false).await;
-        let expired = shard.idle.unpark(at.slot);
-        if woke.is_err() || expired || shard.draining.get() {
-            return;
+/// One active period of a connection: requests until it closes or parks. `served`: requests it
+/// served before (in earlier periods).
+async fn run<S: ClientIo>(client: S, guard: ConnGuard, served: u64) {
+    let ended = active(client, guard.at, served, &guard.shard).await;
+    if let Ended::Parked {
+        client,
+        served,
+        left,
+    } = ended
+    {
+        if let Some(tcp) = client.into_tcp() {
+            let shard = guard.shard.clone();
+            shard.parked.park(tcp, guard, served, left);
         }
     }
 }
@@ -278,7 +304,7 @@ struct At {
 /// How an active period ended.
 enum Ended<S> {
     Closed,
-    /// Idle: the socket comes back to `run` to wait for readability for `left` more.
+    /// Idle: the socket goes to the parking lot to wait for readability for `left` more.
     Parked {
         client: S,
         served: u64,
@@ -498,7 +524,7 @@ impl<S: ClientIo> Conn<S> {
                     };
                     shard.idle.set_idle(self.slot, self.fd);
                     let r = match self.client.plain() {
-                        Some(tcp) if wait > PARK_AFTER => {
+                        Some(tcp) if wait > PARK_AFTER && shard.parked.available() => {
                             let c = self.canceller.get_or_insert_with(Default::default);
                             io::fill_or_idle(tcp, &mut self.buf, PARK_AFTER, c).await
                         }

@@ -29,6 +29,7 @@ use crate::metrics::hub::MetricsSink;
 use crate::metrics::worker::WorkerMetrics;
 use crate::metrics::Layout;
 use crate::plugins::Chains;
+use crate::proxy::parking::{self, ParkingLot};
 use crate::proxy::Scratch;
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -190,6 +191,8 @@ pub struct Shard {
     pub active: Cell<usize>,
     /// Connections waiting for their next request; drain wakes them.
     pub idle: IdleRegistry,
+    /// Connections idle long enough to have given up their task (see `proxy::parking`).
+    pub parked: ParkingLot,
     /// Upstream read buffers, lent to a connection only while its request is upstream, so idle
     /// keep-alive connections hold no large buffer.
     bufs: RefCell<Vec<Vec<u8>>>,
@@ -216,6 +219,7 @@ impl Shard {
             draining: Cell::new(false),
             active: Cell::new(0),
             idle: IdleRegistry::default(),
+            parked: ParkingLot::default(),
             bufs: RefCell::new(Vec::new()),
             scratch: RefCell::new(Vec::new()),
             bufs_low: Cell::new(0),
@@ -322,118 +326,56 @@ const TRIM_TICKS: u64 = 100;
 const UPSTREAM_BUF: usize = 32 * 1024;
 const MAX_POOLED_BUFS: usize = 1024;
 
-/// Which connections are idle between requests, by socket, so draining can end their wait at once:
-/// `shutdown(SHUT_RD)` makes a pending read (or readiness wait) return EOF, for plain and TLS
-/// connections alike. Parked connections (see `proxy::serve`) also keep their keep-alive deadline
-/// here: one sweep per worker replaces a timer per connection. Slots are reused; no allocation
-/// once grown to the peak connection count.
+/// Which connections are idle between requests (waiting in their own task with a read timeout), by
+/// socket, so draining can end their wait at once: `shutdown(SHUT_RD)` makes a pending read return
+/// EOF, for plain and TLS connections alike. Parked connections are not here but in the parking lot.
+/// Slots are reused; no allocation once grown to the peak connection count.
+#[derive(Default)]
 pub struct IdleRegistry {
-    slots: RefCell<Vec<IdleSlot>>,
+    /// Per slot: `BUSY`, `FREE`, or the fd of an idle connection.
+    slots: RefCell<Vec<RawFd>>,
     free: RefCell<Vec<usize>>,
-    /// Deadlines are milliseconds since this instant.
-    epoch: Instant,
-}
-
-#[derive(Clone, Copy)]
-struct IdleSlot {
-    /// `BUSY`, `FREE`, or the fd of an idle connection.
-    fd: RawFd,
-    /// For a parked connection: when the sweep closes it (ms since `epoch`); else `NEVER`.
-    until_ms: u64,
 }
 
 const BUSY: RawFd = -1;
 const FREE: RawFd = -2;
-const NEVER: u64 = u64::MAX;
-/// A parked slot `sweep` has half-closed.
-const SWEPT: u64 = u64::MAX - 1;
-
-impl Default for IdleRegistry {
-    fn default() -> Self {
-        IdleRegistry {
-            slots: RefCell::default(),
-            free: RefCell::default(),
-            epoch: Instant::now(),
-        }
-    }
-}
 
 impl IdleRegistry {
     pub fn register(&self) -> usize {
         let mut slots = self.slots.borrow_mut();
-        let busy = IdleSlot {
-            fd: BUSY,
-            until_ms: NEVER,
-        };
         if let Some(i) = self.free.borrow_mut().pop() {
             if let Some(s) = slots.get_mut(i) {
-                *s = busy;
+                *s = BUSY;
                 return i;
             }
         }
-        slots.push(busy);
+        slots.push(BUSY);
         slots.len() - 1
     }
 
-    fn set(&self, slot: usize, fd: RawFd, until_ms: u64) {
+    fn set(&self, slot: usize, fd: RawFd) {
         if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
-            *s = IdleSlot { fd, until_ms };
+            *s = fd;
         }
     }
 
     pub fn release(&self, slot: usize) {
-        self.set(slot, FREE, NEVER);
+        self.set(slot, FREE);
         self.free.borrow_mut().push(slot);
     }
 
     /// Idle, with the connection's own read timeout running.
     pub fn set_idle(&self, slot: usize, fd: RawFd) {
-        self.set(slot, fd, NEVER);
-    }
-
-    /// Parked: `sweep` ends the wait once `until` has passed.
-    pub fn park(&self, slot: usize, fd: RawFd, until: Instant) {
-        let ms = until.saturating_duration_since(self.epoch).as_millis();
-        self.set(
-            slot,
-            fd,
-            u64::try_from(ms).unwrap_or(SWEPT - 1).min(SWEPT - 1),
-        );
+        self.set(slot, fd);
     }
 
     pub fn set_busy(&self, slot: usize) {
-        self.set(slot, BUSY, NEVER);
-    }
-
-    /// Marks a parked connection busy; true if `sweep` had expired it.
-    pub fn unpark(&self, slot: usize) -> bool {
-        let swept = self
-            .slots
-            .borrow()
-            .get(slot)
-            .is_some_and(|s| s.until_ms == SWEPT);
-        self.set_busy(slot);
-        swept
-    }
-
-    /// Half-closes parked connections whose deadline has passed (each only once).
-    pub fn sweep(&self, now: Instant) {
-        let now_ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(SWEPT - 1);
-        for s in self.slots.borrow_mut().iter_mut() {
-            if s.fd >= 0 && s.until_ms < SWEPT && s.until_ms <= now_ms {
-                s.until_ms = SWEPT;
-                // SAFETY: as in `wake_all`.
-                unsafe {
-                    libc::shutdown(s.fd, libc::SHUT_RD);
-                }
-            }
-        }
+        self.set(slot, BUSY);
     }
 
     /// Ends every idle wait: the connections see EOF and close.
     pub fn wake_all(&self) {
-        for &IdleSlot { fd, .. } in self.slots.borrow().iter() {
+        for &fd in self.slots.borrow().iter() {
             if fd >= 0 {
                 // SAFETY: the fd belongs to a live connection task of this thread (slots are reset
                 // before a connection's socket is closed); shutdown does not close it.
@@ -547,6 +489,7 @@ async fn worker_main(mut spec: WorkerSpec) {
         }
     }
     monoio::spawn(limiter_sync(shard.clone()));
+    monoio::spawn(parking::watch(shard.clone()));
     control_loop(&shard, &spec, accept_cancel).await;
 }
 
@@ -595,7 +538,7 @@ async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Cance
         }
         if ticks % 4 == 0 {
             // Parked connections' keep-alive deadlines hold to within ~200 ms.
-            shard.idle.sweep(Instant::now());
+            shard.parked.sweep(shard, Instant::now());
         }
         if ticks % TRIM_TICKS == 0 {
             shard.trim_pools();
@@ -621,6 +564,7 @@ async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Cance
     shard.draining.set(true);
     let _ = accept_cancel.cancel();
     shard.idle.wake_all();
+    shard.parked.close_all(shard);
     let deadline = Instant::now() + shard.snapshot().config.server.drain_timeout;
     while shard.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;

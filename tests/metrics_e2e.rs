@@ -235,3 +235,50 @@ name = "key-auth"
         "{m}"
     );
 }
+
+#[test]
+fn parked_connections_stay_counted_until_the_client_closes_or_keep_alive_expires() {
+    // Idle past 500 ms, a connection parks (no task of its own); it is still an open connection, and
+    // whichever way it ends (the client closes, the keep-alive deadline passes) it leaves the count.
+    let up = Upstream::echo("up");
+    let toml = config(&up, "/api").replacen(
+        "workers = 2\n",
+        "workers = 2\n\n[server.timeouts]\nkeepalive = \"3s\"\n",
+        1,
+    );
+    let gw = Gateway::start(&toml);
+    let adm = admin_addr(&gw);
+    let open = |n: usize| -> Vec<Conn> {
+        (0..n)
+            .map(|i| {
+                let mut c = Conn::connect(gw.addr());
+                assert_eq!(c.get(HOST, &format!("/api/{i}")).status, 200);
+                c
+            })
+            .collect()
+    };
+    let closing = open(10);
+    let mut expiring = open(10);
+    std::thread::sleep(Duration::from_millis(1000));
+    let m = wait_metrics(adm, "ringgate_downstream_connections 20\n");
+    assert!(m.contains("ringgate_downstream_connections 20\n"), "{m}");
+
+    drop(closing);
+    let m = wait_metrics(adm, "ringgate_downstream_connections 10\n");
+    assert!(
+        m.contains("ringgate_downstream_connections 10\n"),
+        "client-closed parked connections must leave the count: {m}"
+    );
+
+    let m = wait_metrics(adm, "ringgate_downstream_connections 0\n");
+    assert!(
+        m.contains("ringgate_downstream_connections 0\n"),
+        "expired parked connections must leave the count: {m}"
+    );
+    for c in &mut expiring {
+        assert!(
+            c.probe_closed(Duration::from_secs(1)),
+            "the gateway closed it"
+        );
+    }
+}
