@@ -667,6 +667,9 @@ def oha_run(target, size, tag, run_dir, flags, rnd=None):
 
 # --------------------------------------------------------------------------- idle connections
 
+IDLE_SETTLE_S = 12.0
+
+
 def idle_step(name, run_dir, upport, results):
     port = free_port()
     tag = f"idle-{name}"
@@ -706,6 +709,10 @@ def idle_step(name, run_dir, upport, results):
         time.sleep(2.0)
         rec["rss_kb"], rec["rss_by_pid"] = mem_kb(p, "VmRSS")
         rec["hwm_kb"], _ = mem_kb(p, "VmHWM")
+        # Settled: what the connections cost once the opening burst's leftovers (freed request state,
+        # pooled buffers, allocator caches) were given back; the 2 s reading includes some of them.
+        time.sleep(IDLE_SETTLE_S - 2.0)
+        rec["rss_settled_kb"], _ = mem_kb(p, "VmRSS")
         try:
             ic.stdin.write(b"done\n")
             ic.stdin.flush()
@@ -721,6 +728,8 @@ def idle_step(name, run_dir, upport, results):
         opened = ready.get("opened") or 0
         rec["delta_kb"] = rec["rss_kb"] - rec["baseline_rss_kb"]
         rec["bytes_per_conn"] = rec["delta_kb"] * 1024 / opened if opened else None
+        if rec.get("rss_settled_kb") is not None and opened:
+            rec["bytes_per_conn_settled"] = (rec["rss_settled_kb"] - rec["baseline_rss_kb"]) * 1024 / opened
         if opened < CFG["idle_conns"]:
             rec["warning"] = f"only {opened} of {CFG['idle_conns']} connections opened: {ready.get('errors')}"
         return rec

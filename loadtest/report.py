@@ -345,16 +345,20 @@ def write_report(data, out_dir):
     else:
         w("A fresh gateway instance per target; 300 warm-up requests, then the baseline RSS; then "
           f"{cfg['idle_conns']:,} connections each send one GET /small, read the response and stay open. "
-          "RSS (nginx: master + worker) is read 2 s after the last one is open. Per connection = (RSS − baseline) / opened.")
+          "RSS (nginx: master + worker) is read 2 s after the last one is open, and again once settled "
+          "(12 s): by then the opening burst's freed request state and pooled buffers have been given back. "
+          "Per connection = (RSS − baseline) / opened.")
         w("")
-        w("| target | baseline RSS | RSS with idle conns | opened | still open at end | RSS per connection |")
-        w("|---|---|---|---|---|---|")
+        w("| target | baseline RSS | RSS with idle conns (2 s) | opened | still open at end | RSS per connection (2 s) | settled (12 s) |")
+        w("|---|---|---|---|---|---|---|")
         for r in data["idle"]:
             if r.get("bytes_per_conn") is None:
-                w(f"| {r['target']} | n/a | n/a | n/a | n/a | **failed**: {esc((r.get('error') or '?').splitlines()[0])} |")
+                w(f"| {r['target']} | n/a | n/a | n/a | n/a | **failed**: {esc((r.get('error') or '?').splitlines()[0])} | n/a |")
                 continue
+            settled = r.get("bytes_per_conn_settled")
+            settled = f"{settled / 1024:.2f} KiB" if settled is not None else "n/a"
             w(f"| {r['target']} | {r['baseline_rss_kb'] / 1024:.1f} MiB | {r['rss_kb'] / 1024:.1f} MiB | "
-              f"{r['client']['opened']:,} | {r.get('still_open', 'n/a')} | {r['bytes_per_conn'] / 1024:.2f} KiB |")
+              f"{r['client']['opened']:,} | {r.get('still_open', 'n/a')} | {r['bytes_per_conn'] / 1024:.2f} KiB | {settled} |")
         for r in data["idle"]:
             if r.get("warning"):
                 w(f"\nNote ({r['target']}): {esc(r['warning'])}")
