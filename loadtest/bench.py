@@ -372,7 +372,7 @@ http {{
     server_tokens off;
     upstream bench {{
         server {host}:{upport};
-        keepalive 64;
+        keepalive 1024;
         keepalive_requests 10000000;
         keepalive_timeout 300s;
     }}
