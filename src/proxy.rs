@@ -219,8 +219,8 @@ struct ConnGuard {
 }
 
 impl ConnGuard {
-    /// The guard of a connection that is already counted (coming out of the parking lot).
-    fn resumed(shard: Rc<Shard>, at: At) -> ConnGuard {
+    /// The guard of a connection already counted in `shard` (by `serve`, or before it parked).
+    fn new(shard: Rc<Shard>, at: At) -> ConnGuard {
         ConnGuard {
             shard,
             at,
@@ -264,15 +264,7 @@ pub fn serve<S: ClientIo>(
         peer,
         listener,
     };
-    run(
-        client,
-        ConnGuard {
-            shard,
-            at,
-            handed_over: false,
-        },
-        0,
-    )
+    run(client, ConnGuard::new(shard, at), 0)
 }
 
 /// One active period of a connection: requests until it closes or parks. `served`: requests it

@@ -80,6 +80,10 @@ impl ParkingLot {
     /// closes (`guard` and `tcp` drop), as it would have at its keep-alive deadline.
     pub(super) fn park(&self, tcp: TcpStream, mut guard: ConnGuard, served: u64, left: Duration) {
         let Some(ep) = &self.ep else { return };
+        if guard.shard.draining.get() {
+            // Draining has already closed the lot: close now rather than wait out the deadline.
+            return;
+        }
         // Our own descriptor for the socket: the runtime's handle (and whatever the runtime
         // registered for it) goes with `tcp`, without any ownership hand-off that could fail.
         // SAFETY: fcntl on a descriptor `tcp` keeps open; a non-negative result is ours.
@@ -98,12 +102,11 @@ impl ParkingLot {
         };
         let idx = {
             let mut cars = self.cars.borrow_mut();
-            match self.free.borrow_mut().pop() {
+            let reuse = self.free.borrow_mut().pop().map(|i| i as usize);
+            match reuse.filter(|&i| i < cars.len()) {
                 Some(i) => {
-                    if let Some(slot) = cars.get_mut(i as usize) {
-                        *slot = Some(car);
-                    }
-                    i as usize
+                    cars[i] = Some(car);
+                    i
                 }
                 None => {
                     cars.push(Some(car));
@@ -125,16 +128,18 @@ impl ParkingLot {
         guard.handed_over = true;
     }
 
-    /// Removes a record (from the epoll set too) and gives up its socket's ownership to the caller.
-    fn take(&self, idx: usize, fd: RawFd) -> Option<OwnedFd> {
-        let car_fd = {
+    /// Removes record `idx` if it still holds `fd` (from the epoll set too) and hands its socket's
+    /// ownership to the caller, with the record.
+    fn take(&self, idx: usize, fd: RawFd) -> Option<(OwnedFd, Car)> {
+        let car = {
             let mut cars = self.cars.borrow_mut();
             let slot = cars.get_mut(idx)?;
             if slot.as_ref().map(|c| c.at.fd) != Some(fd) {
                 return None;
             }
-            slot.take().map(|c| c.at.fd)?
+            slot.take()?
         };
+        let car_fd = car.at.fd;
         self.free.borrow_mut().push(idx as u32);
         if let Some(ep) = &self.ep {
             // SAFETY: removing an fd we own from our epoll set (a no-op error if never added).
@@ -148,7 +153,7 @@ impl ParkingLot {
             }
         }
         // SAFETY: the record owned this fd; it is open and now nobody else's.
-        Some(unsafe { OwnedFd::from_raw_fd(car_fd) })
+        Some((unsafe { OwnedFd::from_raw_fd(car_fd) }, car))
     }
 
     fn car_fd_and_due(&self, idx: usize, now_ms: u64) -> Option<(RawFd, bool)> {
@@ -159,13 +164,9 @@ impl ParkingLot {
 
     /// Closes one parked connection and ends its accounting.
     fn close(&self, shard: &Rc<Shard>, idx: usize, fd: RawFd) {
-        let at = match self.cars.borrow().get(idx) {
-            Some(Some(c)) => c.at,
-            _ => return,
-        };
-        if let Some(sock) = self.take(idx, fd) {
+        if let Some((sock, car)) = self.take(idx, fd) {
             drop(sock);
-            drop(ConnGuard::resumed(shard.clone(), at));
+            drop(ConnGuard::new(shard.clone(), car.at));
         }
     }
 
@@ -195,14 +196,10 @@ impl ParkingLot {
     /// A parked socket turned readable (or hung up): give it a connection task again.
     fn wake(&self, shard: &Rc<Shard>, key: u64) {
         let (idx, fd) = ((key >> 32) as usize, key as u32 as RawFd);
-        let (at, served) = match self.cars.borrow().get(idx) {
-            Some(Some(c)) if c.at.fd == fd => (c.at, c.served),
-            _ => return,
-        };
-        let Some(sock) = self.take(idx, fd) else {
+        let Some((sock, car)) = self.take(idx, fd) else {
             return;
         };
-        let guard = ConnGuard::resumed(shard.clone(), at);
+        let guard = ConnGuard::new(shard.clone(), car.at);
         if shard.draining.get() {
             return; // `sock` and `guard` drop: closed and accounted.
         }
@@ -211,7 +208,7 @@ impl ParkingLot {
             unsafe { std::net::TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
         // On error `from_std` has dropped (closed) the socket; `guard` accounts for it.
         if let Ok(tcp) = TcpStream::from_std(std) {
-            monoio::spawn(super::run(tcp, guard, served));
+            monoio::spawn(super::run(tcp, guard, car.served));
         }
     }
 }
