@@ -382,6 +382,13 @@ http {{
             proxy_pass http://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # What ringgate adds to every upstream request (Kong and Traefik do too): without these the
+            # upstream parses five fewer headers behind nginx, which showed as ~7% more throughput.
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Port $server_port;
             proxy_buffering on;
             proxy_buffer_size 8k;
             proxy_buffers 8 8k;
