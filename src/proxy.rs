@@ -729,12 +729,7 @@ impl<S: ClientIo> Conn<S> {
                 return Exchange::RetryFresh
             }
             Err(e) => {
-                if e == body::SendError::UpstreamTimeout {
-                    shard
-                        .metrics
-                        .upstream_timeout(snap.flat_target(svc.upstream, target));
-                }
-                return Exchange::Done(self.request_body_failed(shard, e, p).await);
+                return Exchange::Done(self.request_body_failed(shard, e, p, svc, target).await)
             }
         }
 
@@ -792,13 +787,7 @@ impl<S: ClientIo> Conn<S> {
                 }
                 Ok(_) => {}
                 Err(e) if io::is_timeout(&e) => {
-                    shard
-                        .metrics
-                        .upstream_timeout(snap.flat_target(svc.upstream, target));
-                    return Exchange::Done(
-                        self.fail(shard, GatewayError::UpstreamTimeout, p.client_close)
-                            .await,
-                    );
+                    return Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
                 }
                 Err(_) => {
                     return Exchange::Done(
@@ -848,15 +837,25 @@ impl<S: ClientIo> Conn<S> {
                     .await,
             ),
             body::Relay::TimedOutBeforeHead => {
-                shard
-                    .metrics
-                    .upstream_timeout(snap.flat_target(svc.upstream, target));
-                Exchange::Done(
-                    self.fail(shard, GatewayError::UpstreamTimeout, p.client_close)
-                        .await,
-                )
+                Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
             }
         }
+    }
+
+    /// The upstream timed out before the client saw anything of the response: count it against the
+    /// target and answer 504.
+    async fn upstream_timed_out(
+        &mut self,
+        shard: &Shard,
+        svc: &ServiceDef,
+        target: usize,
+        p: &Prepared,
+    ) -> Next {
+        shard
+            .metrics
+            .upstream_timeout(self.snap.flat_target(svc.upstream, target));
+        self.fail(shard, GatewayError::UpstreamTimeout, p.client_close)
+            .await
     }
 
     async fn request_body_failed(
@@ -864,6 +863,8 @@ impl<S: ClientIo> Conn<S> {
         shard: &Shard,
         e: body::SendError,
         p: &Prepared,
+        svc: &ServiceDef,
+        target: usize,
     ) -> Next {
         match e {
             body::SendError::ClientGone => Next::Close,
@@ -884,8 +885,7 @@ impl<S: ClientIo> Conn<S> {
                     .await
             }
             body::SendError::UpstreamTimeout => {
-                self.fail(shard, GatewayError::UpstreamTimeout, p.client_close)
-                    .await
+                self.upstream_timed_out(shard, svc, target, p).await
             }
         }
     }

@@ -234,7 +234,8 @@ pub async fn relay_response<S: ClientIo>(
             // nginx's buffering does: upstreams often send the head and the body in separate
             // segments, and relaying them as they come costs the client an extra TCP segment (and
             // both cores its processing) on a large share of small responses.
-            if (hl as u64).saturating_add(n) <= c.ubuf.capacity() as u64 {
+            let fits = (hl as u64).saturating_add(n) <= c.ubuf.capacity() as u64;
+            if fits && ((c.ubuf.len() - hl) as u64) < n {
                 while ((c.ubuf.len() - hl) as u64) < n {
                     match io::fill(upstream, &mut c.ubuf, read_timeout).await {
                         Ok(0) => return Relay::BadBeforeHead,
