@@ -740,6 +740,7 @@ impl<S: ClientIo> Conn<S> {
             self.ubuf.clear();
         }
         let max_head = cfg.server.max_header_bytes;
+        let mut heard = false;
         loop {
             if !self.ubuf.is_empty() {
                 match parse::parse_response(&self.ubuf, max_head, p.head_method, &mut self.s.resp) {
@@ -776,19 +777,21 @@ impl<S: ClientIo> Conn<S> {
                 );
             }
             match io::fill(&mut upstream, &mut self.ubuf, svc.read_timeout).await {
-                Ok(0) | Err(_) if reused && self.ubuf.is_empty() && p.replayable => {
-                    return Exchange::RetryFresh
+                // A timeout means a slow upstream, not a stale connection: the request arrived and
+                // may be running, so it is never replayed.
+                Err(e) if io::is_timeout(&e) => {
+                    return Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
                 }
+                // Closed or reset before it said anything (interim responses count): the pooled
+                // connection was stale when we picked it.
+                Ok(0) | Err(_) if reused && !heard && p.replayable => return Exchange::RetryFresh,
                 Ok(0) => {
                     return Exchange::Done(
                         self.fail(shard, GatewayError::BadResponse, p.client_close)
                             .await,
                     )
                 }
-                Ok(_) => {}
-                Err(e) if io::is_timeout(&e) => {
-                    return Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
-                }
+                Ok(_) => heard = true,
                 Err(_) => {
                     return Exchange::Done(
                         self.fail(shard, GatewayError::BadResponse, p.client_close)
@@ -806,11 +809,7 @@ impl<S: ClientIo> Conn<S> {
             BodyKind::Chunked | BodyKind::CloseDelimited if p.http10 => ClientFraming::Close,
             BodyKind::Chunked | BodyKind::CloseDelimited => ClientFraming::Chunked,
         };
-        // A client whose request body we did not fully read cannot be kept: its next bytes are body.
-        let close = p.client_close
-            || !self.body_done
-            || shard.draining.get()
-            || framing == ClientFraming::Close;
+        let close = self.closing(shard, p.client_close) || framing == ClientFraming::Close;
         self.s.out.clear();
         head::write_response_head(
             &mut self.s.out,
@@ -913,22 +912,32 @@ impl<S: ClientIo> Conn<S> {
         Exchange::Done(Next::Upgrade(upstream))
     }
 
-    /// Answers with a gateway error and decides whether the connection survives it.
+    /// Whether the connection ends with this response: the client asked to close, its request body
+    /// was not fully read (its next bytes would be body), the worker is draining, or keep-alive is
+    /// off (`keepalive = "0s"`). Said in the response as `Connection: close`.
+    fn closing(&self, shard: &Shard, client_close: bool) -> bool {
+        client_close
+            || !self.body_done
+            || shard.draining.get()
+            || self.snap.config.server.timeouts.keepalive.is_zero()
+    }
+
+    /// Answers with a gateway error and decides whether the connection survives it: not if the
+    /// answer did not go out whole, since the client would read the next response after a torn one.
     async fn fail(&mut self, shard: &Shard, e: GatewayError, client_close: bool) -> Next {
-        let close =
-            client_close || e.closes_connection() || !self.body_done || shard.draining.get();
-        self.reply_error(e, close).await;
-        if close {
-            Next::Close
-        } else {
+        let close = self.closing(shard, client_close) || e.closes_connection();
+        if self.reply_error(e, close).await && !close {
             Next::KeepAlive
+        } else {
+            Next::Close
         }
     }
 
-    async fn reply_error(&mut self, e: GatewayError, close: bool) {
+    /// Sends the error response; returns whether it went out.
+    async fn reply_error(&mut self, e: GatewayError, close: bool) -> bool {
         self.s.out.clear();
         e.write_response(close, &mut self.s.out);
-        self.send_answer(e.status(), close).await;
+        self.send_answer(e.status(), close).await
     }
 
     /// Sends a response the gateway generated itself (already in `out`), records it for metrics, and

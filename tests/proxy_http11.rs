@@ -33,6 +33,27 @@ fn keep_alive_on_both_sides() {
 }
 
 #[test]
+fn keepalive_zero_says_connection_close_and_closes() {
+    // keepalive = "0s" turns keep-alive off: every response must say so, or a client reusing the
+    // connection finds it closed under its next request.
+    let up = Upstream::echo("a");
+    let gw = Gateway::start(&basic_config(&up, "timeouts = { keepalive = \"0s\" }", ""));
+    let r = send_raw(gw.addr(), b"GET /one HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert!(r.closed);
+    // Gateway-made answers too (a 502 otherwise keeps the client connection).
+    let dead = refusing_addr();
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\ntimeouts = {{ keepalive = \"0s\" }}\n\n[[services]]\nname = \"svc\"\nurl = \"http://{dead}\"\n\n[[routes]]\nname = \"all\"\nservice = \"svc\"\npaths = [\"/\"]\n"
+    ));
+    let r = send_raw(gw.addr(), b"GET /x HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    r.assert_json_error(502);
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert!(r.closed);
+}
+
+#[test]
 fn http10_client_without_keep_alive_is_closed_after_the_response() {
     let up = Upstream::echo("a");
     let gw = gateway_for(&up);
@@ -269,6 +290,8 @@ fn head_response_has_no_body_and_keep_alive_stays_in_sync() {
 fn no_content_and_not_modified_carry_no_body() {
     for resp in [
         &b"HTTP/1.1 204 No Content\r\nX-Kind: 204\r\n\r\n"[..],
+        // RFC 9110 §8.6: a 204 never carries Content-Length, even when the upstream sends one.
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
         b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 1234\r\n\r\n",
     ] {
         let up = Upstream::fixed(resp);
@@ -278,6 +301,12 @@ fn no_content_and_not_modified_carry_no_body() {
             let r = c.get(HOST, "/");
             assert!(r.status == 204 || r.status == 304);
             assert!(r.body.is_empty());
+            let cl = r.header("content-length");
+            if r.status == 204 {
+                assert_eq!(cl, None, "Content-Length on a 204");
+            } else {
+                assert_eq!(cl, Some("1234"), "a 304 keeps the representation's length");
+            }
             assert!(
                 !r.chunked,
                 "{} relayed with Transfer-Encoding: chunked",

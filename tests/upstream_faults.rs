@@ -325,6 +325,57 @@ fn stale_pooled_connection_is_not_retried_for_a_post_with_body() {
 }
 
 #[test]
+fn a_slow_reused_connection_is_not_retried_after_the_read_timeout() {
+    // A read timeout is a slow upstream, not a stale connection: the request was delivered and may be
+    // running. Replaying it would run it twice and double the wait.
+    let up = Upstream::start(Behaviour::AnswerFirstThenHang);
+    let gw = Gateway::start(&upstream_config(
+        &[up.addr().to_string()],
+        "upstream_read = \"1s\"",
+    ));
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/one").status, 200);
+    let start = Instant::now();
+    let r = c.request(b"DELETE /slow HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    let t = start.elapsed();
+    r.assert_json_error(504);
+    assert!(t < Duration::from_millis(1800), "504 after {t:?}");
+    settle();
+    let slow = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/slow")
+        .count();
+    assert_eq!(slow, 1, "delivered once, not replayed after the timeout");
+}
+
+#[test]
+fn bytes_an_upstream_sends_after_its_response_never_answer_the_next_request() {
+    // The upstream answers, then 50 ms later sends a second, unsolicited response on the same
+    // connection. Reusing that connection would hand the stray response to the next client, and each
+    // later client the answer meant for the one before. The pooled connection must be seen to have
+    // unread bytes (and dropped) however soon it is reused.
+    let up = Upstream::start(Behaviour::Split {
+        first: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        gap: Duration::from_millis(50),
+        then: Some(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npoison".to_vec()),
+    });
+    let gw = gateway_for(&up);
+    for i in 0..4 {
+        let r = get(gw.addr(), HOST, &format!("/{i}"));
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.body, b"ok", "request {i} got someone else's response");
+        // Long enough for the stray bytes to arrive, well under any idle timeout.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(
+        up.connections(),
+        4,
+        "a connection with stray bytes was reused"
+    );
+}
+
+#[test]
 fn upstream_connections_are_pooled_across_client_connections() {
     let up = Upstream::echo("a");
     let gw = gateway_for(&up);

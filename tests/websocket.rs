@@ -169,3 +169,130 @@ fn declined_upgrade_stays_http() {
     assert!(!r.has_header("upgrade"));
     assert_eq!(c.get(HOST, "/next").header("x-echo-path"), Some("/next"));
 }
+
+/// A raw upgrade upstream on its own thread: answers the first request head with a 101, then runs
+/// `after` on the socket. Returns its address and the thread's handle (which yields what `after` did).
+fn raw_upgrade_upstream<T: Send + 'static>(
+    after: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<T>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).expect("request head"), 1, "head cut short");
+            head.push(b[0]);
+        }
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .unwrap();
+        after(s)
+    });
+    (addr, h)
+}
+
+/// A one-worker gateway in front of `addr` with the given upstream read timeout (the tunnel's idle
+/// timeout).
+fn tunnel_gateway(addr: std::net::SocketAddr, idle: &str) -> Gateway {
+    Gateway::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[server.timeouts]\nupstream_read = \"{idle}\"\n\n[[services]]\nname = \"svc\"\nurl = \"http://{addr}\"\n\n[[routes]]\nname = \"all\"\nservice = \"svc\"\npaths = [\"/\"]\n"
+    ))
+}
+
+/// Sends the upgrade request and reads the 101 head (byte by byte, so nothing after it is consumed).
+fn raw_upgrade(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(
+        b"GET /t HTTP/1.1\r\nHost: test.local\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("101 head"), 1, "101 cut short");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+#[test]
+fn traffic_one_way_keeps_the_tunnel_open_past_the_idle_timeout() {
+    // The upstream only listens (a log stream, a one-way feed): the quiet direction must not end the
+    // tunnel while the other one is busy.
+    let (addr, up) = raw_upgrade_upstream(|mut s| {
+        let mut got = Vec::new();
+        let mut b = [0u8; 256];
+        while let Ok(n) = s.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        got
+    });
+    let gw = tunnel_gateway(addr, "1s");
+    let mut s = raw_upgrade(&gw);
+    for i in 0..8 {
+        s.write_all(format!("msg{i};").as_bytes())
+            .expect("tunnel cut off while in use");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // 2.4 s of one-way traffic, over twice the idle timeout; then the client leaves.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = up.join().expect("upstream thread");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "msg0;msg1;msg2;msg3;msg4;msg5;msg6;msg7;"
+    );
+}
+
+#[test]
+fn a_half_closed_client_still_gets_the_answer() {
+    // The client sends its request and shuts down its write side; the upstream answers after it saw
+    // EOF. The half-close must be passed on, and the answer relayed back.
+    let (addr, up) = raw_upgrade_upstream(|mut s| {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read to EOF");
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(b"ECHO:").unwrap();
+        s.write_all(&got).unwrap();
+    });
+    let gw = tunnel_gateway(addr, "5s");
+    let mut s = raw_upgrade(&gw);
+    s.write_all(b"ping").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).expect("answer, then EOF");
+    assert_eq!(answer, b"ECHO:ping");
+    up.join().expect("upstream thread");
+}
+
+#[test]
+fn a_tunnel_silent_both_ways_closes_after_the_idle_timeout() {
+    let (addr, up) = raw_upgrade_upstream(|mut s| {
+        let mut b = [0u8; 16];
+        // Returns once the gateway closes its side.
+        let _ = s.read(&mut b);
+    });
+    let gw = tunnel_gateway(addr, "1s");
+    let mut s = raw_upgrade(&gw);
+    let start = std::time::Instant::now();
+    let mut b = [0u8; 16];
+    assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+    let t = start.elapsed();
+    assert!(
+        t >= Duration::from_millis(800) && t < Duration::from_secs(3),
+        "closed after {t:?}"
+    );
+    up.join().expect("upstream thread");
+}

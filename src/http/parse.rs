@@ -225,7 +225,10 @@ fn apply_request_fields(f: &Fields, out: &mut RequestHead) -> Result<Parsed, Par
         }
     });
     out.close = f.conn_close || (http10 && !f.conn_keep_alive);
-    out.upgrade = f.conn_upgrade && f.upgrade_header;
+    // An h2c upgrade is never tunnelled ("h2c smuggling"): the upstream would then take HTTP/2
+    // requests for any path straight from the client, past routing and auth, which saw only the
+    // first request. The request goes upstream as plain HTTP/1.1 instead, as through nginx.
+    out.upgrade = f.conn_upgrade && f.upgrade_header && !f.upgrade_h2c;
     // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
     out.expect_continue = f.expect_continue && !http10;
     Ok(Parsed::Complete)
@@ -537,6 +540,8 @@ struct Fields {
     conn_keep_alive: bool,
     conn_upgrade: bool,
     upgrade_header: bool,
+    /// The Upgrade header offers `h2c`.
+    upgrade_h2c: bool,
     expect_continue: bool,
 }
 
@@ -578,7 +583,11 @@ fn classify(
         6 if eq_ignore_case(name, b"expect") => {
             f.expect_continue |= eq_ignore_case(v, b"100-continue");
         }
-        7 if eq_ignore_case(name, b"upgrade") => f.upgrade_header = true,
+        7 if eq_ignore_case(name, b"upgrade") => {
+            f.upgrade_header = true;
+            f.upgrade_h2c |=
+                list_items(v).any(|r| eq_ignore_case(v.get(r).unwrap_or_default(), b"h2c"));
+        }
         10 if eq_ignore_case(name, b"connection") => {
             connection_tokens(f, value, head, conn_tokens);
         }

@@ -92,6 +92,8 @@ impl<S: ClientIo> Conn<S> {
         let now_ms = limit::now_ms();
         let mut walk = Walk::default();
         loop {
+            // Before `st` borrows the scratch: whether an answer given here ends the connection.
+            let closing = self.closing(shard, p.client_close);
             let st = &mut self.s.chain;
             let Some(step) = walk.next(&snap.chains, p.route, st.id.consumer) else {
                 break;
@@ -211,7 +213,7 @@ impl<S: ClientIo> Conn<S> {
                     if rt.conf.anonymous.is_some() && st.id.authenticated() {
                         continue;
                     }
-                    let close = p.client_close || !self.body_done || shard.draining.get();
+                    let close = closing;
                     let buf = &self.buf;
                     let head = &self.s.head;
                     // The auth service judges what the upstream will get: the normalized path
@@ -312,7 +314,7 @@ impl<S: ClientIo> Conn<S> {
                 }
             };
             if let Flow::Respond { status, body } = flow {
-                let close = p.client_close || !self.body_done || shard.draining.get();
+                let close = self.closing(shard, p.client_close);
                 self.s.out.clear();
                 plugins::write_response(
                     &mut self.s.out,

@@ -250,7 +250,8 @@ pub fn write_response_head(
         let name = h.name.get(ubuf);
         let keep = match classify(name) {
             Class::HopByHop | Class::Upgrade => false,
-            Class::ContentLength => framing == ClientFraming::NoBody,
+            // RFC 9110 §8.6: never on a 204 (HEAD and 304 pass the upstream's length on).
+            Class::ContentLength => framing == ClientFraming::NoBody && resp.status != 204,
             _ => resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf),
         };
         if keep {

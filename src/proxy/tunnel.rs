@@ -1,7 +1,18 @@
-//! Byte tunnel after a `101 Switching Protocols` (WebSocket and other upgrades): both directions are
-//! copied until either side closes, errors, or stays idle longer than the idle timeout.
+//! Byte tunnel after a `101 Switching Protocols` (WebSocket and other upgrades).
+//!
+//! Invariants:
+//! - both directions are copied independently; traffic in either one keeps the whole tunnel alive
+//!   (one shared idle timer, like HAProxy's `timeout tunnel`), so a stream that only ever flows one
+//!   way is not cut off;
+//! - EOF in one direction is passed on as a half-close (shutdown of the other side's write half) and
+//!   the reverse direction goes on, so a client that sends and then shuts down still gets its answer;
+//! - the tunnel ends when both directions have ended, on the first read or write error, or when
+//!   nothing moved either way for `idle`; dropping the halves then closes both sockets.
 
-use std::time::Duration;
+use std::cell::Cell;
+use std::future::Future;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use crate::upstream::conn::UpstreamConn;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
@@ -26,26 +37,70 @@ pub async fn run<S: ClientIo>(
     }
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut up_rd, mut up_wr) = upstream.into_split();
-    let to_upstream = copy(&mut client_rd, &mut up_wr, idle);
-    let to_client = copy(&mut up_rd, &mut client_wr, idle);
-    // Either direction ending ends the tunnel; dropping the halves closes both sockets.
-    monoio::select! {
-        _ = to_upstream => {},
-        _ = to_client => {},
-    }
+    let last = Cell::new(Instant::now());
+    let mut to_upstream = std::pin::pin!(copy(&mut client_rd, &mut up_wr, &last, idle));
+    let mut to_client = std::pin::pin!(copy(&mut up_rd, &mut client_wr, &last, idle));
+    let mut idled_out = std::pin::pin!(idle_out(&last, idle));
+    let (mut up_done, mut down_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !up_done {
+            if let Poll::Ready(r) = to_upstream.as_mut().poll(cx) {
+                if r.is_err() {
+                    return Poll::Ready(());
+                }
+                up_done = true;
+            }
+        }
+        if !down_done {
+            if let Poll::Ready(r) = to_client.as_mut().poll(cx) {
+                if r.is_err() {
+                    return Poll::Ready(());
+                }
+                down_done = true;
+            }
+        }
+        if up_done && down_done {
+            return Poll::Ready(());
+        }
+        idled_out.as_mut().poll(cx)
+    })
+    .await;
 }
 
-async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(from: &mut R, to: &mut W, idle: Duration) {
+/// Copies `from` to `to` until EOF, then half-closes `to`. Err: a read or write failed (or a write
+/// stalled for `write_limit`), which ends the whole tunnel. Reads have no timeout of their own: a
+/// direction may rightly stay quiet while the other one talks (`idle_out` ends a silent tunnel).
+async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(
+    from: &mut R,
+    to: &mut W,
+    last: &Cell<Instant>,
+    write_limit: Duration,
+) -> Result<(), ()> {
     let mut buf = Vec::with_capacity(TUNNEL_BUF);
     loop {
         buf.clear();
-        match io::fill(from, &mut buf, idle).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        let (res, b) = from.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) => break,
+            Ok(_) => last.set(Instant::now()),
+            Err(_) => return Err(()),
         }
-        if io::send_all(to, &mut buf, idle).await.is_err() {
-            break;
-        }
+        io::send_all(to, &mut buf, write_limit)
+            .await
+            .map_err(drop)?;
+        last.set(Instant::now());
     }
-    let _ = to.shutdown().await;
+    to.shutdown().await.map_err(drop)
+}
+
+/// Resolves once nothing has moved in either direction for `idle`.
+async fn idle_out(last: &Cell<Instant>, idle: Duration) {
+    loop {
+        let deadline = last.get() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        monoio::time::sleep_until(monoio::time::Instant::from_std(deadline)).await;
+    }
 }

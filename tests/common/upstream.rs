@@ -47,6 +47,9 @@ pub enum Behaviour {
     /// Echo the first request on each connection; for any later request on that connection, read it
     /// completely and close without answering (a stale pooled connection, detected only by using it).
     AnswerFirstOnly,
+    /// Echo the first request on each connection; never answer later ones (read and record them): a
+    /// pooled connection whose upstream has become slow.
+    AnswerFirstThenHang,
     /// `len` bytes of a repeating pattern (`pattern_byte(i)`), Content-Length or chunked, written as
     /// fast as the socket takes them.
     Stream { len: u64, chunked: bool },
@@ -597,6 +600,15 @@ impl UpConn {
                     false
                 }
                 Behaviour::AnswerFirstOnly => served == 0 && self.echo(&req),
+                Behaviour::AnswerFirstThenHang if served == 0 => self.echo(&req),
+                Behaviour::AnswerFirstThenHang => {
+                    while !self.eof && !self.shared.stopped() {
+                        if self.fill().is_err() {
+                            break;
+                        }
+                    }
+                    false
+                }
                 Behaviour::Stream { len, chunked } => self.stream_body(&req, *len, *chunked),
                 Behaviour::WebSocketEcho => {
                     self.websocket(&req);
