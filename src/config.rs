@@ -72,6 +72,19 @@ fn compile(text: &str, file: &str, source: &Path) -> Result<model::Config, Vec<C
             return Err(vec![e]);
         }
     };
+    if doc.as_table().is_empty() {
+        // Every setting has a default, so an empty file would validate into a gateway with no
+        // routes, answering 404 to everything. The likely cause is a file caught mid-rewrite (a
+        // tool truncates, then writes) by a reload: keep the running config instead.
+        return Err(vec![ConfigError {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            key: "(file)".to_owned(),
+            message: "the config is empty (no settings at all); refusing a gateway with no routes"
+                .to_owned(),
+        }]);
+    }
     let mut problems = Vec::new();
     let decoded = decode::decode(&doc, &mut problems);
     let config = validate::compile(&decoded, source.to_path_buf(), &mut problems);

@@ -5,6 +5,7 @@
 //! workers never do. Listeners are bound here, one SO_REUSEPORT socket per worker per address, and
 //! handed over; a `listen` port of 0 is resolved once so every worker shares the same port.
 
+use crossbeam_channel::RecvTimeoutError;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -173,7 +174,8 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         if use_uring { "io_uring" } else { "epoll" }
     );
 
-    wait_for_termination(signals, &reloader);
+    let mut signals = signals;
+    wait_for_termination(&mut signals, &reloader);
     let drain_timeout = reloader.current().config.server.drain_timeout;
     info!("draining timeout={}ms", drain_timeout.as_millis());
     control.drain.store(true, Ordering::Relaxed);
@@ -182,12 +184,21 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let mut stopped = 0;
     while stopped < workers {
         let left = deadline.saturating_duration_since(Instant::now());
-        match done_rx.recv_timeout(left) {
+        if left.is_zero() {
+            warn!("drain deadline passed workers_left={}", workers - stopped);
+            break;
+        }
+        match done_rx.recv_timeout(left.min(SIGNAL_POLL)) {
             Ok(_) => stopped += 1,
-            Err(_) => {
-                warn!("drain deadline passed workers_left={}", workers - stopped);
-                break;
-            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if second_signal(&mut signals) {
+            warn!(
+                "exiting without waiting for in-flight requests workers_left={}",
+                workers - stopped
+            );
+            break;
         }
     }
     // Workers flushed their last metrics before finishing; stop the readers, then the merger (which
@@ -355,8 +366,31 @@ fn kind_name(kind: ListenKind) -> &'static str {
     }
 }
 
+/// How often a drain looks for a second SIGTERM/SIGINT.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+/// During a drain: true once a second SIGTERM or SIGINT came (the operator wants out now, as with a
+/// second Ctrl-C; otherwise only SIGKILL could cut a long `drain_timeout` short). A SIGHUP is not
+/// acted on: the workers no longer take new generations.
+fn second_signal(signals: &mut signal_hook::iterator::Signals) -> bool {
+    use signal_hook::consts::{SIGHUP, SIGTERM};
+    let mut stop = false;
+    for sig in signals.pending() {
+        if sig == SIGHUP {
+            warn!("signal ignored while draining signal=SIGHUP");
+        } else {
+            info!(
+                "signal received signal={} draining=true",
+                if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
+            );
+            stop = true;
+        }
+    }
+    stop
+}
+
 /// Blocks until SIGTERM or SIGINT; SIGHUP reloads the config.
-fn wait_for_termination(mut signals: signal_hook::iterator::Signals, reloader: &Reloader) {
+fn wait_for_termination(signals: &mut signal_hook::iterator::Signals, reloader: &Reloader) {
     use signal_hook::consts::{SIGHUP, SIGTERM};
     for sig in signals.forever() {
         match sig {

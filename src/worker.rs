@@ -469,10 +469,12 @@ pub fn run(spec: WorkerSpec) {
 async fn worker_main(mut spec: WorkerSpec) {
     let shard = Rc::new(Shard::new(&spec.compiled, spec.index, spec.metrics.clone()));
     let accept_cancel = Canceller::new();
+    let mut listening: Vec<RawFd> = Vec::new();
     for (std_listener, kind) in std::mem::take(&mut spec.listeners) {
         let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
         match TcpListener::from_std(std_listener) {
             Ok(listener) => {
+                listening.push(listener.as_raw_fd());
                 monoio::spawn(accept_loop(
                     listener,
                     port,
@@ -490,7 +492,7 @@ async fn worker_main(mut spec: WorkerSpec) {
     }
     monoio::spawn(limiter_sync(shard.clone()));
     monoio::spawn(parking::watch(shard.clone()));
-    control_loop(&shard, &spec, accept_cancel).await;
+    control_loop(&shard, &spec, accept_cancel, &listening).await;
 }
 
 /// Exchanges this worker's rate-limit counts with the reconciler every `sync_interval` (never blocks:
@@ -522,8 +524,14 @@ async fn limiter_sync(shard: Rc<Shard>) {
 }
 
 /// Polls the control flags; on drain stops accepting, closes idle connections and waits for
-/// in-flight requests up to `drain_timeout`.
-async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Canceller) {
+/// in-flight requests up to `drain_timeout`. `listening`: the fds of this worker's listeners, open
+/// until drain starts (their accept tasks hold them and end only through `accept_cancel`).
+async fn control_loop(
+    shard: &Rc<Shard>,
+    spec: &WorkerSpec,
+    accept_cancel: Canceller,
+    listening: &[RawFd],
+) {
     let mut ticks: u64 = 0;
     while !spec.control.drain.load(Ordering::Relaxed) {
         monoio::time::sleep(CONTROL_TICK).await;
@@ -562,6 +570,20 @@ async fn control_loop(shard: &Rc<Shard>, spec: &WorkerSpec, accept_cancel: Cance
         }
     }
     shard.draining.set(true);
+    // Leave the SO_REUSEPORT group now, before anything is awaited. Cancelling the accept is not
+    // enough: a worker with nothing in flight returns at once, and its runtime ends before the
+    // accept task drops the listener. The socket then stays listening until the process exits, and
+    // the kernel keeps handing it new connections that nobody accepts: clients hang for the whole
+    // drain instead of being refused and retrying elsewhere. shutdown(SHUT_RD) on a listening socket
+    // closes it for new connections (they are refused, like nginx closing its listeners) and wakes
+    // the pending accept.
+    for &fd in listening {
+        // SAFETY: the fd is open: its accept task has not run since `draining` was set (no await
+        // in between), and it drops the listener only after seeing `draining` or the cancel.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RD);
+        }
+    }
     let _ = accept_cancel.cancel();
     shard.idle.wake_all();
     shard.parked.close_all(shard);

@@ -113,6 +113,23 @@ fn errors_are_located() {
     let e = one_error(&with("[metrics]\nhistogram_file = \"\"\n"));
     assert_eq!(e.key, "metrics.histogram_file");
 
+    // `check` must catch what `run` would only find at bind time, or at shutdown.
+    let e = one_error(&with("[admin]\nlisten = \"127.0.0.1:8080\"\n"));
+    assert_eq!((e.line, e.key.as_str()), (EXTRA_LINE + 1, "admin.listen"));
+    assert!(
+        e.message
+            .contains("overlaps the server listen address 0.0.0.0:8080"),
+        "{e}"
+    );
+    let e = one_error(&with(
+        "[metrics]\nhistogram_file = \"/nonexistent-ringgate-dir/h.txt\"\n",
+    ));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (EXTRA_LINE + 1, "metrics.histogram_file")
+    );
+    assert!(e.message.contains("does not exist"), "{e}");
+
     let e = one_error(&with("[metrics]\nper_consumer_labels = \"yes\"\n"));
     assert_eq!(e.key, "metrics.per_consumer_labels");
 

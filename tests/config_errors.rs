@@ -82,6 +82,16 @@ fn display_format() {
 }
 
 #[test]
+fn an_empty_file_is_an_error() {
+    // A file truncated mid-rewrite must not reload into a gateway that routes nothing.
+    for text in ["", "\n\n", "# only a comment\n"] {
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{text:?}: {e:?}");
+        expect(&e[0], 1, 1, "(file)", "the config is empty");
+    }
+}
+
+#[test]
 fn syntax_error() {
     expect_one(
         &base_with("[[routes]]", "[[routes]"),

@@ -180,6 +180,50 @@ fn sigterm_drains_the_in_flight_request_then_exits_0() {
 }
 
 #[test]
+fn during_a_drain_new_connections_are_refused_not_left_hanging() {
+    // Two workers; one has a request in flight and drains for seconds, the other has nothing to
+    // wait for and finishes at once. Neither may leave a listening socket behind: the kernel would
+    // keep handing it new connections that nobody accepts.
+    let up = Upstream::start(Behaviour::EchoDelayed(Duration::from_secs(4)));
+    let mut gw = Gateway::start_with_args(
+        &config_with(&up, "drain_timeout = \"10s\""),
+        &["--workers", "2"],
+    );
+    let addr = gw.addr();
+    let client = std::thread::spawn(move || Conn::connect(addr).get(HOST, "/in-flight"));
+    assert!(
+        up.wait_requests(1, Duration::from_secs(5)),
+        "request never reached the upstream"
+    );
+    gw.sigterm();
+    std::thread::sleep(Duration::from_millis(300));
+    // Each from a new source port, so SO_REUSEPORT spreads them over both workers' sockets.
+    for i in 0..12 {
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+            continue; // refused: the right answer
+        };
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let _ =
+            std::io::Write::write_all(&mut s, b"GET /late HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        let mut b = [0u8; 64];
+        match std::io::Read::read(&mut s, &mut b) {
+            Ok(0) => {}
+            Err(e)
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut => {}
+            other => {
+                panic!("connection {i} after SIGTERM: {other:?} (accepted by nobody, left hanging)")
+            }
+        }
+    }
+    let r = client.join().expect("client thread");
+    assert_eq!(r.status, 200, "in-flight request not completed: {r:?}");
+    let st = gw.wait_exit(Duration::from_secs(10)).expect("no exit");
+    assert_eq!(st.code(), Some(0));
+}
+
+#[test]
 fn sigint_on_an_idle_gateway_exits_0_promptly() {
     let up = Upstream::echo("a");
     let mut gw = gateway_for(&up);
@@ -209,6 +253,34 @@ fn sigint_with_a_parked_idle_connection_exits_0_promptly() {
         .expect("no exit within 5 s");
     assert_eq!(st.code(), Some(0));
     assert!(idle.probe_closed(Duration::from_secs(1)));
+}
+
+#[test]
+fn a_second_signal_cuts_the_drain_short() {
+    let up = Upstream::start(Behaviour::Hang);
+    let mut gw = Gateway::start(&config_with(&up, "drain_timeout = \"60s\""));
+    let addr = gw.addr();
+    let _client = std::thread::spawn(move || {
+        let mut c = Conn::connect(addr);
+        c.set_read_timeout(Duration::from_secs(30));
+        let _ = c.send(b"GET /stuck HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        let _ = c.read_response();
+    });
+    assert!(up.wait_requests(1, Duration::from_secs(5)));
+    gw.sigterm();
+    assert!(gw.wait_log("draining", Duration::from_secs(5)));
+    // Still draining (the request hangs, the drain allows a minute)...
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gw.wait_exit(Duration::from_millis(10)).is_none());
+    // ...until the operator insists.
+    let t = Instant::now();
+    gw.sigint();
+    let st = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("a second signal must end the drain");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(st.code(), Some(0));
+    assert!(gw.log_contains("exiting without waiting for in-flight requests"));
 }
 
 #[test]

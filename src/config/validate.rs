@@ -130,7 +130,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
     let certificates = tls::certificates(&decoded.certificates, &base, problems);
     tls::check_listeners(&server.listeners, certificates.len(), problems);
     let mut client_tls = tls::ClientConfigs::new(base.clone());
-    let admin = observe::admin(decoded.admin.as_ref(), problems);
+    let admin = observe::admin(decoded.admin.as_ref(), &server.listen, problems);
     let metrics = observe::metrics(decoded.metrics.as_ref(), problems);
     let (mut upstreams, upstream_names) =
         entities::upstreams(&decoded.upstreams, &mut client_tls, problems);

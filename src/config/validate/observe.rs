@@ -20,7 +20,12 @@ const MAX_TOKEN: usize = 1024;
 const MAX_CONSUMER_LABELS: i64 = 10_000;
 
 /// `None` when `[admin]` is absent (no admin listener).
-pub fn admin(raw: Option<&RawAdmin>, problems: &mut Vec<Problem>) -> Option<AdminDef> {
+/// `server_listen`: the proxy's own addresses, which the admin listener must not collide with.
+pub fn admin(
+    raw: Option<&RawAdmin>,
+    server_listen: &[SocketAddr],
+    problems: &mut Vec<Problem>,
+) -> Option<AdminDef> {
     let raw = raw?;
     let p = KeyPath::root().key("admin");
     let listen_str = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
@@ -55,6 +60,19 @@ pub fn admin(raw: Option<&RawAdmin>, problems: &mut Vec<Problem>) -> Option<Admi
         }
         Some(t) => Some(t.to_owned()),
     };
+    // Same port on an overlapping address (equal, or either one the wildcard): both could not bind,
+    // and `check` would pass a config that `run` then refuses. Port 0 (any free port) never clashes.
+    if let Some(clash) = server_listen.iter().find(|s| {
+        listen.port() != 0
+            && s.port() == listen.port()
+            && (s.ip() == listen.ip() || s.ip().is_unspecified() || listen.ip().is_unspecified())
+    }) {
+        push(
+            problems,
+            p.key("listen"),
+            format!("{listen} overlaps the server listen address {clash}: the admin API needs a port of its own"),
+        );
+    }
     if !listen.ip().is_loopback() && raw.token.is_none() {
         push(
             problems,
@@ -93,7 +111,18 @@ pub fn metrics(raw: Option<&RawMetrics>, problems: &mut Vec<Problem>) -> Metrics
             p.key("histogram_file"),
             "must be a file path (omit the key to not write histograms)",
         ),
-        Some(f) => def.histogram_file = Some(PathBuf::from(f)),
+        Some(f) => {
+            // Written at shutdown: a missing directory found then would lose the whole run's data.
+            let path = PathBuf::from(f);
+            match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => push(
+                    problems,
+                    p.key("histogram_file"),
+                    format!("directory {} does not exist", dir.display()),
+                ),
+                _ => def.histogram_file = Some(path),
+            }
+        }
     }
     if let Some(b) = raw.per_consumer_labels {
         def.per_consumer_labels = b;
