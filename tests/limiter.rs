@@ -190,6 +190,71 @@ fn key_table_is_bounded_and_evicts_least_recently_used() {
     assert_eq!(set.stats(0).keys, 0);
 }
 
+/// Two workers and the real reconciler: once one worker has used up a key's limit, the other
+/// worker's first request for that key is rejected. The reconciler's totals for a key reach every
+/// worker, also one that has not seen the key yet; such a worker used to drop them, so its first
+/// request decided on a count of 0 (one request over the limit per worker).
+#[test]
+fn a_worker_new_to_a_key_decides_on_the_global_count() {
+    for cfg in [
+        "minute = 5",
+        "algorithm = \"sliding_window\", minute = 5",
+        "algorithm = \"token_bucket\", average = 60, period = \"1h\", burst = 5",
+    ] {
+        let (_h, links) = limit::start_instances(vec![instance(cfg)], 2);
+        let mut sets = links.into_iter().map(LimiterSet::new);
+        let (Some(a), Some(b)) = (sets.next(), sets.next()) else {
+            panic!("two links")
+        };
+        for _ in 0..5 {
+            assert!(headers(&a, b"k", T0).0, "{cfg}");
+        }
+        assert!(!headers(&a, b"k", T0).0, "{cfg}");
+        a.sync(T0);
+        // b takes in the reconciler's answer to a's batch at its own syncs (bounded wait).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.remaining(0, b"k", T0).is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+            b.sync(T0);
+        }
+        let (ok, h) = headers(&b, b"k", T0);
+        assert!(
+            !ok,
+            "{cfg}: admitted over the limit on the second worker: {h}"
+        );
+        assert_eq!(b.remaining(0, b"k", T0), Some(0), "{cfg}");
+        assert_eq!(b.stats(0).admitted, 0, "{cfg}");
+    }
+}
+
+/// Other workers' keys are taken in only while the table has room: a full table keeps its own keys
+/// (their counts are what this worker decides on) and stays at `max_keys`.
+#[test]
+fn other_workers_keys_never_displace_a_full_tables_own() {
+    let (_h, links) = limit::start_instances(vec![instance("minute = 5, max_keys = 2")], 2);
+    let mut sets = links.into_iter().map(LimiterSet::new);
+    let (Some(a), Some(b)) = (sets.next(), sets.next()) else {
+        panic!("two links")
+    };
+    assert!(headers(&b, b"x", T0).0);
+    assert!(headers(&b, b"y", T0).0);
+    b.sync(T0);
+    // a's batch carries a key b knows ("x") and one it does not ("k"); both are in the same view,
+    // so once b sees a's count of "x" it has also been offered "k".
+    assert!(headers(&a, b"x", T0).0);
+    assert!(headers(&a, b"k", T0).0);
+    a.sync(T0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.remaining(0, b"x", T0) != Some(3) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+        b.sync(T0);
+    }
+    assert_eq!(b.remaining(0, b"x", T0), Some(3), "b sees a's count of x");
+    assert_eq!(b.remaining(0, b"k", T0), None, "no room for k");
+    assert_eq!(b.remaining(0, b"y", T0), Some(4), "b's own key stays");
+    assert_eq!(b.stats(0).keys, 2);
+}
+
 /// `workers` threads share one limit of `limit` per hour; each makes `per_ms` checks per ms and
 /// syncs every interval. Returns (admitted, attempts per second over all workers, overshoot).
 fn accuracy(workers: usize, limit: u64, per_ms: u64) -> (u64, f64, u64) {

@@ -5,7 +5,9 @@
 //! merged) + unsynced (admitted since the last send)`, never waits on anything, and allocates nothing
 //! for a key already in the table (a new key allocates its bytes once). `sync` (every sync interval,
 //! from a worker task) applies the views the reconciler sent, sends this worker's deltas and evicts
-//! idle keys; it never blocks (try_recv / unbounded send). RefCell borrows never outlive a call.
+//! idle keys; it never blocks (try_recv / unbounded send). Views also bring in keys other workers
+//! use (while the table has room), so a worker's first request for such a key decides on their
+//! counts. RefCell borrows never outlive a call.
 //!
 //! Reload: a generation's set is built `with_previous` (the worker's current set), at install time
 //! in the worker's control loop. It shares the previous set's `Core` (channels, batch numbering,
@@ -369,7 +371,7 @@ impl LimiterSet {
     /// Applies the reconciler's views, sends this worker's deltas, evicts idle keys. Call every
     /// `sync_interval()` from a worker task (not per request). Never blocks.
     pub fn sync(&self, now_ms: u64) {
-        self.apply_views();
+        self.apply_views(now_ms);
         let core = &*self.core;
         let mut batch = std::mem::take(&mut *core.evicted.borrow_mut());
         let seq = core.seq.get() + 1;
@@ -461,35 +463,41 @@ impl LimiterSet {
         let _ = core.tx.send(ToReconciler::Batch(batch));
     }
 
-    /// Applies every view the reconciler has sent so far (never blocks).
-    pub fn apply_views(&self) {
+    /// Applies every view the reconciler has sent so far (never blocks). `now_ms` is when keys
+    /// this worker learns from them count as last seen (for idle eviction).
+    pub fn apply_views(&self, now_ms: u64) {
         while let Ok(view) = self.core.rx.try_recv() {
-            self.apply(&view);
+            self.apply(&view, now_ms);
         }
     }
 
-    fn counts_of(&self, slot: u32) -> Option<&Counts> {
+    fn inst_of(&self, slot: u32) -> Option<&Inst> {
         let &i = self.by_slot.get(&slot)?;
-        self.insts.get(i).map(|inst| &*inst.counts)
+        self.insts.get(i)
     }
 
-    fn apply(&self, view: &View) {
+    /// Takes in the reconciler's totals. A key this worker has not seen yet is added while its
+    /// table has room: other workers are using it, and without their counts this worker's first
+    /// requests for it would decide on a count of 0 and could admit up to a whole limit more
+    /// (in the round before its own batch is answered). A full table keeps its own keys instead
+    /// (their counts are what this worker decides on); such a key then starts from local counts.
+    fn apply(&self, view: &View, now_ms: u64) {
         let core = &*self.core;
         if let Some(&a) = view.acked.get(core.worker) {
             core.acked.set(core.acked.get().max(a));
         }
         let acked = core.acked.get();
         for &(slot, ovr) in view.overrides.iter() {
-            if let Some(c) = self.counts_of(slot) {
-                c.ovr.set(ovr);
+            if let Some(inst) = self.inst_of(slot) {
+                inst.counts.ovr.set(ovr);
             }
         }
         for rec in &view.recs {
-            let Some(counts) = self.counts_of(rec.slot) else {
+            let Some(inst) = self.inst_of(rec.slot) else {
                 continue;
             };
             let key = rec.key.get(&view.keys);
-            let mut table = counts.table.borrow_mut();
+            let mut table = inst.counts.table.borrow_mut();
             match (&mut *table, rec.what) {
                 (
                     Table::Windows(t),
@@ -500,7 +508,16 @@ impl LimiterSet {
                         prev,
                     },
                 ) => {
-                    let Some(slot) = t.find(key) else { continue };
+                    let n = inst.def.def.limits.len();
+                    let found = t.find(key).or_else(|| {
+                        t.insert_if_room(
+                            key,
+                            now_ms,
+                            || vec![WinPair::default(); n].into_boxed_slice(),
+                            |v| v.fill(WinPair::default()),
+                        )
+                    });
+                    let Some(slot) = found else { continue };
                     let Some(pair) = t
                         .value_mut(slot)
                         .and_then(|p| p.get_mut(usize::from(period)))
@@ -518,7 +535,16 @@ impl LimiterSet {
                     }
                 }
                 (Table::Bucket(t), ViewWhat::Bucket { tokens, at_ms }) => {
-                    let Some(slot) = t.find(key) else { continue };
+                    let shared = BucketState {
+                        local: Bucket { tokens, at_ms },
+                        inflight: 0,
+                        seq: 0,
+                        unsynced: 0,
+                    };
+                    let found = t
+                        .find(key)
+                        .or_else(|| t.insert_if_room(key, now_ms, || shared, |v| *v = shared));
+                    let Some(slot) = found else { continue };
                     let Some(b) = t.value_mut(slot) else { continue };
                     let inflight = if b.seq <= acked { 0 } else { b.inflight };
                     b.local = Bucket {
