@@ -94,6 +94,68 @@ fn fixed_window_headers_and_reject() {
     assert_eq!((s.admitted, s.rejected), (4, 2));
 }
 
+/// On a rejection, each `X-RateLimit-Remaining-<Period>` says what is really left (the rejected
+/// request was not counted anywhere), and `RateLimit-*` describe the period that rejected, so
+/// `RateLimit-Reset` and `Retry-After` agree (Kong's behaviour, and the IETF draft's).
+#[test]
+fn reject_headers_describe_the_period_that_rejected() {
+    // The second rejects; the minute still has 1 left (it used to say 0, and RateLimit-* described
+    // the minute: limit 3, reset 45 next to Retry-After: 1).
+    let (_h, set) = one("second = 2, minute = 3, limit_by = \"ip\"");
+    assert!(headers(&set, b"k", T0).0);
+    assert!(headers(&set, b"k", T0 + 10).0);
+    let (ok, h) = headers(&set, b"k", T0 + 20);
+    assert!(!ok);
+    assert_eq!(
+        h,
+        "X-RateLimit-Limit-Second: 2\r\nX-RateLimit-Remaining-Second: 0\r\n\
+         X-RateLimit-Limit-Minute: 3\r\nX-RateLimit-Remaining-Minute: 1\r\n\
+         RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 1\r\n\
+         Retry-After: 1\r\n"
+    );
+    // The hour rejects (29:45 to its end at T0), the day has 98 left (11:29:45 to its end).
+    let (_h, set) = one("hour = 2, day = 100, limit_by = \"ip\"");
+    assert!(headers(&set, b"k", T0).0);
+    assert!(headers(&set, b"k", T0).0);
+    let (ok, h) = headers(&set, b"k", T0);
+    assert!(!ok);
+    assert_eq!(
+        h,
+        "X-RateLimit-Limit-Hour: 2\r\nX-RateLimit-Remaining-Hour: 0\r\n\
+         X-RateLimit-Limit-Day: 100\r\nX-RateLimit-Remaining-Day: 98\r\n\
+         RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 1785\r\n\
+         Retry-After: 1785\r\n"
+    );
+    // Both periods used up: the one that keeps rejecting longer (the hour) is described, and is
+    // what Retry-After says. While both are admitting with equally few left, the later reset wins.
+    let (_h, set) = one("minute = 2, hour = 2, limit_by = \"ip\"");
+    let (ok, h) = headers(&set, b"k", T0);
+    assert!(ok);
+    assert!(
+        h.ends_with("RateLimit-Limit: 2\r\nRateLimit-Remaining: 1\r\nRateLimit-Reset: 1785\r\n"),
+        "{h}"
+    );
+    assert!(headers(&set, b"k", T0).0);
+    let (ok, h) = headers(&set, b"k", T0);
+    assert!(!ok);
+    assert!(
+        h.ends_with("RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 1785\r\nRetry-After: 1785\r\n"),
+        "{h}"
+    );
+    // Sliding window: same rule. The second is full, so a request fits again 1.48 s from now (the
+    // previous second still weighs), and both headers say 2.
+    let (_h, set) = one("algorithm = \"sliding_window\", second = 2, minute = 3");
+    assert!(headers(&set, b"k", T0).0);
+    assert!(headers(&set, b"k", T0 + 10).0);
+    let (ok, h) = headers(&set, b"k", T0 + 20);
+    assert!(!ok);
+    assert!(h.contains("X-RateLimit-Remaining-Minute: 1\r\n"), "{h}");
+    assert!(
+        h.ends_with("RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 2\r\nRetry-After: 2\r\n"),
+        "{h}"
+    );
+}
+
 #[test]
 fn hidden_headers_custom_error_and_shadow() {
     let (_h, set) = one(

@@ -79,6 +79,12 @@ fn limit_headers_429_and_nothing_forwarded_past_the_limit() {
         .expect("Retry-After on a 429");
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(r.header("x-ratelimit-remaining-minute"), Some("0"));
+    // The hour was not charged for the rejected request: 95 left, not 0. The RateLimit-* headers
+    // describe the period that rejected, so RateLimit-Reset says what Retry-After says.
+    assert_eq!(r.header("x-ratelimit-remaining-hour"), Some("95"));
+    assert_eq!(r.header("ratelimit-limit"), Some("5"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(r.header("ratelimit-reset"), r.header("retry-after"));
     // The connection stays usable, other routes are not limited, and the upstream saw only 5.
     assert_eq!(c.get(HOST, "/free/x").status, 200);
     settle();
