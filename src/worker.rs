@@ -517,7 +517,7 @@ async fn limiter_sync(shard: Rc<Shard>) {
                 break;
             }
             monoio::time::sleep(VIEW_PICKUP).await;
-            limiters.apply_views();
+            limiters.apply_views(crate::limit::now_ms());
         }
         limiters.sync(crate::limit::now_ms());
     }

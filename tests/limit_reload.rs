@@ -7,7 +7,7 @@ mod common;
 
 use common::redis::Redis;
 use common::*;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Two routes (`/api` limited, `/free` not) plus, with `extra_route`, a third one: the unrelated
 /// change each reload makes.
@@ -44,18 +44,6 @@ config = {plugin}
 "#,
         url = up.url()
     )
-}
-
-/// Hour windows are calendar-aligned: start in a fresh hour if this one ends within a minute, so a
-/// window boundary cannot fall inside a test.
-fn away_from_hour_end() {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let left = 3_600 - now % 3_600;
-    if left < 60 {
-        std::thread::sleep(Duration::from_secs(left + 1));
-    }
 }
 
 const REQ: &[u8] = b"GET /api/x HTTP/1.1\r\nHost: test.local\r\nX-Client: c1\r\n\r\n";

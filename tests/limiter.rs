@@ -94,6 +94,68 @@ fn fixed_window_headers_and_reject() {
     assert_eq!((s.admitted, s.rejected), (4, 2));
 }
 
+/// On a rejection, each `X-RateLimit-Remaining-<Period>` says what is really left (the rejected
+/// request was not counted anywhere), and `RateLimit-*` describe the period that rejected, so
+/// `RateLimit-Reset` and `Retry-After` agree (Kong's behaviour, and the IETF draft's).
+#[test]
+fn reject_headers_describe_the_period_that_rejected() {
+    // The second rejects; the minute still has 1 left (it used to say 0, and RateLimit-* described
+    // the minute: limit 3, reset 45 next to Retry-After: 1).
+    let (_h, set) = one("second = 2, minute = 3, limit_by = \"ip\"");
+    assert!(headers(&set, b"k", T0).0);
+    assert!(headers(&set, b"k", T0 + 10).0);
+    let (ok, h) = headers(&set, b"k", T0 + 20);
+    assert!(!ok);
+    assert_eq!(
+        h,
+        "X-RateLimit-Limit-Second: 2\r\nX-RateLimit-Remaining-Second: 0\r\n\
+         X-RateLimit-Limit-Minute: 3\r\nX-RateLimit-Remaining-Minute: 1\r\n\
+         RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 1\r\n\
+         Retry-After: 1\r\n"
+    );
+    // The hour rejects (29:45 to its end at T0), the day has 98 left (11:29:45 to its end).
+    let (_h, set) = one("hour = 2, day = 100, limit_by = \"ip\"");
+    assert!(headers(&set, b"k", T0).0);
+    assert!(headers(&set, b"k", T0).0);
+    let (ok, h) = headers(&set, b"k", T0);
+    assert!(!ok);
+    assert_eq!(
+        h,
+        "X-RateLimit-Limit-Hour: 2\r\nX-RateLimit-Remaining-Hour: 0\r\n\
+         X-RateLimit-Limit-Day: 100\r\nX-RateLimit-Remaining-Day: 98\r\n\
+         RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 1785\r\n\
+         Retry-After: 1785\r\n"
+    );
+    // Both periods used up: the one that keeps rejecting longer (the hour) is described, and is
+    // what Retry-After says. While both are admitting with equally few left, the later reset wins.
+    let (_h, set) = one("minute = 2, hour = 2, limit_by = \"ip\"");
+    let (ok, h) = headers(&set, b"k", T0);
+    assert!(ok);
+    assert!(
+        h.ends_with("RateLimit-Limit: 2\r\nRateLimit-Remaining: 1\r\nRateLimit-Reset: 1785\r\n"),
+        "{h}"
+    );
+    assert!(headers(&set, b"k", T0).0);
+    let (ok, h) = headers(&set, b"k", T0);
+    assert!(!ok);
+    assert!(
+        h.ends_with("RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 1785\r\nRetry-After: 1785\r\n"),
+        "{h}"
+    );
+    // Sliding window: same rule. The second is full, so a request fits again 1.48 s from now (the
+    // previous second still weighs), and both headers say 2.
+    let (_h, set) = one("algorithm = \"sliding_window\", second = 2, minute = 3");
+    assert!(headers(&set, b"k", T0).0);
+    assert!(headers(&set, b"k", T0 + 10).0);
+    let (ok, h) = headers(&set, b"k", T0 + 20);
+    assert!(!ok);
+    assert!(h.contains("X-RateLimit-Remaining-Minute: 1\r\n"), "{h}");
+    assert!(
+        h.ends_with("RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 2\r\nRetry-After: 2\r\n"),
+        "{h}"
+    );
+}
+
 #[test]
 fn hidden_headers_custom_error_and_shadow() {
     let (_h, set) = one(
@@ -188,6 +250,71 @@ fn key_table_is_bounded_and_evicts_least_recently_used() {
     // Idle keys go at sync once their window cannot matter any more.
     set.sync(T0 + 120_000);
     assert_eq!(set.stats(0).keys, 0);
+}
+
+/// Two workers and the real reconciler: once one worker has used up a key's limit, the other
+/// worker's first request for that key is rejected. The reconciler's totals for a key reach every
+/// worker, also one that has not seen the key yet; such a worker used to drop them, so its first
+/// request decided on a count of 0 (one request over the limit per worker).
+#[test]
+fn a_worker_new_to_a_key_decides_on_the_global_count() {
+    for cfg in [
+        "minute = 5",
+        "algorithm = \"sliding_window\", minute = 5",
+        "algorithm = \"token_bucket\", average = 60, period = \"1h\", burst = 5",
+    ] {
+        let (_h, links) = limit::start_instances(vec![instance(cfg)], 2);
+        let mut sets = links.into_iter().map(LimiterSet::new);
+        let (Some(a), Some(b)) = (sets.next(), sets.next()) else {
+            panic!("two links")
+        };
+        for _ in 0..5 {
+            assert!(headers(&a, b"k", T0).0, "{cfg}");
+        }
+        assert!(!headers(&a, b"k", T0).0, "{cfg}");
+        a.sync(T0);
+        // b takes in the reconciler's answer to a's batch at its own syncs (bounded wait).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.remaining(0, b"k", T0).is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+            b.sync(T0);
+        }
+        let (ok, h) = headers(&b, b"k", T0);
+        assert!(
+            !ok,
+            "{cfg}: admitted over the limit on the second worker: {h}"
+        );
+        assert_eq!(b.remaining(0, b"k", T0), Some(0), "{cfg}");
+        assert_eq!(b.stats(0).admitted, 0, "{cfg}");
+    }
+}
+
+/// Other workers' keys are taken in only while the table has room: a full table keeps its own keys
+/// (their counts are what this worker decides on) and stays at `max_keys`.
+#[test]
+fn other_workers_keys_never_displace_a_full_tables_own() {
+    let (_h, links) = limit::start_instances(vec![instance("minute = 5, max_keys = 2")], 2);
+    let mut sets = links.into_iter().map(LimiterSet::new);
+    let (Some(a), Some(b)) = (sets.next(), sets.next()) else {
+        panic!("two links")
+    };
+    assert!(headers(&b, b"x", T0).0);
+    assert!(headers(&b, b"y", T0).0);
+    b.sync(T0);
+    // a's batch carries a key b knows ("x") and one it does not ("k"); both are in the same view,
+    // so once b sees a's count of "x" it has also been offered "k".
+    assert!(headers(&a, b"x", T0).0);
+    assert!(headers(&a, b"k", T0).0);
+    a.sync(T0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.remaining(0, b"x", T0) != Some(3) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+        b.sync(T0);
+    }
+    assert_eq!(b.remaining(0, b"x", T0), Some(3), "b sees a's count of x");
+    assert_eq!(b.remaining(0, b"k", T0), None, "no room for k");
+    assert_eq!(b.remaining(0, b"y", T0), Some(4), "b's own key stays");
+    assert_eq!(b.stats(0).keys, 2);
 }
 
 /// `workers` threads share one limit of `limit` per hour; each makes `per_ms` checks per ms and

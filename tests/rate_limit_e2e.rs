@@ -79,6 +79,12 @@ fn limit_headers_429_and_nothing_forwarded_past_the_limit() {
         .expect("Retry-After on a 429");
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(r.header("x-ratelimit-remaining-minute"), Some("0"));
+    // The hour was not charged for the rejected request: 95 left, not 0. The RateLimit-* headers
+    // describe the period that rejected, so RateLimit-Reset says what Retry-After says.
+    assert_eq!(r.header("x-ratelimit-remaining-hour"), Some("95"));
+    assert_eq!(r.header("ratelimit-limit"), Some("5"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(r.header("ratelimit-reset"), r.header("retry-after"));
     // The connection stays usable, other routes are not limited, and the upstream saw only 5.
     assert_eq!(c.get(HOST, "/free/x").status, 200);
     settle();
@@ -123,6 +129,47 @@ fn shadow_mode_never_rejects() {
     let mut c = Conn::connect(gw.addr());
     for _ in 0..5 {
         assert_eq!(c.get(HOST, "/api/x").status, 200);
+    }
+}
+
+/// A worker's first request for a key decides on what the other workers already admitted: once the
+/// limit is used up on one connection, requests on new connections (which the kernel spreads over
+/// every worker) are all rejected. Each worker new to the key used to admit one more, because it
+/// ignored the reconciler's totals for keys it had not seen.
+#[test]
+fn a_used_up_limit_holds_on_every_worker() {
+    const REQ: &[u8] = b"GET /api/x HTTP/1.1\r\nHost: test.local\r\nX-Client: c1\r\n\r\n";
+    away_from_hour_end();
+    for workers in [2, 4] {
+        let up = Upstream::echo("up");
+        let gw = Gateway::start(&config(
+            &up,
+            workers,
+            r#"{ hour = 5, limit_by = "header", header_name = "x-client" }"#,
+        ));
+        let mut c = Conn::connect(gw.addr());
+        for _ in 0..5 {
+            assert_eq!(c.request(REQ).status, 200);
+        }
+        assert_eq!(c.request(REQ).status, 429);
+        // Workers pick up the reconciler's answer within a millisecond or two; this is far more,
+        // so a loaded machine does not make the test fail.
+        std::thread::sleep(Duration::from_millis(500));
+        // 24 connections: every worker gets some (a worker missing all of them: < 0.1% with 4).
+        let mut extra = 0;
+        for _ in 0..24 {
+            let r = Conn::connect(gw.addr()).request(REQ);
+            match r.status {
+                200 => extra += 1,
+                s => assert_eq!(s, 429),
+            }
+        }
+        assert_eq!(
+            extra, 0,
+            "{workers} workers: {extra} admitted beyond the limit of 5"
+        );
+        settle();
+        assert_eq!(up.request_count(), 5, "{workers} workers");
     }
 }
 

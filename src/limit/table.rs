@@ -130,6 +130,25 @@ impl<V> KeyTable<V> {
         Got { slot, fresh: true }
     }
 
+    /// Inserts `key` (most recently used, seen at `now_ms`) only while the table is below its cap,
+    /// so nothing is evicted for it; its value is reset by `init`. `None` if the key is present or
+    /// the table is full.
+    pub fn insert_if_room(
+        &mut self,
+        key: &[u8],
+        now_ms: u64,
+        new_value: impl FnOnce() -> V,
+        init: impl FnOnce(&mut V),
+    ) -> Option<u32> {
+        if self.map.len() >= self.cap || self.map.contains_key(key) {
+            return None;
+        }
+        Some(
+            self.get_or_insert(key, now_ms, new_value, init, |_, _| {})
+                .slot,
+        )
+    }
+
     pub fn value(&self, slot: u32) -> Option<&V> {
         self.slots
             .get(slot as usize)
@@ -304,6 +323,25 @@ mod tests {
         // The freed slot is reused.
         assert_eq!(ins(&mut t, b"z", 6, &mut ev).slot, a);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn insert_if_room_never_evicts() {
+        let mut t = KeyTable::new(2);
+        let mut ev = Vec::new();
+        ins(&mut t, b"a", 1, &mut ev);
+        assert!(
+            t.insert_if_room(b"a", 2, || 0, |v| *v = 0).is_none(),
+            "present"
+        );
+        let b = t.insert_if_room(b"b", 2, || 7, |v| *v = 0);
+        assert_eq!(b.and_then(|s| t.value(s)), Some(&0));
+        assert!(
+            t.insert_if_room(b"c", 3, || 0, |v| *v = 0).is_none(),
+            "full"
+        );
+        assert!(t.find(b"a").is_some() && t.find(b"c").is_none());
+        assert!(ev.is_empty());
     }
 
     #[test]

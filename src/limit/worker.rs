@@ -5,7 +5,9 @@
 //! merged) + unsynced (admitted since the last send)`, never waits on anything, and allocates nothing
 //! for a key already in the table (a new key allocates its bytes once). `sync` (every sync interval,
 //! from a worker task) applies the views the reconciler sent, sends this worker's deltas and evicts
-//! idle keys; it never blocks (try_recv / unbounded send). RefCell borrows never outlive a call.
+//! idle keys; it never blocks (try_recv / unbounded send). Views also bring in keys other workers
+//! use (while the table has room), so a worker's first request for such a key decides on their
+//! counts. RefCell borrows never outlive a call.
 //!
 //! Reload: a generation's set is built `with_previous` (the worker's current set), at install time
 //! in the worker's control loop. It shares the previous set's `Core` (channels, batch numbering,
@@ -345,19 +347,18 @@ impl LimiterSet {
             }
             counts.stats.set(s);
         }
+        // An admitted request (shadow and `open` included) was counted in every period, a rejected
+        // one in none.
+        let quotas = verdicts.map(|v| v.map(|(p, limit, v)| (p, Quota::of(limit, &v, allowed))));
+        let worst = most_constraining(&quotas);
         if !def.hide_client_headers {
-            write_headers(resp_headers, &verdicts, allowed);
+            write_headers(resp_headers, &quotas, worst);
         }
         if allowed {
             Decision::Allow
         } else {
-            let retry_ms = verdicts
-                .iter()
-                .flatten()
-                .filter(|(_, _, v)| !v.allowed)
-                .map(|(_, _, v)| v.retry_ms)
-                .max()
-                .unwrap_or(1_000);
+            // The period that rejected longest; none when `on_redis_failure = "closed"` rejected.
+            let retry_ms = worst.filter(|q| q.blocking).map_or(1_000, |q| q.reset_ms);
             let _ = write!(resp_headers, "Retry-After: {}\r\n", secs(retry_ms));
             Decision::Reject {
                 status: def.error_code,
@@ -369,7 +370,7 @@ impl LimiterSet {
     /// Applies the reconciler's views, sends this worker's deltas, evicts idle keys. Call every
     /// `sync_interval()` from a worker task (not per request). Never blocks.
     pub fn sync(&self, now_ms: u64) {
-        self.apply_views();
+        self.apply_views(now_ms);
         let core = &*self.core;
         let mut batch = std::mem::take(&mut *core.evicted.borrow_mut());
         let seq = core.seq.get() + 1;
@@ -461,35 +462,41 @@ impl LimiterSet {
         let _ = core.tx.send(ToReconciler::Batch(batch));
     }
 
-    /// Applies every view the reconciler has sent so far (never blocks).
-    pub fn apply_views(&self) {
+    /// Applies every view the reconciler has sent so far (never blocks). `now_ms` is when keys
+    /// this worker learns from them count as last seen (for idle eviction).
+    pub fn apply_views(&self, now_ms: u64) {
         while let Ok(view) = self.core.rx.try_recv() {
-            self.apply(&view);
+            self.apply(&view, now_ms);
         }
     }
 
-    fn counts_of(&self, slot: u32) -> Option<&Counts> {
+    fn inst_of(&self, slot: u32) -> Option<&Inst> {
         let &i = self.by_slot.get(&slot)?;
-        self.insts.get(i).map(|inst| &*inst.counts)
+        self.insts.get(i)
     }
 
-    fn apply(&self, view: &View) {
+    /// Takes in the reconciler's totals. A key this worker has not seen yet is added while its
+    /// table has room: other workers are using it, and without their counts this worker's first
+    /// requests for it would decide on a count of 0 and could admit up to a whole limit more
+    /// (in the round before its own batch is answered). A full table keeps its own keys instead
+    /// (their counts are what this worker decides on); such a key then starts from local counts.
+    fn apply(&self, view: &View, now_ms: u64) {
         let core = &*self.core;
         if let Some(&a) = view.acked.get(core.worker) {
             core.acked.set(core.acked.get().max(a));
         }
         let acked = core.acked.get();
         for &(slot, ovr) in view.overrides.iter() {
-            if let Some(c) = self.counts_of(slot) {
-                c.ovr.set(ovr);
+            if let Some(inst) = self.inst_of(slot) {
+                inst.counts.ovr.set(ovr);
             }
         }
         for rec in &view.recs {
-            let Some(counts) = self.counts_of(rec.slot) else {
+            let Some(inst) = self.inst_of(rec.slot) else {
                 continue;
             };
             let key = rec.key.get(&view.keys);
-            let mut table = counts.table.borrow_mut();
+            let mut table = inst.counts.table.borrow_mut();
             match (&mut *table, rec.what) {
                 (
                     Table::Windows(t),
@@ -500,7 +507,16 @@ impl LimiterSet {
                         prev,
                     },
                 ) => {
-                    let Some(slot) = t.find(key) else { continue };
+                    let n = inst.def.def.limits.len();
+                    let found = t.find(key).or_else(|| {
+                        t.insert_if_room(
+                            key,
+                            now_ms,
+                            || vec![WinPair::default(); n].into_boxed_slice(),
+                            |v| v.fill(WinPair::default()),
+                        )
+                    });
+                    let Some(slot) = found else { continue };
                     let Some(pair) = t
                         .value_mut(slot)
                         .and_then(|p| p.get_mut(usize::from(period)))
@@ -518,7 +534,16 @@ impl LimiterSet {
                     }
                 }
                 (Table::Bucket(t), ViewWhat::Bucket { tokens, at_ms }) => {
-                    let Some(slot) = t.find(key) else { continue };
+                    let shared = BucketState {
+                        local: Bucket { tokens, at_ms },
+                        inflight: 0,
+                        seq: 0,
+                        unsynced: 0,
+                    };
+                    let found = t
+                        .find(key)
+                        .or_else(|| t.insert_if_room(key, now_ms, || shared, |v| *v = shared));
+                    let Some(slot) = found else { continue };
                     let Some(b) = t.value_mut(slot) else { continue };
                     let inflight = if b.seq <= acked { 0 } else { b.inflight };
                     b.local = Bucket {
@@ -652,36 +677,157 @@ fn secs(ms: u64) -> u64 {
     ms.div_ceil(1_000).max(1)
 }
 
+/// What the client is told about one period (or the bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Quota {
+    limit: u64,
+    /// Requests really left: after this request if it was counted, else before it (a rejected
+    /// request is counted nowhere, so a period that would have admitted it still has its room).
+    remaining: u64,
+    /// Until the quota resets; for a period that rejected the request, until a request is
+    /// admitted again (so `RateLimit-Reset` and `Retry-After` agree on a rejection).
+    reset_ms: u64,
+    /// This period rejected a request that was not admitted.
+    blocking: bool,
+}
+
+impl Quota {
+    fn of(limit: u64, v: &Verdict, counted: bool) -> Quota {
+        // `v.remaining` is what is left with this request counted (0 when the period rejects).
+        let remaining = if v.allowed && !counted {
+            v.remaining.saturating_add(1)
+        } else {
+            v.remaining
+        };
+        let blocking = !v.allowed && !counted;
+        Quota {
+            limit,
+            remaining,
+            reset_ms: if blocking { v.retry_ms } else { v.reset_ms },
+            blocking,
+        }
+    }
+}
+
+/// The quota `RateLimit-*` describe (Kong's choice, and the IETF draft's): on a rejection the
+/// period that rejected, the one that does so longest if several (what `Retry-After` says);
+/// otherwise the one with the fewest requests left, on a tie the later reset (the longer period:
+/// windows are calendar-aligned).
+fn most_constraining(quotas: &[Option<(Option<Period>, Quota)>; 4]) -> Option<Quota> {
+    quotas
+        .iter()
+        .flatten()
+        .map(|&(_, q)| q)
+        .max_by_key(|q| (q.blocking, std::cmp::Reverse(q.remaining), q.reset_ms))
+}
+
 /// `X-RateLimit-Limit-<P>`/`X-RateLimit-Remaining-<P>` per window period, then `RateLimit-Limit`,
-/// `-Remaining`, `-Reset` for the most constraining one (fewest remaining; on a tie the later reset).
+/// `-Remaining`, `-Reset` for `worst` (see `most_constraining`).
 fn write_headers(
     out: &mut Vec<u8>,
-    verdicts: &[Option<(Option<Period>, u64, Verdict)>; 4],
-    allowed: bool,
+    quotas: &[Option<(Option<Period>, Quota)>; 4],
+    worst: Option<Quota>,
 ) {
-    let mut worst: Option<(u64, u64, u64)> = None; // (limit, remaining, reset_ms)
-    for (period, limit, v) in verdicts.iter().flatten() {
-        let remaining = if allowed { v.remaining } else { 0 };
+    for (period, q) in quotas.iter().flatten() {
         if let Some(p) = period {
             let t = p.title();
             let _ = write!(
                 out,
-                "X-RateLimit-Limit-{t}: {limit}\r\nX-RateLimit-Remaining-{t}: {remaining}\r\n"
+                "X-RateLimit-Limit-{t}: {}\r\nX-RateLimit-Remaining-{t}: {}\r\n",
+                q.limit, q.remaining
             );
         }
-        let better = match worst {
-            None => true,
-            Some((_, r, reset)) => remaining < r || (remaining == r && v.reset_ms > reset),
-        };
-        if better {
-            worst = Some((*limit, remaining, v.reset_ms));
-        }
     }
-    if let Some((limit, remaining, reset_ms)) = worst {
+    if let Some(q) = worst {
         let _ = write!(
             out,
-            "RateLimit-Limit: {limit}\r\nRateLimit-Remaining: {remaining}\r\nRateLimit-Reset: {}\r\n",
-            secs(reset_ms)
+            "RateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
+            q.limit,
+            q.remaining,
+            secs(q.reset_ms)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(allowed: bool, remaining: u64, reset_ms: u64, retry_ms: u64) -> Verdict {
+        Verdict {
+            allowed,
+            remaining,
+            reset_ms,
+            retry_ms,
+        }
+    }
+
+    fn quotas(
+        vs: &[(Period, u64, Verdict)],
+        counted: bool,
+    ) -> [Option<(Option<Period>, Quota)>; 4] {
+        let mut out = [None; 4];
+        for (o, &(p, limit, v)) in out.iter_mut().zip(vs) {
+            *o = Some((Some(p), Quota::of(limit, &v, counted)));
+        }
+        out
+    }
+
+    fn text(q: &[Option<(Option<Period>, Quota)>; 4]) -> String {
+        let mut out = Vec::new();
+        write_headers(&mut out, q, most_constraining(q));
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn admitted_request_shows_what_is_left_after_it() {
+        // second: 0 left after this one, minute: 2 left; the second is most constraining.
+        let q = quotas(
+            &[
+                (Period::Second, 2, v(true, 0, 400, 0)),
+                (Period::Minute, 3, v(true, 2, 30_400, 0)),
+            ],
+            true,
+        );
+        assert_eq!(
+            text(&q),
+            "X-RateLimit-Limit-Second: 2\r\nX-RateLimit-Remaining-Second: 0\r\n\
+             X-RateLimit-Limit-Minute: 3\r\nX-RateLimit-Remaining-Minute: 2\r\n\
+             RateLimit-Limit: 2\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 1\r\n"
+        );
+        // Shadow mode admitted (and counted) over the limit: 0 left, not a blocking period.
+        let q = Quota::of(5, &v(false, 0, 9_000, 9_000), true);
+        assert_eq!((q.remaining, q.blocking), (0, false));
+    }
+
+    #[test]
+    fn rejected_request_is_charged_nowhere() {
+        // The hour rejects; the day would have admitted: 98 left after, so 99 without it.
+        let q = quotas(
+            &[
+                (Period::Hour, 2, v(false, 0, 1_785_000, 1_785_000)),
+                (Period::Day, 100, v(true, 98, 41_385_000, 0)),
+            ],
+            false,
+        );
+        assert!(text(&q).contains("X-RateLimit-Remaining-Day: 99\r\n"));
+        assert_eq!(most_constraining(&q).map(|w| w.limit), Some(2));
+        // A sliding window's rejecting period: reset = when a request fits again.
+        let q = Quota::of(2, &v(false, 0, 980, 1_480), false);
+        assert_eq!((q.reset_ms, q.blocking), (1_480, true));
+        // `on_redis_failure = "closed"` rejects with room left: nothing blocks, the real remaining
+        // is shown and the fewest-left rule picks the period.
+        let q = quotas(
+            &[
+                (Period::Minute, 5, v(true, 4, 45_000, 0)),
+                (Period::Hour, 100, v(true, 99, 1_785_000, 0)),
+            ],
+            false,
+        );
+        let w = most_constraining(&q);
+        assert_eq!(
+            w.map(|w| (w.limit, w.remaining, w.blocking)),
+            Some((5, 5, false))
         );
     }
 }

@@ -74,6 +74,18 @@ pub fn settle() {
     std::thread::sleep(Duration::from_millis(150));
 }
 
+/// Hour windows are calendar-aligned: start in a fresh hour if this one ends within a minute, so a
+/// window boundary cannot fall inside a test that counts against an hourly limit.
+pub fn away_from_hour_end() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = 3_600 - now % 3_600;
+    if left < 60 {
+        std::thread::sleep(Duration::from_secs(left + 1));
+    }
+}
+
 /// First value of header `name` (case-insensitive) in a parsed header list.
 pub fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     header_all_of(headers, name).into_iter().next()
