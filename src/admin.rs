@@ -1,6 +1,7 @@
 //! The admin API: a small blocking HTTP/1.1 server on its own listener and threads, off the request
 //! path. Loopback by default; with `[admin] token` every request needs `Authorization: Bearer <token>`
-//! (compared in constant time).
+//! (compared in constant time). The token is in `AdminSettings`, which a reload updates while the
+//! listener keeps running; the listen address is fixed until a restart.
 //!
 //! | endpoint | answer |
 //! |---|---|
@@ -20,7 +21,7 @@ mod http;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -41,8 +42,57 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the metrics thread.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `[admin]` settings a reload changes on the running listener (the token). Read by every
+/// connection thread once per request, written by the reloader; the lock is never held across I/O.
+pub struct AdminSettings {
+    /// The address the listener binds; a reload cannot move it (that needs a restart).
+    listen: SocketAddr,
+    token: RwLock<Option<String>>,
+}
+
+impl AdminSettings {
+    pub fn new(def: &AdminDef) -> Arc<AdminSettings> {
+        Arc::new(AdminSettings {
+            listen: def.listen,
+            token: RwLock::new(def.token.clone()),
+        })
+    }
+
+    /// The configured listen address (port 0 not resolved; see `AdminServer::local_addr`).
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Takes a reloaded `[admin]`'s token: requests from now on are checked against it (one already
+    /// past the check finishes). `def.listen` is ignored: the listener stays where it is.
+    ///
+    /// A token is never dropped while the running listener is reachable from elsewhere: validation
+    /// allows no token only on loopback, but it judged the *new* `listen`, which takes effect only
+    /// after a restart. Then the old token stays required, with a warning.
+    pub fn apply(&self, def: &AdminDef) {
+        let mut token = self.token.write().unwrap_or_else(|p| p.into_inner());
+        if *token == def.token {
+            return;
+        }
+        if def.token.is_none() && !self.listen.ip().is_loopback() {
+            crate::warn!(
+                "reload: admin.token kept: the running admin listener addr={} is not loopback and \
+                 keeps requiring it until a restart",
+                self.listen
+            );
+            return;
+        }
+        *token = def.token.clone();
+        // Never the token itself.
+        crate::info!(
+            "admin token changed auth={}",
+            if token.is_some() { "bearer" } else { "none" }
+        );
+    }
+}
+
 struct Shared {
-    token: Option<String>,
+    settings: Arc<AdminSettings>,
     metrics: MetricsHandle,
     reload: Mutex<ReloadFn>,
     active: AtomicUsize,
@@ -57,16 +107,17 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `def.listen` and serves on a new thread.
+    /// Binds `settings.listen()` and serves on a new thread; `settings` stays shared with whoever
+    /// applies reloads.
     pub fn start(
-        def: &AdminDef,
+        settings: Arc<AdminSettings>,
         metrics: MetricsHandle,
         reload: ReloadFn,
     ) -> std::io::Result<AdminServer> {
-        let listener = TcpListener::bind(def.listen)?;
+        let listener = TcpListener::bind(settings.listen)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            token: def.token.clone(),
+            settings,
             metrics,
             reload: Mutex::new(reload),
             active: AtomicUsize::new(0),
@@ -148,15 +199,24 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             return;
         }
     };
-    if let Some(token) = &shared.token {
-        if !authorized(req.authorization.as_deref(), token) {
-            let _ = respond(
-                stream,
-                &error_reply(401, "missing or wrong bearer token"),
-                &[("WWW-Authenticate", "Bearer")],
-            );
-            return;
+    let allowed = {
+        let token = shared
+            .settings
+            .token
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        match token.as_deref() {
+            Some(token) => authorized(req.authorization.as_deref(), token),
+            None => true,
         }
+    };
+    if !allowed {
+        let _ = respond(
+            stream,
+            &error_reply(401, "missing or wrong bearer token"),
+            &[("WWW-Authenticate", "Bearer")],
+        );
+        return;
     }
     let (reply, extra) = route(&req, shared);
     let _ = respond(stream, &reply, extra);
@@ -318,6 +378,35 @@ mod tests {
         assert!(!authorized(Some("Basic secret"), "secret"));
         assert!(!authorized(Some("Bearer"), "secret"));
         assert!(!authorized(None, "secret"));
+    }
+
+    fn def(listen: &str, token: Option<&str>) -> AdminDef {
+        AdminDef {
+            listen: listen.parse().unwrap_or_else(|e| panic!("{listen}: {e}")),
+            token: token.map(Into::into),
+        }
+    }
+
+    fn token_of(s: &AdminSettings) -> Option<String> {
+        s.token.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    #[test]
+    fn reloaded_tokens_apply_but_never_open_a_public_listener() {
+        let s = AdminSettings::new(&def("127.0.0.1:9901", Some("old")));
+        s.apply(&def("127.0.0.1:9901", Some("new")));
+        assert_eq!(token_of(&s).as_deref(), Some("new"));
+        s.apply(&def("127.0.0.1:9901", None));
+        assert_eq!(token_of(&s), None, "loopback may run without a token");
+        s.apply(&def("127.0.0.1:9901", Some("again")));
+        assert_eq!(token_of(&s).as_deref(), Some("again"));
+
+        // The new config moves to loopback and drops the token; the running listener is still public.
+        let public = AdminSettings::new(&def("0.0.0.0:9901", Some("old")));
+        public.apply(&def("127.0.0.1:9901", None));
+        assert_eq!(token_of(&public).as_deref(), Some("old"));
+        public.apply(&def("127.0.0.1:9901", Some("rotated")));
+        assert_eq!(token_of(&public).as_deref(), Some("rotated"));
     }
 
     #[test]

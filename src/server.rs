@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::admin::AdminServer;
+use crate::admin::{AdminServer, AdminSettings};
 use crate::config;
 use crate::config::model::{Config, ListenKind};
 use crate::config::ConfigError;
@@ -143,10 +143,13 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             out.extend(b.families());
         }
     });
+    let admin_settings = compiled.config.admin.as_ref().map(AdminSettings::new);
     let reloader = Arc::new(Reloader {
         board,
         path: path.to_path_buf(),
         metrics: metrics.clone(),
+        running: Running::of(&compiled.config),
+        admin: admin_settings.clone(),
         state: Mutex::new(ReloadState {
             current: compiled.clone(),
             limiter,
@@ -155,13 +158,14 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             acks: ack_rx,
         }),
     });
-    let admin = match &compiled.config.admin {
-        Some(def) => {
+    let admin = match admin_settings {
+        Some(settings) => {
             let r = reloader.clone();
-            match AdminServer::start(def, metrics.clone(), Box::new(move || r.reload())) {
+            let addr = settings.listen();
+            match AdminServer::start(settings, metrics.clone(), Box::new(move || r.reload())) {
                 Ok(a) => Some(a),
                 Err(e) => {
-                    error!("admin bind failed addr={} error=\"{e}\"", def.listen);
+                    error!("admin bind failed addr={addr} error=\"{e}\"");
                     return 1;
                 }
             }
@@ -245,7 +249,47 @@ pub struct Reloader {
     /// The limit board `/metrics` reads; swapped with each generation.
     board: Arc<Mutex<Arc<LimitBoard>>>,
     metrics: MetricsHandle,
+    /// What only a restart changes, as the process started.
+    running: Running,
+    /// The running admin listener's reloadable settings (`None`: no admin listener).
+    admin: Option<Arc<AdminSettings>>,
     state: Mutex<ReloadState>,
+}
+
+/// The settings a reload cannot apply, as bound at start: a config that differs gets the restart
+/// warning on every reload until the process restarts (not just on the reload that changed them).
+struct Running {
+    listen: Vec<std::net::SocketAddr>,
+    workers: Option<usize>,
+    admin_listen: Option<std::net::SocketAddr>,
+}
+
+impl Running {
+    fn of(config: &Config) -> Running {
+        Running {
+            listen: config.server.listen.clone(),
+            workers: config.server.workers,
+            admin_listen: config.admin.as_ref().map(|a| a.listen),
+        }
+    }
+
+    /// The settings of `config` that differ from the running ones, as config keys.
+    fn needs_restart(&self, config: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if config.server.listen != self.listen {
+            keys.push("listen");
+        }
+        if config.server.workers != self.workers {
+            keys.push("workers");
+        }
+        match (self.admin_listen, config.admin.as_ref()) {
+            (Some(running), Some(new)) if new.listen != running => keys.push("admin.listen"),
+            (None, Some(_)) => keys.push("[admin] (added)"),
+            (Some(_), None) => keys.push("[admin] (removed)"),
+            _ => {}
+        }
+        keys
+    }
 }
 
 struct ReloadState {
@@ -296,11 +340,12 @@ impl Reloader {
                 return Err(text.join("\n"));
             }
         };
-        let old = &state.current.config.server;
-        if compiled.config.server.listen != old.listen
-            || compiled.config.server.workers != old.workers
-        {
-            warn!("reload: changes to listen or workers take effect only after a restart");
+        let restart = self.running.needs_restart(&compiled.config);
+        if !restart.is_empty() {
+            warn!(
+                "reload: changes to {} take effect only after a restart",
+                restart.join(", ")
+            );
         }
         while state.acks.try_recv().is_ok() {}
         let mut pending = 0;
@@ -311,6 +356,11 @@ impl Reloader {
         }
         if let Ok(mut b) = self.board.lock() {
             *b = compiled.limit_board.clone();
+        }
+        // The admin token is in effect from here on, whatever the workers do: the generation is
+        // committed.
+        if let (Some(settings), Some(def)) = (&self.admin, &compiled.config.admin) {
+            settings.apply(def);
         }
         state.current = compiled;
         let deadline = Instant::now() + RELOAD_ACK_TIMEOUT;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ringgate::admin::{AdminServer, ReloadFn};
+use ringgate::admin::{AdminServer, AdminSettings, ReloadFn};
 use ringgate::config::load_str;
 use ringgate::config::model::{AdminDef, Config};
 use ringgate::metrics::{Hub, Layout, MetricsHandle, Timings, WorkerMetrics};
@@ -169,7 +169,8 @@ fn setup(token: Option<&str>, fail_reload: Arc<AtomicBool>, histogram_file: Opti
         .clone()
         .unwrap_or_else(|| panic!("[admin] parsed"));
     def.token = token.map(Into::into);
-    let admin = AdminServer::start(&def, handle, reload).unwrap_or_else(|e| panic!("{e}"));
+    let admin = AdminServer::start(AdminSettings::new(&def), handle, reload)
+        .unwrap_or_else(|e| panic!("{e}"));
     let addr = admin.local_addr();
     Setup {
         hub,
