@@ -12,16 +12,18 @@
 //! | `GET /histograms` | p50/p90/p99/p99.9/max per route (µs) |
 //! | `GET /histograms?route=NAME&kind=added\|total` | the HDR percentile report of one route |
 //!
-//! Invariants: every request is bounded (head size, body size, read deadline, write timeout), at most
-//! `MAX_CONNS` are served at once (more get a 503), every connection is closed after one response,
-//! and nothing a client sends can panic the server.
+//! Invariants: every request is bounded (head size, body size, head and request deadlines, write
+//! timeout), at most `MAX_CONNS` are served at once and `MAX_CONNS_PER_PEER` per client address (more
+//! get a 503), every connection is closed after one response, and nothing a client sends can panic
+//! the server.
 
 mod http;
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,9 +36,23 @@ use crate::metrics::{json, MetricsHandle, Query, Reply};
 /// per line). Called on an admin thread, one reload at a time.
 pub type ReloadFn = Box<dyn Fn() -> Result<u64, String> + Send>;
 
-/// Connections served at once.
-const MAX_CONNS: usize = 16;
-/// Whole request (head and body) must arrive within this.
+// Connection limits. Admin clients are a few machines: a Prometheus server or two scraping every few
+// seconds, load-balancer health probes (one at a time per balancer node, each node its own address),
+// an operator's curl. None holds more than a couple of connections at once, and every request is one
+// packet-sized head answered in milliseconds. So: 8 per address is several times what an honest
+// client needs (a few scrapers behind one NAT or on the same host still fit), and keeps one client
+// (which, before authenticating, may be anyone who can reach the port) from taking every slot; 64 in
+// all (one thread each, off the request path) leaves room for 8 such clients at their cap. Only
+// distinct addresses get distinct shares: IPv6 peers are grouped by /64 (one host usually has a whole
+// /64 to pick from), and local clients all share 127.0.0.1 unless they bind another 127/8 address.
+/// Connections served at once, in all.
+const MAX_CONNS: usize = 64;
+/// Connections served at once per client address (`peer_key`).
+const MAX_CONNS_PER_PEER: usize = 8;
+/// The request head must arrive within this: honest clients send it in one packet, so this only
+/// bounds how long a silent or trickling connection holds its slot.
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+/// Head and body (`POST /reload` takes none; at most 64 KiB are read and ignored) within this.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the metrics thread.
@@ -95,8 +111,69 @@ struct Shared {
     settings: Arc<AdminSettings>,
     metrics: MetricsHandle,
     reload: Mutex<ReloadFn>,
-    active: AtomicUsize,
+    conns: Mutex<Conns>,
     stop: AtomicBool,
+}
+
+/// Connections being served: in all and per `peer_key`.
+#[derive(Default)]
+struct Conns {
+    total: usize,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection's slot, given back on drop (also when its thread never started).
+struct Slot {
+    shared: Arc<Shared>,
+    peer: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.shared.conns);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A slot for a connection from `peer`, or the 503 message when the caps are reached.
+fn admit(shared: &Arc<Shared>, peer: IpAddr) -> Result<Slot, &'static str> {
+    let key = peer_key(peer);
+    let mut c = lock(&shared.conns);
+    if c.total >= MAX_CONNS {
+        return Err("too many admin connections");
+    }
+    let n = c.per_peer.entry(key).or_insert(0);
+    if *n >= MAX_CONNS_PER_PEER {
+        return Err("too many admin connections from this address");
+    }
+    *n += 1;
+    c.total += 1;
+    Ok(Slot {
+        shared: shared.clone(),
+        peer: key,
+    })
+}
+
+/// Whose share a connection counts against: the IPv4 address (also when IPv4-mapped), or the IPv6
+/// /64 prefix.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The running admin listener.
@@ -120,7 +197,7 @@ impl AdminServer {
             settings,
             metrics,
             reload: Mutex::new(reload),
-            active: AtomicUsize::new(0),
+            conns: Mutex::new(Conns::default()),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -160,8 +237,8 @@ impl AdminServer {
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::SeqCst) {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
             Err(e) => {
                 crate::debug!("admin accept failed error=\"{e}\"");
                 std::thread::sleep(Duration::from_millis(50));
@@ -172,26 +249,23 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             break;
         }
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNS {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            let _ = respond(stream, &error_reply(503, "too many admin connections"), &[]);
-            continue;
-        }
-        let s = shared.clone();
-        let spawned = std::thread::Builder::new()
+        let slot = match admit(&shared, peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // A few dozen bytes into an empty send buffer: does not block this thread.
+                let _ = respond(stream, &error_reply(503, why), &[]);
+                continue;
+            }
+        };
+        // On a spawn failure the closure, and with it the slot, is dropped.
+        let _ = std::thread::Builder::new()
             .name("ringgate-admin-conn".to_owned())
-            .spawn(move || {
-                serve(stream, &s);
-                s.active.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-        }
+            .spawn(move || serve(stream, &slot.shared));
     }
 }
 
 fn serve(mut stream: TcpStream, shared: &Shared) {
-    let req = match http::read_request(&mut stream, READ_DEADLINE) {
+    let req = match http::read_request(&mut stream, HEAD_DEADLINE, READ_DEADLINE) {
         Ok(r) => r,
         Err(http::ReadError::Closed) => return,
         Err(http::ReadError::Status(status, why)) => {
@@ -280,7 +354,7 @@ fn histogram_query(query: &str) -> Result<Query, String> {
 
 fn reload(shared: &Shared) -> Reply {
     let result = {
-        let f = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
+        let f = lock(&shared.reload);
         f()
     };
     shared.metrics.reload_outcome(result.is_ok());
@@ -378,6 +452,22 @@ mod tests {
         assert!(!authorized(Some("Basic secret"), "secret"));
         assert!(!authorized(Some("Bearer"), "secret"));
         assert!(!authorized(None, "secret"));
+    }
+
+    #[test]
+    fn peers_share_by_address_and_ipv6_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(peer_key(ip("10.0.0.7")), ip("10.0.0.7"));
+        assert_eq!(peer_key(ip("::ffff:10.0.0.7")), ip("10.0.0.7"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            peer_key(ip("2001:db8:1:2:ffff:1:2:3")),
+            peer_key(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(
+            peer_key(ip("2001:db8:1:3::1")),
+            peer_key(ip("2001:db8:1:2::1"))
+        );
     }
 
     fn def(listen: &str, token: Option<&str>) -> AdminDef {

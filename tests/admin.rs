@@ -405,3 +405,90 @@ fn slow_and_silent_clients_do_not_block_others() {
     drop(stalled);
     s.finish();
 }
+
+/// Sends `raw`, reads to EOF: (status, head, bytes after the head).
+fn exchange(s: &mut TcpStream, raw: &[u8]) -> (u16, String, Vec<u8>) {
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    s.write_all(raw).unwrap_or_else(|e| panic!("write: {e}"));
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head end in {:?}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (status, head, out[end + 4..].to_vec())
+}
+
+/// A TCP connection to `addr` from the local address `src` (any 127.0.0.0/8 address is loopback on
+/// Linux, so one test can play several peers).
+fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+    let ip: std::net::IpAddr = src.parse().unwrap_or_else(|e| panic!("{src}: {e}"));
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .unwrap_or_else(|e| panic!("socket: {e}"));
+    sock.bind(&SocketAddr::new(ip, 0).into())
+        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    sock.connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+    sock.into()
+}
+
+/// One peer opening many connections that never finish their head takes only its own share of the
+/// slots: other peers are still served at once.
+#[test]
+fn one_peer_cannot_take_every_slot() {
+    let s = setup(None, Arc::new(AtomicBool::new(false)), None);
+    let addr = s.addr;
+    let _ = wait_for(addr, "/health", |r| r.status == 200);
+    // More than the old global cap (16), each with half a head: all held until the head deadline.
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..24 {
+        let mut c = connect_from("127.0.0.2", addr);
+        let _ = c.write_all(b"GET /health HTTP/1.1\r\n");
+        held.push(c);
+    }
+    // The listen queue is FIFO: every held connection was accepted before the ones below.
+    let mut extra = connect_from("127.0.0.2", addr);
+    let (status, _, body) = exchange(&mut extra, b"");
+    // Only while the held heads are within their 2 s deadline (a stalled test machine may pass it).
+    if t0.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(status, 503, "the flooding peer is over its share");
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert!(body.contains("from this address"), "{body}");
+    }
+
+    for src in ["127.0.0.1", "127.0.0.3"] {
+        let mut c = connect_from(src, addr);
+        let (status, _, body) = exchange(
+            &mut c,
+            b"GET /health HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(
+            status,
+            200,
+            "peer {src} locked out: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    // Closing them gives the peer its slots back (each is answered and released on EOF).
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = connect_from("127.0.0.2", addr);
+        let (status, _, _) = exchange(&mut c, b"GET /status HTTP/1.1\r\nHost: admin\r\n\r\n");
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never released: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.finish();
+}

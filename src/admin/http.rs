@@ -1,5 +1,5 @@
-//! Reading one admin request: bounded head (httparse), bounded body (read and discarded), one deadline
-//! for the whole request.
+//! Reading one admin request: bounded head (httparse), bounded body (read and discarded), a deadline
+//! for the head and a later one for the whole request.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -27,8 +27,16 @@ pub enum ReadError {
     Status(u16, &'static str),
 }
 
-pub fn read_request(stream: &mut TcpStream, deadline_in: Duration) -> Result<Request, ReadError> {
-    let deadline = Instant::now() + deadline_in;
+/// Reads one request: its head within `head_within`, head and body within `whole_within` (both from
+/// now).
+pub fn read_request(
+    stream: &mut TcpStream,
+    head_within: Duration,
+    whole_within: Duration,
+) -> Result<Request, ReadError> {
+    let start = Instant::now();
+    let head_deadline = start + head_within.min(whole_within);
+    let deadline = start + whole_within;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let (req, head_len, body_len) = loop {
@@ -48,7 +56,7 @@ pub fn read_request(stream: &mut TcpStream, deadline_in: Duration) -> Result<Req
         if buf.len() >= MAX_HEAD {
             return Err(ReadError::Status(431, "request head too large"));
         }
-        match read_some(stream, &mut chunk, deadline) {
+        match read_some(stream, &mut chunk, head_deadline) {
             Ok(0) | Err(Timeout::Io) => {
                 return Err(if buf.is_empty() {
                     ReadError::Closed
