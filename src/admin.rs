@@ -8,7 +8,7 @@
 //! | `GET /health` | 200 when every worker flushed its metrics within 3 flush intervals, else 503 |
 //! | `GET /status` | JSON: config generation, loaded-at, workers, routes, upstream targets and pools |
 //! | `GET /metrics` | Prometheus text |
-//! | `POST /reload` | runs the reload callback: 200 `{"generation":N}` or 400 `{"message","errors"}` |
+//! | `POST /reload` | runs the reload callback: 200 `{"generation":N}`, 400 `{"message","errors"}`, or 503 `{"message"}` when not (or not fully) applied |
 //! | `GET /histograms` | p50/p90/p99/p99.9/max per route (µs) |
 //! | `GET /histograms?route=NAME&kind=added\|total` | the HDR percentile report of one route |
 //!
@@ -32,9 +32,23 @@ use crate::metrics::aggregate::HistKind;
 use crate::metrics::hub::JSON;
 use crate::metrics::{json, MetricsHandle, Query, Reply};
 
-/// What `POST /reload` runs: load and apply the config file; the new generation, or every error (one
-/// per line). Called on an admin thread, one reload at a time.
-pub type ReloadFn = Box<dyn Fn() -> Result<u64, String> + Send>;
+/// What `POST /reload` runs: load and apply the config file; the new generation once every worker
+/// serves it, or why not. Called on an admin thread, one reload at a time.
+pub type ReloadFn = Box<dyn Fn() -> Result<u64, ReloadFailure> + Send>;
+
+/// Why a reload did not (fully) happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadFailure {
+    /// The config failed to load or validate (one error per line); the previous generation keeps
+    /// serving. Answered 400.
+    Rejected(String),
+    /// Nothing was loaded (the process is draining), or `generation` was installed but not every
+    /// worker confirmed it. Answered 503: the caller cannot assume the new config is serving.
+    Unavailable {
+        message: String,
+        generation: Option<u64>,
+    },
+}
 
 // Connection limits. Admin clients are a few machines: a Prometheus server or two scraping every few
 // seconds, load-balancer health probes (one at a time per balancer node, each node its own address),
@@ -367,7 +381,21 @@ fn reload(shared: &Shared) -> Reply {
                 body: format!("{{\"generation\":{generation}}}\n"),
             }
         }
-        Err(errors) => {
+        Err(ReloadFailure::Unavailable {
+            message,
+            generation,
+        }) => {
+            crate::warn!("config reload via admin not applied: {message}");
+            let generation = generation
+                .map(|g| format!(",\"generation\":{g}"))
+                .unwrap_or_default();
+            Reply {
+                status: 503,
+                content_type: JSON,
+                body: format!("{{\"message\":{}{generation}}}\n", json::string(&message)),
+            }
+        }
+        Err(ReloadFailure::Rejected(errors)) => {
             crate::warn!("config reload via admin failed");
             let list: Vec<String> = errors
                 .lines()

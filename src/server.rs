@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::admin::{AdminServer, AdminSettings};
+use crate::admin::{AdminServer, AdminSettings, ReloadFailure};
 use crate::config;
 use crate::config::model::{Config, ListenKind};
 use crate::config::ConfigError;
@@ -148,6 +148,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         board,
         path: path.to_path_buf(),
         metrics: metrics.clone(),
+        control: control.clone(),
         running: Running::of(&compiled.config),
         admin: admin_settings.clone(),
         state: Mutex::new(ReloadState {
@@ -178,9 +179,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     );
 
     wait_for_termination(signals, &reloader);
+    // The flag goes up first: from here on a reload is refused, and one waiting for acknowledgements
+    // (holding the reload lock `current` takes) stops waiting at once.
+    control.drain.store(true, Ordering::SeqCst);
     let drain_timeout = reloader.current().config.server.drain_timeout;
     info!("draining timeout={}ms", drain_timeout.as_millis());
-    control.drain.store(true, Ordering::Relaxed);
     // Workers stop by themselves at the drain deadline; the margin covers their last tick.
     let deadline = Instant::now() + drain_timeout + Duration::from_secs(2);
     let mut stopped = 0;
@@ -249,6 +252,8 @@ pub struct Reloader {
     /// The limit board `/metrics` reads; swapped with each generation.
     board: Arc<Mutex<Arc<LimitBoard>>>,
     metrics: MetricsHandle,
+    /// `drain` refuses reloads: draining workers no longer take new generations.
+    control: Arc<Control>,
     /// What only a restart changes, as the process started.
     running: Running,
     /// The running admin listener's reloadable settings (`None`: no admin listener).
@@ -303,6 +308,8 @@ struct ReloadState {
 
 /// How long a reload waits for every worker to confirm the swap (workers poll every 50 ms).
 const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often that wait looks at the drain flag.
+const RELOAD_ACK_POLL: Duration = Duration::from_millis(50);
 
 impl Reloader {
     pub fn current(&self) -> Arc<Compiled> {
@@ -312,12 +319,27 @@ impl Reloader {
         }
     }
 
-    /// Reloads; returns the new generation once every worker serves it, or the errors.
-    pub fn reload(&self) -> Result<u64, String> {
+    fn draining(&self) -> bool {
+        self.control.drain.load(Ordering::SeqCst)
+    }
+
+    /// Reloads; returns the new generation once every worker serves it. Otherwise: the config's
+    /// errors (nothing changed), or `Unavailable` when draining (nothing loaded) or when a worker did
+    /// not confirm the new generation (installed; the rest of the workers may serve the old one).
+    pub fn reload(&self) -> Result<u64, ReloadFailure> {
         let mut state = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
+        // Checked under the lock: a reload queued behind another learns about a drain that began
+        // meanwhile.
+        if self.draining() {
+            warn!("reload refused: draining");
+            return Err(ReloadFailure::Unavailable {
+                message: "the gateway is draining (shutting down); nothing was reloaded".to_owned(),
+                generation: None,
+            });
+        }
         let generation = state.current.generation + 1;
         let workers = state.workers;
         let consumer_board = state.current.consumer_board.clone();
@@ -337,7 +359,7 @@ impl Reloader {
                 for e in &text {
                     error!("reload rejected: {e}");
                 }
-                return Err(text.join("\n"));
+                return Err(ReloadFailure::Rejected(text.join("\n")));
             }
         };
         let restart = self.running.needs_restart(&compiled.config);
@@ -348,10 +370,15 @@ impl Reloader {
             );
         }
         while state.acks.try_recv().is_ok() {}
+        // A worker whose channel is closed has exited: it cannot confirm, so it is not waited for,
+        // but it counts as unconfirmed.
         let mut pending = 0;
+        let mut gone = 0;
         for tx in &state.reload_txs {
             if tx.send(compiled.clone()).is_ok() {
                 pending += 1;
+            } else {
+                gone += 1;
             }
         }
         if let Ok(mut b) = self.board.lock() {
@@ -364,15 +391,36 @@ impl Reloader {
         }
         state.current = compiled;
         let deadline = Instant::now() + RELOAD_ACK_TIMEOUT;
-        while pending > 0 {
-            match state.acks.recv_deadline(deadline) {
-                Ok((_, g)) if g == generation => pending -= 1,
-                Ok(_) => {}
-                Err(_) => {
-                    warn!("reload: {pending} worker(s) did not confirm generation={generation} in time");
-                    break;
-                }
+        // Draining workers take no new generation: stop waiting as soon as the drain begins.
+        while pending > 0 && !self.draining() {
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(RELOAD_ACK_POLL);
+            if wait.is_zero() {
+                break;
             }
+            match state.acks.recv_timeout(wait) {
+                Ok((_, g)) if g == generation => pending -= 1,
+                Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let pending = pending + gone;
+        if pending > 0 {
+            let why = if self.draining() {
+                "the gateway began draining".to_owned()
+            } else {
+                format!("no answer within {}s", RELOAD_ACK_TIMEOUT.as_secs())
+            };
+            warn!(
+                "reload not confirmed generation={generation} unconfirmed_workers={pending} workers={workers} reason=\"{why}\""
+            );
+            return Err(ReloadFailure::Unavailable {
+                message: format!(
+                    "generation {generation} is installed, but {pending} of {workers} worker(s) did not confirm it ({why}); they may still serve the previous generation"
+                ),
+                generation: Some(generation),
+            });
         }
         info!("reloaded generation={generation}");
         Ok(generation)

@@ -3,12 +3,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ringgate::admin::{AdminServer, AdminSettings, ReloadFn};
+use ringgate::admin::{AdminServer, AdminSettings, ReloadFailure, ReloadFn};
 use ringgate::config::load_str;
 use ringgate::config::model::{AdminDef, Config};
 use ringgate::metrics::{Hub, Layout, MetricsHandle, Timings, WorkerMetrics};
@@ -131,7 +131,18 @@ struct Setup {
     addr: SocketAddr,
 }
 
-fn setup(token: Option<&str>, fail_reload: Arc<AtomicBool>, histogram_file: Option<&str>) -> Setup {
+/// What the test's reload callback answers (`setup`'s `outcome`).
+const RELOAD_OK: u8 = 0;
+/// The config has errors.
+const RELOAD_REJECTED: u8 = 1;
+/// Generation installed, a worker did not confirm it.
+const RELOAD_UNCONFIRMED: u8 = 2;
+
+fn reload_ok() -> Arc<AtomicU8> {
+    Arc::new(AtomicU8::new(RELOAD_OK))
+}
+
+fn setup(token: Option<&str>, outcome: Arc<AtomicU8>, histogram_file: Option<&str>) -> Setup {
     let mut cfg = config();
     cfg.metrics.histogram_file = histogram_file.map(Into::into);
     let hub = Hub::start(&cfg.metrics).unwrap_or_else(|e| panic!("{e}"));
@@ -153,10 +164,21 @@ fn setup(token: Option<&str>, fail_reload: Arc<AtomicBool>, histogram_file: Opti
     let generation = Arc::new(AtomicU64::new(1));
     let reload_handle = Mutex::new(handle.clone());
     let reload: ReloadFn = Box::new(move || {
-        if fail_reload.load(Ordering::SeqCst) {
-            return Err(
-                "admin-test.toml:3:1: routes[0].service: no service named \"x\"\n1 error".into(),
-            );
+        match outcome.load(Ordering::SeqCst) {
+            RELOAD_REJECTED => {
+                return Err(ReloadFailure::Rejected(
+                    "admin-test.toml:3:1: routes[0].service: no service named \"x\"\n1 error"
+                        .into(),
+                ))
+            }
+            RELOAD_UNCONFIRMED => {
+                return Err(ReloadFailure::Unavailable {
+                    message: "generation 7 is installed, but 1 of 2 worker(s) did not confirm it"
+                        .into(),
+                    generation: Some(7),
+                })
+            }
+            _ => {}
         }
         let g = generation.fetch_add(1, Ordering::SeqCst) + 1;
         if let Ok(h) = reload_handle.lock() {
@@ -210,10 +232,10 @@ fn wait_for(addr: SocketAddr, path: &str, pred: impl Fn(&Resp) -> bool) -> Resp 
 
 #[test]
 fn endpoints() {
-    let fail = Arc::new(AtomicBool::new(false));
+    let outcome = reload_ok();
     let file = std::env::temp_dir().join(format!("ringgate-hist-{}.txt", std::process::id()));
     let file_s = file.display().to_string();
-    let mut s = setup(None, fail.clone(), Some(&file_s));
+    let mut s = setup(None, outcome.clone(), Some(&file_s));
     let addr = s.addr;
 
     // /health: 200 once both workers flushed.
@@ -303,7 +325,7 @@ fn endpoints() {
     );
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.body, "{\"generation\":2}\n");
-    fail.store(true, Ordering::SeqCst);
+    outcome.store(RELOAD_REJECTED, Ordering::SeqCst);
     let bad = request(
         addr,
         "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}",
@@ -319,6 +341,20 @@ fn endpoints() {
         .contains("ringgate_config_reloads_total{result=\"success\"} 1\n"));
     assert!(m.body.contains("ringgate_config_generation 2\n"));
     assert!(get(addr, "/status").body.starts_with("{\"generation\":2,"));
+
+    // Installed but not confirmed by every worker: not a success.
+    outcome.store(RELOAD_UNCONFIRMED, Ordering::SeqCst);
+    let partial = request(
+        addr,
+        "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(partial.status, 503, "{}", partial.body);
+    assert_eq!(
+        partial.body,
+        "{\"message\":\"generation 7 is installed, but 1 of 2 worker(s) did not confirm it\",\"generation\":7}\n"
+    );
+    assert!(partial.head.contains("Content-Type: application/json"));
+    outcome.store(RELOAD_OK, Ordering::SeqCst);
 
     // Errors.
     let nf = get(addr, "/nope");
@@ -359,7 +395,7 @@ fn endpoints() {
 
 #[test]
 fn token_required() {
-    let s = setup(Some("s3cret-token"), Arc::new(AtomicBool::new(false)), None);
+    let s = setup(Some("s3cret-token"), reload_ok(), None);
     let addr = s.addr;
     let r = get(addr, "/metrics");
     assert_eq!(r.status, 401);
@@ -389,7 +425,7 @@ fn token_required() {
 
 #[test]
 fn slow_and_silent_clients_do_not_block_others() {
-    let s = setup(None, Arc::new(AtomicBool::new(false)), None);
+    let s = setup(None, reload_ok(), None);
     let addr = s.addr;
     // A few connections that send half a head and stall, and one that sends nothing.
     let mut stalled = Vec::new();
@@ -443,7 +479,7 @@ fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
 /// slots: other peers are still served at once.
 #[test]
 fn one_peer_cannot_take_every_slot() {
-    let s = setup(None, Arc::new(AtomicBool::new(false)), None);
+    let s = setup(None, reload_ok(), None);
     let addr = s.addr;
     let _ = wait_for(addr, "/health", |r| r.status == 200);
     // More than the old global cap (16), each with half a head: all held until the head deadline.

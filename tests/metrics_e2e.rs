@@ -1,7 +1,7 @@
 //! Metrics and the admin API end to end, through the real binary: requests are counted per route and
 //! code, latency histograms fill, `/health` and `/status` answer, `POST /reload` swaps the config
-//! generation like SIGHUP does, and reloads apply a new `[admin] token` (and name what needs a
-//! restart).
+//! generation like SIGHUP does, reloads apply a new `[admin] token` (and name what needs a restart),
+//! and a reload asked for while draining is refused at once.
 
 mod common;
 
@@ -358,4 +358,45 @@ fn reload_applies_the_admin_token() {
         admin_as(adm, "fourth-token-4", "GET", "/status").status,
         200
     );
+}
+
+#[test]
+fn reload_while_draining_is_refused() {
+    let up = Upstream::start(Behaviour::Hang);
+    let toml =
+        config(&up, "/api").replacen("workers = 2\n", "workers = 2\ndrain_timeout = \"60s\"\n", 1);
+    let gw = Gateway::start(&toml);
+    let adm = admin_addr(&gw);
+    // A request that stays in flight keeps the gateway draining.
+    let addr = gw.addr();
+    let client = std::thread::spawn(move || {
+        let mut c = Conn::connect(addr);
+        let _ = c.send(format!("GET /api/x HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+        let _ = c.read_response();
+    });
+    assert!(
+        up.wait_requests(1, Duration::from_secs(5)),
+        "request never reached the upstream"
+    );
+    gw.sigterm();
+    assert!(
+        gw.wait_log("draining", Duration::from_secs(10)),
+        "{:?}",
+        gw.logs()
+    );
+    let r = admin(adm, "POST", "/reload");
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert!(
+        !gw.logs()
+            .iter()
+            .any(|l| l.contains("reloaded generation") || l.contains("config reloaded")),
+        "a refused reload is not logged as one: {:?}",
+        gw.logs()
+    );
+    // Still draining: the refusal did not wait for the drain to end.
+    assert_eq!(admin(adm, "GET", "/status").status, 200);
+    drop(gw);
+    let _ = client.join();
 }
