@@ -14,8 +14,8 @@
 //!
 //! Invariants: every request is bounded (head size, body size, head and request deadlines, write
 //! timeout), at most `MAX_CONNS` are served at once and `MAX_CONNS_PER_PEER` per client address (more
-//! get a 503), every connection is closed after one response, and nothing a client sends can panic
-//! the server.
+//! get a 503), every connection is closed after one response, a request is acted on only once it
+//! arrived whole, and nothing a client sends can panic the server.
 
 mod http;
 

@@ -462,6 +462,56 @@ fn exchange(s: &mut TcpStream, raw: &[u8]) -> (u16, String, Vec<u8>) {
     (status, head, out[end + 4..].to_vec())
 }
 
+/// A request whose body is cut short, late, or framed ambiguously is answered with an error and never
+/// acted on; the first reload that does run is generation 2.
+#[test]
+fn incomplete_or_ambiguous_requests_never_reload() {
+    let s = setup(None, reload_ok(), None);
+    let addr = s.addr;
+    let head = "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n";
+
+    // 3 of 10 body bytes, then nothing: the read deadline passes.
+    let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    let (status, _, body) = exchange(&mut c, format!("{head}abc").as_bytes());
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
+    assert!(head_closes(&mut c));
+
+    // 3 of 10 body bytes, then the client half-closes.
+    let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    c.write_all(format!("{head}abc").as_bytes())
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let (status, _, _) = exchange(&mut c, b"");
+    assert_eq!(status, 400);
+
+    // Two Content-Length headers (conflicting, or even equal: one framing only, like the proxy).
+    for cls in ["1\r\nContent-Length: 5", "1\r\nContent-Length: 1", "1, 1"] {
+        let r = request(
+            addr,
+            &format!("POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: {cls}\r\n\r\nx"),
+        );
+        assert_eq!(r.status, 400, "Content-Length: {cls}: {}", r.body);
+        assert!(r.body.contains("Content-Length"), "{}", r.body);
+    }
+
+    let ok = request(
+        addr,
+        "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        ok.body, "{\"generation\":2}\n",
+        "an earlier request reloaded"
+    );
+    s.finish();
+}
+
+/// After an answer, the server has closed: a read sees EOF (or a reset), never more data.
+fn head_closes(c: &mut TcpStream) -> bool {
+    let mut b = [0u8; 16];
+    matches!(c.read(&mut b), Ok(0) | Err(_))
+}
+
 /// A TCP connection to `addr` from the local address `src` (any 127.0.0.0/8 address is loopback on
 /// Linux, so one test can play several peers).
 fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {

@@ -1,5 +1,6 @@
 //! Reading one admin request: bounded head (httparse), bounded body (read and discarded), a deadline
-//! for the head and a later one for the whole request.
+//! for the head and a later one for the whole request. A request is returned only once it arrived
+//! whole: a body cut short or late is an error, never a request to act on.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -68,12 +69,16 @@ pub fn read_request(
             Err(Timeout::Elapsed) => return Err(ReadError::Status(408, "request timeout")),
         }
     };
-    // Drain the body so closing does not reset the connection before the client reads the answer.
+    // The body is read (and discarded) whole before the request counts: a client that announced
+    // more than it sent gets an error, not a reload. Reading it also keeps closing from resetting the
+    // connection before the client reads the answer.
     let mut left = body_len.saturating_sub(buf.len().saturating_sub(head_len));
     while left > 0 {
         match read_some(stream, &mut chunk, deadline) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => return Err(ReadError::Status(400, "incomplete request body")),
             Ok(n) => left = left.saturating_sub(n),
+            Err(Timeout::Elapsed) => return Err(ReadError::Status(408, "request timeout")),
+            Err(Timeout::Io) => return Err(ReadError::Closed),
         }
     }
     Ok(req)
@@ -118,7 +123,7 @@ fn build(p: &httparse::Request<'_, '_>) -> Result<(Request, usize), ReadError> {
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut authorization = None;
-    let mut body_len = 0usize;
+    let mut body_len = None;
     for h in p.headers.iter() {
         if h.name.eq_ignore_ascii_case("authorization") {
             if authorization.is_some() {
@@ -126,6 +131,11 @@ fn build(p: &httparse::Request<'_, '_>) -> Result<(Request, usize), ReadError> {
             }
             authorization = std::str::from_utf8(h.value).ok().map(str::to_owned);
         } else if h.name.eq_ignore_ascii_case("content-length") {
+            // One framing only, like the proxy (even two equal values): where two parsers could
+            // disagree about where a body ends, neither should guess.
+            if body_len.is_some() {
+                return Err(ReadError::Status(400, "more than one Content-Length"));
+            }
             let v = h.value;
             if v.is_empty() || v.len() > 10 || !v.iter().all(u8::is_ascii_digit) {
                 return Err(ReadError::Status(400, "invalid Content-Length"));
@@ -136,7 +146,7 @@ fn build(p: &httparse::Request<'_, '_>) -> Result<(Request, usize), ReadError> {
             if n > MAX_BODY {
                 return Err(ReadError::Status(413, "request body too large"));
             }
-            body_len = n;
+            body_len = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ReadError::Status(
                 411,
@@ -151,7 +161,7 @@ fn build(p: &httparse::Request<'_, '_>) -> Result<(Request, usize), ReadError> {
             query: query.to_owned(),
             authorization,
         },
-        body_len,
+        body_len.unwrap_or(0),
     ))
 }
 
