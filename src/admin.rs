@@ -12,6 +12,8 @@
 //! | `GET /histograms` | p50/p90/p99/p99.9/max per route (µs) |
 //! | `GET /histograms?route=NAME&kind=added\|total` | the HDR percentile report of one route |
 //!
+//! `HEAD` works wherever `GET` does (same head, no body; RFC 9110 §9.3.2).
+//!
 //! Invariants: every request is bounded (head size, body size, head and request deadlines, write
 //! timeout), at most `MAX_CONNS` are served at once and `MAX_CONNS_PER_PEER` per client address (more
 //! get a 503), every connection is closed after one response, a request is acted on only once it
@@ -267,7 +269,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Ok(slot) => slot,
             Err(why) => {
                 // A few dozen bytes into an empty send buffer: does not block this thread.
-                let _ = respond(stream, &error_reply(503, why), &[]);
+                let _ = respond(stream, &error_reply(503, why), &[], false);
                 continue;
             }
         };
@@ -283,10 +285,12 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         Ok(r) => r,
         Err(http::ReadError::Closed) => return,
         Err(http::ReadError::Status(status, why)) => {
-            let _ = respond(stream, &error_reply(status, why), &[]);
+            let _ = respond(stream, &error_reply(status, why), &[], false);
             return;
         }
     };
+    // A HEAD answer is the GET answer's head (errors included), without the body.
+    let head_only = req.method == "HEAD";
     let allowed = {
         let token = shared
             .settings
@@ -303,18 +307,19 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             stream,
             &error_reply(401, "missing or wrong bearer token"),
             &[("WWW-Authenticate", "Bearer")],
+            head_only,
         );
         return;
     }
     let (reply, extra) = route(&req, shared);
-    let _ = respond(stream, &reply, extra);
+    let _ = respond(stream, &reply, extra, head_only);
 }
 
 /// Dispatches one request; the extra headers to send.
 fn route(req: &http::Request, shared: &Shared) -> (Reply, &'static [(&'static str, &'static str)]) {
-    const GET: &[(&str, &str)] = &[("Allow", "GET")];
+    const GET: &[(&str, &str)] = &[("Allow", "GET, HEAD")];
     const POST: &[(&str, &str)] = &[("Allow", "POST")];
-    let get = req.method == "GET";
+    let get = matches!(req.method.as_str(), "GET" | "HEAD");
     let query = |q: Query| {
         shared
             .metrics
@@ -442,7 +447,14 @@ fn error_reply(status: u16, message: &str) -> Reply {
     }
 }
 
-fn respond(mut stream: TcpStream, reply: &Reply, extra: &[(&str, &str)]) -> std::io::Result<()> {
+/// Writes the answer and closes; `head_only` (a HEAD request) leaves out the body but keeps its
+/// Content-Length.
+fn respond(
+    mut stream: TcpStream,
+    reply: &Reply,
+    extra: &[(&str, &str)],
+    head_only: bool,
+) -> std::io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
         reply.status,
@@ -458,7 +470,9 @@ fn respond(mut stream: TcpStream, reply: &Reply, extra: &[(&str, &str)]) -> std:
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
-    stream.write_all(reply.body.as_bytes())?;
+    if !head_only {
+        stream.write_all(reply.body.as_bytes())?;
+    }
     stream.flush()?;
     let _ = stream.shutdown(std::net::Shutdown::Write);
     Ok(())

@@ -462,6 +462,69 @@ fn exchange(s: &mut TcpStream, raw: &[u8]) -> (u16, String, Vec<u8>) {
     (status, head, out[end + 4..].to_vec())
 }
 
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"))
+}
+
+fn head_request(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    exchange(
+        &mut s,
+        format!("HEAD {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
+    )
+}
+
+/// RFC 9110 §9.3.2: HEAD wherever GET is supported, same head, no body. Load balancers probe
+/// `/health` with HEAD.
+#[test]
+fn head_answers_like_get_without_a_body() {
+    let s = setup(None, reload_ok(), None);
+    let addr = s.addr;
+    // /health turns 503 while a simulated worker misses its flushes (a loaded machine): compare a
+    // HEAD and a GET that both saw 200 (bounded retries).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, head, body) = head_request(addr, "/health");
+        assert!(body.is_empty(), "HEAD got a body: {body:?}");
+        let g = get(addr, "/health");
+        if status == 200 && g.status == 200 {
+            assert_eq!(content_length(&head), g.body.len(), "{head}");
+            assert!(head.contains("Content-Type: application/json"), "{head}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HEAD {status} {head}, GET {} {}",
+            g.status,
+            g.body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    for path in ["/metrics", "/status", "/histograms"] {
+        let (status, head, body) = head_request(addr, path);
+        assert_eq!(status, 200, "HEAD {path}: {head}");
+        assert!(body.is_empty(), "HEAD {path} got a body: {body:?}");
+        assert!(content_length(&head) > 0, "HEAD {path}: {head}");
+    }
+    // Errors to a HEAD carry no body either.
+    let (status, _, body) = head_request(addr, "/nope");
+    assert_eq!(status, 404);
+    assert!(body.is_empty());
+    let (status, head, body) = head_request(addr, "/reload");
+    assert_eq!(status, 405);
+    assert!(head.contains("Allow: POST"), "{head}");
+    assert!(body.is_empty());
+    // The Allow header of a GET endpoint names HEAD too.
+    let r = request(addr, "POST /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert!(r.head.contains("Allow: GET, HEAD"), "{}", r.head);
+    s.finish();
+}
+
 /// A request whose body is cut short, late, or framed ambiguously is answered with an error and never
 /// acted on; the first reload that does run is generation 2.
 #[test]
