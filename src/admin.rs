@@ -1,26 +1,31 @@
 //! The admin API: a small blocking HTTP/1.1 server on its own listener and threads, off the request
 //! path. Loopback by default; with `[admin] token` every request needs `Authorization: Bearer <token>`
-//! (compared in constant time).
+//! (compared in constant time). The token is in `AdminSettings`, which a reload updates while the
+//! listener keeps running; the listen address is fixed until a restart.
 //!
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /health` | 200 when every worker flushed its metrics within 3 flush intervals, else 503 |
 //! | `GET /status` | JSON: config generation, loaded-at, workers, routes, upstream targets and pools |
 //! | `GET /metrics` | Prometheus text |
-//! | `POST /reload` | runs the reload callback: 200 `{"generation":N}` or 400 `{"message","errors"}` |
+//! | `POST /reload` | runs the reload callback: 200 `{"generation":N}`, 400 `{"message","errors"}`, or 503 `{"message"}` when not (or not fully) applied |
 //! | `GET /histograms` | p50/p90/p99/p99.9/max per route (µs) |
 //! | `GET /histograms?route=NAME&kind=added\|total` | the HDR percentile report of one route |
 //!
-//! Invariants: every request is bounded (head size, body size, read deadline, write timeout), at most
-//! `MAX_CONNS` are served at once (more get a 503), every connection is closed after one response,
-//! and nothing a client sends can panic the server.
+//! `HEAD` works wherever `GET` does (same head, no body; RFC 9110 §9.3.2).
+//!
+//! Invariants: every request is bounded (head size, body size, head and request deadlines, write
+//! timeout), at most `MAX_CONNS` are served at once and `MAX_CONNS_PER_PEER` per client address (more
+//! get a 503), every connection is closed after one response, a request is acted on only once it
+//! arrived whole, and nothing a client sends can panic the server.
 
 mod http;
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -29,24 +34,162 @@ use crate::metrics::aggregate::HistKind;
 use crate::metrics::hub::JSON;
 use crate::metrics::{json, MetricsHandle, Query, Reply};
 
-/// What `POST /reload` runs: load and apply the config file; the new generation, or every error (one
-/// per line). Called on an admin thread, one reload at a time.
-pub type ReloadFn = Box<dyn Fn() -> Result<u64, String> + Send>;
+/// What `POST /reload` runs: load and apply the config file; the new generation once every worker
+/// serves it, or why not. Called on an admin thread, one reload at a time.
+pub type ReloadFn = Box<dyn Fn() -> Result<u64, ReloadFailure> + Send>;
 
-/// Connections served at once.
-const MAX_CONNS: usize = 16;
-/// Whole request (head and body) must arrive within this.
+/// Why a reload did not (fully) happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadFailure {
+    /// The config failed to load or validate (one error per line); the previous generation keeps
+    /// serving. Answered 400.
+    Rejected(String),
+    /// Nothing was loaded (the process is draining), or `generation` was installed but not every
+    /// worker confirmed it. Answered 503: the caller cannot assume the new config is serving.
+    Unavailable {
+        message: String,
+        generation: Option<u64>,
+    },
+}
+
+// Connection limits. Admin clients are a few machines: a Prometheus server or two scraping every few
+// seconds, load-balancer health probes (one at a time per balancer node, each node its own address),
+// an operator's curl. None holds more than a couple of connections at once, and every request is one
+// packet-sized head answered in milliseconds. So: 8 per address is several times what an honest
+// client needs (a few scrapers behind one NAT or on the same host still fit), and keeps one client
+// (which, before authenticating, may be anyone who can reach the port) from taking every slot; 64 in
+// all (one thread each, off the request path) leaves room for 8 such clients at their cap. Only
+// distinct addresses get distinct shares: IPv6 peers are grouped by /64 (one host usually has a whole
+// /64 to pick from), and local clients all share 127.0.0.1 unless they bind another 127/8 address.
+/// Connections served at once, in all.
+const MAX_CONNS: usize = 64;
+/// Connections served at once per client address (`peer_key`).
+const MAX_CONNS_PER_PEER: usize = 8;
+/// The request head must arrive within this: honest clients send it in one packet, so this only
+/// bounds how long a silent or trickling connection holds its slot.
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+/// Head and body (`POST /reload` takes none; at most 64 KiB are read and ignored) within this.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the metrics thread.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `[admin]` settings a reload changes on the running listener (the token). Read by every
+/// connection thread once per request, written by the reloader; the lock is never held across I/O.
+pub struct AdminSettings {
+    /// The address the listener binds; a reload cannot move it (that needs a restart).
+    listen: SocketAddr,
+    token: RwLock<Option<String>>,
+}
+
+impl AdminSettings {
+    pub fn new(def: &AdminDef) -> Arc<AdminSettings> {
+        Arc::new(AdminSettings {
+            listen: def.listen,
+            token: RwLock::new(def.token.clone()),
+        })
+    }
+
+    /// The configured listen address (port 0 not resolved; see `AdminServer::local_addr`).
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Takes a reloaded `[admin]`'s token: requests from now on are checked against it (one already
+    /// past the check finishes). `def.listen` is ignored: the listener stays where it is.
+    ///
+    /// A token is never dropped while the running listener is reachable from elsewhere: validation
+    /// allows no token only on loopback, but it judged the *new* `listen`, which takes effect only
+    /// after a restart. Then the old token stays required, with a warning.
+    pub fn apply(&self, def: &AdminDef) {
+        let mut token = self.token.write().unwrap_or_else(|p| p.into_inner());
+        if *token == def.token {
+            return;
+        }
+        if def.token.is_none() && !self.listen.ip().is_loopback() {
+            crate::warn!(
+                "reload: admin.token kept: the running admin listener addr={} is not loopback and \
+                 keeps requiring it until a restart",
+                self.listen
+            );
+            return;
+        }
+        *token = def.token.clone();
+        // Never the token itself.
+        crate::info!(
+            "admin token changed auth={}",
+            if token.is_some() { "bearer" } else { "none" }
+        );
+    }
+}
+
 struct Shared {
-    token: Option<String>,
+    settings: Arc<AdminSettings>,
     metrics: MetricsHandle,
     reload: Mutex<ReloadFn>,
-    active: AtomicUsize,
+    conns: Mutex<Conns>,
     stop: AtomicBool,
+}
+
+/// Connections being served: in all and per `peer_key`.
+#[derive(Default)]
+struct Conns {
+    total: usize,
+    per_peer: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection's slot, given back on drop (also when its thread never started).
+struct Slot {
+    shared: Arc<Shared>,
+    peer: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.shared.conns);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A slot for a connection from `peer`, or the 503 message when the caps are reached.
+fn admit(shared: &Arc<Shared>, peer: IpAddr) -> Result<Slot, &'static str> {
+    let key = peer_key(peer);
+    let mut c = lock(&shared.conns);
+    if c.total >= MAX_CONNS {
+        return Err("too many admin connections");
+    }
+    let n = c.per_peer.entry(key).or_insert(0);
+    if *n >= MAX_CONNS_PER_PEER {
+        return Err("too many admin connections from this address");
+    }
+    *n += 1;
+    c.total += 1;
+    Ok(Slot {
+        shared: shared.clone(),
+        peer: key,
+    })
+}
+
+/// Whose share a connection counts against: the IPv4 address (also when IPv4-mapped), or the IPv6
+/// /64 prefix.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The running admin listener.
@@ -57,19 +200,20 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `def.listen` and serves on a new thread.
+    /// Binds `settings.listen()` and serves on a new thread; `settings` stays shared with whoever
+    /// applies reloads.
     pub fn start(
-        def: &AdminDef,
+        settings: Arc<AdminSettings>,
         metrics: MetricsHandle,
         reload: ReloadFn,
     ) -> std::io::Result<AdminServer> {
-        let listener = TcpListener::bind(def.listen)?;
+        let listener = TcpListener::bind(settings.listen)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            token: def.token.clone(),
+            settings,
             metrics,
             reload: Mutex::new(reload),
-            active: AtomicUsize::new(0),
+            conns: Mutex::new(Conns::default()),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -109,8 +253,8 @@ impl AdminServer {
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::SeqCst) {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
             Err(e) => {
                 crate::debug!("admin accept failed error=\"{e}\"");
                 std::thread::sleep(Duration::from_millis(50));
@@ -121,52 +265,61 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             break;
         }
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNS {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-            let _ = respond(stream, &error_reply(503, "too many admin connections"), &[]);
-            continue;
-        }
-        let s = shared.clone();
-        let spawned = std::thread::Builder::new()
+        let slot = match admit(&shared, peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // A few dozen bytes into an empty send buffer: does not block this thread.
+                let _ = respond(stream, &error_reply(503, why), &[], false);
+                continue;
+            }
+        };
+        // On a spawn failure the closure, and with it the slot, is dropped.
+        let _ = std::thread::Builder::new()
             .name("ringgate-admin-conn".to_owned())
-            .spawn(move || {
-                serve(stream, &s);
-                s.active.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
-        }
+            .spawn(move || serve(stream, &slot.shared));
     }
 }
 
 fn serve(mut stream: TcpStream, shared: &Shared) {
-    let req = match http::read_request(&mut stream, READ_DEADLINE) {
+    let req = match http::read_request(&mut stream, HEAD_DEADLINE, READ_DEADLINE) {
         Ok(r) => r,
         Err(http::ReadError::Closed) => return,
         Err(http::ReadError::Status(status, why)) => {
-            let _ = respond(stream, &error_reply(status, why), &[]);
+            let _ = respond(stream, &error_reply(status, why), &[], false);
             return;
         }
     };
-    if let Some(token) = &shared.token {
-        if !authorized(req.authorization.as_deref(), token) {
-            let _ = respond(
-                stream,
-                &error_reply(401, "missing or wrong bearer token"),
-                &[("WWW-Authenticate", "Bearer")],
-            );
-            return;
+    // A HEAD answer is the GET answer's head (errors included), without the body.
+    let head_only = req.method == "HEAD";
+    let allowed = {
+        let token = shared
+            .settings
+            .token
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        match token.as_deref() {
+            Some(token) => authorized(req.authorization.as_deref(), token),
+            None => true,
         }
+    };
+    if !allowed {
+        let _ = respond(
+            stream,
+            &error_reply(401, "missing or wrong bearer token"),
+            &[("WWW-Authenticate", "Bearer")],
+            head_only,
+        );
+        return;
     }
     let (reply, extra) = route(&req, shared);
-    let _ = respond(stream, &reply, extra);
+    let _ = respond(stream, &reply, extra, head_only);
 }
 
 /// Dispatches one request; the extra headers to send.
 fn route(req: &http::Request, shared: &Shared) -> (Reply, &'static [(&'static str, &'static str)]) {
-    const GET: &[(&str, &str)] = &[("Allow", "GET")];
+    const GET: &[(&str, &str)] = &[("Allow", "GET, HEAD")];
     const POST: &[(&str, &str)] = &[("Allow", "POST")];
-    let get = req.method == "GET";
+    let get = matches!(req.method.as_str(), "GET" | "HEAD");
     let query = |q: Query| {
         shared
             .metrics
@@ -220,7 +373,7 @@ fn histogram_query(query: &str) -> Result<Query, String> {
 
 fn reload(shared: &Shared) -> Reply {
     let result = {
-        let f = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
+        let f = lock(&shared.reload);
         f()
     };
     shared.metrics.reload_outcome(result.is_ok());
@@ -233,7 +386,21 @@ fn reload(shared: &Shared) -> Reply {
                 body: format!("{{\"generation\":{generation}}}\n"),
             }
         }
-        Err(errors) => {
+        Err(ReloadFailure::Unavailable {
+            message,
+            generation,
+        }) => {
+            crate::warn!("config reload via admin not applied: {message}");
+            let generation = generation
+                .map(|g| format!(",\"generation\":{g}"))
+                .unwrap_or_default();
+            Reply {
+                status: 503,
+                content_type: JSON,
+                body: format!("{{\"message\":{}{generation}}}\n", json::string(&message)),
+            }
+        }
+        Err(ReloadFailure::Rejected(errors)) => {
             crate::warn!("config reload via admin failed");
             let list: Vec<String> = errors
                 .lines()
@@ -280,7 +447,14 @@ fn error_reply(status: u16, message: &str) -> Reply {
     }
 }
 
-fn respond(mut stream: TcpStream, reply: &Reply, extra: &[(&str, &str)]) -> std::io::Result<()> {
+/// Writes the answer and closes; `head_only` (a HEAD request) leaves out the body but keeps its
+/// Content-Length.
+fn respond(
+    mut stream: TcpStream,
+    reply: &Reply,
+    extra: &[(&str, &str)],
+    head_only: bool,
+) -> std::io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
         reply.status,
@@ -296,7 +470,9 @@ fn respond(mut stream: TcpStream, reply: &Reply, extra: &[(&str, &str)]) -> std:
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
-    stream.write_all(reply.body.as_bytes())?;
+    if !head_only {
+        stream.write_all(reply.body.as_bytes())?;
+    }
     stream.flush()?;
     let _ = stream.shutdown(std::net::Shutdown::Write);
     Ok(())
@@ -318,6 +494,51 @@ mod tests {
         assert!(!authorized(Some("Basic secret"), "secret"));
         assert!(!authorized(Some("Bearer"), "secret"));
         assert!(!authorized(None, "secret"));
+    }
+
+    #[test]
+    fn peers_share_by_address_and_ipv6_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(peer_key(ip("10.0.0.7")), ip("10.0.0.7"));
+        assert_eq!(peer_key(ip("::ffff:10.0.0.7")), ip("10.0.0.7"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            peer_key(ip("2001:db8:1:2:ffff:1:2:3")),
+            peer_key(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(
+            peer_key(ip("2001:db8:1:3::1")),
+            peer_key(ip("2001:db8:1:2::1"))
+        );
+    }
+
+    fn def(listen: &str, token: Option<&str>) -> AdminDef {
+        AdminDef {
+            listen: listen.parse().unwrap_or_else(|e| panic!("{listen}: {e}")),
+            token: token.map(Into::into),
+        }
+    }
+
+    fn token_of(s: &AdminSettings) -> Option<String> {
+        s.token.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    #[test]
+    fn reloaded_tokens_apply_but_never_open_a_public_listener() {
+        let s = AdminSettings::new(&def("127.0.0.1:9901", Some("old")));
+        s.apply(&def("127.0.0.1:9901", Some("new")));
+        assert_eq!(token_of(&s).as_deref(), Some("new"));
+        s.apply(&def("127.0.0.1:9901", None));
+        assert_eq!(token_of(&s), None, "loopback may run without a token");
+        s.apply(&def("127.0.0.1:9901", Some("again")));
+        assert_eq!(token_of(&s).as_deref(), Some("again"));
+
+        // The new config moves to loopback and drops the token; the running listener is still public.
+        let public = AdminSettings::new(&def("0.0.0.0:9901", Some("old")));
+        public.apply(&def("127.0.0.1:9901", None));
+        assert_eq!(token_of(&public).as_deref(), Some("old"));
+        public.apply(&def("127.0.0.1:9901", Some("rotated")));
+        assert_eq!(token_of(&public).as_deref(), Some("rotated"));
     }
 
     #[test]

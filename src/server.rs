@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::admin::AdminServer;
+use crate::admin::{AdminServer, AdminSettings, ReloadFailure};
 use crate::config;
 use crate::config::model::{Config, ListenKind};
 use crate::config::ConfigError;
@@ -59,12 +59,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     metrics.set_workers(workers);
     let mut limiter = ReconcilerHandle::new(workers);
     // Per-consumer label slots are capped once, at start (label cardinality never grows past it).
-    let consumer_cap = if cfg.metrics.per_consumer_labels {
-        cfg.metrics.max_consumer_labels
-    } else {
-        0
-    };
-    let consumer_board = Arc::new(ConsumerBoard::new(consumer_cap, workers));
+    let consumer_board = Arc::new(ConsumerBoard::new(consumer_cap(&cfg), workers));
     let scrape_consumers = consumer_board.clone();
     metrics.add_collector(move |out| out.extend(scrape_consumers.families()));
     let compiled = match compile(cfg, 1, workers, &metrics, &mut limiter, &consumer_board) {
@@ -144,10 +139,14 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             out.extend(b.families());
         }
     });
+    let admin_settings = compiled.config.admin.as_ref().map(AdminSettings::new);
     let reloader = Arc::new(Reloader {
         board,
         path: path.to_path_buf(),
         metrics: metrics.clone(),
+        control: control.clone(),
+        running: Running::of(&compiled.config),
+        admin: admin_settings.clone(),
         state: Mutex::new(ReloadState {
             current: compiled.clone(),
             limiter,
@@ -156,13 +155,14 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             acks: ack_rx,
         }),
     });
-    let admin = match &compiled.config.admin {
-        Some(def) => {
+    let admin = match admin_settings {
+        Some(settings) => {
             let r = reloader.clone();
-            match AdminServer::start(def, metrics.clone(), Box::new(move || r.reload())) {
+            let addr = settings.listen();
+            match AdminServer::start(settings, metrics.clone(), Box::new(move || r.reload())) {
                 Ok(a) => Some(a),
                 Err(e) => {
-                    error!("admin bind failed addr={} error=\"{e}\"", def.listen);
+                    error!("admin bind failed addr={addr} error=\"{e}\"");
                     return 1;
                 }
             }
@@ -176,9 +176,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
 
     let mut signals = signals;
     wait_for_termination(&mut signals, &reloader);
+    // The flag goes up first: from here on a reload is refused, and one waiting for acknowledgements
+    // (holding the reload lock `current` takes) stops waiting at once.
+    control.drain.store(true, Ordering::SeqCst);
     let drain_timeout = reloader.current().config.server.drain_timeout;
     info!("draining timeout={}ms", drain_timeout.as_millis());
-    control.drain.store(true, Ordering::Relaxed);
     // Workers stop by themselves at the drain deadline; the margin covers their last tick.
     let deadline = Instant::now() + drain_timeout + Duration::from_secs(2);
     let mut stopped = 0;
@@ -256,7 +258,67 @@ pub struct Reloader {
     /// The limit board `/metrics` reads; swapped with each generation.
     board: Arc<Mutex<Arc<LimitBoard>>>,
     metrics: MetricsHandle,
+    /// `drain` refuses reloads: draining workers no longer take new generations.
+    control: Arc<Control>,
+    /// What only a restart changes, as the process started.
+    running: Running,
+    /// The running admin listener's reloadable settings (`None`: no admin listener).
+    admin: Option<Arc<AdminSettings>>,
     state: Mutex<ReloadState>,
+}
+
+/// The settings a reload cannot apply, as bound at start: a config that differs gets the restart
+/// warning on every reload until the process restarts (not just on the reload that changed them).
+struct Running {
+    listen: Vec<std::net::SocketAddr>,
+    workers: Option<usize>,
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Per-consumer label slots, sized once at start (0: labels were off).
+    consumer_cap: usize,
+}
+
+/// The per-consumer label slots `config` asks for (0 when the labels are off).
+fn consumer_cap(config: &Config) -> usize {
+    if config.metrics.per_consumer_labels {
+        config.metrics.max_consumer_labels
+    } else {
+        0
+    }
+}
+
+impl Running {
+    fn of(config: &Config) -> Running {
+        Running {
+            listen: config.server.listen.clone(),
+            workers: config.server.workers,
+            admin_listen: config.admin.as_ref().map(|a| a.listen),
+            consumer_cap: consumer_cap(config),
+        }
+    }
+
+    /// The settings of `config` that differ from the running ones, as config keys.
+    fn needs_restart(&self, config: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if config.server.listen != self.listen {
+            keys.push("listen");
+        }
+        if config.server.workers != self.workers {
+            keys.push("workers");
+        }
+        match (self.admin_listen, config.admin.as_ref()) {
+            (Some(running), Some(new)) if new.listen != running => keys.push("admin.listen"),
+            (None, Some(_)) => keys.push("[admin] (added)"),
+            (Some(_), None) => keys.push("[admin] (removed)"),
+            _ => {}
+        }
+        // Turning the labels off applies live; turning them on or resizing them does not (label
+        // cardinality is fixed at start).
+        let cap = consumer_cap(config);
+        if cap != 0 && cap != self.consumer_cap {
+            keys.push("metrics.per_consumer_labels/max_consumer_labels");
+        }
+        keys
+    }
 }
 
 struct ReloadState {
@@ -270,6 +332,8 @@ struct ReloadState {
 
 /// How long a reload waits for every worker to confirm the swap (workers poll every 50 ms).
 const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often that wait looks at the drain flag.
+const RELOAD_ACK_POLL: Duration = Duration::from_millis(50);
 
 impl Reloader {
     pub fn current(&self) -> Arc<Compiled> {
@@ -279,12 +343,27 @@ impl Reloader {
         }
     }
 
-    /// Reloads; returns the new generation once every worker serves it, or the errors.
-    pub fn reload(&self) -> Result<u64, String> {
+    fn draining(&self) -> bool {
+        self.control.drain.load(Ordering::SeqCst)
+    }
+
+    /// Reloads; returns the new generation once every worker serves it. Otherwise: the config's
+    /// errors (nothing changed), or `Unavailable` when draining (nothing loaded) or when a worker did
+    /// not confirm the new generation (installed; the rest of the workers may serve the old one).
+    pub fn reload(&self) -> Result<u64, ReloadFailure> {
         let mut state = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
+        // Checked under the lock: a reload queued behind another learns about a drain that began
+        // meanwhile.
+        if self.draining() {
+            warn!("reload refused: draining");
+            return Err(ReloadFailure::Unavailable {
+                message: "the gateway is draining (shutting down); nothing was reloaded".to_owned(),
+                generation: None,
+            });
+        }
         let generation = state.current.generation + 1;
         let workers = state.workers;
         let consumer_board = state.current.consumer_board.clone();
@@ -304,36 +383,68 @@ impl Reloader {
                 for e in &text {
                     error!("reload rejected: {e}");
                 }
-                return Err(text.join("\n"));
+                return Err(ReloadFailure::Rejected(text.join("\n")));
             }
         };
-        let old = &state.current.config.server;
-        if compiled.config.server.listen != old.listen
-            || compiled.config.server.workers != old.workers
-        {
-            warn!("reload: changes to listen or workers take effect only after a restart");
+        let restart = self.running.needs_restart(&compiled.config);
+        if !restart.is_empty() {
+            warn!(
+                "reload: changes to {} take effect only after a restart",
+                restart.join(", ")
+            );
         }
         while state.acks.try_recv().is_ok() {}
+        // A worker whose channel is closed has exited: it cannot confirm, so it is not waited for,
+        // but it counts as unconfirmed.
         let mut pending = 0;
+        let mut gone = 0;
         for tx in &state.reload_txs {
             if tx.send(compiled.clone()).is_ok() {
                 pending += 1;
+            } else {
+                gone += 1;
             }
         }
         if let Ok(mut b) = self.board.lock() {
             *b = compiled.limit_board.clone();
         }
+        // The admin token is in effect from here on, whatever the workers do: the generation is
+        // committed.
+        if let (Some(settings), Some(def)) = (&self.admin, &compiled.config.admin) {
+            settings.apply(def);
+        }
         state.current = compiled;
         let deadline = Instant::now() + RELOAD_ACK_TIMEOUT;
-        while pending > 0 {
-            match state.acks.recv_deadline(deadline) {
-                Ok((_, g)) if g == generation => pending -= 1,
-                Ok(_) => {}
-                Err(_) => {
-                    warn!("reload: {pending} worker(s) did not confirm generation={generation} in time");
-                    break;
-                }
+        // Draining workers take no new generation: stop waiting as soon as the drain begins.
+        while pending > 0 && !self.draining() {
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(RELOAD_ACK_POLL);
+            if wait.is_zero() {
+                break;
             }
+            match state.acks.recv_timeout(wait) {
+                Ok((_, g)) if g == generation => pending -= 1,
+                Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let pending = pending + gone;
+        if pending > 0 {
+            let why = if self.draining() {
+                "the gateway began draining".to_owned()
+            } else {
+                format!("no answer within {}s", RELOAD_ACK_TIMEOUT.as_secs())
+            };
+            warn!(
+                "reload not confirmed generation={generation} unconfirmed_workers={pending} workers={workers} reason=\"{why}\""
+            );
+            return Err(ReloadFailure::Unavailable {
+                message: format!(
+                    "generation {generation} is installed, but {pending} of {workers} worker(s) did not confirm it ({why}); they may still serve the previous generation"
+                ),
+                generation: Some(generation),
+            });
         }
         info!("reloaded generation={generation}");
         Ok(generation)
@@ -454,4 +565,32 @@ fn install_panic_hook() {
         error!("panic: {info}");
         std::process::abort();
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(metrics: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[[services]]\nname = \"s\"\nurl = \"http://127.0.0.1:9\"\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n\n[metrics]\n{metrics}"
+        );
+        config::load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn consumer_labels_turned_on_or_resized_by_a_reload_need_a_restart() {
+        const KEY: &str = "metrics.per_consumer_labels/max_consumer_labels";
+        let off = Running::of(&cfg(""));
+        let on = "per_consumer_labels = true\nmax_consumer_labels = 5\n";
+        assert_eq!(off.needs_restart(&cfg(on)), [KEY], "turned on");
+        let running = Running::of(&cfg(on));
+        assert!(running.needs_restart(&cfg(on)).is_empty(), "unchanged");
+        assert!(
+            running.needs_restart(&cfg("")).is_empty(),
+            "turning off applies live"
+        );
+        let resized = "per_consumer_labels = true\nmax_consumer_labels = 9\n";
+        assert_eq!(running.needs_restart(&cfg(resized)), [KEY], "resized");
+    }
 }

@@ -3,12 +3,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ringgate::admin::{AdminServer, ReloadFn};
+use ringgate::admin::{AdminServer, AdminSettings, ReloadFailure, ReloadFn};
 use ringgate::config::load_str;
 use ringgate::config::model::{AdminDef, Config};
 use ringgate::metrics::{Hub, Layout, MetricsHandle, Timings, WorkerMetrics};
@@ -131,7 +131,18 @@ struct Setup {
     addr: SocketAddr,
 }
 
-fn setup(token: Option<&str>, fail_reload: Arc<AtomicBool>, histogram_file: Option<&str>) -> Setup {
+/// What the test's reload callback answers (`setup`'s `outcome`).
+const RELOAD_OK: u8 = 0;
+/// The config has errors.
+const RELOAD_REJECTED: u8 = 1;
+/// Generation installed, a worker did not confirm it.
+const RELOAD_UNCONFIRMED: u8 = 2;
+
+fn reload_ok() -> Arc<AtomicU8> {
+    Arc::new(AtomicU8::new(RELOAD_OK))
+}
+
+fn setup(token: Option<&str>, outcome: Arc<AtomicU8>, histogram_file: Option<&str>) -> Setup {
     let mut cfg = config();
     cfg.metrics.histogram_file = histogram_file.map(Into::into);
     let hub = Hub::start(&cfg.metrics).unwrap_or_else(|e| panic!("{e}"));
@@ -153,10 +164,21 @@ fn setup(token: Option<&str>, fail_reload: Arc<AtomicBool>, histogram_file: Opti
     let generation = Arc::new(AtomicU64::new(1));
     let reload_handle = Mutex::new(handle.clone());
     let reload: ReloadFn = Box::new(move || {
-        if fail_reload.load(Ordering::SeqCst) {
-            return Err(
-                "admin-test.toml:3:1: routes[0].service: no service named \"x\"\n1 error".into(),
-            );
+        match outcome.load(Ordering::SeqCst) {
+            RELOAD_REJECTED => {
+                return Err(ReloadFailure::Rejected(
+                    "admin-test.toml:3:1: routes[0].service: no service named \"x\"\n1 error"
+                        .into(),
+                ))
+            }
+            RELOAD_UNCONFIRMED => {
+                return Err(ReloadFailure::Unavailable {
+                    message: "generation 7 is installed, but 1 of 2 worker(s) did not confirm it"
+                        .into(),
+                    generation: Some(7),
+                })
+            }
+            _ => {}
         }
         let g = generation.fetch_add(1, Ordering::SeqCst) + 1;
         if let Ok(h) = reload_handle.lock() {
@@ -169,7 +191,8 @@ fn setup(token: Option<&str>, fail_reload: Arc<AtomicBool>, histogram_file: Opti
         .clone()
         .unwrap_or_else(|| panic!("[admin] parsed"));
     def.token = token.map(Into::into);
-    let admin = AdminServer::start(&def, handle, reload).unwrap_or_else(|e| panic!("{e}"));
+    let admin = AdminServer::start(AdminSettings::new(&def), handle, reload)
+        .unwrap_or_else(|e| panic!("{e}"));
     let addr = admin.local_addr();
     Setup {
         hub,
@@ -209,10 +232,10 @@ fn wait_for(addr: SocketAddr, path: &str, pred: impl Fn(&Resp) -> bool) -> Resp 
 
 #[test]
 fn endpoints() {
-    let fail = Arc::new(AtomicBool::new(false));
+    let outcome = reload_ok();
     let file = std::env::temp_dir().join(format!("ringgate-hist-{}.txt", std::process::id()));
     let file_s = file.display().to_string();
-    let mut s = setup(None, fail.clone(), Some(&file_s));
+    let mut s = setup(None, outcome.clone(), Some(&file_s));
     let addr = s.addr;
 
     // /health: 200 once both workers flushed.
@@ -302,7 +325,7 @@ fn endpoints() {
     );
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.body, "{\"generation\":2}\n");
-    fail.store(true, Ordering::SeqCst);
+    outcome.store(RELOAD_REJECTED, Ordering::SeqCst);
     let bad = request(
         addr,
         "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}",
@@ -318,6 +341,20 @@ fn endpoints() {
         .contains("ringgate_config_reloads_total{result=\"success\"} 1\n"));
     assert!(m.body.contains("ringgate_config_generation 2\n"));
     assert!(get(addr, "/status").body.starts_with("{\"generation\":2,"));
+
+    // Installed but not confirmed by every worker: not a success.
+    outcome.store(RELOAD_UNCONFIRMED, Ordering::SeqCst);
+    let partial = request(
+        addr,
+        "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(partial.status, 503, "{}", partial.body);
+    assert_eq!(
+        partial.body,
+        "{\"message\":\"generation 7 is installed, but 1 of 2 worker(s) did not confirm it\",\"generation\":7}\n"
+    );
+    assert!(partial.head.contains("Content-Type: application/json"));
+    outcome.store(RELOAD_OK, Ordering::SeqCst);
 
     // Errors.
     let nf = get(addr, "/nope");
@@ -358,7 +395,7 @@ fn endpoints() {
 
 #[test]
 fn token_required() {
-    let s = setup(Some("s3cret-token"), Arc::new(AtomicBool::new(false)), None);
+    let s = setup(Some("s3cret-token"), reload_ok(), None);
     let addr = s.addr;
     let r = get(addr, "/metrics");
     assert_eq!(r.status, 401);
@@ -388,7 +425,7 @@ fn token_required() {
 
 #[test]
 fn slow_and_silent_clients_do_not_block_others() {
-    let s = setup(None, Arc::new(AtomicBool::new(false)), None);
+    let s = setup(None, reload_ok(), None);
     let addr = s.addr;
     // A few connections that send half a head and stall, and one that sends nothing.
     let mut stalled = Vec::new();
@@ -402,5 +439,205 @@ fn slow_and_silent_clients_do_not_block_others() {
     assert_eq!(get(addr, "/status").status, 200);
     assert!(t0.elapsed() < Duration::from_secs(2));
     drop(stalled);
+    s.finish();
+}
+
+/// Sends `raw`, reads to EOF: (status, head, bytes after the head).
+fn exchange(s: &mut TcpStream, raw: &[u8]) -> (u16, String, Vec<u8>) {
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    s.write_all(raw).unwrap_or_else(|e| panic!("write: {e}"));
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head end in {:?}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (status, head, out[end + 4..].to_vec())
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"))
+}
+
+fn head_request(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    exchange(
+        &mut s,
+        format!("HEAD {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
+    )
+}
+
+/// RFC 9110 §9.3.2: HEAD wherever GET is supported, same head, no body. Load balancers probe
+/// `/health` with HEAD.
+#[test]
+fn head_answers_like_get_without_a_body() {
+    let s = setup(None, reload_ok(), None);
+    let addr = s.addr;
+    // /health turns 503 while a simulated worker misses its flushes (a loaded machine): compare a
+    // HEAD and a GET that both saw 200 (bounded retries).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, head, body) = head_request(addr, "/health");
+        assert!(body.is_empty(), "HEAD got a body: {body:?}");
+        let g = get(addr, "/health");
+        if status == 200 && g.status == 200 {
+            assert_eq!(content_length(&head), g.body.len(), "{head}");
+            assert!(head.contains("Content-Type: application/json"), "{head}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HEAD {status} {head}, GET {} {}",
+            g.status,
+            g.body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    for path in ["/metrics", "/status", "/histograms"] {
+        let (status, head, body) = head_request(addr, path);
+        assert_eq!(status, 200, "HEAD {path}: {head}");
+        assert!(body.is_empty(), "HEAD {path} got a body: {body:?}");
+        assert!(content_length(&head) > 0, "HEAD {path}: {head}");
+    }
+    // Errors to a HEAD carry no body either.
+    let (status, _, body) = head_request(addr, "/nope");
+    assert_eq!(status, 404);
+    assert!(body.is_empty());
+    let (status, head, body) = head_request(addr, "/reload");
+    assert_eq!(status, 405);
+    assert!(head.contains("Allow: POST"), "{head}");
+    assert!(body.is_empty());
+    // The Allow header of a GET endpoint names HEAD too.
+    let r = request(addr, "POST /metrics HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert!(r.head.contains("Allow: GET, HEAD"), "{}", r.head);
+    s.finish();
+}
+
+/// A request whose body is cut short, late, or framed ambiguously is answered with an error and never
+/// acted on; the first reload that does run is generation 2.
+#[test]
+fn incomplete_or_ambiguous_requests_never_reload() {
+    let s = setup(None, reload_ok(), None);
+    let addr = s.addr;
+    let head = "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n";
+
+    // 3 of 10 body bytes, then nothing: the read deadline passes.
+    let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    let (status, _, body) = exchange(&mut c, format!("{head}abc").as_bytes());
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&body));
+    assert!(head_closes(&mut c));
+
+    // 3 of 10 body bytes, then the client half-closes.
+    let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    c.write_all(format!("{head}abc").as_bytes())
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let (status, _, _) = exchange(&mut c, b"");
+    assert_eq!(status, 400);
+
+    // Two Content-Length headers (conflicting, or even equal: one framing only, like the proxy).
+    for cls in ["1\r\nContent-Length: 5", "1\r\nContent-Length: 1", "1, 1"] {
+        let r = request(
+            addr,
+            &format!("POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: {cls}\r\n\r\nx"),
+        );
+        assert_eq!(r.status, 400, "Content-Length: {cls}: {}", r.body);
+        assert!(r.body.contains("Content-Length"), "{}", r.body);
+    }
+
+    let ok = request(
+        addr,
+        "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        ok.body, "{\"generation\":2}\n",
+        "an earlier request reloaded"
+    );
+    s.finish();
+}
+
+/// After an answer, the server has closed: a read sees EOF (or a reset), never more data.
+fn head_closes(c: &mut TcpStream) -> bool {
+    let mut b = [0u8; 16];
+    matches!(c.read(&mut b), Ok(0) | Err(_))
+}
+
+/// A TCP connection to `addr` from the local address `src` (any 127.0.0.0/8 address is loopback on
+/// Linux, so one test can play several peers).
+fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+    let ip: std::net::IpAddr = src.parse().unwrap_or_else(|e| panic!("{src}: {e}"));
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .unwrap_or_else(|e| panic!("socket: {e}"));
+    sock.bind(&SocketAddr::new(ip, 0).into())
+        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    sock.connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+    sock.into()
+}
+
+/// One peer opening many connections that never finish their head takes only its own share of the
+/// slots: other peers are still served at once.
+#[test]
+fn one_peer_cannot_take_every_slot() {
+    let s = setup(None, reload_ok(), None);
+    let addr = s.addr;
+    let _ = wait_for(addr, "/health", |r| r.status == 200);
+    // More than the old global cap (16), each with half a head: all held until the head deadline.
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..24 {
+        let mut c = connect_from("127.0.0.2", addr);
+        let _ = c.write_all(b"GET /health HTTP/1.1\r\n");
+        held.push(c);
+    }
+    // The listen queue is FIFO: every held connection was accepted before the ones below.
+    let mut extra = connect_from("127.0.0.2", addr);
+    let (status, _, body) = exchange(&mut extra, b"");
+    // Only while the held heads are within their 2 s deadline (a stalled test machine may pass it).
+    if t0.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(status, 503, "the flooding peer is over its share");
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert!(body.contains("from this address"), "{body}");
+    }
+
+    for src in ["127.0.0.1", "127.0.0.3"] {
+        let mut c = connect_from(src, addr);
+        let (status, _, body) = exchange(
+            &mut c,
+            b"GET /health HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(
+            status,
+            200,
+            "peer {src} locked out: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+
+    // Closing them gives the peer its slots back (each is answered and released on EOF).
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = connect_from("127.0.0.2", addr);
+        let (status, _, _) = exchange(&mut c, b"GET /status HTTP/1.1\r\nHost: admin\r\n\r\n");
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never released: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     s.finish();
 }

@@ -1,6 +1,7 @@
 //! Metrics and the admin API end to end, through the real binary: requests are counted per route and
-//! code, latency histograms fill, `/health` and `/status` answer, and `POST /reload` swaps the config
-//! generation like SIGHUP does.
+//! code, latency histograms fill, `/health` and `/status` answer, `POST /reload` swaps the config
+//! generation like SIGHUP does, reloads apply a new `[admin] token` (and name what needs a restart),
+//! and a reload asked for while draining is refused at once.
 
 mod common;
 
@@ -49,6 +50,17 @@ fn admin(addr: SocketAddr, method: &str, path: &str) -> RawResponse {
     send_raw(
         addr,
         format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+}
+
+/// `admin` with `Authorization: Bearer <token>`.
+fn admin_as(addr: SocketAddr, token: &str, method: &str, path: &str) -> RawResponse {
+    send_raw(
+        addr,
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
     )
 }
 
@@ -281,4 +293,110 @@ fn parked_connections_stay_counted_until_the_client_closes_or_keep_alive_expires
             "the gateway closed it"
         );
     }
+}
+
+/// `config` with `[admin]` lines after `listen` (a token, say).
+fn config_admin(up: &Upstream, admin_extra: &str) -> String {
+    config(up, "/api").replacen(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}"),
+        1,
+    )
+}
+
+#[test]
+fn reload_applies_the_admin_token() {
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&config_admin(&up, "token = \"old-token-1\"\n"));
+    let adm = admin_addr(&gw);
+    assert_eq!(admin(adm, "GET", "/status").status, 401);
+    assert_eq!(admin_as(adm, "old-token-1", "GET", "/status").status, 200);
+
+    // Rotation through the API itself: the reload is authorized by the old token, and from its answer
+    // on only the new one works.
+    gw.rewrite_config(&config_admin(&up, "token = \"new-token-2\"\n"));
+    let r = admin_as(adm, "old-token-1", "POST", "/reload");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(admin_as(adm, "old-token-1", "GET", "/status").status, 401);
+    assert_eq!(admin_as(adm, "new-token-2", "GET", "/status").status, 200);
+    assert!(
+        gw.log_contains("admin token changed"),
+        "the change is logged (never the token): {:?}",
+        gw.logs()
+    );
+    assert!(!gw.logs().iter().any(|l| l.contains("new-token-2")));
+
+    // Removing the token (allowed on loopback) by SIGHUP, then adding one back by POST /reload.
+    gw.rewrite_config(&config_admin(&up, ""));
+    gw.reload_to(3);
+    assert_eq!(admin(adm, "GET", "/status").status, 200);
+    gw.rewrite_config(&config_admin(&up, "token = \"third-token-3\"\n"));
+    let r = admin(adm, "POST", "/reload");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(admin(adm, "GET", "/status").status, 401);
+    assert_eq!(admin_as(adm, "third-token-3", "GET", "/status").status, 200);
+
+    // A new admin.listen cannot move the running listener: the restart warning names it, the old
+    // address keeps serving with the new token.
+    let moved = config_admin(&up, "token = \"fourth-token-4\"\n").replacen(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.2:0\"",
+        1,
+    );
+    assert!(moved.contains("127.0.0.2:0"), "{moved}");
+    gw.rewrite_config(&moved);
+    let r = admin_as(adm, "third-token-3", "POST", "/reload");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        gw.logs()
+            .iter()
+            .any(|l| l.contains("restart") && l.contains("admin.listen")),
+        "{:?}",
+        gw.logs()
+    );
+    assert_eq!(
+        admin_as(adm, "fourth-token-4", "GET", "/status").status,
+        200
+    );
+}
+
+#[test]
+fn reload_while_draining_is_refused() {
+    let up = Upstream::start(Behaviour::Hang);
+    let toml =
+        config(&up, "/api").replacen("workers = 2\n", "workers = 2\ndrain_timeout = \"60s\"\n", 1);
+    let gw = Gateway::start(&toml);
+    let adm = admin_addr(&gw);
+    // A request that stays in flight keeps the gateway draining.
+    let addr = gw.addr();
+    let client = std::thread::spawn(move || {
+        let mut c = Conn::connect(addr);
+        let _ = c.send(format!("GET /api/x HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+        let _ = c.read_response();
+    });
+    assert!(
+        up.wait_requests(1, Duration::from_secs(5)),
+        "request never reached the upstream"
+    );
+    gw.sigterm();
+    assert!(
+        gw.wait_log("draining", Duration::from_secs(10)),
+        "{:?}",
+        gw.logs()
+    );
+    let r = admin(adm, "POST", "/reload");
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert!(
+        !gw.logs()
+            .iter()
+            .any(|l| l.contains("reloaded generation") || l.contains("config reloaded")),
+        "a refused reload is not logged as one: {:?}",
+        gw.logs()
+    );
+    // Still draining: the refusal did not wait for the drain to end.
+    assert_eq!(admin(adm, "GET", "/status").status, 200);
+    drop(gw);
+    let _ = client.join();
 }

@@ -1,5 +1,6 @@
-//! Reading one admin request: bounded head (httparse), bounded body (read and discarded), one deadline
-//! for the whole request.
+//! Reading one admin request: bounded head (httparse), bounded body (read and discarded), a deadline
+//! for the head and a later one for the whole request. A request is returned only once it arrived
+//! whole: a body cut short or late is an error, never a request to act on.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -27,8 +28,16 @@ pub enum ReadError {
     Status(u16, &'static str),
 }
 
-pub fn read_request(stream: &mut TcpStream, deadline_in: Duration) -> Result<Request, ReadError> {
-    let deadline = Instant::now() + deadline_in;
+/// Reads one request: its head within `head_within`, head and body within `whole_within` (both from
+/// now).
+pub fn read_request(
+    stream: &mut TcpStream,
+    head_within: Duration,
+    whole_within: Duration,
+) -> Result<Request, ReadError> {
+    let start = Instant::now();
+    let head_deadline = start + head_within.min(whole_within);
+    let deadline = start + whole_within;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let (req, head_len, body_len) = loop {
@@ -48,7 +57,7 @@ pub fn read_request(stream: &mut TcpStream, deadline_in: Duration) -> Result<Req
         if buf.len() >= MAX_HEAD {
             return Err(ReadError::Status(431, "request head too large"));
         }
-        match read_some(stream, &mut chunk, deadline) {
+        match read_some(stream, &mut chunk, head_deadline) {
             Ok(0) | Err(Timeout::Io) => {
                 return Err(if buf.is_empty() {
                     ReadError::Closed
@@ -60,12 +69,16 @@ pub fn read_request(stream: &mut TcpStream, deadline_in: Duration) -> Result<Req
             Err(Timeout::Elapsed) => return Err(ReadError::Status(408, "request timeout")),
         }
     };
-    // Drain the body so closing does not reset the connection before the client reads the answer.
+    // The body is read (and discarded) whole before the request counts: a client that announced
+    // more than it sent gets an error, not a reload. Reading it also keeps closing from resetting the
+    // connection before the client reads the answer.
     let mut left = body_len.saturating_sub(buf.len().saturating_sub(head_len));
     while left > 0 {
         match read_some(stream, &mut chunk, deadline) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => return Err(ReadError::Status(400, "incomplete request body")),
             Ok(n) => left = left.saturating_sub(n),
+            Err(Timeout::Elapsed) => return Err(ReadError::Status(408, "request timeout")),
+            Err(Timeout::Io) => return Err(ReadError::Closed),
         }
     }
     Ok(req)
@@ -110,7 +123,7 @@ fn build(p: &httparse::Request<'_, '_>) -> Result<(Request, usize), ReadError> {
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut authorization = None;
-    let mut body_len = 0usize;
+    let mut body_len = None;
     for h in p.headers.iter() {
         if h.name.eq_ignore_ascii_case("authorization") {
             if authorization.is_some() {
@@ -118,6 +131,11 @@ fn build(p: &httparse::Request<'_, '_>) -> Result<(Request, usize), ReadError> {
             }
             authorization = std::str::from_utf8(h.value).ok().map(str::to_owned);
         } else if h.name.eq_ignore_ascii_case("content-length") {
+            // One framing only, like the proxy (even two equal values): where two parsers could
+            // disagree about where a body ends, neither should guess.
+            if body_len.is_some() {
+                return Err(ReadError::Status(400, "more than one Content-Length"));
+            }
             let v = h.value;
             if v.is_empty() || v.len() > 10 || !v.iter().all(u8::is_ascii_digit) {
                 return Err(ReadError::Status(400, "invalid Content-Length"));
@@ -128,7 +146,7 @@ fn build(p: &httparse::Request<'_, '_>) -> Result<(Request, usize), ReadError> {
             if n > MAX_BODY {
                 return Err(ReadError::Status(413, "request body too large"));
             }
-            body_len = n;
+            body_len = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ReadError::Status(
                 411,
@@ -143,7 +161,7 @@ fn build(p: &httparse::Request<'_, '_>) -> Result<(Request, usize), ReadError> {
             query: query.to_owned(),
             authorization,
         },
-        body_len,
+        body_len.unwrap_or(0),
     ))
 }
 
