@@ -26,20 +26,22 @@ fn handshake(gw: &Gateway) -> (TcpStream, String) {
         .as_bytes(),
     )
     .unwrap();
-    // Byte by byte so no frame bytes are consumed with the head.
+    let head = read_head(&mut s);
+    (s, head)
+}
+
+/// Reads one HTTP head, byte by byte so nothing after it (frames, tunnelled bytes) is consumed.
+fn read_head(s: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match s.read(&mut b) {
             Ok(1) => head.push(b[0]),
-            _ => panic!(
-                "handshake ended early: {:?}",
-                String::from_utf8_lossy(&head)
-            ),
+            _ => panic!("head ended early: {:?}", String::from_utf8_lossy(&head)),
         }
-        assert!(head.len() < 16384, "huge handshake response");
+        assert!(head.len() < 16384, "huge head");
     }
-    (s, String::from_utf8_lossy(&head).into_owned())
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -180,12 +182,7 @@ fn raw_upgrade_upstream<T: Send + 'static>(
     let h = std::thread::spawn(move || {
         let (mut s, _) = l.accept().expect("accept");
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut b).expect("request head"), 1, "head cut short");
-            head.push(b[0]);
-        }
+        read_head(&mut s);
         s.write_all(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n",
         )
@@ -211,17 +208,8 @@ fn raw_upgrade(gw: &Gateway) -> TcpStream {
         b"GET /t HTTP/1.1\r\nHost: test.local\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n",
     )
     .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).expect("101 head"), 1, "101 cut short");
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s
 }
 
