@@ -91,9 +91,11 @@ impl<S: ClientIo> Conn<S> {
         let service = snap.config.routes.get(p.route).map_or(0, |r| r.service);
         let now_ms = limit::now_ms();
         let mut walk = Walk::default();
+        // Whether a forward-auth answer ends the connection, taken once for the whole chain (before
+        // `st` borrows the scratch): no step reads the body, and a drain that starts meanwhile is
+        // seen by the next read_head.
+        let closing = self.closing(shard, p.client_close);
         loop {
-            // Before `st` borrows the scratch: whether an answer given here ends the connection.
-            let closing = self.closing(shard, p.client_close);
             let st = &mut self.s.chain;
             let Some(step) = walk.next(&snap.chains, p.route, st.id.consumer) else {
                 break;
@@ -213,7 +215,6 @@ impl<S: ClientIo> Conn<S> {
                     if rt.conf.anonymous.is_some() && st.id.authenticated() {
                         continue;
                     }
-                    let close = closing;
                     let buf = &self.buf;
                     let head = &self.s.head;
                     // The auth service judges what the upstream will get: the normalized path
@@ -238,7 +239,7 @@ impl<S: ClientIo> Conn<S> {
                         proto: if self.listener.tls { b"https" } else { b"http" },
                         client_ip: st.client_ip,
                         headers: &headers,
-                        client_close: close,
+                        client_close: closing,
                         http10: p.http10,
                     };
                     let mut copied = std::mem::take(&mut st.fwd_headers);
@@ -314,7 +315,7 @@ impl<S: ClientIo> Conn<S> {
                 }
             };
             if let Flow::Respond { status, body } = flow {
-                let close = self.closing(shard, p.client_close);
+                let close = closing;
                 self.s.out.clear();
                 plugins::write_response(
                     &mut self.s.out,
