@@ -193,6 +193,9 @@ fn sliding_window_weights_previous_minute() {
     assert!(!headers(&set, b"k", start + 100).0);
     // 12:31:30: the previous minute (10) weighs 50% -> 5 left.
     let mid = start + 90_000;
+    // `remaining` counts nothing extra: an empty current minute plus half the previous one.
+    assert_eq!(set.remaining(0, b"k", mid), Some(5));
+    assert_eq!(set.remaining(0, b"k", start + 100), Some(0));
     let mut n = 0;
     while headers(&set, b"k", mid).0 {
         n += 1;

@@ -98,9 +98,7 @@ pub fn sliding(prev: u64, used: u64, limit: u64, now_ms: u64, period_ms: u64) ->
     let elapsed = u128::from(now_ms % period_ms);
     let weighted = u128::from(prev) * (p - elapsed);
     let allowed = weighted + (u128::from(used) + 1) * p <= u128::from(limit) * p;
-    let after = u128::from(used) + u128::from(allowed);
-    let estimate = (weighted + after * p).div_ceil(p);
-    let remaining = u128::from(limit).saturating_sub(estimate);
+    let after = used.saturating_add(u64::from(allowed));
     let reset_ms = (p - elapsed) as u64;
     let retry_ms = if allowed {
         0
@@ -109,10 +107,20 @@ pub fn sliding(prev: u64, used: u64, limit: u64, now_ms: u64, period_ms: u64) ->
     };
     Verdict {
         allowed,
-        remaining: u64::try_from(remaining).unwrap_or(u64::MAX),
+        remaining: sliding_left(prev, after, limit, now_ms, period_ms),
         reset_ms,
         retry_ms,
     }
+}
+
+/// Requests left under the sliding estimate when `used` are counted in the current window:
+/// `limit - ceil(prev * (P - elapsed) / P + used)`, never below 0.
+pub fn sliding_left(prev: u64, used: u64, limit: u64, now_ms: u64, period_ms: u64) -> u64 {
+    let p = u128::from(period_ms);
+    let elapsed = u128::from(now_ms % period_ms);
+    let estimate = (u128::from(prev) * (p - elapsed) + u128::from(used) * p).div_ceil(p);
+    let left = u128::from(limit).saturating_sub(estimate);
+    u64::try_from(left).unwrap_or(u64::MAX)
 }
 
 /// How long until the sliding estimate leaves room for one request (assuming no other traffic).
@@ -202,6 +210,21 @@ mod tests {
         assert!(!v.allowed); // 1000 * 1/60000 rounds up to 1 in the estimate -> 99 + 1 + 0.0167 > 100
         let v = sliding(1_000, 98, 100, 11 * MIN - 1, MIN);
         assert!(v.allowed);
+    }
+
+    #[test]
+    fn sliding_left_counts_nothing_extra() {
+        // A fresh window with nothing in either window: the whole limit is left.
+        assert_eq!(sliding_left(0, 0, 10, 10 * MIN, MIN), 10);
+        // Half-way, an empty current window and 10 in the previous one weigh 5.
+        assert_eq!(sliding_left(10, 0, 10, 10 * MIN + MIN / 2, MIN), 5);
+        assert_eq!(sliding_left(10, 3, 10, 10 * MIN + MIN / 2, MIN), 2);
+        // Agrees with what `sliding` reports after admitting one more.
+        let now = 10 * MIN + MIN / 4;
+        assert_eq!(
+            sliding(100, 20, 100, now, MIN).remaining,
+            sliding_left(100, 21, 100, now, MIN)
+        );
     }
 
     #[test]

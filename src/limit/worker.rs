@@ -565,7 +565,7 @@ impl LimiterSet {
     }
 
     /// Requests left for `key` in the most constraining period, without counting a request (for
-    /// tests and the admin API). `None` if the key is unknown here.
+    /// tests). `None` if the key is unknown here.
     pub fn remaining(&self, instance: usize, key: &[u8], now_ms: u64) -> Option<u64> {
         let inst = self.insts.get(instance)?;
         let def = &inst.def.def;
@@ -586,8 +586,7 @@ impl LimiterSet {
                         let used = pair.curr.used(acked);
                         if def.algorithm == Algorithm::SlidingWindow {
                             let prev = pair.prev_used(acked);
-                            window::sliding(prev, used.saturating_sub(1), limit, now_ms, p)
-                                .remaining
+                            window::sliding_left(prev, used, limit, now_ms, p)
                         } else {
                             limit.saturating_sub(used)
                         }
