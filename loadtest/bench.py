@@ -85,6 +85,9 @@ CFG = {
     "lat_sizes": env_list("LAT_SIZES", ["small"] if QUICK else ["small", "16k"]),
     "idle_conns": env_int("IDLE_CONNS", 10000),
     "targets": env_list("TARGETS", ["direct", "ringgate", "nginx"]),
+    # 0: the upstream corks head and body of a file into one segment (tcp_nopush on), as an app
+    # server writing a small response does; 1: nginx's sendfile default, head and body apart.
+    "upstream_split": env_int("UPSTREAM_SPLIT", 0),
     "gen_cpu": env_int("GEN_CPU", 0),
     "gw_cpu": env_int("GW_CPU", 1),
     "ringgate_bin": os.environ.get("RINGGATE_BIN", os.path.join(ROOT, "target/release/ringgate")),
@@ -456,7 +459,10 @@ def start_nginx(d, conf, cpu):
 
 
 def start_upstream(run_dir, port):
-    d, conf = nginx_prefix(run_dir, "upstream", UPSTREAM_CONF, port=port, wc=min(16384, NOFILE - 100))
+    conf_tpl = UPSTREAM_CONF
+    if not CFG["upstream_split"]:
+        conf_tpl = conf_tpl.replace("tcp_nopush off;", "tcp_nopush on;")
+    d, conf = nginx_prefix(run_dir, "upstream", conf_tpl, port=port, wc=min(16384, NOFILE - 100))
     www = os.path.join(d, "www")
     os.makedirs(www, exist_ok=True)
     for name, size in SIZES.items():

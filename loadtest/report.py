@@ -403,6 +403,13 @@ def machine_section(data, cfg, w):
       f"{cfg['gen_cpu']}; the gateway (ringgate `--workers 1`, or nginx master + 1 worker) on core {cfg['gw_cpu']}, "
       "via taskset. Configs used are in `configs/`; every raw run is in `runs.json`.")
     w("")
+    if cfg.get("upstream_split"):
+        w("Upstream responses: head and body in separate segments (`UPSTREAM_SPLIT=1`, nginx's sendfile "
+          "default).")
+    else:
+        w("Upstream responses: head and body in one segment (`tcp_nopush on`), as an app server writes a "
+          "small response; `UPSTREAM_SPLIT=1` sends them apart.")
+    w("")
 
 
 # --------------------------------------------------------------------------- scenarios

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""The floor: gateway-core CPU per request of two do-nothing relays, beside nginx and ringgate.
+
+relay_epoll and relay_uring copy bytes between 1:1 kept-alive client and upstream connections
+with no HTTP work at all (see their headers). Whatever they cost per request on the gateway core
+is kernel work (TCP on loopback, wakeups, syscalls or io_uring) that any proxy pays. Their cost
+as a fraction of nginx's shows how far below nginx a real proxy can go on this machine.
+
+Usage: python3 loadtest/floor/floor.py   (env: ROUNDS=5 DURATION=6 POINTS=small:64,small:256,16k:64,
+       UPSTREAM_SPLIT=1 for an upstream that sends head and body apart, as run.sh documents)
+Builds the relays with gcc (relay_uring needs liburing-dev), pins like run.sh: load and upstream on
+core 0, the gateway on core 1; interleaves targets within each round; prints medians as a table.
+"""
+import json, os, statistics, subprocess, sys, tempfile, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import bench as B  # noqa: E402
+
+ROUNDS = int(os.environ.get("ROUNDS", "5"))
+DUR = float(os.environ.get("DURATION", "6"))
+POINTS = [(p.split(":")[0], int(p.split(":")[1]))
+          for p in os.environ.get("POINTS", "small:64,small:256,16k:64").split(",")]
+
+
+def build(run_dir):
+    bins = {}
+    for name, libs in (("relay_epoll", []), ("relay_uring", ["-luring"])):
+        out = os.path.join(run_dir, name)
+        r = subprocess.run(["gcc", "-O2", "-Wall", "-o", out, os.path.join(HERE, name + ".c")] + libs,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"building {name} failed (relay_uring needs liburing-dev):\n{r.stderr}")
+        bins[name] = out
+    return bins
+
+
+def main():
+    os.sched_setaffinity(0, {B.CFG["gen_cpu"]})  # the harness and wrk: core 0
+    run_dir = tempfile.mkdtemp(prefix="floor-")
+    os.chmod(run_dir, 0o755)
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    bins = build(run_dir)
+    try:
+        upport = B.free_port()
+        B.start_upstream(run_dir, upport)
+        targets = []
+        port = B.free_port()
+        p, err = B.start_nginx_proxy(run_dir, port, upport)
+        targets.append(B.Target("nginx", port, p, err))
+        port = B.free_port()
+        p, err = B.start_ringgate(run_dir, port, upport)
+        targets.append(B.Target("ringgate", port, p, err))
+        for name, path in bins.items():
+            port = B.free_port()
+            p = B.PROCS.start([path, str(port), str(upport)], os.path.join(run_dir, name + ".log"),
+                              cpu=B.CFG["gw_cpu"])
+            ok = B.wait_port(port, p, 10)
+            targets.append(B.Target(name, port, p, None if ok else f"{name} did not start"))
+        for t in targets:
+            err = t.error or B.verify(t)
+            if err:
+                sys.exit(f"{t.name}: {err}")
+        runs = []
+        for size, conns in POINTS:
+            for t in targets:
+                B.wrk_run(t, size, conns, 2, f"warm-{t.name}-{size}-{conns}", run_dir)
+        for rnd in range(ROUNDS):
+            for size, conns in POINTS:
+                order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+                for t in order:
+                    r = B.wrk_run(t, size, conns, DUR, f"{t.name}-{size}-{conns}-{rnd}", run_dir, rnd=rnd)
+                    if r.get("error"):
+                        sys.exit(f"{t.name} {size} c={conns}: {r['error']}")
+                    runs.append(r)
+                    print(f"round {rnd} {size:5s} c={conns:<3d} {t.name:11s} "
+                          f"{r['cpu_us_per_req']:6.1f} us/req  {r['rps']:8.0f} req/s", flush=True)
+        with open(os.path.join(run_dir, "floor.json"), "w") as f:
+            json.dump(runs, f, indent=1)
+        print(f"\nraw runs: {run_dir}/floor.json\n")
+        names = [t.name for t in targets]
+        print("| point | " + " | ".join(f"{n} us/req" for n in names) + " | " +
+              " | ".join(f"{n}/nginx" for n in names[1:]) + " |")
+        print("|---" * (2 * len(names)) + "|")
+        for size, conns in POINTS:
+            med = {}
+            for n in names:
+                v = [r["cpu_us_per_req"] for r in runs
+                     if r["target"] == n and r["size"] == size and r["conns"] == conns]
+                med[n] = (statistics.median(v), min(v), max(v))
+            cells = [f"{med[n][0]:.1f} ({med[n][1]:.1f}-{med[n][2]:.1f})" for n in names]
+            ratios = [f"{med[n][0] / med['nginx'][0]:.2f}" for n in names[1:]]
+            print(f"| /{size} c={conns} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    finally:
+        B.PROCS.stop_all()
+
+
+if __name__ == "__main__":
+    main()
