@@ -7,7 +7,8 @@ is kernel work (TCP on loopback, wakeups, syscalls or io_uring) that any proxy p
 as a fraction of nginx's shows how far below nginx a real proxy can go on this machine.
 
 Usage: python3 loadtest/floor/floor.py   (env: ROUNDS=5 DURATION=6 POINTS=small:64,small:256,16k:64,
-       UPSTREAM_SPLIT=1 for an upstream that sends head and body apart, as run.sh documents)
+       UPSTREAM_SPLIT=1 for an upstream that sends head and body apart, as run.sh documents;
+       MODE=latency: oha at run.sh's fixed rate on the first point's size, added p50/p99 over direct)
 Builds the relays with gcc (relay_uring needs liburing-dev), pins like run.sh: load and upstream on
 core 0, the gateway on core 1; interleaves targets within each round; prints medians as a table.
 """
@@ -19,6 +20,7 @@ import bench as B  # noqa: E402
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DUR = float(os.environ.get("DURATION", "6"))
+MODE = os.environ.get("MODE", "cpu")  # cpu: wrk, CPU per request; latency: oha, added latency
 POINTS = [(p.split(":")[0], int(p.split(":")[1]))
           for p in os.environ.get("POINTS", "small:64,small:256,16k:64").split(",")]
 
@@ -33,6 +35,33 @@ def build(run_dir):
             sys.exit(f"building {name} failed (relay_uring needs liburing-dev):\n{r.stderr}")
         bins[name] = out
     return bins
+
+
+def latency(targets, upport, run_dir):
+    """oha at run.sh's fixed rate, direct first in every round: added p50/p99 over direct."""
+    targets = [B.Target("direct", upport, None)] + targets
+    flags = B.oha_flags()
+    size = POINTS[0][0]
+    res = {t.name: [] for t in targets}
+    for rnd in range(ROUNDS):
+        order = [targets[0]] + targets[1:][rnd % (len(targets) - 1):] + targets[1:][:rnd % (len(targets) - 1)]
+        for t in order:
+            rec = B.oha_run(t, size, f"lat-{t.name}-{rnd}", run_dir, flags, rnd)
+            d = rec.get("dist_ms") or {}
+            if rec.get("error") or "50" not in d:
+                sys.exit(f"{t.name}: {rec.get('error', 'no distribution')}")
+            res[t.name].append((d["50"], d["99"]))
+            print(f"round {rnd} {t.name:11s} p50 {d['50']:.3f} p99 {d['99']:.3f} ms", flush=True)
+    with open(os.path.join(run_dir, "latency.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    # added latency per round (against that round's direct run), then the median over rounds
+    print(f"\nraw: {run_dir}/latency.json\n")
+    print(f"| /{size} at {B.CFG['lat_rate']} req/s | added p50 (ms) | added p99 (ms) |")
+    print("|---|---|---|")
+    for t in targets[1:]:
+        a50 = statistics.median(x[0] - d[0] for x, d in zip(res[t.name], res["direct"]))
+        a99 = statistics.median(x[1] - d[1] for x, d in zip(res[t.name], res["direct"]))
+        print(f"| {t.name} | {a50:+.3f} | {a99:+.3f} |")
 
 
 def main():
@@ -61,6 +90,8 @@ def main():
             err = t.error or B.verify(t)
             if err:
                 sys.exit(f"{t.name}: {err}")
+        if MODE == "latency":
+            return latency(targets, upport, run_dir)
         runs = []
         for size, conns in POINTS:
             for t in targets:
