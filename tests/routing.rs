@@ -387,6 +387,23 @@ strip_path = false
 }
 
 #[test]
+fn options_asterisk_goes_upstream_as_an_asterisk() {
+    // Only a route without `paths` can take `OPTIONS *`; the upstream must be asked about the
+    // server (`*`), not about a resource `/*`.
+    let s = Setup::new(
+        &["server"],
+        r#"
+[[routes]]
+name = "server"
+service = "server"
+hosts = ["api.example.com"]
+"#,
+    );
+    assert_eq!(s.who("OPTIONS", "api.example.com", "*", ""), "server");
+    assert_eq!(s.up("server").last_request().target, "*");
+}
+
+#[test]
 fn no_match_is_404_json() {
     let s = Setup::new(
         &["only"],

@@ -162,6 +162,10 @@ fn is_unreserved(b: u8) -> bool {
 ///
 /// A `strip_len` past the end of `normalized` is treated as stripping everything.
 ///
+/// The asterisk-form target of `OPTIONS *` (routed as `*`, only by a route without `paths`) goes
+/// upstream as `*` whatever the service path: it names the server, not a resource, and RFC 9112
+/// §3.2.4 has the last proxy send `*` (joining it would ask the upstream about `/*` instead).
+///
 /// Examples (route prefix `/users`; "strip" = `strip_path`, which makes `strip_len` 6):
 ///
 /// | service path | request    | strip | upstream path    |
@@ -196,6 +200,10 @@ fn is_unreserved(b: u8) -> bool {
 /// `/base/`), as in Kong.
 pub fn upstream_path(service_path: &str, normalized: &[u8], strip_len: usize, out: &mut Vec<u8>) {
     out.clear();
+    if normalized == b"*" {
+        out.push(b'*');
+        return;
+    }
     let remainder = normalized.get(strip_len..).unwrap_or_default();
     let service = service_path.as_bytes();
     if remainder.is_empty() {
@@ -435,6 +443,9 @@ mod tests {
         // Regex strips may leave a remainder without a leading '/': exactly one '/' is inserted.
         assert_eq!(up("/base", "/v1users/1", 3), "/base/users/1");
         assert_eq!(up("", "/v1users", 3), "/users");
+        // OPTIONS *: the asterisk goes upstream as it came, never joined into "/*".
+        assert_eq!(up("", "*", 0), "*");
+        assert_eq!(up("/base", "*", 0), "*");
         // strip_len past the end is "strip everything", never a panic.
         assert_eq!(up("/base", "/a", 99), "/base");
         assert_eq!(up("", "/a", 99), "/");
