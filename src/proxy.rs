@@ -1081,7 +1081,8 @@ async fn connect_one(
     }
 }
 
-fn request_parse_error(e: ParseError) -> GatewayError {
+/// The answer to a request head the parser refused (also the redirect listener's).
+pub(crate) fn request_parse_error(e: ParseError) -> GatewayError {
     match e {
         ParseError::BadRequest(why) => GatewayError::BadRequest(why),
         ParseError::UriTooLong => GatewayError::UriTooLong,

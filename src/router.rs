@@ -15,7 +15,8 @@
 //! - `paths` are matched against the *normalized* path: percent-escapes of unreserved characters
 //!   decoded, others upper-cased (`%2f` -> `%2F`, never a separator), **runs of '/' merged** (like
 //!   nginx's `merge_slashes`: `//admin` is `/admin`), dot-segments removed (`/public/../admin` and
-//!   `/%2e%2e/admin` are `/admin`); an invalid escape is a 400. **Paths are case-sensitive**:
+//!   `/%2e%2e/admin` are `/admin`, and so is `/public/..;/admin`: a dot segment with `;parameters`
+//!   is one to servlet containers); an invalid escape is a 400. **Paths are case-sensitive**:
 //!   `/ADMIN` does not match `/admin`.
 //!   - `"/users"` is a segment-aware prefix: it matches `/users`, `/users/` and `/users/1`, not
 //!     `/users-admin`; `"/"` matches every path.

@@ -446,6 +446,19 @@ fn path_without_slash() {
 }
 
 #[test]
+fn path_with_an_invalid_escape() {
+    // A request with `/100%` gets a 400, so this route could never match.
+    let text = base_with("paths = [\"/\"]", "paths = [\"/ok%2F\", \"=/100%\"]");
+    expect_one(
+        &text,
+        15,
+        20,
+        "routes[0].paths[1]",
+        "can never match: '%' must start an escape of two hex digits",
+    );
+}
+
+#[test]
 fn bad_host_wildcard() {
     let text = base_with("paths = [\"/\"]", "hosts = [\"api.*.com\"]");
     expect_one(&text, 15, 10, "routes[0].hosts[0]", "leading `*.`");

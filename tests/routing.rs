@@ -353,6 +353,57 @@ strip_path = false
 }
 
 #[test]
+fn dot_segments_with_path_parameters_cannot_escape_a_public_prefix() {
+    // Tomcat and other servlet containers drop `;parameters` before resolving dot segments, so
+    // `/public/..;/admin` is `/admin` to them: it must be routed as `/admin`, not as `/public`.
+    let s = Setup::new(
+        &["public", "admin"],
+        r#"
+[[routes]]
+name = "public"
+service = "public"
+paths = ["/public"]
+strip_path = false
+
+[[routes]]
+name = "admin"
+service = "admin"
+paths = ["=/admin"]
+strip_path = false
+"#,
+    );
+    for p in [
+        "/public/..;/admin",
+        "/public/..;jsessionid=1/admin",
+        "/public/%2e%2e;x/admin",
+        "/public/.;/..;/admin",
+    ] {
+        assert_eq!(s.get(HOST, p), "admin", "{p} escaped to the public route");
+        assert_eq!(s.up("admin").last_request().target, "/admin", "{p}");
+    }
+    assert_eq!(s.up("public").request_count(), 0);
+    // A name with parameters is still a name.
+    assert_eq!(s.get(HOST, "/public/a;b"), "public");
+}
+
+#[test]
+fn options_asterisk_goes_upstream_as_an_asterisk() {
+    // Only a route without `paths` can take `OPTIONS *`; the upstream must be asked about the
+    // server (`*`), not about a resource `/*`.
+    let s = Setup::new(
+        &["server"],
+        r#"
+[[routes]]
+name = "server"
+service = "server"
+hosts = ["api.example.com"]
+"#,
+    );
+    assert_eq!(s.who("OPTIONS", "api.example.com", "*", ""), "server");
+    assert_eq!(s.up("server").last_request().target, "*");
+}
+
+#[test]
 fn no_match_is_404_json() {
     let s = Setup::new(
         &["only"],

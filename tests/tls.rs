@@ -654,6 +654,45 @@ paths = ["/"]
     assert_eq!(up.request_count(), 0);
 }
 
+#[test]
+fn redirect_listener_answers_refused_heads_with_the_proxys_status() {
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = [{{ addr = "127.0.0.1:0", redirect_https = 308 }}]
+workers = 1
+max_uri_bytes = 64
+
+[[services]]
+name = "svc"
+url = "{}"
+
+[[routes]]
+name = "all"
+service = "svc"
+paths = ["/"]
+"#,
+        up.url()
+    ));
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a.test\r\n\r\n", "a".repeat(100));
+    let r = common::send_raw(gw.addr(), long.as_bytes());
+    assert_eq!(r.status, 414, "URI over max_uri_bytes");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(40 * 1024)
+    );
+    let r = common::send_raw(gw.addr(), big.as_bytes());
+    assert_eq!(r.status, 431, "head over max_header_bytes");
+    let r = common::send_raw(
+        gw.addr(),
+        b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip\r\n\r\n",
+    );
+    assert_eq!(r.status, 501, "unimplemented transfer coding");
+    let r = common::send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(up.request_count(), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Upstream TLS
 

@@ -71,6 +71,13 @@ pub fn path(s: &str) -> Result<PathMatch, String> {
             "{s:?}: {c:?} is not allowed in a path (no spaces, '?' or '#')"
         ));
     }
+    // A request path with an invalid escape is refused with 400, so a route written with one
+    // could never match.
+    if crate::router::normalize_path(p.as_bytes(), &mut Vec::new()).is_err() {
+        return Err(format!(
+            "{s:?} can never match: '%' must start an escape of two hex digits (write '%' itself as \"%25\")"
+        ));
+    }
     // Request paths are normalized before matching, so these could never match.
     if p.contains("//") || p.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(format!(
@@ -154,6 +161,17 @@ mod tests {
         ] {
             assert!(path(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn paths_with_invalid_escapes_are_refused() {
+        for bad in ["/100%", "/a%zz", "=/a%4", "/%/x", "=/a%g0/b"] {
+            assert!(path(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(prefix("/a%2fb%25").as_deref(), Some("/a%2fb%25"));
+        assert!(matches!(path("=/%7Euser"), Ok(PathMatch::Exact(_))));
+        // A regex is not a path: '%' is just a character in it.
+        assert!(matches!(path("~/100%"), Ok(PathMatch::Regex(_))));
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! - **Duplicate slashes are merged** (like nginx's default `merge_slashes on`): `//admin` matches a
 //!   route for `/admin`. Upstream receives the normalized form, so the gateway and the upstream agree.
 //! - **Paths are case-sensitive**: `/ADMIN` does not match a route for `/admin`.
+//! - **A dot segment with path parameters is a dot segment**: `/public/..;/admin` is `/admin`
+//!   (Tomcat and other servlet containers drop `;parameters` before resolving dot segments, so
+//!   keeping it would route `/public` and serve `/admin`).
 //! - An invalid escape (`%`, `%4`, `%zz`) is an error; the caller answers 400.
 
 use crate::http::query::hex_val;
@@ -48,7 +51,8 @@ impl std::error::Error for NormalizeError {}
 ///    escape is kept with upper-case hex (`%2f` -> `%2F`);
 /// 2. runs of '/' are merged into one;
 /// 3. "." and ".." segments are removed as in RFC 3986 §5.2.4, also when they only appear after
-///    decoding (`/%2e%2e/admin` -> `/admin`); ".." at the root stays at the root (`/..` -> `/`).
+///    decoding (`/%2e%2e/admin` -> `/admin`) or carry path parameters (`/public/..;/admin` ->
+///    `/admin`, as servlet containers resolve it); ".." at the root stays at the root (`/..` -> `/`).
 ///
 /// A trailing '/' is kept (`/a/b/` stays `/a/b/`; `/a/b/..` -> `/a/`), as RFC 3986 does.
 pub fn normalize_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeError> {
@@ -72,11 +76,18 @@ pub fn normalize_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeErro
 fn push_segment(segment: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), NormalizeError> {
     let start = out.len();
     decode_segment(segment, out)?;
-    match out.get(start..) {
-        // An empty segment is a duplicate or trailing slash: `out` already ends with '/'.
-        Some(b"") => {}
-        Some(b".") => out.truncate(start),
-        Some(b"..") => {
+    // A dot segment followed by `;parameters` (`..;`, `..;jsessionid=x`, `.;x`) is a dot segment to
+    // servlet containers, which drop path parameters before resolving dot segments; it is one here
+    // too, or `/public/..;/admin` would be routed as `/public` and served as `/admin`.
+    let decoded = out.get(start..).unwrap_or_default();
+    let bare =
+        memchr::memchr(b';', decoded).map_or(decoded, |i| decoded.get(..i).unwrap_or_default());
+    match bare {
+        // An empty segment is a duplicate or trailing slash: `out` already ends with '/'. (`;x`
+        // alone is not empty: its bare part is, but the segment is kept as written.)
+        b"" if decoded.is_empty() => {}
+        b"." => out.truncate(start),
+        b".." => {
             out.truncate(start);
             pop_last_segment(out);
         }
@@ -151,6 +162,10 @@ fn is_unreserved(b: u8) -> bool {
 ///
 /// A `strip_len` past the end of `normalized` is treated as stripping everything.
 ///
+/// The asterisk-form target of `OPTIONS *` (routed as `*`, only by a route without `paths`) goes
+/// upstream as `*` whatever the service path: it names the server, not a resource, and RFC 9112
+/// §3.2.4 has the last proxy send `*` (joining it would ask the upstream about `/*` instead).
+///
 /// Examples (route prefix `/users`; "strip" = `strip_path`, which makes `strip_len` 6):
 ///
 /// | service path | request    | strip | upstream path    |
@@ -185,6 +200,10 @@ fn is_unreserved(b: u8) -> bool {
 /// `/base/`), as in Kong.
 pub fn upstream_path(service_path: &str, normalized: &[u8], strip_len: usize, out: &mut Vec<u8>) {
     out.clear();
+    if normalized == b"*" {
+        out.push(b'*');
+        return;
+    }
     let remainder = normalized.get(strip_len..).unwrap_or_default();
     let service = service_path.as_bytes();
     if remainder.is_empty() {
@@ -242,6 +261,26 @@ mod tests {
         ok("/a/.../b", "/a/.../b");
         ok("/a/..b/.c", "/a/..b/.c");
         ok("/a.", "/a.");
+    }
+
+    /// Servlet containers drop `;parameters` before resolving dot segments, so `..;` must be
+    /// resolved here too or `/public/..;/admin` is routed as `/public` and served as `/admin`.
+    #[test]
+    fn dot_segments_with_path_parameters() {
+        ok("/public/..;/admin", "/admin");
+        ok("/public/..;jsessionid=1/admin", "/admin");
+        ok("/public/%2e%2e;x/admin", "/admin");
+        ok("/public/.;x/admin", "/public/admin");
+        ok("/a/b/..;", "/a/");
+        ok("/a/.;", "/a/");
+        ok("/..;/..;/admin", "/admin");
+        // Not dot segments: a name before ';', or ';' alone.
+        ok("/a/..x;/b", "/a/..x;/b");
+        ok("/a/;x/b", "/a/;x/b");
+        ok("/a/;/b", "/a/;/b");
+        ok("/a/...;/b", "/a/...;/b");
+        // An escaped ';' is data, not a parameter separator.
+        ok("/public/..%3B/admin", "/public/..%3B/admin");
     }
 
     #[test]
@@ -314,7 +353,8 @@ mod tests {
     fn random_paths_keep_invariants() {
         use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
         let atoms = [
-            "/", "/", "a", "B", ".", "..", "%2e", "%2E", "%2f", "%61", "%7e", "%", "%4", "%zz", "~",
+            "/", "/", "a", "B", ".", "..", "%2e", "%2E", "%2f", "%61", "%7e", "%", "%4", "%zz",
+            "~", ";",
         ];
         let mut rng = StdRng::seed_from_u64(7);
         let mut out = Vec::new();
@@ -336,7 +376,9 @@ mod tests {
             let s = String::from_utf8(out.clone()).unwrap_or_default();
             assert!(s.starts_with('/') && !s.contains("//"), "{raw:?} -> {s:?}");
             assert!(
-                s.split('/').all(|seg| seg != "." && seg != ".."),
+                s.split('/')
+                    .map(|seg| seg.split(';').next().unwrap_or(seg))
+                    .all(|seg| seg != "." && seg != ".."),
                 "{raw:?} -> {s:?}"
             );
             assert!(
@@ -401,6 +443,9 @@ mod tests {
         // Regex strips may leave a remainder without a leading '/': exactly one '/' is inserted.
         assert_eq!(up("/base", "/v1users/1", 3), "/base/users/1");
         assert_eq!(up("", "/v1users", 3), "/users");
+        // OPTIONS *: the asterisk goes upstream as it came, never joined into "/*".
+        assert_eq!(up("", "*", 0), "*");
+        assert_eq!(up("/base", "*", 0), "*");
         // strip_len past the end is "strip everything", never a panic.
         assert_eq!(up("/base", "/a", 99), "/base");
         assert_eq!(up("", "/a", 99), "/");

@@ -1,7 +1,8 @@
 //! The `redirect_https` listener: every request is answered with a 301 or 308 to
 //! `https://{host}[:{https_port}]{path}[?{query}]` (the port omitted when 443) and the connection is
-//! closed. The request head is read with the proxy's parser and limits; a request without a usable
-//! host gets a 400. Nothing is forwarded upstream.
+//! closed. The request head is read with the proxy's parser and limits, and a head it refuses gets
+//! the proxy's answer (400, 414, 431 or 501); a request without a usable host gets a 400. Nothing
+//! is forwarded upstream.
 
 use std::io::Write as _;
 use std::rc::Rc;
@@ -45,8 +46,9 @@ pub async fn serve(mut stream: TcpStream, status: u16, https_port: u16, shard: R
                     break;
                 }
                 Ok(Parsed::Partial) => {}
-                Err(_) => {
-                    GatewayError::BadRequest("malformed request").write_response(true, &mut out);
+                Err(e) => {
+                    // The proxy's answer: 414, 431 and 501 keep their status, as from nginx.
+                    crate::proxy::request_parse_error(e).write_response(true, &mut out);
                     break;
                 }
             }
