@@ -107,7 +107,16 @@ impl Snapshot {
         let mut slots = Vec::new();
         for u in &config.upstreams {
             target_base.push(slots.len());
-            slots.extend(u.targets.iter().map(|t| pool.slot_for(t.addr)));
+            slots.extend(u.targets.iter().enumerate().map(|(i, t)| {
+                match u
+                    .tls
+                    .as_ref()
+                    .and_then(|tls| Some((tls.names.get(i)?, tls)))
+                {
+                    Some((name, tls)) => pool.slot_for_tls(t.addr, name, tls.roots.as_deref()),
+                    None => pool.slot_for(t.addr),
+                }
+            }));
         }
         let balancers = config
             .upstreams

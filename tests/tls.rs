@@ -899,6 +899,53 @@ fn https_upstream_with_wrong_ca_is_502() {
     assert_eq!(common::get(gw2.addr(), "client.test", "/").status, 502);
 }
 
+/// Three upstreams on one address (a shared ingress serving several names): a connection opened with
+/// SNI `localhost` must not be reused for the upstream that asks for `upstream.test`, nor for one whose
+/// CA does not trust the server at all (it used to be: the pool was keyed by address alone).
+#[test]
+fn pooled_tls_connections_are_not_shared_across_server_names_or_roots() {
+    let pki = Pki::new();
+    let up = TlsUpstream::start(&pki);
+    let upstream = |name: &str, sni: &str, ca: &str| {
+        format!(
+            "[[upstreams]]\nname = \"{name}\"\ntargets = [{{ target = \"127.0.0.1:{port}\" }}]\n\
+             tls = true\nca_file = \"{ca}\"\ntls_server_name = \"{sni}\"\n\n\
+             [[services]]\nname = \"{name}\"\nupstream = \"{name}\"\n\n\
+             [[routes]]\nname = \"{name}\"\nservice = \"{name}\"\npaths = [\"/{name}\"]\n\n",
+            port = up.addr.port(),
+            ca = pki.p(ca),
+        )
+    };
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n{}{}{}",
+        upstream("a", "localhost", "ca.pem"),
+        upstream("b", "upstream.test", "ca.pem"),
+        upstream("c", "localhost", "other-ca.pem"),
+    ));
+    let mut c = common::Conn::connect(gw.addr());
+    let r = c.get("client.test", "/a");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-sni"), Some("localhost"));
+    let r = c.get("client.test", "/b");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("x-sni"),
+        Some("upstream.test"),
+        "reused a's connection"
+    );
+    let r = c.get("client.test", "/c");
+    assert_eq!(
+        r.status, 502,
+        "a connection verified by another CA was reused: {r:?}"
+    );
+    // Each name keeps its own pooled connection.
+    let r = c.get("client.test", "/a");
+    assert_eq!(r.header("x-sni"), Some("localhost"));
+    let r = c.get("client.test", "/b");
+    assert_eq!(r.header("x-sni"), Some("upstream.test"));
+    assert_eq!(up.handshakes(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Config
 

@@ -146,6 +146,9 @@ pub struct UpstreamTls {
     pub config: Arc<rustls::ClientConfig>,
     /// Per target (same index as `UpstreamDef::targets`): the name sent as SNI and verified.
     pub names: Vec<rustls::pki_types::ServerName<'static>>,
+    /// The resolved `ca_file` the certificates are verified against; `None` = the system roots.
+    /// Part of the pool key, with the name: a connection verified for one is never reused for another.
+    pub roots: Option<std::path::PathBuf>,
 }
 
 /// One `listen` entry.

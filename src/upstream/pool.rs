@@ -1,5 +1,10 @@
 //! Per-worker pool of idle upstream connections, one LIFO stack per target.
 //!
+//! A slot is keyed by the target's address *and* how it is spoken to: plain, or TLS with a given
+//! server name (SNI, and the name the certificate was verified for) and trust roots. Two upstreams
+//! on one address (a shared ingress serving several names on :443) never share connections, so a
+//! request for one name never goes over a connection negotiated and verified for another.
+//!
 //! Invariants:
 //! - only connections whose last response was fully read, left no unread bytes and allowed reuse are
 //!   checked in (the proxy decides; see `proxy::exchange`);
@@ -24,9 +29,16 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+
 use super::conn::UpstreamConn;
+
+/// What a pooled connection was opened as: the address, plus the TLS server name and trust roots
+/// (`None` for plain TCP).
+type SlotKey = (SocketAddr, Option<(ServerName<'static>, Option<PathBuf>)>);
 
 struct Idle {
     stream: UpstreamConn,
@@ -38,8 +50,9 @@ pub const SURPLUS_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Pool {
     idle: RefCell<Vec<Vec<Idle>>>,
-    /// Slot per target address, stable across config reloads so pooled connections survive them.
-    slots: RefCell<HashMap<SocketAddr, usize>>,
+    /// Slot per target address and TLS identity, stable across config reloads so pooled
+    /// connections survive them.
+    slots: RefCell<HashMap<SlotKey, usize>>,
     max_idle: Cell<usize>,
     idle_timeout: Cell<Duration>,
 }
@@ -54,11 +67,27 @@ impl Pool {
         }
     }
 
-    /// The slot for `addr`, created on first use (at config load, never per request).
+    /// The slot for plain TCP connections to `addr`, created on first use (at config load, never
+    /// per request).
     pub fn slot_for(&self, addr: SocketAddr) -> usize {
+        self.slot_for_key((addr, None))
+    }
+
+    /// The slot for TLS connections to `addr` with server name `name`, verified against `roots`
+    /// (`None`: the system roots).
+    pub fn slot_for_tls(
+        &self,
+        addr: SocketAddr,
+        name: &ServerName<'static>,
+        roots: Option<&Path>,
+    ) -> usize {
+        self.slot_for_key((addr, Some((name.clone(), roots.map(Path::to_path_buf)))))
+    }
+
+    fn slot_for_key(&self, key: SlotKey) -> usize {
         let mut slots = self.slots.borrow_mut();
         let next = slots.len();
-        let slot = *slots.entry(addr).or_insert(next);
+        let slot = *slots.entry(key).or_insert(next);
         let mut idle = self.idle.borrow_mut();
         while idle.len() <= slot {
             idle.push(Vec::new());
@@ -205,6 +234,25 @@ mod tests {
             pool.reap_at(now + Duration::from_secs(61));
             assert_eq!(pool.idle_count(slot), 0, "idle_timeout applies to all");
         });
+    }
+
+    #[test]
+    fn slots_are_per_address_and_tls_identity() {
+        let pool = Pool::new(4, Duration::from_secs(60));
+        let addr: SocketAddr = "10.0.0.1:443".parse().expect("addr");
+        let a = ServerName::try_from("a.test").expect("name");
+        let b = ServerName::try_from("b.test").expect("name");
+        let plain = pool.slot_for(addr);
+        let tls_a = pool.slot_for_tls(addr, &a, None);
+        let tls_b = pool.slot_for_tls(addr, &b, None);
+        let tls_a_ca = pool.slot_for_tls(addr, &a, Some(Path::new("/etc/ca.pem")));
+        let all = [plain, tls_a, tls_b, tls_a_ca];
+        for (i, x) in all.iter().enumerate() {
+            assert!(!all[i + 1..].contains(x), "{all:?}");
+        }
+        // The same identity (a reload) finds the same slot.
+        assert_eq!(pool.slot_for_tls(addr, &a, None), tls_a);
+        assert_eq!(pool.slot_for(addr), plain);
     }
 
     #[test]

@@ -293,6 +293,11 @@ impl ClientConfigs {
         }
     }
 
+    /// Where `ca_file` resolves (the identity of its roots); `None` for the system roots.
+    pub fn roots_path(&self, ca_file: Option<&str>) -> Option<PathBuf> {
+        ca_file.map(|ca| resolve_path(&self.base, ca))
+    }
+
     /// The client config verifying against `ca_file` (PEM, one or more CA certificates) or, without
     /// one, the system's roots. Problems are recorded at `at`.
     pub fn get(
