@@ -3,6 +3,9 @@
 //!
 //! Invariants:
 //! - counters only grow (a route removed by a reload keeps its series; one renamed starts new ones);
+//! - one series per label set: a route is aggregated by name, so its `route="…"` histograms and
+//!   bandwidth stay one series when a reload moves it to another service; its request counts are
+//!   kept per service it has had (`route="…",service="…"`), and moving back continues the old ones;
 //! - gauges are each worker's latest report, so a stopped worker's connections stop counting at its
 //!   last flush;
 //! - rendering allocates one output `String` (plus extension families); label strings are built once
@@ -16,7 +19,7 @@ use hdrhistogram::Histogram;
 
 use super::prom::{self, header, line_u64, push_secs, push_u64, Family};
 use super::worker::{Buckets, Counts, WorkerFlush};
-use super::{code_label, hdr, json, Layout, BUCKETS_LE, HDR_MAX_NS, HDR_SIGFIG, NO_ROUTE};
+use super::{code_label, hdr, json, Layout, BUCKETS_LE, HDR_MAX_NS, HDR_SIGFIG, NCODES, NO_ROUTE};
 
 /// Which latency an HDR report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,27 +49,46 @@ impl HistKind {
 
 struct RouteAgg {
     name: String,
-    service: String,
-    /// `route="…",service="…"`
-    route_service: String,
     /// `route="…"`
     route_only: String,
+    /// Bytes and latency buckets (its `codes` are unused: see `services`).
     counts: Counts,
+    /// Status codes per service the route has belonged to, in first-seen order.
+    services: Vec<ServiceCodes>,
     added: Option<Histogram<u64>>,
     total: Option<Histogram<u64>>,
 }
 
+struct ServiceCodes {
+    service: String,
+    /// `route="…",service="…"`
+    route_service: String,
+    codes: [u64; NCODES],
+}
+
 impl RouteAgg {
-    fn new(name: &str, service: &str) -> RouteAgg {
+    fn new(name: &str) -> RouteAgg {
         RouteAgg {
             name: name.to_owned(),
-            service: service.to_owned(),
-            route_service: prom::label_pairs(&[("route", name), ("service", service)]),
             route_only: prom::label_pairs(&[("route", name)]),
             counts: Counts::default(),
+            services: Vec::new(),
             added: None,
             total: None,
         }
+    }
+
+    /// Index into `services` for `service`, added on first sight.
+    fn service_index(&mut self, service: &str) -> usize {
+        if let Some(i) = self.services.iter().position(|s| s.service == service) {
+            return i;
+        }
+        self.services.push(ServiceCodes {
+            service: service.to_owned(),
+            route_service: prom::label_pairs(&[("route", &self.name), ("service", service)]),
+            codes: [0; NCODES],
+        });
+        self.services.len() - 1
     }
 
     fn hist(&self, kind: HistKind) -> Option<&Histogram<u64>> {
@@ -96,7 +118,8 @@ struct WorkerAgg {
 /// A layout's indices translated to aggregate indices.
 struct LayoutMap {
     layout: Arc<Layout>,
-    routes: Vec<usize>,
+    /// (index into `Aggregate::routes`, index into that route's `services`).
+    routes: Vec<(usize, usize)>,
     targets: Vec<usize>,
 }
 
@@ -158,7 +181,11 @@ impl Aggregate {
             reloads_failed: 0,
             routes: Vec::new(),
             route_index: HashMap::new(),
-            none: RouteAgg::new(NO_ROUTE, NO_ROUTE),
+            none: {
+                let mut none = RouteAgg::new(NO_ROUTE);
+                none.service_index(NO_ROUTE);
+                none
+            },
             targets: Vec::new(),
             target_index: HashMap::new(),
             workers: Vec::new(),
@@ -213,20 +240,24 @@ impl Aggregate {
         {
             return i;
         }
-        let routes = layout
-            .routes
-            .iter()
-            .map(|r| match self.route_index.get(&r.name) {
-                Some(&i) if self.routes.get(i).is_some_and(|a| a.service == r.service) => i,
-                _ => {
-                    // New name, or the route moved to another service: a new series.
-                    self.routes.push(RouteAgg::new(&r.name, &r.service));
+        let mut routes = Vec::with_capacity(layout.routes.len());
+        for r in &layout.routes {
+            let i = match self.route_index.get(&r.name) {
+                Some(&i) => i,
+                None => {
+                    self.routes.push(RouteAgg::new(&r.name));
                     let i = self.routes.len() - 1;
                     self.route_index.insert(r.name.clone(), i);
                     i
                 }
-            })
-            .collect();
+            };
+            // A route that moved to another service gets request counts of its own there.
+            let s = self
+                .routes
+                .get_mut(i)
+                .map_or(0, |a| a.service_index(&r.service));
+            routes.push((i, s));
+        }
         let targets = layout
             .targets
             .iter()
@@ -267,18 +298,23 @@ impl Aggregate {
         };
         let mut f = f;
         for d in &mut f.routes {
-            let agg = match d.route {
-                None => &mut self.none,
+            let (agg, s) = match d.route {
+                None => (&mut self.none, 0),
                 Some(r) => match map
                     .routes
                     .get(r as usize)
-                    .and_then(|&i| self.routes.get_mut(i))
+                    .and_then(|&(i, s)| Some((self.routes.get_mut(i)?, s)))
                 {
-                    Some(a) => a,
-                    None => &mut self.none,
+                    Some(found) => found,
+                    None => (&mut self.none, 0),
                 },
             };
             agg.counts.add(&d.counts);
+            if let Some(sc) = agg.services.get_mut(s) {
+                for (a, b) in sc.codes.iter_mut().zip(d.counts.codes.iter()) {
+                    *a = a.saturating_add(*b);
+                }
+            }
             for (into, from) in [
                 (&mut agg.added, d.added.take()),
                 (&mut agg.total, d.total.take()),
@@ -460,14 +496,14 @@ impl Aggregate {
 
         const REQS: &str = "ringgate_http_requests_total";
         header(out, REQS, "Requests answered, by route, service and status code (rare codes are counted by class, e.g. 4xx).", "counter");
-        for r in all() {
-            for (i, &n) in r.counts.codes.iter().enumerate() {
+        for sc in all().flat_map(|r| r.services.iter()) {
+            for (i, &n) in sc.codes.iter().enumerate() {
                 if n == 0 {
                     continue;
                 }
                 out.push_str(REQS);
                 out.push('{');
-                out.push_str(&r.route_service);
+                out.push_str(&sc.route_service);
                 out.push_str(",code=\"");
                 out.push_str(code_label(i));
                 out.push_str("\"} ");

@@ -378,6 +378,47 @@ fn reload_keeps_counters_by_name() {
     assert!(status.contains("\"routes\":[{\"name\":\"r1\",\"service\":\"s0\"}]"));
 }
 
+/// A reload that moves a route to another service (and back): its `route="…"` histograms and
+/// bandwidth stay one series each (they were rendered twice, a duplicate series Prometheus rejects),
+/// and its request counter under the first service continues instead of restarting at 0 beside the
+/// old one.
+#[test]
+fn route_moved_between_services_keeps_one_series_per_label_set() {
+    let layout = |generation: u64, service: &str| {
+        Arc::new(Layout {
+            generation,
+            routes: vec![RouteName {
+                name: "r".into(),
+                service: service.into(),
+            }],
+            targets: vec![],
+        })
+    };
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    for (generation, service) in [(1, "s0"), (2, "s1"), (3, "s0")] {
+        let l = layout(generation, service);
+        agg.set_layout(l.clone());
+        let w = WorkerMetrics::new(0, l, MetricsSink::test().0);
+        w.request_done(0, 200, 10, 100, &timings(3, 1));
+        agg.apply(w.take(&[], false).unwrap_or_else(|| panic!("flush")));
+        render(&agg);
+    }
+    let s = render(&agg);
+    assert!(
+        s.contains("ringgate_http_requests_total{route=\"r\",service=\"s0\",code=\"200\"} 2\n"),
+        "{s}"
+    );
+    assert!(s.contains("ringgate_http_requests_total{route=\"r\",service=\"s1\",code=\"200\"} 1\n"));
+    assert!(s.contains("ringgate_request_duration_seconds_count{route=\"r\"} 3\n"));
+    assert!(s.contains("ringgate_bandwidth_bytes_total{direction=\"ingress\",route=\"r\"} 30\n"));
+    let summary = agg.histogram_summary();
+    assert_eq!(
+        summary.lines().filter(|l| l.starts_with("r ")).count(),
+        2,
+        "{summary}"
+    );
+}
+
 #[test]
 fn extension_families() {
     let mut agg = Aggregate::new(Duration::from_secs(1));
