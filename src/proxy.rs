@@ -981,7 +981,9 @@ impl<S: ClientIo> Conn<S> {
 
 /// Picks a target (smooth WRR) and returns a pooled or fresh connection to it. A target that refuses
 /// or times out is skipped for the next one: nothing was sent yet, so this is always safe.
-/// `pinned`: retry on this target only, with a fresh connection.
+/// `pinned`: the retry after a stale pooled connection to this target: fresh connections only,
+/// starting with this target; if it now refuses (it is restarting: the usual reason its pooled
+/// connection went stale), the next targets are tried as on a first attempt.
 async fn connect(
     shard: &Shard,
     snap: &Snapshot,
@@ -994,13 +996,14 @@ async fn connect(
         .get(svc.upstream)
         .ok_or(GatewayError::ServiceUnavailable)?;
     let n = ups.targets.len();
-    let (first, tries) = match pinned {
-        Some(t) => (t, 1),
+    let first = match pinned {
+        Some(t) => t,
         None => match snap.balancers.get(svc.upstream) {
-            Some(b) => (b.borrow_mut().pick(), n),
-            None => (0, n),
+            Some(b) => b.borrow_mut().pick(),
+            None => 0,
         },
     };
+    let tries = n;
     let mut timed_out = false;
     for k in 0..tries {
         let t = (first + k) % n.max(1);

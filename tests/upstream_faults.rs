@@ -304,6 +304,52 @@ fn stale_pooled_connection_is_retried_once_for_safe_requests() {
     );
 }
 
+/// A target that went away (its listener closed: a restart) after one of its connections was pooled:
+/// the stale connection takes the request and closes; the retry on a fresh connection to that target
+/// is refused, so it goes to the next target (it used to be a 502 with a healthy target beside it).
+#[test]
+fn stale_pooled_connection_retry_fails_over_when_its_target_is_gone() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let restarting = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        drop(listener); // the target is gone: new connects are refused
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        // Answer the first request, then read the second and close without answering.
+        for answered in [true, false] {
+            while common::client::find(&got, b"\r\n\r\n").is_none() {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            got.clear();
+            if answered {
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nX-Upstream: restarting\r\nContent-Length: 2\r\n\r\nok",
+                );
+            }
+        }
+    });
+    let up = Upstream::echo("alive");
+    let gw = Gateway::start(&upstream_config(
+        &[restarting.to_string(), up.addr().to_string()],
+        "",
+    ));
+    let mut c = Conn::connect(gw.addr());
+    // Equal weights alternate: restarting, alive, restarting (its pooled connection, now stale).
+    let r = c.get(HOST, "/1");
+    assert_eq!(r.header("x-upstream"), Some("restarting"), "{r:?}");
+    assert_eq!(c.get(HOST, "/2").header("x-upstream"), Some("alive"));
+    let r = c.get(HOST, "/3");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-upstream"), Some("alive"));
+    let _ = server.join();
+}
+
 #[test]
 fn stale_pooled_connection_is_not_retried_for_a_post_with_body() {
     let up = Upstream::start(Behaviour::AnswerFirstOnly);
