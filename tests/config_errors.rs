@@ -755,3 +755,23 @@ fn mangled_demo_never_panics() {
         }
     }
 }
+
+/// A non-UTF-8 file is located at its first invalid byte, not reported as 0:0.
+#[test]
+fn non_utf8_file_is_located() {
+    let dir = std::env::temp_dir().join(format!("ringgate-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("latin1.toml");
+    // Line 3, column 15: an ISO-8859-1 'é' (0xe9) inside a string.
+    std::fs::write(&file, b"[server]\nworkers = 1\nlisten = [\"caf\xe9\"]\n").unwrap();
+    let errs = match load(&file) {
+        Ok(_) => panic!("loaded a non-UTF-8 file"),
+        Err(e) => e,
+    };
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(errs.len(), 1);
+    let e = &errs[0];
+    assert_eq!((e.line, e.column, e.key.as_str()), (3, 15, "(file)"), "{e}");
+    assert!(e.message.contains("not valid UTF-8"), "{e}");
+    assert!(e.message.contains("0xe9"), "{e}");
+}
