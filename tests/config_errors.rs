@@ -377,6 +377,21 @@ fn target_without_port() {
     );
 }
 
+/// A target written as a url used to be blamed on missing IPv6 brackets (its host part has a ':').
+#[test]
+fn target_with_a_scheme() {
+    let text = base_with("\"127.0.0.1:9001\"", "\"http://127.0.0.1:9001\"");
+    expect_one(
+        &text,
+        6,
+        23,
+        "upstreams[0].targets[0].target",
+        "without a scheme",
+    );
+    let errs = errors(&text);
+    assert!(!errs[0].message.contains("IPv6"), "{}", errs[0]);
+}
+
 #[test]
 fn upstream_without_targets() {
     let text = base_with("[{ target = \"127.0.0.1:9001\" }]", "[]");

@@ -56,6 +56,12 @@ pub fn route_host(s: &str) -> Result<String, String> {
 
 /// Splits `host:port` (`[v6]:port` for IPv6). The port must be 1..=65535.
 pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    // `http://host:port` would otherwise be blamed on IPv6 brackets (its host part has a ':').
+    if s.contains("://") {
+        return Err(format!(
+            "{s:?}: expected \"host:port\" without a scheme or path (use a service `url` for \"http://…\")"
+        ));
+    }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err(format!("{s:?} has no port; expected \"host:port\""));
     };
@@ -233,6 +239,9 @@ mod tests {
         assert!(split_host_port("a:65536").is_err());
         assert!(split_host_port("::1:80").is_err());
         assert!(split_host_port(":80").is_err());
+        assert!(split_host_port("http://a:80")
+            .unwrap_err()
+            .contains("without a scheme"));
     }
 
     #[test]
