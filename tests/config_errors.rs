@@ -565,6 +565,41 @@ fn service_path_with_url() {
     );
 }
 
+/// A service base path goes upstream as written, in front of the normalized request path; one
+/// with a bad escape or dot segments used to be accepted and sent on as is.
+#[test]
+fn service_path_must_be_normalized() {
+    for (path, fragment) in [
+        ("/100%", "two hex digits"),
+        ("/a/../b", "normalized"),
+        ("/a/./b", "normalized"),
+        ("/a//b", "normalized"),
+    ] {
+        expect_one(
+            &base_with("upstream = \"u\"", &format!("upstream = \"u\"\npath = \"{path}\"")),
+            11,
+            8,
+            "services[0].path",
+            fragment,
+        );
+    }
+    expect_one(
+        &base_with(
+            "upstream = \"u\"",
+            "url = \"http://127.0.0.1:9001/v1/../v2\"",
+        ),
+        10,
+        7,
+        "services[0].url",
+        "normalized",
+    );
+    // Trailing slashes are still just trimmed; valid escapes stay.
+    for ok in ["/a/", "/a//", "/a%2Fb", "/%7Euser"] {
+        let text = base_with("upstream = \"u\"", &format!("upstream = \"u\"\npath = \"{ok}\""));
+        assert!(load_str(&text, "test.toml").is_ok(), "{ok}");
+    }
+}
+
 #[test]
 fn priority_out_of_range() {
     let text = base_with("paths = [\"/\"]", "paths = [\"/\"]\npriority = 3000000000");

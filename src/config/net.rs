@@ -201,7 +201,20 @@ pub fn clean_base_path(whole: &str, path: &str) -> Result<String, String> {
     if let Some(c) = path.chars().find(|&c| !is_path_char(c)) {
         return Err(format!("{whole:?}: {c:?} is not allowed in a path"));
     }
-    Ok(path.trim_end_matches('/').to_owned())
+    let trimmed = path.trim_end_matches('/');
+    // The base path is sent upstream as written, in front of the normalized request path: it must
+    // be normalized too, or the upstream would resolve `..` (or refuse a bad escape) on its own.
+    if crate::router::normalize_path(path.as_bytes(), &mut Vec::new()).is_err() {
+        return Err(format!(
+            "{whole:?}: '%' must start an escape of two hex digits (write '%' itself as \"%25\")"
+        ));
+    }
+    if trimmed.contains("//") || trimmed.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!(
+            "{whole:?}: the path must be normalized (no '//', '.' or '..' segments)"
+        ));
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// Characters allowed in configured paths: visible ASCII except the query and fragment markers.
@@ -278,6 +291,11 @@ mod tests {
             "http://u@a",
             "http://a:0",
             "http://a:x",
+            "http://a/b/../c",
+            "http://a/./c",
+            "http://a//c",
+            "http://a/100%",
+            "http://a/%zz",
             "a.com",
             "é",
         ] {
