@@ -576,7 +576,10 @@ fn service_path_must_be_normalized() {
         ("/a//b", "normalized"),
     ] {
         expect_one(
-            &base_with("upstream = \"u\"", &format!("upstream = \"u\"\npath = \"{path}\"")),
+            &base_with(
+                "upstream = \"u\"",
+                &format!("upstream = \"u\"\npath = \"{path}\""),
+            ),
             11,
             8,
             "services[0].path",
@@ -595,7 +598,10 @@ fn service_path_must_be_normalized() {
     );
     // Trailing slashes are still just trimmed; valid escapes stay.
     for ok in ["/a/", "/a//", "/a%2Fb", "/%7Euser"] {
-        let text = base_with("upstream = \"u\"", &format!("upstream = \"u\"\npath = \"{ok}\""));
+        let text = base_with(
+            "upstream = \"u\"",
+            &format!("upstream = \"u\"\npath = \"{ok}\""),
+        );
         assert!(load_str(&text, "test.toml").is_ok(), "{ok}");
     }
 }
