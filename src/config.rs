@@ -46,7 +46,7 @@ impl std::fmt::Display for ConfigError {
 /// Read, parse and validate `path`. On failure returns every error found (at least one).
 pub fn load(path: &Path) -> Result<model::Config, Vec<ConfigError>> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         vec![ConfigError {
             file: file.clone(),
             line: 0,
@@ -55,7 +55,28 @@ pub fn load(path: &Path) -> Result<model::Config, Vec<ConfigError>> {
             message: format!("cannot read the config file: {e}"),
         }]
     })?;
+    let text = String::from_utf8(bytes).map_err(|e| vec![not_utf8(&file, &e)])?;
     compile(&text, &file, path)
+}
+
+/// A config file that is not UTF-8 (TOML requires it): located at the first invalid byte, so the
+/// stray Latin-1 character or binary garbage can be found.
+fn not_utf8(file: &str, e: &std::string::FromUtf8Error) -> ConfigError {
+    let bytes = e.as_bytes();
+    let at = e.utf8_error().valid_up_to();
+    // Everything before `at` is valid UTF-8 by definition.
+    let before = std::str::from_utf8(bytes.get(..at).unwrap_or_default()).unwrap_or_default();
+    let (line, column) = locate::line_col(before, before.len());
+    let byte = bytes.get(at).copied().unwrap_or_default();
+    ConfigError {
+        file: file.to_owned(),
+        line,
+        column,
+        key: "(file)".to_owned(),
+        message: format!(
+            "the config file is not valid UTF-8 (byte 0x{byte:02x} at offset {at}); TOML files must be UTF-8"
+        ),
+    }
 }
 
 /// Parse and validate `text` as if read from `file` (used in messages and as `Config::source`).

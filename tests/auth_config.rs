@@ -162,6 +162,16 @@ fn auth_plugin_mistakes() {
         "plugins[0].config.deny",
         "not both",
     );
+    // A group no consumer can have (consumer groups are checked the same way) used to be accepted:
+    // an allow list then refused everyone.
+    for (bad, index) in [("\"a b\"", 0), ("\"\"", 0), ("\"ok\", \"x,y\"", 1)] {
+        let e = expect_one(
+            &format!("[[plugins]]\nname = \"acl\"\nconfig = {{ allow = [{bad}] }}\n"),
+            &format!("plugins[0].config.allow[{index}]"),
+            "can never match a consumer group",
+        );
+        assert_eq!(e.line, 11, "{e}");
+    }
     expect_one(
         "[[plugins]]\nname = \"ip-restriction\"\nconfig = { allow = [\"10.0.0.0/33\"] }\n",
         "plugins[0].config.allow[0]",

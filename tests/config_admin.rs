@@ -103,12 +103,33 @@ fn errors_are_located() {
     let e = one_error(&with("[metrics]\nflush_interval = 5\n"));
     assert_eq!(e.key, "metrics.flush_interval");
 
-    let e = one_error(&with("[metrics]\nmax_consumer_labels = 0\n"));
+    let e = one_error(&with(
+        "[metrics]\nper_consumer_labels = true\nmax_consumer_labels = 0\n",
+    ));
     assert_eq!(
         (e.line, e.key.as_str()),
-        (EXTRA_LINE + 1, "metrics.max_consumer_labels")
+        (EXTRA_LINE + 2, "metrics.max_consumer_labels")
     );
     assert!(e.message.contains("1..=10000"), "{e}");
+
+    // A cap for per-consumer labels that are off would be silently ignored.
+    let e = one_error(&with("[metrics]\nmax_consumer_labels = 50\n"));
+    assert_eq!(
+        (e.line, e.column, e.key.as_str()),
+        (EXTRA_LINE + 1, 23, "metrics.max_consumer_labels")
+    );
+    assert!(e.message.contains("per_consumer_labels = true"), "{e}");
+    // Written off explicitly (a reload turning the labels off) keeps the cap without an error.
+    let text = with("[metrics]\nper_consumer_labels = false\nmax_consumer_labels = 50\n");
+    assert!(load_str(&text, "test.toml").is_ok());
+
+    // A directory is not a file: the histograms would be lost at shutdown.
+    let e = one_error(&with("[metrics]\nhistogram_file = \"/tmp\"\n"));
+    assert_eq!(
+        (e.line, e.column, e.key.as_str()),
+        (EXTRA_LINE + 1, 18, "metrics.histogram_file")
+    );
+    assert!(e.message.contains("is a directory"), "{e}");
 
     let e = one_error(&with("[metrics]\nhistogram_file = \"\"\n"));
     assert_eq!(e.key, "metrics.histogram_file");

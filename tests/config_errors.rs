@@ -377,6 +377,21 @@ fn target_without_port() {
     );
 }
 
+/// A target written as a url used to be blamed on missing IPv6 brackets (its host part has a ':').
+#[test]
+fn target_with_a_scheme() {
+    let text = base_with("\"127.0.0.1:9001\"", "\"http://127.0.0.1:9001\"");
+    expect_one(
+        &text,
+        6,
+        23,
+        "upstreams[0].targets[0].target",
+        "without a scheme",
+    );
+    let errs = errors(&text);
+    assert!(!errs[0].message.contains("IPv6"), "{}", errs[0]);
+}
+
 #[test]
 fn upstream_without_targets() {
     let text = base_with("[{ target = \"127.0.0.1:9001\" }]", "[]");
@@ -548,6 +563,47 @@ fn service_path_with_url() {
         "services[0].path",
         "`path` is only allowed with `upstream`",
     );
+}
+
+/// A service base path goes upstream as written, in front of the normalized request path; one
+/// with a bad escape or dot segments used to be accepted and sent on as is.
+#[test]
+fn service_path_must_be_normalized() {
+    for (path, fragment) in [
+        ("/100%", "two hex digits"),
+        ("/a/../b", "normalized"),
+        ("/a/./b", "normalized"),
+        ("/a//b", "normalized"),
+    ] {
+        expect_one(
+            &base_with(
+                "upstream = \"u\"",
+                &format!("upstream = \"u\"\npath = \"{path}\""),
+            ),
+            11,
+            8,
+            "services[0].path",
+            fragment,
+        );
+    }
+    expect_one(
+        &base_with(
+            "upstream = \"u\"",
+            "url = \"http://127.0.0.1:9001/v1/../v2\"",
+        ),
+        10,
+        7,
+        "services[0].url",
+        "normalized",
+    );
+    // Trailing slashes are still just trimmed; valid escapes stay.
+    for ok in ["/a/", "/a//", "/a%2Fb", "/%7Euser"] {
+        let text = base_with(
+            "upstream = \"u\"",
+            &format!("upstream = \"u\"\npath = \"{ok}\""),
+        );
+        assert!(load_str(&text, "test.toml").is_ok(), "{ok}");
+    }
 }
 
 #[test]
@@ -754,4 +810,24 @@ fn mangled_demo_never_panics() {
             }
         }
     }
+}
+
+/// A non-UTF-8 file is located at its first invalid byte, not reported as 0:0.
+#[test]
+fn non_utf8_file_is_located() {
+    let dir = std::env::temp_dir().join(format!("ringgate-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("latin1.toml");
+    // Line 3, column 15: an ISO-8859-1 'é' (0xe9) inside a string.
+    std::fs::write(&file, b"[server]\nworkers = 1\nlisten = [\"caf\xe9\"]\n").unwrap();
+    let errs = match load(&file) {
+        Ok(_) => panic!("loaded a non-UTF-8 file"),
+        Err(e) => e,
+    };
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(errs.len(), 1);
+    let e = &errs[0];
+    assert_eq!((e.line, e.column, e.key.as_str()), (3, 15, "(file)"), "{e}");
+    assert!(e.message.contains("not valid UTF-8"), "{e}");
+    assert!(e.message.contains("0xe9"), "{e}");
 }

@@ -427,6 +427,20 @@ fn cluster_needs_redis_and_local_rejects_redis_keys() {
         "plugins[0].config.redis.url",
         "not a supported Redis url",
     );
+    // Urls the Redis client cannot parse used to pass `check` and then fail every connect.
+    for (url, col) in [
+        ("redis://127.0.0.1:99999", 60),
+        ("redis://a b:6379", 60),
+        ("redis://127.0.0.1:6379/abc", 60),
+    ] {
+        expect_one(
+            &with(&format!("[[plugins]]\nname = \"rate-limiting\"\nconfig = {{ minute = 1, policy = \"cluster\", redis = {{ url = \"{url}\" }} }}\n")),
+            21,
+            col,
+            "plugins[0].config.redis.url",
+            "not a usable Redis url",
+        );
+    }
     // Token buckets share through Redis too.
     let cfg = load_str(
         &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { algorithm = \"token_bucket\", average = 1, policy = \"cluster\", redis = { url = \"redis://h:1\" } }\n"),

@@ -1000,6 +1000,22 @@ fn config_errors_are_located_at_their_keys() {
     let tls = r#"{ addr = "127.0.0.1:8443", tls = true }"#;
     // TLS listener without certificates.
     expect_error(&cfg_with(tls, ""), "server.listen[0]", "no certificate");
+    // Certificates without a TLS listener: a plain listener on 443 next to a certificate used to
+    // pass `check` and then serve plain HTTP.
+    expect_error(
+        &cfg_with(
+            "\"127.0.0.1:443\"",
+            &cert_entry(&pki, "api.pem", "api.key", ""),
+        ),
+        "certificates[0]",
+        "no listener has `tls = true`",
+    );
+    // ... but not on top of a TLS listener that was refused.
+    let errs = load_errors(&cfg_with(
+        r#"{ addr = "127.0.0.1:99999", tls = true }, "127.0.0.1:80""#,
+        &cert_entry(&pki, "api.pem", "api.key", ""),
+    ));
+    assert_eq!(errs.len(), 1, "{errs:#?}");
     // Unreadable files.
     expect_error(
         &cfg_with(tls, &cert_entry(&pki, "missing.pem", "api.key", "")),

@@ -56,6 +56,12 @@ pub fn route_host(s: &str) -> Result<String, String> {
 
 /// Splits `host:port` (`[v6]:port` for IPv6). The port must be 1..=65535.
 pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    // `http://host:port` would otherwise be blamed on IPv6 brackets (its host part has a ':').
+    if s.contains("://") {
+        return Err(format!(
+            "{s:?}: expected \"host:port\" without a scheme or path (use a service `url` for \"http://…\")"
+        ));
+    }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err(format!("{s:?} has no port; expected \"host:port\""));
     };
@@ -195,7 +201,20 @@ pub fn clean_base_path(whole: &str, path: &str) -> Result<String, String> {
     if let Some(c) = path.chars().find(|&c| !is_path_char(c)) {
         return Err(format!("{whole:?}: {c:?} is not allowed in a path"));
     }
-    Ok(path.trim_end_matches('/').to_owned())
+    let trimmed = path.trim_end_matches('/');
+    // The base path is sent upstream as written, in front of the normalized request path: it must
+    // be normalized too, or the upstream would resolve `..` (or refuse a bad escape) on its own.
+    if crate::router::normalize_path(path.as_bytes(), &mut Vec::new()).is_err() {
+        return Err(format!(
+            "{whole:?}: '%' must start an escape of two hex digits (write '%' itself as \"%25\")"
+        ));
+    }
+    if trimmed.contains("//") || trimmed.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!(
+            "{whole:?}: the path must be normalized (no '//', '.' or '..' segments)"
+        ));
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// Characters allowed in configured paths: visible ASCII except the query and fragment markers.
@@ -233,6 +252,9 @@ mod tests {
         assert!(split_host_port("a:65536").is_err());
         assert!(split_host_port("::1:80").is_err());
         assert!(split_host_port(":80").is_err());
+        assert!(split_host_port("http://a:80")
+            .unwrap_err()
+            .contains("without a scheme"));
     }
 
     #[test]
@@ -269,6 +291,11 @@ mod tests {
             "http://u@a",
             "http://a:0",
             "http://a:x",
+            "http://a/b/../c",
+            "http://a/./c",
+            "http://a//c",
+            "http://a/100%",
+            "http://a/%zz",
             "a.com",
             "é",
         ] {

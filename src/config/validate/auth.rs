@@ -409,12 +409,24 @@ pub fn acl(raw: Option<&RawAcl>, p: &KeyPath, problems: &mut Vec<Problem>) -> Op
             return None;
         }
     };
+    let key = if deny { "deny" } else { "allow" };
     if groups.is_empty() {
-        push(
-            problems,
-            cp.key(if deny { "deny" } else { "allow" }),
-            "needs at least one group",
-        );
+        push(problems, cp.key(key), "needs at least one group");
+        return None;
+    }
+    // Consumer groups are `header_safe`; any other name could never match a consumer, so an
+    // allow list would refuse everyone and a deny list would refuse no one.
+    let before = problems.len();
+    for (i, g) in groups.iter().enumerate() {
+        if !header_safe(g) {
+            push(
+                problems,
+                cp.key(key).index(i),
+                format!("{g:?} can never match a consumer group: group names are 1 to 256 visible ASCII characters, without spaces or commas"),
+            );
+        }
+    }
+    if problems.len() != before {
         return None;
     }
     Some(AclDef {

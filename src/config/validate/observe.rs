@@ -120,6 +120,15 @@ pub fn metrics(raw: Option<&RawMetrics>, problems: &mut Vec<Problem>) -> Metrics
                     p.key("histogram_file"),
                     format!("directory {} does not exist", dir.display()),
                 ),
+                _ if path.is_dir() => push(
+                    problems,
+                    p.key("histogram_file"),
+                    format!(
+                        "{} is a directory; name a file in it (e.g. {})",
+                        path.display(),
+                        path.join("ringgate-hdr.txt").display()
+                    ),
+                ),
                 _ => def.histogram_file = Some(path),
             }
         }
@@ -128,7 +137,15 @@ pub fn metrics(raw: Option<&RawMetrics>, problems: &mut Vec<Problem>) -> Metrics
         def.per_consumer_labels = b;
     }
     if let Some(n) = raw.max_consumer_labels {
-        if let Some(n) = in_range(
+        if raw.per_consumer_labels.is_none() {
+            // The cap of a feature left off by default would be silently ignored. An explicit
+            // `per_consumer_labels = false` keeps the cap (turning the labels off by reload).
+            push(
+                problems,
+                p.key("max_consumer_labels"),
+                "`max_consumer_labels` has no effect unless per_consumer_labels = true (per-consumer labels are off by default)",
+            );
+        } else if let Some(n) = in_range(
             problems,
             p.key("max_consumer_labels"),
             "max_consumer_labels",

@@ -637,6 +637,17 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
                 r.url
             ),
         );
+    } else if let Err(e) = redis::Client::open(r.url.as_str()) {
+        // Parsing only (no I/O): a url the client cannot use would otherwise be accepted here and
+        // then fail every connection attempt at runtime, leaving the limit on `on_redis_failure`.
+        push(
+            problems,
+            path.key("url"),
+            format!(
+                "{:?} is not a usable Redis url ({e}); expected \"redis://host:port[/db]\" with a port 1..=65535 and a numeric db",
+                r.url
+            ),
+        );
     }
     let timeout = match r.timeout {
         None => DEFAULT_REDIS_TIMEOUT,

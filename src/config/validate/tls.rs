@@ -257,9 +257,21 @@ fn snis(
     out
 }
 
-/// A TLS listener needs a certificate.
+/// A TLS listener needs a certificate, and certificates need a TLS listener (without one they would
+/// be silently unused: `listen = ["0.0.0.0:443"]` next to a certificate serves plain HTTP on 443).
 pub fn check_listeners(listeners: &[ListenDef], certificates: usize, problems: &mut Vec<Problem>) {
     if certificates > 0 {
+        // Not when `[server]` has a problem: a refused listen entry may be the TLS one, and a
+        // `[server]` that failed to decode is replaced by the default (plain) listener.
+        let server = KeyPath::root().key("server");
+        let server_broken = problems.iter().any(|p| p.path.0.starts_with(&server.0));
+        if !server_broken && !listeners.iter().any(|l| l.kind == ListenKind::Https) {
+            push(
+                problems,
+                KeyPath::root().key("certificates").index(0),
+                "no listener has `tls = true`, so no certificate would ever be served: write the HTTPS listener as { addr = \"0.0.0.0:8443\", tls = true } in server.listen",
+            );
+        }
         return;
     }
     let path = KeyPath::root().key("server").key("listen");
