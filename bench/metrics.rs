@@ -28,9 +28,10 @@ fn populated(workers: usize) -> Aggregate {
     agg.set_workers(workers);
     for w in 0..workers {
         let m = WorkerMetrics::new(w, layout.clone(), MetricsSink::test().0);
+        let g = m.current();
         for r in 0..ROUTES {
             for (k, code) in [200u16, 201, 404, 503].iter().enumerate() {
-                m.request_done(r, *code, 100, 1000, &timings((r * 4 + k) as u64));
+                g.request_done(r, *code, 100, 1000, &timings((r * 4 + k) as u64));
             }
         }
         if let Some(f) = m.take(&[3; 16], false) {
@@ -43,13 +44,15 @@ fn populated(workers: usize) -> Aggregate {
 fn bench(c: &mut Criterion) {
     let layout = Layout::synthetic(ROUTES, 50, 16);
     let m = WorkerMetrics::new(0, layout, MetricsSink::test().0);
+    // What a request records through (its snapshot's generation).
+    let g = m.current();
     let t = timings(3);
-    m.request_done(7, 200, 1, 1, &t); // allocate route 7's histograms
+    g.request_done(7, 200, 1, 1, &t); // allocate route 7's histograms
     let mut i = 0u16;
     c.bench_function("metrics/request_done", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
-            m.request_done(black_box(7), 200 + (i % 4), 120, 900, black_box(&t))
+            g.request_done(black_box(7), 200 + (i % 4), 120, 900, black_box(&t))
         })
     });
 
@@ -71,6 +74,7 @@ fn bench(c: &mut Criterion) {
 
     let layout = Layout::synthetic(ROUTES, 50, 16);
     let w = WorkerMetrics::new(0, layout.clone(), MetricsSink::test().0);
+    let g = w.current();
     let mut agg = Aggregate::new(Duration::from_secs(1));
     agg.set_layout(layout);
     // The worker's share of a flush (steady state: histograms come back recycled); merging happens
@@ -82,7 +86,7 @@ fn bench(c: &mut Criterion) {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
                 for r in 0..ROUTES {
-                    w.request_done(r, 200, 1, 1, &t);
+                    g.request_done(r, 200, 1, 1, &t);
                 }
                 let t0 = Instant::now();
                 let f = w.take(&[0; 16], false);
@@ -97,7 +101,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("metrics/flush_and_merge_1k_active_routes", |b| {
         b.iter(|| {
             for r in 0..ROUTES {
-                w.request_done(r, 200, 1, 1, &t);
+                g.request_done(r, 200, 1, 1, &t);
             }
             if let Some(f) = w.take(&[0; 16], false) {
                 agg.apply(f);

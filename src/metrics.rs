@@ -12,14 +12,18 @@
 //! ```
 //!
 //! Invariants:
-//! - the request path (`WorkerMetrics::request_done` and friends) never allocates after a route's first
-//!   request (its HDR histograms are allocated lazily, once), never locks, never uses atomics;
+//! - the request path (`GenMetrics::request_done` and friends) never allocates after a route's first
+//!   request in a generation (its HDR histograms are allocated lazily, once; a request that outlives
+//!   its generation's switch may allocate them again, see `worker`), never locks, never uses atomics;
 //! - a scrape is at most `flush_interval` stale (plus the time the metrics thread takes to merge);
 //! - status codes map to a fixed table ([`CODES`]): common codes have their own slot, the rest are
 //!   counted per class (`code="4xx"`), anything outside 100..=599 as `code="other"`.
 //!
 //! Layouts: a [`Layout`] names the route, service and upstream-target indices of one config generation.
-//! Workers record by index; the aggregator maps indices to names once per layout.
+//! Workers record by index into per-generation slots ([`GenMetrics`]) that each request reaches through
+//! the snapshot it started under, so a request ending after a reload still counts under its own
+//! generation; every flush carries each live generation with its layout, and the aggregator maps
+//! indices to names once per layout.
 
 pub mod aggregate;
 pub mod consumers;
@@ -37,7 +41,7 @@ use crate::config::model::Config;
 pub use aggregate::Aggregate;
 pub use hub::{Hub, MetricsHandle, MetricsSink, Msg, Query, Reply};
 pub use prom::{Family, FamilyKind, Sample};
-pub use worker::{RouteDelta, TargetDelta, WorkerFlush, WorkerMetrics};
+pub use worker::{GenFlush, GenMetrics, RouteDelta, TargetDelta, WorkerFlush, WorkerMetrics};
 
 /// Status codes with their own slot; everything else is counted per class.
 pub const CODES: [u16; 31] = [

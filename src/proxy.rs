@@ -398,7 +398,7 @@ impl<S: ClientIo> Conn<S> {
                 self.reply_error(e, true).await;
                 if self.snap.config.metrics.enabled {
                     let bytes_in = self.buf.len() as u64;
-                    shard
+                    self.snap
                         .metrics
                         .gateway_error(None, e.status(), bytes_in, self.bytes_out);
                 }
@@ -431,15 +431,14 @@ impl<S: ClientIo> Conn<S> {
         {
             shard.consumer_counts.record(slot, status);
         }
+        // `route` is an index into the generation of `self.snap` (set when the request started), so
+        // it is recorded there even if a reload happened meanwhile.
+        let metrics = &self.snap.metrics;
         match self.route {
             Some(route) => {
-                shard
-                    .metrics
-                    .request_done(route, status, self.bytes_in, self.bytes_out, &self.t)
+                metrics.request_done(route, status, self.bytes_in, self.bytes_out, &self.t)
             }
-            None => shard
-                .metrics
-                .gateway_error(None, status, self.bytes_in, self.bytes_out),
+            None => metrics.gateway_error(None, status, self.bytes_in, self.bytes_out),
         }
         next
     }
@@ -639,11 +638,12 @@ impl<S: ClientIo> Conn<S> {
                 self.t.connect += started.elapsed();
             }
             let flat = snap.flat_target(svc.upstream, target);
-            shard.metrics.upstream_acquired(flat);
+            // Up and down on the same generation's slot, whatever reload happens in between.
+            snap.metrics.upstream_acquired(flat);
             let outcome = self
                 .exchange(shard, p, route, svc, upstream, target, reused)
                 .await;
-            shard.metrics.upstream_released(flat);
+            snap.metrics.upstream_released(flat);
             match outcome {
                 Exchange::Done(next) => return next,
                 Exchange::RetryFresh if pinned.is_none() && p.replayable => pinned = Some(target),
@@ -850,7 +850,7 @@ impl<S: ClientIo> Conn<S> {
         target: usize,
         p: &Prepared,
     ) -> Next {
-        shard
+        self.snap
             .metrics
             .upstream_timeout(self.snap.flat_target(svc.upstream, target));
         self.fail(shard, GatewayError::UpstreamTimeout, p.client_close)
@@ -1023,8 +1023,8 @@ async fn connect(
         let attempt = monoio::time::timeout(svc.connect_timeout, connect_one(tdef.addr, tls)).await;
         match &attempt {
             Ok(Ok(_)) => {}
-            Ok(Err(_)) => shard.metrics.upstream_connect_error(flat),
-            Err(_) => shard.metrics.upstream_timeout(flat),
+            Ok(Err(_)) => snap.metrics.upstream_connect_error(flat),
+            Err(_) => snap.metrics.upstream_timeout(flat),
         }
         match attempt {
             Ok(Ok(stream)) => return Ok((stream, t, false)),

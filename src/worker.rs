@@ -26,7 +26,7 @@ use crate::limit::board::LimitBoard;
 use crate::limit::{LimiterSet, WorkerLink};
 use crate::metrics::consumers::{ConsumerBoard, ConsumerCounts};
 use crate::metrics::hub::MetricsSink;
-use crate::metrics::worker::WorkerMetrics;
+use crate::metrics::worker::{GenMetrics, WorkerMetrics};
 use crate::metrics::Layout;
 use crate::plugins::Chains;
 use crate::proxy::parking::{self, ParkingLot};
@@ -95,13 +95,22 @@ pub struct Snapshot {
     /// `slots[target_base[u] + t]` is the pool slot of target `t` of upstream `u`.
     pub target_base: Vec<usize>,
     pub slots: Vec<usize>,
+    /// This generation's metric slots: requests record here, by this generation's route and target
+    /// indices, even if they end after a reload (the worker flushes it under its own layout).
+    pub metrics: Rc<GenMetrics>,
 }
 
 impl Snapshot {
     /// Builds this worker's view of `compiled`; pool slots are found by target address, so idle
     /// connections to targets that survive a reload stay pooled, and the rate limiter takes over
-    /// `prev`'s counts of unchanged limits.
-    fn new(compiled: &Compiled, pool: &Pool, worker: usize, prev: Option<&Snapshot>) -> Snapshot {
+    /// `prev`'s counts of unchanged limits. `metrics`: the worker's slots for this generation.
+    fn new(
+        compiled: &Compiled,
+        pool: &Pool,
+        worker: usize,
+        prev: Option<&Snapshot>,
+        metrics: Rc<GenMetrics>,
+    ) -> Snapshot {
         let config = compiled.config.clone();
         let mut target_base = Vec::with_capacity(config.upstreams.len());
         let mut slots = Vec::new();
@@ -155,6 +164,7 @@ impl Snapshot {
             balancers,
             target_base,
             slots,
+            metrics,
         }
     }
 
@@ -217,11 +227,12 @@ impl Shard {
     pub fn new(compiled: &Compiled, worker: usize, sink: MetricsSink) -> Shard {
         let pool_def = compiled.config.server.pool;
         let pool = Pool::new(pool_def.max_idle, pool_def.idle_timeout);
-        let snapshot = Snapshot::new(compiled, &pool, worker, None);
+        let metrics = WorkerMetrics::new(worker, compiled.layout.clone(), sink);
+        let snapshot = Snapshot::new(compiled, &pool, worker, None, metrics.current());
         Shard {
             worker,
             current: RefCell::new(Rc::new(snapshot)),
-            metrics: WorkerMetrics::new(worker, compiled.layout.clone(), sink),
+            metrics,
             consumer_counts: ConsumerCounts::new(compiled.consumer_board.slots()),
             consumer_board: compiled.consumer_board.clone(),
             pool,
@@ -248,11 +259,17 @@ impl Shard {
         self.pool
             .set_limits(pool_def.max_idle, pool_def.idle_timeout);
         let prev = self.snapshot();
-        let snapshot = Snapshot::new(compiled, &self.pool, self.worker, Some(&prev));
+        // The old generation's metric slots stay with the requests that hold `prev`.
+        self.metrics.reconfigure(compiled.layout.clone());
+        let snapshot = Snapshot::new(
+            compiled,
+            &self.pool,
+            self.worker,
+            Some(&prev),
+            self.metrics.current(),
+        );
         drop(prev);
         *self.current.borrow_mut() = Rc::new(snapshot);
-        self.metrics
-            .reconfigure(compiled.layout.clone(), &self.idle_by_target());
     }
 
     /// Idle pooled connections per target, indexed like `Layout::targets` (flat config order).

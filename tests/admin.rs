@@ -108,12 +108,12 @@ fn worker(
             t.upstream_head_in = Some(t0 + Duration::from_millis(2));
             t.client_head_out = Some(t0 + Duration::from_micros(2030));
             t.end = t0 + Duration::from_millis(3);
-            m.request_done(0, 200, 100, 500, &t);
+            m.current().request_done(0, 200, 100, 500, &t);
             if n % 3 == 0 {
-                m.request_done(1, 502, 80, 120, &t);
+                m.current().request_done(1, 502, 80, 120, &t);
             }
-            m.gateway_error(None, 404, 50, 90);
-            m.upstream_connect_error(1);
+            m.current().gateway_error(None, 404, 50, 90);
+            m.current().upstream_connect_error(1);
             m.flush(&[2, 1]);
             n += 1;
             std::thread::sleep(interval);

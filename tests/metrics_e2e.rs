@@ -400,3 +400,127 @@ fn reload_while_draining_is_refused() {
     drop(gw);
     let _ = client.join();
 }
+
+/// Two routes on two `url` services; `swapped` lists both (routes and services, hence upstream
+/// targets) in the other order, so every route and target index names the other one.
+fn two_route_config(slow: &Upstream, fast: &Upstream, swapped: bool) -> String {
+    let head = r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[metrics]
+flush_interval = "100ms"
+"#;
+    let slow_svc = format!(
+        "\n[[services]]\nname = \"slow\"\nurl = \"{}\"\n",
+        slow.url()
+    );
+    let fast_svc = format!(
+        "\n[[services]]\nname = \"fast\"\nurl = \"{}\"\n",
+        fast.url()
+    );
+    let slow_route = "\n[[routes]]\nname = \"slow\"\nservice = \"slow\"\npaths = [\"/slow\"]\n";
+    let fast_route = "\n[[routes]]\nname = \"fast\"\nservice = \"fast\"\npaths = [\"/fast\"]\n";
+    if swapped {
+        format!("{head}{fast_svc}{slow_svc}{fast_route}{slow_route}")
+    } else {
+        format!("{head}{slow_svc}{fast_svc}{slow_route}{fast_route}")
+    }
+}
+
+/// The value of the sample whose line starts with `series` (name and labels, up to the space).
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls `/metrics` until `pred` holds (or 5 s passed); returns the last scrape.
+fn wait_metrics_until(addr: SocketAddr, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = String::from_utf8_lossy(&admin(addr, "GET", "/metrics").body).into_owned();
+        if pred(&body) || Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn request_in_flight_across_a_reload_counts_under_its_own_route_and_target() {
+    // Long enough for the reload and a few flushes to happen while it is upstream.
+    let slow = Upstream::named("slow", Behaviour::EchoDelayed(Duration::from_millis(3000)));
+    let fast = Upstream::echo("fast");
+    let gw = Gateway::start(&two_route_config(&slow, &fast, false));
+    let adm = admin_addr(&gw);
+    assert_eq!(get(gw.addr(), HOST, "/fast/1").status, 200);
+
+    let addr = gw.addr();
+    let in_flight = std::thread::spawn(move || get(addr, HOST, "/slow/1"));
+    assert!(
+        slow.wait_requests(1, Duration::from_secs(5)),
+        "request never reached the upstream"
+    );
+    // Reordered: index 0 now names route "fast" and the fast upstream's target.
+    gw.rewrite_config(&two_route_config(&slow, &fast, true));
+    gw.reload_to(2);
+
+    let active = |up: &Upstream| {
+        format!(
+            "ringgate_upstream_connections{{upstream=\"service:{}\",target=\"{}\",state=\"active\"}}",
+            up.name(),
+            up.addr()
+        )
+    };
+    let (slow_active, fast_active) = (active(&slow), active(&fast));
+    // While it is still upstream, its connection is counted on its own target (checked a few
+    // flush intervals after the reload: the worker flushes the old generation when it switches).
+    std::thread::sleep(Duration::from_millis(500));
+    let m = String::from_utf8_lossy(&admin(adm, "GET", "/metrics").body).into_owned();
+    assert!(!in_flight.is_finished(), "the upstream answered too early");
+    assert_eq!(
+        sample(&m, &slow_active),
+        Some(1),
+        "the old generation's connection counts on its own target: {m}"
+    );
+    assert_eq!(sample(&m, &fast_active), Some(0), "{m}");
+
+    let r = in_flight.join().expect("client thread");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-upstream"), Some("slow"));
+
+    let slow_200 = r#"ringgate_http_requests_total{route="slow",service="slow",code="200"}"#;
+    let fast_200 = r#"ringgate_http_requests_total{route="fast",service="fast",code="200"}"#;
+    let m = wait_metrics_until(adm, |m| sample(m, slow_200) == Some(1));
+    assert_eq!(
+        sample(&m, slow_200),
+        Some(1),
+        "counted under its own route: {m}"
+    );
+    assert_eq!(
+        sample(&m, fast_200),
+        Some(1),
+        "not under the route now at its index: {m}"
+    );
+    assert!(
+        !m.contains(r#"route="(none)""#),
+        "nothing lands on (none): {m}"
+    );
+    assert!(
+        m.contains("ringgate_request_duration_seconds_count{route=\"slow\"} 1\n"),
+        "{m}"
+    );
+    assert_eq!(sample(&m, &slow_active), Some(0), "{m}");
+    assert_eq!(sample(&m, &fast_active), Some(0), "{m}");
+
+    // New requests count under the new generation, by name, continuing the same series.
+    assert_eq!(get(gw.addr(), HOST, "/fast/2").status, 200);
+    let m = wait_metrics_until(adm, |m| sample(m, fast_200) == Some(2));
+    assert_eq!(sample(&m, fast_200), Some(2), "{m}");
+    assert_eq!(sample(&m, slow_200), Some(1), "{m}");
+}

@@ -7,7 +7,8 @@
 //!   bandwidth stay one series when a reload moves it to another service; its request counts are
 //!   kept per service it has had (`route="…",service="…"`), and moving back continues the old ones;
 //! - gauges are each worker's latest report, so a stopped worker's connections stop counting at its
-//!   last flush;
+//!   last flush; a report adds up the worker's generations (requests that started before a reload
+//!   are counted on their own generation's targets until they end, then drop out);
 //! - rendering allocates one output `String` (plus extension families); label strings are built once
 //!   per route when its name is first seen.
 
@@ -15,10 +16,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crossbeam_channel::Sender;
 use hdrhistogram::Histogram;
 
 use super::prom::{self, header, line_u64, push_secs, push_u64, Family};
-use super::worker::{Buckets, Counts, WorkerFlush};
+use super::worker::{Buckets, Counts, Hdr, RouteDelta, TargetDelta, WorkerFlush};
 use super::{code_label, hdr, json, Layout, BUCKETS_LE, HDR_MAX_NS, HDR_SIGFIG, NCODES, NO_ROUTE};
 
 /// Which latency an HDR report is about.
@@ -287,17 +289,47 @@ impl Aggregate {
         self.maps.len() - 1
     }
 
-    /// Merges one worker flush.
+    /// Merges one worker flush: its current generation, then the retired ones requests still held,
+    /// each translated by its own layout (so counts land on the route and target they were recorded
+    /// for). The worker's gauges are replaced by this flush's: the sum over its generations.
     pub fn apply(&mut self, f: WorkerFlush) {
         if f.worker >= MAX_WORKERS {
             return;
         }
-        let m = self.map_index(&f.layout);
+        let mut f = f;
+        if self.workers.len() <= f.worker {
+            self.workers.resize_with(f.worker + 1, WorkerAgg::default);
+        }
+        if let Some(w) = self.workers.get_mut(f.worker) {
+            w.last_flush = Some(f.at);
+            w.stopped = f.last;
+            w.conns_open = f.conns_open;
+            // A retired generation left out of this flush has nothing in use any more: its
+            // connections stop counting here, like those of targets a reload removed.
+            w.pool.clear();
+        }
+        let layout = f.layout.clone();
+        self.apply_gen(f.worker, &layout, &mut f.routes, &f.targets, &f.recycle);
+        for g in &mut f.retired {
+            self.apply_gen(f.worker, &g.layout, &mut g.routes, &g.targets, &f.recycle);
+        }
+        self.conns_accepted = self.conns_accepted.saturating_add(f.conns_accepted);
+    }
+
+    /// Adds one generation's deltas, and its gauges to `worker`'s.
+    fn apply_gen(
+        &mut self,
+        worker: usize,
+        layout: &Arc<Layout>,
+        routes: &mut [RouteDelta],
+        targets: &[TargetDelta],
+        recycle: &Sender<Hdr>,
+    ) {
+        let m = self.map_index(layout);
         let Some(map) = self.maps.get(m) else {
             return;
         };
-        let mut f = f;
-        for d in &mut f.routes {
+        for d in routes {
             let (agg, s) = match d.route {
                 None => (&mut self.none, 0),
                 Some(r) => match map
@@ -323,34 +355,30 @@ impl Aggregate {
                     merge_hdr(into, &h);
                     h.reset();
                     // The worker may be gone (last flush): then the box is simply dropped.
-                    let _ = f.recycle.send(h);
+                    let _ = recycle.send(h);
                 }
             }
-        }
-        if self.workers.len() <= f.worker {
-            self.workers.resize_with(f.worker + 1, WorkerAgg::default);
         }
         let ntargets = self.targets.len();
-        if let Some(w) = self.workers.get_mut(f.worker) {
-            w.last_flush = Some(f.at);
-            w.stopped = f.last;
-            w.conns_open = f.conns_open;
-            w.pool.clear();
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
+        if w.pool.len() < ntargets {
             w.pool.resize(ntargets, (0, 0));
-            for (i, t) in f.targets.iter().enumerate() {
-                let Some(&ti) = map.targets.get(i) else {
-                    continue;
-                };
-                if let Some(g) = w.pool.get_mut(ti) {
-                    *g = (t.idle, t.active);
-                }
-                if let Some(agg) = self.targets.get_mut(ti) {
-                    agg.connect_errors = agg.connect_errors.saturating_add(t.connect_errors);
-                    agg.timeouts = agg.timeouts.saturating_add(t.timeouts);
-                }
+        }
+        for (i, t) in targets.iter().enumerate() {
+            let Some(&ti) = map.targets.get(i) else {
+                continue;
+            };
+            if let Some(g) = w.pool.get_mut(ti) {
+                g.0 = g.0.saturating_add(t.idle);
+                g.1 = g.1.saturating_add(t.active);
+            }
+            if let Some(agg) = self.targets.get_mut(ti) {
+                agg.connect_errors = agg.connect_errors.saturating_add(t.connect_errors);
+                agg.timeouts = agg.timeouts.saturating_add(t.timeouts);
             }
         }
-        self.conns_accepted = self.conns_accepted.saturating_add(f.conns_accepted);
     }
 
     fn expected(&self) -> usize {

@@ -206,12 +206,12 @@ fn merges_several_workers() {
         .collect();
     for (i, w) in workers.iter().enumerate() {
         for _ in 0..=i {
-            w.request_done(1, 200, 100, 1000, &timings(3, 1));
+            w.current().request_done(1, 200, 100, 1000, &timings(3, 1));
         }
-        w.request_done(2, 503, 1, 1, &timings(20, 15));
-        w.gateway_error(None, 404, 50, 60);
-        w.upstream_connect_error(1);
-        w.upstream_acquired(0);
+        w.current().request_done(2, 503, 1, 1, &timings(20, 15));
+        w.current().gateway_error(None, 404, 50, 60);
+        w.current().upstream_connect_error(1);
+        w.current().upstream_acquired(0);
         w.conn_opened();
     }
     for w in &workers {
@@ -305,7 +305,7 @@ fn escapes_labels() {
     let mut agg = Aggregate::new(Duration::from_secs(1));
     agg.set_layout(layout.clone());
     let w = WorkerMetrics::new(0, layout, MetricsSink::test().0);
-    w.request_done(0, 200, 1, 1, &timings(1, 0));
+    w.current().request_done(0, 200, 1, 1, &timings(1, 0));
     agg.apply(w.take(&[], false).unwrap_or_else(|| panic!("flush")));
     let s = render(&agg);
     assert!(
@@ -344,7 +344,7 @@ fn reload_keeps_counters_by_name() {
     let mut agg = Aggregate::new(Duration::from_secs(1));
     agg.set_layout(l1.clone());
     let w = WorkerMetrics::new(0, l1, MetricsSink::test().0);
-    w.request_done(1, 200, 0, 0, &timings(1, 0));
+    w.current().request_done(1, 200, 0, 0, &timings(1, 0));
     let f = w.take(&[], false).unwrap_or_else(|| panic!("flush"));
     // Generation 2 puts r1 first; a flush of generation 1 arriving late still lands on r1.
     let l2 = Arc::new(Layout {
@@ -360,7 +360,7 @@ fn reload_keeps_counters_by_name() {
     agg.reload_outcome(false);
     agg.apply(f);
     let w2 = WorkerMetrics::new(0, l2, MetricsSink::test().0);
-    w2.request_done(0, 200, 0, 0, &timings(1, 0));
+    w2.current().request_done(0, 200, 0, 0, &timings(1, 0));
     agg.apply(w2.take(&[], false).unwrap_or_else(|| panic!("flush")));
     let s = render(&agg);
     assert!(
@@ -399,7 +399,7 @@ fn route_moved_between_services_keeps_one_series_per_label_set() {
         let l = layout(generation, service);
         agg.set_layout(l.clone());
         let w = WorkerMetrics::new(0, l, MetricsSink::test().0);
-        w.request_done(0, 200, 10, 100, &timings(3, 1));
+        w.current().request_done(0, 200, 10, 100, &timings(3, 1));
         agg.apply(w.take(&[], false).unwrap_or_else(|| panic!("flush")));
         render(&agg);
     }
@@ -479,7 +479,7 @@ fn status_lists_pools() {
     let mut agg = Aggregate::new(Duration::from_secs(1));
     agg.set_layout(layout.clone());
     let w = WorkerMetrics::new(0, layout, MetricsSink::test().0);
-    w.upstream_acquired(2);
+    w.current().upstream_acquired(2);
     agg.apply(w.take(&[1, 2, 3], false).unwrap_or_else(|| panic!("flush")));
     let s = agg.status_json(Instant::now());
     assert!(
@@ -490,6 +490,85 @@ fn status_lists_pools() {
         "{s}"
     );
     assert!(s.contains("\"workers\":[{\"index\":0,\"serving\":true,"));
+}
+
+/// Two routes `a`, `b` on services `sa`, `sb`, and their targets `ta`, `tb`, in that order or
+/// (`swapped`) the other way round.
+fn ab_layout(generation: u64, swapped: bool) -> Arc<Layout> {
+    let mut names = ["a", "b"];
+    if swapped {
+        names.reverse();
+    }
+    Arc::new(Layout {
+        generation,
+        routes: names
+            .iter()
+            .map(|n| RouteName {
+                name: (*n).into(),
+                service: format!("s{n}"),
+            })
+            .collect(),
+        targets: names
+            .iter()
+            .map(|n| TargetName {
+                upstream: format!("u{n}"),
+                target: format!("t{n}"),
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn retired_generation_counts_by_its_own_names_and_its_gauges_drop_out() {
+    let (l1, l2) = (ab_layout(1, false), ab_layout(2, true));
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_layout(l1.clone());
+    let w = WorkerMetrics::new(0, l1, MetricsSink::test().0);
+    // A request on route a (index 0 in generation 1) holds a connection to ta.
+    let old = w.current();
+    old.upstream_acquired(0);
+    agg.set_layout(l2.clone());
+    w.reconfigure(l2);
+    // A new request on route b (index 0 in generation 2) holds one to tb.
+    let new = w.current();
+    new.upstream_acquired(0);
+    agg.apply(w.take(&[0, 0], false).unwrap_or_else(|| panic!("flush")));
+    let active = |s: &str, t: &str, n: u64| {
+        s.contains(&format!(
+            "ringgate_upstream_connections{{upstream=\"u{t}\",target=\"t{t}\",state=\"active\"}} {n}\n"
+        ))
+    };
+    let s = render(&agg);
+    assert!(active(&s, "a", 1) && active(&s, "b", 1), "{s}");
+
+    // The old request ends: counted on a, its connection released on ta.
+    old.upstream_released(0);
+    old.request_done(0, 200, 1, 1, &timings(1, 0));
+    drop(old);
+    agg.apply(w.take(&[0, 0], false).unwrap_or_else(|| panic!("flush")));
+    let s = render(&agg);
+    assert!(
+        s.contains("{route=\"a\",service=\"sa\",code=\"200\"} 1\n"),
+        "{s}"
+    );
+    assert!(!s.contains("route=\"b\""), "{s}");
+    assert!(active(&s, "a", 0) && active(&s, "b", 1), "{s}");
+    check_exposition(&s).unwrap_or_else(|e| panic!("{e}\n{s}"));
+
+    // Gone from the worker: still 0 on the next flush, and counters keep their totals.
+    new.request_done(0, 200, 1, 1, &timings(1, 0));
+    new.upstream_released(0);
+    agg.apply(w.take(&[0, 0], false).unwrap_or_else(|| panic!("flush")));
+    let s = render(&agg);
+    assert!(active(&s, "a", 0) && active(&s, "b", 0), "{s}");
+    assert!(
+        s.contains("{route=\"a\",service=\"sa\",code=\"200\"} 1\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("{route=\"b\",service=\"sb\",code=\"200\"} 1\n"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -516,7 +595,7 @@ fn render_1k_routes_is_fast() {
         let m = WorkerMetrics::new(w, layout.clone(), MetricsSink::test().0);
         for r in 0..1000 {
             for code in [200u16, 201, 404, 503] {
-                m.request_done(r, code, 100, 1000, &timings(3, 1));
+                m.current().request_done(r, code, 100, 1000, &timings(3, 1));
             }
         }
         agg.apply(m.take(&[3; 16], false).unwrap_or_else(|| panic!("flush")));

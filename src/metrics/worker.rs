@@ -1,10 +1,19 @@
-//! The worker side: plain counters in one `RefCell`, per-route slots preallocated for the layout, HDR
-//! histograms allocated on a route's first request. `flush` sends what changed since the last flush.
+//! The worker side: plain counters in one `RefCell` per config generation ([`GenMetrics`]), per-route
+//! slots preallocated for that generation's layout, HDR histograms allocated on a route's first
+//! request. `flush` sends what changed since the last flush.
 //!
-//! Every method borrows the cell for a few instructions and never across an `.await` (they are all
+//! Every method borrows a cell for a few instructions and never across an `.await` (they are all
 //! synchronous). A failed borrow (impossible by construction) drops the sample rather than panic.
-
+//!
+//! Reloads: a request records by route and target *index*, and an index means something only in the
+//! generation the request started under. So each generation has its own [`GenMetrics`], shared (`Rc`)
+//! by the worker's `Snapshot` of that generation and by every request holding that snapshot. A reload
+//! retires the current one: requests still running keep recording into it (their counters land on
+//! their own route, their `active` gauge goes back down on the slot it went up on), every flush sends
+//! it under its own layout, and the flush after its last holder let go sends its final deltas and
+//! drops it, so its gauges stop being reported.
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -128,18 +137,44 @@ pub struct TargetDelta {
     pub active: u64,
 }
 
+/// One generation's part of a flush: deltas and gauges by that generation's indices.
+#[derive(Debug, Clone)]
+pub struct GenFlush {
+    pub layout: Arc<Layout>,
+    /// Only routes that saw requests since the previous flush.
+    pub routes: Vec<RouteDelta>,
+    /// Every target of `layout` (gauges), index = flat target index.
+    pub targets: Vec<TargetDelta>,
+}
+
+impl GenFlush {
+    /// Nothing counted and nothing in use: sending it would change nothing.
+    fn is_idle(&self) -> bool {
+        self.routes.is_empty()
+            && self
+                .targets
+                .iter()
+                .all(|t| t.connect_errors == 0 && t.timeouts == 0 && t.active == 0)
+    }
+}
+
 /// One worker's flush.
 #[derive(Debug, Clone)]
 pub struct WorkerFlush {
     pub worker: usize,
+    /// The current generation's layout.
     pub layout: Arc<Layout>,
     pub at: Instant,
     /// The worker is stopping: this is its last flush.
     pub last: bool,
-    /// Only routes that saw requests since the previous flush.
+    /// Only routes that saw requests since the previous flush (current generation).
     pub routes: Vec<RouteDelta>,
-    /// Every target of `layout` (gauges), index = pool slot.
+    /// Every target of `layout` (gauges), index = flat target index.
     pub targets: Vec<TargetDelta>,
+    /// Earlier generations that requests started before a reload still record into, each under its
+    /// own layout (their `idle` is 0: the pool is shared, `targets` reports it). Left out when they
+    /// have nothing to report.
+    pub retired: Vec<GenFlush>,
     /// Gauge: open client connections.
     pub conns_open: u64,
     /// Delta: client connections accepted.
@@ -148,48 +183,37 @@ pub struct WorkerFlush {
     pub recycle: Sender<Hdr>,
 }
 
-struct Inner {
-    layout: Arc<Layout>,
+struct Slots {
     /// `routes.len() == layout.routes.len() + 1`; the last slot is "no route".
     routes: Vec<RouteSlot>,
     targets: Vec<TargetSlot>,
 }
 
-/// One worker's metrics. `!Send`: lives in the worker's `Shard`.
-pub struct WorkerMetrics {
-    worker: usize,
-    sink: MetricsSink,
-    inner: RefCell<Inner>,
-    conns_open: Cell<u64>,
-    conns_accepted: Cell<u64>,
-    /// Emptied histograms coming back from the aggregator, and the ones ready for reuse.
-    recycle_tx: Sender<Hdr>,
-    recycle_rx: Receiver<Hdr>,
-    spare: RefCell<Vec<Hdr>>,
-    /// Not `Send`/`Sync`, like the rest of the shard.
+/// The slots of one config generation on one worker. Requests record into the one of the snapshot
+/// they started under (see the module docs); `!Send`, like the rest of the shard.
+pub struct GenMetrics {
+    layout: Arc<Layout>,
+    slots: RefCell<Slots>,
     _local: std::marker::PhantomData<*const ()>,
 }
 
-impl WorkerMetrics {
-    pub fn new(worker: usize, layout: Arc<Layout>, sink: MetricsSink) -> WorkerMetrics {
-        let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded();
-        WorkerMetrics {
-            recycle_tx,
-            recycle_rx,
-            spare: RefCell::new(Vec::new()),
-            worker,
-            sink,
-            inner: RefCell::new(Inner {
+impl GenMetrics {
+    fn new(layout: Arc<Layout>) -> GenMetrics {
+        GenMetrics {
+            slots: RefCell::new(Slots {
                 routes: (0..=layout.routes.len())
                     .map(|_| RouteSlot::new())
                     .collect(),
                 targets: vec![TargetSlot::default(); layout.targets.len()],
-                layout,
             }),
-            conns_open: Cell::new(0),
-            conns_accepted: Cell::new(0),
+            layout,
             _local: std::marker::PhantomData,
         }
+    }
+
+    /// The generation whose indices this records.
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
     }
 
     /// One finished request on `route` (a layout index; out of range counts as no route).
@@ -204,11 +228,11 @@ impl WorkerMetrics {
         bytes_out: u64,
         t: &Timings,
     ) {
-        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+        let Ok(mut slots) = self.slots.try_borrow_mut() else {
             return;
         };
-        let last = inner.routes.len().saturating_sub(1);
-        let Some(slot) = inner.routes.get_mut(route.min(last)) else {
+        let last = slots.routes.len().saturating_sub(1);
+        let Some(slot) = slots.routes.get_mut(route.min(last)) else {
             return;
         };
         slot.dirty = true;
@@ -233,11 +257,11 @@ impl WorkerMetrics {
     /// 408...). `route`: `None` when no route matched (yet).
     #[inline]
     pub fn gateway_error(&self, route: Option<usize>, status: u16, bytes_in: u64, bytes_out: u64) {
-        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+        let Ok(mut slots) = self.slots.try_borrow_mut() else {
             return;
         };
-        let last = inner.routes.len().saturating_sub(1);
-        let Some(slot) = inner.routes.get_mut(route.unwrap_or(last).min(last)) else {
+        let last = slots.routes.len().saturating_sub(1);
+        let Some(slot) = slots.routes.get_mut(route.unwrap_or(last).min(last)) else {
             return;
         };
         slot.dirty = true;
@@ -248,24 +272,13 @@ impl WorkerMetrics {
         slot.counts.bytes_out = slot.counts.bytes_out.saturating_add(bytes_out);
     }
 
-    #[inline]
-    pub fn conn_opened(&self) {
-        self.conns_open.set(self.conns_open.get() + 1);
-        self.conns_accepted.set(self.conns_accepted.get() + 1);
-    }
-
-    #[inline]
-    pub fn conn_closed(&self) {
-        self.conns_open.set(self.conns_open.get().saturating_sub(1));
-    }
-
-    /// A connect to pool slot `target` failed (refused, unreachable...).
+    /// A connect to flat target `target` failed (refused, unreachable...).
     #[inline]
     pub fn upstream_connect_error(&self, target: usize) {
         self.with_target(target, |t| t.connect_errors += 1);
     }
 
-    /// A connect to, or a read from / write to, pool slot `target` timed out.
+    /// A connect to, or a read from / write to, flat target `target` timed out.
     #[inline]
     pub fn upstream_timeout(&self, target: usize) {
         self.with_target(target, |t| t.timeouts += 1);
@@ -277,7 +290,7 @@ impl WorkerMetrics {
         self.with_target(target, |t| t.active += 1);
     }
 
-    /// The connection taken with `upstream_acquired` was pooled or closed.
+    /// The connection taken with `upstream_acquired` (on this same generation) was pooled or closed.
     #[inline]
     pub fn upstream_released(&self, target: usize) {
         self.with_target(target, |t| t.active = t.active.saturating_sub(1));
@@ -285,60 +298,22 @@ impl WorkerMetrics {
 
     #[inline]
     fn with_target(&self, target: usize, f: impl FnOnce(&mut TargetSlot)) {
-        if let Ok(mut inner) = self.inner.try_borrow_mut() {
-            if let Some(t) = inner.targets.get_mut(target) {
+        if let Ok(mut slots) = self.slots.try_borrow_mut() {
+            if let Some(t) = slots.targets.get_mut(target) {
                 f(t);
             }
         }
     }
 
-    /// Sends the deltas since the last flush. `pool_idle`: idle connections per pool slot
-    /// (`Pool::idle_counts()`). Called from the control loop every `flush_interval`; also proves
-    /// liveness to `/health`. Allocates (off the request path).
-    pub fn flush(&self, pool_idle: &[usize]) {
-        self.flush_inner(pool_idle, false);
-    }
-
-    /// The final flush when the worker stops.
-    pub fn flush_last(&self, pool_idle: &[usize]) {
-        self.flush_inner(pool_idle, true);
-    }
-
-    /// A new config generation: flushes what was counted under the old layout, then resizes.
-    /// Upstream `active` gauges restart at zero (connections of the old generation are not counted).
-    pub fn reconfigure(&self, layout: Arc<Layout>, pool_idle: &[usize]) {
-        self.flush(pool_idle);
-        if let Ok(mut inner) = self.inner.try_borrow_mut() {
-            inner.routes = (0..=layout.routes.len())
-                .map(|_| RouteSlot::new())
-                .collect();
-            inner.targets = vec![TargetSlot::default(); layout.targets.len()];
-            inner.layout = layout;
-        }
-    }
-
-    fn flush_inner(&self, pool_idle: &[usize], last: bool) {
-        let Some(flush) = self.take(pool_idle, last) else {
-            return;
-        };
-        self.sink.send(Msg::Flush(Box::new(flush)));
-    }
-
-    /// Builds a flush and resets the deltas (exposed for tests and benches).
-    pub fn take(&self, pool_idle: &[usize], last: bool) -> Option<WorkerFlush> {
-        let mut inner = self.inner.try_borrow_mut().ok()?;
-        let inner = &mut *inner;
-        let mut spare = self.spare.try_borrow_mut().ok()?;
-        // Two histograms per route at most are ever needed as spares.
-        let max_spare = 2 * inner.routes.len();
-        for h in self.recycle_rx.try_iter() {
-            if spare.len() < max_spare {
-                spare.push(h);
-            }
-        }
-        let none = inner.routes.len().saturating_sub(1);
+    /// The deltas since the last take (reset) and the gauges. `spare`: empty histograms to swap in
+    /// (the current generation); `None` for a retired one, whose histograms are taken without a
+    /// replacement, so its memory goes back as soon as it stops recording.
+    fn take(&self, pool_idle: &[usize], mut spare: Option<&mut Vec<Hdr>>) -> Option<GenFlush> {
+        let mut slots = self.slots.try_borrow_mut().ok()?;
+        let slots = &mut *slots;
+        let none = slots.routes.len().saturating_sub(1);
         let mut routes = Vec::new();
-        for (i, slot) in inner.routes.iter_mut().enumerate() {
+        for (i, slot) in slots.routes.iter_mut().enumerate() {
             if !slot.dirty {
                 continue;
             }
@@ -350,11 +325,11 @@ impl WorkerMetrics {
                     u32::try_from(i).ok()
                 },
                 counts: std::mem::take(&mut slot.counts),
-                added: take_hdr(&mut slot.added, &mut spare),
-                total: take_hdr(&mut slot.total, &mut spare),
+                added: take_hdr(&mut slot.added, spare.as_deref_mut()),
+                total: take_hdr(&mut slot.total, spare.as_deref_mut()),
             });
         }
-        let targets = inner
+        let targets = slots
             .targets
             .iter_mut()
             .enumerate()
@@ -370,13 +345,133 @@ impl WorkerMetrics {
                 d
             })
             .collect();
-        Some(WorkerFlush {
-            worker: self.worker,
-            layout: inner.layout.clone(),
-            at: Instant::now(),
-            last,
+        Some(GenFlush {
+            layout: self.layout.clone(),
             routes,
             targets,
+        })
+    }
+}
+
+/// One worker's metrics. `!Send`: lives in the worker's `Shard`.
+pub struct WorkerMetrics {
+    worker: usize,
+    sink: MetricsSink,
+    /// The generation new requests record into (via their snapshot).
+    current: RefCell<Rc<GenMetrics>>,
+    /// Earlier generations, kept (and flushed under their own layouts) while requests hold them.
+    retired: RefCell<Vec<Rc<GenMetrics>>>,
+    conns_open: Cell<u64>,
+    conns_accepted: Cell<u64>,
+    /// Emptied histograms coming back from the aggregator, and the ones ready for reuse.
+    recycle_tx: Sender<Hdr>,
+    recycle_rx: Receiver<Hdr>,
+    spare: RefCell<Vec<Hdr>>,
+    /// Not `Send`/`Sync`, like the rest of the shard.
+    _local: std::marker::PhantomData<*const ()>,
+}
+
+impl WorkerMetrics {
+    pub fn new(worker: usize, layout: Arc<Layout>, sink: MetricsSink) -> WorkerMetrics {
+        let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded();
+        WorkerMetrics {
+            recycle_tx,
+            recycle_rx,
+            spare: RefCell::new(Vec::new()),
+            worker,
+            sink,
+            current: RefCell::new(Rc::new(GenMetrics::new(layout))),
+            retired: RefCell::new(Vec::new()),
+            conns_open: Cell::new(0),
+            conns_accepted: Cell::new(0),
+            _local: std::marker::PhantomData,
+        }
+    }
+
+    /// The current generation's slots: a snapshot takes this `Rc` when it is built, and requests
+    /// record through their snapshot's.
+    pub fn current(&self) -> Rc<GenMetrics> {
+        self.current.borrow().clone()
+    }
+
+    #[inline]
+    pub fn conn_opened(&self) {
+        self.conns_open.set(self.conns_open.get() + 1);
+        self.conns_accepted.set(self.conns_accepted.get() + 1);
+    }
+
+    #[inline]
+    pub fn conn_closed(&self) {
+        self.conns_open.set(self.conns_open.get().saturating_sub(1));
+    }
+
+    /// Sends the deltas since the last flush. `pool_idle`: idle connections per target of the current
+    /// layout (`Shard::idle_by_target`). Called from the control loop every `flush_interval`; also
+    /// proves liveness to `/health`. Allocates (off the request path).
+    pub fn flush(&self, pool_idle: &[usize]) {
+        self.flush_inner(pool_idle, false);
+    }
+
+    /// The final flush when the worker stops.
+    pub fn flush_last(&self, pool_idle: &[usize]) {
+        self.flush_inner(pool_idle, true);
+    }
+
+    /// A new config generation: new requests record into fresh slots for `layout`; the old slots are
+    /// retired, not dropped, so the requests still running under them count where they started.
+    pub fn reconfigure(&self, layout: Arc<Layout>) {
+        let fresh = Rc::new(GenMetrics::new(layout));
+        if let (Ok(mut current), Ok(mut retired)) =
+            (self.current.try_borrow_mut(), self.retired.try_borrow_mut())
+        {
+            retired.push(std::mem::replace(&mut *current, fresh));
+        }
+    }
+
+    /// Retired generations still held by requests (for tests).
+    pub fn retired_count(&self) -> usize {
+        self.retired.try_borrow().map_or(0, |r| r.len())
+    }
+
+    fn flush_inner(&self, pool_idle: &[usize], last: bool) {
+        let Some(flush) = self.take(pool_idle, last) else {
+            return;
+        };
+        self.sink.send(Msg::Flush(Box::new(flush)));
+    }
+
+    /// Builds a flush and resets the deltas (exposed for tests and benches). Retired generations no
+    /// request holds any more are taken one last time and dropped.
+    pub fn take(&self, pool_idle: &[usize], last: bool) -> Option<WorkerFlush> {
+        let current = self.current.try_borrow().ok()?.clone();
+        let mut spare = self.spare.try_borrow_mut().ok()?;
+        let mut retired = self.retired.try_borrow_mut().ok()?;
+        // Two histograms per route at most are ever needed as spares.
+        let max_spare = 2 * (current.layout.routes.len() + 1);
+        for h in self.recycle_rx.try_iter() {
+            if spare.len() < max_spare {
+                spare.push(h);
+            }
+        }
+        let now = current.take(pool_idle, Some(&mut spare))?;
+        let mut older = Vec::new();
+        retired.retain(|g| {
+            // Only this list holds it: no request can record into it any more, so this take is
+            // its last (nothing runs between the check and the take: both are synchronous).
+            let finished = Rc::strong_count(g) == 1;
+            if let Some(f) = g.take(&[], None).filter(|f| !f.is_idle()) {
+                older.push(f);
+            }
+            !finished
+        });
+        Some(WorkerFlush {
+            worker: self.worker,
+            layout: now.layout,
+            at: Instant::now(),
+            last,
+            routes: now.routes,
+            targets: now.targets,
+            retired: older,
             conns_open: self.conns_open.get(),
             conns_accepted: self.conns_accepted.replace(0),
             recycle: self.recycle_tx.clone(),
@@ -401,12 +496,12 @@ fn record_hdr(slot: &mut Option<Hdr>, ns: u64) {
 }
 
 /// The histogram's samples, swapped for an empty one (a recycled one when available, else a fresh
-/// allocation here, off the request path).
-fn take_hdr(slot: &mut Option<Hdr>, spare: &mut Vec<Hdr>) -> Option<Hdr> {
+/// allocation here, off the request path); with no `spare` pool, for none (retired generations).
+fn take_hdr(slot: &mut Option<Hdr>, spare: Option<&mut Vec<Hdr>>) -> Option<Hdr> {
     if slot.as_ref().is_none_or(|h| h.is_empty()) {
         return None;
     }
-    let empty = spare.pop().or_else(|| new_worker_hdr().map(Box::new));
+    let empty = spare.and_then(|s| s.pop().or_else(|| new_worker_hdr().map(Box::new)));
     std::mem::replace(slot, empty)
 }
 
@@ -432,14 +527,14 @@ mod tests {
     fn counts_and_resets() {
         let (sink, _rx) = MetricsSink::test();
         let w = WorkerMetrics::new(3, Layout::synthetic(2, 1, 2), sink);
-        w.request_done(0, 200, 10, 20, &timings(3));
-        w.request_done(0, 404, 1, 2, &timings(3));
-        w.request_done(99, 200, 0, 0, &timings(3)); // out of range -> no route
-        w.gateway_error(None, 400, 5, 6);
-        w.upstream_connect_error(1);
-        w.upstream_timeout(1);
-        w.upstream_timeout(7); // out of range: ignored
-        w.upstream_acquired(0);
+        w.current().request_done(0, 200, 10, 20, &timings(3));
+        w.current().request_done(0, 404, 1, 2, &timings(3));
+        w.current().request_done(99, 200, 0, 0, &timings(3)); // out of range -> no route
+        w.current().gateway_error(None, 400, 5, 6);
+        w.current().upstream_connect_error(1);
+        w.current().upstream_timeout(1);
+        w.current().upstream_timeout(7); // out of range: ignored
+        w.current().upstream_acquired(0);
         w.conn_opened();
         w.conn_opened();
         w.conn_closed();
@@ -475,17 +570,89 @@ mod tests {
 
     #[test]
     fn reconfigure_resizes() {
-        let (sink, rx) = MetricsSink::test();
+        let (sink, _rx) = MetricsSink::test();
         let w = WorkerMetrics::new(0, Layout::synthetic(1, 1, 1), sink);
-        w.request_done(0, 200, 0, 0, &timings(2));
-        w.reconfigure(Layout::synthetic(5, 1, 3), &[]);
-        assert_eq!(rx.try_iter().count(), 1, "old layout flushed");
-        w.request_done(4, 200, 0, 0, &timings(2));
-        w.upstream_timeout(2);
+        w.current().request_done(0, 200, 0, 0, &timings(2));
+        w.reconfigure(Layout::synthetic(5, 1, 3));
+        w.current().request_done(4, 200, 0, 0, &timings(2));
+        w.current().upstream_timeout(2);
         let f = w.take(&[], false).unwrap_or_else(|| panic!("no flush"));
         assert_eq!(f.routes[0].route, Some(4));
         assert_eq!(f.targets.len(), 3);
         assert_eq!(f.targets[2].timeouts, 1);
+        // What the old layout counted before the switch goes out under the old layout, once.
+        assert_eq!(f.retired.len(), 1);
+        assert_eq!(f.retired[0].layout.routes.len(), 1);
+        assert_eq!(f.retired[0].routes[0].route, Some(0));
+        assert_eq!(w.retired_count(), 0, "nothing holds it: dropped");
+        let f = w.take(&[], false).unwrap_or_else(|| panic!("no flush"));
+        assert!(f.retired.is_empty());
+    }
+
+    #[test]
+    fn requests_in_flight_across_a_reload_record_into_their_generation() {
+        let (sink, _rx) = MetricsSink::test();
+        let old = Layout::synthetic(2, 1, 2);
+        let new = Layout::synthetic(3, 1, 2);
+        let w = WorkerMetrics::new(0, old.clone(), sink);
+        // A request starts under the old generation (its snapshot holds these slots) and takes a
+        // connection to target 1.
+        let held = w.current();
+        held.upstream_acquired(1);
+        w.reconfigure(new.clone());
+        // A new request on the new generation uses target 1 too.
+        let fresh = w.current();
+        assert!(Arc::ptr_eq(fresh.layout(), &new));
+        fresh.upstream_acquired(1);
+
+        let f = w.take(&[0, 7], false).unwrap_or_else(|| panic!("no flush"));
+        assert!(Arc::ptr_eq(&f.layout, &new));
+        assert_eq!((f.targets[1].active, f.targets[1].idle), (1, 7));
+        assert_eq!(f.retired.len(), 1, "held: reported under its own layout");
+        let r = &f.retired[0];
+        assert!(Arc::ptr_eq(&r.layout, &old));
+        assert_eq!((r.targets[1].active, r.targets[1].idle), (1, 0));
+        assert!(r.routes.is_empty());
+
+        // The old request ends: released and counted on its own generation's slots.
+        held.upstream_released(1);
+        held.request_done(1, 200, 3, 4, &timings(3));
+        drop(held);
+        let f = w.take(&[], false).unwrap_or_else(|| panic!("no flush"));
+        assert_eq!(
+            f.targets[1].active, 1,
+            "the new request's connection is untouched"
+        );
+        assert!(f.routes.is_empty(), "nothing counted on the new layout");
+        let r = &f.retired[0];
+        assert!(Arc::ptr_eq(&r.layout, &old));
+        assert_eq!(r.routes.len(), 1);
+        assert_eq!(r.routes[0].route, Some(1));
+        assert_eq!(r.routes[0].counts.codes[code_index(200)], 1);
+        assert_eq!(r.targets[1].active, 0);
+        assert_eq!(r.routes[0].total.as_ref().map(|h| h.len()), Some(1));
+        // That was its final flush: no one holds it any more.
+        assert_eq!(w.retired_count(), 0);
+        let f = w.take(&[], false).unwrap_or_else(|| panic!("no flush"));
+        assert!(f.retired.is_empty());
+        fresh.upstream_released(1);
+        let f = w.take(&[], false).unwrap_or_else(|| panic!("no flush"));
+        assert_eq!(f.targets[1].active, 0);
+    }
+
+    #[test]
+    fn idle_retired_generations_are_not_sent() {
+        let (sink, _rx) = MetricsSink::test();
+        let w = WorkerMetrics::new(0, Layout::synthetic(1, 1, 1), sink);
+        // An idle keep-alive connection still holds the old snapshot: nothing to report for it.
+        let held = w.current();
+        w.reconfigure(Layout::synthetic(1, 1, 1));
+        let f = w.take(&[], false).unwrap_or_else(|| panic!("no flush"));
+        assert!(f.retired.is_empty());
+        assert_eq!(w.retired_count(), 1);
+        drop(held);
+        let _ = w.take(&[], false);
+        assert_eq!(w.retired_count(), 0);
     }
 
     #[test]
