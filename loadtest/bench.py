@@ -1260,8 +1260,14 @@ def _bench(data, run_dir):
                            else f"{rec['rps']:9.0f} req/s" if "rps" in rec else "ERROR " + rec.get("error", "")[:200])
                         + (f"  errors={rec['error_count']}" if rec.get("error_count") else ""))
         if oha is not None:
+            # direct first (each round's reference), then the gateways in an order that rotates
+            # per round: the run right after the wrk matrix is the noisiest slot, and a fixed order
+            # gave it to the same gateway every round.
+            gws = [t for t in targets if t.name != "direct"]
+            k = (rnd - 1) % max(1, len(gws))
+            lat_order = [t for t in targets if t.name == "direct"] + gws[k:] + gws[:k]
             for size in CFG["lat_sizes"]:
-                for t in targets:
+                for t in lat_order:
                     if not t.alive():
                         continue
                     rec = oha_run(t, size, f"oha-r{rnd}-{t.name}-{size}", run_dir, oha, rnd)

@@ -142,7 +142,8 @@ def write_report(data, out_dir):
     else:
         w(f"Mode: **{mode}**. Rounds: {cfg['rounds']}, wrk duration {cfg['duration_s']:g} s per run, "
           f"concurrency {', '.join(map(str, cfg['conns']))}, sizes {', '.join('/' + s for s in cfg['sizes'])}; "
-          f"interleaved {' → '.join(present)} per cell and round. Elapsed {data.get('elapsed_s', '?')} s.")
+          f"interleaved {' → '.join(present)} per cell and round (latency runs: direct first, the gateways' "
+          f"order rotating per round). Elapsed {data.get('elapsed_s', '?')} s.")
         if cfg.get("scenarios"):
             w("")
             w(f"Scenarios: {', '.join(cfg['scenarios'])} (the *Scenarios* section, after the CPU table).")
