@@ -1261,8 +1261,8 @@ def _bench(data, run_dir):
                         + (f"  errors={rec['error_count']}" if rec.get("error_count") else ""))
         if oha is not None:
             # direct first (each round's reference), then the gateways in an order that rotates
-            # per round: the run right after the wrk matrix is the noisiest slot, and a fixed order
-            # gave it to the same gateway every round.
+            # per round, so position effects (right after direct, after the wrk matrix) do not
+            # always fall on the same gateway.
             gws = [t for t in targets if t.name != "direct"]
             k = (rnd - 1) % max(1, len(gws))
             lat_order = [t for t in targets if t.name == "direct"] + gws[k:] + gws[:k]
