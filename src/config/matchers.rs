@@ -8,7 +8,7 @@
 use regex::{Regex, RegexBuilder};
 
 use super::model::{PathMatch, ValueMatch};
-use super::net::is_path_char;
+use super::net::{is_path_char, unnormalized, Unnormalized, BAD_ESCAPE};
 
 /// Compiled-size limit per regex: generous for routing patterns, small enough to bound memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -71,18 +71,18 @@ pub fn path(s: &str) -> Result<PathMatch, String> {
             "{s:?}: {c:?} is not allowed in a path (no spaces, '?' or '#')"
         ));
     }
-    // A request path with an invalid escape is refused with 400, so a route written with one
-    // could never match.
-    if crate::router::normalize_path(p.as_bytes(), &mut Vec::new()).is_err() {
-        return Err(format!(
-            "{s:?} can never match: '%' must start an escape of two hex digits (write '%' itself as \"%25\")"
-        ));
-    }
-    // Request paths are normalized before matching, so these could never match.
-    if p.contains("//") || p.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(format!(
-            "{s:?} can never match: request paths are normalized (no '//', '.' or '..' segments)"
-        ));
+    // Request paths are normalized before matching (and refused with 400 on a bad escape), so a
+    // route path that is not normalized could never match.
+    match unnormalized(p) {
+        Some(Unnormalized::BadEscape) => {
+            return Err(format!("{s:?} can never match: {BAD_ESCAPE}"));
+        }
+        Some(Unnormalized::Segments) => {
+            return Err(format!(
+                "{s:?} can never match: request paths are normalized (no '//', '.' or '..' segments)"
+            ));
+        }
+        None => {}
     }
     if exact {
         return Ok(PathMatch::Exact(p.to_owned()));

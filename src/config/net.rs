@@ -204,17 +204,42 @@ pub fn clean_base_path(whole: &str, path: &str) -> Result<String, String> {
     let trimmed = path.trim_end_matches('/');
     // The base path is sent upstream as written, in front of the normalized request path: it must
     // be normalized too, or the upstream would resolve `..` (or refuse a bad escape) on its own.
-    if crate::router::normalize_path(path.as_bytes(), &mut Vec::new()).is_err() {
-        return Err(format!(
-            "{whole:?}: '%' must start an escape of two hex digits (write '%' itself as \"%25\")"
-        ));
+    if trimmed.is_empty() {
+        return Ok(String::new()); // "/" (or "///"): no base path
     }
-    if trimmed.contains("//") || trimmed.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err(format!(
+    match unnormalized(trimmed) {
+        Some(Unnormalized::BadEscape) => Err(format!("{whole:?}: {BAD_ESCAPE}")),
+        Some(Unnormalized::Segments) => Err(format!(
             "{whole:?}: the path must be normalized (no '//', '.' or '..' segments)"
-        ));
+        )),
+        None => Ok(trimmed.to_owned()),
     }
-    Ok(trimmed.to_owned())
+}
+
+/// How a configured path differs from the form request paths are normalized to (see
+/// `router::normalize_path`): such a route path could never match, and such a base path would be
+/// resolved differently by the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unnormalized {
+    /// A '%' that does not start an escape of two hex digits (requests with one get a 400).
+    BadEscape,
+    /// '//', '.' or '..' segments.
+    Segments,
+}
+
+/// The hint for [`Unnormalized::BadEscape`].
+pub const BAD_ESCAPE: &str =
+    "'%' must start an escape of two hex digits (write '%' itself as \"%25\")";
+
+/// `None` when `path` is already in normalized form.
+pub fn unnormalized(path: &str) -> Option<Unnormalized> {
+    if crate::router::normalize_path(path.as_bytes(), &mut Vec::new()).is_err() {
+        return Some(Unnormalized::BadEscape);
+    }
+    if path.contains("//") || path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Some(Unnormalized::Segments);
+    }
+    None
 }
 
 /// Characters allowed in configured paths: visible ASCII except the query and fragment markers.
