@@ -80,8 +80,13 @@ fn push_segment(segment: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), Nor
     // servlet containers, which drop path parameters before resolving dot segments; it is one here
     // too, or `/public/..;/admin` would be routed as `/public` and served as `/admin`.
     let decoded = out.get(start..).unwrap_or_default();
-    let bare =
-        memchr::memchr(b';', decoded).map_or(decoded, |i| decoded.get(..i).unwrap_or_default());
+    // Only a segment starting with '.' can be a dot segment: the others skip the search for ';'.
+    let bare = match decoded.first() {
+        Some(b'.') => {
+            memchr::memchr(b';', decoded).map_or(decoded, |i| decoded.get(..i).unwrap_or_default())
+        }
+        _ => decoded,
+    };
     match bare {
         // An empty segment is a duplicate or trailing slash: `out` already ends with '/'. (`;x`
         // alone is not empty: its bare part is, but the segment is kept as written.)
