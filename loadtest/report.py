@@ -293,6 +293,7 @@ def write_report(data, out_dir):
         w("Achieved req/s below the target rate means the generator could not keep the rate "
           "(latency correction then charges the delay to the responses).")
         w("")
+        paired_latency(lat, cfg, w)
 
     # ---- HDR plots
     w("## HDR percentile plot")
@@ -433,6 +434,42 @@ def paired_ratio(runs, a, b, key):
             by.setdefault((r["scenario"], r.get("round")), r[key])
     rs = [by[(a, rnd)] / by[(b, rnd)] for (s, rnd) in list(by) if s == a and (b, rnd) in by and by[(b, rnd)]]
     return (statistics.median(rs), rs) if rs else (None, [])
+
+
+def paired_latency(lat, cfg, w):
+    """ringgate vs nginx, paired within each round: run-to-run drift on this machine (direct's own p99
+    moves by 100+ us between rounds) is larger than the gap being judged, and a difference of medians
+    taken over different rounds mixes that drift in. Each round's two runs are minutes apart at
+    most, so their difference is the steadier estimate."""
+    rows = []
+    for size in cfg["lat_sizes"]:
+        by = {}
+        for r in lat:
+            if r["size"] == size and r["target"] in ("ringgate", "nginx"):
+                by.setdefault(r.get("round"), {})[r["target"]] = r["dist_ms"]
+        pairs = [v for v in by.values() if "ringgate" in v and "nginx" in v]
+        if not pairs:
+            continue
+        cells = []
+        for k in ("50", "99"):
+            d = [p["ringgate"].get(k) - p["nginx"].get(k) for p in pairs
+                 if p["ringgate"].get(k) is not None and p["nginx"].get(k) is not None]
+            if not d:
+                cells.append("n/a")
+                continue
+            ahead = sum(1 for x in d if x <= 0)
+            cells.append(f"{med(d):+.3f} [{min(d):+.3f} to {max(d):+.3f}], ringgate ahead or level in {ahead} of {len(d)}")
+        rows.append(f"| /{size} | " + " | ".join(cells) + " |")
+    if not rows:
+        return
+    w("Paired per round (ringgate − nginx in the same round, ms; negative = ringgate faster; median "
+      "[min to max]):")
+    w("")
+    w("| size | p50 | p99 |")
+    w("|---|---|---|")
+    for row in rows:
+        w(row)
+    w("")
 
 
 def scenario_section(data, w):
