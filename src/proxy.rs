@@ -39,6 +39,7 @@ use crate::metrics::Timings;
 use crate::router::normalize::{normalize_path, upstream_path};
 use crate::router::RequestView;
 use crate::upstream::conn::UpstreamConn;
+use crate::upstream::health::Who;
 use crate::worker::{Shard, Snapshot};
 use head::{ClientFraming, Forwarded};
 
@@ -207,6 +208,11 @@ struct Conn<S> {
     bytes_in: u64,
     bytes_out: u64,
     route: Option<usize>,
+    /// The current upstream attempt failed on the upstream's side (timeout, malformed or cut-short
+    /// response, write error): counted against the target by passive health.
+    upstream_fault: bool,
+    /// The status of the current attempt's response head (0 until one arrived).
+    upstream_status: u16,
 }
 
 /// A connection's place in its shard. Dropping it keeps `Shard::active` and the idle registry
@@ -327,6 +333,8 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         bytes_in: 0,
         bytes_out: 0,
         route: None,
+        upstream_fault: false,
+        upstream_status: 0,
     };
     loop {
         let next = conn.request(shard).await;
@@ -640,10 +648,20 @@ impl<S: ClientIo> Conn<S> {
             let flat = snap.flat_target(svc.upstream, target);
             // Up and down on the same generation's slot, whatever reload happens in between.
             snap.metrics.upstream_acquired(flat);
+            self.upstream_fault = false;
+            self.upstream_status = 0;
             let outcome = self
                 .exchange(shard, p, route, svc, upstream, target, reused)
                 .await;
             snap.metrics.upstream_released(flat);
+            // Passive health: a failure on the upstream's side counts against the target, an answer
+            // (unless its status is configured as a failure) for it. A stale pooled connection
+            // (retried) and a client that went away count for neither.
+            if self.upstream_fault {
+                upstream_failed(shard, &snap, svc.upstream, target);
+            } else if self.upstream_status != 0 {
+                upstream_answered(shard, &snap, svc.upstream, target, self.upstream_status);
+            }
             match outcome {
                 Exchange::Done(next) => return next,
                 Exchange::RetryFresh if pinned.is_none() && p.replayable => pinned = Some(target),
@@ -748,6 +766,7 @@ impl<S: ClientIo> Conn<S> {
                         let status = self.s.resp.status;
                         if status == 101 {
                             self.status = 101;
+                            self.upstream_status = 101;
                             return self.upgrade(shard, p, upstream).await;
                         }
                         if (100..200).contains(&status) {
@@ -759,6 +778,7 @@ impl<S: ClientIo> Conn<S> {
                         }
                         self.t.upstream_head_in = self.stamp();
                         self.status = status;
+                        self.upstream_status = status;
                         break;
                     }
                     Ok(Parsed::Partial) => {}
@@ -925,6 +945,14 @@ impl<S: ClientIo> Conn<S> {
     /// Answers with a gateway error and decides whether the connection survives it: not if the
     /// answer did not go out whole, since the client would read the next response after a torn one.
     async fn fail(&mut self, shard: &Shard, e: GatewayError, client_close: bool) -> Next {
+        if matches!(
+            e,
+            GatewayError::BadResponse
+                | GatewayError::UpstreamTimeout
+                | GatewayError::UpstreamConnect
+        ) {
+            self.upstream_fault = true;
+        }
         let close = self.closing(shard, client_close) || e.closes_connection();
         if self.reply_error(e, close).await && !close {
             Next::KeepAlive
@@ -996,10 +1024,28 @@ async fn connect(
         .get(svc.upstream)
         .ok_or(GatewayError::ServiceUnavailable)?;
     let n = ups.targets.len();
+    let health = &shard.health;
+    // The clock is read only when health checking skips some target on this worker.
+    let mut now: Option<Instant> = None;
+    let mut usable = |t: usize| {
+        health.all_usable()
+            || health.usable(
+                snap.health_slot(svc.upstream, t),
+                *now.get_or_insert_with(Instant::now),
+            )
+    };
     let first = match pinned {
         Some(t) => t,
         None => match snap.balancers.get(svc.upstream) {
-            Some(b) => b.borrow_mut().pick(),
+            Some(b) => {
+                let mut b = b.borrow_mut();
+                if health.all_usable() {
+                    b.pick()
+                } else {
+                    // Every target out: fail open (nginx, Envoy's panic mode) rather than refuse.
+                    b.pick_where(&mut usable).unwrap_or_else(|| b.pick())
+                }
+            }
             None => 0,
         },
     };
@@ -1007,6 +1053,11 @@ async fn connect(
     let mut timed_out = false;
     for k in 0..tries {
         let t = (first + k) % n.max(1);
+        // Failover skips targets health checking took out: with all of them out, only the first
+        // choice is tried, so a request costs one connect timeout, not one per target.
+        if k > 0 && !usable(t) {
+            continue;
+        }
         let Some(tdef) = ups.targets.get(t) else {
             continue;
         };
@@ -1025,6 +1076,9 @@ async fn connect(
             Ok(Ok(_)) => {}
             Ok(Err(_)) => snap.metrics.upstream_connect_error(flat),
             Err(_) => snap.metrics.upstream_timeout(flat),
+        }
+        if !matches!(attempt, Ok(Ok(_))) {
+            upstream_failed(shard, snap, svc.upstream, t);
         }
         match attempt {
             Ok(Ok(stream)) => return Ok((stream, t, false)),
@@ -1049,6 +1103,51 @@ async fn connect(
     } else {
         GatewayError::UpstreamConnect
     })
+}
+
+/// Passive health: a request to target `t` of upstream `u` failed on the upstream's side. Off the
+/// fast path (reads the clock; logs and counts an ejection).
+fn upstream_failed(shard: &Shard, snap: &Snapshot, u: usize, t: usize) {
+    let Some(ups) = snap.config.upstreams.get(u) else {
+        return;
+    };
+    let Some(tdef) = ups.targets.get(t) else {
+        return;
+    };
+    let who = Who {
+        upstream: &ups.name,
+        target: &tdef.name,
+        worker: shard.worker(),
+    };
+    let slot = snap.health_slot(u, t);
+    if shard
+        .health
+        .failure(slot, &ups.health.passive, Instant::now(), who)
+    {
+        snap.metrics.upstream_ejected(snap.flat_target(u, t));
+    }
+}
+
+/// Passive health: target `t` of upstream `u` answered with `status`. When nothing is failing this
+/// is a bitmap test and one compare (`HealthTable::success`).
+#[inline]
+fn upstream_answered(shard: &Shard, snap: &Snapshot, u: usize, t: usize, status: u16) {
+    let Some(ups) = snap.config.upstreams.get(u) else {
+        return;
+    };
+    if ups.health.passive.http_statuses.contains(status) {
+        upstream_failed(shard, snap, u, t);
+        return;
+    }
+    let Some(tdef) = ups.targets.get(t) else {
+        return;
+    };
+    let who = Who {
+        upstream: &ups.name,
+        target: &tdef.name,
+        worker: shard.worker(),
+    };
+    shard.health.success(snap.health_slot(u, t), who);
 }
 
 enum ConnectError {

@@ -22,6 +22,7 @@ use crate::metrics::hub::{Hub, MetricsHandle};
 use crate::plugins;
 use crate::router::Router;
 use crate::tls::TlsContext;
+use crate::upstream::probe::Prober;
 use crate::worker::{self, Compiled, Control, WorkerSpec};
 use crate::{error, info, warn};
 
@@ -88,9 +89,12 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
     let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<(usize, u64)>();
     let mut reload_txs = Vec::with_capacity(workers);
+    let mut health_txs = Vec::with_capacity(workers);
     for (index, listeners) in listeners.into_iter().enumerate() {
         let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
         reload_txs.push(reload_tx);
+        let (health_tx, health_rx) = crossbeam_channel::unbounded();
+        health_txs.push(health_tx);
         let spec = WorkerSpec {
             index,
             cpu: if cpus.is_empty() {
@@ -104,6 +108,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             metrics: metrics.sink(),
             reloads: reload_rx,
             acks: ack_tx.clone(),
+            health_events: health_rx,
             use_uring,
         };
         let done = done_tx.clone();
@@ -118,6 +123,14 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             return 1;
         }
     }
+    // Active health checks: one thread for the process; verdicts reach workers over `health_txs`.
+    let prober = match Prober::start(compiled.config.clone(), health_txs) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("health prober spawn failed error=\"{e}\"");
+            return 1;
+        }
+    };
     // Handlers go in before `ready` is announced: a SIGHUP arriving earlier would otherwise take the
     // default action and terminate the process.
     let signals = match signal_hook::iterator::Signals::new([
@@ -147,6 +160,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         control: control.clone(),
         running: Running::of(&compiled.config),
         admin: admin_settings.clone(),
+        prober,
         state: Mutex::new(ReloadState {
             current: compiled.clone(),
             limiter,
@@ -264,6 +278,8 @@ pub struct Reloader {
     running: Running,
     /// The running admin listener's reloadable settings (`None`: no admin listener).
     admin: Option<Arc<AdminSettings>>,
+    /// Active health checks: told about every committed generation (targets added or removed).
+    prober: Prober,
     state: Mutex<ReloadState>,
 }
 
@@ -413,6 +429,7 @@ impl Reloader {
         if let (Some(settings), Some(def)) = (&self.admin, &compiled.config.admin) {
             settings.apply(def);
         }
+        self.prober.update(compiled.config.clone());
         state.current = compiled;
         let deadline = Instant::now() + RELOAD_ACK_TIMEOUT;
         // Draining workers take no new generation: stop waiting as soon as the drain begins.

@@ -34,7 +34,9 @@ use crate::proxy::Scratch;
 use crate::router::Router;
 use crate::tls::TlsContext;
 use crate::upstream::balancer::Swrr;
+use crate::upstream::health::HealthTable;
 use crate::upstream::pool::Pool;
+use crate::upstream::probe::HealthEvent;
 
 /// Flags the main thread sets and workers poll (every `CONTROL_TICK`), never on the request path.
 #[derive(Default)]
@@ -95,6 +97,9 @@ pub struct Snapshot {
     /// `slots[target_base[u] + t]` is the pool slot of target `t` of upstream `u`.
     pub target_base: Vec<usize>,
     pub slots: Vec<usize>,
+    /// `health_slots[target_base[u] + t]` is the `Shard::health` slot of target `t` of upstream
+    /// `u` (by target identity, so health survives reloads that move targets around).
+    pub health_slots: Vec<usize>,
     /// This generation's metric slots: requests record here, by this generation's route and target
     /// indices, even if they end after a reload (the worker flushes it under its own layout).
     pub metrics: Rc<GenMetrics>,
@@ -107,6 +112,7 @@ impl Snapshot {
     fn new(
         compiled: &Compiled,
         pool: &Pool,
+        health: &HealthTable,
         worker: usize,
         prev: Option<&Snapshot>,
         metrics: Rc<GenMetrics>,
@@ -127,6 +133,15 @@ impl Snapshot {
                 }
             }));
         }
+        let health_slots = config
+            .upstreams
+            .iter()
+            .flat_map(|u| {
+                u.targets
+                    .iter()
+                    .map(|t| health.slot_for((u.name.clone(), t.name.clone(), t.addr)))
+            })
+            .collect();
         let balancers = config
             .upstreams
             .iter()
@@ -164,6 +179,7 @@ impl Snapshot {
             balancers,
             target_base,
             slots,
+            health_slots,
             metrics,
         }
     }
@@ -177,6 +193,17 @@ impl Snapshot {
     pub fn slot(&self, u: usize, t: usize) -> Option<usize> {
         let base = self.target_base.get(u)?;
         self.slots.get(base + t).copied()
+    }
+
+    /// `Shard::health` slot of target `t` of upstream `u` (`usize::MAX`, which no slot has, if out
+    /// of range).
+    #[inline]
+    pub fn health_slot(&self, u: usize, t: usize) -> usize {
+        self.target_base
+            .get(u)
+            .and_then(|b| self.health_slots.get(b + t))
+            .copied()
+            .unwrap_or(usize::MAX)
     }
 }
 
@@ -204,6 +231,8 @@ pub struct Shard {
     pub consumer_counts: ConsumerCounts,
     consumer_board: Arc<ConsumerBoard>,
     pub pool: Pool,
+    /// Target health on this worker (passive ejections, active verdicts), by target identity.
+    pub health: HealthTable,
     /// Set once SIGTERM/SIGINT arrived: finish in-flight requests, close idle connections.
     pub draining: Cell<bool>,
     /// Open client connections.
@@ -228,7 +257,8 @@ impl Shard {
         let pool_def = compiled.config.server.pool;
         let pool = Pool::new(pool_def.max_idle, pool_def.idle_timeout);
         let metrics = WorkerMetrics::new(worker, compiled.layout.clone(), sink);
-        let snapshot = Snapshot::new(compiled, &pool, worker, None, metrics.current());
+        let health = HealthTable::default();
+        let snapshot = Snapshot::new(compiled, &pool, &health, worker, None, metrics.current());
         Shard {
             worker,
             current: RefCell::new(Rc::new(snapshot)),
@@ -236,6 +266,7 @@ impl Shard {
             consumer_counts: ConsumerCounts::new(compiled.consumer_board.slots()),
             consumer_board: compiled.consumer_board.clone(),
             pool,
+            health,
             draining: Cell::new(false),
             active: Cell::new(0),
             idle: IdleRegistry::default(),
@@ -245,6 +276,17 @@ impl Shard {
             bufs_low: Cell::new(0),
             scratch_low: Cell::new(0),
         }
+    }
+
+    /// This worker's index (for log lines).
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Per target of the current generation (flat config order): whether this worker skips it.
+    fn skipped_by_target(&self) -> Vec<bool> {
+        self.health
+            .skipped_flags(&self.snapshot().health_slots, Instant::now())
     }
 
     /// The current config generation (an `Rc` clone: no atomics).
@@ -264,6 +306,7 @@ impl Shard {
         let snapshot = Snapshot::new(
             compiled,
             &self.pool,
+            &self.health,
             self.worker,
             Some(&prev),
             self.metrics.current(),
@@ -454,6 +497,8 @@ pub struct WorkerSpec {
     /// New config generations; each is acknowledged on `acks` with (worker index, generation).
     pub reloads: crossbeam_channel::Receiver<Arc<Compiled>>,
     pub acks: crossbeam_channel::Sender<(usize, u64)>,
+    /// Active health-check transitions from the prober thread.
+    pub health_events: crossbeam_channel::Receiver<HealthEvent>,
     pub use_uring: bool,
 }
 
@@ -577,9 +622,15 @@ async fn control_loop(
         if ticks % TRIM_TICKS == 0 {
             shard.trim_pools();
         }
+        // Active-check verdicts (rare: transitions only), then ejections whose cooldown is over.
+        while let Ok(ev) = spec.health_events.try_recv() {
+            shard.health.set_active(ev.key, ev.healthy);
+        }
+        shard.health.sweep(Instant::now());
         let flush_every = shard.snapshot().config.metrics.flush_interval.as_millis()
             / CONTROL_TICK.as_millis().max(1);
         if ticks % (flush_every.max(1) as u64) == 0 {
+            shard.metrics.set_skipped(shard.skipped_by_target());
             shard.metrics.flush(&shard.idle_by_target());
             let snap = shard.snapshot();
             if let Some(limiters) = &snap.limiters {

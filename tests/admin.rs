@@ -256,7 +256,7 @@ fn endpoints() {
         "\"routes\":[{\"name\":\"users\",\"service\":\"api\"},{\"name\":\"orders\",\"service\":\"api\"}]"
     ));
     assert!(
-        st.body.contains("{\"name\":\"backend\",\"targets\":[{\"target\":\"127.0.0.1:9001\",\"idle\":4,\"active\":0}"),
+        st.body.contains("{\"name\":\"backend\",\"targets\":[{\"target\":\"127.0.0.1:9001\",\"idle\":4,\"active\":0,\"healthy\":true,\"unhealthy_workers\":0}"),
         "{}",
         st.body
     );

@@ -177,6 +177,7 @@ paths = ["/api"]
     // Metrics are recorded on the request path as in production; the flushes are simply not read.
     let (sink, _flushes) = MetricsSink::test();
     let (acks, _ack_rx) = crossbeam_channel::unbounded();
+    let (_health_tx, health_events) = crossbeam_channel::unbounded();
     let spec = WorkerSpec {
         index: 0,
         cpu: None,
@@ -202,6 +203,7 @@ paths = ["/api"]
         metrics: sink,
         reloads,
         acks,
+        health_events,
         use_uring: monoio::utils::detect_uring(),
     };
     let worker = std::thread::spawn(move || {

@@ -831,3 +831,116 @@ fn non_utf8_file_is_located() {
     assert!(e.message.contains("not valid UTF-8"), "{e}");
     assert!(e.message.contains("0xe9"), "{e}");
 }
+
+/// `BASE` with `[upstreams.health.*]` lines after the upstream's targets (line 6): the table header
+/// is line 7, its first key line 8.
+fn with_health(table: &str, body: &str) -> String {
+    base_with(
+        "targets = [{ target = \"127.0.0.1:9001\" }]\n",
+        &format!(
+            "targets = [{{ target = \"127.0.0.1:9001\" }}]\n[upstreams.health.{table}]\n{body}\n"
+        ),
+    )
+}
+
+#[test]
+fn health_settings_are_valid_and_defaulted() {
+    let cfg = load_str(
+        &with_health(
+            "active",
+            "path = \"/healthz\"\ninterval = \"250ms\"\nhealthy_statuses = [200, 204]\nhost = \"api.local\"",
+        ),
+        "test.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let h = &cfg.upstreams[0].health;
+    assert_eq!(h.passive.max_fails, 3, "passive health is on by default");
+    assert_eq!(h.passive.fail_timeout, std::time::Duration::from_secs(10));
+    let a = h.active.as_ref().expect("active");
+    assert_eq!(a.path, "/healthz");
+    assert_eq!(a.interval, std::time::Duration::from_millis(250));
+    assert_eq!((a.healthy_threshold, a.unhealthy_threshold), (2, 3));
+    assert!(a.healthy_statuses.contains(204) && !a.healthy_statuses.contains(301));
+    let plain = load_str(BASE, "test.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(
+        plain.upstreams[0].health.active.is_none(),
+        "active is opt-in"
+    );
+}
+
+#[test]
+fn health_max_fails_out_of_range() {
+    expect_one(
+        &with_health("passive", "max_fails = 1001"),
+        8,
+        13,
+        "upstreams[0].health.passive.max_fails",
+        "max_fails must be 0..=1000, got 1001",
+    );
+}
+
+#[test]
+fn health_unknown_key_has_a_hint() {
+    expect_one(
+        &with_health("passive", "max_fail = 3"),
+        8,
+        1,
+        "upstreams[0].health.passive.max_fail",
+        "unknown field `max_fail` (did you mean `max_fails`?)",
+    );
+}
+
+#[test]
+fn health_zero_fail_timeout() {
+    expect_one(
+        &with_health("passive", "fail_timeout = \"0s\""),
+        8,
+        16,
+        "upstreams[0].health.passive.fail_timeout",
+        "must be greater than zero",
+    );
+}
+
+#[test]
+fn health_bad_status_is_located_at_its_index() {
+    expect_one(
+        &with_health("passive", "http_statuses = [502, 700]"),
+        8,
+        23,
+        "upstreams[0].health.passive.http_statuses[1]",
+        "a status must be 100..=599, got 700",
+    );
+}
+
+#[test]
+fn health_active_needs_a_path() {
+    expect_one(
+        &with_health("active", "interval = \"1s\""),
+        7,
+        1,
+        "upstreams[0].health.active",
+        "active health checks need a `path`",
+    );
+}
+
+#[test]
+fn health_active_path_must_start_with_a_slash() {
+    expect_one(
+        &with_health("active", "path = \"healthz\""),
+        8,
+        8,
+        "upstreams[0].health.active.path",
+        "it must start with '/'",
+    );
+}
+
+#[test]
+fn health_active_threshold_zero() {
+    expect_one(
+        &with_health("active", "path = \"/h\"\nunhealthy_threshold = 0"),
+        9,
+        23,
+        "upstreams[0].health.active.unhealthy_threshold",
+        "unhealthy_threshold must be 1..=100, got 0",
+    );
+}

@@ -137,6 +137,97 @@ pub struct UpstreamDef {
     pub host_header: Option<String>,
     /// `Some` for https upstreams (`tls = true`, or an `https://` service url).
     pub tls: Option<UpstreamTls>,
+    /// Passive (circuit breaking) and active health checking of the targets.
+    pub health: HealthDef,
+}
+
+/// `[upstreams.health]`: how a target is judged healthy (see `upstream::health` and `upstream::probe`).
+#[derive(Debug, Clone, Default)]
+pub struct HealthDef {
+    pub passive: PassiveDef,
+    /// `None` = no active checks (the default).
+    pub active: Option<ActiveDef>,
+}
+
+/// `[upstreams.health.passive]`: eject a target after consecutive failed requests.
+#[derive(Debug, Clone)]
+pub struct PassiveDef {
+    /// Consecutive failures that eject a target; 0 = passive health off.
+    pub max_fails: u32,
+    /// How long an ejected target is skipped (doubling on each re-ejection, up to 8x).
+    pub fail_timeout: Duration,
+    /// Response statuses that count as failures (none by default).
+    pub http_statuses: StatusSet,
+}
+
+impl Default for PassiveDef {
+    fn default() -> PassiveDef {
+        PassiveDef {
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
+            http_statuses: StatusSet::default(),
+        }
+    }
+}
+
+/// `[upstreams.health.active]`: periodic probes from the prober thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveDef {
+    /// Request path of the probe (`GET path HTTP/1.1`), starting with '/'.
+    pub path: String,
+    pub interval: Duration,
+    /// Connect + request + response head, end to end.
+    pub timeout: Duration,
+    /// Consecutive passing probes that bring an unhealthy target back.
+    pub healthy_threshold: u32,
+    /// Consecutive failing probes that take a healthy target out.
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass (default 200..=399).
+    pub healthy_statuses: StatusSet,
+    /// Host header of the probe; `None` = the upstream's `host_header`, else the target's name.
+    pub host: Option<String>,
+}
+
+/// A set of HTTP status codes (100..=599) as a bitmap: membership is a shift and a mask, with no
+/// allocation, so checking a response status on the request path costs a couple of instructions.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusSet([u64; 10]);
+
+impl StatusSet {
+    /// Every status in `lo..=hi` (clamped to 0..=639).
+    pub fn range(lo: u16, hi: u16) -> StatusSet {
+        let mut s = StatusSet::default();
+        for code in lo..=hi.min(639) {
+            s.insert(code);
+        }
+        s
+    }
+
+    pub fn insert(&mut self, code: u16) {
+        if let Some(w) = self.0.get_mut(usize::from(code / 64)) {
+            *w |= 1 << (code % 64);
+        }
+    }
+
+    #[inline]
+    pub fn contains(&self, code: u16) -> bool {
+        self.0
+            .get(usize::from(code / 64))
+            .is_some_and(|w| w & (1 << (code % 64)) != 0)
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+}
+
+impl std::fmt::Debug for StatusSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries((0..640u16).filter(|&c| self.contains(c)))
+            .finish()
+    }
 }
 
 /// How to speak TLS to an upstream's targets.

@@ -68,6 +68,43 @@ pub struct RawUpstream {
     pub tls: Option<bool>,
     pub ca_file: Option<String>,
     pub tls_server_name: Option<String>,
+    pub health: Option<RawHealth>,
+}
+
+/// `[upstreams.health]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with `passive` and/or `active` ([upstreams.health])"
+)]
+pub struct RawHealth {
+    pub passive: Option<RawPassive>,
+    pub active: Option<RawActive>,
+}
+
+/// `[upstreams.health.passive]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table ([upstreams.health.passive])"
+)]
+pub struct RawPassive {
+    pub max_fails: Option<Int>,
+    pub fail_timeout: Option<Dur>,
+    pub http_statuses: Option<Vec<Int>>,
+}
+
+/// `[upstreams.health.active]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([upstreams.health.active])")]
+pub struct RawActive {
+    pub path: Option<String>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub healthy_threshold: Option<Int>,
+    pub unhealthy_threshold: Option<Int>,
+    pub healthy_statuses: Option<Vec<Int>>,
+    pub host: Option<String>,
 }
 
 /// One `{ target = "host:port", weight = 100 }`.

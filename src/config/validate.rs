@@ -8,6 +8,7 @@
 mod auth;
 mod consumers;
 mod entities;
+mod health;
 mod observe;
 mod plugins;
 mod routes;

@@ -106,6 +106,7 @@ struct TargetAgg {
     labels: String,
     connect_errors: u64,
     timeouts: u64,
+    ejections: u64,
 }
 
 #[derive(Default)]
@@ -115,6 +116,9 @@ struct WorkerAgg {
     conns_open: u64,
     /// (idle, active) per aggregated target index.
     pool: Vec<(u64, u64)>,
+    /// Per aggregated target index: `None` when the worker's current generation does not have the
+    /// target, else whether the worker skips it (ejected or failing its active check).
+    skipped: Vec<Option<bool>>,
 }
 
 /// A layout's indices translated to aggregate indices.
@@ -141,6 +145,9 @@ pub const BUILTIN: &[&str] = &[
     "ringgate_upstream_connections",
     "ringgate_upstream_connect_errors_total",
     "ringgate_upstream_timeouts_total",
+    "ringgate_upstream_target_healthy",
+    "ringgate_upstream_target_unhealthy_workers",
+    "ringgate_upstream_ejections_total",
     "ringgate_config_generation",
     "ringgate_config_loaded_timestamp_seconds",
     "ringgate_config_reloads_total",
@@ -272,6 +279,7 @@ impl Aggregate {
                     labels: prom::label_pairs(&[("upstream", &t.upstream), ("target", &t.target)]),
                     connect_errors: 0,
                     timeouts: 0,
+                    ejections: 0,
                 });
                 let i = self.targets.len() - 1;
                 self.target_index.insert(key, i);
@@ -307,16 +315,32 @@ impl Aggregate {
             // A retired generation left out of this flush has nothing in use any more: its
             // connections stop counting here, like those of targets a reload removed.
             w.pool.clear();
+            w.skipped.clear();
         }
         let layout = f.layout.clone();
-        self.apply_gen(f.worker, &layout, &mut f.routes, &f.targets, &f.recycle);
+        self.apply_gen(
+            f.worker,
+            &layout,
+            &mut f.routes,
+            &f.targets,
+            &f.recycle,
+            true,
+        );
         for g in &mut f.retired {
-            self.apply_gen(f.worker, &g.layout, &mut g.routes, &g.targets, &f.recycle);
+            self.apply_gen(
+                f.worker,
+                &g.layout,
+                &mut g.routes,
+                &g.targets,
+                &f.recycle,
+                false,
+            );
         }
         self.conns_accepted = self.conns_accepted.saturating_add(f.conns_accepted);
     }
 
-    /// Adds one generation's deltas, and its gauges to `worker`'s.
+    /// Adds one generation's deltas, and its gauges to `worker`'s (health gauges only from the
+    /// worker's `current` generation).
     fn apply_gen(
         &mut self,
         worker: usize,
@@ -324,6 +348,7 @@ impl Aggregate {
         routes: &mut [RouteDelta],
         targets: &[TargetDelta],
         recycle: &Sender<Hdr>,
+        current: bool,
     ) {
         let m = self.map_index(layout);
         let Some(map) = self.maps.get(m) else {
@@ -366,6 +391,9 @@ impl Aggregate {
         if w.pool.len() < ntargets {
             w.pool.resize(ntargets, (0, 0));
         }
+        if current && w.skipped.len() < ntargets {
+            w.skipped.resize(ntargets, None);
+        }
         for (i, t) in targets.iter().enumerate() {
             let Some(&ti) = map.targets.get(i) else {
                 continue;
@@ -374,9 +402,15 @@ impl Aggregate {
                 g.0 = g.0.saturating_add(t.idle);
                 g.1 = g.1.saturating_add(t.active);
             }
+            if current {
+                if let Some(s) = w.skipped.get_mut(ti) {
+                    *s = Some(t.skipped);
+                }
+            }
             if let Some(agg) = self.targets.get_mut(ti) {
                 agg.connect_errors = agg.connect_errors.saturating_add(t.connect_errors);
                 agg.timeouts = agg.timeouts.saturating_add(t.timeouts);
+                agg.ejections = agg.ejections.saturating_add(t.ejections);
             }
         }
     }
@@ -499,6 +533,14 @@ impl Aggregate {
             push_u64(&mut o, idle);
             o.push_str(",\"active\":");
             push_u64(&mut o, active);
+            let (healthy, skipping) = current
+                .and_then(|m| m.targets.get(li))
+                .and_then(|&ti| self.health_gauges(ti))
+                .unwrap_or((true, 0));
+            o.push_str(",\"healthy\":");
+            o.push_str(if healthy { "true" } else { "false" });
+            o.push_str(",\"unhealthy_workers\":");
+            push_u64(&mut o, skipping);
             o.push('}');
         }
         if open_upstream.is_some() {
@@ -506,6 +548,24 @@ impl Aggregate {
         }
         o.push_str("]}\n");
         o
+    }
+
+    /// (healthy, workers skipping it) of an aggregated target: healthy unless every running worker
+    /// that has the target in its current generation skips it (requests then only reach it because
+    /// health checking fails open). `None` when no running worker has it.
+    fn health_gauges(&self, target: usize) -> Option<(bool, u64)> {
+        let (mut have, mut skipping) = (0u64, 0u64);
+        for w in self.workers.iter().filter(|w| !w.stopped) {
+            match w.skipped.get(target).copied().flatten() {
+                Some(true) => {
+                    have += 1;
+                    skipping += 1;
+                }
+                Some(false) => have += 1,
+                None => {}
+            }
+        }
+        (have > 0).then_some((skipping < have, skipping))
     }
 
     /// (idle, active) summed over workers.
@@ -647,6 +707,52 @@ impl Aggregate {
                 &t.labels,
                 t.timeouts,
             );
+        }
+
+        const HEALTHY: &str = "ringgate_upstream_target_healthy";
+        header(
+            out,
+            HEALTHY,
+            "1 unless every worker skips the target (passively ejected or failing its active health check).",
+            "gauge",
+        );
+        let health: Vec<(usize, bool, u64)> = self
+            .maps
+            .iter()
+            .find(|m| Arc::ptr_eq(&m.layout, &self.layout))
+            .map(|m| {
+                m.targets
+                    .iter()
+                    .filter_map(|&ti| self.health_gauges(ti).map(|(h, n)| (ti, h, n)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for &(ti, healthy, _) in &health {
+            if let Some(t) = self.targets.get(ti) {
+                line_u64(out, HEALTHY, &t.labels, u64::from(healthy));
+            }
+        }
+        const UNHEALTHY: &str = "ringgate_upstream_target_unhealthy_workers";
+        header(
+            out,
+            UNHEALTHY,
+            "Workers that currently skip the target (each worker judges health on its own).",
+            "gauge",
+        );
+        for &(ti, _, n) in &health {
+            if let Some(t) = self.targets.get(ti) {
+                line_u64(out, UNHEALTHY, &t.labels, n);
+            }
+        }
+        const EJECTIONS: &str = "ringgate_upstream_ejections_total";
+        header(
+            out,
+            EJECTIONS,
+            "Passive health ejections per upstream target, summed over workers.",
+            "counter",
+        );
+        for t in &self.targets {
+            line_u64(out, EJECTIONS, &t.labels, t.ejections);
         }
 
         header(

@@ -480,16 +480,46 @@ fn status_lists_pools() {
     agg.set_layout(layout.clone());
     let w = WorkerMetrics::new(0, layout, MetricsSink::test().0);
     w.current().upstream_acquired(2);
+    w.set_skipped(vec![false, true, false]);
     agg.apply(w.take(&[1, 2, 3], false).unwrap_or_else(|| panic!("flush")));
     let s = agg.status_json(Instant::now());
     assert!(
         s.contains(
-            "\"upstreams\":[{\"name\":\"a\",\"targets\":[{\"target\":\"1:1\",\"idle\":1,\"active\":0},\
-             {\"target\":\"2:2\",\"idle\":2,\"active\":0}]},{\"name\":\"b\",\"targets\":[{\"target\":\"3:3\",\"idle\":3,\"active\":1}]}]}"
+            "\"upstreams\":[{\"name\":\"a\",\"targets\":[{\"target\":\"1:1\",\"idle\":1,\"active\":0,\"healthy\":true,\"unhealthy_workers\":0},\
+             {\"target\":\"2:2\",\"idle\":2,\"active\":0,\"healthy\":false,\"unhealthy_workers\":1}]},\
+             {\"name\":\"b\",\"targets\":[{\"target\":\"3:3\",\"idle\":3,\"active\":1,\"healthy\":true,\"unhealthy_workers\":0}]}]}"
         ),
         "{s}"
     );
     assert!(s.contains("\"workers\":[{\"index\":0,\"serving\":true,"));
+}
+
+#[test]
+fn target_health_is_healthy_unless_every_worker_skips_it() {
+    let layout = ab_layout(1, false);
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_layout(layout.clone());
+    let w0 = WorkerMetrics::new(0, layout.clone(), MetricsSink::test().0);
+    let w1 = WorkerMetrics::new(1, layout, MetricsSink::test().0);
+    w0.set_skipped(vec![true, true]);
+    w1.set_skipped(vec![false, true]);
+    w0.current().upstream_ejected(0);
+    w0.current().upstream_ejected(1);
+    w1.current().upstream_ejected(1);
+    agg.apply(w0.take(&[], false).unwrap_or_else(|| panic!("flush")));
+    agg.apply(w1.take(&[], false).unwrap_or_else(|| panic!("flush")));
+    let mut m = String::new();
+    agg.render_metrics(&mut m);
+    for line in [
+        "ringgate_upstream_target_healthy{upstream=\"ua\",target=\"ta\"} 1",
+        "ringgate_upstream_target_healthy{upstream=\"ub\",target=\"tb\"} 0",
+        "ringgate_upstream_target_unhealthy_workers{upstream=\"ua\",target=\"ta\"} 1",
+        "ringgate_upstream_target_unhealthy_workers{upstream=\"ub\",target=\"tb\"} 2",
+        "ringgate_upstream_ejections_total{upstream=\"ua\",target=\"ta\"} 1",
+        "ringgate_upstream_ejections_total{upstream=\"ub\",target=\"tb\"} 2",
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
 }
 
 /// Two routes `a`, `b` on services `sa`, `sb`, and their targets `ta`, `tb`, in that order or

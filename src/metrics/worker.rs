@@ -116,6 +116,7 @@ struct TargetSlot {
     connect_errors: u64,
     timeouts: u64,
     active: u64,
+    ejections: u64,
 }
 
 /// What changed on one route since the last flush. `route` is a layout index, or `None` for requests
@@ -135,6 +136,11 @@ pub struct TargetDelta {
     pub timeouts: u64,
     pub idle: u64,
     pub active: u64,
+    /// Passive-health ejections (delta).
+    pub ejections: u64,
+    /// Gauge: this worker skips the target (ejected or failing its active check). Only reported for
+    /// the current generation; a retired one says `false`.
+    pub skipped: bool,
 }
 
 /// One generation's part of a flush: deltas and gauges by that generation's indices.
@@ -151,10 +157,9 @@ impl GenFlush {
     /// Nothing counted and nothing in use: sending it would change nothing.
     fn is_idle(&self) -> bool {
         self.routes.is_empty()
-            && self
-                .targets
-                .iter()
-                .all(|t| t.connect_errors == 0 && t.timeouts == 0 && t.active == 0)
+            && self.targets.iter().all(|t| {
+                t.connect_errors == 0 && t.timeouts == 0 && t.active == 0 && t.ejections == 0
+            })
     }
 }
 
@@ -284,6 +289,11 @@ impl GenMetrics {
         self.with_target(target, |t| t.timeouts += 1);
     }
 
+    /// Passive health ejected flat target `target` (on this worker).
+    pub fn upstream_ejected(&self, target: usize) {
+        self.with_target(target, |t| t.ejections += 1);
+    }
+
     /// A connection to `target` is in use by a request (pooled or fresh).
     #[inline]
     pub fn upstream_acquired(&self, target: usize) {
@@ -308,7 +318,12 @@ impl GenMetrics {
     /// The deltas since the last take (reset) and the gauges. `spare`: empty histograms to swap in
     /// (the current generation); `None` for a retired one, whose histograms are taken without a
     /// replacement, so its memory goes back as soon as it stops recording.
-    fn take(&self, pool_idle: &[usize], mut spare: Option<&mut Vec<Hdr>>) -> Option<GenFlush> {
+    fn take(
+        &self,
+        pool_idle: &[usize],
+        skipped: &[bool],
+        mut spare: Option<&mut Vec<Hdr>>,
+    ) -> Option<GenFlush> {
         let mut slots = self.slots.try_borrow_mut().ok()?;
         let slots = &mut *slots;
         let none = slots.routes.len().saturating_sub(1);
@@ -339,9 +354,12 @@ impl GenMetrics {
                     timeouts: t.timeouts,
                     idle: pool_idle.get(i).map_or(0, |&n| n as u64),
                     active: t.active,
+                    ejections: t.ejections,
+                    skipped: skipped.get(i).copied().unwrap_or(false),
                 };
                 t.connect_errors = 0;
                 t.timeouts = 0;
+                t.ejections = 0;
                 d
             })
             .collect();
@@ -367,6 +385,8 @@ pub struct WorkerMetrics {
     recycle_tx: Sender<Hdr>,
     recycle_rx: Receiver<Hdr>,
     spare: RefCell<Vec<Hdr>>,
+    /// Per target of the current layout: skipped by health checking (set before each flush).
+    skipped: RefCell<Vec<bool>>,
     /// Not `Send`/`Sync`, like the rest of the shard.
     _local: std::marker::PhantomData<*const ()>,
 }
@@ -378,6 +398,7 @@ impl WorkerMetrics {
             recycle_tx,
             recycle_rx,
             spare: RefCell::new(Vec::new()),
+            skipped: RefCell::new(Vec::new()),
             worker,
             sink,
             current: RefCell::new(Rc::new(GenMetrics::new(layout))),
@@ -385,6 +406,13 @@ impl WorkerMetrics {
             conns_open: Cell::new(0),
             conns_accepted: Cell::new(0),
             _local: std::marker::PhantomData,
+        }
+    }
+
+    /// Which targets of the current layout health checking skips, for the next flush's gauges.
+    pub fn set_skipped(&self, skipped: Vec<bool>) {
+        if let Ok(mut s) = self.skipped.try_borrow_mut() {
+            *s = skipped;
         }
     }
 
@@ -453,13 +481,14 @@ impl WorkerMetrics {
                 spare.push(h);
             }
         }
-        let now = current.take(pool_idle, Some(&mut spare))?;
+        let skipped = self.skipped.try_borrow().ok()?;
+        let now = current.take(pool_idle, &skipped, Some(&mut spare))?;
         let mut older = Vec::new();
         retired.retain(|g| {
             // Only this list holds it: no request can record into it any more, so this take is
             // its last (nothing runs between the check and the take: both are synchronous).
             let finished = Rc::strong_count(g) == 1;
-            if let Some(f) = g.take(&[], None).filter(|f| !f.is_idle()) {
+            if let Some(f) = g.take(&[], &[], None).filter(|f| !f.is_idle()) {
                 older.push(f);
             }
             !finished

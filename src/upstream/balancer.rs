@@ -4,6 +4,10 @@
 //! (80/20 gives a b-target every fifth request, not 20 in a row).
 //!
 //! State is per worker and per upstream; with N workers the split holds per worker and so overall.
+//!
+//! `pick_where` skips targets health checking took out the way nginx does: a skipped target neither
+//! gains score nor counts in the total, so the others keep their smooth weighted split among
+//! themselves, and the skipped one rejoins with the score it had.
 
 #[derive(Debug, Clone)]
 pub struct Swrr {
@@ -47,6 +51,27 @@ impl Swrr {
         }
         best
     }
+
+    /// The next target index among those `usable` accepts; `None` when it accepts none (the caller
+    /// decides what that means: health checking fails open).
+    pub fn pick_where(&mut self, mut usable: impl FnMut(usize) -> bool) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut total = 0;
+        for i in 0..self.weights.len() {
+            if !usable(i) {
+                continue;
+            }
+            self.current[i] += self.weights[i];
+            total += self.weights[i];
+            if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                best = Some(i);
+            }
+        }
+        if let Some(c) = best.and_then(|b| self.current.get_mut(b)) {
+            *c -= total;
+        }
+        best
+    }
 }
 
 #[cfg(test)]
@@ -68,6 +93,20 @@ mod tests {
         let mut b = Swrr::new([5, 1, 1]);
         let seq: Vec<usize> = (0..7).map(|_| b.pick()).collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn skipping_a_target_keeps_the_others_split() {
+        let mut b = Swrr::new([5, 1, 1]);
+        let picks: Vec<usize> = (0..60).filter_map(|_| b.pick_where(|i| i != 1)).collect();
+        assert_eq!(picks.len(), 60);
+        assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 50);
+        assert_eq!(picks.iter().filter(|&&p| p == 2).count(), 10);
+        assert_eq!(b.pick_where(|_| false), None);
+        // Back in: its share again (its score was kept, so within one pick of exact).
+        let all: Vec<usize> = (0..70).map(|_| b.pick()).collect();
+        let ones = all.iter().filter(|&&p| p == 1).count();
+        assert!((9..=11).contains(&ones), "{all:?}");
     }
 
     #[test]

@@ -83,11 +83,13 @@ fn upstream(
         }
     }
     let tls = upstream_tls(raw, path, &targets, tls, problems);
+    let health = super::health::compile(raw.health.as_ref(), path, valid_authority, problems);
     UpstreamDef {
         name: raw.name.clone(),
         targets,
         host_header: raw.host_header.clone(),
         tls,
+        health,
     }
 }
 
@@ -378,6 +380,7 @@ fn url_upstream(
         }],
         host_header: None,
         tls,
+        health: Default::default(),
     }));
     Some((
         upstreams.len() - 1,

@@ -1,0 +1,333 @@
+//! Per-worker target health: the passive circuit breaker (consecutive failures eject a target for
+//! a cooldown) and the verdicts of the active prober (`probe`), which the control loop applies.
+//!
+//! ```text
+//! closed --max_fails consecutive failures--> open (skipped) --cooldown over--> probation
+//! probation --success--> closed          probation --one failure--> open, cooldown doubled (<= 8x)
+//! ```
+//!
+//! Invariants:
+//! - state is keyed by target *identity* (upstream name, target as written, resolved address), never
+//!   by index: a reload that moves a target to another index keeps its state, and a different
+//!   target that takes an index starts clean. Each snapshot maps its flat target index to a slot
+//!   here once, when it is built (control loop), like pool slots;
+//! - `skipped` counts slots that are open or actively down, `noted` slots with anything to remember
+//!   (a failure count, probation, skipped). When nothing is failing both are 0, and the request
+//!   path costs one integer compare in `all_usable` and one in `success`: no allocation, no lock, no
+//!   syscall, no clock read;
+//! - `!Send` like the rest of the shard; no `RefCell` borrow outlives a method call.
+//!
+//! Probation instead of a single trial request (a strict half-open): once the cooldown is over the
+//! target takes traffic again, as with nginx's `fail_timeout`, but the first failure re-ejects it
+//! at once (with a doubled cooldown), and the first success closes the breaker. No trial can get
+//! lost (a trial whose request never ends would otherwise keep the target out for good).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::model::PassiveDef;
+
+/// A re-ejected target's cooldown doubles per ejection, up to this multiple of `fail_timeout`.
+const MAX_COOLDOWN_FACTOR: u32 = 8;
+
+/// Who a target is, across reloads: (upstream name, target as written, resolved address).
+pub type TargetKey = (String, String, SocketAddr);
+
+#[derive(Clone, Copy, Default)]
+struct TargetHealth {
+    /// Consecutive failed requests (reset by a success).
+    fails: u32,
+    /// Ejected (skipped) until then.
+    open_until: Option<Instant>,
+    /// The cooldown is over: the next outcome closes or re-opens the breaker.
+    probation: bool,
+    /// Ejections without a success in between (the cooldown doubles with each).
+    strikes: u32,
+    /// The active prober's verdict.
+    active_down: bool,
+}
+
+impl TargetHealth {
+    fn skipped(&self) -> bool {
+        self.active_down || self.open_until.is_some()
+    }
+
+    fn noted(&self) -> bool {
+        self.fails > 0 || self.probation || self.skipped()
+    }
+}
+
+/// Names for log lines (only formatted on a transition).
+#[derive(Clone, Copy)]
+pub struct Who<'a> {
+    pub upstream: &'a str,
+    pub target: &'a str,
+    pub worker: usize,
+}
+
+/// One worker's health of every target it has seen.
+#[derive(Default)]
+pub struct HealthTable {
+    index: RefCell<HashMap<TargetKey, usize>>,
+    slots: RefCell<Vec<TargetHealth>>,
+    skipped: Cell<usize>,
+    noted: Cell<usize>,
+}
+
+fn adjust(count: &Cell<usize>, before: bool, after: bool) {
+    match (before, after) {
+        (false, true) => count.set(count.get() + 1),
+        (true, false) => count.set(count.get().saturating_sub(1)),
+        _ => {}
+    }
+}
+
+impl HealthTable {
+    /// The slot of `key`, made on first sight (control loop only: may allocate).
+    pub fn slot_for(&self, key: TargetKey) -> usize {
+        let mut index = self.index.borrow_mut();
+        let next = index.len();
+        let slot = *index.entry(key).or_insert(next);
+        let mut slots = self.slots.borrow_mut();
+        if slots.len() <= slot {
+            slots.resize(slot + 1, TargetHealth::default());
+        }
+        slot
+    }
+
+    /// Changes one slot, keeping the `skipped` / `noted` counts right.
+    fn update<R>(&self, slot: usize, f: impl FnOnce(&mut TargetHealth) -> R) -> Option<R> {
+        let mut slots = self.slots.try_borrow_mut().ok()?;
+        let h = slots.get_mut(slot)?;
+        let (skipped, noted) = (h.skipped(), h.noted());
+        let r = f(h);
+        adjust(&self.skipped, skipped, h.skipped());
+        adjust(&self.noted, noted, h.noted());
+        Some(r)
+    }
+
+    /// Nothing is ejected or down on this worker: the balancer may pick without asking.
+    #[inline]
+    pub fn all_usable(&self) -> bool {
+        self.skipped.get() == 0
+    }
+
+    /// Whether `slot` may take a request at `now`. An ejection whose cooldown is over turns into
+    /// probation here (or in `sweep`).
+    pub fn usable(&self, slot: usize, now: Instant) -> bool {
+        let Some(h) = self
+            .slots
+            .try_borrow()
+            .ok()
+            .and_then(|s| s.get(slot).copied())
+        else {
+            return true;
+        };
+        if h.active_down {
+            return false;
+        }
+        match h.open_until {
+            None => true,
+            Some(until) if now < until => false,
+            Some(_) => {
+                self.update(slot, |h| {
+                    h.open_until = None;
+                    h.probation = true;
+                });
+                true
+            }
+        }
+    }
+
+    /// A response arrived (and its status is not a configured failure): the failure count resets;
+    /// a target in probation (or ejected, when tried because every target was) is closed again.
+    #[inline]
+    pub fn success(&self, slot: usize, who: Who<'_>) {
+        if self.noted.get() == 0 {
+            return;
+        }
+        let recovered = self.update(slot, |h| {
+            let recovered = h.probation || h.open_until.is_some();
+            h.fails = 0;
+            h.probation = false;
+            h.open_until = None;
+            h.strikes = 0;
+            recovered
+        });
+        if recovered == Some(true) {
+            crate::warn!(
+                "upstream target recovered upstream={} target={} worker={}",
+                who.upstream,
+                who.target,
+                who.worker
+            );
+        }
+    }
+
+    /// A request to `slot` failed (connect refused/reset/timed out, TLS handshake, read timeout,
+    /// malformed or cut-short response, or a configured status). Returns true when this ejected it.
+    pub fn failure(&self, slot: usize, policy: &PassiveDef, now: Instant, who: Who<'_>) -> bool {
+        if policy.max_fails == 0 {
+            return false;
+        }
+        let ejected = self.update(slot, |h| {
+            if h.open_until.is_some() {
+                // Already out (a request started before the ejection, or every target is out and
+                // this one was tried anyway): the cooldown runs as it was set.
+                return None;
+            }
+            h.fails = h.fails.saturating_add(1);
+            if !h.probation && h.fails < policy.max_fails {
+                return None;
+            }
+            h.strikes = (h.strikes + 1).min(MAX_COOLDOWN_FACTOR.trailing_zeros() + 1);
+            let cooldown = policy.fail_timeout.saturating_mul(1 << (h.strikes - 1));
+            h.open_until = Some(now + cooldown);
+            let fails = h.fails;
+            h.probation = false;
+            h.fails = 0;
+            Some((fails, cooldown))
+        });
+        match ejected.flatten() {
+            Some((fails, cooldown)) => {
+                crate::warn!(
+                    "upstream target ejected upstream={} target={} worker={} failures={} cooldown_ms={}",
+                    who.upstream,
+                    who.target,
+                    who.worker,
+                    fails,
+                    cooldown.as_millis()
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Applies the active prober's verdict on `key` (made on first sight, so a verdict may arrive
+    /// before the generation that has the target).
+    pub fn set_active(&self, key: TargetKey, healthy: bool) {
+        let slot = self.slot_for(key);
+        self.update(slot, |h| h.active_down = !healthy);
+    }
+
+    /// Control tick: cooldowns that are over become probation, so the request path gets back to its
+    /// fast path even for targets nobody picked since.
+    pub fn sweep(&self, now: Instant) {
+        if self.skipped.get() == 0 {
+            return;
+        }
+        let n = self.slots.try_borrow().map_or(0, |s| s.len());
+        for slot in 0..n {
+            self.usable(slot, now);
+        }
+    }
+
+    /// Whether each of `slots` is skipped at `now` (for the metrics gauge).
+    pub fn skipped_flags(&self, slots: &[usize], now: Instant) -> Vec<bool> {
+        let table = self.slots.try_borrow();
+        slots
+            .iter()
+            .map(|&s| {
+                table
+                    .as_ref()
+                    .ok()
+                    .and_then(|t| t.get(s))
+                    .is_some_and(|h| h.active_down || h.open_until.is_some_and(|u| now < u))
+            })
+            .collect()
+    }
+}
+
+/// The cooldown after `strikes` ejections in a row (for docs and tests).
+pub fn cooldown(fail_timeout: Duration, strikes: u32) -> Duration {
+    let s = strikes.clamp(1, MAX_COOLDOWN_FACTOR.trailing_zeros() + 1);
+    fail_timeout.saturating_mul(1 << (s - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(t: &str) -> TargetKey {
+        (
+            "u".to_owned(),
+            t.to_owned(),
+            "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    const WHO: Who<'static> = Who {
+        upstream: "u",
+        target: "t",
+        worker: 0,
+    };
+
+    fn policy(max_fails: u32) -> PassiveDef {
+        PassiveDef {
+            max_fails,
+            fail_timeout: Duration::from_secs(10),
+            ..PassiveDef::default()
+        }
+    }
+
+    #[test]
+    fn ejects_after_max_fails_consecutive_and_a_success_resets() {
+        let t = HealthTable::default();
+        let s = t.slot_for(key("a"));
+        let now = Instant::now();
+        let p = policy(3);
+        assert!(!t.failure(s, &p, now, WHO));
+        assert!(!t.failure(s, &p, now, WHO));
+        t.success(s, WHO);
+        assert!(!t.failure(s, &p, now, WHO));
+        assert!(!t.failure(s, &p, now, WHO));
+        assert!(t.all_usable());
+        assert!(t.failure(s, &p, now, WHO), "third in a row ejects");
+        assert!(!t.all_usable());
+        assert!(!t.usable(s, now + Duration::from_secs(9)));
+        assert!(t.usable(s, now + Duration::from_secs(10)), "probation");
+        assert!(t.all_usable());
+        // Probation: one failure re-ejects, for twice as long.
+        let later = now + Duration::from_secs(10);
+        assert!(t.failure(s, &p, later, WHO));
+        assert!(!t.usable(s, later + Duration::from_secs(19)));
+        assert!(t.usable(s, later + Duration::from_secs(20)));
+        t.success(s, WHO);
+        assert_eq!((t.skipped.get(), t.noted.get()), (0, 0), "closed again");
+    }
+
+    #[test]
+    fn max_fails_zero_never_ejects() {
+        let t = HealthTable::default();
+        let s = t.slot_for(key("a"));
+        for _ in 0..100 {
+            assert!(!t.failure(s, &policy(0), Instant::now(), WHO));
+        }
+        assert!(t.all_usable());
+    }
+
+    #[test]
+    fn cooldown_doubles_up_to_eight_times() {
+        let ft = Duration::from_secs(1);
+        let got: Vec<u64> = (1..=6).map(|k| cooldown(ft, k).as_secs()).collect();
+        assert_eq!(got, vec![1, 2, 4, 8, 8, 8]);
+    }
+
+    #[test]
+    fn identity_not_index_and_active_verdicts() {
+        let t = HealthTable::default();
+        let a = t.slot_for(key("a"));
+        let b = t.slot_for(key("b"));
+        assert_ne!(a, b);
+        assert_eq!(t.slot_for(key("a")), a, "same identity, same slot");
+        t.set_active(key("b"), false);
+        let now = Instant::now();
+        assert!(t.usable(a, now) && !t.usable(b, now));
+        assert_eq!(t.skipped_flags(&[a, b], now), vec![false, true]);
+        t.set_active(key("b"), true);
+        assert!(t.all_usable());
+    }
+}

@@ -1,0 +1,339 @@
+//! Active health checks: one prober thread for the process probes every target of every upstream
+//! with `[upstreams.health.active]`, with blocking std sockets and timeouts, never on a worker.
+//!
+//! A probe is `GET <path> HTTP/1.1` with `Host` and `Connection: close`; it passes when the status
+//! line arrives within `timeout` (connect included) with a status in `healthy_statuses`. Targets of
+//! TLS upstreams get a TCP-connect-only check (the connect must succeed within `timeout`): it finds
+//! a dead or unreachable target, not one whose application fails.
+//!
+//! Invariants:
+//! - every target starts healthy (a reload or a restart never holds back traffic waiting for a first
+//!   probe); `unhealthy_threshold` failing probes in a row take it out, `healthy_threshold` passing
+//!   ones bring it back;
+//! - only transitions travel: `(target identity, healthy)` over one crossbeam channel per worker,
+//!   applied in the worker's control tick (`HealthTable::set_active`), so the request path reads a
+//!   plain per-worker flag and never a lock;
+//! - checks are keyed by target identity; a reload keeps the state of targets that stay, starts new
+//!   ones healthy, and for a removed target that was unhealthy sends `healthy` first, so no worker
+//!   keeps a stale verdict for an identity that may come back later;
+//! - probes run one after the other: a slow target delays the next probe by at most its `timeout`,
+//!   so `interval` is a lower bound on the probe period.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::health::TargetKey;
+use crate::config::model::{ActiveDef, Config};
+
+/// An active-check transition, sent to every worker.
+#[derive(Debug, Clone)]
+pub struct HealthEvent {
+    pub key: TargetKey,
+    pub healthy: bool,
+}
+
+/// How long the prober sleeps when nothing is due (it wakes at once for a new config).
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+/// Status lines longer than this are a failed probe.
+const MAX_STATUS_LINE: usize = 1024;
+
+/// The running prober; dropping it (with every clone of its sender) ends the thread.
+pub struct Prober {
+    configs: Sender<Arc<Config>>,
+    _thread: Option<JoinHandle<()>>,
+}
+
+impl Prober {
+    /// Starts the thread with `config`'s checks; transitions go to `workers`.
+    pub fn start(
+        config: Arc<Config>,
+        workers: Vec<Sender<HealthEvent>>,
+    ) -> std::io::Result<Prober> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let _ = tx.send(config);
+        let thread = std::thread::Builder::new()
+            .name("ringgate-prober".to_owned())
+            .spawn(move || run(rx, workers))?;
+        Ok(Prober {
+            configs: tx,
+            _thread: Some(thread),
+        })
+    }
+
+    /// A reloaded config: targets added, removed or re-configured take effect at once.
+    pub fn update(&self, config: Arc<Config>) {
+        let _ = self.configs.send(config);
+    }
+}
+
+/// One target's check.
+struct Check {
+    def: ActiveDef,
+    addr: SocketAddr,
+    host: String,
+    tls: bool,
+    healthy: bool,
+    /// Consecutive probes against the current verdict.
+    streak: u32,
+    next: Instant,
+}
+
+fn run(configs: Receiver<Arc<Config>>, workers: Vec<Sender<HealthEvent>>) {
+    let mut checks: HashMap<TargetKey, Check> = HashMap::new();
+    loop {
+        let now = Instant::now();
+        let wait = checks
+            .values()
+            .map(|c| c.next.saturating_duration_since(now))
+            .min()
+            .unwrap_or(IDLE_WAIT);
+        match configs.recv_timeout(wait) {
+            Ok(cfg) => {
+                // Only the newest of several queued configs matters.
+                let cfg = configs.try_iter().last().unwrap_or(cfg);
+                apply(&mut checks, &cfg, &workers);
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        for (key, check) in checks.iter_mut() {
+            if check.next > Instant::now() {
+                continue;
+            }
+            let verdict = probe(check);
+            check.next = Instant::now() + check.def.interval;
+            if let Some(healthy) = judge(check, &verdict) {
+                log_transition(key, healthy, &verdict);
+                send(&workers, key, healthy);
+            }
+        }
+    }
+}
+
+/// Replaces the set of checks with `cfg`'s, keeping the state of targets that stay.
+fn apply(checks: &mut HashMap<TargetKey, Check>, cfg: &Config, workers: &[Sender<HealthEvent>]) {
+    let now = Instant::now();
+    let mut next: HashMap<TargetKey, Check> = HashMap::new();
+    for u in &cfg.upstreams {
+        let Some(def) = &u.health.active else {
+            continue;
+        };
+        for t in &u.targets {
+            let key: TargetKey = (u.name.clone(), t.name.clone(), t.addr);
+            let host = def
+                .host
+                .clone()
+                .or_else(|| u.host_header.clone())
+                .unwrap_or_else(|| t.name.clone());
+            let check = match checks.remove(&key) {
+                Some(mut kept) => {
+                    if kept.def != *def {
+                        // New settings: probe soon, keep the verdict.
+                        kept.next = now;
+                        kept.streak = 0;
+                    }
+                    Check {
+                        def: def.clone(),
+                        host,
+                        tls: u.tls.is_some(),
+                        ..kept
+                    }
+                }
+                None => Check {
+                    def: def.clone(),
+                    addr: t.addr,
+                    host,
+                    tls: u.tls.is_some(),
+                    healthy: true,
+                    streak: 0,
+                    next: now,
+                },
+            };
+            next.insert(key, check);
+        }
+    }
+    for (key, gone) in checks.drain() {
+        if !gone.healthy {
+            send(workers, &key, true);
+        }
+    }
+    *checks = next;
+}
+
+/// Counts `verdict` into the streak; returns the new health on a transition.
+fn judge(check: &mut Check, verdict: &Result<u16, String>) -> Option<bool> {
+    let passed = verdict
+        .as_ref()
+        .is_ok_and(|&s| s == 0 || check.def.healthy_statuses.contains(s));
+    if passed == check.healthy {
+        check.streak = 0;
+        return None;
+    }
+    check.streak += 1;
+    let needed = if passed {
+        check.def.healthy_threshold
+    } else {
+        check.def.unhealthy_threshold
+    };
+    if check.streak < needed {
+        return None;
+    }
+    check.healthy = passed;
+    check.streak = 0;
+    Some(passed)
+}
+
+fn send(workers: &[Sender<HealthEvent>], key: &TargetKey, healthy: bool) {
+    for w in workers {
+        // A worker that exited (drain) no longer needs it.
+        let _ = w.send(HealthEvent {
+            key: key.clone(),
+            healthy,
+        });
+    }
+}
+
+fn log_transition(key: &TargetKey, healthy: bool, verdict: &Result<u16, String>) {
+    let why = match verdict {
+        Ok(0) => "tcp connect".to_owned(),
+        Ok(s) => format!("status {s}"),
+        Err(e) => e.clone(),
+    };
+    if healthy {
+        crate::warn!(
+            "upstream target healthy (active check) upstream={} target={} result=\"{}\"",
+            key.0,
+            key.1,
+            why
+        );
+    } else {
+        crate::warn!(
+            "upstream target unhealthy (active check) upstream={} target={} result=\"{}\"",
+            key.0,
+            key.1,
+            why
+        );
+    }
+}
+
+/// One probe: the response status (0 for a TCP-only check that connected), or why it failed.
+fn probe(check: &Check) -> Result<u16, String> {
+    let deadline = Instant::now() + check.def.timeout;
+    let mut stream = TcpStream::connect_timeout(&check.addr, check.def.timeout)
+        .map_err(|e| format!("connect: {e}"))?;
+    if check.tls {
+        return Ok(0);
+    }
+    let left = || {
+        let d = deadline.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            Err("timed out".to_owned())
+        } else {
+            Ok(d)
+        }
+    };
+    stream
+        .set_write_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringgate-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        check.def.path, check.host
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; MAX_STATUS_LINE];
+    let mut have = 0;
+    loop {
+        if let Some(end) = buf[..have].windows(2).position(|w| w == b"\r\n") {
+            return status_of(&buf[..end]).ok_or_else(|| "malformed status line".to_owned());
+        }
+        if have == buf.len() {
+            return Err("status line too long".to_owned());
+        }
+        stream
+            .set_read_timeout(Some(left()?))
+            .map_err(|e| e.to_string())?;
+        match stream.read(&mut buf[have..]) {
+            Ok(0) => return Err("closed before a status line".to_owned()),
+            Ok(n) => have += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err("timed out".to_owned())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// `HTTP/1.x NNN reason` -> NNN.
+fn status_of(line: &[u8]) -> Option<u16> {
+    let rest = line
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| line.strip_prefix(b"HTTP/1.0 "))?;
+    let digits = rest.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|&b| b != b' ') {
+        return None;
+    }
+    digits
+        .iter()
+        .try_fold(0u16, |n, &d| Some(n * 10 + u16::from(d - b'0')))
+        .filter(|s| (100..=599).contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::StatusSet;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(status_of(b"HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(status_of(b"HTTP/1.0 503"), Some(503));
+        assert_eq!(status_of(b"HTTP/1.1 20"), None);
+        assert_eq!(status_of(b"HTTP/1.1 2000"), None);
+        assert_eq!(status_of(b"HTTP/2 200"), None);
+        assert_eq!(status_of(b"HTTP/1.1 099 x"), None);
+    }
+
+    #[test]
+    fn thresholds_need_streaks() {
+        let mut c = Check {
+            def: ActiveDef {
+                path: "/".to_owned(),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 2,
+                unhealthy_threshold: 3,
+                healthy_statuses: StatusSet::range(200, 399),
+                host: None,
+            },
+            addr: "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
+            host: String::new(),
+            tls: false,
+            healthy: true,
+            streak: 0,
+            next: Instant::now(),
+        };
+        let bad: Result<u16, String> = Ok(500);
+        assert_eq!(judge(&mut c, &bad), None);
+        assert_eq!(judge(&mut c, &Ok(204)), None, "a pass breaks the streak");
+        assert_eq!(judge(&mut c, &bad), None);
+        assert_eq!(judge(&mut c, &Err("x".to_owned())), None);
+        assert_eq!(judge(&mut c, &bad), Some(false));
+        assert_eq!(judge(&mut c, &Ok(200)), None);
+        assert_eq!(judge(&mut c, &Ok(301)), Some(true));
+    }
+}
