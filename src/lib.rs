@@ -5,6 +5,7 @@
 //! framing) -> `router` (route match on a normalized path) -> `upstream` (balancer + pool) -> back out
 //! through `http::write`. `config` turns the TOML file into the immutable snapshot every worker reads.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod config;

@@ -30,7 +30,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
 use monoio_rustls::TlsConnector;
 
-use crate::config::model::{RouteDef, ServiceDef};
+use crate::access_log::format::{self as log_format, Outcome};
+use crate::auth::client_ip;
+use crate::auth::steps::Identity;
+use crate::config::model::{Cidr, RouteDef, ServiceDef};
 use crate::errors::GatewayError;
 use crate::http::headers::eq_ignore_case;
 use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
@@ -113,6 +116,9 @@ pub struct Scratch {
     chain: chain::ChainState,
     /// The iovec pair of `io::send_pair` (response head + body in one write), made once per scratch.
     iov: Option<Box<[libc::iovec; 2]>>,
+    /// The request's access log fields, taken while its head is still in the client buffer (a
+    /// streamed body overwrites it); the line is completed when the request ends.
+    log: Vec<u8>,
 }
 
 impl Scratch {
@@ -121,13 +127,16 @@ impl Scratch {
             path: Vec::with_capacity(256),
             target: Vec::with_capacity(256),
             out: Vec::with_capacity(1024),
+            log: Vec::with_capacity(512),
             ..Scratch::default()
         }
     }
 
     /// Whether this scratch may go back to the pool (a huge one is dropped instead).
     pub fn reusable(&self) -> bool {
-        self.out.capacity() <= CLIENT_BUF_KEEP && self.path.capacity() <= CLIENT_BUF_KEEP
+        self.out.capacity() <= CLIENT_BUF_KEEP
+            && self.path.capacity() <= CLIENT_BUF_KEEP
+            && self.log.capacity() <= CLIENT_BUF_KEEP
     }
 }
 
@@ -201,9 +210,18 @@ struct Conn<S> {
     canceller: Option<monoio::io::Canceller>,
     /// Metrics of the current request: phase instants, answer status, client-side bytes, route.
     t: Timings,
-    /// `[metrics] enabled` for the current request: when false, no clock reads for `t` and nothing
-    /// recorded per request.
+    /// `[metrics] enabled` for the current request: when false, nothing recorded per request.
     metrics_on: bool,
+    /// The current request gets an access log line (`[access_log]` was on when its head arrived).
+    log_on: bool,
+    /// Metrics or the access log want this request's phase instants in `t`; when neither does, no
+    /// clock is read for them.
+    timed: bool,
+    /// The target the current request was sent to (the last one tried).
+    upstream_addr: Option<SocketAddr>,
+    /// When the first byte of a head that took more than one read arrived (the start of a
+    /// request the gateway refuses before its head is whole).
+    first_byte: Option<Instant>,
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
@@ -329,6 +347,10 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         canceller: None,
         t: Timings::new(Instant::now()),
         metrics_on: true,
+        log_on: false,
+        timed: true,
+        upstream_addr: None,
+        first_byte: None,
         status: 0,
         bytes_in: 0,
         bytes_out: 0,
@@ -338,6 +360,11 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
     };
     loop {
         let next = conn.request(shard).await;
+        // An upgrade is logged when its tunnel ends; its request part must outlive the scratch.
+        let tunnel_log = match &next {
+            Next::Upgrade(_) if conn.log_on => Some((conn.s.log.clone(), conn.s.chain.id.consumer)),
+            _ => None,
+        };
         shard.give_buf(std::mem::take(&mut conn.ubuf));
         shard.give_scratch(std::mem::take(&mut conn.s));
         match next {
@@ -359,7 +386,28 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
             Next::Upgrade(upstream) => {
                 let idle = conn.snap.config.server.timeouts.upstream_read;
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
-                tunnel::run(conn.client, upstream, pending, idle).await;
+                let relayed = tunnel::run(conn.client, upstream, pending, idle).await;
+                if let Some((staged, consumer)) = tunnel_log {
+                    conn.t.end = Instant::now();
+                    conn.bytes_in += relayed.to_upstream;
+                    conn.bytes_out += relayed.to_client;
+                    let o = outcome(
+                        &conn.snap,
+                        &conn.t,
+                        conn.route,
+                        consumer,
+                        conn.upstream_addr,
+                    );
+                    shard.access_log.append(
+                        &staged,
+                        &Outcome {
+                            status: 101,
+                            bytes_sent: conn.bytes_out,
+                            request_bytes: conn.bytes_in,
+                            ..o
+                        },
+                    );
+                }
                 return Ended::Closed;
             }
         }
@@ -367,10 +415,10 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
 }
 
 impl<S: ClientIo> Conn<S> {
-    /// Now, for a metrics phase instant; `None` when metrics are off.
+    /// Now, for a phase instant; `None` when neither metrics nor the access log want it.
     #[inline]
     fn stamp(&self) -> Option<Instant> {
-        self.metrics_on.then(Instant::now)
+        self.timed.then(Instant::now)
     }
 
     /// Timeout for reading the client's body and for each write to the client.
@@ -398,38 +446,71 @@ impl<S: ClientIo> Conn<S> {
 
     async fn request(&mut self, shard: &Shard) -> Next {
         self.bytes_out = 0;
+        self.first_byte = None;
         match self.read_head(shard).await {
             Ok(HeadRead::Complete) => {}
             Ok(HeadRead::Closed) => return Next::Close,
             Ok(HeadRead::Park(left)) => return Next::Park(left),
             Err(e) => {
+                // Taken before the answer: the lingering close reuses the buffer.
+                let bytes_in = self.buf.len() as u64;
+                let waited = self.first_byte.map_or(Duration::ZERO, |t| t.elapsed());
                 self.reply_error(e, true).await;
                 if self.snap.config.metrics.enabled {
-                    let bytes_in = self.buf.len() as u64;
                     self.snap
                         .metrics
                         .gateway_error(None, e.status(), bytes_in, self.bytes_out);
+                }
+                if shard.access_log.on() {
+                    self.log_refused_head(shard, e.status(), bytes_in, waited);
                 }
                 return Next::Close;
             }
         }
         // Read once per request (a reload applies from the next one); off: no clock reads either.
         self.metrics_on = self.snap.config.metrics.enabled;
-        self.t = Timings::new(if self.metrics_on {
+        self.log_on = shard.access_log.on();
+        self.timed = self.metrics_on || self.log_on;
+        self.t = Timings::new(if self.timed {
             Instant::now()
         } else {
             self.t.head_in
         });
         self.status = 0;
         self.route = None;
+        self.upstream_addr = None;
+        // A pooled scratch holds the identity of whatever request used it last until the plugin
+        // chain resets it, and the chain does not run for a request that matched no route.
+        self.s.chain.id = Identity::default();
         self.bytes_in = self.s.head.head_len as u64;
         let next = self.handle(shard).await;
-        if !self.metrics_on {
+        if !self.timed {
             return next;
         }
         self.t.end = Instant::now();
         // No status means the client went away before any answer (nginx logs these as 499).
         let status = if self.status == 0 { 499 } else { self.status };
+        if self.log_on && !matches!(next, Next::Upgrade(_)) {
+            let o = outcome(
+                &self.snap,
+                &self.t,
+                self.route,
+                self.s.chain.id.consumer,
+                self.upstream_addr,
+            );
+            shard.access_log.append(
+                &self.s.log,
+                &Outcome {
+                    status,
+                    bytes_sent: self.bytes_out,
+                    request_bytes: self.bytes_in,
+                    ..o
+                },
+            );
+        }
+        if !self.metrics_on {
+            return next;
+        }
         if let Some(&slot) = self
             .s
             .chain
@@ -457,6 +538,18 @@ impl<S: ClientIo> Conn<S> {
         // Request boundary: pick up a reloaded config, if any.
         self.snap = shard.snapshot();
         self.pos = self.s.head.head_len;
+        if self.log_on {
+            let Scratch { head, log, .. } = &mut self.s;
+            let r = request_fields(
+                head,
+                &self.buf,
+                self.peer,
+                self.listener.tls,
+                &self.snap.auth.trusted_proxies,
+            );
+            log.clear();
+            log_format::push_request(log, &r);
+        }
         let body = self.s.head.body.unwrap_or(BodyKind::None);
         self.body_done = matches!(body, BodyKind::None | BodyKind::Length(0));
         match self.prepare(body) {
@@ -493,7 +586,11 @@ impl<S: ClientIo> Conn<S> {
                     Err(e) => return Err(request_parse_error(e)),
                 }
                 // Slowloris: the whole head must arrive within `client_header` of its first byte.
-                deadline.get_or_insert_with(|| Instant::now() + server.timeouts.client_header);
+                if deadline.is_none() {
+                    let now = Instant::now();
+                    self.first_byte = Some(now);
+                    deadline = Some(now + server.timeouts.client_header);
+                }
             }
             if self.buf.len() == self.buf.capacity() {
                 let cap = server.max_header_bytes + 1024;
@@ -645,6 +742,11 @@ impl<S: ClientIo> Conn<S> {
             if let (false, Some(started)) = (reused, started) {
                 self.t.connect += started.elapsed();
             }
+            self.upstream_addr = cfg
+                .upstreams
+                .get(svc.upstream)
+                .and_then(|u| u.targets.get(target))
+                .map(|t| t.addr);
             let flat = snap.flat_target(svc.upstream, target);
             // Up and down on the same generation's slot, whatever reload happens in between.
             snap.metrics.upstream_acquired(flat);
@@ -983,6 +1085,33 @@ impl<S: ClientIo> Conn<S> {
         sent
     }
 
+    /// The access log line of a request refused before its head was whole (400, 408, 414, 431,
+    /// 501): nothing of the request is known for sure, so its fields are null. `waited`: since its
+    /// first byte.
+    fn log_refused_head(&mut self, shard: &Shard, status: u16, bytes_in: u64, waited: Duration) {
+        let r = log_format::Request {
+            client_ip: client_ip::canonical(self.peer.ip()),
+            remote_addr: self.peer,
+            method: None,
+            host: None,
+            path: None,
+            protocol: None,
+            tls: self.listener.tls,
+            user_agent: None,
+            request_id: None,
+        };
+        self.s.log.clear();
+        log_format::push_request(&mut self.s.log, &r);
+        let o = Outcome {
+            status,
+            bytes_sent: self.bytes_out,
+            request_bytes: bytes_in,
+            duration_us: Some(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX)),
+            ..Outcome::default()
+        };
+        shard.access_log.append(&self.s.log, &o);
+    }
+
     /// Half-closes, then reads and discards what the client is still sending (bounded in bytes and
     /// time) before the socket is dropped. Closing a socket with unread input sends a reset, which can
     /// destroy the error response before the client reads it (the 413-while-uploading case).
@@ -1205,6 +1334,80 @@ pub(crate) fn host_without_port(host: &[u8]) -> &[u8] {
     match memchr::memrchr(b':', host) {
         Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
         _ => host,
+    }
+}
+
+/// A request's access log fields, from its parsed head (`buf` holds the head). The path is logged
+/// without its query string, which can carry credentials (key-auth `key_names`, JWT `uri_param_names`);
+/// no credential header is read. `trusted`: `[server] trusted_proxies`, for the client IP.
+pub(crate) fn request_fields<'a>(
+    head: &RequestHead,
+    buf: &'a [u8],
+    peer: SocketAddr,
+    tls: bool,
+    trusted: &[Cidr],
+) -> log_format::Request<'a> {
+    let mut user_agent = None;
+    let mut request_id = None;
+    for h in &head.headers {
+        let name = h.name.get(buf);
+        if user_agent.is_none() && eq_ignore_case(name, b"user-agent") {
+            user_agent = Some(h.value.get(buf));
+        } else if request_id.is_none() && eq_ignore_case(name, b"x-request-id") {
+            request_id = Some(h.value.get(buf));
+        }
+    }
+    let client_ip = if trusted.is_empty() {
+        client_ip::canonical(peer.ip())
+    } else {
+        let xff = head
+            .headers
+            .iter()
+            .filter(|h| eq_ignore_case(h.name.get(buf), b"x-forwarded-for"))
+            .map(|h| h.value.get(buf));
+        client_ip::resolve(peer.ip(), trusted, xff)
+    };
+    log_format::Request {
+        client_ip,
+        remote_addr: peer,
+        method: Some(head.method.get(buf)),
+        host: head.effective_host().map(|h| h.get(buf)),
+        path: Some(head.path_bytes(buf)),
+        protocol: head.version.map(|v| match v {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }),
+        tls,
+        user_agent,
+        request_id,
+    }
+}
+
+/// The end-of-request fields that come from the config and the timings; the caller fills in the
+/// status and sizes. `route` and `consumer` are indices into `snap`'s generation (the request's).
+fn outcome<'a>(
+    snap: &'a Snapshot,
+    t: &Timings,
+    route: Option<usize>,
+    consumer: Option<usize>,
+    upstream: Option<SocketAddr>,
+) -> Outcome<'a> {
+    let cfg = &*snap.config;
+    let route = route.and_then(|r| cfg.routes.get(r));
+    let us = |ns: u64| ns / 1_000;
+    Outcome {
+        duration_us: Some(us(t.total_ns())),
+        upstream_us: t.upstream_ns().map(us),
+        gateway_us: t.added_ns().map(us),
+        route: route.map(|r| r.name.as_str()),
+        service: route
+            .and_then(|r| cfg.services.get(r.service))
+            .map(|s| s.name.as_str()),
+        upstream,
+        consumer: consumer
+            .and_then(|c| cfg.consumers.get(c))
+            .map(|c| c.username.as_str()),
+        ..Outcome::default()
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::access_log::AccessLog;
 use crate::admin::{AdminServer, AdminSettings, ReloadFailure};
 use crate::config;
 use crate::config::model::{Config, ListenKind};
@@ -72,6 +73,17 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             return 1;
         }
     };
+    // The writer's channels exist whether or not the config logs, so a reload can turn it on.
+    let mut access_log = AccessLog::new(workers);
+    let log_stats = access_log.stats();
+    metrics.add_collector(move |out| out.extend(log_stats.families()));
+    if let Some(def) = &compiled.config.access_log {
+        if let Err(e) = access_log.open(def) {
+            error!("config error: {e}");
+            return 1;
+        }
+        info!("access log path={}", def.target);
+    }
 
     let mut listeners: Vec<Vec<(std::net::TcpListener, ListenKind)>> =
         (0..workers).map(|_| Vec::new()).collect();
@@ -106,6 +118,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             compiled: compiled.clone(),
             control: control.clone(),
             metrics: metrics.sink(),
+            access_log: access_log.link(),
             reloads: reload_rx,
             acks: ack_tx.clone(),
             health_events: health_rx,
@@ -137,6 +150,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -167,6 +181,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             workers,
             reload_txs,
             acks: ack_rx,
+            access_log,
         }),
     });
     let admin = match admin_settings {
@@ -217,6 +232,8 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             break;
         }
     }
+    // Workers handed off their last access log lines before finishing: write them, then stop.
+    reloader.stop_access_log();
     // Workers flushed their last metrics before finishing; stop the readers, then the merger (which
     // writes the histogram file).
     if let Some(a) = admin {
@@ -344,7 +361,12 @@ struct ReloadState {
     workers: usize,
     reload_txs: Vec<crossbeam_channel::Sender<Arc<Compiled>>>,
     acks: crossbeam_channel::Receiver<(usize, u64)>,
+    /// The access log writer; every reload reopens its file (see `reopen_access_log`).
+    access_log: AccessLog,
 }
+
+/// How long shutdown waits for the access log writer to write what is queued.
+const ACCESS_LOG_STOP: Duration = Duration::from_secs(5);
 
 /// How long a reload waits for every worker to confirm the swap (workers poll every 50 ms).
 const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -361,6 +383,27 @@ impl Reloader {
 
     fn draining(&self) -> bool {
         self.control.drain.load(Ordering::SeqCst)
+    }
+
+    /// SIGUSR1 (and every reload, also a rejected one): reopen the access log file at its
+    /// configured path, so `mv access.log access.log.1` followed by a signal starts a new file, as
+    /// nginx's USR1 does. Lines handed off before go to the old file. The file is opened on this
+    /// thread (main, or admin for `POST /reload`), never on a worker.
+    pub fn reopen_access_log(&self) {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        reopen(&mut state);
+    }
+
+    /// Shutdown, after the workers stopped: write what they handed off, then end the writer.
+    fn stop_access_log(&self) {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        state.access_log.stop(ACCESS_LOG_STOP);
     }
 
     /// Reloads; returns the new generation once every worker serves it. Otherwise: the config's
@@ -383,25 +426,41 @@ impl Reloader {
         let generation = state.current.generation + 1;
         let workers = state.workers;
         let consumer_board = state.current.consumer_board.clone();
-        let compiled = match config::load(&self.path).and_then(|c| {
-            compile(
-                Arc::new(c),
-                generation,
-                workers,
-                &self.metrics,
-                &mut state.limiter,
-                &consumer_board,
-            )
-        }) {
-            Ok(c) => Arc::new(c),
-            Err(errors) => {
-                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                for e in &text {
-                    error!("reload rejected: {e}");
-                }
-                return Err(ReloadFailure::Rejected(text.join("\n")));
+        let config = match config::load(&self.path) {
+            Ok(c) => c,
+            Err(errors) => return Err(rejected(&mut state, &errors)),
+        };
+        // Opened before anything is committed (`compile` installs the rate limits): a path that
+        // cannot be opened rejects the reload, and the previous file stays in use.
+        let log = match config
+            .access_log
+            .as_ref()
+            .map(|def| state.access_log.prepare(def))
+        {
+            None => None,
+            Some(Ok(opened)) => Some(opened),
+            Some(Err(e)) => {
+                let e = format!("{}: {e}", self.path.display());
+                error!("reload rejected: {e}");
+                reopen(&mut state);
+                return Err(ReloadFailure::Rejected(e));
             }
         };
+        let compiled = match compile(
+            Arc::new(config),
+            generation,
+            workers,
+            &self.metrics,
+            &mut state.limiter,
+            &consumer_board,
+        ) {
+            Ok(c) => Arc::new(c),
+            Err(errors) => return Err(rejected(&mut state, &errors)),
+        };
+        // Every reload reopens the file: `mv` + SIGHUP rotates like SIGUSR1.
+        if let Some(opened) = log {
+            state.access_log.install(opened);
+        }
         let restart = self.running.needs_restart(&compiled.config);
         if !restart.is_empty() {
             warn!(
@@ -446,6 +505,12 @@ impl Reloader {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         }
+        if compiled_has_no_log(&state) {
+            // Workers handed off their buffered lines before acknowledging; the writer closes
+            // the file after writing them. (A worker that did not confirm may still hand lines
+            // off: they are counted as dropped.)
+            state.access_log.close();
+        }
         let pending = pending + gone;
         if pending > 0 {
             let why = if self.draining() {
@@ -466,6 +531,33 @@ impl Reloader {
         info!("reloaded generation={generation}");
         Ok(generation)
     }
+}
+
+/// A rejected reload: logs the errors and reopens the access log (the signal still rotates it,
+/// whatever became of the config).
+fn rejected(state: &mut ReloadState, errors: &[ConfigError]) -> ReloadFailure {
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    for e in &text {
+        error!("reload rejected: {e}");
+    }
+    reopen(state);
+    ReloadFailure::Rejected(text.join("\n"))
+}
+
+/// Reopens the access log of the generation in force (if it has one); a failure keeps the old file.
+fn reopen(state: &mut ReloadState) {
+    let current = state.current.clone();
+    if let Some(def) = &current.config.access_log {
+        match state.access_log.open(def) {
+            Ok(()) => info!("access log reopened path={}", def.target),
+            Err(e) => error!("access log reopen failed, still writing to the previous file: {e}"),
+        }
+    }
+}
+
+/// Whether the generation in force has no `[access_log]` while the writer still has a file open.
+fn compiled_has_no_log(state: &ReloadState) -> bool {
+    state.current.config.access_log.is_none() && state.access_log.is_open()
 }
 
 /// Binds `addr` once per worker; returns the address actually bound (port 0 resolved).
@@ -501,11 +593,14 @@ const SIGNAL_POLL: Duration = Duration::from_millis(100);
 /// second Ctrl-C; otherwise only SIGKILL could cut a long `drain_timeout` short). A SIGHUP is not
 /// acted on: the workers no longer take new generations.
 fn second_signal(signals: &mut signal_hook::iterator::Signals) -> bool {
-    use signal_hook::consts::{SIGHUP, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
     let mut stop = false;
     for sig in signals.pending() {
-        if sig == SIGHUP {
-            warn!("signal ignored while draining signal=SIGHUP");
+        if sig == SIGHUP || sig == SIGUSR1 {
+            warn!(
+                "signal ignored while draining signal={}",
+                if sig == SIGHUP { "SIGHUP" } else { "SIGUSR1" }
+            );
         } else {
             info!(
                 "signal received signal={} draining=true",
@@ -517,15 +612,20 @@ fn second_signal(signals: &mut signal_hook::iterator::Signals) -> bool {
     stop
 }
 
-/// Blocks until SIGTERM or SIGINT; SIGHUP reloads the config.
+/// Blocks until SIGTERM or SIGINT; SIGHUP reloads the config (which also reopens the access log),
+/// SIGUSR1 only reopens the access log.
 fn wait_for_termination(signals: &mut signal_hook::iterator::Signals, reloader: &Reloader) {
-    use signal_hook::consts::{SIGHUP, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
     for sig in signals.forever() {
         match sig {
             SIGHUP => {
                 info!("signal received signal=SIGHUP");
                 let ok = reloader.reload().is_ok();
                 reloader.metrics.reload_outcome(ok);
+            }
+            SIGUSR1 => {
+                info!("signal received signal=SIGUSR1");
+                reloader.reopen_access_log();
             }
             _ => {
                 info!(

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
+use crate::access_log::{self, WorkerLog};
 use crate::auth::cache::DigestCache;
 use crate::auth::jwt::TokenCache;
 use crate::auth::AuthSet;
@@ -227,6 +228,8 @@ pub struct Shard {
     current: RefCell<Rc<Snapshot>>,
     /// Plain per-worker counters and histograms, flushed to the metrics thread by the control loop.
     pub metrics: WorkerMetrics,
+    /// This worker's access log buffer (off unless the config has `[access_log]`).
+    pub access_log: WorkerLog,
     /// Per-consumer request counts (opt-in), published to `consumer_board` on flush ticks.
     pub consumer_counts: ConsumerCounts,
     consumer_board: Arc<ConsumerBoard>,
@@ -253,16 +256,24 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(compiled: &Compiled, worker: usize, sink: MetricsSink) -> Shard {
+    pub fn new(
+        compiled: &Compiled,
+        worker: usize,
+        sink: MetricsSink,
+        log: access_log::Link,
+    ) -> Shard {
         let pool_def = compiled.config.server.pool;
         let pool = Pool::new(pool_def.max_idle, pool_def.idle_timeout);
         let metrics = WorkerMetrics::new(worker, compiled.layout.clone(), sink);
         let health = HealthTable::default();
         let snapshot = Snapshot::new(compiled, &pool, &health, worker, None, metrics.current());
+        let access_log = WorkerLog::new(log, worker);
+        access_log.configure(compiled.config.access_log.as_ref());
         Shard {
             worker,
             current: RefCell::new(Rc::new(snapshot)),
             metrics,
+            access_log,
             consumer_counts: ConsumerCounts::new(compiled.consumer_board.slots()),
             consumer_board: compiled.consumer_board.clone(),
             pool,
@@ -313,6 +324,10 @@ impl Shard {
         );
         drop(prev);
         *self.current.borrow_mut() = Rc::new(snapshot);
+        // Turned off: what is buffered is handed off now, before this worker acknowledges the
+        // generation (the main thread closes the file only after every acknowledgement).
+        self.access_log
+            .configure(compiled.config.access_log.as_ref());
     }
 
     /// Idle pooled connections per target, indexed like `Layout::targets` (flat config order).
@@ -494,6 +509,8 @@ pub struct WorkerSpec {
     pub control: Arc<Control>,
     /// Where this worker's metric flushes go.
     pub metrics: MetricsSink,
+    /// This worker's ends of the access log writer's channels.
+    pub access_log: access_log::Link,
     /// New config generations; each is acknowledged on `acks` with (worker index, generation).
     pub reloads: crossbeam_channel::Receiver<Arc<Compiled>>,
     pub acks: crossbeam_channel::Sender<(usize, u64)>,
@@ -538,7 +555,12 @@ pub fn run(spec: WorkerSpec) {
 }
 
 async fn worker_main(mut spec: WorkerSpec) {
-    let shard = Rc::new(Shard::new(&spec.compiled, spec.index, spec.metrics.clone()));
+    let shard = Rc::new(Shard::new(
+        &spec.compiled,
+        spec.index,
+        spec.metrics.clone(),
+        spec.access_log.clone(),
+    ));
     let accept_cancel = Canceller::new();
     let mut listening: Vec<RawFd> = Vec::new();
     for (std_listener, kind) in std::mem::take(&mut spec.listeners) {
@@ -615,6 +637,8 @@ async fn control_loop(
             // SAFETY: plain FFI call without arguments to the linked allocator.
             unsafe { libmimalloc_sys::mi_collect(false) };
         }
+        // Lines wait at most `flush_interval` (plus a tick) before they reach the writer.
+        shard.access_log.tick(Instant::now());
         if ticks % 4 == 0 {
             // Parked connections' keep-alive deadlines hold to within ~200 ms.
             shard.parked.sweep(shard, Instant::now());
@@ -669,6 +693,9 @@ async fn control_loop(
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     shard.metrics.flush_last(&shard.idle_by_target());
+    // Every request of this worker that will ever complete has completed (or the drain deadline
+    // passed): hand off the lines, so the writer has them before the main thread stops it.
+    shard.access_log.finish();
 }
 
 async fn accept_loop(
@@ -704,6 +731,7 @@ async fn accept_loop(
                     ListenKind::RedirectHttps { status, https_port } => {
                         monoio::spawn(crate::tls::redirect::serve(
                             stream,
+                            peer,
                             status,
                             https_port,
                             shard.clone(),

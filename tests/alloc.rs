@@ -4,7 +4,9 @@
 //! that counts only on threads that opted in (the worker thread). A keep-alive client sends requests
 //! through it to a keep-alive upstream; after a warm-up, the allocations made by the worker for N more
 //! requests are counted and reported. Parsing, routing and writing heads must not allocate: the
-//! test fails if a request costs more than `MAX_PER_REQUEST` allocations on average.
+//! test fails if a request costs more than `MAX_PER_REQUEST` allocations on average. The same holds
+//! with the JSON access log on (formatting into the worker's buffer, handing batches to the writer
+//! thread and getting empty buffers back), and every request must then have its line in the file.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -14,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringgate::access_log::AccessLog;
 use ringgate::config::model::ListenKind;
 use ringgate::metrics::hub::MetricsSink;
 use ringgate::metrics::Layout as MetricsLayout;
@@ -137,9 +140,35 @@ const AUTH_REQUEST: &[u8] = b"GET /api/items/42?x=1 HTTP/1.1\r\nHost: bench.loca
 #[test]
 fn steady_state_allocations_per_request() {
     // One after the other: the counter is process-wide (counting only on worker threads).
-    let plain = measure("", PLAIN);
-    let auth = measure(AUTH_CHAIN, AUTH_REQUEST);
-    for (what, per_request) in [("plain proxy", plain), ("key-auth + rate-limiting", auth)] {
+    let plain = measure("", PLAIN).0;
+    let auth = measure(AUTH_CHAIN, AUTH_REQUEST).0;
+    // A small buffer, so the run hands off hundreds of batches and recycles buffers many times.
+    let log_file = std::env::temp_dir().join(format!("ringgate-alloc-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_file);
+    let log_conf = format!(
+        "[access_log]\npath = \"{}\"\nbuffer_size = \"16k\"\n{AUTH_CHAIN}",
+        log_file.display()
+    );
+    let (logged, requests) = measure(&log_conf, AUTH_REQUEST);
+    let text = std::fs::read_to_string(&log_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_file);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len() as u64,
+        requests,
+        "one access log line per request, all written by the drain"
+    );
+    for line in [lines[0], lines[lines.len() - 1]] {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(v["status"], 200, "{line}");
+        assert_eq!(v["consumer"], "bench", "{line}");
+        assert_eq!(v["path"], "/api/items/42", "{line}");
+    }
+    for (what, per_request) in [
+        ("plain proxy", plain),
+        ("key-auth + rate-limiting", auth),
+        ("key-auth + rate-limiting + access log", logged),
+    ] {
         assert!(
             per_request <= MAX_PER_REQUEST,
             "{what}: {per_request:.3} allocations per request (budget {MAX_PER_REQUEST})"
@@ -147,8 +176,9 @@ fn steady_state_allocations_per_request() {
     }
 }
 
-/// Allocations per request on the worker thread, in steady state, for `extra` config and `request`.
-fn measure(extra: &str, request: &[u8]) -> f64 {
+/// Allocations per request on the worker thread, in steady state, for `extra` config and `request`;
+/// and how many requests were sent in all.
+fn measure(extra: &str, request: &[u8]) -> (f64, u64) {
     let up = upstream();
     let toml = format!(
         r#"
@@ -178,6 +208,11 @@ paths = ["/api"]
     let (sink, _flushes) = MetricsSink::test();
     let (acks, _ack_rx) = crossbeam_channel::unbounded();
     let (_health_tx, health_events) = crossbeam_channel::unbounded();
+    // The access log as `server::run` sets it up: writer thread started when the config has one.
+    let mut access_log = AccessLog::new(1);
+    if let Some(def) = &cfg.access_log {
+        access_log.open(def).expect("open the access log");
+    }
     let spec = WorkerSpec {
         index: 0,
         cpu: None,
@@ -201,6 +236,7 @@ paths = ["/api"]
         }),
         control: control.clone(),
         metrics: sink,
+        access_log: access_log.link(),
         reloads,
         acks,
         health_events,
@@ -238,5 +274,6 @@ paths = ["/api"]
     control.drain.store(true, Ordering::Relaxed);
     drop(client);
     let _ = worker.join();
-    per_request
+    access_log.stop(Duration::from_secs(5));
+    (per_request, 1 + 2_000 + N)
 }

@@ -944,3 +944,123 @@ fn health_active_threshold_zero() {
         "unhealthy_threshold must be 1..=100, got 0",
     );
 }
+
+/// `BASE` plus an `[access_log]` table (`[access_log]` on line 17, its first key on line 18).
+fn with_access_log(body: &str) -> String {
+    format!("{BASE}\n[access_log]\n{body}")
+}
+
+#[test]
+fn access_log_path_problems_are_located() {
+    expect_one(
+        &with_access_log("path = \"/no-such-ringgate-dir/access.log\"\n"),
+        18,
+        8,
+        "access_log.path",
+        "directory /no-such-ringgate-dir does not exist",
+    );
+    let dir = std::env::temp_dir();
+    expect_one(
+        &with_access_log(&format!("path = \"{}\"\n", dir.display())),
+        18,
+        8,
+        "access_log.path",
+        "is a directory; name a file in it",
+    );
+    // The "directory" is a file.
+    let file = std::env::temp_dir().join(format!("ringgate-al-{}.txt", std::process::id()));
+    std::fs::write(&file, "x").unwrap();
+    let errs = errors(&with_access_log(&format!(
+        "path = \"{}/access.log\"\n",
+        file.display()
+    )));
+    std::fs::remove_file(&file).ok();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    expect(&errs[0], 18, 8, "access_log.path", "is not a directory");
+    expect_one(
+        &with_access_log("path = \"\"\n"),
+        18,
+        8,
+        "access_log.path",
+        "must be a file path, \"stdout\" or \"stderr\"",
+    );
+    expect_one(
+        &with_access_log("buffer_size = \"1m\"\n"),
+        17,
+        1,
+        "access_log.path",
+        "`path` is required",
+    );
+}
+
+#[test]
+fn access_log_value_problems_are_located() {
+    expect_one(
+        &with_access_log("path = \"stdout\"\nbuffer_size = 100\n"),
+        19,
+        15,
+        "access_log.buffer_size",
+        "between \"4k\" and \"16m\"",
+    );
+    expect_one(
+        &with_access_log("path = \"stdout\"\nflush_interval = \"10ms\"\n"),
+        19,
+        18,
+        "access_log.flush_interval",
+        "between \"50ms\" and \"60s\"",
+    );
+    expect_one(
+        &with_access_log("path = \"stdout\"\nflush_intervall = \"1s\"\n"),
+        19,
+        1,
+        "access_log.flush_intervall",
+        "did you mean `flush_interval`",
+    );
+    expect_one(
+        &with_access_log("path = \"stderr\"\nbuffer_size = \"lots\"\n"),
+        19,
+        15,
+        "access_log.buffer_size",
+        "",
+    );
+    let cfg = load_str(
+        &with_access_log("path = \"stderr\"\nbuffer_size = \"8k\"\nflush_interval = \"250ms\"\n"),
+        "test.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let log = cfg.access_log.expect("[access_log] compiled");
+    assert_eq!(log.buffer_size, 8 << 10);
+    assert_eq!(log.flush_interval, std::time::Duration::from_millis(250));
+    assert!(load_str(BASE, "test.toml")
+        .map(|c| c.access_log.is_none())
+        .unwrap_or(false));
+}
+
+/// A relative path is relative to the config file's directory; one this process may not write is
+/// refused (only observable without root, which may write anywhere).
+#[test]
+fn access_log_relative_and_unwritable_paths() {
+    let dir = std::env::temp_dir().join(format!("ringgate-al-dir-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let conf = dir.join("gw.toml");
+    std::fs::write(&conf, with_access_log("path = \"logs/access.log\"\n")).unwrap();
+    let cfg = load(&conf).unwrap_or_else(|e| panic!("{e:?}"));
+    let target = cfg.access_log.map(|l| l.target.to_string());
+    assert_eq!(
+        target,
+        Some(dir.join("logs/access.log").display().to_string())
+    );
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        let ro = dir.join("ro");
+        std::fs::create_dir_all(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+        std::fs::write(&conf, with_access_log("path = \"ro/access.log\"\n")).unwrap();
+        let errs = load(&conf).err().unwrap_or_default();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("is not writable"), "{}", errs[0]);
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

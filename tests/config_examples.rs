@@ -96,6 +96,13 @@ fn demo() {
         (64, Duration::from_secs(60))
     );
 
+    let log = cfg.access_log.as_ref().expect("the demo logs requests");
+    assert_eq!(log.target, ringgate::config::model::AccessLogTarget::Stdout);
+    assert_eq!(
+        (log.buffer_size, log.flush_interval),
+        (64 << 10, Duration::from_secs(1))
+    );
+
     assert_eq!(cfg.upstreams.len(), 1);
     let demo = &cfg.upstreams[0];
     assert_eq!(demo.name, "demo");

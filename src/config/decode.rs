@@ -17,7 +17,8 @@ use super::raw::auth::{
 };
 use super::raw::plugins::{DecodedPlugin, RawPlugin, RawPluginConfig, RawRateLimiting};
 use super::raw::{
-    RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService, RawUpstream,
+    RawAccessLog, RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService,
+    RawUpstream,
 };
 
 /// The file's content, as far as it decoded.
@@ -37,6 +38,8 @@ pub struct Decoded {
     pub admin: Option<RawAdmin>,
     /// `[metrics]`; `None` when absent or failed to decode (then defaults are used).
     pub metrics: Option<RawMetrics>,
+    /// `[access_log]`; `None` when absent (no access log) or failed to decode.
+    pub access_log: Option<RawAccessLog>,
     /// Names of routes that exist in the file but failed to decode.
     pub broken_routes: HashSet<String>,
     /// `[[plugins]]`, by file index; `None` = failed to decode (already reported).
@@ -55,6 +58,7 @@ const TOP_LEVEL: &[&str] = &[
     "certificates",
     "admin",
     "metrics",
+    "access_log",
     "plugins",
     "consumers",
 ];
@@ -100,6 +104,7 @@ pub fn decode(doc: &ImDocument<&str>, problems: &mut Vec<Problem>) -> Decoded {
             }
             "admin" => out.admin = decode_one(item, &path, problems),
             "metrics" => out.metrics = decode_one(item, &path, problems),
+            "access_log" => out.access_log = decode_one(item, &path, problems),
             "plugins" => out.plugins = decode_plugins(item, &path, problems),
             "consumers" => {
                 out.consumers = decode_array(item, &path, problems, &mut out.broken_consumers)

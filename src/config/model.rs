@@ -33,6 +33,8 @@ pub struct Config {
     pub admin: Option<AdminDef>,
     /// `[metrics]` (defaults when absent).
     pub metrics: MetricsDef,
+    /// `[access_log]`; `None` = no access log.
+    pub access_log: Option<AccessLogDef>,
     /// `[[plugins]]` in file order (see `crate::plugins` for how they form per-route chains).
     pub plugins: Vec<PluginDef>,
     /// `[[consumers]]` in file order, then consumers implied by htpasswd files.
@@ -124,6 +126,35 @@ impl Default for MetricsDef {
             histogram_file: None,
             per_consumer_labels: false,
             max_consumer_labels: 100,
+        }
+    }
+}
+
+/// `[access_log]`: one JSON line per finished request (see `crate::access_log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogDef {
+    pub target: AccessLogTarget,
+    /// A worker hands its buffer to the writer thread once it holds this many bytes.
+    pub buffer_size: usize,
+    /// ... or once its oldest line has waited this long (checked on the 50 ms control tick).
+    pub flush_interval: Duration,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Stderr,
+    /// A relative `path` in the file was joined to the config file's directory at load.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for AccessLogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessLogTarget::Stdout => f.write_str("stdout"),
+            AccessLogTarget::Stderr => f.write_str("stderr"),
+            AccessLogTarget::File(p) => write!(f, "{}", p.display()),
         }
     }
 }

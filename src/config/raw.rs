@@ -233,6 +233,15 @@ pub struct RawMetrics {
     pub max_consumer_labels: Option<Int>,
 }
 
+/// `[access_log]` (absent = no access log).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([access_log])")]
+pub struct RawAccessLog {
+    pub path: Option<String>,
+    pub buffer_size: Option<Size>,
+    pub flush_interval: Option<Dur>,
+}
+
 /// A duration string, already parsed (see `units::parse_duration`).
 #[derive(Debug, Clone, Copy)]
 pub struct Dur(pub Duration);

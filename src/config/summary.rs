@@ -72,6 +72,15 @@ pub fn summary(cfg: &Config) -> String {
         .workers
         .map_or_else(|| "auto (one per core)".to_owned(), |n| n.to_string());
     let _ = writeln!(out, "workers: {workers}");
+    if let Some(log) = &cfg.access_log {
+        let _ = writeln!(
+            out,
+            "access log: {} (buffer {} bytes, flush every {} ms)",
+            log.target,
+            log.buffer_size,
+            log.flush_interval.as_millis()
+        );
+    }
     let _ = writeln!(
         out,
         "{} upstream(s), {} service(s), {} route(s)",

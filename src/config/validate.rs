@@ -5,6 +5,7 @@
 //! problem; then every index in it is in bounds (named upstreams keep their file order, the anonymous
 //! upstreams of `url` services follow in service order).
 
+mod access_log;
 mod auth;
 mod consumers;
 mod entities;
@@ -133,6 +134,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
     let mut client_tls = tls::ClientConfigs::new(base.clone());
     let admin = observe::admin(decoded.admin.as_ref(), &server.listen, problems);
     let metrics = observe::metrics(decoded.metrics.as_ref(), problems);
+    let access_log = access_log::compile(decoded.access_log.as_ref(), &base, problems);
     let (mut upstreams, upstream_names) =
         entities::upstreams(&decoded.upstreams, &mut client_tls, problems);
     let (services, service_names) = entities::services(
@@ -204,6 +206,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         certificates: certificates.into_iter().collect::<Option<Vec<_>>>()?,
         admin,
         metrics,
+        access_log,
         plugins: plugins.into_iter().collect::<Option<Vec<_>>>()?,
         consumers: consumers.into_iter().collect::<Option<Vec<_>>>()?,
         credentials,

@@ -155,7 +155,7 @@ pub async fn send_request<S: ClientIo>(
                         .await
                         .map_err(upstream_error)?;
                     c.s.out.clear();
-                    if c.metrics_on {
+                    if c.timed {
                         c.t.upstream_head_out.get_or_insert_with(Instant::now);
                     }
                 }
@@ -317,7 +317,7 @@ async fn send_out<S: ClientIo>(c: &mut Conn<S>, timeout: Duration) -> std::io::R
 /// Counts `n` bytes written to the client and notes when the response head went out.
 fn head_sent<S: ClientIo>(c: &mut Conn<S>, n: usize) {
     c.bytes_out += n as u64;
-    if c.metrics_on {
+    if c.timed {
         c.t.client_head_out.get_or_insert_with(Instant::now);
     }
 }

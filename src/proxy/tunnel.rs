@@ -21,25 +21,35 @@ use super::{io, ClientIo};
 
 const TUNNEL_BUF: usize = 16 * 1024;
 
+/// Bytes a tunnel relayed (for the access log).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Relayed {
+    pub to_upstream: u64,
+    pub to_client: u64,
+}
+
 /// `pending`: client bytes that arrived after the upgrade request head; they go upstream first.
 pub async fn run<S: ClientIo>(
     client: S,
     mut upstream: UpstreamConn,
     mut pending: Vec<u8>,
     idle: Duration,
-) {
+) -> Relayed {
+    let first = pending.len() as u64;
     if !pending.is_empty()
         && io::send_all(&mut upstream, &mut pending, idle)
             .await
             .is_err()
     {
-        return;
+        return Relayed::default();
     }
+    let up_bytes = Cell::new(first);
+    let down_bytes = Cell::new(0);
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut up_rd, mut up_wr) = upstream.into_split();
     let last = Cell::new(Instant::now());
-    let mut to_upstream = std::pin::pin!(copy(&mut client_rd, &mut up_wr, &last, idle));
-    let mut to_client = std::pin::pin!(copy(&mut up_rd, &mut client_wr, &last, idle));
+    let mut to_upstream = std::pin::pin!(copy(&mut client_rd, &mut up_wr, &last, idle, &up_bytes));
+    let mut to_client = std::pin::pin!(copy(&mut up_rd, &mut client_wr, &last, idle, &down_bytes));
     let mut idled_out = std::pin::pin!(idle_out(&last, idle));
     let (mut up_done, mut down_done) = (false, false);
     std::future::poll_fn(|cx| {
@@ -65,16 +75,22 @@ pub async fn run<S: ClientIo>(
         idled_out.as_mut().poll(cx)
     })
     .await;
+    Relayed {
+        to_upstream: up_bytes.get(),
+        to_client: down_bytes.get(),
+    }
 }
 
 /// Copies `from` to `to` until EOF, then half-closes `to`. Err: a read or write failed (or a write
 /// stalled for `write_limit`), which ends the whole tunnel. Reads have no timeout of their own: a
 /// direction may rightly stay quiet while the other one talks (`idle_out` ends a silent tunnel).
+/// `moved` counts the bytes written to `to`.
 async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(
     from: &mut R,
     to: &mut W,
     last: &Cell<Instant>,
     write_limit: Duration,
+    moved: &Cell<u64>,
 ) -> Result<(), ()> {
     let mut buf = Vec::with_capacity(TUNNEL_BUF);
     loop {
@@ -86,9 +102,11 @@ async fn copy<R: AsyncReadRent, W: AsyncWriteRent>(
             Ok(_) => last.set(Instant::now()),
             Err(_) => return Err(()),
         }
+        let n = buf.len() as u64;
         io::send_all(to, &mut buf, write_limit)
             .await
             .map_err(drop)?;
+        moved.set(moved.get() + n);
         last.set(Instant::now());
     }
     to.shutdown().await.map_err(drop)

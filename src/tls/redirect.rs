@@ -2,15 +2,17 @@
 //! `https://{host}[:{https_port}]{path}[?{query}]` (the port omitted when 443) and the connection is
 //! closed. The request head is read with the proxy's parser and limits, and a head it refuses gets
 //! the proxy's answer (400, 414, 431 or 501); a request without a usable host gets a 400. Nothing
-//! is forwarded upstream.
+//! is forwarded upstream. Each answer gets an access log line like the proxy's (no route).
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
+use crate::access_log::format::{self as log_format, Outcome};
 use crate::errors::GatewayError;
 use crate::http::parse::{self, Parsed, RequestHead};
 use crate::http::Limits;
@@ -22,7 +24,13 @@ use crate::worker::Shard;
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 64 * 1024;
 
-pub async fn serve(mut stream: TcpStream, status: u16, https_port: u16, shard: Rc<Shard>) {
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    status: u16,
+    https_port: u16,
+    shard: Rc<Shard>,
+) {
     let snap = shard.snapshot();
     let server = &snap.config.server;
     let limits = Limits {
@@ -34,22 +42,31 @@ pub async fn serve(mut stream: TcpStream, status: u16, https_port: u16, shard: R
     let mut head = RequestHead::default();
     let deadline = Instant::now() + server.timeouts.client_header;
     let mut out = Vec::with_capacity(512);
-    loop {
+    let mut first_byte = None;
+    // (status answered, whether the head parsed)
+    let answer = loop {
         if !buf.is_empty() {
+            first_byte.get_or_insert_with(Instant::now);
             match parse::parse_request(&buf, &limits, &mut head) {
                 Ok(Parsed::Complete) => {
-                    match location(&buf, &head, https_port) {
-                        Some(loc) => redirect(&mut out, status, &loc),
-                        None => GatewayError::BadRequest("missing or invalid Host header")
-                            .write_response(true, &mut out),
-                    }
-                    break;
+                    break match location(&buf, &head, https_port) {
+                        Some(loc) => {
+                            redirect(&mut out, status, &loc);
+                            (status, true)
+                        }
+                        None => {
+                            let e = GatewayError::BadRequest("missing or invalid Host header");
+                            e.write_response(true, &mut out);
+                            (e.status(), true)
+                        }
+                    };
                 }
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
                     // The proxy's answer: 414, 431 and 501 keep their status, as from nginx.
-                    crate::proxy::request_parse_error(e).write_response(true, &mut out);
-                    break;
+                    let e = crate::proxy::request_parse_error(e);
+                    e.write_response(true, &mut out);
+                    break (e.status(), false);
                 }
             }
         }
@@ -61,8 +78,39 @@ pub async fn serve(mut stream: TcpStream, status: u16, https_port: u16, shard: R
             Ok(n) if n > 0 => {}
             _ => return,
         }
+    };
+    let bytes_sent = out.len() as u64;
+    let sent = io::send_all(&mut stream, &mut out, server.timeouts.client_body).await;
+    if shard.access_log.on() {
+        let r = if answer.1 {
+            crate::proxy::request_fields(&head, &buf, peer, false, &snap.auth.trusted_proxies)
+        } else {
+            log_format::Request {
+                client_ip: crate::auth::client_ip::canonical(peer.ip()),
+                remote_addr: peer,
+                method: None,
+                host: None,
+                path: None,
+                protocol: None,
+                tls: false,
+                user_agent: None,
+                request_id: None,
+            }
+        };
+        let mut staged = Vec::with_capacity(256);
+        log_format::push_request(&mut staged, &r);
+        let took = first_byte.map_or(Duration::ZERO, |t: Instant| t.elapsed());
+        shard.access_log.append(
+            &staged,
+            &Outcome {
+                status: answer.0,
+                bytes_sent: if sent.is_ok() { bytes_sent } else { 0 },
+                request_bytes: buf.len() as u64,
+                duration_us: Some(u64::try_from(took.as_micros()).unwrap_or(u64::MAX)),
+                ..Outcome::default()
+            },
+        );
     }
-    let _ = io::send_all(&mut stream, &mut out, server.timeouts.client_body).await;
     let _ = stream.shutdown().await;
     // Lingering close: read and discard what the client still sends, briefly.
     let end = Instant::now() + LINGER;

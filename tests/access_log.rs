@@ -1,0 +1,724 @@
+//! The JSON access log end to end, through the real binary: one valid JSON line per finished
+//! request (proxied, answered by the gateway itself, rejected by a plugin, refused before its head
+//! was whole, tunnelled), no credentials in it, rotation by rename + SIGHUP / SIGUSR1, reloads that
+//! move or remove it, the drain flushing what completed, and a stuck writer costing dropped lines
+//! (counted) instead of stalled requests.
+
+mod common;
+
+use common::gateway::kv;
+use common::ws;
+use common::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "alice-secret-key-0123456789";
+
+/// A directory under the temp dir, removed with everything in it on Drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ringgate-accesslog-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Two workers, an open route, a key-auth route (query or header key), no catch-all (404s).
+/// `log`: the whole `[access_log]` table (or "" for none).
+fn config(up: &Upstream, log: &str) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 2
+
+{log}
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "open"
+service = "svc"
+paths = ["/open"]
+
+[[routes]]
+name = "secure"
+service = "svc"
+paths = ["/secure"]
+
+[[consumers]]
+username = "alice"
+keyauth_credentials = [{{ key = "{KEY}" }}]
+
+[[plugins]]
+name = "key-auth"
+route = "secure"
+config = {{ key_names = ["apikey"], hide_credentials = true }}
+"#,
+        url = up.url()
+    )
+}
+
+/// `[access_log]` writing to `path`, handing lines over quickly.
+fn log_table(path: &Path) -> String {
+    format!(
+        "[access_log]\npath = \"{}\"\nflush_interval = \"50ms\"\n",
+        path.display()
+    )
+}
+
+/// Every line of `path`, each parsed as JSON (panics, showing the line, on one that is not).
+fn lines(path: &Path) -> Vec<Value> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    assert!(
+        bytes.is_empty() || bytes.ends_with(b"\n"),
+        "the file ends with a whole line"
+    );
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {}", String::from_utf8_lossy(l)))
+        })
+        .collect()
+}
+
+/// Waits (up to 5 s) until `path` holds at least `n` lines; returns them.
+fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = lines(path);
+        if got.len() >= n || Instant::now() > deadline {
+            assert!(
+                got.len() >= n,
+                "expected {n} lines in {}, got {}: {got:#?}",
+                path.display(),
+                got.len()
+            );
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The one line whose `path` is `p`.
+fn by_path<'a>(lines: &'a [Value], p: &str) -> &'a Value {
+    let found: Vec<&Value> = lines.iter().filter(|l| l["path"] == p).collect();
+    assert_eq!(found.len(), 1, "one line for {p}: {lines:#?}");
+    found[0]
+}
+
+fn request(gw: &Gateway, raw: &str) -> RawResponse {
+    send_raw(gw.addr(), raw.as_bytes())
+}
+
+fn get_path(gw: &Gateway, path: &str) -> RawResponse {
+    request(
+        gw,
+        &format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+#[test]
+fn one_json_line_per_request_proxied_404_and_401() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let gw = Gateway::start(&config(&up, &log_table(&log)));
+
+    let ok = request(
+        &gw,
+        &format!("GET /open/items?page=2 HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: probe/1.0\r\nX-Request-ID: req-42\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(get_path(&gw, "/nothing/here").status, 404);
+    let denied = request(
+        &gw,
+        &format!("POST /secure/orders HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"),
+    );
+    assert_eq!(denied.status, 401);
+
+    let all = wait_lines(&log, 3);
+    settle();
+    assert_eq!(lines(&log).len(), 3, "exactly one line per request");
+
+    let l = by_path(&all, "/open/items");
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["route"], "open");
+    assert_eq!(l["service"], "svc");
+    assert_eq!(l["upstream"], up.addr().to_string());
+    assert_eq!(l["host"], HOST);
+    assert_eq!(l["protocol"], "HTTP/1.1");
+    assert_eq!(l["tls"], false);
+    assert_eq!(l["user_agent"], "probe/1.0");
+    assert_eq!(l["request_id"], "req-42");
+    assert_eq!(l["client_ip"], "127.0.0.1");
+    assert!(l["consumer"].is_null());
+    assert!(l["bytes_sent"].as_u64().unwrap_or(0) > 100, "{l}");
+    assert!(l["request_bytes"].as_u64().unwrap_or(0) > 50, "{l}");
+    let total = l["duration_ms"].as_f64().unwrap_or(-1.0);
+    let upstream = l["upstream_ms"].as_f64().unwrap_or(-1.0);
+    assert!(upstream >= 0.0 && total >= upstream, "{l}");
+    assert!(l["gateway_ms"].as_f64().is_some(), "{l}");
+    assert!(l["worker"].as_u64().is_some_and(|w| w < 2), "{l}");
+    let time = l["time"].as_str().unwrap_or_default();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "RFC 3339 UTC with milliseconds: {time}"
+    );
+
+    let l = by_path(&all, "/nothing/here");
+    assert_eq!(l["status"], 404);
+    assert_eq!(l["method"], "GET");
+    for k in ["route", "service", "upstream", "upstream_ms", "consumer"] {
+        assert!(l[k].is_null(), "{k}: {l}");
+    }
+
+    let l = by_path(&all, "/secure/orders");
+    assert_eq!(l["status"], 401);
+    assert_eq!(l["method"], "POST");
+    assert_eq!(l["route"], "secure");
+    assert!(l["upstream"].is_null(), "a plugin answered: {l}");
+    assert!(l["consumer"].is_null(), "{l}");
+}
+
+#[test]
+fn credentials_never_reach_the_log() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let gw = Gateway::start(&config(&up, &log_table(&log)));
+
+    let with_query = get_path(&gw, &format!("/secure/data?page=2&apikey={KEY}"));
+    assert_eq!(with_query.status, 200);
+    let wrong = get_path(&gw, "/secure/data?apikey=wrong-secret-987");
+    assert_eq!(wrong.status, 401);
+    let in_header = request(
+        &gw,
+        &format!("GET /secure/hdr HTTP/1.1\r\nHost: {HOST}\r\napikey: {KEY}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(in_header.status, 200);
+    let other = request(
+        &gw,
+        &format!("GET /open/x?token=tok-secret-555 HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic YWxpY2U6cGFzcy1zZWNyZXQ=\r\nCookie: session=cookie-secret-777\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(other.status, 200);
+
+    let all = wait_lines(&log, 4);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    for secret in [
+        KEY,
+        "wrong-secret-987",
+        "tok-secret-555",
+        "YWxpY2U6cGFzcy1zZWNyZXQ",
+        "cookie-secret-777",
+        "apikey",
+        "page=2",
+    ] {
+        assert!(!text.contains(secret), "{secret:?} is in the log:\n{text}");
+    }
+    let data: Vec<&Value> = all.iter().filter(|l| l["path"] == "/secure/data").collect();
+    assert_eq!(data.len(), 2, "{all:#?}");
+    assert!(data
+        .iter()
+        .any(|l| l["status"] == 200 && l["consumer"] == "alice"));
+    assert!(data
+        .iter()
+        .any(|l| l["status"] == 401 && l["consumer"].is_null()));
+    assert_eq!(by_path(&all, "/secure/hdr")["consumer"], "alice");
+}
+
+#[test]
+fn hostile_bytes_still_give_valid_json() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let gw = Gateway::start(&config(&up, &log_table(&log)));
+
+    // Quote, backslash, tab and bytes that are not UTF-8 (obs-text passes the parser), and an
+    // X-Request-ID that tries to close the object and start another.
+    let mut raw =
+        format!("GET /open/ua HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: a\"b\\c\td").into_bytes();
+    raw.extend_from_slice(b"\xff\xfe\xc3\xa9\r\nX-Request-ID: \"},{\"status\":1,\"x\":\"\r\n");
+    raw.extend_from_slice(b"Connection: close\r\n\r\n");
+    assert_eq!(send_raw(gw.addr(), &raw).status, 200);
+    // A control byte in a header: refused before routing, still one valid line.
+    let ctl = send_raw(
+        gw.addr(),
+        b"GET /open/ctl HTTP/1.1\r\nHost: test.local\r\nUser-Agent: a\x01b\r\n\r\n",
+    );
+    assert_eq!(ctl.status, 400);
+    // Garbage that is not HTTP at all.
+    let junk = send_raw(gw.addr(), b"\x00\xff\"\\\x1b[2J\r\n\r\n");
+    assert_eq!(junk.status, 400);
+
+    let all = wait_lines(&log, 3);
+    let l = by_path(&all, "/open/ua");
+    assert_eq!(l["user_agent"], "a\"b\\c\td\u{fffd}\u{fffd}é");
+    assert_eq!(l["request_id"], "\"},{\"status\":1,\"x\":\"");
+    assert_eq!(l["status"], 200);
+    let refused: Vec<&Value> = all.iter().filter(|l| l["status"] == 400).collect();
+    assert_eq!(refused.len(), 2, "{all:#?}");
+    for l in refused {
+        assert!(l["path"].is_null() && l["method"].is_null(), "{l}");
+        assert_eq!(l["client_ip"], "127.0.0.1");
+        assert!(l["bytes_sent"].as_u64().unwrap_or(0) > 0, "{l}");
+    }
+}
+
+#[test]
+fn rename_then_sighup_or_sigusr1_starts_a_new_file() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let gw = Gateway::start(&config(&up, &log_table(&log)));
+
+    assert_eq!(get_path(&gw, "/open/before").status, 200);
+    wait_lines(&log, 1);
+    let first = dir.file("access.log.1");
+    std::fs::rename(&log, &first).expect("rename");
+    gw.reload_to(2);
+    assert_eq!(get_path(&gw, "/open/after-hup").status, 200);
+    let new = wait_lines(&log, 1);
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0]["path"], "/open/after-hup");
+    let old = lines(&first);
+    assert_eq!(old.len(), 1, "{old:#?}");
+    assert_eq!(old[0]["path"], "/open/before");
+
+    // SIGUSR1 reopens without reloading the config (nginx's USR1).
+    let second = dir.file("access.log.2");
+    std::fs::rename(&log, &second).expect("rename");
+    gw.signal(libc::SIGUSR1);
+    assert!(gw.wait_log("access log reopened", Duration::from_secs(5)));
+    assert_eq!(get_path(&gw, "/open/after-usr1").status, 200);
+    let new = wait_lines(&log, 1);
+    assert_eq!(new[0]["path"], "/open/after-usr1");
+    assert_eq!(lines(&second).len(), 1);
+    assert!(
+        !gw.log_contains("generation=3"),
+        "SIGUSR1 reloaded the config"
+    );
+}
+
+#[test]
+fn reloads_move_remove_and_restore_the_log() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let a = dir.file("a.log");
+    let b = dir.file("b.log");
+    let gw = Gateway::start(&config(&up, &log_table(&a)));
+    assert_eq!(get_path(&gw, "/open/1").status, 200);
+    wait_lines(&a, 1);
+
+    // Removed: nothing more is logged anywhere.
+    gw.rewrite_config(&config(&up, ""));
+    gw.reload_to(2);
+    assert_eq!(get_path(&gw, "/open/2").status, 200);
+    settle();
+    settle();
+    assert_eq!(lines(&a).len(), 1, "logged after [access_log] was removed");
+
+    // Back, at another path.
+    gw.rewrite_config(&config(&up, &log_table(&b)));
+    gw.reload_to(3);
+    assert_eq!(get_path(&gw, "/open/3").status, 200);
+    assert_eq!(wait_lines(&b, 1)[0]["path"], "/open/3");
+
+    // A path that cannot be opened: the reload is rejected, the log stays where it was.
+    let missing = dir.file("no-such-dir").join("c.log");
+    gw.rewrite_config(&config(&up, &log_table(&missing)));
+    gw.signal(libc::SIGHUP);
+    assert!(gw.wait_log("reload rejected", Duration::from_secs(5)));
+    assert!(gw.log_contains("access_log.path"), "{:#?}", gw.logs());
+    assert_eq!(get_path(&gw, "/open/4").status, 200);
+    let got = wait_lines(&b, 2);
+    assert_eq!(got[1]["path"], "/open/4");
+    assert_eq!(lines(&a).len(), 1);
+
+    // One that passes validation (root may write /proc, says access(2)) but cannot be created:
+    // rejected when opened, before anything is committed.
+    gw.rewrite_config(&config(
+        &up,
+        &log_table(Path::new("/proc/ringgate-access.log")),
+    ));
+    gw.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("reload rejected"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{:#?}", gw.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get_path(&gw, "/open/5").status, 200);
+    assert_eq!(wait_lines(&b, 3)[2]["path"], "/open/5");
+}
+
+#[test]
+fn a_log_that_cannot_be_opened_stops_the_start() {
+    let up = Upstream::echo("up");
+    let err = match Gateway::try_start(
+        &config(&up, &log_table(Path::new("/proc/ringgate-access.log"))),
+        &[],
+    ) {
+        Ok(_) => panic!("started with an access log it cannot open"),
+        Err(e) => e,
+    };
+    assert!(err.contains("access_log.path"), "{err}");
+}
+
+#[test]
+fn sigterm_drain_writes_every_completed_request() {
+    let fast = Upstream::echo("fast");
+    let slow = Upstream::start(Behaviour::EchoDelayed(Duration::from_millis(700)));
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    // Nothing is handed over before shutdown: a big buffer and a long interval.
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 2
+drain_timeout = "10s"
+
+[access_log]
+path = "{log}"
+buffer_size = "1m"
+flush_interval = "60s"
+
+[[services]]
+name = "fast"
+url = "{fast}"
+
+[[services]]
+name = "slow"
+url = "{slow}"
+
+[[routes]]
+name = "fast"
+service = "fast"
+paths = ["/fast"]
+
+[[routes]]
+name = "slow"
+service = "slow"
+paths = ["/slow"]
+"#,
+        log = log.display(),
+        fast = fast.url(),
+        slow = slow.url()
+    );
+    let mut gw = Gateway::start(&toml);
+    for i in 0..20 {
+        assert_eq!(get_path(&gw, &format!("/fast/{i}")).status, 200);
+    }
+    let addr = gw.addr();
+    let in_flight = std::thread::spawn(move || {
+        send_raw(
+            addr,
+            format!("GET /slow/late HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes(),
+        )
+    });
+    assert!(slow.wait_requests(1, Duration::from_secs(5)));
+    assert!(
+        lines(&log).is_empty(),
+        "lines were still buffered (else this test proves nothing)"
+    );
+    gw.sigterm();
+    let resp = in_flight.join().expect("client thread");
+    assert_eq!(
+        resp.status, 200,
+        "the in-flight request finished in the drain"
+    );
+    assert!(gw.wait_exit(Duration::from_secs(15)).is_some());
+    let all = lines(&log);
+    assert_eq!(all.len(), 21, "{all:#?}");
+    assert_eq!(by_path(&all, "/slow/late")["status"], 200);
+    for i in 0..20 {
+        by_path(&all, &format!("/fast/{i}"));
+    }
+}
+
+#[test]
+fn stdout_target() {
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&config(
+        &up,
+        "[access_log]\npath = \"stdout\"\nflush_interval = \"50ms\"\n",
+    ));
+    assert_eq!(get_path(&gw, "/open/stdout-probe").status, 200);
+    assert!(gw.wait_log("/open/stdout-probe", Duration::from_secs(5)));
+    let line = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("/open/stdout-probe"))
+        .unwrap_or_default();
+    let v: Value = serde_json::from_str(&line).expect("a JSON line on stdout");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["route"], "open");
+}
+
+#[test]
+fn websocket_is_logged_once_when_the_tunnel_ends() {
+    let up = Upstream::start(Behaviour::WebSocketEcho);
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let gw = Gateway::start(&basic_config(&up, "", "").replace(
+        "[[services]]",
+        &format!("{}\n[[services]]", log_table(&log)),
+    ));
+    let mut s = TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s.write_all(
+        format!("GET /chat HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes(),
+    )
+    .expect("handshake");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("read head"), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let hello = ws::read_frame(&mut s).expect("upstream's first frame");
+    assert_eq!(hello.payload, b"hello from upstream");
+    // Open tunnel: nothing logged yet.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lines(&log).is_empty(), "logged before the tunnel ended");
+    let payload = vec![b'x'; 1000];
+    ws::write_frame(&mut s, 1, &payload, Some([1, 2, 3, 4])).expect("send");
+    let echo = ws::read_frame(&mut s).expect("echo");
+    assert_eq!(echo.payload, payload);
+    ws::write_frame(&mut s, 1, b"bye", Some([1, 2, 3, 4])).expect("bye");
+    let _ = ws::read_frame(&mut s);
+    drop(s);
+
+    let all = wait_lines(&log, 1);
+    settle();
+    assert_eq!(lines(&log).len(), 1, "one line per upgraded request");
+    let l = &all[0];
+    assert_eq!(l["status"], 101);
+    assert_eq!(l["path"], "/chat");
+    assert_eq!(l["route"], "all");
+    assert!(l["duration_ms"].as_f64().unwrap_or(0.0) >= 300.0, "{l}");
+    assert!(
+        l["request_bytes"].as_u64().unwrap_or(0) > 1000,
+        "tunnelled bytes count: {l}"
+    );
+    assert!(l["bytes_sent"].as_u64().unwrap_or(0) > 1000, "{l}");
+}
+
+/// A reader that never reads: the writer blocks on a full pipe. Requests must go on at full speed,
+/// the lines that find no buffer are dropped and counted, and every line is either delivered or
+/// counted as dropped.
+#[test]
+fn stuck_writer_drops_counted_lines_and_never_stalls_requests() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let fifo = dir.file("pipe.log");
+    let c = std::ffi::CString::new(fifo.display().to_string()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    // A reader must exist before the gateway opens the FIFO for writing (or the open would wait).
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("open fifo reader");
+    let toml = config(
+        &up,
+        &format!(
+            "[access_log]\npath = \"{}\"\nbuffer_size = \"4k\"\nflush_interval = \"50ms\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nflush_interval = \"100ms\"",
+            fifo.display()
+        ),
+    )
+    .replace("workers = 2", "workers = 1");
+    let mut gw = Gateway::start(&toml);
+
+    const N: usize = 3000;
+    let mut conn = Conn::connect(gw.addr());
+    let started = Instant::now();
+    for i in 0..N {
+        let resp = conn.request(
+            format!("GET /open/req-{i} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: load\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(resp.status, 200);
+    }
+    let took = started.elapsed();
+    drop(conn);
+    assert!(took < Duration::from_secs(20), "requests stalled: {took:?}");
+
+    let admin = admin_addr(&gw);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let dropped = loop {
+        let text = String::from_utf8_lossy(&admin_get(admin, "/metrics").body).into_owned();
+        let v = metric(&text, "ringgate_access_log_dropped_total");
+        if v > 0.0 || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(dropped > 0.0, "a stuck writer made workers drop lines");
+
+    // Unblock the writer, collect everything it delivers, stop the gateway.
+    let drain = std::thread::spawn(move || {
+        let mut reader = reader;
+        // SAFETY: fcntl on a descriptor we own; clearing O_NONBLOCK so reads wait until EOF.
+        unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&reader);
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+        let mut all = Vec::new();
+        let _ = reader.read_to_end(&mut all);
+        all
+    });
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(15)).is_some());
+    let delivered = drain.join().expect("reader thread");
+    let delivered_lines = delivered.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    let mut count = 0u64;
+    for l in delivered_lines {
+        let v: Value = serde_json::from_slice(l).expect("whole JSON lines only");
+        assert_eq!(v["status"], 200);
+        count += 1;
+    }
+    // The writer's last word on drops is the total; delivered + dropped = every request.
+    let total_dropped: u64 = gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("access log lines dropped"))
+        .filter_map(|l| kv(l, "total").and_then(|t| t.parse().ok()))
+        .max()
+        .unwrap_or(0);
+    assert!(total_dropped > 0, "{:#?}", gw.logs());
+    assert_eq!(
+        count + total_dropped,
+        N as u64,
+        "every line delivered or counted"
+    );
+}
+
+fn admin_addr(gw: &Gateway) -> SocketAddr {
+    let line = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("admin listening"))
+        .expect("admin listening line");
+    kv(&line, "addr")
+        .and_then(|a| a.parse().ok())
+        .expect("admin addr")
+}
+
+fn admin_get(addr: SocketAddr, path: &str) -> RawResponse {
+    send_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
+    )
+}
+
+/// The value of an unlabelled sample in Prometheus text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn ringgate_check_explains_access_log_errors() {
+    let up = Upstream::echo("up");
+    let (out, file) = check_config(&config(
+        &up,
+        "[access_log]\npath = \"/no-such-ringgate-dir/access.log\"\n",
+    ));
+    assert_eq!(out.code(), Some(1), "{}", out.all());
+    let expected = format!(
+        "{}:6:8: access_log.path: directory /no-such-ringgate-dir does not exist",
+        file.path_str()
+    );
+    assert!(out.stderr.contains(&expected), "{}", out.all());
+
+    let dir = TempDir::new();
+    let (out, _file) = check_config(&config(&up, &log_table(&dir.file("a.log"))));
+    assert_eq!(out.code(), Some(0), "{}", out.all());
+    assert!(out.stdout.contains("access log: "), "{}", out.all());
+    assert!(
+        !dir.file("a.log").exists(),
+        "check must not create the log file"
+    );
+}
+
+#[test]
+fn https_redirect_answers_are_logged() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = [{{ addr = "127.0.0.1:0", redirect_https = 308 }}]
+workers = 1
+
+{log}
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "all"
+service = "svc"
+paths = ["/"]
+"#,
+        log = log_table(&log),
+        url = up.url()
+    ));
+    let r = send_raw(
+        gw.addr(),
+        b"GET /login?token=redirect-secret-1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: old-link\r\n\r\n",
+    );
+    assert_eq!(r.status, 308);
+    let bad = send_raw(gw.addr(), b"GET /x HTTP/1.1\r\n\r\n");
+    assert_eq!(bad.status, 400, "no Host");
+    let all = wait_lines(&log, 2);
+    let l = by_path(&all, "/login");
+    assert_eq!(l["status"], 308);
+    assert_eq!(l["host"], "example.com");
+    assert_eq!(l["user_agent"], "old-link");
+    assert!(l["route"].is_null() && l["upstream"].is_null(), "{l}");
+    assert!(l["bytes_sent"].as_u64().unwrap_or(0) > 0, "{l}");
+    // Refused by the parser (HTTP/1.1 needs a Host): nothing of the request is vouched for.
+    let refused: Vec<&Value> = all.iter().filter(|l| l["status"] == 400).collect();
+    assert_eq!(refused.len(), 1, "{all:#?}");
+    assert!(refused[0]["path"].is_null(), "{}", refused[0]);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("redirect-secret-1"), "{text}");
+}
