@@ -157,3 +157,32 @@ fn errors_are_located() {
     let e = one_error(&with("[metrics]\nenabled = \"no\"\n"));
     assert_eq!(e.key, "metrics.enabled");
 }
+
+#[test]
+fn a_relative_histogram_file_is_relative_to_the_config_files_directory() {
+    let dir = std::env::temp_dir().join(format!("ringgate-hdr-rel-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("reports")).unwrap_or_else(|e| panic!("{e}"));
+    let text = with("[metrics]\nhistogram_file = \"reports/hdr.txt\"\n");
+    let cfg = load_str(
+        &text,
+        dir.join("ringgate.toml").to_str().unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        cfg.metrics.histogram_file.as_deref(),
+        Some(dir.join("reports/hdr.txt").as_path()),
+        "not relative to the working directory"
+    );
+    // The same file next to a config elsewhere: its directory is checked there, and is missing.
+    let other = dir.join("elsewhere");
+    std::fs::create_dir_all(&other).unwrap_or_else(|e| panic!("{e}"));
+    let e = load_str(
+        &text,
+        other.join("ringgate.toml").to_str().unwrap_or_default(),
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    let e = e
+        .err()
+        .unwrap_or_else(|| panic!("accepted a missing directory"));
+    assert!(format!("{e:?}").contains("does not exist"), "{e:?}");
+}

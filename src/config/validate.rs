@@ -124,7 +124,9 @@ fn known(names: &HashMap<String, usize>) -> String {
 /// Compiles the decoded file; `None` when any problem was recorded (by `decode` or here).
 pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) -> Option<Config> {
     let server = server::compile(decoded.server.as_ref(), problems);
-    // Relative certificate and CA paths are relative to the config file's directory.
+    // Relative file paths (certificates, CA files, key files, the access log, the histogram file)
+    // are relative to the config file's directory, as nginx's are to its prefix: the meaning of a
+    // config never depends on where the process was started from.
     let base = source
         .parent()
         .map(std::path::Path::to_path_buf)
@@ -133,7 +135,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
     tls::check_listeners(&server.listeners, certificates.len(), problems);
     let mut client_tls = tls::ClientConfigs::new(base.clone());
     let admin = observe::admin(decoded.admin.as_ref(), &server.listen, problems);
-    let metrics = observe::metrics(decoded.metrics.as_ref(), problems);
+    let metrics = observe::metrics(decoded.metrics.as_ref(), &base, problems);
     let access_log = access_log::compile(decoded.access_log.as_ref(), &base, problems);
     let (mut upstreams, upstream_names) =
         entities::upstreams(&decoded.upstreams, &mut client_tls, problems);

@@ -4,7 +4,7 @@
 //! token protects it: a non-loopback `listen` without `token` is an error.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use super::{in_range, push};
@@ -84,7 +84,7 @@ pub fn admin(
 }
 
 /// Always a complete `MetricsDef` (defaults where missing or invalid).
-pub fn metrics(raw: Option<&RawMetrics>, problems: &mut Vec<Problem>) -> MetricsDef {
+pub fn metrics(raw: Option<&RawMetrics>, base: &Path, problems: &mut Vec<Problem>) -> MetricsDef {
     let mut def = MetricsDef::default();
     let Some(raw) = raw else {
         return def;
@@ -113,7 +113,8 @@ pub fn metrics(raw: Option<&RawMetrics>, problems: &mut Vec<Problem>) -> Metrics
         ),
         Some(f) => {
             // Written at shutdown: a missing directory found then would lose the whole run's data.
-            let path = PathBuf::from(f);
+            // Relative to the config file's directory (`base.join` keeps an absolute path as is).
+            let path = base.join(f);
             match path.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => push(
                     problems,
