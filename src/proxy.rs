@@ -730,6 +730,10 @@ impl<S: ClientIo> Conn<S> {
             &fwd,
             p.body,
             &self.s.chain.edits,
+            self.s
+                .chain
+                .request_tf
+                .and_then(|i| snap.chains.rt.request.get(i)),
         );
         match body::send_request(
             self,
@@ -838,7 +842,15 @@ impl<S: ClientIo> Conn<S> {
             framing,
             close,
             p.http10,
-            &self.s.plugin_headers,
+            &head::ResponseEdits {
+                extra: &self.s.plugin_headers,
+                drop_cors: self.s.chain.cors_ran,
+                transform: self
+                    .s
+                    .chain
+                    .response_tf
+                    .and_then(|i| snap.chains.rt.response.get(i)),
+            },
         );
         let relay = body::relay_response(self, svc, &mut upstream, resp_body, framing).await;
         match relay {

@@ -7,6 +7,7 @@
 
 mod auth;
 mod consumers;
+mod edge;
 mod entities;
 mod health;
 mod observe;
