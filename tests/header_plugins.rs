@@ -385,3 +385,25 @@ config = { remove = { headers = ["X-Powered-By"] }, rename = { headers = ["X-Old
     assert_eq!(r.header_all("x-via"), ["ringgate"]);
     assert_eq!(r.header_all("content-length"), ["2"]);
 }
+
+#[test]
+fn cors_preflight_continue_forwards_with_headers() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "cors"
+config = { origins = ["https://app.example.com"], preflight_continue = true }
+"#,
+    );
+    let r = send(&gw, "OPTIONS", "/a", PREFLIGHT);
+    assert_eq!(r.status, 200, "the upstream answered");
+    assert_eq!(up.request_count(), 1);
+    assert_eq!(up.last_request().method, "OPTIONS");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(r.has_header("access-control-allow-methods"));
+}
