@@ -407,3 +407,47 @@ config = { origins = ["https://app.example.com"], preflight_continue = true }
     );
     assert!(r.has_header("access-control-allow-methods"));
 }
+
+#[test]
+fn gateway_errors_after_the_chain_carry_cors_and_the_id_but_not_before() {
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[[services]]
+name = "down"
+url = "http://{down}"
+
+[[routes]]
+name = "a"
+service = "down"
+paths = ["/a"]
+
+[[plugins]]
+name = "cors"
+config = {{ origins = ["https://app.example.com"] }}
+
+[[plugins]]
+name = "correlation-id"
+config = {{ echo_downstream = true }}
+"#,
+        down = refusing_addr()
+    ));
+    let mut c = Conn::connect(gw.addr());
+    let req = format!("GET /a HTTP/1.1\r\nHost: {HOST}\r\nOrigin: https://app.example.com\r\n\r\n");
+    let r = c.request(req.as_bytes());
+    r.assert_json_error(502);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(r.header("x-request-id").is_some_and(is_uuid_v4), "{r:?}");
+    // No route: no plugin ran, and nothing from the previous request on this connection leaks.
+    let req =
+        format!("GET /nowhere HTTP/1.1\r\nHost: {HOST}\r\nOrigin: https://app.example.com\r\n\r\n");
+    let r = c.request(req.as_bytes());
+    r.assert_json_error(404);
+    assert!(!r.has_header("access-control-allow-origin"), "{r:?}");
+    assert!(!r.has_header("x-request-id"), "{r:?}");
+}

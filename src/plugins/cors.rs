@@ -9,10 +9,12 @@
 //!   `-Expose-Headers` on the response; a disallowed origin gets none (the browser hides the
 //!   response), as in Kong. Requests without `Origin` are not CORS requests and get nothing.
 //! - `credentials = true` with `*`: the request's origin is echoed instead of `*` (browsers refuse
-//!   `*` with credentials), with `Vary: Origin`, as Kong does.
+//!   `*` with credentials), with `Vary: Origin`, as Kong does; except `Origin: null`, never allowed
+//!   with credentials.
 //!
 //! The headers go into the chain's response-header buffer, so plugin answers after this step
-//! (401/403/429 from auth and rate limiting, which run later by priority) carry them too. The
+//! (401/403/429 from auth and rate limiting, which run later by priority) and gateway errors after
+//! the chain (502/504) carry them too. The
 //! route's upstream `Access-Control-*` headers are dropped when the plugin ran (`drops_upstream`):
 //! the plugin is the route's CORS policy, and an upstream's own `*` must not widen it.
 //! Every line but the echoed origin is prebuilt at load.
@@ -95,8 +97,10 @@ impl CorsRt {
     }
 
     /// Whether `origin` may read responses. Scheme and host compare case-insensitively.
+    /// `*` with credentials echoes the origin, but never `null` (sandboxed iframes, `file:` pages
+    /// and redirects send it; echoing it with credentials would let any of them read responses).
     pub fn allows(&self, origin: &[u8]) -> bool {
-        self.any
+        (self.any && !(self.credentials && eq_ignore_case(origin, b"null")))
             || self.origins.iter().any(|o| match o {
                 Origin::Exact(e) => eq_ignore_case(e, origin),
                 Origin::Subdomain { prefix, suffix } => {
@@ -218,6 +222,9 @@ mod tests {
         assert!(!r.allows(b"https://evil.net/.example.org"));
         assert!(!r.allows(b"https://evilexample.org"));
         assert!(rt(&["*"], false).allows(b"https://anything"));
+        assert!(rt(&["*"], false).allows(b"null"));
+        assert!(!rt(&["*"], true).allows(b"null"));
+        assert!(rt(&["*"], true).allows(b"https://anything"));
     }
 
     #[test]
