@@ -101,6 +101,7 @@ fn bench_request_head(c: &mut Criterion) {
                     &fwd,
                     BodyKind::None,
                     &edits,
+                    None,
                 );
                 black_box(out.len())
             })
@@ -143,7 +144,10 @@ fn bench_response_head(c: &mut Criterion) {
                     ClientFraming::Length(1432),
                     false,
                     false,
-                    extra,
+                    &ringgate::proxy::head::ResponseEdits {
+                        extra,
+                        ..Default::default()
+                    },
                 );
                 black_box(out.len())
             })

@@ -82,18 +82,27 @@ impl GatewayError {
 
     /// Appends the full response (head and JSON body) to `out`.
     pub fn write_response(self, close: bool, out: &mut Vec<u8>) {
+        self.write_response_with(close, &[], out);
+    }
+
+    /// Like `write_response`, with header lines plugins added (`Name: value\r\n`: CORS headers, an
+    /// echoed correlation id) for errors that happen after the route's plugin chain ran.
+    pub fn write_response_with(self, close: bool, extra: &[u8], out: &mut Vec<u8>) {
         let msg = self.message();
         // The message is a static string without quotes or backslashes, so it needs no escaping.
         let body_len = msg.len() + 15; // {"message":"…"}\n
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{{\"message\":\"{}\"}}\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             self.status(),
             self.reason(),
             body_len,
-            if close { "Connection: close\r\n" } else { "" },
-            msg
         );
+        out.extend_from_slice(extra);
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        let _ = write!(out, "\r\n{{\"message\":\"{msg}\"}}\n");
     }
 }
 

@@ -8,9 +8,16 @@
 //!    rate limiting at 910), ties by name. Disabled plugins are skipped (a disabled route-level
 //!    instance does not hide the global one, as in Kong).
 //!
+//! Header plugins (`correlation`, `cors`, `transform`) keep their compiled state in
+//! `Chains::rt`, built from the same file-order numbering as their `Plugin` indices.
+//!
 //! Per request (`proxy::chain`): a loop over `&[Plugin]` with a `match` per variant; no allocation,
 //! no dynamic dispatch. The chain for route `r` is `chains.routes[r]`; once auth identified consumer
 //! `c`, `chains.consumers[c]` is merged in (`Walk`).
+
+pub mod correlation;
+pub mod cors;
+pub mod transform;
 
 use crate::config::model::{Config, PluginConfig, PluginScope};
 use crate::limit;
@@ -29,13 +36,28 @@ pub enum Plugin {
     ForwardAuth(usize),
     Acl(usize),
     IpRestriction(usize),
+    /// Index into `Runtime::correlation`.
+    CorrelationId(usize),
+    /// Index into `Runtime::cors`.
+    Cors(usize),
+    /// Index into `Runtime::request`.
+    RequestTransformer(usize),
+    /// Index into `Runtime::response`.
+    ResponseTransformer(usize),
 }
 
 impl Plugin {
     /// Kong-style priority: higher runs first. Auth plugins (>= 1000) identify the consumer
     /// before anything that depends on it (ip-restriction 990, acl 950, rate-limiting 910).
+    /// correlation-id (100001) runs first, so even answers from later plugins carry the id; cors
+    /// (2000) runs before auth, so preflights are answered without credentials and 401/403/429
+    /// answers carry CORS headers; the transformers (801, 800) run last and see the final request.
     pub fn priority(self) -> u32 {
         match self {
+            Plugin::CorrelationId(_) => 100_001,
+            Plugin::Cors(_) => 2000,
+            Plugin::RequestTransformer(_) => 801,
+            Plugin::ResponseTransformer(_) => 800,
             Plugin::Jwt(_) => 1450,
             Plugin::KeyAuth(_) => 1250,
             Plugin::BasicAuth(_) => 1100,
@@ -55,6 +77,10 @@ impl Plugin {
             Plugin::ForwardAuth(_) => "forward-auth",
             Plugin::Acl(_) => "acl",
             Plugin::IpRestriction(_) => "ip-restriction",
+            Plugin::CorrelationId(_) => "correlation-id",
+            Plugin::Cors(_) => "cors",
+            Plugin::RequestTransformer(_) => "request-transformer",
+            Plugin::ResponseTransformer(_) => "response-transformer",
         }
     }
 }
@@ -68,7 +94,7 @@ pub fn steps(cfg: &Config) -> Vec<Option<Plugin>> {
             *s = Some(Plugin::RateLimiting { instance });
         }
     }
-    let mut n = [0usize; 6];
+    let mut n = [0usize; 10];
     let mut next = |k: usize| {
         let i = n[k];
         n[k] += 1;
@@ -86,6 +112,10 @@ pub fn steps(cfg: &Config) -> Vec<Option<Plugin>> {
             PluginConfig::ForwardAuth(_) => Plugin::ForwardAuth(next(3)),
             PluginConfig::Acl(_) => Plugin::Acl(next(4)),
             PluginConfig::IpRestriction(_) => Plugin::IpRestriction(next(5)),
+            PluginConfig::CorrelationId(_) => Plugin::CorrelationId(next(6)),
+            PluginConfig::Cors(_) => Plugin::Cors(next(7)),
+            PluginConfig::RequestTransformer(_) => Plugin::RequestTransformer(next(8)),
+            PluginConfig::ResponseTransformer(_) => Plugin::ResponseTransformer(next(9)),
         };
         if let Some(s) = step.get_mut(i) {
             *s = Some(made);
@@ -102,6 +132,40 @@ pub struct Chains {
     /// Index = consumer, in execution order; merged into the route's chain once auth identified
     /// that consumer (see `Walk`).
     pub consumers: Vec<Box<[Plugin]>>,
+    /// Compiled state of the header plugins.
+    pub rt: Runtime,
+}
+
+/// Per-instance state of the header plugins, indexed like their `Plugin` variants (enabled
+/// instances of each kind in file order, as `steps` numbers them).
+#[derive(Debug, Default)]
+pub struct Runtime {
+    pub correlation: Vec<correlation::CorrelationRt>,
+    pub cors: Vec<cors::CorsRt>,
+    pub request: Vec<transform::HeaderTransform>,
+    pub response: Vec<transform::HeaderTransform>,
+}
+
+impl Runtime {
+    fn build(cfg: &Config) -> Runtime {
+        let mut rt = Runtime::default();
+        for p in cfg.plugins.iter().filter(|p| p.enabled) {
+            match &p.config {
+                PluginConfig::CorrelationId(d) => {
+                    rt.correlation.push(correlation::CorrelationRt::new(d))
+                }
+                PluginConfig::Cors(d) => rt.cors.push(cors::CorsRt::new(d)),
+                PluginConfig::RequestTransformer(d) => {
+                    rt.request.push(transform::HeaderTransform::new(d))
+                }
+                PluginConfig::ResponseTransformer(d) => {
+                    rt.response.push(transform::HeaderTransform::new(d))
+                }
+                _ => {}
+            }
+        }
+        rt
+    }
 }
 
 impl std::ops::Deref for Chains {
@@ -159,7 +223,11 @@ pub fn compile_chains(cfg: &Config) -> Chains {
             chain.into_boxed_slice()
         })
         .collect();
-    Chains { routes, consumers }
+    Chains {
+        routes,
+        consumers,
+        rt: Runtime::build(cfg),
+    }
 }
 
 /// Walks a route's chain merged with the identified consumer's plugins, by priority. A consumer's
@@ -230,12 +298,17 @@ pub fn write_response(
     close: bool,
 ) {
     use std::io::Write as _;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        reason(status),
-        body.len()
-    );
+    if status == 204 {
+        // No content, so no Content-Type or Content-Length (RFC 9110 §8.6 forbids it on a 204).
+        let _ = write!(out, "HTTP/1.1 204 {}\r\n", reason(status));
+    } else {
+        let _ = write!(
+            out,
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            reason(status),
+            body.len()
+        );
+    }
     out.extend_from_slice(extra_headers);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
@@ -246,6 +319,7 @@ pub fn write_response(
 
 fn reason(status: u16) -> &'static str {
     match status {
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

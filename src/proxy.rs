@@ -535,6 +535,8 @@ impl<S: ClientIo> Conn<S> {
     /// Everything after a complete head: route, forward, relay.
     async fn handle(&mut self, shard: &Shard) -> Next {
         self.served += 1;
+        // Nothing a plugin added for an earlier request answers this one (see `fail`).
+        self.s.plugin_headers.clear();
         // Request boundary: pick up a reloaded config, if any.
         self.snap = shard.snapshot();
         self.pos = self.s.head.head_len;
@@ -832,6 +834,10 @@ impl<S: ClientIo> Conn<S> {
             &fwd,
             p.body,
             &self.s.chain.edits,
+            self.s
+                .chain
+                .request_tf
+                .and_then(|i| snap.chains.rt.request.get(i)),
         );
         match body::send_request(
             self,
@@ -940,7 +946,15 @@ impl<S: ClientIo> Conn<S> {
             framing,
             close,
             p.http10,
-            &self.s.plugin_headers,
+            &head::ResponseEdits {
+                extra: &self.s.plugin_headers,
+                drop_cors: self.s.chain.cors_ran,
+                transform: self
+                    .s
+                    .chain
+                    .response_tf
+                    .and_then(|i| snap.chains.rt.response.get(i)),
+            },
         );
         let relay = body::relay_response(self, svc, &mut upstream, resp_body, framing).await;
         match relay {
@@ -1056,7 +1070,12 @@ impl<S: ClientIo> Conn<S> {
             self.upstream_fault = true;
         }
         let close = self.closing(shard, client_close) || e.closes_connection();
-        if self.reply_error(e, close).await && !close {
+        // Errors after the chain ran (502, 504, 413 while streaming) carry what plugins added for
+        // the client (CORS, correlation id), so a browser app can read them; `handle` cleared the
+        // lines, so errors before the chain (no route) carry none.
+        self.s.out.clear();
+        e.write_response_with(close, &self.s.plugin_headers, &mut self.s.out);
+        if self.send_answer(e.status(), close).await && !close {
             Next::KeepAlive
         } else {
             Next::Close

@@ -137,11 +137,31 @@ config = { allow = ["users"] }
 
 const AUTH_REQUEST: &[u8] = b"GET /api/items/42?x=1 HTTP/1.1\r\nHost: bench.local\r\napikey: bench-key-0123456789\r\nAccept: */*\r\n\r\n";
 
+/// The header plugins: a generated, echoed correlation id (formatted into reused buffers), CORS
+/// headers for an allowed origin (the origin echoed, credentials), and both transformers editing
+/// the request and response heads.
+const HEADER_CHAIN: &str = r#"
+[[plugins]]
+name = "correlation-id"
+config = { echo_downstream = true }
+[[plugins]]
+name = "cors"
+config = { origins = ["https://app.example.com"], credentials = true, exposed_headers = ["X-Total"] }
+[[plugins]]
+name = "request-transformer"
+config = { remove = { headers = ["User-Agent"] }, rename = { headers = ["Accept:X-Accept"] }, replace = { headers = ["X-Ver:2"] }, add = { headers = ["X-Env:prod"] }, append = { headers = ["X-Tag:gw"] } }
+[[plugins]]
+name = "response-transformer"
+config = { remove = { headers = ["Server"] }, rename = { headers = ["Content-Type:X-Content-Type"] }, add = { headers = ["X-Frame-Options:DENY"] }, append = { headers = ["X-Via:ringgate"] } }
+"#;
+
+const HEADER_REQUEST: &[u8] = b"GET /api/items/42?x=1 HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Ver: 1\r\nOrigin: https://app.example.com\r\n\r\n";
+
 #[test]
 fn steady_state_allocations_per_request() {
     // One after the other: the counter is process-wide (counting only on worker threads).
-    let plain = measure("", PLAIN).0;
-    let auth = measure(AUTH_CHAIN, AUTH_REQUEST).0;
+    let plain = measure("", PLAIN, &[]).0;
+    let auth = measure(AUTH_CHAIN, AUTH_REQUEST, &[]).0;
     // A small buffer, so the run hands off hundreds of batches and recycles buffers many times.
     let log_file = std::env::temp_dir().join(format!("ringgate-alloc-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log_file);
@@ -149,7 +169,7 @@ fn steady_state_allocations_per_request() {
         "[access_log]\npath = \"{}\"\nbuffer_size = \"16k\"\n{AUTH_CHAIN}",
         log_file.display()
     );
-    let (logged, requests) = measure(&log_conf, AUTH_REQUEST);
+    let (logged, requests) = measure(&log_conf, AUTH_REQUEST, &[]);
     let text = std::fs::read_to_string(&log_file).unwrap_or_default();
     let _ = std::fs::remove_file(&log_file);
     let lines: Vec<&str> = text.lines().collect();
@@ -164,10 +184,26 @@ fn steady_state_allocations_per_request() {
         assert_eq!(v["consumer"], "bench", "{line}");
         assert_eq!(v["path"], "/api/items/42", "{line}");
     }
+    // The plugins really ran (a vacuous chain would measure nothing).
+    let headers = measure(
+        HEADER_CHAIN,
+        HEADER_REQUEST,
+        &[
+            "X-Request-ID: ",
+            "Access-Control-Allow-Origin: https://app.example.com\r\n",
+            "X-Frame-Options: DENY\r\n",
+            "X-Content-Type: text/plain\r\n",
+        ],
+    )
+    .0;
     for (what, per_request) in [
         ("plain proxy", plain),
         ("key-auth + rate-limiting", auth),
         ("key-auth + rate-limiting + access log", logged),
+        (
+            "correlation-id + cors + request/response-transformer",
+            headers,
+        ),
     ] {
         assert!(
             per_request <= MAX_PER_REQUEST,
@@ -177,8 +213,9 @@ fn steady_state_allocations_per_request() {
 }
 
 /// Allocations per request on the worker thread, in steady state, for `extra` config and `request`;
-/// and how many requests were sent in all.
-fn measure(extra: &str, request: &[u8]) -> (f64, u64) {
+/// and how many requests were sent in all; the first response head must contain each of
+/// `expect`.
+fn measure(extra: &str, request: &[u8], expect: &[&str]) -> (f64, u64) {
     let up = upstream();
     let toml = format!(
         r#"
@@ -253,6 +290,10 @@ paths = ["/api"]
         .expect("timeout");
     let mut buf = vec![0u8; 64 * 1024];
     round_trip(&mut client, &mut buf, request);
+    let head = String::from_utf8_lossy(&buf[..find_head_end(&buf).unwrap_or(0)]).into_owned();
+    for e in expect {
+        assert!(head.contains(e), "response head lacks {e:?}:\n{head}");
+    }
     // The counter works: accepting a connection and the first request allocate on the worker.
     let first = ALLOCS.load(Ordering::Relaxed);
     assert!(

@@ -452,7 +452,7 @@ fn cluster_needs_redis_and_local_rejects_redis_keys() {
 #[test]
 fn many_errors_at_once_and_no_panic() {
     let text = with(
-        "[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 0, mode = \"x\", error_code = 1 }\n\n[[plugins]]\nname = \"cors\"\n\n[[plugins]]\nname = 5\n",
+        "[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 0, mode = \"x\", error_code = 1 }\n\n[[plugins]]\nname = \"bot-detection\"\n\n[[plugins]]\nname = 5\n",
     );
     let errs = errors(&text);
     assert_eq!(errs.len(), 5, "{errs:#?}");
@@ -469,4 +469,150 @@ fn many_errors_at_once_and_no_panic() {
         assert!(!errs.is_empty());
         assert!(errs.iter().all(|e| e.line > 0), "{errs:#?}");
     }
+}
+
+/// Line 21 of `with(plugin)` for a three-line plugin entry; the error is at `needle` on that line.
+#[track_caller]
+fn expect_at_needle(plugin: &str, needle: &str, key: &str, fragment: &str) {
+    let text = with(plugin);
+    let line = text.lines().nth(20).unwrap_or_default();
+    let col = line.find(needle).map_or(0, |c| c + 1);
+    assert!(col > 0, "{needle:?} not on line 21: {line}");
+    expect_one(&text, 21, col, key, fragment);
+}
+
+#[test]
+fn header_plugins_compile_with_kong_priorities() {
+    let cfg = load_str(
+        &with(
+            "[[plugins]]\nname = \"request-transformer\"\nconfig = { add = { headers = [\"X-A:1\"] } }\n\n\
+             [[plugins]]\nname = \"cors\"\n\n\
+             [[plugins]]\nname = \"response-transformer\"\nroute = \"r\"\nconfig = { remove = { headers = [\"Server\"] } }\n\n\
+             [[plugins]]\nname = \"correlation-id\"\n\n\
+             [[plugins]]\nname = \"key-auth\"\n",
+        ),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    match &cfg.plugins[3].config {
+        PluginConfig::CorrelationId(d) => {
+            assert_eq!(
+                (d.header_name.as_str(), d.echo_downstream),
+                ("X-Request-ID", false)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match &cfg.plugins[1].config {
+        PluginConfig::Cors(d) => {
+            assert_eq!(d.origins, ["*"]);
+            assert!(!d.credentials && !d.preflight_continue);
+            assert!(d.methods.iter().any(|m| m == "PATCH"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let chains = compile_chains(&cfg);
+    let names: Vec<&str> = chains.routes[0].iter().map(|p| p.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "correlation-id",
+            "cors",
+            "key-auth",
+            "request-transformer",
+            "response-transformer"
+        ]
+    );
+    let names: Vec<&str> = chains.routes[1].iter().map(|p| p.name()).collect();
+    assert_eq!(
+        names,
+        ["correlation-id", "cors", "key-auth", "request-transformer"]
+    );
+    assert!(matches!(chains.routes[0][0], Plugin::CorrelationId(0)));
+}
+
+#[test]
+fn transformers_refuse_framing_and_gateway_headers() {
+    for (name, needle) in [
+        ("Content-Length", "\"Content-Length"),
+        ("Transfer-Encoding", "\"Transfer-Encoding"),
+        ("Connection", "\"Connection"),
+    ] {
+        expect_at_needle(
+            &format!("[[plugins]]\nname = \"request-transformer\"\nconfig = {{ add = {{ headers = [\"X-A:1\", \"{name}:5\"] }} }}\n"),
+            needle,
+            "plugins[0].config.add.headers[1]",
+            "framing or hop-by-hop",
+        );
+        expect_at_needle(
+            &format!("[[plugins]]\nname = \"response-transformer\"\nconfig = {{ remove = {{ headers = [\"{name}\"] }} }}\n"),
+            needle,
+            "plugins[0].config.remove.headers[0]",
+            "framing or hop-by-hop",
+        );
+    }
+    expect_at_needle(
+        "[[plugins]]\nname = \"request-transformer\"\nconfig = { replace = { headers = [\"Host:evil\"] } }\n",
+        "\"Host",
+        "plugins[0].config.replace.headers[0]",
+        "set by the gateway",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"request-transformer\"\nconfig = { rename = { headers = [\"X-User:X-Consumer-ID\"] } }\n",
+        "\"X-User",
+        "plugins[0].config.rename.headers[0]",
+        "auth plugins only",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"request-transformer\"\nconfig = { append = { headers = [\"X-A:1\\r\\nX-Injected: 1\"] } }\n",
+        "\"X-A",
+        "plugins[0].config.append.headers[0]",
+        "control characters",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"response-transformer\"\nconfig = { add = { headers = [\"Bad Name:1\"] } }\n",
+        "\"Bad",
+        "plugins[0].config.add.headers[0]",
+        "not a valid header name",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"response-transformer\"\nconfig = { add = { headers = [\"NoColon\"] } }\n",
+        "\"NoColon",
+        "plugins[0].config.add.headers[0]",
+        "expected \"Header-Name:value\"",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"request-transformer\"\nconfig = { add = { body = [\"a:1\"] } }\n",
+        "body",
+        "plugins[0].config.add.body",
+        "unknown field",
+    );
+}
+
+#[test]
+fn cors_and_correlation_config_errors() {
+    expect_at_needle(
+        "[[plugins]]\nname = \"cors\"\nconfig = { origins = [\"https://ok.example\", \"https://app.example.com/\"] }\n",
+        "\"https://app",
+        "plugins[0].config.origins[1]",
+        "is not an origin",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"cors\"\nconfig = { max_age = -1 }\n",
+        "-1",
+        "plugins[0].config.max_age",
+        "max_age",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"correlation-id\"\nconfig = { generator = \"tracker\" }\n",
+        "\"tracker",
+        "plugins[0].config.generator",
+        "expected \"uuid\"",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"correlation-id\"\nconfig = { header_name = \"Content-Length\" }\n",
+        "\"Content-Length",
+        "plugins[0].config.header_name",
+        "framing",
+    );
 }

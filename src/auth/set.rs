@@ -292,7 +292,11 @@ impl AuthSet {
                             .to_vec(),
                     def: def.clone(),
                 }),
-                PluginConfig::RateLimiting(_) => {}
+                PluginConfig::RateLimiting(_)
+                | PluginConfig::CorrelationId(_)
+                | PluginConfig::Cors(_)
+                | PluginConfig::RequestTransformer(_)
+                | PluginConfig::ResponseTransformer(_) => {}
             }
         }
         set

@@ -15,7 +15,10 @@ use super::locate::{KeyPath, Problem};
 use super::raw::auth::{
     RawAcl, RawBasicAuth, RawConsumer, RawForwardAuth, RawIpRestriction, RawJwt, RawKeyAuth,
 };
-use super::raw::plugins::{DecodedPlugin, RawPlugin, RawPluginConfig, RawRateLimiting};
+use super::raw::plugins::{
+    DecodedPlugin, RawCorrelationId, RawCors, RawPlugin, RawPluginConfig, RawRateLimiting,
+    RawTransformer,
+};
 use super::raw::{
     RawAccessLog, RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService,
     RawUpstream,
@@ -72,6 +75,10 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "acl",
     "ip-restriction",
     "forward-auth",
+    "correlation-id",
+    "cors",
+    "request-transformer",
+    "response-transformer",
 ];
 
 /// Parses the TOML syntax; a syntax error is a single problem (the parser cannot continue past it).
@@ -205,6 +212,14 @@ fn decode_plugin(el: &Item, path: &KeyPath, problems: &mut Vec<Problem>) -> Opti
             .map(|p| p.into_decoded(RawPluginConfig::IpRestriction)),
         Some("forward-auth") => decode_one::<RawPlugin<RawForwardAuth>>(el, path, problems)
             .map(|p| p.into_decoded(RawPluginConfig::ForwardAuth)),
+        Some("correlation-id") => decode_one::<RawPlugin<RawCorrelationId>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::CorrelationId)),
+        Some("cors") => decode_one::<RawPlugin<RawCors>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::Cors)),
+        Some("request-transformer") => decode_one::<RawPlugin<RawTransformer>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::RequestTransformer)),
+        Some("response-transformer") => decode_one::<RawPlugin<RawTransformer>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::ResponseTransformer)),
         Some(name) => {
             problems.push(Problem::at(
                 path.key("name"),

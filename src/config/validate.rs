@@ -8,6 +8,7 @@
 mod access_log;
 mod auth;
 mod consumers;
+mod edge;
 mod entities;
 mod health;
 mod observe;

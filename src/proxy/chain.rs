@@ -36,6 +36,12 @@ pub struct ChainState {
     fwd_headers: Vec<u8>,
     /// The `X-Forwarded-Uri` sent to the auth service.
     fwd_uri: Vec<u8>,
+    /// Header transforms due on this request (indices into `plugins::Runtime`), applied when the
+    /// heads are written.
+    pub request_tf: Option<usize>,
+    pub response_tf: Option<usize>,
+    /// The cors plugin ran: the upstream's own `Access-Control-*` headers are dropped.
+    pub cors_ran: bool,
 }
 
 impl Default for ChainState {
@@ -49,6 +55,9 @@ impl Default for ChainState {
             fwd: forward::Scratch::default(),
             fwd_headers: Vec::new(),
             fwd_uri: Vec::new(),
+            request_tf: None,
+            response_tf: None,
+            cors_ran: false,
         }
     }
 }
@@ -58,6 +67,9 @@ impl ChainState {
         self.edits.clear();
         self.id = Identity::default();
         self.client_ip = client_ip;
+        self.request_tf = None;
+        self.response_tf = None;
+        self.cors_ran = false;
     }
 
     /// Overwrites decoded credential bytes so they do not linger in a pooled buffer.
@@ -107,6 +119,39 @@ impl<S: ClientIo> Conn<S> {
             };
             let resp_headers = &mut self.s.plugin_headers;
             let flow = match step {
+                Plugin::CorrelationId(n) => {
+                    if let Some(rt) = snap.chains.rt.correlation.get(n) {
+                        plugins::correlation::on_request(
+                            rt,
+                            &self.s.head,
+                            &self.buf,
+                            &mut st.edits,
+                            resp_headers,
+                        );
+                    }
+                    Flow::Continue
+                }
+                Plugin::Cors(n) => {
+                    let Some(rt) = snap.chains.rt.cors.get(n) else {
+                        continue;
+                    };
+                    st.cors_ran = true;
+                    match plugins::cors::on_request(rt, &self.s.head, &self.buf, resp_headers) {
+                        plugins::cors::Outcome::AnswerPreflight => Flow::Respond {
+                            status: 204,
+                            body: b"",
+                        },
+                        plugins::cors::Outcome::Continue => Flow::Continue,
+                    }
+                }
+                Plugin::RequestTransformer(n) => {
+                    st.request_tf = Some(n);
+                    Flow::Continue
+                }
+                Plugin::ResponseTransformer(n) => {
+                    st.response_tf = Some(n);
+                    Flow::Continue
+                }
                 Plugin::RateLimiting { instance } => {
                     let Some(limiters) = snap.limiters.as_deref() else {
                         continue;

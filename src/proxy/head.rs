@@ -12,6 +12,8 @@ use crate::auth::steps::Edits;
 use crate::http::headers::{eq_ignore_case, is_listed};
 use crate::http::parse::{RequestHead, ResponseHead};
 use crate::http::{BodyKind, Span};
+use crate::plugins::cors;
+use crate::plugins::transform::{HeaderTransform, Seen};
 
 /// Headers the proxy treats specially, classified by length first so the common case is one compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +130,8 @@ pub struct Forwarded<'a> {
 
 /// Writes the upstream request head. `buf` is the client read buffer the `head` spans point into;
 /// `path_and_query` is the already rewritten upstream target; `host` the Host to send; `edits`
-/// what plugins changed (hidden credentials, consumer headers).
+/// what plugins changed (hidden credentials, consumer headers); `transform` a request-transformer's
+/// edits of the client's plain headers.
 #[allow(clippy::too_many_arguments)]
 pub fn write_request_head(
     out: &mut Vec<u8>,
@@ -139,6 +142,7 @@ pub fn write_request_head(
     fwd: &Forwarded<'_>,
     body: BodyKind,
     edits: &Edits,
+    transform: Option<&HeaderTransform>,
 ) {
     out.extend_from_slice(head.method.get(buf));
     out.push(b' ');
@@ -150,6 +154,7 @@ pub fn write_request_head(
     let mut had_content_length = false;
     let mut upgrade_value: Option<Span> = None;
     let edited = !edits.skip.is_empty() || edits.skip_names.is_some();
+    let mut seen = Seen::default();
     for (i, h) in head.headers.iter().enumerate() {
         let name = h.name.get(buf);
         match classify(name) {
@@ -161,7 +166,10 @@ pub fn write_request_head(
                     && memchr::memchr(b'_', name).is_none()
                     && !(edited && edits.skips(i, name))
                 {
-                    push_header(out, name, h.value.get(buf));
+                    match transform {
+                        Some(t) => t.emit(out, name, h.value.get(buf), &mut seen),
+                        None => push_header(out, name, h.value.get(buf)),
+                    }
                 }
             }
             Class::XForwardedFor => has_xff = true,
@@ -169,6 +177,9 @@ pub fn write_request_head(
             Class::Upgrade => upgrade_value = Some(h.value),
             Class::HopByHop | Class::Host | Class::Expect | Class::ProxySet | Class::AuthSet => {}
         }
+    }
+    if let Some(t) = transform {
+        t.finish(out, &seen);
     }
     out.extend_from_slice(&edits.add);
     // Appended to, never trusted: every XFF field the client sent is one comma list (RFC 9110 §5.3)
@@ -231,6 +242,17 @@ pub enum ClientFraming {
     Close,
 }
 
+/// What plugins do to a response head from the upstream.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ResponseEdits<'a> {
+    /// Header lines plugins add (already `Name: value\r\n`), e.g. rate-limit and CORS headers.
+    pub extra: &'a [u8],
+    /// The cors plugin ran: the upstream's own `Access-Control-*` headers are dropped.
+    pub drop_cors: bool,
+    /// A response-transformer's edits of the upstream's end-to-end headers.
+    pub transform: Option<&'a HeaderTransform>,
+}
+
 /// Writes the client response head.
 pub fn write_response_head(
     out: &mut Vec<u8>,
@@ -239,24 +261,34 @@ pub fn write_response_head(
     framing: ClientFraming,
     close: bool,
     http10_client: bool,
-    extra: &[u8],
+    edits: &ResponseEdits<'_>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(resp.status));
     out.push(b' ');
     out.extend_from_slice(resp.reason.get(ubuf));
     out.extend_from_slice(b"\r\n");
+    let mut seen = Seen::default();
     for h in &resp.headers {
         let name = h.name.get(ubuf);
         let keep = match classify(name) {
             Class::HopByHop | Class::Upgrade => false,
             // RFC 9110 §8.6: never on a 204 (HEAD and 304 pass the upstream's length on).
             Class::ContentLength => framing == ClientFraming::NoBody && resp.status != 204,
-            _ => resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf),
+            _ => {
+                (resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf))
+                    && !(edits.drop_cors && cors::owned(name))
+            }
         };
         if keep {
-            push_header(out, name, h.value.get(ubuf));
+            match edits.transform {
+                Some(t) => t.emit(out, name, h.value.get(ubuf), &mut seen),
+                None => push_header(out, name, h.value.get(ubuf)),
+            }
         }
+    }
+    if let Some(t) = edits.transform {
+        t.finish(out, &seen);
     }
     match framing {
         ClientFraming::Length(n) => {
@@ -267,8 +299,7 @@ pub fn write_response_head(
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         ClientFraming::NoBody | ClientFraming::Close => {}
     }
-    // Header lines plugins add (already `Name: value\r\n`), e.g. rate-limit headers.
-    out.extend_from_slice(extra);
+    out.extend_from_slice(edits.extra);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if http10_client {

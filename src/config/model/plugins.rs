@@ -65,6 +65,44 @@ pub enum PluginConfig {
     Acl(AclDef),
     IpRestriction(IpRestrictionDef),
     ForwardAuth(ForwardAuthConf),
+    CorrelationId(CorrelationIdDef),
+    Cors(CorsDef),
+    RequestTransformer(TransformDef),
+    ResponseTransformer(TransformDef),
+}
+
+/// `correlation-id`'s config. The only generator is `uuid` (v4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationIdDef {
+    /// As written (a plain end-to-end header name, checked at load).
+    pub header_name: String,
+    pub echo_downstream: bool,
+}
+
+/// `cors`'s config, validated (origins are `*`, `scheme://host[:port]` or `scheme://*.suffix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsDef {
+    pub origins: Vec<String>,
+    pub methods: Vec<String>,
+    /// `None`: a preflight's `Access-Control-Request-Headers` is echoed (Kong's default).
+    pub headers: Option<Vec<String>>,
+    pub exposed_headers: Vec<String>,
+    pub credentials: bool,
+    pub max_age: Option<u64>,
+    pub preflight_continue: bool,
+}
+
+/// A request- or response-transformer's header edits, applied in Kong's order: remove, rename,
+/// replace (only if present), add (only if absent), append. Names and values checked at load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransformDef {
+    pub remove: Vec<String>,
+    /// (from, to).
+    pub rename: Vec<(String, String)>,
+    /// (name, value) for replace, add and append.
+    pub replace: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub append: Vec<(String, String)>,
 }
 
 /// `rate-limiting`'s config.

@@ -46,6 +46,10 @@ pub enum RawPluginConfig {
     Acl(Option<RawAcl>),
     IpRestriction(Option<RawIpRestriction>),
     ForwardAuth(Option<RawForwardAuth>),
+    CorrelationId(Option<RawCorrelationId>),
+    Cors(Option<RawCors>),
+    RequestTransformer(Option<RawTransformer>),
+    ResponseTransformer(Option<RawTransformer>),
 }
 
 impl<C> RawPlugin<C> {
@@ -130,4 +134,57 @@ impl<'de> Deserialize<'de> for Num {
         }
         d.deserialize_any(V)
     }
+}
+
+/// `config` of `correlation-id` (Kong's keys).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a correlation-id config table, e.g. { header_name = \"X-Request-ID\", echo_downstream = true }"
+)]
+pub struct RawCorrelationId {
+    pub header_name: Option<String>,
+    pub generator: Option<String>,
+    pub echo_downstream: Option<bool>,
+}
+
+/// `config` of `cors` (Kong's keys).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a cors config table, e.g. { origins = [\"https://app.example.com\"], credentials = true }"
+)]
+pub struct RawCors {
+    pub origins: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<Vec<String>>,
+    pub exposed_headers: Option<Vec<String>>,
+    pub credentials: Option<bool>,
+    pub max_age: Option<Int>,
+    pub preflight_continue: Option<bool>,
+}
+
+/// `config` of `request-transformer` and `response-transformer`: Kong's header subset, each a table
+/// `{ headers = [...] }` (`"name"` for remove, `"name:value"` / `"old:new"` for the others).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a transformer config table, e.g. { add = { headers = [\"X-Env:prod\"] } }"
+)]
+pub struct RawTransformer {
+    pub remove: Option<RawHeaderList>,
+    pub rename: Option<RawHeaderList>,
+    pub replace: Option<RawHeaderList>,
+    pub add: Option<RawHeaderList>,
+    pub append: Option<RawHeaderList>,
+}
+
+/// `{ headers = ["…"] }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { headers = [\"X-Name:value\"] }"
+)]
+pub struct RawHeaderList {
+    pub headers: Vec<String>,
 }

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::{auth, in_range, known, push};
+use super::{auth, edge, in_range, known, push};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{
     Algorithm, BucketDef, LimitBy, Mode, Period, PeriodLimit, PluginConfig, PluginDef, PluginScope,
@@ -80,6 +80,20 @@ pub fn compile(
                 }
                 RawPluginConfig::ForwardAuth(c) => {
                     auth::forward_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::ForwardAuth)
+                }
+                RawPluginConfig::CorrelationId(c) => {
+                    edge::correlation_id(c.as_ref(), &path, problems).map(PluginConfig::CorrelationId)
+                }
+                RawPluginConfig::Cors(c) => {
+                    edge::cors(c.as_ref(), &path, problems).map(PluginConfig::Cors)
+                }
+                RawPluginConfig::RequestTransformer(c) => {
+                    edge::transformer(c.as_ref(), &path, edge::Side::Request, problems)
+                        .map(PluginConfig::RequestTransformer)
+                }
+                RawPluginConfig::ResponseTransformer(c) => {
+                    edge::transformer(c.as_ref(), &path, edge::Side::Response, problems)
+                        .map(PluginConfig::ResponseTransformer)
                 }
             };
             Some(PluginDef {

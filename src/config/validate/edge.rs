@@ -1,0 +1,350 @@
+//! Config of the header plugins: `correlation-id`, `cors`, `request-transformer`,
+//! `response-transformer`.
+//!
+//! Everything a request will carry is checked here, once: header names are RFC 9110 tokens, values
+//! have no CR, LF, NUL or other control bytes (a value with CRLF would inject header lines), and
+//! names the gateway derives itself (framing, hop-by-hop, Host, X-Forwarded-*, X-Consumer-*) are
+//! refused with a message saying why, so no plugin can corrupt framing or spoof identity. Each
+//! problem is reported at its exact key (`plugins[2].config.add.headers[1]`).
+
+use super::plugins::is_token;
+use super::{in_range, push};
+use crate::config::locate::{KeyPath, Problem};
+use crate::config::model::{CorrelationIdDef, CorsDef, TransformDef};
+use crate::config::raw::plugins::{RawCorrelationId, RawCors, RawHeaderList, RawTransformer};
+use crate::proxy::head::{classify, Class};
+
+/// Kong's default: every method a preflight may ask about.
+const DEFAULT_METHODS: &[&str] = &[
+    "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// Add and replace entries are tracked per request in a `u64` bitmask (no allocation).
+pub const MAX_TRACKED: usize = 64;
+
+/// Which side of the proxy a header name is used on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Towards the upstream: only plain end-to-end names (the gateway sets or drops the others).
+    Request,
+    /// Towards the client: everything but framing and hop-by-hop names.
+    Response,
+}
+
+/// Why `name` may not be set or edited by a plugin on `side`, if it may not.
+fn reserved(name: &str, side: Side) -> Option<&'static str> {
+    let why = match classify(name.as_bytes()) {
+        Class::Plain => None,
+        Class::ContentLength | Class::HopByHop | Class::Upgrade => Some(
+            "is a framing or hop-by-hop header: the gateway derives it from what it actually sends",
+        ),
+        Class::Host => Some("is set by the gateway from the route and service (see preserve_host)"),
+        Class::Expect => Some("is handled by the gateway (100-continue)"),
+        Class::XForwardedFor | Class::ProxySet => {
+            Some("is set by the gateway from the connection, never taken from config or clients")
+        }
+        Class::AuthSet => Some("is set by auth plugins only (identity headers cannot be spoofed)"),
+    };
+    match side {
+        Side::Request => why.or_else(|| {
+            // The gateway drops names with '_' towards the upstream (CGI smuggling of identity
+            // headers), so an edit to one would silently do nothing.
+            name.contains('_')
+                .then_some("contains '_': such headers are never forwarded upstream")
+        }),
+        // Towards the client only framing matters; X-Forwarded-* or Host there is harmless.
+        Side::Response => why.filter(|_| {
+            matches!(
+                classify(name.as_bytes()),
+                Class::ContentLength | Class::HopByHop | Class::Upgrade
+            )
+        }),
+    }
+}
+
+/// A header name usable on `side`; reports at `path` otherwise.
+pub fn header_name(
+    problems: &mut Vec<Problem>,
+    path: KeyPath,
+    name: &str,
+    side: Side,
+) -> Option<String> {
+    if !is_token(name) {
+        push(
+            problems,
+            path,
+            format!("{name:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"),
+        );
+        return None;
+    }
+    if let Some(why) = reserved(name, side) {
+        push(
+            problems,
+            path,
+            format!("{name:?} {why}; it cannot be used here"),
+        );
+        return None;
+    }
+    Some(name.to_owned())
+}
+
+/// A header value: no control bytes but HTAB (CR/LF/NUL would split or end the head), trimmed of
+/// surrounding spaces (`"X-A: 1"` means `1`).
+fn header_value(problems: &mut Vec<Problem>, path: KeyPath, value: &str) -> Option<String> {
+    let v = value.trim_matches([' ', '\t']);
+    if v.chars().any(|c| c.is_control() && c != '\t') {
+        push(
+            problems,
+            path,
+            "header values must not contain control characters (CR, LF, NUL, …)",
+        );
+        return None;
+    }
+    Some(v.to_owned())
+}
+
+pub fn correlation_id(
+    raw: Option<&RawCorrelationId>,
+    path: &KeyPath,
+    problems: &mut Vec<Problem>,
+) -> Option<CorrelationIdDef> {
+    let default = RawCorrelationId::default();
+    let c = raw.unwrap_or(&default);
+    let cp = path.key("config");
+    let before = problems.len();
+    let header_name = header_name(
+        problems,
+        cp.key("header_name"),
+        c.header_name.as_deref().unwrap_or("X-Request-ID"),
+        Side::Request,
+    );
+    if let Some(g) = &c.generator {
+        if g != "uuid" {
+            push(
+                problems,
+                cp.key("generator"),
+                format!("{g:?} is not supported; expected \"uuid\" (random, version 4)"),
+            );
+        }
+    }
+    (problems.len() == before).then_some(())?;
+    Some(CorrelationIdDef {
+        header_name: header_name?,
+        echo_downstream: c.echo_downstream.unwrap_or(false),
+    })
+}
+
+/// An allowed origin: `*`, `scheme://host[:port]`, or `scheme://*.suffix` (any subdomain).
+fn origin_ok(o: &str) -> bool {
+    if o == "*" {
+        return true;
+    }
+    let Some(rest) = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let rest = rest.strip_prefix("*.").unwrap_or(rest);
+    !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
+pub fn cors(raw: Option<&RawCors>, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<CorsDef> {
+    let default = RawCors::default();
+    let c = raw.unwrap_or(&default);
+    let cp = path.key("config");
+    let before = problems.len();
+    let origins = c.origins.clone().unwrap_or_else(|| vec!["*".to_owned()]);
+    if origins.is_empty() {
+        push(
+            problems,
+            cp.key("origins"),
+            "must list at least one origin (or \"*\")",
+        );
+    }
+    for (i, o) in origins.iter().enumerate() {
+        if !origin_ok(o) {
+            push(
+                problems,
+                cp.key("origins").index(i),
+                format!(
+                    "{o:?} is not an origin; expected \"*\", \"https://host[:port]\" (no path, no trailing '/') or \"https://*.example.com\""
+                ),
+            );
+        }
+    }
+    let methods = match &c.methods {
+        None => DEFAULT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
+        Some(ms) => {
+            for (i, m) in ms.iter().enumerate() {
+                if !is_token(m) {
+                    push(
+                        problems,
+                        cp.key("methods").index(i),
+                        format!("{m:?} is not an HTTP method"),
+                    );
+                }
+            }
+            ms.clone()
+        }
+    };
+    let mut names = |key: &str, list: &Option<Vec<String>>| -> Option<Vec<String>> {
+        let list = list.as_ref()?;
+        for (i, h) in list.iter().enumerate() {
+            if !is_token(h) {
+                push(
+                    problems,
+                    cp.key(key).index(i),
+                    format!("{h:?} is not a valid header name"),
+                );
+            }
+        }
+        Some(list.clone())
+    };
+    let headers = names("headers", &c.headers);
+    let exposed_headers = names("exposed_headers", &c.exposed_headers).unwrap_or_default();
+    let max_age = match c.max_age {
+        None => None,
+        Some(v) => in_range(problems, cp.key("max_age"), "max_age", v.0, 0, 86_400 * 365)
+            .and_then(|n| u64::try_from(n).ok()),
+    };
+    (problems.len() == before).then_some(())?;
+    Some(CorsDef {
+        origins,
+        methods,
+        headers,
+        exposed_headers,
+        credentials: c.credentials.unwrap_or(false),
+        max_age,
+        preflight_continue: c.preflight_continue.unwrap_or(false),
+    })
+}
+
+pub fn transformer(
+    raw: Option<&RawTransformer>,
+    path: &KeyPath,
+    side: Side,
+    problems: &mut Vec<Problem>,
+) -> Option<TransformDef> {
+    let Some(c) = raw else {
+        push(
+            problems,
+            path.clone(),
+            "a transformer needs a `config` table, e.g. config = { add = { headers = [\"X-Env:prod\"] } }",
+        );
+        return None;
+    };
+    let cp = path.key("config");
+    let before = problems.len();
+    let mut def = TransformDef::default();
+    for (i, h) in list(&c.remove) {
+        let at = cp.key("remove").key("headers").index(i);
+        def.remove.extend(header_name(problems, at, h, side));
+    }
+    for (i, h) in list(&c.rename) {
+        let at = cp.key("rename").key("headers").index(i);
+        let Some((from, to)) = h.split_once(':') else {
+            push(
+                problems,
+                at,
+                format!("{h:?}: expected \"old-name:new-name\""),
+            );
+            continue;
+        };
+        let from = header_name(problems, at.clone(), from.trim(), side);
+        let to = header_name(problems, at, to.trim(), side);
+        if let (Some(from), Some(to)) = (from, to) {
+            def.rename.push((from, to));
+        }
+    }
+    for (key, out) in [
+        ("replace", &mut def.replace),
+        ("add", &mut def.add),
+        ("append", &mut def.append),
+    ] {
+        let raw = match key {
+            "replace" => &c.replace,
+            "add" => &c.add,
+            _ => &c.append,
+        };
+        for (i, h) in list(raw) {
+            let at = cp.key(key).key("headers").index(i);
+            let Some((name, value)) = h.split_once(':') else {
+                push(
+                    problems,
+                    at,
+                    format!("{h:?}: expected \"Header-Name:value\""),
+                );
+                continue;
+            };
+            let name = header_name(problems, at.clone(), name.trim(), side);
+            let value = header_value(problems, at, value);
+            if let (Some(n), Some(v)) = (name, value) {
+                out.push((n, v));
+            }
+        }
+        if key != "append" && out.len() > MAX_TRACKED {
+            push(
+                problems,
+                cp.key(key).key("headers"),
+                format!("at most {MAX_TRACKED} entries"),
+            );
+        }
+    }
+    (problems.len() == before).then_some(def)
+}
+
+fn list(l: &Option<RawHeaderList>) -> impl Iterator<Item = (usize, &str)> {
+    l.iter()
+        .flat_map(|l| l.headers.iter().map(String::as_str).enumerate())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        for ok in [
+            "*",
+            "https://app.example.com",
+            "http://localhost:3000",
+            "https://*.example.com",
+        ] {
+            assert!(origin_ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "app.example.com",
+            "https://app.example.com/",
+            "https://a.example.com/path",
+            "https://",
+            "https://a b",
+            "ftp://x",
+        ] {
+            assert!(!origin_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reserved_names() {
+        for n in [
+            "Content-Length",
+            "transfer-encoding",
+            "Connection",
+            "Host",
+            "X-Forwarded-For",
+            "X-Consumer-ID",
+            "X_Thing",
+        ] {
+            assert!(reserved(n, Side::Request).is_some(), "{n}");
+        }
+        assert!(reserved("Content-Length", Side::Response).is_some());
+        assert!(reserved("Connection", Side::Response).is_some());
+        assert!(reserved("X-Cache", Side::Response).is_none());
+        assert!(reserved("X-Env", Side::Request).is_none());
+    }
+}

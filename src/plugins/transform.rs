@@ -1,0 +1,163 @@
+//! `request-transformer` and `response-transformer`: header edits compiled once at load, applied
+//! while a head is written.
+//!
+//! Kong's order, per header: remove, rename, replace (only if present; one line replaces every
+//! occurrence), then after the last header add (only if no header of that name was written) and
+//! append (always). Names and values were checked at load (`config::validate::edge`): no framing,
+//! hop-by-hop, Host or identity names, no CR/LF/NUL. Every line to write is prebuilt
+//! (`Name: value\r\n`), so applying a transform is compares and copies into the head buffer the
+//! writer already reuses; per-request state is two `u64` bitmasks on the stack (`Seen`).
+//!
+//! A transform only sees the headers it is handed: on the request side the client's plain headers
+//! (not the lines plugins add, such as consumer headers or a generated correlation id), on the
+//! response side the upstream's end-to-end headers (not the gateway's own lines).
+
+use crate::config::model::TransformDef;
+use crate::http::headers::eq_ignore_case;
+
+/// (name, bytes): a rename's (from, to) or an edit's (name, whole `Name: value\r\n` line).
+type Pairs = Box<[(Box<[u8]>, Box<[u8]>)]>;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeaderTransform {
+    remove: Box<[Box<[u8]>]>,
+    /// (from, to as written).
+    rename: Pairs,
+    /// (name, whole line).
+    replace: Pairs,
+    add: Pairs,
+    /// Whole lines.
+    append: Box<[u8]>,
+}
+
+/// Which replace lines were written and which add names were seen, for one head. At most 64 of
+/// each (checked at load).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen {
+    replaced: u64,
+    present: u64,
+}
+
+fn line(name: &str, value: &str) -> Box<[u8]> {
+    format!("{name}: {value}\r\n")
+        .into_bytes()
+        .into_boxed_slice()
+}
+
+fn bit(k: usize) -> u64 {
+    1u64.checked_shl(k as u32).unwrap_or(0)
+}
+
+impl HeaderTransform {
+    pub fn new(def: &TransformDef) -> HeaderTransform {
+        let name = |n: &str| n.as_bytes().into();
+        HeaderTransform {
+            remove: def.remove.iter().map(|n| name(n)).collect(),
+            rename: def.rename.iter().map(|(f, t)| (name(f), name(t))).collect(),
+            replace: def
+                .replace
+                .iter()
+                .map(|(n, v)| (name(n), line(n, v)))
+                .collect(),
+            add: def.add.iter().map(|(n, v)| (name(n), line(n, v))).collect(),
+            append: def
+                .append
+                .iter()
+                .flat_map(|(n, v)| line(n, v).into_vec())
+                .collect(),
+        }
+    }
+
+    /// Writes header `name: value` as transformed (or nothing, when removed or already replaced).
+    pub fn emit(&self, out: &mut Vec<u8>, name: &[u8], value: &[u8], seen: &mut Seen) {
+        if self.remove.iter().any(|n| eq_ignore_case(n, name)) {
+            return;
+        }
+        let name = self
+            .rename
+            .iter()
+            .find(|(from, _)| eq_ignore_case(from, name))
+            .map_or(name, |(_, to)| &to[..]);
+        for (k, (n, _)) in self.add.iter().enumerate() {
+            if eq_ignore_case(n, name) {
+                seen.present |= bit(k);
+            }
+        }
+        if let Some(k) = self
+            .replace
+            .iter()
+            .position(|(n, _)| eq_ignore_case(n, name))
+        {
+            if seen.replaced & bit(k) == 0 {
+                seen.replaced |= bit(k);
+                if let Some((_, l)) = self.replace.get(k) {
+                    out.extend_from_slice(l);
+                }
+            }
+            return;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// After the last header: the adds whose name was not written, then the appends.
+    pub fn finish(&self, out: &mut Vec<u8>, seen: &Seen) {
+        for (k, (_, l)) in self.add.iter().enumerate() {
+            if seen.present & bit(k) == 0 {
+                out.extend_from_slice(l);
+            }
+        }
+        out.extend_from_slice(&self.append);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    fn run(t: &HeaderTransform, headers: &[(&str, &str)]) -> String {
+        let mut out = Vec::new();
+        let mut seen = Seen::default();
+        for (n, v) in headers {
+            t.emit(&mut out, n.as_bytes(), v.as_bytes(), &mut seen);
+        }
+        t.finish(&mut out, &seen);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn kong_order() {
+        let t = HeaderTransform::new(&TransformDef {
+            remove: vec!["x-secret".into()],
+            rename: pairs(&[("x-old", "X-New")]),
+            replace: pairs(&[("x-ver", "2")]),
+            add: pairs(&[("X-New", "added"), ("X-Env", "prod")]),
+            append: pairs(&[("X-Tag", "a")]),
+        });
+        let got = run(
+            &t,
+            &[
+                ("X-Secret", "s"),
+                ("X-Old", "o"),
+                ("X-Ver", "1"),
+                ("x-ver", "1b"),
+                ("Accept", "*/*"),
+                ("X-Tag", "z"),
+            ],
+        );
+        assert_eq!(
+            got,
+            "X-New: o\r\nx-ver: 2\r\nAccept: */*\r\nX-Tag: z\r\nX-Env: prod\r\nX-Tag: a\r\n"
+        );
+        // Replace only if present; add when absent.
+        assert_eq!(run(&t, &[]), "X-New: added\r\nX-Env: prod\r\nX-Tag: a\r\n");
+    }
+}

@@ -1,0 +1,453 @@
+//! The header plugins end to end over real sockets: `correlation-id` (generated, kept, replaced,
+//! echoed), `cors` (preflights answered at the gateway and never proxied, actual requests, disallowed
+//! origins, credentials with `*`, plugin answers carrying CORS headers, upstream CORS headers
+//! overridden), and `request-transformer` / `response-transformer` (what the upstream and the client
+//! see), plus their ordering relative to each other.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+
+/// A one-worker gateway in front of `up` with routes `/a` (`a`) and a catch-all (`all`); `plugins`
+/// appended (consumers too).
+fn start(up: &Upstream, plugins: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "a"
+service = "svc"
+paths = ["/a"]
+
+[[routes]]
+name = "all"
+service = "svc"
+paths = ["/"]
+
+{plugins}
+"#,
+        url = up.url()
+    ))
+}
+
+fn send(gw: &Gateway, method: &str, path: &str, headers: &str) -> RawResponse {
+    let mut c = Conn::connect(gw.addr());
+    c.request(format!("{method} {path} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n").as_bytes())
+}
+
+/// Lower-case hex UUID v4: 8-4-4-4-12, version nibble 4, variant 10xx.
+fn is_uuid_v4(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+    lens == [8, 4, 4, 4, 12]
+        && s.bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && parts[2].starts_with('4')
+        && parts[3].starts_with(['8', '9', 'a', 'b'])
+}
+
+const CORRELATION_ECHO: &str = r#"
+[[plugins]]
+name = "correlation-id"
+config = { echo_downstream = true }
+"#;
+
+#[test]
+fn correlation_id_generated_unique_and_echoed() {
+    let up = Upstream::echo("up");
+    let gw = start(&up, CORRELATION_ECHO);
+    let mut seen = HashSet::new();
+    // One keep-alive connection and fresh ones: ids differ per request, not per connection.
+    let mut c = Conn::connect(gw.addr());
+    for i in 0..20 {
+        let r = if i % 2 == 0 {
+            c.get(HOST, "/x")
+        } else {
+            send(&gw, "GET", "/x", "")
+        };
+        assert_eq!(r.status, 200);
+        let sent = up.last_request();
+        let ids = sent.header_all("x-request-id");
+        assert_eq!(ids.len(), 1, "exactly one id upstream: {:?}", sent.headers);
+        assert!(is_uuid_v4(ids[0]), "not a UUID v4: {}", ids[0]);
+        assert_eq!(
+            r.header("x-request-id"),
+            Some(ids[0]),
+            "echoed as sent upstream"
+        );
+        assert!(seen.insert(ids[0].to_owned()), "id repeated: {}", ids[0]);
+    }
+}
+
+#[test]
+fn correlation_id_kept_when_sane_replaced_when_not() {
+    let up = Upstream::echo("up");
+    let gw = start(&up, CORRELATION_ECHO);
+    let r = send(&gw, "GET", "/x", "X-Request-ID: trace-abc-123\r\n");
+    assert_eq!(
+        up.last_request().header_all("x-request-id"),
+        ["trace-abc-123"]
+    );
+    assert_eq!(r.header_all("x-request-id"), ["trace-abc-123"]);
+
+    // Overlong, or repeated (ambiguous): replaced by one generated id.
+    let long = "a".repeat(201);
+    for bad in [
+        format!("X-Request-ID: {long}\r\n"),
+        "X-Request-ID: one\r\nX-Request-ID: two\r\n".to_owned(),
+    ] {
+        let r = send(&gw, "GET", "/x", &bad);
+        let ids = up.last_request();
+        let ids = ids.header_all("x-request-id");
+        assert_eq!(ids.len(), 1, "{bad:?}: {ids:?}");
+        assert!(is_uuid_v4(ids[0]), "{bad:?}: {}", ids[0]);
+        assert_eq!(r.header("x-request-id"), Some(ids[0]));
+    }
+}
+
+#[test]
+fn correlation_id_custom_header_without_echo() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "correlation-id"
+route = "a"
+config = { header_name = "Kong-Request-ID", generator = "uuid" }
+"#,
+    );
+    let r = send(&gw, "GET", "/a", "");
+    let id = up.last_request();
+    assert!(
+        is_uuid_v4(id.header("kong-request-id").unwrap_or("")),
+        "{:?}",
+        id.headers
+    );
+    assert!(!r.has_header("kong-request-id"), "not echoed by default");
+    // Other routes do not run it.
+    send(&gw, "GET", "/b", "");
+    assert!(!up.last_request().has_header("kong-request-id"));
+}
+
+const CORS: &str = r#"
+[[plugins]]
+name = "cors"
+config = { origins = ["https://app.example.com", "https://*.example.org"], methods = ["GET", "POST"], headers = ["Content-Type", "X-Token"], exposed_headers = ["X-Total"], max_age = 600 }
+"#;
+
+const PREFLIGHT: &str =
+    "Origin: https://app.example.com\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: x-token\r\n";
+
+#[test]
+fn cors_preflight_answered_by_the_gateway() {
+    let up = Upstream::echo("up");
+    let gw = start(&up, CORS);
+    let r = send(&gw, "OPTIONS", "/a", PREFLIGHT);
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("Content-Type, X-Token")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert!(!r.has_header("access-control-allow-credentials"));
+    assert!(
+        !r.has_header("content-length"),
+        "no Content-Length on a 204"
+    );
+    assert!(r.body.is_empty());
+
+    // Subdomain wildcard; a disallowed origin's preflight is answered too, without CORS headers.
+    let r = send(
+        &gw,
+        "OPTIONS",
+        "/a",
+        "Origin: https://x.example.org\r\nAccess-Control-Request-Method: GET\r\n",
+    );
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://x.example.org")
+    );
+    let r = send(
+        &gw,
+        "OPTIONS",
+        "/a",
+        "Origin: https://evil.net\r\nAccess-Control-Request-Method: GET\r\n",
+    );
+    assert_eq!(r.status, 204);
+    assert!(
+        !r.headers
+            .iter()
+            .any(|(n, _)| n.to_ascii_lowercase().starts_with("access-control-")),
+        "{r:?}"
+    );
+    settle();
+    assert_eq!(up.request_count(), 0, "no preflight reaches the upstream");
+
+    // A plain OPTIONS (no Access-Control-Request-Method) is not a preflight: proxied.
+    let r = send(&gw, "OPTIONS", "/a", "Origin: https://app.example.com\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.request_count(), 1);
+}
+
+#[test]
+fn cors_actual_requests() {
+    let up = Upstream::echo("up");
+    let gw = start(&up, CORS);
+    let r = send(&gw, "GET", "/a", "Origin: https://app.example.com\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header_all("vary"), ["Origin"]);
+    assert_eq!(r.header("access-control-expose-headers"), Some("X-Total"));
+    assert!(
+        !r.has_header("access-control-allow-methods"),
+        "preflight-only"
+    );
+
+    // Disallowed origin and no origin: proxied, no CORS headers.
+    for h in [
+        "Origin: https://evil.net\r\n",
+        "Origin: https://app.example.com.evil.net\r\n",
+        "",
+    ] {
+        let r = send(&gw, "GET", "/a", h);
+        assert_eq!(r.status, 200);
+        assert!(!r.has_header("access-control-allow-origin"), "{h:?}: {r:?}");
+        assert!(!r.has_header("access-control-expose-headers"), "{h:?}");
+    }
+    assert_eq!(up.request_count(), 4);
+}
+
+#[test]
+fn cors_credentials_with_star_echoes_the_origin() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "cors"
+config = { origins = ["*"], credentials = true }
+"#,
+    );
+    let r = send(&gw, "GET", "/a", "Origin: https://any.example\r\n");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://any.example"),
+        "never `*` with credentials"
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    // Default methods, and the requested headers echoed when `headers` is not configured.
+    let r = send(
+        &gw,
+        "OPTIONS",
+        "/a",
+        "Origin: https://any.example\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: x-a, x-b\r\n",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-headers"), Some("x-a, x-b"));
+    assert!(r
+        .header("access-control-allow-methods")
+        .is_some_and(|m| m.contains("PUT") && m.contains("DELETE")));
+
+    // Without credentials, `*` is sent as it is, with no Vary.
+    let up2 = Upstream::echo("up2");
+    let gw2 = start(&up2, "[[plugins]]\nname = \"cors\"\n");
+    let r = send(&gw2, "GET", "/a", "Origin: https://any.example\r\n");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(!r.has_header("vary"));
+}
+
+#[test]
+fn cors_headers_on_plugin_answers_and_upstream_cors_overridden() {
+    // The upstream sends its own permissive CORS headers; the plugin's policy replaces them.
+    let up = Upstream::fixed(
+        b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Credentials: true\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let gw = start(
+        &up,
+        &format!(
+            "{CORS}\n[[plugins]]\nname = \"key-auth\"\nroute = \"a\"\n\n[[plugins]]\nname = \"correlation-id\"\nconfig = {{ echo_downstream = true }}\n"
+        ),
+    );
+    // The preflight is answered before key-auth asks for a key.
+    let r = send(&gw, "OPTIONS", "/a", PREFLIGHT);
+    assert_eq!(r.status, 204);
+    assert!(r.has_header("x-request-id"), "correlation-id runs first");
+    // key-auth's 401 carries the CORS headers (cors runs before auth), so the browser can read it.
+    let r = send(&gw, "GET", "/a", "Origin: https://app.example.com\r\n");
+    r.assert_json_error(401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(r.has_header("x-request-id"));
+    // Disallowed origin: the upstream's `*` does not leak through.
+    let r = send(&gw, "GET", "/other", "Origin: https://evil.net\r\n");
+    assert_eq!(r.status, 200);
+    assert!(!r.has_header("access-control-allow-origin"), "{r:?}");
+    assert!(!r.has_header("access-control-allow-credentials"), "{r:?}");
+    let r = send(&gw, "GET", "/other", "Origin: https://app.example.com\r\n");
+    assert_eq!(
+        r.header_all("access-control-allow-origin"),
+        ["https://app.example.com"]
+    );
+    assert!(!r.has_header("access-control-allow-credentials"));
+}
+
+#[test]
+fn request_transformer_edits_what_the_upstream_sees() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "request-transformer"
+route = "a"
+[plugins.config]
+remove = { headers = ["X-Secret"] }
+rename = { headers = ["X-Old:X-New"] }
+replace = { headers = ["User-Agent:ringgate-test", "X-Absent:never"] }
+add = { headers = ["X-Env:prod", "X-Keep:added"] }
+append = { headers = ["X-Tag:from-gateway"] }
+"#,
+    );
+    send(
+        &gw,
+        "GET",
+        "/a",
+        "X-Secret: s3cr3t\r\nX-Old: moved\r\nUser-Agent: curl/8\r\nX-Keep: client\r\nX-Tag: client-tag\r\n",
+    );
+    let seen = up.last_request();
+    assert!(!seen.has_header("x-secret"), "removed: {:?}", seen.headers);
+    assert!(!seen.has_header("x-old"));
+    assert_eq!(seen.header_all("x-new"), ["moved"], "renamed");
+    assert_eq!(seen.header_all("user-agent"), ["ringgate-test"], "replaced");
+    assert!(!seen.has_header("x-absent"), "replace only if present");
+    assert_eq!(seen.header_all("x-env"), ["prod"], "added");
+    assert_eq!(seen.header_all("x-keep"), ["client"], "add only if absent");
+    assert_eq!(
+        seen.header_all("x-tag"),
+        ["client-tag", "from-gateway"],
+        "appended"
+    );
+    // Framing is the gateway's, whatever the transform.
+    assert_eq!(seen.header_all("host").len(), 1);
+
+    // Another route: untouched.
+    send(&gw, "GET", "/b", "X-Secret: s3cr3t\r\n");
+    assert_eq!(up.last_request().header("x-secret"), Some("s3cr3t"));
+}
+
+#[test]
+fn response_transformer_edits_what_the_client_sees() {
+    let up = Upstream::fixed(
+        b"HTTP/1.1 200 OK\r\nServer: backend/1.2\r\nX-Powered-By: php\r\nX-Old: v\r\nCache-Control: private\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "response-transformer"
+config = { remove = { headers = ["X-Powered-By"] }, rename = { headers = ["X-Old:X-New"] }, replace = { headers = ["Server:gateway"] }, add = { headers = ["X-Frame-Options:DENY", "Cache-Control:no-store"] }, append = { headers = ["X-Via:ringgate"] } }
+"#,
+    );
+    let r = send(&gw, "GET", "/a", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"ok");
+    assert!(!r.has_header("x-powered-by"), "{r:?}");
+    assert!(!r.has_header("x-old"));
+    assert_eq!(r.header_all("x-new"), ["v"]);
+    assert_eq!(r.header_all("server"), ["gateway"]);
+    assert_eq!(r.header_all("x-frame-options"), ["DENY"]);
+    assert_eq!(
+        r.header_all("cache-control"),
+        ["private"],
+        "add only if absent"
+    );
+    assert_eq!(r.header_all("x-via"), ["ringgate"]);
+    assert_eq!(r.header_all("content-length"), ["2"]);
+}
+
+#[test]
+fn cors_preflight_continue_forwards_with_headers() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "cors"
+config = { origins = ["https://app.example.com"], preflight_continue = true }
+"#,
+    );
+    let r = send(&gw, "OPTIONS", "/a", PREFLIGHT);
+    assert_eq!(r.status, 200, "the upstream answered");
+    assert_eq!(up.request_count(), 1);
+    assert_eq!(up.last_request().method, "OPTIONS");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(r.has_header("access-control-allow-methods"));
+}
+
+#[test]
+fn gateway_errors_after_the_chain_carry_cors_and_the_id_but_not_before() {
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[[services]]
+name = "down"
+url = "http://{down}"
+
+[[routes]]
+name = "a"
+service = "down"
+paths = ["/a"]
+
+[[plugins]]
+name = "cors"
+config = {{ origins = ["https://app.example.com"] }}
+
+[[plugins]]
+name = "correlation-id"
+config = {{ echo_downstream = true }}
+"#,
+        down = refusing_addr()
+    ));
+    let mut c = Conn::connect(gw.addr());
+    let req = format!("GET /a HTTP/1.1\r\nHost: {HOST}\r\nOrigin: https://app.example.com\r\n\r\n");
+    let r = c.request(req.as_bytes());
+    r.assert_json_error(502);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(r.header("x-request-id").is_some_and(is_uuid_v4), "{r:?}");
+    // No route: no plugin ran, and nothing from the previous request on this connection leaks.
+    let req =
+        format!("GET /nowhere HTTP/1.1\r\nHost: {HOST}\r\nOrigin: https://app.example.com\r\n\r\n");
+    let r = c.request(req.as_bytes());
+    r.assert_json_error(404);
+    assert!(!r.has_header("access-control-allow-origin"), "{r:?}");
+    assert!(!r.has_header("x-request-id"), "{r:?}");
+}
