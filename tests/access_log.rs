@@ -722,3 +722,55 @@ paths = ["/"]
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("redirect-secret-1"), "{text}");
 }
+
+#[test]
+fn the_correlation_id_the_upstream_saw_is_in_the_line() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let text = config(&up, &log_table(&log)).replace(
+        "[[plugins]]\nname = \"key-auth\"",
+        "[[plugins]]\nname = \"correlation-id\"\nroute = \"open\"\n\n[[plugins]]\nname = \"key-auth\"",
+    );
+    assert!(text.contains("correlation-id"), "the plugin is configured");
+    let gw = Gateway::start(&text);
+
+    // Generated (none sent), kept (a sane one), replaced (an id with a space is not kept).
+    assert_eq!(get_path(&gw, "/open/generated").status, 200);
+    let generated = up.last_request().header("x-request-id").map(str::to_owned);
+    let kept = request(
+        &gw,
+        &format!("GET /open/kept HTTP/1.1\r\nHost: {HOST}\r\nX-Request-ID: trace-\"q\"-7\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(kept.status, 200);
+    let replaced = request(
+        &gw,
+        &format!("GET /open/replaced HTTP/1.1\r\nHost: {HOST}\r\nX-Request-ID: two words\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(replaced.status, 200);
+    let replacement = up.last_request().header("x-request-id").map(str::to_owned);
+    // A route without the plugin has no such field.
+    assert_eq!(get_path(&gw, "/nothing/here").status, 404);
+
+    let all = wait_lines(&log, 4);
+    let generated = generated.expect("the upstream got a generated id");
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let l = by_path(&all, "/open/generated");
+    assert_eq!(l["correlation_id"], generated.as_str());
+    assert!(l["request_id"].is_null(), "the client sent none");
+    let l = by_path(&all, "/open/kept");
+    assert_eq!(l["correlation_id"], "trace-\"q\"-7");
+    assert_eq!(l["request_id"], "trace-\"q\"-7");
+    let l = by_path(&all, "/open/replaced");
+    assert_eq!(l["request_id"], "two words", "what the client sent");
+    assert_eq!(
+        l["correlation_id"],
+        replacement
+            .expect("the upstream got a replacement")
+            .as_str(),
+        "what the upstream saw"
+    );
+    assert!(by_path(&all, "/nothing/here")
+        .get("correlation_id")
+        .is_none());
+}

@@ -40,13 +40,16 @@ pub fn acceptable(v: &[u8]) -> bool {
     (1..=MAX_LEN).contains(&v.len()) && v.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
-/// Runs the step: edits towards the upstream, and the echo line in `resp_headers`.
+/// Runs the step: edits towards the upstream, the echo line in `resp_headers`, and with the access
+/// log on, `"correlation_id":"…",` appended to the line's staged request part (`log`): the id the
+/// upstream saw, kept or generated, so the gateway's log line and the upstream's logs share a key.
 pub fn on_request(
     rt: &CorrelationRt,
     head: &RequestHead,
     buf: &[u8],
     edits: &mut Edits,
     resp_headers: &mut Vec<u8>,
+    log: Option<&mut Vec<u8>>,
 ) {
     let mut found: Option<&[u8]> = None;
     let mut count = 0usize;
@@ -61,6 +64,7 @@ pub fn on_request(
             if rt.echo {
                 push_line(resp_headers, &rt.name, v);
             }
+            log_id(log, v);
             return;
         }
     }
@@ -78,6 +82,16 @@ pub fn on_request(
     push_line(&mut edits.add, &rt.name, id.as_bytes());
     if rt.echo {
         push_line(resp_headers, &rt.name, id.as_bytes());
+    }
+    log_id(log, id.as_bytes());
+}
+
+fn log_id(log: Option<&mut Vec<u8>>, id: &[u8]) {
+    if let Some(out) = log {
+        out.extend_from_slice(b"\"correlation_id\":");
+        // Escaped: a kept client id may hold a quote or a backslash.
+        crate::access_log::format::push_str(out, id);
+        out.push(b',');
     }
 }
 

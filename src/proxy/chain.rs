@@ -127,6 +127,7 @@ impl<S: ClientIo> Conn<S> {
                             &self.buf,
                             &mut st.edits,
                             resp_headers,
+                            self.log_on.then_some(&mut self.s.log),
                         );
                     }
                     Flow::Continue
