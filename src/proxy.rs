@@ -760,7 +760,7 @@ impl<S: ClientIo> Conn<S> {
             snap.metrics.upstream_released(flat);
             // Passive health: a failure on the upstream's side counts against the target, an answer
             // (unless its status is configured as a failure) for it. A stale pooled connection
-            // (retried) and a client that went away count for neither.
+            // (retried), a response cut mid-body and a client that went away count for neither.
             if self.upstream_fault {
                 upstream_failed(shard, &snap, svc.upstream, target);
             } else if self.upstream_status != 0 {
@@ -966,7 +966,20 @@ impl<S: ClientIo> Conn<S> {
                 }
                 Exchange::Done(if close { Next::Close } else { Next::KeepAlive })
             }
-            body::Relay::Aborted => Exchange::Done(Next::Close),
+            body::Relay::Aborted => {
+                // Cut mid-body, by either side, after the client saw the head: passive health
+                // counts it neither as a failure (the client may have caused it) nor as a success,
+                // unless its status alone is a configured failure.
+                if !ups
+                    .health
+                    .passive
+                    .http_statuses
+                    .contains(self.upstream_status)
+                {
+                    self.upstream_status = 0;
+                }
+                Exchange::Done(Next::Close)
+            }
             body::Relay::BadBeforeHead => Exchange::Done(
                 self.fail(shard, GatewayError::BadResponse, p.client_close)
                     .await,

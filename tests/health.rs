@@ -500,3 +500,58 @@ fn a_reload_adding_a_failing_target_gets_it_probed_and_taken_out() {
         "still probed after removal"
     );
 }
+
+/// One request on a fresh connection; whatever comes back (a cut-short response included) is read
+/// until the gateway closes.
+fn fire(gw: &Gateway, path: &str) {
+    let mut s = TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("send");
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+}
+
+#[test]
+fn a_response_cut_mid_body_neither_resets_nor_counts_the_failures() {
+    // Odd requests get a configured failure status; even ones a chunked 200 that dies after its
+    // first chunk (the client already has the head). The README: a failure on a mid-body response
+    // is not counted, so it must not count as a success either (which would reset the streak and
+    // keep a target that fails every other way from ever being ejected).
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for (i, s) in listener.incoming().enumerate() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer: &[u8] = if i % 2 == 0 {
+                b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            };
+            let _ = s.write_all(answer);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let gw = Gateway::start(&config(
+        &[addr],
+        "[upstreams.health.passive]\nmax_fails = 2\nfail_timeout = \"30s\"\nhttp_statuses = [503]",
+        "",
+    ));
+    for i in 0..3 {
+        fire(&gw, &format!("/{i}"));
+    }
+    assert_eq!(
+        metric(&gw, "ringgate_upstream_ejections_total", addr, |v| v >= 1),
+        Some(1),
+        "503, cut-short 200, 503: two failures in a row as far as health goes"
+    );
+}
