@@ -138,8 +138,11 @@ impl AccessLog {
             return;
         };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        if self.tx.send_timeout(Msg::Stop(done_tx), timeout).is_err()
-            || done_rx.recv_timeout(timeout).is_err()
+        // One deadline for both steps: queueing the stop behind a full channel, then the writer
+        // getting through what is ahead of it.
+        let deadline = std::time::Instant::now() + timeout;
+        if self.tx.send_deadline(Msg::Stop(done_tx), deadline).is_err()
+            || done_rx.recv_deadline(deadline).is_err()
         {
             error!(
                 "access log writer did not finish within {}ms; lines still queued are lost",
