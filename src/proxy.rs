@@ -949,6 +949,12 @@ impl<S: ClientIo> Conn<S> {
             &head::ResponseEdits {
                 extra: &self.s.plugin_headers,
                 drop_cors: self.s.chain.cors_ran,
+                replaced: self
+                    .s
+                    .chain
+                    .echo_id
+                    .and_then(|i| snap.chains.rt.correlation.get(i))
+                    .and_then(|rt| rt.echoed()),
                 transform: self
                     .s
                     .chain

@@ -451,3 +451,19 @@ config = {{ echo_downstream = true }}
     assert!(!r.has_header("access-control-allow-origin"), "{r:?}");
     assert!(!r.has_header("x-request-id"), "{r:?}");
 }
+
+#[test]
+fn correlation_id_echo_replaces_the_upstreams_own() {
+    // Many upstreams echo X-Request-ID themselves: the client must get one id, not two.
+    let up = Upstream::fixed(
+        b"HTTP/1.1 200 OK\r\nx-request-id: upstream-own\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let gw = start(&up, CORRELATION_ECHO);
+    let r = send(&gw, "GET", "/x", "X-Request-ID: trace-abc-123\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_all("x-request-id"), ["trace-abc-123"], "{r:?}");
+    let r = send(&gw, "GET", "/x", "");
+    let ids = r.header_all("x-request-id");
+    assert_eq!(ids.len(), 1, "{r:?}");
+    assert!(is_uuid_v4(ids[0]), "{r:?}");
+}

@@ -33,6 +33,12 @@ impl CorrelationRt {
             echo: def.echo_downstream,
         }
     }
+
+    /// The header name the plugin writes on responses itself, when it echoes: the upstream's own
+    /// copies are dropped (Kong sets the header, it does not add a second one).
+    pub fn echoed(&self) -> Option<&[u8]> {
+        self.echo.then_some(&self.name[..])
+    }
 }
 
 /// Whether a client's id is kept as it is.

@@ -42,6 +42,9 @@ pub struct ChainState {
     pub response_tf: Option<usize>,
     /// The cors plugin ran: the upstream's own `Access-Control-*` headers are dropped.
     pub cors_ran: bool,
+    /// The correlation-id instance that echoes its id (index into `plugins::Runtime`): the
+    /// upstream's own header of that name is dropped.
+    pub echo_id: Option<usize>,
 }
 
 impl Default for ChainState {
@@ -58,6 +61,7 @@ impl Default for ChainState {
             request_tf: None,
             response_tf: None,
             cors_ran: false,
+            echo_id: None,
         }
     }
 }
@@ -70,6 +74,7 @@ impl ChainState {
         self.request_tf = None;
         self.response_tf = None;
         self.cors_ran = false;
+        self.echo_id = None;
     }
 
     /// Overwrites decoded credential bytes so they do not linger in a pooled buffer.
@@ -121,6 +126,9 @@ impl<S: ClientIo> Conn<S> {
             let flow = match step {
                 Plugin::CorrelationId(n) => {
                     if let Some(rt) = snap.chains.rt.correlation.get(n) {
+                        if rt.echoed().is_some() {
+                            st.echo_id = Some(n);
+                        }
                         plugins::correlation::on_request(
                             rt,
                             &self.s.head,

@@ -249,6 +249,9 @@ pub struct ResponseEdits<'a> {
     pub extra: &'a [u8],
     /// The cors plugin ran: the upstream's own `Access-Control-*` headers are dropped.
     pub drop_cors: bool,
+    /// A header plugins write in `extra` themselves (the echoed correlation id): the upstream's
+    /// copies are dropped, so the client gets one.
+    pub replaced: Option<&'a [u8]>,
     /// A response-transformer's edits of the upstream's end-to-end headers.
     pub transform: Option<&'a HeaderTransform>,
 }
@@ -278,6 +281,7 @@ pub fn write_response_head(
             _ => {
                 (resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf))
                     && !(edits.drop_cors && cors::owned(name))
+                    && !edits.replaced.is_some_and(|r| eq_ignore_case(r, name))
             }
         };
         if keep {
