@@ -467,3 +467,23 @@ fn correlation_id_echo_replaces_the_upstreams_own() {
     assert_eq!(ids.len(), 1, "{r:?}");
     assert!(is_uuid_v4(ids[0]), "{r:?}");
 }
+
+#[test]
+fn correlation_id_nominated_by_connection_is_replaced() {
+    // `Connection: X-Request-ID` makes the client's id hop-by-hop: it would never reach the
+    // upstream, so keeping it would leave the upstream without any id.
+    let up = Upstream::echo("up");
+    let gw = start(&up, CORRELATION_ECHO);
+    let r = send(
+        &gw,
+        "GET",
+        "/x",
+        "Connection: X-Request-ID\r\nX-Request-ID: trace-abc-123\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let sent = up.last_request();
+    let ids = sent.header_all("x-request-id");
+    assert_eq!(ids.len(), 1, "exactly one id upstream: {:?}", sent.headers);
+    assert!(is_uuid_v4(ids[0]), "{}", ids[0]);
+    assert_eq!(r.header_all("x-request-id"), [ids[0]]);
+}
