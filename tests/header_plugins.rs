@@ -487,3 +487,31 @@ fn correlation_id_nominated_by_connection_is_replaced() {
     assert!(is_uuid_v4(ids[0]), "{}", ids[0]);
     assert_eq!(r.header_all("x-request-id"), [ids[0]]);
 }
+
+#[test]
+fn cors_vary_origin_whenever_the_answer_depends_on_it() {
+    // A shared cache must not serve a response stored for a disallowed (or absent) Origin to an
+    // allowed one: every response of a route whose policy is not a plain `*` says `Vary: Origin`.
+    let up = Upstream::echo("up");
+    let gw = start(&up, CORS);
+    for headers in ["Origin: https://evil.net\r\n", ""] {
+        let r = send(&gw, "GET", "/a", headers);
+        assert_eq!(r.status, 200);
+        assert!(!r.has_header("access-control-allow-origin"), "{r:?}");
+        assert_eq!(r.header_all("vary"), ["Origin"], "{headers:?}: {r:?}");
+    }
+    let r = send(&gw, "GET", "/a", "Origin: https://app.example.com\r\n");
+    assert_eq!(r.header_all("vary"), ["Origin"], "{r:?}");
+    // `*` without credentials answers the same for every origin: no Vary.
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "cors"
+config = { origins = ["*"] }
+"#,
+    );
+    let r = send(&gw, "GET", "/a", "Origin: https://evil.net\r\n");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(!r.has_header("vary"), "{r:?}");
+}
