@@ -515,3 +515,44 @@ config = { origins = ["*"] }
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     assert!(!r.has_header("vary"), "{r:?}");
 }
+
+#[test]
+fn forward_auth_denials_carry_cors_and_the_id() {
+    // The auth service's 401 is relayed: a browser app must be able to read it (CORS) and it
+    // carries the echoed id like the gateway's own 401s; the auth service's own CORS headers are
+    // dropped like the upstream's.
+    let auth = Upstream::fixed(
+        b"HTTP/1.1 401 Unauthorized\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nno",
+    );
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        &format!(
+            r#"
+[[plugins]]
+name = "cors"
+config = {{ origins = ["https://app.example.com"] }}
+
+[[plugins]]
+name = "correlation-id"
+config = {{ echo_downstream = true }}
+
+[[plugins]]
+name = "forward-auth"
+route = "a"
+config = {{ address = "{}/verify", timeout = "2s" }}
+"#,
+            auth.url()
+        ),
+    );
+    let r = send(&gw, "GET", "/a", "Origin: https://app.example.com\r\n");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.body, b"no");
+    assert_eq!(
+        r.header_all("access-control-allow-origin"),
+        ["https://app.example.com"],
+        "{r:?}"
+    );
+    assert!(r.header("x-request-id").is_some_and(is_uuid_v4), "{r:?}");
+    assert_eq!(up.request_count(), 0);
+}

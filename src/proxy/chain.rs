@@ -19,6 +19,7 @@ use crate::auth::{client_ip, forward, verifier};
 use crate::http::headers::eq_ignore_case;
 use crate::limit::{self, Decision, RequestInfo};
 use crate::plugins::{self, Flow, Plugin, Walk};
+use crate::proxy::head::ResponseEdits;
 use crate::worker::Shard;
 
 /// Per-request plugin state, kept in the pooled `Scratch` so its buffers are reused.
@@ -295,6 +296,17 @@ impl<S: ClientIo> Conn<S> {
                         headers: &headers,
                         client_close: closing,
                         http10: p.http10,
+                        // A denial answers the client: it carries CORS and the echoed id like
+                        // the gateway's own 401s.
+                        answer: ResponseEdits {
+                            extra: &self.s.plugin_headers,
+                            drop_cors: st.cors_ran,
+                            replaced: st
+                                .echo_id
+                                .and_then(|i| snap.chains.rt.correlation.get(i))
+                                .and_then(|rt| rt.echoed()),
+                            transform: None,
+                        },
                     };
                     let mut copied = std::mem::take(&mut st.fwd_headers);
                     copied.clear();

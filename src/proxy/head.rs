@@ -256,6 +256,15 @@ pub struct ResponseEdits<'a> {
     pub transform: Option<&'a HeaderTransform>,
 }
 
+impl ResponseEdits<'_> {
+    /// Whether a header of the answer being relayed (upstream's, auth service's) gives way to what
+    /// plugins write themselves.
+    pub fn overridden(&self, name: &[u8]) -> bool {
+        (self.drop_cors && cors::owned(name))
+            || self.replaced.is_some_and(|r| eq_ignore_case(r, name))
+    }
+}
+
 /// Writes the client response head.
 pub fn write_response_head(
     out: &mut Vec<u8>,
@@ -280,8 +289,7 @@ pub fn write_response_head(
             Class::ContentLength => framing == ClientFraming::NoBody && resp.status != 204,
             _ => {
                 (resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf))
-                    && !(edits.drop_cors && cors::owned(name))
-                    && !edits.replaced.is_some_and(|r| eq_ignore_case(r, name))
+                    && !edits.overridden(name)
             }
         };
         if keep {
