@@ -556,3 +556,29 @@ config = {{ address = "{}/verify", timeout = "2s" }}
     assert!(r.header("x-request-id").is_some_and(is_uuid_v4), "{r:?}");
     assert_eq!(up.request_count(), 0);
 }
+
+#[test]
+fn correlation_id_echoed_on_a_websocket_upgrade() {
+    // The 101 is a response too: the client gets the id the upstream got, to match log lines.
+    let up = Upstream::start(Behaviour::WebSocketEcho);
+    let gw = start(&up, CORRELATION_ECHO);
+    let mut c = Conn::connect(gw.addr());
+    c.send(
+        format!(
+            "GET /chat HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Request-ID: ws-trace-1\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let head = c.read_head().expect("a 101 head");
+    assert_eq!(head.status, 101, "{head:?}");
+    assert_eq!(head.header("x-request-id"), Some("ws-trace-1"), "{head:?}");
+    assert_eq!(
+        head.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+            .count(),
+        1,
+        "{head:?}"
+    );
+}

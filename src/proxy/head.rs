@@ -320,8 +320,14 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a `101 Switching Protocols` head: end-to-end headers plus the upgrade pair.
-pub fn write_upgrade_head(out: &mut Vec<u8>, ubuf: &[u8], resp: &ResponseHead) {
+/// Writes a `101 Switching Protocols` head: end-to-end headers, the lines plugins add (`edits`,
+/// whose `transform` is not applied), plus the upgrade pair.
+pub fn write_upgrade_head(
+    out: &mut Vec<u8>,
+    ubuf: &[u8],
+    resp: &ResponseHead,
+    edits: &ResponseEdits<'_>,
+) {
     out.extend_from_slice(b"HTTP/1.1 101 ");
     out.extend_from_slice(resp.reason.get(ubuf));
     out.extend_from_slice(b"\r\n");
@@ -332,12 +338,15 @@ pub fn write_upgrade_head(out: &mut Vec<u8>, ubuf: &[u8], resp: &ResponseHead) {
             Class::Upgrade => upgrade = Some(h.value),
             Class::HopByHop | Class::ContentLength => {}
             _ => {
-                if !is_listed(name, &resp.conn_tokens, ubuf) {
+                if !is_listed(name, &resp.conn_tokens, ubuf) && !edits.overridden(name) {
                     push_header(out, name, h.value.get(ubuf));
                 }
             }
         }
     }
+    // What plugins add (echoed correlation id, CORS, rate-limit lines), as on any response; the
+    // response-transformer is not applied to a 101.
+    out.extend_from_slice(edits.extra);
     out.extend_from_slice(b"Connection: upgrade\r\n");
     if let Some(v) = upgrade {
         push_header(out, b"Upgrade", v.get(ubuf));
