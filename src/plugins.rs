@@ -51,7 +51,9 @@ impl Plugin {
     /// before anything that depends on it (ip-restriction 990, acl 950, rate-limiting 910).
     /// correlation-id (100001) runs first, so even answers from later plugins carry the id; cors
     /// (2000) runs before auth, so preflights are answered without credentials and 401/403/429
-    /// answers carry CORS headers; the transformers (801, 800) run last and see the final request.
+    /// answers carry CORS headers; the transformers (801, 800) run last, only for requests no plugin
+    /// answered, and edit the client's and the upstream's own headers when the heads are written
+    /// (not lines plugins add: see `transform`).
     pub fn priority(self) -> u32 {
         match self {
             Plugin::CorrelationId(_) => 100_001,

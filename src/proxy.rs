@@ -949,6 +949,12 @@ impl<S: ClientIo> Conn<S> {
             &head::ResponseEdits {
                 extra: &self.s.plugin_headers,
                 drop_cors: self.s.chain.cors_ran,
+                replaced: self
+                    .s
+                    .chain
+                    .echo_id
+                    .and_then(|i| snap.chains.rt.correlation.get(i))
+                    .and_then(|rt| rt.echoed()),
                 transform: self
                     .s
                     .chain
@@ -1047,7 +1053,22 @@ impl<S: ClientIo> Conn<S> {
             );
         }
         self.s.out.clear();
-        head::write_upgrade_head(&mut self.s.out, &self.ubuf, &self.s.resp);
+        head::write_upgrade_head(
+            &mut self.s.out,
+            &self.ubuf,
+            &self.s.resp,
+            &head::ResponseEdits {
+                extra: &self.s.plugin_headers,
+                drop_cors: self.s.chain.cors_ran,
+                replaced: self
+                    .s
+                    .chain
+                    .echo_id
+                    .and_then(|i| self.snap.chains.rt.correlation.get(i))
+                    .and_then(|rt| rt.echoed()),
+                transform: None,
+            },
+        );
         // Bytes the upstream sent right after its 101 belong to the new protocol.
         let extra_from = self.s.resp.head_len.min(self.ubuf.len());
         self.s.out.extend_from_slice(&self.ubuf[extra_from..]);

@@ -451,3 +451,134 @@ config = {{ echo_downstream = true }}
     assert!(!r.has_header("access-control-allow-origin"), "{r:?}");
     assert!(!r.has_header("x-request-id"), "{r:?}");
 }
+
+#[test]
+fn correlation_id_echo_replaces_the_upstreams_own() {
+    // Many upstreams echo X-Request-ID themselves: the client must get one id, not two.
+    let up = Upstream::fixed(
+        b"HTTP/1.1 200 OK\r\nx-request-id: upstream-own\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let gw = start(&up, CORRELATION_ECHO);
+    let r = send(&gw, "GET", "/x", "X-Request-ID: trace-abc-123\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_all("x-request-id"), ["trace-abc-123"], "{r:?}");
+    let r = send(&gw, "GET", "/x", "");
+    let ids = r.header_all("x-request-id");
+    assert_eq!(ids.len(), 1, "{r:?}");
+    assert!(is_uuid_v4(ids[0]), "{r:?}");
+}
+
+#[test]
+fn correlation_id_nominated_by_connection_is_replaced() {
+    // `Connection: X-Request-ID` makes the client's id hop-by-hop: it would never reach the
+    // upstream, so keeping it would leave the upstream without any id.
+    let up = Upstream::echo("up");
+    let gw = start(&up, CORRELATION_ECHO);
+    let r = send(
+        &gw,
+        "GET",
+        "/x",
+        "Connection: X-Request-ID\r\nX-Request-ID: trace-abc-123\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let sent = up.last_request();
+    let ids = sent.header_all("x-request-id");
+    assert_eq!(ids.len(), 1, "exactly one id upstream: {:?}", sent.headers);
+    assert!(is_uuid_v4(ids[0]), "{}", ids[0]);
+    assert_eq!(r.header_all("x-request-id"), [ids[0]]);
+}
+
+#[test]
+fn cors_vary_origin_whenever_the_answer_depends_on_it() {
+    // A shared cache must not serve a response stored for a disallowed (or absent) Origin to an
+    // allowed one: every response of a route whose policy is not a plain `*` says `Vary: Origin`.
+    let up = Upstream::echo("up");
+    let gw = start(&up, CORS);
+    for headers in ["Origin: https://evil.net\r\n", ""] {
+        let r = send(&gw, "GET", "/a", headers);
+        assert_eq!(r.status, 200);
+        assert!(!r.has_header("access-control-allow-origin"), "{r:?}");
+        assert_eq!(r.header_all("vary"), ["Origin"], "{headers:?}: {r:?}");
+    }
+    let r = send(&gw, "GET", "/a", "Origin: https://app.example.com\r\n");
+    assert_eq!(r.header_all("vary"), ["Origin"], "{r:?}");
+    // `*` without credentials answers the same for every origin: no Vary.
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "cors"
+config = { origins = ["*"] }
+"#,
+    );
+    let r = send(&gw, "GET", "/a", "Origin: https://evil.net\r\n");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(!r.has_header("vary"), "{r:?}");
+}
+
+#[test]
+fn forward_auth_denials_carry_cors_and_the_id() {
+    // The auth service's 401 is relayed: a browser app must be able to read it (CORS) and it
+    // carries the echoed id like the gateway's own 401s; the auth service's own CORS headers are
+    // dropped like the upstream's.
+    let auth = Upstream::fixed(
+        b"HTTP/1.1 401 Unauthorized\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: 2\r\n\r\nno",
+    );
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        &format!(
+            r#"
+[[plugins]]
+name = "cors"
+config = {{ origins = ["https://app.example.com"] }}
+
+[[plugins]]
+name = "correlation-id"
+config = {{ echo_downstream = true }}
+
+[[plugins]]
+name = "forward-auth"
+route = "a"
+config = {{ address = "{}/verify", timeout = "2s" }}
+"#,
+            auth.url()
+        ),
+    );
+    let r = send(&gw, "GET", "/a", "Origin: https://app.example.com\r\n");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.body, b"no");
+    assert_eq!(
+        r.header_all("access-control-allow-origin"),
+        ["https://app.example.com"],
+        "{r:?}"
+    );
+    assert!(r.header("x-request-id").is_some_and(is_uuid_v4), "{r:?}");
+    assert_eq!(up.request_count(), 0);
+}
+
+#[test]
+fn correlation_id_echoed_on_a_websocket_upgrade() {
+    // The 101 is a response too: the client gets the id the upstream got, to match log lines.
+    let up = Upstream::start(Behaviour::WebSocketEcho);
+    let gw = start(&up, CORRELATION_ECHO);
+    let mut c = Conn::connect(gw.addr());
+    c.send(
+        format!(
+            "GET /chat HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Request-ID: ws-trace-1\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let head = c.read_head().expect("a 101 head");
+    assert_eq!(head.status, 101, "{head:?}");
+    assert_eq!(head.header("x-request-id"), Some("ws-trace-1"), "{head:?}");
+    assert_eq!(
+        head.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+            .count(),
+        1,
+        "{head:?}"
+    );
+}

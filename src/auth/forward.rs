@@ -180,6 +180,9 @@ pub struct AuthRequest<'a> {
     pub client_close: bool,
     /// The client spoke HTTP/1.0: a relayed answer that keeps the connection says so.
     pub http10: bool,
+    /// What plugins that ran before add to a relayed denial (CORS lines, the echoed correlation
+    /// id), and which of the auth service's fields those replace; `transform` is not applied.
+    pub answer: crate::proxy::head::ResponseEdits<'a>,
 }
 
 /// The auth service's decision, or why there is none.

@@ -2,7 +2,8 @@
 //! client when sane, generated (UUID v4) otherwise, and echoed to the client when asked.
 //!
 //! A client's value is kept when it is the only one and is 1 to `MAX_LEN` visible ASCII bytes;
-//! anything else (empty, overlong, spaces or control bytes, repeated header) is dropped and replaced
+//! anything else (empty, overlong, spaces or control bytes, repeated header, or a name the client's
+//! `Connection` lists, which would not be forwarded) is dropped and replaced
 //! by a generated id, so logs and upstreams never see a giant or ambiguous id. Kong keeps any value;
 //! we are stricter because the id ends up in log lines.
 //!
@@ -13,7 +14,7 @@
 
 use crate::auth::steps::Edits;
 use crate::config::model::CorrelationIdDef;
-use crate::http::headers::eq_ignore_case;
+use crate::http::headers::{eq_ignore_case, is_listed};
 use crate::http::parse::RequestHead;
 
 /// Longest client-supplied id kept.
@@ -32,6 +33,12 @@ impl CorrelationRt {
             name: def.header_name.as_bytes().into(),
             echo: def.echo_downstream,
         }
+    }
+
+    /// The header name the plugin writes on responses itself, when it echoes: the upstream's own
+    /// copies are dropped (Kong sets the header, it does not add a second one).
+    pub fn echoed(&self) -> Option<&[u8]> {
+        self.echo.then_some(&self.name[..])
     }
 }
 
@@ -59,7 +66,10 @@ pub fn on_request(
             found.get_or_insert(h.value.get(buf));
         }
     }
-    if let (1, Some(v)) = (count, found) {
+    // A name the client's `Connection` nominates is hop-by-hop: the head writer drops it, so
+    // keeping it would leave the upstream without an id.
+    let nominated = !head.conn_tokens.is_empty() && is_listed(&rt.name, &head.conn_tokens, buf);
+    if let (1, Some(v), false) = (count, found, nominated) {
         if acceptable(v) {
             if rt.echo {
                 push_line(resp_headers, &rt.name, v);

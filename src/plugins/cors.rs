@@ -7,7 +7,10 @@
 //!   `-Max-Age`; a disallowed one gets a 204 without them, which the browser treats as a refusal.
 //! - Other requests from an allowed origin get `-Allow-Origin` (+ `Vary`), `-Allow-Credentials` and
 //!   `-Expose-Headers` on the response; a disallowed origin gets none (the browser hides the
-//!   response), as in Kong. Requests without `Origin` are not CORS requests and get nothing.
+//!   response), as in Kong. Requests without `Origin` are not CORS requests and get none.
+//! - `Vary: Origin` goes on every response of a policy other than a plain `*` (without
+//!   credentials), allowed origin or not, `Origin` or not: the answer depends on it, and a shared
+//!   cache must key on it (as Kong does).
 //! - `credentials = true` with `*`: the request's origin is echoed instead of `*` (browsers refuse
 //!   `*` with credentials), with `Vary: Origin`, as Kong does; except `Origin: null`, never allowed
 //!   with credentials.
@@ -153,15 +156,22 @@ pub fn on_request(
     } else {
         Outcome::Continue
     };
+    // Unless the policy is a plain `*`, the answer depends on `Origin` whether or not this one is
+    // allowed (or present): a shared cache must not serve a response stored without CORS headers
+    // to an allowed origin, or one stored for another origin (Kong always sends it too).
+    let star = rt.any && !rt.credentials;
+    if !star {
+        resp_headers.extend_from_slice(b"Vary: Origin\r\n");
+    }
     let Some(origin) = origin.filter(|o| !o.is_empty() && rt.allows(o)) else {
         return answer;
     };
     resp_headers.extend_from_slice(b"Access-Control-Allow-Origin: ");
-    if rt.any && !rt.credentials {
+    if star {
         resp_headers.extend_from_slice(b"*\r\n");
     } else {
         resp_headers.extend_from_slice(origin);
-        resp_headers.extend_from_slice(b"\r\nVary: Origin\r\n");
+        resp_headers.extend_from_slice(b"\r\n");
     }
     if rt.credentials {
         resp_headers.extend_from_slice(b"Access-Control-Allow-Credentials: true\r\n");

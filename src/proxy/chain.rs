@@ -19,6 +19,7 @@ use crate::auth::{client_ip, forward, verifier};
 use crate::http::headers::eq_ignore_case;
 use crate::limit::{self, Decision, RequestInfo};
 use crate::plugins::{self, Flow, Plugin, Walk};
+use crate::proxy::head::ResponseEdits;
 use crate::worker::Shard;
 
 /// Per-request plugin state, kept in the pooled `Scratch` so its buffers are reused.
@@ -42,6 +43,9 @@ pub struct ChainState {
     pub response_tf: Option<usize>,
     /// The cors plugin ran: the upstream's own `Access-Control-*` headers are dropped.
     pub cors_ran: bool,
+    /// The correlation-id instance that echoes its id (index into `plugins::Runtime`): the
+    /// upstream's own header of that name is dropped.
+    pub echo_id: Option<usize>,
 }
 
 impl Default for ChainState {
@@ -58,6 +62,7 @@ impl Default for ChainState {
             request_tf: None,
             response_tf: None,
             cors_ran: false,
+            echo_id: None,
         }
     }
 }
@@ -70,6 +75,7 @@ impl ChainState {
         self.request_tf = None;
         self.response_tf = None;
         self.cors_ran = false;
+        self.echo_id = None;
     }
 
     /// Overwrites decoded credential bytes so they do not linger in a pooled buffer.
@@ -121,6 +127,9 @@ impl<S: ClientIo> Conn<S> {
             let flow = match step {
                 Plugin::CorrelationId(n) => {
                     if let Some(rt) = snap.chains.rt.correlation.get(n) {
+                        if rt.echoed().is_some() {
+                            st.echo_id = Some(n);
+                        }
                         plugins::correlation::on_request(
                             rt,
                             &self.s.head,
@@ -287,6 +296,17 @@ impl<S: ClientIo> Conn<S> {
                         headers: &headers,
                         client_close: closing,
                         http10: p.http10,
+                        // A denial answers the client: it carries CORS and the echoed id like
+                        // the gateway's own 401s.
+                        answer: ResponseEdits {
+                            extra: &self.s.plugin_headers,
+                            drop_cors: st.cors_ran,
+                            replaced: st
+                                .echo_id
+                                .and_then(|i| snap.chains.rt.correlation.get(i))
+                                .and_then(|rt| rt.echoed()),
+                            transform: None,
+                        },
                     };
                     let mut copied = std::mem::take(&mut st.fwd_headers);
                     copied.clear();

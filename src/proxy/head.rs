@@ -249,8 +249,20 @@ pub struct ResponseEdits<'a> {
     pub extra: &'a [u8],
     /// The cors plugin ran: the upstream's own `Access-Control-*` headers are dropped.
     pub drop_cors: bool,
+    /// A header plugins write in `extra` themselves (the echoed correlation id): the upstream's
+    /// copies are dropped, so the client gets one.
+    pub replaced: Option<&'a [u8]>,
     /// A response-transformer's edits of the upstream's end-to-end headers.
     pub transform: Option<&'a HeaderTransform>,
+}
+
+impl ResponseEdits<'_> {
+    /// Whether a header of the answer being relayed (upstream's, auth service's) gives way to what
+    /// plugins write themselves.
+    pub fn overridden(&self, name: &[u8]) -> bool {
+        (self.drop_cors && cors::owned(name))
+            || self.replaced.is_some_and(|r| eq_ignore_case(r, name))
+    }
 }
 
 /// Writes the client response head.
@@ -277,7 +289,7 @@ pub fn write_response_head(
             Class::ContentLength => framing == ClientFraming::NoBody && resp.status != 204,
             _ => {
                 (resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf))
-                    && !(edits.drop_cors && cors::owned(name))
+                    && !edits.overridden(name)
             }
         };
         if keep {
@@ -308,8 +320,14 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a `101 Switching Protocols` head: end-to-end headers plus the upgrade pair.
-pub fn write_upgrade_head(out: &mut Vec<u8>, ubuf: &[u8], resp: &ResponseHead) {
+/// Writes a `101 Switching Protocols` head: end-to-end headers, the lines plugins add (`edits`,
+/// whose `transform` is not applied), plus the upgrade pair.
+pub fn write_upgrade_head(
+    out: &mut Vec<u8>,
+    ubuf: &[u8],
+    resp: &ResponseHead,
+    edits: &ResponseEdits<'_>,
+) {
     out.extend_from_slice(b"HTTP/1.1 101 ");
     out.extend_from_slice(resp.reason.get(ubuf));
     out.extend_from_slice(b"\r\n");
@@ -320,12 +338,15 @@ pub fn write_upgrade_head(out: &mut Vec<u8>, ubuf: &[u8], resp: &ResponseHead) {
             Class::Upgrade => upgrade = Some(h.value),
             Class::HopByHop | Class::ContentLength => {}
             _ => {
-                if !is_listed(name, &resp.conn_tokens, ubuf) {
+                if !is_listed(name, &resp.conn_tokens, ubuf) && !edits.overridden(name) {
                     push_header(out, name, h.value.get(ubuf));
                 }
             }
         }
     }
+    // What plugins add (echoed correlation id, CORS, rate-limit lines), as on any response; the
+    // response-transformer is not applied to a 101.
+    out.extend_from_slice(edits.extra);
     out.extend_from_slice(b"Connection: upgrade\r\n");
     if let Some(v) = upgrade {
         push_header(out, b"Upgrade", v.get(ubuf));

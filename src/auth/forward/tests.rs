@@ -223,6 +223,7 @@ fn request<'a>(fields: &'a Fields, method: &'a [u8]) -> AuthRequest<'a> {
         headers: fields,
         client_close: false,
         http10: false,
+        answer: Default::default(),
     }
 }
 

@@ -119,7 +119,8 @@ pub fn write_deny(out: &mut Vec<u8>, head: &ResponseHead, buf: &[u8], req: &Auth
         // to the gateway-to-auth connection, not to the client's.
         let skip = is_hop_by_hop(name)
             || eq_ignore_case(name, b"content-length")
-            || is_listed(name, &head.conn_tokens, buf);
+            || is_listed(name, &head.conn_tokens, buf)
+            || req.answer.overridden(name);
         if !skip {
             push_header(out, name, value);
         }
@@ -132,6 +133,7 @@ pub fn write_deny(out: &mut Vec<u8>, head: &ResponseHead, buf: &[u8], req: &Auth
         push_u64(out, body.len() as u64);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(req.answer.extra);
     if req.client_close {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if req.http10 {
