@@ -615,4 +615,14 @@ fn cors_and_correlation_config_errors() {
         "plugins[0].config.header_name",
         "framing",
     );
+    for name in ["Cookie", "authorization", "Proxy-Authorization"] {
+        expect_at_needle(
+            &format!(
+                "[[plugins]]\nname = \"correlation-id\"\nconfig = {{ header_name = \"{name}\" }}\n"
+            ),
+            &format!("\"{name}"),
+            "plugins[0].config.header_name",
+            "carries credentials",
+        );
+    }
 }

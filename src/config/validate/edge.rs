@@ -118,6 +118,27 @@ pub fn correlation_id(
         c.header_name.as_deref().unwrap_or("X-Request-ID"),
         Side::Request,
     );
+    // The id is written to the access log and, with echo_downstream, back to the client: a header
+    // that carries credentials would put them in both.
+    if let Some(n) = &header_name {
+        if [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "set-cookie",
+        ]
+        .iter()
+        .any(|c| n.eq_ignore_ascii_case(c))
+        {
+            push(
+                problems,
+                cp.key("header_name"),
+                format!(
+                    "{n:?} carries credentials; the id is logged and may be echoed to the client"
+                ),
+            );
+        }
+    }
     if let Some(g) = &c.generator {
         if g != "uuid" {
             push(
