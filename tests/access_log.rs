@@ -578,7 +578,7 @@ fn stuck_writer_drops_counted_lines_and_never_stalls_requests() {
     drop(conn);
     assert!(took < Duration::from_secs(20), "requests stalled: {took:?}");
 
-    let admin = admin_addr(&gw);
+    let admin = gw.admin_addr();
     let deadline = Instant::now() + Duration::from_secs(5);
     let dropped = loop {
         let text = String::from_utf8_lossy(&admin_get(admin, "/metrics").body).into_owned();
@@ -627,17 +627,6 @@ fn stuck_writer_drops_counted_lines_and_never_stalls_requests() {
         N as u64,
         "every line delivered or counted"
     );
-}
-
-fn admin_addr(gw: &Gateway) -> SocketAddr {
-    let line = gw
-        .logs()
-        .into_iter()
-        .find(|l| l.contains("admin listening"))
-        .expect("admin listening line");
-    kv(&line, "addr")
-        .and_then(|a| a.parse().ok())
-        .expect("admin addr")
 }
 
 fn admin_get(addr: SocketAddr, path: &str) -> RawResponse {

@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::gateway::kv;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -156,21 +155,10 @@ strip_path = false
     )
 }
 
-fn admin_addr(gw: &Gateway) -> SocketAddr {
-    let line = gw
-        .logs()
-        .into_iter()
-        .find(|l| l.contains("admin listening"))
-        .expect("admin listening line");
-    kv(&line, "addr")
-        .and_then(|a| a.parse().ok())
-        .expect("admin addr")
-}
-
 /// The value of the sample `name{upstream="pool",target="<t>"}`, once a scrape has it and `pred`
 /// holds for it (or after 5 s: then the last value, or None).
 fn metric(gw: &Gateway, name: &str, t: SocketAddr, pred: impl Fn(u64) -> bool) -> Option<u64> {
-    let adm = admin_addr(gw);
+    let adm = gw.admin_addr();
     let needle = format!("{name}{{upstream=\"pool\",target=\"{t}\"}} ");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

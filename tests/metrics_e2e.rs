@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::gateway::kv;
 use common::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -33,17 +32,6 @@ paths = ["{path}"]
 "#,
         url = up.url()
     )
-}
-
-fn admin_addr(gw: &Gateway) -> SocketAddr {
-    let line = gw
-        .logs()
-        .into_iter()
-        .find(|l| l.contains("admin listening"))
-        .expect("admin listening line");
-    kv(&line, "addr")
-        .and_then(|a| a.parse().ok())
-        .expect("admin addr")
 }
 
 fn admin(addr: SocketAddr, method: &str, path: &str) -> RawResponse {
@@ -80,7 +68,7 @@ fn wait_metrics(addr: SocketAddr, needle: &str) -> String {
 fn requests_are_counted_and_admin_endpoints_answer() {
     let up = Upstream::echo("up");
     let gw = Gateway::start(&config(&up, "/api"));
-    let adm = admin_addr(&gw);
+    let adm = gw.admin_addr();
     for _ in 0..5 {
         assert_eq!(get(gw.addr(), HOST, "/api/x").status, 200);
     }
@@ -118,7 +106,7 @@ fn requests_are_counted_and_admin_endpoints_answer() {
 fn post_reload_swaps_the_generation() {
     let up = Upstream::echo("up");
     let gw = Gateway::start(&config(&up, "/api"));
-    let adm = admin_addr(&gw);
+    let adm = gw.admin_addr();
     assert_eq!(get(gw.addr(), HOST, "/v2/x").status, 404);
     gw.rewrite_config(&config(&up, "/v2"));
     let r = admin(adm, "POST", "/reload");
@@ -147,7 +135,7 @@ fn metrics_enabled_false_skips_per_request_recording() {
     let up = Upstream::echo("up");
     let text = config(&up, "/api").replace("[metrics]\n", "[metrics]\nenabled = false\n");
     let gw = Gateway::start(&text);
-    let adm = admin_addr(&gw);
+    let adm = gw.admin_addr();
     for _ in 0..5 {
         assert_eq!(get(gw.addr(), HOST, "/api/x").status, 200);
     }
@@ -214,7 +202,7 @@ name = "key-auth"
         url = up.url()
     );
     let gw = Gateway::start(&toml);
-    let adm = admin_addr(&gw);
+    let adm = gw.admin_addr();
     let send = |key: &str| {
         let mut c = Conn::connect(gw.addr());
         c.request(format!("GET /api HTTP/1.1\r\nHost: {HOST}\r\napikey: {key}\r\n\r\n").as_bytes())
@@ -259,7 +247,7 @@ fn parked_connections_stay_counted_until_the_client_closes_or_keep_alive_expires
         1,
     );
     let gw = Gateway::start(&toml);
-    let adm = admin_addr(&gw);
+    let adm = gw.admin_addr();
     let open = |n: usize| -> Vec<Conn> {
         (0..n)
             .map(|i| {
@@ -308,7 +296,7 @@ fn config_admin(up: &Upstream, admin_extra: &str) -> String {
 fn reload_applies_the_admin_token() {
     let up = Upstream::echo("up");
     let gw = Gateway::start(&config_admin(&up, "token = \"old-token-1\"\n"));
-    let adm = admin_addr(&gw);
+    let adm = gw.admin_addr();
     assert_eq!(admin(adm, "GET", "/status").status, 401);
     assert_eq!(admin_as(adm, "old-token-1", "GET", "/status").status, 200);
 
@@ -366,7 +354,7 @@ fn reload_while_draining_is_refused() {
     let toml =
         config(&up, "/api").replacen("workers = 2\n", "workers = 2\ndrain_timeout = \"60s\"\n", 1);
     let gw = Gateway::start(&toml);
-    let adm = admin_addr(&gw);
+    let adm = gw.admin_addr();
     // A request that stays in flight keeps the gateway draining.
     let addr = gw.addr();
     let client = std::thread::spawn(move || {
@@ -457,7 +445,7 @@ fn request_in_flight_across_a_reload_counts_under_its_own_route_and_target() {
     let slow = Upstream::named("slow", Behaviour::EchoDelayed(Duration::from_millis(3000)));
     let fast = Upstream::echo("fast");
     let gw = Gateway::start(&two_route_config(&slow, &fast, false));
-    let adm = admin_addr(&gw);
+    let adm = gw.admin_addr();
     assert_eq!(get(gw.addr(), HOST, "/fast/1").status, 200);
 
     let addr = gw.addr();

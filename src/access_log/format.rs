@@ -16,6 +16,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::proxy::head::push_u64;
+
 /// The fields known once a request head is parsed. `None` prints as `null`.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -266,20 +268,6 @@ fn push_opt_ms(out: &mut Vec<u8>, us: Option<u64>) {
         b'0' + (frac / 10 % 10) as u8,
         b'0' + (frac % 10) as u8,
     ]);
-}
-
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Addresses need no escaping. IPv4 is written by hand: through `fmt` an address and port took

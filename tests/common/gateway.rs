@@ -287,6 +287,18 @@ impl Gateway {
         self.log.snapshot()
     }
 
+    /// The admin API's address, from its "admin listening" log line (the config asked for port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("admin listening"))
+            .expect("admin listening line");
+        kv(&line, "addr")
+            .and_then(|a| a.parse().ok())
+            .expect("admin addr")
+    }
+
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log.snapshot().iter().any(|l| l.contains(needle))
     }
