@@ -946,21 +946,10 @@ impl<S: ClientIo> Conn<S> {
             framing,
             close,
             p.http10,
-            &head::ResponseEdits {
-                extra: &self.s.plugin_headers,
-                drop_cors: self.s.chain.cors_ran,
-                replaced: self
-                    .s
-                    .chain
-                    .echo_id
-                    .and_then(|i| snap.chains.rt.correlation.get(i))
-                    .and_then(|rt| rt.echoed()),
-                transform: self
-                    .s
-                    .chain
-                    .response_tf
-                    .and_then(|i| snap.chains.rt.response.get(i)),
-            },
+            &self
+                .s
+                .chain
+                .response_edits(&self.s.plugin_headers, &snap.chains.rt, true),
         );
         let relay = body::relay_response(self, svc, &mut upstream, resp_body, framing).await;
         match relay {
@@ -1057,17 +1046,10 @@ impl<S: ClientIo> Conn<S> {
             &mut self.s.out,
             &self.ubuf,
             &self.s.resp,
-            &head::ResponseEdits {
-                extra: &self.s.plugin_headers,
-                drop_cors: self.s.chain.cors_ran,
-                replaced: self
-                    .s
-                    .chain
-                    .echo_id
-                    .and_then(|i| self.snap.chains.rt.correlation.get(i))
-                    .and_then(|rt| rt.echoed()),
-                transform: None,
-            },
+            &self
+                .s
+                .chain
+                .response_edits(&self.s.plugin_headers, &self.snap.chains.rt, false),
         );
         // Bytes the upstream sent right after its 101 belong to the new protocol.
         let extra_from = self.s.resp.head_len.min(self.ubuf.len());

@@ -78,6 +78,29 @@ impl ChainState {
         self.echo_id = None;
     }
 
+    /// What this request's plugins do to an answer relayed to the client: `extra` (the lines they
+    /// add), the upstream's CORS and echoed-id fields dropped, and with `transform` the
+    /// response-transformer's edits (upstream responses only, not upgrades or auth denials).
+    pub fn response_edits<'a>(
+        &self,
+        extra: &'a [u8],
+        rt: &'a plugins::Runtime,
+        transform: bool,
+    ) -> ResponseEdits<'a> {
+        ResponseEdits {
+            extra,
+            drop_cors: self.cors_ran,
+            replaced: self
+                .echo_id
+                .and_then(|i| rt.correlation.get(i))
+                .and_then(|c| c.echoed()),
+            transform: self
+                .response_tf
+                .filter(|_| transform)
+                .and_then(|i| rt.response.get(i)),
+        }
+    }
+
     /// Overwrites decoded credential bytes so they do not linger in a pooled buffer.
     fn wipe_secret(&mut self) {
         self.secret.fill(0);
@@ -298,15 +321,7 @@ impl<S: ClientIo> Conn<S> {
                         http10: p.http10,
                         // A denial answers the client: it carries CORS and the echoed id like
                         // the gateway's own 401s.
-                        answer: ResponseEdits {
-                            extra: &self.s.plugin_headers,
-                            drop_cors: st.cors_ran,
-                            replaced: st
-                                .echo_id
-                                .and_then(|i| snap.chains.rt.correlation.get(i))
-                                .and_then(|rt| rt.echoed()),
-                            transform: None,
-                        },
+                        answer: st.response_edits(&self.s.plugin_headers, &snap.chains.rt, false),
                     };
                     let mut copied = std::mem::take(&mut st.fwd_headers);
                     copied.clear();
