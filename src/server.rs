@@ -375,9 +375,15 @@ const RELOAD_ACK_POLL: Duration = Duration::from_millis(50);
 
 impl Reloader {
     pub fn current(&self) -> Arc<Compiled> {
+        self.state().current.clone()
+    }
+
+    /// The reload state, also after a panic while it was held: a failed reload must not also stop
+    /// later reloads, log rotation and shutdown.
+    fn state(&self) -> std::sync::MutexGuard<'_, ReloadState> {
         match self.state.lock() {
-            Ok(s) => s.current.clone(),
-            Err(poisoned) => poisoned.into_inner().current.clone(),
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
@@ -390,19 +396,13 @@ impl Reloader {
     /// nginx's USR1 does. Lines handed off before go to the old file. The file is opened on this
     /// thread (main, or admin for `POST /reload`), never on a worker.
     pub fn reopen_access_log(&self) {
-        let mut state = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut state = self.state();
         reopen(&mut state);
     }
 
     /// Shutdown, after the workers stopped: write what they handed off, then end the writer.
     fn stop_access_log(&self) {
-        let mut state = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut state = self.state();
         state.access_log.stop(ACCESS_LOG_STOP);
     }
 
@@ -410,10 +410,7 @@ impl Reloader {
     /// errors (nothing changed), or `Unavailable` when draining (nothing loaded) or when a worker did
     /// not confirm the new generation (installed; the rest of the workers may serve the old one).
     pub fn reload(&self) -> Result<u64, ReloadFailure> {
-        let mut state = match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut state = self.state();
         // Checked under the lock: a reload queued behind another learns about a drain that began
         // meanwhile.
         if self.draining() {
