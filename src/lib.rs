@@ -6,6 +6,7 @@
 //! through `http::write`. `config` turns the TOML file into the immutable snapshot every worker reads.
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod config;

@@ -554,6 +554,9 @@ impl<S: ClientIo> Conn<S> {
         }
         let body = self.s.head.body.unwrap_or(BodyKind::None);
         self.body_done = matches!(body, BodyKind::None | BodyKind::Length(0));
+        if let Some(next) = self.acme_challenge(shard, body).await {
+            return next;
+        }
         match self.prepare(body) {
             Ok(p) => {
                 self.route = Some(p.route);
@@ -564,6 +567,29 @@ impl<S: ClientIo> Conn<S> {
             }
             Err(e) => self.fail(shard, e, self.s.head.close).await,
         }
+    }
+
+    /// Answers an ACME HTTP-01 validation request from the store (plain listeners with `[acme]`
+    /// `challenge = "http-01"` only), before routing: the CA must get the answer whatever routes say.
+    async fn acme_challenge(&mut self, shard: &Shard, body: BodyKind) -> Option<Next> {
+        let store = self.snap.acme_http.as_ref()?;
+        if self.listener.tls || body != BodyKind::None {
+            return None;
+        }
+        let head = &self.s.head;
+        let method = head.method.get(&self.buf);
+        let answer = crate::acme::challenge_answer(store, method, head.path_bytes(&self.buf))?;
+        let head_only = method == b"HEAD";
+        let close = self.closing(shard, self.s.head.close);
+        self.s.out.clear();
+        crate::acme::write_challenge_answer(&mut self.s.out, &answer, head_only, close);
+        crate::info!("acme http-01 challenge answered peer={}", self.peer);
+        let sent = self.send_answer(200, close).await;
+        Some(if sent && !close {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
     }
 
     /// Reads until a complete request head is parsed. `Closed`: the client went away (or idled

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::access_log::AccessLog;
+use crate::acme::{AcmeManager, AcmeStore};
 use crate::admin::{AdminServer, AdminSettings, ReloadFailure};
 use crate::config;
 use crate::config::model::{Config, ListenKind};
@@ -64,7 +65,18 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let consumer_board = Arc::new(ConsumerBoard::new(consumer_cap(&cfg), workers));
     let scrape_consumers = consumer_board.clone();
     metrics.add_collector(move |out| out.extend(scrape_consumers.families()));
-    let compiled = match compile(cfg, 1, workers, &metrics, &mut limiter, &consumer_board) {
+    // ACME certificates: the store outlives every generation; stored certificates are loaded into it
+    // before any worker accepts a connection.
+    let acme_store = AcmeStore::new();
+    let compiled = match compile(
+        cfg,
+        1,
+        workers,
+        &metrics,
+        &mut limiter,
+        &consumer_board,
+        &acme_store,
+    ) {
         Ok(c) => Arc::new(c),
         Err(errors) => {
             for e in &errors {
@@ -84,6 +96,16 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         }
         info!("access log path={}", def.target);
     }
+
+    let acme = match AcmeManager::start(&compiled.config, acme_store.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            error!("acme thread spawn failed error=\"{e}\"");
+            return 1;
+        }
+    };
+    let acme_status = acme.status();
+    metrics.add_collector(move |out| out.extend(acme_status.families()));
 
     let mut listeners: Vec<Vec<(std::net::TcpListener, ListenKind)>> =
         (0..workers).map(|_| Vec::new()).collect();
@@ -175,6 +197,8 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         running: Running::of(&compiled.config),
         admin: admin_settings.clone(),
         prober,
+        acme,
+        acme_store,
         state: Mutex::new(ReloadState {
             current: compiled.clone(),
             limiter,
@@ -234,6 +258,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     }
     // Workers handed off their last access log lines before finishing: write them, then stop.
     reloader.stop_access_log();
+    reloader.acme.stop();
     // Workers flushed their last metrics before finishing; stop the readers, then the merger (which
     // writes the histogram file).
     if let Some(a) = admin {
@@ -254,8 +279,14 @@ fn compile(
     metrics: &MetricsHandle,
     limiter: &mut ReconcilerHandle,
     consumer_board: &Arc<ConsumerBoard>,
+    acme: &Arc<AcmeStore>,
 ) -> Result<Compiled, Vec<ConfigError>> {
-    let tls = TlsContext::build(&config)?;
+    let tls = TlsContext::build(&config, acme)?;
+    let acme_http = config
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == crate::config::model::AcmeChallenge::Http01)
+        .then(|| acme.clone());
     let router = Arc::new(Router::new(&config.routes));
     let chains = Arc::new(plugins::compile_chains(&config));
     let auth = Arc::new(crate::auth::AuthSet::build(&config));
@@ -270,6 +301,7 @@ fn compile(
         config,
         router,
         tls,
+        acme_http,
         layout,
         chains,
         auth,
@@ -297,6 +329,9 @@ pub struct Reloader {
     admin: Option<Arc<AdminSettings>>,
     /// Active health checks: told about every committed generation (targets added or removed).
     prober: Prober,
+    /// ACME certificates: told about every committed generation.
+    acme: AcmeManager,
+    acme_store: Arc<AcmeStore>,
     state: Mutex<ReloadState>,
 }
 
@@ -450,6 +485,7 @@ impl Reloader {
             &self.metrics,
             &mut state.limiter,
             &consumer_board,
+            &self.acme_store,
         ) {
             Ok(c) => Arc::new(c),
             Err(errors) => return Err(rejected(&mut state, &errors)),
@@ -486,6 +522,7 @@ impl Reloader {
             settings.apply(def);
         }
         self.prober.update(compiled.config.clone());
+        self.acme.update(&compiled.config);
         state.current = compiled;
         let deadline = Instant::now() + RELOAD_ACK_TIMEOUT;
         // Draining workers take no new generation: stop waiting as soon as the drain begins.

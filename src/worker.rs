@@ -19,6 +19,7 @@ use monoio::io::Canceller;
 use monoio::net::TcpListener;
 
 use crate::access_log::{self, WorkerLog};
+use crate::acme::AcmeStore;
 use crate::auth::cache::DigestCache;
 use crate::auth::jwt::TokenCache;
 use crate::auth::AuthSet;
@@ -55,6 +56,9 @@ pub struct Compiled {
     pub router: Arc<Router>,
     /// Certificates for TLS listeners (files were read by the config loader).
     pub tls: Arc<TlsContext>,
+    /// The ACME store when `[acme]` uses HTTP-01: plain and redirect listeners answer
+    /// `/.well-known/acme-challenge/` from it.
+    pub acme_http: Option<Arc<AcmeStore>>,
     /// Metric names for this generation's route and target indices.
     pub layout: Arc<Layout>,
     /// Per-route plugin chains (index = route), compiled once per generation.
@@ -80,6 +84,7 @@ pub struct Snapshot {
     pub router: Arc<Router>,
     /// New TLS connections handshake with this; established ones keep theirs.
     pub tls: Arc<TlsContext>,
+    pub acme_http: Option<Arc<AcmeStore>>,
     pub chains: Arc<Chains>,
     pub auth: Arc<AuthSet>,
     /// Pool slot of each forward-auth instance's service (keyed by address, like targets).
@@ -152,6 +157,7 @@ impl Snapshot {
             generation: compiled.generation,
             router: compiled.router.clone(),
             tls: compiled.tls.clone(),
+            acme_http: compiled.acme_http.clone(),
             chains: compiled.chains.clone(),
             auth: compiled.auth.clone(),
             forward_slots: compiled

@@ -1157,7 +1157,7 @@ fn valid_tls_config_and_certificate_files_are_reread_on_each_load() {
         "a single certificate is the default"
     );
     assert_eq!(pki.label_of(&cfg.certificates[0].key.cert[0]), "api");
-    assert!(ringgate::tls::TlsContext::build(&cfg).is_ok());
+    assert!(ringgate::tls::TlsContext::build(&cfg, &ringgate::acme::AcmeStore::new()).is_ok());
     let summary = ringgate::config::summary(&cfg);
     assert!(summary.contains("127.0.0.1:8443 (tls)"), "{summary}");
     assert!(summary.contains("redirect 308"), "{summary}");
@@ -1166,7 +1166,7 @@ fn valid_tls_config_and_certificate_files_are_reread_on_each_load() {
     std::fs::copy(pki.path("default.key"), &live_key).expect("copy");
     let cfg = load();
     assert_eq!(pki.label_of(&cfg.certificates[0].key.cert[0]), "default");
-    assert!(ringgate::tls::TlsContext::build(&cfg).is_ok());
+    assert!(ringgate::tls::TlsContext::build(&cfg, &ringgate::acme::AcmeStore::new()).is_ok());
 }
 
 /// Certificates are re-read on reload (SIGHUP): new handshakes present the rotated certificate while

@@ -20,7 +20,7 @@ use super::raw::plugins::{
     RawTransformer,
 };
 use super::raw::{
-    RawAccessLog, RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService,
+    RawAccessLog, RawAcme, RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService,
     RawUpstream,
 };
 
@@ -34,6 +34,8 @@ pub struct Decoded {
     pub services: Vec<Option<RawService>>,
     pub routes: Vec<Option<RawRoute>>,
     pub certificates: Vec<Option<RawCertificate>>,
+    /// `[acme]`; `None` when absent (no ACME certificates) or failed to decode.
+    pub acme: Option<RawAcme>,
     /// Names of upstreams/services that exist in the file but failed to decode.
     pub broken_upstreams: HashSet<String>,
     pub broken_services: HashSet<String>,
@@ -59,6 +61,7 @@ const TOP_LEVEL: &[&str] = &[
     "services",
     "routes",
     "certificates",
+    "acme",
     "admin",
     "metrics",
     "access_log",
@@ -109,6 +112,7 @@ pub fn decode(doc: &ImDocument<&str>, problems: &mut Vec<Problem>) -> Decoded {
             "certificates" => {
                 out.certificates = decode_array(item, &path, problems, &mut HashSet::new())
             }
+            "acme" => out.acme = decode_one(item, &path, problems),
             "admin" => out.admin = decode_one(item, &path, problems),
             "metrics" => out.metrics = decode_one(item, &path, problems),
             "access_log" => out.access_log = decode_one(item, &path, problems),

@@ -29,6 +29,10 @@ pub struct Config {
     pub routes: Vec<RouteDef>,
     /// `[[certificates]]`, already read and parsed (on the main thread, at load).
     pub certificates: Vec<CertificateDef>,
+    /// `[[certificates]]` entries with `acme = true`: issued and renewed at run time (`crate::acme`).
+    pub acme_certificates: Vec<AcmeCertDef>,
+    /// `[acme]`; `None` = no ACME (then `acme_certificates` is empty).
+    pub acme: Option<AcmeDef>,
     /// `[admin]`; `None` = no admin listener.
     pub admin: Option<AdminDef>,
     /// `[metrics]` (defaults when absent).
@@ -288,6 +292,41 @@ pub enum ListenKind {
     Https,
     /// Plain HTTP that answers every request with a redirect to `https://host[:https_port]/path?query`.
     RedirectHttps { status: u16, https_port: u16 },
+}
+
+/// One `[[certificates]]` entry with `acme = true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeCertDef {
+    /// Lower-case DNS names (no wildcards: HTTP-01 and TLS-ALPN-01 cannot prove them), at least one;
+    /// the first names the certificate (its storage directory, metrics and log lines).
+    pub snis: Vec<String>,
+    /// Served when no SNI matches (or the client sent none).
+    pub default: bool,
+}
+
+/// `[acme]`: the CA that issues `AcmeCertDef`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeDef {
+    /// The directory URL (https).
+    pub directory: String,
+    /// Account contacts (`mailto:` URLs).
+    pub contact: Vec<String>,
+    /// The account key and the issued certificates live here (resolved against the config's directory).
+    pub storage: PathBuf,
+    /// Roots for the directory's HTTPS certificate; `None` = the system's.
+    pub ca_file: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    /// Renew when less than this is left; `None` = when a third of the certificate's lifetime is left.
+    pub renew_before: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// The CA fetches `http://{name}/.well-known/acme-challenge/{token}` (port 80): answered by plain
+    /// and redirect listeners.
+    Http01,
+    /// The CA connects to port 443 offering ALPN `acme-tls/1`: answered by TLS listeners.
+    TlsAlpn01,
 }
 
 /// One `[[certificates]]` entry, parsed.

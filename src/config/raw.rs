@@ -140,10 +140,31 @@ pub struct RawService {
     expecting = "a certificate table ([[certificates]])"
 )]
 pub struct RawCertificate {
-    pub cert: String,
-    pub key: String,
+    /// PEM files; both required unless `acme = true` (then neither is allowed).
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Obtained and renewed through `[acme]` for `snis`, instead of read from files.
+    pub acme: Option<bool>,
     pub snis: Option<Vec<String>>,
     pub default: Option<bool>,
+}
+
+/// `[acme]`: the ACME CA that issues `acme = true` certificates (absent = none are).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table ([acme])")]
+pub struct RawAcme {
+    /// The CA's directory URL, or `"letsencrypt"` / `"letsencrypt-staging"`.
+    pub directory: Option<String>,
+    /// Contact address for the account (expiry warnings from the CA).
+    pub email: Option<String>,
+    /// Where the account key and the certificates are kept (default `"acme"`).
+    pub storage: Option<String>,
+    /// PEM roots that the directory's HTTPS certificate must chain to (default: the system's).
+    pub ca_file: Option<String>,
+    /// `"http-01"` (default) or `"tls-alpn-01"`.
+    pub challenge: Option<String>,
+    /// Renew this many days before expiry (default: when a third of the lifetime is left).
+    pub renew_before_days: Option<Int>,
 }
 
 /// One `listen` entry: `"ip:port"` (plain HTTP) or a table with options.

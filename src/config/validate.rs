@@ -6,6 +6,7 @@
 //! upstreams of `url` services follow in service order).
 
 mod access_log;
+pub mod acme;
 mod auth;
 mod consumers;
 mod edge;
@@ -132,8 +133,21 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default();
-    let certificates = tls::certificates(&decoded.certificates, &base, problems);
-    tls::check_listeners(&server.listeners, certificates.len(), problems);
+    // A broken [acme] was reported: `acme = true` entries get no second "needs [acme]" problem.
+    let acme_path = KeyPath::root().key("acme");
+    let acme_broken = problems.iter().any(|p| p.path.0.starts_with(&acme_path.0));
+    let (certificates, acme_certificates) = tls::certificates(
+        &decoded.certificates,
+        &base,
+        decoded.acme.is_some() || acme_broken,
+        problems,
+    );
+    tls::check_listeners(
+        &server.listeners,
+        certificates.len() + acme_certificates.len(),
+        problems,
+    );
+    let acme = acme::compile(decoded.acme.as_ref(), &base, &server.listeners, problems);
     let mut client_tls = tls::ClientConfigs::new(base.clone());
     let admin = observe::admin(decoded.admin.as_ref(), &server.listen, problems);
     let metrics = observe::metrics(decoded.metrics.as_ref(), &base, problems);
@@ -207,6 +221,8 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         services: services.into_iter().collect::<Option<Vec<_>>>()?,
         routes: routes.into_iter().collect::<Option<Vec<_>>>()?,
         certificates: certificates.into_iter().collect::<Option<Vec<_>>>()?,
+        acme_certificates,
+        acme,
         admin,
         metrics,
         access_log,

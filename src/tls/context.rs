@@ -6,12 +6,17 @@
 //! the worker's config snapshot (see `worker::Compiled`); connections already established keep the context they were accepted with, new
 //! ones use the new one. Nothing is dropped.
 //!
+//! ACME: names of `acme = true` certificates are looked up in the process's `AcmeStore` at handshake
+//! time (one lock-free load), so certificates the ACME manager issues or renews are served from the
+//! next handshake on, without a reload. With `challenge = "tls-alpn-01"`, `acme-tls/1` is offered too
+//! and a client asking for it gets the challenge certificate (and nothing else: `accept` closes it).
+//!
 //! Choices: TLS 1.3 and 1.2 with *ring*'s default suites (AEAD only, ECDHE only); ALPN `http/1.1`;
 //! session resumption by stateless tickets (one ticket key shared by all workers, read-locked only
 //! while a ticket is issued or decrypted) and no server-side session cache (which would be a mutex
 //! shared by every worker's handshakes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use monoio_rustls::TlsAcceptor;
@@ -19,7 +24,8 @@ use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::config::model::{Config, ListenKind};
+use crate::acme::{AcmeStore, ACME_TLS_ALPN};
+use crate::config::model::{AcmeChallenge, Config, ListenKind};
 use crate::config::ConfigError;
 
 /// What TLS listeners need. Immutable; replaced whole on reload.
@@ -45,8 +51,9 @@ impl TlsContext {
     /// Builds the server config from `cfg.certificates`. Errors are located at `certificates` (or at
     /// the TLS listener) in `cfg.source`; `config::load` has already validated everything that can
     /// fail, so in practice this only fails if the crypto provider refuses the protocol versions.
-    pub fn build(cfg: &Config) -> Result<Arc<TlsContext>, Vec<ConfigError>> {
-        if cfg.certificates.is_empty() {
+    /// `acme`: the process's ACME store (where `acme = true` certificates are found).
+    pub fn build(cfg: &Config, acme: &Arc<AcmeStore>) -> Result<Arc<TlsContext>, Vec<ConfigError>> {
+        if cfg.certificates.is_empty() && cfg.acme_certificates.is_empty() {
             if let Some(i) = cfg
                 .server
                 .listeners
@@ -61,7 +68,7 @@ impl TlsContext {
             }
             return Ok(TlsContext::empty());
         }
-        let resolver = SniResolver::new(cfg);
+        let resolver = SniResolver::new(cfg, acme);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -69,6 +76,9 @@ impl TlsContext {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if resolver_alpn_challenge(cfg) {
+            server.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| {
             vec![error(
@@ -98,18 +108,33 @@ fn error(cfg: &Config, key: &str, message: String) -> ConfigError {
     }
 }
 
-/// Picks the certificate for a ClientHello: exact SNI, then a `*.` wildcard for the name minus its
-/// first label, then the default. Names are compared lower-case, without a trailing dot.
+/// Whether TLS listeners answer TLS-ALPN-01 validation.
+fn resolver_alpn_challenge(cfg: &Config) -> bool {
+    cfg.acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == AcmeChallenge::TlsAlpn01)
+}
+
+/// Picks the certificate for a ClientHello: exact SNI (a file certificate, else the ACME store's,
+/// once issued), then a `*.` wildcard for the name minus its first label, then the default. Names
+/// are compared lower-case, without a trailing dot.
 #[derive(Debug)]
 pub struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Key: the suffix after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// Names of `acme = true` certificates, served from `store`.
+    acme_names: HashSet<String>,
+    /// The first name of the default certificate when that one is an ACME certificate.
+    acme_default: Option<String>,
+    /// Answer `acme-tls/1` handshakes with the store's challenge certificates.
+    alpn_challenge: bool,
+    store: Arc<AcmeStore>,
 }
 
 impl SniResolver {
-    pub fn new(cfg: &Config) -> SniResolver {
+    pub fn new(cfg: &Config, store: &Arc<AcmeStore>) -> SniResolver {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
@@ -124,10 +149,24 @@ impl SniResolver {
                 default = Some(c.key.clone());
             }
         }
+        let acme_names = cfg
+            .acme_certificates
+            .iter()
+            .flat_map(|c| c.snis.iter().cloned())
+            .collect();
+        let acme_default = cfg
+            .acme_certificates
+            .iter()
+            .find(|c| c.default)
+            .and_then(|c| c.snis.first().cloned());
         SniResolver {
             exact,
             wildcard,
             default,
+            acme_names,
+            acme_default,
+            alpn_challenge: resolver_alpn_challenge(cfg),
+            store: store.clone(),
         }
     }
 
@@ -138,18 +177,37 @@ impl SniResolver {
             if let Some(k) = self.exact.get(&name) {
                 return Some(k.clone());
             }
+            if self.acme_names.contains(&name) {
+                if let Some(k) = self.store.cert(&name) {
+                    return Some(k);
+                }
+            }
             if let Some((_, suffix)) = name.split_once('.') {
                 if let Some(k) = self.wildcard.get(suffix) {
                     return Some(k.clone());
                 }
             }
         }
-        self.default.clone()
+        match &self.acme_default {
+            Some(name) => self.store.cert(name),
+            None => self.default.clone(),
+        }
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if self.alpn_challenge {
+            let mut alpn = hello.alpn().into_iter().flatten();
+            if alpn.any(|p| p == ACME_TLS_ALPN) {
+                // Only the challenge certificate (RFC 8737 §3): no name, no certificate.
+                let name = hello
+                    .server_name()?
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                return self.store.alpn_cert(&name);
+            }
+        }
         self.pick(hello.server_name())
     }
 }

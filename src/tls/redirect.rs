@@ -2,7 +2,8 @@
 //! `https://{host}[:{https_port}]{path}[?{query}]` (the port omitted when 443) and the connection is
 //! closed. The request head is read with the proxy's parser and limits, and a head it refuses gets
 //! the proxy's answer (400, 414, 431 or 501); a request without a usable host gets a 400. Nothing
-//! is forwarded upstream. Each answer gets an access log line like the proxy's (no route).
+//! is forwarded upstream, but ACME HTTP-01 validation requests get their token's answer (200).
+//! Each answer gets an access log line like the proxy's (no route).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -49,6 +50,18 @@ pub async fn serve(
             first_byte.get_or_insert_with(Instant::now);
             match parse::parse_request(&buf, &limits, &mut head) {
                 Ok(Parsed::Complete) => {
+                    // ACME HTTP-01 validation: port 80 is usually this listener.
+                    let challenge = snap.acme_http.as_ref().and_then(|store| {
+                        let method = head.method.get(&buf);
+                        let answer =
+                            crate::acme::challenge_answer(store, method, head.path_bytes(&buf))?;
+                        Some((answer, method == b"HEAD"))
+                    });
+                    if let Some((answer, head_only)) = challenge {
+                        crate::acme::write_challenge_answer(&mut out, &answer, head_only, true);
+                        crate::info!("acme http-01 challenge answered peer={}", peer);
+                        break (200, true);
+                    }
                     break match location(&buf, &head, https_port) {
                         Some(loc) => {
                             redirect(&mut out, status, &loc);

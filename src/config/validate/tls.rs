@@ -19,7 +19,7 @@ use rustls::{ClientConfig, RootCertStore};
 
 use super::push;
 use crate::config::locate::{KeyPath, Problem};
-use crate::config::model::{CertificateDef, ListenDef, ListenKind};
+use crate::config::model::{AcmeCertDef, CertificateDef, ListenDef, ListenKind};
 use crate::config::net;
 use crate::config::raw::RawCertificate;
 
@@ -35,7 +35,7 @@ fn resolve_path(base: &Path, file: &str) -> PathBuf {
 }
 
 /// The certificates of a PEM file (at least one), or why not.
-fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(super) fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(file)
         .map_err(|e| format!("cannot read certificate file {}: {e}", file.display()))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
@@ -74,19 +74,25 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
     })
 }
 
-/// Compiles `[[certificates]]` (reading the files).
+/// Compiles `[[certificates]]` (reading the files): file certificates, then `acme = true` ones.
+/// `acme_configured`: `[acme]` is present (or failed to decode: then its problem was reported and an
+/// `acme = true` entry gets no second one).
 pub fn certificates(
     raw: &[Option<RawCertificate>],
     base: &Path,
+    acme_configured: bool,
     problems: &mut Vec<Problem>,
-) -> Vec<Option<CertificateDef>> {
+) -> (Vec<Option<CertificateDef>>, Vec<AcmeCertDef>) {
     let array = KeyPath::root().key("certificates");
-    let mut out = Vec::with_capacity(raw.len());
+    let mut files = Vec::with_capacity(raw.len());
+    let mut acme = Vec::new();
+    // Per file entry: (its index in `files` or `acme`, whether it is an acme one).
+    let mut slot: Vec<Option<(usize, bool)>> = Vec::with_capacity(raw.len());
     let mut sni_owner: HashMap<String, usize> = HashMap::new();
     let mut default_at: Option<usize> = None;
     for (i, c) in raw.iter().enumerate() {
         let Some(c) = c else {
-            out.push(None);
+            slot.push(None);
             continue;
         };
         let path = array.index(i);
@@ -102,11 +108,43 @@ pub fn certificates(
                 None => default_at = Some(i),
             }
         }
-        let key = certified_key(c, &path, base, problems);
-        let snis = snis(c, &path, i, key.as_deref(), &mut sni_owner, problems);
-        out.push(key.map(|key| CertificateDef {
-            cert_file: resolve_path(base, &c.cert),
-            key_file: resolve_path(base, &c.key),
+        if c.acme == Some(true) {
+            acme_entry(c, &path, acme_configured, problems);
+            let snis = snis(c, &path, i, None, None, &mut sni_owner, problems);
+            slot.push(Some((acme.len(), true)));
+            acme.push(AcmeCertDef {
+                snis,
+                default: false,
+            });
+            continue;
+        }
+        let (Some(cert), Some(key_file)) = (&c.cert, &c.key) else {
+            for (k, v) in [("cert", &c.cert), ("key", &c.key)] {
+                if v.is_none() {
+                    push(
+                        problems,
+                        path.clone(),
+                        format!("missing `{k}`: a certificate is read from `cert` and `key` PEM files, or obtained from the ACME CA with `acme = true`"),
+                    );
+                }
+            }
+            slot.push(None);
+            continue;
+        };
+        let key = certified_key(cert, key_file, &path, base, problems);
+        let snis = snis(
+            c,
+            &path,
+            i,
+            Some(cert),
+            key.as_deref(),
+            &mut sni_owner,
+            problems,
+        );
+        slot.push(Some((files.len(), false)));
+        files.push(key.map(|key| CertificateDef {
+            cert_file: resolve_path(base, cert),
+            key_file: resolve_path(base, key_file),
             snis,
             default: false,
             key,
@@ -117,7 +155,7 @@ pub fn certificates(
     for (i, c) in raw.iter().enumerate() {
         let Some(c) = c else { continue };
         let has_snis = c.snis.as_ref().is_some_and(|s| !s.is_empty());
-        if i != default && !has_snis {
+        if i != default && !has_snis && c.acme != Some(true) {
             push(
                 problems,
                 array.index(i),
@@ -125,23 +163,73 @@ pub fn certificates(
             );
         }
     }
-    if let Some(Some(d)) = out.get_mut(default) {
-        d.default = true;
+    match slot.get(default).copied().flatten() {
+        Some((j, false)) => {
+            if let Some(Some(d)) = files.get_mut(j) {
+                d.default = true;
+            }
+        }
+        Some((j, true)) => {
+            if let Some(d) = acme.get_mut(j) {
+                d.default = true;
+            }
+        }
+        None => {}
     }
-    out
+    (files, acme)
+}
+
+/// The rules only an `acme = true` entry has: no files, `[acme]` present, at least one name, no
+/// wildcards (the challenges ringgate answers cannot prove one).
+fn acme_entry(c: &RawCertificate, path: &KeyPath, configured: bool, problems: &mut Vec<Problem>) {
+    for (k, v) in [("cert", &c.cert), ("key", &c.key)] {
+        if v.is_some() {
+            push(
+                problems,
+                path.key(k),
+                format!("`{k}` cannot be combined with `acme = true`: the certificate and its key come from the ACME CA (remove `{k}`, or `acme`)"),
+            );
+        }
+    }
+    if !configured {
+        push(
+            problems,
+            path.key("acme"),
+            "`acme = true` needs an [acme] table naming the CA, e.g. [acme] directory = \"letsencrypt\", email = \"ops@example.com\"",
+        );
+    }
+    match &c.snis {
+        Some(list) if !list.is_empty() => {
+            for (j, name) in list.iter().enumerate() {
+                if name.starts_with("*.") {
+                    push(
+                        problems,
+                        path.key("snis").index(j),
+                        format!("{name:?}: ACME certificates cannot be wildcards here (a wildcard needs the DNS-01 challenge, which ringgate does not answer); list the names"),
+                    );
+                }
+            }
+        }
+        _ => push(
+            problems,
+            path.key("snis"),
+            "an `acme = true` certificate needs `snis`: the DNS names to obtain it for, e.g. snis = [\"api.example.com\"]",
+        ),
+    }
 }
 
 /// Reads and checks one certificate's chain and key.
 fn certified_key(
-    c: &RawCertificate,
+    cert_file: &str,
+    key_file: &str,
     path: &KeyPath,
     base: &Path,
     problems: &mut Vec<Problem>,
 ) -> Option<Arc<CertifiedKey>> {
-    let certs = read_certs(&resolve_path(base, &c.cert))
+    let certs = read_certs(&resolve_path(base, cert_file))
         .map_err(|e| push(problems, path.key("cert"), e))
         .ok();
-    let key = read_key(&resolve_path(base, &c.key))
+    let key = read_key(&resolve_path(base, key_file))
         .map_err(|e| push(problems, path.key("key"), e))
         .ok();
     let (certs, key) = (certs?, key?);
@@ -150,10 +238,7 @@ fn certified_key(
             push(
                 problems,
                 path.key("cert"),
-                format!(
-                    "the first certificate in {} cannot be parsed: {e:?}",
-                    c.cert
-                ),
+                format!("the first certificate in {cert_file} cannot be parsed: {e:?}"),
             );
             return None;
         }
@@ -164,7 +249,7 @@ fn certified_key(
             push(
                 problems,
                 path.key("key"),
-                format!("unsupported private key in {}: {e}", c.key),
+                format!("unsupported private key in {key_file}: {e}"),
             );
             return None;
         }
@@ -179,8 +264,7 @@ fn certified_key(
                 problems,
                 path.key("key"),
                 format!(
-                    "the private key in {} does not match the certificate in {}",
-                    c.key, c.cert
+                    "the private key in {key_file} does not match the certificate in {cert_file}"
                 ),
             );
             None
@@ -189,7 +273,7 @@ fn certified_key(
             push(
                 problems,
                 path.key("cert"),
-                format!("invalid certificate in {}: {e}", c.cert),
+                format!("invalid certificate in {cert_file}: {e}"),
             );
             None
         }
@@ -201,6 +285,7 @@ fn snis(
     c: &RawCertificate,
     path: &KeyPath,
     index: usize,
+    cert_file: Option<&str>,
     key: Option<&CertifiedKey>,
     owner: &mut HashMap<String, usize>,
     problems: &mut Vec<Problem>,
@@ -247,7 +332,7 @@ fn snis(
                     at,
                     format!(
                         "the certificate in {} is not valid for {name:?} (not in its subject alternative names)",
-                        c.cert
+                        cert_file.unwrap_or("?")
                     ),
                 );
             }

@@ -1,0 +1,148 @@
+//! The ACME storage directory, laid out like certbot's so operators find their way around it:
+//!
+//! ```text
+//! {storage}/account.json                          the ACME account (its key: mode 0600)
+//! {storage}/certificates/{name}/fullchain.pem     leaf first, then the CA's chain
+//! {storage}/certificates/{name}/privkey.pem       PKCS#8 (mode 0600)
+//! ```
+//!
+//! `{name}` is the certificate's first SNI name. Files are written to a temporary name and renamed,
+//! so a crash leaves the old file or the new one, never half of one; a key and chain that do not
+//! match (a crash between the two renames) are treated as absent and the certificate is ordered
+//! again. Only the manager thread and startup (main thread) touch these files.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+/// A certificate read from storage or just issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub key: Arc<CertifiedKey>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// The leaf's DNS subject alternative names, lower-case.
+    pub names: Vec<String>,
+}
+
+impl Issued {
+    /// Whether this certificate names every one of `names`.
+    pub fn covers(&self, names: &[String]) -> bool {
+        names.iter().all(|n| self.names.iter().any(|m| m == n))
+    }
+
+    /// When to renew: `renew_before` ahead of expiry, or (default) once two thirds of the
+    /// lifetime have passed, as Let's Encrypt advises.
+    pub fn renew_at(&self, renew_before: Option<Duration>) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        let before = renew_before.unwrap_or(lifetime / 3);
+        self.not_after
+            .checked_sub(before)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+fn cert_dir(storage: &Path, name: &str) -> PathBuf {
+    storage.join("certificates").join(name)
+}
+
+pub fn account_file(storage: &Path) -> PathBuf {
+    storage.join("account.json")
+}
+
+/// The stored certificate of `name`: `Ok(None)` when there is none yet, `Err` when the files exist
+/// but cannot be used (the message says why; the caller orders a new one).
+pub fn load(storage: &Path, name: &str) -> Result<Option<Issued>, String> {
+    let dir = cert_dir(storage, name);
+    let chain = dir.join("fullchain.pem");
+    let key = dir.join("privkey.pem");
+    let chain_pem = match std::fs::read(&chain) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", chain.display())),
+    };
+    let key_pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    parse(&chain_pem, &key_pem)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+        .map(Some)
+}
+
+/// Parses a PEM chain (leaf first) and its PEM private key, checking that they match.
+pub fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Issued, String> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid certificate PEM: {e}"))?;
+    let leaf = chain.first().ok_or("no certificate in the chain")?.clone();
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("invalid key PEM: {e}"))?;
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match()
+        .map_err(|e| format!("key and certificate do not match: {e}"))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
+    let validity = x509.validity();
+    let time = |t: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(Issued {
+        key: Arc::new(ck),
+        not_before: time(validity.not_before),
+        not_after: time(validity.not_after),
+        names,
+    })
+}
+
+/// Stores a newly issued certificate (key first: a chain is never newer than its key on disk).
+pub fn save(storage: &Path, name: &str, chain_pem: &str, key_pem: &str) -> std::io::Result<()> {
+    let dir = cert_dir(storage, name);
+    make_dir(&dir)?;
+    write_private(&dir.join("privkey.pem"), key_pem.as_bytes())?;
+    write_private(&dir.join("fullchain.pem"), chain_pem.as_bytes())
+}
+
+/// Creates `dir` and its parents, mode 0700 (they hold private keys).
+pub fn make_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes `bytes` to `path` through a temporary file (mode 0600) and a rename.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,177 @@
+//! One ACME conversation (RFC 8555), through the `instant-acme` client: the account (created once,
+//! then kept in storage), and an order for one certificate's names: publish each challenge's
+//! answer in the `AcmeStore`, tell the CA, wait for validation, finalize with a fresh key, fetch the
+//! chain.
+//!
+//! Runs on the ACME manager thread's own single-threaded tokio runtime: the CA's latency, DNS and
+//! file writes never reach a worker. Whatever the outcome, the challenge answers are withdrawn from
+//! the store when the order ends (`Published`'s drop).
+
+use std::sync::Arc;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+
+use super::files;
+use super::store::AcmeStore;
+use crate::config::model::{AcmeChallenge, AcmeDef};
+
+/// How long the CA gets to validate, and then to issue (each; instant-acme polls with backoff).
+const POLL: RetryPolicy = RetryPolicy::new()
+    .initial_delay(std::time::Duration::from_millis(250))
+    .timeout(std::time::Duration::from_secs(90));
+
+/// The account for `def.directory`: the stored one when it was made for this directory, else a new
+/// one (stored, mode 0600: its key signs every request to the CA).
+pub async fn account(def: &AcmeDef) -> Result<Account, String> {
+    let builder = match &def.ca_file {
+        Some(f) => Account::builder_with_root(f),
+        None => Account::builder(),
+    }
+    .map_err(|e| format!("ACME client setup failed: {e}"))?;
+    let file = files::account_file(&def.storage);
+    if let Ok(bytes) = std::fs::read(&file) {
+        let stored: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+        let same_ca = stored
+            .as_ref()
+            .and_then(|v| v.get("directory"))
+            .and_then(|d| d.as_str())
+            == Some(def.directory.as_str());
+        if let (true, Some(v)) = (same_ca, stored) {
+            let creds: AccountCredentials =
+                serde_json::from_value(v).map_err(|e| format!("{}: {e}", file.display()))?;
+            return builder
+                .from_credentials(creds)
+                .await
+                .map_err(|e| format!("restoring the ACME account from {}: {e}", file.display()));
+        }
+    }
+    let contact: Vec<&str> = def.contact.iter().map(String::as_str).collect();
+    let (account, creds) = builder
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            def.directory.clone(),
+            None,
+        )
+        .await
+        .map_err(|e| format!("creating an ACME account at {}: {e}", def.directory))?;
+    let json = serde_json::to_vec_pretty(&creds).map_err(|e| e.to_string())?;
+    files::make_dir(&def.storage)
+        .and_then(|()| files::write_private(&file, &json))
+        .map_err(|e| format!("storing the ACME account in {}: {e}", file.display()))?;
+    crate::info!("acme account created directory={}", def.directory);
+    Ok(account)
+}
+
+/// Orders a certificate for `names`; returns (PEM chain, PEM private key).
+pub async fn order(
+    account: &Account,
+    names: &[String],
+    challenge: AcmeChallenge,
+    store: &Arc<AcmeStore>,
+) -> Result<(String, String), String> {
+    let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&ids))
+        .await
+        .map_err(|e| format!("new order: {e}"))?;
+    let mut published = Published {
+        store,
+        tokens: Vec::new(),
+        alpn: Vec::new(),
+    };
+    let kind = match challenge {
+        AcmeChallenge::Http01 => ChallengeType::Http01,
+        AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+    };
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => return Err(format!("authorization is {other:?}")),
+        }
+        let mut ch = authz
+            .challenge(kind.clone())
+            .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
+        let name = ch.identifier().to_string();
+        let ka = ch.key_authorization();
+        match challenge {
+            AcmeChallenge::Http01 => {
+                store.add_token(&ch.token, ka.as_str());
+                published.tokens.push(ch.token.clone());
+            }
+            AcmeChallenge::TlsAlpn01 => {
+                let cert = alpn_cert(&name, ka.digest().as_ref())?;
+                store.add_alpn_cert(&name, cert);
+                published.alpn.push(name.clone());
+            }
+        }
+        ch.set_ready()
+            .await
+            .map_err(|e| format!("challenge for {name}: {e}"))?;
+    }
+    let status = order
+        .poll_ready(&POLL)
+        .await
+        .map_err(|e| format!("validation: {e}"))?;
+    if status != OrderStatus::Ready {
+        return Err(format!("the order is {status:?} after validation"));
+    }
+    drop(published);
+    let key_pem = order
+        .finalize()
+        .await
+        .map_err(|e| format!("finalize: {e}"))?;
+    let chain = order
+        .poll_certificate(&POLL)
+        .await
+        .map_err(|e| format!("certificate: {e}"))?;
+    Ok((chain, key_pem))
+}
+
+/// Challenge answers this order put in the store; withdrawn when the order is done or abandoned.
+struct Published<'a> {
+    store: &'a AcmeStore,
+    tokens: Vec<String>,
+    alpn: Vec<String>,
+}
+
+impl Drop for Published<'_> {
+    fn drop(&mut self) {
+        for t in &self.tokens {
+            self.store.remove_token(t);
+        }
+        for n in &self.alpn {
+            self.store.remove_alpn_cert(n);
+        }
+    }
+}
+
+/// The TLS-ALPN-01 certificate for `name` (RFC 8737): self-signed, the name as its only SAN, and
+/// the critical acmeIdentifier extension carrying the SHA-256 of the key authorization.
+fn alpn_cert(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let fail = |e: rcgen::Error| format!("tls-alpn-01 certificate for {name}: {e}");
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(fail)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = params.self_signed(&key).map_err(fail)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("tls-alpn-01 key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
+}

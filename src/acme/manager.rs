@@ -1,0 +1,444 @@
+//! The ACME manager: one thread for the process that keeps every `acme = true` certificate issued
+//! and fresh, and publishes it to the workers through the `AcmeStore`.
+//!
+//! Schedule, per certificate (keyed by its first name):
+//! - at start (and when a reload adds it) the stored copy is loaded, if it covers the names and has
+//!   not expired, and served at once;
+//! - it is ordered when there is none, when it does not cover every configured name, or once its
+//!   renewal time has come (`Issued::renew_at`);
+//! - a failed order is retried after 1 minute, doubling up to 6 hours (Let's Encrypt allows 5
+//!   failed validations per name and hour); the certificate in service, if any, stays in service
+//!   until it expires.
+//!
+//! Orders run one at a time on this thread's single-threaded tokio runtime, each bounded by
+//! `ORDER_TIMEOUT`. Workers never wait for any of it: they read the store. Reloads send the new
+//! `[acme]` and certificate list over a channel; state of certificates that stay is kept.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use instant_acme::Account;
+
+use super::files::{self, Issued};
+use super::issue;
+use super::store::AcmeStore;
+use crate::config::model::{AcmeCertDef, AcmeDef, Config};
+use crate::metrics::prom::{Family, FamilyKind};
+use crate::{error, info, warn};
+
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+const FIRST_RETRY: Duration = Duration::from_secs(60);
+const MAX_RETRY: Duration = Duration::from_secs(6 * 3600);
+/// Longest sleep between two looks at the schedule (clock jumps, suspended machines).
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+enum Msg {
+    Update(Option<AcmeDef>, Vec<AcmeCertDef>),
+    Stop,
+}
+
+/// What `/metrics` and `/status` show of one certificate.
+#[derive(Debug, Clone, Default)]
+pub struct CertStatus {
+    pub name: String,
+    /// Expiry of the certificate in service (`None`: none yet).
+    pub not_after: Option<SystemTime>,
+    pub next_attempt: Option<SystemTime>,
+    /// Failed orders since the last success.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub orders_ok: u64,
+    pub orders_failed: u64,
+}
+
+/// The manager thread's handle (main thread).
+pub struct AcmeManager {
+    tx: Sender<Msg>,
+    status: AcmeStatus,
+}
+
+/// Every managed certificate's state, as the manager last published it (read by `/metrics`).
+#[derive(Clone, Default)]
+pub struct AcmeStatus(Arc<Mutex<Vec<CertStatus>>>);
+
+impl AcmeStatus {
+    /// A copy of every managed certificate's state, sorted by name.
+    pub fn get(&self) -> Vec<CertStatus> {
+        match self.0.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, v: Vec<CertStatus>) {
+        match self.0.lock() {
+            Ok(mut s) => *s = v,
+            Err(p) => *p.into_inner() = v,
+        }
+    }
+
+    /// The metric families for `/metrics` (none without ACME certificates).
+    pub fn families(&self) -> Vec<Family> {
+        families(&self.get())
+    }
+}
+
+impl AcmeManager {
+    /// Loads stored certificates of `config` into `store` (so the first handshake can use them), then
+    /// starts the thread.
+    pub fn start(config: &Config, store: Arc<AcmeStore>) -> std::io::Result<AcmeManager> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let status = AcmeStatus::default();
+        let mut state = State {
+            store,
+            def: None,
+            certs: HashMap::new(),
+            account: None,
+            status: status.clone(),
+        };
+        state.update(config.acme.clone(), config.acme_certificates.clone());
+        std::thread::Builder::new()
+            .name("ringgate-acme".to_owned())
+            .spawn(move || state.run(&rx))?;
+        Ok(AcmeManager { tx, status })
+    }
+
+    /// A reload committed `config`.
+    pub fn update(&self, config: &Config) {
+        let _ = self.tx.send(Msg::Update(
+            config.acme.clone(),
+            config.acme_certificates.clone(),
+        ));
+    }
+
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+
+    /// The managed certificates' state, as the manager publishes it.
+    pub fn status(&self) -> AcmeStatus {
+        self.status.clone()
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn families(status: &[CertStatus]) -> Vec<Family> {
+    if status.is_empty() {
+        return Vec::new();
+    }
+    let mut expiry = Family::new(
+        "ringgate_acme_certificate_expiry_timestamp_seconds",
+        "When the ACME certificate in service expires (Unix time; 0: none issued yet).",
+        FamilyKind::Gauge,
+    );
+    let mut failing = Family::new(
+        "ringgate_acme_renewal_failures",
+        "Failed ACME orders for the certificate since its last success.",
+        FamilyKind::Gauge,
+    );
+    let mut orders = Family::new(
+        "ringgate_acme_orders_total",
+        "ACME orders, by result.",
+        FamilyKind::Counter,
+    );
+    for s in status {
+        let c = [("certificate", s.name.as_str())];
+        expiry = expiry.sample(&c, s.not_after.map_or(0.0, unix));
+        failing = failing.sample(&c, f64::from(s.failures));
+        #[allow(clippy::cast_precision_loss)]
+        {
+            orders = orders
+                .sample(
+                    &[("certificate", s.name.as_str()), ("result", "ok")],
+                    s.orders_ok as f64,
+                )
+                .sample(
+                    &[("certificate", s.name.as_str()), ("result", "error")],
+                    s.orders_failed as f64,
+                );
+        }
+    }
+    vec![expiry, failing, orders]
+}
+
+/// One managed certificate.
+struct Managed {
+    def: AcmeCertDef,
+    issued: Option<Issued>,
+    /// Earliest time of the next order after a failure.
+    retry_at: Option<SystemTime>,
+    failures: u32,
+    last_error: Option<String>,
+    orders_ok: u64,
+    orders_failed: u64,
+}
+
+impl Managed {
+    /// When this certificate should next be ordered.
+    fn due_at(&self, def: &AcmeDef) -> SystemTime {
+        let wanted = match &self.issued {
+            Some(i) if i.covers(&self.def.snis) => i.renew_at(def.renew_before),
+            _ => SystemTime::UNIX_EPOCH,
+        };
+        match self.retry_at {
+            Some(r) if r > wanted => r,
+            _ => wanted,
+        }
+    }
+}
+
+struct State {
+    store: Arc<AcmeStore>,
+    def: Option<AcmeDef>,
+    certs: HashMap<String, Managed>,
+    /// The account, once created or restored, for the `def` it was made with.
+    account: Option<(AcmeDef, Account)>,
+    status: AcmeStatus,
+}
+
+impl State {
+    fn run(mut self, rx: &Receiver<Msg>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                error!("acme runtime failed error=\"{e}\"; no certificate will be ordered");
+                return;
+            }
+        };
+        loop {
+            let now = SystemTime::now();
+            let mut next = now + MAX_SLEEP;
+            if let Some(def) = self.def.clone() {
+                let mut names: Vec<String> = self.certs.keys().cloned().collect();
+                names.sort();
+                for name in names {
+                    let due = match self.certs.get(&name) {
+                        Some(m) => m.due_at(&def),
+                        None => continue,
+                    };
+                    if due <= SystemTime::now() {
+                        self.attempt(&rt, &def, &name);
+                        // Anything that arrived meanwhile (a reload, a stop) comes first.
+                        if !rx.is_empty() {
+                            break;
+                        }
+                    }
+                    if let Some(m) = self.certs.get(&name) {
+                        next = next.min(m.due_at(&def));
+                    }
+                }
+            }
+            self.publish_status();
+            let wait = next
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .min(MAX_SLEEP);
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Update(def, certs)) => self.update(def, certs),
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// Applies a (re)loaded config: certificates that stay keep their state, new ones are loaded
+    /// from storage, removed ones stop being served.
+    fn update(&mut self, def: Option<AcmeDef>, certs: Vec<AcmeCertDef>) {
+        let storage_changed =
+            self.def.as_ref().map(|d| &d.storage) != def.as_ref().map(|d| &d.storage);
+        if self
+            .account
+            .as_ref()
+            .map(|(d, _)| (&d.directory, &d.ca_file, &d.storage))
+            != def.as_ref().map(|d| (&d.directory, &d.ca_file, &d.storage))
+        {
+            self.account = None;
+        }
+        let mut old = std::mem::take(&mut self.certs);
+        for c in certs {
+            let Some(primary) = c.snis.first().cloned() else {
+                continue;
+            };
+            let mut m = match old.remove(&primary) {
+                Some(mut m) if !storage_changed => {
+                    if m.def.snis != c.snis {
+                        // New names: order at once, whatever failed before.
+                        m.retry_at = None;
+                        m.failures = 0;
+                    }
+                    m.def = c;
+                    m
+                }
+                _ => Managed {
+                    def: c,
+                    issued: None,
+                    retry_at: None,
+                    failures: 0,
+                    last_error: None,
+                    orders_ok: 0,
+                    orders_failed: 0,
+                },
+            };
+            if m.issued.is_none() {
+                if let Some(d) = &def {
+                    m.issued = load_stored(&d.storage, &primary);
+                }
+            }
+            if let Some(issued) = &m.issued {
+                self.serve(&m.def, issued);
+            }
+            self.certs.insert(primary, m);
+        }
+        let store_names: std::collections::HashSet<String> = self
+            .certs
+            .values()
+            .flat_map(|m| m.def.snis.iter().cloned())
+            .collect();
+        self.store.retain(|n| store_names.contains(n));
+        self.def = def;
+        self.publish_status();
+    }
+
+    /// Puts `issued` in service for the configured names it covers.
+    fn serve(&self, def: &AcmeCertDef, issued: &Issued) {
+        let names: Vec<String> = def
+            .snis
+            .iter()
+            .filter(|n| issued.names.contains(n))
+            .cloned()
+            .collect();
+        self.store.install(&names, issued.key.clone());
+    }
+
+    fn attempt(&mut self, rt: &tokio::runtime::Runtime, def: &AcmeDef, primary: &str) {
+        let Some(snis) = self.certs.get(primary).map(|m| m.def.snis.clone()) else {
+            return;
+        };
+        info!("acme order certificate={primary} names={}", snis.join(","));
+        let result = rt.block_on(async {
+            match tokio::time::timeout(ORDER_TIMEOUT, self.order(def, &snis)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "no certificate within {}s",
+                    ORDER_TIMEOUT.as_secs()
+                )),
+            }
+        });
+        let result = result.and_then(|(chain, key)| {
+            let issued = files::parse(chain.as_bytes(), key.as_bytes())
+                .map_err(|e| format!("the CA's certificate is unusable: {e}"))?;
+            if let Err(e) = files::save(&def.storage, primary, &chain, &key) {
+                // Served anyway; the next start orders again.
+                error!(
+                    "acme certificate not stored certificate={primary} storage={} error=\"{e}\"",
+                    def.storage.display()
+                );
+            }
+            Ok(issued)
+        });
+        let Some(m) = self.certs.get_mut(primary) else {
+            return;
+        };
+        match result {
+            Ok(issued) => {
+                info!(
+                    "acme certificate issued certificate={primary} expires_in_days={}",
+                    issued
+                        .not_after
+                        .duration_since(SystemTime::now())
+                        .map_or(0, |d| d.as_secs() / 86_400)
+                );
+                m.failures = 0;
+                m.retry_at = None;
+                m.last_error = None;
+                m.orders_ok += 1;
+                m.issued = Some(issued);
+                // A certificate that is already due again (a CA issuing shorter than
+                // `renew_before_days`) is not re-ordered in a loop: the next try waits like a retry.
+                if m.due_at(def) <= SystemTime::now() {
+                    warn!("acme certificate lifetime is shorter than renew_before_days certificate={primary}");
+                    m.retry_at = Some(SystemTime::now() + MAX_RETRY);
+                }
+            }
+            Err(e) => {
+                m.failures += 1;
+                m.orders_failed += 1;
+                let delay = FIRST_RETRY
+                    .saturating_mul(1 << (m.failures - 1).min(16))
+                    .min(MAX_RETRY);
+                m.retry_at = Some(SystemTime::now() + delay);
+                error!(
+                    "acme order failed certificate={primary} failures={} retry_in_s={} error=\"{}\"",
+                    m.failures,
+                    delay.as_secs(),
+                    e.replace('"', "'")
+                );
+                m.last_error = Some(e);
+            }
+        }
+        if let Some(m) = self.certs.get(primary) {
+            if let Some(issued) = &m.issued {
+                self.serve(&m.def, issued);
+            }
+        }
+    }
+
+    async fn order(&mut self, def: &AcmeDef, names: &[String]) -> Result<(String, String), String> {
+        if self.account.is_none() {
+            self.account = Some((def.clone(), issue::account(def).await?));
+        }
+        let Some((_, account)) = &self.account else {
+            return Err("no ACME account".to_owned());
+        };
+        issue::order(account, names, def.challenge, &self.store).await
+    }
+
+    fn publish_status(&self) {
+        let mut v: Vec<CertStatus> = self
+            .certs
+            .iter()
+            .map(|(name, m)| CertStatus {
+                name: name.clone(),
+                not_after: m.issued.as_ref().map(|i| i.not_after),
+                next_attempt: self.def.as_ref().map(|d| m.due_at(d)),
+                failures: m.failures,
+                last_error: m.last_error.clone(),
+                orders_ok: m.orders_ok,
+                orders_failed: m.orders_failed,
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        self.status.set(v);
+    }
+}
+
+/// The stored certificate of `name` if it can be served (parses, matches its key, not expired).
+fn load_stored(storage: &std::path::Path, name: &str) -> Option<Issued> {
+    match files::load(storage, name) {
+        Ok(Some(i)) if i.not_after > SystemTime::now() => {
+            info!(
+                "acme certificate loaded certificate={name} storage={}",
+                storage.display()
+            );
+            Some(i)
+        }
+        Ok(Some(_)) => {
+            warn!("acme stored certificate expired certificate={name}; ordering a new one");
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!("acme stored certificate unusable certificate={name} error=\"{e}\"; ordering a new one");
+            None
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `[acme]`: the ACME CA (RFC 8555) that issues `[[certificates]]` entries with `acme = true`.
+//!
+//! Only what can be checked offline is checked here (`ringgate check` contacts no CA and creates
+//! nothing): the directory is an https URL (or a known alias), the contact looks like an address,
+//! `storage` is a writable directory or can be created, `ca_file` holds at least one certificate,
+//! and the challenge has a listener to answer it on.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::push;
+use crate::config::locate::{KeyPath, Problem};
+use crate::config::model::{AcmeChallenge, AcmeDef, ListenDef, ListenKind};
+use crate::config::raw::{Int, RawAcme};
+
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// `None` when `[acme]` is absent (or invalid: then a problem was recorded).
+pub fn compile(
+    raw: Option<&RawAcme>,
+    base: &Path,
+    listeners: &[ListenDef],
+    problems: &mut Vec<Problem>,
+) -> Option<AcmeDef> {
+    let raw = raw?;
+    let p = KeyPath::root().key("acme");
+    let before = problems.len();
+    let directory = match raw.directory.as_deref() {
+        None => {
+            push(
+                problems,
+                p.key("directory"),
+                "`directory` is required: the CA's ACME directory URL, or \"letsencrypt\" / \"letsencrypt-staging\"",
+            );
+            None
+        }
+        Some("letsencrypt") => Some(LETSENCRYPT.to_owned()),
+        Some("letsencrypt-staging") => Some(LETSENCRYPT_STAGING.to_owned()),
+        Some(url) if url.starts_with("https://") && url.len() > "https://".len() => {
+            Some(url.to_owned())
+        }
+        Some(url) => {
+            push(
+                problems,
+                p.key("directory"),
+                format!("{url:?} is not an ACME directory: expected an https:// URL (RFC 8555 requires HTTPS), or \"letsencrypt\" / \"letsencrypt-staging\""),
+            );
+            None
+        }
+    };
+    let mut contact = Vec::new();
+    if let Some(email) = &raw.email {
+        let ok = email
+            .split_once('@')
+            .is_some_and(|(user, domain)| !user.is_empty() && domain.contains('.'))
+            && !email
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b",;<>".contains(&b));
+        if ok {
+            contact.push(format!("mailto:{email}"));
+        } else {
+            push(
+                problems,
+                p.key("email"),
+                format!("{email:?} is not an email address like \"ops@example.com\""),
+            );
+        }
+    }
+    let storage = base.join(raw.storage.as_deref().unwrap_or("acme"));
+    check_storage(&storage, &p.key("storage"), problems);
+    let ca_file = raw.ca_file.as_ref().map(|f| {
+        let file = base.join(f);
+        if let Err(e) = super::tls::read_certs(&file) {
+            push(problems, p.key("ca_file"), e);
+        }
+        file
+    });
+    let challenge = match raw.challenge.as_deref() {
+        None | Some("http-01") => AcmeChallenge::Http01,
+        Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+        Some(other) => {
+            push(
+                problems,
+                p.key("challenge"),
+                format!("unknown challenge {other:?}: expected \"http-01\" or \"tls-alpn-01\""),
+            );
+            AcmeChallenge::Http01
+        }
+    };
+    let answered = listeners.iter().any(|l| match challenge {
+        AcmeChallenge::Http01 => l.kind != ListenKind::Https,
+        AcmeChallenge::TlsAlpn01 => l.kind == ListenKind::Https,
+    });
+    if !answered {
+        let (what, fix) = match challenge {
+            AcmeChallenge::Http01 => ("http-01 is answered on plain HTTP (the CA connects to port 80)", "add a plain or redirect_https listener on port 80, or use challenge = \"tls-alpn-01\""),
+            AcmeChallenge::TlsAlpn01 => ("tls-alpn-01 is answered on TLS listeners (the CA connects to port 443)", "add { addr = \"0.0.0.0:443\", tls = true } to server.listen"),
+        };
+        push(
+            problems,
+            p.key("challenge"),
+            format!("no listener can answer the challenge: {what}; {fix}"),
+        );
+    }
+    let renew_before = raw.renew_before_days.map(|Int(days)| {
+        if !(1..=365).contains(&days) {
+            push(
+                problems,
+                p.key("renew_before_days"),
+                format!("must be 1..=365 days, got {days}"),
+            );
+        }
+        Duration::from_secs(u64::try_from(days.clamp(1, 365)).unwrap_or(30) * 86_400)
+    });
+    if problems.len() > before {
+        return None;
+    }
+    Some(AcmeDef {
+        directory: directory?,
+        contact,
+        storage,
+        ca_file,
+        challenge,
+        renew_before,
+    })
+}
+
+/// `storage` must be a directory this process can write, or not exist yet with a parent it can
+/// create it in (it is created on first use; `check` creates nothing).
+fn check_storage(dir: &Path, at: &KeyPath, problems: &mut Vec<Problem>) {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => push(
+            problems,
+            at.clone(),
+            format!("{shown} exists and is not a directory"),
+        ),
+        Ok(_) if !writable(dir) => push(
+            problems,
+            at.clone(),
+            format!("{shown}: this process may not write here (the account key and certificates are kept in it)"),
+        ),
+        Ok(_) => {}
+        Err(_) => {
+            // Created with its missing parents: the nearest existing ancestor must be writable.
+            let mut up = dir.parent();
+            while let Some(d) = up {
+                if d.as_os_str().is_empty() || d.exists() {
+                    break;
+                }
+                up = d.parent();
+            }
+            let ancestor = match up {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !ancestor.is_dir() || !writable(ancestor) {
+                push(
+                    problems,
+                    at.clone(),
+                    format!(
+                        "{shown} does not exist and cannot be created: {} is not a writable directory",
+                        ancestor.display()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
