@@ -1064,3 +1064,127 @@ fn access_log_relative_and_unwritable_paths() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `BASE` with a TLS listener next to the plain one, then `tail` appended (from line 17 on).
+fn tls_base_with(tail: &str) -> String {
+    let listen = "listen = [\"127.0.0.1:8080\", { addr = \"127.0.0.1:8443\", tls = true }]";
+    format!(
+        "{}\n{tail}",
+        base_with("listen = [\"127.0.0.1:8080\"]", listen)
+    )
+}
+
+/// `[acme]` (lines 17-19) with a storage directory that exists and is writable.
+fn acme_table(extra: &str) -> String {
+    format!(
+        "[acme]\ndirectory = \"letsencrypt\"\nstorage = \"{}\"\n{extra}",
+        std::env::temp_dir().display()
+    )
+}
+
+#[test]
+fn an_acme_certificate_needs_the_acme_table() {
+    expect_one(
+        &tls_base_with("[[certificates]]\nacme = true\nsnis = [\"a.test\"]\n"),
+        18,
+        8,
+        "certificates[0].acme",
+        "needs an [acme] table",
+    );
+}
+
+#[test]
+fn an_acme_certificate_has_no_files_and_no_wildcards() {
+    let text = tls_base_with(&format!(
+        "{}\n[[certificates]]\nacme = true\ncert = \"x.pem\"\nsnis = [\"a.test\", \"*.b.test\"]\n",
+        acme_table("")
+    ));
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    expect(
+        &errs[0],
+        23,
+        8,
+        "certificates[0].cert",
+        "cannot be combined with `acme = true`",
+    );
+    expect(
+        &errs[1],
+        24,
+        19,
+        "certificates[0].snis[1]",
+        "cannot be wildcards",
+    );
+}
+
+#[test]
+fn an_acme_certificate_needs_names() {
+    expect_one(
+        &tls_base_with(&format!(
+            "{}\n[[certificates]]\nacme = true\n",
+            acme_table("")
+        )),
+        21,
+        1,
+        "certificates[0].snis",
+        "needs `snis`",
+    );
+}
+
+#[test]
+fn a_file_certificate_needs_cert_and_key() {
+    let errs = errors(&tls_base_with("[[certificates]]\nsnis = [\"a.test\"]\n"));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    expect(&errs[0], 17, 1, "certificates[0]", "missing `cert`");
+    expect(&errs[1], 17, 1, "certificates[0]", "missing `key`");
+}
+
+#[test]
+fn acme_settings_are_checked() {
+    let text = format!(
+        "{BASE}\n[acme]\ndirectory = \"http://ca.test/dir\"\nemail = \"nobody\"\nchallenge = \"dns-01\"\nrenew_before_days = 0\nstorage = \"/proc/version\"\n",
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 5, "{errs:?}");
+    expect(
+        &errs[0],
+        18,
+        13,
+        "acme.directory",
+        "expected an https:// URL",
+    );
+    expect(&errs[1], 19, 9, "acme.email", "is not an email address");
+    expect(
+        &errs[2],
+        20,
+        13,
+        "acme.challenge",
+        "expected \"http-01\" or \"tls-alpn-01\"",
+    );
+    expect(
+        &errs[3],
+        21,
+        21,
+        "acme.renew_before_days",
+        "must be 1..=365",
+    );
+    expect(&errs[4], 22, 11, "acme.storage", "is not a directory");
+}
+
+#[test]
+fn the_acme_challenge_needs_a_listener_to_answer_it() {
+    // http-01 with only a TLS listener: the CA's request to port 80 would find nothing.
+    let listen = "listen = [{ addr = \"127.0.0.1:8443\", tls = true }]";
+    let text = format!(
+        "{}\n{}\n[[certificates]]\nacme = true\nsnis = [\"a.test\"]\n",
+        base_with("listen = [\"127.0.0.1:8080\"]", listen),
+        acme_table("")
+    );
+    expect_one(&text, 17, 1, "acme.challenge", "no listener can answer");
+    // tls-alpn-01 on that listener is fine.
+    let text = text.replace(
+        "[[certificates]]",
+        "challenge = \"tls-alpn-01\"\n\n[[certificates]]",
+    );
+    assert!(load_str(&text, "test.toml").is_ok());
+}

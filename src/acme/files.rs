@@ -45,9 +45,10 @@ impl Issued {
             .duration_since(self.not_before)
             .unwrap_or_default();
         let before = renew_before.unwrap_or(lifetime / 3);
+        // Never before issuance: a `renew_before` longer than the lifetime means "due at once".
         self.not_after
             .checked_sub(before)
-            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .map_or(self.not_before, |t| t.max(self.not_before))
     }
 }
 
@@ -145,4 +146,94 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(not_before: u64, not_after: u64, names: &[&str]) -> Issued {
+        let cert = rcgen::generate_simple_self_signed(vec!["x.test".to_owned()]).expect("cert");
+        let mut i = parse(
+            cert.cert.pem().as_bytes(),
+            cert.signing_key.serialize_pem().as_bytes(),
+        )
+        .expect("parse");
+        i.not_before = SystemTime::UNIX_EPOCH + Duration::from_secs(not_before);
+        i.not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after);
+        i.names = names.iter().map(|n| (*n).to_owned()).collect();
+        i
+    }
+
+    #[test]
+    fn renewal_is_due_at_two_thirds_of_the_lifetime_unless_configured() {
+        let day = 86_400;
+        let i = issued(0, 90 * day, &["a.test"]);
+        let at = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs())
+        };
+        assert_eq!(at(i.renew_at(None)), Some(60 * day));
+        assert_eq!(
+            at(i.renew_at(Some(Duration::from_secs(10 * day)))),
+            Some(80 * day)
+        );
+        // Longer than the lifetime: due from the start (the manager then waits like a retry).
+        assert_eq!(
+            at(i.renew_at(Some(Duration::from_secs(365 * day)))),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn covers_needs_every_name() {
+        let i = issued(0, 1, &["a.test", "b.test"]);
+        assert!(i.covers(&["a.test".to_owned()]));
+        assert!(i.covers(&["b.test".to_owned(), "a.test".to_owned()]));
+        assert!(!i.covers(&["a.test".to_owned(), "c.test".to_owned()]));
+    }
+
+    #[test]
+    fn parse_reads_names_and_validity_and_refuses_a_foreign_key() {
+        let c =
+            rcgen::generate_simple_self_signed(vec!["API.test".to_owned(), "b.test".to_owned()])
+                .expect("cert");
+        let i = parse(
+            c.cert.pem().as_bytes(),
+            c.signing_key.serialize_pem().as_bytes(),
+        )
+        .expect("parse");
+        assert_eq!(i.names, ["api.test", "b.test"]);
+        assert!(i.not_after > i.not_before);
+        let other = rcgen::KeyPair::generate().expect("key");
+        let e =
+            parse(c.cert.pem().as_bytes(), other.serialize_pem().as_bytes()).expect_err("mismatch");
+        assert!(e.contains("do not match"), "{e}");
+        assert!(parse(b"", b"").is_err());
+    }
+
+    #[test]
+    fn save_then_load_round_trips_with_private_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ringgate-acme-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(load(&dir, "a.test").expect("no error").is_none());
+        let c = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+        save(
+            &dir,
+            "a.test",
+            &c.cert.pem(),
+            &c.signing_key.serialize_pem(),
+        )
+        .expect("save");
+        let i = load(&dir, "a.test").expect("load").expect("stored");
+        assert_eq!(i.names, ["a.test"]);
+        let key = dir.join("certificates/a.test/privkey.pem");
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let d = std::fs::metadata(dir.join("certificates/a.test")).expect("dir");
+        assert_eq!(d.permissions().mode() & 0o777, 0o700);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

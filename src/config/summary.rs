@@ -67,6 +67,26 @@ pub fn summary(cfg: &Config) -> String {
             if c.default { " (default)" } else { "" }
         );
     }
+    if let Some(acme) = &cfg.acme {
+        let challenge = match acme.challenge {
+            crate::config::model::AcmeChallenge::Http01 => "http-01",
+            crate::config::model::AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        };
+        let _ = writeln!(
+            out,
+            "acme: {} ({challenge}), storage {}",
+            acme.directory,
+            acme.storage.display()
+        );
+    }
+    for c in &cfg.acme_certificates {
+        let _ = writeln!(
+            out,
+            "certificate: acme snis {}{}",
+            c.snis.join(","),
+            if c.default { " (default)" } else { "" }
+        );
+    }
     let workers = cfg
         .server
         .workers

@@ -41,7 +41,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
     drop(ctx);
     // A TLS-ALPN-01 validation connection (RFC 8737): the handshake was the whole answer.
     if tls.alpn_protocol().as_deref() == Some(crate::acme::ACME_TLS_ALPN) {
-        crate::debug!("acme tls-alpn-01 validation answered peer={}", peer);
+        crate::info!("acme tls-alpn-01 validation answered peer={}", peer);
         let mut tls = tls;
         let _ = monoio::io::AsyncWriteRent::shutdown(&mut tls).await;
         return;

@@ -128,7 +128,9 @@ pub fn certificates(
                     );
                 }
             }
-            slot.push(None);
+            // Counted as a certificate all the same (no "TLS listener without certificates" on top).
+            slot.push(Some((files.len(), false)));
+            files.push(None);
             continue;
         };
         let key = certified_key(cert, key_file, &path, base, problems);

@@ -1,0 +1,413 @@
+//! ACME certificates end to end against a real CA: Let's Encrypt's pebble test server (with its
+//! DNS test server resolving every name to 127.0.0.1), on loopback. The gateway orders, answers the
+//! CA's validation (HTTP-01 on a redirect listener, TLS-ALPN-01 on the TLS listener), serves the
+//! certificate, keeps it in storage for the next start, and renews a stored one that is due.
+//! Clients are curl, verifying against the root pebble issues from.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::pebble::{free_port, Pebble};
+use common::{get, send_raw, Gateway, Upstream};
+
+const ISSUE_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// A temporary storage directory, removed on Drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new() -> Dir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "ringgate-acme-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        Dir(d)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A gateway config: `listen` entries, `[acme]` (plus `acme_extra`) for `ca`, one ACME certificate
+/// for `names`, an admin listener, and a catch-all route to `up`.
+fn config(
+    listen: &str,
+    directory: &str,
+    ca_file: &Path,
+    storage: &Path,
+    acme_extra: &str,
+    names: &[&str],
+    up: &Upstream,
+) -> String {
+    let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    format!(
+        r#"[server]
+listen = [{listen}]
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[metrics]
+flush_interval = "100ms"
+
+[acme]
+directory = "{directory}"
+ca_file = "{}"
+email = "ops@ringgate.test"
+storage = "{}"
+{acme_extra}
+
+[[certificates]]
+acme = true
+snis = [{}]
+
+[[services]]
+name = "app"
+url = "{}"
+
+[[routes]]
+name = "r"
+service = "app"
+paths = ["/"]
+strip_path = false
+"#,
+        ca_file.display(),
+        storage.display(),
+        names.join(", "),
+        up.url()
+    )
+}
+
+/// `curl https://{name}:{port}{path}` to 127.0.0.1, verifying against `root`; (exit code, HTTP
+/// status, body).
+fn curl(name: &str, port: u16, path: &str, root: &Path) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(root)
+        .arg("--resolve")
+        .arg(format!("{name}:{port}:127.0.0.1"))
+        .arg(format!("https://{name}:{port}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        out.status.code().unwrap_or(-1),
+        status.to_owned(),
+        format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// The value of the first `/metrics` line starting with `prefix`.
+fn metric(gw: &Gateway, prefix: &str) -> Option<f64> {
+    let r = send_raw(
+        gw.admin_addr(),
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
+    );
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[track_caller]
+fn wait_issued(gw: &Gateway, ca: &Pebble) {
+    assert!(
+        gw.wait_log("acme certificate issued", ISSUE_TIMEOUT),
+        "no certificate issued; gateway log:\n{}\npebble log:\n{}",
+        gw.logs().join("\n"),
+        ca.log()
+    );
+}
+
+#[test]
+fn http01_on_the_redirect_listener_issues_serves_stores_and_reuses_the_certificate() {
+    let up = Upstream::echo("app");
+    let (http, tls) = (free_port(), free_port());
+    let mut ca = Pebble::start(http, tls);
+    let storage = Dir::new();
+    let listen = format!(
+        "{{ addr = \"127.0.0.1:{http}\", redirect_https = 308, https_port = {tls} }}, {{ addr = \"127.0.0.1:{tls}\", tls = true }}"
+    );
+    let names = ["api.ringgate.test", "www.ringgate.test"];
+    let cfg = config(
+        &listen,
+        &ca.directory(),
+        &ca.ca_file(),
+        &storage.0,
+        "",
+        &names,
+        &up,
+    );
+    let gw = Gateway::start(&cfg);
+    wait_issued(&gw, &ca);
+    assert!(gw.log_contains("acme account created"));
+    // Both names validated through the redirect listener (pebble validates from several
+    // perspectives, so each token was fetched more than once).
+    let answered = gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("acme http-01 challenge answered"))
+        .count();
+    assert!(answered >= 2, "answered {answered} validations");
+
+    let root = ca.issuing_root();
+    for name in names {
+        let (code, status, body) = curl(name, tls, "/hello", &root);
+        assert_eq!((code, status.as_str()), (0, "200"), "{name}: {body}");
+        assert!(body.contains("/hello"), "{name}: {body}");
+    }
+    // Everything else on the redirect listener still redirects.
+    let r = get(
+        SocketAddr::from(([127, 0, 0, 1], http)),
+        "api.ringgate.test",
+        "/x",
+    );
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://api.ringgate.test:{tls}/x").as_str())
+    );
+
+    // Stored, private.
+    let dir = storage.0.join("certificates").join("api.ringgate.test");
+    for f in ["privkey.pem", "fullchain.pem"] {
+        let mode = std::fs::metadata(dir.join(f))
+            .expect(f)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let account = std::fs::metadata(storage.0.join("account.json")).expect("account");
+    assert_eq!(account.permissions().mode() & 0o777, 0o600);
+
+    // Metrics: expiry in the future, one successful order.
+    let expiry = metric(
+        &gw,
+        "ringgate_acme_certificate_expiry_timestamp_seconds{certificate=\"api.ringgate.test\"} ",
+    )
+    .expect("expiry metric");
+    assert!(expiry > now_unix() + 86_400.0, "expiry {expiry}");
+    assert_eq!(
+        metric(
+            &gw,
+            "ringgate_acme_orders_total{certificate=\"api.ringgate.test\",result=\"ok\"} "
+        ),
+        Some(1.0)
+    );
+    drop(gw);
+
+    // Next start: the stored certificate is served at once, with the CA gone, and nothing is
+    // ordered (it is not due).
+    ca.stop();
+    let gw = Gateway::start(&cfg);
+    assert!(
+        gw.log_contains("acme certificate loaded"),
+        "{:?}",
+        gw.logs()
+    );
+    let (code, status, body) = curl("www.ringgate.test", tls, "/again", &root);
+    assert_eq!((code, status.as_str()), (0, "200"), "{body}");
+    assert!(!gw.log_contains("acme order"), "{:?}", gw.logs());
+}
+
+#[test]
+fn tls_alpn01_is_answered_on_the_tls_listener() {
+    let up = Upstream::echo("app");
+    let tls = free_port();
+    // No plain listener at all: TLS-ALPN-01 needs only port 443.
+    let ca = Pebble::start(free_port(), tls);
+    let storage = Dir::new();
+    let listen = format!("{{ addr = \"127.0.0.1:{tls}\", tls = true }}");
+    let cfg = config(
+        &listen,
+        &ca.directory(),
+        &ca.ca_file(),
+        &storage.0,
+        "challenge = \"tls-alpn-01\"",
+        &["alpn.ringgate.test"],
+        &up,
+    );
+    let gw = Gateway::start(&cfg);
+    wait_issued(&gw, &ca);
+    assert!(
+        gw.log_contains("acme tls-alpn-01 validation answered"),
+        "{:?}",
+        gw.logs()
+    );
+    let root = ca.issuing_root();
+    let (code, status, body) = curl("alpn.ringgate.test", tls, "/x", &root);
+    assert_eq!((code, status.as_str()), (0, "200"), "{body}");
+}
+
+#[test]
+fn a_stored_certificate_that_is_due_is_served_then_renewed() {
+    let up = Upstream::echo("app");
+    let (http, tls) = (free_port(), free_port());
+    let ca = Pebble::start(http, tls);
+    let storage = Dir::new();
+    // A stored certificate from another CA, issued 2020-01-01 and expiring at the start of next
+    // year: less than a third of its lifetime is left, so it is due.
+    let year = 1970 + (now_unix() / 31_556_952.0) as i32;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["renew.ringgate.test".to_owned()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(year + 1, 1, 1);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let old = params.self_signed(&key).expect("cert");
+    let dir = storage.0.join("certificates").join("renew.ringgate.test");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("fullchain.pem"), old.pem()).expect("chain");
+    std::fs::write(dir.join("privkey.pem"), key.serialize_pem()).expect("key");
+
+    let listen = format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}");
+    let cfg = config(
+        &listen,
+        &ca.directory(),
+        &ca.ca_file(),
+        &storage.0,
+        "",
+        &["renew.ringgate.test"],
+        &up,
+    );
+    let gw = Gateway::start(&cfg);
+    assert!(
+        gw.log_contains("acme certificate loaded"),
+        "{:?}",
+        gw.logs()
+    );
+    wait_issued(&gw, &ca);
+    let root = ca.issuing_root();
+    let (code, status, body) = curl("renew.ringgate.test", tls, "/", &root);
+    assert_eq!((code, status.as_str()), (0, "200"), "{body}");
+    let stored = std::fs::read_to_string(dir.join("fullchain.pem")).expect("chain");
+    assert_ne!(
+        stored,
+        old.pem(),
+        "the renewed chain replaced the stored one"
+    );
+}
+
+#[test]
+fn without_a_certificate_yet_handshakes_fail_cleanly_and_other_tokens_are_routed() {
+    // The CA is unreachable (nothing listens on its port): the order fails and is retried later;
+    // meanwhile the gateway serves plain traffic, refuses TLS for the name, and routes challenge
+    // paths it holds no token for (another ACME client behind the gateway keeps working).
+    let up = Upstream::echo("app");
+    let (http, tls) = (free_port(), free_port());
+    let storage = Dir::new();
+    let ca_file = storage.0.with_extension("ca.pem");
+    // Any PEM certificate will do: the CA is never reached.
+    let throwaway = rcgen::generate_simple_self_signed(vec!["x.test".to_owned()]).expect("cert");
+    std::fs::write(&ca_file, throwaway.cert.pem()).expect("ca file");
+    let listen = format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}");
+    let cfg = config(
+        &listen,
+        &format!("https://127.0.0.1:{}/dir", free_port()),
+        &ca_file,
+        &storage.0,
+        "",
+        &["none.ringgate.test"],
+        &up,
+    );
+    let gw = Gateway::start(&cfg);
+    assert!(
+        gw.wait_log("acme order failed", Duration::from_secs(10)),
+        "{:?}",
+        gw.logs()
+    );
+    assert!(gw.log_contains("retry_in_s=60"), "{:?}", gw.logs());
+    let plain = SocketAddr::from(([127, 0, 0, 1], http));
+    let r = get(
+        plain,
+        "none.ringgate.test",
+        "/.well-known/acme-challenge/not-ours",
+    );
+    assert_eq!(r.status, 200, "routed to the upstream");
+    assert!(String::from_utf8_lossy(&r.body).contains("not-ours"));
+    let (code, _, body) = curl("none.ringgate.test", tls, "/", &ca_file);
+    assert_ne!(code, 0, "no certificate yet, so no handshake: {body}");
+    let r = get(plain, "none.ringgate.test", "/still-up");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metric(
+            &gw,
+            "ringgate_acme_renewal_failures{certificate=\"none.ringgate.test\"} "
+        ),
+        Some(1.0)
+    );
+    let _ = std::fs::remove_file(&ca_file);
+}
+
+#[test]
+fn a_reload_that_adds_a_name_orders_a_certificate_covering_it_without_dropping_the_first() {
+    let up = Upstream::echo("app");
+    let (http, tls) = (free_port(), free_port());
+    let ca = Pebble::start(http, tls);
+    let storage = Dir::new();
+    let listen = format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}");
+    let one = ["a.ringgate.test"];
+    let two = ["a.ringgate.test", "b.ringgate.test"];
+    let cfg = |names: &[&str]| {
+        config(
+            &listen,
+            &ca.directory(),
+            &ca.ca_file(),
+            &storage.0,
+            "",
+            names,
+            &up,
+        )
+    };
+    let gw = Gateway::start(&cfg(&one));
+    wait_issued(&gw, &ca);
+    let root = ca.issuing_root();
+    let (code, _, body) = curl("b.ringgate.test", tls, "/", &root);
+    assert_ne!(code, 0, "b is not configured yet: {body}");
+
+    gw.rewrite_config(&cfg(&two));
+    gw.reload_to(2);
+    let deadline = std::time::Instant::now() + ISSUE_TIMEOUT;
+    while gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("acme certificate issued"))
+        .count()
+        < 2
+    {
+        // The first name is served throughout.
+        let (code, status, body) = curl("a.ringgate.test", tls, "/", &root);
+        assert_eq!((code, status.as_str()), (0, "200"), "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second certificate; log:\n{}\npebble:\n{}",
+            gw.logs().join("\n"),
+            ca.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for name in two {
+        let (code, status, body) = curl(name, tls, "/", &root);
+        assert_eq!((code, status.as_str()), (0, "200"), "{name}: {body}");
+    }
+}
