@@ -260,25 +260,32 @@ fn tls_alpn01_is_answered_on_the_tls_listener() {
     assert_eq!((code, status.as_str()), (0, "200"), "{body}");
 }
 
-#[test]
-fn a_stored_certificate_that_is_due_is_served_then_renewed() {
+/// Starts a gateway whose storage holds a certificate for `renew.ringgate.test` valid from
+/// `not_before` to `not_after` (years; `None` = next year's first day), recorded as issued by
+/// `directory` (`None`: no record); asserts it is loaded, then replaced by one from pebble.
+fn stored_certificate_is_replaced(
+    not_before: i32,
+    not_after: Option<i32>,
+    directory: Option<&str>,
+) {
     let up = Upstream::echo("app");
     let (http, tls) = (free_port(), free_port());
     let ca = Pebble::start(http, tls);
     let storage = Dir::new();
-    // A stored certificate from another CA, issued 2020-01-01 and expiring at the start of next
-    // year: less than a third of its lifetime is left, so it is due.
     let year = 1970 + (now_unix() / 31_556_952.0) as i32;
     let mut params =
         rcgen::CertificateParams::new(vec!["renew.ringgate.test".to_owned()]).expect("params");
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(year + 1, 1, 1);
+    params.not_before = rcgen::date_time_ymd(not_before, 1, 1);
+    params.not_after = rcgen::date_time_ymd(not_after.unwrap_or(year + 1), 1, 1);
     let key = rcgen::KeyPair::generate().expect("key");
     let old = params.self_signed(&key).expect("cert");
     let dir = storage.0.join("certificates").join("renew.ringgate.test");
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("fullchain.pem"), old.pem()).expect("chain");
     std::fs::write(dir.join("privkey.pem"), key.serialize_pem()).expect("key");
+    if let Some(d) = directory {
+        std::fs::write(dir.join("directory"), format!("{d}\n")).expect("directory");
+    }
 
     let listen = format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}");
     let cfg = config(
@@ -305,6 +312,26 @@ fn a_stored_certificate_that_is_due_is_served_then_renewed() {
         stored,
         old.pem(),
         "the renewed chain replaced the stored one"
+    );
+    let recorded = std::fs::read_to_string(dir.join("directory")).expect("directory");
+    assert_eq!(recorded.trim(), ca.directory());
+}
+
+#[test]
+fn a_stored_certificate_that_is_due_is_served_then_renewed() {
+    // Issued 2020-01-01, expiring at the start of next year: less than a third of its lifetime is
+    // left, so it is due.
+    stored_certificate_is_replaced(2020, None, None);
+}
+
+#[test]
+fn a_stored_certificate_from_another_ca_is_replaced_at_once() {
+    // Valid for decades, so not due by its lifetime; but the directory changed (staging to
+    // production, say).
+    stored_certificate_is_replaced(
+        2020,
+        Some(2090),
+        Some("https://acme-staging-v02.api.letsencrypt.org/directory"),
     );
 }
 

@@ -4,6 +4,7 @@
 //! {storage}/account.json                          the ACME account (its key: mode 0600)
 //! {storage}/certificates/{name}/fullchain.pem     leaf first, then the CA's chain
 //! {storage}/certificates/{name}/privkey.pem       PKCS#8 (mode 0600)
+//! {storage}/certificates/{name}/directory         the directory URL of the CA that issued it
 //! ```
 //!
 //! `{name}` is the certificate's first SNI name. Files are written to a temporary name and renamed,
@@ -29,6 +30,8 @@ pub struct Issued {
     pub not_after: SystemTime,
     /// The leaf's DNS subject alternative names, lower-case.
     pub names: Vec<String>,
+    /// The ACME directory it came from (`None`: not recorded, e.g. put there by hand).
+    pub directory: Option<String>,
 }
 
 impl Issued {
@@ -72,9 +75,11 @@ pub fn load(storage: &Path, name: &str) -> Result<Option<Issued>, String> {
         Err(e) => return Err(format!("{}: {e}", chain.display())),
     };
     let key_pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-    parse(&chain_pem, &key_pem)
-        .map_err(|e| format!("{}: {e}", dir.display()))
-        .map(Some)
+    let mut issued = parse(&chain_pem, &key_pem).map_err(|e| format!("{}: {e}", dir.display()))?;
+    issued.directory = std::fs::read_to_string(dir.join("directory"))
+        .ok()
+        .map(|d| d.trim().to_owned());
+    Ok(Some(issued))
 }
 
 /// Parses a PEM chain (leaf first) and its PEM private key, checking that they match.
@@ -112,15 +117,24 @@ pub fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Issued, String> {
         not_before: time(validity.not_before),
         not_after: time(validity.not_after),
         names,
+        directory: None,
     })
 }
 
-/// Stores a newly issued certificate (key first: a chain is never newer than its key on disk).
-pub fn save(storage: &Path, name: &str, chain_pem: &str, key_pem: &str) -> std::io::Result<()> {
+/// Stores a certificate `directory` just issued (key first: a chain is never newer than its key
+/// on disk).
+pub fn save(
+    storage: &Path,
+    name: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    directory: &str,
+) -> std::io::Result<()> {
     let dir = cert_dir(storage, name);
     make_dir(&dir)?;
     write_private(&dir.join("privkey.pem"), key_pem.as_bytes())?;
-    write_private(&dir.join("fullchain.pem"), chain_pem.as_bytes())
+    write_private(&dir.join("fullchain.pem"), chain_pem.as_bytes())?;
+    write_private(&dir.join("directory"), format!("{directory}\n").as_bytes())
 }
 
 /// Creates `dir` and its parents, mode 0700 (they hold private keys).
@@ -225,9 +239,11 @@ mod tests {
             "a.test",
             &c.cert.pem(),
             &c.signing_key.serialize_pem(),
+            "https://ca.test/dir",
         )
         .expect("save");
         let i = load(&dir, "a.test").expect("load").expect("stored");
+        assert_eq!(i.directory.as_deref(), Some("https://ca.test/dir"));
         assert_eq!(i.names, ["a.test"]);
         let key = dir.join("certificates/a.test/privkey.pem");
         let mode = std::fs::metadata(&key).expect("key").permissions().mode();

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use instant_acme::Account;
 
 use super::files::{self, Issued};
 use super::issue;
@@ -95,7 +94,7 @@ impl AcmeManager {
             store,
             def: None,
             certs: HashMap::new(),
-            account: None,
+            runtime: None,
             status: status.clone(),
         };
         state.update(config.acme.clone(), config.acme_certificates.clone());
@@ -183,6 +182,11 @@ impl Managed {
     /// When this certificate should next be ordered.
     fn due_at(&self, def: &AcmeDef) -> SystemTime {
         let wanted = match &self.issued {
+            // Issued by another CA (`directory` changed, say from staging to production): replace
+            // it now, serving it until then.
+            Some(i) if i.directory.as_ref().is_some_and(|d| *d != def.directory) => {
+                SystemTime::UNIX_EPOCH
+            }
             Some(i) if i.covers(&self.def.snis) => i.renew_at(def.renew_before),
             _ => SystemTime::UNIX_EPOCH,
         };
@@ -197,23 +201,13 @@ struct State {
     store: Arc<AcmeStore>,
     def: Option<AcmeDef>,
     certs: HashMap<String, Managed>,
-    /// The account, once created or restored, for the `def` it was made with.
-    account: Option<(AcmeDef, Account)>,
+    /// Built at the first order (a gateway without ACME certificates never builds one).
+    runtime: Option<tokio::runtime::Runtime>,
     status: AcmeStatus,
 }
 
 impl State {
     fn run(mut self, rx: &Receiver<Msg>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                error!("acme runtime failed error=\"{e}\"; no certificate will be ordered");
-                return;
-            }
-        };
         loop {
             let now = SystemTime::now();
             let mut next = now + MAX_SLEEP;
@@ -226,7 +220,7 @@ impl State {
                         None => continue,
                     };
                     if due <= SystemTime::now() {
-                        self.attempt(&rt, &def, &name);
+                        self.attempt(&def, &name);
                         // Anything that arrived meanwhile (a reload, a stop) comes first.
                         if !rx.is_empty() {
                             break;
@@ -255,14 +249,6 @@ impl State {
     fn update(&mut self, def: Option<AcmeDef>, certs: Vec<AcmeCertDef>) {
         let storage_changed =
             self.def.as_ref().map(|d| &d.storage) != def.as_ref().map(|d| &d.storage);
-        if self
-            .account
-            .as_ref()
-            .map(|(d, _)| (&d.directory, &d.ca_file, &d.storage))
-            != def.as_ref().map(|d| (&d.directory, &d.ca_file, &d.storage))
-        {
-            self.account = None;
-        }
         let mut old = std::mem::take(&mut self.certs);
         for c in certs {
             let Some(primary) = c.snis.first().cloned() else {
@@ -319,24 +305,17 @@ impl State {
         self.store.install(&names, issued.key.clone());
     }
 
-    fn attempt(&mut self, rt: &tokio::runtime::Runtime, def: &AcmeDef, primary: &str) {
+    fn attempt(&mut self, def: &AcmeDef, primary: &str) {
         let Some(snis) = self.certs.get(primary).map(|m| m.def.snis.clone()) else {
             return;
         };
         info!("acme order certificate={primary} names={}", snis.join(","));
-        let result = rt.block_on(async {
-            match tokio::time::timeout(ORDER_TIMEOUT, self.order(def, &snis)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "no certificate within {}s",
-                    ORDER_TIMEOUT.as_secs()
-                )),
-            }
-        });
+        let result = self.order(def, &snis);
         let result = result.and_then(|(chain, key)| {
-            let issued = files::parse(chain.as_bytes(), key.as_bytes())
+            let mut issued = files::parse(chain.as_bytes(), key.as_bytes())
                 .map_err(|e| format!("the CA's certificate is unusable: {e}"))?;
-            if let Err(e) = files::save(&def.storage, primary, &chain, &key) {
+            issued.directory = Some(def.directory.clone());
+            if let Err(e) = files::save(&def.storage, primary, &chain, &key, &def.directory) {
                 // Served anyway; the next start orders again.
                 error!(
                     "acme certificate not stored certificate={primary} storage={} error=\"{e}\"",
@@ -392,14 +371,34 @@ impl State {
         }
     }
 
-    async fn order(&mut self, def: &AcmeDef, names: &[String]) -> Result<(String, String), String> {
-        if self.account.is_none() {
-            self.account = Some((def.clone(), issue::account(def).await?));
+    /// One order, bounded by `ORDER_TIMEOUT`. The account (and with it the HTTP client) is made
+    /// afresh for each order: between orders this thread runs no event loop, so connections kept
+    /// from the last one (weeks ago, for a renewal) would be dead.
+    fn order(&mut self, def: &AcmeDef, names: &[String]) -> Result<(String, String), String> {
+        if self.runtime.is_none() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("ACME runtime: {e}"))?;
+            self.runtime = Some(rt);
         }
-        let Some((_, account)) = &self.account else {
-            return Err("no ACME account".to_owned());
+        let Some(rt) = &self.runtime else {
+            return Err("no ACME runtime".to_owned());
         };
-        issue::order(account, names, def.challenge, &self.store).await
+        let store = &self.store;
+        rt.block_on(async {
+            let work = async {
+                let account = issue::account(def).await?;
+                issue::order(&account, names, def.challenge, store).await
+            };
+            match tokio::time::timeout(ORDER_TIMEOUT, work).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "no certificate within {}s",
+                    ORDER_TIMEOUT.as_secs()
+                )),
+            }
+        })
     }
 
     fn publish_status(&self) {
