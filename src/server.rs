@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::access_log::AccessLog;
-use crate::acme::{AcmeManager, AcmeStore};
+use crate::acme::AcmeManager;
 use crate::admin::{AdminServer, AdminSettings, ReloadFailure};
 use crate::config;
 use crate::config::model::{Config, ListenKind};
@@ -23,7 +23,7 @@ use crate::metrics::consumers::ConsumerBoard;
 use crate::metrics::hub::{Hub, MetricsHandle};
 use crate::plugins;
 use crate::router::Router;
-use crate::tls::TlsContext;
+use crate::tls::{TlsContext, TlsShared};
 use crate::upstream::probe::Prober;
 use crate::worker::{self, Compiled, Control, WorkerSpec};
 use crate::{error, info, warn};
@@ -65,9 +65,15 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let consumer_board = Arc::new(ConsumerBoard::new(consumer_cap(&cfg), workers));
     let scrape_consumers = consumer_board.clone();
     metrics.add_collector(move |out| out.extend(scrape_consumers.families()));
-    // ACME certificates: the store outlives every generation; stored certificates are loaded into it
-    // before any worker accepts a connection.
-    let acme_store = AcmeStore::new();
+    // What every generation's TLS context shares: the ACME store (stored certificates are loaded
+    // into it before any worker accepts a connection) and the session ticket keys.
+    let tls_shared = match TlsShared::new() {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            error!("TLS setup failed error=\"{e}\"");
+            return 1;
+        }
+    };
     let compiled = match compile(
         cfg,
         1,
@@ -75,7 +81,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         &metrics,
         &mut limiter,
         &consumer_board,
-        &acme_store,
+        &tls_shared,
     ) {
         Ok(c) => Arc::new(c),
         Err(errors) => {
@@ -97,7 +103,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         info!("access log path={}", def.target);
     }
 
-    let acme = match AcmeManager::start(&compiled.config, acme_store.clone()) {
+    let acme = match AcmeManager::start(&compiled.config, tls_shared.acme.clone()) {
         Ok(a) => a,
         Err(e) => {
             error!("acme thread spawn failed error=\"{e}\"");
@@ -198,7 +204,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         admin: admin_settings.clone(),
         prober,
         acme,
-        acme_store,
+        tls_shared,
         state: Mutex::new(ReloadState {
             current: compiled.clone(),
             limiter,
@@ -279,14 +285,14 @@ fn compile(
     metrics: &MetricsHandle,
     limiter: &mut ReconcilerHandle,
     consumer_board: &Arc<ConsumerBoard>,
-    acme: &Arc<AcmeStore>,
+    tls_shared: &TlsShared,
 ) -> Result<Compiled, Vec<ConfigError>> {
-    let tls = TlsContext::build(&config, acme)?;
+    let tls = TlsContext::build(&config, tls_shared)?;
     let acme_http = config
         .acme
         .as_ref()
         .is_some_and(|a| a.challenge == crate::config::model::AcmeChallenge::Http01)
-        .then(|| acme.clone());
+        .then(|| tls_shared.acme.clone());
     let router = Arc::new(Router::new(&config.routes));
     let chains = Arc::new(plugins::compile_chains(&config));
     let auth = Arc::new(crate::auth::AuthSet::build(&config));
@@ -331,7 +337,7 @@ pub struct Reloader {
     prober: Prober,
     /// ACME certificates: told about every committed generation.
     acme: AcmeManager,
-    acme_store: Arc<AcmeStore>,
+    tls_shared: Arc<TlsShared>,
     state: Mutex<ReloadState>,
 }
 
@@ -485,7 +491,7 @@ impl Reloader {
             &self.metrics,
             &mut state.limiter,
             &consumer_board,
-            &self.acme_store,
+            &self.tls_shared,
         ) {
             Ok(c) => Arc::new(c),
             Err(errors) => return Err(rejected(&mut state, &errors)),

@@ -13,5 +13,5 @@ pub mod context;
 pub mod redirect;
 pub mod stream;
 
-pub use context::TlsContext;
+pub use context::{TlsContext, TlsShared};
 pub use stream::CancelSafe;

@@ -257,7 +257,8 @@ paths = ["/api"]
         compiled: Arc::new(Compiled {
             generation: 1,
             router: Arc::new(Router::new(&cfg.routes)),
-            tls: TlsContext::build(&cfg, &ringgate::acme::AcmeStore::new()).expect("tls context"),
+            tls: TlsContext::build(&cfg, &ringgate::tls::TlsShared::new().expect("tls shared"))
+                .expect("tls context"),
             acme_http: None,
             layout: Arc::new(MetricsLayout::from_config(&cfg, 1)),
             chains: Arc::new(ringgate::plugins::compile_chains(&cfg)),

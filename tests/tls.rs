@@ -1157,7 +1157,11 @@ fn valid_tls_config_and_certificate_files_are_reread_on_each_load() {
         "a single certificate is the default"
     );
     assert_eq!(pki.label_of(&cfg.certificates[0].key.cert[0]), "api");
-    assert!(ringgate::tls::TlsContext::build(&cfg, &ringgate::acme::AcmeStore::new()).is_ok());
+    assert!(ringgate::tls::TlsContext::build(
+        &cfg,
+        &ringgate::tls::TlsShared::new().expect("tls shared")
+    )
+    .is_ok());
     let summary = ringgate::config::summary(&cfg);
     assert!(summary.contains("127.0.0.1:8443 (tls)"), "{summary}");
     assert!(summary.contains("redirect 308"), "{summary}");
@@ -1166,7 +1170,11 @@ fn valid_tls_config_and_certificate_files_are_reread_on_each_load() {
     std::fs::copy(pki.path("default.key"), &live_key).expect("copy");
     let cfg = load();
     assert_eq!(pki.label_of(&cfg.certificates[0].key.cert[0]), "default");
-    assert!(ringgate::tls::TlsContext::build(&cfg, &ringgate::acme::AcmeStore::new()).is_ok());
+    assert!(ringgate::tls::TlsContext::build(
+        &cfg,
+        &ringgate::tls::TlsShared::new().expect("tls shared")
+    )
+    .is_ok());
 }
 
 /// Certificates are re-read on reload (SIGHUP): new handshakes present the rotated certificate while
@@ -1199,4 +1207,30 @@ fn rotated_certificate_is_served_after_reload_without_dropping_connections() {
     assert_eq!(presented(&fresh), "other");
     // The connection established before the reload is still served.
     assert_eq!(get(&mut old, "api.test", "/after").status, 200);
+}
+
+#[test]
+fn sessions_resume_across_a_reload() {
+    // One ticket key per process: a reload (new certificates, new routes) must not turn every
+    // returning client's resumption into a full handshake.
+    let pki = Pki::new();
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&tls_config(&pki, &up, ""));
+    let addr = gw.addrs()[0];
+    // One client config = one session cache, like a browser.
+    let cfg = default_client(&pki);
+    let visit = |path: &str| {
+        let mut tls = connect(addr, "api.test", cfg.clone()).expect("handshake");
+        // The response read also reads the tickets the server sent after the handshake.
+        assert_eq!(get(&mut tls, "api.test", path).status, 200);
+        tls.conn.handshake_kind()
+    };
+    assert_eq!(visit("/first"), Some(rustls::HandshakeKind::Full));
+    assert_eq!(visit("/second"), Some(rustls::HandshakeKind::Resumed));
+    gw.reload_to(2);
+    assert_eq!(
+        visit("/after-reload"),
+        Some(rustls::HandshakeKind::Resumed),
+        "the reload ended resumption"
+    );
 }

@@ -14,7 +14,9 @@
 //! Choices: TLS 1.3 and 1.2 with *ring*'s default suites (AEAD only, ECDHE only); ALPN `http/1.1`;
 //! session resumption by stateless tickets (one ticket key shared by all workers, read-locked only
 //! while a ticket is issued or decrypted) and no server-side session cache (which would be a mutex
-//! shared by every worker's handshakes).
+//! shared by every worker's handshakes). The ticket key belongs to the process (`TlsShared`), not to
+//! a generation, so tickets issued before a reload still resume after it; rustls rotates the key
+//! every 6 hours.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +29,23 @@ use rustls::ServerConfig;
 use crate::acme::{AcmeStore, ACME_TLS_ALPN};
 use crate::config::model::{AcmeChallenge, Config, ListenKind};
 use crate::config::ConfigError;
+
+/// What the TLS contexts of every config generation share; made once per process.
+pub struct TlsShared {
+    /// Where `acme = true` certificates (and TLS-ALPN-01 answers) are found.
+    pub acme: Arc<AcmeStore>,
+    /// Session ticket keys (rotating), so reloads do not end resumption.
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+}
+
+impl TlsShared {
+    pub fn new() -> Result<TlsShared, rustls::Error> {
+        Ok(TlsShared {
+            acme: AcmeStore::new(),
+            ticketer: rustls::crypto::ring::Ticketer::new()?,
+        })
+    }
+}
 
 /// What TLS listeners need. Immutable; replaced whole on reload.
 pub struct TlsContext {
@@ -51,8 +70,8 @@ impl TlsContext {
     /// Builds the server config from `cfg.certificates`. Errors are located at `certificates` (or at
     /// the TLS listener) in `cfg.source`; `config::load` has already validated everything that can
     /// fail, so in practice this only fails if the crypto provider refuses the protocol versions.
-    /// `acme`: the process's ACME store (where `acme = true` certificates are found).
-    pub fn build(cfg: &Config, acme: &Arc<AcmeStore>) -> Result<Arc<TlsContext>, Vec<ConfigError>> {
+    /// `shared`: the process's ACME store and ticket keys.
+    pub fn build(cfg: &Config, shared: &TlsShared) -> Result<Arc<TlsContext>, Vec<ConfigError>> {
         if cfg.certificates.is_empty() && cfg.acme_certificates.is_empty() {
             if let Some(i) = cfg
                 .server
@@ -68,7 +87,7 @@ impl TlsContext {
             }
             return Ok(TlsContext::empty());
         }
-        let resolver = SniResolver::new(cfg, acme);
+        let resolver = SniResolver::new(cfg, &shared.acme);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -80,13 +99,7 @@ impl TlsContext {
             server.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         }
         server.session_storage = Arc::new(NoServerSessionStorage {});
-        server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| {
-            vec![error(
-                cfg,
-                "certificates",
-                format!("TLS session tickets: {e}"),
-            )]
-        })?;
+        server.ticketer = shared.ticketer.clone();
         Ok(Arc::new(TlsContext {
             acceptor: Some(TlsAcceptor::from(Arc::new(server))),
         }))
