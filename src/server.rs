@@ -103,16 +103,6 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         info!("access log path={}", def.target);
     }
 
-    let acme = match AcmeManager::start(&compiled.config, tls_shared.acme.clone()) {
-        Ok(a) => a,
-        Err(e) => {
-            error!("acme thread spawn failed error=\"{e}\"");
-            return 1;
-        }
-    };
-    let acme_status = acme.status();
-    metrics.add_collector(move |out| out.extend(acme_status.families()));
-
     let mut listeners: Vec<Vec<(std::net::TcpListener, ListenKind)>> =
         (0..workers).map(|_| Vec::new()).collect();
     for l in &compiled.config.server.listeners {
@@ -124,6 +114,18 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             }
         }
     }
+
+    // After binding (the CA's validation requests wait in the listen backlog until workers
+    // accept), before the workers start (stored certificates are in the store by then).
+    let acme = match AcmeManager::start(&compiled.config, tls_shared.acme.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            error!("acme thread spawn failed error=\"{e}\"");
+            return 1;
+        }
+    };
+    let acme_status = acme.status();
+    metrics.add_collector(move |out| out.extend(acme_status.families()));
 
     let control = Arc::new(Control::default());
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
@@ -507,6 +509,9 @@ impl Reloader {
                 restart.join(", ")
             );
         }
+        // Before the workers get it: stored certificates of names it adds are in service when
+        // the generation is.
+        self.acme.update(&compiled.config);
         while state.acks.try_recv().is_ok() {}
         // A worker whose channel is closed has exited: it cannot confirm, so it is not waited for,
         // but it counts as unconfirmed.
@@ -528,7 +533,6 @@ impl Reloader {
             settings.apply(def);
         }
         self.prober.update(compiled.config.clone());
-        self.acme.update(&compiled.config);
         state.current = compiled;
         let deadline = Instant::now() + RELOAD_ACK_TIMEOUT;
         // Draining workers take no new generation: stop waiting as soon as the drain begins.

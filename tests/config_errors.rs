@@ -1074,11 +1074,19 @@ fn tls_base_with(tail: &str) -> String {
     )
 }
 
+/// A storage directory that exists, is writable and is private (mode 0700).
+fn private_dir() -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("ringgate-acme-cfg-{}", std::process::id()));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    dir
+}
+
 /// `[acme]` (lines 17-19) with a storage directory that exists and is writable.
 fn acme_table(extra: &str) -> String {
     format!(
         "[acme]\ndirectory = \"letsencrypt\"\nstorage = \"{}\"\n{extra}",
-        std::env::temp_dir().display()
+        private_dir().display()
     )
 }
 
@@ -1187,4 +1195,36 @@ fn the_acme_challenge_needs_a_listener_to_answer_it() {
         "challenge = \"tls-alpn-01\"\n\n[[certificates]]",
     );
     assert!(load_str(&text, "test.toml").is_ok());
+}
+
+#[test]
+fn acme_names_and_storage_must_be_fit_for_a_public_ca() {
+    // A single label or an underscore is refused by every public CA: said at load, not as an order
+    // failing forever.
+    let text = tls_base_with(&format!(
+        "{}\n[[certificates]]\nacme = true\nsnis = [\"localhost\", \"a_b.example.com\"]\n",
+        acme_table("")
+    ));
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    expect(
+        &errs[0],
+        23,
+        9,
+        "certificates[0].snis[0]",
+        "public DNS names",
+    );
+    expect(
+        &errs[1],
+        23,
+        22,
+        "certificates[0].snis[1]",
+        "public DNS names",
+    );
+    // Storage another user could write (where private keys are kept).
+    let text = tls_base_with(&format!(
+        "[acme]\ndirectory = \"letsencrypt\"\nstorage = \"{}\"\n\n[[certificates]]\nacme = true\nsnis = [\"a.example.com\"]\n",
+        std::env::temp_dir().display()
+    ));
+    expect_one(&text, 19, 11, "acme.storage", "writable by other users");
 }

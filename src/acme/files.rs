@@ -1,16 +1,17 @@
 //! The ACME storage directory, laid out like certbot's so operators find their way around it:
 //!
 //! ```text
-//! {storage}/account.json                          the ACME account (its key: mode 0600)
+//! {storage}/accounts/{ca host}.json               one ACME account per CA (its key: mode 0600)
 //! {storage}/certificates/{name}/fullchain.pem     leaf first, then the CA's chain
 //! {storage}/certificates/{name}/privkey.pem       PKCS#8 (mode 0600)
 //! {storage}/certificates/{name}/directory         the directory URL of the CA that issued it
 //! ```
 //!
-//! `{name}` is the certificate's first SNI name. Files are written to a temporary name and renamed,
-//! so a crash leaves the old file or the new one, never half of one; a key and chain that do not
-//! match (a crash between the two renames) are treated as absent and the certificate is ordered
-//! again. Only the manager thread and startup (main thread) touch these files.
+//! `{name}` is the certificate's first SNI name. A new pair is written whole as `*.new` files (mode
+//! 0600, created exclusively, never through a symlink, synced) before either is renamed into place,
+//! chain first: a crash between the two renames leaves the new chain next to the old key, and the
+//! next load finds the matching `privkey.pem.new` and finishes the job. Only the manager thread,
+//! startup and reloads (main thread) touch these files.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -41,14 +42,19 @@ impl Issued {
     }
 
     /// When to renew: `renew_before` ahead of expiry, or (default) once two thirds of the
-    /// lifetime have passed, as Let's Encrypt advises.
+    /// lifetime have passed, as Let's Encrypt advises. A `renew_before` that is not shorter than
+    /// the lifetime (60 days against a 45- or 6-day certificate) falls back to the default: taken
+    /// literally it would order a new certificate right after each issuance, into the CA's rate
+    /// limits.
     pub fn renew_at(&self, renew_before: Option<Duration>) -> SystemTime {
         let lifetime = self
             .not_after
             .duration_since(self.not_before)
             .unwrap_or_default();
-        let before = renew_before.unwrap_or(lifetime / 3);
-        // Never before issuance: a `renew_before` longer than the lifetime means "due at once".
+        let before = match renew_before {
+            Some(b) if b < lifetime => b,
+            _ => lifetime / 3,
+        };
         self.not_after
             .checked_sub(before)
             .map_or(self.not_before, |t| t.max(self.not_before))
@@ -59,8 +65,26 @@ fn cert_dir(storage: &Path, name: &str) -> PathBuf {
     storage.join("certificates").join(name)
 }
 
-pub fn account_file(storage: &Path) -> PathBuf {
-    storage.join("account.json")
+/// The account for the CA at `directory`, one file per CA host (staging and production keep
+/// their own accounts).
+pub fn account_file(storage: &Path, directory: &str) -> PathBuf {
+    let authority = directory
+        .strip_prefix("https://")
+        .unwrap_or(directory)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let safe: String = authority
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    storage.join("accounts").join(format!("{safe}.json"))
 }
 
 /// The stored certificate of `name`: `Ok(None)` when there is none yet, `Err` when the files exist
@@ -75,7 +99,13 @@ pub fn load(storage: &Path, name: &str) -> Result<Option<Issued>, String> {
         Err(e) => return Err(format!("{}: {e}", chain.display())),
     };
     let key_pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let mut issued = parse(&chain_pem, &key_pem).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut issued = match parse(&chain_pem, &key_pem) {
+        Ok(i) => i,
+        Err(e) => match roll_forward(&dir, &chain_pem) {
+            Some(i) => i,
+            None => return Err(format!("{}: {e}", dir.display())),
+        },
+    };
     issued.directory = std::fs::read_to_string(dir.join("directory"))
         .ok()
         .map(|d| d.trim().to_owned());
@@ -121,8 +151,22 @@ pub fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Issued, String> {
     })
 }
 
-/// Stores a certificate `directory` just issued (key first: a chain is never newer than its key
-/// on disk).
+/// A save interrupted between its renames left the new chain next to the old key: the new key
+/// is `privkey.pem.new` (complete: written and synced before any rename). Finishes the save.
+fn roll_forward(dir: &Path, chain_pem: &[u8]) -> Option<Issued> {
+    let staged = dir.join("privkey.pem.new");
+    let key_pem = std::fs::read(&staged).ok()?;
+    let issued = parse(chain_pem, &key_pem).ok()?;
+    std::fs::rename(&staged, dir.join("privkey.pem")).ok()?;
+    let _ = std::fs::rename(dir.join("directory.new"), dir.join("directory"));
+    crate::warn!(
+        "acme storage repaired (a save was interrupted) dir={}",
+        dir.display()
+    );
+    Some(issued)
+}
+
+/// Stores a certificate `directory` just issued: every file staged whole, then renamed into place.
 pub fn save(
     storage: &Path,
     name: &str,
@@ -132,9 +176,19 @@ pub fn save(
 ) -> std::io::Result<()> {
     let dir = cert_dir(storage, name);
     make_dir(&dir)?;
-    write_private(&dir.join("privkey.pem"), key_pem.as_bytes())?;
-    write_private(&dir.join("fullchain.pem"), chain_pem.as_bytes())?;
-    write_private(&dir.join("directory"), format!("{directory}\n").as_bytes())
+    let record = format!("{directory}\n");
+    let files = [
+        ("fullchain.pem", chain_pem.as_bytes()),
+        ("privkey.pem", key_pem.as_bytes()),
+        ("directory", record.as_bytes()),
+    ];
+    for (file, bytes) in &files {
+        stage(&dir.join(format!("{file}.new")), bytes)?;
+    }
+    for (file, _) in &files {
+        std::fs::rename(dir.join(format!("{file}.new")), dir.join(file))?;
+    }
+    sync_dir(&dir)
 }
 
 /// Creates `dir` and its parents, mode 0700 (they hold private keys).
@@ -145,21 +199,40 @@ pub fn make_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Writes `bytes` to `path` through a temporary file (mode 0600) and a rename.
+/// Writes `bytes` to `path` through a staged file and a rename.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".new");
+    let staged = PathBuf::from(staged);
+    stage(&staged, bytes)?;
+    std::fs::rename(&staged, path)?;
+    match path.parent() {
+        Some(d) => sync_dir(d),
+        None => Ok(()),
+    }
+}
+
+/// Writes `bytes` to a new file at `path` (mode 0600), replacing a stale one: created exclusively
+/// and never through a symlink, so nobody else's file (or link) receives a private key; synced.
+fn stage(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(&tmp)?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    f.sync_all()
+}
+
+/// Makes the renames in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -193,11 +266,54 @@ mod tests {
             at(i.renew_at(Some(Duration::from_secs(10 * day)))),
             Some(80 * day)
         );
-        // Longer than the lifetime: due from the start (the manager then waits like a retry).
+        // Not shorter than the lifetime: the default, not "due from the start" (which would order
+        // again right after every issuance).
         assert_eq!(
             at(i.renew_at(Some(Duration::from_secs(365 * day)))),
-            Some(0)
+            Some(60 * day)
         );
+    }
+
+    #[test]
+    fn a_save_interrupted_between_its_renames_is_finished_by_the_next_load() {
+        let dir = std::env::temp_dir().join(format!("ringgate-acme-roll-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let old = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+        save(
+            &dir,
+            "a.test",
+            &old.cert.pem(),
+            &old.signing_key.serialize_pem(),
+            "https://ca.test/dir",
+        )
+        .expect("save");
+        // The next save got as far as renaming the new chain; the new key is still staged.
+        let new = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+        let d = dir.join("certificates/a.test");
+        stage(
+            &d.join("privkey.pem.new"),
+            new.signing_key.serialize_pem().as_bytes(),
+        )
+        .expect("stage");
+        std::fs::write(d.join("fullchain.pem"), new.cert.pem()).expect("chain");
+        let i = load(&dir, "a.test").expect("repaired").expect("stored");
+        assert_eq!(i.key.cert[0].as_ref(), new.cert.der().as_ref());
+        assert!(!d.join("privkey.pem.new").exists());
+        // And it stays repaired.
+        assert!(load(&dir, "a.test").expect("load").is_some());
+        // A staged file is never written through a symlink someone left in its place.
+        let target = dir.join("elsewhere");
+        std::os::unix::fs::symlink(&target, d.join("privkey.pem.new")).expect("symlink");
+        save(
+            &dir,
+            "a.test",
+            &new.cert.pem(),
+            &new.signing_key.serialize_pem(),
+            "https://ca.test/dir",
+        )
+        .expect("save");
+        assert!(!target.exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub async fn account(def: &AcmeDef) -> Result<Account, String> {
         None => Account::builder(),
     }
     .map_err(|e| format!("ACME client setup failed: {e}"))?;
-    let file = files::account_file(&def.storage);
+    let file = files::account_file(&def.storage, &def.directory);
     if let Ok(bytes) = std::fs::read(&file) {
         let stored: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
         let same_ca = stored
@@ -64,7 +64,7 @@ pub async fn account(def: &AcmeDef) -> Result<Account, String> {
         .await
         .map_err(|e| format!("creating an ACME account at {}: {e}", def.directory))?;
     let json = serde_json::to_vec_pretty(&creds).map_err(|e| e.to_string())?;
-    files::make_dir(&def.storage)
+    files::make_dir(file.parent().unwrap_or(&def.storage))
         .and_then(|()| files::write_private(&file, &json))
         .map_err(|e| format!("storing the ACME account in {}: {e}", file.display()))?;
     crate::info!("acme account created directory={}", def.directory);
@@ -103,7 +103,8 @@ pub async fn order(
         let mut ch = authz
             .challenge(kind.clone())
             .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
-        let name = ch.identifier().to_string();
+        // Lower-case, as the TLS resolver looks names up.
+        let name = ch.identifier().to_string().to_ascii_lowercase();
         let ka = ch.key_authorization();
         match challenge {
             AcmeChallenge::Http01 => {

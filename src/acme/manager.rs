@@ -10,8 +10,8 @@
 //!   failed validations per name and hour); the certificate in service, if any, stays in service
 //!   until it expires.
 //!
-//! Orders run one at a time on this thread's single-threaded tokio runtime, each bounded by
-//! `ORDER_TIMEOUT`. Workers never wait for any of it: they read the store. Reloads send the new
+//! Orders run one at a time, each on a single-threaded tokio runtime made for it and dropped after
+//! it (with every connection to the CA), bounded by `ORDER_TIMEOUT`. Workers never wait for any of it: they read the store. Reloads send the new
 //! `[acme]` and certificate list over a channel; state of certificates that stay is kept.
 
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::files::{self, Issued};
 use super::issue;
 use super::store::AcmeStore;
-use crate::config::model::{AcmeCertDef, AcmeDef, Config};
+use crate::config::model::{AcmeCertDef, AcmeChallenge, AcmeDef, Config, ListenKind};
 use crate::metrics::prom::{Family, FamilyKind};
 use crate::{error, info, warn};
 
@@ -56,6 +56,7 @@ pub struct CertStatus {
 pub struct AcmeManager {
     tx: Sender<Msg>,
     status: AcmeStatus,
+    store: Arc<AcmeStore>,
 }
 
 /// Every managed certificate's state, as the manager last published it (read by `/metrics`).
@@ -91,21 +92,39 @@ impl AcmeManager {
         let (tx, rx) = crossbeam_channel::unbounded();
         let status = AcmeStatus::default();
         let mut state = State {
-            store,
+            store: store.clone(),
             def: None,
             certs: HashMap::new(),
-            runtime: None,
             status: status.clone(),
         };
         state.update(config.acme.clone(), config.acme_certificates.clone());
+        warn_ports(config);
         std::thread::Builder::new()
             .name("ringgate-acme".to_owned())
             .spawn(move || state.run(&rx))?;
-        Ok(AcmeManager { tx, status })
+        Ok(AcmeManager { tx, status, store })
     }
 
-    /// A reload committed `config`.
+    /// A reload is committing `config` (called before workers get it). Stored certificates of
+    /// names it adds are put in service here, on the reloading thread, so the new generation's
+    /// first handshake finds them: the manager thread may be busy with an order for minutes.
     pub fn update(&self, config: &Config) {
+        warn_ports(config);
+        if let Some(def) = &config.acme {
+            for c in &config.acme_certificates {
+                let Some(primary) = c.snis.first() else {
+                    continue;
+                };
+                if self.store.cert(primary).is_some() {
+                    continue;
+                }
+                if let Ok(Some(issued)) = files::load(&def.storage, primary) {
+                    if issued.not_after > SystemTime::now() {
+                        install_covered(&self.store, &c.snis, &issued);
+                    }
+                }
+            }
+        }
         let _ = self.tx.send(Msg::Update(
             config.acme.clone(),
             config.acme_certificates.clone(),
@@ -166,6 +185,13 @@ fn families(status: &[CertStatus]) -> Vec<Family> {
     vec![expiry, failing, orders]
 }
 
+/// How long to wait after the `failures`-th failed order in a row: 1 minute, doubling, at most 6 h.
+fn backoff(failures: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_RETRY)
+}
+
 /// One managed certificate.
 struct Managed {
     def: AcmeCertDef,
@@ -201,8 +227,6 @@ struct State {
     store: Arc<AcmeStore>,
     def: Option<AcmeDef>,
     certs: HashMap<String, Managed>,
-    /// Built at the first order (a gateway without ACME certificates never builds one).
-    runtime: Option<tokio::runtime::Runtime>,
     status: AcmeStatus,
 }
 
@@ -249,6 +273,9 @@ impl State {
     fn update(&mut self, def: Option<AcmeDef>, certs: Vec<AcmeCertDef>) {
         let storage_changed =
             self.def.as_ref().map(|d| &d.storage) != def.as_ref().map(|d| &d.storage);
+        // A changed [acme] (the directory fixed, the challenge switched) is tried at once, not after
+        // the backoff its predecessor earned.
+        let acme_changed = self.def != def;
         let mut old = std::mem::take(&mut self.certs);
         for c in certs {
             let Some(primary) = c.snis.first().cloned() else {
@@ -256,7 +283,7 @@ impl State {
             };
             let mut m = match old.remove(&primary) {
                 Some(mut m) if !storage_changed => {
-                    if m.def.snis != c.snis {
+                    if m.def.snis != c.snis || acme_changed {
                         // New names: order at once, whatever failed before.
                         m.retry_at = None;
                         m.failures = 0;
@@ -296,13 +323,7 @@ impl State {
 
     /// Puts `issued` in service for the configured names it covers.
     fn serve(&self, def: &AcmeCertDef, issued: &Issued) {
-        let names: Vec<String> = def
-            .snis
-            .iter()
-            .filter(|n| issued.names.contains(n))
-            .cloned()
-            .collect();
-        self.store.install(&names, issued.key.clone());
+        install_covered(&self.store, &def.snis, issued);
     }
 
     fn attempt(&mut self, def: &AcmeDef, primary: &str) {
@@ -351,9 +372,7 @@ impl State {
             Err(e) => {
                 m.failures += 1;
                 m.orders_failed += 1;
-                let delay = FIRST_RETRY
-                    .saturating_mul(1 << (m.failures - 1).min(16))
-                    .min(MAX_RETRY);
+                let delay = backoff(m.failures);
                 m.retry_at = Some(SystemTime::now() + delay);
                 error!(
                     "acme order failed certificate={primary} failures={} retry_in_s={} error=\"{}\"",
@@ -371,20 +390,14 @@ impl State {
         }
     }
 
-    /// One order, bounded by `ORDER_TIMEOUT`. The account (and with it the HTTP client) is made
-    /// afresh for each order: between orders this thread runs no event loop, so connections kept
-    /// from the last one (weeks ago, for a renewal) would be dead.
+    /// One order, bounded by `ORDER_TIMEOUT`, on a runtime of its own: between orders nothing would
+    /// poll the HTTP client's connections, so they are closed with the runtime rather than kept
+    /// (dead, weeks later) for the next one.
     fn order(&mut self, def: &AcmeDef, names: &[String]) -> Result<(String, String), String> {
-        if self.runtime.is_none() {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("ACME runtime: {e}"))?;
-            self.runtime = Some(rt);
-        }
-        let Some(rt) = &self.runtime else {
-            return Err("no ACME runtime".to_owned());
-        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("ACME runtime: {e}"))?;
         let store = &self.store;
         rt.block_on(async {
             let work = async {
@@ -420,6 +433,34 @@ impl State {
     }
 }
 
+/// The CA validates on port 80 (http-01) or 443 (tls-alpn-01). A listener elsewhere is fine behind a
+/// port forward (and in tests), so this is a warning, not a config error.
+fn warn_ports(config: &Config) {
+    let Some(def) = &config.acme else { return };
+    let (port, tls, name) = match def.challenge {
+        AcmeChallenge::Http01 => (80, false, "http-01"),
+        AcmeChallenge::TlsAlpn01 => (443, true, "tls-alpn-01"),
+    };
+    let answered = config
+        .server
+        .listeners
+        .iter()
+        .any(|l| l.addr.port() == port && (l.kind == ListenKind::Https) == tls);
+    if !answered && !config.acme_certificates.is_empty() {
+        warn!("acme {name} validation comes to port {port}, where no listener answers it; fine behind a port forward");
+    }
+}
+
+/// Serves `issued` for those of `snis` it covers.
+fn install_covered(store: &AcmeStore, snis: &[String], issued: &Issued) {
+    let names: Vec<String> = snis
+        .iter()
+        .filter(|n| issued.names.contains(n))
+        .cloned()
+        .collect();
+    store.install(&names, issued.key.clone());
+}
+
 /// The stored certificate of `name` if it can be served (parses, matches its key, not expired).
 fn load_stored(storage: &std::path::Path, name: &str) -> Option<Issued> {
     match files::load(storage, name) {
@@ -439,5 +480,123 @@ fn load_stored(storage: &std::path::Path, name: &str) -> Option<Issued> {
             warn!("acme stored certificate unusable certificate={name} error=\"{e}\"; ordering a new one");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(directory: &str, renew_before: Option<Duration>) -> AcmeDef {
+        AcmeDef {
+            directory: directory.to_owned(),
+            contact: Vec::new(),
+            storage: std::env::temp_dir(),
+            ca_file: None,
+            challenge: AcmeChallenge::Http01,
+            renew_before,
+        }
+    }
+
+    /// A certificate for `names` issued `age` ago, valid for `lifetime`, from `directory`.
+    fn managed(names: &[&str], age: Duration, lifetime: Duration, directory: &str) -> Managed {
+        let c = rcgen::generate_simple_self_signed(vec!["x.test".to_owned()]).expect("cert");
+        let mut issued = files::parse(
+            c.cert.pem().as_bytes(),
+            c.signing_key.serialize_pem().as_bytes(),
+        )
+        .expect("parse");
+        issued.not_before = SystemTime::now() - age;
+        issued.not_after = issued.not_before + lifetime;
+        issued.names = names.iter().map(|n| (*n).to_owned()).collect();
+        issued.directory = Some(directory.to_owned());
+        Managed {
+            def: AcmeCertDef {
+                snis: names.iter().map(|n| (*n).to_owned()).collect(),
+                default: false,
+            },
+            issued: Some(issued),
+            retry_at: None,
+            failures: 0,
+            last_error: None,
+            orders_ok: 0,
+            orders_failed: 0,
+        }
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+    const CA: &str = "https://ca.test/dir";
+
+    #[test]
+    fn backoff_doubles_from_a_minute_up_to_six_hours() {
+        let secs: Vec<u64> = (1..=12).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(
+            secs,
+            [60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 21600, 21600, 21600]
+        );
+        assert_eq!(backoff(u32::MAX), MAX_RETRY);
+    }
+
+    #[test]
+    fn due_when_two_thirds_of_the_lifetime_passed() {
+        let now = SystemTime::now();
+        let fresh = managed(&["a.test"], DAY, 90 * DAY, CA);
+        assert!(fresh.due_at(&def(CA, None)) > now + 58 * DAY);
+        let old = managed(&["a.test"], 61 * DAY, 90 * DAY, CA);
+        assert!(old.due_at(&def(CA, None)) <= now);
+        // `renew_before_days` moves it...
+        assert!(fresh.due_at(&def(CA, Some(10 * DAY))) > now + 78 * DAY);
+        // ...unless it is not shorter than the lifetime (then: the default, not "at once").
+        let short = managed(&["a.test"], Duration::ZERO, 6 * DAY, CA);
+        assert!(short.due_at(&def(CA, Some(30 * DAY))) > now + 3 * DAY);
+    }
+
+    #[test]
+    fn due_at_once_without_a_certificate_with_a_new_name_or_from_another_ca() {
+        let now = SystemTime::now();
+        let mut m = managed(&["a.test"], DAY, 90 * DAY, CA);
+        m.issued = None;
+        assert!(m.due_at(&def(CA, None)) <= now);
+        let mut m = managed(&["a.test"], DAY, 90 * DAY, CA);
+        m.def.snis.push("b.test".to_owned());
+        assert!(m.due_at(&def(CA, None)) <= now);
+        let m = managed(&["a.test"], DAY, 90 * DAY, "https://staging.test/dir");
+        assert!(m.due_at(&def(CA, None)) <= now);
+    }
+
+    #[test]
+    fn a_failure_defers_even_a_due_certificate() {
+        let mut m = managed(&["a.test"], 80 * DAY, 90 * DAY, CA);
+        let later = SystemTime::now() + backoff(1);
+        m.retry_at = Some(later);
+        assert_eq!(m.due_at(&def(CA, None)), later);
+    }
+
+    #[test]
+    fn a_changed_acme_table_clears_the_backoff() {
+        let store = AcmeStore::new();
+        let mut state = State {
+            store: store.clone(),
+            def: Some(def(CA, None)),
+            certs: HashMap::new(),
+            status: AcmeStatus::default(),
+        };
+        let mut m = managed(&["a.test"], DAY, 90 * DAY, CA);
+        m.retry_at = Some(SystemTime::now() + MAX_RETRY);
+        m.failures = 9;
+        let snis = m.def.clone();
+        state.certs.insert("a.test".to_owned(), m);
+        // The same [acme] again (a reload for something else): the backoff stays.
+        state.update(Some(def(CA, None)), vec![snis.clone()]);
+        assert_eq!(state.certs["a.test"].failures, 9);
+        // A different one (the directory fixed): tried at once.
+        state.update(Some(def("https://fixed.test/dir", None)), vec![snis]);
+        assert_eq!(state.certs["a.test"].failures, 0);
+        assert_eq!(state.certs["a.test"].retry_at, None);
+        // The certificate it had stays in service meanwhile.
+        assert!(store.cert("a.test").is_some());
+        // Removed from the config: no longer served.
+        state.update(Some(def(CA, None)), Vec::new());
+        assert!(store.cert("a.test").is_none());
     }
 }

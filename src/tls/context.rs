@@ -211,9 +211,12 @@ impl SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         if self.alpn_challenge {
+            // A validation client offers `acme-tls/1` and nothing else (RFC 8737 §3); a client
+            // offering it next to `http/1.1` would get the challenge certificate and then be
+            // proxied, so it is not taken for one.
             let mut alpn = hello.alpn().into_iter().flatten();
-            if alpn.any(|p| p == ACME_TLS_ALPN) {
-                // Only the challenge certificate (RFC 8737 §3): no name, no certificate.
+            if alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none() {
+                // Only the challenge certificate: no name, no certificate.
                 let name = hello
                     .server_name()?
                     .trim_end_matches('.')

@@ -2,9 +2,11 @@
 //!
 //! Only what can be checked offline is checked here (`ringgate check` contacts no CA and creates
 //! nothing): the directory is an https URL (or a known alias), the contact looks like an address,
-//! `storage` is a writable directory or can be created, `ca_file` holds at least one certificate,
+//! `storage` is a writable directory no other user can write (it holds private keys) or can be
+//! created, `ca_file` holds at least one certificate,
 //! and the challenge has a listener to answer it on.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -135,6 +137,14 @@ fn check_storage(dir: &Path, at: &KeyPath, problems: &mut Vec<Problem>) {
             problems,
             at.clone(),
             format!("{shown} exists and is not a directory"),
+        ),
+        Ok(m) if m.permissions().mode() & 0o022 != 0 => push(
+            problems,
+            at.clone(),
+            format!(
+                "{shown} is writable by other users (mode {:o}): the account key and the certificates' keys are kept there; chmod 700 it, or name a directory of the gateway's own",
+                m.permissions().mode() & 0o7777
+            ),
         ),
         Ok(_) if !writable(dir) => push(
             problems,

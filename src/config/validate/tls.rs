@@ -203,6 +203,14 @@ fn acme_entry(c: &RawCertificate, path: &KeyPath, configured: bool, problems: &m
     match &c.snis {
         Some(list) if !list.is_empty() => {
             for (j, name) in list.iter().enumerate() {
+                let public = name.contains('.') && !name.contains('_') && !name.ends_with('.');
+                if !name.starts_with("*.") && !public {
+                    push(
+                        problems,
+                        path.key("snis").index(j),
+                        format!("{name:?}: a CA issues certificates only for public DNS names like \"api.example.com\" (at least two labels, no '_')"),
+                    );
+                }
                 if name.starts_with("*.") {
                     push(
                         problems,
