@@ -471,7 +471,7 @@ fn untrusted_client_view_fails_verification() {
 }
 
 #[test]
-fn plaintext_to_tls_port_is_closed_and_gateway_stays_healthy() {
+fn plaintext_to_tls_port_gets_nginxs_400_and_gateway_stays_healthy() {
     let pki = Pki::new();
     let up = Upstream::echo("up");
     let gw = Gateway::start(&tls_config(
@@ -490,7 +490,19 @@ fn plaintext_to_tls_port_is_closed_and_gateway_stays_healthy() {
         "closed only after {:?} (should not wait for the handshake timeout)",
         started.elapsed()
     );
-    // Nothing, or a TLS alert record (content type 21); never an HTTP answer.
+    // nginx's answer, which a browser or curl can show (a TLS alert they cannot).
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text:?}");
+    assert!(
+        text.contains("The plain HTTP request was sent to HTTPS port"),
+        "{text:?}"
+    );
+    assert!(text.contains("Connection: close"), "{text:?}");
+    // Anything else that is not TLS still gets an alert (content type 21) or nothing.
+    let mut s = TcpStream::connect(gw.addrs()[0]).expect("connect");
+    s.write_all(b"\x01\x02\x03\x04\x05garbage").expect("write");
+    let (closed, got) = wait_closed(&mut s, Duration::from_secs(4));
+    assert!(closed, "garbage connection left open");
     assert!(
         got.is_empty() || got[0] == 0x15,
         "unexpected bytes: {:?}",

@@ -1,18 +1,22 @@
 //! One TLS connection: handshake (bounded by `[server.timeouts] tls_handshake`), then the same proxy
 //! loop as plain HTTP with `X-Forwarded-Proto: https`.
 //!
-//! A client that sends something other than a TLS ClientHello (plain HTTP to the TLS port) gets a TLS
-//! alert from rustls and the connection is closed; a client that sends nothing is closed when the
-//! handshake timeout passes. Neither is logged above debug level (scanners do both all day).
+//! Before the handshake the first byte is peeked (`MSG_PEEK`, nothing consumed): a plain HTTP request
+//! sent to the TLS port (`http://host:443/`, a common slip) gets nginx's answer, a 400 saying so,
+//! instead of a TLS alert the client cannot show. Any other byte goes to rustls, which answers what is
+//! not a ClientHello with an alert. A client that sends nothing is closed when the handshake timeout
+//! passes. None of this is logged above debug level (scanners do it all day).
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
 use super::CancelSafe;
-use crate::proxy::{self, Listener};
+use crate::errors::GatewayError;
+use crate::proxy::{self, io, Listener};
 use crate::worker::Shard;
 
 /// Runs the handshake with the worker's current `TlsContext`, then serves the connection.
@@ -27,7 +31,22 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
         return;
     };
     let limit = snap.config.server.timeouts.tls_handshake;
-    let tls = match monoio::time::timeout(limit, acceptor.accept(stream)).await {
+    let deadline = Instant::now() + limit;
+    match monoio::time::timeout(limit, first_byte(&stream)).await {
+        Ok(Some(b)) if b.is_ascii_uppercase() => {
+            crate::debug!("plain http on a tls port peer={}", peer);
+            plain_http_answer(stream).await;
+            return;
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => return,
+        Err(_) => {
+            crate::debug!("tls handshake timed out peer={}", peer);
+            return;
+        }
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    let tls = match monoio::time::timeout(left, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             crate::debug!("tls handshake failed peer={} error=\"{}\"", peer, e);
@@ -48,4 +67,55 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
     }
     let listener = Listener { port, tls: true };
     proxy::serve(CancelSafe::new(tls), fd, peer, listener, shard).await;
+}
+
+/// The first byte the client sent, without consuming it (`None`: closed or failed first).
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    loop {
+        stream.readable(false).await.ok()?;
+        let mut b = 0u8;
+        // SAFETY: one byte into a live local, on the socket `stream` owns.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                std::ptr::addr_of_mut!(b).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            1 => return Some(b),
+            0 => return None,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Answers plain HTTP on the TLS port with nginx's 400 and closes. The request is read first (what
+/// arrived of it, briefly) and the close lingers, so the answer is not lost to a reset.
+async fn plain_http_answer(mut stream: TcpStream) {
+    const WAIT: Duration = Duration::from_millis(500);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let _ = io::fill(&mut stream, &mut buf, WAIT).await;
+    let mut out = Vec::with_capacity(160);
+    GatewayError::BadRequest("The plain HTTP request was sent to HTTPS port")
+        .write_response(true, &mut out);
+    if io::send_all(&mut stream, &mut out, WAIT).await.is_err() {
+        return;
+    }
+    let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+    let end = Instant::now() + WAIT;
+    let mut drained = 0;
+    while drained < 64 * 1024 {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        buf.clear();
+        match io::fill(&mut stream, &mut buf, left).await {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
 }
