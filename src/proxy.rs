@@ -1310,11 +1310,12 @@ fn upstream_failed(shard: &Shard, snap: &Snapshot, u: usize, t: usize) {
         worker: shard.worker(),
     };
     let slot = snap.health_slot(u, t);
-    if shard
+    if let Some(ejection) = shard
         .health
         .failure(slot, &ups.health.passive, Instant::now(), who)
     {
         snap.metrics.upstream_ejected(snap.flat_target(u, t));
+        shard.share_ejection(slot, ejection);
     }
 }
 

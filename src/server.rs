@@ -131,12 +131,25 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();
     let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<(usize, u64)>();
     let mut reload_txs = Vec::with_capacity(workers);
-    let mut health_txs = Vec::with_capacity(workers);
+    // Each worker's health channel: the prober's verdicts and the other workers' ejections.
+    let (health_txs, mut health_rxs): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
     for (index, listeners) in listeners.into_iter().enumerate() {
         let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
         reload_txs.push(reload_tx);
-        let (health_tx, health_rx) = crossbeam_channel::unbounded();
-        health_txs.push(health_tx);
+        let Some(health_rx) = health_rxs
+            .get_mut(index)
+            .map(|rx| std::mem::replace(rx, crossbeam_channel::never()))
+        else {
+            error!("worker setup failed worker={index}");
+            return 1;
+        };
+        let health_peers = health_txs
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != index)
+            .map(|(_, tx)| tx.clone())
+            .collect();
         let spec = WorkerSpec {
             index,
             cpu: if cpus.is_empty() {
@@ -152,6 +165,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             reloads: reload_rx,
             acks: ack_tx.clone(),
             health_events: health_rx,
+            health_peers,
             use_uring,
         };
         let done = done_tx.clone();

@@ -36,7 +36,7 @@ use crate::proxy::Scratch;
 use crate::router::Router;
 use crate::tls::TlsContext;
 use crate::upstream::balancer::Swrr;
-use crate::upstream::health::HealthTable;
+use crate::upstream::health::{Ejection, HealthTable};
 use crate::upstream::pool::Pool;
 use crate::upstream::probe::HealthEvent;
 
@@ -242,6 +242,8 @@ pub struct Shard {
     pub pool: Pool,
     /// Target health on this worker (passive ejections, active verdicts), by target identity.
     pub health: HealthTable,
+    /// The other workers' health channels (empty until `worker_main` sets them).
+    health_peers: Vec<crossbeam_channel::Sender<HealthEvent>>,
     /// Set once SIGTERM/SIGINT arrived: finish in-flight requests, close idle connections.
     pub draining: Cell<bool>,
     /// Open client connections.
@@ -284,6 +286,7 @@ impl Shard {
             consumer_board: compiled.consumer_board.clone(),
             pool,
             health,
+            health_peers: Vec::new(),
             draining: Cell::new(false),
             active: Cell::new(0),
             idle: IdleRegistry::default(),
@@ -298,6 +301,22 @@ impl Shard {
     /// This worker's index (for log lines).
     pub fn worker(&self) -> usize {
         self.worker
+    }
+
+    /// Tells the other workers that this one ejected the target in health slot `slot` (rare: a
+    /// breaker opening; a channel send each, never blocking).
+    pub fn share_ejection(&self, slot: usize, e: Ejection) {
+        let Some(key) = self.health.key_of(slot) else {
+            return;
+        };
+        for peer in &self.health_peers {
+            // A worker that exited (drain) no longer needs it.
+            let _ = peer.send(HealthEvent::Ejected {
+                key: key.clone(),
+                until: e.until,
+                strikes: e.strikes,
+            });
+        }
     }
 
     /// Per target of the current generation (flat config order): whether this worker skips it.
@@ -522,6 +541,8 @@ pub struct WorkerSpec {
     pub acks: crossbeam_channel::Sender<(usize, u64)>,
     /// Active health-check transitions from the prober thread.
     pub health_events: crossbeam_channel::Receiver<HealthEvent>,
+    /// The other workers' health channels: this worker's passive ejections go there.
+    pub health_peers: Vec<crossbeam_channel::Sender<HealthEvent>>,
     pub use_uring: bool,
 }
 
@@ -561,12 +582,14 @@ pub fn run(spec: WorkerSpec) {
 }
 
 async fn worker_main(mut spec: WorkerSpec) {
-    let shard = Rc::new(Shard::new(
+    let mut shard = Shard::new(
         &spec.compiled,
         spec.index,
         spec.metrics.clone(),
         spec.access_log.clone(),
-    ));
+    );
+    shard.health_peers = std::mem::take(&mut spec.health_peers);
+    let shard = Rc::new(shard);
     let accept_cancel = Canceller::new();
     let mut listening: Vec<RawFd> = Vec::new();
     for (std_listener, kind) in std::mem::take(&mut spec.listeners) {
@@ -654,7 +677,16 @@ async fn control_loop(
         }
         // Active-check verdicts (rare: transitions only), then ejections whose cooldown is over.
         while let Ok(ev) = spec.health_events.try_recv() {
-            shard.health.set_active(ev.key, ev.healthy);
+            match ev {
+                HealthEvent::Active { key, healthy } => shard.health.set_active(key, healthy),
+                HealthEvent::Ejected {
+                    key,
+                    until,
+                    strikes,
+                } => shard
+                    .health
+                    .apply_ejection(key, Ejection { until, strikes }, Instant::now()),
+            }
         }
         shard.health.sweep(Instant::now());
         let flush_every = shard.snapshot().config.metrics.flush_interval.as_millis()

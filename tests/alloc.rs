@@ -279,6 +279,7 @@ paths = ["/api"]
         reloads,
         acks,
         health_events,
+        health_peers: Vec::new(),
         use_uring: monoio::utils::detect_uring(),
     };
     let worker = std::thread::spawn(move || {

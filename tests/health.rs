@@ -543,3 +543,50 @@ fn a_response_cut_mid_body_neither_resets_nor_counts_the_failures() {
         "503, cut-short 200, 503: two failures in a row as far as health goes"
     );
 }
+
+#[test]
+fn workers_share_an_ejection_so_a_dead_target_costs_max_fails_in_all_not_per_worker() {
+    let good = Mini::start("good");
+    let dead = refusing_addr();
+    let cfg = config(
+        &[dead, good.addr],
+        "[upstreams.health.passive]\nmax_fails = 3\nfail_timeout = \"30s\"",
+        "",
+    )
+    .replace("workers = 1", "workers = 2");
+    let gw = Gateway::start(&cfg);
+    assert_eq!(gw.workers(), Some(2));
+    // A fresh connection per request, so SO_REUSEPORT spreads them over both workers.
+    let one = || {
+        let r = get(gw.addr(), HOST, "/");
+        assert_eq!(r.status, 200, "failover hides the refusals");
+    };
+    let mut sent = 0;
+    while !gw.log_contains("upstream target ejected") {
+        assert!(sent < 200, "no ejection after {sent} requests");
+        one();
+        sent += 1;
+    }
+    // The other worker applies it on its next control tick (50 ms).
+    std::thread::sleep(Duration::from_millis(200));
+    let before = metric_settled(&gw, "ringgate_upstream_connect_errors_total", dead)
+        .expect("connect errors");
+    // The ejecting worker's 3, plus what the other had counted (fewer than 3, unless it reached
+    // its own threshold in the same few milliseconds).
+    assert!((3..=6).contains(&before), "{before} failed connects");
+    for _ in 0..100 {
+        one();
+    }
+    assert_eq!(
+        metric_settled(&gw, "ringgate_upstream_connect_errors_total", dead),
+        Some(before),
+        "a worker still tried the dead target after another ejected it"
+    );
+    let ejections = gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("upstream target ejected"))
+        .count();
+    // One decision, shared (two only if both workers reached the threshold within a tick).
+    assert!((1..=2).contains(&ejections), "{:?}", gw.logs());
+}

@@ -17,6 +17,13 @@
 //!   syscall, no clock read;
 //! - `!Send` like the rest of the shard; no `RefCell` borrow outlives a method call.
 //!
+//! Workers share ejections, not counts: the worker whose breaker opens tells the others (over their
+//! health channels, applied in their next control tick, ≤ 50 ms), and they skip the target until
+//! the same instant. So a dead target costs about `max_fails` failed requests in all, not `max_fails`
+//! per worker. Failure counts below the threshold stay per worker (sharing them would put a message
+//! on the request path for every failure); recovery is per worker too (each one's first request
+//! after the cooldown is its trial).
+//!
 //! Probation instead of a single trial request (a strict half-open): once the cooldown is over the
 //! target takes traffic again, as with nginx's `fail_timeout`, but the first failure re-ejects it
 //! at once (with a doubled cooldown), and the first success closes the breaker. No trial can get
@@ -67,10 +74,19 @@ pub struct Who<'a> {
     pub worker: usize,
 }
 
+/// An ejection this worker decided, to be shared with the other workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    pub until: Instant,
+    pub strikes: u32,
+}
+
 /// One worker's health of every target it has seen.
 #[derive(Default)]
 pub struct HealthTable {
     index: RefCell<HashMap<TargetKey, usize>>,
+    /// `keys[slot]`: who the slot is (to tell other workers about an ejection).
+    keys: RefCell<Vec<TargetKey>>,
     slots: RefCell<Vec<TargetHealth>>,
     skipped: Cell<usize>,
     noted: Cell<usize>,
@@ -89,7 +105,11 @@ impl HealthTable {
     pub fn slot_for(&self, key: TargetKey) -> usize {
         let mut index = self.index.borrow_mut();
         let next = index.len();
-        let slot = *index.entry(key).or_insert(next);
+        let slot = *index.entry(key.clone()).or_insert(next);
+        let mut keys = self.keys.borrow_mut();
+        if keys.len() == slot {
+            keys.push(key);
+        }
         let mut slots = self.slots.borrow_mut();
         if slots.len() <= slot {
             slots.resize(slot + 1, TargetHealth::default());
@@ -167,10 +187,17 @@ impl HealthTable {
     }
 
     /// A request to `slot` failed (connect refused/reset/timed out, TLS handshake, read timeout,
-    /// malformed or cut-short response, or a configured status). Returns true when this ejected it.
-    pub fn failure(&self, slot: usize, policy: &PassiveDef, now: Instant, who: Who<'_>) -> bool {
+    /// malformed or cut-short response, or a configured status). Returns the ejection when this
+    /// failure opened the breaker.
+    pub fn failure(
+        &self,
+        slot: usize,
+        policy: &PassiveDef,
+        now: Instant,
+        who: Who<'_>,
+    ) -> Option<Ejection> {
         if policy.max_fails == 0 {
-            return false;
+            return None;
         }
         let ejected = self.update(slot, |h| {
             if h.open_until.is_some() {
@@ -188,10 +215,10 @@ impl HealthTable {
             let fails = h.fails;
             h.probation = false;
             h.fails = 0;
-            Some((fails, cooldown))
+            Some((fails, cooldown, h.strikes))
         });
         match ejected.flatten() {
-            Some((fails, cooldown)) => {
+            Some((fails, cooldown, strikes)) => {
                 crate::warn!(
                     "upstream target ejected upstream={} target={} worker={} failures={} cooldown_ms={}",
                     who.upstream,
@@ -200,10 +227,36 @@ impl HealthTable {
                     fails,
                     cooldown.as_millis()
                 );
-                true
+                Some(Ejection {
+                    until: now + cooldown,
+                    strikes,
+                })
             }
-            None => false,
+            None => None,
         }
+    }
+
+    /// Who `slot` is.
+    pub fn key_of(&self, slot: usize) -> Option<TargetKey> {
+        self.keys.try_borrow().ok()?.get(slot).cloned()
+    }
+
+    /// Another worker ejected `key` (control tick): skip it until the same instant. A later
+    /// ejection of our own is kept; a stale message (its cooldown already over) changes nothing.
+    pub fn apply_ejection(&self, key: TargetKey, e: Ejection, now: Instant) {
+        if e.until <= now {
+            return;
+        }
+        let slot = self.slot_for(key);
+        self.update(slot, |h| {
+            if h.open_until.is_some_and(|u| u >= e.until) {
+                return;
+            }
+            h.open_until = Some(e.until);
+            h.fails = 0;
+            h.probation = false;
+            h.strikes = h.strikes.max(e.strikes);
+        });
     }
 
     /// Applies the active prober's verdict on `key` (made on first sight, so a verdict may arrive
@@ -279,20 +332,23 @@ mod tests {
         let s = t.slot_for(key("a"));
         let now = Instant::now();
         let p = policy(3);
-        assert!(!t.failure(s, &p, now, WHO));
-        assert!(!t.failure(s, &p, now, WHO));
+        assert!(t.failure(s, &p, now, WHO).is_none());
+        assert!(t.failure(s, &p, now, WHO).is_none());
         t.success(s, WHO);
-        assert!(!t.failure(s, &p, now, WHO));
-        assert!(!t.failure(s, &p, now, WHO));
+        assert!(t.failure(s, &p, now, WHO).is_none());
+        assert!(t.failure(s, &p, now, WHO).is_none());
         assert!(t.all_usable());
-        assert!(t.failure(s, &p, now, WHO), "third in a row ejects");
+        assert!(
+            t.failure(s, &p, now, WHO).is_some(),
+            "third in a row ejects"
+        );
         assert!(!t.all_usable());
         assert!(!t.usable(s, now + Duration::from_secs(9)));
         assert!(t.usable(s, now + Duration::from_secs(10)), "probation");
         assert!(t.all_usable());
         // Probation: one failure re-ejects, for twice as long.
         let later = now + Duration::from_secs(10);
-        assert!(t.failure(s, &p, later, WHO));
+        assert!(t.failure(s, &p, later, WHO).is_some());
         assert!(!t.usable(s, later + Duration::from_secs(19)));
         assert!(t.usable(s, later + Duration::from_secs(20)));
         t.success(s, WHO);
@@ -304,7 +360,7 @@ mod tests {
         let t = HealthTable::default();
         let s = t.slot_for(key("a"));
         for _ in 0..100 {
-            assert!(!t.failure(s, &policy(0), Instant::now(), WHO));
+            assert!(t.failure(s, &policy(0), Instant::now(), WHO).is_none());
         }
         assert!(t.all_usable());
     }
@@ -329,5 +385,35 @@ mod tests {
         assert_eq!(t.skipped_flags(&[a, b], now), vec![false, true]);
         t.set_active(key("b"), true);
         assert!(t.all_usable());
+    }
+
+    #[test]
+    fn an_ejection_from_another_worker_is_applied_until_its_instant() {
+        let t = HealthTable::default();
+        let now = Instant::now();
+        let s = t.slot_for(key("a"));
+        let e = Ejection {
+            until: now + Duration::from_secs(10),
+            strikes: 2,
+        };
+        t.apply_ejection(key("a"), e, now);
+        assert!(!t.usable(s, now));
+        assert!(!t.all_usable());
+        // Over at the same instant as on the worker that decided it, then probation.
+        assert!(t.usable(s, now + Duration::from_secs(10)));
+        // A stale message changes nothing; an unknown target gets a slot (the generation that
+        // has it may come later).
+        t.apply_ejection(key("a"), e, now + Duration::from_secs(11));
+        assert!(t.usable(s, now + Duration::from_secs(11)));
+        t.apply_ejection(key("new"), e, now);
+        let n = t.slot_for(key("new"));
+        assert!(!t.usable(n, now));
+        assert_eq!(t.key_of(n), Some(key("new")));
+        // The sharing worker's own ejection reports what to share.
+        let p = policy(1);
+        let own = t.slot_for(key("b"));
+        let shared = t.failure(own, &p, now, WHO).expect("ejected");
+        assert_eq!(shared.strikes, 1);
+        assert!(shared.until > now);
     }
 }

@@ -31,11 +31,19 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::health::TargetKey;
 use crate::config::model::{ActiveDef, Config};
 
-/// An active-check transition, sent to every worker.
+/// What a worker learns about a target from outside: applied in its control tick.
 #[derive(Debug, Clone)]
-pub struct HealthEvent {
-    pub key: TargetKey,
-    pub healthy: bool,
+pub enum HealthEvent {
+    /// An active-check transition, from the prober to every worker.
+    Active { key: TargetKey, healthy: bool },
+    /// Another worker's passive breaker ejected the target until `until` (its `strikes`-th
+    /// ejection in a row): the other workers skip it too, instead of each paying `max_fails`
+    /// failed requests of its own.
+    Ejected {
+        key: TargetKey,
+        until: Instant,
+        strikes: u32,
+    },
 }
 
 /// How long the prober sleeps when nothing is due (it wakes at once for a new config).
@@ -193,7 +201,7 @@ fn judge(check: &mut Check, verdict: &Result<u16, String>) -> Option<bool> {
 fn send(workers: &[Sender<HealthEvent>], key: &TargetKey, healthy: bool) {
     for w in workers {
         // A worker that exited (drain) no longer needs it.
-        let _ = w.send(HealthEvent {
+        let _ = w.send(HealthEvent::Active {
             key: key.clone(),
             healthy,
         });
