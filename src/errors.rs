@@ -12,6 +12,7 @@ pub enum GatewayError {
     UriTooLong,
     HeadersTooLarge,
     NotImplemented,
+    VersionNotSupported,
     NoRoute,
     UpstreamConnect,
     UpstreamTimeout,
@@ -29,6 +30,7 @@ impl GatewayError {
             GatewayError::UriTooLong => 414,
             GatewayError::HeadersTooLarge => 431,
             GatewayError::NotImplemented => 501,
+            GatewayError::VersionNotSupported => 505,
             GatewayError::UpstreamConnect | GatewayError::BadResponse => 502,
             GatewayError::ServiceUnavailable => 503,
             GatewayError::UpstreamTimeout => 504,
@@ -46,6 +48,7 @@ impl GatewayError {
             501 => "Not Implemented",
             502 => "Bad Gateway",
             503 => "Service Unavailable",
+            505 => "HTTP Version Not Supported",
             _ => "Gateway Timeout",
         }
     }
@@ -59,6 +62,7 @@ impl GatewayError {
             GatewayError::UriTooLong => "request target too long",
             GatewayError::HeadersTooLarge => "request header fields too large",
             GatewayError::NotImplemented => "transfer coding or method not implemented",
+            GatewayError::VersionNotSupported => "HTTP version not supported: HTTP/1.1 only",
             GatewayError::NoRoute => "no route matched",
             GatewayError::UpstreamConnect => "upstream connect failed",
             GatewayError::UpstreamTimeout => "upstream timed out",
@@ -77,6 +81,7 @@ impl GatewayError {
                 | GatewayError::UriTooLong
                 | GatewayError::HeadersTooLarge
                 | GatewayError::NotImplemented
+                | GatewayError::VersionNotSupported
         )
     }
 

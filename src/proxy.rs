@@ -1381,6 +1381,7 @@ pub(crate) fn request_parse_error(e: ParseError) -> GatewayError {
         ParseError::UriTooLong => GatewayError::UriTooLong,
         ParseError::HeadersTooLarge => GatewayError::HeadersTooLarge,
         ParseError::NotImplemented => GatewayError::NotImplemented,
+        ParseError::VersionNotSupported => GatewayError::VersionNotSupported,
         ParseError::BadResponse(why) => GatewayError::BadRequest(why),
     }
 }

@@ -212,6 +212,19 @@ head_case!(
     )
 );
 
+// --- HTTP/2 or later on the request line: 505 (nginx's answer), not 400 ----------------------------
+
+head_case!(
+    http2_request_line_is_505,
+    505,
+    with_smuggled("GET / HTTP/2.0\r\nHost: test.local\r\n\r\n", "")
+);
+head_case!(
+    h2_prior_knowledge_preface_is_505,
+    505,
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()
+);
+
 // --- Malformed chunked bodies ---------------------------------------------------------------------
 
 const CHUNKED_HEAD: &str =

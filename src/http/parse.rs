@@ -33,6 +33,9 @@ pub enum ParseError {
     HeadersTooLarge,
     /// 501: a Transfer-Encoding other than a single final `chunked`, or the CONNECT method.
     NotImplemented,
+    /// 505: a request line naming HTTP/2 or later (`HTTP/2.0`, the h2 prior-knowledge preface
+    /// `PRI * HTTP/2.0`), as nginx answers; other malformed versions are a 400.
+    VersionNotSupported,
     /// Response side: the upstream sent something malformed (becomes a 502).
     BadResponse(&'static str),
 }
@@ -134,6 +137,9 @@ pub fn parse_request(
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return request_partial(buf, limits, &req),
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::HeadersTooLarge),
+        Err(httparse::Error::Version) if names_a_later_major(buf) => {
+            return Err(ParseError::VersionNotSupported)
+        }
         Err(e) => return Err(ParseError::BadRequest(httparse_reason(e))),
     };
     let bad = ParseError::BadRequest;
@@ -662,6 +668,17 @@ fn has_bare_lf(head: &[u8]) -> bool {
         || prev
             .zip(next)
             .fold(false, |bad, (&p, &c)| bad | ((c == b'\n') & (p != b'\r')))
+}
+
+/// Whether the request line in `buf` ends in `HTTP/<2..9>` (what of it has arrived).
+fn names_a_later_major(buf: &[u8]) -> bool {
+    let line_end = memchr::memchr2(b'\r', b'\n', buf).unwrap_or(buf.len());
+    let line = buf.get(..line_end).unwrap_or_default();
+    let version = match memchr::memrchr(b' ', line) {
+        Some(i) => line.get(i + 1..).unwrap_or_default(),
+        None => return false,
+    };
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, ..] if (b'2'..=b'9').contains(major))
 }
 
 fn httparse_reason(e: httparse::Error) -> &'static str {

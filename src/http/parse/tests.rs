@@ -224,7 +224,6 @@ fn bad_request_lines() {
         b" GET / HTTP/1.1\r\nHost: h\r\n\r\n",
         b"GET / HTTP/1.1 \r\nHost: h\r\n\r\n",
         b"GET / HTTP/1.2\r\nHost: h\r\n\r\n",
-        b"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
         b"GET / HTTP/0.9\r\nHost: h\r\n\r\n",
         b"GET / http/1.1\r\nHost: h\r\n\r\n",
         b"GET /\r\nHost: h\r\n\r\n",
@@ -239,6 +238,30 @@ fn bad_request_lines() {
         ok_req(b"get / HTTP/1.1\r\nHost: h\r\n\r\n").method,
         Span { start: 0, end: 3 }
     );
+}
+
+#[test]
+fn a_later_major_version_is_505_not_400() {
+    for later in [
+        &b"GET / HTTP/2.0\r\nHost: h\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET / HTTP/3\r\n",
+        b"GET / HTTP/2.0",
+    ] {
+        assert_eq!(
+            err_req(later),
+            ParseError::VersionNotSupported,
+            "{:?}",
+            String::from_utf8_lossy(later)
+        );
+    }
+    for not_later in [&b"GET / HTTP/0.9\r\n\r\n"[..], b"GET / HTTP/x.1\r\n\r\n"] {
+        assert!(
+            is_400(err_req(not_later)),
+            "{:?}",
+            String::from_utf8_lossy(not_later)
+        );
+    }
 }
 
 #[test]
