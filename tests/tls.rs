@@ -1246,3 +1246,64 @@ fn sessions_resume_across_a_reload() {
         "the reload ended resumption"
     );
 }
+
+/// An https upstream with an active check (`ca` as its `ca_file`), probed every 100 ms.
+fn actively_checked_tls_gateway(up: &TlsUpstream, ca: &str) -> Gateway {
+    upstream_tls_gateway(&format!(
+        r#"[[upstreams]]
+name = "u"
+targets = [{{ target = "127.0.0.1:{port}" }}]
+tls = true
+ca_file = "{ca}"
+tls_server_name = "upstream.test"
+[upstreams.health.active]
+path = "/healthz"
+interval = "100ms"
+timeout = "1s"
+unhealthy_threshold = 1
+
+[[services]]
+name = "svc"
+upstream = "u""#,
+        port = up.addr.port(),
+    ))
+}
+
+#[test]
+fn active_checks_of_https_upstreams_run_over_verified_tls() {
+    let pki = Pki::new();
+    // Verified like requests: probes handshake (with SNI and the CA) and get a status.
+    let up = TlsUpstream::start(&pki);
+    let gw = actively_checked_tls_gateway(&up, &pki.p("ca.pem"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.handshakes() < 3 {
+        assert!(Instant::now() < deadline, "no TLS probes: {:?}", gw.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !gw.log_contains("unhealthy (active check)"),
+        "{:?}",
+        gw.logs()
+    );
+    drop(gw);
+
+    // A target whose certificate the upstream's CA does not vouch for is unhealthy, as its
+    // requests would fail: a TCP connect alone would have passed it.
+    let up = TlsUpstream::start(&pki);
+    let gw = actively_checked_tls_gateway(&up, &pki.p("other-ca.pem"));
+    assert!(
+        gw.wait_log(
+            "upstream target unhealthy (active check)",
+            Duration::from_secs(5)
+        ),
+        "{:?}",
+        gw.logs()
+    );
+    assert!(
+        gw.logs()
+            .iter()
+            .any(|l| l.contains("unhealthy (active check)") && l.contains("certificate")),
+        "the reason names the certificate: {:?}",
+        gw.logs()
+    );
+}

@@ -3,8 +3,9 @@
 //!
 //! A probe is `GET <path> HTTP/1.1` with `Host` and `Connection: close`; it passes when the status
 //! line arrives within `timeout` (connect included) with a status in `healthy_statuses`. Targets of
-//! TLS upstreams get a TCP-connect-only check (the connect must succeed within `timeout`): it finds
-//! a dead or unreachable target, not one whose application fails.
+//! TLS upstreams are probed over TLS, as requests reach them: the same client config (roots,
+//! `ca_file`), the same SNI and verified name, so a certificate that expired or no longer names the
+//! target fails the check too.
 //!
 //! Invariants:
 //! - every target starts healthy (a reload or a restart never holds back traffic waiting for a first
@@ -22,6 +23,8 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+
+use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -85,7 +88,8 @@ struct Check {
     def: ActiveDef,
     addr: SocketAddr,
     host: String,
-    tls: bool,
+    /// For TLS upstreams: the client config and the name sent and verified (as for requests).
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     healthy: bool,
     /// Consecutive probes against the current verdict.
     streak: u32,
@@ -133,8 +137,12 @@ fn apply(checks: &mut HashMap<TargetKey, Check>, cfg: &Config, workers: &[Sender
         let Some(def) = &u.health.active else {
             continue;
         };
-        for t in &u.targets {
+        for (i, t) in u.targets.iter().enumerate() {
             let key: TargetKey = (u.name.clone(), t.name.clone(), t.addr);
+            let tls = u
+                .tls
+                .as_ref()
+                .and_then(|tls| Some((tls.config.clone(), tls.names.get(i)?.clone())));
             let host = def
                 .host
                 .clone()
@@ -150,7 +158,7 @@ fn apply(checks: &mut HashMap<TargetKey, Check>, cfg: &Config, workers: &[Sender
                     Check {
                         def: def.clone(),
                         host,
-                        tls: u.tls.is_some(),
+                        tls,
                         ..kept
                     }
                 }
@@ -158,7 +166,7 @@ fn apply(checks: &mut HashMap<TargetKey, Check>, cfg: &Config, workers: &[Sender
                     def: def.clone(),
                     addr: t.addr,
                     host,
-                    tls: u.tls.is_some(),
+                    tls,
                     healthy: true,
                     streak: 0,
                     next: now,
@@ -179,7 +187,7 @@ fn apply(checks: &mut HashMap<TargetKey, Check>, cfg: &Config, workers: &[Sender
 fn judge(check: &mut Check, verdict: &Result<u16, String>) -> Option<bool> {
     let passed = verdict
         .as_ref()
-        .is_ok_and(|&s| s == 0 || check.def.healthy_statuses.contains(s));
+        .is_ok_and(|&s| check.def.healthy_statuses.contains(s));
     if passed == check.healthy {
         check.streak = 0;
         return None;
@@ -210,7 +218,6 @@ fn send(workers: &[Sender<HealthEvent>], key: &TargetKey, healthy: bool) {
 
 fn log_transition(key: &TargetKey, healthy: bool, verdict: &Result<u16, String>) {
     let why = match verdict {
-        Ok(0) => "tcp connect".to_owned(),
         Ok(s) => format!("status {s}"),
         Err(e) => e.clone(),
     };
@@ -231,14 +238,36 @@ fn log_transition(key: &TargetKey, healthy: bool, verdict: &Result<u16, String>)
     }
 }
 
-/// One probe: the response status (0 for a TCP-only check that connected), or why it failed.
+/// One probe: the response status, or why it failed.
 fn probe(check: &Check) -> Result<u16, String> {
     let deadline = Instant::now() + check.def.timeout;
-    let mut stream = TcpStream::connect_timeout(&check.addr, check.def.timeout)
+    let tcp = TcpStream::connect_timeout(&check.addr, check.def.timeout)
         .map_err(|e| format!("connect: {e}"))?;
-    if check.tls {
-        return Ok(0);
+    match &check.tls {
+        None => exchange(check, &tcp, &tcp, deadline),
+        Some((config, name)) => {
+            let mut conn = rustls::ClientConnection::new(config.clone(), name.clone())
+                .map_err(|e| format!("tls: {e}"))?;
+            let mut sock = &tcp;
+            exchange(
+                check,
+                &tcp,
+                rustls::Stream::new(&mut conn, &mut sock),
+                deadline,
+            )
+        }
     }
+}
+
+/// Sends the probe request over `stream` (plain or TLS; the handshake happens in the first write)
+/// and reads the status line, each step bounded by what is left until `deadline` (set on `tcp`,
+/// the socket under `stream`).
+fn exchange(
+    check: &Check,
+    tcp: &TcpStream,
+    mut stream: impl Read + Write,
+    deadline: Instant,
+) -> Result<u16, String> {
     let left = || {
         let d = deadline.saturating_duration_since(Instant::now());
         if d.is_zero() {
@@ -247,8 +276,10 @@ fn probe(check: &Check) -> Result<u16, String> {
             Ok(d)
         }
     };
-    stream
-        .set_write_timeout(Some(left()?))
+    tcp.set_write_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    // The TLS handshake reads too: bound it like the rest.
+    tcp.set_read_timeout(Some(left()?))
         .map_err(|e| e.to_string())?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringgate-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
@@ -266,8 +297,7 @@ fn probe(check: &Check) -> Result<u16, String> {
         if have == buf.len() {
             return Err("status line too long".to_owned());
         }
-        stream
-            .set_read_timeout(Some(left()?))
+        tcp.set_read_timeout(Some(left()?))
             .map_err(|e| e.to_string())?;
         match stream.read(&mut buf[have..]) {
             Ok(0) => return Err("closed before a status line".to_owned()),
@@ -330,7 +360,7 @@ mod tests {
             },
             addr: "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
             host: String::new(),
-            tls: false,
+            tls: None,
             healthy: true,
             streak: 0,
             next: Instant::now(),
