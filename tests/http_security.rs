@@ -222,7 +222,7 @@ head_case!(
 head_case!(
     h2_prior_knowledge_preface_is_505,
     505,
-    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()
+    with_smuggled("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "")
 );
 
 // --- Malformed chunked bodies ---------------------------------------------------------------------
