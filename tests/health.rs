@@ -590,3 +590,20 @@ fn workers_share_an_ejection_so_a_dead_target_costs_max_fails_in_all_not_per_wor
     // One decision, shared (two only if both workers reached the threshold within a tick).
     assert!((1..=2).contains(&ejections), "{:?}", gw.logs());
 }
+
+#[test]
+fn a_hanging_target_does_not_hold_up_the_probes_of_the_others() {
+    // `hang` accepts nothing (a full backlog): each probe of it waits out its 1.5 s timeout.
+    let hang = blackhole();
+    let good = Mini::start("good");
+    let gw = Gateway::start(&config(
+        &[hang.addr, good.addr],
+        "[upstreams.health.active]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"1500ms\"",
+        "",
+    ));
+    std::thread::sleep(Duration::from_millis(1200));
+    let probes = good.probes.load(Ordering::SeqCst);
+    // Every ~100 ms, not once per hanging probe (one after another, it got 1 or 2).
+    assert!(probes >= 5, "good was probed {probes} times in 1.2 s");
+    drop(gw);
+}

@@ -17,8 +17,9 @@
 //! - checks are keyed by target identity; a reload keeps the state of targets that stay, starts new
 //!   ones healthy, and for a removed target that was unhealthy sends `healthy` first, so no worker
 //!   keeps a stale verdict for an identity that may come back later;
-//! - probes run one after the other: a slow target delays the next probe by at most its `timeout`,
-//!   so `interval` is a lower bound on the probe period.
+//! - probes run on a small pool of threads (`PROBE_THREADS`), fed by the scheduler: a target that
+//!   hangs until its `timeout` holds one pool thread, not the others' schedule. A target's next
+//!   probe is due `interval` after its previous one ended, and it never has two in flight.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::health::TargetKey;
 use crate::config::model::{ActiveDef, Config};
@@ -51,6 +52,8 @@ pub enum HealthEvent {
 
 /// How long the prober sleeps when nothing is due (it wakes at once for a new config).
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+/// Probes in flight at once, at most (threads are made as checks need them).
+const PROBE_THREADS: usize = 8;
 /// Status lines longer than this are a failed probe.
 const MAX_STATUS_LINE: usize = 1024;
 
@@ -94,38 +97,114 @@ struct Check {
     /// Consecutive probes against the current verdict.
     streak: u32,
     next: Instant,
+    /// A probe of it is on a pool thread.
+    in_flight: bool,
+}
+
+/// One probe to run on a pool thread: what it needs, copied out of its `Check`.
+struct Job {
+    key: TargetKey,
+    addr: SocketAddr,
+    host: String,
+    path: String,
+    timeout: Duration,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+}
+
+impl Job {
+    fn of(key: &TargetKey, c: &Check) -> Job {
+        Job {
+            key: key.clone(),
+            addr: c.addr,
+            host: c.host.clone(),
+            path: c.def.path.clone(),
+            timeout: c.def.timeout,
+            tls: c.tls.clone(),
+        }
+    }
+}
+
+type Verdict = Result<u16, String>;
+
+/// Runs probes until the scheduler goes away.
+fn probe_thread(jobs: Receiver<Job>, verdicts: Sender<(TargetKey, Verdict)>) {
+    while let Ok(job) = jobs.recv() {
+        let v = probe(&job);
+        if verdicts.send((job.key, v)).is_err() {
+            return;
+        }
+    }
 }
 
 fn run(configs: Receiver<Arc<Config>>, workers: Vec<Sender<HealthEvent>>) {
     let mut checks: HashMap<TargetKey, Check> = HashMap::new();
+    let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
+    let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded::<(TargetKey, Verdict)>();
+    let mut threads = 0;
     loop {
+        // More probe threads as checks need them (never more than PROBE_THREADS).
+        while threads < checks.len().min(PROBE_THREADS) {
+            let (jobs, verdicts) = (job_rx.clone(), verdict_tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name("ringgate-probe".to_owned())
+                .spawn(move || probe_thread(jobs, verdicts));
+            if let Err(e) = spawned {
+                crate::error!("health probe thread spawn failed error=\"{e}\"");
+                break;
+            }
+            threads += 1;
+        }
+        if threads == 0 && !checks.is_empty() {
+            // No thread to run them on: probe here, one after another, rather than never.
+            for (key, check) in checks.iter_mut() {
+                if check.next <= Instant::now() {
+                    let v = probe(&Job::of(key, check));
+                    record(key, check, &v, &workers);
+                }
+            }
+        }
         let now = Instant::now();
+        for (key, check) in checks.iter_mut() {
+            if !check.in_flight && check.next <= now && threads > 0 {
+                check.in_flight = true;
+                let _ = job_tx.send(Job::of(key, check));
+            }
+        }
         let wait = checks
             .values()
+            .filter(|c| !c.in_flight)
             .map(|c| c.next.saturating_duration_since(now))
             .min()
             .unwrap_or(IDLE_WAIT);
-        match configs.recv_timeout(wait) {
-            Ok(cfg) => {
-                // Only the newest of several queued configs matters.
-                let cfg = configs.try_iter().last().unwrap_or(cfg);
-                apply(&mut checks, &cfg, &workers);
-                continue;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+        crossbeam_channel::select! {
+            recv(configs) -> cfg => match cfg {
+                Ok(cfg) => {
+                    // Only the newest of several queued configs matters.
+                    let cfg = configs.try_iter().last().unwrap_or(cfg);
+                    apply(&mut checks, &cfg, &workers);
+                }
+                Err(_) => return,
+            },
+            recv(verdict_rx) -> v => {
+                if let Ok((key, v)) = v {
+                    // A target a reload removed meanwhile: nothing to record.
+                    if let Some(check) = checks.get_mut(&key) {
+                        check.in_flight = false;
+                        record(&key, check, &v, &workers);
+                    }
+                }
+            },
+            default(wait) => {}
         }
-        for (key, check) in checks.iter_mut() {
-            if check.next > Instant::now() {
-                continue;
-            }
-            let verdict = probe(check);
-            check.next = Instant::now() + check.def.interval;
-            if let Some(healthy) = judge(check, &verdict) {
-                log_transition(key, healthy, &verdict);
-                send(&workers, key, healthy);
-            }
-        }
+    }
+}
+
+/// A probe of `check` ended with `v`: schedule the next, and send a transition if this made one.
+fn record(key: &TargetKey, check: &mut Check, v: &Verdict, workers: &[Sender<HealthEvent>]) {
+    check.next = Instant::now() + check.def.interval;
+    if let Some(healthy) = judge(check, v) {
+        log_transition(key, healthy, v);
+        send(workers, key, healthy);
     }
 }
 
@@ -170,6 +249,7 @@ fn apply(checks: &mut HashMap<TargetKey, Check>, cfg: &Config, workers: &[Sender
                     healthy: true,
                     streak: 0,
                     next: now,
+                    in_flight: false,
                 },
             };
             next.insert(key, check);
@@ -239,9 +319,9 @@ fn log_transition(key: &TargetKey, healthy: bool, verdict: &Result<u16, String>)
 }
 
 /// One probe: the response status, or why it failed.
-fn probe(check: &Check) -> Result<u16, String> {
-    let deadline = Instant::now() + check.def.timeout;
-    let tcp = TcpStream::connect_timeout(&check.addr, check.def.timeout)
+fn probe(check: &Job) -> Result<u16, String> {
+    let deadline = Instant::now() + check.timeout;
+    let tcp = TcpStream::connect_timeout(&check.addr, check.timeout)
         .map_err(|e| format!("connect: {e}"))?;
     match &check.tls {
         None => exchange(check, &tcp, &tcp, deadline),
@@ -263,7 +343,7 @@ fn probe(check: &Check) -> Result<u16, String> {
 /// and reads the status line, each step bounded by what is left until `deadline` (set on `tcp`,
 /// the socket under `stream`).
 fn exchange(
-    check: &Check,
+    check: &Job,
     tcp: &TcpStream,
     mut stream: impl Read + Write,
     deadline: Instant,
@@ -283,7 +363,7 @@ fn exchange(
         .map_err(|e| e.to_string())?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringgate-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        check.def.path, check.host
+        check.path, check.host
     );
     stream
         .write_all(request.as_bytes())
@@ -364,6 +444,7 @@ mod tests {
             healthy: true,
             streak: 0,
             next: Instant::now(),
+            in_flight: false,
         };
         let bad: Result<u16, String> = Ok(500);
         assert_eq!(judge(&mut c, &bad), None);
