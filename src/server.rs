@@ -125,7 +125,9 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         }
     };
     let acme_status = acme.status();
+    let acme_status_json = acme_status.clone();
     metrics.add_collector(move |out| out.extend(acme_status.families()));
+    metrics.add_status_section(move |out| acme_status_json.status_json(out));
 
     let control = Arc::new(Control::default());
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<usize>();

@@ -121,6 +121,20 @@ fn curl_with(name: &str, port: u16, path: &str, tls: &[&str]) -> (i32, String, S
     )
 }
 
+/// The `acme` entry of `/status` for `name`.
+fn acme_status(gw: &Gateway, name: &str) -> serde_json::Value {
+    let r = send_raw(
+        gw.admin_addr(),
+        b"GET /status HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
+    );
+    let status: serde_json::Value = serde_json::from_slice(&r.body).expect("status json");
+    status["acme"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["certificate"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no acme entry for {name}: {status}"))
+}
+
 /// The value of the first `/metrics` line starting with `prefix`.
 fn metric(gw: &Gateway, prefix: &str) -> Option<f64> {
     let r = send_raw(
@@ -250,6 +264,11 @@ fn http01_on_the_redirect_listener_issues_serves_stores_and_reuses_the_certifica
         ),
         Some(1.0)
     );
+    let st = acme_status(&gw, "api.ringgate.test");
+    assert!(st["not_after"].is_string(), "{st}");
+    assert!(st["next_attempt"].is_string(), "{st}");
+    assert_eq!(st["failures"], 0, "{st}");
+    assert!(st["last_error"].is_null(), "{st}");
     drop(gw);
 
     // Next start: the stored certificate is served at once, with the CA gone, and nothing is
@@ -422,6 +441,17 @@ fn without_a_certificate_yet_handshakes_fail_cleanly_and_other_tokens_are_routed
         ),
         Some(1.0)
     );
+    // At 3 a.m.: why, and when the next try is.
+    let st = acme_status(&gw, "none.ringgate.test");
+    assert!(st["not_after"].is_null(), "{st}");
+    assert_eq!(st["failures"], 1, "{st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("creating an ACME account")),
+        "{st}"
+    );
+    assert!(st["next_attempt"].is_string(), "{st}");
     let _ = std::fs::remove_file(&ca_file);
 }
 

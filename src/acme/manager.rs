@@ -24,6 +24,7 @@ use super::files::{self, Issued};
 use super::issue;
 use super::store::AcmeStore;
 use crate::config::model::{AcmeCertDef, AcmeChallenge, AcmeDef, Config, ListenKind};
+use crate::metrics::json;
 use crate::metrics::prom::{Family, FamilyKind};
 use crate::{error, info, warn};
 
@@ -82,6 +83,48 @@ impl AcmeStatus {
     /// The metric families for `/metrics` (none without ACME certificates).
     pub fn families(&self) -> Vec<Family> {
         families(&self.get())
+    }
+
+    /// Appends `,"acme":[…]` to the `/status` object: per certificate, when it expires, when the
+    /// next order is due, and why the last one failed (nothing without ACME certificates).
+    pub fn status_json(&self, o: &mut String) {
+        let all = self.get();
+        if all.is_empty() {
+            return;
+        }
+        let time = |o: &mut String, t: Option<SystemTime>| match t {
+            Some(t) => {
+                let mut b = Vec::new();
+                crate::log::push_rfc3339(&mut b, t);
+                json::push_str(o, &String::from_utf8_lossy(&b));
+            }
+            None => o.push_str("null"),
+        };
+        o.push_str(",\"acme\":[");
+        for (i, c) in all.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            o.push_str("{\"certificate\":");
+            json::push_str(o, &c.name);
+            o.push_str(",\"not_after\":");
+            time(o, c.not_after);
+            o.push_str(",\"next_attempt\":");
+            time(o, c.next_attempt);
+            o.push_str(",\"failures\":");
+            o.push_str(&c.failures.to_string());
+            o.push_str(",\"last_error\":");
+            match &c.last_error {
+                Some(e) => json::push_str(o, e),
+                None => o.push_str("null"),
+            }
+            o.push_str(",\"orders_ok\":");
+            o.push_str(&c.orders_ok.to_string());
+            o.push_str(",\"orders_failed\":");
+            o.push_str(&c.orders_failed.to_string());
+            o.push('}');
+        }
+        o.push(']');
     }
 }
 

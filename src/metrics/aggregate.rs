@@ -156,6 +156,9 @@ pub const BUILTIN: &[&str] = &[
 
 pub type Collector = Box<dyn Fn(&mut Vec<Family>) + Send>;
 
+/// Extension of `/status`: appends `"key":<JSON value>` members (with their leading commas).
+pub type StatusSection = Box<dyn Fn(&mut String) + Send>;
+
 pub struct Aggregate {
     started: Instant,
     flush_interval: Duration,
@@ -175,6 +178,7 @@ pub struct Aggregate {
     conns_accepted: u64,
     extra: BTreeMap<String, Vec<Family>>,
     collectors: Vec<Collector>,
+    status_sections: Vec<StatusSection>,
 }
 
 impl Aggregate {
@@ -202,6 +206,7 @@ impl Aggregate {
             conns_accepted: 0,
             extra: BTreeMap::new(),
             collectors: Vec::new(),
+            status_sections: Vec::new(),
         }
     }
 
@@ -238,6 +243,11 @@ impl Aggregate {
     /// Adds a function called at every scrape to append extension families.
     pub fn add_collector(&mut self, f: Collector) {
         self.collectors.push(f);
+    }
+
+    /// Adds a function called for every `/status` to append members to its object.
+    pub fn add_status_section(&mut self, f: StatusSection) {
+        self.status_sections.push(f);
     }
 
     /// Index into `maps` for `layout`, registering its names on first sight.
@@ -546,7 +556,11 @@ impl Aggregate {
         if open_upstream.is_some() {
             o.push_str("]}");
         }
-        o.push_str("]}\n");
+        o.push(']');
+        for section in &self.status_sections {
+            section(&mut o);
+        }
+        o.push_str("}\n");
         o
     }
 

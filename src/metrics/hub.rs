@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::aggregate::{Aggregate, Collector, HistKind};
+use super::aggregate::{Aggregate, Collector, HistKind, StatusSection};
 use super::worker::WorkerFlush;
 use super::{prom, Family, Layout};
 use crate::config::model::{Config, MetricsDef};
@@ -27,6 +27,7 @@ pub enum Msg {
     Reload(bool),
     Families(String, Vec<Family>),
     Collector(Collector),
+    StatusSection(StatusSection),
     Query(Query, Sender<Reply>),
     Stop(Sender<()>),
 }
@@ -174,6 +175,12 @@ impl MetricsHandle {
         let _ = self.tx.send(Msg::Collector(Box::new(f)));
     }
 
+    /// Extension point for `/status`: `f` runs on the metrics thread for every request and appends
+    /// members (`,"key":value`) to the status object.
+    pub fn add_status_section(&self, f: impl Fn(&mut String) + Send + 'static) {
+        let _ = self.tx.send(Msg::StatusSection(Box::new(f)));
+    }
+
     /// Asks the metrics thread; `None` if it does not answer within `timeout`.
     pub fn query(&self, q: Query, timeout: Duration) -> Option<Reply> {
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -233,6 +240,7 @@ fn run(rx: Receiver<Msg>, interval: Duration, file: Option<PathBuf>) {
             Msg::Reload(ok) => agg.reload_outcome(ok),
             Msg::Families(source, f) => agg.set_families(source, f),
             Msg::Collector(c) => agg.add_collector(c),
+            Msg::StatusSection(f) => agg.add_status_section(f),
             Msg::Query(q, reply) => {
                 let _ = reply.send(answer(&agg, &q));
             }
