@@ -1315,7 +1315,9 @@ fn upstream_failed(shard: &Shard, snap: &Snapshot, u: usize, t: usize) {
         .failure(slot, &ups.health.passive, Instant::now(), who)
     {
         snap.metrics.upstream_ejected(snap.flat_target(u, t));
-        shard.share_ejection(slot, ejection);
+        if ejection.shared {
+            shard.share_ejection(slot, ejection);
+        }
     }
 }
 

@@ -314,7 +314,6 @@ impl Shard {
             let _ = peer.send(HealthEvent::Ejected {
                 key: key.clone(),
                 until: e.until,
-                strikes: e.strikes,
             });
         }
     }
@@ -679,13 +678,23 @@ async fn control_loop(
         while let Ok(ev) = spec.health_events.try_recv() {
             match ev {
                 HealthEvent::Active { key, healthy } => shard.health.set_active(key, healthy),
-                HealthEvent::Ejected {
-                    key,
-                    until,
-                    strikes,
-                } => shard
-                    .health
-                    .apply_ejection(key, Ejection { until, strikes }, Instant::now()),
+                HealthEvent::Ejected { key, until } => {
+                    // Only where this worker's generation checks that upstream passively (a
+                    // message from before a reload that turned it off changes nothing).
+                    let snap = shard.snapshot();
+                    let passive = snap
+                        .config
+                        .upstreams
+                        .iter()
+                        .any(|u| u.name == key.0 && u.health.passive.max_fails > 0);
+                    if passive {
+                        let e = Ejection {
+                            until,
+                            shared: true,
+                        };
+                        shard.health.apply_ejection(&key, e, Instant::now());
+                    }
+                }
             }
         }
         shard.health.sweep(Instant::now());

@@ -1247,6 +1247,33 @@ fn sessions_resume_across_a_reload() {
     );
 }
 
+#[test]
+fn a_reload_that_replaces_a_certificate_ends_resumption() {
+    // Resumption skips certificate selection: a session made with a replaced (say, compromised)
+    // certificate must not be resumed.
+    let pki = Pki::new();
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&tls_config(&pki, &up, ""));
+    let addr = gw.addrs()[0];
+    let cfg = any_cert_client(true);
+    let visit = |path: &str| {
+        let mut tls = connect(addr, "api.test", cfg.clone()).expect("handshake");
+        assert_eq!(get(&mut tls, "api.test", path).status, 200);
+        tls.conn.handshake_kind()
+    };
+    assert_eq!(visit("/first"), Some(rustls::HandshakeKind::Full));
+    assert_eq!(visit("/second"), Some(rustls::HandshakeKind::Resumed));
+    std::fs::copy(pki.path("other.pem"), pki.path("api.pem")).expect("rotate cert");
+    std::fs::copy(pki.path("other.key"), pki.path("api.key")).expect("rotate key");
+    gw.reload_to(2);
+    assert_eq!(
+        visit("/after-rotation"),
+        Some(rustls::HandshakeKind::Full),
+        "resumed into a session of the replaced certificate"
+    );
+    assert_eq!(visit("/again"), Some(rustls::HandshakeKind::Resumed));
+}
+
 /// An https upstream with an active check (`ca` as its `ca_file`), probed every 100 ms.
 fn actively_checked_tls_gateway(up: &TlsUpstream, ca: &str) -> Gateway {
     upstream_tls_gateway(&format!(
@@ -1306,4 +1333,72 @@ fn active_checks_of_https_upstreams_run_over_verified_tls() {
         "the reason names the certificate: {:?}",
         gw.logs()
     );
+}
+
+#[test]
+fn an_https_target_trickling_its_handshake_fails_its_check_within_the_timeout() {
+    // A TLS record header announcing 16 KiB, then a byte every 200 ms: each read gets something
+    // well within the timeout, so only a deadline over the whole probe ends it.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let server = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !s.load(Ordering::SeqCst) && Instant::now() < end {
+            match listener.accept() {
+                Ok((mut tcp, _)) => {
+                    let s = s.clone();
+                    std::thread::spawn(move || {
+                        let _ = tcp.set_nonblocking(false);
+                        let _ = tcp.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]);
+                        while !s.load(Ordering::SeqCst) && Instant::now() < end {
+                            if tcp.write_all(&[0]).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let pki = Pki::new();
+    let gw = upstream_tls_gateway(&format!(
+        r#"[[upstreams]]
+name = "u"
+targets = [{{ target = "{addr}" }}]
+tls = true
+ca_file = "{ca}"
+tls_server_name = "upstream.test"
+[upstreams.health.active]
+path = "/healthz"
+interval = "100ms"
+timeout = "1s"
+unhealthy_threshold = 1
+
+[[services]]
+name = "svc"
+upstream = "u""#,
+        ca = pki.p("ca.pem")
+    ));
+    let started = Instant::now();
+    assert!(
+        gw.wait_log(
+            "upstream target unhealthy (active check)",
+            Duration::from_secs(5)
+        ),
+        "the probe never ended: {:?}",
+        gw.logs()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(gw.log_contains("timed out"), "{:?}", gw.logs());
+    stop.store(true, Ordering::SeqCst);
+    let _ = server.join();
 }

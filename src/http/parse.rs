@@ -670,8 +670,14 @@ fn has_bare_lf(head: &[u8]) -> bool {
             .fold(false, |bad, (&p, &c)| bad | ((c == b'\n') & (p != b'\r')))
 }
 
-/// Whether the request line in `buf` ends in `HTTP/<2..9>` (what of it has arrived).
+/// Whether the request line in `buf` ends in `HTTP/<2..9>` (what of it has arrived). Blank lines
+/// before it are skipped, as the parser skips them (RFC 9112 §2.2).
 fn names_a_later_major(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let buf = buf.get(start..).unwrap_or_default();
     let line_end = memchr::memchr2(b'\r', b'\n', buf).unwrap_or(buf.len());
     let line = buf.get(..line_end).unwrap_or_default();
     let version = match memchr::memrchr(b' ', line) {

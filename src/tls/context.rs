@@ -16,10 +16,12 @@
 //! while a ticket is issued or decrypted) and no server-side session cache (which would be a mutex
 //! shared by every worker's handshakes). The ticket key belongs to the process (`TlsShared`), not to
 //! a generation, so tickets issued before a reload still resume after it; rustls rotates the key
-//! every 6 hours.
+//! every 6 hours. A reload that changes the certificates (files, names, defaults) gets a new key:
+//! resumption skips certificate selection, so a client must not resume into a session made with a
+//! certificate that was just replaced (say, a compromised one).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use monoio_rustls::TlsAcceptor;
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
@@ -34,17 +36,57 @@ use crate::config::ConfigError;
 pub struct TlsShared {
     /// Where `acme = true` certificates (and TLS-ALPN-01 answers) are found.
     pub acme: Arc<AcmeStore>,
-    /// Session ticket keys (rotating), so reloads do not end resumption.
-    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    /// Session ticket keys (rotating), so reloads do not end resumption, with the fingerprint of
+    /// the certificates they were made for (`None`: none yet). Locked only by `TlsContext::build`
+    /// (start and reloads, main thread).
+    tickets: Mutex<(Option<u64>, Arc<dyn rustls::server::ProducesTickets>)>,
 }
 
 impl TlsShared {
     pub fn new() -> Result<TlsShared, rustls::Error> {
         Ok(TlsShared {
             acme: AcmeStore::new(),
-            ticketer: rustls::crypto::ring::Ticketer::new()?,
+            tickets: Mutex::new((None, rustls::crypto::ring::Ticketer::new()?)),
         })
     }
+
+    /// The ticket keys for a generation with `cfg`'s certificates: the current ones, or new ones
+    /// when the certificates differ from those the current ones were made for.
+    fn ticketer(
+        &self,
+        cfg: &Config,
+    ) -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+        let fp = certificates_fingerprint(cfg);
+        let mut t = match self.tickets.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        match t.0 {
+            Some(old) if old != fp => *t = (Some(fp), rustls::crypto::ring::Ticketer::new()?),
+            Some(_) => {}
+            None => t.0 = Some(fp),
+        }
+        Ok(t.1.clone())
+    }
+}
+
+/// What a session was made with: every file certificate (chain, names, default) and the names of
+/// ACME certificates (renewals keep them; the names are what a session vouches for).
+fn certificates_fingerprint(cfg: &Config) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for c in &cfg.certificates {
+        c.snis.hash(&mut h);
+        c.default.hash(&mut h);
+        for der in &c.key.cert {
+            der.as_ref().hash(&mut h);
+        }
+    }
+    for c in &cfg.acme_certificates {
+        c.snis.hash(&mut h);
+        c.default.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// What TLS listeners need. Immutable; replaced whole on reload.
@@ -99,7 +141,13 @@ impl TlsContext {
             server.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         }
         server.session_storage = Arc::new(NoServerSessionStorage {});
-        server.ticketer = shared.ticketer.clone();
+        server.ticketer = shared.ticketer(cfg).map_err(|e| {
+            vec![error(
+                cfg,
+                "certificates",
+                format!("TLS session tickets: {e}"),
+            )]
+        })?;
         Ok(Arc::new(TlsContext {
             acceptor: Some(TlsAcceptor::from(Arc::new(server))),
         }))

@@ -74,11 +74,14 @@ pub struct Who<'a> {
     pub worker: usize,
 }
 
-/// An ejection this worker decided, to be shared with the other workers.
+/// An ejection this worker decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ejection {
     pub until: Instant,
-    pub strikes: u32,
+    /// Tell the other workers: the breaker opened from closed (`max_fails` in a row). A failed
+    /// trial in probation is this worker's evidence alone (others may have seen the target answer
+    /// since the cooldown ended).
+    pub shared: bool,
 }
 
 /// One worker's health of every target it has seen.
@@ -104,12 +107,12 @@ impl HealthTable {
     /// The slot of `key`, made on first sight (control loop only: may allocate).
     pub fn slot_for(&self, key: TargetKey) -> usize {
         let mut index = self.index.borrow_mut();
-        let next = index.len();
-        let slot = *index.entry(key.clone()).or_insert(next);
-        let mut keys = self.keys.borrow_mut();
-        if keys.len() == slot {
-            keys.push(key);
+        if let Some(&slot) = index.get(&key) {
+            return slot;
         }
+        let slot = index.len();
+        index.insert(key.clone(), slot);
+        self.keys.borrow_mut().push(key);
         let mut slots = self.slots.borrow_mut();
         if slots.len() <= slot {
             slots.resize(slot + 1, TargetHealth::default());
@@ -209,16 +212,17 @@ impl HealthTable {
             if !h.probation && h.fails < policy.max_fails {
                 return None;
             }
+            let shared = !h.probation;
             h.strikes = (h.strikes + 1).min(MAX_COOLDOWN_FACTOR.trailing_zeros() + 1);
             let cooldown = policy.fail_timeout.saturating_mul(1 << (h.strikes - 1));
             h.open_until = Some(now + cooldown);
             let fails = h.fails;
             h.probation = false;
             h.fails = 0;
-            Some((fails, cooldown, h.strikes))
+            Some((fails, cooldown, shared))
         });
         match ejected.flatten() {
-            Some((fails, cooldown, strikes)) => {
+            Some((fails, cooldown, shared)) => {
                 crate::warn!(
                     "upstream target ejected upstream={} target={} worker={} failures={} cooldown_ms={}",
                     who.upstream,
@@ -229,7 +233,7 @@ impl HealthTable {
                 );
                 Some(Ejection {
                     until: now + cooldown,
-                    strikes,
+                    shared,
                 })
             }
             None => None,
@@ -242,12 +246,21 @@ impl HealthTable {
     }
 
     /// Another worker ejected `key` (control tick): skip it until the same instant. A later
-    /// ejection of our own is kept; a stale message (its cooldown already over) changes nothing.
-    pub fn apply_ejection(&self, key: TargetKey, e: Ejection, now: Instant) {
+    /// ejection of our own is kept; a stale message (its cooldown already over) and a target this
+    /// worker has never had change nothing. This worker's strikes are its own: a shared ejection
+    /// does not lengthen its next cooldown.
+    pub fn apply_ejection(&self, key: &TargetKey, e: Ejection, now: Instant) {
         if e.until <= now {
             return;
         }
-        let slot = self.slot_for(key);
+        let Some(slot) = self
+            .index
+            .try_borrow()
+            .ok()
+            .and_then(|i| i.get(key).copied())
+        else {
+            return;
+        };
         self.update(slot, |h| {
             if h.open_until.is_some_and(|u| u >= e.until) {
                 return;
@@ -255,7 +268,6 @@ impl HealthTable {
             h.open_until = Some(e.until);
             h.fails = 0;
             h.probation = false;
-            h.strikes = h.strikes.max(e.strikes);
         });
     }
 
@@ -346,9 +358,9 @@ mod tests {
         assert!(!t.usable(s, now + Duration::from_secs(9)));
         assert!(t.usable(s, now + Duration::from_secs(10)), "probation");
         assert!(t.all_usable());
-        // Probation: one failure re-ejects, for twice as long.
+        // Probation: one failure re-ejects, for twice as long (on this worker only: not shared).
         let later = now + Duration::from_secs(10);
-        assert!(t.failure(s, &p, later, WHO).is_some());
+        assert!(t.failure(s, &p, later, WHO).is_some_and(|e| !e.shared));
         assert!(!t.usable(s, later + Duration::from_secs(19)));
         assert!(t.usable(s, later + Duration::from_secs(20)));
         t.success(s, WHO);
@@ -394,26 +406,29 @@ mod tests {
         let s = t.slot_for(key("a"));
         let e = Ejection {
             until: now + Duration::from_secs(10),
-            strikes: 2,
+            shared: true,
         };
-        t.apply_ejection(key("a"), e, now);
+        t.apply_ejection(&key("a"), e, now);
         assert!(!t.usable(s, now));
         assert!(!t.all_usable());
         // Over at the same instant as on the worker that decided it, then probation.
         assert!(t.usable(s, now + Duration::from_secs(10)));
-        // A stale message changes nothing; an unknown target gets a slot (the generation that
-        // has it may come later).
-        t.apply_ejection(key("a"), e, now + Duration::from_secs(11));
+        // A stale message changes nothing; neither does one for a target this worker never had.
+        t.apply_ejection(&key("a"), e, now + Duration::from_secs(11));
         assert!(t.usable(s, now + Duration::from_secs(11)));
-        t.apply_ejection(key("new"), e, now);
-        let n = t.slot_for(key("new"));
-        assert!(!t.usable(n, now));
-        assert_eq!(t.key_of(n), Some(key("new")));
-        // The sharing worker's own ejection reports what to share.
+        t.apply_ejection(&key("new"), e, now);
+        assert!(t.all_usable());
+        assert_eq!(t.key_of(s), Some(key("a")));
+        // The deciding worker shares a breaker it opened from closed...
         let p = policy(1);
         let own = t.slot_for(key("b"));
-        let shared = t.failure(own, &p, now, WHO).expect("ejected");
-        assert_eq!(shared.strikes, 1);
-        assert!(shared.until > now);
+        let first = t.failure(own, &p, now, WHO).expect("ejected");
+        assert!(first.shared && first.until > now);
+        // ...but not a failed trial: other workers may have seen it answer meanwhile.
+        let later = first.until;
+        assert!(t.usable(own, later), "probation");
+        let again = t.failure(own, &p, later, WHO).expect("re-ejected");
+        assert!(!again.shared);
+        assert!(!t.usable(own, later));
     }
 }

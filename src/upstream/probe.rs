@@ -40,14 +40,9 @@ use crate::config::model::{ActiveDef, Config};
 pub enum HealthEvent {
     /// An active-check transition, from the prober to every worker.
     Active { key: TargetKey, healthy: bool },
-    /// Another worker's passive breaker ejected the target until `until` (its `strikes`-th
-    /// ejection in a row): the other workers skip it too, instead of each paying `max_fails`
-    /// failed requests of its own.
-    Ejected {
-        key: TargetKey,
-        until: Instant,
-        strikes: u32,
-    },
+    /// Another worker's passive breaker opened for the target until `until`: the other workers
+    /// skip it too, instead of each paying `max_fails` failed requests of its own.
+    Ejected { key: TargetKey, until: Instant },
 }
 
 /// How long the prober sleeps when nothing is due (it wakes at once for a new config).
@@ -92,7 +87,7 @@ struct Check {
     addr: SocketAddr,
     host: String,
     /// For TLS upstreams: the client config and the name sent and verified (as for requests).
-    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    tls: Option<TlsProbe>,
     healthy: bool,
     /// Consecutive probes against the current verdict.
     streak: u32,
@@ -108,8 +103,12 @@ struct Job {
     host: String,
     path: String,
     timeout: Duration,
-    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    tls: Option<TlsProbe>,
 }
+
+/// The client config and the name to send and verify (`None` would be a config bug: the probe
+/// then fails saying so, rather than probing a TLS target in plain text).
+type TlsProbe = (Arc<rustls::ClientConfig>, Option<ServerName<'static>>);
 
 impl Job {
     fn of(key: &TargetKey, c: &Check) -> Job {
@@ -221,7 +220,7 @@ fn apply(checks: &mut HashMap<TargetKey, Check>, cfg: &Config, workers: &[Sender
             let tls = u
                 .tls
                 .as_ref()
-                .and_then(|tls| Some((tls.config.clone(), tls.names.get(i)?.clone())));
+                .map(|tls| (tls.config.clone(), tls.names.get(i).cloned()));
             let host = def
                 .host
                 .clone()
@@ -323,51 +322,80 @@ fn probe(check: &Job) -> Result<u16, String> {
     let deadline = Instant::now() + check.timeout;
     let tcp = TcpStream::connect_timeout(&check.addr, check.timeout)
         .map_err(|e| format!("connect: {e}"))?;
+    let mut sock = Deadlined {
+        tcp: &tcp,
+        deadline,
+    };
     match &check.tls {
-        None => exchange(check, &tcp, &tcp, deadline),
-        Some((config, name)) => {
+        None => exchange(check, sock),
+        Some((config, Some(name))) => {
             let mut conn = rustls::ClientConnection::new(config.clone(), name.clone())
                 .map_err(|e| format!("tls: {e}"))?;
-            let mut sock = &tcp;
-            exchange(
-                check,
-                &tcp,
-                rustls::Stream::new(&mut conn, &mut sock),
-                deadline,
-            )
+            exchange(check, rustls::Stream::new(&mut conn, &mut sock))
         }
+        Some((_, None)) => Err("tls: no server name for this target".to_owned()),
+    }
+}
+
+/// The probe's socket, every read and write bounded by what is left until `deadline`: the timeout
+/// is set anew before each syscall, so a peer trickling bytes (a TLS handshake a byte at a time)
+/// cannot stretch the probe past its `timeout`.
+struct Deadlined<'a> {
+    tcp: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Deadlined<'_> {
+    fn left(&self) -> std::io::Result<Duration> {
+        let d = self.deadline.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out",
+            ));
+        }
+        Ok(d)
+    }
+}
+
+impl Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.tcp).read(buf)
+    }
+}
+
+impl Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        (&mut &*self.tcp).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// Sends the probe request over `stream` (plain or TLS; the handshake happens in the first write)
-/// and reads the status line, each step bounded by what is left until `deadline` (set on `tcp`,
-/// the socket under `stream`).
-fn exchange(
-    check: &Job,
-    tcp: &TcpStream,
-    mut stream: impl Read + Write,
-    deadline: Instant,
-) -> Result<u16, String> {
-    let left = || {
-        let d = deadline.saturating_duration_since(Instant::now());
-        if d.is_zero() {
-            Err("timed out".to_owned())
-        } else {
-            Ok(d)
-        }
+/// and reads the status line; `stream`'s socket enforces the deadline.
+fn exchange(check: &Job, mut stream: impl Read + Write) -> Result<u16, String> {
+    let timed_out = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
     };
-    tcp.set_write_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
-    // The TLS handshake reads too: bound it like the rest.
-    tcp.set_read_timeout(Some(left()?))
-        .map_err(|e| e.to_string())?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringgate-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         check.path, check.host
     );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
+    stream.write_all(request.as_bytes()).map_err(|e| {
+        if timed_out(&e) {
+            "timed out".to_owned()
+        } else {
+            format!("send: {e}")
+        }
+    })?;
     let mut buf = [0u8; MAX_STATUS_LINE];
     let mut have = 0;
     loop {
@@ -377,19 +405,10 @@ fn exchange(
         if have == buf.len() {
             return Err("status line too long".to_owned());
         }
-        tcp.set_read_timeout(Some(left()?))
-            .map_err(|e| e.to_string())?;
         match stream.read(&mut buf[have..]) {
             Ok(0) => return Err("closed before a status line".to_owned()),
             Ok(n) => have += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err("timed out".to_owned())
-            }
+            Err(e) if timed_out(&e) => return Err("timed out".to_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("read: {e}")),
         }

@@ -247,6 +247,7 @@ fn a_later_major_version_is_505_not_400() {
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         b"GET / HTTP/3\r\n",
         b"GET / HTTP/2.0",
+        b"\r\n\r\nGET / HTTP/2.0\r\nHost: h\r\n\r\n",
     ] {
         assert_eq!(
             err_req(later),
