@@ -1178,22 +1178,7 @@ impl<S: ClientIo> Conn<S> {
     /// destroy the error response before the client reads it (the 413-while-uploading case).
     async fn lingering_close(&mut self) {
         let _ = self.client.shutdown().await;
-        let deadline = Instant::now() + LINGER_TIME;
-        let mut discarded = 0;
-        while discarded < LINGER_BYTES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            self.buf.clear();
-            if self.buf.capacity() == 0 {
-                break;
-            }
-            match io::fill(&mut self.client, &mut self.buf, left).await {
-                Ok(n) if n > 0 => discarded += n,
-                _ => break,
-            }
-        }
+        io::discard(&mut self.client, &mut self.buf, LINGER_TIME, LINGER_BYTES).await;
     }
 }
 

@@ -1274,12 +1274,13 @@ fn a_reload_that_replaces_a_certificate_ends_resumption() {
     assert_eq!(visit("/again"), Some(rustls::HandshakeKind::Resumed));
 }
 
-/// An https upstream with an active check (`ca` as its `ca_file`), probed every 100 ms.
-fn actively_checked_tls_gateway(up: &TlsUpstream, ca: &str) -> Gateway {
+/// An https upstream at `target` with an active check (`ca` as its `ca_file`), probed every
+/// 100 ms, out after one failed probe.
+fn actively_checked_tls_gateway(target: SocketAddr, ca: &str) -> Gateway {
     upstream_tls_gateway(&format!(
         r#"[[upstreams]]
 name = "u"
-targets = [{{ target = "127.0.0.1:{port}" }}]
+targets = [{{ target = "{target}" }}]
 tls = true
 ca_file = "{ca}"
 tls_server_name = "upstream.test"
@@ -1292,7 +1293,6 @@ unhealthy_threshold = 1
 [[services]]
 name = "svc"
 upstream = "u""#,
-        port = up.addr.port(),
     ))
 }
 
@@ -1301,7 +1301,7 @@ fn active_checks_of_https_upstreams_run_over_verified_tls() {
     let pki = Pki::new();
     // Verified like requests: probes handshake (with SNI and the CA) and get a status.
     let up = TlsUpstream::start(&pki);
-    let gw = actively_checked_tls_gateway(&up, &pki.p("ca.pem"));
+    let gw = actively_checked_tls_gateway(up.addr, &pki.p("ca.pem"));
     let deadline = Instant::now() + Duration::from_secs(5);
     while up.handshakes() < 3 {
         assert!(Instant::now() < deadline, "no TLS probes: {:?}", gw.logs());
@@ -1317,7 +1317,7 @@ fn active_checks_of_https_upstreams_run_over_verified_tls() {
     // A target whose certificate the upstream's CA does not vouch for is unhealthy, as its
     // requests would fail: a TCP connect alone would have passed it.
     let up = TlsUpstream::start(&pki);
-    let gw = actively_checked_tls_gateway(&up, &pki.p("other-ca.pem"));
+    let gw = actively_checked_tls_gateway(up.addr, &pki.p("other-ca.pem"));
     assert!(
         gw.wait_log(
             "upstream target unhealthy (active check)",
@@ -1366,24 +1366,7 @@ fn an_https_target_trickling_its_handshake_fails_its_check_within_the_timeout() 
         }
     });
     let pki = Pki::new();
-    let gw = upstream_tls_gateway(&format!(
-        r#"[[upstreams]]
-name = "u"
-targets = [{{ target = "{addr}" }}]
-tls = true
-ca_file = "{ca}"
-tls_server_name = "upstream.test"
-[upstreams.health.active]
-path = "/healthz"
-interval = "100ms"
-timeout = "1s"
-unhealthy_threshold = 1
-
-[[services]]
-name = "svc"
-upstream = "u""#,
-        ca = pki.p("ca.pem")
-    ));
+    let gw = actively_checked_tls_gateway(addr, &pki.p("ca.pem"));
     let started = Instant::now();
     assert!(
         gw.wait_log(

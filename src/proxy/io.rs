@@ -43,6 +43,31 @@ pub async fn fill<S: AsyncReadRent>(
     }
 }
 
+/// The read half of a lingering close, after the write half was shut: reads and discards what the
+/// peer still sends, at most `max_bytes` and for at most `limit` (`buf` is the scratch space; it
+/// must have capacity). Closing with unread input would send a reset, which can destroy the answer
+/// before the client read it.
+pub async fn discard<S: AsyncReadRent>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+    max_bytes: usize,
+) {
+    let end = std::time::Instant::now() + limit;
+    let mut drained = 0;
+    while drained < max_bytes && buf.capacity() > 0 {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        buf.clear();
+        match fill(s, buf, left).await {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
+
 /// Like `fill` on an idle socket, but gives up after `grace` without losing data: the read is
 /// cancelled and awaited, so bytes that raced the cancel are returned as a normal read. Gives an
 /// error that `is_idle` recognizes when nothing came. `canceller` must not have been cancelled.

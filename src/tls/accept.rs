@@ -105,17 +105,5 @@ async fn plain_http_answer(mut stream: TcpStream) {
         return;
     }
     let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
-    let end = Instant::now() + WAIT;
-    let mut drained = 0;
-    while drained < 64 * 1024 {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        buf.clear();
-        match io::fill(&mut stream, &mut buf, left).await {
-            Ok(n) if n > 0 => drained += n,
-            _ => break,
-        }
-    }
+    io::discard(&mut stream, &mut buf, WAIT, 64 * 1024).await;
 }

@@ -126,20 +126,7 @@ pub async fn serve(
     }
     let _ = stream.shutdown().await;
     // Lingering close: read and discard what the client still sends, briefly.
-    let end = Instant::now() + LINGER;
-    let mut drained = 0;
-    buf.clear();
-    while drained < LINGER_BYTES && buf.capacity() > 0 {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        buf.clear();
-        match io::fill(&mut stream, &mut buf, left).await {
-            Ok(n) if n > 0 => drained += n,
-            _ => break,
-        }
-    }
+    io::discard(&mut stream, &mut buf, LINGER, LINGER_BYTES).await;
 }
 
 fn redirect(out: &mut Vec<u8>, status: u16, location: &[u8]) {
