@@ -231,6 +231,8 @@ struct Conn<S> {
     upstream_fault: bool,
     /// The status of the current attempt's response head (0 until one arrived).
     upstream_status: u16,
+    /// The flat target of an upgraded connection: counted `active` until its tunnel ends.
+    tunnel_target: Option<usize>,
 }
 
 /// A connection's place in its shard. Dropping it keeps `Shard::active` and the idle registry
@@ -350,6 +352,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         log_on: false,
         timed: true,
         upstream_addr: None,
+        tunnel_target: None,
         first_byte: None,
         status: 0,
         bytes_in: 0,
@@ -387,6 +390,9 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                 let idle = conn.snap.config.server.timeouts.upstream_read;
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
                 let relayed = tunnel::run(conn.client, upstream, pending, idle).await;
+                if let Some(flat) = conn.tunnel_target.take() {
+                    conn.snap.metrics.upstream_released(flat);
+                }
                 if let Some((staged, consumer)) = tunnel_log {
                     conn.t.end = Instant::now();
                     conn.bytes_in += relayed.to_upstream;
@@ -783,7 +789,12 @@ impl<S: ClientIo> Conn<S> {
             let outcome = self
                 .exchange(shard, p, route, svc, upstream, target, reused)
                 .await;
-            snap.metrics.upstream_released(flat);
+            if matches!(outcome, Exchange::Done(Next::Upgrade(_))) {
+                // In use until the tunnel ends (`serve` releases it).
+                self.tunnel_target = Some(flat);
+            } else {
+                snap.metrics.upstream_released(flat);
+            }
             // Passive health: a failure on the upstream's side counts against the target, an answer
             // (unless its status is configured as a failure) for it. A stale pooled connection
             // (retried), a response cut mid-body and a client that went away count for neither.

@@ -284,3 +284,51 @@ fn a_tunnel_silent_both_ways_closes_after_the_idle_timeout() {
     );
     up.join().expect("upstream thread");
 }
+
+/// `ringgate_upstream_connections{…,state="active"}` of the one target, once it equals `want` (or
+/// after 3 s, the last value seen).
+fn active_upstream(gw: &Gateway, want: u64) -> Option<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = send_raw(
+            gw.admin_addr(),
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
+        );
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        let v = body
+            .lines()
+            .find(|l| {
+                l.starts_with("ringgate_upstream_connections{") && l.contains("state=\"active\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.trim().parse().ok());
+        if v == Some(want) || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_open_tunnel_counts_as_an_active_upstream_connection() {
+    let up = Upstream::start(Behaviour::WebSocketEcho);
+    let gw = Gateway::start(&basic_config(
+        &up,
+        "\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nflush_interval = \"100ms\"",
+        "",
+    ));
+    let (mut s, head) = handshake(&gw);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws::read_frame(&mut s).expect("greeting");
+    assert_eq!(
+        active_upstream(&gw, 1),
+        Some(1),
+        "the tunnel holds its upstream connection"
+    );
+    drop(s);
+    assert_eq!(
+        active_upstream(&gw, 0),
+        Some(0),
+        "released when the tunnel ended"
+    );
+}

@@ -678,7 +678,7 @@ impl Aggregate {
         header(
             out,
             POOL,
-            "Upstream connections per target: idle in the pools, or active (in use by a request).",
+            "Upstream connections per target: idle in the pools, or active (in use by a request or an open tunnel).",
             "gauge",
         );
         for (i, t) in self.targets.iter().enumerate() {
