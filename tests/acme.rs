@@ -509,3 +509,58 @@ fn a_reload_that_adds_a_name_orders_a_certificate_covering_it_without_dropping_t
         assert_eq!((code, status.as_str()), (0, "200"), "{name}: {body}");
     }
 }
+
+#[test]
+fn a_ca_that_requires_external_account_binding_gets_it() {
+    // ZeroSSL and Google Trust Services hand out a key id and an HMAC key per account.
+    let (kid, key) = (
+        "kid-1",
+        "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+    );
+    let up = Upstream::echo("app");
+    let (http, tls) = (free_port(), free_port());
+    let ca = Pebble::start_with(http, tls, Some((kid, key)));
+    let listen = format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}");
+    // Without the binding, the CA refuses the account, and the gateway says why.
+    let storage = Dir::new();
+    let cfg = config(
+        &listen,
+        &ca.directory(),
+        &ca.ca_file(),
+        &storage.0,
+        "",
+        &["eab.ringgate.test"],
+        &up,
+    );
+    let gw = Gateway::start(&cfg);
+    assert!(
+        gw.wait_log("acme order failed", Duration::from_secs(10)),
+        "{:?}",
+        gw.logs()
+    );
+    let st = acme_status(&gw, "eab.ringgate.test");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("creating an ACME account")),
+        "{st}"
+    );
+    drop(gw);
+    // With it, the certificate is issued.
+    let storage = Dir::new();
+    let extra = format!("eab_kid = \"{kid}\"\neab_hmac_key = \"{key}\"");
+    let cfg = config(
+        &listen,
+        &ca.directory(),
+        &ca.ca_file(),
+        &storage.0,
+        &extra,
+        &["eab.ringgate.test"],
+        &up,
+    );
+    let gw = Gateway::start(&cfg);
+    wait_issued(&gw, &ca);
+    let root = ca.issuing_root();
+    let (code, status, body) = curl("eab.ringgate.test", tls, "/", &root);
+    assert_eq!((code, status.as_str()), (0, "200"), "{body}");
+}

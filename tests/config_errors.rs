@@ -1228,3 +1228,24 @@ fn acme_names_and_storage_must_be_fit_for_a_public_ca() {
     ));
     expect_one(&text, 19, 11, "acme.storage", "writable by other users");
 }
+
+#[test]
+fn external_account_binding_takes_both_halves_and_base64url() {
+    let text = format!("{BASE}\n{}", acme_table("eab_kid = \"kid-1\"\n"));
+    expect_one(&text, 20, 11, "acme.eab_kid", "needs `eab_hmac_key` too");
+    let text = format!(
+        "{BASE}\n{}",
+        acme_table("eab_kid = \"kid-1\"\neab_hmac_key = \"not base64!\"\n")
+    );
+    expect_one(&text, 21, 16, "acme.eab_hmac_key", "is not base64url");
+    let text = format!(
+        "{BASE}\n{}",
+        acme_table("eab_kid = \"kid-1\"\neab_hmac_key = \"zWNDZM6eQGHWpSRTPal5eIUY\"\n")
+    );
+    let cfg = load_str(&text, "test.toml").expect("valid");
+    let shown = format!("{:?}", cfg.acme);
+    assert!(
+        shown.contains("<redacted>") && !shown.contains("zWNDZM6e"),
+        "{shown}"
+    );
+}

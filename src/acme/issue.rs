@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
@@ -51,6 +51,10 @@ pub async fn account(def: &AcmeDef) -> Result<Account, String> {
         }
     }
     let contact: Vec<&str> = def.contact.iter().map(String::as_str).collect();
+    let eab = def
+        .eab
+        .as_ref()
+        .map(|e| ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
     let (account, creds) = builder
         .create(
             &NewAccount {
@@ -59,7 +63,7 @@ pub async fn account(def: &AcmeDef) -> Result<Account, String> {
                 only_return_existing: false,
             },
             def.directory.clone(),
-            None,
+            eab.as_ref(),
         )
         .await
         .map_err(|e| format!("creating an ACME account at {}: {e}", def.directory))?;

@@ -538,6 +538,7 @@ mod tests {
             ca_file: None,
             challenge: AcmeChallenge::Http01,
             renew_before,
+            eab: None,
         }
     }
 

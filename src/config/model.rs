@@ -318,6 +318,24 @@ pub struct AcmeDef {
     pub challenge: AcmeChallenge,
     /// Renew when less than this is left; `None` = when a third of the certificate's lifetime is left.
     pub renew_before: Option<Duration>,
+    /// External Account Binding: the key id and the decoded HMAC key.
+    pub eab: Option<Eab>,
+}
+
+/// An External Account Binding key (RFC 8555 §7.3.4). Never in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"<redacted>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

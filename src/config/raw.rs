@@ -165,6 +165,10 @@ pub struct RawAcme {
     pub challenge: Option<String>,
     /// Renew this many days before expiry (default: when a third of the lifetime is left).
     pub renew_before_days: Option<Int>,
+    /// External Account Binding (RFC 8555 §7.3.4), for CAs that require it (ZeroSSL, Google
+    /// Trust Services): the key id and the base64url HMAC key the CA gave out. Both or neither.
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<String>,
 }
 
 /// One `listen` entry: `"ip:port"` (plain HTTP) or a table with options.

@@ -48,6 +48,12 @@ impl Pebble {
     /// Starts the DNS server and the CA. The CA validates HTTP-01 on `http_port` and TLS-ALPN-01
     /// on `tls_port` (where the gateway will listen).
     pub fn start(http_port: u16, tls_port: u16) -> Pebble {
+        Pebble::start_with(http_port, tls_port, None)
+    }
+
+    /// Like `start`; with `eab` = (key id, base64url HMAC key), the CA requires External Account
+    /// Binding with that key.
+    pub fn start_with(http_port: u16, tls_port: u16, eab: Option<(&str, &str)>) -> Pebble {
         Pebble::require();
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -98,8 +104,14 @@ impl Pebble {
             .expect("spawn pebble-challtestsrv");
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let eab_json = match eab {
+            Some((kid, key)) => format!(
+                r#""externalAccountBindingRequired":true,"externalAccountMACKeys":{{"{kid}":"{key}"}}"#
+            ),
+            None => r#""externalAccountBindingRequired":false"#.to_owned(),
+        };
         let config = format!(
-            r#"{{"pebble":{{"listenAddress":"{listen}","managementListenAddress":"{management}","certificate":"{}","privateKey":"{}","httpPort":{http_port},"tlsPort":{tls_port},"ocspResponderURL":"","externalAccountBindingRequired":false}}}}"#,
+            r#"{{"pebble":{{"listenAddress":"{listen}","managementListenAddress":"{management}","certificate":"{}","privateKey":"{}","httpPort":{http_port},"tlsPort":{tls_port},"ocspResponderURL":"",{eab_json}}}}}"#,
             dir.join("cert.pem").display(),
             dir.join("key.pem").display(),
         );

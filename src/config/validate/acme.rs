@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::push;
 use crate::config::locate::{KeyPath, Problem};
-use crate::config::model::{AcmeChallenge, AcmeDef, ListenDef, ListenKind};
+use crate::config::model::{AcmeChallenge, AcmeDef, Eab, ListenDef, ListenKind};
 use crate::config::raw::{Int, RawAcme};
 
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -115,6 +115,50 @@ pub fn compile(
         }
         Duration::from_secs(u64::try_from(days.clamp(1, 365)).unwrap_or(30) * 86_400)
     });
+    let eab = match (&raw.eab_kid, &raw.eab_hmac_key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key.trim_end_matches('='))
+                .ok()
+                .filter(|k| !k.is_empty());
+            match (kid.is_empty(), decoded) {
+                (false, Some(hmac_key)) => Some(Eab {
+                    kid: kid.clone(),
+                    hmac_key,
+                }),
+                (true, _) => {
+                    push(problems, p.key("eab_kid"), "must not be empty");
+                    None
+                }
+                (false, None) => {
+                    push(
+                        problems,
+                        p.key("eab_hmac_key"),
+                        "is not base64url (the HMAC key as the CA gives it out, e.g. \"zWNDZM6eQGHW…\")",
+                    );
+                    None
+                }
+            }
+        }
+        (Some(_), None) => {
+            push(
+                problems,
+                p.key("eab_kid"),
+                "needs `eab_hmac_key` too: External Account Binding takes the key id and its HMAC key",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            push(
+                problems,
+                p.key("eab_hmac_key"),
+                "needs `eab_kid` too: External Account Binding takes the key id and its HMAC key",
+            );
+            None
+        }
+    };
     if problems.len() > before {
         return None;
     }
@@ -125,6 +169,7 @@ pub fn compile(
         ca_file,
         challenge,
         renew_before,
+        eab,
     })
 }
 
