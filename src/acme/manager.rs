@@ -4,15 +4,16 @@
 //! Schedule, per certificate (keyed by its first name):
 //! - at start (and when a reload adds it) the stored copy is loaded, if it covers the names and has
 //!   not expired, and served at once;
-//! - it is ordered when there is none, when it does not cover every configured name, or once its
-//!   renewal time has come (`Issued::renew_at`);
+//! - it is ordered when there is none, when it does not cover every configured name, when another
+//!   CA directory issued it, or once its renewal time has come (`Issued::renew_at`);
 //! - a failed order is retried after 1 minute, doubling up to 6 hours (Let's Encrypt allows 5
-//!   failed validations per name and hour); the certificate in service, if any, stays in service
-//!   until it expires.
+//!   failed validations per name and hour); a reload that changes `[acme]` clears that; the
+//!   certificate in service, if any, stays in service until it expires.
 //!
 //! Orders run one at a time, each on a single-threaded tokio runtime made for it and dropped after
-//! it (with every connection to the CA), bounded by `ORDER_TIMEOUT`. Workers never wait for any of it: they read the store. Reloads send the new
-//! `[acme]` and certificate list over a channel; state of certificates that stay is kept.
+//! it (with every connection to the CA), bounded by `ORDER_TIMEOUT`. Workers never wait for any of
+//! it: they read the store. Reloads send the new `[acme]` and certificate list over a channel;
+//! the state of certificates that stay is kept.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,8 @@
 //! `AcmeStore`: what the ACME manager thread hands to the workers, read without locks.
 //!
-//! Three maps, each replaced whole by the manager (the only writer) and read with one `ArcSwap`
-//! load by workers:
+//! Three maps, each replaced whole by a writer (the manager thread; a reload putting stored
+//! certificates in service) through `ArcSwap::rcu`, so concurrent writers never lose an update,
+//! and read with one `ArcSwap` load by workers:
 //! - issued certificates by SNI name (every name of an `acme = true` entry maps to its key), read by
 //!   the TLS certificate resolver once per handshake;
 //! - HTTP-01 key authorizations by token, read only for requests under
@@ -58,7 +59,7 @@ impl AcmeStore {
         self.alpn.load().get(name).cloned()
     }
 
-    /// Serves `key` for every name in `names` from now on (manager thread only).
+    /// Serves `key` for every name in `names` from now on.
     pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
         self.certs.rcu(|m| {
             let mut m = Keys::clone(m);
@@ -69,7 +70,7 @@ impl AcmeStore {
         });
     }
 
-    /// Drops the certificates of names no longer configured (manager thread only).
+    /// Drops the certificates of names no longer configured.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.certs.rcu(|m| {
             let mut m = Keys::clone(m);
