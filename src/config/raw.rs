@@ -168,7 +168,18 @@ pub struct RawAcme {
     /// External Account Binding (RFC 8555 §7.3.4), for CAs that require it (ZeroSSL, Google
     /// Trust Services): the key id and the base64url HMAC key the CA gave out. Both or neither.
     pub eab_kid: Option<String>,
-    pub eab_hmac_key: Option<String>,
+    pub eab_hmac_key: Option<RawSecret>,
+}
+
+/// A secret as written in the file; never in `Debug` output.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct RawSecret(pub String);
+
+impl fmt::Debug for RawSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// One `listen` entry: `"ip:port"` (plain HTTP) or a table with options.

@@ -92,13 +92,15 @@ struct Check {
     /// Consecutive probes against the current verdict.
     streak: u32,
     next: Instant,
-    /// A probe of it is on a pool thread.
-    in_flight: bool,
+    /// The probe of it on a pool thread, by job number: a verdict of any other job (one sent
+    /// before a reload changed its settings, or for a target removed and added back) is stale.
+    in_flight: Option<u64>,
 }
 
 /// One probe to run on a pool thread: what it needs, copied out of its `Check`.
 struct Job {
     key: TargetKey,
+    seq: u64,
     addr: SocketAddr,
     host: String,
     path: String,
@@ -111,9 +113,10 @@ struct Job {
 type TlsProbe = (Arc<rustls::ClientConfig>, Option<ServerName<'static>>);
 
 impl Job {
-    fn of(key: &TargetKey, c: &Check) -> Job {
+    fn of(key: &TargetKey, seq: u64, c: &Check) -> Job {
         Job {
             key: key.clone(),
+            seq,
             addr: c.addr,
             host: c.host.clone(),
             path: c.def.path.clone(),
@@ -126,10 +129,10 @@ impl Job {
 type Verdict = Result<u16, String>;
 
 /// Runs probes until the scheduler goes away.
-fn probe_thread(jobs: Receiver<Job>, verdicts: Sender<(TargetKey, Verdict)>) {
+fn probe_thread(jobs: Receiver<Job>, verdicts: Sender<(TargetKey, u64, Verdict)>) {
     while let Ok(job) = jobs.recv() {
         let v = probe(&job);
-        if verdicts.send((job.key, v)).is_err() {
+        if verdicts.send((job.key, job.seq, v)).is_err() {
             return;
         }
     }
@@ -138,17 +141,21 @@ fn probe_thread(jobs: Receiver<Job>, verdicts: Sender<(TargetKey, Verdict)>) {
 fn run(configs: Receiver<Arc<Config>>, workers: Vec<Sender<HealthEvent>>) {
     let mut checks: HashMap<TargetKey, Check> = HashMap::new();
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
-    let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded::<(TargetKey, Verdict)>();
+    let (verdict_tx, verdict_rx) = crossbeam_channel::unbounded::<(TargetKey, u64, Verdict)>();
     let mut threads = 0;
+    let mut seq: u64 = 0;
+    // After a failed spawn (EAGAIN), the next try waits a minute (and logs again only then).
+    let mut spawn_again = Instant::now();
     loop {
         // More probe threads as checks need them (never more than PROBE_THREADS).
-        while threads < checks.len().min(PROBE_THREADS) {
+        while threads < checks.len().min(PROBE_THREADS) && Instant::now() >= spawn_again {
             let (jobs, verdicts) = (job_rx.clone(), verdict_tx.clone());
             let spawned = std::thread::Builder::new()
                 .name("ringgate-probe".to_owned())
                 .spawn(move || probe_thread(jobs, verdicts));
             if let Err(e) = spawned {
-                crate::error!("health probe thread spawn failed error=\"{e}\"");
+                crate::error!("health probe thread spawn failed threads={threads} error=\"{e}\"");
+                spawn_again = Instant::now() + Duration::from_secs(60);
                 break;
             }
             threads += 1;
@@ -157,21 +164,22 @@ fn run(configs: Receiver<Arc<Config>>, workers: Vec<Sender<HealthEvent>>) {
             // No thread to run them on: probe here, one after another, rather than never.
             for (key, check) in checks.iter_mut() {
                 if check.next <= Instant::now() {
-                    let v = probe(&Job::of(key, check));
+                    let v = probe(&Job::of(key, 0, check));
                     record(key, check, &v, &workers);
                 }
             }
         }
         let now = Instant::now();
         for (key, check) in checks.iter_mut() {
-            if !check.in_flight && check.next <= now && threads > 0 {
-                check.in_flight = true;
-                let _ = job_tx.send(Job::of(key, check));
+            if check.in_flight.is_none() && check.next <= now && threads > 0 {
+                seq += 1;
+                check.in_flight = Some(seq);
+                let _ = job_tx.send(Job::of(key, seq, check));
             }
         }
         let wait = checks
             .values()
-            .filter(|c| !c.in_flight)
+            .filter(|c| c.in_flight.is_none())
             .map(|c| c.next.saturating_duration_since(now))
             .min()
             .unwrap_or(IDLE_WAIT);
@@ -185,10 +193,10 @@ fn run(configs: Receiver<Arc<Config>>, workers: Vec<Sender<HealthEvent>>) {
                 Err(_) => return,
             },
             recv(verdict_rx) -> v => {
-                if let Ok((key, v)) = v {
-                    // A target a reload removed meanwhile: nothing to record.
-                    if let Some(check) = checks.get_mut(&key) {
-                        check.in_flight = false;
+                if let Ok((key, job, v)) = v {
+                    // Stale (a target a reload removed or re-configured meanwhile): not recorded.
+                    if let Some(check) = checks.get_mut(&key).filter(|c| c.in_flight == Some(job)) {
+                        check.in_flight = None;
                         record(&key, check, &v, &workers);
                     }
                 }
@@ -229,9 +237,11 @@ fn apply(checks: &mut HashMap<TargetKey, Check>, cfg: &Config, workers: &[Sender
             let check = match checks.remove(&key) {
                 Some(mut kept) => {
                     if kept.def != *def {
-                        // New settings: probe soon, keep the verdict.
+                        // New settings: probe soon (a probe in flight has the old ones: its
+                        // verdict will be ignored), keep the verdict.
                         kept.next = now;
                         kept.streak = 0;
+                        kept.in_flight = None;
                     }
                     Check {
                         def: def.clone(),
@@ -248,7 +258,7 @@ fn apply(checks: &mut HashMap<TargetKey, Check>, cfg: &Config, workers: &[Sender
                     healthy: true,
                     streak: 0,
                     next: now,
-                    in_flight: false,
+                    in_flight: None,
                 },
             };
             next.insert(key, check);
@@ -463,7 +473,7 @@ mod tests {
             healthy: true,
             streak: 0,
             next: Instant::now(),
-            in_flight: false,
+            in_flight: None,
         };
         let bad: Result<u16, String> = Ok(500);
         assert_eq!(judge(&mut c, &bad), None);

@@ -120,7 +120,7 @@ pub fn compile(
         (Some(kid), Some(key)) => {
             use base64::Engine as _;
             let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(key.trim_end_matches('='))
+                .decode(key.0.trim_end_matches('='))
                 .ok()
                 .filter(|k| !k.is_empty());
             match (kid.is_empty(), decoded) {
