@@ -455,7 +455,15 @@ impl<S: ClientIo> Conn<S> {
         self.first_byte = None;
         match self.read_head(shard).await {
             Ok(HeadRead::Complete) => {}
-            Ok(HeadRead::Closed) => return Next::Close,
+            Ok(HeadRead::Closed) => {
+                // Gone in the middle of a head: logged as nginx does, a 400 with nothing sent (a
+                // connection closed between requests, with no byte of a next one, is not).
+                if self.first_byte.is_some() && !self.buf.is_empty() && shard.access_log.on() {
+                    let waited = self.first_byte.map_or(Duration::ZERO, |t| t.elapsed());
+                    self.log_refused_head(shard, 400, self.buf.len() as u64, waited);
+                }
+                return Next::Close;
+            }
             Ok(HeadRead::Park(left)) => return Next::Park(left),
             Err(e) => {
                 // Taken before the answer: the lingering close reuses the buffer.

@@ -763,3 +763,37 @@ fn the_correlation_id_the_upstream_saw_is_in_the_line() {
         .get("correlation_id")
         .is_none());
 }
+
+#[test]
+fn a_client_gone_mid_head_is_logged_as_a_400_like_nginx_and_a_silent_one_is_not() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let path = dir.0.join("access.log");
+    let gw = Gateway::start(&config(&up, &log_table(&path)));
+    // Part of a request line, then gone; a whole line and part of the headers, then gone.
+    for partial in [&b"GET /open HT"[..], b"GET /open HTTP/1.1\r\nHost: x\r\n"] {
+        let mut c = Conn::connect(gw.addr());
+        c.send(partial).expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+        drop(c);
+    }
+    // Connected, sent nothing, gone (a TCP health check): no line, as in nginx.
+    drop(Conn::connect(gw.addr()));
+    // One complete request after them, so the lines before it are flushed too.
+    assert_eq!(get_path(&gw, "/open/after").status, 200);
+    wait_lines(&path, 3);
+    // Nothing more comes (the silent connection gets no line).
+    std::thread::sleep(Duration::from_millis(200));
+    let all = lines(&path);
+    assert_eq!(all.len(), 3, "two refused heads and the request: {all:#?}");
+    let gone: Vec<&Value> = all.iter().filter(|l| l["status"] == 400).collect();
+    assert_eq!(gone.len(), 2, "{all:#?}");
+    for l in gone {
+        assert_eq!(l["bytes_sent"], 0, "{l}");
+        assert!(
+            l["path"].is_null(),
+            "nothing of an unfinished head is trusted: {l}"
+        );
+        assert!(l["request_bytes"].as_u64().is_some_and(|n| n > 0), "{l}");
+    }
+}
