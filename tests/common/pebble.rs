@@ -12,12 +12,28 @@ use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
-/// A loopback port nobody listens on right now (bound, then released).
+/// A loopback port nobody listens on right now, for a server that must be told its port before
+/// it starts (the CA validates on the gateway's ports).
+///
+/// Not `bind(0)`: two tests running at once could each be handed the same released port, and two
+/// gateways binding it with SO_REUSEPORT would both succeed and split the connections. Ports come
+/// instead from a counter below the kernel's ephemeral range (32768 and up), from a base that
+/// differs per process, each checked free by binding it once.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOW: u64 = 20_000;
+    const SPAN: u64 = 12_000;
+    let base = u64::from(std::process::id()) * 97 % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let Ok(port) = u16::try_from(LOW + (base + n) % SPAN) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 pub struct Pebble {
