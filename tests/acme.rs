@@ -452,6 +452,19 @@ fn without_a_certificate_yet_handshakes_fail_cleanly_and_other_tokens_are_routed
         "{st}"
     );
     assert!(st["next_attempt"].is_string(), "{st}");
+    // A restart (a crash loop, say) does not order again at once: the backoff is kept.
+    drop(gw);
+    let gw = Gateway::start(&cfg);
+    assert!(
+        gw.log_contains("acme backoff from a previous run"),
+        "{:?}",
+        gw.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!gw.log_contains("acme order"), "{:?}", gw.logs());
+    let st = acme_status(&gw, "none.ringgate.test");
+    assert_eq!(st["failures"], 1, "{st}");
+    assert!(st["last_error"].is_string(), "{st}");
     let _ = std::fs::remove_file(&ca_file);
 }
 

@@ -5,6 +5,7 @@
 //! {storage}/certificates/{name}/fullchain.pem     leaf first, then the CA's chain
 //! {storage}/certificates/{name}/privkey.pem       PKCS#8 (mode 0600)
 //! {storage}/certificates/{name}/directory         the directory URL of the CA that issued it
+//! {storage}/certificates/{name}/backoff.json      after a failed order: when to try again
 //! ```
 //!
 //! `{name}` is the certificate's first SNI name. A new pair is written whole as `*.new` files (mode
@@ -189,6 +190,40 @@ pub fn save(
         std::fs::rename(dir.join(format!("{file}.new")), dir.join(file))?;
     }
     sync_dir(&dir)
+}
+
+/// The retry schedule after failed orders, kept across restarts: a gateway restarted in a loop
+/// must not order on every start (Let's Encrypt allows 5 failed validations per name and hour).
+/// It holds only for the same CA, challenge and names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Backoff {
+    pub directory: String,
+    pub challenge: String,
+    pub names: Vec<String>,
+    pub failures: u32,
+    /// Unix seconds.
+    pub retry_at: u64,
+    pub last_error: Option<String>,
+}
+
+fn backoff_file(storage: &Path, name: &str) -> PathBuf {
+    cert_dir(storage, name).join("backoff.json")
+}
+
+pub fn save_backoff(storage: &Path, name: &str, b: &Backoff) -> std::io::Result<()> {
+    let json = serde_json::to_vec(b).map_err(std::io::Error::other)?;
+    make_dir(&cert_dir(storage, name))?;
+    write_private(&backoff_file(storage, name), &json)
+}
+
+/// The stored schedule (`None`: none, or unreadable: then the certificate is ordered as usual).
+pub fn load_backoff(storage: &Path, name: &str) -> Option<Backoff> {
+    let bytes = std::fs::read(backoff_file(storage, name)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub fn clear_backoff(storage: &Path, name: &str) {
+    let _ = std::fs::remove_file(backoff_file(storage, name));
 }
 
 /// Creates `dir` and its parents, mode 0700 (they hold private keys).

@@ -7,7 +7,8 @@
 //! - it is ordered when there is none, when it does not cover every configured name, when another
 //!   CA directory issued it, or once its renewal time has come (`Issued::renew_at`);
 //! - a failed order is retried after 1 minute, doubling up to 6 hours (Let's Encrypt allows 5
-//!   failed validations per name and hour); a reload that changes `[acme]` clears that; the
+//!   failed validations per name and hour); the schedule is stored (`files::Backoff`), so a
+//!   restart resumes it instead of ordering at once; a reload that changes `[acme]` clears it; the
 //!   certificate in service, if any, stays in service until it expires.
 //!
 //! Orders run one at a time, each on a single-threaded tokio runtime made for it and dropped after
@@ -229,6 +230,18 @@ fn families(status: &[CertStatus]) -> Vec<Family> {
     vec![expiry, failing, orders]
 }
 
+fn challenge_name(c: AcmeChallenge) -> &'static str {
+    match c {
+        AcmeChallenge::Http01 => "http-01",
+        AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// How long to wait after the `failures`-th failed order in a row: 1 minute, doubling, at most 6 h.
 fn backoff(failures: u32) -> Duration {
     FIRST_RETRY
@@ -249,6 +262,32 @@ struct Managed {
 }
 
 impl Managed {
+    /// Takes over the retry schedule a previous run stored for this certificate, if it was for
+    /// the same CA, challenge and names and has not run out.
+    fn resume_backoff(&mut self, def: &AcmeDef, primary: &str) {
+        let Some(b) = files::load_backoff(&def.storage, primary) else {
+            return;
+        };
+        if b.directory != def.directory
+            || b.challenge != challenge_name(def.challenge)
+            || b.names != self.def.snis
+        {
+            return;
+        }
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(b.retry_at);
+        let Ok(left) = at.duration_since(SystemTime::now()) else {
+            return;
+        };
+        info!(
+            "acme backoff from a previous run certificate={primary} failures={} retry_in_s={}",
+            b.failures,
+            left.as_secs()
+        );
+        self.failures = b.failures;
+        self.retry_at = Some(at);
+        self.last_error = b.last_error;
+    }
+
     /// When this certificate should next be ordered.
     fn due_at(&self, def: &AcmeDef) -> SystemTime {
         let wanted = match &self.issued {
@@ -331,19 +370,28 @@ impl State {
                         // New names: order at once, whatever failed before.
                         m.retry_at = None;
                         m.failures = 0;
+                        if let Some(d) = &def {
+                            files::clear_backoff(&d.storage, &primary);
+                        }
                     }
                     m.def = c;
                     m
                 }
-                _ => Managed {
-                    def: c,
-                    issued: None,
-                    retry_at: None,
-                    failures: 0,
-                    last_error: None,
-                    orders_ok: 0,
-                    orders_failed: 0,
-                },
+                _ => {
+                    let mut m = Managed {
+                        def: c,
+                        issued: None,
+                        retry_at: None,
+                        failures: 0,
+                        last_error: None,
+                        orders_ok: 0,
+                        orders_failed: 0,
+                    };
+                    if let Some(d) = &def {
+                        m.resume_backoff(d, &primary);
+                    }
+                    m
+                }
             };
             if m.issued.is_none() {
                 if let Some(d) = &def {
@@ -405,6 +453,7 @@ impl State {
                 m.retry_at = None;
                 m.last_error = None;
                 m.orders_ok += 1;
+                files::clear_backoff(&def.storage, primary);
                 m.issued = Some(issued);
                 // A certificate that is already due again (a CA issuing shorter than
                 // `renew_before_days`) is not re-ordered in a loop: the next try waits like a retry.
@@ -418,6 +467,17 @@ impl State {
                 m.orders_failed += 1;
                 let delay = backoff(m.failures);
                 m.retry_at = Some(SystemTime::now() + delay);
+                let kept = files::Backoff {
+                    directory: def.directory.clone(),
+                    challenge: challenge_name(def.challenge).to_owned(),
+                    names: m.def.snis.clone(),
+                    failures: m.failures,
+                    retry_at: unix_secs(SystemTime::now() + delay),
+                    last_error: Some(e.clone()),
+                };
+                if let Err(io) = files::save_backoff(&def.storage, primary, &kept) {
+                    warn!("acme backoff not stored certificate={primary} error=\"{io}\"");
+                }
                 error!(
                     "acme order failed certificate={primary} failures={} retry_in_s={} error=\"{}\"",
                     m.failures,
@@ -615,6 +675,53 @@ mod tests {
         let later = SystemTime::now() + backoff(1);
         m.retry_at = Some(later);
         assert_eq!(m.due_at(&def(CA, None)), later);
+    }
+
+    #[test]
+    fn a_stored_backoff_is_resumed_only_for_the_same_ca_challenge_and_names() {
+        let storage = std::env::temp_dir().join(format!("ringgate-backoff-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&storage);
+        let mut d = def(CA, None);
+        d.storage = storage.clone();
+        let b = files::Backoff {
+            directory: CA.to_owned(),
+            challenge: "http-01".to_owned(),
+            names: vec!["a.test".to_owned()],
+            failures: 3,
+            retry_at: unix_secs(SystemTime::now() + Duration::from_secs(600)),
+            last_error: Some("validation failed".to_owned()),
+        };
+        files::save_backoff(&storage, "a.test", &b).expect("save");
+        let fresh = |names: &[&str]| {
+            let mut m = managed(names, DAY, 90 * DAY, CA);
+            m.issued = None;
+            m
+        };
+        let mut m = fresh(&["a.test"]);
+        m.resume_backoff(&d, "a.test");
+        assert_eq!(
+            (m.failures, m.last_error.as_deref()),
+            (3, Some("validation failed"))
+        );
+        assert!(m.due_at(&d) > SystemTime::now() + Duration::from_secs(590));
+        // Another CA, another challenge or other names: ordered as usual.
+        for (directory, challenge, names) in [
+            (
+                "https://other.test/dir",
+                AcmeChallenge::Http01,
+                &["a.test"][..],
+            ),
+            (CA, AcmeChallenge::TlsAlpn01, &["a.test"][..]),
+            (CA, AcmeChallenge::Http01, &["a.test", "b.test"][..]),
+        ] {
+            let mut d2 = d.clone();
+            d2.directory = directory.to_owned();
+            d2.challenge = challenge;
+            let mut m = fresh(names);
+            m.resume_backoff(&d2, "a.test");
+            assert_eq!(m.failures, 0, "{directory} {challenge:?} {names:?}");
+        }
+        let _ = std::fs::remove_dir_all(&storage);
     }
 
     #[test]
