@@ -1305,13 +1305,8 @@ fn upstream_failed(shard: &Shard, snap: &Snapshot, u: usize, t: usize) {
     let Some(ups) = snap.config.upstreams.get(u) else {
         return;
     };
-    let Some(tdef) = ups.targets.get(t) else {
+    let Some(who) = who(shard, ups, t) else {
         return;
-    };
-    let who = Who {
-        upstream: &ups.name,
-        target: &tdef.name,
-        worker: shard.worker(),
     };
     let slot = snap.health_slot(u, t);
     if let Some(ejection) = shard
@@ -1336,15 +1331,19 @@ fn upstream_answered(shard: &Shard, snap: &Snapshot, u: usize, t: usize, status:
         upstream_failed(shard, snap, u, t);
         return;
     }
-    let Some(tdef) = ups.targets.get(t) else {
+    let Some(who) = who(shard, ups, t) else {
         return;
     };
-    let who = Who {
-        upstream: &ups.name,
-        target: &tdef.name,
-        worker: shard.worker(),
-    };
     shard.health.success(snap.health_slot(u, t), who);
+}
+
+/// Target `t` of `ups`, named for health log lines.
+fn who<'a>(shard: &Shard, ups: &'a crate::config::model::UpstreamDef, t: usize) -> Option<Who<'a>> {
+    Some(Who {
+        upstream: &ups.name,
+        target: &ups.targets.get(t)?.name,
+        worker: shard.worker(),
+    })
 }
 
 enum ConnectError {

@@ -134,18 +134,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<(usize, u64)>();
     let mut reload_txs = Vec::with_capacity(workers);
     // Each worker's health channel: the prober's verdicts and the other workers' ejections.
-    let (health_txs, mut health_rxs): (Vec<_>, Vec<_>) =
+    let (health_txs, health_rxs): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
-    for (index, listeners) in listeners.into_iter().enumerate() {
+    for ((index, listeners), health_rx) in listeners.into_iter().enumerate().zip(health_rxs) {
         let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
         reload_txs.push(reload_tx);
-        let Some(health_rx) = health_rxs
-            .get_mut(index)
-            .map(|rx| std::mem::replace(rx, crossbeam_channel::never()))
-        else {
-            error!("worker setup failed worker={index}");
-            return 1;
-        };
         let health_peers = health_txs
             .iter()
             .enumerate()

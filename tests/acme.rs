@@ -91,6 +91,11 @@ strip_path = false
     )
 }
 
+/// `listen` entries: plain HTTP on `http`, TLS on `tls` (both on 127.0.0.1).
+fn plain_and_tls(http: u16, tls: u16) -> String {
+    format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}")
+}
+
 /// `curl https://{name}:{port}{path}` to 127.0.0.1, verifying against `root`; (exit code, HTTP
 /// status, body).
 fn curl(name: &str, port: u16, path: &str, root: &Path) -> (i32, String, String) {
@@ -341,7 +346,7 @@ fn stored_certificate_is_replaced(
         std::fs::write(dir.join("directory"), format!("{d}\n")).expect("directory");
     }
 
-    let listen = format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}");
+    let listen = plain_and_tls(http, tls);
     let cfg = config(
         &listen,
         &ca.directory(),
@@ -405,7 +410,7 @@ fn without_a_certificate_yet_handshakes_fail_cleanly_and_other_tokens_are_routed
     // Any PEM certificate will do: the CA is never reached.
     let throwaway = rcgen::generate_simple_self_signed(vec!["x.test".to_owned()]).expect("cert");
     std::fs::write(&ca_file, throwaway.cert.pem()).expect("ca file");
-    let listen = format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}");
+    let listen = plain_and_tls(http, tls);
     let cfg = config(
         &listen,
         &format!("https://127.0.0.1:{}/dir", free_port()),
@@ -474,7 +479,7 @@ fn a_reload_that_adds_a_name_orders_a_certificate_covering_it_without_dropping_t
     let (http, tls) = (free_port(), free_port());
     let ca = Pebble::start(http, tls);
     let storage = Dir::new();
-    let listen = format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}");
+    let listen = plain_and_tls(http, tls);
     let one = ["a.ringgate.test"];
     let two = ["a.ringgate.test", "b.ringgate.test"];
     let cfg = |names: &[&str]| {
@@ -533,7 +538,7 @@ fn a_ca_that_requires_external_account_binding_gets_it() {
     let up = Upstream::echo("app");
     let (http, tls) = (free_port(), free_port());
     let ca = Pebble::start_with(http, tls, Some((kid, key)));
-    let listen = format!("\"127.0.0.1:{http}\", {{ addr = \"127.0.0.1:{tls}\", tls = true }}");
+    let listen = plain_and_tls(http, tls);
     // Without the binding, the CA refuses the account, and the gateway says why.
     let storage = Dir::new();
     let cfg = config(

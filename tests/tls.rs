@@ -1221,9 +1221,18 @@ fn rotated_certificate_is_served_after_reload_without_dropping_connections() {
     assert_eq!(get(&mut old, "api.test", "/after").status, 200);
 }
 
+/// One GET to api.test over a new connection with `cfg` (whose session cache it shares with the
+/// other visits); how the handshake went.
+fn visit(addr: SocketAddr, cfg: &Arc<ClientConfig>, path: &str) -> Option<rustls::HandshakeKind> {
+    let mut tls = connect(addr, "api.test", cfg.clone()).expect("handshake");
+    // The response read also reads the tickets the server sent after the handshake.
+    assert_eq!(get(&mut tls, "api.test", path).status, 200);
+    tls.conn.handshake_kind()
+}
+
 #[test]
 fn sessions_resume_across_a_reload() {
-    // One ticket key per process: a reload (new certificates, new routes) must not turn every
+    // One ticket key per process: a reload (new routes, the same certificates) must not turn every
     // returning client's resumption into a full handshake.
     let pki = Pki::new();
     let up = Upstream::echo("up");
@@ -1231,12 +1240,7 @@ fn sessions_resume_across_a_reload() {
     let addr = gw.addrs()[0];
     // One client config = one session cache, like a browser.
     let cfg = default_client(&pki);
-    let visit = |path: &str| {
-        let mut tls = connect(addr, "api.test", cfg.clone()).expect("handshake");
-        // The response read also reads the tickets the server sent after the handshake.
-        assert_eq!(get(&mut tls, "api.test", path).status, 200);
-        tls.conn.handshake_kind()
-    };
+    let visit = |path: &str| visit(addr, &cfg, path);
     assert_eq!(visit("/first"), Some(rustls::HandshakeKind::Full));
     assert_eq!(visit("/second"), Some(rustls::HandshakeKind::Resumed));
     gw.reload_to(2);
@@ -1256,11 +1260,7 @@ fn a_reload_that_replaces_a_certificate_ends_resumption() {
     let gw = Gateway::start(&tls_config(&pki, &up, ""));
     let addr = gw.addrs()[0];
     let cfg = any_cert_client(true);
-    let visit = |path: &str| {
-        let mut tls = connect(addr, "api.test", cfg.clone()).expect("handshake");
-        assert_eq!(get(&mut tls, "api.test", path).status, 200);
-        tls.conn.handshake_kind()
-    };
+    let visit = |path: &str| visit(addr, &cfg, path);
     assert_eq!(visit("/first"), Some(rustls::HandshakeKind::Full));
     assert_eq!(visit("/second"), Some(rustls::HandshakeKind::Resumed));
     std::fs::copy(pki.path("other.pem"), pki.path("api.pem")).expect("rotate cert");
