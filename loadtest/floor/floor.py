@@ -7,6 +7,7 @@ is kernel work (TCP on loopback, wakeups, syscalls or io_uring) that any proxy p
 as a fraction of nginx's shows how far below nginx a real proxy can go on this machine.
 
 Usage: python3 loadtest/floor/floor.py   (env: ROUNDS=5 DURATION=6 POINTS=small:64,small:256,16k:64,
+       RELAYS=relay_epoll,relay_uring,relay_splice (relay_splice: relay_epoll with splice(2), zero-copy),
        UPSTREAM_SPLIT=1 for an upstream that sends head and body apart, as run.sh documents;
        MODE=latency: oha at run.sh's fixed rate on the first point's size, added p50/p99 over direct)
 Builds the relays with gcc (relay_uring needs liburing-dev), pins like run.sh: load and upstream on
@@ -21,15 +22,20 @@ import bench as B  # noqa: E402
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DUR = float(os.environ.get("DURATION", "6"))
 MODE = os.environ.get("MODE", "cpu")  # cpu: wrk, CPU per request; latency: oha, added latency
+RELAYS = os.environ.get("RELAYS", "relay_epoll,relay_uring").split(",")  # relay_splice: zero-copy
 POINTS = [(p.split(":")[0], int(p.split(":")[1]))
           for p in os.environ.get("POINTS", "small:64,small:256,16k:64").split(",")]
 
 
 def build(run_dir):
     bins = {}
-    for name, libs in (("relay_epoll", []), ("relay_uring", ["-luring"])):
+    relays = (("relay_epoll", "relay_epoll", []), ("relay_uring", "relay_uring", ["-luring"]),
+              ("relay_splice", "relay_epoll", ["-DSPLICE"]))
+    for name, src, flags in relays:
+        if name not in RELAYS:
+            continue
         out = os.path.join(run_dir, name)
-        r = subprocess.run(["gcc", "-O2", "-Wall", "-o", out, os.path.join(HERE, name + ".c")] + libs,
+        r = subprocess.run(["gcc", "-O2", "-Wall", "-o", out, os.path.join(HERE, src + ".c")] + flags,
                            capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"building {name} failed (relay_uring needs liburing-dev):\n{r.stderr}")
