@@ -9,6 +9,9 @@
 //! Runs a fixed seed (reproducible) and one taken from the clock (new coverage every run); both
 //! are printed so a failure can be replayed with `PARSER_FUZZ_SEED=<n>`.
 
+mod common;
+
+use common::mutate::{mutate, seeds};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringgate::http::chunked::{Chunk, ChunkedDecoder};
@@ -64,88 +67,6 @@ const CHUNKED: &[&[u8]] = &[
     b"000a\r\n0123456789\r\n0;end\r\n\r\n",
     b"1\r\nx\r\n1\r\ny\r\n1\r\nz\r\n0\r\n\r\n",
 ];
-
-/// Byte strings that matter to framing, spliced in by the mutator.
-const SPLICES: &[&[u8]] = &[
-    b"\r\n",
-    b"\n",
-    b"\r",
-    b":",
-    b" ",
-    b"\t",
-    b",",
-    b";",
-    b"=",
-    b"\"",
-    b"0",
-    b"5",
-    b"9",
-    b"f",
-    b"+",
-    b"-",
-    b"\x00",
-    b"\x7f",
-    b"\xff",
-    b"\r\n\r\n",
-    b"chunked",
-    b"Content-Length: 3\r\n",
-    b"Transfer-Encoding: chunked\r\n",
-    b"Host: x\r\n",
-    b"Connection: close\r\n",
-    b" HTTP/1.1\r\n",
-];
-
-fn seeds() -> Vec<u64> {
-    let clock = std::env::var("PARSER_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    vec![0x5EED_CAFE, clock]
-}
-
-fn mutate(rng: &mut StdRng, seeds: &[&[u8]]) -> Vec<u8> {
-    let seed = seeds[rng.gen_range(0..seeds.len())];
-    // Now and then, pure noise.
-    if rng.gen_ratio(1, 20) {
-        let len = rng.gen_range(0..300);
-        return (0..len).map(|_| rng.gen()).collect();
-    }
-    let mut v = seed.to_vec();
-    for _ in 0..rng.gen_range(1..=3) {
-        let pos = rng.gen_range(0..=v.len());
-        match rng.gen_range(0..8) {
-            0 if !v.is_empty() => {
-                let i = pos.min(v.len() - 1);
-                v[i] ^= 1 << rng.gen_range(0..8);
-            }
-            1 => v.insert(pos, rng.gen()),
-            2 if pos < v.len() => {
-                v.remove(pos);
-            }
-            3 | 4 => {
-                let s = SPLICES[rng.gen_range(0..SPLICES.len())];
-                v.splice(pos..pos, s.iter().copied());
-            }
-            5 if pos < v.len() => {
-                // Overwrite a byte with a splice's first byte (replaces rather than shifts).
-                let s = SPLICES[rng.gen_range(0..SPLICES.len())];
-                v[pos] = s[0];
-            }
-            6 => {
-                // Duplicate a short range (repeated headers, repeated digits).
-                let end = (pos + rng.gen_range(0..24)).min(v.len());
-                let dup: Vec<u8> = v[pos..end].to_vec();
-                v.splice(end..end, dup);
-            }
-            _ => v.truncate(pos),
-        }
-    }
-    v
-}
 
 fn span_ok(sp: Span, limit: usize) -> bool {
     sp.start <= sp.end && sp.end as usize <= limit
@@ -324,7 +245,7 @@ fn valid_chunked_seeds_decode_the_same_at_every_split() {
 fn mutated_heads_and_bodies_never_panic() {
     let started = std::time::Instant::now();
     let mut stats = [Tally::default(); 3];
-    for seed in seeds() {
+    for seed in seeds("PARSER_FUZZ_SEED") {
         println!("parser_fuzz seed: {seed} (replay with PARSER_FUZZ_SEED={seed})");
         let mut rng = StdRng::seed_from_u64(seed);
         let mut req = RequestHead::default();

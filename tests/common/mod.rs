@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod mutate;
 pub mod pebble;
 pub mod redis;
 pub mod upstream;
