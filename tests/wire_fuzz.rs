@@ -412,35 +412,25 @@ strip_path = false
         ));
         let addr = gw.addr();
         let started = Instant::now();
-        // Per thread: (statuses, problems, tokens sent, (own token, foreign tokens seen) per response).
-        let results: Vec<(Vec<u16>, Vec<String>, Vec<String>, Vec<(String, String)>)> =
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..THREADS)
-                    .map(|i| {
-                        s.spawn(move || {
-                            let mut rng = StdRng::seed_from_u64(seed ^ (0xC0FFEE + i as u64));
-                            let (mut statuses, mut problems, mut sent, mut bodies) =
-                                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                            for _ in 0..UPSTREAM_CONNS / THREADS {
-                                run_upstream_conn(
-                                    addr,
-                                    &mut rng,
-                                    &mut statuses,
-                                    &mut problems,
-                                    &mut sent,
-                                    &mut bodies,
-                                );
-                            }
-                            (statuses, problems, sent, bodies)
-                        })
+        let results: Vec<Seen> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|i| {
+                    s.spawn(move || {
+                        let mut rng = StdRng::seed_from_u64(seed ^ (0xC0FFEE + i as u64));
+                        let mut seen = Seen::default();
+                        for _ in 0..UPSTREAM_CONNS / THREADS {
+                            run_upstream_conn(addr, &mut rng, &mut seen);
+                        }
+                        seen
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_default())
-                    .collect()
-            });
-        let problems: Vec<&String> = results.iter().flat_map(|r| &r.1).collect();
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        let problems: Vec<&String> = results.iter().flat_map(|r| &r.problems).collect();
         assert!(
             problems.is_empty(),
             "seed {seed}: {} problems: {:#?}",
@@ -448,7 +438,7 @@ strip_path = false
             &problems[..problems.len().min(5)]
         );
         let mut by_status: HashMap<u16, usize> = HashMap::new();
-        for s in results.iter().flat_map(|r| &r.0) {
+        for s in results.iter().flat_map(|r| &r.statuses) {
             *by_status.entry(*s).or_default() += 1;
         }
         println!(
@@ -462,9 +452,9 @@ strip_path = false
         // No response carries another request's token.
         let all: HashSet<&str> = results
             .iter()
-            .flat_map(|r| r.2.iter().map(String::as_str))
+            .flat_map(|r| r.sent.iter().map(String::as_str))
             .collect();
-        for (own, text) in results.iter().flat_map(|r| &r.3) {
+        for (own, text) in results.iter().flat_map(|r| &r.texts) {
             for i in 0..text.len().saturating_sub(9) {
                 if let Some(t) = text.get(i..i + 10) {
                     assert!(
@@ -491,15 +481,25 @@ strip_path = false
 /// Connections per seed in the upstream-side test.
 const UPSTREAM_CONNS: usize = 500;
 
+/// What one client thread of the upstream-side test saw.
+#[derive(Default)]
+struct Seen {
+    statuses: Vec<u16>,
+    problems: Vec<String>,
+    /// Every token sent.
+    sent: Vec<String>,
+    /// Per response: the request's token, and the response's headers and body as text.
+    texts: Vec<(String, String)>,
+}
+
 /// One client connection of up to three sequential GETs, each with its own token.
-fn run_upstream_conn(
-    addr: SocketAddr,
-    rng: &mut StdRng,
-    statuses: &mut Vec<u16>,
-    problems: &mut Vec<String>,
-    sent: &mut Vec<String>,
-    texts: &mut Vec<(String, String)>,
-) {
+fn run_upstream_conn(addr: SocketAddr, rng: &mut StdRng, seen: &mut Seen) {
+    let Seen {
+        statuses,
+        problems,
+        sent,
+        texts,
+    } = seen;
     let mut c = match Conn::try_connect(addr) {
         Ok(c) => c,
         Err(e) => return problems.push(format!("connect: {e}")),
