@@ -333,12 +333,16 @@ append = { headers = ["X-Tag:from-gateway"] }
         &gw,
         "GET",
         "/a",
-        "X-Secret: s3cr3t\r\nX-Old: moved\r\nUser-Agent: curl/8\r\nX-Keep: client\r\nX-Tag: client-tag\r\n",
+        "X-Secret: s3cr3t\r\nX-New: client-own\r\nX-Old: moved\r\nUser-Agent: curl/8\r\nX-Keep: client\r\nX-Tag: client-tag\r\n",
     );
     let seen = up.last_request();
     assert!(!seen.has_header("x-secret"), "removed: {:?}", seen.headers);
     assert!(!seen.has_header("x-old"));
-    assert_eq!(seen.header_all("x-new"), ["moved"], "renamed");
+    assert_eq!(
+        seen.header_all("x-new"),
+        ["moved"],
+        "renamed, overwriting the client's own (Kong)"
+    );
     assert_eq!(seen.header_all("user-agent"), ["ringgate-test"], "replaced");
     assert!(!seen.has_header("x-absent"), "replace only if present");
     assert_eq!(seen.header_all("x-env"), ["prod"], "added");
@@ -359,7 +363,7 @@ append = { headers = ["X-Tag:from-gateway"] }
 #[test]
 fn response_transformer_edits_what_the_client_sees() {
     let up = Upstream::fixed(
-        b"HTTP/1.1 200 OK\r\nServer: backend/1.2\r\nX-Powered-By: php\r\nX-Old: v\r\nCache-Control: private\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nServer: backend/1.2\r\nX-Powered-By: php\r\nX-Old: v\r\nX-New: upstream-own\r\nCache-Control: private\r\nContent-Length: 2\r\n\r\nok",
     );
     let gw = start(
         &up,
@@ -374,7 +378,7 @@ config = { remove = { headers = ["X-Powered-By"] }, rename = { headers = ["X-Old
     assert_eq!(r.body, b"ok");
     assert!(!r.has_header("x-powered-by"), "{r:?}");
     assert!(!r.has_header("x-old"));
-    assert_eq!(r.header_all("x-new"), ["v"]);
+    assert_eq!(r.header_all("x-new"), ["v"], "renamed, overwriting");
     assert_eq!(r.header_all("server"), ["gateway"]);
     assert_eq!(r.header_all("x-frame-options"), ["DENY"]);
     assert_eq!(

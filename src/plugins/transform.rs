@@ -3,7 +3,9 @@
 //!
 //! Kong's order, per header: remove, rename, replace (only if present; one line replaces every
 //! occurrence), then after the last header add (only if no header of that name was written) and
-//! append (always). Names and values were checked at load (`config::validate::edge`): no framing,
+//! append (always). A rename overwrites: when the head has the rename's source, its own header of
+//! the target name is dropped (Kong sets the target to the source's value), so the upstream never
+//! gets both; `start` finds those sources before the first header is written. Names and values were checked at load (`config::validate::edge`): no framing,
 //! hop-by-hop, Host or identity names, no CR/LF/NUL. Every line to write is prebuilt
 //! (`Name: value\r\n`), so applying a transform is compares and copies into the head buffer the
 //! writer already reuses; per-request state is two `u64` bitmasks on the stack (`Seen`).
@@ -30,12 +32,13 @@ pub struct HeaderTransform {
     append: Box<[u8]>,
 }
 
-/// Which replace lines were written and which add names were seen, for one head. At most 64 of
-/// each (checked at load).
+/// Which replace lines were written, which add names were seen and which rename sources the head
+/// has, for one head. At most 64 of each (checked at load).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Seen {
     replaced: u64,
     present: u64,
+    renamed: u64,
 }
 
 fn line(name: &str, value: &str) -> Box<[u8]> {
@@ -68,9 +71,40 @@ impl HeaderTransform {
         }
     }
 
-    /// Writes header `name: value` as transformed (or nothing, when removed or already replaced).
+    /// The state for one head whose header names are `names`: which renames will overwrite. Costs
+    /// nothing without renames.
+    pub fn start<'a>(&self, names: impl IntoIterator<Item = &'a [u8]>) -> Seen {
+        let mut seen = Seen::default();
+        if self.rename.is_empty() {
+            return seen;
+        }
+        for name in names {
+            // A removed source is gone before renames run (Kong's order).
+            if self.remove.iter().any(|n| eq_ignore_case(n, name)) {
+                continue;
+            }
+            for (k, (from, _)) in self.rename.iter().enumerate() {
+                if eq_ignore_case(from, name) {
+                    seen.renamed |= bit(k);
+                }
+            }
+        }
+        seen
+    }
+
+    /// Writes header `name: value` as transformed (or nothing, when removed, already replaced, or
+    /// overwritten by a rename).
     pub fn emit(&self, out: &mut Vec<u8>, name: &[u8], value: &[u8], seen: &mut Seen) {
         if self.remove.iter().any(|n| eq_ignore_case(n, name)) {
+            return;
+        }
+        if seen.renamed != 0
+            && self.rename.iter().enumerate().any(|(k, (from, to))| {
+                seen.renamed & bit(k) != 0
+                    && eq_ignore_case(to, name)
+                    && !eq_ignore_case(from, name)
+            })
+        {
             return;
         }
         let name = self
@@ -125,7 +159,7 @@ mod tests {
 
     fn run(t: &HeaderTransform, headers: &[(&str, &str)]) -> String {
         let mut out = Vec::new();
-        let mut seen = Seen::default();
+        let mut seen = t.start(headers.iter().map(|(n, _)| n.as_bytes()));
         for (n, v) in headers {
             t.emit(&mut out, n.as_bytes(), v.as_bytes(), &mut seen);
         }
@@ -159,5 +193,35 @@ mod tests {
         );
         // Replace only if present; add when absent.
         assert_eq!(run(&t, &[]), "X-New: added\r\nX-Env: prod\r\nX-Tag: a\r\n");
+    }
+
+    #[test]
+    fn a_rename_overwrites_the_target_only_when_the_source_is_there() {
+        let t = HeaderTransform::new(&TransformDef {
+            rename: pairs(&[("x-old", "X-New")]),
+            ..TransformDef::default()
+        });
+        // Either order: the client's own X-New goes, the renamed one stays (Kong overwrites).
+        let want = "X-New: o\r\nAccept: a\r\n";
+        assert_eq!(
+            run(&t, &[("x-new", "mine"), ("X-Old", "o"), ("Accept", "a")]),
+            want
+        );
+        assert_eq!(
+            run(&t, &[("X-Old", "o"), ("X-NEW", "mine"), ("Accept", "a")]),
+            want
+        );
+        // No source: the target header is the client's and stays.
+        assert_eq!(run(&t, &[("X-New", "mine")]), "X-New: mine\r\n");
+        // A removed source renames nothing, so overwrites nothing.
+        let t = HeaderTransform::new(&TransformDef {
+            remove: vec!["x-old".into()],
+            rename: pairs(&[("x-old", "X-New")]),
+            ..TransformDef::default()
+        });
+        assert_eq!(
+            run(&t, &[("X-Old", "o"), ("X-New", "mine")]),
+            "X-New: mine\r\n"
+        );
     }
 }

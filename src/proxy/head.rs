@@ -154,7 +154,9 @@ pub fn write_request_head(
     let mut had_content_length = false;
     let mut upgrade_value: Option<Span> = None;
     let edited = !edits.skip.is_empty() || edits.skip_names.is_some();
-    let mut seen = Seen::default();
+    let mut seen = transform.map_or_else(Seen::default, |t| {
+        t.start(head.headers.iter().map(|h| h.name.get(buf)))
+    });
     for (i, h) in head.headers.iter().enumerate() {
         let name = h.name.get(buf);
         match classify(name) {
@@ -280,7 +282,9 @@ pub fn write_response_head(
     out.push(b' ');
     out.extend_from_slice(resp.reason.get(ubuf));
     out.extend_from_slice(b"\r\n");
-    let mut seen = Seen::default();
+    let mut seen = edits.transform.map_or_else(Seen::default, |t| {
+        t.start(resp.headers.iter().map(|h| h.name.get(ubuf)))
+    });
     for h in &resp.headers {
         let name = h.name.get(ubuf);
         let keep = match classify(name) {
