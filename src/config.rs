@@ -8,7 +8,7 @@
 
 mod decode;
 mod locate;
-mod matchers;
+pub(crate) mod matchers;
 pub mod model;
 mod net;
 mod raw;

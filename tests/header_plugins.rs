@@ -391,6 +391,47 @@ config = { remove = { headers = ["X-Powered-By"] }, rename = { headers = ["X-Old
 }
 
 #[test]
+fn cors_regex_origins_match_the_whole_origin() {
+    let up = Upstream::echo("up");
+    // Kong's regex form (TOML literal strings keep the backslashes).
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "cors"
+config = { origins = ['https://[a-z0-9-]+\.example\.com', '^http://localhost:(3000|8080)$'] }
+"#,
+    );
+    for origin in [
+        "https://app.example.com",
+        "https://App.Example.com",
+        "http://localhost:8080",
+    ] {
+        let r = send(&gw, "GET", "/a", &format!("Origin: {origin}\r\n"));
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some(origin),
+            "{origin}: {r:?}"
+        );
+        assert_eq!(r.header("vary"), Some("Origin"));
+    }
+    for origin in [
+        "https://app.example.com.evil.net",
+        "https://evil.net?https://app.example.com",
+        "https://a.b.example.com",
+        "http://localhost:3001",
+        "http://app.example.com",
+    ] {
+        let r = send(&gw, "GET", "/a", &format!("Origin: {origin}\r\n"));
+        assert_eq!(r.status, 200);
+        assert!(
+            !r.has_header("access-control-allow-origin"),
+            "{origin} must not be allowed: {r:?}"
+        );
+    }
+}
+
+#[test]
 fn cors_preflight_continue_forwards_with_headers() {
     let up = Upstream::echo("up");
     let gw = start(

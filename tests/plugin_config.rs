@@ -597,6 +597,13 @@ fn cors_and_correlation_config_errors() {
         "plugins[0].config.origins[1]",
         "is not an origin",
     );
+    // A regex origin (Kong's form) that does not compile.
+    expect_at_needle(
+        "[[plugins]]\nname = \"cors\"\nconfig = { origins = ['https://(a|b\\.example\\.com'] }\n",
+        "'https://(a",
+        "plugins[0].config.origins[0]",
+        "invalid regex",
+    );
     expect_at_needle(
         "[[plugins]]\nname = \"cors\"\nconfig = { max_age = -1 }\n",
         "-1",

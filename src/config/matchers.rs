@@ -43,6 +43,40 @@ pub fn compile_regex(pattern: &str, written: &str) -> Result<Regex, String> {
         })
 }
 
+/// A plain cors origin: `*`, `scheme://host[:port]`, or `scheme://*.suffix` (any subdomain).
+pub fn plain_origin(o: &str) -> bool {
+    if o == "*" {
+        return true;
+    }
+    let Some(rest) = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let rest = rest.strip_prefix("*.").unwrap_or(rest);
+    !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
+/// Whether a cors origin that is not plain is meant as a regex: Kong's rule, any character
+/// outside `[A-Za-z0-9.:/-]` (`\.`, `.*`, `(a|b)`, `[0-9]+`). One without is a mistyped plain
+/// origin (`app.example.com`, a trailing `/`), reported as such.
+pub fn origin_is_regex(o: &str) -> bool {
+    o.bytes()
+        .any(|b| !(b.is_ascii_alphanumeric() || b".:/-".contains(&b)))
+}
+
+/// Compiles a regex cors origin. Like Kong's, it must match the whole `Origin` (a leading `^` and
+/// trailing `$` are optional); unlike Kong's, case-insensitively, as plain origins compare.
+pub fn origin_regex(o: &str) -> Result<Regex, String> {
+    let body = o.strip_prefix('^').unwrap_or(o);
+    let body = body.strip_suffix('$').unwrap_or(body);
+    compile_regex(&format!("(?i)^(?:{body})$"), o)
+}
+
 /// A route path: `/prefix`, `=/exact` or `~regex`.
 pub fn path(s: &str) -> Result<PathMatch, String> {
     if let Some(re) = s.strip_prefix('~') {

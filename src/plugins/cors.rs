@@ -22,11 +22,12 @@
 //! the plugin is the route's CORS policy, and an upstream's own `*` must not widen it.
 //! Every line but the echoed origin is prebuilt at load.
 
+use crate::config::matchers::{origin_regex, plain_origin};
 use crate::config::model::CorsDef;
 use crate::http::headers::eq_ignore_case;
 use crate::http::parse::RequestHead;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Origin {
     Exact(Box<[u8]>),
     /// `scheme://*.suffix`: `prefix` = `scheme://`, `suffix` = `.suffix`.
@@ -34,7 +35,28 @@ enum Origin {
         prefix: Box<[u8]>,
         suffix: Box<[u8]>,
     },
+    /// Kong's regex form, anchored at both ends (`config::matchers::origin_regex`).
+    Regex(regex::Regex),
 }
+
+impl PartialEq for Origin {
+    fn eq(&self, other: &Origin) -> bool {
+        match (self, other) {
+            (Origin::Exact(a), Origin::Exact(b)) => a == b,
+            (
+                Origin::Subdomain { prefix, suffix },
+                Origin::Subdomain {
+                    prefix: p,
+                    suffix: s,
+                },
+            ) => prefix == p && suffix == s,
+            (Origin::Regex(a), Origin::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Origin {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorsRt {
@@ -72,12 +94,14 @@ impl CorsRt {
             .origins
             .iter()
             .filter(|o| *o != "*")
-            .map(|o| match o.split_once("://*.") {
-                Some((scheme, rest)) => Origin::Subdomain {
+            // Validation compiled every regex already; one that failed would have stopped the load.
+            .filter_map(|o| match o.split_once("://*.") {
+                _ if !plain_origin(o) => origin_regex(o).ok().map(Origin::Regex),
+                Some((scheme, rest)) => Some(Origin::Subdomain {
                     prefix: format!("{scheme}://").into_bytes().into(),
                     suffix: format!(".{rest}").into_bytes().into(),
-                },
-                None => Origin::Exact(o.as_bytes().into()),
+                }),
+                None => Some(Origin::Exact(o.as_bytes().into())),
             })
             .collect();
         CorsRt {
@@ -99,7 +123,8 @@ impl CorsRt {
         }
     }
 
-    /// Whether `origin` may read responses. Scheme and host compare case-insensitively.
+    /// Whether `origin` may read responses. Scheme and host compare case-insensitively (regexes
+    /// too).
     /// `*` with credentials echoes the origin, but never `null` (sandboxed iframes, `file:` pages
     /// and redirects send it; echoing it with credentials would let any of them read responses).
     pub fn allows(&self, origin: &[u8]) -> bool {
@@ -121,6 +146,7 @@ impl CorsRt {
                                     .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.')
                             })
                 }
+                Origin::Regex(re) => std::str::from_utf8(origin).is_ok_and(|o| re.is_match(o)),
             })
     }
 }

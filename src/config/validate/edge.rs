@@ -10,6 +10,7 @@
 use super::plugins::is_token;
 use super::{in_range, push};
 use crate::config::locate::{KeyPath, Problem};
+use crate::config::matchers::{origin_is_regex, origin_regex, plain_origin};
 use crate::config::model::{CorrelationIdDef, CorsDef, TransformDef};
 use crate::config::raw::plugins::{RawCorrelationId, RawCors, RawHeaderList, RawTransformer};
 use crate::proxy::head::{classify, Class};
@@ -155,24 +156,6 @@ pub fn correlation_id(
     })
 }
 
-/// An allowed origin: `*`, `scheme://host[:port]`, or `scheme://*.suffix` (any subdomain).
-fn origin_ok(o: &str) -> bool {
-    if o == "*" {
-        return true;
-    }
-    let Some(rest) = o
-        .strip_prefix("https://")
-        .or_else(|| o.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    let rest = rest.strip_prefix("*.").unwrap_or(rest);
-    !rest.is_empty()
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-}
-
 pub fn cors(raw: Option<&RawCors>, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<CorsDef> {
     let default = RawCors::default();
     let c = raw.unwrap_or(&default);
@@ -187,15 +170,22 @@ pub fn cors(raw: Option<&RawCors>, path: &KeyPath, problems: &mut Vec<Problem>) 
         );
     }
     for (i, o) in origins.iter().enumerate() {
-        if !origin_ok(o) {
-            push(
-                problems,
-                cp.key("origins").index(i),
-                format!(
-                    "{o:?} is not an origin; expected \"*\", \"https://host[:port]\" (no path, no trailing '/') or \"https://*.example.com\""
-                ),
-            );
+        if plain_origin(o) {
+            continue;
         }
+        if origin_is_regex(o) {
+            if let Err(e) = origin_regex(o) {
+                push(problems, cp.key("origins").index(i), e);
+            }
+            continue;
+        }
+        push(
+            problems,
+            cp.key("origins").index(i),
+            format!(
+                "{o:?} is not an origin; expected \"*\", \"https://host[:port]\" (no path, no trailing '/'), \"https://*.example.com\" or a regex such as \"https://[a-z0-9-]+\\\\.example\\\\.com\""
+            ),
+        );
     }
     let methods = match &c.methods {
         None => DEFAULT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
@@ -334,20 +324,32 @@ mod tests {
             "https://app.example.com",
             "http://localhost:3000",
             "https://*.example.com",
+            "http://[::1]:8080",
         ] {
-            assert!(origin_ok(ok), "{ok}");
+            assert!(plain_origin(ok), "{ok}");
         }
+        // Neither plain nor a regex: mistyped origins.
         for bad in [
             "",
             "app.example.com",
             "https://app.example.com/",
             "https://a.example.com/path",
             "https://",
-            "https://a b",
             "ftp://x",
         ] {
-            assert!(!origin_ok(bad), "{bad}");
+            assert!(!plain_origin(bad) && !origin_is_regex(bad), "{bad}");
         }
+        // Regexes (Kong's rule), anchored at both ends, case-insensitive.
+        let re = |o: &str| origin_regex(o).unwrap_or_else(|e| panic!("{o}: {e}"));
+        assert!(origin_is_regex(r"https://.*\.example\.com"));
+        let sub = re(r"https://[a-z0-9-]+\.example\.com");
+        assert!(sub.is_match("https://app.example.com"));
+        assert!(sub.is_match("HTTPS://App.Example.com"));
+        assert!(!sub.is_match("https://app.example.com.evil.net"));
+        assert!(!sub.is_match("https://evil.net/https://app.example.com"));
+        assert!(!sub.is_match("https://a.b.example.com"));
+        assert!(re(r"^https://(a|b)\.example\.com$").is_match("https://b.example.com"));
+        assert!(origin_regex(r"https://(unclosed\.example\.com").is_err());
     }
 
     #[test]
