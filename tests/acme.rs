@@ -582,3 +582,127 @@ fn a_ca_that_requires_external_account_binding_gets_it() {
     let (code, status, body) = curl("eab.ringgate.test", tls, "/", &root);
     assert_eq!((code, status.as_str()), (0, "200"), "{body}");
 }
+
+/// A `dns_hook` script (lego's exec convention) that logs its calls to `log` and publishes or
+/// withdraws the TXT record at pebble's DNS server; `fail` makes `present` exit 3 instead.
+fn dns_hook(dir: &Path, ca: &Pebble, log: &Path, fail: bool) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("hook dir");
+    let hook = dir.join("dns-hook.sh");
+    let present = if fail {
+        "exit 3".to_owned()
+    } else {
+        format!(
+            r#"curl -sS --fail -X POST -d "{{\"host\":\"$2\",\"value\":\"$3\"}}" http://{}/set-txt"#,
+            ca.dns_management
+        )
+    };
+    let script = format!(
+        r#"#!/bin/sh
+echo "$1 $2 $3" >> "{log}"
+case "$1" in
+  present) {present} ;;
+  cleanup) curl -sS --fail -X POST -d "{{\"host\":\"$2\"}}" http://{mgmt}/clear-txt ;;
+  *) exit 2 ;;
+esac
+"#,
+        log = log.display(),
+        mgmt = ca.dns_management
+    );
+    std::fs::write(&hook, script).expect("write hook");
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o700)).expect("chmod hook");
+    hook
+}
+
+#[test]
+fn dns01_through_the_hook_issues_a_wildcard_and_withdraws_the_records() {
+    let up = Upstream::echo("app");
+    let tls = free_port();
+    // pebble validates DNS-01 by asking its DNS server; the HTTP-01/TLS-ALPN-01 ports go unused.
+    let mut ca = Pebble::start(free_port(), free_port());
+    let storage = Dir::new();
+    let hooks = Dir::new();
+    let log = hooks.0.join("calls.log");
+    let hook = dns_hook(&hooks.0, &ca, &log, false);
+    let names = ["*.wild.ringgate.test", "wild.ringgate.test"];
+    let cfg = config(
+        &format!("{{ addr = \"127.0.0.1:{tls}\", tls = true }}"),
+        &ca.directory(),
+        &ca.ca_file(),
+        &storage.0,
+        &format!("challenge = \"dns-01\"\ndns_hook = \"{}\"", hook.display()),
+        &names,
+        &up,
+    );
+    let gw = Gateway::start(&cfg);
+    wait_issued(&gw, &ca);
+    let root = ca.issuing_root();
+    for name in [
+        "a.wild.ringgate.test",
+        "other.wild.ringgate.test",
+        "wild.ringgate.test",
+    ] {
+        let (code, status, body) = curl(name, tls, "/hello", &root);
+        assert_eq!((code, status.as_str()), (0, "200"), "{name}: {body}");
+    }
+    // One level only: the wildcard does not cover a.b.wild.ringgate.test.
+    let (code, _, _) = curl("a.b.wild.ringgate.test", tls, "/", &root);
+    assert_ne!(code, 0, "a wildcard covers one label");
+    // Both names' values went under the one record name, and both were withdrawn.
+    let calls = std::fs::read_to_string(&log).expect("hook log");
+    let count = |action: &str| {
+        calls
+            .lines()
+            .filter(|l| l.starts_with(&format!("{action} _acme-challenge.wild.ringgate.test. ")))
+            .count()
+    };
+    assert_eq!((count("present"), count("cleanup")), (2, 2), "{calls}");
+    let values: std::collections::HashSet<&str> =
+        calls.lines().filter_map(|l| l.split(' ').nth(2)).collect();
+    assert_eq!(values.len(), 2, "two distinct values: {calls}");
+    assert!(storage
+        .0
+        .join("certificates/*.wild.ringgate.test/fullchain.pem")
+        .is_file());
+    assert_eq!(acme_status(&gw, "*.wild.ringgate.test")["failures"], 0);
+    drop(gw);
+    ca.stop();
+}
+
+#[test]
+fn a_failing_dns_hook_fails_the_order_with_its_status_and_backs_off() {
+    let up = Upstream::echo("app");
+    let tls = free_port();
+    let ca = Pebble::start(free_port(), free_port());
+    let storage = Dir::new();
+    let hooks = Dir::new();
+    let log = hooks.0.join("calls.log");
+    let hook = dns_hook(&hooks.0, &ca, &log, true);
+    let cfg = config(
+        &format!("{{ addr = \"127.0.0.1:{tls}\", tls = true }}"),
+        &ca.directory(),
+        &ca.ca_file(),
+        &storage.0,
+        &format!("challenge = \"dns-01\"\ndns_hook = \"{}\"", hook.display()),
+        &["*.fail.ringgate.test"],
+        &up,
+    );
+    let gw = Gateway::start(&cfg);
+    assert!(
+        gw.wait_log("acme order failed", ISSUE_TIMEOUT),
+        "{}",
+        gw.logs().join("\n")
+    );
+    let st = acme_status(&gw, "*.fail.ringgate.test");
+    assert_eq!(st["failures"], 1, "{st}");
+    let err = st["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("dns_hook") && err.contains("present") && err.contains("exit status: 3"),
+        "{err}"
+    );
+    let calls = std::fs::read_to_string(&log).expect("hook log");
+    assert_eq!(
+        calls.lines().filter(|l| l.starts_with("present ")).count(),
+        1,
+        "one try, then the backoff: {calls}"
+    );
+}

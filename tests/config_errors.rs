@@ -1121,7 +1121,68 @@ fn an_acme_certificate_has_no_files_and_no_wildcards() {
         24,
         19,
         "certificates[0].snis[1]",
-        "cannot be wildcards",
+        "can only be proven with the DNS-01 challenge",
+    );
+}
+
+#[test]
+fn dns01_needs_an_executable_hook_and_allows_wildcards() {
+    // Without a hook.
+    let text = tls_base_with(&format!(
+        "{}challenge = \"dns-01\"\n\n[[certificates]]\nacme = true\nsnis = [\"*.b.test\", \"b.test\"]\n",
+        acme_table("")
+    ));
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    expect(
+        &errs[0],
+        20,
+        13,
+        "acme.challenge",
+        "dns-01 needs `dns_hook`",
+    );
+    // A hook that is not executable, a delay too long; the wildcard itself is fine.
+    let text = tls_base_with(&format!(
+        "{}challenge = \"dns-01\"\ndns_hook = \"/etc/passwd\"\ndns_delay = \"11m\"\n\n[[certificates]]\nacme = true\nsnis = [\"*.b.test\", \"b.test\"]\n",
+        acme_table("")
+    ));
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    expect(
+        &errs[0],
+        21,
+        12,
+        "acme.dns_hook",
+        "is not an executable file",
+    );
+    expect(&errs[1], 22, 13, "acme.dns_delay", "at most");
+    // Hook settings without dns-01.
+    let text = tls_base_with(&format!(
+        "{}dns_hook = \"/bin/true\"\n\n[[certificates]]\nacme = true\nsnis = [\"b.test\"]\n",
+        acme_table("")
+    ));
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    expect(
+        &errs[0],
+        20,
+        12,
+        "acme.dns_hook",
+        "only used with challenge = \"dns-01\"",
+    );
+    // A wildcard needs a domain under it.
+    let text = tls_base_with(&format!(
+        "{}challenge = \"dns-01\"\ndns_hook = \"/bin/true\"\n\n[[certificates]]\nacme = true\nsnis = [\"*.test\"]\n",
+        acme_table("")
+    ));
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    expect(
+        &errs[0],
+        25,
+        9,
+        "certificates[0].snis[0]",
+        "public DNS names",
     );
 }
 
@@ -1150,7 +1211,7 @@ fn a_file_certificate_needs_cert_and_key() {
 #[test]
 fn acme_settings_are_checked() {
     let text = format!(
-        "{BASE}\n[acme]\ndirectory = \"http://ca.test/dir\"\nemail = \"nobody\"\nchallenge = \"dns-01\"\nrenew_before_days = 0\nstorage = \"/proc/version\"\n",
+        "{BASE}\n[acme]\ndirectory = \"http://ca.test/dir\"\nemail = \"nobody\"\nchallenge = \"dns-02\"\nrenew_before_days = 0\nstorage = \"/proc/version\"\n",
     );
     let errs = errors(&text);
     assert_eq!(errs.len(), 5, "{errs:?}");
@@ -1167,7 +1228,7 @@ fn acme_settings_are_checked() {
         20,
         13,
         "acme.challenge",
-        "expected \"http-01\" or \"tls-alpn-01\"",
+        "expected \"http-01\", \"tls-alpn-01\" or \"dns-01\"",
     );
     expect(
         &errs[3],

@@ -6,8 +6,18 @@
 //! Runs on the ACME manager thread's own single-threaded tokio runtime: the CA's latency, DNS and
 //! file writes never reach a worker. Whatever the outcome, the challenge answers are withdrawn from
 //! the store when the order ends (`Published`'s drop).
+//!
+//! DNS-01 publishes through `[acme] dns_hook`, lego's `exec` convention: `HOOK present
+//! _acme-challenge.NAME. VALUE` for every name first, then `dns_delay`, then the CA is told to
+//! look; `HOOK cleanup _acme-challenge.NAME. VALUE` for each when the order ends. A wildcard
+//! `*.example.com` and `example.com` in one order put two values under the same record name, so
+//! a hook must add values, not replace them. The hook runs on this thread (blocking it is fine:
+//! nothing else runs on an order's runtime), killed after `HOOK_TIMEOUT`.
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
@@ -18,7 +28,10 @@ use rustls::sign::CertifiedKey;
 
 use super::files;
 use super::store::AcmeStore;
-use crate::config::model::{AcmeChallenge, AcmeDef};
+use crate::config::model::{AcmeChallenge, AcmeDef, DnsHook};
+
+/// How long one `dns_hook` call may take.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long the CA gets to validate, and then to issue (each; instant-acme polls with backoff).
 const POLL: RetryPolicy = RetryPolicy::new()
@@ -75,11 +88,13 @@ pub async fn account(def: &AcmeDef) -> Result<Account, String> {
     Ok(account)
 }
 
-/// Orders a certificate for `names`; returns (PEM chain, PEM private key).
+/// Orders a certificate for `names`; returns (PEM chain, PEM private key). `dns` is the hook when
+/// `challenge` is DNS-01.
 pub async fn order(
     account: &Account,
     names: &[String],
     challenge: AcmeChallenge,
+    dns: Option<&DnsHook>,
     store: &Arc<AcmeStore>,
 ) -> Result<(String, String), String> {
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
@@ -91,39 +106,70 @@ pub async fn order(
         store,
         tokens: Vec::new(),
         alpn: Vec::new(),
+        records: Vec::new(),
+        hook: dns.map(|d| d.program.as_path()),
     };
     let kind = match challenge {
         AcmeChallenge::Http01 => ChallengeType::Http01,
         AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        AcmeChallenge::Dns01 => ChallengeType::Dns01,
     };
-    let mut authorizations = order.authorizations();
-    while let Some(authz) = authorizations.next().await {
-        let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
-        match authz.status {
-            AuthorizationStatus::Pending => {}
-            AuthorizationStatus::Valid => continue,
-            other => return Err(format!("authorization is {other:?}")),
-        }
-        let mut ch = authz
-            .challenge(kind.clone())
-            .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
-        // Lower-case, as the TLS resolver looks names up.
-        let name = ch.identifier().to_string().to_ascii_lowercase();
-        let ka = ch.key_authorization();
-        match challenge {
-            AcmeChallenge::Http01 => {
-                store.add_token(&ch.token, ka.as_str());
-                published.tokens.push(ch.token.clone());
-            }
-            AcmeChallenge::TlsAlpn01 => {
-                let cert = alpn_cert(&name, ka.digest().as_ref())?;
-                store.add_alpn_cert(&name, cert);
-                published.alpn.push(name.clone());
+    // DNS-01 publishes every record before the CA is told to look at any (two names may share
+    // one record name), so it takes two passes; the others answer and tell in one.
+    let passes = if challenge == AcmeChallenge::Dns01 {
+        2
+    } else {
+        1
+    };
+    for pass in 0..passes {
+        if pass == 1 {
+            if let Some(delay) = dns.map(|d| d.delay).filter(|d| !d.is_zero()) {
+                tokio::time::sleep(delay).await;
             }
         }
-        ch.set_ready()
-            .await
-            .map_err(|e| format!("challenge for {name}: {e}"))?;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(format!("authorization is {other:?}")),
+            }
+            let mut ch = authz
+                .challenge(kind.clone())
+                .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
+            // Lower-case, as the TLS resolver looks names up.
+            let name = ch.identifier().to_string().to_ascii_lowercase();
+            if pass == 0 {
+                let ka = ch.key_authorization();
+                match challenge {
+                    AcmeChallenge::Http01 => {
+                        store.add_token(&ch.token, ka.as_str());
+                        published.tokens.push(ch.token.clone());
+                    }
+                    AcmeChallenge::TlsAlpn01 => {
+                        let cert = alpn_cert(&name, ka.digest().as_ref())?;
+                        store.add_alpn_cert(&name, cert);
+                        published.alpn.push(name.clone());
+                    }
+                    AcmeChallenge::Dns01 => {
+                        let Identifier::Dns(base) = ch.identifier().identifier else {
+                            return Err(format!("{name}: not a DNS identifier"));
+                        };
+                        let record = format!("_acme-challenge.{}.", base.to_ascii_lowercase());
+                        let value = ka.dns_value();
+                        let hook = published.hook.ok_or("dns-01 without a dns_hook")?;
+                        run_hook(hook, "present", &record, &value)?;
+                        crate::info!("acme dns-01 record published record={record} for={name}");
+                        published.records.push((record, value));
+                        continue;
+                    }
+                }
+            }
+            ch.set_ready()
+                .await
+                .map_err(|e| format!("challenge for {name}: {e}"))?;
+        }
     }
     let status = order
         .poll_ready(&POLL)
@@ -144,11 +190,15 @@ pub async fn order(
     Ok((chain, key_pem))
 }
 
-/// Challenge answers this order put in the store; withdrawn when the order is done or abandoned.
+/// Challenge answers this order put in the store or in DNS; withdrawn when the order is done or
+/// abandoned.
 struct Published<'a> {
     store: &'a AcmeStore,
     tokens: Vec<String>,
     alpn: Vec<String>,
+    /// DNS-01: (record name, value) published through `hook`.
+    records: Vec<(String, String)>,
+    hook: Option<&'a Path>,
 }
 
 impl Drop for Published<'_> {
@@ -158,6 +208,42 @@ impl Drop for Published<'_> {
         }
         for n in &self.alpn {
             self.store.remove_alpn_cert(n);
+        }
+        if let Some(hook) = self.hook {
+            for (record, value) in &self.records {
+                // A record left behind is harmless to the next order (a new value is added); say so.
+                if let Err(e) = run_hook(hook, "cleanup", record, value) {
+                    crate::warn!("acme dns-01 record not withdrawn record={record} error={e:?}");
+                }
+            }
+        }
+    }
+}
+
+/// Runs `hook action record value` to its end, or kills it after `HOOK_TIMEOUT`. Its output goes
+/// to the gateway's own (the log stream).
+fn run_hook(hook: &Path, action: &str, record: &str, value: &str) -> Result<(), String> {
+    let shown = hook.display();
+    let mut child = Command::new(hook)
+        .args([action, record, value])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("dns_hook {shown}: {e}"))?;
+    let deadline = Instant::now() + HOOK_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => return Err(format!("dns_hook {shown} {action} {record}: {st}")),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "dns_hook {shown} {action} {record}: still running after {}s, killed",
+                    HOOK_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("dns_hook {shown}: {e}")),
         }
     }
 }

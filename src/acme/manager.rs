@@ -37,7 +37,8 @@ const MAX_RETRY: Duration = Duration::from_secs(6 * 3600);
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 enum Msg {
-    Update(Option<AcmeDef>, Vec<AcmeCertDef>),
+    /// Boxed: the config is large next to `Stop`, and sent once per reload.
+    Update(Box<Option<AcmeDef>>, Vec<AcmeCertDef>),
     Stop,
 }
 
@@ -171,7 +172,7 @@ impl AcmeManager {
             }
         }
         let _ = self.tx.send(Msg::Update(
-            config.acme.clone(),
+            Box::new(config.acme.clone()),
             config.acme_certificates.clone(),
         ));
     }
@@ -230,13 +231,6 @@ fn families(status: &[CertStatus]) -> Vec<Family> {
     vec![expiry, failing, orders]
 }
 
-fn challenge_name(c: AcmeChallenge) -> &'static str {
-    match c {
-        AcmeChallenge::Http01 => "http-01",
-        AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
-    }
-}
-
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -269,7 +263,7 @@ impl Managed {
             return;
         };
         if b.directory != def.directory
-            || b.challenge != challenge_name(def.challenge)
+            || b.challenge != def.challenge.name()
             || b.names != self.def.snis
         {
             return;
@@ -344,7 +338,7 @@ impl State {
                 .unwrap_or_default()
                 .min(MAX_SLEEP);
             match rx.recv_timeout(wait) {
-                Ok(Msg::Update(def, certs)) => self.update(def, certs),
+                Ok(Msg::Update(def, certs)) => self.update(*def, certs),
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -469,7 +463,7 @@ impl State {
                 m.retry_at = Some(SystemTime::now() + delay);
                 let kept = files::Backoff {
                     directory: def.directory.clone(),
-                    challenge: challenge_name(def.challenge).to_owned(),
+                    challenge: def.challenge.name().to_owned(),
                     names: m.def.snis.clone(),
                     failures: m.failures,
                     retry_at: unix_secs(SystemTime::now() + delay),
@@ -506,14 +500,16 @@ impl State {
         rt.block_on(async {
             let work = async {
                 let account = issue::account(def).await?;
-                issue::order(&account, names, def.challenge, store).await
+                issue::order(&account, names, def.challenge, def.dns.as_ref(), store).await
             };
-            match tokio::time::timeout(ORDER_TIMEOUT, work).await {
+            // DNS-01 adds its wait and its hook calls (present and cleanup per name).
+            let limit = ORDER_TIMEOUT
+                + def.dns.as_ref().map_or(Duration::ZERO, |d| {
+                    d.delay + issue::HOOK_TIMEOUT * 2 * u32::try_from(names.len()).unwrap_or(1)
+                });
+            match tokio::time::timeout(limit, work).await {
                 Ok(r) => r,
-                Err(_) => Err(format!(
-                    "no certificate within {}s",
-                    ORDER_TIMEOUT.as_secs()
-                )),
+                Err(_) => Err(format!("no certificate within {}s", limit.as_secs())),
             }
         })
     }
@@ -544,6 +540,7 @@ fn warn_ports(config: &Config) {
     let (port, tls, name) = match def.challenge {
         AcmeChallenge::Http01 => (80, false, "http-01"),
         AcmeChallenge::TlsAlpn01 => (443, true, "tls-alpn-01"),
+        AcmeChallenge::Dns01 => return,
     };
     let answered = config
         .server
@@ -598,6 +595,7 @@ mod tests {
             storage: std::env::temp_dir(),
             ca_file: None,
             challenge: AcmeChallenge::Http01,
+            dns: None,
             renew_before,
             eab: None,
         }

@@ -297,7 +297,8 @@ pub enum ListenKind {
 /// One `[[certificates]]` entry with `acme = true`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcmeCertDef {
-    /// Lower-case DNS names (no wildcards: HTTP-01 and TLS-ALPN-01 cannot prove them), at least one;
+    /// Lower-case DNS names (`*.` wildcards only with DNS-01: the other challenges cannot prove one),
+    /// at least one;
     /// the first names the certificate (its storage directory, metrics and log lines).
     pub snis: Vec<String>,
     /// Served when no SNI matches (or the client sent none).
@@ -316,6 +317,8 @@ pub struct AcmeDef {
     /// Roots for the directory's HTTPS certificate; `None` = the system's.
     pub ca_file: Option<PathBuf>,
     pub challenge: AcmeChallenge,
+    /// DNS-01's hook (`Some` exactly when `challenge` is `Dns01`).
+    pub dns: Option<DnsHook>,
     /// Renew when less than this is left; `None` = when a third of the certificate's lifetime is left.
     pub renew_before: Option<Duration>,
     /// External Account Binding: the key id and the decoded HMAC key.
@@ -345,6 +348,28 @@ pub enum AcmeChallenge {
     Http01,
     /// The CA connects to port 443 offering ALPN `acme-tls/1`: answered by TLS listeners.
     TlsAlpn01,
+    /// The CA looks up TXT `_acme-challenge.{name}`, published by the `dns_hook`; the only one that
+    /// proves a wildcard.
+    Dns01,
+}
+
+impl AcmeChallenge {
+    /// The name in RFC 8555 and in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Dns01 => "dns-01",
+        }
+    }
+}
+
+/// `[acme] dns_hook` and `dns_delay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsHook {
+    /// An executable, resolved against the config's directory.
+    pub program: PathBuf,
+    pub delay: Duration,
 }
 
 /// One `[[certificates]]` entry, parsed.

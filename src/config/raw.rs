@@ -161,8 +161,14 @@ pub struct RawAcme {
     pub storage: Option<String>,
     /// PEM roots that the directory's HTTPS certificate must chain to (default: the system's).
     pub ca_file: Option<String>,
-    /// `"http-01"` (default) or `"tls-alpn-01"`.
+    /// `"http-01"` (default), `"tls-alpn-01"` or `"dns-01"`.
     pub challenge: Option<String>,
+    /// DNS-01: the program that publishes and withdraws the TXT records (lego's `exec` convention:
+    /// `HOOK present|cleanup _acme-challenge.NAME. VALUE`).
+    pub dns_hook: Option<String>,
+    /// DNS-01: how long to wait after the records are published before the CA looks (default 0 s:
+    /// the hook returns once its DNS serves them).
+    pub dns_delay: Option<Dur>,
     /// Renew this many days before expiry (default: when a third of the lifetime is left).
     pub renew_before_days: Option<Int>,
     /// External Account Binding (RFC 8555 §7.3.4), for CAs that require it (ZeroSSL, Google

@@ -68,10 +68,13 @@ pub fn summary(cfg: &Config) -> String {
         );
     }
     if let Some(acme) = &cfg.acme {
-        let challenge = match acme.challenge {
-            crate::config::model::AcmeChallenge::Http01 => "http-01",
-            crate::config::model::AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
-        };
+        let mut challenge = acme.challenge.name().to_owned();
+        if let Some(d) = &acme.dns {
+            let _ = write!(challenge, " via {}", d.program.display());
+            if !d.delay.is_zero() {
+                let _ = write!(challenge, ", then {} s", d.delay.as_secs_f64());
+            }
+        }
         let _ = writeln!(
             out,
             "acme: {} ({challenge}), storage {}",

@@ -140,6 +140,10 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         &decoded.certificates,
         &base,
         decoded.acme.is_some() || acme_broken,
+        decoded
+            .acme
+            .as_ref()
+            .is_some_and(|a| a.challenge.as_deref() == Some("dns-01")),
         problems,
     );
     tls::check_listeners(

@@ -177,7 +177,8 @@ fn resolver_alpn_challenge(cfg: &Config) -> bool {
 }
 
 /// Picks the certificate for a ClientHello: exact SNI (a file certificate, else the ACME store's,
-/// once issued), then a `*.` wildcard for the name minus its first label, then the default. Names
+/// once issued), then a `*.` wildcard for the name minus its first label (a file certificate's,
+/// else an issued ACME one's), then the default. Names
 /// are compared lower-case, without a trailing dot.
 #[derive(Debug)]
 pub struct SniResolver {
@@ -187,6 +188,8 @@ pub struct SniResolver {
     default: Option<Arc<CertifiedKey>>,
     /// Names of `acme = true` certificates, served from `store`.
     acme_names: HashSet<String>,
+    /// `acme = true` wildcards (DNS-01): the suffix after `*.` -> the name the store keys.
+    acme_wildcards: HashMap<String, String>,
     /// The first name of the default certificate when that one is an ACME certificate.
     acme_default: Option<String>,
     /// Answer `acme-tls/1` handshakes with the store's challenge certificates.
@@ -215,6 +218,12 @@ impl SniResolver {
             .iter()
             .flat_map(|c| c.snis.iter().cloned())
             .collect();
+        let acme_wildcards = cfg
+            .acme_certificates
+            .iter()
+            .flat_map(|c| &c.snis)
+            .filter_map(|n| Some((n.strip_prefix("*.")?.to_owned(), n.clone())))
+            .collect();
         let acme_default = cfg
             .acme_certificates
             .iter()
@@ -225,6 +234,7 @@ impl SniResolver {
             wildcard,
             default,
             acme_names,
+            acme_wildcards,
             acme_default,
             alpn_challenge: resolver_alpn_challenge(cfg),
             store: store.clone(),
@@ -246,6 +256,13 @@ impl SniResolver {
             if let Some((_, suffix)) = name.split_once('.') {
                 if let Some(k) = self.wildcard.get(suffix) {
                     return Some(k.clone());
+                }
+                if let Some(k) = self
+                    .acme_wildcards
+                    .get(suffix)
+                    .and_then(|w| self.store.cert(w))
+                {
+                    return Some(k);
                 }
             }
         }

@@ -42,6 +42,8 @@ pub struct Pebble {
     pub dir: PathBuf,
     pub listen: SocketAddr,
     pub management: SocketAddr,
+    /// pebble-challtestsrv's management API (`/set-txt`, `/clear-txt`: DNS-01 records).
+    pub dns_management: SocketAddr,
 }
 
 impl Pebble {
@@ -151,6 +153,7 @@ impl Pebble {
             dir,
             listen,
             management,
+            dns_management: SocketAddr::from(([127, 0, 0, 1], dns_mgmt)),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(listen).is_err() || TcpStream::connect(management).is_err() {

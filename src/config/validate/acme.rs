@@ -4,7 +4,7 @@
 //! nothing): the directory is an https URL (or a known alias), the contact looks like an address,
 //! `storage` is a writable directory no other user can write (it holds private keys) or can be
 //! created, `ca_file` holds at least one certificate,
-//! and the challenge has a listener to answer it on.
+//! the challenge has a listener to answer it on, and DNS-01's hook is an executable file.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::push;
 use crate::config::locate::{KeyPath, Problem};
-use crate::config::model::{AcmeChallenge, AcmeDef, Eab, ListenDef, ListenKind};
+use crate::config::model::{AcmeChallenge, AcmeDef, DnsHook, Eab, ListenDef, ListenKind};
 use crate::config::raw::{Int, RawAcme};
 
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -81,23 +81,26 @@ pub fn compile(
     let challenge = match raw.challenge.as_deref() {
         None | Some("http-01") => AcmeChallenge::Http01,
         Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+        Some("dns-01") => AcmeChallenge::Dns01,
         Some(other) => {
             push(
                 problems,
                 p.key("challenge"),
-                format!("unknown challenge {other:?}: expected \"http-01\" or \"tls-alpn-01\""),
+                format!("unknown challenge {other:?}: expected \"http-01\", \"tls-alpn-01\" or \"dns-01\""),
             );
             AcmeChallenge::Http01
         }
     };
+    let dns = dns_hook(raw, base, challenge, &p, problems);
     let answered = listeners.iter().any(|l| match challenge {
         AcmeChallenge::Http01 => l.kind != ListenKind::Https,
         AcmeChallenge::TlsAlpn01 => l.kind == ListenKind::Https,
+        AcmeChallenge::Dns01 => true,
     });
     if !answered {
         let (what, fix) = match challenge {
             AcmeChallenge::Http01 => ("http-01 is answered on plain HTTP (the CA connects to port 80)", "add a plain or redirect_https listener on port 80, or use challenge = \"tls-alpn-01\""),
-            AcmeChallenge::TlsAlpn01 => ("tls-alpn-01 is answered on TLS listeners (the CA connects to port 443)", "add { addr = \"0.0.0.0:443\", tls = true } to server.listen"),
+            AcmeChallenge::TlsAlpn01 | AcmeChallenge::Dns01 => ("tls-alpn-01 is answered on TLS listeners (the CA connects to port 443)", "add { addr = \"0.0.0.0:443\", tls = true } to server.listen"),
         };
         push(
             problems,
@@ -168,9 +171,68 @@ pub fn compile(
         storage,
         ca_file,
         challenge,
+        dns,
         renew_before,
         eab,
     })
+}
+
+/// DNS-01's hook: required with it (an executable file), refused without it.
+fn dns_hook(
+    raw: &RawAcme,
+    base: &Path,
+    challenge: AcmeChallenge,
+    p: &KeyPath,
+    problems: &mut Vec<Problem>,
+) -> Option<DnsHook> {
+    if challenge != AcmeChallenge::Dns01 {
+        for (key, set) in [
+            ("dns_hook", raw.dns_hook.is_some()),
+            ("dns_delay", raw.dns_delay.is_some()),
+        ] {
+            if set {
+                push(
+                    problems,
+                    p.key(key),
+                    format!("`{key}` is only used with challenge = \"dns-01\""),
+                );
+            }
+        }
+        return None;
+    }
+    let Some(hook) = &raw.dns_hook else {
+        push(
+            problems,
+            p.key("challenge"),
+            "dns-01 needs `dns_hook`: the program that publishes the TXT records, called as `HOOK present _acme-challenge.NAME. VALUE` and `HOOK cleanup _acme-challenge.NAME. VALUE` (lego's exec convention)",
+        );
+        return None;
+    };
+    // Absolute: a bare `hook.sh` (the config in the working directory) would otherwise be looked
+    // up in PATH when run.
+    let program = std::path::absolute(base.join(hook)).unwrap_or_else(|_| base.join(hook));
+    match std::fs::metadata(&program) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+        Ok(_) => push(
+            problems,
+            p.key("dns_hook"),
+            format!("{} is not an executable file", program.display()),
+        ),
+        Err(e) => push(
+            problems,
+            p.key("dns_hook"),
+            format!("{}: {e}", program.display()),
+        ),
+    }
+    let delay = raw.dns_delay.as_ref().map_or(Duration::ZERO, |d| d.0);
+    if delay > Duration::from_secs(600) {
+        push(
+            problems,
+            p.key("dns_delay"),
+            "must be at most \"10m\" (the CA's order would expire meanwhile)",
+        );
+    }
+    Some(DnsHook { program, delay })
 }
 
 /// `storage` must be a directory this process can write, or not exist yet with a parent it can

@@ -81,6 +81,7 @@ pub fn certificates(
     raw: &[Option<RawCertificate>],
     base: &Path,
     acme_configured: bool,
+    acme_dns01: bool,
     problems: &mut Vec<Problem>,
 ) -> (Vec<Option<CertificateDef>>, Vec<AcmeCertDef>) {
     let array = KeyPath::root().key("certificates");
@@ -109,7 +110,7 @@ pub fn certificates(
             }
         }
         if c.acme == Some(true) {
-            acme_entry(c, &path, acme_configured, problems);
+            acme_entry(c, &path, acme_configured, acme_dns01, problems);
             let snis = snis(c, &path, i, None, None, &mut sni_owner, problems);
             slot.push(Some((acme.len(), true)));
             acme.push(AcmeCertDef {
@@ -182,8 +183,14 @@ pub fn certificates(
 }
 
 /// The rules only an `acme = true` entry has: no files, `[acme]` present, at least one name, no
-/// wildcards (the challenges ringgate answers cannot prove one).
-fn acme_entry(c: &RawCertificate, path: &KeyPath, configured: bool, problems: &mut Vec<Problem>) {
+/// wildcards unless the challenge is DNS-01 (the others cannot prove one).
+fn acme_entry(
+    c: &RawCertificate,
+    path: &KeyPath,
+    configured: bool,
+    dns01: bool,
+    problems: &mut Vec<Problem>,
+) {
     for (k, v) in [("cert", &c.cert), ("key", &c.key)] {
         if v.is_some() {
             push(
@@ -203,19 +210,20 @@ fn acme_entry(c: &RawCertificate, path: &KeyPath, configured: bool, problems: &m
     match &c.snis {
         Some(list) if !list.is_empty() => {
             for (j, name) in list.iter().enumerate() {
-                let public = name.contains('.') && !name.contains('_') && !name.ends_with('.');
-                if !name.starts_with("*.") && !public {
+                let bare = name.strip_prefix("*.").unwrap_or(name);
+                let public = bare.contains('.') && !bare.contains('_') && !bare.ends_with('.');
+                if !public {
                     push(
                         problems,
                         path.key("snis").index(j),
-                        format!("{name:?}: a CA issues certificates only for public DNS names like \"api.example.com\" (at least two labels, no '_')"),
+                        format!("{name:?}: a CA issues certificates only for public DNS names like \"api.example.com\" or \"*.example.com\" (at least two labels, no '_')"),
                     );
                 }
-                if name.starts_with("*.") {
+                if name.starts_with("*.") && !dns01 {
                     push(
                         problems,
                         path.key("snis").index(j),
-                        format!("{name:?}: ACME certificates cannot be wildcards here (a wildcard needs the DNS-01 challenge, which ringgate does not answer); list the names"),
+                        format!("{name:?}: a wildcard can only be proven with the DNS-01 challenge; set [acme] challenge = \"dns-01\" with a dns_hook, or list the names"),
                     );
                 }
             }
