@@ -10,7 +10,7 @@ mod decode;
 mod locate;
 pub(crate) mod matchers;
 pub mod model;
-mod net;
+pub(crate) mod net;
 mod raw;
 mod summary;
 mod units;

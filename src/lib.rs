@@ -10,6 +10,7 @@ pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod dns;
 pub mod errors;
 pub mod http;
 pub mod limit;

@@ -239,6 +239,10 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         }
         None => None,
     };
+    if let Err(e) = crate::dns::spawn(reloader.clone()) {
+        // Serving goes on with the addresses resolved at load, as with dns_refresh = "0s".
+        error!("dns refresh thread not started error=\"{e}\"");
+    }
     info!(
         "ready workers={workers} driver={} generation=1",
         if use_uring { "io_uring" } else { "epoll" }
@@ -439,7 +443,7 @@ impl Reloader {
         }
     }
 
-    fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         self.control.drain.load(Ordering::SeqCst)
     }
 
@@ -472,13 +476,48 @@ impl Reloader {
                 generation: None,
             });
         }
-        let generation = state.current.generation + 1;
-        let workers = state.workers;
-        let consumer_board = state.current.consumer_board.clone();
         let config = match config::load(&self.path) {
             Ok(c) => c,
             Err(errors) => return Err(rejected(&mut state, &errors)),
         };
+        self.install(&mut state, config)
+    }
+
+    /// Upstream targets given by host name resolved to new addresses (`dns`): installs the serving
+    /// config with those addresses as the next generation, through the same path as a reload (so
+    /// nothing in flight is dropped). Nothing is re-read from the file: an edit waiting there is
+    /// not applied behind the operator's back. Skipped when a reload or drain came first
+    /// (`generation` is no longer the serving one); the next refresh looks again.
+    pub fn apply_resolved(
+        &self,
+        generation: u64,
+        changes: &[crate::dns::Change],
+    ) -> Result<u64, ReloadFailure> {
+        let mut state = self.state();
+        if self.draining() || state.current.generation != generation {
+            return Err(ReloadFailure::Unavailable {
+                message: "superseded".to_owned(),
+                generation: None,
+            });
+        }
+        let mut config = (*state.current.config).clone();
+        for c in changes {
+            if let Some(t) = config
+                .upstreams
+                .get_mut(c.upstream)
+                .and_then(|u| u.targets.get_mut(c.target))
+            {
+                t.addr = c.to;
+            }
+        }
+        self.install(&mut state, config)
+    }
+
+    /// Compiles `config` as the next generation and hands it to every worker (see `reload`).
+    fn install(&self, state: &mut ReloadState, config: Config) -> Result<u64, ReloadFailure> {
+        let generation = state.current.generation + 1;
+        let workers = state.workers;
+        let consumer_board = state.current.consumer_board.clone();
         // Opened before anything is committed (`compile` installs the rate limits): a path that
         // cannot be opened rejects the reload, and the previous file stays in use.
         let log = match config
@@ -491,7 +530,7 @@ impl Reloader {
             Some(Err(e)) => {
                 let e = format!("{}: {e}", self.path.display());
                 error!("reload rejected: {e}");
-                reopen(&mut state);
+                reopen(state);
                 return Err(ReloadFailure::Rejected(e));
             }
         };
@@ -505,7 +544,7 @@ impl Reloader {
             &self.tls_shared,
         ) {
             Ok(c) => Arc::new(c),
-            Err(errors) => return Err(rejected(&mut state, &errors)),
+            Err(errors) => return Err(rejected(state, &errors)),
         };
         // Every reload reopens the file: `mv` + SIGHUP rotates like SIGUSR1.
         if let Some(opened) = log {
@@ -558,7 +597,7 @@ impl Reloader {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         }
-        if compiled_has_no_log(&state) {
+        if compiled_has_no_log(state) {
             // Workers handed off their buffered lines before acknowledging; the writer closes
             // the file after writing them. (A worker that did not confirm may still hand lines
             // off: they are counted as dropped.)

@@ -68,6 +68,8 @@ pub struct ServerDef {
     pub pool: PoolDef,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// How often upstream targets given by host name are resolved again; `None` = only at load.
+    pub dns_refresh: Option<Duration>,
     /// Peers whose `X-Forwarded-For` is believed when finding the client IP (see `auth::client_ip`).
     pub trusted_proxies: Vec<Cidr>,
 }

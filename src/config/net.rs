@@ -92,20 +92,35 @@ fn parse_port(whole: &str, port: &str) -> Result<u16, String> {
 /// Resolves `host:port` once, now; prefers the first IPv4 address (targets are usually reached over
 /// IPv4 and `localhost` often resolves to `::1` first on hosts without an IPv6 listener).
 pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
+    if let Some(ip) = ip_literal(host) {
         return Ok(SocketAddr::new(ip, port));
     }
-    let addrs: Vec<SocketAddr> = (host, port)
+    preferred(&resolve_all(host, port)?).ok_or_else(|| format!("{host:?} resolved to no addresses"))
+}
+
+/// The address `host` names when it is an IP literal (IPv6 with or without brackets).
+pub fn ip_literal(host: &str) -> Option<IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Every address `host:port` resolves to now (blocking: getaddrinfo).
+pub fn resolve_all(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    Ok((host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
-        .collect();
+        .collect())
+}
+
+/// The address a target takes from a resolution: the first IPv4 one, else the first.
+pub fn preferred(addrs: &[SocketAddr]) -> Option<SocketAddr> {
     addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .copied()
-        .ok_or_else(|| format!("{host:?} resolved to no addresses"))
 }
 
 /// A parsed `http(s)://host[:port][/path]` service url.

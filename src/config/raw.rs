@@ -29,6 +29,8 @@ pub struct RawServer {
     pub max_headers: Option<Int>,
     pub max_body_bytes: Option<Size>,
     pub drain_timeout: Option<Dur>,
+    /// How often upstream target host names are resolved again (`"0s"`: only at load).
+    pub dns_refresh: Option<Dur>,
     pub timeouts: Option<RawTimeouts>,
     pub pool: Option<RawPool>,
     pub trusted_proxies: Option<Vec<String>>,

@@ -130,8 +130,27 @@ impl Gateway {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Gateway, String> {
+        Gateway::try_start_wrapped(toml, args, env, &[])
+    }
+
+    /// Like `try_start_with_env`, run through `wrapper` (a command that ends by exec'ing the
+    /// gateway binary and arguments it is given, so the child's pid stays the gateway's).
+    pub fn try_start_wrapped(
+        toml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Result<Gateway, String> {
         let config = TempFile::new(".toml", toml);
-        let mut child = Command::new(gateway_bin())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(gateway_bin());
+                c
+            }
+            None => Command::new(gateway_bin()),
+        };
+        let mut child = cmd
             .envs(env.iter().copied())
             .arg("run")
             .arg(&config.path)

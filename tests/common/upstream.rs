@@ -152,7 +152,12 @@ impl Upstream {
 
     /// Starts an upstream; `name` appears in echo bodies and the `X-Upstream` response header.
     pub fn named(name: &str, behaviour: Behaviour) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        Upstream::named_at("127.0.0.1:0".parse().expect("addr"), name, behaviour)
+    }
+
+    /// Like `named`, listening on `at` (another loopback address, a given port).
+    pub fn named_at(at: SocketAddr, name: &str, behaviour: Behaviour) -> Upstream {
+        let listener = TcpListener::bind(at).expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let shared = Arc::new(Shared {
             name: name.to_string(),

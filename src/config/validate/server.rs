@@ -137,6 +137,7 @@ pub fn compile(raw: Option<&RawServer>, problems: &mut Vec<Problem>) -> ServerDe
             raw.drain_timeout,
             secs(30),
         ),
+        dns_refresh: dns_refresh(raw, &p, problems),
         trusted_proxies: super::auth::cidrs(
             raw.trusted_proxies.as_deref().unwrap_or_default(),
             &p.key("trusted_proxies"),
@@ -299,4 +300,20 @@ fn listen_kind(
         .filter(|p| *p > 0)
         .unwrap_or(443);
     ListenKind::RedirectHttps { status, https_port }
+}
+
+/// `dns_refresh`: default 30 s; `"0s"` turns it off; otherwise at least 1 s (durations are at most 24 h).
+fn dns_refresh(raw: &RawServer, p: &KeyPath, problems: &mut Vec<Problem>) -> Option<Duration> {
+    let d = raw.dns_refresh.as_ref().map_or(secs(30), |d| d.0);
+    if d.is_zero() {
+        return None;
+    }
+    if d < secs(1) {
+        push(
+            problems,
+            p.key("dns_refresh"),
+            "must be \"0s\" (resolve only at load) or at least \"1s\"",
+        );
+    }
+    Some(d)
 }

@@ -1,0 +1,130 @@
+//! Upstream targets given by host name follow their DNS (`[server] dns_refresh`).
+//!
+//! The gateway runs in its own mount namespace (`unshare -Urm`, no privilege needed) with a
+//! temporary file bind-mounted over /etc/hosts, so the test can change what a name resolves to
+//! for the gateway alone, through the real resolver (getaddrinfo, `files` first). Two upstreams
+//! listen on the same port at 127.0.0.1 and 127.0.0.2; the name moves from one to the other.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Conn, Gateway, TempFile, Upstream, HOST};
+
+const NAME: &str = "backend.ringgate.test";
+
+fn start(hosts: &TempFile, toml: &str) -> Gateway {
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec \"$0\" \"$@\"",
+        hosts.path_str()
+    );
+    Gateway::try_start_wrapped(toml, &[], &[], &["unshare", "-Urm", "sh", "-c", &script])
+        .unwrap_or_else(|e| panic!("gateway did not start (needs unshare -Urm): {e}"))
+}
+
+#[test]
+fn a_target_follows_its_name_to_a_new_address_without_failing_a_request() {
+    let a = Upstream::echo("a");
+    let b = Upstream::named_at(
+        SocketAddr::from(([127, 0, 0, 2], a.port())),
+        "b",
+        common::Behaviour::Echo,
+    );
+    let hosts = TempFile::new(".hosts", &format!("127.0.0.1 {NAME}\n"));
+    let gw = start(
+        &hosts,
+        &format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 2
+dns_refresh = "1s"
+
+[[upstreams]]
+name = "u"
+targets = [{{ target = "{NAME}:{port}" }}]
+
+[[services]]
+name = "s"
+upstream = "u"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+"#,
+            port = a.port()
+        ),
+    );
+    let mut c = Conn::connect(gw.addr());
+    let who = |c: &mut Conn| -> String {
+        let r = c.get(HOST, "/x");
+        assert_eq!(r.status, 200, "{r:?}");
+        r.header("x-upstream").unwrap_or_default().to_owned()
+    };
+    assert_eq!(who(&mut c), "a");
+    // Unchanged answers change nothing: still generation 1 after a few refreshes.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!gw.log_contains("upstream target re-resolved"));
+    assert_eq!(who(&mut c), "a");
+
+    // Same inode (truncate and write), so the bind mount sees it.
+    std::fs::write(&hosts.path, format!("127.0.0.2 {NAME}\n")).expect("rewrite hosts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut served = 0;
+    loop {
+        // Every request on the kept-alive connection succeeds, before, during and after.
+        let now = who(&mut c);
+        served += 1;
+        if now == "b" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still on a after {served} requests; log:\n{}",
+            gw.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gw.log_contains(&format!(
+        "upstream target re-resolved upstream=u target={NAME}:{} from=127.0.0.1:{} to=127.0.0.2:{}",
+        a.port(),
+        a.port(),
+        a.port()
+    )));
+    assert!(gw.wait_log(
+        "upstream addresses installed generation=2",
+        Duration::from_secs(2)
+    ));
+    // New connections too, on every worker.
+    for _ in 0..10 {
+        assert_eq!(who(&mut Conn::connect(gw.addr())), "b");
+    }
+    assert!(b.request_count() >= 11);
+}
+
+#[test]
+fn dns_refresh_zero_resolves_only_at_load() {
+    let a = Upstream::echo("a");
+    let _b = Upstream::named_at(
+        SocketAddr::from(([127, 0, 0, 2], a.port())),
+        "b",
+        common::Behaviour::Echo,
+    );
+    let hosts = TempFile::new(".hosts", &format!("127.0.0.1 {NAME}\n"));
+    let gw = start(
+        &hosts,
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\ndns_refresh = \"0s\"\n\n[[services]]\nname = \"s\"\nurl = \"http://{NAME}:{}\"\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n",
+            a.port()
+        ),
+    );
+    std::fs::write(&hosts.path, format!("127.0.0.2 {NAME}\n")).expect("rewrite hosts");
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = Conn::connect(gw.addr()).get(HOST, "/x");
+    assert_eq!(r.header("x-upstream"), Some("a"));
+    // A reload resolves again (it reads the file and every name anew).
+    gw.reload_to(2);
+    let r = Conn::connect(gw.addr()).get(HOST, "/x");
+    assert_eq!(r.header("x-upstream"), Some("b"));
+}
