@@ -55,10 +55,57 @@ pub fn plain_origin(o: &str) -> bool {
         return false;
     };
     let rest = rest.strip_prefix("*.").unwrap_or(rest);
+    // Brackets only around a whole IPv6 literal (`http://[::1]:8080`).
+    // (host, `:port` or "")
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, port)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => ("", port),
+            _ => return false,
+        },
+        None => rest.find(':').map_or((rest, ""), |i| rest.split_at(i)),
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     !rest.is_empty()
-        && rest
+        && port_ok
+        && host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+}
+
+/// Why a regex cors origin looks like a mistyped glob or an unescaped host, whose `*` and `.`
+/// would let through domains anyone can register (`https://app.example.com/*` matches
+/// `https://app-example.com`): a `*` with nothing to repeat but a separator, or a `.` between two
+/// letters or digits (`.*` stays a regex's "anything"). Refused with a hint rather than compiled.
+pub fn origin_regex_trap(o: &str) -> Option<String> {
+    let b = o.as_bytes();
+    let mut escaped = false;
+    for (i, &c) in b.iter().enumerate() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            b'\\' => escaped = true,
+            b'*' if i == 0 || b"/:".contains(&b[i - 1]) => {
+                return Some(format!(
+                    "{o:?} looks like a glob, and as a regex its `*` repeats the character before it; write \"https://*.example.com\" for any subdomain, or a regex such as \"https://[a-z0-9-]+\\\\.example\\\\.com\""
+                ))
+            }
+            b'.' if i > 0
+                && b[i - 1].is_ascii_alphanumeric()
+                && b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) =>
+            {
+                return Some(format!(
+                    "{o:?}: in a regex an unescaped `.` matches any character, so this would also allow look-alike domains; write `\\\\.` for a dot"
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether a cors origin that is not plain is meant as a regex: Kong's rule, any character

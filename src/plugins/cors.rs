@@ -128,7 +128,11 @@ impl CorsRt {
     /// `*` with credentials echoes the origin, but never `null` (sandboxed iframes, `file:` pages
     /// and redirects send it; echoing it with credentials would let any of them read responses).
     pub fn allows(&self, origin: &[u8]) -> bool {
-        (self.any && !(self.credentials && eq_ignore_case(origin, b"null")))
+        // `null` with credentials never: not by `*`, not by a regex that happens to match it.
+        if self.credentials && eq_ignore_case(origin, b"null") {
+            return false;
+        }
+        self.any
             || self.origins.iter().any(|o| match o {
                 Origin::Exact(e) => eq_ignore_case(e, origin),
                 Origin::Subdomain { prefix, suffix } => {
@@ -260,6 +264,9 @@ mod tests {
         assert!(rt(&["*"], false).allows(b"https://anything"));
         assert!(rt(&["*"], false).allows(b"null"));
         assert!(!rt(&["*"], true).allows(b"null"));
+        // Nor by a regex that matches it, with credentials.
+        assert!(!rt(&["https?://.*|null"], true).allows(b"null"));
+        assert!(rt(&["https?://.*|null"], false).allows(b"null"));
         assert!(rt(&["*"], true).allows(b"https://anything"));
     }
 

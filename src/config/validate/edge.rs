@@ -10,7 +10,7 @@
 use super::plugins::is_token;
 use super::{in_range, push};
 use crate::config::locate::{KeyPath, Problem};
-use crate::config::matchers::{origin_is_regex, origin_regex, plain_origin};
+use crate::config::matchers::{origin_is_regex, origin_regex, origin_regex_trap, plain_origin};
 use crate::config::model::{CorrelationIdDef, CorsDef, TransformDef};
 use crate::config::raw::plugins::{RawCorrelationId, RawCors, RawHeaderList, RawTransformer};
 use crate::proxy::head::{classify, Class};
@@ -174,7 +174,7 @@ pub fn cors(raw: Option<&RawCors>, path: &KeyPath, problems: &mut Vec<Problem>) 
             continue;
         }
         if origin_is_regex(o) {
-            if let Err(e) = origin_regex(o) {
+            if let Some(e) = origin_regex_trap(o).map_or_else(|| origin_regex(o).err(), Some) {
                 push(problems, cp.key("origins").index(i), e);
             }
             continue;
@@ -350,6 +350,28 @@ mod tests {
         assert!(!sub.is_match("https://a.b.example.com"));
         assert!(re(r"^https://(a|b)\.example\.com$").is_match("https://b.example.com"));
         assert!(origin_regex(r"https://(unclosed\.example\.com").is_err());
+        // Globs and unescaped dots would let registrable look-alikes through: refused.
+        for trap in [
+            "https://app.example.com/*",
+            "https://*.example.com:*",
+            "https://*.*.example.com",
+            "https://(app|www).example.com",
+            "*",
+        ] {
+            assert!(origin_regex_trap(trap).is_some(), "{trap}");
+        }
+        for fine in [
+            r"https://[a-z0-9-]+\.example\.com",
+            r"https://.*\.example\.com",
+            r"^http://localhost:(3000|8080)$",
+            r"https://app\*x",
+        ] {
+            assert!(origin_regex_trap(fine).is_none(), "{fine}");
+        }
+        // Brackets only around an IPv6 literal.
+        assert!(plain_origin("http://[::1]:8080") && plain_origin("http://[::1]"));
+        assert!(!plain_origin("https://app[0-9].example.com"));
+        assert!(!plain_origin("http://[::1]x") && !plain_origin("http://a:b:c"));
     }
 
     #[test]
