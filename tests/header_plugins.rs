@@ -354,6 +354,17 @@ append = { headers = ["X-Tag:from-gateway"] }
     );
     // Framing is the gateway's, whatever the transform.
     assert_eq!(seen.header_all("host").len(), 1);
+    // A source the gateway does not forward (named in Connection) renames nothing, so the
+    // client's own X-New stays.
+    send(
+        &gw,
+        "GET",
+        "/a",
+        "Connection: X-Old\r\nX-Old: hop\r\nX-New: mine\r\n",
+    );
+    let seen = up.last_request();
+    assert_eq!(seen.header_all("x-new"), ["mine"], "{:?}", seen.headers);
+    assert!(!seen.has_header("x-old"));
 
     // Another route: untouched.
     send(&gw, "GET", "/b", "X-Secret: s3cr3t\r\n");

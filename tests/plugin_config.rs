@@ -557,6 +557,19 @@ fn transformers_refuse_framing_and_gateway_headers() {
         "plugins[0].config.replace.headers[0]",
         "set by the gateway",
     );
+    // Renames side by side: no two onto one name, no chains.
+    expect_at_needle(
+        "[[plugins]]\nname = \"request-transformer\"\nconfig = { rename = { headers = [\"A:C\", \"B:C\"] } }\n",
+        "\"B:C",
+        "plugins[0].config.rename.headers[1]",
+        "already the target",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"request-transformer\"\nconfig = { rename = { headers = [\"A:B\", \"B:C\"] } }\n",
+        "\"B:C",
+        "plugins[0].config.rename.headers[1]",
+        "cannot chain",
+    );
     expect_at_needle(
         "[[plugins]]\nname = \"request-transformer\"\nconfig = { rename = { headers = [\"X-User:X-Consumer-ID\"] } }\n",
         "\"X-User",

@@ -154,20 +154,27 @@ pub fn write_request_head(
     let mut had_content_length = false;
     let mut upgrade_value: Option<Span> = None;
     let edited = !edits.skip.is_empty() || edits.skip_names.is_some();
+    // Whether a plain client header goes upstream. Names with '_' are dropped (nginx's
+    // `underscores_in_headers off`): CGI-style backends read `X_Consumer_ID` as X-Consumer-ID,
+    // which would smuggle identity headers past the gateway.
+    let forwarded = |i: usize, name: &[u8]| {
+        (head.conn_tokens.is_empty() || !is_listed(name, &head.conn_tokens, buf))
+            && memchr::memchr(b'_', name).is_none()
+            && !(edited && edits.skips(i, name))
+    };
+    // The transform sees the headers that are written (a rename's source that is dropped
+    // renames, and so overwrites, nothing).
     let mut seen = transform.map_or_else(Seen::default, |t| {
-        t.start(head.headers.iter().map(|h| h.name.get(buf)))
+        t.start(head.headers.iter().enumerate().filter_map(|(i, h)| {
+            let name = h.name.get(buf);
+            (classify(name) == Class::Plain && forwarded(i, name)).then_some(name)
+        }))
     });
     for (i, h) in head.headers.iter().enumerate() {
         let name = h.name.get(buf);
         match classify(name) {
             Class::Plain => {
-                // Names with '_' are dropped (nginx's `underscores_in_headers off`): CGI-style
-                // backends read `X_Consumer_ID` as X-Consumer-ID, which would smuggle identity
-                // headers past the gateway.
-                if (head.conn_tokens.is_empty() || !is_listed(name, &head.conn_tokens, buf))
-                    && memchr::memchr(b'_', name).is_none()
-                    && !(edited && edits.skips(i, name))
-                {
+                if forwarded(i, name) {
                     match transform {
                         Some(t) => t.emit(out, name, h.value.get(buf), &mut seen),
                         None => push_header(out, name, h.value.get(buf)),
@@ -282,21 +289,27 @@ pub fn write_response_head(
     out.push(b' ');
     out.extend_from_slice(resp.reason.get(ubuf));
     out.extend_from_slice(b"\r\n");
+    let keep = |name: &[u8]| match classify(name) {
+        Class::HopByHop | Class::Upgrade => false,
+        // RFC 9110 §8.6: never on a 204 (HEAD and 304 pass the upstream's length on).
+        Class::ContentLength => framing == ClientFraming::NoBody && resp.status != 204,
+        _ => {
+            (resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf))
+                && !edits.overridden(name)
+        }
+    };
+    // The transform sees the headers that are written (see the request side).
     let mut seen = edits.transform.map_or_else(Seen::default, |t| {
-        t.start(resp.headers.iter().map(|h| h.name.get(ubuf)))
+        t.start(
+            resp.headers
+                .iter()
+                .map(|h| h.name.get(ubuf))
+                .filter(|n| keep(n)),
+        )
     });
     for h in &resp.headers {
         let name = h.name.get(ubuf);
-        let keep = match classify(name) {
-            Class::HopByHop | Class::Upgrade => false,
-            // RFC 9110 §8.6: never on a 204 (HEAD and 304 pass the upstream's length on).
-            Class::ContentLength => framing == ClientFraming::NoBody && resp.status != 204,
-            _ => {
-                (resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf))
-                    && !edits.overridden(name)
-            }
-        };
-        if keep {
+        if keep(name) {
             match edits.transform {
                 Some(t) => t.emit(out, name, h.value.get(ubuf), &mut seen),
                 None => push_header(out, name, h.value.get(ubuf)),

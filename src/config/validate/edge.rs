@@ -266,10 +266,34 @@ pub fn transformer(
             continue;
         };
         let from = header_name(problems, at.clone(), from.trim(), side);
-        let to = header_name(problems, at, to.trim(), side);
-        if let (Some(from), Some(to)) = (from, to) {
-            def.rename.push((from, to));
+        let to = header_name(problems, at.clone(), to.trim(), side);
+        let (Some(from), Some(to)) = (from, to) else {
+            continue;
+        };
+        // Renames apply side by side, not one after another (as Kong's do): two onto one name, or
+        // a chain, would be read differently by the two, so neither is accepted.
+        let clash = def.rename.iter().find_map(|(f, t)| {
+            if t.eq_ignore_ascii_case(&to) {
+                Some(format!("{t:?} is already the target of {f:?}"))
+            } else if f.eq_ignore_ascii_case(&to) || t.eq_ignore_ascii_case(&from) {
+                Some(format!("renames cannot chain ({f:?} -> {t:?})"))
+            } else if f.eq_ignore_ascii_case(&from) {
+                Some(format!("{f:?} is already renamed"))
+            } else {
+                None
+            }
+        });
+        match clash {
+            Some(why) => push(problems, at, format!("{h:?}: {why}")),
+            None => def.rename.push((from, to)),
         }
+    }
+    if def.rename.len() > MAX_TRACKED {
+        push(
+            problems,
+            cp.key("rename").key("headers"),
+            format!("at most {MAX_TRACKED} entries"),
+        );
     }
     for (key, out) in [
         ("replace", &mut def.replace),
