@@ -100,9 +100,6 @@ fn run_conn(addr: SocketAddr, rng: &mut StdRng) -> Outcome {
         let t = TEMPLATES.get(i).map_or_else(near_head, |t| (*t).to_owned());
         bytes.extend_from_slice(t.replace("{t}", &token).as_bytes());
         requests += 1;
-        if t.contains("HTTP/1.0") {
-            break; // the gateway closes after an HTTP/1.0 response: nothing after it is read
-        }
     }
     let mutated = rng.gen_ratio(3, 4);
     if mutated {
@@ -183,9 +180,8 @@ fn run_conn(addr: SocketAddr, rng: &mut StdRng) -> Outcome {
 /// Sockets on the gateway's side of `port` that are ESTABLISHED or CLOSE_WAIT (the gateway has not
 /// closed them), from /proc/net/tcp.
 fn open_server_sockets(port: u16) -> usize {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return 0;
-    };
+    let table = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_else(|e| panic!("/proc/net/tcp (the leak check reads it): {e}"));
     let local = format!(":{port:04X}");
     table
         .lines()
@@ -505,13 +501,23 @@ fn run_upstream_conn(addr: SocketAddr, rng: &mut StdRng, seen: &mut Seen) {
         Err(e) => return problems.push(format!("connect: {e}")),
     };
     let deadline = Instant::now() + END_WITHIN;
+    // The gateway closes a kept-alive connection only after saying so (`Connection: close`), or
+    // when a relayed response broke off (returned below).
+    let mut announced_close = false;
     for _ in 0..rng.gen_range(1..=3) {
         let t = token(rng);
         sent.push(t.clone());
+        let closed_unannounced = |problems: &mut Vec<String>| {
+            if !announced_close {
+                problems.push(format!(
+                    "{t}: connection closed without an answer after a keep-alive response"
+                ));
+            }
+        };
         if c.send(format!("GET /{t}/x HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
             .is_err()
         {
-            return; // the gateway ended the connection after the last response broke off
+            return closed_unannounced(problems);
         }
         c.set_read_timeout(
             deadline
@@ -533,8 +539,11 @@ fn run_upstream_conn(addr: SocketAddr, rng: &mut StdRng, seen: &mut Seen) {
                 if !r.complete {
                     return; // a relayed response broke off: the gateway closes, as it must
                 }
+                announced_close = r
+                    .header("connection")
+                    .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
             }
-            Err(_) if c.eof => return, // closed after a response that broke off mid-head
+            Err(_) if c.eof && c.leftover().is_empty() => return closed_unannounced(problems),
             Err(e) => return problems.push(format!("{t}: no answer within {END_WITHIN:?}: {e}")),
         }
         if Instant::now() > deadline {
