@@ -1156,6 +1156,22 @@ fn dns01_needs_an_executable_hook_and_allows_wildcards() {
         "is not an executable file",
     );
     expect(&errs[1], 22, 13, "acme.dns_delay", "at most");
+    // A hook other users may rewrite would run as the gateway, next to its private keys.
+    let open_hook = private_dir().join("open-hook.sh");
+    std::fs::write(&open_hook, "#!/bin/sh\n").expect("hook");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open_hook, std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+    }
+    let text = tls_base_with(&format!(
+        "{}challenge = \"dns-01\"\ndns_hook = \"{}\"\n\n[[certificates]]\nacme = true\nsnis = [\"b.test\"]\n",
+        acme_table(""),
+        open_hook.display()
+    ));
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    expect(&errs[0], 21, 12, "acme.dns_hook", "writable by other users");
     // Hook settings without dns-01.
     let text = tls_base_with(&format!(
         "{}dns_hook = \"/bin/true\"\n\n[[certificates]]\nacme = true\nsnis = [\"b.test\"]\n",

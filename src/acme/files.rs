@@ -62,8 +62,22 @@ impl Issued {
     }
 }
 
+/// `certificates/{first name}`; a wildcard's `*.` is written `_.` (as lego does): `_` cannot be in
+/// an ACME name, and `rm -r certificates/*.example.com` would otherwise be a glob matching every
+/// certificate of the domain.
 fn cert_dir(storage: &Path, name: &str) -> PathBuf {
-    storage.join("certificates").join(name)
+    let dir = match name.strip_prefix("*.") {
+        Some(rest) => format!("_.{rest}"),
+        None => name.to_owned(),
+    };
+    storage.join("certificates").join(dir)
+}
+
+/// DNS-01 records published for `name`'s order and not yet withdrawn, one `record value` per line:
+/// written before each `present`, removed once every `cleanup` succeeded, so records a stop or
+/// crash left behind are withdrawn by the next start.
+pub fn dns_pending_file(storage: &Path, name: &str) -> PathBuf {
+    cert_dir(storage, name).join("dns-pending")
 }
 
 /// The account for the CA at `directory`, one file per CA host (staging and production keep

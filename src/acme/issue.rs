@@ -14,7 +14,8 @@
 //! a hook must add values, not replace them. The hook runs on this thread (blocking it is fine:
 //! nothing else runs on an order's runtime), killed after `HOOK_TIMEOUT`.
 
-use std::path::Path;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,13 +89,19 @@ pub async fn account(def: &AcmeDef) -> Result<Account, String> {
     Ok(account)
 }
 
-/// Orders a certificate for `names`; returns (PEM chain, PEM private key). `dns` is the hook when
+/// DNS-01: the hook and where the records not yet withdrawn are listed (`files::dns_pending_file`).
+pub struct Dns<'a> {
+    pub hook: &'a DnsHook,
+    pub pending: PathBuf,
+}
+
+/// Orders a certificate for `names`; returns (PEM chain, PEM private key). `dns` is set when
 /// `challenge` is DNS-01.
 pub async fn order(
     account: &Account,
     names: &[String],
     challenge: AcmeChallenge,
-    dns: Option<&DnsHook>,
+    dns: Option<Dns<'_>>,
     store: &Arc<AcmeStore>,
 ) -> Result<(String, String), String> {
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
@@ -107,7 +114,7 @@ pub async fn order(
         tokens: Vec::new(),
         alpn: Vec::new(),
         records: Vec::new(),
-        hook: dns.map(|d| d.program.as_path()),
+        dns: dns.as_ref(),
     };
     let kind = match challenge {
         AcmeChallenge::Http01 => ChallengeType::Http01,
@@ -123,7 +130,11 @@ pub async fn order(
     };
     for pass in 0..passes {
         if pass == 1 {
-            if let Some(delay) = dns.map(|d| d.delay).filter(|d| !d.is_zero()) {
+            if let Some(delay) = dns
+                .as_ref()
+                .map(|d| d.hook.delay)
+                .filter(|d| !d.is_zero() && !published.records.is_empty())
+            {
                 tokio::time::sleep(delay).await;
             }
         }
@@ -158,10 +169,13 @@ pub async fn order(
                         };
                         let record = format!("_acme-challenge.{}.", base.to_ascii_lowercase());
                         let value = ka.dns_value();
-                        let hook = published.hook.ok_or("dns-01 without a dns_hook")?;
-                        run_hook(hook, "present", &record, &value)?;
+                        let dns = published.dns.ok_or("dns-01 without a dns_hook")?;
+                        // Listed before `present` runs: a hook that published and then failed,
+                        // or was killed, still gets its `cleanup`.
+                        published.records.push((record.clone(), value.clone()));
+                        write_pending(&dns.pending, &published.records)?;
+                        run_hook(&dns.hook.program, "present", &record, &value)?;
                         crate::info!("acme dns-01 record published record={record} for={name}");
-                        published.records.push((record, value));
                         continue;
                     }
                 }
@@ -196,9 +210,9 @@ struct Published<'a> {
     store: &'a AcmeStore,
     tokens: Vec<String>,
     alpn: Vec<String>,
-    /// DNS-01: (record name, value) published through `hook`.
+    /// DNS-01: (record name, value) published (or being published) through the hook.
     records: Vec<(String, String)>,
-    hook: Option<&'a Path>,
+    dns: Option<&'a Dns<'a>>,
 }
 
 impl Drop for Published<'_> {
@@ -209,24 +223,64 @@ impl Drop for Published<'_> {
         for n in &self.alpn {
             self.store.remove_alpn_cert(n);
         }
-        if let Some(hook) = self.hook {
-            for (record, value) in &self.records {
-                // A record left behind is harmless to the next order (a new value is added); say so.
-                if let Err(e) = run_hook(hook, "cleanup", record, value) {
-                    crate::warn!("acme dns-01 record not withdrawn record={record} error={e:?}");
-                }
-            }
+        if let Some(dns) = self.dns {
+            withdraw(dns.hook, &dns.pending, &self.records);
         }
     }
+}
+
+/// Runs `cleanup` for `records`; forgets them (the pending file) only when every one succeeded.
+fn withdraw(hook: &DnsHook, pending: &Path, records: &[(String, String)]) {
+    let mut ok = true;
+    for (record, value) in records {
+        // A record left behind is harmless to the next order (a new value is added); say so.
+        if let Err(e) = run_hook(&hook.program, "cleanup", record, value) {
+            crate::warn!("acme dns-01 record not withdrawn record={record} error={e:?}");
+            ok = false;
+        }
+    }
+    if ok {
+        let _ = std::fs::remove_file(pending);
+    }
+}
+
+/// Records an earlier run listed in `pending` and did not withdraw (it was stopped or crashed
+/// mid-order, or a cleanup failed): withdrawn now, before a new order publishes more.
+pub fn withdraw_stale(hook: &DnsHook, pending: &Path) {
+    let Ok(text) = std::fs::read_to_string(pending) else {
+        return;
+    };
+    let records: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(r, v)| (r.to_owned(), v.to_owned()))
+        .collect();
+    crate::info!(
+        "acme dns-01 withdrawing records left by an earlier order count={} file={}",
+        records.len(),
+        pending.display()
+    );
+    withdraw(hook, pending, &records);
+}
+
+fn write_pending(file: &Path, records: &[(String, String)]) -> Result<(), String> {
+    let text: String = records.iter().map(|(r, v)| format!("{r} {v}\n")).collect();
+    file.parent()
+        .map_or(Ok(()), files::make_dir)
+        .and_then(|()| files::write_private(file, text.as_bytes()))
+        .map_err(|e| format!("recording the DNS-01 records in {}: {e}", file.display()))
 }
 
 /// Runs `hook action record value` to its end, or kills it after `HOOK_TIMEOUT`. Its output goes
 /// to the gateway's own (the log stream).
 fn run_hook(hook: &Path, action: &str, record: &str, value: &str) -> Result<(), String> {
     let shown = hook.display();
+    // Its own process group, so a timeout ends what it started too (a `curl` or `nsupdate` left
+    // running could publish after the order gave up).
     let mut child = Command::new(hook)
         .args([action, record, value])
         .stdin(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("dns_hook {shown}: {e}"))?;
     let deadline = Instant::now() + HOOK_TIMEOUT;
@@ -235,6 +289,10 @@ fn run_hook(hook: &Path, action: &str, record: &str, value: &str) -> Result<(), 
             Ok(Some(st)) if st.success() => return Ok(()),
             Ok(Some(st)) => return Err(format!("dns_hook {shown} {action} {record}: {st}")),
             Ok(None) if Instant::now() >= deadline => {
+                if let Ok(pgid) = i32::try_from(child.id()) {
+                    // SAFETY: signals the process group the child leads; no memory involved.
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(

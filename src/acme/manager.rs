@@ -309,6 +309,17 @@ struct State {
 
 impl State {
     fn run(mut self, rx: &Receiver<Msg>) {
+        // DNS-01 records an earlier run left (stopped or crashed mid-order) are withdrawn first,
+        // here rather than at start-up: the hook may take a while.
+        if let Some(dns) = self
+            .def
+            .as_ref()
+            .and_then(|d| Some((d.dns.as_ref()?, &d.storage)))
+        {
+            for name in self.certs.keys() {
+                issue::withdraw_stale(dns.0, &files::dns_pending_file(dns.1, name));
+            }
+        }
         loop {
             let now = SystemTime::now();
             let mut next = now + MAX_SLEEP;
@@ -497,10 +508,18 @@ impl State {
             .build()
             .map_err(|e| format!("ACME runtime: {e}"))?;
         let store = &self.store;
+        let primary = names.first().map_or("", String::as_str);
+        let dns = def.dns.as_ref().map(|hook| issue::Dns {
+            hook,
+            pending: files::dns_pending_file(&def.storage, primary),
+        });
+        if let Some(d) = &dns {
+            issue::withdraw_stale(d.hook, &d.pending);
+        }
         rt.block_on(async {
             let work = async {
                 let account = issue::account(def).await?;
-                issue::order(&account, names, def.challenge, def.dns.as_ref(), store).await
+                issue::order(&account, names, def.challenge, dns, store).await
             };
             // DNS-01 adds its wait and its hook calls (present and cleanup per name).
             let limit = ORDER_TIMEOUT

@@ -211,13 +211,27 @@ fn dns_hook(
     // Absolute: a bare `hook.sh` (the config in the working directory) would otherwise be looked
     // up in PATH when run.
     let program = std::path::absolute(base.join(hook)).unwrap_or_else(|_| base.join(hook));
+    let shown = program.display();
     match std::fs::metadata(&program) {
-        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
-        Ok(_) => push(
+        Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => push(
             problems,
             p.key("dns_hook"),
-            format!("{} is not an executable file", program.display()),
+            format!("{shown} is not an executable file"),
         ),
+        Ok(m) if m.permissions().mode() & 0o022 != 0 => push(
+            problems,
+            p.key("dns_hook"),
+            format!(
+                "{shown} is writable by other users (mode {:o}): it runs as the gateway, which holds the private keys; chmod go-w it",
+                m.permissions().mode() & 0o7777
+            ),
+        ),
+        Ok(_) if !access(&program, libc::X_OK) => push(
+            problems,
+            p.key("dns_hook"),
+            format!("{shown}: this process may not execute it"),
+        ),
+        Ok(_) => {}
         Err(e) => push(
             problems,
             p.key("dns_hook"),
@@ -287,10 +301,15 @@ fn check_storage(dir: &Path, at: &KeyPath, problems: &mut Vec<Problem>) {
 }
 
 fn writable(dir: &Path) -> bool {
+    access(dir, libc::W_OK | libc::X_OK)
+}
+
+/// access(2) for this process's real ids.
+fn access(path: &Path, mode: libc::c_int) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    unsafe { libc::access(c.as_ptr(), mode) == 0 }
 }
