@@ -17,7 +17,7 @@
 //!   looks again (the reload resolved every name itself).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,17 @@ pub struct Change {
 /// How often the thread looks at the drain flag and at a reloaded `dns_refresh`.
 const TICK: Duration = Duration::from_millis(200);
 
+/// What the thread remembers between rounds.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// Host names whose last resolution failed (a failure streak is logged once).
+    failing: HashSet<String>,
+    /// (target as written, address) missing from the last round's answers: a target moves only
+    /// when its address is missing twice in a row, so DNS that answers with a subset of a larger
+    /// pool (weighted or multivalue records) does not move it back and forth every round.
+    missed: HashSet<(String, SocketAddr)>,
+}
+
 /// Starts the thread; it ends when the gateway drains.
 pub fn spawn(reloader: Arc<Reloader>) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -49,42 +60,64 @@ pub fn spawn(reloader: Arc<Reloader>) -> std::io::Result<()> {
 }
 
 fn run(reloader: &Reloader) {
-    let mut failing = HashSet::new();
-    let mut next = Instant::now();
+    let mut memory = Memory::default();
+    let mut next: Option<Instant> = None;
     loop {
         std::thread::sleep(TICK);
         if reloader.draining() {
             return;
         }
         let current = reloader.current();
-        let Some(every) = current.config.server.dns_refresh else {
+        let config = &current.config;
+        let Some(every) = config.server.dns_refresh.filter(|_| has_names(config)) else {
+            next = None;
             continue;
         };
         let now = Instant::now();
-        if now < next {
-            // A reload that shortened the period takes effect now, not after the old one.
-            next = next.min(now + every);
+        // The first round one period after start (load just resolved everything); a reload that
+        // shortened the period takes effect at once.
+        let due = *next.get_or_insert(now + every);
+        if now < due {
+            next = Some(due.min(now + every));
             continue;
         }
-        next = now + every;
-        let changes = changes(&current.config, net::resolve_all, &mut failing);
+        next = Some(now + every);
+        let changes = changes(config, net::resolve_ips, &mut memory);
         if changes.is_empty() {
             continue;
         }
-        for c in &changes {
-            let (u, t) = names(&current.config, c);
-            info!(
-                "upstream target re-resolved upstream={u} target={t} from={} to={}",
-                c.from, c.to
-            );
-        }
         match reloader.apply_resolved(current.generation, &changes) {
-            Ok(g) => info!("upstream addresses installed generation={g}"),
-            Err(ReloadFailure::Rejected(e) | ReloadFailure::Unavailable { message: e, .. }) => {
-                warn!("upstream addresses not installed: {e}; the next refresh looks again");
+            Ok(g) => {
+                for c in &changes {
+                    let (u, t) = names(config, c);
+                    info!(
+                        "upstream target re-resolved upstream={u} target={t} from={} to={} generation={g}",
+                        c.from, c.to
+                    );
+                }
+            }
+            // A reload came first: it resolved every name itself.
+            Err(ReloadFailure::Unavailable {
+                generation: None, ..
+            }) => info!("upstream addresses superseded by a reload"),
+            Err(ReloadFailure::Unavailable {
+                message,
+                generation: Some(_),
+            }) => warn!("upstream addresses installed, not confirmed: {message}"),
+            Err(ReloadFailure::Rejected(e)) => {
+                warn!("upstream addresses not installed: {e}; the next refresh looks again")
             }
         }
     }
+}
+
+/// Whether any target is given by host name.
+fn has_names(config: &Config) -> bool {
+    config
+        .upstreams
+        .iter()
+        .flat_map(|u| &u.targets)
+        .any(|t| net::split_host_port(&t.name).is_ok_and(|(h, _)| net::ip_literal(h).is_none()))
 }
 
 fn names<'a>(config: &'a Config, c: &Change) -> (&'a str, &'a str) {
@@ -96,60 +129,75 @@ fn names<'a>(config: &'a Config, c: &Change) -> (&'a str, &'a str) {
     )
 }
 
-/// Resolves every target given by host name (each `host:port` once) and returns those whose
-/// address is no longer among the answers. `failing` holds the names whose last resolution
-/// failed, so a failure streak is logged once.
+/// Where a target at `current` goes, given its name's answers: nowhere while `current` is among
+/// them; else the first address of its family, or IPv4 for an IPv6 target (the load-time
+/// preference). `None` also when no address would do: an answer of the other family only (a
+/// failed A query next to a working AAAA one) keeps the target where it is.
+fn destination(current: SocketAddr, ips: &[IpAddr]) -> Option<SocketAddr> {
+    if ips.contains(&current.ip()) {
+        return None;
+    }
+    ips.iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| ips.iter().find(|_| current.is_ipv6()))
+        .map(|ip| SocketAddr::new(*ip, current.port()))
+}
+
+/// Resolves every host name targets use (each once) and returns the targets to move: those whose
+/// address was missing from the answers in this round and the one before (see `Memory`).
 pub fn changes(
     config: &Config,
-    resolve: impl Fn(&str, u16) -> Result<Vec<SocketAddr>, String>,
-    failing: &mut HashSet<String>,
+    resolve: impl Fn(&str) -> Result<Vec<IpAddr>, String>,
+    memory: &mut Memory,
 ) -> Vec<Change> {
-    let mut answers: HashMap<&str, Option<Vec<SocketAddr>>> = HashMap::new();
+    let mut answers: HashMap<&str, Option<Vec<IpAddr>>> = HashMap::new();
+    let mut missed = HashSet::new();
     let mut out = Vec::new();
     for (ui, u) in config.upstreams.iter().enumerate() {
         for (ti, t) in u.targets.iter().enumerate() {
-            let Ok((host, port)) = net::split_host_port(&t.name) else {
+            let Ok((host, _)) = net::split_host_port(&t.name) else {
                 continue;
             };
             if net::ip_literal(host).is_some() {
                 continue;
             }
-            let got = answers.entry(t.name.as_str()).or_insert_with(|| {
-                match resolve(host, port) {
-                    Ok(addrs) if !addrs.is_empty() => {
-                        if failing.remove(&t.name) {
-                            info!("upstream target resolves again target={}", t.name);
+            let got = answers
+                .entry(host)
+                .or_insert_with(|| match resolve(host) {
+                    Ok(ips) if !ips.is_empty() => {
+                        if memory.failing.remove(host) {
+                            info!("upstream target resolves again host={host}");
                         }
-                        Some(addrs)
+                        Some(ips)
                     }
                     result => {
-                        if failing.insert(t.name.clone()) {
+                        if memory.failing.insert(host.to_owned()) {
                             let e = result.err().unwrap_or_else(|| "no addresses".to_owned());
                             warn!(
-                                "upstream target resolution failed target={} error=\"{}\"; keeping addr={}",
-                                t.name,
-                                e.replace('"', "'"),
-                                t.addr
+                                "upstream target resolution failed host={host} error=\"{}\"; targets keep their addresses",
+                                e.replace('"', "'")
                             );
                         }
                         None
                     }
-                }
-            });
-            let Some(addrs) = got else { continue };
-            if addrs.contains(&t.addr) {
+                });
+            let Some(to) = got.as_deref().and_then(|ips| destination(t.addr, ips)) else {
                 continue;
-            }
-            if let Some(to) = net::preferred(addrs) {
+            };
+            let key = (t.name.clone(), t.addr);
+            if memory.missed.contains(&key) {
                 out.push(Change {
                     upstream: ui,
                     target: ti,
                     from: t.addr,
                     to,
                 });
+            } else {
+                missed.insert(key);
             }
         }
     }
+    memory.missed = missed;
     out
 }
 
@@ -187,38 +235,38 @@ paths = ["/"]
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
     #[test]
-    fn only_names_whose_address_left_the_answers_change() {
+    fn a_target_moves_after_its_address_is_missing_twice() {
         let cfg = config();
         let was = cfg.upstreams[0].targets[0].addr;
-        let mut failing = HashSet::new();
+        let mut memory = Memory::default();
         let calls = std::cell::Cell::new(0);
-        // Still among the answers (rotated): nothing changes. The literal is never resolved, and
-        // the name used twice is resolved once.
+        // Still among the answers (rotated): nothing. The literal is never resolved, and the name
+        // two targets use is resolved once.
         let same = changes(
             &cfg,
-            |_, p| {
+            |_| {
                 calls.set(calls.get() + 1);
-                Ok(vec![SocketAddr::new([10, 0, 0, 9].into(), p), was])
+                Ok(vec![ip("10.0.0.9"), was.ip()])
             },
-            &mut failing,
+            &mut memory,
         );
         assert!(same.is_empty(), "{same:?}");
         assert_eq!(calls.get(), 1);
-        // Gone from the answers: both targets with that name move to the preferred new address.
-        let moved = changes(
-            &cfg,
-            |_, p| {
-                Ok(vec![
-                    SocketAddr::new("::1".parse().unwrap_or_else(|e| panic!("{e}")), p),
-                    addr("10.0.0.7:9001"),
-                ])
-            },
-            &mut failing,
-        );
+        // Missing once (a subset answer): nothing yet.
+        let moved = |m: &mut Memory| changes(&cfg, |_| Ok(vec![ip("::1"), ip("10.0.0.7")]), m);
+        assert!(moved(&mut memory).is_empty());
+        // Back, then missing once more: still nothing (the streak restarted).
+        assert!(changes(&cfg, |_| Ok(vec![was.ip()]), &mut memory).is_empty());
+        assert!(moved(&mut memory).is_empty());
+        // Missing twice in a row: both targets with that name move, to IPv4.
         let to = addr("10.0.0.7:9001");
         assert_eq!(
-            moved,
+            moved(&mut memory),
             vec![
                 Change {
                     upstream: 0,
@@ -237,14 +285,26 @@ paths = ["/"]
     }
 
     #[test]
-    fn a_failed_or_empty_resolution_keeps_the_address_and_is_remembered() {
+    fn the_family_is_kept_and_failures_keep_the_address() {
+        let v4 = addr("127.0.0.1:80");
+        // An IPv6-only answer (a failed A query) does not move an IPv4 target...
+        assert_eq!(destination(v4, &[ip("::1")]), None);
+        // ...an IPv6 target goes back to IPv4 when it can, or to another IPv6 address.
+        let v6 = addr("[::1]:80");
+        assert_eq!(
+            destination(v6, &[ip("::2"), ip("10.0.0.1")]),
+            Some(addr("10.0.0.1:80"))
+        );
+        assert_eq!(destination(v6, &[ip("::2")]), Some(addr("[::2]:80")));
         let cfg = config();
-        let mut failing = HashSet::new();
-        assert!(changes(&cfg, |_, _| Err("SERVFAIL".to_owned()), &mut failing).is_empty());
-        assert!(failing.contains("localhost:9001"));
-        assert!(changes(&cfg, |_, _| Ok(Vec::new()), &mut failing).is_empty());
+        let mut memory = Memory::default();
+        for _ in 0..3 {
+            assert!(changes(&cfg, |_| Err("SERVFAIL".to_owned()), &mut memory).is_empty());
+            assert!(changes(&cfg, |_| Ok(Vec::new()), &mut memory).is_empty());
+        }
+        assert!(memory.failing.contains("localhost"));
         let was = cfg.upstreams[0].targets[0].addr;
-        assert!(changes(&cfg, |_, _| Ok(vec![was]), &mut failing).is_empty());
-        assert!(failing.is_empty(), "recovered");
+        assert!(changes(&cfg, |_| Ok(vec![was.ip()]), &mut memory).is_empty());
+        assert!(memory.failing.is_empty(), "recovered");
     }
 }

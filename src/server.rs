@@ -510,7 +510,31 @@ impl Reloader {
                 t.addr = c.to;
             }
         }
-        self.install(&mut state, config)
+        // Only addresses changed: everything compiled from the rest is the serving generation's
+        // (the auth tables, so workers keep their JWT and basic-auth caches; the rate-limit board,
+        // so /metrics counters do not dip). No file is reopened and no reload warning repeats.
+        let prev = state.current.clone();
+        let instances = limit::instances(&config);
+        let links = state.limiter.install(instances);
+        let compiled = Compiled {
+            generation: prev.generation + 1,
+            layout: self.metrics.register_config(&config, prev.generation + 1),
+            config: Arc::new(config),
+            router: prev.router.clone(),
+            tls: prev.tls.clone(),
+            acme_http: prev.acme_http.clone(),
+            chains: prev.chains.clone(),
+            auth: prev.auth.clone(),
+            limiter_links: Mutex::new(links.into_iter().map(Some).collect()),
+            limit_board: prev.limit_board.clone(),
+            consumer_slots: prev.consumer_slots.clone(),
+            consumer_board: prev.consumer_board.clone(),
+        };
+        self.commit(
+            &mut state,
+            Arc::new(compiled),
+            "upstream addresses installed",
+        )
     }
 
     /// Compiles `config` as the next generation and hands it to every worker (see `reload`).
@@ -560,6 +584,24 @@ impl Reloader {
         // Before the workers get it: stored certificates of names it adds are in service when
         // the generation is.
         self.acme.update(&compiled.config);
+        // The admin token is in effect from here on, whatever the workers do: the generation is
+        // committed.
+        if let (Some(settings), Some(def)) = (&self.admin, &compiled.config.admin) {
+            settings.apply(def);
+        }
+        self.commit(state, compiled, "reloaded")
+    }
+
+    /// Hands `compiled` to every worker and waits (bounded) for each to serve it; logs `done` with
+    /// the generation once they all do.
+    fn commit(
+        &self,
+        state: &mut ReloadState,
+        compiled: Arc<Compiled>,
+        done: &str,
+    ) -> Result<u64, ReloadFailure> {
+        let generation = compiled.generation;
+        let workers = state.workers;
         while state.acks.try_recv().is_ok() {}
         // A worker whose channel is closed has exited: it cannot confirm, so it is not waited for,
         // but it counts as unconfirmed.
@@ -574,11 +616,6 @@ impl Reloader {
         }
         if let Ok(mut b) = self.board.lock() {
             *b = compiled.limit_board.clone();
-        }
-        // The admin token is in effect from here on, whatever the workers do: the generation is
-        // committed.
-        if let (Some(settings), Some(def)) = (&self.admin, &compiled.config.admin) {
-            settings.apply(def);
         }
         self.prober.update(compiled.config.clone());
         state.current = compiled;
@@ -620,7 +657,7 @@ impl Reloader {
                 generation: Some(generation),
             });
         }
-        info!("reloaded generation={generation}");
+        info!("{done} generation={generation}");
         Ok(generation)
     }
 }

@@ -89,10 +89,11 @@ pub struct Snapshot {
     pub auth: Arc<AuthSet>,
     /// Pool slot of each forward-auth instance's service (keyed by address, like targets).
     pub forward_slots: Vec<usize>,
-    /// Per jwt instance: tokens this worker verified (bounded; honours exp).
-    pub jwt_caches: Vec<RefCell<TokenCache>>,
+    /// Per jwt instance: tokens this worker verified (bounded; honours exp). Shared with the
+    /// previous snapshot when the auth tables are the same `Arc` (never borrowed across an await).
+    pub jwt_caches: Rc<[RefCell<TokenCache>]>,
     /// Per basic-auth instance: credentials this worker verified (bcrypt is too slow to repeat).
-    pub basic_caches: Vec<RefCell<DigestCache>>,
+    pub basic_caches: Rc<[RefCell<DigestCache>]>,
     /// This worker's rate-limit state for this generation (decides locally, syncs periodically);
     /// `None` only if the generation carried no link for this worker.
     pub limiters: Option<Rc<LimiterSet>>,
@@ -166,18 +167,26 @@ impl Snapshot {
                 .iter()
                 .map(|f| pool.slot_for(f.conf.def.addr))
                 .collect(),
-            jwt_caches: compiled
-                .auth
-                .jwt
-                .iter()
-                .map(|j| RefCell::new(TokenCache::new(j.def.cache_size)))
-                .collect(),
-            basic_caches: compiled
-                .auth
-                .basic_auth
-                .iter()
-                .map(|b| RefCell::new(DigestCache::new(b.def.cache_size)))
-                .collect(),
+            // The same auth tables (a generation that only moved upstream addresses): the caches
+            // stay valid and are shared, so no burst of cold bcrypt and signature checks follows.
+            jwt_caches: match prev.filter(|p| Arc::ptr_eq(&p.auth, &compiled.auth)) {
+                Some(p) => p.jwt_caches.clone(),
+                None => compiled
+                    .auth
+                    .jwt
+                    .iter()
+                    .map(|j| RefCell::new(TokenCache::new(j.def.cache_size)))
+                    .collect(),
+            },
+            basic_caches: match prev.filter(|p| Arc::ptr_eq(&p.auth, &compiled.auth)) {
+                Some(p) => p.basic_caches.clone(),
+                None => compiled
+                    .auth
+                    .basic_auth
+                    .iter()
+                    .map(|b| RefCell::new(DigestCache::new(b.def.cache_size)))
+                    .collect(),
+            },
             limiters: take_limiter(compiled, worker, prev.and_then(|p| p.limiters.as_deref()))
                 .map(Rc::new),
             limit_board: compiled.limit_board.clone(),

@@ -114,6 +114,13 @@ pub fn resolve_all(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         .collect())
 }
 
+/// Every IP address `host` resolves to now (blocking: getaddrinfo), without duplicates.
+pub fn resolve_ips(host: &str) -> Result<Vec<IpAddr>, String> {
+    let mut ips: Vec<IpAddr> = resolve_all(host, 0)?.iter().map(SocketAddr::ip).collect();
+    ips.dedup();
+    Ok(ips)
+}
+
 /// The address a target takes from a resolution: the first IPv4 one, else the first.
 pub fn preferred(addrs: &[SocketAddr]) -> Option<SocketAddr> {
     addrs

@@ -772,7 +772,7 @@ impl Aggregate {
         header(
             out,
             "ringgate_config_generation",
-            "Generation of the config in use (1 at startup, +1 per successful reload).",
+            "Generation of the config in use (1 at startup, +1 per successful reload or upstream address change, see dns_refresh).",
             "gauge",
         );
         line_u64(out, "ringgate_config_generation", "", self.generation);
