@@ -602,6 +602,27 @@ def wrk_run(target, size, conns, duration, tag, run_dir, rnd=None, scheme="http"
     return rec
 
 
+def interleaved_wrk(targets, points, rounds, duration, run_dir):
+    """wrk at each (size, conns) point: a 2 s warm-up per target, then `rounds` rounds in which every
+    target runs once per point, in an order rotated per round. Exits on a failed run; returns every
+    run's record (progress printed as it goes)."""
+    for size, conns in points:
+        for t in targets:
+            wrk_run(t, size, conns, 2, f"warm-{t.name}-{size}-{conns}", run_dir)
+    runs = []
+    for rnd in range(rounds):
+        for size, conns in points:
+            order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+            for t in order:
+                r = wrk_run(t, size, conns, duration, f"{t.name}-{size}-{conns}-{rnd}", run_dir, rnd=rnd)
+                if r.get("error"):
+                    sys.exit(f"{t.name} {size} c={conns}: {r['error']}")
+                runs.append(r)
+                print(f"round {rnd} {size:5s} c={conns:<3d} {t.name:11s} "
+                      f"{r['cpu_us_per_req']:6.1f} us/req  {r['rps']:8.0f} req/s", flush=True)
+    return runs
+
+
 def oha_flags():
     """Version-dependent oha flags: JSON output and db support."""
     try:

@@ -1125,14 +1125,20 @@ fn an_acme_certificate_has_no_files_and_no_wildcards() {
     );
 }
 
+/// The errors of a TLS config whose `[acme]` has `acme_lines` (from line 20 on) and one ACME
+/// certificate for `snis`.
+fn acme_errors(acme_lines: &str, snis: &str) -> Vec<ConfigError> {
+    errors(&tls_base_with(&format!(
+        "{}{acme_lines}\n[[certificates]]\nacme = true\nsnis = [{snis}]\n",
+        acme_table("")
+    )))
+}
+
 #[test]
 fn dns01_needs_an_executable_hook_and_allows_wildcards() {
+    let wild = "\"*.b.test\", \"b.test\"";
     // Without a hook.
-    let text = tls_base_with(&format!(
-        "{}challenge = \"dns-01\"\n\n[[certificates]]\nacme = true\nsnis = [\"*.b.test\", \"b.test\"]\n",
-        acme_table("")
-    ));
-    let errs = errors(&text);
+    let errs = acme_errors("challenge = \"dns-01\"\n", wild);
     assert_eq!(errs.len(), 1, "{errs:?}");
     expect(
         &errs[0],
@@ -1142,11 +1148,10 @@ fn dns01_needs_an_executable_hook_and_allows_wildcards() {
         "dns-01 needs `dns_hook`",
     );
     // A hook that is not executable, a delay too long; the wildcard itself is fine.
-    let text = tls_base_with(&format!(
-        "{}challenge = \"dns-01\"\ndns_hook = \"/etc/passwd\"\ndns_delay = \"11m\"\n\n[[certificates]]\nacme = true\nsnis = [\"*.b.test\", \"b.test\"]\n",
-        acme_table("")
-    ));
-    let errs = errors(&text);
+    let errs = acme_errors(
+        "challenge = \"dns-01\"\ndns_hook = \"/etc/passwd\"\ndns_delay = \"11m\"\n",
+        wild,
+    );
     assert_eq!(errs.len(), 2, "{errs:?}");
     expect(
         &errs[0],
@@ -1164,20 +1169,17 @@ fn dns01_needs_an_executable_hook_and_allows_wildcards() {
         std::fs::set_permissions(&open_hook, std::fs::Permissions::from_mode(0o777))
             .expect("chmod");
     }
-    let text = tls_base_with(&format!(
-        "{}challenge = \"dns-01\"\ndns_hook = \"{}\"\n\n[[certificates]]\nacme = true\nsnis = [\"b.test\"]\n",
-        acme_table(""),
-        open_hook.display()
-    ));
-    let errs = errors(&text);
+    let errs = acme_errors(
+        &format!(
+            "challenge = \"dns-01\"\ndns_hook = \"{}\"\n",
+            open_hook.display()
+        ),
+        "\"b.test\"",
+    );
     assert_eq!(errs.len(), 1, "{errs:?}");
     expect(&errs[0], 21, 12, "acme.dns_hook", "writable by other users");
     // Hook settings without dns-01.
-    let text = tls_base_with(&format!(
-        "{}dns_hook = \"/bin/true\"\n\n[[certificates]]\nacme = true\nsnis = [\"b.test\"]\n",
-        acme_table("")
-    ));
-    let errs = errors(&text);
+    let errs = acme_errors("dns_hook = \"/bin/true\"\n", "\"b.test\"");
     assert_eq!(errs.len(), 1, "{errs:?}");
     expect(
         &errs[0],
@@ -1187,11 +1189,10 @@ fn dns01_needs_an_executable_hook_and_allows_wildcards() {
         "only used with challenge = \"dns-01\"",
     );
     // A wildcard needs a domain under it.
-    let text = tls_base_with(&format!(
-        "{}challenge = \"dns-01\"\ndns_hook = \"/bin/true\"\n\n[[certificates]]\nacme = true\nsnis = [\"*.test\"]\n",
-        acme_table("")
-    ));
-    let errs = errors(&text);
+    let errs = acme_errors(
+        "challenge = \"dns-01\"\ndns_hook = \"/bin/true\"\n",
+        "\"*.test\"",
+    );
     assert_eq!(errs.len(), 1, "{errs:?}");
     expect(
         &errs[0],

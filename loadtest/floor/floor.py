@@ -98,20 +98,7 @@ def main():
                 sys.exit(f"{t.name}: {err}")
         if MODE == "latency":
             return latency(targets, upport, run_dir)
-        runs = []
-        for size, conns in POINTS:
-            for t in targets:
-                B.wrk_run(t, size, conns, 2, f"warm-{t.name}-{size}-{conns}", run_dir)
-        for rnd in range(ROUNDS):
-            for size, conns in POINTS:
-                order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
-                for t in order:
-                    r = B.wrk_run(t, size, conns, DUR, f"{t.name}-{size}-{conns}-{rnd}", run_dir, rnd=rnd)
-                    if r.get("error"):
-                        sys.exit(f"{t.name} {size} c={conns}: {r['error']}")
-                    runs.append(r)
-                    print(f"round {rnd} {size:5s} c={conns:<3d} {t.name:11s} "
-                          f"{r['cpu_us_per_req']:6.1f} us/req  {r['rps']:8.0f} req/s", flush=True)
+        runs = B.interleaved_wrk(targets, POINTS, ROUNDS, DUR, run_dir)
         with open(os.path.join(run_dir, "floor.json"), "w") as f:
             json.dump(runs, f, indent=1)
         print(f"\nraw runs: {run_dir}/floor.json\n")
