@@ -18,12 +18,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::admin::ReloadFailure;
 use crate::config::model::Config;
 use crate::config::net;
+use crate::metrics::{Family, FamilyKind, MetricsHandle};
 use crate::server::Reloader;
 use crate::{info, warn};
 
@@ -49,17 +50,51 @@ pub struct Memory {
     /// when its address is missing twice in a row, so DNS that answers with a subset of a larger
     /// pool (weighted or multivalue records) does not move it back and forth every round.
     missed: HashSet<(String, SocketAddr)>,
+    /// The host names resolved in the last round.
+    hosts: Vec<String>,
 }
 
-/// Starts the thread; it ends when the gateway drains.
-pub fn spawn(reloader: Arc<Reloader>) -> std::io::Result<()> {
+/// What `/metrics` shows of the thread's work (the thread and the metrics thread share it; never a
+/// worker).
+#[derive(Debug, Default)]
+struct Stats {
+    /// Target moves installed.
+    changes: u64,
+    /// Each host name of the last round: whether its resolution failed.
+    hosts: std::collections::BTreeMap<String, bool>,
+}
+
+/// Starts the thread (it ends when the gateway drains) and its metrics:
+/// `ringgate_upstream_dns_changes_total` and `ringgate_upstream_dns_resolution_failing{host}`.
+pub fn spawn(reloader: Arc<Reloader>, metrics: &MetricsHandle) -> std::io::Result<()> {
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let seen = stats.clone();
+    metrics.add_collector(move |out| {
+        let Ok(s) = seen.lock() else { return };
+        out.push(
+            Family::new(
+                "ringgate_upstream_dns_changes_total",
+                "Upstream targets moved to a new address by dns_refresh.",
+                FamilyKind::Counter,
+            )
+            .sample(&[], s.changes as f64),
+        );
+        out.push(s.hosts.iter().fold(
+            Family::new(
+                "ringgate_upstream_dns_resolution_failing",
+                "1 while the last dns_refresh of an upstream host name failed (its targets keep their addresses).",
+                FamilyKind::Gauge,
+            ),
+            |f, (host, failing)| f.sample(&[("host", host)], if *failing { 1.0 } else { 0.0 }),
+        ));
+    });
     std::thread::Builder::new()
         .name("ringgate-dns".to_owned())
-        .spawn(move || run(&reloader))
+        .spawn(move || run(&reloader, &stats))
         .map(drop)
 }
 
-fn run(reloader: &Reloader) {
+fn run(reloader: &Reloader, stats: &Mutex<Stats>) {
     let mut memory = Memory::default();
     let mut next: Option<Instant> = None;
     loop {
@@ -83,11 +118,21 @@ fn run(reloader: &Reloader) {
         }
         next = Some(now + every);
         let changes = changes(config, net::resolve_ips, &mut memory);
+        if let Ok(mut s) = stats.lock() {
+            s.hosts = memory
+                .hosts
+                .iter()
+                .map(|h| (h.clone(), memory.failing.contains(h)))
+                .collect();
+        }
         if changes.is_empty() {
             continue;
         }
         match reloader.apply_resolved(current.generation, &changes) {
             Ok(g) => {
+                if let Ok(mut s) = stats.lock() {
+                    s.changes += changes.len() as u64;
+                }
                 for c in &changes {
                     let (u, t) = names(config, c);
                     info!(
@@ -198,6 +243,10 @@ pub fn changes(
         }
     }
     memory.missed = missed;
+    memory.hosts = answers.keys().map(|h| (*h).to_owned()).collect();
+    memory.hosts.sort();
+    // A host no target uses any more is forgotten.
+    memory.failing.retain(|h| answers.contains_key(h.as_str()));
     out
 }
 
@@ -303,6 +352,7 @@ paths = ["/"]
             assert!(changes(&cfg, |_| Ok(Vec::new()), &mut memory).is_empty());
         }
         assert!(memory.failing.contains("localhost"));
+        assert_eq!(memory.hosts, ["localhost"], "what /metrics lists");
         let was = cfg.upstreams[0].targets[0].addr;
         assert!(changes(&cfg, |_| Ok(vec![was.ip()]), &mut memory).is_empty());
         assert!(memory.failing.is_empty(), "recovered");

@@ -239,7 +239,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         }
         None => None,
     };
-    if let Err(e) = crate::dns::spawn(reloader.clone()) {
+    if let Err(e) = crate::dns::spawn(reloader.clone(), &metrics) {
         // Serving goes on with the addresses resolved at load, as with dns_refresh = "0s".
         error!("dns refresh thread not started error=\"{e}\"");
     }

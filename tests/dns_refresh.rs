@@ -88,6 +88,12 @@ listen = ["127.0.0.1:0"]
 workers = 2
 dns_refresh = "1s"
 
+[admin]
+listen = "127.0.0.1:0"
+
+[metrics]
+flush_interval = "100ms"
+
 [[upstreams]]
 name = "u"
 targets = [{{ target = "{NAME}:{port}" }}]
@@ -150,6 +156,22 @@ paths = ["/"]
         assert_eq!(who(&mut Conn::connect(gw.addr())), "b");
     }
     assert!(b.request_count() >= 11);
+    // /metrics: one move, and the name resolves.
+    let r = common::send_raw(
+        gw.admin_addr(),
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
+    );
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains("\nringgate_upstream_dns_changes_total 1\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "ringgate_upstream_dns_resolution_failing{{host=\"{NAME}\"}} 0"
+        )),
+        "{body}"
+    );
 }
 
 #[test]
