@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::admin::ReloadFailure;
-use crate::config::model::Config;
+use crate::config::model::{Config, TargetDef};
 use crate::config::net;
 use crate::metrics::{Family, FamilyKind, MetricsHandle};
 use crate::server::Reloader;
@@ -156,13 +156,21 @@ fn run(reloader: &Reloader, stats: &Mutex<Stats>) {
     }
 }
 
+/// The host name of a target given by one (`None` for an IP literal).
+fn host_name(t: &TargetDef) -> Option<&str> {
+    net::split_host_port(&t.name)
+        .ok()
+        .map(|(h, _)| h)
+        .filter(|h| net::ip_literal(h).is_none())
+}
+
 /// Whether any target is given by host name.
 fn has_names(config: &Config) -> bool {
     config
         .upstreams
         .iter()
         .flat_map(|u| &u.targets)
-        .any(|t| net::split_host_port(&t.name).is_ok_and(|(h, _)| net::ip_literal(h).is_none()))
+        .any(|t| host_name(t).is_some())
 }
 
 fn names<'a>(config: &'a Config, c: &Change) -> (&'a str, &'a str) {
@@ -200,12 +208,9 @@ pub fn changes(
     let mut out = Vec::new();
     for (ui, u) in config.upstreams.iter().enumerate() {
         for (ti, t) in u.targets.iter().enumerate() {
-            let Ok((host, _)) = net::split_host_port(&t.name) else {
+            let Some(host) = host_name(t) else {
                 continue;
             };
-            if net::ip_literal(host).is_some() {
-                continue;
-            }
             let got = answers
                 .entry(host)
                 .or_insert_with(|| match resolve(host) {

@@ -613,6 +613,27 @@ esac
     hook
 }
 
+/// `config` for DNS-01 through `hook`, with only a TLS listener on `tls` (no challenge comes to the
+/// gateway).
+fn dns01_config(
+    tls: u16,
+    ca: &Pebble,
+    storage: &Path,
+    hook: &Path,
+    names: &[&str],
+    up: &Upstream,
+) -> String {
+    config(
+        &format!("{{ addr = \"127.0.0.1:{tls}\", tls = true }}"),
+        &ca.directory(),
+        &ca.ca_file(),
+        storage,
+        &format!("challenge = \"dns-01\"\ndns_hook = \"{}\"", hook.display()),
+        names,
+        up,
+    )
+}
+
 #[test]
 fn dns01_through_the_hook_issues_a_wildcard_and_withdraws_the_records() {
     let up = Upstream::echo("app");
@@ -624,15 +645,7 @@ fn dns01_through_the_hook_issues_a_wildcard_and_withdraws_the_records() {
     let log = hooks.0.join("calls.log");
     let hook = dns_hook(&hooks.0, &ca, &log, false);
     let names = ["*.wild.ringgate.test", "wild.ringgate.test"];
-    let cfg = config(
-        &format!("{{ addr = \"127.0.0.1:{tls}\", tls = true }}"),
-        &ca.directory(),
-        &ca.ca_file(),
-        &storage.0,
-        &format!("challenge = \"dns-01\"\ndns_hook = \"{}\"", hook.display()),
-        &names,
-        &up,
-    );
+    let cfg = dns01_config(tls, &ca, &storage.0, &hook, &names, &up);
     let gw = Gateway::start(&cfg);
     wait_issued(&gw, &ca);
     let root = ca.issuing_root();
@@ -690,15 +703,7 @@ fn a_failing_dns_hook_fails_the_order_with_its_status_and_backs_off() {
         "_acme-challenge.stale.ringgate.test. old-value\n",
     )
     .expect("pending");
-    let cfg = config(
-        &format!("{{ addr = \"127.0.0.1:{tls}\", tls = true }}"),
-        &ca.directory(),
-        &ca.ca_file(),
-        &storage.0,
-        &format!("challenge = \"dns-01\"\ndns_hook = \"{}\"", hook.display()),
-        &["*.fail.ringgate.test"],
-        &up,
-    );
+    let cfg = dns01_config(tls, &ca, &storage.0, &hook, &["*.fail.ringgate.test"], &up);
     let gw = Gateway::start(&cfg);
     assert!(
         gw.wait_log("acme order failed", ISSUE_TIMEOUT),

@@ -1279,11 +1279,7 @@ fn the_acme_challenge_needs_a_listener_to_answer_it() {
 fn acme_names_and_storage_must_be_fit_for_a_public_ca() {
     // A single label or an underscore is refused by every public CA: said at load, not as an order
     // failing forever.
-    let text = tls_base_with(&format!(
-        "{}\n[[certificates]]\nacme = true\nsnis = [\"localhost\", \"a_b.example.com\"]\n",
-        acme_table("")
-    ));
-    let errs = errors(&text);
+    let errs = acme_errors("", "\"localhost\", \"a_b.example.com\"");
     assert_eq!(errs.len(), 2, "{errs:?}");
     expect(
         &errs[0],
