@@ -615,6 +615,7 @@ impl Reloader {
             }
         }
         if let Ok(mut b) = self.board.lock() {
+            compiled.limit_board.absorb(&b);
             *b = compiled.limit_board.clone();
         }
         self.prober.update(compiled.config.clone());

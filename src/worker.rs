@@ -723,6 +723,10 @@ async fn control_loop(
         // Never blocks: a new generation is swapped in between two ticks.
         while let Ok(compiled) = spec.reloads.try_recv() {
             shard.install(&compiled);
+            // Publish at once, so the new board is current by the time the reload is confirmed.
+            if let Some(limiters) = &shard.snapshot().limiters {
+                compiled.limit_board.publish(spec.index, limiters);
+            }
             let _ = spec.acks.send((spec.index, compiled.generation));
         }
     }

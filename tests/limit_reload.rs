@@ -185,3 +185,46 @@ fn cluster_counts_survive_a_reload_without_a_ghost_node() {
     assert_eq!(r.status, 200);
     assert_eq!(remaining(&r), 24, "a changed limit starts fresh");
 }
+
+/// The rate-limit counters on `/metrics` carry over a reload: a scrape right after it shows the
+/// count from before, not 0 until the workers' next publish (a dip reads as a counter reset and
+/// spikes `rate()`). The reload also stretches `flush_interval` to 60 s, so nothing but the hand-over
+/// can fill the new generation's counters in time for the scrape.
+#[test]
+fn metrics_counters_do_not_dip_across_a_reload() {
+    away_from_hour_end();
+    let up = Upstream::echo("up");
+    let plugin = r#"{ hour = 10, limit_by = "header", header_name = "x-client" }"#;
+    let with_metrics = |flush: &str, extra_route: bool| {
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nflush_interval = \"{flush}\"\n",
+            config(&up, 2, plugin, extra_route)
+        )
+    };
+    let gw = Gateway::start(&with_metrics("50ms", false));
+    let mut c = Conn::connect(gw.addr());
+    for _ in 0..4 {
+        assert_eq!(c.request(REQ).status, 200);
+    }
+    let want = r#"ringgate_ratelimit_admitted_total{limit="route:api"} 4"#;
+    let scrape = || {
+        let r = send_raw(
+            gw.admin_addr(),
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n",
+        );
+        String::from_utf8_lossy(&r.body).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !scrape().contains(want) {
+        assert!(std::time::Instant::now() < deadline, "{}", scrape());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    gw.rewrite_config(&with_metrics("60s", true));
+    gw.reload_to(2);
+    let metrics = scrape();
+    assert!(
+        metrics.contains(want),
+        "the count dipped across the reload:\n{metrics}"
+    );
+}

@@ -64,6 +64,30 @@ impl LimitBoard {
         }
     }
 
+    /// Carries `prev`'s counters over into this board (a reload): an instance whose counts survived
+    /// the reload (the reconciler kept its slot, so both boards hold the same `SharedStats`) starts
+    /// from what `prev` showed, so `/metrics` counters never dip between the swap and the workers'
+    /// next publish. `fetch_max`, because a worker may already have published its (never smaller)
+    /// counts here.
+    pub fn absorb(&self, prev: &LimitBoard) {
+        if std::ptr::eq(self, prev) {
+            return;
+        }
+        for (i, stats) in self.reconciler.iter().enumerate() {
+            let Some(j) = prev.reconciler.iter().position(|s| Arc::ptr_eq(s, stats)) else {
+                continue;
+            };
+            for w in 0..self.workers {
+                for field in 0..FIELDS {
+                    if let (Some(new), Some(old)) = (self.cell(w, i, field), prev.cell(w, j, field))
+                    {
+                        new.fetch_max(old.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
     fn sum(&self, instance: usize, field: usize) -> u64 {
         (0..self.workers)
             .filter_map(|w| self.cell(w, instance, field))
