@@ -1,10 +1,12 @@
-//! Re-resolving upstream targets given by host name, on the `ringgate-dns` thread.
+//! Re-resolving upstream targets and forward-auth services given by host name, on the
+//! `ringgate-dns` thread.
 //!
-//! Every `[server] dns_refresh` (default 30 s) each such target's host is resolved again
-//! (getaddrinfo blocks, so never on a worker). When a target's address is no longer among the
-//! answers, the serving config is installed again with the new address as the next generation
+//! Every `[server] dns_refresh` (default 30 s) each such name is resolved again (getaddrinfo
+//! blocks, so never on a worker). When a target's (or auth service's) address is no longer among
+//! the answers, the serving config is installed again with the new address as the next generation
 //! (`Reloader::apply_resolved`): the same path as a reload, so nothing in flight is dropped, the
 //! new address gets its own pool slot and health state, and connections to the old one idle out.
+//! A moved auth service also rebuilds the auth tables (they hold its address).
 //!
 //! Invariants:
 //! - a target keeps its address while its name still resolves to it, so DNS that rotates its
@@ -22,18 +24,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::admin::ReloadFailure;
-use crate::config::model::{Config, TargetDef};
+use crate::config::model::{Config, PluginConfig};
 use crate::config::net;
 use crate::metrics::{Family, FamilyKind, MetricsHandle};
 use crate::server::Reloader;
 use crate::{info, warn};
 
-/// A target whose name now resolves elsewhere.
+/// What a resolved name is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Indices into `Config::upstreams` and its `targets`.
+    Target { upstream: usize, target: usize },
+    /// Index into `Config::plugins` of a `forward-auth` plugin (its auth service's address).
+    ForwardAuth { plugin: usize },
+}
+
+/// A target or auth service whose name now resolves elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    /// Indices into `Config::upstreams` and its `targets`.
-    pub upstream: usize,
-    pub target: usize,
+    pub place: Place,
     pub from: SocketAddr,
     pub to: SocketAddr,
 }
@@ -74,7 +83,7 @@ pub fn spawn(reloader: Arc<Reloader>, metrics: &MetricsHandle) -> std::io::Resul
         out.push(
             Family::new(
                 "ringgate_upstream_dns_changes_total",
-                "Upstream targets moved to a new address by dns_refresh.",
+                "Upstream targets and forward-auth services moved to a new address by dns_refresh.",
                 FamilyKind::Counter,
             )
             .sample(&[], s.changes as f64),
@@ -82,7 +91,7 @@ pub fn spawn(reloader: Arc<Reloader>, metrics: &MetricsHandle) -> std::io::Resul
         out.push(s.hosts.iter().fold(
             Family::new(
                 "ringgate_upstream_dns_resolution_failing",
-                "1 while the last dns_refresh of an upstream host name failed (its targets keep their addresses).",
+                "1 while the last dns_refresh of a host name failed (its targets and auth services keep their addresses).",
                 FamilyKind::Gauge,
             ),
             |f, (host, failing)| f.sample(&[("host", host)], if *failing { 1.0 } else { 0.0 }),
@@ -134,11 +143,25 @@ fn run(reloader: &Reloader, stats: &Mutex<Stats>) {
                     s.changes += changes.len() as u64;
                 }
                 for c in &changes {
-                    let (u, t) = names(config, c);
-                    info!(
-                        "upstream target re-resolved upstream={u} target={t} from={} to={} generation={g}",
-                        c.from, c.to
-                    );
+                    match c.place {
+                        Place::Target { upstream, target } => {
+                            let u = config.upstreams.get(upstream);
+                            let t = u.and_then(|u| u.targets.get(target));
+                            info!(
+                                "upstream target re-resolved upstream={} target={} from={} to={} generation={g}",
+                                u.map_or("?", |u| u.name.as_str()),
+                                t.map_or("?", |t| t.name.as_str()),
+                                c.from,
+                                c.to
+                            );
+                        }
+                        Place::ForwardAuth { plugin } => info!(
+                            "forward-auth service re-resolved plugin={} from={} to={} generation={g}",
+                            config.plugins.get(plugin).map_or("?".to_owned(), |p| p.scope.id(config)),
+                            c.from,
+                            c.to
+                        ),
+                    }
                 }
             }
             // A reload came first: it resolved every name itself.
@@ -156,30 +179,46 @@ fn run(reloader: &Reloader, stats: &Mutex<Stats>) {
     }
 }
 
-/// The host name of a target given by one (`None` for an IP literal).
-fn host_name(t: &TargetDef) -> Option<&str> {
-    net::split_host_port(&t.name)
-        .ok()
-        .map(|(h, _)| h)
-        .filter(|h| net::ip_literal(h).is_none())
+/// The host name in `name` (`host:port`, or a bare host for an auth service's authority), or
+/// `None` for an IP literal.
+fn host_name(name: &str) -> Option<&str> {
+    let host = net::split_host_port(name).map_or(name, |(h, _)| h);
+    (!host.starts_with('[') && net::ip_literal(host).is_none()).then_some(host)
 }
 
-/// Whether any target is given by host name.
-fn has_names(config: &Config) -> bool {
-    config
-        .upstreams
+/// Everything given by host name: (name as written, current address, where it is used).
+fn named(config: &Config) -> Vec<(&str, SocketAddr, Place)> {
+    let targets = config.upstreams.iter().enumerate().flat_map(|(ui, u)| {
+        u.targets.iter().enumerate().map(move |(ti, t)| {
+            let place = Place::Target {
+                upstream: ui,
+                target: ti,
+            };
+            (t.name.as_str(), t.addr, place)
+        })
+    });
+    let auth = config
+        .plugins
         .iter()
-        .flat_map(|u| &u.targets)
-        .any(|t| host_name(t).is_some())
+        .enumerate()
+        .filter(|(_, p)| p.enabled)
+        .filter_map(|(i, p)| match &p.config {
+            PluginConfig::ForwardAuth(f) => Some((
+                f.def.host.as_str(),
+                f.def.addr,
+                Place::ForwardAuth { plugin: i },
+            )),
+            _ => None,
+        });
+    targets
+        .chain(auth)
+        .filter(|(name, _, _)| host_name(name).is_some())
+        .collect()
 }
 
-fn names<'a>(config: &'a Config, c: &Change) -> (&'a str, &'a str) {
-    let u = config.upstreams.get(c.upstream);
-    let t = u.and_then(|u| u.targets.get(c.target));
-    (
-        u.map_or("?", |u| u.name.as_str()),
-        t.map_or("?", |t| t.name.as_str()),
-    )
+/// Whether any target or auth service is given by host name.
+fn has_names(config: &Config) -> bool {
+    !named(config).is_empty()
 }
 
 /// Where a target at `current` goes, given its name's answers: nowhere while `current` is among
@@ -206,45 +245,42 @@ pub fn changes(
     let mut answers: HashMap<&str, Option<Vec<IpAddr>>> = HashMap::new();
     let mut missed = HashSet::new();
     let mut out = Vec::new();
-    for (ui, u) in config.upstreams.iter().enumerate() {
-        for (ti, t) in u.targets.iter().enumerate() {
-            let Some(host) = host_name(t) else {
-                continue;
-            };
-            let got = answers
-                .entry(host)
-                .or_insert_with(|| match resolve(host) {
-                    Ok(ips) if !ips.is_empty() => {
-                        if memory.failing.remove(host) {
-                            info!("upstream target resolves again host={host}");
-                        }
-                        Some(ips)
+    for (name, addr, place) in named(config) {
+        let Some(host) = host_name(name) else {
+            continue;
+        };
+        let got = answers
+            .entry(host)
+            .or_insert_with(|| match resolve(host) {
+                Ok(ips) if !ips.is_empty() => {
+                    if memory.failing.remove(host) {
+                        info!("upstream host resolves again host={host}");
                     }
-                    result => {
-                        if memory.failing.insert(host.to_owned()) {
-                            let e = result.err().unwrap_or_else(|| "no addresses".to_owned());
-                            warn!(
-                                "upstream target resolution failed host={host} error=\"{}\"; targets keep their addresses",
-                                e.replace('"', "'")
-                            );
-                        }
-                        None
+                    Some(ips)
+                }
+                result => {
+                    if memory.failing.insert(host.to_owned()) {
+                        let e = result.err().unwrap_or_else(|| "no addresses".to_owned());
+                        warn!(
+                            "upstream host resolution failed host={host} error=\"{}\"; its users keep their addresses",
+                            e.replace('"', "'")
+                        );
                     }
-                });
-            let Some(to) = got.as_deref().and_then(|ips| destination(t.addr, ips)) else {
-                continue;
-            };
-            let key = (t.name.clone(), t.addr);
-            if memory.missed.contains(&key) {
-                out.push(Change {
-                    upstream: ui,
-                    target: ti,
-                    from: t.addr,
-                    to,
-                });
-            } else {
-                missed.insert(key);
-            }
+                    None
+                }
+            });
+        let Some(to) = got.as_deref().and_then(|ips| destination(addr, ips)) else {
+            continue;
+        };
+        let key = (name.to_owned(), addr);
+        if memory.missed.contains(&key) {
+            out.push(Change {
+                place,
+                from: addr,
+                to,
+            });
+        } else {
+            missed.insert(key);
         }
     }
     memory.missed = missed;
@@ -279,6 +315,15 @@ upstream = "u"
 name = "r"
 service = "s"
 paths = ["/"]
+
+[[plugins]]
+name = "forward-auth"
+config = { address = "http://localhost:9100/auth" }
+
+[[plugins]]
+name = "forward-auth"
+route = "r"
+config = { address = "http://127.0.0.1:9101/auth" }
 "#,
             "dns.toml",
         )
@@ -317,22 +362,32 @@ paths = ["/"]
         // Back, then missing once more: still nothing (the streak restarted).
         assert!(changes(&cfg, |_| Ok(vec![was.ip()]), &mut memory).is_empty());
         assert!(moved(&mut memory).is_empty());
-        // Missing twice in a row: both targets with that name move, to IPv4.
+        // Missing twice in a row: both targets and the auth service with that name move, to IPv4
+        // (the auth service given by an IP literal stays).
         let to = addr("10.0.0.7:9001");
         assert_eq!(
             moved(&mut memory),
             vec![
                 Change {
-                    upstream: 0,
-                    target: 0,
+                    place: Place::Target {
+                        upstream: 0,
+                        target: 0
+                    },
                     from: was,
                     to
                 },
                 Change {
-                    upstream: 1,
-                    target: 0,
+                    place: Place::Target {
+                        upstream: 1,
+                        target: 0
+                    },
                     from: was,
                     to
+                },
+                Change {
+                    place: Place::ForwardAuth { plugin: 0 },
+                    from: SocketAddr::new(was.ip(), 9100),
+                    to: addr("10.0.0.7:9100")
                 },
             ]
         );
@@ -361,5 +416,12 @@ paths = ["/"]
         let was = cfg.upstreams[0].targets[0].addr;
         assert!(changes(&cfg, |_| Ok(vec![was.ip()]), &mut memory).is_empty());
         assert!(memory.failing.is_empty(), "recovered");
+        // Names as written: `host:port`, or an auth service's bare authority.
+        assert_eq!(host_name("auth.local"), Some("auth.local"));
+        assert_eq!(host_name("auth.local:9000"), Some("auth.local"));
+        assert_eq!(host_name("10.0.0.1:80"), None);
+        assert_eq!(host_name("10.0.0.1"), None);
+        assert_eq!(host_name("[::1]:80"), None);
+        assert_eq!(host_name("[::1]"), None);
     }
 }

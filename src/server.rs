@@ -15,7 +15,7 @@ use crate::access_log::AccessLog;
 use crate::acme::AcmeManager;
 use crate::admin::{AdminServer, AdminSettings, ReloadFailure};
 use crate::config;
-use crate::config::model::{Config, ListenKind};
+use crate::config::model::{Config, ListenKind, PluginConfig};
 use crate::config::ConfigError;
 use crate::limit::board::LimitBoard;
 use crate::limit::{self, ReconcilerHandle};
@@ -501,19 +501,39 @@ impl Reloader {
             });
         }
         let mut config = (*state.current.config).clone();
+        let mut auth_moved = false;
         for c in changes {
-            if let Some(t) = config
-                .upstreams
-                .get_mut(c.upstream)
-                .and_then(|u| u.targets.get_mut(c.target))
-            {
-                t.addr = c.to;
+            match c.place {
+                crate::dns::Place::Target { upstream, target } => {
+                    if let Some(t) = config
+                        .upstreams
+                        .get_mut(upstream)
+                        .and_then(|u| u.targets.get_mut(target))
+                    {
+                        t.addr = c.to;
+                    }
+                }
+                crate::dns::Place::ForwardAuth { plugin } => {
+                    if let Some(PluginConfig::ForwardAuth(f)) =
+                        config.plugins.get_mut(plugin).map(|p| &mut p.config)
+                    {
+                        f.def.addr = c.to;
+                        auth_moved = true;
+                    }
+                }
             }
         }
         // Only addresses changed: everything compiled from the rest is the serving generation's
         // (the auth tables, so workers keep their JWT and basic-auth caches; the rate-limit board,
         // so /metrics counters do not dip). No file is reopened and no reload warning repeats.
+        // A moved auth service is the exception: the auth tables hold its address, so they are
+        // built again (pure, no file read) and the workers' auth caches start over.
         let prev = state.current.clone();
+        let auth = if auth_moved {
+            Arc::new(crate::auth::AuthSet::build(&config))
+        } else {
+            prev.auth.clone()
+        };
         let instances = limit::instances(&config);
         let links = state.limiter.install(instances);
         let compiled = Compiled {
@@ -524,7 +544,7 @@ impl Reloader {
             tls: prev.tls.clone(),
             acme_http: prev.acme_http.clone(),
             chains: prev.chains.clone(),
-            auth: prev.auth.clone(),
+            auth,
             limiter_links: Mutex::new(links.into_iter().map(Some).collect()),
             limit_board: prev.limit_board.clone(),
             consumer_slots: prev.consumer_slots.clone(),

@@ -195,3 +195,76 @@ fn dns_refresh_zero_resolves_only_at_load() {
     let r = Conn::connect(gw.addr()).get(HOST, "/x");
     assert_eq!(r.header("x-upstream"), Some("b"));
 }
+
+/// A forward-auth service given by host name follows its DNS as upstream targets do: requests
+/// keep being authorized, by the service at the new address once the name has moved.
+#[test]
+fn a_forward_auth_service_follows_its_name() {
+    let allow = |who: &str| {
+        format!("HTTP/1.1 200 OK\r\nX-Auth-User: {who}\r\nContent-Length: 0\r\n\r\n").into_bytes()
+    };
+    let auth_a = Upstream::named("auth-a", common::Behaviour::Fixed(allow("a")));
+    let auth_b = Upstream::named_at(
+        SocketAddr::from(([127, 0, 0, 2], auth_a.port())),
+        "auth-b",
+        common::Behaviour::Fixed(allow("b")),
+    );
+    let up = Upstream::echo("up");
+    let hosts = TempFile::new(".hosts", &format!("127.0.0.1 {NAME}\n"));
+    let Some(gw) = start(
+        &hosts,
+        &format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 2
+dns_refresh = "1s"
+
+[[services]]
+name = "s"
+url = "{url}"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+
+[[plugins]]
+name = "forward-auth"
+config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-user"] }}
+"#,
+            url = up.url(),
+            port = auth_a.port()
+        ),
+    ) else {
+        return;
+    };
+    let mut c = Conn::connect(gw.addr());
+    let authorized_by = |c: &mut Conn| -> String {
+        let r = c.get(HOST, "/x");
+        assert_eq!(r.status, 200, "{r:?}");
+        let last = up.requests().pop().expect("the upstream saw the request");
+        last.header("x-auth-user").unwrap_or_default().to_owned()
+    };
+    assert_eq!(authorized_by(&mut c), "a");
+    point_at(&hosts, "127.0.0.2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while authorized_by(&mut c) != "b" {
+        assert!(
+            Instant::now() < deadline,
+            "still authorized by a; log:\n{}",
+            gw.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gw.log_contains(&format!(
+        "forward-auth service re-resolved plugin=global from=127.0.0.1:{p} to=127.0.0.2:{p}",
+        p = auth_a.port()
+    )));
+    assert!(gw.wait_log(
+        "upstream addresses installed generation=2",
+        Duration::from_secs(10)
+    ));
+    for _ in 0..6 {
+        assert_eq!(authorized_by(&mut Conn::connect(gw.addr())), "b");
+    }
+}
