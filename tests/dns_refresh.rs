@@ -267,4 +267,5 @@ config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-
     for _ in 0..6 {
         assert_eq!(authorized_by(&mut Conn::connect(gw.addr())), "b");
     }
+    assert!(auth_b.request_count() >= 7);
 }
