@@ -141,12 +141,16 @@ paths = ["/"]
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(gw.log_contains(&format!(
-        "upstream target re-resolved upstream=u target={NAME}:{} from=127.0.0.1:{} to=127.0.0.2:{}",
-        a.port(),
-        a.port(),
-        a.port()
-    )));
+    // Logged once every worker confirmed, which may come after this worker served `b`.
+    assert!(gw.wait_log(
+        &format!(
+            "upstream target re-resolved upstream=u target={NAME}:{} from=127.0.0.1:{} to=127.0.0.2:{}",
+            a.port(),
+            a.port(),
+            a.port()
+        ),
+        Duration::from_secs(10)
+    ));
     assert!(gw.wait_log(
         "upstream addresses installed generation=2",
         Duration::from_secs(10)
@@ -256,10 +260,13 @@ config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(gw.log_contains(&format!(
-        "forward-auth service re-resolved plugin=global from=127.0.0.1:{p} to=127.0.0.2:{p}",
-        p = auth_a.port()
-    )));
+    assert!(gw.wait_log(
+        &format!(
+            "forward-auth service re-resolved plugin=global from=127.0.0.1:{p} to=127.0.0.2:{p}",
+            p = auth_a.port()
+        ),
+        Duration::from_secs(10)
+    ));
     assert!(gw.wait_log(
         "upstream addresses installed generation=2",
         Duration::from_secs(10)
