@@ -5,7 +5,8 @@
 //! blocks, so never on a worker). When a target's (or auth service's) address is no longer among
 //! the answers, the serving config is installed again with the new address as the next generation
 //! (`Reloader::apply_resolved`): the same path as a reload, so nothing in flight is dropped, the
-//! new address gets its own pool slot and health state, and connections to the old one idle out.
+//! new address gets its own pool slot and health state, and the old one's are released (its idle
+//! connections closed) once no request of the old generation is left.
 //! A moved auth service also rebuilds the auth tables (they hold its address).
 //!
 //! Invariants:

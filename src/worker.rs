@@ -10,7 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -237,6 +237,15 @@ fn take_limiter(
     link.map(|l| LimiterSet::with_previous(l, prev))
 }
 
+/// A generation this worker swapped out, and the pool and health slots it holds a use of: they are
+/// released once the last request holding the snapshot is done (`Shard::release_retired`), so a
+/// slot index is never reused while anything that knows it is running.
+struct Retired {
+    snap: Weak<Snapshot>,
+    pool_slots: Vec<usize>,
+    health_slots: Vec<usize>,
+}
+
 /// Everything a worker's connections share. Lives on one thread only.
 pub struct Shard {
     worker: usize,
@@ -251,6 +260,8 @@ pub struct Shard {
     pub pool: Pool,
     /// Target health on this worker (passive ejections, active verdicts), by target identity.
     pub health: HealthTable,
+    /// Swapped-out generations whose slots are not released yet.
+    retired: RefCell<Vec<Retired>>,
     /// The other workers' health channels (empty until `worker_main` sets them).
     health_peers: Vec<crossbeam_channel::Sender<HealthEvent>>,
     /// Set once SIGTERM/SIGINT arrived: finish in-flight requests, close idle connections.
@@ -295,6 +306,7 @@ impl Shard {
             consumer_board: compiled.consumer_board.clone(),
             pool,
             health,
+            retired: RefCell::new(Vec::new()),
             health_peers: Vec::new(),
             draining: Cell::new(false),
             active: Cell::new(0),
@@ -355,12 +367,43 @@ impl Shard {
             Some(&prev),
             self.metrics.current(),
         );
+        // The new snapshot took its uses of the slots it shares with `prev` above, so a slot both
+        // use never drops to zero uses in between.
+        self.retired.borrow_mut().push(Retired {
+            snap: Rc::downgrade(&prev),
+            pool_slots: prev
+                .slots
+                .iter()
+                .chain(&prev.forward_slots)
+                .copied()
+                .collect(),
+            health_slots: prev.health_slots.clone(),
+        });
         drop(prev);
         *self.current.borrow_mut() = Rc::new(snapshot);
         // Turned off: what is buffered is handed off now, before this worker acknowledges the
         // generation (the main thread closes the file only after every acknowledgement).
         self.access_log
             .configure(compiled.config.access_log.as_ref());
+    }
+
+    /// Releases the slots of swapped-out generations no request holds any more (control loop):
+    /// idle connections to targets no live generation has are closed, and their health is
+    /// forgotten.
+    pub fn release_retired(&self) {
+        let mut retired = self.retired.borrow_mut();
+        retired.retain(|r| {
+            if r.snap.strong_count() > 0 {
+                return true;
+            }
+            for &slot in &r.pool_slots {
+                self.pool.release(slot);
+            }
+            for &slot in &r.health_slots {
+                self.health.release(slot);
+            }
+            false
+        });
     }
 
     /// Idle pooled connections per target, indexed like `Layout::targets` (flat config order).
@@ -667,6 +710,7 @@ async fn control_loop(
         monoio::time::sleep(CONTROL_TICK).await;
         ticks += 1;
         if ticks % 20 == 0 {
+            shard.release_retired();
             shard.pool.reap();
             // mimalloc returns freed pages to the OS only when the heap is next used: an idle worker
             // (say, after 10,000 connections parked) would otherwise keep their freed request state

@@ -123,6 +123,60 @@ fn pools_survive_a_reload_for_unchanged_targets() {
     );
 }
 
+/// A target a reload removed: its idle pooled connection is closed once no request of the old
+/// generation is left (within the worker's ~1 s housekeeping tick), not kept until `idle_timeout`;
+/// a target both generations have keeps its connection.
+#[test]
+fn a_removed_target_s_idle_connections_close_after_the_reload() {
+    let users = Upstream::echo("users");
+    let orders = Upstream::echo("orders");
+    let other = Upstream::echo("other");
+    let with_pool = |orders: &Upstream, path: &str| {
+        format!(
+            "{}
+[server.pool]
+idle_timeout = \"300s\"\n",
+            two_route_config(&users, orders, path, 1)
+        )
+    };
+    let gw = Gateway::start(&with_pool(&orders, "/users"));
+    {
+        let mut c = Conn::connect(gw.addr());
+        assert_eq!(c.get(HOST, "/users/1").status, 200);
+        assert_eq!(c.get(HOST, "/orders/1").status, 200);
+    }
+    // `orders` now points at another upstream; `users` stays.
+    gw.rewrite_config(&with_pool(&other, "/people"));
+    gw.reload_to(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while orders.peer_closed() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the removed target's idle connection is still open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/people/1").status, 200);
+    assert_eq!(c.get(HOST, "/orders/1").header("x-upstream"), Some("other"));
+    assert_eq!(users.peer_closed(), 0);
+    assert_eq!(
+        users.connections(),
+        1,
+        "the kept target's connection was reused"
+    );
+    // Back to the first upstream: a new slot, a new connection, and nothing else disturbed.
+    drop(c);
+    gw.rewrite_config(&with_pool(&orders, "/users"));
+    gw.reload_to(3);
+    assert_eq!(
+        get(gw.addr(), HOST, "/orders/2").header("x-upstream"),
+        Some("orders")
+    );
+    assert_eq!(orders.connections(), 2);
+    assert_eq!(users.connections(), 1);
+}
+
 #[test]
 fn load_across_20_reloads_has_zero_failures() {
     let users = Upstream::echo("users");

@@ -11,6 +11,10 @@
 //!   by index: a reload that moves a target to another index keeps its state, and a different
 //!   target that takes an index starts clean. Each snapshot maps its flat target index to a slot
 //!   here once, when it is built (control loop), like pool slots;
+//! - slots are counted like pool slots: each live snapshot holds one use of each of its targets'
+//!   slots, and when the last is released (`worker::Retired`) the target's state is forgotten and
+//!   the slot reused, so targets that reloads and `dns_refresh` left behind do not pile up. A
+//!   target that comes back starts clean, as the prober restarts it healthy;
 //! - `skipped` counts slots that are open or actively down, `noted` slots with anything to remember
 //!   (a failure count, probation, skipped). When nothing is failing both are 0, and the request
 //!   path costs one integer compare in `all_usable` and one in `success`: no allocation, no lock, no
@@ -84,12 +88,17 @@ pub struct Ejection {
     pub shared: bool,
 }
 
-/// One worker's health of every target it has seen.
+/// One worker's health of every target its live snapshots use (and of targets the prober reported
+/// before a generation with them arrived).
 #[derive(Default)]
 pub struct HealthTable {
     index: RefCell<HashMap<TargetKey, usize>>,
     /// `keys[slot]`: who the slot is (to tell other workers about an ejection).
     keys: RefCell<Vec<TargetKey>>,
+    /// Per slot: how many live snapshots use it (see `slot_for` and `release`).
+    users: RefCell<Vec<u32>>,
+    /// Released slots, reused before new ones are made.
+    free: RefCell<Vec<usize>>,
     slots: RefCell<Vec<TargetHealth>>,
     skipped: Cell<usize>,
     noted: Cell<usize>,
@@ -104,20 +113,68 @@ fn adjust(count: &Cell<usize>, before: bool, after: bool) {
 }
 
 impl HealthTable {
-    /// The slot of `key`, made on first sight (control loop only: may allocate).
+    /// The slot of `key` for a snapshot being built, made on first sight (control loop only: may
+    /// allocate). Counts as one use until `release`.
     pub fn slot_for(&self, key: TargetKey) -> usize {
+        let slot = self.slot_of(key);
+        if let Some(n) = self.users.borrow_mut().get_mut(slot) {
+            *n += 1;
+        }
+        slot
+    }
+
+    /// The slot of `key`, made on first sight (a free slot is reused), without counting a use.
+    fn slot_of(&self, key: TargetKey) -> usize {
         let mut index = self.index.borrow_mut();
         if let Some(&slot) = index.get(&key) {
             return slot;
         }
-        let slot = index.len();
-        index.insert(key.clone(), slot);
-        self.keys.borrow_mut().push(key);
-        let mut slots = self.slots.borrow_mut();
-        if slots.len() <= slot {
-            slots.resize(slot + 1, TargetHealth::default());
-        }
+        let mut keys = self.keys.borrow_mut();
+        let slot = match self.free.borrow_mut().pop() {
+            Some(slot) => {
+                if let Some(k) = keys.get_mut(slot) {
+                    *k = key.clone();
+                }
+                slot
+            }
+            None => {
+                keys.push(key.clone());
+                self.users.borrow_mut().push(0);
+                self.slots.borrow_mut().push(TargetHealth::default());
+                keys.len() - 1
+            }
+        };
+        index.insert(key, slot);
         slot
+    }
+
+    /// One use of `slot` ended (a snapshot that held it is gone). With the last one the target's
+    /// state is forgotten (a target that comes back starts clean, as a new one) and the slot is
+    /// reused for another.
+    pub fn release(&self, slot: usize) {
+        {
+            let mut users = self.users.borrow_mut();
+            let Some(n) = users.get_mut(slot) else {
+                return;
+            };
+            if *n == 0 {
+                return;
+            }
+            *n -= 1;
+            if *n > 0 {
+                return;
+            }
+        }
+        self.update(slot, |h| *h = TargetHealth::default());
+        if let Some(key) = self.keys.borrow().get(slot) {
+            self.index.borrow_mut().remove(key);
+        }
+        self.free.borrow_mut().push(slot);
+    }
+
+    /// Slots that hold a target (for tests).
+    pub fn slots_in_use(&self) -> usize {
+        self.index.borrow().len()
     }
 
     /// Changes one slot, keeping the `skipped` / `noted` counts right.
@@ -274,7 +331,12 @@ impl HealthTable {
     /// Applies the active prober's verdict on `key` (made on first sight, so a verdict may arrive
     /// before the generation that has the target).
     pub fn set_active(&self, key: TargetKey, healthy: bool) {
-        let slot = self.slot_for(key);
+        // Healthy is what an unknown target is anyway: no slot for it (the prober sends `healthy`
+        // for a removed target, which may be forgotten here already).
+        if healthy && self.index.try_borrow().is_ok_and(|i| !i.contains_key(&key)) {
+            return;
+        }
+        let slot = self.slot_of(key);
         self.update(slot, |h| h.active_down = !healthy);
     }
 
@@ -397,6 +459,45 @@ mod tests {
         assert_eq!(t.skipped_flags(&[a, b], now), vec![false, true]);
         t.set_active(key("b"), true);
         assert!(t.all_usable());
+    }
+
+    #[test]
+    fn a_released_target_is_forgotten_and_its_slot_reused() {
+        let t = HealthTable::default();
+        let now = Instant::now();
+        let a = t.slot_for(key("a"));
+        assert_eq!(t.slot_for(key("a")), a, "a second snapshot shares it");
+        t.failure(a, &policy(1), now, WHO).expect("ejected");
+        t.release(a);
+        assert!(!t.usable(a, now), "one snapshot still uses it");
+        t.release(a);
+        assert!(t.all_usable(), "the ejection went with the last use");
+        assert_eq!(t.slots_in_use(), 0);
+        // Another worker's news about a forgotten target changes nothing.
+        let e = Ejection {
+            until: now + Duration::from_secs(10),
+            shared: true,
+        };
+        t.apply_ejection(&key("a"), e, now);
+        assert!(t.all_usable());
+        let b = t.slot_for(key("b"));
+        assert_eq!(b, a, "the index is reused");
+        assert_eq!(t.key_of(b), Some(key("b")));
+        assert!(t.usable(b, now), "and starts clean");
+        let back = t.slot_for(key("a"));
+        assert_ne!(back, b);
+        assert!(t.usable(back, now), "a target that comes back starts clean");
+        // Active verdicts do not count as a use: releasing below zero changes nothing.
+        t.set_active(key("c"), false);
+        let c = t.slot_for(key("c"));
+        assert!(!t.usable(c, now));
+        t.release(c);
+        t.release(c);
+        assert_eq!(t.slots_in_use(), 2);
+        // The prober's all-clear for a removed (forgotten) target makes no slot.
+        t.release(back);
+        t.set_active(key("a"), true);
+        assert_eq!(t.slots_in_use(), 1);
     }
 
     #[test]

@@ -25,6 +25,12 @@
 //!
 //! LIFO keeps the warmest connections busy and lets the cold ones (the bottom of a stack) age out.
 //! The `RefCell` is never borrowed across an `.await`.
+//!
+//! Slots are counted: every worker snapshot that uses a slot holds one use of it (`slot_for*` when
+//! the snapshot is built, `release` once the snapshot is gone, see `worker::Retired`). A slot whose
+//! last use is released closes its idle connections and is reused for the next new key, so
+//! addresses that reloads and `dns_refresh` left behind do not pile up. A slot index is never
+//! reused while a snapshot (and so a request) that knows it is alive.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -53,6 +59,10 @@ pub struct Pool {
     /// Slot per target address and TLS identity, stable across config reloads so pooled
     /// connections survive them.
     slots: RefCell<HashMap<SlotKey, usize>>,
+    /// Per slot: its key (`None` while free) and how many live snapshots use it.
+    owners: RefCell<Vec<(Option<SlotKey>, u32)>>,
+    /// Released slots, reused before new ones are made.
+    free: RefCell<Vec<usize>>,
     max_idle: Cell<usize>,
     idle_timeout: Cell<Duration>,
 }
@@ -62,13 +72,15 @@ impl Pool {
         Pool {
             idle: RefCell::new(Vec::new()),
             slots: RefCell::new(HashMap::new()),
+            owners: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
             max_idle: Cell::new(max_idle),
             idle_timeout: Cell::new(idle_timeout),
         }
     }
 
     /// The slot for plain TCP connections to `addr`, created on first use (at config load, never
-    /// per request).
+    /// per request). Counts as one use until `release`.
     pub fn slot_for(&self, addr: SocketAddr) -> usize {
         self.slot_for_key((addr, None))
     }
@@ -86,13 +98,52 @@ impl Pool {
 
     fn slot_for_key(&self, key: SlotKey) -> usize {
         let mut slots = self.slots.borrow_mut();
-        let next = slots.len();
-        let slot = *slots.entry(key).or_insert(next);
-        let mut idle = self.idle.borrow_mut();
-        while idle.len() <= slot {
-            idle.push(Vec::new());
+        let mut owners = self.owners.borrow_mut();
+        if let Some(&slot) = slots.get(&key) {
+            if let Some(o) = owners.get_mut(slot) {
+                o.1 += 1;
+            }
+            return slot;
         }
+        let slot = match self.free.borrow_mut().pop() {
+            Some(slot) => slot,
+            None => {
+                owners.push((None, 0));
+                self.idle.borrow_mut().push(Vec::new());
+                owners.len() - 1
+            }
+        };
+        if let Some(o) = owners.get_mut(slot) {
+            *o = (Some(key.clone()), 1);
+        }
+        slots.insert(key, slot);
         slot
+    }
+
+    /// One use of `slot` ended (a snapshot that held it is gone). The last one closes the slot's
+    /// idle connections and frees the slot for another key.
+    pub fn release(&self, slot: usize) {
+        let mut owners = self.owners.borrow_mut();
+        let Some(o) = owners.get_mut(slot) else {
+            return;
+        };
+        o.1 = o.1.saturating_sub(1);
+        if o.1 > 0 {
+            return;
+        }
+        let Some(key) = o.0.take() else {
+            return;
+        };
+        self.slots.borrow_mut().remove(&key);
+        if let Some(stack) = self.idle.borrow_mut().get_mut(slot) {
+            *stack = Vec::new();
+        }
+        self.free.borrow_mut().push(slot);
+    }
+
+    /// Slots that hold a key (for tests and status).
+    pub fn slots_in_use(&self) -> usize {
+        self.slots.borrow().len()
     }
 
     /// New limits from a reloaded config.
@@ -253,6 +304,34 @@ mod tests {
         // The same identity (a reload) finds the same slot.
         assert_eq!(pool.slot_for_tls(addr, &a, None), tls_a);
         assert_eq!(pool.slot_for(addr), plain);
+    }
+
+    #[test]
+    fn a_released_slot_closes_its_connections_and_is_reused() {
+        run(async {
+            let pool = Pool::new(4, Duration::from_secs(60));
+            let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+            let b: SocketAddr = "127.0.0.1:2".parse().expect("addr");
+            let slot = pool.slot_for(a);
+            assert_eq!(pool.slot_for(a), slot, "a second snapshot shares it");
+            let (cs, _l) = conns(1).await;
+            for c in cs {
+                pool.checkin(slot, c);
+            }
+            pool.release(slot);
+            assert_eq!(pool.idle_count(slot), 1, "still used by one snapshot");
+            pool.release(slot);
+            assert_eq!(pool.idle_count(slot), 0, "closed with its last use");
+            assert_eq!(pool.slots_in_use(), 0);
+            assert_eq!(pool.slot_for(b), slot, "the index is reused");
+            assert_ne!(pool.slot_for(a), slot, "a is a new slot now");
+            assert_eq!(pool.slots_in_use(), 2);
+            // A stray release of a free or unknown slot changes nothing.
+            pool.release(99);
+            pool.release(slot);
+            pool.release(slot);
+            assert_eq!(pool.slots_in_use(), 1);
+        });
     }
 
     #[test]
