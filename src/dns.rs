@@ -6,8 +6,8 @@
 //! the answers, the serving config is installed again with the new address as the next generation
 //! (`Reloader::apply_resolved`): the same path as a reload, so nothing in flight is dropped, the
 //! new address gets its own pool slot and health state, and the old one's are released (its idle
-//! connections closed) once no request of the old generation is left.
-//! A moved auth service also rebuilds the auth tables (they hold its address).
+//! connections closed) once no connection holds the old generation. A moved auth service also
+//! rebuilds the auth tables (they hold its address; the workers' auth caches carry over).
 //!
 //! Invariants:
 //! - a target keeps its address while its name still resolves to it, so DNS that rotates its
@@ -318,12 +318,21 @@ service = "s"
 paths = ["/"]
 
 [[plugins]]
+name = "correlation-id"
+
+[[plugins]]
 name = "forward-auth"
-config = { address = "http://localhost:9100/auth" }
+service = "s"
+enabled = false
+config = { address = "http://localhost:9102/auth" }
 
 [[plugins]]
 name = "forward-auth"
 route = "r"
+config = { address = "http://localhost:9100/auth" }
+
+[[plugins]]
+name = "forward-auth"
 config = { address = "http://127.0.0.1:9101/auth" }
 "#,
             "dns.toml",
@@ -386,7 +395,8 @@ config = { address = "http://127.0.0.1:9101/auth" }
                     to
                 },
                 Change {
-                    place: Place::ForwardAuth { plugin: 0 },
+                    // Its index among all plugins (the disabled one is not resolved).
+                    place: Place::ForwardAuth { plugin: 2 },
                     from: SocketAddr::new(was.ip(), 9100),
                     to: addr("10.0.0.7:9100")
                 },

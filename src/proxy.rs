@@ -33,7 +33,7 @@ use monoio_rustls::TlsConnector;
 use crate::access_log::format::{self as log_format, Outcome};
 use crate::auth::client_ip;
 use crate::auth::steps::Identity;
-use crate::config::model::{Cidr, RouteDef, ServiceDef};
+use crate::config::model::{Cidr, Config, RouteDef, ServiceDef};
 use crate::errors::GatewayError;
 use crate::http::headers::eq_ignore_case;
 use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
@@ -387,23 +387,23 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                 return Ended::Closed;
             }
             Next::Upgrade(upstream) => {
-                let idle = conn.snap.config.server.timeouts.upstream_read;
+                // A tunnel may run for hours: it keeps the config and metrics slots it logs to,
+                // not the generation (whose pool and health slots are released once nothing holds
+                // it).
+                let config = conn.snap.config.clone();
+                let metrics = conn.snap.metrics.clone();
+                drop(conn.snap);
+                let idle = config.server.timeouts.upstream_read;
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
                 let relayed = tunnel::run(conn.client, upstream, pending, idle).await;
                 if let Some(flat) = conn.tunnel_target.take() {
-                    conn.snap.metrics.upstream_released(flat);
+                    metrics.upstream_released(flat);
                 }
                 if let Some((staged, consumer)) = tunnel_log {
                     conn.t.end = Instant::now();
                     conn.bytes_in += relayed.to_upstream;
                     conn.bytes_out += relayed.to_client;
-                    let o = outcome(
-                        &conn.snap,
-                        &conn.t,
-                        conn.route,
-                        consumer,
-                        conn.upstream_addr,
-                    );
+                    let o = outcome(&config, &conn.t, conn.route, consumer, conn.upstream_addr);
                     shard.access_log.append(
                         &staged,
                         &Outcome {
@@ -506,7 +506,7 @@ impl<S: ClientIo> Conn<S> {
         let status = if self.status == 0 { 499 } else { self.status };
         if self.log_on && !matches!(next, Next::Upgrade(_)) {
             let o = outcome(
-                &self.snap,
+                &self.snap.config,
                 &self.t,
                 self.route,
                 self.s.chain.id.consumer,
@@ -1454,13 +1454,12 @@ pub(crate) fn request_fields<'a>(
 /// The end-of-request fields that come from the config and the timings; the caller fills in the
 /// status and sizes. `route` and `consumer` are indices into `snap`'s generation (the request's).
 fn outcome<'a>(
-    snap: &'a Snapshot,
+    cfg: &'a Config,
     t: &Timings,
     route: Option<usize>,
     consumer: Option<usize>,
     upstream: Option<SocketAddr>,
 ) -> Outcome<'a> {
-    let cfg = &*snap.config;
     let route = route.and_then(|r| cfg.routes.get(r));
     let us = |ns: u64| ns / 1_000;
     Outcome {

@@ -526,11 +526,11 @@ impl Reloader {
         // Only addresses changed: everything compiled from the rest is the serving generation's
         // (the auth tables, so workers keep their JWT and basic-auth caches; the rate-limit board,
         // so /metrics counters do not dip). No file is reopened and no reload warning repeats.
-        // A moved auth service is the exception: the auth tables hold its address, so they are
-        // built again (pure, no file read) and the workers' auth caches start over.
+        // A moved auth service: the auth tables hold its address, so they are built again (pure,
+        // no file read); the credentials are the same, so the workers' caches carry over.
         let prev = state.current.clone();
         let auth = if auth_moved {
-            Arc::new(crate::auth::AuthSet::build(&config))
+            Arc::new(crate::auth::AuthSet::build(&config).with_caches_of(&prev.auth))
         } else {
             prev.auth.clone()
         };

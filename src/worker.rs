@@ -167,9 +167,12 @@ impl Snapshot {
                 .iter()
                 .map(|f| pool.slot_for(f.conf.def.addr))
                 .collect(),
-            // The same auth tables (a generation that only moved upstream addresses): the caches
-            // stay valid and are shared, so no burst of cold bcrypt and signature checks follows.
-            jwt_caches: match prev.filter(|p| Arc::ptr_eq(&p.auth, &compiled.auth)) {
+            // The same credentials and auth plugins (a generation that only moved upstream or
+            // auth-service addresses): the caches stay valid and are shared, so no burst of cold
+            // bcrypt and signature checks follows.
+            jwt_caches: match prev
+                .filter(|p| Arc::ptr_eq(&p.auth.cache_id, &compiled.auth.cache_id))
+            {
                 Some(p) => p.jwt_caches.clone(),
                 None => compiled
                     .auth
@@ -178,7 +181,9 @@ impl Snapshot {
                     .map(|j| RefCell::new(TokenCache::new(j.def.cache_size)))
                     .collect(),
             },
-            basic_caches: match prev.filter(|p| Arc::ptr_eq(&p.auth, &compiled.auth)) {
+            basic_caches: match prev
+                .filter(|p| Arc::ptr_eq(&p.auth.cache_id, &compiled.auth.cache_id))
+            {
                 Some(p) => p.basic_caches.clone(),
                 None => compiled
                     .auth

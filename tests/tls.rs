@@ -1385,3 +1385,38 @@ fn an_https_target_trickling_its_handshake_fails_its_check_within_the_timeout() 
     stop.store(true, Ordering::SeqCst);
     let _ = server.join();
 }
+
+/// A TLS connection holds only the generation of its latest request: after a reload that moved the
+/// service to another upstream, and one request under the new generation on the same connection,
+/// the old target's idle pooled connection is closed within seconds (not kept until
+/// `idle_timeout` because the connection was accepted under the old generation).
+#[test]
+fn a_tls_connection_lets_go_of_the_generation_it_was_accepted_under() {
+    let pki = Pki::new();
+    let a = Upstream::echo("a");
+    let b = Upstream::echo("b");
+    let gw = Gateway::start(&tls_config(&pki, &a, ""));
+    let mut tls = connect(gw.addrs()[0], "api.test", default_client(&pki)).expect("handshake");
+    assert_eq!(
+        get(&mut tls, "api.test", "/one").header("x-upstream"),
+        Some("a")
+    );
+    gw.rewrite_config(&tls_config(&pki, &b, ""));
+    gw.reload_to(2);
+    assert_eq!(
+        get(&mut tls, "api.test", "/two").header("x-upstream"),
+        Some("b")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.peer_closed() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the removed target's idle connection is still open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        get(&mut tls, "api.test", "/three").header("x-upstream"),
+        Some("b")
+    );
+}

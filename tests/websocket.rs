@@ -332,3 +332,69 @@ fn an_open_tunnel_counts_as_an_active_upstream_connection() {
         "released when the tunnel ended"
     );
 }
+
+/// An open tunnel does not hold its config generation: after a reload that removed a target, the
+/// target's idle pooled connection is closed within seconds although the tunnel (opened under the
+/// old generation) is still up, and the tunnel keeps working.
+#[test]
+fn an_open_tunnel_does_not_keep_a_removed_target_pooled() {
+    let chat = Upstream::start(Behaviour::WebSocketEcho);
+    let a = Upstream::echo("a");
+    let b = Upstream::echo("b");
+    let config = |api: &Upstream| {
+        format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[[services]]
+name = "chat"
+url = "{chat}"
+
+[[services]]
+name = "api"
+url = "{api}"
+
+[[routes]]
+name = "chat"
+service = "chat"
+paths = ["/chat"]
+strip_path = false
+
+[[routes]]
+name = "api"
+service = "api"
+paths = ["/api"]
+"#,
+            chat = chat.url(),
+            api = api.url()
+        )
+    };
+    let gw = Gateway::start(&config(&a));
+    let (mut s, head) = handshake(&gw);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(
+        ws::read_frame(&mut s).expect("greeting").payload,
+        b"hello from upstream"
+    );
+    assert_eq!(
+        get(gw.addr(), HOST, "/api/1").header("x-upstream"),
+        Some("a")
+    );
+    gw.rewrite_config(&config(&b));
+    gw.reload_to(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.peer_closed() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed target's idle connection is still open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        get(gw.addr(), HOST, "/api/2").header("x-upstream"),
+        Some("b")
+    );
+    ws::write_frame(&mut s, ws::OP_TEXT, b"still here", Some([1, 2, 3, 4])).expect("write");
+    assert_eq!(ws::read_frame(&mut s).expect("echo").payload, b"still here");
+}

@@ -145,6 +145,10 @@ pub struct AuthSet {
     pub ip: Vec<IpRt>,
     pub forward: Vec<ForwardRt>,
     pub trusted_proxies: Vec<Cidr>,
+    /// Who the credentials and auth plugins are: workers keep their JWT and basic-auth caches
+    /// across generations with the same one. Made fresh by `build`; a set built again only for a
+    /// moved forward-auth address takes over the previous set's (`with_caches_of`).
+    pub cache_id: Arc<()>,
 }
 
 impl std::fmt::Debug for BasicCredRt {
@@ -193,6 +197,15 @@ fn header_line(out: &mut Vec<u8>, name: &str, value: &str) {
 }
 
 impl AuthSet {
+    /// `self`, declared to hold the same credentials and plugins as `prev` (only forward-auth
+    /// addresses differ), so the workers' caches carry over.
+    pub fn with_caches_of(self, prev: &AuthSet) -> AuthSet {
+        AuthSet {
+            cache_id: prev.cache_id.clone(),
+            ..self
+        }
+    }
+
     pub fn build(cfg: &Config) -> AuthSet {
         let consumers = cfg
             .consumers

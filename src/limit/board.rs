@@ -137,3 +137,62 @@ impl LimitBoard {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(b: &LimitBoard, worker: usize, instance: usize, v: [u64; FIELDS]) {
+        for (field, v) in v.into_iter().enumerate() {
+            if let Some(c) = b.cell(worker, instance, field) {
+                c.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn get(b: &LimitBoard, worker: usize, instance: usize) -> Vec<u64> {
+        (0..FIELDS)
+            .map(|f| {
+                b.cell(worker, instance, f)
+                    .map_or(0, |c| c.load(Ordering::Relaxed))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn absorb_carries_kept_limits_over_by_identity_and_never_goes_back() {
+        let kept = Arc::new(SharedStats::default());
+        let changed = Arc::new(SharedStats::default());
+        let old = LimitBoard::new(
+            vec!["route:a".into(), "global".into()],
+            2,
+            vec![changed.clone(), kept.clone()],
+        );
+        set(&old, 0, 0, [7, 7, 7]);
+        set(&old, 0, 1, [5, 1, 0]);
+        set(&old, 1, 1, [3, 2, 1]);
+        // The new generation lists the kept limit first, and a new limit where `changed` was.
+        let new = LimitBoard::new(
+            vec!["global".into(), "route:a".into()],
+            2,
+            vec![kept, Arc::new(SharedStats::default())],
+        );
+        // Worker 1 already published its (newer) counts to the new board.
+        set(&new, 1, 0, [4, 2, 1]);
+        new.absorb(&old);
+        assert_eq!(
+            get(&new, 0, 0),
+            [5, 1, 0],
+            "carried over by identity, not index"
+        );
+        assert_eq!(
+            get(&new, 1, 0),
+            [4, 2, 1],
+            "a newer publish is not overwritten"
+        );
+        assert_eq!(get(&new, 0, 1), [0, 0, 0], "a changed limit starts fresh");
+        new.absorb(&new);
+        assert_eq!(get(&new, 0, 0), [5, 1, 0]);
+        assert_eq!(new.sum(0, 0), 9);
+    }
+}

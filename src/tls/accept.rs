@@ -24,13 +24,16 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
     // The raw fd is taken before the TcpStream disappears into the TLS stream: the idle registry
     // half-closes idle connections by fd when draining.
     let fd = stream.as_raw_fd();
-    let snap = shard.snapshot();
-    let ctx = snap.tls.clone();
+    // Only what the handshake needs: the connection must not hold this generation for its whole
+    // life (a swapped-out generation's pool and health slots are released once nothing holds it).
+    let (ctx, limit) = {
+        let snap = shard.snapshot();
+        (snap.tls.clone(), snap.config.server.timeouts.tls_handshake)
+    };
     let Some(acceptor) = ctx.acceptor() else {
         crate::debug!("tls connection without certificates peer={}", peer);
         return;
     };
-    let limit = snap.config.server.timeouts.tls_handshake;
     let deadline = Instant::now() + limit;
     match monoio::time::timeout(limit, first_byte(&stream)).await {
         Ok(Some(b)) if b.is_ascii_uppercase() => {

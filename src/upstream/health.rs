@@ -165,6 +165,11 @@ impl HealthTable {
                 return;
             }
         }
+        self.forget(slot);
+    }
+
+    /// Resets `slot`, drops its key and frees it for reuse.
+    fn forget(&self, slot: usize) {
         self.update(slot, |h| *h = TargetHealth::default());
         if let Some(key) = self.keys.borrow().get(slot) {
             self.index.borrow_mut().remove(key);
@@ -338,6 +343,11 @@ impl HealthTable {
         }
         let slot = self.slot_of(key);
         self.update(slot, |h| h.active_down = !healthy);
+        // A slot only a verdict made (no snapshot uses it: a `down` that came before the
+        // generation with the target, or after this worker forgot it) goes with the all-clear.
+        if healthy && self.users.borrow().get(slot) == Some(&0) {
+            self.forget(slot);
+        }
     }
 
     /// Control tick: cooldowns that are over become probation, so the request path gets back to its
@@ -494,10 +504,16 @@ mod tests {
         t.release(c);
         t.release(c);
         assert_eq!(t.slots_in_use(), 2);
-        // The prober's all-clear for a removed (forgotten) target makes no slot.
+        // The prober's all-clear for a removed (forgotten) target makes no slot...
         t.release(back);
         t.set_active(key("a"), true);
         assert_eq!(t.slots_in_use(), 1);
+        // ...and frees one that only a verdict made (a late `down` for a forgotten target).
+        t.set_active(key("d"), false);
+        assert_eq!(t.slots_in_use(), 2);
+        t.set_active(key("d"), true);
+        assert_eq!(t.slots_in_use(), 1);
+        assert!(t.all_usable());
     }
 
     #[test]

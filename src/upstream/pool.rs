@@ -27,7 +27,8 @@
 //! The `RefCell` is never borrowed across an `.await`.
 //!
 //! Slots are counted: every worker snapshot that uses a slot holds one use of it (`slot_for*` when
-//! the snapshot is built, `release` once the snapshot is gone, see `worker::Retired`). A slot whose
+//! the snapshot is built, `release` once no connection holds the snapshot, see `worker::Retired`;
+//! a keep-alive connection holds the one of its last request, a WebSocket tunnel none). A slot whose
 //! last use is released closes its idle connections and is reused for the next new key, so
 //! addresses that reloads and `dns_refresh` left behind do not pile up. A slot index is never
 //! reused while a snapshot (and so a request) that knows it is alive.
