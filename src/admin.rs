@@ -195,19 +195,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The running admin listener.
 pub struct AdminServer {
     addr: SocketAddr,
+    listener_fd: std::os::fd::RawFd,
     shared: Arc<Shared>,
     join: Option<JoinHandle<()>>,
 }
 
 impl AdminServer {
-    /// Binds `settings.listen()` and serves on a new thread; `settings` stays shared with whoever
-    /// applies reloads.
+    /// Serves on a new thread, on `inherited` (a binary upgrade handed it over) or else on a new
+    /// listener bound to `settings.listen()`; `settings` stays shared with whoever applies reloads.
     pub fn start(
         settings: Arc<AdminSettings>,
         metrics: MetricsHandle,
         reload: ReloadFn,
+        inherited: Option<TcpListener>,
     ) -> std::io::Result<AdminServer> {
-        let listener = TcpListener::bind(settings.listen)?;
+        let listener = match inherited {
+            Some(l) => l,
+            None => TcpListener::bind(settings.listen)?,
+        };
+        // Polled, not blocked on: `stop` must not depend on waking the accept with a connection of
+        // its own, which a process sharing the socket (a binary upgrade) could take instead.
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             settings,
@@ -217,12 +225,14 @@ impl AdminServer {
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
+        let listener_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let join = std::thread::Builder::new()
             .name("ringgate-admin".to_owned())
             .spawn(move || accept_loop(listener, s))?;
         crate::info!("admin listening addr={addr}");
         Ok(AdminServer {
             addr,
+            listener_fd,
             shared,
             join: Some(join),
         })
@@ -233,28 +243,40 @@ impl AdminServer {
         self.addr
     }
 
-    /// Stops accepting (in-flight admin requests finish on their own threads, bounded by timeouts).
+    /// The listening socket (handed to the new process in a binary upgrade).
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        self.listener_fd
+    }
+
+    /// Stops accepting (in-flight admin requests finish on their own threads, bounded by timeouts);
+    /// returns within one `ACCEPT_POLL`.
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         if let Some(j) = self.join.take() {
             let _ = j.join();
         }
     }
 }
 
+/// How often the accept loop looks at the stop flag while nothing arrives.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
+
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    use std::os::fd::AsRawFd;
     while !shared.stop.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the listener this thread owns.
+        if unsafe { libc::poll(&mut pfd, 1, ACCEPT_POLL.as_millis() as libc::c_int) } <= 0 {
+            continue;
+        }
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
+            // Another process sharing the socket (a binary upgrade) took it.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 crate::debug!("admin accept failed error=\"{e}\"");
                 std::thread::sleep(Duration::from_millis(50));
@@ -264,6 +286,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
+        // Accepted sockets do not inherit O_NONBLOCK on Linux; said anyway, as the reads rely on it.
+        let _ = stream.set_nonblocking(false);
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let slot = match admit(&shared, peer.ip()) {
             Ok(slot) => slot,

@@ -21,5 +21,6 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod worker;

@@ -652,15 +652,29 @@ impl<S: ClientIo> Conn<S> {
                     io::fill(&mut self.client, &mut self.buf, left).await
                 }
                 None => {
+                    let fresh = self.served == 0;
                     if shard.draining.get() {
-                        return Ok(HeadRead::Closed);
+                        // A fresh connection's first request is likely on its way: it gets
+                        // `FRESH_GRACE` to arrive (see `IdleRegistry`). A keep-alive connection
+                        // between requests closes, as with nginx.
+                        if !fresh {
+                            return Ok(HeadRead::Closed);
+                        }
+                        let grace = server
+                            .timeouts
+                            .client_header
+                            .min(crate::worker::FRESH_GRACE);
+                        match io::fill(&mut self.client, &mut self.buf, grace).await {
+                            Ok(n) if n > 0 => continue,
+                            _ => return Ok(HeadRead::Closed),
+                        }
                     }
-                    let wait = if self.served == 0 {
+                    let wait = if fresh {
                         server.timeouts.client_header
                     } else {
                         server.timeouts.keepalive
                     };
-                    shard.idle.set_idle(self.slot, self.fd);
+                    shard.idle.set_idle(self.slot, self.fd, fresh);
                     let r = match self.client.plain() {
                         Some(tcp) if wait > PARK_AFTER && shard.parked.available() => {
                             let c = self.canceller.get_or_insert_with(Default::default);

@@ -1,9 +1,11 @@
 //! Process lifecycle on the main thread: load config, bind listeners, spawn pinned workers, wait for
-//! signals, drain on SIGTERM/SIGINT.
+//! signals, drain on SIGTERM/SIGINT, and on SIGUSR2 hand the listeners to a new process (see
+//! `upgrade`) and drain.
 //!
 //! The main thread does everything that may block (file reads, DNS during config load, binding) so
-//! workers never do. Listeners are bound here, one SO_REUSEPORT socket per worker per address, and
-//! handed over; a `listen` port of 0 is resolved once so every worker shares the same port.
+//! workers never do. Listeners are bound here, one SO_REUSEPORT socket per worker per address (or
+//! taken over from the process that started this one), and handed over; a `listen` port of 0 is
+//! resolved once so every worker shares the same port.
 
 use crossbeam_channel::RecvTimeoutError;
 use std::path::{Path, PathBuf};
@@ -24,12 +26,15 @@ use crate::metrics::hub::{Hub, MetricsHandle};
 use crate::plugins;
 use crate::router::Router;
 use crate::tls::{TlsContext, TlsShared};
+use crate::upgrade;
 use crate::upstream::probe::Prober;
 use crate::worker::{self, Compiled, Control, WorkerSpec};
 use crate::{error, info, warn};
 
 /// Runs the gateway until a termination signal; returns the process exit code.
 pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
+    // First, before any thread exists: it reads and clears environment variables.
+    let mut inherited = upgrade::Inherited::from_env();
     install_panic_hook();
     let cfg = match config::load(path) {
         Ok(cfg) => Arc::new(cfg),
@@ -105,8 +110,16 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
 
     let mut listeners: Vec<Vec<(std::net::TcpListener, ListenKind)>> =
         (0..workers).map(|_| Vec::new()).collect();
+    // What a binary upgrade hands over, in the order the new process looks for it.
+    let mut handover = upgrade::Handover { fds: Vec::new() };
     for l in &compiled.config.server.listeners {
-        match bind_all(l.addr, l.kind, &mut listeners) {
+        match bind_all(
+            l.addr,
+            l.kind,
+            &mut listeners,
+            &mut inherited,
+            &mut handover,
+        ) {
             Ok(actual) => info!("listening addr={actual} kind={}", kind_name(l.kind)),
             Err(e) => {
                 error!("bind failed addr={} error=\"{e}\"", l.addr);
@@ -190,6 +203,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGUSR1,
+        signal_hook::consts::SIGUSR2,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -229,8 +243,17 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         Some(settings) => {
             let r = reloader.clone();
             let addr = settings.listen();
-            match AdminServer::start(settings, metrics.clone(), Box::new(move || r.reload())) {
-                Ok(a) => Some(a),
+            let inherited_admin = inherited.take(upgrade::Role::Admin, addr);
+            match AdminServer::start(
+                settings,
+                metrics.clone(),
+                Box::new(move || r.reload()),
+                inherited_admin,
+            ) {
+                Ok(a) => {
+                    handover.fds.push((upgrade::Role::Admin, a.listener_fd()));
+                    Some(a)
+                }
                 Err(e) => {
                     error!("admin bind failed addr={addr} error=\"{e}\"");
                     return 1;
@@ -244,15 +267,27 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         error!("dns refresh thread not started error=\"{e}\"");
     }
     info!(
-        "ready workers={workers} driver={} generation=1",
-        if use_uring { "io_uring" } else { "epoll" }
+        "ready workers={workers} driver={} generation=1 pid={}",
+        if use_uring { "io_uring" } else { "epoll" },
+        std::process::id()
     );
+    upgrade::notify_ready(inherited.close_unused());
 
     let mut signals = signals;
-    wait_for_termination(&mut signals, &reloader);
+    let handed_over = wait_for_termination(&mut signals, &reloader, &handover);
+    upgrade::notify_stopping();
+    // Set before the drain flag, so no worker shuts down a socket the new process now serves on.
+    control.handed_over.store(handed_over, Ordering::SeqCst);
     // The flag goes up first: from here on a reload is refused, and one waiting for acknowledgements
     // (holding the reload lock `current` takes) stops waiting at once.
     control.drain.store(true, Ordering::SeqCst);
+    // After an upgrade the new process answers the admin API (on the same socket).
+    let mut admin = admin;
+    if handed_over {
+        if let Some(a) = admin.take() {
+            a.stop();
+        }
+    }
     let drain_timeout = reloader.current().config.server.drain_timeout;
     info!("draining timeout={}ms", drain_timeout.as_millis());
     // Workers stop by themselves at the drain deadline; the margin covers their last tick.
@@ -711,17 +746,30 @@ fn compiled_has_no_log(state: &ReloadState) -> bool {
 }
 
 /// Binds `addr` once per worker; returns the address actually bound (port 0 resolved).
+/// One listening socket per worker for `addr`: the ones a binary upgrade handed over first, new
+/// SO_REUSEPORT ones for the rest. Each fd is also listed in `handover`.
 fn bind_all(
     addr: std::net::SocketAddr,
     kind: ListenKind,
     listeners: &mut [Vec<(std::net::TcpListener, ListenKind)>],
+    inherited: &mut upgrade::Inherited,
+    handover: &mut upgrade::Handover,
 ) -> std::io::Result<std::net::SocketAddr> {
+    use std::os::fd::AsRawFd;
     let mut actual = addr;
     for (i, slot) in listeners.iter_mut().enumerate() {
-        let l = worker::bind_reuseport(actual)?;
+        let l = match inherited.take(upgrade::Role::Listener, actual) {
+            Some(l) => {
+                // Monoio registers it as it is; a fresh one is non-blocking too.
+                l.set_nonblocking(true)?;
+                l
+            }
+            None => worker::bind_reuseport(actual)?,
+        };
         if i == 0 {
             actual = l.local_addr()?;
         }
+        handover.fds.push((upgrade::Role::Listener, l.as_raw_fd()));
         slot.push((l, kind));
     }
     Ok(actual)
@@ -762,12 +810,23 @@ fn second_signal(signals: &mut signal_hook::iterator::Signals) -> bool {
     stop
 }
 
-/// Blocks until SIGTERM or SIGINT; SIGHUP reloads the config (which also reopens the access log),
-/// SIGUSR1 only reopens the access log.
-fn wait_for_termination(signals: &mut signal_hook::iterator::Signals, reloader: &Reloader) {
-    use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
+/// Blocks until SIGTERM or SIGINT, or until a binary upgrade (SIGUSR2) handed the sockets over
+/// (then returns true); SIGHUP reloads the config (which also reopens the access log), SIGUSR1
+/// only reopens the access log.
+fn wait_for_termination(
+    signals: &mut signal_hook::iterator::Signals,
+    reloader: &Reloader,
+    handover: &upgrade::Handover,
+) -> bool {
+    use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1, SIGUSR2};
     for sig in signals.forever() {
         match sig {
+            SIGUSR2 => {
+                info!("signal received signal=SIGUSR2");
+                if let upgrade::Outcome::Ready { .. } = handover.run(upgrade::UPGRADE_WAIT) {
+                    return true;
+                }
+            }
             SIGHUP => {
                 info!("signal received signal=SIGHUP");
                 let ok = reloader.reload().is_ok();
@@ -782,10 +841,11 @@ fn wait_for_termination(signals: &mut signal_hook::iterator::Signals, reloader: 
                     "signal received signal={}",
                     if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
                 );
-                return;
+                return false;
             }
         }
     }
+    false
 }
 
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), unless

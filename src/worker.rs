@@ -44,6 +44,9 @@ use crate::upstream::probe::HealthEvent;
 #[derive(Default)]
 pub struct Control {
     pub drain: AtomicBool,
+    /// A binary upgrade handed the listening sockets to a new process: the drain must leave them
+    /// open (set before `drain`).
+    pub handed_over: AtomicBool,
 }
 
 const CONTROL_TICK: Duration = Duration::from_millis(50);
@@ -242,6 +245,24 @@ fn take_limiter(
     link.map(|l| LimiterSet::with_previous(l, prev))
 }
 
+/// Counts as one `Shard::active` while alive: the drain waits for it. Made synchronously where work
+/// starts (an accept loop, a TLS handshake about to be spawned), so a drain that begins before the
+/// task first runs still waits for it.
+pub struct Busy(Rc<Shard>);
+
+impl Busy {
+    pub fn new(shard: &Rc<Shard>) -> Busy {
+        shard.active.set(shard.active.get() + 1);
+        Busy(shard.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get().saturating_sub(1));
+    }
+}
+
 /// A generation this worker swapped out, and the pool and health slots it holds a use of: they are
 /// released once the last request holding the snapshot is done (`Shard::release_retired`), so a
 /// slot index is never reused while anything that knows it is running.
@@ -271,7 +292,7 @@ pub struct Shard {
     health_peers: Vec<crossbeam_channel::Sender<HealthEvent>>,
     /// Set once SIGTERM/SIGINT arrived: finish in-flight requests, close idle connections.
     pub draining: Cell<bool>,
-    /// Open client connections.
+    /// Open client connections, and other work the drain waits for (see `Busy`).
     pub active: Cell<usize>,
     /// Connections waiting for their next request; drain wakes them.
     pub idle: IdleRegistry,
@@ -495,12 +516,22 @@ const MAX_POOLED_BUFS: usize = 1024;
 /// socket, so draining can end their wait at once: `shutdown(SHUT_RD)` makes a pending read return
 /// EOF, for plain and TLS connections alike. Parked connections are not here but in the parking lot.
 /// Slots are reused; no allocation once grown to the peak connection count.
+///
+/// A *fresh* connection (no request served yet) is not ended with the others: its client has just
+/// connected and its first request is likely on the way (a connection accepted as the drain
+/// began, or one of the last a binary upgrade's old process accepted). Closing it would lose that
+/// request, which, unlike a keep-alive connection's next one, a client cannot tell was never
+/// seen. The drain ends fresh waits `FRESH_GRACE` later (`wake_all(true)`); a plain connection
+/// silent for the park threshold (0.5 s since it connected) is closed before that, as it parks.
 #[derive(Default)]
 pub struct IdleRegistry {
-    /// Per slot: `BUSY`, `FREE`, or the fd of an idle connection.
-    slots: RefCell<Vec<RawFd>>,
+    /// Per slot: `BUSY`, `FREE`, or the fd of an idle connection, and whether it is fresh.
+    slots: RefCell<Vec<(RawFd, bool)>>,
     free: RefCell<Vec<usize>>,
 }
+
+/// How long a drain lets fresh connections deliver their first request.
+pub const FRESH_GRACE: Duration = Duration::from_secs(1);
 
 const BUSY: RawFd = -1;
 const FREE: RawFd = -2;
@@ -510,38 +541,38 @@ impl IdleRegistry {
         let mut slots = self.slots.borrow_mut();
         if let Some(i) = self.free.borrow_mut().pop() {
             if let Some(s) = slots.get_mut(i) {
-                *s = BUSY;
+                *s = (BUSY, false);
                 return i;
             }
         }
-        slots.push(BUSY);
+        slots.push((BUSY, false));
         slots.len() - 1
     }
 
-    fn set(&self, slot: usize, fd: RawFd) {
+    fn set(&self, slot: usize, fd: RawFd, fresh: bool) {
         if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
-            *s = fd;
+            *s = (fd, fresh);
         }
     }
 
     pub fn release(&self, slot: usize) {
-        self.set(slot, FREE);
+        self.set(slot, FREE, false);
         self.free.borrow_mut().push(slot);
     }
 
-    /// Idle, with the connection's own read timeout running.
-    pub fn set_idle(&self, slot: usize, fd: RawFd) {
-        self.set(slot, fd);
+    /// Idle, with the connection's own read timeout running; `fresh`: no request served yet.
+    pub fn set_idle(&self, slot: usize, fd: RawFd, fresh: bool) {
+        self.set(slot, fd, fresh);
     }
 
     pub fn set_busy(&self, slot: usize) {
-        self.set(slot, BUSY);
+        self.set(slot, BUSY, false);
     }
 
-    /// Ends every idle wait: the connections see EOF and close.
-    pub fn wake_all(&self) {
-        for &fd in self.slots.borrow().iter() {
-            if fd >= 0 {
+    /// Ends every idle wait (fresh ones too with `fresh`): the connections see EOF and close.
+    pub fn wake_all(&self, fresh: bool) {
+        for &(fd, is_fresh) in self.slots.borrow().iter() {
+            if fd >= 0 && (fresh || !is_fresh) {
                 // SAFETY: the fd belongs to a live connection task of this thread (slots are reset
                 // before a connection's socket is closed); shutdown does not close it.
                 unsafe {
@@ -657,7 +688,7 @@ async fn worker_main(mut spec: WorkerSpec) {
                     listener,
                     port,
                     kind,
-                    shard.clone(),
+                    Busy::new(&shard),
                     accept_cancel.handle(),
                 ));
             }
@@ -758,7 +789,9 @@ async fn control_loop(
         shard.health.sweep(Instant::now());
         let flush_every = shard.snapshot().config.metrics.flush_interval.as_millis()
             / CONTROL_TICK.as_millis().max(1);
-        if ticks % (flush_every.max(1) as u64) == 0 {
+        // Also on the first tick: `/health` counts a worker as serving once it has flushed, so a
+        // new process (a start, a binary upgrade) reports healthy within a tick, not an interval.
+        if ticks == 1 || ticks % (flush_every.max(1) as u64) == 0 {
             shard.metrics.set_skipped(shard.skipped_by_target());
             shard.metrics.flush(&shard.idle_by_target());
             let snap = shard.snapshot();
@@ -787,19 +820,29 @@ async fn control_loop(
     // drain instead of being refused and retrying elsewhere. shutdown(SHUT_RD) on a listening socket
     // closes it for new connections (they are refused, like nginx closing its listeners) and wakes
     // the pending accept.
-    for &fd in listening {
-        // SAFETY: the fd is open: its accept task has not run since `draining` was set (no await
-        // in between), and it drops the listener only after seeing `draining` or the cancel.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RD);
+    // After a binary upgrade the sockets are the new process's too: shutting them down would refuse
+    // its connections. It accepts from them, so cancelling our accepts is enough.
+    if !spec.control.handed_over.load(Ordering::SeqCst) {
+        for &fd in listening {
+            // SAFETY: the fd is open: its accept task has not run since `draining` was set (no await
+            // in between), and it drops the listener only after seeing `draining` or the cancel.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RD);
+            }
         }
     }
     let _ = accept_cancel.cancel();
-    shard.idle.wake_all();
+    shard.idle.wake_all(false);
     shard.parked.close_all(shard);
-    let deadline = Instant::now() + shard.snapshot().config.server.drain_timeout;
+    let start = Instant::now();
+    let deadline = start + shard.snapshot().config.server.drain_timeout;
+    let mut fresh_woken = false;
     while shard.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
+        if !fresh_woken && start.elapsed() >= FRESH_GRACE {
+            shard.idle.wake_all(true);
+            fresh_woken = true;
+        }
     }
     shard.metrics.flush_last(&shard.idle_by_target());
     // Every request of this worker that will ever complete has completed (or the drain deadline
@@ -807,19 +850,23 @@ async fn control_loop(
     shard.access_log.finish();
 }
 
+/// Accepts until the drain begins. `busy` keeps the drain waiting until this loop has ended, and a
+/// connection the kernel handed over as the drain began (an accept that completed before its
+/// cancel) is served like any other, not dropped: after a binary upgrade the new process serves
+/// the rest of the queue, so nothing accepted here may be lost.
 async fn accept_loop(
     listener: TcpListener,
     port: u16,
     kind: ListenKind,
-    shard: Rc<Shard>,
+    busy: Busy,
     cancel: monoio::io::CancelHandle,
 ) {
+    let shard = busy.0.clone();
     loop {
-        match listener.cancelable_accept(cancel.clone()).await {
+        let accepted = listener.cancelable_accept(cancel.clone()).await;
+        let draining = shard.draining.get();
+        match accepted {
             Ok((stream, peer)) => {
-                if shard.draining.get() {
-                    break;
-                }
                 // Nagle + delayed ACK would stall split head/body writes by 40 ms (DESIGN.md §9).
                 let _ = stream.set_nodelay(true);
                 match kind {
@@ -835,27 +882,42 @@ async fn accept_loop(
                         ));
                     }
                     ListenKind::Https => {
-                        monoio::spawn(crate::tls::accept::serve(stream, peer, port, shard.clone()));
+                        let busy = Busy::new(&shard);
+                        let serve = crate::tls::accept::serve(stream, peer, port, shard.clone());
+                        monoio::spawn(async move {
+                            serve.await;
+                            drop(busy);
+                        });
                     }
                     ListenKind::RedirectHttps { status, https_port } => {
-                        monoio::spawn(crate::tls::redirect::serve(
+                        let busy = Busy::new(&shard);
+                        let serve = crate::tls::redirect::serve(
                             stream,
                             peer,
                             status,
                             https_port,
                             shard.clone(),
-                        ));
+                        );
+                        monoio::spawn(async move {
+                            serve.await;
+                            drop(busy);
+                        });
                     }
+                }
+                if draining {
+                    break;
                 }
             }
             Err(e) => {
-                if shard.draining.get() {
+                if draining {
                     break;
                 }
                 accept_error(&e).await;
             }
         }
     }
+    drop(listener);
+    drop(busy);
 }
 
 /// Out of descriptors or memory: back off instead of spinning; other errors are per-connection.

@@ -191,7 +191,7 @@ fn setup(token: Option<&str>, outcome: Arc<AtomicU8>, histogram_file: Option<&st
         .clone()
         .unwrap_or_else(|| panic!("[admin] parsed"));
     def.token = token.map(Into::into);
-    let admin = AdminServer::start(AdminSettings::new(&def), handle, reload)
+    let admin = AdminServer::start(AdminSettings::new(&def), handle, reload, None)
         .unwrap_or_else(|e| panic!("{e}"));
     let addr = admin.local_addr();
     Setup {

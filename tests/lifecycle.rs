@@ -238,6 +238,36 @@ fn sigint_on_an_idle_gateway_exits_0_promptly() {
     assert_eq!(st.code(), Some(0));
 }
 
+/// A connection that has not sent its first request when the drain begins is not closed with the
+/// idle keep-alive ones: its request is likely on the way (a client that just connected), and it
+/// gets up to `FRESH_GRACE` (1 s) to arrive. It is answered with `Connection: close`; a fresh
+/// connection that stays silent is closed within the grace (a plain one once it has been silent
+/// for the 0.5 s park threshold), so it cannot hold the drain up.
+#[test]
+fn a_connection_whose_first_request_arrives_during_the_drain_is_served() {
+    let up = Upstream::echo("a");
+    let mut gw = gateway_for(&up);
+    let mut fresh = Conn::connect(gw.addr());
+    let silent = Conn::connect(gw.addr());
+    // Both accepted and waiting for their first request (well below the 500 ms park threshold).
+    std::thread::sleep(Duration::from_millis(150));
+    gw.sigterm();
+    assert!(gw.wait_log("draining", Duration::from_secs(2)));
+    std::thread::sleep(Duration::from_millis(200));
+    let r = fresh.get(HOST, "/late");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+    let mut silent = silent;
+    assert!(
+        silent.probe_closed(Duration::from_secs(3)),
+        "the silent one is closed after the grace"
+    );
+    let st = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("no exit within 5 s");
+    assert_eq!(st.code(), Some(0));
+}
+
 #[test]
 fn sigint_with_a_parked_idle_connection_exits_0_promptly() {
     // Idle past 500 ms, a connection parks (waits for readability without a buffer); draining must

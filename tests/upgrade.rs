@@ -1,0 +1,333 @@
+//! Binary upgrade (`kill -USR2`): the running gateway starts its binary again with its listening
+//! sockets, waits until the new process serves, then drains and exits; clients on loopback see no
+//! failed request, new connections and keep-alive ones alike. A new process that does not come up
+//! leaves the old one serving. `sd_notify` tells a service manager which process serves.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(up: &Upstream) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 2
+drain_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[services]]
+name = "s"
+url = "{}"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+"#,
+        up.url()
+    )
+}
+
+/// The process an upgrade started: not our child (the old gateway started it), so it is ended by
+/// PID and watched through `kill(pid, 0)`.
+struct NewProcess(i32);
+
+impl NewProcess {
+    fn from_log(gw: &Gateway) -> NewProcess {
+        let line = gw
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("upgrade: new process ready"))
+            .expect("ready line");
+        let pid = common::gateway::kv(&line, "pid")
+            .and_then(|p| p.trim_end_matches(';').parse().ok())
+            .expect("pid");
+        NewProcess(pid)
+    }
+
+    fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(self.0, 0) == 0 }
+    }
+}
+
+impl Drop for NewProcess {
+    fn drop(&mut self) {
+        // SAFETY: a process this test's gateway started (its pid from the gateway's own log).
+        unsafe { libc::kill(self.0, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.alive() {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Whether the admin API at `admin` answers `/health` with 200 within 3 s (workers count as
+/// serving once they first flushed their metrics, a tick after start).
+fn healthy(admin: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if send_raw(admin, b"GET /health HTTP/1.1\r\nHost: admin\r\n\r\n").status == 200 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// One request on a new connection with `Connection: close`: every failure counts (the client
+/// cannot know whether the gateway saw the request).
+fn one_shot(addr: SocketAddr) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).map_err(|e| format!("read: {e}"))?;
+    if got.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!("answer: {:?}", String::from_utf8_lossy(&got)))
+    }
+}
+
+/// One request on a kept-alive connection: the status and whether the answer said
+/// `Connection: close`, or the error and how many bytes of an answer had arrived.
+fn keep_alive_request(s: &mut TcpStream) -> Result<(u16, bool), (usize, String)> {
+    s.write_all(b"GET /ka HTTP/1.1\r\nHost: t\r\n\r\n")
+        .map_err(|e| (0, format!("write: {e}")))?;
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let (head_end, len) = loop {
+        if let Some(end) = common::client::find(&got, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or((got.len(), format!("no content-length: {head}")))?;
+            break (end + 4, len);
+        }
+        match s.read(&mut tmp) {
+            Ok(0) => return Err((got.len(), "eof".to_owned())),
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+            Err(e) => return Err((got.len(), format!("read: {e}"))),
+        }
+    };
+    while got.len() < head_end + len {
+        match s.read(&mut tmp) {
+            Ok(0) => return Err((got.len(), "eof in body".to_owned())),
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+            Err(e) => return Err((got.len(), format!("read: {e}"))),
+        }
+    }
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, head.contains("\r\nconnection: close\r\n")))
+}
+
+/// Requests on kept-alive connections, as a proxy or SDK sends them: a connection the server closed
+/// between two requests (nothing of an answer arrived) is retried on a new one (RFC 9112 §9.3.1);
+/// anything else that goes wrong counts as a failure.
+fn keep_alive_loop(addr: SocketAddr, stop: &AtomicBool, tally: &Tally) {
+    let mut conn: Option<TcpStream> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let reused = conn.is_some();
+        let s = match &mut conn {
+            Some(s) => s,
+            None => match TcpStream::connect(addr) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                    conn.insert(s)
+                }
+                Err(e) => {
+                    eprintln!("keep-alive connect failed: {e}");
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            },
+        };
+        match keep_alive_request(s) {
+            Ok((200, close)) => {
+                tally.ok.fetch_add(1, Ordering::Relaxed);
+                if close {
+                    conn = None;
+                }
+            }
+            Err((0, _)) if reused => {
+                tally.retried.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+            }
+            other => {
+                eprintln!("keep-alive request failed: {other:?}");
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+            }
+        }
+    }
+}
+
+/// A fresh directory for the notify socket (a unix socket path must be short).
+fn tempdir() -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let d = std::env::temp_dir().join(format!("rg-upg-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn sigusr2_hands_over_under_load_without_a_failed_request() {
+    let up = Upstream::echo("up");
+    let notify_dir = tempdir();
+    let notify_path = notify_dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut gw = Gateway::try_start_with_env(
+        &config(&up),
+        &[],
+        &[("NOTIFY_SOCKET", notify_path.to_str().expect("utf-8 path"))],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let old_pid = gw.pid();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY from the first process");
+    assert_eq!(
+        std::str::from_utf8(&buf[..n]).expect("utf-8"),
+        format!("READY=1\nMAINPID={old_pid}")
+    );
+    let addr = gw.addr();
+    let admin = gw.admin_addr();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut threads = Vec::new();
+    for i in 0..14 {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        threads.push(std::thread::spawn(move || {
+            if i < 12 {
+                while !stop.load(Ordering::Relaxed) {
+                    match one_shot(addr) {
+                        Ok(()) => tally.ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            eprintln!("one-shot request failed: {e}");
+                            tally.failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            } else {
+                keep_alive_loop(addr, &stop, &tally);
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let before = tally.ok.load(Ordering::Relaxed);
+    gw.signal(libc::SIGUSR2);
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("the old process exits");
+    assert!(status.success(), "{status}");
+    let new = NewProcess::from_log(&gw);
+    assert!(new.alive());
+    let at_exit = tally.ok.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("load thread");
+    }
+    let (ok, failed) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "ok={ok} (before the signal {before}, at the old process's exit {at_exit}) failed={failed} retried={}",
+        tally.retried.load(Ordering::Relaxed)
+    );
+    assert_eq!(failed, 0, "requests failed across the upgrade");
+    assert!(
+        before > 50 && ok > at_exit + 50,
+        "load ran on both sides of the upgrade"
+    );
+
+    // The new process serves the same port and the admin API on the same address.
+    assert_eq!(get(addr, HOST, "/after").status, 200);
+    assert!(healthy(admin));
+    let logs = gw.logs().join("\n");
+    assert!(
+        logs.contains("upgrade: inherited listening sockets count=3"),
+        "{logs}"
+    );
+    // The service manager heard the old process stop and the new one take over.
+    let mut seen = Vec::new();
+    while let Ok(n) = notify.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if seen
+            .iter()
+            .any(|s| s.contains(&format!("MAINPID={}", new.0)))
+            && seen.iter().any(|s| s == "STOPPING=1")
+        {
+            break;
+        }
+    }
+    assert!(
+        seen.contains(&format!("READY=1\nMAINPID={}", new.0)),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&"STOPPING=1".to_owned()), "{seen:?}");
+}
+
+#[test]
+fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+    let up = Upstream::echo("up");
+    let mut gw = Gateway::start(&config(&up));
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/1").status, 200);
+    // The new process reads the config file again: a broken one stops it before it serves.
+    gw.rewrite_config("[server\nlisten = ");
+    gw.signal(libc::SIGUSR2);
+    assert!(
+        gw.wait_log("upgrade failed", Duration::from_secs(10)),
+        "{:?}",
+        gw.logs()
+    );
+    assert!(
+        gw.wait_exit(Duration::from_millis(300)).is_none(),
+        "the old process serves on"
+    );
+    assert_eq!(c.get(HOST, "/2").status, 200);
+    assert_eq!(get(gw.addr(), HOST, "/3").status, 200);
+    assert!(healthy(gw.admin_addr()));
+    // Fixed, the next attempt goes through.
+    gw.rewrite_config(&config(&up));
+    gw.signal(libc::SIGUSR2);
+    assert!(gw
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+    let _new = NewProcess::from_log(&gw);
+    assert_eq!(get(gw.addr(), HOST, "/4").status, 200);
+}
