@@ -201,15 +201,16 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Serves on a new thread, on `inherited` (a binary upgrade handed it over) or else on a new
-    /// listener bound to `settings.listen()`; `settings` stays shared with whoever applies reloads.
+    /// Serves on a new thread, on `listener` (bound already, or handed over by a binary upgrade)
+    /// or else on a new listener bound to `settings.listen()`; `settings` stays shared with
+    /// whoever applies reloads.
     pub fn start(
         settings: Arc<AdminSettings>,
         metrics: MetricsHandle,
         reload: ReloadFn,
-        inherited: Option<TcpListener>,
+        listener: Option<TcpListener>,
     ) -> std::io::Result<AdminServer> {
-        let listener = match inherited {
+        let listener = match listener {
             Some(l) => l,
             None => TcpListener::bind(settings.listen)?,
         };
@@ -283,9 +284,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if shared.stop.load(Ordering::SeqCst) {
-            break;
-        }
+        // Accepted: answered even if `stop` came meanwhile (closing it unanswered would lose it).
         // Accepted sockets do not inherit O_NONBLOCK on Linux; said anyway, as the reads rely on it.
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));

@@ -112,10 +112,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         (0..workers).map(|_| Vec::new()).collect();
     // What a binary upgrade hands over, in the order the new process looks for it.
     let mut handover = upgrade::Handover { fds: Vec::new() };
-    for l in &compiled.config.server.listeners {
+    for (entry, l) in compiled.config.server.listeners.iter().enumerate() {
         match bind_all(
             l.addr,
             l.kind,
+            upgrade::Role::Listener(entry),
             &mut listeners,
             &mut inherited,
             &mut handover,
@@ -127,6 +128,22 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             }
         }
     }
+
+    // The admin listener too, before any worker accepts: a process that cannot bind it exits
+    // before it has taken a connection (after a binary upgrade, one from the shared queues).
+    let admin_listener = match &compiled.config.admin {
+        Some(def) => match inherited.take(upgrade::Role::Admin, def.listen) {
+            Some(l) => Some(l),
+            None => match std::net::TcpListener::bind(def.listen) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    error!("admin bind failed addr={} error=\"{e}\"", def.listen);
+                    return 1;
+                }
+            },
+        },
+        None => None,
+    };
 
     // After binding (the CA's validation requests wait in the listen backlog until workers
     // accept), before the workers start (stored certificates are in the store by then).
@@ -243,12 +260,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         Some(settings) => {
             let r = reloader.clone();
             let addr = settings.listen();
-            let inherited_admin = inherited.take(upgrade::Role::Admin, addr);
             match AdminServer::start(
                 settings,
                 metrics.clone(),
                 Box::new(move || r.reload()),
-                inherited_admin,
+                admin_listener,
             ) {
                 Ok(a) => {
                     handover.fds.push((upgrade::Role::Admin, a.listener_fd()));
@@ -275,7 +291,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
 
     let mut signals = signals;
     let handed_over = wait_for_termination(&mut signals, &reloader, &handover);
-    upgrade::notify_stopping();
+    // Not after a handover: the new process is the service's main process now, and a STOPPING=1
+    // from this one would make systemd stop the unit.
+    if !handed_over {
+        upgrade::notify_stopping();
+    }
     // Set before the drain flag, so no worker shuts down a socket the new process now serves on.
     control.handed_over.store(handed_over, Ordering::SeqCst);
     // The flag goes up first: from here on a reload is refused, and one waiting for acknowledgements
@@ -751,6 +771,7 @@ fn compiled_has_no_log(state: &ReloadState) -> bool {
 fn bind_all(
     addr: std::net::SocketAddr,
     kind: ListenKind,
+    role: upgrade::Role,
     listeners: &mut [Vec<(std::net::TcpListener, ListenKind)>],
     inherited: &mut upgrade::Inherited,
     handover: &mut upgrade::Handover,
@@ -758,7 +779,7 @@ fn bind_all(
     use std::os::fd::AsRawFd;
     let mut actual = addr;
     for (i, slot) in listeners.iter_mut().enumerate() {
-        let l = match inherited.take(upgrade::Role::Listener, actual) {
+        let l = match inherited.take(role, actual) {
             Some(l) => {
                 // Monoio registers it as it is; a fresh one is non-blocking too.
                 l.set_nonblocking(true)?;
@@ -769,7 +790,7 @@ fn bind_all(
         if i == 0 {
             actual = l.local_addr()?;
         }
-        handover.fds.push((upgrade::Role::Listener, l.as_raw_fd()));
+        handover.fds.push((role, l.as_raw_fd()));
         slot.push((l, kind));
     }
     Ok(actual)
@@ -791,20 +812,28 @@ const SIGNAL_POLL: Duration = Duration::from_millis(100);
 /// second Ctrl-C; otherwise only SIGKILL could cut a long `drain_timeout` short). A SIGHUP is not
 /// acted on: the workers no longer take new generations.
 fn second_signal(signals: &mut signal_hook::iterator::Signals) -> bool {
-    use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     let mut stop = false;
     for sig in signals.pending() {
-        if sig == SIGHUP || sig == SIGUSR1 {
-            warn!(
+        match sig {
+            SIGTERM | SIGINT => {
+                info!(
+                    "signal received signal={} draining=true",
+                    if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
+                );
+                stop = true;
+            }
+            // A reload, a log reopen or an upgrade has nothing to act on any more (an upgrade: the
+            // sockets are handed over already, or closing); a repeated USR2 must not end the drain.
+            _ => warn!(
                 "signal ignored while draining signal={}",
-                if sig == SIGHUP { "SIGHUP" } else { "SIGUSR1" }
-            );
-        } else {
-            info!(
-                "signal received signal={} draining=true",
-                if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
-            );
-            stop = true;
+                match sig {
+                    SIGHUP => "SIGHUP",
+                    SIGUSR1 => "SIGUSR1",
+                    SIGUSR2 => "SIGUSR2",
+                    _ => "other",
+                }
+            ),
         }
     }
     stop

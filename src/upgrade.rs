@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 
 use crate::{error, info, warn};
 
-/// Inherited listening sockets: `L:<fd>` (a gateway listener) or `A:<fd>` (the admin listener),
-/// comma-separated, in the old process's listen order (address by address, worker by worker).
+/// Inherited listening sockets: `L<i>:<fd>` (a gateway listener of the old config's `listen`
+/// entry `i`) or `A:<fd>` (the admin listener), comma-separated, in the old process's listen order
+/// (entry by entry, worker by worker).
 pub const ENV_FDS: &str = "RINGGATE_INHERITED_FDS";
 /// The write end of the readiness pipe: one byte once the new process serves.
 pub const ENV_READY: &str = "RINGGATE_UPGRADE_READY_FD";
@@ -44,7 +45,8 @@ pub const UPGRADE_WAIT: Duration = Duration::from_secs(60);
 /// What an inherited socket was in the old process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    Listener,
+    /// A gateway listener for `listen` entry N.
+    Listener(usize),
     Admin,
 }
 
@@ -66,9 +68,12 @@ impl Inherited {
         let mut inherited = Inherited::parse(&list.unwrap_or_default().to_string_lossy());
         if let Some(fd) = ready {
             match fd.to_string_lossy().parse::<RawFd>() {
-                // SAFETY: the pipe's write end, handed to this process for exactly one byte.
                 Ok(fd) if fd > 2 => {
-                    inherited.ready = Some(unsafe { std::fs::File::from_raw_fd(fd) })
+                    // SAFETY: the pipe's write end, handed to this process for exactly one byte;
+                    // close-on-exec again, like every other fd of ours.
+                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+                    // SAFETY: as above; owned here from now on.
+                    inherited.ready = Some(unsafe { std::fs::File::from_raw_fd(fd) });
                 }
                 _ => warn!("upgrade: bad {ENV_READY}={fd:?}"),
             }
@@ -76,22 +81,24 @@ impl Inherited {
         inherited
     }
 
-    /// Adopts the listening sockets `list` names (`L:<fd>,A:<fd>,…`).
+    /// Adopts the listening sockets `list` names (`L0:<fd>,A:<fd>,…`).
     fn parse(list: &str) -> Inherited {
         let mut socks = Vec::new();
+        let mut seen = Vec::new();
         for item in list.split(',').filter(|s| !s.is_empty()) {
             let parsed = item.split_once(':').and_then(|(role, fd)| {
                 let role = match role {
-                    "L" => Role::Listener,
                     "A" => Role::Admin,
-                    _ => return None,
+                    _ => Role::Listener(role.strip_prefix('L')?.parse().ok()?),
                 };
                 Some((role, fd.parse::<RawFd>().ok()?))
             });
-            let Some((role, fd)) = parsed else {
+            // A number listed twice would be owned twice (and closed twice).
+            let Some((role, fd)) = parsed.filter(|(_, fd)| !seen.contains(fd)) else {
                 warn!("upgrade: ignoring inherited fd entry={item:?}");
                 continue;
             };
+            seen.push(fd);
             match adopt(fd) {
                 Some((addr, l)) => socks.push((role, addr, l)),
                 None => warn!("upgrade: inherited fd={fd} is not a listening TCP socket; ignored"),
@@ -103,14 +110,21 @@ impl Inherited {
         Inherited { socks, ready: None }
     }
 
-    /// An inherited socket of `role` bound to `addr`, if there is one left. Port 0 (a config that
-    /// let the kernel pick) takes the first one left with the same IP: the old process listed its
-    /// sockets in listen order, so an unchanged config finds its own.
+    /// An inherited socket of `role` bound to `addr`, if there is one left: a gateway listener of
+    /// any entry with that exact address, or, for port 0 (a config that let the kernel pick), one of
+    /// the same entry with the same IP (an unchanged config finds its own; two port-0 entries never
+    /// swap sockets).
     pub fn take(&mut self, role: Role, addr: SocketAddr) -> Option<TcpListener> {
+        let same_kind = |r: &Role| {
+            matches!(
+                (r, role),
+                (Role::Listener(_), Role::Listener(_)) | (Role::Admin, Role::Admin)
+            )
+        };
         let i = self
             .socks
             .iter()
-            .position(|(r, a, _)| *r == role && *a == addr)
+            .position(|(r, a, _)| same_kind(r) && *a == addr)
             .or_else(|| {
                 (addr.port() == 0).then(|| {
                     self.socks
@@ -166,6 +180,22 @@ fn adopt(fd: RawFd) -> Option<(SocketAddr, TcpListener)> {
         )
     };
     if rc != 0 || ty != libc::SOCK_STREAM {
+        return None;
+    }
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: as above. Checked before taking ownership: a socket that is not ours to adopt (a
+    // unix one) must not be closed here.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || (domain != libc::AF_INET && domain != libc::AF_INET6) {
         return None;
     }
     // SAFETY: a listening stream socket that the old process handed to this one (it stays open
@@ -256,11 +286,12 @@ impl Handover {
             .fds
             .iter()
             .map(|(role, fd)| match role {
-                Role::Listener => format!("L:{fd}"),
+                Role::Listener(entry) => format!("L{entry}:{fd}"),
                 Role::Admin => format!("A:{fd}"),
             })
             .collect::<Vec<_>>()
             .join(",");
+        let ready_fd = write_end.as_raw_fd();
         let mut cmd = Command::new(&program);
         cmd.args(args)
             .env(ENV_FDS, list)
@@ -295,7 +326,20 @@ impl Handover {
                     }
                 }
                 for &fd in &fds {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    // Only a socket that still listens: a number whose listener has closed since
+                    // (a worker that failed to set it up) may name a client socket by now, which
+                    // must not reach the new process.
+                    let mut accepting: libc::c_int = 0;
+                    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                    let listening = libc::getsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_ACCEPTCONN,
+                        (&mut accepting as *mut libc::c_int).cast(),
+                        &mut len,
+                    ) == 0
+                        && accepting != 0;
+                    if (fd == ready_fd || listening) && libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -396,7 +440,10 @@ mod tests {
         // Handed over: this test's own fds become the inherited ones.
         let fd_a = std::os::fd::IntoRawFd::into_raw_fd(a);
         let fd_b = std::os::fd::IntoRawFd::into_raw_fd(b);
-        let list = format!("L:{fd_a},A:{fd_b},L:{},X:7,L:nope", connected.as_raw_fd());
+        let list = format!(
+            "L0:{fd_a},A:{fd_b},L1:{},X:7,L:nope,L2:{fd_a}",
+            connected.as_raw_fd()
+        );
         let mut got = Inherited::parse(&list);
         assert_eq!(
             got.socks.len(),
@@ -405,10 +452,17 @@ mod tests {
         );
         // Role and address must both match; port 0 takes the same IP's first.
         assert!(got.take(Role::Admin, addr_a).is_none());
+        assert!(
+            got.take(Role::Listener(1), "127.0.0.1:0".parse().expect("addr"))
+                .is_none(),
+            "port 0 takes only its own entry's socket"
+        );
         let unspecified: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let l = got.take(Role::Listener, unspecified).expect("port 0 match");
+        let l = got
+            .take(Role::Listener(0), unspecified)
+            .expect("port 0 match");
         assert_eq!(l.local_addr().expect("addr"), addr_a);
-        assert!(got.take(Role::Listener, addr_a).is_none(), "taken once");
+        assert!(got.take(Role::Listener(0), addr_a).is_none(), "taken once");
         let admin = got.take(Role::Admin, addr_b).expect("admin");
         assert_eq!(admin.local_addr().expect("addr"), addr_b);
         assert!(got.close_unused().is_none());

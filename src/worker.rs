@@ -263,6 +263,32 @@ impl Drop for Busy {
     }
 }
 
+/// A connection waiting for its first bytes outside `proxy` (a TLS handshake, a redirect listener's
+/// request): registered as a fresh idle wait while alive, so a drain ends a silent one after
+/// `FRESH_GRACE` instead of waiting for its own timeout (the `Busy` its task holds keeps the drain
+/// waiting until then).
+pub struct FirstWait {
+    shard: Rc<Shard>,
+    slot: usize,
+}
+
+impl FirstWait {
+    pub fn new(shard: &Rc<Shard>, fd: RawFd) -> FirstWait {
+        let slot = shard.idle.register();
+        shard.idle.set_idle(slot, fd, true);
+        FirstWait {
+            shard: shard.clone(),
+            slot,
+        }
+    }
+}
+
+impl Drop for FirstWait {
+    fn drop(&mut self) {
+        self.shard.idle.release(self.slot);
+    }
+}
+
 /// A generation this worker swapped out, and the pool and health slots it holds a use of: they are
 /// released once the last request holding the snapshot is done (`Shard::release_retired`), so a
 /// slot index is never reused while anything that knows it is running.
@@ -742,7 +768,7 @@ async fn control_loop(
     listening: &[RawFd],
 ) {
     let mut ticks: u64 = 0;
-    while !spec.control.drain.load(Ordering::Relaxed) {
+    while !spec.control.drain.load(Ordering::Acquire) {
         monoio::time::sleep(CONTROL_TICK).await;
         ticks += 1;
         if ticks % 20 == 0 {

@@ -268,6 +268,47 @@ fn a_connection_whose_first_request_arrives_during_the_drain_is_served() {
     assert_eq!(st.code(), Some(0));
 }
 
+/// A silent connection on a redirect listener (no request) does not hold a drain up for
+/// `client_header`: it is a fresh wait, ended after the drain's grace (TLS: `tests/tls.rs`).
+#[test]
+fn a_silent_redirect_connection_does_not_hold_the_drain() {
+    let up = Upstream::echo("a");
+    let mut gw = Gateway::start(&format!(
+        r#"[server]
+listen = [{{ addr = "127.0.0.1:0", redirect_https = 308 }}, "127.0.0.1:0"]
+workers = 1
+drain_timeout = "20s"
+
+[server.timeouts]
+client_header = "60s"
+
+[[services]]
+name = "s"
+url = "{}"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+"#,
+        up.url()
+    ));
+    let silent = Conn::connect(gw.addrs()[0]);
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    gw.sigterm();
+    let st = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit within 10 s");
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "drain took {:?}",
+        t.elapsed()
+    );
+    drop(silent);
+}
+
 #[test]
 fn sigint_with_a_parked_idle_connection_exits_0_promptly() {
     // Idle past 500 ms, a connection parks (waits for readability without a buffer); draining must

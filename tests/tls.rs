@@ -1420,3 +1420,30 @@ fn a_tls_connection_lets_go_of_the_generation_it_was_accepted_under() {
         Some("b")
     );
 }
+
+/// A TLS connection that never sends its ClientHello does not hold a drain up for `tls_handshake`:
+/// the handshake is a fresh wait, ended after the drain's grace.
+#[test]
+fn a_silent_tls_connection_does_not_hold_the_drain() {
+    let pki = Pki::new();
+    let up = Upstream::echo("up");
+    let mut gw = Gateway::start(&tls_config(
+        &pki,
+        &up,
+        "drain_timeout = \"20s\"\n\n[server.timeouts]\ntls_handshake = \"30s\"\n",
+    ));
+    let silent = TcpStream::connect(gw.addrs()[0]).expect("connect");
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    gw.sigterm();
+    let st = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit within 10 s");
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "drain took {:?}",
+        t.elapsed()
+    );
+    drop(silent);
+}

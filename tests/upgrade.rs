@@ -42,14 +42,22 @@ paths = ["/"]
 struct NewProcess(i32);
 
 impl NewProcess {
-    fn from_log(gw: &Gateway) -> NewProcess {
+    /// The process named by the old gateway's `upgrade started pid=N` line (waited for), so that
+    /// it is ended even if an assertion fails before the upgrade completes.
+    fn started_by(gw: &Gateway) -> NewProcess {
+        assert!(
+            gw.wait_log("upgrade started", Duration::from_secs(10)),
+            "{:?}",
+            gw.logs()
+        );
         let line = gw
             .logs()
             .into_iter()
-            .find(|l| l.contains("upgrade: new process ready"))
-            .expect("ready line");
+            .rev()
+            .find(|l| l.contains("upgrade started"))
+            .expect("started line");
         let pid = common::gateway::kv(&line, "pid")
-            .and_then(|p| p.trim_end_matches(';').parse().ok())
+            .and_then(|p| p.parse().ok())
             .expect("pid");
         NewProcess(pid)
     }
@@ -248,11 +256,12 @@ fn sigusr2_hands_over_under_load_without_a_failed_request() {
     std::thread::sleep(Duration::from_millis(700));
     let before = tally.ok.load(Ordering::Relaxed);
     gw.signal(libc::SIGUSR2);
+    let new = NewProcess::started_by(&gw);
     let status = gw
         .wait_exit(Duration::from_secs(15))
         .expect("the old process exits");
     assert!(status.success(), "{status}");
-    let new = NewProcess::from_log(&gw);
+    assert!(gw.log_contains(&format!("upgrade: new process ready pid={}", new.0)));
     assert!(new.alive());
     let at_exit = tally.ok.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(700));
@@ -282,23 +291,22 @@ fn sigusr2_hands_over_under_load_without_a_failed_request() {
         logs.contains("upgrade: inherited listening sockets count=3"),
         "{logs}"
     );
-    // The service manager heard the old process stop and the new one take over.
+    // The service manager heard the new process take over, and no STOPPING=1 from the old one
+    // (systemd would stop the unit, the new process included).
+    notify
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
     let mut seen = Vec::new();
     while let Ok(n) = notify.recv(&mut buf) {
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        if seen
-            .iter()
-            .any(|s| s.contains(&format!("MAINPID={}", new.0)))
-            && seen.iter().any(|s| s == "STOPPING=1")
-        {
-            break;
-        }
     }
-    assert!(
-        seen.contains(&format!("READY=1\nMAINPID={}", new.0)),
-        "{seen:?}"
-    );
-    assert!(seen.contains(&"STOPPING=1".to_owned()), "{seen:?}");
+    assert_eq!(seen, [format!("READY=1\nMAINPID={}", new.0)]);
+    // When the new process is stopped, it says so.
+    drop(new);
+    let n = notify
+        .recv(&mut buf)
+        .expect("STOPPING from the new process");
+    assert_eq!(&buf[..n], b"STOPPING=1");
 }
 
 #[test]
@@ -325,9 +333,58 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     // Fixed, the next attempt goes through.
     gw.rewrite_config(&config(&up));
     gw.signal(libc::SIGUSR2);
+    let _new = NewProcess::started_by(&gw);
     assert!(gw
         .wait_exit(Duration::from_secs(15))
         .is_some_and(|s| s.success()));
-    let _new = NewProcess::from_log(&gw);
     assert_eq!(get(gw.addr(), HOST, "/4").status, 200);
+}
+
+/// SIGUSR2 while draining changes nothing: no upgrade starts and the drain is not cut short (a
+/// request in flight still gets its answer).
+#[test]
+fn sigusr2_during_a_drain_is_ignored() {
+    let up = Upstream::start(Behaviour::EchoDelayed(Duration::from_millis(800)));
+    let mut gw = Gateway::start(&config(&up));
+    let addr = gw.addr();
+    let slow = std::thread::spawn(move || get(addr, HOST, "/slow").status);
+    std::thread::sleep(Duration::from_millis(200));
+    gw.sigterm();
+    assert!(gw.wait_log("draining", Duration::from_secs(2)));
+    gw.signal(libc::SIGUSR2);
+    assert_eq!(slow.join().expect("request thread"), 200);
+    assert!(gw
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    assert!(gw.log_contains("signal ignored while draining signal=SIGUSR2"));
+    assert!(!gw.log_contains("upgrade started"));
+}
+
+/// Two listen entries on port 0 (a plain one and an HTTPS redirect), and one worker fewer after the
+/// upgrade: each entry keeps its own port and kind.
+#[test]
+fn each_listen_entry_keeps_its_own_sockets_across_an_upgrade() {
+    let up = Upstream::echo("up");
+    let two_listeners = |workers: usize| {
+        config(&up).replace(
+            "listen = [\"127.0.0.1:0\"]\nworkers = 2",
+            &format!(
+                "listen = [\"127.0.0.1:0\", {{ addr = \"127.0.0.1:0\", redirect_https = 308 }}]\nworkers = {workers}"
+            ),
+        )
+    };
+    let mut gw = Gateway::start(&two_listeners(2));
+    let (plain, redirect) = (gw.addrs()[0], gw.addrs()[1]);
+    assert_eq!(get(plain, HOST, "/a").status, 200);
+    assert_eq!(get(redirect, HOST, "/a").status, 308);
+    gw.rewrite_config(&two_listeners(1));
+    gw.signal(libc::SIGUSR2);
+    let _new = NewProcess::started_by(&gw);
+    assert!(gw
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+    for _ in 0..20 {
+        assert_eq!(get(plain, HOST, "/b").status, 200);
+        assert_eq!(get(redirect, HOST, "/b").status, 308);
+    }
 }

@@ -24,6 +24,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
     // The raw fd is taken before the TcpStream disappears into the TLS stream: the idle registry
     // half-closes idle connections by fd when draining.
     let fd = stream.as_raw_fd();
+    // Until the connection is handed to the proxy (which registers it itself): a drain ends a
+    // silent or stalled handshake after its grace instead of waiting for `tls_handshake`.
+    let first_wait = crate::worker::FirstWait::new(&shard, fd);
     // Only what the handshake needs: the connection must not hold this generation for its whole
     // life (a swapped-out generation's pool and health slots are released once nothing holds it).
     let (ctx, limit) = {
@@ -69,7 +72,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
         return;
     }
     let listener = Listener { port, tls: true };
-    proxy::serve(CancelSafe::new(tls), fd, peer, listener, shard).await;
+    let serve = proxy::serve(CancelSafe::new(tls), fd, peer, listener, shard);
+    drop(first_wait);
+    serve.await;
 }
 
 /// The first byte the client sent, without consuming it (`None`: closed or failed first).

@@ -32,6 +32,9 @@ pub async fn serve(
     https_port: u16,
     shard: Rc<Shard>,
 ) {
+    // A silent client must not hold a drain up for `client_header`.
+    let _first_wait =
+        crate::worker::FirstWait::new(&shard, std::os::fd::AsRawFd::as_raw_fd(&stream));
     let snap = shard.snapshot();
     let server = &snap.config.server;
     let limits = Limits {
