@@ -42,24 +42,25 @@ paths = ["/"]
 struct NewProcess(i32);
 
 impl NewProcess {
-    /// The process named by the old gateway's `upgrade started pid=N` line (waited for), so that
-    /// it is ended even if an assertion fails before the upgrade completes.
-    fn started_by(gw: &Gateway) -> NewProcess {
-        assert!(
-            gw.wait_log("upgrade started", Duration::from_secs(10)),
-            "{:?}",
-            gw.logs()
-        );
-        let line = gw
-            .logs()
-            .into_iter()
-            .rev()
-            .find(|l| l.contains("upgrade started"))
-            .expect("started line");
-        let pid = common::gateway::kv(&line, "pid")
-            .and_then(|p| p.parse().ok())
-            .expect("pid");
-        NewProcess(pid)
+    /// The process named by the old gateway's `nth` (from 0) `upgrade started pid=N` line (waited
+    /// for), so that it is ended even if an assertion fails before the upgrade completes.
+    fn started_by(gw: &Gateway, nth: usize) -> NewProcess {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let started: Vec<String> = gw
+                .logs()
+                .into_iter()
+                .filter(|l| l.contains("upgrade started"))
+                .collect();
+            if let Some(line) = started.get(nth) {
+                let pid = common::gateway::kv(line, "pid")
+                    .and_then(|p| p.parse().ok())
+                    .expect("pid");
+                return NewProcess(pid);
+            }
+            assert!(Instant::now() < deadline, "{:?}", gw.logs());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn alive(&self) -> bool {
@@ -256,7 +257,7 @@ fn sigusr2_hands_over_under_load_without_a_failed_request() {
     std::thread::sleep(Duration::from_millis(700));
     let before = tally.ok.load(Ordering::Relaxed);
     gw.signal(libc::SIGUSR2);
-    let new = NewProcess::started_by(&gw);
+    let new = NewProcess::started_by(&gw, 0);
     let status = gw
         .wait_exit(Duration::from_secs(15))
         .expect("the old process exits");
@@ -323,6 +324,15 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
         "{:?}",
         gw.logs()
     );
+    // The process that failed is gone (killed and reaped by the old one).
+    let failed = NewProcess::started_by(&gw, 0);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while failed.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!failed.alive(), "the failed new process was not reaped");
+    // Nothing left to end (and its pid may be reused).
+    std::mem::forget(failed);
     assert!(
         gw.wait_exit(Duration::from_millis(300)).is_none(),
         "the old process serves on"
@@ -333,7 +343,7 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     // Fixed, the next attempt goes through.
     gw.rewrite_config(&config(&up));
     gw.signal(libc::SIGUSR2);
-    let _new = NewProcess::started_by(&gw);
+    let _new = NewProcess::started_by(&gw, 1);
     assert!(gw
         .wait_exit(Duration::from_secs(15))
         .is_some_and(|s| s.success()));
@@ -379,7 +389,7 @@ fn each_listen_entry_keeps_its_own_sockets_across_an_upgrade() {
     assert_eq!(get(redirect, HOST, "/a").status, 308);
     gw.rewrite_config(&two_listeners(1));
     gw.signal(libc::SIGUSR2);
-    let _new = NewProcess::started_by(&gw);
+    let _new = NewProcess::started_by(&gw, 0);
     assert!(gw
         .wait_exit(Duration::from_secs(15))
         .is_some_and(|s| s.success()));
