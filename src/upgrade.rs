@@ -146,12 +146,10 @@ impl Inherited {
     }
 }
 
-/// `fd` as a listener if it is a listening TCP socket (it is then owned here).
-fn adopt(fd: RawFd) -> Option<(SocketAddr, TcpListener)> {
-    if fd < 3 {
-        return None;
-    }
-    let mut accepting: libc::c_int = 0;
+/// An integer `SOL_SOCKET` option of `fd`; `None` when `fd` is not a socket (or not open). One
+/// system call, no allocation: also used between fork and exec.
+fn socket_option(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt on a caller-named fd with a properly sized out-parameter; fails harmlessly
     // (EBADF, ENOTSOCK) for anything that is not a socket.
@@ -159,43 +157,25 @@ fn adopt(fd: RawFd) -> Option<(SocketAddr, TcpListener)> {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut accepting as *mut libc::c_int).cast(),
+            option,
+            (&mut value as *mut libc::c_int).cast(),
             &mut len,
         )
     };
-    if rc != 0 || accepting == 0 {
-        return None;
-    }
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || ty != libc::SOCK_STREAM {
-        return None;
-    }
-    let mut domain: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: as above. Checked before taking ownership: a socket that is not ours to adopt (a
-    // unix one) must not be closed here.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut domain as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || (domain != libc::AF_INET && domain != libc::AF_INET6) {
+    (rc == 0).then_some(value)
+}
+
+/// `fd` as a listener if it is a listening TCP socket (it is then owned here).
+fn adopt(fd: RawFd) -> Option<(SocketAddr, TcpListener)> {
+    let listening = socket_option(fd, libc::SO_ACCEPTCONN).is_some_and(|v| v != 0);
+    let stream = socket_option(fd, libc::SO_TYPE) == Some(libc::SOCK_STREAM);
+    // Checked before taking ownership: a socket that is not ours to adopt (a unix one) must not
+    // be closed here.
+    let inet = matches!(
+        socket_option(fd, libc::SO_DOMAIN),
+        Some(libc::AF_INET) | Some(libc::AF_INET6)
+    );
+    if fd < 3 || !listening || !stream || !inet {
         return None;
     }
     // SAFETY: a listening stream socket that the old process handed to this one (it stays open
@@ -329,16 +309,7 @@ impl Handover {
                     // Only a socket that still listens: a number whose listener has closed since
                     // (a worker that failed to set it up) may name a client socket by now, which
                     // must not reach the new process.
-                    let mut accepting: libc::c_int = 0;
-                    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                    let listening = libc::getsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_ACCEPTCONN,
-                        (&mut accepting as *mut libc::c_int).cast(),
-                        &mut len,
-                    ) == 0
-                        && accepting != 0;
+                    let listening = socket_option(fd, libc::SO_ACCEPTCONN).is_some_and(|v| v != 0);
                     if (fd == ready_fd || listening) && libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }

@@ -77,6 +77,22 @@ fn two_upstreams() -> (Upstream, Upstream, TempFile) {
     (a, b, hosts)
 }
 
+/// Calls `who` (which asserts its request succeeded) every 50 ms until it says "b", for at most
+/// 10 s.
+fn until_b(gw: &Gateway, mut who: impl FnMut() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut served = 0;
+    while who() != "b" {
+        served += 1;
+        assert!(
+            Instant::now() < deadline,
+            "still on a after {served} requests; log:\n{}",
+            gw.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_target_follows_its_name_to_a_new_address_without_failing_a_request() {
     let (a, b, hosts) = two_upstreams();
@@ -125,22 +141,8 @@ paths = ["/"]
     assert_eq!(who(&mut c), "a");
 
     point_at(&hosts, "127.0.0.2");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut served = 0;
-    loop {
-        // Every request on the kept-alive connection succeeds, before, during and after.
-        let now = who(&mut c);
-        served += 1;
-        if now == "b" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still on a after {served} requests; log:\n{}",
-            gw.logs().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Every request on the kept-alive connection succeeds, before, during and after.
+    until_b(&gw, || who(&mut c));
     // Logged once every worker confirmed, which may come after this worker served `b`.
     assert!(gw.wait_log(
         &format!(
@@ -251,15 +253,7 @@ config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-
     };
     assert_eq!(authorized_by(&mut c), "a");
     point_at(&hosts, "127.0.0.2");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while authorized_by(&mut c) != "b" {
-        assert!(
-            Instant::now() < deadline,
-            "still authorized by a; log:\n{}",
-            gw.logs().join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_b(&gw, || authorized_by(&mut c));
     assert!(gw.wait_log(
         &format!(
             "forward-auth service re-resolved plugin=global from=127.0.0.1:{p} to=127.0.0.2:{p}",

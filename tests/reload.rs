@@ -148,14 +148,10 @@ idle_timeout = \"300s\"\n",
     // `orders` now points at another upstream; `users` stays.
     gw.rewrite_config(&with_pool(&other, "/people"));
     gw.reload_to(2);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while orders.peer_closed() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the removed target's idle connection is still open"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        orders.wait_for(Duration::from_secs(5), |r| r.peer_closed > 0),
+        "the removed target's idle connection is still open"
+    );
     let mut c = Conn::connect(gw.addr());
     assert_eq!(c.get(HOST, "/people/1").status, 200);
     assert_eq!(c.get(HOST, "/orders/1").header("x-upstream"), Some("other"));

@@ -383,14 +383,10 @@ paths = ["/api"]
     );
     gw.rewrite_config(&config(&b));
     gw.reload_to(2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while a.peer_closed() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the removed target's idle connection is still open"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        a.wait_for(Duration::from_secs(5), |r| r.peer_closed > 0),
+        "the removed target's idle connection is still open"
+    );
     assert_eq!(
         get(gw.addr(), HOST, "/api/2").header("x-upstream"),
         Some("b")

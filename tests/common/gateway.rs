@@ -318,6 +318,17 @@ impl Gateway {
             .expect("admin addr")
     }
 
+    /// Sends SIGTERM and waits (at most 10 s) for exit code 0; returns how long the drain took.
+    pub fn sigterm_drain_time(&mut self) -> Duration {
+        let t = Instant::now();
+        self.sigterm();
+        let st = self
+            .wait_exit(Duration::from_secs(10))
+            .expect("no exit within 10 s of SIGTERM");
+        assert_eq!(st.code(), Some(0));
+        t.elapsed()
+    }
+
     pub fn log_contains(&self, needle: &str) -> bool {
         self.log.snapshot().iter().any(|l| l.contains(needle))
     }
