@@ -765,9 +765,9 @@ fn compiled_has_no_log(state: &ReloadState) -> bool {
     state.current.config.access_log.is_none() && state.access_log.is_open()
 }
 
-/// Binds `addr` once per worker; returns the address actually bound (port 0 resolved).
 /// One listening socket per worker for `addr`: the ones a binary upgrade handed over first, new
-/// SO_REUSEPORT ones for the rest. Each fd is also listed in `handover`.
+/// SO_REUSEPORT ones for the rest; returns the address actually bound (port 0 resolved). Each fd
+/// is also listed in `handover`.
 fn bind_all(
     addr: std::net::SocketAddr,
     kind: ListenKind,
