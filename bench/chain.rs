@@ -113,38 +113,31 @@ fn bench(c: &mut Criterion) {
     let mut scratch = Vec::with_capacity(256);
     let mut out = Vec::with_capacity(2048);
 
-    c.bench_function("correlation_id_generate", |b| {
-        b.iter(|| {
-            edits.clear();
-            resp.clear();
-            plugins::correlation::on_request(corr, &req_head, REQUEST, &mut edits, &mut resp, None);
-            black_box(edits.add.len());
-        })
-    });
-    c.bench_function("correlation_id_keep_clients", |b| {
-        b.iter(|| {
-            edits.clear();
-            resp.clear();
-            plugins::correlation::on_request(corr, &id_head, WITH_ID, &mut edits, &mut resp, None);
-            black_box(edits.add.len());
-        })
-    });
-    c.bench_function("cors_simple_request", |b| {
-        b.iter(|| {
-            resp.clear();
-            black_box(plugins::cors::on_request(
-                cors, &req_head, REQUEST, &mut resp,
-            ));
-        })
-    });
-    c.bench_function("cors_preflight_answer", |b| {
-        b.iter(|| {
-            resp.clear();
-            black_box(plugins::cors::on_request(
-                cors, &pre_head, PREFLIGHT, &mut resp,
-            ));
-        })
-    });
+    // A request without an id (one is generated), and one whose client id is kept.
+    for (name, head, buf) in [
+        ("correlation_id_generate", &req_head, REQUEST),
+        ("correlation_id_keep_clients", &id_head, WITH_ID),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                edits.clear();
+                resp.clear();
+                plugins::correlation::on_request(corr, head, buf, &mut edits, &mut resp, None);
+                black_box(edits.add.len());
+            })
+        });
+    }
+    for (name, head, buf) in [
+        ("cors_simple_request", &req_head, REQUEST),
+        ("cors_preflight_answer", &pre_head, PREFLIGHT),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                resp.clear();
+                black_box(plugins::cors::on_request(cors, head, buf, &mut resp));
+            })
+        });
+    }
     let req = Req {
         head: &req_head,
         buf: REQUEST,
@@ -176,40 +169,28 @@ fn bench(c: &mut Criterion) {
     let target = b"/api/items/42?x=1";
     let host = b"127.0.0.1:9001";
     let no_edits = Edits::default();
-    c.bench_function("request_head_plain", |b| {
-        b.iter(|| {
-            out.clear();
-            write_request_head(
-                &mut out,
-                REQUEST,
-                &req_head,
-                target,
-                host,
-                &fwd,
-                BodyKind::None,
-                &no_edits,
-                None,
-            );
-            black_box(out.len());
-        })
-    });
-    c.bench_function("request_head_transformed", |b| {
-        b.iter(|| {
-            out.clear();
-            write_request_head(
-                &mut out,
-                REQUEST,
-                &req_head,
-                target,
-                host,
-                &fwd,
-                BodyKind::None,
-                &no_edits,
-                Some(tf),
-            );
-            black_box(out.len());
-        })
-    });
+    for (name, transform) in [
+        ("request_head_plain", None),
+        ("request_head_transformed", Some(tf)),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                write_request_head(
+                    &mut out,
+                    REQUEST,
+                    &req_head,
+                    target,
+                    host,
+                    &fwd,
+                    BodyKind::None,
+                    &no_edits,
+                    transform,
+                );
+                black_box(out.len());
+            })
+        });
+    }
 
     // The whole chain for one request, then its upstream head: what the plugins add per request.
     c.bench_function("chain_all_then_head", |b| {

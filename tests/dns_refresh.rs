@@ -93,6 +93,20 @@ fn until_b(gw: &Gateway, mut who: impl FnMut() -> String) {
     }
 }
 
+/// After `until_b`: the move is logged (once every worker confirmed, which may come after the
+/// worker holding the test's connection served `b`), generation 2 is installed, and `n` new
+/// connections all see `b`.
+fn moved_to_b(gw: &Gateway, logged: &str, n: usize, mut fresh: impl FnMut() -> String) {
+    assert!(gw.wait_log(logged, Duration::from_secs(10)), "{logged}");
+    assert!(gw.wait_log(
+        "upstream addresses installed generation=2",
+        Duration::from_secs(10)
+    ));
+    for _ in 0..n {
+        assert_eq!(fresh(), "b");
+    }
+}
+
 #[test]
 fn a_target_follows_its_name_to_a_new_address_without_failing_a_request() {
     let (a, b, hosts) = two_upstreams();
@@ -143,24 +157,13 @@ paths = ["/"]
     point_at(&hosts, "127.0.0.2");
     // Every request on the kept-alive connection succeeds, before, during and after.
     until_b(&gw, || who(&mut c));
-    // Logged once every worker confirmed, which may come after this worker served `b`.
-    assert!(gw.wait_log(
-        &format!(
-            "upstream target re-resolved upstream=u target={NAME}:{} from=127.0.0.1:{} to=127.0.0.2:{}",
-            a.port(),
-            a.port(),
-            a.port()
-        ),
-        Duration::from_secs(10)
-    ));
-    assert!(gw.wait_log(
-        "upstream addresses installed generation=2",
-        Duration::from_secs(10)
-    ));
-    // New connections too (every worker confirmed generation 2 before that line).
-    for _ in 0..10 {
-        assert_eq!(who(&mut Conn::connect(gw.addr())), "b");
-    }
+    let moved = format!(
+        "upstream target re-resolved upstream=u target={NAME}:{} from=127.0.0.1:{} to=127.0.0.2:{}",
+        a.port(),
+        a.port(),
+        a.port()
+    );
+    moved_to_b(&gw, &moved, 10, || who(&mut Conn::connect(gw.addr())));
     assert!(b.request_count() >= 11);
     // /metrics: one move, and the name resolves.
     let r = common::send_raw(
@@ -254,19 +257,12 @@ config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-
     assert_eq!(authorized_by(&mut c), "a");
     point_at(&hosts, "127.0.0.2");
     until_b(&gw, || authorized_by(&mut c));
-    assert!(gw.wait_log(
-        &format!(
-            "forward-auth service re-resolved plugin=global from=127.0.0.1:{p} to=127.0.0.2:{p}",
-            p = auth_a.port()
-        ),
-        Duration::from_secs(10)
-    ));
-    assert!(gw.wait_log(
-        "upstream addresses installed generation=2",
-        Duration::from_secs(10)
-    ));
-    for _ in 0..6 {
-        assert_eq!(authorized_by(&mut Conn::connect(gw.addr())), "b");
-    }
+    let moved = format!(
+        "forward-auth service re-resolved plugin=global from=127.0.0.1:{p} to=127.0.0.2:{p}",
+        p = auth_a.port()
+    );
+    moved_to_b(&gw, &moved, 6, || {
+        authorized_by(&mut Conn::connect(gw.addr()))
+    });
     assert!(auth_b.request_count() >= 7);
 }
