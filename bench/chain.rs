@@ -4,7 +4,7 @@
 //! - `key-auth` finding the consumer by its key (a SHA-256 and a hash lookup) and hiding the key;
 //! - `acl` on the identified consumer;
 //! - the request head written upstream with a request-transformer's edits, against the same head
-//!   written plain;
+//!   written plain, and its query-string edits of the upstream target;
 //! - all of them in a row, as `proxy::chain` runs them for one request.
 //!
 //! The rate limiter's step has its own benchmark (`limiter`). Buffers are cleared and reused across
@@ -57,8 +57,8 @@ config = { allow = ["users"] }
 [[plugins]]
 name = "request-transformer"
 [plugins.config]
-remove = { headers = ["Cookie"] }
-add = { headers = ["X-Api-Version:2"] }
+remove = { headers = ["Cookie"], querystring = ["debug"] }
+add = { headers = ["X-Api-Version:2"], querystring = ["lang:en"] }
 append = { headers = ["X-Gateway:ringgate"] }
 "#;
 
@@ -171,7 +171,7 @@ fn bench(c: &mut Criterion) {
     let no_edits = Edits::default();
     for (name, transform) in [
         ("request_head_plain", None),
-        ("request_head_transformed", Some(tf)),
+        ("request_head_transformed", Some(&tf.headers)),
     ] {
         c.bench_function(name, |b| {
             b.iter(|| {
@@ -191,6 +191,27 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+
+    // The upstream target with the query edited (remove `debug`, add `lang`), against the copy the
+    // proxy makes without query edits.
+    let query = b"x=1&debug=true&page=2";
+    let mut target_buf = Vec::with_capacity(256);
+    c.bench_function("request_target_query_plain", |b| {
+        b.iter(|| {
+            target_buf.clear();
+            target_buf.extend_from_slice(b"/items/42");
+            steps::push_query(&mut target_buf, black_box(query), None);
+            black_box(target_buf.len());
+        })
+    });
+    c.bench_function("request_target_query_edited", |b| {
+        b.iter(|| {
+            target_buf.clear();
+            target_buf.extend_from_slice(b"/items/42");
+            tf.query.push(&mut target_buf, black_box(query), None);
+            black_box(target_buf.len());
+        })
+    });
 
     // The whole chain for one request, then its upstream head: what the plugins add per request.
     c.bench_function("chain_all_then_head", |b| {
@@ -223,7 +244,7 @@ fn bench(c: &mut Criterion) {
                 &fwd,
                 BodyKind::None,
                 &edits,
-                Some(tf),
+                Some(&tf.headers),
             );
             black_box(out.len());
         })

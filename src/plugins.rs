@@ -17,6 +17,7 @@
 
 pub mod correlation;
 pub mod cors;
+pub mod query_transform;
 pub mod transform;
 
 use crate::config::model::{Config, PluginConfig, PluginScope};
@@ -144,7 +145,7 @@ pub struct Chains {
 pub struct Runtime {
     pub correlation: Vec<correlation::CorrelationRt>,
     pub cors: Vec<cors::CorsRt>,
-    pub request: Vec<transform::HeaderTransform>,
+    pub request: Vec<transform::RequestTransform>,
     pub response: Vec<transform::HeaderTransform>,
 }
 
@@ -158,11 +159,11 @@ impl Runtime {
                 }
                 PluginConfig::Cors(d) => rt.cors.push(cors::CorsRt::new(d)),
                 PluginConfig::RequestTransformer(d) => {
-                    rt.request.push(transform::HeaderTransform::new(d))
+                    rt.request.push(transform::RequestTransform::new(d))
                 }
-                PluginConfig::ResponseTransformer(d) => {
-                    rt.response.push(transform::HeaderTransform::new(d))
-                }
+                PluginConfig::ResponseTransformer(d) => rt
+                    .response
+                    .push(transform::HeaderTransform::new(&d.headers)),
                 _ => {}
             }
         }

@@ -782,11 +782,28 @@ impl<S: ClientIo> Conn<S> {
                 .fail(shard, GatewayError::ServiceUnavailable, p.client_close)
                 .await;
         };
-        upstream_path(&svc.path, &self.s.path, p.strip_len, &mut self.s.target);
-        if let Some(q) = self.s.head.query {
-            // key-auth's hide_credentials may have taken `apikey=…` out of the query.
-            let cut = self.s.chain.edits.query_cut;
-            crate::auth::steps::push_query(&mut self.s.target, q.get(&self.buf), cut);
+        let transform = self
+            .s
+            .chain
+            .request_tf
+            .and_then(|i| snap.chains.rt.request.get(i));
+        match transform.and_then(|t| t.uri.as_deref()) {
+            Some(uri) => {
+                self.s.target.clear();
+                self.s.target.extend_from_slice(uri);
+            }
+            None => upstream_path(&svc.path, &self.s.path, p.strip_len, &mut self.s.target),
+        }
+        // key-auth's hide_credentials may have taken `apikey=…` out of the query.
+        let cut = self.s.chain.edits.query_cut;
+        let query = self.s.head.query.map(|q| q.get(&self.buf));
+        match transform.map(|t| &t.query).filter(|q| !q.is_empty()) {
+            Some(edits) => edits.push(&mut self.s.target, query.unwrap_or_default(), cut),
+            None => {
+                if let Some(q) = query {
+                    crate::auth::steps::push_query(&mut self.s.target, q, cut);
+                }
+            }
         }
         let mut pinned: Option<usize> = None;
         loop {
@@ -896,7 +913,8 @@ impl<S: ClientIo> Conn<S> {
             self.s
                 .chain
                 .request_tf
-                .and_then(|i| snap.chains.rt.request.get(i)),
+                .and_then(|i| snap.chains.rt.request.get(i))
+                .map(|t| &t.headers),
         );
         match body::send_request(
             self,

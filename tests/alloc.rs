@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringgate::access_log::AccessLog;
@@ -61,18 +61,22 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent
 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// A keep-alive upstream that answers every request head with a fixed 100-byte response.
-fn upstream() -> std::net::SocketAddr {
+/// The upstream's address, and the request line it last received.
+fn upstream() -> (std::net::SocketAddr, Arc<Mutex<String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let addr = listener.local_addr().expect("upstream addr");
+    let last = Arc::new(Mutex::new(String::new()));
+    let seen = last.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || serve_fixed(stream));
+            let seen = seen.clone();
+            std::thread::spawn(move || serve_fixed(stream, &seen));
         }
     });
-    addr
+    (addr, last)
 }
 
-fn serve_fixed(mut s: TcpStream) {
+fn serve_fixed(mut s: TcpStream, last: &Mutex<String>) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = vec![0u8; 16 * 1024];
     let mut have = 0;
@@ -82,6 +86,10 @@ fn serve_fixed(mut s: TcpStream) {
             Ok(n) => have += n,
         }
         while let Some(end) = find_head_end(&buf[..have]) {
+            let line = buf[..end].split(|&b| b == b'\r').next().unwrap_or_default();
+            if let Ok(mut l) = last.lock() {
+                *l = String::from_utf8_lossy(line).into_owned();
+            }
             if s.write_all(RESPONSE).is_err() {
                 return;
             }
@@ -139,7 +147,7 @@ const AUTH_REQUEST: &[u8] = b"GET /api/items/42?x=1 HTTP/1.1\r\nHost: bench.loca
 
 /// The header plugins: a generated, echoed correlation id (formatted into reused buffers), CORS
 /// headers for an allowed origin (the origin echoed, credentials), and both transformers editing
-/// the request and response heads.
+/// the request and response heads (the request-transformer its query string too).
 const HEADER_CHAIN: &str = r#"
 [[plugins]]
 name = "correlation-id"
@@ -149,7 +157,7 @@ name = "cors"
 config = { origins = ["https://app.example.com"], credentials = true, exposed_headers = ["X-Total"] }
 [[plugins]]
 name = "request-transformer"
-config = { remove = { headers = ["User-Agent"] }, rename = { headers = ["Accept:X-Accept"] }, replace = { headers = ["X-Ver:2"] }, add = { headers = ["X-Env:prod"] }, append = { headers = ["X-Tag:gw"] } }
+config = { remove = { headers = ["User-Agent"] }, rename = { headers = ["Accept:X-Accept"] }, replace = { headers = ["X-Ver:2"] }, add = { headers = ["X-Env:prod"], querystring = ["lang:en"] }, append = { headers = ["X-Tag:gw"], querystring = ["via:gw"] } }
 [[plugins]]
 name = "response-transformer"
 config = { remove = { headers = ["Server"] }, rename = { headers = ["Content-Type:X-Content-Type"] }, add = { headers = ["X-Frame-Options:DENY"] }, append = { headers = ["X-Via:ringgate"] } }
@@ -160,8 +168,8 @@ const HEADER_REQUEST: &[u8] = b"GET /api/items/42?x=1 HTTP/1.1\r\nHost: bench.lo
 #[test]
 fn steady_state_allocations_per_request() {
     // One after the other: the counter is process-wide (counting only on worker threads).
-    let plain = measure("", PLAIN, &[]).0;
-    let auth = measure(AUTH_CHAIN, AUTH_REQUEST, &[]).0;
+    let plain = measure("", PLAIN, &[], "").0;
+    let auth = measure(AUTH_CHAIN, AUTH_REQUEST, &[], "").0;
     // A small buffer, so the run hands off hundreds of batches and recycles buffers many times.
     let log_file = std::env::temp_dir().join(format!("ringgate-alloc-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log_file);
@@ -169,7 +177,7 @@ fn steady_state_allocations_per_request() {
         "[access_log]\npath = \"{}\"\nbuffer_size = \"16k\"\n{AUTH_CHAIN}",
         log_file.display()
     );
-    let (logged, requests) = measure(&log_conf, AUTH_REQUEST, &[]);
+    let (logged, requests) = measure(&log_conf, AUTH_REQUEST, &[], "");
     let text = std::fs::read_to_string(&log_file).unwrap_or_default();
     let _ = std::fs::remove_file(&log_file);
     let lines: Vec<&str> = text.lines().collect();
@@ -194,6 +202,7 @@ fn steady_state_allocations_per_request() {
             "X-Frame-Options: DENY\r\n",
             "X-Content-Type: text/plain\r\n",
         ],
+        "GET /items/42?x=1&lang=en&via=gw HTTP/1.1",
     )
     .0;
     for (what, per_request) in [
@@ -214,9 +223,9 @@ fn steady_state_allocations_per_request() {
 
 /// Allocations per request on the worker thread, in steady state, for `extra` config and `request`;
 /// and how many requests were sent in all; the first response head must contain each of
-/// `expect`.
-fn measure(extra: &str, request: &[u8], expect: &[&str]) -> (f64, u64) {
-    let up = upstream();
+/// `expect`, and the upstream's first request line be `upstream_line` (unless empty).
+fn measure(extra: &str, request: &[u8], expect: &[&str], upstream_line: &str) -> (f64, u64) {
+    let (up, up_line) = upstream();
     let toml = format!(
         r#"
 [server]
@@ -296,6 +305,10 @@ paths = ["/api"]
     let head = String::from_utf8_lossy(&buf[..find_head_end(&buf).unwrap_or(0)]).into_owned();
     for e in expect {
         assert!(head.contains(e), "response head lacks {e:?}:\n{head}");
+    }
+    if !upstream_line.is_empty() {
+        let seen = up_line.lock().map(|l| l.clone()).unwrap_or_default();
+        assert_eq!(seen, upstream_line, "the upstream's request line");
     }
     // The counter works: accepting a connection and the first request allocate on the worker.
     let first = ALLOCS.load(Ordering::Relaxed);

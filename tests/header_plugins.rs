@@ -372,6 +372,52 @@ append = { headers = ["X-Tag:from-gateway"] }
 }
 
 #[test]
+fn request_transformer_edits_the_query_and_the_path() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "request-transformer"
+route = "a"
+[plugins.config]
+remove = { querystring = ["debug"] }
+rename = { querystring = ["q:search"] }
+replace = { querystring = ["v:2"], uri = "/v2/items" }
+add = { querystring = ["lang:en", "search:default"] }
+append = { querystring = ["via:ring gate&co"] }
+
+[[plugins]]
+name = "request-transformer"
+route = "all"
+config = { append = { querystring = ["from:all"] } }
+"#,
+    );
+    // Kong's order; untouched parameters keep the client's bytes and order; the client's own
+    // `search` gives way to the renamed `q`; one `v` for both; what the gateway writes is encoded.
+    send(
+        &gw,
+        "GET",
+        "/a/x?debug=1&q=ring+gate&keep=%41&search=mine&v=1&v=3",
+        "",
+    );
+    let seen = up.last_request();
+    assert_eq!(
+        seen.target, "/v2/items?search=ring+gate&keep=%41&v=2&lang=en&via=ring%20gate%26co",
+        "{seen:?}"
+    );
+    // No client query: the adds and appends alone; `replace` only if present.
+    send(&gw, "GET", "/a", "");
+    assert_eq!(
+        up.last_request().target,
+        "/v2/items?lang=en&search=default&via=ring%20gate%26co"
+    );
+    // Another route, another transformer: the path as routed, the query kept and appended to.
+    send(&gw, "GET", "/b/c?debug=1", "");
+    assert_eq!(up.last_request().target, "/b/c?debug=1&from=all");
+}
+
+#[test]
 fn response_transformer_edits_what_the_client_sees() {
     let up = Upstream::fixed(
         b"HTTP/1.1 200 OK\r\nServer: backend/1.2\r\nX-Powered-By: php\r\nX-Old: v\r\nX-New: upstream-own\r\nCache-Control: private\r\nContent-Length: 2\r\n\r\nok",

@@ -603,6 +603,86 @@ fn transformers_refuse_framing_and_gateway_headers() {
 }
 
 #[test]
+fn transformer_query_and_uri_errors() {
+    let rt =
+        |config: &str| format!("[[plugins]]\nname = \"request-transformer\"\nconfig = {config}\n");
+    // Request-only keys on the response side.
+    expect_at_needle(
+        "[[plugins]]\nname = \"response-transformer\"\nconfig = { add = { querystring = [\"a:1\"] } }\n",
+        "[\"a:1",
+        "plugins[0].config.add.querystring",
+        "edits headers only",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"response-transformer\"\nconfig = { replace = { uri = \"/x\" } }\n",
+        "\"/x",
+        "plugins[0].config.replace.uri",
+        "edits headers only",
+    );
+    for (uri, why) in [
+        ("v2/users", "must start with `/`"),
+        ("/a?b=1", "no `?` or `#`"),
+        ("/a b", "visible ASCII"),
+        ("/a%zz", "two hex digits"),
+    ] {
+        expect_at_needle(
+            &rt(&format!("{{ replace = {{ uri = \"{uri}\" }} }}")),
+            &format!("\"{uri}"),
+            "plugins[0].config.replace.uri",
+            why,
+        );
+    }
+    expect_at_needle(
+        &rt("{ add = { uri = \"/x\" } }"),
+        "\"/x",
+        "plugins[0].config.add.uri",
+        "`uri` is a `replace` key",
+    );
+    // Query names compare exactly, so `A:b` and `a:b` are two renames; chains are refused.
+    expect_at_needle(
+        &rt("{ rename = { querystring = [\"a:b\", \"b:c\"] } }"),
+        "\"b:c",
+        "plugins[0].config.rename.querystring[1]",
+        "cannot chain",
+    );
+    expect_at_needle(
+        &rt("{ add = { querystring = [\":v\"] } }"),
+        "\":v",
+        "plugins[0].config.add.querystring[0]",
+        "needs a name",
+    );
+    expect_at_needle(
+        &rt("{ append = { querystring = [\"novalue\"] } }"),
+        "\"novalue",
+        "plugins[0].config.append.querystring[0]",
+        "expected \"name:value\"",
+    );
+    expect_at_needle(
+        &rt("{ add = { querystring = [\"a:1\\u0000\"] } }"),
+        "\"a:1",
+        "plugins[0].config.add.querystring[0]",
+        "control characters",
+    );
+    // What loads: query edits are kept decoded, the uri as written.
+    let cfg = load_str(
+        &with(&rt(
+            "{ rename = { querystring = [\"A:b\", \"a:c\"] }, add = { querystring = [\"lang: en \"] }, replace = { uri = \"/v2/%7Eme\" } }",
+        )),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    match &cfg.plugins[0].config {
+        PluginConfig::RequestTransformer(d) => {
+            assert_eq!(d.query.rename.len(), 2);
+            assert_eq!(d.query.add, [("lang".to_string(), "en".to_string())]);
+            assert_eq!(d.uri.as_deref(), Some("/v2/%7Eme"));
+            assert!(d.headers.add.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn cors_and_correlation_config_errors() {
     expect_at_needle(
         "[[plugins]]\nname = \"cors\"\nconfig = { origins = [\"https://ok.example\", \"https://app.example.com/\"] }\n",

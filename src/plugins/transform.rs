@@ -13,9 +13,13 @@
 //! A transform only sees the headers it is handed: on the request side the client's plain headers
 //! (not the lines plugins add, such as consumer headers or a generated correlation id), on the
 //! response side the upstream's end-to-end headers (not the gateway's own lines).
+//!
+//! A request-transformer also edits the upstream request target: its query string
+//! (`query_transform`) and, with `replace.uri`, its path (`RequestTransform`).
 
-use crate::config::model::TransformDef;
+use crate::config::model::{EditsDef, TransformDef};
 use crate::http::headers::eq_ignore_case;
+use crate::plugins::query_transform::QueryTransform;
 
 /// (name, bytes): a rename's (from, to) or an edit's (name, whole `Name: value\r\n` line).
 type Pairs = Box<[(Box<[u8]>, Box<[u8]>)]>;
@@ -52,7 +56,7 @@ fn bit(k: usize) -> u64 {
 }
 
 impl HeaderTransform {
-    pub fn new(def: &TransformDef) -> HeaderTransform {
+    pub fn new(def: &EditsDef) -> HeaderTransform {
         let name = |n: &str| n.as_bytes().into();
         HeaderTransform {
             remove: def.remove.iter().map(|n| name(n)).collect(),
@@ -147,6 +151,26 @@ impl HeaderTransform {
     }
 }
 
+/// A request-transformer: its header edits, its query-string edits and `replace.uri`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestTransform {
+    pub headers: HeaderTransform,
+    pub query: QueryTransform,
+    /// The upstream path in place of the route's and service's (checked at load: origin-form,
+    /// visible ASCII, no query).
+    pub uri: Option<Box<[u8]>>,
+}
+
+impl RequestTransform {
+    pub fn new(def: &TransformDef) -> RequestTransform {
+        RequestTransform {
+            headers: HeaderTransform::new(&def.headers),
+            query: QueryTransform::new(&def.query),
+            uri: def.uri.as_ref().map(|u| u.as_bytes().into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,7 +193,7 @@ mod tests {
 
     #[test]
     fn kong_order() {
-        let t = HeaderTransform::new(&TransformDef {
+        let t = HeaderTransform::new(&EditsDef {
             remove: vec!["x-secret".into()],
             rename: pairs(&[("x-old", "X-New")]),
             replace: pairs(&[("x-ver", "2")]),
@@ -197,9 +221,9 @@ mod tests {
 
     #[test]
     fn a_rename_overwrites_the_target_only_when_the_source_is_there() {
-        let t = HeaderTransform::new(&TransformDef {
+        let t = HeaderTransform::new(&EditsDef {
             rename: pairs(&[("x-old", "X-New")]),
-            ..TransformDef::default()
+            ..EditsDef::default()
         });
         // Either order: the client's own X-New goes, the renamed one stays (Kong overwrites).
         let want = "X-New: o\r\nAccept: a\r\n";
@@ -214,10 +238,10 @@ mod tests {
         // No source: the target header is the client's and stays.
         assert_eq!(run(&t, &[("X-New", "mine")]), "X-New: mine\r\n");
         // A removed source renames nothing, so overwrites nothing.
-        let t = HeaderTransform::new(&TransformDef {
+        let t = HeaderTransform::new(&EditsDef {
             remove: vec!["x-old".into()],
             rename: pairs(&[("x-old", "X-New")]),
-            ..TransformDef::default()
+            ..EditsDef::default()
         });
         assert_eq!(
             run(&t, &[("X-Old", "o"), ("X-New", "mine")]),

@@ -92,10 +92,21 @@ pub struct CorsDef {
     pub preflight_continue: bool,
 }
 
-/// A request- or response-transformer's header edits, applied in Kong's order: remove, rename,
-/// replace (only if present), add (only if absent), append. Names and values checked at load.
+/// A request- or response-transformer's config, checked at load.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TransformDef {
+    pub headers: EditsDef,
+    /// Query-string edits (request side only).
+    pub query: EditsDef,
+    /// `replace.uri` (request side only): the upstream path, instead of the route's and service's.
+    pub uri: Option<String>,
+}
+
+/// One kind of edits (header fields or query parameters), applied in Kong's order: remove, rename,
+/// replace (only if present), add (only if absent), append. Names and values as written (query
+/// ones decoded; `plugins::query_transform` encodes them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EditsDef {
     pub remove: Vec<String>,
     /// (from, to).
     pub rename: Vec<(String, String)>,

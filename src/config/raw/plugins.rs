@@ -164,27 +164,31 @@ pub struct RawCors {
     pub preflight_continue: Option<bool>,
 }
 
-/// `config` of `request-transformer` and `response-transformer`: Kong's header subset, each a table
-/// `{ headers = [...] }` (`"name"` for remove, `"name:value"` / `"old:new"` for the others).
+/// `config` of `request-transformer` and `response-transformer`: Kong's header and query-string
+/// subset, each a table `{ headers = [...], querystring = [...] }` (`"name"` for remove,
+/// `"name:value"` / `"old:new"` for the others), plus `replace.uri`. The validator refuses the
+/// request-only keys on the response side.
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "a transformer config table, e.g. { add = { headers = [\"X-Env:prod\"] } }"
 )]
 pub struct RawTransformer {
-    pub remove: Option<RawHeaderList>,
-    pub rename: Option<RawHeaderList>,
-    pub replace: Option<RawHeaderList>,
-    pub add: Option<RawHeaderList>,
-    pub append: Option<RawHeaderList>,
+    pub remove: Option<RawEdits>,
+    pub rename: Option<RawEdits>,
+    pub replace: Option<RawEdits>,
+    pub add: Option<RawEdits>,
+    pub append: Option<RawEdits>,
 }
 
-/// `{ headers = ["…"] }`.
+/// `{ headers = ["…"], querystring = ["…"] }`, and `uri = "/path"` under `replace`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a table like { headers = [\"X-Name:value\"] }"
+    expecting = "a table like { headers = [\"X-Name:value\"], querystring = [\"name:value\"] }"
 )]
-pub struct RawHeaderList {
-    pub headers: Vec<String>,
+pub struct RawEdits {
+    pub headers: Option<Vec<String>>,
+    pub querystring: Option<Vec<String>>,
+    pub uri: Option<String>,
 }

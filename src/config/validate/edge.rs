@@ -11,8 +11,8 @@ use super::plugins::is_token;
 use super::{in_range, push};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::matchers::{origin_is_regex, origin_regex, origin_regex_trap, plain_origin};
-use crate::config::model::{CorrelationIdDef, CorsDef, TransformDef};
-use crate::config::raw::plugins::{RawCorrelationId, RawCors, RawHeaderList, RawTransformer};
+use crate::config::model::{CorrelationIdDef, CorsDef, EditsDef, TransformDef};
+use crate::config::raw::plugins::{RawCorrelationId, RawCors, RawEdits, RawTransformer};
 use crate::proxy::head::{classify, Class};
 
 /// Kong's default: every method a preflight may ask about.
@@ -250,13 +250,115 @@ pub fn transformer(
     };
     let cp = path.key("config");
     let before = problems.len();
-    let mut def = TransformDef::default();
+    let headers = edits(c, &cp, Field::Header(side), problems);
+    let query = match side {
+        Side::Request => edits(c, &cp, Field::Query, problems),
+        Side::Response => EditsDef::default(), // refused below
+    };
+    let mut uri = None;
+    for (key, e) in sections(c) {
+        let at = cp.key(key);
+        if side == Side::Response {
+            if e.querystring.is_some() {
+                push(problems, at.key("querystring"), RESPONSE_HEADERS_ONLY);
+            }
+            if e.uri.is_some() {
+                push(problems, at.key("uri"), RESPONSE_HEADERS_ONLY);
+            }
+            continue;
+        }
+        match (&e.uri, key) {
+            (Some(u), "replace") => uri = upstream_uri(problems, at.key("uri"), u),
+            (Some(_), _) => push(
+                problems,
+                at.key("uri"),
+                "`uri` is a `replace` key: replace = { uri = \"/new/path\" }",
+            ),
+            (None, _) => {}
+        }
+    }
+    (problems.len() == before).then_some(TransformDef {
+        headers,
+        query,
+        uri,
+    })
+}
+
+const RESPONSE_HEADERS_ONLY: &str =
+    "the response-transformer edits headers only (`querystring` and `uri` are request-transformer keys)";
+
+/// What an edit list names.
+#[derive(Clone, Copy)]
+enum Field {
+    /// `headers`, on this side of the proxy.
+    Header(Side),
+    /// `querystring` (request side).
+    Query,
+}
+
+impl Field {
+    fn key(self) -> &'static str {
+        match self {
+            Field::Header(_) => "headers",
+            Field::Query => "querystring",
+        }
+    }
+
+    /// Whether two names are one (header names ignore case; query names do not, as applications
+    /// read them).
+    fn same(self, a: &str, b: &str) -> bool {
+        match self {
+            Field::Header(_) => a.eq_ignore_ascii_case(b),
+            Field::Query => a == b,
+        }
+    }
+
+    fn name(self, problems: &mut Vec<Problem>, at: KeyPath, name: &str) -> Option<String> {
+        match self {
+            Field::Header(side) => header_name(problems, at, name.trim(), side),
+            Field::Query => query_text(problems, at, name, "name"),
+        }
+    }
+
+    fn value(self, problems: &mut Vec<Problem>, at: KeyPath, value: &str) -> Option<String> {
+        match self {
+            Field::Header(_) => header_value(problems, at, value),
+            Field::Query => query_text(problems, at, value, "value"),
+        }
+    }
+}
+
+/// `(key, table)` for each of remove, rename, replace, add, append that is set.
+fn sections(c: &RawTransformer) -> impl Iterator<Item = (&'static str, &RawEdits)> {
+    [
+        ("remove", &c.remove),
+        ("rename", &c.rename),
+        ("replace", &c.replace),
+        ("add", &c.add),
+        ("append", &c.append),
+    ]
+    .into_iter()
+    .filter_map(|(k, e)| Some((k, e.as_ref()?)))
+}
+
+/// One kind of edits, checked.
+fn edits(c: &RawTransformer, cp: &KeyPath, field: Field, problems: &mut Vec<Problem>) -> EditsDef {
+    let mut def = EditsDef::default();
+    let list = |e: &Option<RawEdits>| -> Vec<(usize, String)> {
+        let l = e.as_ref().and_then(|e| match field {
+            Field::Header(_) => e.headers.as_ref(),
+            Field::Query => e.querystring.as_ref(),
+        });
+        l.map(|l| l.iter().cloned().enumerate().collect())
+            .unwrap_or_default()
+    };
+    let fkey = field.key();
     for (i, h) in list(&c.remove) {
-        let at = cp.key("remove").key("headers").index(i);
-        def.remove.extend(header_name(problems, at, h, side));
+        let at = cp.key("remove").key(fkey).index(i);
+        def.remove.extend(field.name(problems, at, &h));
     }
     for (i, h) in list(&c.rename) {
-        let at = cp.key("rename").key("headers").index(i);
+        let at = cp.key("rename").key(fkey).index(i);
         let Some((from, to)) = h.split_once(':') else {
             push(
                 problems,
@@ -265,19 +367,19 @@ pub fn transformer(
             );
             continue;
         };
-        let from = header_name(problems, at.clone(), from.trim(), side);
-        let to = header_name(problems, at.clone(), to.trim(), side);
+        let from = field.name(problems, at.clone(), from);
+        let to = field.name(problems, at.clone(), to);
         let (Some(from), Some(to)) = (from, to) else {
             continue;
         };
         // Renames apply side by side, not one after another (as Kong's do): two onto one name, or
         // a chain, would be read differently by the two, so neither is accepted.
         let clash = def.rename.iter().find_map(|(f, t)| {
-            if t.eq_ignore_ascii_case(&to) {
+            if field.same(t, &to) {
                 Some(format!("{t:?} is already the target of {f:?}"))
-            } else if f.eq_ignore_ascii_case(&to) || t.eq_ignore_ascii_case(&from) {
+            } else if field.same(f, &to) || field.same(t, &from) {
                 Some(format!("renames cannot chain ({f:?} -> {t:?})"))
-            } else if f.eq_ignore_ascii_case(&from) {
+            } else if field.same(f, &from) {
                 Some(format!("{f:?} is already renamed"))
             } else {
                 None
@@ -291,32 +393,27 @@ pub fn transformer(
     if def.rename.len() > MAX_TRACKED {
         push(
             problems,
-            cp.key("rename").key("headers"),
+            cp.key("rename").key(fkey),
             format!("at most {MAX_TRACKED} entries"),
         );
     }
-    for (key, out) in [
-        ("replace", &mut def.replace),
-        ("add", &mut def.add),
-        ("append", &mut def.append),
+    let example = match field {
+        Field::Header(_) => "\"Header-Name:value\"",
+        Field::Query => "\"name:value\"",
+    };
+    for (key, raw, out) in [
+        ("replace", &c.replace, &mut def.replace),
+        ("add", &c.add, &mut def.add),
+        ("append", &c.append, &mut def.append),
     ] {
-        let raw = match key {
-            "replace" => &c.replace,
-            "add" => &c.add,
-            _ => &c.append,
-        };
         for (i, h) in list(raw) {
-            let at = cp.key(key).key("headers").index(i);
+            let at = cp.key(key).key(fkey).index(i);
             let Some((name, value)) = h.split_once(':') else {
-                push(
-                    problems,
-                    at,
-                    format!("{h:?}: expected \"Header-Name:value\""),
-                );
+                push(problems, at, format!("{h:?}: expected {example}"));
                 continue;
             };
-            let name = header_name(problems, at.clone(), name.trim(), side);
-            let value = header_value(problems, at, value);
+            let name = field.name(problems, at.clone(), name);
+            let value = field.value(problems, at, value);
             if let (Some(n), Some(v)) = (name, value) {
                 out.push((n, v));
             }
@@ -324,17 +421,61 @@ pub fn transformer(
         if key != "append" && out.len() > MAX_TRACKED {
             push(
                 problems,
-                cp.key(key).key("headers"),
+                cp.key(key).key(fkey),
                 format!("at most {MAX_TRACKED} entries"),
             );
         }
     }
-    (problems.len() == before).then_some(def)
+    def
 }
 
-fn list(l: &Option<RawHeaderList>) -> impl Iterator<Item = (usize, &str)> {
-    l.iter()
-        .flat_map(|l| l.headers.iter().map(String::as_str).enumerate())
+/// A query parameter's name or value as written, trimmed of surrounding spaces like header
+/// entries; it is percent-encoded when written, so only control characters (a typo, never
+/// intended) are refused, and an empty name.
+fn query_text(problems: &mut Vec<Problem>, at: KeyPath, text: &str, what: &str) -> Option<String> {
+    let t = text.trim_matches([' ', '\t']);
+    if what == "name" && t.is_empty() {
+        push(problems, at, "a query parameter needs a name");
+        return None;
+    }
+    if t.chars().any(char::is_control) {
+        push(
+            problems,
+            at,
+            format!("query parameter {what}s must not contain control characters"),
+        );
+        return None;
+    }
+    Some(t.to_owned())
+}
+
+/// `replace.uri`: an origin-form path, sent as written (so already percent-encoded): `/`, then
+/// visible ASCII without `?` or `#` (the client's query is kept; edit it with `querystring`).
+fn upstream_uri(problems: &mut Vec<Problem>, at: KeyPath, uri: &str) -> Option<String> {
+    let b = uri.as_bytes();
+    let bad_escape = b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    let why = if b.first() != Some(&b'/') {
+        Some("must start with `/` (a path; the upstream's address comes from the service)")
+    } else if b.iter().any(|&c| !(0x21..=0x7e).contains(&c)) {
+        Some("must be visible ASCII: percent-encode spaces and other bytes (`%20`)")
+    } else if b.iter().any(|&c| c == b'?' || c == b'#') {
+        Some("is a path: no `?` or `#` (the client's query is kept; edit it with `querystring`)")
+    } else if bad_escape {
+        Some("has a `%` not followed by two hex digits")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => {
+            push(problems, at, format!("{uri:?} {why}"));
+            None
+        }
+        None => Some(uri.to_owned()),
+    }
 }
 
 #[cfg(test)]
