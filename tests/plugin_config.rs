@@ -624,6 +624,11 @@ fn transformer_query_and_uri_errors() {
         ("/a?b=1", "no `?` or `#`"),
         ("/a b", "visible ASCII"),
         ("/a%zz", "two hex digits"),
+        ("//evil.example/x", "must not start with `//`"),
+        ("/v2/../admin", "`..` segments"),
+        ("/v2/%2E%2e/admin", "`..` segments"),
+        ("/v2/./x", "`..` segments"),
+        ("/v2\\\\x", "backslashes"),
     ] {
         expect_at_needle(
             &rt(&format!("{{ replace = {{ uri = \"{uri}\" }} }}")),

@@ -9,7 +9,9 @@
 //!
 //! Names are compared form-decoded (`%41` and `A` are the same name, `+` is a space) and
 //! case-sensitively, as applications read them. Parameters that are not edited are copied byte for
-//! byte, in their order: the upstream sees the client's own encoding. What the gateway writes is
+//! byte, in their order: the upstream sees the client's own encoding, except that `;` is written
+//! `%3B` (frameworks that also split on `;` must not find parameters the edits never saw). What the
+//! gateway writes is
 //! percent-encoded at load (everything but RFC 3986 unreserved bytes), so no config value can
 //! inject `&`, `#` or a space into the request line.
 //!
@@ -57,6 +59,19 @@ fn param(name: &str, value: &str) -> Box<[u8]> {
 
 fn bit(k: usize) -> u64 {
     1u64.checked_shl(k as u32).unwrap_or(0)
+}
+
+/// Copies a client parameter as it came, but for `;`, written `%3B`: some frameworks split
+/// parameters on `;` too, and `debug=0;admin=1` must not reach them as an `admin` the edits never
+/// saw (Kong re-encodes the whole query).
+fn copy(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    for &b in bytes.unwrap_or_default() {
+        if b == b';' {
+            out.extend_from_slice(b"%3B");
+        } else {
+            out.push(b);
+        }
+    }
 }
 
 /// Whether the raw (encoded) `name` decodes to `want`.
@@ -111,8 +126,11 @@ impl QueryTransform {
     /// Appends `?query` edited to `out` (nothing when no parameter is left); `cut` is the range
     /// key-auth's `hide_credentials` took out, whose parameters are skipped.
     pub fn push(&self, out: &mut Vec<u8>, query: &[u8], cut: Option<(usize, usize)>) {
-        let kept = |p: &Param| cut.is_none_or(|(s, e)| p.start < s || p.end > e);
-        // Which renames will overwrite: their source is in the query.
+        let kept = |p: &Param| {
+            cut.is_none_or(|(s, e)| p.start < s || p.end > e)
+                && !self.remove.iter().any(|n| named(p.name, n))
+        };
+        // Which renames will overwrite: their source is in the query (and not removed).
         let mut renamed = 0u64;
         if !self.rename.is_empty() {
             for p in params(query).filter(kept) {
@@ -129,9 +147,6 @@ impl QueryTransform {
         };
         let (mut replaced, mut present) = (0u64, 0u64);
         for p in params(query).filter(kept) {
-            if self.remove.iter().any(|n| named(p.name, n)) {
-                continue;
-            }
             // The parameter's name after renames: (decoded, as written).
             let mut name: Option<(&[u8], &[u8])> = None;
             for (k, (from, to)) in self.rename.iter().enumerate() {
@@ -154,6 +169,12 @@ impl QueryTransform {
                 Some((dec, _)) => dec == want,
                 None => named(p.name, want),
             };
+            // Present for add, whether written as it came or replaced.
+            for (k, (n, _)) in self.add.iter().enumerate() {
+                if is(n) {
+                    present |= bit(k);
+                }
+            }
             if let Some(k) = self.replace.iter().position(|(n, _)| is(n)) {
                 if replaced & bit(k) == 0 {
                     replaced |= bit(k);
@@ -164,21 +185,14 @@ impl QueryTransform {
                 }
                 continue;
             }
-            for (k, (n, _)) in self.add.iter().enumerate() {
-                if is(n) {
-                    present |= bit(k);
-                }
-            }
             sep(out);
             match name {
                 Some((_, to)) => {
                     out.extend_from_slice(to);
                     // `a` alone stays a bare name; `a=` keeps its `=`.
-                    out.extend_from_slice(
-                        query.get(p.start + p.name.len()..p.end).unwrap_or_default(),
-                    );
+                    copy(out, query.get(p.start + p.name.len()..p.end));
                 }
-                None => out.extend_from_slice(query.get(p.start..p.end).unwrap_or_default()),
+                None => copy(out, query.get(p.start..p.end)),
             }
         }
         for (k, (_, line)) in self.add.iter().enumerate() {
@@ -235,6 +249,34 @@ mod tests {
         assert_eq!(run(&def, "new=mine", None), "/p?new=mine&lang=en&via=gw");
         // Empty query: adds and appends only.
         assert_eq!(run(&def, "", None), "/p?new=added&lang=en&via=gw");
+    }
+
+    #[test]
+    fn replaced_counts_as_present_and_removed_renames_nothing() {
+        let def = EditsDef {
+            rename: pairs(&[("a", "b")]),
+            replace: pairs(&[("v", "2"), ("b", "R")]),
+            add: pairs(&[("v", "3"), ("b", "A")]),
+            ..EditsDef::default()
+        };
+        assert_eq!(run(&def, "v=1", None), "/p?v=2&b=A");
+        assert_eq!(run(&def, "a=1", None), "/p?b=R&v=3");
+        // A source that is also removed renames nothing: the client's own target stays.
+        let def = EditsDef {
+            remove: vec!["old".into()],
+            rename: pairs(&[("old", "new")]),
+            ..EditsDef::default()
+        };
+        assert_eq!(run(&def, "old=1&new=mine", None), "/p?new=mine");
+    }
+
+    #[test]
+    fn semicolons_cannot_hide_a_parameter() {
+        let def = EditsDef {
+            remove: vec!["debug".into()],
+            ..EditsDef::default()
+        };
+        assert_eq!(run(&def, "x=1;debug=1&debug=2", None), "/p?x=1%3Bdebug=1");
     }
 
     #[test]

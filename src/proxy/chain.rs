@@ -295,9 +295,10 @@ impl<S: ClientIo> Conn<S> {
                     }
                     let buf = &self.buf;
                     let head = &self.s.head;
-                    // The auth service judges what the upstream will get: the normalized path
-                    // (never the raw target, or `/public/../admin` would be judged as /public),
-                    // and the query without a key key-auth hid.
+                    // The auth service judges the client's request as routed: the normalized
+                    // path (never the raw target, or `/public/../admin` would be judged as
+                    // /public), and the query without a key key-auth hid. A request-transformer's
+                    // edits come after it, as in Kong (auth runs first).
                     st.fwd_uri.clear();
                     st.fwd_uri.extend_from_slice(&self.s.path);
                     if let Some(q) = head.query.map(|q| q.get(buf)) {

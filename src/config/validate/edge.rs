@@ -450,7 +450,8 @@ fn query_text(problems: &mut Vec<Problem>, at: KeyPath, text: &str, what: &str) 
 }
 
 /// `replace.uri`: an origin-form path, sent as written (so already percent-encoded): `/`, then
-/// visible ASCII without `?` or `#` (the client's query is kept; edit it with `querystring`).
+/// visible ASCII without `?` or `#` (the client's query is kept; edit it with `querystring`), and
+/// nothing an upstream could resolve to somewhere else (`//host`, dot segments, backslashes).
 fn upstream_uri(problems: &mut Vec<Problem>, at: KeyPath, uri: &str) -> Option<String> {
     let b = uri.as_bytes();
     let bad_escape = b.iter().enumerate().any(|(i, &c)| {
@@ -458,8 +459,17 @@ fn upstream_uri(problems: &mut Vec<Problem>, at: KeyPath, uri: &str) -> Option<S
             && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
                 && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
     });
+    // `.` and `..` segments, plain or encoded (`%2e`): upstreams resolve them differently.
+    let dot_segment = uri.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    });
     let why = if b.first() != Some(&b'/') {
         Some("must start with `/` (a path; the upstream's address comes from the service)")
+    } else if b.starts_with(b"//") {
+        Some("must not start with `//` (read as a host name by some upstreams)")
+    } else if dot_segment || b.contains(&b'\\') {
+        Some("must not have `.` or `..` segments or backslashes (upstreams resolve them differently)")
     } else if b.iter().any(|&c| !(0x21..=0x7e).contains(&c)) {
         Some("must be visible ASCII: percent-encode spaces and other bytes (`%20`)")
     } else if b.iter().any(|&c| c == b'?' || c == b'#') {
