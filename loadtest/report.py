@@ -149,9 +149,12 @@ def write_report(data, out_dir):
             w(f"Scenarios: {', '.join(cfg['scenarios'])} (the *Scenarios* section, after the CPU table).")
     w("")
     w("> **Caveat — read this first.** This machine has 2 cores. Core 0 runs the load generator *and* the "
-      "upstream; core 1 runs only the gateway (one worker). At high concurrency the load generator + upstream "
-      "core saturates first (see the *core 0 busy* column), so req/s for the gateways are capped by core 0, "
-      "not by the gateway, and the throughput ratios understate the gap between a fast and a slow gateway. "
+      "upstream; core 1 runs only the gateway (one worker). At c=64 and c=256 the load generator + upstream "
+      "core is saturated (see the *core 0 busy* column), so req/s for the gateways are capped by core 0, "
+      "and the throughput ratios understate the gap between a fast and a slow gateway. The gateway core "
+      "runs at 80–100% there too (the *core 1 busy* column of the CPU table): where it reaches ~100% "
+      "(c=256), req/s also follow each gateway's CPU per request, so a throughput ratio there is roughly "
+      "the inverse of the CPU ratio, with the same noise. "
       "The fair comparison is **gateway-core CPU µs per request** (core 1 busy time / requests). "
       "The machine is shared and noisy: prefer medians and look at the [min–max] spread.")
     w("")
