@@ -313,17 +313,27 @@ impl Field {
         }
     }
 
+    /// The entries of this kind in one edit table (`remove = { headers = [...] }`), numbered.
+    fn entries(self, e: &Option<RawEdits>) -> impl Iterator<Item = (usize, &str)> {
+        e.iter()
+            .flat_map(move |e| match self {
+                Field::Header(_) => e.headers.as_deref(),
+                Field::Query => e.querystring.as_deref(),
+            })
+            .flat_map(|l| l.iter().map(String::as_str).enumerate())
+    }
+
     fn name(self, problems: &mut Vec<Problem>, at: KeyPath, name: &str) -> Option<String> {
         match self {
             Field::Header(side) => header_name(problems, at, name.trim(), side),
-            Field::Query => query_text(problems, at, name, "name"),
+            Field::Query => query_text(problems, at, name, true),
         }
     }
 
     fn value(self, problems: &mut Vec<Problem>, at: KeyPath, value: &str) -> Option<String> {
         match self {
             Field::Header(_) => header_value(problems, at, value),
-            Field::Query => query_text(problems, at, value, "value"),
+            Field::Query => query_text(problems, at, value, false),
         }
     }
 }
@@ -344,20 +354,12 @@ fn sections(c: &RawTransformer) -> impl Iterator<Item = (&'static str, &RawEdits
 /// One kind of edits, checked.
 fn edits(c: &RawTransformer, cp: &KeyPath, field: Field, problems: &mut Vec<Problem>) -> EditsDef {
     let mut def = EditsDef::default();
-    let list = |e: &Option<RawEdits>| -> Vec<(usize, String)> {
-        let l = e.as_ref().and_then(|e| match field {
-            Field::Header(_) => e.headers.as_ref(),
-            Field::Query => e.querystring.as_ref(),
-        });
-        l.map(|l| l.iter().cloned().enumerate().collect())
-            .unwrap_or_default()
-    };
     let fkey = field.key();
-    for (i, h) in list(&c.remove) {
+    for (i, h) in field.entries(&c.remove) {
         let at = cp.key("remove").key(fkey).index(i);
-        def.remove.extend(field.name(problems, at, &h));
+        def.remove.extend(field.name(problems, at, h));
     }
-    for (i, h) in list(&c.rename) {
+    for (i, h) in field.entries(&c.rename) {
         let at = cp.key("rename").key(fkey).index(i);
         let Some((from, to)) = h.split_once(':') else {
             push(
@@ -406,7 +408,7 @@ fn edits(c: &RawTransformer, cp: &KeyPath, field: Field, problems: &mut Vec<Prob
         ("add", &c.add, &mut def.add),
         ("append", &c.append, &mut def.append),
     ] {
-        for (i, h) in list(raw) {
+        for (i, h) in field.entries(raw) {
             let at = cp.key(key).key(fkey).index(i);
             let Some((name, value)) = h.split_once(':') else {
                 push(problems, at, format!("{h:?}: expected {example}"));
@@ -432,9 +434,10 @@ fn edits(c: &RawTransformer, cp: &KeyPath, field: Field, problems: &mut Vec<Prob
 /// A query parameter's name or value as written, trimmed of surrounding spaces like header
 /// entries; it is percent-encoded when written, so only control characters (a typo, never
 /// intended) are refused, and an empty name.
-fn query_text(problems: &mut Vec<Problem>, at: KeyPath, text: &str, what: &str) -> Option<String> {
+fn query_text(problems: &mut Vec<Problem>, at: KeyPath, text: &str, name: bool) -> Option<String> {
     let t = text.trim_matches([' ', '\t']);
-    if what == "name" && t.is_empty() {
+    let what = if name { "name" } else { "value" };
+    if name && t.is_empty() {
         push(problems, at, "a query parameter needs a name");
         return None;
     }
