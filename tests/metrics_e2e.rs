@@ -64,6 +64,37 @@ fn wait_metrics(addr: SocketAddr, needle: &str) -> String {
     }
 }
 
+/// Workers flush on their first control tick, not only every `flush_interval`: with a 20 s interval a
+/// fresh gateway (a start, a binary upgrade) would otherwise answer `/health` 503 for 20 s.
+#[test]
+fn health_is_up_within_a_tick_of_a_start_whatever_the_flush_interval() {
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&config(&up, "/api").replace(
+        "flush_interval = \"100ms\"",
+        "flush_interval = \"20s\"",
+    ));
+    let adm = gw.admin_addr();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let health = loop {
+        let r = admin(adm, "GET", "/health");
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        health.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&health.body)
+    );
+    assert!(
+        String::from_utf8_lossy(&health.body).contains("\"workers\":2,\"serving\":2"),
+        "{}",
+        String::from_utf8_lossy(&health.body)
+    );
+}
+
 #[test]
 fn requests_are_counted_and_admin_endpoints_answer() {
     let up = Upstream::echo("up");
