@@ -69,10 +69,9 @@ fn wait_metrics(addr: SocketAddr, needle: &str) -> String {
 #[test]
 fn health_is_up_within_a_tick_of_a_start_whatever_the_flush_interval() {
     let up = Upstream::echo("up");
-    let gw = Gateway::start(&config(&up, "/api").replace(
-        "flush_interval = \"100ms\"",
-        "flush_interval = \"20s\"",
-    ));
+    let gw = Gateway::start(
+        &config(&up, "/api").replace("flush_interval = \"100ms\"", "flush_interval = \"20s\""),
+    );
     let adm = gw.admin_addr();
     let deadline = Instant::now() + Duration::from_secs(3);
     let health = loop {
