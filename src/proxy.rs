@@ -222,6 +222,9 @@ struct Conn<S> {
     /// When the first byte of a head that took more than one read arrived (the start of a
     /// request the gateway refuses before its head is whole).
     first_byte: Option<Instant>,
+    /// The current request is a HEAD: answers the gateway writes itself go out without their body.
+    /// False until a head is parsed, so a refusal of an unparsed head keeps its body.
+    head_only: bool,
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
@@ -354,6 +357,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         upstream_addr: None,
         tunnel_target: None,
         first_byte: None,
+        head_only: false,
         status: 0,
         bytes_in: 0,
         bytes_out: 0,
@@ -453,6 +457,7 @@ impl<S: ClientIo> Conn<S> {
     async fn request(&mut self, shard: &Shard) -> Next {
         self.bytes_out = 0;
         self.first_byte = None;
+        self.head_only = false;
         match self.read_head(shard).await {
             Ok(HeadRead::Complete) => {}
             Ok(HeadRead::Closed) => {
@@ -497,6 +502,7 @@ impl<S: ClientIo> Conn<S> {
         // chain resets it, and the chain does not run for a request that matched no route.
         self.s.chain.id = Identity::default();
         self.bytes_in = self.s.head.head_len as u64;
+        self.head_only = self.s.head.method.get(&self.buf) == b"HEAD";
         let next = self.handle(shard).await;
         if !self.timed {
             return next;
@@ -1186,6 +1192,14 @@ impl<S: ClientIo> Conn<S> {
     /// closes with a lingering close when asked. Returns whether the response went out.
     async fn send_answer(&mut self, status: u16, close: bool) -> bool {
         self.status = status;
+        if self.head_only {
+            // An answer to HEAD is the GET answer's head alone (RFC 9110 §9.3.2), Content-Length
+            // included. Body bytes after it would be read by the client as the start of the next
+            // response on this connection: every later answer one off.
+            if let Some(end) = memchr::memmem::find(&self.s.out, b"\r\n\r\n") {
+                self.s.out.truncate(end + 4);
+            }
+        }
         self.bytes_out += self.s.out.len() as u64;
         let timeout = self.client_timeout();
         let sent = io::send_all(&mut self.client, &mut self.s.out, timeout)

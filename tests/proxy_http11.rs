@@ -287,6 +287,66 @@ fn head_response_has_no_body_and_keep_alive_stays_in_sync() {
 }
 
 #[test]
+fn answers_the_gateway_writes_to_head_carry_no_body() {
+    // 404 (no route), 401 (a plugin's answer), 502 (upstream refused): each is the head alone for
+    // a HEAD, so the next response on the connection is read where it starts.
+    let up = Upstream::echo("a");
+    let toml = format!(
+        r#"{}
+[[services]]
+name = "down"
+url = "http://{}"
+
+[[routes]]
+name = "down"
+service = "down"
+paths = ["/down"]
+
+[[routes]]
+name = "keyed"
+service = "svc"
+paths = ["/keyed"]
+
+[[plugins]]
+name = "key-auth"
+route = "keyed"
+"#,
+        basic_config(&up, "", "").replace(r#"paths = ["/"]"#, r#"paths = ["/ok"]"#),
+        refusing_addr()
+    );
+    let gw = Gateway::start(&toml);
+    let mut c = Conn::connect(gw.addr());
+    for (path, status) in [("/nope", 404), ("/keyed", 401), ("/down", 502)] {
+        let r = c.request(format!("HEAD {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+        assert_eq!(r.status, status, "HEAD {path}");
+        assert!(
+            r.header("content-length").is_some_and(|v| v != "0"),
+            "HEAD {path} keeps the GET answer's length: {:?}",
+            r.headers
+        );
+        // What a GET gets instead: the same length, with the body.
+        let g = c.get(HOST, path);
+        assert_eq!(
+            g.status, status,
+            "GET {path} after HEAD {path}: framing lost"
+        );
+        assert_eq!(
+            g.header("content-length"),
+            r.header("content-length"),
+            "{path}"
+        );
+        assert!(!g.body.is_empty(), "GET {path}");
+    }
+    let r = c.get(HOST, "/ok");
+    assert_eq!(
+        r.header("x-echo-path"),
+        Some("/ok"),
+        "framing lost after HEADs"
+    );
+    assert!(c.leftover().is_empty(), "extra bytes: {:?}", c.leftover());
+}
+
+#[test]
 fn no_content_and_not_modified_carry_no_body() {
     for resp in [
         &b"HTTP/1.1 204 No Content\r\nX-Kind: 204\r\n\r\n"[..],
