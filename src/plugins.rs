@@ -18,6 +18,7 @@
 pub mod correlation;
 pub mod cors;
 pub mod query_transform;
+pub mod termination;
 pub mod transform;
 
 use crate::config::model::{Config, PluginConfig, PluginScope};
@@ -45,6 +46,8 @@ pub enum Plugin {
     RequestTransformer(usize),
     /// Index into `Runtime::response`.
     ResponseTransformer(usize),
+    /// Index into `Runtime::termination`.
+    RequestTermination(usize),
 }
 
 impl Plugin {
@@ -54,9 +57,11 @@ impl Plugin {
     /// (2000) runs before auth, so preflights are answered without credentials and 401/403/429
     /// answers carry CORS headers; the transformers (801, 800) run last, only for requests no plugin
     /// answered, and edit the client's and the upstream's own headers when the heads are written
-    /// (not lines plugins add: see `transform`).
+    /// (not lines plugins add: see `transform`). request-termination (2) runs last, as in Kong:
+    /// whoever it answers has been identified, checked and counted.
     pub fn priority(self) -> u32 {
         match self {
+            Plugin::RequestTermination(_) => 2,
             Plugin::CorrelationId(_) => 100_001,
             Plugin::Cors(_) => 2000,
             Plugin::RequestTransformer(_) => 801,
@@ -84,6 +89,7 @@ impl Plugin {
             Plugin::Cors(_) => "cors",
             Plugin::RequestTransformer(_) => "request-transformer",
             Plugin::ResponseTransformer(_) => "response-transformer",
+            Plugin::RequestTermination(_) => "request-termination",
         }
     }
 }
@@ -97,7 +103,7 @@ pub fn steps(cfg: &Config) -> Vec<Option<Plugin>> {
             *s = Some(Plugin::RateLimiting { instance });
         }
     }
-    let mut n = [0usize; 10];
+    let mut n = [0usize; 11];
     let mut next = |k: usize| {
         let i = n[k];
         n[k] += 1;
@@ -119,6 +125,7 @@ pub fn steps(cfg: &Config) -> Vec<Option<Plugin>> {
             PluginConfig::Cors(_) => Plugin::Cors(next(7)),
             PluginConfig::RequestTransformer(_) => Plugin::RequestTransformer(next(8)),
             PluginConfig::ResponseTransformer(_) => Plugin::ResponseTransformer(next(9)),
+            PluginConfig::RequestTermination(_) => Plugin::RequestTermination(next(10)),
         };
         if let Some(s) = step.get_mut(i) {
             *s = Some(made);
@@ -147,6 +154,7 @@ pub struct Runtime {
     pub cors: Vec<cors::CorsRt>,
     pub request: Vec<transform::RequestTransform>,
     pub response: Vec<transform::HeaderTransform>,
+    pub termination: Vec<termination::TerminationRt>,
 }
 
 impl Runtime {
@@ -164,6 +172,9 @@ impl Runtime {
                 PluginConfig::ResponseTransformer(d) => rt
                     .response
                     .push(transform::HeaderTransform::new(&d.headers)),
+                PluginConfig::RequestTermination(d) => {
+                    rt.termination.push(termination::TerminationRt::new(d))
+                }
                 _ => {}
             }
         }
@@ -289,28 +300,63 @@ pub enum Flow<'a> {
         status: u16,
         body: &'a [u8],
     },
+    /// Answer now with `status` and this body of type `content_type`.
+    RespondAs {
+        status: u16,
+        content_type: &'a [u8],
+        body: &'a [u8],
+    },
+}
+
+impl<'a> Flow<'a> {
+    /// The answer, if any: status, content type, body.
+    pub fn answer(self) -> Option<(u16, &'a [u8], &'a [u8])> {
+        match self {
+            Flow::Continue => None,
+            Flow::Respond { status, body } => Some((status, b"application/json", body)),
+            Flow::RespondAs {
+                status,
+                content_type,
+                body,
+            } => Some((status, content_type, body)),
+        }
+    }
+}
+
+/// `{"message":"…"}` and a newline, with `message` JSON-escaped: the body of the gateway's and
+/// plugins' own answers.
+pub fn json_message(message: &str) -> Box<[u8]> {
+    let mut out = String::from("{\"message\":\"");
+    for c in message.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push_str("\"}\n");
+    out.into_bytes().into_boxed_slice()
 }
 
 /// Writes a complete plugin-generated response: status line, `extra_headers` (from `on_request`),
-/// JSON content type and length, optional `Connection: close`, then `body`.
+/// content type and length, optional `Connection: close`, then `body`.
 pub fn write_response(
     out: &mut Vec<u8>,
     status: u16,
     extra_headers: &[u8],
+    content_type: &[u8],
     body: &[u8],
     close: bool,
 ) {
     use std::io::Write as _;
-    if status == 204 {
-        // No content, so no Content-Type or Content-Length (RFC 9110 §8.6 forbids it on a 204).
-        let _ = write!(out, "HTTP/1.1 204 {}\r\n", reason(status));
-    } else {
-        let _ = write!(
-            out,
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            reason(status),
-            body.len()
-        );
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
+    // A 204 has no content (RFC 9110 §8.6 forbids Content-Length on it) and a 304 none either: its
+    // headers would describe a representation it does not have.
+    if !matches!(status, 204 | 304) {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(content_type);
+        let _ = write!(out, "\r\nContent-Length: {}\r\n", body.len());
     }
     out.extend_from_slice(extra_headers);
     if close {
@@ -320,18 +366,56 @@ pub fn write_response(
     out.extend_from_slice(body);
 }
 
-fn reason(status: u16) -> &'static str {
+/// The reason phrase of `status` (RFC 9110 §15); clients ignore it, people read it.
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
         204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
         429 => "Too Many Requests",
-        502 => "Bad Gateway",
-        504 => "Gateway Timeout",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ if status < 300 => "Success",
+        _ if status < 400 => "Redirection",
         _ if status < 500 => "Client Error",
         _ => "Server Error",
     }

@@ -731,3 +731,94 @@ fn cors_and_correlation_config_errors() {
         );
     }
 }
+
+#[test]
+fn request_termination_compiles_last_in_the_chain_and_reports_its_mistakes() {
+    let cfg = load_str(
+        &with(
+            "[[plugins]]\nname = \"request-termination\"\nroute = \"r\"\n\
+             config = { status_code = 410, body = \"gone\", content_type = \"text/plain\", trigger = \"X-Retire\" }\n\n\
+             [[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 5 }\n\n\
+             [[plugins]]\nname = \"key-auth\"\n",
+        ),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    match &cfg.plugins[0].config {
+        PluginConfig::RequestTermination(d) => assert_eq!(
+            (
+                d.status_code,
+                d.body.as_deref(),
+                d.content_type.as_str(),
+                d.trigger.as_deref()
+            ),
+            (410, Some("gone"), "text/plain", Some("X-Retire"))
+        ),
+        other => panic!("{other:?}"),
+    }
+    let chains = compile_chains(&cfg);
+    let names: Vec<&str> = chains.routes[0].iter().map(|p| p.name()).collect();
+    assert_eq!(
+        names,
+        ["key-auth", "rate-limiting", "request-termination"],
+        "runs after auth and rate limiting (Kong's priority 2)"
+    );
+    assert!(matches!(chains.routes[0][2], Plugin::RequestTermination(0)));
+
+    let rt =
+        |config: &str| format!("[[plugins]]\nname = \"request-termination\"\nconfig = {config}\n");
+    for (config, needle, key, fragment) in [
+        (
+            "{ status_code = 100 }",
+            "100",
+            "status_code",
+            "interim (1xx)",
+        ),
+        ("{ status_code = 600 }", "600", "status_code", "200..=599"),
+        (
+            "{ message = \"m\", body = \"b\" }",
+            "\"b",
+            "body",
+            "`message` and `body` are exclusive",
+        ),
+        (
+            "{ content_type = \"text/plain\" }",
+            "\"text",
+            "content_type",
+            "goes with `body`",
+        ),
+        (
+            "{ body = \"b\", content_type = \"text/plain\\r\\nX-A: 1\" }",
+            "\"text",
+            "content_type",
+            "control characters",
+        ),
+        (
+            "{ body = \"b\", content_type = \" \" }",
+            "\" \"",
+            "content_type",
+            "must not be empty",
+        ),
+        (
+            "{ status_code = 204, message = \"m\" }",
+            "\"m",
+            "message",
+            "a 204 answer carries no body",
+        ),
+        (
+            "{ trigger = \"X Debug\" }",
+            "\"X Debug",
+            "trigger",
+            "not a header or query parameter name",
+        ),
+        ("{ echo = true }", "true", "echo", "not supported"),
+        ("{ status = 503 }", "status", "status", "unknown field"),
+    ] {
+        expect_at_needle(
+            &rt(config),
+            needle,
+            &format!("plugins[0].config.{key}"),
+            fragment,
+        );
+    }
+}

@@ -309,7 +309,8 @@ impl AuthSet {
                 | PluginConfig::CorrelationId(_)
                 | PluginConfig::Cors(_)
                 | PluginConfig::RequestTransformer(_)
-                | PluginConfig::ResponseTransformer(_) => {}
+                | PluginConfig::ResponseTransformer(_)
+                | PluginConfig::RequestTermination(_) => {}
             }
         }
         set

@@ -17,7 +17,7 @@ use super::raw::auth::{
 };
 use super::raw::plugins::{
     DecodedPlugin, RawCorrelationId, RawCors, RawPlugin, RawPluginConfig, RawRateLimiting,
-    RawTransformer,
+    RawTermination, RawTransformer,
 };
 use super::raw::{
     RawAccessLog, RawAcme, RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService,
@@ -82,6 +82,7 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "cors",
     "request-transformer",
     "response-transformer",
+    "request-termination",
 ];
 
 /// Parses the TOML syntax; a syntax error is a single problem (the parser cannot continue past it).
@@ -224,6 +225,8 @@ fn decode_plugin(el: &Item, path: &KeyPath, problems: &mut Vec<Problem>) -> Opti
             .map(|p| p.into_decoded(RawPluginConfig::RequestTransformer)),
         Some("response-transformer") => decode_one::<RawPlugin<RawTransformer>>(el, path, problems)
             .map(|p| p.into_decoded(RawPluginConfig::ResponseTransformer)),
+        Some("request-termination") => decode_one::<RawPlugin<RawTermination>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::RequestTermination)),
         Some(name) => {
             problems.push(Problem::at(
                 path.key("name"),

@@ -16,6 +16,7 @@ mod observe;
 mod plugins;
 mod routes;
 mod server;
+mod termination;
 mod tls;
 
 use std::collections::HashMap;

@@ -108,21 +108,6 @@ pub struct LimiterSet {
     sync_interval: Duration,
 }
 
-/// The JSON error body, escaped once at startup.
-fn json_body(message: &str) -> Box<[u8]> {
-    let mut out = String::from("{\"message\":\"");
-    for c in message.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push_str("\"}\n");
-    out.into_bytes().into_boxed_slice()
-}
-
 impl LimiterSet {
     /// Builds the worker's state from the link `limit::start` returned for it.
     pub fn new(link: WorkerLink) -> LimiterSet {
@@ -188,7 +173,7 @@ impl LimiterSet {
                     }),
                 };
                 Inst {
-                    body: json_body(&d.def.error_message),
+                    body: crate::plugins::json_message(&d.def.error_message),
                     def,
                     counts,
                     idle_ms,

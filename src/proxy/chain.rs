@@ -185,6 +185,14 @@ impl<S: ClientIo> Conn<S> {
                     st.response_tf = Some(n);
                     Flow::Continue
                 }
+                Plugin::RequestTermination(n) => match snap.chains.rt.termination.get(n) {
+                    Some(rt) if rt.applies(&self.s.head, &self.buf) => Flow::RespondAs {
+                        status: rt.status,
+                        content_type: &rt.content_type,
+                        body: &rt.body,
+                    },
+                    _ => Flow::Continue,
+                },
                 Plugin::RateLimiting { instance } => {
                     let Some(limiters) = snap.limiters.as_deref() else {
                         continue;
@@ -396,13 +404,14 @@ impl<S: ClientIo> Conn<S> {
                     )
                 }
             };
-            if let Flow::Respond { status, body } = flow {
+            if let Some((status, content_type, body)) = flow.answer() {
                 let close = closing;
                 self.s.out.clear();
                 plugins::write_response(
                     &mut self.s.out,
                     status,
                     &self.s.plugin_headers,
+                    content_type,
                     body,
                     close,
                 );

@@ -69,6 +69,22 @@ pub enum PluginConfig {
     Cors(CorsDef),
     RequestTransformer(TransformDef),
     ResponseTransformer(TransformDef),
+    RequestTermination(TerminationDef),
+}
+
+/// `request-termination`'s config, checked at load: a status of 200-599; `message` and `body`
+/// exclusive; `content_type` only with `body`; neither with 204 or 304 (they carry no body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminationDef {
+    pub status_code: u16,
+    /// Sent as `{"message":"…"}`; `None` with no `body` either: the status's reason phrase.
+    pub message: Option<String>,
+    /// Sent as it is, with `content_type`.
+    pub body: Option<String>,
+    pub content_type: String,
+    /// Only requests carrying this header (any case) or query parameter (exact, form-decoded) are
+    /// answered; the others go on. `None`: every request.
+    pub trigger: Option<String>,
 }
 
 /// `correlation-id`'s config. The only generator is `uuid` (v4).

@@ -50,6 +50,7 @@ pub enum RawPluginConfig {
     Cors(Option<RawCors>),
     RequestTransformer(Option<RawTransformer>),
     ResponseTransformer(Option<RawTransformer>),
+    RequestTermination(Option<RawTermination>),
 }
 
 impl<C> RawPlugin<C> {
@@ -146,6 +147,22 @@ pub struct RawCorrelationId {
     pub header_name: Option<String>,
     pub generator: Option<String>,
     pub echo_downstream: Option<bool>,
+}
+
+/// `config` of `request-termination` (Kong's keys).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a request-termination config table, e.g. { status_code = 503, message = \"Down for maintenance\" }"
+)]
+pub struct RawTermination {
+    pub status_code: Option<Int>,
+    pub message: Option<String>,
+    pub body: Option<String>,
+    pub content_type: Option<String>,
+    pub trigger: Option<String>,
+    /// Kong's debugging echo; read so that `true` gets its own error (not supported).
+    pub echo: Option<bool>,
 }
 
 /// `config` of `cors` (Kong's keys).

@@ -91,7 +91,11 @@ pub fn header_name(
 
 /// A header value: no control bytes but HTAB (CR/LF/NUL would split or end the head), trimmed of
 /// surrounding spaces (`"X-A: 1"` means `1`).
-fn header_value(problems: &mut Vec<Problem>, path: KeyPath, value: &str) -> Option<String> {
+pub(super) fn header_value(
+    problems: &mut Vec<Problem>,
+    path: KeyPath,
+    value: &str,
+) -> Option<String> {
     let v = value.trim_matches([' ', '\t']);
     if v.chars().any(|c| c.is_control() && c != '\t') {
         push(

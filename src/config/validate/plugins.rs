@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::{auth, edge, in_range, known, push};
+use super::{auth, edge, in_range, known, push, termination};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{
     Algorithm, BucketDef, LimitBy, Mode, Period, PeriodLimit, PluginConfig, PluginDef, PluginScope,
@@ -95,6 +95,10 @@ pub fn compile(
                     edge::transformer(c.as_ref(), &path, edge::Side::Response, problems)
                         .map(PluginConfig::ResponseTransformer)
                 }
+                RawPluginConfig::RequestTermination(c) => {
+                    termination::request_termination(c.as_ref(), &path, problems)
+                        .map(PluginConfig::RequestTermination)
+                }
             };
             Some(PluginDef {
                 name: p.name.clone(),
@@ -108,7 +112,7 @@ pub fn compile(
 
 /// Plugins that may attach to a consumer (they run after auth has identified one). Auth plugins
 /// cannot: they are what identifies the consumer (Kong's rule too).
-const CONSUMER_SCOPED: &[&str] = &["rate-limiting", "ip-restriction"];
+const CONSUMER_SCOPED: &[&str] = &["rate-limiting", "ip-restriction", "request-termination"];
 
 fn scope(
     p: &DecodedPlugin,
