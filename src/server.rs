@@ -100,6 +100,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let mut access_log = AccessLog::new(workers);
     let log_stats = access_log.stats();
     metrics.add_collector(move |out| out.extend(log_stats.families()));
+    metrics.add_collector(|out| out.push(crate::auth::verifier::family()));
     if let Some(def) = &compiled.config.access_log {
         if let Err(e) = access_log.open(def) {
             error!("config error: {e}");

@@ -184,9 +184,13 @@ impl Snapshot {
                     .map(|j| RefCell::new(TokenCache::new(j.def.cache_size)))
                     .collect(),
             },
-            basic_caches: match prev
-                .filter(|p| Arc::ptr_eq(&p.auth.cache_id, &compiled.auth.cache_id))
-            {
+            // Verified passwords also survive a reload (SIGHUP) that leaves the basic-auth
+            // credentials and instances alone: each entry costs a bcrypt check to make again,
+            // tens of milliseconds, and every active client would need one at once.
+            basic_caches: match prev.filter(|p| {
+                Arc::ptr_eq(&p.auth.cache_id, &compiled.auth.cache_id)
+                    || p.auth.basic_fingerprint == compiled.auth.basic_fingerprint
+            }) {
                 Some(p) => p.basic_caches.clone(),
                 None => compiled
                     .auth

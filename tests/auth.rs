@@ -810,3 +810,91 @@ fn forward_auth_refusal_falls_back_to_anonymous() {
     assert_eq!(seen.header("x-user-id"), Some("u-42"));
     assert!(!seen.has_header("x-anonymous-consumer"));
 }
+
+/// The workers' cache of verified passwords outlives a reload that keeps the credentials (no bcrypt
+/// check again), and dies with one that changes them. Counted by `ringgate_password_checks_total`.
+#[test]
+fn verified_passwords_stay_cached_across_a_reload_that_keeps_the_credentials() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let up = Upstream::echo("up");
+    let config = |hash: &str, extra_route: &str| {
+        format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "ops"
+service = "svc"
+paths = ["/ops"]
+
+{extra_route}
+
+[[consumers]]
+username = "dave"
+basicauth_credentials = [{{ username = "dave", password = "{hash}" }}]
+
+[[plugins]]
+name = "basic-auth"
+route = "ops"
+"#,
+            url = up.url()
+        )
+    };
+    let first = bcrypt_hash("dave-pw");
+    let gw = Gateway::start(&config(&first, ""));
+    let adm = gw.admin_addr();
+    let checks = || {
+        let r = send_raw(adm, b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
+        let text = r.body_str();
+        let n = |result: &str| {
+            let prefix = format!("ringgate_password_checks_total{{result=\"{result}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {prefix:?} in /metrics:\n{text}"))
+        };
+        (n("match"), n("mismatch"))
+    };
+    let login = |pw: &str| {
+        req(
+            &gw,
+            "/ops",
+            &format!("Authorization: Basic {}\r\n", b64(&format!("dave:{pw}"))),
+        )
+        .status
+    };
+    assert_eq!(checks(), (0, 0));
+    assert_eq!(login("dave-pw"), 200);
+    assert_eq!(login("dave-pw"), 200);
+    assert_eq!(checks(), (1, 0), "the second login came from the cache");
+
+    // A reload that changes routes but not credentials keeps the cache.
+    gw.rewrite_config(&config(
+        &first,
+        "[[routes]]\nname = \"more\"\nservice = \"svc\"\npaths = [\"/more\"]\n",
+    ));
+    gw.reload_to(2);
+    assert_eq!(login("dave-pw"), 200);
+    assert_eq!(
+        checks(),
+        (1, 0),
+        "checked again after a reload that kept the credentials"
+    );
+
+    // New credentials: the old password is checked (and fails), the new one is checked once.
+    gw.rewrite_config(&config(&bcrypt_hash("dave-new-pw"), ""));
+    gw.reload_to(3);
+    assert_eq!(login("dave-pw"), 401);
+    assert_eq!(login("dave-new-pw"), 200);
+    assert_eq!(login("dave-new-pw"), 200);
+    assert_eq!(checks(), (2, 1));
+}

@@ -149,6 +149,11 @@ pub struct AuthSet {
     /// across generations with the same one. Made fresh by `build`; a set built again only for a
     /// moved forward-auth address takes over the previous set's (`with_caches_of`).
     pub cache_id: Arc<()>,
+    /// What a basic-auth cache entry (`user:password` digest -> credential index) depends on: every
+    /// instance's cache size and username table, and every credential's username, hash and
+    /// consumer. Equal in two generations: an entry verified under one holds under the other, so a
+    /// reload that leaves them alone keeps the workers' caches (no bcrypt storm after a reload).
+    pub basic_fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for BasicCredRt {
@@ -313,7 +318,35 @@ impl AuthSet {
                 | PluginConfig::RequestTermination(_) => {}
             }
         }
+        set.basic_fingerprint = set.basic_fingerprint();
         set
+    }
+
+    /// See `basic_fingerprint`. Each field is length-prefixed, so no two tables hash alike.
+    fn basic_fingerprint(&self) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut field = |b: &[u8]| {
+            ctx.update(&(b.len() as u64).to_le_bytes());
+            ctx.update(b);
+        };
+        for c in &self.basic_creds {
+            field(&(c.consumer as u64).to_le_bytes());
+            field(c.username.as_bytes());
+            field(c.hash.as_bytes());
+        }
+        for b in &self.basic_auth {
+            field(&(b.def.cache_size as u64).to_le_bytes());
+            let mut users: Vec<(&Vec<u8>, &usize)> = b.users.iter().collect();
+            users.sort();
+            for (name, i) in users {
+                field(name);
+                field(&(*i as u64).to_le_bytes());
+            }
+            field(b"/instance");
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
     }
 
     fn add_basic(&mut self, creds: &[BasicCredentialDef]) -> HashMap<Vec<u8>, usize> {

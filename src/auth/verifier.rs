@@ -8,9 +8,13 @@
 //! workers (a full queue is answered 503 at once).
 //!
 //! Only cache misses come here: verified credentials are remembered per worker (`cache`).
+//! `ringgate_password_checks_total` counts the checks by result, so an operator can see the cache
+//! work (and a reload keep it: see `worker::Snapshot`'s caches). Its counters are atomics written by
+//! the verifier threads; a worker writes one only when the queue refuses a job (overload).
 
 use std::io::Write as _;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -40,6 +44,34 @@ pub enum Verdict {
     Busy,
 }
 
+/// Checks run, by result: matched, did not match (unknown users included), refused (queue full or
+/// no pool).
+static CHECKS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+const MATCHED: usize = 0;
+const MISMATCHED: usize = 1;
+const REFUSED: usize = 2;
+
+fn count(result: usize) {
+    if let Some(c) = CHECKS.get(result) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `ringgate_password_checks_total{result}` for `/metrics`.
+pub fn family() -> crate::metrics::Family {
+    use crate::metrics::{Family, FamilyKind};
+    let n = |i: usize| CHECKS.get(i).map_or(0, |c| c.load(Ordering::Relaxed)) as f64;
+    Family::new(
+        "ringgate_password_checks_total",
+        "bcrypt checks of basic-auth passwords (credential cache misses), by result; refused: the \
+         verifier queue was full and the client got 503.",
+        FamilyKind::Counter,
+    )
+    .sample(&[("result", "match")], n(MATCHED))
+    .sample(&[("result", "mismatch")], n(MISMATCHED))
+    .sample(&[("result", "refused")], n(REFUSED))
+}
+
 fn pool() -> Option<&'static Sender<Job>> {
     static POOL: OnceLock<Option<Sender<Job>>> = OnceLock::new();
     POOL.get_or_init(|| {
@@ -60,6 +92,7 @@ fn pool() -> Option<&'static Sender<Job>> {
                             }
                         };
                         job.password.fill(0);
+                        count(if ok { MATCHED } else { MISMATCHED });
                         // The worker may have given up (timeout); nothing to do then.
                         let _ = job.reply.write_all(&[u8::from(ok)]);
                     }
@@ -93,6 +126,7 @@ fn dummy_hash(cost: u32) -> String {
 /// `dummy_cost`, never matching).
 pub async fn verify(hash: Option<Arc<str>>, dummy_cost: u32, password: Vec<u8>) -> Verdict {
     let Some(tx) = pool() else {
+        count(REFUSED);
         return Verdict::Busy;
     };
     let Ok((ours, theirs)) = StdUnixStream::pair() else {
@@ -114,6 +148,7 @@ pub async fn verify(hash: Option<Arc<str>>, dummy_cost: u32, password: Vec<u8>) 
         Ok(()) => {}
         Err(TrySendError::Full(mut job) | TrySendError::Disconnected(mut job)) => {
             job.password.fill(0);
+            count(REFUSED);
             return Verdict::Busy;
         }
     }
