@@ -420,3 +420,20 @@ pub(crate) fn reason(status: u16) -> &'static str {
         _ => "Server Error",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_messages_are_escaped() {
+        assert_eq!(
+            &*json_message("a\"b\\c\n"),
+            b"{\"message\":\"a\\\"b\\\\c\\u000a\"}\n"
+        );
+        assert_eq!(
+            &*json_message("héllo"),
+            "{\"message\":\"héllo\"}\n".as_bytes()
+        );
+    }
+}
