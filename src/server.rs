@@ -779,6 +779,7 @@ fn bind_all(
 ) -> std::io::Result<std::net::SocketAddr> {
     use std::os::fd::AsRawFd;
     let mut actual = addr;
+    let listeners_len = listeners.len().max(1);
     for (i, slot) in listeners.iter_mut().enumerate() {
         let l = match inherited.take(role, actual) {
             Some(l) => {
@@ -790,9 +791,28 @@ fn bind_all(
         };
         if i == 0 {
             actual = l.local_addr()?;
+            if let Err(e) = worker::steer_reuseport(&l, listeners_len) {
+                warn!("reuseport steering failed addr={actual} error=\"{e}\"; the kernel spreads connections over all sockets");
+            }
         }
         handover.fds.push((role, l.as_raw_fd()));
         slot.push((l, kind));
+    }
+    // More sockets inherited than workers (an upgrade to fewer workers): closing the surplus
+    // would reset the connections queued on them. They stay open, spread over the workers, and
+    // get no new connections (`steer_reuseport`); a later upgrade hands them on. A restart drops
+    // them.
+    let mut kept = 0;
+    while let Some(l) = inherited.take(role, actual) {
+        l.set_nonblocking(true)?;
+        handover.fds.push((role, l.as_raw_fd()));
+        if let Some(slot) = listeners.get_mut(kept % listeners_len) {
+            slot.push((l, kind));
+        }
+        kept += 1;
+    }
+    if kept > 0 {
+        info!("upgrade: surplus sockets kept addr={actual} count={kept}");
     }
     Ok(actual)
 }

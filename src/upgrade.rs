@@ -135,9 +135,10 @@ impl Inherited {
         Some(self.socks.remove(i).2)
     }
 
-    /// Inherited sockets the config has no use for (its `listen` or `workers` changed) are closed
-    /// (the old process still holds them until it exits; connections queued on them then are
-    /// reset); returns the readiness pipe, for `notify_ready`.
+    /// Inherited sockets the config has no use for (an address its `listen` dropped; surplus
+    /// sockets of a smaller `workers` are kept, see `server::bind_all`) are closed (the old
+    /// process still holds them until it exits; connections queued on them then are reset);
+    /// returns the readiness pipe, for `notify_ready`.
     pub fn close_unused(self) -> Option<std::fs::File> {
         for (role, addr, _) in &self.socks {
             warn!("upgrade: inherited socket not in the config role={role:?} addr={addr}; closed");

@@ -1001,9 +1001,86 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
+/// Steers the new connections of `listener`'s SO_REUSEPORT group to the group's first `n` sockets,
+/// picked at random (a classic BPF program on the group: `random % n`; it replaces any program an
+/// earlier process attached). The first `n` are the workers' own sockets, in the order they joined
+/// the group; sockets beyond them are those a binary upgrade to fewer workers kept (see
+/// `server::bind_all`), which then get no new connections. Were the group's order ever different,
+/// connections would only spread unevenly: every socket of the group is accepted from.
+pub fn steer_reuseport(listener: &std::net::TcpListener, n: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    let op = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut code = [
+        // A = a random u32 (an ancillary load, not packet data)
+        op(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32,
+        ),
+        op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, n),
+        op(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt on an open socket with a valid program that outlives the call (the
+    // kernel copies it).
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steering_sends_new_connections_to_the_first_n_sockets_of_the_group() {
+        let first = bind_reuseport("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = first.local_addr().expect("addr");
+        let group = [
+            first,
+            bind_reuseport(addr).expect("bind"),
+            bind_reuseport(addr).expect("bind"),
+        ];
+        steer_reuseport(&group[0], 2).expect("attach");
+        let clients: Vec<std::net::TcpStream> = (0..60)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        // Loopback handshakes complete in softirq context, possibly just after `connect` returns.
+        std::thread::sleep(Duration::from_millis(100));
+        let accepted: Vec<usize> = group
+            .iter()
+            .map(|l| std::iter::from_fn(|| l.accept().ok()).count())
+            .collect();
+        assert_eq!(
+            accepted.iter().sum::<usize>(),
+            clients.len(),
+            "{accepted:?}"
+        );
+        assert_eq!(
+            accepted[2], 0,
+            "the surplus socket got connections: {accepted:?}"
+        );
+        assert!(accepted[0] > 0 && accepted[1] > 0, "{accepted:?}");
+    }
 
     #[test]
     fn drop_unused_frees_what_no_taker_reached() {

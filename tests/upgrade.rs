@@ -198,6 +198,62 @@ fn keep_alive_loop(addr: SocketAddr, stop: &AtomicBool, tally: &Tally) {
     }
 }
 
+/// Held by the tests that put load on a gateway: two such loads at once on two cores starve every
+/// other test in this file of CPU.
+static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Client threads until `finish`: `one_shots` sending requests on new connections, `keep_alives`
+/// on kept-alive ones (see `keep_alive_loop`).
+struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, one_shots: usize, keep_alives: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let threads = (0..one_shots + keep_alives)
+            .map(|i| {
+                let (stop, tally) = (stop.clone(), tally.clone());
+                std::thread::spawn(move || {
+                    if i >= one_shots {
+                        return keep_alive_loop(addr, &stop, &tally);
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        match one_shot(addr) {
+                            Ok(()) => tally.ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                eprintln!("one-shot request failed: {e}");
+                                tally.failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tally,
+            threads,
+        }
+    }
+
+    /// Stops and joins the threads: (requests answered, requests failed).
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("load thread");
+        }
+        eprintln!("retried={}", self.tally.retried.load(Ordering::Relaxed));
+        (
+            self.tally.ok.load(Ordering::Relaxed),
+            self.tally.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A fresh directory for the notify socket (a unix socket path must be short).
 fn tempdir() -> std::path::PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -210,6 +266,7 @@ fn tempdir() -> std::path::PathBuf {
 
 #[test]
 fn sigusr2_hands_over_under_load_without_a_failed_request() {
+    let _serial = LOAD.lock().unwrap_or_else(|e| e.into_inner());
     let up = Upstream::echo("up");
     let notify_dir = tempdir();
     let notify_path = notify_dir.join("notify.sock");
@@ -233,29 +290,9 @@ fn sigusr2_hands_over_under_load_without_a_failed_request() {
     let addr = gw.addr();
     let admin = gw.admin_addr();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let mut threads = Vec::new();
-    for i in 0..14 {
-        let (stop, tally) = (stop.clone(), tally.clone());
-        threads.push(std::thread::spawn(move || {
-            if i < 12 {
-                while !stop.load(Ordering::Relaxed) {
-                    match one_shot(addr) {
-                        Ok(()) => tally.ok.fetch_add(1, Ordering::Relaxed),
-                        Err(e) => {
-                            eprintln!("one-shot request failed: {e}");
-                            tally.failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-            } else {
-                keep_alive_loop(addr, &stop, &tally);
-            }
-        }));
-    }
+    let load = Load::start(addr, 12, 2);
     std::thread::sleep(Duration::from_millis(700));
-    let before = tally.ok.load(Ordering::Relaxed);
+    let before = load.tally.ok.load(Ordering::Relaxed);
     gw.signal(libc::SIGUSR2);
     let new = NewProcess::started_by(&gw, 0);
     let status = gw
@@ -264,19 +301,11 @@ fn sigusr2_hands_over_under_load_without_a_failed_request() {
     assert!(status.success(), "{status}");
     assert!(gw.log_contains(&format!("upgrade: new process ready pid={}", new.0)));
     assert!(new.alive());
-    let at_exit = tally.ok.load(Ordering::Relaxed);
+    let at_exit = load.tally.ok.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(700));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().expect("load thread");
-    }
-    let (ok, failed) = (
-        tally.ok.load(Ordering::Relaxed),
-        tally.failed.load(Ordering::Relaxed),
-    );
+    let (ok, failed) = load.finish();
     eprintln!(
-        "ok={ok} (before the signal {before}, at the old process's exit {at_exit}) failed={failed} retried={}",
-        tally.retried.load(Ordering::Relaxed)
+        "ok={ok} (before the signal {before}, at the old process's exit {at_exit}) failed={failed}"
     );
     assert_eq!(failed, 0, "requests failed across the upgrade");
     assert!(
@@ -397,4 +426,29 @@ fn each_listen_entry_keeps_its_own_sockets_across_an_upgrade() {
         assert_eq!(get(plain, HOST, "/b").status, 200);
         assert_eq!(get(redirect, HOST, "/b").status, 308);
     }
+}
+
+/// An upgrade to fewer workers keeps the surplus sockets (now taking no new connections) instead of
+/// closing them with whatever connections were queued on them.
+#[test]
+fn an_upgrade_to_fewer_workers_loses_no_connection() {
+    let _serial = LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let up = Upstream::echo("up");
+    let mut gw = Gateway::start(&config(&up));
+    let addr = gw.addr();
+    let load = Load::start(addr, 12, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    gw.rewrite_config(&config(&up).replace("workers = 2", "workers = 1"));
+    gw.signal(libc::SIGUSR2);
+    let new = NewProcess::started_by(&gw, 0);
+    assert!(gw
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+    let at_exit = load.tally.ok.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(700));
+    let (ok, failed) = load.finish();
+    eprintln!("ok={ok} (at the old process's exit {at_exit}) failed={failed}");
+    assert_eq!(failed, 0, "requests failed across the upgrade to 1 worker");
+    assert!(ok > at_exit + 50, "the new process served the load");
+    assert!(new.alive());
 }
