@@ -755,6 +755,27 @@ fn stalled_body_is_cut_off_by_client_body_timeout() {
     assert!(up.complete_requests().is_empty());
 }
 
+/// After a 408 the gateway half-closes and keeps reading what the client still sends (a lingering
+/// close), as after a 400 or 413: closing with unread input would reset the connection, and a reset
+/// can destroy the answer before the client read it. The timed-out read used to keep the buffer the
+/// linger needs, so the gateway closed at once.
+#[test]
+fn a_408_lingers_while_the_client_is_still_sending() {
+    let up = Upstream::echo("a");
+    let gw = timeouts_gateway(&up, "client_body = \"500ms\"");
+    let mut c = Conn::connect(gw.addr());
+    c.send(b"POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1000000\r\n\r\nhello")
+        .unwrap();
+    let head = c.read_head().expect("the 408");
+    assert_eq!(head.status, 408);
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = c.send(&[b'x'; 1024]) {
+            panic!("write {i} after the 408 failed (no lingering close): {e}");
+        }
+    }
+}
+
 #[test]
 fn idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
     let up = Upstream::echo("a");

@@ -44,15 +44,20 @@ pub async fn fill<S: AsyncReadRent>(
 }
 
 /// The read half of a lingering close, after the write half was shut: reads and discards what the
-/// peer still sends, at most `max_bytes` and for at most `limit` (`buf` is the scratch space; it
-/// must have capacity). Closing with unread input would send a reset, which can destroy the answer
-/// before the client read it.
+/// peer still sends, at most `max_bytes` and for at most `limit` (`buf` is the scratch space).
+/// Closing with unread input would send a reset, which can destroy the answer before the client
+/// read it.
 pub async fn discard<S: AsyncReadRent>(
     s: &mut S,
     buf: &mut Vec<u8>,
     limit: Duration,
     max_bytes: usize,
 ) {
+    if buf.capacity() == 0 {
+        // A read that timed out (408, 504 during an upload) kept its buffer: the lingering close
+        // still needs one, or it would close at once and reset the answer it just sent.
+        *buf = Vec::with_capacity(4096);
+    }
     let end = std::time::Instant::now() + limit;
     let mut drained = 0;
     while drained < max_bytes && buf.capacity() > 0 {
