@@ -496,6 +496,24 @@ fn x_forwarded_headers_are_appended_and_set() {
     assert_eq!(got.header_all("x-forwarded-proto"), vec!["http"]);
     assert_eq!(got.header_all("x-forwarded-host"), vec!["api.example.com"]);
     assert_eq!(got.header_all("x-forwarded-port"), vec![port.as_str()]);
+
+    // HTTP/1.0 may come without a Host: no X-Forwarded-Host then, and never the client's.
+    let r = send_raw(
+        gw.addr(),
+        b"GET /xf HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(!up.last_request().has_header("x-forwarded-host"));
+    // A Host that names no host is refused (nginx too), not forwarded.
+    let before = up.request_count();
+    for host in ["", ":80", "a..b", "a,b"] {
+        let r = send_raw(
+            gw.addr(),
+            format!("GET /xf HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 400, "Host: {host:?}");
+    }
+    assert_eq!(up.request_count(), before);
 }
 
 fn host_config(service: &str, preserve_host: bool) -> String {

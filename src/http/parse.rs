@@ -318,11 +318,43 @@ fn starts_with_ignore_case(v: &[u8], prefix: &[u8]) -> bool {
         .is_some_and(|p| eq_ignore_case(p, prefix))
 }
 
-/// Host / authority bytes (RFC 3986 reg-name, IPv4, IP-literal, port, pct-encoding). No
-/// whitespace, '/', '?', '#' or '@' (userinfo is deprecated and a classic way to disguise the real
-/// host). An empty value is allowed for Host (RFC 9110 §7.2) and refused for an authority.
+/// A Host value or an absolute-form authority: `host [":" port]` (RFC 9110 §7.2), where host is an
+/// IP-literal (`[…]`) or a name or IPv4 address: non-empty, no empty label (`..`, a leading `.`),
+/// and port is digits. Bytes as `is_host_byte`, without `,`: DNS names never hold one, and
+/// `a,b` copied to X-Forwarded-Host reads as a list that most frameworks cut at the comma, after
+/// routing matched the whole value. No whitespace, '/', '?', '#' or '@' (userinfo is deprecated
+/// and a classic way to disguise the real host). An http(s) URI always has a host, so an empty
+/// value is refused too (RFC 9110 §4.2.1; nginx answers 400 to all of these).
 fn is_host_value(v: &[u8]) -> bool {
-    v.iter().all(|&b| is_host_byte(b))
+    let port = if v.first() == Some(&b'[') {
+        let Some(close) = memchr::memchr(b']', v) else {
+            return false;
+        };
+        let literal = v.get(1..close).unwrap_or_default();
+        let hex = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
+        if literal.is_empty() || !literal.iter().all(hex) {
+            return false;
+        }
+        v.get(close + 1..).unwrap_or_default()
+    } else {
+        let colon = memchr::memchr(b':', v).unwrap_or(v.len());
+        let name = v.get(..colon).unwrap_or_default();
+        // A fully qualified name may end with one dot; otherwise every label is non-empty.
+        let labels = name.strip_suffix(b".").unwrap_or(name);
+        let name_byte = |b: &u8| is_host_byte(*b) && !matches!(b, b',' | b':' | b'[' | b']');
+        if labels.is_empty()
+            || labels.split(|&b| b == b'.').any(<[u8]>::is_empty)
+            || !labels.iter().all(name_byte)
+        {
+            return false;
+        }
+        v.get(colon..).unwrap_or_default()
+    };
+    match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
 }
 
 /// One byte of a host or authority (see `is_host_value`); also what a configured Host may contain.

@@ -210,8 +210,11 @@ pub fn write_request_head(
     out.extend_from_within(ip_at..ip_end);
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     out.extend_from_slice(fwd.proto);
-    out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
-    out.extend_from_slice(fwd.client_host);
+    // An HTTP/1.0 request may come without a Host: then there is none to pass on.
+    if !fwd.client_host.is_empty() {
+        out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
+        out.extend_from_slice(fwd.client_host);
+    }
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     push_u64(out, u64::from(fwd.listen_port));
     out.extend_from_slice(b"\r\n");
