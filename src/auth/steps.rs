@@ -442,13 +442,19 @@ pub fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Option<(usize, usize, &'
     query_params(query, name).next()
 }
 
-/// Every occurrence of parameter `name` (compared raw) in `query`, as `query_param` describes them.
+/// Every occurrence of parameter `name` in `query`, as `query_param` describes them. Names compare
+/// form-decoded, as applications read them: `api%6Bey=…` is an `apikey` too, so it counts as a
+/// duplicate and `hide_credentials` cuts it, never leaving the upstream a key nobody checked.
 pub fn query_params<'q, 'n>(
     query: &'q [u8],
     name: &'n [u8],
 ) -> impl Iterator<Item = (usize, usize, &'q [u8])> + use<'q, 'n> {
     query::params(query)
-        .filter(move |p| p.name == name)
+        .filter(move |p| {
+            p.name == name
+                || (p.name.iter().any(|&b| b == b'%' || b == b'+')
+                    && query::decode(p.name).eq(name.iter().copied()))
+        })
         .map(|p| (p.start, p.end, p.value))
 }
 
@@ -673,6 +679,15 @@ mod tests {
         push_query_without(&mut out, q, cut_with_separator(q, s, e));
         assert_eq!(out, b"a=1");
         assert!(query_param(b"apikeyx=1", b"apikey").is_none());
+        // Names compare decoded: an encoded `apikey` is found (and cut) like a plain one.
+        let q = b"a=1&api%6Bey=k&b=2";
+        let (s, e, v) = query_param(q, b"apikey").expect("found");
+        assert_eq!(v, b"k");
+        out.clear();
+        push_query_without(&mut out, q, cut_with_separator(q, s, e));
+        assert_eq!(out, b"a=1&b=2");
+        assert_eq!(query_params(b"apikey=a&%61pikey=b", b"apikey").count(), 2);
+        assert!(query_param(b"api%6Bey2=1", b"apikey").is_none());
     }
 
     #[test]
