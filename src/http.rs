@@ -52,6 +52,15 @@ pub enum BodyKind {
     CloseDelimited,
 }
 
+/// Cuts the complete response in `out` down to its head: what a HEAD request gets (RFC 9110
+/// §9.3.2), Content-Length included. Body bytes after it would be read by the client as the start
+/// of the next response on the connection.
+pub fn keep_head_only(out: &mut Vec<u8>) {
+    if let Some(end) = memchr::memmem::find(out, b"\r\n\r\n") {
+        out.truncate(end + 4);
+    }
+}
+
 /// Limits applied while parsing a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -1193,12 +1193,7 @@ impl<S: ClientIo> Conn<S> {
     async fn send_answer(&mut self, status: u16, close: bool) -> bool {
         self.status = status;
         if self.head_only {
-            // An answer to HEAD is the GET answer's head alone (RFC 9110 §9.3.2), Content-Length
-            // included. Body bytes after it would be read by the client as the start of the next
-            // response on this connection: every later answer one off.
-            if let Some(end) = memchr::memmem::find(&self.s.out, b"\r\n\r\n") {
-                self.s.out.truncate(end + 4);
-            }
+            crate::http::keep_head_only(&mut self.s.out);
         }
         self.bytes_out += self.s.out.len() as u64;
         let timeout = self.client_timeout();

@@ -662,6 +662,21 @@ paths = ["/"]
     // No host to redirect to: 400.
     let r = common::send_raw(a301, b"GET / HTTP/1.0\r\n\r\n");
     assert_eq!(r.status, 400);
+    // A HEAD gets the head alone, of the 400 as of the redirect.
+    for (req, status) in [
+        (&b"HEAD / HTTP/1.0\r\n\r\n"[..], "400"),
+        (b"HEAD /h HTTP/1.1\r\nHost: a.test\r\n\r\n", "301"),
+    ] {
+        let mut c = std::net::TcpStream::connect(a301).expect("connect");
+        c.write_all(req).expect("write");
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).expect("read");
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status}")) && got.ends_with("\r\n\r\n"),
+            "{got:?}"
+        );
+    }
     // Nothing reached the upstream.
     assert_eq!(up.request_count(), 0);
 }

@@ -95,6 +95,9 @@ pub async fn serve(
             _ => return,
         }
     };
+    if answer.1 && head.method.get(&buf) == b"HEAD" {
+        crate::http::keep_head_only(&mut out);
+    }
     let bytes_sent = out.len() as u64;
     let sent = io::send_all(&mut stream, &mut out, server.timeouts.client_body).await;
     if shard.access_log.on() {
