@@ -337,6 +337,8 @@ pub struct Shard {
     /// the whole time.
     bufs_low: Cell<usize>,
     scratch_low: Cell<usize>,
+    /// Password checks each client address has outstanding on this worker (basic-auth).
+    pub password_checks: crate::auth::verifier::ClientSlots,
 }
 
 impl Shard {
@@ -372,6 +374,7 @@ impl Shard {
             scratch: RefCell::new(Vec::new()),
             bufs_low: Cell::new(0),
             scratch_low: Cell::new(0),
+            password_checks: Default::default(),
         }
     }
 

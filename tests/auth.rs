@@ -898,3 +898,90 @@ route = "ops"
     assert_eq!(login("dave-new-pw"), 200);
     assert_eq!(checks(), (2, 1));
 }
+
+/// A client flooding wrong passwords gets 503 beyond `PER_CLIENT` (2) checks outstanding per worker,
+/// at once, so the verifier pool stays free for other clients, who get through.
+#[test]
+fn a_password_sprayer_cannot_queue_work_ahead_of_other_clients() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let up = Upstream::echo("up");
+    // Cost 10: slow enough (in this unoptimized build too) that the flood overlaps its own checks.
+    let hash = bcrypt::hash("dave-pw", 10).expect("hash");
+    let gw = start(
+        &up,
+        "",
+        &format!(
+            r#"[[routes]]
+name = "ops"
+service = "svc"
+paths = ["/ops"]
+
+[[consumers]]
+username = "dave"
+basicauth_credentials = [{{ username = "dave", password = "{hash}" }}]
+
+[[plugins]]
+name = "basic-auth"
+route = "ops"
+"#
+        ),
+    );
+    let addr = gw.addr();
+    let request = |pw: &str| {
+        format!(
+            "GET /ops HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic {}\r\n\r\n",
+            b64(&format!("dave:{pw}"))
+        )
+    };
+    let started = std::time::Instant::now();
+    let flood: Vec<_> = (0..6)
+        .map(|i| {
+            let req = request(&format!("wrong-{i}"));
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(addr);
+                (c.request(req.as_bytes()).status, started.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Another client (127.0.0.2: loopback is all of 127/8) with the right password.
+    let other = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.bind(
+            &"127.0.0.2:0"
+                .parse::<std::net::SocketAddr>()
+                .expect("addr")
+                .into(),
+        )
+        .expect("bind 127.0.0.2");
+        s.connect(&addr.into()).expect("connect");
+        let mut c = std::net::TcpStream::from(s);
+        c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .expect("timeout");
+        std::io::Write::write_all(&mut c, request("dave-pw").as_bytes()).expect("write");
+        let mut got = [0u8; 12];
+        std::io::Read::read_exact(&mut c, &mut got).expect("answer");
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let flood: Vec<(u16, std::time::Duration)> = flood
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    eprintln!("flood {flood:?} other {other:?}");
+    let refused = flood.iter().filter(|(s, _)| *s == 503).count();
+    assert_eq!(
+        flood.iter().filter(|(s, _)| *s == 401).count() + refused,
+        6,
+        "{flood:?}"
+    );
+    assert!(refused >= 4, "at most 2 checks per client: {flood:?}");
+    assert_eq!(
+        other.0, "HTTP/1.1 200",
+        "the other client got in: {other:?}"
+    );
+}

@@ -3,20 +3,31 @@
 //! A bcrypt check costs milliseconds to tens of milliseconds (by design), which on a worker would
 //! stall every connection of that core. So a worker sends the job over a bounded crossbeam channel
 //! to a small pool of verifier threads and awaits one byte on its end of a Unix socket pair; the
-//! verifier writes the verdict there. Workers stay non-blocking, and the pool's bounded queue
-//! makes a password-spraying client cost the gateway at most the pool's threads, never the
-//! workers (a full queue is answered 503 at once).
+//! verifier writes the verdict there. Workers stay non-blocking.
+//!
+//! The pool checks a few passwords per second at bcrypt's costs, so a flood of wrong passwords
+//! must not take that capacity from everyone else. Three limits, each answered 503 at once:
+//! - a client address (an IPv6 /64) has at most `PER_CLIENT` checks outstanding per worker
+//!   (`ClientSlots`), so one sprayer cannot queue work ahead of other clients;
+//! - a check that would wait longer than `BACKLOG_BUDGET` behind the queue (judged from the
+//!   measured cost of recent checks) is refused instead of timing out after `WAIT`;
+//! - a queued job whose worker stopped waiting (it timed out, or its connection ended) is dropped
+//!   unchecked.
 //!
 //! Only cache misses come here: verified credentials are remembered per worker (`cache`).
 //! `ringgate_password_checks_total` counts the checks by result, so an operator can see the cache
 //! work (and a reload keep it: see `worker::Snapshot`'s caches). Its counters are atomics written by
 //! the verifier threads; a worker writes one only when the queue refuses a job (overload).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::Write as _;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use monoio::io::AsyncReadRent;
@@ -25,6 +36,14 @@ use monoio::io::AsyncReadRent;
 const QUEUE: usize = 256;
 /// A verdict that takes longer than this is treated as a failure (the pool is overloaded).
 const WAIT: Duration = Duration::from_secs(10);
+/// A check expected to wait longer than this behind the queue is refused at once.
+const BACKLOG_BUDGET: Duration = Duration::from_secs(2);
+/// Checks one client address may have outstanding on one worker.
+pub const PER_CLIENT: u32 = 2;
+/// Verifier threads running, and the recent cost of one check (µs, a moving average): what the
+/// backlog budget is judged from.
+static THREADS: AtomicU64 = AtomicU64::new(0);
+static COST_US: AtomicU64 = AtomicU64::new(0);
 
 struct Job {
     /// `None`: an unknown user, checked against a dummy hash of cost `dummy_cost` and never
@@ -44,12 +63,18 @@ pub enum Verdict {
     Busy,
 }
 
-/// Checks run, by result: matched, did not match (unknown users included), refused (queue full or
-/// no pool).
-static CHECKS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+/// Checks, by result: matched, did not match (unknown users included), refused (see the module
+/// docs), abandoned (dropped unchecked: its worker had stopped waiting).
+static CHECKS: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
 const MATCHED: usize = 0;
 const MISMATCHED: usize = 1;
 const REFUSED: usize = 2;
+const ABANDONED: usize = 3;
 
 fn count(result: usize) {
     if let Some(c) = CHECKS.get(result) {
@@ -63,13 +88,103 @@ pub fn family() -> crate::metrics::Family {
     let n = |i: usize| CHECKS.get(i).map_or(0, |c| c.load(Ordering::Relaxed)) as f64;
     Family::new(
         "ringgate_password_checks_total",
-        "bcrypt checks of basic-auth passwords (credential cache misses), by result; refused: the \
-         verifier queue was full and the client got 503.",
+        "bcrypt checks of basic-auth passwords (credential cache misses), by result; refused: \
+         answered 503 at once (the client had too many checks outstanding, or the queue would \
+         take too long); abandoned: dropped unchecked, nobody was waiting any more.",
         FamilyKind::Counter,
     )
     .sample(&[("result", "match")], n(MATCHED))
     .sample(&[("result", "mismatch")], n(MISMATCHED))
     .sample(&[("result", "refused")], n(REFUSED))
+    .sample(&[("result", "abandoned")], n(ABANDONED))
+}
+
+/// Per worker: how many checks each client address has outstanding (see `PER_CLIENT`).
+#[derive(Debug, Default)]
+pub struct ClientSlots {
+    outstanding: RefCell<HashMap<IpAddr, u32>>,
+}
+
+impl ClientSlots {
+    /// A slot for a check on behalf of `ip`, held until the verdict is in; `None` (counted as
+    /// refused) when that address has `PER_CLIENT` outstanding already.
+    pub fn take(&self, ip: IpAddr) -> Option<ClientSlot<'_>> {
+        let key = client_key(ip);
+        let mut map = self.outstanding.try_borrow_mut().ok()?;
+        let n = map.entry(key).or_insert(0);
+        if *n >= PER_CLIENT {
+            count(REFUSED);
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { slots: self, key })
+    }
+}
+
+/// One outstanding check; gives its slot back when dropped (the verdict came, or the request's
+/// task ended).
+pub struct ClientSlot<'a> {
+    slots: &'a ClientSlots,
+    key: IpAddr,
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.slots.outstanding.try_borrow_mut() {
+            if let Some(n) = map.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// IPv4 addresses as they are; IPv6 by /64, which one client usually holds whole.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+/// Whether the worker that queued a job stopped waiting for it (its end of the pair is closed).
+fn waiter_gone(reply: &StdUnixStream) -> bool {
+    let mut p = libc::pollfd {
+        fd: reply.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid, owned fd with a zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Folds one check's duration into `COST_US` (an average over roughly the last 8 checks).
+fn note_cost(took: Duration) {
+    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    let old = COST_US.load(Ordering::Relaxed);
+    let new = if old == 0 { us } else { (old * 7 + us) / 8 };
+    COST_US.store(new, Ordering::Relaxed);
+}
+
+/// Whether a check queued behind `queued` others would wait past `BACKLOG_BUDGET`.
+fn over_budget(queued: usize) -> bool {
+    let threads = THREADS.load(Ordering::Relaxed).max(1);
+    let cost = COST_US.load(Ordering::Relaxed);
+    let rounds = (queued as u64) / threads + 1;
+    Duration::from_micros(rounds.saturating_mul(cost)) > BACKLOG_BUDGET
+}
+
+/// Starts the pool now, from the calling thread. Call it from the main thread at startup: threads
+/// inherit their creator's CPU affinity, and a pool first used from a worker would be pinned to
+/// that worker's core, one thread checking at a time, on the core whose requests it stalls.
+pub fn start() {
+    let _ = pool();
 }
 
 fn pool() -> Option<&'static Sender<Job>> {
@@ -84,6 +199,12 @@ fn pool() -> Option<&'static Sender<Job>> {
                 .name(format!("ringgate-verify-{i}"))
                 .spawn(move || {
                     for mut job in rx {
+                        if waiter_gone(&job.reply) {
+                            job.password.fill(0);
+                            count(ABANDONED);
+                            continue;
+                        }
+                        let started = Instant::now();
                         let ok = match &job.hash {
                             Some(h) => bcrypt::verify(&job.password, h).unwrap_or(false),
                             None => {
@@ -91,6 +212,7 @@ fn pool() -> Option<&'static Sender<Job>> {
                                 false
                             }
                         };
+                        note_cost(started.elapsed());
                         job.password.fill(0);
                         count(if ok { MATCHED } else { MISMATCHED });
                         // The worker may have given up (timeout); nothing to do then.
@@ -101,6 +223,7 @@ fn pool() -> Option<&'static Sender<Job>> {
                 started += 1;
             }
         }
+        THREADS.store(started, Ordering::Relaxed);
         (started > 0).then_some(tx)
     })
     .as_ref()
@@ -122,20 +245,22 @@ fn dummy_hash(cost: u32) -> String {
     })
 }
 
+/// The worker's (non-blocking, on the ring) and the verifier's ends of a verdict channel.
+fn reply_pair() -> Option<(monoio::net::UnixStream, StdUnixStream)> {
+    let (ours, theirs) = StdUnixStream::pair().ok()?;
+    ours.set_nonblocking(true).ok()?;
+    Some((monoio::net::UnixStream::from_std(ours).ok()?, theirs))
+}
+
 /// Checks `password` against `hash` off the worker thread (`None`: against a dummy hash of
 /// `dummy_cost`, never matching).
-pub async fn verify(hash: Option<Arc<str>>, dummy_cost: u32, password: Vec<u8>) -> Verdict {
-    let Some(tx) = pool() else {
+pub async fn verify(hash: Option<Arc<str>>, dummy_cost: u32, mut password: Vec<u8>) -> Verdict {
+    let pair = pool()
+        .filter(|tx| !over_budget(tx.len()))
+        .and_then(|tx| Some((tx, reply_pair()?)));
+    let Some((tx, (mut ours, theirs))) = pair else {
+        password.fill(0);
         count(REFUSED);
-        return Verdict::Busy;
-    };
-    let Ok((ours, theirs)) = StdUnixStream::pair() else {
-        return Verdict::Busy;
-    };
-    if ours.set_nonblocking(true).is_err() {
-        return Verdict::Busy;
-    }
-    let Ok(mut ours) = monoio::net::UnixStream::from_std(ours) else {
         return Verdict::Busy;
     };
     let job = Job {
@@ -163,6 +288,25 @@ pub async fn verify(hash: Option<Arc<str>>, dummy_cost: u32, password: Vec<u8>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_holds_at_most_per_client_slots_and_ipv6_counts_by_64() {
+        let slots = ClientSlots::default();
+        let a: IpAddr = "2001:db8::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8::ffff:2".parse().expect("ip");
+        let other: IpAddr = "2001:db8:0:1::1".parse().expect("ip");
+        let first = slots.take(a).expect("first");
+        let second = slots.take(b).expect("second: same /64");
+        assert!(slots.take(a).is_none(), "third for the /64");
+        assert!(slots.take(other).is_some(), "another /64");
+        drop(first);
+        assert!(slots.take(b).is_some(), "a slot came back");
+        drop(second);
+        assert!(
+            slots.outstanding.borrow().is_empty(),
+            "no entry left behind"
+        );
+    }
 
     #[test]
     fn verifies_off_thread() {

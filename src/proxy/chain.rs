@@ -267,7 +267,18 @@ impl<S: ClientIo> Conn<S> {
                             let hash = cred
                                 .and_then(|c| auth.basic_creds.get(c))
                                 .map(|c| c.hash.clone());
-                            let verdict = verifier::verify(hash, rt.dummy_cost, password).await;
+                            // One sprayer may not queue work ahead of everyone else (see
+                            // `verifier`); the slot is held until the verdict is in.
+                            let slot = shard.password_checks.take(st.client_ip);
+                            let verdict = match slot {
+                                Some(_) => verifier::verify(hash, rt.dummy_cost, password).await,
+                                None => {
+                                    let mut password = password;
+                                    password.fill(0);
+                                    verifier::Verdict::Busy
+                                }
+                            };
+                            drop(slot);
                             let st = &mut self.s.chain;
                             steps::basic_verified(
                                 rt,
