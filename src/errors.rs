@@ -15,6 +15,8 @@ pub enum GatewayError {
     VersionNotSupported,
     NoRoute,
     UpstreamConnect,
+    /// The upstream closed the connection while the request was being sent, without an answer.
+    UpstreamClosed,
     UpstreamTimeout,
     BadResponse,
     ServiceUnavailable,
@@ -31,26 +33,16 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => 431,
             GatewayError::NotImplemented => 501,
             GatewayError::VersionNotSupported => 505,
-            GatewayError::UpstreamConnect | GatewayError::BadResponse => 502,
+            GatewayError::UpstreamConnect
+            | GatewayError::UpstreamClosed
+            | GatewayError::BadResponse => 502,
             GatewayError::ServiceUnavailable => 503,
             GatewayError::UpstreamTimeout => 504,
         }
     }
 
     fn reason(self) -> &'static str {
-        match self.status() {
-            400 => "Bad Request",
-            404 => "Not Found",
-            408 => "Request Timeout",
-            413 => "Content Too Large",
-            414 => "URI Too Long",
-            431 => "Request Header Fields Too Large",
-            501 => "Not Implemented",
-            502 => "Bad Gateway",
-            503 => "Service Unavailable",
-            505 => "HTTP Version Not Supported",
-            _ => "Gateway Timeout",
-        }
+        crate::plugins::reason(self.status())
     }
 
     /// The JSON `message`. Never echoes request content (no reflection, no credentials).
@@ -65,6 +57,7 @@ impl GatewayError {
             GatewayError::VersionNotSupported => "HTTP version not supported: HTTP/1.1 only",
             GatewayError::NoRoute => "no route matched",
             GatewayError::UpstreamConnect => "upstream connect failed",
+            GatewayError::UpstreamClosed => "upstream closed the connection",
             GatewayError::UpstreamTimeout => "upstream timed out",
             GatewayError::BadResponse => "invalid upstream response",
             GatewayError::ServiceUnavailable => "service unavailable",
@@ -121,6 +114,7 @@ mod tests {
             GatewayError::NoRoute,
             GatewayError::BadRequest("bad host"),
             GatewayError::UpstreamTimeout,
+            GatewayError::UpstreamClosed,
         ] {
             let mut out = Vec::new();
             e.write_response(true, &mut out);

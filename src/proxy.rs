@@ -49,6 +49,9 @@ use head::{ClientFraming, Forwarded};
 /// Lingering close: how long and how much unread client input is drained before closing.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
+/// After the upstream stopped taking a request body: how long its early answer may take to show.
+/// It was sent before the upstream stopped reading, so it is normally there already.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// How long a TLS close_notify may take to send before the socket is closed anyway.
 const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
@@ -888,6 +891,7 @@ impl<S: ClientIo> Conn<S> {
         };
 
         // 1. Request head (plus whatever body bytes already arrived), then the rest of the body.
+        let mut early: Option<body::SendError> = None;
         let client_host = self
             .s
             .head
@@ -937,6 +941,13 @@ impl<S: ClientIo> Conn<S> {
             Err(body::SendError::UpstreamWrite) if reused && p.replayable => {
                 return Exchange::RetryFresh
             }
+            // The upstream stopped taking the body (it closed, or stopped reading): it may have
+            // answered already, a 401 or 413 before reading the body (RFC 9112 §9.5 asks a
+            // sender to watch for one). That answer is what the client gets; without one, the
+            // send error stands.
+            Err(e @ (body::SendError::UpstreamWrite | body::SendError::UpstreamTimeout)) => {
+                early = Some(e)
+            }
             Err(e) => {
                 return Exchange::Done(self.request_body_failed(shard, e, p, svc, target).await)
             }
@@ -975,40 +986,56 @@ impl<S: ClientIo> Conn<S> {
                     Ok(Parsed::Partial) => {}
                     Err(_) => {
                         return Exchange::Done(
-                            self.fail(shard, GatewayError::BadResponse, p.client_close)
-                                .await,
+                            self.head_failed(
+                                shard,
+                                GatewayError::BadResponse,
+                                early,
+                                p,
+                                svc,
+                                target,
+                            )
+                            .await,
                         )
                     }
                 }
             }
             if self.ubuf.len() == self.ubuf.capacity() {
                 return Exchange::Done(
-                    self.fail(shard, GatewayError::BadResponse, p.client_close)
+                    self.head_failed(shard, GatewayError::BadResponse, early, p, svc, target)
                         .await,
                 );
             }
-            match io::fill(&mut upstream, &mut self.ubuf, svc.read_timeout).await {
+            // An early answer is already on its way if there is one: wait briefly for it.
+            let read_timeout = match early {
+                Some(_) => svc.read_timeout.min(EARLY_ANSWER_WAIT),
+                None => svc.read_timeout,
+            };
+            match io::fill(&mut upstream, &mut self.ubuf, read_timeout).await {
                 // A timeout means a slow upstream, not a stale connection: the request arrived and
                 // may be running, so it is never replayed.
                 Err(e) if io::is_timeout(&e) => {
-                    return Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
+                    return Exchange::Done(
+                        self.head_failed(
+                            shard,
+                            GatewayError::UpstreamTimeout,
+                            early,
+                            p,
+                            svc,
+                            target,
+                        )
+                        .await,
+                    )
                 }
                 // Closed or reset before it said anything (interim responses count): the pooled
                 // connection was stale when we picked it.
                 Ok(0) | Err(_) if reused && !heard && p.replayable => return Exchange::RetryFresh,
-                Ok(0) => {
+                Ok(0) | Err(_) => {
                     return Exchange::Done(
-                        self.fail(shard, GatewayError::BadResponse, p.client_close)
+                        self.head_failed(shard, GatewayError::BadResponse, early, p, svc, target)
                             .await,
                     )
                 }
                 Ok(_) => heard = true,
-                Err(_) => {
-                    return Exchange::Done(
-                        self.fail(shard, GatewayError::BadResponse, p.client_close)
-                            .await,
-                    )
-                }
             }
         }
 
@@ -1020,7 +1047,11 @@ impl<S: ClientIo> Conn<S> {
             BodyKind::Chunked | BodyKind::CloseDelimited if p.http10 => ClientFraming::Close,
             BodyKind::Chunked | BodyKind::CloseDelimited => ClientFraming::Chunked,
         };
-        let close = self.closing(shard, p.client_close) || framing == ClientFraming::Close;
+        // After an early answer the client's body is still coming: the connection cannot be
+        // reused.
+        let close = self.closing(shard, p.client_close)
+            || framing == ClientFraming::Close
+            || early.is_some();
         self.s.out.clear();
         head::write_response_head(
             &mut self.s.out,
@@ -1037,10 +1068,15 @@ impl<S: ClientIo> Conn<S> {
         let relay = body::relay_response(self, svc, &mut upstream, resp_body, framing).await;
         match relay {
             body::Relay::Complete { upstream_clean } => {
-                if upstream_clean && !self.s.resp.close {
+                if upstream_clean && !self.s.resp.close && early.is_none() {
                     if let Some(slot) = self.snap.slot(svc.upstream, target) {
                         shard.pool.checkin(slot, upstream);
                     }
+                }
+                if early.is_some() {
+                    // The rest of the body is read and dropped for a while, so closing does not
+                    // reset the connection under the answer.
+                    self.lingering_close().await;
                 }
                 Exchange::Done(if close { Next::Close } else { Next::KeepAlive })
             }
@@ -1065,6 +1101,26 @@ impl<S: ClientIo> Conn<S> {
             body::Relay::TimedOutBeforeHead => {
                 Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
             }
+        }
+    }
+
+    /// No usable response head came: answer `e` (504 for a timeout), or, when the request body
+    /// could not be sent (`early`) and no early answer came either, what that send error means.
+    async fn head_failed(
+        &mut self,
+        shard: &Shard,
+        e: GatewayError,
+        early: Option<body::SendError>,
+        p: &Prepared,
+        svc: &ServiceDef,
+        target: usize,
+    ) -> Next {
+        match (early, e) {
+            (Some(send), _) => self.request_body_failed(shard, send, p, svc, target).await,
+            (None, GatewayError::UpstreamTimeout) => {
+                self.upstream_timed_out(shard, svc, target, p).await
+            }
+            (None, e) => self.fail(shard, e, p.client_close).await,
         }
     }
 
@@ -1107,7 +1163,7 @@ impl<S: ClientIo> Conn<S> {
                 .await
             }
             body::SendError::UpstreamWrite => {
-                self.fail(shard, GatewayError::UpstreamConnect, p.client_close)
+                self.fail(shard, GatewayError::UpstreamClosed, p.client_close)
                     .await
             }
             body::SendError::UpstreamTimeout => {
@@ -1165,6 +1221,7 @@ impl<S: ClientIo> Conn<S> {
             GatewayError::BadResponse
                 | GatewayError::UpstreamTimeout
                 | GatewayError::UpstreamConnect
+                | GatewayError::UpstreamClosed
         ) {
             self.upstream_fault = true;
         }

@@ -528,3 +528,81 @@ paths = ["/"]
     // The holder ends by itself (bounded sleep); not joined, so the test does not wait for it.
     drop(holder);
 }
+
+/// An upstream that answers an upload before reading its body (`413`, `Connection: close`), then
+/// closes (`close`) or stops reading (otherwise). Runs until the test process ends.
+fn early_answering_upstream(close: bool) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(16) {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                    head.push(b[0]);
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\nupstream",
+                );
+                if !close {
+                    std::thread::sleep(Duration::from_secs(8));
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// RFC 9112 §9.5: the upstream's early answer to an upload (here a 413 before it read the body) is
+/// what the client gets, whether the upstream then closes or just stops reading, and whatever the
+/// body's size; it is not a failure of the target. Before, a body larger than the socket buffers
+/// turned it into a 502 ("upstream connect failed") or a 504, each counted by passive health:
+/// four such uploads ejected a healthy target.
+#[test]
+fn an_early_answer_to_an_upload_reaches_the_client() {
+    use std::io::{Read, Write};
+    for close in [true, false] {
+        let up = early_answering_upstream(close);
+        let gw = Gateway::start(
+            &upstream_config(&[up.to_string()], "upstream_write = \"1s\"")
+                .replace("workers = 1", "workers = 1\nmax_body_bytes = \"100m\""),
+        );
+        for i in 0..4 {
+            let mut c = std::net::TcpStream::connect(gw.addr()).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let len = 32 << 20;
+            c.write_all(
+                format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .expect("head");
+            let mut writer = c.try_clone().expect("clone");
+            let sender = std::thread::spawn(move || {
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < len && writer.write_all(&chunk).is_ok() {
+                    sent += chunk.len();
+                }
+            });
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            let got = String::from_utf8_lossy(&got).into_owned();
+            assert!(
+                got.starts_with("HTTP/1.1 413") && got.ends_with("upstream"),
+                "close={close} upload {i}: {got:?}"
+            );
+            assert!(got.contains("Connection: close"), "{got:?}");
+            drop(c);
+            sender.join().expect("sender");
+        }
+        assert!(
+            !gw.log_contains("upstream target ejected"),
+            "close={close}: {:?}",
+            gw.logs()
+        );
+    }
+}
