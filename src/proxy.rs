@@ -1081,6 +1081,11 @@ impl<S: ClientIo> Conn<S> {
                 Exchange::Done(if close { Next::Close } else { Next::KeepAlive })
             }
             body::Relay::Aborted => {
+                // The client was gone before any of the answer reached it: logged and counted as
+                // nginx does (499), not as the upstream's status with nothing sent.
+                if self.bytes_out == 0 {
+                    self.status = 499;
+                }
                 // Cut mid-body, by either side, after the client saw the head: passive health
                 // counts it neither as a failure (the client may have caused it) nor as a success,
                 // unless its status alone is a configured failure.

@@ -797,3 +797,29 @@ fn a_client_gone_mid_head_is_logged_as_a_400_like_nginx_and_a_silent_one_is_not(
         assert!(l["request_bytes"].as_u64().is_some_and(|n| n > 0), "{l}");
     }
 }
+
+/// A client that resets its connection while the upstream works is logged as nginx logs it: 499,
+/// nothing sent (before: the upstream's 200 with 0 bytes sent).
+#[test]
+fn a_client_gone_before_the_answer_is_a_499() {
+    let up = Upstream::start(Behaviour::EchoDelayed(Duration::from_millis(300)));
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let gw = Gateway::start(&config(&up, &log_table(&log)));
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.connect(&gw.addr().into()).expect("connect");
+    let mut c = TcpStream::from(s);
+    c.write_all(format!("GET /open/gone HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    // Linger 0: close with a reset, so the gateway's write of the answer fails.
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(c);
+    let all = wait_lines(&log, 1);
+    let line = by_path(&all, "/open/gone");
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["bytes_sent"], 0, "{line}");
+}
