@@ -627,7 +627,19 @@ impl<S: ClientIo> Conn<S> {
         };
         let mut deadline: Option<Instant> = None;
         loop {
-            if !self.buf.is_empty() {
+            if deadline.is_none() {
+                // RFC 9112 §2.2: empty lines before a request line are ignored (clients send a
+                // stray CRLF after a body); they neither start the head's deadline nor get a 408.
+                loop {
+                    let blank = match self.buf.as_slice() {
+                        [b'\r', b'\n', ..] => 2,
+                        [b'\n', ..] => 1,
+                        _ => break,
+                    };
+                    self.buf.drain(..blank);
+                }
+            }
+            if !self.buf.is_empty() && self.buf != b"\r" {
                 if self.s.path.capacity() == 0 {
                     self.s = shard.take_scratch();
                 }
