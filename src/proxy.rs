@@ -52,6 +52,8 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// After the upstream stopped taking a request body: how long its early answer may take to show.
 /// It was sent before the upstream stopped reading, so it is normally there already.
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
+/// Interim (1xx) responses accepted before the final one; more is a 502.
+const MAX_INTERIM: u32 = 8;
 /// How long a TLS close_notify may take to send before the socket is closed anyway.
 const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
@@ -973,6 +975,7 @@ impl<S: ClientIo> Conn<S> {
         }
         let max_head = cfg.server.max_header_bytes;
         let mut heard = false;
+        let mut interim = 0;
         loop {
             if !self.ubuf.is_empty() {
                 match parse::parse_response(&self.ubuf, max_head, p.head_method, &mut self.s.resp) {
@@ -985,7 +988,23 @@ impl<S: ClientIo> Conn<S> {
                         }
                         if (100..200).contains(&status) {
                             // Interim (100 Continue from the upstream, 103 hints): already handled
-                            // towards the client by us; drop it and read on.
+                            // towards the client by us; drop it and read on. Each one restarts the
+                            // read timeout, so an upstream sending them forever would hold the
+                            // request forever: a few are plenty.
+                            interim += 1;
+                            if interim > MAX_INTERIM {
+                                return Exchange::Done(
+                                    self.head_failed(
+                                        shard,
+                                        GatewayError::BadResponse,
+                                        early,
+                                        p,
+                                        svc,
+                                        target,
+                                    )
+                                    .await,
+                                );
+                            }
                             let hl = self.s.resp.head_len.min(self.ubuf.len());
                             self.ubuf.drain(..hl);
                             continue;

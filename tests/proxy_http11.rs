@@ -391,6 +391,13 @@ fn interim_responses_are_not_mistaken_for_the_final_one() {
         assert_eq!(r.status, 200);
         assert_eq!(r.body, b"final");
     }
+    // Interim responses restart the read timeout; an upstream sending them without end gets a 502
+    // after 8 instead of holding the request forever.
+    let hints = "HTTP/1.1 103 Early Hints\r\n\r\n".repeat(9);
+    let up =
+        Upstream::fixed(format!("{hints}HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    let gw = gateway_for(&up);
+    get(gw.addr(), HOST, "/").assert_json_error(502);
 }
 
 #[test]

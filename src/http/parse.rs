@@ -234,7 +234,8 @@ fn apply_request_fields(f: &Fields, out: &mut RequestHead) -> Result<Parsed, Par
     // An h2c upgrade is never tunnelled ("h2c smuggling"): the upstream would then take HTTP/2
     // requests for any path straight from the client, past routing and auth, which saw only the
     // first request. The request goes upstream as plain HTTP/1.1 instead, as through nginx.
-    out.upgrade = f.conn_upgrade && f.upgrade_header && !f.upgrade_h2c;
+    // RFC 9110 §7.8: a server MUST ignore Upgrade in an HTTP/1.0 request.
+    out.upgrade = f.conn_upgrade && f.upgrade_header && !f.upgrade_h2c && !http10;
     // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
     out.expect_continue = f.expect_continue && !http10;
     Ok(Parsed::Complete)

@@ -404,6 +404,10 @@ fn connection_handling() {
     // Upgrade token without the Upgrade header, and the header without the token: no upgrade.
     assert!(!ok_req(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n\r\n").upgrade);
     assert!(!ok_req(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n").upgrade);
+    // RFC 9110 §7.8: Upgrade in an HTTP/1.0 request is ignored.
+    assert!(
+        !ok_req(b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade
+    );
     // h2c is never tunnelled, alone or offered among others (h2c smuggling).
     for offer in ["h2c", "H2C", "websocket, h2c"] {
         let req = format!("GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {offer}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n");
