@@ -61,6 +61,25 @@ pub fn keep_head_only(out: &mut Vec<u8>) {
     }
 }
 
+/// Adds `Connection: keep-alive` to the head of the complete response in `out`, unless it has a
+/// Connection field already (for HTTP/1.0 clients, which close otherwise).
+pub fn say_keep_alive(out: &mut Vec<u8>) {
+    let Some(end) = memchr::memmem::find(out, b"\r\n\r\n") else {
+        return;
+    };
+    let head = out.get(..end + 2).unwrap_or_default();
+    let has_connection = head.split(|&b| b == b'\n').any(|line| {
+        line.get(..11)
+            .is_some_and(|name| headers::eq_ignore_case(name, b"connection:"))
+    });
+    if !has_connection {
+        out.splice(
+            end + 2..end + 2,
+            b"Connection: keep-alive\r\n".iter().copied(),
+        );
+    }
+}
+
 /// Limits applied while parsing a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -72,3 +91,27 @@ pub struct Limits {
 
 /// The most header fields any head may carry, whatever the config says (bounds a stack array).
 pub const MAX_HEADERS_CAP: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_cut_to_their_head_or_told_to_keep_alive() {
+        let mut out = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+        say_keep_alive(&mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
+        );
+        say_keep_alive(&mut out);
+        keep_head_only(&mut out);
+        assert_eq!(
+            out, b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n",
+            "said once; no body"
+        );
+        let mut out = b"HTTP/1.1 401 X\r\nconnection: close\r\n\r\n".to_vec();
+        say_keep_alive(&mut out);
+        assert_eq!(out, b"HTTP/1.1 401 X\r\nconnection: close\r\n\r\n");
+    }
+}

@@ -230,6 +230,8 @@ struct Conn<S> {
     /// The current request is a HEAD: answers the gateway writes itself go out without their body.
     /// False until a head is parsed, so a refusal of an unparsed head keeps its body.
     head_only: bool,
+    /// The current request is HTTP/1.0: answers that keep the connection must say so.
+    http10: bool,
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
@@ -363,6 +365,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         tunnel_target: None,
         first_byte: None,
         head_only: false,
+        http10: false,
         status: 0,
         bytes_in: 0,
         bytes_out: 0,
@@ -463,6 +466,7 @@ impl<S: ClientIo> Conn<S> {
         self.bytes_out = 0;
         self.first_byte = None;
         self.head_only = false;
+        self.http10 = false;
         match self.read_head(shard).await {
             Ok(HeadRead::Complete) => {}
             Ok(HeadRead::Closed) => {
@@ -508,6 +512,7 @@ impl<S: ClientIo> Conn<S> {
         self.s.chain.id = Identity::default();
         self.bytes_in = self.s.head.head_len as u64;
         self.head_only = self.s.head.method.get(&self.buf) == b"HEAD";
+        self.http10 = self.s.head.version == Some(Version::Http10);
         let next = self.handle(shard).await;
         if !self.timed {
             return next;
@@ -1285,6 +1290,11 @@ impl<S: ClientIo> Conn<S> {
     /// closes with a lingering close when asked. Returns whether the response went out.
     async fn send_answer(&mut self, status: u16, close: bool) -> bool {
         self.status = status;
+        if self.http10 && !close {
+            // An HTTP/1.0 client closes after an answer that does not say keep-alive, or waits
+            // for the gateway to close (ab -k does): the answer must say it.
+            crate::http::say_keep_alive(&mut self.s.out);
+        }
         if self.head_only {
             crate::http::keep_head_only(&mut self.s.out);
         }

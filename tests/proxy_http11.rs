@@ -68,6 +68,34 @@ fn http10_client_without_keep_alive_is_closed_after_the_response() {
     assert!(r.closed, "Connection: close must be honoured");
 }
 
+/// An HTTP/1.0 keep-alive client is told `Connection: keep-alive` on the gateway's own answers too
+/// (404, a plugin's 401): without it, it closes or waits for the gateway to close (ab -k does).
+#[test]
+fn http10_keep_alive_clients_hear_keep_alive_on_the_gateways_answers() {
+    let up = Upstream::echo("a");
+    let gw = Gateway::start(&basic_config(&up, "", "").replace(
+        "strip_path = false",
+        "strip_path = false\n\n[[plugins]]\nname = \"key-auth\"\nroute = \"all\"",
+    ));
+    let mut c = Conn::connect(gw.addr());
+    for (path, status) in [("/anything", 401), ("/again", 401)] {
+        let r = c.request(
+            format!("GET {path} HTTP/1.0\r\nHost: test.local\r\nConnection: keep-alive\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(r.status, status);
+        assert_eq!(
+            r.header("connection"),
+            Some("keep-alive"),
+            "{:?}",
+            r.headers
+        );
+    }
+    let r = c.request(b"GET /nope HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+}
+
 #[test]
 fn a_parked_idle_connection_wakes_for_its_next_requests() {
     // Idle past the gateway's park threshold (500 ms), the connection drops its buffers and waits
