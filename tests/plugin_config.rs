@@ -730,6 +730,35 @@ fn cors_and_correlation_config_errors() {
             "carries credentials",
         );
     }
+    // Echoed, the id would replace a response header that means something; not echoed, fine.
+    for name in [
+        "Content-Type",
+        "Location",
+        "X-RateLimit-Remaining-Minute",
+        "Vary",
+    ] {
+        expect_at_needle(
+            &format!(
+                "[[plugins]]\nname = \"correlation-id\"\nconfig = {{ header_name = \"{name}\", echo_downstream = true }}\n"
+            ),
+            &format!("\"{name}"),
+            "plugins[0].config.header_name",
+            "means something in a response",
+        );
+    }
+    assert!(load_str(
+        &with("[[plugins]]\nname = \"correlation-id\"\nconfig = { header_name = \"Location\" }\n"),
+        "t.toml"
+    )
+    .is_ok());
+    // Where key-auth reads API keys: the key would be logged as the id.
+    expect_at_needle(
+        "[[plugins]]\nname = \"correlation-id\"\nconfig = { header_name = \"X-Api-Key\" }\n\n\
+         [[plugins]]\nname = \"key-auth\"\nconfig = { key_names = [\"x-api-key\"] }\n",
+        "\"X-Api-Key",
+        "plugins[0].config.header_name",
+        "where key-auth reads API keys",
+    );
 }
 
 #[test]

@@ -130,6 +130,26 @@ fn shadow_mode_never_rejects() {
     for _ in 0..5 {
         assert_eq!(c.get(HOST, "/api/x").status, 200);
     }
+    // Counted as would-be rejections, not as overshoot (admissions past the limit by stale views):
+    // a shadow limit admits past its limit on purpose.
+    let want = r#"ringgate_ratelimit_shadow_rejected_total{limit="route:api"} 3"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let r = send_raw(
+            gw.admin_addr(),
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n",
+        );
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        if body.contains(want) || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(metrics.contains(want), "{metrics}");
+    assert!(
+        metrics.contains(r#"ringgate_ratelimit_overshoot{limit="route:api"} 0"#),
+        "{metrics}"
+    );
 }
 
 /// A worker's first request for a key decides on what the other workers already admitted: once the

@@ -428,6 +428,8 @@ impl Reconciler {
             let stats = &*inst.stats;
             let key = rec.key.get(&batch.keys);
             let def = &inst.def.def;
+            // A shadow limit admits past its limit on purpose: that is not overshoot.
+            let track_overshoot = def.mode != crate::config::model::Mode::Shadow;
             let n = def.limits.len();
             let bucket = def.bucket;
             // Nodes sharing the limit, for the per-node bucket (1 without a cluster).
@@ -464,9 +466,12 @@ impl Reconciler {
                         w.curr += count;
                         w.node_curr += count;
                         w.pending += count;
-                        stats
-                            .overshoot
-                            .fetch_add(w.curr.saturating_sub(limit) - before, Ordering::Relaxed);
+                        if track_overshoot {
+                            stats.overshoot.fetch_add(
+                                w.curr.saturating_sub(limit) - before,
+                                Ordering::Relaxed,
+                            );
+                        }
                         true
                     } else if w.idx == idx + 1 {
                         w.prev += count;
@@ -491,7 +496,9 @@ impl Reconciler {
                         b.tokens = (b.tokens - consumed as f64).max(-(d.burst as f64));
                         let after = (-b.tokens).max(0.0);
                         let over = (after - before).max(0.0).round() as u64;
-                        stats.overshoot.fetch_add(over, Ordering::Relaxed);
+                        if track_overshoot {
+                            stats.overshoot.fetch_add(over, Ordering::Relaxed);
+                        }
                         let nd = d.share(share);
                         g.node.refill(&nd, batch.now_ms);
                         g.node.tokens = (g.node.tokens - consumed as f64).max(-(nd.burst as f64));

@@ -144,6 +144,42 @@ pub fn correlation_id(
             );
         }
     }
+    // Echoed, the id replaces the upstream's header of that name on every response: a name that
+    // means something there (the body's type, a redirect, caching, auth challenges, CORS, rate
+    // limits) would be overwritten with a UUID, or with whatever the client sent.
+    if let (Some(n), Some(true)) = (&header_name, c.echo_downstream) {
+        let lower = n.to_ascii_lowercase();
+        let meaningful = ["content-", "access-control-", "ratelimit", "x-ratelimit-"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+            || [
+                "location",
+                "vary",
+                "www-authenticate",
+                "proxy-authenticate",
+                "retry-after",
+                "cache-control",
+                "etag",
+                "last-modified",
+                "expires",
+                "age",
+                "date",
+                "server",
+                "link",
+                "strict-transport-security",
+            ]
+            .contains(&lower.as_str());
+        if meaningful {
+            push(
+                problems,
+                cp.key("header_name"),
+                format!(
+                    "{n:?} means something in a response: with echo_downstream the id would \
+                     replace the upstream's {n}"
+                ),
+            );
+        }
+    }
     if let Some(g) = &c.generator {
         if g != "uuid" {
             push(

@@ -37,7 +37,8 @@ pub fn compile(
     let base = KeyPath::root().key("plugins");
     // (name, scope) -> index of the first entry, for duplicate detection.
     let mut seen: HashMap<(String, PluginScope), usize> = HashMap::new();
-    raw.iter()
+    let defs: Vec<Option<PluginDef>> = raw
+        .iter()
         .enumerate()
         .map(|(i, p)| {
             let p = p.as_ref()?;
@@ -107,7 +108,47 @@ pub fn compile(
                 config: config?,
             })
         })
-        .collect()
+        .collect();
+    correlation_vs_api_keys(&defs, &base, problems);
+    defs
+}
+
+/// A correlation-id header that key-auth reads an API key from: the key would be written to the
+/// access log as the request id, and echoed back with `echo_downstream`.
+fn correlation_vs_api_keys(
+    defs: &[Option<PluginDef>],
+    base: &KeyPath,
+    problems: &mut Vec<Problem>,
+) {
+    let key_names: Vec<&str> = defs
+        .iter()
+        .flatten()
+        .filter_map(|d| match &d.config {
+            PluginConfig::KeyAuth(k) if k.in_header => Some(&k.key_names),
+            _ => None,
+        })
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    for (i, d) in defs.iter().enumerate() {
+        let Some(PluginConfig::CorrelationId(c)) = d.as_ref().map(|d| &d.config) else {
+            continue;
+        };
+        if key_names
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(&c.header_name))
+        {
+            push(
+                problems,
+                base.index(i).key("config").key("header_name"),
+                format!(
+                    "{:?} is where key-auth reads API keys: the key would be logged as the request \
+                     id (and echoed with echo_downstream)",
+                    c.header_name
+                ),
+            );
+        }
+    }
 }
 
 /// Plugins that may attach to a consumer (they run after auth has identified one). Auth plugins
