@@ -39,7 +39,7 @@ use crate::http::headers::eq_ignore_case;
 use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
 use crate::http::{BodyKind, Limits, Version};
 use crate::metrics::Timings;
-use crate::router::normalize::{normalize_path, upstream_path};
+use crate::router::normalize::{normalize_path, upstream_path, NormalizeError};
 use crate::router::RequestView;
 use crate::upstream::conn::UpstreamConn;
 use crate::upstream::health::Who;
@@ -736,8 +736,12 @@ impl<S: ClientIo> Conn<S> {
         let buf = &self.buf;
         let raw_path = head.path_bytes(buf);
         if raw_path.first() == Some(&b'/') {
-            normalize_path(raw_path, &mut self.s.path)
-                .map_err(|_| GatewayError::BadRequest("invalid path encoding"))?;
+            normalize_path(raw_path, &mut self.s.path).map_err(|e| {
+                GatewayError::BadRequest(match e {
+                    NormalizeError::Backslash => "backslash in path",
+                    _ => "invalid path encoding",
+                })
+            })?;
         } else {
             // asterisk-form (`OPTIONS *`): routed as-is, so only a route without paths can take it.
             self.s.path.clear();

@@ -349,6 +349,11 @@ strip_path = false
     ] {
         assert_eq!(s.get(HOST, p), "404", "{p} escaped the prefix");
     }
+    // Backends that read '\\' as '/' (IIS, ASP.NET, some Node routers) would serve /admin: a
+    // backslash, raw or encoded, is a 400.
+    for p in ["/public\\..\\admin", "/public/%5C../admin", "/public/a%5cb"] {
+        assert_eq!(s.get(HOST, p), "400", "{p}");
+    }
     assert_eq!(s.up("public").request_count(), 0);
 }
 

@@ -19,6 +19,9 @@
 //!   (Tomcat and other servlet containers drop `;parameters` before resolving dot segments, so
 //!   keeping it would route `/public` and serve `/admin`).
 //! - An invalid escape (`%`, `%4`, `%zz`) is an error; the caller answers 400.
+//! - **A backslash is an error**, raw or as `%5C`: IIS, ASP.NET and some Node routers read it as
+//!   a '/', so `/public\..\admin` would be routed as `/public` and served as `/admin`. No URI
+//!   has a raw one (RFC 3986), and APIs do not put one in a path.
 
 use crate::http::query::hex_val;
 use std::fmt;
@@ -30,6 +33,8 @@ pub enum NormalizeError {
     InvalidEscape,
     /// The path is empty or does not start with '/' (origin-form only).
     NotAbsolute,
+    /// A '\\' or `%5C` (a separator to some servers).
+    Backslash,
 }
 
 impl fmt::Display for NormalizeError {
@@ -37,6 +42,7 @@ impl fmt::Display for NormalizeError {
         match self {
             NormalizeError::InvalidEscape => f.write_str("invalid percent-escape in path"),
             NormalizeError::NotAbsolute => f.write_str("path does not start with '/'"),
+            NormalizeError::Backslash => f.write_str("backslash in path"),
         }
     }
 }
@@ -60,6 +66,9 @@ pub fn normalize_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeErro
     let Some((&b'/', rest)) = raw.split_first() else {
         return Err(NormalizeError::NotAbsolute);
     };
+    if memchr::memchr(b'\\', raw).is_some() {
+        return Err(NormalizeError::Backslash);
+    }
     out.reserve(raw.len());
     out.push(b'/');
     // Invariant between segments: `out` ends with '/'.
@@ -137,6 +146,9 @@ fn decode_segment(segment: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeErro
             return Err(NormalizeError::InvalidEscape);
         };
         let decoded = hi << 4 | lo;
+        if decoded == b'\\' {
+            return Err(NormalizeError::Backslash);
+        }
         if is_unreserved(decoded) {
             out.push(decoded);
         } else {
@@ -323,6 +335,14 @@ mod tests {
         for raw in ["/%", "/%4", "/%zz", "/a%g0", "/%%41", "/a/%2", "/%4/"] {
             assert_eq!(norm(raw), Err(NormalizeError::InvalidEscape), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn backslashes_are_errors() {
+        for raw in ["/a\\b", "/public\\..\\admin", "/a/%5Cb", "/a/%5c", "/\\"] {
+            assert_eq!(norm(raw), Err(NormalizeError::Backslash), "{raw:?}");
+        }
+        assert_eq!(norm("/a/%5D"), Ok("/a/%5D".to_owned()));
     }
 
     #[test]
