@@ -633,18 +633,15 @@ impl<S: ClientIo> Conn<S> {
             max_headers: server.max_headers,
         };
         let mut deadline: Option<Instant> = None;
+        // Only empty lines so far: they are skipped (RFC 9112 §2.2; clients send a stray CRLF
+        // after a body) but start the `client_header` deadline like any byte, as with nginx, and
+        // one that runs out on them alone ends the connection silently, without a 408.
+        let mut saw_blank = false;
         loop {
-            if deadline.is_none() {
-                // RFC 9112 §2.2: empty lines before a request line are ignored (clients send a
-                // stray CRLF after a body); they neither start the head's deadline nor get a 408.
-                loop {
-                    let blank = match self.buf.as_slice() {
-                        [b'\r', b'\n', ..] => 2,
-                        [b'\n', ..] => 1,
-                        _ => break,
-                    };
-                    self.buf.drain(..blank);
-                }
+            let blank = leading_blank_lines(&self.buf);
+            if blank > 0 {
+                self.buf.drain(..blank);
+                saw_blank = true;
             }
             if !self.buf.is_empty() && self.buf != b"\r" {
                 if self.s.path.capacity() == 0 {
@@ -655,12 +652,12 @@ impl<S: ClientIo> Conn<S> {
                     Ok(Parsed::Partial) => {}
                     Err(e) => return Err(request_parse_error(e)),
                 }
-                // Slowloris: the whole head must arrive within `client_header` of its first byte.
-                if deadline.is_none() {
-                    let now = Instant::now();
-                    self.first_byte = Some(now);
-                    deadline = Some(now + server.timeouts.client_header);
-                }
+                // The first byte of a head: logged as a refused request if it never completes.
+                self.first_byte.get_or_insert_with(Instant::now);
+            }
+            // Slowloris: the whole head must arrive within `client_header` of its first byte.
+            if deadline.is_none() && (saw_blank || !self.buf.is_empty()) {
+                deadline = Some(Instant::now() + server.timeouts.client_header);
             }
             if self.buf.len() == self.buf.capacity() {
                 let cap = server.max_header_bytes + 1024;
@@ -671,11 +668,16 @@ impl<S: ClientIo> Conn<S> {
                 let want = (self.buf.capacity() * 2).clamp(CLIENT_BUF, cap);
                 self.buf.reserve_exact(want - self.buf.len());
             }
+            let only_blank = self.first_byte.is_none();
             let read = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(GatewayError::RequestTimeout);
+                        return if only_blank {
+                            Ok(HeadRead::Closed)
+                        } else {
+                            Err(GatewayError::RequestTimeout)
+                        };
                     }
                     io::fill(&mut self.client, &mut self.buf, left).await
                 }
@@ -722,7 +724,7 @@ impl<S: ClientIo> Conn<S> {
             match read {
                 Ok(0) => return Ok(HeadRead::Closed),
                 Ok(_) => {}
-                Err(e) if io::is_timeout(&e) && deadline.is_some() => {
+                Err(e) if io::is_timeout(&e) && deadline.is_some() && !only_blank => {
                     return Err(GatewayError::RequestTimeout)
                 }
                 Err(_) => return Ok(HeadRead::Closed),
@@ -1540,6 +1542,18 @@ pub(crate) fn request_parse_error(e: ParseError) -> GatewayError {
 }
 
 /// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
+/// How many bytes of complete empty lines (`\r\n` or `\n`) `buf` starts with; one pass.
+fn leading_blank_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match buf.get(at..).unwrap_or_default() {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => return at,
+        }
+    }
+}
+
 pub(crate) fn host_without_port(host: &[u8]) -> &[u8] {
     if host.first() == Some(&b'[') {
         return match memchr::memchr(b']', host) {
@@ -1645,6 +1659,15 @@ impl RequestView for HeadView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blank_lines_are_counted_whole() {
+        assert_eq!(leading_blank_lines(b"\r\n\nGET"), 3);
+        assert_eq!(leading_blank_lines(b"\r\n\r"), 2, "a lone CR waits for its LF");
+        assert_eq!(leading_blank_lines(b"\rGET"), 0);
+        assert_eq!(leading_blank_lines(b""), 0);
+        assert_eq!(leading_blank_lines(&b"\r\n".repeat(10_000)), 20_000);
+    }
 
     #[test]
     fn strips_ports() {
