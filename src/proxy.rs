@@ -1663,7 +1663,11 @@ mod tests {
     #[test]
     fn blank_lines_are_counted_whole() {
         assert_eq!(leading_blank_lines(b"\r\n\nGET"), 3);
-        assert_eq!(leading_blank_lines(b"\r\n\r"), 2, "a lone CR waits for its LF");
+        assert_eq!(
+            leading_blank_lines(b"\r\n\r"),
+            2,
+            "a lone CR waits for its LF"
+        );
         assert_eq!(leading_blank_lines(b"\rGET"), 0);
         assert_eq!(leading_blank_lines(b""), 0);
         assert_eq!(leading_blank_lines(&b"\r\n".repeat(10_000)), 20_000);

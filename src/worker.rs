@@ -337,8 +337,6 @@ pub struct Shard {
     /// the whole time.
     bufs_low: Cell<usize>,
     scratch_low: Cell<usize>,
-    /// Password checks each client address has outstanding on this worker (basic-auth).
-    pub password_checks: crate::auth::verifier::ClientSlots,
 }
 
 impl Shard {
@@ -374,7 +372,6 @@ impl Shard {
             scratch: RefCell::new(Vec::new()),
             bufs_low: Cell::new(0),
             scratch_low: Cell::new(0),
-            password_checks: Default::default(),
         }
     }
 

@@ -7,8 +7,8 @@
 //!
 //! The pool checks a few passwords per second at bcrypt's costs, so a flood of wrong passwords
 //! must not take that capacity from everyone else. Three limits, each answered 503 at once:
-//! - a client address (an IPv6 /64) has at most `PER_CLIENT` checks outstanding per worker
-//!   (`ClientSlots`), so one sprayer cannot queue work ahead of other clients;
+//! - a client address (an IPv6 /64) has at most `PER_CLIENT` checks outstanding (`take_slot`,
+//!   across all workers), so one sprayer cannot queue work ahead of other clients;
 //! - a check that would wait longer than `BACKLOG_BUDGET` behind the queue (judged from the
 //!   measured cost of recent checks) is refused instead of timing out after `WAIT`;
 //! - a queued job whose worker stopped waiting (it timed out, or its connection ended) is dropped
@@ -19,8 +19,6 @@
 //! work (and a reload keep it: see `worker::Snapshot`'s caches). Its counters are atomics written by
 //! the verifier threads; a worker writes one only when the queue refuses a job (overload).
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -38,7 +36,7 @@ const QUEUE: usize = 256;
 const WAIT: Duration = Duration::from_secs(10);
 /// A check expected to wait longer than this behind the queue is refused at once.
 const BACKLOG_BUDGET: Duration = Duration::from_secs(2);
-/// Checks one client address may have outstanding on one worker.
+/// Checks one client address may have outstanding at once.
 pub const PER_CLIENT: u32 = 2;
 /// Verifier threads running, and the recent cost of one check (µs, a moving average): what the
 /// backlog budget is judged from.
@@ -99,52 +97,48 @@ pub fn family() -> crate::metrics::Family {
     .sample(&[("result", "abandoned")], n(ABANDONED))
 }
 
-/// Per worker: how many checks each client address has outstanding (see `PER_CLIENT`).
-#[derive(Debug, Default)]
-pub struct ClientSlots {
-    outstanding: RefCell<HashMap<IpAddr, u32>>,
-}
+/// Checks outstanding per client address, process-wide (a client's connections land on every
+/// worker): counters in a fixed table indexed by a seeded hash of the address, so taking a slot is
+/// one atomic add, with no lock and no allocation. Two addresses sharing a counter share a limit
+/// (one pair in `SLOT_TABLE`, and the seed is random, so nobody can aim for another's counter).
+const SLOT_TABLE: usize = 4096;
+static OUTSTANDING: [AtomicU64; SLOT_TABLE] = [const { AtomicU64::new(0) }; SLOT_TABLE];
 
-impl ClientSlots {
-    /// A slot for a check on behalf of `ip`, held until the verdict is in; `None` (counted as
-    /// refused) when that address has `PER_CLIENT` outstanding already.
-    pub fn take(&self, ip: IpAddr) -> Option<ClientSlot<'_>> {
-        let key = client_key(ip);
-        let mut map = self.outstanding.try_borrow_mut().ok()?;
-        let n = map.entry(key).or_insert(0);
-        if *n >= PER_CLIENT {
-            count(REFUSED);
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot { slots: self, key })
+/// A slot for a check on behalf of `ip`, held until the verdict is in; `None` (counted as refused)
+/// when that address has `PER_CLIENT` outstanding already.
+pub fn take_slot(ip: IpAddr) -> Option<ClientSlot> {
+    use std::hash::BuildHasher;
+    static SEED: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    let hash = SEED.get_or_init(Default::default).hash_one(client_key(ip));
+    let bucket = (hash % SLOT_TABLE as u64) as usize;
+    let counter = OUTSTANDING.get(bucket)?;
+    if counter.fetch_add(1, Ordering::AcqRel) >= u64::from(PER_CLIENT) {
+        counter.fetch_sub(1, Ordering::AcqRel);
+        count(REFUSED);
+        return None;
     }
+    Some(ClientSlot { bucket })
 }
 
 /// One outstanding check; gives its slot back when dropped (the verdict came, or the request's
 /// task ended).
-pub struct ClientSlot<'a> {
-    slots: &'a ClientSlots,
-    key: IpAddr,
+pub struct ClientSlot {
+    bucket: usize,
 }
 
-impl Drop for ClientSlot<'_> {
+impl Drop for ClientSlot {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.slots.outstanding.try_borrow_mut() {
-            if let Some(n) = map.get_mut(&self.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    map.remove(&self.key);
-                }
-            }
+        if let Some(c) = OUTSTANDING.get(self.bucket) {
+            c.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
 
-/// IPv4 addresses as they are; IPv6 by /64, which one client usually holds whole.
+/// IPv4 addresses as they are (IPv4-mapped IPv6 ones too: a dual-stack listener sees every IPv4
+/// client as `::ffff:a.b.c.d`); IPv6 by /64, which one client usually holds whole.
 fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    match ip.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(bits.into())
@@ -172,11 +166,13 @@ fn note_cost(took: Duration) {
     COST_US.store(new, Ordering::Relaxed);
 }
 
-/// Whether a check queued behind `queued` others would wait past `BACKLOG_BUDGET`.
+/// Whether a check queued behind `queued` others would wait past `BACKLOG_BUDGET` before a thread
+/// took it (full rounds of the pool ahead of it, at the recent cost per check). With nothing queued
+/// it is always taken: however slow checks are, they go on being made (and measured).
 fn over_budget(queued: usize) -> bool {
     let threads = THREADS.load(Ordering::Relaxed).max(1);
     let cost = COST_US.load(Ordering::Relaxed);
-    let rounds = (queued as u64) / threads + 1;
+    let rounds = (queued as u64) / threads;
     Duration::from_micros(rounds.saturating_mul(cost)) > BACKLOG_BUDGET
 }
 
@@ -291,21 +287,38 @@ mod tests {
 
     #[test]
     fn a_client_holds_at_most_per_client_slots_and_ipv6_counts_by_64() {
-        let slots = ClientSlots::default();
-        let a: IpAddr = "2001:db8::1".parse().expect("ip");
-        let b: IpAddr = "2001:db8::ffff:2".parse().expect("ip");
-        let other: IpAddr = "2001:db8:0:1::1".parse().expect("ip");
-        let first = slots.take(a).expect("first");
-        let second = slots.take(b).expect("second: same /64");
-        assert!(slots.take(a).is_none(), "third for the /64");
-        assert!(slots.take(other).is_some(), "another /64");
+        // Addresses of their own (the table is process-wide; other tests use loopback).
+        let a: IpAddr = "2001:db8:7::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:7::ffff:2".parse().expect("ip");
+        let other: IpAddr = "2001:db8:8::1".parse().expect("ip");
+        let first = take_slot(a).expect("first");
+        let second = take_slot(b).expect("second: same /64");
+        assert!(take_slot(a).is_none(), "third for the /64");
+        assert!(take_slot(other).is_some(), "another /64");
         drop(first);
-        assert!(slots.take(b).is_some(), "a slot came back");
+        assert!(take_slot(b).is_some(), "a slot came back");
         drop(second);
+        // IPv4 seen on a dual-stack listener is the same client as plain IPv4.
+        let v4: IpAddr = "192.0.2.7".parse().expect("ip");
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(client_key(mapped), v4);
+        let _one = take_slot(v4).expect("one");
+        let _two = take_slot(mapped).expect("two");
+        assert!(take_slot(v4).is_none(), "mapped and plain share the limit");
         assert!(
-            slots.outstanding.borrow().is_empty(),
-            "no entry left behind"
+            take_slot("192.0.2.8".parse().expect("ip")).is_some(),
+            "other IPv4 clients don't"
         );
+    }
+
+    #[test]
+    fn nothing_queued_is_never_over_budget() {
+        COST_US.store(5_000_000, Ordering::Relaxed);
+        assert!(
+            !over_budget(0),
+            "a 5 s check is still taken when nothing waits"
+        );
+        COST_US.store(0, Ordering::Relaxed);
     }
 
     #[test]

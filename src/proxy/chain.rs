@@ -269,7 +269,7 @@ impl<S: ClientIo> Conn<S> {
                                 .map(|c| c.hash.clone());
                             // One sprayer may not queue work ahead of everyone else (see
                             // `verifier`); the slot is held until the verdict is in.
-                            let slot = shard.password_checks.take(st.client_ip);
+                            let slot = verifier::take_slot(st.client_ip);
                             let verdict = match slot {
                                 Some(_) => verifier::verify(hash, rt.dummy_cost, password).await,
                                 None => {
