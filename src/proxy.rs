@@ -1008,7 +1008,7 @@ impl<S: ClientIo> Conn<S> {
                                     self.head_failed(
                                         shard,
                                         GatewayError::BadResponse,
-                                        early,
+                                        None,
                                         p,
                                         svc,
                                         target,
@@ -1031,7 +1031,7 @@ impl<S: ClientIo> Conn<S> {
                             self.head_failed(
                                 shard,
                                 GatewayError::BadResponse,
-                                early,
+                                None,
                                 p,
                                 svc,
                                 target,
@@ -1043,8 +1043,15 @@ impl<S: ClientIo> Conn<S> {
             }
             if self.ubuf.len() == self.ubuf.capacity() {
                 return Exchange::Done(
-                    self.head_failed(shard, GatewayError::BadResponse, early, p, svc, target)
-                        .await,
+                    self.head_failed(
+                        shard,
+                        GatewayError::BadResponse,
+                        early.filter(|_| !heard),
+                        p,
+                        svc,
+                        target,
+                    )
+                    .await,
                 );
             }
             // An early answer is already on its way if there is one: wait briefly for it.
@@ -1060,7 +1067,7 @@ impl<S: ClientIo> Conn<S> {
                         self.head_failed(
                             shard,
                             GatewayError::UpstreamTimeout,
-                            early,
+                            early.filter(|_| !heard),
                             p,
                             svc,
                             target,
@@ -1073,8 +1080,15 @@ impl<S: ClientIo> Conn<S> {
                 Ok(0) | Err(_) if reused && !heard && p.replayable => return Exchange::RetryFresh,
                 Ok(0) | Err(_) => {
                     return Exchange::Done(
-                        self.head_failed(shard, GatewayError::BadResponse, early, p, svc, target)
-                            .await,
+                        self.head_failed(
+                            shard,
+                            GatewayError::BadResponse,
+                            early.filter(|_| !heard),
+                            p,
+                            svc,
+                            target,
+                        )
+                        .await,
                     )
                 }
                 Ok(_) => heard = true,
@@ -1110,15 +1124,15 @@ impl<S: ClientIo> Conn<S> {
         let relay = body::relay_response(self, svc, &mut upstream, resp_body, framing).await;
         match relay {
             body::Relay::Complete { upstream_clean } => {
-                if upstream_clean && !self.s.resp.close && early.is_none() {
+                if early.is_some() {
+                    // The rest of the body is read and dropped for a while, so closing does not
+                    // reset the connection under the answer; the upstream connection is done.
+                    drop(upstream);
+                    self.lingering_close().await;
+                } else if upstream_clean && !self.s.resp.close {
                     if let Some(slot) = self.snap.slot(svc.upstream, target) {
                         shard.pool.checkin(slot, upstream);
                     }
-                }
-                if early.is_some() {
-                    // The rest of the body is read and dropped for a while, so closing does not
-                    // reset the connection under the answer.
-                    self.lingering_close().await;
                 }
                 Exchange::Done(if close { Next::Close } else { Next::KeepAlive })
             }
@@ -1152,7 +1166,7 @@ impl<S: ClientIo> Conn<S> {
     }
 
     /// No usable response head came: answer `e` (504 for a timeout), or, when the request body
-    /// could not be sent (`early`) and no early answer came either, what that send error means.
+    /// could not be sent (`early`) and nothing at all came back, what that send error means.
     async fn head_failed(
         &mut self,
         shard: &Shard,
