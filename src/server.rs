@@ -113,7 +113,10 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let mut listeners: Vec<Vec<(std::net::TcpListener, ListenKind)>> =
         (0..workers).map(|_| Vec::new()).collect();
     // What a binary upgrade hands over, in the order the new process looks for it.
-    let mut handover = upgrade::Handover { fds: Vec::new() };
+    let mut handover = upgrade::Handover {
+        fds: Vec::new(),
+        workers,
+    };
     for (entry, l) in compiled.config.server.listeners.iter().enumerate() {
         match bind_all(
             l.addr,

@@ -231,6 +231,8 @@ fn sd_notify(state: &str) {
 pub struct Handover {
     /// Gateway listeners (listen order, then worker order) and the admin listener.
     pub fds: Vec<(Role, RawFd)>,
+    /// This process's workers: what its listener groups are steered to (`worker::steer_reuseport`).
+    pub workers: usize,
 }
 
 /// How an upgrade attempt ended.
@@ -346,7 +348,30 @@ impl Handover {
             Err(why) => {
                 error!("upgrade failed: {why}; still serving");
                 stop(&mut child);
+                self.steer_back();
                 Outcome::Failed
+            }
+        }
+    }
+}
+
+impl Handover {
+    /// A new process that got as far as binding steered each listener group to its own worker
+    /// count; it is gone now, so the groups are steered back to this process's workers.
+    fn steer_back(&self) {
+        let mut done: Vec<usize> = Vec::new();
+        for &(role, fd) in &self.fds {
+            let Role::Listener(entry) = role else {
+                continue;
+            };
+            if done.contains(&entry) {
+                continue;
+            }
+            done.push(entry);
+            // SAFETY: the fd is one of this process's open listeners (it owns them until exit).
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            if let Err(e) = crate::worker::steer_reuseport(fd, self.workers) {
+                warn!("reuseport steering failed listen_entry={entry} error=\"{e}\"");
             }
         }
     }

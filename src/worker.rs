@@ -1007,7 +1007,7 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 /// the group; sockets beyond them are those a binary upgrade to fewer workers kept (see
 /// `server::bind_all`), which then get no new connections. Were the group's order ever different,
 /// connections would only spread unevenly: every socket of the group is accepted from.
-pub fn steer_reuseport(listener: &std::net::TcpListener, n: usize) -> std::io::Result<()> {
+pub fn steer_reuseport(listener: impl std::os::fd::AsFd, n: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
     let op = |code: u32, k: u32| libc::sock_filter {
@@ -1033,7 +1033,7 @@ pub fn steer_reuseport(listener: &std::net::TcpListener, n: usize) -> std::io::R
     // kernel copies it).
     let rc = unsafe {
         libc::setsockopt(
-            listener.as_raw_fd(),
+            listener.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_ATTACH_REUSEPORT_CBPF,
             (&prog as *const libc::sock_fprog).cast(),

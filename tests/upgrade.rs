@@ -452,3 +452,64 @@ fn an_upgrade_to_fewer_workers_loses_no_connection() {
     assert!(ok > at_exit + 50, "the new process served the load");
     assert!(new.alive());
 }
+
+/// A new process that binds its listeners (steering each group to its own, smaller, worker count)
+/// and then fails (here: its admin address is taken) leaves the old process's groups steered back
+/// to the old workers: both keep getting new connections. Without that, every new connection went
+/// to the old process's first worker until a restart.
+#[test]
+fn a_failed_upgrade_to_fewer_workers_leaves_every_old_worker_serving() {
+    let up = Upstream::echo("up");
+    let dir = std::env::temp_dir().join(format!("rg-upg-steer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("access.log");
+    let with_log = |cfg: String| {
+        cfg.replace(
+            "[admin]",
+            &format!(
+                "[access_log]\npath = \"{}\"\nflush_interval = \"50ms\"\n\n[admin]",
+                log.display()
+            ),
+        )
+    };
+    let mut gw = Gateway::start(&with_log(config(&up)));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    gw.rewrite_config(
+        &with_log(config(&up))
+            .replace("workers = 2", "workers = 1")
+            .replace(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                &format!("[admin]\nlisten = \"{taken_addr}\""),
+            ),
+    );
+    gw.signal(libc::SIGUSR2);
+    assert!(
+        gw.wait_log("upgrade failed", Duration::from_secs(10)),
+        "{:?}",
+        gw.logs()
+    );
+    std::mem::forget(NewProcess::started_by(&gw, 0));
+    // Only what is logged from here on counts (the log's writer flushes every 50 ms).
+    std::thread::sleep(Duration::from_millis(200));
+    let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+    for i in 0..40 {
+        assert_eq!(get(gw.addr(), HOST, &format!("/n{i}")).status, 200);
+    }
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let workers: std::collections::HashSet<&str> = text
+        .get(before..)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("\"worker\":").nth(1))
+        .filter_map(|w| w.split(['}', ',']).next())
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        workers.len(),
+        2,
+        "new connections reached workers {workers:?} only"
+    );
+}
