@@ -319,21 +319,35 @@ fn starts_with_ignore_case(v: &[u8], prefix: &[u8]) -> bool {
         .is_some_and(|p| eq_ignore_case(p, prefix))
 }
 
-/// A Host value or an absolute-form authority: `host [":" port]` (RFC 9110 §7.2), where host is an
-/// IP-literal (`[…]`) or a name or IPv4 address: non-empty, no empty label (`..`, a leading `.`),
-/// and port is digits. Bytes as `is_host_byte`, without `,`: DNS names never hold one, and
-/// `a,b` copied to X-Forwarded-Host reads as a list that most frameworks cut at the comma, after
-/// routing matched the whole value. No whitespace, '/', '?', '#' or '@' (userinfo is deprecated
-/// and a classic way to disguise the real host). An http(s) URI always has a host, so an empty
-/// value is refused too (RFC 9110 §4.2.1; nginx answers 400 to all of these).
+/// A Host value or an absolute-form authority: `host [":" port]` (RFC 9110 §7.2), where host is
+/// an IPv6 literal (`[…]`, which must parse, with an optional RFC 6874 zone `%25…`) or a name or
+/// IPv4 address: letters, digits, `-`, `_`, `~` and dots, with no empty label (`..`, a leading
+/// `.`; one trailing dot is a fully qualified name), and port is 0..=65535. RFC 3986 also allows
+/// percent-escapes and sub-delimiters (`,;=!$&'()*+`) in a name; no DNS name has them, and they
+/// are what tricks are made of (`a,b` reads as a list in X-Forwarded-Host, which most frameworks
+/// cut at the comma after routing matched the whole value). An http(s) URI always has a host, so
+/// an empty one is refused too (RFC 9110 §4.2.1). nginx answers 400 to most of these as well.
 fn is_host_value(v: &[u8]) -> bool {
     let port = if v.first() == Some(&b'[') {
         let Some(close) = memchr::memchr(b']', v) else {
             return false;
         };
         let literal = v.get(1..close).unwrap_or_default();
-        let hex = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
-        if literal.is_empty() || !literal.iter().all(hex) {
+        let (addr, zone) = match memchr::memmem::find(literal, b"%25") {
+            Some(i) => (
+                literal.get(..i).unwrap_or_default(),
+                literal.get(i + 3..).unwrap_or_default(),
+            ),
+            None => (literal, &b""[..]),
+        };
+        let zone_ok = zone
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+            && (zone.is_empty() == (addr.len() == literal.len()));
+        let addr_ok = std::str::from_utf8(addr)
+            .ok()
+            .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+        if !addr_ok || !zone_ok {
             return false;
         }
         v.get(close + 1..).unwrap_or_default()
@@ -342,7 +356,8 @@ fn is_host_value(v: &[u8]) -> bool {
         let name = v.get(..colon).unwrap_or_default();
         // A fully qualified name may end with one dot; otherwise every label is non-empty.
         let labels = name.strip_suffix(b".").unwrap_or(name);
-        let name_byte = |b: &u8| is_host_byte(*b) && !matches!(b, b',' | b':' | b'[' | b']');
+        let name_byte =
+            |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~' | b'.');
         if labels.is_empty()
             || labels.split(|&b| b == b'.').any(<[u8]>::is_empty)
             || !labels.iter().all(name_byte)
@@ -353,7 +368,11 @@ fn is_host_value(v: &[u8]) -> bool {
     };
     match port.split_first() {
         None => true,
-        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        // An empty port is allowed (`port = *DIGIT`); leading zeros too.
+        Some((b':', [])) => true,
+        Some((b':', digits)) => {
+            crate::http::num::parse_content_length(digits).is_some_and(|p| p <= 65535)
+        }
         Some(_) => false,
     }
 }

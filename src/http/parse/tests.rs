@@ -370,7 +370,9 @@ fn host_rules() {
         "example.com.",
         "example.com:",
         "xn--bcher-kva.example",
-        "a%20b",
+        "under_score.internal:65535",
+        "[fe80::1%25eth0]:8080",
+        "[::ffff:192.0.2.1]",
     ] {
         let buf = format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n");
         let h = ok_req(buf.as_bytes());
@@ -379,8 +381,42 @@ fn host_rules() {
     // An http(s) URI always has a host: an empty one, an empty label, a port that is not digits
     // and a comma (a list in X-Forwarded-Host) are refused, as nginx does.
     for bad in [
-        "a b", "a/b", "u@a", "a?b", "a#b", "\"a\"", "a\tb", "\u{e9}", "", ":80", ".", "..", "a..b",
-        ".a", "a..", "a,b", "a:b", "a:80:80", "a:123456", "[]", "[::1", "[x]", "[::1]x",
+        "a b",
+        "a/b",
+        "u@a",
+        "a?b",
+        "a#b",
+        "\"a\"",
+        "a\tb",
+        "\u{e9}",
+        "",
+        ":80",
+        ".",
+        "..",
+        "a..b",
+        ".a",
+        "a..",
+        "a,b",
+        "a:b",
+        "a:80:80",
+        "a:123456",
+        "[]",
+        "[::1",
+        "[x]",
+        "[::1]x",
+        "[:]",
+        "[.]",
+        "[1.2.3.4]",
+        "a:65536",
+        "a%2C",
+        "a%20b",
+        "a%",
+        "a;b=c",
+        "a'b",
+        "[v1.x]",
+        "[fe80::1%eth0]",
+        "[fe80::1%25]",
+        "[::1%25a/b]",
     ] {
         let buf = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
         assert!(is_400(err_req(buf.as_bytes())), "{bad:?}");
