@@ -351,9 +351,13 @@ pub fn write_response(
 ) {
     use std::io::Write as _;
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
-    // A 204 has no content (RFC 9110 §8.6 forbids Content-Length on it) and a 304 none either: its
-    // headers would describe a representation it does not have.
-    if !matches!(status, 204 | 304) {
+    // A 204 has no content (RFC 9110 §8.6 forbids Content-Length on it), nor do a 205 and a 304:
+    // content headers would describe a representation they do not carry. A 205 still says
+    // `Content-Length: 0` (RFC 9110 §15.3.6), or the client would read its body until the close.
+    let bodiless = matches!(status, 204 | 205 | 304);
+    if status == 205 {
+        out.extend_from_slice(b"Content-Length: 0\r\n");
+    } else if !bodiless {
         out.extend_from_slice(b"Content-Type: ");
         out.extend_from_slice(content_type);
         let _ = write!(out, "\r\nContent-Length: {}\r\n", body.len());
@@ -363,7 +367,9 @@ pub fn write_response(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    if !bodiless {
+        out.extend_from_slice(body);
+    }
 }
 
 /// The reason phrase of `status` (RFC 9110 §15); clients ignore it, people read it.
@@ -424,6 +430,25 @@ pub(crate) fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodiless_statuses_get_no_content() {
+        let head = |status: u16| {
+            let mut out = Vec::new();
+            write_response(&mut out, status, b"", b"text/plain", b"body", false);
+            String::from_utf8(out).expect("utf-8")
+        };
+        assert_eq!(head(204), "HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(head(304), "HTTP/1.1 304 Not Modified\r\n\r\n");
+        assert_eq!(
+            head(205),
+            "HTTP/1.1 205 Reset Content\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert_eq!(
+            head(410),
+            "HTTP/1.1 410 Gone\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nbody"
+        );
+    }
 
     #[test]
     fn json_messages_are_escaped() {

@@ -38,7 +38,7 @@ impl TerminationRt {
         TerminationRt {
             status: d.status_code,
             content_type: content_type.into(),
-            body: if matches!(d.status_code, 204 | 304) {
+            body: if matches!(d.status_code, 204 | 205 | 304) {
                 Box::default()
             } else {
                 body

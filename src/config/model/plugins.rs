@@ -73,7 +73,7 @@ pub enum PluginConfig {
 }
 
 /// `request-termination`'s config, checked at load: a status of 200-599; `message` and `body`
-/// exclusive; `content_type` only with `body`; neither with 204 or 304 (they carry no body).
+/// exclusive; `content_type` only with `body`; neither with 204, 205 or 304 (they carry no body).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TerminationDef {
     pub status_code: u16,

@@ -3,7 +3,7 @@
 //!
 //! Checked once here, each problem at its key: the status is a final one (200-599; a 1xx is
 //! interim and would leave the request unanswered); `message` and `body` are exclusive;
-//! `content_type` comes with `body` and is a valid header value; 204 and 304 carry no body; and
+//! `content_type` comes with `body` and is a valid header value; 204, 205 and 304 carry no body; and
 //! `trigger` is a header-name token. Kong's `echo = true` (the request, credentials included,
 //! sent back to the client) is refused.
 
@@ -58,7 +58,7 @@ pub fn request_termination(
              `body` answers these bytes as `content_type`",
         );
     }
-    if matches!(status_code, 204 | 304) {
+    if matches!(status_code, 204 | 205 | 304) {
         for (key, set) in [("message", c.message.is_some()), ("body", c.body.is_some())] {
             if set {
                 push(
