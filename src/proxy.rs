@@ -987,7 +987,7 @@ impl<S: ClientIo> Conn<S> {
         let max_head = cfg.server.max_header_bytes;
         let mut heard = false;
         let mut interim = 0;
-        loop {
+        let failed = loop {
             if !self.ubuf.is_empty() {
                 match parse::parse_response(&self.ubuf, max_head, p.head_method, &mut self.s.resp) {
                     Ok(Parsed::Complete) => {
@@ -1004,17 +1004,7 @@ impl<S: ClientIo> Conn<S> {
                             // request forever: a few are plenty.
                             interim += 1;
                             if interim > MAX_INTERIM {
-                                return Exchange::Done(
-                                    self.head_failed(
-                                        shard,
-                                        GatewayError::BadResponse,
-                                        None,
-                                        p,
-                                        svc,
-                                        target,
-                                    )
-                                    .await,
-                                );
+                                break Some(GatewayError::BadResponse);
                             }
                             let hl = self.s.resp.head_len.min(self.ubuf.len());
                             self.ubuf.drain(..hl);
@@ -1023,36 +1013,14 @@ impl<S: ClientIo> Conn<S> {
                         self.t.upstream_head_in = self.stamp();
                         self.status = status;
                         self.upstream_status = status;
-                        break;
+                        break None;
                     }
                     Ok(Parsed::Partial) => {}
-                    Err(_) => {
-                        return Exchange::Done(
-                            self.head_failed(
-                                shard,
-                                GatewayError::BadResponse,
-                                None,
-                                p,
-                                svc,
-                                target,
-                            )
-                            .await,
-                        )
-                    }
+                    Err(_) => break Some(GatewayError::BadResponse),
                 }
             }
             if self.ubuf.len() == self.ubuf.capacity() {
-                return Exchange::Done(
-                    self.head_failed(
-                        shard,
-                        GatewayError::BadResponse,
-                        early.filter(|_| !heard),
-                        p,
-                        svc,
-                        target,
-                    )
-                    .await,
-                );
+                break Some(GatewayError::BadResponse);
             }
             // An early answer is already on its way if there is one: wait briefly for it.
             let read_timeout = match early {
@@ -1062,37 +1030,18 @@ impl<S: ClientIo> Conn<S> {
             match io::fill(&mut upstream, &mut self.ubuf, read_timeout).await {
                 // A timeout means a slow upstream, not a stale connection: the request arrived and
                 // may be running, so it is never replayed.
-                Err(e) if io::is_timeout(&e) => {
-                    return Exchange::Done(
-                        self.head_failed(
-                            shard,
-                            GatewayError::UpstreamTimeout,
-                            early.filter(|_| !heard),
-                            p,
-                            svc,
-                            target,
-                        )
-                        .await,
-                    )
-                }
+                Err(e) if io::is_timeout(&e) => break Some(GatewayError::UpstreamTimeout),
                 // Closed or reset before it said anything (interim responses count): the pooled
                 // connection was stale when we picked it.
                 Ok(0) | Err(_) if reused && !heard && p.replayable => return Exchange::RetryFresh,
-                Ok(0) | Err(_) => {
-                    return Exchange::Done(
-                        self.head_failed(
-                            shard,
-                            GatewayError::BadResponse,
-                            early.filter(|_| !heard),
-                            p,
-                            svc,
-                            target,
-                        )
-                        .await,
-                    )
-                }
+                Ok(0) | Err(_) => break Some(GatewayError::BadResponse),
                 Ok(_) => heard = true,
             }
+        };
+        if let Some(e) = failed {
+            // A send error stands only when nothing at all came back after it.
+            let early = early.filter(|_| !heard);
+            return Exchange::Done(self.head_failed(shard, e, early, p, svc, target).await);
         }
 
         // 3. Response head and body to the client.

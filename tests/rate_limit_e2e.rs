@@ -91,23 +91,10 @@ fn limit_headers_429_and_nothing_forwarded_past_the_limit() {
     assert_eq!(up.request_count(), 6);
 
     // The limiter's counters reach /metrics (workers publish them every flush interval).
-    let admin = gw
-        .logs()
-        .into_iter()
-        .find(|l| l.contains("admin listening"))
-        .and_then(|l| common::gateway::kv(&l, "addr").and_then(|a| a.parse().ok()))
-        .expect("admin address");
-    let want = r#"ringgate_ratelimit_rejected_total{limit="route:api"} 1"#;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let metrics = loop {
-        let r = send_raw(admin, b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
-        let body = String::from_utf8_lossy(&r.body).into_owned();
-        if body.contains(want) || Instant::now() > deadline {
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(metrics.contains(want), "{metrics}");
+    let metrics = wait_metrics(
+        &gw,
+        r#"ringgate_ratelimit_rejected_total{limit="route:api"} 1"#,
+    );
     assert!(
         metrics.contains(r#"ringgate_ratelimit_admitted_total{limit="route:api"} 5"#),
         "{metrics}"
@@ -116,6 +103,23 @@ fn limit_headers_429_and_nothing_forwarded_past_the_limit() {
         metrics.contains("ringgate_ratelimit_overshoot{"),
         "{metrics}"
     );
+}
+
+/// Polls `/metrics` (up to 5 s) until it holds `want`; returns the text.
+fn wait_metrics(gw: &Gateway, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = send_raw(
+            gw.admin_addr(),
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n",
+        );
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        if body.contains(want) || Instant::now() > deadline {
+            assert!(body.contains(want), "{want} not in:\n{body}");
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -132,20 +136,10 @@ fn shadow_mode_never_rejects() {
     }
     // Counted as would-be rejections, not as overshoot (admissions past the limit by stale views):
     // a shadow limit admits past its limit on purpose.
-    let want = r#"ringgate_ratelimit_shadow_rejected_total{limit="route:api"} 3"#;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let metrics = loop {
-        let r = send_raw(
-            gw.admin_addr(),
-            b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n",
-        );
-        let body = String::from_utf8_lossy(&r.body).into_owned();
-        if body.contains(want) || Instant::now() > deadline {
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(metrics.contains(want), "{metrics}");
+    let metrics = wait_metrics(
+        &gw,
+        r#"ringgate_ratelimit_shadow_rejected_total{limit="route:api"} 3"#,
+    );
     assert!(
         metrics.contains(r#"ringgate_ratelimit_overshoot{limit="route:api"} 0"#),
         "{metrics}"
