@@ -8,8 +8,8 @@
 //!    rate limiting at 910), ties by name. Disabled plugins are skipped (a disabled route-level
 //!    instance does not hide the global one, as in Kong).
 //!
-//! Header plugins (`correlation`, `cors`, `transform`) keep their compiled state in
-//! `Chains::rt`, built from the same file-order numbering as their `Plugin` indices.
+//! Header plugins (`correlation`, `cors`, `transform`) and `termination` keep their compiled
+//! state in `Chains::rt`, built from the same file-order numbering as their `Plugin` indices.
 //!
 //! Per request (`proxy::chain`): a loop over `&[Plugin]` with a `match` per variant; no allocation,
 //! no dynamic dispatch. The chain for route `r` is `chains.routes[r]`; once auth identified consumer
@@ -146,8 +146,8 @@ pub struct Chains {
     pub rt: Runtime,
 }
 
-/// Per-instance state of the header plugins, indexed like their `Plugin` variants (enabled
-/// instances of each kind in file order, as `steps` numbers them).
+/// Per-instance state of the header plugins and request-termination, indexed like their `Plugin`
+/// variants (enabled instances of each kind in file order, as `steps` numbers them).
 #[derive(Debug, Default)]
 pub struct Runtime {
     pub correlation: Vec<correlation::CorrelationRt>,
