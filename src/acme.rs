@@ -36,8 +36,9 @@ pub fn challenge_answer(store: &AcmeStore, method: &[u8], path: &[u8]) -> Option
     store.key_authorization(path.strip_prefix(CHALLENGE_PREFIX)?)
 }
 
-/// Writes the 200 carrying `key_authorization` (RFC 8555 §8.3: `application/octet-stream`).
-pub fn write_challenge_answer(out: &mut Vec<u8>, key_authorization: &str, head: bool, close: bool) {
+/// Writes the 200 carrying `key_authorization` (RFC 8555 §8.3: `application/octet-stream`). A HEAD
+/// gets it without the body: the senders cut every answer of theirs to HEAD to its head.
+pub fn write_challenge_answer(out: &mut Vec<u8>, key_authorization: &str, close: bool) {
     use std::io::Write as _;
     let _ = write!(
         out,
@@ -45,7 +46,5 @@ pub fn write_challenge_answer(out: &mut Vec<u8>, key_authorization: &str, head: 
         key_authorization.len(),
         if close { "Connection: close\r\n" } else { "" }
     );
-    if !head {
-        out.extend_from_slice(key_authorization.as_bytes());
-    }
+    out.extend_from_slice(key_authorization.as_bytes());
 }

@@ -609,10 +609,9 @@ impl<S: ClientIo> Conn<S> {
         let head = &self.s.head;
         let method = head.method.get(&self.buf);
         let answer = crate::acme::challenge_answer(store, method, head.path_bytes(&self.buf))?;
-        let head_only = method == b"HEAD";
         let close = self.closing(shard, self.s.head.close);
         self.s.out.clear();
-        crate::acme::write_challenge_answer(&mut self.s.out, &answer, head_only, close);
+        crate::acme::write_challenge_answer(&mut self.s.out, &answer, close);
         crate::info!("acme http-01 challenge answered peer={}", self.peer);
         let sent = self.send_answer(200, close).await;
         Some(if sent && !close {

@@ -15,10 +15,34 @@ fn bcrypt_hash(password: &str) -> String {
 /// A one-worker gateway in front of `up` (service `svc`): `server_extra` goes inside `[server]`,
 /// `rest` (routes, consumers, plugins) after the service.
 fn start(up: &Upstream, server_extra: &str, rest: &str) -> Gateway {
-    Gateway::start(&format!(
+    Gateway::start(&config_text(up, server_extra, rest))
+}
+
+/// The config `start` runs.
+fn config_text(up: &Upstream, server_extra: &str, rest: &str) -> String {
+    format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n{server_extra}\n\n[[services]]\nname = \"svc\"\nurl = \"{url}\"\n\n{rest}",
         url = up.url()
-    ))
+    )
+}
+
+/// Route `/ops` behind basic-auth, and consumer dave with the bcrypt `hash`.
+fn dave_at_ops(hash: &str) -> String {
+    format!(
+        r#"[[routes]]
+name = "ops"
+service = "svc"
+paths = ["/ops"]
+
+[[consumers]]
+username = "dave"
+basicauth_credentials = [{{ username = "dave", password = "{hash}" }}]
+
+[[plugins]]
+name = "basic-auth"
+route = "ops"
+"#
+    )
 }
 
 /// One echo upstream; `/admin` and `/public` routes plus a catch-all; `extra` appended.
@@ -819,34 +843,10 @@ fn verified_passwords_stay_cached_across_a_reload_that_keeps_the_credentials() {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let up = Upstream::echo("up");
     let config = |hash: &str, extra_route: &str| {
-        format!(
-            r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[services]]
-name = "svc"
-url = "{url}"
-
-[[routes]]
-name = "ops"
-service = "svc"
-paths = ["/ops"]
-
-{extra_route}
-
-[[consumers]]
-username = "dave"
-basicauth_credentials = [{{ username = "dave", password = "{hash}" }}]
-
-[[plugins]]
-name = "basic-auth"
-route = "ops"
-"#,
-            url = up.url()
+        config_text(
+            &up,
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("{extra_route}\n{}", dave_at_ops(hash)),
         )
     };
     let first = bcrypt_hash("dave-pw");
@@ -908,25 +908,7 @@ fn a_password_sprayer_cannot_queue_work_ahead_of_other_clients() {
     let up = Upstream::echo("up");
     // Cost 10: slow enough (in this unoptimized build too) that the flood overlaps its own checks.
     let hash = bcrypt::hash("dave-pw", 10).expect("hash");
-    let gw = start(
-        &up,
-        "",
-        &format!(
-            r#"[[routes]]
-name = "ops"
-service = "svc"
-paths = ["/ops"]
-
-[[consumers]]
-username = "dave"
-basicauth_credentials = [{{ username = "dave", password = "{hash}" }}]
-
-[[plugins]]
-name = "basic-auth"
-route = "ops"
-"#
-        ),
-    );
+    let gw = start(&up, "", &dave_at_ops(&hash));
     let addr = gw.addr();
     let request = |pw: &str| {
         format!(

@@ -56,12 +56,10 @@ pub async fn serve(
                     // ACME HTTP-01 validation: port 80 is usually this listener.
                     let challenge = snap.acme_http.as_ref().and_then(|store| {
                         let method = head.method.get(&buf);
-                        let answer =
-                            crate::acme::challenge_answer(store, method, head.path_bytes(&buf))?;
-                        Some((answer, method == b"HEAD"))
+                        crate::acme::challenge_answer(store, method, head.path_bytes(&buf))
                     });
-                    if let Some((answer, head_only)) = challenge {
-                        crate::acme::write_challenge_answer(&mut out, &answer, head_only, true);
+                    if let Some(answer) = challenge {
+                        crate::acme::write_challenge_answer(&mut out, &answer, true);
                         crate::info!("acme http-01 challenge answered peer={}", peer);
                         break (200, true);
                     }
