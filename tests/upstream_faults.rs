@@ -556,6 +556,53 @@ fn early_answering_upstream(close: bool) -> std::net::SocketAddr {
     addr
 }
 
+/// The same early answer from an upstream that then only stops reading reaches the client while
+/// the upload is still stalled, not when `upstream_write` runs out: the stalled write watches the
+/// upstream socket (nginx watches both directions). Before, this waited the full 30 s.
+#[test]
+fn an_early_answer_is_seen_while_the_upload_stalls() {
+    use std::io::{Read, Write};
+    let up = early_answering_upstream(false);
+    let gw = Gateway::start(
+        &upstream_config(&[up.to_string()], "upstream_write = \"30s\"")
+            .replace("workers = 1", "workers = 1\nmax_body_bytes = \"100m\""),
+    );
+    let mut c = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let len = 32 << 20;
+    c.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+    )
+    .expect("head");
+    let mut writer = c.try_clone().expect("clone");
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < len && writer.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+    });
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while !got.ends_with(b"upstream") {
+        match c.read(&mut tmp) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+        }
+    }
+    let t = start.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 413") && text.ends_with("upstream"),
+        "after {t:?}: {text:?}"
+    );
+    assert!(t < Duration::from_secs(4), "answer after {t:?}");
+    drop(c);
+    sender.join().expect("sender");
+}
+
 /// RFC 9112 §9.5: the upstream's early answer to an upload (here a 413 before it read the body) is
 /// what the client gets, whether the upstream then closes or just stops reading, and whatever the
 /// body's size; it is not a failure of the target. Before, a body larger than the socket buffers

@@ -92,9 +92,8 @@ pub async fn send_request<S: ClientIo>(
             let first = (avail as u64).min(n) as usize;
             c.s.out.extend_from_slice(&c.buf[hl..hl + first]);
             c.pos = hl + first;
-            io::send_all(upstream, &mut c.s.out, write_timeout)
-                .await
-                .map_err(upstream_error)?;
+            let len = c.s.out.len();
+            send_body(upstream, &mut c.s.out, 0..len, write_timeout).await?;
             c.t.upstream_head_out = c.stamp();
             c.bytes_in += n;
             let mut remaining = n - first as u64;
@@ -106,9 +105,7 @@ pub async fn send_request<S: ClientIo>(
                 c.pos = 0;
                 read_client(c, shard, read_timeout).await?;
                 let take = (c.buf.len() as u64).min(remaining) as usize;
-                io::send(upstream, &mut c.buf, 0..take, write_timeout)
-                    .await
-                    .map_err(upstream_error)?;
+                send_body(upstream, &mut c.buf, 0..take, write_timeout).await?;
                 c.pos = take;
                 remaining -= take as u64;
             }
@@ -151,9 +148,8 @@ pub async fn send_request<S: ClientIo>(
                     start += used;
                 }
                 if !c.s.out.is_empty() {
-                    io::send_all(upstream, &mut c.s.out, write_timeout)
-                        .await
-                        .map_err(upstream_error)?;
+                    let len = c.s.out.len();
+                    send_body(upstream, &mut c.s.out, 0..len, write_timeout).await?;
                     c.s.out.clear();
                     if c.timed {
                         c.t.upstream_head_out.get_or_insert_with(Instant::now);
@@ -175,6 +171,22 @@ pub async fn send_request<S: ClientIo>(
             }
         }
     }
+}
+
+/// Writes request-body bytes (with the head, the first time) upstream. On a plain connection a
+/// stalled write watches for an early answer (`io::send_watching`), which ends it as
+/// `UpstreamWrite`: the caller then reads that answer.
+async fn send_body(
+    upstream: &mut UpstreamConn,
+    buf: &mut Vec<u8>,
+    range: std::ops::Range<usize>,
+    limit: Duration,
+) -> Result<(), SendError> {
+    let sent = match upstream.plain_fd() {
+        Some(fd) => io::send_watching(upstream, buf, range, limit, fd).await,
+        None => io::send(upstream, buf, range, limit).await,
+    };
+    sent.map_err(upstream_error)
 }
 
 /// Reads more body bytes into the (empty) client buffer. The first time, the small header buffer is

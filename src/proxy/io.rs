@@ -7,7 +7,8 @@
 
 use std::io;
 use std::ops::Range;
-use std::time::Duration;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use std::future::Future;
 use std::task::Poll;
@@ -143,6 +144,84 @@ pub async fn send<S: AsyncWriteRent>(
             res.map(|_| ())
         }
         Err(_) => Err(timed_out()),
+    }
+}
+
+/// How often a stalled request-body write looks for an early answer from the upstream.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// `send` for request-body bytes to a plain-TCP upstream at `fd`: while the write is stalled (the
+/// upstream stopped reading), looks every `WATCH_EVERY` for a final answer waiting on the socket,
+/// and stops with an error when there is one, so an upstream's 413 or 401 reaches the client
+/// now rather than when `limit` runs out (RFC 9112 §9.5; nginx watches both directions too). The
+/// cancelled write takes `buf` with it, as a timeout does: the caller stops sending either way.
+/// A write that completes at once costs what `send`'s timeout costs: one timer.
+pub async fn send_watching<S: AsyncWriteRent>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    range: Range<usize>,
+    limit: Duration,
+    fd: RawFd,
+) -> io::Result<()> {
+    if range.is_empty() {
+        return Ok(());
+    }
+    let owned = std::mem::take(buf);
+    if range.end > owned.len() {
+        *buf = owned;
+        return Err(io::Error::other("write range out of bounds"));
+    }
+    let deadline = Instant::now() + limit;
+    let write = s.write_all(owned.slice(range));
+    let mut write = std::pin::pin!(write);
+    loop {
+        let tick = WATCH_EVERY.min(deadline.saturating_duration_since(Instant::now()));
+        let mut sleep = std::pin::pin!(monoio::time::sleep(tick));
+        let done = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = write.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            sleep.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        if let Some((res, slice)) = done {
+            *buf = slice.into_inner();
+            return res.map(|_| ());
+        }
+        if final_answer_waiting(fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "upstream answered before taking the whole body",
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(timed_out());
+        }
+    }
+}
+
+/// Whether the socket holds the start of a final (non-1xx) response: an interim `100 Continue`
+/// asks for the rest of the body, so it is no reason to stop sending.
+fn final_answer_waiting(fd: RawFd) -> bool {
+    let mut peek = [0u8; 12];
+    // SAFETY: `fd` is the caller's open socket; the buffer is ours and its length is passed.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            peek.as_mut_ptr().cast(),
+            peek.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n <= 0 {
+        return false;
+    }
+    let got = &peek[..n as usize];
+    // "HTTP/1.1 1xx": undecided until the status digit is there.
+    match got.get(9) {
+        Some(b'1') => false,
+        Some(_) => true,
+        None => !b"HTTP/1.1 ".starts_with(got) && !b"HTTP/1.0 ".starts_with(got),
     }
 }
 
@@ -296,6 +375,28 @@ mod tests {
             });
         }
         out
+    }
+
+    #[test]
+    fn only_the_start_of_a_final_answer_stops_a_stalled_body() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+        let cases: [(&[u8], bool); 6] = [
+            (b"", false),
+            (b"HTTP/1.", false),
+            (b"HTTP/1.1 100 Continue\r\n\r\n", false),
+            (b"HTTP/1.1 413 Payload Too Large\r\n", true),
+            (b"HTTP/1.0 401", true),
+            (b"garbage", true),
+        ];
+        for (sent, stops) in cases {
+            let (mut a, b) = UnixStream::pair().expect("pair");
+            a.write_all(sent).expect("write");
+            assert_eq!(final_answer_waiting(b.as_raw_fd()), stops, "{sent:?}");
+            // Peeked, not consumed: the answer is still there for the head reader.
+            assert_eq!(final_answer_waiting(b.as_raw_fd()), stops, "{sent:?} again");
+        }
     }
 
     #[test]

@@ -33,6 +33,15 @@ impl UpstreamConn {
         }
     }
 
+    /// The socket of a plain-TCP connection, whose bytes `MSG_PEEK` shows as they are (under TLS
+    /// a waiting record may be a session ticket, not an answer).
+    pub fn plain_fd(&self) -> Option<RawFd> {
+        match self {
+            UpstreamConn::Plain(s) => Some(s.as_raw_fd()),
+            UpstreamConn::Tls { .. } => None,
+        }
+    }
+
     /// The socket, for `MSG_PEEK` liveness checks. Valid as long as `self` lives.
     pub fn raw_fd(&self) -> RawFd {
         match self {
