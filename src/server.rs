@@ -101,6 +101,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let log_stats = access_log.stats();
     metrics.add_collector(move |out| out.extend(log_stats.families()));
     metrics.add_collector(|out| out.push(crate::auth::verifier::family()));
+    metrics.add_collector(|out| out.push(crate::auth::jwt::family()));
     crate::auth::verifier::start();
     if let Some(def) = &compiled.config.access_log {
         if let Err(e) = access_log.open(def) {

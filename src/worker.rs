@@ -173,9 +173,12 @@ impl Snapshot {
             // The same credentials and auth plugins (a generation that only moved upstream or
             // auth-service addresses): the caches stay valid and are shared, so no burst of cold
             // bcrypt and signature checks follows.
-            jwt_caches: match prev
-                .filter(|p| Arc::ptr_eq(&p.auth.cache_id, &compiled.auth.cache_id))
-            {
+            // Verified tokens also survive a reload that leaves the JWT credentials and plugin
+            // instances alone (each costs a signature check to make again).
+            jwt_caches: match prev.filter(|p| {
+                Arc::ptr_eq(&p.auth.cache_id, &compiled.auth.cache_id)
+                    || compiled.auth.jwt_caches_carry_over(&p.auth)
+            }) {
                 Some(p) => p.jwt_caches.clone(),
                 None => compiled
                     .auth

@@ -318,3 +318,90 @@ fn kong_user_service_example() {
     assert!(r.has_header("retry-after"));
     assert_eq!(r.header("x-ratelimit-remaining-minute"), Some("0"));
 }
+
+/// The workers' verified tokens outlive a reload that keeps the JWT credentials and the plugin's
+/// rules (no signature check again), and die with one that changes either: a new secret, or a
+/// new audience rule (checked only when a token is cached). Counted by
+/// `ringgate_jwt_verifications_total`.
+#[test]
+fn verified_tokens_stay_cached_across_a_reload_that_keeps_credentials_and_rules() {
+    let up = Upstream::echo("up");
+    let config = |secret: &str, rules: &str, extra_route: &str| {
+        format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "api"
+service = "svc"
+paths = ["/api"]
+{extra_route}
+[[consumers]]
+username = "hs-app"
+jwt_secrets = [{{ key = "hs-issuer", algorithm = "HS256", secret = "{secret}" }}]
+
+[[plugins]]
+name = "jwt"
+route = "api"
+config = {{ {rules} }}
+"#,
+            url = up.url()
+        )
+    };
+    let gw = Gateway::start(&config(HS_SECRET, "", ""));
+    let adm = gw.admin_addr();
+    let counts = || {
+        let r = send_raw(adm, b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
+        let text = r.body_str();
+        let n = |result: &str| {
+            let prefix = format!("ringgate_jwt_verifications_total{{result=\"{result}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no {prefix:?} in /metrics:\n{text}"))
+        };
+        (n("verified"), n("rejected"))
+    };
+    let exp = now() + 300;
+    let token = hs256(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"iss":"hs-issuer","aud":"shop","exp":{exp}}}"#),
+        HS_SECRET.as_bytes(),
+    );
+    let status = || get(&gw, "/api", &bearer(&token)).status;
+    assert_eq!(counts(), (0, 0));
+    assert_eq!(status(), 200);
+    assert_eq!(status(), 200);
+    assert_eq!(counts(), (1, 0), "the second request came from the cache");
+
+    // Routes change, credentials and rules do not: the cache stays.
+    let more = "\n[[routes]]\nname = \"more\"\nservice = \"svc\"\npaths = [\"/more\"]\n";
+    gw.rewrite_config(&config(HS_SECRET, "", more));
+    gw.reload_to(2);
+    assert_eq!(status(), 200);
+    assert_eq!(
+        counts(),
+        (1, 0),
+        "verified again after a reload that kept them"
+    );
+
+    // A new audience rule: the token is checked against it, not served from the cache.
+    gw.rewrite_config(&config(HS_SECRET, r#"audience = ["billing"]"#, more));
+    gw.reload_to(3);
+    assert_invalid(&get(&gw, "/api", &bearer(&token)));
+    assert_eq!(counts(), (1, 1));
+
+    // Back to no audience rule but a new secret: the old token fails.
+    gw.rewrite_config(&config("another-secret-0123456789abcdef", "", more));
+    gw.reload_to(4);
+    assert_invalid(&get(&gw, "/api", &bearer(&token)));
+    assert_eq!(counts(), (1, 2));
+}

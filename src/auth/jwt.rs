@@ -6,8 +6,9 @@
 //!   cache hit           hash 32 bytes + memcmp + time re-check: no JSON, no crypto, no allocation
 //!   cold path           split -> header (alg, kid, crit) -> claims -> key lookup -> alg == key's alg
 //!                       -> signature -> exp / nbf / maximum_expiration / iss / aud -> cache insert
-//! reload                build a new KeyStore, drop the workers' caches (a cache also empties itself
-//!                       when it meets a different store)
+//! reload                build a new KeyStore; the workers keep their caches only when the store's
+//!                       content id and the rules are unchanged (a cache also empties itself when
+//!                       it meets a store with another id)
 //! ```
 //!
 //! Invariants:
@@ -47,7 +48,7 @@ pub use error::{JwtError, Part};
 pub use jwks::{parse_jwks, Jwk, Jwks};
 
 /// Per plugin instance verification rules (Kong's jwt plugin options, plus iss/aud).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rules {
     /// Claim whose string value selects the key when no `kid` matches (Kong: `key_claim_name`).
     pub key_claim_name: String,
@@ -103,7 +104,34 @@ struct Entry {
 }
 
 /// All verification keys of one config generation, immutable after `build` (share it in an `Arc`).
+/// Full verifications (cache misses) by result, process-wide: [verified, rejected]. One atomic add
+/// on a path that parses JSON and checks a signature; cache hits count nothing.
+static COLD: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+fn count_cold(ok: bool) {
+    COLD[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// `ringgate_jwt_verifications_total{result}` for `/metrics`.
+pub fn family() -> crate::metrics::Family {
+    use crate::metrics::{Family, FamilyKind};
+    let n = |i: usize| COLD[i].load(Ordering::Relaxed) as f64;
+    Family::new(
+        "ringgate_jwt_verifications_total",
+        "Full verifications of JWTs (parse, key lookup, signature, claims): the token caches' \
+         misses, by result. Tokens served from a cache are not counted.",
+        FamilyKind::Counter,
+    )
+    .sample(&[("result", "verified")], n(0))
+    .sample(&[("result", "rejected")], n(1))
+}
+
+/// Marks a `KeyStore` id derived from the store's content.
+const CONTENT_ID: u64 = 1 << 63;
+
 pub struct KeyStore {
+    /// What a `TokenCache` binds to: a token verified under one store with this id verifies the
+    /// same way under any other with it.
     id: u64,
     entries: Vec<Entry>,
     by_kid: HashMap<Box<str>, u32>,
@@ -185,10 +213,24 @@ impl KeyStoreBuilder {
         Ok(jwks.skipped)
     }
 
+    /// A store with an id of its own (no other store shares it).
     pub fn build(self) -> KeyStore {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        // The top bit stays clear, so these never meet a content id (`build_as`).
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) & !CONTENT_ID;
+        self.build_as(id)
+    }
+
+    /// A store whose id says what it holds: stores built from the same keys, kids, key strings and
+    /// owners get the same `content_id` and so may share caches (a reload that left the JWT
+    /// credentials alone keeps the workers' verified tokens).
+    pub fn build_with_content_id(self, content_id: u64) -> KeyStore {
+        self.build_as(content_id | CONTENT_ID)
+    }
+
+    fn build_as(self, id: u64) -> KeyStore {
         KeyStore {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             entries: self.entries,
             by_kid: self.by_kid,
             by_key: self
@@ -217,6 +259,11 @@ impl KeyStore {
         self.entries.get(key).map(|e| e.owner)
     }
 
+    /// See `id`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The key string of key `key`, else its kid (for X-Credential-Identifier style headers).
     pub fn key_name(&self, key: usize) -> Option<&str> {
         let e = self.entries.get(key)?;
@@ -238,7 +285,9 @@ impl KeyStore {
         if let Some(hit) = cache.lookup(token, rules, now_secs) {
             return Ok(hit);
         }
-        let (verified, nbf) = self.verify_cold(token, rules, now_secs)?;
+        let cold = self.verify_cold(token, rules, now_secs);
+        count_cold(cold.is_ok());
+        let (verified, nbf) = cold?;
         cache.insert(token, &verified, nbf, rules, now_secs);
         Ok(verified)
     }

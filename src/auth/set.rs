@@ -112,7 +112,38 @@ pub fn jwt_store(
             errors.push((c.path.clone(), e));
         }
     }
-    (b.build(), errors)
+    (
+        b.build_with_content_id(jwt_content_id(creds, secret_is_base64)),
+        errors,
+    )
+}
+
+/// What a jwt key store holds, as a number: every credential's consumer, key string, algorithm
+/// and key material, in order (a verdict's owner is the credential's index), and how secrets are
+/// read. Length-prefixed fields, SHA-256, first 8 bytes.
+fn jwt_content_id(creds: &[JwtCredentialDef], secret_is_base64: bool) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut field = |b: &[u8]| {
+        ctx.update(&(b.len() as u64).to_le_bytes());
+        ctx.update(b);
+    };
+    field(&[u8::from(secret_is_base64)]);
+    for c in creds {
+        field(&(c.consumer as u64).to_le_bytes());
+        field(c.key.as_bytes());
+        field(format!("{:?}", c.algorithm).as_bytes());
+        let (kind, bytes): (&[u8], &[u8]) = match &c.material {
+            JwtMaterial::Secret(s) => (b"secret", s.as_bytes()),
+            JwtMaterial::Pem(p) => (b"pem", p),
+            JwtMaterial::Jwks(j) => (b"jwks", j),
+        };
+        field(kind);
+        field(bytes);
+    }
+    let d = ctx.finish();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_le_bytes(id)
 }
 
 #[derive(Debug)]
@@ -299,6 +330,18 @@ impl AuthSet {
         }
         set.basic_fingerprint = set.basic_fingerprint();
         set
+    }
+
+    /// Whether the workers' JWT caches of `prev` serve this set as they are: the same instances in
+    /// the same order, each with the same key store content (`KeyStore::id`), the same rules (the
+    /// issuer and audience checks are made only when a token is cached) and the same cache size.
+    pub fn jwt_caches_carry_over(&self, prev: &AuthSet) -> bool {
+        self.jwt.len() == prev.jwt.len()
+            && self.jwt.iter().zip(&prev.jwt).all(|(a, b)| {
+                a.store.id() == b.store.id()
+                    && a.rules == b.rules
+                    && a.def.cache_size == b.def.cache_size
+            })
     }
 
     /// See `basic_fingerprint`. Each field is length-prefixed, so no two tables hash alike.

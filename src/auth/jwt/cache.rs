@@ -14,8 +14,9 @@
 //!   maximum_expiration), so an entry never outlives its token; the issuer/audience checks done at
 //!   insert are not repeated, which is why a cache must serve a single `Rules` (one cache per plugin
 //!   instance per worker).
-//! - the cache is bound to one `KeyStore` (by its generation id) and empties itself when used with
-//!   another one, so a reload that forgets to drop it cannot serve tokens of removed keys.
+//! - the cache is bound to one `KeyStore` id and empties itself when used with a store of another
+//!   id, so a reload that forgets to drop it cannot serve tokens of removed keys. A store's id
+//!   comes from its content (keys, key strings, owners), so stores with equal ids verify alike.
 //! - the lookup path does not allocate: hashing reads at most the last 32 bytes of the token.
 //! - the byte comparison is not constant-time, and need not be: it only runs once the seeded hash
 //!   of the presented token's last 32 bytes (signature bytes) equals a cached one's, i.e. once the
