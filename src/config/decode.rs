@@ -87,12 +87,97 @@ pub const PLUGIN_NAMES: &[&str] = &[
 
 /// Parses the TOML syntax; a syntax error is a single problem (the parser cannot continue past it).
 pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
-    ImDocument::parse(text).map_err(|e| Problem {
-        path: KeyPath::root(),
-        span: e.span(),
-        message: format!("invalid TOML: {}", one_line(e.message())),
-        at_key: false,
+    ImDocument::parse(text).map_err(|e| {
+        let mut message = format!("invalid TOML: {}", one_line(e.message()));
+        // The parser reports where it gave up, often the line after a missing `]` or `}`: say
+        // where the unclosed one opened too.
+        let at = e.span().map_or(text.len(), |s| s.start);
+        if let Some(open) = unclosed_before(text, at) {
+            let (line, col) = line_col(text, open);
+            let what = if text.as_bytes().get(open) == Some(&b'{') {
+                "inline table"
+            } else {
+                "array"
+            };
+            message.push_str(&format!(
+                " (the {what} opened at line {line}, column {col} is not closed)"
+            ));
+        }
+        Problem {
+            path: KeyPath::root(),
+            span: e.span(),
+            message,
+            at_key: false,
+        }
     })
+}
+
+/// The offset of the innermost value `[` or `{` still open at `end`, outside strings and comments
+/// (a table header, `[server]` or `[[routes]]`, is skipped to the end of its line).
+/// `None` when `end` is inside a string (the error is about the string).
+fn unclosed_before(text: &str, end: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let end = end.min(b.len());
+    let mut open: Vec<usize> = Vec::new();
+    let mut i = 0;
+    while i < end {
+        match b.get(i).copied().unwrap_or(b'\n') {
+            b'#' => {
+                while i < end && b.get(i) != Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            q @ (b'"' | b'\'') => {
+                let triple = b.get(i..i + 3) == Some(&[q, q, q][..]);
+                i += if triple { 3 } else { 1 };
+                loop {
+                    let c = *b.get(i).filter(|_| i < end)?;
+                    if q == b'"' && c == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if !triple && c == b'\n' {
+                        break;
+                    }
+                    if c == q && (!triple || b.get(i..i + 3) == Some(&[q, q, q][..])) {
+                        i += if triple { 2 } else { 0 };
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            // A `[` first on its line opens a table header, which is not a value.
+            b'[' if text
+                .get(..i)
+                .unwrap_or("")
+                .rsplit('\n')
+                .next()
+                .is_some_and(|l| l.trim().is_empty()) =>
+            {
+                while i < end && b.get(i) != Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'[' | b'{' => open.push(i),
+            c @ (b']' | b'}') => {
+                let opener = if c == b']' { b'[' } else { b'{' };
+                if open.last().is_some_and(|&o| b.get(o) == Some(&opener)) {
+                    open.pop();
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    open.last().copied()
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
 }
 
 /// Deserializes every top-level entity, pushing a problem for each one that does not fit.
@@ -353,6 +438,35 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_says_where_an_unclosed_bracket_opened() {
+        let cases = [
+            (
+                "[server]\nlisten = [\"a:1\"\nworkers = 1\n",
+                Some("the array opened at line 2, column 10 is not closed"),
+            ),
+            (
+                "[server]\nx = { a = 1\ny = 2\n",
+                Some("the inline table opened at line 2, column 5 is not closed"),
+            ),
+            // Brackets in strings and comments, and closed table headers, do not count.
+            (
+                "[[routes]]\n# [ not this\npaths = [\"/[x\", '{', \"\"\"]\"\"\"\n\nname = 1\n",
+                Some("the array opened at line 3, column 9 is not closed"),
+            ),
+            ("[server]\nlisten = \"a:1\nworkers = 1\n", None),
+            ("[server\nworkers = 1\n", None),
+        ];
+        for (text, want) in cases {
+            let message = parse(text).err().map(|p| p.message).unwrap_or_default();
+            assert!(message.starts_with("invalid TOML"), "{text:?}: {message}");
+            match want {
+                Some(w) => assert!(message.contains(w), "{text:?}: {message}"),
+                None => assert!(!message.contains("opened at"), "{text:?}: {message}"),
+            }
+        }
+    }
 
     #[test]
     fn suggestions() {
