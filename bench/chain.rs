@@ -171,7 +171,7 @@ fn bench(c: &mut Criterion) {
     let no_edits = Edits::default();
     for (name, transform) in [
         ("request_head_plain", None),
-        ("request_head_transformed", Some(&tf.headers)),
+        ("request_head_transformed", Some(tf)),
     ] {
         c.bench_function(name, |b| {
             b.iter(|| {
@@ -244,7 +244,7 @@ fn bench(c: &mut Criterion) {
                 &fwd,
                 BodyKind::None,
                 &edits,
-                Some(&tf.headers),
+                Some(tf),
             );
             black_box(out.len());
         })

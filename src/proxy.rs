@@ -46,6 +46,19 @@ use crate::upstream::health::Who;
 use crate::worker::{Shard, Snapshot};
 use head::{ClientFraming, Forwarded};
 
+/// RFC 9110 §9.2.2: a request with this method may be sent again.
+fn idempotent(method: &[u8]) -> bool {
+    [
+        &b"GET"[..],
+        b"HEAD",
+        b"OPTIONS",
+        b"TRACE",
+        b"PUT",
+        b"DELETE",
+    ]
+    .contains(&method)
+}
+
 /// Lingering close: how long and how much unread client input is drained before closing.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
@@ -776,16 +789,7 @@ impl<S: ClientIo> Conn<S> {
             }
         }
         let http10 = head.version == Some(Version::Http10);
-        let replayable = body == BodyKind::None
-            && [
-                &b"GET"[..],
-                b"HEAD",
-                b"OPTIONS",
-                b"TRACE",
-                b"PUT",
-                b"DELETE",
-            ]
-            .contains(&method);
+        let replayable = body == BodyKind::None && idempotent(method);
         Ok(Prepared {
             route: m.route,
             strip_len: m.strip_len.min(self.s.path.len()),
@@ -820,6 +824,13 @@ impl<S: ClientIo> Conn<S> {
             .chain
             .request_tf
             .and_then(|i| snap.chains.rt.request.get(i));
+        // A request-transformer's `http_method` is what the upstream sees: replay only what is
+        // idempotent there.
+        let changed = transform.and_then(|t| t.method.as_deref());
+        let p = &Prepared {
+            replayable: p.replayable && changed.is_none_or(|m| p.head_method || idempotent(m)),
+            ..*p
+        };
         match transform.and_then(|t| t.uri.as_deref()) {
             Some(uri) => {
                 self.s.target.clear();
@@ -947,8 +958,7 @@ impl<S: ClientIo> Conn<S> {
             self.s
                 .chain
                 .request_tf
-                .and_then(|i| snap.chains.rt.request.get(i))
-                .map(|t| &t.headers),
+                .and_then(|i| snap.chains.rt.request.get(i)),
         );
         match body::send_request(
             self,

@@ -417,6 +417,44 @@ config = { append = { querystring = ["from:all"] } }
     assert_eq!(up.last_request().target, "/b/c?debug=1&from=all");
 }
 
+/// `http_method` (Kong's) is the method the upstream gets, body and all; a HEAD stays a HEAD (its
+/// answer has no body, which the client expects), and other routes are untouched.
+#[test]
+fn request_transformer_http_method_changes_the_upstream_method() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "request-transformer"
+route = "a"
+config = { http_method = "POST" }
+"#,
+    );
+    assert_eq!(send(&gw, "GET", "/a/x", "").status, 200);
+    let seen = up.last_request();
+    assert_eq!(
+        (seen.method.as_str(), seen.target.as_str()),
+        ("POST", "/x") // strip_path
+    );
+    let mut c = Conn::connect(gw.addr());
+    let r = c.request(
+        format!("PUT /a/up HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n\r\nhello").as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    let seen = up.last_request();
+    assert_eq!(
+        (seen.method.as_str(), seen.body.as_slice()),
+        ("POST", &b"hello"[..])
+    );
+    let r = send(&gw, "HEAD", "/a/x", "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty(), "{r:?}");
+    assert_eq!(up.last_request().method, "HEAD");
+    send(&gw, "GET", "/b", "");
+    assert_eq!(up.last_request().method, "GET");
+}
+
 #[test]
 fn response_transformer_edits_what_the_client_sees() {
     let up = Upstream::fixed(

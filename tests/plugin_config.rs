@@ -643,6 +643,26 @@ fn transformer_query_and_uri_errors() {
         "plugins[0].config.add.uri",
         "`uri` is a `replace` key",
     );
+    for (method, why) in [
+        ("post", "upper-case method name"),
+        ("PO ST", "upper-case method name"),
+        ("", "upper-case method name"),
+        ("HEAD", "\"HEAD\" is refused"),
+        ("CONNECT", "\"CONNECT\" is refused"),
+    ] {
+        expect_at_needle(
+            &rt(&format!("{{ http_method = \"{method}\" }}")),
+            &format!("\"{method}\""),
+            "plugins[0].config.http_method",
+            why,
+        );
+    }
+    expect_at_needle(
+        "[[plugins]]\nname = \"response-transformer\"\nconfig = { http_method = \"POST\" }\n",
+        "\"POST",
+        "plugins[0].config.http_method",
+        "edits headers only",
+    );
     // Query names compare exactly, so `A:b` and `a:b` are two renames; chains are refused.
     expect_at_needle(
         &rt("{ rename = { querystring = [\"a:b\", \"b:c\"] } }"),
@@ -681,6 +701,7 @@ fn transformer_query_and_uri_errors() {
             assert_eq!(d.query.rename.len(), 2);
             assert_eq!(d.query.add, [("lang".to_string(), "en".to_string())]);
             assert_eq!(d.uri.as_deref(), Some("/v2/%7Eme"));
+            assert_eq!(d.method, None);
             assert!(d.headers.add.is_empty());
         }
         other => panic!("{other:?}"),

@@ -15,7 +15,8 @@
 //! response side the upstream's end-to-end headers (not the gateway's own lines).
 //!
 //! A request-transformer also edits the upstream request target: its query string
-//! (`query_transform`) and, with `replace.uri`, its path (`RequestTransform`).
+//! (`query_transform`) and, with `replace.uri`, its path (`RequestTransform`); and with
+//! `http_method`, the method (except a HEAD's).
 
 use crate::config::model::{EditsDef, TransformDef};
 use crate::http::headers::eq_ignore_case;
@@ -159,6 +160,9 @@ pub struct RequestTransform {
     /// The upstream path in place of the route's and service's (checked at load: origin-form,
     /// visible ASCII, no query).
     pub uri: Option<Box<[u8]>>,
+    /// `http_method`: the upstream request's method (checked at load: upper-case letters, not
+    /// HEAD or CONNECT). A client's HEAD is sent as HEAD regardless.
+    pub method: Option<Box<[u8]>>,
 }
 
 impl RequestTransform {
@@ -167,6 +171,7 @@ impl RequestTransform {
             headers: HeaderTransform::new(&def.headers),
             query: QueryTransform::new(&def.query),
             uri: def.uri.as_ref().map(|u| u.as_bytes().into()),
+            method: def.method.as_ref().map(|m| m.as_bytes().into()),
         }
     }
 }

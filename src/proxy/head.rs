@@ -13,7 +13,7 @@ use crate::http::headers::{eq_ignore_case, is_listed};
 use crate::http::parse::{RequestHead, ResponseHead};
 use crate::http::{BodyKind, Span};
 use crate::plugins::cors;
-use crate::plugins::transform::{HeaderTransform, Seen};
+use crate::plugins::transform::{HeaderTransform, RequestTransform, Seen};
 
 /// Headers the proxy treats specially, classified by length first so the common case is one compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +131,8 @@ pub struct Forwarded<'a> {
 /// Writes the upstream request head. `buf` is the client read buffer the `head` spans point into;
 /// `path_and_query` is the already rewritten upstream target; `host` the Host to send; `edits`
 /// what plugins changed (hidden credentials, consumer headers); `transform` a request-transformer's
-/// edits of the client's plain headers.
+/// edits of the client's plain headers and its `http_method` (a HEAD stays a HEAD: its response has
+/// no body whatever its Content-Length, and the client asked for none).
 #[allow(clippy::too_many_arguments)]
 pub fn write_request_head(
     out: &mut Vec<u8>,
@@ -142,9 +143,14 @@ pub fn write_request_head(
     fwd: &Forwarded<'_>,
     body: BodyKind,
     edits: &Edits,
-    transform: Option<&HeaderTransform>,
+    transform: Option<&RequestTransform>,
 ) {
-    out.extend_from_slice(head.method.get(buf));
+    let method = head.method.get(buf);
+    match transform.and_then(|t| t.method.as_deref()) {
+        Some(m) if method != b"HEAD" => out.extend_from_slice(m),
+        _ => out.extend_from_slice(method),
+    }
+    let transform = transform.map(|t| &t.headers);
     out.push(b' ');
     out.extend_from_slice(path_and_query);
     out.extend_from_slice(b" HTTP/1.1\r\n");

@@ -116,6 +116,8 @@ pub struct TransformDef {
     pub query: EditsDef,
     /// `replace.uri` (request side only): the upstream path, instead of the route's and service's.
     pub uri: Option<String>,
+    /// `http_method` (request side only): the upstream request's method.
+    pub method: Option<String>,
 }
 
 /// One kind of edits (header fields or query parameters), applied in Kong's order: remove, rename,

@@ -183,8 +183,8 @@ pub struct RawCors {
 
 /// `config` of `request-transformer` and `response-transformer`: Kong's header and query-string
 /// subset, each a table `{ headers = [...], querystring = [...] }` (`"name"` for remove,
-/// `"name:value"` / `"old:new"` for the others), plus `replace.uri`. The validator refuses the
-/// request-only keys on the response side.
+/// `"name:value"` / `"old:new"` for the others), plus `replace.uri` and `http_method`. The
+/// validator refuses the request-only keys on the response side.
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
@@ -196,6 +196,7 @@ pub struct RawTransformer {
     pub replace: Option<RawEdits>,
     pub add: Option<RawEdits>,
     pub append: Option<RawEdits>,
+    pub http_method: Option<String>,
 }
 
 /// `{ headers = ["…"], querystring = ["…"] }`, and `uri = "/path"` under `replace`.

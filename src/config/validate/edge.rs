@@ -317,15 +317,37 @@ pub fn transformer(
             (None, _) => {}
         }
     }
+    let method = c.http_method.as_deref().and_then(|m| {
+        let at = cp.key("http_method");
+        let why = if side == Side::Response {
+            Some(RESPONSE_HEADERS_ONLY)
+        } else if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            Some("must be an upper-case method name such as \"POST\" (Kong's rule: letters A-Z only)")
+        } else if m == "HEAD" {
+            Some("\"HEAD\" is refused: the upstream's answer would have no body where the client expects one")
+        } else if m == "CONNECT" {
+            Some("\"CONNECT\" is refused: the gateway does not tunnel CONNECT")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => {
+                push(problems, at, why);
+                None
+            }
+            None => Some(m.to_owned()),
+        }
+    });
     (problems.len() == before).then_some(TransformDef {
         headers,
         query,
         uri,
+        method,
     })
 }
 
 const RESPONSE_HEADERS_ONLY: &str =
-    "the response-transformer edits headers only (`querystring` and `uri` are request-transformer keys)";
+    "the response-transformer edits headers only (`querystring`, `uri` and `http_method` are request-transformer keys)";
 
 /// What an edit list names.
 #[derive(Clone, Copy)]
