@@ -19,6 +19,8 @@ pub enum GatewayError {
     UpstreamClosed,
     UpstreamTimeout,
     BadResponse,
+    /// A response body to edit (response-transformer `json`) is larger than `max_json_bytes`.
+    ResponseTooLarge,
     ServiceUnavailable,
 }
 
@@ -35,7 +37,8 @@ impl GatewayError {
             GatewayError::VersionNotSupported => 505,
             GatewayError::UpstreamConnect
             | GatewayError::UpstreamClosed
-            | GatewayError::BadResponse => 502,
+            | GatewayError::BadResponse
+            | GatewayError::ResponseTooLarge => 502,
             GatewayError::ServiceUnavailable => 503,
             GatewayError::UpstreamTimeout => 504,
         }
@@ -60,6 +63,7 @@ impl GatewayError {
             GatewayError::UpstreamClosed => "upstream closed the connection",
             GatewayError::UpstreamTimeout => "upstream timed out",
             GatewayError::BadResponse => "invalid upstream response",
+            GatewayError::ResponseTooLarge => "upstream response too large to transform",
             GatewayError::ServiceUnavailable => "service unavailable",
         }
     }

@@ -17,6 +17,7 @@
 
 pub mod correlation;
 pub mod cors;
+pub mod json_body;
 pub mod query_transform;
 pub mod termination;
 pub mod transform;
@@ -154,6 +155,8 @@ pub struct Runtime {
     pub cors: Vec<cors::CorsRt>,
     pub request: Vec<transform::RequestTransform>,
     pub response: Vec<transform::HeaderTransform>,
+    /// Each response-transformer's JSON body edits, if it has any (same index as `response`).
+    pub response_json: Vec<Option<json_body::JsonTransform>>,
     pub termination: Vec<termination::TerminationRt>,
 }
 
@@ -169,9 +172,11 @@ impl Runtime {
                 PluginConfig::RequestTransformer(d) => {
                     rt.request.push(transform::RequestTransform::new(d))
                 }
-                PluginConfig::ResponseTransformer(d) => rt
-                    .response
-                    .push(transform::HeaderTransform::new(&d.headers)),
+                PluginConfig::ResponseTransformer(d) => {
+                    rt.response
+                        .push(transform::HeaderTransform::new(&d.headers));
+                    rt.response_json.push(json_body::JsonTransform::new(d));
+                }
                 PluginConfig::RequestTermination(d) => {
                     rt.termination.push(termination::TerminationRt::new(d))
                 }

@@ -1055,11 +1055,32 @@ impl<S: ClientIo> Conn<S> {
 
         // 3. Response head and body to the client.
         let resp_body = self.s.resp.body.unwrap_or(BodyKind::None);
-        let framing = match resp_body {
-            BodyKind::None => ClientFraming::NoBody,
-            BodyKind::Length(n) => ClientFraming::Length(n),
-            BodyKind::Chunked | BodyKind::CloseDelimited if p.http10 => ClientFraming::Close,
-            BodyKind::Chunked | BodyKind::CloseDelimited => ClientFraming::Chunked,
+        // A response-transformer's JSON body edits: the whole body is read first and goes out
+        // edited, with its new length.
+        let mut edited: Option<(Vec<u8>, bool)> = None;
+        if let Some(jt) = self.json_edits(&snap, resp_body) {
+            match body::read_whole(self, svc, &mut upstream, resp_body, jt.max_bytes).await {
+                Ok((whole, clean)) => edited = Some((jt.apply(&whole).unwrap_or(whole), clean)),
+                Err(body::WholeError::TimedOut) => {
+                    return Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
+                }
+                Err(e) => {
+                    let e = match e {
+                        body::WholeError::TooLarge => GatewayError::ResponseTooLarge,
+                        _ => GatewayError::BadResponse,
+                    };
+                    return Exchange::Done(self.fail(shard, e, p.client_close).await);
+                }
+            }
+        }
+        let framing = match (&edited, resp_body) {
+            (Some((b, _)), _) => ClientFraming::Length(b.len() as u64),
+            (None, BodyKind::None) => ClientFraming::NoBody,
+            (None, BodyKind::Length(n)) => ClientFraming::Length(n),
+            (None, BodyKind::Chunked | BodyKind::CloseDelimited) if p.http10 => {
+                ClientFraming::Close
+            }
+            (None, BodyKind::Chunked | BodyKind::CloseDelimited) => ClientFraming::Chunked,
         };
         // After an early answer the client's body is still coming: the connection cannot be
         // reused.
@@ -1079,7 +1100,10 @@ impl<S: ClientIo> Conn<S> {
                 .chain
                 .response_edits(&self.s.plugin_headers, &snap.chains.rt, true),
         );
-        let relay = body::relay_response(self, svc, &mut upstream, resp_body, framing).await;
+        let relay = match &edited {
+            Some((b, clean)) => body::send_edited(self, b, *clean).await,
+            None => body::relay_response(self, svc, &mut upstream, resp_body, framing).await,
+        };
         match relay {
             body::Relay::Complete { upstream_clean } => {
                 if early.is_some() {
@@ -1121,6 +1145,39 @@ impl<S: ClientIo> Conn<S> {
                 Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
             }
         }
+    }
+
+    /// The JSON body edits that apply to the response head just read: a response-transformer with
+    /// `json` edits ran, and the response has a body (not HEAD, 204, 304) of a JSON type without
+    /// a content coding (`Accept-Encoding` was not forwarded; an upstream that encodes anyway gets
+    /// its body through unedited, as Kong leaves what it cannot parse).
+    fn json_edits<'a>(
+        &self,
+        snap: &'a Snapshot,
+        body: BodyKind,
+    ) -> Option<&'a crate::plugins::json_body::JsonTransform> {
+        let jt = self
+            .s
+            .chain
+            .response_tf
+            .and_then(|i| snap.chains.rt.response_json.get(i))?
+            .as_ref()?;
+        if body == BodyKind::None {
+            return None;
+        }
+        let mut json = false;
+        for h in &self.s.resp.headers {
+            let name = h.name.get(&self.ubuf);
+            let value = h.value.get(&self.ubuf);
+            if eq_ignore_case(name, b"content-type") {
+                json = crate::plugins::json_body::is_json_type(value);
+            } else if eq_ignore_case(name, b"content-encoding")
+                && !eq_ignore_case(value.trim_ascii(), b"identity")
+            {
+                return None;
+            }
+        }
+        json.then_some(jt)
     }
 
     /// No usable response head came: answer `e` (504 for a timeout), or, when the request body

@@ -455,6 +455,108 @@ config = { http_method = "POST" }
     assert_eq!(up.last_request().method, "GET");
 }
 
+/// The response-transformer's `json` edits (Kong's keys) on a JSON body: Kong's order, key order
+/// kept, the new Content-Length; the client's Accept-Encoding is not forwarded (the body must be
+/// readable), and the connection stays usable.
+#[test]
+fn response_transformer_edits_json_bodies() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "response-transformer"
+route = "a"
+[plugins.config]
+remove = { json = ["headers"] }
+rename = { json = ["method:verb"] }
+replace = { json = ["body_len:-1", "absent:x"], json_types = ["number"] }
+add = { json = ["env:prod", "live:true", "upstream:not-this"], json_types = ["string", "boolean"] }
+append = { json = ["tags:a"] }
+"#,
+    );
+    let mut c = Conn::connect(gw.addr());
+    for _ in 0..2 {
+        let r = c.request(
+            format!("GET /a/x?q=1 HTTP/1.1\r\nHost: {HOST}\r\nAccept-Encoding: gzip\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(
+            r.body_str(),
+            r#"{"upstream":"up","path":"/x","query":"q=1","body_len":-1,"verb":"GET","env":"prod","live":true,"tags":["a"]}"#
+        );
+        assert_eq!(
+            r.header("content-length"),
+            Some(r.body.len().to_string().as_str())
+        );
+        assert!(!up.last_request().has_header("accept-encoding"));
+    }
+    // Another route: untouched, and Accept-Encoding goes up.
+    let r = send(&gw, "GET", "/b", "Accept-Encoding: gzip\r\n");
+    assert!(r.body_str().contains("\"headers\":{"), "{r:?}");
+    assert_eq!(up.last_request().header("accept-encoding"), Some("gzip"));
+    // HEAD: no body to edit.
+    let r = send(&gw, "HEAD", "/a/x", "");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+}
+
+/// Which bodies the `json` edits touch: a chunked JSON body is buffered, edited and sent with a
+/// Content-Length; other content types, encoded bodies and non-objects go through unchanged; a
+/// body over `max_json_bytes` is a 502, never sent unedited (a `remove` may be hiding something).
+#[test]
+fn response_transformer_json_applies_only_to_json_it_can_read() {
+    let plugin = |max: &str| {
+        format!(
+            "[[plugins]]\nname = \"response-transformer\"\nconfig = {{ remove = {{ json = [\"secret\"] }}{max} }}\n"
+        )
+    };
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "Content-Type: application/problem+json\r\nTransfer-Encoding: chunked\r\n",
+            "9\r\n{\"a\":1,\"s\r\n11\r\necret\":\"s\",\"b\":2}\r\n0\r\n\r\n",
+            r#"{"a":1,"b":2}"#,
+        ),
+        (
+            "Content-Type: text/plain\r\nContent-Length: 26\r\n",
+            r#"{"a":1,"secret":"s","b":2}"#,
+            r#"{"a":1,"secret":"s","b":2}"#,
+        ),
+        (
+            "Content-Type: application/json\r\nContent-Encoding: br\r\nContent-Length: 26\r\n",
+            r#"{"a":1,"secret":"s","b":2}"#,
+            r#"{"a":1,"secret":"s","b":2}"#,
+        ),
+        (
+            "Content-Type: application/json\r\nContent-Length: 14\r\n",
+            r#"[{"secret":1}]"#,
+            r#"[{"secret":1}]"#,
+        ),
+        (
+            "Content-Type: application/json\r\nContent-Length: 12\r\n",
+            r#"{"secret":1}"#,
+            "{}",
+        ),
+    ];
+    for (headers, body, want) in cases {
+        let up = Upstream::fixed(format!("HTTP/1.1 200 OK\r\n{headers}\r\n{body}").as_bytes());
+        let gw = start(&up, &plugin(""));
+        let mut c = Conn::connect(gw.addr());
+        for _ in 0..2 {
+            let r = c.request(format!("GET /a HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+            assert_eq!((r.status, r.body_str().as_str()), (200, want), "{headers}");
+        }
+    }
+    let up = Upstream::fixed(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 26\r\n\r\n{\"a\":1,\"secret\":\"s\",\"b\":2}",
+    );
+    let gw = start(&up, &plugin(", max_json_bytes = 25"));
+    let r = send(&gw, "GET", "/a", "");
+    r.assert_json_error(502);
+    assert!(r.body_str().contains("too large to transform"), "{r:?}");
+}
+
 #[test]
 fn response_transformer_edits_what_the_client_sees() {
     let up = Upstream::fixed(

@@ -611,13 +611,13 @@ fn transformer_query_and_uri_errors() {
         "[[plugins]]\nname = \"response-transformer\"\nconfig = { add = { querystring = [\"a:1\"] } }\n",
         "[\"a:1",
         "plugins[0].config.add.querystring",
-        "edits headers only",
+        "edits headers and JSON bodies only",
     );
     expect_at_needle(
         "[[plugins]]\nname = \"response-transformer\"\nconfig = { replace = { uri = \"/x\" } }\n",
         "\"/x",
         "plugins[0].config.replace.uri",
-        "edits headers only",
+        "edits headers and JSON bodies only",
     );
     for (uri, why) in [
         ("v2/users", "must start with `/`"),
@@ -661,7 +661,46 @@ fn transformer_query_and_uri_errors() {
         "[[plugins]]\nname = \"response-transformer\"\nconfig = { http_method = \"POST\" }\n",
         "\"POST",
         "plugins[0].config.http_method",
-        "edits headers only",
+        "edits headers and JSON bodies only",
+    );
+    // JSON body edits: response side only, typed values checked.
+    expect_at_needle(
+        &rt("{ remove = { json = [\"a\"] } }"),
+        "[\"a",
+        "plugins[0].config.remove.json",
+        "does not edit bodies",
+    );
+    let resp =
+        |config: &str| format!("[[plugins]]\nname = \"response-transformer\"\nconfig = {config}\n");
+    expect_at_needle(
+        &resp("{ add = { json = [\"n:x1\"], json_types = [\"number\"] } }"),
+        "\"n:x1",
+        "plugins[0].config.add.json[0]",
+        "\"x1\" is not a number",
+    );
+    expect_at_needle(
+        &resp("{ add = { json = [\"n:1\"], json_types = [\"int\"] } }"),
+        "\"int",
+        "plugins[0].config.add.json_types[0]",
+        "expected \"string\", \"number\" or \"boolean\"",
+    );
+    expect_at_needle(
+        &resp("{ add = { json = [\"n:1\"], json_types = [\"number\", \"string\"] } }"),
+        "\"string",
+        "plugins[0].config.add.json_types[1]",
+        "no `json` entry 1",
+    );
+    expect_at_needle(
+        &resp("{ remove = { json = [\" \"] } }"),
+        "\" \"",
+        "plugins[0].config.remove.json[0]",
+        "must not be empty",
+    );
+    expect_at_needle(
+        &resp("{ remove = { json = [\"a\"] }, max_json_bytes = 0 }"),
+        "0 }",
+        "plugins[0].config.max_json_bytes",
+        "1 byte to 1 GiB",
     );
     // Query names compare exactly, so `A:b` and `a:b` are two renames; chains are refused.
     expect_at_needle(

@@ -71,6 +71,9 @@ pub struct Edits {
     /// Byte range of the query (relative to its start) not forwarded: a hidden `?apikey=…`,
     /// including one adjacent `&`.
     pub query_cut: Option<(usize, usize)>,
+    /// The client's `Accept-Encoding` is not forwarded, so the upstream answers without a content
+    /// coding: a response-transformer edits the JSON body.
+    pub identity_only: bool,
 }
 
 impl Edits {
@@ -79,6 +82,7 @@ impl Edits {
         self.skip.clear();
         self.skip_names = None;
         self.query_cut = None;
+        self.identity_only = false;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,11 +90,13 @@ impl Edits {
             && self.skip.is_empty()
             && self.skip_names.is_none()
             && self.query_cut.is_none()
+            && !self.identity_only
     }
 
     /// Whether client header `i` named `name` is dropped.
     pub fn skips(&self, i: usize, name: &[u8]) -> bool {
-        self.skip.iter().any(|&s| usize::from(s) == i)
+        (self.identity_only && eq_ignore_case(name, b"accept-encoding"))
+            || self.skip.iter().any(|&s| usize::from(s) == i)
             || self
                 .skip_names
                 .iter()

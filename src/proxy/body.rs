@@ -1,4 +1,5 @@
-//! Body streaming in both directions through bounded buffers; nothing is ever buffered whole.
+//! Body streaming in both directions through bounded buffers. The one exception is a response a
+//! response-transformer edits as JSON (`read_whole`, bounded by its `max_json_bytes`).
 //!
 //! Requests: the head goes out together with whatever body bytes arrived with it (one write), the
 //! rest streams from the client buffer. Chunked bodies are decoded strictly and re-encoded, so chunk
@@ -314,6 +315,118 @@ pub async fn relay_response<S: ClientIo>(
         BodyKind::CloseDelimited => {
             relay_until_close(c, upstream, hl, framing, read_timeout, write_timeout).await
         }
+    }
+}
+
+/// Why reading a whole response body (`read_whole`) stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WholeError {
+    /// Larger than the limit (known from Content-Length, or on the way).
+    TooLarge,
+    /// Malformed, cut short or reset.
+    Bad,
+    TimedOut,
+}
+
+/// Reads the whole response body, decoded, for an edit (response-transformer `json`): at most
+/// `limit` bytes. `c.ubuf` holds the head and the body bytes that came with it and is left as it
+/// is (the head is written from it afterwards); later bytes go to a buffer of this response's own.
+/// Returns the body and whether the upstream connection is clean (the framing ended exactly).
+pub async fn read_whole<S: ClientIo>(
+    c: &mut Conn<S>,
+    svc: &ServiceDef,
+    upstream: &mut UpstreamConn,
+    body: BodyKind,
+    limit: u64,
+) -> Result<(Vec<u8>, bool), WholeError> {
+    let timeout = svc.read_timeout;
+    let hl = c.s.resp.head_len.min(c.ubuf.len());
+    let mut raw: Vec<u8> = c.ubuf.get(hl..).unwrap_or_default().to_vec();
+    // Chunk framing is bounded too: tiny chunks could make the raw body many times the data.
+    let raw_limit = limit.saturating_mul(2).saturating_add(64 * 1024);
+    match body {
+        BodyKind::None => Ok((Vec::new(), raw.is_empty())),
+        BodyKind::Length(n) => {
+            if n > limit {
+                return Err(WholeError::TooLarge);
+            }
+            while (raw.len() as u64) < n {
+                read_more(upstream, &mut raw, timeout).await?;
+            }
+            let clean = raw.len() as u64 == n;
+            raw.truncate(n as usize);
+            Ok((raw, clean))
+        }
+        BodyKind::Chunked => {
+            let mut dec = ChunkedDecoder::new();
+            let mut out = Vec::new();
+            let mut start = 0;
+            loop {
+                while start < raw.len() {
+                    let rest = raw.get(start..).unwrap_or_default();
+                    let (used, chunk) = dec.decode(rest).map_err(|_| WholeError::Bad)?;
+                    match chunk {
+                        Chunk::Data(r) => {
+                            out.extend_from_slice(rest.get(r).unwrap_or_default());
+                            if out.len() as u64 > limit {
+                                return Err(WholeError::TooLarge);
+                            }
+                        }
+                        Chunk::NeedMore => {}
+                        Chunk::Done => return Ok((out, start + used == raw.len())),
+                    }
+                    if used == 0 {
+                        break;
+                    }
+                    start += used;
+                }
+                if raw.len() as u64 > raw_limit {
+                    return Err(WholeError::TooLarge);
+                }
+                read_more(upstream, &mut raw, timeout).await?;
+            }
+        }
+        BodyKind::CloseDelimited => loop {
+            if raw.len() as u64 > limit {
+                return Err(WholeError::TooLarge);
+            }
+            if raw.len() == raw.capacity() {
+                raw.reserve(16 * 1024);
+            }
+            // The close ends the body; a reset or a timeout does not.
+            match io::fill(upstream, &mut raw, timeout).await {
+                Ok(0) => return Ok((raw, false)),
+                Ok(_) => {}
+                Err(e) if io::is_timeout(&e) => return Err(WholeError::TimedOut),
+                Err(_) => return Err(WholeError::Bad),
+            }
+        },
+    }
+}
+
+/// Appends one read from the upstream to `raw`, growing it as needed; EOF is `Bad` (cut short).
+async fn read_more(
+    upstream: &mut UpstreamConn,
+    raw: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<usize, WholeError> {
+    if raw.len() == raw.capacity() {
+        raw.reserve(16 * 1024);
+    }
+    match io::fill(upstream, raw, timeout).await {
+        Ok(0) => Err(WholeError::Bad),
+        Ok(n) => Ok(n),
+        Err(e) if io::is_timeout(&e) => Err(WholeError::TimedOut),
+        Err(_) => Err(WholeError::Bad),
+    }
+}
+
+/// Sends `c.s.out` (the response head) with an edited body behind it.
+pub async fn send_edited<S: ClientIo>(c: &mut Conn<S>, body: &[u8], upstream_clean: bool) -> Relay {
+    c.s.out.extend_from_slice(body);
+    match send_out(c, c.client_timeout()).await {
+        Ok(()) => Relay::Complete { upstream_clean },
+        Err(_) => Relay::Aborted,
     }
 }
 

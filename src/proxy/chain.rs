@@ -183,6 +183,9 @@ impl<S: ClientIo> Conn<S> {
                 }
                 Plugin::ResponseTransformer(n) => {
                     st.response_tf = Some(n);
+                    // JSON body edits need a body they can read.
+                    st.edits.identity_only =
+                        matches!(snap.chains.rt.response_json.get(n), Some(Some(_)));
                     Flow::Continue
                 }
                 Plugin::RequestTermination(n) => match snap.chains.rt.termination.get(n) {

@@ -118,6 +118,10 @@ pub struct TransformDef {
     pub uri: Option<String>,
     /// `http_method` (request side only): the upstream request's method.
     pub method: Option<String>,
+    /// JSON body edits (response side only); values are JSON text (`"\"v\""`, `1`, `true`).
+    pub json: EditsDef,
+    /// The largest JSON body the response side buffers to edit.
+    pub max_json_bytes: u64,
 }
 
 /// One kind of edits (header fields or query parameters), applied in Kong's order: remove, rename,

@@ -197,9 +197,12 @@ pub struct RawTransformer {
     pub add: Option<RawEdits>,
     pub append: Option<RawEdits>,
     pub http_method: Option<String>,
+    /// response-transformer: the largest JSON body it buffers to edit.
+    pub max_json_bytes: Option<super::Size>,
 }
 
-/// `{ headers = ["…"], querystring = ["…"] }`, and `uri = "/path"` under `replace`.
+/// `{ headers = ["…"], querystring = ["…"] }`, `uri = "/path"` under `replace`, and (response side)
+/// `json = ["…"]` with `json_types`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
@@ -209,4 +212,8 @@ pub struct RawEdits {
     pub headers: Option<Vec<String>>,
     pub querystring: Option<Vec<String>>,
     pub uri: Option<String>,
+    /// response-transformer: top-level keys of a JSON body (`"key"`, `"old:new"`, `"key:value"`).
+    pub json: Option<Vec<String>>,
+    /// The type of each `json` value, in order: `"string"` (the default), `"number"`, `"boolean"`.
+    pub json_types: Option<Vec<String>>,
 }

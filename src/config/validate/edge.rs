@@ -291,9 +291,9 @@ pub fn transformer(
     let cp = path.key("config");
     let before = problems.len();
     let headers = edits(c, &cp, Field::Header(side), problems);
-    let query = match side {
-        Side::Request => edits(c, &cp, Field::Query, problems),
-        Side::Response => EditsDef::default(), // refused below
+    let (query, json) = match side {
+        Side::Request => (edits(c, &cp, Field::Query, problems), EditsDef::default()),
+        Side::Response => (EditsDef::default(), edits(c, &cp, Field::Json, problems)),
     };
     let mut uri = None;
     for (key, e) in sections(c) {
@@ -306,6 +306,14 @@ pub fn transformer(
                 push(problems, at.key("uri"), RESPONSE_HEADERS_ONLY);
             }
             continue;
+        }
+        if e.json.is_some() || e.json_types.is_some() {
+            let k = if e.json.is_some() {
+                "json"
+            } else {
+                "json_types"
+            };
+            push(problems, at.key(k), REQUEST_NO_BODY);
         }
         match (&e.uri, key) {
             (Some(u), "replace") => uri = upstream_uri(problems, at.key("uri"), u),
@@ -338,16 +346,44 @@ pub fn transformer(
             None => Some(m.to_owned()),
         }
     });
+    let max_json_bytes = match (side, &c.max_json_bytes) {
+        (_, None) => DEFAULT_MAX_JSON_BYTES,
+        (Side::Request, Some(_)) => {
+            push(problems, cp.key("max_json_bytes"), REQUEST_NO_BODY);
+            DEFAULT_MAX_JSON_BYTES
+        }
+        (Side::Response, Some(s)) => {
+            if (1..=MAX_MAX_JSON_BYTES).contains(&s.0) {
+                s.0
+            } else {
+                push(
+                    problems,
+                    cp.key("max_json_bytes"),
+                    format!("max_json_bytes must be 1 byte to 1 GiB, got {}", s.0),
+                );
+                DEFAULT_MAX_JSON_BYTES
+            }
+        }
+    };
     (problems.len() == before).then_some(TransformDef {
         headers,
         query,
         uri,
         method,
+        json,
+        max_json_bytes,
     })
 }
 
+/// How large a JSON body the response-transformer buffers by default, and at most.
+pub const DEFAULT_MAX_JSON_BYTES: u64 = 8 << 20;
+const MAX_MAX_JSON_BYTES: u64 = 1 << 30;
+
 const RESPONSE_HEADERS_ONLY: &str =
-    "the response-transformer edits headers only (`querystring`, `uri` and `http_method` are request-transformer keys)";
+    "the response-transformer edits headers and JSON bodies only (`querystring`, `uri` and `http_method` are request-transformer keys)";
+
+const REQUEST_NO_BODY: &str =
+    "the request-transformer does not edit bodies (`json`, `json_types` and `max_json_bytes` are response-transformer keys)";
 
 /// What an edit list names.
 #[derive(Clone, Copy)]
@@ -356,6 +392,8 @@ enum Field {
     Header(Side),
     /// `querystring` (request side).
     Query,
+    /// `json`: top-level keys of a JSON body (response side).
+    Json,
 }
 
 impl Field {
@@ -363,6 +401,7 @@ impl Field {
         match self {
             Field::Header(_) => "headers",
             Field::Query => "querystring",
+            Field::Json => "json",
         }
     }
 
@@ -371,7 +410,7 @@ impl Field {
     fn same(self, a: &str, b: &str) -> bool {
         match self {
             Field::Header(_) => a.eq_ignore_ascii_case(b),
-            Field::Query => a == b,
+            Field::Query | Field::Json => a == b,
         }
     }
 
@@ -381,6 +420,7 @@ impl Field {
             .flat_map(move |e| match self {
                 Field::Header(_) => e.headers.as_deref(),
                 Field::Query => e.querystring.as_deref(),
+                Field::Json => e.json.as_deref(),
             })
             .flat_map(|l| l.iter().map(String::as_str).enumerate())
     }
@@ -389,6 +429,7 @@ impl Field {
         match self {
             Field::Header(side) => header_name(problems, at, name.trim(), side),
             Field::Query => query_text(problems, at, name, true),
+            Field::Json => json_key(problems, at, name),
         }
     }
 
@@ -396,6 +437,8 @@ impl Field {
         match self {
             Field::Header(_) => header_value(problems, at, value),
             Field::Query => query_text(problems, at, value, false),
+            // Typed by `json_value`, which knows the entry's `json_types`.
+            Field::Json => Some(value.to_owned()),
         }
     }
 }
@@ -463,13 +506,14 @@ fn edits(c: &RawTransformer, cp: &KeyPath, field: Field, problems: &mut Vec<Prob
     }
     let example = match field {
         Field::Header(_) => "\"Header-Name:value\"",
-        Field::Query => "\"name:value\"",
+        Field::Query | Field::Json => "\"name:value\"",
     };
     for (key, raw, out) in [
         ("replace", &c.replace, &mut def.replace),
         ("add", &c.add, &mut def.add),
         ("append", &c.append, &mut def.append),
     ] {
+        let types = json_types(problems, cp.key(key), raw, field);
         for (i, h) in field.entries(raw) {
             let at = cp.key(key).key(fkey).index(i);
             let Some((name, value)) = h.split_once(':') else {
@@ -477,7 +521,10 @@ fn edits(c: &RawTransformer, cp: &KeyPath, field: Field, problems: &mut Vec<Prob
                 continue;
             };
             let name = field.name(problems, at.clone(), name);
-            let value = field.value(problems, at, value);
+            let value = match field {
+                Field::Json => json_value(problems, at, value, types.get(i).copied()),
+                _ => field.value(problems, at, value),
+            };
             if let (Some(n), Some(v)) = (name, value) {
                 out.push((n, v));
             }
@@ -491,6 +538,111 @@ fn edits(c: &RawTransformer, cp: &KeyPath, field: Field, problems: &mut Vec<Prob
         }
     }
     def
+}
+
+/// The type of a `json` value.
+#[derive(Clone, Copy)]
+enum JsonType {
+    String,
+    Number,
+    Boolean,
+}
+
+/// One section's `json_types` (checked against its `json` entries); empty when not set or not
+/// about JSON.
+fn json_types(
+    problems: &mut Vec<Problem>,
+    at: KeyPath,
+    raw: &Option<RawEdits>,
+    field: Field,
+) -> Vec<JsonType> {
+    let (Field::Json, Some(e)) = (field, raw.as_ref()) else {
+        return Vec::new();
+    };
+    let Some(types) = &e.json_types else {
+        return Vec::new();
+    };
+    let entries = e.json.as_ref().map_or(0, Vec::len);
+    let mut out = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        let at = at.key("json_types").index(i);
+        if i >= entries {
+            push(
+                problems,
+                at,
+                format!("{t:?} has no `json` entry {i} to type"),
+            );
+            continue;
+        }
+        out.push(match t.as_str() {
+            "string" => JsonType::String,
+            "number" => JsonType::Number,
+            "boolean" => JsonType::Boolean,
+            _ => {
+                push(
+                    problems,
+                    at,
+                    format!("{t:?}: expected \"string\", \"number\" or \"boolean\""),
+                );
+                JsonType::String
+            }
+        });
+    }
+    out
+}
+
+/// A top-level JSON key, trimmed of surrounding spaces like the other entries.
+fn json_key(problems: &mut Vec<Problem>, at: KeyPath, key: &str) -> Option<String> {
+    let k = key.trim_matches([' ', '\t']);
+    if k.is_empty() {
+        push(problems, at, "a JSON key must not be empty");
+        return None;
+    }
+    if k.chars().any(char::is_control) {
+        push(
+            problems,
+            at,
+            "JSON keys must not contain control characters",
+        );
+        return None;
+    }
+    Some(k.to_owned())
+}
+
+/// A `json` value of type `t` (a string when untyped), as JSON text.
+fn json_value(
+    problems: &mut Vec<Problem>,
+    at: KeyPath,
+    value: &str,
+    t: Option<JsonType>,
+) -> Option<String> {
+    let v = value.trim_matches([' ', '\t']);
+    let parsed = match t.unwrap_or(JsonType::String) {
+        JsonType::String => Some(serde_json::Value::String(v.to_owned())),
+        JsonType::Number => serde_json::from_str::<serde_json::Number>(v)
+            .ok()
+            .map(serde_json::Value::Number),
+        JsonType::Boolean => match v {
+            "true" => Some(serde_json::Value::Bool(true)),
+            "false" => Some(serde_json::Value::Bool(false)),
+            _ => None,
+        },
+    };
+    match parsed {
+        Some(p) => Some(p.to_string()),
+        None => {
+            let want = match t {
+                Some(JsonType::Number) => "a number",
+                _ => "true or false",
+            };
+            push(
+                problems,
+                at,
+                format!("{v:?} is not {want}, as its `json_types` entry says"),
+            );
+            None
+        }
+    }
 }
 
 /// A query parameter's name or value as written, trimmed of surrounding spaces like header

@@ -1,0 +1,194 @@
+//! The response-transformer's JSON body edits (Kong's `json` keys): remove, rename, replace, add,
+//! append, in that order, on the top-level keys of a JSON object body.
+//!
+//! The proxy buffers the whole body (at most `max_bytes`, see `proxy::body::read_whole`) only for
+//! a response this applies to: a JSON content type (`application/json`, `application/*+json`), no
+//! content coding, a status and method that carry a body. Keys keep their order (serde_json's
+//! `preserve_order`); an added key goes last. A body that is not a JSON object (an array, a
+//! scalar, invalid JSON) is passed on unchanged, as Kong does.
+//!
+//! This path allocates (the parsed document and the new body); routes without `json` edits never
+//! reach it.
+
+use serde_json::{Map, Value};
+
+use crate::config::model::TransformDef;
+use crate::http::headers::eq_ignore_case;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonTransform {
+    remove: Vec<String>,
+    rename: Vec<(String, String)>,
+    replace: Vec<(String, Value)>,
+    add: Vec<(String, Value)>,
+    append: Vec<(String, Value)>,
+    /// The largest body buffered to edit; a larger one is a 502 (never sent unedited: `remove`
+    /// may be hiding something).
+    pub max_bytes: u64,
+}
+
+impl JsonTransform {
+    /// The body edits of a response-transformer, `None` when it has none.
+    pub fn new(def: &TransformDef) -> Option<JsonTransform> {
+        let j = &def.json;
+        if j.remove.is_empty()
+            && j.rename.is_empty()
+            && j.replace.is_empty()
+            && j.add.is_empty()
+            && j.append.is_empty()
+        {
+            return None;
+        }
+        // Values were checked at load as JSON text.
+        let values = |v: &[(String, String)]| {
+            v.iter()
+                .map(|(k, text)| {
+                    let value = serde_json::from_str(text).unwrap_or(Value::String(text.clone()));
+                    (k.clone(), value)
+                })
+                .collect()
+        };
+        Some(JsonTransform {
+            remove: j.remove.clone(),
+            rename: j.rename.clone(),
+            replace: values(&j.replace),
+            add: values(&j.add),
+            append: values(&j.append),
+            max_bytes: def.max_json_bytes,
+        })
+    }
+
+    /// The edited body, or `None` when `body` is not a JSON object (it goes on unchanged).
+    pub fn apply(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(body) else {
+            return None;
+        };
+        for k in &self.remove {
+            doc.shift_remove(k);
+        }
+        for (from, to) in &self.rename {
+            if let Some(v) = doc.shift_remove(from) {
+                doc.insert(to.clone(), v);
+            }
+        }
+        for (k, v) in &self.replace {
+            if let Some(slot) = doc.get_mut(k) {
+                *slot = v.clone();
+            }
+        }
+        for (k, v) in &self.add {
+            if !doc.contains_key(k) {
+                doc.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in &self.append {
+            append(&mut doc, k, v);
+        }
+        serde_json::to_vec(&Value::Object(doc)).ok()
+    }
+}
+
+/// Kong's append: an array gets the value pushed, a missing key becomes `[value]`, any other value
+/// becomes `[old, value]` (Kong drops a non-string old value; keeping it loses nothing).
+fn append(doc: &mut Map<String, Value>, k: &str, v: &Value) {
+    match doc.get_mut(k) {
+        Some(Value::Array(a)) => a.push(v.clone()),
+        Some(old) => {
+            let prev = old.take();
+            *old = Value::Array(vec![prev, v.clone()]);
+        }
+        None => {
+            doc.insert(k.to_owned(), Value::Array(vec![v.clone()]));
+        }
+    }
+}
+
+/// Whether a Content-Type value names JSON: `application/json` or `application/<x>+json`, any
+/// parameters after `;`.
+pub fn is_json_type(value: &[u8]) -> bool {
+    let essence = value
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let Some(sub) = essence
+        .get(..12)
+        .filter(|p| eq_ignore_case(p, b"application/"))
+        .and_then(|_| essence.get(12..))
+    else {
+        return false;
+    };
+    eq_ignore_case(sub, b"json")
+        || (sub.len() > 5
+            && sub
+                .get(sub.len() - 5..)
+                .is_some_and(|s| eq_ignore_case(s, b"+json")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::EditsDef;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    fn tf(json: EditsDef) -> JsonTransform {
+        let def = TransformDef {
+            json,
+            max_json_bytes: 1 << 20,
+            ..TransformDef::default()
+        };
+        JsonTransform::new(&def).unwrap_or_else(|| panic!("no edits"))
+    }
+
+    fn run(t: &JsonTransform, body: &str) -> Option<String> {
+        t.apply(body.as_bytes())
+            .map(|b| String::from_utf8(b).unwrap_or_default())
+    }
+
+    #[test]
+    fn kong_order_on_top_level_keys_keeping_key_order() {
+        let t = tf(EditsDef {
+            remove: vec!["secret".into()],
+            rename: pairs(&[("old", "new")]),
+            replace: pairs(&[("v", "2"), ("absent", "\"x\"")]),
+            add: pairs(&[("env", "\"prod\""), ("id", "0")]),
+            append: pairs(&[("tags", "\"b\""), ("one", "true"), ("none", "1")]),
+        });
+        assert_eq!(
+            run(
+                &t,
+                r#"{"id":7,"secret":"s","old":{"a":1},"v":1,"tags":["a"],"one":"x"}"#
+            )
+            .as_deref(),
+            Some(
+                r#"{"id":7,"new":{"a":1},"v":2,"tags":["a","b"],"one":["x",true],"env":"prod","none":[1]}"#
+            )
+        );
+        // Not an object: unchanged.
+        for body in [r#"[{"secret":1}]"#, "42", "not json", r#"{"a":"#] {
+            assert_eq!(run(&t, body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        for (v, yes) in [
+            (&b"application/json"[..], true),
+            (b"Application/JSON; charset=utf-8", true),
+            (b"application/problem+json", true),
+            (b"application/vnd.api+JSON ;x=1", true),
+            (b"application/jsonx", false),
+            (b"text/json", false),
+            (b"application/+json", false),
+            (b"application/x-ndjson", false),
+            (b"", false),
+        ] {
+            assert_eq!(is_json_type(v), yes, "{:?}", String::from_utf8_lossy(v));
+        }
+    }
+}
