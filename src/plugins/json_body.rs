@@ -66,10 +66,25 @@ impl JsonTransform {
         for k in &self.remove {
             doc.shift_remove(k);
         }
-        for (from, to) in &self.rename {
-            if let Some(v) = doc.shift_remove(from) {
-                doc.insert(to.clone(), v);
-            }
+        // A renamed key keeps its place (a rebuild, only when a source is there). The document's
+        // own key of the target name gives way to it, as Kong overwrites.
+        if self.rename.iter().any(|(from, _)| doc.contains_key(from)) {
+            let overwritten: Vec<&String> = self
+                .rename
+                .iter()
+                .filter(|(from, to)| from != to && doc.contains_key(from))
+                .map(|(_, to)| to)
+                .collect();
+            doc = doc
+                .into_iter()
+                .filter(|(k, _)| !overwritten.contains(&k))
+                .map(
+                    |(k, v)| match self.rename.iter().find(|(from, _)| *from == k) {
+                        Some((_, to)) => (to.clone(), v),
+                        None => (k, v),
+                    },
+                )
+                .collect();
         }
         for (k, v) in &self.replace {
             if let Some(slot) = doc.get_mut(k) {
@@ -169,6 +184,14 @@ mod tests {
                 r#"{"id":7,"new":{"a":1},"v":2,"tags":["a","b"],"one":["x",true],"env":"prod","none":[1]}"#
             )
         );
+        // The target of a rename gives way to the source, wherever it stands.
+        for body in [r#"{"new":1,"old":2}"#, r#"{"old":2,"new":1}"#] {
+            assert_eq!(
+                run(&t, body).as_deref(),
+                Some(r#"{"new":2,"env":"prod","id":0,"tags":["b"],"one":[true],"none":[1]}"#),
+                "{body}"
+            );
+        }
         // Not an object: unchanged.
         for body in [r#"[{"secret":1}]"#, "42", "not json", r#"{"a":"#] {
             assert_eq!(run(&t, body), None, "{body}");
