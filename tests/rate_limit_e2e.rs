@@ -189,12 +189,16 @@ fn a_used_up_limit_holds_on_every_worker() {
 
 /// Blasts a limit of `limit` (`limit` is the plugin's limit settings) from several connections;
 /// returns (admitted, aggregate request rate per second).
-fn blast(workers: usize, limit: &str, conns: usize, per_conn: u64) -> (u64, f64) {
+/// `extra` is appended to the config (more plugins).
+fn blast_with(workers: usize, limit: &str, extra: &str, conns: usize, per_conn: u64) -> (u64, f64) {
     let up = Upstream::echo("up");
-    let gw = Gateway::start(&config(
-        &up,
-        workers,
-        &format!(r#"{{ {limit}, limit_by = "header", header_name = "x-client" }}"#),
+    let gw = Gateway::start(&format!(
+        "{}\n{extra}",
+        config(
+            &up,
+            workers,
+            &format!(r#"{{ {limit}, limit_by = "header", header_name = "x-client" }}"#),
+        )
     ));
     let admitted = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
@@ -235,9 +239,13 @@ fn blast(workers: usize, limit: &str, conns: usize, per_conn: u64) -> (u64, f64)
 /// The issue's bound: admitted >= L and <= L x 1.02 + one sync interval's worth (5 ms of the
 /// measured request rate).
 fn check_accuracy(workers: usize, name: &str, limit_cfg: &str) {
+    check_accuracy_with(workers, name, limit_cfg, "");
+}
+
+fn check_accuracy_with(workers: usize, name: &str, limit_cfg: &str, extra: &str) {
     let limit = 400;
     let (conns, per_conn) = (8, 200);
-    let (admitted, rate) = blast(workers, limit_cfg, conns, per_conn);
+    let (admitted, rate) = blast_with(workers, limit_cfg, extra, conns, per_conn);
     let sent = conns as u64 * per_conn;
     let bound = (limit as f64 * 1.02).ceil() as u64 + (rate * 0.005).ceil() as u64;
     println!(
@@ -264,4 +272,69 @@ fn accuracy_with_4_workers() {
     check_accuracy(4, "fixed_window", FIXED);
     check_accuracy(4, "sliding_window", SLIDING);
     check_accuracy(4, "token_bucket", BUCKET);
+}
+
+/// A Redis that accepts connections and never answers (a paused or wedged server) holds up only
+/// the cluster limit that uses it: a local limit elsewhere in the same gateway stays exact across
+/// workers. Before, the reconciler ran the Redis round trips itself, blocked a timeout at a time,
+/// and the workers admitted on stale views (workers x limit at worst; 487-600 of a limit of 300
+/// measured by a probe).
+#[test]
+fn a_hung_redis_does_not_loosen_local_limits() {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = hung.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hung.incoming().take(64).flatten() {
+            held.push(c);
+        }
+    });
+    let cluster = format!(
+        r#"[[plugins]]
+name = "rate-limiting"
+route = "free"
+config = {{ minute = 1000, policy = "cluster", on_redis_failure = "local", redis = {{ url = "redis://127.0.0.1:{port}", timeout = "1s", prefix = "rg-hung" }} }}
+"#
+    );
+    check_accuracy_with(2, "fixed_window beside a hung redis", FIXED, &cluster);
+}
+
+/// A Redis that cannot be reached from the start is said at once: a warning in the log and
+/// `ringgate_ratelimit_redis_up 0` with a growing error count (before, the first failure was
+/// silent, since only a change from healthy was logged, and no metric showed it).
+#[test]
+fn an_unreachable_redis_at_start_is_logged_and_exported() {
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&config(
+        &up,
+        1,
+        &format!(
+            r#"{{ minute = 10, policy = "cluster", on_redis_failure = "closed", redis = {{ url = "redis://127.0.0.1:{port}", timeout = "200ms" }} }}"#
+        ),
+    ));
+    let text = wait_metrics(&gw, "ringgate_ratelimit_redis_up{limit=\"route:api\"} 0");
+    assert!(
+        text.contains("ringgate_ratelimit_cluster_nodes{limit=\"route:api\"} 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("ringgate_ratelimit_redis_errors_total{limit=\"route:api\"} 0"),
+        "{text}"
+    );
+    assert!(
+        gw.log_contains("rate limit redis unavailable"),
+        "{:?}",
+        gw.logs()
+    );
+    // "closed": the route answers 429 while Redis is away; other routes are untouched.
+    let mut c = Conn::connect(gw.addr());
+    let r = c.request(b"GET /api/x HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    assert_eq!(r.status, 429, "{r:?}");
+    let r = c.request(b"GET /free/x HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
 }

@@ -105,7 +105,40 @@ impl LimitBoard {
                     f.sample(&[("limit", id)], value(i) as f64)
                 })
         };
+        // Redis families list cluster-policy limits only.
+        let per_cluster_limit =
+            |name: &str, help: &str, kind: FamilyKind, value: &dyn Fn(&SharedStats) -> u64| {
+                self.ids.iter().zip(&self.reconciler).fold(
+                    Family::new(name, help, kind),
+                    |f, (id, s)| {
+                        if s.cluster.load(Ordering::Relaxed) {
+                            f.sample(&[("limit", id)], value(s) as f64)
+                        } else {
+                            f
+                        }
+                    },
+                )
+            };
         vec![
+            per_cluster_limit(
+                "ringgate_ratelimit_redis_up",
+                "Cluster-policy limits: 1 while the last Redis exchange succeeded (or none has \
+                 had an outcome yet), 0 while on_redis_failure applies.",
+                FamilyKind::Gauge,
+                &|s| u64::from(s.redis_healthy.load(Ordering::Relaxed)),
+            ),
+            per_cluster_limit(
+                "ringgate_ratelimit_redis_errors_total",
+                "Cluster-policy limits: failed Redis exchanges (connect, timeout, reply).",
+                FamilyKind::Counter,
+                &|s| s.redis_errors.load(Ordering::Relaxed),
+            ),
+            per_cluster_limit(
+                "ringgate_ratelimit_cluster_nodes",
+                "Cluster-policy limits: gateway processes sharing the limit at the last heartbeat.",
+                FamilyKind::Gauge,
+                &|s| s.nodes.load(Ordering::Relaxed),
+            ),
             per_limit(
                 "ringgate_ratelimit_admitted_total",
                 "Requests the rate limiter admitted.",

@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::bucket::Bucket;
 use super::msg::{Batch, Delta, KeyRef, Override, ToReconciler, View, ViewRec, ViewWhat};
-use super::redis_sync::ClusterLink;
+use super::redis_sync::{ClusterLink, Reply};
 use super::table::KeyTable;
 use super::{InstanceDef, WorkerLink};
 use crate::config::model::{Algorithm, BucketDef, Policy};
@@ -35,6 +35,8 @@ pub struct SharedStats {
     pub nodes: AtomicU64,
     /// Cluster policy: failed Redis exchanges.
     pub redis_errors: AtomicU64,
+    /// The instance has the cluster policy (its Redis fields mean something).
+    pub cluster: AtomicBool,
 }
 
 /// A snapshot of one instance's reconciler counters.
@@ -117,6 +119,11 @@ impl ReconcilerHandle {
                     self.next_slot = self.next_slot.wrapping_add(1);
                     let stats = Arc::new(SharedStats::default());
                     stats.nodes.store(1, Ordering::Relaxed);
+                    // A cluster instance counts as healthy until an exchange says otherwise, as
+                    // its `ClusterLink` does.
+                    let cluster = matches!(d.def.policy, Policy::Cluster(_));
+                    stats.cluster.store(cluster, Ordering::Relaxed);
+                    stats.redis_healthy.store(cluster, Ordering::Relaxed);
                     stats
                 }
             };
@@ -182,7 +189,7 @@ impl ReconcilerHandle {
         self.live.iter().map(|(_, s)| s.clone()).collect()
     }
 
-    /// Stops the thread and waits for it (at most one round plus one Redis timeout).
+    /// Stops the thread and waits for it (at most one round: Redis round trips run elsewhere).
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
@@ -285,6 +292,9 @@ pub(super) struct Reconciler {
     pub txs: Vec<Sender<Arc<View>>>,
     pub interval: Duration,
     pub stop: Arc<AtomicBool>,
+    /// Replies of the cluster instances' Redis threads (see `redis_sync`).
+    pub redis_tx: Sender<Reply>,
+    pub redis_rx: Receiver<Reply>,
 }
 
 /// Milliseconds since the UNIX epoch (the reconciler's clock for idle eviction and heartbeats).
@@ -300,7 +310,10 @@ impl Reconciler {
         stop: Arc<AtomicBool>,
         node_id: String,
     ) -> Reconciler {
+        let (redis_tx, redis_rx) = crossbeam_channel::unbounded();
         Reconciler {
+            redis_tx,
+            redis_rx,
             insts: Vec::new(),
             by_slot: HashMap::new(),
             acked: vec![0; workers],
@@ -334,9 +347,13 @@ impl Reconciler {
                 }
                 None => RInst {
                     cluster: match &def.def.policy {
-                        Policy::Cluster(r) => {
-                            Some(ClusterLink::new(r.clone(), &self.node_id, &def.id))
-                        }
+                        Policy::Cluster(r) => Some(ClusterLink::new(
+                            r.clone(),
+                            &self.node_id,
+                            &def.id,
+                            def.slot,
+                            self.redis_tx.clone(),
+                        )),
                         Policy::Local => None,
                     },
                     table: KeyTable::new(cap_for(&def)),
@@ -378,25 +395,42 @@ impl Reconciler {
             // not wait for the timer, so a count reaches Redis one worker tick after its request,
             // and this node's workers get the cluster total back with the answer to their batch.
             // The timer paces the reads of idle keys, heartbeats and sweeps.
+            // Redis replies are applied as they come, by the same loop; the round trips themselves
+            // run on the instances' Redis threads, so a slow Redis never holds up this merging.
             loop {
                 let left = next.saturating_duration_since(Instant::now());
-                match self.rx.recv_timeout(left) {
-                    Ok(msg) => {
-                        self.receive(msg);
-                        while let Ok(more) = self.rx.try_recv() {
-                            self.receive(more);
-                        }
-                        let now = wall_ms();
-                        for i in 0..self.insts.len() {
-                            if self.insts.get(i).is_some_and(|r| !r.push.is_empty()) {
-                                self.cluster_round(i, now);
+                let arrived = crossbeam_channel::select! {
+                    recv(self.rx) -> msg => match msg {
+                        Ok(msg) => {
+                            self.receive(msg);
+                            while let Ok(more) = self.rx.try_recv() {
+                                self.receive(more);
                             }
+                            true
                         }
-                        self.broadcast();
-                    }
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                        Err(_) => return,
+                    },
+                    recv(self.redis_rx) -> reply => {
+                        if let Ok(reply) = reply {
+                            self.apply_reply(reply);
+                        }
+                        true
+                    },
+                    default(left) => false,
+                };
+                if !arrived {
+                    break;
                 }
+                while let Ok(reply) = self.redis_rx.try_recv() {
+                    self.apply_reply(reply);
+                }
+                let now = wall_ms();
+                for i in 0..self.insts.len() {
+                    if self.insts.get(i).is_some_and(|r| !r.push.is_empty()) {
+                        self.cluster_round(i, now);
+                    }
+                }
+                self.broadcast();
                 if self.stop.load(Ordering::Relaxed) {
                     return;
                 }
@@ -526,12 +560,35 @@ impl Reconciler {
         let Some(cluster) = inst.cluster.as_mut() else {
             return;
         };
-        cluster.round(
+        cluster.prepare(
             &inst.def,
             &mut inst.table,
             &mut inst.push,
             &mut inst.queued,
             now,
+            stats,
+        );
+    }
+
+    /// Applies a Redis thread's reply to its instance (dropped if the instance is gone).
+    fn apply_reply(&mut self, reply: Reply) {
+        let Some(inst) = self
+            .by_slot
+            .get(&reply.slot)
+            .and_then(|&i| self.insts.get_mut(i))
+        else {
+            return;
+        };
+        let stats = &*inst.stats;
+        let Some(cluster) = inst.cluster.as_mut() else {
+            return;
+        };
+        cluster.apply(
+            reply,
+            &mut inst.table,
+            &mut inst.push,
+            &mut inst.queued,
+            wall_ms(),
             stats,
         );
     }
@@ -614,9 +671,10 @@ impl Reconciler {
                 }
                 _ => 2 * def.limits.last().map_or(1_000, |l| l.period.millis()),
             };
-            // Keys with Redis work pending stay until it is done (or they are evicted at the cap).
-            let min_keep = inst.push.len();
-            if min_keep == 0 {
+            // Keys with Redis work pending or in flight stay until it is done (or they are
+            // evicted at the cap; a reply for a slot that holds another key by then is dropped).
+            let busy = inst.cluster.as_ref().is_some_and(ClusterLink::busy);
+            if inst.push.is_empty() && !busy {
                 inst.table
                     .evict_idle(now.saturating_sub(idle.max(10_000)), |_, _| {});
             }

@@ -1,5 +1,11 @@
-//! Cluster policy: the reconciler's exchange with Redis, once per round, pipelined in one round
-//! trip. Only the reconciler thread runs this; no request ever waits on Redis.
+//! Cluster policy: the reconciler's exchange with Redis, pipelined in one round trip.
+//!
+//! The reconciler builds each exchange (`ClusterLink::prepare`) and applies its replies
+//! (`ClusterLink::apply`); the round trip itself runs on a thread of its own per cluster instance
+//! (`ringgate-redis`), so a Redis that is slow or hangs (accepts, never answers) delays only the
+//! cluster totals, never the merging of the workers' counts on this machine. At most one exchange
+//! per instance is in flight; counts merged meanwhile are pushed by the next one. No request ever
+//! waits on Redis.
 //!
 //! Per round and cluster instance, for every window whose node total changed since the last
 //! exchange: `HSET <window key> <node id> <node total>` + `EXPIRE`, then `HVALS` (the reply, summed,
@@ -16,10 +22,13 @@
 //!
 //! On any error (connect, timeout, reply) the connection is dropped, the instance is unhealthy, and
 //! reconnecting is tried every `RETRY_MS`; merged counts stay pending and are pushed on recovery, so
-//! totals converge by themselves. While unhealthy, `override_for` tells workers what to do.
+//! totals converge by themselves. While unhealthy, `override_for` tells workers what to do. Until
+//! the first exchange has an outcome the instance counts as healthy (its totals are this node's
+//! own), so `"closed"` does not reject at start-up; the first failure is logged like any other.
 
 use std::sync::atomic::Ordering;
 
+use crossbeam_channel::{Receiver, Sender};
 use redis::Value;
 
 use super::bucket::Bucket;
@@ -43,34 +52,81 @@ pub struct ClusterLink {
     def: RedisDef,
     node_id: String,
     inst_id: String,
-    conn: Option<redis::Connection>,
-    healthy: bool,
+    /// The instance's slot: tags the replies of its exchanges.
+    slot: u32,
+    health: Health,
     retry_at: u64,
     last_heartbeat: u64,
     nodes: u32,
     key_buf: Vec<u8>,
+    /// The exchange on its way (at most one), and a number for the next one.
+    in_flight: Option<InFlight>,
+    seq: u64,
+    /// Jobs to this instance's Redis thread (started with the first exchange).
+    jobs: Option<Sender<Job>>,
+    replies: Sender<Reply>,
 }
 
-/// What one pipelined reply belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// No exchange has had an outcome yet.
+    Unknown,
+    Up,
+    Down,
+}
+
+/// An exchange sent to the Redis thread, and what it was built from.
+struct InFlight {
+    seq: u64,
+    ops: Vec<Op>,
+    /// The slots whose pending counts it pushes (back to `push` if it fails).
+    slots: Vec<u32>,
+}
+
+/// One pipelined round trip for the Redis thread.
+pub struct Job {
+    seq: u64,
+    url: String,
+    timeout: std::time::Duration,
+    pipe: redis::Pipeline,
+}
+
+/// What the Redis thread sends back: the replies to job `seq` of the instance at `slot`.
+pub struct Reply {
+    pub slot: u32,
+    seq: u64,
+    result: Result<Vec<Value>, String>,
+}
+
+/// What one pipelined reply belongs to. `key` is the limiter key the op was built for: the slot
+/// may hold another key by the time the reply is in (evicted meanwhile), and then it is dropped.
 enum Op {
+    /// This node's total `total` of window `idx` was written, `sent` of it new.
     Push {
         slot: u32,
+        key: Vec<u8>,
         period: usize,
-        prev: bool,
+        idx: u64,
+        total: u64,
+        sent: u64,
     },
     Get {
         slot: u32,
+        key: Vec<u8>,
         period: usize,
-        prev: bool,
+        idx: u64,
     },
     Nodes,
-    /// Token bucket: the script's reply (level after applying this node's consumption).
+    /// Token bucket: the script's reply (level after applying `sent` tokens of this node's).
     PushBucket {
         slot: u32,
+        key: Vec<u8>,
+        sent: u64,
     },
     /// Token bucket: `HMGET t ts` (the level other nodes left).
     GetBucket {
         slot: u32,
+        key: Vec<u8>,
     },
 }
 
@@ -105,32 +161,44 @@ return {tostring(t), ts}
 "#;
 
 impl ClusterLink {
-    pub fn new(def: RedisDef, node_id: &str, inst_id: &str) -> ClusterLink {
+    /// A link for the instance at `slot`; the replies of its exchanges go to `replies`.
+    pub fn new(
+        def: RedisDef,
+        node_id: &str,
+        inst_id: &str,
+        slot: u32,
+        replies: Sender<Reply>,
+    ) -> ClusterLink {
         ClusterLink {
             def,
             node_id: node_id.to_owned(),
             inst_id: inst_id.to_owned(),
-            conn: None,
-            healthy: false,
+            slot,
+            health: Health::Unknown,
             retry_at: 0,
             last_heartbeat: 0,
             nodes: 1,
             key_buf: Vec::new(),
+            in_flight: None,
+            seq: 0,
+            jobs: None,
+            replies,
         }
     }
 
-    /// New settings for the same url and prefix (a reload).
+    /// New settings for the same url and prefix (a reload); the next exchange uses them.
     pub fn set_def(&mut self, def: RedisDef) {
-        if let Some(c) = &self.conn {
-            let _ = c.set_read_timeout(Some(def.timeout));
-            let _ = c.set_write_timeout(Some(def.timeout));
-        }
         self.def = def;
     }
 
     /// Nodes sharing the limit at the last heartbeat (1 until known).
     pub fn nodes(&self) -> u32 {
         self.nodes
+    }
+
+    /// Whether an exchange is on its way (its slots must not be evicted meanwhile).
+    pub fn busy(&self) -> bool {
+        self.in_flight.is_some()
     }
 
     /// `<prefix>:tb:<instance id>:<tokens per second>-<burst>:<limiter key>`: a hash with the
@@ -148,9 +216,9 @@ impl ClusterLink {
         self.key_buf.clone()
     }
 
-    /// What workers do now (no override while Redis answers).
+    /// What workers do now (no override while Redis answers, or before it was ever asked).
     pub fn override_for(&self, policy: RedisFailure) -> Override {
-        if self.healthy {
+        if self.health != Health::Down {
             return Override::None;
         }
         match policy {
@@ -183,31 +251,23 @@ impl ClusterLink {
     }
 
     fn fail(&mut self, now: u64, stats: &SharedStats, why: &str) {
-        if self.healthy || self.conn.is_some() {
+        if self.health != Health::Down {
             crate::warn!(
                 "rate limit redis unavailable instance={} error=\"{}\"",
                 self.inst_id,
                 why
             );
         }
-        self.healthy = false;
-        self.conn = None;
+        self.health = Health::Down;
         self.retry_at = now + RETRY_MS;
         stats.redis_healthy.store(false, Ordering::Relaxed);
         stats.redis_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn connect(&mut self) -> redis::RedisResult<()> {
-        let client = redis::Client::open(self.def.url.as_str())?;
-        let conn = client.get_connection_with_timeout(self.def.timeout)?;
-        conn.set_read_timeout(Some(self.def.timeout))?;
-        conn.set_write_timeout(Some(self.def.timeout))?;
-        self.conn = Some(conn);
-        Ok(())
-    }
-
-    /// One exchange. `push` lists slots with pending counts; it is drained on success.
-    pub fn round(
+    /// Builds the next exchange and hands it to the Redis thread, unless one is on its way or a
+    /// retry is not due. `push` lists slots with pending counts; they go with the exchange (and
+    /// come back to `push` if it fails).
+    pub fn prepare(
         &mut self,
         inst: &InstanceDef,
         table: &mut KeyTable<GState>,
@@ -216,14 +276,8 @@ impl ClusterLink {
         now: u64,
         stats: &SharedStats,
     ) {
-        if self.conn.is_none() {
-            if now < self.retry_at {
-                return;
-            }
-            if let Err(e) = self.connect() {
-                self.fail(now, stats, &e.to_string());
-                return;
-            }
+        if self.in_flight.is_some() || (self.health == Health::Down && now < self.retry_at) {
+            return;
         }
         let limits = &inst.def.limits;
         let sliding = inst.def.algorithm == Algorithm::SlidingWindow;
@@ -249,7 +303,11 @@ impl ClusterLink {
                     .arg(bdef.rate_per_ms)
                     .arg(bdef.burst)
                     .arg(bucket_ttl_ms);
-                ops.push(Op::PushBucket { slot });
+                ops.push(Op::PushBucket {
+                    slot,
+                    key,
+                    sent: g.pending,
+                });
                 continue;
             }
             let Some((key, GState::Windows(wins))) = table.entry_mut(slot) else {
@@ -260,9 +318,9 @@ impl ClusterLink {
             for (p, w) in wins.iter().enumerate() {
                 let Some(lim) = limits.get(p) else { continue };
                 let ttl = 2 * lim.period.millis() / 1000 + 1;
-                for (prev, changed, total, idx) in [
-                    (false, w.pending, w.node_curr, w.idx),
-                    (true, w.pending_prev, w.node_prev, w.idx.wrapping_sub(1)),
+                for (changed, total, idx) in [
+                    (w.pending, w.node_curr, w.idx),
+                    (w.pending_prev, w.node_prev, w.idx.wrapping_sub(1)),
                 ] {
                     if changed == 0 {
                         continue;
@@ -277,8 +335,11 @@ impl ClusterLink {
                     pipe.cmd("HVALS").arg(&k[..]);
                     ops.push(Op::Push {
                         slot,
+                        key: key.clone(),
                         period: p,
-                        prev,
+                        idx,
+                        total,
+                        sent: changed,
                     });
                 }
             }
@@ -299,7 +360,7 @@ impl ClusterLink {
                 let key = key.to_vec();
                 let k = self.bucket_key(&bdef, &key);
                 pipe.cmd("HMGET").arg(&k[..]).arg("t").arg("ts");
-                ops.push(Op::GetBucket { slot });
+                ops.push(Op::GetBucket { slot, key });
                 continue;
             }
             let Some((key, GState::Windows(wins))) = table.entry_mut(slot) else {
@@ -309,25 +370,24 @@ impl ClusterLink {
             let idxs: Vec<u64> = wins.iter().map(|w| w.idx).collect();
             for (p, idx) in idxs.into_iter().enumerate() {
                 let Some(lim) = limits.get(p) else { continue };
-                let k = self.window_key(sliding, lim, idx, &key);
-                pipe.cmd("HVALS").arg(&k[..]);
-                ops.push(Op::Get {
-                    slot,
-                    period: p,
-                    prev: false,
-                });
-                if sliding {
-                    let k = self.window_key(sliding, lim, idx.wrapping_sub(1), &key);
+                let wanted = if sliding {
+                    vec![idx, idx.wrapping_sub(1)]
+                } else {
+                    vec![idx]
+                };
+                for idx in wanted {
+                    let k = self.window_key(sliding, lim, idx, &key);
                     pipe.cmd("HVALS").arg(&k[..]);
                     ops.push(Op::Get {
                         slot,
+                        key: key.clone(),
                         period: p,
-                        prev: true,
+                        idx,
                     });
                 }
             }
         }
-        if now >= self.last_heartbeat + HEARTBEAT_MS || !self.healthy {
+        if now >= self.last_heartbeat + HEARTBEAT_MS || self.health != Health::Up {
             let nodes_key = format!("{}:nodes", self.def.prefix);
             pipe.cmd("ZADD")
                 .arg(&nodes_key)
@@ -345,69 +405,131 @@ impl ClusterLink {
         if ops.is_empty() {
             return;
         }
-        let Some(conn) = self.conn.as_mut() else {
+        self.seq += 1;
+        let job = Job {
+            seq: self.seq,
+            url: self.def.url.clone(),
+            timeout: self.def.timeout,
+            pipe,
+        };
+        let Some(jobs) = self.jobs_sender() else {
+            self.fail(now, stats, "redis thread failed to start");
             return;
         };
-        let replies: Vec<Value> = match pipe.query(conn) {
-            Ok(r) => r,
-            Err(e) => {
-                self.fail(now, stats, &e.to_string());
+        if jobs.send(job).is_err() {
+            self.jobs = None;
+            self.fail(now, stats, "redis thread ended");
+            return;
+        }
+        queued.clear();
+        self.in_flight = Some(InFlight {
+            seq: self.seq,
+            ops,
+            slots: std::mem::take(push),
+        });
+    }
+
+    /// The Redis thread's job queue, started on first use.
+    fn jobs_sender(&mut self) -> Option<&Sender<Job>> {
+        if self.jobs.is_none() {
+            let (tx, rx) = crossbeam_channel::bounded::<Job>(1);
+            let (replies, slot) = (self.replies.clone(), self.slot);
+            let started = std::thread::Builder::new()
+                .name("ringgate-redis".to_owned())
+                .spawn(move || redis_thread(slot, rx, replies));
+            if let Err(e) = started {
+                crate::error!("rate limit redis thread failed to start error=\"{}\"", e);
+                return None;
+            }
+            self.jobs = Some(tx);
+        }
+        self.jobs.as_ref()
+    }
+
+    /// Applies the replies of the exchange in flight (`reply` of another one is ignored).
+    pub fn apply(
+        &mut self,
+        reply: Reply,
+        table: &mut KeyTable<GState>,
+        push: &mut Vec<u32>,
+        queued: &mut std::collections::HashSet<u32>,
+        now: u64,
+        stats: &SharedStats,
+    ) {
+        if self.in_flight.as_ref().is_none_or(|f| f.seq != reply.seq) {
+            return;
+        }
+        let Some(flight) = self.in_flight.take() else {
+            return;
+        };
+        let replies = match reply.result {
+            Ok(r) if r.len() == flight.ops.len() => r,
+            failed => {
+                let why = failed
+                    .err()
+                    .unwrap_or_else(|| "unexpected number of replies".into());
+                self.fail(now, stats, &why);
+                // Their counts are still pending: the next exchange pushes them.
+                for slot in flight.slots {
+                    if queued.insert(slot) {
+                        push.push(slot);
+                    }
+                }
                 return;
             }
         };
-        if replies.len() != ops.len() {
-            self.fail(now, stats, "unexpected number of replies");
-            return;
-        }
-        for (op, reply) in ops.iter().zip(&replies) {
+        for (op, reply) in flight.ops.iter().zip(&replies) {
             let n = sum(reply);
-            match *op {
-                Op::Push { slot, period, prev } => {
-                    if let Some(w) = window(table, slot, period) {
-                        // The sum includes this node's total just written.
-                        if prev {
-                            w.prev = n.max(w.node_prev);
-                            w.pending_prev = 0;
-                        } else {
-                            w.curr = n.max(w.node_curr);
-                            w.pending = 0;
-                        }
-                        table.mark_dirty(slot);
+            match op {
+                Op::Push {
+                    slot,
+                    key,
+                    period,
+                    idx,
+                    total,
+                    sent,
+                } => {
+                    if let Some(w) = window(table, *slot, key, *period, *idx) {
+                        // The sum includes the total written; counts merged since come on top.
+                        let since = w.node.saturating_sub(*total);
+                        *w.all = n.saturating_add(since).max(w.node);
+                        *w.pending = w.pending.saturating_sub(*sent);
+                        table.mark_dirty(*slot);
                     }
                 }
-                Op::Get { slot, period, prev } => {
-                    if let Some(w) = window(table, slot, period) {
-                        let target = if prev { &mut w.prev } else { &mut w.curr };
-                        if n > *target {
-                            *target = n;
-                            table.mark_dirty(slot);
+                Op::Get {
+                    slot,
+                    key,
+                    period,
+                    idx,
+                } => {
+                    if let Some(w) = window(table, *slot, key, *period, *idx) {
+                        if n > *w.all {
+                            *w.all = n;
+                            table.mark_dirty(*slot);
                         }
                     }
                 }
-                Op::PushBucket { slot } => {
-                    if let (Some(GState::Bucket(g)), Some((t, ts))) =
-                        (table.value_mut(slot), level(reply))
-                    {
+                Op::PushBucket { slot, key, sent } => {
+                    if let (Some(g), Some((t, ts))) = (bucket(table, *slot, key), level(reply)) {
+                        g.pending = g.pending.saturating_sub(*sent);
+                        // Redis' level has what was sent; what was consumed since comes off it.
                         g.all = Bucket {
-                            tokens: t,
+                            tokens: t - g.pending as f64,
                             at_ms: ts,
                         };
-                        g.pending = 0;
-                        table.mark_dirty(slot);
+                        table.mark_dirty(*slot);
                     }
                 }
-                Op::GetBucket { slot } => {
-                    // Nothing of ours is pending here, so Redis' level includes all of it.
-                    if let (Some(GState::Bucket(g)), Some((t, ts))) =
-                        (table.value_mut(slot), level(reply))
-                    {
+                Op::GetBucket { slot, key } => {
+                    if let (Some(g), Some((t, ts))) = (bucket(table, *slot, key), level(reply)) {
                         let fresh = Bucket {
-                            tokens: t,
+                            tokens: t - g.pending as f64,
                             at_ms: ts,
                         };
                         if fresh != g.all {
                             g.all = fresh;
-                            table.mark_dirty(slot);
+                            table.mark_dirty(*slot);
                         }
                     }
                 }
@@ -418,24 +540,103 @@ impl ClusterLink {
                 }
             }
         }
-        push.clear();
-        queued.clear();
-        if !self.healthy {
+        if self.health == Health::Down {
             crate::info!("rate limit redis available instance={}", self.inst_id);
         }
-        self.healthy = true;
+        self.health = Health::Up;
         stats.redis_healthy.store(true, Ordering::Relaxed);
     }
 }
 
-fn window(
-    table: &mut KeyTable<GState>,
+/// The Redis thread of one cluster instance: runs each job's pipeline on its connection
+/// (reconnecting after an error, or when the url changed) and sends the replies back. Ends when
+/// its instance is gone (the job queue closes) or the reconciler is (the reply queue closes).
+fn redis_thread(slot: u32, jobs: Receiver<Job>, replies: Sender<Reply>) {
+    let mut conn: Option<(String, redis::Connection)> = None;
+    for job in jobs {
+        if conn.as_ref().is_some_and(|(url, _)| *url != job.url) {
+            conn = None;
+        }
+        let result = run_job(&mut conn, &job).map_err(|e| e.to_string());
+        if result.is_err() {
+            conn = None;
+        }
+        let reply = Reply {
+            slot,
+            seq: job.seq,
+            result,
+        };
+        if replies.send(reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn run_job(
+    conn: &mut Option<(String, redis::Connection)>,
+    job: &Job,
+) -> redis::RedisResult<Vec<Value>> {
+    let (_, c) = match conn {
+        Some(c) => c,
+        None => {
+            let client = redis::Client::open(job.url.as_str())?;
+            let c = client.get_connection_with_timeout(job.timeout)?;
+            conn.insert((job.url.clone(), c))
+        }
+    };
+    c.set_read_timeout(Some(job.timeout))?;
+    c.set_write_timeout(Some(job.timeout))?;
+    job.pipe.query(c)
+}
+
+/// A window's fields, matched by window index: `all` (best known total), `node` (this node's),
+/// `pending` (not pushed yet). `None` when the slot holds another key by now or the window is gone.
+struct WinFields<'a> {
+    all: &'a mut u64,
+    node: u64,
+    pending: &'a mut u64,
+}
+
+fn window<'a>(
+    table: &'a mut KeyTable<GState>,
     slot: u32,
+    key: &[u8],
     period: usize,
-) -> Option<&mut super::reconciler::GWin> {
-    match table.value_mut(slot)? {
-        GState::Windows(w) => w.get_mut(period),
-        GState::Bucket(_) => None,
+    idx: u64,
+) -> Option<WinFields<'a>> {
+    let (k, state) = table.entry_mut(slot)?;
+    if k != key {
+        return None;
+    }
+    let GState::Windows(wins) = state else {
+        return None;
+    };
+    let w = wins.get_mut(period)?;
+    if w.idx == idx {
+        Some(WinFields {
+            all: &mut w.curr,
+            node: w.node_curr,
+            pending: &mut w.pending,
+        })
+    } else if w.idx == idx.wrapping_add(1) {
+        Some(WinFields {
+            all: &mut w.prev,
+            node: w.node_prev,
+            pending: &mut w.pending_prev,
+        })
+    } else {
+        None
+    }
+}
+
+fn bucket<'a>(
+    table: &'a mut KeyTable<GState>,
+    slot: u32,
+    key: &[u8],
+) -> Option<&'a mut super::reconciler::GBucket> {
+    match table.entry_mut(slot)? {
+        (k, GState::Bucket(g)) if k == key => Some(g),
+        _ => None,
     }
 }
 
