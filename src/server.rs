@@ -792,7 +792,12 @@ fn bind_all(
                 l.set_nonblocking(true)?;
                 l
             }
-            None => worker::bind_reuseport(actual)?,
+            None => {
+                if i == 0 && actual.port() != 0 {
+                    refuse_if_taken(actual)?;
+                }
+                worker::bind_reuseport(actual)?
+            }
         };
         if i == 0 {
             actual = l.local_addr()?;
@@ -820,6 +825,29 @@ fn bind_all(
         info!("upgrade: surplus sockets kept addr={actual} count={kept}");
     }
     Ok(actual)
+}
+
+/// Fails when another process listens on `addr` already. With SO_REUSEPORT alone a second
+/// ringgate (same user) would join the first one's socket group and start "ready": while the first
+/// runs it gets no connections (its steering program sends them to its own workers), and when the
+/// first stops, the forgotten second one serves with its own config. A plain bind of the address
+/// is refused while any socket listens on it, as nginx's is. (A binary upgrade inherits its
+/// sockets and skips this.)
+fn refuse_if_taken(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "{e}: another process listens on {addr} (is another ringgate running? to replace \
+                 a running one without dropping connections, send it SIGUSR2)"
+            ),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// For the `listening` log line.

@@ -472,3 +472,36 @@ fn unknown_subcommand_fails() {
     assert_ne!(out.code(), Some(0), "{out:?}");
     assert!(out.status.is_some(), "must exit, not hang");
 }
+
+/// A second `ringgate run` on an address a running gateway listens on fails at once, naming the
+/// address. Before, SO_REUSEPORT let it join the first one's socket group and start "ready",
+/// idle while the first one ran and serving its own config once that one stopped.
+#[test]
+fn a_second_gateway_on_a_taken_address_exits_1() {
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[[services]]\nname = \"svc\"\nurl = \"{}\"\n\n[[routes]]\nname = \"all\"\nservice = \"svc\"\npaths = [\"/\"]\n",
+        up.url()
+    ));
+    let f = TempFile::new(
+        ".toml",
+        &format!(
+            "[server]\nlisten = [\"{}\"]\nworkers = 1\n\n[[services]]\nname = \"svc\"\nurl = \"{}\"\n\n[[routes]]\nname = \"all\"\nservice = \"svc\"\npaths = [\"/\"]\n",
+            gw.addr(),
+            up.url()
+        ),
+    );
+    let out = run_cli(&["run", &f.path_str()], Duration::from_secs(10));
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.all()
+            .contains(&format!("another process listens on {}", gw.addr())),
+        "{out:?}"
+    );
+    assert!(!out.all().contains(" ready "), "{out:?}");
+    // The first one is unharmed.
+    assert_eq!(
+        send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        200
+    );
+}
