@@ -136,9 +136,59 @@ fn compile(text: &str, file: &str, source: &Path) -> Result<model::Config, Vec<C
 
 /// What `ringgate check` prints: `Ok("ok\n" + summary)`, or `Err` with one error per line followed by
 /// a count. The caller prints it and exits 0 or 1.
+/// Certificates clients will refuse, or soon will: expired, not valid yet, or expiring within
+/// `EXPIRY_WARNING_DAYS`. Not errors: a gateway may have to serve one while a new one is on its
+/// way, as nginx does; `check`, start and every reload say so, and
+/// `ringgate_tls_certificate_expiry_timestamp_seconds` shows when.
+pub fn certificate_warnings(cfg: &model::Config, now: std::time::SystemTime) -> Vec<String> {
+    let day = 86_400;
+    let date = |t: std::time::SystemTime| {
+        let mut out = Vec::new();
+        crate::log::push_rfc3339(&mut out, t);
+        String::from_utf8_lossy(out.get(..10).unwrap_or(&out)).into_owned()
+    };
+    let mut out = Vec::new();
+    for c in &cfg.certificates {
+        let Some((not_before, not_after)) = c.validity else {
+            continue;
+        };
+        let file = c.cert_file.display();
+        if let Ok(ago) = now.duration_since(not_after) {
+            out.push(format!(
+                "certificate {file} expired on {} ({} days ago): clients will refuse it",
+                date(not_after),
+                ago.as_secs() / day
+            ));
+        } else if now < not_before {
+            out.push(format!(
+                "certificate {file} is not valid until {}: clients will refuse it until then",
+                date(not_before)
+            ));
+        } else if let Ok(left) = not_after.duration_since(now) {
+            if left.as_secs() < EXPIRY_WARNING_DAYS * day {
+                out.push(format!(
+                    "certificate {file} expires on {} (in {} days)",
+                    date(not_after),
+                    left.as_secs() / day
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// See `certificate_warnings`.
+pub const EXPIRY_WARNING_DAYS: u64 = 14;
+
 pub fn check(path: &Path) -> Result<String, String> {
     match load(path) {
-        Ok(cfg) => Ok(format!("ok\n{}", summary(&cfg))),
+        Ok(cfg) => {
+            let warnings: String = certificate_warnings(&cfg, std::time::SystemTime::now())
+                .iter()
+                .map(|w| format!("warning: {w}\n"))
+                .collect();
+            Ok(format!("{warnings}ok\n{}", summary(&cfg)))
+        }
         Err(errors) => {
             let mut out: String = errors.iter().map(|e| format!("{e}\n")).collect();
             let n = errors.len();

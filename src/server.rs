@@ -37,7 +37,10 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let mut inherited = upgrade::Inherited::from_env();
     install_panic_hook();
     let cfg = match config::load(path) {
-        Ok(cfg) => Arc::new(cfg),
+        Ok(cfg) => {
+            crate::tls::expiry::note(&cfg);
+            Arc::new(cfg)
+        }
         Err(errors) => {
             for e in &errors {
                 error!("config error: {e}");
@@ -102,6 +105,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     metrics.add_collector(move |out| out.extend(log_stats.families()));
     metrics.add_collector(|out| out.push(crate::auth::verifier::family()));
     metrics.add_collector(|out| out.push(crate::auth::jwt::family()));
+    metrics.add_collector(|out| out.push(crate::tls::expiry::family()));
     crate::auth::verifier::start();
     if let Some(def) = &compiled.config.access_log {
         if let Err(e) = access_log.open(def) {
@@ -541,7 +545,11 @@ impl Reloader {
             Ok(c) => c,
             Err(errors) => return Err(rejected(&mut state, &errors)),
         };
-        self.install(&mut state, config)
+        let installed = self.install(&mut state, config);
+        if installed.is_ok() {
+            crate::tls::expiry::note(&state.current.config);
+        }
+        installed
     }
 
     /// Upstream targets given by host name resolved to new addresses (`dns`): installs the serving

@@ -4,12 +4,14 @@
 //!   already read and parsed by `config::load`), shared read-only by workers; each worker holds an
 //!   `Arc` it can replace between connections (certificate reload).
 //! - `accept`: per-connection handshake under `[server.timeouts] tls_handshake`, then the proxy loop.
+//! - `expiry`: warnings and a metric for file certificates that are expired or expire soon.
 //! - `redirect`: listeners with `redirect_https` answer every request with a 301/308 to https.
 //! - `stream`: `CancelSafe`, a wrapper that turns "use after a cancelled operation" into an error
 //!   (monoio-rustls loses its buffer when a read is dropped mid-flight and would panic on the next one).
 
 pub mod accept;
 pub mod context;
+pub mod expiry;
 pub mod redirect;
 pub mod stream;
 

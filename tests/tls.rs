@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, Upstream};
+use common::{run_cli, send_raw, Gateway, TempFile, Upstream};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -73,6 +73,25 @@ impl Pki {
         params
             .distinguished_name
             .push(DnType::CommonName, label.to_string());
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, ca).expect("sign leaf");
+        std::fs::write(self.path(&format!("{label}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(self.path(&format!("{label}.key")), key.serialize_pem()).expect("write key");
+        self.leaves.push((label.to_string(), cert.der().to_vec()));
+    }
+
+    /// A leaf valid from `from` to `until` (years, Jan 1st).
+    fn leaf_valid(
+        &mut self,
+        ca: &CertifiedIssuer<'static, KeyPair>,
+        label: &str,
+        names: &[&str],
+        (from, until): (i32, i32),
+    ) {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("leaf params");
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, ca).expect("sign leaf");
         std::fs::write(self.path(&format!("{label}.pem")), cert.pem()).expect("write cert");
@@ -1448,4 +1467,83 @@ fn a_silent_tls_connection_does_not_hold_the_drain() {
     let took = gw.sigterm_drain_time();
     assert!(took < Duration::from_secs(4), "drain took {took:?}");
     drop(silent);
+}
+
+/// An expired or not-yet-valid certificate is served (as nginx does: a new one may be on its way)
+/// but said: `check` warns with the file and the date, start and reload log it, and
+/// `ringgate_tls_certificate_expiry_timestamp_seconds` shows every file certificate's expiry.
+/// Before, `check` said `ok` and a reload that swapped in an expired certificate logged only
+/// `reloaded`.
+#[test]
+fn expired_certificates_are_warned_about_and_exported() {
+    let mut pki = Pki::new();
+    let ca = pki.ca("old-ca", "old CA");
+    pki.leaf_valid(&ca, "expired", &["old.test"], (2020, 2021));
+    pki.leaf_valid(&ca, "future", &["new.test"], (2099, 2100));
+    let up = Upstream::echo("up");
+    let config = format!(
+        r#"[server]
+listen = [{{ addr = "127.0.0.1:0", tls = true }}]
+workers = 1
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[services]]
+name = "svc"
+url = "{url}"
+
+[[routes]]
+name = "all"
+service = "svc"
+paths = ["/"]
+
+[[certificates]]
+cert = "{expired}"
+key = "{expired_key}"
+snis = ["old.test"]
+
+[[certificates]]
+cert = "{future}"
+key = "{future_key}"
+snis = ["new.test"]
+"#,
+        url = up.url(),
+        expired = pki.p("expired.pem"),
+        expired_key = pki.p("expired.key"),
+        future = pki.p("future.pem"),
+        future_key = pki.p("future.key"),
+    );
+    let f = TempFile::new(".toml", &config);
+    let out = run_cli(&["check", &f.path_str()], Duration::from_secs(10));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let text = out.all();
+    assert!(
+        text.contains(&format!(
+            "warning: certificate {} expired on 2021-01-01",
+            pki.p("expired.pem")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "warning: certificate {} is not valid until 2099-01-01",
+            pki.p("future.pem")
+        )),
+        "{text}"
+    );
+    let gw = Gateway::start(&config);
+    assert!(gw.log_contains("expired on 2021-01-01"), "{:?}", gw.logs());
+    let r = send_raw(
+        gw.admin_addr(),
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n",
+    );
+    let metrics = r.body_str();
+    assert!(
+        metrics.contains(&format!(
+            "ringgate_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} 1609459200",
+            pki.p("expired.pem")
+        )),
+        "{metrics}"
+    );
 }

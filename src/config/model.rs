@@ -385,6 +385,8 @@ pub struct CertificateDef {
     /// Served when no SNI matches (or the client sent none).
     pub default: bool,
     pub key: Arc<rustls::sign::CertifiedKey>,
+    /// The leaf's validity (`None` if x509-parser could not read it; rustls still serves it).
+    pub validity: Option<(std::time::SystemTime, std::time::SystemTime)>,
 }
 
 #[derive(Debug, Clone)]

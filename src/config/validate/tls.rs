@@ -150,6 +150,7 @@ pub fn certificates(
             key_file: resolve_path(base, key_file),
             snis,
             default: false,
+            validity: key.cert.first().and_then(|leaf| leaf_validity(leaf)),
             key,
         }));
     }
@@ -490,4 +491,15 @@ fn client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The not-before and not-after times of a DER certificate.
+fn leaf_validity(der: &[u8]) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let (_, x509) = x509_parser::parse_x509_certificate(der).ok()?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(t.timestamp()).unwrap_or(0);
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    };
+    let v = x509.validity();
+    Some((at(v.not_before), at(v.not_after)))
 }
