@@ -52,7 +52,10 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
             Some(v) => tagged(out, b'h', v),
             None => ip(out, req.client_ip()),
         },
-        LimitBy::Path => tagged(out, b'p', req.path()),
+        LimitBy::Path => {
+            out.push(b'p');
+            push_path_without_params(out, req.path());
+        }
         LimitBy::Service => number(out, b's', req.service()),
         LimitBy::Route => number(out, b'r', req.route()),
     }
@@ -62,6 +65,23 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
         out.push(b'H');
         out.extend_from_slice(&a.to_le_bytes());
         out.extend_from_slice(&b.to_le_bytes());
+    }
+}
+
+/// The path with every segment's `;parameters` left out: servlet and other matrix-parameter
+/// backends serve `/a;x` and `/a;y` as `/a`, so those must not be fresh keys (a client could get a
+/// new limit per request).
+fn push_path_without_params(out: &mut Vec<u8>, path: &[u8]) {
+    let mut in_params = false;
+    for &b in path {
+        match b {
+            b'/' => in_params = false,
+            b';' => in_params = true,
+            _ => {}
+        }
+        if !in_params {
+            out.push(b);
+        }
     }
 }
 
@@ -145,6 +165,17 @@ mod tests {
         assert_eq!(out[0], b'i');
         build_key(&LimitBy::Path, &r, &mut out);
         assert_eq!(out, b"p/x");
+        for path in [&b"/x;a"[..], b"/x;jsessionid=1;b=2"] {
+            let r = Req { path, ..r };
+            build_key(&LimitBy::Path, &r, &mut out);
+            assert_eq!(out, b"p/x", "{path:?}");
+        }
+        let r2 = Req {
+            path: b"/a;v=1/b;c/",
+            ..r
+        };
+        build_key(&LimitBy::Path, &r2, &mut out);
+        assert_eq!(out, b"p/a/b/");
         build_key(&LimitBy::Route, &r, &mut out);
         assert_eq!(out[0], b'r');
         let long = Req {
