@@ -38,15 +38,61 @@ impl std::fmt::Display for ConfigError {
         write!(
             f,
             "{}:{}:{}: {}: {}",
-            self.file, self.line, self.column, self.key, self.message
+            self.file,
+            self.line,
+            self.column,
+            self.key,
+            clip(&self.message)
         )
     }
+}
+
+/// A message as printed: one that quotes a huge value (a 10 MB name) is cut, so an error line
+/// (also logged on a failed reload) stays a line.
+fn clip(message: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 400;
+    if message.len() <= MAX {
+        return message.into();
+    }
+    let mut end = MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} bytes in all)",
+        message.get(..end).unwrap_or_default(),
+        message.len()
+    )
+    .into()
+}
+
+/// The largest file the config reads: the config itself and the files it names (certificates,
+/// keys, htpasswd, JWKS). A mistyped path such as `/dev/zero` would otherwise read until memory
+/// runs out.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads `path` whole, refusing more than `MAX_FILE_BYTES` (and a directory, with a clear error).
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(std::io::Error::other("it is a directory"));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB (is it the right file?)",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Read, parse and validate `path`. On failure returns every error found (at least one).
 pub fn load(path: &Path) -> Result<model::Config, Vec<ConfigError>> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = read_file(path).map_err(|e| {
         vec![ConfigError {
             file: file.clone(),
             line: 0,

@@ -1324,3 +1324,59 @@ fn external_account_binding_takes_both_halves_and_base64url() {
         "{shown}"
     );
 }
+
+/// A config or a file it names that is huge (a mistyped `/dev/zero`) is refused after
+/// `MAX_FILE_BYTES`, not read until memory runs out; an empty `cert` and an encrypted key say
+/// what is wrong.
+#[test]
+fn huge_files_empty_paths_and_encrypted_keys_are_refused_clearly() {
+    let report = check(Path::new("/dev/zero")).expect_err("not a config");
+    assert!(report.contains("larger than 64 MiB"), "{report}");
+    let htpasswd = base_with(
+        "[[routes]]",
+        "[[plugins]]\nname = \"basic-auth\"\nconfig = { htpasswd_file = \"/dev/zero\" }\n\n[[routes]]",
+    );
+    let e = errors(&htpasswd);
+    assert!(
+        e.iter()
+            .any(|e| e.key.ends_with("htpasswd_file") && e.message.contains("larger than 64 MiB")),
+        "{e:?}"
+    );
+    let dir = std::env::temp_dir().join(format!("ringgate-enc-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("enc.key");
+    std::fs::write(
+        &key,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let tls = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        &format!(
+            "listen = [{{ addr = \"127.0.0.1:8443\", tls = true }}]\n\n[[certificates]]\ncert = \"\"\nkey = \"{}\"",
+            key.display()
+        ),
+    );
+    let e = errors(&tls);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        e.iter()
+            .any(|e| e.key.ends_with(".cert") && e.message.contains("`cert` is empty")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.key.ends_with(".key") && e.message.contains("is encrypted")),
+        "{e:?}"
+    );
+}
+
+/// An error quoting a huge value prints a line of bounded length.
+#[test]
+fn an_error_quoting_a_huge_value_is_clipped() {
+    let big = "x".repeat(100_000);
+    let e = errors(&base_with("name = \"s\"", &format!("name = \"s{big}!\"")));
+    let line = e.first().map(ToString::to_string).unwrap_or_default();
+    assert!(line.len() < 1_000, "{} bytes", line.len());
+    assert!(line.contains("bytes in all)"), "{line}");
+}

@@ -174,7 +174,10 @@ pub fn basic_auth(
     let mut htpasswd = Vec::new();
     if let Some(file) = &c.htpasswd_file {
         let path = ctx.base.join(file);
-        match std::fs::read_to_string(&path) {
+        let text = crate::config::read_file(&path).and_then(|b| {
+            String::from_utf8(b).map_err(|_| std::io::Error::other("it is not UTF-8 text"))
+        });
+        match text {
             Err(e) => push(
                 problems,
                 cp.key("htpasswd_file"),

@@ -281,7 +281,7 @@ fn jwt_secret(
     }
     let read = |key: &str, file: &str, problems: &mut Vec<Problem>| -> Option<Vec<u8>> {
         let path = base.join(file);
-        match std::fs::read(&path) {
+        match crate::config::read_file(&path) {
             Ok(b) => Some(b),
             Err(e) => {
                 push(

@@ -36,11 +36,14 @@ fn resolve_path(base: &Path, file: &str) -> PathBuf {
 
 /// The certificates of a PEM file (at least one), or why not.
 pub(super) fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(file)
+    if file.as_os_str().is_empty() {
+        return Err("`cert` is empty: name a PEM certificate file".to_owned());
+    }
+    let bytes = crate::config::read_file(file)
         .map_err(|e| format!("cannot read certificate file {}: {e}", file.display()))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: invalid PEM: {e}", file.display()))?;
+        .map_err(|e| format!("{}: {}", file.display(), pem_problem(&e)))?;
     if certs.is_empty() {
         return Err(format!(
             "{}: no \"BEGIN CERTIFICATE\" PEM block found",
@@ -52,15 +55,39 @@ pub(super) fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, St
 
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1), or why not.
 fn read_key(file: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes =
-        std::fs::read(file).map_err(|e| format!("cannot read key file {}: {e}", file.display()))?;
+    if file.as_os_str().is_empty() {
+        return Err("`key` is empty: name a PEM private key file".to_owned());
+    }
+    let bytes = crate::config::read_file(file)
+        .map_err(|e| format!("cannot read key file {}: {e}", file.display()))?;
+    if bytes.windows(b"ENCRYPTED".len()).any(|w| w == b"ENCRYPTED") {
+        return Err(format!(
+            "{}: the private key is encrypted; the gateway reads unencrypted keys only (decrypt it with `openssl pkey -in KEY -out KEY.plain` and protect the file's permissions instead)",
+            file.display()
+        ));
+    }
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => format!(
             "{}: no private key PEM block found (expected \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\")",
             file.display()
         ),
-        e => format!("{}: invalid PEM: {e}", file.display()),
+        e => format!("{}: {}", file.display(), pem_problem(&e)),
     })
+}
+
+/// A PEM error in words (the error's own text can dump a section name as a list of bytes).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => {
+            "invalid PEM: a block has no END line (is the file cut short?)".to_owned()
+        }
+        Error::IllegalSectionStart { .. } => "invalid PEM: a BEGIN line is malformed".to_owned(),
+        Error::Base64Decode(_) => {
+            "invalid PEM: a block's base64 is corrupt (is the file cut short or edited?)".to_owned()
+        }
+        other => format!("invalid PEM: {other}"),
+    }
 }
 
 /// `name` as rustls wants it: a DNS name, or an IP address (brackets of `[v6]` removed).
@@ -257,7 +284,10 @@ fn certified_key(
             push(
                 problems,
                 path.key("cert"),
-                format!("the first certificate in {cert_file} cannot be parsed: {e:?}"),
+                format!(
+                    "the first certificate in {cert_file} is not a valid X.509 certificate ({e}); \
+                     the leaf certificate must come first, then its intermediates"
+                ),
             );
             return None;
         }
@@ -268,7 +298,10 @@ fn certified_key(
             push(
                 problems,
                 path.key("key"),
-                format!("unsupported private key in {key_file}: {e}"),
+                format!(
+                    "unsupported private key in {key_file} ({e}): rustls on ring takes RSA keys \
+                     of 2048 to 8192 bits, ECDSA P-256 or P-384, and Ed25519"
+                ),
             );
             return None;
         }
@@ -283,7 +316,8 @@ fn certified_key(
                 problems,
                 path.key("key"),
                 format!(
-                    "the private key in {key_file} does not match the certificate in {cert_file}"
+                    "the private key in {key_file} does not match the first certificate in \
+                     {cert_file} (the leaf must come first, then its intermediates)"
                 ),
             );
             None
