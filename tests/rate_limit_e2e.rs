@@ -335,6 +335,11 @@ fn an_unreachable_redis_at_start_is_logged_and_exported() {
     let mut c = Conn::connect(gw.addr());
     let r = c.request(b"GET /api/x HTTP/1.1\r\nHost: test.local\r\n\r\n");
     assert_eq!(r.status, 429, "{r:?}");
+    // The headers agree with Retry-After: nothing left, try again in a second.
+    assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"), "{r:?}");
+    assert_eq!(r.header("ratelimit-reset"), Some("1"), "{r:?}");
+    assert_eq!(r.header("x-ratelimit-remaining-minute"), Some("0"), "{r:?}");
     let r = c.request(b"GET /free/x HTTP/1.1\r\nHost: test.local\r\n\r\n");
     assert_eq!(r.status, 200, "{r:?}");
 }

@@ -334,7 +334,19 @@ impl LimiterSet {
         }
         // An admitted request (shadow and `open` included) was counted in every period, a rejected
         // one in none.
-        let quotas = verdicts.map(|v| v.map(|(p, limit, v)| (p, Quota::of(limit, &v, allowed))));
+        let mut quotas =
+            verdicts.map(|v| v.map(|(p, limit, v)| (p, Quota::of(limit, &v, allowed))));
+        if !allowed && matches!(ovr, Override::Closed) {
+            // Rejected because Redis is away (`on_redis_failure = "closed"`): no period has room
+            // the client can use, and the answer is "try again in a second", the same in
+            // `RateLimit-*` as in `Retry-After` (before, the headers showed the room the periods
+            // had and their window resets).
+            for (_, q) in quotas.iter_mut().flatten() {
+                q.remaining = 0;
+                q.reset_ms = CLOSED_RETRY_MS;
+                q.blocking = true;
+            }
+        }
         let worst = most_constraining(&quotas);
         if !def.hide_client_headers {
             write_headers(resp_headers, &quotas, worst);
@@ -342,8 +354,10 @@ impl LimiterSet {
         if allowed {
             Decision::Allow
         } else {
-            // The period that rejected longest; none when `on_redis_failure = "closed"` rejected.
-            let retry_ms = worst.filter(|q| q.blocking).map_or(1_000, |q| q.reset_ms);
+            // The period that rejected longest (a second when `on_redis_failure = "closed"` did).
+            let retry_ms = worst
+                .filter(|q| q.blocking)
+                .map_or(CLOSED_RETRY_MS, |q| q.reset_ms);
             let _ = write!(resp_headers, "Retry-After: {}\r\n", secs(retry_ms));
             Decision::Reject {
                 status: def.error_code,
@@ -655,6 +669,10 @@ fn flush_bucket(batch: &mut Batch, slot: u32, key: &[u8], b: &mut BucketState) {
         b.unsynced = 0;
     }
 }
+
+/// When a client rejected because Redis is away (`on_redis_failure = "closed"`) is told to try
+/// again: the reconciler retries Redis twice a second.
+const CLOSED_RETRY_MS: u64 = 1_000;
 
 /// Seconds, rounded up, at least 1.
 fn secs(ms: u64) -> u64 {
