@@ -133,7 +133,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         ) {
             Ok(actual) => info!("listening addr={actual} kind={}", kind_name(l.kind)),
             Err(e) => {
-                error!("bind failed addr={} error=\"{e}\"", l.addr);
+                error!(
+                    "bind failed addr={} error=\"{e}\"{}",
+                    l.addr,
+                    bind_hint(&e, l.addr)
+                );
                 return 1;
             }
         }
@@ -147,7 +151,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             None => match std::net::TcpListener::bind(def.listen) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    error!("admin bind failed addr={} error=\"{e}\"", def.listen);
+                    error!(
+                        "admin bind failed addr={} error=\"{e}\"{}",
+                        def.listen,
+                        bind_hint(&e, def.listen)
+                    );
                     return 1;
                 }
             },
@@ -858,6 +866,15 @@ fn refuse_if_taken(addr: std::net::SocketAddr) -> std::io::Result<()> {
     }
 }
 
+/// What to do about a bind error an operator meets often: a privileged port without the right.
+fn bind_hint(e: &std::io::Error, addr: std::net::SocketAddr) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+        " hint=\"ports below 1024 need root or CAP_NET_BIND_SERVICE (setcap cap_net_bind_service=+ep on the binary, or AmbientCapabilities= in a systemd unit)\""
+    } else {
+        ""
+    }
+}
+
 /// For the `listening` log line.
 fn kind_name(kind: ListenKind) -> &'static str {
     match kind {
@@ -988,6 +1005,19 @@ fn install_panic_hook() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_privileged_port_denied_gets_a_hint() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let at = |s: &str| {
+            s.parse::<std::net::SocketAddr>()
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(bind_hint(&denied, at("0.0.0.0:443")).contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(bind_hint(&denied, at("0.0.0.0:8443")), "");
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert_eq!(bind_hint(&in_use, at("0.0.0.0:443")), "");
+    }
 
     fn cfg(metrics: &str) -> Config {
         let text = format!(
