@@ -106,6 +106,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     metrics.add_collector(|out| out.push(crate::auth::verifier::family()));
     metrics.add_collector(|out| out.push(crate::auth::jwt::family()));
     metrics.add_collector(|out| out.push(crate::tls::expiry::family()));
+    metrics.add_collector(|out| out.push(crate::tls::accept::family()));
     crate::auth::verifier::start();
     if let Some(def) = &compiled.config.access_log {
         if let Err(e) = access_log.open(def) {

@@ -1547,3 +1547,39 @@ snis = ["new.test"]
         "{metrics}"
     );
 }
+
+/// TLS connections that never became a request stream are counted by reason:
+/// `ringgate_tls_handshake_failures_total` (before, they showed nowhere but debug logs).
+#[test]
+fn failed_handshakes_are_counted_by_reason() {
+    let pki = Pki::new();
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(
+        &tls_config(&pki, &up, "[server.timeouts]\ntls_handshake = \"300ms\"").replace(
+            "workers = 1\n",
+            "workers = 1\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        ),
+    );
+    let tls_addr = gw.addrs()[0];
+    // Garbage that is not TLS, then a silent client that times out.
+    let mut s = TcpStream::connect(tls_addr).expect("connect");
+    s.write_all(b"\x16\x03\x01\x00\x05garbage").expect("write");
+    let _ = wait_closed(&mut s, Duration::from_secs(3));
+    let mut silent = TcpStream::connect(tls_addr).expect("connect");
+    let (closed, _) = wait_closed(&mut silent, Duration::from_secs(3));
+    assert!(closed, "silent client not closed");
+    let r = send_raw(
+        gw.admin_addr(),
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n",
+    );
+    let m = r.body_str();
+    for reason in ["error", "timeout"] {
+        let line = format!("ringgate_tls_handshake_failures_total{{reason=\"{reason}\"}} ");
+        let n = m
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {line:?} in {m}"));
+        assert!(n >= 1, "{reason}: {n}");
+    }
+}

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -41,13 +42,18 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
     match monoio::time::timeout(limit, first_byte(&stream)).await {
         Ok(Some(b)) if b.is_ascii_uppercase() => {
             crate::debug!("plain http on a tls port peer={}", peer);
+            count(PLAIN_HTTP);
             plain_http_answer(stream).await;
             return;
         }
         Ok(Some(_)) => {}
-        Ok(None) => return,
+        Ok(None) => {
+            count(CLOSED);
+            return;
+        }
         Err(_) => {
             crate::debug!("tls handshake timed out peer={}", peer);
+            count(TIMEOUT);
             return;
         }
     }
@@ -56,10 +62,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             crate::debug!("tls handshake failed peer={} error=\"{}\"", peer, e);
+            count(ERROR);
             return;
         }
         Err(_) => {
             crate::debug!("tls handshake timed out peer={}", peer);
+            count(TIMEOUT);
             return;
         }
     };
@@ -75,6 +83,37 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
     let serve = proxy::serve(CancelSafe::new(tls), fd, peer, listener, shard);
     drop(first_wait);
     serve.await;
+}
+
+/// Handshakes that did not make a connection, by reason, process-wide: one atomic add on a path
+/// that already failed (a successful handshake counts nothing here).
+static FAILED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+const TIMEOUT: usize = 0;
+const ERROR: usize = 1;
+const PLAIN_HTTP: usize = 2;
+const CLOSED: usize = 3;
+
+fn count(reason: usize) {
+    if let Some(c) = FAILED.get(reason) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `ringgate_tls_handshake_failures_total{reason}` for `/metrics`.
+pub fn family() -> crate::metrics::Family {
+    use crate::metrics::{Family, FamilyKind};
+    let n = |i: usize| FAILED.get(i).map_or(0, |c| c.load(Ordering::Relaxed)) as f64;
+    Family::new(
+        "ringgate_tls_handshake_failures_total",
+        "TLS connections that never became a request stream, by reason: timeout (tls_handshake ran \
+         out, silent or stalled clients), error (rejected handshake: no shared version, cipher or \
+         protocol, bad records), plain_http (answered 400), closed (closed before a ClientHello).",
+        FamilyKind::Counter,
+    )
+    .sample(&[("reason", "timeout")], n(TIMEOUT))
+    .sample(&[("reason", "error")], n(ERROR))
+    .sample(&[("reason", "plain_http")], n(PLAIN_HTTP))
+    .sample(&[("reason", "closed")], n(CLOSED))
 }
 
 /// The first byte the client sent, without consuming it (`None`: closed or failed first).
