@@ -19,7 +19,8 @@ pub enum GatewayError {
     UpstreamClosed,
     UpstreamTimeout,
     BadResponse,
-    /// A response body to edit (response-transformer `json`) is larger than `max_json_bytes`.
+    /// A response body to edit (response-transformer `json`) is larger than `max_json_bytes`, or
+    /// partial (206).
     ResponseTooLarge,
     ServiceUnavailable,
 }
@@ -63,7 +64,9 @@ impl GatewayError {
             GatewayError::UpstreamClosed => "upstream closed the connection",
             GatewayError::UpstreamTimeout => "upstream timed out",
             GatewayError::BadResponse => "invalid upstream response",
-            GatewayError::ResponseTooLarge => "upstream response too large to transform",
+            GatewayError::ResponseTooLarge => {
+                "upstream response cannot be transformed (too large, or partial)"
+            }
             GatewayError::ServiceUnavailable => "service unavailable",
         }
     }

@@ -1059,8 +1059,20 @@ impl<S: ClientIo> Conn<S> {
         // edited, with its new length.
         let mut edited: Option<(Vec<u8>, bool)> = None;
         if let Some(jt) = self.json_edits(&snap, resp_body) {
+            if self.s.resp.status == 206 {
+                // Range was not forwarded; a part of a document cannot be edited, and sending it
+                // unedited could show what `remove` hides.
+                return Exchange::Done(
+                    self.fail(shard, GatewayError::ResponseTooLarge, p.client_close)
+                        .await,
+                );
+            }
             match body::read_whole(self, svc, &mut upstream, resp_body, jt.max_bytes).await {
-                Ok((whole, clean)) => edited = Some((jt.apply(&whole).unwrap_or(whole), clean)),
+                Ok((whole, clean)) => {
+                    // The gateway's own time resumes here: waiting for the body was the upstream's.
+                    self.t.upstream_head_in = self.stamp();
+                    edited = Some((jt.apply(&whole).unwrap_or(whole), clean))
+                }
                 Err(body::WholeError::TimedOut) => {
                     return Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
                 }

@@ -691,6 +691,12 @@ fn transformer_query_and_uri_errors() {
         "no `json` entry 1",
     );
     expect_at_needle(
+        &resp("{ remove = { json = [\"a\"], json_types = [\"number\"] } }"),
+        "[\"number",
+        "plugins[0].config.remove.json_types",
+        "remove and rename have none",
+    );
+    expect_at_needle(
         &resp("{ remove = { json = [\" \"] } }"),
         "\" \"",
         "plugins[0].config.remove.json[0]",

@@ -71,9 +71,10 @@ pub struct Edits {
     /// Byte range of the query (relative to its start) not forwarded: a hidden `?apikey=…`,
     /// including one adjacent `&`.
     pub query_cut: Option<(usize, usize)>,
-    /// The client's `Accept-Encoding` is not forwarded, so the upstream answers without a content
-    /// coding: a response-transformer edits the JSON body.
-    pub identity_only: bool,
+    /// A response-transformer edits the JSON body, which it must get whole and readable: the
+    /// client's `Accept-Encoding`, `Range` and `If-Range` are not forwarded (a partial body would
+    /// not parse and would go out unedited, `remove`d fields and all).
+    pub whole_body: bool,
 }
 
 impl Edits {
@@ -82,7 +83,7 @@ impl Edits {
         self.skip.clear();
         self.skip_names = None;
         self.query_cut = None;
-        self.identity_only = false;
+        self.whole_body = false;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,12 +91,15 @@ impl Edits {
             && self.skip.is_empty()
             && self.skip_names.is_none()
             && self.query_cut.is_none()
-            && !self.identity_only
+            && !self.whole_body
     }
 
     /// Whether client header `i` named `name` is dropped.
     pub fn skips(&self, i: usize, name: &[u8]) -> bool {
-        (self.identity_only && eq_ignore_case(name, b"accept-encoding"))
+        (self.whole_body
+            && (eq_ignore_case(name, b"accept-encoding")
+                || eq_ignore_case(name, b"range")
+                || eq_ignore_case(name, b"if-range")))
             || self.skip.iter().any(|&s| usize::from(s) == i)
             || self
                 .skip_names

@@ -671,10 +671,10 @@ impl Reconciler {
                 }
                 _ => 2 * def.limits.last().map_or(1_000, |l| l.period.millis()),
             };
-            // Keys with Redis work pending or in flight stay until it is done (or they are
-            // evicted at the cap; a reply for a slot that holds another key by then is dropped).
-            let busy = inst.cluster.as_ref().is_some_and(ClusterLink::busy);
-            if inst.push.is_empty() && !busy {
+            // Keys with Redis work pending stay until it is pushed (or they are evicted at the
+            // cap). An exchange in flight does not hold eviction up: one is nearly always on
+            // its way, and its replies are matched by key, so one for an evicted key is dropped.
+            if inst.push.is_empty() {
                 inst.table
                     .evict_idle(now.saturating_sub(idle.max(10_000)), |_, _| {});
             }

@@ -78,6 +78,9 @@ enum Health {
 /// An exchange sent to the Redis thread, and what it was built from.
 struct InFlight {
     seq: u64,
+    /// When it was sent (wall ms): one that takes far longer than its timeouts allow is given
+    /// up (its thread died), so the instance goes on.
+    sent_ms: u64,
     ops: Vec<Op>,
     /// The slots whose pending counts it pushes (back to `push` if it fails).
     slots: Vec<u32>,
@@ -196,11 +199,6 @@ impl ClusterLink {
         self.nodes
     }
 
-    /// Whether an exchange is on its way (its slots must not be evicted meanwhile).
-    pub fn busy(&self) -> bool {
-        self.in_flight.is_some()
-    }
-
     /// `<prefix>:tb:<instance id>:<tokens per second>-<burst>:<limiter key>`: a hash with the
     /// level (`t`), its time (`ts`) and each node's absolute consumption (`n:<node id>`).
     fn bucket_key(&mut self, def: &BucketDef, key: &[u8]) -> Vec<u8> {
@@ -276,7 +274,24 @@ impl ClusterLink {
         now: u64,
         stats: &SharedStats,
     ) {
-        if self.in_flight.is_some() || (self.health == Health::Down && now < self.retry_at) {
+        if let Some(f) = &self.in_flight {
+            // Connect and query are each bounded by the timeout: much longer means the Redis
+            // thread is gone (a panic). Give the exchange up; a late reply is ignored by seq.
+            let bound = 2 * self.def.timeout.as_millis() as u64 + 5_000;
+            if now.saturating_sub(f.sent_ms) <= bound {
+                return;
+            }
+            let slots = self.in_flight.take().map(|f| f.slots).unwrap_or_default();
+            self.jobs = None;
+            self.fail(now, stats, "redis exchange never came back");
+            for slot in slots {
+                if queued.insert(slot) {
+                    push.push(slot);
+                }
+            }
+            return;
+        }
+        if self.health == Health::Down && now < self.retry_at {
             return;
         }
         let limits = &inst.def.limits;
@@ -424,6 +439,7 @@ impl ClusterLink {
         queued.clear();
         self.in_flight = Some(InFlight {
             seq: self.seq,
+            sent_ms: now,
             ops,
             slots: std::mem::take(push),
         });

@@ -184,7 +184,7 @@ impl<S: ClientIo> Conn<S> {
                 Plugin::ResponseTransformer(n) => {
                     st.response_tf = Some(n);
                     // JSON body edits need a body they can read.
-                    st.edits.identity_only =
+                    st.edits.whole_body =
                         matches!(snap.chains.rt.response_json.get(n), Some(Some(_)));
                     Flow::Continue
                 }

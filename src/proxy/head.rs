@@ -159,7 +159,7 @@ pub fn write_request_head(
     let mut has_xff = false;
     let mut had_content_length = false;
     let mut upgrade_value: Option<Span> = None;
-    let edited = !edits.skip.is_empty() || edits.skip_names.is_some() || edits.identity_only;
+    let edited = !edits.skip.is_empty() || edits.skip_names.is_some() || edits.whole_body;
     // Whether a plain client header goes upstream. Names with '_' are dropped (nginx's
     // `underscores_in_headers off`): CGI-style backends read `X_Consumer_ID` as X-Consumer-ID,
     // which would smuggle identity headers past the gateway.

@@ -151,7 +151,7 @@ pub async fn send<S: AsyncWriteRent>(
 const WATCH_EVERY: Duration = Duration::from_millis(200);
 
 /// `send` for request-body bytes to a plain-TCP upstream at `fd`: while the write is stalled (the
-/// upstream stopped reading), looks every `WATCH_EVERY` for a final answer waiting on the socket,
+/// upstream stopped reading), looks every `WATCH_EVERY` for an error answer waiting on the socket,
 /// and stops with an error when there is one, so an upstream's 413 or 401 reaches the client
 /// now rather than when `limit` runs out (RFC 9112 §9.5; nginx watches both directions too). The
 /// cancelled write takes `buf` with it, as a timeout does: the caller stops sending either way.
@@ -200,10 +200,13 @@ pub async fn send_watching<S: AsyncWriteRent>(
     }
 }
 
-/// Whether the socket holds the start of a final (non-1xx) response: an interim `100 Continue`
-/// asks for the rest of the body, so it is no reason to stop sending.
+/// Whether the socket holds the start of an error answer (status 400 and up) after any complete
+/// interim (1xx) heads: the case RFC 9112 §9.5 describes (a 413 or 401 before the body was read).
+/// An interim `100 Continue` asks for the rest of the body, and a 2xx or 3xx sent early may come
+/// from an upstream that still reads (a streaming API), so neither stops the body. Garbage counts
+/// as an answer (the head reader then calls it a bad response).
 fn final_answer_waiting(fd: RawFd) -> bool {
-    let mut peek = [0u8; 12];
+    let mut peek = [0u8; 2048];
     // SAFETY: `fd` is the caller's open socket; the buffer is ours and its length is passed.
     let n = unsafe {
         libc::recv(
@@ -213,15 +216,22 @@ fn final_answer_waiting(fd: RawFd) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    if n <= 0 {
+    let Ok(n) = usize::try_from(n) else {
         return false;
-    }
-    let got = &peek[..n as usize];
-    // "HTTP/1.1 1xx": undecided until the status digit is there.
-    match got.get(9) {
-        Some(b'1') => false,
-        Some(_) => true,
-        None => !b"HTTP/1.1 ".starts_with(got) && !b"HTTP/1.0 ".starts_with(got),
+    };
+    let mut got = peek.get(..n).unwrap_or_default();
+    loop {
+        // "HTTP/1.1 4xx": undecided until the status digit is there.
+        match got.get(9) {
+            Some(b'1') => match memchr::memmem::find(got, b"\r\n\r\n") {
+                // A complete interim head: look behind it.
+                Some(end) => got = got.get(end + 4..).unwrap_or_default(),
+                None => return false,
+            },
+            Some(d) => return !matches!(d, b'2' | b'3'),
+            None if got.is_empty() => return false,
+            None => return !b"HTTP/1.1 ".starts_with(got) && !b"HTTP/1.0 ".starts_with(got),
+        }
     }
 }
 
@@ -378,17 +388,22 @@ mod tests {
     }
 
     #[test]
-    fn only_the_start_of_a_final_answer_stops_a_stalled_body() {
+    fn only_an_early_error_answer_stops_a_stalled_body() {
         use std::io::Write;
         use std::os::fd::AsRawFd;
         use std::os::unix::net::UnixStream;
-        let cases: [(&[u8], bool); 6] = [
+        let cases: [(&[u8], bool); 9] = [
             (b"", false),
             (b"HTTP/1.", false),
             (b"HTTP/1.1 100 Continue\r\n\r\n", false),
             (b"HTTP/1.1 413 Payload Too Large\r\n", true),
             (b"HTTP/1.0 401", true),
             (b"garbage", true),
+            // An early 2xx may come from an upstream that still reads.
+            (b"HTTP/1.1 200 OK\r\n", false),
+            // Behind complete interim heads.
+            (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 413", true),
+            (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n", false),
         ];
         for (sent, stops) in cases {
             let (mut a, b) = UnixStream::pair().expect("pair");

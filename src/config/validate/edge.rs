@@ -305,6 +305,13 @@ pub fn transformer(
             if e.uri.is_some() {
                 push(problems, at.key("uri"), RESPONSE_HEADERS_ONLY);
             }
+            if e.json_types.is_some() && matches!(key, "remove" | "rename") {
+                push(
+                    problems,
+                    at.key("json_types"),
+                    "`json_types` types the values of `replace`, `add` and `append`; remove and rename have none",
+                );
+            }
             continue;
         }
         if e.json.is_some() || e.json_types.is_some() {
@@ -376,7 +383,7 @@ pub fn transformer(
 }
 
 /// How large a JSON body the response-transformer buffers by default, and at most.
-pub const DEFAULT_MAX_JSON_BYTES: u64 = 8 << 20;
+pub const DEFAULT_MAX_JSON_BYTES: u64 = 1 << 20;
 const MAX_MAX_JSON_BYTES: u64 = 1 << 30;
 
 const RESPONSE_HEADERS_ONLY: &str =
