@@ -556,18 +556,11 @@ fn early_answering_upstream(close: bool) -> std::net::SocketAddr {
     addr
 }
 
-/// The same early answer from an upstream that then only stops reading reaches the client while
-/// the upload is still stalled, not when `upstream_write` runs out: the stalled write watches the
-/// upstream socket (nginx watches both directions). Before, this waited the full 30 s.
-#[test]
-fn an_early_answer_is_seen_while_the_upload_stalls() {
-    use std::io::{Read, Write};
-    let up = early_answering_upstream(false);
-    let gw = Gateway::start(
-        &upstream_config(&[up.to_string()], "upstream_write = \"30s\"")
-            .replace("workers = 1", "workers = 1\nmax_body_bytes = \"100m\""),
-    );
-    let mut c = std::net::TcpStream::connect(gw.addr()).expect("connect");
+/// Starts a 32 MiB upload to `/upload` with a thread that writes the body for as long as the
+/// gateway reads it; the caller reads the answer from the returned stream and joins the thread.
+fn start_upload(addr: std::net::SocketAddr) -> (std::net::TcpStream, std::thread::JoinHandle<()>) {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let len = 32 << 20;
@@ -583,6 +576,21 @@ fn an_early_answer_is_seen_while_the_upload_stalls() {
             sent += chunk.len();
         }
     });
+    (c, sender)
+}
+
+/// The same early answer from an upstream that then only stops reading reaches the client while
+/// the upload is still stalled, not when `upstream_write` runs out: the stalled write watches the
+/// upstream socket (nginx watches both directions). Before, this waited the full 30 s.
+#[test]
+fn an_early_answer_is_seen_while_the_upload_stalls() {
+    use std::io::Read;
+    let up = early_answering_upstream(false);
+    let gw = Gateway::start(
+        &upstream_config(&[up.to_string()], "upstream_write = \"30s\"")
+            .replace("workers = 1", "workers = 1\nmax_body_bytes = \"100m\""),
+    );
+    let (mut c, sender) = start_upload(gw.addr());
     let start = Instant::now();
     let mut got = Vec::new();
     let mut tmp = [0u8; 4096];
@@ -610,7 +618,7 @@ fn an_early_answer_is_seen_while_the_upload_stalls() {
 /// four such uploads ejected a healthy target.
 #[test]
 fn an_early_answer_to_an_upload_reaches_the_client() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     for close in [true, false] {
         let up = early_answering_upstream(close);
         let gw = Gateway::start(
@@ -618,23 +626,7 @@ fn an_early_answer_to_an_upload_reaches_the_client() {
                 .replace("workers = 1", "workers = 1\nmax_body_bytes = \"100m\""),
         );
         for i in 0..4 {
-            let mut c = std::net::TcpStream::connect(gw.addr()).expect("connect");
-            c.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
-            let len = 32 << 20;
-            c.write_all(
-                format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n")
-                    .as_bytes(),
-            )
-            .expect("head");
-            let mut writer = c.try_clone().expect("clone");
-            let sender = std::thread::spawn(move || {
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut sent = 0;
-                while sent < len && writer.write_all(&chunk).is_ok() {
-                    sent += chunk.len();
-                }
-            });
+            let (mut c, sender) = start_upload(gw.addr());
             let mut got = Vec::new();
             let _ = c.read_to_end(&mut got);
             let got = String::from_utf8_lossy(&got).into_owned();

@@ -123,6 +123,14 @@ pub fn is_idle(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// Takes `buf` out for an owned-buffer write of `range`, or leaves it in place and says why not.
+fn take_for_write(buf: &mut Vec<u8>, range: &Range<usize>) -> io::Result<Vec<u8>> {
+    if range.end > buf.len() {
+        return Err(io::Error::other("write range out of bounds"));
+    }
+    Ok(std::mem::take(buf))
+}
+
 /// Writes `buf[range]` completely.
 pub async fn send<S: AsyncWriteRent>(
     s: &mut S,
@@ -133,11 +141,7 @@ pub async fn send<S: AsyncWriteRent>(
     if range.is_empty() {
         return Ok(());
     }
-    let owned = std::mem::take(buf);
-    if range.end > owned.len() {
-        *buf = owned;
-        return Err(io::Error::other("write range out of bounds"));
-    }
+    let owned = take_for_write(buf, &range)?;
     match monoio::time::timeout(limit, s.write_all(owned.slice(range))).await {
         Ok((res, slice)) => {
             *buf = slice.into_inner();
@@ -166,11 +170,7 @@ pub async fn send_watching<S: AsyncWriteRent>(
     if range.is_empty() {
         return Ok(());
     }
-    let owned = std::mem::take(buf);
-    if range.end > owned.len() {
-        *buf = owned;
-        return Err(io::Error::other("write range out of bounds"));
-    }
+    let owned = take_for_write(buf, &range)?;
     let deadline = Instant::now() + limit;
     let write = s.write_all(owned.slice(range));
     let mut write = std::pin::pin!(write);
