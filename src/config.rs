@@ -35,6 +35,10 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Line 0: no position (the file could not be read at all), so no `:0:0`.
+        if self.line == 0 {
+            return write!(f, "{}: {}: {}", self.file, self.key, clip(&self.message));
+        }
         write!(
             f,
             "{}:{}:{}: {}: {}",
@@ -134,8 +138,11 @@ fn compile(text: &str, file: &str, source: &Path) -> Result<model::Config, Vec<C
     let doc = match decode::parse(text) {
         Ok(doc) => doc,
         Err(p) => {
+            let named = !p.path.0.is_empty();
             let mut e = p.locate(file, text, None);
-            e.key = "(syntax)".to_owned();
+            if !named {
+                e.key = "(syntax)".to_owned();
+            }
             return Err(vec![e]);
         }
     };

@@ -102,6 +102,32 @@ fn syntax_error() {
     );
 }
 
+/// A value the parser refuses (an integer over i64, a bad escape, a malformed date) is a syntax
+/// error, but the key it belongs to is known from the text: it is named, with the element index
+/// of an array of tables.
+#[test]
+fn a_bad_value_names_its_key() {
+    expect_one(
+        &base_with(
+            "[[routes]]",
+            "[[routes]]\nmax_body_bytes = 99999999999999999999",
+        ),
+        13,
+        18,
+        "routes[0].max_body_bytes",
+        "number too large",
+    );
+    expect_one(
+        &format!("{BASE}\n[[routes]]\nname = \"s\"\npaths = [\"/s\"]\nservice = \"\\q\"\n"),
+        20,
+        14,
+        "routes[1].service",
+        "invalid escape",
+    );
+    // Where the error is not after a `key =`, it stays a plain syntax error.
+    expect_one(&format!("{BASE}\n= 1\n"), 17, 1, "(syntax)", "invalid key");
+}
+
 #[test]
 fn duplicate_key_is_a_syntax_error() {
     expect_one(
@@ -637,7 +663,7 @@ fn unreadable_file() {
     assert!(errs[0].message.contains("cannot read"), "{}", errs[0]);
     assert!(errs[0]
         .to_string()
-        .starts_with("config/does-not-exist.toml:0:0: "));
+        .starts_with("config/does-not-exist.toml: (file): cannot read"));
 }
 
 #[test]
@@ -726,6 +752,9 @@ fn many_server_errors_at_once() {
 fn no_follow_on_errors() {
     let text = base_with("upstream = \"u\"", "upstream = \"u\"\ntypo = 1");
     expect_one(&text, 11, 1, "services[0].typo", "unknown field `typo`");
+    // Nor a reference to one whose name is invalid: the name is the one error.
+    let text = base_with("name = \"s\"", "name = \"s s\"").replace("\"s\"", "\"s s\"");
+    expect_one(&text, 9, 8, "services[0].name", "not a valid service name");
 }
 
 /// Mangled versions of the demo config (truncated, lines dropped, bytes replaced, values swapped for

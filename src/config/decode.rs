@@ -104,12 +104,61 @@ pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
             ));
         }
         Problem {
-            path: KeyPath::root(),
+            path: key_at(text, at).unwrap_or_else(KeyPath::root),
             span: e.span(),
             message,
             at_key: false,
         }
     })
+}
+
+/// The key a syntax error inside a value belongs to, from the text alone (the document did not
+/// parse): the `key =` before `at` on its line, under the last table header above it, with the
+/// index of each array-of-tables element (`[[routes]]` counted). `None` when the error is not
+/// after a `key =` on its own line or sits in an array or inline table left open above.
+fn key_at(text: &str, at: usize) -> Option<KeyPath> {
+    let at = at.min(text.len());
+    if unclosed_before(text, at).is_some() {
+        return None;
+    }
+    let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let before = text.get(line_start..at)?;
+    let (key, _) = before.split_once('=')?;
+    let key = dotted(key)?;
+    // Table headers above, with array-of-tables elements counted by their full name.
+    let mut counts: std::collections::HashMap<Vec<String>, usize> = Default::default();
+    let mut table: Vec<String> = Vec::new();
+    for line in text.get(..line_start)?.lines() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            table = dotted(name)?;
+            *counts.entry(table.clone()).or_default() += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = dotted(name)?;
+        }
+    }
+    let mut path = KeyPath::root();
+    for (i, seg) in table.iter().enumerate() {
+        path = path.key(seg);
+        if let Some(n) = table.get(..=i).and_then(|prefix| counts.get(prefix)) {
+            path = path.index(n.saturating_sub(1));
+        }
+    }
+    Some(key.iter().fold(path, |p, k| p.key(k)))
+}
+
+/// `a.b."c d"` as its segments; `None` for anything that is not a plain or quoted dotted key.
+fn dotted(key: &str) -> Option<Vec<String>> {
+    let segs: Vec<String> = key
+        .split('.')
+        .map(|s| s.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+        .collect();
+    let plain = |s: &String| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ' ')
+    };
+    segs.iter().all(plain).then_some(segs)
 }
 
 /// The offset of the innermost value `[` or `{` still open at `end`, outside strings and comments
@@ -216,7 +265,26 @@ pub fn decode(doc: &ImDocument<&str>, problems: &mut Vec<Problem>) -> Decoded {
             )),
         }
     }
+    // An element that decoded but has an invalid name is reported by `validate`; references to
+    // it are not reported a second time as "no service named".
+    out.broken_upstreams
+        .extend(invalid_names(&out.upstreams, |u| &u.name));
+    out.broken_services
+        .extend(invalid_names(&out.services, |s| &s.name));
+    out.broken_routes
+        .extend(invalid_names(&out.routes, |r| &r.name));
     out
+}
+
+/// The names in `elements` that `validate` will refuse.
+fn invalid_names<T>(elements: &[Option<T>], name: fn(&T) -> &String) -> Vec<String> {
+    elements
+        .iter()
+        .flatten()
+        .map(name)
+        .filter(|n| !super::validate::valid_name(n))
+        .cloned()
+        .collect()
 }
 
 fn list(keys: &[&str]) -> String {

@@ -74,7 +74,7 @@ fn in_range(
 
 /// Entity names: letters, digits, `.`, `_`, `-`, `~` (so they never contain the ':' of the
 /// reserved `service:<name>` upstreams, and print cleanly in logs).
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name
