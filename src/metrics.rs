@@ -138,7 +138,8 @@ pub struct Timings {
     /// The response was completely written (or the request failed).
     pub end: Instant,
     /// Time spent opening upstream connections between `head_in` and `upstream_head_out` (zero when
-    /// a pooled connection was used); not counted as latency the gateway added.
+    /// a pooled connection was used), and waiting for a request body read whole before it is
+    /// sent (request-transformer `json`); not counted as latency the gateway added.
     pub connect: Duration,
 }
 

@@ -256,6 +256,9 @@ struct Conn<S> {
     upstream_status: u16,
     /// The flat target of an upgraded connection: counted `active` until its tunnel ends.
     tunnel_target: Option<usize>,
+    /// The current request's body, read whole and edited by a request-transformer's `json`
+    /// (sent instead of streaming the client's; `None` on every other request).
+    edited_body: Option<Vec<u8>>,
 }
 
 /// A connection's place in its shard. Dropping it keeps `Shard::active` and the idle registry
@@ -370,6 +373,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         ubuf: Vec::new(),
         body_done: true,
         canceller: None,
+        edited_body: None,
         t: Timings::new(Instant::now()),
         metrics_on: true,
         log_on: false,
@@ -459,6 +463,7 @@ impl<S: ClientIo> Conn<S> {
 
     /// Between requests: drop consumed bytes and give back memory a large request made us take.
     fn recycle(&mut self, shard: &Shard) {
+        self.edited_body = None;
         let pos = self.pos.min(self.buf.len());
         if self.spare.capacity() > 0 {
             // The body was streamed through a pooled buffer: keep only the pipelined leftover.
@@ -849,6 +854,38 @@ impl<S: ClientIo> Conn<S> {
                 }
             }
         }
+        // A request-transformer's JSON body edits: the body is read whole and edited first, and
+        // goes upstream with its new length (a stale pooled connection may then replay it).
+        self.edited_body = None;
+        let p = &match transform.and_then(|t| t.json.as_ref()) {
+            Some(jt) if self.request_is_json(p) => {
+                let limit = match p.max_body {
+                    0 => jt.max_bytes,
+                    m => m.min(jt.max_bytes),
+                };
+                let waited = Instant::now();
+                match body::read_request_whole(self, p.body, limit, p.expect_continue).await {
+                    Ok(whole) => {
+                        // Waiting for the client's body is not time the gateway added.
+                        self.t.connect += waited.elapsed();
+                        let edited = jt.apply(&whole).unwrap_or(whole);
+                        let len = edited.len() as u64;
+                        self.edited_body = Some(edited);
+                        Prepared {
+                            body: BodyKind::Length(len),
+                            expect_continue: false,
+                            replayable: p.replayable
+                                || idempotent(changed.unwrap_or(self.s.head.method.get(&self.buf))),
+                            ..*p
+                        }
+                    }
+                    // Only client-side errors come from reading the client (the target index
+                    // is for upstream timeouts).
+                    Err(e) => return self.request_body_failed(shard, e, p, svc, 0).await,
+                }
+            }
+            _ => *p,
+        };
         let mut pinned: Option<usize> = None;
         loop {
             let started = self.stamp();
@@ -960,17 +997,26 @@ impl<S: ClientIo> Conn<S> {
                 .request_tf
                 .and_then(|i| snap.chains.rt.request.get(i)),
         );
-        match body::send_request(
-            self,
-            shard,
-            p.body,
-            p.max_body,
-            p.expect_continue,
-            svc,
-            &mut upstream,
-        )
-        .await
-        {
+        let sent = match self.edited_body.take() {
+            Some(whole) => {
+                let sent = body::send_request_whole(self, &whole, svc, &mut upstream).await;
+                self.edited_body = Some(whole);
+                sent
+            }
+            None => {
+                body::send_request(
+                    self,
+                    shard,
+                    p.body,
+                    p.max_body,
+                    p.expect_continue,
+                    svc,
+                    &mut upstream,
+                )
+                .await
+            }
+        };
+        match sent {
             Ok(()) => {}
             Err(body::SendError::UpstreamWrite) if reused && p.replayable => {
                 return Exchange::RetryFresh
@@ -1157,6 +1203,28 @@ impl<S: ClientIo> Conn<S> {
                 Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
             }
         }
+    }
+
+    /// Whether the request has a body of a JSON type without a content coding (what a
+    /// request-transformer's `json` edits; anything else streams through unedited, as Kong
+    /// leaves a body it cannot parse).
+    fn request_is_json(&self, p: &Prepared) -> bool {
+        if matches!(p.body, BodyKind::None | BodyKind::Length(0)) || p.upgrade {
+            return false;
+        }
+        let mut json = false;
+        for h in &self.s.head.headers {
+            let name = h.name.get(&self.buf);
+            let value = h.value.get(&self.buf);
+            if eq_ignore_case(name, b"content-type") {
+                json = crate::plugins::json_body::is_json_type(value);
+            } else if eq_ignore_case(name, b"content-encoding")
+                && !eq_ignore_case(value.trim_ascii(), b"identity")
+            {
+                return false;
+            }
+        }
+        json
     }
 
     /// The JSON body edits that apply to the response head just read: a response-transformer with

@@ -502,6 +502,119 @@ append = { json = ["tags:a"] }
     assert!(r.body.is_empty());
 }
 
+/// The request-transformer's `json` edits (Kong's request-transformer edits bodies too): a JSON
+/// request body, sized or chunked, is read whole, edited and sent with its new Content-Length
+/// (no Transfer-Encoding); `Expect: 100-continue` is answered by the gateway; other content types
+/// and non-objects stream through unchanged; the connection stays in step (a pipelined request
+/// after an edited body is served); a body over `max_json_bytes` is a 413.
+#[test]
+fn request_transformer_edits_json_request_bodies() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#"
+[[plugins]]
+name = "request-transformer"
+route = "a"
+[plugins.config]
+remove = { json = ["password"] }
+replace = { json = ["n:2"], json_types = ["number"] }
+add = { json = ["source:gateway"] }
+"#,
+    );
+    let edited = r#"{"user":"a","n":2,"source":"gateway"}"#;
+    let original = r#"{"user":"a","password":"x","n":1}"#;
+    let mut c = Conn::connect(gw.addr());
+    let cases = [
+        (
+            format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{original}", original.len()),
+            edited,
+        ),
+        (
+            format!(
+                "Content-Type: application/json; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+                &original[..9],
+                original.len() - 9,
+                &original[9..]
+            ),
+            edited,
+        ),
+        (
+            format!("Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{original}", original.len()),
+            original,
+        ),
+        (
+            "Content-Type: application/json\r\nContent-Length: 9\r\n\r\n[1,2,3,4]".to_owned(),
+            "[1,2,3,4]",
+        ),
+    ];
+    for (rest, want) in &cases {
+        let r = c.request(format!("POST /a/x HTTP/1.1\r\nHost: {HOST}\r\n{rest}").as_bytes());
+        assert_eq!(r.status, 200, "{rest:?}: {r:?}");
+        let seen = up.last_request();
+        assert_eq!(String::from_utf8_lossy(&seen.body), *want, "{rest:?}");
+        assert_eq!(
+            seen.header("content-length"),
+            Some(want.len().to_string().as_str())
+        );
+        assert!(!seen.has_header("transfer-encoding"), "{seen:?}");
+    }
+    // Pipelined: an edited body and the next request in one write; both answered, in order.
+    c.send(
+        format!(
+            "POST /a/p HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{original}GET /b/next HTTP/1.1\r\nHost: {HOST}\r\n\r\n",
+            original.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    for path in ["/p", "/b/next"] {
+        let r = c.read_response().expect("pipelined response");
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert!(
+            r.body_str().contains(&format!("\"path\":\"{path}\"")),
+            "{r:?}"
+        );
+    }
+    // Expect: 100-continue: the gateway says 100 before the body comes, then edits it.
+    c.send(
+        format!(
+            "POST /a/e HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            original.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let interim = c.read_available(std::time::Duration::from_secs(3));
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 "),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    c.send(original.as_bytes()).expect("body");
+    let r = c.read_response().expect("response");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(String::from_utf8_lossy(&up.last_request().body), edited);
+    assert!(!up.last_request().has_header("expect"));
+
+    let gw = start(
+        &up,
+        "[[plugins]]\nname = \"request-transformer\"\nconfig = { add = { json = [\"k:v\"] }, max_json_bytes = 16 }\n",
+    );
+    let before = up.requests().len();
+    let r = send_raw(
+        gw.addr(),
+        format!("POST /a HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{original}", original.len()).as_bytes(),
+    );
+    r.assert_json_error(413);
+    let r = send_raw(
+        gw.addr(),
+        format!("POST /a HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{original}\r\n0\r\n\r\n", original.len()).as_bytes(),
+    );
+    r.assert_json_error(413);
+    assert_eq!(up.requests().len(), before, "nothing reached the upstream");
+}
+
 /// Which bodies the `json` edits touch: a chunked JSON body is buffered, edited and sent with a
 /// Content-Length; other content types, encoded bodies and non-objects go through unchanged; a
 /// body over `max_json_bytes` is a 502, never sent unedited (a `remove` may be hiding something).

@@ -663,12 +663,12 @@ fn transformer_query_and_uri_errors() {
         "plugins[0].config.http_method",
         "edits headers and JSON bodies only",
     );
-    // JSON body edits: response side only, typed values checked.
+    // JSON body edits, on either side: typed values checked.
     expect_at_needle(
-        &rt("{ remove = { json = [\"a\"] } }"),
-        "[\"a",
-        "plugins[0].config.remove.json",
-        "does not edit bodies",
+        &rt("{ add = { json = [\"n:x1\"], json_types = [\"number\"] } }"),
+        "\"n:x1",
+        "plugins[0].config.add.json[0]",
+        "\"x1\" is not a number",
     );
     let resp =
         |config: &str| format!("[[plugins]]\nname = \"response-transformer\"\nconfig = {config}\n");

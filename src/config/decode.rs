@@ -478,7 +478,12 @@ fn with_suggestion(message: String) -> String {
         .split_once("expected")
         .map(|(_, rest)| rest.split('`').skip(1).step_by(2).collect())
         .unwrap_or_default();
-    let hint = suggest(&name, &allowed);
+    let hint = if name == "body" && allowed.contains(&"json") {
+        // Kong's request-transformer key: its JSON case is `json` here.
+        " (JSON bodies are edited with `json`; form and multipart bodies are not edited)".to_owned()
+    } else {
+        suggest(&name, &allowed)
+    };
     if hint.is_empty() {
         return message;
     }
@@ -551,6 +556,10 @@ mod tests {
             " (did you mean `routes`?)"
         );
         assert_eq!(suggest("zzz", &["server", "routes"]), "");
+        assert!(with_suggestion(
+            "unknown field `body`, expected one of `headers`, `json`".to_owned()
+        )
+        .contains("(JSON bodies are edited with `json`"));
         assert_eq!(
             with_suggestion("unknown field `pths`, expected one of `name`, `paths`".to_owned()),
             "unknown field `pths` (did you mean `paths`?), expected one of `name`, `paths`"

@@ -1,9 +1,10 @@
-//! The response-transformer's JSON body edits (Kong's `json` keys): remove, rename, replace, add,
-//! append, in that order, on the top-level keys of a JSON object body.
+//! The transformers' JSON body edits (Kong's `json` keys): remove, rename, replace, add, append,
+//! in that order, on the top-level keys of a JSON object body.
 //!
-//! The proxy buffers the whole body (at most `max_bytes`, see `proxy::body::read_whole`) only for
-//! a response this applies to: a JSON content type (`application/json`, `application/*+json`), no
-//! content coding, a status and method that carry a body. Keys keep their order (serde_json's
+//! The proxy buffers the whole body (at most `max_bytes`, see `proxy::body::read_whole` and
+//! `read_request_whole`) only for a message this applies to: a JSON content type
+//! (`application/json`, `application/*+json`), no content coding, and a body (for a response, a
+//! status and method that carry one). Keys keep their order (serde_json's
 //! `preserve_order`); an added key goes last. A body that is not a JSON object (an array, a
 //! scalar, invalid JSON) is passed on unchanged, as Kong does.
 //!

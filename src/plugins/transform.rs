@@ -152,8 +152,9 @@ impl HeaderTransform {
     }
 }
 
-/// A request-transformer: its header edits, its query-string edits and `replace.uri`.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// A request-transformer: its header edits, its query-string edits, `replace.uri`, `http_method`
+/// and its JSON body edits.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct RequestTransform {
     pub headers: HeaderTransform,
     pub query: QueryTransform,
@@ -163,6 +164,8 @@ pub struct RequestTransform {
     /// `http_method`: the upstream request's method (checked at load: upper-case letters, not
     /// HEAD or CONNECT). A client's HEAD is sent as HEAD regardless.
     pub method: Option<Box<[u8]>>,
+    /// `json` edits of a JSON request body (which is then read whole before it goes upstream).
+    pub json: Option<super::json_body::JsonTransform>,
 }
 
 impl RequestTransform {
@@ -172,6 +175,7 @@ impl RequestTransform {
             query: QueryTransform::new(&def.query),
             uri: def.uri.as_ref().map(|u| u.as_bytes().into()),
             method: def.method.as_ref().map(|m| m.as_bytes().into()),
+            json: super::json_body::JsonTransform::new(def),
         }
     }
 }

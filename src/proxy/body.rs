@@ -1,5 +1,6 @@
-//! Body streaming in both directions through bounded buffers. The one exception is a response a
-//! response-transformer edits as JSON (`read_whole`, bounded by its `max_json_bytes`).
+//! Body streaming in both directions through bounded buffers. The exceptions are bodies a
+//! transformer edits as JSON (`read_whole` for a response, `read_request_whole` for a request,
+//! bounded by its `max_json_bytes`).
 //!
 //! Requests: the head goes out together with whatever body bytes arrived with it (one write), the
 //! rest streams from the client buffer. Chunked bodies are decoded strictly and re-encoded, so chunk
@@ -172,6 +173,114 @@ pub async fn send_request<S: ClientIo>(
             }
         }
     }
+}
+
+/// Reads the whole request body, decoded, for an edit (request-transformer `json`): at most
+/// `limit` bytes, else `TooLarge` (a 413; for a declared length before any 100 Continue). The
+/// head stays where it is in `c.buf` (it is written after the edit, from its spans there), so the
+/// body is read in behind it and `c.buf` grows for this request; `recycle` shrinks it back. Leaves
+/// `c.pos` after the body (a pipelined next request stays unread) and `c.body_done` set.
+pub async fn read_request_whole<S: ClientIo>(
+    c: &mut Conn<S>,
+    body: BodyKind,
+    limit: u64,
+    expect_continue: bool,
+) -> Result<Vec<u8>, SendError> {
+    let timeout = c.client_timeout();
+    let hl = c.s.head.head_len.min(c.buf.len());
+    // Chunk framing is bounded too: tiny chunks could make the raw body many times the data.
+    let raw_limit = limit.saturating_mul(2).saturating_add(64 * 1024);
+    let mut asked_continue = !expect_continue;
+    match body {
+        BodyKind::None | BodyKind::CloseDelimited => {
+            c.pos = hl;
+            Ok(Vec::new())
+        }
+        BodyKind::Length(n) => {
+            if n > limit {
+                return Err(SendError::TooLarge);
+            }
+            let end = hl + n as usize;
+            while c.buf.len() < end {
+                if !asked_continue && c.buf.len() == hl {
+                    asked_continue = true;
+                    send_continue(c).await?;
+                }
+                read_behind(c, end - c.buf.len(), timeout).await?;
+            }
+            c.pos = end;
+            c.bytes_in += n;
+            c.body_done = true;
+            Ok(c.buf.get(hl..end).unwrap_or_default().to_vec())
+        }
+        BodyKind::Chunked => {
+            let mut dec = ChunkedDecoder::new();
+            let mut out = Vec::new();
+            let mut start = hl;
+            loop {
+                while start < c.buf.len() {
+                    let rest = c.buf.get(start..).unwrap_or_default();
+                    let (used, chunk) = dec.decode(rest).map_err(|_| SendError::BadChunked)?;
+                    match chunk {
+                        Chunk::Data(r) => {
+                            out.extend_from_slice(rest.get(r).unwrap_or_default());
+                            if out.len() as u64 > limit {
+                                return Err(SendError::TooLarge);
+                            }
+                        }
+                        Chunk::NeedMore => {}
+                        Chunk::Done => {
+                            c.pos = start + used;
+                            c.bytes_in += out.len() as u64;
+                            c.body_done = true;
+                            return Ok(out);
+                        }
+                    }
+                    if used == 0 {
+                        break;
+                    }
+                    start += used;
+                }
+                if (c.buf.len() - hl) as u64 > raw_limit {
+                    return Err(SendError::TooLarge);
+                }
+                if !asked_continue {
+                    asked_continue = true;
+                    send_continue(c).await?;
+                }
+                read_behind(c, BODY_BUF, timeout).await?;
+            }
+        }
+    }
+}
+
+/// Reads more client bytes in behind what `c.buf` holds, making room for about `want` more.
+async fn read_behind<S: ClientIo>(
+    c: &mut Conn<S>,
+    want: usize,
+    timeout: Duration,
+) -> Result<(), SendError> {
+    c.buf.reserve(want.clamp(1, BODY_BUF));
+    match io::fill(&mut c.client, &mut c.buf, timeout).await {
+        Ok(0) => Err(SendError::ClientGone),
+        Ok(_) => Ok(()),
+        Err(e) if io::is_timeout(&e) => Err(SendError::ClientTimeout),
+        Err(_) => Err(SendError::ClientGone),
+    }
+}
+
+/// Sends `c.s.out` (the request head) with a body read whole and edited (`read_request_whole`).
+pub async fn send_request_whole<S: ClientIo>(
+    c: &mut Conn<S>,
+    body: &[u8],
+    svc: &ServiceDef,
+    upstream: &mut UpstreamConn,
+) -> Result<(), SendError> {
+    c.s.out.extend_from_slice(body);
+    let len = c.s.out.len();
+    send_body(upstream, &mut c.s.out, 0..len, svc.write_timeout).await?;
+    c.t.upstream_head_out = c.stamp();
+    Ok(())
 }
 
 /// Writes request-body bytes (with the head, the first time) upstream. On a plain connection a

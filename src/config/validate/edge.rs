@@ -291,13 +291,21 @@ pub fn transformer(
     let cp = path.key("config");
     let before = problems.len();
     let headers = edits(c, &cp, Field::Header(side), problems);
-    let (query, json) = match side {
-        Side::Request => (edits(c, &cp, Field::Query, problems), EditsDef::default()),
-        Side::Response => (EditsDef::default(), edits(c, &cp, Field::Json, problems)),
+    let query = match side {
+        Side::Request => edits(c, &cp, Field::Query, problems),
+        Side::Response => EditsDef::default(),
     };
+    let json = edits(c, &cp, Field::Json, problems);
     let mut uri = None;
     for (key, e) in sections(c) {
         let at = cp.key(key);
+        if e.json_types.is_some() && matches!(key, "remove" | "rename") {
+            push(
+                problems,
+                at.key("json_types"),
+                "`json_types` types the values of `replace`, `add` and `append`; remove and rename have none",
+            );
+        }
         if side == Side::Response {
             if e.querystring.is_some() {
                 push(problems, at.key("querystring"), RESPONSE_HEADERS_ONLY);
@@ -305,22 +313,7 @@ pub fn transformer(
             if e.uri.is_some() {
                 push(problems, at.key("uri"), RESPONSE_HEADERS_ONLY);
             }
-            if e.json_types.is_some() && matches!(key, "remove" | "rename") {
-                push(
-                    problems,
-                    at.key("json_types"),
-                    "`json_types` types the values of `replace`, `add` and `append`; remove and rename have none",
-                );
-            }
             continue;
-        }
-        if e.json.is_some() || e.json_types.is_some() {
-            let k = if e.json.is_some() {
-                "json"
-            } else {
-                "json_types"
-            };
-            push(problems, at.key(k), REQUEST_NO_BODY);
         }
         match (&e.uri, key) {
             (Some(u), "replace") => uri = upstream_uri(problems, at.key("uri"), u),
@@ -353,23 +346,16 @@ pub fn transformer(
             None => Some(m.to_owned()),
         }
     });
-    let max_json_bytes = match (side, &c.max_json_bytes) {
-        (_, None) => DEFAULT_MAX_JSON_BYTES,
-        (Side::Request, Some(_)) => {
-            push(problems, cp.key("max_json_bytes"), REQUEST_NO_BODY);
+    let max_json_bytes = match &c.max_json_bytes {
+        None => DEFAULT_MAX_JSON_BYTES,
+        Some(s) if (1..=MAX_MAX_JSON_BYTES).contains(&s.0) => s.0,
+        Some(s) => {
+            push(
+                problems,
+                cp.key("max_json_bytes"),
+                format!("max_json_bytes must be 1 byte to 1 GiB, got {}", s.0),
+            );
             DEFAULT_MAX_JSON_BYTES
-        }
-        (Side::Response, Some(s)) => {
-            if (1..=MAX_MAX_JSON_BYTES).contains(&s.0) {
-                s.0
-            } else {
-                push(
-                    problems,
-                    cp.key("max_json_bytes"),
-                    format!("max_json_bytes must be 1 byte to 1 GiB, got {}", s.0),
-                );
-                DEFAULT_MAX_JSON_BYTES
-            }
         }
     };
     (problems.len() == before).then_some(TransformDef {
@@ -382,15 +368,12 @@ pub fn transformer(
     })
 }
 
-/// How large a JSON body the response-transformer buffers by default, and at most.
+/// How large a JSON body a transformer buffers by default, and at most.
 pub const DEFAULT_MAX_JSON_BYTES: u64 = 1 << 20;
 const MAX_MAX_JSON_BYTES: u64 = 1 << 30;
 
 const RESPONSE_HEADERS_ONLY: &str =
     "the response-transformer edits headers and JSON bodies only (`querystring`, `uri` and `http_method` are request-transformer keys)";
-
-const REQUEST_NO_BODY: &str =
-    "the request-transformer does not edit bodies (`json`, `json_types` and `max_json_bytes` are response-transformer keys)";
 
 /// What an edit list names.
 #[derive(Clone, Copy)]
@@ -399,7 +382,7 @@ enum Field {
     Header(Side),
     /// `querystring` (request side).
     Query,
-    /// `json`: top-level keys of a JSON body (response side).
+    /// `json`: top-level keys of a JSON body (request or response).
     Json,
 }
 
