@@ -377,6 +377,18 @@ head_case!(
     400,
     with_smuggled("G(T / HTTP/1.1\r\nHost: test.local\r\n\r\n", "")
 );
+// A lower-case method would match no method-restricted route (and so skip its auth) while the
+// upstream framework upper-cases it; nginx (and so Kong) refuse it too.
+head_case!(
+    request_line_lowercase_method,
+    400,
+    with_smuggled("delete /items/1 HTTP/1.1\r\nHost: test.local\r\n\r\n", "")
+);
+head_case!(
+    request_line_digit_in_method,
+    400,
+    with_smuggled("GET2 / HTTP/1.1\r\nHost: test.local\r\n\r\n", "")
+);
 head_case!(
     request_line_space_in_target,
     400,

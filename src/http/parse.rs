@@ -158,6 +158,15 @@ pub fn parse_request(
     if has_bare_lf(head) {
         return Err(bad("bare LF line terminator"));
     }
+    // Methods are case-sensitive (RFC 9110 §9.1), but frameworks (Werkzeug, Django, Rails)
+    // upper-case what they get: a `delete` that matched no DELETE-only route (and so none of its
+    // auth) would run as DELETE there. Upper-case letters, '-' and '_' only, as nginx parses.
+    if !method
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+    {
+        return Err(bad("method must be upper-case letters"));
+    }
     out.head_len = head_len;
     out.method = span_of(head, method.as_bytes()).ok_or(bad("method span"))?;
     out.target = span_of(head, target.as_bytes()).ok_or(bad("target span"))?;
