@@ -46,6 +46,20 @@ use crate::upstream::health::Who;
 use crate::worker::{Shard, Snapshot};
 use head::{ClientFraming, Forwarded};
 
+/// `path` with every `%2F` (normalized paths have upper-case hex) made a '/'. Rare: only for a
+/// path that has one, so it allocates.
+fn decode_slashes(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(i) = memchr::memmem::find(rest, b"%2F") {
+        out.extend_from_slice(rest.get(..i).unwrap_or_default());
+        out.push(b'/');
+        rest = rest.get(i + 3..).unwrap_or_default();
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 /// RFC 9110 §9.2.2: a request with this method may be sent again.
 fn idempotent(method: &[u8]) -> bool {
     [
@@ -779,6 +793,26 @@ impl<S: ClientIo> Conn<S> {
             .router
             .find(host, method, &self.s.path, query, &view)
             .ok_or(GatewayError::NoRoute)?;
+        // `%2F` is data here, but many upstreams (WSGI, Rack, Express) decode it into a '/':
+        // a request it would send to another route (`/admin%2Fusers` routed by `/`, served as
+        // `/admin/users`) would skip that route's plugins, so it is refused. One that routes the
+        // same either way (`/api/projects/group%2Fname`) goes up as it came.
+        if memchr::memmem::find(&self.s.path, b"%2F").is_some() {
+            let decoded = decode_slashes(&self.s.path);
+            let mut norm = Vec::with_capacity(decoded.len());
+            let same = normalize_path(&decoded, &mut norm).is_ok()
+                && self
+                    .snap
+                    .router
+                    .find(host, method, &norm, query, &view)
+                    .map(|d| d.route)
+                    == Some(m.route);
+            if !same {
+                return Err(GatewayError::BadRequest(
+                    "encoded slash in path selects another route",
+                ));
+            }
+        }
         let route: &RouteDef = self
             .snap
             .config

@@ -453,3 +453,50 @@ priority = 100
         assert_eq!(s.get("p.example", "/"), "high");
     }
 }
+
+/// `%2F` stays data (it is forwarded as it came), but a path that would select another route once
+/// an upstream decodes it into '/' is a 400: `/admin%2Fusers` is routed by `/` and served by a
+/// WSGI or Rack app as `/admin/users`, past `/admin`'s plugins. One that routes the same either
+/// way (an encoded slash inside a project name under `/api`) goes through unchanged.
+#[test]
+fn an_encoded_slash_cannot_select_another_route() {
+    let s = Setup::new(
+        &["admin", "api", "rest"],
+        r#"
+[[routes]]
+name = "admin"
+service = "admin"
+paths = ["/admin"]
+
+[[routes]]
+name = "api"
+service = "api"
+paths = ["/api"]
+strip_path = false
+
+[[routes]]
+name = "rest"
+service = "rest"
+paths = ["/"]
+strip_path = false
+"#,
+    );
+    for path in [
+        "/admin%2Fusers",
+        "/admin%2fusers",
+        "/public%2F..%2Fadmin",
+        "/x/..%2Fadmin",
+        "/%2Fadmin",
+    ] {
+        assert_eq!(s.get("h", path), "400", "{path}");
+    }
+    assert_eq!(s.get("h", "/api/projects/group%2Fname"), "api");
+    assert_eq!(
+        s.up("api").last_request().target,
+        "/api/projects/group%2Fname"
+    );
+    assert_eq!(s.get("h", "/files/a%2Fb"), "rest");
+    assert_eq!(s.up("rest").last_request().target, "/files/a%2Fb");
+    // Double encoding is data all the way: `%252F` is no slash to anyone.
+    assert_eq!(s.get("h", "/admin%252Fusers"), "rest");
+}

@@ -7,7 +7,8 @@
 //! Invariants of [`normalize_path`]'s output:
 //! - starts with '/', contains no "//" run, and no "." or ".." segment (after decoding);
 //! - the only remaining percent-escapes encode reserved / non-unreserved bytes, with upper-case hex
-//!   (`%2F` stays encoded: a decoded '/' is data, never a segment separator);
+//!   (`%2F` stays encoded: a decoded '/' is data, never a segment separator; `proxy::prepare`
+//!   refuses a path that would select another route with its `%2F`s read as '/');
 //! - it is never longer than the input, so one `reserve(raw.len())` is the only possible growth of
 //!   the caller's buffer.
 //!
