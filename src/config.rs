@@ -162,6 +162,9 @@ fn compile(text: &str, file: &str, source: &Path) -> Result<model::Config, Vec<C
     let mut problems = Vec::new();
     let decoded = decode::decode(&doc, &mut problems);
     let config = validate::compile(&decoded, source.to_path_buf(), &mut problems);
+    if let (Some(c), true) = (&config, problems.is_empty()) {
+        validate::check_chains(c, &mut problems);
+    }
     match config {
         Some(c) if problems.is_empty() => Ok(c),
         _ => {

@@ -213,3 +213,25 @@ fn auth_plugin_mistakes() {
         "cannot read",
     );
 }
+
+/// An acl where no key-auth, basic-auth or jwt runs can never pass (forward-auth identifies no
+/// consumer): every request would be a 401, so the config is refused, naming the routes. With an
+/// auth plugin on the route (here global, so for every route) it loads.
+#[test]
+fn acl_without_an_identifying_auth_plugin_is_refused() {
+    for auth in [
+        "",
+        "[[plugins]]\nname = \"forward-auth\"\nconfig = { address = \"http://127.0.0.1:9002/auth\" }\n",
+    ] {
+        let e = expect_one(
+            &format!("{auth}[[plugins]]\nname = \"acl\"\nconfig = {{ allow = [\"admins\"] }}\n"),
+            if auth.is_empty() { "plugins[0].name" } else { "plugins[1].name" },
+            "acl can never pass on route \"r\"",
+        );
+        assert!(e.message.contains("forward-auth"), "{e}");
+    }
+    let text = format!(
+        "{BASE}[[plugins]]\nname = \"key-auth\"\n\n[[plugins]]\nname = \"acl\"\nroute = \"r\"\nconfig = {{ allow = [\"admins\"] }}\n"
+    );
+    assert!(load_str(&text, "test.toml").is_ok());
+}

@@ -124,6 +124,8 @@ fn known(names: &HashMap<String, usize>) -> String {
     format!("defined: {}", list.join(", "))
 }
 
+pub use plugins::check_chains;
+
 /// Compiles the decoded file; `None` when any problem was recorded (by `decode` or here).
 pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) -> Option<Config> {
     let server = server::compile(decoded.server.as_ref(), problems);

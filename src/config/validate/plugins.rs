@@ -739,3 +739,57 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
         prefix,
     })
 }
+
+/// Checks on the compiled chains: an `acl` on a route where no key-auth, basic-auth or jwt runs
+/// can never pass (no consumer is ever identified: ip-restriction identifies none, forward-auth
+/// only an `anonymous` fallback), so every request there would be a 401. Reported once per acl, naming the routes.
+pub fn check_chains(cfg: &crate::config::model::Config, problems: &mut Vec<Problem>) {
+    use crate::plugins::Plugin;
+    let chains = crate::plugins::compile_chains(cfg);
+    let steps = crate::plugins::steps(cfg);
+    let mut stranded: Vec<(Plugin, Vec<&str>)> = Vec::new();
+    for (r, chain) in chains.iter().enumerate() {
+        // forward-auth identifies a consumer only as an `anonymous` fallback.
+        let anonymous_fallback = |p: &Plugin| {
+            steps
+                .iter()
+                .position(|s| *s == Some(*p))
+                .and_then(|i| cfg.plugins.get(i))
+                .is_some_and(|def| {
+                    matches!(&def.config, PluginConfig::ForwardAuth(f) if f.anonymous.is_some())
+                })
+        };
+        let identifies = chain.iter().any(|p| match p {
+            Plugin::KeyAuth(_) | Plugin::BasicAuth(_) | Plugin::Jwt(_) => true,
+            Plugin::ForwardAuth(_) => anonymous_fallback(p),
+            _ => false,
+        });
+        if identifies {
+            continue;
+        }
+        let name = cfg.routes.get(r).map_or("?", |route| route.name.as_str());
+        for acl in chain.iter().filter(|p| matches!(p, Plugin::Acl(_))) {
+            match stranded.iter_mut().find(|(p, _)| p == acl) {
+                Some((_, routes)) => routes.push(name),
+                None => stranded.push((*acl, vec![name])),
+            }
+        }
+    }
+    for (acl, routes) in stranded {
+        let Some(i) = steps.iter().position(|s| *s == Some(acl)) else {
+            continue;
+        };
+        let shown: Vec<String> = routes.iter().take(5).map(|r| format!("{r:?}")).collect();
+        let more = routes.len().saturating_sub(5);
+        push(
+            problems,
+            KeyPath::root().key("plugins").index(i).key("name"),
+            format!(
+                "acl can never pass on route{} {}{}: no key-auth, basic-auth or jwt runs there to identify a consumer (forward-auth and ip-restriction identify none), so every request would be a 401; add an auth plugin or disable acl there",
+                if routes.len() == 1 { "" } else { "s" },
+                shown.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() },
+            ),
+        );
+    }
+}
