@@ -157,6 +157,23 @@ fn consumer_mistakes() {
 
 #[test]
 fn auth_plugin_mistakes() {
+    // A key read from a header the access log records would be logged; one from a header the
+    // gateway sets would be replaced on the way up.
+    expect_one(
+        "[[plugins]]\nname = \"key-auth\"\nconfig = { key_names = [\"apikey\", \"X-Request-ID\"] }\n",
+        "plugins[0].config.key_names[1]",
+        "the access log records it",
+    );
+    expect_one(
+        "[[plugins]]\nname = \"key-auth\"\nconfig = { key_names = [\"X-Consumer-ID\"] }\n",
+        "plugins[0].config.key_names[0]",
+        "the gateway sets or replaces it",
+    );
+    expect_one(
+        "[[plugins]]\nname = \"jwt\"\nconfig = { header_names = [\"user-agent\"] }\n",
+        "plugins[0].config.header_names[0]",
+        "the access log records it",
+    );
     expect_one(
         "[[plugins]]\nname = \"acl\"\nconfig = { allow = [\"a\"], deny = [\"b\"] }\n",
         "plugins[0].config.deny",

@@ -122,7 +122,9 @@ fn assert_invalid(r: &RawResponse) {
 
 #[test]
 fn hs256_and_rs256_from_header_query_and_cookie() {
-    let (up, gw, _pem) = setup(r#"cookie_names = ["session"], claims_to_verify = ["exp"]"#);
+    let (up, gw, _pem) = setup(
+        r#"cookie_names = ["session"], header_names = ["authorization", "x-token"], claims_to_verify = ["exp"]"#,
+    );
     let r = get(&gw, "/api", "");
     r.assert_json_error(401);
     assert_eq!(
@@ -140,6 +142,14 @@ fn hs256_and_rs256_from_header_query_and_cookie() {
         assert_eq!(seen.header("x-credential-identifier"), Some("hs-issuer"));
     }
     assert_eq!(get(&gw, &format!("/api?jwt={hs}"), "").status, 200);
+    // Another header takes the token bare or as Kong sends it, `Bearer <token>`.
+    for v in [hs.clone(), format!("Bearer {hs}"), format!("bearer  {hs}")] {
+        assert_eq!(
+            get(&gw, "/api", &format!("X-Token: {v}\r\n")).status,
+            200,
+            "{v}"
+        );
+    }
     assert_eq!(
         get(&gw, "/api", &format!("Cookie: a=1; session={hs}\r\n")).status,
         200
@@ -237,13 +247,17 @@ fn maximum_expiration_and_leeway() {
         get(&gw, "/api", &bearer(&hs_token("hs-issuer", 300))).status,
         200
     );
-    assert_invalid(&get(&gw, "/api", &bearer(&hs_token("hs-issuer", 3600))));
+    let r = get(&gw, "/api", &bearer(&hs_token("hs-issuer", 3600)));
+    assert_invalid(&r);
+    assert!(r.body_str().contains("exceeds the maximum"), "{r:?}");
     // 10 s past exp, within 30 s of leeway.
     assert_eq!(
         get(&gw, "/api", &bearer(&hs_token("hs-issuer", -10))).status,
         200
     );
-    assert_invalid(&get(&gw, "/api", &bearer(&hs_token("hs-issuer", -120))));
+    let r = get(&gw, "/api", &bearer(&hs_token("hs-issuer", -120)));
+    assert_invalid(&r);
+    assert!(r.body_str().contains("Token expired"), "{r:?}");
 }
 
 /// Key files are read at load and again on every reload: a rotated PEM takes effect on SIGHUP.

@@ -524,6 +524,8 @@ pub fn identity_headers(set: &AuthSet, id: &Identity, out: &mut Vec<u8>) {
 
 pub const MSG_BAD_TOKEN: &[u8] = b"{\"message\":\"Invalid token\"}";
 pub const MSG_EXPIRED: &[u8] = b"{\"message\":\"Token expired\"}";
+/// Kong's "exp: exceeds maximum allowed expiration", in this gateway's message form.
+pub const MSG_TOO_FAR: &[u8] = b"{\"message\":\"Token expiration exceeds the maximum allowed\"}";
 pub const MSG_NOT_YET: &[u8] = b"{\"message\":\"Token not valid yet\"}";
 pub const MSG_BAD_SIG: &[u8] = b"{\"message\":\"Invalid signature\"}";
 pub const MSG_NO_CRED: &[u8] = b"{\"message\":\"No credentials found for the given key\"}";
@@ -583,7 +585,8 @@ pub fn jwt(
         },
         Err(e) => {
             let body = match e {
-                JwtError::Expired | JwtError::ExpirationTooFar => MSG_EXPIRED,
+                JwtError::Expired => MSG_EXPIRED,
+                JwtError::ExpirationTooFar => MSG_TOO_FAR,
                 JwtError::NotYetValid => MSG_NOT_YET,
                 JwtError::BadSignature => MSG_BAD_SIG,
                 JwtError::UnknownKey => MSG_NO_CRED,
@@ -603,7 +606,8 @@ pub enum JwtAt<'r> {
     Duplicate,
 }
 
-/// Where a JWT is. Order: headers (`authorization` expects `Bearer <token>`, other headers the bare token), then
+/// Where a JWT is. Order: headers (`authorization` expects `Bearer <token>`, other headers that or
+/// the bare token), then
 /// query parameters, then cookies, each in configured order; the first name present wins.
 pub fn find_jwt<'r>(def: &'r crate::config::model::JwtDef, req: &'r Req<'r>) -> JwtAt<'r> {
     // Every configured place is searched; two tokens in one request are ambiguous (a backend
@@ -619,10 +623,11 @@ pub fn find_jwt<'r>(def: &'r crate::config::model::JwtDef, req: &'r Req<'r>) -> 
     for name in &def.header_names {
         for (_, v) in req.headers_named(name.as_bytes()) {
             // A present header that is not a bearer token (e.g. Basic) holds no token.
+            // Other headers take `Bearer <token>` (Kong's only form) or the bare token.
             note(if name == "authorization" {
                 strip_scheme(v, b"bearer")
             } else {
-                Some(v.trim_ascii())
+                strip_scheme(v, b"bearer").or(Some(v.trim_ascii()))
             });
         }
     }

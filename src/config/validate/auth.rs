@@ -106,6 +106,53 @@ fn header_names(list: &[String], p: &KeyPath, problems: &mut Vec<Problem>) -> Ve
         .collect()
 }
 
+/// Header names a credential must not be read from: ones the access log records (the key would
+/// be written to it) and ones the gateway sets or replaces itself (the identity headers, the
+/// `X-Forwarded-*` family, framing), where the upstream would see the gateway's value or the key.
+const NOT_CREDENTIAL_HEADERS: &[&str] = &[
+    "x-request-id",
+    "user-agent",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-consumer-id",
+    "x-consumer-username",
+    "x-consumer-custom-id",
+    "x-consumer-groups",
+    "x-credential-identifier",
+    "x-anonymous-consumer",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+];
+
+/// Refuses credential header names in `NOT_CREDENTIAL_HEADERS`.
+fn credential_headers(list: &[String], p: &KeyPath, problems: &mut Vec<Problem>) {
+    for (i, n) in list.iter().enumerate() {
+        if NOT_CREDENTIAL_HEADERS
+            .iter()
+            .any(|h| n.eq_ignore_ascii_case(h))
+        {
+            let why = if n.eq_ignore_ascii_case("x-request-id")
+                || n.eq_ignore_ascii_case("user-agent")
+            {
+                "the access log records it, so every key would be written there"
+            } else {
+                "the gateway sets or replaces it, so the upstream would not see what the client sent"
+            };
+            push(
+                problems,
+                p.index(i),
+                format!("{n:?} cannot carry credentials: {why}"),
+            );
+        }
+    }
+}
+
 fn cache_size(raw: Option<Int>, p: &KeyPath, problems: &mut Vec<Problem>) -> usize {
     raw.map_or(Some(DEFAULT_CACHE), |n| {
         in_range(
@@ -143,6 +190,9 @@ pub fn key_auth(
     }
     let key_names = header_names(&names, &cp.key("key_names"), problems);
     let in_header = c.key_in_header.unwrap_or(true);
+    if in_header {
+        credential_headers(&key_names, &cp.key("key_names"), problems);
+    }
     let in_query = c.key_in_query.unwrap_or(true);
     if !in_header && !in_query {
         push(
@@ -272,6 +322,7 @@ pub fn jwt(
         .into_iter()
         .map(|h| h.to_ascii_lowercase())
         .collect();
+    credential_headers(&header_names, &cp.key("header_names"), problems);
     let uri_param_names = header_names_or(
         c.uri_param_names.as_ref(),
         &["jwt"],
