@@ -252,3 +252,22 @@ fn acl_without_an_identifying_auth_plugin_is_refused() {
     );
     assert!(load_str(&text, "test.toml").is_ok());
 }
+
+/// An htpasswd user that is also a consumer's basic-auth credential is one username with two
+/// passwords (the htpasswd one won, silently): refused, naming both.
+#[test]
+fn an_htpasswd_user_clashing_with_a_credential_is_refused() {
+    let file = std::env::temp_dir().join(format!("ringgate-clash-{}.htpasswd", std::process::id()));
+    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+    std::fs::write(&file, format!("alice:{hash}\nbob:{hash}\n")).expect("write htpasswd");
+    let e = expect_one(
+        &format!(
+            "[[consumers]]\nusername = \"alice\"\nbasicauth_credentials = [{{ username = \"alice\", password = \"{hash}\" }}]\n\n[[plugins]]\nname = \"basic-auth\"\nconfig = {{ htpasswd_file = \"{}\" }}\n",
+            file.display()
+        ),
+        "plugins[0].config.htpasswd_file",
+        "user \"alice\" is also a basicauth_credentials username (consumer \"alice\")",
+    );
+    let _ = std::fs::remove_file(&file);
+    assert!(!e.message.contains(&hash), "no hash in the message: {e}");
+}

@@ -200,6 +200,34 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         base: &base,
     };
     let plugins = plugins::compile(&decoded.plugins, &plugin_refs, &mut ctx, problems);
+    // An htpasswd user that is also a consumer's basic-auth credential would be one username
+    // with two passwords, the htpasswd one silently winning on that instance.
+    for (i, p) in plugins.iter().enumerate() {
+        if let Some(crate::config::model::PluginConfig::BasicAuth(def)) =
+            p.as_ref().map(|p| &p.config)
+        {
+            for h in &def.htpasswd {
+                if let Some(c) = credentials.basic.iter().find(|c| c.username == h.username) {
+                    let owner = consumers
+                        .get(c.consumer)
+                        .and_then(Option::as_ref)
+                        .map_or("?", |c| c.username.as_str());
+                    push(
+                        problems,
+                        KeyPath::root()
+                            .key("plugins")
+                            .index(i)
+                            .key("config")
+                            .key("htpasswd_file"),
+                        format!(
+                            "user {:?} is also a basicauth_credentials username (consumer {owner:?}): one username with two passwords; keep one of them",
+                            h.username
+                        ),
+                    );
+                }
+            }
+        }
+    }
     // A jwt plugin with `secret_is_base64` needs every HS secret to be base64.
     for (i, p) in plugins.iter().enumerate() {
         if let Some(crate::config::model::PluginConfig::Jwt(def)) = p.as_ref().map(|p| &p.config) {
