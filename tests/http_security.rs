@@ -657,6 +657,10 @@ response_case!(
     b"HTTP/1.1 2000 OK\r\nX-Upstream-Marker: 1\r\nContent-Length: 6\r\n\r\nSECRET"
 );
 response_case!(
+    response_status_600,
+    b"HTTP/1.1 600 Odd\r\nX-Upstream-Marker: 1\r\nContent-Length: 6\r\n\r\nSECRET"
+);
+response_case!(
     response_missing_status,
     b"HTTP/1.1 OK\r\nX-Upstream-Marker: 1\r\nContent-Length: 6\r\n\r\nSECRET"
 );

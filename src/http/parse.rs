@@ -473,8 +473,9 @@ pub fn parse_response(
         return Err(bad("incomplete status line"));
     };
     let version = version_of(minor).ok_or(bad("unsupported HTTP version"))?;
-    if status < 100 {
-        return Err(bad("status code below 100"));
+    // RFC 9110 §15: 100-599; a 600 relayed would reach clients that cannot class it.
+    if !(100..600).contains(&status) {
+        return Err(bad("status code outside 100-599"));
     }
     out.head_len = head_len;
     out.version = Some(version);

@@ -791,9 +791,9 @@ fn responses_without_bodies() {
 
 #[test]
 fn status_lines() {
-    let buf = b"HTTP/1.1 999 \xffweird\t reason\r\n\r\n";
+    let buf = b"HTTP/1.1 599 \xffweird\t reason\r\n\r\n";
     let h = ok_resp(buf, false);
-    assert_eq!(h.status, 999);
+    assert_eq!(h.status, 599);
     assert_eq!(h.reason.get(buf), b"\xffweird\t reason");
     let buf = b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n";
     let h = ok_resp(buf, false);
@@ -805,6 +805,8 @@ fn status_lines() {
     for bad in [
         &b"HTTP/1.1 099 X\r\n\r\n"[..],
         b"HTTP/1.1 000 X\r\n\r\n",
+        b"HTTP/1.1 600 X\r\n\r\n",
+        b"HTTP/1.1 999 X\r\n\r\n",
         b"HTTP/1.1 1000 X\r\n\r\n",
         b"HTTP/1.1 20 X\r\n\r\n",
         b"HTTP/1.1 2O0 X\r\n\r\n",
