@@ -271,3 +271,21 @@ fn an_htpasswd_user_clashing_with_a_credential_is_refused() {
     let _ = std::fs::remove_file(&file);
     assert!(!e.message.contains(&hash), "no hash in the message: {e}");
 }
+
+/// An IPv4-mapped IPv6 block is read as the IPv4 block it maps (clients' mapped addresses are
+/// compared as IPv4, so `::ffff:10.0.0.0/104` as written never matched); other IPv6 blocks stay.
+#[test]
+fn ipv4_mapped_blocks_are_ipv4() {
+    let cfg = load_str(
+        &format!(
+            "{BASE}[[plugins]]\nname = \"ip-restriction\"\nconfig = {{ allow = [\"::ffff:10.0.0.0/104\", \"::ffff:192.168.1.7\", \"2001:db8::/32\"] }}\n"
+        ),
+        "test.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let Some(PluginConfig::IpRestriction(def)) = cfg.plugins.first().map(|p| &p.config) else {
+        panic!("no ip-restriction");
+    };
+    let shown: Vec<String> = def.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32"]);
+}

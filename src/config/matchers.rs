@@ -54,7 +54,10 @@ pub fn plain_origin(o: &str) -> bool {
     else {
         return false;
     };
-    let rest = rest.strip_prefix("*.").unwrap_or(rest);
+    let (wild, rest) = match rest.strip_prefix("*.") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
     // Brackets only around a whole IPv6 literal (`http://[::1]:8080`).
     // (host, `:port` or "")
     let (host, port) = match rest.strip_prefix('[') {
@@ -68,8 +71,10 @@ pub fn plain_origin(o: &str) -> bool {
         || port
             .strip_prefix(':')
             .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    // A wildcard over a single label (`*.com`) would admit every site under a top-level domain.
     !rest.is_empty()
         && port_ok
+        && (!wild || host.trim_end_matches('.').contains('.'))
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))

@@ -52,8 +52,18 @@ pub fn cidrs(list: &[String], path: &KeyPath, problems: &mut Vec<Problem>) -> Ve
                     format!("{s:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\", \"2001:db8::/32\")"),
                 );
             }
-            // `trunc` normalizes 10.1.2.3/8 to 10.0.0.0/8 (matching is the same either way).
-            parsed.map(|n| n.trunc())
+            // `trunc` normalizes 10.1.2.3/8 to 10.0.0.0/8 (matching is the same either way). An
+            // IPv4-mapped block (`::ffff:10.0.0.0/104`) is the IPv4 one: clients' mapped
+            // addresses are compared as IPv4, so as written it could never match.
+            parsed.map(|n| match n {
+                Cidr::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                    Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                        .map_or(n, Cidr::V4)
+                        .trunc(),
+                    None => n.trunc(),
+                },
+                _ => n.trunc(),
+            })
         })
         .collect()
 }

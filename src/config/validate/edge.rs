@@ -721,6 +721,11 @@ mod tests {
         ] {
             assert!(!plain_origin(bad) && !origin_is_regex(bad), "{bad}");
         }
+        // A wildcard over one label would admit a whole top-level domain.
+        for bad in ["https://*.com", "https://*.com."] {
+            assert!(!plain_origin(bad), "{bad}");
+            assert!(origin_regex_trap(bad).is_some(), "{bad}");
+        }
         // Regexes (Kong's rule), anchored at both ends, case-insensitive.
         let re = |o: &str| origin_regex(o).unwrap_or_else(|e| panic!("{o}: {e}"));
         assert!(origin_is_regex(r"https://.*\.example\.com"));
