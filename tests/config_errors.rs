@@ -747,6 +747,27 @@ fn many_server_errors_at_once() {
     );
 }
 
+/// Every mistake inside one table is reported in one run (serde stops at the first; the decoder
+/// takes the offending key out and goes on), each at its own key, and a required key taken out
+/// for a wrong type is not reported missing as well; a genuinely missing one still is.
+#[test]
+fn every_mistake_in_one_table_is_reported() {
+    let text = base_with(
+        "name = \"r\"\nservice = \"s\"\npaths = [\"/\"]",
+        "name = 5\nservice = \"s\"\npaths = [\"/\"]\nstrip_pth = true\nmethods = \"GET\"",
+    );
+    let errs = errors(&text);
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["routes[0].name", "routes[0].strip_pth", "routes[0].methods"],
+        "{errs:?}"
+    );
+    let text = base_with("service = \"s\"\n", "servce = \"s\"\n");
+    let keys: Vec<String> = errors(&text).iter().map(|e| e.key.clone()).collect();
+    assert_eq!(keys, ["routes[0]", "routes[0].servce"], "{keys:?}");
+}
+
 /// A reference to an entity that failed to decode is not reported again as dangling.
 #[test]
 fn no_follow_on_errors() {

@@ -1,8 +1,9 @@
 //! Text -> raw structs: TOML syntax, then each top-level entity on its own.
 //!
 //! Every `[[upstreams]]`/`[[services]]`/`[[routes]]` element and `[server]` is deserialized
-//! separately, so independent typos in different entities are all reported in one run (serde stops at
-//! the first error inside one struct). Elements keep their array index even when a neighbour fails,
+//! separately, so independent typos in different entities are all reported in one run; inside one
+//! struct (where serde stops at the first error) the offending key is taken out and decoding goes
+//! on, up to `MAX_ERRORS_PER_ITEM` errors. Elements keep their array index even when a neighbour fails,
 //! so key paths always match the file. Names of elements that failed to decode are remembered, so
 //! `validate` does not add a misleading "no such service" for a reference to one of them.
 
@@ -399,34 +400,74 @@ fn decode_plugin(el: &Item, path: &KeyPath, problems: &mut Vec<Problem>) -> Opti
     }
 }
 
-/// Deserializes one item, recording the first error in it (with its key path and position).
+/// Deserializes one item, recording its errors (with key path and position). Serde stops at the
+/// first error, so the offending key is taken out and the item decoded again, up to
+/// `MAX_ERRORS_PER_ITEM` times: a table with three typos gets three errors in one `check`.
 fn decode_one<T: DeserializeOwned>(
     item: &Item,
     path: &KeyPath,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
     // A `[table]` becomes an inline table value; the values inside keep their spans.
-    let value = item.clone().into_value().ok()?;
-    match serde_path_to_error::deserialize::<_, T>(value.into_deserializer()) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let mut key = path.join_serde(e.path());
-            let inner = e.into_inner();
-            let message = friendlier(inner.message());
-            // For an unknown key serde reports the enclosing table; name the offending key itself.
-            if let Some(name) = unknown_field(&message) {
-                if key.0.last() != Some(&super::locate::Seg::Key(name.clone())) {
-                    key = key.key(&name);
-                }
+    let mut value = item.clone().into_value().ok()?;
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..MAX_ERRORS_PER_ITEM {
+        let e = match serde_path_to_error::deserialize::<_, T>(value.clone().into_deserializer()) {
+            Ok(v) => return removed.is_empty().then_some(v),
+            Err(e) => e,
+        };
+        let mut rel = KeyPath::root().join_serde(e.path());
+        let inner = e.into_inner();
+        let message = friendlier(inner.message());
+        // For an unknown key serde reports the enclosing table; name the offending key itself.
+        if let Some(name) = unknown_field(&message) {
+            if rel.0.last() != Some(&super::locate::Seg::Key(name.clone())) {
+                rel = rel.key(&name);
             }
-            problems.push(Problem {
-                path: key,
-                span: inner.span(),
-                message,
-                at_key: false,
-            });
-            None
         }
+        // A key taken out to go on is not missing: the error about it was the real one.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        if missing.is_some_and(|m| removed.iter().any(|r| r == m)) {
+            return None;
+        }
+        let mut key = path.clone();
+        key.0.extend(rel.0.iter().cloned());
+        problems.push(Problem {
+            path: key,
+            span: inner.span(),
+            message,
+            at_key: false,
+        });
+        match remove_at(&mut value, &rel.0) {
+            Some(name) => removed.push(name),
+            None => return None,
+        }
+    }
+    None
+}
+
+/// How many errors one table (a route, a plugin) reports at most.
+const MAX_ERRORS_PER_ITEM: usize = 8;
+
+/// Takes the key at `path` (relative to `value`) out of its inline table, so decoding can go on
+/// past it; returns its name. `None` when the path does not end at a table key (an array element:
+/// removing it would shift the indices of later errors).
+fn remove_at(value: &mut Value, path: &[super::locate::Seg]) -> Option<String> {
+    use super::locate::Seg;
+    let (last, parents) = path.split_last()?;
+    let mut at = value;
+    for seg in parents {
+        at = match (seg, at) {
+            (Seg::Key(k), Value::InlineTable(t)) => t.get_mut(k)?,
+            (Seg::Index(i), Value::Array(a)) => a.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    match (last, at) {
+        (Seg::Key(k), Value::InlineTable(t)) => t.remove(k).map(|_| k.clone()),
+        _ => None,
     }
 }
 
