@@ -1536,15 +1536,22 @@ async fn connect(
             None => 0,
         },
     };
-    let tries = n;
+    // A failed connect moves on to the next target, at most `retries` times (Kong's bound; nginx's
+    // `proxy_next_upstream_tries`): with every target blackholed a request waits that many connect
+    // timeouts, not one per target.
+    let mut attempts_left = svc.retries.saturating_add(1);
     let mut timed_out = false;
-    for k in 0..tries {
+    for k in 0..n {
         let t = (first + k) % n.max(1);
         // Failover skips targets health checking took out: with all of them out, only the first
         // choice is tried, so a request costs one connect timeout, not one per target.
         if k > 0 && !usable(t) {
             continue;
         }
+        if attempts_left == 0 {
+            break;
+        }
+        attempts_left -= 1;
         let Some(tdef) = ups.targets.get(t) else {
             continue;
         };

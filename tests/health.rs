@@ -607,3 +607,27 @@ fn a_hanging_target_does_not_hold_up_the_probes_of_the_others() {
     assert!(probes >= 5, "good was probed {probes} times in 1.2 s");
     drop(gw);
 }
+
+/// A failed connect moves on to the next target at most `retries` times (Kong's key, default 5),
+/// so with every target refusing, one request makes `1 + retries` attempts, not one per target.
+#[test]
+fn connect_failover_is_bounded_by_retries() {
+    let dead = [refusing_addr(), refusing_addr(), refusing_addr()];
+    for (retries, want) in [(Some(1), 2), (None, 3)] {
+        let mut cfg = config(&dead, "", "");
+        if let Some(n) = retries {
+            cfg = cfg.replace(
+                "upstream = \"pool\"\n",
+                &format!("upstream = \"pool\"\nretries = {n}\n"),
+            );
+        }
+        let gw = Gateway::start(&cfg);
+        let r = Conn::connect(gw.addr()).get(HOST, "/");
+        r.assert_json_error(502);
+        let attempts: u64 = dead
+            .iter()
+            .map(|t| metric_settled(&gw, "ringgate_upstream_connect_errors_total", *t).unwrap_or(0))
+            .sum();
+        assert_eq!(attempts, want, "retries = {retries:?}");
+    }
+}

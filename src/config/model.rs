@@ -415,6 +415,9 @@ pub struct ServiceDef {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// After a failed connect (refused, reset, timed out), how many other targets are tried
+    /// (Kong's `retries`, default 5): bounds a request's wait at `(1 + retries)` connect timeouts.
+    pub retries: usize,
 }
 
 /// `[[routes]]`.

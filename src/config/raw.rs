@@ -133,6 +133,8 @@ pub struct RawService {
     pub write_timeout: Option<Dur>,
     pub ca_file: Option<String>,
     pub tls_server_name: Option<String>,
+    /// Kong's key: how many other targets a failed connect may move on to.
+    pub retries: Option<Int>,
 }
 
 /// One `[[certificates]]` entry.

@@ -251,6 +251,10 @@ fn service(
         raw.write_timeout,
         defaults.upstream_write,
     );
+    let retries = raw.retries.map_or(Some(DEFAULT_RETRIES), |n| {
+        in_range(problems, path.key("retries"), "retries", n.0, 0, 100)
+            .and_then(|n| usize::try_from(n).ok())
+    })?;
 
     let (upstream, base_path, host_header) = match (&raw.url, &raw.upstream) {
         (Some(url), None) => {
@@ -321,8 +325,12 @@ fn service(
         connect_timeout,
         read_timeout,
         write_timeout,
+        retries,
     })
 }
+
+/// Kong's default: a failed connect moves on to at most 5 other targets.
+const DEFAULT_RETRIES: usize = 5;
 
 /// A `url` service's single-target upstream: returns (its index, base path, Host header).
 fn url_upstream(
