@@ -165,6 +165,7 @@ fn bench(c: &mut Criterion) {
         client_host: b"api.example.com",
         prefix: b"",
         proto: b"http",
+        close: false,
     };
     let target = b"/api/items/42?x=1";
     let host = b"127.0.0.1:9001";

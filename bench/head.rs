@@ -86,6 +86,7 @@ fn bench_request_head(c: &mut Criterion) {
             client_host,
             prefix: b"",
             proto: b"http",
+            close: false,
         };
         let mut out = Vec::with_capacity(4096);
         let edits = ringgate::auth::steps::Edits::default();

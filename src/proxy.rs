@@ -962,7 +962,7 @@ impl<S: ClientIo> Conn<S> {
                 Exchange::RetryFresh if pinned.is_none() && p.replayable => pinned = Some(target),
                 Exchange::RetryFresh => {
                     return self
-                        .fail(shard, GatewayError::BadResponse, p.client_close)
+                        .fail(shard, GatewayError::UpstreamClosed, p.client_close)
                         .await
                 }
             }
@@ -1015,6 +1015,7 @@ impl<S: ClientIo> Conn<S> {
             client_host,
             prefix: self.s.path.get(..p.strip_len).unwrap_or_default(),
             proto: if self.listener.tls { b"https" } else { b"http" },
+            close: cfg.server.pool.max_idle == 0,
         };
         self.s.out.clear();
         head::write_request_head(
@@ -1123,6 +1124,8 @@ impl<S: ClientIo> Conn<S> {
                 // Closed or reset before it said anything (interim responses count): the pooled
                 // connection was stale when we picked it.
                 Ok(0) | Err(_) if reused && !heard && p.replayable => return Exchange::RetryFresh,
+                // Nothing at all came back: not malformed, gone.
+                Ok(0) | Err(_) if !heard => break Some(GatewayError::UpstreamClosed),
                 Ok(0) | Err(_) => break Some(GatewayError::BadResponse),
                 Ok(_) => heard = true,
             }

@@ -462,6 +462,18 @@ fn hop_by_hop_request_headers_are_removed() {
     assert_eq!(got.header("x-end-to-end"), Some("kept"));
 }
 
+/// With pooling off (`max_idle = 0`) the gateway closes every upstream connection after its
+/// response, and says so (RFC 9112 §9.6, as nginx does); with pooling on it says nothing.
+#[test]
+fn an_unpooled_upstream_request_says_connection_close() {
+    let up = Upstream::echo("a");
+    for (pool, want) in [("pool = { max_idle = 0 }", Some("close")), ("", None)] {
+        let gw = Gateway::start(&basic_config(&up, pool, ""));
+        assert_eq!(get(gw.addr(), HOST, "/c").status, 200);
+        assert_eq!(up.last_request().header("connection"), want, "{pool:?}");
+    }
+}
+
 #[test]
 fn hop_by_hop_response_headers_are_removed() {
     let up = Upstream::fixed(

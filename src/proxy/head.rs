@@ -126,6 +126,9 @@ pub struct Forwarded<'a> {
     pub prefix: &'a [u8],
     /// `http` or `https`.
     pub proto: &'a [u8],
+    /// The gateway will not keep the upstream connection (pooling is off): the request says
+    /// `Connection: close`, as RFC 9112 §9.6 asks and nginx does.
+    pub close: bool,
 }
 
 /// Writes the upstream request head. `buf` is the client read buffer the `head` spans point into;
@@ -240,11 +243,13 @@ pub fn write_request_head(
             }
         }
     }
-    if head.upgrade {
-        if let Some(v) = upgrade_value {
+    match upgrade_value.filter(|_| head.upgrade) {
+        Some(v) => {
             out.extend_from_slice(b"Connection: upgrade\r\n");
             push_header(out, b"Upgrade", v.get(buf));
         }
+        None if fwd.close => out.extend_from_slice(b"Connection: close\r\n"),
+        None => {}
     }
     out.extend_from_slice(b"\r\n");
 }
