@@ -184,8 +184,8 @@ impl Pool {
         }
     }
 
-    /// Closes idle connections past their timeout, and the surplus above `max_idle` that has been
-    /// unused for `SURPLUS_GRACE`; called by the worker about once a second.
+    /// Closes idle connections past their timeout or closed by the peer, and the surplus above
+    /// `max_idle` that has been unused for `SURPLUS_GRACE`; called by the worker about once a second.
     pub fn reap(&self) {
         self.reap_at(Instant::now());
     }
@@ -194,7 +194,11 @@ impl Pool {
         let timeout = self.idle_timeout.get();
         let max_idle = self.max_idle.get();
         for stack in self.idle.borrow_mut().iter_mut() {
-            stack.retain(|c| now.duration_since(c.since) < timeout);
+            // A connection the upstream closed (or wrote to) while idle is closed now, not at its
+            // next checkout or `idle_timeout`: it would sit in CLOSE_WAIT and count as idle (an
+            // upstream restart left up to `max_idle` dead sockets per target). One non-blocking
+            // peek per idle connection per second, as nginx's keep-alive close handler notices.
+            stack.retain(|c| now.duration_since(c.since) < timeout && is_quiet(&c.stream));
             // The stack is ordered by last use (LIFO), oldest first: the cold surplus is at the bottom.
             let cold = stack
                 .iter()
@@ -285,6 +289,26 @@ mod tests {
             pool.checkin(slot, b);
             pool.reap_at(now + Duration::from_secs(61));
             assert_eq!(pool.idle_count(slot), 0, "idle_timeout applies to all");
+        });
+    }
+
+    #[test]
+    fn reap_closes_connections_the_peer_closed() {
+        run(async {
+            let pool = Pool::new(4, Duration::from_secs(60));
+            let slot = pool.slot_for("127.0.0.1:1".parse().expect("addr"));
+            let (gone, listener) = conns(2).await;
+            let (kept, _alive) = conns(1).await;
+            for c in gone.into_iter().chain(kept) {
+                pool.checkin(slot, c);
+            }
+            pool.reap_at(Instant::now());
+            assert_eq!(pool.idle_count(slot), 3, "all quiet");
+            // Closing the listener resets the connections still in its accept queue.
+            drop(listener);
+            std::thread::sleep(Duration::from_millis(50));
+            pool.reap_at(Instant::now());
+            assert_eq!(pool.idle_count(slot), 1, "the reset ones are closed at once");
         });
     }
 
