@@ -962,6 +962,25 @@ fn health_bad_status_is_located_at_its_index() {
     );
 }
 
+/// A success status counted as a failure, or a probe flood, is refused.
+#[test]
+fn health_nonsense_is_refused() {
+    expect_one(
+        &with_health("passive", "http_statuses = [500, 200]"),
+        8,
+        23,
+        "upstreams[0].health.passive.http_statuses[1]",
+        "200 is a success",
+    );
+    let errs = errors(&with_health("active", "path = \"/h\"\ninterval = \"1ms\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "upstreams[0].health.active.interval"
+                && e.message.contains("at least 100 ms")),
+        "{errs:?}"
+    );
+}
+
 #[test]
 fn health_active_needs_a_path() {
     expect_one(

@@ -308,7 +308,11 @@ mod tests {
             drop(listener);
             std::thread::sleep(Duration::from_millis(50));
             pool.reap_at(Instant::now());
-            assert_eq!(pool.idle_count(slot), 1, "the reset ones are closed at once");
+            assert_eq!(
+                pool.idle_count(slot),
+                1,
+                "the reset ones are closed at once"
+            );
         });
     }
 

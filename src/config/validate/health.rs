@@ -70,6 +70,16 @@ fn passive(raw: &RawPassive, path: &KeyPath, problems: &mut Vec<Problem>) -> Pas
             d.fail_timeout,
         ),
         http_statuses: raw.http_statuses.as_deref().map_or(d.http_statuses, |v| {
+            // A 1xx/2xx counted as a failure would eject targets for answering.
+            for (i, &Int(code)) in v.iter().enumerate() {
+                if (100..300).contains(&code) {
+                    push(
+                        problems,
+                        path.key("http_statuses").index(i),
+                        format!("{code} is a success: http_statuses lists failure statuses (e.g. 500, 502, 503)"),
+                    );
+                }
+            }
             statuses(v, &path.key("http_statuses"), problems)
         }),
     }
@@ -141,14 +151,26 @@ fn active(
             );
         }
     }
-    ActiveDef {
-        path: probe_path,
-        interval: positive(
+    let interval = positive(
+        problems,
+        path.key("interval"),
+        raw.interval,
+        DEFAULT_INTERVAL,
+    );
+    // Each probe is a new connection per target and worker: a 1 ms interval is a flood.
+    if interval < MIN_INTERVAL {
+        push(
             problems,
             path.key("interval"),
-            raw.interval,
-            DEFAULT_INTERVAL,
-        ),
+            format!(
+                "interval must be at least {} ms (each probe opens a connection per target and worker)",
+                MIN_INTERVAL.as_millis()
+            ),
+        );
+    }
+    ActiveDef {
+        path: probe_path,
+        interval,
         timeout: positive(problems, path.key("timeout"), raw.timeout, DEFAULT_TIMEOUT),
         healthy_threshold,
         unhealthy_threshold,
@@ -156,6 +178,9 @@ fn active(
         host: raw.host.clone(),
     }
 }
+
+/// The shortest active-check interval.
+const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A list of status codes, each 100..=599 (reported at its own index).
 fn statuses(raw: &[Int], path: &KeyPath, problems: &mut Vec<Problem>) -> StatusSet {
