@@ -763,7 +763,8 @@ impl<S: ClientIo> Conn<S> {
         }
     }
 
-    /// Normalizes, routes and applies the body limit. Allocation-free.
+    /// Normalizes, routes and applies the body limit. Allocation-free, except for a path holding an
+    /// encoded slash (routed a second time with it decoded).
     fn prepare(&mut self, body: BodyKind) -> Result<Prepared, GatewayError> {
         let head = &self.s.head;
         let buf = &self.buf;
