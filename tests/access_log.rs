@@ -823,3 +823,27 @@ fn a_client_gone_before_the_answer_is_a_499() {
     assert_eq!(line["status"], 499, "{line}");
     assert_eq!(line["bytes_sent"], 0, "{line}");
 }
+
+/// `request_bytes` counts what was read: a body cut short by the client body timeout logs the
+/// head and the 10 bytes that came, not the 100 its Content-Length declared.
+#[test]
+fn a_cut_short_body_logs_the_bytes_that_came() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let cfg = config(&up, &log_table(&log)).replace(
+        "workers = 2\n",
+        "workers = 1\n[server.timeouts]\nclient_body = \"500ms\"\n",
+    );
+    let gw = Gateway::start(&cfg);
+    let head = format!("POST /open/slow HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\n");
+    let mut c = Conn::connect(gw.addr());
+    c.send(format!("{head}0123456789").as_bytes())
+        .expect("send");
+    let r = c.read_response().expect("answer");
+    assert_eq!(r.status, 408, "{r:?}");
+    let all = wait_lines(&log, 1);
+    let l = by_path(&all, "/open/slow");
+    assert_eq!(l["status"], 408, "{l}");
+    assert_eq!(l["request_bytes"], (head.len() + 10) as u64, "{l}");
+}

@@ -94,10 +94,11 @@ pub async fn send_request<S: ClientIo>(
             let first = (avail as u64).min(n) as usize;
             c.s.out.extend_from_slice(&c.buf[hl..hl + first]);
             c.pos = hl + first;
+            // Counted as read, so a body cut short (timeout, client gone) logs what came.
+            c.bytes_in += first as u64;
             let len = c.s.out.len();
             send_body(upstream, &mut c.s.out, 0..len, write_timeout).await?;
             c.t.upstream_head_out = c.stamp();
-            c.bytes_in += n;
             let mut remaining = n - first as u64;
             if remaining > 0 && expect_continue && avail == 0 {
                 send_continue(c).await?;
@@ -107,6 +108,7 @@ pub async fn send_request<S: ClientIo>(
                 c.pos = 0;
                 read_client(c, shard, read_timeout).await?;
                 let take = (c.buf.len() as u64).min(remaining) as usize;
+                c.bytes_in += take as u64;
                 send_body(upstream, &mut c.buf, 0..take, write_timeout).await?;
                 c.pos = take;
                 remaining -= take as u64;
