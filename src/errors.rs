@@ -19,10 +19,12 @@ pub enum GatewayError {
     UpstreamClosed,
     UpstreamTimeout,
     BadResponse,
-    /// A response body to edit (response-transformer `json`) is larger than `max_json_bytes`, or
-    /// partial (206).
+    /// A response body to edit (response-transformer `json`) is larger than `max_json_bytes`,
+    /// partial (206), content-coded or unreadable JSON.
     ResponseTooLarge,
     ServiceUnavailable,
+    /// A request body the route must edit (request-transformer `json`) came content-coded.
+    UnsupportedEncoding,
 }
 
 impl GatewayError {
@@ -34,6 +36,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => 413,
             GatewayError::UriTooLong => 414,
             GatewayError::HeadersTooLarge => 431,
+            GatewayError::UnsupportedEncoding => 415,
             GatewayError::NotImplemented => 501,
             GatewayError::VersionNotSupported => 505,
             GatewayError::UpstreamConnect
@@ -65,9 +68,10 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "upstream timed out",
             GatewayError::BadResponse => "invalid upstream response",
             GatewayError::ResponseTooLarge => {
-                "upstream response cannot be transformed (too large, or partial)"
+                "upstream response cannot be transformed (too large, partial, encoded or unreadable)"
             }
             GatewayError::ServiceUnavailable => "service unavailable",
+            GatewayError::UnsupportedEncoding => "a content-coded request body cannot be edited",
         }
     }
 

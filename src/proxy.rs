@@ -39,6 +39,7 @@ use crate::http::headers::eq_ignore_case;
 use crate::http::parse::{self, ParseError, Parsed, RequestHead, ResponseHead};
 use crate::http::{BodyKind, Limits, Version};
 use crate::metrics::Timings;
+use crate::plugins::json_body::{Applied, JsonTransform};
 use crate::router::normalize::{normalize_path, upstream_path, NormalizeError};
 use crate::router::RequestView;
 use crate::upstream::conn::UpstreamConn;
@@ -58,6 +59,34 @@ fn decode_slashes(path: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(rest);
     out
+}
+
+/// Whether a message's body is one the transformers' `json` edits apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JsonFraming {
+    NotJson,
+    /// A JSON Content-Type (any of them: with two, the gateway and the application could each
+    /// read a different one), no content coding.
+    Json,
+    /// JSON, but with a content coding the gateway does not decode: it cannot be edited, and is
+    /// refused rather than passed on with what a `remove` should hide.
+    Encoded,
+}
+
+fn json_framing<'a>(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> JsonFraming {
+    let (mut json, mut encoded) = (false, false);
+    for (name, value) in headers {
+        if eq_ignore_case(name, b"content-type") {
+            json |= crate::plugins::json_body::is_json_type(value);
+        } else if eq_ignore_case(name, b"content-encoding") {
+            encoded |= !eq_ignore_case(value.trim_ascii(), b"identity");
+        }
+    }
+    match (json, encoded) {
+        (false, _) => JsonFraming::NotJson,
+        (true, false) => JsonFraming::Json,
+        (true, true) => JsonFraming::Encoded,
+    }
 }
 
 /// RFC 9110 §9.2.2: a request with this method may be sent again.
@@ -892,8 +921,16 @@ impl<S: ClientIo> Conn<S> {
         // A request-transformer's JSON body edits: the body is read whole and edited first, and
         // goes upstream with its new length (a stale pooled connection may then replay it).
         self.edited_body = None;
-        let p = &match transform.and_then(|t| t.json.as_ref()) {
-            Some(jt) if self.request_is_json(p) => {
+        let json = transform
+            .and_then(|t| t.json.as_ref())
+            .map(|jt| (jt, self.request_json(p)));
+        if let Some((_, JsonFraming::Encoded)) = json {
+            return self
+                .fail(shard, GatewayError::UnsupportedEncoding, true)
+                .await;
+        }
+        let p = &match json {
+            Some((jt, JsonFraming::Json)) => {
                 let limit = match p.max_body {
                     0 => jt.max_bytes,
                     m => m.min(jt.max_bytes),
@@ -903,7 +940,21 @@ impl<S: ClientIo> Conn<S> {
                     Ok(whole) => {
                         // Waiting for the client's body is not time the gateway added.
                         self.t.connect += waited.elapsed();
-                        let edited = jt.apply(&whole).unwrap_or(whole);
+                        let edited = match jt.apply(&whole, true) {
+                            Applied::Edited(b) => b,
+                            Applied::Unchanged => whole,
+                            Applied::Unreadable => {
+                                return self
+                                    .fail(
+                                        shard,
+                                        GatewayError::BadRequest(
+                                            "request body is not JSON the gateway can read",
+                                        ),
+                                        true,
+                                    )
+                                    .await
+                            }
+                        };
                         let len = edited.len() as u64;
                         self.edited_body = Some(edited);
                         Prepared {
@@ -1143,19 +1194,30 @@ impl<S: ClientIo> Conn<S> {
         // edited, with its new length.
         let mut edited: Option<(Vec<u8>, bool)> = None;
         if let Some(jt) = self.json_edits(&snap, resp_body) {
-            if self.s.resp.status == 206 {
-                // Range was not forwarded; a part of a document cannot be edited, and sending it
-                // unedited could show what `remove` hides.
+            // Range was not forwarded, so a 206 is a part of a document, and a content-coded body
+            // (Accept-Encoding was not forwarded either) cannot be read: neither can be edited,
+            // and sent unedited it could show what `remove` hides.
+            let Some(jt) = jt.filter(|_| self.s.resp.status != 206) else {
                 return Exchange::Done(
                     self.fail(shard, GatewayError::ResponseTooLarge, p.client_close)
                         .await,
                 );
-            }
+            };
             match body::read_whole(self, svc, &mut upstream, resp_body, jt.max_bytes).await {
                 Ok((whole, clean)) => {
                     // The gateway's own time resumes here: waiting for the body was the upstream's.
                     self.t.upstream_head_in = self.stamp();
-                    edited = Some((jt.apply(&whole).unwrap_or(whole), clean))
+                    let body = match jt.apply(&whole, false) {
+                        Applied::Edited(b) => b,
+                        Applied::Unchanged => whole,
+                        Applied::Unreadable => {
+                            return Exchange::Done(
+                                self.fail(shard, GatewayError::ResponseTooLarge, p.client_close)
+                                    .await,
+                            )
+                        }
+                    };
+                    edited = Some((body, clean))
                 }
                 Err(body::WholeError::TimedOut) => {
                     return Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
@@ -1243,37 +1305,33 @@ impl<S: ClientIo> Conn<S> {
         }
     }
 
-    /// Whether the request has a body of a JSON type without a content coding (what a
-    /// request-transformer's `json` edits; anything else streams through unedited, as Kong
-    /// leaves a body it cannot parse).
-    fn request_is_json(&self, p: &Prepared) -> bool {
-        if matches!(p.body, BodyKind::None | BodyKind::Length(0)) || p.upgrade {
-            return false;
+    /// What a request-transformer's `json` edits make of this request's body (an empty one
+    /// included, which Kong edits as `{}`); a request without a body framing has none.
+    fn request_json(&self, p: &Prepared) -> JsonFraming {
+        let headers = || {
+            self.s
+                .head
+                .headers
+                .iter()
+                .map(|h| (h.name.get(&self.buf), h.value.get(&self.buf)))
+        };
+        // `Content-Length: 0` parses as no body; it is an empty one here.
+        let stated_empty = || headers().any(|(n, _)| eq_ignore_case(n, b"content-length"));
+        if p.upgrade || (p.body == BodyKind::None && !stated_empty()) {
+            return JsonFraming::NotJson;
         }
-        let mut json = false;
-        for h in &self.s.head.headers {
-            let name = h.name.get(&self.buf);
-            let value = h.value.get(&self.buf);
-            if eq_ignore_case(name, b"content-type") {
-                json = crate::plugins::json_body::is_json_type(value);
-            } else if eq_ignore_case(name, b"content-encoding")
-                && !eq_ignore_case(value.trim_ascii(), b"identity")
-            {
-                return false;
-            }
-        }
-        json
+        json_framing(headers())
     }
 
     /// The JSON body edits that apply to the response head just read: a response-transformer with
-    /// `json` edits ran, and the response has a body (not HEAD, 204, 304) of a JSON type without
-    /// a content coding (`Accept-Encoding` was not forwarded; an upstream that encodes anyway gets
-    /// its body through unedited, as Kong leaves what it cannot parse).
+    /// `json` edits ran, and the response has a body (not HEAD, 204, 304) of a JSON type. `None`
+    /// inside: it has a content coding (`Accept-Encoding` was not forwarded, yet the upstream
+    /// encoded), so it cannot be read to be edited.
     fn json_edits<'a>(
         &self,
         snap: &'a Snapshot,
         body: BodyKind,
-    ) -> Option<&'a crate::plugins::json_body::JsonTransform> {
+    ) -> Option<Option<&'a JsonTransform>> {
         let jt = self
             .s
             .chain
@@ -1283,19 +1341,17 @@ impl<S: ClientIo> Conn<S> {
         if body == BodyKind::None {
             return None;
         }
-        let mut json = false;
-        for h in &self.s.resp.headers {
-            let name = h.name.get(&self.ubuf);
-            let value = h.value.get(&self.ubuf);
-            if eq_ignore_case(name, b"content-type") {
-                json = crate::plugins::json_body::is_json_type(value);
-            } else if eq_ignore_case(name, b"content-encoding")
-                && !eq_ignore_case(value.trim_ascii(), b"identity")
-            {
-                return None;
-            }
+        match json_framing(
+            self.s
+                .resp
+                .headers
+                .iter()
+                .map(|h| (h.name.get(&self.ubuf), h.value.get(&self.ubuf))),
+        ) {
+            JsonFraming::NotJson => None,
+            JsonFraming::Json => Some(Some(jt)),
+            JsonFraming::Encoded => Some(None),
         }
-        json.then_some(jt)
     }
 
     /// No usable response head came: answer `e` (504 for a timeout), or, when the request body

@@ -547,6 +547,20 @@ add = { json = ["source:gateway"] }
             "Content-Type: application/json\r\nContent-Length: 9\r\n\r\n[1,2,3,4]".to_owned(),
             "[1,2,3,4]",
         ),
+        // A BOM is skipped (and not sent on); two Content-Types, one of them JSON, are JSON.
+        (
+            format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n\u{feff}{original}", original.len() + 3),
+            edited,
+        ),
+        (
+            format!("Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{original}", original.len()),
+            edited,
+        ),
+        // An empty JSON body is `{}` to the edits, as in Kong.
+        (
+            "Content-Type: application/json\r\nContent-Length: 0\r\n\r\n".to_owned(),
+            r#"{"source":"gateway"}"#,
+        ),
     ];
     for (rest, want) in &cases {
         let r = c.request(format!("POST /a/x HTTP/1.1\r\nHost: {HOST}\r\n{rest}").as_bytes());
@@ -612,12 +626,31 @@ add = { json = ["source:gateway"] }
         format!("POST /a HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{original}\r\n0\r\n\r\n", original.len()).as_bytes(),
     );
     r.assert_json_error(413);
+    // Declared JSON the gateway cannot read, or content-coded: refused, never passed on with
+    // the key a `remove` should take out.
+    let gw = start(
+        &up,
+        "[[plugins]]\nname = \"request-transformer\"\nconfig = { remove = { json = [\"password\"] } }\n",
+    );
+    for (headers, body, status) in [
+        ("", r#"{"password":"x","v":"\ud800"}"#, 400),
+        ("", r#"{"password":"x""#, 400),
+        ("Content-Encoding: gzip\r\n", r#"{"password":"x"}"#, 415),
+        ("Content-Encoding: \r\n", r#"{"password":"x"}"#, 415),
+    ] {
+        let r = send_raw(
+            gw.addr(),
+            format!("POST /a HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+        );
+        r.assert_json_error(status);
+    }
     assert_eq!(up.requests().len(), before, "nothing reached the upstream");
 }
 
 /// Which bodies the `json` edits touch: a chunked JSON body is buffered, edited and sent with a
-/// Content-Length; other content types, encoded bodies and non-objects go through unchanged; a
-/// body over `max_json_bytes` is a 502, never sent unedited (a `remove` may be hiding something).
+/// Content-Length; other content types and non-objects go through unchanged; a body over
+/// `max_json_bytes`, partial, encoded or unreadable is a 502, never sent unedited (a `remove` may
+/// be hiding something).
 #[test]
 fn response_transformer_json_applies_only_to_json_it_can_read() {
     let plugin = |max: &str| {
@@ -636,10 +669,11 @@ fn response_transformer_json_applies_only_to_json_it_can_read() {
             r#"{"a":1,"secret":"s","b":2}"#,
             r#"{"a":1,"secret":"s","b":2}"#,
         ),
+        // Two Content-Types, one JSON: edited (the application may read either one).
         (
-            "Content-Type: application/json\r\nContent-Encoding: br\r\nContent-Length: 26\r\n",
+            "Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: 26\r\n",
             r#"{"a":1,"secret":"s","b":2}"#,
-            r#"{"a":1,"secret":"s","b":2}"#,
+            r#"{"a":1,"b":2}"#,
         ),
         (
             "Content-Type: application/json\r\nContent-Length: 14\r\n",
@@ -668,6 +702,25 @@ fn response_transformer_json_applies_only_to_json_it_can_read() {
     let r = send(&gw, "GET", "/a", "");
     r.assert_json_error(502);
     assert!(r.body_str().contains("cannot be transformed"), "{r:?}");
+    // A body the gateway cannot read (content-coded though Accept-Encoding was not forwarded;
+    // valid JSON to others but not to the parser, such as a lone surrogate) is a 502, never
+    // sent on with the field a `remove` should hide.
+    for (headers, body) in [
+        ("Content-Encoding: br\r\n", r#"{"a":1,"secret":"s","b":2}"#),
+        ("", r#"{"a":"\ud800","secret":"s"}"#),
+    ] {
+        let up = Upstream::fixed(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let gw = start(&up, &plugin(""));
+        let r = send(&gw, "GET", "/a", "");
+        r.assert_json_error(502);
+        assert!(!r.body_str().contains("secret"), "{r:?}");
+    }
     // A 206 (a part of a document) is never sent unedited either; Range was not forwarded.
     let up = Upstream::fixed(
         b"HTTP/1.1 206 Partial Content\r\nContent-Type: application/json\r\nContent-Range: bytes 1-25/26\r\nContent-Length: 25\r\n\r\n\"a\":1,\"secret\":\"s\",\"b\":2}",

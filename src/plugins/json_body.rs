@@ -59,11 +59,27 @@ impl JsonTransform {
         })
     }
 
-    /// The edited body, or `None` when `body` is not a JSON object (it goes on unchanged).
-    pub fn apply(&self, body: &[u8]) -> Option<Vec<u8>> {
-        let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(body) else {
-            return None;
+    /// Edits `body`. A valid JSON document that is not an object has no top-level keys to edit
+    /// and goes on unchanged; one the parser cannot read (invalid, nested deeper than 128, a lone
+    /// surrogate, not UTF-8) is `Unreadable`, and the caller refuses it rather than pass on a key
+    /// a `remove` should have hidden. A leading UTF-8 BOM is skipped (RFC 8259 §8.1 lets a parser
+    /// ignore it; it is not sent on). `empty_is_object`: an empty body is `{}` (Kong's request side,
+    /// so `add` applies), otherwise it goes on unchanged.
+    pub fn apply(&self, body: &[u8], empty_is_object: bool) -> Applied {
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+        let mut doc = if body.trim_ascii().is_empty() {
+            if !empty_is_object {
+                return Applied::Unchanged;
+            }
+            Map::new()
+        } else {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(doc)) => doc,
+                Ok(_) => return Applied::Unchanged,
+                Err(_) => return Applied::Unreadable,
+            }
         };
+        let was_empty = doc.is_empty() && body.trim_ascii().is_empty();
         for k in &self.remove {
             doc.shift_remove(k);
         }
@@ -100,8 +116,24 @@ impl JsonTransform {
         for (k, v) in &self.append {
             append(&mut doc, k, v);
         }
-        serde_json::to_vec(&Value::Object(doc)).ok()
+        if was_empty && doc.is_empty() {
+            return Applied::Unchanged;
+        }
+        match serde_json::to_vec(&Value::Object(doc)) {
+            Ok(edited) => Applied::Edited(edited),
+            Err(_) => Applied::Unreadable,
+        }
     }
+}
+
+/// What `JsonTransform::apply` made of a body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Edited(Vec<u8>),
+    /// Nothing to edit (a JSON array or scalar; an empty body): sent as it came.
+    Unchanged,
+    /// Declared JSON but unreadable: refused (400 for a request, 502 for a response).
+    Unreadable,
 }
 
 /// Kong's append: an array gets the value pushed, a missing key becomes `[value]`, any other value
@@ -162,8 +194,10 @@ mod tests {
     }
 
     fn run(t: &JsonTransform, body: &str) -> Option<String> {
-        t.apply(body.as_bytes())
-            .map(|b| String::from_utf8(b).unwrap_or_default())
+        match t.apply(body.as_bytes(), false) {
+            Applied::Edited(b) => Some(String::from_utf8(b).unwrap_or_default()),
+            _ => None,
+        }
     }
 
     #[test]
@@ -193,10 +227,59 @@ mod tests {
                 "{body}"
             );
         }
-        // Not an object: unchanged.
-        for body in [r#"[{"secret":1}]"#, "42", "not json", r#"{"a":"#] {
-            assert_eq!(run(&t, body), None, "{body}");
+        // Valid JSON that is not an object, or nothing: unchanged.
+        for body in [r#"[{"secret":1}]"#, "42", "", " \n"] {
+            assert_eq!(
+                t.apply(body.as_bytes(), false),
+                Applied::Unchanged,
+                "{body}"
+            );
         }
+        // Declared JSON the parser cannot read: refused, never passed on with its keys.
+        let deep = format!(
+            "{{\"secret\":1,\"v\":{}1{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for body in [
+            "not json",
+            r#"{"a":"#,
+            r#"{"secret":1,"v":"\ud800"}"#,
+            deep.as_str(),
+        ] {
+            assert_eq!(
+                t.apply(body.as_bytes(), false),
+                Applied::Unreadable,
+                "{body}"
+            );
+        }
+        // Numbers keep their digits (arbitrary_precision; an exponent gets its sign): 1e400 is
+        // read, 1e15 does not grow to 1000000000000000.0.
+        assert_eq!(
+            run(
+                &t,
+                r#"{"secret":1,"big":1e400,"f":1e15,"i":123456789012345678901234567890}"#
+            )
+            .as_deref(),
+            Some(
+                r#"{"big":1e+400,"f":1e+15,"i":123456789012345678901234567890,"env":"prod","id":0,"tags":["b"],"one":[true],"none":[1]}"#
+            )
+        );
+        // A BOM is skipped; an empty request body is `{}` when asked.
+        assert!(run(&t, "\u{feff}{\"secret\":1}").is_some_and(|b| !b.contains("secret")));
+        let add_only = tf(EditsDef {
+            add: pairs(&[("k", "1")]),
+            ..EditsDef::default()
+        });
+        assert_eq!(
+            add_only.apply(b"", true),
+            Applied::Edited(br#"{"k":1}"#.to_vec())
+        );
+        let remove_only = tf(EditsDef {
+            remove: vec!["k".into()],
+            ..EditsDef::default()
+        });
+        assert_eq!(remove_only.apply(b"", true), Applied::Unchanged);
     }
 
     #[test]
