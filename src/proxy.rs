@@ -854,6 +854,8 @@ impl<S: ClientIo> Conn<S> {
             .unwrap_or(self.snap.config.server.max_body_bytes);
         if let BodyKind::Length(n) = body {
             if max_body > 0 && n > max_body {
+                // Refused by the route's limit: logged and counted under the route.
+                self.route = Some(m.route);
                 return Err(GatewayError::BodyTooLarge);
             }
         }

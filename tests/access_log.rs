@@ -847,3 +847,28 @@ fn a_cut_short_body_logs_the_bytes_that_came() {
     assert_eq!(l["status"], 408, "{l}");
     assert_eq!(l["request_bytes"], (head.len() + 10) as u64, "{l}");
 }
+
+/// A body refused by its declared length (413, before the plugins ran) is logged under the route
+/// whose limit refused it.
+#[test]
+fn a_declared_length_over_the_limit_is_logged_under_its_route() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let cfg = config(&up, &log_table(&log))
+        .replace("workers = 2\n", "workers = 1\nmax_body_bytes = \"1k\"\n");
+    let gw = Gateway::start(&cfg);
+    let r = send_raw(
+        gw.addr(),
+        format!("POST /open/big HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5000\r\n\r\n")
+            .as_bytes(),
+    );
+    r.assert_json_error(413);
+    let all = wait_lines(&log, 1);
+    let l = by_path(&all, "/open/big");
+    assert_eq!(
+        (l["status"].clone(), l["route"].clone()),
+        (413.into(), "open".into()),
+        "{l}"
+    );
+}
