@@ -1235,6 +1235,9 @@ impl<S: ClientIo> Conn<S> {
         }
         let framing = match (&edited, resp_body) {
             (Some((b, _)), _) => ClientFraming::Length(b.len() as u64),
+            (None, BodyKind::None) if p.head_method && self.json_route_answer(&snap) => {
+                ClientFraming::NoBodyUnknownLength
+            }
             (None, BodyKind::None) => ClientFraming::NoBody,
             (None, BodyKind::Length(n)) => ClientFraming::Length(n),
             (None, BodyKind::Chunked | BodyKind::CloseDelimited) if p.http10 => {
@@ -1305,6 +1308,25 @@ impl<S: ClientIo> Conn<S> {
                 Exchange::Done(self.upstream_timed_out(shard, svc, target, p).await)
             }
         }
+    }
+
+    /// Whether the response head just read is JSON on a route whose response-transformer edits
+    /// JSON bodies (whatever its framing: for a HEAD, whose length a GET would not get).
+    fn json_route_answer(&self, snap: &Snapshot) -> bool {
+        let edits = self
+            .s
+            .chain
+            .response_tf
+            .and_then(|i| snap.chains.rt.response_json.get(i))
+            .is_some_and(Option::is_some);
+        edits
+            && json_framing(
+                self.s
+                    .resp
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.get(&self.ubuf), h.value.get(&self.ubuf))),
+            ) != JsonFraming::NotJson
     }
 
     /// What a request-transformer's `json` edits make of this request's body (an empty one

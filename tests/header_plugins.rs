@@ -496,10 +496,14 @@ append = { json = ["tags:a"] }
     let r = send(&gw, "GET", "/b", "Accept-Encoding: gzip\r\n");
     assert!(r.body_str().contains("\"headers\":{"), "{r:?}");
     assert_eq!(up.last_request().header("accept-encoding"), Some("gzip"));
-    // HEAD: no body to edit.
+    // HEAD: no body to edit, and no Content-Length (the upstream's is not the edited GET's);
+    // another route's HEAD keeps the upstream's.
     let r = send(&gw, "HEAD", "/a/x", "");
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), None, "{r:?}");
+    let r = send(&gw, "HEAD", "/b", "");
+    assert!(r.header("content-length").is_some(), "{r:?}");
 }
 
 /// The request-transformer's `json` edits (Kong's request-transformer edits bodies too): a JSON

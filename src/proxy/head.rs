@@ -259,6 +259,10 @@ pub fn write_request_head(
 pub enum ClientFraming {
     /// No body (HEAD, 204, 304): the upstream's Content-Length, if any, is passed through as metadata.
     NoBody,
+    /// No body, and no Content-Length either: a HEAD whose GET would be edited (response-transformer
+    /// `json`), so the upstream's length is not the one a GET gets (RFC 9110 §9.3.2 lets a HEAD
+    /// leave out what only generating the content determines).
+    NoBodyUnknownLength,
     Length(u64),
     Chunked,
     /// HTTP/1.0 client and a body of unknown length: delimited by closing.
@@ -340,7 +344,7 @@ pub fn write_response_head(
             out.extend_from_slice(b"\r\n");
         }
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        ClientFraming::NoBody | ClientFraming::Close => {}
+        ClientFraming::NoBody | ClientFraming::NoBodyUnknownLength | ClientFraming::Close => {}
     }
     out.extend_from_slice(edits.extra);
     if close {
