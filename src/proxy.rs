@@ -1341,7 +1341,7 @@ impl<S: ClientIo> Conn<S> {
         };
         // `Content-Length: 0` parses as no body; it is an empty one here.
         let stated_empty = || headers().any(|(n, _)| eq_ignore_case(n, b"content-length"));
-        if p.upgrade || (p.body == BodyKind::None && !stated_empty()) {
+        if p.body == BodyKind::None && !stated_empty() {
             return JsonFraming::NotJson;
         }
         json_framing(headers())

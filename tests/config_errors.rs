@@ -124,6 +124,12 @@ fn a_bad_value_names_its_key() {
         "routes[1].service",
         "invalid escape",
     );
+    // Inside a multi-line string, `x = …` is text, not a key.
+    let e = errors(&base_with(
+        "[[routes]]",
+        "[[routes]]\ntags = \"\"\"\nx = y \\q\n\"\"\"",
+    ));
+    assert_eq!(e.first().map(|e| e.key.as_str()), Some("(syntax)"), "{e:?}");
     // Where the error is not after a `key =`, it stays a plain syntax error.
     expect_one(&format!("{BASE}\n= 1\n"), 17, 1, "(syntax)", "invalid key");
 }
@@ -514,6 +520,15 @@ fn bad_method() {
         19,
         "routes[0].methods[1]",
         "not a valid HTTP method",
+    );
+    // A digit passes as a token but no request can carry it (the parser refuses it).
+    let text = base_with("paths = [\"/\"]", "methods = [\"GET2\"]");
+    expect_one(
+        &text,
+        15,
+        12,
+        "routes[0].methods[0]",
+        "letters, '-' and '_'",
     );
 }
 

@@ -577,6 +577,18 @@ add = { json = ["source:gateway"] }
         );
         assert!(!seen.has_header("transfer-encoding"), "{seen:?}");
     }
+    // An Upgrade header does not take a body past the edits (an upstream that ignores it reads
+    // the body as a plain POST).
+    let r = c.request(
+        format!(
+            "POST /a/u HTTP/1.1\r\nHost: {HOST}\r\nConnection: upgrade\r\nUpgrade: foo\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{original}",
+            original.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(String::from_utf8_lossy(&up.last_request().body), edited);
+    let mut c = Conn::connect(gw.addr());
     // Pipelined: an edited body and the next request in one write; both answered, in order.
     c.send(
         format!(

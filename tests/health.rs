@@ -612,8 +612,9 @@ fn a_hanging_target_does_not_hold_up_the_probes_of_the_others() {
 /// so with every target refusing, one request makes `1 + retries` attempts, not one per target.
 #[test]
 fn connect_failover_is_bounded_by_retries() {
-    let dead = [refusing_addr(), refusing_addr(), refusing_addr()];
-    for (retries, want) in [(Some(1), 2), (None, 3)] {
+    // Seven targets: the default (5 retries, 6 attempts) bounds below one attempt per target.
+    let dead: Vec<SocketAddr> = (0..7).map(|_| refusing_addr()).collect();
+    for (retries, want) in [(Some(1), 2), (None, 6)] {
         let mut cfg = config(&dead, "", "");
         if let Some(n) = retries {
             cfg = cfg.replace(

@@ -663,6 +663,13 @@ fn transformer_query_and_uri_errors() {
         "plugins[0].config.http_method",
         "edits headers and JSON bodies only",
     );
+    // JSON request edits decide on the client's Content-Type: the same transformer may not edit it.
+    expect_at_needle(
+        &rt("{ remove = { json = [\"a\"] }, add = { headers = [\"Content-Type:application/json\"] } }"),
+        "{ remove",
+        "plugins[0].config",
+        "cannot also edit the Content-Type header",
+    );
     // JSON body edits, on either side: typed values checked.
     expect_at_needle(
         &rt("{ add = { json = [\"n:x1\"], json_types = [\"number\"] } }"),

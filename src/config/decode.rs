@@ -123,6 +123,11 @@ fn key_at(text: &str, at: usize) -> Option<KeyPath> {
         return None;
     }
     let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    // Inside a multi-line string (an odd number of openers before this line), `x = …` is text.
+    let above = text.get(..line_start)?;
+    if above.matches("\"\"\"").count() % 2 == 1 || above.matches("\'\'\'").count() % 2 == 1 {
+        return None;
+    }
     let before = text.get(line_start..at)?;
     let (key, _) = before.split_once('=')?;
     let key = dotted(key)?;
@@ -410,7 +415,8 @@ fn decode_one<T: DeserializeOwned>(
 ) -> Option<T> {
     // A `[table]` becomes an inline table value; the values inside keep their spans.
     let mut value = item.clone().into_value().ok()?;
-    let mut removed: Vec<String> = Vec::new();
+    // Paths (relative to the item) of the keys taken out.
+    let mut removed: Vec<Vec<super::locate::Seg>> = Vec::new();
     for _ in 0..MAX_ERRORS_PER_ITEM {
         let e = match serde_path_to_error::deserialize::<_, T>(value.clone().into_deserializer()) {
             Ok(v) => return removed.is_empty().then_some(v),
@@ -425,12 +431,17 @@ fn decode_one<T: DeserializeOwned>(
                 rel = rel.key(&name);
             }
         }
-        // A key taken out to go on is not missing: the error about it was the real one.
+        // A key taken out to go on is not missing: the error about it was the real one. (Serde
+        // stops there, so a later missing field in the same table goes unreported.)
         let missing = message
             .strip_prefix("missing field `")
             .and_then(|m| m.split('`').next());
-        if missing.is_some_and(|m| removed.iter().any(|r| r == m)) {
-            return None;
+        if let Some(m) = missing {
+            let mut at = rel.0.clone();
+            at.push(super::locate::Seg::Key(m.to_owned()));
+            if removed.contains(&at) {
+                return None;
+            }
         }
         let mut key = path.clone();
         key.0.extend(rel.0.iter().cloned());
@@ -440,10 +451,8 @@ fn decode_one<T: DeserializeOwned>(
             message,
             at_key: false,
         });
-        match remove_at(&mut value, &rel.0) {
-            Some(name) => removed.push(name),
-            None => return None,
-        }
+        remove_at(&mut value, &rel.0)?;
+        removed.push(rel.0);
     }
     None
 }

@@ -73,6 +73,15 @@ impl JsonTransform {
             }
             Map::new()
         } else {
+            // Only an object has keys to edit: anything that starts as another JSON value goes on
+            // without being parsed into a tree (a 1 MiB `[1,1,…]` would cost tens of MiB).
+            let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+            if matches!(
+                first,
+                Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
+            ) {
+                return Applied::Unchanged;
+            }
             match serde_json::from_slice::<Value>(body) {
                 Ok(Value::Object(doc)) => doc,
                 Ok(_) => return Applied::Unchanged,
@@ -242,7 +251,8 @@ mod tests {
             "]".repeat(200)
         );
         for body in [
-            "not json",
+            "{not json",
+            "<html>",
             r#"{"a":"#,
             r#"{"secret":1,"v":"\ud800"}"#,
             deep.as_str(),

@@ -203,15 +203,20 @@ pub async fn read_request_whole<S: ClientIo>(
                 return Err(SendError::TooLarge);
             }
             let end = hl + n as usize;
+            // Counted as they come, so a body cut short logs what was read.
+            let mut counted = c.buf.len().min(end);
+            c.bytes_in += (counted - hl) as u64;
             while c.buf.len() < end {
                 if !asked_continue && c.buf.len() == hl {
                     asked_continue = true;
                     send_continue(c).await?;
                 }
                 read_behind(c, end - c.buf.len(), timeout).await?;
+                let upto = c.buf.len().min(end);
+                c.bytes_in += upto.saturating_sub(counted) as u64;
+                counted = upto;
             }
             c.pos = end;
-            c.bytes_in += n;
             c.body_done = true;
             Ok(c.buf.get(hl..end).unwrap_or_default().to_vec())
         }
@@ -225,6 +230,8 @@ pub async fn read_request_whole<S: ClientIo>(
                     let (used, chunk) = dec.decode(rest).map_err(|_| SendError::BadChunked)?;
                     match chunk {
                         Chunk::Data(r) => {
+                            // Decoded bytes, as the streaming path counts them.
+                            c.bytes_in += r.len() as u64;
                             out.extend_from_slice(rest.get(r).unwrap_or_default());
                             if out.len() as u64 > limit {
                                 return Err(SendError::TooLarge);
@@ -233,7 +240,6 @@ pub async fn read_request_whole<S: ClientIo>(
                         Chunk::NeedMore => {}
                         Chunk::Done => {
                             c.pos = start + used;
-                            c.bytes_in += out.len() as u64;
                             c.body_done = true;
                             return Ok(out);
                         }

@@ -1151,3 +1151,23 @@ fn garbage_never_panics() {
         }
     }
 }
+
+/// A NumericDate no float holds (`1e400`, which parses now that numbers keep their text) is a
+/// bad claim, not "since the epoch" (nbf) or "expired" (exp); huge finite ones still saturate.
+#[test]
+fn numeric_dates_beyond_a_float_are_bad_claims() {
+    let claims = |json: &str| {
+        token::parse_claims(URL_SAFE_NO_PAD.encode(json).as_bytes()).expect("claims parse")
+    };
+    for name in ["exp", "nbf"] {
+        let c = claims(&format!(r#"{{"{name}":1e400}}"#));
+        assert!(
+            matches!(c.numeric_date(name, false), Err(JwtError::BadClaimType(_))),
+            "{name}"
+        );
+    }
+    let c = claims(r#"{"exp":1e300,"nbf":-5,"iat":1.5}"#);
+    assert_eq!(c.numeric_date("exp", false).ok(), Some(Some(u64::MAX)));
+    assert_eq!(c.numeric_date("nbf", true).ok(), Some(Some(0)));
+    assert_eq!(c.numeric_date("iat", true).ok(), Some(Some(2)));
+}

@@ -144,7 +144,9 @@ impl Claims {
     ) -> Result<Option<u64>, JwtError> {
         match self.0.get(name) {
             None => Ok(None),
-            Some(Value::Number(n)) => Ok(Some(seconds(n, round_up))),
+            Some(Value::Number(n)) => seconds(n, round_up)
+                .map(Some)
+                .ok_or(JwtError::BadClaimType(name)),
             Some(_) => Err(JwtError::BadClaimType(name)),
         }
     }
@@ -159,14 +161,15 @@ impl Claims {
     }
 }
 
-fn seconds(n: &Number, round_up: bool) -> u64 {
+/// `None` for a number no float holds (`1e400`: numbers keep their text, so such a claim parses).
+fn seconds(n: &Number, round_up: bool) -> Option<u64> {
     if let Some(u) = n.as_u64() {
-        return u;
+        return Some(u);
     }
     if n.is_i64() {
-        return 0; // a negative integer
+        return Some(0); // a negative integer
     }
-    let f = n.as_f64().unwrap_or(0.0);
+    let f = n.as_f64().filter(|f| f.is_finite())?;
     let f = if round_up { f.ceil() } else { f.floor() };
-    f as u64
+    Some(f as u64)
 }

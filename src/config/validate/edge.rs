@@ -296,6 +296,29 @@ pub fn transformer(
         Side::Response => EditsDef::default(),
     };
     let json = edits(c, &cp, Field::Json, problems);
+    // Whether a request body is JSON is read from the client's Content-Type: a transformer that
+    // also edits that header would send the upstream JSON the edits never looked at.
+    let has_json = !(json.remove.is_empty()
+        && json.rename.is_empty()
+        && json.replace.is_empty()
+        && json.add.is_empty()
+        && json.append.is_empty());
+    let ct = |n: &String| n.eq_ignore_ascii_case("content-type");
+    let h = &headers;
+    if side == Side::Request
+        && has_json
+        && (h.remove.iter().any(ct)
+            || h.rename.iter().any(|(a, b)| ct(a) || ct(b))
+            || [&h.replace, &h.add, &h.append]
+                .iter()
+                .any(|l| l.iter().any(|(n, _)| ct(n))))
+    {
+        push(
+            problems,
+            cp.clone(),
+            "a request-transformer with `json` edits cannot also edit the Content-Type header: the edits apply to bodies the client declared JSON, and the upstream would read JSON they never looked at",
+        );
+    }
     let mut uri = None;
     for (key, e) in sections(c) {
         let at = cp.key(key);
