@@ -126,6 +126,15 @@ fn known(names: &HashMap<String, usize>) -> String {
 
 pub use plugins::check_chains;
 
+/// `plugins[i].config.<key>`, for checks that need the whole config.
+fn plugin_config_key(i: usize, key: &str) -> KeyPath {
+    KeyPath::root()
+        .key("plugins")
+        .index(i)
+        .key("config")
+        .key(key)
+}
+
 /// Compiles the decoded file; `None` when any problem was recorded (by `decode` or here).
 pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) -> Option<Config> {
     let server = server::compile(decoded.server.as_ref(), problems);
@@ -214,11 +223,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
                         .map_or("?", |c| c.username.as_str());
                     push(
                         problems,
-                        KeyPath::root()
-                            .key("plugins")
-                            .index(i)
-                            .key("config")
-                            .key("htpasswd_file"),
+                        plugin_config_key(i, "htpasswd_file"),
                         format!(
                             "user {:?} is also a basicauth_credentials username (consumer {owner:?}): one username with two passwords; keep one of them",
                             h.username
@@ -235,11 +240,7 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
                 for (cred, e) in crate::auth::set::jwt_store(&credentials.jwt, true).1 {
                     push(
                         problems,
-                        KeyPath::root()
-                            .key("plugins")
-                            .index(i)
-                            .key("config")
-                            .key("secret_is_base64"),
+                        plugin_config_key(i, "secret_is_base64"),
                         format!("{cred}: {e}"),
                     );
                 }
