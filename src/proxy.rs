@@ -922,7 +922,7 @@ impl<S: ClientIo> Conn<S> {
         }
         // A request-transformer's JSON body edits: the body is read whole and edited first, and
         // goes upstream with its new length (a stale pooled connection may then replay it).
-        self.edited_body = None;
+        // `edited_body` is `None` here: `recycle` clears it between requests.
         let json = transform
             .and_then(|t| t.json.as_ref())
             .map(|jt| (jt, self.request_json(p)));
@@ -1310,23 +1310,30 @@ impl<S: ClientIo> Conn<S> {
         }
     }
 
-    /// Whether the response head just read is JSON on a route whose response-transformer edits
-    /// JSON bodies (whatever its framing: for a HEAD, whose length a GET would not get).
-    fn json_route_answer(&self, snap: &Snapshot) -> bool {
-        let edits = self
+    /// The route's response JSON edits and what they make of the response head just read
+    /// (whatever its framing); `None` when the route has none.
+    fn response_json<'a>(&self, snap: &'a Snapshot) -> Option<(&'a JsonTransform, JsonFraming)> {
+        let jt = self
             .s
             .chain
             .response_tf
-            .and_then(|i| snap.chains.rt.response_json.get(i))
-            .is_some_and(Option::is_some);
-        edits
-            && json_framing(
-                self.s
-                    .resp
-                    .headers
-                    .iter()
-                    .map(|h| (h.name.get(&self.ubuf), h.value.get(&self.ubuf))),
-            ) != JsonFraming::NotJson
+            .and_then(|i| snap.chains.rt.response_json.get(i))?
+            .as_ref()?;
+        let framing = json_framing(
+            self.s
+                .resp
+                .headers
+                .iter()
+                .map(|h| (h.name.get(&self.ubuf), h.value.get(&self.ubuf))),
+        );
+        Some((jt, framing))
+    }
+
+    /// Whether the response head just read is JSON on a route whose response-transformer edits
+    /// JSON bodies (whatever its framing: for a HEAD, whose length a GET would not get).
+    fn json_route_answer(&self, snap: &Snapshot) -> bool {
+        self.response_json(snap)
+            .is_some_and(|(_, f)| f != JsonFraming::NotJson)
     }
 
     /// What a request-transformer's `json` edits make of this request's body (an empty one
@@ -1356,25 +1363,13 @@ impl<S: ClientIo> Conn<S> {
         snap: &'a Snapshot,
         body: BodyKind,
     ) -> Option<Option<&'a JsonTransform>> {
-        let jt = self
-            .s
-            .chain
-            .response_tf
-            .and_then(|i| snap.chains.rt.response_json.get(i))?
-            .as_ref()?;
         if body == BodyKind::None {
             return None;
         }
-        match json_framing(
-            self.s
-                .resp
-                .headers
-                .iter()
-                .map(|h| (h.name.get(&self.ubuf), h.value.get(&self.ubuf))),
-        ) {
-            JsonFraming::NotJson => None,
-            JsonFraming::Json => Some(Some(jt)),
-            JsonFraming::Encoded => Some(None),
+        match self.response_json(snap)? {
+            (_, JsonFraming::NotJson) => None,
+            (jt, JsonFraming::Json) => Some(Some(jt)),
+            (_, JsonFraming::Encoded) => Some(None),
         }
     }
 

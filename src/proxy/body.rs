@@ -190,8 +190,6 @@ pub async fn read_request_whole<S: ClientIo>(
 ) -> Result<Vec<u8>, SendError> {
     let timeout = c.client_timeout();
     let hl = c.s.head.head_len.min(c.buf.len());
-    // Chunk framing is bounded too: tiny chunks could make the raw body many times the data.
-    let raw_limit = limit.saturating_mul(2).saturating_add(64 * 1024);
     let mut asked_continue = !expect_continue;
     match body {
         BodyKind::None | BodyKind::CloseDelimited => {
@@ -221,35 +219,23 @@ pub async fn read_request_whole<S: ClientIo>(
             Ok(c.buf.get(hl..end).unwrap_or_default().to_vec())
         }
         BodyKind::Chunked => {
-            let mut dec = ChunkedDecoder::new();
-            let mut out = Vec::new();
-            let mut start = hl;
+            let mut whole = Whole::new(hl);
             loop {
-                while start < c.buf.len() {
-                    let rest = c.buf.get(start..).unwrap_or_default();
-                    let (used, chunk) = dec.decode(rest).map_err(|_| SendError::BadChunked)?;
-                    match chunk {
-                        Chunk::Data(r) => {
-                            // Decoded bytes, as the streaming path counts them.
-                            c.bytes_in += r.len() as u64;
-                            out.extend_from_slice(rest.get(r).unwrap_or_default());
-                            if out.len() as u64 > limit {
-                                return Err(SendError::TooLarge);
-                            }
-                        }
-                        Chunk::NeedMore => {}
-                        Chunk::Done => {
-                            c.pos = start + used;
-                            c.body_done = true;
-                            return Ok(out);
-                        }
+                let before = whole.out.len();
+                let decoded = whole.decode(&c.buf, limit);
+                // Decoded bytes, as the streaming path counts them.
+                c.bytes_in += (whole.out.len() - before) as u64;
+                match decoded {
+                    Err(WholeError::TooLarge) => return Err(SendError::TooLarge),
+                    Err(_) => return Err(SendError::BadChunked),
+                    Ok(Some(end)) => {
+                        c.pos = end;
+                        c.body_done = true;
+                        return Ok(whole.out);
                     }
-                    if used == 0 {
-                        break;
-                    }
-                    start += used;
+                    Ok(None) => {}
                 }
-                if (c.buf.len() - hl) as u64 > raw_limit {
+                if (c.buf.len() - hl) as u64 > raw_limit(limit) {
                     return Err(SendError::TooLarge);
                 }
                 if !asked_continue {
@@ -260,6 +246,55 @@ pub async fn read_request_whole<S: ClientIo>(
             }
         }
     }
+}
+
+/// A chunked body being decoded whole (`read_whole`, `read_request_whole`) out of a buffer that
+/// grows as bytes arrive.
+struct Whole {
+    dec: ChunkedDecoder,
+    /// Where undecoded bytes start in the buffer.
+    start: usize,
+    out: Vec<u8>,
+}
+
+impl Whole {
+    fn new(start: usize) -> Whole {
+        Whole {
+            dec: ChunkedDecoder::new(),
+            start,
+            out: Vec::new(),
+        }
+    }
+
+    /// Decodes what `raw` holds past `start` into `out` (at most `limit` data bytes).
+    /// `Ok(Some(end))`: the body ended at `end`; `Ok(None)`: more bytes are needed.
+    fn decode(&mut self, raw: &[u8], limit: u64) -> Result<Option<usize>, WholeError> {
+        while self.start < raw.len() {
+            let rest = raw.get(self.start..).unwrap_or_default();
+            let (used, chunk) = self.dec.decode(rest).map_err(|_| WholeError::Bad)?;
+            match chunk {
+                Chunk::Data(r) => {
+                    self.out.extend_from_slice(rest.get(r).unwrap_or_default());
+                    if self.out.len() as u64 > limit {
+                        return Err(WholeError::TooLarge);
+                    }
+                }
+                Chunk::NeedMore => {}
+                Chunk::Done => return Ok(Some(self.start + used)),
+            }
+            if used == 0 {
+                break;
+            }
+            self.start += used;
+        }
+        Ok(None)
+    }
+}
+
+/// How many raw bytes a chunked body of at most `limit` data bytes may take: chunk framing is
+/// bounded too, or tiny chunks could make the raw body many times the data.
+fn raw_limit(limit: u64) -> u64 {
+    limit.saturating_mul(2).saturating_add(64 * 1024)
 }
 
 /// Reads more client bytes in behind what `c.buf` holds, making room for about `want` more.
@@ -459,8 +494,6 @@ pub async fn read_whole<S: ClientIo>(
     let timeout = svc.read_timeout;
     let hl = c.s.resp.head_len.min(c.ubuf.len());
     let mut raw: Vec<u8> = c.ubuf.get(hl..).unwrap_or_default().to_vec();
-    // Chunk framing is bounded too: tiny chunks could make the raw body many times the data.
-    let raw_limit = limit.saturating_mul(2).saturating_add(64 * 1024);
     match body {
         BodyKind::None => Ok((Vec::new(), raw.is_empty())),
         BodyKind::Length(n) => {
@@ -475,29 +508,12 @@ pub async fn read_whole<S: ClientIo>(
             Ok((raw, clean))
         }
         BodyKind::Chunked => {
-            let mut dec = ChunkedDecoder::new();
-            let mut out = Vec::new();
-            let mut start = 0;
+            let mut whole = Whole::new(0);
             loop {
-                while start < raw.len() {
-                    let rest = raw.get(start..).unwrap_or_default();
-                    let (used, chunk) = dec.decode(rest).map_err(|_| WholeError::Bad)?;
-                    match chunk {
-                        Chunk::Data(r) => {
-                            out.extend_from_slice(rest.get(r).unwrap_or_default());
-                            if out.len() as u64 > limit {
-                                return Err(WholeError::TooLarge);
-                            }
-                        }
-                        Chunk::NeedMore => {}
-                        Chunk::Done => return Ok((out, start + used == raw.len())),
-                    }
-                    if used == 0 {
-                        break;
-                    }
-                    start += used;
+                if let Some(end) = whole.decode(&raw, limit)? {
+                    return Ok((whole.out, end == raw.len()));
                 }
-                if raw.len() as u64 > raw_limit {
+                if raw.len() as u64 > raw_limit(limit) {
                     return Err(WholeError::TooLarge);
                 }
                 read_more(upstream, &mut raw, timeout).await?;
