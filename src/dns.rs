@@ -2,18 +2,25 @@
 //! `ringgate-dns` thread.
 //!
 //! Every `[server] dns_refresh` (default 30 s) each such name is resolved again (getaddrinfo
-//! blocks, so never on a worker). When a target's (or auth service's) address is no longer among
-//! the answers, the serving config is installed again with the new address as the next generation
-//! (`Reloader::apply_resolved`): the same path as a reload, so nothing in flight is dropped, the
-//! new address gets its own pool slot and health state, and the old one's are released (its idle
-//! connections closed) once no connection holds the old generation. A moved auth service also
-//! rebuilds the auth tables (they hold its address; the workers' auth caches carry over).
+//! blocks, so never on a worker). A target name stands for every address it resolves to (one
+//! family, see `net::resolve_target`), each a target of its own. When the answers differ from the
+//! addresses a name has, the serving config is installed again with the new set as the next
+//! generation (`Reloader::apply_resolved`): the same path as a reload, so nothing in flight is
+//! dropped, a new address gets its own pool slot and health state, and a removed one's are
+//! released (its idle connections closed) once no connection holds the old generation. An auth
+//! service is one address; a moved one also rebuilds the auth tables (they hold its address; the
+//! workers' auth caches carry over).
 //!
 //! Invariants:
-//! - a target keeps its address while its name still resolves to it, so DNS that rotates its
-//!   answers (round robin) changes nothing;
-//! - a failed or empty resolution changes nothing: the last good address stays, since a DNS outage
-//!   must not take targets away (logged once per failure streak, and again on recovery);
+//! - order does not matter: DNS that rotates its answers (round robin) changes nothing;
+//! - a new address is added at once; an address leaves only when it is missing from two answers
+//!   in a row, so DNS that answers with a subset of a larger pool (weighted or multivalue records)
+//!   does not add and remove it every round, and a name that moves serves from both addresses for
+//!   one round before the old one goes;
+//! - a failed or empty resolution changes nothing: the last good addresses stay, since a DNS
+//!   outage must not take targets away (logged once per failure streak, and again on recovery);
+//!   nor does an answer with none of the family a name has (a failed A query next to a working
+//!   AAAA one);
 //! - IP literals are never resolved, and nothing is re-read from the config file (an edit waiting
 //!   there is applied by a reload, not behind the operator's back);
 //! - a reload between resolving and applying wins: the changes are dropped and the next round
@@ -32,20 +39,30 @@ use crate::server::Reloader;
 use crate::{info, warn};
 
 /// What a resolved name is used for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Place {
-    /// Indices into `Config::upstreams` and its `targets`.
-    Target { upstream: usize, target: usize },
+    /// Index into `Config::upstreams`, and the target as written there (all its addresses).
+    Target { upstream: usize, name: String },
     /// Index into `Config::plugins` of a `forward-auth` plugin (its auth service's address).
     ForwardAuth { plugin: usize },
 }
 
-/// A target or auth service whose name now resolves elsewhere.
+/// A target name or auth service whose addresses change: `to` is the whole new set, sorted (one
+/// address for an auth service), never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub place: Place,
-    pub from: SocketAddr,
-    pub to: SocketAddr,
+    pub from: Vec<SocketAddr>,
+    pub to: Vec<SocketAddr>,
+}
+
+/// `a,b,c` for a log line.
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// How often the thread looks at the drain flag and at a reloaded `dns_refresh`.
@@ -56,9 +73,8 @@ const TICK: Duration = Duration::from_millis(200);
 pub struct Memory {
     /// Host names whose last resolution failed (a failure streak is logged once).
     failing: HashSet<String>,
-    /// (target as written, address) missing from the last round's answers: a target moves only
-    /// when its address is missing twice in a row, so DNS that answers with a subset of a larger
-    /// pool (weighted or multivalue records) does not move it back and forth every round.
+    /// (name as written, address) missing from the last round's answers: an address leaves only
+    /// when it is missing twice in a row (see the module's invariants).
     missed: HashSet<(String, SocketAddr)>,
     /// The host names resolved in the last round.
     hosts: Vec<String>,
@@ -144,23 +160,18 @@ fn run(reloader: &Reloader, stats: &Mutex<Stats>) {
                     s.changes += changes.len() as u64;
                 }
                 for c in &changes {
-                    match c.place {
-                        Place::Target { upstream, target } => {
-                            let u = config.upstreams.get(upstream);
-                            let t = u.and_then(|u| u.targets.get(target));
-                            info!(
-                                "upstream target re-resolved upstream={} target={} from={} to={} generation={g}",
-                                u.map_or("?", |u| u.name.as_str()),
-                                t.map_or("?", |t| t.name.as_str()),
-                                c.from,
-                                c.to
-                            );
-                        }
+                    match &c.place {
+                        Place::Target { upstream, name } => info!(
+                            "upstream target re-resolved upstream={} target={name} from={} to={} generation={g}",
+                            config.upstreams.get(*upstream).map_or("?", |u| u.name.as_str()),
+                            list(&c.from),
+                            list(&c.to)
+                        ),
                         Place::ForwardAuth { plugin } => info!(
                             "forward-auth service re-resolved plugin={} from={} to={} generation={g}",
-                            config.plugins.get(plugin).map_or("?".to_owned(), |p| p.scope.id(config)),
-                            c.from,
-                            c.to
+                            config.plugins.get(*plugin).map_or("?".to_owned(), |p| p.scope.id(config)),
+                            list(&c.from),
+                            list(&c.to)
                         ),
                     }
                 }
@@ -187,16 +198,25 @@ fn host_name(name: &str) -> Option<&str> {
     (!host.starts_with('[') && net::ip_literal(host).is_none()).then_some(host)
 }
 
-/// Everything given by host name: (name as written, current address, where it is used).
-fn named(config: &Config) -> Vec<(&str, SocketAddr, Place)> {
+/// Everything given by host name: (name as written, current addresses, where it is used).
+fn named(config: &Config) -> Vec<(&str, Vec<SocketAddr>, Place)> {
     let targets = config.upstreams.iter().enumerate().flat_map(|(ui, u)| {
-        u.targets.iter().enumerate().map(move |(ti, t)| {
-            let place = Place::Target {
-                upstream: ui,
-                target: ti,
-            };
-            (t.name.as_str(), t.addr, place)
-        })
+        // Each name once, with all its addresses (its targets sit next to each other).
+        u.targets
+            .iter()
+            .enumerate()
+            .filter(|&(ti, t)| {
+                ti.checked_sub(1)
+                    .and_then(|p| u.targets.get(p))
+                    .is_none_or(|p| p.name != t.name)
+            })
+            .map(move |(_, t)| {
+                let place = Place::Target {
+                    upstream: ui,
+                    name: t.name.clone(),
+                };
+                (t.name.as_str(), u.addrs_of(&t.name), place)
+            })
     });
     let auth = config
         .plugins
@@ -206,7 +226,7 @@ fn named(config: &Config) -> Vec<(&str, SocketAddr, Place)> {
         .filter_map(|(i, p)| match &p.config {
             PluginConfig::ForwardAuth(f) => Some((
                 f.def.host.as_str(),
-                f.def.addr,
+                vec![f.def.addr],
                 Place::ForwardAuth { plugin: i },
             )),
             _ => None,
@@ -222,10 +242,10 @@ fn has_names(config: &Config) -> bool {
     !named(config).is_empty()
 }
 
-/// Where a target at `current` goes, given its name's answers: nowhere while `current` is among
-/// them; else the first address of its family, or IPv4 for an IPv6 target (the load-time
+/// Where an auth service at `current` goes, given its name's answers: nowhere while `current` is
+/// among them; else the first address of its family, or IPv4 for an IPv6 one (the load-time
 /// preference). `None` also when no address would do: an answer of the other family only (a
-/// failed A query next to a working AAAA one) keeps the target where it is.
+/// failed A query next to a working AAAA one) keeps it where it is.
 fn destination(current: SocketAddr, ips: &[IpAddr]) -> Option<SocketAddr> {
     if ips.contains(&current.ip()) {
         return None;
@@ -236,8 +256,45 @@ fn destination(current: SocketAddr, ips: &[IpAddr]) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(*ip, current.port()))
 }
 
-/// Resolves every host name targets use (each once) and returns the targets to move: those whose
-/// address was missing from the answers in this round and the one before (see `Memory`).
+/// The addresses a target name at `current` takes from an answer (`net::target_ips`): every answer,
+/// plus those of `current` that are missing for the first time (`missed_before` says which were
+/// missing last round; the first-time ones go into `missed_now`). `None` when that is what it has,
+/// or the answer has none of its family.
+fn next_addrs(
+    name: &str,
+    current: &[SocketAddr],
+    answer: &[IpAddr],
+    missed_before: &HashSet<(String, SocketAddr)>,
+    missed_now: &mut HashSet<(String, SocketAddr)>,
+) -> Option<Vec<SocketAddr>> {
+    let port = current.first()?.port();
+    let ips = net::target_ips(answer);
+    let v4 = current.iter().any(SocketAddr::is_ipv4);
+    if v4 && !ips.iter().any(IpAddr::is_ipv4) {
+        return None;
+    }
+    let mut next: Vec<SocketAddr> = ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect();
+    for &a in current {
+        if next.contains(&a) {
+            continue;
+        }
+        let key = (name.to_owned(), a);
+        if !missed_before.contains(&key) {
+            missed_now.insert(key);
+            next.push(a);
+        }
+    }
+    next.sort_unstable();
+    next.truncate(net::MAX_TARGET_ADDRS);
+    let mut now = current.to_vec();
+    now.sort_unstable();
+    (next != now).then_some(next)
+}
+
+/// Resolves every host name targets and auth services use (each once) and returns what changes:
+/// target names whose set of addresses differs (new ones at once, missing ones after two rounds;
+/// see `next_addrs`), and auth services whose address was missing from the answers in this round
+/// and the one before.
 pub fn changes(
     config: &Config,
     resolve: impl Fn(&str) -> Result<Vec<IpAddr>, String>,
@@ -246,7 +303,7 @@ pub fn changes(
     let mut answers: HashMap<&str, Option<Vec<IpAddr>>> = HashMap::new();
     let mut missed = HashSet::new();
     let mut out = Vec::new();
-    for (name, addr, place) in named(config) {
+    for (name, current, place) in named(config) {
         let Some(host) = host_name(name) else {
             continue;
         };
@@ -270,15 +327,31 @@ pub fn changes(
                     None
                 }
             });
-        let Some(to) = got.as_deref().and_then(|ips| destination(addr, ips)) else {
+        let Some(ips) = got.as_deref() else {
+            continue;
+        };
+        if let Place::Target { .. } = place {
+            if let Some(to) = next_addrs(name, &current, ips, &memory.missed, &mut missed) {
+                out.push(Change {
+                    place,
+                    from: current,
+                    to,
+                });
+            }
+            continue;
+        }
+        let Some(&addr) = current.first() else {
+            continue;
+        };
+        let Some(to) = destination(addr, ips) else {
             continue;
         };
         let key = (name.to_owned(), addr);
         if memory.missed.contains(&key) {
             out.push(Change {
                 place,
-                from: addr,
-                to,
+                from: current,
+                to: vec![to],
             });
         } else {
             missed.insert(key);
@@ -348,60 +421,131 @@ config = { address = "http://127.0.0.1:9101/auth" }
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
+    /// What `Reloader::apply_resolved` does to the config.
+    fn apply(cfg: &mut Config, changes: &[Change]) {
+        for c in changes {
+            match &c.place {
+                Place::Target { upstream, name } => cfg.upstreams[*upstream].set_addrs(name, &c.to),
+                Place::ForwardAuth { plugin } => {
+                    if let PluginConfig::ForwardAuth(f) = &mut cfg.plugins[*plugin].config {
+                        f.def.addr = c.to[0];
+                    }
+                }
+            }
+        }
+    }
+
+    fn target(upstream: usize, name: &str) -> Place {
+        Place::Target {
+            upstream,
+            name: name.to_owned(),
+        }
+    }
+
     #[test]
-    fn a_target_moves_after_its_address_is_missing_twice() {
-        let cfg = config();
+    fn a_name_gains_addresses_at_once_and_loses_them_after_two_misses() {
+        let mut cfg = config();
         let was = cfg.upstreams[0].targets[0].addr;
+        let new = addr("10.0.0.9:9001");
         let mut memory = Memory::default();
         let calls = std::cell::Cell::new(0);
-        // Still among the answers (rotated): nothing. The literal is never resolved, and the name
-        // two targets use is resolved once.
+        // The same answer: nothing. The literal is never resolved, and the name two targets and an
+        // auth service use is resolved once.
         let same = changes(
             &cfg,
             |_| {
                 calls.set(calls.get() + 1);
-                Ok(vec![ip("10.0.0.9"), was.ip()])
+                Ok(vec![was.ip()])
             },
             &mut memory,
         );
         assert!(same.is_empty(), "{same:?}");
         assert_eq!(calls.get(), 1);
-        // Missing once (a subset answer): nothing yet.
-        let moved = |m: &mut Memory| changes(&cfg, |_| Ok(vec![ip("::1"), ip("10.0.0.7")]), m);
-        assert!(moved(&mut memory).is_empty());
-        // Back, then missing once more: still nothing (the streak restarted).
-        assert!(changes(&cfg, |_| Ok(vec![was.ip()]), &mut memory).is_empty());
-        assert!(moved(&mut memory).is_empty());
-        // Missing twice in a row: both targets and the auth service with that name move, to IPv4
-        // (the auth service given by an IP literal stays).
-        let to = addr("10.0.0.7:9001");
+        // A second address: both upstreams' targets of that name gain it at once, sorted; the
+        // auth service (one address) stays where it is.
+        let grown = changes(&cfg, |_| Ok(vec![was.ip(), new.ip()]), &mut memory);
+        let both = vec![new, was];
         assert_eq!(
-            moved(&mut memory),
+            grown,
             vec![
                 Change {
-                    place: Place::Target {
-                        upstream: 0,
-                        target: 0
-                    },
-                    from: was,
-                    to
+                    place: target(0, "localhost:9001"),
+                    from: vec![was],
+                    to: both.clone()
                 },
                 Change {
-                    place: Place::Target {
-                        upstream: 1,
-                        target: 0
-                    },
-                    from: was,
-                    to
-                },
-                Change {
-                    // Its index among all plugins (the disabled one is not resolved).
-                    place: Place::ForwardAuth { plugin: 2 },
-                    from: SocketAddr::new(was.ip(), 9100),
-                    to: addr("10.0.0.7:9100")
+                    place: target(1, "localhost:9001"),
+                    from: vec![was],
+                    to: both.clone()
                 },
             ]
         );
+        apply(&mut cfg, &grown);
+        let u = &cfg.upstreams[0];
+        assert_eq!(u.addrs_of("localhost:9001"), both);
+        assert_eq!(
+            u.targets.len(),
+            3,
+            "the literal target stays: {:?}",
+            u.targets
+        );
+        assert_eq!(u.targets[2].addr, addr("127.0.0.1:9002"));
+        assert!(u.targets.iter().all(|t| t.weight == 100));
+        // The same set in another order (round robin): nothing.
+        assert!(changes(&cfg, |_| Ok(vec![new.ip(), was.ip()]), &mut memory).is_empty());
+        // `was` missing once (a subset answer): kept.
+        let without = |m: &mut Memory| changes(&cfg, |_| Ok(vec![ip("::1"), new.ip()]), m);
+        assert!(without(&mut memory).is_empty());
+        // Back, then missing once more: still kept (the streak restarted).
+        assert!(changes(&cfg, |_| Ok(vec![was.ip(), new.ip()]), &mut memory).is_empty());
+        assert!(without(&mut memory).is_empty());
+        // Missing twice in a row: the targets lose it, and the auth service with that name moves
+        // to the IPv4 answer (the one given by an IP literal stays, the disabled one is not
+        // resolved).
+        assert_eq!(
+            without(&mut memory),
+            vec![
+                Change {
+                    place: target(0, "localhost:9001"),
+                    from: both.clone(),
+                    to: vec![new]
+                },
+                Change {
+                    place: target(1, "localhost:9001"),
+                    from: both.clone(),
+                    to: vec![new]
+                },
+                Change {
+                    // Its index among all plugins.
+                    place: Place::ForwardAuth { plugin: 2 },
+                    from: vec![SocketAddr::new(was.ip(), 9100)],
+                    to: vec![addr("10.0.0.9:9100")]
+                },
+            ]
+        );
+        // A TLS upstream's server names follow its targets.
+        let mut tls = load_str(
+            r#"
+[[upstreams]]
+name = "t"
+tls = true
+targets = [{ target = "127.0.0.1:9443" }, { target = "localhost:9443", weight = 7 }]
+"#,
+            "tls.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let u = &mut tls.upstreams[0];
+        u.set_addrs(
+            "localhost:9443",
+            &[addr("127.0.0.2:9443"), addr("127.0.0.3:9443")],
+        );
+        let names = &u.tls.as_ref().map(|t| t.names.clone()).unwrap_or_default();
+        assert_eq!(names.len(), 3);
+        assert_eq!(format!("{:?}", names[2]), format!("{:?}", names[1]));
+        assert_eq!(u.targets[2].weight, 7);
+        // Never emptied.
+        u.set_addrs("localhost:9443", &[]);
+        assert_eq!(u.targets.len(), 3);
     }
 
     #[test]

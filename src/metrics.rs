@@ -215,7 +215,21 @@ pub struct RouteName {
 #[derive(Debug, Clone)]
 pub struct TargetName {
     pub upstream: String,
+    /// As written in the config: a name stands for one target per address it resolved to.
     pub target: String,
+    /// The address connected to (`ip:port`).
+    pub address: String,
+}
+
+impl TargetName {
+    /// A target written as an address (tests and benches).
+    pub fn at(upstream: &str, target: &str) -> TargetName {
+        TargetName {
+            upstream: upstream.to_owned(),
+            target: target.to_owned(),
+            address: target.to_owned(),
+        }
+    }
 }
 
 impl Layout {
@@ -239,6 +253,7 @@ impl Layout {
                 u.targets.iter().map(|t| TargetName {
                     upstream: u.name.clone(),
                     target: t.name.clone(),
+                    address: t.addr.to_string(),
                 })
             })
             .collect();
@@ -261,10 +276,7 @@ impl Layout {
                 })
                 .collect(),
             targets: (0..targets)
-                .map(|i| TargetName {
-                    upstream: "u".to_owned(),
-                    target: format!("10.0.0.{i}:80"),
-                })
+                .map(|i| TargetName::at("u", &format!("10.0.0.{i}:80")))
                 .collect(),
         })
     }

@@ -581,21 +581,18 @@ impl Reloader {
         let mut config = (*state.current.config).clone();
         let mut auth_moved = false;
         for c in changes {
-            match c.place {
-                crate::dns::Place::Target { upstream, target } => {
-                    if let Some(t) = config
-                        .upstreams
-                        .get_mut(upstream)
-                        .and_then(|u| u.targets.get_mut(target))
-                    {
-                        t.addr = c.to;
+            match &c.place {
+                crate::dns::Place::Target { upstream, name } => {
+                    if let Some(u) = config.upstreams.get_mut(*upstream) {
+                        u.set_addrs(name, &c.to);
                     }
                 }
                 crate::dns::Place::ForwardAuth { plugin } => {
-                    if let Some(PluginConfig::ForwardAuth(f)) =
-                        config.plugins.get_mut(plugin).map(|p| &mut p.config)
-                    {
-                        f.def.addr = c.to;
+                    if let (Some(PluginConfig::ForwardAuth(f)), Some(&to)) = (
+                        config.plugins.get_mut(*plugin).map(|p| &mut p.config),
+                        c.to.first(),
+                    ) {
+                        f.def.addr = to;
                         auth_moved = true;
                     }
                 }

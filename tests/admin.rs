@@ -256,7 +256,7 @@ fn endpoints() {
         "\"routes\":[{\"name\":\"users\",\"service\":\"api\"},{\"name\":\"orders\",\"service\":\"api\"}]"
     ));
     assert!(
-        st.body.contains("{\"name\":\"backend\",\"targets\":[{\"target\":\"127.0.0.1:9001\",\"idle\":4,\"active\":0,\"healthy\":true,\"unhealthy_workers\":0}"),
+        st.body.contains("{\"name\":\"backend\",\"targets\":[{\"target\":\"127.0.0.1:9001\",\"address\":\"127.0.0.1:9001\",\"idle\":4,\"active\":0,\"healthy\":true,\"unhealthy_workers\":0}"),
         "{}",
         st.body
     );
@@ -283,7 +283,7 @@ fn endpoints() {
     assert!(b.contains("ringgate_bandwidth_bytes_total{direction=\"egress\",route=\"users\"} "));
     assert!(b.contains("ringgate_downstream_connections 2\n"));
     assert!(b.contains(
-        "ringgate_upstream_connect_errors_total{upstream=\"backend\",target=\"127.0.0.1:9002\"} "
+        "ringgate_upstream_connect_errors_total{upstream=\"backend\",target=\"127.0.0.1:9002\",address=\"127.0.0.1:9002\"} "
     ));
     assert!(b.contains("ringgate_config_generation 1\n"));
     for line in b.lines().filter(|l| !l.starts_with('#')) {

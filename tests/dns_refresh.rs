@@ -2,8 +2,9 @@
 //!
 //! The gateway runs in its own mount namespace (`unshare -Urm`, no privilege needed) with a
 //! temporary file bind-mounted over /etc/hosts, so the test can change what a name resolves to
-//! for the gateway alone, through the real resolver (getaddrinfo, `files` first). Two upstreams
-//! listen on the same port at 127.0.0.1 and 127.0.0.2; the name moves from one to the other.
+//! for the gateway alone, through the real resolver (getaddrinfo, `files` first). Upstreams
+//! listen on the same port at 127.0.0.1, 127.0.0.2 and 127.0.0.3; the name moves from one to the
+//! other, or stands for several of them at once (one line per address in the hosts file).
 
 mod common;
 
@@ -53,16 +54,35 @@ fn start(hosts: &TempFile, toml: &str) -> Option<Gateway> {
     )
 }
 
-/// Points NAME at `ip` for the gateway: rewritten in place (same length, no truncation), so the
+/// The hosts file's size: every version is padded to it with a comment, so rewriting it in place
+/// never leaves stale bytes behind.
+const HOSTS_SIZE: usize = 256;
+
+/// A hosts file where NAME has the addresses `ips`, padded to `HOSTS_SIZE`.
+fn hosts_text(ips: &[&str]) -> String {
+    let mut text: String = ips.iter().map(|ip| format!("{ip} {NAME}\n")).collect();
+    let pad = HOSTS_SIZE - text.len() - 1;
+    text.push('#');
+    text.push_str(&" ".repeat(pad - 1));
+    text.push('\n');
+    assert_eq!(text.len(), HOSTS_SIZE);
+    text
+}
+
+/// Points NAME at `ips` for the gateway: rewritten in place (same length, no truncation), so the
 /// bind mount sees it and no lookup finds the file empty.
-fn point_at(hosts: &TempFile, ip: &str) {
+fn point_at_all(hosts: &TempFile, ips: &[&str]) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(&hosts.path)
         .expect("open hosts");
-    f.write_all_at(format!("{ip} {NAME}\n").as_bytes(), 0)
+    f.write_all_at(hosts_text(ips).as_bytes(), 0)
         .expect("rewrite hosts");
+}
+
+fn point_at(hosts: &TempFile, ip: &str) {
+    point_at_all(hosts, &[ip]);
 }
 
 /// Upstream `a` on 127.0.0.1 and `b` on 127.0.0.2, one port; a hosts file pointing NAME at `a`.
@@ -73,7 +93,7 @@ fn two_upstreams() -> (Upstream, Upstream, TempFile) {
         "b",
         common::Behaviour::Echo,
     );
-    let hosts = TempFile::new(".hosts", &format!("127.0.0.1 {NAME}\n"));
+    let hosts = TempFile::new(".hosts", &hosts_text(&["127.0.0.1"]));
     (a, b, hosts)
 }
 
@@ -94,14 +114,21 @@ fn until_b(gw: &Gateway, mut who: impl FnMut() -> String) {
 }
 
 /// After `until_b`: the move is logged (once every worker confirmed, which may come after the
-/// worker holding the test's connection served `b`), generation 2 is installed, and `n` new
-/// connections all see `b`.
-fn moved_to_b(gw: &Gateway, logged: &str, n: usize, mut fresh: impl FnMut() -> String) {
+/// worker holding the test's connection served `b`), generation `generation` is installed, and
+/// `n` new connections all see `b`.
+fn moved_to_b(
+    gw: &Gateway,
+    logged: &str,
+    generation: u64,
+    n: usize,
+    mut fresh: impl FnMut() -> String,
+) {
     assert!(gw.wait_log(logged, Duration::from_secs(10)), "{logged}");
-    assert!(gw.wait_log(
-        "upstream addresses installed generation=2",
-        Duration::from_secs(10)
-    ));
+    let installed = format!("upstream addresses installed generation={generation}");
+    assert!(
+        gw.wait_log(&installed, Duration::from_secs(10)),
+        "{installed}"
+    );
     for _ in 0..n {
         assert_eq!(fresh(), "b");
     }
@@ -155,24 +182,27 @@ paths = ["/"]
     assert_eq!(who(&mut c), "a");
 
     point_at(&hosts, "127.0.0.2");
-    // Every request on the kept-alive connection succeeds, before, during and after.
+    // Every request on the kept-alive connection succeeds, before, during and after. The new
+    // address is added at once; the old one leaves after it was missing from two answers.
     until_b(&gw, || who(&mut c));
-    let moved = format!(
-        "upstream target re-resolved upstream=u target={NAME}:{} from=127.0.0.1:{} to=127.0.0.2:{}",
-        a.port(),
-        a.port(),
-        a.port()
+    let p = a.port();
+    let added = format!(
+        "upstream target re-resolved upstream=u target={NAME}:{p} from=127.0.0.1:{p} to=127.0.0.1:{p},127.0.0.2:{p} generation=2"
     );
-    moved_to_b(&gw, &moved, 10, || who(&mut Conn::connect(gw.addr())));
+    assert!(gw.wait_log(&added, Duration::from_secs(10)), "{added}");
+    let moved = format!(
+        "upstream target re-resolved upstream=u target={NAME}:{p} from=127.0.0.1:{p},127.0.0.2:{p} to=127.0.0.2:{p} generation=3"
+    );
+    moved_to_b(&gw, &moved, 3, 10, || who(&mut Conn::connect(gw.addr())));
     assert!(b.request_count() >= 11);
-    // /metrics: one move, and the name resolves.
+    // /metrics: two changes, and the name resolves.
     let r = common::send_raw(
         gw.admin_addr(),
         b"GET /metrics HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
     );
     let body = String::from_utf8_lossy(&r.body);
     assert!(
-        body.contains("\nringgate_upstream_dns_changes_total 1\n"),
+        body.contains("\nringgate_upstream_dns_changes_total 2\n"),
         "{body}"
     );
     assert!(
@@ -219,7 +249,7 @@ fn a_forward_auth_service_follows_its_name() {
         common::Behaviour::Fixed(allow("b")),
     );
     let up = Upstream::echo("up");
-    let hosts = TempFile::new(".hosts", &format!("127.0.0.1 {NAME}\n"));
+    let hosts = TempFile::new(".hosts", &hosts_text(&["127.0.0.1"]));
     let Some(gw) = start(
         &hosts,
         &format!(
@@ -261,8 +291,136 @@ config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-
         "forward-auth service re-resolved plugin=global from=127.0.0.1:{p} to=127.0.0.2:{p}",
         p = auth_a.port()
     );
-    moved_to_b(&gw, &moved, 6, || {
+    moved_to_b(&gw, &moved, 2, 6, || {
         authorized_by(&mut Conn::connect(gw.addr()))
     });
     assert!(auth_b.request_count() >= 7);
+}
+
+/// A name with several addresses is one target per address, balanced over (as nginx does with a
+/// server name); `dns_refresh` adds a new address at once and drops one missing from two answers
+/// in a row. `/status` and `/metrics` show each address.
+#[test]
+fn a_name_is_a_target_per_address_and_follows_the_set() {
+    let a = Upstream::echo("a");
+    let at = |last: u8, name: &str| {
+        Upstream::named_at(
+            SocketAddr::from(([127, 0, 0, last], a.port())),
+            name,
+            common::Behaviour::Echo,
+        )
+    };
+    let (b, c) = (at(2, "b"), at(3, "c"));
+    let p = a.port();
+    let hosts = TempFile::new(".hosts", &hosts_text(&["127.0.0.1", "127.0.0.2"]));
+    let Some(gw) = start(
+        &hosts,
+        &format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+dns_refresh = "1s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[metrics]
+flush_interval = "100ms"
+
+[[upstreams]]
+name = "u"
+targets = [{{ target = "{NAME}:{p}" }}]
+
+[[services]]
+name = "s"
+upstream = "u"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+"#
+        ),
+    ) else {
+        return;
+    };
+    let mut conn = Conn::connect(gw.addr());
+    let mut who = || -> String {
+        let r = conn.get(HOST, "/x");
+        assert_eq!(r.status, 200, "{r:?}");
+        r.header("x-upstream").unwrap_or_default().to_owned()
+    };
+    // Equal weights: the two addresses take turns.
+    let served: Vec<String> = (0..10).map(|_| who()).collect();
+    for name in ["a", "b"] {
+        assert_eq!(
+            served.iter().filter(|s| *s == name).count(),
+            5,
+            "{served:?}"
+        );
+    }
+    let admin = |path: &str| {
+        let r = common::send_raw(
+            gw.admin_addr(),
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        );
+        String::from_utf8_lossy(&r.body).into_owned()
+    };
+    // Give the worker's flush a moment to reach the metrics thread.
+    std::thread::sleep(Duration::from_millis(400));
+    let status = admin("/status");
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let entry = format!("{{\"target\":\"{NAME}:{p}\",\"address\":\"{ip}:{p}\",");
+        assert!(status.contains(&entry), "{entry} in {status}");
+    }
+    let metrics = admin("/metrics");
+    let series = format!(
+        "ringgate_upstream_connections{{upstream=\"u\",target=\"{NAME}:{p}\",address=\"127.0.0.2:{p}\",state=\"idle\"}} 1"
+    );
+    assert!(metrics.contains(&series), "{series} in {metrics}");
+
+    // A third address: added at the next refresh.
+    point_at_all(&hosts, &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    let grown = format!(
+        "upstream target re-resolved upstream=u target={NAME}:{p} from=127.0.0.1:{p},127.0.0.2:{p} to=127.0.0.1:{p},127.0.0.2:{p},127.0.0.3:{p} generation=2"
+    );
+    assert!(gw.wait_log(&grown, Duration::from_secs(10)), "{grown}");
+    let served: Vec<String> = (0..9).map(|_| who()).collect();
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            served.iter().filter(|s| *s == name).count(),
+            3,
+            "{served:?}"
+        );
+    }
+    // Only the third left: the other two go after two refreshes without them.
+    point_at(&hosts, "127.0.0.3");
+    let shrunk = format!(
+        "upstream target re-resolved upstream=u target={NAME}:{p} from=127.0.0.1:{p},127.0.0.2:{p},127.0.0.3:{p} to=127.0.0.3:{p} generation=3"
+    );
+    assert!(gw.wait_log(&shrunk, Duration::from_secs(10)), "{shrunk}");
+    assert!(gw.wait_log(
+        "upstream addresses installed generation=3",
+        Duration::from_secs(10)
+    ));
+    for _ in 0..6 {
+        assert_eq!(who(), "c");
+    }
+    // The addresses gone drop out of /metrics once their connections are closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = admin("/metrics");
+        let gone = !metrics.contains(&format!("address=\"127.0.0.1:{p}\""))
+            && !metrics.contains(&format!("address=\"127.0.0.2:{p}\""));
+        if gone {
+            assert!(
+                metrics.contains(&format!("address=\"127.0.0.3:{p}\"")),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "still listed:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(a.request_count() >= 5 && b.request_count() >= 5 && c.request_count() >= 9);
 }

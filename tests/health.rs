@@ -155,11 +155,11 @@ strip_path = false
     )
 }
 
-/// The value of the sample `name{upstream="pool",target="<t>"}`, once a scrape has it and `pred`
+/// The value of the sample `name{upstream="pool",target="<t>",address="<t>"}`, once a scrape has it and `pred`
 /// holds for it (or after 5 s: then the last value, or None).
 fn metric(gw: &Gateway, name: &str, t: SocketAddr, pred: impl Fn(u64) -> bool) -> Option<u64> {
     let adm = gw.admin_addr();
-    let needle = format!("{name}{{upstream=\"pool\",target=\"{t}\"}} ");
+    let needle = format!("{name}{{upstream=\"pool\",target=\"{t}\",address=\"{t}\"}} ");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = send_raw(

@@ -490,9 +490,9 @@ fn request_in_flight_across_a_reload_counts_under_its_own_route_and_target() {
 
     let active = |up: &Upstream| {
         format!(
-            "ringgate_upstream_connections{{upstream=\"service:{}\",target=\"{}\",state=\"active\"}}",
+            "ringgate_upstream_connections{{upstream=\"service:{}\",target=\"{t}\",address=\"{t}\",state=\"active\"}}",
             up.name(),
-            up.addr()
+            t = up.addr()
         )
     };
     let (slow_active, fast_active) = (active(&slow), active(&fast));

@@ -178,6 +178,48 @@ pub struct UpstreamDef {
     pub health: HealthDef,
 }
 
+impl UpstreamDef {
+    /// The addresses of the targets written as `name` (one per address it resolved to; they sit
+    /// next to each other, in the order of `addrs`).
+    pub fn addrs_of(&self, name: &str) -> Vec<SocketAddr> {
+        self.targets
+            .iter()
+            .filter(|t| t.name == name)
+            .map(|t| t.addr)
+            .collect()
+    }
+
+    /// Makes the targets written as `name` be one per address of `addrs` (`dns_refresh`), where
+    /// they were and with their weight and TLS server name; the other targets are untouched. Does
+    /// nothing when no target has that name or `addrs` is empty (a name never loses every address).
+    pub fn set_addrs(&mut self, name: &str, addrs: &[SocketAddr]) {
+        let Some(at) = self.targets.iter().position(|t| t.name == name) else {
+            return;
+        };
+        if addrs.is_empty() {
+            return;
+        }
+        let template = self.targets[at].clone();
+        let end = at
+            + self.targets[at..]
+                .iter()
+                .take_while(|t| t.name == name)
+                .count();
+        let replacement = addrs.iter().map(|&addr| TargetDef {
+            addr,
+            ..template.clone()
+        });
+        self.targets.splice(at..end, replacement);
+        if let Some(tls) = &mut self.tls {
+            if let Some(sni) = tls.names.get(at).cloned() {
+                let end = end.min(tls.names.len());
+                tls.names
+                    .splice(at..end, std::iter::repeat_n(sni, addrs.len()));
+            }
+        }
+    }
+}
+
 /// `[upstreams.health]`: how a target is judged healthy (see `upstream::health` and `upstream::probe`).
 #[derive(Debug, Clone, Default)]
 pub struct HealthDef {
@@ -403,7 +445,7 @@ pub struct TargetDef {
 pub struct ServiceDef {
     pub name: String,
     /// Index into `Config::upstreams`. A `url = "http://host:port/path"` service is compiled into an
-    /// anonymous upstream (named `service:<name>`) with a single target.
+    /// anonymous upstream (named `service:<name>`) with one target per address of its host.
     pub upstream: usize,
     /// Path prefix prepended to the upstream request path ("" or starting with '/', no trailing '/'
     /// unless it is exactly "/").

@@ -98,6 +98,44 @@ pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     preferred(&resolve_all(host, port)?).ok_or_else(|| format!("{host:?} resolved to no addresses"))
 }
 
+/// Most addresses one target name becomes (a DNS answer longer than this is cut, sorted first so
+/// the same addresses are kept every time).
+pub const MAX_TARGET_ADDRS: usize = 64;
+
+/// The addresses a target written as `host:port` stands for, now: an IP literal is itself; a name
+/// is every address it resolves to of one family (IPv4 when there is any: `localhost` often answers
+/// `::1` and `127.0.0.1`, which are one server, and a dual-stack backend would otherwise count
+/// twice), sorted and without duplicates, at most `MAX_TARGET_ADDRS`. As nginx does with a server
+/// name that resolves to several addresses, each becomes a target of its own.
+pub fn resolve_target(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Some(ip) = ip_literal(host) {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let ips = target_ips(&resolve_ips(host)?);
+    if ips.is_empty() {
+        return Err(format!("{host:?} resolved to no addresses"));
+    }
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
+}
+
+/// The addresses of one answer a target name takes: those of one family (IPv4 when there is any),
+/// sorted, without duplicates, at most `MAX_TARGET_ADDRS`.
+pub fn target_ips(answer: &[IpAddr]) -> Vec<IpAddr> {
+    let v4 = answer.iter().any(IpAddr::is_ipv4);
+    let mut ips: Vec<IpAddr> = answer
+        .iter()
+        .copied()
+        .filter(|ip| ip.is_ipv4() == v4)
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    ips.truncate(MAX_TARGET_ADDRS);
+    ips
+}
+
 /// The address `host` names when it is an IP literal (IPv6 with or without brackets).
 pub fn ip_literal(host: &str) -> Option<IpAddr> {
     host.trim_start_matches('[')
@@ -116,8 +154,13 @@ pub fn resolve_all(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
 
 /// Every IP address `host` resolves to now (blocking: getaddrinfo), without duplicates.
 pub fn resolve_ips(host: &str) -> Result<Vec<IpAddr>, String> {
-    let mut ips: Vec<IpAddr> = resolve_all(host, 0)?.iter().map(SocketAddr::ip).collect();
-    ips.dedup();
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for a in resolve_all(host, 0)? {
+        // getaddrinfo lists an address once per socket type; keep its first place.
+        if !ips.contains(&a.ip()) {
+            ips.push(a.ip());
+        }
+    }
     Ok(ips)
 }
 
@@ -348,6 +391,27 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_target_name_takes_one_family_sorted() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            target_ips(&[ip("::1"), ip("10.0.0.2"), ip("10.0.0.1"), ip("10.0.0.2")]),
+            [ip("10.0.0.1"), ip("10.0.0.2")]
+        );
+        assert_eq!(target_ips(&[ip("::2"), ip("::1")]), [ip("::1"), ip("::2")]);
+        let many: Vec<IpAddr> = (0..100u8)
+            .rev()
+            .map(|i| ip(&format!("10.0.1.{i}")))
+            .collect();
+        let kept = target_ips(&many);
+        assert_eq!(kept.len(), MAX_TARGET_ADDRS);
+        assert_eq!(kept[0], ip("10.0.1.0"));
+        assert_eq!(
+            resolve_target("127.0.0.1", 80),
+            Ok(vec!["127.0.0.1:80".parse().unwrap()])
+        );
     }
 
     #[test]

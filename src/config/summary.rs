@@ -23,19 +23,28 @@ fn value(v: &ValueMatch) -> String {
     }
 }
 
-/// `name weight W`, plus the resolved address when the name is not already it.
+/// `name weight W` per target as written, plus the addresses it resolved to when the name is not
+/// already one (`name (a, b) weight W`: a name stands for one target per address).
 fn targets(list: &[TargetDef]) -> String {
-    list.iter()
-        .map(|t| {
-            let addr = t.addr.to_string();
-            if addr == t.name {
-                format!("{} weight {}", t.name, t.weight)
-            } else {
-                format!("{} ({addr}) weight {}", t.name, t.weight)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = list;
+    while let Some(t) = rest.first() {
+        let n = rest.iter().take_while(|u| u.name == t.name).count();
+        let (same, after) = rest.split_at(n);
+        rest = after;
+        let addrs: Vec<String> = same.iter().map(|u| u.addr.to_string()).collect();
+        if addrs.len() == 1 && addrs.first() == Some(&t.name) {
+            out.push(format!("{} weight {}", t.name, t.weight));
+        } else {
+            out.push(format!(
+                "{} ({}) weight {}",
+                t.name,
+                addrs.join(", "),
+                t.weight
+            ));
+        }
+    }
+    out.join(", ")
 }
 
 /// Summary of a loaded config (multi-line, ends with a newline).

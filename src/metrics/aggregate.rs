@@ -3,6 +3,10 @@
 //!
 //! Invariants:
 //! - counters only grow (a route removed by a reload keeps its series; one renamed starts new ones);
+//! - a target is (upstream, target as written, address): a name that resolves to several addresses
+//!   is one series per address. A target the serving generation no longer has drops out of
+//!   `/metrics` once no worker has connections to it, and its slot is reused by the next new target
+//!   once no kept layout maps it, so addresses that come and go (`dns_refresh`) do not pile up;
 //! - one series per label set: a route is aggregated by name, so its `route="…"` histograms and
 //!   bandwidth stay one series when a reload moves it to another service; its request counts are
 //!   kept per service it has had (`route="…",service="…"`), and moving back continues the old ones;
@@ -101,8 +105,13 @@ impl RouteAgg {
     }
 }
 
+/// (upstream, target as written, address).
+type TargetKey = (String, String, String);
+
 struct TargetAgg {
-    /// `upstream="…",target="…"`
+    /// (upstream, target as written, address): its key in `Aggregate::target_index`.
+    key: TargetKey,
+    /// `upstream="…",target="…",address="…"`
     labels: String,
     connect_errors: u64,
     timeouts: u64,
@@ -172,7 +181,7 @@ pub struct Aggregate {
     route_index: HashMap<String, usize>,
     none: RouteAgg,
     targets: Vec<TargetAgg>,
-    target_index: HashMap<(String, String), usize>,
+    target_index: HashMap<TargetKey, usize>,
     workers: Vec<WorkerAgg>,
     maps: Vec<LayoutMap>,
     conns_accepted: u64,
@@ -277,25 +286,61 @@ impl Aggregate {
                 .map_or(0, |a| a.service_index(&r.service));
             routes.push((i, s));
         }
-        let targets = layout
-            .targets
-            .iter()
-            .map(|t| {
-                let key = (t.upstream.clone(), t.target.clone());
-                if let Some(&i) = self.target_index.get(&key) {
-                    return i;
+        // A target no layout here maps and no worker has connections to (a reload or
+        // `dns_refresh` took it away) gives its slot to a new one, so addresses that come and go
+        // (pods, autoscaling) do not pile up: the slots stay within what the kept layouts use.
+        let mut taken = self.targets_in_use();
+        for t in &layout.targets {
+            let key = (t.upstream.clone(), t.target.clone(), t.address.clone());
+            if let Some(&i) = self.target_index.get(&key) {
+                if let Some(x) = taken.get_mut(i) {
+                    *x = true;
                 }
-                self.targets.push(TargetAgg {
-                    labels: prom::label_pairs(&[("upstream", &t.upstream), ("target", &t.target)]),
-                    connect_errors: 0,
-                    timeouts: 0,
-                    ejections: 0,
-                });
-                let i = self.targets.len() - 1;
-                self.target_index.insert(key, i);
-                i
-            })
-            .collect();
+            }
+        }
+        let mut targets = Vec::with_capacity(layout.targets.len());
+        for t in &layout.targets {
+            let key = (t.upstream.clone(), t.target.clone(), t.address.clone());
+            if let Some(&i) = self.target_index.get(&key) {
+                targets.push(i);
+                continue;
+            }
+            let agg = TargetAgg {
+                labels: prom::label_pairs(&[
+                    ("upstream", &t.upstream),
+                    ("target", &t.target),
+                    ("address", &t.address),
+                ]),
+                key: key.clone(),
+                connect_errors: 0,
+                timeouts: 0,
+                ejections: 0,
+            };
+            let i = match taken.iter().position(|&x| !x) {
+                Some(free) => {
+                    if let Some(old) = self.targets.get_mut(free) {
+                        self.target_index.remove(&old.key);
+                        *old = agg;
+                    }
+                    for w in &mut self.workers {
+                        if let Some(s) = w.skipped.get_mut(free) {
+                            *s = None;
+                        }
+                    }
+                    free
+                }
+                None => {
+                    self.targets.push(agg);
+                    taken.push(false);
+                    self.targets.len() - 1
+                }
+            };
+            if let Some(x) = taken.get_mut(i) {
+                *x = true;
+            }
+            self.target_index.insert(key, i);
+            targets.push(i);
+        }
         if self.maps.len() >= MAX_LAYOUT_MAPS {
             self.maps.remove(0);
         }
@@ -539,6 +584,8 @@ impl Aggregate {
                 .map_or((0, 0), |&ti| self.pool_gauges(ti));
             o.push_str("{\"target\":");
             json::push_str(&mut o, &t.target);
+            o.push_str(",\"address\":");
+            json::push_str(&mut o, &t.address);
             o.push_str(",\"idle\":");
             push_u64(&mut o, idle);
             o.push_str(",\"active\":");
@@ -580,6 +627,43 @@ impl Aggregate {
             }
         }
         (have > 0).then_some((skipping < have, skipping))
+    }
+
+    /// Per aggregated target: whether a layout in `maps` maps it or a worker has connections to it
+    /// (its slot may not be given to another target).
+    fn targets_in_use(&self) -> Vec<bool> {
+        let mut used = vec![false; self.targets.len()];
+        for &i in self.maps.iter().flat_map(|m| m.targets.iter()) {
+            if let Some(u) = used.get_mut(i) {
+                *u = true;
+            }
+        }
+        for (i, u) in used.iter_mut().enumerate() {
+            *u = *u || self.pool_gauges(i) != (0, 0);
+        }
+        used
+    }
+
+    /// Per aggregated target: whether `/metrics` lists it: the serving generation has it, or a
+    /// worker still has connections to it (a target a reload or `dns_refresh` took away drops out
+    /// once its last request ends).
+    fn targets_shown(&self) -> Vec<bool> {
+        let mut shown = vec![false; self.targets.len()];
+        if let Some(m) = self
+            .maps
+            .iter()
+            .find(|m| Arc::ptr_eq(&m.layout, &self.layout))
+        {
+            for &i in &m.targets {
+                if let Some(s) = shown.get_mut(i) {
+                    *s = true;
+                }
+            }
+        }
+        for (i, s) in shown.iter_mut().enumerate() {
+            *s = *s || self.pool_gauges(i) != (0, 0);
+        }
+        shown
     }
 
     /// (idle, active) summed over workers.
@@ -681,7 +765,18 @@ impl Aggregate {
             "Upstream connections per target: idle in the pools, or active (in use by a request or an open tunnel).",
             "gauge",
         );
+        let shown = self.targets_shown();
+        let listed = || {
+            self.targets
+                .iter()
+                .zip(&shown)
+                .filter(|(_, s)| **s)
+                .map(|(t, _)| t)
+        };
         for (i, t) in self.targets.iter().enumerate() {
+            if !shown.get(i).copied().unwrap_or(false) {
+                continue;
+            }
             let (idle, active) = self.pool_gauges(i);
             for (state, n) in [("idle", idle), ("active", active)] {
                 out.push_str(POOL);
@@ -700,7 +795,7 @@ impl Aggregate {
             "Failed connection attempts per upstream target.",
             "counter",
         );
-        for t in &self.targets {
+        for t in listed() {
             line_u64(
                 out,
                 "ringgate_upstream_connect_errors_total",
@@ -714,7 +809,7 @@ impl Aggregate {
             "Connect, read or write timeouts per upstream target.",
             "counter",
         );
-        for t in &self.targets {
+        for t in listed() {
             line_u64(
                 out,
                 "ringgate_upstream_timeouts_total",
@@ -765,7 +860,7 @@ impl Aggregate {
             "Passive health ejections per upstream target, summed over workers.",
             "counter",
         );
-        for t in &self.targets {
+        for t in listed() {
             line_u64(out, EJECTIONS, &t.labels, t.ejections);
         }
 

@@ -245,13 +245,13 @@ fn merges_several_workers() {
     assert!(s.contains("ringgate_downstream_connections 3\n"));
     assert!(s.contains("ringgate_downstream_connections_accepted_total 3\n"));
     assert!(s.contains(
-        "ringgate_upstream_connections{upstream=\"u\",target=\"10.0.0.0:80\",state=\"idle\"} 6\n"
+        "ringgate_upstream_connections{upstream=\"u\",target=\"10.0.0.0:80\",address=\"10.0.0.0:80\",state=\"idle\"} 6\n"
     ));
     assert!(s.contains(
-        "ringgate_upstream_connections{upstream=\"u\",target=\"10.0.0.0:80\",state=\"active\"} 3\n"
+        "ringgate_upstream_connections{upstream=\"u\",target=\"10.0.0.0:80\",address=\"10.0.0.0:80\",state=\"active\"} 3\n"
     ));
     assert!(s.contains(
-        "ringgate_upstream_connect_errors_total{upstream=\"u\",target=\"10.0.0.1:80\"} 3\n"
+        "ringgate_upstream_connect_errors_total{upstream=\"u\",target=\"10.0.0.1:80\",address=\"10.0.0.1:80\"} 3\n"
     ));
     assert!(s.contains("ringgate_config_generation 1\n"));
     assert!(s.contains("ringgate_workers{state=\"serving\"} 3\n"));
@@ -297,10 +297,7 @@ fn escapes_labels() {
             name: "a\"b\\c\nd".into(),
             service: "s".into(),
         }],
-        targets: vec![TargetName {
-            upstream: "u\"".into(),
-            target: "t".into(),
-        }],
+        targets: vec![TargetName::at("u\"", "t")],
     });
     let mut agg = Aggregate::new(Duration::from_secs(1));
     agg.set_layout(layout.clone());
@@ -462,18 +459,9 @@ fn status_lists_pools() {
         generation: 3,
         routes: vec![],
         targets: vec![
-            TargetName {
-                upstream: "a".into(),
-                target: "1:1".into(),
-            },
-            TargetName {
-                upstream: "a".into(),
-                target: "2:2".into(),
-            },
-            TargetName {
-                upstream: "b".into(),
-                target: "3:3".into(),
-            },
+            TargetName::at("a", "1:1"),
+            TargetName::at("a", "2:2"),
+            TargetName::at("b", "3:3"),
         ],
     });
     let mut agg = Aggregate::new(Duration::from_secs(1));
@@ -485,9 +473,9 @@ fn status_lists_pools() {
     let s = agg.status_json(Instant::now());
     assert!(
         s.contains(
-            "\"upstreams\":[{\"name\":\"a\",\"targets\":[{\"target\":\"1:1\",\"idle\":1,\"active\":0,\"healthy\":true,\"unhealthy_workers\":0},\
-             {\"target\":\"2:2\",\"idle\":2,\"active\":0,\"healthy\":false,\"unhealthy_workers\":1}]},\
-             {\"name\":\"b\",\"targets\":[{\"target\":\"3:3\",\"idle\":3,\"active\":1,\"healthy\":true,\"unhealthy_workers\":0}]}]}"
+            "\"upstreams\":[{\"name\":\"a\",\"targets\":[{\"target\":\"1:1\",\"address\":\"1:1\",\"idle\":1,\"active\":0,\"healthy\":true,\"unhealthy_workers\":0},\
+             {\"target\":\"2:2\",\"address\":\"2:2\",\"idle\":2,\"active\":0,\"healthy\":false,\"unhealthy_workers\":1}]},\
+             {\"name\":\"b\",\"targets\":[{\"target\":\"3:3\",\"address\":\"3:3\",\"idle\":3,\"active\":1,\"healthy\":true,\"unhealthy_workers\":0}]}]}"
         ),
         "{s}"
     );
@@ -511,12 +499,12 @@ fn target_health_is_healthy_unless_every_worker_skips_it() {
     let mut m = String::new();
     agg.render_metrics(&mut m);
     for line in [
-        "ringgate_upstream_target_healthy{upstream=\"ua\",target=\"ta\"} 1",
-        "ringgate_upstream_target_healthy{upstream=\"ub\",target=\"tb\"} 0",
-        "ringgate_upstream_target_unhealthy_workers{upstream=\"ua\",target=\"ta\"} 1",
-        "ringgate_upstream_target_unhealthy_workers{upstream=\"ub\",target=\"tb\"} 2",
-        "ringgate_upstream_ejections_total{upstream=\"ua\",target=\"ta\"} 1",
-        "ringgate_upstream_ejections_total{upstream=\"ub\",target=\"tb\"} 2",
+        "ringgate_upstream_target_healthy{upstream=\"ua\",target=\"ta\",address=\"ta\"} 1",
+        "ringgate_upstream_target_healthy{upstream=\"ub\",target=\"tb\",address=\"tb\"} 0",
+        "ringgate_upstream_target_unhealthy_workers{upstream=\"ua\",target=\"ta\",address=\"ta\"} 1",
+        "ringgate_upstream_target_unhealthy_workers{upstream=\"ub\",target=\"tb\",address=\"tb\"} 2",
+        "ringgate_upstream_ejections_total{upstream=\"ua\",target=\"ta\",address=\"ta\"} 1",
+        "ringgate_upstream_ejections_total{upstream=\"ub\",target=\"tb\",address=\"tb\"} 2",
     ] {
         assert!(m.contains(line), "{line} missing:\n{m}");
     }
@@ -540,10 +528,7 @@ fn ab_layout(generation: u64, swapped: bool) -> Arc<Layout> {
             .collect(),
         targets: names
             .iter()
-            .map(|n| TargetName {
-                upstream: format!("u{n}"),
-                target: format!("t{n}"),
-            })
+            .map(|n| TargetName::at(&format!("u{n}"), &format!("t{n}")))
             .collect(),
     })
 }
@@ -565,7 +550,7 @@ fn retired_generation_counts_by_its_own_names_and_its_gauges_drop_out() {
     agg.apply(w.take(&[0, 0], false).unwrap_or_else(|| panic!("flush")));
     let active = |s: &str, t: &str, n: u64| {
         s.contains(&format!(
-            "ringgate_upstream_connections{{upstream=\"u{t}\",target=\"t{t}\",state=\"active\"}} {n}\n"
+            "ringgate_upstream_connections{{upstream=\"u{t}\",target=\"t{t}\",address=\"t{t}\",state=\"active\"}} {n}\n"
         ))
     };
     let s = render(&agg);
@@ -649,4 +634,51 @@ fn render_1k_routes_is_fast() {
         Duration::from_millis(10)
     };
     assert!(per < budget, "render took {per:?} for {} bytes", s.len());
+}
+
+#[test]
+fn addresses_that_come_and_go_do_not_pile_up() {
+    // One name, a new address every generation (pods replaced), a worker on each generation with
+    // a connection error to its address.
+    let layout = |g: u64| {
+        Arc::new(Layout {
+            generation: g,
+            routes: vec![],
+            targets: vec![TargetName {
+                upstream: "u".into(),
+                target: "api.test:80".into(),
+                address: format!("10.0.0.{g}:80"),
+            }],
+        })
+    };
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    let w = WorkerMetrics::new(0, layout(1), MetricsSink::test().0);
+    for g in 1..=40 {
+        let l = layout(g);
+        agg.set_layout(l.clone());
+        w.reconfigure(l);
+        w.current().upstream_connect_error(0);
+        agg.apply(w.take(&[0], false).unwrap_or_else(|| panic!("flush")));
+        let s = render(&agg);
+        check_exposition(&s).unwrap_or_else(|e| panic!("{e}\n{s}"));
+        // Only the serving address is listed, with its own count.
+        let errors: Vec<&str> = s
+            .lines()
+            .filter(|l| l.starts_with("ringgate_upstream_connect_errors_total{"))
+            .collect();
+        assert_eq!(
+            errors,
+            [format!(
+                "ringgate_upstream_connect_errors_total{{upstream=\"u\",target=\"api.test:80\",address=\"10.0.0.{g}:80\"}} 1"
+            )],
+            "generation {g}"
+        );
+    }
+    // Slots stay within what the kept layouts map (plus the one being added).
+    assert!(
+        agg.targets.len() <= MAX_LAYOUT_MAPS + 1,
+        "{}",
+        agg.targets.len()
+    );
+    assert_eq!(agg.target_index.len(), agg.targets.len());
 }

@@ -67,9 +67,7 @@ fn upstream(
             );
             continue;
         }
-        if let Some(def) = target(t, &tp, problems) {
-            targets.push(def);
-        }
+        targets.extend(target(t, &tp, problems));
     }
     if let Some(h) = &raw.host_header {
         if !valid_authority(h) {
@@ -137,19 +135,25 @@ fn upstream_tls(
         }
         None => None,
     };
-    let mut names = Vec::with_capacity(targets.len());
-    for (i, t) in targets.iter().enumerate() {
+    // Checked per target as written (its index is the one in the file); a name that resolved to
+    // several addresses is several targets with the one server name.
+    let mut by_name = HashMap::new();
+    for (i, t) in raw.targets.iter().enumerate() {
         let name = match &fixed {
             Some(n) => n.clone(),
             None => {
-                let host = net::split_host_port(&t.name).map_or(t.name.as_str(), |(h, _)| h);
+                let host = net::split_host_port(&t.target).map_or(t.target.as_str(), |(h, _)| h);
                 tls_cfg::server_name(host)
                     .map_err(|e| push(problems, path.key("targets").index(i).key("target"), e))
                     .ok()?
             }
         };
-        names.push(name);
+        by_name.insert(t.target.as_str(), name);
     }
+    let names = targets
+        .iter()
+        .map(|t| by_name.get(t.name.as_str()).cloned())
+        .collect::<Option<Vec<_>>>()?;
     Some(UpstreamTls {
         config: config?,
         names,
@@ -162,7 +166,9 @@ fn valid_authority(s: &str) -> bool {
     net::is_host(s) || net::split_host_port(s).is_ok()
 }
 
-fn target(raw: &RawTarget, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<TargetDef> {
+/// One target as written: one `TargetDef` per address its name resolves to (`net::resolve_target`),
+/// each with the written weight (as nginx gives each address of a server name the server's weight).
+fn target(raw: &RawTarget, path: &KeyPath, problems: &mut Vec<Problem>) -> Vec<TargetDef> {
     let weight = raw.weight.map_or(DEFAULT_WEIGHT, |w| w.0);
     let weight = in_range(
         problems,
@@ -172,15 +178,21 @@ fn target(raw: &RawTarget, path: &KeyPath, problems: &mut Vec<Problem>) -> Optio
         1,
         MAX_WEIGHT,
     );
-    let addr = net::split_host_port(&raw.target)
-        .and_then(|(host, port)| net::resolve(host, port))
+    let addrs = net::split_host_port(&raw.target)
+        .and_then(|(host, port)| net::resolve_target(host, port))
         .map_err(|e| push(problems, path.key("target"), e))
-        .ok()?;
-    Some(TargetDef {
-        name: raw.target.clone(),
-        addr,
-        weight: u32::try_from(weight?).ok()?,
-    })
+        .unwrap_or_default();
+    let Some(weight) = weight.and_then(|w| u32::try_from(w).ok()) else {
+        return Vec::new();
+    };
+    addrs
+        .into_iter()
+        .map(|addr| TargetDef {
+            name: raw.target.clone(),
+            addr,
+            weight,
+        })
+        .collect()
 }
 
 /// Compiles services, appending the anonymous upstreams of `url` services to `upstreams`.
@@ -376,16 +388,27 @@ fn url_upstream(
         }
         None
     };
-    let addr = net::resolve(&parsed.host, parsed.port)
+    let addrs = net::resolve_target(&parsed.host, parsed.port)
         .map_err(|e| push(problems, path.clone(), e))
         .ok()?;
+    let name = format!("{}:{}", parsed.host, parsed.port);
+    // A name with several addresses balances over them, like an upstream's target.
+    let tls = tls.and_then(|t| {
+        Some(UpstreamTls {
+            names: vec![t.names.first()?.clone(); addrs.len()],
+            ..t
+        })
+    });
     upstreams.push(Some(UpstreamDef {
         name: format!("service:{}", raw.name),
-        targets: vec![TargetDef {
-            name: format!("{}:{}", parsed.host, parsed.port),
-            addr,
-            weight: DEFAULT_WEIGHT as u32,
-        }],
+        targets: addrs
+            .into_iter()
+            .map(|addr| TargetDef {
+                name: name.clone(),
+                addr,
+                weight: DEFAULT_WEIGHT as u32,
+            })
+            .collect(),
         host_header: None,
         tls,
         health: Default::default(),
