@@ -19,6 +19,10 @@ impl RequestView for Req {
             _ => None,
         }
     }
+
+    fn header_varies(&self, _: &[u8]) -> bool {
+        false
+    }
 }
 
 fn route(name: String, hosts: Vec<String>, paths: Vec<PathMatch>) -> RouteDef {

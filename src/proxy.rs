@@ -41,7 +41,7 @@ use crate::http::{BodyKind, Limits, Version};
 use crate::metrics::Timings;
 use crate::plugins::json_body::{Applied, JsonTransform};
 use crate::router::normalize::{normalize_path, upstream_path, NormalizeError};
-use crate::router::RequestView;
+use crate::router::{Occurrence, RequestView};
 use crate::upstream::conn::UpstreamConn;
 use crate::upstream::health::Who;
 use crate::worker::{Shard, Snapshot};
@@ -817,7 +817,7 @@ impl<S: ClientIo> Conn<S> {
         );
         let method = head.method.get(buf);
         let query = head.query.map(|q| q.get(buf)).unwrap_or_default();
-        let view = HeadView { head, buf };
+        let view = HeadView::new(head, buf);
         let m = self
             .snap
             .router
@@ -827,6 +827,27 @@ impl<S: ClientIo> Conn<S> {
         // a request it would send to another route (`/admin%2Fusers` routed by `/`, served as
         // `/admin/users`) would skip that route's plugins, so it is refused. One that routes the
         // same either way (`/api/projects/group%2Fname`) goes up as it came.
+        // A repeated header or query parameter a route condition reads (`X-Version: 1` then
+        // `X-Version: 2`): the router read the first header (and any parameter), but an upstream
+        // may read the last one and serve what another route, with other plugins, stands for.
+        // Such a request is refused unless every reading selects the same route.
+        if self.snap.router.ambiguous(query, &view) {
+            for reading in [Occurrence::First, Occurrence::Last] {
+                let other = HeadView {
+                    reading,
+                    ..HeadView::new(head, buf)
+                };
+                let again = self
+                    .snap
+                    .router
+                    .find(host, method, &self.s.path, query, &other);
+                if again.map(|d| d.route) != Some(m.route) {
+                    return Err(GatewayError::BadRequest(
+                        "repeated header or query parameter selects another route",
+                    ));
+                }
+            }
+        }
         if memchr::memmem::find(&self.s.path, b"%2F").is_some() {
             let decoded = decode_slashes(&self.s.path);
             let mut norm = Vec::with_capacity(decoded.len());
@@ -1873,15 +1894,51 @@ fn outcome<'a>(
 struct HeadView<'a> {
     head: &'a RequestHead,
     buf: &'a [u8],
+    /// Which occurrence of a repeated header or query parameter the router's conditions read:
+    /// the first header and any parameter normally (`Any`), or both the first or both the last
+    /// (`Router::ambiguous`'s readings).
+    reading: Occurrence,
+}
+
+impl<'a> HeadView<'a> {
+    fn new(head: &'a RequestHead, buf: &'a [u8]) -> HeadView<'a> {
+        HeadView {
+            head,
+            buf,
+            reading: Occurrence::Any,
+        }
+    }
+
+    fn values(&self, name_lower: &'a [u8]) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+        let buf = self.buf;
+        self.head
+            .headers
+            .iter()
+            .filter(move |h| eq_ignore_case(h.name.get(buf), name_lower))
+            .map(move |h| h.value.get(buf))
+    }
 }
 
 impl RequestView for HeadView<'_> {
     fn header(&self, name_lower: &[u8]) -> Option<&[u8]> {
-        self.head
-            .headers
-            .iter()
-            .find(|h| eq_ignore_case(h.name.get(self.buf), name_lower))
-            .map(|h| h.value.get(self.buf))
+        let found = |h: &&crate::http::HeaderSpan| eq_ignore_case(h.name.get(self.buf), name_lower);
+        let h = match self.reading {
+            Occurrence::Last => self.head.headers.iter().rev().find(found),
+            _ => self.head.headers.iter().find(found),
+        };
+        h.map(|h| h.value.get(self.buf))
+    }
+
+    fn header_varies(&self, name_lower: &[u8]) -> bool {
+        let mut values = self.values(name_lower);
+        let Some(first) = values.next() else {
+            return false;
+        };
+        values.any(|v| v != first)
+    }
+
+    fn query_reading(&self) -> Occurrence {
+        self.reading
     }
 }
 

@@ -94,8 +94,24 @@ pub use normalize::{normalize_path, upstream_path, NormalizeError};
 
 /// What the router needs from a request besides host, method, path and query.
 pub trait RequestView {
-    /// The first value of the header `name_lower` (ASCII lower-case), if present.
+    /// The value of the header `name_lower` (ASCII lower-case) a header condition looks at, if
+    /// present: the first one (or the last, for `Router::ambiguous`'s second reading).
     fn header(&self, name_lower: &[u8]) -> Option<&[u8]>;
+    /// Whether the header `name_lower` occurs more than once with different values.
+    fn header_varies(&self, name_lower: &[u8]) -> bool;
+    /// Which occurrence of a repeated query parameter a query condition looks at.
+    fn query_reading(&self) -> Occurrence {
+        Occurrence::Any
+    }
+}
+
+/// Which occurrence of a repeated header or query parameter a condition reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Occurrence {
+    /// Any occurrence may satisfy it (query conditions, as Kong).
+    Any,
+    First,
+    Last,
 }
 
 /// A successful match.
@@ -140,6 +156,10 @@ impl PathRegex {
 #[derive(Debug)]
 pub struct Router {
     conds: Vec<Conditions>,
+    /// Every header name (lower-case) and query parameter name some route's conditions read:
+    /// what `ambiguous` looks for repeats of (both empty in most configs: then it costs nothing).
+    cond_headers: Vec<Box<[u8]>>,
+    cond_query: Vec<Box<[u8]>>,
     regexes: Vec<PathRegex>,
     /// Index 0 holds the routes without hosts.
     groups: Vec<PathIndex>,
@@ -167,6 +187,8 @@ impl Router {
     pub fn new(routes: &[RouteDef]) -> Router {
         let mut router = Router {
             conds: Vec::with_capacity(routes.len()),
+            cond_headers: Vec::new(),
+            cond_query: Vec::new(),
             regexes: Vec::new(),
             groups: vec![PathIndex::default()],
             hosts: HostIndex::default(),
@@ -181,6 +203,16 @@ impl Router {
 
     fn add_route(&mut self, idx: usize, route: &RouteDef, groups: &mut GroupMap) {
         let cond = Conditions::new(route);
+        for name in cond.header_names() {
+            if !self.cond_headers.iter().any(|n| **n == *name) {
+                self.cond_headers.push(name.into());
+            }
+        }
+        for name in cond.query_names() {
+            if !self.cond_query.iter().any(|n| **n == *name) {
+                self.cond_query.push(name.into());
+            }
+        }
         let conditions = to_u32(cond.count());
         self.conds.push(cond);
         let hosts = self.host_slots(route, groups);
@@ -292,6 +324,19 @@ impl Router {
             self.groups.resize_with(g + 1, PathIndex::default);
         }
         &mut self.groups[g]
+    }
+
+    /// Whether the request repeats, with different values, a header or query parameter some
+    /// route's conditions read. Then the route found may depend on which occurrence is read, and
+    /// an upstream may read another one than the router did (many take the last): the caller
+    /// routes again with the first and with the last of each and refuses the request when the
+    /// readings disagree. False at once when no route has header or query conditions.
+    pub fn ambiguous<R: RequestView>(&self, query: &[u8], req: &R) -> bool {
+        self.cond_headers.iter().any(|name| req.header_varies(name))
+            || self
+                .cond_query
+                .iter()
+                .any(|name| conds::query_varies(query, name))
     }
 
     /// `host`: the Host header without port (any case); `path`: normalized; `query`: raw, without '?'.

@@ -801,6 +801,16 @@ route = "admin"
     );
     req(&gw, "/api;v=1/admin/x", "").assert_json_error(401);
     req(&gw, "/api/admin;jsessionid=1/x", "").assert_json_error(401);
+    // A segment of parameters only is an empty one (servlet containers serve `/;x/api/admin` as
+    // `/api/admin`): routed as `/api/admin`, forwarded without it.
+    for p in ["/;x/api/admin/x", "/api/;x/admin/x", "//;x;y/;/api/admin/x"] {
+        req(&gw, p, "").assert_json_error(401);
+    }
+    let r = req(&gw, "/api/;x/admin/x", "apikey: alice-key-0123456789\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.last_request().target, "/x");
+    assert_eq!(req(&gw, "/;x/other", "").status, 200);
+    assert_eq!(up.last_request().target, "/other");
     // strip_path removes exactly the request bytes that matched, parameters included.
     let r = req(&gw, "/api;v=1/admin/x", "apikey: alice-key-0123456789\r\n");
     assert_eq!(r.status, 200, "{r:?}");

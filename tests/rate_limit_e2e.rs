@@ -187,6 +187,33 @@ fn a_used_up_limit_holds_on_every_worker() {
     }
 }
 
+/// `limit_by = "path"`: spellings of one path are one key. Path parameters (`/x;v=1`) and segments
+/// of parameters only (`/;/x`, which servlet containers serve as `/x`) used to give a fresh limit
+/// per spelling.
+#[test]
+fn spellings_of_one_path_share_its_limit() {
+    away_from_hour_end();
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&config(&up, 1, r#"{ hour = 2, limit_by = "path" }"#));
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/api/m").status, 200);
+    assert_eq!(c.get(HOST, "/api/;/m").status, 200);
+    for p in [
+        "/api/;/;/m",
+        "/api/;x/m",
+        "/api//m",
+        "/api/m;v=1",
+        "/;/api/m",
+        "/api/%6D",
+    ] {
+        assert_eq!(c.get(HOST, p).status, 429, "{p}");
+    }
+    // Another path has its own.
+    assert_eq!(c.get(HOST, "/api/n").status, 200);
+    settle();
+    assert_eq!(up.request_count(), 3);
+}
+
 /// Blasts a limit of `limit` (`limit` is the plugin's limit settings) from several connections;
 /// returns (admitted, aggregate request rate per second).
 /// `extra` is appended to the config (more plugins).

@@ -500,3 +500,54 @@ strip_path = false
     // Double encoding is data all the way: `%252F` is no slash to anyone.
     assert_eq!(s.get("h", "/admin%252Fusers"), "rest");
 }
+
+/// A repeated header or query parameter that a route condition reads: the router reads the first
+/// header (and any parameter), an upstream may read the last, so a request whose readings select
+/// different routes (a v2 route with its own plugins, and a catch-all) is a 400; a repeat with one
+/// value, or one no condition reads, routes as usual.
+#[test]
+fn repeated_condition_inputs_that_select_another_route_are_400() {
+    let s = Setup::new(
+        &["v2", "beta", "rest"],
+        r#"
+[[routes]]
+name = "v2"
+service = "v2"
+paths = ["/api"]
+headers = { x-version = ["2"] }
+strip_path = false
+
+[[routes]]
+name = "beta"
+service = "beta"
+paths = ["/api"]
+query = { version = ["beta"] }
+strip_path = false
+
+[[routes]]
+name = "rest"
+service = "rest"
+paths = ["/"]
+strip_path = false
+"#,
+    );
+    let hdr = |lines: &str| s.who("GET", HOST, "/api/x", lines);
+    assert_eq!(hdr("X-Version: 2\r\n"), "v2");
+    assert_eq!(hdr("X-Version: 1\r\n"), "rest");
+    for repeated in [
+        "X-Version: 1\r\nX-Version: 2\r\n",
+        "X-Version: 2\r\nX-Version: 1\r\n",
+        "x-version: 1\r\nX-VERSION: 2\r\n",
+    ] {
+        assert_eq!(hdr(repeated), "400", "{repeated:?}");
+    }
+    assert_eq!(hdr("X-Version: 2\r\nX-Version: 2\r\n"), "v2");
+    // Both values outside the condition: every reading picks the catch-all.
+    assert_eq!(hdr("X-Version: 1\r\nX-Version: 3\r\n"), "rest");
+    assert_eq!(s.get(HOST, "/api/x?version=beta"), "beta");
+    assert_eq!(s.get(HOST, "/api/x?version=1&version=beta"), "400");
+    assert_eq!(s.get(HOST, "/api/x?version=beta&version=1"), "400");
+    assert_eq!(s.get(HOST, "/api/x?version=beta&version=bet%61"), "beta");
+    assert_eq!(s.get(HOST, "/api/x?other=1&other=2"), "rest");
+    assert_eq!(s.up("rest").request_count(), 3);
+}

@@ -70,18 +70,23 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
 
 /// The path with every segment's `;parameters` left out: servlet and other matrix-parameter
 /// backends serve `/a;x` and `/a;y` as `/a`, so those must not be fresh keys (a client could get a
-/// new limit per request).
+/// new limit per request). A segment that was parameters only leaves no empty segment behind
+/// (`/a/;x/b` is `/a/b`; the router's normalization already drops it, this keeps the key right on
+/// its own).
 fn push_path_without_params(out: &mut Vec<u8>, path: &[u8]) {
     let mut in_params = false;
+    let mut after_slash = false;
     for &b in path {
         match b {
             b'/' => in_params = false,
             b';' => in_params = true,
             _ => {}
         }
-        if !in_params {
-            out.push(b);
+        if in_params || (b == b'/' && after_slash) {
+            continue;
         }
+        after_slash = b == b'/';
+        out.push(b);
     }
 }
 
@@ -176,6 +181,11 @@ mod tests {
         };
         build_key(&LimitBy::Path, &r2, &mut out);
         assert_eq!(out, b"p/a/b/");
+        for path in [&b"/a/;/b"[..], b"/a/;x/;y/b", b"/a;x/;/b"] {
+            let r = Req { path, ..r };
+            build_key(&LimitBy::Path, &r, &mut out);
+            assert_eq!(out, b"p/a/b", "{path:?}");
+        }
         build_key(&LimitBy::Route, &r, &mut out);
         assert_eq!(out[0], b'r');
         let long = Req {

@@ -205,10 +205,7 @@ impl<S: ClientIo> Conn<S> {
                     };
                     let info = ReqInfo {
                         client_ip: st.client_ip,
-                        view: HeadView {
-                            head: &self.s.head,
-                            buf: &self.buf,
-                        },
+                        view: HeadView::new(&self.s.head, &self.buf),
                         path: &self.s.path,
                         route: p.route,
                         service,

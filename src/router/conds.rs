@@ -3,20 +3,21 @@
 //! Semantics:
 //! - methods: exact, case-sensitive byte comparison (HTTP methods are case-sensitive tokens; the
 //!   config stores them upper-case); an empty list matches any method;
-//! - headers: the request's first value of the header; `Exact` compares ASCII case-insensitively
+//! - headers: the request's first value of the header (the view decides: `Router::ambiguous`
+//!   reads the last one too); `Exact` compares ASCII case-insensitively
 //!   (as Kong does); `Regex` is an unanchored search on the value as written (anchor with `^`/`$`),
 //!   and a value that is not UTF-8 never matches a regex;
 //! - query: parsed from the raw query (`a=1&b&c=`) without allocating; names and values are
 //!   compared after percent-decoding on the fly (`+` is a space, an invalid escape is taken
 //!   literally); comparisons are case-sensitive; a condition holds when *any* occurrence of the
-//!   name satisfies it; `Present` also accepts `?flag` and `?flag=`. A `Regex` runs on the decoded
+//!   name satisfies it (or the first or the last only, as the view's `query_reading` says); `Present` also accepts `?flag` and `?flag=`. A `Regex` runs on the decoded
 //!   value (UTF-8 only); values whose raw form exceeds [`QUERY_REGEX_MAX`] bytes never match a regex.
 //!
 //! Invariant: nothing here allocates at match time or panics on request data.
 
 use crate::config::model::{HeaderMatch, QueryMatch, RouteDef, ValueMatch};
 use crate::http::query::{decode as decode_query, params};
-use crate::router::RequestView;
+use crate::router::{Occurrence, RequestView};
 use regex::Regex;
 
 /// Largest raw query value a query regex is evaluated on (decoded into a stack buffer).
@@ -65,6 +66,16 @@ impl Conditions {
         }
     }
 
+    /// The header names (lower-case) the conditions read.
+    pub fn header_names(&self) -> impl Iterator<Item = &[u8]> {
+        self.headers.iter().map(|(n, _)| &**n)
+    }
+
+    /// The query parameter names the conditions read.
+    pub fn query_names(&self) -> impl Iterator<Item = &[u8]> {
+        self.query.iter().map(|(n, _)| &**n)
+    }
+
     /// How many conditions the route states (for the priority rule).
     pub fn count(&self) -> usize {
         usize::from(!self.methods.is_empty()) + self.headers.len() + self.query.len()
@@ -76,7 +87,10 @@ impl Conditions {
                 .headers
                 .iter()
                 .all(|(name, v)| header_ok(req.header(name), v))
-            && self.query.iter().all(|(name, v)| query_ok(query, name, v))
+            && self
+                .query
+                .iter()
+                .all(|(name, v)| query_ok(query, name, v, req.query_reading()))
     }
 
     fn method_ok(&self, method: &[u8]) -> bool {
@@ -93,14 +107,30 @@ fn header_ok(value: Option<&[u8]>, want: &Value) -> bool {
     }
 }
 
-fn query_ok(query: &[u8], name: &[u8], want: &Value) -> bool {
-    query_pairs(query)
-        .filter(|(n, _)| decoded_eq(n, name))
-        .any(|(_, value)| match want {
-            Value::Present => true,
-            Value::Exact(vals) => vals.iter().any(|v| decoded_eq(value, v)),
-            Value::Regex(re) => query_regex_ok(value, re),
-        })
+fn query_ok(query: &[u8], name: &[u8], want: &Value, reading: Occurrence) -> bool {
+    let ok = |value: &[u8]| match want {
+        Value::Present => true,
+        Value::Exact(vals) => vals.iter().any(|v| decoded_eq(value, v)),
+        Value::Regex(re) => query_regex_ok(value, re),
+    };
+    let mut named = query_pairs(query).filter(|(n, _)| decoded_eq(n, name));
+    match reading {
+        Occurrence::Any => named.any(|(_, value)| ok(value)),
+        Occurrence::First => named.next().is_some_and(|(_, value)| ok(value)),
+        Occurrence::Last => named.last().is_some_and(|(_, value)| ok(value)),
+    }
+}
+
+/// Whether the query parameter `name` occurs more than once with different (decoded) values.
+pub fn query_varies(query: &[u8], name: &[u8]) -> bool {
+    if query.is_empty() {
+        return false;
+    }
+    let mut named = query_pairs(query).filter(|(n, _)| decoded_eq(n, name));
+    let Some((_, first)) = named.next() else {
+        return false;
+    };
+    named.any(|(_, v)| !decode_query(v).eq(decode_query(first)))
 }
 
 /// `a=1&b&c=` -> ("a","1"), ("b",""), ("c",""); empty pairs (`&&`) are skipped.
@@ -167,21 +197,56 @@ mod tests {
     #[test]
     fn query_conditions() {
         let exact = Value::Exact(vec![b"2".to_vec().into(), b"a b".to_vec().into()]);
-        assert!(query_ok(b"x=1&version=2", b"version", &exact));
-        assert!(query_ok(b"version=1&version=2", b"version", &exact));
-        assert!(query_ok(b"version=a+b", b"version", &exact));
-        assert!(query_ok(b"v%65rsion=a%20b", b"version", &exact));
-        assert!(!query_ok(b"version=3", b"version", &exact));
-        assert!(!query_ok(b"versions=2", b"version", &exact));
-        assert!(!query_ok(b"", b"version", &exact));
-        assert!(query_ok(b"flag", b"flag", &Value::Present));
-        assert!(query_ok(b"flag=", b"flag", &Value::Present));
-        assert!(!query_ok(b"flags", b"flag", &Value::Present));
+        assert!(query_ok(
+            b"x=1&version=2",
+            b"version",
+            &exact,
+            Occurrence::Any
+        ));
+        assert!(query_ok(
+            b"version=1&version=2",
+            b"version",
+            &exact,
+            Occurrence::Any
+        ));
+        assert!(query_ok(
+            b"version=a+b",
+            b"version",
+            &exact,
+            Occurrence::Any
+        ));
+        assert!(query_ok(
+            b"v%65rsion=a%20b",
+            b"version",
+            &exact,
+            Occurrence::Any
+        ));
+        assert!(!query_ok(b"version=3", b"version", &exact, Occurrence::Any));
+        assert!(!query_ok(
+            b"versions=2",
+            b"version",
+            &exact,
+            Occurrence::Any
+        ));
+        assert!(!query_ok(b"", b"version", &exact, Occurrence::Any));
+        assert!(query_ok(b"flag", b"flag", &Value::Present, Occurrence::Any));
+        assert!(query_ok(
+            b"flag=",
+            b"flag",
+            &Value::Present,
+            Occurrence::Any
+        ));
+        assert!(!query_ok(
+            b"flags",
+            b"flag",
+            &Value::Present,
+            Occurrence::Any
+        ));
         let re = Value::Regex(Regex::new("^v[0-9]+$").unwrap_or_else(|e| panic!("{e}")));
-        assert!(query_ok(b"api=v12", b"api", &re));
-        assert!(query_ok(b"api=%7612", b"api", &re));
-        assert!(!query_ok(b"api=v1x", b"api", &re));
-        assert!(!query_ok(b"api=%ff", b"api", &re));
+        assert!(query_ok(b"api=v12", b"api", &re, Occurrence::Any));
+        assert!(query_ok(b"api=%7612", b"api", &re, Occurrence::Any));
+        assert!(!query_ok(b"api=v1x", b"api", &re, Occurrence::Any));
+        assert!(!query_ok(b"api=%ff", b"api", &re, Occurrence::Any));
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //! - **A dot segment with path parameters is a dot segment**: `/public/..;/admin` is `/admin`
 //!   (Tomcat and other servlet containers drop `;parameters` before resolving dot segments, so
 //!   keeping it would route `/public` and serve `/admin`).
+//! - **A segment of parameters only is an empty segment**, merged like `//`: `/;x/admin` is
+//!   `/admin` (servlet containers and Spring strip the parameters, then merge the slashes, so
+//!   keeping it would route `/` and serve `/admin`, past `/admin`'s plugins).
 //! - An invalid escape (`%`, `%4`, `%zz`) is an error; the caller answers 400.
 //! - **A backslash is an error**, raw or as `%5C`: IIS, ASP.NET and some Node routers read it as
 //!   a '/', so `/public\..\admin` would be routed as `/public` and served as `/admin`. No URI
@@ -59,7 +62,9 @@ impl std::error::Error for NormalizeError {}
 /// 2. runs of '/' are merged into one;
 /// 3. "." and ".." segments are removed as in RFC 3986 §5.2.4, also when they only appear after
 ///    decoding (`/%2e%2e/admin` -> `/admin`) or carry path parameters (`/public/..;/admin` ->
-///    `/admin`, as servlet containers resolve it); ".." at the root stays at the root (`/..` -> `/`).
+///    `/admin`, as servlet containers resolve it); ".." at the root stays at the root (`/..` -> `/`);
+/// 4. a segment of path parameters only (`;x`, `;`) is dropped like an empty one (`/;x/admin` ->
+///    `/admin`).
 ///
 /// A trailing '/' is kept (`/a/b/` stays `/a/b/`; `/a/b/..` -> `/a/`), as RFC 3986 does.
 pub fn normalize_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), NormalizeError> {
@@ -90,17 +95,19 @@ fn push_segment(segment: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), Nor
     // servlet containers, which drop path parameters before resolving dot segments; it is one here
     // too, or `/public/..;/admin` would be routed as `/public` and served as `/admin`.
     let decoded = out.get(start..).unwrap_or_default();
-    // Only a segment starting with '.' can be a dot segment: the others skip the search for ';'.
+    // Only a segment starting with '.' can be a dot segment, and one starting with ';' is all
+    // parameters: the others skip the search for ';'.
     let bare = match decoded.first() {
-        Some(b'.') => {
+        Some(b'.' | b';') => {
             memchr::memchr(b';', decoded).map_or(decoded, |i| decoded.get(..i).unwrap_or_default())
         }
         _ => decoded,
     };
     match bare {
-        // An empty segment is a duplicate or trailing slash: `out` already ends with '/'. (`;x`
-        // alone is not empty: its bare part is, but the segment is kept as written.)
-        b"" if decoded.is_empty() => {}
+        // An empty segment is a duplicate or trailing slash: `out` already ends with '/'. A
+        // segment of parameters only (`;x`) is one too: servlet containers strip the parameters
+        // and merge the slashes, so `/;x/admin` is served as `/admin` and must be routed so.
+        b"" => out.truncate(start),
         b"." => out.truncate(start),
         b".." => {
             out.truncate(start);
@@ -292,11 +299,20 @@ mod tests {
         ok("/a/b/..;", "/a/");
         ok("/a/.;", "/a/");
         ok("/..;/..;/admin", "/admin");
-        // Not dot segments: a name before ';', or ';' alone.
+        // Not dot segments: a name before ';'.
         ok("/a/..x;/b", "/a/..x;/b");
-        ok("/a/;x/b", "/a/;x/b");
-        ok("/a/;/b", "/a/;/b");
         ok("/a/...;/b", "/a/...;/b");
+        ok("/a;x/b", "/a;x/b");
+        // Parameters only: an empty segment, merged like `//` (servlet containers serve
+        // `/;x/admin` as `/admin`).
+        ok("/a/;x/b", "/a/b");
+        ok("/a/;/b", "/a/b");
+        ok("/;x/admin", "/admin");
+        ok("/;x;y/;/admin", "/admin");
+        ok("//;x//admin", "/admin");
+        ok("/admin/;x", "/admin/");
+        ok("/;", "/");
+        ok("/a/%3Bx/b", "/a/%3Bx/b");
         // An escaped ';' is data, not a parameter separator.
         ok("/public/..%3B/admin", "/public/..%3B/admin");
     }

@@ -102,6 +102,12 @@ impl RequestView for Req {
             .find(|(n, _)| n.as_bytes() == name_lower)
             .map(|(_, v)| v.as_bytes())
     }
+
+    fn header_varies(&self, name_lower: &[u8]) -> bool {
+        let mut values = self.0.iter().filter(|(n, _)| n.as_bytes() == name_lower);
+        let first = values.next();
+        values.any(|v| Some(v) != first)
+    }
 }
 
 fn router(routes: &[R]) -> (Router, Vec<RouteDef>) {
@@ -980,4 +986,66 @@ fn differential_time_seed() {
         });
     println!("router differential seed: {seed} (rerun with RINGGATE_ROUTER_SEED={seed})");
     differential(seed, 300, 40);
+}
+
+// ---------------------------------------------------------------- repeated condition inputs
+
+/// `req` read with the first or the last occurrence of each header and query parameter.
+struct Reading<'a>(&'a Req, Occurrence);
+
+impl RequestView for Reading<'_> {
+    fn header(&self, name_lower: &[u8]) -> Option<&[u8]> {
+        let mut named = (self.0)
+            .0
+            .iter()
+            .filter(|(n, _)| n.as_bytes() == name_lower);
+        let hit = match self.1 {
+            Occurrence::Last => named.next_back(),
+            _ => named.next(),
+        };
+        hit.map(|(_, v)| v.as_bytes())
+    }
+
+    fn header_varies(&self, name_lower: &[u8]) -> bool {
+        self.0.header_varies(name_lower)
+    }
+
+    fn query_reading(&self) -> Occurrence {
+        self.1
+    }
+}
+
+#[test]
+fn repeated_condition_inputs_are_ambiguous_and_readable_both_ways() {
+    let (rt, _) = router(&[
+        r().prefix("/").header("x-version", exact_vals(&["2"])),
+        r().prefix("/").query("v", exact_vals(&["2"])),
+        r().prefix("/"),
+    ]);
+    let route = |req: &Req, query: &str, occ: Occurrence| {
+        rt.find(b"h", b"GET", b"/x", query.as_bytes(), &Reading(req, occ))
+            .map(|m| m.route)
+    };
+    // One value, or the same value twice: not ambiguous.
+    let once = Req::default().with("x-version", "2");
+    assert!(!rt.ambiguous(b"", &once));
+    assert!(!rt.ambiguous(b"", &once.clone().with("x-version", "2")));
+    assert!(!rt.ambiguous(b"v=2&v=%32", &Req::default()));
+    assert!(
+        !rt.ambiguous(b"w=1&w=2", &Req::default()),
+        "no condition reads w"
+    );
+    // Different values: ambiguous, and the readings pick different routes.
+    let twice = Req::default().with("x-version", "1").with("x-version", "2");
+    assert!(rt.ambiguous(b"", &twice));
+    assert_eq!(route(&twice, "", Occurrence::First), Some(2));
+    assert_eq!(route(&twice, "", Occurrence::Last), Some(0));
+    let none = Req::default();
+    assert!(rt.ambiguous(b"v=1&v=2", &none));
+    assert_eq!(route(&none, "v=1&v=2", Occurrence::Any), Some(1));
+    assert_eq!(route(&none, "v=1&v=2", Occurrence::First), Some(2));
+    assert_eq!(route(&none, "v=1&v=2", Occurrence::Last), Some(1));
+    // A router without header or query conditions never looks.
+    let (plain, _) = router(&[r().prefix("/")]);
+    assert!(!plain.ambiguous(b"v=1&v=2", &twice));
 }
