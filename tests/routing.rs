@@ -551,3 +551,34 @@ strip_path = false
     assert_eq!(s.get(HOST, "/api/x?other=1&other=2"), "rest");
     assert_eq!(s.up("rest").request_count(), 3);
 }
+
+/// A route for GET takes HEAD: frameworks run their GET handler for a HEAD, so a HEAD that fell
+/// through to the catch-all would run it past the GET route's plugins.
+#[test]
+fn a_get_route_takes_head() {
+    let s = Setup::new(
+        &["read", "rest"],
+        r#"
+[[routes]]
+name = "read"
+service = "read"
+paths = ["/report"]
+methods = ["GET"]
+strip_path = false
+
+[[routes]]
+name = "rest"
+service = "rest"
+paths = ["/"]
+strip_path = false
+"#,
+    );
+    assert_eq!(s.who("HEAD", HOST, "/report", ""), "read");
+    assert_eq!(s.up("read").last_request().method, "HEAD");
+    assert_eq!(s.get(HOST, "/report"), "read");
+    assert_eq!(
+        s.who("POST", HOST, "/report", "Content-Length: 0\r\n"),
+        "rest"
+    );
+    assert_eq!(s.up("rest").request_count(), 1);
+}

@@ -2,7 +2,7 @@
 //!
 //! Semantics:
 //! - methods: exact, case-sensitive byte comparison (HTTP methods are case-sensitive tokens; the
-//!   config stores them upper-case); an empty list matches any method;
+//!   config stores them upper-case); an empty list matches any method; GET takes HEAD too;
 //! - headers: the request's first value of the header (the view decides: `Router::ambiguous`
 //!   reads the last one too); `Exact` compares ASCII case-insensitively
 //!   (as Kong does); `Regex` is an unanchored search on the value as written (anchor with `^`/`$`),
@@ -93,8 +93,15 @@ impl Conditions {
                 .all(|(name, v)| query_ok(query, name, v, req.query_reading()))
     }
 
+    /// A route for GET takes HEAD too: frameworks answer HEAD with their GET handler (Flask and
+    /// Express run it), so a HEAD that fell through to another route would run it past this
+    /// route's plugins (nginx's `limit_except GET` covers HEAD the same way).
     fn method_ok(&self, method: &[u8]) -> bool {
-        self.methods.is_empty() || self.methods.iter().any(|m| **m == *method)
+        self.methods.is_empty()
+            || self
+                .methods
+                .iter()
+                .any(|m| **m == *method || (method == b"HEAD" && **m == *b"GET"))
     }
 }
 

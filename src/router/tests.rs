@@ -431,6 +431,17 @@ fn methods() {
     assert_eq!(f("HEAD"), Some(0));
     assert_eq!(f("POST"), None);
     assert_eq!(f("get"), None, "methods are case-sensitive");
+    // GET takes HEAD (frameworks run the GET handler for it); not the other way round, and a
+    // route for HEAD alone or for other methods takes no GET.
+    let (rt, _) = router(&[r().method("GET"), r().method("HEAD").method("POST"), r()]);
+    let f = |m: &str| find_full(&rt, "h", m, "/", "", &Req::default()).map(|m| m.route);
+    assert_eq!(f("HEAD"), Some(0));
+    assert_eq!(f("GET"), Some(0));
+    assert_eq!(f("POST"), Some(1));
+    assert_eq!(f("PUT"), Some(2));
+    let (rt, _) = router(&[r().method("HEAD"), r()]);
+    let f = |m: &str| find_full(&rt, "h", m, "/", "", &Req::default()).map(|m| m.route);
+    assert_eq!(f("GET"), Some(1));
 }
 
 #[test]
