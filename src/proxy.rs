@@ -848,6 +848,20 @@ impl<S: ClientIo> Conn<S> {
                 }
             }
         }
+        // `;parameters`: prefix and exact routes already match `/admin;x` as `/admin` (as servlet
+        // containers serve it), but a regex route sees the path as written, so `~^/admin$` would
+        // let `/admin;x` fall through to a catch-all. Refused when the path without its
+        // parameters selects another route.
+        if memchr::memchr(b';', &self.s.path).is_some() {
+            let mut bare = Vec::with_capacity(self.s.path.len());
+            crate::router::push_path_without_params(&mut bare, &self.s.path);
+            let again = self.snap.router.find(host, method, &bare, query, &view);
+            if again.map(|d| d.route) != Some(m.route) {
+                return Err(GatewayError::BadRequest(
+                    "path parameters select another route",
+                ));
+            }
+        }
         if memchr::memmem::find(&self.s.path, b"%2F").is_some() {
             let decoded = decode_slashes(&self.s.path);
             let mut norm = Vec::with_capacity(decoded.len());

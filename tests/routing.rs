@@ -391,6 +391,36 @@ strip_path = false
     assert_eq!(s.get(HOST, "/public/a;b"), "public");
 }
 
+/// A regex route sees the path as written, so `~^/admin$` would let `/admin;x` (served as `/admin`
+/// by servlet containers) fall through to a catch-all: a path whose parameters decide the route is
+/// a 400. Parameters that change nothing route as usual.
+#[test]
+fn path_parameters_cannot_skip_a_regex_route() {
+    let s = Setup::new(
+        &["admin", "rest"],
+        r#"
+[[routes]]
+name = "admin"
+service = "admin"
+paths = ["~/admin$"]
+strip_path = false
+
+[[routes]]
+name = "rest"
+service = "rest"
+paths = ["/"]
+strip_path = false
+"#,
+    );
+    assert_eq!(s.get(HOST, "/admin"), "admin");
+    for p in ["/admin;x", "/admin;jsessionid=1", "/admin;"] {
+        assert_eq!(s.get(HOST, p), "400", "{p}");
+    }
+    assert_eq!(s.get(HOST, "/other;x"), "rest");
+    assert_eq!(s.up("rest").last_request().target, "/other;x");
+    assert_eq!(s.up("admin").request_count(), 1);
+}
+
 #[test]
 fn options_asterisk_goes_upstream_as_an_asterisk() {
     // Only a route without `paths` can take `OPTIONS *`; the upstream must be asked about the

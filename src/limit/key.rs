@@ -54,7 +54,7 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
         },
         LimitBy::Path => {
             out.push(b'p');
-            push_path_without_params(out, req.path());
+            crate::router::push_path_without_params(out, req.path());
         }
         LimitBy::Service => number(out, b's', req.service()),
         LimitBy::Route => number(out, b'r', req.route()),
@@ -65,28 +65,6 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
         out.push(b'H');
         out.extend_from_slice(&a.to_le_bytes());
         out.extend_from_slice(&b.to_le_bytes());
-    }
-}
-
-/// The path with every segment's `;parameters` left out: servlet and other matrix-parameter
-/// backends serve `/a;x` and `/a;y` as `/a`, so those must not be fresh keys (a client could get a
-/// new limit per request). A segment that was parameters only leaves no empty segment behind
-/// (`/a/;x/b` is `/a/b`; the router's normalization already drops it, this keeps the key right on
-/// its own).
-fn push_path_without_params(out: &mut Vec<u8>, path: &[u8]) {
-    let mut in_params = false;
-    let mut after_slash = false;
-    for &b in path {
-        match b {
-            b'/' => in_params = false,
-            b';' => in_params = true,
-            _ => {}
-        }
-        if in_params || (b == b'/' && after_slash) {
-            continue;
-        }
-        after_slash = b == b'/';
-        out.push(b);
     }
 }
 

@@ -122,6 +122,28 @@ fn push_segment(segment: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), Nor
     Ok(())
 }
 
+/// Appends `path` with every segment's `;parameters` left out: servlet and other matrix-parameter
+/// backends serve `/a;x` and `/a;y` as `/a` (a `limit_by = "path"` key must not differ, and a
+/// regex route must not be skipped for it). A segment that was parameters only leaves no empty
+/// segment behind (`/a/;x/b` is `/a/b`; `normalize_path` already drops those, this stays right on
+/// its own).
+pub fn push_path_without_params(out: &mut Vec<u8>, path: &[u8]) {
+    let mut in_params = false;
+    let mut after_slash = false;
+    for &b in path {
+        match b {
+            b'/' => in_params = false,
+            b';' => in_params = true,
+            _ => {}
+        }
+        if in_params || (b == b'/' && after_slash) {
+            continue;
+        }
+        after_slash = b == b'/';
+        out.push(b);
+    }
+}
+
 /// `out` is "/" or "/.../name/": removes "name/" (nothing at the root).
 fn pop_last_segment(out: &mut Vec<u8>) {
     if out.len() <= 1 {
