@@ -1478,7 +1478,23 @@ impl<S: ClientIo> Conn<S> {
 
     /// Relays a 101 and turns the connection into a tunnel (only for requests that asked to upgrade).
     async fn upgrade(&mut self, shard: &Shard, p: &Prepared, upstream: UpstreamConn) -> Exchange {
-        if !p.upgrade {
+        // Only to a protocol the client offered (RFC 9110 §7.8), and never h2c: an upstream that
+        // switched to h2c would take HTTP/2 requests for any path past routing and auth.
+        let offered = self
+            .s
+            .head
+            .headers
+            .iter()
+            .filter(|h| eq_ignore_case(h.name.get(&self.buf), b"upgrade"))
+            .map(|h| h.value.get(&self.buf));
+        let switched = self
+            .s
+            .resp
+            .headers
+            .iter()
+            .filter(|h| eq_ignore_case(h.name.get(&self.ubuf), b"upgrade"))
+            .map(|h| h.value.get(&self.ubuf));
+        if !p.upgrade || !crate::http::headers::switch_was_offered(offered, switched) {
             return Exchange::Done(
                 self.fail(shard, GatewayError::BadResponse, p.client_close)
                     .await,

@@ -394,3 +394,37 @@ paths = ["/api"]
     ws::write_frame(&mut s, ws::OP_TEXT, b"still here", Some([1, 2, 3, 4])).expect("write");
     assert_eq!(ws::read_frame(&mut s).expect("echo").payload, b"still here");
 }
+
+/// h2c is never tunnelled, also spelt with a version (`h2c/1`, RFC 9110 §7.8's
+/// `protocol-name/protocol-version`), and a 101 must switch to a protocol the client offered:
+/// anything else is a 502, not a tunnel (an upstream switching to h2c would take HTTP/2 requests
+/// for any path past routing and auth).
+#[test]
+fn a_switch_to_a_protocol_not_offered_is_502() {
+    for (offered, switched) in [
+        ("h2c/1", "h2c"),
+        ("websocket, h2c/2.0", "h2c"),
+        ("websocket", "h2c"),
+        ("websocket", "foo"),
+        ("websocket", "websocket, h2c"),
+    ] {
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {switched}\r\n\r\n"
+        );
+        let up = Upstream::start(Behaviour::Fixed(answer.into_bytes()));
+        let gw = gateway_for(&up);
+        let mut c = Conn::connect(gw.addr());
+        let r = c.request(
+            format!(
+                "GET /chat HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade\r\nUpgrade: {offered}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(r.status, 502, "{offered} -> {switched}: {r:?}");
+        if offered.contains("h2c") {
+            // Not offered upstream at all: the request went as plain HTTP/1.1.
+            let seen = up.last_request();
+            assert_eq!(seen.header("upgrade"), None, "{offered}: {seen:?}");
+        }
+    }
+}

@@ -70,6 +70,43 @@ pub struct ListItems<'a> {
     done: bool,
 }
 
+/// The name of an Upgrade protocol token (RFC 9110 §7.8: `protocol-name ["/" protocol-version]`):
+/// `h2c/1` names `h2c`.
+pub fn protocol_name(token: &[u8]) -> &[u8] {
+    token.split(|&b| b == b'/').next().unwrap_or(token)
+}
+
+/// Whether an Upgrade value offers h2c (`h2c`, `H2C`, `h2c/1`, in any item of the list).
+pub fn offers_h2c(value: &[u8]) -> bool {
+    list_items(value)
+        .any(|r| eq_ignore_case(protocol_name(value.get(r).unwrap_or_default()), b"h2c"))
+}
+
+/// Whether a 101's Upgrade values (`switched`) name only protocols the request's (`offered`)
+/// offered, compared by name case-insensitively, and at least one; never h2c (RFC 9110 §7.8: a
+/// server must not switch to a protocol the client did not offer).
+pub fn switch_was_offered<'a>(
+    offered: impl Iterator<Item = &'a [u8]> + Clone,
+    mut switched: impl Iterator<Item = &'a [u8]>,
+) -> bool {
+    let mut any = false;
+    let all = switched.all(|value| {
+        list_items(value).all(|r| {
+            let name = protocol_name(value.get(r).unwrap_or_default());
+            if name.is_empty() {
+                return true;
+            }
+            any = true;
+            !eq_ignore_case(name, b"h2c")
+                && offered.clone().any(|o| {
+                    list_items(o)
+                        .any(|q| eq_ignore_case(protocol_name(o.get(q).unwrap_or_default()), name))
+                })
+        })
+    });
+    all && any
+}
+
 /// Split `value` on ',' (see `ListItems`).
 pub fn list_items(value: &[u8]) -> ListItems<'_> {
     ListItems {
@@ -175,6 +212,33 @@ mod tests {
         assert!(tokens(b" , ,\t").is_empty());
         // VT is not OWS and must survive trimming.
         assert_eq!(tokens(b"\x0bclose"), vec![b"\x0bclose".to_vec()]);
+    }
+
+    #[test]
+    fn upgrade_protocols() {
+        for v in [
+            &b"h2c"[..],
+            b"H2C",
+            b"h2c/1",
+            b"websocket, h2c/2.0",
+            b" h2c ",
+        ] {
+            assert!(offers_h2c(v), "{v:?}");
+        }
+        for v in [&b"websocket"[..], b"h2", b"h2cx", b"x/h2c"] {
+            assert!(!offers_h2c(v), "{v:?}");
+        }
+        let ok = |offered: &[&[u8]], switched: &[&[u8]]| {
+            switch_was_offered(offered.iter().copied(), switched.iter().copied())
+        };
+        assert!(ok(&[b"websocket"], &[b"WebSocket"]));
+        assert!(ok(&[b"foo/2, websocket"], &[b"foo"]));
+        assert!(!ok(&[b"websocket"], &[b"h2c"]));
+        assert!(!ok(&[b"websocket"], &[b"foo"]));
+        assert!(!ok(&[b"websocket"], &[b"websocket, foo"]));
+        assert!(!ok(&[b"websocket"], &[]), "a 101 names its protocol");
+        assert!(!ok(&[b"websocket"], &[b""]));
+        assert!(!ok(&[], &[b"websocket"]));
     }
 
     #[test]

@@ -653,8 +653,8 @@ fn classify(
         }
         7 if eq_ignore_case(name, b"upgrade") => {
             f.upgrade_header = true;
-            f.upgrade_h2c |=
-                list_items(v).any(|r| eq_ignore_case(v.get(r).unwrap_or_default(), b"h2c"));
+            // `h2c/1` names h2c too (RFC 9110 §7.8: protocol-name ["/" protocol-version]).
+            f.upgrade_h2c |= super::headers::offers_h2c(v);
         }
         10 if eq_ignore_case(name, b"connection") => {
             connection_tokens(f, value, head, conn_tokens);
