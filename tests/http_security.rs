@@ -523,6 +523,28 @@ fn declared_body_over_max_body_bytes_is_413_before_forwarding() {
     assert!(!up.raw_contains(b"/big"));
 }
 
+/// A chunk whose size line alone takes the body over the limit is refused at once, like a
+/// Content-Length over it: nothing goes upstream, and its data is not waited for.
+#[test]
+fn a_chunk_announcing_too_much_is_413_before_forwarding() {
+    let up = Upstream::echo("a");
+    let gw = limited_gateway(&up, "max_body_bytes = 100");
+    let mut c = Conn::connect(gw.addr());
+    // 0x65 = 101 bytes announced; 10 sent, then nothing.
+    c.send(format!("{CHUNKED_HEAD}65\r\n{}", "a".repeat(10)).as_bytes())
+        .unwrap();
+    let r = c.read_response().expect("a 413 response");
+    r.assert_json_error(413);
+    settle();
+    assert!(
+        !up.raw_contains(b"aaaaaaaaaa"),
+        "nothing of it went upstream"
+    );
+    // Just at the limit passes.
+    let ok = format!("{CHUNKED_HEAD}64\r\n{}\r\n0\r\n\r\n", "b".repeat(100));
+    assert_eq!(send_raw(gw.addr(), ok.as_bytes()).status, 200);
+}
+
 #[test]
 fn chunked_body_crossing_max_body_bytes_is_413() {
     let up = Upstream::echo("a");

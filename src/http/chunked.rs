@@ -117,6 +117,16 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// Data bytes the current chunk still announces (its size line has been read, its data not
+    /// all yet): lets a body limit refuse a chunk by its size, before its data comes.
+    pub fn chunk_left(&self) -> u64 {
+        if self.state == State::Data {
+            self.remaining
+        } else {
+            0
+        }
+    }
+
     /// Consume framing from `buf` up to and including the next run of data bytes.
     ///
     /// Returns `(consumed, Data(r))` with `r.end == consumed`, `(consumed, NeedMore)` when all of

@@ -127,13 +127,18 @@ pub async fn send_request<S: ClientIo>(
                     let (used, chunk) = dec
                         .decode(&c.buf[start..])
                         .map_err(|_| SendError::BadChunked)?;
+                    if let Chunk::Data(r) = &chunk {
+                        total += r.len() as u64;
+                        c.bytes_in += r.len() as u64;
+                    }
+                    // A chunk whose size line already takes the body over the limit is refused
+                    // now, as a Content-Length would be: its data is not waited for, and nothing
+                    // of it (nor the head, when it is the first) goes upstream.
+                    if max_body > 0 && total.saturating_add(dec.chunk_left()) > max_body {
+                        return Err(SendError::TooLarge);
+                    }
                     match chunk {
                         Chunk::Data(r) => {
-                            total += r.len() as u64;
-                            c.bytes_in += r.len() as u64;
-                            if max_body > 0 && total > max_body {
-                                return Err(SendError::TooLarge);
-                            }
                             let data = c
                                 .buf
                                 .get(start + r.start..start + r.end)
