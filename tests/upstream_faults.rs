@@ -611,6 +611,40 @@ fn an_early_answer_is_seen_while_the_upload_stalls() {
     sender.join().expect("sender");
 }
 
+/// The early answer also reaches a client that paused its upload (sent part of the body, then
+/// nothing): the wait for the client watches the upstream too, so the client gets the 413 now,
+/// not a 408 when `client_body` runs out. nginx does the same.
+#[test]
+fn an_early_answer_reaches_a_client_that_paused_its_upload() {
+    use std::io::{Read, Write};
+    for close in [true, false] {
+        let up = early_answering_upstream(close);
+        let gw = Gateway::start(
+            &upstream_config(&[up.to_string()], "client_body = \"20s\"")
+                .replace("workers = 1", "workers = 1\nmax_body_bytes = \"100m\""),
+        );
+        let mut c = std::net::TcpStream::connect(gw.addr()).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        c.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 20000\r\n\r\n")
+            .expect("head");
+        c.write_all(&[b'a'; 1000]).expect("some of the body");
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        let t = start.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 413") && text.ends_with("upstream"),
+            "close={close} after {t:?}: {text:?}"
+        );
+        assert!(
+            t < Duration::from_secs(4),
+            "close={close}: answer after {t:?}"
+        );
+    }
+}
+
 /// RFC 9112 §9.5: the upstream's early answer to an upload (here a 413 before it read the body) is
 /// what the client gets, whether the upstream then closes or just stops reading, and whatever the
 /// body's size; it is not a failure of the target. Before, a body larger than the socket buffers

@@ -106,7 +106,7 @@ pub async fn send_request<S: ClientIo>(
             while remaining > 0 {
                 c.buf.clear();
                 c.pos = 0;
-                read_client(c, shard, read_timeout).await?;
+                read_client(c, shard, read_timeout, upstream.plain_fd()).await?;
                 let take = (c.buf.len() as u64).min(remaining) as usize;
                 c.bytes_in += take as u64;
                 send_body(upstream, &mut c.buf, 0..take, write_timeout).await?;
@@ -176,7 +176,7 @@ pub async fn send_request<S: ClientIo>(
                 c.buf.clear();
                 c.pos = 0;
                 start = 0;
-                read_client(c, shard, read_timeout).await?;
+                read_client(c, shard, read_timeout, upstream.plain_fd()).await?;
             }
         }
     }
@@ -349,19 +349,27 @@ async fn send_body(
 
 /// Reads more body bytes into the (empty) client buffer. The first time, the small header buffer is
 /// set aside for a pooled large one, so a body streams in large reads without every idle connection
-/// paying for a large buffer.
+/// paying for a large buffer. With a plain-TCP upstream (`watch`), an error answer it sends while
+/// the client pauses ends the wait as `UpstreamWrite` (the upstream stopped taking the body): the
+/// caller then relays that answer (`io::fill_watching`).
 async fn read_client<S: ClientIo>(
     c: &mut Conn<S>,
     shard: &Shard,
     timeout: std::time::Duration,
+    watch: Option<std::os::fd::RawFd>,
 ) -> Result<(), SendError> {
     if c.spare.capacity() == 0 && c.buf.capacity() < BODY_BUF {
         let big = shard.take_buf(BODY_BUF);
         c.spare = std::mem::replace(&mut c.buf, big);
     }
-    match io::fill(&mut c.client, &mut c.buf, timeout).await {
-        Ok(0) => Err(SendError::ClientGone),
-        Ok(_) => Ok(()),
+    let got = match watch {
+        Some(fd) => io::fill_watching(&mut c.client, &mut c.buf, timeout, fd).await,
+        None => io::fill(&mut c.client, &mut c.buf, timeout).await.map(Some),
+    };
+    match got {
+        Ok(None) => Err(SendError::UpstreamWrite),
+        Ok(Some(0)) => Err(SendError::ClientGone),
+        Ok(Some(_)) => Ok(()),
         Err(e) if io::is_timeout(&e) => Err(SendError::ClientTimeout),
         Err(_) => Err(SendError::ClientGone),
     }

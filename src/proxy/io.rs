@@ -200,6 +200,50 @@ pub async fn send_watching<S: AsyncWriteRent>(
     }
 }
 
+/// `fill` for request-body bytes from the client while a plain-TCP upstream at `fd` has the
+/// request: while the read waits, looks every `WATCH_EVERY` for an error answer waiting from the
+/// upstream (`final_answer_waiting`), and returns `Ok(None)` when there is one, so an upstream's
+/// early 401 or 413 reaches a client that paused its upload now rather than a 408 after `limit`
+/// (nginx watches both directions too). The abandoned read takes `buf` with it (left empty): the
+/// caller closes the connection after such an answer anyway, the body being unread.
+pub async fn fill_watching<S: AsyncReadRent>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+    fd: RawFd,
+) -> io::Result<Option<usize>> {
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    if len == cap {
+        *buf = owned;
+        return Err(io::Error::other("read buffer full"));
+    }
+    let deadline = Instant::now() + limit;
+    let read = s.read(owned.slice_mut(len..cap));
+    let mut read = std::pin::pin!(read);
+    loop {
+        let tick = WATCH_EVERY.min(deadline.saturating_duration_since(Instant::now()));
+        let mut sleep = std::pin::pin!(monoio::time::sleep(tick));
+        let done = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            sleep.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        if let Some((res, slice)) = done {
+            *buf = slice.into_inner();
+            return res.map(Some);
+        }
+        if final_answer_waiting(fd) {
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
+            return Err(timed_out());
+        }
+    }
+}
+
 /// Whether the socket holds the start of an error answer (status 400 and up) after any complete
 /// interim (1xx) heads: the case RFC 9112 §9.5 describes (a 413 or 401 before the body was read).
 /// An interim `100 Continue` asks for the rest of the body, and a 2xx or 3xx sent early may come
