@@ -745,11 +745,14 @@ impl<S: ClientIo> Conn<S> {
                     let fresh = self.served == 0;
                     if shard.draining.get() {
                         // A fresh connection's first request is likely on its way: it gets
-                        // `FRESH_GRACE` to arrive (see `IdleRegistry`). A keep-alive connection
-                        // between requests closes, as with nginx.
-                        if !fresh {
-                            return Ok(HeadRead::Closed);
-                        }
+                        // `FRESH_GRACE` to arrive (see `IdleRegistry`). So does the next request
+                        // of a keep-alive connection whose last response went out (without
+                        // `Connection: close`: its head was written before this worker saw the
+                        // drain) while the drain began: a busy client sends it microseconds
+                        // later, and closing would lose it, POST included. It is answered with
+                        // `Connection: close` (HAProxy before 2.4 did the same; nginx closes).
+                        // Connections idle when the drain began have the same grace (see
+                        // `IdleRegistry`).
                         let grace = server
                             .timeouts
                             .client_header
@@ -764,7 +767,7 @@ impl<S: ClientIo> Conn<S> {
                     } else {
                         server.timeouts.keepalive
                     };
-                    shard.idle.set_idle(self.slot, self.fd, fresh);
+                    shard.idle.set_idle(self.slot, self.fd);
                     let r = match self.client.plain() {
                         Some(tcp) if wait > PARK_AFTER && shard.parked.available() => {
                             let c = self.canceller.get_or_insert_with(Default::default);

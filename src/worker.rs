@@ -282,7 +282,7 @@ pub struct FirstWait {
 impl FirstWait {
     pub fn new(shard: &Rc<Shard>, fd: RawFd) -> FirstWait {
         let slot = shard.idle.register();
-        shard.idle.set_idle(slot, fd, true);
+        shard.idle.set_idle(slot, fd);
         FirstWait {
             shard: shard.clone(),
             slot,
@@ -545,25 +545,27 @@ const TRIM_TICKS: u64 = 100;
 const UPSTREAM_BUF: usize = 32 * 1024;
 const MAX_POOLED_BUFS: usize = 1024;
 
-/// Which connections are idle between requests (waiting in their own task with a read timeout), by
-/// socket, so draining can end their wait at once: `shutdown(SHUT_RD)` makes a pending read return
-/// EOF, for plain and TLS connections alike. Parked connections are not here but in the parking lot.
-/// Slots are reused; no allocation once grown to the peak connection count.
+/// Which connections are idle (waiting in their own task with a read timeout for a request), by
+/// socket, so draining can end their wait: `shutdown(SHUT_RD)` makes a pending read return EOF,
+/// for plain and TLS connections alike. Parked connections are not here but in the parking lot
+/// (a drain closes them at once). Slots are reused; no allocation once grown to the peak
+/// connection count.
 ///
-/// A *fresh* connection (no request served yet) is not ended with the others: its client has just
-/// connected and its first request is likely on the way (a connection accepted as the drain
-/// began, or one of the last a binary upgrade's old process accepted). Closing it would lose that
-/// request, which, unlike a keep-alive connection's next one, a client cannot tell was never
-/// seen. The drain ends fresh waits `FRESH_GRACE` later (`wake_all(true)`); a plain connection
-/// silent for the park threshold (0.5 s since it connected) is closed before that, as it parks.
+/// The drain ends these waits `FRESH_GRACE` after it began (`wake_all`), not at once: a request
+/// may be on its way on any of them. A fresh connection (accepted as the drain began, or one of
+/// the last a binary upgrade's old process accepted) is waiting for its first request, and a
+/// keep-alive one that just got a response (written without `Connection: close` before the drain
+/// began) for the next one, which a busy client sends microseconds later. Closing would lose that
+/// request, POST included; within the grace it is served, with `Connection: close`. A plain
+/// connection silent for the park threshold (0.5 s) is closed before that, as it parks.
 #[derive(Default)]
 pub struct IdleRegistry {
-    /// Per slot: `BUSY`, `FREE`, or the fd of an idle connection, and whether it is fresh.
-    slots: RefCell<Vec<(RawFd, bool)>>,
+    /// Per slot: `BUSY`, `FREE`, or the fd of an idle connection.
+    slots: RefCell<Vec<RawFd>>,
     free: RefCell<Vec<usize>>,
 }
 
-/// How long a drain lets fresh connections deliver their first request.
+/// How long a drain lets idle connections deliver a request (see `IdleRegistry`).
 pub const FRESH_GRACE: Duration = Duration::from_secs(1);
 
 const BUSY: RawFd = -1;
@@ -574,38 +576,38 @@ impl IdleRegistry {
         let mut slots = self.slots.borrow_mut();
         if let Some(i) = self.free.borrow_mut().pop() {
             if let Some(s) = slots.get_mut(i) {
-                *s = (BUSY, false);
+                *s = BUSY;
                 return i;
             }
         }
-        slots.push((BUSY, false));
+        slots.push(BUSY);
         slots.len() - 1
     }
 
-    fn set(&self, slot: usize, fd: RawFd, fresh: bool) {
+    fn set(&self, slot: usize, fd: RawFd) {
         if let Some(s) = self.slots.borrow_mut().get_mut(slot) {
-            *s = (fd, fresh);
+            *s = fd;
         }
     }
 
     pub fn release(&self, slot: usize) {
-        self.set(slot, FREE, false);
+        self.set(slot, FREE);
         self.free.borrow_mut().push(slot);
     }
 
-    /// Idle, with the connection's own read timeout running; `fresh`: no request served yet.
-    pub fn set_idle(&self, slot: usize, fd: RawFd, fresh: bool) {
-        self.set(slot, fd, fresh);
+    /// Idle, with the connection's own read timeout running.
+    pub fn set_idle(&self, slot: usize, fd: RawFd) {
+        self.set(slot, fd);
     }
 
     pub fn set_busy(&self, slot: usize) {
-        self.set(slot, BUSY, false);
+        self.set(slot, BUSY);
     }
 
-    /// Ends every idle wait (fresh ones too with `fresh`): the connections see EOF and close.
-    pub fn wake_all(&self, fresh: bool) {
-        for &(fd, is_fresh) in self.slots.borrow().iter() {
-            if fd >= 0 && (fresh || !is_fresh) {
+    /// Ends every idle wait: the connections see EOF and close.
+    pub fn wake_all(&self) {
+        for &fd in self.slots.borrow().iter() {
+            if fd >= 0 {
                 // SAFETY: the fd belongs to a live connection task of this thread (slots are reset
                 // before a connection's socket is closed); shutdown does not close it.
                 unsafe {
@@ -865,7 +867,6 @@ async fn control_loop(
         }
     }
     let _ = accept_cancel.cancel();
-    shard.idle.wake_all(false);
     shard.parked.close_all(shard);
     let start = Instant::now();
     let deadline = start + shard.snapshot().config.server.drain_timeout;
@@ -873,7 +874,7 @@ async fn control_loop(
     while shard.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
         if !fresh_woken && start.elapsed() >= FRESH_GRACE {
-            shard.idle.wake_all(true);
+            shard.idle.wake_all();
             fresh_woken = true;
         }
     }
