@@ -924,12 +924,54 @@ fn wait_for_termination(
     reloader: &Reloader,
     handover: &upgrade::Handover,
 ) -> bool {
-    use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1, SIGUSR2};
-    for sig in signals.forever() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let name = |sig: i32| match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        _ => "SIGUSR2",
+    };
+    // Signals that came while an upgrade was starting, handled once it is over.
+    let mut queued: Vec<i32> = Vec::new();
+    loop {
+        let sig = match queued.pop() {
+            Some(s) => s,
+            None => match signals.forever().next() {
+                Some(s) => s,
+                None => return false,
+            },
+        };
         match sig {
             SIGUSR2 => {
                 info!("signal received signal=SIGUSR2");
-                if let upgrade::Outcome::Ready { .. } = handover.run(upgrade::UPGRADE_WAIT) {
+                // The wait for the new process (up to a minute) must not hold a stop request up:
+                // systemd would SIGKILL us at its stop timeout. SIGTERM/SIGINT give the upgrade up
+                // and drain; SIGHUP and SIGUSR1 are handled after it; another SIGUSR2 is moot.
+                let mut stop_sig = None;
+                let outcome = handover.run(upgrade::UPGRADE_WAIT, &mut || {
+                    for s in signals.pending() {
+                        match s {
+                            SIGTERM | SIGINT => stop_sig = Some(s),
+                            SIGUSR2 => {
+                                info!("signal received signal=SIGUSR2; an upgrade is already starting")
+                            }
+                            other => {
+                                info!(
+                                    "signal received signal={}; handled once the upgrade is over",
+                                    name(other)
+                                );
+                                queued.insert(0, other);
+                            }
+                        }
+                    }
+                    stop_sig.is_some()
+                });
+                if let Some(s) = stop_sig {
+                    info!("signal received signal={}", name(s));
+                    return false;
+                }
+                if let upgrade::Outcome::Ready { .. } = outcome {
                     return true;
                 }
             }
@@ -943,15 +985,11 @@ fn wait_for_termination(
                 reloader.reopen_access_log();
             }
             _ => {
-                info!(
-                    "signal received signal={}",
-                    if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
-                );
+                info!("signal received signal={}", name(sig));
                 return false;
             }
         }
     }
-    false
 }
 
 /// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), unless

@@ -245,8 +245,10 @@ pub enum Outcome {
 
 impl Handover {
     /// Starts argv[0] with this process's arguments and sockets and waits (at most `wait`) for it
-    /// to be ready. Blocks the calling (main) thread; workers keep serving meanwhile.
-    pub fn run(&self, wait: Duration) -> Outcome {
+    /// to be ready. Blocks the calling (main) thread; workers keep serving meanwhile. `give_up` is
+    /// asked several times a second whether to give the upgrade up (a SIGTERM came): then the new
+    /// process is ended as if it had failed, and this one goes on to drain.
+    pub fn run(&self, wait: Duration, give_up: &mut dyn FnMut() -> bool) -> Outcome {
         let mut args = std::env::args_os();
         let Some(program) = args.next() else {
             error!("upgrade failed: no argv[0]");
@@ -337,7 +339,7 @@ impl Handover {
             child.id(),
             program.to_string_lossy()
         );
-        match wait_ready(read_end, wait) {
+        match wait_ready(read_end, wait, give_up) {
             Ok(()) => {
                 info!("upgrade: new process ready pid={}; draining", child.id());
                 let pid = child.id();
@@ -378,10 +380,18 @@ impl Handover {
 }
 
 /// Waits for the ready byte: EOF means the new process exited (or closed the pipe) first.
-fn wait_ready(read_end: OwnedFd, wait: Duration) -> Result<(), String> {
+/// `give_up` is asked every 100 ms whether to give up.
+fn wait_ready(
+    read_end: OwnedFd,
+    wait: Duration,
+    give_up: &mut dyn FnMut() -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + wait;
     let mut pipe = std::fs::File::from(read_end);
     loop {
+        if give_up() {
+            return Err("given up for a stop signal".to_owned());
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(format!("not ready within {} s", wait.as_secs()));
@@ -391,7 +401,7 @@ fn wait_ready(read_end: OwnedFd, wait: Duration) -> Result<(), String> {
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = left.as_millis().min(1_000) as libc::c_int;
+        let ms = left.as_millis().min(100) as libc::c_int;
         // SAFETY: one valid pollfd for the pipe's read end.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n <= 0 {

@@ -513,3 +513,53 @@ fn a_failed_upgrade_to_fewer_workers_leaves_every_old_worker_serving() {
         "new connections reached workers {workers:?} only"
     );
 }
+
+/// A stop request is not held up by an upgrade whose new process never gets ready (a binary that
+/// hangs): SIGTERM gives the upgrade up (the new process is ended) and drains at once, instead of
+/// after the minute the upgrade waits (systemd would have killed the process at its stop timeout).
+/// A SIGHUP meanwhile is logged as waiting for the upgrade to end.
+#[test]
+fn sigterm_during_a_hanging_upgrade_drains_at_once() {
+    let up = Upstream::echo("up");
+    let dir = tempdir();
+    // argv[0] is what an upgrade starts: here a program that never says ready.
+    let hang = dir.join("hang.sh");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 30\n").expect("script");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let exec_as = format!("exec -a {} \"$@\"", hang.display());
+    let mut gw =
+        Gateway::try_start_wrapped(&config(&up), &[], &[], &["bash", "-c", &exec_as, "bash"])
+            .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    assert_eq!(get(gw.addr(), HOST, "/1").status, 200);
+    gw.signal(libc::SIGUSR2);
+    assert!(
+        gw.wait_log("upgrade started", Duration::from_secs(5)),
+        "{:?}",
+        gw.logs()
+    );
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_log(
+            "signal received signal=SIGHUP; handled once the upgrade is over",
+            Duration::from_secs(3)
+        ),
+        "{:?}",
+        gw.logs()
+    );
+    let t = Instant::now();
+    gw.sigterm();
+    let st = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit within 10 s of SIGTERM");
+    assert!(st.success(), "{st}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "exit after {:?}",
+        t.elapsed()
+    );
+    assert!(gw.log_contains("upgrade failed: given up for a stop signal"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
