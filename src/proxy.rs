@@ -283,6 +283,9 @@ struct Conn<S> {
     /// When the first byte of a head that took more than one read arrived (the start of a
     /// request the gateway refuses before its head is whole).
     first_byte: Option<Instant>,
+    /// Bytes of the head being read held so far (kept apart from `buf`, which a timed-out read
+    /// takes with it), for `request_bytes` of a 408.
+    head_bytes: u64,
     /// The current request is a HEAD: answers the gateway writes itself go out without their body.
     /// False until a head is parsed, so a refusal of an unparsed head keeps its body.
     head_only: bool,
@@ -424,6 +427,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         upstream_addr: None,
         tunnel_target: None,
         first_byte: None,
+        head_bytes: 0,
         head_only: false,
         http10: false,
         status: 0,
@@ -526,23 +530,32 @@ impl<S: ClientIo> Conn<S> {
     async fn request(&mut self, shard: &Shard) -> Next {
         self.bytes_out = 0;
         self.first_byte = None;
+        self.head_bytes = 0;
         self.head_only = false;
         self.http10 = false;
         match self.read_head(shard).await {
             Ok(HeadRead::Complete) => {}
             Ok(HeadRead::Closed) => {
-                // Gone in the middle of a head: logged as nginx does, a 400 with nothing sent (a
-                // connection closed between requests, with no byte of a next one, is not).
-                if self.first_byte.is_some() && !self.buf.is_empty() && shard.access_log.on() {
-                    let waited = self.first_byte.map_or(Duration::ZERO, |t| t.elapsed());
-                    self.log_refused_head(shard, 400, self.buf.len() as u64, waited);
+                // Gone in the middle of a head: logged and counted as nginx does, a 400 with
+                // nothing sent (a connection closed between requests, with no byte of a next
+                // one, is not).
+                if self.first_byte.is_some() && !self.buf.is_empty() {
+                    let bytes_in = self.buf.len() as u64;
+                    if self.snap.config.metrics.enabled {
+                        self.snap.metrics.gateway_error(None, 400, bytes_in, 0);
+                    }
+                    if shard.access_log.on() {
+                        let waited = self.first_byte.map_or(Duration::ZERO, |t| t.elapsed());
+                        self.log_refused_head(shard, 400, bytes_in, waited);
+                    }
                 }
                 return Next::Close;
             }
             Ok(HeadRead::Park(left)) => return Next::Park(left),
             Err(e) => {
-                // Taken before the answer: the lingering close reuses the buffer.
-                let bytes_in = self.buf.len() as u64;
+                // Taken before the answer: the lingering close reuses the buffer. A read that
+                // timed out took the buffer with it: `head_bytes` still knows what came.
+                let bytes_in = (self.buf.len() as u64).max(self.head_bytes);
                 let waited = self.first_byte.map_or(Duration::ZERO, |t| t.elapsed());
                 self.reply_error(e, true).await;
                 if self.snap.config.metrics.enabled {
@@ -714,6 +727,7 @@ impl<S: ClientIo> Conn<S> {
                 }
                 // The first byte of a head: logged as a refused request if it never completes.
                 self.first_byte.get_or_insert_with(Instant::now);
+                self.head_bytes = self.buf.len() as u64;
             }
             // Slowloris: the whole head must arrive within `client_header` of its first byte.
             if deadline.is_none() && (saw_blank || !self.buf.is_empty()) {
@@ -1015,10 +1029,16 @@ impl<S: ClientIo> Conn<S> {
         let mut pinned: Option<usize> = None;
         loop {
             let started = self.stamp();
-            let (upstream, target, reused) = match connect(shard, &snap, svc, pinned).await {
-                Ok(c) => c,
-                Err(e) => return self.fail(shard, e, p.client_close).await,
-            };
+            let mut tried = None;
+            let (upstream, target, reused) =
+                match connect(shard, &snap, svc, pinned, &mut tried).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // The access log names the last target tried, as for any answer.
+                        self.upstream_addr = tried;
+                        return self.fail(shard, e, p.client_close).await;
+                    }
+                };
             if let (false, Some(started)) = (reused, started) {
                 self.t.connect += started.elapsed();
             }
@@ -1631,12 +1651,14 @@ impl<S: ClientIo> Conn<S> {
 /// or times out is skipped for the next one: nothing was sent yet, so this is always safe.
 /// `pinned`: the retry after a stale pooled connection to this target: fresh connections only,
 /// starting with this target; if it now refuses (it is restarting: the usual reason its pooled
-/// connection went stale), the next targets are tried as on a first attempt.
+/// connection went stale), the next targets are tried as on a first attempt. `tried`: the address
+/// of the last target a connection was attempted to (for the access log when all failed).
 async fn connect(
     shard: &Shard,
     snap: &Snapshot,
     svc: &ServiceDef,
     pinned: Option<usize>,
+    tried: &mut Option<SocketAddr>,
 ) -> Result<(UpstreamConn, usize, bool), GatewayError> {
     let ups = snap
         .config
@@ -1698,6 +1720,7 @@ async fn connect(
         }
         let tls = ups.tls.as_ref().map(|tls| (tls, tls.names.get(t)));
         let flat = snap.flat_target(svc.upstream, t);
+        *tried = Some(tdef.addr);
         let attempt = monoio::time::timeout(svc.connect_timeout, connect_one(tdef.addr, tls)).await;
         match &attempt {
             Ok(Ok(_)) => {}

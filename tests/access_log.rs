@@ -872,3 +872,117 @@ fn a_declared_length_over_the_limit_is_logged_under_its_route() {
         "{l}"
     );
 }
+
+/// A 502 after every connect failed names the last target tried, like any other answer (it was
+/// null, so the log could not tell which targets failed).
+#[test]
+fn a_502_after_refused_connects_names_the_last_target_tried() {
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    // Ports nothing listens on: bound, then closed.
+    let dead: Vec<SocketAddr> = (0..2)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        })
+        .collect();
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+{log}
+[[upstreams]]
+name = "dead"
+targets = [{{ target = "{a}" }}, {{ target = "{b}" }}]
+health = {{ passive = {{ max_fails = 0 }} }}
+
+[[services]]
+name = "svc"
+upstream = "dead"
+
+[[routes]]
+name = "all"
+service = "svc"
+paths = ["/"]
+"#,
+        log = log_table(&log),
+        a = dead[0],
+        b = dead[1],
+    ));
+    let r = get_path(&gw, "/x");
+    assert_eq!(r.status, 502, "{r:?}");
+    let l = by_path(&wait_lines(&log, 1), "/x").clone();
+    assert_eq!(l["status"], 502);
+    let named = l["upstream"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        dead.iter().any(|a| a.to_string() == named),
+        "upstream {named:?} not one of {dead:?}: {l}"
+    );
+}
+
+/// `request_bytes` is what came over the wire, and the log and the metrics agree on refused heads:
+/// a 408 for a head cut short logs the bytes that came (it logged 0), a chunked body counts its
+/// framing (it counted the decoded data), and a client gone mid-head, logged as a 400, is counted
+/// as one in `/metrics` too (it was not).
+#[test]
+fn request_bytes_are_wire_bytes_and_refused_heads_are_counted() {
+    let up = Upstream::echo("up");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let cfg = config(&up, &log_table(&log)).replace(
+        "workers = 2\n",
+        "workers = 1\n[server.timeouts]\nclient_header = \"500ms\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nflush_interval = \"100ms\"\n",
+    );
+    let gw = Gateway::start(&cfg);
+    // A head cut short: 408 after client_header.
+    let partial = b"GET /open/slow-head HTTP/1.1\r\nHo";
+    let mut c = Conn::connect(gw.addr());
+    c.send(partial).expect("send");
+    let r = c.read_response().expect("answer");
+    assert_eq!(r.status, 408, "{r:?}");
+    // A chunked body: head, then 5 bytes in 3 chunks of framing.
+    let head = format!(
+        "POST /open/chunked HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let body = "2\r\nhe\r\n3;x=y\r\nllo\r\n0\r\n\r\n";
+    let r = send_raw(gw.addr(), format!("{head}{body}").as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    // Gone mid-head, twice.
+    for _ in 0..2 {
+        let mut g = Conn::connect(gw.addr());
+        g.send(b"GET /open/x HTTP/1.1\r\nHo").expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        drop(g);
+    }
+    let all = wait_lines(&log, 4);
+    let timed_out = all
+        .iter()
+        .find(|l| l["status"] == 408)
+        .expect("the 408 line");
+    assert_eq!(
+        timed_out["request_bytes"],
+        partial.len() as u64,
+        "{timed_out}"
+    );
+    let chunked = by_path(&all, "/open/chunked");
+    assert_eq!(
+        chunked["request_bytes"],
+        (head.len() + body.len()) as u64,
+        "{chunked}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text =
+            String::from_utf8_lossy(&admin_get(gw.admin_addr(), "/metrics").body).into_owned();
+        let refused = metric(
+            &text,
+            "ringgate_http_requests_total{route=\"(none)\",service=\"(none)\",code=\"400\"}",
+        );
+        if refused == 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "400s counted: {refused}\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

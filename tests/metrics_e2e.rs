@@ -542,3 +542,36 @@ fn request_in_flight_across_a_reload_counts_under_its_own_route_and_target() {
     assert_eq!(sample(&m, fast_200), Some(2), "{m}");
     assert_eq!(sample(&m, slow_200), Some(1), "{m}");
 }
+
+/// `metrics.histogram_file` follows reloads: set by a reload (it was not there at start), the file
+/// is written at shutdown; moved by another, the new path gets it and the old one does not.
+#[test]
+fn histogram_file_follows_reloads() {
+    let up = Upstream::echo("up");
+    let dir = std::env::temp_dir().join(format!("rg-hdr-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (first, second) = (dir.join("a.txt"), dir.join("b.txt"));
+    let base = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[[services]]\nname = \"s\"\nurl = \"{}\"\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n",
+        up.url()
+    );
+    let with_file =
+        |p: &std::path::Path| format!("{base}\n[metrics]\nhistogram_file = \"{}\"\n", p.display());
+    let mut gw = Gateway::start(&base);
+    gw.rewrite_config(&with_file(&first));
+    gw.reload_to(2);
+    gw.rewrite_config(&with_file(&second));
+    gw.reload_to(3);
+    for i in 0..5 {
+        assert_eq!(get(gw.addr(), HOST, &format!("/{i}")).status, 200);
+    }
+    gw.sigterm();
+    assert!(gw.wait_exit(Duration::from_secs(10)).is_some());
+    let text = std::fs::read_to_string(&second).unwrap_or_default();
+    assert!(text.contains("# route=r kind=total unit=us"), "{text:?}");
+    assert!(
+        !first.exists(),
+        "the path a reload moved away from was written"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

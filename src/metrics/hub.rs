@@ -24,6 +24,8 @@ pub enum Msg {
     Layout(Arc<Layout>),
     Workers(usize),
     FlushInterval(Duration),
+    /// `metrics.histogram_file` of the config in use (a reload may set, move or drop it).
+    HistogramFile(Option<PathBuf>),
     Reload(bool),
     Families(String, Vec<Family>),
     Collector(Collector),
@@ -143,6 +145,9 @@ impl MetricsHandle {
         let layout = Arc::new(Layout::from_config(cfg, generation));
         self.set_layout(layout.clone());
         self.set_flush_interval(cfg.metrics.flush_interval);
+        let _ = self
+            .tx
+            .send(Msg::HistogramFile(cfg.metrics.histogram_file.clone()));
         layout
     }
 
@@ -229,7 +234,7 @@ impl Hub {
     }
 }
 
-fn run(rx: Receiver<Msg>, interval: Duration, file: Option<PathBuf>) {
+fn run(rx: Receiver<Msg>, interval: Duration, mut file: Option<PathBuf>) {
     let mut agg = Aggregate::new(interval);
     while let Ok(msg) = rx.recv() {
         match msg {
@@ -237,6 +242,7 @@ fn run(rx: Receiver<Msg>, interval: Duration, file: Option<PathBuf>) {
             Msg::Layout(l) => agg.set_layout(l),
             Msg::Workers(n) => agg.set_workers(n),
             Msg::FlushInterval(d) => agg.set_flush_interval(d),
+            Msg::HistogramFile(f) => file = f,
             Msg::Reload(ok) => agg.reload_outcome(ok),
             Msg::Families(source, f) => agg.set_families(source, f),
             Msg::Collector(c) => agg.add_collector(c),

@@ -127,9 +127,10 @@ pub async fn send_request<S: ClientIo>(
                     let (used, chunk) = dec
                         .decode(&c.buf[start..])
                         .map_err(|_| SendError::BadChunked)?;
+                    // What came over the wire, framing included (`request_bytes`).
+                    c.bytes_in += used as u64;
                     if let Chunk::Data(r) = &chunk {
                         total += r.len() as u64;
-                        c.bytes_in += r.len() as u64;
                     }
                     // A chunk whose size line already takes the body over the limit is refused
                     // now, as a Content-Length would be: its data is not waited for, and nothing
