@@ -163,6 +163,8 @@ fn setup(token: Option<&str>, outcome: Arc<AtomicU8>, histogram_file: Option<&st
         .collect();
     let generation = Arc::new(AtomicU64::new(1));
     let reload_handle = Mutex::new(handle.clone());
+    // A reload registers the file's config again: the same histogram_file.
+    let reloaded_histogram_file = cfg.metrics.histogram_file.clone();
     let reload: ReloadFn = Box::new(move || {
         match outcome.load(Ordering::SeqCst) {
             RELOAD_REJECTED => {
@@ -182,7 +184,9 @@ fn setup(token: Option<&str>, outcome: Arc<AtomicU8>, histogram_file: Option<&st
         }
         let g = generation.fetch_add(1, Ordering::SeqCst) + 1;
         if let Ok(h) = reload_handle.lock() {
-            h.register_config(&config(), g);
+            let mut reloaded = config();
+            reloaded.metrics.histogram_file = reloaded_histogram_file.clone();
+            h.register_config(&reloaded, g);
         }
         Ok(g)
     });
