@@ -372,6 +372,25 @@ impl Router {
     }
 }
 
+/// What a regex route's `strip_path` removes of `path` when its match is `len` bytes long: the
+/// match, if it ends at a segment boundary (the end of the path, a '/' next, or a '/' last);
+/// otherwise only up to the last '/' inside it, as prefix routes strip whole segments. Stripping
+/// in the middle of a segment would join the rest to the service path as a segment of its own:
+/// `~/docs/v\d+` on `/docs/v1../admin` left `../admin`, sent up as `/base/../admin`, which an
+/// upstream resolving dot segments served as `/admin`, past that route's plugins.
+fn segment_boundary(path: &[u8], len: usize) -> usize {
+    let len = len.min(path.len());
+    let at_boundary = len == path.len()
+        || path.get(len) == Some(&b'/')
+        || (len > 0 && path.get(len - 1) == Some(&b'/'));
+    if at_boundary {
+        return len;
+    }
+    path.get(..len)
+        .and_then(|m| m.iter().rposition(|&b| b == b'/'))
+        .unwrap_or(0)
+}
+
 fn with_host(mut e: Entry, h: &HostSlot) -> Entry {
     e.rank.host_class = h.class;
     e.rank.host_len = to_u32(h.len);
@@ -443,7 +462,7 @@ impl<R: RequestView> Search<'_, R> {
                 let re = self.router.regexes.get(k as usize)?;
                 let len = re.match_len(self.path_str?)?;
                 if e.strip_path {
-                    len
+                    segment_boundary(self.path, len)
                 } else {
                     0
                 }

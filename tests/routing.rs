@@ -612,3 +612,25 @@ strip_path = false
     );
     assert_eq!(s.up("rest").request_count(), 1);
 }
+
+/// A regex route strips whole segments: `/docs/v1../admin` against `~/docs/v\d+` goes up as
+/// `/v1../admin`, not `/../admin` (a dot segment an upstream resolves, past `/admin`'s plugins).
+#[test]
+fn regex_strip_path_strips_whole_segments() {
+    let s = Setup::new(
+        &["docs"],
+        r#"
+[[routes]]
+name = "docs"
+service = "docs"
+paths = ["~/docs/v\\d+"]
+strip_path = true
+"#,
+    );
+    assert_eq!(s.get(HOST, "/docs/v1/guide"), "docs");
+    assert_eq!(s.up("docs").last_request().target, "/guide");
+    assert_eq!(s.get(HOST, "/docs/v1../admin/secret"), "docs");
+    assert_eq!(s.up("docs").last_request().target, "/v1../admin/secret");
+    assert_eq!(s.get(HOST, "/docs/v1admin"), "docs");
+    assert_eq!(s.up("docs").last_request().target, "/v1admin");
+}

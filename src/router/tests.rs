@@ -261,6 +261,31 @@ fn regex_is_anchored_at_start() {
     assert_eq!(get(&rt, "h", "/only/x"), None);
 }
 
+/// A regex route's `strip_path` removes whole segments: a match ending inside a segment strips
+/// only up to the last '/' in it, so the rest never starts with part of a segment (`../admin`
+/// joined to the service path would be a dot segment upstream).
+#[test]
+fn regex_strip_ends_at_a_segment_boundary() {
+    let (rt, _) = router(&[
+        r().regex(r"/docs/v\d+").strip(true),
+        r().regex(r"/files/").strip(true),
+    ]);
+    let strip = |p: &str| find_full(&rt, "h", "GET", p, "", &Req::default()).map(|m| m.strip_len);
+    assert_eq!(strip("/docs/v1"), Some(8));
+    assert_eq!(strip("/docs/v1/x"), Some(8));
+    assert_eq!(strip("/docs/v12/x"), Some(9));
+    assert_eq!(
+        strip("/docs/v1../admin"),
+        Some(5),
+        "up to /docs: /v1../admin stays"
+    );
+    assert_eq!(strip("/docs/v1admin"), Some(5));
+    assert_eq!(strip("/files/a/b"), Some(7), "a match ending in '/'");
+    let mut up = Vec::new();
+    upstream_path("/base", b"/docs/v1../admin", 5, &mut up);
+    assert_eq!(up, b"/base/v1../admin");
+}
+
 #[test]
 fn no_paths_matches_any_path() {
     let (rt, _) = router(&[r().host("h")]);
