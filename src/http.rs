@@ -18,9 +18,12 @@ pub struct Span {
 }
 
 impl Span {
+    /// The bytes in `buf`; empty when the span is not within it (a buffer reused since the span
+    /// was taken must never abort the process).
     #[inline]
     pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.start as usize..self.end as usize]
+        buf.get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
     }
     #[inline]
     pub fn is_empty(&self) -> bool {

@@ -180,6 +180,9 @@ pub struct Scratch {
     /// The request's access log fields, taken while its head is still in the client buffer (a
     /// streamed body overwrites it); the line is completed when the request ends.
     log: Vec<u8>,
+    /// An upgrade request's `Upgrade` values (comma-joined), copied while the head is still in
+    /// the client buffer: a 101 is checked against them after a streamed body overwrote it.
+    upgrade_offer: Vec<u8>,
 }
 
 impl Scratch {
@@ -658,6 +661,24 @@ impl<S: ClientIo> Conn<S> {
         }
         let body = self.s.head.body.unwrap_or(BodyKind::None);
         self.body_done = matches!(body, BodyKind::None | BodyKind::Length(0));
+        self.s.upgrade_offer.clear();
+        if self.s.head.upgrade {
+            let Scratch {
+                head,
+                upgrade_offer,
+                ..
+            } = &mut self.s;
+            for h in head
+                .headers
+                .iter()
+                .filter(|h| eq_ignore_case(h.name.get(&self.buf), b"upgrade"))
+            {
+                if !upgrade_offer.is_empty() {
+                    upgrade_offer.push(b',');
+                }
+                upgrade_offer.extend_from_slice(h.value.get(&self.buf));
+            }
+        }
         if let Some(next) = self.acme_challenge(shard, body).await {
             return next;
         }
@@ -1503,13 +1524,8 @@ impl<S: ClientIo> Conn<S> {
     async fn upgrade(&mut self, shard: &Shard, p: &Prepared, upstream: UpstreamConn) -> Exchange {
         // Only to a protocol the client offered (RFC 9110 §7.8), and never h2c: an upstream that
         // switched to h2c would take HTTP/2 requests for any path past routing and auth.
-        let offered = self
-            .s
-            .head
-            .headers
-            .iter()
-            .filter(|h| eq_ignore_case(h.name.get(&self.buf), b"upgrade"))
-            .map(|h| h.value.get(&self.buf));
+        // What the client offered, copied before its body (if any) overwrote the head.
+        let offered = std::iter::once(self.s.upgrade_offer.as_slice());
         let switched = self
             .s
             .resp

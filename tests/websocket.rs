@@ -428,3 +428,40 @@ fn a_switch_to_a_protocol_not_offered_is_502() {
         }
     }
 }
+
+/// An upgrade request with a body that comes after its head: the 101 is checked against the
+/// protocols the head offered, copied before the body overwrote the client buffer. Reading them
+/// from the buffer afterwards sliced past its end and aborted the whole process (found in review).
+#[test]
+fn a_101_after_an_upgrade_request_body_is_checked_against_its_head() {
+    for chunked in [false, true] {
+        let up = Upstream::start(Behaviour::Fixed(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                .to_vec(),
+        ));
+        let gw = gateway_for(&up);
+        let (framing, body) = if chunked {
+            ("Transfer-Encoding: chunked", "5\r\nhello\r\n0\r\n\r\n")
+        } else {
+            ("Content-Length: 5", "hello")
+        };
+        let mut s = TcpStream::connect(gw.addr()).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(
+            format!(
+                "GET /chat HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{framing}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("head");
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(body.as_bytes()).expect("body");
+        let head = read_head(&mut s);
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "chunked={chunked}: {head}"
+        );
+        // Still serving (a 101 to a request that offered no upgrade is a 502).
+        assert_eq!(get(gw.addr(), HOST, "/x").status, 502);
+    }
+}
