@@ -264,8 +264,22 @@ impl Router {
                 e.rank.path_class = PathClass::Exact;
                 e.rank.path_len = to_u32(p.len());
                 e.strip_len = if e.strip_path { to_u32(p.len()) } else { 0 };
+                // The same path with one trailing '/' more or less matches too, a class lower:
+                // frameworks that ignore it (Express by default, Flask with strict_slashes off)
+                // serve `/secret/` as `/secret`, so it must not fall through to a catch-all past
+                // this route's plugins. An exact route spelled like the request still wins.
+                let variant = match p.strip_suffix(b"/") {
+                    Some(b"") => None,
+                    Some(without) => Some(without.to_vec()),
+                    None => Some([p.as_slice(), b"/"].concat()),
+                };
+                let mut v = e;
+                v.rank.path_class = PathClass::ExactSlash;
                 for h in hosts {
                     self.group(h.group).add_exact(&p, with_host(e, h));
+                    if let Some(variant) = &variant {
+                        self.group(h.group).add_exact(variant, with_host(v, h));
+                    }
                 }
             }
             PathMatch::Regex(re) => {

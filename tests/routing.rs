@@ -634,3 +634,52 @@ strip_path = true
     assert_eq!(s.get(HOST, "/docs/v1admin"), "docs");
     assert_eq!(s.up("docs").last_request().target, "/v1admin");
 }
+
+/// An exact route takes its path with one trailing '/' more or less: Express (by default) and
+/// Flask (with strict_slashes off) serve `/secret/` as `/secret`, which used to fall through to a
+/// catch-all past the exact route's plugins. A route spelled like the request still wins.
+#[test]
+fn an_exact_route_takes_one_trailing_slash_more_or_less() {
+    let s = Setup::new(
+        &["secret", "dir", "dir-bare", "rest"],
+        r#"
+[[routes]]
+name = "secret"
+service = "secret"
+paths = ["=/secret"]
+strip_path = false
+
+[[routes]]
+name = "dir"
+service = "dir"
+paths = ["=/dir/"]
+strip_path = false
+
+[[routes]]
+name = "dir-bare"
+service = "dir-bare"
+paths = ["=/dir"]
+strip_path = false
+
+[[routes]]
+name = "rest"
+service = "rest"
+paths = ["/"]
+strip_path = false
+"#,
+    );
+    for p in [
+        "/secret",
+        "/secret/",
+        "/secret/.",
+        "/secret//",
+        "/secret;x/",
+    ] {
+        assert_eq!(s.get(HOST, p), "secret", "{p}");
+    }
+    assert_eq!(s.get(HOST, "/secret/x"), "rest");
+    assert_eq!(s.get(HOST, "/dir/"), "dir");
+    assert_eq!(s.get(HOST, "/dir"), "dir-bare");
+    // `%2F` read as '/' would select the exact route: refused, as any such path.
+    assert_eq!(s.get(HOST, "/secret%2F"), "400");
+}

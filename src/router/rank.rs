@@ -15,6 +15,9 @@ pub(crate) enum PathClass {
     Any,
     Prefix,
     Regex,
+    /// An exact path matched with one trailing '/' more or less (`=/a` for `/a/`): below an exact
+    /// route spelled like the request, above everything else.
+    ExactSlash,
     Exact,
 }
 

@@ -244,10 +244,19 @@ fn config_prefix_with_trailing_slash_is_a_plain_prefix() {
 fn exact_path() {
     let (rt, _) = router(&[r().exact("/health"), r().exact("/dir/")]);
     assert_eq!(get(&rt, "h", "/health"), Some(0));
-    assert_eq!(get(&rt, "h", "/health/"), None);
     assert_eq!(get(&rt, "h", "/health/x"), None);
     assert_eq!(get(&rt, "h", "/dir/"), Some(1));
-    assert_eq!(get(&rt, "h", "/dir"), None);
+    assert_eq!(get(&rt, "h", "/dir/x"), None);
+    // One trailing '/' more or less still matches (Express, and Flask with strict_slashes off,
+    // serve both alike): not a way around the exact route to a catch-all.
+    assert_eq!(get(&rt, "h", "/health/"), Some(0));
+    assert_eq!(get(&rt, "h", "/dir"), Some(1));
+    // An exact route for each spelling: each gets its own.
+    let (rt, _) = router(&[r().exact("/a"), r().exact("/a/"), r().prefix("/")]);
+    assert_eq!(get(&rt, "h", "/a"), Some(0));
+    assert_eq!(get(&rt, "h", "/a/"), Some(1));
+    let m = find_full(&rt, "h", "GET", "/a/", "", &Req::default());
+    assert_eq!(m.map(|m| m.strip_len), Some(3));
 }
 
 #[test]
@@ -792,17 +801,38 @@ fn ref_path(p: &PathMatch, path: &str, strip: bool) -> Option<(u8, usize, usize)
                     .is_some_and(|rest| rest.starts_with('/'));
             hit.then_some((1, pre.len(), strip_of(pre.len())))
         }
-        PathMatch::Exact(e) => (path == e).then_some((3, e.len(), strip_of(e.len()))),
+        PathMatch::Exact(e) if path == e => Some((4, e.len(), strip_of(e.len()))),
+        // One trailing '/' more or less: a class below.
+        PathMatch::Exact(e) => {
+            let variant = match e.strip_suffix('/') {
+                Some("") => false,
+                Some(without) => path == without,
+                None => path.strip_suffix('/') == Some(e.as_str()),
+            };
+            variant.then_some((3, e.len(), strip_of(path.len())))
+        }
         PathMatch::Regex(re) => {
             // Leftmost-first: a match starting at 0 exists iff the leftmost match starts at 0.
             let m = re.find(path).filter(|m| m.start() == 0)?;
-            Some((2, 0, strip_of(m.end())))
+            // Whole segments only: up to the last '/' in the match unless it ends at a boundary.
+            let (b, end) = (path.as_bytes(), m.end());
+            let boundary = end == b.len() || b[end] == b'/' || (end > 0 && b[end - 1] == b'/');
+            let strip = if boundary {
+                end
+            } else {
+                path[..end].rfind('/').unwrap_or(0)
+            };
+            Some((2, 0, strip_of(strip)))
         }
     }
 }
 
 fn ref_conditions(route: &RouteDef, method: &str, query: &str, req: &Req) -> bool {
-    let method_ok = route.methods.is_empty() || route.methods.iter().any(|m| m == method);
+    let method_ok = route.methods.is_empty()
+        || route
+            .methods
+            .iter()
+            .any(|m| m == method || (method == "HEAD" && m == "GET"));
     let header_ok = |h: &HeaderMatch| {
         let value = req
             .0
