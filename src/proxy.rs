@@ -856,60 +856,84 @@ impl<S: ClientIo> Conn<S> {
         let method = head.method.get(buf);
         let query = head.query.map(|q| q.get(buf)).unwrap_or_default();
         let view = HeadView::new(head, buf);
-        let m = self
-            .snap
-            .router
-            .find(host, method, &self.s.path, query, &view)
+        let (router, routes) = (&self.snap.router, &self.snap.config.routes);
+        let route_of = |method: &[u8], path: &[u8], view: &HeadView| {
+            route_for(router, routes, host, method, path, query, view).map(|m| m.route)
+        };
+        let m = route_for(router, routes, host, method, &self.s.path, query, &view)
             .ok_or(GatewayError::NoRoute)?;
-        // `%2F` is data here, but many upstreams (WSGI, Rack, Express) decode it into a '/':
-        // a request it would send to another route (`/admin%2Fusers` routed by `/`, served as
-        // `/admin/users`) would skip that route's plugins, so it is refused. One that routes the
-        // same either way (`/api/projects/group%2Fname`) goes up as it came.
+        // Readings of the request other than the router's that an upstream may act on: each must
+        // select the same route, or the request is refused (a 400), since the upstream would serve
+        // what another route, with other plugins, stands for. They cost nothing unless the request
+        // has what they look at.
+        //
         // A repeated header or query parameter a route condition reads (`X-Version: 1` then
-        // `X-Version: 2`): the router read the first header (and any parameter), but an upstream
-        // may read the last one and serve what another route, with other plugins, stands for.
-        // Such a request is refused unless every reading selects the same route.
-        if self.snap.router.ambiguous(query, &view) {
-            for reading in [Occurrence::First, Occurrence::Last] {
+        // `X-Version: 2`): the router reads the first header (and any parameter); upstreams read
+        // the first or the last of each, in any combination.
+        if router.ambiguous(query, &view) {
+            for (headers, params) in [
+                (Occurrence::First, Occurrence::First),
+                (Occurrence::Last, Occurrence::Last),
+                (Occurrence::First, Occurrence::Last),
+                (Occurrence::Last, Occurrence::First),
+            ] {
                 let other = HeadView {
-                    reading,
-                    ..HeadView::new(head, buf)
+                    headers,
+                    params,
+                    ..view
                 };
-                let again = self
-                    .snap
-                    .router
-                    .find(host, method, &self.s.path, query, &other);
-                if again.map(|d| d.route) != Some(m.route) {
+                if route_of(method, &self.s.path, &other) != Some(m.route) {
                     return Err(GatewayError::BadRequest(
                         "repeated header or query parameter selects another route",
                     ));
                 }
             }
         }
+        // A method-override header (`X-HTTP-Method-Override: DELETE`): Flask's and Express's
+        // method-override middleware run the handler of that method (a DELETE route with key-auth,
+        // reached as a GET through the catch-all).
+        if head.method_override {
+            let overrides = head
+                .headers
+                .iter()
+                .filter(|h| is_method_override(h.name.get(buf)))
+                .map(|h| h.value.get(buf));
+            for value in overrides {
+                let mut upper = [0u8; 32];
+                let same = value.len() <= upper.len() && {
+                    for (d, s) in upper.iter_mut().zip(value) {
+                        *d = s.to_ascii_uppercase();
+                    }
+                    let alt = upper.get(..value.len()).unwrap_or_default();
+                    route_of(alt, &self.s.path, &view) == Some(m.route)
+                };
+                if !same {
+                    return Err(GatewayError::BadRequest(
+                        "method override header selects another route",
+                    ));
+                }
+            }
+        }
         // `;parameters`: prefix and exact routes already match `/admin;x` as `/admin` (as servlet
         // containers serve it), but a regex route sees the path as written, so `~^/admin$` would
-        // let `/admin;x` fall through to a catch-all. Refused when the path without its
-        // parameters selects another route.
+        // let `/admin;x` fall through to a catch-all.
         if memchr::memchr(b';', &self.s.path).is_some() {
             let mut bare = Vec::with_capacity(self.s.path.len());
             crate::router::push_path_without_params(&mut bare, &self.s.path);
-            let again = self.snap.router.find(host, method, &bare, query, &view);
-            if again.map(|d| d.route) != Some(m.route) {
+            if route_of(method, &bare, &view) != Some(m.route) {
                 return Err(GatewayError::BadRequest(
                     "path parameters select another route",
                 ));
             }
         }
+        // `%2F` is data here, but many upstreams (WSGI, Rack, Express) decode it into a '/'
+        // (`/admin%2Fusers` routed by `/`, served as `/admin/users`). One that routes the same
+        // either way (`/api/projects/group%2Fname`) goes up as it came.
         if memchr::memmem::find(&self.s.path, b"%2F").is_some() {
             let decoded = decode_slashes(&self.s.path);
             let mut norm = Vec::with_capacity(decoded.len());
             let same = normalize_path(&decoded, &mut norm).is_ok()
-                && self
-                    .snap
-                    .router
-                    .find(host, method, &norm, query, &view)
-                    .map(|d| d.route)
-                    == Some(m.route);
+                && route_of(method, &norm, &view) == Some(m.route);
             if !same {
                 return Err(GatewayError::BadRequest(
                     "encoded slash in path selects another route",
@@ -1962,14 +1986,53 @@ fn outcome<'a>(
     }
 }
 
+/// `Router::find` with HEAD's rule: a route for GET takes HEAD (see `router::conds`), but a route
+/// that lists HEAD itself wins over it, whatever their order.
+fn route_for(
+    router: &crate::router::Router,
+    routes: &[RouteDef],
+    host: &[u8],
+    method: &[u8],
+    path: &[u8],
+    query: &[u8],
+    view: &HeadView<'_>,
+) -> Option<crate::router::Match> {
+    if method == b"HEAD" {
+        let strict = HeadView {
+            head_as_get: false,
+            ..*view
+        };
+        let explicit = router.find(host, method, path, query, &strict).filter(|m| {
+            routes
+                .get(m.route)
+                .is_some_and(|r| r.methods.iter().any(|x| x == "HEAD"))
+        });
+        if explicit.is_some() {
+            return explicit;
+        }
+    }
+    router.find(host, method, path, query, view)
+}
+
+/// The method-override headers frameworks honour (`http::parse` flags their presence).
+fn is_method_override(name: &[u8]) -> bool {
+    eq_ignore_case(name, b"x-http-method-override")
+        || eq_ignore_case(name, b"x-http-method")
+        || eq_ignore_case(name, b"x-method-override")
+}
+
 /// Header lookups for the router, straight from the parsed spans.
+#[derive(Clone, Copy)]
 struct HeadView<'a> {
     head: &'a RequestHead,
     buf: &'a [u8],
-    /// Which occurrence of a repeated header or query parameter the router's conditions read:
-    /// the first header and any parameter normally (`Any`), or both the first or both the last
-    /// (`Router::ambiguous`'s readings).
-    reading: Occurrence,
+    /// Which occurrence of a repeated header the router's conditions read: the first, or the last
+    /// (one of `Router::ambiguous`'s readings).
+    headers: Occurrence,
+    /// The same for query parameters: any occurrence normally, or the first or the last.
+    params: Occurrence,
+    /// A route for GET takes HEAD (off for `route_for`'s look for a route listing HEAD itself).
+    head_as_get: bool,
 }
 
 impl<'a> HeadView<'a> {
@@ -1977,7 +2040,9 @@ impl<'a> HeadView<'a> {
         HeadView {
             head,
             buf,
-            reading: Occurrence::Any,
+            headers: Occurrence::First,
+            params: Occurrence::Any,
+            head_as_get: true,
         }
     }
 
@@ -1994,7 +2059,7 @@ impl<'a> HeadView<'a> {
 impl RequestView for HeadView<'_> {
     fn header(&self, name_lower: &[u8]) -> Option<&[u8]> {
         let found = |h: &&crate::http::HeaderSpan| eq_ignore_case(h.name.get(self.buf), name_lower);
-        let h = match self.reading {
+        let h = match self.headers {
             Occurrence::Last => self.head.headers.iter().rev().find(found),
             _ => self.head.headers.iter().find(found),
         };
@@ -2010,7 +2075,11 @@ impl RequestView for HeadView<'_> {
     }
 
     fn query_reading(&self) -> Occurrence {
-        self.reading
+        self.params
+    }
+
+    fn head_as_get(&self) -> bool {
+        self.head_as_get
     }
 }
 

@@ -103,6 +103,10 @@ pub trait RequestView {
     fn query_reading(&self) -> Occurrence {
         Occurrence::Any
     }
+    /// Whether a route for GET takes a HEAD request (see `conds`).
+    fn head_as_get(&self) -> bool {
+        true
+    }
 }
 
 /// Which occurrence of a repeated header or query parameter a condition reads.

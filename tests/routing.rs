@@ -683,3 +683,127 @@ strip_path = false
     // `%2F` read as '/' would select the exact route: refused, as any such path.
     assert_eq!(s.get(HOST, "/secret%2F"), "400");
 }
+
+/// A method-override header (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`) that
+/// would select another route is a 400: Flask's and Express's method-override middleware run the
+/// handler of the method it names, so `GET /items` + `X-HTTP-Method-Override: DELETE` reached the
+/// DELETE handler through the public catch-all, past the DELETE route's key-auth (found by a probe).
+#[test]
+fn a_method_override_that_selects_another_route_is_400() {
+    let s = Setup::new(
+        &["writes", "rest"],
+        r#"
+[[routes]]
+name = "writes"
+service = "writes"
+paths = ["/items"]
+methods = ["DELETE", "PUT"]
+strip_path = false
+
+[[routes]]
+name = "rest"
+service = "rest"
+paths = ["/"]
+strip_path = false
+"#,
+    );
+    for header in [
+        "X-HTTP-Method-Override: DELETE",
+        "x-http-method: put",
+        "X-Method-Override: Delete",
+        "X-HTTP-Method-Override: DELETEDELETEDELETEDELETEDELETEDELETE",
+    ] {
+        assert_eq!(
+            s.who("GET", HOST, "/items/1", &format!("{header}\r\n")),
+            "400",
+            "{header}"
+        );
+    }
+    assert_eq!(
+        s.who(
+            "POST",
+            HOST,
+            "/items/1",
+            "X-HTTP-Method-Override: DELETE\r\nContent-Length: 0\r\n"
+        ),
+        "400"
+    );
+    // Overrides that route the same go up as they came.
+    assert_eq!(
+        s.who("GET", HOST, "/items/1", "X-HTTP-Method-Override: GET\r\n"),
+        "rest"
+    );
+    assert_eq!(
+        s.who(
+            "DELETE",
+            HOST,
+            "/items/1",
+            "X-HTTP-Method-Override: PUT\r\n"
+        ),
+        "writes"
+    );
+    assert_eq!(
+        s.up("writes")
+            .last_request()
+            .header("x-http-method-override"),
+        Some("PUT")
+    );
+    assert_eq!(s.up("rest").request_count(), 1);
+}
+
+/// A route that lists HEAD itself takes HEAD before a route for GET does, whatever their order.
+#[test]
+fn an_explicit_head_route_wins_over_a_get_route() {
+    let s = Setup::new(
+        &["get", "head"],
+        r#"
+[[routes]]
+name = "get"
+service = "get"
+paths = ["/r"]
+methods = ["GET"]
+strip_path = false
+
+[[routes]]
+name = "head"
+service = "head"
+paths = ["/r"]
+methods = ["HEAD"]
+strip_path = false
+"#,
+    );
+    assert_eq!(s.who("HEAD", HOST, "/r", ""), "head");
+    assert_eq!(s.get(HOST, "/r"), "get");
+}
+
+/// Repeated header and query parameter read in mixed ways (the last header with the first
+/// parameter, as some upstreams do): refused when that reading selects another route.
+#[test]
+fn mixed_readings_of_repeated_inputs_are_checked_too() {
+    let s = Setup::new(
+        &["admin", "rest"],
+        r#"
+[[routes]]
+name = "admin"
+service = "admin"
+paths = ["/"]
+headers = { x-mode = ["admin"] }
+query = { v = ["2"] }
+
+[[routes]]
+name = "rest"
+service = "rest"
+paths = ["/"]
+"#,
+    );
+    assert_eq!(
+        s.who(
+            "GET",
+            HOST,
+            "/x?v=2&v=1",
+            "X-Mode: other\r\nX-Mode: admin\r\n"
+        ),
+        "400"
+    );
+    assert_eq!(s.who("GET", HOST, "/x?v=2", "X-Mode: admin\r\n"), "admin");
+}

@@ -66,6 +66,9 @@ pub struct RequestHead {
     pub upgrade: bool,
     /// `Expect: 100-continue` (case-insensitive) on an HTTP/1.1 request.
     pub expect_continue: bool,
+    /// A method-override header is present (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+    /// `X-Method-Override`): frameworks may run another method than the request line's.
+    pub method_override: bool,
     /// Every token of every Connection header (OWS-trimmed, empty elements skipped), so the
     /// caller can drop the headers they nominate as hop-by-hop.
     pub conn_tokens: Vec<Span>,
@@ -247,6 +250,7 @@ fn apply_request_fields(f: &Fields, out: &mut RequestHead) -> Result<Parsed, Par
     out.upgrade = f.conn_upgrade && f.upgrade_header && !f.upgrade_h2c && !http10;
     // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
     out.expect_continue = f.expect_continue && !http10;
+    out.method_override = f.method_override;
     Ok(Parsed::Complete)
 }
 
@@ -611,6 +615,7 @@ struct Fields {
     /// The Upgrade header offers `h2c`.
     upgrade_h2c: bool,
     expect_continue: bool,
+    method_override: bool,
 }
 
 /// Convert httparse's headers into spans (pushed to `headers`) and classify them.
@@ -667,6 +672,13 @@ fn classify(
             f.content_length = Some(n);
         }
         17 if eq_ignore_case(name, b"transfer-encoding") => f.te.add_header(v)?,
+        13 | 17 | 22
+            if eq_ignore_case(name, b"x-http-method")
+                || eq_ignore_case(name, b"x-method-override")
+                || eq_ignore_case(name, b"x-http-method-override") =>
+        {
+            f.method_override = true;
+        }
         _ => {}
     }
     Ok(())

@@ -2,7 +2,8 @@
 //!
 //! Semantics:
 //! - methods: exact, case-sensitive byte comparison (HTTP methods are case-sensitive tokens; the
-//!   config stores them upper-case); an empty list matches any method; GET takes HEAD too;
+//!   config stores them upper-case); an empty list matches any method; GET takes HEAD too
+//!   (unless the view says otherwise: the proxy first looks for a route that lists HEAD itself);
 //! - headers: the request's first value of the header (the view decides: `Router::ambiguous`
 //!   reads the last one too); `Exact` compares ASCII case-insensitively
 //!   (as Kong does); `Regex` is an unanchored search on the value as written (anchor with `^`/`$`),
@@ -82,7 +83,7 @@ impl Conditions {
     }
 
     pub fn matches<R: RequestView>(&self, method: &[u8], query: &[u8], req: &R) -> bool {
-        self.method_ok(method)
+        self.method_ok(method, req.head_as_get())
             && self
                 .headers
                 .iter()
@@ -96,12 +97,12 @@ impl Conditions {
     /// A route for GET takes HEAD too: frameworks answer HEAD with their GET handler (Flask and
     /// Express run it), so a HEAD that fell through to another route would run it past this
     /// route's plugins (nginx's `limit_except GET` covers HEAD the same way).
-    fn method_ok(&self, method: &[u8]) -> bool {
+    fn method_ok(&self, method: &[u8], head_as_get: bool) -> bool {
         self.methods.is_empty()
             || self
                 .methods
                 .iter()
-                .any(|m| **m == *method || (method == b"HEAD" && **m == *b"GET"))
+                .any(|m| **m == *method || (head_as_get && method == b"HEAD" && **m == *b"GET"))
     }
 }
 
