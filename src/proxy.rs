@@ -1773,17 +1773,23 @@ async fn connect(
         match attempt {
             Ok(Ok(stream)) => return Ok((stream, t, false)),
             Ok(Err(ConnectError::Tcp(e))) => crate::debug!(
-                "upstream connect failed target={} error=\"{}\"",
+                "upstream connect failed target={} address={} error=\"{}\"",
                 tdef.name,
+                tdef.addr,
                 e
             ),
             Ok(Err(ConnectError::Tls(e))) => crate::warn!(
-                "upstream tls handshake failed target={} error=\"{}\"",
+                "upstream tls handshake failed target={} address={} error=\"{}\"",
                 tdef.name,
+                tdef.addr,
                 e
             ),
             Err(_) => {
-                crate::debug!("upstream connect timed out target={}", tdef.name);
+                crate::debug!(
+                    "upstream connect timed out target={} address={}",
+                    tdef.name,
+                    tdef.addr
+                );
                 timed_out = true;
             }
         }
@@ -1835,9 +1841,11 @@ fn upstream_answered(shard: &Shard, snap: &Snapshot, u: usize, t: usize, status:
 
 /// Target `t` of `ups`, named for health log lines.
 fn who<'a>(shard: &Shard, ups: &'a crate::config::model::UpstreamDef, t: usize) -> Option<Who<'a>> {
+    let target = ups.targets.get(t)?;
     Some(Who {
         upstream: &ups.name,
-        target: &ups.targets.get(t)?.name,
+        target: &target.name,
+        addr: target.addr,
         worker: shard.worker(),
     })
 }

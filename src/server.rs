@@ -586,6 +586,10 @@ impl Reloader {
                     if let Some(u) = config.upstreams.get_mut(*upstream) {
                         u.set_addrs(name, &c.to);
                     }
+                    // What a reload falls back to if the name cannot be resolved then.
+                    if let Ok((host, port)) = crate::config::net::split_host_port(name) {
+                        crate::config::net::remember_target(host, port, &c.to);
+                    }
                 }
                 crate::dns::Place::ForwardAuth { plugin } => {
                     if let (Some(PluginConfig::ForwardAuth(f)), Some(&to)) = (

@@ -424,3 +424,25 @@ paths = ["/"]
     }
     assert!(a.request_count() >= 5 && b.request_count() >= 5 && c.request_count() >= 9);
 }
+
+/// A name that no longer resolves (a headless service scaled to zero answers NXDOMAIN) does not
+/// block reloads: the reload keeps the name's last addresses, with a warning, as `dns_refresh`
+/// does. It was a config error that rejected every reload until the name resolved again.
+#[test]
+fn a_reload_keeps_the_last_addresses_of_a_name_that_stopped_resolving() {
+    let (a, _b, hosts) = two_upstreams();
+    let Some(gw) = start(
+        &hosts,
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\ndns_refresh = \"0s\"\n\n[[services]]\nname = \"s\"\nurl = \"http://{NAME}:{}\"\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n",
+            a.port()
+        ),
+    ) else {
+        return;
+    };
+    point_at_all(&hosts, &[]);
+    gw.reload_to(2);
+    assert!(gw.log_contains(&format!("target name not resolved host={NAME}")));
+    let r = Conn::connect(gw.addr()).get(HOST, "/x");
+    assert_eq!(r.header("x-upstream"), Some("a"), "{r:?}");
+}

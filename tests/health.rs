@@ -214,7 +214,10 @@ fn a_refusing_target_is_ejected_then_tried_again_after_the_cooldown_and_recovers
     let first = spray(&gw, 4);
     assert!(first.iter().all(|u| u == "good"), "{first:?}");
     assert!(
-        gw.wait_log("upstream target ejected", Duration::from_secs(2)),
+        gw.wait_log(
+            &format!("upstream target ejected upstream=pool target={dead} address={dead}"),
+            Duration::from_secs(2)
+        ),
         "no ejection logged"
     );
     assert_eq!(
@@ -468,7 +471,10 @@ fn a_reload_adding_a_failing_target_gets_it_probed_and_taken_out() {
     gw.reload_to(2);
     assert!(
         gw.wait_log(
-            &format!("unhealthy (active check) upstream=pool target={}", c.addr),
+            &format!(
+                "unhealthy (active check) upstream=pool target={} address={}",
+                c.addr, c.addr
+            ),
             Duration::from_secs(3)
         ),
         "the added target was not probed"

@@ -107,18 +107,69 @@ pub const MAX_TARGET_ADDRS: usize = 64;
 /// `::1` and `127.0.0.1`, which are one server, and a dual-stack backend would otherwise count
 /// twice), sorted and without duplicates, at most `MAX_TARGET_ADDRS`. As nginx does with a server
 /// name that resolves to several addresses, each becomes a target of its own.
+///
+/// A name that cannot be resolved now but was before in this process (at load, a reload or a
+/// `dns_refresh`) keeps its last addresses, with a warning: a backend scaled to zero (a headless
+/// service answering NXDOMAIN) or a DNS outage must not block every reload of the gateway, and
+/// `dns_refresh` keeps those addresses too. A process that never resolved it (a start, `check`)
+/// reports the error.
 pub fn resolve_target(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     if let Some(ip) = ip_literal(host) {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let ips = target_ips(&resolve_ips(host)?);
-    if ips.is_empty() {
-        return Err(format!("{host:?} resolved to no addresses"));
+    let resolved = resolve_ips(host).and_then(|answer| {
+        let ips = target_ips(&answer);
+        let Some(first) = ips.first() else {
+            return Err(format!("{host:?} resolved to no addresses"));
+        };
+        let family = answer.iter().filter(|ip| ip.is_ipv4() == first.is_ipv4());
+        if family.count() > MAX_TARGET_ADDRS {
+            crate::warn!(
+                "target name resolves to more than {MAX_TARGET_ADDRS} addresses host={host}; the first {MAX_TARGET_ADDRS} in sorted order are used"
+            );
+        }
+        Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect::<Vec<_>>())
+    });
+    match resolved {
+        Ok(addrs) => {
+            remember_target(host, port, &addrs);
+            Ok(addrs)
+        }
+        Err(e) => match last_good(host, port) {
+            Some(addrs) => {
+                crate::warn!(
+                    "target name not resolved host={host} error=\"{}\"; keeping its last addresses",
+                    e.replace('"', "'")
+                );
+                Ok(addrs)
+            }
+            None => Err(e),
+        },
     }
-    Ok(ips
-        .into_iter()
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect())
+}
+
+/// The addresses each target name (lower-case host, port) last resolved to in this process.
+static LAST_GOOD: std::sync::Mutex<Vec<((String, u16), Vec<SocketAddr>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records `addrs` as what `host:port` resolves to (load, reload, `dns_refresh`).
+pub fn remember_target(host: &str, port: u16, addrs: &[SocketAddr]) {
+    let key = (host.to_ascii_lowercase(), port);
+    if let Ok(mut all) = LAST_GOOD.lock() {
+        match all.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, a)) => *a = addrs.to_vec(),
+            None => all.push((key, addrs.to_vec())),
+        }
+    }
+}
+
+fn last_good(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+    let key = (host.to_ascii_lowercase(), port);
+    let all = LAST_GOOD.lock().ok()?;
+    all.iter().find(|(k, _)| *k == key).map(|(_, a)| a.clone())
 }
 
 /// The addresses of one answer a target name takes: those of one family (IPv4 when there is any),

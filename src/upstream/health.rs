@@ -75,6 +75,8 @@ impl TargetHealth {
 pub struct Who<'a> {
     pub upstream: &'a str,
     pub target: &'a str,
+    /// The address connected to: a target name with several addresses has one state per address.
+    pub addr: std::net::SocketAddr,
     pub worker: usize,
 }
 
@@ -243,9 +245,10 @@ impl HealthTable {
         });
         if recovered == Some(true) {
             crate::warn!(
-                "upstream target recovered upstream={} target={} worker={}",
+                "upstream target recovered upstream={} target={} address={} worker={}",
                 who.upstream,
                 who.target,
+                who.addr,
                 who.worker
             );
         }
@@ -286,9 +289,10 @@ impl HealthTable {
         match ejected.flatten() {
             Some((fails, cooldown, shared)) => {
                 crate::warn!(
-                    "upstream target ejected upstream={} target={} worker={} failures={} cooldown_ms={}",
+                    "upstream target ejected upstream={} target={} address={} worker={} failures={} cooldown_ms={}",
                     who.upstream,
                     who.target,
+                    who.addr,
                     who.worker,
                     fails,
                     cooldown.as_millis()
@@ -399,6 +403,7 @@ mod tests {
     const WHO: Who<'static> = Who {
         upstream: "u",
         target: "t",
+        addr: std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1),
         worker: 0,
     };
 

@@ -312,16 +312,18 @@ fn log_transition(key: &TargetKey, healthy: bool, verdict: &Result<u16, String>)
     };
     if healthy {
         crate::warn!(
-            "upstream target healthy (active check) upstream={} target={} result=\"{}\"",
+            "upstream target healthy (active check) upstream={} target={} address={} result=\"{}\"",
             key.0,
             key.1,
+            key.2,
             why
         );
     } else {
         crate::warn!(
-            "upstream target unhealthy (active check) upstream={} target={} result=\"{}\"",
+            "upstream target unhealthy (active check) upstream={} target={} address={} result=\"{}\"",
             key.0,
             key.1,
+            key.2,
             why
         );
     }
