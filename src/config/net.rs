@@ -151,9 +151,11 @@ pub fn resolve_target(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> 
     }
 }
 
-/// The addresses each target name (lower-case host, port) last resolved to in this process.
-static LAST_GOOD: std::sync::Mutex<Vec<((String, u16), Vec<SocketAddr>)>> =
-    std::sync::Mutex::new(Vec::new());
+/// A target name (lower-case host, port) and the addresses it last resolved to.
+type Resolved = ((String, u16), Vec<SocketAddr>);
+
+/// What each target name last resolved to in this process.
+static LAST_GOOD: std::sync::Mutex<Vec<Resolved>> = std::sync::Mutex::new(Vec::new());
 
 /// Records `addrs` as what `host:port` resolves to (load, reload, `dns_refresh`).
 pub fn remember_target(host: &str, port: u16, addrs: &[SocketAddr]) {
