@@ -53,8 +53,19 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
             None => ip(out, req.client_ip()),
         },
         LimitBy::Path => {
+            // Spellings an upstream serves alike are one key: without `;parameters`, in any case
+            // (Express and IIS route case-insensitively) and without a trailing '/' (Express and
+            // Flask with strict_slashes off serve `/a/` as `/a`). Otherwise each would be a fresh
+            // limit: 2^n case variants of an n-letter path.
             out.push(b'p');
+            let start = out.len();
             crate::router::push_path_without_params(out, req.path());
+            if let Some(path) = out.get_mut(start..) {
+                path.make_ascii_lowercase();
+            }
+            if out.len() > start + 1 && out.last() == Some(&b'/') {
+                out.pop();
+            }
         }
         LimitBy::Service => number(out, b's', req.service()),
         LimitBy::Route => number(out, b'r', req.route()),
@@ -68,13 +79,16 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
     }
 }
 
+/// An IPv4 address, or an IPv6 client's /64: one host usually has a whole /64 to pick addresses
+/// from, so a key per address would let it rotate through fresh limits (basic-auth's failure
+/// limits group IPv6 the same way).
 fn ip(out: &mut Vec<u8>, ip: IpAddr) {
     out.push(b'i');
     match ip {
         IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => out.extend_from_slice(&v4.octets()),
-            None => out.extend_from_slice(&v6.octets()),
+            None => out.extend_from_slice(v6.octets().get(..8).unwrap_or_default()),
         },
     }
 }
@@ -128,6 +142,20 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_client_is_its_slash_64() {
+        let key = |s: &str| {
+            let mut out = Vec::new();
+            ip(&mut out, s.parse().unwrap_or_else(|e| panic!("{s}: {e}")));
+            out
+        };
+        assert_eq!(key("2001:db8::1"), key("2001:db8::5"));
+        assert_eq!(key("2001:db8::1"), key("2001:db8:0:0:ffff:1:2:3"));
+        assert_ne!(key("2001:db8::1"), key("2001:db8:0:1::1"));
+        assert_eq!(key("::ffff:10.0.0.7"), key("10.0.0.7"));
+        assert_ne!(key("10.0.0.7"), key("10.0.0.8"));
+    }
+
+    #[test]
     fn keys_and_fallbacks() {
         let mut out = Vec::new();
         let r = Req {
@@ -158,12 +186,21 @@ mod tests {
             ..r
         };
         build_key(&LimitBy::Path, &r2, &mut out);
-        assert_eq!(out, b"p/a/b/");
-        for path in [&b"/a/;/b"[..], b"/a/;x/;y/b", b"/a;x/;/b"] {
+        assert_eq!(out, b"p/a/b", "a trailing '/' is left out");
+        for path in [
+            &b"/a/;/b"[..],
+            b"/a/;x/;y/b",
+            b"/a;x/;/b",
+            b"/A/b/",
+            b"/a/B",
+        ] {
             let r = Req { path, ..r };
             build_key(&LimitBy::Path, &r, &mut out);
             assert_eq!(out, b"p/a/b", "{path:?}");
         }
+        let root = Req { path: b"/", ..r };
+        build_key(&LimitBy::Path, &root, &mut out);
+        assert_eq!(out, b"p/");
         build_key(&LimitBy::Route, &r, &mut out);
         assert_eq!(out[0], b'r');
         let long = Req {
