@@ -281,11 +281,13 @@ fn next_addrs(
         let key = (name.to_owned(), a);
         if !missed_before.contains(&key) {
             missed_now.insert(key);
-            next.push(a);
+            // Kept for a round only where it fits: the answer's addresses come first.
+            if next.len() < net::MAX_TARGET_ADDRS {
+                next.push(a);
+            }
         }
     }
     next.sort_unstable();
-    next.truncate(net::MAX_TARGET_ADDRS);
     let mut now = current.to_vec();
     now.sort_unstable();
     (next != now).then_some(next)

@@ -831,7 +831,7 @@ impl<S: ClientIo> Conn<S> {
     }
 
     /// Normalizes, routes and applies the body limit. Allocation-free, except for a path holding an
-    /// encoded slash (routed a second time with it decoded).
+    /// encoded slash or a `;` (routed a second time without them).
     fn prepare(&mut self, body: BodyKind) -> Result<Prepared, GatewayError> {
         let head = &self.s.head;
         let buf = &self.buf;

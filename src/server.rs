@@ -976,6 +976,10 @@ fn wait_for_termination(
                     return false;
                 }
                 if let upgrade::Outcome::Ready { .. } = outcome {
+                    // The new process serves now, with its own config and log file.
+                    for s in queued.drain(..) {
+                        info!("signal ignored: the new process serves signal={}", name(s));
+                    }
                     return true;
                 }
             }
