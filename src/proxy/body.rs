@@ -363,6 +363,9 @@ async fn read_client<S: ClientIo>(
         let big = shard.take_buf(BODY_BUF);
         c.spare = std::mem::replace(&mut c.buf, big);
     }
+    // Plain clients only: an abandoned read on a TLS client leaves its stream mid-read, and the
+    // lingering close after the answer could then not drain it (a reset could destroy the answer).
+    let watch = watch.filter(|_| c.client.plain().is_some());
     let got = match watch {
         Some(fd) => io::fill_watching(&mut c.client, &mut c.buf, timeout, fd).await,
         None => io::fill(&mut c.client, &mut c.buf, timeout).await.map(Some),
