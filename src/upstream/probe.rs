@@ -47,8 +47,10 @@ pub enum HealthEvent {
 
 /// How long the prober sleeps when nothing is due (it wakes at once for a new config).
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
-/// Probes in flight at once, at most (threads are made as checks need them).
-const PROBE_THREADS: usize = 8;
+/// Probes in flight at once, at most (threads are made as checks need them, one per check up to
+/// this). A name with many addresses is many checks: with 8, nine hanging pods held every thread
+/// and delayed the healthy targets' probes by seconds.
+const PROBE_THREADS: usize = 32;
 /// Status lines longer than this are a failed probe.
 const MAX_STATUS_LINE: usize = 1024;
 
