@@ -862,82 +862,93 @@ impl<S: ClientIo> Conn<S> {
         };
         let m = route_for(router, routes, host, method, &self.s.path, query, &view)
             .ok_or(GatewayError::NoRoute)?;
-        // Readings of the request other than the router's that an upstream may act on: each must
-        // select the same route, or the request is refused (a 400), since the upstream would serve
-        // what another route, with other plugins, stands for. They cost nothing unless the request
-        // has what they look at.
-        //
-        // A repeated header or query parameter a route condition reads (`X-Version: 1` then
-        // `X-Version: 2`): the router reads the first header (and any parameter); upstreams read
-        // the first or the last of each, in any combination.
-        if router.ambiguous(query, &view) {
-            for (headers, params) in [
-                (Occurrence::First, Occurrence::First),
-                (Occurrence::Last, Occurrence::Last),
-                (Occurrence::First, Occurrence::Last),
-                (Occurrence::Last, Occurrence::First),
-            ] {
-                let other = HeadView {
-                    headers,
-                    params,
-                    ..view
-                };
-                if route_of(method, &self.s.path, &other) != Some(m.route) {
+        // Readings of the request other than the router's that an upstream may act on must all
+        // select the same route, or the request is refused (a 400): the upstream would serve what
+        // another route, with other plugins, stands for. Each costs nothing unless the request
+        // has what it looks at, and together they are checked in every combination (an override
+        // header with a `%2F` path, say):
+        // - paths: `%2F` is data here, but WSGI, Rack and Express decode it into a '/'
+        //   (`/admin%2Fusers` routed by `/`, served as `/admin/users`); `;parameters` are dropped
+        //   by servlet containers, which a regex route (`~/admin$`) does not see;
+        // - methods: a method-override header (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+        //   `X-Method-Override`) or `_method` query parameter, which Flask's and Express's
+        //   method-override middleware run instead (a DELETE route's handler reached as a GET);
+        // - readings of a repeated header or query parameter a route condition reads: upstreams
+        //   read the first or the last of each, in any combination.
+        let has_slash = memchr::memmem::find(&self.s.path, b"%2F").is_some();
+        let has_params = memchr::memchr(b';', &self.s.path).is_some();
+        let query_override = memchr::memmem::find(query, b"_method").is_some();
+        let ambiguous = router.ambiguous(query, &view);
+        if has_slash || has_params || head.method_override || query_override || ambiguous {
+            let mut paths: Vec<Vec<u8>> = Vec::new();
+            if has_slash {
+                let mut norm = Vec::with_capacity(self.s.path.len());
+                if normalize_path(&decode_slashes(&self.s.path), &mut norm).is_err() {
                     return Err(GatewayError::BadRequest(
-                        "repeated header or query parameter selects another route",
+                        "encoded slash in path selects another route",
                     ));
                 }
+                paths.push(norm);
             }
-        }
-        // A method-override header (`X-HTTP-Method-Override: DELETE`): Flask's and Express's
-        // method-override middleware run the handler of that method (a DELETE route with key-auth,
-        // reached as a GET through the catch-all).
-        if head.method_override {
-            let overrides = head
+            if has_params {
+                for i in 0..paths.len() {
+                    let mut bare = Vec::new();
+                    if let Some(p) = paths.get(i) {
+                        crate::router::push_path_without_params(&mut bare, p);
+                    }
+                    paths.push(bare);
+                }
+                let mut bare = Vec::with_capacity(self.s.path.len());
+                crate::router::push_path_without_params(&mut bare, &self.s.path);
+                paths.push(bare);
+            }
+            let mut methods: Vec<Vec<u8>> = Vec::new();
+            let header_overrides = head
                 .headers
                 .iter()
-                .filter(|h| is_method_override(h.name.get(buf)))
+                .filter(|h| head.method_override && is_method_override(h.name.get(buf)))
                 .map(|h| h.value.get(buf));
-            for value in overrides {
-                let mut upper = [0u8; 32];
-                let same = value.len() <= upper.len() && {
-                    for (d, s) in upper.iter_mut().zip(value) {
-                        *d = s.to_ascii_uppercase();
+            let query_overrides = crate::http::query::params(query)
+                .filter(|p| query_override && crate::http::query::decode(p.name).eq(*b"_method"))
+                .map(|p| p.value);
+            for value in header_overrides {
+                methods.push(value.to_ascii_uppercase());
+            }
+            for value in query_overrides {
+                methods.push(
+                    crate::http::query::decode(value)
+                        .collect::<Vec<u8>>()
+                        .to_ascii_uppercase(),
+                );
+            }
+            let readings: &[(Occurrence, Occurrence)] = if ambiguous {
+                &[
+                    (Occurrence::First, Occurrence::Any),
+                    (Occurrence::First, Occurrence::First),
+                    (Occurrence::Last, Occurrence::Last),
+                    (Occurrence::First, Occurrence::Last),
+                    (Occurrence::Last, Occurrence::First),
+                ]
+            } else {
+                &[(Occurrence::First, Occurrence::Any)]
+            };
+            let all_paths =
+                std::iter::once(self.s.path.as_slice()).chain(paths.iter().map(Vec::as_slice));
+            for path in all_paths {
+                for alt in std::iter::once(method).chain(methods.iter().map(Vec::as_slice)) {
+                    for &(headers, params) in readings {
+                        let other = HeadView {
+                            headers,
+                            params,
+                            ..view
+                        };
+                        if route_of(alt, path, &other) != Some(m.route) {
+                            return Err(GatewayError::BadRequest(
+                                "request selects another route as upstreams may read it",
+                            ));
+                        }
                     }
-                    let alt = upper.get(..value.len()).unwrap_or_default();
-                    route_of(alt, &self.s.path, &view) == Some(m.route)
-                };
-                if !same {
-                    return Err(GatewayError::BadRequest(
-                        "method override header selects another route",
-                    ));
                 }
-            }
-        }
-        // `;parameters`: prefix and exact routes already match `/admin;x` as `/admin` (as servlet
-        // containers serve it), but a regex route sees the path as written, so `~^/admin$` would
-        // let `/admin;x` fall through to a catch-all.
-        if memchr::memchr(b';', &self.s.path).is_some() {
-            let mut bare = Vec::with_capacity(self.s.path.len());
-            crate::router::push_path_without_params(&mut bare, &self.s.path);
-            if route_of(method, &bare, &view) != Some(m.route) {
-                return Err(GatewayError::BadRequest(
-                    "path parameters select another route",
-                ));
-            }
-        }
-        // `%2F` is data here, but many upstreams (WSGI, Rack, Express) decode it into a '/'
-        // (`/admin%2Fusers` routed by `/`, served as `/admin/users`). One that routes the same
-        // either way (`/api/projects/group%2Fname`) goes up as it came.
-        if memchr::memmem::find(&self.s.path, b"%2F").is_some() {
-            let decoded = decode_slashes(&self.s.path);
-            let mut norm = Vec::with_capacity(decoded.len());
-            let same = normalize_path(&decoded, &mut norm).is_ok()
-                && route_of(method, &norm, &view) == Some(m.route);
-            if !same {
-                return Err(GatewayError::BadRequest(
-                    "encoded slash in path selects another route",
-                ));
             }
         }
         let route: &RouteDef = self
@@ -1035,6 +1046,9 @@ impl<S: ClientIo> Conn<S> {
                     m => m.min(jt.max_bytes),
                 };
                 let waited = Instant::now();
+                // Taken before the body is read: reading it may reuse the client buffer the
+                // method's span points into.
+                let may_replay = idempotent(changed.unwrap_or(self.s.head.method.get(&self.buf)));
                 match body::read_request_whole(self, p.body, limit, p.expect_continue).await {
                     Ok(whole) => {
                         // Waiting for the client's body is not time the gateway added.
@@ -1059,8 +1073,7 @@ impl<S: ClientIo> Conn<S> {
                         Prepared {
                             body: BodyKind::Length(len),
                             expect_continue: false,
-                            replayable: p.replayable
-                                || idempotent(changed.unwrap_or(self.s.head.method.get(&self.buf))),
+                            replayable: p.replayable || may_replay,
                             ..*p
                         }
                     }
@@ -1994,8 +2007,10 @@ fn outcome<'a>(
     }
 }
 
-/// `Router::find` with HEAD's rule: a route for GET takes HEAD (see `router::conds`), but a route
-/// that lists HEAD itself wins over it, whatever their order.
+/// `Router::find` with HEAD's rule: a route for GET takes HEAD (see `router::conds`), and where
+/// it ties with a route that lists HEAD itself on everything but conditions and config order
+/// (priority, path, host), the one listing HEAD wins. A more specific GET route still wins over
+/// a catch-all that lists HEAD, or HEAD would run `/admin`'s GET handler past its plugins.
 fn route_for(
     router: &crate::router::Router,
     routes: &[RouteDef],
@@ -2005,21 +2020,29 @@ fn route_for(
     query: &[u8],
     view: &HeadView<'_>,
 ) -> Option<crate::router::Match> {
-    if method == b"HEAD" {
-        let strict = HeadView {
-            head_as_get: false,
-            ..*view
-        };
-        let explicit = router.find(host, method, path, query, &strict).filter(|m| {
-            routes
-                .get(m.route)
-                .is_some_and(|r| r.methods.iter().any(|x| x == "HEAD"))
-        });
-        if explicit.is_some() {
-            return explicit;
-        }
+    let best = router.find_ranked(host, method, path, query, view);
+    if method != b"HEAD" {
+        return best.map(|(_, m)| m);
     }
-    router.find(host, method, path, query, view)
+    let lists_head = |m: &crate::router::Match| {
+        routes
+            .get(m.route)
+            .is_some_and(|r| r.methods.iter().any(|x| x == "HEAD"))
+    };
+    let (rank, m) = best?;
+    if lists_head(&m) {
+        return Some(m);
+    }
+    let strict = HeadView {
+        head_as_get: false,
+        ..*view
+    };
+    match router.find_ranked(host, method, path, query, &strict) {
+        Some((r, explicit)) if lists_head(&explicit) && r.specificity() == rank.specificity() => {
+            Some(explicit)
+        }
+        _ => Some(m),
+    }
 }
 
 /// The method-override headers frameworks honour (`http::parse` flags their presence).

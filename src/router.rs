@@ -268,17 +268,22 @@ impl Router {
                 e.rank.path_class = PathClass::Exact;
                 e.rank.path_len = to_u32(p.len());
                 e.strip_len = if e.strip_path { to_u32(p.len()) } else { 0 };
-                // The same path with one trailing '/' more or less matches too, a class lower:
-                // frameworks that ignore it (Express by default, Flask with strict_slashes off)
-                // serve `/secret/` as `/secret`, so it must not fall through to a catch-all past
-                // this route's plugins. An exact route spelled like the request still wins.
+                // The same path with one trailing '/' more or less matches too: frameworks that
+                // ignore it (Express by default, Flask with strict_slashes off) serve `/secret/`
+                // as `/secret`, so it must not fall through to a catch-all past this route's
+                // plugins. It ranks as a prefix one byte shorter than the path without its '/':
+                // above shorter prefixes such as a catch-all `/`, below a prefix route for the
+                // path itself (`=/docs` redirecting to the `/docs/` site keeps working), a regex
+                // and an exact route spelled like the request.
                 let variant = match p.strip_suffix(b"/") {
                     Some(b"") => None,
                     Some(without) => Some(without.to_vec()),
                     None => Some([p.as_slice(), b"/"].concat()),
                 };
+                let bare_len = p.strip_suffix(b"/").unwrap_or(&p).len();
                 let mut v = e;
-                v.rank.path_class = PathClass::ExactSlash;
+                v.rank.path_class = PathClass::Prefix;
+                v.rank.path_len = to_u32(bare_len.saturating_sub(1));
                 for h in hosts {
                     self.group(h.group).add_exact(&p, with_host(e, h));
                     if let Some(variant) = &variant {
@@ -366,6 +371,19 @@ impl Router {
         query: &[u8],
         req: &R,
     ) -> Option<Match> {
+        self.find_ranked(host, method, path, query, req)
+            .map(|(_, m)| m)
+    }
+
+    /// `find`, with the winning entry's rank.
+    pub(crate) fn find_ranked<R: RequestView>(
+        &self,
+        host: &[u8],
+        method: &[u8],
+        path: &[u8],
+        query: &[u8],
+        req: &R,
+    ) -> Option<(Rank, Match)> {
         let mut search = Search {
             router: self,
             method,
@@ -386,7 +404,7 @@ impl Router {
             search.group(g);
         });
         search.group(ANY_HOST_GROUP);
-        search.best.map(|(_, m)| m)
+        search.best
     }
 }
 

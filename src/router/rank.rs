@@ -15,9 +15,6 @@ pub(crate) enum PathClass {
     Any,
     Prefix,
     Regex,
-    /// An exact path matched with one trailing '/' more or less (`=/a` for `/a/`): below an exact
-    /// route spelled like the request, above everything else.
-    ExactSlash,
     Exact,
 }
 
@@ -47,6 +44,20 @@ pub(crate) struct Rank {
     pub route: Reverse<u32>,
     pub path_idx: Reverse<u32>,
     pub host_idx: Reverse<u32>,
+}
+
+impl Rank {
+    /// The part of the rank before the condition count: how specific the match is by priority,
+    /// path and host alone. Two matches equal here differ only in conditions and config order.
+    pub fn specificity(&self) -> (i32, PathClass, u32, HostClass, u32) {
+        (
+            self.priority,
+            self.path_class,
+            self.path_len,
+            self.host_class,
+            self.host_len,
+        )
+    }
 }
 
 /// Saturating conversion for lengths and counts stored in a `Rank` (configs never come close).

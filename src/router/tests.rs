@@ -801,15 +801,16 @@ fn ref_path(p: &PathMatch, path: &str, strip: bool) -> Option<(u8, usize, usize)
                     .is_some_and(|rest| rest.starts_with('/'));
             hit.then_some((1, pre.len(), strip_of(pre.len())))
         }
-        PathMatch::Exact(e) if path == e => Some((4, e.len(), strip_of(e.len()))),
-        // One trailing '/' more or less: a class below.
+        PathMatch::Exact(e) if path == e => Some((3, e.len(), strip_of(e.len()))),
+        // One trailing '/' more or less: ranked as a prefix one byte shorter than the bare path.
         PathMatch::Exact(e) => {
+            let bare = e.strip_suffix('/').unwrap_or(e);
             let variant = match e.strip_suffix('/') {
                 Some("") => false,
                 Some(without) => path == without,
                 None => path.strip_suffix('/') == Some(e.as_str()),
             };
-            variant.then_some((3, e.len(), strip_of(path.len())))
+            variant.then_some((1, bare.len().saturating_sub(1), strip_of(path.len())))
         }
         PathMatch::Regex(re) => {
             // Leftmost-first: a match starting at 0 exists iff the leftmost match starts at 0.
@@ -1114,4 +1115,20 @@ fn repeated_condition_inputs_are_ambiguous_and_readable_both_ways() {
     // A router without header or query conditions never looks.
     let (plain, _) = router(&[r().prefix("/")]);
     assert!(!plain.ambiguous(b"v=1&v=2", &twice));
+}
+
+/// The trailing-slash variant of an exact route ranks as a prefix one byte shorter than its path:
+/// it beats a catch-all, never a prefix route for the path itself (`=/docs` redirecting to the
+/// `/docs/` site), a regex, or a host-specific route of the same kind.
+#[test]
+fn an_exact_routes_slash_variant_yields_to_routes_spelled_for_the_request() {
+    let (rt, _) = router(&[r().exact("/docs"), r().prefix("/docs/"), r().prefix("/")]);
+    assert_eq!(get(&rt, "h", "/docs"), Some(0));
+    assert_eq!(get(&rt, "h", "/docs/"), Some(1));
+    let (rt, _) = router(&[r().exact("/api"), r().regex("/api/$"), r().prefix("/")]);
+    assert_eq!(get(&rt, "h", "/api/"), Some(1));
+    let (rt, _) = router(&[r().exact("/secret"), r().prefix("/")]);
+    assert_eq!(get(&rt, "h", "/secret/"), Some(0));
+    let (rt, _) = router(&[r().exact("/secret"), r().host("h").prefix("/secret")]);
+    assert_eq!(get(&rt, "h", "/secret/"), Some(1));
 }
