@@ -171,31 +171,57 @@ pub async fn send_watching<S: AsyncWriteRent>(
         return Ok(());
     }
     let owned = take_for_write(buf, &range)?;
-    let deadline = Instant::now() + limit;
     let write = s.write_all(owned.slice(range));
-    let mut write = std::pin::pin!(write);
+    match watch(std::pin::pin!(write), limit, fd).await {
+        Watched::Done((res, slice)) => {
+            *buf = slice.into_inner();
+            res.map(|_| ())
+        }
+        Watched::Answered => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "upstream answered before taking the whole body",
+        )),
+        Watched::TimedOut => Err(timed_out()),
+    }
+}
+
+/// How `watch` ended.
+enum Watched<T> {
+    /// The operation completed.
+    Done(T),
+    /// An error answer from the upstream is waiting: the operation is abandoned (its buffer goes
+    /// with it).
+    Answered,
+    /// `limit` ran out first.
+    TimedOut,
+}
+
+/// Drives `op` (a ring operation in flight) for at most `limit`, looking every `WATCH_EVERY` it
+/// waits for an error answer from the upstream at `fd` (`final_answer_waiting`).
+async fn watch<T>(
+    mut op: std::pin::Pin<&mut impl Future<Output = T>>,
+    limit: Duration,
+    fd: RawFd,
+) -> Watched<T> {
+    let deadline = Instant::now() + limit;
     loop {
         let tick = WATCH_EVERY.min(deadline.saturating_duration_since(Instant::now()));
         let mut sleep = std::pin::pin!(monoio::time::sleep(tick));
         let done = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = write.as_mut().poll(cx) {
+            if let Poll::Ready(r) = op.as_mut().poll(cx) {
                 return Poll::Ready(Some(r));
             }
             sleep.as_mut().poll(cx).map(|()| None)
         })
         .await;
-        if let Some((res, slice)) = done {
-            *buf = slice.into_inner();
-            return res.map(|_| ());
+        if let Some(r) = done {
+            return Watched::Done(r);
         }
         if final_answer_waiting(fd) {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "upstream answered before taking the whole body",
-            ));
+            return Watched::Answered;
         }
         if Instant::now() >= deadline {
-            return Err(timed_out());
+            return Watched::TimedOut;
         }
     }
 }
@@ -218,29 +244,14 @@ pub async fn fill_watching<S: AsyncReadRent>(
         *buf = owned;
         return Err(io::Error::other("read buffer full"));
     }
-    let deadline = Instant::now() + limit;
     let read = s.read(owned.slice_mut(len..cap));
-    let mut read = std::pin::pin!(read);
-    loop {
-        let tick = WATCH_EVERY.min(deadline.saturating_duration_since(Instant::now()));
-        let mut sleep = std::pin::pin!(monoio::time::sleep(tick));
-        let done = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = read.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            sleep.as_mut().poll(cx).map(|()| None)
-        })
-        .await;
-        if let Some((res, slice)) = done {
+    match watch(std::pin::pin!(read), limit, fd).await {
+        Watched::Done((res, slice)) => {
             *buf = slice.into_inner();
-            return res.map(Some);
+            res.map(Some)
         }
-        if final_answer_waiting(fd) {
-            return Ok(None);
-        }
-        if Instant::now() >= deadline {
-            return Err(timed_out());
-        }
+        Watched::Answered => Ok(None),
+        Watched::TimedOut => Err(timed_out()),
     }
 }
 
