@@ -877,9 +877,30 @@ impl<S: ClientIo> Conn<S> {
         //   read the first or the last of each, in any combination.
         let has_slash = memchr::memmem::find(&self.s.path, b"%2F").is_some();
         let has_params = memchr::memchr(b';', &self.s.path).is_some();
-        let query_override = memchr::memmem::find(query, b"_method").is_some();
         let ambiguous = router.ambiguous(query, &view);
-        if has_slash || has_params || head.method_override || query_override || ambiguous {
+        // Override methods: the headers' values, and `_method` parameters (names compared
+        // decoded: `%5Fmethod` is one too), upper-cased as the middleware does.
+        let mut methods: Vec<Vec<u8>> = Vec::new();
+        if head.method_override {
+            let values = head
+                .headers
+                .iter()
+                .filter(|h| is_method_override(h.name.get(buf)))
+                .map(|h| h.value.get(buf).to_ascii_uppercase());
+            methods.extend(values);
+        }
+        if memchr::memmem::find(query, b"method").is_some() || memchr::memchr(b'%', query).is_some()
+        {
+            let values = crate::http::query::params(query)
+                .filter(|p| crate::http::query::decode(p.name).eq(*b"_method"))
+                .map(|p| {
+                    let mut v: Vec<u8> = crate::http::query::decode(p.value).collect();
+                    v.make_ascii_uppercase();
+                    v
+                });
+            methods.extend(values);
+        }
+        if has_slash || has_params || !methods.is_empty() || ambiguous {
             let mut paths: Vec<Vec<u8>> = Vec::new();
             if has_slash {
                 let mut norm = Vec::with_capacity(self.s.path.len());
@@ -901,25 +922,6 @@ impl<S: ClientIo> Conn<S> {
                 let mut bare = Vec::with_capacity(self.s.path.len());
                 crate::router::push_path_without_params(&mut bare, &self.s.path);
                 paths.push(bare);
-            }
-            let mut methods: Vec<Vec<u8>> = Vec::new();
-            let header_overrides = head
-                .headers
-                .iter()
-                .filter(|h| head.method_override && is_method_override(h.name.get(buf)))
-                .map(|h| h.value.get(buf));
-            let query_overrides = crate::http::query::params(query)
-                .filter(|p| query_override && crate::http::query::decode(p.name).eq(*b"_method"))
-                .map(|p| p.value);
-            for value in header_overrides {
-                methods.push(value.to_ascii_uppercase());
-            }
-            for value in query_overrides {
-                methods.push(
-                    crate::http::query::decode(value)
-                        .collect::<Vec<u8>>()
-                        .to_ascii_uppercase(),
-                );
             }
             let readings: &[(Occurrence, Occurrence)] = if ambiguous {
                 &[

@@ -852,6 +852,7 @@ strip_path = false
     assert_eq!(who("/panel;x", "X-HTTP-Method-Override: DELETE\r\n"), "400");
     assert_eq!(who("/admin/users?_method=DELETE", ""), "400");
     assert_eq!(who("/admin/users?_method=delete&a=1", ""), "400");
+    assert_eq!(who("/admin/users?%5Fmethod=DEL%45TE", ""), "400");
     // Readings that all route alike pass.
     assert_eq!(who("/other?_method=GET", ""), "rest");
     assert_eq!(
