@@ -923,25 +923,30 @@ impl<S: ClientIo> Conn<S> {
                 crate::router::push_path_without_params(&mut bare, &self.s.path);
                 paths.push(bare);
             }
-            let readings: &[(Occurrence, Occurrence)] = if ambiguous {
+            // (header occurrence, parameter occurrence, lenient parameter names).
+            let readings: &[(Occurrence, Occurrence, bool)] = if ambiguous {
                 &[
-                    (Occurrence::First, Occurrence::Any),
-                    (Occurrence::First, Occurrence::First),
-                    (Occurrence::Last, Occurrence::Last),
-                    (Occurrence::First, Occurrence::Last),
-                    (Occurrence::Last, Occurrence::First),
+                    (Occurrence::First, Occurrence::Any, false),
+                    (Occurrence::First, Occurrence::First, false),
+                    (Occurrence::Last, Occurrence::Last, false),
+                    (Occurrence::First, Occurrence::Last, false),
+                    (Occurrence::Last, Occurrence::First, false),
+                    (Occurrence::First, Occurrence::Any, true),
+                    (Occurrence::First, Occurrence::First, true),
+                    (Occurrence::Last, Occurrence::Last, true),
                 ]
             } else {
-                &[(Occurrence::First, Occurrence::Any)]
+                &[(Occurrence::First, Occurrence::Any, false)]
             };
             let all_paths =
                 std::iter::once(self.s.path.as_slice()).chain(paths.iter().map(Vec::as_slice));
             for path in all_paths {
                 for alt in std::iter::once(method).chain(methods.iter().map(Vec::as_slice)) {
-                    for &(headers, params) in readings {
+                    for &(headers, params, lenient_names) in readings {
                         let other = HeadView {
                             headers,
                             params,
+                            lenient_names,
                             ..view
                         };
                         if route_of(alt, path, &other) != Some(m.route) {
@@ -2066,6 +2071,8 @@ struct HeadView<'a> {
     params: Occurrence,
     /// A route for GET takes HEAD (off for `route_for`'s look for a route listing HEAD itself).
     head_as_get: bool,
+    /// Query conditions compare names as lenient frameworks read them (one of the readings).
+    lenient_names: bool,
 }
 
 impl<'a> HeadView<'a> {
@@ -2076,6 +2083,7 @@ impl<'a> HeadView<'a> {
             headers: Occurrence::First,
             params: Occurrence::Any,
             head_as_get: true,
+            lenient_names: false,
         }
     }
 
@@ -2113,6 +2121,10 @@ impl RequestView for HeadView<'_> {
 
     fn head_as_get(&self) -> bool {
         self.head_as_get
+    }
+
+    fn lenient_names(&self) -> bool {
+        self.lenient_names
     }
 }
 

@@ -107,6 +107,11 @@ pub trait RequestView {
     fn head_as_get(&self) -> bool {
         true
     }
+    /// Whether query conditions compare parameter names as the most lenient frameworks read them
+    /// (`Router::ambiguous`'s lenient reading; see `conds::lenient_eq`).
+    fn lenient_names(&self) -> bool {
+        false
+    }
 }
 
 /// Which occurrence of a repeated header or query parameter a condition reads.
@@ -356,10 +361,9 @@ impl Router {
     /// readings disagree. False at once when no route has header or query conditions.
     pub fn ambiguous<R: RequestView>(&self, query: &[u8], req: &R) -> bool {
         self.cond_headers.iter().any(|name| req.header_varies(name))
-            || self
-                .cond_query
-                .iter()
-                .any(|name| conds::query_varies(query, name))
+            || self.cond_query.iter().any(|name| {
+                conds::query_varies(query, name) || conds::query_name_lenient(query, name)
+            })
     }
 
     /// `host`: the Host header without port (any case); `path`: normalized; `query`: raw, without '?'.

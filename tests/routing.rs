@@ -888,3 +888,48 @@ strip_path = false
     assert_eq!(s.who("HEAD", HOST, "/admin", ""), "admin");
     assert_eq!(s.who("HEAD", HOST, "/other", ""), "rest");
 }
+
+/// Query condition names as lenient frameworks read them: PHP trims leading spaces, cuts a name at
+/// a NUL and reads `debug[]` as `debug`; qs (Express) reads `debug[]` and `debug[x]` as `debug`;
+/// Rack 2 splits on `;`; ASP.NET ignores case. A request whose route depends on that reading is a
+/// 400, so `?%20debug=1` cannot reach the `debug` route's handler through the catch-all (found by
+/// a probe with real PHP and Express upstreams).
+#[test]
+fn query_condition_names_read_leniently_must_route_alike() {
+    let s = Setup::new(
+        &["debug", "rest"],
+        r#"
+[[routes]]
+name = "debug"
+service = "debug"
+paths = ["/report"]
+query = { debug = ["*"] }
+strip_path = false
+
+[[routes]]
+name = "rest"
+service = "rest"
+paths = ["/"]
+strip_path = false
+"#,
+    );
+    for q in [
+        "?%20debug=1",
+        "?+debug=1",
+        "?debug[]=1",
+        "?debug%5B%5D=1",
+        "?debug[x]=1",
+        "?Debug=1",
+        "?debug%00x=1",
+        "?x=1;debug=1",
+    ] {
+        assert_eq!(s.get(HOST, &format!("/report{q}")), "400", "{q}");
+    }
+    assert_eq!(s.get(HOST, "/report?debug=1"), "debug");
+    assert_eq!(s.get(HOST, "/report?debug"), "debug");
+    // Both spellings present: every reading picks the debug route.
+    assert_eq!(s.get(HOST, "/report?debug=1&Debug=1"), "debug");
+    for q in ["?debugger=1", "?other=1", "?x=1;y=2", ""] {
+        assert_eq!(s.get(HOST, &format!("/report{q}")), "rest", "{q}");
+    }
+}

@@ -91,7 +91,7 @@ impl Conditions {
             && self
                 .query
                 .iter()
-                .all(|(name, v)| query_ok(query, name, v, req.query_reading()))
+                .all(|(name, v)| query_ok(query, name, v, req.query_reading(), req.lenient_names()))
     }
 
     /// A route for GET takes HEAD too: frameworks answer HEAD with their GET handler (Flask and
@@ -115,18 +115,61 @@ fn header_ok(value: Option<&[u8]>, want: &Value) -> bool {
     }
 }
 
-fn query_ok(query: &[u8], name: &[u8], want: &Value, reading: Occurrence) -> bool {
+fn query_ok(query: &[u8], name: &[u8], want: &Value, reading: Occurrence, lenient: bool) -> bool {
     let ok = |value: &[u8]| match want {
         Value::Present => true,
         Value::Exact(vals) => vals.iter().any(|v| decoded_eq(value, v)),
         Value::Regex(re) => query_regex_ok(value, re),
     };
+    if lenient {
+        let mut named = lenient_pairs(query).filter(|(n, _)| lenient_eq(n, name));
+        return match reading {
+            Occurrence::Any => named.any(|(_, value)| ok(value)),
+            Occurrence::First => named.next().is_some_and(|(_, value)| ok(value)),
+            Occurrence::Last => named.last().is_some_and(|(_, value)| ok(value)),
+        };
+    }
     let mut named = query_pairs(query).filter(|(n, _)| decoded_eq(n, name));
     match reading {
         Occurrence::Any => named.any(|(_, value)| ok(value)),
         Occurrence::First => named.next().is_some_and(|(_, value)| ok(value)),
         Occurrence::Last => named.last().is_some_and(|(_, value)| ok(value)),
     }
+}
+
+/// The query split as the most lenient frameworks split it: on `&` and `;` (Rack 2).
+fn lenient_pairs(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    query
+        .split(|&b| b == b'&' || b == b';')
+        .filter(|p| !p.is_empty())
+        .map(|p| match memchr::memchr(b'=', p) {
+            Some(i) => (
+                p.get(..i).unwrap_or_default(),
+                p.get(i + 1..).unwrap_or_default(),
+            ),
+            None => (p, &b""[..]),
+        })
+}
+
+/// Whether a raw parameter name is `want` as some framework reads it: decoded, without leading
+/// spaces (PHP), up to a NUL (PHP) or a `[` (PHP and qs arrays: `debug[]`), in any case
+/// (ASP.NET).
+fn lenient_eq(raw: &[u8], want: &[u8]) -> bool {
+    let name = decode_query(raw)
+        .skip_while(|&b| b == b' ')
+        .take_while(|&b| b != 0 && b != b'[');
+    name.map(|b| b.to_ascii_lowercase())
+        .eq(want.iter().map(|b| b.to_ascii_lowercase()))
+}
+
+/// Whether some parameter of `query` is `name` only as a lenient framework reads it (see
+/// `lenient_eq`, `lenient_pairs`): then the route picked may depend on the upstream's reading.
+pub fn query_name_lenient(query: &[u8], name: &[u8]) -> bool {
+    !query.is_empty()
+        && lenient_pairs(query).any(|(n, v)| {
+            lenient_eq(n, name)
+                && !query_pairs(query).any(|(sn, sv)| decoded_eq(sn, name) && sv == v && sn == n)
+        })
 }
 
 /// Whether the query parameter `name` occurs more than once with different (decoded) values.
@@ -176,6 +219,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lenient_names_are_what_lenient_frameworks_read() {
+        for raw in [
+            &b"debug"[..],
+            b"%20debug",
+            b"+debug",
+            b"debug[]",
+            b"debug%5Bx%5D",
+            b"DEBUG",
+            b"debug%00x",
+        ] {
+            assert!(lenient_eq(raw, b"debug"), "{raw:?}");
+        }
+        for raw in [&b"debugger"[..], b"xdebug", b"de%20bug", b""] {
+            assert!(!lenient_eq(raw, b"debug"), "{raw:?}");
+        }
+        assert!(!query_name_lenient(b"debug=1&a=2", b"debug"));
+        assert!(!query_name_lenient(b"a=1", b"debug"));
+        assert!(query_name_lenient(b"a=1;debug=1", b"debug"));
+        assert!(query_name_lenient(b"Debug=1", b"debug"));
+        assert!(
+            query_name_lenient(b"debug=1;x=2", b"debug"),
+            "Rack 2 reads debug=1"
+        );
+    }
+
+    #[test]
     fn query_pairs_parse() {
         let pairs: Vec<_> = query_pairs(b"a=1&&b&c=&d=x=y").collect();
         assert_eq!(
@@ -209,52 +278,71 @@ mod tests {
             b"x=1&version=2",
             b"version",
             &exact,
-            Occurrence::Any
+            Occurrence::Any,
+            false
         ));
         assert!(query_ok(
             b"version=1&version=2",
             b"version",
             &exact,
-            Occurrence::Any
+            Occurrence::Any,
+            false
         ));
         assert!(query_ok(
             b"version=a+b",
             b"version",
             &exact,
-            Occurrence::Any
+            Occurrence::Any,
+            false
         ));
         assert!(query_ok(
             b"v%65rsion=a%20b",
             b"version",
             &exact,
-            Occurrence::Any
+            Occurrence::Any,
+            false
         ));
-        assert!(!query_ok(b"version=3", b"version", &exact, Occurrence::Any));
+        assert!(!query_ok(
+            b"version=3",
+            b"version",
+            &exact,
+            Occurrence::Any,
+            false
+        ));
         assert!(!query_ok(
             b"versions=2",
             b"version",
             &exact,
-            Occurrence::Any
+            Occurrence::Any,
+            false
         ));
-        assert!(!query_ok(b"", b"version", &exact, Occurrence::Any));
-        assert!(query_ok(b"flag", b"flag", &Value::Present, Occurrence::Any));
+        assert!(!query_ok(b"", b"version", &exact, Occurrence::Any, false));
+        assert!(query_ok(
+            b"flag",
+            b"flag",
+            &Value::Present,
+            Occurrence::Any,
+            false
+        ));
         assert!(query_ok(
             b"flag=",
             b"flag",
             &Value::Present,
-            Occurrence::Any
+            Occurrence::Any,
+            false
         ));
         assert!(!query_ok(
             b"flags",
             b"flag",
             &Value::Present,
-            Occurrence::Any
+            Occurrence::Any,
+            false
         ));
         let re = Value::Regex(Regex::new("^v[0-9]+$").unwrap_or_else(|e| panic!("{e}")));
-        assert!(query_ok(b"api=v12", b"api", &re, Occurrence::Any));
-        assert!(query_ok(b"api=%7612", b"api", &re, Occurrence::Any));
-        assert!(!query_ok(b"api=v1x", b"api", &re, Occurrence::Any));
-        assert!(!query_ok(b"api=%ff", b"api", &re, Occurrence::Any));
+        assert!(query_ok(b"api=v12", b"api", &re, Occurrence::Any, false));
+        assert!(query_ok(b"api=%7612", b"api", &re, Occurrence::Any, false));
+        assert!(!query_ok(b"api=v1x", b"api", &re, Occurrence::Any, false));
+        assert!(!query_ok(b"api=%ff", b"api", &re, Occurrence::Any, false));
     }
 
     #[test]
