@@ -122,18 +122,23 @@ fn query_ok(query: &[u8], name: &[u8], want: &Value, reading: Occurrence, lenien
         Value::Regex(re) => query_regex_ok(value, re),
     };
     if lenient {
-        let mut named = lenient_pairs(query).filter(|(n, _)| lenient_eq(n, name));
-        return match reading {
-            Occurrence::Any => named.any(|(_, value)| ok(value)),
-            Occurrence::First => named.next().is_some_and(|(_, value)| ok(value)),
-            Occurrence::Last => named.last().is_some_and(|(_, value)| ok(value)),
-        };
+        let values = lenient_pairs(query).filter(|(n, _)| lenient_eq(n, name));
+        return read(values.map(|(_, v)| v), reading, ok);
     }
-    let mut named = query_pairs(query).filter(|(n, _)| decoded_eq(n, name));
+    let values = query_pairs(query).filter(|(n, _)| decoded_eq(n, name));
+    read(values.map(|(_, v)| v), reading, ok)
+}
+
+/// Whether the occurrence(s) `reading` picks among `values` satisfy `ok`.
+fn read<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+    reading: Occurrence,
+    ok: impl Fn(&[u8]) -> bool,
+) -> bool {
     match reading {
-        Occurrence::Any => named.any(|(_, value)| ok(value)),
-        Occurrence::First => named.next().is_some_and(|(_, value)| ok(value)),
-        Occurrence::Last => named.last().is_some_and(|(_, value)| ok(value)),
+        Occurrence::Any => values.any(|v| ok(v)),
+        Occurrence::First => values.next().is_some_and(&ok),
+        Occurrence::Last => values.last().is_some_and(&ok),
     }
 }
 
