@@ -136,7 +136,7 @@ fn read<'a>(
     ok: impl Fn(&[u8]) -> bool,
 ) -> bool {
     match reading {
-        Occurrence::Any => values.any(|v| ok(v)),
+        Occurrence::Any => values.any(&ok),
         Occurrence::First => values.next().is_some_and(&ok),
         Occurrence::Last => values.last().is_some_and(&ok),
     }
