@@ -900,6 +900,13 @@ impl<S: ClientIo> Conn<S> {
                 });
             methods.extend(values);
         }
+        // Each distinct method is checked once; a request naming more than a few is refused
+        // rather than routed that many times over (no client needs several overrides).
+        methods.sort_unstable();
+        methods.dedup();
+        if methods.len() > MAX_OVERRIDE_METHODS {
+            return Err(GatewayError::BadRequest("too many method overrides"));
+        }
         if has_slash || has_params || !methods.is_empty() || ambiguous {
             let mut paths: Vec<Vec<u8>> = Vec::new();
             if has_slash {
@@ -2051,6 +2058,9 @@ fn route_for(
         _ => Some(m),
     }
 }
+
+/// Distinct override methods one request may name (each is a routing pass per reading).
+const MAX_OVERRIDE_METHODS: usize = 4;
 
 /// The method-override headers frameworks honour (`http::parse` flags their presence).
 fn is_method_override(name: &[u8]) -> bool {

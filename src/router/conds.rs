@@ -170,11 +170,11 @@ fn lenient_eq(raw: &[u8], want: &[u8]) -> bool {
 /// Whether some parameter of `query` is `name` only as a lenient framework reads it (see
 /// `lenient_eq`, `lenient_pairs`): then the route picked may depend on the upstream's reading.
 pub fn query_name_lenient(query: &[u8], name: &[u8]) -> bool {
-    !query.is_empty()
-        && lenient_pairs(query).any(|(n, v)| {
-            lenient_eq(n, name)
-                && !query_pairs(query).any(|(sn, sv)| decoded_eq(sn, name) && sv == v && sn == n)
-        })
+    // Linear: a name read leniently that is not the exact name, or any match where `;` splits
+    // the query otherwise (a scan of the strict pairs per match would be quadratic in the
+    // query's length).
+    let semicolon = memchr::memchr(b';', query).is_some();
+    lenient_pairs(query).any(|(n, _)| lenient_eq(n, name) && (semicolon || !decoded_eq(n, name)))
 }
 
 /// Whether the query parameter `name` occurs more than once with different (decoded) values.
