@@ -70,6 +70,17 @@ pub fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
+/// Whether a raw (encoded) parameter name is `want` as the most lenient frameworks read it:
+/// decoded, without leading spaces (PHP), up to a NUL (PHP) or a `[` (PHP and qs arrays:
+/// `debug[]`, `debug[x]`), in any ASCII case (ASP.NET).
+pub fn lenient_name_eq(raw: &[u8], want: &[u8]) -> bool {
+    let name = decode(raw)
+        .skip_while(|&b| b == b' ')
+        .take_while(|&b| b != 0 && b != b'[');
+    name.map(|b| b.to_ascii_lowercase())
+        .eq(want.iter().map(|b| b.to_ascii_lowercase()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@
 //! one after another (chains were refused at load).
 //!
 //! Names are compared form-decoded (`%41` and `A` are the same name, `+` is a space) and
-//! case-sensitively, as applications read them. Parameters that are not edited are copied byte for
+//! case-sensitively, as applications read them; `remove` drops leniently (see `push`). Parameters that are not edited are copied byte for
 //! byte, in their order: the upstream sees the client's own encoding, except that `;` is written
 //! `%3B` (frameworks that also split on `;` must not find parameters the edits never saw). What the
 //! gateway writes is
@@ -20,7 +20,7 @@
 //! replace and add entries, checked at load).
 
 use crate::config::model::EditsDef;
-use crate::http::query::{decode, params, Param};
+use crate::http::query::{decode, lenient_name_eq, params, Param};
 
 /// (decoded name, bytes to write): a rename's (from, encoded to), an edit's (name, `name=value`).
 type Pairs = Box<[(Box<[u8]>, Box<[u8]>)]>;
@@ -126,9 +126,11 @@ impl QueryTransform {
     /// Appends `?query` edited to `out` (nothing when no parameter is left); `cut` is the range
     /// key-auth's `hide_credentials` took out, whose parameters are skipped.
     pub fn push(&self, out: &mut Vec<u8>, query: &[u8], cut: Option<(usize, usize)>) {
+        // `remove` drops a parameter under every name a lenient framework reads as the removed
+        // one (`%20debug`, `debug[]`, `DEBUG`: PHP, qs, ASP.NET), or it would reach them anyway.
         let kept = |p: &Param| {
             cut.is_none_or(|(s, e)| p.start < s || p.end > e)
-                && !self.remove.iter().any(|n| named(p.name, n))
+                && !self.remove.iter().any(|n| lenient_name_eq(p.name, n))
         };
         // Which renames will overwrite: their source is in the query (and not removed).
         let mut renamed = 0u64;
@@ -271,6 +273,26 @@ mod tests {
     }
 
     #[test]
+    fn remove_drops_every_name_a_lenient_framework_reads_as_it() {
+        let def = EditsDef {
+            remove: vec!["debug".into()],
+            ..EditsDef::default()
+        };
+        assert_eq!(
+            run(
+                &def,
+                "%20debug=1&+debug=2&debug[]=3&debug%5Bx%5D=4&DEBUG=5&debug%00x=6&keep=7",
+                None
+            ),
+            "/p?keep=7"
+        );
+        assert_eq!(
+            run(&def, "debugger=1&xdebug=2", None),
+            "/p?debugger=1&xdebug=2"
+        );
+    }
+
+    #[test]
     fn semicolons_cannot_hide_a_parameter() {
         let def = EditsDef {
             remove: vec!["debug".into()],
@@ -292,8 +314,10 @@ mod tests {
             run(&def, "a+b=1&a%20b=2&%78=7&x&q=0", None),
             "/p?y%20z=7&y%20z&q=1%262%20%233&%C3%A9=%C3%BC"
         );
-        // Names are case-sensitive, as applications read them.
-        assert_eq!(run(&def, "A+B=1", None), "/p?A+B=1&%C3%A9=%C3%BC");
+        // Renames and replaces compare names case-sensitively, as applications read them; remove
+        // drops leniently.
+        assert_eq!(run(&def, "X=7&Q=1", None), "/p?X=7&Q=1&%C3%A9=%C3%BC");
+        assert_eq!(run(&def, "A+B=1", None), "/p?%C3%A9=%C3%BC");
     }
 
     #[test]

@@ -156,15 +156,9 @@ fn lenient_pairs(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         })
 }
 
-/// Whether a raw parameter name is `want` as some framework reads it: decoded, without leading
-/// spaces (PHP), up to a NUL (PHP) or a `[` (PHP and qs arrays: `debug[]`), in any case
-/// (ASP.NET).
+/// Whether a raw parameter name is `want` as some framework reads it (`query::lenient_name_eq`).
 fn lenient_eq(raw: &[u8], want: &[u8]) -> bool {
-    let name = decode_query(raw)
-        .skip_while(|&b| b == b' ')
-        .take_while(|&b| b != 0 && b != b'[');
-    name.map(|b| b.to_ascii_lowercase())
-        .eq(want.iter().map(|b| b.to_ascii_lowercase()))
+    crate::http::query::lenient_name_eq(raw, want)
 }
 
 /// Whether some parameter of `query` is `name` only as a lenient framework reads it (see
