@@ -598,6 +598,10 @@ impl Reloader {
                     ) {
                         f.def.addr = to;
                         auth_moved = true;
+                        // `host` is the authority sent as Host: `name[:port]`.
+                        let name = crate::config::net::split_host_port(&f.def.host)
+                            .map_or(f.def.host.as_str(), |(h, _)| h);
+                        crate::config::net::remember_target(name, to.port(), &[to]);
                     }
                 }
             }

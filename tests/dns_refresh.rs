@@ -446,3 +446,50 @@ fn a_reload_keeps_the_last_addresses_of_a_name_that_stopped_resolving() {
     let r = Conn::connect(gw.addr()).get(HOST, "/x");
     assert_eq!(r.header("x-upstream"), Some("a"), "{r:?}");
 }
+
+/// The same for a forward-auth service given by name: a reload keeps its last address.
+#[test]
+fn a_reload_keeps_the_last_address_of_an_auth_service_that_stopped_resolving() {
+    let allow = b"HTTP/1.1 200 OK\r\nX-Auth-User: a\r\nContent-Length: 0\r\n\r\n".to_vec();
+    let auth = Upstream::named("auth-a", common::Behaviour::Fixed(allow));
+    let up = Upstream::echo("up");
+    let hosts = TempFile::new(".hosts", &hosts_text(&["127.0.0.1"]));
+    let Some(gw) = start(
+        &hosts,
+        &format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+dns_refresh = "0s"
+
+[[services]]
+name = "s"
+url = "{url}"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+
+[[plugins]]
+name = "forward-auth"
+config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-user"] }}
+"#,
+            url = up.url(),
+            port = auth.port()
+        ),
+    ) else {
+        return;
+    };
+    point_at_all(&hosts, &[]);
+    gw.reload_to(2);
+    assert!(gw.log_contains(&format!("name not resolved host={NAME}")));
+    let r = Conn::connect(gw.addr()).get(HOST, "/x");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        up.requests()
+            .pop()
+            .and_then(|q| q.header("x-auth-user").map(str::to_owned)),
+        Some("a".to_owned())
+    );
+}

@@ -91,11 +91,33 @@ fn parse_port(whole: &str, port: &str) -> Result<u16, String> {
 
 /// Resolves `host:port` once, now; prefers the first IPv4 address (targets are usually reached over
 /// IPv4 and `localhost` often resolves to `::1` first on hosts without an IPv6 listener).
+///
+/// Like `resolve_target`, a name this process resolved before keeps its last address (with a
+/// warning) when it cannot be resolved now, so a forward-auth service's DNS outage does not block
+/// reloads.
 pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     if let Some(ip) = ip_literal(host) {
         return Ok(SocketAddr::new(ip, port));
     }
-    preferred(&resolve_all(host, port)?).ok_or_else(|| format!("{host:?} resolved to no addresses"))
+    let resolved = resolve_all(host, port).and_then(|all| {
+        preferred(&all).ok_or_else(|| format!("{host:?} resolved to no addresses"))
+    });
+    match resolved {
+        Ok(addr) => {
+            remember_target(host, port, &[addr]);
+            Ok(addr)
+        }
+        Err(e) => match last_good(host, port).and_then(|a| a.first().copied()) {
+            Some(addr) => {
+                crate::warn!(
+                    "name not resolved host={host} error=\"{}\"; keeping its last address",
+                    e.replace('"', "'")
+                );
+                Ok(addr)
+            }
+            None => Err(e),
+        },
+    }
 }
 
 /// Most addresses one target name becomes (a DNS answer longer than this is cut, sorted first so
