@@ -8,11 +8,10 @@
 //! one after another (chains were refused at load).
 //!
 //! Names are compared form-decoded (`%41` and `A` are the same name, `+` is a space) and
-//! case-sensitively, as applications read them; `remove` drops leniently (see `push`). Parameters that are not edited are copied byte for
-//! byte, in their order: the upstream sees the client's own encoding, except that `;` is written
-//! `%3B` (frameworks that also split on `;` must not find parameters the edits never saw). What the
-//! gateway writes is
-//! percent-encoded at load (everything but RFC 3986 unreserved bytes), so no config value can
+//! case-sensitively, as applications read them; `remove` drops leniently (see `push`).
+//! Parameters that are not edited are copied byte for byte, in their order: the upstream sees the
+//! client's own encoding, except that `;` is written `%3B` (frameworks that also split on `;` must
+//! not find parameters the edits never saw). What the gateway writes is percent-encoded at load (everything but RFC 3986 unreserved bytes), so no config value can
 //! inject `&`, `#` or a space into the request line.
 //!
 //! Cost: nothing unless configured. Applying it is compares and copies into the target buffer the
