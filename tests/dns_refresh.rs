@@ -97,6 +97,44 @@ fn two_upstreams() -> (Upstream, Upstream, TempFile) {
     (a, b, hosts)
 }
 
+/// A one-worker gateway with a `url` service at NAME:`port` on `/`, resolving only at load.
+fn url_service(port: u16) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\ndns_refresh = \"0s\"\n\n[[services]]\nname = \"s\"\nurl = \"http://{NAME}:{port}\"\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n"
+    )
+}
+
+/// A gateway in front of `up` whose every request is authorized by the forward-auth service at
+/// NAME:`port` (its `X-Auth-User` answer is copied upstream).
+fn forward_auth_config(up: &Upstream, port: u16, workers: usize, refresh: &str) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = {workers}
+dns_refresh = "{refresh}"
+
+[[services]]
+name = "s"
+url = "{url}"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
+
+[[plugins]]
+name = "forward-auth"
+config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-user"] }}
+"#,
+        url = up.url()
+    )
+}
+
+/// An auth service's answer allowing the request as `who`.
+fn allow(who: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\nX-Auth-User: {who}\r\nContent-Length: 0\r\n\r\n").into_bytes()
+}
+
 /// Calls `who` (which asserts its request succeeded) every 50 ms until it says "b", for at most
 /// 10 s.
 fn until_b(gw: &Gateway, mut who: impl FnMut() -> String) {
@@ -216,13 +254,7 @@ paths = ["/"]
 #[test]
 fn dns_refresh_zero_resolves_only_at_load() {
     let (a, _b, hosts) = two_upstreams();
-    let Some(gw) = start(
-        &hosts,
-        &format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\ndns_refresh = \"0s\"\n\n[[services]]\nname = \"s\"\nurl = \"http://{NAME}:{}\"\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n",
-            a.port()
-        ),
-    ) else {
+    let Some(gw) = start(&hosts, &url_service(a.port())) else {
         return;
     };
     point_at(&hosts, "127.0.0.2");
@@ -239,9 +271,6 @@ fn dns_refresh_zero_resolves_only_at_load() {
 /// keep being authorized, by the service at the new address once the name has moved.
 #[test]
 fn a_forward_auth_service_follows_its_name() {
-    let allow = |who: &str| {
-        format!("HTTP/1.1 200 OK\r\nX-Auth-User: {who}\r\nContent-Length: 0\r\n\r\n").into_bytes()
-    };
     let auth_a = Upstream::named("auth-a", common::Behaviour::Fixed(allow("a")));
     let auth_b = Upstream::named_at(
         SocketAddr::from(([127, 0, 0, 2], auth_a.port())),
@@ -250,31 +279,7 @@ fn a_forward_auth_service_follows_its_name() {
     );
     let up = Upstream::echo("up");
     let hosts = TempFile::new(".hosts", &hosts_text(&["127.0.0.1"]));
-    let Some(gw) = start(
-        &hosts,
-        &format!(
-            r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 2
-dns_refresh = "1s"
-
-[[services]]
-name = "s"
-url = "{url}"
-
-[[routes]]
-name = "r"
-service = "s"
-paths = ["/"]
-
-[[plugins]]
-name = "forward-auth"
-config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-user"] }}
-"#,
-            url = up.url(),
-            port = auth_a.port()
-        ),
-    ) else {
+    let Some(gw) = start(&hosts, &forward_auth_config(&up, auth_a.port(), 2, "1s")) else {
         return;
     };
     let mut c = Conn::connect(gw.addr());
@@ -431,13 +436,7 @@ paths = ["/"]
 #[test]
 fn a_reload_keeps_the_last_addresses_of_a_name_that_stopped_resolving() {
     let (a, _b, hosts) = two_upstreams();
-    let Some(gw) = start(
-        &hosts,
-        &format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\ndns_refresh = \"0s\"\n\n[[services]]\nname = \"s\"\nurl = \"http://{NAME}:{}\"\n\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n",
-            a.port()
-        ),
-    ) else {
+    let Some(gw) = start(&hosts, &url_service(a.port())) else {
         return;
     };
     point_at_all(&hosts, &[]);
@@ -450,35 +449,10 @@ fn a_reload_keeps_the_last_addresses_of_a_name_that_stopped_resolving() {
 /// The same for a forward-auth service given by name: a reload keeps its last address.
 #[test]
 fn a_reload_keeps_the_last_address_of_an_auth_service_that_stopped_resolving() {
-    let allow = b"HTTP/1.1 200 OK\r\nX-Auth-User: a\r\nContent-Length: 0\r\n\r\n".to_vec();
-    let auth = Upstream::named("auth-a", common::Behaviour::Fixed(allow));
+    let auth = Upstream::named("auth-a", common::Behaviour::Fixed(allow("a")));
     let up = Upstream::echo("up");
     let hosts = TempFile::new(".hosts", &hosts_text(&["127.0.0.1"]));
-    let Some(gw) = start(
-        &hosts,
-        &format!(
-            r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-dns_refresh = "0s"
-
-[[services]]
-name = "s"
-url = "{url}"
-
-[[routes]]
-name = "r"
-service = "s"
-paths = ["/"]
-
-[[plugins]]
-name = "forward-auth"
-config = {{ address = "http://{NAME}:{port}/check", response_headers = ["x-auth-user"] }}
-"#,
-            url = up.url(),
-            port = auth.port()
-        ),
-    ) else {
+    let Some(gw) = start(&hosts, &forward_auth_config(&up, auth.port(), 1, "0s")) else {
         return;
     };
     point_at_all(&hosts, &[]);

@@ -100,20 +100,39 @@ pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         return Ok(SocketAddr::new(ip, port));
     }
     let resolved = resolve_all(host, port).and_then(|all| {
-        preferred(&all).ok_or_else(|| format!("{host:?} resolved to no addresses"))
+        preferred(&all)
+            .map(|a| vec![a])
+            .ok_or_else(|| format!("{host:?} resolved to no addresses"))
     });
+    let addrs = or_last_good(host, port, resolved, "name", "address")?;
+    addrs
+        .first()
+        .copied()
+        .ok_or_else(|| format!("{host:?} resolved to no addresses"))
+}
+
+/// `resolved` remembered as what `host:port` resolves to; or, when it failed, the addresses it
+/// last resolved to in this process (with a warning naming `what` and the `kept` noun), else the
+/// error.
+fn or_last_good(
+    host: &str,
+    port: u16,
+    resolved: Result<Vec<SocketAddr>, String>,
+    what: &str,
+    kept: &str,
+) -> Result<Vec<SocketAddr>, String> {
     match resolved {
-        Ok(addr) => {
-            remember_target(host, port, &[addr]);
-            Ok(addr)
+        Ok(addrs) => {
+            remember_target(host, port, &addrs);
+            Ok(addrs)
         }
-        Err(e) => match last_good(host, port).and_then(|a| a.first().copied()) {
-            Some(addr) => {
+        Err(e) => match last_good(host, port) {
+            Some(addrs) => {
                 crate::warn!(
-                    "name not resolved host={host} error=\"{}\"; keeping its last address",
+                    "{what} not resolved host={host} error=\"{}\"; keeping its last {kept}",
                     e.replace('"', "'")
                 );
-                Ok(addr)
+                Ok(addrs)
             }
             None => Err(e),
         },
@@ -155,22 +174,7 @@ pub fn resolve_target(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> 
             .map(|ip| SocketAddr::new(ip, port))
             .collect::<Vec<_>>())
     });
-    match resolved {
-        Ok(addrs) => {
-            remember_target(host, port, &addrs);
-            Ok(addrs)
-        }
-        Err(e) => match last_good(host, port) {
-            Some(addrs) => {
-                crate::warn!(
-                    "target name not resolved host={host} error=\"{}\"; keeping its last addresses",
-                    e.replace('"', "'")
-                );
-                Ok(addrs)
-            }
-            None => Err(e),
-        },
-    }
+    or_last_good(host, port, resolved, "target name", "addresses")
 }
 
 /// A target name (lower-case host, port) and the addresses it last resolved to.
