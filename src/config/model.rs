@@ -196,10 +196,9 @@ impl UpstreamDef {
         let Some(at) = self.targets.iter().position(|t| t.name == name) else {
             return;
         };
-        if addrs.is_empty() {
+        let Some(template) = self.targets.get(at).cloned().filter(|_| !addrs.is_empty()) else {
             return;
-        }
-        let template = self.targets[at].clone();
+        };
         let end = at
             + self.targets[at..]
                 .iter()
