@@ -17,6 +17,7 @@
 
 pub mod correlation;
 pub mod cors;
+pub mod form_body;
 pub mod json_body;
 pub mod query_transform;
 pub mod termination;

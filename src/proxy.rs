@@ -89,6 +89,13 @@ fn json_framing<'a>(headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Json
     }
 }
 
+/// The body edits that apply to a request (see `request_body_edit`).
+#[derive(Clone, Copy)]
+enum BodyEdit<'t> {
+    Json(&'t JsonTransform),
+    Form(&'t crate::plugins::form_body::FormTransform),
+}
+
 /// RFC 9110 §9.2.2: a request with this method may be sent again.
 fn idempotent(method: &[u8]) -> bool {
     [
@@ -1042,22 +1049,23 @@ impl<S: ClientIo> Conn<S> {
                 }
             }
         }
-        // A request-transformer's JSON body edits: the body is read whole and edited first, and
-        // goes upstream with its new length (a stale pooled connection may then replay it).
-        // `edited_body` is `None` here: `recycle` clears it between requests.
-        let json = transform
-            .and_then(|t| t.json.as_ref())
-            .map(|jt| (jt, self.request_json(p)));
-        if let Some((_, JsonFraming::Encoded)) = json {
-            return self
-                .fail(shard, GatewayError::UnsupportedEncoding, true)
-                .await;
-        }
-        let p = &match json {
-            Some((jt, JsonFraming::Json)) => {
+        // A request-transformer's JSON or form body edits: the body is read whole and edited
+        // first, and goes upstream with its new length (a stale pooled connection may then replay
+        // it). `edited_body` is `None` here: `recycle` clears it between requests.
+        let edit = match transform.map(|t| self.request_body_edit(t, p)) {
+            Some(Err(e)) => return self.fail(shard, e, true).await,
+            Some(Ok(edit)) => edit,
+            None => None,
+        };
+        let p = &match edit {
+            Some(edit) => {
+                let max = match edit {
+                    BodyEdit::Json(jt) => jt.max_bytes,
+                    BodyEdit::Form(ft) => ft.max_bytes,
+                };
                 let limit = match p.max_body {
-                    0 => jt.max_bytes,
-                    m => m.min(jt.max_bytes),
+                    0 => max,
+                    m => m.min(max),
                 };
                 let waited = Instant::now();
                 // Taken before the body is read: reading it may reuse the client buffer the
@@ -1067,20 +1075,23 @@ impl<S: ClientIo> Conn<S> {
                     Ok(whole) => {
                         // Waiting for the client's body is not time the gateway added.
                         self.t.connect += waited.elapsed();
-                        let edited = match jt.apply(&whole, true) {
-                            Applied::Edited(b) => b,
-                            Applied::Unchanged => whole,
-                            Applied::Unreadable => {
-                                return self
-                                    .fail(
-                                        shard,
-                                        GatewayError::BadRequest(
-                                            "request body is not JSON the gateway can read",
-                                        ),
-                                        true,
-                                    )
-                                    .await
-                            }
+                        let edited = match edit {
+                            BodyEdit::Form(ft) => ft.apply(&whole),
+                            BodyEdit::Json(jt) => match jt.apply(&whole, true) {
+                                Applied::Edited(b) => b,
+                                Applied::Unchanged => whole,
+                                Applied::Unreadable => {
+                                    return self
+                                        .fail(
+                                            shard,
+                                            GatewayError::BadRequest(
+                                                "request body is not JSON the gateway can read",
+                                            ),
+                                            true,
+                                        )
+                                        .await
+                                }
+                            },
                         };
                         let len = edited.len() as u64;
                         self.edited_body = Some(edited);
@@ -1096,7 +1107,7 @@ impl<S: ClientIo> Conn<S> {
                     Err(e) => return self.request_body_failed(shard, e, p, svc, 0).await,
                 }
             }
-            _ => *p,
+            None => *p,
         };
         let mut pinned: Option<usize> = None;
         loop {
@@ -1466,9 +1477,19 @@ impl<S: ClientIo> Conn<S> {
             .is_some_and(|(_, f)| f != JsonFraming::NotJson)
     }
 
-    /// What a request-transformer's `json` edits make of this request's body (an empty one
-    /// included, which Kong edits as `{}`); a request without a body framing has none.
-    fn request_json(&self, p: &Prepared) -> JsonFraming {
+    /// Which of a request-transformer's body edits apply to this request's body (an empty one
+    /// included, which Kong edits as `{}` or an empty form); a request without a body framing has
+    /// none. An error when the body cannot be edited but must not pass unedited: a content coding
+    /// (415), or Content-Type fields declaring both JSON and a form (400: the application could
+    /// read it as the one the edits did not).
+    fn request_body_edit<'t>(
+        &self,
+        t: &'t crate::plugins::transform::RequestTransform,
+        p: &Prepared,
+    ) -> Result<Option<BodyEdit<'t>>, GatewayError> {
+        if t.json.is_none() && t.form.is_none() {
+            return Ok(None);
+        }
         let headers = || {
             self.s
                 .head
@@ -1479,9 +1500,34 @@ impl<S: ClientIo> Conn<S> {
         // `Content-Length: 0` parses as no body; it is an empty one here.
         let stated_empty = || headers().any(|(n, _)| eq_ignore_case(n, b"content-length"));
         if p.body == BodyKind::None && !stated_empty() {
-            return JsonFraming::NotJson;
+            return Ok(None);
         }
-        json_framing(headers())
+        let form = headers().any(|(n, v)| {
+            eq_ignore_case(n, b"content-type") && crate::plugins::form_body::is_form_type(v)
+        });
+        let edit = match (json_framing(headers()), form) {
+            (JsonFraming::NotJson, false) => None,
+            (JsonFraming::NotJson, true) => t.form.as_ref().map(|ft| Ok(BodyEdit::Form(ft))),
+            (_, true) => Some(Err(GatewayError::BadRequest(
+                "request declares both a JSON and a form Content-Type",
+            ))),
+            (JsonFraming::Json, false) => t.json.as_ref().map(|jt| Ok(BodyEdit::Json(jt))),
+            (JsonFraming::Encoded, false) => t
+                .json
+                .as_ref()
+                .map(|_| Err(GatewayError::UnsupportedEncoding)),
+        };
+        // A form with a content coding: as for JSON.
+        let encoded = || {
+            headers().any(|(n, v)| {
+                eq_ignore_case(n, b"content-encoding")
+                    && !eq_ignore_case(v.trim_ascii(), b"identity")
+            })
+        };
+        match edit {
+            Some(Ok(BodyEdit::Form(_))) if encoded() => Err(GatewayError::UnsupportedEncoding),
+            e => e.transpose(),
+        }
     }
 
     /// The JSON body edits that apply to the response head just read: a response-transformer with

@@ -670,6 +670,31 @@ fn transformer_query_and_uri_errors() {
         "plugins[0].config",
         "cannot also edit the Content-Type header",
     );
+    // So do form edits; and they are request-side only.
+    expect_at_needle(
+        &rt("{ remove = { form = [\"a\"] }, rename = { headers = [\"Content-Type:X-Type\"] } }"),
+        "{ remove",
+        "plugins[0].config",
+        "cannot also edit the Content-Type header",
+    );
+    expect_at_needle(
+        &rt("{ rename = { form = [\"a:b\", \"b:c\"] } }"),
+        "\"b:c",
+        "plugins[0].config.rename.form[1]",
+        "cannot chain",
+    );
+    expect_at_needle(
+        &rt("{ add = { form = [\"a:b\"] }, max_form_bytes = 0 }"),
+        "0 }",
+        "plugins[0].config.max_form_bytes",
+        "1 byte to 1 GiB",
+    );
+    expect_at_needle(
+        "[[plugins]]\nname = \"response-transformer\"\nconfig = { remove = { form = [\"a\"] } }\n",
+        "[\"a",
+        "plugins[0].config.remove.form",
+        "are request-transformer keys",
+    );
     // JSON body edits, on either side: typed values checked.
     expect_at_needle(
         &rt("{ add = { json = [\"n:x1\"], json_types = [\"number\"] } }"),

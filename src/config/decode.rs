@@ -530,7 +530,7 @@ fn with_suggestion(message: String) -> String {
         .unwrap_or_default();
     let hint = if name == "body" && allowed.contains(&"json") {
         // Kong's request-transformer key: its JSON case is `json` here.
-        " (JSON bodies are edited with `json`; form and multipart bodies are not edited)".to_owned()
+        " (JSON bodies are edited with `json`, url-encoded form bodies with `form`; multipart bodies are not edited)".to_owned()
     } else {
         suggest(&name, &allowed)
     };

@@ -32,12 +32,7 @@ impl JsonTransform {
     /// The body edits of a response-transformer, `None` when it has none.
     pub fn new(def: &TransformDef) -> Option<JsonTransform> {
         let j = &def.json;
-        if j.remove.is_empty()
-            && j.rename.is_empty()
-            && j.replace.is_empty()
-            && j.add.is_empty()
-            && j.append.is_empty()
-        {
+        if j.is_empty() {
             return None;
         }
         // Values were checked at load as JSON text.

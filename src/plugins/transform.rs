@@ -153,7 +153,7 @@ impl HeaderTransform {
 }
 
 /// A request-transformer: its header edits, its query-string edits, `replace.uri`, `http_method`
-/// and its JSON body edits.
+/// and its JSON and form body edits.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RequestTransform {
     pub headers: HeaderTransform,
@@ -166,6 +166,8 @@ pub struct RequestTransform {
     pub method: Option<Box<[u8]>>,
     /// `json` edits of a JSON request body (which is then read whole before it goes upstream).
     pub json: Option<super::json_body::JsonTransform>,
+    /// `form` edits of a url-encoded form body (read whole too).
+    pub form: Option<super::form_body::FormTransform>,
 }
 
 impl RequestTransform {
@@ -176,6 +178,7 @@ impl RequestTransform {
             uri: def.uri.as_ref().map(|u| u.as_bytes().into()),
             method: def.method.as_ref().map(|m| m.as_bytes().into()),
             json: super::json_body::JsonTransform::new(def),
+            form: super::form_body::FormTransform::new(def),
         }
     }
 }

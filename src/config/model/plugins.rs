@@ -118,13 +118,17 @@ pub struct TransformDef {
     pub uri: Option<String>,
     /// `http_method` (request side only): the upstream request's method.
     pub method: Option<String>,
-    /// JSON body edits (response side only); values are JSON text (`"\"v\""`, `1`, `true`).
+    /// JSON body edits; values are JSON text (`"\"v\""`, `1`, `true`).
     pub json: EditsDef,
-    /// The largest JSON body the response side buffers to edit.
+    /// The largest JSON body buffered to edit.
     pub max_json_bytes: u64,
+    /// Url-encoded form body edits (request side only); names and values as for `query`.
+    pub form: EditsDef,
+    /// The largest form body buffered to edit.
+    pub max_form_bytes: u64,
 }
 
-/// One kind of edits (header fields or query parameters), applied in Kong's order: remove, rename,
+/// One kind of edits (header fields, query parameters, JSON keys or form fields), applied in Kong's order: remove, rename,
 /// replace (only if present), add (only if absent), append. Names and values as written (query
 /// ones decoded; `plugins::query_transform` encodes them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -136,6 +140,17 @@ pub struct EditsDef {
     pub replace: Vec<(String, String)>,
     pub add: Vec<(String, String)>,
     pub append: Vec<(String, String)>,
+}
+
+impl EditsDef {
+    /// Whether there is no edit of this kind.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.replace.is_empty()
+            && self.add.is_empty()
+            && self.append.is_empty()
+    }
 }
 
 /// `rate-limiting`'s config.

@@ -197,12 +197,14 @@ pub struct RawTransformer {
     pub add: Option<RawEdits>,
     pub append: Option<RawEdits>,
     pub http_method: Option<String>,
-    /// response-transformer: the largest JSON body it buffers to edit.
+    /// The largest JSON body it buffers to edit.
     pub max_json_bytes: Option<super::Size>,
+    /// request-transformer: the largest url-encoded form body it buffers to edit.
+    pub max_form_bytes: Option<super::Size>,
 }
 
-/// `{ headers = ["…"], querystring = ["…"] }`, `uri = "/path"` under `replace`, and (response side)
-/// `json = ["…"]` with `json_types`.
+/// `{ headers = ["…"], querystring = ["…"] }`, `uri = "/path"` under `replace`, `json = ["…"]`
+/// with `json_types`, and (request side) `form = ["…"]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
@@ -216,4 +218,6 @@ pub struct RawEdits {
     pub json: Option<Vec<String>>,
     /// The type of each `json` value, in order: `"string"` (the default), `"number"`, `"boolean"`.
     pub json_types: Option<Vec<String>>,
+    /// request-transformer: fields of an `application/x-www-form-urlencoded` body, as `querystring`.
+    pub form: Option<Vec<String>>,
 }

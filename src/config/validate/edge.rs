@@ -296,17 +296,17 @@ pub fn transformer(
         Side::Response => EditsDef::default(),
     };
     let json = edits(c, &cp, Field::Json, problems);
-    // Whether a request body is JSON is read from the client's Content-Type: a transformer that
-    // also edits that header would send the upstream JSON the edits never looked at.
-    let has_json = !(json.remove.is_empty()
-        && json.rename.is_empty()
-        && json.replace.is_empty()
-        && json.add.is_empty()
-        && json.append.is_empty());
+    let form = match side {
+        Side::Request => edits(c, &cp, Field::Form, problems),
+        Side::Response => EditsDef::default(),
+    };
+    // Whether a request body is JSON or a form is read from the client's Content-Type: a
+    // transformer that also edits that header would send the upstream a body the edits never
+    // looked at.
     let ct = |n: &String| n.eq_ignore_ascii_case("content-type");
     let h = &headers;
     if side == Side::Request
-        && has_json
+        && !(json.is_empty() && form.is_empty())
         && (h.remove.iter().any(ct)
             || h.rename.iter().any(|(a, b)| ct(a) || ct(b))
             || [&h.replace, &h.add, &h.append]
@@ -316,7 +316,7 @@ pub fn transformer(
         push(
             problems,
             cp.clone(),
-            "a request-transformer with `json` edits cannot also edit the Content-Type header: the edits apply to bodies the client declared JSON, and the upstream would read JSON they never looked at",
+            "a request-transformer with `json` or `form` edits cannot also edit the Content-Type header: the edits apply to bodies the client declared JSON or a form, and the upstream would read a body they never looked at",
         );
     }
     let mut uri = None;
@@ -335,6 +335,9 @@ pub fn transformer(
             }
             if e.uri.is_some() {
                 push(problems, at.key("uri"), RESPONSE_HEADERS_ONLY);
+            }
+            if e.form.is_some() {
+                push(problems, at.key("form"), RESPONSE_HEADERS_ONLY);
             }
             continue;
         }
@@ -369,18 +372,23 @@ pub fn transformer(
             None => Some(m.to_owned()),
         }
     });
-    let max_json_bytes = match &c.max_json_bytes {
-        None => DEFAULT_MAX_JSON_BYTES,
-        Some(s) if (1..=MAX_MAX_JSON_BYTES).contains(&s.0) => s.0,
+    let mut buffer_limit = |key: &str, size: &Option<crate::config::raw::Size>| match size {
+        None => DEFAULT_MAX_BODY_EDIT_BYTES,
+        Some(s) if (1..=MAX_MAX_BODY_EDIT_BYTES).contains(&s.0) => s.0,
         Some(s) => {
             push(
                 problems,
-                cp.key("max_json_bytes"),
-                format!("max_json_bytes must be 1 byte to 1 GiB, got {}", s.0),
+                cp.key(key),
+                format!("{key} must be 1 byte to 1 GiB, got {}", s.0),
             );
-            DEFAULT_MAX_JSON_BYTES
+            DEFAULT_MAX_BODY_EDIT_BYTES
         }
     };
+    let max_json_bytes = buffer_limit("max_json_bytes", &c.max_json_bytes);
+    let max_form_bytes = buffer_limit("max_form_bytes", &c.max_form_bytes);
+    if side == Side::Response && c.max_form_bytes.is_some() {
+        push(problems, cp.key("max_form_bytes"), RESPONSE_HEADERS_ONLY);
+    }
     (problems.len() == before).then_some(TransformDef {
         headers,
         query,
@@ -388,15 +396,17 @@ pub fn transformer(
         method,
         json,
         max_json_bytes,
+        form,
+        max_form_bytes,
     })
 }
 
-/// How large a JSON body a transformer buffers by default, and at most.
-pub const DEFAULT_MAX_JSON_BYTES: u64 = 1 << 20;
-const MAX_MAX_JSON_BYTES: u64 = 1 << 30;
+/// How large a JSON or form body a transformer buffers by default, and at most.
+pub const DEFAULT_MAX_BODY_EDIT_BYTES: u64 = 1 << 20;
+const MAX_MAX_BODY_EDIT_BYTES: u64 = 1 << 30;
 
 const RESPONSE_HEADERS_ONLY: &str =
-    "the response-transformer edits headers and JSON bodies only (`querystring`, `uri` and `http_method` are request-transformer keys)";
+    "the response-transformer edits headers and JSON bodies only (`querystring`, `form`, `uri`, `http_method` and `max_form_bytes` are request-transformer keys)";
 
 /// What an edit list names.
 #[derive(Clone, Copy)]
@@ -407,6 +417,8 @@ enum Field {
     Query,
     /// `json`: top-level keys of a JSON body (request or response).
     Json,
+    /// `form`: fields of a url-encoded form body (request side).
+    Form,
 }
 
 impl Field {
@@ -415,6 +427,7 @@ impl Field {
             Field::Header(_) => "headers",
             Field::Query => "querystring",
             Field::Json => "json",
+            Field::Form => "form",
         }
     }
 
@@ -423,7 +436,7 @@ impl Field {
     fn same(self, a: &str, b: &str) -> bool {
         match self {
             Field::Header(_) => a.eq_ignore_ascii_case(b),
-            Field::Query | Field::Json => a == b,
+            Field::Query | Field::Json | Field::Form => a == b,
         }
     }
 
@@ -434,6 +447,7 @@ impl Field {
                 Field::Header(_) => e.headers.as_deref(),
                 Field::Query => e.querystring.as_deref(),
                 Field::Json => e.json.as_deref(),
+                Field::Form => e.form.as_deref(),
             })
             .flat_map(|l| l.iter().map(String::as_str).enumerate())
     }
@@ -441,7 +455,7 @@ impl Field {
     fn name(self, problems: &mut Vec<Problem>, at: KeyPath, name: &str) -> Option<String> {
         match self {
             Field::Header(side) => header_name(problems, at, name.trim(), side),
-            Field::Query => query_text(problems, at, name, true),
+            Field::Query | Field::Form => query_text(problems, at, name, true),
             Field::Json => json_key(problems, at, name),
         }
     }
@@ -449,7 +463,7 @@ impl Field {
     fn value(self, problems: &mut Vec<Problem>, at: KeyPath, value: &str) -> Option<String> {
         match self {
             Field::Header(_) => header_value(problems, at, value),
-            Field::Query => query_text(problems, at, value, false),
+            Field::Query | Field::Form => query_text(problems, at, value, false),
             // Typed by `json_value`, which knows the entry's `json_types`.
             Field::Json => Some(value.to_owned()),
         }
@@ -519,7 +533,7 @@ fn edits(c: &RawTransformer, cp: &KeyPath, field: Field, problems: &mut Vec<Prob
     }
     let example = match field {
         Field::Header(_) => "\"Header-Name:value\"",
-        Field::Query | Field::Json => "\"name:value\"",
+        Field::Query | Field::Json | Field::Form => "\"name:value\"",
     };
     for (key, raw, out) in [
         ("replace", &c.replace, &mut def.replace),
