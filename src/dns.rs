@@ -78,6 +78,10 @@ pub struct Memory {
     missed: HashSet<(String, SocketAddr)>,
     /// The host names resolved in the last round.
     hosts: Vec<String>,
+    /// Host names that answered IPv6 only while an IPv4 target uses them: the targets keep their
+    /// IPv4 addresses (a failed A query next to a working AAAA one must not move them), which is
+    /// logged once and shown as failing.
+    v4_lost: HashSet<String>,
 }
 
 /// What `/metrics` shows of the thread's work (the thread and the metrics thread share it; never a
@@ -108,7 +112,7 @@ pub fn spawn(reloader: Arc<Reloader>, metrics: &MetricsHandle) -> std::io::Resul
         out.push(s.hosts.iter().fold(
             Family::new(
                 "ringgate_upstream_dns_resolution_failing",
-                "1 while the last dns_refresh of a host name failed (its targets and auth services keep their addresses).",
+                "1 while the last dns_refresh of a host name failed, or answered IPv6 only for IPv4 targets (its targets and auth services keep their addresses).",
                 FamilyKind::Gauge,
             ),
             |f, (host, failing)| f.sample(&[("host", host)], if *failing { 1.0 } else { 0.0 }),
@@ -148,7 +152,10 @@ fn run(reloader: &Reloader, stats: &Mutex<Stats>) {
             s.hosts = memory
                 .hosts
                 .iter()
-                .map(|h| (h.clone(), memory.failing.contains(h)))
+                .map(|h| {
+                    let failing = memory.failing.contains(h) || memory.v4_lost.contains(h);
+                    (h.clone(), failing)
+                })
                 .collect();
         }
         if changes.is_empty() {
@@ -304,6 +311,7 @@ pub fn changes(
 ) -> Vec<Change> {
     let mut answers: HashMap<&str, Option<Vec<IpAddr>>> = HashMap::new();
     let mut missed = HashSet::new();
+    let mut v4_lost = HashSet::new();
     let mut out = Vec::new();
     for (name, current, place) in named(config) {
         let Some(host) = host_name(name) else {
@@ -332,6 +340,15 @@ pub fn changes(
         let Some(ips) = got.as_deref() else {
             continue;
         };
+        if current.iter().any(SocketAddr::is_ipv4) && !ips.iter().any(IpAddr::is_ipv4) {
+            // `next_addrs` and `destination` keep such targets where they are.
+            if !memory.v4_lost.contains(host) && !v4_lost.contains(host) {
+                warn!(
+                    "upstream host answers IPv6 only host={host}; its IPv4 targets keep their addresses"
+                );
+            }
+            v4_lost.insert(host.to_owned());
+        }
         if let Place::Target { .. } = place {
             if let Some(to) = next_addrs(name, &current, ips, &memory.missed, &mut missed) {
                 out.push(Change {
@@ -360,6 +377,12 @@ pub fn changes(
         }
     }
     memory.missed = missed;
+    for host in memory.v4_lost.difference(&v4_lost) {
+        if answers.get(host.as_str()).is_some_and(Option::is_some) {
+            info!("upstream host answers IPv4 again host={host}");
+        }
+    }
+    memory.v4_lost = v4_lost;
     memory.hosts = answers.keys().map(|h| (*h).to_owned()).collect();
     memory.hosts.sort();
     // A host no target uses any more is forgotten.
@@ -555,6 +578,16 @@ targets = [{ target = "127.0.0.1:9443" }, { target = "localhost:9443", weight = 
         let v4 = addr("127.0.0.1:80");
         // An IPv6-only answer (a failed A query) does not move an IPv4 target...
         assert_eq!(destination(v4, &[ip("::1")]), None);
+        // ...and is shown as failing until IPv4 comes back.
+        let cfg = config();
+        let mut memory = Memory::default();
+        assert!(changes(&cfg, |_| Ok(vec![ip("::1")]), &mut memory).is_empty());
+        assert!(memory.v4_lost.contains("localhost"));
+        assert!(changes(&cfg, |_| Ok(vec![ip("::1")]), &mut memory).is_empty());
+        assert!(memory.v4_lost.contains("localhost"));
+        let was = cfg.upstreams[0].targets[0].addr;
+        assert!(changes(&cfg, |_| Ok(vec![was.ip(), ip("::1")]), &mut memory).is_empty());
+        assert!(memory.v4_lost.is_empty());
         // ...an IPv6 target goes back to IPv4 when it can, or to another IPv6 address.
         let v6 = addr("[::1]:80");
         assert_eq!(

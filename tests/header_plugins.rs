@@ -726,7 +726,11 @@ max_form_bytes = 64
     }
     // Another route has no edits: the form goes up as it came.
     let r = c.request(
-        format!("POST /b HTTP/1.1\r\nHost: {HOST}\r\n{form}Content-Length: {}\r\n\r\n{original}", original.len()).as_bytes(),
+        format!(
+            "POST /b HTTP/1.1\r\nHost: {HOST}\r\n{form}Content-Length: {}\r\n\r\n{original}",
+            original.len()
+        )
+        .as_bytes(),
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(String::from_utf8_lossy(&up.last_request().body), original);
