@@ -520,8 +520,11 @@ impl ClusterLink {
                     idx,
                 } => {
                     if let Some(w) = window(table, *slot, key, *period, *idx) {
-                        if n > *w.all {
-                            *w.all = n;
+                        // Redis has what every node pushed; this node's counts merged since the
+                        // exchange was built are not there yet.
+                        let seen = n.saturating_add(*w.pending);
+                        if seen > *w.all {
+                            *w.all = seen;
                             table.mark_dirty(*slot);
                         }
                     }
