@@ -1,7 +1,8 @@
 //! Cluster policy against a real `redis-server` on a free loopback port: three "nodes" (three
 //! reconcilers, each with its own LimiterSet) share one limit; Redis is then stopped (SIGSTOP) —
 //! `check` latency does not change and `on_redis_failure = "local"` gives each node its share — and
-//! resumed (SIGCONT): the limits converge again. Skipped, with a message, only when `redis-server`
+//! resumed (SIGCONT): the limits converge again. Redis restarted empty, or a limit put back by
+//! reloads, does not give the cluster a fresh quota. Skipped, with a message, only when `redis-server`
 //! is not installed (`.ci/run` installs it).
 
 mod common;
@@ -18,6 +19,20 @@ const T0: u64 = 1_714_566_615_000;
 const LIMIT: u64 = 3_000;
 
 fn node(port: u16) -> (ReconcilerHandle, LimiterSet) {
+    node_with(port, &format!("hour = {LIMIT}"))
+}
+
+fn node_with(port: u16, limit: &str) -> (ReconcilerHandle, LimiterSet) {
+    let cfg = config_with(port, limit);
+    let (h, mut links) = limit::start(&cfg, 1);
+    (h, LimiterSet::new(links.remove(0)))
+}
+
+fn config(port: u16) -> ringgate::config::model::Config {
+    config_with(port, &format!("hour = {LIMIT}"))
+}
+
+fn config_with(port: u16, limit: &str) -> ringgate::config::model::Config {
     let text = format!(
         r#"[[upstreams]]
 name = "u"
@@ -31,12 +46,10 @@ service = "s"
 paths = ["/"]
 [[plugins]]
 name = "rate-limiting"
-config = {{ hour = {LIMIT}, limit_by = "ip", policy = "cluster", on_redis_failure = "local", redis = {{ url = "redis://127.0.0.1:{port}", timeout = "50ms", prefix = "rgtest{port}" }} }}
+config = {{ {limit}, limit_by = "ip", policy = "cluster", on_redis_failure = "local", redis = {{ url = "redis://127.0.0.1:{port}", timeout = "50ms", prefix = "rgtest{port}" }} }}
 "#
     );
-    let cfg = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
-    let (h, mut links) = limit::start(&cfg, 1);
-    (h, LimiterSet::new(links.remove(0)))
+    load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 /// Runs the three nodes for `dur`: each makes `per_ms` checks on `key` per ms and syncs every 5 ms.
@@ -175,4 +188,182 @@ fn three_nodes_share_a_limit_through_redis_and_survive_an_outage() {
     let total: u64 = after.iter().sum();
     println!("redis resumed: admitted per node {after:?}, total {total}");
     assert!((LIMIT..=LIMIT + LIMIT / 20).contains(&total), "{total}");
+}
+
+/// This window's hash of per-node totals for `key`.
+fn node_totals(redis: &Redis, key: &str) -> Vec<u64> {
+    let mut c = redis.client().expect("redis client");
+    let k = format!(
+        "rgtest{}:rl:global:fw:hour-{LIMIT}:{}:{key}",
+        redis.port,
+        T0 / 3_600_000
+    );
+    redis::cmd("HVALS")
+        .arg(&k)
+        .query(&mut c)
+        .unwrap_or_default()
+}
+
+/// Both nodes saw Redis fail (their connections broke with the restart) and are healthy again, so
+/// what follows is measured in cluster mode, not in `local` mode's shares.
+fn noticed_and_recovered(nodes: &[(ReconcilerHandle, LimiterSet)]) {
+    sync_until(
+        nodes,
+        "every node to notice the restart and recover",
+        || {
+            nodes
+                .iter()
+                .all(|(h, _)| h.stats(0).redis_errors >= 1 && h.stats(0).redis_healthy)
+        },
+    );
+}
+
+fn sync_until(nodes: &[(ReconcilerHandle, LimiterSet)], what: &str, mut f: impl FnMut() -> bool) {
+    wait_for(what, Duration::from_secs(10), || {
+        for (_, s) in nodes {
+            s.sync(T0);
+        }
+        f()
+    });
+}
+
+/// Redis restarted without its data: the nodes write their totals again once it is back, so a
+/// node that never saw the key does not get the whole limit again.
+#[test]
+fn a_redis_that_comes_back_empty_gets_the_totals_again() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let mut redis = Redis::start().expect("start redis-server");
+    let nodes: Vec<_> = (0..2).map(|_| node(redis.port)).collect();
+    sync_until(&nodes, "both nodes healthy", || {
+        nodes
+            .iter()
+            .all(|(h, _)| h.stats(0).redis_healthy && h.stats(0).nodes == 2)
+    });
+    // Node A alone takes a third of the limit, and Redis has it.
+    let third = LIMIT / 3;
+    let mut hdr = Vec::new();
+    let done = (0..third)
+        .filter(|_| nodes[0].1.check(0, b"h", T0, &mut hdr) == Decision::Allow)
+        .count() as u64;
+    assert_eq!(done, third);
+    sync_until(&nodes, "A's total in Redis", || {
+        node_totals(&redis, "h").iter().sum::<u64>() == third
+    });
+    redis.restart_empty();
+    assert!(node_totals(&redis, "h").is_empty());
+    // A writes its total again without admitting anything more.
+    noticed_and_recovered(&nodes);
+    sync_until(&nodes, "A's total written again", || {
+        node_totals(&redis, "h").iter().sum::<u64>() == third
+    });
+    // Node B, which never saw the key, gets the rest only (not all of it, nor local mode's half).
+    let (b, _) = drive(&nodes[1..], b"h", 2, Duration::from_millis(2_000));
+    println!(
+        "after an empty restart: node B admitted {} of {LIMIT}",
+        b[0]
+    );
+    let rest = LIMIT - third;
+    assert!(b[0] >= rest - LIMIT / 20, "{b:?}");
+    assert!(
+        b[0] <= rest + LIMIT / 20,
+        "{b:?}: a fresh quota after the restart"
+    );
+}
+
+/// A limit a reload took out and another put back starts its counts again on this node, but its
+/// smaller totals never replace what the node wrote for it before: the cluster total stands.
+#[test]
+fn a_limit_put_back_by_reloads_does_not_overwrite_its_earlier_counts() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let redis = Redis::start().expect("start redis-server");
+    let cfg = config(redis.port);
+    let (mut h, mut links) = limit::start(&cfg, 1);
+    let set = LimiterSet::new(links.remove(0));
+    let mut hdr = Vec::new();
+    let half = LIMIT / 2;
+    let first = (0..half)
+        .filter(|_| set.check(0, b"r", T0, &mut hdr) == Decision::Allow)
+        .count() as u64;
+    assert_eq!(first, half);
+    let one = [(h, set)];
+    sync_until(&one, "the first total in Redis", || {
+        node_totals(&redis, "r").iter().sum::<u64>() == half
+    });
+    let [(mut h2, _)] = one;
+    drop(h2.install(Vec::new()));
+    let mut links = h2.install(limit::instances(&cfg));
+    h = h2;
+    let set = LimiterSet::new(links.remove(0));
+    let nodes = [(h, set)];
+    let (again, _) = drive(&nodes, b"r", 2, Duration::from_millis(1_500));
+    println!(
+        "put back: admitted {} more of {LIMIT} ({half} before); redis {:?}; healthy {}",
+        again[0],
+        node_totals(&redis, "r"),
+        nodes[0].0.stats(0).redis_healthy
+    );
+    assert!(
+        again[0] <= LIMIT - half + LIMIT / 20,
+        "{again:?}: a fresh quota"
+    );
+    assert!(again[0] >= LIMIT - half - LIMIT / 20, "{again:?}");
+}
+
+/// A token bucket lost with Redis is recreated from a node's view of its level, not full.
+#[test]
+fn a_token_bucket_lost_with_redis_keeps_its_level() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let mut redis = Redis::start().expect("start redis-server");
+    // Refills one token a minute: nothing to speak of during the test.
+    let bucket = r#"algorithm = "token_bucket", average = 60, period = "1h", burst = 2000"#;
+    let nodes: Vec<_> = (0..2).map(|_| node_with(redis.port, bucket)).collect();
+    sync_until(&nodes, "both nodes healthy", || {
+        nodes
+            .iter()
+            .all(|(h, _)| h.stats(0).redis_healthy && h.stats(0).nodes == 2)
+    });
+    let level = |redis: &Redis| {
+        let mut c = redis.client().expect("redis client");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("rgtest{}:tb:*", redis.port))
+            .query(&mut c)
+            .unwrap_or_default();
+        keys.first().and_then(|k| {
+            redis::cmd("HGET")
+                .arg(k)
+                .arg("t")
+                .query::<Option<String>>(&mut c)
+                .ok()
+                .flatten()
+                .and_then(|t| t.parse::<f64>().ok())
+        })
+    };
+    let mut hdr = Vec::new();
+    let taken = (0..1500)
+        .filter(|_| nodes[0].1.check(0, b"b", T0, &mut hdr) == Decision::Allow)
+        .count();
+    assert_eq!(taken, 1500);
+    sync_until(&nodes, "A's consumption in Redis", || {
+        level(&redis).is_some_and(|t| t < 510.0)
+    });
+    redis.restart_empty();
+    noticed_and_recovered(&nodes);
+    sync_until(&nodes, "the bucket recreated from A's view", || {
+        level(&redis).is_some_and(|t| t < 510.0)
+    });
+    let (b, _) = drive(&nodes[1..], b"b", 2, Duration::from_millis(1_500));
+    println!(
+        "bucket after an empty restart: node B admitted {} (about 500 left)",
+        b[0]
+    );
+    assert!(b[0] <= 600, "{b:?}: a full bucket after the restart");
 }

@@ -8,17 +8,23 @@
 //! waits on Redis.
 //!
 //! Per round and cluster instance, for every window whose node total changed since the last
-//! exchange: `HSET <window key> <node id> <node total>` + `EXPIRE`, then `HVALS` (the reply, summed,
-//! is the cluster total); `HVALS` alone for recently active keys with nothing to push (to learn
+//! exchange: `HSET <window key> <field> <node total>` + `EXPIRE`, then `HVALS` (the reply, summed,
+//! is the cluster total; `field` is the node id and a number per link, see `ClusterLink::field`); `HVALS` alone for recently active keys with nothing to push (to learn
 //! other nodes' counts); and every second a heartbeat in the sorted set `<prefix>:nodes` (`ZADD`
 //! node id with the wall clock, `ZREMRANGEBYSCORE` entries older than `NODE_TTL_MS`, `ZCARD`) so
 //! each node knows how many share the limit. Window keys are
 //! `<prefix>:rl:<instance id>:<fw|sw>:<period>-<limit>:<window index>:<limiter key>`, hashes of
 //! per-node absolute counts that expire two periods after their window (the sliding window reads the
 //! previous one). The node id is the limiter's for the process lifetime, so a reload neither looks
-//! like a new node nor resets this node's field.
+//! like a new node nor resets this node's field of a limit it keeps.
 //! Absolute per-node counts make every write idempotent: a pipeline that timed out (say, Redis was
 //! stopped) and is applied later, or is sent again after reconnecting, can never count twice.
+//!
+//! Redis may come back empty (restarted without persistence, or failed over): after any failure
+//! the next exchanges write every window total and bucket this node has again (`REASSERT_MAX` keys
+//! per exchange), whether or not it changed; a bucket that is gone is recreated from the pushing
+//! node's last view of its level rather than full. Otherwise each node would see only its own counts
+//! until its next admission, and together they would admit up to the limit again.
 //!
 //! On any error (connect, timeout, reply) the connection is dropped, the instance is unhealthy, and
 //! reconnecting is tried every `RETRY_MS`; merged counts stay pending and are pushed on recovery, so
@@ -47,10 +53,18 @@ pub const NODE_TTL_MS: u64 = 5_000;
 const REFRESH_RECENT_MS: u64 = 2_000;
 /// At most this many keys refreshed per round (the most recently active).
 const REFRESH_MAX: usize = 4_096;
+/// Numbers the links made in this process (see `ClusterLink::field`).
+static LINKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// At most this many keys' totals written again per exchange after a failure.
+const REASSERT_MAX: usize = 4_096;
 
 pub struct ClusterLink {
     def: RedisDef,
     node_id: String,
+    /// This link's field in window and bucket hashes: the node id and a number of its own. A limit
+    /// that reloads took out and put back (its counts restarted here) writes a new field, so the
+    /// totals the earlier one wrote still count until their window ends.
+    field: String,
     inst_id: String,
     /// The instance's slot: tags the replies of its exchanges.
     slot: u32,
@@ -65,6 +79,10 @@ pub struct ClusterLink {
     /// Jobs to this instance's Redis thread (started with the first exchange).
     jobs: Option<Sender<Job>>,
     replies: Sender<Reply>,
+    /// Set by a failure: the next exchange lists every key's slot in `reassert`.
+    reassert_all: bool,
+    /// Slots whose window totals are still to be written again since the last failure.
+    reassert: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,8 +156,10 @@ enum Op {
 /// only when the hash has no field for the node yet, i.e. first push or expired). A push applied
 /// twice (a timed-out pipeline that Redis ran late, then retried) adds nothing the second time.
 /// Refill is `rate_per_ms` per ms of the pushing node's clock (never backwards), capped at `burst`;
-/// the level never goes below `-burst`. Returns `{level, at_ms}` (level as a string: Lua numbers
-/// would be truncated to integers in the reply).
+/// the level never goes below `-burst`. A bucket that is gone (expired, or Redis restarted empty)
+/// starts from the pushing node's last view of the level (`ARGV[8]` at `ARGV[9]`: full for a new
+/// key). Returns `{level, at_ms}` (level as a string: Lua numbers would be truncated to integers in
+/// the reply).
 const BUCKET_SCRIPT: &str = r#"
 local h = KEYS[1]
 local f = 'n:' .. ARGV[1]
@@ -151,8 +171,8 @@ if add < 0 then add = 0 end
 local now = tonumber(ARGV[4])
 local rate = tonumber(ARGV[5])
 local burst = tonumber(ARGV[6])
-local t = tonumber(redis.call('HGET', h, 't') or burst)
-local ts = tonumber(redis.call('HGET', h, 'ts') or now)
+local t = tonumber(redis.call('HGET', h, 't') or ARGV[8])
+local ts = tonumber(redis.call('HGET', h, 'ts') or ARGV[9])
 if now > ts then
   t = math.min(burst, t + (now - ts) * rate)
   ts = now
@@ -175,6 +195,7 @@ impl ClusterLink {
         ClusterLink {
             def,
             node_id: node_id.to_owned(),
+            field: format!("{node_id}.{}", LINKS.fetch_add(1, Ordering::Relaxed)),
             inst_id: inst_id.to_owned(),
             slot,
             health: Health::Unknown,
@@ -186,6 +207,8 @@ impl ClusterLink {
             seq: 0,
             jobs: None,
             replies,
+            reassert_all: false,
+            reassert: Vec::new(),
         }
     }
 
@@ -258,6 +281,8 @@ impl ClusterLink {
         }
         self.health = Health::Down;
         self.retry_at = now + RETRY_MS;
+        // Redis may come back without what was written (see the module's invariants).
+        self.reassert_all = true;
         stats.redis_healthy.store(false, Ordering::Relaxed);
         stats.redis_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -301,23 +326,41 @@ impl ClusterLink {
         let bucket_ttl_ms = inst.def.bucket.map_or(10_000, |d| {
             ((2.0 * d.burst as f64 / d.rate_per_ms).ceil() as u64).max(10_000)
         });
-        for &slot in push.iter() {
+        // After a failure: every key's window totals and bucket views, a chunk per exchange (a
+        // bucket that is still there takes nothing from a push of 0 tokens; a lost one is
+        // recreated from this node's view of its level).
+        if self.reassert_all {
+            self.reassert_all = false;
+            self.reassert.clear();
+            table.recent(0, usize::MAX, &mut self.reassert);
+        }
+        // Most recently active first (`recent`'s order).
+        let chunk = self.reassert.len().min(REASSERT_MAX);
+        let mut forced: Vec<u32> = self.reassert.drain(..chunk).collect();
+        forced.retain(|s| !queued.contains(s));
+        forced.sort_unstable();
+        let slots = push.iter().map(|&s| (s, false));
+        for (slot, force) in slots.chain(forced.iter().map(|&s| (s, true))) {
             if let (Some(bdef), Some((key, GState::Bucket(g)))) =
                 (inst.def.bucket, table.entry_mut(slot))
             {
                 let (key, g) = (key.to_vec(), *g);
                 let k = self.bucket_key(&bdef, &key);
+                // This node's last view of the level, before what it consumed since.
+                let view = (g.all.tokens + g.pending as f64).min(bdef.burst as f64);
                 pipe.cmd("EVAL")
                     .arg(BUCKET_SCRIPT)
                     .arg(1)
                     .arg(&k[..])
-                    .arg(&self.node_id)
+                    .arg(&self.field)
                     .arg(g.node_total)
                     .arg(g.pending)
                     .arg(now)
                     .arg(bdef.rate_per_ms)
                     .arg(bdef.burst)
-                    .arg(bucket_ttl_ms);
+                    .arg(bucket_ttl_ms)
+                    .arg(view.to_string())
+                    .arg(g.all.at_ms);
                 ops.push(Op::PushBucket {
                     slot,
                     key,
@@ -337,13 +380,13 @@ impl ClusterLink {
                     (w.pending, w.node_curr, w.idx),
                     (w.pending_prev, w.node_prev, w.idx.wrapping_sub(1)),
                 ] {
-                    if changed == 0 {
+                    if changed == 0 && !(force && total > 0) {
                         continue;
                     }
                     let k = self.window_key(sliding, lim, idx, &key);
                     pipe.cmd("HSET")
                         .arg(&k[..])
-                        .arg(&self.node_id)
+                        .arg(&self.field)
                         .arg(total)
                         .ignore();
                     pipe.cmd("EXPIRE").arg(&k[..]).arg(ttl).ignore();
@@ -366,7 +409,7 @@ impl ClusterLink {
             &mut recent,
         );
         for slot in recent {
-            if queued.contains(&slot) {
+            if queued.contains(&slot) || forced.binary_search(&slot).is_ok() {
                 continue;
             }
             if let (Some(bdef), Some((key, GState::Bucket(_)))) =

@@ -19,7 +19,35 @@ impl Redis {
             .local_addr()
             .ok()?
             .port();
-        let child = Command::new("redis-server")
+        let child = Self::spawn(port)?;
+        let r = Redis { child, port };
+        r.wait_up();
+        Some(r)
+    }
+
+    /// Kills the server and starts an empty one on the same port (no persistence: a restart, or a
+    /// failover, that lost every key).
+    pub fn restart_empty(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port).expect("restart redis-server");
+        self.wait_up();
+    }
+
+    fn wait_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.ping() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not answer on port {}", self.port);
+    }
+
+    fn spawn(port: u16) -> Option<Child> {
+        Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -33,16 +61,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .ok()?;
-        let r = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if r.ping() {
-                return Some(r);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not answer on port {port}");
+            .ok()
     }
 
     pub fn client(&self) -> redis::RedisResult<redis::Connection> {
