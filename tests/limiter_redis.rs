@@ -367,3 +367,39 @@ fn a_token_bucket_lost_with_redis_keeps_its_level() {
     );
     assert!(b[0] <= 600, "{b:?}: a full bucket after the restart");
 }
+
+/// A Redis that wants a password: the limit shares through it with `password` (or
+/// `password_env`), and a wrong one keeps the limit on `on_redis_failure`, counted as errors.
+#[test]
+fn a_password_protected_redis() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let redis = Redis::start_with(Some("s3cret-pw")).expect("start redis-server");
+    let limit = format!("hour = {LIMIT}");
+    let with = |auth: &str| {
+        let text = format!(
+            "[[upstreams]]\nname = \"u\"\ntargets = [{{ target = \"127.0.0.1:9001\" }}]\n[[services]]\nname = \"s\"\nupstream = \"u\"\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n[[plugins]]\nname = \"rate-limiting\"\nconfig = {{ {limit}, limit_by = \"ip\", policy = \"cluster\", redis = {{ url = \"redis://127.0.0.1:{}\", timeout = \"50ms\", prefix = \"rgtest{}\", {auth} }} }}\n",
+            redis.port, redis.port
+        );
+        let cfg = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
+        let (h, mut links) = limit::start(&cfg, 1);
+        (h, LimiterSet::new(links.remove(0)))
+    };
+    let good = [with(r#"password = "s3cret-pw""#)];
+    sync_until(&good, "healthy with the password", || {
+        good[0].0.stats(0).redis_healthy && good[0].0.stats(0).redis_errors == 0
+    });
+    let mut hdr = Vec::new();
+    assert_eq!(good[0].1.check(0, b"p", T0, &mut hdr), Decision::Allow);
+    sync_until(&good, "the count in Redis", || {
+        node_totals(&redis, "p").iter().sum::<u64>() == 1
+    });
+    let bad = [with(r#"username = "default", password = "wrong""#)];
+    assert_eq!(bad[0].1.check(0, b"q", T0, &mut hdr), Decision::Allow);
+    sync_until(&bad, "a wrong password to count as errors", || {
+        !bad[0].0.stats(0).redis_healthy && bad[0].0.stats(0).redis_errors >= 1
+    });
+    assert!(node_totals(&redis, "q").is_empty());
+}

@@ -441,6 +441,62 @@ fn cluster_needs_redis_and_local_rejects_redis_keys() {
             "not a usable Redis url",
         );
     }
+    // Credentials go beside the url, never in it: the message does not repeat them.
+    let text = with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { minute = 1, policy = \"cluster\", redis = { url = \"redis://default:Sup3rSecret@127.0.0.1:6379\" } }\n");
+    expect_one(
+        &text,
+        21,
+        60,
+        "plugins[0].config.redis.url",
+        "set `username` and `password`",
+    );
+    let shown: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
+    assert!(!shown.concat().contains("Sup3rSecret"), "{shown:?}");
+    let redis_with = |auth: &str| {
+        with(&format!("[[plugins]]\nname = \"rate-limiting\"\nconfig = {{ minute = 1, policy = \"cluster\", redis = {{ url = \"redis://h:1\", {auth} }} }}\n"))
+    };
+    for (auth, key, why) in [
+        (
+            "username = \"u\"",
+            "username",
+            "needs `password` or `password_env`",
+        ),
+        ("password = \"\"", "password", "must not be empty"),
+        (
+            "password = \"a\", password_env = \"HOME\"",
+            "password_env",
+            "not both",
+        ),
+        (
+            "password_env = \"RINGGATE_TEST_NO_SUCH_VARIABLE\"",
+            "password_env",
+            "is not set",
+        ),
+    ] {
+        let errs = errors(&redis_with(auth));
+        assert_eq!(errs.len(), 1, "{auth}: {errs:?}");
+        assert_eq!(
+            errs[0].key,
+            format!("plugins[0].config.redis.{key}"),
+            "{auth}"
+        );
+        assert!(errs[0].message.contains(why), "{auth}: {}", errs[0]);
+    }
+    let cfg = load_str(
+        &redis_with("username = \"rl\", password = \"Sup3rSecret\""),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    match &cfg.plugins[0].config {
+        PluginConfig::RateLimiting(d) => {
+            let debug = format!("{d:?}");
+            assert!(
+                !debug.contains("Sup3rSecret") && debug.contains("Secret(***)"),
+                "{debug}"
+            );
+        }
+        other => panic!("not rate-limiting: {other:?}"),
+    }
     // Token buckets share through Redis too.
     let cfg = load_str(
         &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { algorithm = \"token_bucket\", average = 1, policy = \"cluster\", redis = { url = \"redis://h:1\" } }\n"),

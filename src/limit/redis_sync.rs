@@ -107,9 +107,18 @@ struct InFlight {
 /// One pipelined round trip for the Redis thread.
 pub struct Job {
     seq: u64,
-    url: String,
+    /// Where and as whom: a change (a reload) reconnects.
+    to: Endpoint,
     timeout: std::time::Duration,
     pipe: redis::Pipeline,
+}
+
+/// A Redis url and the credentials for it.
+#[derive(Clone, PartialEq, Eq)]
+struct Endpoint {
+    url: String,
+    username: Option<String>,
+    password: Option<crate::config::model::Secret>,
 }
 
 /// What the Redis thread sends back: the replies to job `seq` of the instance at `slot`.
@@ -466,7 +475,11 @@ impl ClusterLink {
         self.seq += 1;
         let job = Job {
             seq: self.seq,
-            url: self.def.url.clone(),
+            to: Endpoint {
+                url: self.def.url.clone(),
+                username: self.def.username.clone(),
+                password: self.def.password.clone(),
+            },
             timeout: self.def.timeout,
             pipe,
         };
@@ -611,12 +624,13 @@ impl ClusterLink {
 }
 
 /// The Redis thread of one cluster instance: runs each job's pipeline on its connection
-/// (reconnecting after an error, or when the url changed) and sends the replies back. Ends when
-/// its instance is gone (the job queue closes) or the reconciler is (the reply queue closes).
+/// (reconnecting after an error, or when the url or credentials changed) and sends the replies
+/// back. Ends when its instance is gone (the job queue closes) or the reconciler is (the reply
+/// queue closes).
 fn redis_thread(slot: u32, jobs: Receiver<Job>, replies: Sender<Reply>) {
-    let mut conn: Option<(String, redis::Connection)> = None;
+    let mut conn: Option<(Endpoint, redis::Connection)> = None;
     for job in jobs {
-        if conn.as_ref().is_some_and(|(url, _)| *url != job.url) {
+        if conn.as_ref().is_some_and(|(to, _)| *to != job.to) {
             conn = None;
         }
         let result = run_job(&mut conn, &job).map_err(|e| e.to_string());
@@ -635,15 +649,25 @@ fn redis_thread(slot: u32, jobs: Receiver<Job>, replies: Sender<Reply>) {
 }
 
 fn run_job(
-    conn: &mut Option<(String, redis::Connection)>,
+    conn: &mut Option<(Endpoint, redis::Connection)>,
     job: &Job,
 ) -> redis::RedisResult<Vec<Value>> {
     let (_, c) = match conn {
         Some(c) => c,
         None => {
-            let client = redis::Client::open(job.url.as_str())?;
+            use redis::IntoConnectionInfo;
+            let mut info = job.to.url.as_str().into_connection_info()?;
+            if let Some(p) = &job.to.password {
+                // AUTH on connect (redis-rs sends it before anything else).
+                let mut settings = info.redis_settings().clone().set_password(&p.0);
+                if let Some(u) = &job.to.username {
+                    settings = settings.set_username(u);
+                }
+                info = info.set_redis_settings(settings);
+            }
+            let client = redis::Client::open(info)?;
             let c = client.get_connection_with_timeout(job.timeout)?;
-            conn.insert((job.url.clone(), c))
+            conn.insert((job.to.clone(), c))
         }
     };
     c.set_read_timeout(Some(job.timeout))?;

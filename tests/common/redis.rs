@@ -10,17 +10,29 @@ use std::time::{Duration, Instant};
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// `--requirepass`, when started with one.
+    password: Option<String>,
 }
 
 impl Redis {
     pub fn start() -> Option<Redis> {
+        Self::start_with(None)
+    }
+
+    /// A server that wants `AUTH password` first (`--requirepass`).
+    pub fn start_with(password: Option<&str>) -> Option<Redis> {
         let port = TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
             .ok()?
             .port();
-        let child = Self::spawn(port)?;
-        let r = Redis { child, port };
+        let child = Self::spawn(port, password)?;
+        let password = password.map(str::to_owned);
+        let r = Redis {
+            child,
+            port,
+            password,
+        };
         r.wait_up();
         Some(r)
     }
@@ -31,7 +43,8 @@ impl Redis {
         self.signal(libc::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.port).expect("restart redis-server");
+        self.child =
+            Self::spawn(self.port, self.password.as_deref()).expect("restart redis-server");
         self.wait_up();
     }
 
@@ -46,8 +59,10 @@ impl Redis {
         panic!("redis-server did not answer on port {}", self.port);
     }
 
-    fn spawn(port: u16) -> Option<Child> {
+    fn spawn(port: u16, password: Option<&str>) -> Option<Child> {
+        let auth = password.map(|p| ["--requirepass", p]);
         Command::new("redis-server")
+            .args(auth.iter().flatten())
             .args([
                 "--port",
                 &port.to_string(),
@@ -65,7 +80,12 @@ impl Redis {
     }
 
     pub fn client(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        redis::Client::open(format!("redis://{auth}127.0.0.1:{}", self.port))?
             .get_connection_with_timeout(Duration::from_millis(200))
     }
 

@@ -283,6 +283,19 @@ pub struct RedisDef {
     pub timeout: Duration,
     /// Prefix of every Redis key this instance uses.
     pub prefix: String,
+    /// `AUTH` on connect: the ACL user (if any) and the password.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// A credential from the config: compared like a string, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// What a cluster-policy limiter does while Redis is unreachable.

@@ -109,6 +109,11 @@ pub struct RawRedis {
     pub url: String,
     pub timeout: Option<Dur>,
     pub prefix: Option<String>,
+    /// Redis 6 ACL user (`AUTH username password`); with a password only, `AUTH password`.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The name of an environment variable holding the password (read at load and reload).
+    pub password_env: Option<String>,
 }
 
 /// A number: TOML integer or float (AWS's `rate_limit` may be fractional).

@@ -687,12 +687,20 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
     let before = problems.len();
     let rest = r.url.strip_prefix("redis://");
     let authority = rest.map(|s| s.split('/').next().unwrap_or_default());
-    if authority.is_none_or(|a| a.is_empty() || a.contains('@')) {
+    if authority.is_some_and(|a| a.contains('@')) || r.url.contains('@') {
+        // Not echoed: the url holds a password, and this message goes to logs and to the admin
+        // API's reload answer.
+        push(
+            problems,
+            path.key("url"),
+            "credentials in the Redis url are not supported (the url shows up in messages): set `username` and `password` or `password_env` beside it",
+        );
+    } else if authority.is_none_or(str::is_empty) {
         push(
             problems,
             path.key("url"),
             format!(
-                "{:?} is not a supported Redis url; expected \"redis://host:port[/db]\" (no credentials in the url)",
+                "{:?} is not a supported Redis url; expected \"redis://host:port[/db]\" (TLS, `rediss://`, is not supported)",
                 r.url
             ),
         );
@@ -733,10 +741,45 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
             "must be 1 to 64 letters, digits, '.', '_', '-', ':', '{' or '}'",
         );
     }
+    let password = match (&r.password, &r.password_env) {
+        (Some(_), Some(_)) => {
+            push(
+                problems,
+                path.key("password_env"),
+                "set `password` or `password_env`, not both",
+            );
+            None
+        }
+        (Some(p), None) => Some(p.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                push(
+                    problems,
+                    path.key("password_env"),
+                    format!("the environment variable {var:?} is not set (or not UTF-8)"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if password.as_deref() == Some("") {
+        push(problems, path.key("password"), "must not be empty");
+    }
+    if r.username.is_some() && password.is_none() && r.password_env.is_none() {
+        push(
+            problems,
+            path.key("username"),
+            "a Redis user needs `password` or `password_env`",
+        );
+    }
     (problems.len() == before).then(|| RedisDef {
         url: r.url.clone(),
         timeout,
         prefix,
+        username: r.username.clone(),
+        password: password.map(crate::config::model::Secret),
     })
 }
 
