@@ -1852,10 +1852,13 @@ async fn connect(
                 e
             ),
             Ok(Err(ConnectError::Tls(e))) => crate::warn!(
-                "upstream tls handshake failed target={} address={} error=\"{}\"",
+                "upstream tls handshake failed upstream={} target={} address={} server_name={} error=\"{}\"",
+                ups.name,
                 tdef.name,
                 tdef.addr,
-                e
+                tls.and_then(|(_, n)| n)
+                    .map_or_else(|| "-".to_owned(), |n| n.to_str().into_owned()),
+                e.replace('"', "'")
             ),
             Err(_) => {
                 crate::debug!(
@@ -1952,7 +1955,7 @@ async fn connect_one(
     let connector = TlsConnector::from(tls.config.clone());
     match connector.connect(name, stream).await {
         Ok(s) => Ok(UpstreamConn::tls(s, fd)),
-        Err(e) => Err(ConnectError::Tls(e.to_string())),
+        Err(e) => Err(ConnectError::Tls(crate::tls::handshake_error(&e))),
     }
 }
 

@@ -16,4 +16,14 @@ pub mod redirect;
 pub mod stream;
 
 pub use context::{TlsContext, TlsShared};
+
+/// What went wrong in a handshake, as a log line can say it: monoio-rustls' own `Display` is only
+/// "io error" or "rustls error", while the cause (`invalid peer certificate: certificate not valid
+/// for name "api.internal"`, `received fatal alert: HandshakeFailure`, an EOF) is inside.
+pub fn handshake_error(e: &monoio_rustls::TlsError) -> String {
+    match e {
+        monoio_rustls::TlsError::Io(e) => e.to_string(),
+        monoio_rustls::TlsError::Rustls(e) => e.to_string(),
+    }
+}
 pub use stream::CancelSafe;

@@ -138,7 +138,7 @@ impl Snapshot {
                     .as_ref()
                     .and_then(|tls| Some((tls.names.get(i)?, tls)))
                 {
-                    Some((name, tls)) => pool.slot_for_tls(t.addr, name, tls.roots.as_deref()),
+                    Some((name, tls)) => pool.slot_for_tls(t.addr, name, tls.roots.as_ref()),
                     None => pool.slot_for(t.addr),
                 }
             }));

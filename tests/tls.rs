@@ -901,6 +901,32 @@ fn https_upstream_with_ca_file_verifies_and_sends_sni() {
     assert_eq!(up.handshakes(), 1);
 }
 
+/// The CA file's contents change (the upstream's CA is no longer trusted) and the config is
+/// reloaded: pooled connections verified against the old roots are not reused (they were: the
+/// pool was keyed by the file's path).
+#[test]
+fn a_ca_file_that_changed_retires_the_connections_verified_with_it() {
+    let pki = Pki::new();
+    let up = TlsUpstream::start(&pki);
+    let ca = pki.path("trusted-ca.pem");
+    std::fs::copy(pki.path("ca.pem"), &ca).expect("copy ca");
+    let gw = upstream_tls_gateway(&format!(
+        "[[services]]\nname = \"svc\"\nurl = \"https://localhost:{}\"\nca_file = \"{}\"",
+        up.addr.port(),
+        ca.display()
+    ));
+    let mut c = common::Conn::connect(gw.addr());
+    assert_eq!(c.get("client.test", "/a").status, 200);
+    assert_eq!(up.handshakes(), 1);
+    std::fs::copy(pki.path("other-ca.pem"), &ca).expect("replace ca");
+    gw.reload_to(2);
+    let r = c.get("client.test", "/b");
+    assert_eq!(
+        r.status, 502,
+        "served over a connection the new roots do not trust: {r:?}"
+    );
+}
+
 #[test]
 fn https_upstream_block_with_tls_server_name() {
     let pki = Pki::new();
@@ -935,7 +961,18 @@ fn https_upstream_with_wrong_ca_is_502() {
     ));
     let r = common::get(gw.addr(), "client.test", "/");
     assert_eq!(r.status, 502, "{r:?}");
+    // The log says why (it said `error="io error"` for every cause), and which upstream and name.
     assert!(gw.wait_log("upstream tls handshake failed", Duration::from_secs(5)));
+    let line = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("upstream tls handshake failed"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("invalid peer certificate") && line.contains("server_name=localhost"),
+        "{line}"
+    );
+    assert!(line.contains("upstream="), "{line}");
     // A name the certificate does not cover fails the same way.
     let gw2 = upstream_tls_gateway(&format!(
         "[[services]]\nname = \"svc\"\nurl = \"https://localhost:{}\"\nca_file = \"{}\"\ntls_server_name = \"nope.test\"",
@@ -943,6 +980,7 @@ fn https_upstream_with_wrong_ca_is_502() {
         pki.p("ca.pem")
     ));
     assert_eq!(common::get(gw2.addr(), "client.test", "/").status, 502);
+    assert!(gw2.wait_log("not valid for name", Duration::from_secs(5)));
 }
 
 /// Three upstreams on one address (a shared ingress serving several names): a connection opened with

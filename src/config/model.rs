@@ -315,9 +315,18 @@ pub struct UpstreamTls {
     pub config: Arc<rustls::ClientConfig>,
     /// Per target (same index as `UpstreamDef::targets`): the name sent as SNI and verified.
     pub names: Vec<rustls::pki_types::ServerName<'static>>,
-    /// The resolved `ca_file` the certificates are verified against; `None` = the system roots.
-    /// Part of the pool key, with the name: a connection verified for one is never reused for another.
-    pub roots: Option<std::path::PathBuf>,
+    /// The `ca_file` the certificates are verified against; `None` = the system roots. Part of the
+    /// pool key, with the name: a connection verified for one is never reused for another.
+    pub roots: Option<RootsId>,
+}
+
+/// Which CA file, and what was in it at load: a reload after the file's contents changed (a CA no
+/// longer trusted) gets new pools, so no connection verified against the old roots is reused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RootsId {
+    pub path: std::path::PathBuf,
+    /// A hash of the certificates read from it.
+    pub digest: u64,
 }
 
 /// One `listen` entry.

@@ -61,7 +61,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
     let tls = match monoio::time::timeout(left, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            crate::debug!("tls handshake failed peer={} error=\"{}\"", peer, e);
+            crate::debug!(
+                "tls handshake failed peer={} error=\"{}\"",
+                peer,
+                crate::tls::handshake_error(&e).replace('"', "'")
+            );
             count(ERROR);
             return;
         }

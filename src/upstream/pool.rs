@@ -33,10 +33,10 @@
 //! addresses that reloads and `dns_refresh` left behind do not pile up. A slot index is never
 //! reused while a snapshot (and so a request) that knows it is alive.
 
+use crate::config::model::RootsId;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -45,7 +45,7 @@ use super::conn::UpstreamConn;
 
 /// What a pooled connection was opened as: the address, plus the TLS server name and trust roots
 /// (`None` for plain TCP).
-type SlotKey = (SocketAddr, Option<(ServerName<'static>, Option<PathBuf>)>);
+type SlotKey = (SocketAddr, Option<(ServerName<'static>, Option<RootsId>)>);
 
 struct Idle {
     stream: UpstreamConn,
@@ -92,9 +92,9 @@ impl Pool {
         &self,
         addr: SocketAddr,
         name: &ServerName<'static>,
-        roots: Option<&Path>,
+        roots: Option<&RootsId>,
     ) -> usize {
-        self.slot_for_key((addr, Some((name.clone(), roots.map(Path::to_path_buf)))))
+        self.slot_for_key((addr, Some((name.clone(), roots.cloned()))))
     }
 
     fn slot_for_key(&self, key: SlotKey) -> usize {
@@ -325,13 +325,20 @@ mod tests {
         let plain = pool.slot_for(addr);
         let tls_a = pool.slot_for_tls(addr, &a, None);
         let tls_b = pool.slot_for_tls(addr, &b, None);
-        let tls_a_ca = pool.slot_for_tls(addr, &a, Some(Path::new("/etc/ca.pem")));
-        let all = [plain, tls_a, tls_b, tls_a_ca];
+        let ca = |digest| RootsId {
+            path: "/etc/ca.pem".into(),
+            digest,
+        };
+        let tls_a_ca = pool.slot_for_tls(addr, &a, Some(&ca(1)));
+        // The same file with other certificates in it (a reload after the CA changed).
+        let tls_a_ca2 = pool.slot_for_tls(addr, &a, Some(&ca(2)));
+        let all = [plain, tls_a, tls_b, tls_a_ca, tls_a_ca2];
         for (i, x) in all.iter().enumerate() {
             assert!(!all[i + 1..].contains(x), "{all:?}");
         }
         // The same identity (a reload) finds the same slot.
         assert_eq!(pool.slot_for_tls(addr, &a, None), tls_a);
+        assert_eq!(pool.slot_for_tls(addr, &a, Some(&ca(1))), tls_a_ca);
         assert_eq!(pool.slot_for(addr), plain);
     }
 

@@ -157,7 +157,7 @@ fn upstream_tls(
     Some(UpstreamTls {
         config: config?,
         names,
-        roots: configs.roots_path(raw.ca_file.as_deref()),
+        roots: configs.roots_id(raw.ca_file.as_deref()),
     })
 }
 
@@ -371,7 +371,7 @@ fn url_upstream(
         Some(UpstreamTls {
             config: config?,
             names: vec![name.ok()?],
-            roots: configs.roots_path(raw.ca_file.as_deref()),
+            roots: configs.roots_id(raw.ca_file.as_deref()),
         })
     } else {
         for (key, set) in [

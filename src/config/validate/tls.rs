@@ -431,7 +431,7 @@ pub fn check_listeners(listeners: &[ListenDef], certificates: usize, problems: &
 pub struct ClientConfigs {
     base: PathBuf,
     system: Option<Result<Arc<ClientConfig>, String>>,
-    by_ca: HashMap<PathBuf, Arc<ClientConfig>>,
+    by_ca: HashMap<PathBuf, (Arc<ClientConfig>, u64)>,
 }
 
 impl ClientConfigs {
@@ -443,9 +443,14 @@ impl ClientConfigs {
         }
     }
 
-    /// Where `ca_file` resolves (the identity of its roots); `None` for the system roots.
-    pub fn roots_path(&self, ca_file: Option<&str>) -> Option<PathBuf> {
-        ca_file.map(|ca| resolve_path(&self.base, ca))
+    /// The identity of `ca_file`'s roots (after `get` read it): where it resolves and what it held;
+    /// `None` for the system roots.
+    pub fn roots_id(&self, ca_file: Option<&str>) -> Option<crate::config::model::RootsId> {
+        ca_file.map(|ca| {
+            let path = resolve_path(&self.base, ca);
+            let digest = self.by_ca.get(&path).map_or(0, |(_, d)| *d);
+            crate::config::model::RootsId { path, digest }
+        })
     }
 
     /// The client config verifying against `ca_file` (PEM, one or more CA certificates) or, without
@@ -459,10 +464,17 @@ impl ClientConfigs {
         match ca_file {
             Some(ca) => {
                 let file = resolve_path(&self.base, ca);
-                if let Some(c) = self.by_ca.get(&file) {
+                if let Some((c, _)) = self.by_ca.get(&file) {
                     return Some(c.clone());
                 }
+                let mut digest = 0;
                 let built = read_certs(&file).and_then(|certs| {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    for c in &certs {
+                        c.as_ref().hash(&mut h);
+                    }
+                    digest = h.finish();
                     let mut roots = RootCertStore::empty();
                     let (added, _ignored) = roots.add_parsable_certificates(certs);
                     if added == 0 {
@@ -475,7 +487,7 @@ impl ClientConfigs {
                 });
                 match built {
                     Ok(c) => {
-                        self.by_ca.insert(file, c.clone());
+                        self.by_ca.insert(file, (c.clone(), digest));
                         Some(c)
                     }
                     Err(e) => {
