@@ -161,6 +161,7 @@ fn bench(c: &mut Criterion) {
 
     let fwd = Forwarded {
         client_ip: ip,
+        real_ip: ip,
         listen_port: 8080,
         client_host: b"api.example.com",
         prefix: b"",

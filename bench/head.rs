@@ -82,6 +82,7 @@ fn bench_request_head(c: &mut Criterion) {
         let client_host = head.host.map(|h| h.get(buf)).unwrap_or_default();
         let fwd = Forwarded {
             client_ip,
+            real_ip: client_ip,
             listen_port: 8080,
             client_host,
             prefix: b"",

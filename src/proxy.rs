@@ -1204,8 +1204,24 @@ impl<S: ClientIo> Conn<S> {
         } else {
             svc.host_header.as_deref().unwrap_or(&tdef.name).as_bytes()
         };
+        // X-Real-IP: the client as `trusted_proxies` resolve it (nginx's realip, Kong), as rate
+        // limiting and the access log see it; X-Forwarded-For gets the peer appended.
+        let real_ip = if snap.auth.trusted_proxies.is_empty() {
+            self.peer.ip()
+        } else {
+            let buf = &self.buf;
+            let xff = self
+                .s
+                .head
+                .headers
+                .iter()
+                .filter(|h| eq_ignore_case(h.name.get(buf), b"x-forwarded-for"))
+                .map(|h| h.value.get(buf));
+            crate::auth::client_ip::resolve(self.peer.ip(), &snap.auth.trusted_proxies, xff)
+        };
         let fwd = Forwarded {
             client_ip: self.peer.ip(),
+            real_ip,
             listen_port: self.listener.port,
             client_host,
             prefix: self.s.path.get(..p.strip_len).unwrap_or_default(),

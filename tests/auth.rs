@@ -442,6 +442,9 @@ config = { allow = ["203.0.113.0/24"] }
         up.last_request().header("x-forwarded-for"),
         Some("203.0.113.9, 127.0.0.1")
     );
+    // X-Real-IP is the client the trusted proxies vouch for (as nginx's realip and Kong set it),
+    // not the proxy.
+    assert_eq!(up.last_request().header("x-real-ip"), Some("203.0.113.9"));
 }
 
 #[test]

@@ -118,7 +118,10 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// What the upstream request says about the client and the route.
 pub struct Forwarded<'a> {
+    /// The peer: appended to X-Forwarded-For.
     pub client_ip: IpAddr,
+    /// The client after `trusted_proxies` (the peer without them): X-Real-IP.
+    pub real_ip: IpAddr,
     pub listen_port: u16,
     /// The client's Host value as sent (for X-Forwarded-Host).
     pub client_host: &'a [u8],
@@ -212,11 +215,9 @@ pub fn write_request_head(
             }
         }
     }
-    let ip_at = out.len();
     push_ip(out, fwd.client_ip);
-    let ip_end = out.len();
     out.extend_from_slice(b"\r\nX-Real-IP: ");
-    out.extend_from_within(ip_at..ip_end);
+    push_ip(out, fwd.real_ip);
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     out.extend_from_slice(fwd.proto);
     // An HTTP/1.0 request may come without a Host: then there is none to pass on.
