@@ -567,6 +567,13 @@ impl<S: ClientIo> Conn<S> {
                 // timed out took the buffer with it: `head_bytes` still knows what came.
                 let bytes_in = (self.buf.len() as u64).max(self.head_bytes);
                 let waited = self.first_byte.map_or(Duration::ZERO, |t| t.elapsed());
+                // A HEAD whose head is refused gets a head only too (as nginx answers any request
+                // whose method it read): a client that pipelined after it would read a body as
+                // its next response.
+                self.head_only = self
+                    .buf
+                    .get(leading_blank_lines(&self.buf)..)
+                    .is_some_and(|b| b.starts_with(b"HEAD "));
                 self.reply_error(e, true).await;
                 if self.snap.config.metrics.enabled {
                     self.snap

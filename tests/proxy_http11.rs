@@ -372,6 +372,24 @@ route = "keyed"
         "framing lost after HEADs"
     );
     assert!(c.leftover().is_empty(), "extra bytes: {:?}", c.leftover());
+    // A HEAD whose head is refused (a bad header line, a long URI, CL + TE) gets the head alone
+    // as well, then the close: nothing a client that pipelined after it would read as its next
+    // response.
+    for (head, status) in [
+        "HEAD /ok HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n".to_owned(),
+        format!("HEAD /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000)),
+        "\r\nHEAD /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned(),
+    ]
+    .iter()
+    .zip([400, 414, 400])
+    {
+        let mut c = Conn::connect(gw.addr());
+        c.send(head.as_bytes()).expect("send");
+        let got = c.read_available(std::time::Duration::from_secs(3));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "a body after the head: {text:?}");
+    }
 }
 
 #[test]
