@@ -178,6 +178,14 @@ config = { minute = 1 }
         "{s}"
     );
     assert!(s.contains("rate-limiting[service:s](minute=50"), "{s}");
+    // The algorithm shows: a sliding window is not a fixed one.
+    let cfg = load_str(
+        &with("[[plugins]]\nname = \"rate-limiting\"\nconfig = { second = 20, algorithm = \"sliding_window\", limit_by = \"ip\" }\n"),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let s = summary(&cfg);
+    assert!(s.contains("(second=20 by ip sliding)"), "{s}");
 }
 
 #[test]

@@ -188,7 +188,8 @@ pub fn summary(cfg: &Config) -> String {
     out
 }
 
-/// `rate-limiting[route:r](minute=100 by ip)`.
+/// `rate-limiting[route:r](minute=100 by ip)`, then ` sliding`, ` cluster`, ` shadow` where they
+/// apply (a token bucket shows as one).
 fn rate_limiting(inst: &crate::limit::InstanceDef) -> String {
     use super::model::Policy;
     let d = &inst.def;
@@ -211,6 +212,9 @@ fn rate_limiting(inst: &crate::limit::InstanceDef) -> String {
         d.limit_by
     )
     .to_lowercase();
+    if d.algorithm == super::model::Algorithm::SlidingWindow {
+        s.push_str(" sliding");
+    }
     if matches!(d.policy, Policy::Cluster(_)) {
         s.push_str(" cluster");
     }
