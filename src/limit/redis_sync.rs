@@ -633,7 +633,14 @@ fn redis_thread(slot: u32, jobs: Receiver<Job>, replies: Sender<Reply>) {
         if conn.as_ref().is_some_and(|(to, _)| *to != job.to) {
             conn = None;
         }
-        let result = run_job(&mut conn, &job).map_err(|e| e.to_string());
+        let result = run_job(&mut conn, &job).map_err(|e| {
+            // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable").
+            if e.is_timeout() {
+                format!("no answer within the timeout ({:?})", job.timeout)
+            } else {
+                e.to_string()
+            }
+        });
         if result.is_err() {
             conn = None;
         }
