@@ -350,7 +350,8 @@ impl Drop for ConnGuard {
 }
 
 /// Serves one client connection until it closes or parks (registered with the shard at once, so
-/// draining counts it even before its task first runs).
+/// draining counts it even before its task first runs). `counted`: the connection is already in
+/// the connection metrics (a TLS one is counted from its accept, handshake included).
 ///
 /// Memory: while requests flow, the connection's working state (`Conn` and the request future, a
 /// few KiB) is its task. When a plain connection has idled for `PARK_AFTER` the task ends and frees
@@ -362,9 +363,12 @@ pub fn serve<S: ClientIo>(
     peer: SocketAddr,
     listener: Listener,
     shard: Rc<Shard>,
+    counted: bool,
 ) -> impl std::future::Future<Output = ()> {
     shard.active.set(shard.active.get() + 1);
-    shard.metrics.conn_opened();
+    if !counted {
+        shard.metrics.conn_opened();
+    }
     let slot = shard.idle.register();
     let at = At {
         fd,

@@ -913,6 +913,7 @@ async fn accept_loop(
                             peer,
                             listener,
                             shard.clone(),
+                            false,
                         ));
                     }
                     ListenKind::Https => {

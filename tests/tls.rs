@@ -1620,4 +1620,31 @@ fn failed_handshakes_are_counted_by_reason() {
             .unwrap_or_else(|| panic!("no {line:?} in {m}"));
         assert!(n >= 1, "{reason}: {n}");
     }
+    // Both connections were accepted ones, though neither finished its handshake: they count
+    // from their accept (they were missing, so a handshake flood did not show).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = send_raw(
+            gw.admin_addr(),
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n",
+        )
+        .body_str();
+        let accepted = m
+            .lines()
+            .find_map(|l| l.strip_prefix("ringgate_downstream_connections_accepted_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let open = m
+            .lines()
+            .find_map(|l| l.strip_prefix("ringgate_downstream_connections "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if accepted >= 2 && open == Some(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accepted {accepted}, open {open:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -28,6 +28,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
     // Until the connection is handed to the proxy (which registers it itself): a drain ends a
     // silent or stalled handshake after its grace instead of waiting for `tls_handshake`.
     let first_wait = crate::worker::FirstWait::new(&shard, fd);
+    // In the connection metrics from now on, as nginx counts a connection from its accept: a
+    // flood of stalled handshakes shows in the gauge.
+    let counted = Counted::new(&shard);
     // Only what the handshake needs: the connection must not hold this generation for its whole
     // life (a swapped-out generation's pool and health slots are released once nothing holds it).
     let (ctx, limit) = {
@@ -84,9 +87,34 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
         return;
     }
     let listener = Listener { port, tls: true };
-    let serve = proxy::serve(CancelSafe::new(tls), fd, peer, listener, shard);
+    // The proxy's connection guard takes the count over.
+    counted.hand_over();
+    let serve = proxy::serve(CancelSafe::new(tls), fd, peer, listener, shard, true);
     drop(first_wait);
     serve.await;
+}
+
+/// A connection counted in the connection metrics until the proxy takes it over; uncounted when
+/// dropped before that (a handshake that failed).
+struct Counted(Option<Rc<Shard>>);
+
+impl Counted {
+    fn new(shard: &Rc<Shard>) -> Counted {
+        shard.metrics.conn_opened();
+        Counted(Some(shard.clone()))
+    }
+
+    fn hand_over(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(shard) = &self.0 {
+            shard.metrics.conn_closed();
+        }
+    }
 }
 
 /// Handshakes that did not make a connection, by reason, process-wide: one atomic add on a path
