@@ -956,10 +956,28 @@ async fn accept_loop(
 }
 
 /// Out of descriptors or memory: back off instead of spinning; other errors are per-connection.
+/// The warning is logged at most once per `ACCEPT_WARN_EVERY` per worker, with how many backoffs
+/// it stands for (it was 20 lines a second while descriptors ran out).
 async fn accept_error(e: &std::io::Error) {
+    const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(5);
+    thread_local! {
+        static LAST: std::cell::Cell<(Option<std::time::Instant>, u64)> =
+            const { std::cell::Cell::new((None, 0)) };
+    }
     match e.raw_os_error() {
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
-            crate::warn!("accept failed, backing off error=\"{}\"", e);
+            let (last, quiet) = LAST.get();
+            let now = std::time::Instant::now();
+            if last.is_none_or(|t| now.duration_since(t) >= ACCEPT_WARN_EVERY) {
+                crate::warn!(
+                    "accept failed, backing off error=\"{}\" backoffs_since_last_warning={}",
+                    e,
+                    quiet
+                );
+                LAST.set((Some(now), 0));
+            } else {
+                LAST.set((last, quiet + 1));
+            }
             monoio::time::sleep(Duration::from_millis(50)).await;
         }
         _ => crate::debug!("accept failed error=\"{}\"", e),

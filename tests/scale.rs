@@ -259,3 +259,41 @@ fn gateway_raises_its_own_nofile_soft_limit() {
         "soft limit not raised to the hard limit: {line}"
     );
 }
+
+/// Out of descriptors (a hard limit of 64, then 100 clients): the gateway backs off, logs that
+/// once per few seconds rather than 20 times a second, and serves again once clients leave.
+#[test]
+fn running_out_of_descriptors_is_logged_once_in_a_while_and_recovers() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: prlimit (util-linux) is not installed");
+        return;
+    }
+    let up = Upstream::echo("a");
+    let toml = basic_config(&up, "", "");
+    let gw = Gateway::try_start_wrapped(&toml, &[], &[], &["prlimit", "--nofile=64:64", "--"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let held: Vec<std::net::TcpStream> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(gw.addr()).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(2_000));
+    let warnings = gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("accept failed, backing off"))
+        .count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} warnings in 2 s: {:?}",
+        gw.logs()
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(gw.addr(), HOST, "/again").status != 200 {
+        assert!(Instant::now() < deadline, "not serving again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
