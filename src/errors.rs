@@ -25,6 +25,8 @@ pub enum GatewayError {
     ServiceUnavailable,
     /// A request body the route must edit (request-transformer `json`) came content-coded.
     UnsupportedEncoding,
+    /// TRACE on a route that does not list it.
+    TraceNotAllowed,
 }
 
 impl GatewayError {
@@ -32,6 +34,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => 400,
             GatewayError::NoRoute => 404,
+            GatewayError::TraceNotAllowed => 405,
             GatewayError::RequestTimeout => 408,
             GatewayError::BodyTooLarge => 413,
             GatewayError::UriTooLong => 414,
@@ -63,6 +66,9 @@ impl GatewayError {
             GatewayError::NotImplemented => "transfer coding or method not implemented",
             GatewayError::VersionNotSupported => "HTTP version not supported: HTTP/1.1 only",
             GatewayError::NoRoute => "no route matched",
+            GatewayError::TraceNotAllowed => {
+                "TRACE is not allowed (a route must list it in `methods`)"
+            }
             GatewayError::UpstreamConnect => "upstream connect failed",
             GatewayError::UpstreamClosed => "upstream closed the connection",
             GatewayError::UpstreamTimeout => "upstream timed out",

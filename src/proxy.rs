@@ -880,6 +880,16 @@ impl<S: ClientIo> Conn<S> {
         };
         let m = route_for(router, routes, host, method, &self.s.path, query, &view)
             .ok_or(GatewayError::NoRoute)?;
+        // TRACE reflects the request, credentials and cookies included, back to whoever sent it
+        // (cross-site tracing): refused unless the route lists it, as nginx and Kong answer every
+        // TRACE with a 405.
+        if method == b"TRACE"
+            && !routes
+                .get(m.route)
+                .is_some_and(|r| r.methods.iter().any(|x| x == "TRACE"))
+        {
+            return Err(GatewayError::TraceNotAllowed);
+        }
         // Readings of the request other than the router's that an upstream may act on must all
         // select the same route, or the request is refused (a 400): the upstream would serve what
         // another route, with other plugins, stands for. Each costs nothing unless the request

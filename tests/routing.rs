@@ -177,6 +177,31 @@ strip_path = false
     assert_eq!(s.who("DELETE", HOST, "/items", ""), "404");
 }
 
+/// TRACE reflects the request (cookies, credentials) back: a 405 unless a route lists it, as
+/// nginx and Kong answer; a route that lists it proxies it.
+#[test]
+fn trace_is_refused_unless_a_route_lists_it() {
+    let s = Setup::new(
+        &["any", "tracer"],
+        r#"
+[[routes]]
+name = "any"
+service = "any"
+paths = ["/"]
+
+[[routes]]
+name = "tracer"
+service = "tracer"
+paths = ["/debug"]
+methods = ["TRACE"]
+"#,
+    );
+    assert_eq!(s.who("TRACE", HOST, "/items", "Cookie: s=1\r\n"), "405");
+    assert_eq!(s.who("GET", HOST, "/items", ""), "any");
+    assert_eq!(s.who("TRACE", HOST, "/debug", ""), "tracer");
+    assert!(s.up("any").requests().iter().all(|r| r.method != "TRACE"));
+}
+
 #[test]
 fn header_versioning_exact_and_regex() {
     let s = Setup::new(
