@@ -574,7 +574,8 @@ impl<S: ClientIo> Conn<S> {
                 // A HEAD whose head is refused gets a head only too (as nginx answers any request
                 // whose method it read): a client that pipelined after it would read a body as
                 // its next response.
-                self.head_only = self
+                // (A read that timed out took the buffer: `read_head` noted it then.)
+                self.head_only |= self
                     .buf
                     .get(leading_blank_lines(&self.buf)..)
                     .is_some_and(|b| b.starts_with(b"HEAD "));
@@ -767,6 +768,8 @@ impl<S: ClientIo> Conn<S> {
                 // The first byte of a head: logged as a refused request if it never completes.
                 self.first_byte.get_or_insert_with(Instant::now);
                 self.head_bytes = self.buf.len() as u64;
+                // Kept for an answer after a read that times out, which takes the buffer.
+                self.head_only = self.buf.starts_with(b"HEAD ");
             }
             // Slowloris: the whole head must arrive within `client_header` of its first byte.
             if deadline.is_none() && (saw_blank || !self.buf.is_empty()) {
@@ -1227,8 +1230,9 @@ impl<S: ClientIo> Conn<S> {
         };
         // X-Real-IP: the client as `trusted_proxies` resolve it (nginx's realip, Kong), as rate
         // limiting and the access log see it; X-Forwarded-For gets the peer appended.
+        // Canonical (`::ffff:1.2.3.4` is 1.2.3.4), as the access log and the plugins have it.
         let real_ip = if snap.auth.trusted_proxies.is_empty() {
-            self.peer.ip()
+            crate::auth::client_ip::canonical(self.peer.ip())
         } else {
             let buf = &self.buf;
             let xff = self
@@ -1527,43 +1531,36 @@ impl<S: ClientIo> Conn<S> {
         if t.json.is_none() && t.form.is_none() {
             return Ok(None);
         }
-        let headers = || {
-            self.s
-                .head
-                .headers
-                .iter()
-                .map(|h| (h.name.get(&self.buf), h.value.get(&self.buf)))
-        };
-        // `Content-Length: 0` parses as no body; it is an empty one here.
-        let stated_empty = || headers().any(|(n, _)| eq_ignore_case(n, b"content-length"));
-        if p.body == BodyKind::None && !stated_empty() {
+        // One pass over the head: the Content-Types' kinds, a content coding, and whether a
+        // Content-Length was sent (`Content-Length: 0` parses as no body; it is an empty one here).
+        let (mut json, mut form, mut encoded, mut stated) = (false, false, false, false);
+        for h in &self.s.head.headers {
+            let (n, v) = (h.name.get(&self.buf), h.value.get(&self.buf));
+            if eq_ignore_case(n, b"content-type") {
+                json |= crate::plugins::json_body::is_json_type(v);
+                form |= crate::plugins::form_body::is_form_type(v);
+            } else if eq_ignore_case(n, b"content-encoding") {
+                encoded |= !eq_ignore_case(v.trim_ascii(), b"identity");
+            } else if eq_ignore_case(n, b"content-length") {
+                stated = true;
+            }
+        }
+        if p.body == BodyKind::None && !stated {
             return Ok(None);
         }
-        let form = headers().any(|(n, v)| {
-            eq_ignore_case(n, b"content-type") && crate::plugins::form_body::is_form_type(v)
-        });
-        let edit = match (json_framing(headers()), form) {
-            (JsonFraming::NotJson, false) => None,
-            (JsonFraming::NotJson, true) => t.form.as_ref().map(|ft| Ok(BodyEdit::Form(ft))),
-            (_, true) => Some(Err(GatewayError::BadRequest(
-                "request declares both a JSON and a form Content-Type",
-            ))),
-            (JsonFraming::Json, false) => t.json.as_ref().map(|jt| Ok(BodyEdit::Json(jt))),
-            (JsonFraming::Encoded, false) => t
-                .json
-                .as_ref()
-                .map(|_| Err(GatewayError::UnsupportedEncoding)),
-        };
-        // A form with a content coding: as for JSON.
-        let encoded = || {
-            headers().any(|(n, v)| {
-                eq_ignore_case(n, b"content-encoding")
-                    && !eq_ignore_case(v.trim_ascii(), b"identity")
-            })
+        let edit = match (json, form) {
+            (false, false) => None,
+            (true, true) => {
+                return Err(GatewayError::BadRequest(
+                    "request declares both a JSON and a form Content-Type",
+                ))
+            }
+            (true, false) => t.json.as_ref().map(BodyEdit::Json),
+            (false, true) => t.form.as_ref().map(BodyEdit::Form),
         };
         match edit {
-            Some(Ok(BodyEdit::Form(_))) if encoded() => Err(GatewayError::UnsupportedEncoding),
-            e => e.transpose(),
+            Some(_) if encoded => Err(GatewayError::UnsupportedEncoding),
+            e => Ok(e),
         }
     }
 

@@ -147,3 +147,38 @@ fn three_gateways(limit: &str) {
         "converged again: {admitted}"
     );
 }
+
+/// Two gateways share a limit through a Redis that wants a password, given to them in an
+/// environment variable (`password_env`): together they admit the limit, not twice it.
+#[test]
+fn gateways_share_a_limit_through_a_password_protected_redis() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let redis = Redis::start_with(Some("env-s3cret")).expect("start redis-server");
+    let up = Upstream::echo("up");
+    let toml = config(&up, redis.port, "hour = 300").replace(
+        r#"prefix = "rg-test" }"#,
+        r#"prefix = "rg-test", password_env = "RG_TEST_REDIS_PASSWORD" }"#,
+    );
+    assert!(toml.contains("password_env"));
+    let env = [("RG_TEST_REDIS_PASSWORD", "env-s3cret")];
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| Gateway::try_start_with_env(&toml, &[], &env).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let (admitted, _, rate) = blast(&gws, "pw", 400);
+    println!("password-protected redis: admitted {admitted} of 300 at {rate:.0} req/s");
+    assert!(admitted >= 300, "{admitted}");
+    assert!(
+        admitted <= cluster_bound(300, rate),
+        "{admitted}: not shared"
+    );
+    for gw in &gws {
+        assert!(
+            !gw.log_contains("rate limit redis unavailable"),
+            "{:?}",
+            gw.logs()
+        );
+    }
+}

@@ -369,7 +369,7 @@ fn a_token_bucket_lost_with_redis_keeps_its_level() {
 }
 
 /// A Redis that wants a password: the limit shares through it with `password` (or
-/// `password_env`), and a wrong one keeps the limit on `on_redis_failure`, counted as errors.
+/// `password_env`, end to end in `tests/cluster_e2e.rs`), and a wrong one keeps the limit on `on_redis_failure`, counted as errors.
 #[test]
 fn a_password_protected_redis() {
     if !Redis::available() {

@@ -712,4 +712,16 @@ fn a_stray_crlf_between_requests_is_ignored() {
         "{:?}",
         String::from_utf8_lossy(c.leftover())
     );
+    // A HEAD whose head never completes: the 408 is a head alone (the timed-out read took the
+    // buffer the method was read from).
+    let mut c = Conn::connect(gw.addr());
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: test.local\r\n")
+        .expect("send");
+    let got = c.read_available(Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "a body after the head: {text:?}"
+    );
 }

@@ -159,6 +159,18 @@ pub fn is_listed(name: &[u8], tokens: &[Span], buf: &[u8]) -> bool {
     })
 }
 
+/// The media type of a Content-Type value (`application/json` of `application/json; charset=utf-8`),
+/// ended the way the most lenient reader ends it: at the first `;`, `,` or whitespace (PHP cuts
+/// there, so `application/x-www-form-urlencoded,x` is a form to it), after leading whitespace.
+pub fn media_type(value: &[u8]) -> &[u8] {
+    let value = value.trim_ascii_start();
+    let end = value
+        .iter()
+        .position(|&b| matches!(b, b';' | b',' | b' ' | b'\t'))
+        .unwrap_or(value.len());
+    value.get(..end).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

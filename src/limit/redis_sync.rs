@@ -335,21 +335,29 @@ impl ClusterLink {
         let bucket_ttl_ms = inst.def.bucket.map_or(10_000, |d| {
             ((2.0 * d.burst as f64 / d.rate_per_ms).ceil() as u64).max(10_000)
         });
-        // After a failure: every key's window totals and bucket views, a chunk per exchange (a
-        // bucket that is still there takes nothing from a push of 0 tokens; a lost one is
-        // recreated from this node's view of its level).
-        if self.reassert_all {
-            self.reassert_all = false;
-            self.reassert.clear();
-            table.recent(0, usize::MAX, &mut self.reassert);
+        // After a failure, once Redis answers again (not while each retry would fail): every
+        // key's window totals and bucket views, a chunk per exchange (a bucket that is still there
+        // takes nothing from a push of 0 tokens; a lost one is recreated from this node's view of
+        // its level). A slot with pending counts too is pushed whole, previous window included.
+        let mut forced: Vec<u32> = Vec::new();
+        if self.health == Health::Up {
+            if self.reassert_all {
+                self.reassert_all = false;
+                self.reassert.clear();
+                table.recent(0, usize::MAX, &mut self.reassert);
+                // Popped from the end: the most recently active first.
+                self.reassert.reverse();
+            }
+            let keep = self.reassert.len().saturating_sub(REASSERT_MAX);
+            forced = self.reassert.split_off(keep);
+            forced.sort_unstable();
         }
-        // Most recently active first (`recent`'s order).
-        let chunk = self.reassert.len().min(REASSERT_MAX);
-        let mut forced: Vec<u32> = self.reassert.drain(..chunk).collect();
-        forced.retain(|s| !queued.contains(s));
-        forced.sort_unstable();
-        let slots = push.iter().map(|&s| (s, false));
-        for (slot, force) in slots.chain(forced.iter().map(|&s| (s, true))) {
+        let is_forced = |slot: u32| forced.binary_search(&slot).is_ok();
+        let slots = push.iter().map(|&s| (s, is_forced(s)));
+        let rest = forced.iter().filter(|s| !queued.contains(s));
+        // Slots whose totals this exchange reads back anyway (no separate refresh read).
+        let mut written: Vec<u32> = Vec::new();
+        for (slot, force) in slots.chain(rest.map(|&s| (s, true))) {
             if let (Some(bdef), Some((key, GState::Bucket(g)))) =
                 (inst.def.bucket, table.entry_mut(slot))
             {
@@ -375,6 +383,7 @@ impl ClusterLink {
                     key,
                     sent: g.pending,
                 });
+                written.push(slot);
                 continue;
             }
             let Some((key, GState::Windows(wins))) = table.entry_mut(slot) else {
@@ -408,9 +417,11 @@ impl ClusterLink {
                         total,
                         sent: changed,
                     });
+                    written.push(slot);
                 }
             }
         }
+        written.sort_unstable();
         let mut recent = Vec::new();
         table.recent(
             now.saturating_sub(REFRESH_RECENT_MS),
@@ -418,7 +429,7 @@ impl ClusterLink {
             &mut recent,
         );
         for slot in recent {
-            if queued.contains(&slot) || forced.binary_search(&slot).is_ok() {
+            if queued.contains(&slot) || written.binary_search(&slot).is_ok() {
                 continue;
             }
             if let (Some(bdef), Some((key, GState::Bucket(_)))) =
@@ -564,7 +575,11 @@ impl ClusterLink {
                     if let Some(w) = window(table, *slot, key, *period, *idx) {
                         // The sum includes the total written; counts merged since come on top.
                         let since = w.node.saturating_sub(*total);
-                        *w.all = n.saturating_add(since).max(w.node);
+                        let seen = n.saturating_add(since).max(w.node);
+                        // A re-assert (nothing new sent) into a Redis that came back empty reads
+                        // a partial sum until the other nodes have written theirs again: it must
+                        // not lower what this node knew.
+                        *w.all = if *sent == 0 { seen.max(*w.all) } else { seen };
                         *w.pending = w.pending.saturating_sub(*sent);
                         table.mark_dirty(*slot);
                     }

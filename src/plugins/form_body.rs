@@ -35,23 +35,17 @@ impl FormTransform {
     /// The edited body (an empty one gets only what `add` and `append` write, as in Kong).
     pub fn apply(&self, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(body.len() + 64);
-        self.edits.push(&mut out, body, None);
-        // `push` writes a query: its first separator is the `?`.
-        if out.first() == Some(&b'?') {
-            out.remove(0);
-        }
+        self.edits.push_form(&mut out, body);
         out
     }
 }
 
 /// Whether a Content-Type value is `application/x-www-form-urlencoded` (parameters aside).
 pub fn is_form_type(value: &[u8]) -> bool {
-    let essence = value
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    eq_ignore_case(essence, b"application/x-www-form-urlencoded")
+    eq_ignore_case(
+        crate::http::headers::media_type(value),
+        b"application/x-www-form-urlencoded",
+    )
 }
 
 #[cfg(test)]
@@ -111,6 +105,9 @@ mod tests {
         assert!(!is_form_type(b"multipart/form-data; boundary=x"));
         assert!(!is_form_type(b"application/x-www-form-urlencodedx"));
         assert!(!is_form_type(b"text/plain"));
+        // Where PHP ends the type: a `,` or a space after it still makes a form there.
+        assert!(is_form_type(b"application/x-www-form-urlencoded,x"));
+        assert!(is_form_type(b"application/x-www-form-urlencoded x"));
         assert!(FormTransform::new(&TransformDef::default()).is_none());
     }
 }

@@ -156,13 +156,9 @@ fn append(doc: &mut Map<String, Value>, k: &str, v: &Value) {
 }
 
 /// Whether a Content-Type value names JSON: `application/json` or `application/<x>+json`, any
-/// parameters after `;`.
+/// parameters after `;` (the type ends as `http::headers::media_type` ends it).
 pub fn is_json_type(value: &[u8]) -> bool {
-    let essence = value
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
+    let essence = crate::http::headers::media_type(value);
     let Some(sub) = essence
         .get(..12)
         .filter(|p| eq_ignore_case(p, b"application/"))
@@ -299,6 +295,9 @@ mod tests {
             (b"application/+json", false),
             (b"application/x-ndjson", false),
             (b"", false),
+            // Ended where the most lenient reader ends it.
+            (b"application/json,text/plain", true),
+            (b" application/json x", true),
         ] {
             assert_eq!(is_json_type(v), yes, "{:?}", String::from_utf8_lossy(v));
         }

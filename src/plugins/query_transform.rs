@@ -125,6 +125,23 @@ impl QueryTransform {
     /// Appends `?query` edited to `out` (nothing when no parameter is left); `cut` is the range
     /// key-auth's `hide_credentials` took out, whose parameters are skipped.
     pub fn push(&self, out: &mut Vec<u8>, query: &[u8], cut: Option<(usize, usize)>) {
+        self.write(out, query, cut, Some(b'?'));
+    }
+
+    /// Appends `fields` (a url-encoded form body) edited to `out`, as `push` edits a query, without
+    /// a leading `?`.
+    pub fn push_form(&self, out: &mut Vec<u8>, fields: &[u8]) {
+        self.write(out, fields, None, None);
+    }
+
+    /// `push` and `push_form`: `lead` is written before the first parameter, `&` between them.
+    fn write(
+        &self,
+        out: &mut Vec<u8>,
+        query: &[u8],
+        cut: Option<(usize, usize)>,
+        lead: Option<u8>,
+    ) {
         // `remove` drops a parameter under every name a lenient framework reads as the removed
         // one (`%20debug`, `debug[]`, `DEBUG`: PHP, qs, ASP.NET), or it would reach them anyway.
         let kept = |p: &Param| {
@@ -143,8 +160,10 @@ impl QueryTransform {
             }
         }
         let start = out.len();
-        let sep = |out: &mut Vec<u8>| {
-            out.push(if out.len() == start { b'?' } else { b'&' });
+        let sep = |out: &mut Vec<u8>| match (out.len() == start, lead) {
+            (true, Some(b)) => out.push(b),
+            (true, None) => {}
+            (false, _) => out.push(b'&'),
         };
         let (mut replaced, mut present) = (0u64, 0u64);
         for p in params(query).filter(kept) {

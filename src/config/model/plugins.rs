@@ -289,7 +289,8 @@ pub struct RedisDef {
 }
 
 /// A credential from the config: compared like a string, never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {

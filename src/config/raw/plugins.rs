@@ -111,7 +111,8 @@ pub struct RawRedis {
     pub prefix: Option<String>,
     /// Redis 6 ACL user (`AUTH username password`); with a password only, `AUTH password`.
     pub username: Option<String>,
-    pub password: Option<String>,
+    /// Never shown by `Debug`.
+    pub password: Option<crate::config::model::Secret>,
     /// The name of an environment variable holding the password (read at load and reload).
     pub password_env: Option<String>,
 }

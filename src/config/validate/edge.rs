@@ -385,10 +385,12 @@ pub fn transformer(
         }
     };
     let max_json_bytes = buffer_limit("max_json_bytes", &c.max_json_bytes);
-    let max_form_bytes = buffer_limit("max_form_bytes", &c.max_form_bytes);
-    if side == Side::Response && c.max_form_bytes.is_some() {
+    let max_form_bytes = if side == Side::Response && c.max_form_bytes.is_some() {
         push(problems, cp.key("max_form_bytes"), RESPONSE_HEADERS_ONLY);
-    }
+        DEFAULT_MAX_BODY_EDIT_BYTES
+    } else {
+        buffer_limit("max_form_bytes", &c.max_form_bytes)
+    };
     (problems.len() == before).then_some(TransformDef {
         headers,
         query,

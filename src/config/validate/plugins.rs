@@ -687,7 +687,7 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
     let before = problems.len();
     let rest = r.url.strip_prefix("redis://");
     let authority = rest.map(|s| s.split('/').next().unwrap_or_default());
-    if authority.is_some_and(|a| a.contains('@')) || r.url.contains('@') {
+    if r.url.contains('@') {
         // Not echoed: the url holds a password, and this message goes to logs and to the admin
         // API's reload answer.
         push(
@@ -750,7 +750,7 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
             );
             None
         }
-        (Some(p), None) => Some(p.clone()),
+        (Some(p), None) => Some(p.0.clone()),
         (None, Some(var)) => match std::env::var(var) {
             Ok(p) => Some(p),
             Err(_) => {
@@ -765,7 +765,12 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
         (None, None) => None,
     };
     if password.as_deref() == Some("") {
-        push(problems, path.key("password"), "must not be empty");
+        let key = if r.password.is_some() {
+            "password"
+        } else {
+            "password_env"
+        };
+        push(problems, path.key(key), "the password must not be empty");
     }
     if r.username.is_some() && password.is_none() && r.password_env.is_none() {
         push(
