@@ -8,7 +8,8 @@ build's median per-round ratio to the first build, so a change's cost is read ag
 of the same run (nginx's own ratio to itself across rounds shows it).
 
 Usage: AB_BINS=base=/tmp/rg-old,new=target/release/ringgate python3 loadtest/ab.py
-       (env: AB_ROUNDS=5 AB_DUR=6 AB_POINTS=small:64,small:256,16k:64)
+       (env: AB_ROUNDS=5 AB_DUR=6 AB_POINTS=small:64,small:256,16k:64;
+        AB_MODE=latency: oha at run.sh's fixed rate on the first point's size, added p50/p99)
 Needs wrk and nginx (loadtest/run.sh installs them). Raw runs go to a temp directory.
 """
 import json, os, statistics, sys, tempfile
@@ -58,6 +59,13 @@ def main():
             err = t.error or B.verify(t)
             if err:
                 sys.exit(f"{t.name}: {err}")
+        if os.environ.get("AB_MODE") == "latency":
+            # oha at run.sh's fixed rate, direct first in each round, the rest rotating: the
+            # floor experiment's latency mode, on these binaries.
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor"))
+            import floor  # noqa: E402
+            floor.ROUNDS, floor.POINTS = ROUNDS, POINTS
+            return floor.latency(targets, upport, run_dir)
         runs = B.interleaved_wrk(targets, POINTS, ROUNDS, DUR, run_dir)
         with open(os.path.join(run_dir, "ab.json"), "w") as f:
             json.dump(runs, f, indent=1)
