@@ -1230,20 +1230,13 @@ impl<S: ClientIo> Conn<S> {
         };
         // X-Real-IP: the client as `trusted_proxies` resolve it (nginx's realip, Kong), as rate
         // limiting and the access log see it; X-Forwarded-For gets the peer appended.
-        // Canonical (`::ffff:1.2.3.4` is 1.2.3.4), as the access log and the plugins have it.
-        let real_ip = if snap.auth.trusted_proxies.is_empty() {
-            crate::auth::client_ip::canonical(self.peer.ip())
-        } else {
-            let buf = &self.buf;
-            let xff = self
-                .s
-                .head
-                .headers
-                .iter()
-                .filter(|h| eq_ignore_case(h.name.get(buf), b"x-forwarded-for"))
-                .map(|h| h.value.get(buf));
-            crate::auth::client_ip::resolve(self.peer.ip(), &snap.auth.trusted_proxies, xff)
-        };
+        // Canonical (`::ffff:1.2.3.4` is 1.2.3.4), as the access log has it.
+        let real_ip = crate::auth::client_ip::of_head(
+            self.peer.ip(),
+            &snap.auth.trusted_proxies,
+            &self.s.head,
+            &self.buf,
+        );
         let fwd = Forwarded {
             client_ip: self.peer.ip(),
             real_ip,
@@ -2051,16 +2044,7 @@ pub(crate) fn request_fields<'a>(
             request_id = Some(h.value.get(buf));
         }
     }
-    let client_ip = if trusted.is_empty() {
-        client_ip::canonical(peer.ip())
-    } else {
-        let xff = head
-            .headers
-            .iter()
-            .filter(|h| eq_ignore_case(h.name.get(buf), b"x-forwarded-for"))
-            .map(|h| h.value.get(buf));
-        client_ip::resolve(peer.ip(), trusted, xff)
-    };
+    let client_ip = client_ip::of_head(peer.ip(), trusted, head, buf);
     log_format::Request {
         client_ip,
         remote_addr: peer,

@@ -31,6 +31,25 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The client of a request: `resolve` over the head's `X-Forwarded-For` fields, canonical (the
+/// peer, canonical, when no proxy is trusted). What the access log and X-Real-IP say.
+pub fn of_head(
+    peer: IpAddr,
+    trusted: &[Cidr],
+    head: &crate::http::parse::RequestHead,
+    buf: &[u8],
+) -> IpAddr {
+    if trusted.is_empty() {
+        return canonical(peer);
+    }
+    let xff = head
+        .headers
+        .iter()
+        .filter(|h| crate::http::headers::eq_ignore_case(h.name.get(buf), b"x-forwarded-for"))
+        .map(|h| h.value.get(buf));
+    canonical(resolve(peer, trusted, xff))
+}
+
 /// Resolves the client IP. `xff` yields the raw values of each `X-Forwarded-For` field, in order.
 pub fn resolve<'a, I>(peer: IpAddr, trusted: &[Cidr], xff: I) -> IpAddr
 where

@@ -16,7 +16,6 @@ use super::{ClientIo, Conn, HeadView, Next, Prepared};
 use crate::auth::set::AuthSet;
 use crate::auth::steps::{self, Basic, Edits, Identity, Req};
 use crate::auth::{client_ip, forward, verifier};
-use crate::http::headers::eq_ignore_case;
 use crate::limit::{self, Decision, RequestInfo};
 use crate::plugins::{self, Flow, Plugin, Walk};
 use crate::proxy::head::ResponseEdits;
@@ -119,15 +118,12 @@ impl<S: ClientIo> Conn<S> {
         }
         let auth = &*snap.auth;
         if !auth.trusted_proxies.is_empty() {
-            let buf = &self.buf;
-            let xff = self
-                .s
-                .head
-                .headers
-                .iter()
-                .filter(|h| eq_ignore_case(h.name.get(buf), b"x-forwarded-for"))
-                .map(|h| h.value.get(buf));
-            self.s.chain.client_ip = client_ip::resolve(self.peer.ip(), &auth.trusted_proxies, xff);
+            self.s.chain.client_ip = client_ip::of_head(
+                self.peer.ip(),
+                &auth.trusted_proxies,
+                &self.s.head,
+                &self.buf,
+            );
         }
         let service = snap.config.routes.get(p.route).map_or(0, |r| r.service);
         let now_ms = limit::now_ms();
