@@ -403,3 +403,55 @@ fn a_password_protected_redis() {
     });
     assert!(node_totals(&redis, "q").is_empty());
 }
+
+/// Sliding window: a key that is pushing new counts when Redis comes back empty gets its
+/// previous window written again too (the estimate reads it), not only the window it pushes.
+#[test]
+fn an_empty_redis_gets_a_busy_keys_previous_window_again() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let mut redis = Redis::start().expect("start redis-server");
+    let sliding = format!(r#"algorithm = "sliding_window", hour = {LIMIT}"#);
+    let nodes = [node_with(redis.port, &sliding)];
+    sync_until(&nodes, "healthy", || nodes[0].0.stats(0).redis_healthy);
+    let hour = 3_600_000;
+    let idx = T0 / hour;
+    let window = |redis: &Redis, i: u64| {
+        let mut c = redis.client().expect("redis client");
+        let k = format!("rgtest{}:rl:global:sw:hour-{LIMIT}:{i}:s", redis.port);
+        redis::cmd("HVALS")
+            .arg(&k)
+            .query::<Vec<u64>>(&mut c)
+            .unwrap_or_default()
+            .iter()
+            .sum::<u64>()
+    };
+    let mut hdr = Vec::new();
+    // 100 in the previous hour, synced.
+    for _ in 0..100 {
+        nodes[0].1.check(0, b"s", T0 - hour, &mut hdr);
+    }
+    wait_for(
+        "the previous window in Redis",
+        Duration::from_secs(10),
+        || {
+            nodes[0].1.sync(T0 - hour);
+            window(&redis, idx - 1) == 100
+        },
+    );
+    redis.restart_empty();
+    // Counts in the current hour while Redis is gone: their push fails and waits.
+    for _ in 0..10 {
+        nodes[0].1.check(0, b"s", T0, &mut hdr);
+    }
+    wait_for(
+        "both windows written again",
+        Duration::from_secs(10),
+        || {
+            nodes[0].1.sync(T0);
+            window(&redis, idx) == 10 && window(&redis, idx - 1) == 100
+        },
+    );
+}
