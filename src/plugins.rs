@@ -433,6 +433,14 @@ pub(crate) fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Tests: `("name", "value")` pairs, as an `EditsDef` holds them.
+#[cfg(test)]
+pub(crate) fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

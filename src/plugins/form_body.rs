@@ -53,11 +53,7 @@ mod tests {
     use super::*;
     use crate::config::model::EditsDef;
 
-    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect()
-    }
+    use crate::plugins::pairs;
 
     fn run(form: EditsDef, body: &str) -> String {
         let def = TransformDef {

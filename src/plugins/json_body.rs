@@ -178,11 +178,7 @@ mod tests {
     use super::*;
     use crate::config::model::EditsDef;
 
-    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect()
-    }
+    use crate::plugins::pairs;
 
     fn tf(json: EditsDef) -> JsonTransform {
         let def = TransformDef {

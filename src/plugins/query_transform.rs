@@ -232,11 +232,7 @@ impl QueryTransform {
 mod tests {
     use super::*;
 
-    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
+    use crate::plugins::pairs;
 
     fn run(def: &EditsDef, query: &str, cut: Option<(usize, usize)>) -> String {
         let mut out = b"/p".to_vec();

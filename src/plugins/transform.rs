@@ -187,11 +187,7 @@ impl RequestTransform {
 mod tests {
     use super::*;
 
-    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect()
-    }
+    use crate::plugins::pairs;
 
     fn run(t: &HeaderTransform, headers: &[(&str, &str)]) -> String {
         let mut out = Vec::new();
