@@ -506,6 +506,22 @@ append = { json = ["tags:a"] }
     assert!(r.header("content-length").is_some(), "{r:?}");
 }
 
+/// POSTs each `(rest of the head and body, body the upstream must get)` to `/a/x` on `c`: 200, and
+/// the upstream got that body with its Content-Length and no Transfer-Encoding.
+fn posts_arrive_as(c: &mut Conn, up: &Upstream, cases: &[(String, &str)]) {
+    for (rest, want) in cases {
+        let r = c.request(format!("POST /a/x HTTP/1.1\r\nHost: {HOST}\r\n{rest}").as_bytes());
+        assert_eq!(r.status, 200, "{rest:?}: {r:?}");
+        let seen = up.last_request();
+        assert_eq!(String::from_utf8_lossy(&seen.body), *want, "{rest:?}");
+        assert_eq!(
+            seen.header("content-length"),
+            Some(want.len().to_string().as_str())
+        );
+        assert!(!seen.has_header("transfer-encoding"), "{seen:?}");
+    }
+}
+
 /// The request-transformer's `json` edits (Kong's request-transformer edits bodies too): a JSON
 /// request body, sized or chunked, is read whole, edited and sent with its new Content-Length
 /// (no Transfer-Encoding); `Expect: 100-continue` is answered by the gateway; other content types
@@ -566,17 +582,7 @@ add = { json = ["source:gateway"] }
             r#"{"source":"gateway"}"#,
         ),
     ];
-    for (rest, want) in &cases {
-        let r = c.request(format!("POST /a/x HTTP/1.1\r\nHost: {HOST}\r\n{rest}").as_bytes());
-        assert_eq!(r.status, 200, "{rest:?}: {r:?}");
-        let seen = up.last_request();
-        assert_eq!(String::from_utf8_lossy(&seen.body), *want, "{rest:?}");
-        assert_eq!(
-            seen.header("content-length"),
-            Some(want.len().to_string().as_str())
-        );
-        assert!(!seen.has_header("transfer-encoding"), "{seen:?}");
-    }
+    posts_arrive_as(&mut c, &up, &cases);
     // An Upgrade header does not take a body past the edits (an upstream that ignores it reads
     // the body as a plain POST).
     let r = c.request(
@@ -713,17 +719,7 @@ max_form_bytes = 64
             original,
         ),
     ];
-    for (rest, want) in &cases {
-        let r = c.request(format!("POST /a/x HTTP/1.1\r\nHost: {HOST}\r\n{rest}").as_bytes());
-        assert_eq!(r.status, 200, "{rest:?}: {r:?}");
-        let seen = up.last_request();
-        assert_eq!(String::from_utf8_lossy(&seen.body), *want, "{rest:?}");
-        assert_eq!(
-            seen.header("content-length"),
-            Some(want.len().to_string().as_str())
-        );
-        assert!(!seen.has_header("transfer-encoding"), "{seen:?}");
-    }
+    posts_arrive_as(&mut c, &up, &cases);
     // Another route has no edits: the form goes up as it came.
     let r = c.request(
         format!(
