@@ -182,3 +182,47 @@ fn gateways_share_a_limit_through_a_password_protected_redis() {
         );
     }
 }
+
+/// Two gateways share a limit through `rediss://`, verifying Redis against the test CA and
+/// showing the client certificate it wants: together they admit the limit, not twice it.
+#[test]
+fn gateways_share_a_limit_over_tls() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let redis = Redis::start_tls().expect("start redis-server with TLS");
+    let pki = redis.tls.as_ref().expect("TLS port");
+    let up = Upstream::echo("up");
+    let toml = config(&up, pki.port, "hour = 300")
+        .replace("redis://", "rediss://")
+        .replace(
+            r#"prefix = "rg-test" }"#,
+            &format!(
+                r#"prefix = "rg-test", timeout = "200ms", ca_file = "{}", cert_file = "{}", key_file = "{}" }}"#,
+                pki.path("ca.pem"),
+                pki.path("client.pem"),
+                pki.path("client.key")
+            ),
+        )
+        .replace(r#"timeout = "50ms", "#, "");
+    assert!(
+        toml.contains("rediss://") && toml.contains("key_file"),
+        "{toml}"
+    );
+    let gws: Vec<Gateway> = (0..2).map(|_| Gateway::start(&toml)).collect();
+    let (admitted, _, rate) = blast(&gws, "tls", 400);
+    println!("TLS redis: admitted {admitted} of 300 at {rate:.0} req/s");
+    assert!(admitted >= 300, "{admitted}");
+    assert!(
+        admitted <= cluster_bound(300, rate),
+        "{admitted}: not shared"
+    );
+    for gw in &gws {
+        assert!(
+            !gw.log_contains("rate limit redis unavailable"),
+            "{:?}",
+            gw.logs()
+        );
+    }
+}

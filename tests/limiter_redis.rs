@@ -455,3 +455,82 @@ fn an_empty_redis_gets_a_busy_keys_previous_window_again() {
         },
     );
 }
+
+/// `rediss://` to a Redis that wants a client certificate: with the test CA and a client
+/// certificate the counts reach Redis; without the certificate, with a CA that did not sign Redis'
+/// certificate, or with the system's roots, every exchange fails (the limit stays on
+/// `on_redis_failure`, counted as errors) and nothing is written. A TLS Redis that stops answering
+/// mid-handshake is a timeout like any other: the node retries and recovers once it answers.
+#[test]
+fn a_tls_redis_that_wants_a_client_certificate() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let redis = Redis::start_tls().expect("start redis-server with TLS");
+    let pki = redis.tls.as_ref().expect("TLS port");
+    let limit = format!("hour = {LIMIT}");
+    let with = |tls: &str| {
+        let text = format!(
+            "[[upstreams]]\nname = \"u\"\ntargets = [{{ target = \"127.0.0.1:9001\" }}]\n[[services]]\nname = \"s\"\nupstream = \"u\"\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n[[plugins]]\nname = \"rate-limiting\"\nconfig = {{ {limit}, limit_by = \"ip\", policy = \"cluster\", redis = {{ url = \"rediss://127.0.0.1:{}\", timeout = \"200ms\", prefix = \"rgtest{}\"{tls} }} }}\n",
+            pki.port, redis.port
+        );
+        let cfg = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
+        let (h, mut links) = limit::start(&cfg, 1);
+        (h, LimiterSet::new(links.remove(0)))
+    };
+    let (ca, other, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("other-ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let mut hdr = Vec::new();
+    let good = [with(&format!(
+        r#", ca_file = "{ca}", cert_file = "{cert}", key_file = "{key}""#
+    ))];
+    sync_until(&good, "healthy over TLS", || {
+        good[0].0.stats(0).redis_healthy && good[0].0.stats(0).redis_errors == 0
+    });
+    assert_eq!(good[0].1.check(0, b"p", T0, &mut hdr), Decision::Allow);
+    sync_until(&good, "the count in Redis", || {
+        node_totals(&redis, "p").iter().sum::<u64>() == 1
+    });
+    let refused = [
+        ("no client certificate", format!(r#", ca_file = "{ca}""#)),
+        (
+            "a CA that did not sign Redis' certificate",
+            format!(r#", ca_file = "{other}", cert_file = "{cert}", key_file = "{key}""#),
+        ),
+        (
+            "the system's roots",
+            format!(r#", cert_file = "{cert}", key_file = "{key}""#),
+        ),
+    ];
+    for (n, (what, tls)) in refused.iter().enumerate() {
+        let bad = [with(tls)];
+        let key = format!("q{n}");
+        assert_eq!(
+            bad[0].1.check(0, key.as_bytes(), T0, &mut hdr),
+            Decision::Allow
+        );
+        sync_until(&bad, &format!("{what} to count as errors"), || {
+            !bad[0].0.stats(0).redis_healthy && bad[0].0.stats(0).redis_errors >= 2
+        });
+        assert!(node_totals(&redis, &key).is_empty(), "{what}");
+    }
+    // Stopped: the connection's reads time out, and so do the handshakes of the reconnects (the
+    // kernel still accepts): errors keep coming instead of one hung attempt.
+    redis.signal(libc::SIGSTOP);
+    let errors = good[0].0.stats(0).redis_errors;
+    assert_eq!(good[0].1.check(0, b"p", T0, &mut hdr), Decision::Allow);
+    sync_until(
+        &good,
+        "a stopped TLS Redis to count as errors, again and again",
+        || good[0].0.stats(0).redis_errors >= errors + 3,
+    );
+    redis.signal(libc::SIGCONT);
+    sync_until(&good, "recovery over TLS", || {
+        good[0].0.stats(0).redis_healthy && node_totals(&redis, "p").iter().sum::<u64>() == 2
+    });
+}

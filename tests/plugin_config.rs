@@ -1013,3 +1013,123 @@ fn request_termination_compiles_last_in_the_chain_and_reports_its_mistakes() {
         );
     }
 }
+
+/// `rediss://`: its files are read and checked at load, each problem at its key; the TLS keys
+/// do not apply to `redis://`; `#insecure` (redis-rs' "skip verification") is refused; and the
+/// compiled config holds the files' contents without showing the key in `Debug`.
+#[test]
+fn rediss_urls_and_their_files() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("ringgate-rediss-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "test ca");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("sign");
+    let (ca_pem, cert_pem) = (file("ca.pem", &ca.pem()), file("c.pem", &cert.pem()));
+    let key_pem = file("c.key", &key.serialize_pem());
+    let other_key = file("o.key", &KeyPair::generate().expect("key").serialize_pem());
+    let redis_with = |url: &str, extra: &str| {
+        with(&format!("[[plugins]]\nname = \"rate-limiting\"\nconfig = {{ minute = 1, policy = \"cluster\", redis = {{ url = \"{url}\"{extra} }} }}\n"))
+    };
+    let missing = dir.join("nope.pem").display().to_string();
+    for (url, extra, key, why) in [
+        (
+            "redis://h:1",
+            format!(r#", ca_file = "{ca_pem}""#),
+            "ca_file",
+            "only applies to a TLS url",
+        ),
+        (
+            "redis://h:1",
+            format!(r#", key_file = "{key_pem}""#),
+            "key_file",
+            "only applies to a TLS url",
+        ),
+        (
+            "rediss://h:1#insecure",
+            String::new(),
+            "url",
+            "no `#` fragment",
+        ),
+        (
+            "rediss://h:1",
+            format!(r#", cert_file = "{cert_pem}""#),
+            "key_file",
+            "needs `key_file`",
+        ),
+        (
+            "rediss://h:1",
+            format!(r#", key_file = "{key_pem}""#),
+            "cert_file",
+            "needs `cert_file`",
+        ),
+        (
+            "rediss://h:1",
+            format!(r#", ca_file = "{missing}""#),
+            "ca_file",
+            "nope.pem",
+        ),
+        (
+            "rediss://h:1",
+            format!(r#", ca_file = "{key_pem}""#),
+            "ca_file",
+            "BEGIN CERTIFICATE",
+        ),
+        (
+            "rediss://h:1",
+            format!(r#", cert_file = "{cert_pem}", key_file = "{other_key}""#),
+            "key_file",
+            "does not match",
+        ),
+    ] {
+        let errs = errors(&redis_with(url, &extra));
+        assert_eq!(errs.len(), 1, "{url} {extra}: {errs:?}");
+        assert_eq!(
+            errs[0].key,
+            format!("plugins[0].config.redis.{key}"),
+            "{url} {extra}"
+        );
+        assert!(errs[0].message.contains(why), "{url} {extra}: {}", errs[0]);
+    }
+    let tls_of = |text: &str| {
+        let cfg = load_str(text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
+        match &cfg.plugins[0].config {
+            PluginConfig::RateLimiting(d) => match &d.policy {
+                Policy::Cluster(r) => (r.tls.clone(), format!("{d:?}")),
+                other => panic!("not cluster: {other:?}"),
+            },
+            other => panic!("not rate-limiting: {other:?}"),
+        }
+    };
+    let (tls, _) = tls_of(&redis_with("redis://h:1", ""));
+    assert!(tls.is_none());
+    let (tls, _) = tls_of(&redis_with("rediss://h:1", ""));
+    let tls = tls.expect("rediss:// is TLS");
+    assert!(tls.ca_pem.is_none() && tls.client.is_none());
+    let (tls, debug) = tls_of(&redis_with(
+        "rediss://h:1/2",
+        &format!(r#", ca_file = "{ca_pem}", cert_file = "{cert_pem}", key_file = "{key_pem}""#),
+    ));
+    let tls = tls.expect("rediss:// is TLS");
+    assert_eq!(tls.ca_pem.as_deref(), Some(ca.pem().as_bytes()));
+    let (c, k) = tls.client.expect("client certificate");
+    assert_eq!((c, k.0), (cert.pem().into_bytes(), key.serialize_pem()));
+    assert!(
+        !debug.contains("PRIVATE KEY") && !debug.contains(&key.serialize_pem()),
+        "{debug}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,7 +42,7 @@ use super::msg::Override;
 use super::reconciler::{GState, SharedStats};
 use super::table::KeyTable;
 use super::InstanceDef;
-use crate::config::model::{Algorithm, BucketDef, PeriodLimit, RedisDef, RedisFailure};
+use crate::config::model::{Algorithm, BucketDef, PeriodLimit, RedisDef, RedisFailure, RedisTls};
 
 /// How long after a failure the next connection attempt is made.
 pub const RETRY_MS: u64 = 500;
@@ -113,12 +113,13 @@ pub struct Job {
     pipe: redis::Pipeline,
 }
 
-/// A Redis url and the credentials for it.
+/// A Redis url and the credentials for it (and, for `rediss://`, the certificates).
 #[derive(Clone, PartialEq, Eq)]
 struct Endpoint {
     url: String,
     username: Option<String>,
     password: Option<crate::config::model::Secret>,
+    tls: Option<crate::config::model::RedisTls>,
 }
 
 /// What the Redis thread sends back: the replies to job `seq` of the instance at `slot`.
@@ -490,6 +491,7 @@ impl ClusterLink {
                 url: self.def.url.clone(),
                 username: self.def.username.clone(),
                 password: self.def.password.clone(),
+                tls: self.def.tls.clone(),
             },
             timeout: self.def.timeout,
             pipe,
@@ -687,7 +689,27 @@ fn run_job(
                 }
                 info = info.set_redis_settings(settings);
             }
-            let client = redis::Client::open(info)?;
+            let client = match &job.to.tls {
+                // The system's roots and no client certificate: what `rediss://` alone means.
+                None
+                | Some(RedisTls {
+                    ca_pem: None,
+                    client: None,
+                }) => redis::Client::open(info)?,
+                Some(tls) => redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: tls
+                            .client
+                            .as_ref()
+                            .map(|(cert, key)| redis::ClientTlsConfig {
+                                client_cert: cert.clone(),
+                                client_key: key.0.clone().into_bytes(),
+                            }),
+                        root_cert: tls.ca_pem.clone(),
+                    },
+                )?,
+            };
             let c = client.get_connection_with_timeout(job.timeout)?;
             conn.insert((job.to.clone(), c))
         }

@@ -286,6 +286,34 @@ pub struct RedisDef {
     /// `AUTH` on connect: the ACL user (if any) and the password.
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// Set exactly when the url is `rediss://`.
+    pub tls: Option<RedisTls>,
+}
+
+/// `rediss://`: what verifies Redis' certificate and what this node shows when Redis asks.
+/// The files' contents, read at load (and reload): a changed file reconnects with the new one.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RedisTls {
+    /// PEM CA certificates; `None`: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate chain and private key (Redis' `tls-auth-clients yes`).
+    pub client: Option<(Vec<u8>, Secret)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field(
+                "ca",
+                &if self.ca_pem.is_some() {
+                    "ca_file"
+                } else {
+                    "system roots"
+                },
+            )
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
 }
 
 /// A credential from the config: compared like a string, never shown by `Debug`.

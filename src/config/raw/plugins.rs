@@ -115,6 +115,11 @@ pub struct RawRedis {
     pub password: Option<crate::config::model::Secret>,
     /// The name of an environment variable holding the password (read at load and reload).
     pub password_env: Option<String>,
+    /// `rediss://` only: PEM CA certificates that verify Redis (default: the system's roots).
+    pub ca_file: Option<String>,
+    /// `rediss://` only: a client certificate and key, for a Redis with `tls-auth-clients yes`.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 /// A number: TOML integer or float (AWS's `rate_limit` may be fractional).

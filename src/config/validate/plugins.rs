@@ -4,13 +4,14 @@
 //! (`plugins[0].config.minute`); a missing key is reported at its nearest written ancestor.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 use super::{auth, edge, in_range, known, push, termination};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{
     Algorithm, BucketDef, LimitBy, Mode, Period, PeriodLimit, PluginConfig, PluginDef, PluginScope,
-    Policy, RateLimitDef, RedisDef, RedisFailure,
+    Policy, RateLimitDef, RedisDef, RedisFailure, RedisTls,
 };
 use crate::config::raw::plugins::{DecodedPlugin, RawPluginConfig, RawRateLimiting, RawRedis};
 use crate::config::raw::Int;
@@ -61,7 +62,8 @@ pub fn compile(
             }
             let config = match &p.config {
                 RawPluginConfig::RateLimiting(c) => {
-                    rate_limiting(c.as_ref(), &path, problems).map(PluginConfig::RateLimiting)
+                    rate_limiting(c.as_ref(), &path, ctx.base, problems)
+                        .map(PluginConfig::RateLimiting)
                 }
                 RawPluginConfig::KeyAuth(c) => {
                     auth::key_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::KeyAuth)
@@ -282,6 +284,7 @@ fn header_name(name: &str) -> Option<String> {
 fn rate_limiting(
     raw: Option<&RawRateLimiting>,
     path: &KeyPath,
+    base: &Path,
     problems: &mut Vec<Problem>,
 ) -> Option<RateLimitDef> {
     let Some(c) = raw else {
@@ -361,7 +364,7 @@ fn rate_limiting(
         100_000_000,
     )
     .and_then(|n| usize::try_from(n).ok());
-    let (policy, on_redis_failure) = policy(c, &cp, problems);
+    let (policy, on_redis_failure) = policy(c, &cp, base, problems);
 
     if problems.len() != before {
         return None;
@@ -624,6 +627,7 @@ fn limit_by(c: &RawRateLimiting, cp: &KeyPath, problems: &mut Vec<Problem>) -> O
 fn policy(
     c: &RawRateLimiting,
     cp: &KeyPath,
+    base: &Path,
     problems: &mut Vec<Problem>,
 ) -> (Option<Policy>, RedisFailure) {
     let cluster = match &c.policy {
@@ -675,7 +679,7 @@ fn policy(
                 return (None, failure);
             };
             (
-                redis(r, &cp.key("redis"), problems).map(Policy::Cluster),
+                redis(r, &cp.key("redis"), base, problems).map(Policy::Cluster),
                 failure,
             )
         }
@@ -683,9 +687,18 @@ fn policy(
     }
 }
 
-fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<RedisDef> {
+fn redis(
+    r: &RawRedis,
+    path: &KeyPath,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<RedisDef> {
     let before = problems.len();
-    let rest = r.url.strip_prefix("redis://");
+    let tls_url = r.url.starts_with("rediss://");
+    let rest = r
+        .url
+        .strip_prefix("redis://")
+        .or_else(|| r.url.strip_prefix("rediss://"));
     let authority = rest.map(|s| s.split('/').next().unwrap_or_default());
     if r.url.contains('@') {
         // Not echoed: the url holds a password, and this message goes to logs and to the admin
@@ -700,9 +713,17 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
             problems,
             path.key("url"),
             format!(
-                "{:?} is not a supported Redis url; expected \"redis://host:port[/db]\" (TLS, `rediss://`, is not supported)",
+                "{:?} is not a supported Redis url; expected \"redis://host:port[/db]\", or \"rediss://host:port[/db]\" for TLS",
                 r.url
             ),
+        );
+    } else if r.url.contains('#') {
+        // redis-rs reads `#insecure` as "do not verify the certificate": not offered (set
+        // `ca_file` for a private CA instead), and no other fragment means anything.
+        push(
+            problems,
+            path.key("url"),
+            "a Redis url takes no `#` fragment (certificate checks cannot be turned off: for a private CA, set `ca_file`)",
         );
     } else if let Err(e) = redis::Client::open(r.url.as_str()) {
         // Parsing only (no I/O): a url the client cannot use would otherwise be accepted here and
@@ -711,7 +732,7 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
             problems,
             path.key("url"),
             format!(
-                "{:?} is not a usable Redis url ({e}); expected \"redis://host:port[/db]\" with a port 1..=65535 and a numeric db",
+                "{:?} is not a usable Redis url ({e}); expected \"redis://host:port[/db]\" (or rediss://) with a port 1..=65535 and a numeric db",
                 r.url
             ),
         );
@@ -779,13 +800,107 @@ fn redis(r: &RawRedis, path: &KeyPath, problems: &mut Vec<Problem>) -> Option<Re
             "a Redis user needs `password` or `password_env`",
         );
     }
+    let tls = if tls_url {
+        redis_tls(r, path, base, problems)
+    } else {
+        for (key, set) in [
+            ("ca_file", r.ca_file.is_some()),
+            ("cert_file", r.cert_file.is_some()),
+            ("key_file", r.key_file.is_some()),
+        ] {
+            if set {
+                push(
+                    problems,
+                    path.key(key),
+                    format!(
+                        "`{key}` only applies to a TLS url: write it as \"rediss://host:port\""
+                    ),
+                );
+            }
+        }
+        None
+    };
     (problems.len() == before).then(|| RedisDef {
         url: r.url.clone(),
         timeout,
         prefix,
         username: r.username.clone(),
         password: password.map(crate::config::model::Secret),
+        tls,
     })
+}
+
+/// The files of a `rediss://` connection, read and checked now: the CA certificates, and the
+/// client certificate with its key (both or neither).
+fn redis_tls(
+    r: &RawRedis,
+    path: &KeyPath,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<RedisTls> {
+    let before = problems.len();
+    let read = |key: &str, file: &str, problems: &mut Vec<Problem>| {
+        let file = base.join(file);
+        crate::config::read_file(&file)
+            .map_err(|e| {
+                push(
+                    problems,
+                    path.key(key),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })
+            .ok()
+    };
+    let ca_pem = r.ca_file.as_deref().and_then(|ca| {
+        let file = base.join(ca);
+        let certs = super::tls::read_certs(&file)
+            .map_err(|e| push(problems, path.key("ca_file"), e))
+            .ok()?;
+        let mut roots = rustls::RootCertStore::empty();
+        if roots.add_parsable_certificates(certs).0 == 0 {
+            push(
+                problems,
+                path.key("ca_file"),
+                format!("{}: no usable CA certificate in it", file.display()),
+            );
+            return None;
+        }
+        read("ca_file", ca, problems)
+    });
+    let client = match (&r.cert_file, &r.key_file) {
+        (None, None) => None,
+        (Some(_), None) => {
+            push(
+                problems,
+                path.key("key_file"),
+                "`cert_file` needs `key_file`: the client certificate's private key",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            push(
+                problems,
+                path.key("cert_file"),
+                "`key_file` needs `cert_file`: the client certificate it belongs to",
+            );
+            None
+        }
+        (Some(cert), Some(key)) => {
+            super::tls::certified_key(cert, key, ["cert_file", "key_file"], path, base, problems)?;
+            let cert_pem = read("cert_file", cert, problems)?;
+            let key_pem = String::from_utf8(read("key_file", key, problems)?)
+                .map_err(|_| {
+                    push(
+                        problems,
+                        path.key("key_file"),
+                        format!("{key}: not PEM text (not UTF-8)"),
+                    )
+                })
+                .ok()?;
+            Some((cert_pem, crate::config::model::Secret(key_pem)))
+        }
+    };
+    (problems.len() == before).then_some(RedisTls { ca_pem, client })
 }
 
 /// Checks on the compiled chains: an `acl` on a route where no key-auth, basic-auth or jwt runs

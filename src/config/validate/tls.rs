@@ -161,7 +161,7 @@ pub fn certificates(
             files.push(None);
             continue;
         };
-        let key = certified_key(cert, key_file, &path, base, problems);
+        let key = certified_key(cert, key_file, ["cert", "key"], &path, base, problems);
         let snis = snis(
             c,
             &path,
@@ -264,26 +264,28 @@ fn acme_entry(
     }
 }
 
-/// Reads and checks one certificate's chain and key.
-fn certified_key(
+/// Reads and checks one certificate's chain and key; problems go to `path`'s keys `at` (the
+/// certificate's and the key's).
+pub(super) fn certified_key(
     cert_file: &str,
     key_file: &str,
+    at: [&str; 2],
     path: &KeyPath,
     base: &Path,
     problems: &mut Vec<Problem>,
 ) -> Option<Arc<CertifiedKey>> {
     let certs = read_certs(&resolve_path(base, cert_file))
-        .map_err(|e| push(problems, path.key("cert"), e))
+        .map_err(|e| push(problems, path.key(at[0]), e))
         .ok();
     let key = read_key(&resolve_path(base, key_file))
-        .map_err(|e| push(problems, path.key("key"), e))
+        .map_err(|e| push(problems, path.key(at[1]), e))
         .ok();
     let (certs, key) = (certs?, key?);
     if let Some(leaf) = certs.first() {
         if let Err(e) = webpki::EndEntityCert::try_from(leaf) {
             push(
                 problems,
-                path.key("cert"),
+                path.key(at[0]),
                 format!(
                     "the first certificate in {cert_file} is not a valid X.509 certificate ({e}); \
                      the leaf certificate must come first, then its intermediates"
@@ -297,7 +299,7 @@ fn certified_key(
         Err(e) => {
             push(
                 problems,
-                path.key("key"),
+                path.key(at[1]),
                 format!(
                     "unsupported private key in {key_file} ({e}): rustls on ring takes RSA keys \
                      of 2048 to 8192 bits, ECDSA P-256 or P-384, and Ed25519"
@@ -314,7 +316,7 @@ fn certified_key(
         Err(rustls::Error::InconsistentKeys(_)) => {
             push(
                 problems,
-                path.key("key"),
+                path.key(at[1]),
                 format!(
                     "the private key in {key_file} does not match the first certificate in \
                      {cert_file} (the leaf must come first, then its intermediates)"
@@ -325,7 +327,7 @@ fn certified_key(
         Err(e) => {
             push(
                 problems,
-                path.key("cert"),
+                path.key(at[0]),
                 format!("invalid certificate in {cert_file}: {e}"),
             );
             None
