@@ -114,6 +114,12 @@ impl GatewayError {
             body_len,
         );
         out.extend_from_slice(extra);
+        if self == GatewayError::TraceNotAllowed {
+            // A 405 must say what is allowed (RFC 9110 §15.5.6). Only a route without `methods`
+            // gets here (one that lists methods without TRACE does not match a TRACE at all), so
+            // everything but TRACE is; CONNECT is a 501 anyway.
+            out.extend_from_slice(b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n");
+        }
         if close {
             out.extend_from_slice(b"Connection: close\r\n");
         }

@@ -197,6 +197,14 @@ methods = ["TRACE"]
 "#,
     );
     assert_eq!(s.who("TRACE", HOST, "/items", "Cookie: s=1\r\n"), "405");
+    // A 405 names what the resource allows (RFC 9110 §15.5.6).
+    let r = Conn::connect(s.gw.addr())
+        .request(format!("TRACE /items HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+    r.assert_json_error(405);
+    assert_eq!(
+        r.header("allow"),
+        Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+    );
     assert_eq!(s.who("GET", HOST, "/items", ""), "any");
     assert_eq!(s.who("TRACE", HOST, "/debug", ""), "tracer");
     assert!(s.up("any").requests().iter().all(|r| r.method != "TRACE"));
