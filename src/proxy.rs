@@ -122,9 +122,9 @@ const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
 /// grows up to the header limit for large ones and shrinks back afterwards.
 const CLIENT_BUF: usize = 1024;
-/// A plain-TCP connection with no request for this long parks (`parking`): its task, buffer and
-/// request state are freed and its socket waits in the worker's epoll set with a record of under 100
-/// bytes (nginx frees its buffers on idle keep-alive connections the same way). Long enough that
+/// A connection with no request for this long parks (`parking`): its task, buffer and request state
+/// are freed and its socket waits in the worker's epoll set with a record of under 100 bytes, plus
+/// rustls' state for TLS (nginx frees its buffers on idle keep-alive connections the same way). Long enough that
 /// back-to-back keep-alive traffic never pays for it (waking a parked connection costs a task
 /// allocation and three syscalls).
 const PARK_AFTER: Duration = Duration::from_millis(500);
@@ -133,15 +133,25 @@ const CLIENT_BUF_KEEP: usize = 8 * 1024;
 
 /// A client-side stream: plain TCP or TLS over TCP.
 pub trait ClientIo: AsyncReadRent + AsyncWriteRent + Split + 'static {
-    /// The socket itself when nothing sits between it and us, so an idle connection can park (wait
-    /// for readability without a buffer). Not TLS: rustls may hold decrypted bytes the socket
-    /// no longer shows.
+    /// The socket itself when nothing sits between it and us (plain TCP).
     fn plain(&mut self) -> Option<&mut TcpStream> {
         None
     }
 
-    /// The socket itself, by value, when `plain` gives it (for parking).
-    fn into_tcp(self) -> Option<TcpStream>
+    /// Not plain, but a read dropped by its timeout loses nothing, so an idle connection can wait
+    /// with a timed read and then park (`tls::ServerStream`).
+    fn parks_after_timed_read(&self) -> bool {
+        false
+    }
+
+    /// Whether the connection can park now (nothing of its own waits to be sent or read). Plain
+    /// TCP always can.
+    fn can_park(&self) -> bool {
+        true
+    }
+
+    /// The socket and the TLS state to keep while parked (for `parking`); `None`: cannot park.
+    fn into_parked(self) -> Option<(TcpStream, Option<Box<rustls::ServerConnection>>)>
     where
         Self: Sized,
     {
@@ -154,8 +164,8 @@ impl ClientIo for TcpStream {
         Some(self)
     }
 
-    fn into_tcp(self) -> Option<TcpStream> {
-        Some(self)
+    fn into_parked(self) -> Option<(TcpStream, Option<Box<rustls::ServerConnection>>)> {
+        Some((self, None))
     }
 }
 
@@ -354,9 +364,9 @@ impl Drop for ConnGuard {
 /// the connection metrics (a TLS one is counted from its accept, handshake included).
 ///
 /// Memory: while requests flow, the connection's working state (`Conn` and the request future, a
-/// few KiB) is its task. When a plain connection has idled for `PARK_AFTER` the task ends and frees
-/// everything; the socket waits in the parking lot, which starts a new task when the client sends
-/// again.
+/// few KiB) is its task. When a connection has idled for `PARK_AFTER` the task ends and frees
+/// everything (a TLS connection keeps rustls' state); the socket waits in the parking lot, which
+/// starts a new task when the client sends again.
 pub fn serve<S: ClientIo>(
     client: S,
     fd: RawFd,
@@ -389,9 +399,9 @@ async fn run<S: ClientIo>(client: S, guard: ConnGuard, served: u64) {
         left,
     } = ended
     {
-        if let Some(tcp) = client.into_tcp() {
+        if let Some((tcp, tls)) = client.into_parked() {
             let shard = guard.shard.clone();
-            shard.parked.park(tcp, guard, served, left);
+            shard.parked.park(tcp, tls, guard, served, left);
         }
     }
 }
@@ -515,6 +525,24 @@ impl<S: ClientIo> Conn<S> {
     #[inline]
     fn stamp(&self) -> Option<Instant> {
         self.timed.then(Instant::now)
+    }
+
+    /// The idle wait of a TLS connection (`parks_after_timed_read`): a read bounded by
+    /// `PARK_AFTER`, then the park (`Err(idle)`) if nothing of the connection's own is pending, else
+    /// the rest of `wait` as an ordinary read. A timed-out read loses nothing but its buffer.
+    async fn idle_tls_read(&mut self, wait: Duration) -> std::io::Result<usize> {
+        match io::fill(&mut self.client, &mut self.buf, PARK_AFTER).await {
+            Err(e) if io::is_timeout(&e) => {
+                if self.client.can_park() {
+                    return Err(io::idle());
+                }
+                if self.buf.capacity() == 0 {
+                    self.buf = Vec::with_capacity(CLIENT_BUF);
+                }
+                io::fill(&mut self.client, &mut self.buf, wait - PARK_AFTER).await
+            }
+            r => r,
+        }
     }
 
     /// Timeout for reading the client's body and for each write to the client.
@@ -824,11 +852,14 @@ impl<S: ClientIo> Conn<S> {
                         server.timeouts.keepalive
                     };
                     shard.idle.set_idle(self.slot, self.fd);
+                    let parks = wait > PARK_AFTER && shard.parked.available();
+                    let tls_parks = parks && self.client.parks_after_timed_read();
                     let r = match self.client.plain() {
-                        Some(tcp) if wait > PARK_AFTER && shard.parked.available() => {
+                        Some(tcp) if parks => {
                             let c = self.canceller.get_or_insert_with(Default::default);
                             io::fill_or_idle(tcp, &mut self.buf, PARK_AFTER, c).await
                         }
+                        _ if tls_parks => self.idle_tls_read(wait).await,
                         _ => io::fill(&mut self.client, &mut self.buf, wait).await,
                     };
                     shard.idle.set_busy(self.slot);

@@ -1,4 +1,4 @@
-//! TLS termination (rustls 0.23 on *ring*, through monoio-rustls) and the https-redirect listener.
+//! TLS termination (rustls 0.23 on *ring*) and the https-redirect listener.
 //!
 //! - `context`: `TlsContext`, built from a loaded `Config` on the main thread (certificate files were
 //!   already read and parsed by `config::load`), shared read-only by workers; each worker holds an
@@ -6,13 +6,17 @@
 //! - `accept`: per-connection handshake under `[server.timeouts] tls_handshake`, then the proxy loop.
 //! - `expiry`: warnings and a metric for file certificates that are expired or expire soon.
 //! - `redirect`: listeners with `redirect_https` answer every request with a 301/308 to https.
+//! - `server`: `ServerStream`, the TLS connection a client opened (rustls over the socket, no I/O
+//!   buffer held while idle).
 //! - `stream`: `CancelSafe`, a wrapper that turns "use after a cancelled operation" into an error
-//!   (monoio-rustls loses its buffer when a read is dropped mid-flight and would panic on the next one).
+//!   (monoio-rustls, used for upstream TLS, loses its buffer when a read is dropped mid-flight and
+//!   would panic on the next one).
 
 pub mod accept;
 pub mod context;
 pub mod expiry;
 pub mod redirect;
+pub mod server;
 pub mod stream;
 
 pub use context::{TlsContext, TlsShared};

@@ -114,7 +114,7 @@ pub async fn fill_or_idle(
     }
 }
 
-fn idle() -> io::Error {
+pub fn idle() -> io::Error {
     io::Error::new(io::ErrorKind::WouldBlock, "idle")
 }
 

@@ -1,5 +1,6 @@
-//! Parked connections: a plain keep-alive connection that stays idle for `PARK_AFTER` ends its task.
-//! What remains is a record here (under 100 bytes) and its socket in this worker's epoll set,
+//! Parked connections: a keep-alive connection that stays idle for `PARK_AFTER` ends its task.
+//! What remains is a record here (under 100 bytes, plus rustls' state for a TLS connection, whose
+//! close here sends its close_notify) and its socket in this worker's epoll set,
 //! registered one-shot for readability. nginx keeps an idle keep-alive connection the same way: a
 //! registered fd and a small struct. One watcher task per worker waits on the epoll fd through the
 //! runtime (io_uring: a poll on the epoll fd; epoll fallback: a nested registration) and starts a
@@ -41,6 +42,9 @@ pub struct ParkingLot {
 struct Car {
     /// `at.fd` is the parked socket, owned by the lot.
     at: At,
+    /// A TLS connection's rustls state (keys, sequence numbers, a partial record): a few KiB,
+    /// against the task's ~12 KiB and its buffers.
+    tls: Option<Box<rustls::ServerConnection>>,
     served: u64,
     /// Keep-alive deadline, ms since `epoch`.
     until_ms: u64,
@@ -78,7 +82,14 @@ impl ParkingLot {
 
     /// Parks `tcp` until it turns readable or `left` passes. On any failure the connection simply
     /// closes (`guard` and `tcp` drop), as it would have at its keep-alive deadline.
-    pub(super) fn park(&self, tcp: TcpStream, mut guard: ConnGuard, served: u64, left: Duration) {
+    pub(super) fn park(
+        &self,
+        tcp: TcpStream,
+        tls: Option<Box<rustls::ServerConnection>>,
+        mut guard: ConnGuard,
+        served: u64,
+        left: Duration,
+    ) {
         let Some(ep) = &self.ep else { return };
         if guard.shard.draining.get() {
             // Draining has already closed the lot: close now rather than wait out the deadline.
@@ -97,6 +108,7 @@ impl ParkingLot {
             .unwrap_or(u64::MAX);
         let car = Car {
             at: At { fd, ..guard.at },
+            tls,
             served,
             until_ms,
         };
@@ -162,9 +174,12 @@ impl ParkingLot {
         Some((car.at.fd, car.until_ms <= now_ms))
     }
 
-    /// Closes one parked connection and ends its accounting.
+    /// Closes one parked connection (a TLS one with its close_notify) and ends its accounting.
     fn close(&self, shard: &Rc<Shard>, idx: usize, fd: RawFd) {
-        if let Some((sock, car)) = self.take(idx, fd) {
+        if let Some((sock, mut car)) = self.take(idx, fd) {
+            if let Some(tls) = car.tls.as_mut() {
+                crate::tls::server::close_parked(sock.as_raw_fd(), tls);
+            }
             drop(sock);
             drop(ConnGuard::new(shard.clone(), car.at));
         }
@@ -207,8 +222,15 @@ impl ParkingLot {
         let std =
             unsafe { std::net::TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
         // On error `from_std` has dropped (closed) the socket; `guard` accounts for it.
-        if let Ok(tcp) = TcpStream::from_std(std) {
-            monoio::spawn(super::run(tcp, guard, car.served));
+        let Ok(tcp) = TcpStream::from_std(std) else {
+            return;
+        };
+        match car.tls {
+            None => drop(monoio::spawn(super::run(tcp, guard, car.served))),
+            Some(tls) => {
+                let stream = crate::tls::server::ServerStream::resume(tcp, tls);
+                drop(monoio::spawn(super::run(stream, guard, car.served)));
+            }
         }
     }
 }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use super::CancelSafe;
 use crate::errors::GatewayError;
 use crate::proxy::{self, io, Listener};
 use crate::worker::Shard;
@@ -61,26 +60,27 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
         }
     }
     let left = deadline.saturating_duration_since(Instant::now());
-    let tls = match monoio::time::timeout(left, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            crate::debug!(
-                "tls handshake failed peer={} error=\"{}\"",
-                peer,
-                crate::tls::handshake_error(&e).replace('"', "'")
-            );
-            count(ERROR);
-            return;
-        }
-        Err(_) => {
-            crate::debug!("tls handshake timed out peer={}", peer);
-            count(TIMEOUT);
-            return;
-        }
-    };
+    let tls =
+        match monoio::time::timeout(left, super::server::accept(stream, acceptor.clone())).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                crate::debug!(
+                    "tls handshake failed peer={} error=\"{}\"",
+                    peer,
+                    e.to_string().replace('"', "'")
+                );
+                count(ERROR);
+                return;
+            }
+            Err(_) => {
+                crate::debug!("tls handshake timed out peer={}", peer);
+                count(TIMEOUT);
+                return;
+            }
+        };
     drop(ctx);
     // A TLS-ALPN-01 validation connection (RFC 8737): the handshake was the whole answer.
-    if tls.alpn_protocol().as_deref() == Some(crate::acme::ACME_TLS_ALPN) {
+    if tls.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
         crate::info!("acme tls-alpn-01 validation answered peer={}", peer);
         let mut tls = tls;
         let _ = monoio::io::AsyncWriteRent::shutdown(&mut tls).await;
@@ -89,7 +89,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
     let listener = Listener { port, tls: true };
     // The proxy's connection guard takes the count over.
     counted.hand_over();
-    let serve = proxy::serve(CancelSafe::new(tls), fd, peer, listener, shard, true);
+    let serve = proxy::serve(tls, fd, peer, listener, shard, true);
     drop(first_wait);
     serve.await;
 }

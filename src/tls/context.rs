@@ -23,7 +23,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use monoio_rustls::TlsAcceptor;
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -92,7 +91,7 @@ fn certificates_fingerprint(cfg: &Config) -> u64 {
 /// What TLS listeners need. Immutable; replaced whole on reload.
 pub struct TlsContext {
     /// `None` when the config has no certificates (then it has no TLS listener either).
-    acceptor: Option<TlsAcceptor>,
+    acceptor: Option<Arc<ServerConfig>>,
 }
 
 impl std::fmt::Debug for TlsContext {
@@ -149,12 +148,12 @@ impl TlsContext {
             )]
         })?;
         Ok(Arc::new(TlsContext {
-            acceptor: Some(TlsAcceptor::from(Arc::new(server))),
+            acceptor: Some(Arc::new(server)),
         }))
     }
 
-    /// The acceptor for new connections (`None`: no certificates configured).
-    pub fn acceptor(&self) -> Option<&TlsAcceptor> {
+    /// The server config for new connections (`None`: no certificates configured).
+    pub fn acceptor(&self) -> Option<&Arc<ServerConfig>> {
         self.acceptor.as_ref()
     }
 }

@@ -1,10 +1,11 @@
 //! `CancelSafe<S>`: a stream wrapper that refuses further reads (writes) once a read (write) was
 //! cancelled mid-flight, returning an error instead of calling into the inner stream.
 //!
-//! Why: monoio-rustls moves its record buffer into the pending socket read; when a timeout drops that
-//! read, the buffer is gone and the next read would panic inside the library. The proxy always closes
-//! a connection after a timeout, but some close paths still try to write an error or drain input;
-//! with this wrapper they get an `io::Error` and the connection simply closes.
+//! Used for upstream TLS (client connections use `tls::ServerStream`, whose reads and writes are
+//! cancel-safe). Why: monoio-rustls moves its record buffer into the pending socket read; when a
+//! timeout drops that read, the buffer is gone and the next read would panic inside the library.
+//! The proxy always closes a connection after a timeout, but some close paths still try to write an
+//! error or drain input; with this wrapper they get an `io::Error` and the connection simply closes.
 //!
 //! Invariant: the flags are set only across an `.await` of the inner operation, so a flag that is set
 //! on entry means the previous operation of that kind never completed.
@@ -41,9 +42,6 @@ fn cancelled() -> io::Error {
 
 // SAFETY: reads and writes use separate flags and delegate to `S`, which is itself `Split`.
 unsafe impl<S: Split> Split for CancelSafe<S> {}
-
-/// A TLS client never parks: rustls may hold decrypted bytes the socket no longer shows.
-impl<S: AsyncReadRent + AsyncWriteRent + Split + 'static> crate::proxy::ClientIo for CancelSafe<S> {}
 
 impl<S: AsyncReadRent> AsyncReadRent for CancelSafe<S> {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
