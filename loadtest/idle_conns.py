@@ -9,13 +9,15 @@ and holds until it reads a line on stdin (or --hold seconds pass). It then print
 (connections the server has not closed meanwhile) and closes everything.
 
 Bounded: --connect-timeout per connection, --open-timeout for the whole opening phase,
---hold for the holding phase. stdlib only; loopback only.
+--hold for the holding phase. stdlib only; loopback only. --tls: over TLS (certificate not
+checked: loopback test servers are self-signed), to measure what an idle TLS connection costs.
 """
 import argparse
 import asyncio
 import json
 import os
 import resource
+import ssl
 import sys
 import time
 
@@ -33,10 +35,10 @@ def raise_nofile(need):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-async def one(host, port, path, timeout, sem, conns, errors):
+async def one(host, port, path, timeout, sem, conns, errors, tls=None):
     async with sem:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=tls), timeout)
         except Exception as e:  # noqa: BLE001 - counted and reported
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
             return False
@@ -74,7 +76,13 @@ async def main():
     ap.add_argument("--connect-timeout", type=float, default=10.0)
     ap.add_argument("--open-timeout", type=float, default=120.0)
     ap.add_argument("--hold", type=float, default=120.0)
+    ap.add_argument("--tls", action="store_true", help="connect over TLS (certificate not verified)")
     a = ap.parse_args()
+    tls = None
+    if a.tls:
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("loopback only")
     raise_nofile(a.n + 1024)
@@ -82,7 +90,7 @@ async def main():
     conns, errors = [], {}
     sem = asyncio.Semaphore(a.parallel)
     t0 = time.monotonic()
-    tasks = [asyncio.ensure_future(one(a.host, a.port, a.path, a.connect_timeout, sem, conns, errors))
+    tasks = [asyncio.ensure_future(one(a.host, a.port, a.path, a.connect_timeout, sem, conns, errors, tls))
              for _ in range(a.n)]
     done, pending = await asyncio.wait(tasks, timeout=a.open_timeout)
     for t in pending:
