@@ -1813,7 +1813,8 @@ impl<S: ClientIo> Conn<S> {
     /// time) before the socket is dropped. Closing a socket with unread input sends a reset, which can
     /// destroy the error response before the client reads it (the 413-while-uploading case).
     async fn lingering_close(&mut self) {
-        let _ = self.client.shutdown().await;
+        // Bounded: a TLS shutdown sends close_notify behind whatever the client has not read yet.
+        let _ = monoio::time::timeout(CLOSE_NOTIFY_TIME, self.client.shutdown()).await;
         io::discard(&mut self.client, &mut self.buf, LINGER_TIME, LINGER_BYTES).await;
     }
 }

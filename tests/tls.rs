@@ -1749,3 +1749,47 @@ fn idle_tls_connections_park_and_hold_little_memory() {
     }
     assert_eq!(up.request_count(), 4 * BATCH);
 }
+
+/// A client that trickles a TLS record a byte at a time never completes a request: it is closed
+/// at its keep-alive deadline. (Parking must not restart that wait on each byte: the bytes feed
+/// rustls but produce no plaintext, so a connection holding part of a record does not park.)
+#[test]
+fn a_tls_record_trickled_a_byte_at_a_time_does_not_outlive_keep_alive() {
+    let pki = Pki::new();
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&tls_config(
+        &pki,
+        &up,
+        "[server.timeouts]\nkeepalive = \"2s\"",
+    ));
+    let mut tls = connect(gw.addrs()[0], "api.test", default_client(&pki)).expect("handshake");
+    assert_eq!(get(&mut tls, "api.test", "/first").status, 200);
+    // One encrypted request, sent raw, a byte every 300 ms.
+    tls.conn
+        .writer()
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .expect("encrypt");
+    let mut record = Vec::new();
+    while tls.conn.wants_write() {
+        tls.conn.write_tls(&mut record).expect("record");
+    }
+    let started = Instant::now();
+    let mut closed = None;
+    for b in &record[..record.len() - 1] {
+        std::thread::sleep(Duration::from_millis(300));
+        if tls.sock.write_all(&[*b]).is_err() {
+            closed = Some(started.elapsed());
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    let closed = closed.or_else(|| {
+        let (gone, _) = wait_closed(&mut tls.sock, Duration::from_millis(500));
+        gone.then(|| started.elapsed())
+    });
+    let closed = closed.expect("the trickling connection was still open after 6 s");
+    assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
+    assert!(up.requests().iter().all(|r| r.path() != "/slow"));
+}

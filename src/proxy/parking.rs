@@ -93,6 +93,9 @@ impl ParkingLot {
         let Some(ep) = &self.ep else { return };
         if guard.shard.draining.get() {
             // Draining has already closed the lot: close now rather than wait out the deadline.
+            if let Some(mut tls) = tls {
+                crate::tls::server::close_parked(tcp.as_raw_fd(), &mut tls);
+            }
             return;
         }
         // Our own descriptor for the socket: the runtime's handle (and whatever the runtime
@@ -134,7 +137,11 @@ impl ParkingLot {
         // next request raced the park) is reported at once, so nothing is missed.
         if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
             // Not registered: close it and let `guard` account for the connection.
-            drop(self.take(idx, fd));
+            if let Some((sock, mut car)) = self.take(idx, fd) {
+                if let Some(tls) = car.tls.as_mut() {
+                    crate::tls::server::close_parked(sock.as_raw_fd(), tls);
+                }
+            }
             return;
         }
         guard.handed_over = true;
@@ -216,6 +223,10 @@ impl ParkingLot {
         };
         let guard = ConnGuard::new(shard.clone(), car.at);
         if shard.draining.get() {
+            let mut car = car;
+            if let Some(tls) = car.tls.as_mut() {
+                crate::tls::server::close_parked(sock.as_raw_fd(), tls);
+            }
             return; // `sock` and `guard` drop: closed and accounted.
         }
         // SAFETY: `sock` is an open TCP socket fd that we own; ownership moves to the stream.

@@ -58,6 +58,10 @@ pub struct ServerStream {
     /// socket before waiting for readability (otherwise it waits first: a `recv` that would block
     /// is a syscall for nothing).
     more: bool,
+    /// Ciphertext went to rustls since plaintext last came out: part of a record may be waiting.
+    /// Such a connection does not park: each trickled byte would wake it into a fresh keep-alive
+    /// wait, so a client sending a record a byte at a time would never time out.
+    fed: bool,
 }
 
 /// Runs the server side of a handshake on `tcp`. Errors carry rustls' reason (`InvalidData`) or
@@ -79,6 +83,7 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Ser
     }
     // TLS 1.3 session tickets, sent after the client's Finished.
     s.flush_all().await?;
+    s.fed = false;
     Ok(s)
 }
 
@@ -147,6 +152,7 @@ impl ServerStream {
             wbuf: Vec::new(),
             eof: false,
             more: false,
+            fed: false,
         }
     }
 
@@ -158,6 +164,7 @@ impl ServerStream {
     /// Gives `data` to rustls and decrypts what is complete; returns how much it took (the rest
     /// must wait until plaintext was read). A TLS error is answered with its alert (best effort).
     fn feed(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.fed |= !data.is_empty();
         let mut rest = data;
         while !rest.is_empty() {
             match self.conn.read_tls(&mut rest) {
@@ -279,7 +286,10 @@ impl ServerStream {
         }
         loop {
             match self.conn.reader().read(dst) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    self.fed &= n == 0;
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
@@ -309,7 +319,11 @@ impl crate::proxy::ClientIo for ServerStream {
     }
 
     fn can_park(&self) -> bool {
-        self.rpending.is_empty() && self.wbuf.is_empty() && !self.eof && !self.conn.wants_write()
+        self.rpending.is_empty()
+            && self.wbuf.is_empty()
+            && !self.eof
+            && !self.fed
+            && !self.conn.wants_write()
     }
 
     fn into_parked(self) -> Option<(TcpStream, Option<Box<ServerConnection>>)> {
