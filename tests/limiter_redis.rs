@@ -368,6 +368,17 @@ fn a_token_bucket_lost_with_redis_keeps_its_level() {
     assert!(b[0] <= 600, "{b:?}: a full bucket after the restart");
 }
 
+/// One node with a cluster limit of `LIMIT` an hour by ip through `url`, keys prefixed
+/// `rgtest<prefix_port>` (what `node_totals` reads), and `redis` settings `extra`.
+fn node_at(url: &str, prefix_port: u16, extra: &str) -> (ReconcilerHandle, LimiterSet) {
+    let text = format!(
+        "[[upstreams]]\nname = \"u\"\ntargets = [{{ target = \"127.0.0.1:9001\" }}]\n[[services]]\nname = \"s\"\nupstream = \"u\"\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n[[plugins]]\nname = \"rate-limiting\"\nconfig = {{ hour = {LIMIT}, limit_by = \"ip\", policy = \"cluster\", redis = {{ url = \"{url}\", prefix = \"rgtest{prefix_port}\", {extra} }} }}\n"
+    );
+    let cfg = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    let (h, mut links) = limit::start(&cfg, 1);
+    (h, LimiterSet::new(links.remove(0)))
+}
+
 /// A Redis that wants a password: the limit shares through it with `password` (or
 /// `password_env`, end to end in `tests/cluster_e2e.rs`), and a wrong one keeps the limit on `on_redis_failure`, counted as errors.
 #[test]
@@ -377,16 +388,8 @@ fn a_password_protected_redis() {
         return;
     }
     let redis = Redis::start_with(Some("s3cret-pw")).expect("start redis-server");
-    let limit = format!("hour = {LIMIT}");
-    let with = |auth: &str| {
-        let text = format!(
-            "[[upstreams]]\nname = \"u\"\ntargets = [{{ target = \"127.0.0.1:9001\" }}]\n[[services]]\nname = \"s\"\nupstream = \"u\"\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n[[plugins]]\nname = \"rate-limiting\"\nconfig = {{ {limit}, limit_by = \"ip\", policy = \"cluster\", redis = {{ url = \"redis://127.0.0.1:{}\", timeout = \"50ms\", prefix = \"rgtest{}\", {auth} }} }}\n",
-            redis.port, redis.port
-        );
-        let cfg = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
-        let (h, mut links) = limit::start(&cfg, 1);
-        (h, LimiterSet::new(links.remove(0)))
-    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let with = |auth: &str| node_at(&url, redis.port, &format!(r#"timeout = "50ms", {auth}"#));
     let good = [with(r#"password = "s3cret-pw""#)];
     sync_until(&good, "healthy with the password", || {
         good[0].0.stats(0).redis_healthy && good[0].0.stats(0).redis_errors == 0
@@ -469,16 +472,8 @@ fn a_tls_redis_that_wants_a_client_certificate() {
     }
     let redis = Redis::start_tls().expect("start redis-server with TLS");
     let pki = redis.tls.as_ref().expect("TLS port");
-    let limit = format!("hour = {LIMIT}");
-    let with = |tls: &str| {
-        let text = format!(
-            "[[upstreams]]\nname = \"u\"\ntargets = [{{ target = \"127.0.0.1:9001\" }}]\n[[services]]\nname = \"s\"\nupstream = \"u\"\n[[routes]]\nname = \"r\"\nservice = \"s\"\npaths = [\"/\"]\n[[plugins]]\nname = \"rate-limiting\"\nconfig = {{ {limit}, limit_by = \"ip\", policy = \"cluster\", redis = {{ url = \"rediss://127.0.0.1:{}\", timeout = \"200ms\", prefix = \"rgtest{}\"{tls} }} }}\n",
-            pki.port, redis.port
-        );
-        let cfg = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
-        let (h, mut links) = limit::start(&cfg, 1);
-        (h, LimiterSet::new(links.remove(0)))
-    };
+    let url = format!("rediss://127.0.0.1:{}", pki.port);
+    let with = |tls: &str| node_at(&url, redis.port, &format!(r#"timeout = "200ms"{tls}"#));
     let (ca, other, cert, key) = (
         pki.path("ca.pem"),
         pki.path("other-ca.pem"),

@@ -1649,6 +1649,18 @@ fn failed_handshakes_are_counted_by_reason() {
     }
 }
 
+/// A gateway with `keepalive = "2s"` and a TLS connection to it that has served one request.
+fn served_once_with_2s_keep_alive(pki: &Pki, up: &Upstream) -> (Gateway, Tls) {
+    let gw = Gateway::start(&tls_config(
+        pki,
+        up,
+        "[server.timeouts]\nkeepalive = \"2s\"",
+    ));
+    let mut tls = connect(gw.addrs()[0], "api.test", default_client(pki)).expect("handshake");
+    assert_eq!(get(&mut tls, "api.test", "/first").status, 200);
+    (gw, tls)
+}
+
 /// Idle past the park threshold (500 ms), a TLS connection gives up its task and buffers and keeps
 /// only rustls' state in the parking lot; what the client sends next (a pipelined pair with a
 /// body) is served in order on the same connection, and it parks again. At its keep-alive
@@ -1658,13 +1670,7 @@ fn failed_handshakes_are_counted_by_reason() {
 fn an_idle_tls_connection_parks_resumes_and_closes_with_close_notify() {
     let pki = Pki::new();
     let up = Upstream::echo("up");
-    let gw = Gateway::start(&tls_config(
-        &pki,
-        &up,
-        "[server.timeouts]\nkeepalive = \"2s\"",
-    ));
-    let mut tls = connect(gw.addrs()[0], "api.test", default_client(&pki)).expect("handshake");
-    assert_eq!(get(&mut tls, "api.test", "/first").status, 200);
+    let (_gw, mut tls) = served_once_with_2s_keep_alive(&pki, &up);
     for round in 0..2 {
         std::thread::sleep(Duration::from_millis(800));
         tls.write_all(
@@ -1757,13 +1763,7 @@ fn idle_tls_connections_park_and_hold_little_memory() {
 fn a_tls_record_trickled_a_byte_at_a_time_does_not_outlive_keep_alive() {
     let pki = Pki::new();
     let up = Upstream::echo("up");
-    let gw = Gateway::start(&tls_config(
-        &pki,
-        &up,
-        "[server.timeouts]\nkeepalive = \"2s\"",
-    ));
-    let mut tls = connect(gw.addrs()[0], "api.test", default_client(&pki)).expect("handshake");
-    assert_eq!(get(&mut tls, "api.test", "/first").status, 200);
+    let (_gw, mut tls) = served_once_with_2s_keep_alive(&pki, &up);
     // One encrypted request, sent raw, a byte every 300 ms.
     tls.conn
         .writer()
