@@ -124,9 +124,9 @@ const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 const CLIENT_BUF: usize = 1024;
 /// A connection with no request for this long parks (`parking`): its task, buffer and request state
 /// are freed and its socket waits in the worker's epoll set with a record of under 100 bytes, plus
-/// rustls' state for TLS (nginx frees its buffers on idle keep-alive connections the same way). Long enough that
-/// back-to-back keep-alive traffic never pays for it (waking a parked connection costs a task
-/// allocation and three syscalls).
+/// rustls' state for TLS (nginx frees its buffers on idle keep-alive connections the same way).
+/// Long enough that back-to-back keep-alive traffic never pays for it (waking a parked connection
+/// costs a task allocation and three syscalls).
 const PARK_AFTER: Duration = Duration::from_millis(500);
 /// Past this the client buffer is shrunk back after a request, so one big head doesn't pin memory.
 const CLIENT_BUF_KEEP: usize = 8 * 1024;
