@@ -70,6 +70,16 @@ impl Default for ParkingLot {
     }
 }
 
+impl Car {
+    /// A TLS connection's close_notify, best effort, before the lot closes `fd` (a plain one has
+    /// nothing to say).
+    fn close_notify(&mut self, fd: RawFd) {
+        if let Some(tls) = self.tls.as_mut() {
+            crate::tls::server::close_parked(fd, tls);
+        }
+    }
+}
+
 fn key(idx: usize, fd: RawFd) -> u64 {
     ((idx as u64) << 32) | u64::from(fd as u32)
 }
@@ -138,9 +148,7 @@ impl ParkingLot {
         if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
             // Not registered: close it and let `guard` account for the connection.
             if let Some((sock, mut car)) = self.take(idx, fd) {
-                if let Some(tls) = car.tls.as_mut() {
-                    crate::tls::server::close_parked(sock.as_raw_fd(), tls);
-                }
+                car.close_notify(sock.as_raw_fd());
             }
             return;
         }
@@ -184,9 +192,7 @@ impl ParkingLot {
     /// Closes one parked connection (a TLS one with its close_notify) and ends its accounting.
     fn close(&self, shard: &Rc<Shard>, idx: usize, fd: RawFd) {
         if let Some((sock, mut car)) = self.take(idx, fd) {
-            if let Some(tls) = car.tls.as_mut() {
-                crate::tls::server::close_parked(sock.as_raw_fd(), tls);
-            }
+            car.close_notify(sock.as_raw_fd());
             drop(sock);
             drop(ConnGuard::new(shard.clone(), car.at));
         }
@@ -218,15 +224,12 @@ impl ParkingLot {
     /// A parked socket turned readable (or hung up): give it a connection task again.
     fn wake(&self, shard: &Rc<Shard>, key: u64) {
         let (idx, fd) = ((key >> 32) as usize, key as u32 as RawFd);
-        let Some((sock, car)) = self.take(idx, fd) else {
+        let Some((sock, mut car)) = self.take(idx, fd) else {
             return;
         };
         let guard = ConnGuard::new(shard.clone(), car.at);
         if shard.draining.get() {
-            let mut car = car;
-            if let Some(tls) = car.tls.as_mut() {
-                crate::tls::server::close_parked(sock.as_raw_fd(), tls);
-            }
+            car.close_notify(sock.as_raw_fd());
             return; // `sock` and `guard` drop: closed and accounted.
         }
         // SAFETY: `sock` is an open TCP socket fd that we own; ownership moves to the stream.

@@ -839,21 +839,10 @@ fn redis_tls(
     problems: &mut Vec<Problem>,
 ) -> Option<RedisTls> {
     let before = problems.len();
-    let read = |key: &str, file: &str, problems: &mut Vec<Problem>| {
-        let file = base.join(file);
-        crate::config::read_file(&file)
-            .map_err(|e| {
-                push(
-                    problems,
-                    path.key(key),
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })
-            .ok()
-    };
+    // Each file is read once: the bytes kept are the ones checked.
     let ca_pem = r.ca_file.as_deref().and_then(|ca| {
         let file = base.join(ca);
-        let certs = super::tls::read_certs(&file)
+        let (certs, pem) = super::tls::read_certs_pem(&file)
             .map_err(|e| push(problems, path.key("ca_file"), e))
             .ok()?;
         let mut roots = rustls::RootCertStore::empty();
@@ -865,7 +854,7 @@ fn redis_tls(
             );
             return None;
         }
-        read("ca_file", ca, problems)
+        Some(pem)
     });
     let client = match (&r.cert_file, &r.key_file) {
         (None, None) => None,
@@ -886,9 +875,10 @@ fn redis_tls(
             None
         }
         (Some(cert), Some(key)) => {
-            super::tls::certified_key(cert, key, ["cert_file", "key_file"], path, base, problems)?;
-            let cert_pem = read("cert_file", cert, problems)?;
-            let key_pem = String::from_utf8(read("key_file", key, problems)?)
+            let at = ["cert_file", "key_file"];
+            let (_, [cert_pem, key_pem]) =
+                super::tls::certified_key_pem(cert, key, at, path, base, problems)?;
+            let key_pem = String::from_utf8(key_pem)
                 .map_err(|_| {
                     push(
                         problems,

@@ -36,6 +36,13 @@ fn resolve_path(base: &Path, file: &str) -> PathBuf {
 
 /// The certificates of a PEM file (at least one), or why not.
 pub(super) fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    read_certs_pem(file).map(|(certs, _)| certs)
+}
+
+/// `read_certs`, with the file's bytes (for a client that takes PEM: read once, checked as used).
+pub(super) fn read_certs_pem(
+    file: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, Vec<u8>), String> {
     if file.as_os_str().is_empty() {
         return Err("`cert` is empty: name a PEM certificate file".to_owned());
     }
@@ -50,11 +57,11 @@ pub(super) fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, St
             file.display()
         ));
     }
-    Ok(certs)
+    Ok((certs, bytes))
 }
 
-/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1), or why not.
-fn read_key(file: &Path) -> Result<PrivateKeyDer<'static>, String> {
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1), with the file's bytes, or why not.
+fn read_key_pem(file: &Path) -> Result<(PrivateKeyDer<'static>, Vec<u8>), String> {
     if file.as_os_str().is_empty() {
         return Err("`key` is empty: name a PEM private key file".to_owned());
     }
@@ -66,13 +73,14 @@ fn read_key(file: &Path) -> Result<PrivateKeyDer<'static>, String> {
             file.display()
         ));
     }
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => format!(
             "{}: no private key PEM block found (expected \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\")",
             file.display()
         ),
         e => format!("{}: {}", file.display(), pem_problem(&e)),
-    })
+    })?;
+    Ok((key, bytes))
 }
 
 /// A PEM error in words (the error's own text can dump a section name as a list of bytes).
@@ -266,7 +274,7 @@ fn acme_entry(
 
 /// Reads and checks one certificate's chain and key; problems go to `path`'s keys `at` (the
 /// certificate's and the key's).
-pub(super) fn certified_key(
+fn certified_key(
     cert_file: &str,
     key_file: &str,
     at: [&str; 2],
@@ -274,13 +282,25 @@ pub(super) fn certified_key(
     base: &Path,
     problems: &mut Vec<Problem>,
 ) -> Option<Arc<CertifiedKey>> {
-    let certs = read_certs(&resolve_path(base, cert_file))
+    certified_key_pem(cert_file, key_file, at, path, base, problems).map(|(key, _)| key)
+}
+
+/// `certified_key`, with the files' bytes (certificate chain, key) as they were read and checked.
+pub(super) fn certified_key_pem(
+    cert_file: &str,
+    key_file: &str,
+    at: [&str; 2],
+    path: &KeyPath,
+    base: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<(Arc<CertifiedKey>, [Vec<u8>; 2])> {
+    let certs = read_certs_pem(&resolve_path(base, cert_file))
         .map_err(|e| push(problems, path.key(at[0]), e))
         .ok();
-    let key = read_key(&resolve_path(base, key_file))
+    let key = read_key_pem(&resolve_path(base, key_file))
         .map_err(|e| push(problems, path.key(at[1]), e))
         .ok();
-    let (certs, key) = (certs?, key?);
+    let ((certs, cert_pem), (key, key_pem)) = (certs?, key?);
     if let Some(leaf) = certs.first() {
         if let Err(e) = webpki::EndEntityCert::try_from(leaf) {
             push(
@@ -311,7 +331,7 @@ pub(super) fn certified_key(
     let ck = CertifiedKey::new(certs, signer);
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
-            Some(Arc::new(ck))
+            Some((Arc::new(ck), [cert_pem, key_pem]))
         }
         Err(rustls::Error::InconsistentKeys(_)) => {
             push(
