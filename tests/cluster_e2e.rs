@@ -219,3 +219,143 @@ fn gateways_share_a_limit_over_tls() {
     let gws: Vec<Gateway> = (0..2).map(|_| Gateway::start(&toml)).collect();
     share_300(&gws, "tls", "TLS redis");
 }
+
+/// Four cluster limits (two windows, a sliding window and a token bucket, on four routes, with
+/// different timeouts) that name the same Redis, and the gateway's Redis connections and threads.
+fn four_limits(up: &Upstream, redis_port: u16) -> String {
+    let mut toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[[services]]\nname = \"svc\"\nurl = \"{}\"\n",
+        up.url()
+    );
+    let limits = [
+        r#"hour = 300, redis = { timeout = "50ms","#,
+        r#"minute = 300, redis = { timeout = "80ms","#,
+        r#"algorithm = "sliding_window", hour = 300, redis = { timeout = "50ms","#,
+        r#"algorithm = "token_bucket", average = 60, period = "1h", burst = 300, redis = { timeout = "50ms","#,
+    ];
+    for (i, limit) in limits.iter().enumerate() {
+        toml.push_str(&format!(
+            "\n[[routes]]\nname = \"r{i}\"\nservice = \"svc\"\npaths = [\"/r{i}\"]\n\n[[plugins]]\nname = \"rate-limiting\"\nroute = \"r{i}\"\nconfig = {{ limit_by = \"ip\", policy = \"cluster\", on_redis_failure = \"local\", {limit} url = \"redis://127.0.0.1:{redis_port}\", prefix = \"rg-four\" }} }}\n"
+        ));
+    }
+    toml
+}
+
+/// Connections to `redis` other than the one asking.
+fn redis_clients(redis: &Redis) -> usize {
+    let mut c = redis.client().expect("redis client");
+    let me: i64 = ::redis::cmd("CLIENT")
+        .arg("ID")
+        .query(&mut c)
+        .expect("CLIENT ID");
+    let list: String = ::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut c)
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter(|l| !l.starts_with(&format!("id={me} ")))
+        .count()
+}
+
+/// Threads of process `pid` named `ringgate-redis`.
+fn redis_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "ringgate-redis")
+        .count()
+}
+
+/// One request to each of the four routes (200), then until every limit's counts are in `redis`.
+fn count_on_each_route(gw: &Gateway, redis: &Redis) {
+    for i in 0..4 {
+        let r = get(gw.addr(), "test.local", &format!("/r{i}/x"));
+        assert_eq!(r.status, 200, "route r{i}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = redis.client().expect("redis client");
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg("rg-four:[rt][lb]:*")
+            .query(&mut c)
+            .unwrap_or_default();
+        // The sliding window writes its current window; each limit at least one key.
+        let limits = ["hour-300", "minute-300", ":sw:", ":tb:"];
+        if limits.iter().all(|l| keys.iter().any(|k| k.contains(l))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every limit in Redis: {keys:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Cluster limits naming the same Redis share one connection and one Redis thread per gateway
+/// (each limit had its own of both); when Redis stops answering every limit learns it and falls
+/// back, and learns when it is back. A reload that points them at another Redis closes the first
+/// connection and opens one to the other.
+#[test]
+fn cluster_limits_on_one_redis_share_its_connection() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    let (a, b) = (
+        Redis::start().expect("redis-server"),
+        Redis::start().expect("redis-server"),
+    );
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&four_limits(&up, a.port));
+    count_on_each_route(&gw, &a);
+    assert_eq!(redis_clients(&a), 1, "connections from the gateway");
+    assert_eq!(redis_threads(gw.pid()), 1, "redis threads");
+
+    a.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    // How many limits logged `what` (each logs a change of Redis' health once).
+    let limits_logging = |what: &str| {
+        let ids: std::collections::HashSet<String> = gw
+            .logs()
+            .iter()
+            .filter(|l| l.contains(what))
+            .filter_map(|l| common::gateway::kv(l, "instance").map(str::to_owned))
+            .collect();
+        ids.len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while limits_logging("rate limit redis unavailable") < 4 {
+        assert!(Instant::now() < deadline, "{:?}", gw.logs());
+        // Counts to push make each limit exchange with Redis now.
+        for i in 0..4 {
+            let _ = get(gw.addr(), "test.local", &format!("/r{i}/x"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "every limit saw the stopped Redis after {:?}",
+        stopped.elapsed()
+    );
+    a.signal(libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while limits_logging("rate limit redis available") < 4 {
+        assert!(Instant::now() < deadline, "{:?}", gw.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(redis_clients(&a), 1, "connections after the outage");
+
+    gw.rewrite_config(&four_limits(&up, b.port));
+    gw.reload_to(2);
+    count_on_each_route(&gw, &b);
+    assert_eq!(redis_clients(&b), 1, "connections to the new Redis");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis_clients(&a) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the old Redis' connection stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(redis_threads(gw.pid()), 1, "redis threads after the reload");
+}

@@ -9,7 +9,7 @@
 //! of slots that stay. It ends when the handle is dropped or `ReconcilerHandle::shutdown` is called.
 //! Blocking I/O is allowed here (own thread); nothing on a worker ever waits for it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::bucket::Bucket;
 use super::msg::{Batch, Delta, KeyRef, Override, ToReconciler, View, ViewRec, ViewWhat};
-use super::redis_sync::{ClusterLink, Reply};
+use super::redis_sync::{ClusterLink, PushList, RedisThreads, Reply};
 use super::table::KeyTable;
 use super::{InstanceDef, WorkerLink};
 use crate::config::model::{Algorithm, BucketDef, Policy};
@@ -273,9 +273,8 @@ pub(super) struct RInst {
     pub def: Arc<InstanceDef>,
     pub stats: Arc<SharedStats>,
     pub table: KeyTable<GState>,
-    /// Slots with Redis work pending (deduplicated by `queued`).
-    pub push: Vec<u32>,
-    pub queued: HashSet<u32>,
+    /// Slots with Redis work pending.
+    pub push: PushList,
     pub cluster: Option<ClusterLink>,
 }
 
@@ -292,8 +291,8 @@ pub(super) struct Reconciler {
     pub txs: Vec<Sender<Arc<View>>>,
     pub interval: Duration,
     pub stop: Arc<AtomicBool>,
-    /// Replies of the cluster instances' Redis threads (see `redis_sync`).
-    pub redis_tx: Sender<Reply>,
+    /// The Redis threads, one per endpoint, and their replies (see `redis_sync`).
+    pub threads: RedisThreads,
     pub redis_rx: Receiver<Reply>,
 }
 
@@ -312,7 +311,7 @@ impl Reconciler {
     ) -> Reconciler {
         let (redis_tx, redis_rx) = crossbeam_channel::unbounded();
         Reconciler {
-            redis_tx,
+            threads: RedisThreads::new(redis_tx),
             redis_rx,
             insts: Vec::new(),
             by_slot: HashMap::new(),
@@ -352,13 +351,11 @@ impl Reconciler {
                             &self.node_id,
                             &def.id,
                             def.slot,
-                            self.redis_tx.clone(),
                         )),
                         Policy::Local => None,
                     },
                     table: KeyTable::new(cap_for(&def)),
-                    push: Vec::new(),
-                    queued: HashSet::new(),
+                    push: PushList::default(),
                     def,
                     stats,
                 },
@@ -373,6 +370,12 @@ impl Reconciler {
             .collect();
         let defs: Vec<InstanceDef> = self.insts.iter().map(|r| (*r.def).clone()).collect();
         self.interval = super::sync_interval(&defs);
+        let used: Vec<_> = self
+            .insts
+            .iter()
+            .filter_map(|r| r.cluster.as_ref().map(|c| c.def()))
+            .collect();
+        self.threads.retain_used(&used);
     }
 
     fn receive(&mut self, msg: ToReconciler) {
@@ -517,8 +520,8 @@ impl Reconciler {
                     };
                     if counted {
                         inst.table.mark_dirty(got.slot);
-                        if inst.cluster.is_some() && inst.queued.insert(got.slot) {
-                            inst.push.push(got.slot);
+                        if inst.cluster.is_some() {
+                            inst.push.add(got.slot);
                         }
                     }
                 }
@@ -539,8 +542,8 @@ impl Reconciler {
                         g.node_total += consumed;
                         g.pending += consumed;
                         inst.table.mark_dirty(got.slot);
-                        if inst.cluster.is_some() && inst.queued.insert(got.slot) {
-                            inst.push.push(got.slot);
+                        if inst.cluster.is_some() {
+                            inst.push.add(got.slot);
                         }
                     }
                 }
@@ -564,9 +567,9 @@ impl Reconciler {
             &inst.def,
             &mut inst.table,
             &mut inst.push,
-            &mut inst.queued,
             now,
             stats,
+            &mut self.threads,
         );
     }
 
@@ -583,14 +586,7 @@ impl Reconciler {
         let Some(cluster) = inst.cluster.as_mut() else {
             return;
         };
-        cluster.apply(
-            reply,
-            &mut inst.table,
-            &mut inst.push,
-            &mut inst.queued,
-            wall_ms(),
-            stats,
-        );
+        cluster.apply(reply, &mut inst.table, &mut inst.push, wall_ms(), stats);
     }
 
     /// Sends the changed keys (and acks/overrides) to every worker, if anything changed.

@@ -1,11 +1,13 @@
 //! Cluster policy: the reconciler's exchange with Redis, pipelined in one round trip.
 //!
 //! The reconciler builds each exchange (`ClusterLink::prepare`) and applies its replies
-//! (`ClusterLink::apply`); the round trip itself runs on a thread of its own per cluster instance
-//! (`ringgate-redis`), so a Redis that is slow or hangs (accepts, never answers) delays only the
-//! cluster totals, never the merging of the workers' counts on this machine. At most one exchange
-//! per instance is in flight; counts merged meanwhile are pushed by the next one. No request ever
-//! waits on Redis.
+//! (`ClusterLink::apply`); the round trip itself runs on a Redis thread (`ringgate-redis`), one per
+//! endpoint (url, credentials, certificates: `RedisThreads`), so a Redis that is slow or hangs
+//! (accepts, never answers) delays only the cluster totals, never the merging of the workers'
+//! counts on this machine. Every cluster instance naming the same endpoint shares its thread and
+//! its one connection: a hundred cluster limits cost one connection per process, not a hundred.
+//! At most one exchange per instance is in flight; counts merged meanwhile are pushed by the next
+//! one. No request ever waits on Redis.
 //!
 //! Per round and cluster instance, for every window whose node total changed since the last
 //! exchange: `HSET <window key> <field> <node total>` + `EXPIRE`, then `HVALS` (the reply, summed,
@@ -76,9 +78,6 @@ pub struct ClusterLink {
     /// The exchange on its way (at most one), and a number for the next one.
     in_flight: Option<InFlight>,
     seq: u64,
-    /// Jobs to this instance's Redis thread (started with the first exchange).
-    jobs: Option<Sender<Job>>,
-    replies: Sender<Reply>,
     /// Set by a failure: the next exchange lists every key's slot in `reassert`.
     reassert_all: bool,
     /// Slots whose window totals are still to be written again since the last failure.
@@ -104,22 +103,130 @@ struct InFlight {
     slots: Vec<u32>,
 }
 
-/// One pipelined round trip for the Redis thread.
+/// One pipelined round trip for the Redis thread: exchange `seq` of the instance at `slot`.
 pub struct Job {
+    slot: u32,
     seq: u64,
-    /// Where and as whom: a change (a reload) reconnects.
+    /// Where and as whom: picks the thread (a reload that changes it moves to another).
     to: Endpoint,
     timeout: std::time::Duration,
     pipe: redis::Pipeline,
 }
 
-/// A Redis url and the credentials for it (and, for `rediss://`, the certificates).
+/// A Redis url and the credentials for it (and, for `rediss://`, the certificates): what a
+/// connection is made for, so what a Redis thread serves.
 #[derive(Clone, PartialEq, Eq)]
 struct Endpoint {
     url: String,
     username: Option<String>,
     password: Option<crate::config::model::Secret>,
     tls: Option<crate::config::model::RedisTls>,
+}
+
+impl Endpoint {
+    fn of(def: &RedisDef) -> Endpoint {
+        Endpoint {
+            url: def.url.clone(),
+            username: def.username.clone(),
+            password: def.password.clone(),
+            tls: def.tls.clone(),
+        }
+    }
+
+    fn is(&self, def: &RedisDef) -> bool {
+        self.url == def.url
+            && self.username == def.username
+            && self.password == def.password
+            && self.tls == def.tls
+    }
+}
+
+/// Slots with counts still to be pushed to Redis, each listed once, in the order they came.
+#[derive(Default)]
+pub struct PushList {
+    slots: Vec<u32>,
+    listed: std::collections::HashSet<u32>,
+}
+
+impl PushList {
+    pub fn add(&mut self, slot: u32) {
+        if self.listed.insert(slot) {
+            self.slots.push(slot);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn contains(&self, slot: u32) -> bool {
+        self.listed.contains(&slot)
+    }
+
+    /// The slots, in order, leaving the list empty.
+    fn take(&mut self) -> Vec<u32> {
+        self.listed.clear();
+        std::mem::take(&mut self.slots)
+    }
+}
+
+/// The reconciler's Redis threads, one per endpoint, each started by the first exchange for it.
+/// The job queue is unbounded because it is bounded anyway: an instance has at most one exchange
+/// in flight, so a thread never has more jobs queued than instances share it.
+pub struct RedisThreads {
+    lines: Vec<(Endpoint, Sender<Job>)>,
+    replies: Sender<Reply>,
+}
+
+impl RedisThreads {
+    /// Threads whose replies go to `replies`.
+    pub fn new(replies: Sender<Reply>) -> RedisThreads {
+        RedisThreads {
+            lines: Vec::new(),
+            replies,
+        }
+    }
+
+    /// Hands `job` to its endpoint's thread, starting the thread first if there is none.
+    fn send(&mut self, job: Job) -> Result<(), &'static str> {
+        let at = match self.lines.iter().position(|(to, _)| *to == job.to) {
+            Some(at) => at,
+            None => {
+                let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+                let replies = self.replies.clone();
+                let started = std::thread::Builder::new()
+                    .name("ringgate-redis".to_owned())
+                    .spawn(move || redis_thread(rx, replies));
+                if let Err(e) = started {
+                    crate::error!("rate limit redis thread failed to start error=\"{}\"", e);
+                    return Err("redis thread failed to start");
+                }
+                self.lines.push((job.to.clone(), tx));
+                self.lines.len() - 1
+            }
+        };
+        let Some((_, tx)) = self.lines.get(at) else {
+            return Err("redis thread ended");
+        };
+        if tx.send(job).is_err() {
+            // The thread is gone (it panicked): the next exchange starts another.
+            self.lines.swap_remove(at);
+            return Err("redis thread ended");
+        }
+        Ok(())
+    }
+
+    /// Lets go of `def`'s thread, which ends once its queue is empty; the next exchange for that
+    /// endpoint starts a new one. For an exchange that never came back (the thread is stuck).
+    fn forget(&mut self, def: &RedisDef) {
+        self.lines.retain(|(to, _)| !to.is(def));
+    }
+
+    /// Keeps only the threads of endpoints one of `defs` names (after a reload): the others end
+    /// once their queues are empty, closing their connections.
+    pub fn retain_used(&mut self, defs: &[&RedisDef]) {
+        self.lines.retain(|(to, _)| defs.iter().any(|d| to.is(d)));
+    }
 }
 
 /// What the Redis thread sends back: the replies to job `seq` of the instance at `slot`.
@@ -194,14 +301,8 @@ return {tostring(t), ts}
 "#;
 
 impl ClusterLink {
-    /// A link for the instance at `slot`; the replies of its exchanges go to `replies`.
-    pub fn new(
-        def: RedisDef,
-        node_id: &str,
-        inst_id: &str,
-        slot: u32,
-        replies: Sender<Reply>,
-    ) -> ClusterLink {
+    /// A link for the instance at `slot` (its exchanges' replies are tagged with it).
+    pub fn new(def: RedisDef, node_id: &str, inst_id: &str, slot: u32) -> ClusterLink {
         ClusterLink {
             def,
             node_id: node_id.to_owned(),
@@ -215,8 +316,6 @@ impl ClusterLink {
             key_buf: Vec::new(),
             in_flight: None,
             seq: 0,
-            jobs: None,
-            replies,
             reassert_all: false,
             reassert: Vec::new(),
         }
@@ -225,6 +324,11 @@ impl ClusterLink {
     /// New settings for the same url and prefix (a reload); the next exchange uses them.
     pub fn set_def(&mut self, def: RedisDef) {
         self.def = def;
+    }
+
+    /// Where this instance's exchanges go.
+    pub fn def(&self) -> &RedisDef {
+        &self.def
     }
 
     /// Nodes sharing the limit at the last heartbeat (1 until known).
@@ -304,10 +408,10 @@ impl ClusterLink {
         &mut self,
         inst: &InstanceDef,
         table: &mut KeyTable<GState>,
-        push: &mut Vec<u32>,
-        queued: &mut std::collections::HashSet<u32>,
+        push: &mut PushList,
         now: u64,
         stats: &SharedStats,
+        threads: &mut RedisThreads,
     ) {
         if let Some(f) = &self.in_flight {
             // Connect and query are each bounded by the timeout: much longer means the Redis
@@ -317,12 +421,10 @@ impl ClusterLink {
                 return;
             }
             let slots = self.in_flight.take().map(|f| f.slots).unwrap_or_default();
-            self.jobs = None;
+            threads.forget(&self.def);
             self.fail(now, stats, "redis exchange never came back");
             for slot in slots {
-                if queued.insert(slot) {
-                    push.push(slot);
-                }
+                push.add(slot);
             }
             return;
         }
@@ -354,8 +456,8 @@ impl ClusterLink {
             forced.sort_unstable();
         }
         let is_forced = |slot: u32| forced.binary_search(&slot).is_ok();
-        let slots = push.iter().map(|&s| (s, is_forced(s)));
-        let rest = forced.iter().filter(|s| !queued.contains(s));
+        let slots = push.slots.iter().map(|&s| (s, is_forced(s)));
+        let rest = forced.iter().filter(|&&s| !push.contains(s));
         // Slots whose totals this exchange reads back anyway (no separate refresh read).
         let mut written: Vec<u32> = Vec::new();
         for (slot, force) in slots.chain(rest.map(|&s| (s, true))) {
@@ -430,7 +532,7 @@ impl ClusterLink {
             &mut recent,
         );
         for slot in recent {
-            if queued.contains(&slot) || written.binary_search(&slot).is_ok() {
+            if push.contains(slot) || written.binary_search(&slot).is_ok() {
                 continue;
             }
             if let (Some(bdef), Some((key, GState::Bucket(_)))) =
@@ -486,49 +588,22 @@ impl ClusterLink {
         }
         self.seq += 1;
         let job = Job {
+            slot: self.slot,
             seq: self.seq,
-            to: Endpoint {
-                url: self.def.url.clone(),
-                username: self.def.username.clone(),
-                password: self.def.password.clone(),
-                tls: self.def.tls.clone(),
-            },
+            to: Endpoint::of(&self.def),
             timeout: self.def.timeout,
             pipe,
         };
-        let Some(jobs) = self.jobs_sender() else {
-            self.fail(now, stats, "redis thread failed to start");
-            return;
-        };
-        if jobs.send(job).is_err() {
-            self.jobs = None;
-            self.fail(now, stats, "redis thread ended");
+        if let Err(why) = threads.send(job) {
+            self.fail(now, stats, why);
             return;
         }
-        queued.clear();
         self.in_flight = Some(InFlight {
             seq: self.seq,
             sent_ms: now,
             ops,
-            slots: std::mem::take(push),
+            slots: push.take(),
         });
-    }
-
-    /// The Redis thread's job queue, started on first use.
-    fn jobs_sender(&mut self) -> Option<&Sender<Job>> {
-        if self.jobs.is_none() {
-            let (tx, rx) = crossbeam_channel::bounded::<Job>(1);
-            let (replies, slot) = (self.replies.clone(), self.slot);
-            let started = std::thread::Builder::new()
-                .name("ringgate-redis".to_owned())
-                .spawn(move || redis_thread(slot, rx, replies));
-            if let Err(e) = started {
-                crate::error!("rate limit redis thread failed to start error=\"{}\"", e);
-                return None;
-            }
-            self.jobs = Some(tx);
-        }
-        self.jobs.as_ref()
     }
 
     /// Applies the replies of the exchange in flight (`reply` of another one is ignored).
@@ -536,8 +611,7 @@ impl ClusterLink {
         &mut self,
         reply: Reply,
         table: &mut KeyTable<GState>,
-        push: &mut Vec<u32>,
-        queued: &mut std::collections::HashSet<u32>,
+        push: &mut PushList,
         now: u64,
         stats: &SharedStats,
     ) {
@@ -556,9 +630,7 @@ impl ClusterLink {
                 self.fail(now, stats, &why);
                 // Their counts are still pending: the next exchange pushes them.
                 for slot in flight.slots {
-                    if queued.insert(slot) {
-                        push.push(slot);
-                    }
+                    push.add(slot);
                 }
                 return;
             }
@@ -640,80 +712,113 @@ impl ClusterLink {
     }
 }
 
-/// The Redis thread of one cluster instance: runs each job's pipeline on its connection
-/// (reconnecting after an error, or when the url or credentials changed) and sends the replies
-/// back. Ends when its instance is gone (the job queue closes) or the reconciler is (the reply
+/// The Redis thread of one endpoint: runs each job's pipeline on its connection (connecting first
+/// when it has none: at the start and after an error) and sends the replies back. Ends when no
+/// instance uses its endpoint any more (the job queue closes) or the reconciler is gone (the reply
 /// queue closes).
-fn redis_thread(slot: u32, jobs: Receiver<Job>, replies: Sender<Reply>) {
-    let mut conn: Option<(Endpoint, redis::Connection)> = None;
-    for job in jobs {
-        if conn.as_ref().is_some_and(|(to, _)| *to != job.to) {
-            conn = None;
-        }
-        let result = run_job(&mut conn, &job).map_err(|e| {
-            // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable").
-            if e.is_timeout() {
-                format!("no answer within the timeout ({:?})", job.timeout)
-            } else {
-                e.to_string()
-            }
-        });
+fn redis_thread(jobs: Receiver<Job>, replies: Sender<Reply>) {
+    let mut conn: Option<redis::Connection> = None;
+    let answer = |job: &Job, result| {
+        replies
+            .send(Reply {
+                slot: job.slot,
+                seq: job.seq,
+                result,
+            })
+            .is_ok()
+    };
+    for job in &jobs {
+        let result = run_job(&mut conn, &job);
+        let unanswered = match &result {
+            Err(f) if f.unanswered => Some(f.why.clone()),
+            _ => None,
+        };
         if result.is_err() {
             conn = None;
         }
-        let reply = Reply {
-            slot,
-            seq: job.seq,
-            result,
-        };
-        if replies.send(reply).is_err() {
+        if !answer(&job, result.map_err(|f| f.why)) {
             return;
+        }
+        if let Some(why) = unanswered {
+            // Redis did not answer (no connection, or the timeout ran out): the exchanges queued
+            // behind this one would each wait out the same timeout in turn, so the last instance
+            // would learn of the outage one timeout per instance ahead of it. They fail now, with
+            // the same cause; each instance retries after `RETRY_MS`.
+            while let Ok(queued) = jobs.try_recv() {
+                if !answer(&queued, Err(why.clone())) {
+                    return;
+                }
+            }
         }
     }
 }
 
-fn run_job(
-    conn: &mut Option<(Endpoint, redis::Connection)>,
-    job: &Job,
-) -> redis::RedisResult<Vec<Value>> {
-    let (_, c) = match conn {
+/// Why a job failed, and whether Redis did not answer at all (no connection could be made, or the
+/// timeout ran out) rather than answering with an error.
+struct Failure {
+    why: String,
+    unanswered: bool,
+}
+
+fn run_job(conn: &mut Option<redis::Connection>, job: &Job) -> Result<Vec<Value>, Failure> {
+    let c = match conn {
         Some(c) => c,
-        None => {
-            use redis::IntoConnectionInfo;
-            let mut info = job.to.url.as_str().into_connection_info()?;
-            if let Some(p) = &job.to.password {
-                // AUTH on connect (redis-rs sends it before anything else).
-                let mut settings = info.redis_settings().clone().set_password(&p.0);
-                if let Some(u) = &job.to.username {
-                    settings = settings.set_username(u);
-                }
-                info = info.set_redis_settings(settings);
-            }
-            let client = match &job.to.tls {
-                // The system's roots and no client certificate: what `rediss://` alone means.
-                None
-                | Some(RedisTls {
-                    ca_pem: None,
-                    client: None,
-                }) => redis::Client::open(info)?,
-                Some(tls) => redis::Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: tls
-                            .client
-                            .as_ref()
-                            .map(|(cert, key)| redis::ClientTlsConfig {
-                                client_cert: cert.clone(),
-                                client_key: key.0.clone().into_bytes(),
-                            }),
-                        root_cert: tls.ca_pem.clone(),
-                    },
-                )?,
-            };
-            let c = client.get_connection_with_timeout(job.timeout)?;
-            conn.insert((job.to.clone(), c))
-        }
+        None => conn.insert(connect(job).map_err(|e| Failure {
+            why: describe(&e, job),
+            unanswered: true,
+        })?),
     };
+    query(c, job).map_err(|e| Failure {
+        why: describe(&e, job),
+        unanswered: e.is_timeout(),
+    })
+}
+
+fn describe(e: &redis::RedisError, job: &Job) -> String {
+    // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable").
+    if e.is_timeout() {
+        format!("no answer within the timeout ({:?})", job.timeout)
+    } else {
+        e.to_string()
+    }
+}
+
+fn connect(job: &Job) -> redis::RedisResult<redis::Connection> {
+    use redis::IntoConnectionInfo;
+    let mut info = job.to.url.as_str().into_connection_info()?;
+    if let Some(p) = &job.to.password {
+        // AUTH on connect (redis-rs sends it before anything else).
+        let mut settings = info.redis_settings().clone().set_password(&p.0);
+        if let Some(u) = &job.to.username {
+            settings = settings.set_username(u);
+        }
+        info = info.set_redis_settings(settings);
+    }
+    let client = match &job.to.tls {
+        // The system's roots and no client certificate: what `rediss://` alone means.
+        None
+        | Some(RedisTls {
+            ca_pem: None,
+            client: None,
+        }) => redis::Client::open(info)?,
+        Some(tls) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: tls
+                    .client
+                    .as_ref()
+                    .map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.0.clone().into_bytes(),
+                    }),
+                root_cert: tls.ca_pem.clone(),
+            },
+        )?,
+    };
+    client.get_connection_with_timeout(job.timeout)
+}
+
+fn query(c: &mut redis::Connection, job: &Job) -> redis::RedisResult<Vec<Value>> {
     c.set_read_timeout(Some(job.timeout))?;
     c.set_write_timeout(Some(job.timeout))?;
     job.pipe.query(c)
