@@ -469,6 +469,21 @@ hosts = ["api.example.com"]
     );
     assert_eq!(s.who("OPTIONS", "api.example.com", "*", ""), "server");
     assert_eq!(s.up("server").last_request().target, "*");
+    // The absolute form of the same question (RFC 9112 §3.2.4: the last proxy sends `*`); with a
+    // path or a query it asks about a resource.
+    for (target, upstream) in [
+        ("http://api.example.com", "*"),
+        ("http://api.example.com/", "/"),
+        ("http://api.example.com?x=1", "/?x=1"),
+    ] {
+        let req = format!("OPTIONS {target} HTTP/1.1\r\nHost: api.example.com\r\n\r\n");
+        assert_eq!(
+            send_raw(s.gw.addr(), req.as_bytes()).status,
+            200,
+            "{target}"
+        );
+        assert_eq!(s.up("server").last_request().target, upstream, "{target}");
+    }
 }
 
 #[test]

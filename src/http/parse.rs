@@ -91,10 +91,13 @@ impl RequestHead {
         };
     }
 
-    /// The path to route on: the `path` span, or "/" for an absolute-form target without a path.
+    /// The path to route on: the `path` span, or for an absolute-form target without a path "/",
+    /// except for `OPTIONS http://host` with no query, which is `OPTIONS *` (RFC 9112 §3.2.4: the
+    /// last proxy sends `*`, as the request asks about the server, not its root resource).
     pub fn path_bytes<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
         match buf.get(self.path.start as usize..self.path.end as usize) {
             Some(p) if !p.is_empty() => p,
+            _ if self.query.is_none() && self.method.get(buf) == b"OPTIONS" => b"*",
             _ => b"/",
         }
     }

@@ -178,6 +178,14 @@ fn absolute_form_targets() {
     assert_eq!(h.path_bytes(buf), b"/");
     assert_eq!(s(buf, h.query.unwrap()), "x=1");
 
+    // OPTIONS about the server (RFC 9112 §3.2.4), unless it has a path or a query.
+    let buf = b"OPTIONS http://h HTTP/1.1\r\nHost: h\r\n\r\n";
+    assert_eq!(ok_req(buf).path_bytes(buf), b"*");
+    let buf = b"OPTIONS http://h/ HTTP/1.1\r\nHost: h\r\n\r\n";
+    assert_eq!(ok_req(buf).path_bytes(buf), b"/");
+    let buf = b"OPTIONS http://h?x HTTP/1.1\r\nHost: h\r\n\r\n";
+    assert_eq!(ok_req(buf).path_bytes(buf), b"/");
+
     for bad in [
         &b"GET ftp://h/ HTTP/1.1\r\nHost: h\r\n\r\n"[..],
         b"GET http:///a HTTP/1.1\r\nHost: h\r\n\r\n",
