@@ -220,18 +220,19 @@ fn gateways_share_a_limit_over_tls() {
     share_300(&gws, "tls", "TLS redis");
 }
 
-/// Four cluster limits (two windows, a sliding window and a token bucket, on four routes, with
-/// different timeouts) that name the same Redis, and the gateway's Redis connections and threads.
-fn four_limits(up: &Upstream, redis_port: u16) -> String {
+/// Five cluster limits on five routes that name the same Redis: two fixed windows, a sliding window
+/// and a token bucket with `timeout = "50ms"`, and a fixed window with `timeout = "1s"`.
+fn five_limits(up: &Upstream, redis_port: u16) -> String {
     let mut toml = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[[services]]\nname = \"svc\"\nurl = \"{}\"\n",
         up.url()
     );
     let limits = [
         r#"hour = 300, redis = { timeout = "50ms","#,
-        r#"minute = 300, redis = { timeout = "80ms","#,
+        r#"minute = 300, redis = { timeout = "50ms","#,
         r#"algorithm = "sliding_window", hour = 300, redis = { timeout = "50ms","#,
         r#"algorithm = "token_bucket", average = 60, period = "1h", burst = 300, redis = { timeout = "50ms","#,
+        r#"day = 300, redis = { timeout = "1s","#,
     ];
     for (i, limit) in limits.iter().enumerate() {
         toml.push_str(&format!(
@@ -242,7 +243,7 @@ fn four_limits(up: &Upstream, redis_port: u16) -> String {
 }
 
 /// Connections to `redis` other than the one asking.
-fn redis_clients(redis: &Redis) -> usize {
+fn redis_clients_now(redis: &Redis) -> usize {
     let mut c = redis.client().expect("redis client");
     let me: i64 = ::redis::cmd("CLIENT")
         .arg("ID")
@@ -257,6 +258,23 @@ fn redis_clients(redis: &Redis) -> usize {
         .count()
 }
 
+/// Until `redis` has `want` connections besides the one asking (Redis notices closed ones on its
+/// next event loop turn, so a count is polled rather than read once).
+fn redis_clients(redis: &Redis, want: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = redis_clients_now(redis);
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} connections, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Threads of process `pid` named `ringgate-redis`.
 fn redis_threads(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -266,9 +284,9 @@ fn redis_threads(pid: u32) -> usize {
         .count()
 }
 
-/// One request to each of the four routes (200), then until every limit's counts are in `redis`.
+/// One request to each of the five routes (200), then until every limit's counts are in `redis`.
 fn count_on_each_route(gw: &Gateway, redis: &Redis) {
-    for i in 0..4 {
+    for i in 0..5 {
         let r = get(gw.addr(), "test.local", &format!("/r{i}/x"));
         assert_eq!(r.status, 200, "route r{i}");
     }
@@ -280,7 +298,7 @@ fn count_on_each_route(gw: &Gateway, redis: &Redis) {
             .query(&mut c)
             .unwrap_or_default();
         // The sliding window writes its current window; each limit at least one key.
-        let limits = ["hour-300", "minute-300", ":sw:", ":tb:"];
+        let limits = ["hour-300", "minute-300", ":sw:", ":tb:", "day-300"];
         if limits.iter().all(|l| keys.iter().any(|k| k.contains(l))) {
             return;
         }
@@ -292,10 +310,12 @@ fn count_on_each_route(gw: &Gateway, redis: &Redis) {
     }
 }
 
-/// Cluster limits naming the same Redis share one connection and one Redis thread per gateway
-/// (each limit had its own of both); when Redis stops answering every limit learns it and falls
-/// back, and learns when it is back. A reload that points them at another Redis closes the first
-/// connection and opens one to the other.
+/// Cluster limits naming the same Redis (and timeout) share one connection and one Redis thread
+/// per gateway (each limit had its own of both), their exchanges sent together; a limit with
+/// another timeout gets its own, so a short timeout never fails a patient limit's exchange. When
+/// Redis stops answering every limit learns it and falls back, and learns when it is back. A
+/// reload that points them at another Redis closes the first connections and opens ones to the
+/// other.
 #[test]
 fn cluster_limits_on_one_redis_share_its_connection() {
     if !Redis::available() {
@@ -307,10 +327,10 @@ fn cluster_limits_on_one_redis_share_its_connection() {
         Redis::start().expect("redis-server"),
     );
     let up = Upstream::echo("up");
-    let gw = Gateway::start(&four_limits(&up, a.port));
+    let gw = Gateway::start(&five_limits(&up, a.port));
     count_on_each_route(&gw, &a);
-    assert_eq!(redis_clients(&a), 1, "connections from the gateway");
-    assert_eq!(redis_threads(gw.pid()), 1, "redis threads");
+    redis_clients(&a, 2, "one per timeout (50ms, 1s)");
+    assert_eq!(redis_threads(gw.pid()), 2, "redis threads");
 
     a.signal(libc::SIGSTOP);
     let stopped = Instant::now();
@@ -324,11 +344,11 @@ fn cluster_limits_on_one_redis_share_its_connection() {
             .collect();
         ids.len()
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while limits_logging("rate limit redis unavailable") < 4 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limits_logging("rate limit redis unavailable") < 5 {
         assert!(Instant::now() < deadline, "{:?}", gw.logs());
         // Counts to push make each limit exchange with Redis now.
-        for i in 0..4 {
+        for i in 0..5 {
             let _ = get(gw.addr(), "test.local", &format!("/r{i}/x"));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -338,24 +358,92 @@ fn cluster_limits_on_one_redis_share_its_connection() {
         stopped.elapsed()
     );
     a.signal(libc::SIGCONT);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while limits_logging("rate limit redis available") < 4 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limits_logging("rate limit redis available") < 5 {
         assert!(Instant::now() < deadline, "{:?}", gw.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(redis_clients(&a), 1, "connections after the outage");
+    redis_clients(&a, 2, "after the outage");
 
-    gw.rewrite_config(&four_limits(&up, b.port));
+    gw.rewrite_config(&five_limits(&up, b.port));
     gw.reload_to(2);
     count_on_each_route(&gw, &b);
-    assert_eq!(redis_clients(&b), 1, "connections to the new Redis");
+    redis_clients(&b, 2, "the new Redis");
+    redis_clients(&a, 0, "the old Redis after the reload");
+    // The old threads end once their queues close: polled, as they may still be finishing.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while redis_clients(&a) != 0 {
+    while redis_threads(gw.pid()) != 2 {
         assert!(
             Instant::now() < deadline,
-            "the old Redis' connection stayed open"
+            "redis threads after the reload: {}",
+            redis_threads(gw.pid())
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(redis_threads(gw.pid()), 1, "redis threads after the reload");
+}
+
+/// Exchanges sent together still fail alone: a limit whose key Redis refuses (`WRONGTYPE`) is
+/// the only one to fall back; the limits sharing its connection keep counting through Redis.
+#[test]
+fn a_refused_exchange_fails_only_its_own_limit() {
+    if !Redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        return;
+    }
+    away_from_hour_end();
+    let redis = Redis::start().expect("redis-server");
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&five_limits(&up, redis.port));
+    count_on_each_route(&gw, &redis);
+    let mut c = redis.client().expect("redis client");
+    let keys = |c: &mut ::redis::Connection, pattern: &str| -> Vec<String> {
+        ::redis::cmd("KEYS")
+            .arg(pattern)
+            .query(c)
+            .unwrap_or_default()
+    };
+    // r0's window becomes a string: its next push (HSET) is refused.
+    let r0 = keys(&mut c, "rg-four:rl:route:r0:*");
+    assert_eq!(r0.len(), 1, "{r0:?}");
+    let _: () = ::redis::cmd("SET")
+        .arg(&r0[0])
+        .arg("x")
+        .query(&mut c)
+        .expect("SET");
+    let total = |c: &mut ::redis::Connection, key: &str| -> u64 {
+        let vals: Vec<u64> = ::redis::cmd("HVALS").arg(key).query(c).unwrap_or_default();
+        vals.iter().sum()
+    };
+    let r1 = keys(&mut c, "rg-four:rl:route:r1:*");
+    assert_eq!(r1.len(), 1, "{r1:?}");
+    assert_eq!(total(&mut c, &r1[0]), 1);
+    for i in [0, 1] {
+        assert_eq!(
+            get(gw.addr(), "test.local", &format!("/r{i}/x")).status,
+            200
+        );
+    }
+    assert!(
+        gw.wait_log("instance=route:r0", Duration::from_secs(5)),
+        "{:?}",
+        gw.logs()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while total(&mut c, &r1[0]) != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "r1's second count never reached Redis"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let down: Vec<String> = gw
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("rate limit redis unavailable"))
+        .collect();
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert!(
+        down[0].contains("instance=route:r0") && down[0].contains("WRONGTYPE"),
+        "{down:?}"
+    );
 }

@@ -2,12 +2,14 @@
 //!
 //! The reconciler builds each exchange (`ClusterLink::prepare`) and applies its replies
 //! (`ClusterLink::apply`); the round trip itself runs on a Redis thread (`ringgate-redis`), one per
-//! endpoint (url, credentials, certificates: `RedisThreads`), so a Redis that is slow or hangs
-//! (accepts, never answers) delays only the cluster totals, never the merging of the workers'
-//! counts on this machine. Every cluster instance naming the same endpoint shares its thread and
-//! its one connection: a hundred cluster limits cost one connection per process, not a hundred.
-//! At most one exchange per instance is in flight; counts merged meanwhile are pushed by the next
-//! one. No request ever waits on Redis.
+//! endpoint (url, credentials, certificates and timeout: `RedisThreads`), so a Redis that is slow
+//! or hangs (accepts, never answers) delays only the cluster totals, never the merging of the
+//! workers' counts on this machine. Every cluster instance naming the same endpoint shares its
+//! thread and its one connection: a hundred cluster limits cost one connection per process, not a
+//! hundred. The thread sends the exchanges queued for it together, back to back, and reads their
+//! replies in order: one round trip for all of them, so sharing adds no wait per instance. At most
+//! one exchange per instance is in flight; counts merged meanwhile are pushed by the next one. No
+//! request ever waits on Redis.
 //!
 //! Per round and cluster instance, for every window whose node total changed since the last
 //! exchange: `HSET <window key> <field> <node total>` + `EXPIRE`, then `HVALS` (the reply, summed,
@@ -95,6 +97,8 @@ enum Health {
 /// An exchange sent to the Redis thread, and what it was built from.
 struct InFlight {
     seq: u64,
+    /// The Redis thread it went to (see `RedisThreads::forget`).
+    line: u64,
     /// When it was sent (wall ms): one that takes far longer than its timeouts allow is given
     /// up (its thread died), so the instance goes on.
     sent_ms: u64,
@@ -107,20 +111,24 @@ struct InFlight {
 pub struct Job {
     slot: u32,
     seq: u64,
-    /// Where and as whom: picks the thread (a reload that changes it moves to another).
+    /// Where, as whom and how patiently: picks the thread (a reload that changes it moves to
+    /// another).
     to: Endpoint,
-    timeout: std::time::Duration,
+    /// Every command's reply is read (nothing is `ignore`d), one `Op` each.
     pipe: redis::Pipeline,
 }
 
 /// A Redis url and the credentials for it (and, for `rediss://`, the certificates): what a
 /// connection is made for, so what a Redis thread serves.
+/// The timeout is part of it: exchanges sent together share one round trip, so a limit with a
+/// short timeout must not make one with a longer timeout fail (each timeout gets its own thread).
 #[derive(Clone, PartialEq, Eq)]
 struct Endpoint {
     url: String,
     username: Option<String>,
     password: Option<crate::config::model::Secret>,
     tls: Option<crate::config::model::RedisTls>,
+    timeout: std::time::Duration,
 }
 
 impl Endpoint {
@@ -130,6 +138,7 @@ impl Endpoint {
             username: def.username.clone(),
             password: def.password.clone(),
             tls: def.tls.clone(),
+            timeout: def.timeout,
         }
     }
 
@@ -138,6 +147,7 @@ impl Endpoint {
             && self.username == def.username
             && self.password == def.password
             && self.tls == def.tls
+            && self.timeout == def.timeout
     }
 }
 
@@ -174,7 +184,9 @@ impl PushList {
 /// The job queue is unbounded because it is bounded anyway: an instance has at most one exchange
 /// in flight, so a thread never has more jobs queued than instances share it.
 pub struct RedisThreads {
-    lines: Vec<(Endpoint, Sender<Job>)>,
+    /// Endpoint, job queue, and a number for the thread (never reused).
+    lines: Vec<(Endpoint, Sender<Job>, u64)>,
+    started: u64,
     replies: Sender<Reply>,
 }
 
@@ -183,13 +195,15 @@ impl RedisThreads {
     pub fn new(replies: Sender<Reply>) -> RedisThreads {
         RedisThreads {
             lines: Vec::new(),
+            started: 0,
             replies,
         }
     }
 
-    /// Hands `job` to its endpoint's thread, starting the thread first if there is none.
-    fn send(&mut self, job: Job) -> Result<(), &'static str> {
-        let at = match self.lines.iter().position(|(to, _)| *to == job.to) {
+    /// Hands `job` to its endpoint's thread, starting the thread first if there is none; returns
+    /// the thread's number.
+    fn send(&mut self, job: Job) -> Result<u64, &'static str> {
+        let at = match self.lines.iter().position(|(to, _, _)| *to == job.to) {
             Some(at) => at,
             None => {
                 let (tx, rx) = crossbeam_channel::unbounded::<Job>();
@@ -201,31 +215,35 @@ impl RedisThreads {
                     crate::error!("rate limit redis thread failed to start error=\"{}\"", e);
                     return Err("redis thread failed to start");
                 }
-                self.lines.push((job.to.clone(), tx));
+                self.started += 1;
+                self.lines.push((job.to.clone(), tx, self.started));
                 self.lines.len() - 1
             }
         };
-        let Some((_, tx)) = self.lines.get(at) else {
+        let Some((_, tx, line)) = self.lines.get(at) else {
             return Err("redis thread ended");
         };
+        let line = *line;
         if tx.send(job).is_err() {
             // The thread is gone (it panicked): the next exchange starts another.
             self.lines.swap_remove(at);
             return Err("redis thread ended");
         }
-        Ok(())
+        Ok(line)
     }
 
-    /// Lets go of `def`'s thread, which ends once its queue is empty; the next exchange for that
-    /// endpoint starts a new one. For an exchange that never came back (the thread is stuck).
-    fn forget(&mut self, def: &RedisDef) {
-        self.lines.retain(|(to, _)| !to.is(def));
+    /// Lets go of thread `line` (if it is still the one for its endpoint), which ends once its
+    /// queue is empty; the next exchange for that endpoint starts a new one. For an exchange that
+    /// never came back (the thread is stuck or gone).
+    fn forget(&mut self, line: u64) {
+        self.lines.retain(|(_, _, l)| *l != line);
     }
 
     /// Keeps only the threads of endpoints one of `defs` names (after a reload): the others end
     /// once their queues are empty, closing their connections.
     pub fn retain_used(&mut self, defs: &[&RedisDef]) {
-        self.lines.retain(|(to, _)| defs.iter().any(|d| to.is(d)));
+        self.lines
+            .retain(|(to, _, _)| defs.iter().any(|d| to.is(d)));
     }
 }
 
@@ -239,6 +257,8 @@ pub struct Reply {
 /// What one pipelined reply belongs to. `key` is the limiter key the op was built for: the slot
 /// may hold another key by the time the reply is in (evicted meanwhile), and then it is dropped.
 enum Op {
+    /// A write whose reply says nothing (`HSET`, `EXPIRE`, `ZADD`, `ZREMRANGEBYSCORE`).
+    Skip,
     /// This node's total `total` of window `idx` was written, `sent` of it new.
     Push {
         slot: u32,
@@ -420,8 +440,10 @@ impl ClusterLink {
             if now.saturating_sub(f.sent_ms) <= bound {
                 return;
             }
+            if let Some(f) = &self.in_flight {
+                threads.forget(f.line);
+            }
             let slots = self.in_flight.take().map(|f| f.slots).unwrap_or_default();
-            threads.forget(&self.def);
             self.fail(now, stats, "redis exchange never came back");
             for slot in slots {
                 push.add(slot);
@@ -505,12 +527,9 @@ impl ClusterLink {
                         continue;
                     }
                     let k = self.window_key(sliding, lim, idx, &key);
-                    pipe.cmd("HSET")
-                        .arg(&k[..])
-                        .arg(&self.field)
-                        .arg(total)
-                        .ignore();
-                    pipe.cmd("EXPIRE").arg(&k[..]).arg(ttl).ignore();
+                    pipe.cmd("HSET").arg(&k[..]).arg(&self.field).arg(total);
+                    pipe.cmd("EXPIRE").arg(&k[..]).arg(ttl);
+                    ops.extend([Op::Skip, Op::Skip]);
                     pipe.cmd("HVALS").arg(&k[..]);
                     ops.push(Op::Push {
                         slot,
@@ -570,16 +589,12 @@ impl ClusterLink {
         }
         if now >= self.last_heartbeat + HEARTBEAT_MS || self.health != Health::Up {
             let nodes_key = format!("{}:nodes", self.def.prefix);
-            pipe.cmd("ZADD")
-                .arg(&nodes_key)
-                .arg(now)
-                .arg(&self.node_id)
-                .ignore();
+            pipe.cmd("ZADD").arg(&nodes_key).arg(now).arg(&self.node_id);
             pipe.cmd("ZREMRANGEBYSCORE")
                 .arg(&nodes_key)
                 .arg("-inf")
-                .arg(now.saturating_sub(NODE_TTL_MS))
-                .ignore();
+                .arg(now.saturating_sub(NODE_TTL_MS));
+            ops.extend([Op::Skip, Op::Skip]);
             pipe.cmd("ZCARD").arg(&nodes_key);
             ops.push(Op::Nodes);
         }
@@ -591,15 +606,18 @@ impl ClusterLink {
             slot: self.slot,
             seq: self.seq,
             to: Endpoint::of(&self.def),
-            timeout: self.def.timeout,
             pipe,
         };
-        if let Err(why) = threads.send(job) {
-            self.fail(now, stats, why);
-            return;
-        }
+        let line = match threads.send(job) {
+            Ok(line) => line,
+            Err(why) => {
+                self.fail(now, stats, why);
+                return;
+            }
+        };
         self.in_flight = Some(InFlight {
             seq: self.seq,
+            line,
             sent_ms: now,
             ops,
             slots: push.take(),
@@ -697,6 +715,7 @@ impl ClusterLink {
                         }
                     }
                 }
+                Op::Skip => {}
                 Op::Nodes => {
                     self.nodes = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
                     self.last_heartbeat = now;
@@ -712,89 +731,107 @@ impl ClusterLink {
     }
 }
 
-/// The Redis thread of one endpoint: runs each job's pipeline on its connection (connecting first
-/// when it has none: at the start and after an error) and sends the replies back. Ends when no
-/// instance uses its endpoint any more (the job queue closes) or the reconciler is gone (the reply
-/// queue closes).
+/// The Redis thread of one endpoint: sends the exchanges queued for it together on its
+/// connection (connecting first when it has none: at the start and after an error) and sends each
+/// its replies. Ends when no instance uses its endpoint any more (the job queue closes) or the
+/// reconciler is gone (the reply queue closes).
 fn redis_thread(jobs: Receiver<Job>, replies: Sender<Reply>) {
     let mut conn: Option<redis::Connection> = None;
-    let answer = |job: &Job, result| {
-        replies
-            .send(Reply {
+    let mut batch: Vec<Job> = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        batch.clear();
+        batch.push(first);
+        // Whatever else waits goes in the same round trip: each instance has at most one
+        // exchange queued, so this is bounded by the instances sharing the endpoint.
+        batch.extend(jobs.try_iter());
+        let results = match run_batch(&mut conn, &batch) {
+            Ok(results) => results,
+            Err(why) => {
+                conn = None;
+                vec![Err(why); batch.len()]
+            }
+        };
+        for (job, result) in batch.iter().zip(results) {
+            let reply = Reply {
                 slot: job.slot,
                 seq: job.seq,
                 result,
-            })
-            .is_ok()
-    };
-    for job in &jobs {
-        let result = run_job(&mut conn, &job);
-        let unanswered = match &result {
-            Err(f) if f.unanswered => Some(f.why.clone()),
-            _ => None,
-        };
-        if result.is_err() {
-            conn = None;
-        }
-        if !answer(&job, result.map_err(|f| f.why)) {
-            return;
-        }
-        if let Some(why) = unanswered {
-            // Redis did not answer (no connection, or the timeout ran out): the exchanges queued
-            // behind this one would each wait out the same timeout in turn, so the last instance
-            // would learn of the outage one timeout per instance ahead of it. They fail now, with
-            // the same cause; each instance retries after `RETRY_MS`.
-            while let Ok(queued) = jobs.try_recv() {
-                if !answer(&queued, Err(why.clone())) {
-                    return;
-                }
+            };
+            if replies.send(reply).is_err() {
+                return;
             }
         }
     }
 }
 
-/// Why a job failed, and whether Redis did not answer at all (no connection could be made, or the
-/// timeout ran out) rather than answering with an error.
-struct Failure {
-    why: String,
-    unanswered: bool,
-}
-
-fn run_job(conn: &mut Option<redis::Connection>, job: &Job) -> Result<Vec<Value>, Failure> {
+/// Runs `batch` (jobs for one endpoint) in one round trip: every job's commands back to back,
+/// then their replies in order, each job's own. `Err`: the connection failed (no connection, a
+/// timeout, a broken socket), and every job with it; an error reply fails only its own job.
+fn run_batch(
+    conn: &mut Option<redis::Connection>,
+    batch: &[Job],
+) -> Result<Vec<Result<Vec<Value>, String>>, String> {
+    let Some(to) = batch.first().map(|j| &j.to) else {
+        return Ok(Vec::new());
+    };
+    let why = |e: redis::RedisError| {
+        // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable").
+        if e.is_timeout() {
+            format!("no answer within the timeout ({:?})", to.timeout)
+        } else {
+            e.to_string()
+        }
+    };
     let c = match conn {
         Some(c) => c,
-        None => conn.insert(connect(job).map_err(|e| Failure {
-            why: describe(&e, job),
-            unanswered: true,
-        })?),
+        None => conn.insert(connect(to).map_err(why)?),
     };
-    query(c, job).map_err(|e| Failure {
-        why: describe(&e, job),
-        unanswered: e.is_timeout(),
-    })
-}
-
-fn describe(e: &redis::RedisError, job: &Job) -> String {
-    // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable").
-    if e.is_timeout() {
-        format!("no answer within the timeout ({:?})", job.timeout)
-    } else {
-        e.to_string()
+    c.set_read_timeout(Some(to.timeout)).map_err(why)?;
+    c.set_write_timeout(Some(to.timeout)).map_err(why)?;
+    let mut packed = Vec::new();
+    for job in batch {
+        packed.extend_from_slice(&job.pipe.get_packed_pipeline());
     }
+    c.send_packed_command(&packed).map_err(why)?;
+    // Read reply by reply, stopping at the first failure: a Redis that stopped answering costs
+    // one timeout, not one per command still due.
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut values = Vec::with_capacity(job.pipe.len());
+        let mut refused = None;
+        while values.len() < job.pipe.len() {
+            match c.recv_response().map_err(why)? {
+                // RESP3 out-of-band data, not a reply.
+                Value::Push { .. } => continue,
+                Value::ServerError(e) => {
+                    refused.get_or_insert_with(|| {
+                        format!("{} {}", e.code(), e.details().unwrap_or_default())
+                    });
+                    values.push(Value::Nil);
+                }
+                v => values.push(v),
+            }
+        }
+        results.push(match refused {
+            Some(e) => Err(e),
+            None => Ok(values),
+        });
+    }
+    Ok(results)
 }
 
-fn connect(job: &Job) -> redis::RedisResult<redis::Connection> {
+fn connect(to: &Endpoint) -> redis::RedisResult<redis::Connection> {
     use redis::IntoConnectionInfo;
-    let mut info = job.to.url.as_str().into_connection_info()?;
-    if let Some(p) = &job.to.password {
+    let mut info = to.url.as_str().into_connection_info()?;
+    if let Some(p) = &to.password {
         // AUTH on connect (redis-rs sends it before anything else).
         let mut settings = info.redis_settings().clone().set_password(&p.0);
-        if let Some(u) = &job.to.username {
+        if let Some(u) = &to.username {
             settings = settings.set_username(u);
         }
         info = info.set_redis_settings(settings);
     }
-    let client = match &job.to.tls {
+    let client = match &to.tls {
         // The system's roots and no client certificate: what `rediss://` alone means.
         None
         | Some(RedisTls {
@@ -815,13 +852,7 @@ fn connect(job: &Job) -> redis::RedisResult<redis::Connection> {
             },
         )?,
     };
-    client.get_connection_with_timeout(job.timeout)
-}
-
-fn query(c: &mut redis::Connection, job: &Job) -> redis::RedisResult<Vec<Value>> {
-    c.set_read_timeout(Some(job.timeout))?;
-    c.set_write_timeout(Some(job.timeout))?;
-    job.pipe.query(c)
+    client.get_connection_with_timeout(to.timeout)
 }
 
 /// A window's fields, matched by window index: `all` (best known total), `node` (this node's),
