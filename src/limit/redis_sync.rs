@@ -434,15 +434,15 @@ impl ClusterLink {
         threads: &mut RedisThreads,
     ) {
         if let Some(f) = &self.in_flight {
-            // Connect and query are each bounded by the timeout: much longer means the Redis
-            // thread is gone (a panic). Give the exchange up; a late reply is ignored by seq.
-            let bound = 2 * self.def.timeout.as_millis() as u64 + 5_000;
+            // An exchange may wait for the batch running when it arrived, then run in the next:
+            // two connects and two replies late, each bounded by the timeout. Much longer means
+            // the Redis thread is gone (a panic). Give the exchange up; a late reply is ignored by
+            // seq.
+            let bound = 4 * self.def.timeout.as_millis() as u64 + 5_000;
             if now.saturating_sub(f.sent_ms) <= bound {
                 return;
             }
-            if let Some(f) = &self.in_flight {
-                threads.forget(f.line);
-            }
+            threads.forget(f.line);
             let slots = self.in_flight.take().map(|f| f.slots).unwrap_or_default();
             self.fail(now, stats, "redis exchange never came back");
             for slot in slots {
@@ -788,11 +788,10 @@ fn run_batch(
     };
     c.set_read_timeout(Some(to.timeout)).map_err(why)?;
     c.set_write_timeout(Some(to.timeout)).map_err(why)?;
-    let mut packed = Vec::new();
     for job in batch {
-        packed.extend_from_slice(&job.pipe.get_packed_pipeline());
+        c.send_packed_command(&job.pipe.get_packed_pipeline())
+            .map_err(why)?;
     }
-    c.send_packed_command(&packed).map_err(why)?;
     // Read reply by reply, stopping at the first failure: a Redis that stopped answering costs
     // one timeout, not one per command still due.
     let mut results = Vec::with_capacity(batch.len());
