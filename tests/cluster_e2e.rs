@@ -258,21 +258,27 @@ fn redis_clients_now(redis: &Redis) -> usize {
         .count()
 }
 
+/// Polls `done` every 20 ms until it holds; fails with `what()` after 10 s.
+fn until(mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", what());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Until `redis` has `want` connections besides the one asking (Redis notices closed ones on its
 /// next event loop turn, so a count is polled rather than read once).
 fn redis_clients(redis: &Redis, want: usize, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = redis_clients_now(redis);
-        if n == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {n} connections, not {want}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(
+        || redis_clients_now(redis) == want,
+        || {
+            format!(
+                "{what}: {} connections, not {want}",
+                redis_clients_now(redis)
+            )
+        },
+    );
 }
 
 /// Threads of process `pid` named `ringgate-redis`.
@@ -290,24 +296,22 @@ fn count_on_each_route(gw: &Gateway, redis: &Redis) {
         let r = get(gw.addr(), "test.local", &format!("/r{i}/x"));
         assert_eq!(r.status, 200, "route r{i}");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let limit_keys = || -> Vec<String> {
         let mut c = redis.client().expect("redis client");
-        let keys: Vec<String> = ::redis::cmd("KEYS")
+        ::redis::cmd("KEYS")
             .arg("rg-four:[rt][lb]:*")
             .query(&mut c)
-            .unwrap_or_default();
-        // The sliding window writes its current window; each limit at least one key.
-        let limits = ["hour-300", "minute-300", ":sw:", ":tb:", "day-300"];
-        if limits.iter().all(|l| keys.iter().any(|k| k.contains(l))) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every limit in Redis: {keys:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .unwrap_or_default()
+    };
+    // Each limit writes at least one key (the sliding window its current window).
+    let limits = ["hour-300", "minute-300", ":sw:", ":tb:", "day-300"];
+    until(
+        || {
+            let keys = limit_keys();
+            limits.iter().all(|l| keys.iter().any(|k| k.contains(l)))
+        },
+        || format!("not every limit in Redis: {:?}", limit_keys()),
+    );
 }
 
 /// Cluster limits naming the same Redis (and timeout) share one connection and one Redis thread
@@ -344,25 +348,25 @@ fn cluster_limits_on_one_redis_share_its_connection() {
             .collect();
         ids.len()
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while limits_logging("rate limit redis unavailable") < 5 {
-        assert!(Instant::now() < deadline, "{:?}", gw.logs());
-        // Counts to push make each limit exchange with Redis now.
-        for i in 0..5 {
-            let _ = get(gw.addr(), "test.local", &format!("/r{i}/x"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(
+        || {
+            // Counts to push make each limit exchange with Redis now.
+            for i in 0..5 {
+                let _ = get(gw.addr(), "test.local", &format!("/r{i}/x"));
+            }
+            limits_logging("rate limit redis unavailable") == 5
+        },
+        || format!("{:?}", gw.logs()),
+    );
     println!(
         "every limit saw the stopped Redis after {:?}",
         stopped.elapsed()
     );
     a.signal(libc::SIGCONT);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while limits_logging("rate limit redis available") < 5 {
-        assert!(Instant::now() < deadline, "{:?}", gw.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(
+        || limits_logging("rate limit redis available") == 5,
+        || format!("{:?}", gw.logs()),
+    );
     redis_clients(&a, 2, "after the outage");
 
     gw.rewrite_config(&five_limits(&up, b.port));
@@ -371,15 +375,15 @@ fn cluster_limits_on_one_redis_share_its_connection() {
     redis_clients(&b, 2, "the new Redis");
     redis_clients(&a, 0, "the old Redis after the reload");
     // The old threads end once their queues close: polled, as they may still be finishing.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while redis_threads(gw.pid()) != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "redis threads after the reload: {}",
-            redis_threads(gw.pid())
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(
+        || redis_threads(gw.pid()) == 2,
+        || {
+            format!(
+                "redis threads after the reload: {}",
+                redis_threads(gw.pid())
+            )
+        },
+    );
 }
 
 /// Exchanges sent together still fail alone: a limit whose key Redis refuses (`WRONGTYPE`) is
@@ -428,14 +432,10 @@ fn a_refused_exchange_fails_only_its_own_limit() {
         "{:?}",
         gw.logs()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while total(&mut c, &r1[0]) != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "r1's second count never reached Redis"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(
+        || total(&mut c, &r1[0]) == 2,
+        || "r1's second count never reached Redis".to_owned(),
+    );
     let down: Vec<String> = gw
         .logs()
         .into_iter()
