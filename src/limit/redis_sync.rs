@@ -111,9 +111,6 @@ struct InFlight {
 pub struct Job {
     slot: u32,
     seq: u64,
-    /// Where, as whom and how patiently: picks the thread (a reload that changes it moves to
-    /// another).
-    to: Endpoint,
     /// Every command's reply is read (nothing is `ignore`d), one `Op` each.
     pipe: redis::Pipeline,
 }
@@ -200,23 +197,25 @@ impl RedisThreads {
         }
     }
 
-    /// Hands `job` to its endpoint's thread, starting the thread first if there is none; returns
-    /// the thread's number.
-    fn send(&mut self, job: Job) -> Result<u64, &'static str> {
-        let at = match self.lines.iter().position(|(to, _, _)| *to == job.to) {
+    /// Hands `job` to the thread of `def`'s endpoint (a reload that changes it moves to another),
+    /// starting the thread first if there is none; returns the thread's number.
+    fn send(&mut self, def: &RedisDef, job: Job) -> Result<u64, &'static str> {
+        let at = match self.lines.iter().position(|(to, _, _)| to.is(def)) {
             Some(at) => at,
             None => {
                 let (tx, rx) = crossbeam_channel::unbounded::<Job>();
                 let replies = self.replies.clone();
+                let to = Endpoint::of(def);
+                let ends = to.clone();
                 let started = std::thread::Builder::new()
                     .name("ringgate-redis".to_owned())
-                    .spawn(move || redis_thread(rx, replies));
+                    .spawn(move || redis_thread(&ends, rx, replies));
                 if let Err(e) = started {
                     crate::error!("rate limit redis thread failed to start error=\"{}\"", e);
                     return Err("redis thread failed to start");
                 }
                 self.started += 1;
-                self.lines.push((job.to.clone(), tx, self.started));
+                self.lines.push((to, tx, self.started));
                 self.lines.len() - 1
             }
         };
@@ -605,10 +604,9 @@ impl ClusterLink {
         let job = Job {
             slot: self.slot,
             seq: self.seq,
-            to: Endpoint::of(&self.def),
             pipe,
         };
-        let line = match threads.send(job) {
+        let line = match threads.send(&self.def, job) {
             Ok(line) => line,
             Err(why) => {
                 self.fail(now, stats, why);
@@ -735,7 +733,7 @@ impl ClusterLink {
 /// connection (connecting first when it has none: at the start and after an error) and sends each
 /// its replies. Ends when no instance uses its endpoint any more (the job queue closes) or the
 /// reconciler is gone (the reply queue closes).
-fn redis_thread(jobs: Receiver<Job>, replies: Sender<Reply>) {
+fn redis_thread(to: &Endpoint, jobs: Receiver<Job>, replies: Sender<Reply>) {
     let mut conn: Option<redis::Connection> = None;
     let mut batch: Vec<Job> = Vec::new();
     while let Ok(first) = jobs.recv() {
@@ -744,7 +742,7 @@ fn redis_thread(jobs: Receiver<Job>, replies: Sender<Reply>) {
         // Whatever else waits goes in the same round trip: each instance has at most one
         // exchange queued, so this is bounded by the instances sharing the endpoint.
         batch.extend(jobs.try_iter());
-        let results = match run_batch(&mut conn, &batch) {
+        let results = match run_batch(&mut conn, to, &batch) {
             Ok(results) => results,
             Err(why) => {
                 conn = None;
@@ -764,16 +762,14 @@ fn redis_thread(jobs: Receiver<Job>, replies: Sender<Reply>) {
     }
 }
 
-/// Runs `batch` (jobs for one endpoint) in one round trip: every job's commands back to back,
+/// Runs `batch` (jobs for `to`) in one round trip: every job's commands back to back,
 /// then their replies in order, each job's own. `Err`: the connection failed (no connection, a
 /// timeout, a broken socket), and every job with it; an error reply fails only its own job.
 fn run_batch(
     conn: &mut Option<redis::Connection>,
+    to: &Endpoint,
     batch: &[Job],
 ) -> Result<Vec<Result<Vec<Value>, String>>, String> {
-    let Some(to) = batch.first().map(|j| &j.to) else {
-        return Ok(Vec::new());
-    };
     let why = |e: redis::RedisError| {
         // A read timeout surfaces as EAGAIN ("Resource temporarily unavailable").
         if e.is_timeout() {
