@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Paired per-request latency: direct, nginx and ringgate build(s), one request at a time in turn.
+
+oha at a fixed rate (run.sh, `AB_MODE=latency` in ab.py) compares whole runs of each target taken
+one after another; on this shared machine runs of the same target spread by ~30 µs at p50, which
+hides a difference of a few µs. `rtt` (rtt.c) instead sends one request to each target in turn on
+one keep-alive connection each, with a gap before every request (so each gateway idles between
+requests, as at a low fixed rate), and reports each target's percentiles and the median of its
+per-request difference to the direct request of the same round. A slow spell hits all targets
+alike and cancels out of the paired figure.
+
+Pinned as run.sh pins: rtt and the upstream on core 0, each gateway alone on core 1 (one worker).
+Each size runs RTT_REPS times, the gateways' order rotated per rep (direct always first: the
+reference). Writes report.md and rtt.json to OUT_DIR (default loadtest/reports/rtt-<time>).
+
+Usage: python3 loadtest/rtt.py [OUT_DIR]
+  env: RTT_BINS=ringgate=target/release/ringgate (name=path,...)  RTT_SIZES=small,16k
+       RTT_REPS=5  RTT_COUNT=20000 (requests per target per rep)  RTT_GAP_US=200
+Needs gcc and nginx (loadtest/run.sh installs nginx). Loopback only; every process it starts is
+stopped by its process group on exit.
+"""
+import json, os, statistics, subprocess, sys, tempfile, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import bench as B  # noqa: E402
+
+SIZES = os.environ.get("RTT_SIZES", "small,16k").split(",")
+REPS = int(os.environ.get("RTT_REPS", "5"))
+COUNT = int(os.environ.get("RTT_COUNT", "20000"))
+GAP_US = int(os.environ.get("RTT_GAP_US", "200"))
+FIELDS = ("p50", "p90", "p99", "p999", "paired50")
+
+
+def builds():
+    spec = os.environ.get("RTT_BINS", "ringgate=" + B.CFG["ringgate_bin"])
+    out = []
+    for item in filter(None, spec.split(",")):
+        name, _, path = item.partition("=")
+        if not path or not os.access(path, os.X_OK):
+            sys.exit(f"RTT_BINS entry {item!r}: expected name=/path/to/ringgate (executable)")
+        out.append((name, path))
+    return out
+
+
+def run_rtt(binp, size, ports):
+    """One rtt run; returns {port: {field: µs}}."""
+    # Bounded: COUNT rounds of len(ports) requests, each well under 10 ms on loopback.
+    limit = 60 + COUNT * len(ports) * (GAP_US + 10_000) / 1e6
+    r = subprocess.run(["taskset", "-c", str(B.CFG["gen_cpu"]), binp, f"/{size}", str(GAP_US),
+                        str(COUNT)] + [str(p) for p in ports],
+                       capture_output=True, text=True, timeout=limit)
+    if r.returncode != 0:
+        sys.exit(f"rtt failed ({r.returncode}): {r.stderr.strip()}")
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        out[int(parts[0])] = {k: float(v) for k, v in zip(parts[1::2], parts[2::2])}
+    return out
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def report(results, names, bins, started):
+    lines = [
+        f"# Paired per-request latency ({time.strftime('%Y-%m-%d %H:%M', time.localtime(started))})",
+        "",
+        f"`loadtest/rtt.py`: {REPS} reps per size, {COUNT:,} requests per target per rep, one at a "
+        f"time in turn (direct, then the gateways in an order rotated per rep), {GAP_US} µs "
+        "before each request; rtt and the upstream on core 0, each gateway alone on core 1. "
+        f"Builds: {', '.join(f'{n} = `{p}`' for n, p in bins)}.",
+        "",
+        "*paired*: the median over requests of (gateway latency − the direct request's latency of "
+        "the same round), i.e. the latency the gateway adds. All figures are medians over reps "
+        "(min–max), µs.",
+        "",
+    ]
+    gateways = [n for n in names if n != "direct"]
+    for size in SIZES:
+        reps = [r for r in results if r["size"] == size]
+        lines += [f"## /{size}", "",
+                  "| target | p50 | p90 | p99 | p99.9 | paired (added) |", "|---|---|---|---|---|---|"]
+        for n in names:
+            cells = []
+            for f in FIELDS:
+                xs = [r["targets"][n][f] for r in reps]
+                cells.append("—" if n == "direct" and f == "paired50"
+                             else f"{med(xs):.1f} ({min(xs):.1f}–{max(xs):.1f})")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        if "nginx" in gateways:
+            lines.append("")
+            for n in gateways:
+                if n == "nginx":
+                    continue
+                d = [r["targets"][n]["paired50"] - r["targets"]["nginx"]["paired50"] for r in reps]
+                d99 = [r["targets"][n]["p99"] - r["targets"]["nginx"]["p99"] for r in reps]
+                lines.append(f"- {n} − nginx, per rep: added {' '.join(f'{x:+.1f}' for x in d)} µs "
+                             f"(median {med(d):+.1f}); p99 {' '.join(f'{x:+.1f}' for x in d99)} "
+                             f"(median {med(d99):+.1f})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    started = time.time()
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+        HERE, "reports", "rtt-" + time.strftime("%Y%m%d-%H%M%S"))
+    os.sched_setaffinity(0, {B.CFG["gen_cpu"]})
+    run_dir = tempfile.mkdtemp(prefix="rtt-")
+    os.chmod(run_dir, 0o755)
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    bins = builds()
+    binp = os.path.join(run_dir, "rtt")
+    subprocess.run(["gcc", "-O2", "-o", binp, os.path.join(HERE, "rtt.c")], check=True)
+    try:
+        upport = B.free_port()
+        B.start_upstream(run_dir, upport)
+        port = B.free_port()
+        p, err = B.start_nginx_proxy(run_dir, port, upport)
+        targets = [B.Target("nginx", port, p, err)]
+        for name, path in bins:
+            B.CFG["ringgate_bin"] = path
+            port = B.free_port()
+            p, err = B.start_ringgate(run_dir, port, upport, tag=name)
+            targets.append(B.Target(name, port, p, err))
+        for t in targets:
+            err = t.error or B.verify(t)
+            if err:
+                sys.exit(f"{t.name}: {err}")
+        names = ["direct"] + [t.name for t in targets]
+        results = []
+        for size in SIZES:
+            for rep in range(REPS):
+                k = rep % len(targets)
+                order = targets[k:] + targets[:k]
+                ports = [upport] + [t.port for t in order]
+                got = run_rtt(binp, size, ports)
+                row = {"size": size, "rep": rep, "order": ["direct"] + [t.name for t in order],
+                       "targets": {"direct": got[upport], **{t.name: got[t.port] for t in order}}}
+                results.append(row)
+                B.log(f"/{size} rep {rep}: " + ", ".join(
+                    f"{n} p50 {v['p50']:.1f} +{v['paired50']:.1f}" for n, v in row["targets"].items()))
+    finally:
+        B.PROCS.stop_all()
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "rtt.json"), "w") as f:
+        json.dump({"count": COUNT, "gap_us": GAP_US, "reps": REPS, "builds": bins,
+                   "results": results}, f, indent=1)
+    text = report(results, names, bins, started)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    print(f"\nwritten to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
