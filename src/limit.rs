@@ -14,7 +14,8 @@
 //! Reload: the reconciler thread and the channels live as long as the process. Each limit has a
 //! *slot* that survives a reload while `same_counts` holds; the reconciler keeps that slot's tables
 //! and Redis link, and each worker's new `LimiterSet` shares the slot's per-worker counts (`Rc`, same
-//! thread) with the previous generation's. Changed or new limits get a new slot (fresh counts);
+//! thread) with the previous generation's. A changed limit value keeps its slot; a changed algorithm,
+//! period set, `limit_by` or policy, or a new limit, gets a new slot (fresh counts);
 //! slots no generation lists any more are dropped.
 //!
 //! Accuracy: a worker admits while `global + inflight + unsynced < limit`, where `global` is at most
@@ -82,10 +83,15 @@ pub fn instances(cfg: &Config) -> Vec<InstanceDef> {
 }
 
 /// Whether a reloaded instance `b` keeps the counts of `a`: same scope, and the same settings that
-/// give the counts their meaning (algorithm, period limits or bucket, `limit_by`, policy with its
-/// Redis url and prefix). Everything else may change without a reset: `mode`, `error_code`,
-/// `error_message`, `hide_client_headers`, `on_redis_failure`, `sync_interval`, `max_keys` (a lower
-/// cap evicts least recently used keys at install) and the Redis `timeout`.
+/// give the counts their meaning (algorithm, the periods counted, `limit_by`, policy with its Redis
+/// url and prefix). Everything else may change without a reset, the limits themselves included: a
+/// limit lowered at 3 a.m. applies to what was already counted (a client over the new limit is
+/// refused at once) and a raised one does not hand every client a fresh window, as Kong's and
+/// nginx's counters (keyed by client and period, not by limit) behave. So do a bucket's rate and
+/// burst (a level above a lowered burst is cut to it), `mode`, `error_code`, `error_message`,
+/// `hide_client_headers`, `on_redis_failure`, `sync_interval`, `max_keys` (a lower cap evicts least
+/// recently used keys at install) and the Redis `timeout`. Adding or removing a period starts
+/// fresh: each key's counts are laid out by period.
 pub fn same_counts(a: &InstanceDef, b: &InstanceDef) -> bool {
     let (x, y) = (&a.def, &b.def);
     let policy = match (&x.policy, &y.policy) {
@@ -95,8 +101,8 @@ pub fn same_counts(a: &InstanceDef, b: &InstanceDef) -> bool {
     };
     a.id == b.id
         && x.algorithm == y.algorithm
-        && x.limits == y.limits
-        && x.bucket == y.bucket
+        && (x.limits.iter().map(|l| l.period)).eq(y.limits.iter().map(|l| l.period))
+        && x.bucket.is_some() == y.bucket.is_some()
         && x.limit_by == y.limit_by
         && policy
 }

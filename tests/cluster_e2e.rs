@@ -304,7 +304,7 @@ fn count_on_each_route(gw: &Gateway, redis: &Redis) {
             .unwrap_or_default()
     };
     // Each limit writes at least one key (the sliding window its current window).
-    let limits = ["hour-300", "minute-300", ":sw:", ":tb:", "day-300"];
+    let limits = [":fw:hour:", ":fw:minute:", ":sw:hour:", ":tb:", ":fw:day:"];
     until(
         || {
             let keys = limit_keys();

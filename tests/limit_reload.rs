@@ -1,7 +1,8 @@
 //! Rate-limit counts across a hot reload (SIGHUP), through the real binary: a limit whose identity is
 //! unchanged keeps its counts (in every worker and, with `policy = "cluster"`, in Redis), also when
-//! settings that do not change what is counted (error message, mode) change; a changed limit value
-//! starts fresh. Requests are spaced by more than a sync interval, so the counts asserted are exact.
+//! settings that do not change what is counted (error message, mode, the limit value) change; a
+//! changed period set starts fresh. Requests are spaced by more than a sync interval, so the counts
+//! asserted are exact.
 
 mod common;
 
@@ -69,14 +70,15 @@ fn admit_until_rejected(addr: std::net::SocketAddr, max: u64, gap: Duration) -> 
 }
 
 #[test]
-fn counts_survive_a_reload_and_a_changed_limit_starts_fresh() {
+fn counts_survive_a_reload_and_a_changed_limit_value() {
     away_from_hour_end();
     let up = Upstream::echo("up");
-    let plugin = |limit: u64, message: &str| {
+    let plugin_with = |periods: &str, message: &str| {
         format!(
-            r#"{{ hour = {limit}, limit_by = "header", header_name = "x-client", error_message = "{message}" }}"#
+            r#"{{ {periods}, limit_by = "header", header_name = "x-client", error_message = "{message}" }}"#
         )
     };
+    let plugin = |limit: u64, message: &str| plugin_with(&format!("hour = {limit}"), message);
     let gw = Gateway::start(&config(&up, 2, &plugin(10, "slow down"), false));
     let mut c = Conn::connect(gw.addr());
     for i in 0..4 {
@@ -101,12 +103,30 @@ fn counts_survive_a_reload_and_a_changed_limit_starts_fresh() {
         "the new error message is used"
     );
 
-    // A changed limit value: fresh counts.
+    // A raised limit applies to the count so far (10): 2 more, not a fresh 12.
     gw.rewrite_config(&config(&up, 2, &plugin(12, "reloaded"), false));
     gw.reload_to(3);
     let r = Conn::connect(gw.addr()).request(REQ);
     assert_eq!(r.status, 200);
-    assert_eq!(remaining(&r), 11, "a changed limit starts fresh");
+    assert_eq!(remaining(&r), 1, "a raised limit continues the count");
+    let (more, _) = admit_until_rejected(gw.addr(), 12, Duration::from_millis(30));
+    assert_eq!(more, 1, "the raised limit rejects at 12");
+
+    // A lowered one refuses at once, in both workers.
+    gw.rewrite_config(&config(&up, 2, &plugin(8, "reloaded"), false));
+    gw.reload_to(4);
+    for _ in 0..4 {
+        let r = Conn::connect(gw.addr()).request(REQ);
+        assert_eq!(r.status, 429, "a lowered limit applies to the count so far");
+    }
+
+    // Another set of periods: fresh counts.
+    let both = plugin_with("minute = 5, hour = 8", "reloaded");
+    gw.rewrite_config(&config(&up, 2, &both, false));
+    gw.reload_to(5);
+    let r = Conn::connect(gw.addr()).request(REQ);
+    assert_eq!(r.status, 200);
+    assert_eq!(remaining(&r), 7, "a changed period set starts fresh");
 }
 
 #[test]
@@ -178,12 +198,22 @@ fn cluster_counts_survive_a_reload_without_a_ghost_node() {
         .expect("ZCARD");
     assert_eq!(nodes, 2);
 
-    // A changed limit value starts fresh, cluster-wide.
+    // A raised limit continues the cluster count (20): node A admits on it, and node B, raised
+    // after A's requests, sees them (the count is one Redis key whatever the limit).
     a.rewrite_config(&config(&up, 1, &plugin(25), false));
     a.reload_to(3);
-    let r = Conn::connect(a.addr()).request(REQ);
+    for left in [4, 3] {
+        let r = Conn::connect(a.addr()).request(REQ);
+        assert_eq!(r.status, 200);
+        assert_eq!(remaining(&r), left, "a raised limit continues the count");
+    }
+    settle();
+    b.rewrite_config(&config(&up, 1, &plugin(25), false));
+    b.reload_to(2);
+    settle();
+    let r = Conn::connect(b.addr()).request(REQ);
     assert_eq!(r.status, 200);
-    assert_eq!(remaining(&r), 24, "a changed limit starts fresh");
+    assert_eq!(remaining(&r), 2, "node B continues the same cluster count");
 }
 
 /// The rate-limit counters on `/metrics` carry over a reload: a scrape right after it shows the
@@ -227,4 +257,49 @@ fn metrics_counters_do_not_dip_across_a_reload() {
         metrics.contains(want),
         "the count dipped across the reload:\n{metrics}"
     );
+}
+
+/// A token bucket keeps its level across a reload that changes its rate or burst, cut to a lowered
+/// burst; another algorithm starts fresh. Each reload waits out a sync interval after the last
+/// request: the reconciler first sees a key with the worker's next batch, and a bucket it has not
+/// seen yet starts full at the burst in force then.
+#[test]
+fn a_token_bucket_keeps_its_level_across_a_new_rate_and_burst() {
+    let up = Upstream::echo("up");
+    // One token an hour: nothing refills during the test.
+    let bucket = |average: u64, burst: u64| {
+        format!(
+            r#"{{ algorithm = "token_bucket", average = {average}, period = "1h", burst = {burst}, limit_by = "header", header_name = "x-client" }}"#
+        )
+    };
+    let left = |gw: &Gateway| -> u64 {
+        let r = Conn::connect(gw.addr()).request(REQ);
+        assert_eq!(r.status, 200);
+        r.header("ratelimit-remaining")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no RateLimit-Remaining: {:?}", r.headers))
+    };
+    let gw = Gateway::start(&config(&up, 1, &bucket(1, 10), false));
+    for want in [9, 8, 7, 6] {
+        assert_eq!(left(&gw), want);
+    }
+    let settle = || std::thread::sleep(Duration::from_millis(100));
+    settle();
+    // A higher burst and rate: the level (6) goes on.
+    gw.rewrite_config(&config(&up, 1, &bucket(2, 20), false));
+    gw.reload_to(2);
+    assert_eq!(
+        left(&gw),
+        5,
+        "the level continues across a new rate and burst"
+    );
+    settle();
+    // A burst below the level (5): cut to it.
+    gw.rewrite_config(&config(&up, 1, &bucket(2, 3), false));
+    gw.reload_to(3);
+    assert_eq!(left(&gw), 2, "a level above the new burst is cut to it");
+    // Another algorithm: fresh.
+    gw.rewrite_config(&config(&up, 1, "{ hour = 10 }", false));
+    gw.reload_to(4);
+    assert_eq!(remaining(&Conn::connect(gw.addr()).request(REQ)), 9);
 }

@@ -453,12 +453,23 @@ fn reload_keeps_counts_of_unchanged_limits_only() {
     // Over the limit now; shadow mode (the new setting) admits and counts it.
     assert!(headers(&set, b"k", T0).0);
     assert_eq!(set.stats(0).shadow_rejected, 1);
-    // A changed limit, or another key source, starts fresh.
-    for other in ["minute = 6", "minute = 5, limit_by = \"ip\"", "hour = 5"] {
+    // A changed limit value counts the same things too: a raised limit continues the count (6 so
+    // far, shadow's included).
+    let raised = instance("minute = 8");
+    assert!(limit::same_counts(&a, &raised));
+    let set = LimiterSet::with_previous(h.install(vec![raised]).remove(0), Some(&set));
+    assert_eq!(set.remaining(0, b"k", T0), Some(2));
+    // Another key source, period set or algorithm starts fresh.
+    for other in [
+        "minute = 5, limit_by = \"ip\"",
+        "hour = 5",
+        "minute = 5, hour = 10",
+        "algorithm = \"sliding_window\", minute = 5",
+    ] {
         assert!(!limit::same_counts(&a, &instance(other)), "{other}");
     }
     let set = LimiterSet::with_previous(
-        h.install(vec![instance("minute = 6")]).remove(0),
+        h.install(vec![instance("minute = 6, hour = 10")]).remove(0),
         Some(&set),
     );
     assert_eq!(set.remaining(0, b"k", T0), None);

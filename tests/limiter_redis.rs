@@ -177,7 +177,7 @@ fn three_nodes_share_a_limit_through_redis_and_survive_an_outage() {
     });
     let mut c = redis.client().expect("redis client");
     let key = format!(
-        "rgtest{}:rl:global:fw:hour-{LIMIT}:{}:two",
+        "rgtest{}:rl:global:fw:hour:{}:two",
         redis.port,
         T0 / 3_600_000
     );
@@ -194,7 +194,7 @@ fn three_nodes_share_a_limit_through_redis_and_survive_an_outage() {
 fn node_totals(redis: &Redis, key: &str) -> Vec<u64> {
     let mut c = redis.client().expect("redis client");
     let k = format!(
-        "rgtest{}:rl:global:fw:hour-{LIMIT}:{}:{key}",
+        "rgtest{}:rl:global:fw:hour:{}:{key}",
         redis.port,
         T0 / 3_600_000
     );
@@ -423,7 +423,7 @@ fn an_empty_redis_gets_a_busy_keys_previous_window_again() {
     let idx = T0 / hour;
     let window = |redis: &Redis, i: u64| {
         let mut c = redis.client().expect("redis client");
-        let k = format!("rgtest{}:rl:global:sw:hour-{LIMIT}:{i}:s", redis.port);
+        let k = format!("rgtest{}:rl:global:sw:hour:{i}:s", redis.port);
         redis::cmd("HVALS")
             .arg(&k)
             .query::<Vec<u64>>(&mut c)

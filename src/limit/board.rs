@@ -223,7 +223,7 @@ mod tests {
             [4, 2, 1],
             "a newer publish is not overwritten"
         );
-        assert_eq!(get(&new, 0, 1), [0, 0, 0], "a changed limit starts fresh");
+        assert_eq!(get(&new, 0, 1), [0, 0, 0], "a new slot starts fresh");
         new.absorb(&new);
         assert_eq!(get(&new, 0, 0), [5, 1, 0]);
         assert_eq!(new.sum(0, 0), 9);

@@ -23,9 +23,12 @@ impl Bucket {
     pub fn refill(&mut self, def: &BucketDef, now_ms: u64) {
         if now_ms > self.at_ms {
             let earned = (now_ms - self.at_ms) as f64 * def.rate_per_ms;
-            self.tokens = (self.tokens + earned).min(def.burst as f64);
+            self.tokens += earned;
             self.at_ms = now_ms;
         }
+        // Also without time passing: a reload that lowered the burst keeps the stored level
+        // (`limit::same_counts`), which may be above the new burst.
+        self.tokens = self.tokens.min(def.burst as f64);
     }
 
     /// Decides one request at `now_ms`, taking a token when admitted.
@@ -92,5 +95,19 @@ mod tests {
         assert!(!b.take(&def, 1_000).allowed); // back to 0
         assert!(!b.take(&def, 1_999).allowed);
         assert!(b.take(&def, 2_000).allowed);
+    }
+
+    #[test]
+    fn a_level_above_a_lowered_burst_is_cut_to_it() {
+        // Full at burst 10, then a reload to burst 3: the same millisecond already sees 3.
+        let old = BucketDef {
+            rate_per_ms: 0.01,
+            burst: 10,
+        };
+        let new = BucketDef { burst: 3, ..old };
+        let mut b = Bucket::full(&old, 5);
+        let v = b.take(&new, 5);
+        assert!(v.allowed);
+        assert_eq!(v.remaining, 2);
     }
 }

@@ -46,7 +46,7 @@ use super::msg::Override;
 use super::reconciler::{GState, SharedStats};
 use super::table::KeyTable;
 use super::InstanceDef;
-use crate::config::model::{Algorithm, BucketDef, PeriodLimit, RedisDef, RedisFailure, RedisTls};
+use crate::config::model::{Algorithm, PeriodLimit, RedisDef, RedisFailure, RedisTls};
 
 /// How long after a failure the next connection attempt is made.
 pub const RETRY_MS: u64 = 500;
@@ -310,10 +310,10 @@ local burst = tonumber(ARGV[6])
 local t = tonumber(redis.call('HGET', h, 't') or ARGV[8])
 local ts = tonumber(redis.call('HGET', h, 'ts') or ARGV[9])
 if now > ts then
-  t = math.min(burst, t + (now - ts) * rate)
+  t = t + (now - ts) * rate
   ts = now
 end
-t = math.max(t - add, -burst)
+t = math.max(math.min(burst, t) - add, -burst)
 redis.call('HSET', h, 't', tostring(t), 'ts', ts, f, total)
 redis.call('PEXPIRE', h, ARGV[7])
 return {tostring(t), ts}
@@ -355,16 +355,17 @@ impl ClusterLink {
         self.nodes
     }
 
-    /// `<prefix>:tb:<instance id>:<tokens per second>-<burst>:<limiter key>`: a hash with the
-    /// level (`t`), its time (`ts`) and each node's absolute consumption (`n:<node id>`).
-    fn bucket_key(&mut self, def: &BucketDef, key: &[u8]) -> Vec<u8> {
+    /// `<prefix>:tb:<instance id>:<limiter key>`: a hash with the level (`t`), its time (`ts`) and
+    /// each node's absolute consumption (`n:<node id>`). The rate and burst are not in the name: a
+    /// reload that changes them keeps the level (`limit::same_counts`), on every node. (Before
+    /// 2026-11-24 the name carried them, `tb:<instance id>:<rate>-<burst>:<limiter key>`; limiter
+    /// keys start with a letter tag, so the two forms never collide, and a rolling upgrade splits a
+    /// bucket between them until every node runs the new one.)
+    fn bucket_key(&mut self, key: &[u8]) -> Vec<u8> {
         self.key_buf.clear();
         self.key_buf.extend_from_slice(self.def.prefix.as_bytes());
         self.key_buf.extend_from_slice(b":tb:");
         self.key_buf.extend_from_slice(self.inst_id.as_bytes());
-        self.key_buf.push(b':');
-        let shape = format!("{}-{}", def.rate_per_ms * 1000.0, def.burst);
-        self.key_buf.extend_from_slice(shape.as_bytes());
         self.key_buf.push(b':');
         self.key_buf.extend_from_slice(key);
         self.key_buf.clone()
@@ -382,10 +383,14 @@ impl ClusterLink {
         }
     }
 
-    /// `<prefix>:rl:<instance id>:<fw|sw>:<period>-<limit>:<window index>:<limiter key>`. The
-    /// algorithm and limit are part of the name so that a changed limit (which restarts this node's
-    /// counts, see `limit::same_counts`) starts fresh cluster-wide too, instead of overwriting this
-    /// node's field of the old limit's hash.
+    /// `<prefix>:rl:<instance id>:<fw|sw>:<period>:<window index>:<limiter key>`. The algorithm
+    /// is part of the name: a changed algorithm (which restarts this node's counts, see
+    /// `limit::same_counts`) starts fresh cluster-wide too, instead of overwriting this node's
+    /// field of the old algorithm's hash. The limit is not: a reload that changes only the limit
+    /// keeps the counts, on every node, and nodes briefly on different limits (a staggered
+    /// reload) share one count, each refusing at its own limit. (Before 2026-11-24 the name
+    /// carried the limit, `…:<period>-<limit>:…`; a rolling upgrade splits a window's count
+    /// between the two forms until every node runs the new one.)
     fn window_key(&mut self, sliding: bool, lim: &PeriodLimit, idx: u64, key: &[u8]) -> Vec<u8> {
         self.key_buf.clear();
         self.key_buf.extend_from_slice(self.def.prefix.as_bytes());
@@ -394,9 +399,6 @@ impl ClusterLink {
         self.key_buf
             .extend_from_slice(if sliding { b":sw:" } else { b":fw:" });
         self.key_buf.extend_from_slice(lim.period.key().as_bytes());
-        self.key_buf.push(b'-');
-        self.key_buf
-            .extend_from_slice(lim.limit.to_string().as_bytes());
         self.key_buf.push(b':');
         self.key_buf.extend_from_slice(idx.to_string().as_bytes());
         self.key_buf.push(b':');
@@ -486,7 +488,7 @@ impl ClusterLink {
                 (inst.def.bucket, table.entry_mut(slot))
             {
                 let (key, g) = (key.to_vec(), *g);
-                let k = self.bucket_key(&bdef, &key);
+                let k = self.bucket_key(&key);
                 // This node's last view of the level, before what it consumed since.
                 let view = (g.all.tokens + g.pending as f64).min(bdef.burst as f64);
                 pipe.cmd("EVAL")
@@ -553,11 +555,11 @@ impl ClusterLink {
             if push.contains(slot) || written.binary_search(&slot).is_ok() {
                 continue;
             }
-            if let (Some(bdef), Some((key, GState::Bucket(_)))) =
+            if let (Some(_), Some((key, GState::Bucket(_)))) =
                 (inst.def.bucket, table.entry_mut(slot))
             {
                 let key = key.to_vec();
-                let k = self.bucket_key(&bdef, &key);
+                let k = self.bucket_key(&key);
                 pipe.cmd("HMGET").arg(&k[..]).arg("t").arg("ts");
                 ops.push(Op::GetBucket { slot, key });
                 continue;
