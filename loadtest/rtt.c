@@ -12,11 +12,14 @@
 //   PORT p50 P p90 P p99 P p999 P paired50 D
 // where D is the median of (this target's latency - the first target's latency in the same round):
 // the first port is the reference (direct to the upstream).
-// Exits non-zero on any error: a refused connection, a short write, a read timeout (5 s), a
+// RTT_K=k (1..8, default 1): k connections per target, and each round sends k requests to the
+// target at once (one per connection) and times each: how a gateway handles requests that overlap.
+// Exits non-zero on any error: a refused connection, a short write, no answer within 5 s, a
 // response without Content-Length, a non-200 status.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +29,7 @@
 
 #define MAX_TARGETS 8
 #define MAX_COUNT 1000000
+#define MAX_CONC 8
 
 static long now_ns(void) {
     struct timespec t;
@@ -43,46 +47,94 @@ static double pct(const long *sorted, int n, double p) {
     return sorted[i] / 1e3;
 }
 
-static char buf[1 << 20];
+#define CONN_BUF (256 * 1024)
 
-// Sends the request and reads one whole response (head plus Content-Length body).
-static int exchange(int fd, const char *req, size_t req_len) {
-    if (write(fd, req, req_len) != (ssize_t)req_len) {
+// One keep-alive connection and the response being read on it.
+struct conn {
+    int fd;
+    char *buf;
+    long got, need;
+    long t0;
+};
+
+// Sends the request; the response is read by `read_some` until it returns 1.
+static int send_req(struct conn *c, const char *req, size_t req_len) {
+    c->got = 0;
+    c->need = -1;
+    c->t0 = now_ns();
+    if (write(c->fd, req, req_len) != (ssize_t)req_len) {
         perror("rtt: write");
         return -1;
     }
-    long got = 0, need = -1;
-    while (need < 0 || got < need) {
-        if (got >= (long)sizeof buf - 1) {
-            fprintf(stderr, "rtt: response over %zu bytes\n", sizeof buf);
-            return -1;
-        }
-        ssize_t r = read(fd, buf + got, sizeof buf - 1 - got);
-        if (r <= 0) {
-            perror(r == 0 ? "rtt: connection closed" : "rtt: read");
-            return -1;
-        }
-        got += r;
-        buf[got] = 0;
-        if (need < 0) {
-            char *end = memmem(buf, got, "\r\n\r\n", 4);
-            if (!end)
-                continue;
-            if (strncmp(buf, "HTTP/1.1 200", 12) != 0) {
-                fprintf(stderr, "rtt: not a 200: %.40s\n", buf);
-                return -1;
-            }
-            char *cl = strcasestr(buf, "\r\ncontent-length:");
-            if (!cl || cl > end) {
-                fprintf(stderr, "rtt: no Content-Length\n");
-                return -1;
-            }
-            need = (end - buf) + 4 + atol(cl + 17);
-        }
-    }
-    if (got != need) {
-        fprintf(stderr, "rtt: %ld bytes after the response\n", got - need);
+    return 0;
+}
+
+// Reads what is there (one read); 1 once the whole response (head plus Content-Length body) is
+// in, 0 if more is due, -1 on an error.
+static int read_some(struct conn *c) {
+    if (c->got >= CONN_BUF - 1) {
+        fprintf(stderr, "rtt: response over %d bytes\n", CONN_BUF);
         return -1;
+    }
+    ssize_t r = read(c->fd, c->buf + c->got, CONN_BUF - 1 - c->got);
+    if (r <= 0) {
+        perror(r == 0 ? "rtt: connection closed" : "rtt: read");
+        return -1;
+    }
+    c->got += r;
+    c->buf[c->got] = 0;
+    if (c->need < 0) {
+        char *end = memmem(c->buf, c->got, "\r\n\r\n", 4);
+        if (!end)
+            return 0;
+        if (strncmp(c->buf, "HTTP/1.1 200", 12) != 0) {
+            fprintf(stderr, "rtt: not a 200: %.40s\n", c->buf);
+            return -1;
+        }
+        char *cl = strcasestr(c->buf, "\r\ncontent-length:");
+        if (!cl || cl > end) {
+            fprintf(stderr, "rtt: no Content-Length\n");
+            return -1;
+        }
+        c->need = (end - c->buf) + 4 + atol(cl + 17);
+    }
+    if (c->got < c->need)
+        return 0;
+    if (c->got > c->need) {
+        fprintf(stderr, "rtt: %ld bytes after the response\n", c->got - c->need);
+        return -1;
+    }
+    return 1;
+}
+
+// Sends the request on each of `k` connections back to back, then reads the answers as they
+// come; `out[j]` is connection j's latency (its write to the end of its response).
+static int exchange(struct conn *cs, int k, const char *req, size_t req_len, long *out) {
+    struct pollfd pfd[MAX_CONC];
+    for (int j = 0; j < k; j++)
+        if (send_req(&cs[j], req, req_len))
+            return -1;
+    int left = k;
+    for (int j = 0; j < k; j++)
+        pfd[j] = (struct pollfd){.fd = cs[j].fd, .events = POLLIN};
+    while (left > 0) {
+        int n = poll(pfd, k, 5000);
+        if (n <= 0) {
+            fprintf(stderr, "rtt: no answer within 5 s\n");
+            return -1;
+        }
+        for (int j = 0; j < k; j++) {
+            if (!(pfd[j].revents & (POLLIN | POLLERR | POLLHUP)))
+                continue;
+            int done = read_some(&cs[j]);
+            if (done < 0)
+                return -1;
+            if (done) {
+                out[j] = now_ns() - cs[j].t0;
+                pfd[j].fd = -1;
+                left--;
+            }
+        }
     }
     return 0;
 }
@@ -106,41 +158,49 @@ int main(int argc, char **argv) {
         fprintf(stderr, "rtt: path too long\n");
         return 2;
     }
-    int fd[MAX_TARGETS];
+    const char *kenv = getenv("RTT_K");
+    int k = kenv ? atoi(kenv) : 1;
+    if (k < 1 || k > MAX_CONC) {
+        fprintf(stderr, "rtt: RTT_K must be 1..%d\n", MAX_CONC);
+        return 2;
+    }
+    struct conn cs[MAX_TARGETS][MAX_CONC];
     long *lat[MAX_TARGETS];
     for (int t = 0; t < nt; t++) {
-        struct sockaddr_in a = {0};
-        a.sin_family = AF_INET;
-        a.sin_port = htons((unsigned short)atoi(argv[4 + t]));
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        fd[t] = socket(AF_INET, SOCK_STREAM, 0);
-        int one = 1;
-        struct timeval tv = {.tv_sec = 5};
-        setsockopt(fd[t], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        setsockopt(fd[t], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-        if (fd[t] < 0 || connect(fd[t], (struct sockaddr *)&a, sizeof a) != 0) {
-            perror("rtt: connect");
-            return 1;
+        for (int j = 0; j < k; j++) {
+            struct sockaddr_in a = {0};
+            a.sin_family = AF_INET;
+            a.sin_port = htons((unsigned short)atoi(argv[4 + t]));
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            int fd = socket(AF_INET, SOCK_STREAM, 0);
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+                perror("rtt: connect");
+                return 1;
+            }
+            cs[t][j] = (struct conn){.fd = fd, .buf = malloc(CONN_BUF)};
+            if (!cs[t][j].buf)
+                return 1;
         }
-        lat[t] = malloc(sizeof(long) * n);
+        lat[t] = malloc(sizeof(long) * n * k);
         if (!lat[t])
             return 1;
     }
-    // One untimed exchange per target first: the connection's first request is not typical.
+    // One untimed exchange per target first: a connection's first request is not typical.
     for (int t = 0; t < nt; t++)
-        if (exchange(fd[t], req, req_len))
+        if (exchange(cs[t], k, req, req_len, lat[t]))
             return 1;
     for (int i = 0; i < n; i++) {
         for (int t = 0; t < nt; t++) {
             long next = now_ns() + gap;
             while (now_ns() < next) {
             }
-            long t0 = now_ns();
-            if (exchange(fd[t], req, req_len))
+            if (exchange(cs[t], k, req, req_len, lat[t] + (long)i * k))
                 return 1;
-            lat[t][i] = now_ns() - t0;
         }
     }
+    n *= k;
     long *diff = malloc(sizeof(long) * n);
     if (!diff)
         return 1;

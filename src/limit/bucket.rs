@@ -19,7 +19,7 @@ impl Bucket {
         }
     }
 
-    /// Adds the tokens earned since `at_ms` (never beyond `burst`).
+    /// Adds the tokens earned since `at_ms`, keeping the level within `-burst..=burst`.
     pub fn refill(&mut self, def: &BucketDef, now_ms: u64) {
         if now_ms > self.at_ms {
             let earned = (now_ms - self.at_ms) as f64 * def.rate_per_ms;
@@ -27,8 +27,10 @@ impl Bucket {
             self.at_ms = now_ms;
         }
         // Also without time passing: a reload that lowered the burst keeps the stored level
-        // (`limit::same_counts`), which may be above the new burst.
-        self.tokens = self.tokens.min(def.burst as f64);
+        // (`limit::same_counts`), which may be above the new burst, or a debt (shadow mode, an
+        // overshoot) below its negative, which would otherwise set Retry-After by the old burst.
+        let burst = def.burst as f64;
+        self.tokens = self.tokens.clamp(-burst, burst);
     }
 
     /// Decides one request at `now_ms`, taking a token when admitted.
@@ -109,5 +111,13 @@ mod tests {
         let v = b.take(&new, 5);
         assert!(v.allowed);
         assert_eq!(v.remaining, 2);
+        // A debt below the new -burst is cut to it too: Retry-After follows the new burst.
+        let mut b = Bucket {
+            tokens: -10.0,
+            at_ms: 5,
+        };
+        let v = b.take(&new, 5);
+        assert!(!v.allowed);
+        assert_eq!(v.retry_ms, 400); // (1 - -3) / 0.01
     }
 }

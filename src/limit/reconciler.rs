@@ -493,6 +493,8 @@ impl Reconciler {
                     let Some(w) = wins.get_mut(usize::from(period)) else {
                         continue;
                     };
+                    // The limit in force now: for about one sync interval after a reload that
+                    // lowered it, requests admitted under the old limit count as overshoot.
                     let limit = def
                         .limits
                         .get(usize::from(period))

@@ -17,7 +17,7 @@
 //! other nodes' counts); and every second a heartbeat in the sorted set `<prefix>:nodes` (`ZADD`
 //! node id with the wall clock, `ZREMRANGEBYSCORE` entries older than `NODE_TTL_MS`, `ZCARD`) so
 //! each node knows how many share the limit. Window keys are
-//! `<prefix>:rl:<instance id>:<fw|sw>:<period>-<limit>:<window index>:<limiter key>`, hashes of
+//! `<prefix>:rl:<instance id>:<fw|sw>:<period>:<window index>:<limiter key>`, hashes of
 //! per-node absolute counts that expire two periods after their window (the sliding window reads the
 //! previous one). The node id is the limiter's for the process lifetime, so a reload neither looks
 //! like a new node nor resets this node's field of a limit it keeps.
@@ -313,7 +313,7 @@ if now > ts then
   t = t + (now - ts) * rate
   ts = now
 end
-t = math.max(math.min(burst, t) - add, -burst)
+t = math.max(math.min(burst, math.max(t, -burst)) - add, -burst)
 redis.call('HSET', h, 't', tostring(t), 'ts', ts, f, total)
 redis.call('PEXPIRE', h, ARGV[7])
 return {tostring(t), ts}
