@@ -14,6 +14,8 @@
 // the first port is the reference (direct to the upstream).
 // RTT_K=k (1..8, default 1): k connections per target, and each round sends k requests to the
 // target at once (one per connection) and times each: how a gateway handles requests that overlap.
+// RTT_CONNS=m (RTT_K..64, default RTT_K): m connections per target, used in turn, so each one idles
+// for m/k rounds between its requests (as oha's 50 connections at a fixed rate do).
 // Exits non-zero on any error: a refused connection, a short write, no answer within 5 s, a
 // response without Content-Length, a non-200 status.
 #define _GNU_SOURCE
@@ -30,6 +32,7 @@
 #define MAX_TARGETS 8
 #define MAX_COUNT 1000000
 #define MAX_CONC 8
+#define MAX_CONNS 64
 
 static long now_ns(void) {
     struct timespec t;
@@ -109,14 +112,14 @@ static int read_some(struct conn *c) {
 
 // Sends the request on each of `k` connections back to back, then reads the answers as they
 // come; `out[j]` is connection j's latency (its write to the end of its response).
-static int exchange(struct conn *cs, int k, const char *req, size_t req_len, long *out) {
+static int exchange(struct conn **cs, int k, const char *req, size_t req_len, long *out) {
     struct pollfd pfd[MAX_CONC];
     for (int j = 0; j < k; j++)
-        if (send_req(&cs[j], req, req_len))
+        if (send_req(cs[j], req, req_len))
             return -1;
     int left = k;
     for (int j = 0; j < k; j++)
-        pfd[j] = (struct pollfd){.fd = cs[j].fd, .events = POLLIN};
+        pfd[j] = (struct pollfd){.fd = cs[j]->fd, .events = POLLIN};
     while (left > 0) {
         int n = poll(pfd, k, 5000);
         if (n <= 0) {
@@ -126,11 +129,11 @@ static int exchange(struct conn *cs, int k, const char *req, size_t req_len, lon
         for (int j = 0; j < k; j++) {
             if (!(pfd[j].revents & (POLLIN | POLLERR | POLLHUP)))
                 continue;
-            int done = read_some(&cs[j]);
+            int done = read_some(cs[j]);
             if (done < 0)
                 return -1;
             if (done) {
-                out[j] = now_ns() - cs[j].t0;
+                out[j] = now_ns() - cs[j]->t0;
                 pfd[j].fd = -1;
                 left--;
             }
@@ -164,10 +167,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "rtt: RTT_K must be 1..%d\n", MAX_CONC);
         return 2;
     }
-    struct conn cs[MAX_TARGETS][MAX_CONC];
+    const char *menv = getenv("RTT_CONNS");
+    int m = menv ? atoi(menv) : k;
+    if (m < k || m > MAX_CONNS) {
+        fprintf(stderr, "rtt: RTT_CONNS must be RTT_K..%d\n", MAX_CONNS);
+        return 2;
+    }
+    static struct conn cs[MAX_TARGETS][MAX_CONNS];
     long *lat[MAX_TARGETS];
     for (int t = 0; t < nt; t++) {
-        for (int j = 0; j < k; j++) {
+        for (int j = 0; j < m; j++) {
             struct sockaddr_in a = {0};
             a.sin_family = AF_INET;
             a.sin_port = htons((unsigned short)atoi(argv[4 + t]));
@@ -187,16 +196,23 @@ int main(int argc, char **argv) {
         if (!lat[t])
             return 1;
     }
-    // One untimed exchange per target first: a connection's first request is not typical.
+    // Round i uses connections i*k .. i*k+k-1 (mod m) of each target.
+    struct conn *use[MAX_CONC];
+    // One untimed exchange per connection first: a connection's first request is not typical.
     for (int t = 0; t < nt; t++)
-        if (exchange(cs[t], k, req, req_len, lat[t]))
-            return 1;
+        for (int j = 0; j < m; j++) {
+            use[0] = &cs[t][j];
+            if (exchange(use, 1, req, req_len, lat[t]))
+                return 1;
+        }
     for (int i = 0; i < n; i++) {
         for (int t = 0; t < nt; t++) {
+            for (int j = 0; j < k; j++)
+                use[j] = &cs[t][((long)i * k + j) % m];
             long next = now_ns() + gap;
             while (now_ns() < next) {
             }
-            if (exchange(cs[t], k, req, req_len, lat[t] + (long)i * k))
+            if (exchange(use, k, req, req_len, lat[t] + (long)i * k))
                 return 1;
         }
     }

@@ -17,6 +17,7 @@ Usage: python3 loadtest/rtt.py [OUT_DIR]
   env: RTT_BINS=ringgate=target/release/ringgate (name=path,...)  RTT_SIZES=small,16k
        RTT_REPS=5  RTT_COUNT=20000 (rounds per target per rep)  RTT_GAP_US=200
        RTT_K=1 (requests sent at once per round, on as many connections: overlap)
+       RTT_CONNS=RTT_K (connections per target, used in turn: how long each idles)
 Needs gcc and nginx (loadtest/run.sh installs nginx). Loopback only; every process it starts is
 stopped by its process group on exit.
 """
@@ -32,6 +33,8 @@ COUNT = int(os.environ.get("RTT_COUNT", "20000"))
 GAP_US = int(os.environ.get("RTT_GAP_US", "200"))
 # Requests sent to a target at once per round (rtt.c reads RTT_K itself): 1 = one at a time.
 CONC = int(os.environ.get("RTT_K", "1"))
+# Connections per target, used in turn (rtt.c reads RTT_CONNS itself; default RTT_K).
+CONNS = int(os.environ.get("RTT_CONNS", str(CONC)))
 FIELDS = ("p50", "p90", "p99", "p999", "paired50")
 
 
@@ -72,6 +75,7 @@ def report(results, names, bins, started):
         "",
         f"`loadtest/rtt.py`: {REPS} reps per size, {COUNT:,} rounds per target per rep, "
         + ("one request at a time" if CONC == 1 else f"{CONC} requests at once (`RTT_K={CONC}`)")
+        + f" on {CONNS} connection(s) per target used in turn"
         + f", the targets in turn (direct, then the gateways in an order rotated per rep), {GAP_US} µs "
         "before each round; rtt and the upstream on core 0, each gateway alone on core 1. "
         f"Builds: {', '.join(f'{n} = `{p}`' for n, p in bins)}.",
@@ -150,7 +154,8 @@ def main():
         B.PROCS.stop_all()
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "rtt.json"), "w") as f:
-        json.dump({"count": COUNT, "gap_us": GAP_US, "k": CONC, "reps": REPS, "builds": bins,
+        json.dump({"count": COUNT, "gap_us": GAP_US, "k": CONC, "conns": CONNS, "reps": REPS,
+                   "builds": bins,
                    "results": results}, f, indent=1)
     text = report(results, names, bins, started)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
