@@ -25,13 +25,7 @@ POINTS = [(p.split(":")[0], int(p.split(":")[1]))
 
 
 def builds():
-    spec = os.environ.get("AB_BINS", "")
-    out = []
-    for item in filter(None, spec.split(",")):
-        name, _, path = item.partition("=")
-        if not path or not os.access(path, os.X_OK):
-            sys.exit(f"AB_BINS entry {item!r}: expected name=/path/to/ringgate (executable)")
-        out.append((name, path))
+    out = B.builds_from_env("AB_BINS")
     if not out:
         sys.exit(__doc__)
     return out
@@ -46,19 +40,7 @@ def main():
     try:
         upport = B.free_port()
         B.start_upstream(run_dir, upport)
-        targets = []
-        port = B.free_port()
-        p, err = B.start_nginx_proxy(run_dir, port, upport)
-        targets.append(B.Target("nginx", port, p, err))
-        for name, path in bins:
-            B.CFG["ringgate_bin"] = path
-            port = B.free_port()
-            p, err = B.start_ringgate(run_dir, port, upport, tag=name)
-            targets.append(B.Target(name, port, p, err))
-        for t in targets:
-            err = t.error or B.verify(t)
-            if err:
-                sys.exit(f"{t.name}: {err}")
+        targets = B.start_builds(run_dir, upport, bins)
         if os.environ.get("AB_MODE") == "latency":
             # oha at run.sh's fixed rate, direct first in each round, the rest rotating: the
             # floor experiment's latency mode, on these binaries.

@@ -434,6 +434,34 @@ class Target:
         return self.error is None and (self.proc is None or self.proc.poll() is None)
 
 
+def builds_from_env(var, default=""):
+    """`name=/path/to/ringgate,...` from env `var` (ab.py, rtt.py): a list of (name, path)."""
+    out = []
+    for item in filter(None, os.environ.get(var, default).split(",")):
+        name, _, path = item.partition("=")
+        if not path or not os.access(path, os.X_OK):
+            sys.exit(f"{var} entry {item!r}: expected name=/path/to/ringgate (executable)")
+        out.append((name, path))
+    return out
+
+
+def start_builds(run_dir, upport, bins):
+    """nginx and one ringgate per (name, path) of `bins`, each checked by `verify`: the targets."""
+    port = free_port()
+    p, err = start_nginx_proxy(run_dir, port, upport)
+    targets = [Target("nginx", port, p, err)]
+    for name, path in bins:
+        CFG["ringgate_bin"] = path
+        port = free_port()
+        p, err = start_ringgate(run_dir, port, upport, tag=name)
+        targets.append(Target(name, port, p, err))
+    for t in targets:
+        err = t.error or verify(t)
+        if err:
+            sys.exit(f"{t.name}: {err}")
+    return targets
+
+
 def write(path, text):
     with open(path, "w") as f:
         f.write(text)

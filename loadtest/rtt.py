@@ -38,17 +38,6 @@ CONNS = int(os.environ.get("RTT_CONNS", str(CONC)))
 FIELDS = ("p50", "p90", "p99", "p999", "paired50")
 
 
-def builds():
-    spec = os.environ.get("RTT_BINS", "ringgate=" + B.CFG["ringgate_bin"])
-    out = []
-    for item in filter(None, spec.split(",")):
-        name, _, path = item.partition("=")
-        if not path or not os.access(path, os.X_OK):
-            sys.exit(f"RTT_BINS entry {item!r}: expected name=/path/to/ringgate (executable)")
-        out.append((name, path))
-    return out
-
-
 def run_rtt(binp, size, ports):
     """One rtt run; returns {port: {field: µs}}."""
     # Bounded: COUNT rounds of len(ports) requests, each well under 10 ms on loopback.
@@ -119,24 +108,13 @@ def main():
     run_dir = tempfile.mkdtemp(prefix="rtt-")
     os.chmod(run_dir, 0o755)
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
-    bins = builds()
+    bins = B.builds_from_env("RTT_BINS", "ringgate=" + B.CFG["ringgate_bin"])
     binp = os.path.join(run_dir, "rtt")
     subprocess.run(["gcc", "-O2", "-o", binp, os.path.join(HERE, "rtt.c")], check=True)
     try:
         upport = B.free_port()
         B.start_upstream(run_dir, upport)
-        port = B.free_port()
-        p, err = B.start_nginx_proxy(run_dir, port, upport)
-        targets = [B.Target("nginx", port, p, err)]
-        for name, path in bins:
-            B.CFG["ringgate_bin"] = path
-            port = B.free_port()
-            p, err = B.start_ringgate(run_dir, port, upport, tag=name)
-            targets.append(B.Target(name, port, p, err))
-        for t in targets:
-            err = t.error or B.verify(t)
-            if err:
-                sys.exit(f"{t.name}: {err}")
+        targets = B.start_builds(run_dir, upport, bins)
         names = ["direct"] + [t.name for t in targets]
         results = []
         for size in SIZES:
