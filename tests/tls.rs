@@ -417,6 +417,29 @@ fn https_request_is_proxied_with_forwarded_proto_https() {
     assert_eq!(up.last_request().header("x-forwarded-proto"), Some("http"));
 }
 
+/// A client that offers only protocols the gateway does not speak (ALPN `h2` alone) gets the
+/// `no_application_protocol` alert (RFC 7301 §3.2), not a connection it would then misread; one
+/// that offers no ALPN at all is served HTTP/1.1.
+#[test]
+fn alpn_without_http1_is_refused_with_no_application_protocol() {
+    let pki = Pki::new();
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&tls_config(&pki, &up, ""));
+    let with_alpn = |protocols: Vec<Vec<u8>>| {
+        let mut c = (*default_client(&pki)).clone();
+        c.alpn_protocols = protocols;
+        Arc::new(c)
+    };
+    let err = match connect(gw.addrs()[0], "api.test", with_alpn(vec![b"h2".to_vec()])) {
+        Ok(_) => panic!("an h2-only client completed the handshake"),
+        Err(e) => e,
+    };
+    assert!(err.contains("NoApplicationProtocol"), "{err}");
+    let mut tls = connect(gw.addrs()[0], "api.test", with_alpn(Vec::new())).expect("handshake");
+    assert_eq!(tls.conn.alpn_protocol(), None);
+    assert_eq!(get(&mut tls, "api.test", "/x").status, 200);
+}
+
 #[test]
 fn connection_close_ends_with_close_notify() {
     let pki = Pki::new();
