@@ -105,6 +105,10 @@ CFG = {
     "scen_duration_s": env_float("SCEN_DURATION", DURATION),
     "scen_conns": env_int("SCEN_CONNS", 64),
     "scen_size": os.environ.get("SCEN_SIZE", "").strip() or "small",
+    # Paired per-request latency (rtt.py) at LAT_SIZES after the oha runs: reps (0 skips it) and
+    # rounds per rep.
+    "paired_reps": env_int("PAIRED_REPS", 1 if QUICK else ROUNDS),
+    "paired_count": env_int("PAIRED_COUNT", 1000 if QUICK else 10000),
     "ringgate_build_status": os.environ.get("RINGGATE_BUILD_STATUS", ""),
     "ringgate_build_log": os.environ.get("RINGGATE_BUILD_LOG", ""),
 }
@@ -1213,6 +1217,27 @@ def main():
         log(f"report: {os.path.join(report_dir, 'report.md')}")
 
 
+def paired_step(data, targets, run_dir):
+    """rtt.py's paired per-request latency over the running targets, at LAT_SIZES (needs gcc)."""
+    import rtt  # noqa: E402 - sibling module
+    direct = next((t for t in targets if t.name == "direct"), None)
+    gws = [t for t in targets if t.name != "direct" and t.alive()]
+    if direct is None or not gws or not shutil.which("gcc"):
+        data["notes"].append("paired latency step skipped: it needs direct, a live gateway and gcc")
+        return
+    reps, count = CFG["paired_reps"], CFG["paired_count"]
+    log(f"paired latency: {reps} rep(s) of {count} rounds per size ({', '.join(CFG['lat_sizes'])})")
+    try:
+        binp = rtt.compile_rtt(run_dir)
+        results = rtt.measure(binp, direct.port, gws, CFG["lat_sizes"], reps, count)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        data["notes"].append(f"paired latency step failed: {e}")
+        log(f"paired latency step failed: {e}")
+        return
+    data["paired"] = {"reps": reps, "count": count, "about": rtt.describe(reps, count),
+                      "names": ["direct"] + [t.name for t in gws], "results": results}
+
+
 def run_hist_cmd(data, targets, run_dir):
     """GATEWAY_HIST_CMD runs while the gateways are still up (after the load runs), with
     RINGGATE_PORT / RINGGATE_PID / RINGGATE_LOG / NGINX_PORT / UPSTREAM_PORT / RUN_DIR in its env."""
@@ -1326,6 +1351,9 @@ def _bench(data, run_dir):
                         + (" ".join(f"p{k}={pc[k]:.3f}ms" for k in ("50", "99", "99.9") if pc.get(k) is not None)
                            if "error" not in rec else "ERROR " + rec["error"][:200]))
 
+    if CFG["paired_reps"] > 0:
+        paired_step(data, targets, run_dir)
+
     for t in targets:
         if t.proc is not None:
             hwm, by_pid = mem_kb(t.proc, "VmHWM")
@@ -1363,4 +1391,7 @@ def _bench(data, run_dir):
 
 if __name__ == "__main__":
     sys.path.insert(0, HERE)
+    # Sibling modules (rtt.py) `import bench`: let them share this one (its CFG and PROCS), not
+    # load a second copy.
+    sys.modules.setdefault("bench", sys.modules[__name__])
     main()

@@ -297,6 +297,15 @@ def write_report(data, out_dir):
           "(latency correction then charges the delay to the responses).")
         w("")
         paired_latency(lat, cfg, w)
+    paired = data.get("paired")
+    if paired:
+        import rtt  # noqa: E402 - sibling module (report.py runs with loadtest/ on sys.path)
+        w("## Paired per-request latency")
+        w("")
+        w(paired["about"])
+        w("")
+        for line in rtt.tables(paired["results"], paired["names"], cfg["lat_sizes"], heading="###"):
+            w(line)
 
     # ---- HDR plots
     w("## HDR percentile plot")

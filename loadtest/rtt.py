@@ -38,15 +38,22 @@ CONNS = int(os.environ.get("RTT_CONNS", str(CONC)))
 FIELDS = ("p50", "p90", "p99", "p999", "paired50")
 
 
-def run_rtt(binp, size, ports):
-    """One rtt run; returns {port: {field: µs}}."""
-    # Bounded: COUNT rounds of len(ports) requests, each well under 10 ms on loopback.
-    limit = 60 + COUNT * len(ports) * (GAP_US + 10_000) / 1e6
+def compile_rtt(run_dir):
+    """Builds rtt.c into `run_dir`; returns the binary's path (gcc -O2)."""
+    binp = os.path.join(run_dir, "rtt")
+    subprocess.run(["gcc", "-O2", "-o", binp, os.path.join(HERE, "rtt.c")], check=True)
+    return binp
+
+
+def run_rtt(binp, size, ports, count):
+    """One rtt run; returns {port: {field: µs}}. Raises RuntimeError when rtt fails."""
+    # Bounded: `count` rounds of len(ports) requests (times CONC), each well under 10 ms here.
+    limit = 60 + count * CONC * len(ports) * (GAP_US + 10_000) / 1e6
     r = subprocess.run(["taskset", "-c", str(B.CFG["gen_cpu"]), binp, f"/{size}", str(GAP_US),
-                        str(COUNT)] + [str(p) for p in ports],
+                        str(count)] + [str(p) for p in ports],
                        capture_output=True, text=True, timeout=limit)
     if r.returncode != 0:
-        sys.exit(f"rtt failed ({r.returncode}): {r.stderr.strip()}")
+        raise RuntimeError(f"rtt failed ({r.returncode}): {r.stderr.strip()}")
     out = {}
     for line in r.stdout.splitlines():
         parts = line.split()
@@ -54,36 +61,43 @@ def run_rtt(binp, size, ports):
     return out
 
 
+def measure(binp, upport, gateways, sizes, reps, count):
+    """`reps` rtt runs per size over direct (`upport`, always first: the reference) and the
+    `gateways` (bench Targets) in an order rotated per rep; one result row per run."""
+    results = []
+    for size in sizes:
+        for rep in range(reps):
+            k = rep % len(gateways)
+            order = gateways[k:] + gateways[:k]
+            got = run_rtt(binp, size, [upport] + [t.port for t in order], count)
+            row = {"size": size, "rep": rep, "order": ["direct"] + [t.name for t in order],
+                   "targets": {"direct": got[upport], **{t.name: got[t.port] for t in order}}}
+            results.append(row)
+            B.log(f"paired /{size} rep {rep}: " + ", ".join(
+                f"{n} p50 {v['p50']:.1f} +{v['paired50']:.1f}" for n, v in row["targets"].items()))
+    return results
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def report(results, names, bins, started):
-    lines = [
-        f"# Paired per-request latency ({time.strftime('%Y-%m-%d %H:%M', time.localtime(started))})",
-        "",
-        f"`loadtest/rtt.py`: {REPS} reps per size, {COUNT:,} rounds per target per rep, "
-        + ("one request at a time" if CONC == 1 else f"{CONC} requests at once (`RTT_K={CONC}`)")
-        + f" on {CONNS} connection(s) per target used in turn"
-        + f", the targets in turn (direct, then the gateways in an order rotated per rep), {GAP_US} µs "
-        "before each round; rtt and the upstream on core 0, each gateway alone on core 1. "
-        f"Builds: {', '.join(f'{n} = `{p}`' for n, p in bins)}.",
-        "",
-        "*paired*: the median over requests of (gateway latency − the direct request's latency of "
-        "the same round), i.e. the latency the gateway adds. All figures are medians over reps "
-        "(min–max), µs.",
-        "",
-    ]
+def tables(results, names, sizes, heading="##"):
+    """Markdown: per size, each target's percentiles and paired added latency (medians over reps,
+    min–max), then each ringgate build minus nginx per rep."""
+    lines = []
     gateways = [n for n in names if n != "direct"]
-    for size in SIZES:
+    for size in sizes:
         reps = [r for r in results if r["size"] == size]
-        lines += [f"## /{size}", "",
+        if not reps:
+            continue
+        lines += [f"{heading} /{size}", "",
                   "| target | p50 | p90 | p99 | p99.9 | paired (added) |", "|---|---|---|---|---|---|"]
         for n in names:
             cells = []
             for f in FIELDS:
-                xs = [r["targets"][n][f] for r in reps]
-                cells.append("—" if n == "direct" and f == "paired50"
+                xs = [r["targets"][n][f] for r in reps if n in r["targets"]]
+                cells.append("—" if (n == "direct" and f == "paired50") or not xs
                              else f"{med(xs):.1f} ({min(xs):.1f}–{max(xs):.1f})")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         if "nginx" in gateways:
@@ -91,13 +105,35 @@ def report(results, names, bins, started):
             for n in gateways:
                 if n == "nginx":
                     continue
-                d = [r["targets"][n]["paired50"] - r["targets"]["nginx"]["paired50"] for r in reps]
-                d99 = [r["targets"][n]["p99"] - r["targets"]["nginx"]["p99"] for r in reps]
+                both = [r for r in reps if n in r["targets"] and "nginx" in r["targets"]]
+                d = [r["targets"][n]["paired50"] - r["targets"]["nginx"]["paired50"] for r in both]
+                d99 = [r["targets"][n]["p99"] - r["targets"]["nginx"]["p99"] for r in both]
                 lines.append(f"- {n} − nginx, per rep: added {' '.join(f'{x:+.1f}' for x in d)} µs "
                              f"(median {med(d):+.1f}); p99 {' '.join(f'{x:+.1f}' for x in d99)} "
                              f"(median {med(d99):+.1f})")
         lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def describe(reps, count):
+    """One sentence on how the runs were made (for report.md and run.sh's report)."""
+    return (f"`loadtest/rtt.py`: {reps} reps per size, {count:,} rounds per target per rep, "
+            + ("one request at a time" if CONC == 1 else f"{CONC} requests at once (`RTT_K={CONC}`)")
+            + f" on {CONNS} connection(s) per target used in turn, the targets in turn (direct, then "
+            f"the gateways in an order rotated per rep), {GAP_US} µs before each round; rtt and the "
+            "upstream on core 0, each gateway alone on core 1. *paired*: the median over requests of "
+            "(gateway latency − the direct request's latency of the same round), i.e. the latency "
+            "the gateway adds. All figures are medians over reps (min–max), µs.")
+
+
+def report(results, names, bins, started):
+    lines = [
+        f"# Paired per-request latency ({time.strftime('%Y-%m-%d %H:%M', time.localtime(started))})",
+        "",
+        describe(REPS, COUNT) + f" Builds: {', '.join(f'{n} = `{p}`' for n, p in bins)}.",
+        "",
+    ]
+    return "\n".join(lines + tables(results, names, SIZES))
 
 
 def main():
@@ -109,25 +145,16 @@ def main():
     os.chmod(run_dir, 0o755)
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
     bins = B.builds_from_env("RTT_BINS", "ringgate=" + B.CFG["ringgate_bin"])
-    binp = os.path.join(run_dir, "rtt")
-    subprocess.run(["gcc", "-O2", "-o", binp, os.path.join(HERE, "rtt.c")], check=True)
+    binp = compile_rtt(run_dir)
     try:
         upport = B.free_port()
         B.start_upstream(run_dir, upport)
         targets = B.start_builds(run_dir, upport, bins)
         names = ["direct"] + [t.name for t in targets]
-        results = []
-        for size in SIZES:
-            for rep in range(REPS):
-                k = rep % len(targets)
-                order = targets[k:] + targets[:k]
-                ports = [upport] + [t.port for t in order]
-                got = run_rtt(binp, size, ports)
-                row = {"size": size, "rep": rep, "order": ["direct"] + [t.name for t in order],
-                       "targets": {"direct": got[upport], **{t.name: got[t.port] for t in order}}}
-                results.append(row)
-                B.log(f"/{size} rep {rep}: " + ", ".join(
-                    f"{n} p50 {v['p50']:.1f} +{v['paired50']:.1f}" for n, v in row["targets"].items()))
+        try:
+            results = measure(binp, upport, targets, SIZES, REPS, COUNT)
+        except RuntimeError as e:
+            sys.exit(str(e))
     finally:
         B.PROCS.stop_all()
     os.makedirs(out_dir, exist_ok=True)
