@@ -2,12 +2,14 @@
 //
 // Opens one keep-alive connection per target and sends `GET PATH` to each in turn (round robin),
 // waiting GAP_US between the end of one response and the next request, so every target idles
-// between its requests as it would at a low fixed rate. Because requests to the targets alternate,
-// a slow spell of the machine (another tenant, a frequency change) hits them all alike: the
+// between its requests as it would at a low rate. Because requests to the targets alternate, a
+// slow spell of the machine (another tenant, a frequency change) hits them all alike: the
 // per-request differences between adjacent requests cancel it. A fixed-rate open-loop tool (oha)
-// compares whole runs taken minutes apart instead.
+// compares whole runs taken minutes apart instead. Each round starts with the first port (the
+// reference), then the others in an order that rotates every round: going first after the
+// reference costs a few µs (the gateway core has idled longer), and must not fall on one target.
 //
-// usage: rtt PATH GAP_US COUNT PORT...   (loopback only; COUNT requests per target; at most 8)
+// usage: rtt PATH GAP_US COUNT PORT...   (loopback only; COUNT rounds; at most 8 ports)
 // output, one line per target (µs):
 //   PORT p50 P p90 P p99 P p999 P paired50 D
 // where D is the median of (this target's latency - the first target's latency in the same round):
@@ -15,12 +17,14 @@
 // RTT_K=k (1..8, default 1): k connections per target, and each round sends k requests to the
 // target at once (one per connection) and times each: how a gateway handles requests that overlap.
 // RTT_CONNS=m (RTT_K..64, default RTT_K): m connections per target, used in turn, so each one idles
-// for m/k rounds between its requests (as oha's 50 connections at a fixed rate do).
+// for m/k rounds between its requests (a round takes ~1.3 ms here with three targets, so m = 8
+// idles each connection ~10 ms, as oha's 50 connections at 5,000 req/s do).
 // Exits non-zero on any error: a refused connection, a short write, no answer within 5 s, a
 // response without Content-Length, a non-200 status.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/tcp.h>
+#include <errno.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,7 +85,10 @@ static int read_some(struct conn *c) {
     }
     ssize_t r = read(c->fd, c->buf + c->got, CONN_BUF - 1 - c->got);
     if (r <= 0) {
-        perror(r == 0 ? "rtt: connection closed" : "rtt: read");
+        if (r == 0)
+            fprintf(stderr, "rtt: connection closed by the peer\n");
+        else
+            perror("rtt: read");
         return -1;
     }
     c->got += r;
@@ -122,7 +129,13 @@ static int exchange(struct conn **cs, int k, const char *req, size_t req_len, lo
         pfd[j] = (struct pollfd){.fd = cs[j]->fd, .events = POLLIN};
     while (left > 0) {
         int n = poll(pfd, k, 5000);
-        if (n <= 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            perror("rtt: poll");
+            return -1;
+        }
+        if (n == 0) {
             fprintf(stderr, "rtt: no answer within 5 s\n");
             return -1;
         }
@@ -182,12 +195,12 @@ int main(int argc, char **argv) {
             a.sin_port = htons((unsigned short)atoi(argv[4 + t]));
             a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
             int fd = socket(AF_INET, SOCK_STREAM, 0);
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-                perror("rtt: connect");
+                fprintf(stderr, "rtt: connect to port %s: %s\n", argv[4 + t], strerror(errno));
                 return 1;
             }
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             cs[t][j] = (struct conn){.fd = fd, .buf = malloc(CONN_BUF)};
             if (!cs[t][j].buf)
                 return 1;
@@ -206,14 +219,18 @@ int main(int argc, char **argv) {
                 return 1;
         }
     for (int i = 0; i < n; i++) {
-        for (int t = 0; t < nt; t++) {
+        for (int pos = 0; pos < nt; pos++) {
+            // The reference first, then the others rotated by one each round.
+            int t = pos == 0 ? 0 : 1 + (pos - 1 + i) % (nt - 1);
             for (int j = 0; j < k; j++)
                 use[j] = &cs[t][((long)i * k + j) % m];
             long next = now_ns() + gap;
             while (now_ns() < next) {
             }
-            if (exchange(use, k, req, req_len, lat[t] + (long)i * k))
+            if (exchange(use, k, req, req_len, lat[t] + (long)i * k)) {
+                fprintf(stderr, "rtt: (port %s, round %d)\n", argv[4 + t], i);
                 return 1;
+            }
         }
     }
     n *= k;

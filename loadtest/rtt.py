@@ -10,7 +10,7 @@ per-request difference to the direct request of the same round. A slow spell hit
 alike and cancels out of the paired figure.
 
 Pinned as run.sh pins: rtt and the upstream on core 0, each gateway alone on core 1 (one worker).
-Each size runs RTT_REPS times, the gateways' order rotated per rep (direct always first: the
+Each size runs RTT_REPS times; within a run the gateways' order rotates every round (direct always first: the
 reference). Writes report.md and rtt.json to OUT_DIR (default loadtest/reports/rtt-<time>).
 
 Usage: python3 loadtest/rtt.py [OUT_DIR]
@@ -25,7 +25,13 @@ import json, os, statistics, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import bench as B  # noqa: E402
+
+
+def _bench():
+    """The harness (imported on use: report.py renders `tables` without loading it, since its
+    import reads and checks the run's environment)."""
+    import bench  # noqa: E402 - sibling module
+    return bench
 
 SIZES = os.environ.get("RTT_SIZES", "small,16k").split(",")
 REPS = int(os.environ.get("RTT_REPS", "5"))
@@ -49,6 +55,7 @@ def run_rtt(binp, size, ports, count):
     """One rtt run; returns {port: {field: µs}}. Raises RuntimeError when rtt fails."""
     # Bounded: `count` rounds of len(ports) requests (times CONC), each well under 10 ms here.
     limit = 60 + count * CONC * len(ports) * (GAP_US + 10_000) / 1e6
+    B = _bench()
     r = subprocess.run(["taskset", "-c", str(B.CFG["gen_cpu"]), binp, f"/{size}", str(GAP_US),
                         str(count)] + [str(p) for p in ports],
                        capture_output=True, text=True, timeout=limit)
@@ -63,15 +70,14 @@ def run_rtt(binp, size, ports, count):
 
 def measure(binp, upport, gateways, sizes, reps, count):
     """`reps` rtt runs per size over direct (`upport`, always first: the reference) and the
-    `gateways` (bench Targets) in an order rotated per rep; one result row per run."""
+    `gateways` (bench Targets; rtt.c rotates their order every round); one result row per run."""
+    B = _bench()
     results = []
     for size in sizes:
         for rep in range(reps):
-            k = rep % len(gateways)
-            order = gateways[k:] + gateways[:k]
-            got = run_rtt(binp, size, [upport] + [t.port for t in order], count)
-            row = {"size": size, "rep": rep, "order": ["direct"] + [t.name for t in order],
-                   "targets": {"direct": got[upport], **{t.name: got[t.port] for t in order}}}
+            got = run_rtt(binp, size, [upport] + [t.port for t in gateways], count)
+            row = {"size": size, "rep": rep,
+                   "targets": {"direct": got[upport], **{t.name: got[t.port] for t in gateways}}}
             results.append(row)
             B.log(f"paired /{size} rep {rep}: " + ", ".join(
                 f"{n} p50 {v['p50']:.1f} +{v['paired50']:.1f}" for n, v in row["targets"].items()))
@@ -120,7 +126,7 @@ def describe(reps, count):
     return (f"`loadtest/rtt.py`: {reps} reps per size, {count:,} rounds per target per rep, "
             + ("one request at a time" if CONC == 1 else f"{CONC} requests at once (`RTT_K={CONC}`)")
             + f" on {CONNS} connection(s) per target used in turn, the targets in turn (direct, then "
-            f"the gateways in an order rotated per rep), {GAP_US} µs before each round; rtt and the "
+            f"the gateways in an order rotated every round), {GAP_US} µs before each request; rtt and the "
             "upstream on core 0, each gateway alone on core 1. *paired*: the median over requests of "
             "(gateway latency − the direct request's latency of the same round), i.e. the latency "
             "the gateway adds. All figures are medians over reps (min–max), µs.")
@@ -140,6 +146,7 @@ def main():
     started = time.time()
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         HERE, "reports", "rtt-" + time.strftime("%Y%m%d-%H%M%S"))
+    B = _bench()
     os.sched_setaffinity(0, {B.CFG["gen_cpu"]})
     run_dir = tempfile.mkdtemp(prefix="rtt-")
     os.chmod(run_dir, 0o755)
@@ -153,7 +160,7 @@ def main():
         names = ["direct"] + [t.name for t in targets]
         try:
             results = measure(binp, upport, targets, SIZES, REPS, COUNT)
-        except RuntimeError as e:
+        except (RuntimeError, subprocess.SubprocessError) as e:
             sys.exit(str(e))
     finally:
         B.PROCS.stop_all()
