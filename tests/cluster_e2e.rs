@@ -104,8 +104,7 @@ fn token_bucket_three_gateways_share_a_bucket_through_redis_and_survive_an_outag
 }
 
 fn three_gateways(limit: &str) {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let redis = Redis::start().expect("redis-server");
@@ -152,8 +151,7 @@ fn three_gateways(limit: &str) {
 /// environment variable (`password_env`): together they admit the limit, not twice it.
 #[test]
 fn gateways_share_a_limit_through_a_password_protected_redis() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let redis = Redis::start_with(Some("env-s3cret")).expect("start redis-server");
@@ -193,8 +191,7 @@ fn share_300(gws: &[Gateway], key: &str, what: &str) {
 /// showing the client certificate it wants: together they admit the limit, not twice it.
 #[test]
 fn gateways_share_a_limit_over_tls() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let redis = Redis::start_tls().expect("start redis-server with TLS");
@@ -322,8 +319,7 @@ fn count_on_each_route(gw: &Gateway, redis: &Redis) {
 /// other.
 #[test]
 fn cluster_limits_on_one_redis_share_its_connection() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let (a, b) = (
@@ -390,8 +386,7 @@ fn cluster_limits_on_one_redis_share_its_connection() {
 /// the only one to fall back; the limits sharing its connection keep counting through Redis.
 #[test]
 fn a_refused_exchange_fails_only_its_own_limit() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     away_from_hour_end();

@@ -131,8 +131,7 @@ fn counts_survive_a_reload_and_a_changed_limit_value() {
 
 #[test]
 fn cluster_counts_survive_a_reload_without_a_ghost_node() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     away_from_hour_end();

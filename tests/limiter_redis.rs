@@ -231,8 +231,7 @@ fn sync_until(nodes: &[(ReconcilerHandle, LimiterSet)], what: &str, mut f: impl 
 /// node that never saw the key does not get the whole limit again.
 #[test]
 fn a_redis_that_comes_back_empty_gets_the_totals_again() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let mut redis = Redis::start().expect("start redis-server");
@@ -277,8 +276,7 @@ fn a_redis_that_comes_back_empty_gets_the_totals_again() {
 /// smaller totals never replace what the node wrote for it before: the cluster total stands.
 #[test]
 fn a_limit_put_back_by_reloads_does_not_overwrite_its_earlier_counts() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let redis = Redis::start().expect("start redis-server");
@@ -318,8 +316,7 @@ fn a_limit_put_back_by_reloads_does_not_overwrite_its_earlier_counts() {
 /// A token bucket lost with Redis is recreated from a node's view of its level, not full.
 #[test]
 fn a_token_bucket_lost_with_redis_keeps_its_level() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let mut redis = Redis::start().expect("start redis-server");
@@ -383,8 +380,7 @@ fn node_at(url: &str, prefix_port: u16, extra: &str) -> (ReconcilerHandle, Limit
 /// `password_env`, end to end in `tests/cluster_e2e.rs`), and a wrong one keeps the limit on `on_redis_failure`, counted as errors.
 #[test]
 fn a_password_protected_redis() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let redis = Redis::start_with(Some("s3cret-pw")).expect("start redis-server");
@@ -411,8 +407,7 @@ fn a_password_protected_redis() {
 /// previous window written again too (the estimate reads it), not only the window it pushes.
 #[test]
 fn an_empty_redis_gets_a_busy_keys_previous_window_again() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let mut redis = Redis::start().expect("start redis-server");
@@ -466,8 +461,7 @@ fn an_empty_redis_gets_a_busy_keys_previous_window_again() {
 /// mid-handshake is a timeout like any other: the node retries and recovers once it answers.
 #[test]
 fn a_tls_redis_that_wants_a_client_certificate() {
-    if !Redis::available() {
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+    if Redis::missing() {
         return;
     }
     let redis = Redis::start_tls().expect("start redis-server with TLS");

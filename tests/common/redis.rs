@@ -207,6 +207,16 @@ impl Drop for Redis {
 }
 
 impl Redis {
+    /// True, after printing that the test is skipped, when redis-server is not installed: the
+    /// caller returns (CI installs it; a bare machine still runs the rest of the suite).
+    pub fn missing() -> bool {
+        if Redis::available() {
+            return false;
+        }
+        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+        true
+    }
+
     pub fn available() -> bool {
         Command::new("redis-server")
             .arg("--version")
