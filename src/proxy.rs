@@ -938,6 +938,14 @@ impl<S: ClientIo> Conn<S> {
         // - readings of a repeated header or query parameter a route condition reads: upstreams
         //   read the first or the last of each, in any combination.
         let has_slash = memchr::memmem::find(&self.s.path, b"%2F").is_some();
+        // A dot segment behind an encoded slash leaves the route's prefix (or the service's base
+        // path) at an upstream that decodes `%2F` first, whatever route it selects: refused, as
+        // nginx refuses `/..%2F..` once decoded.
+        if has_slash && crate::router::has_encoded_dot_segment(&self.s.path) {
+            return Err(GatewayError::BadRequest(
+                "dot segment behind an encoded slash",
+            ));
+        }
         let has_params = memchr::memchr(b';', &self.s.path).is_some();
         let ambiguous = router.ambiguous(query, &view);
         // Override methods: the headers' values, and `_method` parameters (names compared

@@ -90,7 +90,10 @@ use regex::Regex;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
-pub use normalize::{normalize_path, push_path_without_params, upstream_path, NormalizeError};
+pub use normalize::{
+    has_encoded_dot_segment, normalize_path, push_path_without_params, upstream_path,
+    NormalizeError,
+};
 
 /// What the router needs from a request besides host, method, path and query.
 pub trait RequestView {

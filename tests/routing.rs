@@ -579,6 +579,44 @@ strip_path = false
     assert_eq!(s.get("h", "/admin%252Fusers"), "rest");
 }
 
+/// A dot segment behind an encoded slash is a 400 even where it selects the same route: a route
+/// without paths (or with `/`) takes every path, so the route check above never fires, and an
+/// upstream that decodes `%2F` before resolving dot segments (nginx, Python's `http.server`)
+/// served `/public/v2/..%2F..%2Fadmin/users` from outside the service's base path (found by a
+/// review, against a real nginx). An encoded slash next to dots that form no segment passes.
+#[test]
+fn a_dot_segment_behind_an_encoded_slash_is_400_on_any_route() {
+    let up = Upstream::echo("files");
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n[[services]]\nname = \"files\"\nurl = \"{}/public/v2\"\n\n[[routes]]\nname = \"files\"\nservice = \"files\"\nhosts = [\"files.test\"]\n",
+        up.url()
+    ));
+    let get = |path: &str| {
+        let mut c = Conn::connect(gw.addr());
+        c.request(format!("GET {path} HTTP/1.1\r\nHost: files.test\r\n\r\n").as_bytes())
+    };
+    for path in [
+        "/..%2F..%2Fadmin/users",
+        "/a/..%2f..%2fadmin",
+        "/a/%2e%2e%2Fadmin",
+        "/a/.%2Fb",
+        "/a%2F..",
+        "/a%2F..;x/b",
+    ] {
+        let r = get(path);
+        assert_eq!(r.status, 400, "{path}");
+        r.assert_json_error(400);
+    }
+    for (path, upstream) in [
+        ("/projects/group%2Fname", "/public/v2/projects/group%2Fname"),
+        ("/a/b..%2Fc", "/public/v2/a/b..%2Fc"),
+        ("/a/...%2Fb", "/public/v2/a/...%2Fb"),
+    ] {
+        assert_eq!(get(path).status, 200, "{path}");
+        assert_eq!(up.last_request().target, upstream);
+    }
+}
+
 /// A repeated header or query parameter that a route condition reads: the router reads the first
 /// header (and any parameter), an upstream may read the last, so a request whose readings select
 /// different routes (a v2 route with its own plugins, and a catch-all) is a 400; a repeat with one

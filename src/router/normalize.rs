@@ -144,6 +144,45 @@ pub fn push_path_without_params(out: &mut Vec<u8>, path: &[u8]) {
     }
 }
 
+/// Whether a normalized path holds a dot segment once its encoded slashes (`%2F`) are read as
+/// separators: `/files/..%2F..%2Fadmin`. The router reads `%2F` as data, so such a path is routed
+/// as one segment, but an upstream that decodes it before resolving dot segments (nginx, Python's
+/// `http.server`) serves a path outside the route's prefix or the service's base path. (`%5C` never
+/// gets here: `normalize_path` refuses a backslash, encoded or not.) `normalized` comes from `normalize_path`: escapes are
+/// upper-case and unreserved ones (`%2E`) already decoded, and no literal dot segment is left, so
+/// any dot segment found here was formed by an encoded separator. A segment's `;parameters` are
+/// left out as `normalize_path` does (`..;x` is a dot segment to servlet containers).
+pub fn has_encoded_dot_segment(normalized: &[u8]) -> bool {
+    let mut rest = normalized;
+    loop {
+        // The next separator: '/', or a three-byte `%2F`.
+        let mut end = rest.len();
+        let mut skip = 0;
+        let mut i = 0;
+        while let Some(&b) = rest.get(i) {
+            if b == b'/' {
+                (end, skip) = (i, 1);
+                break;
+            }
+            if b == b'%' && rest.get(i + 1..i + 3) == Some(b"2F") {
+                (end, skip) = (i, 3);
+                break;
+            }
+            i += 1;
+        }
+        let segment = rest.get(..end).unwrap_or_default();
+        let bare =
+            memchr::memchr(b';', segment).map_or(segment, |j| segment.get(..j).unwrap_or_default());
+        if bare == b"." || bare == b".." {
+            return true;
+        }
+        if skip == 0 {
+            return false;
+        }
+        rest = rest.get(end + skip..).unwrap_or_default();
+    }
+}
+
 /// `out` is "/" or "/.../name/": removes "name/" (nothing at the root).
 fn pop_last_segment(out: &mut Vec<u8>) {
     if out.len() <= 1 {
@@ -290,6 +329,39 @@ mod tests {
         ok("/public/%2e%2e/admin", "/admin");
         ok("/public/./../admin", "/admin");
         ok("///public//..//admin", "/admin");
+    }
+
+    #[test]
+    fn encoded_separators_forming_dot_segments() {
+        let dotted = |raw: &str| {
+            let mut out = Vec::new();
+            normalize_path(raw.as_bytes(), &mut out).map(|_| has_encoded_dot_segment(&out))
+        };
+        for raw in [
+            "/..%2F..%2Fadmin/users",
+            "/files/..%2fadmin",
+            "/a/%2E%2E%2Fadmin",
+            "/a/.%2Fb",
+            "/a%2F..",
+            "/a%2F..%2F",
+            "/a%2F..;x/b",
+        ] {
+            assert_eq!(dotted(raw), Ok(true), "{raw}");
+        }
+        for raw in [
+            "/projects/group%2Fname",
+            "/a/..b%2Fc",
+            "/a/b..%2Fc",
+            "/a/...%2Fb",
+            "/a/%2F%2Fb",
+            "/a/%2Fetc%2Fpasswd",
+            "/a/.well-known%2Fx",
+            "/a/b",
+            "/",
+            "/a/%25%32%46..",
+        ] {
+            assert_eq!(dotted(raw), Ok(false), "{raw}");
+        }
     }
 
     #[test]
