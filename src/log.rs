@@ -3,10 +3,36 @@
 //! Messages use `key=value` pairs after a short event name so they stay grep- and parser-friendly.
 //! Logging is for events (startup, errors, shutdown), never per request on the hot path; access
 //! logs go through a separate, buffered channel.
+//!
+//! Invariant: a worker thread never blocks on stderr. A stalled reader (a full pipe, a stuck log
+//! collector, the access-log writer blocked on the same stderr) would otherwise freeze every
+//! connection of that worker on its next warning. Workers call `queue_this_thread` at start; their
+//! lines then go to the `ringgate-log` thread through a bounded channel, and are dropped (counted,
+//! and the count logged once the thread gets through again) when it is full. Other threads (main,
+//! admin, probes) write directly, as before. `flush` waits, bounded, for queued lines at exit.
+//! Warnings a request can trigger go through `warn_every!`, at most one line per interval per
+//! worker and call site, with how many it stands for.
 
+use std::cell::Cell;
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Sender, TrySendError};
+
+/// Lines the log thread may hold before workers' lines are dropped.
+const QUEUE_LINES: usize = 4_096;
+
+static QUEUE: OnceLock<Option<Sender<Vec<u8>>>> = OnceLock::new();
+/// Lines sent to the log thread and not yet written.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+/// Lines dropped because the queue was full, since the log thread last said so.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static QUEUED: Cell<bool> = const { Cell::new(false) };
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -40,14 +66,113 @@ pub fn enabled(level: Level) -> bool {
     level as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
 }
 
-/// Writes one log line. The whole line goes out in one `write` so lines from different workers never interleave.
+/// Writes one log line. The whole line goes out in one `write` so lines from different workers
+/// never interleave; from a queued thread (a worker) it goes through the log thread instead.
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
+    write_line(level, args, 0);
+}
+
+/// `write`, noting how many like lines were suppressed since the last one (`warn_every!`).
+pub fn write_line(level: Level, args: std::fmt::Arguments<'_>, suppressed: u64) {
     let mut line = Vec::with_capacity(128);
     push_rfc3339(&mut line, SystemTime::now());
     let _ = write!(line, " {} ", level.as_str());
     let _ = line.write_fmt(args);
+    if suppressed > 0 {
+        let _ = write!(line, " suppressed={suppressed}");
+    }
     line.push(b'\n');
+    if QUEUED.get() {
+        if let Some(Some(tx)) = QUEUE.get() {
+            PENDING.fetch_add(1, Ordering::AcqRel);
+            match tx.try_send(line) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    PENDING.fetch_sub(1, Ordering::AcqRel);
+                    DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+    }
     let _ = std::io::stderr().lock().write_all(&line);
+}
+
+/// Sends this thread's log lines through the log thread (started on the first call) from now on.
+/// Worker threads call it first thing. If the thread cannot be started, lines stay direct.
+pub fn queue_this_thread() {
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(QUEUE_LINES);
+        std::thread::Builder::new()
+            .name("ringgate-log".into())
+            .spawn(move || {
+                for line in rx {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(&line);
+                    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        let mut note = Vec::with_capacity(96);
+                        push_rfc3339(&mut note, SystemTime::now());
+                        let _ = writeln!(
+                            note,
+                            " WARN log lines dropped, stderr too slow count={dropped}"
+                        );
+                        let _ = err.write_all(&note);
+                    }
+                    drop(err);
+                    PENDING.fetch_sub(1, Ordering::AcqRel);
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    QUEUED.set(queue.is_some());
+}
+
+/// Waits until the log thread has written every queued line, at most `limit`. Before exit.
+pub fn flush(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while PENDING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// One `warn_every!` call site's state on one thread: when it last logged, and how many lines it
+/// suppressed since.
+pub struct Gate {
+    last: Cell<Option<Instant>>,
+    quiet: Cell<u64>,
+}
+
+impl Gate {
+    pub const fn new() -> Gate {
+        Gate {
+            last: Cell::new(None),
+            quiet: Cell::new(0),
+        }
+    }
+
+    /// `Some(suppressed since the last line)` when a line may go out now, `None` (counted) when
+    /// one went out less than `every` ago.
+    pub fn pass(&self, every: Duration) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .get()
+            .is_some_and(|t| now.duration_since(t) < every)
+        {
+            self.quiet.set(self.quiet.get() + 1);
+            return None;
+        }
+        self.last.set(Some(now));
+        Some(self.quiet.replace(0))
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate::new()
+    }
 }
 
 /// Appends `2026-11-22T09:49:00.123Z`.
@@ -86,6 +211,22 @@ macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Err
 macro_rules! warn { ($($t:tt)*) => { if $crate::log::enabled($crate::log::Level::Warn) { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) } } }
 #[macro_export]
 macro_rules! info { ($($t:tt)*) => { if $crate::log::enabled($crate::log::Level::Info) { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } } }
+/// A warning a request can trigger (an upstream's bad certificate, an auth service down): at most
+/// one line per `every` per thread and call site, carrying `suppressed=N` for the lines it stands
+/// for. The state is thread-local: a worker takes no lock and shares nothing to log.
+#[macro_export]
+macro_rules! warn_every {
+    ($every:expr, $($t:tt)*) => {{
+        ::std::thread_local! {
+            static GATE: $crate::log::Gate = const { $crate::log::Gate::new() };
+        }
+        if $crate::log::enabled($crate::log::Level::Warn) {
+            if let Some(n) = GATE.with(|g| g.pass($every)) {
+                $crate::log::write_line($crate::log::Level::Warn, format_args!($($t)*), n)
+            }
+        }
+    }};
+}
 #[macro_export]
 macro_rules! debug { ($($t:tt)*) => { if $crate::log::enabled($crate::log::Level::Debug) { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) } } }
 
@@ -93,6 +234,18 @@ macro_rules! debug { ($($t:tt)*) => { if $crate::log::enabled($crate::log::Level
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_gate_passes_once_per_interval_and_counts_the_rest() {
+        let g = Gate::new();
+        let every = Duration::from_millis(50);
+        assert_eq!(g.pass(every), Some(0));
+        assert_eq!(g.pass(every), None);
+        assert_eq!(g.pass(every), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(g.pass(every), Some(2));
+        assert_eq!(g.pass(every), None);
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -43,6 +43,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config, workers } => {
             let code = ringgate::server::run(&config, workers.map(usize::from));
+            // The workers' last lines (drain, errors) are still on their way to stderr.
+            ringgate::log::flush(std::time::Duration::from_secs(1));
             ExitCode::from(code.clamp(0, 255) as u8)
         }
         Command::Check { config } => match ringgate::config::check(&config) {

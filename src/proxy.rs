@@ -1918,7 +1918,8 @@ async fn connect(
                 tdef.addr,
                 e
             ),
-            Ok(Err(ConnectError::Tls(e))) => crate::warn!(
+            Ok(Err(ConnectError::Tls(e))) => crate::warn_every!(
+                LOG_EVERY,
                 "upstream tls handshake failed upstream={} target={} address={} server_name={} error=\"{}\"",
                 ups.name,
                 tdef.name,
@@ -2165,6 +2166,10 @@ fn route_for(
         _ => Some(m),
     }
 }
+
+/// Warnings a request can trigger (an upstream's TLS handshake, forward-auth down) go out at most
+/// this often per worker and call site (`crate::warn_every!`), with how many they stand for.
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Distinct override methods one request may name (each is a routing pass per reading).
 const MAX_OVERRIDE_METHODS: usize = 4;

@@ -629,6 +629,85 @@ fn stuck_writer_drops_counted_lines_and_never_stalls_requests() {
     );
 }
 
+/// stderr that nobody reads (a stuck log collector) while the access log goes there too: the
+/// access-log writer blocks on the full pipe, and a worker's warning must not wait for it. Before,
+/// the worker took the same stderr lock the blocked writer held, and every connection of that
+/// worker hung (found by a review, reproduced with a FIFO nobody read).
+#[test]
+fn a_stuck_stderr_never_stalls_a_worker_that_warns() {
+    let up = Upstream::echo("up");
+    // A TLS service whose target answers the ClientHello with plain HTTP and closes: every request
+    // fails its handshake at once, and the worker warns about it (at most once per interval and
+    // call site, with a count).
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let plain_addr = plain.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for c in plain.incoming().take(50).flatten() {
+            let mut c = c;
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let toml = config(
+        &up,
+        "[access_log]\npath = \"stderr\"\nbuffer_size = \"4k\"\nflush_interval = \"50ms\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[metrics]\nflush_interval = \"100ms\"",
+    )
+    .replace("workers = 2", "workers = 1")
+        + &format!(
+            "\n[[services]]\nname = \"bad-tls\"\nurl = \"https://{}\"\n\n[[routes]]\nname = \"tls\"\nservice = \"bad-tls\"\npaths = [\"/tls\"]\n",
+            plain_addr
+        );
+    let gw = Gateway::start(&toml);
+    gw.pause_output(true);
+    // Fill the pipe with access-log lines until the writer drops some: it is blocked, holding
+    // whatever it holds while it writes.
+    let admin = gw.admin_addr();
+    let mut conn = Conn::connect(gw.addr());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    loop {
+        for i in 0..200 {
+            let resp = conn.request(
+                format!("GET /open/fill-{sent}-{i} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(resp.status, 200);
+        }
+        sent += 200;
+        let text = String::from_utf8_lossy(&admin_get(admin, "/metrics").body).into_owned();
+        if metric(&text, "ringgate_access_log_dropped_total") > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the access log never filled stderr ({sent} requests)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Requests that make the worker warn, and plain ones after them: all answered, promptly.
+    let started = Instant::now();
+    for i in 0..5 {
+        let resp = send_raw(
+            gw.addr(),
+            format!("GET /tls/{i} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(resp.status, 502, "{i}");
+        let resp = conn
+            .request(format!("GET /open/after-{i} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+        assert_eq!(resp.status, 200, "{i}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a warning stalled the worker: {:?}",
+        started.elapsed()
+    );
+    // Reading again, the warning arrives: one line for the five failures so far.
+    gw.pause_output(false);
+    assert!(
+        gw.wait_log("upstream tls handshake failed", Duration::from_secs(10)),
+        "{:#?}",
+        gw.logs()
+    );
+}
+
 fn admin_get(addr: SocketAddr, path: &str) -> RawResponse {
     send_raw(
         addr,

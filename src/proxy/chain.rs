@@ -382,7 +382,8 @@ impl<S: ClientIo> Conn<S> {
                         }
                         forward::Verdict::Unavailable { why } => {
                             st.fwd_headers = copied;
-                            crate::warn!(
+                            crate::warn_every!(
+                                crate::proxy::LOG_EVERY,
                                 "forward-auth unavailable reason=\"{}\" fail_open={}",
                                 why,
                                 rt.conf.fail_open
@@ -391,7 +392,11 @@ impl<S: ClientIo> Conn<S> {
                         }
                         forward::Verdict::Timeout => {
                             st.fwd_headers = copied;
-                            crate::warn!("forward-auth timed out fail_open={}", rt.conf.fail_open);
+                            crate::warn_every!(
+                                crate::proxy::LOG_EVERY,
+                                "forward-auth timed out fail_open={}",
+                                rt.conf.fail_open
+                            );
                             forward_failed(rt.conf.fail_open, rt.conf.timeout_status)
                         }
                     }

@@ -59,6 +59,8 @@ impl Drop for TempFile {
 struct LogBuf {
     lines: Mutex<Vec<String>>,
     cv: Condvar,
+    /// The readers stop reading (the child's pipes fill up) while set.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl LogBuf {
@@ -80,6 +82,9 @@ fn spawn_reader(r: impl Read + Send + 'static, log: Arc<LogBuf>, tag: &'static s
         let mut line = Vec::new();
         loop {
             line.clear();
+            while log.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             match r.read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
@@ -213,6 +218,14 @@ impl Gateway {
             let g = gw.log.lines.lock().unwrap_or_else(|p| p.into_inner());
             let _ = gw.log.cv.wait_timeout(g, Duration::from_millis(20));
         }
+    }
+
+    /// Stops (`true`) or resumes reading the gateway's stderr and stdout: stopped, its pipes fill
+    /// up as behind a stuck log collector. Takes effect after the line being read.
+    pub fn pause_output(&self, paused: bool) {
+        self.log
+            .paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The first listening address.
