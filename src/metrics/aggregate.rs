@@ -138,8 +138,12 @@ struct LayoutMap {
     targets: Vec<usize>,
 }
 
-/// Most layouts seen at once: old generations only linger while workers switch.
-const MAX_LAYOUT_MAPS: usize = 8;
+/// Most layouts kept at once. Old generations linger while requests hold them: a WebSocket or a
+/// long poll keeps its generation as long as it lives, so reloads or `dns_refresh` changes every
+/// few minutes can keep dozens alive. Past this, the oldest map that is not the serving one is
+/// dropped (and built again if a flush still brings it); the serving one never is, or `/metrics`
+/// and `/status` would lose its targets.
+const MAX_LAYOUT_MAPS: usize = 64;
 /// Worker indices above this are ignored (config allows at most 1024 workers).
 const MAX_WORKERS: usize = 4096;
 
@@ -342,7 +346,13 @@ impl Aggregate {
             targets.push(i);
         }
         if self.maps.len() >= MAX_LAYOUT_MAPS {
-            self.maps.remove(0);
+            if let Some(i) = self
+                .maps
+                .iter()
+                .position(|m| !Arc::ptr_eq(&m.layout, &self.layout))
+            {
+                self.maps.remove(i);
+            }
         }
         self.maps.push(LayoutMap {
             layout: layout.clone(),

@@ -510,6 +510,38 @@ fn target_health_is_healthy_unless_every_worker_skips_it() {
     }
 }
 
+/// More old generations in use than maps are kept (a WebSocket held across each of many reloads):
+/// the serving generation's map is never the one dropped, so its targets' health stays on
+/// `/metrics` and `/status`. Before, the oldest map went, whichever it was, and with eight old
+/// generations still flushing `ringgate_upstream_target_healthy` vanished (found by a review).
+#[test]
+fn many_old_generations_never_push_out_the_serving_one() {
+    let current = ab_layout(100, false);
+    let mut agg = Aggregate::new(Duration::from_secs(1));
+    agg.set_layout(current.clone());
+    let old: Vec<Arc<Layout>> = (1..=MAX_LAYOUT_MAPS as u64 + 3)
+        .map(|g| ab_layout(g, g % 2 == 0))
+        .collect();
+    for _ in 0..2 {
+        for l in &old {
+            agg.map_index(l);
+        }
+    }
+    let w = WorkerMetrics::new(0, current, MetricsSink::test().0);
+    w.set_skipped(vec![false, true]);
+    agg.apply(w.take(&[], false).unwrap_or_else(|| panic!("flush")));
+    assert!(agg.maps.len() <= MAX_LAYOUT_MAPS);
+    let m = render(&agg);
+    for line in [
+        "ringgate_upstream_target_healthy{upstream=\"ua\",target=\"ta\",address=\"ta\"} 1",
+        "ringgate_upstream_target_healthy{upstream=\"ub\",target=\"tb\",address=\"tb\"} 0",
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
+    let s = agg.status_json(Instant::now());
+    assert!(s.contains("\"target\":\"tb\",\"address\":\"tb\""), "{s}");
+}
+
 /// Two routes `a`, `b` on services `sa`, `sb`, and their targets `ta`, `tb`, in that order or
 /// (`swapped`) the other way round.
 fn ab_layout(generation: u64, swapped: bool) -> Arc<Layout> {
