@@ -493,7 +493,13 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                 let config = conn.snap.config.clone();
                 let metrics = conn.snap.metrics.clone();
                 drop(conn.snap);
-                let idle = config.server.timeouts.upstream_read;
+                // The service's `read_timeout` (merged with the server's): a service that sets
+                // `read_timeout = "1h"` for its WebSockets keeps quiet tunnels that long.
+                let idle = conn
+                    .route
+                    .and_then(|r| config.routes.get(r))
+                    .and_then(|r| config.services.get(r.service))
+                    .map_or(config.server.timeouts.upstream_read, |s| s.read_timeout);
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
                 let relayed = tunnel::run(conn.client, upstream, pending, idle).await;
                 if let Some(flat) = conn.tunnel_target.take() {

@@ -285,6 +285,29 @@ fn a_tunnel_silent_both_ways_closes_after_the_idle_timeout() {
     up.join().expect("upstream thread");
 }
 
+/// The tunnel's idle timeout is the service's `read_timeout` when it sets one (before, the
+/// server-wide `upstream_read` cut a quiet tunnel whatever the service said: found by a review).
+#[test]
+fn a_services_read_timeout_is_its_tunnels_idle_timeout() {
+    let (addr, up) = raw_upgrade_upstream(|mut s| {
+        let mut b = [0u8; 16];
+        let _ = s.read(&mut b);
+    });
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[server.timeouts]\nupstream_read = \"5s\"\n\n[[services]]\nname = \"svc\"\nurl = \"http://{addr}\"\nread_timeout = \"1s\"\n\n[[routes]]\nname = \"all\"\nservice = \"svc\"\npaths = [\"/\"]\n"
+    ));
+    let mut s = raw_upgrade(&gw);
+    let start = std::time::Instant::now();
+    let mut b = [0u8; 16];
+    assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+    let t = start.elapsed();
+    assert!(
+        t >= Duration::from_millis(800) && t < Duration::from_secs(3),
+        "closed after {t:?}, not after the service's 1 s"
+    );
+    up.join().expect("upstream thread");
+}
+
 /// `ringgate_upstream_connections{…,state="active"}` of the one target, once it equals `want` (or
 /// after 3 s, the last value seen).
 fn active_upstream(gw: &Gateway, want: u64) -> Option<u64> {
