@@ -109,6 +109,22 @@ fn idempotent(method: &[u8]) -> bool {
     .contains(&method)
 }
 
+/// Whether the client socket has input the gateway has not read (a non-blocking one-byte peek).
+fn input_waiting(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv into a one-byte local buffer; MSG_PEEK leaves the byte in the socket, and
+    // MSG_DONTWAIT keeps the call from blocking the worker.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast::<libc::c_void>(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
+}
+
 /// Lingering close: how long and how much unread client input is drained before closing.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 * 1024 * 1024;
@@ -480,7 +496,13 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                 }
             }
             Next::Close => {
-                if conn.listener.tls {
+                // Input the client sent past this request (pipelined, or the next request
+                // already arriving) turns the close into a reset, and a reset makes the client's
+                // kernel drop what it has not read yet: the end of a large response. Linger then,
+                // as after an error (nginx does too). Otherwise close at once.
+                if conn.buf.len() > conn.pos || input_waiting(conn.fd) {
+                    conn.lingering_close().await;
+                } else if conn.listener.tls {
                     // TLS: say close_notify, so clients can tell a clean end from a truncation.
                     let _ = monoio::time::timeout(CLOSE_NOTIFY_TIME, conn.client.shutdown()).await;
                 }

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 #[test]
@@ -234,6 +235,56 @@ fn response_body_with_content_length_is_relayed() {
             .enumerate()
             .all(|(i, &b)| b == pattern_byte(i as u64)));
     }
+}
+
+/// A connection that closes after its response (`Connection: close`) while the client has
+/// already sent its next request: closing with that input unread would send a reset, and the
+/// client's kernel drops the unread end of the response (a review cut a 4 MiB body at 2.4 MB).
+/// The gateway lingers instead: every byte, then EOF.
+#[test]
+fn closing_after_a_response_with_input_pending_loses_nothing() {
+    const LEN: u64 = 4 * 1024 * 1024;
+    let up = Upstream::start(Behaviour::Stream {
+        len: LEN,
+        chunked: false,
+    });
+    let gw = gateway_for(&up);
+    // A small receive buffer, so most of the body is still in the gateway's send queue when it
+    // finishes and closes.
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    sock.connect(&gw.addr().into()).expect("connect");
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s.write_all(
+        format!("GET /big HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(50));
+    // The next request, which the gateway never reads (it said close).
+    let _ = s.write_all(format!("GET /next HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("after {} bytes: {e}", got.len()),
+        }
+    }
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(
+        (got.len() - head_end) as u64,
+        LEN,
+        "the whole body, then EOF"
+    );
 }
 
 #[test]
