@@ -142,6 +142,7 @@ fn bench(c: &mut Criterion) {
         head: &req_head,
         buf: REQUEST,
         client_ip: ip,
+        overridden: false,
     };
     let mut key_auth_step = |edits: &mut Edits, resp: &mut Vec<u8>| {
         let mut id = Identity::default();

@@ -216,6 +216,10 @@ pub struct Scratch {
     /// An upgrade request's `Upgrade` values (comma-joined), copied while the head is still in
     /// the client buffer: a 101 is checked against them after a streamed body overwrote it.
     upgrade_offer: Vec<u8>,
+    /// The method a method-override header or `_method` parameter names (upper-cased; empty: none).
+    /// The upstream's framework runs it instead of the request line's: forward-auth is asked about
+    /// it, and a request is replayed only if it is idempotent too.
+    override_method: Vec<u8>,
 }
 
 impl Scratch {
@@ -913,6 +917,7 @@ impl<S: ClientIo> Conn<S> {
     /// Normalizes, routes and applies the body limit. Allocation-free, except for a path holding an
     /// encoded slash or a `;` (routed a second time without them).
     fn prepare(&mut self, body: BodyKind) -> Result<Prepared, GatewayError> {
+        self.s.override_method.clear();
         let head = &self.s.head;
         let buf = &self.buf;
         let raw_path = head.path_bytes(buf);
@@ -998,12 +1003,16 @@ impl<S: ClientIo> Conn<S> {
                 });
             methods.extend(values);
         }
-        // Each distinct method is checked once; a request naming more than a few is refused
-        // rather than routed that many times over (no client needs several overrides).
+        // One distinct override at most: with two (`X-HTTP-Method-Override: PUT` and
+        // `_method=DELETE`) which one the upstream runs depends on its framework, so forward-auth
+        // could not be asked about the right one. No client needs two.
         methods.sort_unstable();
         methods.dedup();
-        if methods.len() > MAX_OVERRIDE_METHODS {
-            return Err(GatewayError::BadRequest("too many method overrides"));
+        if methods.len() > 1 {
+            return Err(GatewayError::BadRequest("conflicting method overrides"));
+        }
+        if let Some(m) = methods.first() {
+            self.s.override_method.extend_from_slice(m);
         }
         if has_slash || has_params || !methods.is_empty() || ambiguous {
             let mut paths: Vec<Vec<u8>> = Vec::new();
@@ -1080,7 +1089,10 @@ impl<S: ClientIo> Conn<S> {
             }
         }
         let http10 = head.version == Some(Version::Http10);
-        let replayable = body == BodyKind::None && idempotent(method);
+        // An override is what the upstream runs: `GET` + `X-HTTP-Method-Override: POST` is a POST.
+        let replayable = body == BodyKind::None
+            && idempotent(method)
+            && (self.s.override_method.is_empty() || idempotent(&self.s.override_method));
         Ok(Prepared {
             route: m.route,
             strip_len: m.strip_len.min(self.s.path.len()),
@@ -2198,9 +2210,6 @@ fn route_for(
 /// Warnings a request can trigger (an upstream's TLS handshake, forward-auth down) go out at most
 /// this often per worker and call site (`crate::warn_every!`), with how many they stand for.
 pub(crate) const LOG_EVERY: Duration = Duration::from_secs(5);
-
-/// Distinct override methods one request may name (each is a routing pass per reading).
-const MAX_OVERRIDE_METHODS: usize = 4;
 
 /// The method-override headers frameworks honour (`http::parse` flags their presence).
 fn is_method_override(name: &[u8]) -> bool {

@@ -763,6 +763,75 @@ fn forward_auth_allow_deny_and_failures() {
     }
 }
 
+/// The auth service is asked about the method the upstream will run: a method override's (header
+/// or `_method` parameter) when the request carries one, since the framework behind runs that
+/// handler. Before, it was told `GET` (or `POST`) and allowed what it would refuse as a DELETE.
+/// Two different overrides in one request are a 400: which one runs depends on the framework.
+#[test]
+fn forward_auth_is_asked_about_the_overriding_method() {
+    let auth = AuthService::start();
+    let (_up, gw) = forward_auth_setup(&format!("http://{}/verify", auth.addr), "");
+    let last_method = || {
+        let heads = auth.heads();
+        let h = heads.last().expect("auth request").to_ascii_lowercase();
+        h.lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-method: ").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let good = "Authorization: Bearer good\r\n";
+    assert_eq!(req(&gw, "/admin/items/1", good).status, 200);
+    assert_eq!(last_method(), "get");
+    let r = req(
+        &gw,
+        "/admin/items/1",
+        &format!("{good}X-HTTP-Method-Override: delete\r\n"),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(last_method(), "delete");
+    assert_eq!(req(&gw, "/admin/items/1?_method=put", good).status, 200);
+    assert_eq!(last_method(), "put");
+    let asked = auth.heads().len();
+    req(
+        &gw,
+        "/admin/items/1?_method=put",
+        &format!("{good}X-HTTP-Method-Override: DELETE\r\n"),
+    )
+    .assert_json_error(400);
+    assert_eq!(auth.heads().len(), asked, "refused before auth");
+}
+
+/// `run_on_preflight = false` skips auth only for a real CORS preflight: `OPTIONS` with `Origin`
+/// and `Access-Control-Request-Method` and no method override. Before, any OPTIONS was skipped, so
+/// `OPTIONS` + `X-HTTP-Method-Override: DELETE` went through without a key to a framework that
+/// honours an override on any method.
+#[test]
+fn run_on_preflight_false_skips_only_real_preflights() {
+    let (up, gw) = setup(
+        r#"
+[[plugins]]
+name = "key-auth"
+route = "admin"
+config = { run_on_preflight = false }
+"#,
+    );
+    let options = |headers: &str| {
+        let mut c = Conn::connect(gw.addr());
+        c.request(
+            format!("OPTIONS /admin/users/1 HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n").as_bytes(),
+        )
+    };
+    let preflight = "Origin: https://app.example\r\nAccess-Control-Request-Method: DELETE\r\n";
+    assert_eq!(options(preflight).status, 200);
+    assert_eq!(up.last_request().method, "OPTIONS");
+    options("").assert_json_error(401);
+    options("Origin: https://app.example\r\n").assert_json_error(401);
+    options(&format!("{preflight}X-HTTP-Method-Override: DELETE\r\n")).assert_json_error(401);
+    assert_eq!(
+        options("apikey: alice-key-0123456789\r\nX-HTTP-Method-Override: DELETE\r\n").status,
+        200
+    );
+}
+
 #[test]
 fn forward_auth_down_fails_closed_or_open() {
     let dead = refusing_addr();

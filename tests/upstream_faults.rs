@@ -370,6 +370,32 @@ fn stale_pooled_connection_is_not_retried_for_a_post_with_body() {
     );
 }
 
+/// A GET the upstream runs as a POST (`X-HTTP-Method-Override`) is a POST: never replayed on a
+/// fresh connection after a stale pooled one took it (before, it was, as any bodiless GET).
+#[test]
+fn stale_pooled_connection_is_not_retried_for_a_get_overridden_to_post() {
+    let up = Upstream::start(Behaviour::AnswerFirstOnly);
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/one").status, 200);
+    let r =
+        c.request(b"GET /pay HTTP/1.1\r\nHost: test.local\r\nX-HTTP-Method-Override: POST\r\n\r\n");
+    r.assert_json_error(502);
+    settle();
+    let pays = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/pay")
+        .count();
+    assert_eq!(pays, 1, "run as a POST upstream: not replayed");
+    // Overridden to an idempotent method, it is retried like any GET.
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/three").status, 200);
+    let r =
+        c.request(b"GET /put HTTP/1.1\r\nHost: test.local\r\nX-HTTP-Method-Override: PUT\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 #[test]
 fn a_slow_reused_connection_is_not_retried_after_the_read_timeout() {
     // A read timeout is a slow upstream, not a stale connection: the request was delivered and may be

@@ -114,11 +114,24 @@ pub struct Req<'a> {
     pub head: &'a RequestHead,
     pub buf: &'a [u8],
     pub client_ip: IpAddr,
+    /// The request carries a method override (the upstream runs another method).
+    pub overridden: bool,
 }
 
 impl<'a> Req<'a> {
+    /// A CORS preflight, as the CORS spec defines it: an OPTIONS with `Origin` and
+    /// `Access-Control-Request-Method`, and no method override. Any OPTIONS counted before (as in
+    /// Kong), so `run_on_preflight = false` let `OPTIONS /admin/users/1` +
+    /// `X-HTTP-Method-Override: DELETE` through without credentials to a framework that honours
+    /// the override on any method (Werkzeug's middleware does).
     fn is_preflight(&self) -> bool {
         self.head.method.get(self.buf) == b"OPTIONS"
+            && !self.overridden
+            && self.headers_named(b"origin").next().is_some()
+            && self
+                .headers_named(b"access-control-request-method")
+                .next()
+                .is_some()
     }
 
     fn query(&self) -> &[u8] {

@@ -141,6 +141,7 @@ impl<S: ClientIo> Conn<S> {
                 head: &self.s.head,
                 buf: &self.buf,
                 client_ip: st.client_ip,
+                overridden: !self.s.override_method.is_empty(),
             };
             let resp_headers = &mut self.s.plugin_headers;
             let flow = match step {
@@ -323,8 +324,13 @@ impl<S: ClientIo> Conn<S> {
                         headers: &head.headers,
                         buf,
                     };
+                    // The method the upstream will run: an override's, when there is one.
+                    let method = match self.s.override_method.as_slice() {
+                        [] => head.method.get(buf),
+                        m => m,
+                    };
                     let areq = forward::AuthRequest {
-                        method: head.method.get(buf),
+                        method,
                         uri: &st.fwd_uri,
                         host: head
                             .effective_host()
