@@ -982,9 +982,10 @@ strip_path = false
 
 /// Query condition names as lenient frameworks read them: PHP trims leading spaces, cuts a name at
 /// a NUL and reads `debug[]` as `debug`; qs (Express) reads `debug[]` and `debug[x]` as `debug`;
-/// Rack 2 splits on `;`; ASP.NET ignores case. A request whose route depends on that reading is a
-/// 400, so `?%20debug=1` cannot reach the `debug` route's handler through the catch-all (found by
-/// a probe with real PHP and Express upstreams).
+/// Rack 2 splits on `;`; ASP.NET ignores case; PHP reads `.`, space and an unmatched `[` in a name
+/// as `_` (`debug.mode`, `debug+mode` and `debug[mode` are `debug_mode`, found by a review). A
+/// request whose route depends on that reading is a 400, so `?%20debug=1` cannot reach the `debug`
+/// route's handler through the catch-all (found by a probe with real PHP and Express upstreams).
 #[test]
 fn query_condition_names_read_leniently_must_route_alike() {
     let s = Setup::new(
@@ -998,12 +999,30 @@ query = { debug = ["*"] }
 strip_path = false
 
 [[routes]]
+name = "debug-mode"
+service = "debug"
+paths = ["/mode"]
+query = { debug_mode = ["*"] }
+strip_path = false
+
+[[routes]]
 name = "rest"
 service = "rest"
 paths = ["/"]
 strip_path = false
 "#,
     );
+    for q in [
+        "?debug.mode=1",
+        "?debug+mode=1",
+        "?debug%20mode=1",
+        "?debug%5Bmode=1",
+        "?DEBUG_MODE=1",
+    ] {
+        assert_eq!(s.get(HOST, &format!("/mode{q}")), "400", "{q}");
+    }
+    assert_eq!(s.get(HOST, "/mode?debug_mode=1"), "debug");
+    assert_eq!(s.get(HOST, "/mode?debug[mode]=1"), "rest");
     for q in [
         "?%20debug=1",
         "?+debug=1",

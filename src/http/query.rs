@@ -72,13 +72,34 @@ pub fn hex_val(b: u8) -> Option<u8> {
 
 /// Whether a raw (encoded) parameter name is `want` as the most lenient frameworks read it:
 /// decoded, without leading spaces (PHP), up to a NUL (PHP) or a `[` (PHP and qs arrays:
-/// `debug[]`, `debug[x]`), in any ASCII case (ASP.NET).
+/// `debug[]`, `debug[x]`), in any ASCII case (ASP.NET), with `.` and space read as `_` (PHP turns
+/// `is.admin` and `is admin` into `$_GET['is_admin']`), and a `[` no `]` follows read as `_` too
+/// (PHP: `is[admin` is `is_admin`). `want` is read the same way.
 pub fn lenient_name_eq(raw: &[u8], want: &[u8]) -> bool {
-    let name = decode(raw)
-        .skip_while(|&b| b == b' ')
-        .take_while(|&b| b != 0 && b != b'[');
-    name.map(|b| b.to_ascii_lowercase())
-        .eq(want.iter().map(|b| b.to_ascii_lowercase()))
+    let fold = |b: u8| match b {
+        b'.' | b' ' => b'_',
+        b => b.to_ascii_lowercase(),
+    };
+    let want = want.iter().map(|&b| fold(b));
+    let name = || decode(raw).skip_while(|&b| b == b' ');
+    // PHP's array reading: the name ends at the first `[`.
+    if name()
+        .take_while(|&b| b != 0 && b != b'[')
+        .map(fold)
+        .eq(want.clone())
+    {
+        return true;
+    }
+    // An unmatched `[` is no array: PHP reads it as `_` and keeps the rest of the name. (Decoded
+    // again rather than collected: this runs for every parameter a `remove` looks at.)
+    let whole = || name().take_while(|&b| b != 0);
+    match whole().position(|b| b == b'[') {
+        Some(i) if !whole().skip(i + 1).any(|b| b == b']') => whole()
+            .enumerate()
+            .map(|(j, b)| if j == i { b'_' } else { fold(b) })
+            .eq(want),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +116,43 @@ mod tests {
         assert_eq!(p[2].value, b"");
         assert_eq!(decode(p[1].value).collect::<Vec<u8>>(), b"x y");
         assert_eq!(decode(b"%zz%4").collect::<Vec<u8>>(), b"%zz%4");
+    }
+
+    #[test]
+    fn lenient_names_read_as_php_asp_net_and_qs_do() {
+        for raw in [
+            &b"is_admin"[..],
+            b"IS_ADMIN",
+            b"%20is_admin",
+            b"is.admin",
+            b"is+admin",
+            b"is%20admin",
+            b"is%5Badmin",
+            b"is[admin",
+            b"is_admin[]",
+            b"is_admin[x]",
+            b"is_admin%00junk",
+            b"%69s_admin",
+        ] {
+            assert!(
+                lenient_name_eq(raw, b"is_admin"),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        for raw in [
+            &b"is_admins"[..],
+            b"isadmin",
+            b"is[admin]",
+            b"is-admin",
+            b"admin",
+        ] {
+            assert!(
+                !lenient_name_eq(raw, b"is_admin"),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert!(lenient_name_eq(b"is_admin", b"is.admin"));
     }
 }
