@@ -16,6 +16,21 @@ use serde_json::{Map, Value};
 use crate::config::model::TransformDef;
 use crate::http::headers::eq_ignore_case;
 
+/// Whether two keys are equal under case folding: ASCII case, then Unicode lower case with the
+/// long s (`ſ`) as `s` (the Kelvin sign already lower-cases to `k`), as Go's `EqualFold` reads them.
+fn key_fold_eq(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        return a.eq_ignore_ascii_case(b);
+    }
+    let fold = |s: &str| {
+        s.chars()
+            .map(|c| if c == '\u{17F}' { 's' } else { c })
+            .flat_map(char::to_lowercase)
+            .collect::<Vec<char>>()
+    };
+    fold(a) == fold(b)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonTransform {
     remove: Vec<String>,
@@ -84,8 +99,11 @@ impl JsonTransform {
             }
         };
         let was_empty = doc.is_empty() && body.trim_ascii().is_empty();
-        for k in &self.remove {
-            doc.shift_remove(k);
+        // Case-insensitively: Go's encoding/json and ASP.NET Core bind `IS_ADMIN` (Go also `ıs_admın`
+        // folds aside, `ſ` and the Kelvin sign) to an `is_admin` field, so a remove that left
+        // them would hide nothing from those upstreams.
+        if !self.remove.is_empty() {
+            doc.retain(|k, _| !self.remove.iter().any(|r| key_fold_eq(k, r)));
         }
         // A renamed key keeps its place (a rebuild, only when a source is there). The document's
         // own key of the target name gives way to it, as Kong overwrites.
@@ -194,6 +212,26 @@ mod tests {
             Applied::Edited(b) => Some(String::from_utf8(b).unwrap_or_default()),
             _ => None,
         }
+    }
+
+    /// A remove takes every key a case-insensitive binder reads as that name (found by a review:
+    /// `IS_ADMIN` and `Is_Admin` reached Go and ASP.NET upstreams as `is_admin`).
+    #[test]
+    fn remove_folds_case_as_go_and_asp_net_bind_keys() {
+        let t = tf(EditsDef {
+            remove: vec!["is_admin".into(), "Kind".into()],
+            ..EditsDef::default()
+        });
+        assert_eq!(
+            run(
+                &t,
+                r#"{"is_admin":true,"IS_ADMIN":true,"Is_Admin":1,"i\u017f_admin":2,"\u212aind":3,"kind":4,"keep":5}"#
+            )
+            .as_deref(),
+            Some(r#"{"keep":5}"#)
+        );
+        assert!(key_fold_eq("\u{17F}", "S"));
+        assert!(!key_fold_eq("is_admin", "is_admins"));
     }
 
     #[test]
