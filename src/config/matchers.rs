@@ -82,26 +82,37 @@ pub fn plain_origin(o: &str) -> bool {
 
 /// Why a regex cors origin looks like a mistyped glob or an unescaped host, whose `*` and `.`
 /// would let through domains anyone can register (`https://app.example.com/*` matches
-/// `https://app-example.com`): a `*` with nothing to repeat but a separator, or a `.` between two
-/// letters or digits (`.*` stays a regex's "anything"). Refused with a hint rather than compiled.
+/// `https://app-example.com`): a `*` with nothing to repeat but a separator, or an unescaped `.`
+/// outside a character class followed by a letter or digit, whatever comes before it
+/// (`[a-z0-9-]+.example`, `(app|www).corp`: a review found those loading and admitting
+/// `https://evil-example.com`); `.*` and `.+` stay a regex's "anything". Refused with a hint rather
+/// than compiled.
 pub fn origin_regex_trap(o: &str) -> Option<String> {
     let b = o.as_bytes();
     let mut escaped = false;
+    let mut in_class = false;
     for (i, &c) in b.iter().enumerate() {
         if escaped {
             escaped = false;
             continue;
         }
+        if in_class {
+            match c {
+                b'\\' => escaped = true,
+                b']' => in_class = false,
+                _ => {}
+            }
+            continue;
+        }
         match c {
             b'\\' => escaped = true,
+            b'[' => in_class = true,
             b'*' if i == 0 || b"/:".contains(&b[i - 1]) => {
                 return Some(format!(
                     "{o:?} looks like a glob, and as a regex its `*` repeats the character before it; write \"https://*.example.com\" for any subdomain, or a regex such as \"https://[a-z0-9-]+\\\\.example\\\\.com\""
                 ))
             }
-            b'.' if i > 0
-                && b[i - 1].is_ascii_alphanumeric()
-                && b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) =>
+            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) =>
             {
                 return Some(format!(
                     "{o:?}: in a regex an unescaped `.` matches any character, so this would also allow look-alike domains; write `\\\\.` for a dot"

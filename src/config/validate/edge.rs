@@ -782,6 +782,9 @@ mod tests {
             "https://*.example.com:*",
             "https://*.*.example.com",
             "https://(app|www).example.com",
+            r"https://[a-z0-9-]+.example\.com",
+            r"https://(app|www).corp\.com",
+            r"https://app\..example\.com",
             "*",
         ] {
             assert!(origin_regex_trap(trap).is_some(), "{trap}");
@@ -791,6 +794,8 @@ mod tests {
             r"https://.*\.example\.com",
             r"^http://localhost:(3000|8080)$",
             r"https://app\*x",
+            r"https://[.a-z0-9-]+\.example\.com",
+            r"https://.+\.example\.com",
         ] {
             assert!(origin_regex_trap(fine).is_none(), "{fine}");
         }
