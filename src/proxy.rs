@@ -131,8 +131,11 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// After the upstream stopped taking a request body: how long its early answer may take to show.
 /// It was sent before the upstream stopped reading, so it is normally there already.
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
-/// Interim (1xx) responses accepted before the final one; more is a 502.
-const MAX_INTERIM: u32 = 8;
+/// Interim (1xx) responses accepted before the final one; more is a 502. Each restarts the read
+/// timeout, which is what a WebDAV server's `102 Processing` every few seconds is for (a long job
+/// outliving the timeout): eight cut those jobs off (found by a review). The cap only stops an
+/// upstream that sends them in a loop.
+const MAX_INTERIM: u32 = 1024;
 /// How long a TLS close_notify may take to send before the socket is closed anyway.
 const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
@@ -1396,10 +1399,9 @@ impl<S: ClientIo> Conn<S> {
                             return self.upgrade(shard, p, upstream).await;
                         }
                         if (100..200).contains(&status) {
-                            // Interim (100 Continue from the upstream, 103 hints): already handled
-                            // towards the client by us; drop it and read on. Each one restarts the
-                            // read timeout, so an upstream sending them forever would hold the
-                            // request forever: a few are plenty.
+                            // Interim (100 Continue from the upstream, 102 Processing, 103 hints):
+                            // already handled towards the client by us; drop it and read on. Each
+                            // one restarts the read timeout (see MAX_INTERIM).
                             interim += 1;
                             if interim > MAX_INTERIM {
                                 break Some(GatewayError::BadResponse);

@@ -44,6 +44,9 @@ pub fn classify(name: &[u8]) -> Class {
         13 if is(b"x-consumer-id") => Class::AuthSet,
         17 if is(b"x-consumer-groups") => Class::AuthSet,
         19 if is(b"x-consumer-username") => Class::AuthSet,
+        // Credentials for a proxy on the way (RFC 9110 §11.7.2), not for the application: a
+        // client's proxy password must not reach backends and their logs (found by a review).
+        19 if is(b"proxy-authorization") => Class::HopByHop,
         20 if is(b"x-consumer-custom-id") || is(b"x-anonymous-consumer") => Class::AuthSet,
         23 if is(b"x-credential-identifier") => Class::AuthSet,
         10 if is(b"connection") || is(b"keep-alive") => Class::HopByHop,
