@@ -152,10 +152,37 @@ impl Snapshot {
                     .map(|t| health.slot_for((u.name.clone(), t.name.clone(), t.addr)))
             })
             .collect();
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(worker);
+            h.finish()
+        };
         let balancers = config
             .upstreams
             .iter()
-            .map(|u| RefCell::new(Swrr::new(u.targets.iter().map(|t| t.weight))))
+            .enumerate()
+            .map(|(i, u)| {
+                let weights = || u.targets.iter().map(|t| t.weight);
+                // The previous generation's balancer of the same upstream, if its targets are the
+                // same (names, addresses, weights, order): continue its rotation. Otherwise start
+                // at a random point, so a reload does not send the next request to target 0.
+                let carried = prev.and_then(|p| {
+                    let pi = p.config.upstreams.iter().position(|pu| pu.name == u.name)?;
+                    let pu = p.config.upstreams.get(pi)?;
+                    let same = pu.targets.len() == u.targets.len()
+                        && pu
+                            .targets
+                            .iter()
+                            .zip(&u.targets)
+                            .all(|(a, b)| a.name == b.name && a.addr == b.addr);
+                    let b = p.balancers.get(pi)?.try_borrow().ok()?;
+                    (same && b.same_weights(weights())).then(|| b.clone())
+                });
+                RefCell::new(carried.unwrap_or_else(|| {
+                    Swrr::new_spread(weights(), seed.rotate_left(i as u32 % 64))
+                }))
+            })
             .collect();
         Snapshot {
             generation: compiled.generation,

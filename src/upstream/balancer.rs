@@ -5,9 +5,17 @@
 //!
 //! State is per worker and per upstream; with N workers the split holds per worker and so overall.
 //!
+//! A reload or `dns_refresh` builds new balancers: one whose upstream kept the same targets and
+//! weights continues the old one's rotation (`worker.rs`); a new one starts at a random point of
+//! its cycle (`new_spread`), so frequent reloads do not send every worker's next request to the
+//! first target (a review saw 12 of 16 requests go to one of three equal targets).
+//!
 //! `pick_where` skips targets health checking took out the way nginx does: a skipped target neither
 //! gains score nor counts in the total, so the others keep their smooth weighted split among
 //! themselves, and the skipped one rejoins with the score it had.
+
+/// At most this many picks spent on a random start (`new_spread`).
+const SPREAD_MAX: u64 = 256;
 
 #[derive(Debug, Clone)]
 pub struct Swrr {
@@ -27,6 +35,25 @@ impl Swrr {
             current,
             total,
         }
+    }
+
+    /// `new`, advanced `seed % min(sum of weights, SPREAD_MAX)` picks into its cycle: a random
+    /// seed makes it start at a random target (in proportion to the weights), at a bounded cost.
+    pub fn new_spread(weights: impl IntoIterator<Item = u32>, seed: u64) -> Swrr {
+        let mut b = Swrr::new(weights);
+        let span = u64::try_from(b.total).unwrap_or(1).clamp(1, SPREAD_MAX);
+        for _ in 0..seed % span {
+            b.pick();
+        }
+        b
+    }
+
+    /// The same targets and weights, in the same order (so `other`'s state may continue here).
+    pub fn same_weights(&self, weights: impl IntoIterator<Item = u32>) -> bool {
+        self.weights
+            .iter()
+            .copied()
+            .eq(weights.into_iter().map(i64::from))
     }
 
     pub fn len(&self) -> usize {
@@ -107,6 +134,22 @@ mod tests {
         let all: Vec<usize> = (0..70).map(|_| b.pick()).collect();
         let ones = all.iter().filter(|&&p| p == 1).count();
         assert!((9..=11).contains(&ones), "{all:?}");
+    }
+
+    #[test]
+    fn a_spread_start_begins_at_the_seeded_point_of_the_cycle() {
+        let firsts: Vec<usize> = (0..3)
+            .map(|seed| Swrr::new_spread([1, 1, 1], seed).pick())
+            .collect();
+        assert_eq!(firsts, vec![0, 1, 2]);
+        // Still exact over a cycle.
+        let mut b = Swrr::new_spread([5, 1, 1], 4);
+        let mut n = [0; 3];
+        for _ in 0..7 {
+            n[b.pick()] += 1;
+        }
+        assert_eq!(n, [5, 1, 1]);
+        assert!(b.same_weights([5, 1, 1]) && !b.same_weights([5, 1]));
     }
 
     #[test]
