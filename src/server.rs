@@ -856,7 +856,21 @@ fn bind_all(
 /// is refused while any socket listens on it, as nginx's is. (A binary upgrade inherits its
 /// sockets and skips this.)
 fn refuse_if_taken(addr: std::net::SocketAddr) -> std::io::Result<()> {
-    match std::net::TcpListener::bind(addr) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    // Bound as the listeners are: an IPv6 probe is IPv6-only, or `[::]:80` would clash with this
+    // process's own `0.0.0.0:80`.
+    let probe =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).and_then(|s| {
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            // As std's bind does: connections in TIME_WAIT from a previous run do not count.
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1)?;
+            Ok(s)
+        });
+    match probe {
         Ok(probe) => {
             drop(probe);
             Ok(())

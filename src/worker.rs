@@ -1044,6 +1044,11 @@ fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
 pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // IPv6 only, as nginx binds (`ipv6only=on`): `[::]:80` beside `0.0.0.0:80` is the usual
+        // dual-stack pair, and a dual-stack `[::]` would take the IPv4 port too and refuse it.
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;

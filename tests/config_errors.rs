@@ -328,6 +328,37 @@ fn duplicate_upstream_name() {
     );
 }
 
+/// The wildcard and a specific address of one family on the same port cannot both bind: an error
+/// at the later entry (before, `check` passed it and `run` failed with "another process listens").
+/// IPv4 and IPv6 wildcards go together (IPv6 listeners are IPv6-only).
+#[test]
+fn overlapping_listen_addresses() {
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"0.0.0.0:8080\", \"127.0.0.1:8080\"]",
+    );
+    expect_one(
+        &text,
+        2,
+        27,
+        "server.listen[1]",
+        "overlaps \"0.0.0.0:8080\"",
+    );
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"[::1]:8080\", \"[::]:8080\"]",
+    );
+    expect_one(&text, 2, 25, "server.listen[1]", "overlaps \"[::1]:8080\"");
+    for fine in [
+        "listen = [\"0.0.0.0:8080\", \"[::]:8080\"]",
+        "listen = [\"127.0.0.1:8080\", \"127.0.0.2:8080\", \"[::1]:8080\"]",
+        "listen = [\"0.0.0.0:8080\", \"127.0.0.1:8081\"]",
+    ] {
+        let text = base_with("listen = [\"127.0.0.1:8080\"]", fine);
+        assert!(load_str(&text, "test.toml").is_ok(), "{fine}");
+    }
+}
+
 #[test]
 fn workers_zero() {
     let text = base_with("listen = [\"127.0.0.1:8080\"]", "workers = 0");

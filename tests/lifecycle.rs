@@ -125,6 +125,29 @@ fn workers_flag_overrides_the_config() {
     }
 }
 
+/// `0.0.0.0:P` and `[::]:P` together, the usual dual-stack pair: IPv6 listeners are IPv6-only (as
+/// nginx binds them), so both bind and each serves its family. Before, the IPv6 wildcard was
+/// dual-stack and the gateway refused to start ("another process listens"). (The wildcards are
+/// bound for the test's second; its traffic goes to loopback only.)
+#[test]
+fn ipv4_and_ipv6_wildcards_on_one_port_both_serve() {
+    let up = Upstream::echo("a");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let toml = basic_config(&up, "", "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"0.0.0.0:{port}\", \"[::]:{port}\"]"),
+    );
+    let gw = Gateway::start(&toml);
+    assert_eq!(gw.addrs().len(), 2, "{:?}", gw.logs());
+    for a in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let a: std::net::SocketAddr = a.parse().expect("addr");
+        assert_eq!(get(a, HOST, "/").status, 200, "{a}");
+    }
+}
+
 #[test]
 fn several_listen_addresses() {
     let up = Upstream::echo("a");

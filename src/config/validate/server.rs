@@ -224,6 +224,28 @@ fn listen(
                 push(problems, at, format!("{s:?} is listed twice"));
                 continue;
             }
+            // The wildcard and a specific address of the same family on one port cannot both
+            // bind (`run` would refuse what `check` passed). IPv4 and IPv6 never clash: IPv6
+            // listeners are IPv6-only, as nginx's are, so `0.0.0.0:80` and `[::]:80` go together.
+            Ok(a)
+                if a.port() != 0
+                    && out.iter().any(|d: &ListenDef| {
+                        d.addr.port() == a.port()
+                            && d.addr.is_ipv4() == a.is_ipv4()
+                            && (d.addr.ip().is_unspecified() || a.ip().is_unspecified())
+                    }) =>
+            {
+                let other = out
+                    .iter()
+                    .find(|d| d.addr.port() == a.port() && d.addr.is_ipv4() == a.is_ipv4())
+                    .map_or_else(String::new, |d| d.addr.to_string());
+                push(
+                    problems,
+                    at,
+                    format!("{s:?} overlaps {other:?} listed before it (the wildcard address takes every address of its family on that port): list one or the other"),
+                );
+                continue;
+            }
             Ok(a) => a,
             Err(_) => {
                 push(
