@@ -146,7 +146,7 @@ fn file_target(f: &str, base: &Path, at: &KeyPath, problems: &mut Vec<Problem>) 
 
 /// `access(path, W_OK)`: whether this process may write `path` (checked with its real ids, which
 /// for a daemon are its effective ones).
-fn writable(path: &Path) -> std::io::Result<()> {
+pub(super) fn writable(path: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;

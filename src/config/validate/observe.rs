@@ -130,7 +130,28 @@ pub fn metrics(raw: Option<&RawMetrics>, base: &Path, problems: &mut Vec<Problem
                         path.join("ringgate-hdr.txt").display()
                     ),
                 ),
-                _ => def.histogram_file = Some(path),
+                _ => {
+                    // Created or replaced at shutdown: the directory (or the file) must be
+                    // writable, or the report is lost after the whole run.
+                    let dir = path
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(std::path::Path::new("."));
+                    let probe = if path.exists() { path.as_path() } else { dir };
+                    match super::access_log::writable(probe) {
+                        Ok(()) => def.histogram_file = Some(path),
+                        Err(e) => push(
+                            problems,
+                            p.key("histogram_file"),
+                            format!(
+                                "{} is not writable by this process (uid {}): {e}",
+                                probe.display(),
+                                // SAFETY: geteuid has no preconditions and cannot fail.
+                                unsafe { libc::geteuid() }
+                            ),
+                        ),
+                    }
+                }
             }
         }
     }
