@@ -985,7 +985,8 @@ impl<S: ClientIo> Conn<S> {
         let has_params = memchr::memchr(b';', &self.s.path).is_some();
         let ambiguous = router.ambiguous(query, &view);
         // Override methods: the headers' values, and `_method` parameters (names compared
-        // decoded: `%5Fmethod` is one too), upper-cased as the middleware does.
+        // decoded and leniently: `%5Fmethod`, `.method` are ones too), upper-cased as the
+        // middleware does.
         let mut methods: Vec<Vec<u8>> = Vec::new();
         if head.method_override {
             let values = head
@@ -998,7 +999,9 @@ impl<S: ClientIo> Conn<S> {
         if memchr::memmem::find(query, b"method").is_some() || memchr::memchr(b'%', query).is_some()
         {
             let values = crate::http::query::params(query)
-                .filter(|p| crate::http::query::decode(p.name).eq(*b"_method"))
+                // Read as leniently as the names route conditions see: PHP (Laravel, Symfony)
+                // reads `.method`, ` _method` and `+_method` as `_method`.
+                .filter(|p| crate::http::query::lenient_name_eq(p.name, b"_method"))
                 .map(|p| {
                     let mut v: Vec<u8> = crate::http::query::decode(p.value).collect();
                     v.make_ascii_uppercase();

@@ -83,10 +83,9 @@ pub fn plain_origin(o: &str) -> bool {
 /// Why a regex cors origin looks like a mistyped glob or an unescaped host, whose `*` and `.`
 /// would let through domains anyone can register (`https://app.example.com/*` matches
 /// `https://app-example.com`): a `*` with nothing to repeat but a separator, or an unescaped `.`
-/// outside a character class followed by a letter or digit, whatever comes before it
-/// (`[a-z0-9-]+.example`, `(app|www).corp`: a review found those loading and admitting
-/// `https://evil-example.com`); `.*` and `.+` stay a regex's "anything". Refused with a hint rather
-/// than compiled.
+/// outside a character class that is not repeated (`[a-z0-9-]+.example`, `(app|www).corp`,
+/// `(www.)?example`: reviews found those loading and admitting `https://evil-example.com`);
+/// `.*`, `.+` and `.{n,m}` stay a regex's "anything". Refused with a hint rather than compiled.
 pub fn origin_regex_trap(o: &str) -> Option<String> {
     let b = o.as_bytes();
     let mut escaped = false;
@@ -112,7 +111,9 @@ pub fn origin_regex_trap(o: &str) -> Option<String> {
                     "{o:?} looks like a glob, and as a regex its `*` repeats the character before it; write \"https://*.example.com\" for any subdomain, or a regex such as \"https://[a-z0-9-]+\\\\.example\\\\.com\""
                 ))
             }
-            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_alphanumeric) =>
+            // Only a repeated `.` (`.*`, `.+`, `.{2,}`) is meant as "anything"; any other is
+            // a mistyped literal dot (`(www.)?example`, `app.(a|b)`, `[a-z]+.example`).
+            b'.' if !matches!(b.get(i + 1), Some(b'*' | b'+' | b'{')) =>
             {
                 return Some(format!(
                     "{o:?}: in a regex an unescaped `.` matches any character, so this would also allow look-alike domains; write `\\\\.` for a dot"

@@ -785,6 +785,11 @@ mod tests {
             r"https://[a-z0-9-]+.example\.com",
             r"https://(app|www).corp\.com",
             r"https://app\..example\.com",
+            r"https://(www.)?example\.com",
+            r"https://app.(example|corp)\.com",
+            r"https://app.[a-z]+\.com",
+            r"https://app.?example\.com",
+            "https://app.",
             "*",
         ] {
             assert!(origin_regex_trap(trap).is_some(), "{trap}");
@@ -796,6 +801,8 @@ mod tests {
             r"https://app\*x",
             r"https://[.a-z0-9-]+\.example\.com",
             r"https://.+\.example\.com",
+            r"https://(www\.)?example\.com",
+            r"https://.{1,20}\.example\.com",
         ] {
             assert!(origin_regex_trap(fine).is_none(), "{fine}");
         }
