@@ -123,9 +123,18 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         fds: Vec::new(),
         workers,
     };
-    for (entry, l) in compiled.config.server.listeners.iter().enumerate() {
+    let all = &compiled.config.server.listeners;
+    for (entry, l) in all.iter().enumerate() {
+        // An IPv6 socket is IPv6-only when an IPv4 entry shares its port (`0.0.0.0:80` +
+        // `[::]:80`, nginx's pair); alone, `[::]:80` stays dual-stack as Linux makes it, so a
+        // config listening on it serves IPv4 clients too.
+        let v6only = l.addr.is_ipv6()
+            && all
+                .iter()
+                .any(|o| o.addr.is_ipv4() && o.addr.port() == l.addr.port());
         match bind_all(
             l.addr,
+            v6only,
             l.kind,
             upgrade::Role::Listener(entry),
             &mut listeners,
@@ -798,6 +807,7 @@ fn compiled_has_no_log(state: &ReloadState) -> bool {
 /// is also listed in `handover`.
 fn bind_all(
     addr: std::net::SocketAddr,
+    v6only: bool,
     kind: ListenKind,
     role: upgrade::Role,
     listeners: &mut [Vec<(std::net::TcpListener, ListenKind)>],
@@ -816,9 +826,9 @@ fn bind_all(
             }
             None => {
                 if i == 0 && actual.port() != 0 {
-                    refuse_if_taken(actual)?;
+                    refuse_if_taken(actual, v6only)?;
                 }
-                worker::bind_reuseport(actual)?
+                worker::bind_reuseport(actual, v6only)?
             }
         };
         if i == 0 {
@@ -855,13 +865,13 @@ fn bind_all(
 /// first stops, the forgotten second one serves with its own config. A plain bind of the address
 /// is refused while any socket listens on it, as nginx's is. (A binary upgrade inherits its
 /// sockets and skips this.)
-fn refuse_if_taken(addr: std::net::SocketAddr) -> std::io::Result<()> {
+fn refuse_if_taken(addr: std::net::SocketAddr, v6only: bool) -> std::io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
-    // Bound as the listeners are: an IPv6 probe is IPv6-only, or `[::]:80` would clash with this
-    // process's own `0.0.0.0:80`.
+    // Bound as the listener will be: an IPv6-only one must not clash with this process's own
+    // `0.0.0.0:80`.
     let probe =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).and_then(|s| {
-            if addr.is_ipv6() {
+            if v6only {
                 s.set_only_v6(true)?;
             }
             // As std's bind does: connections in TIME_WAIT from a previous run do not count.

@@ -1041,12 +1041,12 @@ fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
 
 /// Binds one SO_REUSEPORT listener for `addr`. Workers each bind their own; the kernel spreads
 /// connections across them.
-pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub fn bind_reuseport(addr: SocketAddr, v6only: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        // IPv6 only, as nginx binds (`ipv6only=on`): `[::]:80` beside `0.0.0.0:80` is the usual
-        // dual-stack pair, and a dual-stack `[::]` would take the IPv4 port too and refuse it.
+    if v6only {
+        // Beside an IPv4 listener on the same port (`0.0.0.0:80` + `[::]:80`): a dual-stack
+        // `[::]` would take the IPv4 port too and fail to bind.
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
@@ -1110,12 +1110,12 @@ mod tests {
 
     #[test]
     fn steering_sends_new_connections_to_the_first_n_sockets_of_the_group() {
-        let first = bind_reuseport("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let first = bind_reuseport("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
         let addr = first.local_addr().expect("addr");
         let group = [
             first,
-            bind_reuseport(addr).expect("bind"),
-            bind_reuseport(addr).expect("bind"),
+            bind_reuseport(addr, false).expect("bind"),
+            bind_reuseport(addr, false).expect("bind"),
         ];
         steer_reuseport(&group[0], 2).expect("attach");
         let clients: Vec<std::net::TcpStream> = (0..60)

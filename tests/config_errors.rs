@@ -349,6 +349,17 @@ fn overlapping_listen_addresses() {
         "listen = [\"[::1]:8080\", \"[::]:8080\"]",
     );
     expect_one(&text, 2, 25, "server.listen[1]", "overlaps \"[::1]:8080\"");
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"[::ffff:10.0.0.5]:8080\"]",
+    );
+    expect_one(
+        &text,
+        2,
+        11,
+        "server.listen[0]",
+        "write it as \"10.0.0.5:8080\"",
+    );
     for fine in [
         "listen = [\"0.0.0.0:8080\", \"[::]:8080\"]",
         "listen = [\"127.0.0.1:8080\", \"127.0.0.2:8080\", \"[::1]:8080\"]",

@@ -224,9 +224,24 @@ fn listen(
                 push(problems, at, format!("{s:?} is listed twice"));
                 continue;
             }
+            // An IPv4-mapped IPv6 address: written as the IPv4 address it is (beside an IPv4
+            // listener on its port the IPv6 socket is IPv6-only, and could not bind it).
+            Ok(SocketAddr::V6(a)) if a.ip().to_ipv4_mapped().is_some() => {
+                let v4 = a
+                    .ip()
+                    .to_ipv4_mapped()
+                    .map_or_else(String::new, |ip| format!("{ip}:{}", a.port()));
+                push(
+                    problems,
+                    at,
+                    format!("{s:?} is an IPv4-mapped address: write it as {v4:?}"),
+                );
+                continue;
+            }
             // The wildcard and a specific address of the same family on one port cannot both
-            // bind (`run` would refuse what `check` passed). IPv4 and IPv6 never clash: IPv6
-            // listeners are IPv6-only, as nginx's are, so `0.0.0.0:80` and `[::]:80` go together.
+            // bind (`run` would refuse what `check` passed). IPv4 and IPv6 do not clash: an IPv6
+            // socket beside an IPv4 listener on its port is IPv6-only, as nginx binds, so
+            // `0.0.0.0:80` and `[::]:80` go together (alone, `[::]:80` is dual-stack).
             Ok(a)
                 if a.port() != 0
                     && out.iter().any(|d: &ListenDef| {
