@@ -245,7 +245,7 @@ paths = ["/api"]
 "#
     );
     let cfg = Arc::new(ringgate::config::load_str(&toml, "alloc.toml").expect("config"));
-    let listener = worker::bind_reuseport(cfg.server.listen[0]).expect("bind gateway");
+    let listener = worker::bind_reuseport(cfg.server.listen[0], false).expect("bind gateway");
     let addr = listener.local_addr().expect("gateway addr");
     let control = Arc::new(Control::default());
     let (_reload_tx, reloads) = crossbeam_channel::unbounded();
