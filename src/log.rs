@@ -4,14 +4,16 @@
 //! Logging is for events (startup, errors, shutdown), never per request on the hot path; access
 //! logs go through a separate, buffered channel.
 //!
-//! Invariant: a worker thread never blocks on stderr. A stalled reader (a full pipe, a stuck log
-//! collector, the access-log writer blocked on the same stderr) would otherwise freeze every
-//! connection of that worker on its next warning. Workers call `queue_this_thread` at start; their
-//! lines then go to the `ringgate-log` thread through a bounded channel, and are dropped (counted,
-//! and the count logged once the thread gets through again) when it is full. Other threads (main,
-//! admin, probes) write directly, as before. `flush` waits, bounded, for queued lines at exit.
-//! Warnings a request can trigger go through `warn_every!`, at most one line per interval per
-//! worker and call site, with how many it stands for.
+//! Invariant: once `start` ran (`ringgate run` does it first), no thread blocks on stderr. A
+//! stalled reader (a full pipe, a stuck log collector, the access-log writer blocked on the same
+//! stderr) would otherwise freeze every connection of a worker on its next warning, a prober
+//! before it tells the workers a target is down, or the main thread's drain. Every line then goes
+//! to the `ringgate-log` thread through one bounded channel (so lines keep the order they were
+//! made in), and is dropped when the channel is full: counted, and the count logged once the
+//! thread gets through again or within a second. `flush` waits, bounded, for queued lines: at
+//! exit, and in the panic hook before it aborts. Before `start` (`ringgate check`, unit tests)
+//! lines are written directly. Warnings a request can trigger go through `warn_every!`, at most
+//! one line per interval per worker and call site, with how many it stands for.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -29,10 +31,6 @@ static QUEUE: OnceLock<Option<Sender<Vec<u8>>>> = OnceLock::new();
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 /// Lines dropped because the queue was full, since the log thread last said so.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static QUEUED: Cell<bool> = const { Cell::new(false) };
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -67,7 +65,7 @@ pub fn enabled(level: Level) -> bool {
 }
 
 /// Writes one log line. The whole line goes out in one `write` so lines from different workers
-/// never interleave; from a queued thread (a worker) it goes through the log thread instead.
+/// never interleave; once `start` ran, it goes through the log thread.
 pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     write_line(level, args, 0);
 }
@@ -82,58 +80,79 @@ pub fn write_line(level: Level, args: std::fmt::Arguments<'_>, suppressed: u64) 
         let _ = write!(line, " suppressed={suppressed}");
     }
     line.push(b'\n');
-    if QUEUED.get() {
-        if let Some(Some(tx)) = QUEUE.get() {
-            PENDING.fetch_add(1, Ordering::AcqRel);
-            match tx.try_send(line) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    PENDING.fetch_sub(1, Ordering::AcqRel);
-                    DROPPED.fetch_add(1, Ordering::Relaxed);
-                }
+    if let Some(Some(tx)) = QUEUE.get() {
+        PENDING.fetch_add(1, Ordering::AcqRel);
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                PENDING.fetch_sub(1, Ordering::AcqRel);
+                DROPPED.fetch_add(1, Ordering::Relaxed);
             }
-            return;
         }
+        return;
     }
     let _ = std::io::stderr().lock().write_all(&line);
 }
 
-/// Sends this thread's log lines through the log thread (started on the first call) from now on.
-/// Worker threads call it first thing. If the thread cannot be started, lines stay direct.
-pub fn queue_this_thread() {
-    let queue = QUEUE.get_or_init(|| {
+/// Starts the log thread; from then on every thread's lines go through it. Idempotent. If the
+/// thread cannot be started, lines stay direct.
+pub fn start() {
+    QUEUE.get_or_init(|| {
         let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(QUEUE_LINES);
         std::thread::Builder::new()
             .name("ringgate-log".into())
-            .spawn(move || {
-                for line in rx {
-                    let mut err = std::io::stderr().lock();
-                    let _ = err.write_all(&line);
-                    let dropped = DROPPED.swap(0, Ordering::Relaxed);
-                    if dropped > 0 {
-                        let mut note = Vec::with_capacity(96);
-                        push_rfc3339(&mut note, SystemTime::now());
-                        let _ = writeln!(
-                            note,
-                            " WARN log lines dropped, stderr too slow count={dropped}"
-                        );
-                        let _ = err.write_all(&note);
+            .spawn(move || loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(line) => {
+                        let mut err = std::io::stderr().lock();
+                        let _ = err.write_all(&line);
+                        write_dropped(&mut err);
+                        drop(err);
+                        PENDING.fetch_sub(1, Ordering::AcqRel);
                     }
-                    drop(err);
-                    PENDING.fetch_sub(1, Ordering::AcqRel);
+                    // Drops at the end of a burst are reported without waiting for a next line.
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        write_dropped(&mut std::io::stderr().lock());
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                 }
             })
             .ok()
             .map(|_| tx)
     });
-    QUEUED.set(queue.is_some());
 }
 
-/// Waits until the log thread has written every queued line, at most `limit`. Before exit.
+/// Writes how many lines were dropped since it last said so, if any. Log thread only.
+fn write_dropped(err: &mut impl Write) {
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        let mut note = Vec::with_capacity(96);
+        push_rfc3339(&mut note, SystemTime::now());
+        let _ = writeln!(
+            note,
+            " WARN log lines dropped, stderr too slow count={dropped}"
+        );
+        let _ = err.write_all(&note);
+    }
+}
+
+/// Waits until the log thread has written every queued line, at most `limit`: before exit, and
+/// before the panic hook aborts. A drop count still unsaid goes out as a last line.
 pub fn flush(limit: Duration) {
     let deadline = Instant::now() + limit;
-    while PENDING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
+    let wait = || {
+        while PENDING.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait();
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        write(
+            Level::Warn,
+            format_args!("log lines dropped, stderr too slow count={dropped}"),
+        );
+        wait();
     }
 }
 

@@ -348,6 +348,9 @@ struct Conn<S> {
     /// The current request's body, read whole and edited by a request-transformer's `json`
     /// (sent instead of streaming the client's; `None` on every other request).
     edited_body: Option<Vec<u8>>,
+    /// A lingering close already ran (after an error or an early answer): the connection is done,
+    /// and the close that follows must not linger a second time.
+    lingered: bool,
 }
 
 /// A connection's place in its shard. Dropping it keeps `Shard::active` and the idle registry
@@ -467,6 +470,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         body_done: true,
         canceller: None,
         edited_body: None,
+        lingered: false,
         t: Timings::new(Instant::now()),
         metrics_on: true,
         log_on: false,
@@ -507,9 +511,9 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                 // already arriving) turns the close into a reset, and a reset makes the client's
                 // kernel drop what it has not read yet: the end of a large response. Linger then,
                 // as after an error (nginx does too). Otherwise close at once.
-                if conn.buf.len() > conn.pos || input_waiting(conn.fd) {
+                if !conn.lingered && (conn.buf.len() > conn.pos || input_waiting(conn.fd)) {
                     conn.lingering_close().await;
-                } else if conn.listener.tls {
+                } else if conn.listener.tls && !conn.lingered {
                     // TLS: say close_notify, so clients can tell a clean end from a truncation.
                     let _ = monoio::time::timeout(CLOSE_NOTIFY_TIME, conn.client.shutdown()).await;
                 }
@@ -1866,6 +1870,7 @@ impl<S: ClientIo> Conn<S> {
     /// time) before the socket is dropped. Closing a socket with unread input sends a reset, which can
     /// destroy the error response before the client reads it (the 413-while-uploading case).
     async fn lingering_close(&mut self) {
+        self.lingered = true;
         // Bounded: a TLS shutdown sends close_notify behind whatever the client has not read yet.
         let _ = monoio::time::timeout(CLOSE_NOTIFY_TIME, self.client.shutdown()).await;
         io::discard(&mut self.client, &mut self.buf, LINGER_TIME, LINGER_BYTES).await;

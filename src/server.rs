@@ -35,6 +35,8 @@ use crate::{error, info, warn};
 pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     // First, before any thread exists: it reads and clears environment variables.
     let mut inherited = upgrade::Inherited::from_env();
+    // From here on no thread blocks on stderr (see `crate::log`); main flushes it before exit.
+    crate::log::start();
     install_panic_hook();
     let cfg = match config::load(path) {
         Ok(cfg) => {
@@ -1070,6 +1072,9 @@ fn raise_nofile_limit() {
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         error!("panic: {info}");
+        // The line goes through the log thread: let it out before the process is gone (bounded,
+        // so a stalled stderr still ends in the abort a supervisor restarts on).
+        crate::log::flush(std::time::Duration::from_millis(500));
         std::process::abort();
     }));
 }

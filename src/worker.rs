@@ -697,8 +697,6 @@ pub struct WorkerSpec {
 
 /// Thread body: pin, build the runtime, serve until drained.
 pub fn run(spec: WorkerSpec) {
-    // Before anything logs: this thread must never block on stderr (see `crate::log`).
-    crate::log::queue_this_thread();
     if let Some(cpu) = spec.cpu {
         if let Err(e) = pin_to_cpu(cpu) {
             crate::warn!(

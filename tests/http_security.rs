@@ -569,6 +569,58 @@ fn chunked_body_crossing_max_body_bytes_is_413() {
     assert!(up.requests().iter().all(|r| r.body.len() <= 100));
 }
 
+/// A client that keeps uploading after its 413 is drained for the lingering close's 2 s, once:
+/// the close that follows the answer must not linger again (it did whenever input was still
+/// arriving, holding such a connection twice as long; found by a review).
+#[test]
+fn an_upload_that_goes_on_after_its_413_lingers_once() {
+    use std::io::{Read, Write};
+    let up = Upstream::echo("a");
+    let gw = limited_gateway(&up, "max_body_bytes = 100");
+    let mut s = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(format!("{CHUNKED_HEAD}c8\r\n{}\r\n", "a".repeat(200)).as_bytes())
+        .expect("write");
+    // Keeps sending 256-byte chunks every ~0.25 ms (about 1 MB/s, so the 4 MiB cap is not what
+    // ends the linger, and input is arriving when it ends) for at most 8 s, until a write fails: the gateway closed the socket for good (its
+    // half-close at the start of the linger only ends the answer).
+    let mut w = s.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        let chunk = format!("100\r\n{}\r\n", "b".repeat(0x100));
+        let end = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < end && w.write_all(chunk.as_bytes()).is_ok() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Instant::now()
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut answered: Option<Instant> = None;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if answered.is_none() && got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    answered = Some(Instant::now());
+                }
+            }
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let closed = writer.join().expect("writer");
+    let lingered = closed - answered.expect("a 413 head");
+    assert!(
+        lingered >= Duration::from_millis(1500) && lingered < Duration::from_millis(3300),
+        "closed {lingered:?} after the answer (one linger is 2 s)"
+    );
+}
+
 #[test]
 fn per_route_max_body_bytes_overrides_the_server_limit() {
     let up = Upstream::echo("a");

@@ -41,6 +41,9 @@ pub struct JsonTransform {
     /// The largest body buffered to edit; a larger one is a 502 (never sent unedited: `remove`
     /// may be hiding something).
     pub max_bytes: u64,
+    /// `remove` takes keys in any case (a request's: the upstream's binder may fold case). A
+    /// response's remove is exact: JavaScript clients read `id` and `ID` as two fields.
+    fold_remove: bool,
 }
 
 impl JsonTransform {
@@ -66,6 +69,16 @@ impl JsonTransform {
             add: values(&j.add),
             append: values(&j.append),
             max_bytes: def.max_json_bytes,
+            fold_remove: false,
+        })
+    }
+
+    /// A request-transformer's edits: `remove` folds case, as the binders behind may (Go's
+    /// `encoding/json`, ASP.NET Core bind `IS_ADMIN` to an `is_admin` field).
+    pub fn for_request(def: &TransformDef) -> Option<JsonTransform> {
+        JsonTransform::new(def).map(|t| JsonTransform {
+            fold_remove: true,
+            ..t
         })
     }
 
@@ -99,11 +112,15 @@ impl JsonTransform {
             }
         };
         let was_empty = doc.is_empty() && body.trim_ascii().is_empty();
-        // Case-insensitively: Go's encoding/json and ASP.NET Core bind `IS_ADMIN` (Go also `ıs_admın`
-        // folds aside, `ſ` and the Kelvin sign) to an `is_admin` field, so a remove that left
-        // them would hide nothing from those upstreams.
-        if !self.remove.is_empty() {
+        // A request's case-insensitively: Go's encoding/json and ASP.NET Core bind `IS_ADMIN` (Go
+        // also the `ſ` and Kelvin sign folds) to an `is_admin` field, so a remove that left them
+        // would hide nothing from those upstreams.
+        if self.fold_remove {
             doc.retain(|k, _| !self.remove.iter().any(|r| key_fold_eq(k, r)));
+        } else {
+            for k in &self.remove {
+                doc.shift_remove(k);
+            }
         }
         // A renamed key keeps its place (a rebuild, only when a source is there). The document's
         // own key of the target name gives way to it, as Kong overwrites.
@@ -218,10 +235,21 @@ mod tests {
     /// `IS_ADMIN` and `Is_Admin` reached Go and ASP.NET upstreams as `is_admin`).
     #[test]
     fn remove_folds_case_as_go_and_asp_net_bind_keys() {
-        let t = tf(EditsDef {
-            remove: vec!["is_admin".into(), "Kind".into()],
-            ..EditsDef::default()
-        });
+        let def = TransformDef {
+            json: EditsDef {
+                remove: vec!["is_admin".into(), "Kind".into()],
+                ..EditsDef::default()
+            },
+            max_json_bytes: 1 << 20,
+            ..TransformDef::default()
+        };
+        // A response's remove is exact (`id` and `ID` are two fields to a JavaScript client).
+        let exact = JsonTransform::new(&def).unwrap_or_else(|| panic!("no edits"));
+        assert_eq!(
+            run(&exact, r#"{"is_admin":1,"IS_ADMIN":2}"#).as_deref(),
+            Some(r#"{"IS_ADMIN":2}"#)
+        );
+        let t = JsonTransform::for_request(&def).unwrap_or_else(|| panic!("no edits"));
         assert_eq!(
             run(
                 &t,

@@ -177,7 +177,7 @@ impl RequestTransform {
             query: QueryTransform::new(&def.query),
             uri: def.uri.as_ref().map(|u| u.as_bytes().into()),
             method: def.method.as_ref().map(|m| m.as_bytes().into()),
-            json: super::json_body::JsonTransform::new(def),
+            json: super::json_body::JsonTransform::for_request(def),
             form: super::form_body::FormTransform::new(def),
         }
     }
