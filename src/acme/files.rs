@@ -9,9 +9,9 @@
 //! ```
 //!
 //! `{name}` is the certificate's first SNI name. A new pair is written whole as `*.new` files (mode
-//! 0600, created exclusively, never through a symlink, synced) before either is renamed into place,
-//! chain first: a crash between the two renames leaves the new chain next to the old key, and the
-//! next load finds the matching `privkey.pem.new` and finishes the job. Only the manager thread,
+//! 0600, created exclusively, never through a symlink, synced) before any is renamed into place,
+//! in the order chain, key, directory: the next load finishes a save a crash interrupted after its
+//! staging, whichever rename it stopped at (also the first save, with no old key to fall back on). Only the manager thread,
 //! startup and reloads (main thread) touch these files.
 
 use std::io::Write as _;
@@ -108,19 +108,14 @@ pub fn load(storage: &Path, name: &str) -> Result<Option<Issued>, String> {
     let dir = cert_dir(storage, name);
     let chain = dir.join("fullchain.pem");
     let key = dir.join("privkey.pem");
+    finish_interrupted_save(&dir);
     let chain_pem = match std::fs::read(&chain) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", chain.display())),
     };
     let key_pem = std::fs::read(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let mut issued = match parse(&chain_pem, &key_pem) {
-        Ok(i) => i,
-        Err(e) => match roll_forward(&dir, &chain_pem) {
-            Some(i) => i,
-            None => return Err(format!("{}: {e}", dir.display())),
-        },
-    };
+    let mut issued = parse(&chain_pem, &key_pem).map_err(|e| format!("{}: {e}", dir.display()))?;
     issued.directory = std::fs::read_to_string(dir.join("directory"))
         .ok()
         .map(|d| d.trim().to_owned());
@@ -166,19 +161,52 @@ pub fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Issued, String> {
     })
 }
 
-/// A save interrupted between its renames left the new chain next to the old key: the new key
-/// is `privkey.pem.new` (complete: written and synced before any rename). Finishes the save.
-fn roll_forward(dir: &Path, chain_pem: &[u8]) -> Option<Issued> {
-    let staged = dir.join("privkey.pem.new");
-    let key_pem = std::fs::read(&staged).ok()?;
-    let issued = parse(chain_pem, &key_pem).ok()?;
-    std::fs::rename(&staged, dir.join("privkey.pem")).ok()?;
-    let _ = std::fs::rename(dir.join("directory.new"), dir.join("directory"));
+/// Finishes a save a crash interrupted after its staging (every `*.new` file is written and synced
+/// before the first rename; they are renamed chain, key, directory). Where it stopped shows in
+/// what is still staged:
+/// - `fullchain.pem.new` too: no rename happened; finished if the staged pair matches (a pair
+///   that does not was cut off while being staged, and the old one stays);
+/// - `privkey.pem.new` but no staged chain: the new chain is in place, next to the old key or
+///   none at all (a first save); finished if they match;
+/// - only `directory.new`: the pair is in place, the CA's record not yet (without it, a
+///   certificate from a new CA would look like the old CA's and be ordered again at once).
+fn finish_interrupted_save(dir: &Path) {
+    let staged = |f: &str| dir.join(format!("{f}.new"));
+    let pair_matches = |chain: &Path, key: &Path| match (std::fs::read(chain), std::fs::read(key)) {
+        (Ok(c), Ok(k)) => parse(&c, &k).is_ok(),
+        _ => false,
+    };
+    let renames: &[&str] = if staged("fullchain.pem").exists() {
+        if !pair_matches(&staged("fullchain.pem"), &staged("privkey.pem")) {
+            return;
+        }
+        &["fullchain.pem", "privkey.pem", "directory"]
+    } else if staged("privkey.pem").exists() {
+        if !pair_matches(&dir.join("fullchain.pem"), &staged("privkey.pem")) {
+            return;
+        }
+        &["privkey.pem", "directory"]
+    } else if staged("directory").exists() {
+        &["directory"]
+    } else {
+        return;
+    };
+    for f in renames {
+        if let Err(e) = std::fs::rename(staged(f), dir.join(f)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                crate::warn!(
+                    "acme storage repair failed dir={} file={f} error=\"{e}\"",
+                    dir.display()
+                );
+                return;
+            }
+        }
+    }
+    let _ = sync_dir(dir);
     crate::warn!(
         "acme storage repaired (a save was interrupted) dir={}",
         dir.display()
     );
-    Some(issued)
 }
 
 /// Stores a certificate `directory` just issued: every file staged whole, then renamed into place.
@@ -350,6 +378,63 @@ mod tests {
         assert!(!d.join("privkey.pem.new").exists());
         // And it stays repaired.
         assert!(load(&dir, "a.test").expect("load").is_some());
+        // A first save (no old key at all) that stopped after the chain's rename; then one that
+        // stopped before any rename; then one that stopped before the CA's record: each finished
+        // (the first used to be thrown away and ordered again: found by a review).
+        for renamed in [
+            &["fullchain.pem"][..],
+            &[],
+            &["fullchain.pem", "privkey.pem"],
+        ] {
+            let _ = std::fs::remove_dir_all(&d);
+            make_dir(&d).expect("dir");
+            let next = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+            let files = [
+                ("fullchain.pem", next.cert.pem()),
+                ("privkey.pem", next.signing_key.serialize_pem()),
+                ("directory", "https://new-ca.test/dir\n".to_owned()),
+            ];
+            for (f, text) in &files {
+                stage(&d.join(format!("{f}.new")), text.as_bytes()).expect("stage");
+            }
+            for f in renamed {
+                std::fs::rename(d.join(format!("{f}.new")), d.join(f)).expect("rename");
+            }
+            let i = load(&dir, "a.test").expect("repaired").expect("stored");
+            assert_eq!(
+                i.key.cert[0].as_ref(),
+                next.cert.der().as_ref(),
+                "{renamed:?}"
+            );
+            assert_eq!(
+                i.directory.as_deref(),
+                Some("https://new-ca.test/dir"),
+                "{renamed:?}"
+            );
+            for (f, _) in &files {
+                assert!(!d.join(format!("{f}.new")).exists(), "{f} {renamed:?}");
+            }
+        }
+        // A staged pair that does not match (cut off while staging): the stored pair stays.
+        let kept = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+        save(
+            &dir,
+            "a.test",
+            &kept.cert.pem(),
+            &kept.signing_key.serialize_pem(),
+            "https://ca.test/dir",
+        )
+        .expect("save");
+        stage(&d.join("fullchain.pem.new"), new.cert.pem().as_bytes()).expect("stage");
+        stage(
+            &d.join("privkey.pem.new"),
+            b"-----BEGIN PRIVATE KEY-----\ncut",
+        )
+        .expect("stage");
+        let i = load(&dir, "a.test").expect("load").expect("stored");
+        assert_eq!(i.key.cert[0].as_ref(), kept.cert.der().as_ref());
+        let _ = std::fs::remove_file(d.join("fullchain.pem.new"));
+        let _ = std::fs::remove_file(d.join("privkey.pem.new"));
         // A staged file is never written through a symlink someone left in its place.
         let target = dir.join("elsewhere");
         std::os::unix::fs::symlink(&target, d.join("privkey.pem.new")).expect("symlink");

@@ -257,7 +257,12 @@ struct Managed {
 
 impl Managed {
     /// Takes over the retry schedule a previous run stored for this certificate, if it was for
-    /// the same CA, challenge and names and has not run out.
+    /// the same CA, challenge and names: the failure count always (so the backoff keeps growing
+    /// across restarts a crash loop spaces further apart than the wait: before, such a loop
+    /// ordered at every start with a one-minute backoff, into the CA's failed-validation limit),
+    /// the retry time while it has not passed. A retry time no backoff could have set (past
+    /// `MAX_RETRY` from now, or one that overflows: a corrupt file) is ignored; it aborted the
+    /// process at start before.
     fn resume_backoff(&mut self, def: &AcmeDef, primary: &str) {
         let Some(b) = files::load_backoff(&def.storage, primary) else {
             return;
@@ -268,18 +273,33 @@ impl Managed {
         {
             return;
         }
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(b.retry_at);
-        let Ok(left) = at.duration_since(SystemTime::now()) else {
+        let now = SystemTime::now();
+        let Some(at) = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(b.retry_at))
+            .filter(|at| {
+                at.duration_since(now)
+                    .map_or(true, |left| left <= MAX_RETRY)
+            })
+        else {
+            warn!("acme backoff file ignored certificate={primary} reason=\"retry time out of range\"");
             return;
         };
-        info!(
-            "acme backoff from a previous run certificate={primary} failures={} retry_in_s={}",
-            b.failures,
-            left.as_secs()
-        );
         self.failures = b.failures;
-        self.retry_at = Some(at);
         self.last_error = b.last_error;
+        match at.duration_since(now) {
+            Ok(left) => {
+                info!(
+                    "acme backoff from a previous run certificate={primary} failures={} retry_in_s={}",
+                    b.failures,
+                    left.as_secs()
+                );
+                self.retry_at = Some(at);
+            }
+            Err(_) => info!(
+                "acme backoff from a previous run certificate={primary} failures={} retry_in_s=0",
+                b.failures
+            ),
+        }
     }
 
     /// When this certificate should next be ordered.
@@ -721,6 +741,25 @@ mod tests {
             (3, Some("validation failed"))
         );
         assert!(m.due_at(&d) > SystemTime::now() + Duration::from_secs(590));
+        // Its retry time passed (a crash loop restarting every few minutes): due now, but the
+        // failures count on, so the next backoff is longer (before, it restarted at one minute).
+        let mut past = b.clone();
+        past.retry_at = unix_secs(SystemTime::now() - Duration::from_secs(60));
+        files::save_backoff(&storage, "a.test", &past).expect("save");
+        let mut m = fresh(&["a.test"]);
+        m.resume_backoff(&d, "a.test");
+        assert_eq!((m.failures, m.retry_at), (3, None));
+        assert!(m.due_at(&d) <= SystemTime::now());
+        // A corrupt retry time (overflowing, or further out than any backoff): ignored, no panic.
+        for retry_at in [u64::MAX, unix_secs(SystemTime::now() + MAX_RETRY * 4)] {
+            let mut bad = b.clone();
+            bad.retry_at = retry_at;
+            files::save_backoff(&storage, "a.test", &bad).expect("save");
+            let mut m = fresh(&["a.test"]);
+            m.resume_backoff(&d, "a.test");
+            assert_eq!((m.failures, m.retry_at), (0, None), "{retry_at}");
+        }
+        files::save_backoff(&storage, "a.test", &b).expect("save");
         // Another CA, another challenge or other names: ordered as usual.
         for (directory, challenge, names) in [
             (
