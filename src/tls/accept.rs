@@ -79,9 +79,14 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, port: u16, shard: Rc<Sha
             }
         };
     drop(ctx);
-    // A TLS-ALPN-01 validation connection (RFC 8737): the handshake was the whole answer.
+    // A TLS-ALPN-01 validation connection (RFC 8737): the handshake was the whole answer (the
+    // resolver logged it if it served a challenge certificate; a client that offered
+    // `acme-tls/1` next to another protocol got the usual one, and is closed all the same).
     if tls.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) {
-        crate::info!("acme tls-alpn-01 validation answered peer={}", peer);
+        crate::debug!(
+            "acme-tls/1 connection closed after its handshake peer={}",
+            peer
+        );
         let mut tls = tls;
         let _ = monoio::io::AsyncWriteRent::shutdown(&mut tls).await;
         return;

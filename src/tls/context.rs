@@ -285,7 +285,14 @@ impl ResolvesServerCert for SniResolver {
                     .server_name()?
                     .trim_end_matches('.')
                     .to_ascii_lowercase();
-                return self.store.alpn_cert(&name);
+                let cert = self.store.alpn_cert(&name);
+                // Logged here, where a challenge certificate is really served: a client that
+                // offers `acme-tls/1` with another protocol also ends up with it negotiated, and
+                // must not write "validation answered" lines at will (found by a review).
+                if cert.is_some() {
+                    crate::info!("acme tls-alpn-01 validation answered name={name}");
+                }
+                return cert;
             }
         }
         self.pick(hello.server_name())
