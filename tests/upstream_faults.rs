@@ -354,23 +354,30 @@ fn stale_pooled_connection_retry_fails_over_when_its_target_is_gone() {
     let _ = server.join();
 }
 
-#[test]
-fn stale_pooled_connection_is_not_retried_for_a_post_with_body() {
+/// Sends `request` (for `/pay`) on a client connection whose upstream connection went stale
+/// after `/one`: it must be a 502, not replayed. Returns the gateway and upstream for more
+/// requests.
+fn not_replayed_on_a_stale_connection(request: &[u8], why: &str) -> (Gateway, Upstream) {
     let up = Upstream::start(Behaviour::AnswerFirstOnly);
     let gw = gateway_for(&up);
     let mut c = Conn::connect(gw.addr());
     assert_eq!(c.get(HOST, "/one").status, 200);
-    let r = c.request(b"POST /pay HTTP/1.1\r\nHost: test.local\r\nContent-Length: 3\r\n\r\nabc");
-    r.assert_json_error(502);
+    c.request(request).assert_json_error(502);
     settle();
     let pays = up
         .requests()
         .into_iter()
         .filter(|r| r.target == "/pay")
         .count();
-    assert_eq!(
-        pays, 1,
-        "a non-idempotent request with a body must not be replayed"
+    assert_eq!(pays, 1, "{why}");
+    (gw, up)
+}
+
+#[test]
+fn stale_pooled_connection_is_not_retried_for_a_post_with_body() {
+    not_replayed_on_a_stale_connection(
+        b"POST /pay HTTP/1.1\r\nHost: test.local\r\nContent-Length: 3\r\n\r\nabc",
+        "a non-idempotent request with a body must not be replayed",
     );
 }
 
@@ -378,20 +385,10 @@ fn stale_pooled_connection_is_not_retried_for_a_post_with_body() {
 /// fresh connection after a stale pooled one took it (before, it was, as any bodiless GET).
 #[test]
 fn stale_pooled_connection_is_not_retried_for_a_get_overridden_to_post() {
-    let up = Upstream::start(Behaviour::AnswerFirstOnly);
-    let gw = gateway_for(&up);
-    let mut c = Conn::connect(gw.addr());
-    assert_eq!(c.get(HOST, "/one").status, 200);
-    let r =
-        c.request(b"GET /pay HTTP/1.1\r\nHost: test.local\r\nX-HTTP-Method-Override: POST\r\n\r\n");
-    r.assert_json_error(502);
-    settle();
-    let pays = up
-        .requests()
-        .into_iter()
-        .filter(|r| r.target == "/pay")
-        .count();
-    assert_eq!(pays, 1, "run as a POST upstream: not replayed");
+    let (gw, _up) = not_replayed_on_a_stale_connection(
+        b"GET /pay HTTP/1.1\r\nHost: test.local\r\nX-HTTP-Method-Override: POST\r\n\r\n",
+        "run as a POST upstream: not replayed",
+    );
     // Overridden to an idempotent method, it is retried like any GET.
     let mut c = Conn::connect(gw.addr());
     assert_eq!(c.get(HOST, "/three").status, 200);

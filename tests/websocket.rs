@@ -273,16 +273,22 @@ fn a_tunnel_silent_both_ways_closes_after_the_idle_timeout() {
         let _ = s.read(&mut b);
     });
     let gw = tunnel_gateway(addr, "1s");
-    let mut s = raw_upgrade(&gw);
+    closes_after_about_a_second(&gw);
+    up.join().expect("upstream thread");
+}
+
+/// Opens a tunnel through `gw` that stays silent both ways and asserts the gateway closes it after
+/// about a second (a 1 s idle timeout).
+fn closes_after_about_a_second(gw: &Gateway) {
+    let mut s = raw_upgrade(gw);
     let start = std::time::Instant::now();
     let mut b = [0u8; 16];
     assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
     let t = start.elapsed();
     assert!(
         t >= Duration::from_millis(800) && t < Duration::from_secs(3),
-        "closed after {t:?}"
+        "closed after {t:?}, not after a 1 s idle timeout"
     );
-    up.join().expect("upstream thread");
 }
 
 /// The tunnel's idle timeout is the service's `read_timeout` when it sets one (before, the
@@ -296,15 +302,7 @@ fn a_services_read_timeout_is_its_tunnels_idle_timeout() {
     let gw = Gateway::start(&format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n[server.timeouts]\nupstream_read = \"5s\"\n\n[[services]]\nname = \"svc\"\nurl = \"http://{addr}\"\nread_timeout = \"1s\"\n\n[[routes]]\nname = \"all\"\nservice = \"svc\"\npaths = [\"/\"]\n"
     ));
-    let mut s = raw_upgrade(&gw);
-    let start = std::time::Instant::now();
-    let mut b = [0u8; 16];
-    assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
-    let t = start.elapsed();
-    assert!(
-        t >= Duration::from_millis(800) && t < Duration::from_secs(3),
-        "closed after {t:?}, not after the service's 1 s"
-    );
+    closes_after_about_a_second(&gw);
     up.join().expect("upstream thread");
 }
 
