@@ -277,6 +277,8 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         prober,
         acme,
         tls_shared,
+        sighup_running: std::sync::atomic::AtomicBool::new(false),
+        sighup_again: std::sync::atomic::AtomicBool::new(false),
         state: Mutex::new(ReloadState {
             current: compiled.clone(),
             limiter,
@@ -439,6 +441,10 @@ pub struct Reloader {
     acme: AcmeManager,
     tls_shared: Arc<TlsShared>,
     state: Mutex<ReloadState>,
+    /// A SIGHUP reload runs on its own thread (`reload_on_sighup`): whether one is running, and
+    /// whether another SIGHUP came meanwhile (one more reload after it, not one per signal).
+    sighup_running: std::sync::atomic::AtomicBool,
+    sighup_again: std::sync::atomic::AtomicBool,
 }
 
 /// The settings a reload cannot apply, as bound at start: a config that differs gets the restart
@@ -551,17 +557,26 @@ impl Reloader {
     /// errors (nothing changed), or `Unavailable` when draining (nothing loaded) or when a worker did
     /// not confirm the new generation (installed; the rest of the workers may serve the old one).
     pub fn reload(&self) -> Result<u64, ReloadFailure> {
-        let mut state = self.state();
-        // Checked under the lock: a reload queued behind another learns about a drain that began
-        // meanwhile.
-        if self.draining() {
+        let refused = || {
             warn!("reload refused: draining");
-            return Err(ReloadFailure::Unavailable {
+            Err(ReloadFailure::Unavailable {
                 message: "the gateway is draining (shutting down); nothing was reloaded".to_owned(),
                 generation: None,
-            });
+            })
+        };
+        if self.draining() {
+            return refused();
         }
-        let config = match config::load(&self.path) {
+        // Read and resolved before the lock: a slow load (a resolver that does not answer, the
+        // file on a hung mount) must not hold up the drain, which takes the lock at its end.
+        let loaded = config::load(&self.path);
+        let mut state = self.state();
+        // Checked again under the lock: a reload queued behind another, or one whose load was
+        // slow, learns about a drain that began meanwhile.
+        if self.draining() {
+            return refused();
+        }
+        let config = match loaded {
             Ok(c) => c,
             Err(errors) => return Err(rejected(&mut state, &errors)),
         };
@@ -950,12 +965,46 @@ fn second_signal(signals: &mut signal_hook::iterator::Signals) -> bool {
     stop
 }
 
+/// Reloads on a `ringgate-reload` thread, so the main thread goes on taking signals: a reload whose
+/// config load hangs (names resolved against a resolver that does not answer, each lookup taking
+/// its timeouts in turn) would otherwise hold a SIGTERM until it returned, past a supervisor's
+/// stop timeout. SIGHUPs that come while one runs make one more reload after it.
+fn reload_on_sighup(reloader: &Arc<Reloader>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    if reloader.sighup_running.swap(true, SeqCst) {
+        reloader.sighup_again.store(true, SeqCst);
+        return;
+    }
+    let run = |r: &Reloader| loop {
+        r.sighup_again.store(false, SeqCst);
+        let ok = r.reload().is_ok();
+        r.metrics.reload_outcome(ok);
+        if r.sighup_again.load(SeqCst) {
+            continue;
+        }
+        r.sighup_running.store(false, SeqCst);
+        // A SIGHUP between the check and the store found it still running: take it here.
+        if r.sighup_again.load(SeqCst) && !r.sighup_running.swap(true, SeqCst) {
+            continue;
+        }
+        break;
+    };
+    let r = reloader.clone();
+    if let Err(e) = std::thread::Builder::new()
+        .name("ringgate-reload".into())
+        .spawn(move || run(&r))
+    {
+        warn!("reload thread not started, reloading on the main thread error=\"{e}\"");
+        run(reloader);
+    }
+}
+
 /// Blocks until SIGTERM or SIGINT, or until a binary upgrade (SIGUSR2) handed the sockets over
 /// (then returns true); SIGHUP reloads the config (which also reopens the access log), SIGUSR1
 /// only reopens the access log.
 fn wait_for_termination(
     signals: &mut signal_hook::iterator::Signals,
-    reloader: &Reloader,
+    reloader: &Arc<Reloader>,
     handover: &upgrade::Handover,
 ) -> bool {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -1015,8 +1064,7 @@ fn wait_for_termination(
             }
             SIGHUP => {
                 info!("signal received signal=SIGHUP");
-                let ok = reloader.reload().is_ok();
-                reloader.metrics.reload_outcome(ok);
+                reload_on_sighup(reloader);
             }
             SIGUSR1 => {
                 info!("signal received signal=SIGUSR1");

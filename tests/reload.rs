@@ -123,6 +123,38 @@ fn pools_survive_a_reload_for_unchanged_targets() {
     );
 }
 
+/// A reload whose config load hangs (here the config file is a FIFO nobody writes; in life, names
+/// resolved against a resolver that does not answer) must not hold up SIGTERM: the reload runs
+/// off the main thread, which drains and exits 0 as usual. Before, the main thread sat in the
+/// load, and only SIGKILL ended the process.
+#[test]
+fn a_hanging_reload_does_not_hold_up_sigterm() {
+    let users = Upstream::echo("users");
+    let orders = Upstream::echo("orders");
+    let mut gw = Gateway::start(&two_route_config(&users, &orders, "/users", 1));
+    let path = gw.config_path().to_path_buf();
+    std::fs::remove_file(&path).expect("remove config");
+    let c = std::ffi::CString::new(path.display().to_string()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    gw.signal(libc::SIGHUP);
+    assert!(gw.wait_log("signal received signal=SIGHUP", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(300));
+    // Still serving while the reload hangs.
+    assert_eq!(get(gw.addr(), HOST, "/users/1").status, 200);
+    let t = Instant::now();
+    gw.sigterm();
+    let st = gw.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(0),
+        "SIGTERM during a hanging reload: {:?} after {:?}\n{:#?}",
+        st,
+        t.elapsed(),
+        gw.logs()
+    );
+}
+
 /// Load balancing carries on across reloads: a reload that leaves an upstream's targets alone
 /// continues its rotation instead of starting it again at the first target. Before, with one
 /// request between reloads, every request went to the first of three equal targets (a review saw

@@ -272,6 +272,11 @@ impl Gateway {
         }
     }
 
+    /// The config file the gateway was started with.
+    pub fn config_path(&self) -> &Path {
+        &self._config.path
+    }
+
     /// Replaces the config file the gateway was started with (for reload tests).
     pub fn rewrite_config(&self, toml: &str) {
         std::fs::write(&self._config.path, toml).expect("rewrite config");
