@@ -515,7 +515,7 @@ fn hop_by_hop_request_headers_are_removed() {
     let gw = gateway_for(&up);
     let r = send_raw(
         gw.addr(),
-        b"GET /hop HTTP/1.1\r\nHost: test.local\r\nConnection: keep-alive, X-Custom-Hop\r\nX-Custom-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-Foo\r\nUpgrade: h2c\r\nProxy-Authorization: Basic cHJveHk6cGFzcw==\r\nX-End-To-End: kept\r\n\r\n",
+        b"GET /hop HTTP/1.1\r\nHost: test.local\r\nConnection: keep-alive, X-Custom-Hop\r\nX-Custom-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-Foo\r\nUpgrade: h2c\r\nProxy-Authorization: Basic cHJveHk6cGFzcw==\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-End-To-End: kept\r\n\r\n",
     );
     assert_eq!(r.status, 200);
     let got = up.last_request();
@@ -528,6 +528,8 @@ fn hop_by_hop_request_headers_are_removed() {
         "upgrade",
         "transfer-encoding",
         "proxy-authorization",
+        "x-original-url",
+        "x-rewrite-url",
     ] {
         assert!(
             !got.has_header(h),

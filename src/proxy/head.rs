@@ -30,6 +30,11 @@ pub enum Class {
     /// X-Consumer-*, X-Credential-Identifier, X-Anonymous-Consumer: set by auth plugins only; a
     /// client's copies are always dropped, whether or not an auth plugin runs on the route.
     AuthSet,
+    /// X-Original-URL, X-Rewrite-URL: read as the request's URI by IIS-style stacks and old
+    /// Symfony and Zend versions (CVE-2018-14773), so a client's copy could send the application
+    /// to a path the gateway never routed (`/public` + `X-Original-URL: /admin`). Dropped from
+    /// requests; on responses they mean nothing and pass.
+    UrlOverride,
 }
 
 pub fn classify(name: &[u8]) -> Class {
@@ -42,6 +47,8 @@ pub fn classify(name: &[u8]) -> Class {
         7 if is(b"trailer") => Class::HopByHop,
         9 if is(b"x-real-ip") => Class::ProxySet,
         13 if is(b"x-consumer-id") => Class::AuthSet,
+        13 if is(b"x-rewrite-url") => Class::UrlOverride,
+        14 if is(b"x-original-url") => Class::UrlOverride,
         17 if is(b"x-consumer-groups") => Class::AuthSet,
         19 if is(b"x-consumer-username") => Class::AuthSet,
         // Credentials for a proxy on the way (RFC 9110 §11.7.2), not for the application: a
@@ -199,7 +206,12 @@ pub fn write_request_head(
             Class::XForwardedFor => has_xff = true,
             Class::ContentLength => had_content_length = true,
             Class::Upgrade => upgrade_value = Some(h.value),
-            Class::HopByHop | Class::Host | Class::Expect | Class::ProxySet | Class::AuthSet => {}
+            Class::HopByHop
+            | Class::Host
+            | Class::Expect
+            | Class::ProxySet
+            | Class::AuthSet
+            | Class::UrlOverride => {}
         }
     }
     if let Some(t) = transform {
@@ -422,6 +434,8 @@ mod tests {
         assert_eq!(classify(b"Content-Type"), Class::Plain);
         assert_eq!(classify(b"Hosts"), Class::Plain);
         assert_eq!(classify(b"Content-Length"), Class::ContentLength);
+        assert_eq!(classify(b"X-Original-URL"), Class::UrlOverride);
+        assert_eq!(classify(b"x-rewrite-url"), Class::UrlOverride);
     }
 
     #[test]

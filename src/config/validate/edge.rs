@@ -45,6 +45,9 @@ fn reserved(name: &str, side: Side) -> Option<&'static str> {
             Some("is set by the gateway from the connection, never taken from config or clients")
         }
         Class::AuthSet => Some("is set by auth plugins only (identity headers cannot be spoofed)"),
+        Class::UrlOverride => Some(
+            "is read as the request's URI by some frameworks (IIS, old Symfony): the gateway drops it from requests",
+        ),
     };
     match side {
         Side::Request => why.or_else(|| {
