@@ -190,8 +190,6 @@ fn compile(text: &str, file: &str, source: &Path) -> Result<model::Config, Vec<C
     }
 }
 
-/// What `ringgate check` prints: `Ok("ok\n" + summary)`, or `Err` with one error per line followed by
-/// a count. The caller prints it and exits 0 or 1.
 /// Certificates clients will refuse, or soon will: expired, not valid yet, or expiring within
 /// `EXPIRY_WARNING_DAYS`. Not errors: a gateway may have to serve one while a new one is on its
 /// way, as nginx does; `check`, start and every reload say so, and
@@ -236,10 +234,36 @@ pub fn certificate_warnings(cfg: &model::Config, now: std::time::SystemTime) -> 
 /// See `certificate_warnings`.
 pub const EXPIRY_WARNING_DAYS: u64 = 14;
 
+/// Settings that load but are probably a mistake, said at start, on every reload and by `check`.
+/// A cors plugin with `origins = ["*"]` and `credentials = true` reflects any Origin with
+/// `Access-Control-Allow-Credentials: true`, as Kong does: every site a user visits can then make
+/// requests with the user's cookies and read the answers.
+pub fn config_warnings(cfg: &model::Config) -> Vec<String> {
+    cfg.plugins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match &p.config {
+            model::PluginConfig::Cors(c)
+                if p.enabled && c.credentials && c.origins.iter().any(|o| o == "*") =>
+            {
+                Some(format!(
+                    "plugins[{i}] (cors): origins = [\"*\"] with credentials = true reflects any Origin with Access-Control-Allow-Credentials, so any site can make requests with a user's cookies and read the answers; list the origins"
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// What `ringgate check` prints: `Ok(warnings + "ok\n" + summary)`, or `Err` with one error per
+/// line followed by a count. The caller prints it and exits 0 or 1.
 pub fn check(path: &Path) -> Result<String, String> {
     match load(path) {
         Ok(cfg) => {
             let warnings: String = certificate_warnings(&cfg, std::time::SystemTime::now())
+                .into_iter()
+                .chain(config_warnings(&cfg))
+                .collect::<Vec<String>>()
                 .iter()
                 .map(|w| format!("warning: {w}\n"))
                 .collect();

@@ -147,6 +147,33 @@ config = { origins = ["https://app.example.com", "https://*.example.org"], metho
 const PREFLIGHT: &str =
     "Origin: https://app.example.com\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: x-token\r\n";
 
+/// `origins = ["*"]` with `credentials = true` loads (Kong's behaviour: any Origin is reflected with
+/// credentials), but `check` and the running gateway say what it means.
+#[test]
+fn a_wildcard_cors_with_credentials_is_warned_about() {
+    let up = Upstream::echo("a");
+    let toml = basic_config(&up, "", "")
+        + "\n[[plugins]]\nname = \"cors\"\nconfig = { origins = [\"*\"], credentials = true }\n";
+    let (out, _f) = check_config(&toml);
+    assert_eq!(out.code(), Some(0), "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("warning: plugins[0] (cors): origins = [\"*\"] with credentials = true"),
+        "{}",
+        out.all()
+    );
+    let gw = Gateway::start(&toml);
+    assert!(gw.wait_log(
+        "plugins[0] (cors): origins",
+        std::time::Duration::from_secs(5)
+    ));
+    // Without credentials, no warning.
+    let plain = basic_config(&up, "", "")
+        + "\n[[plugins]]\nname = \"cors\"\nconfig = { origins = [\"*\"] }\n";
+    let (out, _f) = check_config(&plain);
+    assert!(!out.stdout.contains("warning"), "{}", out.all());
+}
+
 #[test]
 fn cors_preflight_answered_by_the_gateway() {
     let up = Upstream::echo("up");

@@ -20,6 +20,9 @@ pub fn note(cfg: &Config) {
     for w in crate::config::certificate_warnings(cfg, SystemTime::now()) {
         crate::warn!("{w}");
     }
+    for w in crate::config::config_warnings(cfg) {
+        crate::warn!("{w}");
+    }
     let list = cfg
         .certificates
         .iter()
