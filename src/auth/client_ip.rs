@@ -78,13 +78,30 @@ where
 }
 
 /// An address as proxies write it: `1.2.3.4`, `2001:db8::1`, `[2001:db8::1]`.
+/// An X-Forwarded-For entry: an address, also with a port as some proxies write it
+/// (`1.2.3.4:5678`, `[2001:db8::1]:443`: Azure Application Gateway). Unparsed, such an entry made
+/// every client behind that trusted proxy the proxy itself (one rate-limit key for all: found by
+/// a review).
 fn parse_ip(s: &[u8]) -> Option<IpAddr> {
     let s = std::str::from_utf8(s).ok()?;
-    let s = s
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .unwrap_or(s);
-    s.parse().ok()
+    if let Some(rest) = s.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`.
+        let (addr, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        return if port_ok { addr.parse().ok() } else { None };
+    }
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    // `v4:port` (a bare IPv6 address has several ':' and parsed above).
+    let (addr, port) = s.rsplit_once(':')?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 #[cfg(test)]
@@ -111,6 +128,32 @@ mod tests {
             resolve(ip("10.0.0.1"), &[], xff.into_iter()),
             ip("10.0.0.1")
         );
+    }
+
+    #[test]
+    fn entries_with_a_port_are_their_address() {
+        let t = nets(&["10.0.0.0/8"]);
+        for (entry, want) in [
+            (&b"1.2.3.4:5678"[..], "1.2.3.4"),
+            (b"[2001:db8::1]:443", "2001:db8::1"),
+            (b"[2001:db8::1]", "2001:db8::1"),
+            (b"2001:db8::1", "2001:db8::1"),
+        ] {
+            let xff: [&[u8]; 1] = [entry];
+            assert_eq!(
+                resolve(ip("10.0.0.1"), &t, xff.into_iter()),
+                ip(want),
+                "{entry:?}"
+            );
+        }
+        for bad in [&b"1.2.3.4:"[..], b"1.2.3.4:x", b"[2001:db8::1]x", b"[::1]:"] {
+            let xff: [&[u8]; 1] = [bad];
+            assert_eq!(
+                resolve(ip("10.0.0.1"), &t, xff.into_iter()),
+                ip("10.0.0.1"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

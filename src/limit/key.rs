@@ -40,15 +40,18 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
     };
     match limit_by {
         LimitBy::Ip => ip(out, req.client_ip()),
-        LimitBy::Consumer => match req.consumer() {
+        // An empty (or blank) value is a missing one: falls back to the client IP as documented.
+        // Otherwise every client sending `X-Key:` empty shared one count, and one of them could
+        // use up the limit for all (found by a review).
+        LimitBy::Consumer => match req.consumer().filter(|c| !is_blank(c)) {
             Some(c) => tagged(out, b'c', c),
             None => ip(out, req.client_ip()),
         },
-        LimitBy::Credential => match req.credential() {
+        LimitBy::Credential => match req.credential().filter(|c| !is_blank(c)) {
             Some(c) => tagged(out, b'k', c),
             None => ip(out, req.client_ip()),
         },
-        LimitBy::Header(name) => match req.header(name.as_bytes()) {
+        LimitBy::Header(name) => match req.header(name.as_bytes()).filter(|v| !is_blank(v)) {
             Some(v) => tagged(out, b'h', v),
             None => ip(out, req.client_ip()),
         },
@@ -91,6 +94,11 @@ fn ip(out: &mut Vec<u8>, ip: IpAddr) {
             None => out.extend_from_slice(v6.octets().get(..8).unwrap_or_default()),
         },
     }
+}
+
+/// Empty, or only spaces and tabs.
+fn is_blank(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b' ' || b == b'\t')
 }
 
 fn number(out: &mut Vec<u8>, tag: u8, n: usize) {
@@ -174,6 +182,18 @@ mod tests {
         assert_eq!(out, b"habc");
         build_key(&LimitBy::Header("x-other".into()), &r, &mut out);
         assert_eq!(out[0], b'i');
+        // An empty or blank value is a missing one: the client's IP, not one shared key.
+        for blank in [&b""[..], b" ", b" \t "] {
+            let r = Req {
+                header: Some(blank),
+                consumer: Some(blank),
+                ..r
+            };
+            build_key(&LimitBy::Header("x-api-key".into()), &r, &mut out);
+            assert_eq!(out, b"i\x0a\x00\x00\x07", "{blank:?}");
+            build_key(&LimitBy::Consumer, &r, &mut out);
+            assert_eq!(out, b"i\x0a\x00\x00\x07", "{blank:?}");
+        }
         build_key(&LimitBy::Path, &r, &mut out);
         assert_eq!(out, b"p/x");
         for path in [&b"/x;a"[..], b"/x;jsessionid=1;b=2"] {
