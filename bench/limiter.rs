@@ -29,11 +29,11 @@ impl RequestInfo for Req {
     fn path(&self) -> &[u8] {
         b"/users/42"
     }
-    fn route(&self) -> usize {
-        0
+    fn route(&self) -> &[u8] {
+        b"users"
     }
-    fn service(&self) -> usize {
-        0
+    fn service(&self) -> &[u8] {
+        b"users"
     }
     fn consumer(&self) -> Option<&[u8]> {
         None

@@ -302,3 +302,41 @@ fn a_token_bucket_keeps_its_level_across_a_new_rate_and_burst() {
     gw.reload_to(4);
     assert_eq!(remaining(&Conn::connect(gw.addr()).request(REQ)), 9);
 }
+
+/// `limit_by = "service"` counts per service name, not per position in the config: a reload that
+/// swaps two `[[services]]` blocks keeps each service's count with it. Keyed by position, the
+/// used-up service got a fresh quota and the untouched one was refused at once (found by a
+/// review).
+#[test]
+fn limit_by_service_follows_the_service_not_its_position() {
+    away_from_hour_end();
+    let up = Upstream::echo("up");
+    let services = |first: &str, second: &str| {
+        format!(
+            "[[services]]\nname = \"{first}\"\nurl = \"{url}\"\n\n[[services]]\nname = \"{second}\"\nurl = \"{url}\"\n",
+            url = up.url()
+        )
+    };
+    let config = |services: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\n\n{services}\n[[routes]]\nname = \"a\"\nservice = \"svc-a\"\npaths = [\"/a\"]\n\n[[routes]]\nname = \"b\"\nservice = \"svc-b\"\npaths = [\"/b\"]\n\n[[plugins]]\nname = \"rate-limiting\"\nconfig = {{ hour = 2, limit_by = \"service\" }}\n"
+        )
+    };
+    let gw = Gateway::start(&config(&services("svc-a", "svc-b")));
+    let get = |path: &str| {
+        Conn::connect(gw.addr())
+            .request(format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").as_bytes())
+    };
+    for _ in 0..2 {
+        assert_eq!(get("/a").status, 200);
+    }
+    assert_eq!(get("/a").status, 429);
+    gw.rewrite_config(&config(&services("svc-b", "svc-a")));
+    gw.reload_to(2);
+    // Past a sync interval, so the worker's counts are the reconciled ones.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get("/a").status, 429, "svc-a keeps its used-up count");
+    let r = get("/b");
+    assert_eq!(r.status, 200, "svc-b never used: {r:?}");
+    assert_eq!(remaining(&r), 1);
+}

@@ -21,10 +21,11 @@ pub trait RequestInfo {
     fn header(&self, name_lower: &[u8]) -> Option<&[u8]>;
     /// The normalized path (what routing saw).
     fn path(&self) -> &[u8];
-    /// Index into `Config::routes`.
-    fn route(&self) -> usize;
-    /// Index into `Config::services`.
-    fn service(&self) -> usize;
+    /// The route's name (not its index: a reload that reorders routes keeps counts per route, and
+    /// cluster nodes with other route lists still share the right count).
+    fn route(&self) -> &[u8];
+    /// The service's name (likewise).
+    fn service(&self) -> &[u8];
     /// The authenticated consumer's name, once auth plugins exist.
     fn consumer(&self) -> Option<&[u8]>;
     /// The credential (API key id, JWT `iss`/`sub`…) auth identified, once auth plugins exist.
@@ -70,8 +71,11 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
                 out.pop();
             }
         }
-        LimitBy::Service => number(out, b's', req.service()),
-        LimitBy::Route => number(out, b'r', req.route()),
+        // By name: keyed by config position, a reload that swapped two services handed one's
+        // used-up count to the other (found by a review), and cluster nodes whose lists differ
+        // shared one count across different services.
+        LimitBy::Service => tagged(out, b's', req.service()),
+        LimitBy::Route => tagged(out, b'r', req.route()),
     }
     if out.len() > MAX_KEY {
         let (a, b) = (hash(out, 0x5a), hash(out, 0xa5));
@@ -99,11 +103,6 @@ fn ip(out: &mut Vec<u8>, ip: IpAddr) {
 /// Empty, or only spaces and tabs.
 fn is_blank(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b' ' || b == b'\t')
-}
-
-fn number(out: &mut Vec<u8>, tag: u8, n: usize) {
-    out.push(tag);
-    out.extend_from_slice(&(n as u64).to_le_bytes());
 }
 
 /// Deterministic across processes of the same build (cluster nodes must agree on keys).
@@ -135,11 +134,11 @@ mod tests {
         fn path(&self) -> &[u8] {
             self.path
         }
-        fn route(&self) -> usize {
-            3
+        fn route(&self) -> &[u8] {
+            b"orders"
         }
-        fn service(&self) -> usize {
-            1
+        fn service(&self) -> &[u8] {
+            b"shop"
         }
         fn consumer(&self) -> Option<&[u8]> {
             self.consumer
@@ -222,7 +221,9 @@ mod tests {
         build_key(&LimitBy::Path, &root, &mut out);
         assert_eq!(out, b"p/");
         build_key(&LimitBy::Route, &r, &mut out);
-        assert_eq!(out[0], b'r');
+        assert_eq!(out, b"rorders");
+        build_key(&LimitBy::Service, &r, &mut out);
+        assert_eq!(out, b"sshop");
         let long = Req {
             consumer: Some(b"c"),
             header: None,

@@ -204,8 +204,16 @@ impl<S: ClientIo> Conn<S> {
                         client_ip: st.client_ip,
                         view: HeadView::new(&self.s.head, &self.buf),
                         path: &self.s.path,
-                        route: p.route,
-                        service,
+                        route: snap
+                            .config
+                            .routes
+                            .get(p.route)
+                            .map_or(&[][..], |r| r.name.as_bytes()),
+                        service: snap
+                            .config
+                            .services
+                            .get(service)
+                            .map_or(&[][..], |s| s.name.as_bytes()),
                         auth,
                         id: st.id,
                     };
@@ -467,8 +475,9 @@ struct ReqInfo<'a> {
     client_ip: IpAddr,
     view: HeadView<'a>,
     path: &'a [u8],
-    route: usize,
-    service: usize,
+    /// The route's and the service's names.
+    route: &'a [u8],
+    service: &'a [u8],
     auth: &'a AuthSet,
     id: Identity,
 }
@@ -484,10 +493,10 @@ impl RequestInfo for ReqInfo<'_> {
     fn path(&self) -> &[u8] {
         self.path
     }
-    fn route(&self) -> usize {
+    fn route(&self) -> &[u8] {
         self.route
     }
-    fn service(&self) -> usize {
+    fn service(&self) -> &[u8] {
         self.service
     }
     fn consumer(&self) -> Option<&[u8]> {
