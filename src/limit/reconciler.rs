@@ -603,6 +603,19 @@ impl Reconciler {
             });
             overrides.push((slot, ovr));
             let node_only = matches!(ovr, Override::Share(_));
+            // Entering or leaving a Redis outage's share: every key's view switches between the
+            // cluster's totals and this node's, not only the keys that changed this round.
+            // Otherwise a key untouched since the outage began kept the cluster total in the
+            // workers, compared with limit / n: a client that had used more than its share across
+            // the cluster was refused on every node until the window rolled (found by a review).
+            let was_node_only = self
+                .overrides_sent
+                .iter()
+                .find(|(s, _)| *s == slot)
+                .is_some_and(|(_, o)| matches!(o, Override::Share(_)));
+            if node_only != was_node_only {
+                inst.table.mark_all_dirty();
+            }
             inst.table.take_dirty(&mut dirty);
             for &entry in &dirty {
                 let Some((key, state)) = inst.table.entry_mut(entry) else {

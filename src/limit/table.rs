@@ -180,6 +180,16 @@ impl<V> KeyTable<V> {
         }
     }
 
+    /// Puts every live slot on the dirty list.
+    pub fn mark_all_dirty(&mut self) {
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if s.key.is_some() && !s.dirty {
+                s.dirty = true;
+                self.dirty.push(i as u32);
+            }
+        }
+    }
+
     /// Moves the dirty list into `out` (cleared first) and clears the flags; slots evicted since are
     /// skipped.
     pub fn take_dirty(&mut self, out: &mut Vec<u32>) {
