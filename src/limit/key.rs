@@ -30,6 +30,12 @@ pub trait RequestInfo {
     fn consumer(&self) -> Option<&[u8]>;
     /// The credential (API key id, JWT `iss`/`sub`…) auth identified, once auth plugins exist.
     fn credential(&self) -> Option<&[u8]>;
+    /// Which kind of credential `credential` is (`b'k'` API key, `b'b'` basic-auth user, `b'j'`
+    /// JWT key): an API key id and a basic-auth username that are the same string are two
+    /// clients, not one count.
+    fn credential_kind(&self) -> u8 {
+        b'k'
+    }
 }
 
 /// Writes the key for `req` into `out` (cleared first).
@@ -49,7 +55,11 @@ pub fn build_key<R: RequestInfo + ?Sized>(limit_by: &LimitBy, req: &R, out: &mut
             None => ip(out, req.client_ip()),
         },
         LimitBy::Credential => match req.credential().filter(|c| !is_blank(c)) {
-            Some(c) => tagged(out, b'k', c),
+            Some(c) => {
+                out.push(b'k');
+                out.push(req.credential_kind());
+                out.extend_from_slice(c);
+            }
             None => ip(out, req.client_ip()),
         },
         LimitBy::Header(name) => match req.header(name.as_bytes()).filter(|v| !is_blank(v)) {
@@ -160,6 +170,50 @@ mod tests {
         assert_ne!(key("2001:db8::1"), key("2001:db8:0:1::1"));
         assert_eq!(key("::ffff:10.0.0.7"), key("10.0.0.7"));
         assert_ne!(key("10.0.0.7"), key("10.0.0.8"));
+    }
+
+    /// A credential of some kind, for `limit_by = "credential"`.
+    struct Cred(u8, &'static [u8]);
+
+    impl RequestInfo for Cred {
+        fn client_ip(&self) -> IpAddr {
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))
+        }
+        fn header(&self, _: &[u8]) -> Option<&[u8]> {
+            None
+        }
+        fn path(&self) -> &[u8] {
+            b"/"
+        }
+        fn route(&self) -> &[u8] {
+            b"r"
+        }
+        fn service(&self) -> &[u8] {
+            b"s"
+        }
+        fn consumer(&self) -> Option<&[u8]> {
+            None
+        }
+        fn credential(&self) -> Option<&[u8]> {
+            Some(self.1)
+        }
+        fn credential_kind(&self) -> u8 {
+            self.0
+        }
+    }
+
+    /// An API key id and a basic-auth user of the same name are two keys (they were one: found
+    /// by a review).
+    #[test]
+    fn credentials_of_different_kinds_never_share_a_key() {
+        let key = |c: Cred| {
+            let mut out = Vec::new();
+            build_key(&LimitBy::Credential, &c, &mut out);
+            out
+        };
+        assert_eq!(key(Cred(b'k', b"alice")), b"kkalice");
+        assert_ne!(key(Cred(b'k', b"alice")), key(Cred(b'b', b"alice")));
+        assert_ne!(key(Cred(b'b', b"alice")), key(Cred(b'j', b"alice")));
     }
 
     #[test]

@@ -509,4 +509,12 @@ impl RequestInfo for ReqInfo<'_> {
         }
         self.id.credential.map(|c| self.auth.credential_id(c))
     }
+    fn credential_kind(&self) -> u8 {
+        use crate::auth::set::CredRef;
+        match self.id.credential {
+            Some(CredRef::Basic(_)) => b'b',
+            Some(CredRef::Jwt(_)) => b'j',
+            _ => b'k',
+        }
+    }
 }
