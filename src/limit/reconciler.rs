@@ -677,8 +677,9 @@ impl Reconciler {
         for inst in &mut self.insts {
             let def = &inst.def.def;
             let idle = match (def.algorithm, def.bucket) {
+                // Twice the refill time, as the workers' tables (a bucket may be in debt).
                 (Algorithm::TokenBucket, Some(b)) => {
-                    ((b.burst as f64 / b.rate_per_ms).ceil() as u64).max(1_000)
+                    ((2.0 * b.burst as f64 / b.rate_per_ms).ceil() as u64).max(1_000)
                 }
                 _ => 2 * def.limits.last().map_or(1_000, |l| l.period.millis()),
             };

@@ -138,8 +138,11 @@ impl LimiterSet {
                 let cap = d.def.max_keys;
                 let longest = d.def.limits.last().map_or(1_000, |l| l.period.millis());
                 let idle_ms = match (d.def.algorithm, d.def.bucket) {
+                    // Twice the refill time: a bucket can be in debt down to -burst (shadow mode,
+                    // an overshoot), and one evicted after one refill time would come back full
+                    // instead of at about 0 (found by a review).
                     (Algorithm::TokenBucket, Some(b)) => {
-                        ((b.burst as f64 / b.rate_per_ms).ceil() as u64).max(1_000)
+                        ((2.0 * b.burst as f64 / b.rate_per_ms).ceil() as u64).max(1_000)
                     }
                     (Algorithm::SlidingWindow, _) => 2 * longest,
                     _ => longest,
