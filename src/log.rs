@@ -72,14 +72,7 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
 
 /// `write`, noting how many like lines were suppressed since the last one (`warn_every!`).
 pub fn write_line(level: Level, args: std::fmt::Arguments<'_>, suppressed: u64) {
-    let mut line = Vec::with_capacity(128);
-    push_rfc3339(&mut line, SystemTime::now());
-    let _ = write!(line, " {} ", level.as_str());
-    let _ = line.write_fmt(args);
-    if suppressed > 0 {
-        let _ = write!(line, " suppressed={suppressed}");
-    }
-    line.push(b'\n');
+    let line = format_line(level, args, suppressed);
     if let Some(Some(tx)) = QUEUE.get() {
         PENDING.fetch_add(1, Ordering::AcqRel);
         match tx.try_send(line) {
@@ -92,6 +85,19 @@ pub fn write_line(level: Level, args: std::fmt::Arguments<'_>, suppressed: u64) 
         return;
     }
     let _ = std::io::stderr().lock().write_all(&line);
+}
+
+/// `<time> <LEVEL> <message>[ suppressed=N]\n`.
+fn format_line(level: Level, args: std::fmt::Arguments<'_>, suppressed: u64) -> Vec<u8> {
+    let mut line = Vec::with_capacity(128);
+    push_rfc3339(&mut line, SystemTime::now());
+    let _ = write!(line, " {} ", level.as_str());
+    let _ = line.write_fmt(args);
+    if suppressed > 0 {
+        let _ = write!(line, " suppressed={suppressed}");
+    }
+    line.push(b'\n');
+    line
 }
 
 /// Starts the log thread; from then on every thread's lines go through it. Idempotent. If the
@@ -126,15 +132,13 @@ pub fn start() {
 fn write_dropped(err: &mut impl Write) {
     let dropped = DROPPED.swap(0, Ordering::Relaxed);
     if dropped > 0 {
-        let mut note = Vec::with_capacity(96);
-        push_rfc3339(&mut note, SystemTime::now());
-        let _ = writeln!(
-            note,
-            " WARN log lines dropped, stderr too slow count={dropped}"
-        );
-        let _ = err.write_all(&note);
+        let line = format_line(Level::Warn, format_args!("{DROPPED_NOTE}{dropped}"), 0);
+        let _ = err.write_all(&line);
     }
 }
+
+/// The line that says how many lines were dropped (`write_dropped`, `flush`).
+const DROPPED_NOTE: &str = "log lines dropped, stderr too slow count=";
 
 /// Waits until the log thread has written every queued line, at most `limit`: before exit, and
 /// before the panic hook aborts. A drop count still unsaid goes out as a last line.
@@ -148,10 +152,7 @@ pub fn flush(limit: Duration) {
     wait();
     let dropped = DROPPED.swap(0, Ordering::Relaxed);
     if dropped > 0 {
-        write(
-            Level::Warn,
-            format_args!("log lines dropped, stderr too slow count={dropped}"),
-        );
+        write(Level::Warn, format_args!("{DROPPED_NOTE}{dropped}"));
         wait();
     }
 }

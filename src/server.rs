@@ -883,20 +883,13 @@ fn bind_all(
 /// is refused while any socket listens on it, as nginx's is. (A binary upgrade inherits its
 /// sockets and skips this.)
 fn refuse_if_taken(addr: std::net::SocketAddr, v6only: bool) -> std::io::Result<()> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    // Bound as the listener will be: an IPv6-only one must not clash with this process's own
+    // Made as the listener will be: an IPv6-only one must not clash with this process's own
     // `0.0.0.0:80`.
-    let probe =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).and_then(|s| {
-            if v6only {
-                s.set_only_v6(true)?;
-            }
-            // As std's bind does: connections in TIME_WAIT from a previous run do not count.
-            s.set_reuse_address(true)?;
-            s.bind(&addr.into())?;
-            s.listen(1)?;
-            Ok(s)
-        });
+    let probe = worker::listen_socket(addr, v6only).and_then(|s| {
+        s.bind(&addr.into())?;
+        s.listen(1)?;
+        Ok(s)
+    });
     match probe {
         Ok(probe) => {
             drop(probe);

@@ -983,28 +983,18 @@ async fn accept_loop(
 }
 
 /// Out of descriptors or memory: back off instead of spinning; other errors are per-connection.
-/// The warning is logged at most once per `ACCEPT_WARN_EVERY` per worker, with how many backoffs
-/// it stands for (it was 20 lines a second while descriptors ran out).
+/// The warning is logged at most once per `ACCEPT_WARN_EVERY` per worker (`warn_every!`), with
+/// how many backoffs it stands for as `suppressed=N` (it was 20 lines a second while descriptors
+/// ran out).
 async fn accept_error(e: &std::io::Error) {
     const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(5);
-    thread_local! {
-        static LAST: std::cell::Cell<(Option<std::time::Instant>, u64)> =
-            const { std::cell::Cell::new((None, 0)) };
-    }
     match e.raw_os_error() {
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
-            let (last, quiet) = LAST.get();
-            let now = std::time::Instant::now();
-            if last.is_none_or(|t| now.duration_since(t) >= ACCEPT_WARN_EVERY) {
-                crate::warn!(
-                    "accept failed, backing off error=\"{}\" backoffs_since_last_warning={}",
-                    e,
-                    quiet
-                );
-                LAST.set((Some(now), 0));
-            } else {
-                LAST.set((last, quiet + 1));
-            }
+            crate::warn_every!(
+                ACCEPT_WARN_EVERY,
+                "accept failed, backing off error=\"{}\"",
+                e
+            );
             monoio::time::sleep(Duration::from_millis(50)).await;
         }
         _ => crate::debug!("accept failed error=\"{}\"", e),
@@ -1040,20 +1030,27 @@ fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
 /// Binds one SO_REUSEPORT listener for `addr`. Workers each bind their own; the kernel spreads
 /// connections across them.
 pub fn bind_reuseport(addr: SocketAddr, v6only: bool) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if v6only {
-        // Beside an IPv4 listener on the same port (`0.0.0.0:80` + `[::]:80`): a dual-stack
-        // `[::]` would take the IPv4 port too and fail to bind.
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
+    let socket = listen_socket(addr, v6only)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// A TCP socket for listening on `addr`, not bound yet: SO_REUSEADDR (as std's bind: connections
+/// in TIME_WAIT from a previous run do not count) and, with `v6only`, IPv6-only (beside an IPv4
+/// listener on the same port, `0.0.0.0:80` + `[::]:80`, a dual-stack `[::]` would take the IPv4
+/// port too and fail to bind). The listeners and `server`'s already-taken probe are made alike.
+pub fn listen_socket(addr: SocketAddr, v6only: bool) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if v6only {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    Ok(socket)
 }
 
 /// Steers the new connections of `listener`'s SO_REUSEPORT group to the group's first `n` sockets,

@@ -160,15 +160,10 @@ fn three_nodes_share_a_limit_through_redis_and_survive_an_outage() {
     // has the cluster total before the outage.
     assert_eq!(check_on(&nodes, 1, b"uneven", 1_500), 1_500);
     assert_eq!(check_on(&nodes, 0, b"uneven", 10), 10);
-    wait_for(
+    sync_until(
+        &nodes,
         "node 0 to see the cluster's count of 'uneven'",
-        Duration::from_secs(5),
-        || {
-            for (_, s) in &nodes {
-                s.sync(T0);
-            }
-            nodes[0].1.remaining(0, b"uneven", T0) == Some(LIMIT - 1_510)
-        },
+        || nodes[0].1.remaining(0, b"uneven", T0) == Some(LIMIT - 1_510),
     );
 
     // 2. Redis stopped: checks never wait on it; each node enforces limit / 3 on a fresh key.

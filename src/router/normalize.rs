@@ -98,9 +98,7 @@ fn push_segment(segment: &[u8], last: bool, out: &mut Vec<u8>) -> Result<(), Nor
     // Only a segment starting with '.' can be a dot segment, and one starting with ';' is all
     // parameters: the others skip the search for ';'.
     let bare = match decoded.first() {
-        Some(b'.' | b';') => {
-            memchr::memchr(b';', decoded).map_or(decoded, |i| decoded.get(..i).unwrap_or_default())
-        }
+        Some(b'.' | b';') => without_params(decoded),
         _ => decoded,
     };
     match bare {
@@ -171,9 +169,7 @@ pub fn has_encoded_dot_segment(normalized: &[u8]) -> bool {
             i += 1;
         }
         let segment = rest.get(..end).unwrap_or_default();
-        let bare =
-            memchr::memchr(b';', segment).map_or(segment, |j| segment.get(..j).unwrap_or_default());
-        if bare == b"." || bare == b".." {
+        if matches!(without_params(segment), b"." | b"..") {
             return true;
         }
         if skip == 0 {
@@ -181,6 +177,11 @@ pub fn has_encoded_dot_segment(normalized: &[u8]) -> bool {
         }
         rest = rest.get(end + skip..).unwrap_or_default();
     }
+}
+
+/// A segment up to its `;parameters` (servlet containers drop them before resolving dot segments).
+fn without_params(segment: &[u8]) -> &[u8] {
+    memchr::memchr(b';', segment).map_or(segment, |i| segment.get(..i).unwrap_or_default())
 }
 
 /// `out` is "/" or "/.../name/": removes "name/" (nothing at the root).

@@ -242,25 +242,21 @@ fn listen(
             // bind (`run` would refuse what `check` passed). IPv4 and IPv6 do not clash: an IPv6
             // socket beside an IPv4 listener on its port is IPv6-only, as nginx binds, so
             // `0.0.0.0:80` and `[::]:80` go together (alone, `[::]:80` is dual-stack).
-            Ok(a)
-                if a.port() != 0
-                    && out.iter().any(|d: &ListenDef| {
-                        d.addr.port() == a.port()
-                            && d.addr.is_ipv4() == a.is_ipv4()
-                            && (d.addr.ip().is_unspecified() || a.ip().is_unspecified())
-                    }) =>
-            {
-                let other = out
-                    .iter()
-                    .find(|d| d.addr.port() == a.port() && d.addr.is_ipv4() == a.is_ipv4())
-                    .map_or_else(String::new, |d| d.addr.to_string());
-                push(
-                    problems,
-                    at,
-                    format!("{s:?} overlaps {other:?} listed before it (the wildcard address takes every address of its family on that port): list one or the other"),
-                );
-                continue;
-            }
+            Ok(a) if a.port() != 0 => match out.iter().find(|d: &&ListenDef| {
+                d.addr.port() == a.port()
+                    && d.addr.is_ipv4() == a.is_ipv4()
+                    && (d.addr.ip().is_unspecified() || a.ip().is_unspecified())
+            }) {
+                Some(d) => {
+                    push(
+                        problems,
+                        at,
+                        format!("{s:?} overlaps \"{}\" listed before it (the wildcard address takes every address of its family on that port): list one or the other", d.addr),
+                    );
+                    continue;
+                }
+                None => a,
+            },
             Ok(a) => a,
             Err(_) => {
                 push(
