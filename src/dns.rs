@@ -555,6 +555,15 @@ config = { address = "http://127.0.0.1:9101/auth" }
 name = "t"
 tls = true
 targets = [{ target = "127.0.0.1:9443" }, { target = "localhost:9443", weight = 7 }]
+
+[[services]]
+name = "s"
+upstream = "t"
+
+[[routes]]
+name = "r"
+service = "s"
+paths = ["/"]
 "#,
             "tls.toml",
         )

@@ -92,6 +92,18 @@ fn an_empty_file_is_an_error() {
 }
 
 #[test]
+fn a_file_with_no_routes_is_an_error() {
+    // A file cut short after its [server] part (a rewrite caught by a reload) would otherwise
+    // load into a gateway answering 404 to everything.
+    let head = &BASE[..BASE.find("[[routes]]").unwrap_or(0)];
+    assert!(
+        head.contains("[server]") && !head.contains("[[routes]]"),
+        "{head}"
+    );
+    expect_one(head, 1, 1, "routes", "defines no [[routes]]");
+}
+
+#[test]
 fn syntax_error() {
     expect_one(
         &base_with("[[routes]]", "[[routes]"),

@@ -185,6 +185,21 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         &decoded.broken_services,
         problems,
     );
+    let routes_path = KeyPath::root().key("routes");
+    let routes_broken = problems
+        .iter()
+        .any(|p| p.path.0.starts_with(&routes_path.0));
+    if decoded.routes.is_empty() && !routes_broken {
+        // Every request would be a 404. Nobody means that: the likely cause is a file cut short by
+        // a rewrite (its [server] part written, its routes not yet), which a reload must not take.
+        problems.push(Problem {
+            span: Some(0..0),
+            ..Problem::at(
+                routes_path,
+                "the config defines no [[routes]], so every request would get a 404; define at least one route (a file cut short while being rewritten looks like this)",
+            )
+        });
+    }
     let mut route_names: HashMap<String, usize> = HashMap::new();
     for (i, r) in decoded.routes.iter().enumerate() {
         if let Some(r) = r {
