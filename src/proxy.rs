@@ -1022,6 +1022,14 @@ impl<S: ClientIo> Conn<S> {
             return Err(GatewayError::BadRequest("conflicting method overrides"));
         }
         if let Some(m) = methods.first() {
+            // HEAD and CONNECT change how the answer is framed (no body; a tunnel). An upstream
+            // that honoured `GET` + override HEAD would answer a length without the bytes, which
+            // the gateway, reading for a GET, waits for. No client needs either.
+            if m == b"HEAD" || m == b"CONNECT" {
+                return Err(GatewayError::BadRequest(
+                    "a method override to HEAD or CONNECT is not allowed",
+                ));
+            }
             self.s.override_method.extend_from_slice(m);
         }
         if has_slash || has_params || !methods.is_empty() || ambiguous {

@@ -800,6 +800,49 @@ fn forward_auth_is_asked_about_the_overriding_method() {
     assert_eq!(auth.heads().len(), asked, "refused before auth");
 }
 
+/// A relayed denial is framed for the client's own method. Before, the body was left out when the
+/// method the upstream would run was HEAD, so `GET` + `X-HTTP-Method-Override: HEAD` got a
+/// `Content-Length: 12` with no body, and the next pipelined response was read as its body. An
+/// override to HEAD (or CONNECT) is now a 400 anyway: an upstream honouring it would answer a
+/// length without the bytes.
+#[test]
+fn a_relayed_denial_is_framed_for_the_clients_own_method() {
+    let auth = AuthService::start();
+    let (up, gw) = forward_auth_setup(&format!("http://{}/verify", auth.addr), "");
+    for (first, status) in [
+        ("HEAD /admin/x HTTP/1.1\r\nHost: a\r\n\r\n", 401),
+        (
+            "GET /admin/x HTTP/1.1\r\nHost: a\r\nX-HTTP-Method-Override: HEAD\r\n\r\n",
+            400,
+        ),
+        ("GET /admin/x?_method=head HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (
+            "GET /public/x HTTP/1.1\r\nHost: a\r\nX-HTTP-Method: CONNECT\r\n\r\n",
+            400,
+        ),
+    ] {
+        let mut c = Conn::connect(gw.addr());
+        c.send(format!("{first}GET /admin/y HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .expect("send");
+        let method = if first.starts_with("HEAD") {
+            "HEAD"
+        } else {
+            "GET"
+        };
+        let r = c.read_response_for(method).expect("first response");
+        assert_eq!(r.status, status, "{first:?}: {r:?}");
+        if status == 400 {
+            continue; // refused before auth; the connection closes
+        }
+        assert_eq!(r.header("content-length"), Some("12"), "{r:?}");
+        assert!(r.body.is_empty(), "{r:?}");
+        let r = c.read_response_for("GET").expect("second response");
+        assert_eq!(r.status, 401, "{r:?}");
+        assert_eq!(r.body_str(), "log in first");
+    }
+    assert_eq!(up.request_count(), 0);
+}
+
 /// `run_on_preflight = false` skips auth only for a real CORS preflight: `OPTIONS` with `Origin`
 /// and `Access-Control-Request-Method` and no method override. Before, any OPTIONS was skipped, so
 /// `OPTIONS` + `X-HTTP-Method-Override: DELETE` went through without a key to a framework that

@@ -140,8 +140,10 @@ pub fn write_deny(out: &mut Vec<u8>, head: &ResponseHead, buf: &[u8], req: &Auth
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    // A HEAD answer carries the length its GET would have, never the bytes.
-    if has_body && !eq_ignore_case(req.method, b"HEAD") {
+    // Always the body: the caller cuts it when the client's own request was a HEAD
+    // (`req.method` is the method the upstream would run, an override's when there is one, so
+    // it cannot decide the framing of the client's answer).
+    if has_body {
         out.extend_from_slice(body);
     }
 }
