@@ -8,7 +8,7 @@
 //! | `GET /health` | 200 when every worker flushed its metrics within 3 flush intervals, else 503 |
 //! | `GET /status` | JSON: config generation, loaded-at, workers, routes, upstream targets and pools |
 //! | `GET /metrics` | Prometheus text |
-//! | `POST /reload` | runs the reload callback: 200 `{"generation":N}`, 400 `{"message","errors"}`, or 503 `{"message"}` when not (or not fully) applied |
+//! | `POST /reload` | runs the reload callback: 200 `{"generation":N,"restart_required":[...]}`, 400 `{"message","errors"}`, or 503 `{"message"}` when not (or not fully) applied |
 //! | `GET /histograms` | p50/p90/p99/p99.9/max per route (µs) |
 //! | `GET /histograms?route=NAME&kind=added\|total` | the HDR percentile report of one route |
 //!
@@ -35,15 +35,25 @@ use crate::metrics::hub::JSON;
 use crate::metrics::{json, MetricsHandle, Query, Reply};
 
 /// What `POST /reload` runs: load and apply the config file; the new generation once every worker
-/// serves it, or why not. Called on an admin thread, one reload at a time.
-pub type ReloadFn = Box<dyn Fn() -> Result<u64, ReloadFailure> + Send>;
+/// serves it, or why not. Called on admin connection threads, possibly several at once (the
+/// reloader queues them and counts the outcome in the reload metrics).
+pub type ReloadFn = Box<dyn Fn() -> Result<Reloaded, ReloadFailure> + Send + Sync>;
+
+/// A reload every worker serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub generation: u64,
+    /// Settings of the serving file that only a restart applies (`listen`, `workers`, …), as
+    /// config keys; empty when the file is all in effect.
+    pub restart_required: Vec<&'static str>,
+}
 
 /// Why a reload did not (fully) happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadFailure {
-    /// The config failed to load or validate (one error per line); the previous generation keeps
-    /// serving. Answered 400.
-    Rejected(String),
+    /// The config failed to load or validate (one entry per error; an entry may span lines); the
+    /// previous generation keeps serving. Answered 400.
+    Rejected(Vec<String>),
     /// Nothing was loaded (the process is draining), or `generation` was installed but not every
     /// worker confirmed it. Answered 503: the caller cannot assume the new config is serving.
     Unavailable {
@@ -126,7 +136,7 @@ impl AdminSettings {
 struct Shared {
     settings: Arc<AdminSettings>,
     metrics: MetricsHandle,
-    reload: Mutex<ReloadFn>,
+    reload: ReloadFn,
     conns: Mutex<Conns>,
     stop: AtomicBool,
 }
@@ -221,7 +231,7 @@ impl AdminServer {
         let shared = Arc::new(Shared {
             settings,
             metrics,
-            reload: Mutex::new(reload),
+            reload,
             conns: Mutex::new(Conns::default()),
             stop: AtomicBool::new(false),
         });
@@ -395,18 +405,23 @@ fn histogram_query(query: &str) -> Result<Query, String> {
 }
 
 fn reload(shared: &Shared) -> Reply {
-    let result = {
-        let f = lock(&shared.reload);
-        f()
-    };
-    shared.metrics.reload_outcome(result.is_ok());
+    // Not under a lock: the reloader queues requests itself (one run at a time, the newest file
+    // wins, waiting bounded), so a slow load holds no admin thread past its wait.
+    let result = (shared.reload)();
     match result {
-        Ok(generation) => {
+        Ok(Reloaded {
+            generation,
+            restart_required,
+        }) => {
             crate::info!("config reloaded via admin generation={generation}");
+            let keys: Vec<String> = restart_required.iter().map(|k| json::string(k)).collect();
             Reply {
                 status: 200,
                 content_type: JSON,
-                body: format!("{{\"generation\":{generation}}}\n"),
+                body: format!(
+                    "{{\"generation\":{generation},\"restart_required\":[{}]}}\n",
+                    keys.join(",")
+                ),
             }
         }
         Err(ReloadFailure::Unavailable {
@@ -425,11 +440,9 @@ fn reload(shared: &Shared) -> Reply {
         }
         Err(ReloadFailure::Rejected(errors)) => {
             crate::warn!("config reload via admin failed");
-            let list: Vec<String> = errors
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(json::string)
-                .collect();
+            // One entry per error, as the reloader gave them: a message that spans lines (a TOML
+            // parser's) stays one entry.
+            let list: Vec<String> = errors.iter().map(|e| json::string(e)).collect();
             Reply {
                 status: 400,
                 content_type: JSON,

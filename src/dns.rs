@@ -192,7 +192,10 @@ fn run(reloader: &Reloader, stats: &Mutex<Stats>) {
                 generation: Some(_),
             }) => warn!("upstream addresses installed, not confirmed: {message}"),
             Err(ReloadFailure::Rejected(e)) => {
-                warn!("upstream addresses not installed: {e}; the next refresh looks again")
+                warn!(
+                    "upstream addresses not installed: {}; the next refresh looks again",
+                    e.join("; ")
+                )
             }
         }
     }

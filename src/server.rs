@@ -277,8 +277,8 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         prober,
         acme,
         tls_shared,
-        sighup_running: std::sync::atomic::AtomicBool::new(false),
-        sighup_again: std::sync::atomic::AtomicBool::new(false),
+        queue: Mutex::new(ReloadQueue::default()),
+        queue_moved: std::sync::Condvar::new(),
         state: Mutex::new(ReloadState {
             current: compiled.clone(),
             limiter,
@@ -295,7 +295,12 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             match AdminServer::start(
                 settings,
                 metrics.clone(),
-                Box::new(move || r.reload()),
+                Box::new(move || {
+                    r.reload().map(|generation| crate::admin::Reloaded {
+                        generation,
+                        restart_required: r.restart_required(),
+                    })
+                }),
                 admin_listener,
             ) {
                 Ok(a) => {
@@ -441,16 +446,42 @@ pub struct Reloader {
     acme: AcmeManager,
     tls_shared: Arc<TlsShared>,
     state: Mutex<ReloadState>,
-    /// A SIGHUP reload runs on its own thread (`reload_on_sighup`): whether one is running, and
-    /// whether another SIGHUP came meanwhile (one more reload after it, not one per signal).
-    sighup_running: std::sync::atomic::AtomicBool,
-    sighup_again: std::sync::atomic::AtomicBool,
+    /// Reload requests (SIGHUP and `POST /reload`), run one at a time in order (`request_reload`).
+    queue: Mutex<ReloadQueue>,
+    /// Signalled when a run finished (`wait_reload`).
+    queue_moved: std::sync::Condvar,
 }
+
+/// Reload requests and the outcomes of the runs that served them. One `ringgate-reload` thread at
+/// a time runs reloads while requests are waiting; every request that came while a run was going
+/// is served by the next run, which reads the file after they came. So a load that began earlier
+/// never commits over one that began later (the newest file wins, even when an older load was
+/// slow), and any number of requests during a slow load make one more reload, not one each.
+#[derive(Default)]
+struct ReloadQueue {
+    /// Requests so far; a request's ticket is the count after it.
+    requested: u64,
+    /// Every ticket up to this has its outcome in `outcomes` (or had, before it was trimmed).
+    done: u64,
+    running: bool,
+    /// The last runs' outcomes, oldest first: (the highest ticket the run served, its outcome).
+    outcomes: std::collections::VecDeque<(u64, Result<u64, ReloadFailure>)>,
+}
+
+/// Outcomes kept for requests still to pick theirs up (runs are rare; a waiter wakes within
+/// milliseconds of its run).
+const RELOAD_OUTCOMES_KEPT: usize = 16;
+
+/// How long `POST /reload` waits for its reload: a load normally takes milliseconds, seconds when
+/// names resolve slowly. Past this the admin answers 503 and the reload goes on (its outcome is
+/// logged), so a hung load (a dead resolver, a file on a hung mount) holds no admin connection.
+pub const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
 /// The settings a reload cannot apply, as bound at start: a config that differs gets the restart
 /// warning on every reload until the process restarts (not just on the reload that changed them).
 struct Running {
-    listen: Vec<std::net::SocketAddr>,
+    /// Addresses and kinds (plain, TLS, redirect): each worker's listeners are fixed at start.
+    listeners: Vec<crate::config::model::ListenDef>,
     workers: Option<usize>,
     admin_listen: Option<std::net::SocketAddr>,
     /// Per-consumer label slots, sized once at start (0: labels were off).
@@ -469,7 +500,7 @@ fn consumer_cap(config: &Config) -> usize {
 impl Running {
     fn of(config: &Config) -> Running {
         Running {
-            listen: config.server.listen.clone(),
+            listeners: config.server.listeners.clone(),
             workers: config.server.workers,
             admin_listen: config.admin.as_ref().map(|a| a.listen),
             consumer_cap: consumer_cap(config),
@@ -479,7 +510,9 @@ impl Running {
     /// The settings of `config` that differ from the running ones, as config keys.
     fn needs_restart(&self, config: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        if config.server.listen != self.listen {
+        // A listener's kind too: a port turned to TLS or to redirects would otherwise go on
+        // serving plain HTTP with no word said.
+        if config.server.listeners != self.listeners {
             keys.push("listen");
         }
         if config.server.workers != self.workers {
@@ -553,10 +586,108 @@ impl Reloader {
         state.access_log.stop(ACCESS_LOG_STOP);
     }
 
-    /// Reloads; returns the new generation once every worker serves it. Otherwise: the config's
-    /// errors (nothing changed), or `Unavailable` when draining (nothing loaded) or when a worker did
-    /// not confirm the new generation (installed; the rest of the workers may serve the old one).
-    pub fn reload(&self) -> Result<u64, ReloadFailure> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, ReloadQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks for a reload and returns its ticket at once (for `wait_reload`). The reload runs on a
+    /// `ringgate-reload` thread, after any that is running (see `ReloadQueue`).
+    pub fn request_reload(self: &Arc<Self>) -> u64 {
+        let mut q = self.queue();
+        q.requested += 1;
+        let ticket = q.requested;
+        if !q.running {
+            q.running = true;
+            drop(q);
+            let r = self.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("ringgate-reload".into())
+                .spawn(move || r.run_queue())
+            {
+                warn!("reload thread not started, reloading on this thread error=\"{e}\"");
+                self.run_queue();
+            }
+        }
+        ticket
+    }
+
+    /// Runs reloads until no request is waiting.
+    fn run_queue(&self) {
+        let mut q = self.queue();
+        while q.done < q.requested {
+            let serves = q.requested;
+            drop(q);
+            let outcome = self.reload_now();
+            self.metrics.reload_outcome(outcome.is_ok());
+            q = self.queue();
+            q.done = serves;
+            q.outcomes.push_back((serves, outcome));
+            if q.outcomes.len() > RELOAD_OUTCOMES_KEPT {
+                q.outcomes.pop_front();
+            }
+            self.queue_moved.notify_all();
+        }
+        q.running = false;
+    }
+
+    /// The outcome of the reload `ticket` asked for, waiting for it at most `limit`.
+    pub fn wait_reload(&self, ticket: u64, limit: Duration) -> Result<u64, ReloadFailure> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut q = self.queue();
+        while q.done < ticket {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(ReloadFailure::Unavailable {
+                    message: format!(
+                        "the reload is still running after {}s (the config load is slow: a resolver, a file on a hung mount?); its outcome will be logged",
+                        limit.as_secs()
+                    ),
+                    generation: None,
+                });
+            }
+            q = match self.queue_moved.wait_timeout(q, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        q.outcomes
+            .iter()
+            .find(|(served, _)| *served >= ticket)
+            .map_or_else(
+                || {
+                    // Trimmed: more than RELOAD_OUTCOMES_KEPT runs finished before this waiter
+                    // woke. The latest one's outcome is the state now.
+                    q.outcomes.back().map_or(
+                        Err(ReloadFailure::Unavailable {
+                            message: "reload outcome lost".to_owned(),
+                            generation: None,
+                        }),
+                        |(_, o)| o.clone(),
+                    )
+                },
+                |(_, o)| o.clone(),
+            )
+    }
+
+    /// The settings of the serving config that need a restart to apply (`Running::needs_restart`).
+    pub fn restart_required(&self) -> Vec<&'static str> {
+        self.running.needs_restart(&self.current().config)
+    }
+
+    /// Reloads through the queue and waits for the outcome (at most `RELOAD_WAIT`): the new
+    /// generation once every worker serves it. Otherwise: the config's errors (nothing changed),
+    /// or `Unavailable` when draining (nothing loaded), when a worker did not confirm the new
+    /// generation (installed; the rest of the workers may serve the old one), or when the load
+    /// is still running.
+    pub fn reload(self: &Arc<Self>) -> Result<u64, ReloadFailure> {
+        let ticket = self.request_reload();
+        self.wait_reload(ticket, RELOAD_WAIT)
+    }
+
+    /// One reload, now, on this thread (only `run_queue` calls it: reloads never overlap).
+    fn reload_now(&self) -> Result<u64, ReloadFailure> {
         let refused = || {
             warn!("reload refused: draining");
             Err(ReloadFailure::Unavailable {
@@ -684,7 +815,7 @@ impl Reloader {
                 let e = format!("{}: {e}", self.path.display());
                 error!("reload rejected: {e}");
                 reopen(state);
-                return Err(ReloadFailure::Rejected(e));
+                return Err(ReloadFailure::Rejected(vec![e]));
             }
         };
         let compiled = match compile(
@@ -800,7 +931,7 @@ fn rejected(state: &mut ReloadState, errors: &[ConfigError]) -> ReloadFailure {
         error!("reload rejected: {e}");
     }
     reopen(state);
-    ReloadFailure::Rejected(text.join("\n"))
+    ReloadFailure::Rejected(text)
 }
 
 /// Reopens the access log of the generation in force (if it has one); a failure keeps the old file.
@@ -958,38 +1089,13 @@ fn second_signal(signals: &mut signal_hook::iterator::Signals) -> bool {
     stop
 }
 
-/// Reloads on a `ringgate-reload` thread, so the main thread goes on taking signals: a reload whose
-/// config load hangs (names resolved against a resolver that does not answer, each lookup taking
-/// its timeouts in turn) would otherwise hold a SIGTERM until it returned, past a supervisor's
-/// stop timeout. SIGHUPs that come while one runs make one more reload after it.
+/// Asks for a reload and returns at once: it runs on a `ringgate-reload` thread, so the main
+/// thread goes on taking signals. A reload whose config load hangs (names resolved against a
+/// resolver that does not answer, each lookup taking its timeouts in turn) would otherwise hold a
+/// SIGTERM until it returned, past a supervisor's stop timeout. SIGHUPs that come while one runs
+/// make one more reload after it (`ReloadQueue`).
 fn reload_on_sighup(reloader: &Arc<Reloader>) {
-    use std::sync::atomic::Ordering::SeqCst;
-    if reloader.sighup_running.swap(true, SeqCst) {
-        reloader.sighup_again.store(true, SeqCst);
-        return;
-    }
-    let run = |r: &Reloader| loop {
-        r.sighup_again.store(false, SeqCst);
-        let ok = r.reload().is_ok();
-        r.metrics.reload_outcome(ok);
-        if r.sighup_again.load(SeqCst) {
-            continue;
-        }
-        r.sighup_running.store(false, SeqCst);
-        // A SIGHUP between the check and the store found it still running: take it here.
-        if r.sighup_again.load(SeqCst) && !r.sighup_running.swap(true, SeqCst) {
-            continue;
-        }
-        break;
-    };
-    let r = reloader.clone();
-    if let Err(e) = std::thread::Builder::new()
-        .name("ringgate-reload".into())
-        .spawn(move || run(&r))
-    {
-        warn!("reload thread not started, reloading on the main thread error=\"{e}\"");
-        run(reloader);
-    }
+    reloader.request_reload();
 }
 
 /// Blocks until SIGTERM or SIGINT, or until a binary upgrade (SIGUSR2) handed the sockets over
@@ -1158,5 +1264,23 @@ mod tests {
         );
         let resized = "per_consumer_labels = true\nmax_consumer_labels = 9\n";
         assert_eq!(running.needs_restart(&cfg(resized)), [KEY], "resized");
+    }
+
+    /// A listener whose kind changed (here to a redirect) needs a restart like a moved one: each
+    /// worker's listeners are fixed at start. Before, only addresses were compared, so the port
+    /// went on serving plain HTTP and the reload said nothing (found by a review).
+    #[test]
+    fn a_listener_kind_change_needs_a_restart() {
+        let running = Running::of(&cfg(""));
+        let redirect = cfg("").clone();
+        let mut redirect = redirect;
+        for l in &mut redirect.server.listeners {
+            l.kind = crate::config::model::ListenKind::RedirectHttps {
+                status: 308,
+                https_port: 443,
+            };
+        }
+        assert_eq!(running.needs_restart(&redirect), ["listen"]);
+        assert!(running.needs_restart(&cfg("")).is_empty());
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ringgate::admin::{AdminServer, AdminSettings, ReloadFailure, ReloadFn};
+use ringgate::admin::{AdminServer, AdminSettings, ReloadFailure, ReloadFn, Reloaded};
 use ringgate::config::load_str;
 use ringgate::config::model::{AdminDef, Config};
 use ringgate::metrics::{Hub, Layout, MetricsHandle, Timings, WorkerMetrics};
@@ -165,13 +165,15 @@ fn setup(token: Option<&str>, outcome: Arc<AtomicU8>, histogram_file: Option<&st
     let reload_handle = Mutex::new(handle.clone());
     // A reload registers the file's config again: the same histogram_file.
     let reloaded_histogram_file = cfg.metrics.histogram_file.clone();
-    let reload: ReloadFn = Box::new(move || {
+    // As the gateway's reloader does, the reload itself counts its outcome in the metrics.
+    let count_handle = Mutex::new(handle.clone());
+    let run = move || {
         match outcome.load(Ordering::SeqCst) {
             RELOAD_REJECTED => {
-                return Err(ReloadFailure::Rejected(
-                    "admin-test.toml:3:1: routes[0].service: no service named \"x\"\n1 error"
-                        .into(),
-                ))
+                return Err(ReloadFailure::Rejected(vec![
+                    "admin-test.toml:3:1: routes[0].service: no service named \"x\"".into(),
+                    "admin-test.toml:9:1: (syntax): invalid TOML\n  |\n9 | [x\n  |   ^".into(),
+                ]))
             }
             RELOAD_UNCONFIRMED => {
                 return Err(ReloadFailure::Unavailable {
@@ -188,7 +190,18 @@ fn setup(token: Option<&str>, outcome: Arc<AtomicU8>, histogram_file: Option<&st
             reloaded.metrics.histogram_file = reloaded_histogram_file.clone();
             h.register_config(&reloaded, g);
         }
-        Ok(g)
+        // The reloader names what needs a restart; the admin passes it on.
+        Ok(Reloaded {
+            generation: g,
+            restart_required: vec!["listen"],
+        })
+    };
+    let reload: ReloadFn = Box::new(move || {
+        let result = run();
+        if let Ok(h) = count_handle.lock() {
+            h.reload_outcome(result.is_ok());
+        }
+        result
     });
     let mut def: AdminDef = cfg
         .admin
@@ -328,14 +341,18 @@ fn endpoints() {
         "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(ok.status, 200, "{}", ok.body);
-    assert_eq!(ok.body, "{\"generation\":2}\n");
+    assert_eq!(
+        ok.body,
+        "{\"generation\":2,\"restart_required\":[\"listen\"]}\n"
+    );
     outcome.store(RELOAD_REJECTED, Ordering::SeqCst);
     let bad = request(
         addr,
         "POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}",
     );
     assert_eq!(bad.status, 400);
-    assert!(bad.body.contains("\"errors\":[\"admin-test.toml:3:1: routes[0].service: no service named \\\"x\\\"\",\"1 error\"]"), "{}", bad.body);
+    // One entry per error: a message spanning lines (a TOML parser's) stays one entry.
+    assert!(bad.body.contains("\"errors\":[\"admin-test.toml:3:1: routes[0].service: no service named \\\"x\\\"\",\"admin-test.toml:9:1: (syntax): invalid TOML\\n  |\\n9 | [x\\n  |   ^\"]"), "{}", bad.body);
     let m = wait_for(addr, "/metrics", |r| {
         r.body
             .contains("ringgate_config_reloads_total{result=\"failure\"} 1\n")
@@ -567,7 +584,7 @@ fn incomplete_or_ambiguous_requests_never_reload() {
     );
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(
-        ok.body, "{\"generation\":2}\n",
+        ok.body, "{\"generation\":2,\"restart_required\":[\"listen\"]}\n",
         "an earlier request reloaded"
     );
     s.finish();

@@ -160,6 +160,89 @@ fn post_reload_swaps_the_generation() {
     );
 }
 
+/// Reloads are queued, and the newest file wins. A `POST /reload` whose load is slow (here: the
+/// config path is a FIFO, written only later; in life a resolver that does not answer) reads the
+/// old version; a SIGHUP and four more POSTs that come meanwhile, after the file was replaced,
+/// are all served by one more reload, which reads the new version. Before, the SIGHUP installed
+/// the new file first and the slow load then committed the old one over it, with a newer
+/// generation number (found by a review), and every queued POST made a reload of its own.
+#[test]
+fn reloads_are_queued_and_the_newest_file_wins() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&config(&up, "/v1"));
+    let adm = gw.admin_addr();
+    let path = gw.config_path().to_path_buf();
+    let fifo = path.with_extension("fifo");
+    let c = std::ffi::CString::new(fifo.display().to_string()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    std::fs::rename(&fifo, &path).expect("fifo in place");
+    let slow = std::thread::spawn(move || admin(adm, "POST", "/reload"));
+    // The writer end opens once the reload's load has opened the FIFO for reading.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => break f,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("the reload never opened the config: {e}"),
+        }
+    };
+    // The file is replaced by the newest version while that load waits.
+    let newest = path.with_extension("new");
+    std::fs::write(&newest, config(&up, "/v3")).expect("write");
+    std::fs::rename(&newest, &path).expect("replace");
+    gw.signal(libc::SIGHUP);
+    assert!(gw.wait_log("signal received signal=SIGHUP", Duration::from_secs(5)));
+    let queued: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || admin(adm, "POST", "/reload")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        get(gw.addr(), HOST, "/v1/x").status,
+        200,
+        "still generation 1"
+    );
+    // Now the slow load gets its (older) text.
+    std::io::Write::write_all(&mut writer, config(&up, "/v2").as_bytes()).expect("fifo write");
+    drop(writer);
+    let body = |r: &RawResponse| String::from_utf8_lossy(&r.body).into_owned();
+    let r = slow.join().expect("slow reload");
+    assert_eq!(
+        (r.status, body(&r)),
+        (
+            200,
+            "{\"generation\":2,\"restart_required\":[]}\n".to_owned()
+        )
+    );
+    for q in queued {
+        let r = q.join().expect("queued reload");
+        assert_eq!(
+            (r.status, body(&r)),
+            (
+                200,
+                "{\"generation\":3,\"restart_required\":[]}\n".to_owned()
+            ),
+            "one more reload served every request that came during the slow one"
+        );
+    }
+    assert_eq!(get(gw.addr(), HOST, "/v3/x").status, 200);
+    assert_eq!(get(gw.addr(), HOST, "/v2/x").status, 404);
+    let metrics = wait_metrics(adm, r#"result="success"} 2"#);
+    assert!(
+        metrics.contains(r#"ringgate_config_reloads_total{result="success"} 2"#)
+            && metrics.contains("ringgate_config_generation 3"),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn metrics_enabled_false_skips_per_request_recording() {
     let up = Upstream::echo("up");
@@ -365,6 +448,12 @@ fn reload_applies_the_admin_token() {
     gw.rewrite_config(&moved);
     let r = admin_as(adm, "third-token-3", "POST", "/reload");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The answer names it too, not only the log.
+    assert!(
+        String::from_utf8_lossy(&r.body).ends_with(",\"restart_required\":[\"admin.listen\"]}\n"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert!(
         gw.logs()
             .iter()
