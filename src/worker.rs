@@ -853,7 +853,7 @@ async fn control_loop(
             / CONTROL_TICK.as_millis().max(1);
         // Also on the first tick: `/health` counts a worker as serving once it has flushed, so a
         // new process (a start, a binary upgrade) reports healthy within a tick, not an interval.
-        if ticks == 1 || ticks % (flush_every.max(1) as u64) == 0 {
+        let flush = |shard: &Shard| {
             shard.metrics.set_skipped(shard.skipped_by_target());
             shard.metrics.flush(&shard.idle_by_target());
             let snap = shard.snapshot();
@@ -863,14 +863,18 @@ async fn control_loop(
             shard
                 .consumer_board
                 .publish(spec.index, &shard.consumer_counts);
+        };
+        if ticks == 1 || ticks % (flush_every.max(1) as u64) == 0 {
+            flush(&shard);
         }
         // Never blocks: a new generation is swapped in between two ticks.
         while let Ok(compiled) = spec.reloads.try_recv() {
             shard.install(&compiled);
-            // Publish at once, so the new board is current by the time the reload is confirmed.
-            if let Some(limiters) = &shard.snapshot().limiters {
-                compiled.limit_board.publish(spec.index, limiters);
-            }
+            // Flushed (and the new rate-limit board published) before the reload is confirmed:
+            // `/health` judges each worker's last flush against the new generation's
+            // `flush_interval` from now on, so a shorter one (60 s to 10 s) would otherwise count
+            // this worker as not serving until its next flush, up to the new interval away.
+            flush(&shard);
             let _ = spec.acks.send((spec.index, compiled.generation));
         }
     }

@@ -243,6 +243,40 @@ fn reloads_are_queued_and_the_newest_file_wins() {
     );
 }
 
+/// A reload that shortens `flush_interval` keeps `/health` at 200: every worker flushes as it
+/// takes the new generation, before it confirms it. Before, `/health` judged the last flush (up
+/// to the old interval ago) against three new intervals and answered 503 until the next flush,
+/// up to a whole new interval (found by a review): long enough for a load balancer to take the
+/// node out.
+#[test]
+fn shortening_the_flush_interval_keeps_health_green() {
+    let up = Upstream::echo("up");
+    let with = |interval: &str| {
+        config(&up, "/api").replace(
+            "flush_interval = \"100ms\"",
+            &format!("flush_interval = \"{interval}\""),
+        )
+    };
+    let gw = Gateway::start(&with("10s"));
+    let adm = gw.admin_addr();
+    // Serving once each worker made its first tick's flush.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin(adm, "GET", "/health").status != 200 {
+        assert!(Instant::now() < deadline, "never healthy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The last flush (the first tick's) is now 2 s old: over three of the new intervals.
+    std::thread::sleep(Duration::from_secs(2));
+    gw.rewrite_config(&with("500ms"));
+    assert_eq!(admin(adm, "POST", "/reload").status, 200);
+    let until = Instant::now() + Duration::from_millis(700);
+    while Instant::now() < until {
+        let r = admin(adm, "GET", "/health");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn metrics_enabled_false_skips_per_request_recording() {
     let up = Upstream::echo("up");
