@@ -865,7 +865,7 @@ async fn control_loop(
                 .publish(spec.index, &shard.consumer_counts);
         };
         if ticks == 1 || ticks % (flush_every.max(1) as u64) == 0 {
-            flush(&shard);
+            flush(shard);
         }
         // Never blocks: a new generation is swapped in between two ticks.
         while let Ok(compiled) = spec.reloads.try_recv() {
@@ -874,7 +874,7 @@ async fn control_loop(
             // `/health` judges each worker's last flush against the new generation's
             // `flush_interval` from now on, so a shorter one (60 s to 10 s) would otherwise count
             // this worker as not serving until its next flush, up to the new interval away.
-            flush(&shard);
+            flush(shard);
             let _ = spec.acks.send((spec.index, compiled.generation));
         }
     }
