@@ -338,6 +338,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     // The flag goes up first: from here on a reload is refused, and one waiting for acknowledgements
     // (holding the reload lock `current` takes) stops waiting at once.
     control.drain.store(true, Ordering::SeqCst);
+    metrics.set_draining();
     // After an upgrade the new process answers the admin API (on the same socket).
     let mut admin = admin;
     if handed_over {

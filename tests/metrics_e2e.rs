@@ -1,7 +1,7 @@
 //! Metrics and the admin API end to end, through the real binary: requests are counted per route and
 //! code, latency histograms fill, `/health` and `/status` answer, `POST /reload` swaps the config
 //! generation like SIGHUP does, reloads apply a new `[admin] token` (and name what needs a restart),
-//! and a reload asked for while draining is refused at once.
+//! and a reload asked for while draining is refused at once (and `/health` says draining).
 
 mod common;
 
@@ -538,6 +538,12 @@ fn reload_while_draining_is_refused() {
     );
     // Still draining: the refusal did not wait for the drain to end.
     assert_eq!(admin(adm, "GET", "/status").status, 200);
+    // /health says so (before, it went 503 only after three flush intervals with no flush,
+    // and said "unavailable"; with flush_interval = 60s that was 3 minutes of 200).
+    let h = admin(adm, "GET", "/health");
+    let body = String::from_utf8_lossy(&h.body).into_owned();
+    assert_eq!(h.status, 503, "{body}");
+    assert!(body.starts_with("{\"status\":\"draining\","), "{body}");
     drop(gw);
     let _ = client.join();
 }

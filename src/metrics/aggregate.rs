@@ -181,6 +181,8 @@ pub struct Aggregate {
     layout: Arc<Layout>,
     reloads_ok: u64,
     reloads_failed: u64,
+    /// The process is shutting down (SIGTERM/SIGINT): `/health` says so at once.
+    draining: bool,
     routes: Vec<RouteAgg>,
     route_index: HashMap<String, usize>,
     none: RouteAgg,
@@ -205,6 +207,7 @@ impl Aggregate {
             layout: Arc::new(Layout::default()),
             reloads_ok: 0,
             reloads_failed: 0,
+            draining: false,
             routes: Vec::new(),
             route_index: HashMap::new(),
             none: {
@@ -493,17 +496,30 @@ impl Aggregate {
         })
     }
 
-    /// `(healthy, JSON body)`: healthy when every worker flushed within 3 flush intervals.
+    /// The process began its drain: from now on `/health` answers 503 `draining`.
+    pub fn set_draining(&mut self) {
+        self.draining = true;
+    }
+
+    /// `(healthy, JSON body)`: healthy when every worker flushed within 3 flush intervals and the
+    /// process is not draining. A drain is said at once, so a load balancer stops sending new
+    /// connections while the ones in flight finish (workers still flush for a while, and stop
+    /// only at the end of the drain).
     pub fn health(&self, now: Instant) -> (bool, String) {
         let expected = self.expected();
         let serving = (0..expected)
             .filter(|&i| self.worker_serving(i, now))
             .count();
-        let ok = expected > 0 && serving == expected;
-        let body = format!(
-            "{{\"status\":\"{}\",\"workers\":{expected},\"serving\":{serving}}}\n",
-            if ok { "ok" } else { "unavailable" }
-        );
+        let ok = expected > 0 && serving == expected && !self.draining;
+        let status = if self.draining {
+            "draining"
+        } else if ok {
+            "ok"
+        } else {
+            "unavailable"
+        };
+        let body =
+            format!("{{\"status\":\"{status}\",\"workers\":{expected},\"serving\":{serving}}}\n");
         (ok, body)
     }
 

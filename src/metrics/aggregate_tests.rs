@@ -336,6 +336,24 @@ fn health_follows_flushes() {
 }
 
 #[test]
+fn health_says_draining_at_once() {
+    let layout = Layout::synthetic(1, 1, 0);
+    let mut agg = Aggregate::new(Duration::from_secs(60));
+    agg.set_layout(layout.clone());
+    agg.set_workers(1);
+    let w0 = WorkerMetrics::new(0, layout, MetricsSink::test().0);
+    agg.apply(w0.take(&[], false).unwrap_or_else(|| panic!("flush")));
+    assert!(agg.health(Instant::now()).0);
+    agg.set_draining();
+    let (ok, body) = agg.health(Instant::now());
+    assert!(!ok);
+    assert_eq!(
+        body,
+        "{\"status\":\"draining\",\"workers\":1,\"serving\":1}\n"
+    );
+}
+
+#[test]
 fn reload_keeps_counters_by_name() {
     let l1 = Layout::synthetic(2, 1, 1);
     let mut agg = Aggregate::new(Duration::from_secs(1));

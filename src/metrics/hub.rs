@@ -27,6 +27,8 @@ pub enum Msg {
     /// `metrics.histogram_file` of the config in use (a reload may set, move or drop it).
     HistogramFile(Option<PathBuf>),
     Reload(bool),
+    /// The drain began (`/health` answers 503 from now on).
+    Draining,
     Families(String, Vec<Family>),
     Collector(Collector),
     StatusSection(StatusSection),
@@ -164,7 +166,12 @@ impl MetricsHandle {
         let _ = self.tx.send(Msg::FlushInterval(d));
     }
 
-    /// Counts a reload (the admin API calls this itself after `POST /reload`; a SIGHUP reload must).
+    /// The process began draining: `/health` answers 503 `draining` from now on.
+    pub fn set_draining(&self) {
+        let _ = self.tx.send(Msg::Draining);
+    }
+
+    /// Counts a reload (the reloader does, once per run, whatever asked for it).
     pub fn reload_outcome(&self, ok: bool) {
         let _ = self.tx.send(Msg::Reload(ok));
     }
@@ -244,6 +251,7 @@ fn run(rx: Receiver<Msg>, interval: Duration, mut file: Option<PathBuf>) {
             Msg::FlushInterval(d) => agg.set_flush_interval(d),
             Msg::HistogramFile(f) => file = f,
             Msg::Reload(ok) => agg.reload_outcome(ok),
+            Msg::Draining => agg.set_draining(),
             Msg::Families(source, f) => agg.set_families(source, f),
             Msg::Collector(c) => agg.add_collector(c),
             Msg::StatusSection(f) => agg.add_status_section(f),
