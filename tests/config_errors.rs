@@ -206,7 +206,17 @@ fn wrong_type() {
         15,
         9,
         "routes[0].paths",
-        "invalid type: string \"/\", expected an array",
+        // The value is not repeated: the position shows it, and the message reaches logs and
+        // POST /reload's answer, where a secret must not (`token = 98765432109876`).
+        "invalid type: string, expected an array",
+    );
+    let errs = errors(&format!(
+        "{BASE}\n[admin]\nlisten = \"127.0.0.1:9901\"\ntoken = 98765432109876\n"
+    ));
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        ["test.toml:19:9: admin.token: invalid type: integer, expected a string"],
     );
 }
 

@@ -542,12 +542,28 @@ fn with_suggestion(message: String) -> String {
 
 /// Serde speaks of sequences and maps; TOML users know arrays and tables.
 fn friendlier(message: &str) -> String {
-    let message = one_line(message)
+    let message = without_wrong_value(&one_line(message))
         .replace("invalid type: sequence", "invalid type: array")
         .replace("invalid type: map", "invalid type: table")
         .replace("expected a sequence", "expected an array")
         .replace("expected a map", "expected a table");
     with_suggestion(message)
+}
+
+/// "invalid type: integer `98765432109876`, expected a string" loses the value: the position
+/// already shows it, and the message goes to logs and to `POST /reload`'s answer, where a secret
+/// written without quotes (`token = 98765432109876`) must not appear. Other messages keep theirs.
+fn without_wrong_value(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("invalid type: ") else {
+        return message.to_owned();
+    };
+    let Some(end) = rest.find(", expected") else {
+        return message.to_owned();
+    };
+    let what = &rest[..end];
+    // "floating point `1.5`": the kind is everything before the quoted value.
+    let kind = what.find(['`', '"']).map_or(what, |q| what[..q].trim_end());
+    format!("invalid type: {kind}{}", &rest[end..])
 }
 
 fn one_line(s: &str) -> String {
@@ -561,6 +577,34 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_not_repeated() {
+        for (serde, want) in [
+            (
+                "invalid type: integer `98765432109876`, expected a string",
+                "invalid type: integer, expected a string",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected u64",
+                "invalid type: floating point, expected u64",
+            ),
+            (
+                "invalid type: string \"s3cret\", expected a boolean",
+                "invalid type: string, expected a boolean",
+            ),
+            (
+                "invalid type: sequence, expected a string",
+                "invalid type: sequence, expected a string",
+            ),
+            (
+                "invalid value: integer `-1`, expected u64",
+                "invalid value: integer `-1`, expected u64",
+            ),
+        ] {
+            assert_eq!(without_wrong_value(serde), want);
+        }
+    }
 
     #[test]
     fn a_syntax_error_says_where_an_unclosed_bracket_opened() {
