@@ -93,7 +93,7 @@ pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
         // The parser reports where it gave up, often the line after a missing `]` or `}`: say
         // where the unclosed one opened too.
         let at = e.span().map_or(text.len(), |s| s.start);
-        if let Some(open) = unclosed_before(text, at) {
+        if let Some(open) = unclosed_before(text, at).filter(|&o| never_closed(text, o)) {
             let (line, col) = line_col(text, open);
             let what = if text.as_bytes().get(open) == Some(&b'{') {
                 "inline table"
@@ -103,6 +103,8 @@ pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
             message.push_str(&format!(
                 " (the {what} opened at line {line}, column {col} is not closed)"
             ));
+        } else if trailing_comma(text, at) {
+            message.push_str(" (TOML allows no comma after the last entry of an inline table)");
         }
         Problem {
             path: key_at(text, at).unwrap_or_else(KeyPath::root),
@@ -113,13 +115,25 @@ pub fn parse(text: &str) -> Result<ImDocument<&str>, Problem> {
     })
 }
 
+/// Whether the parser stopped at (or just after) a comma closing an inline table: `{ a = 1, }`.
+fn trailing_comma(text: &str, at: usize) -> bool {
+    let (Some(before), Some(after)) = (text.get(..at), text.get(at..)) else {
+        return false;
+    };
+    let after = after.trim_start();
+    let at_comma = after
+        .strip_prefix(',')
+        .is_some_and(|r| r.trim_start().starts_with('}'));
+    at_comma || (before.trim_end().ends_with(',') && after.starts_with('}'))
+}
+
 /// The key a syntax error inside a value belongs to, from the text alone (the document did not
 /// parse): the `key =` before `at` on its line, under the last table header above it, with the
 /// index of each array-of-tables element (`[[routes]]` counted). `None` when the error is not
 /// after a `key =` on its own line or sits in an array or inline table left open above.
 fn key_at(text: &str, at: usize) -> Option<KeyPath> {
     let at = at.min(text.len());
-    if unclosed_before(text, at).is_some() {
+    if unclosed_before(text, at).is_some_and(|o| never_closed(text, o)) {
         return None;
     }
     let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
@@ -171,6 +185,17 @@ fn dotted(key: &str) -> Option<Vec<String>> {
 /// (a table header, `[server]` or `[[routes]]`, is skipped to the end of its line).
 /// `None` when `end` is inside a string (the error is about the string).
 fn unclosed_before(text: &str, end: usize) -> Option<usize> {
+    open_at(text, end)?.last().copied()
+}
+
+/// Whether the `[` or `{` at `open` is still open at the end of the text. An error inside a
+/// bracket closed later (`{ a = 1, }`, a number too large inside `[…]`) is not about the bracket.
+fn never_closed(text: &str, open: usize) -> bool {
+    open_at(text, text.len()).is_none_or(|still| still.contains(&open))
+}
+
+/// The offsets of the value brackets open at `end`, outermost first (see `unclosed_before`).
+fn open_at(text: &str, end: usize) -> Option<Vec<usize>> {
     let b = text.as_bytes();
     let end = end.min(b.len());
     let mut open: Vec<usize> = Vec::new();
@@ -224,7 +249,7 @@ fn unclosed_before(text: &str, end: usize) -> Option<usize> {
         }
         i += 1;
     }
-    open.last().copied()
+    Some(open)
 }
 
 /// 1-based line and column (in characters) of byte offset `at`.
@@ -623,6 +648,10 @@ mod tests {
                 Some("the array opened at line 3, column 9 is not closed"),
             ),
             ("[server]\nlisten = \"a:1\nworkers = 1\n", None),
+            // Errors inside a bracket closed later are not about the bracket.
+            ("[server]\nx = { a = 1, }\n", None),
+            ("[server]\nx = { a = 99999999999999999999 }\n", None),
+            ("[server]\nx = [\n  1,\n  2 3,\n]\n", None),
             ("[server\nworkers = 1\n", None),
         ];
         for (text, want) in cases {
@@ -633,6 +662,20 @@ mod tests {
                 None => assert!(!message.contains("opened at"), "{text:?}: {message}"),
             }
         }
+        let p = parse("[server]\nx = { a = 1, }\n")
+            .err()
+            .unwrap_or_else(|| panic!("parsed"));
+        assert!(
+            p.message
+                .ends_with("(TOML allows no comma after the last entry of an inline table)"),
+            "{}",
+            p.message
+        );
+        assert_eq!(p.path.to_string(), "server.x");
+        let p = parse("[server]\nx = { a = 99999999999999999999 }\n")
+            .err()
+            .unwrap_or_else(|| panic!("parsed"));
+        assert_eq!(p.path.to_string(), "server.x", "{}", p.message);
     }
 
     #[test]
