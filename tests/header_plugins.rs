@@ -141,7 +141,7 @@ config = { header_name = "Kong-Request-ID", generator = "uuid" }
 const CORS: &str = r#"
 [[plugins]]
 name = "cors"
-config = { origins = ["https://app.example.com", "https://*.example.org"], methods = ["GET", "POST"], headers = ["Content-Type", "X-Token"], exposed_headers = ["X-Total"], max_age = 600 }
+config = { origins = ["https://app.example.com", "https://*.example.org"], methods = ["get", "POST", "Get"], headers = ["Content-Type", "X-Token"], exposed_headers = ["X-Total"], max_age = 600 }
 "#;
 
 const PREFLIGHT: &str =
@@ -185,6 +185,7 @@ fn cors_preflight_answered_by_the_gateway() {
         Some("https://app.example.com")
     );
     assert_eq!(r.header("vary"), Some("Origin"));
+    // Written "get", "POST", "Get": upper-cased and once each (browsers compare them exactly).
     assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST"));
     assert_eq!(
         r.header("access-control-allow-headers"),

@@ -233,6 +233,10 @@ pub fn cors(raw: Option<&RawCors>, path: &KeyPath, problems: &mut Vec<Problem>) 
     let methods = match &c.methods {
         None => DEFAULT_METHODS.iter().map(|m| (*m).to_owned()).collect(),
         Some(ms) => {
+            // Upper-cased, as route `methods` are: browsers compare the methods of
+            // Access-Control-Allow-Methods case-sensitively, so a "delete" would fail every
+            // DELETE preflight (while GET and POST, never preflighted, go on working).
+            let mut upper: Vec<String> = Vec::with_capacity(ms.len());
             for (i, m) in ms.iter().enumerate() {
                 if !is_token(m) {
                     push(
@@ -241,8 +245,12 @@ pub fn cors(raw: Option<&RawCors>, path: &KeyPath, problems: &mut Vec<Problem>) 
                         format!("{m:?} is not an HTTP method"),
                     );
                 }
+                let m = m.to_ascii_uppercase();
+                if !upper.contains(&m) {
+                    upper.push(m);
+                }
             }
-            ms.clone()
+            upper
         }
     };
     let mut names = |key: &str, list: &Option<Vec<String>>| -> Option<Vec<String>> {
