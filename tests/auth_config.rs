@@ -272,6 +272,45 @@ fn an_htpasswd_user_clashing_with_a_credential_is_refused() {
     assert!(!e.message.contains(&hash), "no hash in the message: {e}");
 }
 
+/// A user listed twice in one htpasswd file is refused, naming both lines (Apache takes the
+/// first line, a map the last: before, the last won silently).
+#[test]
+fn an_htpasswd_user_listed_twice_is_refused() {
+    let file = std::env::temp_dir().join(format!("ringgate-dup-{}.htpasswd", std::process::id()));
+    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+    std::fs::write(&file, format!("alice:{hash}\nbob:{hash}\nalice:{hash}\n")).expect("write");
+    let e = expect_one(
+        &format!(
+            "[[plugins]]\nname = \"basic-auth\"\nconfig = {{ htpasswd_file = \"{}\" }}\n",
+            file.display()
+        ),
+        "plugins[0].config.htpasswd_file",
+        ":3: user \"alice\" is already defined at line 1",
+    );
+    let _ = std::fs::remove_file(&file);
+    assert!(!e.message.contains(&hash), "no hash in the message: {e}");
+}
+
+/// htpasswd users are consumers wherever the basic-auth plugin stands in the file: a key-auth
+/// `anonymous` or a consumer-scoped plugin above it may name one. Before, only plugins after the
+/// basic-auth entry could, so swapping two blocks made a config invalid.
+#[test]
+fn htpasswd_consumers_can_be_named_from_plugins_above() {
+    let file = std::env::temp_dir().join(format!("ringgate-order-{}.htpasswd", std::process::id()));
+    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+    std::fs::write(&file, format!("guest:{hash}\n")).expect("write");
+    let text = format!(
+        "[[plugins]]\nname = \"key-auth\"\nroute = \"r\"\nconfig = {{ anonymous = \"guest\" }}\n\n[[plugins]]\nname = \"rate-limiting\"\nconsumer = \"guest\"\nconfig = {{ minute = 5 }}\n\n[[plugins]]\nname = \"basic-auth\"\nconfig = {{ htpasswd_file = \"{}\" }}\n",
+        file.display()
+    );
+    let loaded = load_str(&format!("{BASE}{text}"), "test.toml");
+    let _ = std::fs::remove_file(&file);
+    let cfg = loaded.unwrap_or_else(|e| panic!("{e:?}"));
+    // File order is kept.
+    let names: Vec<&str> = cfg.plugins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["key-auth", "rate-limiting", "basic-auth"]);
+}
+
 /// An IPv4-mapped IPv6 block is read as the IPv4 block it maps (clients' mapped addresses are
 /// compared as IPv4, so `::ffff:10.0.0.0/104` as written never matched); other IPv6 blocks stay.
 #[test]

@@ -244,6 +244,9 @@ pub fn basic_auth(
                 format!("cannot read {}: {e}", path.display()),
             ),
             Ok(text) => {
+                // user -> its line: Apache takes the first of two lines for one user, a map the
+                // last, so a duplicate is refused rather than silently picking one password.
+                let mut lines_of: std::collections::HashMap<String, usize> = Default::default();
                 for (n, line) in text.lines().enumerate() {
                     let line = line.trim();
                     if line.is_empty() || line.starts_with('#') {
@@ -271,6 +274,18 @@ pub fn basic_auth(
                             cp.key("htpasswd_file"),
                             format!(
                                 "{}:{}: {user:?} is not a valid user name (visible ASCII, no ',')",
+                                path.display(),
+                                n + 1
+                            ),
+                        );
+                        continue;
+                    }
+                    if let Some(first) = lines_of.insert(user.to_owned(), n + 1) {
+                        push(
+                            problems,
+                            cp.key("htpasswd_file"),
+                            format!(
+                                "{}:{}: user {user:?} is already defined at line {first}; keep one of them",
                                 path.display(),
                                 n + 1
                             ),

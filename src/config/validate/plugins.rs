@@ -38,81 +38,102 @@ pub fn compile(
     let base = KeyPath::root().key("plugins");
     // (name, scope) -> index of the first entry, for duplicate detection.
     let mut seen: HashMap<(String, PluginScope), usize> = HashMap::new();
-    let defs: Vec<Option<PluginDef>> = raw
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let p = p.as_ref()?;
-            let path = base.index(i);
-            let scope = scope(p, &path, refs, ctx, problems);
-            if let Some(scope) = scope {
-                if let Some(first) = seen.get(&(p.name.clone(), scope)) {
-                    push(
-                        problems,
-                        path.key("name"),
-                        format!(
-                            "duplicate plugin {:?} for the same scope: already attached by plugins[{first}] \
-                             (one instance per plugin name per global/service/route scope)",
-                            p.name
-                        ),
-                    );
-                } else {
-                    seen.insert((p.name.clone(), scope), i);
-                }
-            }
-            let config = match &p.config {
-                RawPluginConfig::RateLimiting(c) => {
-                    rate_limiting(c.as_ref(), &path, ctx.base, problems)
-                        .map(PluginConfig::RateLimiting)
-                }
-                RawPluginConfig::KeyAuth(c) => {
-                    auth::key_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::KeyAuth)
-                }
-                RawPluginConfig::BasicAuth(c) => {
-                    auth::basic_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::BasicAuth)
-                }
-                RawPluginConfig::Jwt(c) => {
-                    auth::jwt(c.as_ref(), &path, ctx, problems).map(PluginConfig::Jwt)
-                }
-                RawPluginConfig::Acl(c) => {
-                    auth::acl(c.as_ref(), &path, problems).map(PluginConfig::Acl)
-                }
-                RawPluginConfig::IpRestriction(c) => {
-                    auth::ip_restriction(c.as_ref(), &path, problems)
-                        .map(PluginConfig::IpRestriction)
-                }
-                RawPluginConfig::ForwardAuth(c) => {
-                    auth::forward_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::ForwardAuth)
-                }
-                RawPluginConfig::CorrelationId(c) => {
-                    edge::correlation_id(c.as_ref(), &path, problems).map(PluginConfig::CorrelationId)
-                }
-                RawPluginConfig::Cors(c) => {
-                    edge::cors(c.as_ref(), &path, problems).map(PluginConfig::Cors)
-                }
-                RawPluginConfig::RequestTransformer(c) => {
-                    edge::transformer(c.as_ref(), &path, edge::Side::Request, problems)
-                        .map(PluginConfig::RequestTransformer)
-                }
-                RawPluginConfig::ResponseTransformer(c) => {
-                    edge::transformer(c.as_ref(), &path, edge::Side::Response, problems)
-                        .map(PluginConfig::ResponseTransformer)
-                }
-                RawPluginConfig::RequestTermination(c) => {
-                    termination::request_termination(c.as_ref(), &path, problems)
-                        .map(PluginConfig::RequestTermination)
-                }
-            };
-            Some(PluginDef {
-                name: p.name.clone(),
-                scope: scope?,
-                enabled: p.enabled.unwrap_or(true),
-                config: config?,
-            })
+    // basic-auth instances first: their htpasswd users become consumers, which any plugin may
+    // name (`anonymous`, `consumer = …`) wherever it stands in the file.
+    let basic_first = |p: &Option<DecodedPlugin>| {
+        !matches!(
+            p.as_ref().map(|p| &p.config),
+            Some(RawPluginConfig::BasicAuth(_))
+        )
+    };
+    let mut order: Vec<usize> = (0..raw.len()).collect();
+    order.sort_by_key(|&i| raw.get(i).is_some_and(basic_first));
+    // Every index keeps its place (a broken entry as `None`).
+    let mut compiled: Vec<(usize, Option<PluginDef>)> = order
+        .into_iter()
+        .map(|i| {
+            let p = raw.get(i).and_then(Option::as_ref);
+            (
+                i,
+                p.and_then(|p| compile_one(i, p, &mut seen, refs, ctx, problems)),
+            )
         })
         .collect();
+    compiled.sort_by_key(|(i, _)| *i);
+    let defs: Vec<Option<PluginDef>> = compiled.into_iter().map(|(_, d)| d).collect();
     correlation_vs_api_keys(&defs, &base, problems);
     defs
+}
+
+/// One `[[plugins]]` entry (`i`: its index in the file); `seen` finds duplicates.
+fn compile_one(
+    i: usize,
+    p: &DecodedPlugin,
+    seen: &mut HashMap<(String, PluginScope), usize>,
+    refs: &Refs<'_>,
+    ctx: &mut auth::Ctx<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<PluginDef> {
+    let path = KeyPath::root().key("plugins").index(i);
+    let scope = scope(p, &path, refs, ctx, problems);
+    if let Some(scope) = scope {
+        if let Some(first) = seen.get(&(p.name.clone(), scope)) {
+            push(
+                    problems,
+                    path.key("name"),
+                    format!(
+                        "duplicate plugin {:?} for the same scope: already attached by plugins[{first}] \
+                         (one instance per plugin name per global/service/route scope)",
+                        p.name
+                    ),
+                );
+        } else {
+            seen.insert((p.name.clone(), scope), i);
+        }
+    }
+    let config = match &p.config {
+        RawPluginConfig::RateLimiting(c) => {
+            rate_limiting(c.as_ref(), &path, ctx.base, problems).map(PluginConfig::RateLimiting)
+        }
+        RawPluginConfig::KeyAuth(c) => {
+            auth::key_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::KeyAuth)
+        }
+        RawPluginConfig::BasicAuth(c) => {
+            auth::basic_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::BasicAuth)
+        }
+        RawPluginConfig::Jwt(c) => {
+            auth::jwt(c.as_ref(), &path, ctx, problems).map(PluginConfig::Jwt)
+        }
+        RawPluginConfig::Acl(c) => auth::acl(c.as_ref(), &path, problems).map(PluginConfig::Acl),
+        RawPluginConfig::IpRestriction(c) => {
+            auth::ip_restriction(c.as_ref(), &path, problems).map(PluginConfig::IpRestriction)
+        }
+        RawPluginConfig::ForwardAuth(c) => {
+            auth::forward_auth(c.as_ref(), &path, ctx, problems).map(PluginConfig::ForwardAuth)
+        }
+        RawPluginConfig::CorrelationId(c) => {
+            edge::correlation_id(c.as_ref(), &path, problems).map(PluginConfig::CorrelationId)
+        }
+        RawPluginConfig::Cors(c) => edge::cors(c.as_ref(), &path, problems).map(PluginConfig::Cors),
+        RawPluginConfig::RequestTransformer(c) => {
+            edge::transformer(c.as_ref(), &path, edge::Side::Request, problems)
+                .map(PluginConfig::RequestTransformer)
+        }
+        RawPluginConfig::ResponseTransformer(c) => {
+            edge::transformer(c.as_ref(), &path, edge::Side::Response, problems)
+                .map(PluginConfig::ResponseTransformer)
+        }
+        RawPluginConfig::RequestTermination(c) => {
+            termination::request_termination(c.as_ref(), &path, problems)
+                .map(PluginConfig::RequestTermination)
+        }
+    };
+    Some(PluginDef {
+        name: p.name.clone(),
+        scope: scope?,
+        enabled: p.enabled.unwrap_or(true),
+        config: config?,
+    })
 }
 
 /// A correlation-id header that key-auth reads an API key from: the key would be written to the
