@@ -103,6 +103,28 @@ fn a_file_with_no_routes_is_an_error() {
     expect_one(head, 1, 1, "routes", "defines no [[routes]]");
 }
 
+/// Duplicate targets are found by address, not spelling: a leading-zero port or another way to
+/// write an IPv6 address is the same backend, which would get its weight twice.
+#[test]
+fn duplicate_targets_by_address() {
+    for (first, second) in [
+        ("127.0.0.1:9001", "127.0.0.1:09001"),
+        ("[::1]:9001", "[0:0::1]:9001"),
+        ("Backend.internal:9001", "backend.internal:9001"),
+    ] {
+        expect_one(
+            &base_with(
+                "targets = [{ target = \"127.0.0.1:9001\" }]",
+                &format!("targets = [{{ target = \"{first}\" }}, {{ target = \"{second}\" }}]"),
+            ),
+            6,
+            40 + first.len(),
+            "upstreams[0].targets[1].target",
+            &format!("duplicate target {second:?} in this upstream"),
+        );
+    }
+}
+
 #[test]
 fn syntax_error() {
     expect_one(

@@ -42,6 +42,23 @@ pub fn upstreams(
     (compiled, names)
 }
 
+/// What makes two targets the same: the address, not its spelling (`127.0.0.1:080` is
+/// `127.0.0.1:80`, `[::0:1]:80` is `[::1]:80`; names compare without case). A name and an IP that
+/// resolve alike are not caught: that is only known after resolving.
+fn target_key(target: &str) -> String {
+    match crate::config::net::split_host_port(target) {
+        Ok((host, port)) => match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+        {
+            Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+            Err(_) => format!("{}:{port}", host.to_ascii_lowercase()),
+        },
+        Err(_) => target.to_ascii_lowercase(),
+    }
+}
+
 fn upstream(
     raw: &RawUpstream,
     path: &KeyPath,
@@ -59,11 +76,11 @@ fn upstream(
     let mut targets = Vec::new();
     for (i, t) in raw.targets.iter().enumerate() {
         let tp = path.key("targets").index(i);
-        if !seen.insert(t.target.to_ascii_lowercase()) {
+        if !seen.insert(target_key(&t.target)) {
             push(
                 problems,
                 tp.key("target"),
-                format!("duplicate target {:?} in this upstream", t.target),
+                format!("duplicate target {:?} in this upstream (the same address as an earlier one: it would get that target's weight again)", t.target),
             );
             continue;
         }
