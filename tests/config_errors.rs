@@ -110,7 +110,7 @@ fn duplicate_targets_by_address() {
     for (first, second) in [
         ("127.0.0.1:9001", "127.0.0.1:09001"),
         ("[::1]:9001", "[0:0::1]:9001"),
-        ("Backend.internal:9001", "backend.internal:9001"),
+        ("LocalHost:9001", "localhost:9001"),
     ] {
         expect_one(
             &base_with(
