@@ -738,6 +738,15 @@ fn redis(
                 r.url
             ),
         );
+    } else if r.url.contains('?') {
+        // redis-rs ignores every query parameter but `protocol`, so `?password=…` would load
+        // and then never authenticate (the limit quietly on `on_redis_failure`). Not echoed: it
+        // may hold that password.
+        push(
+            problems,
+            path.key("url"),
+            "a Redis url takes no `?` query (the client would ignore it): set `username` and `password` or `password_env` beside the url",
+        );
     } else if r.url.contains('#') {
         // redis-rs reads `#insecure` as "do not verify the certificate": not offered (set
         // `ca_file` for a private CA instead), and no other fragment means anything.
