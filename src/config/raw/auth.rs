@@ -42,11 +42,11 @@ pub struct RawKeyCredential {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a basic-auth credential like { username = \"…\", password = \"$2b$12$…\" } (a bcrypt or argon2 hash)"
+    expecting = "a basic-auth credential like { username = \"…\", password = \"$2b$12$…\" } (a bcrypt hash)"
 )]
 pub struct RawBasicCredential {
     pub username: String,
-    /// A bcrypt (`$2a$`/`$2b$`/`$2y$`) or argon2 (`$argon2id$…`) hash; never a clear-text password.
+    /// A bcrypt (`$2a$`/`$2b$`/`$2y$`/`$2x$`) hash; never a clear-text password.
     pub password: String,
 }
 

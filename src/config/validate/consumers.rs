@@ -200,7 +200,27 @@ pub fn check_password_hash(hash: &str) -> Result<(), String> {
     let bcrypt = ["$2a$", "$2b$", "$2y$", "$2x$"]
         .iter()
         .any(|p| hash.starts_with(p));
-    if bcrypt && hash.len() == 60 && hash.is_ascii() {
+    if bcrypt && hash.len() != 60 {
+        // A copy-paste slip, not clear text: say what is wrong with it.
+        return Err(format!(
+            "not a valid bcrypt hash: {} characters, a bcrypt hash has 60",
+            hash.chars().count()
+        ));
+    }
+    if hash.starts_with("$apr1$") || hash.starts_with("$1$") {
+        return Err("MD5 (apr1) hashes are not supported: create a bcrypt one with `htpasswd -nbB user password`".into());
+    }
+    if hash.starts_with("$argon2")
+        || hash.starts_with("$5$")
+        || hash.starts_with("$6$")
+        || hash.starts_with("{SHA}")
+    {
+        return Err(
+            "only bcrypt hashes are supported (create one with `htpasswd -nbB user password`)"
+                .into(),
+        );
+    }
+    if bcrypt && hash.is_ascii() {
         let cost = hash.get(4..6).and_then(|c| c.parse::<u32>().ok());
         return match cost {
             Some(4..=16) => Ok(()),
@@ -360,6 +380,12 @@ mod tests {
         )
         .is_err());
         assert!(check_password_hash("$2b$04$short").is_err());
+        // Messages say what is wrong, not "clear text" for everything that is not a valid hash.
+        let msg = |h: &str| check_password_hash(h).err().unwrap_or_default();
+        assert!(msg("hunter2").contains("clear-text passwords are not accepted"));
+        assert!(msg(&h[..59]).contains("59 characters, a bcrypt hash has 60"));
+        assert!(msg("$apr1$abc$defghijklmnopqrstuvwx").starts_with("MD5 (apr1) hashes"));
+        assert!(msg("$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA").starts_with("only bcrypt"));
     }
 
     #[test]
