@@ -49,7 +49,7 @@ pub mod board;
 
 pub use key::{build_key, RequestInfo, MAX_KEY};
 pub use reconciler::{ReconcilerHandle, ReconcilerStats};
-pub use worker::{Decision, InstanceStats, LimiterSet};
+pub use worker::{header_owned, Decision, InstanceStats, LimiterSet};
 
 /// One enabled `rate-limiting` plugin (an "instance"; index = position in `instances(cfg)`).
 #[derive(Debug, Clone)]

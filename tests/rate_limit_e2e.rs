@@ -105,6 +105,28 @@ fn limit_headers_429_and_nothing_forwarded_past_the_limit() {
     );
 }
 
+/// An upstream that sends rate-limit headers of its own: the client gets the gateway's, once each,
+/// as Kong sets (replaces) them. Before, both were sent, and a client reading the first
+/// `RateLimit-Remaining` got the upstream's number (found by a review). Headers of other names
+/// pass.
+#[test]
+fn the_upstreams_own_rate_limit_headers_give_way() {
+    let up = Upstream::start(Behaviour::Fixed(
+        b"HTTP/1.1 200 OK\r\nRateLimit-Remaining: 5\r\nx-ratelimit-limit-minute: 10\r\nRateLimit-Policy: 10;w=60\r\nX-RateLimited-By: app\r\nContent-Length: 2\r\n\r\nok"
+            .to_vec(),
+    ));
+    let gw = Gateway::start(&config(&up, 1, r#"{ minute = 1000, limit_by = "ip" }"#));
+    let r = Conn::connect(gw.addr()).get(HOST, "/api/x");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header_all("ratelimit-remaining"), ["999"]);
+    assert_eq!(r.header_all("x-ratelimit-limit-minute"), ["1000"]);
+    assert!(!r.has_header("ratelimit-policy"), "{r:?}");
+    assert_eq!(r.header("x-ratelimited-by"), Some("app"));
+    // A route without the plugin passes the upstream's as they are.
+    let r = Conn::connect(gw.addr()).get(HOST, "/free/x");
+    assert_eq!(r.header_all("ratelimit-remaining"), ["5"]);
+}
+
 /// Polls `/metrics` (up to 5 s) until it holds `want`; returns the text.
 fn wait_metrics(gw: &Gateway, want: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);

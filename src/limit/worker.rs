@@ -726,6 +726,19 @@ fn most_constraining(quotas: &[Option<(Option<Period>, Quota)>; 4]) -> Option<Qu
         .max_by_key(|q| (q.blocking, std::cmp::Reverse(q.remaining), q.reset_ms))
 }
 
+/// Whether `name` is one of the fields `write_headers` writes (`X-RateLimit-*`, `RateLimit-*`,
+/// `RateLimit`): an upstream's own copies give way to the gateway's, as Kong sets (replaces) them,
+/// so a client never reads two `RateLimit-Remaining` values.
+pub fn header_owned(name: &[u8]) -> bool {
+    let starts = |prefix: &[u8]| {
+        name.get(..prefix.len())
+            .is_some_and(|p| crate::http::headers::eq_ignore_case(p, prefix))
+    };
+    starts(b"x-ratelimit-")
+        || starts(b"ratelimit-")
+        || crate::http::headers::eq_ignore_case(name, b"ratelimit")
+}
+
 /// `X-RateLimit-Limit-<P>`/`X-RateLimit-Remaining-<P>` per window period, then `RateLimit-Limit`,
 /// `-Remaining`, `-Reset` for `worst` (see `most_constraining`).
 fn write_headers(
@@ -757,6 +770,22 @@ fn write_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_header_names() {
+        for n in [
+            "X-RateLimit-Remaining-Minute",
+            "x-ratelimit-limit-day",
+            "RateLimit-Reset",
+            "ratelimit",
+            "RateLimit-Policy",
+        ] {
+            assert!(header_owned(n.as_bytes()), "{n}");
+        }
+        for n in ["RateLimiter", "X-RateLimit", "Retry-After", "X-Rate"] {
+            assert!(!header_owned(n.as_bytes()), "{n}");
+        }
+    }
 
     fn v(allowed: bool, remaining: u64, reset_ms: u64, retry_ms: u64) -> Verdict {
         Verdict {

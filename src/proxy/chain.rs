@@ -42,6 +42,8 @@ pub struct ChainState {
     pub response_tf: Option<usize>,
     /// The cors plugin ran: the upstream's own `Access-Control-*` headers are dropped.
     pub cors_ran: bool,
+    /// A rate-limiting instance wrote its headers: the upstream's own are dropped.
+    pub limit_headers: bool,
     /// The correlation-id instance that echoes its id (index into `plugins::Runtime`): the
     /// upstream's own header of that name is dropped.
     pub echo_id: Option<usize>,
@@ -61,6 +63,7 @@ impl Default for ChainState {
             request_tf: None,
             response_tf: None,
             cors_ran: false,
+            limit_headers: false,
             echo_id: None,
         }
     }
@@ -74,6 +77,7 @@ impl ChainState {
         self.request_tf = None;
         self.response_tf = None;
         self.cors_ran = false;
+        self.limit_headers = false;
         self.echo_id = None;
     }
 
@@ -89,6 +93,7 @@ impl ChainState {
         ResponseEdits {
             extra,
             drop_cors: self.cors_ran,
+            drop_rate_limit: self.limit_headers,
             replaced: self
                 .echo_id
                 .and_then(|i| rt.correlation.get(i))
@@ -218,7 +223,10 @@ impl<S: ClientIo> Conn<S> {
                         id: st.id,
                     };
                     limit::build_key(by, &info, &mut st.key);
-                    match limiters.check(instance, &st.key, now_ms, resp_headers) {
+                    let written = resp_headers.len();
+                    let decision = limiters.check(instance, &st.key, now_ms, resp_headers);
+                    st.limit_headers |= resp_headers.len() > written;
+                    match decision {
                         Decision::Reject { status, body } => Flow::Respond { status, body },
                         _ => Flow::Continue,
                     }

@@ -292,6 +292,9 @@ pub struct ResponseEdits<'a> {
     pub extra: &'a [u8],
     /// The cors plugin ran: the upstream's own `Access-Control-*` headers are dropped.
     pub drop_cors: bool,
+    /// The rate-limiting plugin wrote its headers: the upstream's own `X-RateLimit-*` and
+    /// `RateLimit-*` are dropped.
+    pub drop_rate_limit: bool,
     /// A header plugins write in `extra` themselves (the echoed correlation id): the upstream's
     /// copies are dropped, so the client gets one.
     pub replaced: Option<&'a [u8]>,
@@ -304,6 +307,7 @@ impl ResponseEdits<'_> {
     /// plugins write themselves.
     pub fn overridden(&self, name: &[u8]) -> bool {
         (self.drop_cors && cors::owned(name))
+            || (self.drop_rate_limit && crate::limit::header_owned(name))
             || self.replaced.is_some_and(|r| eq_ignore_case(r, name))
     }
 }
