@@ -1148,3 +1148,61 @@ fn rediss_urls_and_their_files() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A transformer may not write a header another plugin of its chain owns: the correlation id
+/// (two ids would go out; the README promises one) or, beside cors on the response side, an
+/// `Access-Control-*` field (two values, which browsers refuse). Found by a review: both loaded.
+#[test]
+fn transformers_cannot_write_headers_other_plugins_own() {
+    let corr = "[[plugins]]\nname = \"correlation-id\"\nconfig = { echo_downstream = true }\n\n";
+    for (side, list) in [
+        ("request", "add"),
+        ("request", "append"),
+        ("response", "replace"),
+    ] {
+        let text = with(&format!(
+            "{corr}[[plugins]]\nname = \"{side}-transformer\"\nroute = \"r2\"\nconfig = {{ {list} = {{ headers = [\"x-request-id:fixed\"] }} }}\n"
+        ));
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, format!("plugins[1].config.{list}.headers"));
+        assert!(
+            errs[0]
+                .message
+                .contains("the header correlation-id sets on this route"),
+            "{}",
+            errs[0]
+        );
+    }
+    // A rename onto it too.
+    let errs = errors(&with(&format!(
+        "{corr}[[plugins]]\nname = \"request-transformer\"\nconfig = {{ rename = {{ headers = [\"X-Trace:X-Request-ID\"] }} }}\n"
+    )));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "plugins[1].config.rename.headers");
+
+    let cors = "[[plugins]]\nname = \"cors\"\nroute = \"r\"\nconfig = { origins = [\"https://app.example.com\"] }\n\n";
+    let acao = "[[plugins]]\nname = \"response-transformer\"\nconfig = { append = { headers = [\"Access-Control-Allow-Origin:*\"] } }\n";
+    let errs = errors(&with(&format!("{cors}{acao}")));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "plugins[1].config.append.headers");
+    assert!(
+        errs[0].message.contains("beside the cors plugin"),
+        "{}",
+        errs[0]
+    );
+    // Without cors on any route it shares, the transformer may set CORS fields itself; and a
+    // request-transformer's Access-Control-* goes upstream, where cors does not look.
+    load_str(&with(acao), "test.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    let upstream_side = acao.replace("response-transformer", "request-transformer");
+    load_str(&with(&format!("{cors}{upstream_side}")), "test.toml")
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    // A different header beside correlation-id is fine.
+    load_str(
+        &with(&format!(
+            "{corr}[[plugins]]\nname = \"request-transformer\"\nconfig = {{ add = {{ headers = [\"X-Other:1\"] }} }}\n"
+        )),
+        "test.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+}

@@ -958,6 +958,7 @@ pub fn check_chains(cfg: &crate::config::model::Config, problems: &mut Vec<Probl
             }
         }
     }
+    header_conflicts(cfg, &chains.routes, &chains.consumers, &steps, problems);
     for (acl, routes) in stranded {
         let Some(i) = steps.iter().position(|s| *s == Some(acl)) else {
             continue;
@@ -974,5 +975,88 @@ pub fn check_chains(cfg: &crate::config::model::Config, problems: &mut Vec<Probl
                 if more > 0 { format!(" and {more} more") } else { String::new() },
             ),
         );
+    }
+}
+
+/// A transformer that writes a header another plugin of the same chain owns: the correlation id
+/// (the upstream and the client would get two ids, which the README promises they never do), or,
+/// on the response side beside cors, an `Access-Control-*` field (two `-Allow-Origin` values,
+/// which browsers refuse, or a policy wider than the cors plugin's). Transformers do not see the
+/// lines plugins add, so the two would go out side by side. Reported once per transformer.
+fn header_conflicts(
+    cfg: &crate::config::model::Config,
+    routes: &[Box<[crate::plugins::Plugin]>],
+    consumers: &[Box<[crate::plugins::Plugin]>],
+    steps: &[Option<crate::plugins::Plugin>],
+    problems: &mut Vec<Problem>,
+) {
+    use crate::config::model::TransformDef;
+    use crate::plugins::Plugin;
+    // Each route's chain, and each with a consumer's plugins merged in (as `Walk` runs them).
+    let with_consumers = consumers.iter().filter(|c| !c.is_empty());
+    let chains: Vec<Vec<Plugin>> = routes
+        .iter()
+        .map(|r| r.to_vec())
+        .chain(routes.iter().flat_map(|r| {
+            with_consumers
+                .clone()
+                .map(move |c| r.iter().chain(c.iter()).copied().collect())
+        }))
+        .collect();
+    let def_of = |p: &Plugin| {
+        steps
+            .iter()
+            .position(|s| s.as_ref() == Some(p))
+            .and_then(|i| Some((i, cfg.plugins.get(i)?)))
+    };
+    // Names a transformer writes (add, append, replace and rename targets), with their list.
+    let written = |t: &TransformDef| -> Vec<(&'static str, String)> {
+        let h = &t.headers;
+        let named = |list: &'static str, v: &[(String, String)]| -> Vec<(&'static str, String)> {
+            v.iter().map(|(n, _)| (list, n.clone())).collect()
+        };
+        let mut out = named("add", &h.add);
+        out.extend(named("append", &h.append));
+        out.extend(named("replace", &h.replace));
+        out.extend(h.rename.iter().map(|(_, to)| ("rename", to.clone())));
+        out
+    };
+    let mut reported: Vec<usize> = Vec::new();
+    for chain in &chains {
+        let ids: Vec<&str> = chain
+            .iter()
+            .filter_map(|p| match def_of(p).map(|(_, d)| &d.config) {
+                Some(PluginConfig::CorrelationId(c)) => Some(c.header_name.as_str()),
+                _ => None,
+            })
+            .collect();
+        let cors = chain.iter().any(|p| matches!(p, Plugin::Cors(_)));
+        for p in chain {
+            let Some((i, def)) = def_of(p) else { continue };
+            let (t, response) = match &def.config {
+                PluginConfig::RequestTransformer(t) => (t, false),
+                PluginConfig::ResponseTransformer(t) => (t, true),
+                _ => continue,
+            };
+            if reported.contains(&i) {
+                continue;
+            }
+            for (list, name) in written(t) {
+                let why = if ids.iter().any(|id| id.eq_ignore_ascii_case(&name)) {
+                    format!("writes {name:?}, the header correlation-id sets on this route: the {} would get two ids; leave the id to correlation-id", if response { "client" } else { "upstream" })
+                } else if response && cors && crate::plugins::cors::owned(name.as_bytes()) {
+                    format!("writes {name:?} beside the cors plugin on this route: Access-Control-* fields are the cors plugin's (two values make browsers refuse the response); set them in its config")
+                } else {
+                    continue;
+                };
+                reported.push(i);
+                push(
+                    problems,
+                    super::plugin_config_key(i, list).key("headers"),
+                    why,
+                );
+                break;
+            }
+        }
     }
 }
