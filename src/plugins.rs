@@ -39,7 +39,12 @@ pub enum Plugin {
     Jwt(usize),
     ForwardAuth(usize),
     Acl(usize),
-    IpRestriction(usize),
+    /// `at`: index into the auth set's ip rules. `early`: no consumer-scoped ip-restriction
+    /// exists, so it runs before auth (see `priority`).
+    IpRestriction {
+        at: usize,
+        early: bool,
+    },
     /// Index into `Runtime::correlation`.
     CorrelationId(usize),
     /// Index into `Runtime::cors`.
@@ -54,7 +59,8 @@ pub enum Plugin {
 
 impl Plugin {
     /// Kong-style priority: higher runs first. Auth plugins (>= 1000) identify the consumer
-    /// before anything that depends on it (ip-restriction 990, acl 950, rate-limiting 910).
+    /// before anything that depends on it (acl 950, rate-limiting 910; ip-restriction 990 only
+    /// when some consumer has one, else 1900: see the match arm).
     /// correlation-id (100001) runs first, so even answers from later plugins carry the id; cors
     /// (2000) runs before auth, so preflights are answered without credentials and 401/403/429
     /// answers carry CORS headers; the transformers (801, 800) run last, only for requests no plugin
@@ -72,7 +78,13 @@ impl Plugin {
             Plugin::KeyAuth(_) => 1250,
             Plugin::BasicAuth(_) => 1100,
             Plugin::ForwardAuth(_) => 1000,
-            Plugin::IpRestriction(_) => 990,
+            // Before auth when no consumer has an ip-restriction of its own: a denied address must
+            // not learn which credentials are valid (401 for a wrong key, 403 for a right one),
+            // nor spend bcrypt or forward-auth work. A consumer's instance replaces the route's
+            // once auth knows the consumer, so with one of those anywhere they all run after auth
+            // (Kong's 990).
+            Plugin::IpRestriction { early: true, .. } => 1900,
+            Plugin::IpRestriction { early: false, .. } => 990,
             Plugin::Acl(_) => 950,
             Plugin::RateLimiting { .. } => 910,
         }
@@ -86,7 +98,7 @@ impl Plugin {
             Plugin::Jwt(_) => "jwt",
             Plugin::ForwardAuth(_) => "forward-auth",
             Plugin::Acl(_) => "acl",
-            Plugin::IpRestriction(_) => "ip-restriction",
+            Plugin::IpRestriction { .. } => "ip-restriction",
             Plugin::CorrelationId(_) => "correlation-id",
             Plugin::Cors(_) => "cors",
             Plugin::RequestTransformer(_) => "request-transformer",
@@ -105,6 +117,11 @@ pub fn steps(cfg: &Config) -> Vec<Option<Plugin>> {
             *s = Some(Plugin::RateLimiting { instance });
         }
     }
+    let early_ip = !cfg.plugins.iter().any(|p| {
+        p.enabled
+            && matches!(p.scope, PluginScope::Consumer(_))
+            && matches!(p.config, PluginConfig::IpRestriction(_))
+    });
     let mut n = [0usize; 11];
     let mut next = |k: usize| {
         let i = n[k];
@@ -122,7 +139,10 @@ pub fn steps(cfg: &Config) -> Vec<Option<Plugin>> {
             PluginConfig::Jwt(_) => Plugin::Jwt(next(2)),
             PluginConfig::ForwardAuth(_) => Plugin::ForwardAuth(next(3)),
             PluginConfig::Acl(_) => Plugin::Acl(next(4)),
-            PluginConfig::IpRestriction(_) => Plugin::IpRestriction(next(5)),
+            PluginConfig::IpRestriction(_) => Plugin::IpRestriction {
+                at: next(5),
+                early: early_ip,
+            },
             PluginConfig::CorrelationId(_) => Plugin::CorrelationId(next(6)),
             PluginConfig::Cors(_) => Plugin::Cors(next(7)),
             PluginConfig::RequestTransformer(_) => Plugin::RequestTransformer(next(8)),

@@ -402,6 +402,46 @@ config = { allow = ["10.0.0.0/8", "2001:db8::/32"], message = "go away", status 
     assert!(r.body_str().contains("go away"));
 }
 
+/// A denied address learns nothing about credentials: ip-restriction runs before auth, so a
+/// wrong key and a right one both get its 403. Before, auth ran first (Kong's order), so a wrong
+/// key got 401 and a right one 403: a key oracle for a blocked address, which also spent bcrypt
+/// and forward-auth work (found by a review). With a consumer-scoped ip-restriction anywhere,
+/// every instance runs after auth (a consumer's replaces the route's once it is known).
+#[test]
+fn a_denied_address_cannot_tell_good_keys_from_bad() {
+    let deny = r#"
+[[plugins]]
+name = "key-auth"
+route = "admin"
+
+[[plugins]]
+name = "ip-restriction"
+route = "admin"
+config = { deny = ["127.0.0.0/8"] }
+"#;
+    let (up, gw) = setup(deny);
+    for key in [
+        "",
+        "apikey: wrong-key-0123456789\r\n",
+        "apikey: alice-key-0123456789\r\n",
+    ] {
+        let r = req(&gw, "/admin", key);
+        r.assert_json_error(403);
+        assert!(
+            r.body_str().contains("Your IP address is not allowed"),
+            "{key:?}"
+        );
+    }
+    assert_eq!(up.request_count(), 0);
+    drop(gw);
+    // A consumer-scoped instance elsewhere: all of them after auth, as in Kong.
+    let (_up, gw) = setup(&format!(
+        "{deny}\n[[plugins]]\nname = \"ip-restriction\"\nconsumer = \"bob\"\nconfig = {{ allow = [\"10.0.0.0/8\"] }}\n"
+    ));
+    req(&gw, "/admin", "apikey: wrong-key-0123456789\r\n").assert_json_error(401);
+    req(&gw, "/admin", "apikey: alice-key-0123456789\r\n").assert_json_error(403);
+}
+
 #[test]
 fn client_ip_through_trusted_proxy() {
     let up = Upstream::echo("up");

@@ -312,7 +312,7 @@ impl<S: ClientIo> Conn<S> {
                     Some(rt) => steps::acl(rt, &st.id),
                     None => Flow::Continue,
                 },
-                Plugin::IpRestriction(n) => match auth.ip.get(n) {
+                Plugin::IpRestriction { at: n, .. } => match auth.ip.get(n) {
                     Some(rt) => steps::ip_restriction(rt, st.client_ip),
                     None => Flow::Continue,
                 },
