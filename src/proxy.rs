@@ -1509,6 +1509,14 @@ impl<S: ClientIo> Conn<S> {
             (None, BodyKind::None) if p.head_method && self.json_route_answer(&snap) => {
                 ClientFraming::NoBodyUnknownLength
             }
+            // A 304's Content-Length, if any, is that of the unedited 200 (RFC 9110 §8.6); on a
+            // route that edits JSON bodies the client's 200 had another. 304s rarely say their
+            // Content-Type, so any route with JSON edits.
+            (None, BodyKind::None)
+                if self.s.resp.status == 304 && self.response_json(&snap).is_some() =>
+            {
+                ClientFraming::NoBodyUnknownLength
+            }
             (None, BodyKind::None) => ClientFraming::NoBody,
             (None, BodyKind::Length(n)) => ClientFraming::Length(n),
             (None, BodyKind::Chunked | BodyKind::CloseDelimited) if p.http10 => {

@@ -778,6 +778,33 @@ max_form_bytes = 64
     assert_eq!(up.requests().len(), before, "nothing reached the upstream");
 }
 
+/// A 304 on a route that edits JSON bodies leaves out the upstream's Content-Length: it is the
+/// unedited body's, and the client's cached 200 had the edited one (RFC 9110 §8.6). Before, it
+/// was passed on (found by a review). Elsewhere a 304 keeps it.
+#[test]
+fn a_304_on_a_json_edited_route_drops_the_unedited_length() {
+    let up =
+        Upstream::fixed(b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 26\r\n\r\n");
+    let gw = start(
+        &up,
+        "[[plugins]]\nname = \"response-transformer\"\nroute = \"a\"\nconfig = { remove = { json = [\"secret\"] } }\n",
+    );
+    let mut c = Conn::connect(gw.addr());
+    let r = c.request(
+        format!("GET /a HTTP/1.1\r\nHost: {HOST}\r\nIf-None-Match: \"v1\"\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 304, "{r:?}");
+    assert!(!r.has_header("content-length"), "{r:?}");
+    assert_eq!(r.header("etag"), Some("\"v1\""));
+    // Same connection, a route without edits: passed on.
+    let r = c.request(format!("GET /b HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (304, Some("26")),
+        "{r:?}"
+    );
+}
+
 /// Which bodies the `json` edits touch: a chunked JSON body is buffered, edited and sent with a
 /// Content-Length; other content types and non-objects go through unchanged; a body over
 /// `max_json_bytes`, partial, encoded or unreadable is a 502, never sent unedited (a `remove` may
