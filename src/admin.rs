@@ -5,7 +5,7 @@
 //!
 //! | endpoint | answer |
 //! |---|---|
-//! | `GET /health` | 200 when every worker flushed its metrics within 3 flush intervals, else 503 |
+//! | `GET /health` | 200 when every worker flushed its metrics within 3 flush intervals, else 503; 503 `draining` from the start of a drain |
 //! | `GET /status` | JSON: config generation, loaded-at, workers, routes, upstream targets and pools |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /reload` | runs the reload callback: 200 `{"generation":N,"restart_required":[...]}`, 400 `{"message","errors"}`, or 503 `{"message"}` when not (or not fully) applied |
@@ -108,19 +108,25 @@ impl AdminSettings {
     /// Takes a reloaded `[admin]`'s token: requests from now on are checked against it (one already
     /// past the check finishes). `def.listen` is ignored: the listener stays where it is.
     ///
-    /// A token is never dropped while the running listener is reachable from elsewhere: validation
-    /// allows no token only on loopback, but it judged the *new* `listen`, which takes effect only
-    /// after a restart. Then the old token stays required, with a warning.
+    /// A token is never dropped or shortened below `MIN_PUBLIC_TOKEN` while the running listener
+    /// is reachable from elsewhere: validation allows either only on loopback, but it judged the
+    /// *new* `listen`, which takes effect only after a restart. Then the old token stays required,
+    /// with a warning.
     pub fn apply(&self, def: &AdminDef) {
         let mut token = self.token.write().unwrap_or_else(|p| p.into_inner());
         if *token == def.token {
             return;
         }
-        if def.token.is_none() && !self.listen.ip().is_loopback() {
+        let weak = def
+            .token
+            .as_ref()
+            .is_none_or(|t| t.len() < crate::config::MIN_PUBLIC_TOKEN);
+        if weak && !self.listen.ip().is_loopback() {
             crate::warn!(
                 "reload: admin.token kept: the running admin listener addr={} is not loopback and \
-                 keeps requiring it until a restart",
-                self.listen
+                 keeps requiring a token of at least {} characters until a restart",
+                self.listen,
+                crate::config::MIN_PUBLIC_TOKEN
             );
             return;
         }
@@ -569,12 +575,16 @@ mod tests {
         s.apply(&def("127.0.0.1:9901", Some("again")));
         assert_eq!(token_of(&s).as_deref(), Some("again"));
 
-        // The new config moves to loopback and drops the token; the running listener is still public.
-        let public = AdminSettings::new(&def("0.0.0.0:9901", Some("old")));
+        // The new config moves to loopback and drops the token, or shortens it; the running
+        // listener is still public, so the old one stays.
+        let old = "old-token-0123456789";
+        let public = AdminSettings::new(&def("0.0.0.0:9901", Some(old)));
         public.apply(&def("127.0.0.1:9901", None));
-        assert_eq!(token_of(&public).as_deref(), Some("old"));
-        public.apply(&def("127.0.0.1:9901", Some("rotated")));
-        assert_eq!(token_of(&public).as_deref(), Some("rotated"));
+        assert_eq!(token_of(&public).as_deref(), Some(old));
+        public.apply(&def("127.0.0.1:9901", Some("abc")));
+        assert_eq!(token_of(&public).as_deref(), Some(old));
+        public.apply(&def("127.0.0.1:9901", Some("rotated-0123456789")));
+        assert_eq!(token_of(&public).as_deref(), Some("rotated-0123456789"));
     }
 
     #[test]

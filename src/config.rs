@@ -15,6 +15,7 @@ mod raw;
 mod summary;
 mod units;
 mod validate;
+pub use validate::MIN_PUBLIC_TOKEN;
 
 use std::path::Path;
 

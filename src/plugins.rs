@@ -28,7 +28,7 @@ use crate::limit;
 
 /// One compiled plugin step. `Copy`; indices point into per-generation state (`LimiterSet` for
 /// rate limiting, `AuthSet`'s per-kind vectors for auth plugins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Plugin {
     /// Instance index into the worker's `LimiterSet` (see `limit::instances`).
     RateLimiting {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::access_log::AccessLog;
 use crate::acme::AcmeManager;
-use crate::admin::{AdminServer, AdminSettings, ReloadFailure};
+use crate::admin::{AdminServer, AdminSettings, ReloadFailure, Reloaded};
 use crate::config;
 use crate::config::model::{Config, ListenKind, PluginConfig};
 use crate::config::ConfigError;
@@ -295,12 +295,7 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
             match AdminServer::start(
                 settings,
                 metrics.clone(),
-                Box::new(move || {
-                    r.reload().map(|generation| crate::admin::Reloaded {
-                        generation,
-                        restart_required: r.restart_required(),
-                    })
-                }),
+                Box::new(move || r.reload()),
                 admin_listener,
             ) {
                 Ok(a) => {
@@ -338,7 +333,11 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     // The flag goes up first: from here on a reload is refused, and one waiting for acknowledgements
     // (holding the reload lock `current` takes) stops waiting at once.
     control.drain.store(true, Ordering::SeqCst);
-    metrics.set_draining();
+    // Not after a handover: the new process answers /health on the same socket now, and this
+    // one's admin closes below.
+    if !handed_over {
+        metrics.set_draining();
+    }
     // After an upgrade the new process answers the admin API (on the same socket).
     let mut admin = admin;
     if handed_over {
@@ -466,7 +465,7 @@ struct ReloadQueue {
     done: u64,
     running: bool,
     /// The last runs' outcomes, oldest first: (the highest ticket the run served, its outcome).
-    outcomes: std::collections::VecDeque<(u64, Result<u64, ReloadFailure>)>,
+    outcomes: std::collections::VecDeque<(u64, Result<Reloaded, ReloadFailure>)>,
 }
 
 /// Outcomes kept for requests still to pick theirs up (runs are rare; a waiter wakes within
@@ -575,7 +574,7 @@ impl Reloader {
     /// SIGUSR1 (and every reload, also a rejected one): reopen the access log file at its
     /// configured path, so `mv access.log access.log.1` followed by a signal starts a new file, as
     /// nginx's USR1 does. Lines handed off before go to the old file. The file is opened on this
-    /// thread (main, or admin for `POST /reload`), never on a worker.
+    /// thread (main for SIGUSR1, `ringgate-reload` for a reload), never on a worker.
     pub fn reopen_access_log(&self) {
         let mut state = self.state();
         reopen(&mut state);
@@ -616,6 +615,18 @@ impl Reloader {
 
     /// Runs reloads until no request is waiting.
     fn run_queue(&self) {
+        /// Clears `running` if a reload panicked (debug builds unwind): later requests must not
+        /// wait for a runner that is gone. (A normal end clears it under the lock that saw the
+        /// queue empty; clearing it again then could let a second runner start beside a new one.)
+        struct OnPanic<'a>(&'a Reloader);
+        impl Drop for OnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.queue().running = false;
+                }
+            }
+        }
+        let _on_panic = OnPanic(self);
         let mut q = self.queue();
         while q.done < q.requested {
             let serves = q.requested;
@@ -634,7 +645,7 @@ impl Reloader {
     }
 
     /// The outcome of the reload `ticket` asked for, waiting for it at most `limit`.
-    pub fn wait_reload(&self, ticket: u64, limit: Duration) -> Result<u64, ReloadFailure> {
+    pub fn wait_reload(&self, ticket: u64, limit: Duration) -> Result<Reloaded, ReloadFailure> {
         let deadline = std::time::Instant::now() + limit;
         let mut q = self.queue();
         while q.done < ticket {
@@ -653,28 +664,21 @@ impl Reloader {
                 Err(p) => p.into_inner().0,
             };
         }
+        // The first run that served this ticket, or (if more than RELOAD_OUTCOMES_KEPT runs
+        // finished before this waiter woke) the oldest kept, which also read the file after the
+        // request came.
         q.outcomes
             .iter()
             .find(|(served, _)| *served >= ticket)
             .map_or_else(
                 || {
-                    // Trimmed: more than RELOAD_OUTCOMES_KEPT runs finished before this waiter
-                    // woke. The latest one's outcome is the state now.
-                    q.outcomes.back().map_or(
-                        Err(ReloadFailure::Unavailable {
-                            message: "reload outcome lost".to_owned(),
-                            generation: None,
-                        }),
-                        |(_, o)| o.clone(),
-                    )
+                    Err(ReloadFailure::Unavailable {
+                        message: "reload outcome lost".to_owned(),
+                        generation: None,
+                    })
                 },
                 |(_, o)| o.clone(),
             )
-    }
-
-    /// The settings of the serving config that need a restart to apply (`Running::needs_restart`).
-    pub fn restart_required(&self) -> Vec<&'static str> {
-        self.running.needs_restart(&self.current().config)
     }
 
     /// Reloads through the queue and waits for the outcome (at most `RELOAD_WAIT`): the new
@@ -682,13 +686,13 @@ impl Reloader {
     /// or `Unavailable` when draining (nothing loaded), when a worker did not confirm the new
     /// generation (installed; the rest of the workers may serve the old one), or when the load
     /// is still running.
-    pub fn reload(self: &Arc<Self>) -> Result<u64, ReloadFailure> {
+    pub fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadFailure> {
         let ticket = self.request_reload();
         self.wait_reload(ticket, RELOAD_WAIT)
     }
 
     /// One reload, now, on this thread (only `run_queue` calls it: reloads never overlap).
-    fn reload_now(&self) -> Result<u64, ReloadFailure> {
+    fn reload_now(&self) -> Result<Reloaded, ReloadFailure> {
         let refused = || {
             warn!("reload refused: draining");
             Err(ReloadFailure::Unavailable {
@@ -799,7 +803,7 @@ impl Reloader {
     }
 
     /// Compiles `config` as the next generation and hands it to every worker (see `reload`).
-    fn install(&self, state: &mut ReloadState, config: Config) -> Result<u64, ReloadFailure> {
+    fn install(&self, state: &mut ReloadState, config: Config) -> Result<Reloaded, ReloadFailure> {
         let generation = state.current.generation + 1;
         let workers = state.workers;
         let consumer_board = state.current.consumer_board.clone();
@@ -851,6 +855,10 @@ impl Reloader {
             settings.apply(def);
         }
         self.commit(state, compiled, "reloaded")
+            .map(|generation| Reloaded {
+                generation,
+                restart_required: restart,
+            })
     }
 
     /// Hands `compiled` to every worker and waits (bounded) for each to serve it; logs `done` with

@@ -54,12 +54,12 @@ fn defaults() {
 #[test]
 fn values() {
     let text = with(
-        "[admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"abc-DEF_123\"\n\n[metrics]\nenabled = false\nflush_interval = \"100ms\"\nhistogram_file = \"/tmp/h.txt\"\nper_consumer_labels = true\nmax_consumer_labels = 5\n",
+        "[admin]\nlisten = \"0.0.0.0:9000\"\ntoken = \"abc-DEF_123-456789\"\n\n[metrics]\nenabled = false\nflush_interval = \"100ms\"\nhistogram_file = \"/tmp/h.txt\"\nper_consumer_labels = true\nmax_consumer_labels = 5\n",
     );
     let cfg = load_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e:?}"));
     let admin = cfg.admin.unwrap_or_else(|| panic!("admin"));
     assert_eq!(admin.listen.to_string(), "0.0.0.0:9000");
-    assert_eq!(admin.token.as_deref(), Some("abc-DEF_123"));
+    assert_eq!(admin.token.as_deref(), Some("abc-DEF_123-456789"));
     assert!(!cfg.metrics.enabled);
     assert_eq!(cfg.metrics.flush_interval, Duration::from_millis(100));
     assert_eq!(
@@ -82,6 +82,14 @@ fn errors_are_located() {
     let e = one_error(&with("[admin]\nlisten = \"0.0.0.0:9901\"\n"));
     assert_eq!((e.line, e.key.as_str()), (EXTRA_LINE + 1, "admin.listen"));
     assert!(e.message.contains("set admin.token"), "{e}");
+
+    // Beyond loopback the token is all that guards /reload: a short one is refused.
+    let e = one_error(&with(
+        "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"abc-DEF_123\"\n",
+    ));
+    assert_eq!((e.line, e.key.as_str()), (EXTRA_LINE + 2, "admin.token"));
+    assert!(e.message.contains("at least 16 characters"), "{e}");
+    assert!(!e.message.contains("abc-DEF"), "{e}");
 
     let e = one_error(&with("[admin]\ntoken = \"has space\"\n"));
     assert_eq!(

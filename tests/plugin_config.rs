@@ -1197,6 +1197,23 @@ fn transformers_cannot_write_headers_other_plugins_own() {
     let upstream_side = acao.replace("response-transformer", "request-transformer");
     load_str(&with(&format!("{cors}{upstream_side}")), "test.toml")
         .unwrap_or_else(|e| panic!("{e:?}"));
+    // Without echo_downstream the client gets no id from correlation-id: a response-transformer
+    // may set that header (the upstream side still may not).
+    let quiet = "[[plugins]]\nname = \"correlation-id\"\nconfig = { echo_downstream = false }\n\n";
+    load_str(
+        &with(&format!(
+            "{quiet}[[plugins]]\nname = \"response-transformer\"\nconfig = {{ add = {{ headers = [\"X-Request-ID:fixed\"] }} }}\n"
+        )),
+        "test.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        errors(&with(&format!(
+            "{quiet}[[plugins]]\nname = \"request-transformer\"\nconfig = {{ add = {{ headers = [\"X-Request-ID:fixed\"] }} }}\n"
+        )))
+        .len(),
+        1
+    );
     // A different header beside correlation-id is fine.
     load_str(
         &with(&format!(

@@ -582,7 +582,8 @@ fn without_wrong_value(message: &str) -> String {
     let Some(rest) = message.strip_prefix("invalid type: ") else {
         return message.to_owned();
     };
-    let Some(end) = rest.find(", expected") else {
+    // The last one: a string value could itself contain ", expected".
+    let Some(end) = rest.rfind(", expected") else {
         return message.to_owned();
     };
     let what = &rest[..end];

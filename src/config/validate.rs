@@ -28,6 +28,10 @@ use super::locate::{KeyPath, Problem};
 use super::model::Config;
 use super::raw::Dur;
 
+/// The shortest `admin.token` accepted on an admin listener that is not loopback: beyond this host
+/// the token is all that guards `/reload`.
+pub const MIN_PUBLIC_TOKEN: usize = 16;
+
 /// Records a problem at `path`.
 fn push(problems: &mut Vec<Problem>, path: KeyPath, message: impl Into<String>) {
     problems.push(Problem::at(path, message));

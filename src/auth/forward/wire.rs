@@ -97,8 +97,8 @@ pub fn copy_allowed(out: &mut Vec<u8>, head: &ResponseHead, buf: &[u8], names: &
 }
 
 /// Appends the client response for a denial: the auth service's status and reason, its
-/// end-to-end fields, a Content-Length for the body it sent, then the body (none for a HEAD
-/// request). `buf` holds the head at `..head.head_len` and exactly the decoded body after it.
+/// end-to-end fields, a Content-Length for the body it sent, then the body (always: the proxy
+/// cuts it for a client's HEAD). `buf` holds the head at `..head.head_len` and exactly the decoded body after it.
 pub fn write_deny(out: &mut Vec<u8>, head: &ResponseHead, buf: &[u8], req: &AuthRequest<'_>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(head.status));

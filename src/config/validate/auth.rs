@@ -280,7 +280,8 @@ pub fn basic_auth(
                         );
                         continue;
                     }
-                    if let Some(first) = lines_of.insert(user.to_owned(), n + 1) {
+                    let first = *lines_of.entry(user.to_owned()).or_insert(n + 1);
+                    if first != n + 1 {
                         push(
                             problems,
                             cp.key("htpasswd_file"),

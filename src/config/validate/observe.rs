@@ -80,6 +80,17 @@ pub fn admin(
             format!("{listen} is not a loopback address: set admin.token to expose the admin API beyond this host"),
         );
     }
+    // Beyond this host the token is all that guards `/reload`: one that can be guessed is no guard.
+    if let (false, Some(t)) = (listen.ip().is_loopback(), token.as_deref()) {
+        let min = super::MIN_PUBLIC_TOKEN;
+        if t.len() < min {
+            push(
+                problems,
+                p.key("token"),
+                format!("{listen} is not a loopback address, so the token must be at least {min} characters (e.g. the output of `openssl rand -hex 16`), got {}", t.len()),
+            );
+        }
+    }
     Some(AdminDef { listen, token })
 }
 

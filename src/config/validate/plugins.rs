@@ -958,7 +958,7 @@ pub fn check_chains(cfg: &crate::config::model::Config, problems: &mut Vec<Probl
             }
         }
     }
-    header_conflicts(cfg, &chains.routes, &chains.consumers, &steps, problems);
+    header_conflicts(cfg, &chains.routes, &steps, problems);
     for (acl, routes) in stranded {
         let Some(i) = steps.iter().position(|s| *s == Some(acl)) else {
             continue;
@@ -983,31 +983,24 @@ pub fn check_chains(cfg: &crate::config::model::Config, problems: &mut Vec<Probl
 /// on the response side beside cors, an `Access-Control-*` field (two `-Allow-Origin` values,
 /// which browsers refuse, or a policy wider than the cors plugin's). Transformers do not see the
 /// lines plugins add, so the two would go out side by side. Reported once per transformer.
+/// Route chains only: consumers carry none of these plugins (`CONSUMER_SCOPED`).
 fn header_conflicts(
     cfg: &crate::config::model::Config,
     routes: &[Box<[crate::plugins::Plugin]>],
-    consumers: &[Box<[crate::plugins::Plugin]>],
     steps: &[Option<crate::plugins::Plugin>],
     problems: &mut Vec<Problem>,
 ) {
     use crate::config::model::TransformDef;
     use crate::plugins::Plugin;
-    // Each route's chain, and each with a consumer's plugins merged in (as `Walk` runs them).
-    let with_consumers = consumers.iter().filter(|c| !c.is_empty());
-    let chains: Vec<Vec<Plugin>> = routes
+    // Step -> its `[[plugins]]` index, once (a chain holds steps).
+    let index: HashMap<Plugin, usize> = steps
         .iter()
-        .map(|r| r.to_vec())
-        .chain(routes.iter().flat_map(|r| {
-            with_consumers
-                .clone()
-                .map(move |c| r.iter().chain(c.iter()).copied().collect())
-        }))
+        .enumerate()
+        .filter_map(|(i, s)| Some(((*s)?, i)))
         .collect();
     let def_of = |p: &Plugin| {
-        steps
-            .iter()
-            .position(|s| s.as_ref() == Some(p))
-            .and_then(|i| Some((i, cfg.plugins.get(i)?)))
+        let &i = index.get(p)?;
+        Some((i, cfg.plugins.get(i)?))
     };
     // Names a transformer writes (add, append, replace and rename targets), with their list.
     let written = |t: &TransformDef| -> Vec<(&'static str, String)> {
@@ -1022,16 +1015,19 @@ fn header_conflicts(
         out
     };
     let mut reported: Vec<usize> = Vec::new();
-    for chain in &chains {
-        let ids: Vec<&str> = chain
+    for chain in routes {
+        // The id header, and whether it is echoed to the client too.
+        let ids: Vec<(&str, bool)> = chain
             .iter()
             .filter_map(|p| match def_of(p).map(|(_, d)| &d.config) {
-                Some(PluginConfig::CorrelationId(c)) => Some(c.header_name.as_str()),
+                Some(PluginConfig::CorrelationId(c)) => {
+                    Some((c.header_name.as_str(), c.echo_downstream))
+                }
                 _ => None,
             })
             .collect();
         let cors = chain.iter().any(|p| matches!(p, Plugin::Cors(_)));
-        for p in chain {
+        for p in chain.iter() {
             let Some((i, def)) = def_of(p) else { continue };
             let (t, response) = match &def.config {
                 PluginConfig::RequestTransformer(t) => (t, false),
@@ -1042,7 +1038,11 @@ fn header_conflicts(
                 continue;
             }
             for (list, name) in written(t) {
-                let why = if ids.iter().any(|id| id.eq_ignore_ascii_case(&name)) {
+                // Response side: a conflict only when correlation-id echoes the id.
+                let owned_id = ids
+                    .iter()
+                    .any(|&(id, echoed)| id.eq_ignore_ascii_case(&name) && (echoed || !response));
+                let why = if owned_id {
                     format!("writes {name:?}, the header correlation-id sets on this route: the {} would get two ids; leave the id to correlation-id", if response { "client" } else { "upstream" })
                 } else if response && cors && crate::plugins::cors::owned(name.as_bytes()) {
                     format!("writes {name:?} beside the cors plugin on this route: Access-Control-* fields are the cors plugin's (two values make browsers refuse the response); set them in its config")
