@@ -1191,7 +1191,10 @@ impl<S: ClientIo> Conn<S> {
                 let waited = Instant::now();
                 // Taken before the body is read: reading it may reuse the client buffer the
                 // method's span points into.
-                let may_replay = idempotent(changed.unwrap_or(self.s.head.method.get(&self.buf)));
+                // An override is what the upstream runs (as in `prepare`): `PUT` + override
+                // `POST` is never replayed, whatever the body.
+                let may_replay = idempotent(changed.unwrap_or(self.s.head.method.get(&self.buf)))
+                    && (self.s.override_method.is_empty() || idempotent(&self.s.override_method));
                 match body::read_request_whole(self, p.body, limit, p.expect_continue).await {
                     Ok(whole) => {
                         // Waiting for the client's body is not time the gateway added.

@@ -397,6 +397,48 @@ fn stale_pooled_connection_is_not_retried_for_a_get_overridden_to_post() {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// The same with a body the request-transformer edits (read whole first, so replayable when
+/// idempotent): a `PUT` overridden to `POST` is a POST upstream, never replayed. Before, only the
+/// streaming path looked at the override, and the upstream ran the POST twice (found by a review).
+#[test]
+fn stale_pooled_connection_is_not_retried_for_an_edited_put_overridden_to_post() {
+    let up = Upstream::start(Behaviour::AnswerFirstOnly);
+    let gw = Gateway::start(&basic_config(
+        &up,
+        "",
+        "[[plugins]]\nname = \"request-transformer\"\nconfig = { add = { json = [\"source:gw\"] } }\n",
+    ));
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/one").status, 200);
+    let body = r#"{"amount":1}"#;
+    c.request(
+        format!(
+            "PUT /pay HTTP/1.1\r\nHost: test.local\r\nX-HTTP-Method-Override: POST\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .assert_json_error(502);
+    settle();
+    let pays = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/pay")
+        .count();
+    assert_eq!(pays, 1, "run as a POST upstream: not replayed");
+    // Without the override the edited PUT is idempotent, and retried on a fresh connection.
+    let mut c = Conn::connect(gw.addr());
+    assert_eq!(c.get(HOST, "/three").status, 200);
+    let r = c.request(
+        format!(
+            "PUT /put HTTP/1.1\r\nHost: test.local\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 #[test]
 fn a_slow_reused_connection_is_not_retried_after_the_read_timeout() {
     // A read timeout is a slow upstream, not a stale connection: the request was delivered and may be
