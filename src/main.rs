@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,20 +28,48 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve with CONFIG until SIGTERM/SIGINT (then drain in-flight requests and exit 0).
+    /// SIGHUP reloads CONFIG, SIGUSR1 reopens the access log, SIGUSR2 starts a new binary on the
+    /// same sockets. Exit codes: 0 stopped, 1 config or bind error, 2 usage.
     Run {
+        /// The TOML config file (relative paths inside it are relative to its directory).
         config: PathBuf,
         /// Number of workers (overrides `server.workers`).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// Most verbose log level printed (`debug` adds per-connection causes: TLS handshake and
+        /// upstream connect failures, accept errors).
+        #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+        log_level: LogLevel,
     },
     /// Validate CONFIG: print `ok` and a route summary, or every error (exit 1).
-    Check { config: PathBuf },
+    Check {
+        /// The TOML config file.
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, workers } => {
+        Command::Run {
+            config,
+            workers,
+            log_level,
+        } => {
+            ringgate::log::set_level(match log_level {
+                LogLevel::Error => ringgate::log::Level::Error,
+                LogLevel::Warn => ringgate::log::Level::Warn,
+                LogLevel::Info => ringgate::log::Level::Info,
+                LogLevel::Debug => ringgate::log::Level::Debug,
+            });
             let code = ringgate::server::run(&config, workers.map(usize::from));
             // The workers' last lines (drain, errors) are still on their way to stderr.
             ringgate::log::flush(std::time::Duration::from_secs(1));

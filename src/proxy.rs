@@ -250,6 +250,10 @@ pub enum Next {
     /// Idle past `PARK_AFTER` with nothing read: park for this much longer before closing.
     Park(Duration),
     Close,
+    /// A response cut mid-body whose end the client reads as the close (an HTTP/1.0 client, a
+    /// body without length): reset the connection, so the cut is an error, not a complete-looking
+    /// response.
+    Reset,
     /// A 101 was relayed: the connection becomes a byte tunnel to this upstream connection.
     Upgrade(UpstreamConn),
 }
@@ -516,6 +520,25 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                 } else if conn.listener.tls && !conn.lingered {
                     // TLS: say close_notify, so clients can tell a clean end from a truncation.
                     let _ = monoio::time::timeout(CLOSE_NOTIFY_TIME, conn.client.shutdown()).await;
+                }
+                return Ended::Closed;
+            }
+            Next::Reset => {
+                // SO_LINGER {on, 0}: the close sends RST instead of FIN (and no TLS close_notify).
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: `conn.fd` is the open client socket (closed only when `conn` drops
+                // below); the option value is a properly sized `linger`.
+                unsafe {
+                    libc::setsockopt(
+                        conn.fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        std::ptr::addr_of!(linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    );
                 }
                 return Ended::Closed;
             }
@@ -1580,7 +1603,12 @@ impl<S: ClientIo> Conn<S> {
                 {
                     self.upstream_status = 0;
                 }
-                Exchange::Done(Next::Close)
+                // Delimited by the close: a FIN would read as the end of a complete body.
+                Exchange::Done(if framing == ClientFraming::Close {
+                    Next::Reset
+                } else {
+                    Next::Close
+                })
             }
             body::Relay::BadBeforeHead => Exchange::Done(
                 self.fail(shard, GatewayError::BadResponse, p.client_close)
@@ -1981,8 +2009,12 @@ async fn connect(
         }
         match attempt {
             Ok(Ok(stream)) => return Ok((stream, t, false)),
-            Ok(Err(ConnectError::Tcp(e))) => crate::debug!(
-                "upstream connect failed target={} address={} error=\"{}\"",
+            // A warning (rate-limited per worker): the ejection line that may follow names no
+            // cause, and "connection refused" vs a timeout is what an operator needs to know.
+            Ok(Err(ConnectError::Tcp(e))) => crate::warn_every!(
+                LOG_EVERY,
+                "upstream connect failed upstream={} target={} address={} error=\"{}\"",
+                ups.name,
                 tdef.name,
                 tdef.addr,
                 e
@@ -1998,8 +2030,10 @@ async fn connect(
                 e.replace('"', "'")
             ),
             Err(_) => {
-                crate::debug!(
-                    "upstream connect timed out target={} address={}",
+                crate::warn_every!(
+                    LOG_EVERY,
+                    "upstream connect timed out upstream={} target={} address={}",
+                    ups.name,
                     tdef.name,
                     tdef.addr
                 );

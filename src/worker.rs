@@ -909,6 +909,16 @@ async fn control_loop(
             fresh_woken = true;
         }
     }
+    let cut = shard.active.get();
+    if cut > 0 {
+        // What an operator must know after a stop: these clients got a closed connection (or a
+        // cut-off response), not an answer.
+        crate::warn!(
+            "drain timed out worker={} timeout_ms={} connections_cut={cut}",
+            spec.index,
+            shard.snapshot().config.server.drain_timeout.as_millis()
+        );
+    }
     shard.metrics.flush_last(&shard.idle_by_target());
     // Every request of this worker that will ever complete has completed (or the drain deadline
     // passed): hand off the lines, so the writer has them before the main thread stops it.

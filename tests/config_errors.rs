@@ -101,6 +101,11 @@ fn a_file_with_no_routes_is_an_error() {
         "{head}"
     );
     expect_one(head, 1, 1, "routes", "defines no [[routes]]");
+    // A misspelt `[[route]]` is the error shown, alone.
+    let misspelt = BASE.replace("[[routes]]", "[[route]]");
+    let errs = errors(&misspelt);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "route", "{}", errs[0]);
 }
 
 /// Duplicate targets are found by address, not spelling: a leading-zero port or another way to

@@ -410,6 +410,15 @@ fn drain_timeout_bounds_shutdown() {
     if let Ok(r) = client.join().expect("client thread") {
         assert_ne!(r.status, 200);
     }
+    // And the log says so (before, a drain that cut requests read like a clean one).
+    assert!(
+        gw.wait_log(
+            "drain timed out worker=0 timeout_ms=1000 connections_cut=1",
+            Duration::from_secs(2)
+        ),
+        "{:?}",
+        gw.logs()
+    );
 }
 
 #[test]

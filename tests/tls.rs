@@ -555,6 +555,36 @@ fn plaintext_to_tls_port_gets_nginxs_400_and_gateway_stays_healthy() {
     );
     let mut tls = connect(gw.addrs()[0], "api.test", default_client(&pki)).expect("handshake");
     assert_eq!(get(&mut tls, "api.test", "/after").status, 200);
+    // Per-connection causes are debug lines: not printed by default.
+    assert!(
+        !gw.log_contains("plain http on a tls port"),
+        "{:?}",
+        gw.logs()
+    );
+}
+
+/// `run --log-level debug` prints the per-connection causes the default level leaves out (here:
+/// plain HTTP on a TLS port). Before, nothing could turn debug lines on.
+#[test]
+fn log_level_debug_prints_per_connection_causes() {
+    let pki = Pki::new();
+    let up = Upstream::echo("up");
+    let gw = Gateway::start_with_args(&tls_config(&pki, &up, ""), &["--log-level", "debug"]);
+    let mut s = TcpStream::connect(gw.addrs()[0]).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .expect("write");
+    let (closed, _) = wait_closed(&mut s, Duration::from_secs(4));
+    assert!(closed);
+    assert!(
+        gw.wait_log("plain http on a tls port", Duration::from_secs(5)),
+        "{:?}",
+        gw.logs()
+    );
+    assert!(
+        gw.logs().iter().any(|l| l.contains(" DEBUG ")),
+        "{:?}",
+        gw.logs()
+    );
 }
 
 #[test]

@@ -53,6 +53,21 @@ fn upstream_down_is_502_json() {
         !r.closed,
         "the client's request was fine: keep its connection"
     );
+    // The log says why (a warning: before, the cause was a debug line no one could turn on,
+    // and the ejection line that may follow names none).
+    let line = format!("upstream connect failed upstream=pool target={dead} address={dead}");
+    assert!(
+        gw.wait_log(&line, Duration::from_secs(5)),
+        "{:?}",
+        gw.logs()
+    );
+    assert!(
+        gw.logs()
+            .iter()
+            .any(|l| l.contains(&line) && l.contains(" WARN ") && l.contains("refused")),
+        "{:?}",
+        gw.logs()
+    );
 }
 
 #[test]
@@ -259,6 +274,35 @@ fn reset_mid_chunked_body_never_sends_the_last_chunk() {
     assert!(c.probe_closed(Duration::from_secs(2)));
     // A fresh request works afterwards (the broken connection was not pooled).
     drop(c);
+}
+
+/// An HTTP/1.0 client reads a body without length to the close, so a clean close after a cut
+/// would look like a complete response: the gateway resets the connection instead. Before, the
+/// client got a normal FIN after 5 of 100,000 chunked bytes (found by two reviews).
+#[test]
+fn a_cut_body_to_an_http10_client_ends_in_a_reset() {
+    use std::io::{Read, Write};
+    let up = Upstream::start(Behaviour::ResetMidBody { chunked: true });
+    let gw = gateway_for(&up);
+    let mut s = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test.local\r\n\r\n")
+        .expect("send");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break "eof",
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text:?}");
+    assert!(text.contains("Connection: close"), "{text:?}");
+    assert_eq!(end, "reset", "the cut must not read as the end of the body");
 }
 
 #[test]

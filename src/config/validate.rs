@@ -190,9 +190,11 @@ pub fn compile(decoded: &Decoded, source: PathBuf, problems: &mut Vec<Problem>) 
         problems,
     );
     let routes_path = KeyPath::root().key("routes");
+    // Also quiet when a top-level key was refused: `[[route]]` is the cause to show, not the
+    // missing `[[routes]]` it leaves.
     let routes_broken = problems
         .iter()
-        .any(|p| p.path.0.starts_with(&routes_path.0));
+        .any(|p| p.path.0.starts_with(&routes_path.0) || p.path.0.len() == 1);
     if decoded.routes.is_empty() && !routes_broken {
         // Every request would be a 404. Nobody means that: the likely cause is a file cut short by
         // a rewrite (its [server] part written, its routes not yet), which a reload must not take.
