@@ -264,6 +264,9 @@ enum Exchange {
     /// Failed on a reused pooled connection before any response byte and before anything reached
     /// the client: may be retried on a fresh connection if the request is replayable.
     RetryFresh,
+    /// A fresh connection the target accepted, then closed or reset before any response byte,
+    /// for a replayable request: the next target gets it, as after a failed connect.
+    RetryNext,
 }
 
 /// How waiting for a request head ended (errors aside).
@@ -1257,12 +1260,24 @@ impl<S: ClientIo> Conn<S> {
             None => *p,
         };
         let mut pinned: Option<usize> = None;
+        // A target that failed after accepting (`RetryNext`): failover goes on past it.
+        let mut after: Option<usize> = None;
+        // Connect attempts left for this request: `retries` bounds failover across targets
+        // however a target failed (refused, timed out, or reset after accepting).
+        let mut budget = svc.retries.saturating_add(1);
         loop {
             let started = self.stamp();
             let mut tried = None;
             let (upstream, target, reused) =
-                match connect(shard, &snap, svc, pinned, &mut tried).await {
+                match connect(shard, &snap, svc, pinned, after, &mut budget, &mut tried).await {
                     Ok(c) => c,
+                    // Past a target that reset after accepting, no other could be tried: its
+                    // failure is the answer (the access log keeps naming it).
+                    Err(_) if after.is_some() && tried.is_none() => {
+                        return self
+                            .fail(shard, GatewayError::UpstreamClosed, p.client_close)
+                            .await
+                    }
                     Err(e) => {
                         // The access log names the last target tried, as for any answer.
                         self.upstream_addr = tried;
@@ -1301,7 +1316,16 @@ impl<S: ClientIo> Conn<S> {
             }
             match outcome {
                 Exchange::Done(next) => return next,
-                Exchange::RetryFresh if pinned.is_none() && p.replayable => pinned = Some(target),
+                Exchange::RetryFresh if pinned.is_none() && p.replayable => {
+                    pinned = Some(target);
+                    // The stale connection was not the target's fault: a fresh one to it gets
+                    // the whole budget again.
+                    budget = svc.retries.saturating_add(1);
+                }
+                Exchange::RetryNext => {
+                    pinned = None;
+                    after = Some(target);
+                }
                 Exchange::RetryFresh => {
                     return self
                         .fail(shard, GatewayError::UpstreamClosed, p.client_close)
@@ -1475,6 +1499,15 @@ impl<S: ClientIo> Conn<S> {
                 // Closed or reset before it said anything (interim responses count): the pooled
                 // connection was stale when we picked it.
                 Ok(0) | Err(_) if reused && !heard && p.replayable => return Exchange::RetryFresh,
+                // A fresh connection the target accepted and then closed or reset without a word
+                // (a dead backend behind something that still accepts, a full backlog): nothing
+                // reached the client, so a replayable request goes to the next target, as
+                // nginx's `proxy_next_upstream error` and Kong's `retries` do. It counts against
+                // the target.
+                Ok(0) | Err(_) if !reused && !heard && p.replayable => {
+                    self.upstream_fault = true;
+                    return Exchange::RetryNext;
+                }
                 // Nothing at all came back: not malformed, gone.
                 Ok(0) | Err(_) if !heard => break Some(GatewayError::UpstreamClosed),
                 Ok(0) | Err(_) => break Some(GatewayError::BadResponse),
@@ -1930,11 +1963,14 @@ impl<S: ClientIo> Conn<S> {
 /// starting with this target; if it now refuses (it is restarting: the usual reason its pooled
 /// connection went stale), the next targets are tried as on a first attempt. `tried`: the address
 /// of the last target a connection was attempted to (for the access log when all failed).
+#[allow(clippy::too_many_arguments)]
 async fn connect(
     shard: &Shard,
     snap: &Snapshot,
     svc: &ServiceDef,
     pinned: Option<usize>,
+    after: Option<usize>,
+    budget: &mut usize,
     tried: &mut Option<SocketAddr>,
 ) -> Result<(UpstreamConn, usize, bool), GatewayError> {
     let ups = snap
@@ -1953,9 +1989,11 @@ async fn connect(
                 *now.get_or_insert_with(Instant::now),
             )
     };
-    let first = match pinned {
-        Some(t) => t,
-        None => match snap.balancers.get(svc.upstream) {
+    let first = match (pinned, after) {
+        (Some(t), _) => t,
+        // Failover after a target that reset once connected: the ones after it, in turn.
+        (None, Some(t)) => (t + 1) % n.max(1),
+        (None, None) => match snap.balancers.get(svc.upstream) {
             Some(b) => {
                 let mut b = b.borrow_mut();
                 if health.all_usable() {
@@ -1968,22 +2006,24 @@ async fn connect(
             None => 0,
         },
     };
-    // A failed connect moves on to the next target, at most `retries` times (Kong's bound; nginx's
-    // `proxy_next_upstream_tries`): with every target blackholed a request waits that many connect
-    // timeouts, not one per target.
-    let mut attempts_left = svc.retries.saturating_add(1);
+    // A failed connect moves on to the next target, within the request's `budget` of attempts
+    // (`retries` + 1: Kong's bound; nginx's `proxy_next_upstream_tries`): with every target
+    // blackholed a request waits that many connect timeouts, not one per target.
     let mut timed_out = false;
     for k in 0..n {
         let t = (first + k) % n.max(1);
-        // Failover skips targets health checking took out: with all of them out, only the first
-        // choice is tried, so a request costs one connect timeout, not one per target.
-        if k > 0 && !usable(t) {
+        if after == Some(t) {
             continue;
         }
-        if attempts_left == 0 {
+        // Failover skips targets health checking took out: with all of them out, only the first
+        // choice is tried, so a request costs one connect timeout, not one per target.
+        if (k > 0 || after.is_some()) && !usable(t) {
+            continue;
+        }
+        if *budget == 0 {
             break;
         }
-        attempts_left -= 1;
+        *budget -= 1;
         let Some(tdef) = ups.targets.get(t) else {
             continue;
         };

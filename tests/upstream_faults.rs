@@ -86,6 +86,83 @@ fn refusing_target_fails_over_to_the_next() {
     assert_eq!(up.request_count(), 10);
 }
 
+/// A target that accepts, reads the request and resets without a word (a crashed backend behind
+/// something that still accepts; a full backlog). Counts the connections it took; stops after
+/// 60 s or 200 connections.
+fn accepting_then_resetting() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        for s in l.incoming().take(200) {
+            if Instant::now() > until {
+                break;
+            }
+            let Ok(mut s) = s else { continue };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+    });
+    (addr, taken)
+}
+
+/// A replayable request whose fresh connection the target accepted and then reset before any
+/// response byte goes to the next target, as nginx's `proxy_next_upstream error` does. Before,
+/// the client got a 502 until passive health ejected the target (3 of 8 here, found by a
+/// review). A POST with a body is not replayed: it gets the 502.
+#[test]
+fn a_target_resetting_after_accepting_fails_over_for_replayable_requests() {
+    let (bad, taken) = accepting_then_resetting();
+    let up = Upstream::echo("alive");
+    let gw = Gateway::start(&upstream_config(
+        &[bad.to_string(), up.addr().to_string()],
+        "",
+    ));
+    for i in 0..8 {
+        let r = get(gw.addr(), HOST, &format!("/{i}"));
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.header("x-upstream"), Some("alive"));
+    }
+    assert!(
+        taken.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the bad target was tried"
+    );
+    // A POST with a body is never replayed: of two (the balancer alternates), the one the bad
+    // target took is a 502, and it took it once.
+    let (bad, taken) = accepting_then_resetting();
+    let gw = Gateway::start(&upstream_config(
+        &[bad.to_string(), up.addr().to_string()],
+        "",
+    ));
+    let mut statuses: Vec<u16> = (0..2)
+        .map(|_| {
+            send_raw(
+                gw.addr(),
+                b"POST /pay HTTP/1.1\r\nHost: test.local\r\nContent-Length: 3\r\n\r\nabc",
+            )
+            .status
+        })
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 502]);
+    settle();
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Only the bad target: its failure is the answer (502, upstream closed), after one try.
+    let (bad_only, taken) = accepting_then_resetting();
+    let gw = Gateway::start(&upstream_config(&[bad_only.to_string()], ""));
+    send_raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n").assert_json_error(502);
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[test]
 fn all_targets_refusing_is_502_json() {
     let gw = Gateway::start(&upstream_config(

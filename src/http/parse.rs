@@ -230,6 +230,9 @@ fn apply_request_fields(f: &Fields, out: &mut RequestHead) -> Result<Parsed, Par
             return Err(ParseError::NotImplemented);
         }
     }
+    if f.host_invalid {
+        return Err(bad("invalid Host"));
+    }
     if f.host_count > 1 {
         return Err(bad("more than one Host"));
     }
@@ -611,6 +614,8 @@ struct Fields {
     te: TeState,
     host: Option<Span>,
     host_count: u32,
+    /// A Host value that is not `host[:port]`.
+    host_invalid: bool,
     conn_close: bool,
     conn_keep_alive: bool,
     conn_upgrade: bool,
@@ -651,9 +656,9 @@ fn classify(
     match name.len() {
         4 if eq_ignore_case(name, b"host") => {
             f.host_count += 1;
-            if !is_host_value(v) {
-                return Err("invalid Host");
-            }
+            // Judged by the request parser only: a response's Host means nothing (and an
+            // upstream sending an odd one must not make its answer a 502).
+            f.host_invalid |= !is_host_value(v);
             f.host = Some(value);
         }
         6 if eq_ignore_case(name, b"expect") => {

@@ -868,6 +868,19 @@ fn response_connection_handling() {
     assert_eq!(toks, ["close", "X-Up"]);
 }
 
+/// Host is a request field: a response carrying an odd one (`Host: a b`) is not malformed, while
+/// a request with one still is. Before, the request check ran on responses too, and the answer
+/// became a 502 (found by a review).
+#[test]
+fn host_is_checked_on_requests_only() {
+    let buf = b"HTTP/1.1 200 OK\r\nHost: a b\r\nContent-Length: 0\r\n\r\n";
+    ok_resp(buf, false);
+    assert!(is_400(err_req(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")));
+    assert!(is_400(err_req(
+        b"GET / HTTP/1.1\r\nHost: h\r\nHost: a b\r\n\r\n"
+    )));
+}
+
 #[test]
 fn response_size_limit() {
     let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
