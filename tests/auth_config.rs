@@ -253,13 +253,22 @@ fn acl_without_an_identifying_auth_plugin_is_refused() {
     assert!(load_str(&text, "test.toml").is_ok());
 }
 
+/// An htpasswd file in the temp dir with one line per user (a repeated name is a repeated line),
+/// all with one bcrypt hash; returns its path and the hash.
+fn htpasswd(name: &str, users: &[&str]) -> (std::path::PathBuf, String) {
+    let file =
+        std::env::temp_dir().join(format!("ringgate-{name}-{}.htpasswd", std::process::id()));
+    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+    let text: String = users.iter().map(|u| format!("{u}:{hash}\n")).collect();
+    std::fs::write(&file, text).expect("write htpasswd");
+    (file, hash)
+}
+
 /// An htpasswd user that is also a consumer's basic-auth credential is one username with two
 /// passwords (the htpasswd one won, silently): refused, naming both.
 #[test]
 fn an_htpasswd_user_clashing_with_a_credential_is_refused() {
-    let file = std::env::temp_dir().join(format!("ringgate-clash-{}.htpasswd", std::process::id()));
-    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
-    std::fs::write(&file, format!("alice:{hash}\nbob:{hash}\n")).expect("write htpasswd");
+    let (file, hash) = htpasswd("clash", &["alice", "bob"]);
     let e = expect_one(
         &format!(
             "[[consumers]]\nusername = \"alice\"\nbasicauth_credentials = [{{ username = \"alice\", password = \"{hash}\" }}]\n\n[[plugins]]\nname = \"basic-auth\"\nconfig = {{ htpasswd_file = \"{}\" }}\n",
@@ -276,9 +285,7 @@ fn an_htpasswd_user_clashing_with_a_credential_is_refused() {
 /// first line, a map the last: before, the last won silently).
 #[test]
 fn an_htpasswd_user_listed_twice_is_refused() {
-    let file = std::env::temp_dir().join(format!("ringgate-dup-{}.htpasswd", std::process::id()));
-    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
-    std::fs::write(&file, format!("alice:{hash}\nbob:{hash}\nalice:{hash}\n")).expect("write");
+    let (file, hash) = htpasswd("dup", &["alice", "bob", "alice"]);
     let e = expect_one(
         &format!(
             "[[plugins]]\nname = \"basic-auth\"\nconfig = {{ htpasswd_file = \"{}\" }}\n",
@@ -296,9 +303,7 @@ fn an_htpasswd_user_listed_twice_is_refused() {
 /// basic-auth entry could, so swapping two blocks made a config invalid.
 #[test]
 fn htpasswd_consumers_can_be_named_from_plugins_above() {
-    let file = std::env::temp_dir().join(format!("ringgate-order-{}.htpasswd", std::process::id()));
-    let hash = bcrypt::hash("pw", 4).expect("bcrypt");
-    std::fs::write(&file, format!("guest:{hash}\n")).expect("write");
+    let (file, _) = htpasswd("order", &["guest"]);
     let text = format!(
         "[[plugins]]\nname = \"key-auth\"\nroute = \"r\"\nconfig = {{ anonymous = \"guest\" }}\n\n[[plugins]]\nname = \"rate-limiting\"\nconsumer = \"guest\"\nconfig = {{ minute = 5 }}\n\n[[plugins]]\nname = \"basic-auth\"\nconfig = {{ htpasswd_file = \"{}\" }}\n",
         file.display()

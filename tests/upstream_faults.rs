@@ -70,6 +70,16 @@ fn upstream_down_is_502_json() {
     );
 }
 
+/// `n` GETs through `gw`, each answered 200 by the upstream named `name`.
+#[track_caller]
+fn all_answered_by(gw: &Gateway, name: &str, n: usize) {
+    for i in 0..n {
+        let r = get(gw.addr(), HOST, &format!("/{i}"));
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.header("x-upstream"), Some(name));
+    }
+}
+
 #[test]
 fn refusing_target_fails_over_to_the_next() {
     let dead = refusing_addr();
@@ -78,11 +88,7 @@ fn refusing_target_fails_over_to_the_next() {
         &[dead.to_string(), up.addr().to_string()],
         "",
     ));
-    for i in 0..10 {
-        let r = get(gw.addr(), HOST, &format!("/{i}"));
-        assert_eq!(r.status, 200, "request {i}: {r:?}");
-        assert_eq!(r.header("x-upstream"), Some("alive"));
-    }
+    all_answered_by(&gw, "alive", 10);
     assert_eq!(up.request_count(), 10);
 }
 
@@ -127,11 +133,7 @@ fn a_target_resetting_after_accepting_fails_over_for_replayable_requests() {
         &[bad.to_string(), up.addr().to_string()],
         "",
     ));
-    for i in 0..8 {
-        let r = get(gw.addr(), HOST, &format!("/{i}"));
-        assert_eq!(r.status, 200, "request {i}: {r:?}");
-        assert_eq!(r.header("x-upstream"), Some("alive"));
-    }
+    all_answered_by(&gw, "alive", 8);
     assert!(
         taken.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "the bad target was tried"
