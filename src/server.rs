@@ -314,10 +314,14 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         // Serving goes on with the addresses resolved at load, as with dns_refresh = "0s".
         error!("dns refresh thread not started error=\"{e}\"");
     }
+    // Which binary and which file: after a binary upgrade (USR2) this line is how an operator
+    // tells which version now serves.
     info!(
-        "ready workers={workers} driver={} generation=1 pid={}",
+        "ready workers={workers} driver={} generation=1 pid={} version={} config={}",
         if use_uring { "io_uring" } else { "epoll" },
-        std::process::id()
+        std::process::id(),
+        env!("CARGO_PKG_VERSION"),
+        path.display()
     );
     upgrade::notify_ready(inherited.close_unused());
 

@@ -32,10 +32,21 @@ fn startup_logs_listening_and_ready_lines() {
     assert_eq!(kv(l, "addr"), Some(gw.addr().to_string().as_str()));
     assert_ne!(gw.port(), 0, "port 0 must be resolved in the log");
     assert_eq!(gw.workers(), Some(1));
-    // ready comes after listening.
+    // ready comes after listening, and names the version and the config file.
     let li = logs.iter().position(|x| is_event(x, "listening")).unwrap();
     let ri = logs.iter().position(|x| is_event(x, "ready")).unwrap();
     assert!(li < ri);
+    let ready = &logs[ri];
+    assert_eq!(
+        kv(ready, "version"),
+        Some(env!("CARGO_PKG_VERSION")),
+        "{ready}"
+    );
+    assert_eq!(
+        kv(ready, "config"),
+        Some(gw.config_path().display().to_string().as_str()),
+        "{ready}"
+    );
     assert_eq!(get(gw.addr(), HOST, "/").status, 200);
 }
 
