@@ -1265,6 +1265,11 @@ impl<S: ClientIo> Conn<S> {
         // Connect attempts left for this request: `retries` bounds failover across targets
         // however a target failed (refused, timed out, or reset after accepting).
         let mut budget = svc.retries.saturating_add(1);
+        let targets = cfg
+            .upstreams
+            .get(svc.upstream)
+            .map_or(1, |u| u.targets.len());
+        let mut reset_after_accept = 0;
         loop {
             let started = self.stamp();
             let mut tried = None;
@@ -1322,9 +1327,17 @@ impl<S: ClientIo> Conn<S> {
                     // the whole budget again.
                     budget = svc.retries.saturating_add(1);
                 }
-                Exchange::RetryNext => {
+                // Each other target once at most, as nginx's `proxy_next_upstream` does: with
+                // every target resetting, the client's answer comes after one round.
+                Exchange::RetryNext if reset_after_accept < targets.saturating_sub(1) => {
+                    reset_after_accept += 1;
                     pinned = None;
                     after = Some(target);
+                }
+                Exchange::RetryNext => {
+                    return self
+                        .fail(shard, GatewayError::UpstreamClosed, p.client_close)
+                        .await
                 }
                 Exchange::RetryFresh => {
                     return self

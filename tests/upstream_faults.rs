@@ -158,6 +158,16 @@ fn a_target_resetting_after_accepting_fails_over_for_replayable_requests() {
     assert_eq!(statuses, [200, 502]);
     settle();
     assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Two such targets: each is tried once, then the 502 (not retries + 1 bounces between them).
+    let ((b1, t1), (b2, t2)) = (accepting_then_resetting(), accepting_then_resetting());
+    let gw2 = Gateway::start(&upstream_config(&[b1.to_string(), b2.to_string()], ""));
+    send_raw(gw2.addr(), b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n").assert_json_error(502);
+    settle();
+    let counts = [
+        t1.load(std::sync::atomic::Ordering::SeqCst),
+        t2.load(std::sync::atomic::Ordering::SeqCst),
+    ];
+    assert_eq!(counts, [1, 1]);
     // Only the bad target: its failure is the answer (502, upstream closed), after one try.
     let (bad_only, taken) = accepting_then_resetting();
     let gw = Gateway::start(&upstream_config(&[bad_only.to_string()], ""));
