@@ -1265,10 +1265,6 @@ impl<S: ClientIo> Conn<S> {
         // Connect attempts left for this request: `retries` bounds failover across targets
         // however a target failed (refused, timed out, or reset after accepting).
         let mut budget = svc.retries.saturating_add(1);
-        let targets = cfg
-            .upstreams
-            .get(svc.upstream)
-            .map_or(1, |u| u.targets.len());
         let mut reset_after_accept = 0;
         loop {
             let started = self.stamp();
@@ -1329,7 +1325,13 @@ impl<S: ClientIo> Conn<S> {
                 }
                 // Each other target once at most, as nginx's `proxy_next_upstream` does: with
                 // every target resetting, the client's answer comes after one round.
-                Exchange::RetryNext if reset_after_accept < targets.saturating_sub(1) => {
+                Exchange::RetryNext
+                    if reset_after_accept
+                        < cfg
+                            .upstreams
+                            .get(svc.upstream)
+                            .map_or(0, |u| u.targets.len().saturating_sub(1)) =>
+                {
                     reset_after_accept += 1;
                     pinned = None;
                     after = Some(target);

@@ -13,6 +13,12 @@ pub fn eq_ignore_case(a: &[u8], b: &[u8]) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
+/// Whether `v` starts with `prefix`, ASCII case-insensitively.
+pub fn starts_with_ignore_case(v: &[u8], prefix: &[u8]) -> bool {
+    v.get(..prefix.len())
+        .is_some_and(|p| eq_ignore_case(p, prefix))
+}
+
 /// Header names a proxy must not forward (RFC 9110 §7.6.1), plus the legacy `proxy-connection`
 /// and `keep-alive` that peers still send.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {

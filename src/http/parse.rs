@@ -18,7 +18,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::headers::{eq_ignore_case, list_items};
+use super::headers::{eq_ignore_case, list_items, starts_with_ignore_case};
 use super::num::parse_content_length;
 use super::{BodyKind, HeaderSpan, Limits, Span, Version, MAX_HEADERS_CAP};
 
@@ -331,11 +331,6 @@ fn split_path_query(pq: &[u8], base: u32, out: &mut RequestHead) {
         }
         None => out.path = Span { start: base, end },
     }
-}
-
-fn starts_with_ignore_case(v: &[u8], prefix: &[u8]) -> bool {
-    v.get(..prefix.len())
-        .is_some_and(|p| eq_ignore_case(p, prefix))
 }
 
 /// A Host value or an absolute-form authority: `host [":" port]` (RFC 9110 §7.2), where host is

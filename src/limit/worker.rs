@@ -730,13 +730,10 @@ fn most_constraining(quotas: &[Option<(Option<Period>, Quota)>; 4]) -> Option<Qu
 /// `RateLimit`): an upstream's own copies give way to the gateway's, as Kong sets (replaces) them,
 /// so a client never reads two `RateLimit-Remaining` values.
 pub fn header_owned(name: &[u8]) -> bool {
-    let starts = |prefix: &[u8]| {
-        name.get(..prefix.len())
-            .is_some_and(|p| crate::http::headers::eq_ignore_case(p, prefix))
-    };
-    starts(b"x-ratelimit-")
-        || starts(b"ratelimit-")
-        || crate::http::headers::eq_ignore_case(name, b"ratelimit")
+    use crate::http::headers::{eq_ignore_case, starts_with_ignore_case};
+    starts_with_ignore_case(name, b"x-ratelimit-")
+        || starts_with_ignore_case(name, b"ratelimit-")
+        || eq_ignore_case(name, b"ratelimit")
 }
 
 /// `X-RateLimit-Limit-<P>`/`X-RateLimit-Remaining-<P>` per window period, then `RateLimit-Limit`,

@@ -228,10 +228,7 @@ pub fn on_request(
 /// Whether an upstream response header is one the plugin owns (dropped from upstream responses on
 /// routes where the plugin ran).
 pub fn owned(name: &[u8]) -> bool {
-    name.len() > 15
-        && name
-            .get(..15)
-            .is_some_and(|p| eq_ignore_case(p, b"access-control-"))
+    name.len() > 15 && crate::http::headers::starts_with_ignore_case(name, b"access-control-")
 }
 
 #[cfg(test)]

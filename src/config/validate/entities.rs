@@ -47,13 +47,9 @@ pub fn upstreams(
 /// resolve alike are not caught: that is only known after resolving.
 fn target_key(target: &str) -> String {
     match crate::config::net::split_host_port(target) {
-        Ok((host, port)) => match host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-        {
-            Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
-            Err(_) => format!("{}:{port}", host.to_ascii_lowercase()),
+        Ok((host, port)) => match crate::config::net::ip_literal(host) {
+            Some(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+            None => format!("{}:{port}", host.to_ascii_lowercase()),
         },
         Err(_) => target.to_ascii_lowercase(),
     }

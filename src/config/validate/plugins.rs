@@ -929,18 +929,19 @@ fn redis_tls(
 pub fn check_chains(cfg: &crate::config::model::Config, problems: &mut Vec<Problem>) {
     use crate::plugins::Plugin;
     let chains = crate::plugins::compile_chains(cfg);
-    let steps = crate::plugins::steps(cfg);
+    // Step -> its `[[plugins]]` index, once (chains hold steps).
+    let index: HashMap<Plugin, usize> = crate::plugins::steps(cfg)
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some(((*s)?, i)))
+        .collect();
     let mut stranded: Vec<(Plugin, Vec<&str>)> = Vec::new();
     for (r, chain) in chains.iter().enumerate() {
         // forward-auth identifies a consumer only as an `anonymous` fallback.
         let anonymous_fallback = |p: &Plugin| {
-            steps
-                .iter()
-                .position(|s| *s == Some(*p))
-                .and_then(|i| cfg.plugins.get(i))
-                .is_some_and(|def| {
-                    matches!(&def.config, PluginConfig::ForwardAuth(f) if f.anonymous.is_some())
-                })
+            index.get(p).and_then(|&i| cfg.plugins.get(i)).is_some_and(
+                |def| matches!(&def.config, PluginConfig::ForwardAuth(f) if f.anonymous.is_some()),
+            )
         };
         let identifies = chain.iter().any(|p| match p {
             Plugin::KeyAuth(_) | Plugin::BasicAuth(_) | Plugin::Jwt(_) => true,
@@ -958,9 +959,9 @@ pub fn check_chains(cfg: &crate::config::model::Config, problems: &mut Vec<Probl
             }
         }
     }
-    header_conflicts(cfg, &chains.routes, &steps, problems);
+    header_conflicts(cfg, &chains.routes, &index, problems);
     for (acl, routes) in stranded {
-        let Some(i) = steps.iter().position(|s| *s == Some(acl)) else {
+        let Some(&i) = index.get(&acl) else {
             continue;
         };
         let shown: Vec<String> = routes.iter().take(5).map(|r| format!("{r:?}")).collect();
@@ -987,17 +988,11 @@ pub fn check_chains(cfg: &crate::config::model::Config, problems: &mut Vec<Probl
 fn header_conflicts(
     cfg: &crate::config::model::Config,
     routes: &[Box<[crate::plugins::Plugin]>],
-    steps: &[Option<crate::plugins::Plugin>],
+    index: &HashMap<crate::plugins::Plugin, usize>,
     problems: &mut Vec<Problem>,
 ) {
     use crate::config::model::TransformDef;
     use crate::plugins::Plugin;
-    // Step -> its `[[plugins]]` index, once (a chain holds steps).
-    let index: HashMap<Plugin, usize> = steps
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| Some(((*s)?, i)))
-        .collect();
     let def_of = |p: &Plugin| {
         let &i = index.get(p)?;
         Some((i, cfg.plugins.get(i)?))
