@@ -1479,12 +1479,15 @@ impl<S: ClientIo> Conn<S> {
                             return self.upgrade(shard, p, upstream).await;
                         }
                         if (100..200).contains(&status) {
-                            // Interim (100 Continue from the upstream, 102 Processing, 103 hints):
-                            // already handled towards the client by us; drop it and read on. Each
-                            // one restarts the read timeout (see MAX_INTERIM).
+                            // Interim (102 Processing, 103 Early Hints, 100 Continue): read on for
+                            // the final answer. Each one restarts the read timeout (see
+                            // MAX_INTERIM).
                             interim += 1;
                             if interim > MAX_INTERIM {
                                 break Some(GatewayError::BadResponse);
+                            }
+                            if !self.forward_interim(p).await {
+                                return Exchange::Done(self.client_left_during_interim());
                             }
                             let hl = self.s.resp.head_len.min(self.ubuf.len());
                             self.ubuf.drain(..hl);
@@ -1777,6 +1780,33 @@ impl<S: ClientIo> Conn<S> {
             }
             (None, e) => self.fail(shard, e, p.client_close).await,
         }
+    }
+
+    /// Forwards the interim head just parsed to the client, as RFC 9110 §15.2 asks of a proxy: a
+    /// `103 Early Hints`' `Link` lets a browser start fetching while the upstream still works, and
+    /// a `102 Processing` tells the client the request is alive. Not to an HTTP/1.0 client (it
+    /// would take the 1xx for the answer; §15.2 forbids it), and not a `100 Continue`: the gateway
+    /// answers `Expect` itself and does not send it upstream, so that one was not asked for. False
+    /// when the client is gone.
+    async fn forward_interim(&mut self, p: &Prepared) -> bool {
+        if p.http10 || self.s.resp.status == 100 {
+            return true;
+        }
+        self.s.out.clear();
+        head::write_interim_head(&mut self.s.out, &self.ubuf, &self.s.resp);
+        let timeout = self.client_timeout();
+        io::send_all(&mut self.client, &mut self.s.out, timeout)
+            .await
+            .is_ok()
+    }
+
+    /// The client went away while an interim head was being forwarded: logged as nginx logs a
+    /// client that left before its answer (499), counted against no target, and the upstream
+    /// connection is dropped with its answer half read.
+    fn client_left_during_interim(&mut self) -> Next {
+        self.status = 499;
+        self.upstream_status = 0;
+        Next::Close
     }
 
     /// The upstream timed out before the client saw anything of the response: count it against the

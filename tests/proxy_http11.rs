@@ -509,6 +509,49 @@ fn interim_responses_are_not_mistaken_for_the_final_one() {
     get(gw.addr(), HOST, "/").assert_json_error(502);
 }
 
+/// RFC 9110 §15.2: a proxy forwards 1xx answers. A 103's `Link` reaches the client while the
+/// upstream still works (that is what Early Hints are for), without the hop-by-hop fields; a 100
+/// the gateway did not ask for is dropped; an HTTP/1.0 client gets none (it would take the 1xx for
+/// its answer).
+#[test]
+fn early_hints_reach_http11_clients_before_the_answer() {
+    let up = Upstream::start(Behaviour::Split {
+        first: b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n".to_vec(),
+        gap: Duration::from_millis(1000),
+        then: Some(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal".to_vec()),
+    });
+    let gw = gateway_for(&up);
+    let mut c = Conn::connect(gw.addr());
+    c.send(b"GET /page HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .expect("send");
+    let early = c.read_available(Duration::from_millis(600));
+    assert_eq!(
+        String::from_utf8_lossy(&early),
+        "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n",
+        "the hints before the answer"
+    );
+    let r = c.read_response().expect("answer");
+    assert_eq!(
+        (r.status, r.body_str()),
+        (200, "final".to_string()),
+        "{r:?}"
+    );
+    // The connection stays usable.
+    let r = c.get(HOST, "/again");
+    assert_eq!(
+        (r.status, r.interim.clone()),
+        (200, vec![103, 102]),
+        "{r:?}"
+    );
+
+    let mut c = Conn::connect(gw.addr());
+    c.send(b"GET /page HTTP/1.0\r\nHost: test.local\r\n\r\n")
+        .expect("send");
+    let r = c.read_response().expect("answer");
+    assert_eq!((r.status, r.interim.clone()), (200, vec![]), "{r:?}");
+    assert_eq!(r.body, b"final");
+}
+
 #[test]
 fn hop_by_hop_request_headers_are_removed() {
     let up = Upstream::echo("a");

@@ -375,6 +375,26 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes an interim (1xx) head forwarded to the client: status line and end-to-end headers only.
+/// Plugins' lines (CORS, rate limits, the echoed correlation id) and the response-transformer
+/// belong on the final answer; a 1xx has no body, so no framing.
+pub fn write_interim_head(out: &mut Vec<u8>, ubuf: &[u8], resp: &ResponseHead) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(resp.status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.get(ubuf));
+    out.extend_from_slice(b"\r\n");
+    for h in &resp.headers {
+        let name = h.name.get(ubuf);
+        match classify(name) {
+            Class::HopByHop | Class::Upgrade | Class::ContentLength => {}
+            _ if is_listed(name, &resp.conn_tokens, ubuf) => {}
+            _ => push_header(out, name, h.value.get(ubuf)),
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Writes a `101 Switching Protocols` head: end-to-end headers, the lines plugins add (`edits`,
 /// whose `transform` is not applied), plus the upgrade pair.
 pub fn write_upgrade_head(
@@ -440,6 +460,23 @@ mod tests {
         assert_eq!(classify(b"Content-Length"), Class::ContentLength);
         assert_eq!(classify(b"X-Original-URL"), Class::UrlOverride);
         assert_eq!(classify(b"x-rewrite-url"), Class::UrlOverride);
+    }
+
+    #[test]
+    fn interim_heads_keep_end_to_end_fields_only() {
+        let raw = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\nLink: </b.js>\r\n\r\n";
+        let mut resp = ResponseHead::default();
+        let parsed = crate::http::parse::parse_response(raw, 4096, false, &mut resp);
+        assert!(
+            matches!(parsed, Ok(crate::http::parse::Parsed::Complete)),
+            "{parsed:?}"
+        );
+        let mut out = Vec::new();
+        write_interim_head(&mut out, raw, &resp);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nLink: </b.js>\r\n\r\n"
+        );
     }
 
     #[test]
