@@ -40,6 +40,8 @@ fn outcome() -> Outcome<'static> {
         service: Some("orders"),
         upstream: Some(SocketAddr::from(([10, 0, 1, 15], 8080))),
         consumer: Some("alice"),
+        upstream_attempts: 1,
+        detail: None,
     }
 }
 

@@ -90,6 +90,24 @@ impl Plugin {
         }
     }
 
+    /// The access log's `detail` when this plugin answered the request itself.
+    pub fn answered_by(self) -> &'static str {
+        match self {
+            Plugin::RateLimiting { .. } => "answered by rate-limiting",
+            Plugin::KeyAuth(_) => "answered by key-auth",
+            Plugin::BasicAuth(_) => "answered by basic-auth",
+            Plugin::Jwt(_) => "answered by jwt",
+            Plugin::ForwardAuth(_) => "answered by forward-auth",
+            Plugin::Acl(_) => "answered by acl",
+            Plugin::IpRestriction { .. } => "answered by ip-restriction",
+            Plugin::CorrelationId(_) => "answered by correlation-id",
+            Plugin::Cors(_) => "answered by cors",
+            Plugin::RequestTransformer(_) => "answered by request-transformer",
+            Plugin::ResponseTransformer(_) => "answered by response-transformer",
+            Plugin::RequestTermination(_) => "answered by request-termination",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Plugin::RateLimiting { .. } => "rate-limiting",

@@ -136,6 +136,8 @@ const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// outliving the timeout): eight cut those jobs off (found by a review). The cap only stops an
 /// upstream that sends them in a loop.
 const MAX_INTERIM: u32 = 1024;
+/// The access log's `detail` for a client that went away before its answer (logged as 499).
+const CLIENT_LEFT: &str = "client closed before the answer";
 /// How long a TLS close_notify may take to send before the socket is closed anyway.
 const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
@@ -350,6 +352,13 @@ struct Conn<S> {
     upstream_fault: bool,
     /// The status of the current attempt's response head (0 until one arrived).
     upstream_status: u16,
+    /// Why the gateway answered the current request itself, or why its exchange failed (the
+    /// access log's `detail`): a `GatewayError` message, the plugin that answered, or a sharper
+    /// cause found on the way (the first one set wins). `None` for an upstream's answer relayed.
+    detail: Option<&'static str>,
+    /// Upstream attempts of the current request: connects and pooled connections tried, failed
+    /// ones included (the access log's `upstream_attempts`; nginx lists them in `$upstream_addr`).
+    attempts: u32,
     /// The flat target of an upgraded connection: counted `active` until its tunnel ends.
     tunnel_target: Option<usize>,
     /// The current request's body, read whole and edited by a request-transformer's `json`
@@ -494,6 +503,8 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         route: None,
         upstream_fault: false,
         upstream_status: 0,
+        detail: None,
+        attempts: 0,
     };
     loop {
         let next = conn.request(shard).await;
@@ -575,6 +586,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                             status: 101,
                             bytes_sent: conn.bytes_out,
                             request_bytes: conn.bytes_in,
+                            upstream_attempts: conn.attempts,
                             ..o
                         },
                     );
@@ -694,6 +706,8 @@ impl<S: ClientIo> Conn<S> {
             self.t.head_in
         });
         self.status = 0;
+        self.detail = None;
+        self.attempts = 0;
         self.route = None;
         self.upstream_addr = None;
         // A pooled scratch holds the identity of whatever request used it last until the plugin
@@ -717,12 +731,18 @@ impl<S: ClientIo> Conn<S> {
                 self.s.chain.id.consumer,
                 self.upstream_addr,
             );
+            let detail = match self.detail {
+                None if self.status == 0 => Some(CLIENT_LEFT),
+                d => d,
+            };
             shard.access_log.append(
                 &self.s.log,
                 &Outcome {
                     status,
                     bytes_sent: self.bytes_out,
                     request_bytes: self.bytes_in,
+                    upstream_attempts: self.attempts,
+                    detail,
                     ..o
                 },
             );
@@ -820,6 +840,7 @@ impl<S: ClientIo> Conn<S> {
         self.s.out.clear();
         crate::acme::write_challenge_answer(&mut self.s.out, &answer, close);
         crate::info!("acme http-01 challenge answered peer={}", self.peer);
+        self.detail = Some("acme http-01 challenge");
         let sent = self.send_answer(200, close).await;
         Some(if sent && !close {
             Next::KeepAlive
@@ -1269,22 +1290,26 @@ impl<S: ClientIo> Conn<S> {
         loop {
             let started = self.stamp();
             let mut tried = None;
-            let (upstream, target, reused) =
-                match connect(shard, &snap, svc, pinned, after, &mut budget, &mut tried).await {
-                    Ok(c) => c,
-                    // Past a target that reset after accepting, no other could be tried: its
-                    // failure is the answer (the access log keeps naming it).
-                    Err(_) if after.is_some() && tried.is_none() => {
-                        return self
-                            .fail(shard, GatewayError::UpstreamClosed, p.client_close)
-                            .await
-                    }
-                    Err(e) => {
-                        // The access log names the last target tried, as for any answer.
-                        self.upstream_addr = tried;
-                        return self.fail(shard, e, p.client_close).await;
-                    }
-                };
+            let before = budget;
+            let connected =
+                connect(shard, &snap, svc, pinned, after, &mut budget, &mut tried).await;
+            let used = u32::try_from(before.saturating_sub(budget)).unwrap_or(u32::MAX);
+            self.attempts = self.attempts.saturating_add(used);
+            let (upstream, target, reused) = match connected {
+                Ok(c) => c,
+                // Past a target that reset after accepting, no other could be tried: its
+                // failure is the answer (the access log keeps naming it).
+                Err(_) if after.is_some() && tried.is_none() => {
+                    return self
+                        .fail(shard, GatewayError::UpstreamClosed, p.client_close)
+                        .await
+                }
+                Err(e) => {
+                    // The access log names the last target tried, as for any answer.
+                    self.upstream_addr = tried;
+                    return self.fail(shard, e, p.client_close).await;
+                }
+            };
             if let (false, Some(started)) = (reused, started) {
                 self.t.connect += started.elapsed();
             }
@@ -1484,6 +1509,7 @@ impl<S: ClientIo> Conn<S> {
                             // MAX_INTERIM).
                             interim += 1;
                             if interim > MAX_INTERIM {
+                                self.detail = Some("upstream sent too many interim responses");
                                 break Some(GatewayError::BadResponse);
                             }
                             if !self.forward_interim(p).await {
@@ -1499,10 +1525,16 @@ impl<S: ClientIo> Conn<S> {
                         break None;
                     }
                     Ok(Parsed::Partial) => {}
-                    Err(_) => break Some(GatewayError::BadResponse),
+                    Err(e) => {
+                        if let ParseError::BadResponse(why) = e {
+                            self.detail = Some(why);
+                        }
+                        break Some(GatewayError::BadResponse);
+                    }
                 }
             }
             if self.ubuf.len() == self.ubuf.capacity() {
+                self.detail = Some("upstream response head too large");
                 break Some(GatewayError::BadResponse);
             }
             // An early answer is already on its way if there is one: wait briefly for it.
@@ -1528,7 +1560,10 @@ impl<S: ClientIo> Conn<S> {
                 }
                 // Nothing at all came back: not malformed, gone.
                 Ok(0) | Err(_) if !heard => break Some(GatewayError::UpstreamClosed),
-                Ok(0) | Err(_) => break Some(GatewayError::BadResponse),
+                Ok(0) | Err(_) => {
+                    self.detail = Some("upstream closed in the middle of the response head");
+                    break Some(GatewayError::BadResponse);
+                }
                 Ok(_) => heard = true,
             }
         };
@@ -1642,6 +1677,9 @@ impl<S: ClientIo> Conn<S> {
                 // nginx does (499), not as the upstream's status with nothing sent.
                 if self.bytes_out == 0 {
                     self.status = 499;
+                    self.detail = Some(CLIENT_LEFT);
+                } else {
+                    self.detail = Some("response cut short mid-body");
                 }
                 // Cut mid-body, by either side, after the client saw the head: passive health
                 // counts it neither as a failure (the client may have caused it) nor as a success,
@@ -1805,6 +1843,7 @@ impl<S: ClientIo> Conn<S> {
     /// connection is dropped with its answer half read.
     fn client_left_during_interim(&mut self) -> Next {
         self.status = 499;
+        self.detail = Some(CLIENT_LEFT);
         self.upstream_status = 0;
         Next::Close
     }
@@ -1921,6 +1960,7 @@ impl<S: ClientIo> Conn<S> {
         ) {
             self.upstream_fault = true;
         }
+        self.detail.get_or_insert(e.message());
         let close = self.closing(shard, client_close) || e.closes_connection();
         // Errors after the chain ran (502, 504, 413 while streaming) carry what plugins added for
         // the client (CORS, correlation id), so a browser app can read them; `handle` cleared the
@@ -1936,6 +1976,7 @@ impl<S: ClientIo> Conn<S> {
 
     /// Sends the error response; returns whether it went out.
     async fn reply_error(&mut self, e: GatewayError, close: bool) -> bool {
+        self.detail.get_or_insert(e.message());
         self.s.out.clear();
         e.write_response(close, &mut self.s.out);
         self.send_answer(e.status(), close).await
@@ -1953,11 +1994,18 @@ impl<S: ClientIo> Conn<S> {
         if self.head_only {
             crate::http::keep_head_only(&mut self.s.out);
         }
-        self.bytes_out += self.s.out.len() as u64;
+        let len = self.s.out.len() as u64;
         let timeout = self.client_timeout();
         let sent = io::send_all(&mut self.client, &mut self.s.out, timeout)
             .await
             .is_ok();
+        if sent {
+            self.bytes_out += len;
+        } else {
+            // The client was gone before the answer reached it: logged and counted as 499 (nginx),
+            // not as the answer it never got; `detail` keeps what that answer would have said.
+            self.status = 0;
+        }
         if close {
             self.lingering_close().await;
         }

@@ -186,6 +186,8 @@ fn one_json_line_per_request_proxied_404_and_401() {
     assert!(upstream >= 0.0 && total >= upstream, "{l}");
     assert!(l["gateway_ms"].as_f64().is_some(), "{l}");
     assert!(l["worker"].as_u64().is_some_and(|w| w < 2), "{l}");
+    assert_eq!(l["upstream_attempts"], 1, "{l}");
+    assert!(l["detail"].is_null(), "the upstream's answer, relayed: {l}");
     let time = l["time"].as_str().unwrap_or_default();
     assert!(
         time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
@@ -198,6 +200,8 @@ fn one_json_line_per_request_proxied_404_and_401() {
     for k in ["route", "service", "upstream", "upstream_ms", "consumer"] {
         assert!(l[k].is_null(), "{k}: {l}");
     }
+    assert_eq!(l["upstream_attempts"], 0, "{l}");
+    assert_eq!(l["detail"], "no route matched", "{l}");
 
     let l = by_path(&all, "/secure/orders");
     assert_eq!(l["status"], 401);
@@ -205,6 +209,131 @@ fn one_json_line_per_request_proxied_404_and_401() {
     assert_eq!(l["route"], "secure");
     assert!(l["upstream"].is_null(), "a plugin answered: {l}");
     assert!(l["consumer"].is_null(), "{l}");
+    assert_eq!(l["upstream_attempts"], 0, "{l}");
+    assert_eq!(l["detail"], "answered by key-auth", "{l}");
+}
+
+/// What an SRE reads a failure by: each line says why the gateway answered itself (`detail`) and
+/// how many upstream attempts it made; an answer the client was gone for is a 499 with nothing
+/// sent, not the 504 it never got (found by a review: a 504 with its bytes counted as sent).
+#[test]
+fn failures_say_why_and_count_their_attempts() {
+    let hang = Upstream::start(Behaviour::Hang);
+    let bad = Upstream::fixed(b"HTTP/1.1 200 OK\r\nBad Header Line\r\n\r\n");
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let (dead1, dead2) = (refusing_addr(), refusing_addr());
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+{log}
+
+[admin]
+listen = "127.0.0.1:0"
+
+[metrics]
+flush_interval = "100ms"
+
+[[upstreams]]
+name = "dead"
+targets = [{{ target = "{dead1}" }}, {{ target = "{dead2}" }}]
+health = {{ passive = {{ max_fails = 10 }} }}
+
+[[services]]
+name = "dead"
+upstream = "dead"
+retries = 3
+
+[[services]]
+name = "hang"
+url = "http://{hang}"
+read_timeout = "1s"
+
+[[services]]
+name = "bad"
+url = "http://{bad}"
+
+[[routes]]
+name = "dead"
+service = "dead"
+paths = ["/dead"]
+
+[[routes]]
+name = "hang"
+service = "hang"
+paths = ["/hang"]
+
+[[routes]]
+name = "bad"
+service = "bad"
+paths = ["/bad"]
+"#,
+        log = log_table(&log),
+        hang = hang.addr(),
+        bad = bad.addr(),
+    ));
+    get_path(&gw, "/dead").assert_json_error(502);
+    get_path(&gw, "/hang/answered").assert_json_error(504);
+    get_path(&gw, "/bad").assert_json_error(502);
+    // Gone (reset) before the 504 comes: the gateway's answer cannot be written.
+    let mut c = TcpStream::connect(gw.addr()).expect("connect");
+    c.write_all(format!("GET /hang/gone HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .expect("send");
+    assert!(
+        hang.wait_requests(2, Duration::from_secs(5)),
+        "reached the upstream"
+    );
+    common::upstream::set_linger_zero(&c);
+    drop(c);
+
+    let all = wait_lines(&log, 4);
+    let l = by_path(&all, "/dead");
+    assert_eq!(
+        (l["status"].as_u64(), l["upstream_attempts"].as_u64()),
+        (Some(502), Some(2)),
+        "{l}"
+    );
+    assert_eq!(l["detail"], "upstream connect failed", "{l}");
+    let l = by_path(&all, "/hang/answered");
+    assert_eq!(
+        (l["status"].as_u64(), l["upstream_attempts"].as_u64()),
+        (Some(504), Some(1)),
+        "{l}"
+    );
+    assert_eq!(l["detail"], "upstream timed out", "{l}");
+    let l = by_path(&all, "/bad");
+    assert_eq!(l["status"], 502, "{l}");
+    let why = l["detail"].as_str().unwrap_or_default();
+    assert!(
+        !why.is_empty() && why != "invalid upstream response",
+        "the parser's own reason: {l}"
+    );
+    let l = by_path(&all, "/hang/gone");
+    assert_eq!(
+        (l["status"].as_u64(), l["bytes_sent"].as_u64()),
+        (Some(499), Some(0)),
+        "{l}"
+    );
+    assert_eq!(
+        l["detail"], "upstream timed out",
+        "what the lost answer would have said: {l}"
+    );
+    // Counted as the 499 it was, not as a 504.
+    let series = |code: &str| {
+        format!("ringgate_http_requests_total{{route=\"hang\",service=\"hang\",code=\"{code}\"}}")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = admin_get(gw.admin_addr(), "/metrics").body_str();
+        if metric(&text, &series("4xx")) >= 1.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(metric(&text, &series("4xx")), 1.0, "{text}");
+    assert_eq!(metric(&text, &series("504")), 1.0, "{text}");
 }
 
 #[test]

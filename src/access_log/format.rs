@@ -57,6 +57,12 @@ pub struct Outcome<'a> {
     pub upstream: Option<SocketAddr>,
     /// The consumer's username, once an auth plugin identified one.
     pub consumer: Option<&'a str>,
+    /// Upstream attempts: connects and pooled connections tried, failed ones included (0: the
+    /// request never went upstream).
+    pub upstream_attempts: u32,
+    /// Why the gateway answered itself or the exchange failed (`None`: the upstream's answer,
+    /// relayed whole).
+    pub detail: Option<&'static str>,
 }
 
 /// Fixed bytes of a line besides its strings: keys, punctuation, numbers, time, addresses.
@@ -67,7 +73,7 @@ const EXPANSION: usize = 6;
 
 /// The most bytes `push_line` can append for these parts (staged part already escaped).
 pub fn worst_case(staged: &[u8], o: &Outcome<'_>) -> usize {
-    let strings = [o.route, o.service, o.consumer]
+    let strings = [o.route, o.service, o.consumer, o.detail]
         .iter()
         .map(|s| s.map_or(0, str::len))
         .sum::<usize>();
@@ -143,6 +149,10 @@ pub fn push_line(
     }
     out.extend_from_slice(b",\"consumer\":");
     push_opt_str(out, o.consumer.map(str::as_bytes));
+    out.extend_from_slice(b",\"upstream_attempts\":");
+    push_u64(out, u64::from(o.upstream_attempts));
+    out.extend_from_slice(b",\"detail\":");
+    push_opt_str(out, o.detail.map(str::as_bytes));
     out.extend_from_slice(b"}\n");
 }
 
@@ -221,37 +231,48 @@ static PLAIN: [bool; 256] = {
     t
 };
 
-/// Escapes valid UTF-8: runs of plain bytes are copied whole.
+/// Escapes valid UTF-8: runs of plain bytes are copied whole. Besides what JSON requires, the
+/// characters a terminal or an editor would act on are escaped too, so `tail` and `less` show a
+/// line as it was sent: DEL, the C1 controls (U+0080..U+009F; U+009B starts an escape sequence on
+/// many terminals) and the bidirectional overrides (U+202A..U+202E, U+2066..U+2069, which reorder
+/// what is shown, as in CVE-2021-42574).
 fn push_escaped(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut plain = 0;
-    for (i, &b) in s.iter().enumerate() {
-        let short: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        // (bytes of the character, its code point when it is escaped as `\uXXXX`)
+        let (len, esc): (usize, Option<u32>) = match (b, s.get(i + 1), s.get(i + 2)) {
+            (b'"' | b'\\' | b'\n' | b'\r' | b'\t', _, _) => (1, None),
             // Other controls, and DEL (valid JSON, but a terminal would act on it).
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
+            (0..=0x1f | 0x7f, _, _) => (1, Some(u32::from(b))),
+            (0xc2, Some(&c @ 0x80..=0x9f), _) => (2, Some(u32::from(c))),
+            (0xe2, Some(&0x80), Some(&c @ 0xaa..=0xae)) => (3, Some(0x2000 | u32::from(c & 0x3f))),
+            (0xe2, Some(&0x81), Some(&c @ 0xa6..=0xa9)) => (3, Some(0x2040 | u32::from(c & 0x3f))),
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&s[plain..i]);
-        if short.is_empty() {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]);
-        } else {
-            out.extend_from_slice(short);
+        match (b, esc) {
+            (_, Some(cp)) => push_u_escape(out, cp),
+            (b'"', None) => out.extend_from_slice(b"\\\""),
+            (b'\\', None) => out.extend_from_slice(b"\\\\"),
+            (b'\n', None) => out.extend_from_slice(b"\\n"),
+            (b'\r', None) => out.extend_from_slice(b"\\r"),
+            _ => out.extend_from_slice(b"\\t"),
         }
-        plain = i + 1;
+        i += len;
+        plain = i;
     }
     out.extend_from_slice(&s[plain..]);
+}
+
+/// `\uXXXX` for a code point below U+10000.
+fn push_u_escape(out: &mut Vec<u8>, cp: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hex = |shift: u32| HEX[((cp >> shift) & 0xf) as usize];
+    out.extend_from_slice(&[b'\\', b'u', hex(12), hex(8), hex(4), hex(0)]);
 }
 
 /// Milliseconds with microsecond precision (`12.345`), or `null`.
@@ -364,6 +385,8 @@ mod tests {
             service: Some("users-svc"),
             upstream: Some(SocketAddr::from(([10, 0, 0, 5], 9000))),
             consumer: Some("alice"),
+            upstream_attempts: 2,
+            detail: Some("upstream timed out"),
         };
         let v = parse(&line(&request(b"curl/8", b"/v1/users"), &o));
         assert_eq!(v["time"], "2024-02-29T12:34:56.789Z");
@@ -387,6 +410,23 @@ mod tests {
         assert_eq!(v["service"], "users-svc");
         assert_eq!(v["upstream"], "10.0.0.5:9000");
         assert_eq!(v["consumer"], "alice");
+        assert_eq!(v["upstream_attempts"], 2);
+        assert_eq!(v["detail"], "upstream timed out");
+    }
+
+    #[test]
+    fn characters_a_terminal_acts_on_are_escaped() {
+        // C1 CSI (U+009B), U+0085, RLO (U+202E), LRI (U+2066), PDI (U+2069), DEL; beside them
+        // U+00A0, U+2029 and U+206A, which are left as they are.
+        let ua = "a\u{9b}31m\u{85}b\u{202e}cba\u{2066}d\u{2069}\u{7f}\u{a0}\u{2029}\u{206a}e";
+        let mut out = Vec::new();
+        push_str(&mut out, ua.as_bytes());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "\"a\\u009b31m\\u0085b\\u202ecba\\u2066d\\u2069\\u007f\u{a0}\u{2029}\u{206a}e\""
+        );
+        let back: String = serde_json::from_slice(&out).unwrap_or_default();
+        assert_eq!(back, ua, "the same string once parsed");
     }
 
     #[test]
@@ -459,6 +499,8 @@ mod tests {
                     .parse()
                     .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             ),
+            upstream_attempts: u32::MAX,
+            detail: Some("upstream sent too many interim responses"),
         };
         let mut out = Vec::new();
         push_line(

@@ -394,6 +394,7 @@ impl<S: ClientIo> Conn<S> {
                         }
                         forward::Verdict::Deny { status, close } => {
                             st.fwd_headers = copied;
+                            self.detail = Some(Plugin::ForwardAuth(n).answered_by());
                             // The auth service's answer is already in `out`, relayed as it is.
                             let sent = self.send_answer(status, close).await;
                             return Some(if sent && !close {
@@ -439,6 +440,7 @@ impl<S: ClientIo> Conn<S> {
                 }
             };
             if let Some((status, content_type, body)) = flow.answer() {
+                self.detail = Some(step.answered_by());
                 let close = closing;
                 self.s.out.clear();
                 plugins::write_response(
