@@ -248,6 +248,9 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        // nginx's graceful stop, and the STOPSIGNAL of its official container image: someone
+        // moving from nginx sends it, and its default action would cut every connection at once.
+        signal_hook::consts::SIGQUIT,
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGUSR1,
         signal_hook::consts::SIGUSR2,
@@ -1068,6 +1071,20 @@ fn kind_name(kind: ListenKind) -> &'static str {
     }
 }
 
+/// The name a log line gives a signal ringgate handles.
+fn signal_name(sig: i32) -> &'static str {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGQUIT => "SIGQUIT",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        SIGUSR2 => "SIGUSR2",
+        _ => "other",
+    }
+}
+
 /// How often a drain looks for a second SIGTERM/SIGINT.
 const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
@@ -1075,28 +1092,17 @@ const SIGNAL_POLL: Duration = Duration::from_millis(100);
 /// second Ctrl-C; otherwise only SIGKILL could cut a long `drain_timeout` short). A SIGHUP is not
 /// acted on: the workers no longer take new generations.
 fn second_signal(signals: &mut signal_hook::iterator::Signals) -> bool {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
     let mut stop = false;
     for sig in signals.pending() {
         match sig {
-            SIGTERM | SIGINT => {
-                info!(
-                    "signal received signal={} draining=true",
-                    if sig == SIGTERM { "SIGTERM" } else { "SIGINT" }
-                );
+            SIGTERM | SIGINT | SIGQUIT => {
+                info!("signal received signal={} draining=true", signal_name(sig));
                 stop = true;
             }
             // A reload, a log reopen or an upgrade has nothing to act on any more (an upgrade: the
             // sockets are handed over already, or closing); a repeated USR2 must not end the drain.
-            _ => warn!(
-                "signal ignored while draining signal={}",
-                match sig {
-                    SIGHUP => "SIGHUP",
-                    SIGUSR1 => "SIGUSR1",
-                    SIGUSR2 => "SIGUSR2",
-                    _ => "other",
-                }
-            ),
+            _ => warn!("signal ignored while draining signal={}", signal_name(sig)),
         }
     }
     stop
@@ -1119,14 +1125,8 @@ fn wait_for_termination(
     reloader: &Arc<Reloader>,
     handover: &upgrade::Handover,
 ) -> bool {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let name = |sig: i32| match sig {
-        SIGTERM => "SIGTERM",
-        SIGINT => "SIGINT",
-        SIGHUP => "SIGHUP",
-        SIGUSR1 => "SIGUSR1",
-        _ => "SIGUSR2",
-    };
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    let name = signal_name;
     // Signals that came while an upgrade was starting, handled once it is over.
     let mut queued: Vec<i32> = Vec::new();
     loop {
@@ -1147,7 +1147,7 @@ fn wait_for_termination(
                 let outcome = handover.run(upgrade::UPGRADE_WAIT, &mut || {
                     for s in signals.pending() {
                         match s {
-                            SIGTERM | SIGINT => stop_sig = Some(s),
+                            SIGTERM | SIGINT | SIGQUIT => stop_sig = Some(s),
                             SIGUSR2 => {
                                 info!("signal received signal=SIGUSR2; an upgrade is already starting")
                             }

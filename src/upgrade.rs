@@ -347,7 +347,18 @@ impl Handover {
                 drop(child);
                 Outcome::Ready { pid }
             }
-            Err(why) => {
+            Err(NotReady::Exited) => {
+                // Its exit closed the pipe, maybe before its log thread wrote why (the config
+                // error an operator needs): it is given a moment to finish, not killed on the spot.
+                let status = reap(&mut child, EXIT_GRACE);
+                error!(
+                    "upgrade failed: the new process exited before it was ready ({status}); \
+                     its own log lines above say why; still serving"
+                );
+                self.steer_back();
+                Outcome::Failed
+            }
+            Err(NotReady::Other(why)) => {
                 error!("upgrade failed: {why}; still serving");
                 stop(&mut child);
                 self.steer_back();
@@ -379,22 +390,36 @@ impl Handover {
     }
 }
 
-/// Waits for the ready byte: EOF means the new process exited (or closed the pipe) first.
-/// `give_up` is asked every 100 ms whether to give up.
+/// Why a new process did not say ready.
+enum NotReady {
+    /// The pipe reached EOF: it exited (or closed the pipe) first.
+    Exited,
+    /// It is still running (timed out, given up for a stop signal) or the pipe failed.
+    Other(String),
+}
+
+/// How long a new process that closed the readiness pipe gets to exit on its own (its log thread
+/// flushes for up to 1 s at exit) before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for the ready byte. `give_up` is asked every 100 ms whether to give up.
 fn wait_ready(
     read_end: OwnedFd,
     wait: Duration,
     give_up: &mut dyn FnMut() -> bool,
-) -> Result<(), String> {
+) -> Result<(), NotReady> {
     let deadline = Instant::now() + wait;
     let mut pipe = std::fs::File::from(read_end);
     loop {
         if give_up() {
-            return Err("given up for a stop signal".to_owned());
+            return Err(NotReady::Other("given up for a stop signal".to_owned()));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("not ready within {} s", wait.as_secs()));
+            return Err(NotReady::Other(format!(
+                "not ready within {} s",
+                wait.as_secs()
+            )));
         }
         let mut pfd = libc::pollfd {
             fd: pipe.as_raw_fd(),
@@ -410,8 +435,8 @@ fn wait_ready(
         let mut b = [0u8; 1];
         return match pipe.read(&mut b) {
             Ok(1) => Ok(()),
-            Ok(_) => Err("the new process exited before it was ready".to_owned()),
-            Err(e) => Err(format!("readiness pipe error=\"{e}\"")),
+            Ok(_) => Err(NotReady::Exited),
+            Err(e) => Err(NotReady::Other(format!("readiness pipe error=\"{e}\""))),
         };
     }
 }
@@ -421,6 +446,38 @@ fn wait_ready(
 fn stop(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Reaps a new process that is exiting on its own, waiting at most `grace` before killing it;
+/// says how it ended (`exit code 1`, `killed after 2 s`).
+fn reap(child: &mut Child, grace: Duration) -> String {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => {
+                return match (
+                    st.code(),
+                    std::os::unix::process::ExitStatusExt::signal(&st),
+                ) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(sig)) => format!("killed by signal {sig}"),
+                    (None, None) => st.to_string(),
+                }
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                stop(child);
+                return format!(
+                    "it closed the readiness pipe and was killed after {} s",
+                    grace.as_secs()
+                );
+            }
+            Err(e) => {
+                stop(child);
+                return format!("wait error=\"{e}\"");
+            }
+        }
+    }
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {

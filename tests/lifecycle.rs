@@ -186,6 +186,17 @@ fn several_listen_addresses() {
 
 #[test]
 fn sigterm_drains_the_in_flight_request_then_exits_0() {
+    drains_the_in_flight_request_then_exits_0(libc::SIGTERM);
+}
+
+/// SIGQUIT is nginx's graceful stop (and its container image's STOPSIGNAL): the same drain, not
+/// the default action that cut every connection at once with exit code 131 (found by a review).
+#[test]
+fn sigquit_drains_like_sigterm() {
+    drains_the_in_flight_request_then_exits_0(libc::SIGQUIT);
+}
+
+fn drains_the_in_flight_request_then_exits_0(sig: libc::c_int) {
     let up = Upstream::start(Behaviour::EchoDelayed(Duration::from_secs(2)));
     let mut gw = Gateway::start(&config_with(&up, "drain_timeout = \"10s\""));
     let addr = gw.addr();
@@ -198,7 +209,12 @@ fn sigterm_drains_the_in_flight_request_then_exits_0() {
         "request never reached the upstream"
     );
     let t = Instant::now();
-    gw.sigterm();
+    gw.signal(sig);
+    assert!(
+        gw.wait_log("draining timeout=", Duration::from_secs(5)),
+        "{:#?}",
+        gw.logs()
+    );
     std::thread::sleep(Duration::from_millis(300));
 
     // Stopped accepting: a new connection is refused, or never served.
