@@ -44,9 +44,11 @@ pub use prom::{Family, FamilyKind, Sample};
 pub use worker::{GenFlush, GenMetrics, RouteDelta, TargetDelta, WorkerFlush, WorkerMetrics};
 
 /// Status codes with their own slot; everything else is counted per class.
-pub const CODES: [u16; 31] = [
+/// 499 (the client went away before its answer) has its own: folded into `4xx` it could not be
+/// told from the client errors it is not.
+pub const CODES: [u16; 32] = [
     200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 406, 408, 409,
-    410, 413, 414, 415, 422, 429, 431, 500, 501, 502, 503, 504,
+    410, 413, 414, 415, 422, 429, 431, 499, 500, 501, 502, 503, 504,
 ];
 /// Slots: `CODES`, then the classes 1xx..5xx, then `other`.
 pub const NCODES: usize = CODES.len() + 6;
@@ -81,10 +83,10 @@ pub fn code_index(status: u16) -> usize {
 /// The `code` label of slot `i`.
 pub fn code_label(i: usize) -> &'static str {
     const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
-    const NAMES: [&str; 31] = [
+    const NAMES: [&str; 32] = [
         "200", "201", "202", "204", "206", "301", "302", "303", "304", "307", "308", "400", "401",
         "403", "404", "405", "406", "408", "409", "410", "413", "414", "415", "422", "429", "431",
-        "500", "501", "502", "503", "504",
+        "499", "500", "501", "502", "503", "504",
     ];
     NAMES
         .get(i)
@@ -93,8 +95,10 @@ pub fn code_label(i: usize) -> &'static str {
         .unwrap_or("other")
 }
 
-/// Upper bounds of the Prometheus latency buckets, in nanoseconds (`+Inf` is implicit).
-pub const BUCKETS_NS: [u64; 14] = [
+/// Upper bounds of the Prometheus latency buckets, in nanoseconds (`+Inf` is implicit). They reach
+/// 60 s, the default `upstream_read`: a slow upstream's requests are resolved by
+/// `histogram_quantile` up to the timeout, not lumped into `+Inf` past 10 s.
+pub const BUCKETS_NS: [u64; 16] = [
     500_000,
     1_000_000,
     2_500_000,
@@ -109,11 +113,13 @@ pub const BUCKETS_NS: [u64; 14] = [
     2_500_000_000,
     5_000_000_000,
     10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
 ];
 /// The same bounds as `le` label values, in seconds.
-pub const BUCKETS_LE: [&str; 14] = [
+pub const BUCKETS_LE: [&str; 16] = [
     "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
-    "2.5", "5", "10",
+    "2.5", "5", "10", "30", "60",
 ];
 /// Bucket slots: `BUCKETS_NS` then `+Inf`.
 pub const NBUCKETS: usize = BUCKETS_NS.len() + 1;
@@ -314,7 +320,9 @@ mod tests {
         assert_eq!(bucket_index(500_000), 0);
         assert_eq!(bucket_index(500_001), 1);
         assert_eq!(bucket_index(10_000_000_000), 13);
-        assert_eq!(bucket_index(u64::MAX), 14);
+        assert_eq!(bucket_index(10_000_000_001), 14);
+        assert_eq!(bucket_index(60_000_000_000), 15);
+        assert_eq!(bucket_index(u64::MAX), 16);
         for (ns, le) in BUCKETS_NS.iter().zip(BUCKETS_LE) {
             let secs: f64 = le.parse().unwrap_or(-1.0);
             assert_eq!((secs * 1e9).round() as u64, *ns);

@@ -327,12 +327,12 @@ paths = ["/bad"]
     let deadline = Instant::now() + Duration::from_secs(5);
     let text = loop {
         let text = admin_get(gw.admin_addr(), "/metrics").body_str();
-        if metric(&text, &series("4xx")) >= 1.0 || Instant::now() > deadline {
+        if metric(&text, &series("499")) >= 1.0 || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(metric(&text, &series("4xx")), 1.0, "{text}");
+    assert_eq!(metric(&text, &series("499")), 1.0, "{text}");
     assert_eq!(metric(&text, &series("504")), 1.0, "{text}");
 }
 

@@ -100,7 +100,7 @@ fn limit_headers_429_and_nothing_forwarded_past_the_limit() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("ringgate_ratelimit_overshoot{"),
+        metrics.contains("ringgate_ratelimit_overshoot_total{"),
         "{metrics}"
     );
 }
@@ -163,7 +163,7 @@ fn shadow_mode_never_rejects() {
         r#"ringgate_ratelimit_shadow_rejected_total{limit="route:api"} 3"#,
     );
     assert!(
-        metrics.contains(r#"ringgate_ratelimit_overshoot{limit="route:api"} 0"#),
+        metrics.contains(r#"ringgate_ratelimit_overshoot_total{limit="route:api"} 0"#),
         "{metrics}"
     );
 }

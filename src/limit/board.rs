@@ -158,9 +158,9 @@ impl LimitBoard {
                 &|i| self.sum(i, 2),
             ),
             per_limit(
-                "ringgate_ratelimit_overshoot",
+                "ringgate_ratelimit_overshoot_total",
                 "Requests admitted beyond a limit because workers decided on views up to one sync interval old.",
-                FamilyKind::Gauge,
+                FamilyKind::Counter,
                 &|i| {
                     self.reconciler
                         .get(i)

@@ -164,7 +164,10 @@ pub const BUILTIN: &[&str] = &[
     "ringgate_config_generation",
     "ringgate_config_loaded_timestamp_seconds",
     "ringgate_config_reloads_total",
+    "ringgate_config_last_reload_successful",
     "ringgate_workers",
+    "ringgate_build_info",
+    "process_start_time_seconds",
 ];
 
 pub type Collector = Box<dyn Fn(&mut Vec<Family>) + Send>;
@@ -174,6 +177,8 @@ pub type StatusSection = Box<dyn Fn(&mut String) + Send>;
 
 pub struct Aggregate {
     started: Instant,
+    /// The same instant on the wall clock (`process_start_time_seconds`).
+    started_at: SystemTime,
     flush_interval: Duration,
     expected_workers: usize,
     generation: u64,
@@ -181,6 +186,9 @@ pub struct Aggregate {
     layout: Arc<Layout>,
     reloads_ok: u64,
     reloads_failed: u64,
+    /// The last reload failed (a broken file is still on disk): an alert on it stays on until a
+    /// reload succeeds, which a rate of the failure counter does not.
+    last_reload_failed: bool,
     /// The process is shutting down (SIGTERM/SIGINT): `/health` says so at once.
     draining: bool,
     routes: Vec<RouteAgg>,
@@ -200,6 +208,7 @@ impl Aggregate {
     pub fn new(flush_interval: Duration) -> Aggregate {
         Aggregate {
             started: Instant::now(),
+            started_at: SystemTime::now(),
             flush_interval,
             expected_workers: 0,
             generation: 0,
@@ -207,6 +216,7 @@ impl Aggregate {
             layout: Arc::new(Layout::default()),
             reloads_ok: 0,
             reloads_failed: 0,
+            last_reload_failed: false,
             draining: false,
             routes: Vec::new(),
             route_index: HashMap::new(),
@@ -249,6 +259,7 @@ impl Aggregate {
         } else {
             self.reloads_failed += 1;
         }
+        self.last_reload_failed = !ok;
     }
 
     /// Replaces the extension families published under `source`.
@@ -926,6 +937,41 @@ impl Aggregate {
             "result=\"failure\"",
             self.reloads_failed,
         );
+        header(
+            out,
+            "ringgate_config_last_reload_successful",
+            "1 unless the last reload failed (the file on disk is not the config in use).",
+            "gauge",
+        );
+        line_u64(
+            out,
+            "ringgate_config_last_reload_successful",
+            "",
+            u64::from(!self.last_reload_failed),
+        );
+        header(
+            out,
+            "ringgate_build_info",
+            "Always 1; the running binary's version is in the label (after a SIGUSR2 upgrade, the new one's).",
+            "gauge",
+        );
+        line_u64(
+            out,
+            "ringgate_build_info",
+            concat!("version=\"", env!("CARGO_PKG_VERSION"), "\""),
+            1,
+        );
+        header(
+            out,
+            "process_start_time_seconds",
+            "Unix time the process started (a change means a restart or an upgrade).",
+            "gauge",
+        );
+        let started = self
+            .started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        line_u64(out, "process_start_time_seconds", "", started);
 
         let now = Instant::now();
         header(

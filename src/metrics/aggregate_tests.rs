@@ -385,6 +385,19 @@ fn reload_keeps_counters_by_name() {
     assert!(s.contains("ringgate_config_generation 2\n"));
     assert!(s.contains("ringgate_config_reloads_total{result=\"success\"} 1\n"));
     assert!(s.contains("ringgate_config_reloads_total{result=\"failure\"} 1\n"));
+    // The last one failed: 0 until one succeeds.
+    assert!(
+        s.contains("ringgate_config_last_reload_successful 0\n"),
+        "{s}"
+    );
+    agg.reload_outcome(true);
+    assert!(render(&agg).contains("ringgate_config_last_reload_successful 1\n"));
+    assert!(s.contains(concat!(
+        "ringgate_build_info{version=\"",
+        env!("CARGO_PKG_VERSION"),
+        "\"} 1\n"
+    )));
+    assert!(s.contains("process_start_time_seconds 1"), "{s}");
     let status = agg.status_json(Instant::now());
     assert!(
         status.starts_with("{\"generation\":2,\"loaded_at\":\""),
@@ -453,9 +466,9 @@ fn extension_families() {
     agg.add_collector(Box::new(|out: &mut Vec<Family>| {
         out.push(
             Family::new(
-                "ringgate_ratelimit_overshoot",
+                "ringgate_ratelimit_overshoot_total",
                 "Over-admission.",
-                FamilyKind::Gauge,
+                FamilyKind::Counter,
             )
             .sample(&[("limit", "global")], 0.5),
         );
@@ -468,7 +481,7 @@ fn extension_families() {
     }));
     let s = render(&agg);
     assert!(s.contains("ringgate_ratelimit_admitted_total{limit=\"per-ip\"} 7\n"));
-    assert!(s.contains("ringgate_ratelimit_overshoot{limit=\"global\"} 0.5\n"));
+    assert!(s.contains("ringgate_ratelimit_overshoot_total{limit=\"global\"} 0.5\n"));
 }
 
 #[test]
