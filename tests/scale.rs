@@ -264,12 +264,7 @@ fn gateway_raises_its_own_nofile_soft_limit() {
 /// once per few seconds rather than 20 times a second, and serves again once clients leave.
 #[test]
 fn running_out_of_descriptors_is_logged_once_in_a_while_and_recovers() {
-    if std::process::Command::new("prlimit")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: prlimit (util-linux) is not installed");
+    if tool_missing("prlimit", &["--version"], "apt-get install util-linux") {
         return;
     }
     let up = Upstream::echo("a");

@@ -649,12 +649,7 @@ fn slow_head_over_tls_gets_408_and_the_worker_survives() {
 
 #[test]
 fn curl_over_https() {
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("curl not installed: skipped");
+    if common::tool_missing("curl", &["--version"], "apt-get install curl") {
         return;
     }
     let pki = Pki::new();

@@ -19,6 +19,30 @@ pub use upstream::{blackhole, pattern_byte, refusing_addr, Behaviour, RecordedRe
 
 use std::time::Duration;
 
+/// Whether a test must go without `tool` (run with `args`, e.g. `--version`): false when it runs.
+/// When it does not, the test fails, naming what to install, unless `RINGGATE_ALLOW_MISSING_TOOLS=1`
+/// is set: then it prints SKIPPED and the caller returns. A test that passes by skipping would
+/// say a behaviour works that nobody checked (`.ci/run` installs every tool the suite needs).
+pub fn tool_missing(tool: &str, args: &[&str], install: &str) -> bool {
+    let runs = std::process::Command::new(tool)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if runs {
+        return false;
+    }
+    if std::env::var("RINGGATE_ALLOW_MISSING_TOOLS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {tool} is not installed ({install})");
+        return true;
+    }
+    panic!(
+        "this test needs {tool}, which is not installed ({install}); \
+         set RINGGATE_ALLOW_MISSING_TOOLS=1 to skip the tests that need it"
+    );
+}
+
 /// Host header the tests send when the host does not matter.
 pub const HOST: &str = "test.local";
 

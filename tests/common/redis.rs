@@ -1,5 +1,5 @@
 //! A real `redis-server` on a free loopback port for the cluster rate-limit tests; killed (by PID)
-//! when dropped. `Redis::available()` tells whether the binary is installed (`.ci/run` installs it).
+//! when dropped. `Redis::missing()` says whether a test must go without it (`.ci/run` installs it).
 //! `Redis::start_tls()` adds a TLS port (Debian's redis-server is built with TLS) that wants a
 //! client certificate, with a PKI generated at test time (rcgen).
 
@@ -207,22 +207,13 @@ impl Drop for Redis {
 }
 
 impl Redis {
-    /// True, after printing that the test is skipped, when redis-server is not installed: the
-    /// caller returns (CI installs it; a bare machine still runs the rest of the suite).
+    /// Whether redis-server is missing and the test is to be skipped (see `tool_missing`: a
+    /// missing one fails the test unless `RINGGATE_ALLOW_MISSING_TOOLS=1`).
     pub fn missing() -> bool {
-        if Redis::available() {
-            return false;
-        }
-        eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-        true
-    }
-
-    pub fn available() -> bool {
-        Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
+        super::tool_missing(
+            "redis-server",
+            &["--version"],
+            "apt-get install redis-server",
+        )
     }
 }

@@ -836,11 +836,21 @@ pub fn set_linger_zero(s: &TcpStream) {
     }
 }
 
-/// An address on which nothing listens (connect gets ECONNREFUSED): bind port 0, drop the listener.
+/// An address on which nothing listens (connect gets ECONNREFUSED). The port stays bound, never
+/// listening, for the rest of the test process: a port bound and dropped could be taken by a
+/// test running beside this one, which would then answer.
 pub fn refusing_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().expect("addr");
-    drop(l);
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    sock.bind(&any.into()).expect("bind");
+    let a = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("addr");
+    // Kept bound (not listening) until the process ends.
+    std::mem::forget(sock);
     a
 }
 
