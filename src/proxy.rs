@@ -1175,6 +1175,15 @@ impl<S: ClientIo> Conn<S> {
     /// Picks a target, connects (or reuses), runs the exchange; retries once on a fresh connection
     /// when a reused one turned out stale and the request is replayable.
     async fn forward(&mut self, shard: &Shard, p: &Prepared) -> Next {
+        if p.upgrade && shard.draining.get() {
+            // A tunnel opened now would be cut at the drain deadline: the client is better off
+            // opening it to a process that stays (the listeners are closed, `/health` says
+            // draining, so it reconnects elsewhere). Plain requests are still served.
+            self.detail = Some("upgrade refused: draining");
+            return self
+                .fail(shard, GatewayError::ServiceUnavailable, true)
+                .await;
+        }
         let snap = self.snap.clone();
         let cfg = &*snap.config;
         let Some(route) = cfg.routes.get(p.route) else {

@@ -125,6 +125,42 @@ fn upgrade_and_frames_both_ways() {
     assert_eq!(frames[2].payload.len(), 100_000);
 }
 
+/// An upgrade that arrives during a drain (on a connection kept alive across its start) gets a 503
+/// and a close, not a tunnel that the drain deadline would cut (found by a review); a plain
+/// request on such a connection is still served.
+#[test]
+fn an_upgrade_during_a_drain_is_refused() {
+    // An echo upstream: plain requests get 200, and an upgrade reaching it would be recorded.
+    let up = Upstream::echo("up");
+    let gw = Gateway::start(&basic_config(&up, "drain_timeout = \"5s\"", ""));
+    let mut upgrade = Conn::connect(gw.addr());
+    let mut plain = Conn::connect(gw.addr());
+    assert_eq!(plain.get(HOST, "/before").status, 200);
+    assert_eq!(upgrade.get(HOST, "/before").status, 200);
+    gw.sigterm();
+    // The worker is draining once its listener refuses new connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(gw.addr()).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never started draining"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    upgrade
+        .send(format!("GET /chat HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes())
+        .expect("send");
+    let r = upgrade.read_response().expect("an answer");
+    r.assert_json_error(503);
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    let r = plain.get(HOST, "/during");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        !up.requests().iter().any(|r| r.target == "/chat"),
+        "the upgrade never reached the upstream"
+    );
+}
+
 #[test]
 fn upstream_closing_the_tunnel_closes_the_client() {
     let up = Upstream::start(Behaviour::WebSocketEcho);
