@@ -330,7 +330,12 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     };
     // A HEAD answer is the GET answer's head (errors included), without the body.
     let head_only = req.method == "HEAD";
-    let allowed = {
+    // `/health` answers without the token: load balancers' probes (AWS ALB and NLB, GCP) send no
+    // headers, and a token-gated health check is unusable exactly where the admin listener is
+    // public. It tells only `ok`/`draining`/`unavailable` and worker counts (Kong's
+    // `status_listen` and Traefik's ping are open too).
+    let open = req.path == "/health" && matches!(req.method.as_str(), "GET" | "HEAD");
+    let allowed = open || {
         let token = shared
             .settings
             .token

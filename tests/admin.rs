@@ -421,6 +421,15 @@ fn token_required() {
     let r = get(addr, "/metrics");
     assert_eq!(r.status, 401);
     assert!(r.head.contains("WWW-Authenticate: Bearer"));
+    // Except `/health`, for load balancers' probes, which send no headers (GET and HEAD only).
+    let r = wait_for(addr, "/health", |r| r.status == 200);
+    assert!(r.body.starts_with("{\"status\":\"ok\""), "{}", r.body);
+    let (status, _, body) = head_request(addr, "/health");
+    assert_eq!((status, body.len()), (200, 0));
+    let (status, _, _) = head_request(addr, "/status");
+    assert_eq!(status, 401, "only /health is open");
+    let r = request(addr, "POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(r.status, 401, "only GET and HEAD are open");
     let r = request(
         addr,
         "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret-tokeX\r\n\r\n",
