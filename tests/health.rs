@@ -232,7 +232,8 @@ fn spray(gw: &Gateway, n: usize) -> Vec<String> {
 #[test]
 fn a_refusing_target_is_ejected_then_tried_again_after_the_cooldown_and_recovers() {
     let good = Mini::start("good");
-    let dead = refusing_addr();
+    // Revived on the same port below.
+    let dead = common::upstream::released_addr();
     let gw = Gateway::start(&config(
         &[dead, good.addr],
         "[upstreams.health.passive]\nmax_fails = 2\nfail_timeout = \"1500ms\"",
@@ -291,6 +292,39 @@ fn a_refusing_target_is_ejected_then_tried_again_after_the_cooldown_and_recovers
         metric(&gw, "ringgate_upstream_target_healthy", dead, |v| v == 1),
         Some(1)
     );
+}
+
+/// `http_statuses`: answers with a listed status count as failures, so a target answering 503s is
+/// ejected after `max_fails` of them, and the other takes every request; without the list a 503
+/// is an answer like any other.
+#[test]
+fn a_target_answering_a_listed_status_is_ejected() {
+    for (listed, want_503s) in [(true, 2), (false, 10)] {
+        let sick =
+            Upstream::fixed(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+        let good = Mini::start("good");
+        let statuses = if listed {
+            "\nhttp_statuses = [503]"
+        } else {
+            ""
+        };
+        let gw = Gateway::start(&config(
+            &[sick.addr(), good.addr],
+            &format!("[upstreams.health.passive]\nmax_fails = 2\nfail_timeout = \"30s\"{statuses}"),
+            "",
+        ));
+        let got = spray(&gw, 20);
+        let sick_answers = got.iter().filter(|u| *u == "503").count();
+        assert_eq!(sick_answers, want_503s, "listed={listed}: {got:?}");
+        assert_eq!(sick.request_count(), want_503s, "listed={listed}");
+        if listed {
+            assert_eq!(
+                metric(&gw, "ringgate_upstream_ejections_total", sick.addr(), |v| v
+                    >= 1),
+                Some(1)
+            );
+        }
+    }
 }
 
 #[test]

@@ -552,6 +552,58 @@ fn early_hints_reach_http11_clients_before_the_answer() {
     assert_eq!(r.body, b"final");
 }
 
+/// Each interim head restarts the read timeout: an upstream that sends `102 Processing` every
+/// 600 ms keeps a 3 s job alive past `upstream_read = "1s"`; one that goes quiet for longer than
+/// the timeout after its last 102 gets the 504.
+#[test]
+fn interim_heads_restart_the_read_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().take(2).enumerate() {
+            let Ok(mut s) = stream else { return };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+                head.push(b[0]);
+            }
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(600));
+                let _ = s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n");
+            }
+            // The second job goes quiet for 1.5 s after its last 102.
+            if i == 1 {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone",
+            );
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[server.timeouts]
+upstream_read = "1s"
+
+[[services]]
+name = "svc"
+url = "http://{addr}"
+
+[[routes]]
+name = "r"
+service = "svc"
+paths = ["/"]
+"#
+    ));
+    let r = get(gw.addr(), HOST, "/job");
+    assert_eq!((r.status, r.body_str()), (200, "done".to_string()), "{r:?}");
+    assert_eq!(r.interim, vec![102; 5], "each 102 forwarded as it came");
+    get(gw.addr(), HOST, "/quiet").assert_json_error(504);
+}
+
 #[test]
 fn hop_by_hop_request_headers_are_removed() {
     let up = Upstream::echo("a");

@@ -854,6 +854,16 @@ pub fn refusing_addr() -> SocketAddr {
     a
 }
 
+/// An address nothing listens on now that a test binds later itself (a target that comes back):
+/// the port is bound and released, so unlike `refusing_addr` a parallel test could take it
+/// meanwhile. Only for that case.
+pub fn released_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("addr");
+    drop(l);
+    a
+}
+
 /// A listener whose accept queue is full, so new connects to it hang in SYN-SENT (Linux drops SYNs to
 /// a full queue): the loopback way to exercise a connect timeout. Lives until dropped.
 pub struct Blackhole {
