@@ -39,6 +39,10 @@ use crate::{error, info, warn};
 pub const ENV_FDS: &str = "RINGGATE_INHERITED_FDS";
 /// The write end of the readiness pipe: one byte once the new process serves.
 pub const ENV_READY: &str = "RINGGATE_UPGRADE_READY_FD";
+/// What the old process's target names last resolved to (`net::export_last_good`): the new one
+/// loads the config with them as its own memory, so a name the resolver cannot answer for during
+/// the upgrade keeps its addresses there too, as it would on a reload, instead of failing it.
+pub const ENV_LAST_GOOD: &str = "RINGGATE_LAST_GOOD_ADDRS";
 /// How long the old process waits for the new one to be ready.
 pub const UPGRADE_WAIT: Duration = Duration::from_secs(60);
 
@@ -63,8 +67,13 @@ impl Inherited {
     pub fn from_env() -> Inherited {
         let list = std::env::var_os(ENV_FDS);
         let ready = std::env::var_os(ENV_READY);
+        let last_good = std::env::var_os(ENV_LAST_GOOD);
         std::env::remove_var(ENV_FDS);
         std::env::remove_var(ENV_READY);
+        std::env::remove_var(ENV_LAST_GOOD);
+        if let Some(v) = last_good {
+            crate::config::net::import_last_good(&v.to_string_lossy());
+        }
         let mut inherited = Inherited::parse(&list.unwrap_or_default().to_string_lossy());
         if let Some(fd) = ready {
             match fd.to_string_lossy().parse::<RawFd>() {
@@ -280,7 +289,8 @@ impl Handover {
         let mut cmd = Command::new(&program);
         cmd.args(args)
             .env(ENV_FDS, list)
-            .env(ENV_READY, write_end.as_raw_fd().to_string());
+            .env(ENV_READY, write_end.as_raw_fd().to_string())
+            .env(ENV_LAST_GOOD, crate::config::net::export_last_good());
         // SAFETY: runs in the child between fork and exec; close_range and fcntl are
         // async-signal-safe system calls and allocate nothing.
         unsafe {

@@ -467,3 +467,64 @@ fn a_reload_keeps_the_last_address_of_an_auth_service_that_stopped_resolving() {
         Some("a".to_owned())
     );
 }
+
+/// A SIGUSR2 upgrade while a target name cannot be resolved: the new process takes the old one's
+/// last addresses for it, as a reload would, and serves (before, the upgrade failed on the name,
+/// found by a review). Requests on the shared listener keep reaching the same upstream.
+#[test]
+fn an_upgrade_during_a_dns_outage_keeps_the_last_addresses() {
+    let (a, _b, hosts) = two_upstreams();
+    let Some(mut gw) = start(&hosts, &url_service(a.port())) else {
+        return;
+    };
+    let addr = gw.addr();
+    assert_eq!(
+        Conn::connect(addr)
+            .get(HOST, "/before")
+            .header("x-upstream"),
+        Some("a")
+    );
+    point_at_all(&hosts, &[]);
+    gw.signal(libc::SIGUSR2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gw.log_contains("upgrade: new process ready") {
+        assert!(
+            !gw.log_contains("upgrade failed") && Instant::now() < deadline,
+            "{:#?}",
+            gw.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The new process outlives this one: ended by PID when the test is done.
+    let pid: i32 = gw
+        .logs()
+        .iter()
+        .find(|l| l.contains("upgrade started"))
+        .and_then(|l| common::gateway::kv(l, "pid"))
+        .and_then(|p| p.parse().ok())
+        .expect("the new process's pid");
+    struct Ends(i32);
+    impl Drop for Ends {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the PID this test's gateway started.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _new = Ends(pid);
+    assert!(
+        gw.wait_exit(Duration::from_secs(15))
+            .is_some_and(|s| s.success()),
+        "the old process hands over and exits 0"
+    );
+    assert!(
+        gw.log_contains(&format!("target name not resolved host={NAME}")),
+        "the new process kept the last addresses: {:#?}",
+        gw.logs()
+    );
+    let r = Conn::connect(addr).get(HOST, "/after");
+    assert_eq!(
+        (r.status, r.header("x-upstream")),
+        (200, Some("a")),
+        "{r:?}"
+    );
+}

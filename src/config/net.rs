@@ -139,8 +139,8 @@ fn or_last_good(
     }
 }
 
-/// Most addresses one target name becomes (a DNS answer longer than this is cut, sorted first so
-/// the same addresses are kept every time).
+/// Most addresses one target name becomes (a longer DNS answer is cut to a subset; see
+/// `target_ips`).
 pub const MAX_TARGET_ADDRS: usize = 64;
 
 /// The addresses a target written as `host:port` stands for, now: an IP literal is itself; a name
@@ -166,7 +166,7 @@ pub fn resolve_target(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> 
         let family = answer.iter().filter(|ip| ip.is_ipv4() == first.is_ipv4());
         if family.count() > MAX_TARGET_ADDRS {
             crate::warn!(
-                "target name resolves to more than {MAX_TARGET_ADDRS} addresses host={host}; the first {MAX_TARGET_ADDRS} in sorted order are used"
+                "target name resolves to more than {MAX_TARGET_ADDRS} addresses host={host}; this process uses a subset of {MAX_TARGET_ADDRS} (each gateway process its own)"
             );
         }
         Ok(ips
@@ -194,6 +194,51 @@ pub fn remember_target(host: &str, port: u16, addrs: &[SocketAddr]) {
     }
 }
 
+/// Most bytes `export_last_good` writes: an environment string over 128 KiB fails the exec.
+const LAST_GOOD_EXPORT_MAX: usize = 96 * 1024;
+
+/// `LAST_GOOD` as text for a new process (binary upgrade): `host port addr,addr;…`. Names that do
+/// not fit `LAST_GOOD_EXPORT_MAX` are left out (they resolve afresh there).
+pub fn export_last_good() -> String {
+    let mut out = String::new();
+    let Ok(all) = LAST_GOOD.lock() else {
+        return out;
+    };
+    for ((host, port), addrs) in all.iter() {
+        let addrs: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+        let entry = format!("{host} {port} {};", addrs.join(","));
+        if out.len() + entry.len() > LAST_GOOD_EXPORT_MAX {
+            crate::warn!("upgrade: not every target name's last addresses fit the hand-over");
+            break;
+        }
+        out.push_str(&entry);
+    }
+    out
+}
+
+/// Takes an old process's `export_last_good` as this process's memory of what names resolved to
+/// (before the config is loaded). Malformed entries are skipped: the name resolves afresh.
+pub fn import_last_good(text: &str) {
+    for entry in text.split(';').filter(|e| !e.is_empty()) {
+        let mut parts = entry.split(' ');
+        let (Some(host), Some(port), Some(addrs), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        let addrs: Option<Vec<SocketAddr>> = addrs.split(',').map(|a| a.parse().ok()).collect();
+        match addrs {
+            Some(addrs) if !addrs.is_empty() && is_hostname(host) => {
+                remember_target(host, port, &addrs)
+            }
+            _ => {}
+        }
+    }
+}
+
 fn last_good(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
     let key = (host.to_ascii_lowercase(), port);
     let all = LAST_GOOD.lock().ok()?;
@@ -202,7 +247,17 @@ fn last_good(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
 
 /// The addresses of one answer a target name takes: those of one family (IPv4 when there is any),
 /// sorted, without duplicates, at most `MAX_TARGET_ADDRS`.
+///
+/// A longer answer is cut by rendezvous hashing with a seed of this process: each address scores
+/// `hash(seed, address)` and the highest scores are kept. So every gateway process keeps its own
+/// subset (cutting to the lowest addresses sent every instance's traffic to the same 64 backends,
+/// and none to the rest: found by a review), a process keeps the same subset from one answer to
+/// the next, and an address added to or dropped from the answer moves at most one other in or out.
 pub fn target_ips(answer: &[IpAddr]) -> Vec<IpAddr> {
+    target_ips_seeded(answer, process_seed())
+}
+
+fn target_ips_seeded(answer: &[IpAddr], seed: u64) -> Vec<IpAddr> {
     let v4 = answer.iter().any(IpAddr::is_ipv4);
     let mut ips: Vec<IpAddr> = answer
         .iter()
@@ -211,8 +266,26 @@ pub fn target_ips(answer: &[IpAddr]) -> Vec<IpAddr> {
         .collect();
     ips.sort_unstable();
     ips.dedup();
-    ips.truncate(MAX_TARGET_ADDRS);
+    if ips.len() > MAX_TARGET_ADDRS {
+        let score = |ip: &IpAddr| {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one((seed, ip))
+        };
+        // Highest scores first (the address breaks ties, so the cut is a function of the set).
+        ips.sort_unstable_by(|a, b| score(b).cmp(&score(a)).then(a.cmp(b)));
+        ips.truncate(MAX_TARGET_ADDRS);
+        ips.sort_unstable();
+    }
     ips
+}
+
+/// A random number fixed for the life of this process (the subset seed of `target_ips`).
+fn process_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+    })
 }
 
 /// The address `host` names when it is an IP literal (IPv6 with or without brackets).
@@ -486,11 +559,64 @@ mod tests {
             .collect();
         let kept = target_ips(&many);
         assert_eq!(kept.len(), MAX_TARGET_ADDRS);
-        assert_eq!(kept[0], ip("10.0.1.0"));
+        assert!(kept.windows(2).all(|w| w[0] < w[1]), "sorted: {kept:?}");
+        assert_eq!(kept, target_ips(&many), "the same subset every time");
         assert_eq!(
             resolve_target("127.0.0.1", 80),
             Ok(vec!["127.0.0.1:80".parse().unwrap()])
         );
+    }
+
+    /// Processes keep different subsets of a long answer (they do not all pick the same 64
+    /// backends), and an address added to the answer displaces at most one kept address.
+    #[test]
+    fn a_long_answer_is_cut_to_a_subset_per_process_that_barely_moves() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let many: Vec<IpAddr> = (0..100u8).map(|i| ip(&format!("10.0.1.{i}"))).collect();
+        let subsets: Vec<Vec<IpAddr>> = (1..=8u64)
+            .map(|seed| target_ips_seeded(&many, seed))
+            .collect();
+        assert!(subsets.iter().all(|s| s.len() == MAX_TARGET_ADDRS));
+        let mut covered: Vec<IpAddr> = subsets.concat();
+        covered.sort_unstable();
+        covered.dedup();
+        assert!(
+            covered.len() > 90,
+            "8 processes cover most of the 100: {}",
+            covered.len()
+        );
+        let mut grown = many.clone();
+        grown.push(ip("10.0.2.1"));
+        for seed in 1..=8u64 {
+            let before = target_ips_seeded(&many, seed);
+            let after = target_ips_seeded(&grown, seed);
+            let moved = before.iter().filter(|a| !after.contains(a)).count();
+            assert!(moved <= 1, "seed {seed}: {moved} displaced");
+        }
+    }
+
+    #[test]
+    fn last_good_addresses_survive_the_hand_over_text() {
+        let a: Vec<SocketAddr> = vec![
+            "10.0.0.1:8080".parse().unwrap(),
+            "[2001:db8::1]:8080".parse().unwrap(),
+        ];
+        remember_target("handover-test.example", 8080, &a);
+        let text = export_last_good();
+        assert!(
+            text.contains("handover-test.example 8080 10.0.0.1:8080,[2001:db8::1]:8080;"),
+            "{text}"
+        );
+        // Another process's text, with malformed entries that are skipped.
+        import_last_good(
+            "other-handover.example 9000 10.0.0.9:9000;bad;x 1 nope;-bad- 1 10.0.0.1:1;",
+        );
+        assert_eq!(
+            last_good("other-handover.example", 9000),
+            Some(vec!["10.0.0.9:9000".parse().unwrap()])
+        );
+        assert_eq!(last_good("x", 1), None);
+        assert_eq!(last_good("-bad-", 1), None);
     }
 
     #[test]
