@@ -63,6 +63,8 @@ struct RouteAgg {
     services: Vec<ServiceCodes>,
     added: Option<Histogram<u64>>,
     total: Option<Histogram<u64>>,
+    /// When a flush last brought anything recorded for it.
+    touched: Option<Instant>,
 }
 
 struct ServiceCodes {
@@ -81,6 +83,7 @@ impl RouteAgg {
             services: Vec::new(),
             added: None,
             total: None,
+            touched: None,
         }
     }
 
@@ -144,6 +147,9 @@ struct LayoutMap {
 /// dropped (and built again if a flush still brings it); the serving one never is, or `/metrics`
 /// and `/status` would lose its targets.
 const MAX_LAYOUT_MAPS: usize = 64;
+/// How many flush intervals a route the serving config no longer has stays in `/metrics` after
+/// anything was last recorded for it (its in-flight requests' counts are scraped before it goes).
+const ROUTE_LINGER_FLUSHES: u32 = 5;
 /// Worker indices above this are ignored (config allows at most 1024 workers).
 const MAX_WORKERS: usize = 4096;
 
@@ -286,13 +292,47 @@ impl Aggregate {
         {
             return i;
         }
+        // A route name no kept layout maps and nothing recorded lately (a reload renamed or removed
+        // it) gives its slot to a new one, as targets do: config generators that put versions in
+        // route names would otherwise grow the series, and the memory of their histograms, with
+        // every reload.
+        let mut taken = self.routes_shown(Instant::now());
+        for &(i, _) in self.maps.iter().flat_map(|m| m.routes.iter()) {
+            if let Some(x) = taken.get_mut(i) {
+                *x = true;
+            }
+        }
+        for r in &layout.routes {
+            if let Some(x) = self
+                .route_index
+                .get(&r.name)
+                .and_then(|&i| taken.get_mut(i))
+            {
+                *x = true;
+            }
+        }
         let mut routes = Vec::with_capacity(layout.routes.len());
         for r in &layout.routes {
             let i = match self.route_index.get(&r.name) {
                 Some(&i) => i,
                 None => {
-                    self.routes.push(RouteAgg::new(&r.name));
-                    let i = self.routes.len() - 1;
+                    let i = match taken.iter().position(|&x| !x) {
+                        Some(free) => {
+                            if let Some(old) = self.routes.get_mut(free) {
+                                self.route_index.remove(&old.name);
+                                *old = RouteAgg::new(&r.name);
+                            }
+                            free
+                        }
+                        None => {
+                            self.routes.push(RouteAgg::new(&r.name));
+                            taken.push(false);
+                            self.routes.len() - 1
+                        }
+                    };
+                    if let Some(x) = taken.get_mut(i) {
+                        *x = true;
+                    }
                     self.route_index.insert(r.name.clone(), i);
                     i
                 }
@@ -433,6 +473,7 @@ impl Aggregate {
         let Some(map) = self.maps.get(m) else {
             return;
         };
+        let now = Instant::now();
         for d in routes {
             let (agg, s) = match d.route {
                 None => (&mut self.none, 0),
@@ -446,6 +487,7 @@ impl Aggregate {
                 },
             };
             agg.counts.add(&d.counts);
+            agg.touched = Some(now);
             if let Some(sc) = agg.services.get_mut(s) {
                 for (a, b) in sc.codes.iter_mut().zip(d.counts.codes.iter()) {
                     *a = a.saturating_add(*b);
@@ -666,6 +708,43 @@ impl Aggregate {
         (have > 0).then_some((skipping < have, skipping))
     }
 
+    /// Per aggregated route: whether `/metrics` and `/histograms` list it: the serving generation
+    /// has it, or something was recorded for it within `ROUTE_LINGER_FLUSHES` flush intervals (a
+    /// route a reload removed drops out once its last requests are counted and that time passed).
+    fn routes_shown(&self, now: Instant) -> Vec<bool> {
+        let mut shown = vec![false; self.routes.len()];
+        if let Some(m) = self
+            .maps
+            .iter()
+            .find(|m| Arc::ptr_eq(&m.layout, &self.layout))
+        {
+            for &(i, _) in &m.routes {
+                if let Some(s) = shown.get_mut(i) {
+                    *s = true;
+                }
+            }
+        }
+        let linger = self.flush_interval.saturating_mul(ROUTE_LINGER_FLUSHES);
+        for (s, r) in shown.iter_mut().zip(&self.routes) {
+            *s = *s
+                || r.touched
+                    .is_some_and(|t| now.saturating_duration_since(t) < linger);
+        }
+        shown
+    }
+
+    /// The routes `/metrics` and `/histograms` list (see `routes_shown`), then requests that
+    /// matched none.
+    fn listed_routes(&self) -> impl Iterator<Item = &RouteAgg> {
+        let shown = self.routes_shown(Instant::now());
+        self.routes
+            .iter()
+            .zip(shown)
+            .filter(|(_, s)| *s)
+            .map(|(r, _)| r)
+            .chain(std::iter::once(&self.none))
+    }
+
     /// Per aggregated target: whether a layout in `maps` maps it or a worker has connections to it
     /// (its slot may not be given to another target).
     fn targets_in_use(&self) -> Vec<bool> {
@@ -715,7 +794,8 @@ impl Aggregate {
 
     /// The Prometheus exposition (see the README's metrics table).
     pub fn render_metrics(&self, out: &mut String) {
-        let all = || self.routes.iter().chain(std::iter::once(&self.none));
+        let listed: Vec<&RouteAgg> = self.listed_routes().collect();
+        let all = || listed.iter().copied();
 
         const REQS: &str = "ringgate_http_requests_total";
         header(out, REQS, "Requests answered, by route, service and status code (rare codes are counted by class, e.g. 4xx).", "counter");
@@ -1009,7 +1089,7 @@ impl Aggregate {
     /// `GET /histograms`: one line per route and kind with samples (µs).
     pub fn histogram_summary(&self) -> String {
         let mut out = String::from(hdr::SUMMARY_HEADER);
-        for r in self.routes.iter().chain(std::iter::once(&self.none)) {
+        for r in self.listed_routes() {
             for kind in [HistKind::Added, HistKind::Total] {
                 if let Some(h) = r.hist(kind).filter(|h| !h.is_empty()) {
                     hdr::summary_line(&mut out, &r.name, kind.as_str(), h);
@@ -1035,7 +1115,7 @@ impl Aggregate {
     /// What `metrics.histogram_file` receives at shutdown: the summary, then every route's reports.
     pub fn histogram_file_text(&self) -> String {
         let mut out = self.histogram_summary();
-        for r in self.routes.iter().chain(std::iter::once(&self.none)) {
+        for r in self.listed_routes() {
             for kind in [HistKind::Added, HistKind::Total] {
                 if let Some(h) = r.hist(kind).filter(|h| !h.is_empty()) {
                     out.push_str(&format!(

@@ -353,6 +353,54 @@ fn health_says_draining_at_once() {
     );
 }
 
+/// A route a reload removed leaves `/metrics` once its last counts are in and a few flush
+/// intervals passed, and route names that change with every reload (a config generator's
+/// versions) reuse slots instead of piling up (found by a review: they stayed until a restart).
+#[test]
+fn removed_routes_leave_the_metrics_and_give_their_slots_back() {
+    let l1 = Layout::synthetic(2, 1, 0);
+    let mut agg = Aggregate::new(Duration::from_millis(10));
+    agg.set_layout(l1.clone());
+    let w = WorkerMetrics::new(0, l1, MetricsSink::test().0);
+    w.current().request_done(1, 200, 0, 0, &timings(1, 0));
+    agg.apply(w.take(&[], false).unwrap_or_else(|| panic!("flush")));
+    let one_route = |generation: u64, name: &str| {
+        Arc::new(Layout {
+            generation,
+            routes: vec![RouteName {
+                name: name.into(),
+                service: "s0".into(),
+            }],
+            targets: vec![],
+        })
+    };
+    agg.set_layout(one_route(2, "r0"));
+    assert!(
+        render(&agg).contains("route=\"r1\""),
+        "just counted: still listed"
+    );
+    std::thread::sleep(Duration::from_millis(80));
+    let s = render(&agg);
+    assert!(!s.contains("route=\"r1\""), "{s}");
+    assert!(!agg.histogram_summary().contains("r1 "));
+    let listed =
+        |agg: &Aggregate| -> Vec<String> { agg.listed_routes().map(|r| r.name.clone()).collect() };
+    assert_eq!(
+        listed(&agg),
+        ["r0", NO_ROUTE],
+        "the serving config's route stays"
+    );
+    for g in 3..200 {
+        agg.set_layout(one_route(g, &format!("v{g}")));
+    }
+    assert!(
+        agg.routes.len() <= MAX_LAYOUT_MAPS + 2,
+        "{} route slots",
+        agg.routes.len()
+    );
+    assert_eq!(listed(&agg), ["v199", NO_ROUTE]);
+}
+
 #[test]
 fn reload_keeps_counters_by_name() {
     let l1 = Layout::synthetic(2, 1, 1);
