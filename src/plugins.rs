@@ -57,6 +57,24 @@ pub enum Plugin {
     RequestTermination(usize),
 }
 
+/// `Plugin::name` and `Plugin::answered_by` from one list, so a new plugin is named once.
+macro_rules! plugin_names {
+    ($($pat:pat => $name:literal),* $(,)?) => {
+        pub fn name(self) -> &'static str {
+            match self {
+                $($pat => $name),*
+            }
+        }
+
+        /// The access log's `detail` when this plugin answered the request itself.
+        pub fn answered_by(self) -> &'static str {
+            match self {
+                $($pat => concat!("answered by ", $name)),*
+            }
+        }
+    };
+}
+
 impl Plugin {
     /// Kong-style priority: higher runs first. Auth plugins (>= 1000) identify the consumer
     /// before anything that depends on it (acl 950, rate-limiting 910; ip-restriction 990 only
@@ -90,39 +108,19 @@ impl Plugin {
         }
     }
 
-    /// The access log's `detail` when this plugin answered the request itself.
-    pub fn answered_by(self) -> &'static str {
-        match self {
-            Plugin::RateLimiting { .. } => "answered by rate-limiting",
-            Plugin::KeyAuth(_) => "answered by key-auth",
-            Plugin::BasicAuth(_) => "answered by basic-auth",
-            Plugin::Jwt(_) => "answered by jwt",
-            Plugin::ForwardAuth(_) => "answered by forward-auth",
-            Plugin::Acl(_) => "answered by acl",
-            Plugin::IpRestriction { .. } => "answered by ip-restriction",
-            Plugin::CorrelationId(_) => "answered by correlation-id",
-            Plugin::Cors(_) => "answered by cors",
-            Plugin::RequestTransformer(_) => "answered by request-transformer",
-            Plugin::ResponseTransformer(_) => "answered by response-transformer",
-            Plugin::RequestTermination(_) => "answered by request-termination",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Plugin::RateLimiting { .. } => "rate-limiting",
-            Plugin::KeyAuth(_) => "key-auth",
-            Plugin::BasicAuth(_) => "basic-auth",
-            Plugin::Jwt(_) => "jwt",
-            Plugin::ForwardAuth(_) => "forward-auth",
-            Plugin::Acl(_) => "acl",
-            Plugin::IpRestriction { .. } => "ip-restriction",
-            Plugin::CorrelationId(_) => "correlation-id",
-            Plugin::Cors(_) => "cors",
-            Plugin::RequestTransformer(_) => "request-transformer",
-            Plugin::ResponseTransformer(_) => "response-transformer",
-            Plugin::RequestTermination(_) => "request-termination",
-        }
+    plugin_names! {
+        Plugin::RateLimiting { .. } => "rate-limiting",
+        Plugin::KeyAuth(_) => "key-auth",
+        Plugin::BasicAuth(_) => "basic-auth",
+        Plugin::Jwt(_) => "jwt",
+        Plugin::ForwardAuth(_) => "forward-auth",
+        Plugin::Acl(_) => "acl",
+        Plugin::IpRestriction { .. } => "ip-restriction",
+        Plugin::CorrelationId(_) => "correlation-id",
+        Plugin::Cors(_) => "cors",
+        Plugin::RequestTransformer(_) => "request-transformer",
+        Plugin::ResponseTransformer(_) => "response-transformer",
+        Plugin::RequestTermination(_) => "request-termination",
     }
 }
 

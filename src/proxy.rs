@@ -356,6 +356,10 @@ struct Conn<S> {
     /// access log's `detail`): a `GatewayError` message, the plugin that answered, or a sharper
     /// cause found on the way (the first one set wins). `None` for an upstream's answer relayed.
     detail: Option<&'static str>,
+    /// Bytes of interim (1xx) heads forwarded to the client for the current request: counted in
+    /// `bytes_sent` but kept apart from `bytes_out`, which tells whether the final answer's head
+    /// went out.
+    bytes_interim: u64,
     /// Upstream attempts of the current request: connects and pooled connections tried, failed
     /// ones included (the access log's `upstream_attempts`; nginx lists them in `$upstream_addr`).
     attempts: u32,
@@ -505,6 +509,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         upstream_status: 0,
         detail: None,
         attempts: 0,
+        bytes_interim: 0,
     };
     loop {
         let next = conn.request(shard).await;
@@ -648,6 +653,10 @@ impl<S: ClientIo> Conn<S> {
 
     async fn request(&mut self, shard: &Shard) -> Next {
         self.bytes_out = 0;
+        self.bytes_interim = 0;
+        self.status = 0;
+        self.detail = None;
+        self.attempts = 0;
         self.first_byte = None;
         self.head_bytes = 0;
         self.head_only = false;
@@ -684,14 +693,19 @@ impl<S: ClientIo> Conn<S> {
                     .buf
                     .get(leading_blank_lines(&self.buf)..)
                     .is_some_and(|b| b.starts_with(b"HEAD "));
-                self.reply_error(e, true).await;
+                // Gone before the refusal could be written: a 499, as for any answer.
+                let status = if self.reply_error(e, true).await {
+                    e.status()
+                } else {
+                    499
+                };
                 if self.snap.config.metrics.enabled {
                     self.snap
                         .metrics
-                        .gateway_error(None, e.status(), bytes_in, self.bytes_out);
+                        .gateway_error(None, status, bytes_in, self.bytes_out);
                 }
                 if shard.access_log.on() {
-                    self.log_refused_head(shard, e.status(), bytes_in, waited);
+                    self.log_refused_head(shard, status, bytes_in, waited);
                 }
                 return Next::Close;
             }
@@ -705,9 +719,6 @@ impl<S: ClientIo> Conn<S> {
         } else {
             self.t.head_in
         });
-        self.status = 0;
-        self.detail = None;
-        self.attempts = 0;
         self.route = None;
         self.upstream_addr = None;
         // A pooled scratch holds the identity of whatever request used it last until the plugin
@@ -739,7 +750,7 @@ impl<S: ClientIo> Conn<S> {
                 &self.s.log,
                 &Outcome {
                     status,
-                    bytes_sent: self.bytes_out,
+                    bytes_sent: self.bytes_out + self.bytes_interim,
                     request_bytes: self.bytes_in,
                     upstream_attempts: self.attempts,
                     detail,
@@ -763,10 +774,19 @@ impl<S: ClientIo> Conn<S> {
         // it is recorded there even if a reload happened meanwhile.
         let metrics = &self.snap.metrics;
         match self.route {
-            Some(route) => {
-                metrics.request_done(route, status, self.bytes_in, self.bytes_out, &self.t)
-            }
-            None => metrics.gateway_error(None, status, self.bytes_in, self.bytes_out),
+            Some(route) => metrics.request_done(
+                route,
+                status,
+                self.bytes_in,
+                self.bytes_out + self.bytes_interim,
+                &self.t,
+            ),
+            None => metrics.gateway_error(
+                None,
+                status,
+                self.bytes_in,
+                self.bytes_out + self.bytes_interim,
+            ),
         }
         next
     }
@@ -1840,11 +1860,21 @@ impl<S: ClientIo> Conn<S> {
             return true;
         }
         self.s.out.clear();
-        head::write_interim_head(&mut self.s.out, &self.ubuf, &self.s.resp);
+        let snap = self.snap.clone();
+        let edits = self
+            .s
+            .chain
+            .response_edits(&self.s.plugin_headers, &snap.chains.rt, true);
+        head::write_interim_head(&mut self.s.out, &self.ubuf, &self.s.resp, &edits);
+        let len = self.s.out.len() as u64;
         let timeout = self.client_timeout();
-        io::send_all(&mut self.client, &mut self.s.out, timeout)
+        let sent = io::send_all(&mut self.client, &mut self.s.out, timeout)
             .await
-            .is_ok()
+            .is_ok();
+        if sent {
+            self.bytes_interim += len;
+        }
+        sent
     }
 
     /// The client went away while an interim head was being forwarded: logged as nginx logs a
@@ -1942,6 +1972,9 @@ impl<S: ClientIo> Conn<S> {
             .await
             .is_err()
         {
+            // Gone before the 101 reached it: a 499, not an upgrade with nothing sent.
+            self.status = 0;
+            self.detail = Some(CLIENT_LEFT);
             return Exchange::Done(Next::Close);
         }
         Exchange::Done(Next::Upgrade(upstream))
@@ -2043,6 +2076,7 @@ impl<S: ClientIo> Conn<S> {
             bytes_sent: self.bytes_out,
             request_bytes: bytes_in,
             duration_us: Some(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX)),
+            detail: self.detail,
             ..Outcome::default()
         };
         shard.access_log.append(&self.s.log, &o);

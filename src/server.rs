@@ -1088,7 +1088,7 @@ fn signal_name(sig: i32) -> &'static str {
 /// How often a drain looks for a second SIGTERM/SIGINT.
 const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
-/// During a drain: true once a second SIGTERM or SIGINT came (the operator wants out now, as with a
+/// During a drain: true once a second SIGTERM, SIGINT or SIGQUIT came (the operator wants out now, as with a
 /// second Ctrl-C; otherwise only SIGKILL could cut a long `drain_timeout` short). A SIGHUP is not
 /// acted on: the workers no longer take new generations.
 fn second_signal(signals: &mut signal_hook::iterator::Signals) -> bool {

@@ -71,7 +71,10 @@ impl Inherited {
         std::env::remove_var(ENV_FDS);
         std::env::remove_var(ENV_READY);
         std::env::remove_var(ENV_LAST_GOOD);
-        if let Some(v) = last_good {
+        // Only from an old process handing over (its fd list and readiness pipe came too): on a
+        // plain start the variable is ignored, so it cannot steer names a resolver does not
+        // answer for, forward-auth's included, to addresses the environment chose.
+        if let (Some(v), true) = (last_good, list.is_some() && ready.is_some()) {
             crate::config::net::import_last_good(&v.to_string_lossy());
         }
         let mut inherited = Inherited::parse(&list.unwrap_or_default().to_string_lossy());

@@ -269,6 +269,16 @@ paths = ["/hang"]
 name = "bad"
 service = "bad"
 paths = ["/bad"]
+
+[[routes]]
+name = "fa"
+service = "bad"
+paths = ["/fa"]
+
+[[plugins]]
+name = "forward-auth"
+route = "fa"
+config = {{ address = "http://{dead1}/check" }}
 "#,
         log = log_table(&log),
         hang = hang.addr(),
@@ -277,6 +287,8 @@ paths = ["/bad"]
     get_path(&gw, "/dead").assert_json_error(502);
     get_path(&gw, "/hang/answered").assert_json_error(504);
     get_path(&gw, "/bad").assert_json_error(502);
+    let fa = get_path(&gw, "/fa");
+    assert!(fa.status >= 500, "{fa:?}");
     // Gone (reset) before the 504 comes: the gateway's answer cannot be written.
     let mut c = TcpStream::connect(gw.addr()).expect("connect");
     c.write_all(format!("GET /hang/gone HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
@@ -288,7 +300,12 @@ paths = ["/bad"]
     common::upstream::set_linger_zero(&c);
     drop(c);
 
-    let all = wait_lines(&log, 4);
+    let all = wait_lines(&log, 5);
+    let l = by_path(&all, "/fa");
+    assert_eq!(
+        l["detail"], "forward-auth service unavailable",
+        "the plugin's own reason: {l}"
+    );
     let l = by_path(&all, "/dead");
     assert_eq!(
         (l["status"].as_u64(), l["upstream_attempts"].as_u64()),

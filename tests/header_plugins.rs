@@ -340,6 +340,36 @@ fn cors_headers_on_plugin_answers_and_upstream_cors_overridden() {
     assert!(!r.has_header("access-control-allow-credentials"));
 }
 
+/// A forwarded 103 goes through the final answer's header ownership too: the response-transformer's
+/// `remove` and the cors plugin's `Access-Control-*` apply to it (found by a review: an internal
+/// header an operator strips showed on the hints).
+#[test]
+fn interim_heads_lose_what_the_final_answer_loses() {
+    use std::io::{Read, Write};
+    let up = Upstream::fixed(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nX-Internal: secret\r\nAccess-Control-Allow-Origin: *\r\n\r\nHTTP/1.1 200 OK\r\nX-Internal: secret\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let gw = start(
+        &up,
+        &format!("{CORS}\n[[plugins]]\nname = \"response-transformer\"\nconfig = {{ remove = {{ headers = [\"x-internal\"] }} }}\n"),
+    );
+    let mut c = std::net::TcpStream::connect(gw.addr()).expect("connect");
+    c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    c.write_all(format!("GET /page HTTP/1.1\r\nHost: {HOST}\r\nOrigin: https://evil.net\r\nConnection: close\r\n\r\n").as_bytes())
+        .expect("send");
+    let mut all = Vec::new();
+    let _ = c.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    let (hints, answer) = text.split_once("\r\n\r\n").expect("two heads");
+    assert_eq!(
+        hints, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload",
+        "{text}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.to_ascii_lowercase().contains("x-internal"), "{text}");
+    assert!(!text.contains("Access-Control-Allow-Origin"), "{text}");
+}
+
 #[test]
 fn request_transformer_edits_what_the_upstream_sees() {
     let up = Upstream::echo("up");

@@ -517,14 +517,15 @@ fn interim_responses_are_not_mistaken_for_the_final_one() {
 fn early_hints_reach_http11_clients_before_the_answer() {
     let up = Upstream::start(Behaviour::Split {
         first: b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n".to_vec(),
-        gap: Duration::from_millis(1000),
+        gap: Duration::from_millis(1500),
         then: Some(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal".to_vec()),
     });
     let gw = gateway_for(&up);
     let mut c = Conn::connect(gw.addr());
     c.send(b"GET /page HTTP/1.1\r\nHost: test.local\r\n\r\n")
         .expect("send");
-    let early = c.read_available(Duration::from_millis(600));
+    // Well within the upstream's 1.5 s pause, so the answer cannot have come yet.
+    let early = c.read_available(Duration::from_millis(500));
     assert_eq!(
         String::from_utf8_lossy(&early),
         "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n",
@@ -553,7 +554,7 @@ fn early_hints_reach_http11_clients_before_the_answer() {
 }
 
 /// Each interim head restarts the read timeout: an upstream that sends `102 Processing` every
-/// 600 ms keeps a 3 s job alive past `upstream_read = "1s"`; one that goes quiet for longer than
+/// 300 ms keeps a 3 s job alive past `upstream_read = "1s"`; one that goes quiet for longer than
 /// the timeout after its last 102 gets the 504.
 #[test]
 fn interim_heads_restart_the_read_timeout() {
@@ -567,8 +568,8 @@ fn interim_heads_restart_the_read_timeout() {
             while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
                 head.push(b[0]);
             }
-            for _ in 0..5 {
-                std::thread::sleep(Duration::from_millis(600));
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(300));
                 let _ = s.write_all(b"HTTP/1.1 102 Processing\r\n\r\n");
             }
             // The second job goes quiet for 1.5 s after its last 102.
@@ -600,7 +601,7 @@ paths = ["/"]
     ));
     let r = get(gw.addr(), HOST, "/job");
     assert_eq!((r.status, r.body_str()), (200, "done".to_string()), "{r:?}");
-    assert_eq!(r.interim, vec![102; 5], "each 102 forwarded as it came");
+    assert_eq!(r.interim, vec![102; 10], "each 102 forwarded as it came");
     get(gw.addr(), HOST, "/quiet").assert_json_error(504);
 }
 

@@ -272,7 +272,7 @@ fn target_ips_seeded(answer: &[IpAddr], seed: u64) -> Vec<IpAddr> {
             BuildHasherDefault::<DefaultHasher>::default().hash_one((seed, ip))
         };
         // Highest scores first (the address breaks ties, so the cut is a function of the set).
-        ips.sort_unstable_by(|a, b| score(b).cmp(&score(a)).then(a.cmp(b)));
+        ips.sort_by_cached_key(|ip| (std::cmp::Reverse(score(ip)), *ip));
         ips.truncate(MAX_TARGET_ADDRS);
         ips.sort_unstable();
     }

@@ -97,10 +97,15 @@ impl HeaderTransform {
         seen
     }
 
+    /// Whether `remove` takes header `name` out.
+    pub fn removes(&self, name: &[u8]) -> bool {
+        self.remove.iter().any(|n| eq_ignore_case(n, name))
+    }
+
     /// Writes header `name: value` as transformed (or nothing, when removed, already replaced, or
     /// overwritten by a rename).
     pub fn emit(&self, out: &mut Vec<u8>, name: &[u8], value: &[u8], seen: &mut Seen) {
-        if self.remove.iter().any(|n| eq_ignore_case(n, name)) {
+        if self.removes(name) {
             return;
         }
         if seen.renamed != 0

@@ -411,6 +411,7 @@ impl<S: ClientIo> Conn<S> {
                                 why,
                                 rt.conf.fail_open
                             );
+                            self.detail = Some("forward-auth service unavailable");
                             forward_failed(rt.conf.fail_open, rt.conf.unavailable_status)
                         }
                         forward::Verdict::Timeout => {
@@ -420,6 +421,7 @@ impl<S: ClientIo> Conn<S> {
                                 "forward-auth timed out fail_open={}",
                                 rt.conf.fail_open
                             );
+                            self.detail = Some("forward-auth service timed out");
                             forward_failed(rt.conf.fail_open, rt.conf.timeout_status)
                         }
                     }
@@ -440,7 +442,8 @@ impl<S: ClientIo> Conn<S> {
                 }
             };
             if let Some((status, content_type, body)) = flow.answer() {
-                self.detail = Some(step.answered_by());
+                // A sharper reason set by the step (the auth service failed) stays.
+                self.detail.get_or_insert(step.answered_by());
                 let close = closing;
                 self.s.out.clear();
                 plugins::write_response(

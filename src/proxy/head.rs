@@ -322,11 +322,7 @@ pub fn write_response_head(
     http10_client: bool,
     edits: &ResponseEdits<'_>,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, u64::from(resp.status));
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.get(ubuf));
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, ubuf, resp);
     let keep = |name: &[u8]| match classify(name) {
         Class::HopByHop | Class::Upgrade => false,
         // RFC 9110 §8.6: never on a 204 (HEAD and 304 pass the upstream's length on).
@@ -375,24 +371,44 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes an interim (1xx) head forwarded to the client: status line and end-to-end headers only.
-/// Plugins' lines (CORS, rate limits, the echoed correlation id) and the response-transformer
-/// belong on the final answer; a 1xx has no body, so no framing.
-pub fn write_interim_head(out: &mut Vec<u8>, ubuf: &[u8], resp: &ResponseHead) {
+/// Writes an interim (1xx) head forwarded to the client: status line and end-to-end headers, less
+/// what the final answer's edits drop (headers plugins own, the response-transformer's `remove`,
+/// so a `Server` an operator strips does not show on a 103 either). Plugins' own lines and the
+/// transformer's renames and additions belong on the final answer; a 1xx has no body, so no
+/// framing.
+pub fn write_interim_head(
+    out: &mut Vec<u8>,
+    ubuf: &[u8],
+    resp: &ResponseHead,
+    edits: &ResponseEdits<'_>,
+) {
+    push_status_line(out, ubuf, resp);
+    for h in &resp.headers {
+        let name = h.name.get(ubuf);
+        let removed = edits.transform.is_some_and(|t| t.removes(name));
+        if end_to_end(name, resp, ubuf) && !edits.overridden(name) && !removed {
+            push_header(out, name, h.value.get(ubuf));
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `HTTP/1.1 <status> <reason>\r\n` of a response relayed to the client.
+fn push_status_line(out: &mut Vec<u8>, ubuf: &[u8], resp: &ResponseHead) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(resp.status));
     out.push(b' ');
     out.extend_from_slice(resp.reason.get(ubuf));
     out.extend_from_slice(b"\r\n");
-    for h in &resp.headers {
-        let name = h.name.get(ubuf);
-        match classify(name) {
-            Class::HopByHop | Class::Upgrade | Class::ContentLength => {}
-            _ if is_listed(name, &resp.conn_tokens, ubuf) => {}
-            _ => push_header(out, name, h.value.get(ubuf)),
-        }
+}
+
+/// Whether a response header is end-to-end: not hop-by-hop, not named by the response's
+/// `Connection`, and not framing (which the proxy writes itself).
+fn end_to_end(name: &[u8], resp: &ResponseHead, ubuf: &[u8]) -> bool {
+    match classify(name) {
+        Class::HopByHop | Class::Upgrade | Class::ContentLength => false,
+        _ => resp.conn_tokens.is_empty() || !is_listed(name, &resp.conn_tokens, ubuf),
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a `101 Switching Protocols` head: end-to-end headers, the lines plugins add (`edits`,
@@ -472,7 +488,7 @@ mod tests {
             "{parsed:?}"
         );
         let mut out = Vec::new();
-        write_interim_head(&mut out, raw, &resp);
+        write_interim_head(&mut out, raw, &resp, &ResponseEdits::default());
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nLink: </b.js>\r\n\r\n"
