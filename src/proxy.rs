@@ -1866,15 +1866,24 @@ impl<S: ClientIo> Conn<S> {
             .chain
             .response_edits(&self.s.plugin_headers, &snap.chains.rt, true);
         head::write_interim_head(&mut self.s.out, &self.ubuf, &self.s.resp, &edits);
+        match self.write_out().await {
+            Some(len) => {
+                self.bytes_interim += len;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes `s.out` to the client within the client timeout: its length once it went out whole,
+    /// `None` when the client is gone.
+    async fn write_out(&mut self) -> Option<u64> {
         let len = self.s.out.len() as u64;
         let timeout = self.client_timeout();
-        let sent = io::send_all(&mut self.client, &mut self.s.out, timeout)
+        io::send_all(&mut self.client, &mut self.s.out, timeout)
             .await
-            .is_ok();
-        if sent {
-            self.bytes_interim += len;
-        }
-        sent
+            .ok()
+            .map(|()| len)
     }
 
     /// The client went away while an interim head was being forwarded: logged as nginx logs a
@@ -2036,12 +2045,9 @@ impl<S: ClientIo> Conn<S> {
         if self.head_only {
             crate::http::keep_head_only(&mut self.s.out);
         }
-        let len = self.s.out.len() as u64;
-        let timeout = self.client_timeout();
-        let sent = io::send_all(&mut self.client, &mut self.s.out, timeout)
-            .await
-            .is_ok();
-        if sent {
+        let written = self.write_out().await;
+        let sent = written.is_some();
+        if let Some(len) = written {
             self.bytes_out += len;
         } else {
             // The client was gone before the answer reached it: logged and counted as 499 (nginx),
