@@ -40,6 +40,10 @@ enum Command {
         /// upstream connect failures, accept errors).
         #[arg(long, value_enum, default_value_t = LogLevel::Info)]
         log_level: LogLevel,
+        /// Write the serving process's pid to this file once it is ready (replaced atomically; after
+        /// a SIGUSR2 upgrade the new process writes its own), and remove it at exit.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
     /// Validate CONFIG: print `ok` and a route summary, or every error (exit 1).
     Check {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
             config,
             workers,
             log_level,
+            pid_file,
         } => {
             ringgate::log::set_level(match log_level {
                 LogLevel::Error => ringgate::log::Level::Error,
@@ -70,7 +75,8 @@ fn main() -> ExitCode {
                 LogLevel::Info => ringgate::log::Level::Info,
                 LogLevel::Debug => ringgate::log::Level::Debug,
             });
-            let code = ringgate::server::run(&config, workers.map(usize::from));
+            let code =
+                ringgate::server::run(&config, workers.map(usize::from), pid_file.as_deref());
             // The workers' last lines (drain, errors) are still on their way to stderr.
             ringgate::log::flush(std::time::Duration::from_secs(1));
             ExitCode::from(code.clamp(0, 255) as u8)

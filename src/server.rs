@@ -32,7 +32,7 @@ use crate::worker::{self, Compiled, Control, WorkerSpec};
 use crate::{error, info, warn};
 
 /// Runs the gateway until a termination signal; returns the process exit code.
-pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
+pub fn run(path: &Path, workers_override: Option<usize>, pid_file: Option<&Path>) -> i32 {
     // First, before any thread exists: it reads and clears environment variables.
     let mut inherited = upgrade::Inherited::from_env();
     // From here on no thread blocks on stderr (see `crate::log`); main flushes it before exit.
@@ -317,6 +317,14 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         // Serving goes on with the addresses resolved at load, as with dns_refresh = "0s".
         error!("dns refresh thread not started error=\"{e}\"");
     }
+    // Before `ready` is said, and before the old process (after an upgrade) is told: it exits
+    // only once the file names us.
+    if let Some(p) = pid_file {
+        if let Err(e) = write_pid_file(p) {
+            error!("pid file not written path={} error=\"{e}\"", p.display());
+            return 1;
+        }
+    }
     // Which binary and which file: after a binary upgrade (USR2) this line is how an operator
     // tells which version now serves.
     info!(
@@ -385,6 +393,9 @@ pub fn run(path: &Path, workers_override: Option<usize>) -> i32 {
         a.stop();
     }
     hub.stop();
+    if let Some(p) = pid_file {
+        remove_pid_file(p);
+    }
     info!("stopped");
     0
 }
@@ -1042,15 +1053,41 @@ fn refuse_if_taken(addr: std::net::SocketAddr, v6only: bool) -> std::io::Result<
             drop(probe);
             Ok(())
         }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && someone_listens(addr) => {
+            Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}: another process listens on {addr} (is another ringgate running? to \
+                     replace a running one without dropping connections, send it SIGUSR2)"
+                ),
+            ))
+        }
+        // Taken, and nobody listens: an outgoing connection's local port (a port inside
+        // `ip_local_port_range` is handed to connections too), or a socket bound and not
+        // listening (found by a review: the message blamed a listener that did not exist).
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
             e.kind(),
             format!(
-                "{e}: another process listens on {addr} (is another ringgate running? to replace \
-                 a running one without dropping connections, send it SIGUSR2)"
+                "{e}: {addr} is taken by a socket that does not listen, such as an outgoing \
+                 connection's local port; a listen port inside net.ipv4.ip_local_port_range can \
+                 be taken that way: reserve it with net.ipv4.ip_local_reserved_ports or pick a \
+                 port outside the range"
             ),
         )),
         Err(e) => Err(e),
     }
+}
+
+/// Whether a connection to `addr` (its loopback address, for a wildcard) is accepted now.
+fn someone_listens(addr: std::net::SocketAddr) -> bool {
+    let mut to = addr;
+    if to.ip().is_unspecified() {
+        to.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    std::net::TcpStream::connect_timeout(&to, Duration::from_millis(500)).is_ok()
 }
 
 /// What to do about a bind error an operator meets often: a privileged port without the right.
@@ -1068,6 +1105,31 @@ fn kind_name(kind: ListenKind) -> &'static str {
         ListenKind::Http => "http",
         ListenKind::Https => "https",
         ListenKind::RedirectHttps { .. } => "redirect-https",
+    }
+}
+
+/// Writes this process's pid to `path`: into a temporary file beside it, then renamed over it, so
+/// a supervisor never reads a half-written pid (and after an upgrade the new process's replaces the
+/// old one's in one step).
+fn write_pid_file(path: &Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Removes the pid file at exit if it still names this process (after a handover it names the
+/// new one, which keeps it).
+fn remove_pid_file(path: &Path) {
+    let ours = std::fs::read_to_string(path)
+        .is_ok_and(|s| s.trim().parse::<u32>() == Ok(std::process::id()));
+    if ours {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!("pid file not removed path={} error=\"{e}\"", path.display());
+        }
     }
 }
 

@@ -576,6 +576,41 @@ fn a_second_gateway_on_a_taken_address_exits_1() {
     );
 }
 
+/// An address taken by a socket that does not listen (here an outgoing connection's local port)
+/// is not blamed on "another process listens": the error says what takes such a port.
+#[test]
+fn a_port_taken_by_an_outgoing_connection_is_explained() {
+    let up = Upstream::echo("up");
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    sock.bind(&any.into()).expect("bind");
+    sock.connect(&server.local_addr().expect("addr").into())
+        .expect("connect");
+    let taken = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("local addr");
+    let f = TempFile::new(
+        ".toml",
+        &format!(
+            "[server]\nlisten = [\"{taken}\"]\nworkers = 1\n\n[[services]]\nname = \"svc\"\nurl = \"{}\"\n\n[[routes]]\nname = \"all\"\nservice = \"svc\"\npaths = [\"/\"]\n",
+            up.url()
+        ),
+    );
+    let out = run_cli(&["run", &f.path_str()], Duration::from_secs(10));
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.all()
+            .contains("is taken by a socket that does not listen"),
+        "{out:?}"
+    );
+    assert!(!out.all().contains("another process listens"), "{out:?}");
+    drop(sock);
+}
+
 /// Busy keep-alive clients (requests back to back, each sent as soon as the last answer came)
 /// lose nothing to a drain: the responses that went out as it began, without `Connection: close`,
 /// are followed by one more request each, which is answered with `Connection: close`. Before, the
@@ -638,4 +673,37 @@ fn busy_keep_alive_clients_lose_no_request_to_a_drain() {
     assert!(failures.is_empty(), "{failures:?}");
     let st = gw.wait_exit(Duration::from_secs(10)).expect("no exit");
     assert_eq!(st.code(), Some(0));
+}
+
+/// `--pid-file`: written once the gateway serves (whole, by rename), removed at a clean exit; a
+/// file that is not writable stops the start with the reason.
+#[test]
+fn the_pid_file_names_the_serving_process_and_goes_with_it() {
+    let up = Upstream::echo("up");
+    let dir = std::env::temp_dir().join(format!("ringgate-pid-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let pid_path = dir.join("ringgate.pid");
+    let path = pid_path.to_string_lossy().into_owned();
+    let mut gw = Gateway::start_with_args(&config_with(&up, ""), &["--pid-file", &path]);
+    assert_eq!(
+        std::fs::read_to_string(&pid_path).unwrap_or_default(),
+        format!("{}\n", gw.pid())
+    );
+    let leftovers = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+    assert_eq!(leftovers, 1, "no temporary file left beside it");
+    gw.sigterm();
+    assert!(gw
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    assert!(!pid_path.exists(), "removed at exit");
+
+    let bad = dir.join("no-such-dir").join("ringgate.pid");
+    let err = Gateway::try_start(
+        &config_with(&up, ""),
+        &["--pid-file", &bad.to_string_lossy()],
+    )
+    .err()
+    .unwrap_or_default();
+    assert!(err.contains("pid file not written"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

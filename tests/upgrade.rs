@@ -582,3 +582,32 @@ fn sigterm_during_a_hanging_upgrade_drains_at_once() {
     assert!(gw.log_contains("upgrade failed: given up for a stop signal"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--pid-file` across an upgrade: the new process writes its own pid once it serves, and the old
+/// one leaves that file alone as it exits.
+#[test]
+fn the_pid_file_follows_the_upgrade() {
+    let up = Upstream::echo("up");
+    let dir = std::env::temp_dir().join(format!("ringgate-upgrade-pid-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let pid_path = dir.join("ringgate.pid");
+    let mut gw =
+        Gateway::start_with_args(&config(&up), &["--pid-file", &pid_path.to_string_lossy()]);
+    let read_pid = || {
+        std::fs::read_to_string(&pid_path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+    };
+    assert_eq!(read_pid(), Some(gw.pid() as i32));
+    gw.signal(libc::SIGUSR2);
+    let new = NewProcess::started_by(&gw, 0);
+    assert!(gw
+        .wait_exit(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+    assert_eq!(read_pid(), Some(new.0), "the new process's pid, kept");
+    assert_eq!(get(gw.addr(), HOST, "/after").status, 200);
+    // Stopped (SIGTERM), the new process removes the file naming it.
+    drop(new);
+    assert_eq!(read_pid(), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
