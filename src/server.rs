@@ -54,8 +54,14 @@ pub fn run(path: &Path, workers_override: Option<usize>, pid_file: Option<&Path>
     let cpus = worker::allowed_cpus();
     let workers = workers_override
         .or(cfg.server.workers)
-        .unwrap_or(cpus.len())
+        .unwrap_or_else(|| worker::auto_workers(&cpus))
         .max(1);
+    if workers > cpus.len().max(1) {
+        warn!(
+            "more workers than CPUs this process may use workers={workers} cpus={}; workers share cores",
+            cpus.len()
+        );
+    }
     let use_uring =
         std::env::var_os("RINGGATE_FORCE_EPOLL").is_none() && monoio::utils::detect_uring();
     if !use_uring {

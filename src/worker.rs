@@ -1029,6 +1029,54 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// `workers = "auto"`: one per CPU this process may run on, but no more than its cgroup's CPU
+/// quota allows (a container limited to 2 CPUs on a 64-core host gets 2 workers, not 64 workers
+/// throttled in turn; found by a review). The quota is the smallest `cpu.max` on the way from the
+/// process's cgroup (v2) to the root, rounded up.
+pub fn auto_workers(cpus: &[usize]) -> usize {
+    let n = cpus.len().max(1);
+    match cgroup_cpu_quota() {
+        Some(q) if q < n => {
+            crate::info!("workers: {q} (cgroup CPU quota) of {n} CPUs");
+            q
+        }
+        _ => n,
+    }
+}
+
+/// CPUs the cgroup (v2) quota allows this process, if any limits it (read at start, on the main
+/// thread).
+fn cgroup_cpu_quota() -> Option<usize> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    // cgroup v2: the one line `0::/path`.
+    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mut dir = std::path::PathBuf::from("/sys/fs/cgroup");
+    dir.push(path.trim_start_matches('/'));
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut least: Option<usize> = None;
+    loop {
+        if let Some(q) = std::fs::read_to_string(dir.join("cpu.max"))
+            .ok()
+            .and_then(|t| quota_cpus(&t))
+        {
+            least = Some(least.map_or(q, |l| l.min(q)));
+        }
+        if dir == root || !dir.pop() || !dir.starts_with(root) {
+            break;
+        }
+    }
+    least
+}
+
+/// The CPUs a `cpu.max` line (`QUOTA PERIOD`, or `max PERIOD`) allows, rounded up, at least 1;
+/// `None` for no limit or an unreadable line.
+pub fn quota_cpus(cpu_max: &str) -> Option<usize> {
+    let mut parts = cpu_max.split_whitespace();
+    let quota: u64 = parts.next()?.parse().ok()?;
+    let period: u64 = parts.next()?.parse().ok().filter(|&p| p > 0)?;
+    usize::try_from(quota.div_ceil(period).max(1)).ok()
+}
+
 fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     // SAFETY: plain data set, applied to the calling thread only (pid 0).
     unsafe {
@@ -1116,6 +1164,17 @@ pub fn steer_reuseport(listener: impl std::os::fd::AsFd, n: usize) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_cpu_max_lines() {
+        assert_eq!(quota_cpus("max 100000\n"), None);
+        assert_eq!(quota_cpus("200000 100000\n"), Some(2));
+        assert_eq!(quota_cpus("150000 100000"), Some(2), "rounded up");
+        assert_eq!(quota_cpus("50000 100000"), Some(1), "at least one");
+        assert_eq!(quota_cpus("100000 0"), None);
+        assert_eq!(quota_cpus("garbage"), None);
+        assert_eq!(quota_cpus(""), None);
+    }
 
     #[test]
     fn steering_sends_new_connections_to_the_first_n_sockets_of_the_group() {

@@ -707,3 +707,23 @@ fn the_pid_file_names_the_serving_process_and_goes_with_it() {
     assert!(err.contains("pid file not written"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// More workers than CPUs the process may use (here `taskset` allows one) is said at start: the
+/// workers share cores.
+#[test]
+fn more_workers_than_cpus_is_warned_about() {
+    let up = Upstream::echo("up");
+    let gw = Gateway::try_start_wrapped(
+        &config_with(&up, ""),
+        &["--workers", "2"],
+        &[],
+        &["taskset", "-c", "0"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        gw.log_contains("more workers than CPUs this process may use workers=2 cpus=1"),
+        "{:#?}",
+        gw.logs()
+    );
+    assert_eq!(get(gw.addr(), HOST, "/").status, 200);
+}
