@@ -1846,3 +1846,41 @@ fn a_tls_record_trickled_a_byte_at_a_time_does_not_outlive_keep_alive() {
     assert!(closed < Duration::from_secs(5), "closed after {closed:?}");
     assert!(up.requests().iter().all(|r| r.path() != "/slow"));
 }
+
+/// A WebSocket through a TLS listener: the 101, the upstream's greeting, then 1 MiB of frames in
+/// each direction echoed back intact. The tunnel copies both ways over the one TLS stream split in
+/// two (an `unsafe impl` of `Split`), so this is the test for it.
+#[test]
+fn a_websocket_over_tls_tunnels_both_ways() {
+    use common::ws;
+    use common::Behaviour;
+    let pki = Pki::new();
+    let up = Upstream::start(Behaviour::WebSocketEcho);
+    let gw = Gateway::start(&tls_config(&pki, &up, ""));
+    let mut tls = connect(gw.addrs()[0], "api.test", default_client(&pki)).expect("handshake");
+    tls.write_all(b"GET /chat HTTP/1.1\r\nHost: api.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .expect("send");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut b).expect("head");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let hello = ws::read_frame(&mut tls).expect("greeting");
+    assert_eq!(hello.payload, b"hello from upstream");
+    // 64 frames of 16 KiB, each a different pattern, written and read back one by one.
+    for i in 0..64u32 {
+        let payload: Vec<u8> = (0..16 * 1024u32)
+            .map(|j| (j.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8)
+            .collect();
+        ws::write_frame(&mut tls, ws::OP_BINARY, &payload, Some([1, 2, 3, 4])).expect("write");
+        let back = ws::read_frame(&mut tls).expect("echo");
+        assert_eq!(back.opcode, ws::OP_BINARY);
+        assert!(back.payload == payload, "frame {i} came back different");
+    }
+}
