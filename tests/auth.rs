@@ -745,6 +745,55 @@ config = {{ address = "{address}", request_headers = ["authorization"], response
     ))
 }
 
+/// The auth service sees the request id the upstream gets: the one the correlation-id plugin
+/// generated for a request without one, or put in place of a malformed one; never the client's
+/// raw value (found by a review).
+#[test]
+fn forward_auth_sees_the_correlation_id_the_upstream_gets() {
+    let auth = AuthService::start();
+    let (up, gw) = setup(&format!(
+        r#"
+[[plugins]]
+name = "correlation-id"
+
+[[plugins]]
+name = "forward-auth"
+route = "admin"
+config = {{ address = "http://{}/verify", request_headers = ["authorization", "x-request-id"] }}
+"#,
+        auth.addr
+    ));
+    for client_id in [
+        "",
+        "X-Request-ID: bad id with spaces\r\n",
+        "X-Request-ID: ok-42\r\n",
+    ] {
+        let r = req(
+            &gw,
+            "/admin/x",
+            &format!("Authorization: Bearer good\r\n{client_id}"),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let upstream_id = up
+            .last_request()
+            .header("x-request-id")
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!upstream_id.is_empty());
+        let heads = auth.heads();
+        let h = heads.last().expect("auth request").to_ascii_lowercase();
+        let ids: Vec<&str> = h
+            .lines()
+            .filter_map(|l| l.strip_prefix("x-request-id: "))
+            .collect();
+        assert_eq!(
+            ids,
+            [upstream_id.to_ascii_lowercase()],
+            "client sent {client_id:?}: {h}"
+        );
+    }
+}
+
 #[test]
 fn forward_auth_allow_deny_and_failures() {
     let auth = AuthService::start();

@@ -140,14 +140,38 @@ pub trait RequestHeaders {
     fn for_each(&self, name_lower: &[u8], f: &mut dyn FnMut(&[u8], &[u8]));
 }
 
-/// `RequestHeaders` over a parsed request head: its header spans and the buffer they point into.
+/// `RequestHeaders` over a parsed request head: its header spans and the buffer they point into,
+/// and the lines earlier plugins added for the upstream (`added`, `Name: value\r\n`). A field
+/// named by an added line is sent as added, in place of the client's copies: the correlation id
+/// the plugin generated or put in place of a malformed one, so an auth service that copies the
+/// request id logs the one the upstream and the access log get (found by a review). Other client
+/// fields go as the client sent them (see the README on `request_headers`).
 pub struct SpanHeaders<'a> {
     pub headers: &'a [HeaderSpan],
     pub buf: &'a [u8],
+    pub added: &'a [u8],
+}
+
+impl SpanHeaders<'_> {
+    /// The added lines as (name, value).
+    fn added(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.added.split(|&b| b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            let (name, value) = line.split_at(colon);
+            Some((name, value.get(1..).unwrap_or_default().trim_ascii()))
+        })
+    }
 }
 
 impl RequestHeaders for SpanHeaders<'_> {
     fn for_each(&self, name_lower: &[u8], f: &mut dyn FnMut(&[u8], &[u8])) {
+        if self.added().any(|(n, _)| eq_ignore_case(n, name_lower)) {
+            for (name, value) in self.added().filter(|(n, _)| eq_ignore_case(n, name_lower)) {
+                f(name, value);
+            }
+            return;
+        }
         for h in self.headers {
             let (Some(name), Some(value)) = (
                 self.buf.get(h.name.start as usize..h.name.end as usize),

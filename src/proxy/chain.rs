@@ -339,6 +339,7 @@ impl<S: ClientIo> Conn<S> {
                     let headers = forward::SpanHeaders {
                         headers: &head.headers,
                         buf,
+                        added: &st.edits.add,
                     };
                     // The method the upstream will run: an override's, when there is one.
                     let method = match self.s.override_method.as_slice() {

@@ -918,6 +918,7 @@ fn span_headers_finds_every_field_of_a_name() {
     let view = SpanHeaders {
         headers: &headers,
         buf,
+        added: b"X-Request-ID: gen-1\r\n",
     };
     let mut seen = Vec::new();
     view.for_each(b"cookie", &mut |n, v| seen.push((text(n), text(v))));
@@ -928,4 +929,8 @@ fn span_headers_finds_every_field_of_a_name() {
             ("cookie".to_owned(), "b=2".to_owned())
         ]
     );
+    // A field a plugin set for the upstream goes as set, in place of the client's.
+    let mut seen = Vec::new();
+    view.for_each(b"x-request-id", &mut |n, v| seen.push((text(n), text(v))));
+    assert_eq!(seen, vec![("X-Request-ID".to_owned(), "gen-1".to_owned())]);
 }
