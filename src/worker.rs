@@ -466,6 +466,15 @@ impl Shard {
             health_slots: prev.health_slots.clone(),
         });
         drop(prev);
+        // Passive checks turned off for an upstream: the targets they ejected take traffic again
+        // at once, not at the end of a cooldown that no check will ever renew (found by a review).
+        for (u, ups) in snapshot.config.upstreams.iter().enumerate() {
+            if ups.health.passive.max_fails == 0 {
+                for t in 0..ups.targets.len() {
+                    self.health.forgive(snapshot.health_slot(u, t));
+                }
+            }
+        }
         *self.current.borrow_mut() = Rc::new(snapshot);
         // Turned off: what is buffered is handed off now, before this worker acknowledges the
         // generation (the main thread closes the file only after every acknowledgement).

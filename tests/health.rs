@@ -327,6 +327,41 @@ fn a_target_answering_a_listed_status_is_ejected() {
     }
 }
 
+/// A reload that turns passive checks off (`max_fails = 0`) lets the targets they ejected take
+/// traffic at once, not when their cooldown would have ended.
+#[test]
+fn turning_passive_checks_off_lets_ejected_targets_back_at_once() {
+    let good = Mini::start("good");
+    // Revived on the same port below.
+    let dead = common::upstream::released_addr();
+    let passive = |max_fails: u32| {
+        config(
+            &[dead, good.addr],
+            &format!("[upstreams.health.passive]\nmax_fails = {max_fails}\nfail_timeout = \"60s\""),
+            "",
+        )
+    };
+    let gw = Gateway::start(&passive(1));
+    let first = spray(&gw, 4);
+    assert!(first.iter().all(|u| u == "good"), "{first:?}");
+    assert!(
+        gw.wait_log("upstream target ejected", Duration::from_secs(2)),
+        "{:#?}",
+        gw.logs()
+    );
+    let revived = Mini::on(dead, "revived");
+    assert!(spray(&gw, 6).iter().all(|u| u == "good"), "still ejected");
+    gw.rewrite_config(&passive(0));
+    gw.reload_to(2);
+    let after = spray(&gw, 10);
+    let back = after.iter().filter(|u| *u == "revived").count();
+    assert!(
+        (4..=6).contains(&back),
+        "equal weights split again: {after:?}"
+    );
+    assert!(revived.requests() >= 4);
+}
+
 #[test]
 fn a_target_in_probation_that_fails_again_is_ejected_at_once() {
     let good = Mini::start("good");

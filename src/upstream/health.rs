@@ -306,6 +306,17 @@ impl HealthTable {
         }
     }
 
+    /// Forgets what passive checks noted about `slot` (failures, an ejection, probation), keeping
+    /// the active prober's verdict: for a target whose upstream turned passive checks off.
+    pub fn forgive(&self, slot: usize) {
+        self.update(slot, |h| {
+            *h = TargetHealth {
+                active_down: h.active_down,
+                ..TargetHealth::default()
+            };
+        });
+    }
+
     /// Who `slot` is.
     pub fn key_of(&self, slot: usize) -> Option<TargetKey> {
         self.keys.try_borrow().ok()?.get(slot).cloned()
