@@ -589,7 +589,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                         &staged,
                         &Outcome {
                             status: 101,
-                            bytes_sent: conn.bytes_out,
+                            bytes_sent: conn.bytes_out + conn.bytes_interim,
                             request_bytes: conn.bytes_in,
                             upstream_attempts: conn.attempts,
                             ..o
@@ -1976,11 +1976,9 @@ impl<S: ClientIo> Conn<S> {
         // Bytes the upstream sent right after its 101 belong to the new protocol.
         let extra_from = self.s.resp.head_len.min(self.ubuf.len());
         self.s.out.extend_from_slice(&self.ubuf[extra_from..]);
-        let write_timeout = self.client_timeout();
-        if io::send_all(&mut self.client, &mut self.s.out, write_timeout)
-            .await
-            .is_err()
-        {
+        if let Some(len) = self.write_out().await {
+            self.bytes_out += len;
+        } else {
             // Gone before the 101 reached it: a 499, not an upgrade with nothing sent.
             self.status = 0;
             self.detail = Some(CLIENT_LEFT);

@@ -56,10 +56,10 @@ pub fn run(path: &Path, workers_override: Option<usize>, pid_file: Option<&Path>
         .or(cfg.server.workers)
         .unwrap_or_else(|| worker::auto_workers(&cpus))
         .max(1);
-    if workers > cpus.len().max(1) {
+    let usable = worker::auto_workers(&cpus);
+    if workers > usable {
         warn!(
-            "more workers than CPUs this process may use workers={workers} cpus={}; workers share cores",
-            cpus.len()
+            "more workers than CPUs this process may use workers={workers} cpus={usable}; workers share cores"
         );
     }
     let use_uring =
@@ -343,7 +343,7 @@ pub fn run(path: &Path, workers_override: Option<usize>, pid_file: Option<&Path>
     upgrade::notify_ready(inherited.close_unused());
 
     let mut signals = signals;
-    let handed_over = wait_for_termination(&mut signals, &reloader, &handover);
+    let handed_over = wait_for_termination(&mut signals, &reloader, &handover, pid_file);
     // Not after a handover: the new process is the service's main process now, and a STOPPING=1
     // from this one would make systemd stop the unit.
     if !handed_over {
@@ -1084,16 +1084,64 @@ fn refuse_if_taken(addr: std::net::SocketAddr, v6only: bool) -> std::io::Result<
     }
 }
 
-/// Whether a connection to `addr` (its loopback address, for a wildcard) is accepted now.
+/// Whether some socket listens on `addr`'s port at an address that overlaps it (the same one, or
+/// either side a wildcard), by the kernel's socket tables (`/proc/net/tcp`, `/proc/net/tcp6`):
+/// exact, and it connects to nobody. When the tables cannot be read, it says yes (the old message).
 fn someone_listens(addr: std::net::SocketAddr) -> bool {
-    let mut to = addr;
-    if to.ip().is_unspecified() {
-        to.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        if text
+            .lines()
+            .skip(1)
+            .filter_map(listening_entry)
+            .any(|(ip, port)| {
+                port == addr.port()
+                    && (ip == addr.ip() || ip.is_unspecified() || addr.ip().is_unspecified())
+            })
+        {
+            return true;
+        }
     }
-    std::net::TcpStream::connect_timeout(&to, Duration::from_millis(500)).is_ok()
+    !readable
+}
+
+/// The local (address, port) of a `/proc/net/tcp{,6}` line in state LISTEN (`0A`).
+fn listening_entry(line: &str) -> Option<(std::net::IpAddr, u16)> {
+    let mut fields = line.split_whitespace();
+    let local = fields.nth(1)?;
+    let state = fields.nth(1)?;
+    if state != "0A" {
+        return None;
+    }
+    let (ip_hex, port_hex) = local.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    // The address is in host byte order, 32 bits at a time (little-endian here).
+    let words: Vec<u32> = (0..ip_hex.len() / 8)
+        .map(|i| {
+            ip_hex
+                .get(i * 8..i * 8 + 8)
+                .and_then(|w| u32::from_str_radix(w, 16).ok())
+        })
+        .collect::<Option<_>>()?;
+    let ip = match words.as_slice() {
+        [w] => std::net::IpAddr::from(w.to_le_bytes()),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (chunk, w) in bytes.chunks_exact_mut(4).zip([a, b, c, d]) {
+                chunk.copy_from_slice(&w.to_le_bytes());
+            }
+            let v6 = std::net::Ipv6Addr::from(bytes);
+            // An IPv4-mapped listener (`::ffff:a.b.c.d`) is that IPv4 address.
+            v6.to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some((ip, port))
 }
 
 /// What to do about a bind error an operator meets often: a privileged port without the right.
@@ -1121,18 +1169,40 @@ fn write_pid_file(path: &Path) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    // A new file, never one that is there (a link planted in a shared directory would make a root
+    // process write through it): a stale one of ours is removed once and the create retried.
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+    };
+    let mut file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&tmp)?;
+            create()?
+        }
+        other => other?,
+    };
+    let written =
+        std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes());
+    drop(file);
+    written
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// Whether the pid file at `path` names this process.
+fn pid_file_names_us(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.trim().parse::<u32>() == Ok(std::process::id()))
 }
 
 /// Removes the pid file at exit if it still names this process (after a handover it names the
 /// new one, which keeps it).
 fn remove_pid_file(path: &Path) {
-    let ours = std::fs::read_to_string(path)
-        .is_ok_and(|s| s.trim().parse::<u32>() == Ok(std::process::id()));
-    if ours {
+    if pid_file_names_us(path) {
         if let Err(e) = std::fs::remove_file(path) {
             warn!("pid file not removed path={} error=\"{e}\"", path.display());
         }
@@ -1192,6 +1262,7 @@ fn wait_for_termination(
     signals: &mut signal_hook::iterator::Signals,
     reloader: &Arc<Reloader>,
     handover: &upgrade::Handover,
+    pid_file: Option<&Path>,
 ) -> bool {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     let name = signal_name;
@@ -1230,6 +1301,15 @@ fn wait_for_termination(
                     }
                     stop_sig.is_some()
                 });
+                // A new process that wrote the pid file and then did not come up (given up, timed
+                // out) leaves it naming a dead process: this one serves on, so it names this one.
+                if let (upgrade::Outcome::Failed, Some(p)) = (&outcome, pid_file) {
+                    if !pid_file_names_us(p) {
+                        if let Err(e) = write_pid_file(p) {
+                            warn!("pid file not restored path={} error=\"{e}\"", p.display());
+                        }
+                    }
+                }
                 if let Some(s) = stop_sig {
                     info!("signal received signal={}", name(s));
                     return false;
@@ -1310,6 +1390,25 @@ fn install_panic_hook() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_sockets_from_the_kernel_tables() {
+        let v4 = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0 100 0 0 10 0";
+        assert_eq!(
+            listening_entry(v4),
+            Some(("127.0.0.1".parse().unwrap(), 8080))
+        );
+        let connected = "   1: 0100007F:A2C4 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 1235 1 0 20 4 30 10 -1";
+        assert_eq!(listening_entry(connected), None, "not listening");
+        let v6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1 0 100 0 0 10 0";
+        assert_eq!(listening_entry(v6), Some(("::1".parse().unwrap(), 80)));
+        let mapped = "   0: 0000000000000000FFFF00000100007F:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1 0 100 0 0 10 0";
+        assert_eq!(
+            listening_entry(mapped),
+            Some(("127.0.0.1".parse().unwrap(), 80))
+        );
+        assert_eq!(listening_entry("garbage"), None);
+    }
 
     #[test]
     fn a_privileged_port_denied_gets_a_hint() {

@@ -1045,10 +1045,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 pub fn auto_workers(cpus: &[usize]) -> usize {
     let n = cpus.len().max(1);
     match cgroup_cpu_quota() {
-        Some(q) if q < n => {
-            crate::info!("workers: {q} (cgroup CPU quota) of {n} CPUs");
-            q
-        }
+        Some(q) if q < n => q,
         _ => n,
     }
 }
@@ -1059,6 +1056,9 @@ fn cgroup_cpu_quota() -> Option<usize> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     // cgroup v2: the one line `0::/path`.
     let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    if path.split('/').any(|part| part == "..") {
+        return None;
+    }
     let mut dir = std::path::PathBuf::from("/sys/fs/cgroup");
     dir.push(path.trim_start_matches('/'));
     let root = std::path::Path::new("/sys/fs/cgroup");

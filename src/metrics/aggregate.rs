@@ -2,7 +2,9 @@
 //! separately and summed when read. Owned by the metrics thread (see `hub`); nothing here is shared.
 //!
 //! Invariants:
-//! - counters only grow (a route removed by a reload keeps its series; one renamed starts new ones);
+//! - counters only grow while a route is listed; a route a reload removed or renamed drops out of
+//!   `/metrics` and `/histograms` `ROUTE_LINGER_FLUSHES` flush intervals after its last counts, and
+//!   its slot is reused by a new name once no kept layout maps it (one renamed starts new series);
 //! - a target is (upstream, target as written, address): a name that resolves to several addresses
 //!   is one series per address. A target the serving generation no longer has drops out of
 //!   `/metrics` once no worker has connections to it, and its slot is reused by the next new target
@@ -312,11 +314,18 @@ impl Aggregate {
             }
         }
         let mut routes = Vec::with_capacity(layout.routes.len());
+        // Slots only go from free to taken below: the search goes on from the last one taken.
+        let mut free_from = 0;
         for r in &layout.routes {
             let i = match self.route_index.get(&r.name) {
                 Some(&i) => i,
                 None => {
-                    let i = match taken.iter().position(|&x| !x) {
+                    let free = taken
+                        .iter()
+                        .skip(free_from)
+                        .position(|&x| !x)
+                        .map(|p| p + free_from);
+                    let i = match free {
                         Some(free) => {
                             if let Some(old) = self.routes.get_mut(free) {
                                 self.route_index.remove(&old.name);
@@ -333,6 +342,7 @@ impl Aggregate {
                     if let Some(x) = taken.get_mut(i) {
                         *x = true;
                     }
+                    free_from = i + 1;
                     self.route_index.insert(r.name.clone(), i);
                     i
                 }
