@@ -1114,7 +1114,18 @@ impl Aggregate {
         let r = if route == NO_ROUTE {
             &self.none
         } else {
-            self.routes.get(*self.route_index.get(route)?)?
+            // Only a listed route: one a reload removed is gone here too once `/histograms` and
+            // `/metrics` dropped it.
+            let i = *self.route_index.get(route)?;
+            if !self
+                .routes_shown(Instant::now())
+                .get(i)
+                .copied()
+                .unwrap_or(false)
+            {
+                return None;
+            }
+            self.routes.get(i)?
         };
         Some(match r.hist(kind) {
             Some(h) => hdr::percentile_report(h),

@@ -384,6 +384,11 @@ fn removed_routes_leave_the_metrics_and_give_their_slots_back() {
     let s = render(&agg);
     assert!(!s.contains("route=\"r1\""), "{s}");
     assert!(!agg.histogram_summary().contains("r1 "));
+    assert!(
+        agg.histogram_report("r1", HistKind::Added).is_none(),
+        "gone from the report too"
+    );
+    assert!(agg.histogram_report("r0", HistKind::Added).is_some());
     let listed =
         |agg: &Aggregate| -> Vec<String> { agg.listed_routes().map(|r| r.name.clone()).collect() };
     assert_eq!(
