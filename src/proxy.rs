@@ -20,8 +20,10 @@ pub mod io;
 pub mod parking;
 mod tunnel;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use std::os::fd::RawFd;
@@ -109,6 +111,20 @@ fn idempotent(method: &[u8]) -> bool {
     .contains(&method)
 }
 
+/// Runs `work` until it completes, or until `cut` is set (checked each time the task is polled;
+/// the drain deadline sets it and wakes every connection task): `None`, with `work` dropped
+/// wherever it was waiting.
+async fn until_cut<T>(cut: &Cell<bool>, work: impl std::future::Future<Output = T>) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if cut.get() {
+            return Poll::Ready(None);
+        }
+        work.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
 /// Whether the client socket has input the gateway has not read (a non-blocking one-byte peek).
 fn input_waiting(fd: RawFd) -> bool {
     let mut byte = 0u8;
@@ -138,6 +154,8 @@ const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 const MAX_INTERIM: u32 = 1024;
 /// The access log's `detail` for a client that went away before its answer (logged as 499).
 const CLIENT_LEFT: &str = "client closed before the answer";
+/// The access log's `detail` for a request or tunnel the drain deadline ended (`Shard::cut`).
+const DRAIN_CUT: &str = "cut at the drain deadline";
 /// How long a TLS close_notify may take to send before the socket is closed anyway.
 const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
@@ -360,6 +378,8 @@ struct Conn<S> {
     /// `bytes_sent` but kept apart from `bytes_out`, which tells whether the final answer's head
     /// went out.
     bytes_interim: u64,
+    /// An interim head's write began for the current request (it may be half written).
+    interim_out: bool,
     /// Upstream attempts of the current request: connects and pooled connections tried, failed
     /// ones included (the access log's `upstream_attempts`; nginx lists them in `$upstream_addr`).
     attempts: u32,
@@ -510,7 +530,14 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         detail: None,
         attempts: 0,
         bytes_interim: 0,
+        interim_out: false,
     };
+    // The drain deadline wakes this task through its waker, whatever it waits for (`Shard::cut`).
+    std::future::poll_fn(|cx| {
+        shard.idle.set_waker(at.slot, cx.waker());
+        Poll::Ready(())
+    })
+    .await;
     loop {
         let next = conn.request(shard).await;
         // An upgrade is logged when its tunnel ends; its request part must outlive the scratch.
@@ -576,7 +603,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                     .and_then(|r| config.services.get(r.service))
                     .map_or(config.server.timeouts.upstream_read, |s| s.read_timeout);
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
-                let relayed = tunnel::run(conn.client, upstream, pending, idle).await;
+                let relayed = tunnel::run(conn.client, upstream, pending, idle, &shard.cut).await;
                 if let Some(flat) = conn.tunnel_target.take() {
                     metrics.upstream_released(flat);
                 }
@@ -592,6 +619,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                             bytes_sent: conn.bytes_out + conn.bytes_interim,
                             request_bytes: conn.bytes_in,
                             upstream_attempts: conn.attempts,
+                            detail: relayed.cut.then_some(DRAIN_CUT),
                             ..o
                         },
                     );
@@ -654,6 +682,7 @@ impl<S: ClientIo> Conn<S> {
     async fn request(&mut self, shard: &Shard) -> Next {
         self.bytes_out = 0;
         self.bytes_interim = 0;
+        self.interim_out = false;
         self.status = 0;
         self.detail = None;
         self.attempts = 0;
@@ -727,7 +756,11 @@ impl<S: ClientIo> Conn<S> {
         self.bytes_in = self.s.head.head_len as u64;
         self.head_only = self.s.head.method.get(&self.buf) == b"HEAD";
         self.http10 = self.s.head.version == Some(Version::Http10);
-        let next = self.handle(shard).await;
+        let handled = until_cut(&shard.cut, self.handle(shard)).await;
+        let next = match handled {
+            Some(next) => next,
+            None => self.cut_short(shard).await,
+        };
         if !self.timed {
             return next;
         }
@@ -1866,6 +1899,7 @@ impl<S: ClientIo> Conn<S> {
             .chain
             .response_edits(&self.s.plugin_headers, &snap.chains.rt, true);
         head::write_interim_head(&mut self.s.out, &self.ubuf, &self.s.resp, &edits);
+        self.interim_out = true;
         match self.write_out().await {
             Some(len) => {
                 self.bytes_interim += len;
@@ -1995,6 +2029,22 @@ impl<S: ClientIo> Conn<S> {
             || !self.body_done
             || shard.draining.get()
             || self.snap.config.server.timeouts.keepalive.is_zero()
+    }
+
+    /// The drain deadline passed while this request was in flight (`Shard::cut`; its future was
+    /// dropped wherever it waited). With nothing of an answer begun (no final head from the
+    /// upstream or the gateway, no interim head) the client gets a 503 and a close: a clear answer
+    /// rather than a closed socket. Otherwise a write may have been half done, so the connection
+    /// just closes. Either way the access log says why.
+    async fn cut_short(&mut self, shard: &Shard) -> Next {
+        self.detail = Some(DRAIN_CUT);
+        if self.status == 0 && !self.interim_out {
+            self.body_done = false;
+            return self
+                .fail(shard, GatewayError::ServiceUnavailable, true)
+                .await;
+        }
+        Next::Close
     }
 
     /// Answers with a gateway error and decides whether the connection survives it: not if the

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
@@ -356,6 +357,9 @@ pub struct Shard {
     pub active: Cell<usize>,
     /// Connections waiting for their next request; drain wakes them.
     pub idle: IdleRegistry,
+    /// Set when the drain deadline passed with work in flight: each connection task ends what it is
+    /// doing (see `IdleRegistry::wake_tasks`), answers or logs it, and closes.
+    pub cut: Cell<bool>,
     /// Connections idle long enough to have given up their task (see `proxy::parking`).
     pub parked: ParkingLot,
     /// Upstream read buffers, lent to a connection only while its request is upstream, so idle
@@ -397,6 +401,7 @@ impl Shard {
             draining: Cell::new(false),
             active: Cell::new(0),
             idle: IdleRegistry::default(),
+            cut: Cell::new(false),
             parked: ParkingLot::default(),
             bufs: RefCell::new(Vec::new()),
             scratch: RefCell::new(Vec::new()),
@@ -598,8 +603,14 @@ const MAX_POOLED_BUFS: usize = 1024;
 pub struct IdleRegistry {
     /// Per slot: `BUSY`, `FREE`, or the fd of an idle connection.
     slots: RefCell<Vec<RawFd>>,
+    /// Per slot: the waker of the connection's task (set once per active period), so the drain
+    /// deadline can make it stop waiting (`wake_tasks`).
+    wakers: RefCell<Vec<Option<Waker>>>,
     free: RefCell<Vec<usize>>,
 }
+
+/// How long the connections cut at the drain deadline get to write their 503 and log it.
+const CUT_GRACE: Duration = Duration::from_millis(500);
 
 /// How long a drain lets idle connections deliver a request (see `IdleRegistry`).
 pub const FRESH_GRACE: Duration = Duration::from_secs(1);
@@ -628,6 +639,9 @@ impl IdleRegistry {
 
     pub fn release(&self, slot: usize) {
         self.set(slot, FREE);
+        if let Some(w) = self.wakers.borrow_mut().get_mut(slot) {
+            *w = None;
+        }
         self.free.borrow_mut().push(slot);
     }
 
@@ -638,6 +652,27 @@ impl IdleRegistry {
 
     pub fn set_busy(&self, slot: usize) {
         self.set(slot, BUSY);
+    }
+
+    /// Notes the task serving the connection in `slot` (one waker clone per active period, not per
+    /// request).
+    pub fn set_waker(&self, slot: usize, waker: &Waker) {
+        let mut wakers = self.wakers.borrow_mut();
+        if wakers.len() <= slot {
+            wakers.resize(slot + 1, None);
+        }
+        if let Some(w) = wakers.get_mut(slot) {
+            *w = Some(waker.clone());
+        }
+    }
+
+    /// Wakes every connection task, so each one sees `Shard::cut` whatever it is waiting for (an
+    /// upstream that does not answer, a quiet tunnel).
+    pub fn wake_tasks(&self) {
+        let wakers: Vec<Waker> = self.wakers.borrow().iter().flatten().cloned().collect();
+        for w in wakers {
+            w.wake();
+        }
     }
 
     /// Ends every idle wait: the connections see EOF and close.
@@ -920,13 +955,21 @@ async fn control_loop(
     }
     let cut = shard.active.get();
     if cut > 0 {
-        // What an operator must know after a stop: these clients got a closed connection (or a
-        // cut-off response), not an answer.
+        // What an operator must know after a stop: these clients got a 503 and a close, a cut-off
+        // response or a closed tunnel, not the answer they waited for.
         crate::warn!(
             "drain timed out worker={} timeout_ms={} connections_cut={cut}",
             spec.index,
             shard.snapshot().config.server.drain_timeout.as_millis()
         );
+        // Each request still in flight stops where it is, answers 503 if nothing was sent yet, and
+        // gets its access-log line (before, the runtime's end dropped them without a trace).
+        shard.cut.set(true);
+        shard.idle.wake_tasks();
+        let until = Instant::now() + CUT_GRACE;
+        while shard.active.get() > 0 && Instant::now() < until {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     shard.metrics.flush_last(&shard.idle_by_target());
     // Every request of this worker that will ever complete has completed (or the drain deadline

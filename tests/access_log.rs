@@ -1211,3 +1211,95 @@ fn request_bytes_are_wire_bytes_and_refused_heads_are_counted() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The drain deadline with a request and a WebSocket tunnel still open: the request that had no
+/// answer yet gets a 503 and a close, the tunnel is closed, and each gets its access-log line
+/// saying the drain cut it (found by a review: both were dropped without a line when the worker's
+/// runtime ended, and the client of the request saw only a closed socket).
+#[test]
+fn the_drain_deadline_answers_503_and_logs_what_it_cut() {
+    let stuck = Upstream::start(Behaviour::Hang);
+    let ws_up = Upstream::start(Behaviour::WebSocketEcho);
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+drain_timeout = "1s"
+
+{table}
+
+[[services]]
+name = "stuck"
+url = "{stuck}"
+
+[[services]]
+name = "ws"
+url = "{ws}"
+
+[[routes]]
+name = "stuck"
+service = "stuck"
+paths = ["/stuck"]
+
+[[routes]]
+name = "ws"
+service = "ws"
+paths = ["/chat"]
+"#,
+        table = log_table(&log),
+        stuck = stuck.url(),
+        ws = ws_up.url()
+    );
+    let mut gw = Gateway::start(&toml);
+    let mut s = TcpStream::connect(gw.addr()).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s.write_all(
+        format!("GET /chat HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes(),
+    )
+    .expect("handshake");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("read head"), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    ws::read_frame(&mut s).expect("upstream's first frame");
+    let addr = gw.addr();
+    let in_flight = std::thread::spawn(move || {
+        send_raw(
+            addr,
+            format!("GET /stuck/1 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes(),
+        )
+    });
+    assert!(stuck.wait_requests(1, Duration::from_secs(5)));
+    gw.sigterm();
+    let resp = in_flight.join().expect("client thread");
+    resp.assert_json_error(503);
+    assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
+    // The tunnel was closed by the gateway (no close frame: it does not speak WebSocket).
+    let mut rest = [0u8; 64];
+    assert!(
+        matches!(s.read(&mut rest), Ok(0) | Err(_)),
+        "tunnel still open after the drain deadline"
+    );
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10))
+            .and_then(|st| st.code()),
+        Some(0)
+    );
+    let all = lines(&log);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let cut = by_path(&all, "/stuck/1");
+    assert_eq!(cut["status"], 503, "{cut}");
+    assert_eq!(cut["detail"], "cut at the drain deadline", "{cut}");
+    let tunnel = by_path(&all, "/chat");
+    assert_eq!(tunnel["status"], 101, "{tunnel}");
+    assert_eq!(tunnel["detail"], "cut at the drain deadline", "{tunnel}");
+    assert!(
+        tunnel["bytes_sent"].as_u64().unwrap_or(0) > 0,
+        "the tunnel's bytes count: {tunnel}"
+    );
+}

@@ -7,7 +7,8 @@
 //! - EOF in one direction is passed on as a half-close (shutdown of the other side's write half) and
 //!   the reverse direction goes on, so a client that sends and then shuts down still gets its answer;
 //! - the tunnel ends when both directions have ended, on the first read or write error, or when
-//!   nothing moved either way for `idle`; dropping the halves then closes both sockets.
+//!   nothing moved either way for `idle`, or when the drain deadline passed (`cut`, which the
+//!   drain sets before waking the connection's task); dropping the halves then closes both sockets.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -26,6 +27,8 @@ const TUNNEL_BUF: usize = 16 * 1024;
 pub struct Relayed {
     pub to_upstream: u64,
     pub to_client: u64,
+    /// The drain deadline ended it.
+    pub cut: bool,
 }
 
 /// `pending`: client bytes that arrived after the upgrade request head; they go upstream first.
@@ -34,6 +37,7 @@ pub async fn run<S: ClientIo>(
     mut upstream: UpstreamConn,
     mut pending: Vec<u8>,
     idle: Duration,
+    cut: &Cell<bool>,
 ) -> Relayed {
     let first = pending.len() as u64;
     if !pending.is_empty()
@@ -52,7 +56,12 @@ pub async fn run<S: ClientIo>(
     let mut to_client = std::pin::pin!(copy(&mut up_rd, &mut client_wr, &last, idle, &down_bytes));
     let mut idled_out = std::pin::pin!(idle_out(&last, idle));
     let (mut up_done, mut down_done) = (false, false);
+    let mut was_cut = false;
     std::future::poll_fn(|cx| {
+        if cut.get() {
+            was_cut = true;
+            return Poll::Ready(());
+        }
         if !up_done {
             if let Poll::Ready(r) = to_upstream.as_mut().poll(cx) {
                 if r.is_err() {
@@ -78,6 +87,7 @@ pub async fn run<S: ClientIo>(
     Relayed {
         to_upstream: up_bytes.get(),
         to_client: down_bytes.get(),
+        cut: was_cut,
     }
 }
 
