@@ -1177,3 +1177,46 @@ fn a_password_sprayer_cannot_queue_work_ahead_of_other_clients() {
         "the other client got in: {other:?}"
     );
 }
+
+/// key-auth or forward-auth, each with `anonymous` (the documented "either method" setup): a key
+/// holder skips the auth service, and its own copy of a header the service vouches for must not
+/// reach the upstream (found by a review: `X-User-Id: admin` went through beside alice's key).
+#[test]
+fn a_consumer_skipping_forward_auth_cannot_send_its_vouched_headers() {
+    let auth = AuthService::start();
+    let (up, gw) = setup(&format!(
+        r#"
+[[plugins]]
+name = "key-auth"
+route = "admin"
+config = {{ anonymous = "guest" }}
+
+[[plugins]]
+name = "forward-auth"
+route = "admin"
+config = {{ address = "http://{}/verify", request_headers = ["authorization"], response_headers = ["x-user-id"], anonymous = "guest" }}
+"#,
+        auth.addr
+    ));
+    let r = req(
+        &gw,
+        "/admin/x",
+        "apikey: alice-key-0123456789\r\nX-User-Id: admin\r\nx-user-id: root\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = up.last_request();
+    assert_eq!(seen.header("x-consumer-username"), Some("alice"));
+    assert!(!seen.has_header("x-user-id"), "{seen:?}");
+    assert!(
+        auth.heads().is_empty(),
+        "the key holder skipped the auth service"
+    );
+    // The auth service's approval still reaches the upstream, and only it.
+    let r = req(
+        &gw,
+        "/admin/x",
+        "Authorization: Bearer good\r\nX-User-Id: admin\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.last_request().header_all("x-user-id"), vec!["u-42"]);
+}

@@ -321,6 +321,11 @@ impl<S: ClientIo> Conn<S> {
                     else {
                         continue;
                     };
+                    // Whatever happens next (skipped for a consumer another plugin identified, any
+                    // verdict, fail_open), client copies of the headers the auth service vouches
+                    // for never reach the upstream: set before the skip, or a key holder could
+                    // send `X-User-Id: admin` past an `anonymous` forward-auth (found by a review).
+                    st.edits.skip_names = Some(rt.copied.clone());
                     // Like every auth plugin with `anonymous`: skipped once a real consumer is known.
                     if rt.conf.anonymous.is_some() && st.id.authenticated() {
                         continue;
@@ -376,9 +381,6 @@ impl<S: ClientIo> Conn<S> {
                     )
                     .await;
                     let st = &mut self.s.chain;
-                    // Whatever the verdict (fail_open lets requests through without one), client
-                    // copies of the headers the auth service vouches for never reach the upstream.
-                    st.edits.skip_names = Some(rt.copied.clone());
                     match verdict {
                         forward::Verdict::Allow => {
                             st.edits.add.extend_from_slice(&copied);
