@@ -459,6 +459,8 @@ pub fn serve<S: ClientIo>(
 /// served before (in earlier periods).
 async fn run<S: ClientIo>(client: S, guard: ConnGuard, served: u64) {
     let ended = active(client, guard.at, served, &guard.shard).await;
+    // The task ends here; its waker must not keep the task's memory while the connection parks.
+    guard.shard.idle.clear_waker(guard.at.slot);
     if let Ended::Parked {
         client,
         served,

@@ -639,10 +639,16 @@ impl IdleRegistry {
 
     pub fn release(&self, slot: usize) {
         self.set(slot, FREE);
+        self.clear_waker(slot);
+        self.free.borrow_mut().push(slot);
+    }
+
+    /// Forgets the task of `slot`'s connection: its active period ended. A waker keeps its task's
+    /// memory alive (the whole connection future), so a parked connection must not leave one.
+    pub fn clear_waker(&self, slot: usize) {
         if let Some(w) = self.wakers.borrow_mut().get_mut(slot) {
             *w = None;
         }
-        self.free.borrow_mut().push(slot);
     }
 
     /// Idle, with the connection's own read timeout running.
