@@ -67,7 +67,7 @@ impl GatewayError {
             GatewayError::VersionNotSupported => "HTTP version not supported: HTTP/1.1 only",
             GatewayError::NoRoute => "no route matched",
             GatewayError::TraceNotAllowed => {
-                "TRACE is not allowed (a route must list it in `methods`)"
+                "TRACE and TRACK are not allowed (a route must list them in `methods`)"
             }
             GatewayError::UpstreamConnect => "upstream connect failed",
             GatewayError::UpstreamClosed => "upstream closed the connection",

@@ -1056,16 +1056,6 @@ impl<S: ClientIo> Conn<S> {
         };
         let m = route_for(router, routes, host, method, &self.s.path, query, &view)
             .ok_or(GatewayError::NoRoute)?;
-        // TRACE reflects the request, credentials and cookies included, back to whoever sent it
-        // (cross-site tracing): refused unless the route lists it, as nginx and Kong answer every
-        // TRACE with a 405.
-        if method == b"TRACE"
-            && !routes
-                .get(m.route)
-                .is_some_and(|r| r.methods.iter().any(|x| x == "TRACE"))
-        {
-            return Err(GatewayError::TraceNotAllowed);
-        }
         // Readings of the request other than the router's that an upstream may act on must all
         // select the same route, or the request is refused (a 400): the upstream would serve what
         // another route, with other plugins, stands for. Each costs nothing unless the request
@@ -1079,6 +1069,12 @@ impl<S: ClientIo> Conn<S> {
         //   method-override middleware run instead (a DELETE route's handler reached as a GET);
         // - readings of a repeated header or query parameter a route condition reads: upstreams
         //   read the first or the last of each, in any combination.
+        // An encoded NUL ends the path early in C-string code behind (nginx refuses it too).
+        if memchr::memchr(b'%', &self.s.path).is_some()
+            && memchr::memmem::find(&self.s.path, b"%00").is_some()
+        {
+            return Err(GatewayError::BadRequest("encoded NUL in path"));
+        }
         let has_slash = memchr::memmem::find(&self.s.path, b"%2F").is_some();
         // A dot segment behind an encoded slash leaves the route's prefix (or the service's base
         // path) at an upstream that decodes `%2F` first, whatever route it selects: refused, as
@@ -1133,6 +1129,22 @@ impl<S: ClientIo> Conn<S> {
                 ));
             }
             self.s.override_method.extend_from_slice(m);
+        }
+        // TRACE reflects the request, credentials and cookies included, back to whoever sent it
+        // (cross-site tracing): refused unless the route lists it, as nginx and Kong answer every
+        // TRACE with a 405. So is IIS's TRACK, and either one as a method override (Express's
+        // method-override runs a TRACE; found by a review).
+        let tracing = |m: &[u8]| m == b"TRACE" || m == b"TRACK";
+        for t in std::iter::once(method)
+            .chain(methods.first().map(Vec::as_slice))
+            .filter(|m| tracing(m))
+        {
+            let listed = routes
+                .get(m.route)
+                .is_some_and(|r| r.methods.iter().any(|x| x.as_bytes() == t));
+            if !listed {
+                return Err(GatewayError::TraceNotAllowed);
+            }
         }
         if has_slash || has_params || !methods.is_empty() || ambiguous {
             let mut paths: Vec<Vec<u8>> = Vec::new();

@@ -1220,3 +1220,47 @@ config = {{ address = "http://{}/verify", request_headers = ["authorization"], r
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(up.last_request().header_all("x-user-id"), vec!["u-42"]);
 }
+
+/// `/admin.json` is `/admin` to Rails (`(.:format)`) and Spring's suffix matching: it takes the
+/// `/admin` route and its auth, not the catch-all (found by a review: it reached the catch-all
+/// with no key). The suffix stays on what goes upstream.
+#[test]
+fn a_format_suffix_cannot_dodge_a_route() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#""#,
+        r#"[[routes]]
+name = "admin"
+service = "svc"
+paths = ["/admin"]
+strip_path = false
+
+[[routes]]
+name = "rest"
+service = "svc"
+paths = ["/"]
+
+[[consumers]]
+username = "alice"
+keyauth_credentials = [{ key = "alice-key-0123456789" }]
+
+[[plugins]]
+name = "key-auth"
+route = "admin"
+"#,
+    );
+    for p in [
+        "/admin.json",
+        "/admin%2Ejson",
+        "/admin.xml?x=1",
+        "/admin.json;x",
+    ] {
+        req(&gw, p, "").assert_json_error(401);
+    }
+    let r = req(&gw, "/admin.json", "apikey: alice-key-0123456789\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(up.last_request().target, "/admin.json");
+    assert_eq!(req(&gw, "/administrator", "").status, 200);
+    assert_eq!(req(&gw, "/admin.json/x", "").status, 200);
+}

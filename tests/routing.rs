@@ -207,7 +207,50 @@ methods = ["TRACE"]
     );
     assert_eq!(s.who("GET", HOST, "/items", ""), "any");
     assert_eq!(s.who("TRACE", HOST, "/debug", ""), "tracer");
-    assert!(s.up("any").requests().iter().all(|r| r.method != "TRACE"));
+    // IIS's TRACK, and TRACE as a method override (Express's method-override runs it), are
+    // refused the same way (found by a review: they were proxied).
+    assert_eq!(s.who("TRACK", HOST, "/items", ""), "405");
+    assert_eq!(
+        s.who("GET", HOST, "/items", "X-HTTP-Method-Override: TRACE\r\n"),
+        "405"
+    );
+    assert_eq!(s.who("POST", HOST, "/items?_method=trace", ""), "405");
+    // (A GET on /debug is the catch-all's, which does not list TRACE.)
+    assert_eq!(
+        s.who("GET", HOST, "/debug", "X-HTTP-Method-Override: TRACE\r\n"),
+        "405"
+    );
+    assert!(s.up("any").requests().iter().all(|r| r.method != "TRACE"
+        && r.method != "TRACK"
+        && r.header("x-http-method-override").is_none()));
+}
+
+/// An encoded NUL in the path is a 400, as nginx answers: C-string code behind would read
+/// `/admin%00.json` as `/admin` (found by a review).
+#[test]
+fn an_encoded_nul_in_the_path_is_refused() {
+    let s = Setup::new(
+        &["any"],
+        r#"
+[[routes]]
+name = "any"
+service = "any"
+paths = ["/"]
+"#,
+    );
+    assert_eq!(s.who("GET", HOST, "/admin%00", ""), "400");
+    assert_eq!(s.who("GET", HOST, "/a/b%00.json?x=1", ""), "400");
+    assert_eq!(
+        s.who("GET", HOST, "/a?x=%00", ""),
+        "any",
+        "the query is not the path"
+    );
+    assert_eq!(s.who("GET", HOST, "/a%01", ""), "any");
+    assert!(s
+        .up("any")
+        .requests()
+        .iter()
+        .all(|r| !r.target.contains("%00") || r.target.contains('?')));
 }
 
 #[test]

@@ -298,6 +298,18 @@ pub fn upstream_path(service_path: &str, normalized: &[u8], strip_len: usize, ou
         return;
     }
     let head = service.strip_suffix(b"/").unwrap_or(service);
+    if remainder.first() == Some(&b'.') {
+        // A format suffix left by stripping `/users` from `/users.json` (see `PathIndex::walk`):
+        // it stays on the last segment, `/base.json` (or `/.json` with no service path, as
+        // nginx and Kong strip it).
+        out.reserve(head.len() + 1 + remainder.len());
+        if head.is_empty() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(head);
+        out.extend_from_slice(remainder);
+        return;
+    }
     let tail = remainder.strip_prefix(b"/").unwrap_or(remainder);
     out.reserve(head.len() + 1 + tail.len());
     out.extend_from_slice(head);

@@ -136,21 +136,43 @@ impl PathIndex {
         };
         visit(&node.prefix, 0);
         let mut consumed = 0;
-        for seg in segments(path) {
+        let mut segs = segments(path).peekable();
+        while let Some(seg) = segs.next() {
             // `/admin;jsessionid=x` is `/admin` to servlet containers and other backends that
             // strip path parameters, so it must not slip past the `/admin` route's plugins: when
             // the literal segment has no node, its part before ';' is tried.
-            let found = node.children.get(seg).or_else(|| {
-                let bare = seg.split(|&b| b == b';').next().unwrap_or(seg);
+            let bare = seg.split(|&b| b == b';').next().unwrap_or(seg);
+            let mut used = seg.len();
+            let mut found = node.children.get(seg).or_else(|| {
                 (bare.len() < seg.len())
                     .then(|| node.children.get(bare))
                     .flatten()
             });
+            // A format suffix on the last segment: `/admin.json` runs `/admin`'s handler in Rails
+            // (`(.:format)` on every route) and in Spring's suffix matching, so it must not reach a
+            // catch-all past `/admin`'s plugins (found by a review; nginx, Kong and Envoy match
+            // prefixes by bytes, so `/admin.json` is under `/admin` there too). Tried only when
+            // the literal segment has no node, from the last '.' back; `strip_path` then removes
+            // only the name, and the suffix stays on what goes upstream.
+            if found.is_none() && segs.peek().is_none() {
+                let mut end = bare.len();
+                while let Some(dot) = bare.get(..end).and_then(|b| memchr::memrchr(b'.', b)) {
+                    if dot == 0 {
+                        break;
+                    }
+                    if let Some(id) = bare.get(..dot).and_then(|name| node.children.get(name)) {
+                        found = Some(id);
+                        used = dot;
+                        break;
+                    }
+                    end = dot;
+                }
+            }
             match found.and_then(|&id| self.trie.get(id)) {
                 Some(next) => node = next,
                 None => return,
             }
-            consumed += 1 + seg.len();
+            consumed += 1 + used;
             visit(&node.prefix, consumed);
         }
         visit(&node.exact, path.len());

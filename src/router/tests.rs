@@ -455,6 +455,59 @@ fn strip_len_composes_with_upstream_path() {
     assert_eq!(upstream("/raw/x", "/base"), "/base/raw/x");
 }
 
+/// A format suffix on the last segment (`/admin.json`, Rails' `(.:format)`, Spring's suffix
+/// matching) selects `/admin`'s route, not a catch-all (found by a review); a route for the literal
+/// name wins, inner segments and hidden names (`/.env`) are read as they are, and strip_path keeps
+/// the suffix on what goes upstream.
+#[test]
+fn a_format_suffix_selects_the_route_of_its_name() {
+    let (rt, _) = router(&[
+        r().prefix("/"),
+        r().prefix("/admin"),
+        r().exact("/secret"),
+        r().prefix("/admin.csv"),
+        r().prefix("/api/v1"),
+    ]);
+    assert_eq!(get(&rt, "h", "/admin.json"), Some(1));
+    assert_eq!(get(&rt, "h", "/admin.tar.gz"), Some(1));
+    assert_eq!(get(&rt, "h", "/admin.json;x"), Some(1));
+    assert_eq!(get(&rt, "h", "/secret.json"), Some(2));
+    assert_eq!(
+        get(&rt, "h", "/admin.csv"),
+        Some(3),
+        "the literal route wins"
+    );
+    assert_eq!(get(&rt, "h", "/api/v1.json"), Some(4));
+    assert_eq!(get(&rt, "h", "/api/v1.2"), Some(4));
+    assert_eq!(
+        get(&rt, "h", "/admin.json/users"),
+        Some(0),
+        "inner segments are literal"
+    );
+    assert_eq!(get(&rt, "h", "/admins.json"), Some(0));
+    assert_eq!(get(&rt, "h", "/.admin"), Some(0));
+    assert_eq!(get(&rt, "h", "/adminx"), Some(0));
+    let (rt, _) = router(&[
+        r().prefix("/users").strip(true),
+        r().exact("/me").strip(true),
+    ]);
+    let mut up = Vec::new();
+    let mut upstream = |path: &str, service: &str| {
+        let m = rt.find(b"h", b"GET", path.as_bytes(), b"", &Req::default());
+        upstream_path(
+            service,
+            path.as_bytes(),
+            m.map_or(0, |m| m.strip_len),
+            &mut up,
+        );
+        String::from_utf8(up.clone()).unwrap_or_default()
+    };
+    assert_eq!(upstream("/users.json", "/base"), "/base.json");
+    assert_eq!(upstream("/users.json", ""), "/.json");
+    assert_eq!(upstream("/users/1.json", "/base"), "/base/1.json");
+    assert_eq!(upstream("/me.json", "/base"), "/base");
+}
+
 // ---------------------------------------------------------------- methods, headers, query
 
 #[test]
