@@ -156,6 +156,9 @@ const MAX_INTERIM: u32 = 1024;
 const CLIENT_LEFT: &str = "client closed before the answer";
 /// The access log's `detail` for a request or tunnel the drain deadline ended (`Shard::cut`).
 const DRAIN_CUT: &str = "cut at the drain deadline";
+/// How long a request cut at the drain deadline gets to write its 503 (the drain waits
+/// `worker::CUT_GRACE`, 500 ms, for these answers and their log lines).
+const CUT_ANSWER_TIME: Duration = Duration::from_millis(250);
 /// How long a TLS close_notify may take to send before the socket is closed anyway.
 const CLOSE_NOTIFY_TIME: Duration = Duration::from_secs(1);
 /// Initial client read buffer (nginx's `client_header_buffer_size`): enough for typical request heads,
@@ -378,13 +381,16 @@ struct Conn<S> {
     /// `bytes_sent` but kept apart from `bytes_out`, which tells whether the final answer's head
     /// went out.
     bytes_interim: u64,
-    /// An interim head's write began for the current request (it may be half written).
-    interim_out: bool,
+    /// A response head's write to the client began for the current request, interim or final (it
+    /// may be half written): no other answer may follow (see `cut_short`).
+    answer_out: bool,
     /// Upstream attempts of the current request: connects and pooled connections tried, failed
     /// ones included (the access log's `upstream_attempts`; nginx lists them in `$upstream_addr`).
     attempts: u32,
-    /// The flat target of an upgraded connection: counted `active` until its tunnel ends.
-    tunnel_target: Option<usize>,
+    /// The flat target this connection counts `active` in the metrics: set for an exchange and
+    /// cleared after it, or kept until the tunnel ends for an upgrade (`serve`), or by `cut_short`
+    /// for an exchange the drain deadline dropped.
+    held_target: Option<usize>,
     /// The current request's body, read whole and edited by a request-transformer's `json`
     /// (sent instead of streaming the client's; `None` on every other request).
     edited_body: Option<Vec<u8>>,
@@ -518,7 +524,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         log_on: false,
         timed: true,
         upstream_addr: None,
-        tunnel_target: None,
+        held_target: None,
         first_byte: None,
         head_bytes: 0,
         head_only: false,
@@ -532,7 +538,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         detail: None,
         attempts: 0,
         bytes_interim: 0,
-        interim_out: false,
+        answer_out: false,
     };
     // The drain deadline wakes this task through its waker, whatever it waits for (`Shard::cut`).
     std::future::poll_fn(|cx| {
@@ -606,7 +612,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                     .map_or(config.server.timeouts.upstream_read, |s| s.read_timeout);
                 let pending = conn.buf.get(conn.pos..).unwrap_or_default().to_vec();
                 let relayed = tunnel::run(conn.client, upstream, pending, idle, &shard.cut).await;
-                if let Some(flat) = conn.tunnel_target.take() {
+                if let Some(flat) = conn.held_target.take() {
                     metrics.upstream_released(flat);
                 }
                 if let Some((staged, consumer)) = tunnel_log {
@@ -684,7 +690,7 @@ impl<S: ClientIo> Conn<S> {
     async fn request(&mut self, shard: &Shard) -> Next {
         self.bytes_out = 0;
         self.bytes_interim = 0;
-        self.interim_out = false;
+        self.answer_out = false;
         self.status = 0;
         self.detail = None;
         self.attempts = 0;
@@ -1088,14 +1094,19 @@ impl<S: ClientIo> Conn<S> {
         let ambiguous = router.ambiguous(query, &view);
         // Override methods: the headers' values, and `_method` parameters (names compared
         // decoded and leniently: `%5Fmethod`, `.method` are ones too), upper-cased as the
-        // middleware does.
+        // middleware does. A header value is read as a list: Express's method-override runs the
+        // part before the first comma (`TRACE, GET` is a TRACE; found by a review), so every part
+        // counts, and parts that differ are conflicting overrides.
         let mut methods: Vec<Vec<u8>> = Vec::new();
         if head.method_override {
             let values = head
                 .headers
                 .iter()
                 .filter(|h| is_method_override(h.name.get(buf)))
-                .map(|h| h.value.get(buf).to_ascii_uppercase());
+                .flat_map(|h| h.value.get(buf).split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .filter(|v| !v.is_empty())
+                .map(<[u8]>::to_ascii_uppercase);
             methods.extend(values);
         }
         if memchr::memmem::find(query, b"method").is_some() || memchr::memchr(b'%', query).is_some()
@@ -1397,15 +1408,15 @@ impl<S: ClientIo> Conn<S> {
             let flat = snap.flat_target(svc.upstream, target);
             // Up and down on the same generation's slot, whatever reload happens in between.
             snap.metrics.upstream_acquired(flat);
+            self.held_target = Some(flat);
             self.upstream_fault = false;
             self.upstream_status = 0;
             let outcome = self
                 .exchange(shard, p, route, svc, upstream, target, reused)
                 .await;
-            if matches!(outcome, Exchange::Done(Next::Upgrade(_))) {
-                // In use until the tunnel ends (`serve` releases it).
-                self.tunnel_target = Some(flat);
-            } else {
+            // An upgrade holds its target until the tunnel ends (`serve` releases it).
+            if !matches!(outcome, Exchange::Done(Next::Upgrade(_))) {
+                self.held_target = None;
                 snap.metrics.upstream_released(flat);
             }
             // Passive health: a failure on the upstream's side counts against the target, an answer
@@ -1913,7 +1924,6 @@ impl<S: ClientIo> Conn<S> {
             .chain
             .response_edits(&self.s.plugin_headers, &snap.chains.rt, true);
         head::write_interim_head(&mut self.s.out, &self.ubuf, &self.s.resp, &edits);
-        self.interim_out = true;
         match self.write_out().await {
             Some(len) => {
                 self.bytes_interim += len;
@@ -1926,6 +1936,7 @@ impl<S: ClientIo> Conn<S> {
     /// Writes `s.out` to the client within the client timeout: its length once it went out whole,
     /// `None` when the client is gone.
     async fn write_out(&mut self) -> Option<u64> {
+        self.answer_out = true;
         let len = self.s.out.len() as u64;
         let timeout = self.client_timeout();
         io::send_all(&mut self.client, &mut self.s.out, timeout)
@@ -2046,19 +2057,32 @@ impl<S: ClientIo> Conn<S> {
     }
 
     /// The drain deadline passed while this request was in flight (`Shard::cut`; its future was
-    /// dropped wherever it waited). With nothing of an answer begun (no final head from the
-    /// upstream or the gateway, no interim head) the client gets a 503 and a close: a clear answer
-    /// rather than a closed socket. Otherwise a write may have been half done, so the connection
-    /// just closes. Either way the access log says why.
+    /// dropped wherever it waited). With nothing of an answer begun (no head written to the
+    /// client, interim or final; an upstream head read, or a body being read whole for a JSON
+    /// edit, does not count) the client gets a 503 and a close: a clear answer rather than a
+    /// closed socket. Otherwise a write may have been half done, and a FIN could read as the end
+    /// of a whole close-delimited body, so the connection is reset. Either way the access log says
+    /// why. Bounded well within the drain's grace for these answers (`CUT_GRACE`): no lingering
+    /// close of seconds for a client still uploading.
     async fn cut_short(&mut self, shard: &Shard) -> Next {
-        self.detail = Some(DRAIN_CUT);
-        if self.status == 0 && !self.interim_out {
-            self.body_done = false;
-            return self
-                .fail(shard, GatewayError::ServiceUnavailable, true)
-                .await;
+        if let Some(flat) = self.held_target.take() {
+            self.snap.metrics.upstream_released(flat);
         }
-        Next::Close
+        self.upstream_status = 0;
+        self.detail = Some(DRAIN_CUT);
+        if self.answer_out {
+            return Next::Reset;
+        }
+        self.status = 0;
+        self.body_done = false;
+        // Counts as lingered: what the client still sends is not waited for.
+        self.lingered = true;
+        let answer = self.fail(shard, GatewayError::ServiceUnavailable, true);
+        // Out of time (a client not reading, or still uploading during the lingering close):
+        // close; a 503 head cut short is still not a whole answer.
+        monoio::time::timeout(CUT_ANSWER_TIME, answer)
+            .await
+            .unwrap_or(Next::Close)
     }
 
     /// Answers with a gateway error and decides whether the connection survives it: not if the

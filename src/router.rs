@@ -245,6 +245,7 @@ impl Router {
             strip_len: 0,
             regex: None,
             strip_path: route.strip_path,
+            trimmed: false,
         };
         if route.paths.is_empty() {
             for h in &hosts {
@@ -303,8 +304,20 @@ impl Router {
                 e.rank.path_class = PathClass::Regex;
                 e.regex = Some(to_u32(self.regexes.len()));
                 self.regexes.push(PathRegex::new(re));
+                // The request path without its trailing '/' is read too, as for an exact route:
+                // `~^/admin$` must take `/admin/`, which Express and Flask (strict_slashes off)
+                // serve as `/admin`, or a catch-all would pass it on without this route's
+                // plugins (found by a review). Ranked as a prefix one byte shorter than the
+                // regex's literal start (`/admin`): above shorter prefixes such as a catch-all,
+                // below a prefix route for the literal start itself (a `~^/docs$` redirecting to
+                // the `/docs/` site keeps working) and below any true regex match.
+                let mut v = e;
+                v.trimmed = true;
+                v.rank.path_class = PathClass::Prefix;
+                v.rank.path_len = to_u32(literal_start(re.as_str()).saturating_sub(1));
                 for h in hosts {
                     self.group(h.group).add_regex(with_host(e, h));
+                    self.group(h.group).add_regex(with_host(v, h));
                 }
             }
         }
@@ -415,6 +428,33 @@ impl Router {
     }
 }
 
+/// The length of the literal text every match of a path regex starts with (`^/v1/admin$` ->
+/// `/v1/admin`; `/v\d+` -> `/v`). It may fall short of it (a `(?i)` flag or an escape ends it), never
+/// exceed it: it only ranks the trailing-slash reading of the route.
+fn literal_start(re: &str) -> usize {
+    let body = re.strip_prefix('^').unwrap_or(re);
+    if body.contains('|') {
+        // An alternation may start a match anywhere (`/admin|/keys`).
+        return 0;
+    }
+    let mut len = 0;
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if "\\.+*?()|[]{}^$#".contains(c) || c.is_whitespace() {
+            break;
+        }
+        // A quantifier after it makes the character optional or repeated.
+        if chars
+            .peek()
+            .is_some_and(|n| matches!(n, '?' | '*' | '{' | '+'))
+        {
+            break;
+        }
+        len += c.len_utf8();
+    }
+    len
+}
+
 /// What a regex route's `strip_path` removes of `path` when its match is `len` bytes long: the
 /// match, if it ends at a segment boundary (the end of the path, a '/' next, or a '/' last);
 /// otherwise only up to the last '/' inside it, as prefix routes strip whole segments. Stripping
@@ -472,18 +512,33 @@ impl<R: RequestView> Search<'_, R> {
         let Some(index) = router.groups.get(g) else {
             return;
         };
-        index.buckets(self.path, |bucket, consumed| self.bucket(bucket, consumed));
+        index.buckets(self.path, |bucket, consumed, suffixed| {
+            self.bucket(bucket, consumed, suffixed)
+        });
     }
 
     /// Buckets are sorted by descending rank: stop at the first passing entry, or as soon as the
-    /// remaining entries cannot beat the best match already found.
-    fn bucket(&mut self, bucket: &[Entry], consumed: usize) {
+    /// remaining entries cannot beat the best match already found. `suffixed`: the bucket's node
+    /// was reached through a format suffix (`PathIndex::format_suffixes`), so its entries rank as
+    /// prefixes one byte shorter than their own path. That keeps the bucket's order (its prefix
+    /// entries share one length; in an exact bucket the exact entries stay above the
+    /// trailing-slash variants, which are a byte shorter already), so the early stop still holds.
+    fn bucket(&mut self, bucket: &[Entry], consumed: usize, suffixed: bool) {
         for e in bucket {
-            if self.best.is_some_and(|(rank, _)| e.rank <= rank) {
+            let rank = if suffixed {
+                Rank {
+                    path_class: PathClass::Prefix,
+                    path_len: e.rank.path_len.saturating_sub(1),
+                    ..e.rank
+                }
+            } else {
+                e.rank
+            };
+            if self.best.is_some_and(|(best, _)| rank <= best) {
                 return;
             }
             if let Some(m) = self.check(e, consumed) {
-                self.best = Some((e.rank, m));
+                self.best = Some((rank, m));
                 return;
             }
         }
@@ -503,11 +558,20 @@ impl<R: RequestView> Search<'_, R> {
             None => 0,
             Some(k) => {
                 let re = self.router.regexes.get(k as usize)?;
-                let len = re.match_len(self.path_str?)?;
-                if e.strip_path {
-                    segment_boundary(self.path, len)
+                let path = self.path_str?;
+                let read = if e.trimmed {
+                    path.strip_suffix('/').filter(|p| !p.is_empty())?
                 } else {
+                    path
+                };
+                let len = re.match_len(read)?;
+                if !e.strip_path {
                     0
+                } else if e.trimmed && len == read.len() {
+                    // All of it, as an exact route strips `/health/` whole.
+                    self.path.len()
+                } else {
+                    segment_boundary(self.path, len)
                 }
             }
         };

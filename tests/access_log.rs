@@ -1303,3 +1303,100 @@ paths = ["/chat"]
         "the tunnel's bytes count: {tunnel}"
     );
 }
+
+/// What the drain deadline does to answers in their middle (found by a review): a body being read
+/// whole for a JSON edit has nothing of it sent yet, so the client gets the 503; a close-delimited
+/// body relayed to an HTTP/1.0 client is reset, since a FIN would read as its whole end.
+#[test]
+fn the_drain_deadline_resets_a_begun_answer_and_503s_one_being_read() {
+    let json = Upstream::start(Behaviour::Split {
+        first: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":"
+            .to_vec(),
+        gap: Duration::from_secs(30),
+        then: None,
+    });
+    let close = Upstream::start(Behaviour::Split {
+        first: b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial body".to_vec(),
+        gap: Duration::from_secs(30),
+        then: None,
+    });
+    let dir = TempDir::new();
+    let log = dir.file("access.log");
+    let toml = format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+drain_timeout = "1s"
+
+{table}
+
+[[services]]
+name = "json"
+url = "{json}"
+
+[[services]]
+name = "close"
+url = "{close}"
+
+[[routes]]
+name = "json"
+service = "json"
+paths = ["/json"]
+
+[[routes]]
+name = "close"
+service = "close"
+paths = ["/close"]
+
+[[plugins]]
+name = "response-transformer"
+route = "json"
+[plugins.config]
+remove = {{ json = ["secret"] }}
+"#,
+        table = log_table(&log),
+        json = json.url(),
+        close = close.url()
+    );
+    let mut gw = Gateway::start(&toml);
+    let addr = gw.addr();
+    let read_json = std::thread::spawn(move || {
+        send_raw(
+            addr,
+            format!("GET /json HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes(),
+        )
+    });
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s.write_all(format!("GET /close HTTP/1.0\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    while !got.ends_with(b"partial body") {
+        let n = s.read(&mut b).expect("the relayed part");
+        assert!(n > 0, "closed before the body's first part");
+        got.extend_from_slice(&b[..n]);
+    }
+    assert!(json.wait_requests(1, Duration::from_secs(5)));
+    gw.sigterm();
+    let end = s.read(&mut b);
+    assert!(
+        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a FIN would end the close-delimited body as if whole: {end:?}"
+    );
+    let resp = read_json.join().expect("client thread");
+    resp.assert_json_error(503);
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10))
+            .and_then(|st| st.code()),
+        Some(0)
+    );
+    let all = lines(&log);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let j = by_path(&all, "/json");
+    assert_eq!(j["status"], 503, "{j}");
+    assert_eq!(j["detail"], "cut at the drain deadline", "{j}");
+    let c = by_path(&all, "/close");
+    assert_eq!(c["status"], 200, "{c}");
+    assert_eq!(c["detail"], "cut at the drain deadline", "{c}");
+}

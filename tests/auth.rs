@@ -1255,6 +1255,7 @@ route = "admin"
         "/admin%2Ejson",
         "/admin.xml?x=1",
         "/admin.json;x",
+        "/admin.json/",
     ] {
         req(&gw, p, "").assert_json_error(401);
     }
@@ -1263,4 +1264,50 @@ route = "admin"
     assert_eq!(up.last_request().target, "/admin.json");
     assert_eq!(req(&gw, "/administrator", "").status, 200);
     assert_eq!(req(&gw, "/admin.json/x", "").status, 200);
+}
+
+/// A regex route ending in `$` takes its path with a trailing '/' too: `/admin/` is `/admin` to
+/// Express and Flask (strict_slashes off), so it must not reach a catch-all past the route's auth
+/// (found by a review). A prefix route for the regex's literal start keeps it.
+#[test]
+fn a_trailing_slash_cannot_dodge_a_regex_route() {
+    let up = Upstream::echo("up");
+    let gw = start(
+        &up,
+        r#""#,
+        r#"[[routes]]
+name = "admin"
+service = "svc"
+paths = ['~^/admin$', '~^/v\d+/keys$']
+
+[[routes]]
+name = "rest"
+service = "svc"
+paths = ["/"]
+
+[[consumers]]
+username = "alice"
+keyauth_credentials = [{ key = "alice-key-0123456789" }]
+
+[[plugins]]
+name = "key-auth"
+route = "admin"
+"#,
+    );
+    for p in [
+        "/admin",
+        "/admin/",
+        "/admin//",
+        "/v2/keys/",
+        "/v2/keys/?x=1",
+    ] {
+        req(&gw, p, "").assert_json_error(401);
+    }
+    let r = req(&gw, "/admin/", "apikey: alice-key-0123456789\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    // strip_path (the default) strips all of it, as an exact route strips `/health/`.
+    assert_eq!(up.last_request().target, "/");
+    for p in ["/admin/x/", "/v2/keys/x", "/administrator/"] {
+        assert_eq!(req(&gw, p, "").status, 200, "{p}");
+    }
 }

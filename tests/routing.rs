@@ -215,6 +215,26 @@ methods = ["TRACE"]
         "405"
     );
     assert_eq!(s.who("POST", HOST, "/items?_method=trace", ""), "405");
+    // A header value is a list to Express (it runs the first part): every part counts.
+    assert_eq!(
+        s.who(
+            "GET",
+            HOST,
+            "/items",
+            "X-HTTP-Method-Override: TRACE ,trace\r\n"
+        ),
+        "405"
+    );
+    assert_eq!(
+        s.who(
+            "GET",
+            HOST,
+            "/items",
+            "X-HTTP-Method-Override: TRACE, GET\r\n"
+        ),
+        "400",
+        "conflicting overrides"
+    );
     // (A GET on /debug is the catch-all's, which does not list TRACE.)
     assert_eq!(
         s.who("GET", HOST, "/debug", "X-HTTP-Method-Override: TRACE\r\n"),

@@ -432,6 +432,7 @@ pub async fn relay_response<S: ClientIo>(
             let avail = c.ubuf.len() - hl;
             let first = (avail as u64).min(n) as usize;
             let mut clean = avail == first;
+            c.answer_out = true;
             let sent = if c.client.plain().is_some() {
                 // Head and the body bytes that came with it in one writev: the body is not copied.
                 let n_out = c.s.out.len() + first;
@@ -583,6 +584,7 @@ pub async fn send_edited<S: ClientIo>(c: &mut Conn<S>, body: &[u8], upstream_cle
 /// Sends `c.s.out` to the client, counting bytes and noting when the response head went out (the
 /// first client write of a response always carries its head).
 async fn send_out<S: ClientIo>(c: &mut Conn<S>, timeout: Duration) -> std::io::Result<()> {
+    c.answer_out = true;
     let n = c.s.out.len();
     io::send_all(&mut c.client, &mut c.s.out, timeout).await?;
     head_sent(c, n);

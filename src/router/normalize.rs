@@ -298,10 +298,12 @@ pub fn upstream_path(service_path: &str, normalized: &[u8], strip_len: usize, ou
         return;
     }
     let head = service.strip_suffix(b"/").unwrap_or(service);
-    if remainder.first() == Some(&b'.') {
-        // A format suffix left by stripping `/users` from `/users.json` (see `PathIndex::walk`):
-        // it stays on the last segment, `/base.json` (or `/.json` with no service path, as
-        // nginx and Kong strip it).
+    let cut_in_segment = strip_len > 0 && normalized.get(strip_len - 1) != Some(&b'/');
+    if remainder.first() == Some(&b'.') && cut_in_segment {
+        // A format suffix left by stripping `/users` from `/users.json` (see
+        // `PathIndex::format_suffixes`; no other strip ends inside a segment): it stays on the
+        // last segment, `/base.json` (or `/.json` with no service path, as nginx and Kong strip
+        // it). A regex strip of `/files/` from `/files/.well-known` joins as usual.
         out.reserve(head.len() + 1 + remainder.len());
         if head.is_empty() {
             out.push(b'/');

@@ -25,6 +25,9 @@ pub(crate) struct Entry {
     /// For regex entries: index into `Router::regexes`.
     pub regex: Option<u32>,
     pub strip_path: bool,
+    /// For regex entries: the regex reads the request path without its trailing '/' (and the entry
+    /// applies only to a path that has one; see `Builder::add_path`).
+    pub trimmed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -119,22 +122,24 @@ impl PathIndex {
 
     /// Passes every bucket that may hold a match for `path` to `visit`, with how many bytes of
     /// `path` lead to that bucket's node (what a prefix route's `strip_path` removes; it differs
-    /// from the configured prefix's length when a segment matched without its `;parameters`).
-    pub fn buckets<'a>(&'a self, path: &[u8], mut visit: impl FnMut(&'a [Entry], usize)) {
+    /// from the configured prefix's length when a segment matched without its `;parameters`), and
+    /// whether the node was reached through a format suffix (its entries then rank lower; see
+    /// `walk`).
+    pub fn buckets<'a>(&'a self, path: &[u8], mut visit: impl FnMut(&'a [Entry], usize, bool)) {
         if path.starts_with(b"/") {
             self.walk(path, &mut visit);
         }
-        visit(&self.regex, 0);
-        visit(&self.any, 0);
+        visit(&self.regex, 0, false);
+        visit(&self.any, 0, false);
     }
 
     /// Visits the prefix bucket of every node along `path`, and the exact bucket of the node where
     /// `path` ends (if the walk gets there).
-    fn walk<'a>(&'a self, path: &[u8], visit: &mut impl FnMut(&'a [Entry], usize)) {
+    fn walk<'a>(&'a self, path: &[u8], visit: &mut impl FnMut(&'a [Entry], usize, bool)) {
         let Some(mut node) = self.trie.first() else {
             return;
         };
-        visit(&node.prefix, 0);
+        visit(&node.prefix, 0, false);
         let mut consumed = 0;
         let mut segs = segments(path).peekable();
         while let Some(seg) = segs.next() {
@@ -142,40 +147,54 @@ impl PathIndex {
             // strip path parameters, so it must not slip past the `/admin` route's plugins: when
             // the literal segment has no node, its part before ';' is tried.
             let bare = seg.split(|&b| b == b';').next().unwrap_or(seg);
-            let mut used = seg.len();
-            let mut found = node.children.get(seg).or_else(|| {
+            // The last segment, but for a trailing '/' (normalized paths have no other empty
+            // segment; Rails drops a trailing '/' before routing).
+            if segs.peek().is_none_or(|next| next.is_empty()) {
+                self.format_suffixes(node, bare, consumed, visit);
+            }
+            let found = node.children.get(seg).or_else(|| {
                 (bare.len() < seg.len())
                     .then(|| node.children.get(bare))
                     .flatten()
             });
-            // A format suffix on the last segment: `/admin.json` runs `/admin`'s handler in Rails
-            // (`(.:format)` on every route) and in Spring's suffix matching, so it must not reach a
-            // catch-all past `/admin`'s plugins (found by a review; nginx, Kong and Envoy match
-            // prefixes by bytes, so `/admin.json` is under `/admin` there too). Tried only when
-            // the literal segment has no node, from the last '.' back; `strip_path` then removes
-            // only the name, and the suffix stays on what goes upstream.
-            if found.is_none() && segs.peek().is_none() {
-                let mut end = bare.len();
-                while let Some(dot) = bare.get(..end).and_then(|b| memchr::memrchr(b'.', b)) {
-                    if dot == 0 {
-                        break;
-                    }
-                    if let Some(id) = bare.get(..dot).and_then(|name| node.children.get(name)) {
-                        found = Some(id);
-                        used = dot;
-                        break;
-                    }
-                    end = dot;
-                }
-            }
             match found.and_then(|&id| self.trie.get(id)) {
                 Some(next) => node = next,
                 None => return,
             }
-            consumed += 1 + used;
-            visit(&node.prefix, consumed);
+            consumed += 1 + seg.len();
+            visit(&node.prefix, consumed, false);
         }
-        visit(&node.exact, path.len());
+        visit(&node.exact, path.len(), false);
+    }
+
+    /// The readings of the last segment `bare` (of a path that reached `node` in `consumed` bytes)
+    /// as a name and a format suffix: `/admin.json` and `/admin.tar.gz` run `/admin`'s handler in
+    /// Rails (`(.:format)` on every route) and in Spring's suffix matching, so they must not reach
+    /// a catch-all past `/admin`'s plugins (found by a review; nginx, Kong and Envoy match prefixes
+    /// by bytes, so `/admin.json` is under `/admin` there too). The prefix and exact entries of
+    /// each name's node are visited as reached through a suffix: ranked as a prefix one byte
+    /// shorter than their own path, so whatever names the request literally (a route for
+    /// `/admin.json`, a regex) wins, and `strip_path` removes only the name (the suffix stays on
+    /// what goes upstream). A hidden name (`/.env`) has no such reading.
+    fn format_suffixes<'a>(
+        &'a self,
+        node: &'a TrieNode,
+        bare: &[u8],
+        consumed: usize,
+        visit: &mut impl FnMut(&'a [Entry], usize, bool),
+    ) {
+        let mut end = bare.len();
+        while let Some(dot) = bare.get(..end).and_then(|b| memchr::memrchr(b'.', b)) {
+            if dot == 0 {
+                return;
+            }
+            let named = bare.get(..dot).and_then(|name| node.children.get(name));
+            if let Some(n) = named.and_then(|&id| self.trie.get(id)) {
+                visit(&n.prefix, consumed + 1 + dot, true);
+                visit(&n.exact, consumed + 1 + dot, true);
+            }
+            end = dot;
+        }
     }
 }
 

@@ -270,6 +270,49 @@ fn regex_is_anchored_at_start() {
     assert_eq!(get(&rt, "h", "/only/x"), None);
 }
 
+/// A regex route also reads the path without its trailing '/' (`~^/admin$` takes `/admin/`, which
+/// Express and Flask serve as `/admin`), ranked as a prefix one byte shorter than the regex's
+/// literal start: above a catch-all and shorter prefixes, below a prefix route for that start
+/// itself and any true regex match (found by a review).
+#[test]
+fn a_regex_route_takes_its_path_with_a_trailing_slash() {
+    let (rt, _) = router(&[
+        r().prefix("/"),
+        r().regex(r"^/admin$"),
+        r().prefix("/v1"),
+        r().regex(r"/v1/keys$").strip(true),
+        r().prefix("/docs"),
+        r().regex(r"^/docs$"),
+        r().regex(r"/ping/$"),
+    ]);
+    assert_eq!(get(&rt, "h", "/admin"), Some(1));
+    assert_eq!(get(&rt, "h", "/admin/"), Some(1), "not the catch-all");
+    assert_eq!(get(&rt, "h", "/admin/x/"), Some(0));
+    assert_eq!(get(&rt, "h", "/v1/keys/"), Some(3), "above the shorter /v1");
+    assert_eq!(get(&rt, "h", "/v1/other/"), Some(2));
+    assert_eq!(get(&rt, "h", "/docs"), Some(5));
+    assert_eq!(
+        get(&rt, "h", "/docs/"),
+        Some(4),
+        "the prefix for the literal start keeps it"
+    );
+    assert_eq!(get(&rt, "h", "/ping/"), Some(6));
+    assert_eq!(get(&rt, "h", "/"), Some(0));
+    let strip = |p: &str| find_full(&rt, "h", "GET", p, "", &Req::default()).map(|m| m.strip_len);
+    assert_eq!(strip("/v1/keys"), Some(8));
+    assert_eq!(
+        strip("/v1/keys/"),
+        Some(9),
+        "stripped whole, as an exact route"
+    );
+    assert_eq!(super::literal_start(r"^/v1/admin$"), 9);
+    assert_eq!(super::literal_start(r"/v\d+"), 2);
+    assert_eq!(super::literal_start(r"/users?"), 5);
+    assert_eq!(super::literal_start(r"(?i)/admin"), 0);
+    assert_eq!(super::literal_start(r"/a.b"), 2);
+    assert_eq!(super::literal_start(r"/admin|/keys"), 0);
+}
+
 /// A regex route's `strip_path` removes whole segments: a match ending inside a segment strips
 /// only up to the last '/' in it, so the rest never starts with part of a segment (`../admin`
 /// joined to the service path would be a dot segment upstream).
@@ -293,6 +336,9 @@ fn regex_strip_ends_at_a_segment_boundary() {
     let mut up = Vec::new();
     upstream_path("/base", b"/docs/v1../admin", 5, &mut up);
     assert_eq!(up, b"/base/v1../admin");
+    // A remainder starting with '.' after a '/' is a segment of its own (not a format suffix).
+    upstream_path("/base", b"/files/.well-known/x", 7, &mut up);
+    assert_eq!(up, b"/base/.well-known/x");
 }
 
 #[test]
@@ -487,6 +533,31 @@ fn a_format_suffix_selects_the_route_of_its_name() {
     assert_eq!(get(&rt, "h", "/admins.json"), Some(0));
     assert_eq!(get(&rt, "h", "/.admin"), Some(0));
     assert_eq!(get(&rt, "h", "/adminx"), Some(0));
+    assert_eq!(
+        get(&rt, "h", "/admin.json/"),
+        Some(1),
+        "a trailing '/' after the suffix"
+    );
+    // Whatever names the request literally wins over a suffix reading, whatever its class or
+    // host; a literal node for another route's method still leaves the suffix reading.
+    let (rt, _) = router(&[
+        r().prefix("/"),
+        r().exact("/admin"),
+        r().regex(r"^/admin\.json$"),
+        r().exact("/keys.json").method("POST"),
+        r().prefix("/keys"),
+        r().prefix("/me.txt").host("h"),
+        r().exact("/me"),
+    ]);
+    assert_eq!(get(&rt, "h", "/admin.json"), Some(2));
+    assert_eq!(get(&rt, "h", "/admin.xml"), Some(1));
+    assert_eq!(
+        get(&rt, "h", "/keys.json"),
+        Some(4),
+        "GET: the suffix reading"
+    );
+    assert_eq!(get(&rt, "h", "/me.txt"), Some(5));
+    assert_eq!(get(&rt, "other", "/me.txt"), Some(6));
     let (rt, _) = router(&[
         r().prefix("/users").strip(true),
         r().exact("/me").strip(true),
@@ -505,7 +576,8 @@ fn a_format_suffix_selects_the_route_of_its_name() {
     assert_eq!(upstream("/users.json", "/base"), "/base.json");
     assert_eq!(upstream("/users.json", ""), "/.json");
     assert_eq!(upstream("/users/1.json", "/base"), "/base/1.json");
-    assert_eq!(upstream("/me.json", "/base"), "/base");
+    assert_eq!(upstream("/me.json", "/base"), "/base.json");
+    assert_eq!(upstream("/users.json/", "/base"), "/base.json/");
 }
 
 // ---------------------------------------------------------------- methods, headers, query
