@@ -85,7 +85,7 @@ use crate::config::model::{PathMatch, RouteDef};
 use conds::Conditions;
 use host::{HostHit, HostIndex};
 use paths::{Entry, PathIndex};
-use rank::{to_u32, HostClass, PathClass, Rank};
+use rank::{just_below, path_rank, to_u32, HostClass, PathClass, Rank};
 use regex::Regex;
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -265,7 +265,7 @@ impl Router {
             PathMatch::Prefix(p) => {
                 let p = normalize_config_path(p, true);
                 e.rank.path_class = PathClass::Prefix;
-                e.rank.path_len = to_u32(p.len());
+                e.rank.path_len = path_rank(p.len());
                 let strips = e.strip_path && p.as_slice() != b"/";
                 e.strip_len = if strips { to_u32(p.len()) } else { 0 };
                 for h in hosts {
@@ -275,15 +275,15 @@ impl Router {
             PathMatch::Exact(p) => {
                 let p = normalize_config_path(p, false);
                 e.rank.path_class = PathClass::Exact;
-                e.rank.path_len = to_u32(p.len());
+                e.rank.path_len = path_rank(p.len());
                 e.strip_len = if e.strip_path { to_u32(p.len()) } else { 0 };
                 // The same path with one trailing '/' more or less matches too: frameworks that
                 // ignore it (Express by default, Flask with strict_slashes off) serve `/secret/`
                 // as `/secret`, so it must not fall through to a catch-all past this route's
-                // plugins. It ranks as a prefix one byte shorter than the path without its '/':
-                // above shorter prefixes such as a catch-all `/`, below a prefix route for the
-                // path itself (`=/docs` redirecting to the `/docs/` site keeps working), a regex
-                // and an exact route spelled like the request.
+                // plugins. It ranks as a prefix just below the path without its '/': above every
+                // shorter prefix such as a catch-all `/`, below a prefix route for the path itself
+                // (`=/docs` redirecting to the `/docs/` site keeps working), a regex and an exact
+                // route spelled like the request.
                 let variant = match p.strip_suffix(b"/") {
                     Some(b"") => None,
                     Some(without) => Some(without.to_vec()),
@@ -292,7 +292,7 @@ impl Router {
                 let bare_len = p.strip_suffix(b"/").unwrap_or(&p).len();
                 let mut v = e;
                 v.rank.path_class = PathClass::Prefix;
-                v.rank.path_len = to_u32(bare_len.saturating_sub(1));
+                v.rank.path_len = just_below(bare_len);
                 for h in hosts {
                     self.group(h.group).add_exact(&p, with_host(e, h));
                     if let Some(variant) = &variant {
@@ -307,14 +307,14 @@ impl Router {
                 // The request path without its trailing '/' is read too, as for an exact route:
                 // `~^/admin$` must take `/admin/`, which Express and Flask (strict_slashes off)
                 // serve as `/admin`, or a catch-all would pass it on without this route's
-                // plugins (found by a review). Ranked as a prefix one byte shorter than the
-                // regex's literal start (`/admin`): above shorter prefixes such as a catch-all,
-                // below a prefix route for the literal start itself (a `~^/docs$` redirecting to
-                // the `/docs/` site keeps working) and below any true regex match.
+                // plugins (found by a review). Ranked as a prefix just below the regex's literal
+                // start (`/admin`): above every shorter prefix such as a catch-all, below a prefix
+                // route for the literal start itself (a `~^/docs$` redirecting to the `/docs/`
+                // site keeps working) and below any true regex match.
                 let mut v = e;
                 v.trimmed = true;
                 v.rank.path_class = PathClass::Prefix;
-                v.rank.path_len = to_u32(literal_start(re.as_str()).saturating_sub(1));
+                v.rank.path_len = just_below(literal_start(re.as_str()));
                 for h in hosts {
                     self.group(h.group).add_regex(with_host(e, h));
                     self.group(h.group).add_regex(with_host(v, h));
@@ -429,30 +429,17 @@ impl Router {
 }
 
 /// The length of the literal text every match of a path regex starts with (`^/v1/admin$` ->
-/// `/v1/admin`; `/v\d+` -> `/v`). It may fall short of it (a `(?i)` flag or an escape ends it), never
-/// exceed it: it only ranks the trailing-slash reading of the route.
+/// `/v1/admin`; `/v\d+` -> `/v`; `(?i)/admin` -> `/`), from `regex-syntax`'s prefix extractor:
+/// the longest common prefix of the literals matches can start with. It may fall short (the
+/// extractor gives up on large classes), never exceed it: it only ranks the trailing-slash
+/// reading of the route.
 fn literal_start(re: &str) -> usize {
-    let body = re.strip_prefix('^').unwrap_or(re);
-    if body.contains('|') {
-        // An alternation may start a match anywhere (`/admin|/keys`).
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let Ok(hir) = regex_syntax::Parser::new().parse(re) else {
         return 0;
-    }
-    let mut len = 0;
-    let mut chars = body.chars().peekable();
-    while let Some(c) = chars.next() {
-        if "\\.+*?()|[]{}^$#".contains(c) || c.is_whitespace() {
-            break;
-        }
-        // A quantifier after it makes the character optional or repeated.
-        if chars
-            .peek()
-            .is_some_and(|n| matches!(n, '?' | '*' | '{' | '+'))
-        {
-            break;
-        }
-        len += c.len_utf8();
-    }
-    len
+    };
+    let seq = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    seq.longest_common_prefix().map_or(0, <[u8]>::len)
 }
 
 /// What a regex route's `strip_path` removes of `path` when its match is `len` bytes long: the
@@ -520,9 +507,10 @@ impl<R: RequestView> Search<'_, R> {
     /// Buckets are sorted by descending rank: stop at the first passing entry, or as soon as the
     /// remaining entries cannot beat the best match already found. `suffixed`: the bucket's node
     /// was reached through a format suffix (`PathIndex::format_suffixes`), so its entries rank as
-    /// prefixes one byte shorter than their own path. That keeps the bucket's order (its prefix
-    /// entries share one length; in an exact bucket the exact entries stay above the
-    /// trailing-slash variants, which are a byte shorter already), so the early stop still holds.
+    /// prefixes just below their own path (one step down the doubled length scale of
+    /// `rank::path_rank`). That keeps the bucket's order (its prefix entries share one length; in
+    /// an exact bucket the exact entries stay above the trailing-slash variants, a step lower
+    /// already), so the early stop still holds.
     fn bucket(&mut self, bucket: &[Entry], consumed: usize, suffixed: bool) {
         for e in bucket {
             let rank = if suffixed {
@@ -547,6 +535,11 @@ impl<R: RequestView> Search<'_, R> {
     /// The index already established host and (for non-regex entries) path; check the rest.
     /// `consumed`: request-path bytes that led to the entry's trie node.
     fn check(&self, e: &Entry, consumed: usize) -> Option<Match> {
+        // A trailing-slash reading applies only to a path with a trailing '/' (checked first: the
+        // conditions cost more).
+        if e.trimmed && !(self.path.len() > 1 && self.path.ends_with(b"/")) {
+            return None;
+        }
         let cond = self.router.conds.get(e.route as usize)?;
         if !cond.matches(self.method, self.query, self.req) {
             return None;

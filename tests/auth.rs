@@ -1268,7 +1268,8 @@ route = "admin"
 
 /// A regex route ending in `$` takes its path with a trailing '/' too: `/admin/` is `/admin` to
 /// Express and Flask (strict_slashes off), so it must not reach a catch-all past the route's auth
-/// (found by a review). A prefix route for the regex's literal start keeps it.
+/// (found by a review; also for a regex written without `^`, and a catch-all listed first with
+/// more conditions, as a second review found).
 #[test]
 fn a_trailing_slash_cannot_dodge_a_regex_route() {
     let up = Upstream::echo("up");
@@ -1276,14 +1277,15 @@ fn a_trailing_slash_cannot_dodge_a_regex_route() {
         &up,
         r#""#,
         r#"[[routes]]
-name = "admin"
-service = "svc"
-paths = ['~^/admin$', '~^/v\d+/keys$']
-
-[[routes]]
 name = "rest"
 service = "svc"
 paths = ["/"]
+methods = ["GET", "POST"]
+
+[[routes]]
+name = "admin"
+service = "svc"
+paths = ['~/admin$', '~^/v\d+/keys$']
 
 [[consumers]]
 username = "alice"

@@ -383,9 +383,15 @@ async fn read_client<S: ClientIo>(
 /// limits (so a 413 goes out instead of a 100 when the declared length is too big).
 async fn send_continue<S: ClientIo>(c: &mut Conn<S>) -> Result<(), SendError> {
     let timeout = c.client_timeout();
+    // While it is being written, no other answer may follow it (`Conn::cut_short`); once it is
+    // out whole, a final answer still may.
+    c.answer_out = true;
     let fut = c.client.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
     match monoio::time::timeout(timeout, fut).await {
-        Ok((Ok(_), _)) => Ok(()),
+        Ok((Ok(_), _)) => {
+            c.answer_out = false;
+            Ok(())
+        }
         _ => Err(SendError::ClientGone),
     }
 }

@@ -34,7 +34,9 @@ pub(crate) enum HostClass {
 pub(crate) struct Rank {
     pub priority: i32,
     pub path_class: PathClass,
-    /// Normalized pattern length for prefix and exact paths; 0 for regex and "any".
+    /// For prefix and exact paths, the normalized pattern length on a doubled scale
+    /// (`path_rank`), so a reading can rank just below a length and above every shorter one
+    /// (`just_below`); 0 for regex and "any".
     pub path_len: u32,
     pub host_class: HostClass,
     /// Length of the wildcard suffix (`.example.com`) or exact name; 0 for "any".
@@ -58,6 +60,18 @@ impl Rank {
             self.host_len,
         )
     }
+}
+
+/// The `path_len` of a path pattern `len` bytes long: twice its length.
+pub(crate) fn path_rank(len: usize) -> u32 {
+    to_u32(len).saturating_mul(2)
+}
+
+/// The `path_len` of a reading ranked as a prefix just below a path `len` bytes long and above
+/// every shorter one (an exact route's trailing-slash variant, a format suffix, a regex's
+/// trailing-slash reading): a one-character `/a` read so still beats a catch-all `/`.
+pub(crate) fn just_below(len: usize) -> u32 {
+    path_rank(len).saturating_sub(1)
 }
 
 /// Saturating conversion for lengths and counts stored in a `Rank` (configs never come close).

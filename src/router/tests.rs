@@ -308,9 +308,17 @@ fn a_regex_route_takes_its_path_with_a_trailing_slash() {
     assert_eq!(super::literal_start(r"^/v1/admin$"), 9);
     assert_eq!(super::literal_start(r"/v\d+"), 2);
     assert_eq!(super::literal_start(r"/users?"), 5);
-    assert_eq!(super::literal_start(r"(?i)/admin"), 0);
+    assert_eq!(super::literal_start(r"(?i)/admin"), 1);
     assert_eq!(super::literal_start(r"/a.b"), 2);
-    assert_eq!(super::literal_start(r"/admin|/keys"), 0);
+    assert_eq!(super::literal_start(r"/admin|/keys"), 1);
+    // As the config compiles `~/admin$` (wrapped, anchored).
+    assert_eq!(super::literal_start(r"^(?:/admin$)"), 6);
+    assert_eq!(super::literal_start(r"^(?:/a)?/b"), 1);
+    assert_eq!(super::literal_start(r"^(?:/a)?(?:/b)"), 1);
+    assert_eq!(super::literal_start(r"x|/admin"), 0);
+    // A one-character literal start still ranks above a catch-all listed first with conditions.
+    let (rt, _) = router(&[r().prefix("/").method("GET"), r().regex(r"^/a$")]);
+    assert_eq!(get(&rt, "h", "/a/"), Some(1));
 }
 
 /// A regex route's `strip_path` removes whole segments: a match ending inside a segment strips
@@ -558,6 +566,16 @@ fn a_format_suffix_selects_the_route_of_its_name() {
     );
     assert_eq!(get(&rt, "h", "/me.txt"), Some(5));
     assert_eq!(get(&rt, "other", "/me.txt"), Some(6));
+    // A one-character name still ranks above a catch-all listed first with conditions (one step
+    // down the doubled length scale, not one byte).
+    let (rt, _) = router(&[
+        r().prefix("/").method("GET"),
+        r().prefix("/a"),
+        r().exact("/b"),
+    ]);
+    assert_eq!(get(&rt, "h", "/a.json"), Some(1));
+    assert_eq!(get(&rt, "h", "/b.json"), Some(2));
+    assert_eq!(get(&rt, "h", "/b/"), Some(2));
     let (rt, _) = router(&[
         r().prefix("/users").strip(true),
         r().exact("/me").strip(true),
@@ -914,43 +932,97 @@ fn ref_host(pattern: &str, host: &str) -> Option<(u8, usize)> {
     }
 }
 
-/// (class, length, strip_len) of a path pattern matching `path` (config paths here are clean).
+/// (class, length, strip_len) of a path pattern matching `path` (config paths here are clean), the
+/// best of its readings. Lengths are on the doubled scale: 2L for a pattern of L bytes, 2L-1 for a
+/// reading ranked just below it.
 fn ref_path(p: &PathMatch, path: &str, strip: bool) -> Option<(u8, usize, usize)> {
     let strip_of = |n: usize| if strip { n } else { 0 };
+    let mut readings: Vec<(u8, usize, usize)> = Vec::new();
+    // Format-suffix readings: the last segment (before a trailing '/') cut at each '.' past its
+    // first byte, ranked one step below the pattern they match.
+    let body = match path.strip_suffix('/') {
+        Some(b) if !b.is_empty() => b,
+        _ => path,
+    };
+    let seg_start = body.rfind('/').map_or(0, |i| i + 1);
+    let names: Vec<&str> = body[seg_start..]
+        .match_indices('.')
+        .filter(|&(d, _)| d > 0)
+        .map(|(d, _)| &body[..seg_start + d])
+        .collect();
     match p {
-        PathMatch::Prefix(pre) if pre == "/" => path.starts_with('/').then_some((1, 1, 0)),
+        PathMatch::Prefix(pre) if pre == "/" => {
+            if path.starts_with('/') {
+                readings.push((1, 2, 0));
+            }
+        }
         PathMatch::Prefix(pre) => {
             let hit = path == pre
                 || path
                     .strip_prefix(pre.as_str())
                     .is_some_and(|rest| rest.starts_with('/'));
-            hit.then_some((1, pre.len(), strip_of(pre.len())))
+            if hit {
+                readings.push((1, 2 * pre.len(), strip_of(pre.len())));
+            }
+            for name in &names {
+                if name == pre {
+                    readings.push((1, 2 * pre.len() - 1, strip_of(name.len())));
+                }
+            }
         }
-        PathMatch::Exact(e) if path == e => Some((3, e.len(), strip_of(e.len()))),
-        // One trailing '/' more or less: ranked as a prefix one byte shorter than the bare path.
         PathMatch::Exact(e) => {
+            if path == e {
+                readings.push((3, 2 * e.len(), strip_of(e.len())));
+            }
+            // One trailing '/' more or less: ranked as a prefix just below the bare path.
             let bare = e.strip_suffix('/').unwrap_or(e);
             let variant = match e.strip_suffix('/') {
                 Some("") => false,
                 Some(without) => path == without,
                 None => path.strip_suffix('/') == Some(e.as_str()),
             };
-            variant.then_some((1, bare.len().saturating_sub(1), strip_of(path.len())))
+            if variant {
+                readings.push((1, (2 * bare.len()).saturating_sub(1), strip_of(path.len())));
+            }
+            for name in &names {
+                if name == e {
+                    readings.push((1, 2 * e.len() - 1, strip_of(name.len())));
+                }
+                if e.strip_suffix('/') == Some(name) {
+                    readings.push((1, 2 * bare.len() - 2, strip_of(name.len())));
+                }
+            }
         }
         PathMatch::Regex(re) => {
-            // Leftmost-first: a match starting at 0 exists iff the leftmost match starts at 0.
-            let m = re.find(path).filter(|m| m.start() == 0)?;
             // Whole segments only: up to the last '/' in the match unless it ends at a boundary.
-            let (b, end) = (path.as_bytes(), m.end());
-            let boundary = end == b.len() || b[end] == b'/' || (end > 0 && b[end - 1] == b'/');
-            let strip = if boundary {
-                end
-            } else {
-                path[..end].rfind('/').unwrap_or(0)
-            };
-            Some((2, 0, strip_of(strip)))
+            let (b, strip_at) = (path.as_bytes(), |end: usize| {
+                let b = path.as_bytes();
+                let boundary = end == b.len() || b[end] == b'/' || (end > 0 && b[end - 1] == b'/');
+                if boundary {
+                    end
+                } else {
+                    path[..end].rfind('/').unwrap_or(0)
+                }
+            });
+            // Leftmost-first: a match starting at 0 exists iff the leftmost match starts at 0.
+            if let Some(m) = re.find(path).filter(|m| m.start() == 0) {
+                readings.push((2, 0, strip_of(strip_at(m.end()))));
+            }
+            // Without a trailing '/': a prefix just below the regex's literal start.
+            if let Some(trimmed) = path.strip_suffix('/').filter(|t| !t.is_empty()) {
+                if let Some(m) = re.find(trimmed).filter(|m| m.start() == 0) {
+                    let strip = if m.end() == trimmed.len() {
+                        b.len()
+                    } else {
+                        strip_at(m.end())
+                    };
+                    let len = (2 * super::literal_start(re.as_str())).saturating_sub(1);
+                    readings.push((1, len, strip_of(strip)));
+                }
+            }
         }
     }
+    readings.into_iter().max_by_key(|&(c, l, _)| (c, l))
 }
 
 fn ref_conditions(route: &RouteDef, method: &str, query: &str, req: &Req) -> bool {
@@ -1043,7 +1115,14 @@ const REQ_HOSTS: &[&str] = &[
 ];
 const PREFIXES: &[&str] = &["/", "/a", "/a/b", "/b", "/a/b/c", "/ab", "/users"];
 const EXACTS: &[&str] = &["/a", "/a/b", "/", "/b/", "/users/1"];
-const REGEXES: &[&str] = &[r"/a/[0-9]+", "/b", "/(a|b)/b", "/users/?", r"^/a/\d+$"];
+const REGEXES: &[&str] = &[
+    r"/a/[0-9]+",
+    "/b",
+    "/(a|b)/b",
+    "/users/?",
+    r"^/a/\d+$",
+    "^(?:/ab$)",
+];
 const REQ_PATHS: &[&str] = &[
     "/",
     "/a",
@@ -1061,6 +1140,14 @@ const REQ_PATHS: &[&str] = &[
     "/users-admin",
     "/c",
     "/a/b/c/d",
+    "/a.json",
+    "/a.json/",
+    "/a/b.tar.gz",
+    "/users/1.xml",
+    "/ab.c",
+    "/ab/",
+    "/b/.x",
+    "/a/1/",
 ];
 const METHODS: &[&str] = &["GET", "POST", "PUT"];
 const QUERIES: &[&str] = &[
