@@ -698,7 +698,10 @@ impl<S: ClientIo> Conn<S> {
         self.head_bytes = 0;
         self.head_only = false;
         self.http10 = false;
-        match self.read_head(shard).await {
+        let Some(read) = until_cut(&shard.cut, self.read_head(shard)).await else {
+            return self.head_cut(shard).await;
+        };
+        match read {
             Ok(HeadRead::Complete) => {}
             Ok(HeadRead::Closed) => {
                 // Gone in the middle of a head: logged and counted as nginx does, a 400 with
@@ -2109,6 +2112,38 @@ impl<S: ClientIo> Conn<S> {
         } else {
             Next::Close
         }
+    }
+
+    /// The drain deadline passed while a request head was arriving (a slow client; its read was
+    /// dropped): a 503 and a close, counted and logged like a refused head with `detail` "cut at
+    /// the drain deadline", within `CUT_ANSWER_TIME` (found by a review: the runtime's end dropped
+    /// these without a line). A connection with no byte of a next request just closes.
+    async fn head_cut(&mut self, shard: &Shard) -> Next {
+        if self.first_byte.is_none() {
+            return Next::Close;
+        }
+        // The dropped read took the buffer with it: `head_bytes` knows what came.
+        let bytes_in = (self.buf.len() as u64).max(self.head_bytes);
+        let waited = self.first_byte.map_or(Duration::ZERO, |t| t.elapsed());
+        self.detail = Some(DRAIN_CUT);
+        self.lingered = true;
+        let answer = self.reply_error(GatewayError::ServiceUnavailable, true);
+        // Out of time in the lingering close (the client waits for ours) is still a 503 sent.
+        let _ = monoio::time::timeout(CUT_ANSWER_TIME, answer).await;
+        let status = if self.status != 0 && self.bytes_out > 0 {
+            self.status
+        } else {
+            499
+        };
+        if self.snap.config.metrics.enabled {
+            self.snap
+                .metrics
+                .gateway_error(None, status, bytes_in, self.bytes_out);
+        }
+        if shard.access_log.on() {
+            self.log_refused_head(shard, status, bytes_in, waited);
+        }
+        Next::Close
     }
 
     /// Sends the error response; returns whether it went out.

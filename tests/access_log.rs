@@ -1212,10 +1212,10 @@ fn request_bytes_are_wire_bytes_and_refused_heads_are_counted() {
     }
 }
 
-/// The drain deadline with a request and a WebSocket tunnel still open: the request that had no
-/// answer yet gets a 503 and a close, the tunnel is closed, and each gets its access-log line
-/// saying the drain cut it (found by a review: both were dropped without a line when the worker's
-/// runtime ended, and the client of the request saw only a closed socket).
+/// The drain deadline with a request, a WebSocket tunnel and a slow head still open: the request
+/// that had no answer yet and the slow head get a 503 and a close, the tunnel is closed, and each
+/// gets its access-log line saying the drain cut it (found by reviews: they were dropped without a
+/// line when the worker's runtime ended, and the clients saw only a closed socket).
 #[test]
 fn the_drain_deadline_answers_503_and_logs_what_it_cut() {
     let stuck = Upstream::start(Behaviour::Hang);
@@ -1275,10 +1275,21 @@ paths = ["/chat"]
         )
     });
     assert!(stuck.wait_requests(1, Duration::from_secs(5)));
+    // A slow client in the middle of its head (the `client_header` timeout, 60 s, is far off).
+    let mut slow = TcpStream::connect(gw.addr()).expect("connect");
+    slow.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    slow.write_all(format!("GET /slow HTTP/1.1\r\nHost: {HOST}\r\n").as_bytes())
+        .expect("part of a head");
     gw.sigterm();
     let resp = in_flight.join().expect("client thread");
     resp.assert_json_error(503);
     assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("Connection: close"),
+        "the slow head's answer: {answer:?}"
+    );
     // The tunnel was closed by the gateway (no close frame: it does not speak WebSocket).
     let mut rest = [0u8; 64];
     assert!(
@@ -1291,7 +1302,13 @@ paths = ["/chat"]
         Some(0)
     );
     let all = lines(&log);
-    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(all.len(), 3, "{all:#?}");
+    let head = all
+        .iter()
+        .find(|l| l["path"].is_null())
+        .expect("a line for the slow head");
+    assert_eq!(head["status"], 503, "{head}");
+    assert_eq!(head["detail"], "cut at the drain deadline", "{head}");
     let cut = by_path(&all, "/stuck/1");
     assert_eq!(cut["status"], 503, "{cut}");
     assert_eq!(cut["detail"], "cut at the drain deadline", "{cut}");
