@@ -501,7 +501,11 @@ fn reloads_move_remove_and_restore_the_log() {
     gw.rewrite_config(&config(&up, &log_table(&missing)));
     gw.signal(libc::SIGHUP);
     assert!(gw.wait_log("reload rejected", Duration::from_secs(5)));
-    assert!(gw.log_contains("access_log.path"), "{:#?}", gw.logs());
+    assert!(
+        gw.wait_log("access_log.path", Duration::from_secs(5)),
+        "{:#?}",
+        gw.logs()
+    );
     assert_eq!(get_path(&gw, "/open/4").status, 200);
     let got = wait_lines(&b, 2);
     assert_eq!(got[1]["path"], "/open/4");

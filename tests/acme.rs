@@ -189,7 +189,7 @@ fn http01_on_the_redirect_listener_issues_serves_stores_and_reuses_the_certifica
     );
     let gw = Gateway::start(&cfg);
     wait_issued(&gw, &ca);
-    assert!(gw.log_contains("acme account created"));
+    assert!(gw.wait_log("acme account created", Duration::from_secs(5)));
     // Both names validated through the redirect listener (pebble validates from several
     // perspectives, so each token was fetched more than once).
     // The conversation with the CA is over: no connection to it is left open for weeks.
@@ -281,7 +281,7 @@ fn http01_on_the_redirect_listener_issues_serves_stores_and_reuses_the_certifica
     ca.stop();
     let gw = Gateway::start(&cfg);
     assert!(
-        gw.log_contains("acme certificate loaded"),
+        gw.wait_log("acme certificate loaded", Duration::from_secs(5)),
         "{:?}",
         gw.logs()
     );
@@ -310,7 +310,10 @@ fn tls_alpn01_is_answered_on_the_tls_listener() {
     let gw = Gateway::start(&cfg);
     wait_issued(&gw, &ca);
     assert!(
-        gw.log_contains("acme tls-alpn-01 validation answered"),
+        gw.wait_log(
+            "acme tls-alpn-01 validation answered",
+            Duration::from_secs(5)
+        ),
         "{:?}",
         gw.logs()
     );
@@ -426,7 +429,11 @@ fn without_a_certificate_yet_handshakes_fail_cleanly_and_other_tokens_are_routed
         "{:?}",
         gw.logs()
     );
-    assert!(gw.log_contains("retry_in_s=60"), "{:?}", gw.logs());
+    assert!(
+        gw.wait_log("retry_in_s=60", Duration::from_secs(5)),
+        "{:?}",
+        gw.logs()
+    );
     let plain = SocketAddr::from(([127, 0, 0, 1], http));
     let r = get(
         plain,
@@ -461,7 +468,7 @@ fn without_a_certificate_yet_handshakes_fail_cleanly_and_other_tokens_are_routed
     drop(gw);
     let gw = Gateway::start(&cfg);
     assert!(
-        gw.log_contains("acme backoff from a previous run"),
+        gw.wait_log("acme backoff from a previous run", Duration::from_secs(5)),
         "{:?}",
         gw.logs()
     );

@@ -441,7 +441,10 @@ fn a_reload_keeps_the_last_addresses_of_a_name_that_stopped_resolving() {
     };
     point_at_all(&hosts, &[]);
     gw.reload_to(2);
-    assert!(gw.log_contains(&format!("target name not resolved host={NAME}")));
+    assert!(gw.wait_log(
+        &format!("target name not resolved host={NAME}"),
+        Duration::from_secs(5)
+    ));
     let r = Conn::connect(gw.addr()).get(HOST, "/x");
     assert_eq!(r.header("x-upstream"), Some("a"), "{r:?}");
 }
@@ -457,7 +460,10 @@ fn a_reload_keeps_the_last_address_of_an_auth_service_that_stopped_resolving() {
     };
     point_at_all(&hosts, &[]);
     gw.reload_to(2);
-    assert!(gw.log_contains(&format!("name not resolved host={NAME}")));
+    assert!(gw.wait_log(
+        &format!("name not resolved host={NAME}"),
+        Duration::from_secs(5)
+    ));
     let r = Conn::connect(gw.addr()).get(HOST, "/x");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
@@ -517,7 +523,10 @@ fn an_upgrade_during_a_dns_outage_keeps_the_last_addresses() {
         "the old process hands over and exits 0"
     );
     assert!(
-        gw.log_contains(&format!("target name not resolved host={NAME}")),
+        gw.wait_log(
+            &format!("target name not resolved host={NAME}"),
+            Duration::from_secs(5)
+        ),
         "the new process kept the last addresses: {:#?}",
         gw.logs()
     );

@@ -501,7 +501,7 @@ fn an_actively_failing_target_is_taken_out_without_failing_clients_and_comes_bac
         "took {:?}",
         start.elapsed()
     );
-    assert!(gw.log_contains(&format!("target={}", a.addr)));
+    assert!(gw.wait_log(&format!("target={}", a.addr), Duration::from_secs(5)));
     assert_eq!(
         metric(&gw, "ringgate_upstream_target_healthy", a.addr, |v| v == 0),
         Some(0)

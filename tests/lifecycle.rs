@@ -403,7 +403,10 @@ fn a_second_signal_cuts_the_drain_short() {
         .expect("a second signal must end the drain");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!(st.code(), Some(0));
-    assert!(gw.log_contains("exiting without waiting for in-flight requests"));
+    assert!(gw.wait_log(
+        "exiting without waiting for in-flight requests",
+        Duration::from_secs(5)
+    ));
 }
 
 #[test]
@@ -721,7 +724,10 @@ fn more_workers_than_cpus_is_warned_about() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        gw.log_contains("more workers than CPUs this process may use workers=2 cpus=1"),
+        gw.wait_log(
+            "more workers than CPUs this process may use workers=2 cpus=1",
+            Duration::from_secs(5)
+        ),
         "{:#?}",
         gw.logs()
     );

@@ -455,7 +455,7 @@ fn reload_applies_the_admin_token() {
     assert_eq!(admin_as(adm, "old-token-1", "GET", "/status").status, 401);
     assert_eq!(admin_as(adm, "new-token-2", "GET", "/status").status, 200);
     assert!(
-        gw.log_contains("admin token changed"),
+        gw.wait_log("admin token changed", Duration::from_secs(5)),
         "the change is logged (never the token): {:?}",
         gw.logs()
     );

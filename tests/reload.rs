@@ -77,7 +77,7 @@ fn invalid_config_is_rejected_and_the_old_one_keeps_serving() {
         gw.logs()
     );
     assert!(
-        gw.log_contains("routes[0].service"),
+        gw.wait_log("routes[0].service", Duration::from_secs(5)),
         "errors are logged with their key: {:?}",
         gw.logs()
     );

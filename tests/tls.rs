@@ -1504,7 +1504,11 @@ fn an_https_target_trickling_its_handshake_fails_its_check_within_the_timeout() 
         "{:?}",
         started.elapsed()
     );
-    assert!(gw.log_contains("timed out"), "{:?}", gw.logs());
+    assert!(
+        gw.wait_log("timed out", Duration::from_secs(5)),
+        "{:?}",
+        gw.logs()
+    );
     stop.store(true, Ordering::SeqCst);
     let _ = server.join();
 }
@@ -1622,7 +1626,11 @@ snis = ["new.test"]
         "{text}"
     );
     let gw = Gateway::start(&config);
-    assert!(gw.log_contains("expired on 2021-01-01"), "{:?}", gw.logs());
+    assert!(
+        gw.wait_log("expired on 2021-01-01", Duration::from_secs(5)),
+        "{:?}",
+        gw.logs()
+    );
     let r = send_raw(
         gw.admin_addr(),
         b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n",

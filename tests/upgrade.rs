@@ -299,7 +299,10 @@ fn sigusr2_hands_over_under_load_without_a_failed_request() {
         .wait_exit(Duration::from_secs(15))
         .expect("the old process exits");
     assert!(status.success(), "{status}");
-    assert!(gw.log_contains(&format!("upgrade: new process ready pid={}", new.0)));
+    assert!(gw.wait_log(
+        &format!("upgrade: new process ready pid={}", new.0),
+        Duration::from_secs(5)
+    ));
     assert!(new.alive());
     let at_exit = load.tally.ok.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(700));
@@ -414,7 +417,10 @@ fn sigusr2_during_a_drain_is_ignored() {
     assert!(gw
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
-    assert!(gw.log_contains("signal ignored while draining signal=SIGUSR2"));
+    assert!(gw.wait_log(
+        "signal ignored while draining signal=SIGUSR2",
+        Duration::from_secs(5)
+    ));
     assert!(!gw.log_contains("upgrade started"));
 }
 
@@ -579,7 +585,10 @@ fn sigterm_during_a_hanging_upgrade_drains_at_once() {
         "exit after {:?}",
         t.elapsed()
     );
-    assert!(gw.log_contains("upgrade failed: given up for a stop signal"));
+    assert!(gw.wait_log(
+        "upgrade failed: given up for a stop signal",
+        Duration::from_secs(5)
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
