@@ -2078,7 +2078,8 @@ impl<S: ClientIo> Conn<S> {
         }
         self.status = 0;
         self.body_done = false;
-        // Counts as lingered: what the client still sends is not waited for.
+        // Counts as lingered, so the close that follows does not linger again: the 503's own
+        // lingering close is all the client gets, cut at `CUT_ANSWER_TIME`.
         self.lingered = true;
         let answer = self.fail(shard, GatewayError::ServiceUnavailable, true);
         // Out of time (a client not reading, or still uploading during the lingering close):
