@@ -17,7 +17,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +29,7 @@ use super::table::KeyTable;
 use super::window::{self, Verdict, WinPair};
 use super::{InstanceDef, WorkerLink};
 use crate::config::model::{Algorithm, BucketDef, Mode, Period};
+use crate::proxy::head::push_u64;
 
 /// The decision for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,7 +361,9 @@ impl LimiterSet {
             let retry_ms = worst
                 .filter(|q| q.blocking)
                 .map_or(CLOSED_RETRY_MS, |q| q.reset_ms);
-            let _ = write!(resp_headers, "Retry-After: {}\r\n", secs(retry_ms));
+            resp_headers.extend_from_slice(b"Retry-After: ");
+            push_u64(resp_headers, secs(retry_ms));
+            resp_headers.extend_from_slice(b"\r\n");
             Decision::Reject {
                 status: def.error_code,
                 body: &inst.body,
@@ -737,30 +739,32 @@ pub fn header_owned(name: &[u8]) -> bool {
 }
 
 /// `X-RateLimit-Limit-<P>`/`X-RateLimit-Remaining-<P>` per window period, then `RateLimit-Limit`,
-/// `-Remaining`, `-Reset` for `worst` (see `most_constraining`).
+/// `-Remaining`, `-Reset` for `worst` (see `most_constraining`). Written without `fmt`, which was
+/// about half of the plugin's own CPU per request (a profile of stop 29).
 fn write_headers(
     out: &mut Vec<u8>,
     quotas: &[Option<(Option<Period>, Quota)>; 4],
     worst: Option<Quota>,
 ) {
+    let line = |out: &mut Vec<u8>, name: &[&[u8]], n: u64| {
+        for part in name {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(b": ");
+        push_u64(out, n);
+        out.extend_from_slice(b"\r\n");
+    };
     for (period, q) in quotas.iter().flatten() {
         if let Some(p) = period {
-            let t = p.title();
-            let _ = write!(
-                out,
-                "X-RateLimit-Limit-{t}: {}\r\nX-RateLimit-Remaining-{t}: {}\r\n",
-                q.limit, q.remaining
-            );
+            let t = p.title().as_bytes();
+            line(out, &[b"X-RateLimit-Limit-", t], q.limit);
+            line(out, &[b"X-RateLimit-Remaining-", t], q.remaining);
         }
     }
     if let Some(q) = worst {
-        let _ = write!(
-            out,
-            "RateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
-            q.limit,
-            q.remaining,
-            secs(q.reset_ms)
-        );
+        line(out, &[b"RateLimit-Limit"], q.limit);
+        line(out, &[b"RateLimit-Remaining"], q.remaining);
+        line(out, &[b"RateLimit-Reset"], secs(q.reset_ms));
     }
 }
 
