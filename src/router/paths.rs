@@ -172,8 +172,8 @@ impl PathIndex {
     /// Rails (`(.:format)` on every route) and in Spring's suffix matching, so they must not reach
     /// a catch-all past `/admin`'s plugins (found by a review; nginx, Kong and Envoy match prefixes
     /// by bytes, so `/admin.json` is under `/admin` there too). The prefix and exact entries of
-    /// each name's node are visited as reached through a suffix: ranked as a prefix one byte
-    /// shorter than their own path, so whatever names the request literally (a route for
+    /// each name's node are visited as reached through a suffix: ranked as a prefix just below
+    /// their own path (`Search::bucket`), so whatever names the request literally (a route for
     /// `/admin.json`, a regex) wins, and `strip_path` removes only the name (the suffix stays on
     /// what goes upstream). A hidden name (`/.env`) has no such reading.
     fn format_suffixes<'a>(

@@ -271,7 +271,7 @@ fn regex_is_anchored_at_start() {
 }
 
 /// A regex route also reads the path without its trailing '/' (`~^/admin$` takes `/admin/`, which
-/// Express and Flask serve as `/admin`), ranked as a prefix one byte shorter than the regex's
+/// Express and Flask serve as `/admin`), ranked as a prefix just below the regex's
 /// literal start: above a catch-all and shorter prefixes, below a prefix route for that start
 /// itself and any true regex match (found by a review).
 #[test]
@@ -1329,7 +1329,7 @@ fn repeated_condition_inputs_are_ambiguous_and_readable_both_ways() {
     assert!(!plain.ambiguous(b"v=1&v=2", &twice));
 }
 
-/// The trailing-slash variant of an exact route ranks as a prefix one byte shorter than its path:
+/// The trailing-slash variant of an exact route ranks as a prefix just below its path:
 /// it beats a catch-all, never a prefix route for the path itself (`=/docs` redirecting to the
 /// `/docs/` site), a regex, or a host-specific route of the same kind.
 #[test]
