@@ -709,13 +709,8 @@ impl<S: ClientIo> Conn<S> {
                 // one, is not).
                 if self.first_byte.is_some() && !self.buf.is_empty() {
                     let bytes_in = self.buf.len() as u64;
-                    if self.snap.config.metrics.enabled {
-                        self.snap.metrics.gateway_error(None, 400, bytes_in, 0);
-                    }
-                    if shard.access_log.on() {
-                        let waited = self.first_byte.map_or(Duration::ZERO, |t| t.elapsed());
-                        self.log_refused_head(shard, 400, bytes_in, waited);
-                    }
+                    let waited = self.first_byte.map_or(Duration::ZERO, |t| t.elapsed());
+                    self.record_refused_head(shard, 400, bytes_in, waited);
                 }
                 return Next::Close;
             }
@@ -739,14 +734,7 @@ impl<S: ClientIo> Conn<S> {
                 } else {
                     499
                 };
-                if self.snap.config.metrics.enabled {
-                    self.snap
-                        .metrics
-                        .gateway_error(None, status, bytes_in, self.bytes_out);
-                }
-                if shard.access_log.on() {
-                    self.log_refused_head(shard, status, bytes_in, waited);
-                }
+                self.record_refused_head(shard, status, bytes_in, waited);
                 return Next::Close;
             }
         }
@@ -1079,9 +1067,7 @@ impl<S: ClientIo> Conn<S> {
         // - readings of a repeated header or query parameter a route condition reads: upstreams
         //   read the first or the last of each, in any combination.
         // An encoded NUL ends the path early in C-string code behind (nginx refuses it too).
-        if memchr::memchr(b'%', &self.s.path).is_some()
-            && memchr::memmem::find(&self.s.path, b"%00").is_some()
-        {
+        if memchr::memmem::find(&self.s.path, b"%00").is_some() {
             return Err(GatewayError::BadRequest("encoded NUL in path"));
         }
         let has_slash = memchr::memmem::find(&self.s.path, b"%2F").is_some();
@@ -2136,14 +2122,7 @@ impl<S: ClientIo> Conn<S> {
         } else {
             499
         };
-        if self.snap.config.metrics.enabled {
-            self.snap
-                .metrics
-                .gateway_error(None, status, bytes_in, self.bytes_out);
-        }
-        if shard.access_log.on() {
-            self.log_refused_head(shard, status, bytes_in, waited);
-        }
+        self.record_refused_head(shard, status, bytes_in, waited);
         Next::Close
     }
 
@@ -2185,6 +2164,19 @@ impl<S: ClientIo> Conn<S> {
     /// The access log line of a request refused before its head was whole (400, 408, 414, 431,
     /// 501): nothing of the request is known for sure, so its fields are null. `waited`: since its
     /// first byte.
+    /// Counts and logs a request refused (or cut) before its head was whole. `waited`: from its
+    /// first byte to the refusal.
+    fn record_refused_head(&mut self, shard: &Shard, status: u16, bytes_in: u64, waited: Duration) {
+        if self.snap.config.metrics.enabled {
+            self.snap
+                .metrics
+                .gateway_error(None, status, bytes_in, self.bytes_out);
+        }
+        if shard.access_log.on() {
+            self.log_refused_head(shard, status, bytes_in, waited);
+        }
+    }
+
     fn log_refused_head(&mut self, shard: &Shard, status: u16, bytes_in: u64, waited: Duration) {
         let r = log_format::Request {
             client_ip: client_ip::canonical(self.peer.ip()),
