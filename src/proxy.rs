@@ -13,6 +13,7 @@
 //! completed, the client connection is closed (never a complete-looking truncated response). Nothing
 //! is allocated per request once the connection's buffers have grown to their working size.
 
+mod balance;
 mod body;
 mod chain;
 pub mod head;
@@ -1263,6 +1264,11 @@ impl<S: ClientIo> Conn<S> {
                 .fail(shard, GatewayError::ServiceUnavailable, p.client_close)
                 .await;
         };
+        // Taken now, while the request head is still in the buffer.
+        let key = cfg
+            .upstreams
+            .get(svc.upstream)
+            .and_then(|u| self.balance_key(u));
         let transform = self
             .s
             .chain
@@ -1367,8 +1373,17 @@ impl<S: ClientIo> Conn<S> {
             let started = self.stamp();
             let mut tried = None;
             let before = budget;
-            let connected =
-                connect(shard, &snap, svc, pinned, after, &mut budget, &mut tried).await;
+            let connected = connect(
+                shard,
+                &snap,
+                svc,
+                pinned,
+                after,
+                key,
+                &mut budget,
+                &mut tried,
+            )
+            .await;
             let used = u32::try_from(before.saturating_sub(budget)).unwrap_or(u32::MAX);
             self.attempts = self.attempts.saturating_add(used);
             let (upstream, target, reused) = match connected {
@@ -2213,7 +2228,8 @@ impl<S: ClientIo> Conn<S> {
     }
 }
 
-/// Picks a target (smooth WRR) and returns a pooled or fresh connection to it. A target that refuses
+/// Picks a target (by the upstream's algorithm: `balance::first_pick`; `key` is the request's
+/// place on a hash ring) and returns a pooled or fresh connection to it. A target that refuses
 /// or times out is skipped for the next one: nothing was sent yet, so this is always safe.
 /// `pinned`: the retry after a stale pooled connection to this target: fresh connections only,
 /// starting with this target; if it now refuses (it is restarting: the usual reason its pooled
@@ -2226,6 +2242,7 @@ async fn connect(
     svc: &ServiceDef,
     pinned: Option<usize>,
     after: Option<usize>,
+    key: Option<u64>,
     budget: &mut usize,
     tried: &mut Option<SocketAddr>,
 ) -> Result<(UpstreamConn, usize, bool), GatewayError> {
@@ -2249,18 +2266,14 @@ async fn connect(
         (Some(t), _) => t,
         // Failover after a target that reset once connected: the ones after it, in turn.
         (None, Some(t)) => (t + 1) % n.max(1),
-        (None, None) => match snap.balancers.get(svc.upstream) {
-            Some(b) => {
-                let mut b = b.borrow_mut();
-                if health.all_usable() {
-                    b.pick()
-                } else {
-                    // Every target out: fail open (nginx, Envoy's panic mode) rather than refuse.
-                    b.pick_where(&mut usable).unwrap_or_else(|| b.pick())
-                }
-            }
-            None => 0,
-        },
+        (None, None) => balance::first_pick(
+            snap,
+            ups,
+            svc.upstream,
+            key,
+            health.all_usable(),
+            &mut usable,
+        ),
     };
     // A failed connect moves on to the next target, within the request's `budget` of attempts
     // (`retries` + 1: Kong's bound; nginx's `proxy_next_upstream_tries`): with every target

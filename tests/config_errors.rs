@@ -1555,3 +1555,82 @@ fn an_error_quoting_a_huge_value_is_clipped() {
     assert!(line.len() < 1_000, "{} bytes", line.len());
     assert!(line.contains("bytes in all)"), "{line}");
 }
+
+/// `algorithm` and the `hash_on` family: unknown values, missing companions, keys that would be
+/// silently ignored under another algorithm.
+#[test]
+fn balancing_algorithm_errors() {
+    let targets = "targets = [{ target = \"127.0.0.1:9001\" }]";
+    let with = |extra: &str| base_with(targets, &format!("{targets}\n{extra}"));
+    expect_one(
+        &with("algorithm = \"random\""),
+        7,
+        13,
+        "upstreams[0].algorithm",
+        "expected one of \"round_robin\", \"least_conn\", \"consistent_hash\"",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\""),
+        7,
+        13,
+        "upstreams[0].algorithm",
+        "needs `hash_on`",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"header\""),
+        8,
+        11,
+        "upstreams[0].hash_on",
+        "hash_on = \"header\" needs `hash_on_header` (e.g. hash_on_header = \"X-User-Id\")",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"a b\""),
+        9,
+        18,
+        "upstreams[0].hash_on_cookie",
+        "\"a b\" is not a valid name",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"host\""),
+        8,
+        11,
+        "upstreams[0].hash_on",
+        "expected one of \"ip\", \"consumer\", \"header\", \"cookie\", \"path\"",
+    );
+    expect_one(
+        &with("hash_on = \"ip\""),
+        7,
+        11,
+        "upstreams[0].hash_on",
+        "`hash_on` only applies with algorithm = \"consistent_hash\"",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"\nhash_on_cookie = \"sid\""),
+        10,
+        18,
+        "upstreams[0].hash_on_cookie",
+        "only applies with hash_on = \"cookie\"",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"ip\"\nhash_fallback = \"ip\""),
+        9,
+        17,
+        "upstreams[0].hash_fallback",
+        "only applies with a hash_on value a request can lack",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"path\"\nhash_fallback = \"random\""),
+        9,
+        17,
+        "upstreams[0].hash_fallback",
+        "expected one of \"round_robin\", \"ip\"",
+    );
+    for ok in [
+        "algorithm = \"least_conn\"",
+        "algorithm = \"round_robin\"",
+        "algorithm = \"consistent_hash\"\nhash_on = \"path\"\nhash_fallback = \"ip\"",
+        "algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"",
+    ] {
+        assert!(load_str(&with(ok), "test.toml").is_ok(), "{ok}");
+    }
+}

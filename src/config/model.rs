@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::upstream::ring::Ring;
+
 pub mod auth;
 pub mod plugins;
 pub use auth::*;
@@ -176,6 +178,38 @@ pub struct UpstreamDef {
     pub tls: Option<UpstreamTls>,
     /// Passive (circuit breaking) and active health checking of the targets.
     pub health: HealthDef,
+    /// How a request's target is chosen.
+    pub balance: Balance,
+    /// The hash ring of `targets`, for `Balance::Hash` only (rebuilt by `set_addrs`).
+    pub ring: Option<Arc<Ring>>,
+}
+
+/// `algorithm` of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Smooth weighted round-robin (the default).
+    #[default]
+    RoundRobin,
+    /// The fewest requests in flight on this worker for the target's weight.
+    LeastConn,
+    /// Consistent hashing of `on`; a request without that value is balanced round-robin, or by
+    /// its client address with `fallback_ip`.
+    Hash { on: HashOn, fallback_ip: bool },
+}
+
+/// What `consistent_hash` hashes (`hash_on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client address (the one ip-restriction sees).
+    Ip,
+    /// The authenticated consumer's username (an anonymous consumer counts as none).
+    Consumer,
+    /// A request header's value (lower-case name; the first occurrence).
+    Header(String),
+    /// A cookie's value (name as written: cookie names are case-sensitive).
+    Cookie(String),
+    /// The normalized request path.
+    Path,
 }
 
 impl UpstreamDef {
@@ -209,6 +243,9 @@ impl UpstreamDef {
             ..template.clone()
         });
         self.targets.splice(at..end, replacement);
+        if self.ring.is_some() {
+            self.ring = Some(Arc::new(Ring::new(&self.targets)));
+        }
         if let Some(tls) = &mut self.tls {
             if let Some(sni) = tls.names.get(at).cloned() {
                 let end = end.min(tls.names.len());

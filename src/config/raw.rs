@@ -71,6 +71,11 @@ pub struct RawUpstream {
     pub ca_file: Option<String>,
     pub tls_server_name: Option<String>,
     pub health: Option<RawHealth>,
+    pub algorithm: Option<String>,
+    pub hash_on: Option<String>,
+    pub hash_on_header: Option<String>,
+    pub hash_on_cookie: Option<String>,
+    pub hash_fallback: Option<String>,
 }
 
 /// `[upstreams.health]`.

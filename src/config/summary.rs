@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::model::{Config, ListenKind, PathMatch, TargetDef, ValueMatch};
+use super::model::{Balance, Config, HashOn, ListenKind, PathMatch, TargetDef, ValueMatch};
 
 fn or_any(items: Vec<String>) -> String {
     if items.is_empty() {
@@ -20,6 +20,28 @@ fn value(v: &ValueMatch) -> String {
         ValueMatch::Present => "*".to_owned(),
         ValueMatch::Exact(vals) => vals.join("|"),
         ValueMatch::Regex(re) => format!("~{}", re.as_str()),
+    }
+}
+
+/// ` (least_conn)`, ` (consistent_hash on header x-user, else ip)`; nothing for round-robin.
+fn push_balance(line: &mut String, balance: &Balance) {
+    match balance {
+        Balance::RoundRobin => {}
+        Balance::LeastConn => line.push_str(" (least_conn)"),
+        Balance::Hash { on, fallback_ip } => {
+            let _ = match on {
+                HashOn::Ip => write!(line, " (consistent_hash on ip"),
+                HashOn::Consumer => write!(line, " (consistent_hash on consumer"),
+                HashOn::Path => write!(line, " (consistent_hash on path"),
+                HashOn::Header(h) => write!(line, " (consistent_hash on header {h}"),
+                HashOn::Cookie(c) => write!(line, " (consistent_hash on cookie {c}"),
+            };
+            line.push_str(match (on, fallback_ip) {
+                (HashOn::Ip, _) => ")",
+                (_, true) => ", else ip)",
+                (_, false) => ", else round_robin)",
+            });
+        }
     }
 }
 
@@ -158,6 +180,7 @@ pub fn summary(cfg: &Config) -> String {
             }
             if let Some(u) = cfg.upstreams.get(s.upstream) {
                 let _ = write!(line, " -> upstream {} [{}]", u.name, targets(&u.targets));
+                push_balance(&mut line, &u.balance);
             }
         }
         let chain = chains.get(ri).map(|c| &c[..]).unwrap_or_default();

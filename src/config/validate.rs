@@ -37,6 +37,28 @@ fn push(problems: &mut Vec<Problem>, path: KeyPath, message: impl Into<String>) 
     problems.push(Problem::at(path, message));
 }
 
+/// Matches `value` against `(spelling, result)` pairs; reports the allowed spellings otherwise.
+fn one_of<T: Copy>(
+    problems: &mut Vec<Problem>,
+    path: KeyPath,
+    value: &str,
+    options: &[(&str, T)],
+) -> Option<T> {
+    if let Some((_, v)) = options.iter().find(|(s, _)| *s == value) {
+        return Some(*v);
+    }
+    let allowed: Vec<String> = options.iter().map(|(s, _)| format!("{s:?}")).collect();
+    push(
+        problems,
+        path,
+        format!(
+            "{value:?} is not valid; expected one of {}",
+            allowed.join(", ")
+        ),
+    );
+    None
+}
+
 /// A duration that must be > 0 (all but `keepalive`, where 0 disables keep-alive); `default` when
 /// absent, and also when invalid so compilation can go on.
 fn positive(

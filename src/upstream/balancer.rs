@@ -10,6 +10,8 @@
 //! its cycle (`new_spread`), so frequent reloads do not send every worker's next request to the
 //! first target (a review saw 12 of 16 requests go to one of three equal targets).
 //!
+//! `pick_least` is least connections on top of the same rotation (ties rotate by weight).
+//!
 //! `pick_where` skips targets health checking took out the way nginx does: a skipped target neither
 //! gains score nor counts in the total, so the others keep their smooth weighted split among
 //! themselves, and the skipped one rejoins with the score it had.
@@ -82,14 +84,20 @@ impl Swrr {
     /// The next target index among those `usable` accepts; `None` when it accepts none (the caller
     /// decides what that means: health checking fails open).
     pub fn pick_where(&mut self, mut usable: impl FnMut(usize) -> bool) -> Option<usize> {
+        self.rotate(|i, _| usable(i))
+    }
+
+    /// `pick_where`, with each candidate's weight passed along.
+    fn rotate(&mut self, mut usable: impl FnMut(usize, i64) -> bool) -> Option<usize> {
         let mut best: Option<usize> = None;
         let mut total = 0;
         for i in 0..self.weights.len() {
-            if !usable(i) {
+            let w = self.weights[i];
+            if !usable(i, w) {
                 continue;
             }
-            self.current[i] += self.weights[i];
-            total += self.weights[i];
+            self.current[i] += w;
+            total += w;
             if best.is_none_or(|b| self.current[i] > self.current[b]) {
                 best = Some(i);
             }
@@ -98,6 +106,32 @@ impl Swrr {
             *c -= total;
         }
         best
+    }
+
+    /// Least connections (`algorithm = "least_conn"`, nginx's `least_conn`): among the targets
+    /// `usable` accepts, one with the fewest requests in flight for its weight (`load(t) / weight`,
+    /// compared as cross products), ties broken by the smooth weighted rotation, so equal loads
+    /// still split by weight. `None` when `usable` accepts none.
+    pub fn pick_least(
+        &mut self,
+        load: impl Fn(usize) -> u64,
+        mut usable: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        // (load, weight) of the best so far.
+        let mut best: Option<(u128, u128)> = None;
+        for (i, &w) in self.weights.iter().enumerate() {
+            if !usable(i) {
+                continue;
+            }
+            let (l, w) = (u128::from(load(i)), w.unsigned_abs().into());
+            if best.is_none_or(|(bl, bw)| l * bw < bl * w) {
+                best = Some((l, w));
+            }
+        }
+        let (bl, bw) = best?;
+        self.rotate(|i, w| {
+            usable(i) && u128::from(load(i)) * bw == bl * u128::from(w.unsigned_abs())
+        })
     }
 }
 
@@ -150,6 +184,31 @@ mod tests {
         }
         assert_eq!(n, [5, 1, 1]);
         assert!(b.same_weights([5, 1, 1]) && !b.same_weights([5, 1]));
+    }
+
+    #[test]
+    fn least_conn_takes_the_least_loaded_for_its_weight_and_rotates_ties() {
+        let mut b = Swrr::new([100, 100, 100]);
+        let loads = [3u64, 1, 2];
+        assert_eq!(b.pick_least(|i| loads[i], |_| true), Some(1));
+        assert_eq!(b.pick_least(|i| loads[i], |i| i != 1), Some(2));
+        assert_eq!(b.pick_least(|i| loads[i], |_| false), None);
+        // Equal loads rotate like round-robin.
+        let picks: Vec<usize> = (0..6)
+            .map(|_| b.pick_least(|_| 0, |_| true).unwrap_or(9))
+            .collect();
+        for t in 0..3 {
+            assert_eq!(picks.iter().filter(|&&p| p == t).count(), 2, "{picks:?}");
+        }
+        // Weight 300 with 2 in flight (2/300) beats weight 100 with 1 (1/100).
+        let mut b = Swrr::new([300, 100]);
+        assert_eq!(b.pick_least(|i| [2, 1][i], |_| true), Some(0));
+        assert_eq!(b.pick_least(|i| [4, 1][i], |_| true), Some(1));
+        // Idle targets split by weight.
+        let picks: Vec<usize> = (0..8)
+            .map(|_| b.pick_least(|_| 0, |_| true).unwrap_or(9))
+            .collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 6, "{picks:?}");
     }
 
     #[test]

@@ -1,17 +1,22 @@
-//! `[[upstreams]]` and `[[services]]`: targets, weights, address resolution, urls, references.
+//! `[[upstreams]]` and `[[services]]`: targets, weights, address resolution, the balancing
+//! algorithm, urls, references.
 //!
 //! Invariants: the returned upstream list starts with the named upstreams at their file index, then
 //! one anonymous `service:<name>` upstream per `url` service; a service's `upstream` index points
 //! into that list. Slots are `None` where an element failed to decode or compile.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::tls::{self as tls_cfg, ClientConfigs};
-use super::{in_range, index_names, known, positive, push};
+use super::{in_range, index_names, known, one_of, positive, push};
 use crate::config::locate::{KeyPath, Problem};
-use crate::config::model::{ServiceDef, TargetDef, Timeouts, UpstreamDef, UpstreamTls};
+use crate::config::model::{
+    Balance, HashOn, ServiceDef, TargetDef, Timeouts, UpstreamDef, UpstreamTls,
+};
 use crate::config::net;
 use crate::config::raw::{RawService, RawTarget, RawUpstream};
+use crate::upstream::ring::Ring;
 
 const DEFAULT_WEIGHT: i64 = 100;
 const MAX_WEIGHT: i64 = 65_535;
@@ -95,12 +100,165 @@ fn upstream(
     }
     let tls = upstream_tls(raw, path, &targets, tls, problems);
     let health = super::health::compile(raw.health.as_ref(), path, valid_authority, problems);
+    let balance = balance(raw, path, problems);
+    let ring = matches!(balance, Balance::Hash { .. }).then(|| Arc::new(Ring::new(&targets)));
     UpstreamDef {
         name: raw.name.clone(),
         targets,
         host_header: raw.host_header.clone(),
         tls,
         health,
+        balance,
+        ring,
+    }
+}
+
+/// `algorithm`, with `hash_on` and its companions for `consistent_hash`. Keys that only apply to
+/// another algorithm or another `hash_on` are errors, not silently ignored.
+fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Balance {
+    #[derive(Clone, Copy, PartialEq)]
+    enum A {
+        RoundRobin,
+        LeastConn,
+        Hash,
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum On {
+        Ip,
+        Consumer,
+        Header,
+        Cookie,
+        Path,
+    }
+    let algorithm = match &raw.algorithm {
+        None => A::RoundRobin,
+        Some(a) => one_of(
+            problems,
+            path.key("algorithm"),
+            a,
+            &[
+                ("round_robin", A::RoundRobin),
+                ("least_conn", A::LeastConn),
+                ("consistent_hash", A::Hash),
+            ],
+        )
+        .unwrap_or(A::RoundRobin),
+    };
+    let on = raw.hash_on.as_deref().and_then(|h| {
+        one_of(
+            problems,
+            path.key("hash_on"),
+            h,
+            &[
+                ("ip", On::Ip),
+                ("consumer", On::Consumer),
+                ("header", On::Header),
+                ("cookie", On::Cookie),
+                ("path", On::Path),
+            ],
+        )
+    });
+    let mut only = |key: &str, set: bool, when: &str| {
+        if set {
+            push(
+                problems,
+                path.key(key),
+                format!("`{key}` only applies with {when}"),
+            );
+        }
+    };
+    if algorithm != A::Hash {
+        only(
+            "hash_on",
+            raw.hash_on.is_some(),
+            "algorithm = \"consistent_hash\"",
+        );
+    }
+    if on != Some(On::Header) {
+        only(
+            "hash_on_header",
+            raw.hash_on_header.is_some(),
+            "hash_on = \"header\"",
+        );
+    }
+    if on != Some(On::Cookie) {
+        only(
+            "hash_on_cookie",
+            raw.hash_on_cookie.is_some(),
+            "hash_on = \"cookie\"",
+        );
+    }
+    if on.is_none() || on == Some(On::Ip) {
+        only(
+            "hash_fallback",
+            raw.hash_fallback.is_some(),
+            "a hash_on value a request can lack (consumer, header, cookie, path)",
+        );
+    }
+    if algorithm != A::Hash {
+        return match algorithm {
+            A::LeastConn => Balance::LeastConn,
+            _ => Balance::RoundRobin,
+        };
+    }
+    let fallback_ip = match raw.hash_fallback.as_deref() {
+        None => false,
+        Some(f) => one_of(
+            problems,
+            path.key("hash_fallback"),
+            f,
+            &[("round_robin", false), ("ip", true)],
+        )
+        .unwrap_or(false),
+    };
+    let named =
+        |key: &str, value: &Option<String>, example: &str, problems: &mut Vec<Problem>| match value
+        {
+            None => {
+                push(
+                    problems,
+                    path.key("hash_on"),
+                    format!(
+                        "hash_on = {:?} needs `{key}` (e.g. {key} = {example:?})",
+                        key.trim_start_matches("hash_on_")
+                    ),
+                );
+                None
+            }
+            Some(v) if !super::plugins::is_token(v) => {
+                push(
+                    problems,
+                    path.key(key),
+                    format!("{v:?} is not a valid name (letters, digits and !#$%&'*+-.^_`|~)"),
+                );
+                None
+            }
+            Some(v) => Some(v.clone()),
+        };
+    let on = match on {
+        Some(On::Ip) => Some(HashOn::Ip),
+        Some(On::Consumer) => Some(HashOn::Consumer),
+        Some(On::Path) => Some(HashOn::Path),
+        Some(On::Header) => named("hash_on_header", &raw.hash_on_header, "X-User-Id", problems)
+            .map(|h| HashOn::Header(h.to_ascii_lowercase())),
+        Some(On::Cookie) => {
+            named("hash_on_cookie", &raw.hash_on_cookie, "session", problems).map(HashOn::Cookie)
+        }
+        None => {
+            if raw.hash_on.is_none() {
+                push(
+                    problems,
+                    path.key("algorithm"),
+                    "algorithm = \"consistent_hash\" needs `hash_on`: \"ip\", \"consumer\", \"header\", \"cookie\" or \"path\"",
+                );
+            }
+            None
+        }
+    };
+    match on {
+        Some(on) => Balance::Hash { on, fallback_ip },
+        // Reported above; compilation goes on to find more problems.
+        None => Balance::RoundRobin,
     }
 }
 
@@ -425,6 +583,8 @@ fn url_upstream(
         host_header: None,
         tls,
         health: Default::default(),
+        balance: Balance::RoundRobin,
+        ring: None,
     }));
     Some((
         upstreams.len() - 1,

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use super::{auth, edge, in_range, known, push, termination};
+use super::{auth, edge, in_range, known, one_of, push, termination};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{
     Algorithm, BucketDef, LimitBy, Mode, Period, PeriodLimit, PluginConfig, PluginDef, PluginScope,
@@ -263,28 +263,6 @@ fn lookup(
         );
     }
     found
-}
-
-/// Matches `value` against `(spelling, result)` pairs; reports the allowed spellings otherwise.
-fn one_of<T: Copy>(
-    problems: &mut Vec<Problem>,
-    path: KeyPath,
-    value: &str,
-    options: &[(&str, T)],
-) -> Option<T> {
-    if let Some((_, v)) = options.iter().find(|(s, _)| *s == value) {
-        return Some(*v);
-    }
-    let allowed: Vec<String> = options.iter().map(|(s, _)| format!("{s:?}")).collect();
-    push(
-        problems,
-        path,
-        format!(
-            "{value:?} is not valid; expected one of {}",
-            allowed.join(", ")
-        ),
-    );
-    None
 }
 
 fn positive_int(problems: &mut Vec<Problem>, path: KeyPath, what: &str, v: Int) -> Option<u64> {

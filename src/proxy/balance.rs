@@ -1,0 +1,91 @@
+//! The request's part in choosing its target: the key a `consistent_hash` upstream places on its
+//! ring, and the first pick by the upstream's algorithm (`connect` then fails over from there).
+//!
+//! Invariants: nothing here allocates or awaits; the balancer's `RefCell` is borrowed only inside
+//! `first_pick`. The key is taken from the request head before any body is read (a streamed body
+//! reuses the buffer the head sits in).
+
+use std::net::IpAddr;
+
+use super::{ClientIo, Conn, HeadView};
+use crate::auth::client_ip;
+use crate::config::model::{Balance, HashOn, UpstreamDef};
+use crate::router::RequestView;
+use crate::upstream::ring;
+use crate::worker::Snapshot;
+
+impl<S: ClientIo> Conn<S> {
+    /// Where this request sits on `ups`' ring: `None` for other algorithms, and for a request
+    /// without the value hashed on (no such header or cookie, an empty one, no consumer or only
+    /// the anonymous one), which is balanced round-robin unless `hash_fallback = "ip"`.
+    pub(super) fn balance_key(&self, ups: &UpstreamDef) -> Option<u64> {
+        let Balance::Hash { on, fallback_ip } = &ups.balance else {
+            return None;
+        };
+        let view = HeadView::new(&self.s.head, &self.buf);
+        let value = match on {
+            HashOn::Ip => None,
+            HashOn::Consumer => {
+                let id = self.s.chain.id;
+                id.consumer
+                    .filter(|_| !id.anonymous)
+                    .and_then(|c| self.snap.auth.consumers.get(c))
+                    .map(|c| c.username.as_bytes())
+            }
+            HashOn::Header(name) => view.header(name.as_bytes()),
+            HashOn::Cookie(name) => view
+                .values(b"cookie")
+                .find_map(|v| ring::cookie(v, name.as_bytes())),
+            HashOn::Path => Some(&self.s.path[..]),
+        };
+        match value.filter(|v| !v.trim_ascii().is_empty()) {
+            Some(v) => Some(ring::hash(v)),
+            None if *fallback_ip || *on == HashOn::Ip => Some(ring::hash_ip(self.balance_ip())),
+            None => None,
+        }
+    }
+
+    /// The client address ip-restriction and rate limiting see (behind `trusted_proxies`, the one
+    /// they forwarded for), also on a route whose plugin chain did not run to work it out.
+    fn balance_ip(&self) -> IpAddr {
+        let trusted = &self.snap.auth.trusted_proxies;
+        if trusted.is_empty() {
+            return self.peer.ip();
+        }
+        client_ip::of_head(self.peer.ip(), trusted, &self.s.head, &self.buf)
+    }
+}
+
+/// The first target to try for a request to upstream `u` by its algorithm, among the targets
+/// `usable` accepts; with none usable, among all of them (health checking fails open, as nginx
+/// does and Envoy's panic mode). `all`: every target is usable (no health lookups).
+pub(super) fn first_pick(
+    snap: &Snapshot,
+    ups: &UpstreamDef,
+    u: usize,
+    key: Option<u64>,
+    all: bool,
+    usable: &mut impl FnMut(usize) -> bool,
+) -> usize {
+    if let (Some(ring), Some(key)) = (&ups.ring, key) {
+        return ring.pick(key, |t| all || usable(t)).unwrap_or(0);
+    }
+    let Some(b) = snap.balancers.get(u) else {
+        return 0;
+    };
+    let mut b = b.borrow_mut();
+    if ups.balance == Balance::LeastConn {
+        // Requests in flight on this worker, by this generation's count (what the
+        // `ringgate_upstream_connections{state="active"}` gauge sums over workers).
+        let load = |t| snap.metrics.upstream_active(snap.flat_target(u, t));
+        return b
+            .pick_least(load, |t| all || usable(t))
+            .or_else(|| b.pick_least(load, |_| true))
+            .unwrap_or(0);
+    }
+    if all {
+        b.pick()
+    } else {
+        b.pick_where(usable).unwrap_or_else(|| b.pick())
+    }
+}

@@ -1,0 +1,243 @@
+//! Load-balancing algorithms end to end over real sockets: `least_conn` steering past a target
+//! whose requests are still running, and `consistent_hash` keeping a key on one target (across
+//! workers and across gateway processes), moving only a dead target's keys, and falling back to
+//! round-robin for requests without the key.
+
+mod common;
+
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// One upstream `pool` over `targets` with `balance` (its algorithm keys), behind a catch-all route.
+fn config(targets: &[&Upstream], balance: &str, workers: usize, extra: &str) -> String {
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|u| format!("{{ target = \"{}\" }}", u.addr()))
+        .collect();
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = {workers}
+
+[server.timeouts]
+upstream_read = "3s"
+
+[[upstreams]]
+name = "pool"
+targets = [{}]
+{balance}
+
+[[services]]
+name = "svc"
+upstream = "pool"
+
+[[routes]]
+name = "r"
+service = "svc"
+paths = ["/"]
+strip_path = false
+
+{extra}
+"#,
+        targets.join(", ")
+    )
+}
+
+/// The upstream that answered a GET of `path` with `headers` (each line ending in `\r\n`).
+#[track_caller]
+fn answered_by(gw: &Gateway, path: &str, headers: &str) -> String {
+    let mut c = Conn::connect(gw.addr());
+    let r = c.request(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n").as_bytes());
+    assert_eq!(r.status, 200, "{path} {headers:?}: {r:?}");
+    r.header("x-upstream").unwrap_or_default().to_owned()
+}
+
+#[test]
+fn least_conn_sends_requests_past_a_target_still_busy() {
+    let slow = Upstream::named("slow", Behaviour::Hang);
+    let fast = Upstream::echo("fast");
+    let gw = Gateway::start(&config(
+        &[&slow, &fast],
+        "algorithm = \"least_conn\"",
+        1,
+        "",
+    ));
+    // Requests in the background until one is held by the slow target (idle targets tie, and
+    // ties rotate, so that takes one or two).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.request_count() == 0 && Instant::now() < deadline {
+        let addr = gw.addr();
+        std::thread::spawn(move || {
+            let _ = try_send_raw(addr, b"GET /held HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        });
+        let _ = slow.wait_for(Duration::from_millis(300), |r| !r.requests.is_empty());
+    }
+    assert_eq!(
+        slow.request_count(),
+        1,
+        "one request held by the slow target"
+    );
+    // With one request in flight there, every new one goes to the idle target. Round-robin
+    // would send every other one to the slow target (and its 504 after 3 s).
+    for i in 0..10 {
+        assert_eq!(
+            answered_by(&gw, &format!("/{i}"), ""),
+            "fast",
+            "request {i}"
+        );
+    }
+    assert_eq!(slow.request_count(), 1);
+}
+
+/// Where each of `users` is sent, asking three times each (new connections: any worker).
+fn placement(
+    gw: &Gateway,
+    users: &[String],
+    header: impl Fn(&str) -> String,
+) -> HashMap<String, String> {
+    users
+        .iter()
+        .map(|u| {
+            let first = answered_by(gw, "/", &header(u));
+            for _ in 0..2 {
+                assert_eq!(answered_by(gw, "/", &header(u)), first, "{u} moved");
+            }
+            (u.clone(), first)
+        })
+        .collect()
+}
+
+#[test]
+fn consistent_hash_keeps_each_key_on_one_target_and_moves_only_a_dead_targets_keys() {
+    let a = Upstream::echo("a");
+    let b = Upstream::echo("b");
+    let c = Upstream::echo("c");
+    let text = config(
+        &[&a, &b, &c],
+        "algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"",
+        2,
+        "",
+    );
+    let gw = Gateway::start(&text);
+    let users: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();
+    let header = |u: &str| format!("X-User: {u}\r\n");
+    let before = placement(&gw, &users, header);
+    let used: HashSet<&String> = before.values().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "30 keys spread over the 3 targets: {before:?}"
+    );
+
+    // Another gateway process with the same targets places every key alike (a fleet agrees).
+    let other = Gateway::start(&text);
+    assert_eq!(placement(&other, &users, header), before);
+    drop(other);
+
+    // Requests without the key are balanced round-robin, not all sent to one target.
+    let keyless: HashSet<String> = (0..12)
+        .map(|i| answered_by(&gw, &format!("/{i}"), ""))
+        .collect();
+    assert!(keyless.len() >= 2, "{keyless:?}");
+    // An empty value is a missing one.
+    let empty: HashSet<String> = (0..12)
+        .map(|i| answered_by(&gw, &format!("/{i}"), "X-User: \r\n"))
+        .collect();
+    assert!(empty.len() >= 2, "{empty:?}");
+
+    // Target b goes away: its keys move (and are served), nobody else's do.
+    drop(b);
+    for u in &users {
+        let now = answered_by(&gw, "/", &header(u));
+        match before.get(u).map(String::as_str) {
+            Some("b") => assert_ne!(now, "b", "{u}"),
+            was => assert_eq!(Some(now.as_str()), was, "{u} moved though its target is up"),
+        }
+    }
+}
+
+#[test]
+fn consistent_hash_on_a_cookie_and_on_the_consumer() {
+    let a = Upstream::echo("a");
+    let b = Upstream::echo("b");
+    let c = Upstream::echo("c");
+    let gw = Gateway::start(&config(
+        &[&a, &b, &c],
+        "algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"sid\"",
+        1,
+        "",
+    ));
+    let sids: Vec<String> = (0..20).map(|i| format!("s{i:04}")).collect();
+    let by_cookie = placement(&gw, &sids, |s| {
+        format!("Cookie: theme=dark; sid={s}; lang=en\r\n")
+    });
+    assert!(
+        by_cookie.values().collect::<HashSet<_>>().len() >= 2,
+        "{by_cookie:?}"
+    );
+    // The same cookie in a second Cookie field (what HTTP/2-to-1 translation can produce) counts.
+    for s in &sids {
+        let other = answered_by(
+            &gw,
+            "/",
+            &format!("Cookie: theme=dark\r\nCookie: sid={s}\r\n"),
+        );
+        assert_eq!(Some(&other), by_cookie.get(s), "{s}");
+    }
+    drop(gw);
+
+    // By consumer: a consumer's two keys go to one target; the anonymous consumer is no key.
+    let mut consumers = String::new();
+    for i in 0..12 {
+        consumers.push_str(&format!(
+            "[[consumers]]\nusername = \"user{i}\"\nkeyauth_credentials = [{{ key = \"key-{i}-first-0123456789\" }}, {{ key = \"key-{i}-second-0123456789\" }}]\n\n"
+        ));
+    }
+    consumers.push_str(
+        "[[consumers]]\nusername = \"guest\"\n\n[[plugins]]\nname = \"key-auth\"\nconfig = { anonymous = \"guest\" }\n",
+    );
+    let gw = Gateway::start(&config(
+        &[&a, &b, &c],
+        "algorithm = \"consistent_hash\"\nhash_on = \"consumer\"",
+        1,
+        &consumers,
+    ));
+    let ids: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    let first = placement(&gw, &ids, |i| {
+        format!("apikey: key-{i}-first-0123456789\r\n")
+    });
+    let second = placement(&gw, &ids, |i| {
+        format!("apikey: key-{i}-second-0123456789\r\n")
+    });
+    assert_eq!(first, second);
+    assert!(
+        first.values().collect::<HashSet<_>>().len() >= 2,
+        "{first:?}"
+    );
+    let anonymous: HashSet<String> = (0..12)
+        .map(|i| answered_by(&gw, &format!("/{i}"), ""))
+        .collect();
+    assert!(
+        anonymous.len() >= 2,
+        "anonymous requests are not one key: {anonymous:?}"
+    );
+}
+
+#[test]
+fn consistent_hash_with_ip_fallback_keeps_keyless_requests_together() {
+    let a = Upstream::echo("a");
+    let b = Upstream::echo("b");
+    let c = Upstream::echo("c");
+    let gw = Gateway::start(&config(
+        &[&a, &b, &c],
+        "algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"\nhash_fallback = \"ip\"",
+        2,
+        "",
+    ));
+    // Every request here comes from 127.0.0.1: one place.
+    let keyless: HashSet<String> = (0..12)
+        .map(|i| answered_by(&gw, &format!("/{i}"), ""))
+        .collect();
+    assert_eq!(keyless.len(), 1, "{keyless:?}");
+}
