@@ -392,6 +392,9 @@ struct Conn<S> {
     /// cleared after it, or kept until the tunnel ends for an upgrade (`serve`), or by `cut_short`
     /// for an exchange the drain deadline dropped.
     held_target: Option<usize>,
+    /// A least_conn upstream's in-flight count of the target, held (and dropped) with
+    /// `held_target`.
+    held_load: Option<balance::InFlight>,
     /// The current request's body, read whole and edited by a request-transformer's `json`
     /// (sent instead of streaming the client's; `None` on every other request).
     edited_body: Option<Vec<u8>>,
@@ -526,6 +529,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
         timed: true,
         upstream_addr: None,
         held_target: None,
+        held_load: None,
         first_byte: None,
         head_bytes: 0,
         head_only: false,
@@ -616,6 +620,7 @@ async fn active<S: ClientIo>(client: S, at: At, served: u64, shard: &Rc<Shard>) 
                 if let Some(flat) = conn.held_target.take() {
                     metrics.upstream_released(flat);
                 }
+                conn.held_load = None;
                 if let Some((staged, consumer)) = tunnel_log {
                     conn.t.end = Instant::now();
                     conn.bytes_in += relayed.to_upstream;
@@ -1386,7 +1391,7 @@ impl<S: ClientIo> Conn<S> {
             .await;
             let used = u32::try_from(before.saturating_sub(budget)).unwrap_or(u32::MAX);
             self.attempts = self.attempts.saturating_add(used);
-            let (upstream, target, reused) = match connected {
+            let (upstream, target, reused, load) = match connected {
                 Ok(c) => c,
                 // Past a target that reset after accepting, no other could be tried: its
                 // failure is the answer (the access log keeps naming it).
@@ -1413,6 +1418,7 @@ impl<S: ClientIo> Conn<S> {
             // Up and down on the same generation's slot, whatever reload happens in between.
             snap.metrics.upstream_acquired(flat);
             self.held_target = Some(flat);
+            self.held_load = load;
             self.upstream_fault = false;
             self.upstream_status = 0;
             let outcome = self
@@ -1421,6 +1427,7 @@ impl<S: ClientIo> Conn<S> {
             // An upgrade holds its target until the tunnel ends (`serve` releases it).
             if !matches!(outcome, Exchange::Done(Next::Upgrade(_))) {
                 self.held_target = None;
+                self.held_load = None;
                 snap.metrics.upstream_released(flat);
             }
             // Passive health: a failure on the upstream's side counts against the target, an answer
@@ -2072,6 +2079,7 @@ impl<S: ClientIo> Conn<S> {
         if let Some(flat) = self.held_target.take() {
             self.snap.metrics.upstream_released(flat);
         }
+        self.held_load = None;
         self.upstream_status = 0;
         self.detail = Some(DRAIN_CUT);
         if self.answer_out {
@@ -2229,7 +2237,9 @@ impl<S: ClientIo> Conn<S> {
 }
 
 /// Picks a target (by the upstream's algorithm: `balance::first_pick`; `key` is the request's
-/// place on a hash ring) and returns a pooled or fresh connection to it. A target that refuses
+/// consistent-hash key) and returns a pooled or fresh connection to it, with a least_conn
+/// upstream's hold on the target's in-flight count (taken before connecting, so requests still
+/// connecting count: a target slow to accept does not look idle). A target that refuses
 /// or times out is skipped for the next one: nothing was sent yet, so this is always safe.
 /// `pinned`: the retry after a stale pooled connection to this target: fresh connections only,
 /// starting with this target; if it now refuses (it is restarting: the usual reason its pooled
@@ -2245,7 +2255,7 @@ async fn connect(
     key: Option<u64>,
     budget: &mut usize,
     tried: &mut Option<SocketAddr>,
-) -> Result<(UpstreamConn, usize, bool), GatewayError> {
+) -> Result<(UpstreamConn, usize, bool, Option<balance::InFlight>), GatewayError> {
     let ups = snap
         .config
         .upstreams
@@ -2296,12 +2306,14 @@ async fn connect(
         let Some(tdef) = ups.targets.get(t) else {
             continue;
         };
+        // Released when this attempt fails (dropped at the end of the iteration).
+        let load = balance::hold(snap, ups, svc.upstream, t);
         if pinned.is_none() {
             if let Some(stream) = snap
                 .slot(svc.upstream, t)
                 .and_then(|slot| shard.pool.checkout(slot))
             {
-                return Ok((stream, t, true));
+                return Ok((stream, t, true, load));
             }
         }
         let tls = ups.tls.as_ref().map(|tls| (tls, tls.names.get(t)));
@@ -2317,7 +2329,7 @@ async fn connect(
             upstream_failed(shard, snap, svc.upstream, t);
         }
         match attempt {
-            Ok(Ok(stream)) => return Ok((stream, t, false)),
+            Ok(Ok(stream)) => return Ok((stream, t, false, load)),
             // A warning (rate-limited per worker): the ejection line that may follow names no
             // cause, and "connection refused" vs a timeout is what an operator needs to know.
             Ok(Err(ConnectError::Tcp(e))) => crate::warn_every!(

@@ -111,9 +111,47 @@ pub struct Snapshot {
     /// `health_slots[target_base[u] + t]` is the `Shard::health` slot of target `t` of upstream
     /// `u` (by target identity, so health survives reloads that move targets around).
     pub health_slots: Vec<usize>,
+    /// By flat target, for least_conn upstreams: requests in flight to the target on this worker.
+    /// Carried from the previous snapshot by target identity (upstream name, target as written,
+    /// address), so a reload or DNS change does not forget requests and tunnels still running.
+    pub loads: Vec<Option<Rc<Cell<u32>>>>,
     /// This generation's metric slots: requests record here, by this generation's route and target
     /// indices, even if they end after a reload (the worker flushes it under its own layout).
     pub metrics: Rc<GenMetrics>,
+}
+
+/// `Snapshot::loads`: each least_conn target's counter, the previous snapshot's for the same
+/// target (so its holders' releases still land on the count the new picks read), else a new one.
+fn least_conn_loads(config: &Config, prev: Option<&Snapshot>) -> Vec<Option<Rc<Cell<u32>>>> {
+    use crate::config::model::Balance;
+    let mut carried: std::collections::HashMap<(&str, &str, SocketAddr), &Rc<Cell<u32>>> =
+        std::collections::HashMap::new();
+    if let Some(p) = prev {
+        let flat = p
+            .config
+            .upstreams
+            .iter()
+            .flat_map(|u| u.targets.iter().map(move |t| (u.name.as_str(), t)));
+        for ((u, t), load) in flat.zip(&p.loads) {
+            if let Some(load) = load {
+                carried.insert((u, t.name.as_str(), t.addr), load);
+            }
+        }
+    }
+    config
+        .upstreams
+        .iter()
+        .flat_map(|u| {
+            let carried = &carried;
+            u.targets.iter().map(move |t| {
+                (u.balance == Balance::LeastConn).then(|| {
+                    carried
+                        .get(&(u.name.as_str(), t.name.as_str(), t.addr))
+                        .map_or_else(|| Rc::new(Cell::new(0)), |c| Rc::clone(c))
+                })
+            })
+        })
+        .collect()
 }
 
 impl Snapshot {
@@ -185,6 +223,7 @@ impl Snapshot {
                 }))
             })
             .collect();
+        let loads = least_conn_loads(&config, prev);
         Snapshot {
             generation: compiled.generation,
             router: compiled.router.clone(),
@@ -239,8 +278,14 @@ impl Snapshot {
             target_base,
             slots,
             health_slots,
+            loads,
             metrics,
         }
+    }
+
+    /// The in-flight count of target `t` of upstream `u` (least_conn upstreams only).
+    pub fn load(&self, u: usize, t: usize) -> Option<&Rc<Cell<u32>>> {
+        self.loads.get(self.flat_target(u, t))?.as_ref()
     }
 
     /// Index of target `t` of upstream `u` in flat config order (metrics' target index).

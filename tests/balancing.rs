@@ -57,12 +57,9 @@ fn answered_by(gw: &Gateway, path: &str, headers: &str) -> String {
 fn least_conn_sends_requests_past_a_target_still_busy() {
     let slow = Upstream::named("slow", Behaviour::Hang);
     let fast = Upstream::echo("fast");
-    let gw = Gateway::start(&config(
-        &[&slow, &fast],
-        "algorithm = \"least_conn\"",
-        1,
-        "",
-    ));
+    let text = config(&[&slow, &fast], "algorithm = \"least_conn\"", 1, "")
+        .replace("upstream_read = \"3s\"", "upstream_read = \"10s\"");
+    let gw = Gateway::start(&text);
     // Requests in the background until one is held by the slow target (idle targets tie, and
     // ties rotate, so that takes one or two).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -79,7 +76,7 @@ fn least_conn_sends_requests_past_a_target_still_busy() {
         "one request held by the slow target"
     );
     // With one request in flight there, every new one goes to the idle target. Round-robin
-    // would send every other one to the slow target (and its 504 after 3 s).
+    // would send every other one to the slow target (and its 504 after 10 s).
     for i in 0..10 {
         assert_eq!(
             answered_by(&gw, &format!("/{i}"), ""),
@@ -88,6 +85,87 @@ fn least_conn_sends_requests_past_a_target_still_busy() {
         );
     }
     assert_eq!(slow.request_count(), 1);
+    // A reload does not forget the request still running there.
+    gw.rewrite_config(&format!(
+        "{text}\n[[routes]]\nname = \"other\"\nservice = \"svc\"\npaths = [\"/other\"]\n"
+    ));
+    gw.reload_to(2);
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..10 {
+        assert_eq!(
+            answered_by(&gw, &format!("/after/{i}"), ""),
+            "fast",
+            "request {i} after the reload"
+        );
+    }
+    assert_eq!(slow.request_count(), 1);
+}
+
+/// A request still connecting counts: a target that does not accept (a full backlog, a dead
+/// host) would otherwise look idle and draw every other request into its connect timeout.
+#[test]
+fn least_conn_counts_requests_still_connecting() {
+    let bh = blackhole();
+    let fast = Upstream::echo("fast");
+    let targets = format!(
+        "{{ target = \"{}\" }}, {{ target = \"{}\" }}",
+        bh.addr,
+        fast.addr()
+    );
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[server.timeouts]
+upstream_connect = "3s"
+
+[[upstreams]]
+name = "pool"
+targets = [{targets}]
+algorithm = "least_conn"
+
+[[services]]
+name = "svc"
+upstream = "pool"
+
+[[routes]]
+name = "r"
+service = "svc"
+paths = ["/"]
+"#
+    ));
+    // Requests in the background until one is stuck connecting to the blackhole (it has not
+    // finished 300 ms after it was sent; the others are answered at once).
+    let mut stuck = false;
+    for _ in 0..6 {
+        let addr = gw.addr();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Reads one whole response (a one-shot send would wait for the connection to close).
+            let mut c = Conn::connect(addr);
+            let _ = c.request(b"GET /held HTTP/1.1\r\nHost: test.local\r\n\r\n");
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(Duration::from_millis(300)).is_err() {
+            stuck = true;
+            break;
+        }
+    }
+    assert!(stuck, "no request went to the blackholed target");
+    for i in 0..10 {
+        let start = Instant::now();
+        assert_eq!(
+            answered_by(&gw, &format!("/{i}"), ""),
+            "fast",
+            "request {i}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "request {i} waited {:?}: it was sent to the target still connecting",
+            start.elapsed()
+        );
+    }
 }
 
 /// Where each of `users` is sent, asking three times each (new connections: any worker).

@@ -1634,3 +1634,24 @@ fn balancing_algorithm_errors() {
         assert!(load_str(&with(ok), "test.toml").is_ok(), "{ok}");
     }
 }
+
+/// A misspelt `algorithm` or `hash_on` is one error, not also one for every key it would have used.
+#[test]
+fn a_misspelt_algorithm_is_one_error() {
+    let targets = "targets = [{ target = \"127.0.0.1:9001\" }]";
+    let with = |extra: &str| base_with(targets, &format!("{targets}\n{extra}"));
+    expect_one(
+        &with("algorithm = \"consistent-hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"\nhash_fallback = \"ip\""),
+        7,
+        13,
+        "upstreams[0].algorithm",
+        "\"consistent-hash\" is not valid",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"headers\"\nhash_on_header = \"X-User\"\nhash_fallback = \"ip\""),
+        8,
+        11,
+        "upstreams[0].hash_on",
+        "\"headers\" is not valid",
+    );
+}

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::upstream::ring::Ring;
+use crate::upstream::hashing::Rendezvous;
 
 pub mod auth;
 pub mod plugins;
@@ -180,8 +180,8 @@ pub struct UpstreamDef {
     pub health: HealthDef,
     /// How a request's target is chosen.
     pub balance: Balance,
-    /// The hash ring of `targets`, for `Balance::Hash` only (rebuilt by `set_addrs`).
-    pub ring: Option<Arc<Ring>>,
+    /// The consistent-hash scores of `targets`, for `Balance::Hash` only (rebuilt by `set_addrs`).
+    pub hashing: Option<Rendezvous>,
 }
 
 /// `algorithm` of an upstream.
@@ -243,8 +243,8 @@ impl UpstreamDef {
             ..template.clone()
         });
         self.targets.splice(at..end, replacement);
-        if self.ring.is_some() {
-            self.ring = Some(Arc::new(Ring::new(&self.targets)));
+        if self.hashing.is_some() {
+            self.hashing = Some(Rendezvous::new(&self.targets));
         }
         if let Some(tls) = &mut self.tls {
             if let Some(sni) = tls.names.get(at).cloned() {

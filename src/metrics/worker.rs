@@ -300,16 +300,6 @@ impl GenMetrics {
         self.with_target(target, |t| t.active += 1);
     }
 
-    /// Requests in flight to flat target `target` on this worker and generation (least_conn).
-    #[inline]
-    pub fn upstream_active(&self, target: usize) -> u64 {
-        self.slots
-            .try_borrow()
-            .ok()
-            .and_then(|s| s.targets.get(target).map(|t| t.active))
-            .unwrap_or(0)
-    }
-
     /// The connection taken with `upstream_acquired` (on this same generation) was pooled or closed.
     #[inline]
     pub fn upstream_released(&self, target: usize) {

@@ -1,21 +1,24 @@
-//! The request's part in choosing its target: the key a `consistent_hash` upstream places on its
-//! ring, and the first pick by the upstream's algorithm (`connect` then fails over from there).
+//! The request's part in choosing its target: the key a `consistent_hash` upstream hashes, and the first pick by the upstream's algorithm (`connect` then fails over from there).
 //!
 //! Invariants: nothing here allocates or awaits; the balancer's `RefCell` is borrowed only inside
-//! `first_pick`. The key is taken from the request head before any body is read (a streamed body
+//! `first_pick`. least_conn's counts live in the worker's snapshot, one `Rc<Cell>` per target
+//! carried from snapshot to snapshot by target identity (`worker::Snapshot::new`), so requests and
+//! tunnels started under an older config or DNS answer still count after a reload. The key is taken from the request head before any body is read (a streamed body
 //! reuses the buffer the head sits in).
 
+use std::cell::Cell;
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use super::{ClientIo, Conn, HeadView};
 use crate::auth::client_ip;
 use crate::config::model::{Balance, HashOn, UpstreamDef};
 use crate::router::RequestView;
-use crate::upstream::ring;
+use crate::upstream::hashing;
 use crate::worker::Snapshot;
 
 impl<S: ClientIo> Conn<S> {
-    /// Where this request sits on `ups`' ring: `None` for other algorithms, and for a request
+    /// This request's consistent-hash key for `ups`: `None` for other algorithms, and for a request
     /// without the value hashed on (no such header or cookie, an empty one, no consumer or only
     /// the anonymous one), which is balanced round-robin unless `hash_fallback = "ip"`.
     pub(super) fn balance_key(&self, ups: &UpstreamDef) -> Option<u64> {
@@ -35,12 +38,12 @@ impl<S: ClientIo> Conn<S> {
             HashOn::Header(name) => view.header(name.as_bytes()),
             HashOn::Cookie(name) => view
                 .values(b"cookie")
-                .find_map(|v| ring::cookie(v, name.as_bytes())),
+                .find_map(|v| hashing::cookie(v, name.as_bytes())),
             HashOn::Path => Some(&self.s.path[..]),
         };
         match value.filter(|v| !v.trim_ascii().is_empty()) {
-            Some(v) => Some(ring::hash(v)),
-            None if *fallback_ip || *on == HashOn::Ip => Some(ring::hash_ip(self.balance_ip())),
+            Some(v) => Some(hashing::hash(v)),
+            None if *fallback_ip || *on == HashOn::Ip => Some(hashing::hash_ip(self.balance_ip())),
             None => None,
         }
     }
@@ -67,17 +70,15 @@ pub(super) fn first_pick(
     all: bool,
     usable: &mut impl FnMut(usize) -> bool,
 ) -> usize {
-    if let (Some(ring), Some(key)) = (&ups.ring, key) {
-        return ring.pick(key, |t| all || usable(t)).unwrap_or(0);
+    if let (Some(hashing), Some(key)) = (&ups.hashing, key) {
+        return hashing.pick(key, |t| all || usable(t)).unwrap_or(0);
     }
     let Some(b) = snap.balancers.get(u) else {
         return 0;
     };
     let mut b = b.borrow_mut();
     if ups.balance == Balance::LeastConn {
-        // Requests in flight on this worker, by this generation's count (what the
-        // `ringgate_upstream_connections{state="active"}` gauge sums over workers).
-        let load = |t| snap.metrics.upstream_active(snap.flat_target(u, t));
+        let load = |t| u64::from(snap.load(u, t).map_or(0, |c| c.get()));
         return b
             .pick_least(load, |t| all || usable(t))
             .or_else(|| b.pick_least(load, |_| true))
@@ -88,4 +89,25 @@ pub(super) fn first_pick(
     } else {
         b.pick_where(usable).unwrap_or_else(|| b.pick())
     }
+}
+
+/// A request's hold on its target's in-flight count (least_conn), from before its connect until
+/// its answer ends or its tunnel closes. Released on drop, so no path (a failed connect, an error,
+/// the drain deadline dropping the request) can leak one.
+pub(super) struct InFlight(Rc<Cell<u32>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// A hold on target `t` of upstream `u` for a least_conn upstream; `None` for other algorithms.
+pub(super) fn hold(snap: &Snapshot, ups: &UpstreamDef, u: usize, t: usize) -> Option<InFlight> {
+    if ups.balance != Balance::LeastConn {
+        return None;
+    }
+    let c = snap.load(u, t)?;
+    c.set(c.get().saturating_add(1));
+    Some(InFlight(Rc::clone(c)))
 }

@@ -6,7 +6,6 @@
 //! into that list. Slots are `None` where an element failed to decode or compile.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use super::tls::{self as tls_cfg, ClientConfigs};
 use super::{in_range, index_names, known, one_of, positive, push};
@@ -16,7 +15,7 @@ use crate::config::model::{
 };
 use crate::config::net;
 use crate::config::raw::{RawService, RawTarget, RawUpstream};
-use crate::upstream::ring::Ring;
+use crate::upstream::hashing::Rendezvous;
 
 const DEFAULT_WEIGHT: i64 = 100;
 const MAX_WEIGHT: i64 = 65_535;
@@ -101,7 +100,7 @@ fn upstream(
     let tls = upstream_tls(raw, path, &targets, tls, problems);
     let health = super::health::compile(raw.health.as_ref(), path, valid_authority, problems);
     let balance = balance(raw, path, problems);
-    let ring = matches!(balance, Balance::Hash { .. }).then(|| Arc::new(Ring::new(&targets)));
+    let hashing = matches!(balance, Balance::Hash { .. }).then(|| Rendezvous::new(&targets));
     UpstreamDef {
         name: raw.name.clone(),
         targets,
@@ -109,7 +108,7 @@ fn upstream(
         tls,
         health,
         balance,
-        ring,
+        hashing,
     }
 }
 
@@ -131,7 +130,7 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
         Path,
     }
     let algorithm = match &raw.algorithm {
-        None => A::RoundRobin,
+        None => Some(A::RoundRobin),
         Some(a) => one_of(
             problems,
             path.key("algorithm"),
@@ -141,8 +140,11 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
                 ("least_conn", A::LeastConn),
                 ("consistent_hash", A::Hash),
             ],
-        )
-        .unwrap_or(A::RoundRobin),
+        ),
+    };
+    // A misspelt algorithm is its one error, not also every hash key it would have used.
+    let Some(algorithm) = algorithm else {
+        return Balance::RoundRobin;
     };
     let on = raw.hash_on.as_deref().and_then(|h| {
         one_of(
@@ -173,6 +175,10 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
             raw.hash_on.is_some(),
             "algorithm = \"consistent_hash\"",
         );
+    }
+    // Likewise a misspelt hash_on.
+    if raw.hash_on.is_some() && on.is_none() {
+        return Balance::RoundRobin;
     }
     if on != Some(On::Header) {
         only(
@@ -584,7 +590,7 @@ fn url_upstream(
         tls,
         health: Default::default(),
         balance: Balance::RoundRobin,
-        ring: None,
+        hashing: None,
     }));
     Some((
         upstreams.len() - 1,
