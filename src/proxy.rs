@@ -394,7 +394,7 @@ struct Conn<S> {
     held_target: Option<usize>,
     /// A least_conn upstream's in-flight count of the target, held (and dropped) with
     /// `held_target`.
-    held_load: Option<balance::InFlight>,
+    held_load: Option<crate::upstream::inflight::InFlight>,
     /// The current request's body, read whole and edited by a request-transformer's `json`
     /// (sent instead of streaming the client's; `None` on every other request).
     edited_body: Option<Vec<u8>>,
@@ -2255,7 +2255,15 @@ async fn connect(
     key: Option<u64>,
     budget: &mut usize,
     tried: &mut Option<SocketAddr>,
-) -> Result<(UpstreamConn, usize, bool, Option<balance::InFlight>), GatewayError> {
+) -> Result<
+    (
+        UpstreamConn,
+        usize,
+        bool,
+        Option<crate::upstream::inflight::InFlight>,
+    ),
+    GatewayError,
+> {
     let ups = snap
         .config
         .upstreams

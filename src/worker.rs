@@ -38,6 +38,7 @@ use crate::router::Router;
 use crate::tls::TlsContext;
 use crate::upstream::balancer::Swrr;
 use crate::upstream::health::{Ejection, HealthTable};
+use crate::upstream::inflight::InFlightTable;
 use crate::upstream::pool::Pool;
 use crate::upstream::probe::HealthEvent;
 
@@ -111,47 +112,31 @@ pub struct Snapshot {
     /// `health_slots[target_base[u] + t]` is the `Shard::health` slot of target `t` of upstream
     /// `u` (by target identity, so health survives reloads that move targets around).
     pub health_slots: Vec<usize>,
-    /// By flat target, for least_conn upstreams: requests in flight to the target on this worker.
-    /// Carried from the previous snapshot by target identity (upstream name, target as written,
-    /// address), so a reload or DNS change does not forget requests and tunnels still running.
+    /// By flat target, for least_conn upstreams: requests in flight to the target on this worker,
+    /// by target identity (`Shard::inflight`), so a reload or DNS change does not forget requests
+    /// and tunnels still running.
     pub loads: Vec<Option<Rc<Cell<u32>>>>,
     /// This generation's metric slots: requests record here, by this generation's route and target
     /// indices, even if they end after a reload (the worker flushes it under its own layout).
     pub metrics: Rc<GenMetrics>,
 }
 
-/// `Snapshot::loads`: each least_conn target's counter, the previous snapshot's for the same
-/// target (so its holders' releases still land on the count the new picks read), else a new one.
-fn least_conn_loads(config: &Config, prev: Option<&Snapshot>) -> Vec<Option<Rc<Cell<u32>>>> {
+/// `Snapshot::loads`: each least_conn target's counter from the worker's `InFlightTable` (the
+/// one its running requests hold, also across a generation that did not list it).
+fn least_conn_loads(config: &Config, table: &InFlightTable) -> Vec<Option<Rc<Cell<u32>>>> {
     use crate::config::model::Balance;
-    let mut carried: std::collections::HashMap<(&str, &str, SocketAddr), &Rc<Cell<u32>>> =
-        std::collections::HashMap::new();
-    if let Some(p) = prev {
-        let flat = p
-            .config
-            .upstreams
-            .iter()
-            .flat_map(|u| u.targets.iter().map(move |t| (u.name.as_str(), t)));
-        for ((u, t), load) in flat.zip(&p.loads) {
-            if let Some(load) = load {
-                carried.insert((u, t.name.as_str(), t.addr), load);
-            }
-        }
-    }
-    config
+    let loads = config
         .upstreams
         .iter()
         .flat_map(|u| {
-            let carried = &carried;
             u.targets.iter().map(move |t| {
-                (u.balance == Balance::LeastConn).then(|| {
-                    carried
-                        .get(&(u.name.as_str(), t.name.as_str(), t.addr))
-                        .map_or_else(|| Rc::new(Cell::new(0)), |c| Rc::clone(c))
-                })
+                (u.balance == Balance::LeastConn)
+                    .then(|| table.counter((u.name.clone(), t.name.clone(), t.addr)))
             })
         })
-        .collect()
+        .collect();
+    table.prune();
+    loads
 }
 
 impl Snapshot {
@@ -162,6 +147,7 @@ impl Snapshot {
         compiled: &Compiled,
         pool: &Pool,
         health: &HealthTable,
+        inflight: &InFlightTable,
         worker: usize,
         prev: Option<&Snapshot>,
         metrics: Rc<GenMetrics>,
@@ -223,7 +209,7 @@ impl Snapshot {
                 }))
             })
             .collect();
-        let loads = least_conn_loads(&config, prev);
+        let loads = least_conn_loads(&config, inflight);
         Snapshot {
             generation: compiled.generation,
             router: compiled.router.clone(),
@@ -392,6 +378,8 @@ pub struct Shard {
     pub pool: Pool,
     /// Target health on this worker (passive ejections, active verdicts), by target identity.
     pub health: HealthTable,
+    /// least_conn's requests in flight per target, by target identity.
+    pub inflight: InFlightTable,
     /// Swapped-out generations whose slots are not released yet.
     retired: RefCell<Vec<Retired>>,
     /// The other workers' health channels (empty until `worker_main` sets them).
@@ -429,7 +417,16 @@ impl Shard {
         let pool = Pool::new(pool_def.max_idle, pool_def.idle_timeout);
         let metrics = WorkerMetrics::new(worker, compiled.layout.clone(), sink);
         let health = HealthTable::default();
-        let snapshot = Snapshot::new(compiled, &pool, &health, worker, None, metrics.current());
+        let inflight = InFlightTable::default();
+        let snapshot = Snapshot::new(
+            compiled,
+            &pool,
+            &health,
+            &inflight,
+            worker,
+            None,
+            metrics.current(),
+        );
         let access_log = WorkerLog::new(log, worker);
         access_log.configure(compiled.config.access_log.as_ref());
         Shard {
@@ -441,6 +438,7 @@ impl Shard {
             consumer_board: compiled.consumer_board.clone(),
             pool,
             health,
+            inflight,
             retired: RefCell::new(Vec::new()),
             health_peers: Vec::new(),
             draining: Cell::new(false),
@@ -499,6 +497,7 @@ impl Shard {
             compiled,
             &self.pool,
             &self.health,
+            &self.inflight,
             self.worker,
             Some(&prev),
             self.metrics.current(),

@@ -1,20 +1,19 @@
-//! The request's part in choosing its target: the key a `consistent_hash` upstream hashes, and the first pick by the upstream's algorithm (`connect` then fails over from there).
+//! The request's part in choosing its target: the key a `consistent_hash` upstream hashes, and the
+//! first pick by the upstream's algorithm (`connect` then fails over from there).
 //!
 //! Invariants: nothing here allocates or awaits; the balancer's `RefCell` is borrowed only inside
-//! `first_pick`. least_conn's counts live in the worker's snapshot, one `Rc<Cell>` per target
-//! carried from snapshot to snapshot by target identity (`worker::Snapshot::new`), so requests and
-//! tunnels started under an older config or DNS answer still count after a reload. The key is taken from the request head before any body is read (a streamed body
-//! reuses the buffer the head sits in).
+//! `first_pick`. The key is taken from the request head before any body is read (a streamed body
+//! reuses the buffer the head sits in). least_conn's counts are the worker's `InFlightTable`
+//! counters, which the snapshot lists per target and a request holds from its pick to its end.
 
-use std::cell::Cell;
 use std::net::IpAddr;
-use std::rc::Rc;
 
 use super::{ClientIo, Conn, HeadView};
 use crate::auth::client_ip;
 use crate::config::model::{Balance, HashOn, UpstreamDef};
 use crate::router::RequestView;
 use crate::upstream::hashing;
+use crate::upstream::inflight::InFlight;
 use crate::worker::Snapshot;
 
 impl<S: ClientIo> Conn<S> {
@@ -91,23 +90,10 @@ pub(super) fn first_pick(
     }
 }
 
-/// A request's hold on its target's in-flight count (least_conn), from before its connect until
-/// its answer ends or its tunnel closes. Released on drop, so no path (a failed connect, an error,
-/// the drain deadline dropping the request) can leak one.
-pub(super) struct InFlight(Rc<Cell<u32>>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
-}
-
 /// A hold on target `t` of upstream `u` for a least_conn upstream; `None` for other algorithms.
 pub(super) fn hold(snap: &Snapshot, ups: &UpstreamDef, u: usize, t: usize) -> Option<InFlight> {
     if ups.balance != Balance::LeastConn {
         return None;
     }
-    let c = snap.load(u, t)?;
-    c.set(c.get().saturating_add(1));
-    Some(InFlight(Rc::clone(c)))
+    snap.load(u, t).map(InFlight::take)
 }

@@ -3,19 +3,21 @@
 //! from hashing the key with the target's identity, and the highest score wins.
 //!
 //! Why rendezvous rather than a ring of points (ketama): a target's chance is exactly its share of
-//! the weight whatever the weights are, and its score depends on itself and the key alone. So adding,
-//! removing or ejecting a target moves only the keys it takes or gives up (its share, spread over
-//! the others in proportion to their weights), also with unequal weights. A ring keeps that only if
-//! a target's point count follows its own weight alone (counts following weight *shares* change for
-//! everyone when one target comes or goes), and then its size follows the weights' scale, up to
-//! 65,535 here. There is no walk past ejected targets either: they just do not compete. The cost is one score per target and
-//! request (see bench/balance.rs), small for the handful of targets an upstream usually has.
+//! the weight whatever the weights are, and its score depends on itself and the key alone. So
+//! adding, removing or ejecting a target moves only the keys it takes or gives up (its share,
+//! spread over the others in proportion to their weights), also with unequal weights. A ring keeps
+//! that only if a target's point count follows its own weight alone (counts following weight
+//! *shares* change for everyone when one target comes or goes), and then its size follows the
+//! weights' scale, up to 65,535 here. There is no walk past ejected targets either: they just do
+//! not compete. The cost is one score per target and request (see bench/balance.rs), small for the
+//! handful of targets an upstream usually has.
 //!
 //! Invariants:
 //! - the hash is FNV-1a with murmur3's finalizer, fixed in this file, and a target's identity is
-//!   its address: every worker, every process and every build of ringgate places a key on the same
-//!   target for the same targets, so a fleet of gateways sends one user to one backend (a cache's
-//!   or a session's affinity). Reordering the targets in the file changes nothing;
+//!   its name as written (in lower case) and its address: every worker, every process and every
+//!   build of ringgate places a key on the same target for the same targets, so a fleet of
+//!   gateways sends one user to one backend (a cache's or a session's affinity). Reordering the
+//!   targets in the file changes nothing;
 //! - built once per config generation (and again when `dns_refresh` changes an address), never per
 //!   request; a pick allocates nothing.
 
@@ -34,9 +36,12 @@ pub struct Rendezvous {
 
 impl Rendezvous {
     pub fn new(targets: &[TargetDef]) -> Rendezvous {
+        // Name and address: two spellings of one address (`localhost:80`, `127.0.0.1:80`, which
+        // validation cannot tell apart before resolving) are two targets, as for round-robin,
+        // not one identity whose tie the order in the file would break.
         let ids = targets
             .iter()
-            .map(|t| hash(t.addr.to_string().as_bytes()))
+            .map(|t| hash(format!("{}@{}", t.name.to_ascii_lowercase(), t.addr).as_bytes()))
             .collect();
         let weights: Box<[f64]> = targets.iter().map(|t| f64::from(t.weight)).collect();
         let equal = weights.windows(2).all(|w| w[0] == w[1]);
@@ -56,8 +61,8 @@ impl Rendezvous {
     }
 
     fn best(&self, key: u64, usable: &mut impl FnMut(usize) -> bool) -> Option<usize> {
-        // (index, score, draw). Draws of different targets never tie (`mix` is a bijection and
-        // the identities differ), so comparing them last makes the order of targets irrelevant.
+        // (index, score, draw). Draws of different targets tie only if their identity hashes do
+        // (a 64-bit collision), so comparing them last makes the order of targets irrelevant.
         let mut best: Option<(usize, f64, u64)> = None;
         for (i, (&id, &w)) in self.ids.iter().zip(self.weights.iter()).enumerate() {
             if !usable(i) {
@@ -69,9 +74,15 @@ impl Rendezvous {
             let score = if self.equal {
                 0.0
             } else {
-                // u in (0, 1]: 53 random bits, never 0 (ln(0) is -inf).
+                // u in (0, 1]: 53 random bits, never 0 (ln(0) is -inf). The top draw, u = 1, is
+                // the best score (w / 0), as it is with equal weights.
                 let u = ((draw >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
-                w / -u.ln()
+                let d = -u.ln();
+                if d > 0.0 {
+                    w / d
+                } else {
+                    f64::INFINITY
+                }
             };
             if best.is_none_or(|(_, s, d)| score > s || (score == s && draw > d)) {
                 best = Some((i, score, draw));
@@ -263,7 +274,29 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(got, vec![(2, 2), (0, 2), (1, 1), (0, 1)]);
+        assert_eq!(got, vec![(2, 2), (2, 2), (1, 1), (0, 2)]);
+    }
+
+    /// Two spellings of one address are two identities: both get keys, and which key goes to
+    /// which does not depend on their order in the file.
+    #[test]
+    fn two_names_for_one_address_are_two_targets() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 80));
+        let t = |name: &str| TargetDef {
+            name: name.into(),
+            addr,
+            weight: 100,
+        };
+        let both = [t("localhost:80"), t("127.0.0.1:80")];
+        let before = placement(&Rendezvous::new(&both), 2_000, |_| true);
+        let s = shares(&before, 2);
+        assert!(s[0] > 0.4 && s[1] > 0.4, "{s:?}");
+        let swapped = [t("127.0.0.1:80"), t("LocalHost:80")];
+        let after: Vec<usize> = placement(&Rendezvous::new(&swapped), 2_000, |_| true)
+            .into_iter()
+            .map(|i| 1 - i)
+            .collect();
+        assert_eq!(before, after);
     }
 
     #[test]
