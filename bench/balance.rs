@@ -16,6 +16,7 @@ fn targets(n: usize, weighted: bool) -> Vec<TargetDef> {
             name: format!("t{i}"),
             addr: SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 8080)),
             weight: if weighted { 50 + i as u32 } else { 100 },
+            max_conns: None,
         })
         .collect()
 }

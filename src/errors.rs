@@ -27,6 +27,8 @@ pub enum GatewayError {
     UnsupportedEncoding,
     /// TRACE on a route that does not list it.
     TraceNotAllowed,
+    /// Every target the request could go to is at its `max_conns`.
+    UpstreamFull,
 }
 
 impl GatewayError {
@@ -46,7 +48,7 @@ impl GatewayError {
             | GatewayError::UpstreamClosed
             | GatewayError::BadResponse
             | GatewayError::ResponseTooLarge => 502,
-            GatewayError::ServiceUnavailable => 503,
+            GatewayError::ServiceUnavailable | GatewayError::UpstreamFull => 503,
             GatewayError::UpstreamTimeout => 504,
         }
     }
@@ -77,6 +79,7 @@ impl GatewayError {
                 "upstream response cannot be transformed (too large, partial, encoded or unreadable)"
             }
             GatewayError::ServiceUnavailable => "service unavailable",
+            GatewayError::UpstreamFull => "every upstream target is at its connection limit",
             GatewayError::UnsupportedEncoding => "a content-coded request body cannot be edited",
         }
     }

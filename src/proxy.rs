@@ -2297,9 +2297,17 @@ async fn connect(
     // (`retries` + 1: Kong's bound; nginx's `proxy_next_upstream_tries`): with every target
     // blackholed a request waits that many connect timeouts, not one per target.
     let mut timed_out = false;
+    // Some target was passed over for being at its `max_conns` (a 503 if none was tried).
+    let mut full = false;
     for k in 0..n {
         let t = (first + k) % n.max(1);
         if after == Some(t) {
+            continue;
+        }
+        // A target at its limit is passed over, the first choice too (a limit never fails open),
+        // and costs no attempt.
+        if ups.capped && !balance::has_room(snap, svc.upstream, t) {
+            full = true;
             continue;
         }
         // Failover skips targets health checking took out: with all of them out, only the first
@@ -2315,7 +2323,7 @@ async fn connect(
             continue;
         };
         // Released when this attempt fails (dropped at the end of the iteration).
-        let load = balance::hold(snap, ups, svc.upstream, t);
+        let load = balance::hold(snap, svc.upstream, t);
         if pinned.is_none() {
             if let Some(stream) = snap
                 .slot(svc.upstream, t)
@@ -2372,6 +2380,8 @@ async fn connect(
     }
     Err(if timed_out {
         GatewayError::UpstreamTimeout
+    } else if full && tried.is_none() {
+        GatewayError::UpstreamFull
     } else {
         GatewayError::UpstreamConnect
     })

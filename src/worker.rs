@@ -112,26 +112,37 @@ pub struct Snapshot {
     /// `health_slots[target_base[u] + t]` is the `Shard::health` slot of target `t` of upstream
     /// `u` (by target identity, so health survives reloads that move targets around).
     pub health_slots: Vec<usize>,
-    /// By flat target, for least_conn upstreams: requests in flight to the target on this worker,
-    /// by target identity (`Shard::inflight`), so a reload or DNS change does not forget requests
-    /// and tunnels still running.
-    pub loads: Vec<Option<Rc<Cell<u32>>>>,
+    /// By flat target, for least_conn upstreams and targets with `max_conns`: requests in flight
+    /// to the target on this worker, by target identity (`Shard::inflight`), so a reload or DNS
+    /// change does not forget requests and tunnels still running.
+    pub loads: Vec<Option<Load>>,
     /// This generation's metric slots: requests record here, by this generation's route and target
     /// indices, even if they end after a reload (the worker flushes it under its own layout).
     pub metrics: Rc<GenMetrics>,
 }
 
-/// `Snapshot::loads`: each least_conn target's counter from the worker's `InFlightTable` (the
-/// one its running requests hold, also across a generation that did not list it).
-fn least_conn_loads(config: &Config, table: &InFlightTable) -> Vec<Option<Rc<Cell<u32>>>> {
+/// A target's in-flight counter on this worker and its share of the target's `max_conns`.
+pub struct Load {
+    pub count: Rc<Cell<u32>>,
+    /// `u32::MAX`: no limit.
+    pub cap: u32,
+}
+
+/// `Snapshot::loads`: the counter of each target of a least_conn upstream and of each target with
+/// `max_conns`, from the worker's `InFlightTable` (the one its running requests hold, also across a
+/// generation that did not list it). A worker's share of `max_conns` is an equal part, rounded up.
+fn target_loads(config: &Config, table: &InFlightTable, workers: usize) -> Vec<Option<Load>> {
     use crate::config::model::Balance;
+    let workers = u32::try_from(workers.max(1)).unwrap_or(u32::MAX);
     let loads = config
         .upstreams
         .iter()
         .flat_map(|u| {
             u.targets.iter().map(move |t| {
-                (u.balance == Balance::LeastConn)
-                    .then(|| table.counter((u.name.clone(), t.name.clone(), t.addr)))
+                (u.balance == Balance::LeastConn || t.max_conns.is_some()).then(|| Load {
+                    count: table.counter((u.name.clone(), t.name.clone(), t.addr)),
+                    cap: t.max_conns.map_or(u32::MAX, |m| m.div_ceil(workers)),
+                })
             })
         })
         .collect();
@@ -148,7 +159,7 @@ impl Snapshot {
         pool: &Pool,
         health: &HealthTable,
         inflight: &InFlightTable,
-        worker: usize,
+        (worker, workers): (usize, usize),
         prev: Option<&Snapshot>,
         metrics: Rc<GenMetrics>,
     ) -> Snapshot {
@@ -209,7 +220,7 @@ impl Snapshot {
                 }))
             })
             .collect();
-        let loads = least_conn_loads(&config, inflight);
+        let loads = target_loads(&config, inflight, workers);
         Snapshot {
             generation: compiled.generation,
             router: compiled.router.clone(),
@@ -269,8 +280,9 @@ impl Snapshot {
         }
     }
 
-    /// The in-flight count of target `t` of upstream `u` (least_conn upstreams only).
-    pub fn load(&self, u: usize, t: usize) -> Option<&Rc<Cell<u32>>> {
+    /// The in-flight count of target `t` of upstream `u` (least_conn upstreams and targets with
+    /// `max_conns` only).
+    pub fn load(&self, u: usize, t: usize) -> Option<&Load> {
         self.loads.get(self.flat_target(u, t))?.as_ref()
     }
 
@@ -367,6 +379,8 @@ struct Retired {
 /// Everything a worker's connections share. Lives on one thread only.
 pub struct Shard {
     worker: usize,
+    /// How many workers the process runs (this worker's share of each `max_conns`).
+    workers: usize,
     current: RefCell<Rc<Snapshot>>,
     /// Plain per-worker counters and histograms, flushed to the metrics thread by the control loop.
     pub metrics: WorkerMetrics,
@@ -407,9 +421,10 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// `(worker, workers)`: this worker's index and how many the process runs.
     pub fn new(
         compiled: &Compiled,
-        worker: usize,
+        (worker, workers): (usize, usize),
         sink: MetricsSink,
         log: access_log::Link,
     ) -> Shard {
@@ -423,7 +438,7 @@ impl Shard {
             &pool,
             &health,
             &inflight,
-            worker,
+            (worker, workers),
             None,
             metrics.current(),
         );
@@ -431,6 +446,7 @@ impl Shard {
         access_log.configure(compiled.config.access_log.as_ref());
         Shard {
             worker,
+            workers,
             current: RefCell::new(Rc::new(snapshot)),
             metrics,
             access_log,
@@ -498,7 +514,7 @@ impl Shard {
             &self.pool,
             &self.health,
             &self.inflight,
-            self.worker,
+            (self.worker, self.workers),
             Some(&prev),
             self.metrics.current(),
         );
@@ -827,7 +843,8 @@ pub fn run(spec: WorkerSpec) {
 async fn worker_main(mut spec: WorkerSpec) {
     let mut shard = Shard::new(
         &spec.compiled,
-        spec.index,
+        // The other workers' health channels, plus this one.
+        (spec.index, spec.health_peers.len() + 1),
         spec.metrics.clone(),
         spec.access_log.clone(),
     );

@@ -1,7 +1,8 @@
 //! Load-balancing algorithms end to end over real sockets: `least_conn` steering past a target
 //! whose requests are still running, and `consistent_hash` keeping a key on one target (across
 //! workers and across gateway processes), moving only a dead target's keys, and falling back to
-//! round-robin for requests without the key.
+//! round-robin for requests without the key; a target's `max_conns` passing it over when full, and
+//! a 503 when every target is.
 
 mod common;
 
@@ -60,21 +61,8 @@ fn least_conn_sends_requests_past_a_target_still_busy() {
     let text = config(&[&slow, &fast], "algorithm = \"least_conn\"", 1, "")
         .replace("upstream_read = \"3s\"", "upstream_read = \"10s\"");
     let gw = Gateway::start(&text);
-    // Requests in the background until one is held by the slow target (idle targets tie, and
-    // ties rotate, so that takes one or two).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while slow.request_count() == 0 && Instant::now() < deadline {
-        let addr = gw.addr();
-        std::thread::spawn(move || {
-            let _ = try_send_raw(addr, b"GET /held HTTP/1.1\r\nHost: test.local\r\n\r\n");
-        });
-        let _ = slow.wait_for(Duration::from_millis(300), |r| !r.requests.is_empty());
-    }
-    assert_eq!(
-        slow.request_count(),
-        1,
-        "one request held by the slow target"
-    );
+    // Idle targets tie, and ties rotate, so one or two requests until the slow target holds one.
+    hold_one(&gw, &slow);
     // With one request in flight there, every new one goes to the idle target. Round-robin
     // would send every other one to the slow target (and its 504 after 10 s).
     for i in 0..10 {
@@ -142,9 +130,7 @@ paths = ["/"]
         let addr = gw.addr();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            // Reads one whole response (a one-shot send would wait for the connection to close).
-            let mut c = Conn::connect(addr);
-            let _ = c.request(b"GET /held HTTP/1.1\r\nHost: test.local\r\n\r\n");
+            held_request(addr);
             let _ = tx.send(());
         });
         if rx.recv_timeout(Duration::from_millis(300)).is_err() {
@@ -318,4 +304,113 @@ fn consistent_hash_with_ip_fallback_keeps_keyless_requests_together() {
         .map(|i| answered_by(&gw, &format!("/{i}"), ""))
         .collect();
     assert_eq!(keyless.len(), 1, "{keyless:?}");
+}
+
+/// A GET that reads one whole response (a one-shot send would wait for the connection to close)
+/// and returns quietly when the gateway goes away first (a held request at the end of a test).
+fn held_request(addr: std::net::SocketAddr) {
+    if let Ok(mut c) = Conn::try_connect(addr) {
+        if c.send(b"GET /held HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            .is_ok()
+        {
+            let _ = c.read_response();
+        }
+    }
+}
+
+/// Requests in the background until the `slow` (hanging) upstream holds one.
+fn hold_one(gw: &Gateway, slow: &Upstream) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.request_count() == 0 && Instant::now() < deadline {
+        let addr = gw.addr();
+        std::thread::spawn(move || held_request(addr));
+        let _ = slow.wait_for(Duration::from_millis(300), |r| !r.requests.is_empty());
+    }
+    assert_eq!(
+        slow.request_count(),
+        1,
+        "one request held by the slow target"
+    );
+}
+
+#[test]
+fn max_conns_passes_a_full_target_over_and_answers_503_when_all_are_full() {
+    let slow = Upstream::named("slow", Behaviour::Hang);
+    let fast = Upstream::echo("fast");
+    let targets = format!(
+        "{{ target = \"{}\", max_conns = 1 }}, {{ target = \"{}\" }}",
+        slow.addr(),
+        fast.addr()
+    );
+    let text = |targets: &str| {
+        format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[server.timeouts]
+upstream_read = "10s"
+
+[[upstreams]]
+name = "pool"
+targets = [{targets}]
+
+[[services]]
+name = "svc"
+upstream = "pool"
+
+[[routes]]
+name = "r"
+service = "svc"
+paths = ["/"]
+"#
+        )
+    };
+    // Round-robin: with the slow target holding its one request, the rotation passes it over.
+    let gw = Gateway::start(&text(&targets));
+    hold_one(&gw, &slow);
+    for i in 0..10 {
+        assert_eq!(
+            answered_by(&gw, &format!("/{i}"), ""),
+            "fast",
+            "request {i}"
+        );
+    }
+    assert_eq!(slow.request_count(), 1);
+    drop(gw);
+
+    // Alone and full: a 503 at once, not a wait, and the access log says why.
+    let slow = Upstream::named("slow", Behaviour::Hang);
+    let only = format!("{{ target = \"{}\", max_conns = 1 }}", slow.addr());
+    let gw = Gateway::start(&text(&only).replace(
+        "[[upstreams]]",
+        "[access_log]\npath = \"stderr\"\n\n[[upstreams]]",
+    ));
+    hold_one(&gw, &slow);
+    let start = Instant::now();
+    let r = get(gw.addr(), HOST, "/full");
+    r.assert_json_error(503);
+    assert!(
+        r.body_str().contains("connection limit"),
+        "{}",
+        r.body_str()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        gw.wait_log(
+            "every upstream target is at its connection limit",
+            Duration::from_secs(5)
+        ),
+        "{:?}",
+        gw.logs()
+    );
+    assert_eq!(
+        slow.request_count(),
+        1,
+        "the full target got no second request"
+    );
 }

@@ -1655,3 +1655,17 @@ fn a_misspelt_algorithm_is_one_error() {
         "\"headers\" is not valid",
     );
 }
+
+#[test]
+fn max_conns_out_of_range() {
+    expect_one(
+        &base_with(
+            "targets = [{ target = \"127.0.0.1:9001\" }]",
+            "targets = [{ target = \"127.0.0.1:9001\", max_conns = 0 }]",
+        ),
+        6,
+        53,
+        "upstreams[0].targets[0].max_conns",
+        "max_conns",
+    );
+}

@@ -182,6 +182,8 @@ pub struct UpstreamDef {
     pub balance: Balance,
     /// The consistent-hash scores of `targets`, for `Balance::Hash` only (rebuilt by `set_addrs`).
     pub hashing: Option<Rendezvous>,
+    /// Some target has `max_conns` (the request path checks room only then).
+    pub capped: bool,
 }
 
 /// `algorithm` of an upstream.
@@ -483,6 +485,9 @@ pub struct TargetDef {
     /// Resolved at load time.
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Requests in flight to this address at once, per gateway process (each worker takes an
+    /// equal share, rounded up); `None` = no limit.
+    pub max_conns: Option<u32>,
 }
 
 /// `[[services]]`: where matched requests go.

@@ -123,6 +123,7 @@ pub struct RawActive {
 pub struct RawTarget {
     pub target: String,
     pub weight: Option<Int>,
+    pub max_conns: Option<Int>,
 }
 
 /// One `[[services]]` entry.

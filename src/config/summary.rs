@@ -45,7 +45,7 @@ fn push_balance(line: &mut String, balance: &Balance) {
     }
 }
 
-/// `name weight W` per target as written, plus the addresses it resolved to when the name is not
+/// `name weight W [max_conns M]` per target as written, plus the addresses it resolved to when the name is not
 /// already one (`name (a, b) weight W`: a name stands for one target per address).
 fn targets(list: &[TargetDef]) -> String {
     let mut out: Vec<String> = Vec::new();
@@ -55,16 +55,15 @@ fn targets(list: &[TargetDef]) -> String {
         let (same, after) = rest.split_at(n);
         rest = after;
         let addrs: Vec<String> = same.iter().map(|u| u.addr.to_string()).collect();
-        if addrs.len() == 1 && addrs.first() == Some(&t.name) {
-            out.push(format!("{} weight {}", t.name, t.weight));
+        let mut entry = if addrs.len() == 1 && addrs.first() == Some(&t.name) {
+            format!("{} weight {}", t.name, t.weight)
         } else {
-            out.push(format!(
-                "{} ({}) weight {}",
-                t.name,
-                addrs.join(", "),
-                t.weight
-            ));
+            format!("{} ({}) weight {}", t.name, addrs.join(", "), t.weight)
+        };
+        if let Some(m) = t.max_conns {
+            let _ = write!(entry, " max_conns {m}");
         }
+        out.push(entry);
     }
     out.join(", ")
 }

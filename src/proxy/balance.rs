@@ -58,9 +58,10 @@ impl<S: ClientIo> Conn<S> {
     }
 }
 
-/// The first target to try for a request to upstream `u` by its algorithm, among the targets
-/// `usable` accepts; with none usable, among all of them (health checking fails open, as nginx
-/// does and Envoy's panic mode). `all`: every target is usable (no health lookups).
+/// The first target to try for a request to upstream `u` by its algorithm, among the targets with
+/// room under their `max_conns` that `usable` accepts; with none usable, among those with room
+/// (health checking fails open, as nginx does and Envoy's panic mode; a limit never does: with no
+/// room anywhere `connect` answers 503). `all`: every target is usable (no health lookups).
 pub(super) fn first_pick(
     snap: &Snapshot,
     ups: &UpstreamDef,
@@ -69,31 +70,41 @@ pub(super) fn first_pick(
     all: bool,
     usable: &mut impl FnMut(usize) -> bool,
 ) -> usize {
+    let room = |t| !ups.capped || has_room(snap, u, t);
+    let mut ok = |t| room(t) && (all || usable(t));
     if let (Some(hashing), Some(key)) = (&ups.hashing, key) {
-        return hashing.pick(key, |t| all || usable(t)).unwrap_or(0);
+        return hashing
+            .pick_among(key, &mut ok)
+            .or_else(|| hashing.pick_among(key, &mut |t| room(t)))
+            .unwrap_or(0);
     }
     let Some(b) = snap.balancers.get(u) else {
         return 0;
     };
     let mut b = b.borrow_mut();
     if ups.balance == Balance::LeastConn {
-        let load = |t| u64::from(snap.load(u, t).map_or(0, |c| c.get()));
+        let load = |t| u64::from(snap.load(u, t).map_or(0, |l| l.count.get()));
         return b
-            .pick_least(load, |t| all || usable(t))
-            .or_else(|| b.pick_least(load, |_| true))
+            .pick_least(load, ok)
+            .or_else(|| b.pick_least(load, room))
             .unwrap_or(0);
     }
-    if all {
+    if all && !ups.capped {
         b.pick()
     } else {
-        b.pick_where(usable).unwrap_or_else(|| b.pick())
+        b.pick_where(ok)
+            .or_else(|| b.pick_where(room))
+            .unwrap_or_else(|| b.pick())
     }
 }
 
-/// A hold on target `t` of upstream `u` for a least_conn upstream; `None` for other algorithms.
-pub(super) fn hold(snap: &Snapshot, ups: &UpstreamDef, u: usize, t: usize) -> Option<InFlight> {
-    if ups.balance != Balance::LeastConn {
-        return None;
-    }
-    snap.load(u, t).map(InFlight::take)
+/// Whether target `t` of upstream `u` is below this worker's share of its `max_conns`.
+pub(super) fn has_room(snap: &Snapshot, u: usize, t: usize) -> bool {
+    snap.load(u, t).is_none_or(|l| l.count.get() < l.cap)
+}
+
+/// A hold on target `t` of upstream `u` for a least_conn upstream or a target with `max_conns`;
+/// `None` for the others (no counter to keep).
+pub(super) fn hold(snap: &Snapshot, u: usize, t: usize) -> Option<InFlight> {
+    snap.load(u, t).map(|l| InFlight::take(&l.count))
 }

@@ -56,11 +56,12 @@ impl Rendezvous {
     /// with none usable, the best of all (health checking fails open). `None` only with no
     /// targets.
     pub fn pick(&self, key: u64, mut usable: impl FnMut(usize) -> bool) -> Option<usize> {
-        self.best(key, &mut usable)
-            .or_else(|| self.best(key, &mut |_| true))
+        self.pick_among(key, &mut usable)
+            .or_else(|| self.pick_among(key, &mut |_| true))
     }
 
-    fn best(&self, key: u64, usable: &mut impl FnMut(usize) -> bool) -> Option<usize> {
+    /// The best scoring target among those `usable` accepts; `None` when it accepts none.
+    pub fn pick_among(&self, key: u64, usable: &mut impl FnMut(usize) -> bool) -> Option<usize> {
         // (index, score, draw). Draws of different targets tie only if their identity hashes do
         // (a 64-bit collision), so comparing them last makes the order of targets irrelevant.
         let mut best: Option<(usize, f64, u64)> = None;
@@ -148,6 +149,7 @@ mod tests {
                 name: format!("t{i}"),
                 addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)),
                 weight,
+                max_conns: None,
             })
             .collect()
     }
@@ -286,6 +288,7 @@ mod tests {
             name: name.into(),
             addr,
             weight: 100,
+            max_conns: None,
         };
         let both = [t("localhost:80"), t("127.0.0.1:80")];
         let before = placement(&Rendezvous::new(&both), 2_000, |_| true);

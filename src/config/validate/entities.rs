@@ -19,6 +19,7 @@ use crate::upstream::hashing::Rendezvous;
 
 const DEFAULT_WEIGHT: i64 = 100;
 const MAX_WEIGHT: i64 = 65_535;
+const MAX_CONNS: i64 = 1_000_000;
 
 /// Compiles upstreams; returns them (by file index) and name -> index.
 pub fn upstreams(
@@ -101,6 +102,7 @@ fn upstream(
     let health = super::health::compile(raw.health.as_ref(), path, valid_authority, problems);
     let balance = balance(raw, path, problems);
     let hashing = matches!(balance, Balance::Hash { .. }).then(|| Rendezvous::new(&targets));
+    let capped = targets.iter().any(|t| t.max_conns.is_some());
     UpstreamDef {
         name: raw.name.clone(),
         targets,
@@ -109,6 +111,7 @@ fn upstream(
         health,
         balance,
         hashing,
+        capped,
     }
 }
 
@@ -359,15 +362,29 @@ fn target(raw: &RawTarget, path: &KeyPath, problems: &mut Vec<Problem>) -> Vec<T
         .and_then(|(host, port)| net::resolve_target(host, port))
         .map_err(|e| push(problems, path.key("target"), e))
         .unwrap_or_default();
+    let max_conns = raw.max_conns.map(|m| {
+        in_range(
+            problems,
+            path.key("max_conns"),
+            "max_conns",
+            m.0,
+            1,
+            MAX_CONNS,
+        )
+        .and_then(|m| u32::try_from(m).ok())
+    });
     let Some(weight) = weight.and_then(|w| u32::try_from(w).ok()) else {
         return Vec::new();
     };
+    // Reported above; compilation goes on without the limit.
+    let max_conns = max_conns.flatten();
     addrs
         .into_iter()
         .map(|addr| TargetDef {
             name: raw.target.clone(),
             addr,
             weight,
+            max_conns,
         })
         .collect()
 }
@@ -584,6 +601,7 @@ fn url_upstream(
                 name: name.clone(),
                 addr,
                 weight: DEFAULT_WEIGHT as u32,
+                max_conns: None,
             })
             .collect(),
         host_header: None,
@@ -591,6 +609,7 @@ fn url_upstream(
         health: Default::default(),
         balance: Balance::RoundRobin,
         hashing: None,
+        capped: false,
     }));
     Some((
         upstreams.len() - 1,
