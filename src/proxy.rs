@@ -392,8 +392,8 @@ struct Conn<S> {
     /// cleared after it, or kept until the tunnel ends for an upgrade (`serve`), or by `cut_short`
     /// for an exchange the drain deadline dropped.
     held_target: Option<usize>,
-    /// A least_conn upstream's in-flight count of the target, held (and dropped) with
-    /// `held_target`.
+    /// The target's in-flight count (least_conn, `max_conns`), held with `held_target` and dropped
+    /// with it, or earlier by `fail` (an error answer does not keep the target's room).
     held_load: Option<crate::upstream::inflight::InFlight>,
     /// The current request's body, read whole and edited by a request-transformer's `json`
     /// (sent instead of streaming the client's; `None` on every other request).
@@ -2101,6 +2101,9 @@ impl<S: ClientIo> Conn<S> {
     /// Answers with a gateway error and decides whether the connection survives it: not if the
     /// answer did not go out whole, since the client would read the next response after a torn one.
     async fn fail(&mut self, shard: &Shard, e: GatewayError, client_close: bool) -> Next {
+        // The upstream is done with this request: its room under `max_conns` is not held while
+        // the answer (and maybe a lingering close of seconds) goes out.
+        self.held_load = None;
         if matches!(
             e,
             GatewayError::BadResponse
@@ -2237,9 +2240,10 @@ impl<S: ClientIo> Conn<S> {
 }
 
 /// Picks a target (by the upstream's algorithm: `balance::first_pick`; `key` is the request's
-/// consistent-hash key) and returns a pooled or fresh connection to it, with a least_conn
-/// upstream's hold on the target's in-flight count (taken before connecting, so requests still
-/// connecting count: a target slow to accept does not look idle). A target that refuses
+/// consistent-hash key) and returns a pooled or fresh connection to it, with the hold on the
+/// target's in-flight count for least_conn and `max_conns` (taken before connecting, so requests
+/// still connecting count: a target slow to accept does not look idle). A target at its
+/// `max_conns` is passed over; with nothing tried for that reason alone, `UpstreamFull` (503). A target that refuses
 /// or times out is skipped for the next one: nothing was sent yet, so this is always safe.
 /// `pinned`: the retry after a stale pooled connection to this target: fresh connections only,
 /// starting with this target; if it now refuses (it is restarting: the usual reason its pooled

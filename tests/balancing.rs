@@ -414,3 +414,47 @@ paths = ["/"]
         "the full target got no second request"
     );
 }
+
+/// With the healthy targets full and the only one with room ejected, the answer is a 503, not a
+/// detour to the target health checking took out (which would refuse: a 502).
+#[test]
+fn max_conns_never_sends_a_request_to_an_ejected_target_instead() {
+    let slow = Upstream::named("slow", Behaviour::Hang);
+    let dead = refusing_addr();
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[server.timeouts]
+upstream_read = "10s"
+
+[[upstreams]]
+name = "pool"
+targets = [{{ target = "{}", max_conns = 1 }}, {{ target = "{dead}" }}]
+
+[upstreams.health.passive]
+max_fails = 1
+fail_timeout = "30s"
+
+[[services]]
+name = "svc"
+upstream = "pool"
+
+[[routes]]
+name = "r"
+service = "svc"
+paths = ["/"]
+"#,
+        slow.addr()
+    ));
+    hold_one(&gw, &slow);
+    // The dead target is ejected by its first refusal (this request's, or the held one's on its
+    // way to the slow target).
+    let _ = get(gw.addr(), HOST, "/prime");
+    for i in 0..5 {
+        let r = get(gw.addr(), HOST, &format!("/{i}"));
+        r.assert_json_error(503);
+    }
+    assert_eq!(slow.request_count(), 1);
+}

@@ -222,7 +222,7 @@ fn unknown_key_in_array_element() {
         6,
         41,
         "upstreams[0].targets[0].wieght",
-        "unknown field `wieght` (did you mean `weight`?), expected `target` or `weight`",
+        "unknown field `wieght` (did you mean `weight`?), expected one of `target`, `weight`, `max_conns`",
     );
 }
 

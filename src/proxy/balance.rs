@@ -3,8 +3,9 @@
 //!
 //! Invariants: nothing here allocates or awaits; the balancer's `RefCell` is borrowed only inside
 //! `first_pick`. The key is taken from the request head before any body is read (a streamed body
-//! reuses the buffer the head sits in). least_conn's counts are the worker's `InFlightTable`
-//! counters, which the snapshot lists per target and a request holds from its pick to its end.
+//! reuses the buffer the head sits in). The in-flight counts (least_conn's load, `max_conns`' room)
+//! are the worker's `InFlightTable` counters, which the snapshot lists per target and a request
+//! holds from its pick to its end.
 
 use std::net::IpAddr;
 
@@ -59,9 +60,11 @@ impl<S: ClientIo> Conn<S> {
 }
 
 /// The first target to try for a request to upstream `u` by its algorithm, among the targets with
-/// room under their `max_conns` that `usable` accepts; with none usable, among those with room
-/// (health checking fails open, as nginx does and Envoy's panic mode; a limit never does: with no
-/// room anywhere `connect` answers 503). `all`: every target is usable (no health lookups).
+/// room under their `max_conns` that `usable` accepts. Failing that: a usable target even if full
+/// (`connect` passes full ones over and answers 503, rather than sending the request to a target
+/// health checking took out), and only with no usable target at all, one with room (health
+/// checking fails open, as nginx does and Envoy's panic mode; a limit never does). `all`: every
+/// target is usable (no health lookups).
 pub(super) fn first_pick(
     snap: &Snapshot,
     ups: &UpstreamDef,
@@ -71,10 +74,14 @@ pub(super) fn first_pick(
     usable: &mut impl FnMut(usize) -> bool,
 ) -> usize {
     let room = |t| !ups.capped || has_room(snap, u, t);
-    let mut ok = |t| room(t) && (all || usable(t));
+    // Only `ok` and `healthy` look at health (`usable` is `FnMut`: it caches the clock).
+    let usable = std::cell::RefCell::new(usable);
+    let healthy = |t| all || (usable.borrow_mut())(t);
+    let ok = |t| room(t) && healthy(t);
     if let (Some(hashing), Some(key)) = (&ups.hashing, key) {
         return hashing
-            .pick_among(key, &mut ok)
+            .pick_among(key, &mut |t| ok(t))
+            .or_else(|| hashing.pick_among(key, &mut |t| healthy(t)))
             .or_else(|| hashing.pick_among(key, &mut |t| room(t)))
             .unwrap_or(0);
     }
@@ -86,16 +93,17 @@ pub(super) fn first_pick(
         let load = |t| u64::from(snap.load(u, t).map_or(0, |l| l.count.get()));
         return b
             .pick_least(load, ok)
+            .or_else(|| b.pick_least(load, healthy))
             .or_else(|| b.pick_least(load, room))
             .unwrap_or(0);
     }
     if all && !ups.capped {
-        b.pick()
-    } else {
-        b.pick_where(ok)
-            .or_else(|| b.pick_where(room))
-            .unwrap_or_else(|| b.pick())
+        return b.pick();
     }
+    b.pick_where(ok)
+        .or_else(|| b.pick_where(healthy))
+        .or_else(|| b.pick_where(room))
+        .unwrap_or(0)
 }
 
 /// Whether target `t` of upstream `u` is below this worker's share of its `max_conns`.

@@ -1,6 +1,6 @@
-//! Requests in flight per target on one worker, for `least_conn`: one counter per target identity
-//! (upstream name, target as written, address), shared by every snapshot that lists the target and
-//! every request that holds it.
+//! Requests in flight per target on one worker, for `least_conn` and `max_conns`: one counter per
+//! target identity (upstream name, target as written, address), shared by every snapshot that
+//! lists the target and every request that holds it.
 //!
 //! Invariants:
 //! - a request takes its hold (`InFlight`) at the pick, before connecting, and the hold gives it
