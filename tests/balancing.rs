@@ -10,24 +10,27 @@ use common::*;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// One upstream `pool` over `targets` with `balance` (its algorithm keys), behind a catch-all route.
-fn config(targets: &[&Upstream], balance: &str, workers: usize, extra: &str) -> String {
-    let targets: Vec<String> = targets
-        .iter()
-        .map(|u| format!("{{ target = \"{}\" }}", u.addr()))
-        .collect();
+/// One upstream `pool` over `targets` (TOML inline tables) with `upstream` (its other keys and
+/// tables), behind a catch-all route; `timeouts` go to `[server.timeouts]`, `extra` at the end.
+fn pool_config(
+    targets: &str,
+    upstream: &str,
+    workers: usize,
+    timeouts: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"[server]
 listen = ["127.0.0.1:0"]
 workers = {workers}
 
 [server.timeouts]
-upstream_read = "3s"
+{timeouts}
 
 [[upstreams]]
 name = "pool"
-targets = [{}]
-{balance}
+targets = [{targets}]
+{upstream}
 
 [[services]]
 name = "svc"
@@ -40,8 +43,22 @@ paths = ["/"]
 strip_path = false
 
 {extra}
-"#,
-        targets.join(", ")
+"#
+    )
+}
+
+/// `pool_config` over `targets` with `balance` (its algorithm keys) and a 3 s read timeout.
+fn config(targets: &[&Upstream], balance: &str, workers: usize, extra: &str) -> String {
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|u| format!("{{ target = \"{}\" }}", u.addr()))
+        .collect();
+    pool_config(
+        &targets.join(", "),
+        balance,
+        workers,
+        "upstream_read = \"3s\"",
+        extra,
     )
 }
 
@@ -100,28 +117,12 @@ fn least_conn_counts_requests_still_connecting() {
         bh.addr,
         fast.addr()
     );
-    let gw = Gateway::start(&format!(
-        r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-
-[server.timeouts]
-upstream_connect = "3s"
-
-[[upstreams]]
-name = "pool"
-targets = [{targets}]
-algorithm = "least_conn"
-
-[[services]]
-name = "svc"
-upstream = "pool"
-
-[[routes]]
-name = "r"
-service = "svc"
-paths = ["/"]
-"#
+    let gw = Gateway::start(&pool_config(
+        &targets,
+        "algorithm = \"least_conn\"",
+        1,
+        "upstream_connect = \"3s\"",
+        "",
     ));
     // Requests in the background until one is stuck connecting to the blackhole (it has not
     // finished 300 ms after it was sent; the others are answered at once).
@@ -342,32 +343,10 @@ fn max_conns_passes_a_full_target_over_and_answers_503_when_all_are_full() {
         slow.addr(),
         fast.addr()
     );
-    let text = |targets: &str| {
-        format!(
-            r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-
-[server.timeouts]
-upstream_read = "10s"
-
-[[upstreams]]
-name = "pool"
-targets = [{targets}]
-
-[[services]]
-name = "svc"
-upstream = "pool"
-
-[[routes]]
-name = "r"
-service = "svc"
-paths = ["/"]
-"#
-        )
-    };
+    let text =
+        |targets: &str, extra: &str| pool_config(targets, "", 1, "upstream_read = \"10s\"", extra);
     // Round-robin: with the slow target holding its one request, the rotation passes it over.
-    let gw = Gateway::start(&text(&targets));
+    let gw = Gateway::start(&text(&targets, ""));
     hold_one(&gw, &slow);
     for i in 0..10 {
         assert_eq!(
@@ -382,10 +361,8 @@ paths = ["/"]
     // Alone and full: a 503 at once, not a wait, and the access log says why.
     let slow = Upstream::named("slow", Behaviour::Hang);
     let only = format!("{{ target = \"{}\", max_conns = 1 }}", slow.addr());
-    let gw = Gateway::start(&text(&only).replace(
-        "[[upstreams]]",
-        "[access_log]\npath = \"stderr\"\n\n[[upstreams]]",
-    ));
+    let gw = Gateway::start(&text(&only, "[access_log]\npath = \"stderr\""));
+
     hold_one(&gw, &slow);
     let start = Instant::now();
     let r = get(gw.addr(), HOST, "/full");
@@ -421,32 +398,15 @@ paths = ["/"]
 fn max_conns_never_sends_a_request_to_an_ejected_target_instead() {
     let slow = Upstream::named("slow", Behaviour::Hang);
     let dead = refusing_addr();
-    let gw = Gateway::start(&format!(
-        r#"[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-
-[server.timeouts]
-upstream_read = "10s"
-
-[[upstreams]]
-name = "pool"
-targets = [{{ target = "{}", max_conns = 1 }}, {{ target = "{dead}" }}]
-
-[upstreams.health.passive]
-max_fails = 1
-fail_timeout = "30s"
-
-[[services]]
-name = "svc"
-upstream = "pool"
-
-[[routes]]
-name = "r"
-service = "svc"
-paths = ["/"]
-"#,
-        slow.addr()
+    let gw = Gateway::start(&pool_config(
+        &format!(
+            "{{ target = \"{}\", max_conns = 1 }}, {{ target = \"{dead}\" }}",
+            slow.addr()
+        ),
+        "[upstreams.health.passive]\nmax_fails = 1\nfail_timeout = \"30s\"",
+        1,
+        "upstream_read = \"10s\"",
+        "",
     ));
     hold_one(&gw, &slow);
     // The dead target is ejected by its first refusal (this request's, or the held one's on its
