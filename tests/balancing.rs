@@ -82,13 +82,7 @@ fn least_conn_sends_requests_past_a_target_still_busy() {
     hold_one(&gw, &slow);
     // With one request in flight there, every new one goes to the idle target. Round-robin
     // would send every other one to the slow target (and its 504 after 10 s).
-    for i in 0..10 {
-        assert_eq!(
-            answered_by(&gw, &format!("/{i}"), ""),
-            "fast",
-            "request {i}"
-        );
-    }
+    all_answered_by(&gw, "fast", "", 10);
     assert_eq!(slow.request_count(), 1);
     // A reload does not forget the request still running there.
     gw.rewrite_config(&format!(
@@ -96,13 +90,7 @@ fn least_conn_sends_requests_past_a_target_still_busy() {
     ));
     gw.reload_to(2);
     std::thread::sleep(Duration::from_millis(200));
-    for i in 0..10 {
-        assert_eq!(
-            answered_by(&gw, &format!("/after/{i}"), ""),
-            "fast",
-            "request {i} after the reload"
-        );
-    }
+    all_answered_by(&gw, "fast", "/after", 10);
     assert_eq!(slow.request_count(), 1);
 }
 
@@ -151,6 +139,18 @@ fn least_conn_counts_requests_still_connecting() {
             start.elapsed() < Duration::from_secs(2),
             "request {i} waited {:?}: it was sent to the target still connecting",
             start.elapsed()
+        );
+    }
+}
+
+/// `n` GETs of `{prefix}/{i}`, each answered by the upstream named `name`.
+#[track_caller]
+fn all_answered_by(gw: &Gateway, name: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        assert_eq!(
+            answered_by(gw, &format!("{prefix}/{i}"), ""),
+            name,
+            "request {prefix}/{i}"
         );
     }
 }
@@ -348,13 +348,7 @@ fn max_conns_passes_a_full_target_over_and_answers_503_when_all_are_full() {
     // Round-robin: with the slow target holding its one request, the rotation passes it over.
     let gw = Gateway::start(&text(&targets, ""));
     hold_one(&gw, &slow);
-    for i in 0..10 {
-        assert_eq!(
-            answered_by(&gw, &format!("/{i}"), ""),
-            "fast",
-            "request {i}"
-        );
-    }
+    all_answered_by(&gw, "fast", "", 10);
     assert_eq!(slow.request_count(), 1);
     drop(gw);
 
