@@ -739,6 +739,18 @@ mod tests {
     }
 
     #[test]
+    fn cookies_by_exact_name_for_consistent_hashing() {
+        let h = b"theme=dark; sid=abc123;  Sid=other ; empty=; x=\"q\"";
+        assert_eq!(cookie(h, b"sid"), Some(&b"abc123"[..]));
+        assert_eq!(cookie(h, b"Sid"), Some(&b"other"[..]));
+        assert_eq!(cookie(h, b"empty"), Some(&b""[..]));
+        assert_eq!(cookie(h, b"x"), Some(&b"\"q\""[..]));
+        assert_eq!(cookie(h, b"theme"), Some(&b"dark"[..]));
+        assert_eq!(cookie(h, b"missing"), None);
+        assert_eq!(cookie(b"sidx=1; xsid=2", b"sid"), None);
+    }
+
+    #[test]
     fn percent_decoding_keeps_malformed() {
         let mut out = Vec::new();
         percent_decode(b"%zz%4", &mut out);

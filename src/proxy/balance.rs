@@ -38,7 +38,7 @@ impl<S: ClientIo> Conn<S> {
             HashOn::Header(name) => view.header(name.as_bytes()),
             HashOn::Cookie(name) => view
                 .values(b"cookie")
-                .find_map(|v| hashing::cookie(v, name.as_bytes())),
+                .find_map(|v| crate::auth::steps::cookie(v, name.as_bytes())),
             HashOn::Path => Some(&self.s.path[..]),
         };
         match value.filter(|v| !v.trim_ascii().is_empty()) {

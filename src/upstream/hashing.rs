@@ -125,17 +125,6 @@ pub fn hash_ip(ip: IpAddr) -> u64 {
     }
 }
 
-/// The value of cookie `name` in one `Cookie` header value (`a=1; b=2`), as sent (quotes kept);
-/// names compare exactly (RFC 6265: a cookie name is case-sensitive).
-pub fn cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (n, v) = (pair.get(..eq)?, pair.get(eq + 1..)?);
-        (n.trim_ascii() == name).then(|| v.trim_ascii())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,17 +289,5 @@ mod tests {
             .map(|i| 1 - i)
             .collect();
         assert_eq!(before, after);
-    }
-
-    #[test]
-    fn cookies_by_exact_name() {
-        let h = b"theme=dark; sid=abc123;  Sid=other ; empty=; x=\"q\"";
-        assert_eq!(cookie(h, b"sid"), Some(&b"abc123"[..]));
-        assert_eq!(cookie(h, b"Sid"), Some(&b"other"[..]));
-        assert_eq!(cookie(h, b"empty"), Some(&b""[..]));
-        assert_eq!(cookie(h, b"x"), Some(&b"\"q\""[..]));
-        assert_eq!(cookie(h, b"theme"), Some(&b"dark"[..]));
-        assert_eq!(cookie(h, b"missing"), None);
-        assert_eq!(cookie(b"sidx=1; xsid=2", b"sid"), None);
     }
 }
