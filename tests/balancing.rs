@@ -155,6 +155,11 @@ fn all_answered_by(gw: &Gateway, name: &str, prefix: &str, n: usize) {
     }
 }
 
+/// Echo upstreams named `a`, `b` and `c`.
+fn three_echoes() -> [Upstream; 3] {
+    ["a", "b", "c"].map(Upstream::echo)
+}
+
 /// Where each of `users` is sent, asking three times each (new connections: any worker).
 fn placement(
     gw: &Gateway,
@@ -175,9 +180,7 @@ fn placement(
 
 #[test]
 fn consistent_hash_keeps_each_key_on_one_target_and_moves_only_a_dead_targets_keys() {
-    let a = Upstream::echo("a");
-    let b = Upstream::echo("b");
-    let c = Upstream::echo("c");
+    let [a, b, c] = three_echoes();
     let text = config(
         &[&a, &b, &c],
         "algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"",
@@ -224,9 +227,7 @@ fn consistent_hash_keeps_each_key_on_one_target_and_moves_only_a_dead_targets_ke
 
 #[test]
 fn consistent_hash_on_a_cookie_and_on_the_consumer() {
-    let a = Upstream::echo("a");
-    let b = Upstream::echo("b");
-    let c = Upstream::echo("c");
+    let [a, b, c] = three_echoes();
     let gw = Gateway::start(&config(
         &[&a, &b, &c],
         "algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"sid\"",
@@ -291,9 +292,7 @@ fn consistent_hash_on_a_cookie_and_on_the_consumer() {
 
 #[test]
 fn consistent_hash_with_ip_fallback_keeps_keyless_requests_together() {
-    let a = Upstream::echo("a");
-    let b = Upstream::echo("b");
-    let c = Upstream::echo("c");
+    let [a, b, c] = three_echoes();
     let gw = Gateway::start(&config(
         &[&a, &b, &c],
         "algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"\nhash_fallback = \"ip\"",
