@@ -47,6 +47,7 @@ use crate::router::normalize::{normalize_path, upstream_path, NormalizeError};
 use crate::router::{Occurrence, RequestView};
 use crate::upstream::conn::UpstreamConn;
 use crate::upstream::health::Who;
+use crate::upstream::inflight::InFlight;
 use crate::worker::{Shard, Snapshot};
 use head::{ClientFraming, Forwarded};
 
@@ -394,7 +395,7 @@ struct Conn<S> {
     held_target: Option<usize>,
     /// The target's in-flight count (least_conn, `max_conns`), held with `held_target` and dropped
     /// with it, or earlier by `fail` (an error answer does not keep the target's room).
-    held_load: Option<crate::upstream::inflight::InFlight>,
+    held_load: Option<InFlight>,
     /// The current request's body, read whole and edited by a request-transformer's `json`
     /// (sent instead of streaming the client's; `None` on every other request).
     edited_body: Option<Vec<u8>>,
@@ -2243,8 +2244,9 @@ impl<S: ClientIo> Conn<S> {
 /// consistent-hash key) and returns a pooled or fresh connection to it, with the hold on the
 /// target's in-flight count for least_conn and `max_conns` (taken before connecting, so requests
 /// still connecting count: a target slow to accept does not look idle). A target at its
-/// `max_conns` is passed over; with nothing tried for that reason alone, `UpstreamFull` (503). A target that refuses
-/// or times out is skipped for the next one: nothing was sent yet, so this is always safe.
+/// `max_conns` is passed over; with nothing tried for that reason alone, `UpstreamFull` (503). A
+/// target that refuses or times out is skipped for the next one: nothing was sent yet, so this is
+/// always safe.
 /// `pinned`: the retry after a stale pooled connection to this target: fresh connections only,
 /// starting with this target; if it now refuses (it is restarting: the usual reason its pooled
 /// connection went stale), the next targets are tried as on a first attempt. `tried`: the address
@@ -2259,15 +2261,7 @@ async fn connect(
     key: Option<u64>,
     budget: &mut usize,
     tried: &mut Option<SocketAddr>,
-) -> Result<
-    (
-        UpstreamConn,
-        usize,
-        bool,
-        Option<crate::upstream::inflight::InFlight>,
-    ),
-    GatewayError,
-> {
+) -> Result<(UpstreamConn, usize, bool, Option<InFlight>), GatewayError> {
     let ups = snap
         .config
         .upstreams
