@@ -256,6 +256,31 @@ pub fn config_warnings(cfg: &model::Config) -> Vec<String> {
         .collect()
 }
 
+/// Settings that are probably a mistake with `workers` workers, said at start, on every reload and
+/// by `check` (with the count the config asks for, or the CPUs `run` would use): a `max_conns`
+/// below the worker count, which cannot hold (each worker allows at least one request in flight).
+pub fn worker_warnings(cfg: &model::Config, workers: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for u in &cfg.upstreams {
+        // A name with several addresses is several targets with one limit each: said once.
+        let mut said: Vec<&str> = Vec::new();
+        for t in &u.targets {
+            let Some(max) = t.max_conns.filter(|&m| (m as usize) < workers) else {
+                continue;
+            };
+            if said.contains(&t.name.as_str()) {
+                continue;
+            }
+            said.push(&t.name);
+            out.push(format!(
+                "upstream {:?} target {:?}: max_conns = {max} is below the {workers} workers; each worker allows at least 1 in flight, so up to {workers} at once (set workers = {max} or fewer for an exact limit)",
+                u.name, t.name
+            ));
+        }
+    }
+    out
+}
+
 /// What `ringgate check` prints: `Ok(warnings + "ok\n" + summary)`, or `Err` with one error per
 /// line followed by a count. The caller prints it and exits 0 or 1.
 pub fn check(path: &Path) -> Result<String, String> {
@@ -264,6 +289,12 @@ pub fn check(path: &Path) -> Result<String, String> {
             let warnings: String = certificate_warnings(&cfg, std::time::SystemTime::now())
                 .into_iter()
                 .chain(config_warnings(&cfg))
+                .chain(worker_warnings(
+                    &cfg,
+                    cfg.server.workers.unwrap_or_else(|| {
+                        crate::worker::auto_workers(&crate::worker::allowed_cpus())
+                    }),
+                ))
                 .collect::<Vec<String>>()
                 .iter()
                 .map(|w| format!("warning: {w}\n"))

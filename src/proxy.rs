@@ -2280,7 +2280,8 @@ async fn connect(
     };
     let first = match (pinned, after) {
         (Some(t), _) => t,
-        // Failover after a target that reset once connected: the ones after it, in turn.
+        // Failover after a target that reset once connected: the ones after it, in turn (in
+        // score order for a hashed request, below).
         (None, Some(t)) => (t + 1) % n.max(1),
         (None, None) => balance::first_pick(
             snap,
@@ -2297,8 +2298,33 @@ async fn connect(
     let mut timed_out = false;
     // Some target was passed over for being at its `max_conns` (a 503 if none was tried).
     let mut full = false;
+    // A hashed request fails over in score order, from below the target it started with (or
+    // that reset): where its key goes with that target out, as on every gateway of a fleet (see
+    // `Rendezvous::next_below`). Others go round the list.
+    let ranked = ups.hashing.as_ref().zip(key);
+    let mut below = ranked.and_then(|(h, key)| h.rank(key, after.unwrap_or(first)));
     for k in 0..n {
-        let t = (first + k) % n.max(1);
+        let t = match ranked {
+            Some((hashing, key)) if k > 0 || after.is_some() => {
+                // Targets the checks below would pass over are passed over in the walk: one
+                // scan per attempt, however many targets are out.
+                let mut go = |t| {
+                    if ups.capped && !balance::has_room(snap, svc.upstream, t) {
+                        full = true;
+                        return false;
+                    }
+                    usable(t)
+                };
+                match hashing.next_below(key, below, &mut go) {
+                    Some((t, rank)) => {
+                        below = Some(rank);
+                        t
+                    }
+                    None => break,
+                }
+            }
+            _ => (first + k) % n.max(1),
+        };
         if after == Some(t) {
             continue;
         }

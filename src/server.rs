@@ -62,6 +62,9 @@ pub fn run(path: &Path, workers_override: Option<usize>, pid_file: Option<&Path>
             "more workers than CPUs this process may use workers={workers} cpus={usable}; workers share cores"
         );
     }
+    for w in config::worker_warnings(&cfg, workers) {
+        warn!("{w}");
+    }
     let use_uring =
         std::env::var_os("RINGGATE_FORCE_EPOLL").is_none() && monoio::utils::detect_uring();
     if !use_uring {
@@ -743,6 +746,9 @@ impl Reloader {
         let installed = self.install(&mut state, config);
         if installed.is_ok() {
             crate::tls::expiry::note(&state.current.config);
+            for w in config::worker_warnings(&state.current.config, state.workers) {
+                warn!("{w}");
+            }
         }
         installed
     }

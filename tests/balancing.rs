@@ -1,7 +1,8 @@
 //! Load-balancing algorithms end to end over real sockets: `least_conn` steering past a target
 //! whose requests are still running, and `consistent_hash` keeping a key on one target (across
 //! workers and across gateway processes), moving only a dead target's keys, and falling back to
-//! round-robin for requests without the key; a target's `max_conns` passing it over when full, and
+//! round-robin for requests without the key, failing a dead target's keys over by score, and
+//! setting a sticky cookie; a target's `max_conns` passing it over when full, and
 //! a 503 when every target is.
 
 mod common;
@@ -223,6 +224,119 @@ fn consistent_hash_keeps_each_key_on_one_target_and_moves_only_a_dead_targets_ke
             was => assert_eq!(Some(now.as_str()), was, "{u} moved though its target is up"),
         }
     }
+}
+
+/// While a target is failing but not yet ejected (passive health off here, so never), each of its
+/// keys fails over to its next-best score: where a gateway without that target sends it. A walk
+/// down the list would pile them all on the dead target's neighbour.
+#[test]
+fn consistent_hash_fails_a_dead_targets_keys_over_in_score_order() {
+    let [a, b, c] = three_echoes();
+    let keys = "algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"\n\n[upstreams.health.passive]\nmax_fails = 0";
+    let gw = Gateway::start(&config(&[&a, &b, &c], keys, 2, ""));
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    let header = |u: &str| format!("X-User: {u}\r\n");
+    let before = placement(&gw, &users, header);
+    let without_b = Gateway::start(&config(&[&a, &c], keys, 1, ""));
+    let want = placement(&without_b, &users, header);
+    drop(without_b);
+    drop(b);
+    let after = placement(&gw, &users, header);
+    assert_eq!(after, want, "before: {before:?}");
+    let moved: HashSet<&String> = users
+        .iter()
+        .filter(|u| before.get(*u).is_some_and(|t| t == "b"))
+        .filter_map(|u| after.get(u))
+        .collect();
+    assert_eq!(moved.len(), 2, "b's keys spread over a and c: {moved:?}");
+}
+
+/// `hash_on = "query_arg"`: the parameter's first value, form-decoded (`a+b` is `a%20b`), keeps a
+/// key on one target; without it, requests are balanced round-robin.
+#[test]
+fn consistent_hash_on_a_query_arg() {
+    let [a, b, c] = three_echoes();
+    let gw = Gateway::start(&config(
+        &[&a, &b, &c],
+        "algorithm = \"consistent_hash\"\nhash_on = \"query_arg\"\nhash_on_query_arg = \"user\"",
+        2,
+        "",
+    ));
+    let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    let by_arg: HashMap<String, String> = users
+        .iter()
+        .map(|u| {
+            let first = answered_by(&gw, &format!("/?user={u}"), "");
+            for path in [format!("/x?a=1&user={u}&user=zz"), format!("/?us%65r={u}")] {
+                assert_eq!(answered_by(&gw, &path, ""), first, "{path}");
+            }
+            (u.clone(), first)
+        })
+        .collect();
+    assert!(
+        by_arg.values().collect::<HashSet<_>>().len() >= 2,
+        "{by_arg:?}"
+    );
+    for i in 0..10 {
+        let spaced = answered_by(&gw, &format!("/?user=first+last{i}"), "");
+        assert_eq!(
+            answered_by(&gw, &format!("/?user=first%20last{i}"), ""),
+            spaced
+        );
+    }
+    let keyless: HashSet<String> = (0..12)
+        .map(|i| answered_by(&gw, &format!("/?other={i}&user="), ""))
+        .collect();
+    assert!(keyless.len() >= 2, "{keyless:?}");
+}
+
+/// With `hash_on_cookie_path`, a request without the cookie is given one (sticky sessions, as
+/// Kong does): `Set-Cookie` with a fresh value, and the target that answered is the one that
+/// value keeps, on this gateway and on another. A request with the cookie gets none.
+#[test]
+fn consistent_hash_sets_a_sticky_cookie_when_asked() {
+    let [a, b, c] = three_echoes();
+    let text = config(
+        &[&a, &b, &c],
+        "algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"sticky\"\nhash_on_cookie_path = \"/app\"",
+        2,
+        "",
+    );
+    let gw = Gateway::start(&text);
+    let other = Gateway::start(&text);
+    let mut seen = HashMap::new();
+    for i in 0..15 {
+        let mut conn = Conn::connect(gw.addr());
+        let r = conn.request(
+            format!("GET /app/{i} HTTP/1.1\r\nHost: {HOST}\r\nCookie: theme=dark\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let set = r.header("set-cookie").unwrap_or_default().to_owned();
+        let value = set
+            .strip_prefix("sticky=")
+            .and_then(|v| v.strip_suffix("; Path=/app; HttpOnly; SameSite=Lax"))
+            .unwrap_or_else(|| panic!("Set-Cookie: {set:?}"));
+        assert!(
+            value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{value}"
+        );
+        assert!(seen.insert(value.to_owned(), ()).is_none(), "{value} twice");
+        let first = r.header("x-upstream").unwrap_or_default().to_owned();
+        let cookie = format!("Cookie: sticky={value}\r\n");
+        for g in [&gw, &other, &gw] {
+            let mut conn = Conn::connect(g.addr());
+            let r = conn
+                .request(format!("GET /app HTTP/1.1\r\nHost: {HOST}\r\n{cookie}\r\n").as_bytes());
+            assert_eq!(r.header("x-upstream"), Some(first.as_str()), "{value}");
+            assert!(!r.has_header("set-cookie"), "{r:?}");
+        }
+    }
+    let targets: HashSet<String> = seen
+        .keys()
+        .map(|v| answered_by(&gw, "/", &format!("Cookie: sticky={v}\r\n")))
+        .collect();
+    assert!(targets.len() >= 2, "new sessions spread: {targets:?}");
 }
 
 #[test]

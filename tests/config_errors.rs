@@ -1595,7 +1595,7 @@ fn balancing_algorithm_errors() {
         8,
         11,
         "upstreams[0].hash_on",
-        "expected one of \"ip\", \"consumer\", \"header\", \"cookie\", \"path\"",
+        "expected one of \"ip\", \"consumer\", \"header\", \"cookie\", \"query_arg\", \"path\"",
     );
     expect_one(
         &with("hash_on = \"ip\""),
@@ -1625,9 +1625,46 @@ fn balancing_algorithm_errors() {
         "upstreams[0].hash_fallback",
         "expected one of \"round_robin\", \"ip\"",
     );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"query_arg\""),
+        8,
+        11,
+        "upstreams[0].hash_on",
+        "hash_on = \"query_arg\" needs `hash_on_query_arg` (e.g. hash_on_query_arg = \"user\")",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"\nhash_on_query_arg = \"u\""),
+        10,
+        21,
+        "upstreams[0].hash_on_query_arg",
+        "only applies with hash_on = \"query_arg\"",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"path\"\nhash_on_cookie_path = \"/\""),
+        9,
+        23,
+        "upstreams[0].hash_on_cookie_path",
+        "only applies with hash_on = \"cookie\"",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"sid\"\nhash_on_cookie_path = \"/a;Domain=evil\""),
+        10,
+        23,
+        "upstreams[0].hash_on_cookie_path",
+        "\"/a;Domain=evil\" is not a cookie path",
+    );
+    expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"sid\"\nhash_on_cookie_path = \"/\"\nhash_fallback = \"ip\""),
+        11,
+        17,
+        "upstreams[0].hash_fallback",
+        "`hash_fallback` does not apply with `hash_on_cookie_path`: a request without the cookie is given one",
+    );
     for ok in [
         "algorithm = \"least_conn\"",
         "algorithm = \"round_robin\"",
+        "algorithm = \"consistent_hash\"\nhash_on = \"query_arg\"\nhash_on_query_arg = \"user\"\nhash_fallback = \"ip\"",
+        "algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"sid\"\nhash_on_cookie_path = \"/app\"",
         "algorithm = \"consistent_hash\"\nhash_on = \"path\"\nhash_fallback = \"ip\"",
         "algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"",
     ] {
@@ -1668,4 +1705,31 @@ fn max_conns_out_of_range() {
         "upstreams[0].targets[0].max_conns",
         "max_conns",
     );
+}
+
+/// A `max_conns` below the worker count cannot hold (each worker allows at least one request in
+/// flight): it loads, with a warning that `check` prints (and `run` logs, at start and reload).
+#[test]
+fn max_conns_below_the_workers_is_a_warning() {
+    let text = base_with(
+        "targets = [{ target = \"127.0.0.1:9001\" }]",
+        "targets = [{ target = \"127.0.0.1:9001\", max_conns = 3 }, { target = \"127.0.0.1:9002\", max_conns = 4 }]",
+    )
+    .replace("listen = [\"127.0.0.1:8080\"]", "listen = [\"127.0.0.1:8080\"]\nworkers = 4");
+    let cfg = load_str(&text, "test.toml").expect("loads");
+    assert_eq!(
+        ringgate::config::worker_warnings(&cfg, 4),
+        vec!["upstream \"u\" target \"127.0.0.1:9001\": max_conns = 3 is below the 4 workers; each worker allows at least 1 in flight, so up to 4 at once (set workers = 3 or fewer for an exact limit)".to_owned()]
+    );
+    assert!(ringgate::config::worker_warnings(&cfg, 3).is_empty());
+    let path = std::env::temp_dir().join(format!("ringgate-maxconns-{}.toml", std::process::id()));
+    std::fs::write(&path, &text).expect("write");
+    let out = check(&path);
+    let _ = std::fs::remove_file(&path);
+    let out = out.expect("check passes");
+    assert!(
+        out.starts_with("warning: upstream \"u\" target \"127.0.0.1:9001\": max_conns = 3 is below the 4 workers"),
+        "{out}"
+    );
+    assert_eq!(out.matches("warning:").count(), 1, "{out}");
 }

@@ -208,8 +208,12 @@ pub enum HashOn {
     Consumer,
     /// A request header's value (lower-case name; the first occurrence).
     Header(String),
-    /// A cookie's value (name as written: cookie names are case-sensitive).
-    Cookie(String),
+    /// A cookie's value (name as written: cookie names are case-sensitive). With `set` (the
+    /// cookie's `Path`), a request without the cookie gets one: a random value it is balanced by,
+    /// sent back in a `Set-Cookie` (sticky sessions, as Kong's `hash_on_cookie_path`).
+    Cookie { name: String, set: Option<String> },
+    /// A query parameter's value (the first occurrence), names and values compared form-decoded.
+    QueryArg(String),
     /// The normalized request path.
     Path,
 }

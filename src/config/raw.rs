@@ -75,6 +75,8 @@ pub struct RawUpstream {
     pub hash_on: Option<String>,
     pub hash_on_header: Option<String>,
     pub hash_on_cookie: Option<String>,
+    pub hash_on_cookie_path: Option<String>,
+    pub hash_on_query_arg: Option<String>,
     pub hash_fallback: Option<String>,
 }
 

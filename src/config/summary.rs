@@ -34,10 +34,12 @@ fn push_balance(line: &mut String, balance: &Balance) {
                 HashOn::Consumer => write!(line, " (consistent_hash on consumer"),
                 HashOn::Path => write!(line, " (consistent_hash on path"),
                 HashOn::Header(h) => write!(line, " (consistent_hash on header {h}"),
-                HashOn::Cookie(c) => write!(line, " (consistent_hash on cookie {c}"),
+                HashOn::Cookie { name, .. } => write!(line, " (consistent_hash on cookie {name}"),
+                HashOn::QueryArg(q) => write!(line, " (consistent_hash on query_arg {q}"),
             };
             line.push_str(match (on, fallback_ip) {
                 (HashOn::Ip, _) => ")",
+                (HashOn::Cookie { set: Some(_), .. }, _) => ", set when missing)",
                 (_, true) => ", else ip)",
                 (_, false) => ", else round_robin)",
             });

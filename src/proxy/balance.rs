@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use super::{ClientIo, Conn, HeadView};
 use crate::auth::client_ip;
 use crate::config::model::{Balance, HashOn, UpstreamDef};
+use crate::http::query;
 use crate::router::RequestView;
 use crate::upstream::hashing;
 use crate::upstream::inflight::InFlight;
@@ -19,9 +20,10 @@ use crate::worker::Snapshot;
 
 impl<S: ClientIo> Conn<S> {
     /// This request's consistent-hash key for `ups`: `None` for other algorithms, and for a request
-    /// without the value hashed on (no such header or cookie, an empty one, no consumer or only
-    /// the anonymous one), which is balanced round-robin unless `hash_fallback = "ip"`.
-    pub(super) fn balance_key(&self, ups: &UpstreamDef) -> Option<u64> {
+    /// without the value hashed on (no such header, cookie or query parameter, an empty one, no
+    /// consumer or only the anonymous one), which is balanced round-robin unless `hash_fallback =
+    /// "ip"`, or given a cookie of its own with `hash_on_cookie_path`.
+    pub(super) fn balance_key(&mut self, ups: &UpstreamDef) -> Option<u64> {
         let Balance::Hash { on, fallback_ip } = &ups.balance else {
             return None;
         };
@@ -36,16 +38,56 @@ impl<S: ClientIo> Conn<S> {
                     .map(|c| c.username.as_bytes())
             }
             HashOn::Header(name) => view.header(name.as_bytes()),
-            HashOn::Cookie(name) => view
+            HashOn::Cookie { name, .. } => view
                 .values(b"cookie")
                 .find_map(|v| crate::auth::steps::cookie(v, name.as_bytes())),
+            HashOn::QueryArg(name) => {
+                let query = self.s.head.query.map(|q| q.get(&self.buf));
+                let value = query
+                    .and_then(|q| crate::auth::steps::query_param(q, name.as_bytes()))
+                    .map(|(_, _, v)| v);
+                // Form-decoded, as the application reads it: `a+b` and `a%20b` are one key.
+                if let Some(v) = value.filter(|v| !v.trim_ascii().is_empty()) {
+                    return Some(hashing::hash_bytes(query::decode(v)));
+                }
+                None
+            }
             HashOn::Path => Some(&self.s.path[..]),
         };
-        match value.filter(|v| !v.trim_ascii().is_empty()) {
-            Some(v) => Some(hashing::hash(v)),
-            None if *fallback_ip || *on == HashOn::Ip => Some(hashing::hash_ip(self.balance_ip())),
-            None => None,
+        if let Some(v) = value.filter(|v| !v.trim_ascii().is_empty()) {
+            return Some(hashing::hash(v));
         }
+        match on {
+            HashOn::Cookie {
+                name,
+                set: Some(path),
+            } => Some(self.sticky_cookie(name, path)),
+            _ if *fallback_ip || *on == HashOn::Ip => Some(hashing::hash_ip(self.balance_ip())),
+            _ => None,
+        }
+    }
+
+    /// A new sticky-session cookie for a request without one: a random value (a UUID v4's 32 hex
+    /// digits, from the thread-local generator correlation-id uses: no syscall, no allocation),
+    /// set on the answer whatever it is (an error too: the client keeps its target for the retry),
+    /// and the key it hashes to. Kong's attributes (`HttpOnly; SameSite=Lax`,
+    /// no expiry: the session lasts as long as the browser's), plus `Secure` on a TLS listener.
+    fn sticky_cookie(&mut self, name: &str, path: &str) -> u64 {
+        let mut text = [0u8; uuid::fmt::Simple::LENGTH];
+        let value = uuid::Uuid::new_v4().simple().encode_lower(&mut text);
+        let out = &mut self.s.plugin_headers;
+        out.extend_from_slice(b"Set-Cookie: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"; Path=");
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b"; HttpOnly; SameSite=Lax");
+        if self.listener.tls {
+            out.extend_from_slice(b"; Secure");
+        }
+        out.extend_from_slice(b"\r\n");
+        hashing::hash(value.as_bytes())
     }
 
     /// The client address ip-restriction and rate limiting see (behind `trusted_proxies`, the one

@@ -62,42 +62,94 @@ impl Rendezvous {
 
     /// The best scoring target among those `usable` accepts; `None` when it accepts none.
     pub fn pick_among(&self, key: u64, usable: &mut impl FnMut(usize) -> bool) -> Option<usize> {
-        // (index, score, draw). Draws of different targets tie only if their identity hashes do
-        // (a 64-bit collision), so comparing them last makes the order of targets irrelevant.
-        let mut best: Option<(usize, f64, u64)> = None;
+        self.next_below(key, None, usable).map(|(i, _)| i)
+    }
+
+    /// Where target `t` ranks for a key (`None` for no such target): the bound `next_below`
+    /// starts failover from.
+    pub fn rank(&self, key: u64, t: usize) -> Option<Rank> {
+        let (&id, &w) = self.ids.get(t).zip(self.weights.get(t))?;
+        Some(self.score(key, id, w, t))
+    }
+
+    /// The best scoring target that ranks strictly below `below` (any, when `None`) among those
+    /// `usable` accepts, with its rank; `None` when there is none. Failover walks the targets in
+    /// score order with it: the target a key goes to when its own fails is the one it would go to
+    /// with that target removed or ejected, so a failing target's keys spread over the others by
+    /// weight (a walk down the list would pile them all on its neighbour), and every gateway of a
+    /// fleet fails them over alike. `usable` is asked only about targets below the bound.
+    pub fn next_below(
+        &self,
+        key: u64,
+        below: Option<Rank>,
+        usable: &mut impl FnMut(usize) -> bool,
+    ) -> Option<(usize, Rank)> {
+        let mut best: Option<(usize, Rank)> = None;
         for (i, (&id, &w)) in self.ids.iter().zip(self.weights.iter()).enumerate() {
-            if !usable(i) {
+            let rank = self.score(key, id, w, i);
+            if below.is_some_and(|b| !rank.below(&b))
+                || best.is_some_and(|(_, b)| !b.below(&rank))
+                || !usable(i)
+            {
                 continue;
             }
-            let draw = mix(key ^ id);
-            // With equal weights the draw alone orders the targets as the scores would, without
-            // a logarithm per target.
-            let score = if self.equal {
-                0.0
-            } else {
-                // u in (0, 1]: 53 random bits, never 0 (ln(0) is -inf). The top draw, u = 1, is
-                // the best score (w / 0), as it is with equal weights.
-                let u = ((draw >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
-                let d = -u.ln();
-                if d > 0.0 {
-                    w / d
-                } else {
-                    f64::INFINITY
-                }
-            };
-            if best.is_none_or(|(_, s, d)| score > s || (score == s && draw > d)) {
-                best = Some((i, score, draw));
-            }
+            best = Some((i, rank));
         }
-        best.map(|(i, _, _)| i)
+        best
+    }
+
+    fn score(&self, key: u64, id: u64, w: f64, index: usize) -> Rank {
+        let draw = mix(key ^ id);
+        // With equal weights the draw alone orders the targets as the scores would, without a
+        // logarithm per target.
+        let score = if self.equal {
+            0.0
+        } else {
+            // u in (0, 1]: 53 random bits, never 0 (ln(0) is -inf). The top draw, u = 1, is the
+            // best score (w / 0), as it is with equal weights.
+            let u = ((draw >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+            let d = -u.ln();
+            if d > 0.0 {
+                w / d
+            } else {
+                f64::INFINITY
+            }
+        };
+        Rank { score, draw, index }
+    }
+}
+
+/// A target's standing for one key: by score, then by draw. Draws of different targets tie only
+/// if their identity hashes do (a 64-bit collision), so the order of targets in the file decides
+/// nothing in practice; the index breaks that tie only to keep the order strict (failover visits
+/// each target once).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rank {
+    score: f64,
+    draw: u64,
+    index: usize,
+}
+
+impl Rank {
+    /// Strictly worse than `other`. Scores are never NaN (weights are at least 1, `-ln(u)` is
+    /// positive or handled as infinite).
+    fn below(&self, other: &Rank) -> bool {
+        (self.score, self.draw, std::cmp::Reverse(self.index))
+            < (other.score, other.draw, std::cmp::Reverse(other.index))
     }
 }
 
 /// 64-bit FNV-1a, then murmur3's finalizer (FNV alone leaves keys that differ in their last byte
 /// close together). Stable: see the module invariants.
 pub fn hash(data: &[u8]) -> u64 {
+    hash_bytes(data.iter().copied())
+}
+
+/// `hash` of bytes as an iterator yields them (a form-decoded query value, decoded as it is
+/// hashed: no buffer).
+pub fn hash_bytes(data: impl Iterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
+    for b in data {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -222,6 +274,35 @@ mod tests {
             assert_eq!(placement(&r, 5_000, |_| false), before);
         }
         assert_eq!(Rendezvous::new(&[]).pick(1, |_| true), None);
+    }
+
+    /// Failover walks every target once, best score first, and the target after each is where
+    /// the key goes with the ones before it taken out (ejected, or removed from the file).
+    #[test]
+    fn failover_walks_the_targets_in_score_order() {
+        for weights in [&[100, 100, 100, 100, 100][..], &[200, 100, 100, 50, 7]] {
+            let r = Rendezvous::new(&targets(weights));
+            for k in 0..2_000 {
+                let key = hash(format!("user-{k}").as_bytes());
+                let mut walked = Vec::new();
+                let mut below = None;
+                while let Some((t, rank)) = r.next_below(key, below, &mut |_| true) {
+                    assert_eq!(r.rank(key, t), Some(rank));
+                    let out = walked.clone();
+                    assert_eq!(r.pick_among(key, &mut |i| !out.contains(&i)), Some(t));
+                    walked.push(t);
+                    below = Some(rank);
+                }
+                let mut sorted = walked.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, vec![0, 1, 2, 3, 4], "{weights:?}");
+                // Starting below a target skips it and every better one; `usable` is honoured.
+                let third = r.rank(key, walked[2]);
+                let rest = r.next_below(key, third, &mut |i| i != walked[3]);
+                assert_eq!(rest.map(|(t, _)| t), Some(walked[4]));
+            }
+        }
+        assert_eq!(Rendezvous::new(&targets(&[1])).rank(1, 1), None);
     }
 
     #[test]

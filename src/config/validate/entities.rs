@@ -130,6 +130,7 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
         Consumer,
         Header,
         Cookie,
+        QueryArg,
         Path,
     }
     let algorithm = match &raw.algorithm {
@@ -159,6 +160,7 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
                 ("consumer", On::Consumer),
                 ("header", On::Header),
                 ("cookie", On::Cookie),
+                ("query_arg", On::QueryArg),
                 ("path", On::Path),
             ],
         )
@@ -196,12 +198,33 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
             raw.hash_on_cookie.is_some(),
             "hash_on = \"cookie\"",
         );
+        only(
+            "hash_on_cookie_path",
+            raw.hash_on_cookie_path.is_some(),
+            "hash_on = \"cookie\"",
+        );
+    }
+    if on != Some(On::QueryArg) {
+        only(
+            "hash_on_query_arg",
+            raw.hash_on_query_arg.is_some(),
+            "hash_on = \"query_arg\"",
+        );
     }
     if on.is_none() || on == Some(On::Ip) {
         only(
             "hash_fallback",
             raw.hash_fallback.is_some(),
-            "a hash_on value a request can lack (consumer, header, cookie, path)",
+            "a hash_on value a request can lack (consumer, header, cookie, query_arg, path)",
+        );
+    } else if on == Some(On::Cookie)
+        && raw.hash_on_cookie_path.is_some()
+        && raw.hash_fallback.is_some()
+    {
+        push(
+            problems,
+            path.key("hash_fallback"),
+            "`hash_fallback` does not apply with `hash_on_cookie_path`: a request without the cookie is given one",
         );
     }
     if algorithm != A::Hash {
@@ -251,14 +274,26 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
         Some(On::Header) => named("hash_on_header", &raw.hash_on_header, "X-User-Id", problems)
             .map(|h| HashOn::Header(h.to_ascii_lowercase())),
         Some(On::Cookie) => {
-            named("hash_on_cookie", &raw.hash_on_cookie, "session", problems).map(HashOn::Cookie)
+            let set = raw
+                .hash_on_cookie_path
+                .as_deref()
+                .and_then(|p| cookie_path(p, &path.key("hash_on_cookie_path"), problems));
+            named("hash_on_cookie", &raw.hash_on_cookie, "session", problems)
+                .map(|name| HashOn::Cookie { name, set })
         }
+        Some(On::QueryArg) => named(
+            "hash_on_query_arg",
+            &raw.hash_on_query_arg,
+            "user",
+            problems,
+        )
+        .map(HashOn::QueryArg),
         None => {
             if raw.hash_on.is_none() {
                 push(
                     problems,
                     path.key("algorithm"),
-                    "algorithm = \"consistent_hash\" needs `hash_on`: \"ip\", \"consumer\", \"header\", \"cookie\" or \"path\"",
+                    "algorithm = \"consistent_hash\" needs `hash_on`: \"ip\", \"consumer\", \"header\", \"cookie\", \"query_arg\" or \"path\"",
                 );
             }
             None
@@ -269,6 +304,25 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
         // Reported above; compilation goes on to find more problems.
         None => Balance::RoundRobin,
     }
+}
+
+/// `hash_on_cookie_path`: the `Path` of the cookie the gateway sets, written into a `Set-Cookie`
+/// line as it is: `/` and then visible ASCII without `;` (which would start another attribute).
+fn cookie_path(p: &str, at: &KeyPath, problems: &mut Vec<Problem>) -> Option<String> {
+    let ok = p.starts_with('/')
+        && p.len() <= 1024
+        && p.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b';');
+    if !ok {
+        push(
+            problems,
+            at.clone(),
+            format!(
+                "{p:?} is not a cookie path: it starts with '/' and has at most 1024 visible ASCII characters, none of them ';'"
+            ),
+        );
+        return None;
+    }
+    Some(p.to_owned())
 }
 
 /// `tls = true` on an upstream: the client config and, per target, the name sent as SNI and verified
