@@ -417,6 +417,38 @@ fn https_request_is_proxied_with_forwarded_proto_https() {
     assert_eq!(up.last_request().header("x-forwarded-proto"), Some("http"));
 }
 
+/// A sticky-session cookie the gateway sets (`hash_on_cookie_path`) is `Secure` on a TLS listener,
+/// so the browser never sends it in the clear, and not on a plain one (where a `Secure` cookie
+/// would be dropped by the browser).
+#[test]
+fn a_sticky_cookie_set_over_tls_is_secure() {
+    let pki = Pki::new();
+    let up = Upstream::echo("up");
+    let text = tls_config(&pki, &up, "").replace(
+        &format!("[[services]]\nname = \"svc\"\nurl = \"{}\"", up.url()),
+        &format!(
+            "[[upstreams]]\nname = \"pool\"\ntargets = [{{ target = \"{}\" }}]\nalgorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"sticky\"\nhash_on_cookie_path = \"/\"\n\n[[services]]\nname = \"svc\"\nupstream = \"pool\"",
+            up.addr()
+        ),
+    );
+    assert!(text.contains("hash_on_cookie_path"), "{text}");
+    let gw = Gateway::start(&text);
+    let mut tls = connect(gw.addrs()[0], "api.test", default_client(&pki)).expect("handshake");
+    let r = get(&mut tls, "api.test", "/");
+    assert_eq!(r.status, 200, "{r:?}");
+    let set = r.header("set-cookie").unwrap_or_default();
+    assert!(
+        set.starts_with("sticky=") && set.ends_with("; Path=/; HttpOnly; SameSite=Lax; Secure"),
+        "{set:?}"
+    );
+    let r = common::get(gw.addrs()[1], "api.test", "/");
+    let set = r.header("set-cookie").unwrap_or_default();
+    assert!(
+        set.starts_with("sticky=") && set.ends_with("; Path=/; HttpOnly; SameSite=Lax"),
+        "{set:?}"
+    );
+}
+
 /// A client that offers only protocols the gateway does not speak (ALPN `h2` alone) gets the
 /// `no_application_protocol` alert (RFC 7301 §3.2), not a connection it would then misread; one
 /// that offers no ALPN at all is served HTTP/1.1.
