@@ -257,7 +257,8 @@ pub fn config_warnings(cfg: &model::Config) -> Vec<String> {
 }
 
 /// Settings that are probably a mistake with `workers` workers, said at start, on every reload and
-/// by `check` (with the count the config asks for, or the CPUs `run` would use): a `max_conns`
+/// by `check` (with the count the config asks for, or the CPUs `run` would use; `run --workers`
+/// overrides both, and `run` says what it finds with the count it runs): a `max_conns`
 /// below the worker count, which cannot hold (each worker allows at least one request in flight).
 pub fn worker_warnings(cfg: &model::Config, workers: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -273,7 +274,7 @@ pub fn worker_warnings(cfg: &model::Config, workers: usize) -> Vec<String> {
             }
             said.push(&t.name);
             out.push(format!(
-                "upstream {:?} target {:?}: max_conns = {max} is below the {workers} workers; each worker allows at least 1 in flight, so up to {workers} at once (set workers = {max} or fewer for an exact limit)",
+                "upstream {:?} target {:?}: max_conns = {max} is below the {workers} workers; each worker allows at least 1 in flight, so up to {workers} at once (a worker count that divides max_conns makes the limit exact)",
                 u.name, t.name
             ));
         }

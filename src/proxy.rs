@@ -2298,14 +2298,18 @@ async fn connect(
     let mut timed_out = false;
     // Some target was passed over for being at its `max_conns` (a 503 if none was tried).
     let mut full = false;
-    // A hashed request fails over in score order, from below the target it started with (or
-    // that reset): where its key goes with that target out, as on every gateway of a fleet (see
-    // `Rendezvous::next_below`). Others go round the list.
+    // A hashed request fails over in score order, from below the target it started with (the
+    // pinned one, else the first pick or the one that reset): where its key goes with that target
+    // out, as on every gateway of a fleet (see `Rendezvous::next_below`). Others go round the list.
     let ranked = ups.hashing.as_ref().zip(key);
-    let mut below = ranked.and_then(|(h, key)| h.rank(key, after.unwrap_or(first)));
+    let walk_at_once = after.is_some() && pinned.is_none();
+    let from = if walk_at_once { after } else { Some(first) };
+    // Ranked on the first step of the walk: a request whose first try connects pays nothing.
+    let mut below = None;
     for k in 0..n {
         let t = match ranked {
-            Some((hashing, key)) if k > 0 || after.is_some() => {
+            Some((hashing, key)) if k > 0 || walk_at_once => {
+                let bound = below.or_else(|| from.and_then(|f| hashing.rank(key, f)));
                 // Targets the checks below would pass over are passed over in the walk: one
                 // scan per attempt, however many targets are out.
                 let mut go = |t| {
@@ -2315,7 +2319,7 @@ async fn connect(
                     }
                     usable(t)
                 };
-                match hashing.next_below(key, below, &mut go) {
+                match hashing.next_below(key, bound, &mut go) {
                     Some((t, rank)) => {
                         below = Some(rank);
                         t

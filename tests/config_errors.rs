@@ -1654,6 +1654,22 @@ fn balancing_algorithm_errors() {
         "\"/a;Domain=evil\" is not a cookie path",
     );
     expect_one(
+        &with("algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"__host-sid\"\nhash_on_cookie_path = \"/app\""),
+        10,
+        23,
+        "upstreams[0].hash_on_cookie_path",
+        "a \"__host-sid\" cookie must have hash_on_cookie_path = \"/\"",
+    );
+    expect_one(
+        &with(
+            "algorithm = \"consistent_hash\"\nhash_on = \"query_arg\"\nhash_on_query_arg = \"a&b\"",
+        ),
+        9,
+        21,
+        "upstreams[0].hash_on_query_arg",
+        "\"a&b\" is not a valid query parameter name",
+    );
+    expect_one(
         &with("algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"sid\"\nhash_on_cookie_path = \"/\"\nhash_fallback = \"ip\""),
         11,
         17,
@@ -1663,7 +1679,8 @@ fn balancing_algorithm_errors() {
     for ok in [
         "algorithm = \"least_conn\"",
         "algorithm = \"round_robin\"",
-        "algorithm = \"consistent_hash\"\nhash_on = \"query_arg\"\nhash_on_query_arg = \"user\"\nhash_fallback = \"ip\"",
+        "algorithm = \"consistent_hash\"\nhash_on = \"query_arg\"\nhash_on_query_arg = \"user[id]\"\nhash_fallback = \"ip\"",
+        "algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"__Host-sid\"\nhash_on_cookie_path = \"/\"",
         "algorithm = \"consistent_hash\"\nhash_on = \"cookie\"\nhash_on_cookie = \"sid\"\nhash_on_cookie_path = \"/app\"",
         "algorithm = \"consistent_hash\"\nhash_on = \"path\"\nhash_fallback = \"ip\"",
         "algorithm = \"consistent_hash\"\nhash_on = \"header\"\nhash_on_header = \"X-User\"",
@@ -1719,7 +1736,7 @@ fn max_conns_below_the_workers_is_a_warning() {
     let cfg = load_str(&text, "test.toml").expect("loads");
     assert_eq!(
         ringgate::config::worker_warnings(&cfg, 4),
-        vec!["upstream \"u\" target \"127.0.0.1:9001\": max_conns = 3 is below the 4 workers; each worker allows at least 1 in flight, so up to 4 at once (set workers = 3 or fewer for an exact limit)".to_owned()]
+        vec!["upstream \"u\" target \"127.0.0.1:9001\": max_conns = 3 is below the 4 workers; each worker allows at least 1 in flight, so up to 4 at once (a worker count that divides max_conns makes the limit exact)".to_owned()]
     );
     assert!(ringgate::config::worker_warnings(&cfg, 3).is_empty());
     let path = std::env::temp_dir().join(format!("ringgate-maxconns-{}.toml", std::process::id()));

@@ -281,15 +281,24 @@ mod tests {
     #[test]
     fn failover_walks_the_targets_in_score_order() {
         for weights in [&[100, 100, 100, 100, 100][..], &[200, 100, 100, 50, 7]] {
-            let r = Rendezvous::new(&targets(weights));
+            let all = targets(weights);
+            let r = Rendezvous::new(&all);
             for k in 0..2_000 {
                 let key = hash(format!("user-{k}").as_bytes());
                 let mut walked = Vec::new();
                 let mut below = None;
                 while let Some((t, rank)) = r.next_below(key, below, &mut |_| true) {
                     assert_eq!(r.rank(key, t), Some(rank));
-                    let out = walked.clone();
-                    assert_eq!(r.pick_among(key, &mut |i| !out.contains(&i)), Some(t));
+                    // The oracle: a pick among the targets not yet walked, as a config without
+                    // the walked ones builds them (mapped back to indices by name).
+                    let rest: Vec<TargetDef> = (0..all.len())
+                        .filter(|i| !walked.contains(i))
+                        .map(|i| all[i].clone())
+                        .collect();
+                    let picked = Rendezvous::new(&rest)
+                        .pick(key, |_| true)
+                        .map(|i| &rest[i].name);
+                    assert_eq!(picked, Some(&all[t].name), "{weights:?} key {k}");
                     walked.push(t);
                     below = Some(rank);
                 }

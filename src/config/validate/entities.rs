@@ -257,7 +257,20 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
                 );
                 None
             }
-            Some(v) if !super::plugins::is_token(v) => {
+            // Header and cookie names are tokens; a query parameter's may also hold brackets
+            // and the like (`user[id]`), compared form-decoded: any visible ASCII but the
+            // query's own separators.
+            Some(v) if key == "hash_on_query_arg" && !query_arg_name(v) => {
+                push(
+                    problems,
+                    path.key(key),
+                    format!(
+                        "{v:?} is not a valid query parameter name (visible ASCII without & = # ?)"
+                    ),
+                );
+                None
+            }
+            Some(v) if key != "hash_on_query_arg" && !super::plugins::is_token(v) => {
                 push(
                     problems,
                     path.key(key),
@@ -278,8 +291,22 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
                 .hash_on_cookie_path
                 .as_deref()
                 .and_then(|p| cookie_path(p, &path.key("hash_on_cookie_path"), problems));
-            named("hash_on_cookie", &raw.hash_on_cookie, "session", problems)
-                .map(|name| HashOn::Cookie { name, set })
+            let name = named("hash_on_cookie", &raw.hash_on_cookie, "session", problems);
+            // A browser silently refuses a `__Host-` cookie whose Path is not `/` (RFC 6265bis
+            // §4.1.3.2): every request would then get a new cookie and a random target.
+            if let (Some(n), Some(p)) = (&name, &set) {
+                if n.get(..7)
+                    .is_some_and(|h| h.eq_ignore_ascii_case("__Host-"))
+                    && p != "/"
+                {
+                    push(
+                        problems,
+                        path.key("hash_on_cookie_path"),
+                        format!("a {n:?} cookie must have hash_on_cookie_path = \"/\" (browsers refuse a __Host- cookie with another path)"),
+                    );
+                }
+            }
+            name.map(|name| HashOn::Cookie { name, set })
         }
         Some(On::QueryArg) => named(
             "hash_on_query_arg",
@@ -304,6 +331,13 @@ fn balance(raw: &RawUpstream, path: &KeyPath, problems: &mut Vec<Problem>) -> Ba
         // Reported above; compilation goes on to find more problems.
         None => Balance::RoundRobin,
     }
+}
+
+/// A query parameter name `hash_on_query_arg` may have.
+fn query_arg_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && !matches!(b, b'&' | b'=' | b'#' | b'?'))
 }
 
 /// `hash_on_cookie_path`: the `Path` of the cookie the gateway sets, written into a `Set-Cookie`
