@@ -15,6 +15,7 @@
 //! no dynamic dispatch. The chain for route `r` is `chains.routes[r]`; once auth identified consumer
 //! `c`, `chains.consumers[c]` is merged in (`Walk`).
 
+pub mod compression;
 pub mod correlation;
 pub mod cors;
 pub mod form_body;
@@ -55,6 +56,8 @@ pub enum Plugin {
     ResponseTransformer(usize),
     /// Index into `Runtime::termination`.
     RequestTermination(usize),
+    /// Index into `Runtime::compression`.
+    Compression(usize),
 }
 
 /// `Plugin::name` and `Plugin::answered_by` from one list, so a new plugin is named once.
@@ -88,6 +91,9 @@ impl Plugin {
     pub fn priority(self) -> u32 {
         match self {
             Plugin::RequestTermination(_) => 2,
+            // Only notes whether the client takes gzip; the work is on the response. Kong has no
+            // such plugin: just above request-termination, after everything that may answer.
+            Plugin::Compression(_) => 3,
             Plugin::CorrelationId(_) => 100_001,
             Plugin::Cors(_) => 2000,
             Plugin::RequestTransformer(_) => 801,
@@ -121,6 +127,7 @@ impl Plugin {
         Plugin::RequestTransformer(_) => "request-transformer",
         Plugin::ResponseTransformer(_) => "response-transformer",
         Plugin::RequestTermination(_) => "request-termination",
+        Plugin::Compression(_) => "compression",
     }
 }
 
@@ -138,7 +145,7 @@ pub fn steps(cfg: &Config) -> Vec<Option<Plugin>> {
             && matches!(p.scope, PluginScope::Consumer(_))
             && matches!(p.config, PluginConfig::IpRestriction(_))
     });
-    let mut n = [0usize; 11];
+    let mut n = [0usize; 12];
     let mut next = |k: usize| {
         let i = n[k];
         n[k] += 1;
@@ -164,6 +171,7 @@ pub fn steps(cfg: &Config) -> Vec<Option<Plugin>> {
             PluginConfig::RequestTransformer(_) => Plugin::RequestTransformer(next(8)),
             PluginConfig::ResponseTransformer(_) => Plugin::ResponseTransformer(next(9)),
             PluginConfig::RequestTermination(_) => Plugin::RequestTermination(next(10)),
+            PluginConfig::Compression(_) => Plugin::Compression(next(11)),
         };
         if let Some(s) = step.get_mut(i) {
             *s = Some(made);
@@ -195,6 +203,7 @@ pub struct Runtime {
     /// Each response-transformer's JSON body edits, if it has any (same index as `response`).
     pub response_json: Vec<Option<json_body::JsonTransform>>,
     pub termination: Vec<termination::TerminationRt>,
+    pub compression: Vec<crate::config::model::CompressionDef>,
 }
 
 impl Runtime {
@@ -217,6 +226,7 @@ impl Runtime {
                 PluginConfig::RequestTermination(d) => {
                     rt.termination.push(termination::TerminationRt::new(d))
                 }
+                PluginConfig::Compression(d) => rt.compression.push(d.clone()),
                 _ => {}
             }
         }

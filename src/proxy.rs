@@ -1715,6 +1715,42 @@ impl<S: ClientIo> Conn<S> {
                 }
             }
         }
+        // Compression (`plugins::compression`), decided on the head: `vary`, the response could
+        // be compressed; `gzip`, it is. An edited body is compressed whole (its length is known);
+        // a streamed one goes out chunked.
+        let compression = self
+            .s
+            .chain
+            .compress
+            .and_then(|i| snap.chains.rt.compression.get(i));
+        let vary = !p.head_method
+            && compression.is_some_and(|d| {
+                let length = match (&edited, resp_body) {
+                    (Some((b, _)), _) => Some(b.len() as u64),
+                    (None, BodyKind::Length(n)) => Some(n),
+                    (None, BodyKind::None) => Some(0),
+                    (None, BodyKind::Chunked | BodyKind::CloseDelimited) => None,
+                };
+                let headers = self
+                    .s
+                    .resp
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.get(&self.ubuf), h.value.get(&self.ubuf)));
+                crate::plugins::compression::eligible(d, self.s.resp.status, length, headers)
+            });
+        let mut gz = compression
+            .filter(|_| vary && self.s.chain.gzip_ok)
+            .map(|d| shard.gzip.take(d.level));
+        if let (Some(g), Some((b, _))) = (gz.as_mut(), edited.as_mut()) {
+            g.start();
+            if g.write(b, false).is_ok() && g.finish().is_ok() {
+                std::mem::swap(b, &mut g.out);
+            } else if let Some(g) = gz.take() {
+                shard.gzip.give(g);
+            }
+        }
+        let gzip = gz.is_some();
         let framing = match (&edited, resp_body) {
             (Some((b, _)), _) => ClientFraming::Length(b.len() as u64),
             (None, BodyKind::None) if p.head_method && self.json_route_answer(&snap) => {
@@ -1729,6 +1765,8 @@ impl<S: ClientIo> Conn<S> {
                 ClientFraming::NoBodyUnknownLength
             }
             (None, BodyKind::None) => ClientFraming::NoBody,
+            (None, BodyKind::Length(_)) if gzip && p.http10 => ClientFraming::Close,
+            (None, BodyKind::Length(_)) if gzip => ClientFraming::Chunked,
             (None, BodyKind::Length(n)) => ClientFraming::Length(n),
             (None, BodyKind::Chunked | BodyKind::CloseDelimited) if p.http10 => {
                 ClientFraming::Close
@@ -1741,6 +1779,12 @@ impl<S: ClientIo> Conn<S> {
             || framing == ClientFraming::Close
             || early.is_some();
         self.s.out.clear();
+        let mut edits = self
+            .s
+            .chain
+            .response_edits(&self.s.plugin_headers, &snap.chains.rt, true);
+        edits.gzip = gzip;
+        edits.vary = vary;
         head::write_response_head(
             &mut self.s.out,
             &self.ubuf,
@@ -1748,15 +1792,20 @@ impl<S: ClientIo> Conn<S> {
             framing,
             close,
             p.http10,
-            &self
-                .s
-                .chain
-                .response_edits(&self.s.plugin_headers, &snap.chains.rt, true),
+            &edits,
         );
-        let relay = match &edited {
-            Some((b, clean)) => body::send_edited(self, b, *clean).await,
-            None => body::relay_response(self, svc, &mut upstream, resp_body, framing).await,
+        let relay = match (&edited, gz.as_mut()) {
+            (Some((b, clean)), _) => body::send_edited(self, b, *clean).await,
+            (None, Some(g)) => {
+                body::relay_compressed(self, svc, &mut upstream, resp_body, framing, g).await
+            }
+            (None, None) => {
+                body::relay_response(self, svc, &mut upstream, resp_body, framing).await
+            }
         };
+        if let Some(g) = gz {
+            shard.gzip.give(g);
+        }
         match relay {
             body::Relay::Complete { upstream_clean } => {
                 if early.is_some() {

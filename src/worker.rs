@@ -414,6 +414,8 @@ pub struct Shard {
     bufs: RefCell<Vec<Vec<u8>>>,
     /// Per-request working memory, lent the same way.
     scratch: RefCell<Vec<Scratch>>,
+    /// Gzip compressors, lent for one compressed response each (`plugins::compression`).
+    pub gzip: crate::plugins::compression::Pool,
     /// Fewest buffers / scratches the pools held since the last `trim_pools`: that many sat unused
     /// the whole time.
     bufs_low: Cell<usize>,
@@ -464,6 +466,7 @@ impl Shard {
             parked: ParkingLot::default(),
             bufs: RefCell::new(Vec::new()),
             scratch: RefCell::new(Vec::new()),
+            gzip: Default::default(),
             bufs_low: Cell::new(0),
             scratch_low: Cell::new(0),
         }

@@ -1223,3 +1223,72 @@ fn transformers_cannot_write_headers_other_plugins_own() {
     )
     .unwrap_or_else(|e| panic!("{e:?}"));
 }
+
+#[test]
+fn compression_defaults_order_and_mistakes() {
+    let cfg = load_str(
+        &with(
+            "[[plugins]]\nname = \"compression\"\n\n\
+             [[plugins]]\nname = \"compression\"\nroute = \"r2\"\nconfig = { level = 9, min_length = 0, content_types = [\"Text/*\", \"application/vnd.api+json\"] }\n\n\
+             [[plugins]]\nname = \"request-termination\"\nconfig = { trigger = \"X-Down\" }\n",
+        ),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    match (&cfg.plugins[0].config, &cfg.plugins[1].config) {
+        (PluginConfig::Compression(a), PluginConfig::Compression(b)) => {
+            assert_eq!((a.level, a.min_length), (1, 1024));
+            assert!(a.content_types.iter().any(|t| t == "application/json"));
+            assert!(!a.content_types.iter().any(|t| t == "text/event-stream"));
+            assert_eq!((b.level, b.min_length), (9, 0));
+            assert_eq!(b.content_types, ["text/*", "application/vnd.api+json"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let chains = compile_chains(&cfg);
+    let names: Vec<&str> = chains.routes[0].iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["compression", "request-termination"]);
+    assert!(matches!(chains.routes[1][0], Plugin::Compression(1)));
+
+    let c = |config: &str| format!("[[plugins]]\nname = \"compression\"\nconfig = {config}\n");
+    for (config, needle, key, fragment) in [
+        ("{ level = 0 }", "0", "level", "level"),
+        ("{ level = 10 }", "10", "level", "level"),
+        ("{ min_length = -1 }", "-1", "min_length", "min_length"),
+        (
+            "{ content_types = [] }",
+            "[]",
+            "content_types",
+            "an empty list would compress nothing",
+        ),
+        (
+            "{ content_types = [\"json\"] }",
+            "\"json",
+            "content_types[0]",
+            "\"json\" is not a media type",
+        ),
+        (
+            "{ content_types = [\"text/html; charset=utf-8\"] }",
+            "\"text",
+            "content_types[0]",
+            "without parameters",
+        ),
+        ("{ gzip = true }", "gzip", "gzip", "unknown field"),
+    ] {
+        expect_at_needle(
+            &c(config),
+            needle,
+            &format!("plugins[0].config.{key}"),
+            fragment,
+        );
+    }
+    // Not a plugin a consumer can have: it acts on responses, before any consumer is known.
+    let errs = errors(&with(
+        "[[consumers]]\nusername = \"a\"\n\n[[plugins]]\nname = \"compression\"\nconsumer = \"a\"\n",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("cannot be attached to a consumer")),
+        "{errs:?}"
+    );
+}

@@ -325,7 +325,8 @@ impl AuthSet {
                 | PluginConfig::Cors(_)
                 | PluginConfig::RequestTransformer(_)
                 | PluginConfig::ResponseTransformer(_)
-                | PluginConfig::RequestTermination(_) => {}
+                | PluginConfig::RequestTermination(_)
+                | PluginConfig::Compression(_) => {}
             }
         }
         set.basic_fingerprint = set.basic_fingerprint();

@@ -17,8 +17,8 @@ use super::raw::auth::{
     RawAcl, RawBasicAuth, RawConsumer, RawForwardAuth, RawIpRestriction, RawJwt, RawKeyAuth,
 };
 use super::raw::plugins::{
-    DecodedPlugin, RawCorrelationId, RawCors, RawPlugin, RawPluginConfig, RawRateLimiting,
-    RawTermination, RawTransformer,
+    DecodedPlugin, RawCompression, RawCorrelationId, RawCors, RawPlugin, RawPluginConfig,
+    RawRateLimiting, RawTermination, RawTransformer,
 };
 use super::raw::{
     RawAccessLog, RawAcme, RawAdmin, RawCertificate, RawMetrics, RawRoute, RawServer, RawService,
@@ -84,6 +84,7 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "request-transformer",
     "response-transformer",
     "request-termination",
+    "compression",
 ];
 
 /// Parses the TOML syntax; a syntax error is a single problem (the parser cannot continue past it).
@@ -411,6 +412,8 @@ fn decode_plugin(el: &Item, path: &KeyPath, problems: &mut Vec<Problem>) -> Opti
             .map(|p| p.into_decoded(RawPluginConfig::ResponseTransformer)),
         Some("request-termination") => decode_one::<RawPlugin<RawTermination>>(el, path, problems)
             .map(|p| p.into_decoded(RawPluginConfig::RequestTermination)),
+        Some("compression") => decode_one::<RawPlugin<RawCompression>>(el, path, problems)
+            .map(|p| p.into_decoded(RawPluginConfig::Compression)),
         Some(name) => {
             problems.push(Problem::at(
                 path.key("name"),

@@ -8,6 +8,7 @@
 mod access_log;
 pub mod acme;
 mod auth;
+mod compression;
 mod consumers;
 mod edge;
 mod entities;

@@ -24,6 +24,7 @@ const BODY_BUF: usize = 32 * 1024;
 use crate::config::model::ServiceDef;
 use crate::http::chunked::{Chunk, ChunkedDecoder};
 use crate::http::BodyKind;
+use crate::plugins::compression::Gzip;
 
 /// Why streaming the request upstream stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -712,5 +713,129 @@ async fn relay_until_close<S: ClientIo>(
     }
     Relay::Complete {
         upstream_clean: false,
+    }
+}
+
+/// Relays a response body gzip'd (`plugins::compression`): the upstream's framing is decoded
+/// (a length, chunks, or up to the close), every piece read goes through `gz` with a sync flush,
+/// and the output goes to the client in its `framing` (chunked, or close-delimited for HTTP/1.0).
+/// The head waiting in `c.s.out` goes out with the first compressed bytes, or alone if the body is
+/// not there yet. As for plain relays, an upstream that fails mid-body leaves the client's answer
+/// unterminated (the connection is closed), so a cut-short body never looks complete.
+pub async fn relay_compressed<S: ClientIo>(
+    c: &mut Conn<S>,
+    svc: &ServiceDef,
+    upstream: &mut UpstreamConn,
+    body: BodyKind,
+    framing: ClientFraming,
+    gz: &mut Gzip,
+) -> Relay {
+    let write_timeout = c.client_timeout();
+    let read_timeout = svc.read_timeout;
+    let mut start = c.s.resp.head_len.min(c.ubuf.len());
+    let mut remaining = match body {
+        BodyKind::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut dec = ChunkedDecoder::new();
+    let mut sent_any = false;
+    gz.start();
+    loop {
+        // What the buffer holds of the body, through the compressor.
+        let avail = c.ubuf.get(start..).unwrap_or_default();
+        let mut done = false;
+        match body {
+            BodyKind::Length(_) => {
+                let take = (avail.len() as u64).min(remaining) as usize;
+                let data = avail.get(..take).unwrap_or_default();
+                if take > 0 && gz.write(data, true).is_err() {
+                    return Relay::Aborted;
+                }
+                remaining -= take as u64;
+                start += take;
+                done = remaining == 0;
+            }
+            BodyKind::Chunked => {
+                let mut fed = false;
+                while start < c.ubuf.len() && !done {
+                    let (used, chunk) = match dec.decode(&c.ubuf[start..]) {
+                        Ok(x) => x,
+                        Err(_) if !sent_any => return Relay::BadBeforeHead,
+                        Err(_) => return Relay::Aborted,
+                    };
+                    match chunk {
+                        Chunk::Data(r) => {
+                            let data = c
+                                .ubuf
+                                .get(start + r.start..start + r.end)
+                                .unwrap_or_default();
+                            if gz.write(data, false).is_err() {
+                                return Relay::Aborted;
+                            }
+                            fed = true;
+                        }
+                        Chunk::NeedMore => {}
+                        Chunk::Done => done = true,
+                    }
+                    if used == 0 && !done {
+                        break;
+                    }
+                    start += used;
+                }
+                if fed && !done && gz.write(&[], true).is_err() {
+                    return Relay::Aborted;
+                }
+            }
+            BodyKind::CloseDelimited | BodyKind::None => {
+                if !avail.is_empty() && gz.write(avail, true).is_err() {
+                    return Relay::Aborted;
+                }
+                start = c.ubuf.len();
+                done = body == BodyKind::None;
+            }
+        }
+        if done && gz.finish().is_err() {
+            return Relay::Aborted;
+        }
+        frame_into(&mut c.s.out, &gz.out, framing);
+        gz.out.clear();
+        if done && framing == ClientFraming::Chunked {
+            c.s.out.extend_from_slice(LAST_CHUNK);
+        }
+        if !c.s.out.is_empty() {
+            if send_out(c, write_timeout).await.is_err() {
+                return Relay::Aborted;
+            }
+            c.s.out.clear();
+            sent_any = true;
+        }
+        if done {
+            return Relay::Complete {
+                upstream_clean: body != BodyKind::CloseDelimited && start == c.ubuf.len(),
+            };
+        }
+        c.ubuf.clear();
+        start = 0;
+        match io::fill(upstream, &mut c.ubuf, read_timeout).await {
+            Ok(0) if body == BodyKind::CloseDelimited => {
+                // The close ends the body: finish the stream.
+                if gz.finish().is_err() {
+                    return Relay::Aborted;
+                }
+                frame_into(&mut c.s.out, &gz.out, framing);
+                gz.out.clear();
+                if framing == ClientFraming::Chunked {
+                    c.s.out.extend_from_slice(LAST_CHUNK);
+                }
+                return match send_out(c, write_timeout).await {
+                    Ok(()) => Relay::Complete {
+                        upstream_clean: false,
+                    },
+                    Err(_) => Relay::Aborted,
+                };
+            }
+            Ok(0) | Err(_) => return Relay::Aborted,
+            Ok(_) => {}
+        }
     }
 }

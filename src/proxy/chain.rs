@@ -47,6 +47,10 @@ pub struct ChainState {
     /// The correlation-id instance that echoes its id (index into `plugins::Runtime`): the
     /// upstream's own header of that name is dropped.
     pub echo_id: Option<usize>,
+    /// The compression instance that ran (index into `plugins::Runtime::compression`), and
+    /// whether the client takes gzip.
+    pub compress: Option<usize>,
+    pub gzip_ok: bool,
 }
 
 impl Default for ChainState {
@@ -65,6 +69,8 @@ impl Default for ChainState {
             cors_ran: false,
             limit_headers: false,
             echo_id: None,
+            compress: None,
+            gzip_ok: false,
         }
     }
 }
@@ -79,6 +85,8 @@ impl ChainState {
         self.cors_ran = false;
         self.limit_headers = false;
         self.echo_id = None;
+        self.compress = None;
+        self.gzip_ok = false;
     }
 
     /// What this request's plugins do to an answer relayed to the client: `extra` (the lines they
@@ -102,6 +110,8 @@ impl ChainState {
                 .response_tf
                 .filter(|_| transform)
                 .and_then(|i| rt.response.get(i)),
+            gzip: false,
+            vary: false,
         }
     }
 
@@ -181,6 +191,13 @@ impl<S: ClientIo> Conn<S> {
                 }
                 Plugin::RequestTransformer(n) => {
                     st.request_tf = Some(n);
+                    Flow::Continue
+                }
+                Plugin::Compression(n) => {
+                    st.compress = Some(n);
+                    st.gzip_ok = plugins::compression::accepts_gzip(
+                        HeadView::new(&self.s.head, &self.buf).values(b"accept-encoding"),
+                    );
                     Flow::Continue
                 }
                 Plugin::ResponseTransformer(n) => {

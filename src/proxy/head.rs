@@ -300,6 +300,11 @@ pub struct ResponseEdits<'a> {
     pub replaced: Option<&'a [u8]>,
     /// A response-transformer's edits of the upstream's end-to-end headers.
     pub transform: Option<&'a HeaderTransform>,
+    /// The body goes out gzip'd (`plugins::compression`): `Content-Encoding: gzip` is added, the
+    /// upstream's `Accept-Ranges` dropped and a strong `ETag` made weak.
+    pub gzip: bool,
+    /// The response could be compressed for a client that takes gzip: `Vary: Accept-Encoding`.
+    pub vary: bool,
 }
 
 impl ResponseEdits<'_> {
@@ -309,6 +314,7 @@ impl ResponseEdits<'_> {
         (self.drop_cors && cors::owned(name))
             || (self.drop_rate_limit && crate::limit::header_owned(name))
             || self.replaced.is_some_and(|r| eq_ignore_case(r, name))
+            || (self.gzip && eq_ignore_case(name, b"accept-ranges"))
     }
 }
 
@@ -344,14 +350,24 @@ pub fn write_response_head(
     for h in &resp.headers {
         let name = h.name.get(ubuf);
         if keep(name) {
+            let at = out.len();
             match edits.transform {
                 Some(t) => t.emit(out, name, h.value.get(ubuf), &mut seen),
                 None => push_header(out, name, h.value.get(ubuf)),
+            }
+            if edits.gzip {
+                weaken_etag(out, at);
             }
         }
     }
     if let Some(t) = edits.transform {
         t.finish(out, &seen);
+    }
+    if edits.gzip {
+        out.extend_from_slice(b"Content-Encoding: gzip\r\n");
+    }
+    if edits.vary {
+        out.extend_from_slice(b"Vary: Accept-Encoding\r\n");
     }
     match framing {
         ClientFraming::Length(n) => {
@@ -369,6 +385,15 @@ pub fn write_response_head(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Makes the line written at `out[at..]` weak if it is a strong `ETag` (`"x"` becomes `W/"x"`): a
+/// compressed body is not byte for byte the one the upstream tagged (RFC 9110 §8.8.1).
+fn weaken_etag(out: &mut Vec<u8>, at: usize) {
+    let line = out.get(at..).unwrap_or_default();
+    if line.len() > 6 && eq_ignore_case(&line[..6], b"etag: ") && line[6] == b'"' {
+        out.splice(at + 6..at + 6, *b"W/");
+    }
 }
 
 /// Writes an interim (1xx) head forwarded to the client: status line and end-to-end headers, less

@@ -70,6 +70,18 @@ pub enum PluginConfig {
     RequestTransformer(TransformDef),
     ResponseTransformer(TransformDef),
     RequestTermination(TerminationDef),
+    Compression(CompressionDef),
+}
+
+/// `compression`'s config: gzip for responses whose client accepts it, of the listed media types,
+/// at least `min_length` bytes when their length is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressionDef {
+    pub min_length: u64,
+    /// zlib's levels, 1 (fastest) ..= 9 (smallest).
+    pub level: u32,
+    /// Lower-case `type/subtype`, or `type/*` for a whole type.
+    pub content_types: Vec<String>,
 }
 
 /// `request-termination`'s config, checked at load: a status of 200-599; `message` and `body`

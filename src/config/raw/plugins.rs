@@ -51,6 +51,7 @@ pub enum RawPluginConfig {
     RequestTransformer(Option<RawTransformer>),
     ResponseTransformer(Option<RawTransformer>),
     RequestTermination(Option<RawTermination>),
+    Compression(Option<RawCompression>),
 }
 
 impl<C> RawPlugin<C> {
@@ -158,6 +159,18 @@ pub struct RawCorrelationId {
     pub header_name: Option<String>,
     pub generator: Option<String>,
     pub echo_downstream: Option<bool>,
+}
+
+/// `config` of `compression`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a compression config table, e.g. { min_length = 1024, level = 1 }"
+)]
+pub struct RawCompression {
+    pub min_length: Option<Int>,
+    pub level: Option<Int>,
+    pub content_types: Option<Vec<String>>,
 }
 
 /// `config` of `request-termination` (Kong's keys).

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use super::{auth, edge, in_range, known, one_of, push, termination};
+use super::{auth, compression, edge, in_range, known, one_of, push, termination};
 use crate::config::locate::{KeyPath, Problem};
 use crate::config::model::{
     Algorithm, BucketDef, LimitBy, Mode, Period, PeriodLimit, PluginConfig, PluginDef, PluginScope,
@@ -126,6 +126,9 @@ fn compile_one(
         RawPluginConfig::RequestTermination(c) => {
             termination::request_termination(c.as_ref(), &path, problems)
                 .map(PluginConfig::RequestTermination)
+        }
+        RawPluginConfig::Compression(c) => {
+            compression::compression(c.as_ref(), &path, problems).map(PluginConfig::Compression)
         }
     };
     Some(PluginDef {
