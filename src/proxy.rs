@@ -1739,9 +1739,11 @@ impl<S: ClientIo> Conn<S> {
                     .map(|h| (h.name.get(&self.ubuf), h.value.get(&self.ubuf)));
                 crate::plugins::compression::eligible(d, self.s.resp.status, length, headers)
             });
+        // Not for HTTP/1.0 clients (nginx's `gzip_http_version 1.1`): they would lose keep-alive
+        // to a close-delimited body, and 1.0 caches ignore `Vary`.
         let mut gz = compression
-            .filter(|_| vary && self.s.chain.gzip_ok)
-            .map(|d| shard.gzip.take(d.level));
+            .filter(|_| vary && self.s.chain.gzip_ok && !p.http10)
+            .and_then(|d| shard.gzip.take(d.level));
         if let (Some(g), Some((b, _))) = (gz.as_mut(), edited.as_mut()) {
             g.start();
             if g.write(b, false).is_ok() && g.finish().is_ok() {
@@ -1765,7 +1767,6 @@ impl<S: ClientIo> Conn<S> {
                 ClientFraming::NoBodyUnknownLength
             }
             (None, BodyKind::None) => ClientFraming::NoBody,
-            (None, BodyKind::Length(_)) if gzip && p.http10 => ClientFraming::Close,
             (None, BodyKind::Length(_)) if gzip => ClientFraming::Chunked,
             (None, BodyKind::Length(n)) => ClientFraming::Length(n),
             (None, BodyKind::Chunked | BodyKind::CloseDelimited) if p.http10 => {

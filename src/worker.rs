@@ -613,8 +613,9 @@ impl Shard {
     /// that emptied. Control loop only, every `TRIM_TICKS`; costs nothing unless something was
     /// unused.
     fn trim_pools(&self) {
-        let freed =
-            drop_unused(&self.bufs, &self.bufs_low) + drop_unused(&self.scratch, &self.scratch_low);
+        let freed = drop_unused(&self.bufs, &self.bufs_low)
+            + drop_unused(&self.scratch, &self.scratch_low)
+            + self.gzip.trim();
         if freed > 0 {
             crate::debug!("pools trimmed worker={} freed={}", self.worker, freed);
         }

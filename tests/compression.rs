@@ -33,6 +33,11 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
 
 /// One route to `up` with a `compression` plugin of `config`.
 fn gateway(up: &Upstream, config: &str) -> Gateway {
+    gateway_with(up, config, "")
+}
+
+/// `gateway` with `extra` appended (more plugins).
+fn gateway_with(up: &Upstream, config: &str, extra: &str) -> Gateway {
     Gateway::start(&format!(
         r#"[server]
 listen = ["127.0.0.1:0"]
@@ -50,6 +55,8 @@ paths = ["/"]
 [[plugins]]
 name = "compression"
 config = {{ {config} }}
+
+{extra}
 "#,
         up.url()
     ))
@@ -98,6 +105,16 @@ fn a_json_answer_is_gzipped_for_a_client_that_takes_it() {
         body.len()
     );
     assert_eq!(gunzip(&r.body), body.as_bytes());
+    // The upstream connection went back to the pool: the next request reuses it.
+    let again = c.request(
+        format!("GET /doc HTTP/1.1\r\nHost: {HOST}\r\nAccept-Encoding: gzip\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(gunzip(&again.body), body.as_bytes());
+    assert_eq!(
+        up.connections(),
+        1,
+        "the upstream connection was not reused"
+    );
     // The same connection goes on; a client without gzip gets the upstream's bytes and head.
     let r = c.request(format!("GET /doc HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
     assert_eq!(r.status, 200);
@@ -116,7 +133,8 @@ fn a_json_answer_is_gzipped_for_a_client_that_takes_it() {
     assert_eq!(r.body, body.as_bytes());
 }
 
-/// Chunked and close-delimited upstream bodies, and an HTTP/1.0 client (close-delimited gzip).
+/// Chunked and close-delimited upstream bodies; an HTTP/1.0 client is not compressed (nginx's
+/// `gzip_http_version 1.1`).
 #[test]
 fn every_upstream_framing_and_an_http10_client() {
     let body = json(70_000);
@@ -143,13 +161,13 @@ fn every_upstream_framing_and_an_http10_client() {
         assert_eq!(r.header("content-encoding"), Some("gzip"), "{r:?}");
         assert_eq!(gunzip(&r.body), body.as_bytes());
     }
-    // HTTP/1.0: no chunks, the close ends the gzip stream.
     let r = send_raw(
         gw.addr(),
         format!("GET /doc HTTP/1.0\r\nHost: {HOST}\r\nAccept-Encoding: gzip\r\n\r\n").as_bytes(),
     );
-    assert!(r.closed && !r.chunked, "{r:?}");
-    assert_eq!(gunzip(&r.body), body.as_bytes());
+    assert!(!r.has_header("content-encoding"), "{r:?}");
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(r.body, body.as_bytes());
     drop(gw);
 
     let up = Upstream::start(Behaviour::FixedThenClose(
@@ -164,7 +182,8 @@ fn every_upstream_framing_and_an_http10_client() {
 }
 
 /// What is left alone: a HEAD, a small body, another media type, a body already encoded, a part
-/// (206), `no-transform`, and an error body of a listed type is compressed like any other.
+/// (206), `no-transform`; an upstream's `Content-Encoding: identity` is replaced, not kept beside
+/// gzip; and an error status is compressed like any other.
 #[test]
 fn what_is_left_alone() {
     let body = json(4_000);
@@ -183,23 +202,32 @@ fn what_is_left_alone() {
             true,
         ),
         ("Content-Type: application/problem+json", true),
+        (
+            "Content-Type: application/json\r\nContent-Encoding: identity",
+            true,
+        ),
     ];
     for (extra, compressed) in cases {
+        let status = if compressed {
+            "422 Unprocessable Content"
+        } else {
+            "200 OK"
+        };
         let up = Upstream::start(fixed(
             &format!(
-                "HTTP/1.1 200 OK\r\n{extra}\r\nContent-Length: {}",
+                "HTTP/1.1 {status}\r\n{extra}\r\nContent-Length: {}",
                 body.len()
             ),
             &body,
         ));
         let gw = gateway(&up, "");
         let r = get_with(&gw, "Accept-Encoding: gzip\r\n");
-        assert_eq!(
-            r.has_header("content-encoding") && r.header("content-encoding") == Some("gzip"),
-            compressed,
-            "{extra}: {r:?}"
-        );
-        if !compressed {
+        if compressed {
+            assert_eq!(r.status, 422);
+            assert_eq!(r.header_all("content-encoding"), ["gzip"], "{extra}: {r:?}");
+            assert_eq!(gunzip(&r.body), body.as_bytes(), "{extra}");
+        } else {
+            assert_ne!(r.header("content-encoding"), Some("gzip"), "{extra}: {r:?}");
             assert_eq!(r.body, body.as_bytes(), "{extra}");
         }
     }
@@ -270,4 +298,76 @@ fn curl_compressed() {
     assert_eq!(out.stdout, body.as_bytes());
     let head = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
     assert!(head.contains("content-encoding: gzip"), "{head}");
+}
+
+/// A body the response-transformer edits as JSON is compressed whole: a length, not chunks.
+#[test]
+fn an_edited_json_body_is_compressed_whole() {
+    let body = format!("{{\"secret\":\"s3cr3t\",\"items\":{}}}", json(8_000));
+    let up = Upstream::start(fixed(
+        &format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nETag: \"e\"",
+            body.len()
+        ),
+        &body,
+    ));
+    let gw = gateway_with(
+        &up,
+        "",
+        "[[plugins]]\nname = \"response-transformer\"\nconfig = { remove = { json = [\"secret\"] } }\n",
+    );
+    let r = get_with(&gw, "Accept-Encoding: gzip\r\n");
+    assert_eq!(r.header("content-encoding"), Some("gzip"), "{r:?}");
+    assert!(!r.chunked);
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    let plain = String::from_utf8(gunzip(&r.body)).expect("utf-8");
+    assert!(
+        !plain.contains("s3cr3t") && plain.contains("\"items\""),
+        "{plain:.80}"
+    );
+    assert_eq!(r.header("etag"), Some("W/\"e\""));
+}
+
+/// A body that arrives after its head, in pieces, decodes whole; one the upstream cuts off midway
+/// never looks complete: no last chunk, and the connection closes.
+#[test]
+fn late_bodies_and_a_cut_off_one() {
+    let body = json(30_000);
+    let (a, b) = body.split_at(10_000);
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let up = Upstream::start(Behaviour::Split {
+        first: format!("{head}{a}").into_bytes(),
+        gap: std::time::Duration::from_millis(150),
+        then: Some(b.as_bytes().to_vec()),
+    });
+    let gw = gateway(&up, "");
+    let r = get_with(&gw, "Accept-Encoding: gzip\r\n");
+    assert!(r.complete, "{r:?}");
+    assert_eq!(gunzip(&r.body), body.as_bytes());
+    drop(gw);
+
+    let up = Upstream::start(Behaviour::Split {
+        first: format!("{head}{a}").into_bytes(),
+        gap: std::time::Duration::from_millis(150),
+        then: None,
+    });
+    let gw = gateway(&up, "");
+    let mut c = Conn::connect(gw.addr());
+    c.send(
+        format!("GET /doc HTTP/1.1\r\nHost: {HOST}\r\nAccept-Encoding: gzip\r\n\r\n").as_bytes(),
+    )
+    .expect("send");
+    let r = c.read_response().expect("a head");
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert!(
+        !r.complete,
+        "a cut-off body must not end with the last chunk: {r:?}"
+    );
+    assert!(c.probe_closed(std::time::Duration::from_secs(2)));
 }

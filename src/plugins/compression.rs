@@ -10,12 +10,14 @@
 //! made weak (the bytes differ from the upstream's; nginx does the same). Every eligible response
 //! says `Vary: Accept-Encoding`, compressed or not, so a shared cache keeps the two apart.
 //!
-//! Invariants: the deflate state (~300 KiB) is never per connection: each worker keeps a few in a
-//! pool (`Pool`), taken for one response and given back, so 10,000 idle connections hold none.
-//! After each read from the upstream the compressor is flushed (a sync flush), so a slow stream's
-//! bytes are not held back waiting for more; the output buffer is the pooled state's own.
+//! Invariants: the deflate state (a few hundred KiB) is never per connection: each worker keeps a
+//! few in a pool (`Pool`), taken for one response and given back, so 10,000 idle connections hold
+//! none, with at most `MAX_IN_FLIGHT` out at once (past it a response goes uncompressed). A
+//! chunked or close-delimited body is flushed after each read from the upstream (a sync flush), so
+//! a slow stream's bytes are not held back; the output buffer is the pooled state's own. HTTP/1.0
+//! clients are not compressed (nginx's `gzip_http_version 1.1`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
@@ -26,6 +28,8 @@ use crate::http::headers::eq_ignore_case;
 /// q-value above 0, or `*` above 0 when gzip is not named (RFC 9110 §12.5.3). No header: no.
 pub fn accepts_gzip<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
     let mut star = false;
+    // Named as `gzip` or `x-gzip` (either above 0 takes it), which outranks `*`.
+    let mut named: Option<bool> = None;
     for v in values {
         for item in v.split(|&b| b == b',') {
             let mut parts = item.split(|&b| b == b';');
@@ -37,14 +41,13 @@ pub fn accepts_gzip<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
                     && p[2..].iter().all(|&b| b == b'0' || b == b'.')
             });
             if eq_ignore_case(coding, b"gzip") || eq_ignore_case(coding, b"x-gzip") {
-                return !q_zero;
-            }
-            if coding == b"*" {
+                named = Some(named.unwrap_or(false) || !q_zero);
+            } else if coding == b"*" {
                 star = !q_zero;
             }
         }
     }
-    star
+    named.unwrap_or(star)
 }
 
 /// Whether a response may be compressed (see the module doc); `length` is its body's length when
@@ -174,11 +177,13 @@ impl Gzip {
                 _ if input.is_empty() && room_left => return Ok(()),
                 _ => {}
             }
-            // No progress with room to spare: stop rather than spin.
+            // No progress with room to spare: stop rather than spin. Input left over would be
+            // lost (the CRC counted it): a failure, never a quietly corrupt stream.
             if used == 0 && self.out.len() == was_out && room_left {
                 return match mode {
                     FlushCompress::Finish => Err(Failed),
-                    _ => Ok(()),
+                    _ if input.is_empty() => Ok(()),
+                    _ => Err(Failed),
                 };
             }
         }
@@ -187,33 +192,61 @@ impl Gzip {
 
 /// Most compressors a worker keeps between responses; more at once are made and dropped.
 const POOL_MAX: usize = 8;
+/// Most compressed responses a worker has in flight at once: each holds its deflate state (a few
+/// hundred KiB) for as long as its client takes to read, so slow clients could otherwise pile up
+/// memory. Past it, a response goes out uncompressed (still with `Vary`).
+pub const MAX_IN_FLIGHT: usize = 64;
 /// An output buffer grown past this by a large response is not kept.
 const KEEP_OUT: usize = 256 * 1024;
 
-/// A worker's idle compressors.
+/// A worker's compressors: the idle ones (LIFO), the fewest idle since the last trim, and how many
+/// are out.
 #[derive(Default)]
-pub struct Pool(RefCell<Vec<Gzip>>);
+pub struct Pool {
+    idle: RefCell<Vec<Gzip>>,
+    low: Cell<usize>,
+    out: Cell<usize>,
+}
 
 impl Pool {
-    /// A compressor at `level`, from the pool when one is there. The borrow ends here: nothing is
-    /// held across an await.
-    pub fn take(&self, level: u32) -> Gzip {
-        let mut pool = self.0.borrow_mut();
-        match pool.iter().position(|g| g.level == level) {
-            Some(i) => pool.swap_remove(i),
-            None => Gzip::new(level),
+    /// A compressor at `level`, from the pool when one is there; `None` with `MAX_IN_FLIGHT` out.
+    /// The borrow ends here: nothing is held across an await.
+    pub fn take(&self, level: u32) -> Option<Gzip> {
+        if self.out.get() >= MAX_IN_FLIGHT {
+            return None;
         }
+        self.out.set(self.out.get() + 1);
+        let mut idle = self.idle.borrow_mut();
+        let g = match idle.iter().rposition(|g| g.level == level) {
+            Some(i) => idle.remove(i),
+            None => Gzip::new(level),
+        };
+        self.low.set(self.low.get().min(idle.len()));
+        Some(g)
     }
 
     pub fn give(&self, mut g: Gzip) {
+        self.out.set(self.out.get().saturating_sub(1));
         if g.out.capacity() > KEEP_OUT {
             g.out = Vec::new();
         }
         g.out.clear();
-        let mut pool = self.0.borrow_mut();
-        if pool.len() < POOL_MAX {
-            pool.push(g);
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() < POOL_MAX {
+            idle.push(g);
         }
+    }
+
+    /// Drops the compressors no response took since the last trim (the worker's periodic pool
+    /// trim): a burst's compressors are not kept for ever. Returns how many were dropped.
+    pub fn trim(&self) -> usize {
+        let Ok(mut idle) = self.idle.try_borrow_mut() else {
+            return 0;
+        };
+        let unused = self.low.get().min(idle.len());
+        idle.drain(..unused);
+        self.low.set(idle.len());
+        unused
     }
 }
 
@@ -244,6 +277,8 @@ mod tests {
         assert!(!yes(&["*, gzip;q=0"]));
         assert!(!yes(&["*;q=0"]));
         assert!(yes(&["gzip;q=0.001"]));
+        assert!(yes(&["x-gzip;q=0, gzip"]));
+        assert!(yes(&["gzip;q=0", "*;q=0", "x-gzip"]));
     }
 
     #[test]
@@ -284,7 +319,7 @@ mod tests {
     fn streams_decode_and_the_state_is_reused() {
         let pool = Pool::default();
         for round in 0..2 {
-            let mut g = pool.take(1);
+            let mut g = pool.take(1).expect("room");
             g.start();
             let mut wire = Vec::new();
             let mut want = Vec::new();
@@ -311,6 +346,36 @@ mod tests {
                 want.len()
             );
         }
-        assert_eq!(pool.0.borrow().len(), 1);
+        assert_eq!(pool.idle.borrow().len(), 1);
+        // Unused since the last trim: dropped by the next one.
+        assert_eq!(pool.trim(), 0);
+        assert_eq!(pool.trim(), 1);
+        // At most MAX_IN_FLIGHT out at once.
+        let out: Vec<Gzip> = (0..MAX_IN_FLIGHT).filter_map(|_| pool.take(1)).collect();
+        assert_eq!(out.len(), MAX_IN_FLIGHT);
+        assert!(pool.take(1).is_none());
+        for g in out {
+            pool.give(g);
+        }
+        assert!(pool.take(1).is_some());
+    }
+
+    /// Incompressible input larger than the output buffer, flushed: the "output full" path.
+    #[test]
+    fn incompressible_input_round_trips() {
+        use rand::RngCore;
+        let mut data = vec![0u8; 256 * 1024];
+        rand::thread_rng().fill_bytes(&mut data);
+        let mut g = Gzip::new(1);
+        g.start();
+        g.write(&data, true).expect("write");
+        g.write(&data[..1000], false).expect("write");
+        g.finish().expect("finish");
+        let mut got = Vec::new();
+        flate2::read::GzDecoder::new(&g.out[..])
+            .read_to_end(&mut got)
+            .expect("valid gzip");
+        assert_eq!(got.len(), data.len() + 1000);
+        assert!(got[..data.len()] == data[..] && got[data.len()..] == data[..1000]);
     }
 }

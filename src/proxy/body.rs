@@ -717,8 +717,11 @@ async fn relay_until_close<S: ClientIo>(
 }
 
 /// Relays a response body gzip'd (`plugins::compression`): the upstream's framing is decoded
-/// (a length, chunks, or up to the close), every piece read goes through `gz` with a sync flush,
-/// and the output goes to the client in its `framing` (chunked, or close-delimited for HTTP/1.0).
+/// (a length, chunks, or up to the close) and every piece read goes through `gz`; a chunked or
+/// close-delimited body (a stream, perhaps of events) is flushed after each read so nothing is
+/// held back, one of known length only as deflate's blocks fill. The output goes to the client in
+/// its `framing` (chunked; close-delimited is kept for completeness: HTTP/1.0 clients are not
+/// compressed).
 /// The head waiting in `c.s.out` goes out with the first compressed bytes, or alone if the body is
 /// not there yet. As for plain relays, an upstream that fails mid-body leaves the client's answer
 /// unterminated (the connection is closed), so a cut-short body never looks complete.
@@ -748,7 +751,9 @@ pub async fn relay_compressed<S: ClientIo>(
             BodyKind::Length(_) => {
                 let take = (avail.len() as u64).min(remaining) as usize;
                 let data = avail.get(..take).unwrap_or_default();
-                if take > 0 && gz.write(data, true).is_err() {
+                // A body of known length is a document, not a stream: no flush per read, so
+                // deflate blocks span reads (better ratio, fewer chunks and writes).
+                if take > 0 && gz.write(data, false).is_err() {
                     return Relay::Aborted;
                 }
                 remaining -= take as u64;

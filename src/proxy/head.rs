@@ -300,8 +300,9 @@ pub struct ResponseEdits<'a> {
     pub replaced: Option<&'a [u8]>,
     /// A response-transformer's edits of the upstream's end-to-end headers.
     pub transform: Option<&'a HeaderTransform>,
-    /// The body goes out gzip'd (`plugins::compression`): `Content-Encoding: gzip` is added, the
-    /// upstream's `Accept-Ranges` dropped and a strong `ETag` made weak.
+    /// The body goes out gzip'd (`plugins::compression`): `Content-Encoding: gzip` replaces the
+    /// upstream's (at most `identity`), its `Accept-Ranges` is dropped and a strong `ETag` made
+    /// weak.
     pub gzip: bool,
     /// The response could be compressed for a client that takes gzip: `Vary: Accept-Encoding`.
     pub vary: bool,
@@ -314,7 +315,9 @@ impl ResponseEdits<'_> {
         (self.drop_cors && cors::owned(name))
             || (self.drop_rate_limit && crate::limit::header_owned(name))
             || self.replaced.is_some_and(|r| eq_ignore_case(r, name))
-            || (self.gzip && eq_ignore_case(name, b"accept-ranges"))
+            || (self.gzip
+                && (eq_ignore_case(name, b"accept-ranges")
+                    || eq_ignore_case(name, b"content-encoding")))
     }
 }
 
