@@ -428,7 +428,7 @@ def machine_section(data, cfg, w):
 
 # --------------------------------------------------------------------------- scenarios
 
-SCEN_NGINX_PEER = {"plain": "nginx", "metrics-off": "nginx", "tls": "nginx-tls"}
+SCEN_NGINX_PEER = {"plain": "nginx", "metrics-off": "nginx", "tls": "nginx-tls", "gzip": "nginx-gzip"}
 SCEN_BOUNDS = {  # (max ratio, issue); metrics-off is checked as plain / metrics-off
     "metrics-off": (1.03, "issue 6 §5: metrics on ≤ +3%"),
     "ratelimit": (1.05, "issue 4 §6: ≤ +5%"),
@@ -490,7 +490,7 @@ def scenario_section(data, w):
         return
     runs = [r for r in data.get("scenario_runs", []) if "rps" in r]
     info = sc.get("info", {})
-    labels = [n for n in list(sc["names"]) + ["nginx", "nginx-tls"] if n in info]
+    labels = [n for n in list(sc["names"]) + ["nginx", "nginx-tls", "nginx-gzip"] if n in info]
     bg = sc.get("gw_core_background_busy")
     # Another tenant on core 1 inflates the core-1 column: then judge the bounds on process time.
     basis = "proc_cpu_us_per_req" if bg is not None and bg > 0.05 else "cpu_us_per_req"

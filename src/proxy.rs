@@ -1741,19 +1741,59 @@ impl<S: ClientIo> Conn<S> {
             });
         // Not for HTTP/1.0 clients (nginx's `gzip_http_version 1.1`): they would lose keep-alive
         // to a close-delimited body, and 1.0 caches ignore `Vary`.
-        let mut gz = compression
-            .filter(|_| vary && self.s.chain.gzip_ok && !p.http10)
-            .and_then(|d| shard.gzip.take(d.level));
-        if let (Some(g), Some((b, _))) = (gz.as_mut(), edited.as_mut()) {
-            g.start();
-            if g.write(b, false).is_ok() && g.finish().is_ok() {
-                std::mem::swap(b, &mut g.out);
-            } else if let Some(g) = gz.take() {
-                shard.gzip.give(g);
+        let want = compression.filter(|_| vary && self.s.chain.gzip_ok && !p.http10);
+        // A body of known length that fits the buffer is read whole first and compressed before
+        // its head goes out, as an edited one is: it keeps a Content-Length (no chunks), and the
+        // compressor is taken and given back with no await in between (one per worker serves
+        // them all). Anything longer, chunked or delimited by the close streams through a
+        // compressor held for the response (`body::relay_compressed`).
+        let hl = self.s.resp.head_len.min(self.ubuf.len());
+        let whole_len = match (want, &edited, resp_body) {
+            (Some(_), None, BodyKind::Length(n)) if body::fits_buffer(self, n) => Some(n),
+            _ => None,
+        };
+        if let Some(n) = whole_len {
+            if let Err(r) = body::fill_length(self, &mut upstream, n, svc.read_timeout).await {
+                return Exchange::Done(match r {
+                    body::Relay::TimedOutBeforeHead => {
+                        self.upstream_timed_out(shard, svc, target, p).await
+                    }
+                    _ => {
+                        self.fail(shard, GatewayError::BadResponse, p.client_close)
+                            .await
+                    }
+                });
             }
         }
-        let gzip = gz.is_some();
+        // `packed`: a whole body compressed, waiting for its head; `streaming`: the compressor
+        // a streamed body goes through (`None` past the worker's in-flight limit: uncompressed).
+        let mut packed = None;
+        let mut streaming = None;
+        if let Some(d) = want {
+            let whole = match (&edited, whole_len) {
+                (Some((b, _)), _) => Some(&b[..]),
+                (None, Some(n)) => usize::try_from(n)
+                    .ok()
+                    .and_then(|n| self.ubuf.get(hl..hl + n)),
+                (None, None) => None,
+            };
+            match whole {
+                Some(data) => {
+                    let mut g = shard.gzip.take_sync(d.level);
+                    g.start();
+                    if g.write(data, false).is_ok() && g.finish().is_ok() {
+                        packed = Some(g);
+                    } else {
+                        shard.gzip.give(g);
+                    }
+                }
+                None => streaming = shard.gzip.take(d.level),
+            }
+        }
+        let gzip = packed.is_some() || streaming.is_some();
+        let packed_len = packed.as_ref().map(|g| g.out.len() as u64);
         let framing = match (&edited, resp_body) {
+            _ if packed_len.is_some() => ClientFraming::Length(packed_len.unwrap_or(0)),
             (Some((b, _)), _) => ClientFraming::Length(b.len() as u64),
             (None, BodyKind::None) if p.head_method && self.json_route_answer(&snap) => {
                 ClientFraming::NoBodyUnknownLength
@@ -1795,16 +1835,27 @@ impl<S: ClientIo> Conn<S> {
             p.http10,
             &edits,
         );
-        let relay = match (&edited, gz.as_mut()) {
-            (Some((b, clean)), _) => body::send_edited(self, b, *clean).await,
-            (None, Some(g)) => {
-                body::relay_compressed(self, svc, &mut upstream, resp_body, framing, g).await
-            }
-            (None, None) => {
-                body::relay_response(self, svc, &mut upstream, resp_body, framing).await
+        let relay = if let Some(g) = packed.take() {
+            // Behind the head, and the compressor back in the pool before any await.
+            self.s.out.extend_from_slice(&g.out);
+            shard.gzip.give(g);
+            let clean = match &edited {
+                Some((_, clean)) => *clean,
+                None => whole_len.is_some_and(|n| (self.ubuf.len() - hl) as u64 == n),
+            };
+            body::send_edited(self, &[], clean).await
+        } else {
+            match (&edited, streaming.as_mut()) {
+                (Some((b, clean)), _) => body::send_edited(self, b, *clean).await,
+                (None, Some(g)) => {
+                    body::relay_compressed(self, svc, &mut upstream, resp_body, framing, g).await
+                }
+                (None, None) => {
+                    body::relay_response(self, svc, &mut upstream, resp_body, framing).await
+                }
             }
         };
-        if let Some(g) = gz {
+        if let Some(g) = streaming {
             shard.gzip.give(g);
         }
         match relay {

@@ -122,7 +122,7 @@ pub struct Gzip {
 pub struct Failed;
 
 impl Gzip {
-    fn new(level: u32) -> Gzip {
+    pub fn new(level: u32) -> Gzip {
         Gzip {
             deflate: Compress::new(Compression::new(level), false),
             crc: Crc::new(),
@@ -215,6 +215,12 @@ impl Pool {
         if self.out.get() >= MAX_IN_FLIGHT {
             return None;
         }
+        Some(self.take_sync(level))
+    }
+
+    /// A compressor for work done before the next await (a whole body): not held by a waiting
+    /// response, so not limited by `MAX_IN_FLIGHT`. Given back with `give` as any other.
+    pub fn take_sync(&self, level: u32) -> Gzip {
         self.out.set(self.out.get() + 1);
         let mut idle = self.idle.borrow_mut();
         let g = match idle.iter().rposition(|g| g.level == level) {
@@ -222,7 +228,7 @@ impl Pool {
             None => Gzip::new(level),
         };
         self.low.set(self.low.get().min(idle.len()));
-        Some(g)
+        g
     }
 
     pub fn give(&self, mut g: Gzip) {

@@ -423,18 +423,10 @@ pub async fn relay_response<S: ClientIo>(
             // nginx's buffering does: upstreams often send the head and the body in separate
             // segments, and relaying them as they come costs the client an extra TCP segment (and
             // both cores its processing) on a large share of small responses.
-            let fits = (hl as u64).saturating_add(n) <= c.ubuf.capacity() as u64;
-            if fits && ((c.ubuf.len() - hl) as u64) < n {
-                while ((c.ubuf.len() - hl) as u64) < n {
-                    match io::fill(upstream, &mut c.ubuf, read_timeout).await {
-                        Ok(0) => return Relay::BadBeforeHead,
-                        Ok(_) => {}
-                        Err(e) if io::is_timeout(&e) => return Relay::TimedOutBeforeHead,
-                        Err(_) => return Relay::BadBeforeHead,
-                    }
+            if fits_buffer(c, n) {
+                if let Err(r) = fill_length(c, upstream, n, read_timeout).await {
+                    return r;
                 }
-                // The gateway's own time resumes here: waiting for the body was the upstream's.
-                c.t.upstream_head_in = c.stamp();
             }
             let avail = c.ubuf.len() - hl;
             let first = (avail as u64).min(n) as usize;
@@ -493,6 +485,38 @@ pub async fn relay_response<S: ClientIo>(
             relay_until_close(c, upstream, hl, framing, read_timeout, write_timeout).await
         }
     }
+}
+
+/// Whether a response body of `n` bytes fits the upstream buffer behind its head.
+pub fn fits_buffer<S: ClientIo>(c: &Conn<S>, n: u64) -> bool {
+    let hl = c.s.resp.head_len.min(c.ubuf.len());
+    (hl as u64).saturating_add(n) <= c.ubuf.capacity() as u64
+}
+
+/// Reads until the whole body of `n` bytes (which `fits_buffer`) is in the upstream buffer behind
+/// its head. Nothing has gone to the client yet, so a failure is an answer of the gateway's own:
+/// `BadBeforeHead` (502) or `TimedOutBeforeHead` (504).
+pub async fn fill_length<S: ClientIo>(
+    c: &mut Conn<S>,
+    upstream: &mut UpstreamConn,
+    n: u64,
+    read_timeout: Duration,
+) -> Result<(), Relay> {
+    let hl = c.s.resp.head_len.min(c.ubuf.len());
+    if ((c.ubuf.len() - hl) as u64) >= n {
+        return Ok(());
+    }
+    while ((c.ubuf.len() - hl) as u64) < n {
+        match io::fill(upstream, &mut c.ubuf, read_timeout).await {
+            Ok(0) => return Err(Relay::BadBeforeHead),
+            Ok(_) => {}
+            Err(e) if io::is_timeout(&e) => return Err(Relay::TimedOutBeforeHead),
+            Err(_) => return Err(Relay::BadBeforeHead),
+        }
+    }
+    // The gateway's own time resumes here: waiting for the body was the upstream's.
+    c.t.upstream_head_in = c.stamp();
+    Ok(())
 }
 
 /// Why reading a whole response body (`read_whole`) stopped.
