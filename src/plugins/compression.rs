@@ -1,18 +1,21 @@
 //! `compression`: gzip for responses the client accepts it for (nginx's `gzip`, Envoy's compressor,
-//! Traefik's `compress`), chosen per response from its head, streamed as it arrives.
+//! Traefik's `compress`), chosen per response from its head.
 //!
 //! A response is compressed when the route's instance ran, the client's `Accept-Encoding` takes
 //! gzip, and the response (`eligible`): has a body (not HEAD, 1xx, 204, 304), is not a part (206,
 //! `Content-Range`), has no content coding yet, does not say `Cache-Control: no-transform` (RFC
 //! 9111 §5.2.2.6), is one of the configured media types, and is at least `min_length` bytes when
-//! its length is known. It then goes out chunked (close-delimited to an HTTP/1.0 client) with
-//! `Content-Encoding: gzip`, without `Content-Length` and `Accept-Ranges`, and with a strong `ETag`
-//! made weak (the bytes differ from the upstream's; nginx does the same). Every eligible response
-//! says `Vary: Accept-Encoding`, compressed or not, so a shared cache keeps the two apart.
+//! its length is known. It then goes out with `Content-Encoding: gzip`, without `Accept-Ranges`,
+//! and with a strong `ETag` made weak (the bytes differ from the upstream's; nginx does the same):
+//! compressed whole with its new `Content-Length` when its body fits the upstream buffer (read
+//! whole first), else streamed chunked as it arrives. Every eligible response says
+//! `Vary: Accept-Encoding`, compressed or not, so a shared cache keeps the two apart.
 //!
 //! Invariants: the deflate state (a few hundred KiB) is never per connection: each worker keeps a
 //! few in a pool (`Pool`), taken for one response and given back, so 10,000 idle connections hold
-//! none, with at most `MAX_IN_FLIGHT` out at once (past it a response goes uncompressed). A
+//! none. A whole body holds one only while it is compressed, with no await in between
+//! (`take_sync`); a streamed one holds it until sent, at most `MAX_IN_FLIGHT` at once (past it a
+//! response goes uncompressed). A
 //! chunked or close-delimited body is flushed after each read from the upstream (a sync flush), so
 //! a slow stream's bytes are not held back; the output buffer is the pooled state's own. HTTP/1.0
 //! clients are not compressed (nginx's `gzip_http_version 1.1`).
@@ -224,10 +227,13 @@ impl Pool {
         self.out.set(self.out.get() + 1);
         let mut idle = self.idle.borrow_mut();
         let g = match idle.iter().rposition(|g| g.level == level) {
-            Some(i) => idle.remove(i),
+            Some(i) => {
+                // Entries above `i` shift down into the slots `trim` counts as unused.
+                self.low.set(self.low.get().min(i));
+                idle.remove(i)
+            }
             None => Gzip::new(level),
         };
-        self.low.set(self.low.get().min(idle.len()));
         g
     }
 
