@@ -423,7 +423,7 @@ pub async fn relay_response<S: ClientIo>(
             // nginx's buffering does: upstreams often send the head and the body in separate
             // segments, and relaying them as they come costs the client an extra TCP segment (and
             // both cores its processing) on a large share of small responses.
-            if fits_buffer(c, n) {
+            if fits_buffer(c, n) && ((c.ubuf.len() - hl) as u64) < n {
                 if let Err(r) = fill_length(c, upstream, n, read_timeout).await {
                     return r;
                 }
