@@ -84,20 +84,27 @@ impl Rendezvous {
         below: Option<Rank>,
         usable: &mut impl FnMut(usize) -> bool,
     ) -> Option<(usize, Rank)> {
-        let mut best: Option<(usize, Rank)> = None;
+        let mut best: Option<Rank> = None;
         for (i, (&id, &w)) in self.ids.iter().zip(self.weights.iter()).enumerate() {
             let rank = self.score(key, id, w, i);
-            if below.is_some_and(|b| !rank.below(&b))
-                || best.is_some_and(|(_, b)| !b.below(&rank))
-                || !usable(i)
-            {
-                continue;
+            if let Some(b) = &below {
+                if !rank.below(b) {
+                    continue;
+                }
             }
-            best = Some((i, rank));
+            if let Some(b) = &best {
+                if !b.below(&rank) {
+                    continue;
+                }
+            }
+            if usable(i) {
+                best = Some(rank);
+            }
         }
-        best
+        best.map(|r| (r.index, r))
     }
 
+    #[inline]
     fn score(&self, key: u64, id: u64, w: f64, index: usize) -> Rank {
         let draw = mix(key ^ id);
         // With equal weights the draw alone orders the targets as the scores would, without a
@@ -133,9 +140,16 @@ pub struct Rank {
 impl Rank {
     /// Strictly worse than `other`. Scores are never NaN (weights are at least 1, `-ln(u)` is
     /// positive or handled as infinite).
+    #[inline]
     fn below(&self, other: &Rank) -> bool {
-        (self.score, self.draw, std::cmp::Reverse(self.index))
-            < (other.score, other.draw, std::cmp::Reverse(other.index))
+        // Spelled out rather than as a tuple comparison: it runs once per target and request.
+        if self.score != other.score {
+            return self.score < other.score;
+        }
+        if self.draw != other.draw {
+            return self.draw < other.draw;
+        }
+        self.index > other.index
     }
 }
 
