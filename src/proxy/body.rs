@@ -642,6 +642,50 @@ fn frame_into(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming) {
     }
 }
 
+/// Why `decode_chunks` stopped short.
+enum Stop {
+    /// The upstream's chunked framing is broken.
+    Malformed,
+    /// `data` said no (the compressor failed).
+    Sink,
+}
+
+/// Decodes the chunked body bytes in `buf[*start..]` (advancing `start` past what it used), handing
+/// each piece of data to `data`; `Ok(true)` once the last chunk (and any trailers) went by, so the
+/// bytes after `start` belong to no body. Shared by the plain and the compressed relay.
+fn decode_chunks(
+    dec: &mut ChunkedDecoder,
+    buf: &[u8],
+    start: &mut usize,
+    mut data: impl FnMut(&[u8]) -> bool,
+) -> Result<bool, Stop> {
+    while *start < buf.len() {
+        let (used, chunk) = dec
+            .decode(buf.get(*start..).unwrap_or_default())
+            .map_err(|_| Stop::Malformed)?;
+        match chunk {
+            Chunk::Data(r) => {
+                let piece = buf
+                    .get(*start + r.start..*start + r.end)
+                    .unwrap_or_default();
+                if !data(piece) {
+                    return Err(Stop::Sink);
+                }
+            }
+            Chunk::NeedMore => {}
+            Chunk::Done => {
+                *start += used;
+                return Ok(true);
+            }
+        }
+        if used == 0 {
+            break;
+        }
+        *start += used;
+    }
+    Ok(false)
+}
+
 async fn relay_chunked<S: ClientIo>(
     c: &mut Conn<S>,
     upstream: &mut UpstreamConn,
@@ -654,33 +698,18 @@ async fn relay_chunked<S: ClientIo>(
     let mut start = hl;
     let mut head_sent = false;
     loop {
-        let mut done = false;
-        while start < c.ubuf.len() && !done {
-            let (used, chunk) = match dec.decode(&c.ubuf[start..]) {
-                Ok(x) => x,
-                Err(_) if !head_sent => return Relay::BadBeforeHead,
-                Err(_) => return Relay::Aborted,
-            };
-            match chunk {
-                Chunk::Data(r) => {
-                    let data = c
-                        .ubuf
-                        .get(start + r.start..start + r.end)
-                        .unwrap_or_default();
-                    frame_into(&mut c.s.out, data, framing);
-                }
-                Chunk::NeedMore => {}
-                Chunk::Done => {
-                    if framing == ClientFraming::Chunked {
-                        c.s.out.extend_from_slice(LAST_CHUNK);
-                    }
-                    done = true;
-                }
-            }
-            if used == 0 && !done {
-                break;
-            }
-            start += used;
+        let out = &mut c.s.out;
+        let decoded = decode_chunks(&mut dec, &c.ubuf, &mut start, |data| {
+            frame_into(out, data, framing);
+            true
+        });
+        let done = match decoded {
+            Ok(done) => done,
+            Err(_) if !head_sent => return Relay::BadBeforeHead,
+            Err(_) => return Relay::Aborted,
+        };
+        if done && framing == ClientFraming::Chunked {
+            c.s.out.extend_from_slice(LAST_CHUNK);
         }
         if !c.s.out.is_empty() {
             if send_out(c, write_timeout).await.is_err() {
@@ -770,7 +799,7 @@ pub async fn relay_compressed<S: ClientIo>(
     loop {
         // What the buffer holds of the body, through the compressor.
         let avail = c.ubuf.get(start..).unwrap_or_default();
-        let mut done = false;
+        let done;
         match body {
             BodyKind::Length(_) => {
                 let take = (avail.len() as u64).min(remaining) as usize;
@@ -786,31 +815,15 @@ pub async fn relay_compressed<S: ClientIo>(
             }
             BodyKind::Chunked => {
                 let mut fed = false;
-                while start < c.ubuf.len() && !done {
-                    let (used, chunk) = match dec.decode(&c.ubuf[start..]) {
-                        Ok(x) => x,
-                        Err(_) if !sent_any => return Relay::BadBeforeHead,
-                        Err(_) => return Relay::Aborted,
-                    };
-                    match chunk {
-                        Chunk::Data(r) => {
-                            let data = c
-                                .ubuf
-                                .get(start + r.start..start + r.end)
-                                .unwrap_or_default();
-                            if gz.write(data, false).is_err() {
-                                return Relay::Aborted;
-                            }
-                            fed = true;
-                        }
-                        Chunk::NeedMore => {}
-                        Chunk::Done => done = true,
-                    }
-                    if used == 0 && !done {
-                        break;
-                    }
-                    start += used;
-                }
+                let decoded = decode_chunks(&mut dec, &c.ubuf, &mut start, |data| {
+                    fed = true;
+                    gz.write(data, false).is_ok()
+                });
+                done = match decoded {
+                    Ok(done) => done,
+                    Err(Stop::Malformed) if !sent_any => return Relay::BadBeforeHead,
+                    Err(_) => return Relay::Aborted,
+                };
                 if fed && !done && gz.write(&[], true).is_err() {
                     return Relay::Aborted;
                 }
