@@ -622,6 +622,16 @@ async fn send_out<S: ClientIo>(c: &mut Conn<S>, timeout: Duration) -> std::io::R
     Ok(())
 }
 
+/// Sends what `c.s.out` holds, if anything, and empties it; `Ok(true)` when something went out.
+async fn send_pending<S: ClientIo>(c: &mut Conn<S>, timeout: Duration) -> Result<bool, ()> {
+    if c.s.out.is_empty() {
+        return Ok(false);
+    }
+    send_out(c, timeout).await.map_err(|_| ())?;
+    c.s.out.clear();
+    Ok(true)
+}
+
 /// Counts `n` bytes written to the client and notes when the response head went out.
 fn head_sent<S: ClientIo>(c: &mut Conn<S>, n: usize) {
     c.bytes_out += n as u64;
@@ -711,12 +721,9 @@ async fn relay_chunked<S: ClientIo>(
         if done && framing == ClientFraming::Chunked {
             c.s.out.extend_from_slice(LAST_CHUNK);
         }
-        if !c.s.out.is_empty() {
-            if send_out(c, write_timeout).await.is_err() {
-                return Relay::Aborted;
-            }
-            c.s.out.clear();
-            head_sent = true;
+        match send_pending(c, write_timeout).await {
+            Ok(sent) => head_sent |= sent,
+            Err(()) => return Relay::Aborted,
         }
         if done {
             return Relay::Complete {
@@ -795,6 +802,8 @@ pub async fn relay_compressed<S: ClientIo>(
     };
     let mut dec = ChunkedDecoder::new();
     let mut sent_any = false;
+    // A close-delimited body's end: the next pass finishes the stream.
+    let mut eof = false;
     gz.start();
     loop {
         // What the buffer holds of the body, through the compressor.
@@ -833,7 +842,7 @@ pub async fn relay_compressed<S: ClientIo>(
                     return Relay::Aborted;
                 }
                 start = c.ubuf.len();
-                done = body == BodyKind::None;
+                done = body == BodyKind::None || eof;
             }
         }
         if done && gz.finish().is_err() {
@@ -844,12 +853,9 @@ pub async fn relay_compressed<S: ClientIo>(
         if done && framing == ClientFraming::Chunked {
             c.s.out.extend_from_slice(LAST_CHUNK);
         }
-        if !c.s.out.is_empty() {
-            if send_out(c, write_timeout).await.is_err() {
-                return Relay::Aborted;
-            }
-            c.s.out.clear();
-            sent_any = true;
+        match send_pending(c, write_timeout).await {
+            Ok(sent) => sent_any |= sent,
+            Err(()) => return Relay::Aborted,
         }
         if done {
             return Relay::Complete {
@@ -859,23 +865,8 @@ pub async fn relay_compressed<S: ClientIo>(
         c.ubuf.clear();
         start = 0;
         match io::fill(upstream, &mut c.ubuf, read_timeout).await {
-            Ok(0) if body == BodyKind::CloseDelimited => {
-                // The close ends the body: finish the stream.
-                if gz.finish().is_err() {
-                    return Relay::Aborted;
-                }
-                frame_into(&mut c.s.out, &gz.out, framing);
-                gz.out.clear();
-                if framing == ClientFraming::Chunked {
-                    c.s.out.extend_from_slice(LAST_CHUNK);
-                }
-                return match send_out(c, write_timeout).await {
-                    Ok(()) => Relay::Complete {
-                        upstream_clean: false,
-                    },
-                    Err(_) => Relay::Aborted,
-                };
-            }
+            // The close ends the body: the next pass finishes the stream.
+            Ok(0) if body == BodyKind::CloseDelimited => eof = true,
             Ok(0) | Err(_) => return Relay::Aborted,
             Ok(_) => {}
         }
