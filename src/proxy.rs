@@ -1371,39 +1371,41 @@ impl<S: ClientIo> Conn<S> {
         let mut pinned: Option<usize> = None;
         // A target that failed after accepting (`RetryNext`): failover goes on past it.
         let mut after: Option<usize> = None;
-        // Connect attempts left for this request: `retries` bounds failover across targets
-        // however a target failed (refused, timed out, or reset after accepting).
-        let mut budget = svc.retries.saturating_add(1);
+        // `retries` bounds failover across targets however a target failed (refused, timed out,
+        // or reset after accepting), and `retry_timeout` (if set) how long it goes on. The clock
+        // is read for it only where a service sets one.
+        let mut failover = Failover {
+            budget: svc.retries.saturating_add(1),
+            until: svc
+                .retry_timeout
+                .and_then(|d| Instant::now().checked_add(d)),
+            retrying: false,
+            out_of_time: false,
+            tried: None,
+        };
         let mut reset_after_accept = 0;
         loop {
             let started = self.stamp();
-            let mut tried = None;
-            let before = budget;
-            let connected = connect(
-                shard,
-                &snap,
-                svc,
-                pinned,
-                after,
-                key,
-                &mut budget,
-                &mut tried,
-            )
-            .await;
-            let used = u32::try_from(before.saturating_sub(budget)).unwrap_or(u32::MAX);
+            failover.tried = None;
+            let before = failover.budget;
+            let connected = connect(shard, &snap, svc, pinned, after, key, &mut failover).await;
+            let used = u32::try_from(before.saturating_sub(failover.budget)).unwrap_or(u32::MAX);
             self.attempts = self.attempts.saturating_add(used);
+            if failover.out_of_time {
+                self.detail = Some("failover stopped at retry_timeout");
+            }
             let (upstream, target, reused, load) = match connected {
                 Ok(c) => c,
                 // Past a target that reset after accepting, no other could be tried: its
                 // failure is the answer (the access log keeps naming it).
-                Err(_) if after.is_some() && tried.is_none() => {
+                Err(_) if after.is_some() && failover.tried.is_none() => {
                     return self
                         .fail(shard, GatewayError::UpstreamClosed, p.client_close)
                         .await
                 }
                 Err(e) => {
                     // The access log names the last target tried, as for any answer.
-                    self.upstream_addr = tried;
+                    self.upstream_addr = failover.tried;
                     return self.fail(shard, e, p.client_close).await;
                 }
             };
@@ -1444,8 +1446,9 @@ impl<S: ClientIo> Conn<S> {
                 Exchange::RetryFresh if pinned.is_none() && p.replayable => {
                     pinned = Some(target);
                     // The stale connection was not the target's fault: a fresh one to it gets
-                    // the whole budget again.
-                    budget = svc.retries.saturating_add(1);
+                    // the whole budget again (not more time: `retry_timeout` still counts from
+                    // the first attempt).
+                    failover.budget = svc.retries.saturating_add(1);
                 }
                 // Each other target once at most, as nginx's `proxy_next_upstream` does: with
                 // every target resetting, the client's answer comes after one round.
@@ -2341,6 +2344,22 @@ impl<S: ClientIo> Conn<S> {
     }
 }
 
+/// A request's failover across `connect` calls: what it may still try, and what it tried.
+struct Failover {
+    /// Connect attempts left (`retries` + 1: Kong's bound; nginx's `proxy_next_upstream_tries`).
+    budget: usize,
+    /// `retry_timeout` from the first attempt (nginx's `proxy_next_upstream_timeout`): no retry
+    /// starts after it, and a retry's connect ends by it.
+    until: Option<Instant>,
+    /// An attempt was made (a pooled connection taken counts): the next one is a retry.
+    retrying: bool,
+    /// Failover stopped at `until` with targets left to try (the access log's `detail`).
+    out_of_time: bool,
+    /// The address of the last target a connection was attempted to in the latest `connect`
+    /// call (for the access log when all failed).
+    tried: Option<SocketAddr>,
+}
+
 /// Picks a target (by the upstream's algorithm: `balance::first_pick`; `key` is the request's
 /// consistent-hash key) and returns a pooled or fresh connection to it, with the hold on the
 /// target's in-flight count for least_conn and `max_conns` (taken before connecting, so requests
@@ -2350,9 +2369,8 @@ impl<S: ClientIo> Conn<S> {
 /// always safe.
 /// `pinned`: the retry after a stale pooled connection to this target: fresh connections only,
 /// starting with this target; if it now refuses (it is restarting: the usual reason its pooled
-/// connection went stale), the next targets are tried as on a first attempt. `tried`: the address
-/// of the last target a connection was attempted to (for the access log when all failed).
-#[allow(clippy::too_many_arguments)]
+/// connection went stale), the next targets are tried as on a first attempt. `failover`: what the
+/// request may still try, and what it tried.
 async fn connect(
     shard: &Shard,
     snap: &Snapshot,
@@ -2360,8 +2378,7 @@ async fn connect(
     pinned: Option<usize>,
     after: Option<usize>,
     key: Option<u64>,
-    budget: &mut usize,
-    tried: &mut Option<SocketAddr>,
+    failover: &mut Failover,
 ) -> Result<(UpstreamConn, usize, bool, Option<InFlight>), GatewayError> {
     let ups = snap
         .config
@@ -2444,10 +2461,22 @@ async fn connect(
         if (k > 0 || after.is_some()) && !usable(t) {
             continue;
         }
-        if *budget == 0 {
+        if failover.budget == 0 {
             break;
         }
-        *budget -= 1;
+        // A retry's connect ends with the request's `retry_timeout`; past it, none starts (what
+        // failed last is the answer). A first attempt gets its whole `connect_timeout`.
+        let mut connect_timeout = svc.connect_timeout;
+        if let Some(until) = failover.until.filter(|_| failover.retrying) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                failover.out_of_time = true;
+                break;
+            }
+            connect_timeout = connect_timeout.min(left);
+        }
+        failover.budget -= 1;
+        failover.retrying = true;
         let Some(tdef) = ups.targets.get(t) else {
             continue;
         };
@@ -2463,14 +2492,17 @@ async fn connect(
         }
         let tls = ups.tls.as_ref().map(|tls| (tls, tls.names.get(t)));
         let flat = snap.flat_target(svc.upstream, t);
-        *tried = Some(tdef.addr);
-        let attempt = monoio::time::timeout(svc.connect_timeout, connect_one(tdef.addr, tls)).await;
+        failover.tried = Some(tdef.addr);
+        let attempt = monoio::time::timeout(connect_timeout, connect_one(tdef.addr, tls)).await;
         match &attempt {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => snap.metrics.upstream_connect_error(flat),
             Err(_) => snap.metrics.upstream_timeout(flat),
         }
-        if !matches!(attempt, Ok(Ok(_))) {
+        // A connect that `retry_timeout` cut short is not held against the target: it did not
+        // get its whole `connect_timeout`.
+        let cut_short = attempt.is_err() && connect_timeout < svc.connect_timeout;
+        if !matches!(attempt, Ok(Ok(_))) && !cut_short {
             upstream_failed(shard, snap, svc.upstream, t);
         }
         match attempt {
@@ -2509,7 +2541,7 @@ async fn connect(
     }
     Err(if timed_out {
         GatewayError::UpstreamTimeout
-    } else if full && tried.is_none() {
+    } else if full && failover.tried.is_none() {
         GatewayError::UpstreamFull
     } else {
         GatewayError::UpstreamConnect

@@ -322,6 +322,42 @@ fn keepalive_zero_is_allowed() {
     assert!(cfg.server.timeouts.keepalive.is_zero());
 }
 
+/// `upstream_retry` sets services' `retry_timeout`; `"0s"` lifts it, there or per service.
+#[test]
+fn retry_timeout_defaults_and_zero_means_no_limit() {
+    let text = base_with(
+        "upstream = \"u\"",
+        "upstream = \"u\"\n\n[[services]]\nname = \"t\"\nupstream = \"u\"\nretry_timeout = \"0s\"\n\n[[services]]\nname = \"v\"\nupstream = \"u\"\nretry_timeout = \"2s\"",
+    )
+    .replace(
+        "listen = [\"127.0.0.1:8080\"]",
+        "listen = [\"127.0.0.1:8080\"]\ntimeouts.upstream_retry = \"10s\"",
+    );
+    let cfg = load_str(&text, "test.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    let windows: Vec<_> = cfg.services.iter().map(|s| s.retry_timeout).collect();
+    assert_eq!(
+        windows,
+        [
+            Some(std::time::Duration::from_secs(10)),
+            None,
+            Some(std::time::Duration::from_secs(2))
+        ]
+    );
+    let text = base_with(
+        "listen = [\"127.0.0.1:8080\"]",
+        "timeouts.upstream_retry = \"0s\"",
+    );
+    let cfg = load_str(&text, "test.toml").unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(cfg.services[0].retry_timeout, None, "no limit by default");
+    expect_one(
+        &base_with("upstream = \"u\"", "upstream = \"u\"\nretry_timeout = 5"),
+        11,
+        17,
+        "services[0].retry_timeout",
+        "duration",
+    );
+}
+
 #[test]
 fn bad_size() {
     let text = base_with("listen = [\"127.0.0.1:8080\"]", "max_body_bytes = \"10mb\"");

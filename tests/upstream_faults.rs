@@ -252,6 +252,134 @@ fn unreachable_upstream_is_504_after_the_connect_timeout() {
     );
 }
 
+/// `retry_timeout` (nginx's `proxy_next_upstream_timeout`) ends failover: over four targets that
+/// never accept, a 700 ms window stops at the second connect (cut short to what is left of it)
+/// with a 504, where a second whole connect timeout would end at 1.2 s. The unlimited service
+/// (`"0s"` overriding `[server.timeouts] upstream_retry`) tries all four. A refused connect fails
+/// over at once, well within the window.
+#[test]
+fn retry_timeout_ends_failover_and_zero_lifts_it() {
+    let holes = [blackhole(), blackhole(), blackhole(), blackhole()];
+    let alive = Upstream::echo("alive");
+    let refusing = refusing_addr();
+    let holes = holes
+        .iter()
+        .map(|h| format!("{{ target = \"{}\" }}", h.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let log = std::env::temp_dir().join(format!(
+        "ringgate-retry-timeout-{}-{:?}.log",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_file(&log);
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+workers = 1
+
+[server.timeouts]
+upstream_connect = "600ms"
+upstream_retry = "700ms"
+
+[access_log]
+path = "{log}"
+flush_interval = "50ms"
+
+[[upstreams]]
+name = "windowed"
+targets = [{holes}]
+
+[[upstreams]]
+name = "unlimited"
+targets = [{holes}]
+
+[[upstreams]]
+name = "quick"
+targets = [{{ target = "{refusing}" }}, {{ target = "{alive}" }}]
+
+[[services]]
+name = "windowed"
+upstream = "windowed"
+
+[[services]]
+name = "unlimited"
+upstream = "unlimited"
+retry_timeout = "0s"
+
+[[services]]
+name = "quick"
+upstream = "quick"
+
+[[routes]]
+name = "windowed"
+service = "windowed"
+paths = ["/windowed"]
+
+[[routes]]
+name = "unlimited"
+service = "unlimited"
+paths = ["/unlimited"]
+
+[[routes]]
+name = "quick"
+service = "quick"
+paths = ["/quick"]
+"#,
+        log = log.display(),
+        alive = alive.addr(),
+    ));
+    let r = get(gw.addr(), HOST, "/quick");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-upstream"), Some("alive"));
+
+    let start = Instant::now();
+    let r = get(gw.addr(), HOST, "/windowed");
+    let t = start.elapsed();
+    r.assert_json_error(504);
+    assert!(
+        t >= Duration::from_millis(600) && t < Duration::from_millis(1050),
+        "504 at the window's end (700 ms), not after a second whole connect timeout (1.2 s): {t:?}"
+    );
+    get(gw.addr(), HOST, "/unlimited").assert_json_error(504);
+
+    // Counted, not timed: the windowed request made two attempts and says why it stopped; the
+    // unlimited one tried every target.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() >= 3 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_file(&log);
+    let line = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"] == path)
+            .unwrap_or_else(|| panic!("no access log line for {path}: {lines:?}"))
+    };
+    let w = line("/windowed");
+    assert_eq!(
+        (w["status"].as_u64(), w["upstream_attempts"].as_u64()),
+        (Some(504), Some(2)),
+        "{w}"
+    );
+    assert_eq!(w["detail"], "failover stopped at retry_timeout", "{w}");
+    let u = line("/unlimited");
+    assert_eq!(
+        (u["status"].as_u64(), u["upstream_attempts"].as_u64()),
+        (Some(504), Some(4)),
+        "{u}"
+    );
+    assert_eq!(u["detail"], "upstream timed out", "{u}");
+}
+
 #[test]
 fn reset_mid_body_aborts_the_client_response() {
     let up = Upstream::start(Behaviour::ResetMidBody { chunked: false });

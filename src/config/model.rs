@@ -89,6 +89,8 @@ pub struct Timeouts {
     pub upstream_read: Duration,
     /// Between two writes to the upstream.
     pub upstream_write: Duration,
+    /// How long failover may go on (services' `retry_timeout` default); `None` = no limit.
+    pub upstream_retry: Option<Duration>,
     /// A TLS handshake must complete within this, from accept.
     pub tls_handshake: Duration,
 }
@@ -514,6 +516,9 @@ pub struct ServiceDef {
     /// After a failed connect (refused, reset, timed out), how many other targets are tried
     /// (Kong's `retries`, default 5): bounds a request's wait at `(1 + retries)` connect timeouts.
     pub retries: usize,
+    /// nginx's `proxy_next_upstream_timeout`: no retry starts later than this after the request's
+    /// first upstream attempt began, and a retry's connect ends by then; `None` = no limit.
+    pub retry_timeout: Option<Duration>,
 }
 
 /// `[[routes]]`.

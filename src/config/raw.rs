@@ -49,6 +49,7 @@ pub struct RawTimeouts {
     pub upstream_connect: Option<Dur>,
     pub upstream_read: Option<Dur>,
     pub upstream_write: Option<Dur>,
+    pub upstream_retry: Option<Dur>,
     pub tls_handshake: Option<Dur>,
 }
 
@@ -143,6 +144,8 @@ pub struct RawService {
     pub tls_server_name: Option<String>,
     /// Kong's key: how many other targets a failed connect may move on to.
     pub retries: Option<Int>,
+    /// nginx's `proxy_next_upstream_timeout`: how long failover may go on.
+    pub retry_timeout: Option<Dur>,
 }
 
 /// One `[[certificates]]` entry.

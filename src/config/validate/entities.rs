@@ -545,6 +545,11 @@ fn service(
         raw.write_timeout,
         defaults.upstream_write,
     );
+    // Zero: no limit, also where `[server.timeouts] upstream_retry` sets one.
+    let retry_timeout = match raw.retry_timeout {
+        Some(d) => (!d.0.is_zero()).then_some(d.0),
+        None => defaults.upstream_retry,
+    };
     let retries = raw.retries.map_or(Some(DEFAULT_RETRIES), |n| {
         in_range(problems, path.key("retries"), "retries", n.0, 0, 100)
             .and_then(|n| usize::try_from(n).ok())
@@ -620,6 +625,7 @@ fn service(
         read_timeout,
         write_timeout,
         retries,
+        retry_timeout,
     })
 }
 

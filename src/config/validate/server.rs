@@ -88,6 +88,10 @@ pub fn compile(raw: Option<&RawServer>, problems: &mut Vec<Problem>) -> ServerDe
             t.and_then(|t| t.upstream_write),
             secs(60),
         ),
+        // Zero is allowed: no limit (nginx's `proxy_next_upstream_timeout 0`).
+        upstream_retry: t
+            .and_then(|t| t.upstream_retry)
+            .and_then(|d| (!d.0.is_zero()).then_some(d.0)),
         tls_handshake: positive(
             problems,
             tp.key("tls_handshake"),
