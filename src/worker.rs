@@ -928,19 +928,15 @@ async fn control_loop(
             shard.release_retired();
             shard.pool.reap();
         }
-        if ticks % COLLECT_TICKS <= 1 {
-            // mimalloc returns freed pages to the OS only when the heap is next used: an idle worker
-            // (say, after 10,000 connections parked) would otherwise keep their freed request state
-            // resident. The first call frees empty pages and schedules their purge; a page freed in
-            // a segment still in use is purged only when that segment is next touched or a collect
-            // is forced, hence the forced one a tick later (past mimalloc's 10 ms purge delay).
-            // So memory a burst freed is back with the OS within ~1 s of its end (parking after
-            // 500 ms, then this); with one unforced call a second, the load test's 2 s reading of
-            // 10,000 idle connections caught it still resident in 2 of 9 runs. A walk of this
-            // thread's heap, twice per 500 ms; no CPU cost measurable at /small c=64 and c=256
-            // (`loadtest/reports/ab-stop32-collect`).
-            // SAFETY: plain FFI call to the linked allocator.
-            unsafe { libmimalloc_sys::mi_collect(ticks % COLLECT_TICKS == 1) };
+        if ticks % COLLECT_TICKS == 0 {
+            // mimalloc returns freed pages to the OS only from its collects, once they have been
+            // free for its purge delay (`server::tune_allocator`: 250 ms): an idle worker (say,
+            // after 10,000 connections parked) would otherwise keep their freed request state
+            // resident. So memory a burst freed is back with the OS within ~1.3 s of its end
+            // (parking after 500 ms, then the delay and this period). Not forced: a forced collect
+            // purges everything at once, even what steady traffic is about to reuse.
+            // SAFETY: plain FFI call without arguments to the linked allocator.
+            unsafe { libmimalloc_sys::mi_collect(false) };
         }
         // Lines wait at most `flush_interval` (plus a tick) before they reach the writer.
         shard.access_log.tick(Instant::now());
