@@ -1396,9 +1396,13 @@ impl<S: ClientIo> Conn<S> {
             }
             let (upstream, target, reused, load) = match connected {
                 Ok(c) => c,
-                // Past a target that reset after accepting, no other could be tried: its
-                // failure is the answer (the access log keeps naming it).
-                Err(_) if after.is_some() && failover.tried.is_none() => {
+                // Past a target that reset after accepting, or a stale pooled connection, with
+                // no other target tried (none left, or `retry_timeout` over): that failure is the
+                // answer (the access log keeps naming its target).
+                Err(_)
+                    if failover.tried.is_none()
+                        && (after.is_some() || (pinned.is_some() && failover.out_of_time)) =>
+                {
                     return self
                         .fail(shard, GatewayError::UpstreamClosed, p.client_close)
                         .await
@@ -2351,7 +2355,9 @@ struct Failover {
     /// `retry_timeout` from the first attempt (nginx's `proxy_next_upstream_timeout`): no retry
     /// starts after it, and a retry's connect ends by it.
     until: Option<Instant>,
-    /// An attempt was made (a pooled connection taken counts): the next one is a retry.
+    /// A connect was made: the next one is a retry. A pooled connection taken does not count
+    /// (as in nginx): when it turns out stale, the fresh connect after it still gets its whole
+    /// `connect_timeout`.
     retrying: bool,
     /// Failover stopped at `until` with targets left to try (the access log's `detail`).
     out_of_time: bool,
@@ -2476,7 +2482,6 @@ async fn connect(
             connect_timeout = connect_timeout.min(left);
         }
         failover.budget -= 1;
-        failover.retrying = true;
         let Some(tdef) = ups.targets.get(t) else {
             continue;
         };
@@ -2493,6 +2498,7 @@ async fn connect(
         let tls = ups.tls.as_ref().map(|tls| (tls, tls.names.get(t)));
         let flat = snap.flat_target(svc.upstream, t);
         failover.tried = Some(tdef.addr);
+        failover.retrying = true;
         let attempt = monoio::time::timeout(connect_timeout, connect_one(tdef.addr, tls)).await;
         match &attempt {
             Ok(Ok(_)) => {}

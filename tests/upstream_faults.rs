@@ -252,11 +252,13 @@ fn unreachable_upstream_is_504_after_the_connect_timeout() {
     );
 }
 
-/// `retry_timeout` (nginx's `proxy_next_upstream_timeout`) ends failover: over four targets that
-/// never accept, a 700 ms window stops at the second connect (cut short to what is left of it)
-/// with a 504, where a second whole connect timeout would end at 1.2 s. The unlimited service
-/// (`"0s"` overriding `[server.timeouts] upstream_retry`) tries all four. A refused connect fails
-/// over at once, well within the window.
+/// `retry_timeout` (nginx's `proxy_next_upstream_timeout`) ends failover. Over four targets that
+/// never accept (500 ms connects), a 750 ms window stops at the second connect, cut short to what
+/// is left of it: a 504 at 750 ms, where a second whole connect would end at 1 s, and the cut
+/// connect is not held against its target (one ejection with `max_fails = 1`, not two). The
+/// first connect keeps its whole timeout under a shorter window (300 ms: a 504 at 500 ms, one
+/// attempt). `"0s"` (over `[server.timeouts] upstream_retry`) lifts it: all four tried. A refused
+/// connect fails over at once, well within the window.
 #[test]
 fn retry_timeout_ends_failover_and_zero_lifts_it() {
     let holes = [blackhole(), blackhole(), blackhole(), blackhole()];
@@ -279,8 +281,8 @@ listen = ["127.0.0.1:0"]
 workers = 1
 
 [server.timeouts]
-upstream_connect = "600ms"
-upstream_retry = "700ms"
+upstream_connect = "500ms"
+upstream_retry = "750ms"
 
 [access_log]
 path = "{log}"
@@ -289,9 +291,14 @@ flush_interval = "50ms"
 [[upstreams]]
 name = "windowed"
 targets = [{holes}]
+health = {{ passive = {{ max_fails = 1 }} }}
 
 [[upstreams]]
 name = "unlimited"
+targets = [{holes}]
+
+[[upstreams]]
+name = "short"
 targets = [{holes}]
 
 [[upstreams]]
@@ -308,6 +315,11 @@ upstream = "unlimited"
 retry_timeout = "0s"
 
 [[services]]
+name = "short"
+upstream = "short"
+retry_timeout = "300ms"
+
+[[services]]
 name = "quick"
 upstream = "quick"
 
@@ -322,6 +334,11 @@ service = "unlimited"
 paths = ["/unlimited"]
 
 [[routes]]
+name = "short"
+service = "short"
+paths = ["/short"]
+
+[[routes]]
 name = "quick"
 service = "quick"
 paths = ["/quick"]
@@ -329,22 +346,31 @@ paths = ["/quick"]
         log = log.display(),
         alive = alive.addr(),
     ));
-    let r = get(gw.addr(), HOST, "/quick");
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.header("x-upstream"), Some("alive"));
+    // Two: round robin starts one of them at the refusing target, wherever it starts.
+    for path in ["/quick/1", "/quick/2"] {
+        let r = get(gw.addr(), HOST, path);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-upstream"), Some("alive"));
+    }
 
     let start = Instant::now();
     let r = get(gw.addr(), HOST, "/windowed");
     let t = start.elapsed();
     r.assert_json_error(504);
     assert!(
-        t >= Duration::from_millis(600) && t < Duration::from_millis(1050),
-        "504 at the window's end (700 ms), not after a second whole connect timeout (1.2 s): {t:?}"
+        t >= Duration::from_millis(650) && t < Duration::from_millis(950),
+        "504 at the window's end (750 ms), not after a second whole connect (1 s): {t:?}"
+    );
+    let start = Instant::now();
+    get(gw.addr(), HOST, "/short").assert_json_error(504);
+    let t = start.elapsed();
+    assert!(
+        t >= Duration::from_millis(450),
+        "the first connect keeps its whole 500 ms: {t:?}"
     );
     get(gw.addr(), HOST, "/unlimited").assert_json_error(504);
 
-    // Counted, not timed: the windowed request made two attempts and says why it stopped; the
-    // unlimited one tried every target.
+    // Counted, not timed: attempts per request, and why the windowed one stopped.
     let deadline = Instant::now() + Duration::from_secs(5);
     let lines = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -352,7 +378,7 @@ paths = ["/quick"]
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        if lines.len() >= 3 || Instant::now() > deadline {
+        if lines.len() >= 5 || Instant::now() > deadline {
             break lines;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -364,20 +390,37 @@ paths = ["/quick"]
             .find(|l| l["path"] == path)
             .unwrap_or_else(|| panic!("no access log line for {path}: {lines:?}"))
     };
-    let w = line("/windowed");
-    assert_eq!(
-        (w["status"].as_u64(), w["upstream_attempts"].as_u64()),
-        (Some(504), Some(2)),
-        "{w}"
+    let attempts = |path: &str| {
+        (
+            line(path)["status"].as_u64(),
+            line(path)["upstream_attempts"].as_u64(),
+        )
+    };
+    let quick: Vec<_> = ["/quick/1", "/quick/2"].map(attempts).into();
+    assert!(
+        quick == [(Some(200), Some(1)), (Some(200), Some(2))]
+            || quick == [(Some(200), Some(2)), (Some(200), Some(1))],
+        "one of them failed over from the refusing target: {quick:?}"
     );
-    assert_eq!(w["detail"], "failover stopped at retry_timeout", "{w}");
-    let u = line("/unlimited");
+    assert_eq!(attempts("/windowed"), (Some(504), Some(2)));
     assert_eq!(
-        (u["status"].as_u64(), u["upstream_attempts"].as_u64()),
-        (Some(504), Some(4)),
-        "{u}"
+        line("/windowed")["detail"],
+        "failover stopped at retry_timeout"
     );
-    assert_eq!(u["detail"], "upstream timed out", "{u}");
+    assert_eq!(attempts("/short"), (Some(504), Some(1)));
+    assert_eq!(attempts("/unlimited"), (Some(504), Some(4)));
+    assert_eq!(line("/unlimited")["detail"], "upstream timed out");
+    let ejected = gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("upstream target ejected upstream=windowed "))
+        .count();
+    assert_eq!(
+        ejected,
+        1,
+        "the cut connect is not a failure: {:?}",
+        gw.logs()
+    );
 }
 
 #[test]
