@@ -1381,7 +1381,7 @@ const MI_V3_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 /// Freed memory goes back to the OS sooner: mimalloc v3 keeps freed pages committed for 1 s, so
 /// with the workers' collect every 500 ms what a burst freed (say, 10,000 connections' request
 /// state when they park) stayed resident up to 2.5 s after it; the load test's 2 s reading of
-/// idle connections caught it in 2 of 9 runs (2-3 KiB per connection instead of ~0.4). 250 ms
+/// idle connections caught it in 3 of 14 runs (2-3 KiB per connection instead of ~0.4). 250 ms
 /// still keeps what steady traffic cycles through (v2's default was 10 ms). Set only where the
 /// option reads v3's default, so another allocator version, or `MIMALLOC_PURGE_DELAY` in the
 /// environment, is left alone.
